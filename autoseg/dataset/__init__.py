@@ -1,0 +1,1 @@
+"""Raw datasets: dataset.json, case discovery, image I/O with geometry, verification."""

@@ -1,0 +1,132 @@
+"""Case discovery in nnU-Net v2's raw layout: ``imagesTr/<case>_<XXXX><ending>``, ``labelsTr/<case><ending>``."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from autoseg.dataset.description import DatasetDescription
+from autoseg.errors import DatasetError
+
+CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+@dataclass
+class Case:
+    """One case: its channel image files (in channel order) and its label file, if any."""
+
+    case_id: str
+    images: list[Path]
+    label: Path | None = None
+
+
+@dataclass
+class CaseScan:
+    """Result of scanning a dataset folder: the cases and every naming problem found."""
+
+    cases: list[Case] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    num_declared_cases: int = 0  # case ids found (with or without problems), for numTraining
+
+
+def _strip_ending(name: str, ending: str) -> str | None:
+    return name[: -len(ending)] if name.endswith(ending) else None
+
+
+def scan_images(folder: Path, desc: DatasetDescription) -> CaseScan:
+    """Group ``folder``'s files into cases by the ``_XXXX`` channel suffix; report every naming problem."""
+    scan = CaseScan()
+    if not folder.is_dir():
+        scan.problems.append(f"{folder}: folder not found; put the images in {folder.name}/<case>_0000{desc.file_ending}")
+        return scan
+    channels: dict[str, dict[int, Path]] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith("."):
+            continue
+        stem = _strip_ending(path.name, desc.file_ending)
+        if stem is None:
+            scan.problems.append(f"{path}: file ending is not {desc.file_ending!r} (dataset.json file_ending); rename or remove it")
+            continue
+        match = CHANNEL_SUFFIX.match(stem)
+        if match is None:
+            scan.problems.append(f"{path}: name lacks the 4-digit channel suffix; rename to {stem}_0000{desc.file_ending}")
+            continue
+        channel = int(match["channel"])
+        channels.setdefault(match["case"], {})[channel] = path
+    for case_id, files in sorted(channels.items()):
+        missing = [c for c in range(desc.num_channels) if c not in files]
+        extra = sorted(c for c in files if c >= desc.num_channels)
+        for c in missing:
+            scan.problems.append(f"{folder / f'{case_id}_{c:04d}{desc.file_ending}'}: missing channel {c} ({desc.channel_names[str(c)]}) of case {case_id}")
+        for c in extra:
+            scan.problems.append(f"{files[c]}: channel {c} is not declared in dataset.json channel_names; remove it or declare the channel")
+        if not missing:
+            scan.cases.append(Case(case_id, [files[c] for c in range(desc.num_channels)]))
+    return scan
+
+
+def scan_training_cases(dataset_dir: Path, desc: DatasetDescription) -> CaseScan:
+    """All training cases with labels; naming problems (unmatched images/labels) are collected."""
+    if desc.cases is not None:
+        return _explicit_cases(dataset_dir, desc)
+    scan = scan_images(dataset_dir / "imagesTr", desc)
+    labels_dir = dataset_dir / "labelsTr"
+    label_files: dict[str, Path] = {}
+    if not labels_dir.is_dir():
+        scan.problems.append(f"{labels_dir}: folder not found; put one label file per case in labelsTr/<case>{desc.file_ending}")
+    else:
+        for path in sorted(labels_dir.iterdir()):
+            if path.name.startswith("."):
+                continue
+            stem = _strip_ending(path.name, desc.file_ending)
+            if stem is None:
+                scan.problems.append(f"{path}: file ending is not {desc.file_ending!r} (dataset.json file_ending); rename or remove it")
+                continue
+            label_files[stem] = path
+    image_ids = {c.case_id for c in scan.cases}
+    scan.num_declared_cases = len(image_ids | set(label_files))
+    for case in scan.cases:
+        case.label = label_files.get(case.case_id)
+        if case.label is None and labels_dir.is_dir():
+            scan.problems.append(f"{labels_dir / (case.case_id + desc.file_ending)}: missing label of case {case.case_id}")
+    for stem, path in label_files.items():
+        if stem not in image_ids and not (dataset_dir / "imagesTr" / f"{stem}_0000{desc.file_ending}").exists():
+            hint = " (labels have no channel suffix; rename it without _XXXX)" if CHANNEL_SUFFIX.match(stem) else ""
+            scan.problems.append(f"{path}: label without images (no imagesTr/{stem}_0000{desc.file_ending}){hint}")
+    scan.cases = [c for c in scan.cases if c.label is not None]
+    return scan
+
+
+def _explicit_cases(dataset_dir: Path, desc: DatasetDescription) -> CaseScan:
+    assert desc.cases is not None
+    scan = CaseScan(num_declared_cases=len(desc.cases))
+    for case_id, entry in sorted(desc.cases.items()):
+        try:
+            images = [dataset_dir / p for p in entry["images"]]
+            label = dataset_dir / entry["label"]
+        except (KeyError, TypeError):
+            scan.problems.append(f"{dataset_dir / 'dataset.json'}: entry 'dataset.{case_id}' needs 'images' (list) and 'label'")
+            continue
+        if len(images) != desc.num_channels:
+            scan.problems.append(f"{dataset_dir / 'dataset.json'}: case {case_id} lists {len(images)} images, channel_names has {desc.num_channels}")
+            continue
+        lost = [p for p in [*images, label] if not p.exists()]
+        for p in lost:
+            scan.problems.append(f"{p}: file listed for case {case_id} in dataset.json does not exist")
+        if not lost:
+            scan.cases.append(Case(case_id, images, label))
+    return scan
+
+
+def training_cases(dataset_dir: Path, desc: DatasetDescription) -> list[Case]:
+    """Training cases for later stages; raises with all naming problems (run `autoseg verify`)."""
+    scan = scan_training_cases(dataset_dir, desc)
+    if scan.problems:
+        raise DatasetError(
+            f"{dataset_dir}: {len(scan.problems)} naming problem(s), first: {scan.problems[0]}; run "
+            "`autoseg verify` for the full list"
+        )
+    if not scan.cases:
+        raise DatasetError(f"{dataset_dir}: no training cases found in imagesTr/labelsTr")
+    return scan.cases

@@ -1,0 +1,161 @@
+"""``dataset.json``: nnU-Net v2's dataset description, read unchanged (reference §1.1)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autoseg.errors import DatasetError
+
+IGNORE_LABEL_NAME = "ignore"
+
+
+@dataclass
+class DatasetDescription:
+    """Parsed and validated ``dataset.json``.
+
+    Attributes:
+        channel_names: channel index (as str) -> modality name ("CT" selects CT normalization).
+        labels: label name -> int, or list of ints for a region (region-based training).
+        num_training: declared number of training cases (``numTraining``).
+        file_ending: image file ending, for example ``.nii.gz``.
+        regions_class_order: for region-based datasets, the label value each region writes.
+        cases: the explicit ``dataset`` case list if given: case id -> {"images": [...], "label": ...}.
+    """
+
+    channel_names: dict[str, str]
+    labels: dict[str, int | list[int]]
+    num_training: int
+    file_ending: str
+    regions_class_order: list[int] | None = None
+    cases: dict[str, dict[str, Any]] | None = None
+    name: str = ""
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_channels(self) -> int:
+        return len(self.channel_names)
+
+    @property
+    def has_regions(self) -> bool:
+        return any(isinstance(v, list) for k, v in self.labels.items() if k != "background")
+
+    @property
+    def ignore_label(self) -> int | None:
+        value = self.labels.get(IGNORE_LABEL_NAME)
+        return int(value) if isinstance(value, int) else None
+
+    @property
+    def label_values(self) -> list[int]:
+        """Every integer a label file may hold (background, classes, ignore)."""
+        values: set[int] = set()
+        for value in self.labels.values():
+            values.update(value if isinstance(value, list) else [value])
+        return sorted(values)
+
+    @property
+    def foreground_labels(self) -> list[int]:
+        """Label values that are classes (not background, not ignore)."""
+        ignore = self.ignore_label
+        return [v for v in self.label_values if v != 0 and v != ignore]
+
+    @property
+    def class_names(self) -> dict[int, str]:
+        """Foreground label value -> name (non-region datasets)."""
+        return {v: k for k, v in self.labels.items() if isinstance(v, int) and k not in ("background", IGNORE_LABEL_NAME)}
+
+    @property
+    def regions(self) -> list[tuple[str, list[int]]]:
+        """(name, label values) of each foreground class or region, in declaration order."""
+        out = []
+        for name, value in self.labels.items():
+            if name in ("background", IGNORE_LABEL_NAME):
+                continue
+            out.append((name, list(value) if isinstance(value, list) else [int(value)]))
+        return out
+
+    @property
+    def num_output_channels(self) -> int:
+        """Network outputs: regions (sigmoid) or classes including background (softmax)."""
+        return len(self.regions) if self.has_regions else len(self.regions) + 1
+
+
+def _require(data: dict[str, Any], key: str, path: Path, hint: str) -> Any:
+    if key not in data:
+        raise DatasetError(f"{path}: missing key '{key}'; {hint}")
+    return data[key]
+
+
+def parse_description(data: dict[str, Any], path: Path) -> DatasetDescription:
+    """Validate a loaded ``dataset.json``; every problem names the file and the fix."""
+    channels = _require(data, "channel_names", path, 'add e.g. "channel_names": {"0": "CT"}')
+    if "modality" in data and "channel_names" not in data:
+        raise DatasetError(f"{path}: 'modality' is nnU-Net v1 syntax; rename it to 'channel_names'")
+    if not isinstance(channels, dict) or not channels:
+        raise DatasetError(f'{path}: channel_names must be a non-empty mapping like {{"0": "CT"}}')
+    keys = sorted(channels, key=lambda k: int(k) if str(k).isdigit() else -1)
+    if [str(k) for k in keys] != [str(i) for i in range(len(keys))]:
+        raise DatasetError(f"{path}: channel_names keys must be 0, 1, 2, ... in order; got {list(channels)}")
+    labels = _require(data, "labels", path, 'add e.g. "labels": {"background": 0, "tumor": 1}')
+    if not isinstance(labels, dict) or labels.get("background") != 0:
+        raise DatasetError(f'{path}: labels must map "background" to 0 (got {labels.get("background") if isinstance(labels, dict) else labels!r})')
+    for name, value in labels.items():
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        ok = ok or (isinstance(value, list) and value and all(isinstance(v, int) and v > 0 for v in value))
+        if not ok:
+            raise DatasetError(f"{path}: label '{name}' has value {value!r}; use a non-negative integer or a list of positive integers (region)")
+    num_training = _require(data, "numTraining", path, "add the number of training cases")
+    if not isinstance(num_training, int) or num_training < 0:
+        raise DatasetError(f"{path}: numTraining must be a non-negative integer, got {num_training!r}")
+    file_ending = _require(data, "file_ending", path, 'add e.g. "file_ending": ".nii.gz"')
+    if not isinstance(file_ending, str) or not file_ending.startswith("."):
+        raise DatasetError(f"{path}: file_ending must start with '.', got {file_ending!r}")
+    desc = DatasetDescription(
+        channel_names={str(k): str(v) for k, v in channels.items()},
+        labels=labels,
+        num_training=num_training,
+        file_ending=file_ending,
+        regions_class_order=data.get("regions_class_order"),
+        cases=data.get("dataset"),
+        name=str(data.get("name", "")),
+        raw=data,
+    )
+    _check_label_values(desc, path)
+    return desc
+
+
+def _check_label_values(desc: DatasetDescription, path: Path) -> None:
+    ints = sorted(v for k, v in desc.labels.items() if isinstance(v, int))
+    if len(set(ints)) != len(ints):
+        raise DatasetError(f"{path}: two labels share a value ({ints}); give each class its own integer")
+    if not desc.has_regions and ints != list(range(len(ints))):
+        raise DatasetError(
+            f"{path}: label values must be consecutive integers 0..{len(ints) - 1}, got {ints}; renumber the "
+            "label files and dataset.json"
+        )
+    ignore = desc.ignore_label
+    if ignore is not None and ignore != max(desc.label_values):
+        raise DatasetError(f"{path}: the 'ignore' label must have the highest value; it is {ignore}")
+    if desc.has_regions:
+        order = desc.regions_class_order
+        if not isinstance(order, list) or len(order) != len(desc.regions):
+            raise DatasetError(
+                f"{path}: region-based labels need 'regions_class_order' with one label value per region "
+                f"({len(desc.regions)} regions)"
+            )
+
+
+def load_description(dataset_dir: str | Path) -> DatasetDescription:
+    """Read ``dataset_dir/dataset.json``."""
+    path = Path(dataset_dir) / "dataset.json"
+    if not path.is_file():
+        raise DatasetError(f"{path}: not found; every dataset folder needs a dataset.json (see docs/dataset-format.md)")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path}: is not valid JSON ({exc}); fix the syntax") from None
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path}: must hold a JSON object")
+    return parse_description(data, path)

@@ -1,0 +1,347 @@
+"""Image reading and writing with geometry.
+
+Every array travels with its ``Geometry`` so every output is written in its input's geometry. Formats:
+NIfTI (.nii.gz, .nii), NRRD, MetaImage (.mha/.mhd) and GIPL through SimpleITK; 2D natural images
+(.png, .bmp, .tif/.tiff) through scikit-image; a folder of DICOM files as one series.
+
+Arrays are in SimpleITK's array order, always 3D: a 2D image is read as one slice ``(1, y, x)`` with
+spacing 999 on the slice axis (as nnU-Net does), and written back as 2D.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from autoseg.errors import DatasetError
+from autoseg.utils.atomic import atomic_path
+
+# ITK prints warnings straight to stderr (for example while scanning a folder for DICOM); autoseg reports
+# problems itself, as one clear line each.
+sitk.ProcessObject_SetGlobalWarningDisplay(False)
+
+SITK_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".gipl", ".gipl.gz")
+NATURAL_2D_ENDINGS = (".png", ".bmp", ".tif", ".tiff")
+SUPPORTED_ENDINGS = SITK_ENDINGS + NATURAL_2D_ENDINGS
+SLICE_SPACING_2D = 999.0  # nnU-Net's spacing for the absent slice axis of 2D images (reference §1.1)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where an array lies in physical space.
+
+    Args:
+        spacing: voxel size per array axis (z, y, x), in mm.
+        origin: ITK origin (x, y, z) or (x, y) for 2D images.
+        direction: ITK direction matrix, row-major, 9 (3D) or 4 (2D) values.
+    """
+
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+
+    @property
+    def is_2d(self) -> bool:
+        return len(self.origin) == 2
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"spacing": list(self.spacing), "origin": list(self.origin), "direction": list(self.direction)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Geometry":
+        return cls(
+            spacing=tuple(float(v) for v in data["spacing"]),
+            origin=tuple(float(v) for v in data["origin"]),
+            direction=tuple(float(v) for v in data["direction"]),
+        )
+
+    @classmethod
+    def default(cls, shape: Sequence[int]) -> "Geometry":
+        """Unit spacing, zero origin, identity direction for an array of ``shape`` (z, y, x)."""
+        return cls(spacing=(1.0,) * len(shape), origin=(0.0,) * 3, direction=tuple(np.eye(3).ravel()))
+
+
+def image_ending(path: str | Path) -> str:
+    """The supported file ending of ``path`` ('' for a folder, which is read as a DICOM series)."""
+    name = Path(path).name.lower()
+    for ending in sorted(SUPPORTED_ENDINGS, key=len, reverse=True):
+        if name.endswith(ending):
+            return ending
+    return ""
+
+
+def geometry_differences(
+    a: Geometry, b: Geometry, rtol: float = 1e-3, atol: float = 1e-3
+) -> list[str]:
+    """Human-readable differences between two geometries ('' list when they agree within tolerance)."""
+    problems = []
+    for field in ("spacing", "origin", "direction"):
+        va, vb = getattr(a, field), getattr(b, field)
+        if len(va) != len(vb) or not np.allclose(va, vb, rtol=rtol, atol=atol):
+            problems.append(f"{field} {_fmt(va)} vs {_fmt(vb)}")
+    return problems
+
+
+def _fmt(values: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
+
+
+def read_image(path: str | Path) -> tuple[np.ndarray, Geometry]:
+    """Read one image as a 3D array (z, y, x) with its geometry; raise ``DatasetError`` if unreadable."""
+    path = Path(path)
+    if path.is_dir():
+        return _read_dicom_series(path)
+    if not path.exists():
+        raise DatasetError(f"{path}: file not found")
+    ending = image_ending(path)
+    if ending in NATURAL_2D_ENDINGS:
+        return _read_natural_2d(path)
+    if ending not in SITK_ENDINGS:
+        raise DatasetError(
+            f"{path}: unsupported file type; use one of {', '.join(SUPPORTED_ENDINGS)} or a DICOM folder"
+        )
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise DatasetError(f"{path}: cannot be read (truncated or corrupt file?): {_first_line(exc)}") from None
+    if ending in (".nii", ".nii.gz") and _nifti_is_truncated(path, ending):
+        # ITK zero-fills the missing part of a truncated NIfTI without any error.
+        raise DatasetError(f"{path}: file is truncated (its voxel data ends early); copy or export it again")
+    return _from_sitk(image, path)
+
+
+def _nifti_expected_size(header: bytes) -> int | None:
+    """vox_offset + voxel bytes from a NIfTI-1 or NIfTI-2 header (None if the header is not NIfTI)."""
+    import struct
+
+    for order in "<>":
+        if len(header) >= 348 and struct.unpack(order + "i", header[:4])[0] == 348:
+            dims = struct.unpack(order + "8h", header[40:56])
+            bitpix = struct.unpack(order + "h", header[72:74])[0]
+            offset = int(struct.unpack(order + "f", header[108:112])[0])
+            break
+        if len(header) >= 540 and struct.unpack(order + "i", header[:4])[0] == 540:
+            bitpix = struct.unpack(order + "h", header[14:16])[0]
+            dims = struct.unpack(order + "8q", header[16:80])
+            offset = struct.unpack(order + "q", header[168:176])[0]
+            break
+    else:
+        return None
+    n = max(0, min(int(dims[0]), 7))
+    return offset + math.prod(max(1, int(d)) for d in dims[1 : n + 1]) * max(1, bitpix) // 8
+
+
+_NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}
+
+
+def nifti_nonfinite_counts(path: str | Path) -> tuple[int, int] | None:
+    """(NaN, Inf) counts in a floating-point NIfTI's stored voxels; None for other files.
+
+    ITK's NIfTI reader silently turns NaN into 0, so NaN can only be seen in the file's own bytes.
+    """
+    import gzip
+    import struct
+
+    path = Path(path)
+    ending = image_ending(path)
+    if ending not in (".nii", ".nii.gz"):
+        return None
+    opener = gzip.open if ending == ".nii.gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    for order in "<>":
+        size = struct.unpack(order + "i", raw[:4])[0]
+        if size == 348:
+            datatype, offset = struct.unpack(order + "h", raw[70:72])[0], int(struct.unpack(order + "f", raw[108:112])[0])
+            break
+        if size == 540:
+            datatype, offset = struct.unpack(order + "h", raw[12:14])[0], struct.unpack(order + "q", raw[168:176])[0]
+            break
+    else:
+        return None
+    if datatype not in _NIFTI_FLOAT_TYPES:
+        return None
+    dtype = np.dtype(order + _NIFTI_FLOAT_TYPES[datatype])
+    usable = (len(raw) - offset) // dtype.itemsize * dtype.itemsize
+    voxels = np.frombuffer(raw, dtype=dtype, count=usable // dtype.itemsize, offset=offset)
+    nan = int(np.isnan(voxels).sum())
+    return nan, int(np.isinf(voxels).sum())
+
+
+def _nifti_is_truncated(path: Path, ending: str) -> bool:
+    import gzip
+    import zlib
+
+    if ending == ".nii":
+        with open(path, "rb") as f:
+            expected = _nifti_expected_size(f.read(540))
+        return expected is not None and path.stat().st_size < expected
+    with gzip.open(path, "rb") as f:
+        try:
+            expected = _nifti_expected_size(f.read(540))
+        except (OSError, EOFError):
+            return True
+    if expected is None:
+        return False
+    with open(path, "rb") as f:
+        f.seek(-4, 2)
+        isize = int.from_bytes(f.read(4), "little")
+    if isize == expected % 2**32:
+        return False
+    # The gzip trailer disagrees: decompress to tell a truncated stream from legitimate extra bytes.
+    decompressor = zlib.decompressobj(wbits=31)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            decompressor.decompress(chunk)
+    return not decompressor.eof
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    # SimpleITK's messages start with a source location; the useful part is the last line.
+    return lines[-1] if lines else type(exc).__name__
+
+
+def _from_sitk(image: sitk.Image, path: Path) -> tuple[np.ndarray, Geometry]:
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise DatasetError(
+            f"{path}: has {image.GetNumberOfComponentsPerPixel()} components per voxel (RGB or vector "
+            "image); save each channel as its own _XXXX file, and labels as one integer value per voxel"
+        )
+    dim = image.GetDimension()
+    if dim not in (2, 3):
+        raise DatasetError(
+            f"{path}: is {dim}D; autoseg reads 2D or 3D images. Split 4D series into channels (_0000, _0001, ...)"
+        )
+    try:
+        array = sitk.GetArrayFromImage(image)
+    except RuntimeError as exc:
+        raise DatasetError(f"{path}: pixel data cannot be read (truncated file?): {_first_line(exc)}") from None
+    spacing = tuple(float(s) for s in reversed(image.GetSpacing()))
+    if dim == 2:
+        array = array[None]
+        spacing = (SLICE_SPACING_2D, *spacing)
+    geometry = Geometry(
+        spacing=spacing,
+        origin=tuple(float(v) for v in image.GetOrigin()),
+        direction=tuple(float(v) for v in image.GetDirection()),
+    )
+    return array, geometry
+
+
+def _read_natural_2d(path: Path) -> tuple[np.ndarray, Geometry]:
+    from skimage import io as skio
+
+    try:
+        array = np.asarray(skio.imread(str(path)))
+    except Exception as exc:  # noqa: BLE001 - any decoder error means an unreadable file
+        raise DatasetError(f"{path}: cannot be read as an image: {_first_line(exc)}") from None
+    if array.ndim == 3 and path.suffix.lower() in (".tif", ".tiff") and array.shape[-1] not in (3, 4):
+        raise DatasetError(
+            f"{path}: is a 3D TIFF; save 3D images as .nii.gz (or .nrrd/.mha) so their spacing is kept"
+        )
+    if array.ndim != 2:
+        raise DatasetError(
+            f"{path}: has shape {array.shape} (RGB/RGBA?); save grey-value images, one channel per _XXXX file"
+        )
+    geometry = Geometry(spacing=(SLICE_SPACING_2D, 1.0, 1.0), origin=(0.0, 0.0), direction=(1.0, 0.0, 0.0, 1.0))
+    return array[None], geometry
+
+
+def _read_dicom_series(folder: Path) -> tuple[np.ndarray, Geometry]:
+    reader = sitk.ImageSeriesReader()
+    try:
+        series = reader.GetGDCMSeriesIDs(str(folder))
+    except RuntimeError as exc:
+        raise DatasetError(f"{folder}: cannot scan for DICOM files: {_first_line(exc)}") from None
+    if not series:
+        raise DatasetError(f"{folder}: is a folder but holds no DICOM series; give an image file or a DICOM folder")
+    if len(series) > 1:
+        raise DatasetError(
+            f"{folder}: holds {len(series)} DICOM series ({', '.join(series)}); put one series per folder"
+        )
+    files = reader.GetGDCMSeriesFileNames(str(folder), series[0])
+    reader.SetFileNames(files)
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise DatasetError(f"{folder}: DICOM series cannot be read: {_first_line(exc)}") from None
+    return _from_sitk(image, folder)
+
+
+def write_image(array: np.ndarray, geometry: Geometry, path: str | Path) -> None:
+    """Write a 3D array (z, y, x) in ``geometry`` atomically; 2D geometries write one slice as 2D."""
+    path = Path(path)
+    ending = image_ending(path)
+    if ending == "":
+        raise DatasetError(f"{path}: cannot write; give a file name ending in one of {', '.join(SUPPORTED_ENDINGS)}")
+    if array.ndim != 3:
+        raise ValueError(f"write_image expects a 3D array (z, y, x), got shape {array.shape}")
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8)
+    if ending in NATURAL_2D_ENDINGS:
+        _write_natural_2d(array, path)
+        return
+    if geometry.is_2d:
+        if array.shape[0] != 1:
+            raise ValueError(f"2D geometry but array has {array.shape[0]} slices")
+        image = sitk.GetImageFromArray(array[0])
+        image.SetSpacing(tuple(reversed(geometry.spacing[1:])))
+    else:
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing(tuple(reversed(geometry.spacing)))
+    image.SetOrigin(geometry.origin)
+    image.SetDirection(geometry.direction)
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=ending in (".nii.gz", ".nrrd", ".mha"))
+
+
+def _write_natural_2d(array: np.ndarray, path: Path) -> None:
+    from skimage import io as skio
+
+    if array.shape[0] != 1:
+        raise ValueError(f"{path}: natural 2D images hold one slice, array has {array.shape[0]}")
+    image = array[0]
+    if image.dtype.kind == "f":
+        if not np.all(np.isfinite(image)) or not np.all(image == np.round(image)):
+            raise ValueError(f"{path}: PNG/TIF outputs need integer values")
+        image = image.astype(np.uint16 if image.max(initial=0) > 255 else np.uint8)
+    with atomic_path(path) as tmp:
+        skio.imsave(str(tmp), image, check_contrast=False)
+
+
+def read_case_images(paths: Sequence[str | Path]) -> tuple[np.ndarray, Geometry]:
+    """Read a case's channel files into one float32 array (C, z, y, x); channels must share geometry."""
+    arrays, geometries = [], []
+    for p in paths:
+        array, geometry = read_image(p)
+        arrays.append(array)
+        geometries.append(geometry)
+    for p, array, geometry in zip(paths[1:], arrays[1:], geometries[1:]):
+        if array.shape != arrays[0].shape:
+            raise DatasetError(
+                f"{p}: shape {array.shape} differs from {paths[0]} {arrays[0].shape}; all channels of a "
+                "case must be on the same grid (resample them first)"
+            )
+        diff = geometry_differences(geometry, geometries[0])
+        if diff:
+            raise DatasetError(f"{p}: geometry differs from {paths[0]}: {'; '.join(diff)}")
+    data = np.stack([a.astype(np.float32, copy=False) for a in arrays])
+    return data, geometries[0]
+
+
+def is_integer_valued(array: np.ndarray) -> bool:
+    """True when every value is a finite integer (float labels saved by some tools pass)."""
+    if array.dtype.kind in "iub":
+        return True
+    return bool(np.all(np.isfinite(array)) and np.all(np.equal(np.mod(array, 1), 0)))
+
+
+def physical_volume_mm3(spacing: Sequence[float]) -> float:
+    """Volume of one voxel; the 2D placeholder slice spacing counts as 1."""
+    return math.prod(1.0 if s == SLICE_SPACING_2D else s for s in spacing)

@@ -1,0 +1,203 @@
+"""``autoseg verify``: find every problem in a raw dataset before any training, one line each.
+
+The per-case checks (``check_case``) are shared with the fingerprint, which verifies each case on the
+same read it takes its statistics from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from autoseg.dataset.cases import Case, scan_images, scan_training_cases
+from autoseg.dataset.description import DatasetDescription, load_description
+from autoseg.dataset.imageio import geometry_differences, is_integer_valued, nifti_nonfinite_counts, read_image
+from autoseg.errors import DatasetError
+from autoseg.paths import DatasetLocation
+from autoseg.utils.progress import default_workers, parallel_map
+
+MAX_LISTED_VALUES = 8
+
+
+@dataclass
+class CaseCheck:
+    """What reading and checking one case found; arrays are kept for the fingerprint when asked."""
+
+    case_id: str
+    problems: list[str] = field(default_factory=list)
+    data: np.ndarray | None = None  # (C, z, y, x) float32
+    label: np.ndarray | None = None  # (z, y, x) int16/int32
+    spacing: tuple[float, ...] | None = None
+
+
+def _listing(values: list[int] | np.ndarray) -> str:
+    values = [int(v) for v in values]
+    shown = ", ".join(str(v) for v in values[:MAX_LISTED_VALUES])
+    return shown + (f", ... ({len(values)} in all)" if len(values) > MAX_LISTED_VALUES else "")
+
+
+def check_case(case: Case, desc: DatasetDescription, keep_arrays: bool = False) -> CaseCheck:
+    """Read one case and report every problem (unreadable files, geometry, NaN, label values)."""
+    result = CaseCheck(case.case_id)
+    arrays, geometries = [], []
+    for path in case.images:
+        try:
+            array, geometry = read_image(path)
+        except DatasetError as exc:
+            result.problems.append(str(exc))
+            continue
+        if array.dtype.kind == "f":
+            counts = nifti_nonfinite_counts(path)
+            if counts is None:
+                counts = int(np.isnan(array).sum()), int(np.isinf(array).sum())
+            if counts[0] or counts[1]:
+                result.problems.append(
+                    f"{path}: {counts[0]} NaN and {counts[1]} Inf voxel(s); replace them (e.g. with the image "
+                    "minimum) before training"
+                )
+        if arrays and array.shape != arrays[0][1].shape:
+            result.problems.append(
+                f"{path}: size {array.shape[::-1]} differs from {arrays[0][0].name} {arrays[0][1].shape[::-1]}; "
+                "all channels of a case must be on the same grid (resample them onto one grid)"
+            )
+        elif arrays:
+            diff = geometry_differences(geometry, geometries[0])
+            if diff:
+                result.problems.append(
+                    f"{path}: geometry differs from {arrays[0][0].name}: {'; '.join(diff)}; resample the "
+                    "channels onto one grid or fix the header"
+                )
+        arrays.append((path, array))
+        geometries.append(geometry)
+    label = None
+    if case.label is not None:
+        try:
+            label, label_geometry = read_image(case.label)
+        except DatasetError as exc:
+            result.problems.append(str(exc))
+        else:
+            if arrays:
+                ref_path, ref = arrays[0]
+                if label.shape != ref.shape:
+                    result.problems.append(
+                        f"{case.label}: size {label.shape[::-1]} differs from image {ref_path.name} "
+                        f"{ref.shape[::-1]}; the label must be on the image's grid"
+                    )
+                else:
+                    diff = geometry_differences(label_geometry, geometries[0])
+                    if diff:
+                        result.problems.append(
+                            f"{case.label}: geometry differs from image {ref_path.name}: {'; '.join(diff)}; "
+                            "save the label with the image's header (spacing, origin, direction)"
+                        )
+            label = _check_label_values(case.label, label, desc, result.problems)
+    if keep_arrays and not result.problems and arrays:
+        result.data = np.stack([a.astype(np.float32, copy=False) for _, a in arrays])
+        result.label = label
+        result.spacing = geometries[0].spacing
+    return result
+
+
+def _check_label_values(
+    path: Path, label: np.ndarray, desc: DatasetDescription, problems: list[str]
+) -> np.ndarray | None:
+    if not is_integer_valued(label):
+        finite = label[np.isfinite(label)] if label.dtype.kind == "f" else label
+        fractional = np.unique(finite[finite != np.round(finite)])[:3] if finite.size else []
+        problems.append(
+            f"{path}: label values must be integers; found non-integer values such as "
+            f"{', '.join(f'{v:g}' for v in fractional) or 'NaN/Inf'}; resample labels with nearest neighbour "
+            "and save them as integers"
+        )
+        return None
+    values = np.unique(label)
+    allowed = set(desc.label_values)
+    unknown = [int(v) for v in values if int(v) not in allowed]
+    if unknown:
+        hint = ""
+        if unknown == [255] and set(int(v) for v in values) <= {0, 255}:
+            hint = " (a 0/255 mask: divide the label by 255 so the object is 1)"
+        problems.append(
+            f"{path}: label values {_listing(unknown)} are not declared in dataset.json labels "
+            f"(declared: {_listing(sorted(allowed))}){hint}; fix the label file or declare the classes"
+        )
+        return None
+    return label.astype(np.int16 if values.max(initial=0) < 2**15 else np.int32, copy=False)
+
+
+@dataclass
+class VerifyReport:
+    dataset: str
+    num_cases: int
+    problems: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _check_case_problems(case: Case, desc: DatasetDescription) -> list[str]:
+    return check_case(case, desc).problems
+
+
+def dataset_level_problems(location: DatasetLocation, desc: DatasetDescription) -> tuple[list[Case], list[str]]:
+    """Naming and bookkeeping problems (no image is read)."""
+    scan = scan_training_cases(location.raw_dir, desc)
+    problems = list(scan.problems)
+    n_found = scan.num_declared_cases
+    if desc.num_training != n_found:
+        problems.append(
+            f"{location.raw_dir / 'dataset.json'}: numTraining is {desc.num_training} but {n_found} training "
+            f"case(s) were found in imagesTr/labelsTr; set numTraining to {n_found}"
+        )
+    seen: dict[str, str] = {}
+    for case in scan.cases:
+        key = case.case_id.lower()
+        if key in seen:
+            problems.append(
+                f"{case.images[0]}: case id {case.case_id!r} clashes with {seen[key]!r} (same name up to "
+                "upper/lower case; they collide on case-insensitive file systems); rename one"
+            )
+        seen[key] = case.case_id
+    files: dict[Path, str] = {}
+    for case in scan.cases:
+        for path in [*case.images, case.label]:
+            if path is None:
+                continue
+            resolved = path.resolve()
+            if resolved in files and files[resolved] != case.case_id:
+                problems.append(f"{path}: used by cases {files[resolved]!r} and {case.case_id!r}; each case needs its own files")
+            files[resolved] = case.case_id
+    return scan.cases, problems
+
+
+def verify_dataset(location: DatasetLocation, num_workers: int | None = None) -> VerifyReport:
+    """Check the whole dataset; every problem is one line naming the file, the problem and the fix."""
+    desc = load_description(location.raw_dir)
+    cases, problems = dataset_level_problems(location, desc)
+    tests_dir = location.raw_dir / "imagesTs"
+    test_cases: list[Case] = []
+    if tests_dir.is_dir():
+        scan = scan_images(tests_dir, desc)
+        problems.extend(scan.problems)
+        test_cases = scan.cases
+    jobs = [(c.case_id, (c, desc)) for c in [*cases, *test_cases]]
+    results, failures = parallel_map(
+        _check_case_problems, jobs, num_workers or default_workers(), "verify"
+    )
+    for case_id, _ in jobs:
+        problems.extend(results.get(case_id, []))
+    problems.extend(f"case {f.key}: {f.message}" for f in failures)
+    return VerifyReport(location.name, len(cases) + len(test_cases), problems)
+
+
+def require_valid(location: DatasetLocation, num_workers: int | None = None) -> None:
+    """Raise ``DatasetError`` listing all problems when the dataset does not verify."""
+    report = verify_dataset(location, num_workers)
+    if not report.ok:
+        listing = "\n".join(f"  {p}" for p in report.problems)
+        raise DatasetError(
+            f"dataset {location.name} has {len(report.problems)} problem(s):\n{listing}\nfix them and re-run"
+        )

@@ -1,0 +1,1 @@
+"""Dataset fingerprint: spacings, shapes, intensities and class sizes (reference §1.2)."""

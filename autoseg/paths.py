@@ -1,0 +1,105 @@
+"""Where raw datasets, preprocessed data and results live, and how a dataset is named.
+
+Roots come from ``AUTOSEG_RAW`` / ``AUTOSEG_PREPROCESSED`` / ``AUTOSEG_RESULTS``, then nnU-Net's
+``nnUNet_raw`` / ``nnUNet_preprocessed`` / ``nnUNet_results`` (so nnU-Net users switch with nothing to
+change), then folders under ``./autoseg_data``. No stage needs an environment variable.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from autoseg.errors import DatasetError
+
+DEFAULT_BASE = "autoseg_data"
+_ROOTS = {
+    "raw": ("AUTOSEG_RAW", "nnUNet_raw"),
+    "preprocessed": ("AUTOSEG_PREPROCESSED", "nnUNet_preprocessed"),
+    "results": ("AUTOSEG_RESULTS", "nnUNet_results"),
+}
+_announced: set[str] = set()
+DATASET_NAME = re.compile(r"^Dataset(\d{3})_(.+)$")
+
+
+def _root(kind: str) -> Path:
+    for var in _ROOTS[kind]:
+        value = os.environ.get(var)
+        if value:
+            return Path(value).expanduser()
+    path = Path.cwd() / DEFAULT_BASE / kind
+    if kind not in _announced:
+        _announced.add(kind)
+        print(f"autoseg: {_ROOTS[kind][0]} is not set; using {path}", file=sys.stderr)
+    return path
+
+
+def raw_root() -> Path:
+    return _root("raw")
+
+
+def preprocessed_root() -> Path:
+    return _root("preprocessed")
+
+
+def results_root() -> Path:
+    return _root("results")
+
+
+@dataclass(frozen=True)
+class DatasetLocation:
+    """A resolved dataset: its name (``Dataset004_Hippocampus``) and raw folder."""
+
+    name: str
+    raw_dir: Path
+
+    @property
+    def preprocessed_dir(self) -> Path:
+        return preprocessed_root() / self.name
+
+    @property
+    def results_dir(self) -> Path:
+        return results_root() / self.name
+
+
+def resolve_dataset(spec: str | os.PathLike[str]) -> DatasetLocation:
+    """Resolve ``Dataset004``, ``4``, ``Dataset004_Hippocampus`` or a folder path to a dataset.
+
+    A folder path (anything that exists and holds ``dataset.json``) is used as is; its folder name is
+    the dataset name. Names are looked up in the raw root.
+    """
+    text = str(spec)
+    candidate = Path(text).expanduser()
+    if candidate.is_dir() and (candidate / "dataset.json").is_file():
+        return DatasetLocation(candidate.resolve().name, candidate.resolve())
+    if candidate.is_dir() and os.sep in text:
+        raise DatasetError(f"{candidate}: folder has no dataset.json; is it the dataset folder (with imagesTr/, labelsTr/)?")
+    dataset_id = _dataset_id(text)
+    root = raw_root()
+    if dataset_id is None:
+        raise DatasetError(
+            f"'{text}' is neither a dataset folder nor a dataset name; use Dataset004, 4, "
+            "Dataset004_Hippocampus or a path to the folder holding dataset.json"
+        )
+    matches = sorted(p for p in root.glob(f"Dataset{dataset_id:03d}_*") if p.is_dir()) if root.is_dir() else []
+    if DATASET_NAME.match(text):
+        matches = [p for p in matches if p.name == text]
+    if not matches:
+        raise DatasetError(
+            f"dataset '{text}' not found in the raw root {root}; set AUTOSEG_RAW (or nnUNet_raw) to the folder "
+            "holding DatasetXXX_Name folders, or pass the dataset folder's path"
+        )
+    if len(matches) > 1:
+        names = ", ".join(p.name for p in matches)
+        raise DatasetError(f"dataset id {dataset_id:03d} is ambiguous in {root}: {names}; give the full name")
+    return DatasetLocation(matches[0].name, matches[0])
+
+
+def _dataset_id(text: str) -> int | None:
+    if text.isdigit():
+        return int(text)
+    match = re.match(r"^Dataset(\d{1,3})(?:_.+)?$", text)
+    return int(match.group(1)) if match else None

@@ -1,0 +1,55 @@
+"""Shared test fixtures: small copies of the real data in ../shared/data (never written to)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+if not SHARED_DATA.is_dir():  # CI and developer checkouts keep shared/ beside the repository
+    SHARED_DATA = Path(os.environ.get("AUTOSEG_SHARED_DATA", "/work/shared/data"))
+HIPPOCAMPUS = SHARED_DATA / "Dataset004_Hippocampus"
+EXAMPLE_DATASET = Path(__file__).resolve().parents[1] / "examples" / "Dataset904_HippocampusMini"
+
+# Case ids with known quirks: uint8 image, float32 label, plain float32 image + integer label.
+UINT8_IMAGE_CASE = "hippocampus_001"
+FLOAT_LABEL_CASE = "hippocampus_003"
+PLAIN_CASE = "hippocampus_004"
+
+
+def make_hippocampus_subset(root: Path, case_ids: list[str], name: str = "Dataset999_Test") -> Path:
+    """Copy real cases into ``root/name`` in nnU-Net layout and write a matching dataset.json."""
+    dataset = root / name
+    (dataset / "imagesTr").mkdir(parents=True)
+    (dataset / "labelsTr").mkdir()
+    for case in case_ids:
+        shutil.copy(HIPPOCAMPUS / "imagesTr" / f"{case}_0000.nii.gz", dataset / "imagesTr")
+        shutil.copy(HIPPOCAMPUS / "labelsTr" / f"{case}.nii.gz", dataset / "labelsTr")
+    description = json.loads((HIPPOCAMPUS / "dataset.json").read_text())
+    description["numTraining"] = len(case_ids)
+    (dataset / "dataset.json").write_text(json.dumps(description, indent=2))
+    return dataset
+
+
+@pytest.fixture
+def roots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """Point the three roots at empty temporary folders (and hide nnU-Net's variables)."""
+    paths = {k: tmp_path / k for k in ("raw", "preprocessed", "results")}
+    for key, var in (("raw", "AUTOSEG_RAW"), ("preprocessed", "AUTOSEG_PREPROCESSED"), ("results", "AUTOSEG_RESULTS")):
+        paths[key].mkdir()
+        monkeypatch.setenv(var, str(paths[key]))
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.delenv(var, raising=False)
+    return paths
+
+
+@pytest.fixture
+def small_dataset(roots: dict[str, Path]) -> Path:
+    """Four real Hippocampus cases (with the uint8-image and float-label quirks) in the raw root."""
+    return make_hippocampus_subset(
+        roots["raw"], [UINT8_IMAGE_CASE, FLOAT_LABEL_CASE, PLAIN_CASE, "hippocampus_006"], "Dataset999_Test"
+    )

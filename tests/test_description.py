@@ -1,0 +1,62 @@
+"""dataset.json parsing: regions, ignore label, explicit case lists, and each error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from autoseg.dataset.cases import scan_training_cases
+from autoseg.dataset.description import load_description, parse_description
+from autoseg.errors import DatasetError
+
+BASE = {"channel_names": {"0": "CT", "1": "PET"}, "labels": {"background": 0, "a": 1, "b": 2},
+        "numTraining": 2, "file_ending": ".nii.gz"}
+
+
+def test_classes_and_ignore_label() -> None:
+    desc = parse_description(BASE | {"labels": {"background": 0, "a": 1, "b": 2, "ignore": 3}}, Path("d.json"))
+    assert desc.ignore_label == 3 and desc.foreground_labels == [1, 2] and desc.num_output_channels == 3
+    assert desc.label_values == [0, 1, 2, 3] and desc.num_channels == 2 and not desc.has_regions
+
+
+def test_regions_need_class_order() -> None:
+    regions = {"background": 0, "whole": [1, 2, 3], "core": [2, 3], "enhancing": 3}
+    desc = parse_description(BASE | {"labels": regions, "regions_class_order": [1, 2, 3]}, Path("d.json"))
+    assert desc.has_regions and desc.num_output_channels == 3
+    assert desc.regions == [("whole", [1, 2, 3]), ("core", [2, 3]), ("enhancing", [3])]
+    with pytest.raises(DatasetError, match="region-based labels need 'regions_class_order' with one label value per region"):
+        parse_description(BASE | {"labels": regions}, Path("d.json"))
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"labels": {"background": 1, "a": 0}}, 'labels must map "background" to 0'),
+    ({"labels": {"background": 0, "a": 1, "ignore": 1}}, "two labels share a value"),
+    ({"labels": {"background": 0, "a": 2}}, r"consecutive integers 0..1, got \[0, 2\]"),
+    ({"labels": {"background": 0, "ignore": 1, "a": 2, "b": 3}}, "the 'ignore' label must have the highest value; it is 1"),
+    ({"labels": {"background": 0, "a": "1"}}, "label 'a' has value '1'"),
+    ({"numTraining": -1}, "numTraining must be a non-negative integer"),
+    ({"file_ending": "nii.gz"}, "file_ending must start with '.'"),
+    ({"channel_names": {"1": "CT"}}, "channel_names keys must be 0, 1, 2"),
+])
+def test_bad_descriptions(change: dict, message: str) -> None:
+    with pytest.raises(DatasetError, match=message):
+        parse_description(BASE | change, Path("d.json"))
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match=r"dataset\.json: not found"):
+        load_description(tmp_path)
+
+
+def test_explicit_case_list(tmp_path: Path) -> None:
+    (tmp_path / "imgs").mkdir()
+    for name in ("x_ct.nii.gz", "x_pet.nii.gz", "x_seg.nii.gz"):
+        (tmp_path / "imgs" / name).write_bytes(b"")
+    cases = {"x": {"images": ["imgs/x_ct.nii.gz", "imgs/x_pet.nii.gz"], "label": "imgs/x_seg.nii.gz"},
+             "y": {"images": ["imgs/y_ct.nii.gz", "imgs/y_pet.nii.gz"], "label": "imgs/y_seg.nii.gz"}}
+    (tmp_path / "dataset.json").write_text(json.dumps(BASE | {"dataset": cases}))
+    scan = scan_training_cases(tmp_path, load_description(tmp_path))
+    assert [c.case_id for c in scan.cases] == ["x"] and scan.cases[0].label == tmp_path / "imgs" / "x_seg.nii.gz"
+    assert len(scan.problems) == 3 and "y_ct.nii.gz: file listed for case y in dataset.json does not exist" in scan.problems[0]

@@ -1,0 +1,98 @@
+"""Fingerprint numbers on real cases against values computed by hand in the test."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from scipy import ndimage
+from typer.testing import CliRunner
+
+from autoseg.cli import app
+from autoseg.errors import FingerprintError
+from autoseg.fingerprint.cropping import OUTSIDE_NONZERO, bounding_box, crop_to_nonzero
+from autoseg.fingerprint.extract import extract_fingerprint, load_fingerprint
+from autoseg.paths import resolve_dataset
+
+runner = CliRunner()
+
+
+def _read(path: Path) -> np.ndarray:
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+def test_crop_to_nonzero_by_hand() -> None:
+    data = np.zeros((1, 5, 6, 7), np.float32)
+    data[0, 1:4, 2:5, 3:6] = 1.0
+    data[0, 2, 3, 4] = 0.0  # a hole inside: filled, stays inside the mask
+    seg = np.zeros((1, 5, 6, 7), np.uint8)
+    seg[0, 2, 2, 3] = 2
+    cropped, seg_c, bbox, mask = crop_to_nonzero(data, seg)
+    assert bbox == [[1, 4], [2, 5], [3, 6]] and cropped.shape == (1, 3, 3, 3)
+    assert mask.all()  # hole filled
+    assert seg_c.dtype == np.int16 and seg_c[0, 1, 0, 0] == 2 and (seg_c != OUTSIDE_NONZERO).all()
+    data[0, 1, 2, 3] = 0.0  # a corner outside the mask now (not a hole)
+    _, seg_c, _, _ = crop_to_nonzero(data, seg)
+    assert seg_c[0, 0, 0, 0] == OUTSIDE_NONZERO
+    assert bounding_box(np.zeros((2, 3), bool)) == [[0, 2], [0, 3]]
+
+
+def test_fingerprint_numbers_match_hand_computation(small_dataset: Path, roots: dict[str, Path]) -> None:
+    fp = extract_fingerprint(resolve_dataset("Dataset999"), num_workers=2)
+    assert fp["case_ids"] == ["hippocampus_001", "hippocampus_003", "hippocampus_004", "hippocampus_006"]
+    written = json.loads((roots["preprocessed"] / "Dataset999_Test" / "fingerprint.json").read_text())
+    assert written == json.loads(json.dumps(fp))
+    all_fg = []
+    for i, case in enumerate(fp["case_ids"]):
+        image = _read(small_dataset / "imagesTr" / f"{case}_0000.nii.gz")
+        label = _read(small_dataset / "labelsTr" / f"{case}.nii.gz").astype(int)
+        mask = ndimage.binary_fill_holes(image != 0)
+        idx = np.argwhere(mask)
+        shape_after = (idx.max(0) - idx.min(0) + 1).tolist()
+        assert fp["shapes_before_crop"][i] == list(image.shape)
+        assert fp["shapes_after_crop"][i] == shape_after
+        assert fp["relative_size_after_crop"][i] == pytest.approx(np.prod(shape_after) / image.size)
+        assert fp["spacings"][i] == [1.0, 1.0, 1.0]
+        for cls in (1, 2):
+            assert fp["class_voxel_counts"][str(cls)][i] == int((label == cls).sum())
+            assert fp["class_volumes_mm3"][str(cls)][i] == pytest.approx((label == cls).sum() * 1.0)
+        all_fg.append(image[label > 0].astype(np.float64))
+    stats = fp["foreground_intensity_properties_per_channel"]["0"]
+    pooled = np.concatenate(all_fg)
+    # Samples are drawn with replacement, equally many per case: min and max are exact when every
+    # voxel is drawn at least once (2.5M draws from a few thousand voxels), the rest are close.
+    assert stats["min"] == pytest.approx(pooled.min()) and stats["max"] == pytest.approx(pooled.max())
+    per_case_means = np.mean([fg.mean() for fg in all_fg])
+    assert stats["mean"] == pytest.approx(per_case_means, rel=1e-2)
+    assert fp["median_spacing"] == [1.0, 1.0, 1.0] and fp["anisotropy_ratio"] == 1.0 and not fp["is_2d"]
+
+
+def test_fingerprint_is_deterministic_across_worker_counts(small_dataset: Path, roots: dict[str, Path]) -> None:
+    location = resolve_dataset("Dataset999")
+    one = extract_fingerprint(location, num_workers=1)
+    two = extract_fingerprint(location, num_workers=2)
+    assert json.dumps(one) == json.dumps(two)
+
+
+def test_fingerprint_cli_writes_file_and_summary(small_dataset: Path, roots: dict[str, Path]) -> None:
+    result = runner.invoke(app, ["fingerprint", "999"])
+    assert result.exit_code == 0, result.output
+    assert "Dataset999_Test: 4 cases" in result.output and "median volume" in result.output
+    assert (roots["preprocessed"] / "Dataset999_Test" / "fingerprint.json").is_file()
+
+
+def test_load_fingerprint_errors(small_dataset: Path, roots: dict[str, Path]) -> None:
+    location = resolve_dataset("Dataset999")
+    with pytest.raises(FingerprintError, match=r"fingerprint\.json: not found; run `autoseg fingerprint Dataset999_Test` first"):
+        load_fingerprint(location)
+    path = roots["preprocessed"] / "Dataset999_Test" / "fingerprint.json"
+    path.parent.mkdir(parents=True)
+    path.write_text("{not json")
+    with pytest.raises(FingerprintError, match="is not valid JSON"):
+        load_fingerprint(location)
+    path.write_text(json.dumps({"version": 1}))
+    with pytest.raises(FingerprintError, match="missing spacings, shapes_after_crop"):
+        load_fingerprint(location)

@@ -1,0 +1,51 @@
+"""Dataset naming forms and root resolution."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from autoseg import paths
+from autoseg.errors import DatasetError
+
+
+@pytest.mark.parametrize("spec", ["Dataset999", "999", "Dataset999_Test", "Dataset0999"])
+def test_dataset_naming_forms(spec: str, small_dataset: Path) -> None:
+    if spec == "Dataset0999":
+        with pytest.raises(DatasetError, match="neither a dataset folder nor a dataset name"):
+            paths.resolve_dataset(spec)
+        return
+    location = paths.resolve_dataset(spec)
+    assert location.name == "Dataset999_Test" and location.raw_dir == small_dataset
+
+
+def test_folder_path_is_used_as_is(small_dataset: Path, tmp_path: Path) -> None:
+    location = paths.resolve_dataset(str(small_dataset))
+    assert location.raw_dir == small_dataset.resolve() and location.name == "Dataset999_Test"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="folder has no dataset.json"):
+        paths.resolve_dataset(str(tmp_path / "empty"))
+
+
+def test_unknown_and_ambiguous_names(small_dataset: Path, roots: dict[str, Path]) -> None:
+    with pytest.raises(DatasetError, match="dataset 'Dataset123' not found in the raw root"):
+        paths.resolve_dataset("Dataset123")
+    (roots["raw"] / "Dataset999_Other").mkdir()
+    with pytest.raises(DatasetError, match="dataset id 999 is ambiguous"):
+        paths.resolve_dataset("999")
+    assert paths.resolve_dataset("Dataset999_Test").raw_dir == small_dataset
+
+
+def test_root_precedence_and_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for var in ("AUTOSEG_RESULTS", "nnUNet_results"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(paths, "_announced", set())
+    assert paths.results_root() == tmp_path / "autoseg_data" / "results"
+    assert paths.results_root() == tmp_path / "autoseg_data" / "results"
+    assert capsys.readouterr().err.count("AUTOSEG_RESULTS is not set") == 1  # printed once
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "nn"))
+    assert paths.results_root() == tmp_path / "nn"
+    monkeypatch.setenv("AUTOSEG_RESULTS", str(tmp_path / "auto"))
+    assert paths.results_root() == tmp_path / "auto"

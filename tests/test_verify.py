@@ -1,0 +1,236 @@
+"""`autoseg verify` (and fingerprint) on broken datasets: the exact line, exit code 2, nothing written."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from typer.testing import CliRunner
+
+from autoseg.cli import app
+from conftest import FLOAT_LABEL_CASE, PLAIN_CASE, UINT8_IMAGE_CASE
+
+runner = CliRunner()
+
+
+def tree_digest(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        digest.update(str(path.relative_to(folder)).encode())
+        if path.is_file():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def edit_image(path: Path, change: Callable[[sitk.Image], sitk.Image]) -> None:
+    sitk.WriteImage(change(sitk.ReadImage(str(path))), str(path))
+
+
+def set_array(path: Path, make: Callable[[np.ndarray], np.ndarray]) -> None:
+    image = sitk.ReadImage(str(path))
+    new = sitk.GetImageFromArray(make(sitk.GetArrayFromImage(image)))
+    new.SetSpacing(image.GetSpacing())
+    new.SetOrigin(image.GetOrigin())
+    new.SetDirection(image.GetDirection())
+    sitk.WriteImage(new, str(path))
+
+
+def with_spacing(spacing: tuple[float, ...]) -> Callable[[sitk.Image], sitk.Image]:
+    def change(image: sitk.Image) -> sitk.Image:
+        image.SetSpacing(spacing)
+        return image
+
+    return change
+
+
+def add_second_channel(dataset: Path) -> None:
+    description = json.loads((dataset / "dataset.json").read_text())
+    description["channel_names"] = {"0": "MRI", "1": "MRI2"}
+    (dataset / "dataset.json").write_text(json.dumps(description))
+    for image in sorted((dataset / "imagesTr").glob("*_0000.nii.gz")):
+        shutil.copy(image, str(image).replace("_0000", "_0001"))
+
+
+def label(dataset: Path, case: str) -> Path:
+    return dataset / "labelsTr" / f"{case}.nii.gz"
+
+
+def image(dataset: Path, case: str, channel: int = 0) -> Path:
+    return dataset / "imagesTr" / f"{case}_{channel:04d}.nii.gz"
+
+
+def _missing_channel(d: Path) -> str:
+    add_second_channel(d)
+    image(d, PLAIN_CASE, 1).unlink()
+    return f"{image(d, PLAIN_CASE, 1)}: missing channel 1 (MRI2) of case {PLAIN_CASE}"
+
+
+def _channel_geometry(d: Path) -> str:
+    add_second_channel(d)
+    edit_image(image(d, PLAIN_CASE, 1), with_spacing((1.0, 1.0, 2.0)))
+    return f"{image(d, PLAIN_CASE, 1)}: geometry differs from {PLAIN_CASE}_0000.nii.gz: spacing (2, 1, 1) vs (1, 1, 1)"
+
+
+def _missing_label(d: Path) -> str:
+    label(d, PLAIN_CASE).unlink()
+    return f"{label(d, PLAIN_CASE)}: missing label of case {PLAIN_CASE}"
+
+
+def _label_without_image(d: Path) -> str:
+    image(d, PLAIN_CASE).unlink()
+    return f"{label(d, PLAIN_CASE)}: label without images (no imagesTr/{PLAIN_CASE}_0000.nii.gz)"
+
+
+def _no_channel_suffix(d: Path) -> str:
+    image(d, PLAIN_CASE).rename(d / "imagesTr" / f"{PLAIN_CASE}.nii.gz")
+    return f"{d / 'imagesTr' / (PLAIN_CASE + '.nii.gz')}: name lacks the 4-digit channel suffix; rename to {PLAIN_CASE}_0000.nii.gz"
+
+
+def _num_training(d: Path) -> str:
+    description = json.loads((d / "dataset.json").read_text())
+    description["numTraining"] = 7
+    (d / "dataset.json").write_text(json.dumps(description))
+    return f"{d / 'dataset.json'}: numTraining is 7 but 4 training case(s) were found in imagesTr/labelsTr; set numTraining to 4"
+
+
+def _label_spacing(d: Path) -> str:
+    edit_image(label(d, PLAIN_CASE), with_spacing((1.0, 1.5, 1.0)))
+    return f"{label(d, PLAIN_CASE)}: geometry differs from image {PLAIN_CASE}_0000.nii.gz: spacing (1, 1.5, 1) vs (1, 1, 1)"
+
+
+def _label_origin(d: Path) -> str:
+    def move(img: sitk.Image) -> sitk.Image:
+        img.SetOrigin((5.0, 0.0, 0.0))
+        return img
+
+    edit_image(label(d, PLAIN_CASE), move)
+    return f"{label(d, PLAIN_CASE)}: geometry differs from image {PLAIN_CASE}_0000.nii.gz: origin (5, 0, 0) vs"
+
+
+def _label_size(d: Path) -> str:
+    set_array(label(d, PLAIN_CASE), lambda a: np.ascontiguousarray(a[:-1]))
+    return f"{label(d, PLAIN_CASE)}: size (36, 52, 37) differs from image {PLAIN_CASE}_0000.nii.gz (36, 52, 38)"
+
+
+def _mask_0_255(d: Path) -> str:
+    set_array(label(d, PLAIN_CASE), lambda a: ((a > 0) * 255).astype(np.uint8))
+    return f"{label(d, PLAIN_CASE)}: label values 255 are not declared in dataset.json labels (declared: 0, 1, 2) (a 0/255 mask: divide the label by 255 so the object is 1)"
+
+
+def _undeclared_label(d: Path) -> str:
+    set_array(label(d, PLAIN_CASE), lambda a: np.where(a == 2, 5, a).astype(a.dtype))
+    return f"{label(d, PLAIN_CASE)}: label values 5 are not declared in dataset.json labels (declared: 0, 1, 2); fix the label file or declare the classes"
+
+
+def _fractional_label(d: Path) -> str:
+    set_array(label(d, PLAIN_CASE), lambda a: np.where(a == 2, 1.5, a).astype(np.float32))
+    return f"{label(d, PLAIN_CASE)}: label values must be integers; found non-integer values such as 1.5"
+
+
+def _nan_image(d: Path) -> str:
+    def poke(a: np.ndarray) -> np.ndarray:
+        a = a.astype(np.float32)
+        a[0, 0, :3] = np.nan
+        a[0, 1, 0] = np.inf
+        return a
+
+    set_array(image(d, PLAIN_CASE), poke)
+    return f"{image(d, PLAIN_CASE)}: 3 NaN and 1 Inf voxel(s)"
+
+
+def _four_d(d: Path) -> str:
+    sitk.WriteImage(sitk.Image([4, 4, 4, 2], sitk.sitkFloat32), str(image(d, PLAIN_CASE)))
+    return f"{image(d, PLAIN_CASE)}: is 4D; autoseg reads 2D or 3D images"
+
+
+def _truncated(d: Path) -> str:
+    data = image(d, PLAIN_CASE).read_bytes()
+    image(d, PLAIN_CASE).write_bytes(data[: len(data) // 3])
+    return f"{image(d, PLAIN_CASE)}: file is truncated"
+
+
+def _case_clash(d: Path) -> str:
+    upper = PLAIN_CASE.upper()
+    shutil.copy(image(d, PLAIN_CASE), image(d, upper))
+    shutil.copy(label(d, PLAIN_CASE), label(d, upper))
+    description = json.loads((d / "dataset.json").read_text())
+    description["numTraining"] = 5
+    (d / "dataset.json").write_text(json.dumps(description))
+    return f"case id '{PLAIN_CASE}' clashes with '{upper}'"
+
+
+def _bad_json(d: Path) -> str:
+    (d / "dataset.json").write_text('{"labels": {"background": 0,}')
+    return f"{d / 'dataset.json'}: is not valid JSON"
+
+
+def _missing_key(d: Path) -> str:
+    description = json.loads((d / "dataset.json").read_text())
+    del description["file_ending"]
+    (d / "dataset.json").write_text(json.dumps(description))
+    return f"{d / 'dataset.json'}: missing key 'file_ending'; add e.g. \"file_ending\": \".nii.gz\""
+
+
+def _non_consecutive_labels(d: Path) -> str:
+    description = json.loads((d / "dataset.json").read_text())
+    description["labels"] = {"background": 0, "Anterior": 1, "Posterior": 3}
+    (d / "dataset.json").write_text(json.dumps(description))
+    return f"{d / 'dataset.json'}: label values must be consecutive integers 0..2, got [0, 1, 3]"
+
+
+BREAKAGES = {f.__name__[1:]: f for f in [
+    _missing_channel, _channel_geometry, _missing_label, _label_without_image, _no_channel_suffix,
+    _num_training, _label_spacing, _label_origin, _label_size, _mask_0_255, _undeclared_label,
+    _fractional_label, _nan_image, _four_d, _truncated, _case_clash, _bad_json, _missing_key,
+    _non_consecutive_labels,
+]}
+
+
+def test_clean_dataset_verifies(small_dataset: Path, roots: dict[str, Path]) -> None:
+    result = runner.invoke(app, ["verify", "Dataset999"])
+    assert result.exit_code == 0, result.output
+    assert "Dataset999_Test: 4 case(s) checked, no problems found" in result.output
+
+
+# fingerprint shares verify's checks (one read per case); a few breakages show it refuses too.
+CASES = [("verify", b) for b in sorted(BREAKAGES)] + [
+    ("fingerprint", b) for b in ("label_spacing", "nan_image", "missing_label", "bad_json", "mask_0_255")
+]
+
+
+@pytest.mark.parametrize(("command", "breakage"), CASES)
+def test_broken_dataset_reports_exact_line(
+    breakage: str, command: str, small_dataset: Path, roots: dict[str, Path]
+) -> None:
+    expected = BREAKAGES[breakage](small_dataset)
+    before = tree_digest(small_dataset)
+    result = runner.invoke(app, [command, str(small_dataset), "-np", "1"])
+    assert result.exit_code == 2, result.output
+    assert expected in result.output
+    assert "Traceback" not in result.output
+    assert tree_digest(small_dataset) == before  # the user's data is never modified
+    assert list(roots["preprocessed"].rglob("*")) == []  # nothing written
+
+
+def test_all_problems_reported_at_once(small_dataset: Path, roots: dict[str, Path]) -> None:
+    label(small_dataset, FLOAT_LABEL_CASE).unlink()
+    expected = [f"{label(small_dataset, FLOAT_LABEL_CASE)}: missing label", _nan_image(small_dataset)]
+    set_array(label(small_dataset, UINT8_IMAGE_CASE), lambda a: np.where(a == 2, 7, a).astype(a.dtype))
+    result = runner.invoke(app, ["verify", str(small_dataset)])
+    assert result.exit_code == 2
+    errors = [line for line in result.output.splitlines() if line.startswith("ERROR ")]
+    assert len(errors) == 3
+    for line in expected:
+        assert any(line in e for e in errors)
+    assert any("label values 7" in e for e in errors)
+
+
+def test_float_labels_with_integer_values_are_accepted(small_dataset: Path, roots: dict[str, Path]) -> None:
+    assert sitk.ReadImage(str(label(small_dataset, FLOAT_LABEL_CASE))).GetPixelIDTypeAsString() == "32-bit float"
+    assert runner.invoke(app, ["verify", str(small_dataset)]).exit_code == 0
