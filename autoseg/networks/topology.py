@@ -1,0 +1,106 @@
+"""The per-axis network topology: what the planner decides and every network is built from."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from autoseg.errors import NetworkError
+
+
+@dataclass
+class Topology:
+    """Per-stage description of an encoder-decoder network.
+
+    All per-axis lists are in array axis order (the plan's transposed order). Stage 0 works at full
+    resolution, so ``strides[0]`` is all ones; ``strides[i]`` is the downsampling into stage ``i``.
+
+    Args:
+        spatial_dims: 2 or 3.
+        features_per_stage: output channels of each encoder stage.
+        kernel_sizes: conv kernel size per stage and axis.
+        strides: downsampling stride per stage and axis.
+        blocks_per_stage: encoder blocks (convs or residual blocks) per stage; ``None`` means the
+            network family's own default.
+        decoder_blocks_per_stage: decoder blocks per decoder stage (deepest first); ``None`` means
+            the family's default.
+    """
+
+    spatial_dims: int
+    features_per_stage: list[int]
+    kernel_sizes: list[list[int]]
+    strides: list[list[int]]
+    blocks_per_stage: list[int] | None = None
+    decoder_blocks_per_stage: list[int] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def n_stages(self) -> int:
+        return len(self.features_per_stage)
+
+    @property
+    def total_stride(self) -> list[int]:
+        """Per-axis product of all strides: every input size must be divisible by it."""
+        total = [1] * self.spatial_dims
+        for stride in self.strides:
+            total = [t * s for t, s in zip(total, stride)]
+        return total
+
+    def validate(self) -> None:
+        if self.spatial_dims not in (2, 3):
+            raise NetworkError(f"topology: spatial_dims must be 2 or 3, got {self.spatial_dims}")
+        n = len(self.features_per_stage)
+        if n < 1:
+            raise NetworkError("topology: features_per_stage is empty; plan at least one stage")
+        for name in ("kernel_sizes", "strides"):
+            values = getattr(self, name)
+            if len(values) != n:
+                raise NetworkError(
+                    f"topology: {name} has {len(values)} stages but features_per_stage has {n}"
+                )
+            for v in values:
+                if len(v) != self.spatial_dims or any(int(x) < 1 for x in v):
+                    raise NetworkError(
+                        f"topology: {name} entry {v} must hold {self.spatial_dims} positive integers"
+                    )
+        if any(s != 1 for s in self.strides[0]):
+            raise NetworkError(f"topology: strides[0] must be all ones, got {self.strides[0]}")
+        for name in ("blocks_per_stage",):
+            values = getattr(self, name)
+            if values is not None and len(values) != n:
+                raise NetworkError(f"topology: {name} has {len(values)} entries, expected {n}")
+        if self.decoder_blocks_per_stage is not None and len(self.decoder_blocks_per_stage) != n - 1:
+            raise NetworkError(
+                f"topology: decoder_blocks_per_stage has {len(self.decoder_blocks_per_stage)} "
+                f"entries, expected {n - 1}"
+            )
+
+    def check_input_shape(self, shape: tuple[int, ...] | list[int]) -> None:
+        """Raise a clear error when a spatial input shape is not divisible by the total stride."""
+        total = self.total_stride
+        if len(shape) != self.spatial_dims or any(s % t for s, t in zip(shape, total)):
+            raise NetworkError(
+                f"input shape {tuple(shape)} is not divisible by the network's total stride "
+                f"{tuple(total)}; pad the input or plan a patch size that is a multiple of it"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Topology":
+        try:
+            return cls(
+                spatial_dims=int(data["spatial_dims"]),
+                features_per_stage=[int(f) for f in data["features_per_stage"]],
+                kernel_sizes=[[int(k) for k in ks] for ks in data["kernel_sizes"]],
+                strides=[[int(s) for s in st] for st in data["strides"]],
+                blocks_per_stage=data.get("blocks_per_stage"),
+                decoder_blocks_per_stage=data.get("decoder_blocks_per_stage"),
+                extra=dict(data.get("extra", {})),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise NetworkError(f"topology in the plan is malformed ({exc!r}); re-run `autoseg plan`") from exc

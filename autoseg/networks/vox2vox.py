@@ -1,0 +1,181 @@
+"""Vox2Vox (Cirillo et al. 2020): 3D U-Net generator and 3D PatchGAN discriminator; reference.md §2.5."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from autoseg.networks.registry import TopologyConstraints, register_network
+from autoseg.networks.topology import Topology
+from autoseg.networks.unet import require_stages
+
+PAPER = (
+    "Cirillo et al., Vox2Vox: 3D-GAN for brain tumour segmentation, BrainLes 2020, "
+    "https://arxiv.org/abs/2003.13653"
+)
+# reference.md §2.5: dropout 0.2, a bottleneck of 4 concatenating blocks, widths up to 512.
+DROPOUT = 0.2
+BOTTLENECK_BLOCKS = 4
+MAX_FEATURES = 512
+# pix2pix's LeakyReLU slope, used by Vox2Vox's generator and discriminator.
+LEAKY_SLOPE = 0.2
+# PatchGAN (reference §2.5): k4 stride-2 convs of 64/128/256, then 512 and a 1-channel score map.
+DISCRIMINATOR_FEATURES = (64, 128, 256)
+DISCRIMINATOR_HEAD_FEATURES = 512
+
+
+def strided_geometry(kernel: Sequence[int], stride: Sequence[int]) -> tuple[list[int], list[int]]:
+    """Kernel and padding per axis: k4/p1 on stride-2 axes (the paper's ``2 x stride`` kernels),
+    the plan's kernel with same padding on axes that keep their size (anisotropic plans)."""
+    k = [2 * s if s > 1 else kk for kk, s in zip(kernel, stride)]
+    p = [s // 2 if s > 1 else (kk - 1) // 2 for kk, s in zip(kernel, stride)]
+    return k, p
+
+
+def norm_act(channels: int) -> list[nn.Module]:
+    return [nn.InstanceNorm3d(channels, affine=True), nn.LeakyReLU(LEAKY_SLOPE, inplace=True)]
+
+
+class DenseBottleneckBlock(nn.Module):
+    """conv -> InstanceNorm -> LeakyReLU, output concatenated to the block's input."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: Sequence[int]) -> None:
+        super().__init__()
+        padding = [(k - 1) // 2 for k in kernel]
+        conv = nn.Conv3d(in_channels, out_channels, list(kernel), padding=padding)
+        self.body = nn.Sequential(conv, *norm_act(out_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, self.body(x)], dim=1)
+
+
+class Vox2VoxGenerator(nn.Module):
+    """Vox2Vox generator: a 3D U-Net with strided-conv encoder, concatenating bottleneck, transposed-conv
+    decoder with concatenated skips.
+
+    Paper: Cirillo et al. 2020, https://arxiv.org/abs/2003.13653 (reference.md §2.5): k4 stride-2
+    convs of 64/128/256/512 with InstanceNorm, LeakyReLU and dropout 0.2 (no norm on the first), a
+    bottleneck of 4 blocks concatenating input and output at 8^3, transposed-conv decoder with
+    concatenated skips and dropout, softmax head. Trained adversarially against
+    :func:`build_discriminator` with the losses in ``training/losses/auxiliary.py``.
+
+    Defaults and deviations: stages, widths and strides follow the plan topology; stage 0 is a
+    stride-1 conv at full resolution, so the head is a 1x1 conv (the paper's last layer is a
+    transposed conv from half resolution); the encoder/decoder kernel is ``2 x stride`` on strided
+    axes (k4 as the paper) and the plan's kernel on axes with stride 1; bottleneck blocks use the
+    plan's kernel (the authors' code: 5) and concatenate input and output, so the bottleneck
+    outputs ``5 x`` the deepest width; the head returns logits (softmax in the loss). No deep
+    supervision (the design has none): training returns a list of one logits tensor.
+
+    Args:
+        topology: the plan's 3D topology (at least 2 stages).
+        in_channels: input modalities.
+        n_classes: output channels.
+        dropout: dropout after every encoder and decoder step.
+    """
+
+    def __init__(self, topology: Topology, in_channels: int, n_classes: int, *, dropout: float = DROPOUT) -> None:
+        super().__init__()
+        feats, kernels, strides, n = (
+            topology.features_per_stage, topology.kernel_sizes, topology.strides, topology.n_stages
+        )
+        first_padding = [(k - 1) // 2 for k in kernels[0]]
+        self.encoder = nn.ModuleList(
+            [
+                nn.Sequential(
+                    nn.Conv3d(in_channels, feats[0], list(kernels[0]), padding=first_padding),
+                    nn.LeakyReLU(LEAKY_SLOPE, inplace=True),
+                    nn.Dropout3d(dropout),
+                )
+            ]
+        )
+        for i in range(1, n):
+            k, p = strided_geometry(kernels[i], strides[i])
+            layers = [nn.Conv3d(feats[i - 1], feats[i], k, strides[i], p), *norm_act(feats[i])]
+            if i < n - 1:
+                layers.append(nn.Dropout3d(dropout))
+            self.encoder.append(nn.Sequential(*layers))
+        self.bottleneck = nn.Sequential(
+            *(DenseBottleneckBlock((b + 1) * feats[-1], feats[-1], kernels[-1]) for b in range(BOTTLENECK_BLOCKS))
+        )
+        self.decoder = nn.ModuleList()
+        channels = (BOTTLENECK_BLOCKS + 1) * feats[-1]
+        for i in reversed(range(n - 1)):
+            k, p = strided_geometry(kernels[i + 1], strides[i + 1])
+            self.decoder.append(
+                nn.Sequential(nn.ConvTranspose3d(channels, feats[i], k, strides[i + 1], p), *norm_act(feats[i]))
+            )
+            channels = 2 * feats[i]
+        self.decoder_dropout = nn.Dropout3d(dropout)
+        self.head = nn.Conv3d(channels, n_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        skips = []
+        for step in self.encoder:
+            x = step(x)
+            skips.append(x)
+        x = self.bottleneck(x)
+        for up, skip in zip(self.decoder, reversed(skips[:-1])):
+            x = self.decoder_dropout(torch.cat([up(x), skip], dim=1))
+        logits = self.head(x)
+        return [logits] if self.training else logits
+
+
+class PatchDiscriminator(nn.Module):
+    """3D PatchGAN over ``concat(image, segmentation)``: one realness score per receptive-field patch.
+
+    Reference.md §2.5 / the authors' code: three k4 stride-2 convs (64/128/256; InstanceNorm from the
+    second; LeakyReLU; dropout 0.2), then a 512-channel conv and a 1-channel score conv. Deviation:
+    the last two convs are k3 with same padding (the authors' k4 valid convs shrink the map by 2 per
+    conv, which small or anisotropic patches cannot afford). Every spatial axis must be at least 8.
+
+    Args:
+        in_channels: image channels.
+        n_classes: segmentation channels (one-hot target or softmax of the generator's logits).
+    """
+
+    def __init__(self, in_channels: int, n_classes: int, *, dropout: float = DROPOUT) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = in_channels + n_classes
+        for i, features in enumerate(DISCRIMINATOR_FEATURES):
+            layers.append(nn.Conv3d(channels, features, 4, 2, 1))
+            layers += norm_act(features) if i > 0 else [nn.LeakyReLU(LEAKY_SLOPE, inplace=True)]
+            layers.append(nn.Dropout3d(dropout))
+            channels = features
+        layers.append(nn.Conv3d(channels, DISCRIMINATOR_HEAD_FEATURES, 3, padding=1))
+        layers += norm_act(DISCRIMINATOR_HEAD_FEATURES)
+        layers.append(nn.Conv3d(DISCRIMINATOR_HEAD_FEATURES, 1, 3, padding=1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, image: torch.Tensor, segmentation: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([image, segmentation], dim=1))
+
+
+def build_discriminator(in_channels: int, n_classes: int) -> nn.Module:
+    """The PatchGAN discriminator the adversarial training loop pairs with ``vox2vox``."""
+    return PatchDiscriminator(in_channels, n_classes)
+
+
+@register_network(
+    "vox2vox",
+    paper=PAPER,
+    description="Vox2Vox: 3D U-Net generator trained against a 3D PatchGAN (LSGAN + 5 x generalised Dice)",
+    constraints=TopologyConstraints(spatial_dims=(3,), kernel_size=3, max_features=MAX_FEATURES),
+    adversarial=True,
+)
+def build_vox2vox(
+    topology: Topology,
+    in_channels: int,
+    n_classes: int,
+    *,
+    deep_supervision: bool = True,
+    dropout: float = DROPOUT,
+) -> nn.Module:
+    """The generator; ``deep_supervision`` is accepted for the common builder signature, the design
+    has none. The discriminator comes from :func:`build_discriminator`."""
+    del deep_supervision
+    require_stages(topology, "vox2vox")
+    return Vox2VoxGenerator(topology, in_channels, n_classes, dropout=dropout)
