@@ -6,6 +6,7 @@ import functools
 import os
 import sys
 import traceback
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
@@ -98,6 +99,92 @@ def fingerprint(
     result = extract_fingerprint(location, num_workers)
     typer.echo(format_fingerprint(result))
     typer.echo(f"written: {fingerprint_path(location)}")
+
+
+def _description(dataset: Optional[str]) -> Any:
+    if dataset is None:
+        return None
+    from autoseg.dataset.description import load_description
+    from autoseg.paths import resolve_dataset
+
+    return load_description(resolve_dataset(dataset).raw_dir)
+
+
+@app.command()
+@user_errors
+def evaluate(
+    pred: Path = typer.Option(..., "-p", "--pred", help="folder of predicted label maps"),
+    ref: Path = typer.Option(..., "-r", "--ref", help="folder of reference label maps (same file names)"),
+    dataset: Optional[str] = typer.Option(None, "-d", "--dataset", help="dataset for labels/regions (default: dataset.json beside the references)"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="folder for summary.json / summary.csv (default: PRED)"),
+    tolerance_mm: float = typer.Option(1.0, help="tolerance of the normalised surface Dice, in mm"),
+    num_workers: Optional[int] = typer.Option(None, "-np", "--num-workers", help=WORKERS_HELP),
+) -> None:
+    """Dice, IoU, HD95, ASSD, surface Dice, precision, recall and volumes per case and class."""
+    from autoseg.evaluation.evaluate import evaluate_folders, format_table
+
+    summary = evaluate_folders(pred, ref, _description(dataset), output, num_workers, tolerance_mm)
+    typer.echo(format_table(summary))
+    typer.echo(f"written: {(output or pred) / 'summary.json'} and summary.csv")
+
+
+postprocess_app = typer.Typer(
+    no_args_is_help=True,
+    help="Connected-component postprocessing: decide it on cross-validation predictions, then apply it.",
+)
+app.add_typer(postprocess_app, name="postprocess")
+
+
+@postprocess_app.command("determine")
+@user_errors
+def postprocess_determine(
+    pred: Path = typer.Option(..., "-p", "--pred", help="cross-validation predictions (all folds in one folder)"),
+    ref: Path = typer.Option(..., "-r", "--ref", help="reference label maps"),
+    dataset: Optional[str] = typer.Option(None, "-d", "--dataset", help="dataset for labels (default: dataset.json beside the references)"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="decision file (default: PRED/postprocessing.json)"),
+    epsilon: float = typer.Option(1e-3, help="a step must raise the mean Dice by more than this and lower no class by more"),
+    num_workers: Optional[int] = typer.Option(None, "-np", "--num-workers", help=WORKERS_HELP),
+) -> None:
+    """Decide which connected-component steps help on the cross-validation and store them as JSON."""
+    from autoseg.evaluation.evaluate import find_description
+    from autoseg.postprocessing.determine import determine_postprocessing
+
+    description = _description(dataset) or find_description(pred, ref)
+    decision = determine_postprocessing(pred, ref, description, output, num_workers, epsilon)
+    accepted = [step for step in decision["steps"]]
+    typer.echo(f"accepted steps: {accepted if accepted else 'none'}")
+    typer.echo(f"written: {output or pred / 'postprocessing.json'}")
+
+
+@postprocess_app.command("apply")
+@user_errors
+def postprocess_apply(
+    input: Path = typer.Option(..., "-i", "--input", help="folder of label maps"),
+    output: Path = typer.Option(..., "-o", "--output", help="new folder for the postprocessed label maps"),
+    decision: Path = typer.Option(..., "--decision", help="postprocessing.json from `postprocess determine`"),
+    num_workers: Optional[int] = typer.Option(None, "-np", "--num-workers", help=WORKERS_HELP),
+) -> None:
+    """Apply a postprocessing decision to every label map of a folder (deterministic)."""
+    from autoseg.postprocessing.determine import apply_to_folder
+
+    written = apply_to_folder(input, output, decision, num_workers)
+    typer.echo(f"{len(written)} label map(s) written to {output}")
+
+
+@app.command()
+@user_errors
+def ensemble(
+    inputs: list[Path] = typer.Option(..., "-i", "--input", help="prediction folders with saved probabilities (give -i twice or more)"),
+    output: Path = typer.Option(..., "-o", "--output", help="folder for the ensembled label maps"),
+    save_probabilities: bool = typer.Option(False, help="also write the averaged probabilities"),
+    file_ending: Optional[str] = typer.Option(None, help="ending of the written label maps (default: as in the first folder)"),
+    num_workers: Optional[int] = typer.Option(None, "-np", "--num-workers", help=WORKERS_HELP),
+) -> None:
+    """Average the saved probabilities of several configurations (or models) case by case."""
+    from autoseg.evaluation.ensemble import ensemble_folders
+
+    cases = ensemble_folders(inputs, output, save_probabilities, num_workers, file_ending)
+    typer.echo(f"{len(cases)} case(s) ensembled into {output}")
 
 
 def main() -> None:

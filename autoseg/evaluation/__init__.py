@@ -1,0 +1,1 @@
+"""Evaluation: metrics, model selection, ensembling, model files, report."""

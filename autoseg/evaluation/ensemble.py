@@ -1,0 +1,166 @@
+"""``autoseg ensemble``: average the saved probabilities of several prediction folders.
+
+Each input folder holds, per case, ``<case>.npz`` (array ``probabilities``, ``(C, z, y, x)``) and its
+``<case>.json`` sidecar (geometry, labels, regions_class_order, shape), as written by
+``autoseg predict --save-probabilities``. The mean probabilities become a label map written in the
+sidecar's geometry: argmax for classes, thresholding in ``regions_class_order`` for regions.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from autoseg.dataset.imageio import Geometry, geometry_differences, image_ending, write_image
+from autoseg.errors import EvaluationError
+from autoseg.evaluation.evaluate import raise_failures
+from autoseg.evaluation.metrics import evaluation_classes
+from autoseg.utils.atomic import atomic_path, atomic_write_json
+from autoseg.utils.progress import default_workers, parallel_map
+
+REGION_THRESHOLD = 0.5  # a voxel belongs to a region when its sigmoid probability exceeds this (§1.1)
+PROBABILITY_DTYPE = np.float16  # storage type of saved probabilities (docs/architecture.md)
+PROBABILITIES_KEY = "probabilities"
+
+
+def probabilities_to_labels(
+    probabilities: np.ndarray, labels: Mapping[str, Any], regions_class_order: Sequence[int] | None
+) -> np.ndarray:
+    """Label map from ``(C, z, y, x)`` probabilities.
+
+    Classes: channel ``i`` is the ``i``-th label value in increasing order (background first, ignore
+    excluded), the label is the argmax. Regions: channel ``i`` is the ``i``-th region in ``labels`` order;
+    voxels above ``REGION_THRESHOLD`` get ``regions_class_order[i]``, later regions overwriting earlier.
+    """
+    classes, _ = evaluation_classes(labels)
+    if regions_class_order is not None:
+        if len(regions_class_order) != probabilities.shape[0] or len(classes) != probabilities.shape[0]:
+            raise ValueError(
+                f"{probabilities.shape[0]} probability channels for {len(classes)} regions and "
+                f"{len(regions_class_order)} entries in regions_class_order"
+            )
+        seg = np.zeros(probabilities.shape[1:], dtype=_label_dtype(max(regions_class_order, default=0)))
+        for channel, value in zip(probabilities, regions_class_order):
+            seg[channel > REGION_THRESHOLD] = value
+        return seg
+    values = [0, *sorted(v for _, vs in classes for v in vs)]
+    if len(values) != probabilities.shape[0]:
+        raise ValueError(f"{probabilities.shape[0]} probability channels for {len(values)} labels (background included)")
+    lookup = np.asarray(values, dtype=_label_dtype(max(values)))
+    return lookup[np.argmax(probabilities, axis=0)]
+
+
+def _label_dtype(max_value: int) -> type:
+    return np.uint8 if max_value <= np.iinfo(np.uint8).max else np.uint16
+
+
+def _read_sidecar(path: Path, case: str) -> dict[str, Any]:
+    try:
+        sidecar = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise EvaluationError(f"{path}: sidecar of case {case} not found; re-run predict with --save-probabilities") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise EvaluationError(f"{path}: sidecar of case {case} is not valid JSON ({exc})") from None
+    missing = [k for k in ("geometry", "labels", "regions_class_order", "shape") if k not in sidecar]
+    if missing:
+        raise EvaluationError(f"{path}: sidecar of case {case} lacks {', '.join(missing)}; re-run predict with --save-probabilities")
+    return sidecar
+
+
+def _read_probabilities(path: Path, case: str) -> np.ndarray:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return data[PROBABILITIES_KEY]
+    except (OSError, ValueError, KeyError) as exc:
+        raise EvaluationError(f"{path}: probabilities of case {case} cannot be read ({exc})") from None
+
+
+def ensemble_case(case: str, input_dirs: Sequence[Path], output_dir: Path, file_ending: str, save_probabilities: bool) -> None:
+    """Average one case's probabilities over ``input_dirs`` and write its label map (and probabilities)."""
+    first_dir = input_dirs[0]
+    reference = _read_sidecar(first_dir / f"{case}.json", case)
+    total = None
+    for folder in input_dirs:
+        sidecar = _read_sidecar(folder / f"{case}.json", case)
+        for key in ("labels", "regions_class_order", "shape"):
+            if sidecar[key] != reference[key]:
+                raise EvaluationError(
+                    f"{folder / f'{case}.json'}: {key} {sidecar[key]} differs from {first_dir / f'{case}.json'} "
+                    f"{reference[key]} for case {case}; ensemble only predictions of the same images and labels"
+                )
+        diff = geometry_differences(Geometry.from_dict(sidecar["geometry"]), Geometry.from_dict(reference["geometry"]))
+        if diff:
+            raise EvaluationError(f"{folder / f'{case}.json'}: geometry differs from {first_dir / f'{case}.json'} for case {case}: {'; '.join(diff)}")
+        probabilities = _read_probabilities(folder / f"{case}.npz", case)
+        if list(probabilities.shape[1:]) != list(reference["shape"]) or (total is not None and probabilities.shape != total.shape):
+            expected = total.shape if total is not None else f"(C, {', '.join(map(str, reference['shape']))})"
+            raise EvaluationError(
+                f"{folder / f'{case}.npz'}: probabilities of case {case} have shape {probabilities.shape}, expected {expected}"
+            )
+        total = probabilities.astype(np.float32) if total is None else total + probabilities
+    mean = total / len(input_dirs)
+    try:
+        seg = probabilities_to_labels(mean, reference["labels"], reference["regions_class_order"])
+    except ValueError as exc:
+        raise EvaluationError(f"{first_dir / f'{case}.npz'}: {exc} (case {case})") from None
+    write_image(seg, Geometry.from_dict(reference["geometry"]), output_dir / f"{case}{file_ending}")
+    if save_probabilities:
+        with atomic_path(output_dir / f"{case}.npz") as tmp:
+            np.savez_compressed(tmp, **{PROBABILITIES_KEY: mean.astype(PROBABILITY_DTYPE)})
+        atomic_write_json(output_dir / f"{case}.json", reference)
+
+
+def _probability_cases(folder: Path) -> set[str]:
+    if not folder.is_dir():
+        raise EvaluationError(f"{folder}: folder not found")
+    return {p.name[: -len(".npz")] for p in folder.glob("*.npz") if not p.name.startswith(".")}
+
+
+def _infer_file_ending(folder: Path, case: str) -> str:
+    endings = {image_ending(p) for p in folder.glob(f"{case}.*")} - {""}
+    if len(endings) != 1:
+        raise EvaluationError(
+            f"{folder}: cannot tell the label file ending from the files of case {case}; give it explicitly (e.g. .nii.gz)"
+        )
+    return endings.pop()
+
+
+def ensemble_folders(
+    input_dirs: Sequence[str | Path],
+    output_dir: str | Path,
+    save_probabilities: bool = False,
+    num_workers: int | None = None,
+    file_ending: str | None = None,
+) -> list[str]:
+    """Ensemble the probabilities of the same cases in ``input_dirs`` into ``output_dir``.
+
+    Every folder must hold the same cases. ``file_ending`` of the written label maps defaults to that of
+    the label maps in the first folder. Returns the ensembled case ids.
+    """
+    dirs = [Path(d) for d in input_dirs]
+    if len(dirs) < 2:
+        raise EvaluationError(f"ensemble needs at least two prediction folders, got {len(dirs)}")
+    cases = {d: _probability_cases(d) for d in dirs}
+    all_cases = set().union(*cases.values())
+    if not all_cases:
+        raise EvaluationError(f"{dirs[0]}: no <case>.npz probabilities; predict with --save-probabilities")
+    for folder, found in cases.items():
+        missing = sorted(all_cases - found)
+        if missing:
+            others = [str(d) for d in dirs if missing[0] in cases[d]]
+            raise EvaluationError(
+                f"{folder / (missing[0] + '.npz')}: probabilities of case {missing[0]} missing (present in "
+                f"{', '.join(others)}; {len(missing)} case(s) missing in all); every folder must hold the same cases"
+            )
+    ordered = sorted(all_cases)
+    ending = file_ending or _infer_file_ending(dirs[0], ordered[0])
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    items = [(case, (case, dirs, out, ending, save_probabilities)) for case in ordered]
+    workers = default_workers() if num_workers is None else num_workers
+    _, failures = parallel_map(ensemble_case, items, min(workers, len(items)), "ensembling")
+    raise_failures(failures, len(items), "ensembled")
+    return ordered

@@ -1,0 +1,211 @@
+"""``autoseg evaluate``: compare a folder of predictions with a folder of references.
+
+Cases are matched by file name. Writes ``summary.json`` (per case and class, class means, foreground
+mean; conventions in ``autoseg.evaluation.metrics``) and ``summary.csv`` (one row per case and class,
+then the means), and ``format_table`` renders the means for a terminal.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from autoseg.dataset.description import DatasetDescription, load_description
+from autoseg.dataset.imageio import Geometry, read_image
+from autoseg.errors import EvaluationError
+from autoseg.evaluation.metrics import (
+    DEFAULT_TOLERANCE_MM,
+    FLAG_KEYS,
+    METRIC_KEYS,
+    SegClass,
+    case_metrics,
+    evaluation_classes,
+    mean_metrics,
+)
+from autoseg.utils.atomic import atomic_write_json, atomic_write_text
+from autoseg.utils.progress import Failure, default_workers, parallel_map
+
+SUMMARY_VERSION = 1
+SPACING_TOLERANCE = 1e-3  # relative and absolute (mm): float32 headers round spacings
+
+
+def find_description(pred_dir: Path, ref_dir: Path) -> DatasetDescription:
+    """The ``dataset.json`` beside the references (raw ``labelsTr/..`` or preprocessed
+    ``gt_segmentations/..``) or in the prediction folder, for when none is given."""
+    for folder in (ref_dir.parent, ref_dir, pred_dir):
+        if (folder / "dataset.json").is_file():
+            return load_description(folder)
+    raise EvaluationError(
+        f"{ref_dir}: no dataset.json found beside the references or in {pred_dir}; "
+        "name the dataset (-d DATASET) so the labels are known"
+    )
+
+
+def resolve_file_ending(description_or_labels: DatasetDescription | Mapping[str, Any], file_ending: str | None) -> str:
+    """``file_ending`` if given, else the description's (a bare labels mapping has none)."""
+    if file_ending is not None:
+        return file_ending
+    if not isinstance(description_or_labels, DatasetDescription):
+        raise EvaluationError("give the label file ending (e.g. '.nii.gz') when passing a labels mapping instead of a dataset")
+    return description_or_labels.file_ending
+
+
+def list_cases(folder: Path, file_ending: str) -> dict[str, Path]:
+    """Case id -> file for every ``<case><file_ending>`` in ``folder`` (hidden files skipped)."""
+    if not folder.is_dir():
+        raise EvaluationError(f"{folder}: folder not found")
+    return {
+        p.name[: -len(file_ending)]: p
+        for p in sorted(folder.iterdir())
+        if p.name.endswith(file_ending) and not p.name.startswith(".") and p.is_file()
+    }
+
+
+def read_pair(pred_path: Path, ref_path: Path) -> tuple[np.ndarray, np.ndarray, Geometry]:
+    """Prediction, reference and the reference's geometry, after checking they share their grid."""
+    pred, pred_geometry = read_image(pred_path)
+    ref, ref_geometry = read_image(ref_path)
+    if pred.shape != ref.shape:
+        raise EvaluationError(
+            f"{pred_path}: shape {pred.shape} differs from the reference {ref_path} {ref.shape}; "
+            "predictions must be in the reference's geometry (autoseg predict writes them so)"
+        )
+    if not np.allclose(pred_geometry.spacing, ref_geometry.spacing, rtol=SPACING_TOLERANCE, atol=SPACING_TOLERANCE):
+        raise EvaluationError(
+            f"{pred_path}: spacing {pred_geometry.spacing} differs from the reference {ref_path} "
+            f"{ref_geometry.spacing}; predictions must be in the reference's geometry"
+        )
+    return pred, ref, ref_geometry
+
+
+def evaluate_case(
+    pred_path: Path, ref_path: Path, classes: Sequence[SegClass], ignore_label: int | None, tolerance_mm: float
+) -> dict[str, dict[str, Any]]:
+    """Metrics of one case (``{class name: {metric: value}}``)."""
+    pred, ref, geometry = read_pair(pred_path, ref_path)
+    return case_metrics(pred, ref, geometry.spacing, classes, ignore_label, tolerance_mm)
+
+
+def raise_failures(failures: Sequence[Failure], total: int, action: str) -> None:
+    """One ``EvaluationError`` naming every failed case and why, if any failed."""
+    if failures:
+        lines = "; ".join(f"{f.key}: {f.message}" for f in failures)
+        raise EvaluationError(f"{len(failures)} of {total} cases could not be {action}: {lines}")
+
+
+def evaluate_folders(
+    pred_dir: str | Path,
+    ref_dir: str | Path,
+    description_or_labels: DatasetDescription | Mapping[str, Any] | None = None,
+    output_dir: str | Path | None = None,
+    num_workers: int | None = None,
+    tolerance_mm: float = DEFAULT_TOLERANCE_MM,
+    file_ending: str | None = None,
+    case_ids: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Evaluate every prediction in ``pred_dir`` (or the given ``case_ids``) against ``ref_dir``.
+
+    Args:
+        description_or_labels: the dataset description or its ``labels`` mapping; ``None`` looks for
+            the ``dataset.json`` beside the references.
+        output_dir: where ``summary.json`` and ``summary.csv`` go (default: ``pred_dir``).
+        file_ending: label file ending (default: the description's; required with a labels mapping).
+        case_ids: evaluate exactly these cases; each needs a prediction and a reference.
+
+    Returns:
+        The summary written to ``summary.json``.
+    """
+    pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
+    if description_or_labels is None:
+        description_or_labels = find_description(pred_dir, ref_dir)
+    file_ending = resolve_file_ending(description_or_labels, file_ending)
+    classes, ignore_label = evaluation_classes(description_or_labels)
+    pairs = match_cases(pred_dir, ref_dir, file_ending, case_ids)
+    items = [(case, (pred, ref, classes, ignore_label, tolerance_mm)) for case, (pred, ref) in pairs.items()]
+    workers = default_workers() if num_workers is None else num_workers
+    results, failures = parallel_map(evaluate_case, items, min(workers, len(items)), "evaluating")
+    raise_failures(failures, len(items), "evaluated")
+    per_case = [
+        {"case_id": case, "prediction_file": str(pred), "reference_file": str(ref), "metrics": results[case]}
+        for case, (pred, ref) in pairs.items()
+    ]
+    summary = {
+        "version": SUMMARY_VERSION,
+        "prediction_folder": str(pred_dir),
+        "reference_folder": str(ref_dir),
+        "tolerance_mm": tolerance_mm,
+        "ignore_label": ignore_label,
+        "classes": {name: list(values) for name, values in classes},
+        "num_cases": len(per_case),
+        **mean_metrics([row["metrics"] for row in per_case], classes),
+        "metric_per_case": per_case,
+    }
+    out = Path(output_dir) if output_dir is not None else pred_dir
+    atomic_write_json(out / "summary.json", summary)
+    atomic_write_text(out / "summary.csv", summary_csv(summary))
+    return summary
+
+
+def match_cases(
+    pred_dir: Path, ref_dir: Path, file_ending: str, case_ids: Sequence[str] | None = None
+) -> dict[str, tuple[Path, Path]]:
+    """Case id -> (prediction, reference); every case needs both (default cases: all predictions)."""
+    predictions = list_cases(pred_dir, file_ending)
+    cases = sorted(predictions) if case_ids is None else list(case_ids)
+    if not cases:
+        raise EvaluationError(f"{pred_dir}: no predictions ending in {file_ending!r} to evaluate")
+    pairs = {}
+    for case in cases:
+        pred, ref = pred_dir / f"{case}{file_ending}", ref_dir / f"{case}{file_ending}"
+        if not pred.is_file():
+            raise EvaluationError(f"{pred}: prediction of case {case} not found; predict it or leave it out")
+        if not ref.is_file():
+            raise EvaluationError(f"{ref}: reference of case {case} not found (prediction {pred}); add it or remove the prediction")
+        pairs[case] = (pred, ref)
+    return pairs
+
+
+CSV_COLUMNS = ("case_id", "class", "label_values", *METRIC_KEYS, *FLAG_KEYS, "n_cases", "n_empty_in_both")
+
+
+def summary_csv(summary: Mapping[str, Any]) -> str:
+    """One row per case and class, then one per class mean and the foreground mean."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, restval="", lineterminator="\n")
+    writer.writeheader()
+    values = {name: " ".join(map(str, v)) for name, v in summary["classes"].items()}
+    for row in summary["metric_per_case"]:
+        for name, metrics in row["metrics"].items():
+            writer.writerow({"case_id": row["case_id"], "class": name, "label_values": values[name], **metrics})
+    for name, metrics in summary["mean"].items():
+        writer.writerow({"case_id": "mean", "class": name, "label_values": values[name], **metrics})
+    writer.writerow({"case_id": "mean", "class": "foreground_mean", **summary["foreground_mean"]})
+    return buffer.getvalue()
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    if value is None or math.isnan(value):
+        return "nan"
+    return f"{value:.{digits}f}"
+
+
+def format_table(summary: Mapping[str, Any]) -> str:
+    """The class means and the foreground mean as an aligned text table."""
+    tolerance = summary["tolerance_mm"]
+    header = ["class", "Dice", "IoU", "HD95 mm", "ASSD mm", f"NSD@{tolerance:g}mm", "Precision", "Recall", "cases", "empty both"]
+    # (key, digits): overlap ratios to 4 decimals, distances to 2.
+    columns = (("dice", 4), ("iou", 4), ("hd95", 2), ("assd", 2), ("nsd", 4), ("precision", 4), ("recall", 4))
+    rows = []
+    for name, metrics in summary["mean"].items():
+        rows.append([name, *(_fmt(metrics.get(k), d) for k, d in columns), str(metrics["n_cases"]), str(metrics["n_empty_in_both"])])
+    fg = summary["foreground_mean"]
+    rows.append(["foreground mean", *(_fmt(fg.get(k), d) for k, d in columns), str(summary["num_cases"]), ""])
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths))) for r in [header, *rows]]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)

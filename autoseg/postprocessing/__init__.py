@@ -1,0 +1,1 @@
+"""Connected-component postprocessing: determined on cross-validation, replayed at inference."""

@@ -1,0 +1,238 @@
+"""``autoseg postprocess determine|apply``: choose connected-component postprocessing on the
+cross-validation predictions, store the decision as JSON, and replay it (reference §1.7).
+
+Candidates, each tried on top of what was accepted before it:
+
+1. keep the largest component of all foreground classes together;
+2. per class (or region), on top of 1: keep its largest component, or remove its components smaller
+   than ``SMALL_COMPONENT_FRACTION`` x the smallest component of that class in any reference. When
+   both pass the rule, the one with the higher Dice is kept (the gentler removal on a tie).
+
+Acceptance rule (improves on nnU-Net's strict "greater than", which accepts gains of 1e-9, i.e.
+noise): a candidate is accepted when the mean Dice of the classes it targets (all foreground classes
+for step 1, the one class for step 2) rises by more than ``epsilon`` AND no class's mean Dice drops by
+more than ``epsilon``. Class means skip cases where the class is empty in both prediction and
+reference; a class with no such case at all counts as Dice 1 (nothing predicted, nothing there).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from autoseg.dataset.description import DatasetDescription
+from autoseg.dataset.imageio import read_image, write_image
+from autoseg.errors import EvaluationError
+from autoseg.evaluation.evaluate import list_cases, match_cases, raise_failures, read_pair, resolve_file_ending
+from autoseg.evaluation.metrics import SegClass, case_metrics, evaluation_classes
+from autoseg.postprocessing.connected_components import component_volumes_mm3, keep_largest, remove_small
+from autoseg.utils.atomic import atomic_write_json
+from autoseg.utils.progress import default_workers, parallel_map
+
+DECISION_VERSION = 1
+DEFAULT_EPSILON = 1e-3  # smallest mean Dice gain (and largest per-class loss) that counts, see module doc
+SMALL_COMPONENT_FRACTION = 0.5  # "small" = below half of the smallest true component ever seen
+RULE = (
+    "accept a candidate when the mean Dice of the classes it targets rises by more than epsilon and no "
+    "class's mean Dice drops by more than epsilon; candidates: keep largest foreground component, then per "
+    "class keep largest component or remove components below a volume"
+)
+
+Step = dict[str, Any]
+
+
+def apply_postprocessing(decision: Mapping[str, Any], seg: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+    """Replay the accepted steps of ``decision`` on one label map, in order (deterministic)."""
+    return _apply_steps(decision["steps"], seg, spacing)
+
+
+def _apply_steps(steps: Sequence[Step], seg: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+    for step in steps:
+        if step["operation"] == "keep_largest":
+            seg = keep_largest(seg, step["label_values"])
+        elif step["operation"] == "remove_small":
+            seg = remove_small(seg, step["label_values"], step["min_volume_mm3"], spacing)
+        else:
+            raise EvaluationError(f"unknown postprocessing operation {step['operation']!r}; re-run postprocess determine")
+    return seg
+
+
+def _evaluate_candidates(
+    pred_path: Path,
+    ref_path: Path,
+    accepted: Sequence[Step],
+    candidates: Sequence[Step],
+    classes: Sequence[SegClass],
+    ignore_label: int | None,
+) -> dict[str, Any]:
+    """Per class Dice of one case after ``accepted`` and after each candidate on top of it, and the
+    smallest reference component volume per class."""
+    pred, ref, geometry = read_pair(pred_path, ref_path)
+    spacing = geometry.spacing
+    base = _apply_steps(accepted, pred, spacing)
+
+    def dice(seg: np.ndarray) -> dict[str, float]:
+        metrics = case_metrics(seg, ref, spacing, classes, ignore_label, surface_metrics=False)
+        return {name: m["dice"] for name, m in metrics.items()}
+
+    smallest = {}
+    for name, values in classes:
+        volumes = component_volumes_mm3(np.isin(ref, values), spacing)
+        smallest[name] = float(volumes.min()) if volumes.size else math.inf
+    return {
+        "base": dice(base),
+        "candidates": [dice(_apply_steps([c], base, spacing)) for c in candidates],
+        "smallest_reference_mm3": smallest,
+    }
+
+
+def _class_means(per_case: Sequence[Mapping[str, float]], classes: Sequence[SegClass]) -> dict[str, float]:
+    means = {}
+    for name, _ in classes:
+        values = np.array([case[name] for case in per_case], dtype=float)
+        values = values[~np.isnan(values)]
+        means[name] = float(values.mean()) if values.size else 1.0
+    return means
+
+
+def _accepts(before: Mapping[str, float], after: Mapping[str, float], targets: Sequence[str], epsilon: float) -> bool:
+    gain = np.mean([after[t] for t in targets]) - np.mean([before[t] for t in targets])
+    worst_drop = max(before[name] - after[name] for name in before)
+    return bool(gain > epsilon and worst_drop <= epsilon)
+
+
+def _run_pass(
+    pairs: Mapping[str, tuple[Path, Path]],
+    accepted: Sequence[Step],
+    candidates: Sequence[Step],
+    classes: Sequence[SegClass],
+    ignore_label: int | None,
+    num_workers: int,
+    description: str,
+) -> tuple[dict[str, float], list[dict[str, float]], list[dict[str, Any]]]:
+    """One pass over the cases: class mean Dice after ``accepted`` and after each candidate."""
+    items = [(case, (pred, ref, accepted, candidates, classes, ignore_label)) for case, (pred, ref) in pairs.items()]
+    results, failures = parallel_map(_evaluate_candidates, items, min(num_workers, len(items)), description)
+    raise_failures(failures, len(items), "evaluated")
+    rows = [results[case] for case in pairs]
+    base = _class_means([r["base"] for r in rows], classes)
+    after = [_class_means([r["candidates"][i] for r in rows], classes) for i in range(len(candidates))]
+    return base, after, rows
+
+
+def _record(step: Step, before: Mapping[str, float], after: Mapping[str, float], accepted: bool) -> dict[str, Any]:
+    return {**step, "accepted": accepted, "dice_before": dict(before), "dice_after": dict(after)}
+
+
+def determine_postprocessing(
+    pred_dir: str | Path,
+    ref_dir: str | Path,
+    description_or_labels: DatasetDescription | Mapping[str, Any],
+    output_json: str | Path | None = None,
+    num_workers: int | None = None,
+    epsilon: float = DEFAULT_EPSILON,
+    file_ending: str | None = None,
+) -> dict[str, Any]:
+    """Decide the postprocessing on cross-validation predictions (all folds in ``pred_dir``).
+
+    Returns the decision (also written to ``output_json``, default ``pred_dir/postprocessing.json``):
+    ``steps`` (the accepted operations, replayed by ``apply_postprocessing``), every ``candidate`` with
+    its class Dice before and after, and the class Dice of the predictions before and after all steps.
+    """
+    pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
+    file_ending = resolve_file_ending(description_or_labels, file_ending)
+    classes, ignore_label = evaluation_classes(description_or_labels)
+    pairs = match_cases(pred_dir, ref_dir, file_ending, None)
+    workers = default_workers() if num_workers is None else num_workers
+    names = [name for name, _ in classes]
+    foreground = sorted({v for _, values in classes for v in values})
+
+    # Step 1: largest foreground component.
+    fg_step = {"operation": "keep_largest", "target": "foreground", "label_values": foreground}
+    initial, (fg_after,), rows = _run_pass(pairs, [], [fg_step], classes, ignore_label, workers, "postprocessing: foreground")
+    fg_ok = _accepts(initial, fg_after, names, epsilon)
+    accepted: list[Step] = [fg_step] if fg_ok else []
+    records = [_record(fg_step, initial, fg_after, fg_ok)]
+    current = fg_after if fg_ok else initial
+
+    # Step 2: per class, keep largest or remove small components (one pass for all candidates).
+    candidates: list[Step] = []
+    for name, values in classes:
+        candidates.append({"operation": "keep_largest", "target": name, "label_values": list(values)})
+        smallest = min(r["smallest_reference_mm3"][name] for r in rows)
+        if math.isfinite(smallest):
+            candidates.append({
+                "operation": "remove_small", "target": name, "label_values": list(values),
+                "min_volume_mm3": SMALL_COMPONENT_FRACTION * smallest,
+            })
+    if candidates:
+        _, after, _ = _run_pass(pairs, accepted, candidates, classes, ignore_label, workers, "postprocessing: per class")
+        for name in names:
+            options = [(c, a) for c, a in zip(candidates, after) if c["target"] == name]
+            passing = [(c, a) for c, a in options if _accepts(current, a, [name], epsilon)]
+            # Higher Dice wins; on a tie the gentler removal (listed last) is kept.
+            best = max(passing, key=lambda ca: (ca[1][name], ca[0]["operation"] == "remove_small"), default=None)
+            records.extend(_record(c, current, a, best is not None and c is best[0]) for c, a in options)
+            if best is not None:
+                accepted.append(best[0])
+
+    final = current
+    if len(accepted) > (1 if fg_ok else 0):
+        final, _, _ = _run_pass(pairs, accepted, [], classes, ignore_label, workers, "postprocessing: final")
+    decision = {
+        "version": DECISION_VERSION,
+        "rule": RULE,
+        "epsilon": epsilon,
+        "file_ending": file_ending,
+        "num_cases": len(pairs),
+        "steps": accepted,
+        "dice_before": {**initial, "foreground_mean": float(np.mean(list(initial.values())))},
+        "dice_after": {**final, "foreground_mean": float(np.mean(list(final.values())))},
+        "candidates": records,
+    }
+    atomic_write_json(Path(output_json) if output_json is not None else pred_dir / "postprocessing.json", decision)
+    return decision
+
+
+def load_decision(path: str | Path) -> dict[str, Any]:
+    """Read a ``postprocessing.json``; raise ``EvaluationError`` naming the file if it is not one."""
+    path = Path(path)
+    try:
+        decision = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise EvaluationError(f"{path}: not found; run autoseg postprocess determine first") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise EvaluationError(f"{path}: is not valid JSON ({exc})") from None
+    if not isinstance(decision, dict) or decision.get("version") != DECISION_VERSION or not isinstance(decision.get("steps"), list):
+        raise EvaluationError(f"{path}: is not a postprocessing decision (version {DECISION_VERSION}); re-run postprocess determine")
+    return decision
+
+
+def _apply_file(source: Path, target: Path, decision: Mapping[str, Any]) -> None:
+    seg, geometry = read_image(source)
+    write_image(apply_postprocessing(decision, seg, geometry.spacing), geometry, target)
+
+
+def apply_to_folder(
+    input_dir: str | Path,
+    output_dir: str | Path,
+    decision_json: str | Path | Mapping[str, Any],
+    num_workers: int | None = None,
+) -> list[Path]:
+    """Postprocess every label map in ``input_dir`` into ``output_dir``; returns the written files."""
+    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    decision = decision_json if isinstance(decision_json, Mapping) else load_decision(decision_json)
+    files = list_cases(input_dir, decision["file_ending"])
+    if not files:
+        raise EvaluationError(f"{input_dir}: no label maps ending in {decision['file_ending']!r} to postprocess")
+    if output_dir.resolve() == input_dir.resolve():
+        raise EvaluationError(f"{output_dir}: is the input folder; write postprocessed predictions to a new folder")
+    items = [(case, (path, output_dir / path.name, decision)) for case, path in files.items()]
+    workers = default_workers() if num_workers is None else num_workers
+    _, failures = parallel_map(_apply_file, items, min(workers, len(items)), "postprocessing")
+    raise_failures(failures, len(items), "postprocessed")
+    return [output_dir / path.name for path in files.values()]

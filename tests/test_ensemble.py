@@ -1,0 +1,105 @@
+"""Ensembling saved probabilities: the mean, label maps for classes and regions, refused inputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from autoseg.dataset.imageio import Geometry, read_image, write_image
+from autoseg.errors import EvaluationError
+from autoseg.evaluation.ensemble import ensemble_folders, probabilities_to_labels
+
+LABELS = {"background": 0, "a": 1, "b": 2}
+GEOMETRY = Geometry(spacing=(3.0, 0.5, 0.7), origin=(1.0, 2.0, 3.0), direction=tuple(np.eye(3).ravel()))
+SHAPE = (2, 4, 5)
+
+
+def _save(folder, case, probabilities, labels=LABELS, regions_class_order=None, geometry=GEOMETRY):
+    """A prediction folder entry as ``autoseg predict --save-probabilities`` writes it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(folder / f"{case}.npz", probabilities=probabilities.astype(np.float16))
+    sidecar = {"case_id": case, "geometry": geometry.to_dict(), "labels": labels,
+               "regions_class_order": regions_class_order, "shape": list(probabilities.shape[1:])}
+    (folder / f"{case}.json").write_text(json.dumps(sidecar))
+    write_image(np.argmax(probabilities, axis=0).astype(np.uint8), geometry, folder / f"{case}.nii.gz")
+
+
+def _softmax(rng, channels=3, shape=SHAPE):
+    logits = rng.standard_normal((channels, *shape)) * 3
+    e = np.exp(logits)
+    return (e / e.sum(axis=0)).astype(np.float16)
+
+
+def test_ensemble_is_the_mean_of_probabilities(tmp_path):
+    rng = np.random.default_rng(0)
+    inputs = {case: [_softmax(rng) for _ in range(3)] for case in ("x", "y")}
+    dirs = [tmp_path / f"m{i}" for i in range(3)]
+    for case, probs in inputs.items():
+        for folder, p in zip(dirs, probs):
+            _save(folder, case, p)
+    assert ensemble_folders(dirs, tmp_path / "out", save_probabilities=True, num_workers=1) == ["x", "y"]
+    for case, probs in inputs.items():
+        mean = np.mean([p.astype(np.float32) for p in probs], axis=0)
+        seg, geometry = read_image(tmp_path / "out" / f"{case}.nii.gz")
+        assert np.array_equal(seg, np.argmax(mean, axis=0)) and seg.dtype == np.uint8
+        assert np.allclose(geometry.spacing, GEOMETRY.spacing) and np.allclose(geometry.origin, GEOMETRY.origin)
+        with np.load(tmp_path / "out" / f"{case}.npz", allow_pickle=False) as saved:
+            np.testing.assert_array_equal(saved["probabilities"], mean.astype(np.float16))
+        assert json.loads((tmp_path / "out" / f"{case}.json").read_text())["shape"] == list(SHAPE)
+
+
+def test_regions_are_thresholded_in_regions_class_order():
+    labels = {"background": 0, "whole": [1, 2], "core": [2]}
+    probs = np.array([[0.9, 0.9, 0.2, 0.6], [0.7, 0.4, 0.9, 0.5]])[:, None, None, :]
+    seg = probabilities_to_labels(probs, labels, [1, 2])
+    # channel 0 (whole) writes 1 above 0.5, then channel 1 (core) overwrites with 2 above 0.5
+    assert seg.ravel().tolist() == [2, 1, 2, 1]
+
+
+def test_class_channels_map_to_label_values_without_ignore():
+    labels = {"background": 0, "a": 1, "ignore": 2}
+    probs = np.array([[0.6, 0.1], [0.4, 0.9]])[:, None, None, :]
+    assert probabilities_to_labels(probs, labels, None).ravel().tolist() == [0, 1]
+    with pytest.raises(ValueError, match=r"3 probability channels for 2 labels \(background included\)"):
+        probabilities_to_labels(np.zeros((3, 1, 1, 2)), labels, None)
+
+
+def test_mismatched_shapes_are_refused_naming_the_case(tmp_path):
+    rng = np.random.default_rng(1)
+    _save(tmp_path / "m0", "x", _softmax(rng))
+    _save(tmp_path / "m1", "x", _softmax(rng, shape=(2, 4, 6)))
+    with pytest.raises(EvaluationError, match=r"could not be ensembled: x: .*m1/x\.json: shape \[2, 4, 6\] differs from .*m0/x\.json \[2, 4, 5\] for case x"):
+        ensemble_folders([tmp_path / "m0", tmp_path / "m1"], tmp_path / "out", num_workers=1)
+
+
+def test_mismatched_labels_are_refused_naming_the_case(tmp_path):
+    rng = np.random.default_rng(2)
+    _save(tmp_path / "m0", "x", _softmax(rng))
+    _save(tmp_path / "m1", "x", _softmax(rng), labels={"background": 0, "a": 1, "c": 2})
+    with pytest.raises(EvaluationError, match=r"m1/x\.json: labels .* differs from .*m0/x\.json .* for case x; ensemble only predictions of the same images and labels"):
+        ensemble_folders([tmp_path / "m0", tmp_path / "m1"], tmp_path / "out", num_workers=1)
+
+
+def test_probabilities_not_matching_the_sidecar_are_refused(tmp_path):
+    rng = np.random.default_rng(3)
+    _save(tmp_path / "m0", "x", _softmax(rng))
+    _save(tmp_path / "m1", "x", _softmax(rng))
+    np.savez_compressed(tmp_path / "m1" / "x.npz", probabilities=_softmax(rng, channels=4))
+    with pytest.raises(EvaluationError, match=r"m1/x\.npz: probabilities of case x have shape \(4, 2, 4, 5\), expected \(3, 2, 4, 5\)"):
+        ensemble_folders([tmp_path / "m0", tmp_path / "m1"], tmp_path / "out", num_workers=1)
+
+
+def test_missing_case_is_named(tmp_path):
+    rng = np.random.default_rng(4)
+    _save(tmp_path / "m0", "x", _softmax(rng))
+    _save(tmp_path / "m0", "y", _softmax(rng))
+    _save(tmp_path / "m1", "x", _softmax(rng))
+    with pytest.raises(EvaluationError, match=r"m1/y\.npz: probabilities of case y missing \(present in .*m0; 1 case\(s\) missing in all\)"):
+        ensemble_folders([tmp_path / "m0", tmp_path / "m1"], tmp_path / "out", num_workers=1)
+
+
+def test_one_folder_is_not_an_ensemble(tmp_path):
+    with pytest.raises(EvaluationError, match="ensemble needs at least two prediction folders, got 1"):
+        ensemble_folders([tmp_path], tmp_path / "out")

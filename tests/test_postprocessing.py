@@ -1,0 +1,128 @@
+"""Connected-component postprocessing: the pure operations, the decision rule, and replaying it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from autoseg.dataset.imageio import Geometry, read_image, write_image
+from autoseg.errors import EvaluationError
+from autoseg.postprocessing.connected_components import (
+    component_volumes_mm3,
+    keep_largest,
+    largest_component,
+    remove_small,
+)
+from autoseg.postprocessing.determine import (
+    apply_postprocessing,
+    apply_to_folder,
+    determine_postprocessing,
+    load_decision,
+)
+
+LABELS = {"background": 0, "organ": 1, "nodule": 2}
+SPACING = (1.0, 1.0, 2.0)  # voxel = 2 mm^3
+GEOMETRY = Geometry(spacing=SPACING, origin=(0.0, 0.0, 0.0), direction=tuple(np.eye(3).ravel()))
+
+
+def test_largest_component_uses_full_connectivity_and_breaks_ties_in_scan_order():
+    mask = np.zeros((1, 5, 5), bool)
+    mask[0, 0, 0] = mask[0, 1, 1] = True  # diagonal neighbours: one component
+    mask[0, 3, 3] = mask[0, 4, 4] = True  # a second, equally large one, later in C order
+    assert np.array_equal(largest_component(mask), mask & (np.arange(5)[None, :, None] < 2))
+    assert not largest_component(np.zeros((2, 2, 2), bool)).any()
+
+
+def test_keep_largest_and_remove_small_set_background():
+    seg = np.zeros((3, 3, 8), np.uint8)
+    seg[:, :, 0:3] = 1  # 27 voxels = 54 mm^3
+    seg[1, 1, 5] = 1  # 1 voxel = 2 mm^3
+    seg[1, 1, 7] = 2
+    assert np.allclose(component_volumes_mm3(seg == 1, SPACING), [54.0, 2.0])
+    kept = keep_largest(seg, [1])
+    assert kept[1, 1, 5] == 0 and kept[1, 1, 7] == 2 and (kept == 1).sum() == 27
+    assert np.array_equal(remove_small(seg, [1], 2.5, SPACING), kept)
+    assert np.array_equal(remove_small(seg, [1], 2.0, SPACING), seg)  # "below" is strict
+    both = keep_largest(seg, [1, 2])  # all foreground together
+    assert both[1, 1, 7] == 0 and both[1, 1, 5] == 0
+
+
+def _cube(seg, corner, size, value):
+    z, y, x = corner
+    seg[z : z + size[0], y : y + size[1], x : x + size[2]] = value
+
+
+def _make_cv_folders(tmp_path):
+    """Organ: one true blob, predicted with a spurious blob too big for remove_small (keep_largest helps).
+    Nodule: two true components (keep_largest hurts); one case has a 1-voxel spurious nodule that only
+    remove_small (below half the smallest true nodule, 0.5 x 16 mm^3) removes correctly."""
+    refs, preds = tmp_path / "gt", tmp_path / "cv"
+    refs.mkdir()
+    preds.mkdir()
+    for i in range(3):
+        ref = np.zeros((14, 14, 14), np.uint8)
+        _cube(ref, (0, 0, 0), (4, 4, 4), 1)  # organ, 128 mm^3
+        _cube(ref, (9, 9, 9), (3, 3, 3), 2)  # nodule, 54 mm^3
+        _cube(ref, (9, 0, 9), (2, 2, 2), 2)  # second nodule, 16 mm^3
+        pred = ref.copy()
+        _cube(pred, (0, 8, 0), (2, 4, 5), 1)  # spurious organ blob, 80 mm^3 (> 64 mm^3: not "small")
+        if i == 0:
+            pred[13, 5, 5] = 2  # spurious 2 mm^3 nodule
+        write_image(ref, GEOMETRY, refs / f"case{i}.nii.gz")
+        write_image(pred, GEOMETRY, preds / f"case{i}.nii.gz")
+    return preds, refs
+
+
+def test_determine_accepts_what_helps_and_rejects_what_hurts(tmp_path):
+    preds, refs = _make_cv_folders(tmp_path)
+    decision = determine_postprocessing(preds, refs, LABELS, num_workers=1, file_ending=".nii.gz")
+    assert decision["steps"] == [
+        {"operation": "keep_largest", "target": "organ", "label_values": [1]},
+        {"operation": "remove_small", "target": "nodule", "label_values": [2], "min_volume_mm3": 8.0},
+    ]
+    verdicts = {(c["operation"], c["target"]): c["accepted"] for c in decision["candidates"]}
+    assert verdicts == {
+        ("keep_largest", "foreground"): False,  # would delete every nodule
+        ("keep_largest", "organ"): True,
+        ("remove_small", "organ"): False,  # the spurious blob is not small: no gain
+        ("keep_largest", "nodule"): False,  # would delete the true second nodule
+        ("remove_small", "nodule"): True,
+    }
+    organ_before = 2 * 64 / (2 * 64 + 40)
+    nodule_before = (2 * 35 / (2 * 35 + 1) + 2) / 3
+    assert decision["dice_before"]["organ"] == pytest.approx(organ_before)
+    assert decision["dice_before"]["nodule"] == pytest.approx(nodule_before)
+    assert decision["dice_after"] == {"organ": 1.0, "nodule": 1.0, "foreground_mean": 1.0}
+    assert json.loads((preds / "postprocessing.json").read_text())["steps"] == decision["steps"]
+
+
+def test_gain_below_epsilon_is_rejected(tmp_path):
+    preds, refs = _make_cv_folders(tmp_path)
+    # The nodule gain is (1 - 70/71) / 3 = 0.0047: below an epsilon of 0.01 it is noise.
+    decision = determine_postprocessing(preds, refs, LABELS, tmp_path / "pp.json", num_workers=1, epsilon=0.01, file_ending=".nii.gz")
+    assert [s["target"] for s in decision["steps"]] == ["organ"]
+    assert load_decision(tmp_path / "pp.json")["steps"] == decision["steps"]
+
+
+def test_apply_is_deterministic_and_matches_the_reference(tmp_path):
+    preds, refs = _make_cv_folders(tmp_path)
+    decision = determine_postprocessing(preds, refs, LABELS, num_workers=1, file_ending=".nii.gz")
+    seg, geometry = read_image(preds / "case0.nii.gz")
+    once = apply_postprocessing(decision, seg, geometry.spacing)
+    assert np.array_equal(once, apply_postprocessing(decision, seg, geometry.spacing))
+    assert np.array_equal(once, read_image(refs / "case0.nii.gz")[0])
+    written = apply_to_folder(preds, tmp_path / "post", preds / "postprocessing.json", num_workers=1)
+    assert [p.name for p in written] == ["case0.nii.gz", "case1.nii.gz", "case2.nii.gz"]
+    for path in written:
+        out, out_geometry = read_image(path)
+        assert np.array_equal(out, read_image(refs / path.name)[0]) and out_geometry == geometry
+
+
+def test_bad_decision_files_are_refused(tmp_path):
+    (tmp_path / "bad.json").write_text('{"version": 99, "steps": []}')
+    with pytest.raises(EvaluationError, match=r"bad\.json: is not a postprocessing decision \(version 1\)"):
+        load_decision(tmp_path / "bad.json")
+    with pytest.raises(EvaluationError, match=r"missing\.json: not found; run autoseg postprocess determine first"):
+        apply_to_folder(tmp_path, tmp_path / "out", tmp_path / "missing.json")
