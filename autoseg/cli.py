@@ -187,6 +187,65 @@ def ensemble(
     typer.echo(f"{len(cases)} case(s) ensembled into {output}")
 
 
+FOLDS_HELP = "folds, e.g. -f 0 -f 1 (default: 0 1 2 3 4)"
+
+
+@app.command("find-best")
+@user_errors
+def find_best(
+    dataset: str = typer.Argument(..., help=DATASET_HELP),
+    folds: list[str] = typer.Option(["0", "1", "2", "3", "4"], "-f", "--fold", help=FOLDS_HELP),
+    configurations: Optional[list[str]] = typer.Option(None, "-c", "--configuration", help="only these configurations (default: all trained)"),
+    no_ensembles: bool = typer.Option(False, "--no-ensembles", help="do not try pairwise ensembles"),
+    num_workers: Optional[int] = typer.Option(None, "-np", "--num-workers", help=WORKERS_HELP),
+) -> None:
+    """Rank every trained configuration and pairwise ensemble by cross-validation Dice; print how to predict."""
+    from autoseg.evaluation.selection import find_best as run, instructions_text
+
+    typer.echo(instructions_text(run(dataset, folds, configurations or None, not no_ensembles, num_workers)))
+
+
+@app.command("export-model")
+@user_errors
+def export_model(
+    model_folders: list[Path] = typer.Option(..., "-m", "--model", help="model folder(s) <results>/<Dataset>/<network>__<plans>__<config>"),
+    output: Path = typer.Option(..., "-o", "--output", help="the zip file to write"),
+    folds: list[str] = typer.Option(["0", "1", "2", "3", "4"], "-f", "--fold", help=FOLDS_HELP),
+    checkpoint: str = typer.Option("final", help="final, best or latest"),
+) -> None:
+    """Pack trained models into one zip: plain-tensor weights, plans, dataset, postprocessing, checksums."""
+    from autoseg.evaluation.model_files import export_model as run
+
+    typer.echo(f"written: {run(model_folders, output, folds, checkpoint)}")
+
+
+@app.command("import-model")
+@user_errors
+def import_model(
+    zip_file: Path = typer.Argument(..., help="a zip written by `autoseg export-model`"),
+    results_root: Optional[Path] = typer.Option(None, help="where to install (default: the results root)"),
+    overwrite: bool = typer.Option(False, help="replace model folders that exist"),
+) -> None:
+    """Check and install an exported model; never runs code, refuses tampered or incompatible files."""
+    from autoseg.evaluation.model_files import import_model as run
+
+    for folder in run(zip_file, results_root, overwrite):
+        typer.echo(f"installed: {folder}")
+
+
+@app.command()
+@user_errors
+def report(
+    dataset: str = typer.Argument(..., help=DATASET_HELP),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="HTML file (default: <results>/<Dataset>/report.html)"),
+    num_workers: Optional[int] = typer.Option(None, "-np", "--num-workers", help=WORKERS_HELP),
+) -> None:
+    """Self-contained HTML report: cross-validation table, Dice box plots, training curves, overlays."""
+    from autoseg.evaluation.report import build_report
+
+    typer.echo(f"written: {build_report(dataset, output, num_workers)}")
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="autoseg")

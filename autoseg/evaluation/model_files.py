@@ -1,0 +1,359 @@
+"""``autoseg export-model`` / ``import-model``: one zip to deploy a trained model, safe to import.
+
+nnU-Net exports the checkpoint pickles themselves, so importing a downloaded zip can run arbitrary code.
+An autoseg model file holds no pickle at all:
+
+* per model folder ``<model>/plans.json``, ``dataset.json``, ``training_config.yaml`` and
+  ``postprocessing.json`` (the last two when present), and per fold ``<model>/fold_<k>/<checkpoint>.tensors``:
+  the network weights as raw little-endian bytes behind a JSON header (names, dtypes, shapes, offsets)
+  that also carries the checkpoint's JSON metadata;
+* ``manifest.json``: format name and version, the autoseg version, the dataset, models, folds and
+  checkpoint, and the sha256 of every other member.
+
+Importing checks everything before writing anything (member paths, manifest, exact member set,
+checksums, tensor headers), then extracts into a temporary folder beside the target and renames it into
+place; the weights become ``fold_<k>/<checkpoint>.pt`` checkpoints (``network_weights`` + ``metadata``,
+loadable with ``torch.load(..., weights_only=True)``), so ``autoseg predict -m`` works on the result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+import shutil
+import struct
+import tempfile
+import zipfile
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from autoseg import __version__
+from autoseg.errors import ModelFileError
+from autoseg.paths import results_root as default_results_root
+from autoseg.utils.atomic import atomic_path
+
+FORMAT_NAME = "autoseg-model"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+TENSORS_SUFFIX = ".tensors"
+DEFAULT_FOLDS = (0, 1, 2, 3, 4)
+DEFAULT_CHECKPOINT = "checkpoint_final.pt"
+REQUIRED_FILES = ("plans.json", "dataset.json")
+OPTIONAL_FILES = ("training_config.yaml", "postprocessing.json")
+HEADER_LENGTH = struct.Struct("<Q")  # little-endian uint64: byte length of the JSON header
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # one path component, no '..', no separators
+FOLD_DIR = re.compile(r"^fold_(\d+|all)$")
+CHECKPOINT_NAME = re.compile(r"^checkpoint_[A-Za-z0-9_]+\.pt$")
+# dtypes a weights file may declare; anything else is refused rather than guessed.
+DTYPES = {
+    name: getattr(torch, name)
+    for name in ("float64", "float32", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8", "bool")
+}
+
+
+# ---------------------------------------------------------------------------------------------- tensors
+
+
+def encode_tensors(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any]) -> bytes:
+    """Serialise a state dict of tensors and JSON metadata: header length, JSON header, raw bytes."""
+    entries, chunks, offset = {}, [], 0
+    for name, tensor in tensors.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise ModelFileError(f"weight {name!r} is a {type(tensor).__name__}, not a tensor; only plain tensors can be exported")
+        dtype = str(tensor.dtype).removeprefix("torch.")
+        if dtype not in DTYPES:
+            raise ModelFileError(f"weight {name!r} has dtype {dtype}, which a model file cannot hold")
+        data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        entries[name] = {"dtype": dtype, "shape": list(tensor.shape), "offset": offset, "nbytes": len(data)}
+        chunks.append(data)
+        offset += len(data)
+    try:
+        header = json.dumps({"metadata": metadata, "tensors": entries}, allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        raise ModelFileError(f"checkpoint metadata is not plain JSON ({exc}); only JSON metadata can be exported") from None
+    return HEADER_LENGTH.pack(len(header)) + header + b"".join(chunks)
+
+
+def decode_tensors(data: bytes, where: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Inverse of ``encode_tensors``; every header field is checked against the data (``where`` names the
+    source in errors)."""
+    problem = f"{where}: is not a valid weights file"
+    if len(data) < HEADER_LENGTH.size:
+        raise ModelFileError(f"{problem} (too short)")
+    (length,) = HEADER_LENGTH.unpack_from(data)
+    start = HEADER_LENGTH.size + length
+    try:
+        header = json.loads(data[HEADER_LENGTH.size : start].decode("utf-8"))
+        entries, metadata = header["tensors"], header["metadata"]
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ModelFileError(f"{problem} (bad header: {exc})") from None
+    if start > len(data) or not isinstance(entries, dict) or not isinstance(metadata, dict):
+        raise ModelFileError(f"{problem} (bad header)")
+    payload, tensors, expected_offset = memoryview(data)[start:], {}, 0
+    for name, entry in entries.items():
+        try:
+            dtype = DTYPES[entry["dtype"]]
+            shape = [int(s) for s in entry["shape"]]
+            offset, nbytes = int(entry["offset"]), int(entry["nbytes"])
+        except (KeyError, TypeError, ValueError):
+            raise ModelFileError(f"{problem} (entry {name!r} malformed or of an unsupported dtype)") from None
+        count = 1
+        for size in shape:
+            count *= size
+        bad_size = nbytes != count * dtype.itemsize or offset + nbytes > len(payload)
+        if min(shape, default=0) < 0 or offset != expected_offset or bad_size:
+            raise ModelFileError(f"{problem} (entry {name!r}: shape, size and offset disagree)")
+        raw = torch.frombuffer(bytearray(payload[offset : offset + nbytes]), dtype=torch.uint8) if nbytes else torch.empty(0, dtype=torch.uint8)
+        tensors[name] = raw.view(dtype).reshape(shape)
+        expected_offset += nbytes
+    if expected_offset != len(payload):
+        raise ModelFileError(f"{problem} ({len(payload) - expected_offset} bytes not described by its header)")
+    return tensors, metadata
+
+
+# ---------------------------------------------------------------------------------------------- export
+
+
+def _fold_dir(fold: int | str) -> str:
+    name = f"fold_{fold}"
+    if not FOLD_DIR.match(name):
+        raise ModelFileError(f"fold {fold!r} is not a fold; use 0-4 or 'all'")
+    return name
+
+
+def _checkpoint_weights(path: Path) -> bytes:
+    if not path.is_file():
+        raise ModelFileError(f"{path}: checkpoint not found; train this fold first or choose other folds/--checkpoint")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        weights, metadata = checkpoint["network_weights"], checkpoint["metadata"]
+    except (KeyError, TypeError) as exc:
+        raise ModelFileError(f"{path}: lacks network_weights or metadata ({exc}); is it an autoseg checkpoint?") from None
+    except Exception as exc:  # torch raises many types for corrupt or foreign files
+        raise ModelFileError(f"{path}: cannot be read as a checkpoint ({exc})") from None
+    return encode_tensors(weights, metadata)
+
+
+def model_members(model_folder: Path, folds: Sequence[int | str], checkpoint: str) -> dict[str, bytes]:
+    """Zip member name -> content for one model folder."""
+    name = model_folder.name
+    if not SAFE_NAME.match(name):
+        raise ModelFileError(f"{model_folder}: folder name {name!r} cannot be stored; rename it (letters, digits, _ . + -)")
+    members = {}
+    for file in REQUIRED_FILES + OPTIONAL_FILES:
+        path = model_folder / file
+        if path.is_file():
+            members[f"{name}/{file}"] = path.read_bytes()
+        elif file in REQUIRED_FILES:
+            raise ModelFileError(f"{path}: not found; {model_folder} is not a trained model folder (plans.json and dataset.json are written by autoseg train)")
+    stem = Path(checkpoint).stem
+    for fold in folds:
+        fold_dir = _fold_dir(fold)
+        members[f"{name}/{fold_dir}/{stem}{TENSORS_SUFFIX}"] = _checkpoint_weights(model_folder / fold_dir / checkpoint)
+    return members
+
+
+def export_model(
+    model_folders: str | Path | Sequence[str | Path],
+    output_zip: str | Path,
+    folds: Sequence[int | str] = DEFAULT_FOLDS,
+    checkpoint: str = DEFAULT_CHECKPOINT,
+) -> Path:
+    """Write the weights of ``folds`` (from ``checkpoint``) and the description files of one or more
+    model folders of the same dataset (``<results>/<Dataset>/<network>__<plans>__<config>``) into
+    ``output_zip``, with a manifest of checksums. ``checkpoint`` is ``final``, ``best``, ``latest`` or a
+    file name such as ``checkpoint_final.pt``. Returns the zip's path."""
+    folders = [Path(model_folders)] if isinstance(model_folders, (str, Path)) else [Path(f) for f in model_folders]
+    if not folders:
+        raise ModelFileError("export-model: give at least one model folder")
+    if not folds:
+        raise ModelFileError("export-model: give at least one fold")
+    datasets = {f.resolve().parent.name for f in folders}
+    if len(datasets) != 1:
+        raise ModelFileError(f"export-model: model folders belong to different datasets ({', '.join(sorted(datasets))}); export one dataset per file")
+    if len({f.name for f in folders}) != len(folders):
+        raise ModelFileError("export-model: the same model folder is given twice")
+    dataset_name = datasets.pop()
+    if not SAFE_NAME.match(dataset_name):
+        raise ModelFileError(f"{folders[0].parent}: dataset folder name {dataset_name!r} cannot be stored; rename it")
+    checkpoint = checkpoint if checkpoint.endswith(".pt") else f"checkpoint_{checkpoint}.pt"
+    if not CHECKPOINT_NAME.match(checkpoint):
+        raise ModelFileError(f"export-model: checkpoint {checkpoint!r} is not a checkpoint name; use final, best or latest")
+    members: dict[str, bytes] = {}
+    for folder in folders:
+        if not folder.is_dir():
+            raise ModelFileError(f"{folder}: model folder not found")
+        members.update(model_members(folder, folds, checkpoint))
+    manifest = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "autoseg_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "dataset_name": dataset_name,
+        "models": [f.name for f in folders],
+        "folds": [str(f) for f in folds],
+        "checkpoint": checkpoint,
+        "files": {name: hashlib.sha256(data).hexdigest() for name, data in members.items()},
+    }
+    output_zip = Path(output_zip)
+    with atomic_path(output_zip) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(MANIFEST, json.dumps(manifest, indent=2) + "\n")
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return output_zip
+
+
+# ---------------------------------------------------------------------------------------------- import
+
+
+def _is_safe_member(name: str) -> bool:
+    path = PurePosixPath(name)
+    return (
+        "\\" not in name
+        and not name.startswith("/")
+        and not re.match(r"^[A-Za-z]:", name)
+        and len(path.parts) > 0
+        and all(SAFE_NAME.match(part) for part in path.parts)
+    )
+
+
+def _read_manifest(archive: zipfile.ZipFile, zip_path: Path) -> dict[str, Any]:
+    refuse = f"{zip_path}: refusing to import"
+    try:
+        manifest = json.loads(archive.read(MANIFEST).decode("utf-8"))
+    except KeyError:
+        raise ModelFileError(f"{refuse}: no {MANIFEST}; the file was not written by autoseg export-model") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFileError(f"{refuse}: {MANIFEST} is not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise ModelFileError(f"{refuse}: {MANIFEST} does not describe an {FORMAT_NAME} file")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ModelFileError(
+            f"{refuse}: model file format version {version!r} (written by autoseg {manifest.get('autoseg_version')}) "
+            f"is not supported; autoseg {__version__} reads version {FORMAT_VERSION}; import it with a matching autoseg version"
+        )
+    fields = {"dataset_name": str, "models": list, "folds": list, "checkpoint": str, "files": dict}
+    bad = [key for key, kind in fields.items() if not isinstance(manifest.get(key), kind)]
+    if bad:
+        raise ModelFileError(f"{refuse}: {MANIFEST} lacks or has malformed {', '.join(bad)}")
+    return manifest
+
+
+def _expected_members(manifest: Mapping[str, Any], zip_path: Path) -> tuple[set[str], set[str]]:
+    """(required, allowed) member names implied by the manifest's models, folds and checkpoint."""
+    refuse = f"{zip_path}: refusing to import"
+    names = [manifest["dataset_name"], *manifest["models"], manifest["checkpoint"]]
+    unsafe = not all(isinstance(n, str) and SAFE_NAME.match(n) for n in names)
+    unsafe = unsafe or len(set(manifest["models"])) != len(manifest["models"])
+    if unsafe or not manifest["models"] or not CHECKPOINT_NAME.match(manifest["checkpoint"]):
+        raise ModelFileError(f"{refuse}: {MANIFEST} names an unsafe or empty dataset, model or checkpoint")
+    folds = [f"fold_{f}" for f in manifest["folds"]]
+    if not folds or not all(FOLD_DIR.match(f) for f in folds):
+        raise ModelFileError(f"{refuse}: {MANIFEST} lists invalid folds {manifest['folds']}")
+    stem = Path(manifest["checkpoint"]).stem
+    required, allowed = set(), set()
+    for model in manifest["models"]:
+        required |= {f"{model}/{f}" for f in REQUIRED_FILES} | {f"{model}/{fold}/{stem}{TENSORS_SUFFIX}" for fold in folds}
+        allowed |= {f"{model}/{f}" for f in OPTIONAL_FILES}
+    return required, required | allowed
+
+
+def _refuse_first(names: Sequence[str], message: str) -> None:
+    """Raise ``message`` (formatted with ``name``) for the first of ``names``, if any."""
+    if names:
+        raise ModelFileError(message.format(name=sorted(names)[0]))
+
+
+def validate_model_file(zip_path: str | Path) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Check a model zip completely; return its manifest and members (name -> verified bytes, weights
+    already decoded once so a bad header is caught here). Raises ``ModelFileError`` for anything that
+    export-model would not have written."""
+    zip_path = Path(zip_path)
+    refuse = f"{zip_path}: refusing to import"
+    try:
+        archive = zipfile.ZipFile(zip_path)
+    except FileNotFoundError:
+        raise ModelFileError(f"{zip_path}: not found") from None
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ModelFileError(f"{refuse}: not a zip file ({exc})") from None
+    with archive:
+        names = [info.filename for info in archive.infolist()]
+        _refuse_first([n for n in names if not _is_safe_member(n)], refuse + ": member {name!r} has an unsafe path (absolute, '..' or unusual characters)")
+        _refuse_first([n for n in set(names) if names.count(n) > 1], refuse + ": member {name!r} appears twice")
+        manifest = _read_manifest(archive, zip_path)
+        listed, present = manifest["files"], set(names) - {MANIFEST}
+        _refuse_first(list(present - set(listed)), refuse + ": member {name!r} is not listed in " + MANIFEST + "; the file was altered after export")
+        _refuse_first(list(set(listed) - present), refuse + ": member {name!r} listed in " + MANIFEST + " is missing; the file is incomplete")
+        required, allowed = _expected_members(manifest, zip_path)
+        _refuse_first(list(present - allowed), refuse + ": member {name!r} is not part of an autoseg model file")
+        _refuse_first(list(required - present), refuse + ": required member {name!r} is missing; the file is incomplete")
+        members = {}
+        for name in sorted(present):
+            try:
+                data = archive.read(name)
+            except (zipfile.BadZipFile, OSError) as exc:  # CRC mismatch, truncated file
+                raise ModelFileError(f"{refuse}: member {name!r} cannot be read ({exc})") from None
+            if hashlib.sha256(data).hexdigest() != listed[name]:
+                raise ModelFileError(f"{refuse}: member {name!r} does not match its sha256 in {MANIFEST}; the file was altered or damaged")
+            if name.endswith(TENSORS_SUFFIX):
+                decode_tensors(data, f"{refuse}: member {name!r}")
+            members[name] = data
+    return manifest, members
+
+
+def _write_model_tree(members: Mapping[str, bytes], staging: Path, checkpoint: str) -> None:
+    """Recreate the model folders under ``staging``; weights become checkpoints without pickled code."""
+    for name, data in members.items():
+        target = staging / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if name.endswith(TENSORS_SUFFIX):
+            weights, metadata = decode_tensors(data, name)
+            torch.save({"network_weights": weights, "metadata": metadata}, target.with_name(checkpoint))
+        else:
+            target.write_bytes(data)
+
+
+def import_model(zip_path: str | Path, results_root: str | Path | None = None, overwrite: bool = False) -> list[Path]:
+    """Import a model file into ``<results_root>/<Dataset>/<model>/``; returns the model folders.
+
+    Nothing is written unless the whole file is valid and no target exists (or ``overwrite``)."""
+    manifest, members = validate_model_file(zip_path)
+    root = Path(results_root) if results_root is not None else default_results_root()
+    dataset_dir = root / manifest["dataset_name"]
+    targets = [dataset_dir / model for model in manifest["models"]]
+    existing = [t for t in targets if t.exists()]
+    if existing and not overwrite:
+        raise ModelFileError(f"{existing[0]}: model folder already exists; pass --overwrite to replace it, or import into another results folder")
+    dataset_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".import-", dir=dataset_dir))
+    try:
+        _write_model_tree(members, staging, manifest["checkpoint"])
+        for target in targets:
+            _replace_folder(staging / target.name, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return targets
+
+
+def _replace_folder(source: Path, target: Path) -> None:
+    """Move ``source`` onto ``target``; an existing ``target`` is removed only once the move is done."""
+    backup = None
+    if target.exists():
+        backup = target.with_name(f".{target.name}.replaced")
+        shutil.rmtree(backup, ignore_errors=True)
+        target.rename(backup)
+    try:
+        source.rename(target)
+    except OSError:
+        if backup is not None:
+            backup.rename(target)
+        raise
+    if backup is not None:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(backup)

@@ -1,0 +1,326 @@
+"""``autoseg report``: one self-contained HTML file summarising a dataset's cross-validation.
+
+Contents: the cross-validation table of every candidate ``find-best`` ranked (class Dice as mean +- SD
+over cases, foreground means of Dice, IoU, HD95, ASSD, NSD), per-class Dice box plots, the training
+curves of every configuration (whatever numeric keys ``metrics.jsonl`` holds, one line per fold), and
+overlays of the best and worst case of the chosen candidate (image slice with reference and
+prediction contours). Figures are PNGs embedded as base64 and also saved beside the HTML, the CSS is
+inline, and nothing refers to the network, so the file opens offline and pastes into a supplement.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from autoseg import __version__
+from autoseg.dataset.description import DatasetDescription, load_description
+from autoseg.dataset.imageio import read_image
+from autoseg.errors import EvaluationError
+from autoseg.evaluation.metrics import evaluation_classes
+from autoseg.evaluation.selection import INSTRUCTIONS_JSON, find_best
+from autoseg.paths import resolve_dataset, results_root
+from autoseg.utils.atomic import atomic_write_bytes, atomic_write_text
+
+FIGURE_DPI = 110
+CLASS_COLORS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45")
+FOLD_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
+NOT_PLOTTED = ("epoch", "timestamp")  # the x axis, and wall-clock time (not a training curve)
+IMAGE_WINDOW_PERCENTILES = (0.5, 99.5)  # display window of overlay images
+TABLE_METRICS = (("dice", "Dice", 4), ("iou", "IoU", 4), ("hd95", "HD95 mm", 2), ("assd", "ASSD mm", 2), ("nsd", "NSD", 4))
+CSS = """
+body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+h1{font-size:1.6em}h2{font-size:1.25em;border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
+table{border-collapse:collapse;font-size:.9em;margin:.6em 0}
+th,td{border:1px solid #bbb;padding:.3em .55em;text-align:right}th{background:#f0f0f0}
+td.name,th.name{text-align:left;font-family:monospace}tr.best{background:#fff6cc;font-weight:600}
+figure{margin:1em 0}img{max-width:100%;border:1px solid #ddd}figcaption{font-size:.85em;color:#555}
+code{background:#f4f4f4;padding:.1em .3em}pre{background:#f4f4f4;padding:.6em;white-space:pre-wrap;word-break:break-all}
+.note{color:#666;font-size:.9em}
+"""
+
+
+def short_name(candidate_name: str) -> str:
+    """``network/config`` for a model folder, ``A + B`` for an ensemble (plans names are the same)."""
+    members = candidate_name.removeprefix("ensemble___").split("___")
+    parts = [m.split("__") for m in members]
+    return " + ".join(f"{p[0]}/{p[2]}" if len(p) == 3 else "__".join(p) for p in parts)
+
+
+def _png(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=FIGURE_DPI, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def _fmt(value: Any, digits: int) -> str:
+    return "n/a" if value is None or not math.isfinite(float(value)) else f"{float(value):.{digits}f}"
+
+
+# ----------------------------------------------------------------------------------------------- figures
+
+
+def case_dice(summary: dict[str, Any], class_name: str) -> list[float]:
+    """Per-case Dice of one class, cases empty in both left out (reference §1.7)."""
+    values = [row["metrics"][class_name]["dice"] for row in summary["metric_per_case"]]
+    return [v for v in values if v is not None and math.isfinite(v)]
+
+
+def dice_boxplot(summaries: dict[str, dict[str, Any]], class_names: Sequence[str]) -> Figure:
+    """One panel per class, one box per candidate (best first)."""
+    labels = [short_name(name) for name in summaries]
+    figure = Figure(figsize=(max(4.0, 0.9 * len(labels) + 2) * len(class_names), 4.2))
+    axes = figure.subplots(1, len(class_names), squeeze=False)[0]
+    for ax, class_name in zip(axes, class_names):
+        data = [case_dice(s, class_name) for s in summaries.values()]
+        ax.boxplot(data, showmeans=True)
+        ax.set_xticks(range(1, len(labels) + 1), labels, rotation=30, ha="right", fontsize=8)
+        ax.set_title(f"Dice: {class_name}")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(axis="y", alpha=0.3)
+    return figure
+
+
+def read_metrics_log(path: Path) -> list[dict[str, Any]]:
+    """Epoch records of ``metrics.jsonl``; a line cut by a crash mid-write is skipped."""
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def numeric_series(records: Sequence[dict[str, Any]]) -> dict[str, tuple[list[float], list[float]]]:
+    """Key -> (epochs, values) for every numeric key; lists (per-class pseudo-Dice) give their mean."""
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    for index, record in enumerate(records):
+        epoch = float(record.get("epoch", index))
+        for key, value in record.items():
+            if key in NOT_PLOTTED:
+                continue
+            if isinstance(value, list) and value and all(isinstance(v, (int, float)) for v in value):
+                key, value = f"{key} (mean of {len(value)})", float(np.mean(value))
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                xs, ys = series.setdefault(key, ([], []))
+                xs.append(epoch)
+                ys.append(float(value))
+    return series
+
+
+def training_curves(model_folder: Path) -> Figure | None:
+    """Panels: all losses together, then one per other numeric key; one line per fold."""
+    logs = {p.parent.name: read_metrics_log(p) for p in sorted(model_folder.glob("fold_*/metrics.jsonl"))}
+    per_fold = {fold: numeric_series(records) for fold, records in logs.items() if records}
+    keys = sorted({k for series in per_fold.values() for k in series})
+    if not keys:
+        return None
+    panels = [[k for k in keys if "loss" in k]] + [[k] for k in keys if "loss" not in k]
+    panels = [p for p in panels if p]
+    columns = min(3, len(panels))
+    rows = math.ceil(len(panels) / columns)
+    figure = Figure(figsize=(4.6 * columns, 3.2 * rows))
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    styles = ("-", "--", ":", "-.")
+    for ax, panel in zip(axes, panels):
+        for f, (fold, series) in enumerate(per_fold.items()):
+            for s, key in enumerate(panel):
+                if key in series:
+                    label = f"{fold} {key}" if len(panel) > 1 else fold
+                    ax.plot(*series[key], styles[s % len(styles)], color=FOLD_COLORS[f % len(FOLD_COLORS)], label=label, lw=1.2)
+        ax.set_title(" / ".join(panel), fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    figure.suptitle(model_folder.name, fontsize=10)
+    return figure
+
+
+def overlay_slice(reference: np.ndarray, prediction: np.ndarray) -> int:
+    """The slice (first axis) with the most voxels labelled in reference or prediction."""
+    counts = ((reference > 0) | (prediction > 0)).reshape(reference.shape[0], -1).sum(axis=1)
+    return int(np.argmax(counts))
+
+
+def overlay(image: np.ndarray, reference: np.ndarray, prediction: np.ndarray, spacing: Sequence[float],
+            classes: Sequence[tuple[str, tuple[int, ...]]], title: str) -> Figure:
+    """Image slice with reference (solid) and prediction (dashed) contours per class."""
+    index = overlay_slice(reference, prediction)
+    picture = image[index].astype(np.float32)
+    low, high = np.percentile(picture, IMAGE_WINDOW_PERCENTILES)
+    figure = Figure(figsize=(5.2, 5.2))
+    ax = figure.subplots()
+    ax.imshow(picture, cmap="gray", vmin=low, vmax=max(high, low + 1e-6), aspect=spacing[-2] / spacing[-1], interpolation="nearest")
+    handles = []
+    for c, (name, values) in enumerate(classes):
+        color = CLASS_COLORS[c % len(CLASS_COLORS)]
+        # Reference wide and translucent, prediction thin and dashed: both stay visible where they agree.
+        for seg, style, width, alpha, kind in ((reference, "solid", 3.0, 0.55, "reference"), (prediction, "dashed", 1.3, 1.0, "prediction")):
+            mask = np.isin(seg[index], values).astype(np.float32)
+            if mask.any() and not mask.all():
+                ax.contour(mask, levels=[0.5], colors=[color], linestyles=style, linewidths=width, alpha=alpha)
+            handles.append(ax.plot([], [], color=color, linestyle=style, lw=width, alpha=alpha, label=f"{name} {kind}")[0])
+    ax.legend(handles=handles, fontsize=7, loc="upper right", framealpha=0.7)
+    ax.set_title(f"{title} (slice {index})", fontsize=9)
+    ax.set_axis_off()
+    return figure
+
+
+def case_foreground_dice(row: dict[str, Any]) -> float:
+    """Mean Dice over the classes of one case (classes empty in both left out; NaN if all are)."""
+    values = [m["dice"] for m in row["metrics"].values() if m["dice"] is not None and math.isfinite(m["dice"])]
+    return float(np.mean(values)) if values else math.nan
+
+
+def best_and_worst(summary: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    rows = [r for r in summary["metric_per_case"] if math.isfinite(case_foreground_dice(r))]
+    if not rows:
+        return []
+    ordered = sorted(rows, key=lambda r: (case_foreground_dice(r), r["case_id"]))
+    return [("best", ordered[-1]), ("worst", ordered[0])] if len(ordered) > 1 else [("only", ordered[0])]
+
+
+def case_image(raw_dir: Path, description: DatasetDescription, case_id: str) -> Path | None:
+    """The first channel's raw image of a case, from the explicit case list or ``imagesTr``."""
+    if description.cases and case_id in description.cases:
+        return raw_dir / description.cases[case_id]["images"][0]
+    path = raw_dir / "imagesTr" / f"{case_id}_0000{description.file_ending}"
+    return path if path.exists() else None
+
+
+# -------------------------------------------------------------------------------------------------- html
+
+
+def _table(candidates: Sequence[dict[str, Any]], summaries: dict[str, dict[str, Any]], class_names: Sequence[str],
+           best: dict[str, Any]) -> str:
+    head = ["#", "candidate", *(f"Dice {c}" for c in class_names), *(f"fg {label}" for _, label, _ in TABLE_METRICS), "cases"]
+    lines = ["<table><tr>" + "".join(f"<th{' class=name' if h == 'candidate' else ''}>{html.escape(h)}</th>" for h in head) + "</tr>"]
+    for rank, candidate in enumerate(candidates, 1):
+        summary = summaries[candidate["name"]]
+        cells = [str(rank), f"<span title='{html.escape(candidate['name'])}'>{html.escape(short_name(candidate['name']))}</span>"]
+        for class_name in class_names:
+            values = case_dice(summary, class_name)
+            sd = f" &plusmn; {np.std(values):.4f}" if values else ""
+            cells.append(_fmt(summary["mean"][class_name].get("dice"), 4) + sd)
+        cells += [_fmt(summary["foreground_mean"].get(key), digits) for key, _, digits in TABLE_METRICS]
+        cells.append(str(summary["num_cases"]))
+        css = " class=best" if candidate["name"] == best["name"] else ""
+        lines.append(f"<tr{css}>" + "".join(f"<td{' class=name' if i == 1 else ''}>{c}</td>" for i, c in enumerate(cells)) + "</tr>")
+    lines.append("</table>")
+    return "\n".join(lines)
+
+
+def _figure_html(name: str, data: bytes, caption: str) -> str:
+    encoded = base64.b64encode(data).decode("ascii")
+    return (f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{encoded}'>"
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+class _Figures:
+    """Collects figures: each is saved as ``<stem>_<name>.png`` beside the HTML and embedded in it."""
+
+    def __init__(self, html_path: Path) -> None:
+        self.html_path = html_path
+        self.saved: list[Path] = []
+
+    def add(self, name: str, figure: Figure, caption: str) -> str:
+        data = _png(figure)
+        path = self.html_path.with_name(f"{self.html_path.stem}_{name}.png")
+        atomic_write_bytes(path, data)
+        self.saved.append(path)
+        return _figure_html(name, data, caption)
+
+
+def _safe(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
+
+
+def build_report(dataset_spec: str | os.PathLike[str], output_html: str | Path | None = None,
+                 num_workers: int | None = None) -> Path:
+    """Write the report (default ``<results>/<Dataset>/report.html``) and its PNGs; returns the HTML path.
+
+    Uses ``inference_instructions.json`` from ``find-best`` and runs it first when it is missing."""
+    dataset = resolve_dataset(dataset_spec)
+    dataset_results = results_root() / dataset.name
+    instructions_file = dataset_results / INSTRUCTIONS_JSON
+    if instructions_file.is_file():
+        instructions = json.loads(instructions_file.read_text())
+    else:
+        instructions = find_best(dataset_spec, num_workers=num_workers)
+    summaries = {}
+    for candidate in instructions["candidates"]:
+        path = Path(candidate["summary_file"])
+        if not path.is_file():
+            raise EvaluationError(f"{path}: cross-validation summary missing; run autoseg find-best {dataset.name} again")
+        summaries[candidate["name"]] = json.loads(path.read_text())
+    best = instructions["best"]
+    description = load_description(Path(best["model_folders"][0]))
+    classes, _ = evaluation_classes(description)
+    class_names = [name for name, _ in classes]
+    output = Path(output_html) if output_html is not None else dataset_results / "report.html"
+    figures = _Figures(output)
+
+    sections = [
+        f"<h1>autoseg cross-validation report: {html.escape(dataset.name)}</h1>",
+        f"<p class=note>Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} by autoseg {__version__}; "
+        f"folds {', '.join(instructions['folds'])}; {instructions['num_cases']} cases; ranked by "
+        f"{html.escape(instructions['rank_metric'])}.</p>",
+        "<h2>Cross-validation</h2>",
+        _table(instructions["candidates"], summaries, class_names, best),
+        f"<p>Chosen: <code>{html.escape(best['name'])}</code>, mean foreground Dice {_fmt(best['foreground_dice'], 4)}, "
+        f"after postprocessing ({len(best['postprocessing_steps'])} step(s)) "
+        f"{_fmt(best['foreground_dice_postprocessed'], 4)}.</p>",
+        "<p class=note>Class Dice: mean &plusmn; SD over cases; fg: mean over classes of the class means; "
+        "cases where a class is empty in both prediction and reference are left out of its mean.</p>",
+        "<pre>" + html.escape("\n".join(instructions["commands"])) + "</pre>",
+        "<h2>Per-class Dice</h2>",
+        figures.add("dice_boxplot", dice_boxplot(summaries, class_names), "Dice per case and class (triangles: means)"),
+        "<h2>Training curves</h2>",
+    ]
+    model_folders = list(dict.fromkeys(f for c in instructions["candidates"] for f in c["model_folders"]))
+    for folder in model_folders:
+        figure = training_curves(Path(folder))
+        if figure is None:
+            sections.append(f"<p class=note>{html.escape(Path(folder).name)}: no metrics.jsonl found.</p>")
+        else:
+            sections.append(figures.add(f"training_{_safe(Path(folder).name)}", figure, f"{Path(folder).name}: one line per fold"))
+    sections.append(f"<h2>Best and worst case of {html.escape(short_name(best['name']))}</h2>")
+    sections += _overlay_sections(figures, summaries[best["name"]], dataset.raw_dir, description, classes)
+    document = ("<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
+                f"<title>autoseg report {html.escape(dataset.name)}</title><style>{CSS}</style></head><body>"
+                + "\n".join(sections) + "</body></html>\n")
+    atomic_write_text(output, document)
+    return output
+
+
+def _overlay_sections(figures: _Figures, summary: dict[str, Any], raw_dir: Path, description: DatasetDescription,
+                      classes: Sequence[tuple[str, tuple[int, ...]]]) -> list[str]:
+    sections = []
+    for which, row in best_and_worst(summary):
+        case_id, dice = row["case_id"], case_foreground_dice(row)
+        image_path = case_image(raw_dir, description, case_id)
+        if image_path is None:
+            sections.append(f"<p class=note>{html.escape(case_id)}: raw image not found in {html.escape(str(raw_dir))}.</p>")
+            continue
+        image, _ = read_image(image_path)
+        reference, geometry = read_image(row["reference_file"])
+        prediction, _ = read_image(row["prediction_file"])
+        title = f"{which}: {case_id}, mean Dice {dice:.4f}"
+        figure = overlay(image, reference, prediction, geometry.spacing, classes, title)
+        sections.append(figures.add(f"case_{which}_{_safe(case_id)}", figure, f"{title}; solid: reference, dashed: prediction"))
+    return sections

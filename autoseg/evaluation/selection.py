@@ -1,0 +1,284 @@
+"""``autoseg find-best``: pick the configuration (or pairwise ensemble) to use, from cross-validation.
+
+Every model folder ``<results>/<Dataset>/<network>__<plans>__<config>/`` with validation predictions
+for all requested folds is a candidate. Its folds' ``validation/`` predictions are merged into
+``crossval_folds_<folds>/`` and evaluated together against ``<preprocessed>/<Dataset>/gt_segmentations/``
+(one merged cross-validation, not a mean of fold means). Every pair of candidates whose merged folder
+holds probabilities for all cases is ensembled into ``<results>/<Dataset>/ensembles/ensemble___A___B/``.
+All are ranked by mean foreground Dice (reference §1.7); postprocessing is determined for the winner,
+and ``inference_instructions.json`` / ``inference_instructions.txt`` say how to predict with it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import shlex
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+from autoseg.dataset.description import DatasetDescription, load_description
+from autoseg.errors import EvaluationError
+from autoseg.evaluation.ensemble import ensemble_folders
+from autoseg.evaluation.evaluate import evaluate_folders, list_cases
+from autoseg.paths import preprocessed_root, resolve_dataset, results_root
+from autoseg.postprocessing.determine import determine_postprocessing
+from autoseg.utils.atomic import atomic_write_json, atomic_write_text
+
+INSTRUCTIONS_VERSION = 1
+INSTRUCTIONS_JSON = "inference_instructions.json"
+INSTRUCTIONS_TXT = "inference_instructions.txt"
+POSTPROCESSING_JSON = "postprocessing.json"
+ENSEMBLES_FOLDER = "ensembles"
+ENSEMBLE_PREFIX = "ensemble___"  # members joined by "___" (model folder names hold "__")
+DEFAULT_FOLDS = ("0", "1", "2", "3", "4")  # 5-fold cross-validation (reference §1.5)
+RANK_METRIC = "dice"  # mean foreground Dice over the merged cross-validation (reference §1.7)
+PREDICT_CHECKPOINT = "final"  # training validates its final checkpoint, so that is what CV measured
+SIDECAR_SUFFIXES = (".npz", ".json")  # probabilities and their geometry sidecar
+
+
+@dataclass
+class Candidate:
+    """A configuration or an ensemble of configurations, with its merged cross-validation."""
+
+    name: str
+    model_folders: tuple[Path, ...]
+    crossval_dir: Path
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def foreground_dice(self) -> float:
+        return float(self.summary.get("foreground_mean", {}).get(RANK_METRIC, math.nan))
+
+    @property
+    def class_dice(self) -> dict[str, float]:
+        return {name: float(m.get(RANK_METRIC, math.nan)) for name, m in self.summary.get("mean", {}).items()}
+
+
+def crossval_folder_name(folds: Sequence[str]) -> str:
+    return "crossval_folds_" + "_".join(folds)
+
+
+def is_model_folder(path: Path) -> bool:
+    """``<network>__<plans>__<config>`` folders (not hidden ones, not ``ensembles``)."""
+    return path.is_dir() and not path.name.startswith(".") and len(path.name.split("__")) == 3
+
+
+def trained_model_folders(dataset_results: Path, folds: Sequence[str], file_ending: str) -> tuple[list[Path], list[str]]:
+    """Model folders with validation predictions for every fold, and why each other one was skipped."""
+    if not dataset_results.is_dir():
+        raise EvaluationError(f"{dataset_results}: no results folder; train the 5 folds of a configuration first (autoseg train)")
+    complete, skipped = [], []
+    for folder in sorted(p for p in dataset_results.iterdir() if is_model_folder(p)):
+        missing = [f for f in folds if not list_cases_or_empty(folder / f"fold_{f}" / "validation", file_ending)]
+        if missing:
+            skipped.append(f"{folder.name}: no validation predictions for fold(s) {', '.join(missing)}")
+        else:
+            complete.append(folder)
+    return complete, skipped
+
+
+def list_cases_or_empty(folder: Path, file_ending: str) -> dict[str, Path]:
+    return list_cases(folder, file_ending) if folder.is_dir() else {}
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """Hard link (no extra disk for probabilities), copy where the file system cannot link."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def merge_crossval(model_folder: Path, folds: Sequence[str], file_ending: str) -> Path:
+    """Gather the folds' validation predictions (and probabilities) into one folder, rebuilt from
+    scratch beside the target and renamed into place."""
+    target = model_folder / crossval_folder_name(folds)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=model_folder))
+    try:
+        seen: dict[str, str] = {}
+        for fold in folds:
+            validation = model_folder / f"fold_{fold}" / "validation"
+            for case, path in list_cases(validation, file_ending).items():
+                if case in seen:
+                    raise EvaluationError(
+                        f"{path}: case {case} is also a validation case of fold {seen[case]}; folds must not "
+                        "overlap (check the split file the folds were trained with)"
+                    )
+                seen[case] = fold
+                for source in (path, *(validation / f"{case}{s}" for s in SIDECAR_SUFFIXES)):
+                    if source.is_file():
+                        _link_or_copy(source, staging / source.name)
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def has_probabilities(crossval_dir: Path, file_ending: str) -> bool:
+    cases = list_cases(crossval_dir, file_ending)
+    return bool(cases) and all((crossval_dir / f"{case}.npz").is_file() for case in cases)
+
+
+def _evaluate(candidate: Candidate, gt_dir: Path, description: DatasetDescription, num_workers: int | None) -> Candidate:
+    candidate.summary = evaluate_folders(candidate.crossval_dir, gt_dir, description, num_workers=num_workers)
+    return candidate
+
+
+def _check_same_cases(candidates: Sequence[Candidate], file_ending: str) -> None:
+    """A ranking is only fair when every candidate was validated on the same cases."""
+    first = candidates[0]
+    cases = set(list_cases(first.crossval_dir, file_ending))
+    for other in candidates[1:]:
+        differ = cases ^ set(list_cases(other.crossval_dir, file_ending))
+        if differ:
+            raise EvaluationError(
+                f"{other.crossval_dir}: cross-validated on other cases than {first.crossval_dir} (e.g. "
+                f"{sorted(differ)[0]}); train all configurations with the same split file"
+            )
+
+
+def ensemble_candidates(
+    singles: Sequence[Candidate], dataset_results: Path, folds: Sequence[str], description: DatasetDescription,
+    num_workers: int | None,
+) -> list[Candidate]:
+    """Every pair of candidates that saved probabilities, ensembled over the merged cross-validation."""
+    ending = description.file_ending
+    with_probabilities = [c for c in singles if has_probabilities(c.crossval_dir, ending)]
+    pairs = []
+    for a, b in itertools.combinations(with_probabilities, 2):
+        name = ENSEMBLE_PREFIX + "___".join((a.name, b.name))
+        output = dataset_results / ENSEMBLES_FOLDER / name / crossval_folder_name(folds)
+        shutil.rmtree(output, ignore_errors=True)  # never evaluate stale cases of an earlier run
+        ensemble_folders([a.crossval_dir, b.crossval_dir], output, num_workers=num_workers, file_ending=ending)
+        pairs.append(Candidate(name, a.model_folders + b.model_folders, output))
+    return pairs
+
+
+def rank(candidates: Sequence[Candidate]) -> list[Candidate]:
+    """Best first: highest mean foreground Dice; on a tie fewer models (cheaper), then by name."""
+    def key(c: Candidate) -> tuple[float, int, str]:
+        dice = c.foreground_dice
+        return (-dice if math.isfinite(dice) else math.inf, len(c.model_folders), c.name)
+    return sorted(candidates, key=key)
+
+
+def postprocessing_path(best: Candidate) -> Path:
+    """A single configuration keeps its decision in its model folder (exported with it); an ensemble's
+    lives in its ensemble folder."""
+    folder = best.model_folders[0] if len(best.model_folders) == 1 else best.crossval_dir.parent
+    return folder / POSTPROCESSING_JSON
+
+
+def inference_commands(model_folders: Sequence[Path], folds: Sequence[str], decision: dict[str, Any], decision_file: Path) -> list[str]:
+    """The exact commands that reproduce the chosen candidate's cross-validation pipeline on new images."""
+    fold_args = " ".join(folds)
+    predict = "autoseg predict -i INPUT_FOLDER -o {out} -m {folder} -f " + fold_args + f" --checkpoint {PREDICT_CHECKPOINT}"
+    if len(model_folders) == 1:
+        commands = [predict.format(out="OUTPUT_FOLDER", folder=shlex.quote(str(model_folders[0])))]
+    else:
+        outputs = [f"OUTPUT_FOLDER_MODEL{i + 1}" for i in range(len(model_folders))]
+        commands = [
+            predict.format(out=out, folder=shlex.quote(str(folder))) + " --save-probabilities"
+            for out, folder in zip(outputs, model_folders)
+        ]
+        commands.append(f"autoseg ensemble -i {' '.join(outputs)} -o OUTPUT_FOLDER")
+    if decision["steps"]:
+        commands.append(f"autoseg postprocess apply -i OUTPUT_FOLDER -o OUTPUT_FOLDER_PP --decision {shlex.quote(str(decision_file))}")
+    return commands
+
+
+def _candidate_record(candidate: Candidate) -> dict[str, Any]:
+    return {
+        "name": candidate.name,
+        "model_folders": [str(f) for f in candidate.model_folders],
+        "crossval_folder": str(candidate.crossval_dir),
+        "summary_file": str(candidate.crossval_dir / "summary.json"),
+        "foreground_dice": candidate.foreground_dice,
+        "class_dice": candidate.class_dice,
+    }
+
+
+def find_best(
+    dataset_spec: str | os.PathLike[str],
+    folds: Sequence[int | str] = DEFAULT_FOLDS,
+    configurations: Sequence[str] | None = None,
+    allow_ensembles: bool = True,
+    num_workers: int | None = None,
+) -> dict[str, Any]:
+    """Evaluate every trained configuration (and pairwise ensemble), choose the best, determine its
+    postprocessing and write the inference instructions; returns what ``inference_instructions.json`` holds.
+
+    Args:
+        configurations: only consider model folders of these configurations (e.g. ``3d_fullres``).
+        allow_ensembles: also evaluate pairwise ensembles of candidates that saved probabilities.
+    """
+    folds = [str(f) for f in folds]
+    dataset = resolve_dataset(dataset_spec)
+    dataset_results = results_root() / dataset.name
+    gt_dir = preprocessed_root() / dataset.name / "gt_segmentations"
+    if not gt_dir.is_dir():
+        raise EvaluationError(f"{gt_dir}: reference segmentations not found; run autoseg preprocess {dataset.name} first")
+    probe = next((p for p in sorted(dataset_results.glob("*__*__*")) if (p / "dataset.json").is_file()), None)
+    description = load_description(probe if probe is not None else dataset.raw_dir)
+    folders, skipped = trained_model_folders(dataset_results, folds, description.file_ending)
+    if configurations is not None:
+        folders = [f for f in folders if f.name.split("__")[2] in configurations]
+    if not folders:
+        reasons = f" ({'; '.join(skipped)})" if skipped else ""
+        raise EvaluationError(
+            f"{dataset_results}: no configuration has validation predictions for folds {', '.join(folds)}{reasons}; "
+            "train all folds first (autoseg train DATASET CONFIG all)"
+        )
+    singles = [Candidate(f.name, (f,), merge_crossval(f, folds, description.file_ending)) for f in folders]
+    _check_same_cases(singles, description.file_ending)
+    ensembles = ensemble_candidates(singles, dataset_results, folds, description, num_workers) if allow_ensembles else []
+    ranked = rank([_evaluate(c, gt_dir, description, num_workers) for c in singles + ensembles])
+    best = ranked[0]
+    decision_file = postprocessing_path(best)
+    decision = determine_postprocessing(best.crossval_dir, gt_dir, description, output_json=decision_file, num_workers=num_workers)
+    commands = inference_commands(best.model_folders, folds, decision, decision_file)
+    instructions = {
+        "version": INSTRUCTIONS_VERSION,
+        "dataset_name": dataset.name,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "folds": folds,
+        "rank_metric": "mean foreground Dice over the merged cross-validation (reference §1.7)",
+        "reference_folder": str(gt_dir),
+        "num_cases": best.summary["num_cases"],
+        "candidates": [_candidate_record(c) for c in ranked],
+        "skipped": skipped,
+        "best": {
+            **_candidate_record(best),
+            "postprocessing_file": str(decision_file),
+            "postprocessing_steps": decision["steps"],
+            "foreground_dice_postprocessed": decision["dice_after"]["foreground_mean"],
+        },
+        "commands": commands,
+    }
+    atomic_write_json(dataset_results / INSTRUCTIONS_JSON, instructions)
+    atomic_write_text(dataset_results / INSTRUCTIONS_TXT, instructions_text(instructions))
+    return instructions
+
+
+def instructions_text(instructions: dict[str, Any]) -> str:
+    """The ranking and the commands, readable in a terminal and runnable line by line."""
+    best = instructions["best"]
+    lines = [
+        f"# {instructions['dataset_name']}: best of {len(instructions['candidates'])} candidate(s) by "
+        f"{instructions['rank_metric']}, {instructions['num_cases']} cases",
+    ]
+    for position, candidate in enumerate(instructions["candidates"], 1):
+        lines.append(f"#  {position}. {candidate['name']}: {candidate['foreground_dice']:.4f}")
+    lines.append(
+        f"# chosen: {best['name']} (with postprocessing: {best['foreground_dice_postprocessed']:.4f}, "
+        f"{len(best['postprocessing_steps'])} step(s), decision in {best['postprocessing_file']})"
+    )
+    lines.append("# replace INPUT_FOLDER and the OUTPUT_FOLDER* names, then run:")
+    return "\n".join(lines + instructions["commands"]) + "\n"

@@ -1,0 +1,266 @@
+"""Model export/import: exact round trip of weights and files; tampered or incompatible zips refused."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from autoseg import __version__
+from autoseg.errors import ModelFileError
+from autoseg.evaluation.model_files import (
+    FORMAT_VERSION,
+    MANIFEST,
+    decode_tensors,
+    encode_tensors,
+    export_model,
+    import_model,
+)
+from autoseg.networks import Topology, create_network
+
+torch.set_num_threads(1)
+
+DATASET = "Dataset123_Tiny"
+MODEL = "unet__autosegPlans__3d_fullres"
+TOPOLOGY = Topology(3, [2, 4], [[3, 3, 3]] * 2, [[1, 1, 1], [2, 2, 2]])
+FOLDS = (0, 1)
+PLANS = {"version": 1, "plans_name": "autosegPlans", "configurations": {"3d_fullres": {"patch_size": [8, 8, 8]}}}
+DATASET_JSON = {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "a": 1}, "numTraining": 2, "file_ending": ".nii.gz"}
+
+
+def make_model_folder(results: Path, with_postprocessing: bool = True) -> Path:
+    """A results model folder in the documented layout, with one tiny U-Net checkpoint per fold."""
+    folder = results / DATASET / MODEL
+    folder.mkdir(parents=True)
+    (folder / "plans.json").write_text(json.dumps(PLANS))
+    (folder / "dataset.json").write_text(json.dumps(DATASET_JSON))
+    (folder / "training_config.yaml").write_text("optimizer:\n  lr: 0.01\n")
+    if with_postprocessing:
+        (folder / "postprocessing.json").write_text(json.dumps({"version": 1, "steps": []}))
+    for fold in FOLDS:
+        torch.manual_seed(fold)
+        network = create_network("unet", TOPOLOGY, 1, 2)
+        metadata = {"format_version": 1, "network": "unet", "topology": TOPOLOGY.__dict__, "in_channels": 1,
+                    "num_outputs": 2, "configuration": "3d_fullres", "epoch": 3 + fold, "mirror_axes": [0, 1, 2]}
+        checkpoint = {"network_weights": network.state_dict(), "optimizer_state": {"lr": 0.01},
+                      "metadata": metadata}
+        (folder / f"fold_{fold}").mkdir()
+        torch.save(checkpoint, folder / f"fold_{fold}" / "checkpoint_final.pt")
+    return folder
+
+
+@pytest.fixture()
+def exported(tmp_path: Path) -> tuple[Path, Path]:
+    folder = make_model_folder(tmp_path / "results")
+    return folder, export_model(folder, tmp_path / "model.zip", folds=FOLDS)
+
+
+def rewrite_zip(source: Path, target: Path, edit) -> Path:
+    """Copy a zip member by member through ``edit(members: dict) -> dict``."""
+    with zipfile.ZipFile(source) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    with zipfile.ZipFile(target, "w") as archive:
+        for name, data in edit(members).items():
+            archive.writestr(name, data)
+    return target
+
+
+def files_under(path: Path) -> list[Path]:
+    return sorted(p for p in path.rglob("*")) if path.exists() else []
+
+
+def test_round_trip_restores_weights_metadata_and_files(exported: tuple[Path, Path], tmp_path: Path) -> None:
+    folder, zip_path = exported
+    with zipfile.ZipFile(zip_path) as archive:
+        names = set(archive.namelist())
+        manifest = json.loads(archive.read(MANIFEST))
+        for name, digest in manifest["files"].items():
+            assert hashlib.sha256(archive.read(name)).hexdigest() == digest
+    assert names == {MANIFEST, f"{MODEL}/plans.json", f"{MODEL}/dataset.json", f"{MODEL}/training_config.yaml",
+                     f"{MODEL}/postprocessing.json", f"{MODEL}/fold_0/checkpoint_final.tensors",
+                     f"{MODEL}/fold_1/checkpoint_final.tensors"}
+    assert manifest["format_version"] == FORMAT_VERSION and manifest["autoseg_version"] == __version__
+    assert manifest["dataset_name"] == DATASET and manifest["models"] == [MODEL] and manifest["folds"] == ["0", "1"]
+
+    (imported,) = import_model(zip_path, tmp_path / "clean")
+    assert imported == tmp_path / "clean" / DATASET / MODEL
+    for name in ("plans.json", "dataset.json", "training_config.yaml", "postprocessing.json"):
+        assert (imported / name).read_bytes() == (folder / name).read_bytes()
+    for fold in FOLDS:
+        original = torch.load(folder / f"fold_{fold}" / "checkpoint_final.pt", weights_only=True)
+        loaded = torch.load(imported / f"fold_{fold}" / "checkpoint_final.pt", weights_only=True)
+        assert set(loaded) == {"network_weights", "metadata"}  # optimizer state is not exported
+        assert loaded["metadata"] == original["metadata"]
+        assert list(loaded["network_weights"]) == list(original["network_weights"])
+        for key, tensor in original["network_weights"].items():
+            assert loaded["network_weights"][key].dtype == tensor.dtype
+            assert torch.equal(loaded["network_weights"][key], tensor)
+        network = create_network("unet", TOPOLOGY, 1, 2)
+        network.load_state_dict(loaded["network_weights"])  # the imported checkpoint builds the network
+    assert [p.name for p in (tmp_path / "clean" / DATASET).iterdir()] == [MODEL]  # no staging left behind
+
+
+def test_tensor_encoding_keeps_every_dtype_and_shape() -> None:
+    tensors = {
+        "f16": torch.tensor([[1.5, -2.0]], dtype=torch.float16),
+        "bf16": torch.tensor([3.25], dtype=torch.bfloat16),
+        "i64": torch.tensor(7, dtype=torch.int64),  # 0-d tensor (num_batches_tracked)
+        "empty": torch.zeros(0, 3),
+        "strided": torch.arange(12.0).reshape(3, 4).t(),  # non-contiguous
+    }
+    decoded, metadata = decode_tensors(encode_tensors(tensors, {"epoch": 2}), "test")
+    assert metadata == {"epoch": 2}
+    for name, tensor in tensors.items():
+        assert decoded[name].dtype == tensor.dtype and decoded[name].shape == tensor.shape
+        assert torch.equal(decoded[name], tensor)
+
+
+def test_optional_postprocessing_is_left_out_when_absent(tmp_path: Path) -> None:
+    folder = make_model_folder(tmp_path / "results", with_postprocessing=False)
+    zip_path = export_model([folder], tmp_path / "m.zip", folds=[1], checkpoint="final")
+    with zipfile.ZipFile(zip_path) as archive:
+        assert f"{MODEL}/postprocessing.json" not in archive.namelist()
+        assert f"{MODEL}/fold_0/checkpoint_final.tensors" not in archive.namelist()
+    (imported,) = import_model(zip_path, tmp_path / "clean")
+    assert sorted(p.name for p in imported.iterdir()) == ["dataset.json", "fold_1", "plans.json", "training_config.yaml"]
+
+
+def test_export_names_a_missing_checkpoint(tmp_path: Path) -> None:
+    folder = make_model_folder(tmp_path / "results")
+    missing = folder / "fold_2" / "checkpoint_final.pt"
+    with pytest.raises(ModelFileError) as info:
+        export_model(folder, tmp_path / "m.zip", folds=[0, 2])
+    assert str(info.value) == f"{missing}: checkpoint not found; train this fold first or choose other folds/--checkpoint"
+    assert not (tmp_path / "m.zip").exists()
+
+
+def _modify_member(members: dict) -> dict:
+    name = f"{MODEL}/fold_0/checkpoint_final.tensors"
+    data = bytearray(members[name])
+    data[-1] ^= 0xFF  # flip bits of one weight
+    return {**members, name: bytes(data)}
+
+
+def _edit_manifest(**changes):
+    def edit(members: dict) -> dict:
+        manifest = json.loads(members[MANIFEST])
+        manifest.update(changes)
+        return {**members, MANIFEST: json.dumps(manifest).encode()}
+    return edit
+
+
+def _add_listed_member(name: str, data: bytes):
+    """A tamperer who also updates the manifest."""
+    def edit(members: dict) -> dict:
+        manifest = json.loads(members[MANIFEST])
+        manifest["files"][name] = hashlib.sha256(data).hexdigest()
+        return {**members, name: data, MANIFEST: json.dumps(manifest).encode()}
+    return edit
+
+
+TAMPERED = {
+    "modified member": (
+        _modify_member,
+        f"member '{MODEL}/fold_0/checkpoint_final.tensors' does not match its sha256 in manifest.json; "
+        "the file was altered or damaged",
+    ),
+    "extra member": (
+        lambda m: {**m, f"{MODEL}/fold_0/evil.py": b"import os"},
+        f"member '{MODEL}/fold_0/evil.py' is not listed in manifest.json; the file was altered after export",
+    ),
+    "extra member listed in the manifest": (
+        _add_listed_member(f"{MODEL}/hook.py", b"import os"),
+        f"member '{MODEL}/hook.py' is not part of an autoseg model file",
+    ),
+    "zip slip": (
+        lambda m: {**m, "../outside.txt": b"x"},
+        "member '../outside.txt' has an unsafe path (absolute, '..' or unusual characters)",
+    ),
+    "absolute path": (
+        lambda m: {**m, "/tmp/abs.txt": b"x"},
+        "member '/tmp/abs.txt' has an unsafe path (absolute, '..' or unusual characters)",
+    ),
+    "missing manifest": (
+        lambda m: {k: v for k, v in m.items() if k != MANIFEST},
+        "no manifest.json; the file was not written by autoseg export-model",
+    ),
+    "missing member": (
+        lambda m: {k: v for k, v in m.items() if k != f"{MODEL}/plans.json"},
+        f"member '{MODEL}/plans.json' listed in manifest.json is missing; the file is incomplete",
+    ),
+    "wrong version": (
+        _edit_manifest(format_version=99, autoseg_version="9.0"),
+        f"model file format version 99 (written by autoseg 9.0) is not supported; autoseg {__version__} reads "
+        f"version {FORMAT_VERSION}; import it with a matching autoseg version",
+    ),
+    "unsafe dataset name in manifest": (
+        _edit_manifest(dataset_name=".."),
+        "manifest.json names an unsafe or empty dataset, model or checkpoint",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TAMPERED))
+def test_tampered_zip_is_refused_and_nothing_written(case: str, exported: tuple[Path, Path], tmp_path: Path) -> None:
+    _, zip_path = exported
+    edit, problem = TAMPERED[case]
+    bad = rewrite_zip(zip_path, tmp_path / "bad.zip", edit)
+    clean = tmp_path / "clean"
+    with pytest.raises(ModelFileError) as info:
+        import_model(bad, clean)
+    assert str(info.value) == f"{bad}: refusing to import: {problem}"
+    assert files_under(clean) == [] and not (tmp_path / "outside.txt").exists()
+
+
+def test_weights_with_a_lying_header_are_refused(exported: tuple[Path, Path], tmp_path: Path) -> None:
+    """Checksums recomputed by the tamperer: the header itself is still checked against the data."""
+    _, zip_path = exported
+    name = f"{MODEL}/fold_0/checkpoint_final.tensors"
+    with zipfile.ZipFile(zip_path) as archive:
+        data = archive.read(name)
+    truncated = data[:-4]
+    bad = rewrite_zip(zip_path, tmp_path / "bad.zip", lambda m: _add_listed_member(name, truncated)(m))
+    with pytest.raises(ModelFileError) as info:
+        import_model(bad, tmp_path / "clean")
+    assert str(info.value).startswith(f"{bad}: refusing to import: member '{name}': is not a valid weights file (entry ")
+    assert files_under(tmp_path / "clean") == []
+
+
+def test_not_a_zip_is_refused(tmp_path: Path) -> None:
+    fake = tmp_path / "model.zip"
+    fake.write_bytes(b"\x80\x04pickle")
+    with pytest.raises(ModelFileError) as info:
+        import_model(fake, tmp_path / "clean")
+    assert str(info.value) == f"{fake}: refusing to import: not a zip file (File is not a zip file)"
+
+
+def test_existing_model_folder_is_kept_unless_overwrite(exported: tuple[Path, Path], tmp_path: Path) -> None:
+    _, zip_path = exported
+    target = tmp_path / "clean" / DATASET / MODEL
+    target.mkdir(parents=True)
+    (target / "keep.txt").write_text("mine")
+    with pytest.raises(ModelFileError) as info:
+        import_model(zip_path, tmp_path / "clean")
+    assert str(info.value) == f"{target}: model folder already exists; pass --overwrite to replace it, or import into another results folder"
+    assert [p.name for p in target.iterdir()] == ["keep.txt"]
+    import_model(zip_path, tmp_path / "clean", overwrite=True)
+    assert not (target / "keep.txt").exists() and (target / "fold_1" / "checkpoint_final.pt").is_file()
+    assert sorted(p.name for p in target.parent.iterdir()) == [MODEL]
+
+
+def test_imported_checkpoints_build_the_same_networks_for_inference(exported: tuple[Path, Path], tmp_path: Path) -> None:
+    """Inference builds its networks from the imported checkpoints alone: same outputs as the originals."""
+    from autoseg.inference.model import build_network
+
+    folder, zip_path = exported
+    (imported,) = import_model(zip_path, tmp_path / "clean")
+    x = torch.randn(1, 1, 8, 8, 8)
+    for fold in FOLDS:
+        paths = [f / f"fold_{fold}" / "checkpoint_final.pt" for f in (folder, imported)]
+        a, b = (build_network(torch.load(p, weights_only=True), p, torch.device("cpu")) for p in paths)
+        with torch.no_grad():
+            assert torch.equal(a(x), b(x))

@@ -1,0 +1,108 @@
+"""The HTML report: self-contained (embedded PNGs, inline CSS, no URLs), right numbers in its table,
+training curves and overlays saved beside it, and rendered by headless Chromium."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+
+from autoseg.evaluation.report import build_report, numeric_series, overlay_slice
+from test_selection import BAD, BAD_FOREGROUND, CASES, DATASET, GOOD, GOOD_FOREGROUND, GOOD_LEFT, make_results
+
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture()
+def report(roots: dict[str, Path]) -> tuple[Path, str]:
+    make_results(roots)
+    path = build_report(DATASET, roots["results"] / "out" / "report.html", num_workers=1)
+    return path, path.read_text()
+
+
+def test_report_is_self_contained_with_the_table_and_figures(report: tuple[Path, str], roots: dict[str, Path]) -> None:
+    path, text = report
+    assert path == roots["results"] / "out" / "report.html"
+    # No external resource of any kind: only data: URIs.
+    assert not re.search(r"(?:src|href)\s*=\s*['\"](?!data:)", text) and "http" not in text
+    assert "<style>" in text and "<link" not in text and "<script" not in text
+    images = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", text)
+    saved = sorted(p.name for p in path.parent.glob("report_*.png"))
+    assert saved == sorted([
+        "report_dice_boxplot.png",
+        f"report_training_{BAD}.png",
+        f"report_training_{GOOD}.png",
+        "report_case_best_case_009.png",
+        "report_case_worst_case_000.png",
+    ])
+    assert len(images) == len(saved)
+    embedded = {base64.b64decode(data) for data in images}
+    assert embedded == {p.read_bytes() for p in path.parent.glob("report_*.png")}
+    assert all(data.startswith(PNG_SIGNATURE) for data in embedded)
+    # Table: ensemble first and highlighted, then GOOD and BAD with their hand-computed Dice.
+    rows = re.findall(r"<tr(?: class=best)?>(.*?)</tr>", text)
+    names = [re.search(r"<span title='([^']+)'", r).group(1) for r in rows[1:]]
+    assert names == [f"ensemble___{BAD}___{GOOD}", GOOD, BAD]
+    assert "<tr class=best><td>1</td>" in text
+    good_row = rows[2]
+    assert f"<td>{GOOD_LEFT:.4f} &plusmn; 0.0000</td>" in good_row and f"<td>{GOOD_FOREGROUND:.4f}</td>" in good_row
+    assert f"<td>{BAD_FOREGROUND:.4f}</td>" in rows[3] and "<td>10</td>" in rows[3]
+
+
+def test_overlay_best_and_worst_cases(roots: dict[str, Path]) -> None:
+    """Without probabilities GOOD is best with the same Dice on every case, so the best/worst tie is
+    broken by case id; the overlay shows the slice with the most labelled voxels."""
+    make_results(roots, probabilities_for=())
+    path = build_report(DATASET, num_workers=1)
+    assert path == roots["results"] / DATASET / "report.html"
+    names = sorted(p.name for p in path.parent.glob("report_case_*.png"))
+    assert names == [f"report_case_best_{CASES[-1]}.png", f"report_case_worst_{CASES[0]}.png"]
+    picture = imread(io.BytesIO(path.with_name(names[0]).read_bytes()))
+    assert picture.shape[0] > 100 and picture.std() > 0.05  # an image, not a blank canvas
+    reference = np.zeros((4, 5, 5), np.uint8)
+    reference[1, :2, :2] = 1
+    prediction = np.zeros_like(reference)
+    prediction[2, :3, :3] = 1
+    assert overlay_slice(reference, prediction) == 2
+
+
+def test_numeric_series_plots_every_numeric_key() -> None:
+    records = [
+        {"epoch": 0, "train_loss": 1.0, "pseudo_dice": [0.2, 0.4], "lr": 0.01, "timestamp": 5.0, "note": "x"},
+        {"epoch": 1, "train_loss": 0.5, "pseudo_dice": [0.4, 0.8], "lr": 0.005, "new_key": 3, "val_loss": float("nan")},
+    ]
+    series = numeric_series(records)
+    assert series == {
+        "train_loss": ([0.0, 1.0], [1.0, 0.5]),
+        "pseudo_dice (mean of 2)": ([0.0, 1.0], [pytest.approx(0.3), pytest.approx(0.6)]),
+        "lr": ([0.0, 1.0], [0.01, 0.005]),
+        "new_key": ([1.0], [3.0]),
+    }
+
+
+@pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"), reason="chromium not installed (CI installs it)")
+def test_report_renders_in_headless_chromium(report: tuple[Path, str], tmp_path: Path) -> None:
+    assert CHROMIUM is not None, "chromium is required in CI"
+    path, _ = report
+    screenshot = tmp_path / "shot.png"
+    command = [
+        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1200,2400", f"--screenshot={screenshot}", path.as_uri(),
+    ]
+    subprocess.run(command, check=True, capture_output=True, timeout=120)
+    assert screenshot.read_bytes().startswith(PNG_SIGNATURE)
+    pixels = imread(str(screenshot))[..., :3]
+    # Non-blank: the rendered page holds text, table borders and the plots' colours.
+    assert pixels.std() > 0.05
+    coloured = np.abs(pixels[..., 0] - pixels[..., 2]) > 0.2
+    assert coloured.mean() > 0.001

@@ -1,0 +1,186 @@
+"""find-best on synthetic 5-fold results: merged cross-validation, pairwise ensemble, postprocessing,
+ranking and the inference commands, all checked against hand-computed Dice values."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autoseg.dataset.imageio import Geometry, write_image
+from autoseg.errors import EvaluationError
+from autoseg.evaluation.selection import INSTRUCTIONS_JSON, INSTRUCTIONS_TXT, find_best
+
+DATASET = "Dataset777_Synth"
+GOOD = "unet__autosegPlans__3d_fullres"  # class 1 has a one-voxel island far from the object
+BAD = "unet__autosegPlans__2d"  # class 2 misses one column
+PARTIAL = "unet__autosegPlans__3d_lowres"  # only fold 0 validated: not a candidate
+SHAPE = (4, 12, 12)
+GEOMETRY = Geometry(spacing=(2.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction=tuple(np.eye(3).ravel()))
+LABELS = {"background": 0, "left": 1, "right": 2}
+DESCRIPTION = {"channel_names": {"0": "MRI"}, "labels": LABELS, "numTraining": 10, "file_ending": ".nii.gz"}
+CASES = [f"case_{i:03d}" for i in range(10)]
+FOLD_OF = {case: i % 5 for i, case in enumerate(CASES)}
+ISLAND = (3, 11, 0)
+MISSING_COLUMN = (slice(1, 3), slice(7, 10), slice(9, 10))
+
+# Hand-computed Dice. Reference: class 1 = 2x4x4 = 32 voxels, class 2 = 2x3x3 = 18 voxels.
+GOOD_LEFT = 2 * 32 / (33 + 32)  # one false-positive voxel
+BAD_RIGHT = 2 * 12 / (12 + 18)  # 6 of 18 voxels missed
+GOOD_FOREGROUND = (GOOD_LEFT + 1.0) / 2
+BAD_FOREGROUND = (1.0 + BAD_RIGHT) / 2
+
+
+def reference(case_index: int) -> np.ndarray:
+    seg = np.zeros(SHAPE, dtype=np.uint8)
+    shift = case_index % 2  # two different layouts, so cases are not all identical
+    seg[1:3, 2 + shift : 6 + shift, 2:6] = 1
+    seg[1:3, 7:10, 7:10] = 2
+    return seg
+
+
+def probabilities(seg: np.ndarray, confidence: float) -> np.ndarray:
+    """One-hot probabilities with ``confidence`` on the predicted label, the rest shared equally."""
+    probs = np.full((3, *SHAPE), (1 - confidence) / 2, dtype=np.float32)
+    for label in range(3):
+        probs[label][seg == label] = confidence
+    return probs
+
+
+def prediction(config: str, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Label map and probabilities of one case; probabilities are built so that averaging GOOD and BAD
+    fixes both mistakes (GOOD is unsure about its island, BAD is unsure everywhere)."""
+    seg = ref.copy()
+    if config == BAD:
+        seg[MISSING_COLUMN] = 0
+        return seg, probabilities(seg, 0.6)
+    seg[ISLAND] = 1
+    probs = probabilities(seg, 0.8)
+    probs[(slice(None), *ISLAND)] = (0.4, 0.45, 0.15)
+    return seg, probs
+
+
+def write_prediction(folder: Path, case: str, seg: np.ndarray, probs: np.ndarray | None) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    write_image(seg, GEOMETRY, folder / f"{case}.nii.gz")
+    if probs is not None:
+        np.savez_compressed(folder / f"{case}.npz", probabilities=probs.astype(np.float16))
+        sidecar = {"case_id": case, "geometry": GEOMETRY.to_dict(), "labels": LABELS, "regions_class_order": None, "shape": list(SHAPE)}
+        (folder / f"{case}.json").write_text(json.dumps(sidecar))
+
+
+def make_results(roots: dict[str, Path], probabilities_for: tuple[str, ...] = (GOOD, BAD)) -> Path:
+    """Raw dataset (dataset.json + images), preprocessed gt_segmentations, and 5-fold results of GOOD
+    and BAD (plus a PARTIAL configuration with one fold), in the documented layouts."""
+    raw = roots["raw"] / DATASET
+    (raw / "imagesTr").mkdir(parents=True)
+    (raw / "labelsTr").mkdir()
+    (raw / "dataset.json").write_text(json.dumps(DESCRIPTION))
+    gt = roots["preprocessed"] / DATASET / "gt_segmentations"
+    gt.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for index, case in enumerate(CASES):
+        ref = reference(index)
+        image = (ref * 40 + rng.normal(100, 10, SHAPE)).astype(np.float32)
+        write_image(image, GEOMETRY, raw / "imagesTr" / f"{case}_0000.nii.gz")
+        write_image(ref, GEOMETRY, raw / "labelsTr" / f"{case}.nii.gz")
+        write_image(ref, GEOMETRY, gt / f"{case}.nii.gz")
+    for config in (GOOD, BAD, PARTIAL):
+        folder = roots["results"] / DATASET / config
+        folder.mkdir(parents=True)
+        (folder / "dataset.json").write_text(json.dumps(DESCRIPTION))
+        (folder / "plans.json").write_text(json.dumps({"plans_name": "autosegPlans"}))
+        for index, case in enumerate(CASES):
+            fold = FOLD_OF[case]
+            if config == PARTIAL and fold != 0:
+                continue
+            seg, probs = prediction(config, reference(index))
+            write_prediction(folder / f"fold_{fold}" / "validation", case, seg, probs if config in probabilities_for else None)
+        for fold in range(5):
+            lines = [json.dumps({"epoch": e, "train_loss": 1.0 / (e + 1), "val_loss": 1.2 / (e + 1), "pseudo_dice": [0.5 + 0.1 * e, 0.4 + 0.1 * e],
+                                 "ema_pseudo_dice": 0.4 + 0.1 * e, "lr": 0.01 * (1 - e / 4), "epoch_time_s": 2.0 + fold}) for e in range(4)]
+            (folder / f"fold_{fold}").mkdir(exist_ok=True)
+            (folder / f"fold_{fold}" / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    return roots["results"] / DATASET
+
+
+def test_pairwise_ensemble_wins_when_it_fixes_both_configurations(roots: dict[str, Path]) -> None:
+    results = make_results(roots)
+    instructions = find_best(DATASET, num_workers=1)
+    ensemble = f"ensemble___{BAD}___{GOOD}"
+    ranking = [(c["name"], c["foreground_dice"]) for c in instructions["candidates"]]
+    assert [name for name, _ in ranking] == [ensemble, GOOD, BAD]
+    assert [dice for _, dice in ranking] == pytest.approx([1.0, GOOD_FOREGROUND, BAD_FOREGROUND], abs=1e-12)
+    by_name = {c["name"]: c for c in instructions["candidates"]}
+    assert by_name[GOOD]["class_dice"] == pytest.approx({"left": GOOD_LEFT, "right": 1.0})
+    assert by_name[BAD]["class_dice"] == pytest.approx({"left": 1.0, "right": BAD_RIGHT})
+    assert instructions["num_cases"] == 10 and instructions["skipped"] == [
+        f"{PARTIAL}: no validation predictions for fold(s) 1, 2, 3, 4"
+    ]
+    # The merged cross-validation holds every case of every fold, with probabilities.
+    merged = results / GOOD / "crossval_folds_0_1_2_3_4"
+    assert sorted(p.name for p in merged.glob("*.nii.gz")) == [f"{c}.nii.gz" for c in CASES]
+    assert len(list(merged.glob("*.npz"))) == 10
+    best = instructions["best"]
+    assert best["name"] == ensemble and best["model_folders"] == [str(results / BAD), str(results / GOOD)]
+    assert best["postprocessing_steps"] == [] and best["foreground_dice_postprocessed"] == pytest.approx(1.0)
+    assert Path(best["postprocessing_file"]) == results / "ensembles" / ensemble / "postprocessing.json"
+    assert instructions["commands"] == [
+        f"autoseg predict -i INPUT_FOLDER -o OUTPUT_FOLDER_MODEL1 -m {results / BAD} -f 0 1 2 3 4 --checkpoint final --save-probabilities",
+        f"autoseg predict -i INPUT_FOLDER -o OUTPUT_FOLDER_MODEL2 -m {results / GOOD} -f 0 1 2 3 4 --checkpoint final --save-probabilities",
+        "autoseg ensemble -i OUTPUT_FOLDER_MODEL1 OUTPUT_FOLDER_MODEL2 -o OUTPUT_FOLDER",
+    ]
+    assert json.loads((results / INSTRUCTIONS_JSON).read_text()) == json.loads(json.dumps(instructions))
+    text = (results / INSTRUCTIONS_TXT).read_text()
+    assert text.splitlines()[-3:] == instructions["commands"]
+    assert f"#  2. {GOOD}: {GOOD_FOREGROUND:.4f}" in text
+
+
+def test_best_single_configuration_gets_its_postprocessing(roots: dict[str, Path]) -> None:
+    """Without BAD's probabilities no ensemble exists; GOOD wins and removing its island is accepted."""
+    results = make_results(roots, probabilities_for=(GOOD,))
+    instructions = find_best(DATASET, num_workers=1)
+    assert [c["name"] for c in instructions["candidates"]] == [GOOD, BAD]
+    assert not (results / "ensembles").exists()
+    best = instructions["best"]
+    decision_file = results / GOOD / "postprocessing.json"
+    assert Path(best["postprocessing_file"]) == decision_file and decision_file.is_file()
+    # Keep-largest of all foreground would delete class 2 (a separate object) and is refused; for class 1
+    # both candidates reach Dice 1 and the gentler removal of components below half the smallest true
+    # component (32 voxels x 2 mm^3 / 2) is kept (postprocessing.determine's rule).
+    assert best["postprocessing_steps"] == [
+        {"operation": "remove_small", "target": "left", "label_values": [1], "min_volume_mm3": 32.0}
+    ]
+    assert best["foreground_dice"] == pytest.approx(GOOD_FOREGROUND)
+    assert best["foreground_dice_postprocessed"] == pytest.approx(1.0)
+    assert instructions["commands"] == [
+        f"autoseg predict -i INPUT_FOLDER -o OUTPUT_FOLDER -m {results / GOOD} -f 0 1 2 3 4 --checkpoint final",
+        f"autoseg postprocess apply -i OUTPUT_FOLDER -o OUTPUT_FOLDER_PP --decision {decision_file}",
+    ]
+
+
+def test_configuration_filter_and_missing_results(roots: dict[str, Path]) -> None:
+    make_results(roots)
+    only = find_best(DATASET, configurations=["2d"], num_workers=1)
+    assert [c["name"] for c in only["candidates"]] == [BAD]
+    with pytest.raises(EvaluationError) as info:
+        find_best(DATASET, configurations=["3d_lowres"], num_workers=1)
+    assert str(info.value) == (
+        f"{roots['results'] / DATASET}: no configuration has validation predictions for folds 0, 1, 2, 3, 4 "
+        f"({PARTIAL}: no validation predictions for fold(s) 1, 2, 3, 4); train all folds first "
+        "(autoseg train DATASET CONFIG all)"
+    )
+
+
+def test_overlapping_folds_are_refused(roots: dict[str, Path]) -> None:
+    results = make_results(roots, probabilities_for=())
+    validation = results / GOOD / "fold_1" / "validation"
+    write_prediction(validation, CASES[0], reference(0), None)  # case_000 belongs to fold 0
+    with pytest.raises(EvaluationError) as info:
+        find_best(DATASET, num_workers=1)
+    assert str(info.value) == (
+        f"{validation / 'case_000.nii.gz'}: case case_000 is also a validation case of fold 0; folds must not "
+        "overlap (check the split file the folds were trained with)"
+    )
