@@ -48,3 +48,7 @@ class EvaluationError(AutosegError):
 
 class ModelFileError(AutosegError):
     """An exported model file is tampered, incomplete or incompatible."""
+
+
+class UsageError(AutosegError):
+    """A command-line value is malformed (a duration, a fold, an override)."""

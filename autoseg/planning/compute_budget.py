@@ -1,0 +1,168 @@
+"""Time per training iteration, measured on this machine, and what a compute budget affords.
+
+The cost of a step is counted exactly in FLOPs (conv, transposed conv and linear layers, via forward
+hooks on the ``meta`` device, backward = 2x forward) and converted to seconds with a timing model
+``seconds = intercept + per_gflop * GFLOP`` fitted from a few real forward+backward+SGD steps of a
+small network of the same family and width at two sizes on the actual device. Timings are cached
+(keyed by device, threads, family, width, channels), so re-planning on one machine is deterministic.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from autoseg.networks import Topology, create_network
+from autoseg.networks.registry import TopologyConstraints
+from autoseg.planning import constants as C
+from autoseg.planning.memory import read_cache, write_cache
+from autoseg.planning.topology import divisible_patch, plan_topology
+
+# forward + backward (gradients w.r.t. inputs and weights, each about one forward)
+_TRAINING_FLOPS_PER_FORWARD = 3.0
+
+
+@dataclass(frozen=True)
+class TimingModel:
+    """Seconds of one training iteration as a function of its GFLOP."""
+
+    device: str
+    seconds_intercept: float
+    seconds_per_gflop: float
+
+    def predict(self, gflop: float) -> float:
+        return self.seconds_intercept + self.seconds_per_gflop * gflop
+
+
+def _layer_macs(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> int:
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        return output.numel() * (module.in_channels // module.groups) * math.prod(module.kernel_size)
+    if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+        return inputs[0].numel() * (module.out_channels // module.groups) * math.prod(module.kernel_size)
+    if isinstance(module, nn.Linear):
+        return output.numel() * module.in_features
+    return 0
+
+
+def training_gflop(
+    network_name: str,
+    topology: Topology,
+    in_channels: int,
+    n_classes: int,
+    patch_size: Sequence[int],
+    batch_size: int,
+    options: dict[str, Any] | None = None,
+) -> float:
+    """GFLOP of one forward+backward step, counted layer by layer on the meta device."""
+    with torch.device("meta"):
+        network = create_network(network_name, topology, in_channels, n_classes, **dict(options or {})).train()
+        inputs = torch.zeros((batch_size, in_channels, *patch_size))
+    macs = [0]
+
+    def count(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        macs[0] += _layer_macs(module, args, output)
+
+    handles = [m.register_forward_hook(count) for m in network.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            network(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return 2.0 * macs[0] * _TRAINING_FLOPS_PER_FORWARD / 1e9
+
+
+def _loss(outputs: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+    outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+    return sum(o.float().square().mean() for o in outputs)
+
+
+def _time_steps(network: nn.Module, inputs: torch.Tensor, device: torch.device) -> float:
+    """Median seconds of a forward+backward+SGD step (after warm-up)."""
+    optimizer = torch.optim.SGD(network.parameters(), lr=1e-6, momentum=0.99, nesterov=True)
+    times = []
+    for step in range(C.TIMING_WARMUP_STEPS + C.TIMING_MEASURED_STEPS):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        _loss(network(inputs)).backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if step >= C.TIMING_WARMUP_STEPS:
+            times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu x{torch.get_num_threads()} threads"
+
+
+def measure_timing(
+    network_name: str,
+    constraints: TopologyConstraints,
+    spatial_dims: int,
+    in_channels: int,
+    n_classes: int,
+    width: int,
+    device: torch.device,
+    options: dict[str, Any] | None = None,
+    cache_dir: Path | None = None,
+) -> TimingModel:
+    """Fit the timing model from real steps of a small ``width`` network at two probe sizes."""
+    name = device_name(device)
+    key = {
+        "kind": "timing", "device": name, "network": network_name, "spatial_dims": spatial_dims,
+        "in_channels": in_channels, "n_classes": n_classes, "width": width, "options": dict(options or {}),
+        "probe": list(C.TIMING_PROBE_SIZES[spatial_dims]), "torch": torch.__version__,
+    }
+    cached = read_cache(cache_dir, key)
+    if cached is not None:
+        return TimingModel(**cached)
+    small, large = C.TIMING_PROBE_SIZES[spatial_dims]
+    topology = plan_topology([small] * spatial_dims, [1.0] * spatial_dims, constraints, width)
+    with torch.device(device):
+        network = create_network(network_name, topology, in_channels, n_classes, **dict(options or {})).train()
+    points = []
+    for size in (small, large):
+        patch = divisible_patch([size] * spatial_dims, topology)
+        inputs = torch.randn((C.MIN_BATCH_SIZE, in_channels, *patch), device=device)
+        gflop = training_gflop(network_name, topology, in_channels, n_classes, patch, C.MIN_BATCH_SIZE, options)
+        points.append((gflop, _time_steps(network, inputs, device)))
+    (g0, t0), (g1, t1) = points
+    per_gflop = max((t1 - t0) / (g1 - g0), t1 / g1 / 2)  # noise must not make big steps look free
+    model = TimingModel(name, max(0.0, t1 - per_gflop * g1), per_gflop)
+    write_cache(cache_dir, key, asdict(model))
+    return model
+
+
+def seconds_per_iteration(compute_seconds: float, device: torch.device) -> float:
+    """A training-loop iteration: the measured compute plus data loading on the same CPU cores."""
+    return compute_seconds * (C.CPU_LOOP_OVERHEAD if device.type == "cpu" else 1.0)
+
+
+def affordable_iterations(budget_seconds: float, iteration_seconds: float) -> int:
+    """Iterations one fold can train within the budget, validation and final inference included."""
+    usable = budget_seconds * C.BUDGET_TRAINING_SHARE / C.VALIDATION_COST_FACTOR
+    return min(C.MAX_ITERATIONS, int(usable // iteration_seconds))
+
+
+def schedule(num_iterations: int) -> tuple[int, int]:
+    """(num_iterations, iterations_per_epoch): whole epochs of 250 when at least one fits."""
+    if num_iterations >= C.ITERATIONS_PER_EPOCH:
+        return num_iterations // C.ITERATIONS_PER_EPOCH * C.ITERATIONS_PER_EPOCH, C.ITERATIONS_PER_EPOCH
+    return max(1, num_iterations), max(1, num_iterations)
+
+
+def predicted_total_seconds(num_iterations: int, iteration_seconds: float) -> float:
+    """Training time of one fold for the plan (inverse of ``affordable_iterations``)."""
+    return num_iterations * iteration_seconds * C.VALIDATION_COST_FACTOR / C.BUDGET_TRAINING_SHARE

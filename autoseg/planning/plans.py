@@ -1,0 +1,155 @@
+"""The plans file: the one contract between planning and every later stage.
+
+Human-readable JSON, versioned, written atomically; an existing plans file with different content is
+never replaced silently (a new plans name is the safe default, ``overwrite=True`` the explicit one),
+because preprocessed data and trained models of the old plan depend on it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from autoseg.errors import PlanError
+from autoseg.planning import constants as C
+from autoseg.utils.atomic import atomic_write_json
+
+REQUIRED_TOP_LEVEL = (
+    "version", "plans_name", "dataset_name", "channel_names", "labels", "file_ending",
+    "transpose_forward", "transpose_backward", "foreground_intensity_properties_per_channel",
+    "configurations",
+)
+REQUIRED_CONFIGURATION = (
+    "data_identifier", "spatial_dims", "spacing", "median_shape", "patch_size", "batch_size",
+    "normalization", "resampling", "network", "predicted_memory_bytes",
+    "predicted_seconds_per_iteration", "num_iterations", "iterations_per_epoch",
+    "previous_stage", "next_stage",
+)
+
+
+def plans_path(preprocessed_dir: str | Path, plans_name: str = C.DEFAULT_PLANS_NAME) -> Path:
+    """``<preprocessed>/<Dataset>/<plans_name>.json``."""
+    return Path(preprocessed_dir) / f"{plans_name}.json"
+
+
+def validate_plans(plans: Any, source: str) -> dict[str, Any]:
+    """Check the structure later stages rely on; ``PlanError`` naming the file and the fix."""
+    fix = "re-run `autoseg plan` to write a fresh plans file"
+    if not isinstance(plans, dict):
+        raise PlanError(f"{source}: a plans file must hold a JSON object; {fix}")
+    missing = [k for k in REQUIRED_TOP_LEVEL if k not in plans]
+    if missing:
+        raise PlanError(f"{source}: missing {', '.join(missing)}; {fix}")
+    if plans["version"] != C.PLANS_VERSION:
+        raise PlanError(
+            f"{source}: plans version {plans['version']!r} but this autoseg reads version {C.PLANS_VERSION}; {fix}"
+        )
+    configurations = plans["configurations"]
+    if not isinstance(configurations, dict) or not configurations:
+        raise PlanError(f"{source}: 'configurations' is empty; {fix}")
+    for name, config in configurations.items():
+        absent = [k for k in REQUIRED_CONFIGURATION if not isinstance(config, dict) or k not in config]
+        if absent:
+            raise PlanError(f"{source}: configuration {name!r} lacks {', '.join(absent)}; {fix}")
+        dims = config["spatial_dims"]
+        if dims not in (2, 3) or len(config["patch_size"]) != dims:
+            raise PlanError(f"{source}: configuration {name!r} has patch_size {config['patch_size']} for {dims}-D; {fix}")
+        for link in ("previous_stage", "next_stage"):
+            if config[link] is not None and config[link] not in configurations:
+                raise PlanError(f"{source}: configuration {name!r} names {link} {config[link]!r}, which is not planned; {fix}")
+    return plans
+
+
+def load_plans(path: str | Path) -> dict[str, Any]:
+    """Read and validate a plans file."""
+    path = Path(path)
+    if not path.is_file():
+        raise PlanError(f"{path}: plans file not found; run `autoseg plan DATASET` (or check --plans-name)")
+    try:
+        plans = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PlanError(f"{path}: not valid JSON ({exc}); re-run `autoseg plan` to write a fresh plans file") from None
+    return validate_plans(plans, str(path))
+
+
+def get_configuration(plans: dict[str, Any], name: str) -> dict[str, Any]:
+    """One configuration of a plan; ``PlanError`` listing those planned if ``name`` is not."""
+    configurations = plans["configurations"]
+    if name not in configurations:
+        raise PlanError(
+            f"configuration {name!r} is not in plans {plans.get('plans_name')!r} of {plans.get('dataset_name')}; "
+            f"planned: {', '.join(configurations)}"
+        )
+    return configurations[name]
+
+
+def write_plans(plans: dict[str, Any], path: str | Path, overwrite: bool = False) -> bool:
+    """Write ``plans`` atomically; returns False when an identical file is already there.
+
+    A different existing plan is kept unless ``overwrite``: its preprocessed data and models would
+    no longer match it.
+    """
+    path = Path(path)
+    validate_plans(plans, str(path))
+    if path.is_file():
+        try:
+            existing = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            existing = None
+        if existing == json.loads(json.dumps(plans)):
+            return False
+        if not overwrite:
+            raise PlanError(
+                f"{path}: a different plan with this name exists (its preprocessed data and trained models "
+                "depend on it); choose a new name with --plans-name, or pass --overwrite to replace it"
+            )
+    atomic_write_json(path, plans)
+    return True
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    hours, rest = divmod(int(round(seconds)), 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def _numbers(values: list[float], digits: int = 2) -> str:
+    texts = [f"{v:.{digits}f}" for v in values]
+    return "x".join(t.rstrip("0").rstrip(".") if "." in t else t for t in texts)
+
+
+def format_plan_table(plans: dict[str, Any]) -> str:
+    """One row per configuration: what was planned and what it is predicted to cost."""
+    header = ("configuration", "spacing (mm)", "median shape", "patch", "batch", "network", "stages",
+              "features", "memory", "s/iter", "iterations", "total")
+    rows = [header]
+    for name, config in plans["configurations"].items():
+        topology = config["network"]["topology"]
+        features = topology["features_per_stage"]
+        rows.append((
+            name,
+            _numbers(config["spacing"][-config["spatial_dims"]:]),
+            _numbers(config["median_shape"][-config["spatial_dims"]:], 0),
+            "x".join(str(p) for p in config["patch_size"]),
+            str(config["batch_size"]),
+            config["network"]["name"],
+            str(len(features)),
+            f"{features[0]}-{features[-1]}",
+            f"{config['predicted_memory_bytes'] / 2**30:.2f} GiB",
+            f"{config['predicted_seconds_per_iteration']:.3g}",
+            str(config["num_iterations"]),
+            _duration(config.get("predicted_total_seconds")),
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    budget = plans.get("budget", {})
+    title = f"plans {plans['plans_name']!r} for {plans['dataset_name']}"
+    if budget:
+        title += f" (device {budget.get('device_name', budget.get('device', '?'))}"
+        title += f", usable memory {budget.get('memory_bytes_usable', 0) / 2**30:.1f} GiB"
+        title += f", compute budget {_duration(budget.get('seconds'))} per fold)"
+    notes = [f"note: {n}" for n in plans.get("notes", [])]
+    return "\n".join([title, *lines, *notes])

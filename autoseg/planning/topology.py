@@ -1,0 +1,109 @@
+"""Per-axis topology (pooling, kernels, features per stage) for any registered family.
+
+The rules are reference §1.3's; each family's ``TopologyConstraints`` (registry.py) bounds them:
+stage count, prescribed features, kernel size, blocks per stage, isotropic-only designs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+from autoseg.networks.registry import TopologyConstraints
+from autoseg.networks.topology import Topology
+from autoseg.planning import constants as C
+
+
+def _full_kernel_axes(spacing: Sequence[float]) -> list[bool]:
+    """Axes whose spacing is within ``POOLING_SPACING_RATIO`` of the finest one."""
+    finest = min(spacing)
+    return [s / finest < C.POOLING_SPACING_RATIO for s in spacing]
+
+
+def _stage_kernel(full: Sequence[bool], kernel_size: int) -> list[int]:
+    return [kernel_size if f else 1 for f in full]
+
+
+def features_per_stage(
+    n_stages: int, constraints: TopologyConstraints, dims: int, width: int = C.BASE_FEATURES
+) -> list[int]:
+    """The family's prescribed features, or ``width`` doubling per stage up to the cap.
+
+    The cap (320 in 3D, 512 in 2D, reference §1.3) scales with ``width`` so that a narrower network
+    (compute budget) stays narrow at depth too.
+    """
+    if constraints.fixed_features is not None:
+        return list(constraints.fixed_features[:n_stages])
+    cap = constraints.max_features or C.MAX_FEATURES[dims] * width // C.BASE_FEATURES
+    return [min(width * 2**i, cap) for i in range(n_stages)]
+
+
+def expand_blocks(default: Sequence[int] | None, n_stages: int) -> list[int] | None:
+    """The family's blocks per stage written out for ``n_stages`` (the last value repeated)."""
+    if default is None:
+        return None
+    return [default[min(i, len(default) - 1)] for i in range(n_stages)]
+
+
+def plan_topology(
+    patch_size: Sequence[float],
+    spacing: Sequence[float],
+    constraints: TopologyConstraints,
+    width: int = C.BASE_FEATURES,
+) -> Topology:
+    """Pool an axis while its feature map stays >= 4 voxels and its spacing is within 2x of the
+    finest; its kernel is 1 until then (reference §1.3). Isotropic-only families pool all axes
+    together or none.
+    """
+    dims = len(patch_size)
+    size = [float(s) for s in patch_size]
+    current = [float(s) for s in spacing]
+    full = _full_kernel_axes(current)
+    kernels = [_stage_kernel(full, constraints.kernel_size)]
+    strides = [[1] * dims]
+    max_stages = constraints.max_stages or math.inf
+    if constraints.fixed_features is not None:
+        max_stages = min(max_stages, len(constraints.fixed_features))
+    while len(strides) < max_stages:
+        big_enough = [s >= C.POOLING_STRIDE * C.MIN_FEATURE_MAP_SIZE for s in size]
+        if constraints.isotropic_only:
+            pool = [all(big_enough)] * dims
+        else:
+            pool = [b and f for b, f in zip(big_enough, _full_kernel_axes(current))]
+        if not any(pool):
+            break
+        stride = [C.POOLING_STRIDE if p else 1 for p in pool]
+        size = [s / st for s, st in zip(size, stride)]
+        current = [c * st for c, st in zip(current, stride)]
+        # once an axis has the full kernel it keeps it
+        full = [f or g for f, g in zip(full, _full_kernel_axes(current))]
+        strides.append(stride)
+        kernels.append(_stage_kernel(full, constraints.kernel_size))
+    if constraints.isotropic_only:
+        kernels = [[constraints.kernel_size] * dims for _ in kernels]
+    n = len(strides)
+    return Topology(
+        spatial_dims=dims,
+        features_per_stage=features_per_stage(n, constraints, dims, width),
+        kernel_sizes=kernels,
+        strides=strides,
+        blocks_per_stage=expand_blocks(constraints.default_blocks_per_stage, n),
+    )
+
+
+def divisible_patch(patch_size: Sequence[float], topology: Topology) -> list[int]:
+    """Round every axis up to a multiple of the topology's total stride (at least one multiple)."""
+    return [max(t, int(math.ceil(p / t)) * t) for p, t in zip(patch_size, topology.total_stride)]
+
+
+def shrink_patch(patch_size: Sequence[int], median_shape: Sequence[float], topology: Topology) -> list[int] | None:
+    """One step down: the axis with the largest patch / median-shape ratio loses one divisibility
+    step (reference §1.3). ``None`` when no axis can shrink any more."""
+    steps = topology.total_stride
+    candidates = [a for a, (p, s) in enumerate(zip(patch_size, steps)) if p - s >= s]
+    if not candidates:
+        return None
+    axis = max(candidates, key=lambda a: (patch_size[a] / median_shape[a], -a))
+    smaller = list(patch_size)
+    smaller[axis] -= steps[axis]
+    return smaller

@@ -1,0 +1,25 @@
+"""Durations such as ``30m``, ``2h``, ``1h30m``, ``90s`` or plain seconds, for time budgets."""
+
+from __future__ import annotations
+
+import re
+
+from autoseg.errors import UsageError
+
+_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([dhms])")
+_SECONDS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``text``; raises ``UsageError`` with the accepted forms when it cannot be read."""
+    value = text.strip().lower()
+    try:
+        seconds = float(value)
+    except ValueError:
+        parts = _PART.findall(value)
+        if not parts or _PART.sub("", value).strip():
+            raise UsageError(f"duration {text!r} not understood; write e.g. 30m, 2h, 1h30m, 90s or 1800") from None
+        seconds = sum(float(n) * _SECONDS[u] for n, u in parts)
+    if seconds <= 0:
+        raise UsageError(f"duration {text!r} must be positive")
+    return seconds

@@ -1,0 +1,313 @@
+"""Planner rules, topology, configurations and the plans file, on fingerprints built here."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from autoseg.errors import FingerprintError, PlanError
+from autoseg.networks import get_network_spec
+from autoseg.networks.registry import TopologyConstraints
+from autoseg.planning import constants as C
+from autoseg.planning import rules
+from autoseg.planning.compute_budget import TimingModel, affordable_iterations, schedule
+from autoseg.planning.planner import build_plans, output_channels
+from autoseg.planning.plans import format_plan_table, get_configuration, load_plans, plans_path, write_plans
+from autoseg.planning.topology import divisible_patch, features_per_stage, plan_topology, shrink_patch
+
+GIB = 2**30
+UNET = get_network_spec("unet").constraints
+
+
+def fingerprint(spacings, shapes, channels=None, labels=None, relative_size=1.0):
+    channels = channels or {"0": "MRI"}
+    stats = {"mean": 10.0, "median": 9.0, "std": 2.0, "min": -5.0, "max": 50.0,
+             "percentile_00_5": -1.0, "percentile_99_5": 40.0, "num_samples": 100}
+    return {
+        "version": 1, "dataset_name": "Dataset999_Test", "channel_names": channels,
+        "labels": labels or {"background": 0, "a": 1, "b": 2}, "file_ending": ".nii.gz",
+        "spacings": [list(s) for s in spacings], "shapes_after_crop": [list(s) for s in shapes],
+        "median_relative_size_after_crop": relative_size,
+        "foreground_intensity_properties_per_channel": {k: dict(stats) for k in channels},
+        "is_2d": all(s[0] == 1 for s in shapes),
+    }
+
+
+def fake_timing(dims: int, width: int) -> TimingModel:
+    # 10 ms overhead + 1 ms per GFLOP at width 32, narrower networks run less efficiently
+    return TimingModel("fake", 0.01, 0.001 * C.BASE_FEATURES / width)
+
+
+def plan(fp, gpu_gb=8.0, **kw):
+    return build_plans(fp, memory_budget_bytes=gpu_gb * GIB * C.GPU_MEMORY_USABLE_FRACTION,
+                       timing_factory=fake_timing, **kw)
+
+
+MRI_SMALL = fingerprint([[1.0, 1.0, 1.0]] * 200, [[36, 50, 35]] * 200)
+ANISO = fingerprint([[3.0, 0.7, 0.7]] * 10, [[40, 400, 400]] * 10)
+CT_LARGE = fingerprint([[1.5, 0.8, 0.8]] * 30, [[300, 512, 512]] * 30, channels={"0": "CT"})
+DATA_2D = fingerprint([[999.0, 1.0, 1.0]] * 30, [[1, 512, 512]] * 30)
+
+
+# ------------------------------------------------------------------------------------------ rules
+def test_target_spacing_anisotropy_rule_takes_10th_percentile_of_thick_axis():
+    spacings = [[2.5, 0.7, 0.7]] * 2 + [[3.0, 0.7, 0.7]] * 6 + [[5.0, 0.7, 0.7]] * 2
+    short = rules.target_spacing(spacings, [[40, 400, 400]] * 10)
+    assert short == pytest.approx([2.5, 0.7, 0.7])  # np.percentile(..., 10) of the z spacings
+    long = rules.target_spacing(spacings, [[200, 400, 400]] * 10)  # 200 x 3 >= 400: plain median
+    assert long == pytest.approx([3.0, 0.7, 0.7])
+
+
+def test_target_spacing_never_below_other_axes():
+    spacings = [[0.5, 1.0, 1.0]] * 2 + [[4.0, 1.0, 1.0]] * 9
+    assert rules.target_spacing(spacings, [[20, 300, 300]] * 11) == pytest.approx([1.0, 1.0, 1.0])
+
+
+@pytest.mark.parametrize("spacing, forward, backward", [
+    ([1.0, 1.0, 1.0], [0, 1, 2], [0, 1, 2]),
+    ([0.7, 3.0, 0.7], [1, 0, 2], [1, 0, 2]),
+    ([0.7, 0.7, 3.0], [2, 0, 1], [1, 2, 0]),
+])
+def test_transpose_puts_coarsest_axis_first(spacing, forward, backward):
+    assert rules.transpose_axes(spacing) == (forward, backward)
+    assert [forward[b] for b in backward] == [0, 1, 2]
+
+
+def test_normalization_per_channel_name():
+    fp = fingerprint([[1, 1, 1]], [[10, 10, 10]], channels={"0": "CT", "1": "T2", "2": "noNorm"}, relative_size=0.6)
+    ct, t2, none = rules.normalization_schemes(fp)
+    assert ct == {"scheme": "ct", "use_mask": False, "clip": [-1.0, 40.0], "mean": 10.0, "std": 2.0}
+    assert t2 == {"scheme": "zscore", "use_mask": True, "clip": None, "mean": None, "std": None}
+    assert none["scheme"] == "none"
+    fp["median_relative_size_after_crop"] = 0.8  # cropping removed less than 25%: whole image
+    assert rules.normalization_schemes(fp)[1]["use_mask"] is False
+
+
+def test_separate_z_axis():
+    assert rules.separate_z_axis([3.0, 0.7, 0.7], [3.0, 0.7, 0.7]) == 0
+    assert rules.separate_z_axis([1.0, 1.0, 1.0], [1.0, 1.0, 4.0]) == 2  # target anisotropic
+    assert rules.separate_z_axis([1.0, 1.0, 1.0], [2.0, 1.0, 1.0]) is None
+    assert rules.resampling_parameters() == {
+        "image_order": 3, "label_order": 1, "order_z": 0, "separate_z_anisotropy_threshold": 3.0}
+
+
+def test_initial_patch_follows_inverse_spacing_and_reference_volume():
+    assert rules.initial_patch_size([1.0, 1.0, 1.0], [300, 300, 300]) == [256, 256, 256]
+    # (256^3 / 0.5)^(1/3) = 322.54 -> (161, 323, 323)
+    assert rules.initial_patch_size([2.0, 1.0, 1.0], [999, 999, 999]) == [161, 323, 323]
+    assert rules.initial_patch_size([1.0, 1.0, 1.0], [36, 50, 35]) == [36, 50, 35]
+    assert rules.initial_patch_size([1.0, 1.0], [600, 3000]) == [600, 2048]  # clipped, not redistributed
+
+
+def test_batch_cap_is_5_percent_of_dataset_but_at_least_2():
+    assert rules.max_batch_size([10, 10, 10], 1e6) == 50
+    assert rules.max_batch_size([10, 10, 10], 1e4) == 2
+
+
+def test_lowres_spacing_grows_finer_axes_first_when_anisotropic():
+    assert rules.grow_lowres_spacing([3.0, 1.0, 1.0]) == pytest.approx([3.0, 1.03, 1.03])
+    assert rules.grow_lowres_spacing([1.5, 0.8, 0.8]) == pytest.approx([1.545, 0.824, 0.824])
+
+
+# --------------------------------------------------------------------------------------- topology
+def test_anisotropic_topology_uses_in_plane_kernels_until_spacings_meet():
+    topo = plan_topology([24, 192, 256], [3.0, 0.7, 0.7], UNET)
+    assert topo.kernel_sizes[:3] == [[1, 3, 3], [1, 3, 3], [3, 3, 3]]
+    assert topo.strides[:4] == [[1, 1, 1], [1, 2, 2], [1, 2, 2], [2, 2, 2]]
+    assert topo.features_per_stage == [32, 64, 128, 256, 320, 320, 320][: topo.n_stages]
+    assert topo.blocks_per_stage == [2] * topo.n_stages
+
+
+def test_isotropic_topology_stops_at_min_feature_map():
+    topo = plan_topology([40, 56, 40], [1.0, 1.0, 1.0], UNET)
+    # 40 -> 20 -> 10 -> 5: a 4th pool would leave 2.5 < 4 voxels
+    assert topo.strides == [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2]]
+    assert topo.total_stride == [8, 8, 8]
+    assert divisible_patch([36, 50, 35], topo) == [40, 56, 40]
+
+
+def test_family_constraints_bound_the_topology():
+    vnet = get_network_spec("vnet").constraints
+    topo = plan_topology([256, 256, 256], [1.0, 1.0, 1.0], vnet)
+    assert topo.n_stages == len(vnet.fixed_features)
+    assert topo.features_per_stage == list(vnet.fixed_features)
+    assert topo.kernel_sizes[0] == [vnet.kernel_size] * 3
+    iso_only = TopologyConstraints(isotropic_only=True, max_stages=3, kernel_size=3)
+    topo = plan_topology([24, 192, 256], [3.0, 0.7, 0.7], iso_only)
+    assert topo.strides == [[1, 1, 1], [2, 2, 2], [2, 2, 2]]
+    assert topo.kernel_sizes == [[3, 3, 3]] * 3
+
+
+def test_features_scale_with_width_and_cap():
+    assert features_per_stage(6, UNET, 3) == [32, 64, 128, 256, 320, 320]
+    assert features_per_stage(6, UNET, 2) == [32, 64, 128, 256, 512, 512]
+    assert features_per_stage(6, UNET, 3, width=16) == [16, 32, 64, 128, 160, 160]
+
+
+def test_shrink_takes_one_step_from_the_axis_largest_relative_to_median():
+    topo = plan_topology([64, 64, 64], [1.0, 1.0, 1.0], UNET)  # total stride 16
+    assert shrink_patch([64, 64, 64], [100, 64, 200], topo) == [64, 48, 64]
+    assert shrink_patch([16, 16, 16], [10, 10, 10], topo) is None
+
+
+# ---------------------------------------------------------------------------------- configurations
+def test_isotropic_small_mri_patch_covers_median_image():
+    plans = plan(MRI_SMALL)
+    assert set(plans["configurations"]) == {"2d", "3d_fullres"}
+    full = plans["configurations"]["3d_fullres"]
+    assert full["patch_size"] == [40, 56, 40]
+    assert all(p >= m for p, m in zip(full["patch_size"], full["median_shape"]))
+    # 5% of 200 x 36*50*35 voxels / (40*56*40) = 7.03 -> 7
+    assert full["batch_size"] == 7
+    assert full["predicted_memory_bytes"] <= 8 * GIB * C.GPU_MEMORY_USABLE_FRACTION
+    assert full["num_iterations"] == C.MAX_ITERATIONS and full["iterations_per_epoch"] == 250
+    assert full["data_identifier"] == "autosegPlans_3d_fullres"
+    assert plans["transpose_forward"] == [0, 1, 2]
+    assert "3d_lowres: not needed" in plans["notes"][0]
+
+
+def test_anisotropic_plan_first_stages_in_plane_and_separate_z():
+    plans = plan(ANISO)
+    full = plans["configurations"]["3d_fullres"]
+    kernels = full["network"]["topology"]["kernel_sizes"]
+    assert kernels[0] == [1, 3, 3] and kernels[1] == [1, 3, 3]
+    assert full["spacing"] == pytest.approx([3.0, 0.7, 0.7])
+    axis = rules.separate_z_axis(ANISO["spacings"][0], full["spacing"],
+                                 full["resampling"]["separate_z_anisotropy_threshold"])
+    assert axis == 0 and full["resampling"]["order_z"] == 0
+
+
+def test_large_ct_plans_lowres_and_cascade():
+    plans = plan(CT_LARGE)
+    configs = plans["configurations"]
+    assert list(configs) == ["2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres"]
+    full, low, cascade = configs["3d_fullres"], configs["3d_lowres"], configs["3d_cascade_fullres"]
+    assert np.prod(full["patch_size"]) / np.prod(full["median_shape"]) < C.LOWRES_TRIGGER_COVERAGE
+    assert np.prod(low["patch_size"]) / np.prod(low["median_shape"]) >= C.LOWRES_TRIGGER_COVERAGE
+    assert np.prod(full["median_shape"]) / np.prod(low["median_shape"]) >= C.LOWRES_MIN_VOXEL_RATIO
+    assert all(lo > f for lo, f in zip(low["spacing"], full["spacing"]))
+    assert (low["next_stage"], cascade["previous_stage"]) == ("3d_cascade_fullres", "3d_lowres")
+    assert cascade["data_identifier"] == full["data_identifier"] == "autosegPlans_3d_fullres"
+    assert low["data_identifier"] == "autosegPlans_3d_lowres"
+    # two foreground labels become two more input channels: a little more memory than fullres
+    assert cascade["predicted_memory_bytes"] > full["predicted_memory_bytes"]
+    assert full["normalization"] == [{"scheme": "ct", "use_mask": False, "clip": [-1.0, 40.0], "mean": 10.0, "std": 2.0}]
+
+
+def test_2d_data_plans_only_2d():
+    plans = plan(DATA_2D)
+    assert list(plans["configurations"]) == ["2d"]
+    config = plans["configurations"]["2d"]
+    assert config["spatial_dims"] == 2 and config["patch_size"] == [512, 512]
+    assert config["spacing"] == [999.0, 1.0, 1.0]
+    with pytest.raises(PlanError, match=r"configuration\(s\) 3d_fullres cannot be planned for this 2D dataset"):
+        plan(DATA_2D, configs=["3d_fullres"])
+
+
+def test_compute_budget_narrows_and_shortens_to_fit():
+    budget = 1800.0
+    plans = plan(CT_LARGE, budget_seconds=budget, configs=["3d_fullres"])
+    full = plans["configurations"]["3d_fullres"]
+    assert full["num_iterations"] >= C.MIN_BUDGET_ITERATIONS
+    assert full["predicted_total_seconds"] <= budget
+    assert full["batch_size"] == C.MIN_BATCH_SIZE
+    assert full["width"] < C.BASE_FEATURES
+    assert full["network"]["topology"]["features_per_stage"][0] == full["width"]
+    expected = affordable_iterations(budget, full["predicted_seconds_per_iteration"])
+    assert full["num_iterations"] == pytest.approx(expected // 250 * 250, abs=250)
+
+
+def test_generous_budget_keeps_the_memory_plan():
+    free = plan(MRI_SMALL, configs=["3d_fullres"])["configurations"]["3d_fullres"]
+    rich = plan(MRI_SMALL, configs=["3d_fullres"], budget_seconds=1e9)["configurations"]["3d_fullres"]
+    assert rich == free
+
+
+def test_schedule_rounds_to_whole_epochs():
+    assert schedule(2999) == (2750, 250)
+    assert schedule(120) == (120, 120)
+
+
+def test_planning_is_deterministic():
+    first = json.dumps(plan(CT_LARGE), sort_keys=True)
+    assert json.dumps(plan(CT_LARGE), sort_keys=True) == first
+
+
+def test_output_channels_for_classes_and_regions():
+    assert output_channels({"background": 0, "a": 1, "b": 2, "ignore": 3}) == (3, 2)
+    assert output_channels({"background": 0, "whole": [1, 2, 3], "core": [2, 3], "enh": 3}) == (3, 3)
+
+
+# ------------------------------------------------------------------------------------------- errors
+def test_fingerprint_errors_are_clear():
+    bad = dict(MRI_SMALL)
+    del bad["spacings"]
+    with pytest.raises(FingerprintError, match=r"^fp.json: missing spacings; delete it and re-run `autoseg fingerprint`$"):
+        build_plans(bad, memory_budget_bytes=GIB, source="fp.json")
+    bad = dict(MRI_SMALL, spacings=MRI_SMALL["spacings"][:3])
+    with pytest.raises(FingerprintError, match="3 spacings for 200 shapes"):
+        build_plans(bad, memory_budget_bytes=GIB)
+    bad = dict(MRI_SMALL, spacings=[[0.0, 1.0, 1.0]] * 200)
+    with pytest.raises(FingerprintError, match="spacings must be > 0"):
+        build_plans(bad, memory_budget_bytes=GIB)
+    with pytest.raises(FingerprintError, match="must be a JSON object"):
+        build_plans([], memory_budget_bytes=GIB)
+
+
+def test_planning_errors_are_clear():
+    with pytest.raises(PlanError, match="unknown configuration"):
+        plan(MRI_SMALL, configs=["3d_highres"])
+    with pytest.raises(PlanError, match="3d_lowres/3d_cascade_fullres do not apply"):
+        plan(MRI_SMALL, configs=["3d_lowres"])
+    with pytest.raises(PlanError, match="does not fit in 0.00 GiB"):
+        build_plans(MRI_SMALL, memory_budget_bytes=1000, timing_factory=fake_timing)
+
+
+# ------------------------------------------------------------------------------------- plans file
+def test_plans_file_round_trip_and_overwrite_refusal(tmp_path):
+    plans = plan(MRI_SMALL, configs=["3d_fullres"])
+    path = plans_path(tmp_path, "autosegPlans")
+    assert path == tmp_path / "autosegPlans.json"
+    assert write_plans(plans, path) is True
+    assert load_plans(path) == json.loads(json.dumps(plans))
+    assert write_plans(plans, path) is False  # identical: nothing to do
+    other = plan(MRI_SMALL, configs=["3d_fullres"], gpu_gb=1.0)
+    other["configurations"]["3d_fullres"]["batch_size"] = 3
+    with pytest.raises(PlanError, match="a different plan with this name exists .* --plans-name, or pass --overwrite"):
+        write_plans(other, path)
+    assert load_plans(path)["configurations"]["3d_fullres"]["batch_size"] == 7  # untouched
+    assert write_plans(other, path, overwrite=True) is True
+    assert get_configuration(load_plans(path), "3d_fullres")["batch_size"] == 3
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_load_plans_errors(tmp_path):
+    with pytest.raises(PlanError, match="plans file not found; run `autoseg plan DATASET`"):
+        load_plans(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(PlanError, match="not valid JSON"):
+        load_plans(bad)
+    plans = plan(MRI_SMALL, configs=["3d_fullres"])
+    del plans["configurations"]["3d_fullres"]["patch_size"]
+    bad.write_text(json.dumps(plans))
+    with pytest.raises(PlanError, match=r"configuration '3d_fullres' lacks patch_size; re-run `autoseg plan`"):
+        load_plans(bad)
+    plans["version"] = 99
+    bad.write_text(json.dumps(plans))
+    with pytest.raises(PlanError, match="plans version 99 but this autoseg reads version 1"):
+        load_plans(bad)
+    with pytest.raises(PlanError, match="configuration '2d' is not in plans 'autosegPlans' .* planned: 3d_fullres"):
+        get_configuration(plan(MRI_SMALL, configs=["3d_fullres"]), "2d")
+
+
+def test_plan_table_lists_every_configuration():
+    table = format_plan_table(plan(MRI_SMALL))
+    lines = table.splitlines()
+    assert lines[1].split() == ["configuration", "spacing", "(mm)", "median", "shape", "patch", "batch", "network",
+                                "stages", "features", "memory", "s/iter", "iterations", "total"]
+    row = lines[4].split()
+    assert row[:8] == ["3d_fullres", "1x1x1", "36x50x35", "40x56x40", "7", "unet", "4", "32-256"]
+    assert lines[-1].startswith("note: 3d_lowres: not needed")

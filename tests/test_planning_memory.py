@@ -1,0 +1,149 @@
+"""Memory model and timing, measured on tiny networks; the planner end to end on real data."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from autoseg.errors import PlanError
+from autoseg.networks import Topology, create_network
+from autoseg.planning import compute_budget
+from autoseg.planning.compute_budget import measure_timing, training_gflop
+from autoseg.planning.memory import calibrate_memory, parameter_bytes, saved_activation_bytes
+from autoseg.planning.planner import plan_dataset
+from autoseg.planning.plans import load_plans
+from autoseg.networks import get_network_spec
+
+DATA = "/work/shared/data/Dataset004_Hippocampus"
+
+
+def test_saved_bytes_counts_each_storage_once_and_skips_parameters():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv3d(1, 2, 3, padding=1), nn.ReLU())
+    # conv saves its input (64 floats; the weight is a parameter), ReLU its output (2 x 64 floats)
+    assert saved_activation_bytes(net, torch.zeros(1, 1, 4, 4, 4)) == 64 * 4 + 128 * 4
+    inplace = nn.Sequential(nn.Conv3d(1, 2, 3, padding=1), nn.ReLU(inplace=True), nn.ReLU(inplace=True))
+    # both in-place ReLUs save the conv output's storage: counted once
+    assert saved_activation_bytes(inplace, torch.zeros(1, 1, 4, 4, 4)) == 64 * 4 + 128 * 4
+
+
+TINY = {
+    "unet3d": ("unet", Topology(3, [4, 8, 16], [[1, 3, 3], [3, 3, 3], [3, 3, 3]], [[1, 1, 1], [1, 2, 2], [2, 2, 2]])),
+    "resenc3d": ("resenc", Topology(3, [4, 8], [[3, 3, 3]] * 2, [[1, 1, 1], [2, 2, 2]])),
+    "vnet3d": ("vnet", Topology(3, [16, 32], [[5, 5, 5]] * 2, [[1, 1, 1], [2, 2, 2]])),
+    "unet2d": ("unet", Topology(2, [4, 8, 16], [[3, 3]] * 3, [[1, 1], [2, 2], [2, 2]])),
+}
+SIZES = {3: ([12, 20, 28], [20, 12, 36]), 2: ([40, 24], [52, 100])}
+
+
+@pytest.mark.parametrize("case", sorted(TINY))
+def test_memory_prediction_within_10_percent_of_measurement(case, tmp_path):
+    name, topology = TINY[case]
+    model = calibrate_memory(name, topology, in_channels=2, n_classes=3, cache_dir=tmp_path)
+    torch.manual_seed(0)
+    net = create_network(name, topology, 2, 3).train()
+    for patch in SIZES[topology.spatial_dims]:  # not the calibration sizes (2x, 3x total stride)
+        batch = 2
+        measured = saved_activation_bytes(net, torch.randn(batch, 2, *patch)) + 3 * parameter_bytes(net)
+        assert model.predict(patch, batch) == pytest.approx(measured, rel=0.10)
+    # cached: a second calibration reads the JSON file instead of measuring
+    assert len(list(tmp_path.glob("memory_*.json"))) == 1
+    assert calibrate_memory(name, topology, 2, 3, cache_dir=tmp_path) == model
+
+
+def test_memory_model_batch_capacity():
+    name, topology = TINY["unet3d"]
+    model = calibrate_memory(name, topology, 1, 2)
+    per_sample = model.activation_bytes([16, 16, 16])
+    budget = model.static_bytes + 3.5 * per_sample
+    assert model.max_batch([16, 16, 16], budget) == 3
+    assert model.predict([16, 16, 16], 3) <= budget < model.predict([16, 16, 16], 4)
+
+
+def test_training_gflop_counts_conv_layers_by_hand():
+    topology = Topology(2, [2, 4], [[3, 3]] * 2, [[1, 1], [2, 2]])
+    # MACs at 8x8, batch 1, 3 classes: encoder 1152 + 2304 (full res) + 1152 + 2304 (half res),
+    # transposed conv 512, decoder 4608 + 2304, head 384 -> 14720; x2 FLOP/MAC, x3 fwd+bwd
+    assert training_gflop("unet", topology, 1, 3, [8, 8], 1) == pytest.approx(14720 * 6 / 1e9)
+    assert training_gflop("unet", topology, 1, 3, [16, 8], 2) == pytest.approx(4 * 14720 * 6 / 1e9)
+
+
+def test_measured_timing_is_cached_and_predicts_more_for_more_work(tmp_path, monkeypatch):
+    spec = get_network_spec("unet")
+    timing = measure_timing("unet", spec.constraints, 2, 1, 2, width=4, device=torch.device("cpu"), cache_dir=tmp_path)
+    assert timing.device.startswith("cpu") and timing.seconds_per_gflop > 0 and timing.seconds_intercept >= 0
+    assert timing.predict(10.0) > timing.predict(1.0)
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("cached timing was measured again")
+
+    monkeypatch.setattr(compute_budget, "_time_steps", no_timing)
+    again = measure_timing("unet", spec.constraints, 2, 1, 2, width=4, device=torch.device("cpu"), cache_dir=tmp_path)
+    assert again == timing
+
+
+@pytest.fixture()
+def hippocampus(tmp_path, monkeypatch):
+    """Eight real Dataset004 cases in a raw root under tmp_path."""
+    raw = tmp_path / "raw" / "Dataset004_Hippocampus"
+    (raw / "imagesTr").mkdir(parents=True)
+    (raw / "labelsTr").mkdir()
+    cases = sorted(n for n in os.listdir(f"{DATA}/labelsTr") if n.endswith(".nii.gz"))[:8]
+    for case in cases:
+        stem = case[: -len(".nii.gz")]
+        shutil.copy(f"{DATA}/labelsTr/{case}", raw / "labelsTr" / case)
+        shutil.copy(f"{DATA}/imagesTr/{stem}_0000.nii.gz", raw / "imagesTr" / f"{stem}_0000.nii.gz")
+    description = json.loads(open(f"{DATA}/dataset.json").read())
+    description["numTraining"] = len(cases)
+    (raw / "dataset.json").write_text(json.dumps(description))
+    monkeypatch.setenv("AUTOSEG_RAW", str(tmp_path / "raw"))
+    monkeypatch.setenv("AUTOSEG_PREPROCESSED", str(tmp_path / "preprocessed"))
+    return tmp_path / "preprocessed" / "Dataset004_Hippocampus"
+
+
+def test_plan_dataset_on_real_hippocampus(hippocampus):
+    plans, table = plan_dataset("Dataset004", device="cpu", num_workers=1)  # default CPU budget: 12 h
+    assert (hippocampus / "fingerprint.json").is_file()
+    assert load_plans(hippocampus / "autosegPlans.json") == json.loads(json.dumps(plans))
+    full = plans["configurations"]["3d_fullres"]
+    assert all(p >= m for p, m in zip(full["patch_size"], full["median_shape"]))
+    assert full["batch_size"] >= 2
+    assert full["normalization"][0]["scheme"] == "zscore"
+    assert full["spacing"] == pytest.approx([1.0, 1.0, 1.0])
+    assert full["predicted_total_seconds"] <= 12 * 3600
+    assert plans["budget"]["device"] == "cpu" and plans["budget"]["seconds"] == 12 * 3600
+    assert "3d_fullres" in table and "x".join(map(str, full["patch_size"])) in table
+    # re-planning reads the cached calibrations and timings: the same plan, nothing rewritten
+    again, _ = plan_dataset("Dataset004", device="cpu")
+    assert again == plans
+    with pytest.raises(PlanError, match="a different plan with this name exists"):
+        plan_dataset("Dataset004", budget_seconds=600, device="cpu")
+    other, _ = plan_dataset("Dataset004", budget_seconds=600, device="cpu", plans_name="quick")
+    assert (hippocampus / "quick.json").is_file()
+    assert other["configurations"]["3d_fullres"]["data_identifier"] == "quick_3d_fullres"
+    assert np.prod(other["configurations"]["3d_fullres"]["patch_size"]) > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA to compare with max_memory_allocated")
+def test_memory_prediction_against_cuda_allocator():
+    name, topology = TINY["unet3d"]
+    model = calibrate_memory(name, topology, 1, 3)
+    device = torch.device("cuda")
+    net = create_network(name, topology, 1, 3).to(device).train()
+    optimizer = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.99, nesterov=True)
+    patch, batch = [24, 64, 64], 2
+    x = torch.randn(batch, 1, *patch, device=device)
+    for _ in range(2):  # the second step holds the momentum buffers
+        optimizer.zero_grad(set_to_none=True)
+        torch.cuda.reset_peak_memory_stats(device)
+        outputs = net(x)
+        sum(o.float().mean() for o in outputs).backward()
+        optimizer.step()
+    peak = torch.cuda.max_memory_allocated(device) - x.numel() * 4
+    assert model.predict(patch, batch) == pytest.approx(peak, rel=0.35)
