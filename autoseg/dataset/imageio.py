@@ -317,22 +317,29 @@ def _write_natural_2d(array: np.ndarray, path: Path) -> None:
 
 def read_case_images(paths: Sequence[str | Path]) -> tuple[np.ndarray, Geometry]:
     """Read a case's channel files into one float32 array (C, z, y, x); channels must share geometry."""
-    arrays, geometries = [], []
-    for p in paths:
+    # Each channel is copied into one preallocated float32 array as soon as it is read, so at most
+    # one channel in its file's dtype is held beside the result.
+    data: np.ndarray | None = None
+    first: Geometry | None = None
+    for index, p in enumerate(paths):
         array, geometry = read_image(p)
-        arrays.append(array)
-        geometries.append(geometry)
-    for p, array, geometry in zip(paths[1:], arrays[1:], geometries[1:]):
-        if array.shape != arrays[0].shape:
+        if data is None or first is None:
+            data = np.empty((len(paths), *array.shape), np.float32)
+            first = geometry
+        elif array.shape != data.shape[1:]:
             raise DatasetError(
-                f"{p}: shape {array.shape} differs from {paths[0]} {arrays[0].shape}; all channels of a "
+                f"{p}: shape {array.shape} differs from {paths[0]} {data.shape[1:]}; all channels of a "
                 "case must be on the same grid (resample them first)"
             )
-        diff = geometry_differences(geometry, geometries[0])
-        if diff:
-            raise DatasetError(f"{p}: geometry differs from {paths[0]}: {'; '.join(diff)}")
-    data = np.stack([a.astype(np.float32, copy=False) for a in arrays])
-    return data, geometries[0]
+        else:
+            diff = geometry_differences(geometry, first)
+            if diff:
+                raise DatasetError(f"{p}: geometry differs from {paths[0]}: {'; '.join(diff)}")
+        data[index] = array
+        del array
+    if data is None or first is None:
+        raise ValueError("read_case_images needs at least one path")
+    return data, first
 
 
 def is_integer_valued(array: np.ndarray) -> bool:

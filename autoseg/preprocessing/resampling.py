@@ -1,0 +1,247 @@
+"""Resampling of images, labels and probabilities between spacings (reference §1.3, §1.4).
+
+Images: spline of ``image_order`` (3). Labels: each class's one-hot mask is interpolated with
+``label_order`` (1) and every voxel takes the class of highest weight, so no label value is ever invented.
+When the spacing ratio exceeds ``separate_z_anisotropy_threshold``, the low-resolution axis is resampled
+on its own with ``order_z`` after the in-plane axes.
+
+Memory: one channel / one class at a time, float32 throughout (scipy's own spline prefilter would make a
+float64 copy, so the prefilter is run here, in place on a float32 padded copy). Pixel centres are aligned (like
+``skimage.transform.resize``): output voxel ``o`` samples input coordinate ``(o + 0.5) * in / out - 0.5``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from autoseg.planning.rules import separate_z_axis
+
+Shape = Sequence[int]
+LABEL_SLAB_VOXELS = 16 * 2**20  # output voxels per label slab: bounds the per-class work arrays
+SPLINE_PAD = 12  # edge padding before the spline prefilter (scipy uses the same for mode "nearest")
+
+
+@dataclass(frozen=True)
+class ResamplingScheme:
+    """How to move between two grids: the orders and, if any, the axis resampled on its own."""
+
+    order: int
+    order_z: int
+    separate_axis: int | None
+
+
+def new_shape(shape: Shape, old_spacing: Sequence[float], new_spacing: Sequence[float]) -> tuple[int, ...]:
+    """Shape after resampling ``shape`` from ``old_spacing`` to ``new_spacing`` (rounded, at least 1)."""
+    return tuple(
+        max(1, int(round(s * o / n))) for s, o, n in zip(shape, old_spacing, new_spacing)
+    )
+
+
+def scheme_for(
+    resampling: dict, case_spacing: Sequence[float], target_spacing: Sequence[float], kind: str,
+    spatial_dims: int = 3,
+) -> ResamplingScheme:
+    """The scheme for ``kind`` ('image' or 'label') from a configuration's ``resampling`` dict.
+
+    The separate axis is decided from the case's spacing and the configuration's target spacing in that
+    order (``planning.rules.separate_z_axis``), whichever direction is resampled, so the inverse uses
+    the same axis as the forward pass. 2D configurations resample each slice in-plane only: axis 0 is
+    always separated (and unchanged).
+    """
+    order = int(resampling["image_order" if kind == "image" else "label_order"])
+    order_z = int(resampling["order_z"])
+    if spatial_dims == 2:
+        return ResamplingScheme(order, order_z, 0)
+    threshold = float(resampling["separate_z_anisotropy_threshold"])
+    return ResamplingScheme(order, order_z, separate_z_axis(case_spacing, target_spacing, threshold))
+
+
+def _affine(x: np.ndarray, matrix: Sequence[float], offset: Sequence[float], shape: Shape, order: int) -> np.ndarray:
+    """``ndimage.affine_transform`` (diagonal matrix) into float32, the spline prefilter run in float32.
+
+    Like scipy's own prefilter for mode 'nearest', the input is edge-padded first so the spline sees a
+    constant continuation beyond the border. Orders <= 1 read ``x`` in its own dtype (uint8 one-hot
+    masks stay 1 byte per voxel).
+    """
+    offset = np.asarray(offset, dtype=float)
+    if order > 1:
+        x = np.pad(np.asarray(x, dtype=np.float32), SPLINE_PAD, mode="edge")
+        ndimage.spline_filter(x, order=order, output=x, mode="mirror")  # in place: one copy, not two
+        offset = offset + SPLINE_PAD
+    return ndimage.affine_transform(
+        x, np.asarray(matrix, dtype=float), offset=offset, output_shape=tuple(shape),
+        output=np.float32, order=order, mode="nearest", prefilter=False,
+    )
+
+
+def _pass(
+    x: np.ndarray, axes: Sequence[int], order: int, scale: Sequence[float], in_start: Sequence[int],
+    out_start: Sequence[int], out_len: Sequence[int],
+) -> np.ndarray:
+    """Resample ``x`` along ``axes`` only; ``x`` is a block starting at ``in_start`` of the full input grid.
+
+    Output voxel ``out_start + j`` (full output grid) samples full-input coordinate
+    ``(out_start + j + 0.5) * scale - 0.5``. With one axis left out of a 3D pass, slices along it are
+    resampled one by one in 2D (cheaper than a 3D kernel that is the identity on that axis).
+    """
+    matrix = [scale[a] if a in axes else 1.0 for a in range(x.ndim)]
+    offset = [(out_start[a] + 0.5) * scale[a] - 0.5 - in_start[a] if a in axes else 0.0 for a in range(x.ndim)]
+    shape = [out_len[a] if a in axes else x.shape[a] for a in range(x.ndim)]
+    keep = [a for a in range(x.ndim) if a not in axes]
+    if x.ndim == 3 and len(keep) == 1:
+        k = keep[0]
+        moved = np.moveaxis(x, k, 0)
+        plane = [a for a in range(x.ndim) if a != k]
+        out = np.empty((moved.shape[0], *(shape[a] for a in plane)), dtype=np.float32)
+        for i in range(moved.shape[0]):
+            out[i] = _affine(
+                np.ascontiguousarray(moved[i]), [matrix[a] for a in plane], [offset[a] for a in plane],
+                out.shape[1:], order,
+            )
+        return np.moveaxis(out, 0, k)
+    return _affine(x, matrix, offset, shape, order)
+
+
+def _resample_block(
+    x: np.ndarray, in_start: Sequence[int], in_shape: Shape, out_window: Sequence[slice], out_shape: Shape,
+    scheme: ResamplingScheme, order: int,
+) -> np.ndarray:
+    """Resample a block ``x`` of a full grid ``in_shape`` onto ``out_window`` of the full grid ``out_shape``."""
+    scale = [i / o for i, o in zip(in_shape, out_shape)]
+    out_start = [w.start for w in out_window]
+    out_len = [w.stop - w.start for w in out_window]
+    axes = list(range(x.ndim))
+    if scheme.separate_axis is None:
+        passes = [(axes, order)]
+    else:
+        passes = [([a for a in axes if a != scheme.separate_axis], order), ([scheme.separate_axis], scheme.order_z)]
+    start = list(in_start)
+    for pass_axes, pass_order in passes:
+        moving = [
+            a for a in pass_axes
+            if not (in_shape[a] == out_shape[a] and start[a] == out_start[a] and x.shape[a] == out_len[a])
+        ]
+        if moving:
+            x = _pass(x, moving, pass_order, scale, start, out_start, out_len)
+            for a in moving:
+                start[a] = out_start[a]
+    return x
+
+
+def resample_array(x: np.ndarray, shape: Shape, scheme: ResamplingScheme, order: int | None = None) -> np.ndarray:
+    """Resample one spatial array (no channel axis) to ``shape``; float32 out (``x`` itself if unchanged)."""
+    if tuple(x.shape) == tuple(shape):
+        return x
+    order = scheme.order if order is None else order
+    window = [slice(0, s) for s in shape]
+    return _resample_block(x, [0] * x.ndim, x.shape, window, shape, scheme, order)
+
+
+def resample_data(data: np.ndarray, shape: Shape, scheme: ResamplingScheme) -> np.ndarray:
+    """Resample image data (C, *spatial) channel by channel into one new float32 array."""
+    if tuple(data.shape[1:]) == tuple(shape):
+        return data
+    out = np.empty((data.shape[0], *shape), dtype=np.float32)
+    for c in range(data.shape[0]):
+        out[c] = resample_array(data[c], shape, scheme)
+    return out
+
+
+def _bbox(mask: np.ndarray, margin: int) -> list[slice]:
+    box = []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        hit = np.flatnonzero(mask.any(axis=other))
+        box.append(slice(max(0, int(hit[0]) - margin), min(mask.shape[axis], int(hit[-1]) + 1 + margin)))
+    return box
+
+
+def _output_window(box: Sequence[slice], in_shape: Shape, out_shape: Shape, margin: int) -> list[slice]:
+    """Output voxels that may receive weight from the class inside ``box`` (which includes ``margin``).
+
+    A sample at input coordinate ``p`` reads input voxels within ``margin - 1`` of it, so only outputs
+    sampling inside ``[box.start + margin - 1, box.stop - margin]`` can be nonzero; the rest stay 0.
+    """
+    window = []
+    for s, n_in, n_out in zip(box, in_shape, out_shape):
+        scale = n_in / n_out
+        lo_p = s.start + margin - 1 if s.start > 0 else -np.inf
+        hi_p = s.stop - margin if s.stop < n_in else np.inf
+        lo = 0 if lo_p == -np.inf else int(np.ceil((lo_p + 0.5) / scale - 0.5))
+        hi = n_out if hi_p == np.inf else int(np.floor((hi_p + 0.5) / scale - 0.5)) + 1
+        window.append(slice(max(0, lo), max(max(0, lo), min(hi, n_out))))
+    return window
+
+
+def _label_slab(
+    block: np.ndarray, block_start: int, in_shape: Shape, out_rows: tuple[int, int], out_shape: Shape,
+    ordered: Sequence[int], scheme: ResamplingScheme, margin: int,
+) -> np.ndarray:
+    """Output rows ``out_rows`` (axis 0) of ``resample_label``, from input rows ``block`` (from ``block_start``)."""
+    z0, z1 = out_rows
+    shape = (z1 - z0, *out_shape[1:])
+    out = np.full(shape, ordered[0], dtype=block.dtype)
+    best = np.zeros(shape, dtype=np.float32)
+    total = np.zeros(shape, dtype=np.float32)
+    for value in ordered[1:]:
+        mask = block == value
+        if not mask.any():
+            continue
+        box = _bbox(mask, margin)
+        box_in_grid = [slice(box[0].start + block_start, box[0].stop + block_start), *box[1:]]
+        window = _output_window(box_in_grid, in_shape, out_shape, margin)
+        window[0] = slice(max(window[0].start, z0), max(min(window[0].stop, z1), z0))
+        if any(w.stop <= w.start for w in window):
+            continue
+        weight = _resample_block(
+            mask[tuple(box)].view(np.uint8), [b.start for b in box_in_grid], in_shape, window, out_shape,
+            scheme, scheme.order,
+        )
+        local = (slice(window[0].start - z0, window[0].stop - z0), *window[1:])
+        out[local][weight > best[local]] = value
+        np.maximum(best[local], weight, out=best[local])
+        total[local] += weight
+        del mask, weight
+    reference = np.subtract(1.0, total, out=total)
+    out[reference >= best] = ordered[0]
+    return out
+
+
+def _values_by_frequency(seg: np.ndarray) -> list[int]:
+    """Label values present, most frequent first (counted slab by slab: no full-size integer copy)."""
+    low, high = int(seg.min()), int(seg.max())
+    counts = np.zeros(high - low + 1, dtype=np.int64)
+    rows = max(1, LABEL_SLAB_VOXELS // max(1, math.prod(seg.shape[1:])))
+    for z0 in range(0, seg.shape[0], rows):
+        counts += np.bincount(seg[z0 : z0 + rows].reshape(-1).astype(np.int64) - low, minlength=counts.size)
+    present = np.flatnonzero(counts)
+    return [int(v) + low for v in present[np.argsort(-counts[present], kind="stable")]]
+
+
+def resample_label(seg: np.ndarray, shape: Shape, scheme: ResamplingScheme) -> np.ndarray:
+    """Resample a label map (spatial, any integer dtype, -1 allowed) to ``shape``; never invents a value.
+
+    Each class's one-hot mask is interpolated (``scheme.order``) and every voxel takes the class of
+    highest weight. The most frequent class is the reference and is never resampled: interpolation
+    preserves sums, so its weight is ``1 - sum(others)``. Every other class is resampled only around its
+    bounding box (exact for orders <= 1, where the support is finite). The output is built in slabs of
+    about ``LABEL_SLAB_VOXELS`` along axis 0, so memory stays a few slabs whatever the image size.
+    """
+    if tuple(seg.shape) == tuple(shape):
+        return seg
+    ordered = _values_by_frequency(seg)
+    margin = max(scheme.order, scheme.order_z) + 2
+    out = np.empty(tuple(shape), dtype=seg.dtype)
+    rows = max(1, LABEL_SLAB_VOXELS // max(1, math.prod(shape[1:])))
+    scale = seg.shape[0] / shape[0]
+    for z0 in range(0, shape[0], rows):
+        z1 = min(shape[0], z0 + rows)
+        i0 = max(0, int(np.floor((z0 + 0.5) * scale - 0.5)) - margin)
+        i1 = min(seg.shape[0], int(np.ceil((z1 - 0.5) * scale - 0.5)) + 1 + margin)
+        out[z0:z1] = _label_slab(seg[i0:i1], i0, seg.shape, (z0, z1), shape, ordered, scheme, margin)
+    return out

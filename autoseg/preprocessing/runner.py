@@ -1,0 +1,211 @@
+"""``autoseg preprocess``: every training case of a dataset through ``preprocess_case`` into the store.
+
+Parallel over cases; a failing case is named with its reason while the others complete. Resumable: a
+case whose stored properties carry the same input fingerprint (plan parameters + input files) is
+skipped, and a case killed mid-write has no properties JSON, so it is redone. Nothing is deleted except
+this module's own stale temporary files, and raw data is only read.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from autoseg.dataset.cases import Case, training_cases
+from autoseg.dataset.description import load_description
+from autoseg.dataset.imageio import read_case_images, read_image
+from autoseg.errors import DatasetError, PreprocessingError
+from autoseg.paths import resolve_dataset
+from autoseg.planning.plans import get_configuration, load_plans, plans_path
+from autoseg.preprocessing import store
+from autoseg.preprocessing.pipeline import preprocess_case
+from autoseg.utils.atomic import atomic_path
+from autoseg.utils.progress import Failure, default_workers, parallel_map
+
+FORMAT_VERSION = 1  # bump when preprocessing changes its output for the same plan and input
+HEADER_BYTES = 64 * 1024  # hashed from each input file (with size and mtime) for the fingerprint
+GT_FOLDER = "gt_segmentations"
+# Configuration keys that change preprocessed values; others (batch size, network...) do not.
+FINGERPRINT_KEYS = ("spatial_dims", "spacing", "normalization", "resampling")
+
+
+@dataclass
+class ConfigurationReport:
+    """What happened to one data identifier (shared by configurations with the same one)."""
+
+    configurations: list[str]
+    data_identifier: str
+    output_dir: Path
+    processed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[Failure] = field(default_factory=list)
+
+
+@dataclass
+class PreprocessReport:
+    dataset_name: str
+    plans_name: str
+    outputs: list[ConfigurationReport]
+    gt_copied: int = 0
+    gt_unchanged: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        lines = []
+        for out in self.outputs:
+            lines.append(
+                f"{', '.join(out.configurations)} -> {out.output_dir}: {len(out.processed)} preprocessed, "
+                f"{len(out.skipped)} already done, {len(out.failed)} failed"
+            )
+        lines.append(f"ground truth: {self.gt_copied} copied, {self.gt_unchanged} unchanged; {self.seconds:.1f} s")
+        return "\n".join(lines)
+
+
+def foreground_labels(plans: dict[str, Any]) -> list[int]:
+    """Label values that are classes: not background, not the ignore label (regions: their members)."""
+    values: set[int] = set()
+    for value in plans["labels"].values():
+        values.update(value if isinstance(value, list) else [value])
+    ignore = plans.get("ignore_label")
+    return sorted(v for v in values if v > 0 and v != ignore)
+
+
+def _file_signature(path: Path) -> list[Any]:
+    stat = path.stat()
+    with path.open("rb") as f:
+        head = hashlib.sha256(f.read(HEADER_BYTES)).hexdigest()
+    return [path.name, stat.st_size, stat.st_mtime_ns, head]
+
+
+def input_fingerprint(case: Case, plans: dict[str, Any], config: dict[str, Any]) -> str:
+    """Hash of everything a stored case depends on: plan parameters and the input files' size, mtime
+    and first 64 KiB (fast, and any rewrite of a file changes its mtime)."""
+    content = {
+        "format": FORMAT_VERSION,
+        "transpose_forward": plans["transpose_forward"],
+        "labels": plans["labels"],
+        "ignore_label": plans.get("ignore_label"),
+        "configuration": {k: config.get(k) for k in FINGERPRINT_KEYS},
+        "files": [_file_signature(p) for p in [*case.images, *([case.label] if case.label else [])]],
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def _is_done(folder: Path, case_id: str, fingerprint: str) -> bool:
+    """Stored completely (arrays and marker) from the same plan parameters and input files."""
+    if not all(p.is_file() for p in store.case_paths(folder, case_id)):
+        return False
+    try:
+        properties = store.load_properties(folder, case_id)
+    except (OSError, json.JSONDecodeError):
+        return False
+    return properties.get("input_fingerprint") == fingerprint
+
+
+def _remove_stale_temporaries(folder: Path, case_id: str) -> None:
+    """Temporary files a killed run left for this case (atomic_path names them ``.<target>.*``)."""
+    for target in store.case_paths(folder, case_id):
+        for tmp in folder.glob(f".{target.name}.*"):
+            tmp.unlink(missing_ok=True)
+
+
+def preprocess_one(
+    case_id: str, images: Sequence[Path], label: Path, plans: dict[str, Any], configuration: str,
+    folder: Path, fingerprint: str,
+) -> dict[str, Any]:
+    """Read, preprocess and store one training case (runs in a worker process)."""
+    _remove_stale_temporaries(folder, case_id)
+    data, geometry = read_case_images(images)
+    seg, _ = read_image(label)
+    if seg.shape != data.shape[1:]:
+        raise DatasetError(
+            f"{label}: shape {seg.shape} differs from its image {images[0]} {data.shape[1:]}; "
+            "run `autoseg verify` and fix the label"
+        )
+    config = get_configuration(plans, configuration)
+    data_pp, seg_pp, properties = preprocess_case(data, geometry, plans, config, seg, copy=False)
+    del data, seg
+    properties["case_id"] = case_id
+    properties["input_fingerprint"] = fingerprint
+    properties["class_locations"] = store.class_locations(seg_pp, foreground_labels(plans), store.case_seed(case_id))
+    store.save_case(folder, case_id, data_pp, seg_pp, properties, patch_size=config.get("patch_size"))
+    return {"shape": list(data_pp.shape)}
+
+
+def copy_ground_truth(label: Path, target: Path) -> bool:
+    """Copy a raw label for evaluation, atomically; False when an identical copy is already there."""
+    if target.is_file() and filecmp.cmp(label, target, shallow=False):
+        return False
+    with atomic_path(target) as tmp:
+        shutil.copyfile(label, tmp)
+    return True
+
+
+def _group_by_identifier(plans: dict[str, Any], names: Sequence[str]) -> dict[str, list[str]]:
+    """Configurations sharing a data identifier (e.g. the cascade's fullres) are preprocessed once."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(get_configuration(plans, name)["data_identifier"], []).append(name)
+    return groups
+
+
+def preprocess_dataset(
+    dataset_spec: str,
+    configurations: Sequence[str] | None = None,
+    num_workers: int | None = None,
+    plans_name: str = "autosegPlans",
+) -> PreprocessReport:
+    """Preprocess every training case for ``configurations`` (default: all planned) of a dataset.
+
+    Raises ``PreprocessingError`` at the end, listing each failed case and why, when any failed; all
+    other cases are stored and a re-run redoes only the failed ones.
+    """
+    start = time.perf_counter()
+    location = resolve_dataset(dataset_spec)
+    description = load_description(location.raw_dir)
+    cases = training_cases(location.raw_dir, description)
+    plans = load_plans(plans_path(location.preprocessed_dir, plans_name))
+    names = list(configurations) if configurations else list(plans["configurations"])
+    workers = default_workers() if num_workers is None else max(1, int(num_workers))
+    report = PreprocessReport(location.name, plans_name, [])
+    for identifier, group in _group_by_identifier(plans, names).items():
+        config = get_configuration(plans, group[0])
+        out = ConfigurationReport(group, identifier, location.preprocessed_dir / identifier)
+        items = []
+        for case in cases:
+            fingerprint = input_fingerprint(case, plans, config)
+            if _is_done(out.output_dir, case.case_id, fingerprint):
+                out.skipped.append(case.case_id)
+            else:
+                args = (case.case_id, case.images, case.label, plans, group[0], out.output_dir, fingerprint)
+                items.append((case.case_id, args))
+        out.output_dir.mkdir(parents=True, exist_ok=True)
+        results, out.failed = parallel_map(
+            preprocess_one, items, min(workers, max(1, len(items))), f"preprocess {identifier}"
+        )
+        out.processed = sorted(results)
+        report.outputs.append(out)
+    gt_dir = location.preprocessed_dir / GT_FOLDER
+    for case in cases:
+        assert case.label is not None
+        if copy_ground_truth(case.label, gt_dir / f"{case.case_id}{description.file_ending}"):
+            report.gt_copied += 1
+        else:
+            report.gt_unchanged += 1
+    report.seconds = time.perf_counter() - start
+    failures = [(out, f) for out in report.outputs for f in out.failed]
+    if failures:
+        listed = "; ".join(f"{f.key} ({out.data_identifier}): {f.message}" for out, f in failures)
+        error = PreprocessingError(
+            f"{len(failures)} case(s) failed to preprocess: {listed}. The other cases are stored; fix these "
+            "inputs and re-run `autoseg preprocess` (finished cases are skipped)"
+        )
+        error.report = report  # type: ignore[attr-defined]  # the CLI can still print the summary
+        raise error
+    return report

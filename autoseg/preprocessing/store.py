@@ -1,0 +1,148 @@
+"""The preprocessed store: one compressed, chunked blosc2 array per case plus a properties JSON.
+
+Per case in ``<preprocessed>/<Dataset>/<data_identifier>/``: ``<case>.b2nd`` (float32 (C, z, y, x)),
+``<case>_seg.b2nd`` (int16 (1, z, y, x), -1 outside the nonzero mask) and ``<case>.json``. The JSON is
+written last and is the "case complete" marker: a case without it (a killed run) does not exist for
+``list_cases`` and is redone. Arrays are chunked per channel so that a training patch decompresses only
+the chunks it touches (``blosc2.open`` memory-maps the file). Codec, level and chunk shape were chosen by
+the measurement in ``docs/preprocessing.md`` (``benchmarks/store_codecs.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import blosc2
+import numpy as np
+
+from autoseg.utils.atomic import atomic_path, atomic_write_json
+
+DATA_SUFFIX = ".b2nd"
+SEG_SUFFIX = "_seg.b2nd"
+PROPERTIES_SUFFIX = ".json"
+CODEC = blosc2.Codec.ZSTD  # see docs/preprocessing.md for the measurement behind these three
+CLEVEL = 1
+CHUNK_EDGE = 64  # spatial chunk edge when no patch size is given
+BLOCK_BYTES = 32 * 1024  # blosc2 block (the unit decompressed per access) ~ L1/L2-cache sized
+# Foreground oversampling (reference §1.4): per class max(min(10000, n), ceil(0.01 n)) stored voxels.
+LOCATIONS_MIN = 10000
+LOCATIONS_FRACTION = 0.01
+
+
+def case_paths(folder: Path, case_id: str) -> tuple[Path, Path, Path]:
+    return folder / f"{case_id}{DATA_SUFFIX}", folder / f"{case_id}{SEG_SUFFIX}", folder / f"{case_id}{PROPERTIES_SUFFIX}"
+
+
+def chunk_shapes(shape: Sequence[int], patch_size: Sequence[int] | None, itemsize: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(chunks, blocks) for an array (C, *spatial): one channel per chunk, chunk = patch size clipped to
+    the image (a random patch touches at most 2 chunks per axis), blocks halved along the largest axis
+    until one block is at most ``BLOCK_BYTES``."""
+    spatial = shape[1:]
+    edge = list(patch_size) if patch_size is not None else [CHUNK_EDGE] * len(spatial)
+    edge = [1] * (len(spatial) - len(edge)) + edge  # a 2D patch (y, x) reads one slice at a time
+    chunks = [1, *(max(1, min(int(p), int(s))) for p, s in zip(edge, spatial))]
+    blocks = list(chunks)
+    while math.prod(blocks) * itemsize > BLOCK_BYTES and max(blocks[1:]) > 1:
+        axis = 1 + int(np.argmax(blocks[1:]))
+        blocks[axis] = (blocks[axis] + 1) // 2
+    return tuple(chunks), tuple(blocks)
+
+
+def write_array(
+    path: Path, array: np.ndarray, patch_size: Sequence[int] | None = None,
+    codec: blosc2.Codec = CODEC, clevel: int = CLEVEL,
+) -> None:
+    """Write ``array`` (C, *spatial) as a chunked blosc2 file, atomically."""
+    chunks, blocks = chunk_shapes(array.shape, patch_size, array.dtype.itemsize)
+    cparams = blosc2.CParams(codec=codec, clevel=clevel, typesize=array.dtype.itemsize, nthreads=1)
+    with atomic_path(path, suffix=DATA_SUFFIX) as tmp:
+        tmp.unlink()  # blosc2 creates the file itself
+        written = blosc2.asarray(
+            np.ascontiguousarray(array), urlpath=str(tmp), mode="w", chunks=chunks, blocks=blocks, cparams=cparams
+        )
+        del written  # flush and close before the rename
+
+
+def save_case(
+    folder: str | Path, case_id: str, data: np.ndarray, seg: np.ndarray | None, properties: dict[str, Any],
+    patch_size: Sequence[int] | None = None,
+) -> None:
+    """Store one case atomically: arrays first, properties JSON (the completion marker) last.
+
+    A previous marker is removed first, so arrays and marker never disagree after a kill.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    data_path, seg_path, json_path = case_paths(folder, case_id)
+    json_path.unlink(missing_ok=True)
+    write_array(data_path, data.astype(np.float32, copy=False), patch_size)
+    if seg is not None:
+        write_array(seg_path, seg.astype(np.int16, copy=False), patch_size)
+    atomic_write_json(json_path, properties)
+
+
+def load_properties(folder: str | Path, case_id: str) -> dict[str, Any]:
+    return json.loads(case_paths(Path(folder), case_id)[2].read_text())
+
+
+def load_case(
+    folder: str | Path, case_id: str, mmap: bool = True
+) -> tuple[Any, Any | None, dict[str, Any]]:
+    """``(data, seg, properties)`` of a stored case.
+
+    With ``mmap`` the arrays are blosc2 ``NDArray`` handles: ``data[:, z0:z1, y0:y1, x0:x1]`` returns a
+    numpy patch and decompresses only the chunks it touches. Without, they are numpy arrays. ``seg`` is
+    None when the case was stored without labels.
+    """
+    data_path, seg_path, _ = case_paths(Path(folder), case_id)
+    properties = load_properties(folder, case_id)
+
+    def open_array(path: Path) -> Any:
+        array = blosc2.open(str(path), mode="r", mmap_mode="r")
+        return array if mmap else array[:]
+
+    seg = open_array(seg_path) if seg_path.exists() else None
+    return open_array(data_path), seg, properties
+
+
+def list_cases(folder: str | Path) -> list[str]:
+    """Case ids stored completely in ``folder`` (properties JSON and data array present), sorted."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    cases = []
+    for path in folder.glob(f"*{PROPERTIES_SUFFIX}"):
+        case_id = path.name[: -len(PROPERTIES_SUFFIX)]
+        if not path.name.startswith(".") and (folder / f"{case_id}{DATA_SUFFIX}").is_file():
+            cases.append(case_id)
+    return sorted(cases)
+
+
+def case_seed(case_id: str) -> int:
+    """A stable per-case seed (the same on every machine and run)."""
+    return int.from_bytes(hashlib.sha256(case_id.encode()).digest()[:4], "little")
+
+
+def class_locations(seg: np.ndarray, labels: Sequence[int], seed: int) -> dict[str, list[list[int]]]:
+    """Per foreground label, ``max(min(10000, n), ceil(0.01 n))`` of its n voxels as [z, y, x] lists.
+
+    ``seg`` is (1, *spatial); each class's sample is drawn without replacement from its own stream of
+    ``seed`` (so it does not depend on the other classes) and sorted.
+    """
+    spatial = seg[0]
+    flat = spatial.reshape(-1)
+    locations: dict[str, list[list[int]]] = {}
+    for label in labels:
+        index = np.flatnonzero(flat == label)
+        n = index.size
+        k = max(min(LOCATIONS_MIN, n), math.ceil(LOCATIONS_FRACTION * n))
+        if k < n:
+            rng = np.random.default_rng([seed, int(label)])
+            index = np.sort(rng.choice(index, size=k, replace=False))
+        coords = np.stack(np.unravel_index(index, spatial.shape), axis=1)
+        locations[str(int(label))] = coords.astype(int).tolist()
+    return locations

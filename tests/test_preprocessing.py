@@ -1,0 +1,249 @@
+"""Preprocessing of one case and its exact inverse: normalization, resampling, store, round trips."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from conftest import HIPPOCAMPUS, PLAIN_CASE, UINT8_IMAGE_CASE
+from preprocessing_helpers import make_configuration, make_plans
+from scipy import ndimage
+
+from autoseg.dataset.imageio import Geometry, read_case_images, read_image
+from autoseg.errors import PlanError
+from autoseg.preprocessing import (
+    class_locations,
+    label_to_preprocessed_grid,
+    list_cases,
+    load_case,
+    preprocess_case,
+    restore_label,
+    restore_probabilities_to_labels,
+    save_case,
+)
+from autoseg.preprocessing import resampling
+from autoseg.preprocessing.normalization import normalize
+from autoseg.preprocessing.resampling import ResamplingScheme, resample_array, resample_label
+from autoseg.preprocessing.store import chunk_shapes
+
+ZSCORE = {"scheme": "zscore", "use_mask": False, "clip": None, "mean": None, "std": None}
+
+
+def _hippocampus(case: str) -> tuple[np.ndarray, Geometry, np.ndarray]:
+    data, geometry = read_case_images([HIPPOCAMPUS / "imagesTr" / f"{case}_0000.nii.gz"])
+    seg, _ = read_image(HIPPOCAMPUS / "labelsTr" / f"{case}.nii.gz")
+    return data, geometry, seg
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+
+
+# --- normalization -------------------------------------------------------------------------------
+
+def test_ct_normalization_clips_then_standardises() -> None:
+    data = np.array([[[[-2000.0, 0.0, 100.0, 3000.0]]]], dtype=np.float32)
+    scheme = {"scheme": "ct", "use_mask": False, "clip": [-1000.0, 1000.0], "mean": 100.0, "std": 50.0}
+    normalize(data, [scheme], None)
+    np.testing.assert_allclose(data.ravel(), [-22.0, -2.0, 0.0, 18.0])
+
+
+def test_zscore_inside_mask_leaves_outside_untouched() -> None:
+    data = np.array([[[[0.0, 1.0, 2.0, 3.0, 6.0, 0.0]]]], dtype=np.float32)
+    mask = np.array([[[False, True, True, True, True, False]]])
+    normalize(data, [{**ZSCORE, "use_mask": True}], mask)
+    std = math.sqrt((4 + 1 + 0 + 9) / 4)  # values 1, 2, 3, 6: mean 3
+    np.testing.assert_allclose(data.ravel(), [0.0, -2 / std, -1 / std, 0.0, 3 / std, 0.0], rtol=1e-6)
+
+
+def test_zscore_whole_image_and_none() -> None:
+    data = np.array([[[[1.0, 3.0]]], [[[5.0, 7.0]]]], dtype=np.float32)
+    normalize(data, [ZSCORE, {"scheme": "none", "use_mask": False}], None)
+    np.testing.assert_allclose(data.ravel(), [-1.0, 1.0, 5.0, 7.0])
+
+
+def test_unknown_normalization_scheme_is_a_plan_error() -> None:
+    with pytest.raises(PlanError, match=r"normalization scheme 'minmax' is unknown; the plans file must use one of ct, zscore, none"):
+        normalize(np.zeros((1, 1, 1, 2), np.float32), [{"scheme": "minmax"}], None)
+
+
+def test_channel_count_mismatch_is_a_plan_error() -> None:
+    with pytest.raises(PlanError, match=r"normalization for 1 channel\(s\) but the case has 2"):
+        normalize(np.zeros((2, 1, 1, 2), np.float32), [ZSCORE], None)
+
+
+# --- resampling ----------------------------------------------------------------------------------
+
+def test_image_resampling_matches_scipy_cubic_spline() -> None:
+    x = np.random.default_rng(0).random((12, 30, 26)).astype(np.float32)
+    shape = (7, 45, 39)
+    scale = np.array([i / o for i, o in zip(x.shape, shape)])
+    expected = ndimage.affine_transform(
+        x.astype(np.float64), scale, offset=0.5 * scale - 0.5, output_shape=shape, order=3, mode="nearest"
+    )
+    for axis in (None, 0):  # separating an axis with the same order is the same tensor-product spline
+        out = resample_array(x, shape, ResamplingScheme(3, 3, axis))
+        assert out.dtype == np.float32
+        np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+def _blobs(shape: tuple[int, ...]) -> np.ndarray:
+    zz, yy, xx = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
+    seg = np.zeros(shape, np.int16)
+    seg[(zz / 0.7) ** 2 + ((yy + 0.3) / 0.5) ** 2 + (xx / 0.6) ** 2 < 1] = 1
+    seg[(zz / 0.5) ** 2 + ((yy - 0.4) / 0.35) ** 2 + ((xx - 0.1) / 0.4) ** 2 < 1] = 2
+    seg[:2] = -1
+    return seg
+
+
+@pytest.mark.parametrize("slab_voxels", [2**24, 5 * 27 * 50])
+@pytest.mark.parametrize("scheme", [ResamplingScheme(1, 0, None), ResamplingScheme(1, 0, 0), ResamplingScheme(1, 1, 2)])
+def test_label_resampling_is_the_full_grid_argmax(
+    scheme: ResamplingScheme, slab_voxels: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Per-class, per-slab windowed resampling equals the argmax of every class resampled on the whole grid."""
+    monkeypatch.setattr(resampling, "LABEL_SLAB_VOXELS", slab_voxels)  # one slab, or slabs of 5 rows
+    seg = _blobs((14, 40, 36))
+    shape = (33, 27, 50)
+    values = np.unique(seg)
+    weights = np.stack([resample_array((seg == v).astype(np.float32), shape, scheme) for v in values])
+    out = resample_label(seg, shape, scheme)
+    assert set(np.unique(out)) == set(values)  # nothing invented, nothing lost
+    top2 = np.sort(weights, axis=0)[-2:]
+    unique_max = top2[1] - top2[0] > 1e-6  # ties may go either way
+    np.testing.assert_array_equal(out[unique_max], values[np.argmax(weights, axis=0)][unique_max])
+
+
+def test_anisotropic_labels_round_trip_with_dice_above_098() -> None:
+    shape = (24, 96, 90)
+    seg = _blobs(shape)
+    seg[seg < 0] = 0
+    data = (seg[None] * 100.0 + 50.0).astype(np.float32)
+    geometry = Geometry((4.0, 0.8, 0.75), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()))
+    config = make_configuration((1.5, 1.0, 1.0), normalization=[ZSCORE])
+    plans = make_plans({"3d_fullres": config})
+    data_pp, seg_pp, props = preprocess_case(data, geometry, plans, "3d_fullres", seg)
+    assert props["shape_after_resampling"] == [64, 77, 68]
+    assert data_pp.shape == (1, 64, 77, 68) and seg_pp.shape == (1, 64, 77, 68)
+    restored = restore_label(seg_pp, props, plans, "3d_fullres")
+    assert restored.shape == shape and restored.dtype == np.uint8
+    for label in (1, 2):
+        assert _dice(restored == label, seg == label) >= 0.98
+
+
+# --- round trips on real cases -------------------------------------------------------------------
+
+@pytest.mark.parametrize("transpose", [(0, 1, 2), (2, 0, 1)])
+@pytest.mark.parametrize("case", [UINT8_IMAGE_CASE, PLAIN_CASE])
+def test_isotropic_real_labels_come_back_identical(case: str, transpose: tuple[int, ...]) -> None:
+    data, geometry, seg = _hippocampus(case)
+    plans = make_plans({"3d_fullres": make_configuration((1.0, 1.0, 1.0))}, transpose_forward=transpose)
+    original = data.copy()
+    data_pp, seg_pp, props = preprocess_case(data, geometry, plans, "3d_fullres", seg)
+    np.testing.assert_array_equal(data, original)  # the caller's array is never modified
+    assert props["shape_after_resampling"] == props["shape_after_crop"]
+    assert props["shape_before_crop"] == [seg.shape[a] for a in transpose]
+    assert list(data_pp.shape[1:]) == [b - a for a, b in props["bbox"]]
+    np.testing.assert_array_equal(restore_label(seg_pp, props, plans, "3d_fullres"), seg.astype(np.uint8))
+    # The same labels through the probability path (one-hot "softmax") and the cascade's forward map.
+    onehot = np.stack([(np.maximum(seg_pp[0], 0) == c).astype(np.float32) for c in range(3)])
+    np.testing.assert_array_equal(restore_probabilities_to_labels(onehot, props, plans, "3d_fullres"), seg)
+    forward = label_to_preprocessed_grid(seg, props, plans, "3d_fullres")
+    np.testing.assert_array_equal(forward, np.maximum(seg_pp[0], 0))
+
+
+def test_preprocessed_image_is_the_normalized_crop() -> None:
+    data, geometry, seg = _hippocampus(PLAIN_CASE)
+    plans = make_plans({"3d_fullres": make_configuration((1.0, 1.0, 1.0))})
+    data_pp, _, props = preprocess_case(data, geometry, plans, "3d_fullres")
+    crop = data[(0, *(slice(a, b) for a, b in props["bbox"]))].astype(np.float64)
+    np.testing.assert_allclose(data_pp[0], (crop - crop.mean()) / crop.std(), atol=1e-5)
+    assert props["spacing"] == props["target_spacing"] == [1.0, 1.0, 1.0]
+    assert props["geometry"] == geometry.to_dict() and props["shape_original"] == list(seg.shape)
+
+
+def test_probabilities_restore_with_regions_and_return_probabilities() -> None:
+    data, geometry, seg = _hippocampus(PLAIN_CASE)
+    plans = make_plans(
+        {"3d_fullres": make_configuration((1.0, 1.0, 1.0))},
+        labels={"background": 0, "hippocampus": [1, 2], "posterior": 2}, regions_class_order=[1, 2],
+    )
+    data[:, :3] = 0  # a crop that removes slices, so the un-crop is exercised
+    _, seg_pp, props = preprocess_case(data, geometry, plans, "3d_fullres", seg)
+    assert props["bbox"][0][0] == 3
+    regions = np.stack([(seg_pp[0] > 0), (seg_pp[0] == 2)]).astype(np.float32)
+    label, probs = restore_probabilities_to_labels(regions, props, plans, "3d_fullres", return_probabilities=True)
+    expected = seg.copy()
+    expected[:3] = 0
+    np.testing.assert_array_equal(label, expected)
+    assert probs.shape == (2, *seg.shape) and probs.dtype == np.float32
+    np.testing.assert_array_equal(probs[1], (expected == 2).astype(np.float32))
+
+
+def test_softmax_probabilities_outside_the_crop_are_background() -> None:
+    data, geometry, seg = _hippocampus(PLAIN_CASE)
+    plans = make_plans({"3d_fullres": make_configuration((1.0, 1.0, 1.0))})
+    data[:, :, -4:] = 0
+    _, seg_pp, props = preprocess_case(data, geometry, plans, "3d_fullres", seg)
+    probs = np.full((3, *seg_pp.shape[1:]), 1 / 3, np.float32)
+    probs[2] += 0.1
+    label, full = restore_probabilities_to_labels(probs, props, plans, "3d_fullres", return_probabilities=True)
+    assert (label[:, :-4] == 2).all() and (label[:, -4:] == 0).all()
+    np.testing.assert_array_equal(full[:, :, -4:].reshape(3, -1).T, np.tile([1.0, 0.0, 0.0], (label[:, -4:].size, 1)))
+
+
+def test_unknown_configuration_is_a_plan_error() -> None:
+    data, geometry, _ = _hippocampus(PLAIN_CASE)
+    plans = make_plans({"3d_fullres": make_configuration((1.0, 1.0, 1.0))})
+    with pytest.raises(PlanError, match=r"configuration '2d' is not in plans 'autosegPlans' \(available: 3d_fullres\)"):
+        preprocess_case(data, geometry, plans, "2d")
+
+
+def test_2d_configuration_never_resamples_the_slice_axis() -> None:
+    data, geometry, seg = _hippocampus(PLAIN_CASE)
+    config = make_configuration((99.0, 0.5, 0.5), patch_size=(56, 40), spatial_dims=2)
+    plans = make_plans({"2d": config})
+    data_pp, seg_pp, props = preprocess_case(data, geometry, plans, "2d", seg)
+    crop = props["shape_after_crop"]
+    assert data_pp.shape[1:] == (crop[0], 2 * crop[1], 2 * crop[2])
+    restored = restore_label(seg_pp, props, plans, "2d")
+    for label in (1, 2):
+        assert _dice(restored == label, seg == label) >= 0.95
+
+
+# --- store ---------------------------------------------------------------------------------------
+
+def test_store_round_trip_patch_reads_and_completion_marker(tmp_path) -> None:
+    rng = np.random.default_rng(1)
+    data = rng.standard_normal((2, 30, 41, 50)).astype(np.float32)
+    seg = rng.integers(-1, 3, (1, 30, 41, 50)).astype(np.int16)
+    save_case(tmp_path, "case_a", data, seg, {"spacing": [1, 1, 1]}, patch_size=(16, 32, 32))
+    (tmp_path / "case_b.b2nd").write_bytes(b"half-written")  # no properties JSON: not complete
+    assert list_cases(tmp_path) == ["case_a"]
+    handle, seg_handle, props = load_case(tmp_path, "case_a")
+    assert handle.chunks == (1, 16, 32, 32) and props == {"spacing": [1, 1, 1]}
+    np.testing.assert_array_equal(handle[:, 3:20, 10:41, 7:9], data[:, 3:20, 10:41, 7:9])
+    np.testing.assert_array_equal(seg_handle[0, 5:6], seg[0, 5:6])
+    full, full_seg, _ = load_case(tmp_path, "case_a", mmap=False)
+    assert isinstance(full, np.ndarray) and np.array_equal(full, data) and np.array_equal(full_seg, seg)
+
+
+def test_chunks_follow_the_patch_and_blocks_stay_small() -> None:
+    chunks, blocks = chunk_shapes((2, 300, 400, 400), (64, 128, 128), 4)
+    assert chunks == (1, 64, 128, 128)
+    assert math.prod(blocks) * 4 <= 32 * 1024 and all(c % b == 0 for c, b in zip(chunks, blocks))
+    assert chunk_shapes((1, 20, 30, 30), (56, 40), 4)[0] == (1, 1, 30, 30)  # 2D patch, clipped
+
+
+def test_class_locations_count_rule_and_coordinates() -> None:
+    seg = np.zeros((1, 50, 100, 600), np.int16)
+    seg[0, 0, 0, :50] = 1  # n = 50 -> all 50
+    seg[0, 10:30, :, :] = 2  # n = 1.2e6 -> ceil(0.01 n) = 12000
+    seg[0, 40, :20, :] = 3  # n = 12000 -> 10000
+    locations = class_locations(seg, [1, 2, 3, 4], seed=7)
+    assert {k: len(v) for k, v in locations.items()} == {"1": 50, "2": 12000, "3": 10000, "4": 0}
+    for label, coords in locations.items():
+        assert all(seg[0, z, y, x] == int(label) for z, y, x in coords[:200])
+        assert len({tuple(c) for c in coords}) == len(coords)
+    assert class_locations(seg, [3], seed=7) == {"3": locations["3"]}  # seeded

@@ -1,0 +1,114 @@
+"""``preprocess_dataset``: store layout, ground truth copy, resume after a kill, failures, raw data untouched."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from preprocessing_helpers import make_configuration, make_plans
+
+from autoseg.dataset.imageio import read_image
+from autoseg.errors import PreprocessingError
+from autoseg.planning.plans import write_plans
+from autoseg.preprocessing import list_cases, load_case, preprocess_dataset, restore_label
+
+DATASET = "Dataset999_Test"
+IDENTIFIER = "autosegPlans_3d_fullres"
+
+
+def _write_plans(roots: dict[str, Path], normalization: list[dict] | None = None) -> dict:
+    fullres = make_configuration((1.0, 1.0, 1.0), normalization=normalization)
+    cascade = {**fullres, "previous_stage": "3d_lowres"}
+    lowres = make_configuration((2.0, 2.0, 2.0), normalization=normalization, data_identifier="autosegPlans_3d_lowres")
+    lowres["next_stage"] = "3d_cascade_fullres"
+    plans = make_plans({"3d_fullres": fullres, "3d_lowres": lowres, "3d_cascade_fullres": cascade})
+    write_plans(plans, roots["preprocessed"] / DATASET / "autosegPlans.json", overwrite=True)
+    return plans
+
+
+def _tree_hashes(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _mtimes(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+
+
+def test_dataset_is_stored_with_gt_and_exact_inverse(roots: dict[str, Path], small_dataset: Path) -> None:
+    plans = _write_plans(roots)
+    raw_before = _tree_hashes(small_dataset)
+    report = preprocess_dataset(DATASET, ["3d_fullres", "3d_cascade_fullres"], num_workers=1)
+    assert _tree_hashes(small_dataset) == raw_before  # raw data never modified
+    out = roots["preprocessed"] / DATASET / IDENTIFIER
+    cases = sorted(p.name[: -len(".nii.gz")] for p in (small_dataset / "labelsTr").iterdir())
+    assert [o.configurations for o in report.outputs] == [["3d_fullres", "3d_cascade_fullres"]]  # stored once
+    assert report.outputs[0].processed == cases and list_cases(out) == cases
+    gt = roots["preprocessed"] / DATASET / "gt_segmentations"
+    for case in cases:
+        assert (gt / f"{case}.nii.gz").read_bytes() == (small_dataset / "labelsTr" / f"{case}.nii.gz").read_bytes()
+        data, seg, props = load_case(out, case, mmap=False)
+        assert data.dtype == np.float32 and seg.dtype == np.int16 and data.shape[1:] == seg.shape[1:]
+        label, _ = read_image(small_dataset / "labelsTr" / f"{case}.nii.gz")
+        np.testing.assert_array_equal(restore_label(seg, props, plans, "3d_fullres"), label)
+        assert props["case_id"] == case and set(props["class_locations"]) == {"1", "2"}
+        z, y, x = props["class_locations"]["2"][0]
+        assert seg[0, z, y, x] == 2
+    assert report.gt_copied == 4 and "4 preprocessed, 0 already done, 0 failed" in report.summary()
+
+
+def test_resume_after_kill_redoes_only_the_incomplete_case(roots: dict[str, Path], small_dataset: Path) -> None:
+    _write_plans(roots)
+    preprocess_dataset(DATASET, ["3d_fullres"], num_workers=1)
+    out = roots["preprocessed"] / DATASET / IDENTIFIER
+    killed = "hippocampus_003"
+    # A run killed while writing this case: arrays and a temporary file, but no properties JSON.
+    (out / f"{killed}.json").unlink()
+    stale = out / f".{killed}.b2nd.abc123.tmp.b2nd"
+    stale.write_bytes(b"partial")
+    before = _mtimes(out)
+    gt_before = _mtimes(roots["preprocessed"] / DATASET / "gt_segmentations")
+    report = preprocess_dataset(DATASET, ["3d_fullres"], num_workers=1)
+    assert report.outputs[0].processed == [killed] and len(report.outputs[0].skipped) == 3
+    after = _mtimes(out)
+    assert not stale.exists() and killed in list_cases(out)
+    for name, mtime in before.items():
+        if name.startswith("."):
+            continue
+        assert (after[name] != mtime) == name.startswith(killed), name
+    assert _mtimes(roots["preprocessed"] / DATASET / "gt_segmentations") == gt_before  # identical: not rewritten
+    assert report.gt_unchanged == 4
+
+
+def test_changed_plan_redoes_every_case(roots: dict[str, Path], small_dataset: Path) -> None:
+    _write_plans(roots)
+    preprocess_dataset(DATASET, ["3d_fullres"], num_workers=1)
+    _write_plans(roots, normalization=[{"scheme": "none", "use_mask": False, "clip": None, "mean": None, "std": None}])
+    report = preprocess_dataset(DATASET, ["3d_fullres"], num_workers=1)
+    assert len(report.outputs[0].processed) == 4 and report.outputs[0].skipped == []
+    data, _, _ = load_case(roots["preprocessed"] / DATASET / IDENTIFIER, "hippocampus_004", mmap=False)
+    image, _ = read_image(small_dataset / "imagesTr" / "hippocampus_004_0000.nii.gz")
+    assert data.max() == pytest.approx(float(image.max()))  # no normalization now
+
+
+def test_unreadable_case_is_named_while_the_others_complete(roots: dict[str, Path], small_dataset: Path) -> None:
+    _write_plans(roots)
+    broken = small_dataset / "imagesTr" / "hippocampus_006_0000.nii.gz"
+    broken.write_bytes(broken.read_bytes()[:200])  # truncated file
+    with pytest.raises(PreprocessingError) as info:
+        preprocess_dataset(DATASET, ["3d_fullres"], num_workers=2)
+    message = str(info.value)
+    assert message.startswith("1 case(s) failed to preprocess: hippocampus_006 (autosegPlans_3d_fullres): ")
+    assert f"{broken}: " in message and "re-run `autoseg preprocess`" in message
+    out = roots["preprocessed"] / DATASET / IDENTIFIER
+    assert list_cases(out) == ["hippocampus_001", "hippocampus_003", "hippocampus_004"]
+    assert info.value.report.outputs[0].failed[0].key == "hippocampus_006"
+
+
+def test_lowres_configuration_is_resampled(roots: dict[str, Path], small_dataset: Path) -> None:
+    _write_plans(roots)
+    preprocess_dataset(DATASET, ["3d_lowres"], num_workers=1)
+    data, seg, props = load_case(roots["preprocessed"] / DATASET / "autosegPlans_3d_lowres", "hippocampus_001")
+    assert props["target_spacing"] == [2.0, 2.0, 2.0]
+    assert list(data.shape[1:]) == [round(s / 2) for s in props["shape_after_crop"]] == list(seg.shape[1:])
