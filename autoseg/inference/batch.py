@@ -1,0 +1,256 @@
+"""``autoseg predict``: segment a folder of cases (or one file, or DICOM series folders) into a folder.
+
+Robust batch runs (issue 7): a case that cannot be read or does not fit the model is reported by name
+while the others complete, and the run raises ``InferenceError`` at the end; ``continue_`` skips cases
+whose outputs exist (every output is written atomically, so an existing file is a complete one);
+``num_parts``/``part_id`` shard the cases across machines. Outputs lie in the input's geometry.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from autoseg.dataset.cases import CHANNEL_SUFFIX
+from autoseg.dataset.imageio import SUPPORTED_ENDINGS, Geometry, image_ending, read_case_images, write_image
+from autoseg.errors import AutosegError, InferenceError
+from autoseg.inference.model import LoadedModel, find_model_folder, load_model
+from autoseg.inference.predictor import Prediction, predict_array
+from autoseg.inference.sliding_window import DEFAULT_STEP
+from autoseg.utils.atomic import atomic_path, atomic_write_json
+from autoseg.utils.progress import Failure, track
+
+DEFAULT_OUTPUT_ENDING = ".nii.gz"
+PREDICT_INFO = "predict_info.json"
+PROBABILITIES_KEY = "probabilities"
+
+
+@dataclass
+class InputCase:
+    """One case to predict: its channel files (or DICOM folders) by channel index."""
+
+    case_id: str
+    channels: dict[int, Path] = field(default_factory=dict)
+
+    @property
+    def ending(self) -> str:
+        return image_ending(next(iter(self.channels.values())))
+
+
+@dataclass
+class PredictReport:
+    """What a run did: cases predicted, skipped (``continue_``), and failed (with the reason)."""
+
+    output_folder: Path
+    predicted: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[Failure] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _is_dicom_folder(folder: Path) -> bool:
+    """A folder without image files or subfolders is read as one DICOM series."""
+    entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    return bool(entries) and not any(p.is_dir() or image_ending(p) for p in entries)
+
+
+def _add(cases: dict[str, InputCase], path: Path, stem: str) -> None:
+    match = CHANNEL_SUFFIX.match(stem)
+    case_id, channel = (match["case"], int(match["channel"])) if match else (stem, 0)
+    cases.setdefault(case_id, InputCase(case_id)).channels[channel] = path
+
+
+def discover_cases(input_path: str | Path) -> list[InputCase]:
+    """Cases in a folder (``<case>_XXXX<ending>`` files, DICOM series subfolders), one file, or one DICOM folder.
+
+    Names without a ``_XXXX`` channel suffix are single-channel cases. Files of other types (notes,
+    JSON) are ignored. Sorted by case id.
+    """
+    path = Path(input_path)
+    if not path.exists():
+        raise InferenceError(f"{path}: input not found; give a folder of images, an image file or a DICOM folder")
+    cases: dict[str, InputCase] = {}
+    if path.is_file():
+        ending = image_ending(path)
+        if not ending:
+            raise InferenceError(f"{path}: unsupported file type; use one of {', '.join(SUPPORTED_ENDINGS)}")
+        stem = path.name[: -len(ending)]
+        match = CHANNEL_SUFFIX.match(stem)
+        siblings = sorted(path.parent.glob(f"{match['case']}_[0-9][0-9][0-9][0-9]{ending}")) if match else [path]
+        for sibling in siblings:
+            _add(cases, sibling, sibling.name[: -len(ending)])
+    elif _is_dicom_folder(path):
+        _add(cases, path, path.name)
+    else:
+        for entry in sorted(path.iterdir()):
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir():
+                _add(cases, entry, entry.name)
+            elif (ending := image_ending(entry)):
+                _add(cases, entry, entry.name[: -len(ending)])
+    if not cases:
+        raise InferenceError(f"{path}: no images found; expected <case>_0000<ending> files or DICOM series folders")
+    return [cases[k] for k in sorted(cases)]
+
+
+def channel_files(case: InputCase, num_channels: int) -> list[Path]:
+    """The case's files in channel order; ``InferenceError`` when channels are missing or extra."""
+    expected = list(range(num_channels))
+    if sorted(case.channels) != expected:
+        found = ", ".join(f"{c:04d}" for c in sorted(case.channels))
+        raise InferenceError(
+            f"case {case.case_id}: has channel(s) {found}, the model expects {num_channels} "
+            f"({', '.join(f'{c:04d}' for c in expected)}); name files <case>_XXXX<ending>"
+        )
+    return [case.channels[c] for c in expected]
+
+
+def output_ending(case: InputCase, dataset_ending: str) -> str:
+    """The dataset's ending when the input uses it, else .nii.gz (DICOM and foreign formats)."""
+    return dataset_ending if case.ending == dataset_ending else DEFAULT_OUTPUT_ENDING
+
+
+def shard(cases: Sequence[InputCase], num_parts: int, part_id: int) -> list[InputCase]:
+    """Every ``num_parts``-th case starting at ``part_id`` (cases sorted by id: parts are disjoint)."""
+    if num_parts < 1 or not 0 <= part_id < num_parts:
+        raise InferenceError(
+            f"--part-id {part_id} with --num-parts {num_parts}: need num_parts >= 1 and 0 <= part_id < num_parts"
+        )
+    return list(cases[part_id::num_parts])
+
+
+def _outputs(case: InputCase, output: Path, ending: str, save_probabilities: bool) -> list[Path]:
+    """Output files of a case; the label file comes last (written last, so it marks completion)."""
+    files = [output / f"{case.case_id}.npz", output / f"{case.case_id}.json"] if save_probabilities else []
+    return files + [output / f"{case.case_id}{ending}"]
+
+
+def write_probabilities(
+    prediction: Prediction, geometry: Geometry, model: LoadedModel, case_id: str, output: Path
+) -> None:
+    """``<case>.npz`` (float16 (C, z, y, x), input grid) and its JSON sidecar (docs/architecture.md)."""
+    assert prediction.probabilities is not None
+    with atomic_path(output / f"{case_id}.npz") as tmp:
+        np.savez_compressed(tmp, **{PROBABILITIES_KEY: prediction.probabilities.astype(np.float16, copy=False)})
+    atomic_write_json(
+        output / f"{case_id}.json",
+        {
+            "case_id": case_id,
+            "geometry": geometry.to_dict(),
+            "labels": model.dataset.labels,
+            "regions_class_order": model.regions_class_order,
+            "shape": list(prediction.probabilities.shape),
+        },
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, MemoryError):
+        return "out of memory; predict on a machine with more RAM or with a float16 accumulator"
+    text = (str(exc).strip().splitlines() or [""])[0]
+    return text if isinstance(exc, AutosegError) else f"{type(exc).__name__}: {text}"
+
+
+def _resolve_model(
+    model: LoadedModel | str | Path | tuple[str, str],
+    folds: Sequence[int | str] | str | None,
+    checkpoint: str,
+    device: str | torch.device | None,
+) -> LoadedModel:
+    if isinstance(model, LoadedModel):
+        return model
+    folder = find_model_folder(*model) if isinstance(model, tuple) else Path(model)
+    return load_model(folder, folds, checkpoint, device)
+
+
+def predict_folder(
+    input_path: str | Path,
+    output_folder: str | Path,
+    model: LoadedModel | str | Path | tuple[str, str],
+    folds: Sequence[int | str] | str | None = None,
+    checkpoint: str = "final",
+    step: float = DEFAULT_STEP,
+    tta: bool = True,
+    save_probabilities: bool = False,
+    device: str | torch.device | None = None,
+    num_parts: int = 1,
+    part_id: int = 0,
+    continue_: bool = False,
+    mixed_precision: bool = False,
+    batch_tiles: int | None = None,
+) -> PredictReport:
+    """Predict every case of ``input_path`` into ``output_folder``; raise ``InferenceError`` if any failed.
+
+    Args:
+        input_path: a folder of ``<case>_XXXX<ending>`` files and/or DICOM series folders, one image
+            file, or one DICOM series folder.
+        output_folder: receives ``<case><ending>`` label maps (+ ``.npz``/``.json`` probabilities) and
+            ``predict_info.json``.
+        model: a model folder, ``(dataset, configuration)`` to look it up in the results root, or a
+            model already loaded (then ``folds``, ``checkpoint``, ``device`` are the loaded ones).
+        folds, checkpoint, device: see ``load_model``.
+        step, tta, mixed_precision, batch_tiles: see ``predict_array``.
+        save_probabilities: also write float16 probabilities with a JSON sidecar.
+        num_parts, part_id: predict only this part of the sorted cases.
+        continue_: skip cases whose outputs all exist.
+
+    Returns the report; when cases failed, the raised ``InferenceError`` carries it as ``.report``.
+    """
+    start = time.perf_counter()
+    input_path, output = Path(input_path), Path(output_folder)
+    if output.resolve() == (input_path if input_path.is_dir() else input_path.parent).resolve():
+        raise InferenceError(f"{output}: output folder equals the input folder; choose another output folder")
+    cases = shard(discover_cases(input_path), num_parts, part_id)
+    loaded = _resolve_model(model, folds, checkpoint, device)
+    output.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(output / PREDICT_INFO, _predict_info(loaded, step, tta, save_probabilities, mixed_precision))
+    report = PredictReport(output)
+    for case in track(cases, f"predict {loaded.configuration_name}"):
+        ending = output_ending(case, loaded.dataset.file_ending)
+        files = _outputs(case, output, ending, save_probabilities)
+        if continue_ and all(f.exists() for f in files):
+            report.skipped.append(case.case_id)
+            continue
+        try:
+            data, geometry = read_case_images(channel_files(case, loaded.num_image_channels))
+            prediction = predict_array(
+                loaded, data, geometry, step=step, tta=tta, return_probabilities=save_probabilities,
+                batch_tiles=batch_tiles, mixed_precision=mixed_precision,
+            )
+            del data
+            if save_probabilities:
+                write_probabilities(prediction, geometry, loaded, case.case_id, output)
+            write_image(prediction.labels, geometry, files[-1])
+            report.predicted.append(case.case_id)
+        except Exception as exc:  # noqa: BLE001 - one case failing must not stop the others
+            report.failed.append(Failure(case.case_id, _describe(exc)))
+    report.seconds = time.perf_counter() - start
+    if report.failed:
+        details = "; ".join(f"{f.key}: {f.message}" for f in report.failed)
+        error = InferenceError(
+            f"{len(report.failed)} of {len(cases)} case(s) failed ({details}); the others are in {output}"
+        )
+        error.report = report  # type: ignore[attr-defined]
+        raise error
+    return report
+
+
+
+def _predict_info(
+    model: LoadedModel, step: float, tta: bool, save_probabilities: bool, mixed_precision: bool
+) -> dict[str, Any]:
+    return {
+        **model.info(),
+        "step": step,
+        "tta": tta,
+        "mirror_axes": list(model.mirror_axes) if tta else [],
+        "save_probabilities": save_probabilities,
+        "mixed_precision": mixed_precision,
+        "device": str(model.device),
+    }

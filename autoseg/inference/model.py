@@ -1,0 +1,275 @@
+"""Load a trained model folder for prediction: plans, dataset description and one network per fold.
+
+A model folder is ``<results>/<Dataset>/<network>__<plans>__<configuration>/`` holding ``plans.json``,
+``dataset.json`` and ``fold_<k>/checkpoint_{best,final,latest}.pt`` (docs/architecture.md). Checkpoints
+are loaded with ``weights_only=True``: a model file cannot run code. A cascade's full-resolution
+configuration loads its low-resolution stage from the sibling folder with the same folds.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from autoseg.dataset.description import DatasetDescription, parse_description
+from autoseg.errors import InferenceError
+from autoseg.networks import create_network
+from autoseg.paths import results_root
+from autoseg.planning.plans import get_configuration, load_plans
+
+CHECKPOINTS = ("final", "best", "latest")
+FOLD_DIR = re.compile(r"^fold_(\d+|all)$")
+CHECKPOINT_FORMAT_VERSION = 1
+
+
+@dataclass
+class LoadedModel:
+    """Everything prediction needs from a model folder.
+
+    Attributes:
+        folder: the model folder.
+        plans: the plans file as a dict.
+        configuration_name: for example ``3d_fullres``.
+        configuration: ``plans["configurations"][configuration_name]``.
+        dataset: the dataset description saved with the model (labels, channels, file ending).
+        folds: fold names used (``"0"``..., or ``"all"``).
+        checkpoint: ``final``, ``best`` or ``latest``.
+        networks: one eval-mode network per fold, on ``device``.
+        mirror_axes: spatial axes the networks were trained with mirroring on (TTA axes).
+        patch_size: the training patch size (tile size of the sliding window).
+        device: where the networks live.
+        previous_stage: the cascade's low-resolution model, loaded first, or ``None``.
+    """
+
+    folder: Path
+    plans: dict[str, Any]
+    configuration_name: str
+    configuration: dict[str, Any]
+    dataset: DatasetDescription
+    folds: list[str]
+    checkpoint: str
+    networks: list[nn.Module]
+    mirror_axes: tuple[int, ...]
+    patch_size: tuple[int, ...]
+    device: torch.device
+    previous_stage: "LoadedModel | None" = None
+
+    @property
+    def num_image_channels(self) -> int:
+        """Channels of the input images (cascade one-hot channels not included)."""
+        return self.dataset.num_channels
+
+    @property
+    def spatial_dims(self) -> int:
+        return int(self.configuration["spatial_dims"])
+
+    @property
+    def regions_class_order(self) -> list[int] | None:
+        order = self.plans.get("regions_class_order")
+        return list(order) if order else None
+
+    def info(self) -> dict[str, Any]:
+        """What ``predict_info.json`` records about the model."""
+        return {
+            "model_folder": str(self.folder),
+            "configuration": self.configuration_name,
+            "plans_name": self.plans.get("plans_name"),
+            "folds": self.folds,
+            "checkpoint": self.checkpoint,
+            "previous_stage": self.previous_stage.info() if self.previous_stage else None,
+        }
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """``None``/"auto": CUDA when available, else CPU; otherwise the named device (checked)."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except RuntimeError as exc:
+        raise InferenceError(f"device {device!r} is not a torch device ({exc}); use cpu, cuda, cuda:1 or auto") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise InferenceError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    return chosen
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise InferenceError(f"{path}: not found; a model folder needs dataset.json (copy it from the raw dataset)")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InferenceError(f"{path}: is not valid JSON ({exc}); restore it from the training run") from None
+
+
+def available_folds(folder: Path) -> list[str]:
+    """Fold names present in ``folder``: numeric folds sorted, ``all`` last."""
+    found = [m.group(1) for p in folder.iterdir() if p.is_dir() and (m := FOLD_DIR.match(p.name))]
+    numeric = sorted((f for f in found if f != "all"), key=int)
+    return numeric + (["all"] if "all" in found else [])
+
+
+def _resolve_folds(folder: Path, folds: Sequence[int | str] | str | None) -> list[str]:
+    present = available_folds(folder)
+    if folds is None:
+        numeric = [f for f in present if f != "all"]
+        chosen = numeric or present
+        if not chosen:
+            raise InferenceError(f"{folder}: holds no fold_<k> folders; train a fold first or check the model folder")
+        return chosen
+    names = [str(f) for f in ([folds] if isinstance(folds, (str, int)) else folds)]
+    if not names:
+        raise InferenceError(f"{folder}: empty fold list; give folds like 0 1 2 3 4 or all")
+    missing = [f for f in names if f not in present]
+    if missing:
+        raise InferenceError(
+            f"{folder}: fold(s) {', '.join(missing)} not found (present: {', '.join(present) or 'none'}); "
+            "train them or choose present folds with -f"
+        )
+    return names
+
+
+def _load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
+    if not path.is_file():
+        others = sorted(p.name for p in path.parent.glob("checkpoint_*.pt"))
+        raise InferenceError(
+            f"{path}: not found (present: {', '.join(others) or 'none'}); finish training this fold or "
+            "choose another --checkpoint"
+        )
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling problem means an unusable file
+        raise InferenceError(f"{path}: cannot be loaded safely ({type(exc).__name__}: {exc}); re-save it with autoseg") from None
+    if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint or "metadata" not in checkpoint:
+        raise InferenceError(f"{path}: is not an autoseg checkpoint (needs 'network_weights' and 'metadata')")
+    version = checkpoint["metadata"].get("format_version")
+    if version != CHECKPOINT_FORMAT_VERSION:
+        raise InferenceError(
+            f"{path}: checkpoint format_version {version!r} is not {CHECKPOINT_FORMAT_VERSION}; use a matching autoseg version"
+        )
+    return checkpoint
+
+
+def build_network(checkpoint: dict[str, Any], path: Path, device: torch.device) -> nn.Module:
+    """Re-create the network a checkpoint describes and load its weights (strict), in eval mode."""
+    meta = checkpoint["metadata"]
+    try:
+        network = create_network(
+            meta["network"], meta["topology"], int(meta["in_channels"]), int(meta["num_outputs"]),
+            **dict(meta.get("network_options") or {}),
+        )
+    except KeyError as exc:
+        raise InferenceError(f"{path}: checkpoint metadata lacks {exc}; re-save it with autoseg") from None
+    try:
+        network.load_state_dict(checkpoint["network_weights"])
+    except RuntimeError as exc:
+        raise InferenceError(f"{path}: weights do not fit the network its metadata describes ({str(exc).splitlines()[0]})") from None
+    return network.to(device).eval()
+
+
+def _configuration_from_folder(folder: Path) -> str:
+    parts = folder.name.split("__")
+    if len(parts) != 3:
+        raise InferenceError(
+            f"{folder}: model folders are named <network>__<plans>__<configuration>; point -m at one"
+        )
+    return parts[2]
+
+
+def load_model(
+    folder: str | Path,
+    folds: Sequence[int | str] | str | None = None,
+    checkpoint: str = "final",
+    device: str | torch.device | None = None,
+) -> LoadedModel:
+    """Load the model folder with the given folds (``None``: every numeric fold present, else ``all``).
+
+    Raises ``InferenceError`` naming the missing file or fold and the fix. For a cascade configuration
+    the ``previous_stage`` model is loaded from the sibling folder with the same folds and checkpoint.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InferenceError(f"{folder}: model folder not found; give <results>/<Dataset>/<network>__<plans>__<configuration>")
+    if checkpoint not in CHECKPOINTS:
+        raise InferenceError(f"checkpoint {checkpoint!r} unknown; choose one of {', '.join(CHECKPOINTS)}")
+    configuration_name = _configuration_from_folder(folder)
+    if not (folder / "plans.json").is_file():
+        raise InferenceError(f"{folder / 'plans.json'}: not found; a model folder needs the plans it was trained with")
+    plans = load_plans(folder / "plans.json")
+    configuration = get_configuration(plans, configuration_name)
+    description = parse_description(_read_json(folder / "dataset.json"), folder / "dataset.json")
+    fold_names = _resolve_folds(folder, folds)
+    torch_device = pick_device(device)
+    networks, metas = [], []
+    for fold in fold_names:
+        path = folder / f"fold_{fold}" / f"checkpoint_{checkpoint}.pt"
+        loaded = _load_checkpoint(path, torch_device)
+        networks.append(build_network(loaded, path, torch_device))
+        metas.append(loaded["metadata"])
+    meta = metas[0]
+    previous = None
+    if configuration.get("previous_stage"):
+        previous = _load_previous_stage(folder, configuration["previous_stage"], fold_names, checkpoint, torch_device)
+    return LoadedModel(
+        folder=folder,
+        plans=plans,
+        configuration_name=configuration_name,
+        configuration=configuration,
+        dataset=description,
+        folds=fold_names,
+        checkpoint=checkpoint,
+        networks=networks,
+        mirror_axes=tuple(int(a) for a in meta.get("mirror_axes", ())),
+        patch_size=tuple(int(p) for p in (meta.get("patch_size") or configuration["patch_size"])),
+        device=torch_device,
+        previous_stage=previous,
+    )
+
+
+def _load_previous_stage(
+    folder: Path, stage: str, folds: list[str], checkpoint: str, device: torch.device
+) -> LoadedModel:
+    network, plans_name, _ = folder.name.split("__")
+    sibling = folder.parent / f"{network}__{plans_name}__{stage}"
+    if not sibling.is_dir():
+        raise InferenceError(
+            f"{sibling}: not found; the cascade needs its {stage} stage trained (same folds) before predicting "
+            f"with {folder.name}"
+        )
+    return load_model(sibling, folds, checkpoint, device)
+
+
+def find_model_folder(
+    dataset: str | int, configuration: str, network: str | None = None, plans_name: str | None = None
+) -> Path:
+    """Find ``<results>/<Dataset>/<network>__<plans>__<configuration>`` from a dataset name or id.
+
+    ``dataset`` may be ``Dataset004_Hippocampus``, ``Dataset004`` or ``4``. When several networks or
+    plans were trained for the configuration, ``network`` / ``plans_name`` pick one.
+    """
+    root = results_root()
+    text = str(dataset)
+    match = re.match(r"^(?:Dataset)?(\d+)", text)
+    candidates = sorted(p for p in root.glob("Dataset*") if p.is_dir()) if root.is_dir() else []
+    if match:
+        candidates = [p for p in candidates if p.name.startswith(f"Dataset{int(match.group(1)):03d}_")]
+    if text.startswith("Dataset") and "_" in text:
+        candidates = [p for p in candidates if p.name == text]
+    if len(candidates) != 1:
+        found = ", ".join(p.name for p in candidates) or "none"
+        raise InferenceError(f"{root}: dataset {text!r} matches {found}; give the full dataset name or -m MODEL_FOLDER")
+    pattern = f"{network or '*'}__{plans_name or '*'}__{configuration}"
+    folders = sorted(p for p in candidates[0].glob(pattern) if p.is_dir())
+    if len(folders) != 1:
+        found = ", ".join(p.name for p in folders) or "none"
+        raise InferenceError(
+            f"{candidates[0]}: {len(folders)} model folders match {pattern} ({found}); train the configuration "
+            "or pick one with -m MODEL_FOLDER"
+        )
+    return folders[0]

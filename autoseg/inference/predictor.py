@@ -1,0 +1,176 @@
+"""Predict one case from arrays: preprocess, sliding window over all folds, restore to the input grid.
+
+``predict_array`` is the Python API (arrays in, arrays out); ``batch.predict_folder`` wraps it for
+files. Folds are averaged as probabilities tile by tile inside the sliding window; a cascade's
+low-resolution stage runs first and its labels enter as one-hot channels (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from autoseg.dataset.imageio import Geometry
+from autoseg.errors import InferenceError
+from autoseg.inference.model import LoadedModel
+from autoseg.inference.sliding_window import DEFAULT_STEP, sliding_window_predict
+from autoseg.preprocessing.inverse import label_to_preprocessed_grid, restore_probabilities_to_labels
+from autoseg.preprocessing.pipeline import preprocess_case
+
+# reference.md §4: float16 accumulators halve memory (14 classes x 512x512x400: 2.9 vs 5.9 GB). Below
+# this size the float32 accumulator costs little and keeps results bit-comparable; above it, float16.
+FLOAT16_ACCUMULATOR_ABOVE_BYTES = 2 * 1024**3
+
+
+@dataclass
+class Prediction:
+    """A case's prediction in the input's grid.
+
+    Attributes:
+        labels: (z, y, x) uint8 (uint16 when a label value exceeds 255).
+        probabilities: (C, z, y, x) float16 class (or region) probabilities, when asked for.
+    """
+
+    labels: np.ndarray
+    probabilities: np.ndarray | None = None
+
+
+class SliceNetwork(nn.Module):
+    """Runs a 2D network on (B, C, 1, y, x) tiles, so one 3D sliding window serves 2D models too."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x[:, :, 0])[:, :, None]
+
+
+def check_input(model: LoadedModel, data: np.ndarray, geometry: Geometry) -> None:
+    """Raise ``InferenceError`` for data the model cannot take (channel count, dimensionality)."""
+    if data.ndim != 4:
+        raise InferenceError(f"input has shape {data.shape}; expected (channels, z, y, x)")
+    expected = model.num_image_channels
+    if data.shape[0] != expected:
+        names = ", ".join(f"{k}: {v}" for k, v in model.dataset.channel_names.items())
+        raise InferenceError(
+            f"input has {data.shape[0]} channel(s), the model expects {expected} ({names}); give one "
+            "file per channel named <case>_0000, <case>_0001, ..."
+        )
+    if geometry.is_2d and model.spatial_dims == 3:
+        raise InferenceError(
+            f"input is a 2D image but configuration {model.configuration_name} is 3D; use a 2d model"
+        )
+    if not np.all(np.isfinite(data)):
+        raise InferenceError("input holds NaN or infinite values; fix the image (e.g. replace NaN by the background value)")
+
+
+def _activation(model: LoadedModel) -> str:
+    return "sigmoid" if model.regions_class_order else "softmax"
+
+
+def _accumulator_dtype(n_outputs: int, shape: Sequence[int]) -> torch.dtype:
+    n_bytes = n_outputs * math.prod(shape) * 4
+    return torch.float16 if n_bytes > FLOAT16_ACCUMULATOR_ABOVE_BYTES else torch.float32
+
+
+def predict_preprocessed(
+    model: LoadedModel,
+    data_pp: np.ndarray | torch.Tensor,
+    *,
+    step: float = DEFAULT_STEP,
+    tta: bool = True,
+    batch_tiles: int | None = None,
+    mixed_precision: bool = False,
+    accumulator_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Fold-averaged probabilities (C, z, y, x) on the preprocessed grid of ``model``'s configuration.
+
+    ``data_pp`` already holds the cascade channels if the model is a cascade stage. Used by
+    ``predict_array`` and by training's final validation (which has preprocessed data at hand).
+    """
+    data = torch.as_tensor(data_pp)
+    patch = model.patch_size
+    mirror_axes = model.mirror_axes if tta else ()
+    networks: list[nn.Module] = list(model.networks)
+    if model.spatial_dims == 2:
+        networks = [SliceNetwork(n) for n in networks]
+        patch = (1, *patch)
+        mirror_axes = tuple(a + 1 for a in mirror_axes)
+    n_outputs = int(model.dataset.num_output_channels)
+    dtype = accumulator_dtype or _accumulator_dtype(n_outputs, data.shape[1:])
+    probabilities = sliding_window_predict(
+        networks,
+        data,
+        patch,
+        step=step,
+        mirror_axes=mirror_axes,
+        batch_tiles=batch_tiles,
+        device=model.device,
+        activation=_activation(model),
+        accumulator_dtype=dtype,
+        mixed_precision=mixed_precision,
+    )
+    return probabilities.cpu()
+
+
+def append_previous_stage(data_pp: np.ndarray, labels_pp: np.ndarray, foreground_labels: Sequence[int]) -> np.ndarray:
+    """Image channels followed by one one-hot channel per foreground label (the cascade's input)."""
+    one_hot = np.stack([labels_pp == label for label in foreground_labels]).astype(data_pp.dtype)
+    return np.concatenate([data_pp, one_hot.reshape(len(foreground_labels), *data_pp.shape[1:])])
+
+
+def predict_array(
+    model: LoadedModel,
+    data: np.ndarray,
+    geometry: Geometry,
+    *,
+    step: float = DEFAULT_STEP,
+    tta: bool = True,
+    return_probabilities: bool = False,
+    batch_tiles: int | None = None,
+    mixed_precision: bool = False,
+    accumulator_dtype: torch.dtype | None = None,
+) -> Prediction:
+    """Segment one case given as arrays; the result lies on the input's grid.
+
+    Args:
+        model: from ``load_model``.
+        data: (C, z, y, x) image channels in SimpleITK array order, as ``read_case_images`` gives.
+        geometry: the input's geometry (spacing is what preprocessing resamples from).
+        step: sliding-window step as a fraction of the patch (reference §1.6).
+        tta: mirroring test-time augmentation over the axes the model was trained with.
+        return_probabilities: also return (C, z, y, x) float16 probabilities on the input grid.
+        batch_tiles: tiles per forward pass (default from the patch size).
+        mixed_precision: bf16 autocast on CPU / fp16 on CUDA.
+        accumulator_dtype: sliding-window accumulator type; default float32, float16 for big images.
+    """
+    check_input(model, data, geometry)
+    options = dict(step=step, tta=tta, batch_tiles=batch_tiles, mixed_precision=mixed_precision,
+                   accumulator_dtype=accumulator_dtype)
+    lowres_labels = None
+    if model.previous_stage is not None:
+        lowres_labels = predict_array(model.previous_stage, data, geometry, **options).labels
+    data_pp, _, properties = preprocess_case(data, geometry, model.plans, model.configuration_name)
+    if lowres_labels is not None:
+        labels_pp = label_to_preprocessed_grid(lowres_labels, properties, model.plans, model.configuration_name)
+        data_pp = append_previous_stage(data_pp, labels_pp, model.previous_stage.dataset.foreground_labels)
+    probabilities_pp = predict_preprocessed(model, data_pp, **options)
+    del data_pp
+    restored = restore_probabilities_to_labels(
+        probabilities_pp.numpy(),
+        properties,
+        model.plans,
+        model.configuration_name,
+        regions_class_order=model.regions_class_order,
+        return_probabilities=return_probabilities,
+    )
+    if return_probabilities:
+        labels, probabilities = restored
+        return Prediction(labels, probabilities.astype(np.float16))
+    return Prediction(restored)

@@ -1,0 +1,271 @@
+"""Sliding-window prediction on the preprocessed grid (reference.md §1.6, §4).
+
+Tiles overlap by ``1 - step`` of the patch and are blended with a Gaussian importance map, so the
+patch centre (where the network saw the most context) counts most. Unlike nnU-Net, tiles are run in
+batches, several networks (the folds of a model) are averaged tile by tile into one accumulator (the
+same result as averaging full maps, at a fraction of the memory), mirroring TTA is batched too, and the
+accumulator may be float16 (half the memory, §4).
+
+Blending: the Gaussian is separable and the tile starts are a Cartesian product, so the sum of the
+weights of all tiles covering a voxel factors into one 1D sum per axis. Each tile's contribution is
+therefore divided by that sum as it is added (``blend_weights``): the accumulator holds the final
+weighted mean, with no weight-sum array, no normalisation pass, and no tiny weights at tile corners
+to underflow in float16 (nnU-Net floors its map instead). The function is pure: the same input gives
+the same output, the networks are only called.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from typing import Literal, Sequence
+
+import torch
+from torch import nn
+
+# reference.md §1.6: tiles advance by half a patch.
+DEFAULT_STEP = 0.5
+# reference.md §1.6: the Gaussian importance map has sigma = patch / 8 on every axis.
+GAUSSIAN_SIGMA_SCALE = 1.0 / 8.0
+# Voxels per forward pass by default (4 tiles of 64^3, 16 of 128^2): enough to fill the matrix units
+# on small patches, small enough that the activations stay within a few hundred MB; big patches run
+# one tile at a time. MAX_BATCH_TILES caps tiny patches.
+BATCH_VOXELS = 4 * 64**3
+MAX_BATCH_TILES = 16
+
+Activation = Literal["softmax", "sigmoid", "none"]
+
+
+def _outer(rows: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Outer product of 1D tensors: (n0,), (n1,), ... -> (n0, n1, ...)."""
+    return functools.reduce(lambda a, b: a[..., None] * b, rows)
+
+
+@functools.lru_cache(maxsize=32)
+def gaussian_1d(size: int, sigma_scale: float = GAUSSIAN_SIGMA_SCALE) -> torch.Tensor:
+    """The Gaussian along one patch axis: centred, sigma = ``size * sigma_scale``, peak 1 (float64).
+
+    Cached per size. The n-D importance map is the outer product of one of these per axis.
+    """
+    centre = (size - 1) / 2.0
+    sigma = size * sigma_scale
+    coords = torch.arange(size, dtype=torch.float64)
+    gaussian = torch.exp(-((coords - centre) ** 2) / (2.0 * sigma**2))
+    return gaussian / gaussian.max()
+
+
+def gaussian_importance_map(patch_size: Sequence[int], sigma_scale: float = GAUSSIAN_SIGMA_SCALE) -> torch.Tensor:
+    """The n-D Gaussian importance map over ``patch_size`` (outer product of ``gaussian_1d``), float32."""
+    return _outer([gaussian_1d(int(s), sigma_scale) for s in patch_size]).float()
+
+
+@functools.lru_cache(maxsize=32)
+def blend_weights(image_size: int, patch_size: int, step: float = DEFAULT_STEP) -> torch.Tensor:
+    """Per tile along one axis, the Gaussian divided by the Gaussians' sum over all tiles, (n_tiles, patch).
+
+    The product over axes of one row per axis is a tile's share of each of its voxels; the shares of
+    all tiles covering a voxel sum to 1.
+    """
+    starts = tile_starts(image_size, patch_size, step)
+    gaussian = gaussian_1d(patch_size)
+    total = torch.zeros(image_size, dtype=torch.float64)
+    for start in starts:
+        total[start : start + patch_size] += gaussian
+    return torch.stack([gaussian / total[start : start + patch_size] for start in starts]).float()
+
+
+def tile_starts(image_size: int, patch_size: int, step: float = DEFAULT_STEP) -> list[int]:
+    """Start positions of the tiles along one axis: evenly spread, at most ``step * patch`` apart.
+
+    The first tile starts at 0 and the last ends at the image border, so every voxel is covered.
+    ``image_size`` must be >= ``patch_size`` (smaller images are padded first).
+    """
+    if image_size < patch_size:
+        raise ValueError(f"image size {image_size} is smaller than the patch {patch_size}; pad first")
+    if not 0 < step <= 1:
+        raise ValueError(f"step must be in (0, 1], got {step}")
+    span = image_size - patch_size
+    n_tiles = math.ceil(span / (patch_size * step)) + 1 if span > 0 else 1
+    if n_tiles == 1:
+        return [0]
+    stride = span / (n_tiles - 1)
+    return [int(round(i * stride)) for i in range(n_tiles)]
+
+
+def tile_slices(
+    image_shape: Sequence[int], patch_size: Sequence[int], step: float = DEFAULT_STEP
+) -> list[tuple[slice, ...]]:
+    """Spatial slices of every tile (row-major over the axes)."""
+    per_axis = [tile_starts(s, p, step) for s, p in zip(image_shape, patch_size)]
+    return [
+        tuple(slice(start, start + p) for start, p in zip(starts, patch_size))
+        for starts in itertools.product(*per_axis)
+    ]
+
+
+def _tile_indices(image_shape: Sequence[int], patch_size: Sequence[int], step: float) -> list[tuple[int, ...]]:
+    """Per tile, its index along each axis, in the order of ``tile_slices``."""
+    counts = [len(tile_starts(s, p, step)) for s, p in zip(image_shape, patch_size)]
+    return list(itertools.product(*(range(n) for n in counts)))
+
+
+def default_batch_tiles(patch_size: Sequence[int]) -> int:
+    """Tiles per forward pass: ``BATCH_VOXELS`` worth of tiles, at least 1, at most ``MAX_BATCH_TILES``."""
+    return max(1, min(MAX_BATCH_TILES, BATCH_VOXELS // math.prod(int(p) for p in patch_size)))
+
+
+def mirror_combinations(mirror_axes: Sequence[int]) -> list[tuple[int, ...]]:
+    """Every subset of the spatial mirror axes (2^k, the empty one first): the TTA passes."""
+    axes = tuple(sorted(set(int(a) for a in mirror_axes)))
+    return [combo for r in range(len(axes) + 1) for combo in itertools.combinations(axes, r)]
+
+
+def _pad_to_patch(data: torch.Tensor, patch_size: Sequence[int]) -> tuple[torch.Tensor, tuple[slice, ...]]:
+    """Pad spatial axes smaller than the patch with zeros (centred); return the crop that undoes it."""
+    spatial = data.shape[1:]
+    pads = [max(p - s, 0) for s, p in zip(spatial, patch_size)]
+    if not any(pads):
+        return data, tuple(slice(None) for _ in spatial)
+    before = [p // 2 for p in pads]
+    flat: list[int] = []
+    for b, p in zip(reversed(before), reversed(pads)):  # F.pad wants the last axis first
+        flat += [b, p - b]
+    padded = torch.nn.functional.pad(data, flat)
+    crop = tuple(slice(b, b + s) for b, s in zip(before, spatial))
+    return padded, crop
+
+
+def _autocast(device: torch.device, mixed_precision: bool):
+    """bf16 on CPU (reference §4: AVX512-BF16 convs ~2x), fp16 on CUDA; a no-op when disabled."""
+    if not mixed_precision or device.type not in ("cpu", "cuda"):
+        return torch.autocast(device.type, enabled=False)
+    dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _activate(logits: torch.Tensor, activation: Activation) -> torch.Tensor:
+    logits = logits.float()
+    if activation == "softmax":
+        return torch.softmax(logits, dim=1)
+    if activation == "sigmoid":
+        return torch.sigmoid(logits)
+    return logits
+
+
+def _predict_batch(
+    networks: Sequence[nn.Module],
+    batch: torch.Tensor,
+    mirror_passes: Sequence[tuple[int, ...]],
+    activation: Activation,
+    mixed_precision: bool,
+    channels_last: bool,
+) -> torch.Tensor:
+    """Mean over networks and mirror passes of the activated outputs of one batch of tiles."""
+    total: torch.Tensor | None = None
+    for network in networks:
+        for axes in mirror_passes:
+            dims = [a + 2 for a in axes]
+            x = torch.flip(batch, dims) if dims else batch
+            if channels_last:
+                x = x.contiguous(memory_format=_channels_last_format(x.ndim))
+            with _autocast(batch.device, mixed_precision):
+                out = network(x)
+            out = _activate(out, activation)
+            if dims:
+                out = torch.flip(out, dims)
+            # Out of place: a network may return (a view of) its input.
+            total = out if total is None else total + out
+    assert total is not None
+    return total / (len(networks) * len(mirror_passes))
+
+
+def _channels_last_format(ndim: int) -> torch.memory_format:
+    return torch.channels_last_3d if ndim == 5 else torch.channels_last
+
+
+def _default_accumulator_device(device: torch.device, n_bytes: int) -> torch.device:
+    """Accumulate on the GPU when the accumulator takes at most half its free memory, else on the CPU."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if n_bytes <= free // 2:
+            return device
+    return torch.device("cpu") if device.type == "cuda" else device
+
+
+@torch.inference_mode()
+def sliding_window_predict(
+    network: nn.Module | Sequence[nn.Module],
+    data: torch.Tensor,
+    patch_size: Sequence[int],
+    *,
+    step: float = DEFAULT_STEP,
+    mirror_axes: Sequence[int] = (),
+    batch_tiles: int | None = None,
+    device: torch.device | str = "cpu",
+    activation: Activation = "softmax",
+    accumulator_dtype: torch.dtype = torch.float32,
+    mixed_precision: bool = False,
+    channels_last: bool = False,
+    accumulator_device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Predict a whole image (C, *spatial) tile by tile; return (n_outputs, *spatial) on the same grid.
+
+    Args:
+        network: one network, or several (the folds of a model) whose outputs are averaged. Each maps
+            (B, C, *patch) to (B, n_outputs, *patch) logits; they must be in eval mode on ``device``.
+        data: preprocessed image (C, *spatial), 2D or 3D, on any device.
+        patch_size: tile size, one value per spatial axis.
+        step: tile offset as a fraction of the patch (0.5: tiles overlap by half, reference §1.6).
+        mirror_axes: spatial axes (0-based) for mirroring TTA; all 2^k combinations are averaged.
+        batch_tiles: tiles per forward pass (default ``default_batch_tiles(patch_size)``).
+        device: where the networks run.
+        activation: "softmax" (classes) or "sigmoid" (regions) gives probabilities; "none" averages
+            raw logits.
+        accumulator_dtype: float32, or float16 to halve the accumulator's memory (reference §4).
+        mixed_precision: bf16 autocast on CPU, fp16 on CUDA; outputs are cast to float32 before the
+            activation.
+        channels_last: feed tiles in channels-last memory format (pays with GroupNorm / on CPU convs).
+        accumulator_device: where the (n_outputs, *spatial) accumulator lives; default the GPU when it
+            fits in half of its free memory, else the CPU.
+    """
+    networks = [network] if isinstance(network, nn.Module) else list(network)
+    if not networks:
+        raise ValueError("sliding_window_predict needs at least one network")
+    spatial_dims = data.ndim - 1
+    if len(patch_size) != spatial_dims:
+        raise ValueError(f"patch size {tuple(patch_size)} does not match the data's {spatial_dims} spatial axes")
+    if any(a < 0 or a >= spatial_dims for a in mirror_axes):
+        raise ValueError(f"mirror axes {tuple(mirror_axes)} out of range for {spatial_dims} spatial axes")
+    if batch_tiles is None:
+        batch_tiles = default_batch_tiles(patch_size)
+    if batch_tiles < 1:
+        raise ValueError(f"batch_tiles must be >= 1, got {batch_tiles}")
+    device = torch.device(device)
+    patch = tuple(int(p) for p in patch_size)
+    padded, crop = _pad_to_patch(data.float(), patch)
+    spatial = tuple(padded.shape[1:])
+    slices = tile_slices(spatial, patch, step)
+    indices = _tile_indices(spatial, patch, step)
+    axis_weights = [blend_weights(s, p, step).to(device) for s, p in zip(spatial, patch)]
+    passes = mirror_combinations(mirror_axes)
+
+    accumulator: torch.Tensor | None = None
+    for first in range(0, len(slices), batch_tiles):
+        chunk = slices[first : first + batch_tiles]
+        batch = torch.stack([padded[(slice(None), *s)] for s in chunk]).to(device, non_blocking=True)
+        prediction = _predict_batch(networks, batch, passes, activation, mixed_precision, channels_last)
+        shares = torch.stack(
+            [_outer([w[i] for w, i in zip(axis_weights, index)]) for index in indices[first : first + batch_tiles]]
+        )
+        prediction = prediction * shares[:, None]
+        if accumulator is None:
+            n_outputs = prediction.shape[1]
+            n_bytes = n_outputs * math.prod(spatial) * torch.finfo(accumulator_dtype).bits // 8
+            target = torch.device(accumulator_device) if accumulator_device else _default_accumulator_device(device, n_bytes)
+            accumulator = torch.zeros((n_outputs, *spatial), dtype=accumulator_dtype, device=target)
+        prediction = prediction.to(accumulator.device, accumulator_dtype)
+        for tile, s in zip(prediction, chunk):
+            accumulator[(slice(None), *s)] += tile
+    assert accumulator is not None
+    return accumulator[(slice(None), *crop)]

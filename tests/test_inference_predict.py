@@ -1,0 +1,340 @@
+"""Model folders, predict_array (folds, 2D, cascade) and predict_folder (formats, failures, resume, shards)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from autoseg.dataset.imageio import Geometry, read_case_images, read_image, write_image
+from autoseg.errors import InferenceError
+from autoseg.inference.batch import PREDICT_INFO, discover_cases, predict_folder, shard
+from autoseg.inference.model import find_model_folder, load_model
+from autoseg.inference.predictor import append_previous_stage, predict_array, predict_preprocessed
+from autoseg.inference.sliding_window import sliding_window_predict
+from autoseg.networks import create_network
+from autoseg.preprocessing.inverse import label_to_preprocessed_grid, restore_probabilities_to_labels
+from autoseg.preprocessing.pipeline import preprocess_case
+
+from conftest import HIPPOCAMPUS, SHARED_DATA
+
+DICOM_SERIES = SHARED_DATA / "dicom_examples" / "Study1" / "13_HCropVolume"
+DATASET = "Dataset999_Test"
+LABELS = {"background": 0, "Anterior": 1, "Posterior": 2}
+
+
+def topology(dims: int) -> dict[str, Any]:
+    return {
+        "spatial_dims": dims,
+        "features_per_stage": [4, 8],
+        "kernel_sizes": [[3] * dims, [3] * dims],
+        "strides": [[1] * dims, [2] * dims],
+    }
+
+
+def configuration(dims: int, spacing: list[float], patch: list[int], previous: str | None = None) -> dict[str, Any]:
+    return {
+        "data_identifier": "autosegPlans_x", "spatial_dims": dims, "spacing": spacing, "median_shape": [32, 48, 36],
+        "patch_size": patch, "batch_size": 2,
+        "normalization": [{"scheme": "zscore", "use_mask": False, "clip": None, "mean": None, "std": None}],
+        "resampling": {"image_order": 3, "label_order": 1, "order_z": 0, "separate_z_anisotropy_threshold": 3.0},
+        "network": {"name": "unet", "topology": topology(dims), "options": {}},
+        "predicted_memory_bytes": 1, "predicted_seconds_per_iteration": 0.1, "num_iterations": 1,
+        "iterations_per_epoch": 1, "previous_stage": previous, "next_stage": None,
+    }
+
+
+PLANS = {
+    "version": 1, "plans_name": "autosegPlans", "dataset_name": DATASET, "created_by": "test",
+    "fingerprint_sha256": "", "channel_names": {"0": "MRI"}, "labels": LABELS, "regions_class_order": None,
+    "ignore_label": None, "file_ending": ".nii.gz", "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
+    "foreground_intensity_properties_per_channel": {}, "budget": {"device": "cpu"},
+    "configurations": {
+        "3d_fullres": configuration(3, [1.5, 1.2, 1.2], [8, 16, 16]),
+        "2d": configuration(2, [1.0, 1.0, 1.0], [16, 16]),
+        "3d_lowres": configuration(3, [2.5, 2.5, 2.5], [8, 8, 8]),
+        "3d_cascade_fullres": configuration(3, [1.5, 1.2, 1.2], [8, 16, 16], previous="3d_lowres"),
+    },
+}
+PLANS["configurations"]["3d_lowres"]["next_stage"] = "3d_cascade_fullres"
+
+
+def make_model(results: Path, config: str, folds: tuple[str, ...] = ("0", "1"), in_channels: int = 1) -> Path:
+    """A model folder with randomly initialised tiny U-Nets saved in the checkpoint contract format."""
+    folder = results / DATASET / f"unet__autosegPlans__{config}"
+    dims = PLANS["configurations"][config]["spatial_dims"]
+    folder.mkdir(parents=True)
+    (folder / "plans.json").write_text(json.dumps(PLANS))
+    description = json.loads((HIPPOCAMPUS / "dataset.json").read_text())
+    (folder / "dataset.json").write_text(json.dumps(description))
+    for fold in folds:
+        torch.manual_seed(zlib.crc32(f"{config}/{fold}".encode()))
+        network = create_network("unet", topology(dims), in_channels, 3, deep_supervision=True)
+        metadata = {
+            "format_version": 1, "network": "unet", "network_options": {"deep_supervision": True},
+            "topology": topology(dims), "in_channels": in_channels, "num_outputs": 3, "configuration": config,
+            "plans_name": "autosegPlans", "dataset_name": DATASET, "mirror_axes": list(range(dims)),
+            "patch_size": PLANS["configurations"][config]["patch_size"], "epoch": 1, "iteration": 1,
+        }
+        (folder / f"fold_{fold}").mkdir()
+        torch.save({"network_weights": network.state_dict(), "metadata": metadata},
+                   folder / f"fold_{fold}" / "checkpoint_final.pt")
+    return folder
+
+
+@pytest.fixture
+def model_3d(tmp_path: Path) -> Path:
+    return make_model(tmp_path / "models", "3d_fullres")
+
+
+def hippocampus_case(case: str = "hippocampus_001") -> tuple[np.ndarray, Geometry]:
+    return read_case_images([HIPPOCAMPUS / "imagesTr" / f"{case}_0000.nii.gz"])
+
+
+# --- model folders ---------------------------------------------------------------------------------
+
+
+def test_load_model_reads_folds_metadata_and_eval_networks(model_3d: Path) -> None:
+    model = load_model(model_3d, checkpoint="final", device="cpu")
+    assert model.folds == ["0", "1"] and model.configuration_name == "3d_fullres"
+    assert model.mirror_axes == (0, 1, 2) and model.patch_size == (8, 16, 16)
+    assert all(not n.training for n in model.networks)
+    assert load_model(model_3d, folds=[1]).folds == ["1"]
+
+
+def test_missing_fold_checkpoint_and_folder_errors(model_3d: Path) -> None:
+    with pytest.raises(InferenceError, match=r"fold\(s\) 3 not found \(present: 0, 1\); train them or choose"):
+        load_model(model_3d, folds=[0, 3])
+    with pytest.raises(InferenceError, match=r"checkpoint_best.pt: not found \(present: checkpoint_final.pt\)"):
+        load_model(model_3d, checkpoint="best")
+    with pytest.raises(InferenceError, match="checkpoint 'middle' unknown; choose one of final, best, latest"):
+        load_model(model_3d, checkpoint="middle")
+    (model_3d / "dataset.json").unlink()
+    with pytest.raises(InferenceError, match="dataset.json: not found"):
+        load_model(model_3d)
+
+
+def test_pickled_checkpoint_is_refused(model_3d: Path) -> None:
+    path = model_3d / "fold_0" / "checkpoint_final.pt"
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["metadata"]["evil"] = Geometry.default((1, 1, 1))  # an arbitrary object needs pickle
+    torch.save(checkpoint, path)
+    with pytest.raises(InferenceError, match="cannot be loaded safely"):
+        load_model(model_3d, folds=[0])
+
+
+def test_find_model_folder_by_dataset_id(model_3d: Path, roots: dict[str, Path]) -> None:
+    shutil.move(str(model_3d.parents[1] / DATASET), roots["results"] / DATASET)
+    assert find_model_folder("999", "3d_fullres").name == "unet__autosegPlans__3d_fullres"
+    with pytest.raises(InferenceError, match=r"0 model folders match \*__\*__2d"):
+        find_model_folder(DATASET, "2d")
+
+
+# --- predict_array ---------------------------------------------------------------------------------
+
+
+def test_fold_ensemble_equals_mean_of_single_fold_probabilities(model_3d: Path) -> None:
+    data, geometry = hippocampus_case()
+    single = [
+        predict_array(load_model(model_3d, folds=[f]), data, geometry, return_probabilities=True).probabilities
+        for f in (0, 1)
+    ]
+    both = predict_array(load_model(model_3d), data, geometry, return_probabilities=True)
+    assert both.probabilities.shape == (3, *data.shape[1:]) and both.probabilities.dtype == np.float16
+    mean = (single[0].astype(np.float32) + single[1].astype(np.float32)) / 2
+    np.testing.assert_allclose(both.probabilities.astype(np.float32), mean, atol=2e-3)
+    assert both.labels.dtype == np.uint8 and both.labels.shape == data.shape[1:]
+    # Labels are the argmax of the probabilities wherever float16 rounding cannot swap the top two.
+    top2 = np.sort(both.probabilities.astype(np.float32), axis=0)[-2:]
+    clear = top2[1] - top2[0] > 2e-3
+    assert clear.mean() > 0.9
+    np.testing.assert_array_equal(both.labels[clear], both.probabilities.argmax(0)[clear])
+
+
+def test_tta_off_differs_and_uses_one_pass(model_3d: Path) -> None:
+    data, geometry = hippocampus_case()
+    model = load_model(model_3d, folds=[0])
+    data_pp, _, _ = preprocess_case(data, geometry, model.plans, "3d_fullres")
+    with_tta = predict_preprocessed(model, data_pp, tta=True)
+    without = predict_preprocessed(model, data_pp, tta=False)
+    assert with_tta.shape == without.shape == (3, *data_pp.shape[1:])
+    assert not torch.allclose(with_tta, without)  # random weights are not mirror-equivariant
+
+
+def test_two_dimensional_model_predicts_a_volume_slice_by_slice(tmp_path: Path) -> None:
+    model = load_model(make_model(tmp_path, "2d"))
+    data, geometry = hippocampus_case()
+    prediction = predict_array(model, data, geometry)
+    assert prediction.labels.shape == data.shape[1:]
+    # On the preprocessed grid, slice z is the 2D sliding window over slice z alone (both folds, TTA).
+    data_pp, _, _ = preprocess_case(data, geometry, model.plans, "2d")
+    volume = predict_preprocessed(model, data_pp)
+    for z in (0, 7):
+        alone = sliding_window_predict(model.networks, torch.from_numpy(data_pp[:, z]), (16, 16), mirror_axes=(0, 1))
+        torch.testing.assert_close(volume[:, z], alone, rtol=0, atol=1e-5)
+
+
+def test_image_smaller_than_the_patch(model_3d: Path) -> None:
+    model = load_model(model_3d, folds=[0])
+    data = np.random.default_rng(0).normal(size=(1, 3, 5, 7)).astype(np.float32)
+    prediction = predict_array(model, data, Geometry.default((3, 5, 7)), return_probabilities=True)
+    assert prediction.labels.shape == (3, 5, 7)
+    np.testing.assert_allclose(prediction.probabilities.astype(np.float32).sum(0), 1.0, atol=3e-3)
+
+
+def test_cascade_runs_the_lowres_stage_first(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    make_model(results, "3d_lowres", folds=("0",))
+    cascade = load_model(make_model(results, "3d_cascade_fullres", folds=("0",), in_channels=3))
+    assert cascade.previous_stage is not None and cascade.previous_stage.configuration_name == "3d_lowres"
+    data, geometry = hippocampus_case()
+    result = predict_array(cascade, data, geometry, return_probabilities=True)
+    # The same by hand: lowres labels, moved onto the fullres grid, one-hot appended.
+    lowres = predict_array(cascade.previous_stage, data, geometry).labels
+    data_pp, _, properties = preprocess_case(data, geometry, PLANS, "3d_cascade_fullres")
+    labels_pp = label_to_preprocessed_grid(lowres, properties, PLANS, "3d_cascade_fullres")
+    probabilities = predict_preprocessed(cascade, append_previous_stage(data_pp, labels_pp, [1, 2]))
+    labels = restore_probabilities_to_labels(probabilities.numpy(), properties, PLANS, "3d_cascade_fullres")
+    np.testing.assert_array_equal(result.labels, labels)
+
+
+def test_append_previous_stage_one_hot_by_hand() -> None:
+    data = np.zeros((1, 1, 2, 2), dtype=np.float32)
+    labels = np.array([[[0, 1], [2, 1]]])
+    out = append_previous_stage(data, labels, [1, 2])
+    assert out.shape == (3, 1, 2, 2)
+    np.testing.assert_array_equal(out[1, 0], [[0, 1], [0, 1]])
+    np.testing.assert_array_equal(out[2, 0], [[0, 0], [1, 0]])
+
+
+def test_wrong_channel_count_and_dimensionality(model_3d: Path) -> None:
+    model = load_model(model_3d, folds=[0])
+    data, geometry = hippocampus_case()
+    with pytest.raises(InferenceError, match=r"input has 2 channel\(s\), the model expects 1 \(0: MRI\)"):
+        predict_array(model, np.concatenate([data, data]), geometry)
+    flat = Geometry(spacing=(999.0, 1.0, 1.0), origin=(0.0, 0.0), direction=(1.0, 0.0, 0.0, 1.0))
+    with pytest.raises(InferenceError, match="input is a 2D image but configuration 3d_fullres is 3D"):
+        predict_array(model, data[:, :1], flat)
+
+
+# --- predict_folder --------------------------------------------------------------------------------
+
+ROTATED = (0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
+
+
+def dicom_as(path: Path) -> None:
+    """The DICOM example re-saved with an anisotropic spacing, an offset origin and a rotation."""
+    array, _ = read_image(DICOM_SERIES)
+    write_image(array, Geometry((1.5, 0.8, 0.9), (10.0, -20.0, 5.0), ROTATED), path)
+
+
+def test_output_geometry_equals_input_geometry_for_every_format(model_3d: Path, tmp_path: Path) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for case, ending in (("nifti", ".nii.gz"), ("nrrd", ".nrrd"), ("meta", ".mha")):
+        dicom_as(inputs / f"{case}_0000{ending}")
+    shutil.copytree(DICOM_SERIES, inputs / "dicom")
+    out = tmp_path / "out"
+    report = predict_folder(inputs, out, model_3d, folds=[0], tta=False, save_probabilities=True)
+    assert report.predicted == ["dicom", "meta", "nifti", "nrrd"] and not report.failed
+    for case, source, output in (
+        ("nifti", "nifti_0000.nii.gz", "nifti.nii.gz"),
+        ("nrrd", "nrrd_0000.nrrd", "nrrd.nii.gz"),  # not the dataset's ending: written as .nii.gz
+        ("meta", "meta_0000.mha", "meta.nii.gz"),
+        ("dicom", "dicom", "dicom.nii.gz"),
+    ):
+        image, geometry = read_image(inputs / source)
+        labels, out_geometry = read_image(out / output)
+        assert labels.shape == image.shape and labels.dtype == np.uint8, case
+        assert out_geometry.spacing == pytest.approx(geometry.spacing, abs=1e-6), case
+        assert out_geometry.origin == pytest.approx(geometry.origin, abs=1e-6), case
+        assert out_geometry.direction == pytest.approx(geometry.direction, abs=1e-6), case
+        with np.load(out / f"{case}.npz", allow_pickle=False) as npz:
+            probabilities = npz["probabilities"]
+        sidecar = json.loads((out / f"{case}.json").read_text())
+        assert probabilities.dtype == np.float16 and probabilities.shape == (3, *image.shape)
+        assert sidecar["shape"] == [3, *image.shape] and sidecar["labels"] == LABELS
+        assert Geometry.from_dict(sidecar["geometry"]) == geometry
+    info = json.loads((out / PREDICT_INFO).read_text())
+    assert info["folds"] == ["0"] and info["configuration"] == "3d_fullres" and info["tta"] is False
+    assert info["checkpoint"] == "final" and info["plans_name"] == "autosegPlans"
+
+
+def test_a_bad_case_among_good_ones(model_3d: Path, tmp_path: Path) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for case in ("a_good", "z_good"):
+        shutil.copy(HIPPOCAMPUS / "imagesTr" / "hippocampus_001_0000.nii.gz", inputs / f"{case}_0000.nii.gz")
+    (inputs / "broken_0000.nii.gz").write_bytes(b"not an image")
+    shutil.copy(inputs / "a_good_0000.nii.gz", inputs / "twochan_0000.nii.gz")
+    shutil.copy(inputs / "a_good_0000.nii.gz", inputs / "twochan_0001.nii.gz")
+    sitk.WriteImage(sitk.Image([4, 4, 4, 2], sitk.sitkFloat32), str(inputs / "fourd_0000.nii.gz"))
+    out = tmp_path / "out"
+    with pytest.raises(InferenceError) as caught:
+        predict_folder(inputs, out, model_3d, folds=[0], tta=False)
+    message = str(caught.value)
+    assert message.startswith("3 of 5 case(s) failed (")
+    assert "broken: " in message and "cannot be read" in message
+    assert "twochan: case twochan: has channel(s) 0000, 0001, the model expects 1 (0000)" in message
+    assert "fourd: " in message and "is 4D" in message
+    report = caught.value.report
+    assert report.predicted == ["a_good", "z_good"]
+    assert sorted(f.key for f in report.failed) == ["broken", "fourd", "twochan"]
+    assert sorted(p.name for p in out.iterdir()) == ["a_good.nii.gz", PREDICT_INFO, "z_good.nii.gz"]
+
+
+def test_continue_skips_finished_cases(model_3d: Path, tmp_path: Path) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for case in ("c1", "c2"):
+        shutil.copy(HIPPOCAMPUS / "imagesTr" / "hippocampus_001_0000.nii.gz", inputs / f"{case}_0000.nii.gz")
+    out = tmp_path / "out"
+    first = predict_folder(inputs, out, model_3d, folds=[0], tta=False)
+    assert first.predicted == ["c1", "c2"]
+    kept = (out / "c1.nii.gz").read_bytes()
+    (out / "c2.nii.gz").unlink()
+    again = predict_folder(inputs, out, model_3d, folds=[0], tta=False, continue_=True)
+    assert again.skipped == ["c1"] and again.predicted == ["c2"]
+    assert (out / "c1.nii.gz").read_bytes() == kept
+    # Probabilities requested now but missing for c1: it is predicted again.
+    third = predict_folder(inputs, out, model_3d, folds=[0], tta=False, continue_=True, save_probabilities=True)
+    assert third.predicted == ["c1", "c2"] and (out / "c1.npz").is_file()
+
+
+def test_sharding_splits_cases_disjointly(tmp_path: Path) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for case in ("a", "b", "c", "d", "e"):
+        (inputs / f"{case}_0000.nii.gz").write_bytes(b"")
+    cases = discover_cases(inputs)
+    parts = [[c.case_id for c in shard(cases, 2, k)] for k in (0, 1)]
+    assert parts == [["a", "c", "e"], ["b", "d"]]
+    with pytest.raises(InferenceError, match="--part-id 2 with --num-parts 2: need num_parts >= 1 and 0 <= part_id"):
+        shard(cases, 2, 2)
+
+
+def test_sharded_run_predicts_only_its_part(model_3d: Path, tmp_path: Path) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for case in ("a", "b", "c"):
+        shutil.copy(HIPPOCAMPUS / "imagesTr" / "hippocampus_001_0000.nii.gz", inputs / f"{case}_0000.nii.gz")
+    report = predict_folder(inputs, tmp_path / "out", model_3d, folds=[0], tta=False, num_parts=2, part_id=1)
+    assert report.predicted == ["b"]
+
+
+def test_single_file_input_and_input_errors(model_3d: Path, tmp_path: Path) -> None:
+    source = HIPPOCAMPUS / "imagesTr" / "hippocampus_001_0000.nii.gz"
+    report = predict_folder(source, tmp_path / "out", model_3d, folds=[0], tta=False)
+    assert report.predicted == ["hippocampus_001"]
+    assert read_image(tmp_path / "out" / "hippocampus_001.nii.gz")[0].shape == read_image(source)[0].shape
+    with pytest.raises(InferenceError, match="input not found"):
+        predict_folder(tmp_path / "nothing", tmp_path / "out", model_3d)
+    with pytest.raises(InferenceError, match="output folder equals the input folder"):
+        predict_folder(tmp_path / "out", tmp_path / "out", model_3d)
