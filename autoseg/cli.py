@@ -101,6 +101,139 @@ def fingerprint(
     typer.echo(f"written: {fingerprint_path(location)}")
 
 
+@app.command()
+@user_errors
+def plan(
+    dataset: str = typer.Argument(..., help=DATASET_HELP),
+    gpu_memory: Optional[float] = typer.Option(None, "--gpu-memory", help="GPU memory budget in GB (default: the GPU's memory)"),
+    budget: Optional[str] = typer.Option(None, "--budget", help="time budget for training one fold on this machine, e.g. 30m, 2h (default with no GPU: 12h)"),
+    network: str = typer.Option("unet", "--network", help="network family: unet, resenc, segresnet, conresnet, vnet, vox2vox"),
+    configs: Optional[list[str]] = typer.Option(None, "--configs", "-c", help="only these configurations: 2d, 3d_fullres, 3d_lowres, 3d_cascade_fullres"),
+    plans_name: str = typer.Option("autosegPlans", "--plans-name", help="name of the plans file; a new name never touches earlier plans"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing plans file of this name that differs"),
+    device: Optional[str] = typer.Option(None, "--device", help="device to plan for: cpu, cuda or mps (default: cuda when present)"),
+    num_workers: Optional[int] = typer.Option(None, "-np", "--num-workers", help=WORKERS_HELP),
+) -> None:
+    """Choose spacing, normalization, configurations, topology, patch and batch; write the plans file."""
+    from autoseg.planning.planner import plan_dataset
+    from autoseg.utils.duration import parse_duration
+
+    seconds = parse_duration(budget) if budget is not None else None
+    _, table = plan_dataset(dataset, gpu_memory, seconds, network, configs or None, plans_name, overwrite, device, num_workers)
+    typer.echo(table)
+
+
+@app.command()
+@user_errors
+def preprocess(
+    dataset: str = typer.Argument(..., help=DATASET_HELP),
+    configurations: Optional[list[str]] = typer.Option(None, "-c", "--configuration", help="configurations to preprocess (default: all planned)"),
+    num_workers: Optional[int] = typer.Option(None, "-np", "--num-workers", help=WORKERS_HELP),
+    plans_name: str = typer.Option("autosegPlans", "--plans-name", help="plans file to follow"),
+) -> None:
+    """Crop, normalize, resample and store every training case; resumable, never deletes anything."""
+    from autoseg.preprocessing.runner import preprocess_dataset
+
+    typer.echo(preprocess_dataset(dataset, configurations or None, num_workers, plans_name).summary())
+
+
+@app.command()
+@user_errors
+def train(
+    dataset: str = typer.Argument(..., help=DATASET_HELP),
+    configuration: str = typer.Argument(..., help="2d, 3d_fullres, 3d_lowres or 3d_cascade_fullres"),
+    fold: str = typer.Argument(..., help="0-4, or all (train on every case)"),
+    network: Optional[str] = typer.Option(None, "--network", help="network family (default: the plan's)"),
+    plans_name: str = typer.Option("autosegPlans", "--plans-name", help="plans file to follow"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="number of epochs; with --continue it extends a finished run"),
+    budget: Optional[str] = typer.Option(None, "--budget", help="train for this long, e.g. 30m (iterations from measured speed; the LR schedule completes)"),
+    continue_: bool = typer.Option(False, "--continue", help="resume from the latest checkpoint (also after kill -9)"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or mps (default: cuda when present)"),
+    seed: int = typer.Option(0, "--seed", help="random seed"),
+    deterministic: bool = typer.Option(False, "--deterministic", help="bit-reproducible runs (slower)"),
+    overrides: Optional[list[str]] = typer.Option(None, "--set", help="override a training config value, e.g. --set optimizer.lr=0.005"),
+    save_probabilities: bool = typer.Option(False, "--save-probabilities", help="keep validation probabilities (for ensembling and postprocessing)"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="data-loading worker processes (0: in-process, for debugging)"),
+) -> None:
+    """Train one cross-validation fold; checkpoints every epoch, validates with sliding window at the end."""
+    from autoseg.training.run import train_fold
+    from autoseg.utils.duration import parse_duration
+
+    seconds = parse_duration(budget) if budget is not None else None
+    summary = train_fold(
+        dataset, configuration, fold, network, plans_name, epochs, seconds, continue_, device, seed,
+        deterministic, overrides or [], save_probabilities, workers,
+    )
+    for key, value in summary.items():
+        typer.echo(f"{key}: {value}")
+
+
+@app.command()
+@user_errors
+def demo(
+    output: Path = typer.Option(Path("autoseg_demo"), "-o", "--output", help="working folder for everything the demo writes"),
+    budget: str = typer.Option("10m", "--budget", help="total time to aim for (training gets 70%)"),
+    dataset: Optional[Path] = typer.Option(None, "--dataset", help="dataset folder with imagesTs/labelsTs (default: the shipped example)"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or mps"),
+) -> None:
+    """Run the whole pipeline on the shipped example data and print where the results are."""
+    from autoseg.demo import EXAMPLE_DATASET, run_demo
+    from autoseg.utils.duration import parse_duration
+
+    result = run_demo(output, parse_duration(budget), dataset or EXAMPLE_DATASET, device, typer.echo)
+    typer.echo(f"held-out mean Dice (Anterior, Posterior): {result.mean_dice:.3f}")
+    typer.echo(f"predictions: {result.predictions}")
+    typer.echo(f"evaluation:  {result.evaluation}")
+    typer.echo(f"report:      {result.report}")
+    typer.echo(f"total time:  {result.seconds / 60:.1f} min")
+
+
+def _folds(folds: Optional[list[str]]) -> Any:
+    """``-f all`` -> "all"; ``-f 0 -f 1`` -> [0, 1]; nothing -> None (every fold found)."""
+    if not folds:
+        return None
+    return "all" if folds == ["all"] else folds
+
+
+@app.command()
+@user_errors
+def predict(
+    input: Path = typer.Option(..., "-i", "--input", help="folder of <case>_XXXX images and/or DICOM series folders, one image file, or one DICOM folder"),
+    output: Path = typer.Option(..., "-o", "--output", help="folder for the label maps (written in each input's geometry)"),
+    dataset: Optional[str] = typer.Option(None, "-d", "--dataset", help=DATASET_HELP + " (with -c)"),
+    configuration: Optional[str] = typer.Option(None, "-c", "--configuration", help="2d, 3d_fullres, 3d_lowres or 3d_cascade_fullres (with -d)"),
+    network: Optional[str] = typer.Option(None, "--network", help="network of the model to use with -d/-c (default: the only one trained)"),
+    plans_name: Optional[str] = typer.Option(None, "--plans-name", help="plans of the model to use with -d/-c"),
+    model_folder: Optional[Path] = typer.Option(None, "-m", "--model", help="a model folder <results>/<Dataset>/<network>__<plans>__<config> (instead of -d/-c)"),
+    folds: Optional[list[str]] = typer.Option(None, "-f", "--fold", help="folds to ensemble, e.g. -f 0 -f 1, or -f all (default: every trained fold)"),
+    checkpoint: str = typer.Option("final", "--checkpoint", help="final or best"),
+    step: float = typer.Option(0.5, "--step", help="sliding-window step as a fraction of the patch"),
+    no_tta: bool = typer.Option(False, "--no-tta", help="skip mirroring test-time augmentation (about 2^k times faster)"),
+    save_probabilities: bool = typer.Option(False, "--save-probabilities", help="also write <case>.npz probabilities + <case>.json (for ensembling)"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or mps (default: cuda when present)"),
+    num_parts: int = typer.Option(1, "--num-parts", help="split the cases into this many parts (several machines/GPUs)"),
+    part_id: int = typer.Option(0, "--part-id", help="which part this run predicts (0-based)"),
+    continue_: bool = typer.Option(False, "--continue", help="skip cases whose outputs exist"),
+    mixed_precision: bool = typer.Option(False, "--mixed-precision", help="bf16 on CPU / fp16 on CUDA autocast"),
+) -> None:
+    """Sliding-window prediction with mirroring TTA, ensembling folds; the cascade runs end to end."""
+    from autoseg.errors import UsageError
+    from autoseg.inference.batch import predict_folder
+    from autoseg.inference.model import find_model_folder
+
+    if (model_folder is None) == (dataset is None or configuration is None):
+        raise UsageError("give either -m MODEL_FOLDER or both -d DATASET and -c CONFIGURATION")
+    model = model_folder or find_model_folder(dataset, configuration, network, plans_name)
+    report = predict_folder(
+        input, output, model, _folds(folds), checkpoint, step, not no_tta, save_probabilities, device,
+        num_parts, part_id, continue_, mixed_precision,
+    )
+    typer.echo(
+        f"{len(report.predicted)} case(s) predicted, {len(report.skipped)} skipped, into {report.output_folder} "
+        f"({report.seconds:.1f} s)"
+    )
+
+
 def _description(dataset: Optional[str]) -> Any:
     if dataset is None:
         return None

@@ -1,0 +1,275 @@
+"""The training augmentation pipeline of reference.md §1.5, built from batchgenerators transforms.
+
+Probabilities and ranges come from the ``augmentation`` section of the training config. Patches that
+are very anisotropic (nnU-Net's "dummy 2D" case) are augmented slice by slice in-plane: rotation,
+scaling and low-resolution simulation then never mix the coarse axis. Besides batchgenerators'
+transforms, three small ones live here: per-axis mirroring with a configurable probability, and the
+cascade's corruption of the previous stage's masks (binary morphology, removal of a component).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from batchgenerators.transforms.abstract_transforms import AbstractTransform, Compose
+from batchgenerators.transforms.color_transforms import (
+    BrightnessMultiplicativeTransform,
+    ContrastAugmentationTransform,
+    GammaTransform,
+)
+from batchgenerators.transforms.noise_transforms import GaussianBlurTransform, GaussianNoiseTransform
+from batchgenerators.transforms.resample_transforms import SimulateLowResolutionTransform
+from batchgenerators.transforms.spatial_transforms import SpatialTransform
+from batchgenerators.transforms.utility_transforms import RemoveLabelTransform
+from scipy import ndimage
+
+# The store marks voxels outside the nonzero mask with -1; the loss sees them as background.
+OUTSIDE_MASK_LABEL = -1
+# Angles probed when computing how large a region a rotated + scaled patch can reach.
+_ANGLE_SAMPLES = 9
+
+
+def is_anisotropic_patch(patch_size: Sequence[int], threshold: float) -> bool:
+    """nnU-Net's "dummy 2D" rule: a 3D patch whose in-plane extent exceeds ``threshold`` x its first axis."""
+    return len(patch_size) == 3 and max(patch_size) / patch_size[0] > threshold
+
+
+def rotation_ranges(patch_size: Sequence[int], aug: Mapping[str, Any]) -> list[float]:
+    """Max rotation (radians) about each axis the spatial transform uses (x, y, z in its naming)."""
+    if len(patch_size) == 2 or is_anisotropic_patch(patch_size, aug["anisotropy_threshold"]):
+        return [math.radians(aug["rotation"]["degrees_2d"])]
+    return [math.radians(aug["rotation"]["degrees_3d"])] * 3
+
+
+def sampling_size(patch_size: Sequence[int], aug: Mapping[str, Any]) -> list[int]:
+    """Size of the region to crop so that any rotation + scaling of the patch stays inside it.
+
+    Cropping more than the patch is cheap (the spatial transform interpolates only at the patch's
+    voxels) and keeps image content, instead of padding, under rotated corners.
+    """
+    patch = np.asarray(patch_size, dtype=float)
+    if aug["rotation"]["p"] <= 0 and aug["scaling"]["p"] <= 0:
+        return [int(p) for p in patch]
+    in_plane = len(patch) == 3 and is_anisotropic_patch(patch_size, aug["anisotropy_threshold"])
+    plane = patch[1:] if in_plane else patch
+    limits = rotation_ranges(patch_size, aug) if aug["rotation"]["p"] > 0 else [0.0] * (1 if len(plane) == 2 else 3)
+    corners = np.array(list(itertools.product(*[(-s / 2, s / 2) for s in plane])))
+    extent = np.zeros(len(plane))
+    for angles in itertools.product(*[np.linspace(-a, a, _ANGLE_SAMPLES) for a in limits]):
+        rotated = corners @ _rotation_matrix(angles, len(plane))
+        extent = np.maximum(extent, 2 * np.abs(rotated).max(0))
+    scale = max(aug["scaling"]["range"]) if aug["scaling"]["p"] > 0 else 1.0
+    extent = np.ceil(np.maximum(extent * scale, plane)).astype(int)
+    return [int(patch[0]), *extent.tolist()] if in_plane else extent.tolist()
+
+
+def _rotation_matrix(angles: Sequence[float], dims: int) -> np.ndarray:
+    if dims == 2:
+        (a,) = angles
+        return np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+    ax, ay, az = angles
+    rx = np.array([[1, 0, 0], [0, math.cos(ax), -math.sin(ax)], [0, math.sin(ax), math.cos(ax)]])
+    ry = np.array([[math.cos(ay), 0, math.sin(ay)], [0, 1, 0], [-math.sin(ay), 0, math.cos(ay)]])
+    rz = np.array([[math.cos(az), -math.sin(az), 0], [math.sin(az), math.cos(az), 0], [0, 0, 1]])
+    return rx @ ry @ rz
+
+
+class SlicesAsChannels(AbstractTransform):
+    """Fold the first spatial axis into the channels (``to_2d``) or unfold it again, for in-plane
+    augmentation of anisotropic 3D patches."""
+
+    def __init__(self, to_2d: bool, keys: Sequence[str] = ("data", "seg")) -> None:
+        self.to_2d = to_2d
+        self.keys = tuple(keys)
+
+    def __call__(self, **batch: Any) -> dict[str, Any]:
+        for key in self.keys:
+            array = batch.get(key)
+            if array is None:
+                continue
+            if self.to_2d:
+                b, c, z = array.shape[:3]
+                batch[f"_{key}_slices"] = (c, z)
+                batch[key] = array.reshape(b, c * z, *array.shape[3:])
+            else:
+                c, z = batch.pop(f"_{key}_slices")
+                batch[key] = array.reshape(array.shape[0], c, z, *array.shape[2:])
+        return batch
+
+
+class MirrorPerAxis(AbstractTransform):
+    """Flip each sample along each listed spatial axis independently with probability ``p``."""
+
+    def __init__(self, axes: Sequence[int], p: float) -> None:
+        self.axes = tuple(axes)
+        self.p = p
+
+    def __call__(self, **batch: Any) -> dict[str, Any]:
+        data, seg = batch["data"], batch.get("seg")
+        for b in range(data.shape[0]):
+            for axis in self.axes:
+                if np.random.uniform() < self.p:
+                    data[b] = np.flip(data[b], axis + 1).copy()
+                    if seg is not None:
+                        seg[b] = np.flip(seg[b], axis + 1).copy()
+        return batch
+
+
+class PreviousStageToData(AbstractTransform):
+    """Cascade: move seg channel 1 (the previous stage's labels) into data as one-hot channels,
+    one per foreground label."""
+
+    def __init__(self, foreground_labels: Sequence[int]) -> None:
+        self.labels = tuple(foreground_labels)
+
+    def __call__(self, **batch: Any) -> dict[str, Any]:
+        seg = batch["seg"]
+        previous = seg[:, 1:2]
+        onehot = np.concatenate([(previous == label) for label in self.labels], axis=1).astype(batch["data"].dtype)
+        batch["data"] = np.concatenate([batch["data"], onehot], axis=1)
+        batch["seg"] = seg[:, :1]
+        return batch
+
+
+class CorruptMasks(AbstractTransform):
+    """Cascade mask corruption: per sample and mask channel, a random binary dilation / erosion /
+    opening / closing (probability ``p_operation``), and removal of one random connected component
+    smaller than ``max_fraction`` of the patch (probability ``p_remove``). The network so learns not
+    to trust the previous stage blindly."""
+
+    OPERATIONS = (
+        ndimage.binary_dilation,
+        ndimage.binary_erosion,
+        ndimage.binary_opening,
+        ndimage.binary_closing,
+    )
+
+    def __init__(self, channels: Sequence[int], p_operation: float, max_size: int, p_remove: float, max_fraction: float):
+        self.channels = tuple(channels)
+        self.p_operation = p_operation
+        self.max_size = max_size
+        self.p_remove = p_remove
+        self.max_fraction = max_fraction
+
+    def __call__(self, **batch: Any) -> dict[str, Any]:
+        data = batch["data"]
+        for b in range(data.shape[0]):
+            for c in self.channels:
+                mask = data[b, c] > 0.5
+                if np.random.uniform() < self.p_operation:
+                    operation = self.OPERATIONS[np.random.randint(len(self.OPERATIONS))]
+                    radius = np.random.randint(1, self.max_size + 1)
+                    structure = ndimage.iterate_structure(ndimage.generate_binary_structure(mask.ndim, 1), radius)
+                    mask = operation(mask, structure)
+                if np.random.uniform() < self.p_remove:
+                    mask = self._remove_component(mask)
+                data[b, c] = mask
+        return batch
+
+    def _remove_component(self, mask: np.ndarray) -> np.ndarray:
+        components, n = ndimage.label(mask)
+        if n == 0:
+            return mask
+        sizes = np.bincount(components.ravel())[1:]
+        small = np.flatnonzero(sizes < self.max_fraction * mask.size) + 1
+        if small.size == 0:
+            return mask
+        return mask & (components != np.random.choice(small))
+
+
+def training_transforms(
+    patch_size: Sequence[int],
+    aug: Mapping[str, Any],
+    previous_stage_labels: Sequence[int] | None = None,
+    n_image_channels: int = 1,
+) -> Compose:
+    """The §1.5 pipeline: spatial (rotation, scaling, optional elastic), noise, blur, brightness,
+    contrast, low-resolution simulation, inverted gamma, gamma, mirroring; then the cascade's mask
+    corruption and -1 -> 0 in the labels."""
+    patch = [int(p) for p in patch_size]
+    in_plane = is_anisotropic_patch(patch, aug["anisotropy_threshold"])
+    spatial_patch = patch[1:] if in_plane else patch
+    angles = rotation_ranges(patch, aug)
+    angle_kwargs = {f"angle_{axis}": (-a, a) for axis, a in zip("xyz", angles)}
+    border = aug["patch_center_dist_from_border"]
+    transforms: list[AbstractTransform] = []
+    if in_plane:
+        transforms.append(SlicesAsChannels(to_2d=True))
+    transforms.append(
+        SpatialTransform(
+            spatial_patch,
+            patch_center_dist_from_border=border if border is not None else [p // 2 for p in spatial_patch],
+            do_elastic_deform=aug["elastic"]["p"] > 0,
+            alpha=tuple(aug["elastic"]["alpha"]),
+            sigma=tuple(aug["elastic"]["sigma"]),
+            do_rotation=aug["rotation"]["p"] > 0,
+            **angle_kwargs,
+            do_scale=aug["scaling"]["p"] > 0,
+            scale=tuple(aug["scaling"]["range"]),
+            border_mode_data="constant",
+            border_cval_data=0,
+            order_data=aug["spatial_order_data"],
+            border_mode_seg="constant",
+            border_cval_seg=OUTSIDE_MASK_LABEL,
+            order_seg=aug["spatial_order_seg"],
+            random_crop=False,
+            p_el_per_sample=aug["elastic"]["p"],
+            p_scale_per_sample=aug["scaling"]["p"],
+            p_rot_per_sample=aug["rotation"]["p"],
+        )
+    )
+    if in_plane:
+        transforms.append(SlicesAsChannels(to_2d=False))
+    transforms += [
+        GaussianNoiseTransform(tuple(aug["gaussian_noise"]["variance"]), p_per_sample=aug["gaussian_noise"]["p"]),
+        GaussianBlurTransform(
+            tuple(aug["gaussian_blur"]["sigma"]),
+            different_sigma_per_channel=True,
+            p_per_sample=aug["gaussian_blur"]["p"],
+            p_per_channel=aug["gaussian_blur"]["p_per_channel"],
+        ),
+        BrightnessMultiplicativeTransform(tuple(aug["brightness"]["range"]), p_per_sample=aug["brightness"]["p"]),
+        ContrastAugmentationTransform(tuple(aug["contrast"]["range"]), p_per_sample=aug["contrast"]["p"]),
+        SimulateLowResolutionTransform(
+            zoom_range=tuple(aug["low_resolution"]["zoom"]),
+            per_channel=True,
+            p_per_channel=aug["low_resolution"]["p_per_channel"],
+            order_downsample=0,
+            order_upsample=3,
+            p_per_sample=aug["low_resolution"]["p"],
+            ignore_axes=(0,) if in_plane else None,
+        ),
+        GammaTransform(
+            tuple(aug["gamma_inverted"]["range"]), True, True, retain_stats=True, p_per_sample=aug["gamma_inverted"]["p"]
+        ),
+        GammaTransform(tuple(aug["gamma"]["range"]), False, True, retain_stats=True, p_per_sample=aug["gamma"]["p"]),
+    ]
+    if aug["mirror"]["p"] > 0:
+        transforms.append(MirrorPerAxis(range(len(patch)), aug["mirror"]["p"]))
+    transforms += cascade_transforms(previous_stage_labels, n_image_channels, aug)
+    transforms.append(RemoveLabelTransform(OUTSIDE_MASK_LABEL, 0))
+    return Compose(transforms)
+
+
+def cascade_transforms(
+    previous_stage_labels: Sequence[int] | None, n_image_channels: int, aug: Mapping[str, Any] | None
+) -> list[AbstractTransform]:
+    """Previous-stage masks into data, corrupted when ``aug`` is given (training), clean otherwise."""
+    if not previous_stage_labels:
+        return []
+    transforms: list[AbstractTransform] = [PreviousStageToData(previous_stage_labels)]
+    if aug is not None:
+        channels = range(n_image_channels, n_image_channels + len(previous_stage_labels))
+        operation, remove = aug["cascade_binary_operation"], aug["cascade_remove_component"]
+        transforms.append(CorruptMasks(channels, operation["p"], operation["max_size"], remove["p"], remove["max_fraction"]))
+    return transforms
+
+
+def validation_transforms(
+    previous_stage_labels: Sequence[int] | None = None, n_image_channels: int = 1
+) -> Compose:
+    """Pseudo-validation batches are only cropped: previous-stage masks moved in, -1 -> 0."""
+    return Compose([*cascade_transforms(previous_stage_labels, n_image_channels, None), RemoveLabelTransform(OUTSIDE_MASK_LABEL, 0)])

@@ -1,0 +1,49 @@
+"""Budgeted schedules: as many iterations as fit before the deadline, the LR schedule completed.
+
+The iteration count is set from the measured speed after a few probe iterations and re-estimated at
+every epoch end (which then includes the pseudo-validation and checkpoint costs), keeping a reserve
+for the final sliding-window validation. The poly schedule always runs over the current total, so
+the learning rate reaches zero when time runs out.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+# The final validation's cost per case beyond the network (resampling back, writing, evaluation);
+# autoseg's estimate for small to medium images on a CPU.
+EXPORT_SECONDS_PER_CASE = 0.5
+# A forward pass costs about a third of a training iteration's forward + backward.
+FORWARD_SHARE_OF_ITERATION = 1.0 / 3.0
+
+
+def poly_lr(initial_lr: float, iteration: int, total_iterations: int, exponent: float) -> float:
+    """``lr * (1 - iteration / total) ** exponent`` (reference.md §1.5), 0 once the total is reached."""
+    progress = min(iteration / max(total_iterations, 1), 1.0)
+    return initial_lr * (1.0 - progress) ** exponent
+
+
+def affordable_total(done: int, seconds_left: float, seconds_per_iteration: float) -> int:
+    """Total iterations (including the ``done`` ones) that fit into ``seconds_left``; at least one."""
+    if seconds_per_iteration <= 0:
+        raise ValueError("seconds_per_iteration must be positive")
+    extra = math.floor(max(seconds_left, 0.0) / seconds_per_iteration)
+    return max(done + extra, done, 1)
+
+
+def tiles_per_case(shape: Sequence[int], patch_size: Sequence[int], step: float = 0.5) -> int:
+    """Sliding-window tiles for an image of ``shape`` (as the inference's tiling, step x patch apart)."""
+    count = 1
+    for size, patch in zip(shape[-len(patch_size) :], patch_size):
+        span = max(size - patch, 0)
+        count *= math.ceil(span / (patch * step)) + 1 if span > 0 else 1
+    return count
+
+
+def validation_seconds(
+    tiles: Sequence[int], mirror_passes: int, seconds_per_iteration: float, batch_size: int
+) -> float:
+    """Estimated duration of the final validation: each tile's forward passes plus export per case."""
+    seconds_per_tile = seconds_per_iteration / max(batch_size, 1) * FORWARD_SHARE_OF_ITERATION
+    return sum(tiles) * mirror_passes * seconds_per_tile + EXPORT_SECONDS_PER_CASE * len(tiles)

@@ -1,0 +1,148 @@
+"""The training configuration: YAML defaults, per-network sections, and ``--set key=value`` overrides.
+
+Configuration is data (style.md): nnU-Net's hyperparameters live in ``default_config.yaml`` instead of
+trainer subclasses. An override must name an existing key and keep its type, so a typo fails at once
+with the list of valid keys instead of silently training with the default.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from autoseg.errors import TrainingError
+
+DEFAULT_CONFIG_PATH = Path(__file__).with_name("default_config.yaml")
+NETWORK_SECTIONS = "networks"
+# Keys whose default is null or "auto" and the value types they accept besides it.
+_OPEN_TYPES: dict[str, tuple[type, ...]] = {
+    "iterations_per_epoch": (int,),
+    "batch_size": (int,),
+    "patch_size": (list,),
+    "num_workers": (int,),
+    "augmentation.patch_center_dist_from_border": (int, float, list),
+}
+
+
+def load_defaults(path: Path = DEFAULT_CONFIG_PATH) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as handle:
+        return yaml.safe_load(handle)
+
+
+def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``update`` merged in (nested mappings merged, everything else replaced)."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted key -> leaf value (an empty mapping counts as a leaf, so it can be overridden whole)."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"optimizer.lr=1e-3"`` -> ``("optimizer.lr", 0.001)``; the value is read as YAML."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise TrainingError(f"--set {text!r}: expected key=value, e.g. --set optimizer.lr=0.003")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise TrainingError(f"--set {text!r}: the value is not valid YAML ({exc.__class__.__name__})") from exc
+    if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
+        value = raw.strip()  # YAML 1.1 reads on/off/yes/no as booleans; keep the word the user wrote
+    return key, value
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    """``value`` converted to the type of ``default`` where that is lossless, else a TrainingError."""
+    allowed = _OPEN_TYPES.get(key, ())
+    if value is None and key in _OPEN_TYPES or value == "auto" == default:
+        return value
+    if isinstance(value, allowed) and not isinstance(value, bool):
+        return value
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(default, int) and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    elif isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif isinstance(default, str) and key not in _OPEN_TYPES and isinstance(value, str):
+        return value
+    elif isinstance(default, list) and isinstance(value, list):
+        return value
+    elif isinstance(default, dict) and isinstance(value, dict):
+        return value
+    expected = _type_names(default, allowed)
+    raise TrainingError(
+        f"--set {key}={value!r}: expected {expected}, got {type(value).__name__}; "
+        f"the default is {default!r}"
+    )
+
+
+def _type_names(default: Any, allowed: tuple[type, ...]) -> str:
+    names = [type(default).__name__] if default is not None and not (allowed and default == "auto") else []
+    names += [t.__name__ for t in allowed]
+    if allowed:
+        names.append("'auto'" if default == "auto" else "null")
+    return " or ".join(dict.fromkeys(names))
+
+
+def apply_overrides(config: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply ``key=value`` overrides; unknown keys and wrong types raise a TrainingError."""
+    result = copy.deepcopy(dict(config))
+    flat = flatten(result)
+    for text in overrides:
+        key, value = parse_override(text)
+        if key not in flat:
+            raise TrainingError(
+                f"--set {text!r}: unknown configuration key {key!r}; valid keys: {', '.join(sorted(flat))}"
+            )
+        value = _coerce(key, value, flat[key])
+        node = result
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+        flat[key] = value
+    return result
+
+
+def resolve_config(
+    network: str, overrides: Iterable[str] = (), defaults: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Defaults, then the network's own section, then the user's overrides.
+
+    The per-network sections are removed from the result: it describes one run.
+    """
+    base = dict(defaults if defaults is not None else load_defaults())
+    sections = base.pop(NETWORK_SECTIONS, {}) or {}
+    merged = deep_merge(base, sections.get(network, {}))
+    return apply_overrides(merged, overrides)
+
+
+def dump_config(config: Mapping[str, Any]) -> str:
+    return yaml.safe_dump(dict(config), sort_keys=False, default_flow_style=None)

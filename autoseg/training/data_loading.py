@@ -1,0 +1,326 @@
+"""Training batches: patch sampling from the preprocessed store, augmentation, background workers.
+
+Every batch is a pure function of ``(seed, stream, rank, index)``: its RNG is seeded from those before
+sampling, so the batches do not depend on how many workers produce them, and a resumed run sees exactly
+the batches an uninterrupted one would have seen. Workers are plain processes with one queue each; when
+one dies the trainer raises a TrainingError naming the worker and the cause (its exception, or the
+signal that killed it, usually the out-of-memory killer) instead of waiting forever (reference.md §3).
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import os
+import queue as queue_module
+import random
+import signal
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from autoseg.errors import TrainingError
+from autoseg.training.augmentation import OUTSIDE_MASK_LABEL, training_transforms, validation_transforms
+
+TRAIN_STREAM = 0
+VAL_STREAM = 1
+# How often (seconds) the trainer checks a worker's health while waiting for its batch.
+_POLL_SECONDS = 1.0
+# Caps on automatic worker counts: CUDA training needs many augmenting workers to keep the GPU busy;
+# CPU training competes with them for the same cores (reference.md §4), so it gets few.
+_MAX_WORKERS_CUDA = 12
+_MAX_WORKERS_CPU = 4
+_CORES_PER_CPU_WORKER = 3
+
+
+def batch_seed(seed: int, stream: int, rank: int, index: int) -> int:
+    """A 32-bit seed for one batch, independent of every other batch's."""
+    return int(np.random.SeedSequence([seed, stream, rank, index]).generate_state(1)[0])
+
+
+def available_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - macOS / Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def auto_workers(device_type: str, world_size: int = 1) -> int:
+    """Workers per rank for this machine: on CUDA all cores but one feed the GPU; on CPU the network
+    computes on the same cores, so about one worker per three cores (at least one)."""
+    cores = max(1, available_cores() // world_size)
+    if device_type == "cuda":
+        return max(1, min(cores - 1, _MAX_WORKERS_CUDA))
+    return max(1, min(cores // _CORES_PER_CPU_WORKER, _MAX_WORKERS_CPU))
+
+
+@dataclass
+class SamplingSpec:
+    """What the batch source needs (plain values, so worker processes can receive it).
+
+    Args:
+        folder: the preprocessed store of the configuration.
+        case_ids: cases to sample from.
+        patch_size: the network's patch (spatial, 2 or 3 values).
+        sample_size: the region cropped before spatial augmentation (>= patch_size).
+        batch_size: samples per batch (this rank's share).
+        oversample_foreground: share of each batch forced to contain foreground.
+        foreground_labels: labels eligible as forced patch centres (no ignore label).
+        previous_stage_folder: cascade only: ``<case>.npy`` label maps on this store's grid.
+        previous_stage_labels: cascade only: the foreground labels one-hot encoded into the input.
+        n_image_channels: image channels in the store.
+        augmentation: the config's augmentation section; ``None`` for validation batches.
+    """
+
+    folder: Path
+    case_ids: list[str]
+    patch_size: list[int]
+    sample_size: list[int]
+    batch_size: int
+    oversample_foreground: float
+    foreground_labels: list[int]
+    previous_stage_folder: Path | None = None
+    previous_stage_labels: list[int] | None = None
+    n_image_channels: int = 1
+    augmentation: dict[str, Any] | None = None
+
+
+class BatchSource:
+    """Callable ``index -> {"data": float32 (B, C, *patch), "target": int16 (B, 1, *patch)}``."""
+
+    def __init__(self, spec: SamplingSpec, seed: int, stream: int, rank: int = 0) -> None:
+        if not spec.case_ids:
+            raise TrainingError(f"{spec.folder}: no cases to sample batches from")
+        self.spec = spec
+        self.seed, self.stream, self.rank = seed, stream, rank
+        self._cases: dict[str, tuple[Any, Any, dict[str, list[np.ndarray]], Any]] = {}
+        self._transforms: Any = None
+
+    def __call__(self, index: int) -> dict[str, np.ndarray]:
+        batch_rng = batch_seed(self.seed, self.stream, self.rank, index)
+        np.random.seed(batch_rng)
+        random.seed(batch_rng)
+        spec = self.spec
+        forced_from = round(spec.batch_size * (1 - spec.oversample_foreground))
+        samples = [self._sample(j >= forced_from) for j in range(spec.batch_size)]
+        data = np.stack([s[0] for s in samples])
+        seg = np.stack([s[1] for s in samples]).astype(np.float32)
+        if self._transforms is None:
+            self._transforms = self._build_transforms()
+        out = self._transforms(data=data, seg=seg)
+        return {
+            "data": np.ascontiguousarray(out["data"], dtype=np.float32),
+            "target": np.ascontiguousarray(np.rint(out["seg"]), dtype=np.int16),
+        }
+
+    def _build_transforms(self) -> Any:
+        spec = self.spec
+        if spec.augmentation is None:
+            return validation_transforms(spec.previous_stage_labels, spec.n_image_channels)
+        return training_transforms(spec.patch_size, spec.augmentation, spec.previous_stage_labels, spec.n_image_channels)
+
+    def _case(self, case_id: str) -> tuple[Any, Any, dict[str, list[np.ndarray]], Any]:
+        if case_id not in self._cases:
+            from autoseg.preprocessing.store import load_case
+
+            data, seg, properties = load_case(self.spec.folder, case_id)
+            locations = {
+                str(label): np.asarray(points, dtype=np.int64)
+                for label, points in (properties.get("class_locations") or {}).items()
+            }
+            previous = None
+            if self.spec.previous_stage_folder is not None:
+                previous = np.load(Path(self.spec.previous_stage_folder) / f"{case_id}.npy", mmap_mode="r", allow_pickle=False)
+            self._cases[case_id] = (data, seg, locations, previous)
+        return self._cases[case_id]
+
+    def _sample(self, force_foreground: bool) -> tuple[np.ndarray, np.ndarray]:
+        """One ``(data, seg)`` crop of ``sample_size``: random, or centred on a random stored voxel of a
+        random foreground class present in the case (reference.md §1.5)."""
+        spec = self.spec
+        case_id = spec.case_ids[np.random.randint(len(spec.case_ids))]
+        data, seg, locations, previous = self._case(case_id)
+        shape = list(data.shape[1:])
+        centre = self._foreground_voxel(locations) if force_foreground else None
+        region: list[slice | int] = []
+        sample = list(spec.sample_size)
+        if len(sample) == 2:  # 2D configuration on a 3D store: pick a slice first
+            z = int(centre[0]) if centre is not None else np.random.randint(shape[0])
+            region.append(z)
+            shape, centre = shape[1:], (centre[1:] if centre is not None else None)
+        starts = _patch_starts(shape, sample, centre)
+        spatial = [slice(max(s, 0), min(s + p, n)) for s, p, n in zip(starts, sample, shape)]
+        pads = [(max(-s, 0), max(s + p - n, 0)) for s, p, n in zip(starts, sample, shape)]
+        index = (slice(None), *region, *spatial)
+        crop = np.asarray(data[index], dtype=np.float32)
+        crop_seg = np.asarray(seg[index]).astype(np.int16)
+        if previous is not None:
+            crop_seg = np.concatenate([crop_seg, np.asarray(previous[index]).astype(np.int16)])
+            pad_values: Sequence[int] = (OUTSIDE_MASK_LABEL, 0)
+        else:
+            pad_values = (OUTSIDE_MASK_LABEL,)
+        crop = np.pad(crop, [(0, 0), *pads], constant_values=0)
+        crop_seg = np.stack([np.pad(c, pads, constant_values=v) for c, v in zip(crop_seg, pad_values)])
+        return crop, crop_seg
+
+    def _foreground_voxel(self, locations: dict[str, np.ndarray]) -> np.ndarray | None:
+        classes = [str(c) for c in self.spec.foreground_labels if len(locations.get(str(c), ())) > 0]
+        if not classes:
+            return None  # no foreground in this case: a random patch, as nnU-Net does
+        points = locations[classes[np.random.randint(len(classes))]]
+        point = points[np.random.randint(len(points))]
+        return point[-3:]  # stored as (z, y, x), possibly with a leading channel index
+
+
+def _patch_starts(shape: Sequence[int], sample: Sequence[int], centre: Sequence[int] | None) -> list[int]:
+    """Patch start per axis. Images smaller than the patch are centred with padding; a forced centre
+    is clipped so the patch stays within the allowed range."""
+    starts = []
+    for axis, (n, p) in enumerate(zip(shape, sample)):
+        need = max(p - n, 0)
+        low, high = -(need // 2), n + need // 2 + need % 2 - p
+        if centre is not None:
+            starts.append(int(np.clip(int(centre[axis]) - p // 2, low, high)))
+        else:
+            starts.append(int(np.random.randint(low, high + 1)))
+    return starts
+
+
+# ---------------------------------------------------------------------------------------------------
+# Background workers
+
+
+def _mp_context() -> multiprocessing.context.BaseContext:
+    # fork shares the already-imported modules (fast start); elsewhere spawn is the only safe choice.
+    return multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+
+
+def _describe_exception(exc: BaseException) -> str:
+    if isinstance(exc, MemoryError):
+        return "out of memory while building a batch; lower num_workers or the batch size"
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
+    detail = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {detail[0] if detail else ''}{where}"
+
+
+def _describe_exit(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "it stopped responding"
+    if exitcode < 0:
+        name = signal.Signals(-exitcode).name if -exitcode in signal.valid_signals() else f"signal {-exitcode}"
+        if -exitcode == signal.SIGKILL:
+            return (
+                f"it was killed by {name}, most often the operating system's out-of-memory killer; "
+                "lower num_workers (--set num_workers=N) or the batch size, or free memory"
+            )
+        return f"it was killed by {name}"
+    return f"it exited with code {exitcode}"
+
+
+def _worker_main(source: Callable[[int], Any], first: int, stride: int, out: Any) -> None:
+    """Produce batches ``first, first + stride, ...`` until terminated; report an exception and stop."""
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:  # pragma: no cover
+        pass
+    index = first
+    try:
+        for index in itertools.count(first, stride):
+            out.put(("batch", index, source(index)))
+    except BaseException as exc:  # noqa: BLE001 - everything is reported to the trainer
+        out.put(("error", index, _describe_exception(exc)))
+
+
+class BatchStream:
+    """Batches ``start, start + 1, ...`` of a source, from ``num_workers`` processes or in-process (0)."""
+
+    def __init__(
+        self,
+        source: Callable[[int], dict[str, np.ndarray]],
+        start: int = 0,
+        num_workers: int = 0,
+        prefetch: int = 2,
+        timeout_seconds: float = 600.0,
+        name: str = "data loading",
+    ) -> None:
+        self.source = source
+        self.first = self.next_index = start
+        self.timeout = timeout_seconds
+        self.name = name
+        self.workers: list[Any] = []
+        self.queues: list[Any] = []
+        context = _mp_context()
+        for w in range(num_workers):
+            out = context.Queue(maxsize=max(1, prefetch))
+            process = context.Process(
+                target=_worker_main, args=(source, start + w, num_workers, out), name=f"{name} worker {w}", daemon=True
+            )
+            process.start()
+            self.workers.append(process)
+            self.queues.append(out)
+
+    def __iter__(self) -> "BatchStream":
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        index = self.next_index
+        self.next_index += 1
+        if not self.workers:
+            try:
+                return self.source(index)
+            except MemoryError as exc:
+                raise TrainingError(f"{self.name}: {_describe_exception(exc)}") from exc
+        w = (index - self.first) % len(self.workers)
+        return self._receive(w, index)
+
+    def _receive(self, w: int, index: int) -> dict[str, np.ndarray]:
+        process, out = self.workers[w], self.queues[w]
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                kind, got, payload = out.get(timeout=_POLL_SECONDS)
+            except queue_module.Empty:
+                if not process.is_alive():
+                    self.close()
+                    raise TrainingError(
+                        f"{self.name} worker {w} (pid {process.pid}) died while preparing batch {index}: "
+                        f"{_describe_exit(process.exitcode)}"
+                    ) from None
+                if time.monotonic() > deadline:
+                    self.close()
+                    raise TrainingError(
+                        f"{self.name} worker {w} (pid {process.pid}) produced no batch in {self.timeout:.0f} s; "
+                        "it may be stuck reading the data (raise worker_timeout_seconds for very large patches)"
+                    ) from None
+                continue
+            if kind == "error":
+                self.close()
+                raise TrainingError(f"{self.name} worker {w} failed on batch {got}: {payload}")
+            if got != index:  # cannot happen with one ordered queue per worker; guards the invariant
+                self.close()
+                raise TrainingError(f"{self.name} worker {w} returned batch {got} where {index} was expected")
+            return payload
+
+    def close(self) -> None:
+        for process in self.workers:
+            if process.is_alive():
+                process.terminate()
+        for process, out in zip(self.workers, self.queues):
+            process.join(timeout=5)
+            out.cancel_join_thread()
+            out.close()
+        self.workers, self.queues = [], []
+
+    def __enter__(self) -> "BatchStream":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

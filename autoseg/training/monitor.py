@@ -1,0 +1,113 @@
+"""What a training run shows and leaves behind: progress bar, text log, metrics.jsonl, progress.png.
+
+The metrics history lives in the checkpoint; ``metrics.jsonl`` and ``progress.png`` are rewritten from
+it every epoch (atomically), so after a resume they hold exactly the epochs the checkpoint holds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from autoseg.utils.atomic import atomic_path, atomic_write_text
+
+LOG_FILE = "training_log.txt"
+METRICS_FILE = "metrics.jsonl"
+PLOT_FILE = "progress.png"
+
+
+def _bar_enabled() -> bool:
+    return sys.stderr.isatty() or os.environ.get("AUTOSEG_PROGRESS") == "1"
+
+
+class Monitor:
+    """Rank 0's window on training; every method is a no-op on other ranks (``active=False``)."""
+
+    def __init__(self, folder: Path, active: bool = True) -> None:
+        self.folder = Path(folder)
+        self.active = active
+        self._progress: Progress | None = None
+        self._task: Any = None
+        if active:
+            self.folder.mkdir(parents=True, exist_ok=True)
+
+    def log(self, message: str) -> None:
+        if not self.active:
+            return
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')}  {message}"
+        with open(self.folder / LOG_FILE, "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+        if self._progress is not None and self._progress.live.is_started:
+            self._progress.console.print(line)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def start(self, total_iterations: int, done: int) -> None:
+        """Start the bar: loss, pseudo-Dice, iterations per second and ETA over the whole run."""
+        if not self.active or not _bar_enabled():
+            return
+        self._progress = Progress(
+            TextColumn("[bold]epoch {task.fields[epoch]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}  pseudo-Dice {task.fields[dice]}  {task.fields[speed]:.2f} it/s  eta"),
+            TimeRemainingColumn(),
+        )
+        self._progress.start()
+        self._task = self._progress.add_task("train", total=total_iterations, completed=done, epoch=0, loss=math.nan, dice="-", speed=0.0)
+
+    def update(self, iteration: int, total: int, epoch: int, loss: float, speed: float, dice: float | None) -> None:
+        if self._progress is None:
+            return
+        shown = "-" if dice is None or math.isnan(dice) else f"{dice:.4f}"
+        self._progress.update(self._task, completed=iteration, total=total, epoch=epoch, loss=loss, speed=speed, dice=shown)
+
+    def stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def write_history(self, history: Sequence[dict[str, Any]]) -> None:
+        """``metrics.jsonl`` (one JSON object per epoch) and ``progress.png``."""
+        if not self.active:
+            return
+        atomic_write_text(self.folder / METRICS_FILE, "".join(json.dumps(row) + "\n" for row in history))
+        plot_progress(history, self.folder / PLOT_FILE)
+
+
+def plot_progress(history: Sequence[dict[str, Any]], path: Path) -> None:
+    """Losses with pseudo-Dice and its EMA, learning rate, and epoch time, one panel each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [row["epoch"] for row in history]
+    fig, (ax_loss, ax_lr, ax_time) = plt.subplots(3, 1, figsize=(10, 12))
+    ax_loss.plot(epochs, [row["train_loss"] for row in history], color="b", label="train loss")
+    ax_loss.plot(epochs, [row["val_loss"] for row in history], color="r", label="val loss")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("loss")
+    ax_dice = ax_loss.twinx()
+    ax_dice.plot(epochs, [row["pseudo_dice"] for row in history], color="g", linestyle=":", label="pseudo-Dice")
+    ax_dice.plot(epochs, [row["pseudo_dice_ema"] for row in history], color="g", label="pseudo-Dice (EMA)")
+    ax_dice.set_ylabel("pseudo-Dice")
+    lines = ax_loss.get_legend_handles_labels()[0] + ax_dice.get_legend_handles_labels()[0]
+    ax_loss.legend(lines, [line.get_label() for line in lines], loc="center right")
+    ax_lr.plot(epochs, [row["learning_rate"] for row in history], color="b")
+    ax_lr.set_xlabel("epoch")
+    ax_lr.set_ylabel("learning rate (end of epoch)")
+    ax_time.plot(epochs, [row["epoch_seconds"] for row in history], color="b")
+    ax_time.set_xlabel("epoch")
+    ax_time.set_ylabel("epoch time (s)")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)

@@ -1,0 +1,212 @@
+"""``train_fold``: the one entry point of ``autoseg train`` (and of ``torchrun -m autoseg train``).
+
+Resolves dataset, plan, configuration, network, split and config; trains (or resumes / extends) the
+fold; then predicts its validation cases and scores them. Launched by torchrun it joins the process
+group itself (the environment says so), and only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from autoseg.dataset.description import load_description
+from autoseg.errors import TrainingError
+from autoseg.networks import get_network_spec
+from autoseg.paths import resolve_dataset
+from autoseg.planning.plans import get_configuration, load_plans, plans_path
+from autoseg.preprocessing.store import list_cases
+from autoseg.training.cascade import CACHE_FOLDER, prepare_previous_stage, previous_stage_predictions
+from autoseg.training.checkpoints import FINAL, LATEST
+from autoseg.training.config import dump_config, resolve_config
+from autoseg.training.distributed import barrier, init_distributed, shutdown
+from autoseg.training.splits import FOLD_ALL, fold_cases
+from autoseg.training.trainer import FoldRun, Trainer
+from autoseg.training.validation import GT_FOLDER, VALIDATION_FOLDER, validate_fold
+from autoseg.utils.atomic import atomic_path, atomic_write_json, atomic_write_text
+
+DEFAULT_PLANS_NAME = "autosegPlans"
+CONFIG_FILE = "training_config.yaml"
+
+
+def choose_device(name: str | None) -> torch.device:
+    """``None``/``auto``: CUDA, else Apple MPS, else CPU; a named device must be available."""
+    if name in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name not in ("cpu", "cuda", "mps") and not str(name).startswith("cuda:"):
+        raise TrainingError(f"--device {name!r}: choose cpu, cuda, cuda:N or mps")
+    if str(name).startswith("cuda") and not torch.cuda.is_available():
+        raise TrainingError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise TrainingError("--device mps: Apple MPS is not available on this machine; use --device cpu")
+    return torch.device(name)
+
+
+def _model_folder_files(model_folder: Path, plans: dict[str, Any], raw_dir: Path, config: dict[str, Any]) -> None:
+    """plans.json, dataset.json and the resolved training config next to the folds."""
+    model_folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(model_folder / "plans.json", plans)
+    with atomic_path(model_folder / "dataset.json") as tmp:
+        shutil.copyfile(raw_dir / "dataset.json", tmp)
+    atomic_write_text(model_folder / CONFIG_FILE, dump_config(config))
+
+
+def train_fold(
+    dataset_spec: str,
+    configuration: str,
+    fold: int | str,
+    network: str | None = None,
+    plans_name: str = DEFAULT_PLANS_NAME,
+    epochs: int | None = None,
+    budget_seconds: float | None = None,
+    continue_: bool = False,
+    device: str | None = None,
+    seed: int = 0,
+    deterministic: bool = False,
+    overrides: Sequence[str] = (),
+    save_probabilities: bool = False,
+    workers: int | None = None,
+) -> dict[str, Any]:
+    """Train one fold (0-4 or ``all``) and validate it; returns a summary of the run.
+
+    Args:
+        dataset_spec: ``Dataset004``, ``4``, the full name or the raw dataset folder.
+        configuration: a configuration of the plan (``2d``, ``3d_fullres``, ...).
+        network: a registered network; default the plan's.
+        epochs: train this many epochs (with ``continue_``: extend a run to this many).
+        budget_seconds: wall time for the whole fold including final validation; the iteration count
+            follows from the measured speed. Default: the plan's compute budget, if it has one.
+        continue_: resume from ``checkpoint_latest.pt`` exactly where it stopped.
+        overrides: ``key=value`` training config overrides (``--set``).
+        workers: data loading processes (0 = in-process); default from the config (``auto``).
+
+    Returns:
+        ``{"model_folder", "fold", "epochs", "iterations", "best_pseudo_dice_ema", "seconds",
+        "validation"}`` where ``validation`` is the evaluation summary (None for fold ``all``).
+    """
+    start = time.monotonic()
+    if epochs is not None and budget_seconds is not None:
+        raise TrainingError("give --epochs or --budget, not both")
+    if epochs is not None and epochs < 1:
+        raise TrainingError(f"--epochs {epochs}: must be at least 1")
+    if budget_seconds is not None and budget_seconds <= 0:
+        raise TrainingError(f"--budget {budget_seconds}: must be positive")
+    fold = str(fold)
+    location = resolve_dataset(dataset_spec)
+    preprocessed_dir = location.preprocessed_dir
+    plans = load_plans(plans_path(preprocessed_dir, plans_name))
+    plan = get_configuration(plans, configuration)
+    description = load_description(location.raw_dir)
+    network_name = network or plan["network"]["name"]
+    get_network_spec(network_name)
+    config = resolve_config(network_name, overrides)
+    store = preprocessed_dir / plan["data_identifier"]
+    case_ids = list_cases(store)
+    if not case_ids:
+        raise TrainingError(f"{store}: no preprocessed cases; run `autoseg preprocess {location.name} -c {configuration}` first")
+    train_cases, val_cases = fold_cases(preprocessed_dir, case_ids, fold)
+    model_folder = location.results_dir / f"{network_name}__{plans_name}__{configuration}"
+    torch_device = choose_device(device)
+    context = init_distributed(torch_device.type)
+    if context.enabled and torch_device.type == "cuda":
+        torch_device = torch.device("cuda", context.local_rank)
+    try:
+        if budget_seconds is None and epochs is None and not continue_ and config["use_plan_schedule"]:
+            budget_seconds = (plans.get("budget") or {}).get("seconds")
+        previous_cache = None
+        if plan.get("previous_stage"):
+            previous_cache = model_folder / CACHE_FOLDER
+            if context.is_main:
+                predictions = previous_stage_predictions(location.results_dir, network_name, plans_name, plan["previous_stage"])
+                prepare_previous_stage(predictions, previous_cache, store, case_ids, plans, configuration, description.file_ending)
+        if context.is_main:
+            _model_folder_files(model_folder, plans, location.raw_dir, config)
+        barrier(context)
+        run = FoldRun(
+            dataset_name=location.name, preprocessed_dir=preprocessed_dir, store=store, plans=plans,
+            plans_name=plans_name, configuration_name=configuration, description=description,
+            network_name=network_name, fold=fold, model_folder=model_folder, train_cases=train_cases,
+            val_cases=val_cases, config=config, device=torch_device, seed=seed, deterministic=deterministic,
+            num_workers=workers, budget_seconds=budget_seconds, epochs=epochs, resume=continue_,
+            previous_stage_cache=previous_cache, start_time=start,
+        )
+        trainer = Trainer(run, context)
+        _restore_or_check(trainer, run)
+        if trainer.iteration < trainer.total_iterations:
+            trainer.fit()
+        elif not (run.fold_folder / FINAL).is_file():
+            trainer.save(FINAL)
+        barrier(context)
+        validation = None
+        if context.is_main and fold != FOLD_ALL:
+            validation = _validation(trainer, run, preprocessed_dir, save_probabilities, next_stage=bool(plan.get("next_stage")))
+        barrier(context)
+    finally:
+        shutdown(context)
+    return {
+        "model_folder": str(model_folder),
+        "fold": fold,
+        "epochs": trainer.epoch,
+        "iterations": trainer.iteration,
+        "best_pseudo_dice_ema": trainer.best_ema,
+        "seconds": time.monotonic() - start,
+        "validation": validation,
+    }
+
+
+def _restore_or_check(trainer: Trainer, run: FoldRun) -> None:
+    """With --continue load the latest checkpoint (and extend with --epochs); without, refuse to
+    overwrite a fold that already has checkpoints."""
+    latest = run.fold_folder / LATEST
+    if not run.resume:
+        if latest.is_file() or (run.fold_folder / FINAL).is_file():
+            raise TrainingError(
+                f"{run.fold_folder}: this fold already has checkpoints; add --continue to resume or extend it "
+                "(with --epochs), or delete the folder to start over"
+            )
+        return
+    if not latest.is_file():
+        raise TrainingError(f"{latest}: nothing to continue; train the fold without --continue first")
+    trainer.load(latest)
+    if run.epochs is not None:
+        total = run.epochs * trainer.iterations_per_epoch
+        if total < trainer.iteration:
+            raise TrainingError(
+                f"--epochs {run.epochs}: the run already trained {trainer.epoch} epochs ({trainer.iteration} "
+                "iterations); give a larger number to extend it"
+            )
+        trainer.total_iterations = total
+    trainer.monitor.log(
+        f"resumed from {latest} at epoch {trainer.epoch}, iteration {trainer.iteration} of {trainer.total_iterations}"
+    )
+
+
+def _validation(
+    trainer: Trainer, run: FoldRun, preprocessed_dir: Path, save_probabilities: bool, next_stage: bool
+) -> dict[str, Any]:
+    """Validate with the final checkpoint, or reuse a summary written after it."""
+    summary_path = run.fold_folder / VALIDATION_FOLDER / "summary.json"
+    final = run.fold_folder / FINAL
+    if summary_path.is_file() and summary_path.stat().st_mtime >= final.stat().st_mtime and not save_probabilities:
+        return json.loads(summary_path.read_text())
+    started = time.monotonic()
+    summary = validate_fold(
+        run.model_folder, run.fold, run.store, preprocessed_dir / GT_FOLDER, run.val_cases, run.description,
+        str(run.device), save_probabilities=save_probabilities, previous_stage_cache=run.previous_stage_cache,
+        hand_to_next_stage=next_stage, mixed_precision=trainer.amp_dtype is not None, log=trainer.monitor.log,
+    )
+    foreground = summary.get("foreground_mean", {}).get("dice")
+    per_class = ", ".join(f"{name} {m.get('dice', float('nan')):.4f}" for name, m in summary.get("mean", {}).items())
+    trainer.monitor.log(
+        f"validation of {len(run.val_cases)} cases in {time.monotonic() - started:.0f} s: mean Dice {foreground} ({per_class})"
+    )
+    return summary

@@ -1,0 +1,106 @@
+"""Cross-validation splits: nnU-Net's 5 folds, written once, safely shared by concurrent fold jobs.
+
+reference.md §1.5: sorted case ids, KFold(5, shuffle, seed 12345), saved as ``splits_final.json``;
+fold ``all`` trains on every case. The KFold is reimplemented with numpy (same folds as scikit-learn's,
+so an nnU-Net split file and ours agree). Five fold jobs started together create the file under a file
+lock and write it atomically: none can read a half-written file (reference.md §3).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from filelock import FileLock
+
+from autoseg.errors import TrainingError
+from autoseg.utils.atomic import atomic_write_json
+
+# reference.md §1.5
+NUM_FOLDS = 5
+SPLIT_SEED = 12345
+SPLITS_FILE = "splits_final.json"
+FOLD_ALL = "all"
+
+
+def kfold_splits(case_ids: Sequence[str], n_folds: int = NUM_FOLDS, seed: int = SPLIT_SEED) -> list[dict[str, list[str]]]:
+    """Shuffled k-fold over sorted case ids: scikit-learn's ``KFold(n_folds, shuffle=True, random_state=seed)``.
+
+    Indices are shuffled by ``RandomState(seed)``; fold ``i`` validates on the i-th consecutive chunk
+    (the first ``n % n_folds`` chunks one longer) and trains on the rest; both lists in sorted order.
+    """
+    keys = sorted(case_ids)
+    if len(keys) < n_folds:
+        raise TrainingError(
+            f"{len(keys)} training cases cannot be split into {n_folds} folds; "
+            f"add cases or train fold '{FOLD_ALL}'"
+        )
+    order = np.arange(len(keys))
+    np.random.RandomState(seed).shuffle(order)
+    sizes = np.full(n_folds, len(keys) // n_folds)
+    sizes[: len(keys) % n_folds] += 1
+    splits = []
+    start = 0
+    for size in sizes:
+        val = order[start : start + size]
+        in_val = np.zeros(len(keys), dtype=bool)
+        in_val[val] = True
+        splits.append({"train": [keys[i] for i in np.flatnonzero(~in_val)], "val": [keys[i] for i in np.flatnonzero(in_val)]})
+        start += size
+    return splits
+
+
+def load_or_create_splits(folder: Path, case_ids: Sequence[str]) -> list[dict[str, list[str]]]:
+    """The splits in ``folder/splits_final.json``, created first if absent (a user's file wins)."""
+    path = Path(folder) / SPLITS_FILE
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock"):
+            if not path.is_file():  # another job may have written it while we waited
+                atomic_write_json(path, kfold_splits(case_ids))
+    return read_splits(path)
+
+
+def read_splits(path: Path) -> list[dict[str, list[str]]]:
+    try:
+        splits = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise TrainingError(f"{path}: cannot read the split file ({exc}); fix or delete it to recreate it") from exc
+    if not isinstance(splits, list) or not all(
+        isinstance(s, dict) and isinstance(s.get("train"), list) and isinstance(s.get("val"), list) for s in splits
+    ):
+        raise TrainingError(
+            f"{path}: a split file must be a JSON list of {{\"train\": [case ids], \"val\": [case ids]}}; "
+            "fix or delete it to recreate it"
+        )
+    return splits
+
+
+def fold_cases(
+    folder: Path, case_ids: Sequence[str], fold: int | str
+) -> tuple[list[str], list[str]]:
+    """``(train, val)`` case ids of ``fold`` (0.. or ``all``), checked against the available cases."""
+    available = set(case_ids)
+    if str(fold) == FOLD_ALL:
+        everything = sorted(available)
+        return everything, everything
+    splits = load_or_create_splits(folder, case_ids)
+    path = Path(folder) / SPLITS_FILE
+    try:
+        index = int(fold)
+    except ValueError:
+        raise TrainingError(f"fold {fold!r} is not a number or '{FOLD_ALL}'") from None
+    if not 0 <= index < len(splits):
+        raise TrainingError(f"fold {index} does not exist: {path} holds folds 0-{len(splits) - 1} (or use '{FOLD_ALL}')")
+    train, val = list(splits[index]["train"]), list(splits[index]["val"])
+    missing = sorted(set(train + val) - available)
+    if missing:
+        raise TrainingError(
+            f"{path}: fold {index} names {len(missing)} case(s) missing from the preprocessed data "
+            f"({', '.join(missing[:5])}{'...' if len(missing) > 5 else ''}); preprocess them or fix the split file"
+        )
+    if not train or not val:
+        raise TrainingError(f"{path}: fold {index} has an empty train or val list")
+    return train, val

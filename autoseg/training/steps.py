@@ -1,0 +1,201 @@
+"""One optimisation step per network family, chosen by network name instead of trainer subclasses.
+
+Every network trains with the shared segmentation loss (Dice + CE with deep supervision, or Dice + BCE
+for regions). A family may add an extra loss term computed from ``forward_with_aux``'s aux outputs
+(SegResNet's VAE, ConResNet's context residual; reference.md §2.2, §2.3), or replace the step by an
+adversarial one with its own discriminator and optimiser (Vox2Vox, §2.5).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from autoseg.errors import TrainingError
+from autoseg.networks.vox2vox import build_discriminator
+from autoseg.training.losses import (
+    DeepSupervisionLoss,
+    DiceCELoss,
+    RegionDiceBCELoss,
+    labels_to_regions,
+    one_hot,
+    split_ignore,
+)
+from autoseg.training.losses.auxiliary import conresnet_residual_loss, lsgan_discriminator_loss, vae_loss, vox2vox_generator_loss
+
+AuxLoss = Callable[[nn.Module, Mapping[str, torch.Tensor], torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class WithAux(nn.Module):
+    """``forward(x) -> (outputs list, aux dict)`` for every network, so DDP wraps one forward."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        if hasattr(self.network, "forward_with_aux"):
+            outputs, aux = self.network.forward_with_aux(x)
+        else:
+            outputs, aux = self.network(x), {}
+        return (list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]), aux
+
+
+@dataclass
+class LabelSpec:
+    """How integer labels become the loss target."""
+
+    n_outputs: int
+    regions: list[list[int]] | None
+    ignore_label: int | None
+
+    def loss_target(self, labels: torch.Tensor) -> torch.Tensor:
+        return labels_to_regions(labels, self.regions, self.ignore_label) if self.regions else labels
+
+    def binary_target(self, labels: torch.Tensor) -> torch.Tensor:
+        """Region masks (regions) or one-hot classes, ignore label mapped to background."""
+        clean, _ = split_ignore(labels, self.ignore_label)
+        if self.regions:
+            return labels_to_regions(clean, self.regions)
+        return one_hot(clean, self.n_outputs)
+
+
+def segmentation_loss(labels: LabelSpec, loss_config: Mapping[str, Any]) -> nn.Module:
+    """Dice + CE (softmax) or Dice + BCE (regions), wrapped for deep supervision (reference.md §1.5)."""
+    if labels.regions:
+        inner: nn.Module = RegionDiceBCELoss(
+            has_ignore=labels.ignore_label is not None,
+            batch_dice=loss_config["batch_dice"],
+            weight_bce=loss_config["weight_ce"],
+            weight_dice=loss_config["weight_dice"],
+        )
+        return DeepSupervisionLoss(inner, target_downsampling="max")
+    inner = DiceCELoss(
+        ignore_label=labels.ignore_label,
+        batch_dice=loss_config["batch_dice"],
+        weight_ce=loss_config["weight_ce"],
+        weight_dice=loss_config["weight_dice"],
+    )
+    return DeepSupervisionLoss(inner, target_downsampling="nearest")
+
+
+def _segresnet_vae(network: nn.Module, aux: Mapping[str, torch.Tensor], data: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    if not aux:  # built without its VAE branch
+        return data.new_zeros(())
+    return vae_loss(aux["reconstruction"].float(), data.float(), aux["mu"].float(), aux["sigma"].float())
+
+
+def _conresnet_residual(network: nn.Module, aux: Mapping[str, torch.Tensor], data: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return conresnet_residual_loss({k: v.float() for k, v in aux.items()}, target, network.slice_axis)
+
+
+# Extra loss terms by network name: (network, aux outputs, input, binary target) -> loss.
+AUX_LOSSES: dict[str, AuxLoss] = {"segresnet": _segresnet_vae, "conresnet": _conresnet_residual}
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _apply_gradients(
+    loss: torch.Tensor, parameters: list[nn.Parameter], optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler, grad_clip: float,
+) -> None:
+    scaler.scale(loss).backward()
+    if grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+
+
+class SupervisedStep:
+    """Forward, segmentation loss (+ the family's extra term), backward, clip, step."""
+
+    def __init__(
+        self, model: nn.Module, network: nn.Module, network_name: str, optimizer: torch.optim.Optimizer,
+        labels: LabelSpec, config: Mapping[str, Any], device: torch.device, amp_dtype: torch.dtype | None,
+    ) -> None:
+        self.model, self.network, self.optimizer = model, network, optimizer
+        self.labels, self.config = labels, config
+        self.loss = segmentation_loss(labels, config["loss"])
+        self.aux_loss = AUX_LOSSES.get(network_name)
+        self.device, self.amp_dtype = device, amp_dtype
+        self.grad_clip = float(config["grad_clip"])
+        self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+
+    def train(self, data: torch.Tensor, labels: torch.Tensor) -> tuple[float, torch.Tensor]:
+        """One iteration; returns the loss and the full-resolution logits (detached)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        with _autocast(self.device, self.amp_dtype):
+            outputs, aux = self.model(data)
+        outputs = [o.float() for o in outputs]
+        loss = self.loss(outputs, self.labels.loss_target(labels))
+        if self.aux_loss is not None:
+            loss = loss + self.aux_loss(self.network, aux, data, self.labels.binary_target(labels))
+        _apply_gradients(loss, list(self.model.parameters()), self.optimizer, self.scaler, self.grad_clip)
+        return float(loss.detach()), outputs[0].detach()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"grad_scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state.get("grad_scaler"):
+            self.scaler.load_state_dict(state["grad_scaler"])
+
+
+class AdversarialStep(SupervisedStep):
+    """Vox2Vox (reference.md §2.5): a least-squares PatchGAN discriminator on (image, segmentation),
+    trained with its own Adam; the generator minimises LSGAN + 5 x generalised Dice."""
+
+    def __init__(self, *args: Any, wrap: Callable[[nn.Module], nn.Module], in_channels: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.labels.regions:
+            raise TrainingError("vox2vox trains with softmax outputs; region-based datasets need another network")
+        adversarial = self.config["adversarial"]
+        self.discriminator_module = build_discriminator(in_channels, self.labels.n_outputs).to(self.device)
+        self.discriminator = wrap(self.discriminator_module)
+        self.d_optimizer = torch.optim.Adam(
+            self.discriminator.parameters(), lr=adversarial["discriminator_lr"], betas=tuple(adversarial["discriminator_betas"])
+        )
+        self.d_scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+
+    def train(self, data: torch.Tensor, labels: torch.Tensor) -> tuple[float, torch.Tensor]:
+        real = self.labels.binary_target(labels)
+        with _autocast(self.device, self.amp_dtype):
+            logits = self.model(data)[0][0]
+        probs = torch.softmax(logits.float(), dim=1)
+        # Discriminator: real pairs -> 1, generated pairs -> 0 (one forward over both halves).
+        self.d_optimizer.zero_grad(set_to_none=True)
+        with _autocast(self.device, self.amp_dtype):
+            scores = self.discriminator(torch.cat([data, data]), torch.cat([real, probs.detach()])).float()
+        d_loss = lsgan_discriminator_loss(scores[: len(data)], scores[len(data) :])
+        _apply_gradients(d_loss, list(self.discriminator.parameters()), self.d_optimizer, self.d_scaler, 0.0)
+        # Generator: fool the discriminator and match the labels.
+        self.optimizer.zero_grad(set_to_none=True)
+        with _autocast(self.device, self.amp_dtype):
+            fake_scores = self.discriminator(data, probs).float()
+        g_loss = vox2vox_generator_loss(fake_scores, logits.float(), real)
+        _apply_gradients(g_loss, list(self.model.parameters()), self.optimizer, self.scaler, self.grad_clip)
+        return float(g_loss.detach()), logits.detach().float()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **super().state_dict(),
+            "discriminator": self.discriminator_module.state_dict(),
+            "discriminator_optimizer": self.d_optimizer.state_dict(),
+            "discriminator_grad_scaler": self.d_scaler.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.discriminator_module.load_state_dict(state["discriminator"])
+        self.d_optimizer.load_state_dict(state["discriminator_optimizer"])
+        if state.get("discriminator_grad_scaler"):
+            self.d_scaler.load_state_dict(state["discriminator_grad_scaler"])

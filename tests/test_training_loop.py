@@ -1,0 +1,118 @@
+"""The training loop on real (tiny) data: exact resume after kill -9, extension with --epochs, a time
+budget, and 2-process DDP with gloo. Fold ``all`` skips the final validation (tested with every
+network in test_training_networks.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from autoseg.errors import TrainingError
+from autoseg.training import train_fold
+from autoseg.training.checkpoints import load_checkpoint
+
+from training_helpers import DATASET, data_roots, results  # noqa: F401 - fixtures
+
+FAST = ["val_iterations_per_epoch=2", "mixed_precision=off"]
+MODEL = "unet__autosegPlans__3d_fullres"
+
+
+def _fold(results: Path, model: str = MODEL, fold: str = "all") -> Path:
+    return results / DATASET / model / f"fold_{fold}"
+
+
+def _uninterrupted_and_killed(results: Path, overrides: list[str]) -> tuple[dict, dict]:
+    train_fold(DATASET, "3d_fullres", "all", epochs=4, workers=0, deterministic=True, overrides=overrides)
+    reference = load_checkpoint(_fold(results) / "checkpoint_final.pt")
+    killed_root = results.parent / "killed"
+    code = (
+        "import torch; torch.set_num_threads(1)\n"
+        "from autoseg.training import train_fold\n"
+        f"train_fold({DATASET!r}, '3d_fullres', 'all', epochs=4, workers=0, deterministic=True, overrides={overrides!r})\n"
+    )
+    env = {**os.environ, "AUTOSEG_RESULTS": str(killed_root), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.DEVNULL)
+    metrics = _fold(killed_root) / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 1:
+            time.sleep(0.3)  # into the second epoch
+            break
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "training finished before it could be killed"
+    os.environ["AUTOSEG_RESULTS"] = str(killed_root)
+    resumed = train_fold(DATASET, "3d_fullres", "all", continue_=True, workers=0, deterministic=True, overrides=overrides)
+    assert resumed["iterations"] == 32
+    return reference, load_checkpoint(_fold(killed_root) / "checkpoint_final.pt")
+
+
+def test_resume_after_kill_matches_uninterrupted_run(results: Path) -> None:
+    overrides = ["iterations_per_epoch=8", *FAST]
+    reference, resumed = _uninterrupted_and_killed(results, overrides)
+    for key, tensor in reference["network_weights"].items():
+        assert torch.equal(tensor, resumed["network_weights"][key]), key
+    for a, b in zip(reference["optimizer_state"]["state"].values(), resumed["optimizer_state"]["state"].values()):
+        assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in rows]  # noqa: E731
+    assert strip(reference["trainer_state"]["history"]) == strip(resumed["trainer_state"]["history"])
+
+
+def test_continue_extends_a_finished_run(results: Path) -> None:
+    train_fold(DATASET, "3d_fullres", "all", epochs=1, workers=0, overrides=FAST)
+    with pytest.raises(TrainingError, match=r"fold_all: this fold already has checkpoints; add --continue"):
+        train_fold(DATASET, "3d_fullres", "all", epochs=1, workers=0, overrides=FAST)
+    summary = train_fold(DATASET, "3d_fullres", "all", epochs=3, continue_=True, workers=0, overrides=FAST)
+    assert (summary["epochs"], summary["iterations"]) == (3, 6)
+    history = load_checkpoint(_fold(results) / "checkpoint_final.pt")["trainer_state"]["history"]
+    # The poly schedule now runs over 6 iterations; epoch 2 ends with the lr of iteration index 3.
+    assert [r["learning_rate"] for r in history][1] == pytest.approx(0.01 * (1 - 3 / 6) ** 0.9)
+    with pytest.raises(TrainingError, match=r"--epochs 2: the run already trained 3 epochs \(6 iterations\)"):
+        train_fold(DATASET, "3d_fullres", "all", epochs=2, continue_=True, workers=0, overrides=FAST)
+
+
+def test_budget_sets_the_schedule_from_measured_speed(results: Path) -> None:
+    summary = train_fold(DATASET, "3d_fullres", "all", budget_seconds=8, workers=0, overrides=["iterations_per_epoch=20", *FAST])
+    log = (_fold(results) / "training_log.txt").read_text()
+    assert "time budget: " in log and "s per iteration measured" in log
+    final = load_checkpoint(_fold(results) / "checkpoint_final.pt")
+    assert final["metadata"]["total_iterations"] == final["metadata"]["iteration"] == summary["iterations"]
+    assert 12 <= summary["iterations"] < 20000  # at least the probe, far fewer than 1000 epochs x 20
+    assert 8 * 0.7 < summary["seconds"] < 8 * 1.3  # ends on time (fold all: no final validation)
+
+
+DDP_SCRIPT = """
+import os, sys, torch
+torch.set_num_threads(1)
+from autoseg.training import run as run_module
+original_fit = run_module.Trainer.fit
+def fit(self):
+    original_fit(self)
+    torch.save(self.network.state_dict(), os.path.join(sys.argv[1], f"rank{self.context.rank}.pt"))
+run_module.Trainer.fit = fit
+run_module.train_fold(sys.argv[2], "3d_fullres", "all", epochs=2, workers=0, overrides=sys.argv[3:])
+"""
+
+
+def test_two_process_gloo_ddp_keeps_ranks_identical(results: Path, tmp_path: Path) -> None:
+    script = tmp_path / "ddp_run.py"
+    script.write_text(DDP_SCRIPT)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               str(script), str(tmp_path), DATASET, *FAST]
+    done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    final = load_checkpoint(_fold(results) / "checkpoint_final.pt")
+    for key, tensor in rank0.items():
+        assert torch.equal(tensor, rank1[key]), key
+        assert torch.equal(tensor, final["network_weights"][key]), key
+    log = (_fold(results) / "training_log.txt").read_text()
+    assert "world size 2" in log and log.count("training finished") == 1  # rank 0 alone writes

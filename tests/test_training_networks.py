@@ -1,0 +1,42 @@
+"""A few iterations of every registered network on real cases, then the fold's final validation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from autoseg.networks import list_networks
+from autoseg.training import train_fold
+from autoseg.training.checkpoints import load_checkpoint
+from autoseg.training.splits import SPLITS_FILE
+
+from training_helpers import DATASET, data_roots, results  # noqa: F401 - fixtures
+
+FAST = ["val_iterations_per_epoch=2", "mixed_precision=off"]
+
+
+def _val_cases(data_roots: dict[str, Path]) -> list[str]:
+    return json.loads((data_roots["preprocessed"] / DATASET / SPLITS_FILE).read_text())[0]["val"]
+
+
+@pytest.mark.parametrize(
+    ("network", "extra"), [(name, []) for name in list_networks()] + [("segresnet", ["network_options={vae: true}"])]
+)
+def test_every_network_trains_and_validates(
+    data_roots: dict[str, Path], results: Path, network: str, extra: list[str]
+) -> None:
+    summary = train_fold(DATASET, "3d_fullres", 0, network=network, epochs=1, workers=0, overrides=FAST + extra)
+    fold = results / DATASET / f"{network}__autosegPlans__3d_fullres" / "fold_0"
+    final = load_checkpoint(fold / "checkpoint_final.pt")
+    assert final["metadata"]["network"] == network and final["metadata"]["iteration"] == 2
+    assert final["metadata"]["network_options"].get("vae", False) == ("vae" in extra[0] if extra else False)
+    assert summary["iterations"] == 2 and summary["epochs"] == 1
+    rows = [json.loads(line) for line in (fold / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1] and rows[0]["iteration"] == 2
+    assert 0 <= rows[0]["pseudo_dice"] <= 1 and rows[0]["train_loss"] > 0
+    validation = summary["validation"]
+    assert sorted(c["case_id"] for c in validation["metric_per_case"]) == sorted(_val_cases(data_roots))
+    assert set(validation["mean"]) == {"Anterior", "Posterior"}
+    assert (fold / "progress.png").read_bytes()[:4] == b"\x89PNG"

@@ -1,0 +1,235 @@
+"""Training building blocks: config overrides, splits (and their file-lock race), checkpoints, schedule,
+augmentation geometry, batch determinism and worker-death messages."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from autoseg.errors import TrainingError
+from autoseg.training.augmentation import is_anisotropic_patch, sampling_size
+from autoseg.training.budget import affordable_total, poly_lr, tiles_per_case
+from autoseg.training.checkpoints import (
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from autoseg.training.config import load_defaults, resolve_config
+from autoseg.training.data_loading import BatchStream, batch_seed
+from autoseg.training.splits import SPLITS_FILE, fold_cases, kfold_splits, load_or_create_splits
+
+CASES = [f"c{i:02d}" for i in range(12)]
+
+
+# ----------------------------------------------------------------------------------- config
+
+
+def test_defaults_are_nnunets() -> None:
+    config = resolve_config("unet")
+    assert config["optimizer"] == {
+        "name": "sgd", "lr": 0.01, "momentum": 0.99, "nesterov": True, "betas": [0.9, 0.999], "weight_decay": 3e-5,
+    }
+    assert (config["num_epochs"], config["val_iterations_per_epoch"], config["grad_clip"]) == (1000, 50, 12.0)
+    assert config["lr_schedule"] == {"name": "poly", "exponent": 0.9}
+    assert config["oversample_foreground"] == 0.33
+    assert config["augmentation"]["rotation"]["p"] == 0.2 and config["augmentation"]["low_resolution"]["p"] == 0.25
+    assert "networks" not in config
+
+
+def test_network_section_then_overrides() -> None:
+    config = resolve_config("vox2vox", ["optimizer.lr=1e-3", "num_workers=0", "mixed_precision=off"])
+    assert config["optimizer"]["name"] == "adam" and config["optimizer"]["betas"] == [0.5, 0.999]
+    assert config["optimizer"]["lr"] == 0.001  # YAML reads "1e-3" as a string; the float default converts it
+    assert config["num_workers"] == 0 and config["mixed_precision"] == "off"  # "off" is not YAML's False here
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optimizer.lrr=1", "--set 'optimizer.lrr=1': unknown configuration key 'optimizer.lrr'; valid keys: "),
+        ("optimizer.lr=fast", "--set optimizer.lr='fast': expected float, got str; the default is 0.01"),
+        ("batch_size=1.5", "--set batch_size=1.5: expected int or null, got float; the default is None"),
+        ("num_workers=many", "--set num_workers='many': expected int or 'auto', got str; the default is 'auto'"),
+        ("loss.deep_supervision=3", "--set loss.deep_supervision=3: expected bool, got int; the default is True"),
+        ("lr", "--set 'lr': expected key=value, e.g. --set optimizer.lr=0.003"),
+    ],
+)
+def test_bad_overrides_are_rejected(override: str, message: str) -> None:
+    with pytest.raises(TrainingError) as info:
+        resolve_config("unet", [override])
+    assert str(info.value).startswith(message)
+
+
+def test_unknown_key_lists_valid_keys() -> None:
+    with pytest.raises(TrainingError, match="valid keys: .*optimizer.lr, .*oversample_foreground"):
+        resolve_config("unet", ["epochs=3"])
+
+
+# ----------------------------------------------------------------------------------- splits
+
+
+def test_kfold_matches_scikit_learn() -> None:
+    # KFold(5, shuffle=True, random_state=12345).split(12 sorted ids), computed with scikit-learn 1.9.
+    expected_val = [["c00", "c03", "c08"], ["c07", "c10", "c11"], ["c06", "c09"], ["c01", "c04"], ["c02", "c05"]]
+    splits = kfold_splits(list(reversed(CASES)))
+    assert [s["val"] for s in splits] == expected_val
+    for split in splits:
+        assert split["train"] == sorted(set(CASES) - set(split["val"]))
+
+
+def _create_splits(folder: str, start: multiprocessing.synchronize.Event, out: multiprocessing.Queue) -> None:
+    start.wait()
+    out.put(json.dumps(load_or_create_splits(Path(folder), CASES)))
+
+
+def test_concurrent_jobs_read_one_complete_split_file(tmp_path: Path) -> None:
+    context = multiprocessing.get_context("fork")
+    start, out = context.Event(), context.Queue()
+    jobs = [context.Process(target=_create_splits, args=(str(tmp_path), start, out)) for _ in range(5)]
+    for job in jobs:
+        job.start()
+    start.set()
+    results = [out.get(timeout=60) for _ in jobs]
+    for job in jobs:
+        job.join(timeout=60)
+    expected = json.dumps(kfold_splits(CASES))
+    assert results == [expected] * 5
+    assert json.loads((tmp_path / SPLITS_FILE).read_text()) == json.loads(expected)
+    assert not list(tmp_path.glob(".*tmp*"))  # no temporary left behind
+
+
+def test_user_split_file_wins_and_is_checked(tmp_path: Path) -> None:
+    (tmp_path / SPLITS_FILE).write_text(json.dumps([{"train": ["c00", "c01"], "val": ["c02"]}]))
+    assert fold_cases(tmp_path, CASES, 0) == (["c00", "c01"], ["c02"])
+    with pytest.raises(TrainingError, match=r"fold 1 does not exist: .*splits_final.json holds folds 0-0"):
+        fold_cases(tmp_path, CASES, 1)
+    (tmp_path / SPLITS_FILE).write_text(json.dumps([{"train": ["c00", "zz"], "val": ["c02"]}]))
+    with pytest.raises(TrainingError, match=r"fold 0 names 1 case\(s\) missing from the preprocessed data \(zz\)"):
+        fold_cases(tmp_path, CASES, 0)
+
+
+def test_fold_all_trains_on_everything(tmp_path: Path) -> None:
+    assert fold_cases(tmp_path, CASES, "all") == (CASES, CASES)
+    assert not (tmp_path / SPLITS_FILE).exists()
+
+
+# ----------------------------------------------------------------------------------- checkpoints
+
+
+def test_checkpoint_round_trip_with_weights_only(tmp_path: Path) -> None:
+    network = torch.nn.Conv3d(1, 2, 3)
+    optimizer = torch.optim.SGD(network.parameters(), lr=0.01, momentum=0.99, nesterov=True)
+    network(torch.randn(1, 1, 4, 4, 4)).sum().backward()
+    optimizer.step()
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    state = capture_rng_state()
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    checkpoint = {
+        "network_weights": network.state_dict(),
+        "optimizer_state": optimizer.state_dict(),
+        "rng_state": state,
+        "trainer_state": {"epoch": 3, "history": [{"epoch": 1, "pseudo_dice": float("nan")}]},
+        "metadata": {"format_version": 1, "network": "unet", "patch_size": [16, 16, 16]},
+    }
+    save_checkpoint(tmp_path / "checkpoint_latest.pt", checkpoint)
+    loaded = load_checkpoint(tmp_path / "checkpoint_latest.pt")  # weights_only=True inside
+    torch.load(tmp_path / "checkpoint_latest.pt", weights_only=True)
+    assert torch.equal(loaded["network_weights"]["weight"], network.weight)
+    assert loaded["optimizer_state"]["state"][0]["momentum_buffer"].shape == network.weight.shape
+    assert loaded["trainer_state"]["epoch"] == 3
+    restore_rng_state(loaded["rng_state"])
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def test_unreadable_checkpoint_names_file_and_fix(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoint_latest.pt"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(TrainingError, match=r"checkpoint_latest.pt: not a readable autoseg checkpoint .*delete it to restart"):
+        load_checkpoint(path)
+
+
+# ----------------------------------------------------------------------------------- schedule, geometry
+
+
+def test_poly_schedule_and_budget_arithmetic() -> None:
+    assert poly_lr(0.01, 0, 100, 0.9) == 0.01
+    assert poly_lr(0.01, 50, 100, 0.9) == pytest.approx(0.01 * 0.5**0.9)
+    assert poly_lr(0.01, 100, 100, 0.9) == 0.0
+    assert affordable_total(done=20, seconds_left=10.0, seconds_per_iteration=0.3) == 53
+    assert affordable_total(done=20, seconds_left=-5.0, seconds_per_iteration=0.3) == 20
+    assert affordable_total(done=0, seconds_left=0.0, seconds_per_iteration=0.3) == 1
+    # 36 along a 16-patch axis: span 20 / step 8 -> ceil(2.5) + 1 = 4 tiles; 16 -> 1; 40 -> 4.
+    assert tiles_per_case([36, 16, 40], [16, 16, 16]) == 16
+
+
+def test_sampling_region_covers_rotated_and_scaled_patch() -> None:
+    aug = load_defaults()["augmentation"]
+    # 2D, rotation up to 180 deg: the diagonal (sqrt(2) x 20) at the largest scale 1.4.
+    assert sampling_size([20, 20], aug) == [int(np.ceil(20 * np.sqrt(2) * 1.4))] * 2
+    assert is_anisotropic_patch([8, 64, 64], 3.0) and not is_anisotropic_patch([40, 56, 40], 3.0)
+    size = sampling_size([8, 64, 64], aug)
+    assert size[0] == 8 and size[1] == size[2] == int(np.ceil(64 * np.sqrt(2) * 1.4))  # in-plane only
+    no_spatial = {**aug, "rotation": {**aug["rotation"], "p": 0.0}, "scaling": {**aug["scaling"], "p": 0.0}}
+    assert sampling_size([40, 56, 40], no_spatial) == [40, 56, 40]
+
+
+# ----------------------------------------------------------------------------------- workers
+
+
+def _seeded_batch(index: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(batch_seed(7, 0, 0, index))
+    return {"data": rng.random(3), "target": np.array([index])}
+
+
+def _dies_at_three(index: int) -> dict[str, np.ndarray]:
+    if index == 3:
+        time.sleep(0.5)  # let the queue's feeder thread flush batch 1 first (a kill loses unsent batches)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _seeded_batch(index)
+
+
+def _fails_at_two(index: int) -> dict[str, np.ndarray]:
+    if index == 2:
+        raise ValueError("case hippocampus_017 has no foreground")
+    return _seeded_batch(index)
+
+
+def test_batches_do_not_depend_on_worker_count() -> None:
+    expected = [_seeded_batch(i)["data"] for i in range(5, 11)]
+    for workers in (0, 2):
+        with BatchStream(_seeded_batch, start=5, num_workers=workers) as stream:
+            got = [next(stream)["data"] for _ in range(6)]
+        assert all(np.array_equal(a, b) for a, b in zip(got, expected))
+
+
+def test_killed_worker_is_named_with_its_cause() -> None:
+    with BatchStream(_dies_at_three, num_workers=2) as stream:
+        assert [int(next(stream)["target"][0]) for _ in range(3)] == [0, 1, 2]
+        with pytest.raises(TrainingError) as info:
+            next(stream)
+    message = str(info.value)
+    assert message.startswith("data loading worker 1 (pid ")
+    assert message.endswith(
+        "died while preparing batch 3: it was killed by SIGKILL, most often the operating system's "
+        "out-of-memory killer; lower num_workers (--set num_workers=N) or the batch size, or free memory"
+    )
+
+
+def test_worker_exception_is_reported_with_its_message() -> None:
+    with BatchStream(_fails_at_two, num_workers=2) as stream:
+        next(stream), next(stream)
+        with pytest.raises(TrainingError) as info:
+            next(stream)
+    assert str(info.value).startswith(
+        "data loading worker 0 failed on batch 2: ValueError: case hippocampus_017 has no foreground (at test_training_units.py:"
+    )
