@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from autoseg.utils.device import choose_device
 from autoseg.dataset.description import DatasetDescription, parse_description
 from autoseg.errors import InferenceError
 from autoseg.networks import create_network
@@ -87,16 +88,8 @@ class LoadedModel:
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """``None``/"auto": CUDA when available, else CPU; otherwise the named device (checked)."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        chosen = torch.device(device)
-    except RuntimeError as exc:
-        raise InferenceError(f"device {device!r} is not a torch device ({exc}); use cpu, cuda, cuda:1 or auto") from None
-    if chosen.type == "cuda" and not torch.cuda.is_available():
-        raise InferenceError(f"device {device!r} requested but CUDA is not available; use --device cpu")
-    return chosen
+    """``None``/``auto``: CUDA, else MPS, else CPU; otherwise the named device (checked)."""
+    return choose_device(device, InferenceError)
 
 
 def _read_json(path: Path) -> Any:

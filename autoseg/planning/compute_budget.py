@@ -2,13 +2,14 @@
 
 The cost of a step is counted exactly in FLOPs (conv, transposed conv and linear layers, via forward
 hooks on the ``meta`` device, backward = 2x forward) and converted to seconds with a timing model
-``seconds = intercept + per_gflop * GFLOP`` fitted from a few real forward+backward+SGD steps of a
-small network of the same family and width at two sizes on the actual device. Timings are cached
-(keyed by device, threads, family, width, channels), so re-planning on one machine is deterministic.
+``seconds = GFLOP / rate``, the rate measured from a few real forward+backward+SGD steps of one probe
+network of the same family on the actual device. Timings are cached (keyed by device, threads,
+family, channels), so re-planning on one machine is deterministic.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -23,6 +24,7 @@ from autoseg.networks.registry import TopologyConstraints
 from autoseg.planning import constants as C
 from autoseg.planning.memory import read_cache, write_cache
 from autoseg.planning.topology import divisible_patch, plan_topology
+from autoseg.utils.device import autocast_dtype
 
 # forward + backward (gradients w.r.t. inputs and weights, each about one forward)
 _TRAINING_FLOPS_PER_FORWARD = 3.0
@@ -84,21 +86,25 @@ def _loss(outputs: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
 
 
 def _time_steps(network: nn.Module, inputs: torch.Tensor, device: torch.device) -> float:
-    """Median seconds of a forward+backward+SGD step (after warm-up)."""
+    """Fastest forward+backward+SGD step after warm-up (the fastest is the least disturbed by load),
+    under the autocast training uses by default."""
     optimizer = torch.optim.SGD(network.parameters(), lr=1e-6, momentum=0.99, nesterov=True)
+    dtype = autocast_dtype("auto", device)
     times = []
     for step in range(C.TIMING_WARMUP_STEPS + C.TIMING_MEASURED_STEPS):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        _loss(network(inputs)).backward()
+        with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
+            loss = _loss(network(inputs))
+        loss.backward()
         optimizer.step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         if step >= C.TIMING_WARMUP_STEPS:
             times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+    return min(times)
 
 
 def device_name(device: torch.device) -> str:
@@ -118,29 +124,34 @@ def measure_timing(
     options: dict[str, Any] | None = None,
     cache_dir: Path | None = None,
 ) -> TimingModel:
-    """Fit the timing model from real steps of a small ``width`` network at two probe sizes."""
+    """The device's training throughput for this family, from real steps of one probe network.
+
+    One probe (``TIMING_PROBE_WIDTH`` features, ``TIMING_PROBE_SIZE`` per axis, batch 2) is timed with
+    the mixed precision training will use; the fastest of a few steps gives GFLOP/s, and a step of
+    any configuration is predicted as its GFLOP over that rate. Larger configurations run at least
+    as efficiently as the probe, so predictions for them err on the slow side; fitting an intercept
+    from two small probes (tried first) let load on shared machines swing predictions tenfold.
+    ``width`` is accepted for the cache key's sake only: the same probe serves every width.
+    """
+    del width
     name = device_name(device)
+    size = C.TIMING_PROBE_SIZE[spatial_dims]
     key = {
         "kind": "timing", "device": name, "network": network_name, "spatial_dims": spatial_dims,
-        "in_channels": in_channels, "n_classes": n_classes, "width": width, "options": dict(options or {}),
-        "probe": list(C.TIMING_PROBE_SIZES[spatial_dims]), "torch": torch.__version__,
+        "in_channels": in_channels, "n_classes": n_classes, "probe_width": C.TIMING_PROBE_WIDTH,
+        "options": dict(options or {}), "probe": size, "torch": torch.__version__,
     }
     cached = read_cache(cache_dir, key)
     if cached is not None:
         return TimingModel(**cached)
-    small, large = C.TIMING_PROBE_SIZES[spatial_dims]
-    topology = plan_topology([small] * spatial_dims, [1.0] * spatial_dims, constraints, width)
+    topology = plan_topology([size] * spatial_dims, [1.0] * spatial_dims, constraints, C.TIMING_PROBE_WIDTH)
     with torch.device(device):
         network = create_network(network_name, topology, in_channels, n_classes, **dict(options or {})).train()
-    points = []
-    for size in (small, large):
-        patch = divisible_patch([size] * spatial_dims, topology)
-        inputs = torch.randn((C.MIN_BATCH_SIZE, in_channels, *patch), device=device)
-        gflop = training_gflop(network_name, topology, in_channels, n_classes, patch, C.MIN_BATCH_SIZE, options)
-        points.append((gflop, _time_steps(network, inputs, device)))
-    (g0, t0), (g1, t1) = points
-    per_gflop = max((t1 - t0) / (g1 - g0), t1 / g1 / 2)  # noise must not make big steps look free
-    model = TimingModel(name, max(0.0, t1 - per_gflop * g1), per_gflop)
+    patch = divisible_patch([size] * spatial_dims, topology)
+    inputs = torch.randn((C.MIN_BATCH_SIZE, in_channels, *patch), device=device)
+    gflop = training_gflop(network_name, topology, in_channels, n_classes, patch, C.MIN_BATCH_SIZE, options)
+    seconds = _time_steps(network, inputs, device)
+    model = TimingModel(name, 0.0, seconds / gflop)
     write_cache(cache_dir, key, asdict(model))
     return model
 

@@ -89,7 +89,9 @@ CPU_LOOP_OVERHEAD = 0.63 / 0.44
 MIN_BUDGET_ITERATIONS = 2500
 # Widths (first-stage features) the budget planner tries, widest first; max features scale along.
 BUDGET_WIDTHS = (32, 16, 8)
-# Timing probe: a few steps at two small sizes (per axis, 3D / 2D) of the planned family.
-TIMING_PROBE_SIZES = {2: (64, 96), 3: (16, 24)}
+# Timing probe: a few steps of one network of the planned family at this size per axis (3D / 2D),
+# about the size of small-organ patches, where CPU convolutions reach most of their throughput.
+TIMING_PROBE_SIZE = {2: 160, 3: 40}
+TIMING_PROBE_WIDTH = 16
 TIMING_WARMUP_STEPS = 1
-TIMING_MEASURED_STEPS = 2
+TIMING_MEASURED_STEPS = 3

@@ -27,6 +27,7 @@ from autoseg.planning import rules
 from autoseg.planning.memory import MemoryModel, calibrate_memory
 from autoseg.planning.plans import format_plan_table, plans_path, write_plans
 from autoseg.planning.topology import divisible_patch, features_per_stage, plan_topology, shrink_patch
+from autoseg.utils.device import choose_device
 
 CONFIG_2D, CONFIG_FULLRES, CONFIG_LOWRES, CONFIG_CASCADE = "2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres"
 ALL_CONFIGURATIONS = (CONFIG_2D, CONFIG_FULLRES, CONFIG_LOWRES, CONFIG_CASCADE)
@@ -417,7 +418,7 @@ def plan_dataset(
     if not fingerprint_path(location).is_file():
         extract_fingerprint(location, num_workers)
     fingerprint = load_fingerprint(location)
-    chosen = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    chosen = choose_device(device, PlanError)
     usable, nominal = memory_budget(chosen, gpu_memory_gb)
     if budget_seconds is None and chosen.type == "cpu":
         budget_seconds = C.DEFAULT_CPU_BUDGET_SECONDS

@@ -82,7 +82,7 @@ def save_case(
     write_array(data_path, data.astype(np.float32, copy=False), patch_size)
     if seg is not None:
         write_array(seg_path, seg.astype(np.int16, copy=False), patch_size)
-    atomic_write_json(json_path, properties)
+    atomic_write_json(json_path, properties, indent=None)  # compact: class locations are large
 
 
 def load_properties(folder: str | Path, case_id: str) -> dict[str, Any]:

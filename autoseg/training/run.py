@@ -29,26 +29,15 @@ from autoseg.training.splits import FOLD_ALL, fold_cases
 from autoseg.training.trainer import FoldRun, Trainer
 from autoseg.training.validation import GT_FOLDER, VALIDATION_FOLDER, validate_fold
 from autoseg.utils.atomic import atomic_path, atomic_write_json, atomic_write_text
+from autoseg.utils.device import choose_device as shared_choose_device
 
 DEFAULT_PLANS_NAME = "autosegPlans"
 CONFIG_FILE = "training_config.yaml"
 
 
 def choose_device(name: str | None) -> torch.device:
-    """``None``/``auto``: CUDA, else Apple MPS, else CPU; a named device must be available."""
-    if name in (None, "auto"):
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name not in ("cpu", "cuda", "mps") and not str(name).startswith("cuda:"):
-        raise TrainingError(f"--device {name!r}: choose cpu, cuda, cuda:N or mps")
-    if str(name).startswith("cuda") and not torch.cuda.is_available():
-        raise TrainingError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise TrainingError("--device mps: Apple MPS is not available on this machine; use --device cpu")
-    return torch.device(name)
+    """The training device (``None``/``auto``: CUDA, else MPS, else CPU)."""
+    return shared_choose_device(name, TrainingError)
 
 
 def _model_folder_files(model_folder: Path, plans: dict[str, Any], raw_dir: Path, config: dict[str, Any]) -> None:

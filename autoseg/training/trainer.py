@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from autoseg.utils.device import autocast_dtype
 from autoseg.dataset.description import DatasetDescription
 from autoseg.errors import TrainingError
 from autoseg.networks import create_network, get_network_spec
@@ -100,9 +101,8 @@ class FoldRun:
 
 
 def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype: ``auto`` = fp16 on CUDA, bf16 on CPUs with native bf16 (reference.md §4), else off."""
-    if setting == "off":
-        return None
+    """Autocast dtype for the training config's ``mixed_precision`` (auto, fp16, bf16, off)."""
+    return autocast_dtype(setting, device, TrainingError)
     if setting == "fp16":
         if device.type != "cuda":
             raise TrainingError(f"mixed_precision=fp16 needs CUDA (device is {device.type}); use bf16 or off")

@@ -31,11 +31,19 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> Iter
     try:
         yield tmp
         _fsync_file(tmp)
+        # mkstemp creates the file private (0600); results get the permissions of any new file.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_file(path: Path) -> None:
@@ -56,6 +64,7 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_json(path: str | os.PathLike[str], obj: Any, indent: int = 2) -> None:
-    """Write ``obj`` as JSON (sorted keys are not forced: insertion order reads better)."""
-    atomic_write_text(path, json.dumps(obj, indent=indent, allow_nan=True) + "\n")
+def atomic_write_json(path: str | os.PathLike[str], obj: Any, indent: int | None = 2) -> None:
+    """Write ``obj`` as JSON (insertion order; ``indent=None`` writes one compact line)."""
+    separators = (",", ":") if indent is None else None
+    atomic_write_text(path, json.dumps(obj, indent=indent, separators=separators, allow_nan=True) + "\n")
