@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autoseg.utils.jsonio import read_json
 from autoseg.errors import DatasetError
 
 IGNORE_LABEL_NAME = "ignore"
@@ -90,9 +90,9 @@ def _require(data: dict[str, Any], key: str, path: Path, hint: str) -> Any:
 
 def parse_description(data: dict[str, Any], path: Path) -> DatasetDescription:
     """Validate a loaded ``dataset.json``; every problem names the file and the fix."""
-    channels = _require(data, "channel_names", path, 'add e.g. "channel_names": {"0": "CT"}')
     if "modality" in data and "channel_names" not in data:
         raise DatasetError(f"{path}: 'modality' is nnU-Net v1 syntax; rename it to 'channel_names'")
+    channels = _require(data, "channel_names", path, 'add e.g. "channel_names": {"0": "CT"}')
     if not isinstance(channels, dict) or not channels:
         raise DatasetError(f'{path}: channel_names must be a non-empty mapping like {{"0": "CT"}}')
     keys = sorted(channels, key=lambda k: int(k) if str(k).isdigit() else -1)
@@ -150,12 +150,10 @@ def _check_label_values(desc: DatasetDescription, path: Path) -> None:
 def load_description(dataset_dir: str | Path) -> DatasetDescription:
     """Read ``dataset_dir/dataset.json``."""
     path = Path(dataset_dir) / "dataset.json"
-    if not path.is_file():
-        raise DatasetError(f"{path}: not found; every dataset folder needs a dataset.json (see docs/dataset-format.md)")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{path}: is not valid JSON ({exc}); fix the syntax") from None
+    data = read_json(
+        path, DatasetError, "not found; every dataset folder needs a dataset.json (see docs/dataset-format.md)",
+        "fix the syntax",
+    )
     if not isinstance(data, dict):
         raise DatasetError(f"{path}: must hold a JSON object")
     return parse_description(data, path)

@@ -8,12 +8,12 @@ sidecar's geometry: argmax for classes, thresholding in ``regions_class_order`` 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from autoseg.utils.jsonio import read_json
 from autoseg.dataset.imageio import Geometry, geometry_differences, image_ending, write_image
 from autoseg.errors import EvaluationError
 from autoseg.evaluation.evaluate import raise_failures
@@ -58,12 +58,10 @@ def _label_dtype(max_value: int) -> type:
 
 
 def _read_sidecar(path: Path, case: str) -> dict[str, Any]:
-    try:
-        sidecar = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise EvaluationError(f"{path}: sidecar of case {case} not found; re-run predict with --save-probabilities") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise EvaluationError(f"{path}: sidecar of case {case} is not valid JSON ({exc})") from None
+    sidecar = read_json(
+        path, EvaluationError, f"sidecar of case {case} not found; re-run predict with --save-probabilities",
+        f"re-run predict with --save-probabilities for case {case}",
+    )
     missing = [k for k in ("geometry", "labels", "regions_class_order", "shape") if k not in sidecar]
     if missing:
         raise EvaluationError(f"{path}: sidecar of case {case} lacks {', '.join(missing)}; re-run predict with --save-probabilities")

@@ -7,7 +7,6 @@ statistics, so fingerprinting never runs on a broken dataset and never writes a 
 from __future__ import annotations
 
 import hashlib
-import json
 import zlib
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from autoseg import __version__
+from autoseg.utils.jsonio import read_json
 from autoseg.dataset.cases import Case
 from autoseg.dataset.description import DatasetDescription, load_description
 from autoseg.dataset.imageio import physical_volume_mm3
@@ -172,12 +172,10 @@ def _pool(
 def load_fingerprint(location: DatasetLocation) -> dict[str, Any]:
     """Read ``fingerprint.json``; a clear error when it is missing, unreadable or from another version."""
     path = fingerprint_path(location)
-    if not path.is_file():
-        raise FingerprintError(f"{path}: not found; run `autoseg fingerprint {location.name}` first")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise FingerprintError(f"{path}: is not valid JSON ({exc}); delete it and re-run `autoseg fingerprint`") from None
+    data = read_json(
+        path, FingerprintError, f"not found; run `autoseg fingerprint {location.name}` first",
+        "delete it and re-run `autoseg fingerprint`",
+    )
     required = ("version", "spacings", "shapes_after_crop", "foreground_intensity_properties_per_channel", "channel_names", "labels")
     missing = [k for k in required if not isinstance(data, dict) or k not in data]
     if missing:

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from autoseg.utils.jsonio import read_json
 from autoseg.errors import PlanError
 from autoseg.planning import constants as C
 from autoseg.utils.atomic import atomic_write_json
@@ -63,13 +64,10 @@ def validate_plans(plans: Any, source: str) -> dict[str, Any]:
 
 def load_plans(path: str | Path) -> dict[str, Any]:
     """Read and validate a plans file."""
-    path = Path(path)
-    if not path.is_file():
-        raise PlanError(f"{path}: plans file not found; run `autoseg plan DATASET` (or check --plans-name)")
-    try:
-        plans = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PlanError(f"{path}: not valid JSON ({exc}); re-run `autoseg plan` to write a fresh plans file") from None
+    plans = read_json(
+        path, PlanError, "plans file not found; run `autoseg plan DATASET` (or check --plans-name)",
+        "re-run `autoseg plan` to write a fresh plans file",
+    )
     return validate_plans(plans, str(path))
 
 

@@ -17,13 +17,13 @@ reference; a class with no such case at all counts as Dice 1 (nothing predicted,
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from autoseg.utils.jsonio import read_json
 from autoseg.dataset.description import DatasetDescription
 from autoseg.dataset.imageio import read_image, write_image
 from autoseg.errors import EvaluationError
@@ -200,13 +200,10 @@ def determine_postprocessing(
 
 def load_decision(path: str | Path) -> dict[str, Any]:
     """Read a ``postprocessing.json``; raise ``EvaluationError`` naming the file if it is not one."""
-    path = Path(path)
-    try:
-        decision = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise EvaluationError(f"{path}: not found; run autoseg postprocess determine first") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise EvaluationError(f"{path}: is not valid JSON ({exc})") from None
+    decision = read_json(
+        path, EvaluationError, "not found; run autoseg postprocess determine first",
+        "re-run autoseg postprocess determine",
+    )
     if not isinstance(decision, dict) or decision.get("version") != DECISION_VERSION or not isinstance(decision.get("steps"), list):
         raise EvaluationError(f"{path}: is not a postprocessing decision (version {DECISION_VERSION}); re-run postprocess determine")
     return decision
