@@ -48,9 +48,18 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             _fail("interrupted", 130)
         except typer.Exit:
             raise
+        except MemoryError:
+            _fail("out of memory (RAM); use fewer worker processes (-np) or a machine with more RAM", 2)
         except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
             if os.environ.get("AUTOSEG_DEBUG"):
                 traceback.print_exc()
+            if type(exc).__name__ == "OutOfMemoryError":  # torch's CUDA/MPS out-of-memory error
+                first = (str(exc).strip().splitlines() or [""])[0]
+                _fail(
+                    f"out of GPU memory ({first}); re-plan with a smaller --gpu-memory (smaller patch/batch) "
+                    "or use a GPU with more memory",
+                    2,
+                )
             _fail(
                 f"internal error ({type(exc).__name__}: {exc}); this is a bug in autoseg, please report it "
                 "with the command you ran (AUTOSEG_DEBUG=1 prints the traceback)",
@@ -108,7 +117,7 @@ def plan(
     gpu_memory: Optional[float] = typer.Option(None, "--gpu-memory", help="GPU memory budget in GB (default: the GPU's memory)"),
     budget: Optional[str] = typer.Option(None, "--budget", help="time budget for training one fold on this machine, e.g. 30m, 2h (default with no GPU: 12h)"),
     network: str = typer.Option("unet", "--network", help="network family: unet, resenc, segresnet, conresnet, vnet, vox2vox"),
-    configs: Optional[list[str]] = typer.Option(None, "--configs", "-c", help="only these configurations: 2d, 3d_fullres, 3d_lowres, 3d_cascade_fullres"),
+    configs: Optional[list[str]] = typer.Option(None, "--configs", "-c", "--configuration", help="only these configurations: 2d, 3d_fullres, 3d_lowres, 3d_cascade_fullres"),
     plans_name: str = typer.Option("autosegPlans", "--plans-name", help="name of the plans file; a new name never touches earlier plans"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing plans file of this name that differs"),
     device: Optional[str] = typer.Option(None, "--device", help="device to plan for: cpu, cuda or mps (default: cuda when present)"),
@@ -156,7 +165,7 @@ def train(
     workers: Optional[int] = typer.Option(None, "--workers", help="data-loading worker processes (0: in-process, for debugging)"),
 ) -> None:
     """Train one cross-validation fold; checkpoints every epoch, validates with sliding window at the end."""
-    from autoseg.training.run import train_fold
+    from autoseg.training.run import format_training_summary, train_fold
     from autoseg.utils.duration import parse_duration
 
     seconds = parse_duration(budget) if budget is not None else None
@@ -164,8 +173,7 @@ def train(
         dataset, configuration, fold, network, plans_name, epochs, seconds, continue_, device, seed,
         deterministic, overrides or [], save_probabilities, workers,
     )
-    for key, value in summary.items():
-        typer.echo(f"{key}: {value}")
+    typer.echo(format_training_summary(summary))
 
 
 @app.command()
@@ -206,7 +214,7 @@ def predict(
     plans_name: Optional[str] = typer.Option(None, "--plans-name", help="plans of the model to use with -d/-c"),
     model_folder: Optional[Path] = typer.Option(None, "-m", "--model", help="a model folder <results>/<Dataset>/<network>__<plans>__<config> (instead of -d/-c)"),
     folds: Optional[list[str]] = typer.Option(None, "-f", "--fold", help="folds to ensemble, e.g. -f 0 -f 1, or -f all (default: every trained fold)"),
-    checkpoint: str = typer.Option("final", "--checkpoint", help="final or best"),
+    checkpoint: str = typer.Option("final", "--checkpoint", help="final, best or latest"),
     step: float = typer.Option(0.5, "--step", help="sliding-window step as a fraction of the patch"),
     no_tta: bool = typer.Option(False, "--no-tta", help="skip mirroring test-time augmentation (about 2^k times faster)"),
     save_probabilities: bool = typer.Option(False, "--save-probabilities", help="also write <case>.npz probabilities + <case>.json (for ensembling)"),
@@ -221,6 +229,8 @@ def predict(
     from autoseg.inference.batch import predict_folder
     from autoseg.inference.model import find_model_folder
 
+    if not 0 < step <= 1:
+        raise UsageError(f"--step {step}: must be in (0, 1] (a fraction of the patch; 0.5 overlaps tiles by half)")
     if (model_folder is None) == (dataset is None or configuration is None):
         raise UsageError("give either -m MODEL_FOLDER or both -d DATASET and -c CONFIGURATION")
     model = model_folder or find_model_folder(dataset, configuration, network, plans_name)
@@ -379,9 +389,36 @@ def report(
     typer.echo(f"written: {build_report(dataset, output, num_workers)}")
 
 
+def expand_multi_value_options(args: list[str]) -> list[str]:
+    """Accept nnU-Net's ``-f 0 1 2 3 4`` and ``-i DIR DIR``: repeat the flag for each value.
+
+    Click takes one value per occurrence of a list option; the values that follow such a flag (up to
+    the next token starting with ``-``) become ``-f 0 -f 1 ...``. As with nnU-Net, a positional argument
+    must then come before the list.
+    """
+    commands = getattr(typer.main.get_command(app), "commands", {})
+    command = commands.get(args[0]) if args else None
+    if command is None:
+        return args
+    flags = {name for p in command.params if getattr(p, "multiple", False) for name in getattr(p, "opts", [])}
+    out, index = [args[0]], 1
+    while index < len(args):
+        token = args[index]
+        out.append(token)
+        index += 1
+        if token in flags:
+            if index < len(args):  # the flag's own value
+                out.append(args[index])
+                index += 1
+            while index < len(args) and not args[index].startswith("-"):
+                out.extend([token, args[index]])
+                index += 1
+    return out
+
+
 def main() -> None:
     """Console-script entry point."""
-    app(prog_name="autoseg")
+    app(args=expand_multi_value_options(sys.argv[1:]), prog_name="autoseg")
 
 
 if __name__ == "__main__":  # pragma: no cover

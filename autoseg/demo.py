@@ -62,7 +62,8 @@ def run_demo(
             f"{dataset}: the demo needs held-out cases in imagesTs/ with their labels in labelsTs/; "
             "give --dataset the examples/Dataset904_HippocampusMini folder of an autoseg checkout"
         )
-    workdir = workdir.resolve()
+    # Every run gets its own folder, so the demo can be run again and again into the same --output.
+    workdir = (workdir / time.strftime("run-%Y%m%d-%H%M%S")).resolve()
     _use_roots(workdir)
     location = resolve_dataset(str(dataset))
     say(f"[1/7] verify {location.name}")

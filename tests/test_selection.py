@@ -169,8 +169,8 @@ def test_configuration_filter_and_missing_results(roots: dict[str, Path]) -> Non
         find_best(DATASET, configurations=["3d_lowres"], num_workers=1)
     assert str(info.value) == (
         f"{roots['results'] / DATASET}: no configuration has validation predictions for folds 0, 1, 2, 3, 4 "
-        f"({PARTIAL}: no validation predictions for fold(s) 1, 2, 3, 4); train all folds first "
-        "(autoseg train DATASET CONFIG all)"
+        f"({PARTIAL}: no validation predictions for fold(s) 1, 2, 3, 4); train folds 0-4 first "
+        "(autoseg train DATASET CONFIG 0, ... 4; fold 'all' has no validation)"
     )
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from autoseg.networks import list_networks
+from autoseg.networks import get_network_spec, list_networks
+from autoseg.planning.topology import expand_blocks
 from autoseg.training import train_fold
 from autoseg.training.checkpoints import load_checkpoint
 from autoseg.training.splits import SPLITS_FILE
@@ -31,6 +32,12 @@ def test_every_network_trains_and_validates(
     fold = results / DATASET / f"{network}__autosegPlans__3d_fullres" / "fold_0"
     final = load_checkpoint(fold / "checkpoint_final.pt")
     assert final["metadata"]["network"] == network and final["metadata"]["iteration"] == 2
+    topology = final["metadata"]["topology"]
+    if network != "unet":  # the plan is unet's: other families get their own topology rules
+        constraints = get_network_spec(network).constraints
+        assert topology["blocks_per_stage"] == expand_blocks(constraints.default_blocks_per_stage, len(topology["strides"]))
+        if constraints.fixed_features:
+            assert topology["features_per_stage"] == list(constraints.fixed_features[: len(topology["strides"])])
     assert final["metadata"]["network_options"].get("vae", False) == ("vae" in extra[0] if extra else False)
     assert summary["iterations"] == 2 and summary["epochs"] == 1
     rows = [json.loads(line) for line in (fold / "metrics.jsonl").read_text().splitlines()]

@@ -233,3 +233,15 @@ def test_worker_exception_is_reported_with_its_message() -> None:
     assert str(info.value).startswith(
         "data loading worker 0 failed on batch 2: ValueError: case hippocampus_017 has no foreground (at test_training_units.py:"
     )
+
+
+def test_network_options_are_free_form_and_checked_by_the_builder():
+    from autoseg.errors import NetworkError
+    from autoseg.networks import Topology, create_network
+
+    config = resolve_config("segresnet", ["network_options.vae=true", "network_options.dropout=0.1"])
+    assert config["network_options"] == {"vae": True, "dropout": 0.1}
+    topology = Topology(3, [8, 16], [[3, 3, 3]] * 2, [[1, 1, 1], [2, 2, 2]], extra={"patch_size": [16, 16, 16]})
+    create_network("segresnet", topology, 1, 3, **config["network_options"])
+    with pytest.raises(NetworkError, match=r"network 'unet': bad options \['vae'\]"):
+        create_network("unet", topology, 1, 3, vae=True)

@@ -234,7 +234,7 @@ def find_best(
         reasons = f" ({'; '.join(skipped)})" if skipped else ""
         raise EvaluationError(
             f"{dataset_results}: no configuration has validation predictions for folds {', '.join(folds)}{reasons}; "
-            "train all folds first (autoseg train DATASET CONFIG all)"
+            "train folds 0-4 first (autoseg train DATASET CONFIG 0, ... 4; fold 'all' has no validation)"
         )
     singles = [Candidate(f.name, (f,), merge_crossval(f, folds, description.file_ending)) for f in folders]
     _check_same_cases(singles, description.file_ending)

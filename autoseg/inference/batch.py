@@ -152,7 +152,7 @@ def write_probabilities(
 
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, MemoryError):
-        return "out of memory; predict on a machine with more RAM or with a float16 accumulator"
+        return "out of memory; predict on a machine with more RAM, or with --no-tta / fewer folds to shorten it"
     text = (str(exc).strip().splitlines() or [""])[0]
     return text if isinstance(exc, AutosegError) else f"{type(exc).__name__}: {text}"
 

@@ -243,11 +243,13 @@ def find_model_folder(
 ) -> Path:
     """Find ``<results>/<Dataset>/<network>__<plans>__<configuration>`` from a dataset name or id.
 
-    ``dataset`` may be ``Dataset004_Hippocampus``, ``Dataset004`` or ``4``. When several networks or
+    ``dataset`` may be ``Dataset004_Hippocampus``, ``Dataset004``, ``4`` or the raw dataset folder. When several networks or
     plans were trained for the configuration, ``network`` / ``plans_name`` pick one.
     """
     root = results_root()
     text = str(dataset)
+    if Path(text).is_dir() and (Path(text) / "dataset.json").is_file():
+        text = Path(text).resolve().name  # a raw dataset folder: its results live under its name
     match = re.match(r"^(?:Dataset)?(\d+)", text)
     candidates = sorted(p for p in root.glob("Dataset*") if p.is_dir()) if root.is_dir() else []
     if match:

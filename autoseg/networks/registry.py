@@ -29,8 +29,8 @@ class TopologyConstraints:
         default_blocks_per_stage: encoder blocks per stage the design prescribes (repeated with its
             last value when the plan has more stages).
         kernel_size: the in-plane kernel size the design uses (3 for U-Nets, 5 for V-Net).
-        min_stride_per_stage: strides other than 1 must equal 2 (all current families).
         isotropic_only: the design cannot take per-axis different strides or kernels.
+        max_features: cap on features per stage (``None``: the planner's cap, 320 in 3D, 512 in 2D).
     """
 
     spatial_dims: tuple[int, ...] = (2, 3)

@@ -55,6 +55,11 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+# Sections whose keys are not fixed by the defaults: network_options.<name> is passed to the network
+# builder, which rejects options its family does not take.
+FREE_FORM_SECTIONS = ("network_options",)
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """``"optimizer.lr=1e-3"`` -> ``("optimizer.lr", 0.001)``; the value is read as YAML."""
     key, sep, raw = text.partition("=")
@@ -117,6 +122,11 @@ def apply_overrides(config: Mapping[str, Any], overrides: Iterable[str]) -> dict
     flat = flatten(result)
     for text in overrides:
         key, value = parse_override(text)
+        head, _, option = key.partition(".")
+        if head in FREE_FORM_SECTIONS and option and "." not in option:
+            # Family-specific network options (e.g. vae, slice_axis): the network builder checks them.
+            result.setdefault(head, {})[option] = value
+            continue
         if key not in flat:
             raise TrainingError(
                 f"--set {text!r}: unknown configuration key {key!r}; valid keys: {', '.join(sorted(flat))}"

@@ -53,7 +53,9 @@ def available_cores() -> int:
 def auto_workers(device_type: str, world_size: int = 1) -> int:
     """Workers per rank for this machine: on CUDA all cores but one feed the GPU; on CPU the network
     computes on the same cores, so about one worker per three cores (at least one)."""
-    cores = max(1, available_cores() // world_size)
+    # Ranks on this machine share its cores (LOCAL_WORLD_SIZE under torchrun; all ranks otherwise).
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    cores = max(1, available_cores() // max(1, local_ranks))
     if device_type == "cuda":
         return max(1, min(cores - 1, _MAX_WORKERS_CUDA))
     return max(1, min(cores // _CORES_PER_CPU_WORKER, _MAX_WORKERS_CPU))

@@ -98,6 +98,8 @@ def train_fold(
     network_name = network or plan["network"]["name"]
     get_network_spec(network_name)
     config = resolve_config(network_name, overrides)
+    if any(o.partition("=")[0].strip() == "num_epochs" for o in overrides):
+        config["use_plan_schedule"] = False  # an explicit --set num_epochs wins over the plan's schedule
     store = preprocessed_dir / plan["data_identifier"]
     case_ids = list_cases(store)
     if not case_ids:
@@ -119,6 +121,8 @@ def train_fold(
                 prepare_previous_stage(predictions, previous_cache, store, case_ids, plans, configuration, description.file_ending)
         if context.is_main:
             _model_folder_files(model_folder, plans, location.raw_dir, config)
+            # Each fold keeps the exact config it was trained with (folds may differ in --set values).
+            atomic_write_text(model_folder / f"fold_{fold}" / CONFIG_FILE, dump_config(config))
         barrier(context)
         run = FoldRun(
             dataset_name=location.name, preprocessed_dir=preprocessed_dir, store=store, plans=plans,
@@ -199,3 +203,20 @@ def _validation(
         f"validation of {len(run.val_cases)} cases in {time.monotonic() - started:.0f} s: mean Dice {foreground} ({per_class})"
     )
     return summary
+
+
+def format_training_summary(summary: dict[str, Any]) -> str:
+    """A few readable lines for the terminal (the full summary is in the fold's files)."""
+    lines = [
+        f"model folder: {summary['model_folder']} (fold {summary['fold']})",
+        f"trained {summary['iterations']} iterations in {summary['epochs']} epochs, "
+        f"{summary['seconds'] / 60:.1f} min; best pseudo-Dice EMA {summary['best_pseudo_dice_ema']:.4f}",
+    ]
+    validation = summary.get("validation")
+    if validation:
+        per_class = ", ".join(f"{name} {m['dice']:.4f}" for name, m in validation["mean"].items())
+        lines.append(
+            f"validation Dice of {validation['num_cases']} cases: mean {validation['foreground_mean']['dice']:.4f} "
+            f"({per_class})"
+        )
+    return "\n".join(lines)

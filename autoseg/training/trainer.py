@@ -103,19 +103,31 @@ class FoldRun:
 def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
     """Autocast dtype for the training config's ``mixed_precision`` (auto, fp16, bf16, off)."""
     return autocast_dtype(setting, device, TrainingError)
-    if setting == "fp16":
-        if device.type != "cuda":
-            raise TrainingError(f"mixed_precision=fp16 needs CUDA (device is {device.type}); use bf16 or off")
-        return torch.float16
-    if setting == "bf16":
-        return torch.bfloat16
-    if setting != "auto":
-        raise TrainingError(f"--set mixed_precision={setting!r}: choose auto, fp16, bf16 or off")
-    if device.type == "cuda":
-        return torch.float16
-    if device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return torch.bfloat16
-    return None
+
+
+def network_topology(plan: dict[str, Any], network: str, patch_size: list[int], log: Any) -> dict[str, Any]:
+    """The plan's topology; for another family (``--network``) or patch (``--set patch_size``), the
+    planner's topology rules applied to that family's constraints at the plan's spacing and width."""
+    topology = dict(plan["network"]["topology"])
+    if network == plan["network"]["name"] and list(patch_size) == list(plan["patch_size"]):
+        return topology
+    from autoseg.planning.topology import plan_topology
+
+    spacing = list(plan["spacing"])[-len(patch_size):]
+    width = int(plan.get("width") or topology["features_per_stage"][0])
+    derived = plan_topology(patch_size, spacing, get_network_spec(network).constraints, width)
+    stride = derived.total_stride
+    if any(p % s for p, s in zip(patch_size, stride)):
+        raise TrainingError(
+            f"patch size {patch_size} is not divisible by the total stride {stride} that network {network!r} "
+            "needs at this patch; choose a multiple of it with --set patch_size=[...] or re-plan"
+        )
+    log(
+        f"note: the plan was made for {plan['network']['name']} at patch {plan['patch_size']}; the topology of "
+        f"{network} at patch {patch_size} follows the planner's rules, but its memory and time were not planned "
+        f"(run `autoseg plan ... --network {network}` for that)"
+    )
+    return derived.to_dict()
 
 
 def build_optimizer(parameters: Any, settings: dict[str, Any]) -> torch.optim.Optimizer:
@@ -193,7 +205,7 @@ class Trainer:
     # ------------------------------------------------------------------ setup
 
     def _build_network(self, cfg: dict[str, Any], plan: dict[str, Any]) -> None:
-        topology = dict(plan["network"]["topology"])
+        topology = network_topology(plan, self.run.network_name, self.patch_size, self.monitor.log)
         topology["extra"] = {**topology.get("extra", {}), "patch_size": self.patch_size}
         options = {**plan["network"].get("options", {}), **cfg["network_options"]}
         options.setdefault("deep_supervision", cfg["loss"]["deep_supervision"])

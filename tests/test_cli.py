@@ -1,0 +1,57 @@
+"""The command line: every stage listed, nnU-Net-style list options, argument errors as one line + exit 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from autoseg.cli import app, expand_multi_value_options
+
+runner = CliRunner()
+
+STAGES = [
+    "verify", "fingerprint", "plan", "preprocess", "train", "predict", "evaluate", "postprocess",
+    "ensemble", "find-best", "export-model", "import-model", "report", "demo",
+]
+
+
+def test_help_lists_every_stage_with_a_line() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for stage in STAGES:
+        line = next(line for line in result.output.splitlines() if line.strip().startswith(stage + " "))
+        assert len(line.split(maxsplit=1)[1]) > 20  # a real one-line explanation
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_stage_has_help(stage: str) -> None:
+    result = runner.invoke(app, [stage, "--help"])
+    assert result.exit_code == 0 and "Usage:" in result.output
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["predict", "-i", "a", "-o", "b", "-m", "m", "-f", "0", "1", "2", "--no-tta"],
+     ["predict", "-i", "a", "-o", "b", "-m", "m", "-f", "0", "-f", "1", "-f", "2", "--no-tta"]),
+    (["ensemble", "-i", "A", "B", "-o", "O"], ["ensemble", "-i", "A", "-i", "B", "-o", "O"]),
+    (["train", "D", "3d_fullres", "0", "--set", "a=1", "b=2"], ["train", "D", "3d_fullres", "0", "--set", "a=1", "--set", "b=2"]),
+    (["predict", "-f", "all", "-i", "x"], ["predict", "-f", "all", "-i", "x"]),
+    (["verify", "Dataset004"], ["verify", "Dataset004"]),
+    ([], []),
+])
+def test_nnunet_style_lists(args: list[str], expected: list[str]) -> None:
+    assert expand_multi_value_options(args) == expected
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["plan", "Dataset004", "--budget", "soon"], "duration 'soon' not understood"),
+    (["predict", "-i", ".", "-o", "out", "-m", ".", "--step", "1.5"], "--step 1.5: must be in (0, 1]"),
+    (["predict", "-i", ".", "-o", "out"], "give either -m MODEL_FOLDER or both -d DATASET and -c CONFIGURATION"),
+    (["verify", "Dataset777"], "dataset 'Dataset777' not found in the raw root"),
+])
+def test_bad_arguments_are_one_line_and_exit_2(args: list[str], message: str, roots: dict[str, Path]) -> None:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not (Path("out")).exists()
