@@ -219,6 +219,28 @@ def test_compute_budget_narrows_and_shortens_to_fit():
     assert full["num_iterations"] == pytest.approx(expected // 250 * 250, abs=250)
 
 
+def test_short_budget_keeps_the_fitted_patch_before_shrinking_it():
+    import torch
+
+    from autoseg.networks import Topology
+    from autoseg.planning.compute_budget import seconds_per_iteration, training_gflop
+
+    rich = plan(MRI_SMALL, configs=["3d_fullres"], budget_seconds=1e9)["configurations"]["3d_fullres"]
+    topology = Topology.from_dict(rich["network"]["topology"])
+    narrow = Topology(3, features_per_stage(topology.n_stages, UNET, 3, C.BUDGET_WIDTHS[-1]), topology.kernel_sizes,
+                      topology.strides, topology.blocks_per_stage)
+    gflop = training_gflop("unet", narrow, 1, 3, rich["patch_size"], C.MIN_BATCH_SIZE)
+    step = seconds_per_iteration(fake_timing(3, C.BUDGET_WIDTHS[-1]).predict(gflop), torch.device("cpu"))
+    # a budget for 1500 iterations of the narrowest network at the fitted patch: below 2500, above 1000
+    budget = step * 1500 * C.VALIDATION_COST_FACTOR / C.BUDGET_TRAINING_SHARE
+    short = plan(MRI_SMALL, configs=["3d_fullres"], budget_seconds=budget)["configurations"]["3d_fullres"]
+    assert short["patch_size"] == rich["patch_size"] and short["width"] == C.BUDGET_WIDTHS[-1]
+    assert C.MIN_ITERATIONS_FULL_PATCH <= short["num_iterations"] < C.MIN_BUDGET_ITERATIONS
+    # with a third of it, the fitted patch affords too few iterations: the patch shrinks
+    tiny = plan(MRI_SMALL, configs=["3d_fullres"], budget_seconds=budget / 3)["configurations"]["3d_fullres"]
+    assert np.prod(tiny["patch_size"]) < np.prod(rich["patch_size"])
+
+
 def test_generous_budget_keeps_the_memory_plan():
     free = plan(MRI_SMALL, configs=["3d_fullres"])["configurations"]["3d_fullres"]
     rich = plan(MRI_SMALL, configs=["3d_fullres"], budget_seconds=1e9)["configurations"]["3d_fullres"]

@@ -245,3 +245,10 @@ def test_network_options_are_free_form_and_checked_by_the_builder():
     create_network("segresnet", topology, 1, 3, **config["network_options"])
     with pytest.raises(NetworkError, match=r"network 'unet': bad options \['vae'\]"):
         create_network("unet", topology, 1, 3, vae=True)
+
+
+def test_validation_reserve_counts_measured_tile_forwards():
+    from autoseg.training.budget import EXPORT_SECONDS_PER_CASE, validation_seconds
+
+    # 2 cases of 4 and 1 tiles, 8 mirrored passes, 0.01 s per tile forward: 5 x 8 x 0.01 + 2 exports
+    assert validation_seconds([4, 1], 8, 0.01) == pytest.approx(0.4 + 2 * EXPORT_SECONDS_PER_CASE)

@@ -36,8 +36,9 @@ SPACING_TOLERANCE = 1e-3  # relative and absolute (mm): float32 headers round sp
 
 def find_description(pred_dir: Path, ref_dir: Path) -> DatasetDescription:
     """The ``dataset.json`` beside the references (raw ``labelsTr/..`` or preprocessed
-    ``gt_segmentations/..``) or in the prediction folder, for when none is given."""
-    for folder in (ref_dir.parent, ref_dir, pred_dir):
+    ``gt_segmentations/..``), in the prediction folder or its parent (a model folder holds one beside
+    its ``crossval_folds_*/``), for when none is given."""
+    for folder in (ref_dir.parent, ref_dir, pred_dir, pred_dir.parent):
         if (folder / "dataset.json").is_file():
             return load_description(folder)
     raise EvaluationError(

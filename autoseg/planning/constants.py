@@ -87,6 +87,10 @@ CPU_LOOP_OVERHEAD = 0.63 / 0.44
 # reference §4: a 16-128 feature plan reached Dice 0.86 after about 2500 iterations (26 min at
 # 0.63 s); the budget planner keeps the largest network that still gets at least this many.
 MIN_BUDGET_ITERATIONS = 2500
+# Below that, the memory-fitted patch is still kept (at the narrowest width) while it affords this
+# many: on Dataset004 a 16x24x16 patch trained for 2500 iterations reached Dice 0.2 where the fitted
+# 40x56x40 patch reached pseudo-Dice 0.83 after 1000 (autoseg's measurements, docs/planning.md).
+MIN_ITERATIONS_FULL_PATCH = 1000
 # Widths (first-stage features) the budget planner tries, widest first; max features scale along.
 BUDGET_WIDTHS = (32, 16, 8)
 # Timing probe: a few steps of one network of the planned family at this size per axis (3D / 2D),

@@ -187,10 +187,16 @@ def _budget_candidates(ctx: _Context, fitted: list[int], fitted_topology: Topolo
 
 def _fit_compute(ctx: _Context, name: str, fitted: list[int], fitted_topology: Topology,
                  spacing: Sequence[float], median_shape: Sequence[float]) -> tuple[list[int], Topology, int, float, int]:
-    """The first budget candidate that affords ``MIN_BUDGET_ITERATIONS`` within the budget."""
+    """The first budget candidate that affords ``MIN_BUDGET_ITERATIONS`` within the budget.
+
+    Before the patch shrinks below the memory-fitted one, the narrowest network at that patch is
+    kept if it affords ``MIN_ITERATIONS_FULL_PATCH``: context is worth more than iterations.
+    """
     assert ctx.budget_seconds is not None
     choice = None
     for patch, topology, width in _budget_candidates(ctx, fitted, fitted_topology, spacing, median_shape):
+        if choice is not None and choice[0] == fitted and patch != fitted and choice[4] >= C.MIN_ITERATIONS_FULL_PATCH:
+            return choice
         seconds = ctx.iteration_seconds(topology, patch, C.MIN_BATCH_SIZE, width)
         choice = (patch, topology, width, seconds, T.affordable_iterations(ctx.budget_seconds, seconds))
         if choice[4] >= C.MIN_BUDGET_ITERATIONS:

@@ -41,9 +41,10 @@ def tiles_per_case(shape: Sequence[int], patch_size: Sequence[int], step: float 
     return count
 
 
-def validation_seconds(
-    tiles: Sequence[int], mirror_passes: int, seconds_per_iteration: float, batch_size: int
-) -> float:
-    """Estimated duration of the final validation: each tile's forward passes plus export per case."""
-    seconds_per_tile = seconds_per_iteration / max(batch_size, 1) * FORWARD_SHARE_OF_ITERATION
+def validation_seconds(tiles: Sequence[int], mirror_passes: int, seconds_per_tile: float) -> float:
+    """Estimated duration of the final validation: each tile's forward passes plus export per case.
+
+    ``seconds_per_tile`` is a measured forward pass, not a share of a training iteration: on a CPU
+    an iteration of a small network is mostly data augmentation, which validation does not do.
+    """
     return sum(tiles) * mirror_passes * seconds_per_tile + EXPORT_SECONDS_PER_CASE * len(tiles)

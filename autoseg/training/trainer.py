@@ -100,6 +100,10 @@ class FoldRun:
         return self.model_folder / f"fold_{self.fold}"
 
 
+# Tiles per forward pass when timing the final validation's network cost.
+TIMING_TILES = 2
+
+
 def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
     """Autocast dtype for the training config's ``mixed_precision`` (auto, fp16, bf16, off)."""
     return autocast_dtype(setting, device, TrainingError)
@@ -199,6 +203,7 @@ class Trainer:
         self.epoch = 0
         self.total_iterations = self._planned_total()
         self.history: list[dict[str, Any]] = []
+        self._tile_seconds: float | None = None
         self.ema: float | None = None
         self.best_ema = -math.inf
 
@@ -480,11 +485,23 @@ class Trainer:
             tiles.append(count * (shape[0] if len(self.patch_size) == 2 else 1))
         return tiles
 
+    def _seconds_per_tile(self) -> float:
+        """Forward time of one sliding-window tile in eval mode, measured once (for the validation reserve)."""
+        if self._tile_seconds is None:
+            tiles = torch.zeros((TIMING_TILES, self.in_channels, *self.patch_size), device=self.device)
+            self.network.eval()
+            autocast = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
+            with torch.inference_mode(), autocast:
+                self.network(tiles)  # warm-up
+                start = time.perf_counter()
+                self.network(tiles)
+                self._tile_seconds = (time.perf_counter() - start) / TIMING_TILES
+            self.network.train()
+        return self._tile_seconds
+
     def _rebudget(self, deadline: float, seconds_per_iteration: float, tiles: list[int] | None) -> None:
         """Set ``total_iterations`` so training plus the final validation end at the deadline."""
-        reserve = budget_rules.validation_seconds(
-            tiles or [], 2 ** len(self.mirror_axes), seconds_per_iteration, self.batch_size
-        )
+        reserve = budget_rules.validation_seconds(tiles or [], 2 ** len(self.mirror_axes), self._seconds_per_tile())
         total = budget_rules.affordable_total(self.iteration, deadline - time.monotonic() - reserve, seconds_per_iteration)
         total = int(broadcast_value(total, self.context))
         if total != self.total_iterations:
