@@ -180,7 +180,7 @@ def train(
 @user_errors
 def demo(
     output: Path = typer.Option(Path("autoseg_demo"), "-o", "--output", help="working folder for everything the demo writes"),
-    budget: str = typer.Option("10m", "--budget", help="total time to aim for (training gets 70%)"),
+    budget: str = typer.Option("10m", "--budget", help="total time to aim for (training gets 85%)"),
     dataset: Optional[Path] = typer.Option(None, "--dataset", help="dataset folder with imagesTs/labelsTs (default: the shipped example)"),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or mps"),
 ) -> None:
