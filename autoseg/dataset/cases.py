@@ -30,8 +30,17 @@ class CaseScan:
     num_declared_cases: int = 0  # case ids found (with or without problems), for numTraining
 
 
-def _strip_ending(name: str, ending: str) -> str | None:
-    return name[: -len(ending)] if name.endswith(ending) else None
+def _files_by_stem(folder: Path, ending: str, problems: list[str]) -> dict[str, Path]:
+    """``{name without ending: path}`` of a folder's visible files; others are reported in ``problems``."""
+    files = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith("."):
+            continue
+        if not path.name.endswith(ending):
+            problems.append(f"{path}: file ending is not {ending!r} (dataset.json file_ending); rename or remove it")
+            continue
+        files[path.name[: -len(ending)]] = path
+    return files
 
 
 def scan_images(folder: Path, desc: DatasetDescription) -> CaseScan:
@@ -41,13 +50,7 @@ def scan_images(folder: Path, desc: DatasetDescription) -> CaseScan:
         scan.problems.append(f"{folder}: folder not found; put the images in {folder.name}/<case>_0000{desc.file_ending}")
         return scan
     channels: dict[str, dict[int, Path]] = {}
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith("."):
-            continue
-        stem = _strip_ending(path.name, desc.file_ending)
-        if stem is None:
-            scan.problems.append(f"{path}: file ending is not {desc.file_ending!r} (dataset.json file_ending); rename or remove it")
-            continue
+    for stem, path in _files_by_stem(folder, desc.file_ending, scan.problems).items():
         match = CHANNEL_SUFFIX.match(stem)
         if match is None:
             scan.problems.append(f"{path}: name lacks the 4-digit channel suffix; rename to {stem}_0000{desc.file_ending}")
@@ -76,14 +79,7 @@ def scan_training_cases(dataset_dir: Path, desc: DatasetDescription) -> CaseScan
     if not labels_dir.is_dir():
         scan.problems.append(f"{labels_dir}: folder not found; put one label file per case in labelsTr/<case>{desc.file_ending}")
     else:
-        for path in sorted(labels_dir.iterdir()):
-            if path.name.startswith("."):
-                continue
-            stem = _strip_ending(path.name, desc.file_ending)
-            if stem is None:
-                scan.problems.append(f"{path}: file ending is not {desc.file_ending!r} (dataset.json file_ending); rename or remove it")
-                continue
-            label_files[stem] = path
+        label_files = _files_by_stem(labels_dir, desc.file_ending, scan.problems)
     image_ids = {c.case_id for c in scan.cases}
     scan.num_declared_cases = len(image_ids | set(label_files))
     for case in scan.cases:
