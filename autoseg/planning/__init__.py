@@ -1,13 +1,6 @@
 """Planning: fingerprint -> plans file (rules, topology, memory model, compute budget).
 
-Later stages read plans with ``load_plans`` / ``get_configuration``; the CLI calls ``plan_dataset``.
+Later stages read plans with ``autoseg.planning.plans.load_plans`` / ``get_configuration``; the CLI
+calls ``autoseg.planning.planner.plan_dataset``. Nothing is imported here, so that stages that only
+read plans or use the rules (preprocessing) do not pay for importing torch.
 """
-
-from autoseg.planning.plans import (  # noqa: F401
-    format_plan_table,
-    get_configuration,
-    load_plans,
-    plans_path,
-    write_plans,
-)
-from autoseg.planning.planner import build_plans, plan_dataset  # noqa: F401

@@ -61,10 +61,17 @@ def training_gflop(
     batch_size: int,
     options: dict[str, Any] | None = None,
 ) -> float:
-    """GFLOP of one forward+backward step, counted layer by layer on the meta device."""
-    with torch.device("meta"):
-        network = create_network(network_name, topology, in_channels, n_classes, **dict(options or {})).train()
-        inputs = torch.zeros((batch_size, in_channels, *patch_size))
+    """GFLOP of one forward+backward step, counted layer by layer.
+
+    Counted on one small CPU input of twice the total stride per axis and scaled to the patch and
+    batch: convolution work is exactly proportional to the voxels when every size is a multiple of
+    the total stride (as planned patches are), and the small input avoids the meta device's ~1 s
+    first-use cost.
+    """
+    probe = [2 * s for s in topology.total_stride]
+    scale = batch_size * math.prod(patch_size) / math.prod(probe)
+    network = create_network(network_name, topology, in_channels, n_classes, **dict(options or {})).train()
+    inputs = torch.zeros((1, in_channels, *probe))
     macs = [0]
 
     def count(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
@@ -77,7 +84,7 @@ def training_gflop(
     finally:
         for handle in handles:
             handle.remove()
-    return 2.0 * macs[0] * _TRAINING_FLOPS_PER_FORWARD / 1e9
+    return 2.0 * macs[0] * scale * _TRAINING_FLOPS_PER_FORWARD / 1e9
 
 
 def _loss(outputs: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
@@ -127,7 +134,7 @@ def measure_timing(
     """The device's training throughput for this family, from real steps of one probe network.
 
     One probe (``TIMING_PROBE_WIDTH`` features, ``TIMING_PROBE_SIZE`` per axis, batch 2) is timed with
-    the mixed precision training will use; the fastest of a few steps gives GFLOP/s, and a step of
+    the mixed precision training will use; the faster of two steps after a warm-up gives GFLOP/s, and a step of
     any configuration is predicted as its GFLOP over that rate. Larger configurations run at least
     as efficiently as the probe, so predictions for them err on the slow side; fitting an intercept
     from two small probes (tried first) let load on shared machines swing predictions tenfold.

@@ -102,8 +102,9 @@ def calibrate_memory(
 ) -> MemoryModel:
     """Fit the memory model of a network from two measured calibration inputs (cached).
 
-    Measured on ``meta`` tensors, which run autograd exactly as real ones do; a family with an
-    operator that has no meta kernel is measured on small CPU tensors instead.
+    Small calibration inputs run on CPU tensors; large ones on ``meta`` tensors, which run autograd
+    exactly as real ones do without computing (a family with an operator that has no meta kernel is
+    measured on CPU instead). Both give the same bytes.
     """
     options = dict(options or {})
     key = {
@@ -114,10 +115,15 @@ def calibrate_memory(
     cached = read_cache(cache_dir, key)
     if cached is not None:
         return MemoryModel(**cached)
-    try:
-        model = _measure_on("meta", network_name, topology, in_channels, n_classes, options)
-    except (NotImplementedError, RuntimeError):
+    largest = float(np.prod([max(C.MEMORY_CALIBRATION_MULTIPLES) * t for t in topology.total_stride]))
+    if largest <= C.CPU_CALIBRATION_MAX_VOXELS:
+        # Small inputs: real CPU tensors are faster than the meta device's first-use overhead (~1 s).
         model = _measure_on("cpu", network_name, topology, in_channels, n_classes, options)
+    else:
+        try:
+            model = _measure_on("meta", network_name, topology, in_channels, n_classes, options)
+        except (NotImplementedError, RuntimeError):
+            model = _measure_on("cpu", network_name, topology, in_channels, n_classes, options)
     write_cache(cache_dir, key, asdict(model))
     return model
 
