@@ -147,11 +147,8 @@ class TreeMeasurement(Measurement):
 
 def tree_pss_bytes(root_pid: int) -> int:
     """Proportional set size of ``root_pid`` and its descendants, summed (``/proc/PID/smaps_rollup``)."""
-    children = common._children_map()
-    total, stack = 0, [root_pid]
-    while stack:
-        pid = stack.pop()
-        stack.extend(children.get(pid, []))
+    total = 0
+    for pid in common.process_tree(root_pid):
         try:
             with open(f"/proc/{pid}/smaps_rollup") as handle:
                 for line in handle:

@@ -36,7 +36,7 @@ from common import (
     NNUNET_VENV,
     RSS_POLL_SECONDS,
     Measurement,
-    _children_map,
+    process_tree,
     autoseg_command,
     autoseg_env,
     check,
@@ -192,10 +192,7 @@ def plot_dice_vs_time(curves: dict[str, Curve], finals: dict[str, tuple[float, f
 # ----------------------------------------------------------------------------------- nnU-Net, stopped
 def _signal_tree(pid: int, group: int, sig: int) -> None:
     """Send ``sig`` to the process group and to every descendant (one that left the group too)."""
-    children, pids, stack = _children_map(), [], [pid]
-    while stack:
-        pids.append(stack.pop())
-        stack.extend(children.get(pids[-1], []))
+    pids = process_tree(pid)
     try:
         os.killpg(group, sig)
     except ProcessLookupError:

@@ -142,13 +142,20 @@ def _children_map() -> dict[int, list[int]]:
     return children
 
 
+def process_tree(root_pid: int) -> list[int]:
+    """``root_pid`` and all its descendants (from one snapshot of /proc)."""
+    children = _children_map()
+    pids, stack = [], [root_pid]
+    while stack:
+        pids.append(stack.pop())
+        stack.extend(children.get(pids[-1], []))
+    return pids
+
+
 def tree_rss_bytes(root_pid: int) -> int:
     """Resident memory of ``root_pid`` and all its descendants, summed (as ``top`` would add them)."""
-    children = _children_map()
-    total, stack = 0, [root_pid]
-    while stack:
-        pid = stack.pop()
-        stack.extend(children.get(pid, []))
+    total = 0
+    for pid in process_tree(root_pid):
         try:
             with open(f"/proc/{pid}/statm") as handle:
                 total += int(handle.read().split()[1]) * PAGE_BYTES
