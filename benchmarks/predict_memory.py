@@ -7,7 +7,7 @@ sliding window + export, as nnU-Net's does. Peak RSS is the process's high-water
 (``ru_maxrss``), reported with the baseline after imports so the prediction's own share is visible.
 
 Run: ``python benchmarks/predict_memory.py [--shape 300 512 512] [--classes 14] [--tta]
-[--accumulator auto|float16|float32] [--mixed-precision] [--json out.json]``. At full size this takes
+[--mixed-precision] [--json out.json]``. At full size this takes
 several minutes on a 2-core CPU; ``--shape 80 160 160`` checks the script in seconds.
 """
 
@@ -32,7 +32,6 @@ from autoseg.networks import create_network
 SPACING = (1.5, 0.8, 0.8)  # array order (z, y, x), reference §1.6
 FEATURES = [8, 16, 32, 64, 64]  # "8-64 features", 5 stages down to 4^3 at a 64^3 patch
 PATCH = [64, 64, 64]
-ACCUMULATORS = {"auto": None, "float16": torch.float16, "float32": torch.float32}
 
 
 def peak_rss_gb() -> float:
@@ -95,7 +94,6 @@ def main(argv: list[str] | None = None) -> dict[str, float | str | list[int] | b
     parser.add_argument("--shape", type=int, nargs=3, default=[300, 512, 512], metavar=("Z", "Y", "X"))
     parser.add_argument("--classes", type=int, default=14)
     parser.add_argument("--tta", action="store_true")
-    parser.add_argument("--accumulator", choices=sorted(ACCUMULATORS), default="auto")
     parser.add_argument("--mixed-precision", action="store_true")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", type=Path)
@@ -108,14 +106,10 @@ def main(argv: list[str] | None = None) -> dict[str, float | str | list[int] | b
         geometry = Geometry(SPACING, (0.0, 0.0, 0.0), (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
         baseline = peak_rss_gb()
         start = time.perf_counter()
-        prediction = predict_array(
-            model, data, geometry, tta=args.tta, mixed_precision=args.mixed_precision,
-            accumulator_dtype=ACCUMULATORS[args.accumulator],
-        )
+        prediction = predict_array(model, data, geometry, tta=args.tta, mixed_precision=args.mixed_precision)
         seconds = time.perf_counter() - start
     result = {
-        "shape": list(args.shape), "classes": args.classes, "tta": args.tta, "accumulator": args.accumulator,
-        "mixed_precision": args.mixed_precision, "device": args.device, "torch_threads": torch.get_num_threads(),
+        "shape": list(args.shape), "classes": args.classes, "tta": args.tta, "mixed_precision": args.mixed_precision, "device": args.device, "torch_threads": torch.get_num_threads(),
         "seconds": round(seconds, 1), "peak_rss_gb": round(peak_rss_gb(), 3),
         "baseline_rss_gb_with_input": round(baseline, 3), "labels_dtype": str(prediction.labels.dtype),
     }

@@ -16,6 +16,7 @@ from autoseg.inference.sliding_window import (
     gaussian_importance_map,
     mirror_combinations,
     sliding_window_predict,
+    sliding_window_slabs,
     tile_slices,
     tile_starts,
 )
@@ -231,3 +232,45 @@ def test_argument_errors() -> None:
         sliding_window_predict(nn.Identity(), data, (4, 4, 4), mirror_axes=(3,))
     with pytest.raises(ValueError, match="at least one network"):
         sliding_window_predict([], data, (4, 4, 4))
+
+
+class CountingConv(nn.Module):
+    """A fixed 1x1x1 convolution that counts the tiles it has seen."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv = nn.Conv3d(1, 4, 1)
+        self.tiles = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.tiles += x.shape[0]
+        return self.conv(x)
+
+
+def test_slabs_are_final_rows_in_order_and_come_before_the_last_tile() -> None:
+    net = CountingConv().eval()
+    data = torch.randn(1, 37, 20, 18)  # 37 rows: tile starts 0, 8, 16, 21 along axis 0 for a 16-row patch
+    whole = sliding_window_predict(net, data, (16, 16, 16), batch_tiles=3)
+    net.tiles = 0
+    rows, seen_at, slabs = [], [], []
+    for row, slab in sliding_window_slabs(net, data, (16, 16, 16), batch_tiles=3):
+        rows.append((row, row + slab.shape[1]))
+        seen_at.append(net.tiles)
+        slabs.append(slab)
+        assert slab.dtype == torch.float32 and slab.shape[2:] == data.shape[2:]
+    # Contiguous cover of the 37 rows, handed out while tiles remain (4 tiles per row of tiles).
+    assert rows[0][0] == 0 and rows[-1][1] == 37
+    assert all(a[1] == b[0] for a, b in zip(rows, rows[1:]))
+    assert len(rows) >= 3 and seen_at[0] < 16
+    torch.testing.assert_close(torch.cat(slabs, dim=1), whole)
+    # Each voxel is the Gaussian-weighted mean of its tiles: for a 1x1x1 conv that is the conv itself.
+    torch.testing.assert_close(whole, torch.softmax(net.conv(data[None]), dim=1)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_slabs_skip_the_padding_of_an_image_smaller_than_the_patch() -> None:
+    net = CountingConv().eval()
+    data = torch.randn(1, 5, 20, 7)  # padded to 16 rows and 16 columns
+    slabs = list(sliding_window_slabs(net, data, (16, 16, 16)))
+    assert [row for row, _ in slabs] == [0] and slabs[0][1].shape == (4, 5, 20, 7)
+    torch.testing.assert_close(slabs[0][1], torch.softmax(net.conv(data[None]), dim=1)[0], atol=1e-5, rtol=1e-5)

@@ -177,7 +177,7 @@ def test_probabilities_restore_with_regions_and_return_probabilities() -> None:
     expected = seg.copy()
     expected[:3] = 0
     np.testing.assert_array_equal(label, expected)
-    assert probs.shape == (2, *seg.shape) and probs.dtype == np.float32
+    assert probs.shape == (2, *seg.shape) and probs.dtype == np.float16
     np.testing.assert_array_equal(probs[1], (expected == 2).astype(np.float32))
 
 
@@ -247,3 +247,79 @@ def test_class_locations_count_rule_and_coordinates() -> None:
         assert all(seg[0, z, y, x] == int(label) for z, y, x in coords[:200])
         assert len({tuple(c) for c in coords}) == len(coords)
     assert class_locations(seg, [3], seed=7) == {"3": locations["3"]}  # seeded
+
+
+def _export_case(out_shape, spacing, target, label_order=1, classes=4, seed=0):
+    """Plans, properties and random class probabilities on the preprocessed grid of a synthetic case."""
+    config = make_configuration(target)
+    config["resampling"]["label_order"] = label_order
+    plans = make_plans({"3d_fullres": config}, labels={"background": 0, **{f"c{i}": i for i in range(1, classes)}})
+    in_shape = resampling.new_shape(out_shape, spacing, target)
+    properties = {
+        "shape_after_resampling": list(in_shape), "shape_after_crop": list(out_shape),
+        "shape_before_crop": list(out_shape), "bbox": [[0, s] for s in out_shape], "transpose_forward": [0, 1, 2],
+        "spacing": list(spacing), "target_spacing": list(target),
+    }
+    logits = 3.0 * np.random.default_rng(seed).standard_normal((classes, *in_shape)).astype(np.float32)
+    probs = np.exp(logits) / np.exp(logits).sum(axis=0, keepdims=True)
+    return plans, properties, probs
+
+
+@pytest.mark.parametrize(
+    "spacing, target, label_order",
+    [
+        ((3.0, 0.5, 0.5), (1.0, 1.0, 1.0), 1),  # anisotropic: in-plane linear, then nearest along z
+        ((1.3, 1.1, 0.9), (1.0, 1.0, 1.0), 1),  # isotropic linear, upsampling z, downsampling x
+        ((0.7, 1.0, 1.0), (1.0, 1.0, 1.0), 3),  # cubic: the spline prefilter is global, waits for all rows
+    ],
+)
+def test_slab_by_slab_export_equals_the_whole_volume(spacing, target, label_order) -> None:
+    from autoseg.preprocessing.inverse import ProbabilityExport, _scheme
+
+    plans, properties, probs = _export_case((23, 30, 26), spacing, target, label_order)
+    scheme = _scheme(properties, plans, "3d_fullres")
+    expected = np.stack([resample_array(p, properties["shape_after_crop"], scheme) for p in probs])
+    export = ProbabilityExport(properties, plans, "3d_fullres", return_probabilities=True)
+    row, sizes = 0, iter([1, 4, 2, 7, 3] * 10)
+    while row < probs.shape[1]:
+        size = next(sizes)
+        export.add(row, probs[:, row : row + size])
+        row += size
+    labels, restored = export.finish()
+    np.testing.assert_array_equal(labels, expected.argmax(axis=0))
+    np.testing.assert_allclose(restored, expected, atol=1e-3)
+    assert labels.dtype == np.uint8 and restored.dtype == np.float16
+
+
+def test_slab_export_rejects_slabs_out_of_order_and_an_early_finish() -> None:
+    from autoseg.preprocessing.inverse import ProbabilityExport
+
+    plans, properties, probs = _export_case((12, 10, 10), (1.5, 1.0, 1.0), (1.0, 1.0, 1.0))
+    export = ProbabilityExport(properties, plans, "3d_fullres")
+    export.add(0, probs[:, :5])
+    with pytest.raises(ValueError, match=r"at row 7 does not continue the rows so far \(5\)"):
+        export.add(7, probs[:, 7:9])
+    with pytest.raises(ValueError, match="does not continue"):
+        export.add(5, probs[:, 5:9, :4])
+    with pytest.raises(ValueError, match=r"only \d+ of 12 output rows"):
+        export.finish()
+
+
+def test_slab_export_memory_stays_a_few_slabs() -> None:
+    """14 classes streamed in 4-row slabs: numpy's peak stays far below one float32 copy of all classes."""
+    import tracemalloc
+
+    from autoseg.preprocessing.inverse import ProbabilityExport
+
+    plans, properties, probs = _export_case((80, 96, 96), (2.0, 0.8, 0.8), (1.0, 1.0, 1.0), classes=14)
+    slabs = [np.ascontiguousarray(probs[:, r : r + 4]) for r in range(0, probs.shape[1], 4)]
+    whole_output = 14 * math.prod(properties["shape_after_crop"]) * 4
+    tracemalloc.start()
+    export = ProbabilityExport(properties, plans, "3d_fullres")
+    for i, slab in enumerate(slabs):
+        export.add(4 * i, slab)
+    labels = export.finish()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert labels.shape == (80, 96, 96)
+    assert peak < whole_output / 4, f"peak {peak / 2**20:.1f} MiB vs {whole_output / 2**20:.1f} MiB for all classes"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -18,12 +18,12 @@ from torch import nn
 from autoseg.dataset.imageio import Geometry
 from autoseg.errors import InferenceError
 from autoseg.inference.model import LoadedModel
-from autoseg.inference.sliding_window import DEFAULT_STEP, sliding_window_predict
-from autoseg.preprocessing.inverse import label_to_preprocessed_grid, restore_probabilities_to_labels
+from autoseg.inference.sliding_window import DEFAULT_STEP, sliding_window_predict, sliding_window_slabs
+from autoseg.preprocessing.inverse import ProbabilityExport, label_to_preprocessed_grid
 from autoseg.preprocessing.pipeline import preprocess_case
 
-# reference.md §4: float16 accumulators halve memory (14 classes x 512x512x400: 2.9 vs 5.9 GB). Below
-# this size the float32 accumulator costs little and keeps results bit-comparable; above it, float16.
+# reference.md §4: float16 accumulators halve memory (14 classes x 512x512x400: 2.9 vs 5.9 GB). When the
+# whole probability map is asked for (``predict_preprocessed``) and float32 would exceed this, float16.
 FLOAT16_ACCUMULATOR_ABOVE_BYTES = 2 * 1024**3
 
 
@@ -79,6 +79,20 @@ def _accumulator_dtype(n_outputs: int, shape: Sequence[int]) -> torch.dtype:
     return torch.float16 if n_bytes > FLOAT16_ACCUMULATOR_ABOVE_BYTES else torch.float32
 
 
+def _window_options(model: LoadedModel, tta: bool, **options: Any) -> dict[str, Any]:
+    """Arguments of the sliding window for ``model``: its folds, patch and mirror axes (2D models run as
+    3D with a one-slice patch), its activation and device."""
+    patch = tuple(model.patch_size)
+    mirror_axes = tuple(model.mirror_axes) if tta else ()
+    networks: list[nn.Module] = list(model.networks)
+    if model.spatial_dims == 2:
+        networks = [SliceNetwork(n) for n in networks]
+        patch = (1, *patch)
+        mirror_axes = tuple(a + 1 for a in mirror_axes)
+    return dict(network=networks, patch_size=patch, mirror_axes=mirror_axes, device=model.device,
+                activation=_activation(model), **options)
+
+
 def predict_preprocessed(
     model: LoadedModel,
     data_pp: np.ndarray | torch.Tensor,
@@ -91,32 +105,46 @@ def predict_preprocessed(
 ) -> torch.Tensor:
     """Fold-averaged probabilities (C, z, y, x) on the preprocessed grid of ``model``'s configuration.
 
-    ``data_pp`` already holds the cascade channels if the model is a cascade stage. Used by
-    ``predict_array`` and by training's final validation (which has preprocessed data at hand).
+    ``data_pp`` already holds the cascade channels if the model is a cascade stage. The whole map in
+    one tensor (float16 when float32 would exceed 2 GiB); ``export_preprocessed`` goes to labels on the
+    input grid without it.
     """
     data = torch.as_tensor(data_pp)
-    patch = model.patch_size
-    mirror_axes = model.mirror_axes if tta else ()
-    networks: list[nn.Module] = list(model.networks)
-    if model.spatial_dims == 2:
-        networks = [SliceNetwork(n) for n in networks]
-        patch = (1, *patch)
-        mirror_axes = tuple(a + 1 for a in mirror_axes)
     n_outputs = int(model.dataset.num_output_channels)
     dtype = accumulator_dtype or _accumulator_dtype(n_outputs, data.shape[1:])
-    probabilities = sliding_window_predict(
-        networks,
-        data,
-        patch,
-        step=step,
-        mirror_axes=mirror_axes,
-        batch_tiles=batch_tiles,
-        device=model.device,
-        activation=_activation(model),
-        accumulator_dtype=dtype,
-        mixed_precision=mixed_precision,
+    options = _window_options(model, tta, step=step, batch_tiles=batch_tiles, mixed_precision=mixed_precision)
+    return sliding_window_predict(data=data, accumulator_dtype=dtype, **options).cpu()
+
+
+def export_preprocessed(
+    model: LoadedModel,
+    data_pp: np.ndarray | torch.Tensor,
+    properties: dict[str, Any],
+    *,
+    step: float = DEFAULT_STEP,
+    tta: bool = True,
+    batch_tiles: int | None = None,
+    mixed_precision: bool = False,
+    return_probabilities: bool = False,
+) -> Prediction:
+    """Predict a preprocessed case and map it to its input grid, slab by slab.
+
+    The sliding window hands each slab of rows to ``ProbabilityExport`` as soon as it is final, so
+    neither the preprocessed probabilities nor the resampled ones exist whole (reference §1.6); used by
+    ``predict_array`` and by training's final validation.
+    """
+    export = ProbabilityExport(
+        properties, model.plans, model.configuration_name, regions_class_order=model.regions_class_order,
+        return_probabilities=return_probabilities,
     )
-    return probabilities.cpu()
+    options = _window_options(model, tta, step=step, batch_tiles=batch_tiles, mixed_precision=mixed_precision)
+    for row, slab in sliding_window_slabs(data=torch.as_tensor(data_pp), **options):
+        export.add(row, slab)
+    restored = export.finish()
+    if return_probabilities:
+        labels, probabilities = restored
+        return Prediction(labels, probabilities)
+    return Prediction(restored)
 
 
 def append_previous_stage(data_pp: np.ndarray, labels_pp: np.ndarray, foreground_labels: Sequence[int]) -> np.ndarray:
@@ -135,7 +163,6 @@ def predict_array(
     return_probabilities: bool = False,
     batch_tiles: int | None = None,
     mixed_precision: bool = False,
-    accumulator_dtype: torch.dtype | None = None,
 ) -> Prediction:
     """Segment one case given as arrays; the result lies on the input's grid.
 
@@ -148,11 +175,9 @@ def predict_array(
         return_probabilities: also return (C, z, y, x) float16 probabilities on the input grid.
         batch_tiles: tiles per forward pass (default from the patch size).
         mixed_precision: bf16 autocast on CPU / fp16 on CUDA.
-        accumulator_dtype: sliding-window accumulator type; default float32, float16 for big images.
     """
     check_input(model, data, geometry)
-    options = dict(step=step, tta=tta, batch_tiles=batch_tiles, mixed_precision=mixed_precision,
-                   accumulator_dtype=accumulator_dtype)
+    options = dict(step=step, tta=tta, batch_tiles=batch_tiles, mixed_precision=mixed_precision)
     lowres_labels = None
     if model.previous_stage is not None:
         lowres_labels = predict_array(model.previous_stage, data, geometry, **options).labels
@@ -160,17 +185,4 @@ def predict_array(
     if lowres_labels is not None:
         labels_pp = label_to_preprocessed_grid(lowres_labels, properties, model.plans, model.configuration_name)
         data_pp = append_previous_stage(data_pp, labels_pp, model.previous_stage.dataset.foreground_labels)
-    probabilities_pp = predict_preprocessed(model, data_pp, **options)
-    del data_pp
-    restored = restore_probabilities_to_labels(
-        probabilities_pp.numpy(),
-        properties,
-        model.plans,
-        model.configuration_name,
-        regions_class_order=model.regions_class_order,
-        return_probabilities=return_probabilities,
-    )
-    if return_probabilities:
-        labels, probabilities = restored
-        return Prediction(labels, probabilities.astype(np.float16))
-    return Prediction(restored)
+    return export_preprocessed(model, data_pp, properties, return_probabilities=return_probabilities, **options)

@@ -2,18 +2,26 @@
 
 Resample back to the cropped shape, un-crop, transpose back. Inference writes its predictions with
 these functions, and the cascade brings lowres predictions forward with ``label_to_preprocessed_grid``.
-Memory: probabilities are resampled one class at a time into a running argmax, so no float copy of all
-classes at full resolution exists unless the probabilities themselves are asked for.
+Memory: probabilities are resampled slab by slab and one class at a time into a running argmax
+(``ProbabilityExport``, which also takes the sliding window's slabs as they are finalized), so no float
+copy of all classes at full resolution exists unless the probabilities themselves are asked for.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import numpy as np
 
 from autoseg.preprocessing.pipeline import configuration_dict
-from autoseg.preprocessing.resampling import ResamplingScheme, resample_array, resample_label, scheme_for
+from autoseg.preprocessing.resampling import (
+    LABEL_SLAB_VOXELS,
+    ResamplingScheme,
+    resample_block,
+    resample_label,
+    scheme_for,
+)
 
 REGION_THRESHOLD = 0.5  # region outputs are sigmoids (reference §1.1): present above 0.5
 
@@ -71,12 +79,126 @@ def restore_label(
     return _to_input_grid(cropped, properties, 0)
 
 
-def _channel(probs: Any, c: int) -> np.ndarray:
-    """Channel ``c`` of a numpy array or torch tensor as float32 numpy (torch is never imported here)."""
-    channel = probs[c]
-    if hasattr(channel, "detach"):
-        channel = channel.detach().float().cpu().numpy()
-    return np.asarray(channel, dtype=np.float32)
+def _as_float32(probs: Any) -> np.ndarray:
+    """A numpy array or torch tensor as float32 numpy (torch is never imported here)."""
+    if hasattr(probs, "detach"):
+        probs = probs.detach().float().cpu().numpy()
+    return np.asarray(probs, dtype=np.float32)
+
+
+class ProbabilityExport:
+    """Probabilities on the preprocessed grid, given slab by slab along axis 0 -> label map on the input grid.
+
+    ``add`` takes consecutive row slabs (C, rows, ...) as the sliding window finalizes them; every output
+    row whose input rows have all arrived is resampled class by class into a running argmax (or region
+    thresholds) at once, and input rows no longer needed are dropped. So memory holds the label map plus
+    about a slab of float32 probabilities, never all classes over the whole image (reference §1.6:
+    nnU-Net's export of one 14-class CT peaks at several GB). Interpolation orders <= 1 read a finite
+    neighbourhood, so slab by slab gives what the whole volume gives; a higher order's spline prefilter
+    is global, so the export then waits for every row. ``finish`` returns what
+    ``restore_probabilities_to_labels`` documents.
+    """
+
+    HALO = 2  # input rows beyond those an order-1 sample reads, kept on each side of an output slab
+
+    def __init__(
+        self,
+        properties: dict[str, Any],
+        plans: dict[str, Any],
+        configuration: str | dict[str, Any],
+        regions_class_order: Sequence[int] | None = None,
+        return_probabilities: bool = False,
+    ) -> None:
+        self.properties = properties
+        self.scheme = _scheme(properties, plans, configuration)
+        self.regions = plans.get("regions_class_order") if regions_class_order is None else regions_class_order
+        self.in_shape = tuple(int(s) for s in properties["shape_after_resampling"])
+        self.out_shape = tuple(int(s) for s in properties["shape_after_crop"])
+        self.labels = np.zeros(self.out_shape, dtype=label_dtype(plans))
+        self.return_probabilities = return_probabilities
+        self.probabilities: np.ndarray | None = None
+        self.pending: np.ndarray | None = None  # input rows [pending_start, pending_start + len)
+        self.pending_start = 0
+        self.done = 0  # output rows [0, done) are written
+
+    def _rows_needed(self, z0: int, z1: int) -> tuple[int, int]:
+        """Input rows that output rows ``[z0, z1)`` read."""
+        n_in, n_out = self.in_shape[0], self.out_shape[0]
+        if n_in == n_out:
+            return z0, z1
+        if max(self.scheme.order, self.scheme.order_z) > 1:
+            return 0, n_in
+        scale = n_in / n_out
+        lo = int(np.floor((z0 + 0.5) * scale - 0.5)) - self.HALO
+        hi = int(np.ceil((z1 - 0.5) * scale - 0.5)) + 1 + self.HALO
+        return max(0, lo), min(n_in, hi)
+
+    def _ready_until(self, available: int) -> int:
+        """The largest ``z1`` such that output rows ``[done, z1)`` read only input rows below ``available``."""
+        lo, hi = self.done, self.out_shape[0]
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self._rows_needed(self.done, mid)[1] <= available:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    def add(self, row: int, probs: Any) -> None:
+        """Input rows ``[row, row + probs.shape[1])`` of the (C, ...) probabilities; rows come in order."""
+        probs = _as_float32(probs)
+        end = self.pending_start + (0 if self.pending is None else self.pending.shape[1])
+        if row != end or probs.shape[2:] != self.in_shape[1:] or row + probs.shape[1] > self.in_shape[0]:
+            raise ValueError(
+                f"slab of shape {probs.shape} at row {row} does not continue the rows so far ({end}) of the "
+                f"grid {self.in_shape}"
+            )
+        self.pending = probs if self.pending is None else np.concatenate([self.pending, probs], axis=1)
+        available = end + probs.shape[1]
+        z1 = self._ready_until(available)
+        if z1 > self.done:
+            i0, i1 = self._rows_needed(self.done, z1)
+            self._export(self.pending[:, i0 - self.pending_start : i1 - self.pending_start], i0, self.done, z1)
+            self.done = z1
+        keep = self._rows_needed(self.done, self.done + 1)[0] if self.done < self.out_shape[0] else available
+        self.pending = self.pending[:, keep - self.pending_start :]
+        self.pending_start = keep
+
+    def _export(self, block: np.ndarray, first_row: int, z0: int, z1: int) -> None:
+        """Output rows ``[z0, z1)`` from the input rows ``block`` (starting at ``first_row``)."""
+        window = [slice(z0, z1), *(slice(0, s) for s in self.out_shape[1:])]
+        in_start = [first_row] + [0] * (len(self.out_shape) - 1)
+        labels = self.labels[z0:z1]
+        best = None if self.regions else np.full(labels.shape, -np.inf, dtype=np.float32)
+        if self.return_probabilities and self.probabilities is None:
+            self.probabilities = np.empty((block.shape[0], *self.out_shape), dtype=np.float16)
+        for c in range(block.shape[0]):
+            prob = resample_block(
+                block[c], in_start, self.in_shape, window, self.out_shape, self.scheme, self.scheme.order
+            )
+            if self.regions:
+                labels[prob > REGION_THRESHOLD] = self.regions[c]
+            else:
+                better = prob > best
+                best[better] = prob[better]
+                labels[better] = c
+            if self.probabilities is not None:
+                self.probabilities[c, z0:z1] = prob
+
+    def finish(self) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """The label map on the input grid (and the probabilities, when asked for)."""
+        if self.done < self.out_shape[0]:
+            raise ValueError(f"only {self.done} of {self.out_shape[0]} output rows were given probabilities")
+        label = _to_input_grid(self.labels, self.properties, 0)
+        if not self.return_probabilities:
+            return label
+        assert self.probabilities is not None
+        full = _to_input_grid(self.probabilities, self.properties, 0.0, leading=1)
+        if not self.regions:
+            outside = np.ones(self.properties["shape_before_crop"], dtype=bool)
+            outside[_crop_slices(self.properties)] = False
+            full[0][outside.transpose(_backward(self.properties))] = 1.0
+        return label, full
 
 
 def restore_probabilities_to_labels(
@@ -91,36 +213,15 @@ def restore_probabilities_to_labels(
 
     Softmax outputs (channel = label value) take the argmax; region outputs (sigmoid, one channel per
     entry of ``regions_class_order``, default the plans') write each region's label where its probability
-    exceeds 0.5, in order. With ``return_probabilities`` also returns float32 (C, z, y, x) probabilities on
-    the input grid (outside the crop: background 1 for softmax, 0 for regions).
+    exceeds 0.5, in order. With ``return_probabilities`` also returns float16 (C, z, y, x) probabilities on
+    the input grid (outside the crop: background 1 for softmax, 0 for regions). Resamples class by class
+    in slabs (``ProbabilityExport``), so no float copy of all classes exists unless asked for.
     """
-    if regions_class_order is None:
-        regions_class_order = plans.get("regions_class_order")
-    scheme = _scheme(properties, plans, configuration)
-    shape = tuple(properties["shape_after_crop"])
-    num_channels = probs_pp.shape[0]
-    labels = np.zeros(shape, dtype=label_dtype(plans))
-    best = None if regions_class_order else np.full(shape, -np.inf, dtype=np.float32)
-    restored = np.empty((num_channels, *shape), dtype=np.float32) if return_probabilities else None
-    for c in range(num_channels):
-        prob = resample_array(_channel(probs_pp, c), shape, scheme)
-        if regions_class_order:
-            labels[prob > REGION_THRESHOLD] = regions_class_order[c]
-        else:
-            better = prob > best
-            best[better] = prob[better]
-            labels[better] = c
-        if restored is not None:
-            restored[c] = prob
-    label = _to_input_grid(labels, properties, 0)
-    if restored is None:
-        return label
-    full = _to_input_grid(restored, properties, 0.0, leading=1)
-    if not regions_class_order:
-        outside = np.ones(properties["shape_before_crop"], dtype=bool)
-        outside[_crop_slices(properties)] = False
-        full[0][outside.transpose(_backward(properties))] = 1.0
-    return label, full
+    export = ProbabilityExport(properties, plans, configuration, regions_class_order, return_probabilities)
+    rows = max(1, LABEL_SLAB_VOXELS // max(1, math.prod(probs_pp.shape[2:])))
+    for z0 in range(0, probs_pp.shape[1], rows):
+        export.add(z0, probs_pp[:, z0 : z0 + rows])
+    return export.finish()
 
 
 def label_to_preprocessed_grid(

@@ -107,7 +107,7 @@ def _pass(
     return _affine(x, matrix, offset, shape, order)
 
 
-def _resample_block(
+def resample_block(
     x: np.ndarray, in_start: Sequence[int], in_shape: Shape, out_window: Sequence[slice], out_shape: Shape,
     scheme: ResamplingScheme, order: int,
 ) -> np.ndarray:
@@ -139,7 +139,7 @@ def resample_array(x: np.ndarray, shape: Shape, scheme: ResamplingScheme, order:
         return x
     order = scheme.order if order is None else order
     window = [slice(0, s) for s in shape]
-    return _resample_block(x, [0] * x.ndim, x.shape, window, shape, scheme, order)
+    return resample_block(x, [0] * x.ndim, x.shape, window, shape, scheme, order)
 
 
 def resample_data(data: np.ndarray, shape: Shape, scheme: ResamplingScheme) -> np.ndarray:
@@ -198,7 +198,7 @@ def _label_slab(
         window[0] = slice(max(window[0].start, z0), max(min(window[0].stop, z1), z0))
         if any(w.stop <= w.start for w in window):
             continue
-        weight = _resample_block(
+        weight = resample_block(
             mask[tuple(box)].view(np.uint8), [b.start for b in box_in_grid], in_shape, window, out_shape,
             scheme, scheme.order,
         )

@@ -19,8 +19,7 @@ from autoseg.dataset.imageio import Geometry, write_image
 from autoseg.evaluation.evaluate import evaluate_folders
 from autoseg.inference.batch import write_probabilities
 from autoseg.inference.model import load_model
-from autoseg.inference.predictor import Prediction, append_previous_stage, predict_preprocessed
-from autoseg.preprocessing.inverse import restore_probabilities_to_labels
+from autoseg.inference.predictor import append_previous_stage, export_preprocessed
 from autoseg.preprocessing.store import load_case
 from autoseg.training.cascade import NEXT_STAGE_FOLDER
 from autoseg.utils.atomic import atomic_path
@@ -55,15 +54,13 @@ def validate_fold(
         if previous_stage_cache is not None:
             previous = np.load(previous_stage_cache / f"{case_id}.npy", allow_pickle=False)[0]
             data = append_previous_stage(data, previous, description.foreground_labels)
-        probabilities = predict_preprocessed(model, data, mixed_precision=mixed_precision)
-        restored = restore_probabilities_to_labels(
-            probabilities, properties, model.plans, model.configuration_name, return_probabilities=save_probabilities
+        prediction = export_preprocessed(
+            model, data, properties, mixed_precision=mixed_precision, return_probabilities=save_probabilities
         )
-        labels, full = restored if save_probabilities else (restored, None)
         geometry = Geometry.from_dict(properties["geometry"])
-        if full is not None:
-            write_probabilities(Prediction(labels, full), geometry, model, case_id, output)
-        write_image(labels, geometry, output / f"{case_id}{ending}")
+        if prediction.probabilities is not None:
+            write_probabilities(prediction, geometry, model, case_id, output)
+        write_image(prediction.labels, geometry, output / f"{case_id}{ending}")
         if next_stage is not None:
             with atomic_path(next_stage / f"{case_id}{ending}") as tmp:
                 shutil.copyfile(output / f"{case_id}{ending}", tmp)
