@@ -575,7 +575,8 @@ def compare_export(template: dict[str, Any], shape: Sequence[int], classes: int,
 
     plans = autoseg_plans(nnunet_plans, dataset_json)
     properties = {"spacing": list(CT_SPACING), "target_spacing": list(EXPORT_TARGET_SPACING), "shape_after_crop": cropped,
-                  "bbox": nn_props["bbox_used_for_cropping"], "shape_before_crop": list(shape), "transpose_forward": [0, 1, 2]}
+                  "bbox": nn_props["bbox_used_for_cropping"], "shape_before_crop": list(shape), "transpose_forward": [0, 1, 2],
+                  "shape_after_resampling": list(logits.shape[1:])}
     from_logits = restore_probabilities_to_labels(logits, properties, plans, CONFIGURATION)
     probabilities = torch.softmax(torch.from_numpy(logits), 0).numpy()
     from_probabilities = restore_probabilities_to_labels(probabilities, properties, plans, CONFIGURATION)
@@ -680,8 +681,8 @@ autoseg predict -i $IMGS -o $OUT {shown(as_args, names)}
 preprocessed grid {pp_size} (at {EXPORT_TARGET_SPACING[0]} mm) of a {export_size} case (at
 {CT_SPACING[2]}x{CT_SPACING[1]}x{CT_SPACING[0]} mm, cropped by a few voxels per side) was exported by nnU-Net's
 `convert_predicted_logits_to_segmentation_with_correct_shape` (which resamples the logits linearly, then takes
-the argmax) and by autoseg's `restore_probabilities_to_labels` (class by class into a running argmax, then
-un-crop):
+the argmax) and by autoseg's `restore_probabilities_to_labels` (slab by slab and class by class into a running
+argmax, then un-crop: the export `autoseg predict` feeds with the sliding window's slabs):
 
 - autoseg given the same logits: **{export['agree_logits']:.4%}** of {export['voxels']:,} voxels agree
   ({export['differ_logits']} differ, {export['differ_outside_crop']} of them outside the crop; {gap}).

@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> dict[str, float | str | list[int] | b
         geometry = Geometry(SPACING, (0.0, 0.0, 0.0), (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
         baseline = peak_rss_gb()
         start = time.perf_counter()
-        prediction = predict_array(model, data, geometry, tta=args.tta, mixed_precision=args.mixed_precision)
+        prediction = predict_array(model, data, geometry, tta=args.tta, mixed_precision=args.mixed_precision,
+                                   overwrite_input=True)  # as predict_folder does
         seconds = time.perf_counter() - start
     result = {
         "shape": list(args.shape), "classes": args.classes, "tta": args.tta, "mixed_precision": args.mixed_precision, "device": args.device, "torch_threads": torch.get_num_threads(),

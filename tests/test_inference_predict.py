@@ -338,3 +338,14 @@ def test_single_file_input_and_input_errors(model_3d: Path, tmp_path: Path) -> N
         predict_folder(tmp_path / "nothing", tmp_path / "out", model_3d)
     with pytest.raises(InferenceError, match="output folder equals the input folder"):
         predict_folder(tmp_path / "out", tmp_path / "out", model_3d)
+
+
+def test_overwrite_input_gives_the_same_prediction_and_only_then_changes_the_input(model_3d: Path) -> None:
+    model = load_model(model_3d, folds=[0])
+    data, geometry = hippocampus_case()
+    original = data.copy()
+    kept = predict_array(model, data, geometry)
+    np.testing.assert_array_equal(data, original)
+    overwritten = predict_array(model, data, geometry, overwrite_input=True)
+    np.testing.assert_array_equal(overwritten.labels, kept.labels)
+    assert not np.array_equal(data, original)  # normalized in place: one image-sized copy saved

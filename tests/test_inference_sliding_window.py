@@ -257,7 +257,7 @@ def test_slabs_are_final_rows_in_order_and_come_before_the_last_tile() -> None:
     for row, slab in sliding_window_slabs(net, data, (16, 16, 16), batch_tiles=3):
         rows.append((row, row + slab.shape[1]))
         seen_at.append(net.tiles)
-        slabs.append(slab)
+        slabs.append(slab.clone())  # a view, valid until the generator resumes
         assert slab.dtype == torch.float32 and slab.shape[2:] == data.shape[2:]
     # Contiguous cover of the 37 rows, handed out while tiles remain (4 tiles per row of tiles).
     assert rows[0][0] == 0 and rows[-1][1] == 37
@@ -271,6 +271,42 @@ def test_slabs_are_final_rows_in_order_and_come_before_the_last_tile() -> None:
 def test_slabs_skip_the_padding_of_an_image_smaller_than_the_patch() -> None:
     net = CountingConv().eval()
     data = torch.randn(1, 5, 20, 7)  # padded to 16 rows and 16 columns
-    slabs = list(sliding_window_slabs(net, data, (16, 16, 16)))
+    slabs = [(row, slab.clone()) for row, slab in sliding_window_slabs(net, data, (16, 16, 16))]
     assert [row for row, _ in slabs] == [0] and slabs[0][1].shape == (4, 5, 20, 7)
     torch.testing.assert_close(slabs[0][1], torch.softmax(net.conv(data[None]), dim=1)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_mirrored_copies_fill_the_batch_of_an_image_with_few_tiles() -> None:
+    data = torch.zeros(1, 8, 4, 4)  # one tile
+    net = PositionNetwork(axis=0)
+    grouped = sliding_window_predict(net, data, (8, 4, 4), activation="none", batch_tiles=4, mirror_axes=(0, 1))
+    assert net.calls == 1  # 4 mirror passes in one forward pass of 4
+    net.calls = 0
+    one_by_one = sliding_window_predict(net, data, (8, 4, 4), activation="none", batch_tiles=1, mirror_axes=(0, 1))
+    assert net.calls == 4
+    torch.testing.assert_close(grouped, one_by_one)
+    unet = tiny_unet(3)
+    image = torch.randn(1, 8, 16, 16)
+    torch.testing.assert_close(
+        sliding_window_predict(unet, image, (8, 16, 16), batch_tiles=8, mirror_axes=(0, 1, 2)),
+        sliding_window_predict(unet, image, (8, 16, 16), batch_tiles=1, mirror_axes=(0, 1, 2)),
+        rtol=1e-5, atol=1e-6,
+    )
+
+
+def test_batches_stay_within_one_row_of_tiles_so_the_ring_holds_one_patch_depth() -> None:
+    from autoseg.inference.sliding_window import _batches, _buffer_rows
+
+    slices = tile_slices((40, 50, 50), (16, 16, 16))  # 4 rows of tiles, 6 x 6 tiles each
+    batches = _batches(slices, 3)
+    assert all(len({slices[i][0].start for i in b}) == 1 for b in batches)
+    assert [len(b) for b in batches[:2]] == [3, 3] and len(batches) == 4 * 12
+    assert _buffer_rows(slices, batches) == 16
+    # One-row patches (2D models) may span rows: a batch of 5 single-tile rows needs 5 rows.
+    flat = tile_slices((12, 16, 16), (1, 16, 16))
+    assert _buffer_rows(flat, _batches(flat, 5)) == 5
+
+
+def test_one_voxel_patch_axis_visits_each_slice_once() -> None:
+    assert tile_starts(12, 1) == list(range(12))
+    assert tile_starts(5, 2) == [0, 1, 2, 3]

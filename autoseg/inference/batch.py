@@ -221,7 +221,7 @@ def predict_folder(
             data, geometry = read_case_images(channel_files(case, loaded.num_image_channels))
             prediction = predict_array(
                 loaded, data, geometry, step=step, tta=tta, return_probabilities=save_probabilities,
-                batch_tiles=batch_tiles, mixed_precision=mixed_precision,
+                batch_tiles=batch_tiles, mixed_precision=mixed_precision, overwrite_input=True,
             )
             del data
             if save_probabilities:

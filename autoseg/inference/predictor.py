@@ -163,6 +163,7 @@ def predict_array(
     return_probabilities: bool = False,
     batch_tiles: int | None = None,
     mixed_precision: bool = False,
+    overwrite_input: bool = False,
 ) -> Prediction:
     """Segment one case given as arrays; the result lies on the input's grid.
 
@@ -175,13 +176,17 @@ def predict_array(
         return_probabilities: also return (C, z, y, x) float16 probabilities on the input grid.
         batch_tiles: tiles per forward pass (default from the patch size).
         mixed_precision: bf16 autocast on CPU / fp16 on CUDA.
+        overwrite_input: let preprocessing normalize a float32 ``data`` in place, saving one image-sized
+            copy, for callers that no longer need it (``predict_folder``); ``data`` is then garbage.
     """
     check_input(model, data, geometry)
     options = dict(step=step, tta=tta, batch_tiles=batch_tiles, mixed_precision=mixed_precision)
     lowres_labels = None
     if model.previous_stage is not None:
         lowres_labels = predict_array(model.previous_stage, data, geometry, **options).labels
-    data_pp, _, properties = preprocess_case(data, geometry, model.plans, model.configuration_name)
+    data_pp, _, properties = preprocess_case(
+        data, geometry, model.plans, model.configuration_name, copy=not overwrite_input
+    )
     if lowres_labels is not None:
         labels_pp = label_to_preprocessed_grid(lowres_labels, properties, model.plans, model.configuration_name)
         data_pp = append_previous_stage(data_pp, labels_pp, model.previous_stage.dataset.foreground_labels)

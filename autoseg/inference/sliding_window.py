@@ -77,7 +77,8 @@ def blend_weights(image_size: int, patch_size: int, step: float = DEFAULT_STEP) 
 
 
 def tile_starts(image_size: int, patch_size: int, step: float = DEFAULT_STEP) -> list[int]:
-    """Start positions of the tiles along one axis: evenly spread, at most ``step * patch`` apart.
+    """Start positions of the tiles along one axis: evenly spread, at most ``step * patch`` (and at least
+    one voxel) apart.
 
     The first tile starts at 0 and the last ends at the image border, so every voxel is covered.
     ``image_size`` must be >= ``patch_size`` (smaller images are padded first).
@@ -87,7 +88,8 @@ def tile_starts(image_size: int, patch_size: int, step: float = DEFAULT_STEP) ->
     if not 0 < step <= 1:
         raise ValueError(f"step must be in (0, 1], got {step}")
     span = image_size - patch_size
-    n_tiles = math.ceil(span / (patch_size * step)) + 1 if span > 0 else 1
+    # At least one voxel apart: a one-voxel patch (2D models' slice axis) must not repeat slices.
+    n_tiles = math.ceil(span / max(1.0, patch_size * step)) + 1 if span > 0 else 1
     if n_tiles == 1:
         return [0]
     stride = span / (n_tiles - 1)
@@ -161,22 +163,29 @@ def _predict_batch(
     activation: Activation,
     mixed_precision: bool,
     channels_last: bool,
+    passes_per_forward: int = 1,
 ) -> torch.Tensor:
-    """Mean over networks and mirror passes of the activated outputs of one batch of tiles."""
+    """Mean over networks and mirror passes of the activated outputs of one batch of tiles.
+
+    ``passes_per_forward`` mirrored copies of the batch go through the network in one forward pass
+    (an image of one tile still fills the batch that way).
+    """
     total: torch.Tensor | None = None
+    n = batch.shape[0]
     for network in networks:
-        for axes in mirror_passes:
-            dims = [a + 2 for a in axes]
-            x = torch.flip(batch, dims) if dims else batch
+        for first in range(0, len(mirror_passes), passes_per_forward):
+            group = mirror_passes[first : first + passes_per_forward]
+            x = torch.cat([torch.flip(batch, [a + 2 for a in axes]) if axes else batch for axes in group])
             if channels_last:
                 x = x.contiguous(memory_format=_channels_last_format(x.ndim))
             with _autocast(batch.device, mixed_precision):
                 out = network(x)
             out = _activate(out, activation)
-            if dims:
-                out = torch.flip(out, dims)
-            # Out of place: a network may return (a view of) its input.
-            total = out if total is None else total + out
+            for k, axes in enumerate(group):
+                part = out[k * n : (k + 1) * n]
+                part = torch.flip(part, [a + 2 for a in axes]) if axes else part
+                # Out of place: a network may return (a view of) its input.
+                total = part if total is None else total + part
     assert total is not None
     return total / (len(networks) * len(mirror_passes))
 
@@ -194,15 +203,34 @@ def _default_accumulator_device(device: torch.device, n_bytes: int) -> torch.dev
     return torch.device("cpu") if device.type == "cuda" else device
 
 
-def _batches(n_tiles: int, batch_tiles: int) -> list[range]:
-    return [range(first, min(first + batch_tiles, n_tiles)) for first in range(0, n_tiles, batch_tiles)]
+def _batches(slices: Sequence[tuple[slice, ...]], batch_tiles: int) -> list[range]:
+    """Consecutive tiles, ``batch_tiles`` at most per batch; with a patch deeper than one row a batch
+    never spans two rows of tiles, so the rows in flight never exceed one patch depth."""
+    split_rows = slices[0][0].stop - slices[0][0].start > 1
+    batches, first = [], 0
+    for i in range(1, len(slices) + 1):
+        new_row = i < len(slices) and split_rows and slices[i][0].start != slices[first][0].start
+        if i == len(slices) or i - first == batch_tiles or new_row:
+            batches.append(range(first, i))
+            first = i
+    return batches
 
 
-def _buffer_rows(slices: Sequence[tuple[slice, ...]], batches: Sequence[range], rows: int) -> int:
+def _buffer_rows(slices: Sequence[tuple[slice, ...]], batches: Sequence[range]) -> int:
     """Rows (axis 0) the streaming accumulator must hold: from the first row a batch may still touch
     (its first tile's start: every earlier row is final by then) to the end of its last tile."""
-    depth = max(slices[b[-1]][0].stop - slices[b[0]][0].start for b in batches)
-    return min(rows, depth)
+    return max(slices[b[-1]][0].stop - slices[b[0]][0].start for b in batches)
+
+
+def _ring(start: int, stop: int, depth: int) -> list[tuple[slice, int]]:
+    """Grid rows ``[start, stop)`` in a ring buffer of ``depth`` rows: (buffer rows, first grid row) pieces."""
+    pieces, row = [], start
+    while row < stop:
+        at = row % depth
+        n = min(stop - row, depth - at)
+        pieces.append((slice(at, at + n), row))
+        row += n
+    return pieces
 
 
 def _check_arguments(networks: Sequence[nn.Module], data: torch.Tensor, patch_size: Sequence[int],
@@ -236,14 +264,16 @@ def sliding_window_slabs(
     """Predict an image (C, *spatial) tile by tile, yielding its final prediction slab by slab along axis 0.
 
     Yields ``(row, slab)``: ``slab`` (n_outputs, rows, *rest) float32 holds rows ``row ..`` of the result,
-    in order, together covering the image. Tiles run in row-major order, so once every tile starting
-    above row ``r`` is added, rows below ``r`` receive nothing more and are handed out: the accumulator
-    holds about one patch depth of rows, not the whole image (14 classes of a 300x512x512 CT: 0.9 GB of
-    float32 at a 64-row patch, against 2.2 GB of float16 for the full grid). The arguments are those of
-    ``sliding_window_predict``.
+    in order, together covering the image. ``slab`` is a view into the accumulator, valid until the
+    generator resumes: copy what must outlive that. Tiles run in row-major order, so once every tile
+    starting above row ``r`` is added, rows below ``r`` receive nothing more and are handed out: the
+    accumulator is a ring of one patch depth of rows, not the whole image (14 classes of a 300x512x512 CT:
+    0.9 GB of float32 at a 64-row patch, against 2.2 GB of float16 for the full grid). The arguments are
+    those of ``sliding_window_predict``.
     """
     networks = [network] if isinstance(network, nn.Module) else list(network)
     batch_tiles = default_batch_tiles(patch_size) if batch_tiles is None else batch_tiles
+    batch_voxels = batch_tiles * math.prod(int(p) for p in patch_size)  # per forward pass, mirror copies included
     _check_arguments(networks, data, patch_size, mirror_axes, batch_tiles)
     device = torch.device(device)
     patch = tuple(int(p) for p in patch_size)
@@ -253,16 +283,17 @@ def sliding_window_slabs(
     indices = _tile_indices(spatial, patch, step)
     axis_weights = [blend_weights(s, p, step).to(device) for s, p in zip(spatial, patch)]
     passes = mirror_combinations(mirror_axes)
-    batches = _batches(len(slices), batch_tiles)
-    depth = _buffer_rows(slices, batches, spatial[0])
+    batches = _batches(slices, batch_tiles)
+    depth = _buffer_rows(slices, batches)
     first_row, n_rows = crop[0].start or 0, data.shape[1]
 
-    buffer: torch.Tensor | None = None
-    base = 0  # grid row of buffer row 0; every row above it has been handed out
+    buffer: torch.Tensor | None = None  # ring buffer: grid row r lives in buffer row r % depth
+    base = 0  # every grid row above it has been handed out
     for number, batch_range in enumerate(batches):
         chunk = [slices[i] for i in batch_range]
         batch = torch.stack([padded[(slice(None), *s)] for s in chunk]).to(device, non_blocking=True)
-        prediction = _predict_batch(networks, batch, passes, activation, mixed_precision, channels_last)
+        together = max(1, min(len(passes), batch_voxels // (len(chunk) * math.prod(patch))))
+        prediction = _predict_batch(networks, batch, passes, activation, mixed_precision, channels_last, together)
         shares = torch.stack([_outer([w[i] for w, i in zip(axis_weights, indices[t])]) for t in batch_range])
         prediction = prediction * shares[:, None]
         if buffer is None:
@@ -272,18 +303,16 @@ def sliding_window_slabs(
             buffer = torch.zeros(shape, dtype=torch.float32, device=target)
         prediction = prediction.to(buffer.device, torch.float32)
         for tile, s in zip(prediction, chunk):
-            buffer[(slice(None), slice(s[0].start - base, s[0].stop - base), *s[1:])] += tile
+            for rows, row in _ring(s[0].start, s[0].stop, depth):
+                length = rows.stop - rows.start
+                buffer[(slice(None), rows, *s[1:])] += tile[:, row - s[0].start : row - s[0].start + length]
         final = slices[batches[number + 1][0]][0].start if number + 1 < len(batches) else spatial[0]
-        if final > base:
-            n = final - base
-            # Hand out the final rows that lie inside the image (not in the padding), then shift.
-            lo, hi = max(base, first_row), min(final, first_row + n_rows)
-            if hi > lo:
-                slab = buffer[(slice(None), slice(lo - base, hi - base), *crop[1:])].clone()
-                yield lo - first_row, slab
-            buffer[:, : depth - n] = buffer[:, n:].clone()
-            buffer[:, depth - n :] = 0
-            base = final
+        # Hand out the final rows that lie inside the image (not in the padding), then clear them.
+        for rows, row in _ring(max(base, first_row), min(final, first_row + n_rows), depth):
+            yield row - first_row, buffer[(slice(None), rows, *crop[1:])]
+        for rows, _ in _ring(base, final, depth):
+            buffer[:, rows] = 0
+        base = max(base, final)
 
 
 @torch.inference_mode()
@@ -314,7 +343,8 @@ def sliding_window_predict(
         patch_size: tile size, one value per spatial axis.
         step: tile offset as a fraction of the patch (0.5: tiles overlap by half, reference §1.6).
         mirror_axes: spatial axes (0-based) for mirroring TTA; all 2^k combinations are averaged.
-        batch_tiles: tiles per forward pass (default ``default_batch_tiles(patch_size)``).
+        batch_tiles: tiles per forward pass (default ``default_batch_tiles(patch_size)``); when an image
+            has fewer tiles, mirrored copies fill the forward pass up to the same number of voxels.
         device: where the networks run.
         activation: "softmax" (classes) or "sigmoid" (regions) gives probabilities; "none" averages
             raw logits.

@@ -86,6 +86,17 @@ def _as_float32(probs: Any) -> np.ndarray:
     return np.asarray(probs, dtype=np.float32)
 
 
+def _rows(pieces: Sequence[tuple[int, np.ndarray]], start: int, stop: int) -> np.ndarray:
+    """Rows ``[start, stop)`` (axis 1) of consecutive pieces (first row, (C, rows, ...)): a view when one
+    piece holds them all."""
+    parts = [
+        rows[:, max(0, start - first) : stop - first]
+        for first, rows in pieces
+        if first < stop and first + rows.shape[1] > start
+    ]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+
+
 class ProbabilityExport:
     """Probabilities on the preprocessed grid, given slab by slab along axis 0 -> label map on the input grid.
 
@@ -117,8 +128,8 @@ class ProbabilityExport:
         self.labels = np.zeros(self.out_shape, dtype=label_dtype(plans))
         self.return_probabilities = return_probabilities
         self.probabilities: np.ndarray | None = None
-        self.pending: np.ndarray | None = None  # input rows [pending_start, pending_start + len)
-        self.pending_start = 0
+        self.kept: list[tuple[int, np.ndarray]] = []  # copies of input rows still needed: (first row, rows)
+        self.end = 0  # input rows [0, end) have arrived
         self.done = 0  # output rows [0, done) are written
 
     def _rows_needed(self, z0: int, z1: int) -> tuple[int, int]:
@@ -145,24 +156,30 @@ class ProbabilityExport:
         return lo
 
     def add(self, row: int, probs: Any) -> None:
-        """Input rows ``[row, row + probs.shape[1])`` of the (C, ...) probabilities; rows come in order."""
+        """Input rows ``[row, row + probs.shape[1])`` of the (C, ...) probabilities; rows come in order.
+
+        ``probs`` is only read during the call (the sliding window's slabs are views into its buffer):
+        rows needed later are copied.
+        """
         probs = _as_float32(probs)
-        end = self.pending_start + (0 if self.pending is None else self.pending.shape[1])
-        if row != end or probs.shape[2:] != self.in_shape[1:] or row + probs.shape[1] > self.in_shape[0]:
+        if row != self.end or probs.shape[2:] != self.in_shape[1:] or row + probs.shape[1] > self.in_shape[0]:
             raise ValueError(
-                f"slab of shape {probs.shape} at row {row} does not continue the rows so far ({end}) of the "
+                f"slab of shape {probs.shape} at row {row} does not continue the rows so far ({self.end}) of the "
                 f"grid {self.in_shape}"
             )
-        self.pending = probs if self.pending is None else np.concatenate([self.pending, probs], axis=1)
-        available = end + probs.shape[1]
-        z1 = self._ready_until(available)
+        pieces = [*self.kept, (row, probs)]
+        self.end = row + probs.shape[1]
+        z1 = self._ready_until(self.end)
         if z1 > self.done:
             i0, i1 = self._rows_needed(self.done, z1)
-            self._export(self.pending[:, i0 - self.pending_start : i1 - self.pending_start], i0, self.done, z1)
+            self._export(_rows(pieces, i0, i1), i0, self.done, z1)
             self.done = z1
-        keep = self._rows_needed(self.done, self.done + 1)[0] if self.done < self.out_shape[0] else available
-        self.pending = self.pending[:, keep - self.pending_start :]
-        self.pending_start = keep
+        keep = self._rows_needed(self.done, self.done + 1)[0] if self.done < self.out_shape[0] else self.end
+        self.kept = [(max(start, keep), rows[:, max(0, keep - start) :]) for start, rows in self.kept
+                     if start + rows.shape[1] > keep]
+        if keep < self.end:
+            first = max(row, keep)
+            self.kept.append((first, probs[:, first - row :].copy()))
 
     def _export(self, block: np.ndarray, first_row: int, z0: int, z1: int) -> None:
         """Output rows ``[z0, z1)`` from the input rows ``block`` (starting at ``first_row``)."""
