@@ -100,7 +100,8 @@ def fingerprint(
     num_workers: Optional[int] = typer.Option(None, "-np", "--num-workers", help=WORKERS_HELP),
 ) -> None:
     """Verify the dataset and write its fingerprint.json (spacings, shapes, intensities, class sizes)."""
-    from autoseg.fingerprint.extract import extract_fingerprint, fingerprint_path
+    from autoseg.fingerprint.extract import extract_fingerprint
+    from autoseg.fingerprint.file import fingerprint_path
     from autoseg.fingerprint.summary import format_fingerprint
     from autoseg.paths import resolve_dataset
 

@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 from autoseg.cli import app
 from autoseg.errors import FingerprintError
 from autoseg.fingerprint.cropping import OUTSIDE_NONZERO, bounding_box, crop_to_nonzero
-from autoseg.fingerprint.extract import extract_fingerprint, load_fingerprint
+from autoseg.fingerprint.extract import extract_fingerprint
+from autoseg.fingerprint.file import load_fingerprint
 from autoseg.paths import resolve_dataset
 
 runner = CliRunner()

@@ -81,6 +81,17 @@ def test_resume_after_kill_redoes_only_the_incomplete_case(roots: dict[str, Path
     assert report.gt_unchanged == 4
 
 
+def test_an_empty_file_left_by_a_power_loss_is_redone(roots: dict[str, Path], small_dataset: Path) -> None:
+    _write_plans(roots)
+    preprocess_dataset(DATASET, ["3d_fullres"], num_workers=1)
+    out = roots["preprocessed"] / DATASET / IDENTIFIER
+    (out / "hippocampus_004_seg.b2nd").write_bytes(b"")  # renamed into place, data never flushed
+    report = preprocess_dataset(DATASET, ["3d_fullres"], num_workers=1)
+    assert report.outputs[0].processed == ["hippocampus_004"] and len(report.outputs[0].skipped) == 3
+    _, seg, _ = load_case(out, "hippocampus_004", mmap=False)
+    assert seg.shape[0] == 1 and seg.max() == 2
+
+
 def test_changed_plan_redoes_every_case(roots: dict[str, Path], small_dataset: Path) -> None:
     _write_plans(roots)
     preprocess_dataset(DATASET, ["3d_fullres"], num_workers=1)

@@ -14,19 +14,17 @@ from typing import Any
 import numpy as np
 
 from autoseg import __version__
-from autoseg.utils.jsonio import read_json
 from autoseg.dataset.cases import Case
 from autoseg.dataset.description import DatasetDescription, load_description
 from autoseg.dataset.imageio import physical_volume_mm3
 from autoseg.dataset.verify import check_case, dataset_level_problems
 from autoseg.errors import DatasetError, FingerprintError
 from autoseg.fingerprint.cropping import crop_to_nonzero
+from autoseg.fingerprint.file import FINGERPRINT_VERSION, fingerprint_path
 from autoseg.paths import DatasetLocation
 from autoseg.utils.atomic import atomic_write_json
 from autoseg.utils.progress import default_workers, parallel_map
 
-FINGERPRINT_VERSION = 1
-FINGERPRINT_FILE = "fingerprint.json"
 # nnU-Net pools 1e8 foreground samples (reference §1.2); 1e7 gives the same percentiles to well below
 # the precision normalization needs, at a tenth of the memory.
 FOREGROUND_SAMPLES_TOTAL = 10_000_000
@@ -88,10 +86,6 @@ def intensity_statistics(samples: np.ndarray) -> dict[str, float]:
         "percentile_99_5": float(p995),
         "num_samples": int(samples.size),
     }
-
-
-def fingerprint_path(location: DatasetLocation) -> Path:
-    return location.preprocessed_dir / FINGERPRINT_FILE
 
 
 def extract_fingerprint(
@@ -167,22 +161,3 @@ def _pool(
         "is_2d": bool(np.all(shapes_after[:, 0] == 1)),
         "sampling_seed": seed,
     }
-
-
-def load_fingerprint(location: DatasetLocation) -> dict[str, Any]:
-    """Read ``fingerprint.json``; a clear error when it is missing, unreadable or from another version."""
-    path = fingerprint_path(location)
-    data = read_json(
-        path, FingerprintError, f"not found; run `autoseg fingerprint {location.name}` first",
-        "delete it and re-run `autoseg fingerprint`",
-    )
-    required = ("version", "spacings", "shapes_after_crop", "foreground_intensity_properties_per_channel", "channel_names", "labels")
-    missing = [k for k in required if not isinstance(data, dict) or k not in data]
-    if missing:
-        raise FingerprintError(f"{path}: missing {', '.join(missing)}; re-run `autoseg fingerprint {location.name}`")
-    if data["version"] != FINGERPRINT_VERSION:
-        raise FingerprintError(
-            f"{path}: fingerprint version {data['version']} but this autoseg writes {FINGERPRINT_VERSION}; "
-            f"re-run `autoseg fingerprint {location.name}`"
-        )
-    return data

@@ -92,21 +92,34 @@ def _loss(outputs: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
     return sum(o.float().square().mean() for o in outputs)
 
 
+def _sgd_step(parameters: Sequence[torch.Tensor], buffers: list[torch.Tensor], lr: float = 1e-6,
+              momentum: float = 0.99) -> None:
+    """Nesterov SGD by hand, as training's optimizer computes it: constructing ``torch.optim.SGD``
+    imports TorchDynamo on first use (~1.8 s, longer than the whole measurement)."""
+    grads = [p.grad for p in parameters]
+    torch._foreach_mul_(buffers, momentum)
+    torch._foreach_add_(buffers, grads)
+    torch._foreach_add_(grads, buffers, alpha=momentum)
+    torch._foreach_add_(list(parameters), grads, alpha=-lr)
+
+
 def _time_steps(network: nn.Module, inputs: torch.Tensor, device: torch.device) -> float:
     """Fastest forward+backward+SGD step after warm-up (the fastest is the least disturbed by load),
     under the autocast training uses by default."""
-    optimizer = torch.optim.SGD(network.parameters(), lr=1e-6, momentum=0.99, nesterov=True)
+    parameters = [p for p in network.parameters() if p.requires_grad]
+    buffers = [torch.zeros_like(p) for p in parameters]
     dtype = autocast_dtype("auto", device)
     times = []
     for step in range(C.TIMING_WARMUP_STEPS + C.TIMING_MEASURED_STEPS):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
+        network.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
             loss = _loss(network(inputs))
         loss.backward()
-        optimizer.step()
+        with torch.no_grad():
+            _sgd_step(parameters, buffers)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         if step >= C.TIMING_WARMUP_STEPS:

@@ -417,11 +417,13 @@ def plan_dataset(
     'cpu') the plan is sized for a compute budget (``budget_seconds``, default 12 h per fold).
     """
     from autoseg.dataset.description import load_description
-    from autoseg.fingerprint.extract import extract_fingerprint, fingerprint_path, load_fingerprint
+    from autoseg.fingerprint.file import fingerprint_path, load_fingerprint
     from autoseg.paths import resolve_dataset
 
     location = resolve_dataset(dataset_spec)
     if not fingerprint_path(location).is_file():
+        from autoseg.fingerprint.extract import extract_fingerprint  # SimpleITK and scipy: only when needed
+
         extract_fingerprint(location, num_workers)
     fingerprint = load_fingerprint(location)
     chosen = choose_device(device, PlanError)

@@ -3,7 +3,9 @@
 Per case in ``<preprocessed>/<Dataset>/<data_identifier>/``: ``<case>.b2nd`` (float32 (C, z, y, x)),
 ``<case>_seg.b2nd`` (int16 (1, z, y, x), -1 outside the nonzero mask) and ``<case>.json``. The JSON is
 written last and is the "case complete" marker: a case without it (a killed run) does not exist for
-``list_cases`` and is redone. Arrays are chunked per channel so that a training patch decompresses only
+``list_cases`` and is redone. Writes are renamed into place without an fsync each (atomic against a
+kill; a re-run redoes what a power loss might have lost): hundreds of fsyncs took a fifth of the stage.
+Arrays are chunked per channel so that a training patch decompresses only
 the chunks it touches (``blosc2.open`` memory-maps the file). Codec, level and chunk shape were chosen by
 the measurement in ``docs/preprocessing.md`` (``benchmarks/store_codecs.py``).
 """
@@ -59,7 +61,7 @@ def write_array(
     """Write ``array`` (C, *spatial) as a chunked blosc2 file, atomically."""
     chunks, blocks = chunk_shapes(array.shape, patch_size, array.dtype.itemsize)
     cparams = blosc2.CParams(codec=codec, clevel=clevel, typesize=array.dtype.itemsize, nthreads=1)
-    with atomic_path(path, suffix=DATA_SUFFIX) as tmp:
+    with atomic_path(path, suffix=DATA_SUFFIX, durable=False) as tmp:
         tmp.unlink()  # blosc2 creates the file itself
         written = blosc2.asarray(
             np.ascontiguousarray(array), urlpath=str(tmp), mode="w", chunks=chunks, blocks=blocks, cparams=cparams
@@ -82,7 +84,7 @@ def save_case(
     write_array(data_path, data.astype(np.float32, copy=False), patch_size)
     if seg is not None:
         write_array(seg_path, seg.astype(np.int16, copy=False), patch_size)
-    atomic_write_json(json_path, properties, indent=None)  # compact: class locations are large
+    atomic_write_json(json_path, properties, indent=None, durable=False)  # compact: class locations are large
 
 
 def load_properties(folder: str | Path, case_id: str) -> dict[str, Any]:

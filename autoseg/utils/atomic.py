@@ -1,7 +1,9 @@
 """Atomic writes: a result file is either absent, the old version, or complete; never half-written.
 
 Write to a temporary name in the same folder, flush and fsync, then ``os.replace`` (atomic on POSIX and
-Windows when source and target are on one file system).
+Windows when source and target are on one file system). The rename alone makes a write atomic against a
+killed process; the fsync adds durability against power loss, and bulk writers that can redo their
+work (the preprocessed store, hundreds of small files) skip it with ``durable=False``.
 """
 
 from __future__ import annotations
@@ -15,12 +17,12 @@ from typing import Any, Iterator
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str], suffix: str | None = None, durable: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds.
 
     The temporary name keeps the target's suffix (``suffix`` overrides it) so that writers that pick
     the format from the extension (SimpleITK, numpy) behave. On error the temporary file is removed
-    and ``path`` is untouched.
+    and ``path`` is untouched. ``durable=False`` skips the fsync before the rename.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -30,7 +32,8 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> Iter
     tmp = Path(tmp_name)
     try:
         yield tmp
-        _fsync_file(tmp)
+        if durable:
+            _fsync_file(tmp)
         # mkstemp creates the file private (0600); results get the permissions of any new file.
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, target)
@@ -55,16 +58,16 @@ def _fsync_file(path: Path) -> None:
             os.close(fd)
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    with atomic_path(path) as tmp:
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, durable: bool = True) -> None:
+    with atomic_path(path, durable=durable) as tmp:
         tmp.write_bytes(data)
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: str | os.PathLike[str], text: str, durable: bool = True) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), durable)
 
 
-def atomic_write_json(path: str | os.PathLike[str], obj: Any, indent: int | None = 2) -> None:
+def atomic_write_json(path: str | os.PathLike[str], obj: Any, indent: int | None = 2, durable: bool = True) -> None:
     """Write ``obj`` as JSON (insertion order; ``indent=None`` writes one compact line)."""
     separators = (",", ":") if indent is None else None
-    atomic_write_text(path, json.dumps(obj, indent=indent, separators=separators, allow_nan=True) + "\n")
+    atomic_write_text(path, json.dumps(obj, indent=indent, separators=separators, allow_nan=True) + "\n", durable)
