@@ -7,7 +7,7 @@ sliding window + export, as nnU-Net's does. Peak RSS is the process's high-water
 (``ru_maxrss``), reported with the baseline after imports so the prediction's own share is visible.
 
 Run: ``python benchmarks/predict_memory.py [--shape 300 512 512] [--classes 14] [--tta]
-[--mixed-precision] [--json out.json]``. At full size this takes
+[--mixed-precision auto|off|bf16|fp16] [--json out.json]``. At full size this takes
 several minutes on a 2-core CPU; ``--shape 80 160 160`` checks the script in seconds.
 """
 
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict[str, float | str | list[int] | b
     parser.add_argument("--shape", type=int, nargs=3, default=[300, 512, 512], metavar=("Z", "Y", "X"))
     parser.add_argument("--classes", type=int, default=14)
     parser.add_argument("--tta", action="store_true")
-    parser.add_argument("--mixed-precision", action="store_true")
+    parser.add_argument("--mixed-precision", choices=("auto", "off", "bf16", "fp16"), default="auto")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)

@@ -175,7 +175,7 @@ def test_two_dimensional_model_predicts_a_volume_slice_by_slice(tmp_path: Path) 
     assert prediction.labels.shape == data.shape[1:]
     # On the preprocessed grid, slice z is the 2D sliding window over slice z alone (both folds, TTA).
     data_pp, _, _ = preprocess_case(data, geometry, model.plans, "2d")
-    volume = predict_preprocessed(model, data_pp)
+    volume = predict_preprocessed(model, data_pp, mixed_precision="off")
     for z in (0, 7):
         alone = sliding_window_predict(model.networks, torch.from_numpy(data_pp[:, z]), (16, 16), mirror_axes=(0, 1))
         torch.testing.assert_close(volume[:, z], alone, rtol=0, atol=1e-5)
@@ -349,3 +349,20 @@ def test_overwrite_input_gives_the_same_prediction_and_only_then_changes_the_inp
     overwritten = predict_array(model, data, geometry, overwrite_input=True)
     np.testing.assert_array_equal(overwritten.labels, kept.labels)
     assert not np.array_equal(data, original)  # normalized in place: one image-sized copy saved
+
+
+def test_mixed_precision_setting_is_resolved_recorded_and_checked(model_3d: Path, tmp_path: Path) -> None:
+    from autoseg.utils.device import autocast_dtype
+
+    images = tmp_path / "in"
+    images.mkdir()
+    shutil.copy(HIPPOCAMPUS / "imagesTr" / "hippocampus_001_0000.nii.gz", images)
+    predict_folder(images, tmp_path / "out", model_3d, folds=[0], device="cpu")
+    info = json.loads((tmp_path / "out" / PREDICT_INFO).read_text())
+    assert info["mixed_precision"] == "auto"
+    assert info["autocast_dtype"] == str(autocast_dtype("auto", torch.device("cpu")))
+    off = predict_folder(images, tmp_path / "off", model_3d, folds=[0], device="cpu", mixed_precision="off")
+    assert off.predicted == ["hippocampus_001"]
+    with pytest.raises(InferenceError, match="mixed_precision='half': choose auto, fp16, bf16 or off"):
+        predict_folder(images, tmp_path / "bad", model_3d, folds=[0], device="cpu", mixed_precision="half")
+    assert not (tmp_path / "bad").exists()

@@ -131,9 +131,11 @@ def test_tile_slices_product_and_errors() -> None:
 def test_mirror_combinations_and_batch_default() -> None:
     assert mirror_combinations((2, 0)) == [(), (0,), (2,), (0, 2)]
     assert len(mirror_combinations((0, 1, 2))) == 8
-    assert default_batch_tiles((64, 64, 64)) == 4
-    assert default_batch_tiles((128, 128, 128)) == 1
-    assert default_batch_tiles((4, 4, 4)) == 16
+    assert default_batch_tiles((64, 64, 64), "cuda") == 4
+    assert default_batch_tiles((128, 128, 128), "cuda") == 1
+    assert default_batch_tiles((4, 4, 4), "cuda") == 16
+    assert default_batch_tiles((40, 56, 40), "cpu") == 2  # CPU caches: small batches run faster per tile
+    assert default_batch_tiles((64, 64, 64)) == 1
 
 
 @pytest.mark.parametrize("shape", [(2, 7, 9, 11), (1, 16, 8, 8)])
@@ -219,7 +221,7 @@ def test_bf16_autocast_stays_close_to_float32() -> None:
     net = tiny_unet(3)
     data = torch.randn(1, 8, 16, 16)
     exact = sliding_window_predict(net, data, (8, 16, 16))
-    mixed = sliding_window_predict(net, data, (8, 16, 16), mixed_precision=True, channels_last=True)
+    mixed = sliding_window_predict(net, data, (8, 16, 16), autocast_dtype=torch.bfloat16, channels_last=True)
     assert mixed.dtype == torch.float32
     assert (mixed - exact).abs().max().item() < 0.05
 

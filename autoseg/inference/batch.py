@@ -23,6 +23,7 @@ from autoseg.inference.model import LoadedModel, find_model_folder, load_model
 from autoseg.inference.predictor import Prediction, predict_array
 from autoseg.inference.sliding_window import DEFAULT_STEP
 from autoseg.utils.atomic import atomic_path, atomic_write_json
+from autoseg.utils.device import autocast_dtype
 from autoseg.utils.progress import Failure, track
 
 DEFAULT_OUTPUT_ENDING = ".nii.gz"
@@ -182,7 +183,7 @@ def predict_folder(
     num_parts: int = 1,
     part_id: int = 0,
     continue_: bool = False,
-    mixed_precision: bool = False,
+    mixed_precision: str = "auto",
     batch_tiles: int | None = None,
 ) -> PredictReport:
     """Predict every case of ``input_path`` into ``output_folder``; raise ``InferenceError`` if any failed.
@@ -208,8 +209,9 @@ def predict_folder(
         raise InferenceError(f"{output}: output folder equals the input folder; choose another output folder")
     cases = shard(discover_cases(input_path), num_parts, part_id)
     loaded = _resolve_model(model, folds, checkpoint, device)
+    info = _predict_info(loaded, step, tta, save_probabilities, mixed_precision)  # checks the settings first
     output.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(output / PREDICT_INFO, _predict_info(loaded, step, tta, save_probabilities, mixed_precision))
+    atomic_write_json(output / PREDICT_INFO, info)
     report = PredictReport(output)
     for case in track(cases, f"predict {loaded.configuration_name}"):
         ending = output_ending(case, loaded.dataset.file_ending)
@@ -243,7 +245,7 @@ def predict_folder(
 
 
 def _predict_info(
-    model: LoadedModel, step: float, tta: bool, save_probabilities: bool, mixed_precision: bool
+    model: LoadedModel, step: float, tta: bool, save_probabilities: bool, mixed_precision: str
 ) -> dict[str, Any]:
     return {
         **model.info(),
@@ -252,5 +254,6 @@ def _predict_info(
         "mirror_axes": list(model.mirror_axes) if tta else [],
         "save_probabilities": save_probabilities,
         "mixed_precision": mixed_precision,
+        "autocast_dtype": str(autocast_dtype(mixed_precision, model.device, InferenceError)),
         "device": str(model.device),
     }

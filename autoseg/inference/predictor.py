@@ -21,6 +21,7 @@ from autoseg.inference.model import LoadedModel
 from autoseg.inference.sliding_window import DEFAULT_STEP, sliding_window_predict, sliding_window_slabs
 from autoseg.preprocessing.inverse import ProbabilityExport, label_to_preprocessed_grid
 from autoseg.preprocessing.pipeline import preprocess_case
+from autoseg.utils.device import autocast_dtype
 
 # reference.md §4: float16 accumulators halve memory (14 classes x 512x512x400: 2.9 vs 5.9 GB). When the
 # whole probability map is asked for (``predict_preprocessed``) and float32 would exceed this, float16.
@@ -79,9 +80,9 @@ def _accumulator_dtype(n_outputs: int, shape: Sequence[int]) -> torch.dtype:
     return torch.float16 if n_bytes > FLOAT16_ACCUMULATOR_ABOVE_BYTES else torch.float32
 
 
-def _window_options(model: LoadedModel, tta: bool, **options: Any) -> dict[str, Any]:
+def _window_options(model: LoadedModel, tta: bool, mixed_precision: str, **options: Any) -> dict[str, Any]:
     """Arguments of the sliding window for ``model``: its folds, patch and mirror axes (2D models run as
-    3D with a one-slice patch), its activation and device."""
+    3D with a one-slice patch), its activation, device and autocast dtype."""
     patch = tuple(model.patch_size)
     mirror_axes = tuple(model.mirror_axes) if tta else ()
     networks: list[nn.Module] = list(model.networks)
@@ -90,7 +91,8 @@ def _window_options(model: LoadedModel, tta: bool, **options: Any) -> dict[str, 
         patch = (1, *patch)
         mirror_axes = tuple(a + 1 for a in mirror_axes)
     return dict(network=networks, patch_size=patch, mirror_axes=mirror_axes, device=model.device,
-                activation=_activation(model), **options)
+                activation=_activation(model), autocast_dtype=autocast_dtype(mixed_precision, model.device, InferenceError),
+                **options)
 
 
 def predict_preprocessed(
@@ -100,7 +102,7 @@ def predict_preprocessed(
     step: float = DEFAULT_STEP,
     tta: bool = True,
     batch_tiles: int | None = None,
-    mixed_precision: bool = False,
+    mixed_precision: str = "auto",
     accumulator_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Fold-averaged probabilities (C, z, y, x) on the preprocessed grid of ``model``'s configuration.
@@ -112,7 +114,7 @@ def predict_preprocessed(
     data = torch.as_tensor(data_pp)
     n_outputs = int(model.dataset.num_output_channels)
     dtype = accumulator_dtype or _accumulator_dtype(n_outputs, data.shape[1:])
-    options = _window_options(model, tta, step=step, batch_tiles=batch_tiles, mixed_precision=mixed_precision)
+    options = _window_options(model, tta, mixed_precision, step=step, batch_tiles=batch_tiles)
     return sliding_window_predict(data=data, accumulator_dtype=dtype, **options).cpu()
 
 
@@ -124,7 +126,7 @@ def export_preprocessed(
     step: float = DEFAULT_STEP,
     tta: bool = True,
     batch_tiles: int | None = None,
-    mixed_precision: bool = False,
+    mixed_precision: str = "auto",
     return_probabilities: bool = False,
 ) -> Prediction:
     """Predict a preprocessed case and map it to its input grid, slab by slab.
@@ -137,7 +139,7 @@ def export_preprocessed(
         properties, model.plans, model.configuration_name, regions_class_order=model.regions_class_order,
         return_probabilities=return_probabilities,
     )
-    options = _window_options(model, tta, step=step, batch_tiles=batch_tiles, mixed_precision=mixed_precision)
+    options = _window_options(model, tta, mixed_precision, step=step, batch_tiles=batch_tiles)
     for row, slab in sliding_window_slabs(data=torch.as_tensor(data_pp), **options):
         export.add(row, slab)
     restored = export.finish()
@@ -162,7 +164,7 @@ def predict_array(
     tta: bool = True,
     return_probabilities: bool = False,
     batch_tiles: int | None = None,
-    mixed_precision: bool = False,
+    mixed_precision: str = "auto",
     overwrite_input: bool = False,
 ) -> Prediction:
     """Segment one case given as arrays; the result lies on the input's grid.
@@ -175,7 +177,8 @@ def predict_array(
         tta: mirroring test-time augmentation over the axes the model was trained with.
         return_probabilities: also return (C, z, y, x) float16 probabilities on the input grid.
         batch_tiles: tiles per forward pass (default from the patch size).
-        mixed_precision: bf16 autocast on CPU / fp16 on CUDA.
+        mixed_precision: ``auto`` (fp16 on CUDA, bf16 on CPUs with native bf16, else float32; its Dice
+            impact is measured in docs/benchmarks.md), ``bf16``, ``fp16`` (CUDA) or ``off``.
         overwrite_input: let preprocessing normalize a float32 ``data`` in place, saving one image-sized
             copy, for callers that no longer need it (``predict_folder``); ``data`` is then garbage.
     """

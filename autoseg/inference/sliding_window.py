@@ -29,10 +29,11 @@ from torch import nn
 DEFAULT_STEP = 0.5
 # reference.md §1.6: the Gaussian importance map has sigma = patch / 8 on every axis.
 GAUSSIAN_SIGMA_SCALE = 1.0 / 8.0
-# Voxels per forward pass by default (4 tiles of 64^3, 16 of 128^2): enough to fill the matrix units
-# on small patches, small enough that the activations stay within a few hundred MB; big patches run
-# one tile at a time. MAX_BATCH_TILES caps tiny patches.
-BATCH_VOXELS = 4 * 64**3
+# Voxels per forward pass by default. On a GPU, 4 tiles of 64^3 (16 of 128^2) fill the matrix units
+# and keep activations within a few hundred MB. On a CPU, batches beyond about 2 small tiles run slower
+# per tile (activations fall out of the caches): the nnU-Net Hippocampus network with 40x56x40 tiles
+# took 5.3 s at 2 tiles per pass, 7.1 s at 11 (docs/benchmarks.md). MAX_BATCH_TILES caps tiny patches.
+BATCH_VOXELS = {"cuda": 4 * 64**3, "cpu": 180_000}
 MAX_BATCH_TILES = 16
 
 Activation = Literal["softmax", "sigmoid", "none"]
@@ -113,9 +114,11 @@ def _tile_indices(image_shape: Sequence[int], patch_size: Sequence[int], step: f
     return list(itertools.product(*(range(n) for n in counts)))
 
 
-def default_batch_tiles(patch_size: Sequence[int]) -> int:
-    """Tiles per forward pass: ``BATCH_VOXELS`` worth of tiles, at least 1, at most ``MAX_BATCH_TILES``."""
-    return max(1, min(MAX_BATCH_TILES, BATCH_VOXELS // math.prod(int(p) for p in patch_size)))
+def default_batch_tiles(patch_size: Sequence[int], device: torch.device | str = "cpu") -> int:
+    """Tiles per forward pass: ``BATCH_VOXELS`` of the device type worth of tiles (other accelerators
+    as CUDA), at least 1, at most ``MAX_BATCH_TILES``."""
+    voxels = BATCH_VOXELS["cpu" if torch.device(device).type == "cpu" else "cuda"]
+    return max(1, min(MAX_BATCH_TILES, voxels // math.prod(int(p) for p in patch_size)))
 
 
 def mirror_combinations(mirror_axes: Sequence[int]) -> list[tuple[int, ...]]:
@@ -139,11 +142,10 @@ def _pad_to_patch(data: torch.Tensor, patch_size: Sequence[int]) -> tuple[torch.
     return padded, crop
 
 
-def _autocast(device: torch.device, mixed_precision: bool):
-    """bf16 on CPU (reference §4: AVX512-BF16 convs ~2x), fp16 on CUDA; a no-op when disabled."""
-    if not mixed_precision or device.type not in ("cpu", "cuda"):
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    """Autocast to ``dtype`` on ``device``; a no-op for None (and on devices without autocast)."""
+    if dtype is None or device.type not in ("cpu", "cuda"):
         return torch.autocast(device.type, enabled=False)
-    dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
     return torch.autocast(device.type, dtype=dtype)
 
 
@@ -161,7 +163,7 @@ def _predict_batch(
     batch: torch.Tensor,
     mirror_passes: Sequence[tuple[int, ...]],
     activation: Activation,
-    mixed_precision: bool,
+    autocast_dtype: torch.dtype | None,
     channels_last: bool,
     passes_per_forward: int = 1,
 ) -> torch.Tensor:
@@ -178,7 +180,7 @@ def _predict_batch(
             x = torch.cat([torch.flip(batch, [a + 2 for a in axes]) if axes else batch for axes in group])
             if channels_last:
                 x = x.contiguous(memory_format=_channels_last_format(x.ndim))
-            with _autocast(batch.device, mixed_precision):
+            with _autocast(batch.device, autocast_dtype):
                 out = network(x)
             out = _activate(out, activation)
             for k, axes in enumerate(group):
@@ -257,7 +259,7 @@ def sliding_window_slabs(
     batch_tiles: int | None = None,
     device: torch.device | str = "cpu",
     activation: Activation = "softmax",
-    mixed_precision: bool = False,
+    autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     accumulator_device: torch.device | str | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
@@ -272,7 +274,7 @@ def sliding_window_slabs(
     those of ``sliding_window_predict``.
     """
     networks = [network] if isinstance(network, nn.Module) else list(network)
-    batch_tiles = default_batch_tiles(patch_size) if batch_tiles is None else batch_tiles
+    batch_tiles = default_batch_tiles(patch_size, device) if batch_tiles is None else batch_tiles
     batch_voxels = batch_tiles * math.prod(int(p) for p in patch_size)  # per forward pass, mirror copies included
     _check_arguments(networks, data, patch_size, mirror_axes, batch_tiles)
     device = torch.device(device)
@@ -293,7 +295,7 @@ def sliding_window_slabs(
         chunk = [slices[i] for i in batch_range]
         batch = torch.stack([padded[(slice(None), *s)] for s in chunk]).to(device, non_blocking=True)
         together = max(1, min(len(passes), batch_voxels // (len(chunk) * math.prod(patch))))
-        prediction = _predict_batch(networks, batch, passes, activation, mixed_precision, channels_last, together)
+        prediction = _predict_batch(networks, batch, passes, activation, autocast_dtype, channels_last, together)
         shares = torch.stack([_outer([w[i] for w, i in zip(axis_weights, indices[t])]) for t in batch_range])
         prediction = prediction * shares[:, None]
         if buffer is None:
@@ -327,7 +329,7 @@ def sliding_window_predict(
     device: torch.device | str = "cpu",
     activation: Activation = "softmax",
     accumulator_dtype: torch.dtype = torch.float32,
-    mixed_precision: bool = False,
+    autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     accumulator_device: torch.device | str | None = None,
 ) -> torch.Tensor:
@@ -343,15 +345,15 @@ def sliding_window_predict(
         patch_size: tile size, one value per spatial axis.
         step: tile offset as a fraction of the patch (0.5: tiles overlap by half, reference §1.6).
         mirror_axes: spatial axes (0-based) for mirroring TTA; all 2^k combinations are averaged.
-        batch_tiles: tiles per forward pass (default ``default_batch_tiles(patch_size)``); when an image
+        batch_tiles: tiles per forward pass (default ``default_batch_tiles(patch_size, device)``); when an image
             has fewer tiles, mirrored copies fill the forward pass up to the same number of voxels.
         device: where the networks run.
         activation: "softmax" (classes) or "sigmoid" (regions) gives probabilities; "none" averages
             raw logits.
         accumulator_dtype: dtype of the returned tensor: float32, or float16 to halve its memory
             (reference §4); the rows still being summed are always float32.
-        mixed_precision: bf16 autocast on CPU, fp16 on CUDA; outputs are cast to float32 before the
-            activation.
+        autocast_dtype: run the networks under autocast to this dtype (bf16, fp16) or None (float32);
+            outputs are cast to float32 before the activation.
         channels_last: feed tiles in channels-last memory format (pays with GroupNorm / on CPU convs).
         accumulator_device: where the result and the rows being summed live; default the GPU when the
             result fits in half of its free memory, else the CPU.
@@ -359,7 +361,7 @@ def sliding_window_predict(
     result: torch.Tensor | None = None
     for row, slab in sliding_window_slabs(
         network, data, patch_size, step=step, mirror_axes=mirror_axes, batch_tiles=batch_tiles, device=device,
-        activation=activation, mixed_precision=mixed_precision, channels_last=channels_last,
+        activation=activation, autocast_dtype=autocast_dtype, channels_last=channels_last,
         accumulator_device=accumulator_device,
     ):
         if result is None:

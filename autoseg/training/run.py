@@ -195,7 +195,7 @@ def _validation(
     summary = validate_fold(
         run.model_folder, run.fold, run.store, preprocessed_dir / GT_FOLDER, run.val_cases, run.description,
         str(run.device), save_probabilities=save_probabilities, previous_stage_cache=run.previous_stage_cache,
-        hand_to_next_stage=next_stage, mixed_precision=trainer.amp_dtype is not None, log=trainer.monitor.log,
+        hand_to_next_stage=next_stage, mixed_precision=trainer.mixed_precision, log=trainer.monitor.log,
     )
     foreground = summary.get("foreground_mean", {}).get("dice")
     per_class = ", ".join(f"{name} {m.get('dice', float('nan')):.4f}" for name, m in summary.get("mean", {}).items())

@@ -178,7 +178,8 @@ class Trainer:
         self.labels = LabelSpec(desc.num_output_channels, regions, desc.ignore_label)
         cascade_labels = desc.foreground_labels if run.previous_stage_cache is not None else []
         self.in_channels = desc.num_channels + len(cascade_labels)
-        self.amp_dtype = amp_dtype(cfg["mixed_precision"], self.device)
+        self.mixed_precision = str(cfg["mixed_precision"])
+        self.amp_dtype = amp_dtype(self.mixed_precision, self.device)
         seed_everything(run.seed, run.deterministic, self.device)
         self._build_network(cfg, plan)
         step_args = (self.model, self.network, run.network_name, self.optimizer, self.labels, cfg, self.device, self.amp_dtype)

@@ -40,7 +40,7 @@ def validate_fold(
     save_probabilities: bool = False,
     previous_stage_cache: Path | None = None,
     hand_to_next_stage: bool = False,
-    mixed_precision: bool = False,
+    mixed_precision: str = "auto",
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Predict ``case_ids`` with the fold's final checkpoint and evaluate them; returns the summary."""
