@@ -19,7 +19,7 @@ nnU-Net's model folder is written in its own checkpoint format (``fold_0/checkpo
 run with the nnU-Net venv's Python; autoseg's (docs/architecture.md) holds plans converted from the same
 nnU-Net plan. Both networks' forward-path parameter counts are compared as a check of equal size.
 
-Run: ``python benchmarks/bench_predict.py [time|memory|all] [--cases N] [--shape Z Y X] [--classes C]``
+Run: ``python benchmarks/bench_predict.py [time|memory|all] [--cases N] [--float32] [--shape Z Y X] [--classes C]``
 (``--help`` for the rest). Full run on an idle 2-core machine, estimated: time 30-50 min per
 repeat, memory 20-25 min (nnU-Net alone took 690 s there, reference §1.6).
 """
@@ -421,11 +421,15 @@ class Predictions:
             return result
         return self._checked(result, out, "nnUNetv2_predict")
 
-    def autoseg(self) -> Measurement:
+    def autoseg(self, extra: Sequence[str] = ()) -> Measurement:
         out = self._fresh("autoseg")
         env = thread_env(self.threads)
-        result = run_tree([*autoseg_command(), "predict", "-i", str(self.images), "-o", str(out), *self.autoseg_args], env, self.timeout)
+        command = [*autoseg_command(), "predict", "-i", str(self.images), "-o", str(out), *self.autoseg_args, *extra]
+        result = run_tree(command, env, self.timeout)
         return self._checked(result, out, "autoseg predict")
+
+    def autoseg_float32(self) -> Measurement:
+        return self.autoseg(["--mixed-precision", "off"])
 
 
 def nnunet_predict_args(dataset_id: int, workers: int, tta: bool) -> list[str]:
@@ -473,7 +477,10 @@ def bench_time(args: argparse.Namespace) -> None:
         as_args = autoseg_predict_args(model, tta=True)
         runs = Predictions(work, images, len(cases), nn_args, as_args, results, threads, args.timeout)
         print(f"predicting {len(cases)} cases with each tool ...", file=sys.stderr)
-        best = alternate({"nnunet": runs.nnunet, "autoseg": runs.autoseg}, args.repeats)
+        jobs = {"nnunet": runs.nnunet, "autoseg": runs.autoseg}
+        if args.float32:
+            jobs["autoseg_float32"] = runs.autoseg_float32
+        best = alternate(jobs, args.repeats)
         names = {str(images): "$IMGS", str(results): "$RESULTS"}
         model_shown = shown([str(model)], names)
         names[str(model)] = "$MODEL"
@@ -481,6 +488,11 @@ def bench_time(args: argparse.Namespace) -> None:
 
     a, n = best["autoseg"], best["nnunet"]
     k = len(cases)
+    float32_line = ""
+    if "autoseg_float32" in best:
+        f = best["autoseg_float32"]
+        float32_line = (f"\nautoseg with `--mixed-precision off` (float32, as nnU-Net computes on a CPU), same run: "
+                        f"{fmt_seconds(f.wall_s)} for the {k} cases, {ratio(n.wall_s, f.wall_s)} faster than nnU-Net.\n")
     table = markdown_table(
         ["", "nnU-Net v2", "autoseg", "ratio nnU-Net / autoseg"],
         [
@@ -500,7 +512,9 @@ and no training is measured; the segmentations are therefore not compared here. 
 its own format (`fold_0/checkpoint_final.pth`: `network_weights`, `init_args`, `trainer_name`,
 `inference_allowed_mirroring_axes`), autoseg's holds plans converted from the same nnU-Net plan (spacing,
 patch, normalization, topology). Both use all {threads} cores for torch (`OMP_NUM_THREADS={threads}`; nnU-Net
-sets its threads to `cpu_count()` on CPU itself); nnU-Net gets {args.num_workers} preprocessing and
+sets its threads to `cpu_count()` on CPU itself). autoseg runs with its default `--mixed-precision auto`, bf16
+autocast on this CPU (native bf16: AMX; Dice impact: the mixed-precision section); nnU-Net
+autocasts on CUDA only, so it computes in float32 here. nnU-Net gets {args.num_workers} preprocessing and
 {args.num_workers} export workers. Input files read once before timing; runs alternate, fastest kept. Wall time
 is the whole command (start-up, model loading, reading and writing included); peak RSS is summed over each
 process tree, peak PSS too but with each page shared by k processes counted 1/k (torch's libraries in every
@@ -515,8 +529,8 @@ autoseg predict -i $IMGS -o $OUT {shown(as_args, names)}
 (`$MODEL` = `{model_shown}`.)
 
 {table}
-
-Reproduce: `python benchmarks/bench_predict.py time --cases {k} -np {args.num_workers} --repeats {args.repeats}`.
+{float32_line}
+Reproduce: `python benchmarks/bench_predict.py time --cases {k} -np {args.num_workers} --repeats {args.repeats}{" --float32" if args.float32 else ""}`.
 """
     write_section("predict", "Prediction time, Dataset004 with nnU-Net's 3d_fullres plan (issue 7)", body)
     print(table)
@@ -709,6 +723,7 @@ def main() -> int:
     parser.add_argument("-np", "--num-workers", type=int, default=2,
                         help="nnU-Net's -npp/-nps (time) and planning workers")
     parser.add_argument("--repeats", type=int, default=1, help="alternating rounds; the fastest run is kept")
+    parser.add_argument("--float32", action="store_true", help="time: also time autoseg with --mixed-precision off")
     parser.add_argument("--shape", type=int, nargs=3, default=[300, 512, 512], metavar=("Z", "Y", "X"),
                         help="memory: the synthetic CT's array shape")
     parser.add_argument("--classes", type=int, default=14, help="memory: classes incl. background")
