@@ -31,8 +31,8 @@ DEFAULT_STEP = 0.5
 GAUSSIAN_SIGMA_SCALE = 1.0 / 8.0
 # Voxels per forward pass by default. On a GPU, 4 tiles of 64^3 (16 of 128^2) fill the matrix units
 # and keep activations within a few hundred MB. On a CPU, batches beyond about 2 small tiles run slower
-# per tile (activations fall out of the caches): the nnU-Net Hippocampus network with 40x56x40 tiles
-# took 5.3 s at 2 tiles per pass, 7.1 s at 11 (docs/benchmarks.md). MAX_BATCH_TILES caps tiny patches.
+# per tile (activations fall out of the caches): nnU-Net's Hippocampus network, 40x56x40 tiles, bf16
+# took 1.9 s for 27 tiles at 2 per pass, 2.7 s at 8 (docs/benchmarks.md). MAX_BATCH_TILES caps tiny patches.
 BATCH_VOXELS = {"cuda": 4 * 64**3, "cpu": 180_000}
 MAX_BATCH_TILES = 16
 
