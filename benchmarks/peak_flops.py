@@ -40,6 +40,7 @@ from autoseg.networks.topology import Topology
 from common import markdown_table, write_section
 
 FLOP_PER_CYCLE = 32  # fp32, one AVX-512 FMA unit: 16 lanes x (multiply + add); issue 9 §4
+AMX_BF16_FLOP_PER_CYCLE = 1024  # bf16 on an AMX tile unit (Intel: 512 multiply-adds per cycle per core)
 ADDS_PER_ITERATION = 100
 CLOCK_ITERATIONS = 20_000_000  # 2e9 dependent adds: just under a second at 2-3 GHz
 CLOCK_REPEATS = 5
@@ -161,12 +162,13 @@ def unet(batch: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     return network, x, target
 
 
-def unet_inference(batch: int) -> Callable[[], None]:
+def unet_inference(batch: int, dtype: torch.dtype | None = None) -> Callable[[], None]:
+    """A forward pass; under CPU autocast to ``dtype`` when given (what ``autoseg predict`` runs here)."""
     network, x, _ = unet(batch)
     network.eval()
 
     def step() -> None:
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
             network(x)
 
     return step
@@ -200,18 +202,26 @@ def main() -> None:
     peak = cores * ghz * FLOP_PER_CYCLE
     print(f"clock {ghz:.2f} GHz ({clock_how}); peak {peak:.0f} GFLOP/s", file=sys.stderr)
     rates = [
-        time_step(f"Conv3d 32->32, 3x3x3, input {CONV_SHAPE}, forward", conv3d_forward(), args.repeats),
-        time_step(f"U-Net inference, batch {args.batch}", unet_inference(args.batch), args.repeats),
-        time_step(f"U-Net training step, batch {args.batch}", unet_training(args.batch), args.repeats),
+        (time_step(f"Conv3d 32->32, 3x3x3, input {CONV_SHAPE}, forward", conv3d_forward(), args.repeats), peak),
+        (time_step(f"U-Net inference, batch {args.batch}", unet_inference(args.batch), args.repeats), peak),
+        (time_step(f"U-Net training step, batch {args.batch}", unet_training(args.batch), args.repeats), peak),
     ]
+    amx_peak = cores * ghz * AMX_BF16_FLOP_PER_CYCLE
+    has_amx = "amx_bf16" in Path("/proc/cpuinfo").read_text()
+    if has_amx:
+        name = f"U-Net inference, batch {args.batch}, bf16 autocast (of the AMX bf16 peak)"
+        rates.append((time_step(name, unet_inference(args.batch, torch.bfloat16), args.repeats), amx_peak))
     rows = [
         [
             r.name, f"{r.gflop:.1f}", f"{r.wall_s:.3f} s",
-            f"{r.gflops_wall():.0f}", f"{r.gflops_wall() / peak:.0%}",
-            f"{r.gflops_cpu(cores):.0f}", f"{r.gflops_cpu(cores) / peak:.0%}",
+            f"{r.gflops_wall():.0f}", f"{r.gflops_wall() / p:.0%}",
+            f"{r.gflops_cpu(cores):.0f}", f"{r.gflops_cpu(cores) / p:.0%}",
         ]
-        for r in rates
+        for r, p in rates
     ]
+    amx_line = (f"- Peak bf16 on AMX (what `autoseg predict` uses here, `--mixed-precision auto`): {cores} x {ghz:.2f} GHz x "
+                f"{AMX_BF16_FLOP_PER_CYCLE} FLOP/cycle = **{amx_peak:.0f} GFLOP/s**; the last row is measured against it.\n"
+                if has_amx else "")
     table = markdown_table(
         ["kernel", "GFLOP", "time (best)", "GFLOP/s (wall)", "of peak", "GFLOP/s (CPU time / threads)", "of peak"],
         rows,
@@ -223,7 +233,7 @@ def main() -> None:
 - Clock: **{ghz:.2f} GHz**, {clock_how}.
 - Peak fp32: {cores} cores x {ghz:.2f} GHz x {FLOP_PER_CYCLE} FLOP/cycle = **{peak:.0f} GFLOP/s**
   (one AVX-512 FMA per cycle, as issue 9 §4 asks; a core with two FMA units peaks at twice that).
-- U-Net: autoseg's `unet`, features {UNET_TOPOLOGY.features_per_stage}, strides 2, kernels 3, at
+{amx_line}- U-Net: autoseg's `unet`, features {UNET_TOPOLOGY.features_per_stage}, strides 2, kernels 3, at
   Dataset004_Hippocampus's nnU-Net patch {"x".join(map(str, UNET_PATCH))}, {UNET_CLASSES} classes,
   no deep supervision; the training step is forward + cross-entropy + backward + SGD update.
 - FLOPs from `torch.utils.flop_counter.FlopCounterMode` (2 x multiply-adds of convolutions and matrix
