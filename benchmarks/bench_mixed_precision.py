@@ -19,7 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 from common import DATA_ROOT, HIPPOCAMPUS, fmt_seconds, markdown_table, ratio, write_section
 
 from autoseg.dataset.imageio import read_image

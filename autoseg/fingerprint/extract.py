@@ -18,7 +18,7 @@ from autoseg.dataset.cases import Case
 from autoseg.dataset.description import DatasetDescription, load_description
 from autoseg.dataset.imageio import physical_volume_mm3
 from autoseg.dataset.verify import check_case, dataset_level_problems
-from autoseg.errors import DatasetError, FingerprintError
+from autoseg.errors import DatasetError
 from autoseg.fingerprint.cropping import crop_to_nonzero
 from autoseg.fingerprint.file import FINGERPRINT_VERSION, fingerprint_path
 from autoseg.paths import DatasetLocation
