@@ -15,11 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from autoseg.cli import app, expand_multi_value_options
 from autoseg.dataset.imageio import read_image
 from autoseg.postprocessing.determine import apply_postprocessing
+from cli_helpers import TRAIN_SETTINGS, autoseg, set_options
 from conftest import HIPPOCAMPUS, make_hippocampus_subset
 from preprocessing_helpers import make_configuration, make_plans
 from training_helpers import CASES, PATCH, TINY_TOPOLOGY
@@ -31,18 +30,7 @@ FOLDS = ["0", "1", "2", "3", "4"]
 MODEL = "unet__autosegPlans__3d_fullres"
 CROSSVAL = "crossval_folds_0_1_2_3_4"
 CHECKPOINT = "checkpoint_final.pt"
-TRAIN_SETTINGS = ["iterations_per_epoch=2", "val_iterations_per_epoch=1", "mixed_precision=off"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-runner = CliRunner()
-
-
-def autoseg(*args: object) -> str:
-    """Run ``autoseg ARGS`` as the console script does (nnU-Net-style lists expanded); its stdout."""
-    argv = expand_multi_value_options([str(a) for a in args])
-    result = runner.invoke(app, argv)
-    assert result.exit_code == 0, f"autoseg {' '.join(argv)} exited {result.exit_code}:\n{result.output}"
-    return result.stdout
 
 
 def declared_labels() -> set[int]:
@@ -83,7 +71,7 @@ def held_out_folders(base: Path) -> tuple[Path, Path]:
 
 def train_five_folds(results: Path) -> Path:
     """Train folds 0-4 (1 epoch of 2 iterations); each validates its 2 cases with probabilities."""
-    settings = [token for setting in TRAIN_SETTINGS for token in ("--set", setting)]
+    settings = set_options(TRAIN_SETTINGS)
     validated: list[str] = []
     for fold in FOLDS:
         output = autoseg("train", DATASET, "3d_fullres", fold, "--epochs", 1, *settings, "--workers", 0, "--save-probabilities")

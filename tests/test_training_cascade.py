@@ -23,9 +23,7 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from autoseg.cli import app, expand_multi_value_options
 from autoseg.dataset.description import load_description
 from autoseg.dataset.imageio import read_image
 from autoseg.errors import TrainingError
@@ -39,6 +37,7 @@ from autoseg.training.data_loading import TRAIN_STREAM, VAL_STREAM, BatchSource
 from autoseg.training.run import train_fold
 from autoseg.training.splits import fold_cases
 from autoseg.training.trainer import FoldRun, Trainer
+from cli_helpers import TRAIN_SETTINGS, autoseg, set_options
 from conftest import HIPPOCAMPUS, make_hippocampus_subset
 from preprocessing_helpers import make_configuration, make_plans
 from training_helpers import CASES, PATCH, TINY_TOPOLOGY
@@ -50,18 +49,7 @@ LOWRES_MODEL, CASCADE_MODEL = "unet__autosegPlans__3d_lowres", "unet__autosegPla
 FOLDS = ["0", "1", "2", "3", "4"]
 FOREGROUND = [1, 2]  # Anterior, Posterior: one one-hot input channel each
 HELD_OUT = ["hippocampus_017", "hippocampus_019"]  # never seen by training
-TRAIN_SETTINGS = ["iterations_per_epoch=2", "val_iterations_per_epoch=1", "mixed_precision=off"]
 CHECKPOINT = "checkpoint_final.pt"
-
-runner = CliRunner()
-
-
-def autoseg(*args: object) -> str:
-    """Run ``autoseg ARGS`` as the console script does; its stdout (the exit code must be 0)."""
-    argv = expand_multi_value_options([str(a) for a in args])
-    result = runner.invoke(app, argv)
-    assert result.exit_code == 0, f"autoseg {' '.join(argv)} exited {result.exit_code}:\n{result.output}"
-    return result.stdout
 
 
 def cascade_plans() -> dict[str, Any]:
@@ -85,7 +73,7 @@ def cascade_plans() -> dict[str, Any]:
 
 
 def train_args(configuration: str, fold: str) -> list[object]:
-    settings = [token for setting in TRAIN_SETTINGS for token in ("--set", setting)]
+    settings = set_options(TRAIN_SETTINGS)
     return ["train", DATASET, configuration, fold, "--epochs", 1, *settings, "--workers", 0]
 
 

@@ -1,0 +1,25 @@
+"""Running the ``autoseg`` command line inside a test, as the console script does."""
+
+from __future__ import annotations
+
+from typer.testing import CliRunner
+
+from autoseg.cli import app, expand_multi_value_options
+
+# The smallest training that still runs every step: two iterations per epoch, one validation batch.
+TRAIN_SETTINGS = ["iterations_per_epoch=2", "val_iterations_per_epoch=1", "mixed_precision=off"]
+
+runner = CliRunner()
+
+
+def autoseg(*args: object) -> str:
+    """Run ``autoseg ARGS`` (nnU-Net-style lists expanded); its stdout (the exit code must be 0)."""
+    argv = expand_multi_value_options([str(a) for a in args])
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 0, f"autoseg {' '.join(argv)} exited {result.exit_code}:\n{result.output}"
+    return result.stdout
+
+
+def set_options(settings: list[str]) -> list[str]:
+    """``--set`` options for training settings ``key=value``."""
+    return [token for setting in settings for token in ("--set", setting)]
