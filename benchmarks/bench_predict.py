@@ -454,6 +454,18 @@ def shown(args: Sequence[str], replace: dict[str, str]) -> str:
     return text
 
 
+def command_block(images: Path, results: Path, model: Path, nn_args: Sequence[str], as_args: Sequence[str]) -> str:
+    """Both tools' prediction commands for the doc, temporary paths shown as $IMGS, $RESULTS, $MODEL."""
+    names = {str(images): "$IMGS", str(results): "$RESULTS"}
+    model_shown = shown([str(model)], names)
+    names[str(model)] = "$MODEL"
+    return f"""```
+nnUNet_results=$RESULTS nnUNetv2_predict -i $IMGS -o $OUT {" ".join(nn_args)}
+autoseg predict -i $IMGS -o $OUT {shown(as_args, names)}
+```
+(`$MODEL` = `{model_shown}`.)"""
+
+
 # ------------------------------------------------------------------------------------ 1. time
 def bench_time(args: argparse.Namespace) -> None:
     with temporary_raw_root() as raw, tempfile.TemporaryDirectory(prefix="autoseg-bench-predict-") as tmp:
@@ -481,9 +493,7 @@ def bench_time(args: argparse.Namespace) -> None:
         if args.float32:
             jobs["autoseg_float32"] = runs.autoseg_float32
         best = alternate(jobs, args.repeats)
-        names = {str(images): "$IMGS", str(results): "$RESULTS"}
-        model_shown = shown([str(model)], names)
-        names[str(model)] = "$MODEL"
+        commands = command_block(images, results, model, nn_args, as_args)
         network = network_line(plans, counts, autoseg_parameters)
 
     a, n = best["autoseg"], best["nnunet"]
@@ -522,11 +532,7 @@ nnU-Net worker), the fairer figure for a multi-process tool. Goal (issue 7): aut
 
 {network}
 
-```
-nnUNet_results=$RESULTS nnUNetv2_predict -i $IMGS -o $OUT {" ".join(nn_args)}
-autoseg predict -i $IMGS -o $OUT {shown(as_args, names)}
-```
-(`$MODEL` = `{model_shown}`.)
+{commands}
 
 {table}
 {float32_line}
@@ -651,9 +657,7 @@ def bench_memory(args: argparse.Namespace) -> None:
                            allow_nnunet_failure=True)
         print("predicting the synthetic CT with each tool ...", file=sys.stderr)
         best = alternate({"nnunet": runs.nnunet, "autoseg": runs.autoseg}, args.repeats)
-        names = {str(images): "$IMGS", str(results): "$RESULTS"}
-        model_shown = shown([str(model)], names)
-        names[str(model)] = "$MODEL"
+        commands = command_block(images, results, model, nn_args, as_args)
         network = network_line(plans, counts, autoseg_parameters)
 
     a, n = best["autoseg"], best["nnunet"]
@@ -683,11 +687,7 @@ preprocessing and one export worker (its least memory); peak RSS is summed over 
 
 {network}
 
-```
-nnUNet_results=$RESULTS nnUNetv2_predict -i $IMGS -o $OUT {" ".join(nn_args)}
-autoseg predict -i $IMGS -o $OUT {shown(as_args, names)}
-```
-(`$MODEL` = `{model_shown}`.)
+{commands}
 
 {table}
 
