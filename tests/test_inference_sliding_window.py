@@ -312,3 +312,20 @@ def test_batches_stay_within_one_row_of_tiles_so_the_ring_holds_one_patch_depth(
 def test_one_voxel_patch_axis_visits_each_slice_once() -> None:
     assert tile_starts(12, 1) == list(range(12))
     assert tile_starts(5, 2) == [0, 1, 2, 3]
+
+
+def test_importing_the_sliding_window_loads_no_image_io_and_the_package_names_resolve() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, autoseg.inference.sliding_window\n"
+        "assert not {'SimpleITK', 'blosc2', 'scipy'} & {m.split('.')[0] for m in sys.modules}, 'eager import'\n"
+        "import autoseg.inference as i\n"
+        "assert i.predict_folder.__module__ == 'autoseg.inference.batch'\n"
+        "assert i.sliding_window_predict is autoseg.inference.sliding_window.sliding_window_predict\n"
+        "try:\n    i.no_such_name\nexcept AttributeError as e:\n    print(e)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "has no attribute 'no_such_name'" in done.stdout

@@ -147,3 +147,23 @@ def test_memory_prediction_against_cuda_allocator():
         optimizer.step()
     peak = torch.cuda.max_memory_allocated(device) - x.numel() * 4
     assert model.predict(patch, batch) == pytest.approx(peak, rel=0.35)
+
+
+def test_timing_probe_sgd_step_matches_torch_optim_sgd():
+    """The probe's hand-written update (which avoids torch.optim's TorchDynamo import) is training's SGD."""
+    torch.manual_seed(0)
+    by_hand, reference = nn.Linear(4, 3), nn.Linear(4, 3)
+    reference.load_state_dict(by_hand.state_dict())
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.99, nesterov=True)
+    parameters = list(by_hand.parameters())
+    buffers = [torch.zeros_like(p) for p in parameters]
+    x = torch.randn(5, 4)
+    for _ in range(3):
+        for net in (by_hand, reference):
+            net.zero_grad(set_to_none=True)
+            net(x).square().mean().backward()
+        with torch.no_grad():
+            compute_budget._sgd_step(parameters, buffers, lr=0.1, momentum=0.99)
+        optimizer.step()
+    for mine, theirs in zip(by_hand.parameters(), reference.parameters()):
+        torch.testing.assert_close(mine, theirs)
