@@ -40,10 +40,11 @@ BEGIN, END = "<!-- compare_plans:begin -->", "<!-- compare_plans:end -->"
 
 # Why autoseg differs from nnU-Net's default planner, per (dataset, row); {amp} is filled with the
 # measurement of ``amp_note``.
-MEMORY = ("autoseg's memory model counts the float32 activations autograd saves ({fp32}); under the fp16/bf16 "
-          "autocast training uses the saved activations take {amp} of that (measured here, bf16 on CPU; no "
-          "GPU measurement yet), so the fp32 count is conservative: a smaller batch/patch than nnU-Net's proxy "
-          "allows, never an out-of-memory. Not shown better; an autocast-aware count is the open item")
+MEMORY = ("memory: autoseg counts the float32 activations autograd saves ({fp32}), nnU-Net compares a proxy "
+          "(sum of conv output sizes) with a reference tuned on GPUs under fp16 autocast. Measured here under "
+          "autocast (bf16, CPU tensors) the saved activations are {amp} of the float32 count, so autoseg's "
+          "count is conservative by about that factor: it plans less than nnU-Net, never more. Not shown "
+          "better: counting under autocast needs a GPU measurement first (no GPU in this session)")
 CAP = ("same 5%-of-the-dataset cap; autoseg sums the voxels of every case, nnU-Net approximates with the median "
        "shape x cases and rounds")
 REASONS: dict[tuple[str, str], str] = {
@@ -84,18 +85,16 @@ def autoseg_plans(work: Path, name: str) -> tuple[dict[str, Any] | None, str]:
     env = autoseg_env(DATA_ROOT, pre, work / "autoseg_results", threads=1)
     result = run([*autoseg_command(), "plan", name, "--gpu-memory", str(GPU_GB), "-np", "1", "--overwrite"], env)
     if result.returncode:
-        return None, (result.stderr.strip().splitlines() or ["failed"])[-1]
+        return None, (result.stderr.strip().splitlines() or ["failed"])[-1].strip()
     return json.loads((pre / name / "autosegPlans.json").read_text()), result.stdout
 
 
-def amp_note(plans: dict[str, Any] | None) -> dict[str, str]:
-    """Saved activation bytes per voxel of autoseg's 3d_fullres (else 2d) network: float32 and autocast."""
+def amp_note(plans: dict[str, Any], configuration: str) -> dict[str, str]:
+    """Saved activation bytes per voxel of autoseg's network for ``configuration``: float32 and autocast."""
     from autoseg.networks import Topology, create_network
     from autoseg.planning.memory import saved_activation_bytes
 
-    if plans is None:
-        return {"fp32": "?", "amp": "?"}
-    config = plans["configurations"].get("3d_fullres") or plans["configurations"]["2d"]
+    config = plans["configurations"][configuration]
     topology = Topology.from_dict(config["network"]["topology"])
     channels = len(plans["channel_names"])
     network = create_network("unet", topology, channels, 2).train()
@@ -107,7 +106,7 @@ def amp_note(plans: dict[str, Any] | None) -> dict[str, str]:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
                 counted.append(saved_activation_bytes(network, torch.zeros((1, channels, *size))))
         slopes.append((counted[1] - counted[0]) / (np.prod(sizes[1]) - np.prod(sizes[0])))
-    return {"fp32": f"{slopes[0]:.0f} B/voxel for this network", "amp": f"{slopes[1] / slopes[0]:.2f}x"}
+    return {"fp32": f"{slopes[0]:.0f} B/voxel for its {configuration} network", "amp": f"{slopes[1] / slopes[0]:.2f}x"}
 
 
 def _axes(values: Any) -> str:
@@ -164,14 +163,15 @@ def dataset_table(work: Path, name: str) -> str:
                for label, file in NNUNET_PLANS.items()}
     plans, output = autoseg_plans(work, name)
     ours = autoseg_rows(plans) if plans is not None else {}
-    measured = amp_note(plans)
     keys = list(dict.fromkeys([*columns["nnU-Net default"], *ours]))
     rows = []
     for key in keys:
         default, mine = columns["nnU-Net default"].get(key, "-"), ours.get(key, "-")
         why = ""
         if plans is not None and default != mine:
-            why = REASONS.get((name, key), "differs (no reason recorded)").format(**measured)
+            why = REASONS.get((name, key), "differs (no reason recorded)")
+            if "{amp}" in why:
+                why = why.format(**amp_note(plans, key.split()[0]))
         rows.append([key, default, columns["nnU-Net ResEnc M"].get(key, "-"), mine, why])
     header = ["", "nnU-Net default (8 GB)", "nnU-Net ResEnc M", f"autoseg `--gpu-memory {GPU_GB}`", "why autoseg differs"]
     text = f"### {name}\n\n" + markdown_table(header, rows) + "\n"
