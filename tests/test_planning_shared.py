@@ -31,6 +31,7 @@ from autoseg.cli import app
 GIB = 2**30
 USABLE = 8 * GIB * C.GPU_MEMORY_USABLE_FRACTION
 HIPPOCAMPUS, ACDC, BRATS = "Dataset004_Hippocampus", "Dataset027_ACDC", "Dataset905_BraTS2015Mini"
+EM = "Dataset907_EMMembrane"
 
 
 @pytest.fixture(scope="module")
@@ -181,6 +182,21 @@ def test_brats(fingerprints, plans_8gb):
     assert flat["batch_size"] == expected_batch(flat, voxels)
     for config in (full, flat):
         check_common(config, fp)
+
+
+def test_em_membrane(fingerprints, plans_8gb):
+    fp, plans = fingerprints(EM), plans_8gb(EM)
+    # 30 grey 512x512 PNG slices, read as nnU-Net does: one slice of spacing 999 x 1 x 1
+    assert fp["is_2d"] and plans["target_spacing"] == [999.0, 1.0, 1.0] and plans["transpose_forward"] == [0, 1, 2]
+    assert list(plans["configurations"]) == ["2d"]
+    flat = plans["configurations"]["2d"]
+    assert flat["normalization"][0]["scheme"] == "zscore" and not flat["normalization"][0]["use_mask"]
+    # 512 halves 7 times before a map would drop below 4 voxels (512 ... 8 -> 4): 8 stages, stride 128
+    assert flat["patch_size"] == [512, 512] and topology(flat)["strides"] == [[1, 1]] + [[2, 2]] * 7
+    assert topology(flat)["features_per_stage"] == [32, 64, 128, 256, 512, 512, 512, 512]
+    # 5% of 30 slices is 1.5 patches: the batch is the minimum, 2
+    assert flat["batch_size"] == expected_batch(flat, dataset_voxels(fp, plans["target_spacing"])) == 2
+    check_common(flat, fp)
 
 
 def test_plan_for_a_gpu_on_a_machine_without_one(fingerprints, preprocessed, monkeypatch):

@@ -346,9 +346,9 @@ def build_plans(
     ctx = _Context(network, in_channels, n_classes, memory_budget_bytes, budget_seconds, device, cache_dir,
                    timing_factory or (measured if device_present else None), planned_for)
     if not device_present:
-        gb = record.get("gpu_memory_gb")
+        gb = f" with {record['gpu_memory_gb']:g} GB" if record.get("gpu_memory_gb") else ""
         ctx.notes.append(
-            f"planned for a {device.type} device with {gb:g} GB (usable {memory_budget_bytes / 2**30:.1f} GiB) that this "
+            f"planned for a {device.type} device{gb} (usable {memory_budget_bytes / 2**30:.1f} GiB) that this "
             "machine lacks: memory is modelled (saved-tensor count on the meta device), not measured there; "
             "speed is not predicted and nnU-Net's schedule (1000 epochs) applies"
         )
