@@ -224,6 +224,7 @@ def predict(
     part_id: int = typer.Option(0, "--part-id", help="which part this run predicts (0-based)"),
     continue_: bool = typer.Option(False, "--continue", help="skip cases whose outputs exist"),
     mixed_precision: str = typer.Option("auto", "--mixed-precision", help="auto (fp16 on CUDA, bf16 on CPUs with native bf16: same Dice to 1e-4, 2.6x faster, docs/benchmarks.md), bf16, fp16 (CUDA) or off"),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the networks (a one-off compilation; pays off only over many tiles)"),
 ) -> None:
     """Sliding-window prediction with mirroring TTA, ensembling folds; the cascade runs end to end."""
     from autoseg.errors import UsageError
@@ -237,7 +238,7 @@ def predict(
     model = model_folder or find_model_folder(dataset, configuration, network, plans_name)
     report = predict_folder(
         input, output, model, _folds(folds), checkpoint, step, not no_tta, save_probabilities, device,
-        num_parts, part_id, continue_, mixed_precision,
+        num_parts, part_id, continue_, mixed_precision, compile_networks=compile_,
     )
     typer.echo(
         f"{len(report.predicted)} case(s) predicted, {len(report.skipped)} skipped, into {report.output_folder} "

@@ -366,3 +366,28 @@ def test_mixed_precision_setting_is_resolved_recorded_and_checked(model_3d: Path
     with pytest.raises(InferenceError, match="mixed_precision='half': choose auto, fp16, bf16 or off"):
         predict_folder(images, tmp_path / "bad", model_3d, folds=[0], device="cpu", mixed_precision="half")
     assert not (tmp_path / "bad").exists()
+
+
+def test_compile_networks_compiles_every_fold_and_gives_the_same_labels(
+    model_3d: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--compile`` hands each fold's network to torch.compile (recorded), and predicts the same labels."""
+    compiled: list[torch.nn.Module] = []
+
+    def fake_compile(network: torch.nn.Module) -> torch.nn.Module:  # real compilation costs a minute on CPU
+        compiled.append(network)
+        return network
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    images = tmp_path / "in"
+    images.mkdir()
+    shutil.copy(HIPPOCAMPUS / "imagesTr" / "hippocampus_001_0000.nii.gz", images)
+    predict_folder(images, tmp_path / "eager", model_3d, device="cpu", mixed_precision="off")
+    assert compiled == []
+    predict_folder(images, tmp_path / "compiled", model_3d, device="cpu", mixed_precision="off", compile_networks=True)
+    assert len(compiled) == 2  # folds 0 and 1
+    assert json.loads((tmp_path / "compiled" / PREDICT_INFO).read_text())["compiled"] is True
+    assert json.loads((tmp_path / "eager" / PREDICT_INFO).read_text())["compiled"] is False
+    eager, _ = read_image(tmp_path / "eager" / "hippocampus_001.nii.gz")
+    again, _ = read_image(tmp_path / "compiled" / "hippocampus_001.nii.gz")
+    np.testing.assert_array_equal(eager, again)

@@ -185,6 +185,7 @@ def predict_folder(
     continue_: bool = False,
     mixed_precision: str = "auto",
     batch_tiles: int | None = None,
+    compile_networks: bool = False,
 ) -> PredictReport:
     """Predict every case of ``input_path`` into ``output_folder``; raise ``InferenceError`` if any failed.
 
@@ -200,6 +201,8 @@ def predict_folder(
         save_probabilities: also write float16 probabilities with a JSON sidecar.
         num_parts, part_id: predict only this part of the sorted cases.
         continue_: skip cases whose outputs all exist.
+        compile_networks: run each fold's network through ``torch.compile`` (pays a compilation on the
+            first tile shape; measured worth it only for many tiles, docs/benchmarks.md).
 
     Returns the report; when cases failed, the raised ``InferenceError`` carries it as ``.report``.
     """
@@ -210,6 +213,9 @@ def predict_folder(
     cases = shard(discover_cases(input_path), num_parts, part_id)
     loaded = _resolve_model(model, folds, checkpoint, device)
     info = _predict_info(loaded, step, tta, save_probabilities, mixed_precision)  # checks the settings first
+    if compile_networks:
+        loaded.networks = [torch.compile(network) for network in loaded.networks]
+    info["compiled"] = compile_networks
     output.mkdir(parents=True, exist_ok=True)
     atomic_write_json(output / PREDICT_INFO, info)
     report = PredictReport(output)
