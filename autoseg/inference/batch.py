@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from autoseg.dataset.cases import CHANNEL_SUFFIX
+from autoseg.dataset.cases import CHANNEL_SUFFIX, channel_file_gaps
 from autoseg.dataset.imageio import SUPPORTED_ENDINGS, Geometry, image_ending, read_case_images, write_image
 from autoseg.errors import AutosegError, InferenceError
 from autoseg.inference.model import LoadedModel, find_model_folder, load_model
@@ -101,15 +101,19 @@ def discover_cases(input_path: str | Path) -> list[InputCase]:
 
 
 def channel_files(case: InputCase, num_channels: int) -> list[Path]:
-    """The case's files in channel order; ``InferenceError`` when channels are missing or extra."""
-    expected = list(range(num_channels))
-    if sorted(case.channels) != expected:
+    """The case's files in channel order; ``InferenceError`` when channel files are missing or extra.
+
+    A colour 2D image file holds several channels (``channel_file_gaps``); their count is checked when read.
+    """
+    missing, extra = channel_file_gaps(case.channels, num_channels, case.ending)
+    if missing or extra:
         found = ", ".join(f"{c:04d}" for c in sorted(case.channels))
+        expected = ", ".join(f"{c:04d}" for c in range(num_channels))
         raise InferenceError(
             f"case {case.case_id}: has channel(s) {found}, the model expects {num_channels} "
-            f"({', '.join(f'{c:04d}' for c in expected)}); name files <case>_XXXX<ending>"
+            f"({expected}); name files <case>_XXXX<ending>"
         )
-    return [case.channels[c] for c in expected]
+    return [case.channels[c] for c in sorted(case.channels)]
 
 
 def output_ending(case: InputCase, dataset_ending: str) -> str:
@@ -220,7 +224,7 @@ def predict_folder(
             report.skipped.append(case.case_id)
             continue
         try:
-            data, geometry = read_case_images(channel_files(case, loaded.num_image_channels))
+            data, geometry = read_case_images(channel_files(case, loaded.num_image_channels), loaded.num_image_channels)
             prediction = predict_array(
                 loaded, data, geometry, step=step, tta=tta, return_probabilities=save_probabilities,
                 batch_tiles=batch_tiles, mixed_precision=mixed_precision, overwrite_input=True,
