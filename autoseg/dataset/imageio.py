@@ -246,7 +246,14 @@ def _read_natural_2d_pixels(path: Path) -> np.ndarray:
     from skimage import io as skio
 
     try:
-        array = np.asarray(skio.imread(str(path)))
+        if _pil_mode(path) in ("LA", "La"):
+            # scikit-image (and so nnU-Net) scrambles grey + alpha PNGs into a wrong shape; PIL reads them right.
+            from PIL import Image
+
+            with Image.open(path) as image:
+                array = np.asarray(image)
+        else:
+            array = np.asarray(skio.imread(str(path)))
     except Exception as exc:  # noqa: BLE001 - any decoder error means an unreadable file
         raise DatasetError(f"{path}: cannot be read as an image: {_first_line(exc)}") from None
     if array.ndim == 3 and array.shape[-1] == 1:
@@ -275,25 +282,26 @@ def _read_natural_2d(path: Path) -> tuple[np.ndarray, Geometry]:
 def _colour_label_problem(path: Path, array: np.ndarray) -> str:
     """Why a colour file cannot be a label map, and the fix (palette PNGs are read as colours too)."""
     kind = COLOUR_KINDS[array.shape[-1]]
-    if _is_palette_png(path):
+    if _pil_mode(path) in ("P", "PA"):
         return (
             f"is a palette (indexed-colour) PNG, read as {kind} colours; label maps need one class number "
             "per pixel: save the palette indices as a grey PNG (0 background, 1, 2, ...)"
         )
     return (
-        f"is a {kind} colour image ({array.shape[-1]} channels) where one value per pixel is expected; save "
+        f"is a colour image ({kind}, {array.shape[-1]} channels) where one value per pixel is expected; save "
         "label maps as grey PNGs whose pixel values are the class numbers (0 background, 1, 2, ...)"
     )
 
 
-def _is_palette_png(path: Path) -> bool:
+def _pil_mode(path: Path) -> str | None:
+    """PIL's pixel mode of the file ('RGB', 'P' for palette, 'LA' for grey + alpha), None if PIL cannot tell."""
     from PIL import Image
 
     try:
         with Image.open(path) as image:
-            return image.mode in ("P", "PA")
-    except OSError:
-        return False
+            return str(image.mode)
+    except Exception:  # noqa: BLE001 - the reader itself reports unreadable files
+        return None
 
 
 def read_image_channels(path: str | Path) -> tuple[np.ndarray, Geometry, bool]:
@@ -406,9 +414,10 @@ def _write_natural_2d(array: np.ndarray, path: Path) -> None:
     if array.shape[0] != 1:
         raise ValueError(f"{path}: natural 2D images hold one slice, array has {array.shape[0]}")
     image = array[0]
-    if image.dtype.kind == "f":
-        if not np.all(np.isfinite(image)) or not np.all(image == np.round(image)):
-            raise ValueError(f"{path}: PNG/TIF outputs need integer values")
+    if image.dtype not in (np.uint8, np.uint16):
+        # PNG holds 8- or 16-bit unsigned grey values: label maps of any integer dtype fit when in range.
+        if not is_integer_valued(image) or image.min(initial=0) < 0 or image.max(initial=0) > 65535:
+            raise ValueError(f"{path}: PNG/TIF outputs need integer values in 0..65535")
         image = image.astype(np.uint16 if image.max(initial=0) > 255 else np.uint8)
     with atomic_path(path) as tmp:
         skio.imsave(str(tmp), image, check_contrast=False)
