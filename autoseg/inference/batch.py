@@ -17,7 +17,14 @@ import numpy as np
 import torch
 
 from autoseg.dataset.cases import CHANNEL_SUFFIX, channel_file_gaps
-from autoseg.dataset.imageio import SUPPORTED_ENDINGS, Geometry, image_ending, read_case_images, write_image
+from autoseg.dataset.imageio import (
+    NATURAL_2D_ENDINGS,
+    SUPPORTED_ENDINGS,
+    Geometry,
+    image_ending,
+    read_case_images,
+    write_image,
+)
 from autoseg.errors import AutosegError, InferenceError
 from autoseg.inference.model import LoadedModel, find_model_folder, load_model
 from autoseg.inference.predictor import Prediction, predict_array
@@ -117,8 +124,11 @@ def channel_files(case: InputCase, num_channels: int) -> list[Path]:
 
 
 def output_ending(case: InputCase, dataset_ending: str) -> str:
-    """The dataset's ending when the input uses it, else .nii.gz (DICOM and foreign formats)."""
-    return dataset_ending if case.ending == dataset_ending else DEFAULT_OUTPUT_ENDING
+    """The dataset's ending when the input uses it, a 2D image's own (PNG in, PNG label map out), else
+    .nii.gz (DICOM and foreign 3D formats)."""
+    if case.ending == dataset_ending or case.ending in NATURAL_2D_ENDINGS:
+        return case.ending
+    return DEFAULT_OUTPUT_ENDING
 
 
 def shard(cases: Sequence[InputCase], num_parts: int, part_id: int) -> list[InputCase]:
