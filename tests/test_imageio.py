@@ -193,31 +193,22 @@ def test_real_drive_crop_reads_as_r_g_b() -> None:
     assert data[0].mean() > data[1].mean() > data[2].mean()  # a fundus is red, then green, then blue
 
 
-def test_rgb_file_against_one_declared_channel_names_both_counts_and_the_fix(tmp_path: Path) -> None:
-    path = _png(tmp_path / "c_0000.png", _colour_pixels(3))
+@pytest.mark.parametrize(("pixels", "declared", "problem"), [
+    (_colour_pixels(3), 1, "found 3 channel(s) (RGB), dataset.json channel_names declares 1; save the image as grey "
+     "(one channel), or declare 3 channels in channel_names"),
+    (np.stack([np.arange(20, dtype=np.uint8).reshape(4, 5)] * 3, axis=-1), 1,
+     "found 3 channel(s) (RGB), dataset.json channel_names declares 1; save the image as grey (one channel) (its R, "
+     "G and B are equal: a grey image stored as colour), or declare 3 channels in channel_names"),
+    (np.zeros((4, 5), np.uint8), 3, "found 1 channel(s) (grey), dataset.json channel_names declares 3; give the case "
+     "3 channels (one RGB file holds 3, a grey file 1; files _0000, _0001, ...), or declare 1 in channel_names"),
+], ids=["rgb_for_one", "grey_stored_as_rgb", "grey_for_three"])
+def test_channel_count_mismatch_names_the_file_both_counts_and_the_fix(
+    tmp_path: Path, pixels: np.ndarray, declared: int, problem: str
+) -> None:
+    path = _png(tmp_path / "c_0000.png", pixels)
     with pytest.raises(DatasetError) as info:
-        read_case_images([path], 1)
-    assert str(info.value) == (
-        f"{path}: found 3 channel(s) (RGB), dataset.json channel_names declares 1; save the image as grey "
-        "(one channel), or declare 3 channels in channel_names"
-    )
-
-
-def test_grey_image_stored_as_rgb_is_recognised(tmp_path: Path) -> None:
-    grey = np.arange(20, dtype=np.uint8).reshape(4, 5)
-    path = _png(tmp_path / "c_0000.png", np.stack([grey] * 3, axis=-1))
-    with pytest.raises(DatasetError, match=r"its R, G and B are equal: a grey image stored as colour"):
-        read_case_images([path], 1)
-
-
-def test_grey_file_against_three_declared_channels(tmp_path: Path) -> None:
-    path = _png(tmp_path / "c_0000.png", np.zeros((4, 5), np.uint8))
-    with pytest.raises(DatasetError) as info:
-        read_case_images([path], 3)
-    assert str(info.value) == (
-        f"{path}: found 1 channel(s) (grey), dataset.json channel_names declares 3; give the case 3 channels "
-        "(one RGB file holds 3, a grey file 1; files _0000, _0001, ...), or declare 1 in channel_names"
-    )
+        read_case_images([path], declared)
+    assert str(info.value) == f"{path}: {problem}"
 
 
 def test_colour_label_map_is_refused_with_the_fix(tmp_path: Path) -> None:
