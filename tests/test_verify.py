@@ -310,7 +310,11 @@ def _split_channel_gap(d: Path) -> str:
 
 def _rgb_mask(d: Path) -> str:
     png(mask(d), np.stack([drive_crop(CASE)[1] * 255] * 3, axis=-1).astype(np.uint8))
-    return f"{mask(d)}: is a colour image (RGB, 3 channels) where one value per pixel is expected; save label maps as grey PNGs"
+    return (
+        f"{mask(d)}: is a colour image (RGB, 3 channels) where one value per pixel is expected; save label maps as grey "
+        "PNGs whose pixel values are the class numbers (0 background, 1, 2, ...) (its colour channels are equal: "
+        "converting it to grey keeps the values)"
+    )
 
 
 def _png_mask_0_255(d: Path) -> str:

@@ -287,9 +287,13 @@ def _colour_label_problem(path: Path, array: np.ndarray) -> str:
             f"is a palette (indexed-colour) PNG, read as {kind} colours; label maps need one class number "
             "per pixel: save the palette indices as a grey PNG (0 background, 1, 2, ...)"
         )
+    colours = min(3, array.shape[-1])
+    grey = " (its colour channels are equal: converting it to grey keeps the values)" if all(
+        np.array_equal(array[..., 0], array[..., c]) for c in range(1, colours)
+    ) else ""
     return (
         f"is a colour image ({kind}, {array.shape[-1]} channels) where one value per pixel is expected; save "
-        "label maps as grey PNGs whose pixel values are the class numbers (0 background, 1, 2, ...)"
+        f"label maps as grey PNGs whose pixel values are the class numbers (0 background, 1, 2, ...){grey}"
     )
 
 
