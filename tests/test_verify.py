@@ -391,3 +391,18 @@ def test_shared_datasets_verify_clean(name: str) -> None:
     result = runner.invoke(app, ["verify", str(SHARED_DATA / name), "-np", "1"])
     assert result.exit_code == 0, result.output
     assert "no problems found" in result.output
+
+
+def test_jpeg_dataset_is_refused_once_with_the_reason(drive_dataset: Path, roots: dict[str, Path]) -> None:
+    """JPEG is lossy (nnU-Net has no reader for it): one line at dataset.json, not one per file."""
+    description = json.loads((drive_dataset / "dataset.json").read_text())
+    (drive_dataset / "dataset.json").write_text(json.dumps(description | {"file_ending": ".jpg"}))
+    for folder in ("imagesTr", "labelsTr"):
+        for path in (drive_dataset / folder).iterdir():
+            path.rename(path.with_suffix(".jpg"))
+    result = runner.invoke(app, ["verify", str(drive_dataset), "-np", "1"])
+    assert result.exit_code == 2
+    assert [line for line in result.output.splitlines() if line.startswith("ERROR ")] == [
+        f"ERROR {drive_dataset / 'dataset.json'}: file_ending '.jpg' is not a supported image type; JPEG compression "
+        "is lossy and alters pixel values (label maps would change; nnU-Net refuses it too); save images and labels as .png"
+    ]

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Iterable
 
 from autoseg.dataset.description import DatasetDescription
-from autoseg.dataset.imageio import NATURAL_2D_ENDINGS
+from autoseg.dataset.imageio import NATURAL_2D_ENDINGS, SUPPORTED_ENDINGS, image_ending
 from autoseg.errors import DatasetError
 
 CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -43,6 +43,21 @@ def _files_by_stem(folder: Path, ending: str, problems: list[str]) -> dict[str, 
             continue
         files[path.name[: -len(ending)]] = path
     return files
+
+
+LOSSY_ENDINGS = (".jpg", ".jpeg")
+
+
+def file_ending_problem(dataset_dir: Path, desc: DatasetDescription) -> str | None:
+    """The one problem of a ``file_ending`` no reader supports (None when supported)."""
+    ending = desc.file_ending.lower()
+    if image_ending(f"x{ending}") == ending:
+        return None
+    why = (
+        "JPEG compression is lossy and alters pixel values (label maps would change; nnU-Net refuses it too); "
+        "save images and labels as .png" if ending in LOSSY_ENDINGS else f"use one of {', '.join(SUPPORTED_ENDINGS)}"
+    )
+    return f"{dataset_dir / 'dataset.json'}: file_ending {desc.file_ending!r} is not a supported image type; {why}"
 
 
 def scan_images(folder: Path, desc: DatasetDescription) -> CaseScan:
@@ -87,6 +102,8 @@ def channel_file_gaps(files: Iterable[int], num_channels: int, ending: str) -> t
 
 def scan_training_cases(dataset_dir: Path, desc: DatasetDescription) -> CaseScan:
     """All training cases with labels; naming problems (unmatched images/labels) are collected."""
+    if (problem := file_ending_problem(dataset_dir, desc)) is not None:
+        return CaseScan(problems=[problem])
     if desc.cases is not None:
         return _explicit_cases(dataset_dir, desc)
     scan = scan_images(dataset_dir / "imagesTr", desc)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autoseg.dataset.cases import Case, scan_images, scan_training_cases
+from autoseg.dataset.cases import Case, file_ending_problem, scan_images, scan_training_cases
 from autoseg.dataset.description import DatasetDescription, load_description
 from autoseg.dataset.imageio import (
     geometry_differences,
@@ -161,6 +161,8 @@ def _check_case_problems(case: Case, desc: DatasetDescription) -> list[str]:
 def dataset_level_problems(location: DatasetLocation, desc: DatasetDescription) -> tuple[list[Case], list[str]]:
     """Naming and bookkeeping problems (no image is read)."""
     scan = scan_training_cases(location.raw_dir, desc)
+    if file_ending_problem(location.raw_dir, desc) is not None:
+        return [], list(scan.problems)  # no file can be read: counting or naming them says nothing more
     problems = list(scan.problems)
     n_found = scan.num_declared_cases
     if desc.num_training != n_found:
@@ -195,7 +197,7 @@ def verify_dataset(location: DatasetLocation, num_workers: int | None = None) ->
     cases, problems = dataset_level_problems(location, desc)
     tests_dir = location.raw_dir / "imagesTs"
     test_cases: list[Case] = []
-    if tests_dir.is_dir():
+    if tests_dir.is_dir() and file_ending_problem(location.raw_dir, desc) is None:
         scan = scan_images(tests_dir, desc)
         problems.extend(scan.problems)
         test_cases = scan.cases
