@@ -261,15 +261,21 @@ def evaluate(
     pred: Path = typer.Option(..., "-p", "--pred", help="folder of predicted label maps"),
     ref: Path = typer.Option(..., "-r", "--ref", help="folder of reference label maps (same file names)"),
     dataset: Optional[str] = typer.Option(None, "-d", "--dataset", help="dataset for labels/regions (default: dataset.json beside the references)"),
+    labels: Optional[list[int]] = typer.Option(None, "-l", "--labels", help="label values to evaluate without a dataset, e.g. --labels 1 2 (default: dataset.json beside the references, else every value found in them)"),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="folder for summary.json / summary.csv (default: PRED)"),
     tolerance_mm: float = typer.Option(1.0, help="tolerance of the normalised surface Dice, in mm"),
     num_workers: Optional[int] = typer.Option(None, "-np", "--num-workers", help=WORKERS_HELP),
 ) -> None:
     """Dice, IoU, HD95, ASSD, surface Dice, precision, recall and volumes per case and class."""
-    from autoseg.evaluation.evaluate import evaluate_folders, format_table
+    from autoseg.evaluation.evaluate import choose_labels, classes_absent_everywhere, evaluate_folders, format_table
 
-    summary = evaluate_folders(pred, ref, _description(dataset), output, num_workers, tolerance_mm)
+    choice = choose_labels(pred, ref, _description(dataset), labels, num_workers)
+    if choice.source == "references":
+        typer.echo(f"no dataset.json or --labels: evaluating the labels found in the references: {', '.join(list(choice.labels)[1:])}")
+    summary = evaluate_folders(pred, ref, choice.labels, output, num_workers, tolerance_mm, choice.file_ending)
     typer.echo(format_table(summary))
+    for name in classes_absent_everywhere(summary):
+        typer.echo(f"note: label {name} is in no reference and no prediction; its metrics are NaN")
     typer.echo(f"written: {(output or pred) / 'summary.json'} and summary.csv")
 
 
