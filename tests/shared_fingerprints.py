@@ -4,7 +4,7 @@ Only what planning reads is computed, the way ``autoseg fingerprint`` computes i
 spacing, the shape after cropping to the nonzero region of all channels and the relative size after
 cropping. Intensity statistics are left out (no shared dataset has a CT channel, the only channel kind
 whose normalization reads them; planning copies them into the plan and nothing else), which saves the
-verification and sampling passes: the whole of Hippocampus, ACDC and BraTS reads in seconds.
+verification, label and sampling passes (all five datasets read in 15-35 s on 2 loaded cores).
 """
 
 from __future__ import annotations

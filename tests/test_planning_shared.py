@@ -31,7 +31,7 @@ from autoseg.cli import app
 GIB = 2**30
 USABLE = 8 * GIB * C.GPU_MEMORY_USABLE_FRACTION
 HIPPOCAMPUS, ACDC, BRATS = "Dataset004_Hippocampus", "Dataset027_ACDC", "Dataset905_BraTS2015Mini"
-EM = "Dataset907_EMMembrane"
+DRIVE, EM = "Dataset906_DRIVE", "Dataset907_EMMembrane"
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +182,22 @@ def test_brats(fingerprints, plans_8gb):
     assert flat["batch_size"] == expected_batch(flat, voxels)
     for config in (full, flat):
         check_common(config, fp)
+
+
+def test_drive(fingerprints, plans_8gb):
+    fp, plans = fingerprints(DRIVE), plans_8gb(DRIVE)
+    # 20 RGB photographs, one PNG per case holding R, G, B: three channels of one 584x565 slice
+    assert fp["is_2d"] and plans["target_spacing"] == [999.0, 1.0, 1.0] and list(plans["configurations"]) == ["2d"]
+    flat = plans["configurations"]["2d"]
+    assert [n["scheme"] for n in flat["normalization"]] == ["zscore"] * 3
+    assert flat["median_shape"][-2:] == [584.0, 565.0]
+    # 584-292-146-73-37-19-10-5 and 565-283-142-71-36-18-9-5: 7 halvings each before a map would go
+    # below 4 voxels: 8 stages, stride 128, the median rounded up to 640x640 (nnU-Net's patch)
+    assert flat["patch_size"] == [640, 640] and topology(flat)["strides"] == [[1, 1]] + [[2, 2]] * 7
+    assert topology(flat)["features_per_stage"] == [32, 64, 128, 256, 512, 512, 512, 512]
+    # 5% of 20 images is less than one patch: the batch is the minimum, 2
+    assert flat["batch_size"] == expected_batch(flat, dataset_voxels(fp, plans["target_spacing"])) == 2
+    check_common(flat, fp)
 
 
 def test_em_membrane(fingerprints, plans_8gb):
