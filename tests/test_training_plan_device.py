@@ -92,6 +92,14 @@ def test_cpu_plan_on_a_gpu_warns():
     assert "planned for the CPU" in warning
 
 
+def test_another_network_than_planned_is_not_memory_checked():
+    plans = plans_for()
+    plans["configurations"]["3d_fullres"]["network"] = {"name": "unet"}
+    with pytest.raises(TrainingError):
+        check_plan_device(plans, "3d_fullres", "cuda", 4 * GIB, PATCH, 5, network="unet")
+    assert check_plan_device(plans, "3d_fullres", "cuda", 4 * GIB, PATCH, 5, network="segresnet") == []
+
+
 def test_unknown_device_memory_checks_only_the_kind():
     assert check(plans_for(), "mps", None) == []
 

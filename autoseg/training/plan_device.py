@@ -48,11 +48,13 @@ def check_plan_device(
     patch_size: Sequence[int],
     batch_size: int,
     processes: int = 1,
+    network: str | None = None,
 ) -> list[str]:
     """Warnings for training ``configuration`` on this device; ``TrainingError`` if it cannot fit.
 
     ``device_memory_bytes`` is the GPU's total memory (None where unknown: CPU, MPS);
-    ``batch_size`` is one process's share of the batch, ``processes`` how many share it.
+    ``batch_size`` is one process's share of the batch, ``processes`` how many share it;
+    ``network``: the family trained, when it is not the plan's its memory was not modelled.
     """
     plan = plans["configurations"][configuration]
     target = planned_for(plans, plan)
@@ -68,7 +70,8 @@ def check_plan_device(
             f"{configuration} was planned for the CPU (a compute budget: narrower network or smaller patch than a "
             f"GPU affords); for a GPU plan run {_replan(plans, '')} on this machine"
         )
-    needed = modelled_memory(plan, patch_size, batch_size)
+    other_network = network is not None and network != plan.get("network", {}).get("name", network)
+    needed = None if other_network else modelled_memory(plan, patch_size, batch_size)
     if device_type != "cuda" or device_memory_bytes is None or needed is None:
         return warnings
     have = device_memory_bytes / GIB

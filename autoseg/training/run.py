@@ -117,6 +117,7 @@ def train_fold(
             plans, configuration, torch_device.type, device_memory_bytes(torch_device),
             config["patch_size"] or plan["patch_size"],
             -(-int(config["batch_size"] or plan["batch_size"]) // context.world_size), context.world_size,
+            network_name,
         )
         if budget_seconds is None and epochs is None and not continue_ and config["use_plan_schedule"]:
             budget_seconds = (plans.get("budget") or {}).get("seconds")
