@@ -167,3 +167,26 @@ def test_timing_probe_sgd_step_matches_torch_optim_sgd():
         optimizer.step()
     for mine, theirs in zip(by_hand.parameters(), reference.parameters()):
         torch.testing.assert_close(mine, theirs)
+
+
+def test_timing_probe_sgd_step_skips_parameters_without_gradient_like_torch_optim():
+    """ConResNet's residual heads get no gradient from the probe's loss; planning crashed on them."""
+    torch.manual_seed(0)
+    by_hand, reference = nn.ModuleList([nn.Linear(4, 3), nn.Linear(4, 2)]), nn.ModuleList([nn.Linear(4, 3), nn.Linear(4, 2)])
+    reference.load_state_dict(by_hand.state_dict())
+    unused_before = [p.detach().clone() for p in by_hand[1].parameters()]
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.99, nesterov=True)
+    parameters = list(by_hand.parameters())
+    buffers = [torch.zeros_like(p) for p in parameters]
+    x = torch.randn(5, 4)
+    for _ in range(2):
+        for net in (by_hand, reference):
+            net.zero_grad(set_to_none=True)
+            net[0](x).square().mean().backward()  # the second layer gets no gradient
+        with torch.no_grad():
+            compute_budget._sgd_step(parameters, buffers, lr=0.1, momentum=0.99)
+        optimizer.step()
+    for mine, theirs in zip(by_hand.parameters(), reference.parameters()):
+        torch.testing.assert_close(mine, theirs)
+    for mine, before in zip(by_hand[1].parameters(), unused_before):
+        torch.testing.assert_close(mine, before)

@@ -95,12 +95,20 @@ def _loss(outputs: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
 def _sgd_step(parameters: Sequence[torch.Tensor], buffers: list[torch.Tensor], lr: float = 1e-6,
               momentum: float = 0.99) -> None:
     """Nesterov SGD by hand, as training's optimizer computes it: constructing ``torch.optim.SGD``
-    imports TorchDynamo on first use (~1.8 s, longer than the whole measurement)."""
-    grads = [p.grad for p in parameters]
-    torch._foreach_mul_(buffers, momentum)
-    torch._foreach_add_(buffers, grads)
-    torch._foreach_add_(grads, buffers, alpha=momentum)
-    torch._foreach_add_(list(parameters), grads, alpha=-lr)
+    imports TorchDynamo on first use (~1.8 s, longer than the whole measurement).
+
+    Parameters without a gradient (outputs the probe's loss does not reach, such as ConResNet's
+    residual heads) are skipped, as ``torch.optim`` skips them.
+    """
+    stepped = [(p, b) for p, b in zip(parameters, buffers) if p.grad is not None]
+    if not stepped:
+        return
+    params, moments = [p for p, _ in stepped], [b for _, b in stepped]
+    grads = [p.grad for p in params]
+    torch._foreach_mul_(moments, momentum)
+    torch._foreach_add_(moments, grads)
+    torch._foreach_add_(grads, moments, alpha=momentum)
+    torch._foreach_add_(params, grads, alpha=-lr)
 
 
 def _time_steps(network: nn.Module, inputs: torch.Tensor, device: torch.device) -> float:
