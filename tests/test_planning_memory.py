@@ -74,6 +74,59 @@ def test_training_gflop_counts_conv_layers_by_hand():
     assert training_gflop("unet", topology, 1, 3, [16, 8], 2) == pytest.approx(4 * 14720 * 6 / 1e9)
 
 
+class _GlobalAttention(nn.Module):
+    """Self-attention over all pixels (one head, the channels as features), then a 1x1 conv head."""
+
+    def __init__(self, in_channels: int, n_classes: int) -> None:
+        super().__init__()
+        self.head = nn.Conv2d(in_channels, n_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        tokens = x.flatten(2).transpose(1, 2).unsqueeze(1)  # (B, 1 head, L, C)
+        attended = nn.functional.scaled_dot_product_attention(tokens, tokens, tokens)
+        return [self.head(attended.squeeze(1).transpose(1, 2).reshape(x.shape))]
+
+
+def test_training_gflop_counts_attention_at_the_real_patch(monkeypatch):
+    from autoseg.networks import registry
+
+    def build(topology, in_channels, n_classes, *, deep_supervision=True):
+        return _GlobalAttention(in_channels, n_classes)
+
+    spec = registry.NetworkSpec("attention_probe", build, registry.TopologyConstraints(), "test", "test")
+    monkeypatch.setitem(registry._REGISTRY, "attention_probe", spec)
+    topology = Topology(2, [2, 4], [[3, 3]] * 2, [[1, 1], [2, 2]])
+    # L tokens of 2 features: Q K^T and A V cost 2 x 2 L^2 FLOPs each, the 2->3 head 2 x 6 L; x3 fwd+bwd.
+    for patch, batch in (([8, 8], 1), ([16, 8], 2)):
+        tokens = patch[0] * patch[1]
+        expected = batch * (8 * tokens**2 + 12 * tokens) * 3 / 1e9
+        assert training_gflop("attention_probe", topology, 2, 3, patch, batch) == pytest.approx(expected)
+
+
+class _ReadsValues(nn.Module):
+    """A 1x1 conv after reading a value: no meta kernel for ``.item()``."""
+
+    def __init__(self, in_channels: int, n_classes: int) -> None:
+        super().__init__()
+        self.head = nn.Conv2d(in_channels, n_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [self.head(x * float(x.abs().max().item() >= 0))]
+
+
+def test_training_gflop_falls_back_to_a_scaled_cpu_probe_without_meta_kernels(monkeypatch):
+    from autoseg.networks import registry
+
+    def build(topology, in_channels, n_classes, *, deep_supervision=True):
+        return _ReadsValues(in_channels, n_classes)
+
+    spec = registry.NetworkSpec("reads_values", build, registry.TopologyConstraints(), "test", "test")
+    monkeypatch.setitem(registry._REGISTRY, "reads_values", spec)
+    topology = Topology(2, [2, 4], [[3, 3]] * 2, [[1, 1], [2, 2]])
+    # 2 x 6 FLOPs per pixel (2->3 1x1 conv), x3 fwd+bwd, 2 x 16 x 8 pixels.
+    assert training_gflop("reads_values", topology, 2, 3, [16, 8], 2) == pytest.approx(2 * 128 * 12 * 3 / 1e9)
+
+
 def test_measured_timing_is_cached_and_predicts_more_for_more_work(tmp_path, monkeypatch):
     spec = get_network_spec("unet")
     timing = measure_timing("unet", spec.constraints, 2, 1, 2, width=4, device=torch.device("cpu"), cache_dir=tmp_path)
