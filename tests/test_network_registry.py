@@ -61,6 +61,16 @@ def test_the_cli_lists_the_registry():
     assert "options: deep_supervision, slice_axis, dropout" in result.output  # conresnet's builder
 
 
+def test_plan_refuses_an_unknown_network_before_touching_the_dataset(tmp_path, monkeypatch):
+    from autoseg.cli import app
+
+    monkeypatch.setenv("AUTOSEG_RAW", str(tmp_path))
+    result = CliRunner().invoke(app, ["plan", "Dataset004", "--network", "unett"])
+    assert result.exit_code == 2
+    assert "autoseg: error: unknown network 'unett'; choose one of: conresnet, " in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_exactly_one_default_family_and_it_is_nnunets_unet():
     assert default_network() == "unet"
     assert [name for name in list_networks() if get_network_spec(name).default] == ["unet"]

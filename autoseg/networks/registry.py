@@ -285,6 +285,6 @@ def format_network_table() -> str:
         spec = _REGISTRY[name]
         dims = "/".join(f"{d}D" for d in spec.constraints.spatial_dims)
         marker = " (default)" if spec.default else ""
-        options = ", ".join(spec.options)
+        options = ", ".join(n if p.kind is not p.VAR_KEYWORD else f"**{n}" for n, p in spec.options.items())
         lines.append(f"{name}{marker}  [{dims}]  {spec.description}\n    {spec.paper}\n    options: {options}")
     return "\n".join(lines)

@@ -421,6 +421,7 @@ def plan_dataset(
     from autoseg.fingerprint.file import fingerprint_path, load_fingerprint
     from autoseg.paths import resolve_dataset
 
+    network = get_network_spec(network or default_network()).name  # a typo fails before fingerprinting
     location = resolve_dataset(dataset_spec)
     if not fingerprint_path(location).is_file():
         from autoseg.fingerprint.extract import extract_fingerprint  # SimpleITK and scipy: only when needed
