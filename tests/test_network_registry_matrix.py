@@ -122,7 +122,6 @@ def test_forward_and_backward_at_two_and_three_times_the_total_stride(hippocampu
 
 @pytest.mark.parametrize(("name", "dims"), MATRIX)
 def test_planner_timing_probe(monkeypatch, name, dims):
-    monkeypatch.setattr(C, "TIMING_PROBE_SIZE", {2: 32, 3: 16})
     monkeypatch.setattr(C, "TIMING_PROBE_WIDTH", 8)
     monkeypatch.setattr(C, "TIMING_WARMUP_STEPS", 0)
     monkeypatch.setattr(C, "TIMING_MEASURED_STEPS", 1)
