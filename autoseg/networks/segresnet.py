@@ -131,7 +131,7 @@ class SegResNet(nn.Module):
     (GN -> ReLU -> conv, twice, plus identity); paper widths 32/64/128/256 with 1/2/2/4 blocks.
     Decoder per level: 1x1 conv to the shallower width, linear upsampling, ADD the encoder output,
     one residual block; 1x1 head. With ``vae=True``, ``forward_with_aux`` also returns the VAE's
-    ``reconstruction``, ``mu`` and ``sigma`` (loss in ``training/losses/auxiliary.py``).
+    ``reconstruction``, ``mu`` and ``sigma`` (loss: :func:`vae_auxiliary_loss`, declared to the registry).
 
     Defaults and deviations: widths, strides and kernels come from the plan topology (the paper is
     isotropic 3D); GroupNorm uses fewer than 8 groups only when a width is not divisible by 8;
