@@ -124,6 +124,16 @@ def test_a_builder_taking_any_keyword_gets_every_option(scratch_registry):
     assert create_network("open", TOPOLOGY, 1, 2, a=1, b=2).out_channels == 4
 
 
+def test_an_integer_for_a_text_option_becomes_its_digits(scratch_registry):
+    @scratch_registry.register_network("variants", paper="-", description="-")
+    def build(topology, in_channels, n_classes, *, deep_supervision=True, variant: str = "56"):
+        return nn.Conv2d(in_channels, int(variant), 1)  # YAML reads --set network_options.variant=67 as 67
+
+    assert create_network("variants", TOPOLOGY, 1, 2, variant=67).out_channels == 67
+    with pytest.raises(NetworkError, match="option variant must be str, got 6.7"):
+        create_network("variants", TOPOLOGY, 1, 2, variant=6.7)
+
+
 def test_a_required_option_must_be_given(scratch_registry):
     @scratch_registry.register_network("needs_depth", paper="-", description="-")
     def build(topology, in_channels, n_classes, *, deep_supervision=True, depth: int):

@@ -218,24 +218,29 @@ def default_network() -> str:
     return next(spec.name for spec in _REGISTRY.values() if spec.default)
 
 
-def _check_value(network: str, option: inspect.Parameter, value: Any, hints: Mapping[str, Any]) -> None:
-    expected = hints.get(option.name)
+def _checked_value(network: str, option: str, value: Any, expected: Any) -> Any:
+    """``value`` if it fits a scalar annotation (ints pass for floats; an int for a ``str`` option
+    becomes its digits, as YAML reads ``variant=67`` as a number), else ``NetworkError``."""
     if expected not in _SCALAR_TYPES:
-        return
+        return value
+    if expected is str and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
     accepted = (int, float) if expected is float else (expected,)
     if isinstance(value, bool) is not (expected is bool) or not isinstance(value, accepted):
         raise NetworkError(
-            f"network {network!r}: option {option.name} must be {expected.__name__}, got {value!r}; "
-            f"fix it in --set network_options.{option.name}=... or the plan's network.options"
+            f"network {network!r}: option {option} must be {expected.__name__}, got {value!r}; "
+            f"fix it in --set network_options.{option}=... or the plan's network.options"
         )
+    return value
 
 
-def check_options(name: str, options: Mapping[str, Any]) -> None:
-    """``NetworkError`` for options the family's builder does not take or a scalar of the wrong type."""
+def checked_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The options for the family's builder: ``NetworkError`` for one it does not take, a missing
+    required one, or a scalar of the wrong type."""
     spec = get_network_spec(name)
     accepted = spec.options
     if any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
-        return
+        return dict(options)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise NetworkError(
@@ -246,8 +251,7 @@ def check_options(name: str, options: Mapping[str, Any]) -> None:
     if missing:
         raise NetworkError(f"network {name!r}: option(s) {', '.join(missing)} must be given")
     hints = typing.get_type_hints(spec.builder)
-    for key, value in options.items():
-        _check_value(name, accepted[key], value, hints)
+    return {key: _checked_value(name, key, value, hints.get(key)) for key, value in options.items()}
 
 
 def create_network(
@@ -274,8 +278,7 @@ def create_network(
         )
     if in_channels < 1 or n_classes < 1:
         raise NetworkError(f"network {name!r}: in_channels and n_classes must be >= 1")
-    check_options(name, options)
-    return spec.builder(topology, in_channels, n_classes, **options)
+    return spec.builder(topology, in_channels, n_classes, **checked_options(name, options))
 
 
 def format_network_table() -> str:
