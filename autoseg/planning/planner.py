@@ -20,7 +20,7 @@ import torch
 
 from autoseg import __version__
 from autoseg.errors import FingerprintError, PlanError
-from autoseg.networks import Topology, get_network_spec
+from autoseg.networks import Topology, default_network, get_network_spec
 from autoseg.planning import constants as C
 from autoseg.planning import compute_budget as T
 from autoseg.planning import rules
@@ -307,7 +307,7 @@ def _cascade(ctx: _Context, fullres: dict[str, Any], n_foreground: int) -> dict[
 def build_plans(
     fingerprint: dict[str, Any],
     *,
-    network: str = "unet",
+    network: str | None = None,
     memory_budget_bytes: float,
     budget_seconds: float | None = None,
     device: torch.device | str = "cpu",
@@ -327,6 +327,7 @@ def build_plans(
     """
     check_fingerprint(fingerprint, source)
     device = torch.device(device)
+    network = network or default_network()
     spec = get_network_spec(network)
     n_classes, n_foreground = output_channels(fingerprint["labels"])
     in_channels = len(fingerprint["channel_names"])
@@ -451,7 +452,7 @@ def plan_dataset(
     dataset_spec: str | os.PathLike[str],
     gpu_memory_gb: float | None = None,
     budget_seconds: float | None = None,
-    network: str = "unet",
+    network: str | None = None,
     configs: Sequence[str] | None = None,
     plans_name: str = C.DEFAULT_PLANS_NAME,
     overwrite: bool = False,
@@ -468,6 +469,7 @@ def plan_dataset(
     from autoseg.fingerprint.file import fingerprint_path, load_fingerprint
     from autoseg.paths import resolve_dataset
 
+    network = get_network_spec(network or default_network()).name  # a typo fails before fingerprinting
     location = resolve_dataset(dataset_spec)
     if not fingerprint_path(location).is_file():
         from autoseg.fingerprint.extract import extract_fingerprint  # SimpleITK and scipy: only when needed
