@@ -172,6 +172,11 @@ def test_verify_and_fingerprint_see_the_crops(run: Run) -> None:
     assert len(fingerprint["channel_names"]) == len(load_description(run.raw).channel_names)
     expected = [1, *spec.crop[1:]] if spec.is_2d else list(spec.crop)
     assert [round(v) for v in fingerprint["median_shape_after_crop"]] == expected
+    # Label volumes by value, named where a class has the value to itself (region datasets: none).
+    description = load_description(run.raw)
+    for value in description.foreground_labels:
+        name = description.class_names.get(value)
+        assert f"label {value}{f' ({name})' if name else ''}: median volume" in run.printed["fingerprint"]
 
 
 def test_cpu_plan_keeps_2d_and_3d_fullres_for_3d_data(run: Run) -> None:

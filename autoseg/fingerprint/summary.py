@@ -23,7 +23,9 @@ def format_fingerprint(fp: dict[str, Any]) -> str:
             f"  channel {channel} foreground intensity: mean {stats['mean']:.4g}, std {stats['std']:.4g}, "
             f"p0.5 {stats['percentile_00_5']:.4g}, p99.5 {stats['percentile_99_5']:.4g}"
         )
+    # Region datasets name regions, not label values: their labels are listed by value only.
     names = {str(v): k for k, v in fp["labels"].items() if isinstance(v, int)}
     for label, volumes in fp["class_volumes_mm3"].items():
-        lines.append(f"  class {label} ({names.get(label, 'region')}): median volume {np.median(volumes):.1f} mm^3")
+        name = f" ({names[label]})" if label in names else ""
+        lines.append(f"  label {label}{name}: median volume {np.median(volumes):.1f} mm^3")
     return "\n".join(lines)
