@@ -226,6 +226,11 @@ def test_training_validates_every_class_or_region(run: Run) -> None:
     for name, metrics in summary["mean"].items():
         assert 0.0 <= metrics["dice"] <= 1.0, name
         assert name in run.printed["train"]
+    # The pseudo-validation's Dice of each class (region), whose mean is the epoch's pseudo-Dice.
+    row = json.loads((run.model_folder / "fold_0" / "metrics.jsonl").read_text().splitlines()[-1])
+    per_class = row["pseudo_dice_per_class"]
+    assert list(per_class) == [name for name, _ in classes]
+    assert row["pseudo_dice"] == pytest.approx(np.mean([v for v in per_class.values() if v is not None]))
     case = summary["metric_per_case"][0]["case_id"]
     probabilities = np.load(validation / f"{case}.npz")["probabilities"]
     description = load_description(run.raw)
@@ -303,7 +308,8 @@ def test_region_outputs_are_sigmoids_exported_in_regions_class_order(brats: Run)
 
 def test_training_reports_region_dice(brats: Run) -> None:
     log = (brats.model_folder / "fold_0" / "training_log.txt").read_text()
-    assert re.search(r"pseudo-Dice \d\.\d{4}", log)
+    assert re.search(r"epoch 1: pseudo-Dice per region: whole_tumor \d\.\d{4}, tumor_core \d\.\d{4}, "
+                     r"enhancing_tumor (\d\.\d{4}|-)", log)
     validation = re.search(r"validation Dice of 1 cases: mean [\d.]+ \((.*)\)", brats.printed["train"])
     assert validation and [part.split()[0] for part in validation.group(1).split(", ")] == list(expected_regions())
     summary = json.loads((brats.model_folder / "fold_0" / "validation" / "summary.json").read_text())

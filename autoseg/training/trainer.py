@@ -176,6 +176,9 @@ class Trainer:
         desc = run.description
         regions = [values for _, values in desc.regions] if desc.has_regions else None
         self.labels = LabelSpec(desc.num_output_channels, regions, desc.ignore_label)
+        # Names of the pseudo-Dice entries: output channel order (regions as declared, classes by value).
+        self.output_names = [name for name, _ in desc.regions] if desc.has_regions else [
+            desc.class_names[v] for v in desc.foreground_labels]
         cascade_labels = desc.foreground_labels if run.previous_stage_cache is not None else []
         self.in_channels = desc.num_channels + len(cascade_labels)
         self.mixed_precision = str(cfg["mixed_precision"])
@@ -387,7 +390,7 @@ class Trainer:
 
     def _end_epoch(self, losses: list[float], val_source: BatchSource, epoch_start: float) -> None:
         cfg = self.run.config
-        val_loss, dice = self._pseudo_validation(val_source)
+        val_loss, dice, per_class = self._pseudo_validation(val_source)
         train_loss = float(all_reduce_sum(torch.tensor([float(np.mean(losses))]), self.context)[0]) / self.context.world_size
         alpha = cfg["pseudo_dice_ema"]
         if not math.isnan(dice):
@@ -400,6 +403,8 @@ class Trainer:
             "val_loss": val_loss,
             "pseudo_dice": dice,
             "pseudo_dice_ema": self.ema if self.ema is not None else math.nan,
+            # None (JSON null) for a class absent from both patches and predictions.
+            "pseudo_dice_per_class": {n: None if math.isnan(v) else v for n, v in zip(self.output_names, per_class)},
             "learning_rate": self.optimizer.param_groups[0]["lr"],
             "epoch_seconds": time.monotonic() - epoch_start,
         }
@@ -416,10 +421,15 @@ class Trainer:
             f"(EMA {row['pseudo_dice_ema']:.4f}{', new best' if improved else ''}), lr {row['learning_rate']:.2e}, "
             f"{row['epoch_seconds']:.1f} s, iteration {self.iteration}/{self.total_iterations}"
         )
+        kind = "region" if self.labels.regions else "class"
+        self.monitor.log(f"epoch {self.epoch}: pseudo-Dice per {kind}: "
+                         + ", ".join(f"{name} {'-' if value is None else f'{value:.4f}'}"
+                                     for name, value in row["pseudo_dice_per_class"].items()))
 
     @torch.no_grad()
-    def _pseudo_validation(self, val_source: BatchSource) -> tuple[float, float]:
-        """Mean loss and mean foreground Dice over un-augmented validation patches (TP/FP/FN pooled)."""
+    def _pseudo_validation(self, val_source: BatchSource) -> tuple[float, float, list[float]]:
+        """Mean loss, mean foreground Dice and the Dice of each class (or region) over un-augmented
+        validation patches (TP/FP/FN pooled; NaN for a class absent from patches and predictions)."""
         n_batches = int(self.run.config["val_iterations_per_epoch"])
         n_classes = len(self.labels.regions) if self.labels.regions else self.labels.n_outputs - 1
         counts = torch.zeros(3, n_classes, dtype=torch.float64)
@@ -439,7 +449,7 @@ class Trainer:
         per_class = torch.where(denominator > 0, 2 * tp / denominator.clamp_min(1), torch.full_like(tp, math.nan))
         valid = per_class[~per_class.isnan()]
         dice = float(valid.mean()) if len(valid) else math.nan
-        return float(totals[-2] / max(float(totals[-1]), 1.0)), dice
+        return float(totals[-2] / max(float(totals[-1]), 1.0)), dice, per_class.tolist()
 
     def _evaluate(self, data: torch.Tensor, labels: torch.Tensor) -> tuple[float, torch.Tensor]:
         """Loss and logits of the network in eval mode (full-resolution output, dropout off)."""
