@@ -352,7 +352,9 @@ def test_cascade_predicts_through_both_stages(brats: Run, cascade: dict[str, Any
     summary = json.loads((cascade["predictions"] / "summary.json").read_text())
     assert summary["classes"] == expected_regions()
     info = json.loads((cascade["predictions"] / "predict_info.json").read_text())
-    assert "3d_cascade_fullres" in json.dumps(info)
+    assert (info["configuration"], info["plans_name"]) == ("3d_cascade_fullres", TINY_PLANS)
+    lowres = info["previous_stage"]  # the lowres stage ran first, with the cascade's folds
+    assert (lowres["configuration"], lowres["folds"], info["folds"]) == ("3d_lowres", ["0"], ["0"])
 
 
 def test_postprocessing_is_decided_and_applied_per_region(brats: Run, cascade: dict[str, Any], tmp_path: Path) -> None:
