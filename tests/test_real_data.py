@@ -25,7 +25,7 @@ import pytest
 import torch
 
 from autoseg.dataset.description import load_description
-from autoseg.dataset.imageio import read_image
+from autoseg.dataset.imageio import read_case_images, read_image
 from autoseg.evaluation.metrics import evaluation_classes
 from autoseg.planning.constants import GPU_MEMORY_USABLE_FRACTION
 from autoseg.planning.planner import build_plans
@@ -245,8 +245,9 @@ def test_held_out_prediction_keeps_format_and_geometry(run: Run) -> None:
     assert "1 case(s) predicted" in run.printed["predict"]
     assert sorted(p.name for p in run.predictions.glob(f"*{run.ending}")) == [prediction_file.name]
     seg, geometry = read_image(prediction_file)
-    image, image_geometry = read_image(run.held_images / f"{case}_0000{run.ending}")
-    assert seg.shape == image.shape[-3:] and geometry == image_geometry
+    image, image_geometry = read_case_images(sorted(run.held_images.glob(f"{case}_*{run.ending}")))
+    assert image.shape[0] == len(load_description(run.raw).channel_names)
+    assert seg.shape == image.shape[1:] and geometry == image_geometry
     assert np.issubdtype(seg.dtype, np.integer)
     assert set(np.unique(seg).tolist()) <= allowed_labels(run.raw)
 
@@ -346,8 +347,8 @@ def test_cascade_predicts_through_both_stages(brats: Run, cascade: dict[str, Any
     assert "trained 2 iterations in 1 epochs" in cascade["printed"]["train"]
     case = BRATS.held_out
     seg, geometry = read_image(cascade["predictions"] / f"{case}.nii.gz")
-    image, image_geometry = read_image(brats.held_images / f"{case}_0000.nii.gz")
-    assert seg.shape == image.shape and geometry == image_geometry
+    image, image_geometry = read_case_images(sorted(brats.held_images.glob(f"{case}_*.nii.gz")))
+    assert seg.shape == image.shape[1:] and geometry == image_geometry
     assert set(np.unique(seg).tolist()) <= allowed_labels(brats.raw)
     summary = json.loads((cascade["predictions"] / "summary.json").read_text())
     assert summary["classes"] == expected_regions()
