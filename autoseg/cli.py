@@ -224,6 +224,7 @@ def predict(
     part_id: int = typer.Option(0, "--part-id", help="which part this run predicts (0-based)"),
     continue_: bool = typer.Option(False, "--continue", help="skip cases whose outputs exist"),
     mixed_precision: str = typer.Option("auto", "--mixed-precision", help="auto (fp16 on CUDA, bf16 on CPUs with native bf16: same Dice to 1e-4, 2.6x faster, docs/benchmarks.md), bf16, fp16 (CUDA) or off"),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the networks (a one-off compilation; pays off only over many tiles)"),
 ) -> None:
     """Sliding-window prediction with mirroring TTA, ensembling folds; the cascade runs end to end."""
     from autoseg.errors import UsageError
@@ -237,7 +238,7 @@ def predict(
     model = model_folder or find_model_folder(dataset, configuration, network, plans_name)
     report = predict_folder(
         input, output, model, _folds(folds), checkpoint, step, not no_tta, save_probabilities, device,
-        num_parts, part_id, continue_, mixed_precision,
+        num_parts, part_id, continue_, mixed_precision, compile_networks=compile_,
     )
     typer.echo(
         f"{len(report.predicted)} case(s) predicted, {len(report.skipped)} skipped, into {report.output_folder} "
@@ -260,15 +261,21 @@ def evaluate(
     pred: Path = typer.Option(..., "-p", "--pred", help="folder of predicted label maps"),
     ref: Path = typer.Option(..., "-r", "--ref", help="folder of reference label maps (same file names)"),
     dataset: Optional[str] = typer.Option(None, "-d", "--dataset", help="dataset for labels/regions (default: dataset.json beside the references)"),
+    labels: Optional[list[int]] = typer.Option(None, "-l", "--labels", help="label values to evaluate without a dataset, e.g. --labels 1 2 (default: dataset.json beside the references, else every value found in them)"),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="folder for summary.json / summary.csv (default: PRED)"),
     tolerance_mm: float = typer.Option(1.0, help="tolerance of the normalised surface Dice, in mm"),
     num_workers: Optional[int] = typer.Option(None, "-np", "--num-workers", help=WORKERS_HELP),
 ) -> None:
     """Dice, IoU, HD95, ASSD, surface Dice, precision, recall and volumes per case and class."""
-    from autoseg.evaluation.evaluate import evaluate_folders, format_table
+    from autoseg.evaluation.evaluate import choose_labels, classes_absent_everywhere, evaluate_folders, format_table
 
-    summary = evaluate_folders(pred, ref, _description(dataset), output, num_workers, tolerance_mm)
+    choice = choose_labels(pred, ref, _description(dataset), labels, num_workers)
+    if choice.source == "references":
+        typer.echo(f"no dataset.json or --labels: evaluating the labels found in the references: {', '.join(list(choice.labels)[1:])}")
+    summary = evaluate_folders(pred, ref, choice.labels, output, num_workers, tolerance_mm, choice.file_ending)
     typer.echo(format_table(summary))
+    for name in classes_absent_everywhere(summary):
+        typer.echo(f"note: label {name} is in no reference and no prediction; its metrics are NaN")
     typer.echo(f"written: {(output or pred) / 'summary.json'} and summary.csv")
 
 

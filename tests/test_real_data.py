@@ -37,7 +37,6 @@ from real_data_helpers import crop_cases, crop_dataset
 
 TRAIN = [*set_options(TRAIN_SETTINGS), "--epochs", 1, "--workers", 0]
 GPU_PLANS = "gpu8Plans"
-NATURAL_2D_PENDING = "2D natural images (RGB/grey PNG) come with branch i13-natural2d, not merged yet"
 GPU_PLAN_PENDING = "plan --gpu-memory on a machine without a GPU comes with branch i13-gpuplan, not merged yet"
 
 
@@ -70,13 +69,11 @@ DATASETS = [
     RealDataset("Dataset907_EMMembrane", ("em_00", "em_01", "em_02", "em_03", "em_04", "em_05"), (1, 64, 64), "2d",
                 is_2d=True),
 ]
-PENDING = {"Dataset906_DRIVE": NATURAL_2D_PENDING, "Dataset907_EMMembrane": NATURAL_2D_PENDING}
 BRATS = next(d for d in DATASETS if d.name == "Dataset905_BraTS2015Mini")
 
 
 def dataset_params() -> list[Any]:
-    return [pytest.param(d, id=d.name.split("_", 1)[1], marks=[pytest.mark.skip(reason=PENDING[d.name])] if d.name in PENDING else [])
-            for d in DATASETS]
+    return [pytest.param(d, id=d.name.split("_", 1)[1]) for d in DATASETS]
 
 
 @dataclass
@@ -172,11 +169,11 @@ def test_verify_and_fingerprint_see_the_crops(run: Run) -> None:
     assert len(fingerprint["channel_names"]) == len(load_description(run.raw).channel_names)
     expected = [1, *spec.crop[1:]] if spec.is_2d else list(spec.crop)
     assert [round(v) for v in fingerprint["median_shape_after_crop"]] == expected
-    # Label volumes by value, named where a class has the value to itself (region datasets: none).
+    # Label volumes by value, named by their class or, for region datasets, by the regions holding them.
     description = load_description(run.raw)
     for value in description.foreground_labels:
-        name = description.class_names.get(value)
-        assert f"label {value}{f' ({name})' if name else ''}: median volume" in run.printed["fingerprint"]
+        name = description.class_names.get(value) or "in " + ", ".join(n for n, v in description.regions if value in v)
+        assert f"class {value} ({name}): median volume" in run.printed["fingerprint"]
 
 
 def test_cpu_plan_keeps_2d_and_3d_fullres_for_3d_data(run: Run) -> None:

@@ -62,7 +62,8 @@ def test_resume_after_kill_matches_uninterrupted_run(results: Path) -> None:
         assert torch.equal(tensor, resumed["network_weights"][key]), key
     for a, b in zip(reference["optimizer_state"]["state"].values(), resumed["optimizer_state"]["state"].values()):
         assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in rows]  # noqa: E731
+    timings = {"epoch_seconds", "seconds_per_iteration"}
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in timings} for r in rows]  # noqa: E731
     assert strip(reference["trainer_state"]["history"]) == strip(resumed["trainer_state"]["history"])
 
 
@@ -86,6 +87,9 @@ def test_budget_sets_the_schedule_from_measured_speed(results: Path) -> None:
     final = load_checkpoint(_fold(results) / "checkpoint_final.pt")
     assert final["metadata"]["total_iterations"] == final["metadata"]["iteration"] == summary["iterations"]
     assert 12 <= summary["iterations"] < 20000  # at least the probe, far fewer than 1000 epochs x 20
+    first = final["trainer_state"]["history"][0]
+    # 20 iterations per epoch: the 18 after the 2 warm-up iterations are timed; no GPU memory on a CPU.
+    assert 0 < first["seconds_per_iteration"] < first["epoch_seconds"] / 18 * 1.5 and first["peak_memory_bytes"] is None
     assert 8 * 0.7 < summary["seconds"] < 8 * 1.3  # ends on time (fold all: no final validation)
 
 

@@ -357,6 +357,8 @@ class Trainer:
         try:
             while self.iteration < self.total_iterations:
                 epoch_start = time.monotonic()
+                if self.device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(self.device)
                 n = min(self.iterations_per_epoch, self.total_iterations - self.iteration)
                 losses, timer_start = [], None
                 for i in range(n):
@@ -378,7 +380,9 @@ class Trainer:
                     self.monitor.update(self.iteration, self.total_iterations, self.epoch, loss, speed, self.ema)
                     if i + 1 >= n:
                         break
-                self._end_epoch(losses, val_source, epoch_start)
+                warm = self.iteration - timed_from if timer_start else 0
+                iteration_seconds = (time.monotonic() - timer_start) / warm if warm else None
+                self._end_epoch(losses, val_source, epoch_start, iteration_seconds)
                 if deadline is not None:
                     per_iteration = (time.monotonic() - epoch_start) / max(len(losses), 1)
                     self._rebudget(deadline, per_iteration, validation_reserve)
@@ -388,7 +392,10 @@ class Trainer:
         self.save(FINAL)
         self.monitor.log(f"training finished: {self.iteration} iterations, {self.epoch} epochs, best pseudo-Dice EMA {self.best_ema:.4f}")
 
-    def _end_epoch(self, losses: list[float], val_source: BatchSource, epoch_start: float) -> None:
+    def _end_epoch(self, losses: list[float], val_source: BatchSource, epoch_start: float,
+                   iteration_seconds: float | None) -> None:
+        """Pseudo-validate, record the epoch's metrics (with the warm iterations' speed and, on CUDA, the
+        peak memory allocated), checkpoint."""
         cfg = self.run.config
         val_loss, dice, per_class = self._pseudo_validation(val_source)
         train_loss = float(all_reduce_sum(torch.tensor([float(np.mean(losses))]), self.context)[0]) / self.context.world_size
@@ -407,6 +414,8 @@ class Trainer:
             "pseudo_dice_per_class": {n: None if math.isnan(v) else v for n, v in zip(self.output_names, per_class)},
             "learning_rate": self.optimizer.param_groups[0]["lr"],
             "epoch_seconds": time.monotonic() - epoch_start,
+            "seconds_per_iteration": iteration_seconds,
+            "peak_memory_bytes": torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None,
         }
         self.history.append(row)
         improved = self.ema is not None and self.ema > self.best_ema
