@@ -6,10 +6,11 @@ kept) into temporary roots, then: verify -> fingerprint -> plan (the CPU compute
 predict the held-out case in its own file format and geometry -> evaluate. The slow steps run once per
 dataset in module-scoped fixtures; the tests check what each step left behind.
 
-Configurations: ACDC trains 2d, Hippocampus and BraTS 3d_fullres; BraTS also runs the cascade
-(3d_lowres, 5 folds, then 3d_cascade_fullres) from a plan made for a small memory budget, which makes
-the planner keep 3d_lowres on a 24^3 crop. BraTS is the region dataset (sigmoid outputs, nested
-regions, ``regions_class_order``): its checks follow the regions from training to the report.
+Configurations: ACDC, DRIVE (RGB PNG) and EM (grey PNG) train 2d, Hippocampus and BraTS 3d_fullres;
+BraTS also runs the cascade (3d_lowres, 5 folds, then 3d_cascade_fullres) from a plan made for a small
+memory budget, which makes the planner keep 3d_lowres on a 24^3 crop. BraTS is the region dataset
+(sigmoid outputs, nested regions, ``regions_class_order``): its checks follow the regions from
+training to the report.
 """
 
 from __future__ import annotations
