@@ -115,9 +115,9 @@ def fingerprint(
 @user_errors
 def plan(
     dataset: str = typer.Argument(..., help=DATASET_HELP),
-    gpu_memory: Optional[float] = typer.Option(None, "--gpu-memory", help="GPU memory budget in GB (default: the GPU's memory)"),
+    gpu_memory: Optional[float] = typer.Option(None, "--gpu-memory", help="GPU memory in GB to plan for (default: this machine's GPU); without a GPU here it plans for a GPU elsewhere, memory modelled"),
     budget: Optional[str] = typer.Option(None, "--budget", help="time budget for training one fold on this machine, e.g. 30m, 2h (default with no GPU: 12h)"),
-    network: str = typer.Option("unet", "--network", help="network family: unet, resenc, segresnet, conresnet, vnet, vox2vox"),
+    network: Optional[str] = typer.Option(None, "--network", help="network family, one of those `autoseg networks` lists (default: nnU-Net's U-Net)"),
     configs: Optional[list[str]] = typer.Option(None, "--configs", "-c", "--configuration", help="only these configurations: 2d, 3d_fullres, 3d_lowres, 3d_cascade_fullres"),
     plans_name: str = typer.Option("autosegPlans", "--plans-name", help="name of the plans file; a new name never touches earlier plans"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing plans file of this name that differs"),
@@ -131,6 +131,15 @@ def plan(
     seconds = parse_duration(budget) if budget is not None else None
     _, table = plan_dataset(dataset, gpu_memory, seconds, network, configs or None, plans_name, overwrite, device, num_workers)
     typer.echo(table)
+
+
+@app.command()
+@user_errors
+def networks() -> None:
+    """List the registered network families (for --network): dimensionalities, description, paper."""
+    from autoseg.networks.registry import format_network_table
+
+    typer.echo(format_network_table())
 
 
 @app.command()

@@ -243,7 +243,7 @@ def test_network_options_are_free_form_and_checked_by_the_builder():
     assert config["network_options"] == {"vae": True, "dropout": 0.1}
     topology = Topology(3, [8, 16], [[3, 3, 3]] * 2, [[1, 1, 1], [2, 2, 2]], extra={"patch_size": [16, 16, 16]})
     create_network("segresnet", topology, 1, 3, **config["network_options"])
-    with pytest.raises(NetworkError, match=r"network 'unet': bad options \['vae'\]"):
+    with pytest.raises(NetworkError, match=r"network 'unet': unknown option\(s\) vae; it takes deep_supervision"):
         create_network("unet", topology, 1, 3, vae=True)
 
 

@@ -1,4 +1,4 @@
-"""The training configuration: YAML defaults, per-network sections, and ``--set key=value`` overrides.
+"""The training configuration: YAML defaults, the network family's own defaults, and ``--set key=value`` overrides.
 
 Configuration is data (style.md): nnU-Net's hyperparameters live in ``default_config.yaml`` instead of
 trainer subclasses. An override must name an existing key and keep its type, so a typo fails at once
@@ -14,9 +14,9 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from autoseg.errors import TrainingError
+from autoseg.networks import get_network_spec
 
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("default_config.yaml")
-NETWORK_SECTIONS = "networks"
 # Keys whose default is null or "auto" and the value types they accept besides it.
 _OPEN_TYPES: dict[str, tuple[type, ...]] = {
     "iterations_per_epoch": (int,),
@@ -144,13 +144,9 @@ def apply_overrides(config: Mapping[str, Any], overrides: Iterable[str]) -> dict
 def resolve_config(
     network: str, overrides: Iterable[str] = (), defaults: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
-    """Defaults, then the network's own section, then the user's overrides.
-
-    The per-network sections are removed from the result: it describes one run.
-    """
+    """Defaults, then the family's ``training_defaults`` from the registry, then the user's overrides."""
     base = dict(defaults if defaults is not None else load_defaults())
-    sections = base.pop(NETWORK_SECTIONS, {}) or {}
-    merged = deep_merge(base, sections.get(network, {}))
+    merged = deep_merge(base, get_network_spec(network).training_defaults)
     return apply_overrides(merged, overrides)
 
 

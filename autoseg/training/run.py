@@ -25,11 +25,13 @@ from autoseg.training.cascade import CACHE_FOLDER, prepare_previous_stage, previ
 from autoseg.training.checkpoints import FINAL, LATEST
 from autoseg.training.config import dump_config, resolve_config
 from autoseg.training.distributed import barrier, init_distributed, shutdown
+from autoseg.training.plan_device import check_plan_device
 from autoseg.training.splits import FOLD_ALL, fold_cases
 from autoseg.training.trainer import FoldRun, Trainer
 from autoseg.training.validation import GT_FOLDER, VALIDATION_FOLDER, validate_fold
 from autoseg.utils.atomic import atomic_path, atomic_write_json, atomic_write_text
 from autoseg.utils.device import choose_device as shared_choose_device
+from autoseg.utils.device import device_memory_bytes
 
 DEFAULT_PLANS_NAME = "autosegPlans"
 CONFIG_FILE = "training_config.yaml"
@@ -111,6 +113,11 @@ def train_fold(
     if context.enabled and torch_device.type == "cuda":
         torch_device = torch.device("cuda", context.local_rank)
     try:
+        device_warnings = check_plan_device(
+            plans, configuration, torch_device.type, device_memory_bytes(torch_device),
+            config["patch_size"] or plan["patch_size"],
+            -(-int(config["batch_size"] or plan["batch_size"]) // context.world_size), context.world_size,
+        )
         if budget_seconds is None and epochs is None and not continue_ and config["use_plan_schedule"]:
             budget_seconds = (plans.get("budget") or {}).get("seconds")
         previous_cache = None
@@ -133,6 +140,8 @@ def train_fold(
             previous_stage_cache=previous_cache, start_time=start,
         )
         trainer = Trainer(run, context)
+        for warning in device_warnings:
+            trainer.monitor.log(f"warning: {warning}")
         _restore_or_check(trainer, run)
         if trainer.iteration < trainer.total_iterations:
             trainer.fit()

@@ -56,7 +56,7 @@ from autoseg.training.distributed import (
 )
 from autoseg.training.monitor import Monitor
 from autoseg.training.splits import FOLD_ALL
-from autoseg.training.steps import AdversarialStep, LabelSpec, SupervisedStep, WithAux
+from autoseg.training.steps import LabelSpec, WithAux, build_step
 
 # reference.md §1.5: 250 iterations per epoch when neither the config nor the plan says otherwise.
 DEFAULT_ITERATIONS_PER_EPOCH = 250
@@ -185,13 +185,10 @@ class Trainer:
         self.amp_dtype = amp_dtype(self.mixed_precision, self.device)
         seed_everything(run.seed, run.deterministic, self.device)
         self._build_network(cfg, plan)
-        step_args = (self.model, self.network, run.network_name, self.optimizer, self.labels, cfg, self.device, self.amp_dtype)
-        if get_network_spec(run.network_name).adversarial:
-            self.step: SupervisedStep = AdversarialStep(
-                *step_args, wrap=lambda m: wrap_model(m, self.context, self.device), in_channels=self.in_channels
-            )
-        else:
-            self.step = SupervisedStep(*step_args)
+        self.step = build_step(
+            self.model, self.network, run.network_name, self.optimizer, self.labels, cfg, self.device, self.amp_dtype,
+            wrap=lambda m: wrap_model(m, self.context, self.device), in_channels=self.in_channels,
+        )
         aug = cfg["augmentation"]
         common = dict(
             folder=run.store, patch_size=self.patch_size, batch_size=self.batch_size,
