@@ -19,7 +19,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pytest
@@ -117,17 +117,21 @@ def roots(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]
 
 
 @pytest.fixture(scope="module")
-def pipelines(roots: dict[str, Path]) -> dict[str, Run]:
-    """Each dataset's run, made once for every test that needs it."""
-    return {}
+def pipelines(roots: dict[str, Path]) -> Callable[[RealDataset], Run]:
+    """Each dataset's run, made once for every test (and fixture) that needs it."""
+    done: dict[str, Run] = {}
+
+    def pipeline(spec: RealDataset) -> Run:
+        if spec.name not in done:
+            done[spec.name] = run_pipeline(spec, roots)
+        return done[spec.name]
+
+    return pipeline
 
 
 @pytest.fixture(scope="module", params=dataset_params())
-def run(request: pytest.FixtureRequest, roots: dict[str, Path], pipelines: dict[str, Run]) -> Run:
-    spec: RealDataset = request.param
-    if spec.name not in pipelines:
-        pipelines[spec.name] = run_pipeline(spec, roots)
-    return pipelines[spec.name]
+def run(request: pytest.FixtureRequest, pipelines: Callable[[RealDataset], Run]) -> Run:
+    return pipelines(request.param)
 
 
 def run_pipeline(spec: RealDataset, roots: dict[str, Path]) -> Run:
@@ -271,10 +275,8 @@ CROSSVAL = "crossval_folds_0_1_2_3_4"
 
 
 @pytest.fixture(scope="module")
-def brats(roots: dict[str, Path], pipelines: dict[str, Run]) -> Run:
-    if BRATS.name not in pipelines:
-        pipelines[BRATS.name] = run_pipeline(BRATS, roots)
-    return pipelines[BRATS.name]
+def brats(pipelines: Callable[[RealDataset], Run]) -> Run:
+    return pipelines(BRATS)
 
 
 def expected_regions() -> dict[str, list[int]]:
