@@ -307,6 +307,14 @@ def test_region_outputs_are_sigmoids_exported_in_regions_class_order(brats: Run)
     np.testing.assert_array_equal(seg[decided], ordered_regions(probabilities, order)[decided])
 
 
+def test_evaluate_prints_each_region_with_its_labels(brats: Run) -> None:
+    table = brats.printed["evaluate"].splitlines()
+    assert table[0].startswith("region (labels)")
+    assert [line.split(")")[0] + ")" for line in table[2:5]] == [
+        f"{name} ({' '.join(map(str, values))})" for name, values in expected_regions().items()
+    ]
+
+
 def test_training_reports_region_dice(brats: Run) -> None:
     log = (brats.model_folder / "fold_0" / "training_log.txt").read_text()
     assert re.search(r"epoch 1: pseudo-Dice per region: whole_tumor \d\.\d{4}, tumor_core \d\.\d{4}, "
