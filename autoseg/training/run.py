@@ -74,7 +74,7 @@ def train_fold(
         epochs: train this many epochs (with ``continue_``: extend a run to this many).
         budget_seconds: wall time for the whole fold including final validation; the iteration count
             follows from the measured speed. Default: the plan's compute budget, if it has one.
-        continue_: resume from ``checkpoint_latest.pt`` exactly where it stopped.
+        continue_: resume from ``checkpoint_latest.safetensors`` exactly where it stopped.
         overrides: ``key=value`` training config overrides (``--set``).
         workers: data loading processes (0 = in-process); default from the config (``auto``).
 
