@@ -224,6 +224,7 @@ def predict(
     part_id: int = typer.Option(0, "--part-id", help="which part this run predicts (0-based)"),
     continue_: bool = typer.Option(False, "--continue", help="skip cases whose outputs exist"),
     mixed_precision: str = typer.Option("auto", "--mixed-precision", help="auto (fp16 on CUDA, bf16 on CPUs with native bf16: same Dice to 1e-4, 2.6x faster, docs/benchmarks.md), bf16, fp16 (CUDA) or off"),
+    statistics: bool = typer.Option(False, "--statistics", help="also write <case>_statistics.json (per class or region: volume in mm3, voxels, components, intensity mean and percentiles per channel) and statistics.csv"),
 ) -> None:
     """Sliding-window prediction with mirroring TTA, ensembling folds; the cascade runs end to end."""
     from autoseg.errors import UsageError
@@ -243,6 +244,10 @@ def predict(
         f"{len(report.predicted)} case(s) predicted, {len(report.skipped)} skipped, into {report.output_folder} "
         f"({report.seconds:.1f} s)"
     )
+    if statistics:
+        from autoseg.evaluation.statistics import write_statistics
+
+        typer.echo(f"statistics: {write_statistics(input, output, report.dataset, report.predicted + report.skipped)}")
 
 
 def _description(dataset: Optional[str]) -> Any:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from autoseg.dataset.cases import CHANNEL_SUFFIX
+from autoseg.dataset.description import DatasetDescription
 from autoseg.dataset.imageio import SUPPORTED_ENDINGS, Geometry, image_ending, read_case_images, write_image
 from autoseg.errors import AutosegError, InferenceError
 from autoseg.inference.model import LoadedModel, find_model_folder, load_model
@@ -45,9 +46,11 @@ class InputCase:
 
 @dataclass
 class PredictReport:
-    """What a run did: cases predicted, skipped (``continue_``), and failed (with the reason)."""
+    """What a run did: cases predicted, skipped (``continue_``), and failed (with the reason), and the
+    model's dataset description (labels, channels) for what runs on the outputs next."""
 
     output_folder: Path
+    dataset: DatasetDescription | None = None
     predicted: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: list[Failure] = field(default_factory=list)
@@ -212,7 +215,7 @@ def predict_folder(
     info = _predict_info(loaded, step, tta, save_probabilities, mixed_precision)  # checks the settings first
     output.mkdir(parents=True, exist_ok=True)
     atomic_write_json(output / PREDICT_INFO, info)
-    report = PredictReport(output)
+    report = PredictReport(output, dataset=loaded.dataset)
     for case in track(cases, f"predict {loaded.configuration_name}"):
         ending = output_ending(case, loaded.dataset.file_ending)
         files = _outputs(case, output, ending, save_probabilities)
