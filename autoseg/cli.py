@@ -224,6 +224,7 @@ def predict(
     part_id: int = typer.Option(0, "--part-id", help="which part this run predicts (0-based)"),
     continue_: bool = typer.Option(False, "--continue", help="skip cases whose outputs exist"),
     mixed_precision: str = typer.Option("auto", "--mixed-precision", help="auto (fp16 on CUDA, bf16 on CPUs with native bf16: same Dice to 1e-4, 2.6x faster, docs/benchmarks.md), bf16, fp16 (CUDA) or off"),
+    engine: str = typer.Option("torch", "--engine", help="torch, or onnxruntime to run a zip from `export-model --format onnx` given with -m (CPU, float32)"),
     statistics: bool = typer.Option(False, "--statistics", help="also write <case>_statistics.json (per class or region: volume in mm3, voxels, components, intensity mean and percentiles per channel) and statistics.csv"),
 ) -> None:
     """Sliding-window prediction with mirroring TTA, ensembling folds; the cascade runs end to end."""
@@ -236,6 +237,12 @@ def predict(
     if (model_folder is None) == (dataset is None or configuration is None):
         raise UsageError("give either -m MODEL_FOLDER or both -d DATASET and -c CONFIGURATION")
     model = model_folder or find_model_folder(dataset, configuration, network, plans_name)
+    if engine == "onnxruntime":
+        from autoseg.inference.onnx_model import load_onnx_model
+
+        model, mixed_precision = load_onnx_model(model, _folds(folds)), "off"
+    elif engine != "torch":
+        raise UsageError(f"--engine {engine}: choose torch or onnxruntime")
     report = predict_folder(
         input, output, model, _folds(folds), checkpoint, step, not no_tta, save_probabilities, device,
         num_parts, part_id, continue_, mixed_precision,
@@ -361,8 +368,20 @@ def export_model(
     output: Path = typer.Option(..., "-o", "--output", help="the zip file to write"),
     folds: list[str] = typer.Option(["0", "1", "2", "3", "4"], "-f", "--fold", help=FOLDS_HELP),
     checkpoint: str = typer.Option("final", help="final, best or latest"),
+    format_: str = typer.Option("autoseg", "--format", help="autoseg (safetensors weights, for import-model) or onnx (one ONNX graph per fold + deploy.json, for predict --engine onnxruntime; needs autoseg[onnx])"),
 ) -> None:
-    """Pack trained models into one zip: plain-tensor weights, plans, dataset, postprocessing, checksums."""
+    """Pack trained models into one zip: safetensors weights (or ONNX graphs), plans, dataset, postprocessing, checksums."""
+    from autoseg.errors import UsageError
+
+    if format_ == "onnx":
+        from autoseg.inference.onnx_model import export_onnx_model
+
+        if len(model_folders) != 1:
+            raise UsageError("--format onnx: give one model folder (-m) per ONNX model file")
+        typer.echo(f"written: {export_onnx_model(model_folders[0], output, folds, checkpoint)}")
+        return
+    if format_ != "autoseg":
+        raise UsageError(f"--format {format_}: choose autoseg or onnx")
     from autoseg.evaluation.model_files import export_model as run
 
     typer.echo(f"written: {run(model_folders, output, folds, checkpoint)}")
