@@ -123,13 +123,14 @@ def plan(
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing plans file of this name that differs"),
     device: Optional[str] = typer.Option(None, "--device", help="device to plan for: cpu, cuda or mps (default: cuda when present)"),
     num_workers: Optional[int] = typer.Option(None, "-np", "--num-workers", help=WORKERS_HELP),
+    transfer_from: Optional[Path] = typer.Option(None, "--transfer-plans-from", help="a plans file or trained model folder: keep its network, patch and batch (to fine-tune its weights with train --pretrained-weights), with this dataset's own spacing and normalization"),
 ) -> None:
     """Choose spacing, normalization, configurations, topology, patch and batch; write the plans file."""
     from autoseg.planning.planner import plan_dataset
     from autoseg.utils.duration import parse_duration
 
     seconds = parse_duration(budget) if budget is not None else None
-    _, table = plan_dataset(dataset, gpu_memory, seconds, network, configs or None, plans_name, overwrite, device, num_workers)
+    _, table = plan_dataset(dataset, gpu_memory, seconds, network, configs or None, plans_name, overwrite, device, num_workers, transfer_from)
     typer.echo(table)
 
 
@@ -164,6 +165,7 @@ def train(
     overrides: Optional[list[str]] = typer.Option(None, "--set", help="override a training config value, e.g. --set optimizer.lr=0.005"),
     save_probabilities: bool = typer.Option(False, "--save-probabilities", help="keep validation probabilities (for ensembling and postprocessing)"),
     workers: Optional[int] = typer.Option(None, "--workers", help="data-loading worker processes (0: in-process, for debugging)"),
+    pretrained_weights: Optional[Path] = typer.Option(None, "--pretrained-weights", help="start from a checkpoint, model folder or export-model zip: loads every tensor that matches, reports the rest (output heads for other classes)"),
 ) -> None:
     """Train one cross-validation fold; checkpoints every epoch, validates with sliding window at the end."""
     from autoseg.training.run import format_training_summary, train_fold
@@ -172,7 +174,7 @@ def train(
     seconds = parse_duration(budget) if budget is not None else None
     summary = train_fold(
         dataset, configuration, fold, network, plans_name, epochs, seconds, continue_, device, seed,
-        deterministic, overrides or [], save_probabilities, workers,
+        deterministic, overrides or [], save_probabilities, workers, pretrained_weights,
     )
     typer.echo(format_training_summary(summary))
 
