@@ -19,8 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 import common
 
 CONFIGURATION = "3d_fullres"

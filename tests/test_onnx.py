@@ -19,7 +19,6 @@ from autoseg.dataset.imageio import read_case_images, read_image
 from autoseg.errors import ModelFileError
 from autoseg.inference.model import load_model
 from autoseg.inference.onnx_model import DEPLOY, GRAPH, export_onnx_model, load_onnx_model
-from autoseg.inference.predictor import predict_array
 from autoseg.networks import create_network, get_network_spec, list_networks
 from autoseg.networks.onnx_export import ONNX_ATOL, ONNX_RTOL, require_onnx
 from autoseg.planning.topology import plan_topology

@@ -33,12 +33,11 @@ from typing import Any, Mapping, Sequence
 from autoseg import __version__
 from autoseg.errors import ModelFileError
 from autoseg.paths import results_root as default_results_root
-from autoseg.utils.atomic import atomic_path
+from autoseg.utils.checksummed_zip import MANIFEST, write_checksummed_zip
 from autoseg.utils.weights_file import SUFFIX, checkpoint_name, load_weights, weights_exist, weights_from_bytes, weights_to_bytes
 
 FORMAT_NAME = "autoseg-model"
 FORMAT_VERSION = 2  # 2: weights as safetensors; 1: autoseg's own layout (refused with a re-export hint)
-MANIFEST = "manifest.json"
 DEFAULT_FOLDS = (0, 1, 2, 3, 4)
 DEFAULT_CHECKPOINT = checkpoint_name("final")
 REQUIRED_FILES = ("plans.json", "dataset.json")
@@ -132,14 +131,8 @@ def export_model(
         "models": [f.name for f in folders],
         "folds": [str(f) for f in folds],
         "checkpoint": checkpoint,
-        "files": {name: hashlib.sha256(data).hexdigest() for name, data in members.items()},
     }
-    output_zip = Path(output_zip)
-    with atomic_path(output_zip) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr(MANIFEST, json.dumps(manifest, indent=2) + "\n")
-        for name, data in members.items():
-            archive.writestr(name, data)
-    return output_zip
+    return write_checksummed_zip(output_zip, manifest, members)
 
 
 # ---------------------------------------------------------------------------------------------- import

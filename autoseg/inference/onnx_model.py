@@ -30,11 +30,10 @@ from autoseg.errors import ModelFileError
 from autoseg.inference.model import LoadedModel, load_model
 from autoseg.networks.onnx_export import INPUT, OPSET, OUTPUT, check_onnx, export_onnx, onnx_session, run_onnx
 from autoseg.planning.plans import get_configuration
-from autoseg.utils.atomic import atomic_path
+from autoseg.utils.checksummed_zip import MANIFEST, write_checksummed_zip
 
 FORMAT_NAME = "autoseg-onnx-model"
 FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 DEPLOY = "deploy.json"
 GRAPH = "network.onnx"
 DESCRIPTION_FILES = ("plans.json", "dataset.json", "postprocessing.json")
@@ -119,14 +118,8 @@ def export_onnx_model(
     manifest = {
         "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "autoseg_version": __version__,
         "model": folder.name, "checkpoint": checkpoint, "folds": model.folds,
-        "files": {name: hashlib.sha256(data).hexdigest() for name, data in members.items()},
     }
-    output_zip = Path(output_zip)
-    with atomic_path(output_zip) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr(MANIFEST, json.dumps(manifest, indent=2) + "\n")
-        for name, data in members.items():
-            archive.writestr(name, data)
-    return output_zip
+    return write_checksummed_zip(output_zip, manifest, members)
 
 
 # ---------------------------------------------------------------------------------------------- load
