@@ -102,7 +102,7 @@ def main() -> None:
             autoseg(["train", TARGET, "3d_fullres", "all", "--budget", args.budget, "--device", "cpu", *extra], run_env, log)
             prediction = work / f"pred_{run.replace(' ', '_')}"
             autoseg(["predict", "-i", str(images), "-o", str(prediction), "-m", str(results / TARGET / MODEL), "-f", "all"], run_env, log)
-            autoseg(["evaluate", "-p", str(prediction), "-r", str(labels)], run_env, log)
+            autoseg(["evaluate", "-p", str(prediction), "-r", str(labels), "-d", TARGET], run_env, log)
             dice[run] = foreground_dice(prediction / "summary.json")
     rows = [[run, args.budget, f"{value:.4f}"] for run, value in dice.items()]
     commands = "\n".join(line.replace(str(work), "$WORK") for line in log)
