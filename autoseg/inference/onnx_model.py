@@ -171,7 +171,3 @@ def load_onnx_model(zip_path: str | Path, folds: Sequence[int | str] | str | Non
         device=torch.device("cpu"),
     )
 
-
-def is_onnx_model_file(path: str | Path) -> bool:
-    return Path(path).is_file() and zipfile.is_zipfile(path)
-
