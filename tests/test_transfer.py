@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from autoseg.cli import app
 from autoseg.dataset.imageio import read_image, write_image
 from autoseg.errors import TrainingError
+from autoseg.evaluation.model_files import export_model
 from autoseg.networks import create_network
 from autoseg.training.pretrained import load_pretrained
 from autoseg.utils.weights_file import load_weights
@@ -90,6 +91,14 @@ def test_pretrained_loading_keeps_heads_fresh_and_refuses_other_topologies(tmp_p
     for name, tensor in target.state_dict().items():
         expected = fresh[name] if name in report.heads else source.state_dict()[name]
         assert torch.equal(tensor, expected), name
+    (tmp_path / "plans.json").write_text("{}"), (tmp_path / "dataset.json").write_text("{}")
+    zip_path = export_model(tmp_path, tmp_path / "model.zip", folds=[0])  # an export-model zip: its first fold
+    again = create_network("unet", TINY_TOPOLOGY, 1, 2)
+    assert load_pretrained(again, zip_path, "unet", log=lambda _: None).loaded == report.loaded
+    assert all(torch.equal(again.state_dict()[k], target.state_dict()[k]) for k in report.loaded)
+    (tmp_path / "broken.zip").write_bytes(b"PK not a zip")
+    with pytest.raises(TrainingError, match=r"broken.zip: not a readable zip \(.*\); give a zip written by `autoseg export-model`"):
+        load_pretrained(again, tmp_path / "broken.zip", "unet")
     wider = create_network("unet", {**TINY_TOPOLOGY, "features_per_stage": [16, 32, 64]}, 1, 2)
     with pytest.raises(TrainingError, match=r"does not fit this network: \d+ tensor\(s\) have other shapes .*--transfer-plans-from SOURCE_PLANS"):
         load_pretrained(wider, path, "unet")

@@ -51,6 +51,19 @@ def _first_fold_checkpoint(folder: Path) -> Path:
     return folds[0] / checkpoint_name("final")
 
 
+def _read_zip(path: Path) -> tuple[dict[str, Any], str]:
+    """The first fold's weights of an ``export-model`` zip."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = sorted(n for n in archive.namelist() if n.endswith(SUFFIX))
+            if not members:
+                raise TrainingError(f"{path}: holds no weights; give a zip written by `autoseg export-model` (not --format onnx)")
+            where = f"{path}:{members[0]}"
+            return weights_from_bytes(archive.read(members[0]), where, TrainingError), where
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise TrainingError(f"{path}: not a readable zip ({exc}); give a zip written by `autoseg export-model`") from None
+
+
 def read_pretrained(source: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], str]:
     """(network weights, checkpoint metadata, description) from a checkpoint, model folder or model zip."""
     path = Path(source)
@@ -59,12 +72,7 @@ def read_pretrained(source: str | Path) -> tuple[dict[str, torch.Tensor], dict[s
     if not path.exists() and not weights_exist(path):
         raise TrainingError(f"{path}: not found; give a checkpoint file, a trained model folder or a model zip from export-model")
     if path.suffix == ".zip":
-        with zipfile.ZipFile(path) as archive:
-            members = sorted(n for n in archive.namelist() if n.endswith(SUFFIX))
-            if not members:
-                raise TrainingError(f"{path}: holds no weights; give a zip written by `autoseg export-model` (not --format onnx)")
-            tree = weights_from_bytes(archive.read(members[0]), f"{path}:{members[0]}", TrainingError)
-        where = f"{path}:{members[0]}"
+        tree, where = _read_zip(path)
     else:
         tree, where = load_weights(path, TrainingError), str(path)
     if not isinstance(tree.get("network_weights"), dict):
