@@ -19,6 +19,7 @@ from autoseg.dataset.imageio import read_case_images, read_image
 from autoseg.errors import ModelFileError
 from autoseg.inference.model import load_model
 from autoseg.inference.onnx_model import DEPLOY, GRAPH, export_onnx_model, load_onnx_model
+from autoseg.inference.predictor import predict_array
 from autoseg.networks import create_network, get_network_spec, list_networks
 from autoseg.networks.onnx_export import ONNX_ATOL, ONNX_RTOL, require_onnx
 from autoseg.planning.topology import plan_topology
@@ -114,3 +115,17 @@ def test_missing_onnxruntime_names_the_extra(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(ModelFileError, match=r"install them with: pip install 'autoseg\[onnx\]'"):
         require_onnx("the onnxruntime engine")
+
+
+def test_a_2d_model_runs_slice_by_slice_in_onnxruntime_with_torch_labels(tmp_path: Path) -> None:
+    """2D graphs take (B, C, y, x); the sliding window feeds them one slice per tile as it does torch."""
+    from test_inference_predict import make_model
+
+    folder = make_model(tmp_path / "models", "2d", folds=("0",))
+    zip_path = export_onnx_model(folder, tmp_path / "2d.zip", folds=[0])
+    assert json.loads(zipfile.ZipFile(zip_path).read(DEPLOY))["spatial_dims"] == 2
+    data, geometry = read_case_images([CASE])
+    expected = predict_array(load_model(folder, [0], device="cpu"), data, geometry, mixed_precision="off").labels
+    got = predict_array(load_onnx_model(zip_path), data, geometry, mixed_precision="off").labels
+    assert len(np.unique(expected)) > 1
+    np.testing.assert_array_equal(got, expected)
