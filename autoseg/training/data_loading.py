@@ -300,8 +300,14 @@ class BatchStream:
         self._stop = threading.Event()
         self._pin_thread: threading.Thread | None = None
         if pin_memory and self.workers:
+            import torch
+
+            # The CUDA device is per thread: pin under this rank's device, not device 0 (as torch's DataLoader).
+            cuda_device = torch.cuda.current_device() if torch.cuda.is_available() else None
             self._pinned = queue_module.Queue(maxsize=max(1, prefetch))
-            self._pin_thread = threading.Thread(target=self._pin_loop, name=f"{name} pinning", daemon=True)
+            self._pin_thread = threading.Thread(
+                target=self._pin_loop, args=(cuda_device,), name=f"{name} pinning", daemon=True
+            )
             self._pin_thread.start()
 
     def __iter__(self) -> "BatchStream":
@@ -329,11 +335,13 @@ class BatchStream:
                 raise TrainingError(f"{self.name}: {_describe_exception(exc)}") from exc
         return self._receive((index - self.first) % len(self.workers), index)
 
-    def _pin_loop(self) -> None:
+    def _pin_loop(self, cuda_device: int | None) -> None:
         """Thread body: receive batches in order, pin them, hand them over; an error ends the stream."""
         import torch
 
         try:
+            if cuda_device is not None:
+                torch.cuda.set_device(cuda_device)
             while not self._stop.is_set():
                 batch = {key: torch.from_numpy(value).pin_memory() for key, value in self._next_batch().items()}
                 self._hand_over(("batch", batch))
