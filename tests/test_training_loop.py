@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from autoseg.errors import TrainingError
 from autoseg.training import train_fold
@@ -69,6 +70,9 @@ def test_resume_after_kill_matches_uninterrupted_run(results: Path) -> None:
 
 def test_continue_extends_a_finished_run(results: Path) -> None:
     train_fold(DATASET, "3d_fullres", "all", epochs=1, workers=0, overrides=FAST)
+    # The config written next to the fold says what the augmentation's `auto` rules chose.
+    resolved = yaml.safe_load((_fold(results) / "training_config.yaml").read_text())["augmentation"]
+    assert (resolved["rotation"]["degrees_2d"], resolved["mask_channels"]) == (180.0, [])
     with pytest.raises(TrainingError, match=r"fold_all: this fold already has checkpoints; add --continue"):
         train_fold(DATASET, "3d_fullres", "all", epochs=1, workers=0, overrides=FAST)
     summary = train_fold(DATASET, "3d_fullres", "all", epochs=3, continue_=True, workers=0, overrides=FAST)

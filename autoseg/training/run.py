@@ -21,6 +21,7 @@ from autoseg.networks import get_network_spec
 from autoseg.paths import resolve_dataset
 from autoseg.planning.plans import get_configuration, load_plans, plans_path
 from autoseg.preprocessing.store import list_cases
+from autoseg.training.augmentation import resolve_augmentation
 from autoseg.training.cascade import CACHE_FOLDER, prepare_previous_stage, previous_stage_predictions
 from autoseg.training.checkpoints import FINAL, LATEST
 from autoseg.training.config import dump_config, resolve_config
@@ -106,6 +107,7 @@ def train_fold(
     network_name = network or plan["network"]["name"]
     get_network_spec(network_name)
     config = resolve_config(network_name, overrides)
+    config["augmentation"] = resolve_augmentation(config["augmentation"], config["patch_size"] or plan["patch_size"], plan["normalization"])
     if any(o.partition("=")[0].strip() == "num_epochs" for o in overrides):
         config["use_plan_schedule"] = False  # an explicit --set num_epochs wins over the plan's schedule
     store = preprocessed_dir / plan["data_identifier"]
