@@ -28,7 +28,7 @@ from autoseg.errors import TrainingError
 from autoseg.networks import create_network, get_network_spec
 from autoseg.preprocessing.store import load_properties
 from autoseg.training import budget as budget_rules
-from autoseg.training.augmentation import sampling_size
+from autoseg.training.augmentation import resolve_augmentation, sampling_size
 from autoseg.training.checkpoints import (
     BEST,
     FINAL,
@@ -46,6 +46,8 @@ from autoseg.training.data_loading import (
     BatchStream,
     SamplingSpec,
     auto_workers,
+    batch_to_device,
+    validation_workers,
 )
 from autoseg.training.distributed import (
     DistributedContext,
@@ -189,7 +191,7 @@ class Trainer:
             self.model, self.network, run.network_name, self.optimizer, self.labels, cfg, self.device, self.amp_dtype,
             wrap=lambda m: wrap_model(m, self.context, self.device), in_channels=self.in_channels,
         )
-        aug = cfg["augmentation"]
+        aug = resolve_augmentation(cfg["augmentation"], self.patch_size, plan["normalization"])
         common = dict(
             folder=run.store, patch_size=self.patch_size, batch_size=self.batch_size,
             oversample_foreground=cfg["oversample_foreground"], foreground_labels=desc.foreground_labels,
@@ -317,13 +319,8 @@ class Trainer:
             return budget_rules.poly_lr(initial, self.iteration, self.total_iterations, schedule["exponent"])
         raise TrainingError(f"--set lr_schedule.name={schedule['name']!r}: choose poly or constant")
 
-    def _tensors(self, batch: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        pin = self.device.type == "cuda"
-        data, target = torch.from_numpy(batch["data"]), torch.from_numpy(batch["target"])
-        if pin:
-            data, target = data.pin_memory(), target.pin_memory()
-        data = data.to(self.device, non_blocking=pin).contiguous(memory_format=self.memory_format)
-        return data, target.to(self.device, non_blocking=pin)
+    def _tensors(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        return batch_to_device(batch, self.device, self.memory_format)
 
     def _workers(self) -> int:
         chosen = self.run.num_workers if self.run.num_workers is not None else self.run.config["num_workers"]
@@ -348,7 +345,12 @@ class Trainer:
         deadline = self._deadline()
         validation_reserve = self._validation_reserve_inputs() if deadline is not None else None
         start_iteration = self.iteration
-        stream = BatchStream(source, self.iteration, workers, cfg["prefetch_batches"], cfg["worker_timeout_seconds"])
+        pin = self.device.type == "cuda"
+        stream = BatchStream(source, self.iteration, workers, cfg["prefetch_batches"], cfg["worker_timeout_seconds"], pin_memory=pin)
+        val_stream = BatchStream(
+            val_source, self.epoch * int(cfg["val_iterations_per_epoch"]), validation_workers(workers),
+            cfg["prefetch_batches"], cfg["worker_timeout_seconds"], "validation data loading", pin_memory=pin,
+        )
         self.monitor.start(self.total_iterations, self.iteration)
         self.model.train()
         try:
@@ -379,22 +381,23 @@ class Trainer:
                         break
                 warm = self.iteration - timed_from if timer_start else 0
                 iteration_seconds = (time.monotonic() - timer_start) / warm if warm else None
-                self._end_epoch(losses, val_source, epoch_start, iteration_seconds)
+                self._end_epoch(losses, val_stream, epoch_start, iteration_seconds)
                 if deadline is not None:
                     per_iteration = (time.monotonic() - epoch_start) / max(len(losses), 1)
                     self._rebudget(deadline, per_iteration, validation_reserve)
         finally:
             stream.close()
+            val_stream.close()
             self.monitor.stop()
         self.save(FINAL)
         self.monitor.log(f"training finished: {self.iteration} iterations, {self.epoch} epochs, best pseudo-Dice EMA {self.best_ema:.4f}")
 
-    def _end_epoch(self, losses: list[float], val_source: BatchSource, epoch_start: float,
+    def _end_epoch(self, losses: list[float], val_stream: BatchStream, epoch_start: float,
                    iteration_seconds: float | None) -> None:
         """Pseudo-validate, record the epoch's metrics (with the warm iterations' speed and, on CUDA, the
         peak memory allocated), checkpoint."""
         cfg = self.run.config
-        val_loss, dice, per_class = self._pseudo_validation(val_source)
+        val_loss, dice, per_class = self._pseudo_validation(val_stream)
         train_loss = float(all_reduce_sum(torch.tensor([float(np.mean(losses))]), self.context)[0]) / self.context.world_size
         alpha = cfg["pseudo_dice_ema"]
         if not math.isnan(dice):
@@ -433,9 +436,10 @@ class Trainer:
                                      for name, value in row["pseudo_dice_per_class"].items()))
 
     @torch.no_grad()
-    def _pseudo_validation(self, val_source: BatchSource) -> tuple[float, float, list[float]]:
+    def _pseudo_validation(self, val_stream: BatchStream) -> tuple[float, float, list[float]]:
         """Mean loss, mean foreground Dice and the Dice of each class (or region) over un-augmented
-        validation patches (TP/FP/FN pooled; NaN for a class absent from patches and predictions)."""
+        validation patches (TP/FP/FN pooled; NaN for a class absent from patches and predictions);
+        batch ``epoch * n + j`` of the validation stream, built ahead by its workers."""
         n_batches = int(self.run.config["val_iterations_per_epoch"])
         n_classes = len(self.labels.regions) if self.labels.regions else self.labels.n_outputs - 1
         counts = torch.zeros(3, n_classes, dtype=torch.float64)
@@ -443,7 +447,7 @@ class Trainer:
         self.model.eval()
         try:
             for j in range(n_batches):
-                data, labels = self._tensors(val_source(self.epoch * n_batches + j))
+                data, labels = self._tensors(next(val_stream))
                 loss, logits = self._evaluate(data, labels)
                 loss_sum += loss
                 counts += self._confusion(logits, labels).cpu()
