@@ -20,10 +20,11 @@ import torch.nn.functional as F
 
 from autoseg.dataset.description import load_description
 from autoseg.errors import TrainingError
+from autoseg.networks import get_network_spec, list_networks
 from autoseg.planning.plans import load_plans, plans_path
 from autoseg.preprocessing.store import list_cases
 from autoseg.training.augmentation import resolve_augmentation, training_transforms
-from autoseg.training.config import NETWORK_SECTIONS, flatten, load_defaults, resolve_config
+from autoseg.training.config import flatten, load_defaults, resolve_config
 from autoseg.training.data_loading import BatchStream
 from autoseg.training.steps import AdversarialStep, LabelSpec, segmentation_loss
 from autoseg.training.trainer import WARMUP_ITERATIONS, FoldRun, Trainer, build_optimizer
@@ -467,9 +468,9 @@ EXTRA_CHECKS = {"augmentation.mirror.p (mirror_axes)": _mirror_axes}
 
 def test_every_setting_has_a_check() -> None:
     defaults = load_defaults()
-    keys = set(flatten({k: v for k, v in defaults.items() if k != NETWORK_SECTIONS}))
-    for section in defaults[NETWORK_SECTIONS].values():
-        keys |= set(flatten(section))
+    keys = set(flatten(defaults))
+    for name in list_networks():  # a family's own training defaults are settings too
+        keys |= set(flatten(get_network_spec(name).training_defaults))
     assert keys == set(CHECKS)
 
 
