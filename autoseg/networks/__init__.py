@@ -17,3 +17,4 @@ from autoseg.networks.topology import Topology  # noqa: F401
 # Family modules (each registers itself). Keep this list in sync with docs/networks.md.
 from autoseg.networks import unet, vnet  # noqa: F401,E402
 from autoseg.networks import conresnet, segresnet, vox2vox  # noqa: F401,E402
+from autoseg.networks import fcdensenet, fcn, nnformer, segnet, swinunet  # noqa: F401,E402

@@ -15,6 +15,8 @@ _CONV_T = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
 _INSTANCE_NORM = {2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}
 _DROPOUT = {2: nn.Dropout2d, 3: nn.Dropout3d}
 _AVG_POOL = {2: nn.AvgPool2d, 3: nn.AvgPool3d}
+_MAX_POOL = {2: nn.MaxPool2d, 3: nn.MaxPool3d}
+_MAX_UNPOOL = {2: nn.MaxUnpool2d, 3: nn.MaxUnpool3d}
 
 
 def conv_op(dims: int) -> type[nn.Module]:
@@ -35,6 +37,20 @@ def dropout_op(dims: int) -> type[nn.Module]:
 
 def avg_pool_op(dims: int) -> type[nn.Module]:
     return _AVG_POOL[dims]
+
+
+def max_pool_op(dims: int) -> type[nn.Module]:
+    return _MAX_POOL[dims]
+
+
+def max_unpool_op(dims: int) -> type[nn.Module]:
+    return _MAX_UNPOOL[dims]
+
+
+def relu(channels: int) -> nn.Module:
+    """ReLU as an activation factory (the channel count is unused; factories share one signature)."""
+    del channels
+    return nn.ReLU(inplace=True)
 
 
 def same_padding(kernel_size: Sequence[int], dilation: int = 1) -> list[int]:

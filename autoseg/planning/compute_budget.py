@@ -68,7 +68,7 @@ def training_gflop(
     the total stride (as planned patches are), and the small input avoids the meta device's ~1 s
     first-use cost.
     """
-    probe = [2 * s for s in topology.total_stride]
+    probe = [2 * s for s in topology.size_multiple]
     scale = batch_size * math.prod(patch_size) / math.prod(probe)
     network = create_network(network_name, topology, in_channels, n_classes, **dict(options or {})).train()
     inputs = torch.zeros((1, in_channels, *probe))
