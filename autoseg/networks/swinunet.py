@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -34,7 +35,7 @@ class PatchMerging(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, stride: Sequence[int]) -> None:
         super().__init__()
         self.stride = list(stride)
-        factor = int(torch.tensor(stride).prod())
+        factor = math.prod(stride)
         self.norm = nn.LayerNorm(factor * in_dim)
         self.reduce = nn.Linear(factor * in_dim, out_dim, bias=False)
 
@@ -48,7 +49,7 @@ class PatchExpanding(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, stride: Sequence[int]) -> None:
         super().__init__()
         self.stride = list(stride)
-        self.expand = nn.Linear(in_dim, int(torch.tensor(stride).prod()) * out_dim, bias=False)
+        self.expand = nn.Linear(in_dim, math.prod(stride) * out_dim, bias=False)
         self.norm = nn.LayerNorm(out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
