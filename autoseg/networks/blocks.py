@@ -16,7 +16,6 @@ _INSTANCE_NORM = {2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}
 _DROPOUT = {2: nn.Dropout2d, 3: nn.Dropout3d}
 _AVG_POOL = {2: nn.AvgPool2d, 3: nn.AvgPool3d}
 _MAX_POOL = {2: nn.MaxPool2d, 3: nn.MaxPool3d}
-_MAX_UNPOOL = {2: nn.MaxUnpool2d, 3: nn.MaxUnpool3d}
 
 
 def conv_op(dims: int) -> type[nn.Module]:
@@ -41,10 +40,6 @@ def avg_pool_op(dims: int) -> type[nn.Module]:
 
 def max_pool_op(dims: int) -> type[nn.Module]:
     return _MAX_POOL[dims]
-
-
-def max_unpool_op(dims: int) -> type[nn.Module]:
-    return _MAX_UNPOOL[dims]
 
 
 def relu(channels: int) -> nn.Module:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
-from autoseg.networks.blocks import conv_op, max_pool_op, max_unpool_op, relu
+from autoseg.networks.blocks import conv_op, max_pool_op, relu
 from autoseg.networks.registry import TopologyConstraints, register_network
 from autoseg.networks.topology import Topology
 from autoseg.networks.unet import ConvNormAct, blocks_per_stage, require_stages
@@ -16,6 +18,20 @@ PAPER = (
 )
 # VGG16's convs per stage (2, 2, 3, 3, 3); the decoder mirrors them.
 VGG_CONVS_PER_STAGE = (2, 2, 3, 3, 3)
+
+
+class MaxUnpool(nn.Module):
+    """Values back to the argmax positions of a max-pool whose kernel equals its ``stride``, zeros
+    elsewhere (``nn.MaxUnpool`` as a scatter: torch's own cannot be traced for export)."""
+
+    def __init__(self, stride: list[int]) -> None:
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        size = [s * k for s, k in zip(x.shape[2:], self.stride)]
+        out = x.new_zeros(x.shape[0], x.shape[1], math.prod(size))
+        return out.scatter(2, indices.flatten(2), x.flatten(2)).reshape(x.shape[0], x.shape[1], *size)
 
 
 def conv_block(dims: int, in_channels: int, out_channels: int, kernel: list[int], n_convs: int) -> nn.Sequential:
@@ -59,7 +75,7 @@ class SegNet(nn.Module):
         dims, n, feats, kernels = topology.spatial_dims, topology.n_stages, topology.features_per_stage, topology.kernel_sizes
         convs = blocks_per_stage(topology.blocks_per_stage, VGG_CONVS_PER_STAGE, n, "blocks_per_stage")
         self.pools = nn.ModuleList(max_pool_op(dims)(list(s), return_indices=True) for s in topology.strides[1:])
-        self.unpools = nn.ModuleList(max_unpool_op(dims)(list(s)) for s in topology.strides[1:])
+        self.unpools = nn.ModuleList(MaxUnpool(list(s)) for s in topology.strides[1:])
         self.encoder = nn.ModuleList(
             nn.Sequential(
                 ConvNormAct(dims, in_channels if i == 0 else feats[i - 1], feats[i], kernels[i], act=relu),
@@ -73,10 +89,9 @@ class SegNet(nn.Module):
         self.heads = nn.ModuleList(conv_op(dims)(feats[max(i - 1, 0)], n_classes, 1) for i in head_levels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        indices, sizes = [], []
+        indices = []
         for i, stage in enumerate(self.encoder):
             if i:
-                sizes.append(x.shape[2:])
                 x, index = self.pools[i - 1](x)
                 indices.append(index)
             x = stage(x)
@@ -86,7 +101,7 @@ class SegNet(nn.Module):
             if i < len(self.heads) and (self.training or i == 0):
                 outputs.append(self.heads[i](x))
             if i:
-                x = self.unpools[i - 1](x, indices[i - 1], output_size=sizes[i - 1])
+                x = self.unpools[i - 1](x, indices[i - 1])
         return outputs[::-1] if self.training else outputs[-1]
 
 
