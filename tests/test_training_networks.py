@@ -23,7 +23,9 @@ def _val_cases(data_roots: dict[str, Path]) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    ("network", "extra"), [(name, []) for name in list_networks()] + [("segresnet", ["network_options={vae: true}"])]
+    ("network", "extra"),
+    [(name, []) for name in list_networks() if 3 in get_network_spec(name).constraints.spatial_dims]  # a 3D dataset
+    + [("segresnet", ["network_options={vae: true}"])]
 )
 def test_every_network_trains_and_validates(
     data_roots: dict[str, Path], results: Path, network: str, extra: list[str]
