@@ -25,6 +25,14 @@ def output_shapes(name: str, topology: Topology, multiple: int, **options) -> tu
     return train, evaluated
 
 
+def assert_full_and_half_resolution(name: str, topology: Topology, multiple: int, half_stride: list[int]) -> None:
+    """Training: logits at full resolution and at ``1 / half_stride`` (deep supervision); eval: full."""
+    shape = tuple(multiple * m for m in topology.size_multiple)
+    half = tuple(s // t for s, t in zip(shape, half_stride))
+    train, evaluated = output_shapes(name, topology, multiple)
+    assert train == [(2, 3, *shape), (2, 3, *half)] and evaluated == (2, 3, *shape)
+
+
 def assert_every_parameter_learns(name: str, topology: Topology, **options) -> None:
     """A training step (deep supervision on) reaches every parameter with a finite gradient."""
     model = create_network(name, topology, 1, 3, **options).train()

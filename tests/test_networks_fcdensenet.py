@@ -10,7 +10,7 @@ from autoseg.networks import Topology, create_network, get_network_spec
 from autoseg.networks.fcdensenet import VARIANTS
 from autoseg.planning.topology import plan_topology
 
-from family_helpers import assert_every_parameter_learns, assert_export_matches, n_params, output_shapes
+from family_helpers import assert_every_parameter_learns, assert_export_matches, assert_full_and_half_resolution, n_params
 
 torch.set_num_threads(1)
 
@@ -62,10 +62,7 @@ def test_the_planner_knows_the_real_widths() -> None:
 @pytest.mark.parametrize("multiple", [2, 3])
 def test_outputs_at_two_and_three_times_the_total_stride(topo: str, multiple: int) -> None:
     topology = TOPOLOGIES[topo]
-    shape = tuple(multiple * t for t in topology.total_stride)
-    half = tuple(s // t for s, t in zip(shape, topology.strides[1]))
-    train, evaluated = output_shapes("fcdensenet", topology, multiple)
-    assert train == [(2, 3, *shape), (2, 3, *half)] and evaluated == (2, 3, *shape)
+    assert_full_and_half_resolution("fcdensenet", topology, multiple, topology.strides[1])
 
 
 def test_bad_variant_and_too_many_stages_are_clear() -> None:

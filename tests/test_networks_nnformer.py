@@ -9,7 +9,7 @@ from autoseg.errors import NetworkError
 from autoseg.networks import Topology, create_network, get_network_spec
 from autoseg.networks.nnformer import stem_strides
 
-from family_helpers import assert_every_parameter_learns, assert_export_matches, n_params, output_shapes
+from family_helpers import assert_every_parameter_learns, assert_export_matches, assert_full_and_half_resolution, n_params
 
 torch.set_num_threads(1)
 
@@ -23,10 +23,7 @@ ANISO = Topology(3, [8, 8, 16, 32], [[1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]]
 @pytest.mark.parametrize("multiple", [2, 3])
 def test_deep_supervision_outputs_at_full_and_half_resolution(topo: str, multiple: int) -> None:
     topology = SMALL if topo == "small" else ANISO
-    shape = tuple(multiple * m for m in topology.size_multiple)
-    half = tuple(s // t for s, t in zip(shape, topology.strides[2]))
-    train, evaluated = output_shapes("nnformer", topology, multiple)
-    assert train == [(2, 3, *shape), (2, 3, *half)] and evaluated == (2, 3, *shape)
+    assert_full_and_half_resolution("nnformer", topology, multiple, topology.strides[2])
 
 
 def test_local_windows_then_global_bottleneck_and_skip_attention() -> None:

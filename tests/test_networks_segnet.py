@@ -7,7 +7,7 @@ import torch
 
 from autoseg.networks import Topology, create_network
 
-from family_helpers import assert_every_parameter_learns, assert_export_matches, n_params, output_shapes
+from family_helpers import assert_every_parameter_learns, assert_export_matches, assert_full_and_half_resolution, n_params
 
 torch.set_num_threads(1)
 
@@ -22,10 +22,7 @@ TOPOLOGIES = {
 @pytest.mark.parametrize("multiple", [2, 3])
 def test_outputs_at_two_and_three_times_the_total_stride(topo: str, multiple: int) -> None:
     topology = TOPOLOGIES[topo]
-    shape = tuple(multiple * t for t in topology.total_stride)
-    half = tuple(s // t for s, t in zip(shape, topology.strides[1]))
-    train, evaluated = output_shapes("segnet", topology, multiple)
-    assert train == [(2, 3, *shape), (2, 3, *half)] and evaluated == (2, 3, *shape)
+    assert_full_and_half_resolution("segnet", topology, multiple, topology.strides[1])
 
 
 def test_unpooling_puts_each_value_back_at_its_argmax() -> None:

@@ -38,24 +38,34 @@ def heads_for(channels: int) -> int:
     return heads
 
 
-def window_partition(x: torch.Tensor, window: Sequence[int]) -> torch.Tensor:
-    """``(B, *S, C)`` -> ``(B * n_windows, prod(window), C)``; each ``S[a]`` a multiple of ``window[a]``."""
+def group_blocks(x: torch.Tensor, block: Sequence[int]) -> torch.Tensor:
+    """``(B, *S, C)`` -> ``(B, *S / block, *block, C)``: each ``block``-sized tile's voxels together."""
     b, *spatial, c = x.shape
     dims = len(spatial)
     split: list[int] = [b]
-    for s, w in zip(spatial, window):
+    for s, w in zip(spatial, block):
         split += [s // w, w]
     order = [0] + [1 + 2 * a for a in range(dims)] + [2 + 2 * a for a in range(dims)] + [1 + 2 * dims]
-    return x.reshape(*split, c).permute(order).reshape(-1, math.prod(window), c)
+    return x.reshape(*split, c).permute(order)
+
+
+def ungroup_blocks(x: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`group_blocks`: ``(B, *counts, *block, C)`` -> ``(B, *counts x block, C)``."""
+    dims = (x.dim() - 2) // 2
+    order = [0] + [v for a in range(dims) for v in (1 + a, 1 + dims + a)] + [1 + 2 * dims]
+    sizes = [x.shape[1 + a] * x.shape[1 + dims + a] for a in range(dims)]
+    return x.permute(order).reshape(x.shape[0], *sizes, x.shape[-1])
+
+
+def window_partition(x: torch.Tensor, window: Sequence[int]) -> torch.Tensor:
+    """``(B, *S, C)`` -> ``(B * n_windows, prod(window), C)``; each ``S[a]`` a multiple of ``window[a]``."""
+    return group_blocks(x, window).reshape(-1, math.prod(window), x.shape[-1])
 
 
 def window_reverse(windows: torch.Tensor, window: Sequence[int], batch: int, spatial: Sequence[int]) -> torch.Tensor:
     """Inverse of :func:`window_partition`: ``(B * n_windows, prod(window), C)`` -> ``(B, *S, C)``."""
-    dims, c = len(spatial), windows.shape[-1]
     counts = [s // w for s, w in zip(spatial, window)]
-    x = windows.reshape(batch, *counts, *window, c)
-    order = [0] + [v for a in range(dims) for v in (1 + a, 1 + dims + a)] + [1 + 2 * dims]
-    return x.permute(order).reshape(batch, *spatial, c)
+    return ungroup_blocks(windows.reshape(batch, *counts, *window, windows.shape[-1]))
 
 
 def shift_mask(spatial: Sequence[int], window: Sequence[int], shift: Sequence[int], device: torch.device) -> torch.Tensor:
@@ -179,22 +189,13 @@ class TransformerBlock(nn.Module):
 
 def space_to_channels(x: torch.Tensor, factor: Sequence[int]) -> torch.Tensor:
     """Swin's patch merging layout: ``(B, *S, C)`` -> ``(B, *S / factor, prod(factor) * C)``."""
-    b, *spatial, c = x.shape
-    dims = len(spatial)
-    split: list[int] = [b]
-    for s, f in zip(spatial, factor):
-        split += [s // f, f]
-    order = [0] + [1 + 2 * a for a in range(dims)] + [2 + 2 * a for a in range(dims)] + [1 + 2 * dims]
-    return x.reshape(*split, c).permute(order).reshape(b, *(s // f for s, f in zip(spatial, factor)), -1)
+    grouped = group_blocks(x, factor)
+    return grouped.reshape(*grouped.shape[: x.dim() - 1], -1)
 
 
 def channels_to_space(x: torch.Tensor, factor: Sequence[int]) -> torch.Tensor:
     """Swin-UNet's patch expanding layout, the inverse of :func:`space_to_channels`."""
-    b, *spatial, c = x.shape
-    dims = len(spatial)
-    x = x.reshape(b, *spatial, *factor, c // math.prod(factor))
-    order = [0] + [v for a in range(dims) for v in (1 + a, 1 + dims + a)] + [1 + 2 * dims]
-    return x.permute(order).reshape(b, *(s * f for s, f in zip(spatial, factor)), -1)
+    return ungroup_blocks(x.reshape(*x.shape[:-1], *factor, x.shape[-1] // math.prod(factor)))
 
 
 def transformer_stage(dim: int, depth: int, window: Sequence[int] | None, first_cross: bool = False) -> nn.ModuleList:

@@ -10,6 +10,9 @@ from typing import Sequence
 
 from torch import nn
 
+# VGG16's convs per resolution stage, the encoder FCN and SegNet share.
+VGG16_CONVS_PER_STAGE = (2, 2, 3, 3, 3)
+
 _CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 _CONV_T = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
 _INSTANCE_NORM = {2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}

@@ -8,14 +8,12 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from autoseg.networks.blocks import conv_op, conv_transpose_op, max_pool_op, relu
+from autoseg.networks.blocks import VGG16_CONVS_PER_STAGE, conv_op, conv_transpose_op, max_pool_op, relu
 from autoseg.networks.registry import TopologyConstraints, register_network
 from autoseg.networks.topology import Topology
 from autoseg.networks.unet import ConvNormAct, blocks_per_stage, require_stages
 
 PAPER = "Long, Shelhamer, Darrell, Fully Convolutional Networks for Semantic Segmentation, CVPR 2015, https://arxiv.org/abs/1411.4038"
-# VGG16's convs per stage (2, 2, 3, 3, 3), the last value repeated for deeper plans.
-VGG_CONVS_PER_STAGE = (2, 2, 3, 3, 3)
 # FCN-8s scores the three deepest depths (pool3, pool4, fc7).
 SCORED_DEPTHS = 3
 
@@ -78,7 +76,7 @@ class FCN(nn.Module):
         require_stages(topology, "fcn")
         self.topology = topology
         dims, n, feats = topology.spatial_dims, topology.n_stages, topology.features_per_stage
-        convs = blocks_per_stage(topology.blocks_per_stage, VGG_CONVS_PER_STAGE, n, "blocks_per_stage")
+        convs = blocks_per_stage(topology.blocks_per_stage, VGG16_CONVS_PER_STAGE, n, "blocks_per_stage")
         self.stages = nn.ModuleList()
         channels = in_channels
         for i in range(n):
@@ -121,7 +119,7 @@ class FCN(nn.Module):
     "fcn",
     paper=PAPER,
     description="FCN-8s: VGG-style conv encoder, class scores at 3 depths, bilinear-initialised transposed convs, additive fusion",
-    constraints=TopologyConstraints(default_blocks_per_stage=VGG_CONVS_PER_STAGE, kernel_size=3),
+    constraints=TopologyConstraints(default_blocks_per_stage=VGG16_CONVS_PER_STAGE, kernel_size=3),
 )
 def build_fcn(topology: Topology, in_channels: int, n_classes: int, *, deep_supervision: bool = True) -> nn.Module:
     return FCN(topology, in_channels, n_classes, deep_supervision=deep_supervision)

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from autoseg.networks.blocks import conv_op, max_pool_op, relu
+from autoseg.networks.blocks import VGG16_CONVS_PER_STAGE, conv_op, max_pool_op, relu
 from autoseg.networks.registry import TopologyConstraints, register_network
 from autoseg.networks.topology import Topology
 from autoseg.networks.unet import ConvNormAct, blocks_per_stage, require_stages
@@ -16,8 +16,6 @@ PAPER = (
     "Badrinarayanan, Kendall, Cipolla, SegNet: A Deep Convolutional Encoder-Decoder Architecture for Image "
     "Segmentation, IEEE TPAMI 2017, https://arxiv.org/abs/1511.00561"
 )
-# VGG16's convs per stage (2, 2, 3, 3, 3); the decoder mirrors them.
-VGG_CONVS_PER_STAGE = (2, 2, 3, 3, 3)
 
 
 class MaxUnpool(nn.Module):
@@ -73,7 +71,7 @@ class SegNet(nn.Module):
         require_stages(topology, "segnet")
         self.topology = topology
         dims, n, feats, kernels = topology.spatial_dims, topology.n_stages, topology.features_per_stage, topology.kernel_sizes
-        convs = blocks_per_stage(topology.blocks_per_stage, VGG_CONVS_PER_STAGE, n, "blocks_per_stage")
+        convs = blocks_per_stage(topology.blocks_per_stage, VGG16_CONVS_PER_STAGE, n, "blocks_per_stage")
         self.pools = nn.ModuleList(max_pool_op(dims)(list(s), return_indices=True) for s in topology.strides[1:])
         self.unpools = nn.ModuleList(MaxUnpool(list(s)) for s in topology.strides[1:])
         self.encoder = nn.ModuleList(
@@ -109,7 +107,7 @@ class SegNet(nn.Module):
     "segnet",
     paper=PAPER,
     description="SegNet: VGG-style encoder, decoder upsampling with the encoder's max-pool indices, no skip features",
-    constraints=TopologyConstraints(default_blocks_per_stage=VGG_CONVS_PER_STAGE, kernel_size=3),
+    constraints=TopologyConstraints(default_blocks_per_stage=VGG16_CONVS_PER_STAGE, kernel_size=3),
 )
 def build_segnet(topology: Topology, in_channels: int, n_classes: int, *, deep_supervision: bool = True) -> nn.Module:
     return SegNet(topology, in_channels, n_classes, deep_supervision=deep_supervision)
