@@ -61,7 +61,7 @@ def test_errors_are_clear() -> None:
         create_network("swinunet", Topology(3, [8, 8], [[3, 3, 3]] * 2, [[1, 1, 1], [4, 4, 4]]), 1, 2)
     with pytest.raises(NetworkError, match="no window_sizes; plan it with `autoseg plan --network swinunet`"):
         create_network("swinunet", Topology(2, [8, 8], [[3, 3]] * 2, [[1, 1], [4, 4]]), 1, 2)
-    with pytest.raises(NetworkError, match=r"input shape \(48, 48\) is not divisible by .* \(32, 32\)"):
+    with pytest.raises(NetworkError, match=r"input shape \(48, 48\) is not divisible by the network's total stride x attention window \(32, 32\)"):
         SMALL.check_input_shape([48, 48])
 
 

@@ -102,8 +102,9 @@ class Topology:
         total = self.size_multiple
         if len(shape) != self.spatial_dims or any(s % t for s, t in zip(shape, total)):
             raise NetworkError(
-                f"input shape {tuple(shape)} is not divisible by the network's total stride "
-                f"{tuple(total)}; pad the input or plan a patch size that is a multiple of it"
+                f"input shape {tuple(shape)} is not divisible by the network's total stride"
+                f"{' x attention window' if self.window_sizes else ''} {tuple(total)}; pad the input or plan a "
+                "patch size that is a multiple of it"
             )
 
     def to_dict(self) -> dict[str, Any]:
