@@ -1,9 +1,11 @@
 """Every network family after the same training budget: the equal-budget table of docs/networks.md.
 
 For each family and dataset (Dataset004 Hippocampus in 3D for the families that take 3D, Dataset907
-EM membranes in 2D for those that take 2D), through the CLI as a user runs it, on CPU:
+EM membranes in 2D for those that take 2D), through the CLI as a user runs it, on CPU, each family
+with its own plan for an 8 GB GPU (the same plan whatever the budget: a plan sized for a very short
+budget would shrink the patch until validation alone outlasts the budget) trained for the budget:
 
-    autoseg plan D --network X --plans-name Budget_X -c C --budget B --device cpu
+    autoseg plan D --network X --plans-name Budget_X -c C --gpu-memory 8 --device cpu
     autoseg preprocess D -c C --plans-name Budget_X
     autoseg train D C 0 --plans-name Budget_X --budget B --device cpu
     autoseg predict -i <fold-0 validation images> -o OUT -d D -c C --plans-name Budget_X -f 0 --device cpu
@@ -43,6 +45,7 @@ DOC = REPO_ROOT / "docs" / "networks.md"
 BEGIN, END = "<!-- bench:networks-budget -->", "<!-- /bench:networks-budget -->"
 DATASETS = {3: ("Dataset004_Hippocampus", "3d_fullres"), 2: ("Dataset907_EMMembrane", "2d")}
 STEP_REPEATS = 3
+GPU_GB = "8"  # every family planned as for the same 8 GB GPU (nnU-Net's reference)
 
 
 def parse_seconds(text: str) -> float:
@@ -56,7 +59,9 @@ def run(command: list[str], env: dict[str, str]) -> float:
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    print(f"{seconds:7.1f} s  autoseg {' '.join(command[3:])}", file=sys.stderr, flush=True)
+    return seconds
 
 
 def step_seconds(network: torch.nn.Module, in_channels: int, n_classes: int, patch: list[int], batch: int) -> float:
@@ -98,7 +103,8 @@ def measure(name: str, dims: int, budget: str, raw: Path, work: Path, threads: i
     env = autoseg_env(raw, work / "preprocessed", work / "results", threads)
     plans_name = f"Budget_{name}"
     cli = autoseg_command()
-    run([*cli, "plan", dataset, "--network", name, "--plans-name", plans_name, "-c", config, "--budget", budget, "--device", "cpu"], env)
+    run([*cli, "plan", dataset, "--network", name, "--plans-name", plans_name, "-c", config, "--gpu-memory", GPU_GB,
+         "--device", "cpu"], env)
     run([*cli, "preprocess", dataset, "-c", config, "--plans-name", plans_name], env)
     train_seconds = run([*cli, "train", dataset, config, "0", "--plans-name", plans_name, "--budget", budget, "--device", "cpu"], env)
     preprocessed = work / "preprocessed" / dataset
