@@ -2,8 +2,9 @@
 
 For each family and dataset (Dataset004 Hippocampus in 3D for the families that take 3D, Dataset907
 EM membranes in 2D for those that take 2D), through the CLI as a user runs it, on CPU, each family
-with its own plan for an 8 GB GPU (the same plan whatever the budget: a plan sized for a very short
-budget would shrink the patch until validation alone outlasts the budget) trained for the budget:
+with its own plan for 8 GB and the default 12 h CPU budget (the same plan whatever the training
+budget: a plan sized for a very short budget would shrink the patch until validation alone outlasts
+it), trained for the budget:
 
     autoseg plan D --network X --plans-name Budget_X -c C --gpu-memory 8 --device cpu
     autoseg preprocess D -c C --plans-name Budget_X
@@ -157,7 +158,8 @@ def main() -> None:
                 rows.append(measure(name, dims, args.budget, raw, Path(tmp), args.threads, args.predict_cases))
                 print("| " + " | ".join(rows[-1]) + " |", flush=True)
     command = f"python benchmarks/bench_networks_budget.py --budget {args.budget}" + (
-        f" --families {args.families}" if args.families else "") + (f" --cases {args.cases}" if args.cases else "")
+        f" --families {args.families}" if args.families else "") + (f" --dims {args.dims}" if args.dims != "3,2" else "") + (
+        f" --cases {args.cases}" if args.cases else "")
     table = "\n".join([
         BEGIN,
         f"_Measured by `{command}` on {machine_line()}._",
