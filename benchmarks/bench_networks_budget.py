@@ -146,6 +146,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--write", action="store_true", help="write docs/networks.md even for a partial run")
     args = parser.parse_args()
+    if args.cases is not None and args.cases < 5:
+        parser.error("--cases: fold 0 of the 5-fold split needs at least 5 cases")
     families = args.families.split(",") if args.families else list_networks()
     rows = []
     for dims in (int(d) for d in args.dims.split(",")):
