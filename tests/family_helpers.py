@@ -10,6 +10,11 @@ from autoseg.networks import Topology, create_network
 from autoseg.networks.export import export_torchscript, load_torchscript
 
 
+# Tiny 3D topologies every convolutional family is checked on: isotropic, and odd per-axis strides.
+TINY_3D = Topology(3, [4, 8, 16], [[3, 3, 3]] * 3, [[1, 1, 1], [2, 2, 2], [2, 2, 2]])
+ODD_STRIDES_3D = Topology(3, [4, 8, 16], [[1, 3, 3], [3, 3, 3], [3, 3, 3]], [[1, 1, 1], [1, 3, 2], [2, 1, 3]])
+
+
 def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

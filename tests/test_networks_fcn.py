@@ -9,14 +9,14 @@ import torch.nn.functional as F
 from autoseg.networks import Topology, create_network, get_network_spec
 from autoseg.networks.fcn import BilinearUp, bilinear_kernel
 
-from family_helpers import assert_every_parameter_learns, assert_export_matches, n_params, output_shapes
+from family_helpers import ODD_STRIDES_3D, TINY_3D, assert_every_parameter_learns, assert_export_matches, n_params, output_shapes
 
 torch.set_num_threads(1)
 
 TOPOLOGIES = {
     "2d": Topology(2, [4, 8, 16, 16], [[3, 3]] * 4, [[1, 1], [2, 2], [2, 2], [2, 2]]),
-    "3d": Topology(3, [4, 8, 16], [[3, 3, 3]] * 3, [[1, 1, 1], [2, 2, 2], [2, 2, 2]]),
-    "3d_odd": Topology(3, [4, 8, 16], [[1, 3, 3], [3, 3, 3], [3, 3, 3]], [[1, 1, 1], [1, 3, 2], [2, 1, 3]]),
+    "3d": TINY_3D,
+    "3d_odd": ODD_STRIDES_3D,
 }
 
 

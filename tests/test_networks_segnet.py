@@ -7,14 +7,14 @@ import torch
 
 from autoseg.networks import Topology, create_network
 
-from family_helpers import assert_every_parameter_learns, assert_export_matches, assert_full_and_half_resolution, n_params
+from family_helpers import ODD_STRIDES_3D, TINY_3D, assert_every_parameter_learns, assert_export_matches, assert_full_and_half_resolution, n_params
 
 torch.set_num_threads(1)
 
 TOPOLOGIES = {
     "2d": Topology(2, [4, 8, 16], [[3, 3]] * 3, [[1, 1], [2, 2], [2, 2]]),
-    "3d": Topology(3, [4, 8, 16], [[3, 3, 3]] * 3, [[1, 1, 1], [2, 2, 2], [2, 2, 2]]),
-    "3d_odd": Topology(3, [4, 8, 16], [[1, 3, 3], [3, 3, 3], [3, 3, 3]], [[1, 1, 1], [1, 3, 2], [2, 1, 3]]),
+    "3d": TINY_3D,
+    "3d_odd": ODD_STRIDES_3D,
 }
 
 
