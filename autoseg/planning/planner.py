@@ -180,7 +180,7 @@ def _budget_candidates(ctx: _Context, fitted: list[int], fitted_topology: Topolo
     Context (patch) is kept longest: reference §4's narrow 16-128 plan at nnU-Net's patch beat the
     wide default plan on a CPU by 0.31 Dice in the same 26 minutes.
     """
-    widths = (C.BASE_FEATURES,) if ctx.constraints.fixed_features is not None else C.BUDGET_WIDTHS
+    widths = (C.BASE_FEATURES,) if ctx.constraints.fixed_width else C.BUDGET_WIDTHS
     for width in widths[:-1]:
         features = features_per_stage(fitted_topology.n_stages, ctx.constraints, fitted_topology.spatial_dims, width)
         yield fitted, replace(fitted_topology, features_per_stage=features), width

@@ -122,7 +122,7 @@ def network_topology(plan: dict[str, Any], network: str, patch_size: list[int], 
     spacing = list(plan["spacing"])[-len(patch_size):]
     width = int(plan.get("width") or topology["features_per_stage"][0])
     derived = plan_topology(patch_size, spacing, get_network_spec(network).constraints, width)
-    stride = derived.total_stride
+    stride = derived.size_multiple
     if any(p % s for p, s in zip(patch_size, stride)):
         raise TrainingError(
             f"patch size {patch_size} is not divisible by the total stride {stride} that network {network!r} "
