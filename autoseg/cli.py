@@ -123,13 +123,14 @@ def plan(
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing plans file of this name that differs"),
     device: Optional[str] = typer.Option(None, "--device", help="device to plan for: cpu, cuda or mps (default: cuda when present)"),
     num_workers: Optional[int] = typer.Option(None, "-np", "--num-workers", help=WORKERS_HELP),
+    transfer_from: Optional[Path] = typer.Option(None, "--transfer-plans-from", help="a plans file or trained model folder: keep its network, patch and batch (to fine-tune its weights with train --pretrained-weights), with this dataset's own spacing and normalization"),
 ) -> None:
     """Choose spacing, normalization, configurations, topology, patch and batch; write the plans file."""
     from autoseg.planning.planner import plan_dataset
     from autoseg.utils.duration import parse_duration
 
     seconds = parse_duration(budget) if budget is not None else None
-    _, table = plan_dataset(dataset, gpu_memory, seconds, network, configs or None, plans_name, overwrite, device, num_workers)
+    _, table = plan_dataset(dataset, gpu_memory, seconds, network, configs or None, plans_name, overwrite, device, num_workers, transfer_from)
     typer.echo(table)
 
 
@@ -173,6 +174,7 @@ def train(
     overrides: Optional[list[str]] = typer.Option(None, "--set", help="override a training config value, e.g. --set optimizer.lr=0.005"),
     save_probabilities: bool = typer.Option(False, "--save-probabilities", help="keep validation probabilities (for ensembling and postprocessing)"),
     workers: Optional[int] = typer.Option(None, "--workers", help="data-loading worker processes (0: in-process, for debugging)"),
+    pretrained_weights: Optional[Path] = typer.Option(None, "--pretrained-weights", help="start from a checkpoint, model folder or export-model zip: loads every tensor that matches, reports the rest (output heads for other classes)"),
 ) -> None:
     """Train one cross-validation fold; checkpoints every epoch, validates with sliding window at the end."""
     from autoseg.training.run import format_training_summary, train_fold
@@ -181,7 +183,7 @@ def train(
     seconds = parse_duration(budget) if budget is not None else None
     summary = train_fold(
         dataset, configuration, fold, network, plans_name, epochs, seconds, continue_, device, seed,
-        deterministic, overrides or [], save_probabilities, workers,
+        deterministic, overrides or [], save_probabilities, workers, pretrained_weights,
     )
     typer.echo(format_training_summary(summary))
 
@@ -234,6 +236,8 @@ def predict(
     continue_: bool = typer.Option(False, "--continue", help="skip cases whose outputs exist"),
     mixed_precision: str = typer.Option("auto", "--mixed-precision", help="auto (fp16 on CUDA, bf16 on CPUs with native bf16: same Dice to 1e-4, 2.6x faster, docs/benchmarks.md), bf16, fp16 (CUDA) or off"),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the networks (a one-off compilation; pays off only over many tiles)"),
+    engine: str = typer.Option("torch", "--engine", help="torch, or onnxruntime to run a zip from `export-model --format onnx` given with -m (CPU, float32)"),
+    statistics: bool = typer.Option(False, "--statistics", help="also write <case>_statistics.json (per class or region: volume in mm3, voxels, components, intensity mean and percentiles per channel) and statistics.csv"),
 ) -> None:
     """Sliding-window prediction with mirroring TTA, ensembling folds; the cascade runs end to end."""
     from autoseg.errors import UsageError
@@ -245,6 +249,12 @@ def predict(
     if (model_folder is None) == (dataset is None or configuration is None):
         raise UsageError("give either -m MODEL_FOLDER or both -d DATASET and -c CONFIGURATION")
     model = model_folder or find_model_folder(dataset, configuration, network, plans_name)
+    if engine == "onnxruntime":
+        from autoseg.inference.onnx_model import load_onnx_model
+
+        model, mixed_precision = load_onnx_model(model, _folds(folds)), "off"
+    elif engine != "torch":
+        raise UsageError(f"--engine {engine}: choose torch or onnxruntime")
     report = predict_folder(
         input, output, model, _folds(folds), checkpoint, step, not no_tta, save_probabilities, device,
         num_parts, part_id, continue_, mixed_precision, compile_networks=compile_,
@@ -253,6 +263,10 @@ def predict(
         f"{len(report.predicted)} case(s) predicted, {len(report.skipped)} skipped, into {report.output_folder} "
         f"({report.seconds:.1f} s)"
     )
+    if statistics:
+        from autoseg.evaluation.statistics import write_statistics
+
+        typer.echo(f"statistics: {write_statistics(input, output, report.dataset, report.predicted + report.skipped)}")
 
 
 def _description(dataset: Optional[str]) -> Any:
@@ -372,8 +386,20 @@ def export_model(
     output: Path = typer.Option(..., "-o", "--output", help="the zip file to write"),
     folds: list[str] = typer.Option(["0", "1", "2", "3", "4"], "-f", "--fold", help=FOLDS_HELP),
     checkpoint: str = typer.Option("final", help="final, best or latest"),
+    format_: str = typer.Option("autoseg", "--format", help="autoseg (safetensors weights, for import-model) or onnx (one ONNX graph per fold + deploy.json, for predict --engine onnxruntime; needs autoseg[onnx])"),
 ) -> None:
-    """Pack trained models into one zip: plain-tensor weights, plans, dataset, postprocessing, checksums."""
+    """Pack trained models into one zip: safetensors weights (or ONNX graphs), plans, dataset, postprocessing, checksums."""
+    from autoseg.errors import UsageError
+
+    if format_ == "onnx":
+        from autoseg.inference.onnx_model import export_onnx_model
+
+        if len(model_folders) != 1:
+            raise UsageError("--format onnx: give one model folder (-m) per ONNX model file")
+        typer.echo(f"written: {export_onnx_model(model_folders[0], output, folds, checkpoint)}")
+        return
+    if format_ != "autoseg":
+        raise UsageError(f"--format {format_}: choose autoseg or onnx")
     from autoseg.evaluation.model_files import export_model as run
 
     typer.echo(f"written: {run(model_folders, output, folds, checkpoint)}")

@@ -79,6 +79,8 @@ def main() -> None:
     rows = []
     for name in list_networks():
         spec = get_network_spec(name)
+        if 3 not in spec.constraints.spatial_dims:  # a 3D dataset's plan (swinunet: see bench_networks_budget.py)
+            continue
         config = plan_for(name, fingerprint)
         topology = dict(config["network"]["topology"])
         topology["extra"] = {"patch_size": config["patch_size"]}

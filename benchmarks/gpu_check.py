@@ -30,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -180,8 +181,10 @@ class Check:
         return env
 
     def nnunet(self, snippet: str, *arguments: str, timeout: float = 900) -> tuple[float, str]:
+        """Run ``snippet`` with nnU-Net's Python, inside a main guard: nnU-Net's pools spawn processes
+        that re-import the script."""
         script = self.work / f"snippet_{abs(hash(snippet))}.py"
-        script.write_text(snippet)
+        script.write_text(f"def _main():\n{textwrap.indent(snippet, '    ')}\n\nif __name__ == '__main__':\n    _main()\n")
         return self.run([self.args.nnunet_python, str(script), *arguments], self.nnunet_env(), timeout)
 
     def autoseg(self, *arguments: str, timeout: float = 900) -> tuple[float, str]:
@@ -349,8 +352,9 @@ def main() -> int:
         for plans_name, memory in ((PLANS_GPU, whole_gpu), (PLANS_8GB, "8")):
             tag = f"{short}_{plans_name}"
             check.step(f"autoseg_plan_{tag}", lambda d=dataset, p=plans_name, m=memory: autoseg_plan(check, d, p, m))
-            n = iterations if dataset == HIPPOCAMPUS else 3
-            check.step(f"autoseg_train_{tag}", lambda d=dataset, p=plans_name, n=n: autoseg_train(check, d, p, 2 if smoke else epochs, n))
+            n = iterations if dataset == HIPPOCAMPUS else (1 if smoke else 3)
+            e = (2 if dataset == HIPPOCAMPUS else 1) if smoke else epochs
+            check.step(f"autoseg_train_{tag}", lambda d=dataset, p=plans_name, n=n, e=e: autoseg_train(check, d, p, e, n))
     # 3. prediction with TTA: Dataset004's 42 validation cases and one BraTS case.
     steps = check.results["steps"]
     check.step("nnunet_predict_hippocampus", lambda: nnunet_predict(check, val_folder, HIPPOCAMPUS, ["-chk", "checkpoint_final.pth"]))

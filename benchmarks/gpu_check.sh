@@ -36,7 +36,7 @@ NNUNET_PYTHON="${NNUNET_PYTHON:-$PY}"
 nvidia-smi >"$OUT/nvidia_smi.txt" 2>&1 || true
 
 cd "$ROOT"
-timeout 560 "$PY" benchmarks/gpu_check.py --bundle "$BUNDLE" --out "$OUT" --nnunet-python "$NNUNET_PYTHON" "$@"
+timeout "${GPU_CHECK_TIMEOUT:-560}" "$PY" benchmarks/gpu_check.py --bundle "$BUNDLE" --out "$OUT" --nnunet-python "$NNUNET_PYTHON" "$@"
 rc=$?
 "$PY" benchmarks/gpu_check_report.py "$OUT/gpu_check.json" >"$OUT/gpu_check.md" || rc=1
 cat "$OUT/gpu_check.md"

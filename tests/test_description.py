@@ -31,6 +31,14 @@ def test_regions_need_class_order() -> None:
         parse_description(BASE | {"labels": regions}, Path("d.json"))
 
 
+def test_each_region_writes_one_of_its_own_labels() -> None:
+    """[1, 3, 2] would export tumor core as 3 and enhancing as 2: read back, label 2 is not enhancing."""
+    regions = {"background": 0, "whole": [1, 2, 3], "core": [2, 3], "enhancing": [3]}
+    with pytest.raises(DatasetError, match=r"d.json: regions_class_order gives region 'enhancing' the value 2, not one "
+                                           r"of its labels \[3\]; give each region one of its own labels"):
+        parse_description(BASE | {"labels": regions, "regions_class_order": [1, 3, 2]}, Path("d.json"))
+
+
 @pytest.mark.parametrize(("change", "message"), [
     ({"labels": {"background": 1, "a": 0}}, 'labels must map "background" to 0'),
     ({"labels": {"background": 0, "a": 1, "ignore": 1}}, "two labels share a value"),

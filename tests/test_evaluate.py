@@ -67,6 +67,16 @@ def test_summary_files_and_table(folders, tmp_path):
     assert table[4].startswith("foreground mean")
 
 
+def test_table_names_each_region_with_its_labels():
+    """Regions (several label values) show what they hold; a one-label region beside them too."""
+    metrics = {"dice": 0.5, "n_cases": 1, "n_empty_in_both": 0}
+    summary = {"tolerance_mm": 1.0, "classes": {"whole": [1, 2, 3], "enhancing": [3]}, "num_cases": 1,
+               "mean": {"whole": metrics, "enhancing": metrics}, "foreground_mean": {"dice": 0.5}}
+    table = format_table(summary).splitlines()
+    assert table[0].split()[:3] == ["region", "(labels)", "Dice"]
+    assert table[2].split()[:4] == ["whole", "(1", "2", "3)"] and table[3].split()[:3] == ["enhancing", "(3)", "0.5000"]
+
+
 def test_missing_reference_is_named(folders):
     pred_dir, ref_dir = folders
     (ref_dir / "c2.nii.gz").unlink()

@@ -22,6 +22,7 @@ from autoseg.inference.sliding_window import sliding_window_predict
 from autoseg.networks import create_network
 from autoseg.preprocessing.inverse import label_to_preprocessed_grid, restore_probabilities_to_labels
 from autoseg.preprocessing.pipeline import preprocess_case
+from autoseg.utils.weights_file import load_weights, save_weights
 
 from conftest import HIPPOCAMPUS, SHARED_DATA
 
@@ -84,8 +85,8 @@ def make_model(results: Path, config: str, folds: tuple[str, ...] = ("0", "1"), 
             "patch_size": PLANS["configurations"][config]["patch_size"], "epoch": 1, "iteration": 1,
         }
         (folder / f"fold_{fold}").mkdir()
-        torch.save({"network_weights": network.state_dict(), "metadata": metadata},
-                   folder / f"fold_{fold}" / "checkpoint_final.pt")
+        save_weights(folder / f"fold_{fold}" / "checkpoint_final.safetensors",
+                     {"network_weights": network.state_dict(), "metadata": metadata})
     return folder
 
 
@@ -112,7 +113,7 @@ def test_load_model_reads_folds_metadata_and_eval_networks(model_3d: Path) -> No
 def test_missing_fold_checkpoint_and_folder_errors(model_3d: Path) -> None:
     with pytest.raises(InferenceError, match=r"fold\(s\) 3 not found \(present: 0, 1\); train them or choose"):
         load_model(model_3d, folds=[0, 3])
-    with pytest.raises(InferenceError, match=r"checkpoint_best.pt: not found \(present: checkpoint_final.pt\)"):
+    with pytest.raises(InferenceError, match=r"checkpoint_best.safetensors: not found \(present: checkpoint_final.safetensors\)"):
         load_model(model_3d, checkpoint="best")
     with pytest.raises(InferenceError, match="checkpoint 'middle' unknown; choose one of final, best, latest"):
         load_model(model_3d, checkpoint="middle")
@@ -121,11 +122,13 @@ def test_missing_fold_checkpoint_and_folder_errors(model_3d: Path) -> None:
         load_model(model_3d)
 
 
-def test_pickled_checkpoint_is_refused(model_3d: Path) -> None:
-    path = model_3d / "fold_0" / "checkpoint_final.pt"
-    checkpoint = torch.load(path, weights_only=True)
+def test_pickled_legacy_checkpoint_is_refused(model_3d: Path) -> None:
+    """A checkpoint_final.pt of autoseg before safetensors is read with weights_only=True: no pickled code."""
+    path = model_3d / "fold_0" / "checkpoint_final.safetensors"
+    checkpoint = load_weights(path, InferenceError)
     checkpoint["metadata"]["evil"] = Geometry.default((1, 1, 1))  # an arbitrary object needs pickle
-    torch.save(checkpoint, path)
+    torch.save(checkpoint, path.with_suffix(".pt"))
+    path.unlink()
     with pytest.raises(InferenceError, match="cannot be loaded safely"):
         load_model(model_3d, folds=[0])
 

@@ -107,7 +107,7 @@ def test_forward_and_backward_at_two_and_three_times_the_total_stride(hippocampu
     torch.manual_seed(0)
     network = create_network(name, topology, 1, N_OUTPUTS, deep_supervision=True)
     for multiple in (2, 3):
-        size = [multiple * s for s in topology.total_stride]
+        size = [multiple * s for s in topology.size_multiple]
         x = torch.randn(2, 1, *size)
         outputs, aux = WithAux(network.train())(x)
         assert tuple(outputs[0].shape) == (2, N_OUTPUTS, *size)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 
 from autoseg.errors import TrainingError
@@ -141,9 +142,9 @@ def test_checkpoint_round_trip_with_weights_only(tmp_path: Path) -> None:
         "trainer_state": {"epoch": 3, "history": [{"epoch": 1, "pseudo_dice": float("nan")}]},
         "metadata": {"format_version": 1, "network": "unet", "patch_size": [16, 16, 16]},
     }
-    save_checkpoint(tmp_path / "checkpoint_latest.pt", checkpoint)
-    loaded = load_checkpoint(tmp_path / "checkpoint_latest.pt")  # weights_only=True inside
-    torch.load(tmp_path / "checkpoint_latest.pt", weights_only=True)
+    save_checkpoint(tmp_path / "checkpoint_latest.safetensors", checkpoint)
+    loaded = load_checkpoint(tmp_path / "checkpoint_latest.safetensors")
+    safetensors.torch.load_file(tmp_path / "checkpoint_latest.safetensors")  # a plain safetensors file
     assert torch.equal(loaded["network_weights"]["weight"], network.weight)
     assert loaded["optimizer_state"]["state"][0]["momentum_buffer"].shape == network.weight.shape
     assert loaded["trainer_state"]["epoch"] == 3
@@ -152,9 +153,9 @@ def test_checkpoint_round_trip_with_weights_only(tmp_path: Path) -> None:
 
 
 def test_unreadable_checkpoint_names_file_and_fix(tmp_path: Path) -> None:
-    path = tmp_path / "checkpoint_latest.pt"
+    path = tmp_path / "checkpoint_latest.safetensors"
     path.write_bytes(b"not a checkpoint")
-    with pytest.raises(TrainingError, match=r"checkpoint_latest.pt: not a readable autoseg checkpoint .*delete it to restart"):
+    with pytest.raises(TrainingError, match=r"checkpoint_latest.safetensors: not a readable safetensors file .*delete it to restart"):
         load_checkpoint(path)
 
 

@@ -145,6 +145,14 @@ def _check_label_values(desc: DatasetDescription, path: Path) -> None:
                 f"{path}: region-based labels need 'regions_class_order' with one label value per region "
                 f"({len(desc.regions)} regions)"
             )
+        for value, (name, values) in zip(order, desc.regions):
+            # Export writes this value where the region is predicted: any other value would not count as
+            # the region when the label map is read back (evaluation, postprocessing, the cascade).
+            if value not in values:
+                raise DatasetError(
+                    f"{path}: regions_class_order gives region '{name}' the value {value!r}, not one of its labels "
+                    f"{values}; give each region one of its own labels, in the regions' order"
+                )
 
 
 def load_description(dataset_dir: str | Path) -> DatasetDescription:

@@ -281,12 +281,16 @@ def _fmt(value: float | None, digits: int) -> str:
 def format_table(summary: Mapping[str, Any]) -> str:
     """The class means and the foreground mean as an aligned text table."""
     tolerance = summary["tolerance_mm"]
-    header = ["class", "Dice", "IoU", "HD95 mm", "ASSD mm", f"NSD@{tolerance:g}mm", "Precision", "Recall", "cases", "empty both"]
+    # Regions (a class of several label values) are shown with the labels they hold.
+    regions = any(len(values) > 1 for values in summary["classes"].values())
+    first = "region (labels)" if regions else "class"
+    header = [first, "Dice", "IoU", "HD95 mm", "ASSD mm", f"NSD@{tolerance:g}mm", "Precision", "Recall", "cases", "empty both"]
     # (key, digits): overlap ratios to 4 decimals, distances to 2.
     columns = (("dice", 4), ("iou", 4), ("hd95", 2), ("assd", 2), ("nsd", 4), ("precision", 4), ("recall", 4))
     rows = []
     for name, metrics in summary["mean"].items():
-        rows.append([name, *(_fmt(metrics.get(k), d) for k, d in columns), str(metrics["n_cases"]), str(metrics["n_empty_in_both"])])
+        label = f"{name} ({' '.join(map(str, summary['classes'][name]))})" if regions else name
+        rows.append([label, *(_fmt(metrics.get(k), d) for k, d in columns), str(metrics["n_cases"]), str(metrics["n_empty_in_both"])])
     fg = summary["foreground_mean"]
     rows.append(["foreground mean", *(_fmt(fg.get(k), d) for k, d in columns), str(summary["num_cases"]), ""])
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]

@@ -233,6 +233,17 @@ def _table(candidates: Sequence[dict[str, Any]], summaries: dict[str, dict[str, 
     return "\n".join(lines)
 
 
+def _regions_note(description: DatasetDescription) -> str:
+    """What each region holds and how its label maps are written; empty for class-based datasets."""
+    if not description.has_regions:
+        return ""
+    regions = "; ".join(f"{name}: labels {', '.join(map(str, values))}" for name, values in description.regions)
+    order = ", ".join(map(str, description.regions_class_order or []))
+    return (f"<p>Regions (one sigmoid output each; a region's Dice counts every voxel holding one of its labels): "
+            f"{html.escape(regions)}. Label maps are written with regions_class_order {html.escape(order)}: region "
+            "by region, voxels above 0.5 get its label, later regions overwriting earlier ones.</p>")
+
+
 def _figure_html(name: str, data: bytes, caption: str) -> str:
     encoded = base64.b64encode(data).decode("ascii")
     return (f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{encoded}'>"
@@ -295,8 +306,9 @@ def build_report(dataset_spec: str | os.PathLike[str], output_html: str | Path |
         f"{_fmt(best['foreground_dice_postprocessed'], 4)}.</p>",
         "<p class=note>Class Dice: mean &plusmn; SD over cases; fg: mean over classes of the class means; "
         "cases where a class is empty in both prediction and reference are left out of its mean.</p>",
+        _regions_note(description),
         "<pre>" + html.escape("\n".join(instructions["commands"])) + "</pre>",
-        "<h2>Per-class Dice</h2>",
+        f"<h2>Per-{'region' if description.has_regions else 'class'} Dice</h2>",
         figures.add("dice_boxplot", dice_boxplot(summaries, class_names), "Dice per case and class (triangles: means)"),
         "<h2>Training curves</h2>",
     ]

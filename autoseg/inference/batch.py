@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from autoseg.dataset.cases import CHANNEL_SUFFIX, channel_file_gaps
+from autoseg.dataset.description import DatasetDescription
 from autoseg.dataset.imageio import (
     NATURAL_2D_ENDINGS,
     SUPPORTED_ENDINGS,
@@ -52,9 +53,11 @@ class InputCase:
 
 @dataclass
 class PredictReport:
-    """What a run did: cases predicted, skipped (``continue_``), and failed (with the reason)."""
+    """What a run did: cases predicted, skipped (``continue_``), and failed (with the reason), and the
+    model's dataset description (labels, channels) for what runs on the outputs next."""
 
     output_folder: Path
+    dataset: DatasetDescription | None = None
     predicted: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: list[Failure] = field(default_factory=list)
@@ -232,7 +235,7 @@ def predict_folder(
     info["compiled"] = compile_networks
     output.mkdir(parents=True, exist_ok=True)
     atomic_write_json(output / PREDICT_INFO, info)
-    report = PredictReport(output)
+    report = PredictReport(output, dataset=loaded.dataset)
     for case in track(cases, f"predict {loaded.configuration_name}"):
         ending = output_ending(case, loaded.dataset.file_ending)
         files = _outputs(case, output, ending, save_probabilities)

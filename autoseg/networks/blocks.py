@@ -10,11 +10,15 @@ from typing import Sequence
 
 from torch import nn
 
+# VGG16's convs per resolution stage, the encoder FCN and SegNet share.
+VGG16_CONVS_PER_STAGE = (2, 2, 3, 3, 3)
+
 _CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 _CONV_T = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
 _INSTANCE_NORM = {2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}
 _DROPOUT = {2: nn.Dropout2d, 3: nn.Dropout3d}
 _AVG_POOL = {2: nn.AvgPool2d, 3: nn.AvgPool3d}
+_MAX_POOL = {2: nn.MaxPool2d, 3: nn.MaxPool3d}
 
 
 def conv_op(dims: int) -> type[nn.Module]:
@@ -35,6 +39,16 @@ def dropout_op(dims: int) -> type[nn.Module]:
 
 def avg_pool_op(dims: int) -> type[nn.Module]:
     return _AVG_POOL[dims]
+
+
+def max_pool_op(dims: int) -> type[nn.Module]:
+    return _MAX_POOL[dims]
+
+
+def relu(channels: int) -> nn.Module:
+    """ReLU as an activation factory (the channel count is unused; factories share one signature)."""
+    del channels
+    return nn.ReLU(inplace=True)
 
 
 def same_padding(kernel_size: Sequence[int], dilation: int = 1) -> list[int]:

@@ -75,7 +75,10 @@ def slice_difference(x: torch.Tensor, dim: int) -> torch.Tensor:
 
     On binary masks this is ``mask[s] XOR mask[s-1]``, the residual ground truth of reference §2.3.
     """
-    return torch.cat([torch.zeros_like(x.narrow(dim, 0, 1)), torch.diff(x, dim=dim).abs()], dim=dim)
+    # Two shifted slices rather than torch.diff, which ONNX has no operator for (export-model --format onnx).
+    n = x.shape[dim]
+    difference = x.narrow(dim, 1, n - 1) - x.narrow(dim, 0, n - 1)
+    return torch.cat([torch.zeros_like(x.narrow(dim, 0, 1)), difference.abs()], dim=dim)
 
 
 class ContextResidualModule(nn.Module):

@@ -50,6 +50,14 @@ class TopologyConstraints:
         kernel_size: the in-plane kernel size the design uses (3 for U-Nets, 5 for V-Net).
         isotropic_only: the design cannot take per-axis different strides or kernels.
         max_features: cap on features per stage (``None``: the planner's cap, 320 in 3D, 512 in 2D).
+        stage_features: ``n_stages -> features`` for designs whose widths follow from their depth
+            (FC-DenseNet's concatenated widths); like ``fixed_features`` it fixes the width.
+        stem_stride: the first downsampling is a patch embedding of this stride on every axis it
+            pools (Swin-UNet, nnFormer: 4); stage 0 then only holds the full-resolution output and
+            shares stage 1's width.
+        window_size: largest attention window per axis (shifted-window families); the planner
+            writes the windows into the topology and only chooses patches they tile.
+        global_last_stage: the deepest stage attends globally (nnFormer's bottleneck): no window.
     """
 
     spatial_dims: tuple[int, ...] = (2, 3)
@@ -59,6 +67,15 @@ class TopologyConstraints:
     kernel_size: int = 3
     isotropic_only: bool = False
     max_features: int | None = None
+    stage_features: Callable[[int], tuple[int, ...]] | None = None
+    stem_stride: int | None = None
+    window_size: int | None = None
+    global_last_stage: bool = False
+
+    @property
+    def fixed_width(self) -> bool:
+        """The design prescribes its widths, so the planner cannot narrow it for a compute budget."""
+        return self.fixed_features is not None or self.stage_features is not None
 
 
 @dataclass(frozen=True)

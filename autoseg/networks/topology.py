@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -24,6 +25,8 @@ class Topology:
             network family's own default.
         decoder_blocks_per_stage: decoder blocks per decoder stage (deepest first); ``None`` means
             the family's default.
+        window_sizes: attention window per stage and axis for windowed-attention families (ones at
+            stages without windows); every stage's feature map must be a multiple of its window.
     """
 
     spatial_dims: int
@@ -32,6 +35,7 @@ class Topology:
     strides: list[list[int]]
     blocks_per_stage: list[int] | None = None
     decoder_blocks_per_stage: list[int] | None = None
+    window_sizes: list[list[int]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -49,14 +53,29 @@ class Topology:
             total = [t * s for t, s in zip(total, stride)]
         return total
 
+    @property
+    def size_multiple(self) -> list[int]:
+        """Per-axis size every input must be a multiple of: the total stride, and for windowed
+        attention each stage's cumulative stride times its window."""
+        multiple = self.total_stride
+        if self.window_sizes is None:
+            return multiple
+        cumulative = [1] * self.spatial_dims
+        for stride, window in zip(self.strides, self.window_sizes):
+            cumulative = [c * s for c, s in zip(cumulative, stride)]
+            multiple = [math.lcm(m, c * w) for m, c, w in zip(multiple, cumulative, window)]
+        return multiple
+
     def validate(self) -> None:
         if self.spatial_dims not in (2, 3):
             raise NetworkError(f"topology: spatial_dims must be 2 or 3, got {self.spatial_dims}")
         n = len(self.features_per_stage)
         if n < 1:
             raise NetworkError("topology: features_per_stage is empty; plan at least one stage")
-        for name in ("kernel_sizes", "strides"):
+        for name in ("kernel_sizes", "strides", "window_sizes"):
             values = getattr(self, name)
+            if values is None:
+                continue
             if len(values) != n:
                 raise NetworkError(
                     f"topology: {name} has {len(values)} stages but features_per_stage has {n}"
@@ -79,12 +98,13 @@ class Topology:
             )
 
     def check_input_shape(self, shape: tuple[int, ...] | list[int]) -> None:
-        """Raise a clear error when a spatial input shape is not divisible by the total stride."""
-        total = self.total_stride
+        """Raise a clear error when a spatial input shape is not a multiple of ``size_multiple``."""
+        total = self.size_multiple
         if len(shape) != self.spatial_dims or any(s % t for s, t in zip(shape, total)):
             raise NetworkError(
-                f"input shape {tuple(shape)} is not divisible by the network's total stride "
-                f"{tuple(total)}; pad the input or plan a patch size that is a multiple of it"
+                f"input shape {tuple(shape)} is not divisible by the network's total stride"
+                f"{' x attention window' if self.window_sizes else ''} {tuple(total)}; pad the input or plan a "
+                "patch size that is a multiple of it"
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -100,6 +120,7 @@ class Topology:
                 strides=[[int(s) for s in st] for st in data["strides"]],
                 blocks_per_stage=data.get("blocks_per_stage"),
                 decoder_blocks_per_stage=data.get("decoder_blocks_per_stage"),
+                window_sizes=data.get("window_sizes"),
                 extra=dict(data.get("extra", {})),
             )
         except (KeyError, TypeError, ValueError) as exc:

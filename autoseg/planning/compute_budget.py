@@ -75,7 +75,7 @@ def training_gflop(
         flops = _forward_flops(network_name, topology, in_channels, n_classes, options, "meta",
                                (batch_size, in_channels, *patch_size))
     except (NotImplementedError, RuntimeError):
-        probe = [2 * s for s in topology.total_stride]
+        probe = [2 * s for s in topology.size_multiple]
         scale = batch_size * math.prod(patch_size) / math.prod(probe)
         flops = scale * _forward_flops(network_name, topology, in_channels, n_classes, options, "cpu",
                                        (1, in_channels, *probe))

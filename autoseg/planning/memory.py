@@ -87,7 +87,7 @@ def build_training_network(
 def _measure_on(device: str, network_name: str, topology: Topology, in_channels: int, n_classes: int,
                 options: dict[str, Any]) -> MemoryModel:
     network = build_training_network(network_name, topology, in_channels, n_classes, options, device)
-    sizes = [[m * t for t in topology.total_stride] for m in C.MEMORY_CALIBRATION_MULTIPLES]
+    sizes = [[m * t for t in topology.size_multiple] for m in C.MEMORY_CALIBRATION_MULTIPLES]
     voxels = [float(np.prod(s)) for s in sizes]
     measured = [
         saved_activation_bytes(network, torch.zeros((1, in_channels, *s), device=device)) for s in sizes
@@ -119,7 +119,7 @@ def calibrate_memory(
     cached = read_cache(cache_dir, key)
     if cached is not None:
         return MemoryModel(**cached)
-    largest = float(np.prod([max(C.MEMORY_CALIBRATION_MULTIPLES) * t for t in topology.total_stride]))
+    largest = float(np.prod([max(C.MEMORY_CALIBRATION_MULTIPLES) * t for t in topology.size_multiple]))
     if largest <= C.CPU_CALIBRATION_MAX_VOXELS:
         # Small inputs: real CPU tensors are faster than the meta device's first-use overhead (~1 s).
         model = _measure_on("cpu", network_name, topology, in_channels, n_classes, options)

@@ -180,7 +180,7 @@ def _budget_candidates(ctx: _Context, fitted: list[int], fitted_topology: Topolo
     Context (patch) is kept longest: reference §4's narrow 16-128 plan at nnU-Net's patch beat the
     wide default plan on a CPU by 0.31 Dice in the same 26 minutes.
     """
-    widths = (C.BASE_FEATURES,) if ctx.constraints.fixed_features is not None else C.BUDGET_WIDTHS
+    widths = (C.BASE_FEATURES,) if ctx.constraints.fixed_width else C.BUDGET_WIDTHS
     for width in widths[:-1]:
         features = features_per_stage(fitted_topology.n_stages, ctx.constraints, fitted_topology.spatial_dims, width)
         yield fitted, replace(fitted_topology, features_per_stage=features), width
@@ -458,8 +458,12 @@ def plan_dataset(
     overwrite: bool = False,
     device: str | torch.device | None = None,
     num_workers: int | None = None,
+    transfer_from: str | os.PathLike[str] | None = None,
 ) -> tuple[dict[str, Any], str]:
     """Plan a dataset and write ``<preprocessed>/<Dataset>/<plans_name>.json``; returns (plans, table).
+
+    ``transfer_from`` (a plans file or model folder) keeps the source's network, patch and batch for
+    fine-tuning its weights (``planning/transfer.py``).
 
     Fingerprints the dataset first when ``fingerprint.json`` is missing. With no GPU (or ``device``
     'cpu') the plan is sized for a compute budget (``budget_seconds``, default 12 h per fold), unless
@@ -495,5 +499,9 @@ def plan_dataset(
         source=str(fingerprint_path(location)),
         device_present=present,
     )
+    if transfer_from is not None:
+        from autoseg.planning.transfer import transfer_plans_from
+
+        plans = transfer_plans_from(plans, transfer_from)
     write_plans(plans, plans_path(location.preprocessed_dir, plans_name), overwrite=overwrite)
     return plans, format_plan_table(plans)

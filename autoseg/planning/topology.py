@@ -1,7 +1,8 @@
 """Per-axis topology (pooling, kernels, features per stage) for any registered family.
 
 The rules are reference §1.3's; each family's ``TopologyConstraints`` (registry.py) bounds them:
-stage count, prescribed features, kernel size, blocks per stage, isotropic-only designs.
+stage count, prescribed features, kernel size, blocks per stage, isotropic-only designs, a patch
+embedding stem and attention windows (which the patch sizes must tile: ``Topology.size_multiple``).
 """
 
 from __future__ import annotations
@@ -32,9 +33,13 @@ def features_per_stage(
     The cap (320 in 3D, 512 in 2D, reference §1.3) scales with ``width`` so that a narrower network
     (compute budget) stays narrow at depth too.
     """
+    if constraints.stage_features is not None:
+        return list(constraints.stage_features(n_stages))
     if constraints.fixed_features is not None:
         return list(constraints.fixed_features[:n_stages])
     cap = constraints.max_features or C.MAX_FEATURES[dims] * width // C.BASE_FEATURES
+    if constraints.stem_stride is not None:  # stage 0 is the embedding's full-resolution output
+        return [width] + [min(width * 2**i, cap) for i in range(n_stages - 1)]
     return [min(width * 2**i, cap) for i in range(n_stages)]
 
 
@@ -79,14 +84,15 @@ def plan_topology(
     if constraints.fixed_features is not None:
         max_stages = min(max_stages, len(constraints.fixed_features))
     while len(strides) < max_stages:
-        big_enough = [s >= C.POOLING_STRIDE * C.MIN_FEATURE_MAP_SIZE for s in size]
+        factor = constraints.stem_stride if constraints.stem_stride and len(strides) == 1 else C.POOLING_STRIDE
+        big_enough = [s >= factor * C.MIN_FEATURE_MAP_SIZE for s in size]
         if constraints.isotropic_only:
             pool = [all(big_enough)] * dims
         else:
             pool = _pooled_axes(size, current, big_enough)
         if not any(pool):
             break
-        stride = [C.POOLING_STRIDE if p else 1 for p in pool]
+        stride = [factor if p else 1 for p in pool]
         size = [float(math.ceil(s / st)) for s, st in zip(size, stride)]
         current = [c * st for c, st in zip(current, stride)]
         # once an axis has the full kernel it keeps it
@@ -102,18 +108,36 @@ def plan_topology(
         kernel_sizes=kernels,
         strides=strides,
         blocks_per_stage=expand_blocks(constraints.default_blocks_per_stage, n),
+        window_sizes=attention_windows(patch_size, strides, constraints),
     )
 
 
+def attention_windows(
+    patch_size: Sequence[float], strides: Sequence[Sequence[int]], constraints: TopologyConstraints
+) -> list[list[int]] | None:
+    """One window per axis for every windowed stage: ``window_size``, or the deepest windowed
+    stage's whole extent where that is smaller (so that stage holds one window, as Swin does at
+    7x7). One size for all stages keeps the patch multiple at ``stride x window`` of that stage."""
+    if constraints.window_size is None:
+        return None
+    dims, n = len(patch_size), len(strides)
+    deepest = n - 2 if constraints.global_last_stage else n - 1
+    if deepest < 1:
+        return [[1] * dims for _ in range(n)]
+    cumulative = [math.prod(s[a] for s in strides[: deepest + 1]) for a in range(dims)]
+    window = [max(1, min(constraints.window_size, int(p // c))) for p, c in zip(patch_size, cumulative)]
+    return [window if 1 <= i <= deepest else [1] * dims for i in range(n)]
+
+
 def divisible_patch(patch_size: Sequence[float], topology: Topology) -> list[int]:
-    """Round every axis up to a multiple of the topology's total stride (at least one multiple)."""
-    return [max(t, int(math.ceil(p / t)) * t) for p, t in zip(patch_size, topology.total_stride)]
+    """Round every axis up to a multiple of the topology's size multiple (at least one multiple)."""
+    return [max(t, int(math.ceil(p / t)) * t) for p, t in zip(patch_size, topology.size_multiple)]
 
 
 def shrink_patch(patch_size: Sequence[int], median_shape: Sequence[float], topology: Topology) -> list[int] | None:
     """One step down: the axis with the largest patch / median-shape ratio loses one divisibility
     step (reference §1.3). ``None`` when no axis can shrink any more."""
-    steps = topology.total_stride
+    steps = topology.size_multiple
     candidates = [a for a, (p, s) in enumerate(zip(patch_size, steps)) if p - s >= s]
     if not candidates:
         return None

@@ -23,7 +23,8 @@ _OPEN_TYPES: dict[str, tuple[type, ...]] = {
     "batch_size": (int,),
     "patch_size": (list,),
     "num_workers": (int,),
-    "augmentation.patch_center_dist_from_border": (int, float, list),
+    "augmentation.rotation.degrees_2d": (int, float),
+    "augmentation.mask_channels": (list,),
 }
 
 
@@ -78,7 +79,7 @@ def parse_override(text: str) -> tuple[str, Any]:
 def _coerce(key: str, value: Any, default: Any) -> Any:
     """``value`` converted to the type of ``default`` where that is lossless, else a TrainingError."""
     allowed = _OPEN_TYPES.get(key, ())
-    if value is None and key in _OPEN_TYPES or value == "auto" == default:
+    if value is None and key in _OPEN_TYPES and default is None or value == "auto" == default:
         return value
     if isinstance(value, allowed) and not isinstance(value, bool):
         return value

@@ -62,12 +62,21 @@ class LabelSpec:
         return one_hot(clean, self.n_outputs)
 
 
+# loss.dice_denominator -> squared_denominator of the soft Dice (V-Net's is squared, reference.md §2.4).
+DICE_DENOMINATORS = {"standard": False, "squared": True}
+
+
 def segmentation_loss(labels: LabelSpec, loss_config: Mapping[str, Any]) -> nn.Module:
     """Dice + CE (softmax) or Dice + BCE (regions), wrapped for deep supervision (reference.md §1.5)."""
+    denominator = loss_config["dice_denominator"]
+    if denominator not in DICE_DENOMINATORS:
+        raise TrainingError(f"--set loss.dice_denominator={denominator!r}: choose standard or squared")
+    squared = DICE_DENOMINATORS[denominator]
     if labels.regions:
         inner: nn.Module = RegionDiceBCELoss(
             has_ignore=labels.ignore_label is not None,
             batch_dice=loss_config["batch_dice"],
+            squared_denominator=squared,
             weight_bce=loss_config["weight_ce"],
             weight_dice=loss_config["weight_dice"],
         )
@@ -75,6 +84,7 @@ def segmentation_loss(labels: LabelSpec, loss_config: Mapping[str, Any]) -> nn.M
     inner = DiceCELoss(
         ignore_label=labels.ignore_label,
         batch_dice=loss_config["batch_dice"],
+        squared_denominator=squared,
         weight_ce=loss_config["weight_ce"],
         weight_dice=loss_config["weight_dice"],
     )

@@ -28,7 +28,7 @@ from autoseg.errors import TrainingError
 from autoseg.networks import create_network, get_network_spec
 from autoseg.preprocessing.store import load_properties
 from autoseg.training import budget as budget_rules
-from autoseg.training.augmentation import sampling_size
+from autoseg.training.augmentation import resolve_augmentation, sampling_size
 from autoseg.training.checkpoints import (
     BEST,
     FINAL,
@@ -46,6 +46,8 @@ from autoseg.training.data_loading import (
     BatchStream,
     SamplingSpec,
     auto_workers,
+    batch_to_device,
+    validation_workers,
 )
 from autoseg.training.distributed import (
     DistributedContext,
@@ -120,7 +122,7 @@ def network_topology(plan: dict[str, Any], network: str, patch_size: list[int], 
     spacing = list(plan["spacing"])[-len(patch_size):]
     width = int(plan.get("width") or topology["features_per_stage"][0])
     derived = plan_topology(patch_size, spacing, get_network_spec(network).constraints, width)
-    stride = derived.total_stride
+    stride = derived.size_multiple
     if any(p % s for p, s in zip(patch_size, stride)):
         raise TrainingError(
             f"patch size {patch_size} is not divisible by the total stride {stride} that network {network!r} "
@@ -176,6 +178,9 @@ class Trainer:
         desc = run.description
         regions = [values for _, values in desc.regions] if desc.has_regions else None
         self.labels = LabelSpec(desc.num_output_channels, regions, desc.ignore_label)
+        # Names of the pseudo-Dice entries: output channel order (regions as declared, classes by value).
+        self.output_names = [name for name, _ in desc.regions] if desc.has_regions else [
+            desc.class_names[v] for v in desc.foreground_labels]
         cascade_labels = desc.foreground_labels if run.previous_stage_cache is not None else []
         self.in_channels = desc.num_channels + len(cascade_labels)
         self.mixed_precision = str(cfg["mixed_precision"])
@@ -186,7 +191,7 @@ class Trainer:
             self.model, self.network, run.network_name, self.optimizer, self.labels, cfg, self.device, self.amp_dtype,
             wrap=lambda m: wrap_model(m, self.context, self.device), in_channels=self.in_channels,
         )
-        aug = cfg["augmentation"]
+        aug = resolve_augmentation(cfg["augmentation"], self.patch_size, plan["normalization"])
         common = dict(
             folder=run.store, patch_size=self.patch_size, batch_size=self.batch_size,
             oversample_foreground=cfg["oversample_foreground"], foreground_labels=desc.foreground_labels,
@@ -314,13 +319,8 @@ class Trainer:
             return budget_rules.poly_lr(initial, self.iteration, self.total_iterations, schedule["exponent"])
         raise TrainingError(f"--set lr_schedule.name={schedule['name']!r}: choose poly or constant")
 
-    def _tensors(self, batch: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        pin = self.device.type == "cuda"
-        data, target = torch.from_numpy(batch["data"]), torch.from_numpy(batch["target"])
-        if pin:
-            data, target = data.pin_memory(), target.pin_memory()
-        data = data.to(self.device, non_blocking=pin).contiguous(memory_format=self.memory_format)
-        return data, target.to(self.device, non_blocking=pin)
+    def _tensors(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        return batch_to_device(batch, self.device, self.memory_format)
 
     def _workers(self) -> int:
         chosen = self.run.num_workers if self.run.num_workers is not None else self.run.config["num_workers"]
@@ -345,7 +345,12 @@ class Trainer:
         deadline = self._deadline()
         validation_reserve = self._validation_reserve_inputs() if deadline is not None else None
         start_iteration = self.iteration
-        stream = BatchStream(source, self.iteration, workers, cfg["prefetch_batches"], cfg["worker_timeout_seconds"])
+        pin = self.device.type == "cuda"
+        stream = BatchStream(source, self.iteration, workers, cfg["prefetch_batches"], cfg["worker_timeout_seconds"], pin_memory=pin)
+        val_stream = BatchStream(
+            val_source, self.epoch * int(cfg["val_iterations_per_epoch"]), validation_workers(workers),
+            cfg["prefetch_batches"], cfg["worker_timeout_seconds"], "validation data loading", pin_memory=pin,
+        )
         self.monitor.start(self.total_iterations, self.iteration)
         self.model.train()
         try:
@@ -376,22 +381,23 @@ class Trainer:
                         break
                 warm = self.iteration - timed_from if timer_start else 0
                 iteration_seconds = (time.monotonic() - timer_start) / warm if warm else None
-                self._end_epoch(losses, val_source, epoch_start, iteration_seconds)
+                self._end_epoch(losses, val_stream, epoch_start, iteration_seconds)
                 if deadline is not None:
                     per_iteration = (time.monotonic() - epoch_start) / max(len(losses), 1)
                     self._rebudget(deadline, per_iteration, validation_reserve)
         finally:
             stream.close()
+            val_stream.close()
             self.monitor.stop()
         self.save(FINAL)
         self.monitor.log(f"training finished: {self.iteration} iterations, {self.epoch} epochs, best pseudo-Dice EMA {self.best_ema:.4f}")
 
-    def _end_epoch(self, losses: list[float], val_source: BatchSource, epoch_start: float,
+    def _end_epoch(self, losses: list[float], val_stream: BatchStream, epoch_start: float,
                    iteration_seconds: float | None) -> None:
         """Pseudo-validate, record the epoch's metrics (with the warm iterations' speed and, on CUDA, the
         peak memory allocated), checkpoint."""
         cfg = self.run.config
-        val_loss, dice = self._pseudo_validation(val_source)
+        val_loss, dice, per_class = self._pseudo_validation(val_stream)
         train_loss = float(all_reduce_sum(torch.tensor([float(np.mean(losses))]), self.context)[0]) / self.context.world_size
         alpha = cfg["pseudo_dice_ema"]
         if not math.isnan(dice):
@@ -404,6 +410,8 @@ class Trainer:
             "val_loss": val_loss,
             "pseudo_dice": dice,
             "pseudo_dice_ema": self.ema if self.ema is not None else math.nan,
+            # None (JSON null) for a class absent from both patches and predictions.
+            "pseudo_dice_per_class": {n: None if math.isnan(v) else v for n, v in zip(self.output_names, per_class)},
             "learning_rate": self.optimizer.param_groups[0]["lr"],
             "epoch_seconds": time.monotonic() - epoch_start,
             "seconds_per_iteration": iteration_seconds,
@@ -422,10 +430,16 @@ class Trainer:
             f"(EMA {row['pseudo_dice_ema']:.4f}{', new best' if improved else ''}), lr {row['learning_rate']:.2e}, "
             f"{row['epoch_seconds']:.1f} s, iteration {self.iteration}/{self.total_iterations}"
         )
+        kind = "region" if self.labels.regions else "class"
+        self.monitor.log(f"epoch {self.epoch}: pseudo-Dice per {kind}: "
+                         + ", ".join(f"{name} {'-' if value is None else f'{value:.4f}'}"
+                                     for name, value in row["pseudo_dice_per_class"].items()))
 
     @torch.no_grad()
-    def _pseudo_validation(self, val_source: BatchSource) -> tuple[float, float]:
-        """Mean loss and mean foreground Dice over un-augmented validation patches (TP/FP/FN pooled)."""
+    def _pseudo_validation(self, val_stream: BatchStream) -> tuple[float, float, list[float]]:
+        """Mean loss, mean foreground Dice and the Dice of each class (or region) over un-augmented
+        validation patches (TP/FP/FN pooled; NaN for a class absent from patches and predictions);
+        batch ``epoch * n + j`` of the validation stream, built ahead by its workers."""
         n_batches = int(self.run.config["val_iterations_per_epoch"])
         n_classes = len(self.labels.regions) if self.labels.regions else self.labels.n_outputs - 1
         counts = torch.zeros(3, n_classes, dtype=torch.float64)
@@ -433,7 +447,7 @@ class Trainer:
         self.model.eval()
         try:
             for j in range(n_batches):
-                data, labels = self._tensors(val_source(self.epoch * n_batches + j))
+                data, labels = self._tensors(next(val_stream))
                 loss, logits = self._evaluate(data, labels)
                 loss_sum += loss
                 counts += self._confusion(logits, labels).cpu()
@@ -445,7 +459,7 @@ class Trainer:
         per_class = torch.where(denominator > 0, 2 * tp / denominator.clamp_min(1), torch.full_like(tp, math.nan))
         valid = per_class[~per_class.isnan()]
         dice = float(valid.mean()) if len(valid) else math.nan
-        return float(totals[-2] / max(float(totals[-1]), 1.0)), dice
+        return float(totals[-2] / max(float(totals[-1]), 1.0)), dice, per_class.tolist()
 
     def _evaluate(self, data: torch.Tensor, labels: torch.Tensor) -> tuple[float, torch.Tensor]:
         """Loss and logits of the network in eval mode (full-resolution output, dropout off)."""

@@ -1,0 +1,82 @@
+"""Every family planned on real fingerprints (Hippocampus in 3D, EM membranes in 2D): the planned patch is a
+multiple of what the network can take, and the network builds and runs at exactly that shape."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from autoseg.fingerprint.extract import extract_fingerprint
+from autoseg.networks import Topology, create_network, get_network_spec
+from autoseg.paths import resolve_dataset
+from autoseg.planning import constants as C
+from autoseg.planning.planner import build_plans
+
+from conftest import SHARED_DATA
+from test_planning import fake_timing
+
+torch.set_num_threads(1)
+DATASETS = {3: ("Dataset004_Hippocampus", ["hippocampus_001", "hippocampus_003", "hippocampus_004", "hippocampus_006"]),
+            2: ("Dataset907_EMMembrane", ["em_00", "em_01"])}
+CONFIG = {3: "3d_fullres", 2: "2d"}
+
+
+def _copy_subset(source: Path, target: Path, cases: list[str]) -> None:
+    for folder in ("imagesTr", "labelsTr"):
+        (target / folder).mkdir(parents=True)
+        for path in (source / folder).iterdir():
+            if any(path.name.startswith(f"{case}.") or path.name.startswith(f"{case}_0") for case in cases):
+                shutil.copy(path, target / folder)
+    description = json.loads((source / "dataset.json").read_text())
+    description["numTraining"] = len(cases)
+    (target / "dataset.json").write_text(json.dumps(description))
+
+
+@pytest.fixture(scope="module")
+def fingerprints(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict]:
+    """Real fingerprints of a few real cases of each dataset (extracted once per module)."""
+    base = tmp_path_factory.mktemp("families")
+    saved = {var: os.environ.get(var) for var in ("AUTOSEG_RAW", "AUTOSEG_PREPROCESSED", "AUTOSEG_RESULTS")}
+    for var, sub in zip(saved, ("raw", "preprocessed", "results")):
+        (base / sub).mkdir()
+        os.environ[var] = str(base / sub)
+    result = {}
+    for dims, (name, cases) in DATASETS.items():
+        target = base / "raw" / name.replace(name.split("_")[0], f"Dataset99{dims}")
+        _copy_subset(SHARED_DATA / name, target, cases)
+        result[dims] = extract_fingerprint(resolve_dataset(target.name.split("_")[0]), num_workers=1)
+    yield result
+    for var, value in saved.items():
+        os.environ.pop(var) if value is None else os.environ.__setitem__(var, value)
+
+
+# The families with patch-embedding, window or derived-width constraints (the convolutional six are
+# planned in test_planning.py).
+FAMILIES = ("fcn", "segnet", "fcdensenet", "swinunet", "nnformer")
+FAMILY_DIMS = [(name, dims) for name in FAMILIES for dims in (2, 3) if dims in get_network_spec(name).constraints.spatial_dims]
+
+
+@pytest.mark.parametrize(("network", "dims"), FAMILY_DIMS)
+def test_plan_gives_a_shape_the_network_takes(fingerprints: dict[int, dict], network: str, dims: int) -> None:
+    plans = build_plans(fingerprints[dims], network=network, memory_budget_bytes=8 * 2**30 * C.GPU_MEMORY_USABLE_FRACTION,
+                        timing_factory=fake_timing, configs=[CONFIG[dims]])
+    plan = plans["configurations"][CONFIG[dims]]
+    topology = Topology.from_dict(plan["network"]["topology"])
+    patch = plan["patch_size"]
+    assert all(p % m == 0 for p, m in zip(patch, topology.size_multiple)), (patch, topology.size_multiple)
+    constraints = get_network_spec(network).constraints
+    if constraints.window_size is not None:
+        assert topology.window_sizes is not None and all(max(w) <= constraints.window_size for w in topology.window_sizes)
+    n_classes = 3 if dims == 3 else 2
+    with torch.device("meta"):
+        model = create_network(network, topology, len(fingerprints[dims]["channel_names"]), n_classes).train()
+        outputs = model(torch.zeros(plan["batch_size"], len(fingerprints[dims]["channel_names"]), *patch))
+    assert tuple(outputs[0].shape) == (plan["batch_size"], n_classes, *patch)
+    model.eval()
+    with torch.device("meta"), torch.no_grad():
+        assert tuple(model(torch.zeros(1, len(fingerprints[dims]["channel_names"]), *patch)).shape) == (1, n_classes, *patch)
