@@ -108,6 +108,9 @@ def read_image(path: str | Path) -> tuple[np.ndarray, Geometry]:
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
+        if "Refusing to change spacing" in str(exc):  # ITK's words for a zero or NaN voxel size
+            raise DatasetError(f"{path}: voxel spacing is zero or not a number ({_first_line(exc)}); fix the header's "
+                               "voxel size") from None
         raise DatasetError(f"{path}: cannot be read (truncated or corrupt file?): {_first_line(exc)}") from None
     if ending in (".nii", ".nii.gz") and _nifti_is_truncated(path, ending):
         # ITK zero-fills the missing part of a truncated NIfTI without any error.
@@ -218,6 +221,8 @@ def _from_sitk(image: sitk.Image, path: Path) -> tuple[np.ndarray, Geometry]:
         raise DatasetError(
             f"{path}: is {dim}D; autoseg reads 2D or 3D images. Split 4D series into channels (_0000, _0001, ...)"
         )
+    if 0 in image.GetSize():
+        raise DatasetError(f"{path}: has size {'x'.join(map(str, image.GetSize()))}: the image holds no voxels; export it again")
     try:
         array = sitk.GetArrayFromImage(image)
     except RuntimeError as exc:

@@ -14,10 +14,18 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 
 from autoseg.dataset.cases import CHANNEL_SUFFIX
-from autoseg.dataset.imageio import SUPPORTED_ENDINGS, Geometry, image_ending, read_case_images, write_image
+from autoseg.dataset.imageio import (
+    SUPPORTED_ENDINGS,
+    Geometry,
+    image_ending,
+    nifti_nonfinite_counts,
+    read_case_images,
+    write_image,
+)
 from autoseg.errors import AutosegError, InferenceError
 from autoseg.inference.model import LoadedModel, find_model_folder, load_model
 from autoseg.inference.predictor import Prediction, predict_array
@@ -55,9 +63,14 @@ class PredictReport:
 
 
 def _is_dicom_folder(folder: Path) -> bool:
-    """A folder without image files or subfolders is read as one DICOM series."""
+    """A folder without image files or subfolders, in which GDCM finds a series, is read as one DICOM series."""
     entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
-    return bool(entries) and not any(p.is_dir() or image_ending(p) for p in entries)
+    if not entries or any(p.is_dir() or image_ending(p) for p in entries):
+        return False
+    try:
+        return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    except RuntimeError:
+        return False
 
 
 def _add(cases: dict[str, InputCase], path: Path, stem: str) -> None:
@@ -96,7 +109,11 @@ def discover_cases(input_path: str | Path) -> list[InputCase]:
             elif (ending := image_ending(entry)):
                 _add(cases, entry, entry.name[: -len(ending)])
     if not cases:
-        raise InferenceError(f"{path}: no images found; expected <case>_0000<ending> files or DICOM series folders")
+        ignored = sorted(p.name for p in path.iterdir() if not p.name.startswith("."))[:5] if path.is_dir() else []
+        raise InferenceError(
+            f"{path}: no images found{' (not images: ' + ', '.join(ignored) + ')' if ignored else ''}; expected "
+            f"<case>_0000<ending> files ({', '.join(SUPPORTED_ENDINGS)}) or DICOM series folders"
+        )
     return [cases[k] for k in sorted(cases)]
 
 
@@ -110,6 +127,19 @@ def channel_files(case: InputCase, num_channels: int) -> list[Path]:
             f"({', '.join(f'{c:04d}' for c in expected)}); name files <case>_XXXX<ending>"
         )
     return [case.channels[c] for c in expected]
+
+
+def read_finite_case(files: Sequence[Path]) -> tuple[np.ndarray, Geometry]:
+    """``read_case_images``, refusing NaN/Inf in NIfTI files, which ITK's reader silently turns into numbers."""
+    case = read_case_images(files)  # first: its messages for unreadable files are the specific ones
+    for path in files:
+        counts = nifti_nonfinite_counts(path) if path.is_file() else None
+        if counts and any(counts):
+            raise InferenceError(
+                f"{path}: holds {counts[0]} NaN and {counts[1]} infinite voxel(s); replace them (e.g. by the "
+                "background value) and export the image again"
+            )
+    return case
 
 
 def output_ending(case: InputCase, dataset_ending: str) -> str:
@@ -205,8 +235,14 @@ def predict_folder(
     """
     start = time.perf_counter()
     input_path, output = Path(input_path), Path(output_folder)
-    if output.resolve() == (input_path if input_path.is_dir() else input_path.parent).resolve():
+    input_folder = (input_path if input_path.is_dir() else input_path.parent).resolve()
+    if output.resolve() == input_folder:
         raise InferenceError(f"{output}: output folder equals the input folder; choose another output folder")
+    if output.resolve().is_relative_to(input_folder) and input_path.is_dir():
+        raise InferenceError(
+            f"{output}: output folder lies inside the input folder {input_path} (its label maps would be read "
+            "as input cases next time); choose a folder outside it"
+        )
     cases = shard(discover_cases(input_path), num_parts, part_id)
     loaded = _resolve_model(model, folds, checkpoint, device)
     info = _predict_info(loaded, step, tta, save_probabilities, mixed_precision)  # checks the settings first
@@ -220,7 +256,7 @@ def predict_folder(
             report.skipped.append(case.case_id)
             continue
         try:
-            data, geometry = read_case_images(channel_files(case, loaded.num_image_channels))
+            data, geometry = read_finite_case(channel_files(case, loaded.num_image_channels))
             prediction = predict_array(
                 loaded, data, geometry, step=step, tta=tta, return_probabilities=save_probabilities,
                 batch_tiles=batch_tiles, mixed_precision=mixed_precision, overwrite_input=True,
