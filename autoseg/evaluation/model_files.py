@@ -37,7 +37,7 @@ import torch
 from autoseg import __version__
 from autoseg.errors import AutosegError, ModelFileError
 from autoseg.paths import results_root as default_results_root
-from autoseg.utils.atomic import atomic_path
+from autoseg.utils.atomic import atomic_path, remove_stale_temporaries
 
 FORMAT_NAME = "autoseg-model"
 FORMAT_VERSION = 1
@@ -207,6 +207,7 @@ def export_model(
         "files": {name: hashlib.sha256(data).hexdigest() for name, data in members.items()},
     }
     output_zip = Path(output_zip)
+    remove_stale_temporaries(output_zip.parent, output_zip.name)  # what a killed export left half-written
     with atomic_path(output_zip) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         archive.writestr(MANIFEST, json.dumps(manifest, indent=2) + "\n")
         for name, data in members.items():

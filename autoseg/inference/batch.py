@@ -30,7 +30,7 @@ from autoseg.errors import AutosegError, InferenceError
 from autoseg.inference.model import LoadedModel, find_model_folder, load_model
 from autoseg.inference.predictor import Prediction, predict_array
 from autoseg.inference.sliding_window import DEFAULT_STEP
-from autoseg.utils.atomic import atomic_path, atomic_write_json
+from autoseg.utils.atomic import atomic_path, atomic_write_json, remove_stale_temporaries
 from autoseg.utils.device import autocast_dtype
 from autoseg.utils.progress import Failure, track
 
@@ -247,6 +247,7 @@ def predict_folder(
     loaded = _resolve_model(model, folds, checkpoint, device)
     info = _predict_info(loaded, step, tta, save_probabilities, mixed_precision)  # checks the settings first
     output.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(output)  # what a killed run left half-written
     atomic_write_json(output / PREDICT_INFO, info)
     report = PredictReport(output)
     for case in track(cases, f"predict {loaded.configuration_name}"):

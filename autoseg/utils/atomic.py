@@ -6,6 +6,10 @@ survives a power loss (POSIX; Windows cannot open a folder for fsync). The renam
 atomic against a killed process; the fsyncs add durability against power loss, and bulk writers that
 can redo their work (the preprocessed store, hundreds of small files) skip them with ``durable=False``.
 
+A temporary's name carries its writer (``.<name>.<host>-<pid>-<random>.tmp<suffix>``), so a rerun after
+kill -9 removes the leftovers of dead writers on this machine (``remove_stale_temporaries``) without
+touching those of a run still writing into the same folder.
+
 The temporary file is created with mode 0666 and ``O_EXCL``, so the kernel applies the process's umask
 as for any new file; the umask is never read or changed (``os.umask`` is process-wide: changing it,
 even for a moment, races with other threads creating files).
@@ -14,19 +18,25 @@ even for a moment, races with other threads creating files).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import re
 import secrets
+import socket
 from pathlib import Path
 from typing import Any, Iterator
 
 TEMP_ATTEMPTS = 100  # random names tried before giving up (a clash is a 1 in 2^64 event)
+# This machine in temporary names: PIDs mean nothing on another host sharing the folder (NFS).
+HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[0-9a-f]{16}\.tmp")
 
 
 def _create_temporary(target: Path, suffix: str) -> Path:
     """A new empty file ``.<name>.<random>.tmp<suffix>`` beside ``target``, with the umask's permissions."""
     for _ in range(TEMP_ATTEMPTS):
-        tmp = target.parent / f".{target.name}.{secrets.token_hex(8)}.tmp{suffix}"
+        tmp = target.parent / f".{target.name}.{HOST_TAG}-{os.getpid()}-{secrets.token_hex(8)}.tmp{suffix}"
         try:
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666))
         except FileExistsError:
@@ -57,6 +67,34 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None, durable
         raise
     if durable and os.name == "posix":
         _fsync(target.parent)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: existence check only (POSIX; never called on Windows)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str], target_name: str | None = None) -> list[Path]:
+    """Delete temporaries in ``folder`` (for ``target_name`` only, if given) whose writer, a process on
+    this machine, no longer runs: what a killed run left. Returns them. A no-op off POSIX."""
+    folder = Path(folder)
+    if os.name != "posix" or not folder.is_dir():
+        return []
+    removed = []
+    for path in folder.glob(".*.tmp*"):
+        match = TEMP_NAME.match(path.name)
+        if match is None or match["host"] != HOST_TAG or (target_name is not None and match["target"] != target_name):
+            continue
+        if not _process_alive(int(match["pid"])):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            removed.append(path)
+    return removed
 
 
 def _fsync(path: Path) -> None:
