@@ -34,8 +34,8 @@ DATASET = "Dataset995_KillResume"
 MODEL = "unet__autosegPlans__3d_fullres"
 POINTS = int(os.environ.get("AUTOSEG_KILL_POINTS", "1"))
 SEED = int(os.environ.get("AUTOSEG_KILL_SEED", "17"))
-TRAIN_ARGS = ["train", DATASET, "3d_fullres", "all", "--epochs", "3", "--deterministic", "--workers", "0",
-              "--set", "iterations_per_epoch=4", "--set", "val_iterations_per_epoch=1", "--set", "mixed_precision=off"]
+TRAIN_ARGS = ["train", DATASET, "3d_fullres", "all", "--epochs", "2", "--deterministic", "--workers", "0",
+              "--set", "iterations_per_epoch=3", "--set", "val_iterations_per_epoch=1", "--set", "mixed_precision=off"]
 PROBE_SECONDS = 0.01
 
 
@@ -125,7 +125,10 @@ def test_kill_anywhere_then_resume(world: dict[str, Path]) -> None:
     train_seconds = time.monotonic() - start
     model = Path(reference["AUTOSEG_RESULTS"]) / DATASET / MODEL
     predicted_ref = world["base"] / "predicted_reference"
-    images = world["raw"] / DATASET / "imagesTr"
+    images = world["base"] / "images"  # three cases to predict
+    images.mkdir()
+    for case in CASES[:3]:
+        shutil.copy(world["raw"] / DATASET / "imagesTr" / f"{case}_0000.nii.gz", images)
     predict_args = ["predict", "-i", images, "-m", model, "--no-tta", "--mixed-precision", "off"]
     start = time.monotonic()
     cli(reference, *predict_args, "-o", predicted_ref)
