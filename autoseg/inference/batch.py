@@ -8,6 +8,7 @@ whose outputs exist (every output is written atomically, so an existing file is 
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,12 +31,14 @@ from autoseg.errors import AutosegError, InferenceError
 from autoseg.inference.model import LoadedModel, find_model_folder, load_model
 from autoseg.inference.predictor import Prediction, predict_array
 from autoseg.inference.sliding_window import DEFAULT_STEP
-from autoseg.utils.atomic import atomic_path, atomic_write_json, remove_stale_temporaries
+from autoseg.utils.atomic import atomic_path, atomic_write_json, folder_lock, remove_stale_temporaries
 from autoseg.utils.device import autocast_dtype
 from autoseg.utils.progress import Failure, track
 
 DEFAULT_OUTPUT_ENDING = ".nii.gz"
 PREDICT_INFO = "predict_info.json"
+# predict_info.json keys that must agree for two runs to share an output folder.
+SAME_RUN_KEYS = ("configuration", "plans_name", "folds", "checkpoint", "step", "tta", "autocast_dtype")
 PROBABILITIES_KEY = "probabilities"
 
 
@@ -248,7 +251,7 @@ def predict_folder(
     info = _predict_info(loaded, step, tta, save_probabilities, mixed_precision)  # checks the settings first
     output.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(output)  # what a killed run left half-written
-    atomic_write_json(output / PREDICT_INFO, info)
+    claim_output_folder(output, info)
     report = PredictReport(output)
     for case in track(cases, f"predict {loaded.configuration_name}"):
         ending = output_ending(case, loaded.dataset.file_ending)
@@ -279,6 +282,36 @@ def predict_folder(
         raise error
     return report
 
+
+
+def _run_identity(info: dict[str, Any]) -> dict[str, Any]:
+    """What makes two runs' label maps comparable: the model (by name: a zip unpacks to a new temporary
+    folder each time) and the settings that change the labels."""
+    return {"model": Path(str(info.get("model_folder"))).name, **{k: info.get(k) for k in SAME_RUN_KEYS}}
+
+
+def claim_output_folder(output: Path, info: dict[str, Any]) -> None:
+    """Record this run in ``predict_info.json``, or refuse a folder holding another model's predictions.
+
+    Runs with the same model and settings may share a folder (``--num-parts`` shards, a rerun, two runs
+    at once: each output is written atomically and the same); a run with others would mix label maps
+    of two models under one description, so it is refused (under a lock, so two starting runs cannot
+    both pass the check)."""
+    path = output / PREDICT_INFO
+    with folder_lock(output):
+        try:
+            previous = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        except (OSError, ValueError):
+            previous = None  # unreadable: a killed writer's, replaced below
+        if isinstance(previous, dict):
+            old, new = _run_identity(previous), _run_identity(info)
+            differences = [f"{k} {old[k]!r} vs {new[k]!r}" for k in old if old[k] != new[k]]
+            if differences:
+                raise InferenceError(
+                    f"{path}: this folder holds predictions of another model or settings ({'; '.join(differences)}); "
+                    "choose another output folder, or delete this one to replace them"
+                )
+        atomic_write_json(path, info)
 
 
 def _predict_info(

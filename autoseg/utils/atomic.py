@@ -97,6 +97,23 @@ def remove_stale_temporaries(folder: str | os.PathLike[str], target_name: str | 
     return removed
 
 
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike[str]) -> Iterator[None]:
+    """Exclusive lock on a folder itself (``flock`` on its descriptor: no lock file left among the
+    results, released by the kernel when a holder is killed); off POSIX, no lock."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
 def _fsync(path: Path) -> None:
     """fsync a file or (POSIX) a folder; file systems that refuse it (some network mounts) are skipped."""
     with contextlib.suppress(OSError):
