@@ -78,8 +78,10 @@ def header_field(fields: dict[str, tuple[int, str]]) -> st.SearchStrategy[Callab
             return data[:offset] + packed + data[offset + len(packed):]
         apply.__name__ = f"{name}={value!r}"
         return apply
-    return st.builds(mutate, st.sampled_from(sorted(fields)),
-                     st.one_of(SIGNED, FLOATS).filter(lambda v: v == v or True))
+    def values(name: str) -> st.SearchStrategy[float]:
+        return FLOATS if fields[name][1][-1] in "fd" else SIGNED
+
+    return st.sampled_from(sorted(fields)).flatmap(lambda name: st.builds(mutate, st.just(name), values(name)))
 
 
 def byte_flips(header_bytes: int) -> st.SearchStrategy[Callable[[bytes], bytes]]:
@@ -175,7 +177,7 @@ def _check_reader(path: Path) -> None:
     try:
         data, geometry = read_finite_case([path])
     except AutosegError as exc:
-        assert str(path) in str(exc) or "input" in str(exc), str(exc)
+        assert str(path) in str(exc), str(exc)
         return
     assert data.ndim == 4 and np.isfinite(data).all() and len(geometry.spacing) == 3
 
@@ -185,7 +187,7 @@ def _check_verify(folder: Path, path: Path) -> None:
     assert "Traceback" not in result.output, result.output
     assert result.exit_code in (0, 2), result.output
     if result.exit_code == 2:
-        assert path.name in result.output or "case" in result.output, result.output
+        assert path.name in result.output, result.output
 
 
 @pytest.mark.parametrize("name", sorted(FORMATS))

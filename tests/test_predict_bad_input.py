@@ -91,7 +91,7 @@ BAD_CASES: dict[str, tuple[Callable[[Path], None], str]] = {
     "infinite voxels": (_with_value(float("-inf")), "bad_0000.nii.gz: holds 0 NaN and 1 infinite voxel(s); replace them"),
     "NaN voxels in NRRD": (lambda f: _array(np.where(np.arange(8 * 9 * 10).reshape(8, 9, 10) == 7, np.nan, 1.0)
                                             .astype(np.float32), f / "bad_0000.nrrd"),
-                           "bad: input holds NaN or infinite values; fix the image"),
+                           "bad_0000.nrrd: holds 1 NaN and 0 infinite voxel(s); replace them"),
     "text named .nii.gz": (lambda f: (f / "bad_0000.nii.gz").write_text("patient notes, not an image"),
                            "bad_0000.nii.gz: cannot be read (truncated or corrupt file?)"),
     "text named .png": (lambda f: (f / "bad_0000.png").write_text("not a picture"),

@@ -133,16 +133,19 @@ def channel_files(case: InputCase, num_channels: int) -> list[Path]:
 
 
 def read_finite_case(files: Sequence[Path]) -> tuple[np.ndarray, Geometry]:
-    """``read_case_images``, refusing NaN/Inf in NIfTI files, which ITK's reader silently turns into numbers."""
-    case = read_case_images(files)  # first: its messages for unreadable files are the specific ones
-    for path in files:
+    """``read_case_images``, refusing NaN/Inf by file name (in NIfTI files, whose reader silently turns them
+    into numbers, from the file's own bytes)."""
+    data, geometry = read_case_images(files)  # first: its messages for unreadable files are the specific ones
+    for path, channel in zip(files, data):
         counts = nifti_nonfinite_counts(path) if path.is_file() else None
-        if counts and any(counts):
+        if counts is None:
+            counts = (int(np.isnan(channel).sum()), int(np.isinf(channel).sum()))
+        if any(counts):
             raise InferenceError(
                 f"{path}: holds {counts[0]} NaN and {counts[1]} infinite voxel(s); replace them (e.g. by the "
                 "background value) and export the image again"
             )
-    return case
+    return data, geometry
 
 
 def output_ending(case: InputCase, dataset_ending: str) -> str:
