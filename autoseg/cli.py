@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -224,7 +225,7 @@ def predict(
     configuration: Optional[str] = typer.Option(None, "-c", "--configuration", help="2d, 3d_fullres, 3d_lowres or 3d_cascade_fullres (with -d)"),
     network: Optional[str] = typer.Option(None, "--network", help="network of the model to use with -d/-c (default: the only one trained)"),
     plans_name: Optional[str] = typer.Option(None, "--plans-name", help="plans of the model to use with -d/-c"),
-    model_folder: Optional[Path] = typer.Option(None, "-m", "--model", help="a model folder <results>/<Dataset>/<network>__<plans>__<config> (instead of -d/-c)"),
+    model_folder: Optional[Path] = typer.Option(None, "-m", "--model", help="a model folder <results>/<Dataset>/<network>__<plans>__<config>, or a zip from export-model (checked like import-model, unpacked to a temporary folder) (instead of -d/-c)"),
     folds: Optional[list[str]] = typer.Option(None, "-f", "--fold", help="folds to ensemble, e.g. -f 0 -f 1, or -f all (default: every trained fold)"),
     checkpoint: str = typer.Option("final", "--checkpoint", help="final, best or latest"),
     step: float = typer.Option(0.5, "--step", help="sliding-window step as a fraction of the patch"),
@@ -248,17 +249,22 @@ def predict(
         raise UsageError(f"--step {step}: must be in (0, 1] (a fraction of the patch; 0.5 overlaps tiles by half)")
     if (model_folder is None) == (dataset is None or configuration is None):
         raise UsageError("give either -m MODEL_FOLDER or both -d DATASET and -c CONFIGURATION")
-    model = model_folder or find_model_folder(dataset, configuration, network, plans_name)
-    if engine == "onnxruntime":
-        from autoseg.inference.onnx_model import load_onnx_model
+    with contextlib.ExitStack() as stack:
+        if model_folder is not None and model_folder.suffix.lower() == ".zip" and model_folder.is_file() and engine == "torch":
+            from autoseg.evaluation.model_files import unpacked_model
 
-        model, mixed_precision = load_onnx_model(model, _folds(folds)), "off"
-    elif engine != "torch":
-        raise UsageError(f"--engine {engine}: choose torch or onnxruntime")
-    report = predict_folder(
-        input, output, model, _folds(folds), checkpoint, step, not no_tta, save_probabilities, device,
-        num_parts, part_id, continue_, mixed_precision, compile_networks=compile_,
-    )
+            model_folder = stack.enter_context(unpacked_model(model_folder))
+        model = model_folder or find_model_folder(dataset, configuration, network, plans_name)
+        if engine == "onnxruntime":
+            from autoseg.inference.onnx_model import load_onnx_model
+
+            model, mixed_precision = load_onnx_model(model, _folds(folds)), "off"
+        elif engine != "torch":
+            raise UsageError(f"--engine {engine}: choose torch or onnxruntime")
+        report = predict_folder(
+            input, output, model, _folds(folds), checkpoint, step, not no_tta, save_probabilities, device,
+            num_parts, part_id, continue_, mixed_precision, compile_networks=compile_,
+        )
     typer.echo(
         f"{len(report.predicted)} case(s) predicted, {len(report.skipped)} skipped, into {report.output_folder} "
         f"({report.seconds:.1f} s)"

@@ -48,3 +48,61 @@ def test_durations(text: str, seconds: float) -> None:
 def test_bad_durations(text: str) -> None:
     with pytest.raises(UsageError, match="duration"):
         parse_duration(text)
+
+
+def test_permissions_come_from_the_kernel_and_the_umask_is_never_touched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")  # what any new file gets under this process's umask
+
+    def forbidden(mask: int) -> int:
+        raise AssertionError("os.umask changes the mask of every thread")
+
+    monkeypatch.setattr(os, "umask", forbidden)
+    atomic_write_json(tmp_path / "a.json", [1])
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="folders are fsynced on POSIX only")
+@pytest.mark.parametrize("durable", [True, False])
+def test_the_folder_is_fsynced_after_the_rename(durable: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "r.json"
+    synced: list[tuple[str, bool]] = []
+    real_fsync = os.fsync
+
+    def recording(fd: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}") if os.path.exists("/proc/self/fd") else "?"
+        synced.append((path, target.exists()))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording)
+    atomic_write_json(target, {"v": 1}, durable=durable)
+    if not durable:
+        assert synced == []
+        return
+    assert len(synced) == 2
+    (file_path, renamed_before_file_sync), (folder_path, renamed_before_folder_sync) = synced
+    assert ".r.json." in file_path and not renamed_before_file_sync  # the temporary, before the rename
+    assert folder_path == str(tmp_path) and renamed_before_folder_sync  # the folder, after the rename
+
+
+@pytest.mark.skipif(os.name != "posix", reason="stale temporaries are recognised on POSIX only")
+def test_only_the_temporaries_of_dead_writers_are_removed(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from autoseg.utils.atomic import HOST_TAG, remove_stale_temporaries
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    dead_pid = int(dead.stdout)
+    names = {
+        "dead": f".a.json.{HOST_TAG}-{dead_pid}-{'0' * 16}.tmp.json",
+        "alive (this process)": f".a.json.{HOST_TAG}-{os.getpid()}-{'1' * 16}.tmp.json",
+        "other machine": f".a.json.0badc0de-{dead_pid}-{'2' * 16}.tmp.json",
+        "dead, other target": f".b.json.{HOST_TAG}-{dead_pid}-{'3' * 16}.tmp.json",
+        "not ours": ".a.json.tmp",
+    }
+    for name in names.values():
+        (tmp_path / name).write_text("partial")
+    assert remove_stale_temporaries(tmp_path, "a.json") == [tmp_path / names["dead"]]
+    assert remove_stale_temporaries(tmp_path) == [tmp_path / names["dead, other target"]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[k] for k in ("alive (this process)", "other machine", "not ours"))

@@ -35,3 +35,26 @@ def test_autocast_settings() -> None:
         autocast_dtype("fp16", cpu)
     with pytest.raises(TrainingError, match="mixed_precision='half': choose auto, fp16, bf16 or off"):
         autocast_dtype("half", cpu, TrainingError)
+
+
+@pytest.mark.parametrize(
+    ("flags", "native"),
+    [
+        ("fpu sse avx2 avx512f avx512bw avx512vl avx512dq", False),  # AVX-512 without bf16: emulated, never auto
+        ("fpu avx512f avx512bw avx512vl avx512dq avx512_bf16", True),
+        ("fpu avx512f avx512bw amx_tile amx_bf16", True),
+        (None, False),  # flags unreadable: no guess
+    ],
+)
+def test_native_bf16_needs_bf16_instructions(flags: str | None, native: bool, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import autoseg.utils.device as device_module
+
+    cpuinfo = tmp_path / "cpuinfo"
+    if flags is not None:
+        cpuinfo.write_text(f"processor\t: 0\nmodel name\t: test\nflags\t\t: {flags}\n\n")
+    monkeypatch.setattr(device_module, "CPUINFO", cpuinfo)
+    monkeypatch.setattr(device_module.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)  # torch's check: AVX-512 BW/VL/DQ
+    assert cpu_has_native_bf16() is native
+    assert autocast_dtype("auto", torch.device("cpu")) == (torch.bfloat16 if native else None)
+    assert autocast_dtype("bf16", torch.device("cpu")) == torch.bfloat16  # asked for by name: the user's choice

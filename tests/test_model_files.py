@@ -21,13 +21,15 @@ from autoseg.evaluation.model_files import (
 from autoseg.networks import Topology, create_network
 from autoseg.utils.weights_file import load_weights, save_weights, weights_from_bytes, weights_to_bytes
 
+from preprocessing_helpers import make_configuration, make_plans
+
 torch.set_num_threads(1)
 
 DATASET = "Dataset123_Tiny"
 MODEL = "unet__autosegPlans__3d_fullres"
 TOPOLOGY = Topology(3, [2, 4], [[3, 3, 3]] * 2, [[1, 1, 1], [2, 2, 2]])
 FOLDS = (0, 1)
-PLANS = {"version": 1, "plans_name": "autosegPlans", "configurations": {"3d_fullres": {"patch_size": [8, 8, 8]}}}
+PLANS = make_plans({"3d_fullres": make_configuration([1.0, 1.0, 1.0], patch_size=[8, 8, 8])})
 DATASET_JSON = {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "a": 1}, "numTraining": 2, "file_ending": ".nii.gz"}
 
 
@@ -273,7 +275,7 @@ def test_not_a_zip_is_refused(tmp_path: Path) -> None:
     fake.write_bytes(b"\x80\x04pickle")
     with pytest.raises(ModelFileError) as info:
         import_model(fake, tmp_path / "clean")
-    assert str(info.value) == f"{fake}: refusing to import: not a zip file (File is not a zip file)"
+    assert str(info.value) == f"{fake}: refusing to import: not a zip file, or a truncated one (File is not a zip file)"
 
 
 def test_existing_model_folder_is_kept_unless_overwrite(exported: tuple[Path, Path], tmp_path: Path) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,7 @@ from autoseg.dataset.imageio import read_image
 from autoseg.errors import PreprocessingError
 from autoseg.planning.plans import write_plans
 from autoseg.preprocessing import list_cases, load_case, preprocess_dataset, restore_label
+from autoseg.utils.atomic import HOST_TAG
 
 DATASET = "Dataset999_Test"
 IDENTIFIER = "autosegPlans_3d_fullres"
@@ -65,7 +68,8 @@ def test_resume_after_kill_redoes_only_the_incomplete_case(roots: dict[str, Path
     killed = "hippocampus_003"
     # A run killed while writing this case: arrays and a temporary file, but no properties JSON.
     (out / f"{killed}.json").unlink()
-    stale = out / f".{killed}.b2nd.abc123.tmp.b2nd"
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = out / f".{killed}.b2nd.{HOST_TAG}-{int(finished.stdout)}-{'a' * 16}.tmp.b2nd"  # its writer is gone
     stale.write_bytes(b"partial")
     before = _mtimes(out)
     gt_before = _mtimes(roots["preprocessed"] / DATASET / "gt_segmentations")

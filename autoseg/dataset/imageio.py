@@ -112,8 +112,15 @@ def read_image(path: str | Path) -> tuple[np.ndarray, Geometry]:
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
+        if "Refusing to change spacing" in str(exc):  # ITK's words for a zero or NaN voxel size
+            raise DatasetError(f"{path}: voxel spacing is zero or not a number ({_first_line(exc)}); fix the header's "
+                               "voxel size") from None
         raise DatasetError(f"{path}: cannot be read (truncated or corrupt file?): {_first_line(exc)}") from None
-    if ending in (".nii", ".nii.gz") and _nifti_is_truncated(path, ending):
+    try:
+        truncated = ending in (".nii", ".nii.gz") and _nifti_is_truncated(path, ending)
+    except ValueError as exc:
+        raise DatasetError(f"{path}: invalid NIfTI header ({exc}); export the image again") from None
+    if truncated:
         # ITK zero-fills the missing part of a truncated NIfTI without any error.
         raise DatasetError(f"{path}: file is truncated (its voxel data ends early); copy or export it again")
     return _from_sitk(image, path)
@@ -127,12 +134,12 @@ def _nifti_expected_size(header: bytes) -> int | None:
         if len(header) >= 348 and struct.unpack(order + "i", header[:4])[0] == 348:
             dims = struct.unpack(order + "8h", header[40:56])
             bitpix = struct.unpack(order + "h", header[72:74])[0]
-            offset = int(struct.unpack(order + "f", header[108:112])[0])
+            offset = _vox_offset(struct.unpack(order + "f", header[108:112])[0])
             break
         if len(header) >= 540 and struct.unpack(order + "i", header[:4])[0] == 540:
             bitpix = struct.unpack(order + "h", header[14:16])[0]
             dims = struct.unpack(order + "8q", header[16:80])
-            offset = struct.unpack(order + "q", header[168:176])[0]
+            offset = _vox_offset(struct.unpack(order + "q", header[168:176])[0])
             break
     else:
         return None
@@ -141,6 +148,13 @@ def _nifti_expected_size(header: bytes) -> int | None:
 
 
 _NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}
+
+
+def _vox_offset(value: float) -> int:
+    """A NIfTI header's vox_offset as a byte position; ``ValueError`` for NaN, infinite or negative ones."""
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"vox_offset {value}")
+    return int(value)
 
 
 def nifti_nonfinite_counts(path: str | Path) -> tuple[int, int] | None:
@@ -161,15 +175,16 @@ def nifti_nonfinite_counts(path: str | Path) -> tuple[int, int] | None:
     for order in "<>":
         size = struct.unpack(order + "i", raw[:4])[0]
         if size == 348:
-            datatype, offset = struct.unpack(order + "h", raw[70:72])[0], int(struct.unpack(order + "f", raw[108:112])[0])
+            datatype, offset = struct.unpack(order + "h", raw[70:72])[0], struct.unpack(order + "f", raw[108:112])[0]
             break
         if size == 540:
             datatype, offset = struct.unpack(order + "h", raw[12:14])[0], struct.unpack(order + "q", raw[168:176])[0]
             break
     else:
         return None
-    if datatype not in _NIFTI_FLOAT_TYPES:
+    if datatype not in _NIFTI_FLOAT_TYPES or not math.isfinite(offset) or not 0 <= offset <= len(raw):
         return None
+    offset = int(offset)
     dtype = np.dtype(order + _NIFTI_FLOAT_TYPES[datatype])
     usable = (len(raw) - offset) // dtype.itemsize * dtype.itemsize
     voxels = np.frombuffer(raw, dtype=dtype, count=usable // dtype.itemsize, offset=offset)
@@ -222,6 +237,8 @@ def _from_sitk(image: sitk.Image, path: Path) -> tuple[np.ndarray, Geometry]:
         raise DatasetError(
             f"{path}: is {dim}D; autoseg reads 2D or 3D images. Split 4D series into channels (_0000, _0001, ...)"
         )
+    if 0 in image.GetSize():
+        raise DatasetError(f"{path}: has size {'x'.join(map(str, image.GetSize()))}: the image holds no voxels; export it again")
     try:
         array = sitk.GetArrayFromImage(image)
     except RuntimeError as exc:

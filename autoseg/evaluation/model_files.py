@@ -24,15 +24,19 @@ import hashlib
 import json
 import re
 import shutil
+import stat
+import struct
 import tempfile
 import zipfile
+import zlib
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from autoseg import __version__
-from autoseg.errors import ModelFileError
+from autoseg.errors import AutosegError, ModelFileError
 from autoseg.paths import results_root as default_results_root
+from autoseg.utils.atomic import remove_stale_temporaries
 from autoseg.utils.checksummed_zip import MANIFEST, write_checksummed_zip
 from autoseg.utils.weights_file import SUFFIX, checkpoint_name, load_weights, weights_exist, weights_from_bytes, weights_to_bytes
 
@@ -45,6 +49,10 @@ OPTIONAL_FILES = ("training_config.yaml", "postprocessing.json")
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # one path component, no '..', no separators
 FOLD_DIR = re.compile(r"^fold_(\d+|all)$")
 CHECKPOINT_NAME = re.compile(r"^checkpoint_[A-Za-z0-9_]+\.safetensors$")
+# Declared uncompressed size a model file may reach: 5 folds of nnU-Net's largest published networks
+# fit many times over; a bigger declaration is a zip bomb, refused before anything is inflated.
+MAX_UNCOMPRESSED_BYTES = 16 * 1024**3
+LOCAL_HEADER = struct.Struct("<4s5H3I2H")  # zip local file header (APPNOTE 4.3.7), 30 bytes
 
 
 # ---------------------------------------------------------------------------------------------- export
@@ -132,6 +140,8 @@ def export_model(
         "folds": [str(f) for f in folds],
         "checkpoint": checkpoint,
     }
+    output_zip = Path(output_zip)
+    remove_stale_temporaries(output_zip.parent, output_zip.name)  # what a killed export left half-written
     return write_checksummed_zip(output_zip, manifest, members)
 
 
@@ -149,10 +159,91 @@ def _is_safe_member(name: str) -> bool:
     )
 
 
+def _check_entries(infos: Sequence[zipfile.ZipInfo], refuse: str) -> None:
+    """Refuse symlinks, compression export-model never uses, and sizes no model reaches (zip bombs)."""
+    for info in infos:
+        if stat.S_ISLNK(info.external_attr >> 16):
+            raise ModelFileError(f"{refuse}: member {info.filename!r} is a symbolic link; model files hold plain files only")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise ModelFileError(f"{refuse}: member {info.filename!r} uses compression method {info.compress_type}; "
+                                 "export-model writes stored or deflated members only")
+    declared = sum(info.file_size for info in infos)
+    if declared > MAX_UNCOMPRESSED_BYTES:
+        raise ModelFileError(f"{refuse}: its members declare {declared / 1024**3:.1f} GiB uncompressed, more than any "
+                             f"model ({MAX_UNCOMPRESSED_BYTES / 1024**3:.0f} GiB); a zip bomb or not a model file")
+
+
+def _inflate(archive: zipfile.ZipFile, info: zipfile.ZipInfo, refuse: str) -> bytes:
+    """A member's bytes, never inflating more than its declared size (plus one byte that proves a lie)."""
+    where = f"{refuse}: member {info.filename!r}"
+    handle = archive.fp
+    assert handle is not None
+    handle.seek(info.header_offset)
+    header = handle.read(LOCAL_HEADER.size)
+    if len(header) < LOCAL_HEADER.size or header[:4] != b"PK\x03\x04":
+        raise ModelFileError(f"{where} cannot be read (the zip is truncated or damaged)")
+    fields = LOCAL_HEADER.unpack(header)
+    handle.seek(fields[-2] + fields[-1], 1)  # file name and extra field
+    raw = handle.read(info.compress_size)
+    if len(raw) < info.compress_size:
+        raise ModelFileError(f"{where} cannot be read (the zip is truncated: its data ends early)")
+    if info.compress_type == zipfile.ZIP_DEFLATED:
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        try:
+            data = inflater.decompress(raw, info.file_size + 1)
+        except zlib.error as exc:
+            raise ModelFileError(f"{where} cannot be read (damaged compressed data: {exc})") from None
+        if len(data) > info.file_size or inflater.unconsumed_tail:
+            raise ModelFileError(f"{where} inflates beyond its declared size of {info.file_size} bytes (a zip bomb?)")
+    else:
+        data = raw
+    if len(data) != info.file_size or zlib.crc32(data) != info.CRC:
+        raise ModelFileError(f"{where} cannot be read (its size or CRC-32 does not match the zip's directory; truncated or damaged)")
+    return data
+
+
+def _check_description_files(members: Mapping[str, bytes], models: Sequence[str], refuse: str) -> None:
+    """plans.json and dataset.json must pass the checks ``load_model`` makes, so predict can use them."""
+    from autoseg.dataset.description import parse_description
+    from autoseg.planning.plans import get_configuration, validate_plans
+
+    for model in models:
+        configuration = model.rsplit("__", 1)[-1]
+        for file in REQUIRED_FILES:
+            name = f"{model}/{file}"
+            try:
+                data = json.loads(members[name].decode("utf-8"))
+                if file == "dataset.json":
+                    if not isinstance(data, dict):
+                        raise ModelFileError(f"{name}: must hold a JSON object")
+                    parse_description(data, Path(name))
+                else:
+                    _check_plan_numbers(get_configuration(validate_plans(data, name), configuration), name)
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise ModelFileError(f"{refuse}: member {name!r} is not valid JSON ({exc})") from None
+            except AutosegError as exc:
+                raise ModelFileError(f"{refuse}: {exc}") from None
+            except (TypeError, ValueError, KeyError, AttributeError) as exc:
+                raise ModelFileError(f"{refuse}: member {name!r} has a field of the wrong type ({type(exc).__name__}: {exc})") from None
+
+
+def _check_plan_numbers(config: Mapping[str, Any], name: str) -> None:
+    """The configuration's numbers inference computes with: lists of positive numbers of the right length."""
+    dims = config["spatial_dims"]
+    for key, kind in (("spacing", (int, float)), ("patch_size", (int,))):
+        values = config[key]
+        good = isinstance(values, list) and len(values) in (dims, 3) and all(
+            isinstance(v, kind) and not isinstance(v, bool) and v > 0 for v in values)
+        if not good:
+            raise ModelFileError(f"{name}: configuration {key} {values!r} is not a list of {dims} positive numbers")
+    if not isinstance(config["network"], dict) or not isinstance(config["network"].get("name"), str):
+        raise ModelFileError(f"{name}: configuration network {config['network']!r} lacks a network name")
+
+
 def _read_manifest(archive: zipfile.ZipFile, zip_path: Path) -> dict[str, Any]:
     refuse = f"{zip_path}: refusing to import"
     try:
-        manifest = json.loads(archive.read(MANIFEST).decode("utf-8"))
+        manifest = json.loads(_inflate(archive, archive.getinfo(MANIFEST), refuse).decode("utf-8"))
     except KeyError:
         raise ModelFileError(f"{refuse}: no {MANIFEST}; the file was not written by autoseg export-model") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -214,11 +305,13 @@ def validate_model_file(zip_path: str | Path) -> tuple[dict[str, Any], dict[str,
     except FileNotFoundError:
         raise ModelFileError(f"{zip_path}: not found") from None
     except (zipfile.BadZipFile, OSError) as exc:
-        raise ModelFileError(f"{refuse}: not a zip file ({exc})") from None
+        raise ModelFileError(f"{refuse}: not a zip file, or a truncated one ({exc})") from None
     with archive:
+        infos = {info.filename: info for info in archive.infolist()}
         names = [info.filename for info in archive.infolist()]
         _refuse_first([n for n in names if not _is_safe_member(n)], refuse + ": member {name!r} has an unsafe path (absolute, '..' or unusual characters)")
         _refuse_first([n for n in set(names) if names.count(n) > 1], refuse + ": member {name!r} appears twice")
+        _check_entries(archive.infolist(), refuse)
         manifest = _read_manifest(archive, zip_path)
         listed, present = manifest["files"], set(names) - {MANIFEST}
         _refuse_first(list(present - set(listed)), refuse + ": member {name!r} is not listed in " + MANIFEST + "; the file was altered after export")
@@ -228,15 +321,13 @@ def validate_model_file(zip_path: str | Path) -> tuple[dict[str, Any], dict[str,
         _refuse_first(list(required - present), refuse + ": required member {name!r} is missing; the file is incomplete")
         members = {}
         for name in sorted(present):
-            try:
-                data = archive.read(name)
-            except (zipfile.BadZipFile, OSError) as exc:  # CRC mismatch, truncated file
-                raise ModelFileError(f"{refuse}: member {name!r} cannot be read ({exc})") from None
+            data = _inflate(archive, infos[name], refuse)
             if hashlib.sha256(data).hexdigest() != listed[name]:
                 raise ModelFileError(f"{refuse}: member {name!r} does not match its sha256 in {MANIFEST}; the file was altered or damaged")
             if name.endswith(SUFFIX):
                 _check_weights(data, f"{refuse}: member {name!r}")
             members[name] = data
+    _check_description_files(members, manifest["models"], refuse)
     return manifest, members
 
 
@@ -293,3 +384,16 @@ def _replace_folder(source: Path, target: Path) -> None:
     if backup is not None:
         with contextlib.suppress(OSError):
             shutil.rmtree(backup)
+
+
+@contextlib.contextmanager
+def unpacked_model(zip_path: str | Path) -> Iterator[Path]:
+    """A model zip checked like ``import_model`` and unpacked into a temporary folder, never the results
+    root (``predict -m model.zip``); yields the model folder to predict with (a cascade's last stage)."""
+    with tempfile.TemporaryDirectory(prefix="autoseg-model-") as tmp:
+        folders = import_model(zip_path, tmp)
+        chosen = [f for f in folders if f.name.endswith("__3d_cascade_fullres")] if len(folders) > 1 else folders
+        if len(chosen) != 1:
+            raise ModelFileError(f"{zip_path}: holds {len(folders)} models ({', '.join(f.name for f in folders)}); "
+                                 "install it with autoseg import-model and choose one with -m")
+        yield chosen[0]

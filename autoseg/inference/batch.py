@@ -8,12 +8,14 @@ whose outputs exist (every output is written atomically, so an existing file is 
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 
 from autoseg.dataset.cases import CHANNEL_SUFFIX, channel_file_gaps
@@ -23,6 +25,7 @@ from autoseg.dataset.imageio import (
     SUPPORTED_ENDINGS,
     Geometry,
     image_ending,
+    nifti_nonfinite_counts,
     read_case_images,
     write_image,
 )
@@ -30,12 +33,14 @@ from autoseg.errors import AutosegError, InferenceError
 from autoseg.inference.model import LoadedModel, find_model_folder, load_model
 from autoseg.inference.predictor import Prediction, predict_array
 from autoseg.inference.sliding_window import DEFAULT_STEP
-from autoseg.utils.atomic import atomic_path, atomic_write_json
+from autoseg.utils.atomic import atomic_path, atomic_write_json, folder_lock, remove_stale_temporaries
 from autoseg.utils.device import autocast_dtype
 from autoseg.utils.progress import Failure, track
 
 DEFAULT_OUTPUT_ENDING = ".nii.gz"
 PREDICT_INFO = "predict_info.json"
+# predict_info.json keys that must agree for two runs to share an output folder.
+SAME_RUN_KEYS = ("configuration", "plans_name", "folds", "checkpoint", "step", "tta", "autocast_dtype")
 PROBABILITIES_KEY = "probabilities"
 
 
@@ -65,9 +70,14 @@ class PredictReport:
 
 
 def _is_dicom_folder(folder: Path) -> bool:
-    """A folder without image files or subfolders is read as one DICOM series."""
+    """A folder without image files or subfolders, in which GDCM finds a series, is read as one DICOM series."""
     entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
-    return bool(entries) and not any(p.is_dir() or image_ending(p) for p in entries)
+    if not entries or any(p.is_dir() or image_ending(p) for p in entries):
+        return False
+    try:
+        return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    except RuntimeError:
+        return False
 
 
 def _add(cases: dict[str, InputCase], path: Path, stem: str) -> None:
@@ -106,7 +116,11 @@ def discover_cases(input_path: str | Path) -> list[InputCase]:
             elif (ending := image_ending(entry)):
                 _add(cases, entry, entry.name[: -len(ending)])
     if not cases:
-        raise InferenceError(f"{path}: no images found; expected <case>_0000<ending> files or DICOM series folders")
+        ignored = sorted(p.name for p in path.iterdir() if not p.name.startswith("."))[:5] if path.is_dir() else []
+        raise InferenceError(
+            f"{path}: no images found{' (not images: ' + ', '.join(ignored) + ')' if ignored else ''}; expected "
+            f"<case>_0000<ending> files ({', '.join(SUPPORTED_ENDINGS)}) or DICOM series folders"
+        )
     return [cases[k] for k in sorted(cases)]
 
 
@@ -124,6 +138,22 @@ def channel_files(case: InputCase, num_channels: int) -> list[Path]:
             f"({expected}); name files <case>_XXXX<ending>"
         )
     return [case.channels[c] for c in sorted(case.channels)]
+
+
+def read_finite_case(files: Sequence[Path], num_channels: int) -> tuple[np.ndarray, Geometry]:
+    """``read_case_images``, refusing NaN/Inf by file name (in NIfTI files, whose reader silently turns them
+    into numbers, from the file's own bytes)."""
+    data, geometry = read_case_images(files, num_channels)  # first: its messages for unreadable files are the specific ones
+    fix = "replace them (e.g. by the background value) and export the image again"
+    for path in files:
+        counts = nifti_nonfinite_counts(path) if path.is_file() else None
+        if counts is not None and any(counts):
+            raise InferenceError(f"{path}: holds {counts[0]} NaN and {counts[1]} infinite voxel(s); {fix}")
+    nan, inf = int(np.isnan(data).sum()), int(np.isinf(data).sum())
+    if nan or inf:  # other formats (one file may hold several colour channels)
+        where = str(files[0]) if len(files) == 1 else f"{files[0]} (+ {len(files) - 1} more file(s) of the case)"
+        raise InferenceError(f"{where}: holds {nan} NaN and {inf} infinite voxel(s); {fix}")
+    return data, geometry
 
 
 def output_ending(case: InputCase, dataset_ending: str) -> str:
@@ -225,8 +255,14 @@ def predict_folder(
     """
     start = time.perf_counter()
     input_path, output = Path(input_path), Path(output_folder)
-    if output.resolve() == (input_path if input_path.is_dir() else input_path.parent).resolve():
+    input_folder = (input_path if input_path.is_dir() else input_path.parent).resolve()
+    if output.resolve() == input_folder:
         raise InferenceError(f"{output}: output folder equals the input folder; choose another output folder")
+    if output.resolve().is_relative_to(input_folder) and input_path.is_dir():
+        raise InferenceError(
+            f"{output}: output folder lies inside the input folder {input_path} (its label maps would be read "
+            "as input cases next time); choose a folder outside it"
+        )
     cases = shard(discover_cases(input_path), num_parts, part_id)
     loaded = _resolve_model(model, folds, checkpoint, device)
     info = _predict_info(loaded, step, tta, save_probabilities, mixed_precision)  # checks the settings first
@@ -234,7 +270,8 @@ def predict_folder(
         loaded.networks = [torch.compile(network) for network in loaded.networks]
     info["compiled"] = compile_networks
     output.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(output / PREDICT_INFO, info)
+    remove_stale_temporaries(output)  # what a killed run left half-written
+    claim_output_folder(output, info)
     report = PredictReport(output, dataset=loaded.dataset)
     for case in track(cases, f"predict {loaded.configuration_name}"):
         ending = output_ending(case, loaded.dataset.file_ending)
@@ -243,7 +280,7 @@ def predict_folder(
             report.skipped.append(case.case_id)
             continue
         try:
-            data, geometry = read_case_images(channel_files(case, loaded.num_image_channels), loaded.num_image_channels)
+            data, geometry = read_finite_case(channel_files(case, loaded.num_image_channels), loaded.num_image_channels)
             prediction = predict_array(
                 loaded, data, geometry, step=step, tta=tta, return_probabilities=save_probabilities,
                 batch_tiles=batch_tiles, mixed_precision=mixed_precision, overwrite_input=True,
@@ -265,6 +302,36 @@ def predict_folder(
         raise error
     return report
 
+
+
+def _run_identity(info: dict[str, Any]) -> dict[str, Any]:
+    """What makes two runs' label maps comparable: the model (by name: a zip unpacks to a new temporary
+    folder each time) and the settings that change the labels."""
+    return {"model": Path(str(info.get("model_folder"))).name, **{k: info.get(k) for k in SAME_RUN_KEYS}}
+
+
+def claim_output_folder(output: Path, info: dict[str, Any]) -> None:
+    """Record this run in ``predict_info.json``, or refuse a folder holding another model's predictions.
+
+    Runs with the same model and settings may share a folder (``--num-parts`` shards, a rerun, two runs
+    at once: each output is written atomically and the same); a run with others would mix label maps
+    of two models under one description, so it is refused (under a lock, so two starting runs cannot
+    both pass the check)."""
+    path = output / PREDICT_INFO
+    with folder_lock(output):
+        try:
+            previous = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        except (OSError, ValueError):
+            previous = None  # unreadable: a killed writer's, replaced below
+        if isinstance(previous, dict):
+            old, new = _run_identity(previous), _run_identity(info)
+            differences = [f"{k} {old[k]!r} vs {new[k]!r}" for k in old if old[k] != new[k]]
+            if differences:
+                raise InferenceError(
+                    f"{path}: this folder holds predictions of another model or settings ({'; '.join(differences)}); "
+                    "choose another output folder, or delete this one to replace them"
+                )
+        atomic_write_json(path, info)
 
 
 def _predict_info(

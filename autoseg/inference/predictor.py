@@ -20,12 +20,16 @@ from autoseg.errors import InferenceError
 from autoseg.inference.model import LoadedModel
 from autoseg.inference.sliding_window import DEFAULT_STEP, sliding_window_predict, sliding_window_slabs
 from autoseg.preprocessing.inverse import ProbabilityExport, label_to_preprocessed_grid
-from autoseg.preprocessing.pipeline import preprocess_case
+from autoseg.preprocessing.pipeline import configuration_dict, preprocess_case, target_spacing, transposed
+from autoseg.preprocessing.resampling import new_shape
 from autoseg.utils.device import autocast_dtype
 
 # reference.md §4: float16 accumulators halve memory (14 classes x 512x512x400: 2.9 vs 5.9 GB). When the
 # whole probability map is asked for (``predict_preprocessed``) and float32 would exceed this, float16.
 FLOAT16_ACCUMULATOR_ABOVE_BYTES = 2 * 1024**3
+# An image that would hold more voxels than this at the model's spacing (8 GiB per float32 channel) has
+# a voxel size that cannot be real (1e6 mm in a header): refused instead of filling the memory.
+MAX_RESAMPLED_VOXELS = 2**31
 
 
 @dataclass
@@ -69,6 +73,25 @@ def check_input(model: LoadedModel, data: np.ndarray, geometry: Geometry) -> Non
         )
     if not np.all(np.isfinite(data)):
         raise InferenceError("input holds NaN or infinite values; fix the image (e.g. replace NaN by the background value)")
+    _check_grid(model, data.shape[1:], geometry)
+
+
+def _check_grid(model: LoadedModel, shape: Sequence[int], geometry: Geometry) -> None:
+    """Refuse empty images and voxel sizes that cannot be resampled to the model's spacing."""
+    if 0 in shape:
+        raise InferenceError(f"input has shape {tuple(shape)}: the image holds no voxels; export it again")
+    spacing = ", ".join(f"{s:g}" for s in geometry.spacing)
+    if not all(math.isfinite(s) and s > 0 for s in geometry.spacing):
+        raise InferenceError(f"voxel spacing ({spacing}) mm: must be positive and finite; fix the image header's voxel size")
+    order = [int(a) for a in model.plans.get("transpose_forward", range(len(shape)))]
+    config = configuration_dict(model.plans, model.configuration_name)
+    case_spacing = transposed(geometry.spacing, order)
+    voxels = math.prod(new_shape(transposed(shape, order), case_spacing, target_spacing(config, case_spacing)))
+    if voxels > MAX_RESAMPLED_VOXELS:
+        raise InferenceError(
+            f"voxel spacing ({spacing}) mm: resampled to the model's spacing {config['spacing']} this "
+            f"{'x'.join(map(str, shape))} image would hold {voxels:.3g} voxels; fix the image header's voxel size"
+        )
 
 
 def _activation(model: LoadedModel) -> str:

@@ -3,7 +3,7 @@
 Parallel over cases; a failing case is named with its reason while the others complete. Resumable: a
 case whose stored properties carry the same input fingerprint (plan parameters + input files) is
 skipped, and a case killed mid-write has no properties JSON, so it is redone. Nothing is deleted except
-this module's own stale temporary files, and raw data is only read.
+the temporary files of killed runs (``remove_stale_temporaries``), and raw data is only read.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from autoseg.paths import resolve_dataset
 from autoseg.planning.plans import get_configuration, load_plans, plans_path
 from autoseg.preprocessing import store
 from autoseg.preprocessing.pipeline import preprocess_case
-from autoseg.utils.atomic import atomic_path
+from autoseg.utils.atomic import atomic_path, remove_stale_temporaries
 from autoseg.utils.progress import Failure, default_workers, parallel_map
 
 FORMAT_VERSION = 1  # bump when preprocessing changes its output for the same plan and input
@@ -112,19 +112,11 @@ def _is_done(folder: Path, case_id: str, fingerprint: str) -> bool:
     return properties.get("input_fingerprint") == fingerprint
 
 
-def _remove_stale_temporaries(folder: Path, case_id: str) -> None:
-    """Temporary files a killed run left for this case (atomic_path names them ``.<target>.*``)."""
-    for target in store.case_paths(folder, case_id):
-        for tmp in folder.glob(f".{target.name}.*"):
-            tmp.unlink(missing_ok=True)
-
-
 def preprocess_one(
     case_id: str, images: Sequence[Path], label: Path, plans: dict[str, Any], configuration: str,
     folder: Path, fingerprint: str,
 ) -> dict[str, Any]:
     """Read, preprocess and store one training case (runs in a worker process)."""
-    _remove_stale_temporaries(folder, case_id)
     data, geometry = read_case_images(images, len(plans["channel_names"]))
     seg, _ = read_image(label)
     if seg.shape != data.shape[1:]:
@@ -190,12 +182,14 @@ def preprocess_dataset(
                 args = (case.case_id, case.images, case.label, plans, group[0], out.output_dir, fingerprint)
                 items.append((case.case_id, args))
         out.output_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out.output_dir)  # a killed run's; a concurrent run's are left alone
         results, out.failed = parallel_map(
             preprocess_one, items, min(workers, max(1, len(items))), f"preprocess {identifier}"
         )
         out.processed = sorted(results)
         report.outputs.append(out)
     gt_dir = location.preprocessed_dir / GT_FOLDER
+    remove_stale_temporaries(gt_dir)
     for case in cases:
         assert case.label is not None
         if copy_ground_truth(case.label, gt_dir / f"{case.case_id}{description.file_ending}"):

@@ -31,7 +31,7 @@ from autoseg.training.pretrained import load_pretrained
 from autoseg.training.splits import FOLD_ALL, fold_cases
 from autoseg.training.trainer import FoldRun, Trainer
 from autoseg.training.validation import GT_FOLDER, VALIDATION_FOLDER, validate_fold
-from autoseg.utils.atomic import atomic_path, atomic_write_json, atomic_write_text
+from autoseg.utils.atomic import atomic_path, atomic_write_json, atomic_write_text, remove_stale_temporaries
 from autoseg.utils.device import choose_device as shared_choose_device
 from autoseg.utils.device import device_memory_bytes
 
@@ -136,6 +136,8 @@ def train_fold(
                 predictions = previous_stage_predictions(location.results_dir, network_name, plans_name, plan["previous_stage"])
                 prepare_previous_stage(predictions, previous_cache, store, case_ids, plans, configuration, description.file_ending)
         if context.is_main:
+            for folder in (model_folder, model_folder / f"fold_{fold}", model_folder / f"fold_{fold}" / "validation"):
+                remove_stale_temporaries(folder)  # what a killed run left half-written
             _model_folder_files(model_folder, plans, location.raw_dir, config)
             # Each fold keeps the exact config it was trained with (folds may differ in --set values).
             atomic_write_text(model_folder / f"fold_{fold}" / CONFIG_FILE, dump_config(config))
@@ -189,8 +191,9 @@ def _restore_or_check(trainer: Trainer, run: FoldRun) -> None:
                 "(with --epochs), or delete the folder to start over"
             )
         return
-    if not latest.is_file():
-        raise TrainingError(f"{latest}: nothing to continue; train the fold without --continue first")
+    if not latest.is_file():  # killed before its first checkpoint (as nnU-Net's --c): start the fold
+        trainer.monitor.log(f"{latest}: no checkpoint to continue from yet; training the fold from the start")
+        return
     trainer.load(latest)
     if run.epochs is not None:
         total = run.epochs * trainer.iterations_per_epoch

@@ -29,6 +29,7 @@ from autoseg.networks import create_network, get_network_spec
 from autoseg.preprocessing.store import load_properties
 from autoseg.training import budget as budget_rules
 from autoseg.training.augmentation import resolve_augmentation, sampling_size
+from autoseg.training.bf16_guard import bf16_step_survives
 from autoseg.training.checkpoints import (
     BEST,
     FINAL,
@@ -59,6 +60,7 @@ from autoseg.training.distributed import (
 from autoseg.training.monitor import Monitor
 from autoseg.training.splits import FOLD_ALL
 from autoseg.training.steps import LabelSpec, WithAux, build_step
+from autoseg.training.watchdog import IterationWatchdog
 
 # reference.md §1.5: 250 iterations per epoch when neither the config nor the plan says otherwise.
 DEFAULT_ITERATIONS_PER_EPOCH = 250
@@ -187,6 +189,8 @@ class Trainer:
         self.amp_dtype = amp_dtype(self.mixed_precision, self.device)
         seed_everything(run.seed, run.deterministic, self.device)
         self._build_network(cfg, plan)
+        if self.amp_dtype == torch.bfloat16 and self.device.type == "cpu":
+            self.amp_dtype = self._checked_cpu_bf16()
         self.step = build_step(
             self.model, self.network, run.network_name, self.optimizer, self.labels, cfg, self.device, self.amp_dtype,
             wrap=lambda m: wrap_model(m, self.context, self.device), in_channels=self.in_channels,
@@ -230,6 +234,18 @@ class Trainer:
             model = torch.compile(model)
         self.model = wrap_model(model, self.context, self.device)
         self.optimizer = build_optimizer(self.network.parameters(), cfg["optimizer"])
+
+    def _checked_cpu_bf16(self) -> torch.dtype | None:
+        """bf16 unless a child process's bf16 steps of this network crash or hang (training/bf16_guard.py)."""
+        spec = dict(network=self.run.network_name, topology=self.topology, in_channels=self.in_channels,
+                    n_outputs=self.labels.n_outputs, options=self.network_options, patch=self.patch_size,
+                    batch=self.batch_size, threads=torch.get_num_threads())
+        survived, why = bf16_step_survives(spec)
+        if survived:
+            return torch.bfloat16
+        self.monitor.log(f"warning: {why} for {self.run.network_name} at patch {self.patch_size}, batch {self.batch_size} "
+                         "(a fault of oneDNN's bf16 kernels on this CPU, docs/troubleshooting.md); training in float32")
+        return None
 
     def _planned_total(self) -> int:
         """Iterations of the schedule before any time budget: --epochs, else the plan's budgeted
@@ -352,6 +368,7 @@ class Trainer:
             cfg["prefetch_batches"], cfg["worker_timeout_seconds"], "validation data loading", pin_memory=pin,
         )
         self.monitor.start(self.total_iterations, self.iteration)
+        watchdog = IterationWatchdog(float(self.run.configuration.get("predicted_seconds_per_iteration") or 1.0), self.monitor.log)
         self.model.train()
         try:
             while self.iteration < self.total_iterations:
@@ -365,8 +382,10 @@ class Trainer:
                         timer_start, timed_from = time.monotonic(), self.iteration
                     for group in self.optimizer.param_groups:
                         group["lr"] = self._learning_rate()
+                    watchdog.begin(self.iteration)
                     data, target = self._tensors(next(stream))
                     loss, _ = self.step.train(data, target)
+                    watchdog.end()
                     losses.append(loss)
                     self.iteration += 1
                     speed = (self.iteration - timed_from) / (time.monotonic() - timer_start) if timer_start else 0.0
@@ -386,6 +405,7 @@ class Trainer:
                     per_iteration = (time.monotonic() - epoch_start) / max(len(losses), 1)
                     self._rebudget(deadline, per_iteration, validation_reserve)
         finally:
+            watchdog.stop()
             stream.close()
             val_stream.close()
             self.monitor.stop()

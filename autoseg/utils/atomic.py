@@ -1,19 +1,48 @@
 """Atomic writes: a result file is either absent, the old version, or complete; never half-written.
 
 Write to a temporary name in the same folder, flush and fsync, then ``os.replace`` (atomic on POSIX and
-Windows when source and target are on one file system). The rename alone makes a write atomic against a
-killed process; the fsync adds durability against power loss, and bulk writers that can redo their
-work (the preprocessed store, hundreds of small files) skip it with ``durable=False``.
+Windows when source and target are on one file system), then fsync the folder so the rename itself
+survives a power loss (POSIX; Windows cannot open a folder for fsync). The rename alone makes a write
+atomic against a killed process; the fsyncs add durability against power loss, and bulk writers that
+can redo their work (the preprocessed store, hundreds of small files) skip them with ``durable=False``.
+
+A temporary's name carries its writer (``.<name>.<host>-<pid>-<random>.tmp<suffix>``), so a rerun after
+kill -9 removes the leftovers of dead writers on this machine (``remove_stale_temporaries``) without
+touching those of a run still writing into the same folder.
+
+The temporary file is created with mode 0666 and ``O_EXCL``, so the kernel applies the process's umask
+as for any new file; the umask is never read or changed (``os.umask`` is process-wide: changing it,
+even for a moment, races with other threads creating files).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
-import tempfile
+import re
+import secrets
+import socket
 from pathlib import Path
 from typing import Any, Iterator
+
+TEMP_ATTEMPTS = 100  # random names tried before giving up (a clash is a 1 in 2^64 event)
+# This machine in temporary names: PIDs mean nothing on another host sharing the folder (NFS).
+HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[0-9a-f]{16}\.tmp")
+
+
+def _create_temporary(target: Path, suffix: str) -> Path:
+    """A new empty file ``.<name>.<random>.tmp<suffix>`` beside ``target``, with the umask's permissions."""
+    for _ in range(TEMP_ATTEMPTS):
+        tmp = target.parent / f".{target.name}.{HOST_TAG}-{os.getpid()}-{secrets.token_hex(8)}.tmp{suffix}"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"{target.parent}: no free temporary name after {TEMP_ATTEMPTS} attempts")
 
 
 @contextlib.contextmanager
@@ -22,34 +51,71 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None, durable
 
     The temporary name keeps the target's suffix (``suffix`` overrides it) so that writers that pick
     the format from the extension (SimpleITK, numpy) behave. On error the temporary file is removed
-    and ``path`` is untouched. ``durable=False`` skips the fsync before the rename.
+    and ``path`` is untouched. ``durable=False`` skips the fsyncs.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    name_suffix = suffix if suffix is not None else "".join(target.suffixes)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{name_suffix}", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _create_temporary(target, suffix if suffix is not None else "".join(target.suffixes))
     try:
         yield tmp
         if durable:
-            _fsync_file(tmp)
-        # mkstemp creates the file private (0600); results get the permissions of any new file.
-        os.chmod(tmp, 0o666 & ~_umask())
+            _fsync(tmp)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+    if durable and os.name == "posix":
+        _fsync(target.parent)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: existence check only (POSIX; never called on Windows)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
-def _fsync_file(path: Path) -> None:
+def remove_stale_temporaries(folder: str | os.PathLike[str], target_name: str | None = None) -> list[Path]:
+    """Delete temporaries in ``folder`` (for ``target_name`` only, if given) whose writer, a process on
+    this machine, no longer runs: what a killed run left. Returns them. A no-op off POSIX."""
+    folder = Path(folder)
+    if os.name != "posix" or not folder.is_dir():
+        return []
+    removed = []
+    for path in folder.glob(".*.tmp*"):
+        match = TEMP_NAME.match(path.name)
+        if match is None or match["host"] != HOST_TAG or (target_name is not None and match["target"] != target_name):
+            continue
+        if not _process_alive(int(match["pid"])):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            removed.append(path)
+    return removed
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike[str]) -> Iterator[None]:
+    """Exclusive lock on a folder itself (``flock`` on its descriptor: no lock file left among the
+    results, released by the kernel when a holder is killed); off POSIX, no lock."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _fsync(path: Path) -> None:
+    """fsync a file or (POSIX) a folder; file systems that refuse it (some network mounts) are skipped."""
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
         try:

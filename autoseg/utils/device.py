@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import platform
+from pathlib import Path
+
 import torch
 
 from autoseg.errors import AutosegError, UsageError
@@ -35,9 +38,34 @@ def device_memory_bytes(device: torch.device) -> int | None:
     return None
 
 
+# x86 instructions that compute in bf16; torch's own check accepts AVX-512 BW/VL/DQ, where oneDNN
+# emulates bf16 through fp32 and autocast is slower than float32 (reference §4).
+NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def cpu_flags() -> frozenset[str] | None:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (Linux x86), ``None`` where they cannot be read."""
+    try:
+        text = CPUINFO.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return frozenset(value.split())
+    return None
+
+
 def cpu_has_native_bf16() -> bool:
-    """True on CPUs whose oneDNN kernels compute bf16 natively (AVX512-BF16/AMX; reference §4)."""
-    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    """True where oneDNN computes bf16 natively: AVX512-BF16 or AMX-BF16 on x86 (never emulated
+    bf16 on AVX-512 BW/VL/DQ alone); elsewhere (Arm) torch's check of the bf16 extension."""
+    if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        return False
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return True
+    flags = cpu_flags()
+    return flags is not None and bool(flags & NATIVE_BF16_FLAGS)
 
 
 def autocast_dtype(setting: str, device: torch.device, error: type[AutosegError] = UsageError) -> torch.dtype | None:

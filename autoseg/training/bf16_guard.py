@@ -1,0 +1,65 @@
+"""Try a bf16 CPU training step in a child process before trusting it in the training loop.
+
+oneDNN 3.12's AMX bf16 kernels (torch 2.13) corrupt the heap in the weight gradient of some 3D
+convolutions: on a Xeon with AMX, 32->32 channels with a 1x3x3, 3x3x1 or 1x1x1 kernel on a 1x80x64 or
+2x80x64 input (Dataset027_ACDC's 3d_fullres plan) abort or segfault in ``loss.backward()``, 3x3x3 on
+2x160x128 too, while 16 or 64 channels, 2x64x64, float32, or oneDNN capped below AMX run (the shapes
+are a kernel-selection matter, not a rule the planner could avoid; docs/troubleshooting.md). A crash
+there kills the trainer, a corrupted heap may hang it instead; so the plan's network takes two bf16
+steps at the training patch and batch in a child process first, and training falls back to float32
+when the child does not finish cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any, Sequence
+
+import torch
+
+# Two steps: the first backward of the crashing shapes already dies; the second catches a corruption
+# that only shows when the allocator reuses the damaged block.
+PROBE_STEPS = 2
+# Seconds the child may take (torch import, network build, two steps) before it counts as hung.
+PROBE_TIMEOUT_SECONDS = 180.0
+
+
+def probe_command() -> list[str]:
+    return [sys.executable, "-m", "autoseg.training.bf16_guard"]
+
+
+def bf16_step_survives(spec: dict[str, Any], command: Sequence[str] | None = None,
+                       timeout: float = PROBE_TIMEOUT_SECONDS) -> tuple[bool, str]:
+    """(True, "") when the child finished ``spec``'s bf16 steps; else (False, what happened)."""
+    try:
+        done = subprocess.run(list(command or probe_command()), input=json.dumps(spec), capture_output=True,
+                              text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return False, f"a bf16 step had not finished after {timeout:.0f} s"
+    if done.returncode == 0:
+        return True, ""
+    why = f"killed by signal {-done.returncode}" if done.returncode < 0 else f"exit code {done.returncode}"
+    last = (done.stderr.strip().splitlines() or [""])[-1]
+    return False, f"a bf16 step crashed ({why}{': ' + last if last else ''})"
+
+
+def _run_probe(spec: dict[str, Any]) -> None:
+    """The child: build the network as the trainer does and take ``PROBE_STEPS`` bf16 steps."""
+    from autoseg.networks.registry import create_network
+
+    torch.set_num_threads(int(spec.get("threads") or torch.get_num_threads()))
+    network = create_network(spec["network"], spec["topology"], spec["in_channels"], spec["n_outputs"],
+                             **spec["options"]).train()
+    data = torch.randn(int(spec["batch"]), spec["in_channels"], *spec["patch"])
+    for _ in range(PROBE_STEPS):
+        network.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outputs = network(data)
+        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        sum(o.float().square().mean() for o in outputs).backward()
+
+
+if __name__ == "__main__":
+    _run_probe(json.loads(sys.stdin.read()))

@@ -1,0 +1,155 @@
+"""Concurrent runs never corrupt shared files: five ``autoseg train`` folds started at once with no split
+file, two ``autoseg preprocess`` of one dataset at once, two ``autoseg predict`` into one output folder.
+Each run succeeds with consistent results, or is refused with a clear message.
+
+The five complete trainings take minutes on 2 cores, so CI runs five processes that reach the missing
+split file at the same moment (what each training does first); ``AUTOSEG_LONG_TESTS=1`` adds the five
+``autoseg train`` commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from autoseg.cli import app
+
+from cli_helpers import TRAIN_SETTINGS, runner, set_options
+from conftest import HIPPOCAMPUS, make_hippocampus_subset
+from preprocessing_helpers import make_configuration, make_plans
+from test_inference_predict import make_model
+from training_helpers import CASES, PATCH, TINY_TOPOLOGY
+
+DATASET = "Dataset994_Concurrent"
+MODEL = "unet__autosegPlans__3d_fullres"
+
+
+def start(args: list[object], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "autoseg", *map(str, args)], env={**os.environ, **env, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(processes: list[subprocess.Popen]) -> list[str]:
+    outputs = [p.communicate(timeout=600)[0] for p in processes]
+    for process, output in zip(processes, outputs):
+        assert process.returncode == 0, output
+        assert "Traceback" not in output
+    return outputs
+
+
+def files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def in_process(*args: object) -> None:
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+
+
+@pytest.fixture
+def dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Roots (also of this process) with 10 Hippocampus cases and the tiny plan; nothing preprocessed yet."""
+    env = {k: str(tmp_path / v) for k, v in (("AUTOSEG_RAW", "raw"), ("AUTOSEG_PREPROCESSED", "pre"), ("AUTOSEG_RESULTS", "res"))}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    make_hippocampus_subset(tmp_path / "raw", CASES + ["hippocampus_017", "hippocampus_019"], DATASET)
+    configuration = make_configuration([1.0, 1.0, 1.0], patch_size=PATCH)
+    configuration["network"]["topology"] = TINY_TOPOLOGY
+    plans = make_plans({"3d_fullres": configuration})
+    plans["dataset_name"] = DATASET
+    (tmp_path / "pre" / DATASET).mkdir(parents=True)
+    (tmp_path / "pre" / DATASET / "autosegPlans.json").write_text(json.dumps(plans))
+    return env
+
+
+def test_two_preprocess_runs_at_once_equal_one(dataset: dict[str, str], tmp_path: Path) -> None:
+    finish([start(["preprocess", DATASET, "-np", 1], dataset) for _ in range(2)])
+    together = Path(dataset["AUTOSEG_PREPROCESSED"]) / DATASET
+    shutil.copytree(together, tmp_path / "alone" / DATASET, ignore=shutil.ignore_patterns("autosegPlans_*", "gt_*"))
+    os.environ["AUTOSEG_PREPROCESSED"] = str(tmp_path / "alone")  # restored by the fixture's monkeypatch
+    in_process("preprocess", DATASET, "-np", 1)
+    assert files(together) == files(tmp_path / "alone" / DATASET)
+    assert not list(together.rglob(".*tmp*"))
+
+
+SPLIT_JOB = """
+import json, sys, time
+from pathlib import Path
+from autoseg.training.splits import fold_cases
+folder, fold, go = Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
+cases = [f"case_{i:02d}" for i in range(23)]
+while not go.exists():  # all five reach the split file at the same moment
+    time.sleep(0.001)
+train, val = fold_cases(folder, cases, fold)
+print(json.dumps({"train": train, "val": val}))
+"""
+
+
+def test_five_fold_jobs_reaching_a_missing_split_file_at_once_share_one(tmp_path: Path) -> None:
+    """What five ``autoseg train`` folds do first, started together: the split file is created once."""
+    go = tmp_path / "go"
+    jobs = [subprocess.Popen([sys.executable, "-c", SPLIT_JOB, str(tmp_path / "pre"), str(fold), str(go)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for fold in range(5)]
+    go.touch()
+    results = [json.loads(job.communicate(timeout=300)[0]) for job in jobs]
+    assert all(job.returncode == 0 for job in jobs)
+    splits = json.loads((tmp_path / "pre" / "splits_final.json").read_text())
+    assert results == splits  # every job got its fold of the one split written
+    assert sorted(c for fold in splits for c in fold["val"]) == [f"case_{i:02d}" for i in range(23)]
+    assert not list((tmp_path / "pre").glob(".*tmp*"))
+
+
+@pytest.mark.skipif(os.environ.get("AUTOSEG_LONG_TESTS") != "1", reason="five trainings at once: AUTOSEG_LONG_TESTS=1")
+def test_five_folds_started_at_once_share_one_split(dataset: dict[str, str]) -> None:
+    in_process("preprocess", DATASET, "-np", 1)
+    settings = set_options([*TRAIN_SETTINGS, "iterations_per_epoch=1"])
+    outputs = finish([start(["train", DATASET, "3d_fullres", fold, "--epochs", 1, "--workers", 0, *settings], dataset)
+                      for fold in range(5)])
+    splits = json.loads((Path(dataset["AUTOSEG_PREPROCESSED"]) / DATASET / "splits_final.json").read_text())
+    cases = sorted(CASES + ["hippocampus_017", "hippocampus_019"])
+    assert sorted(c for fold in splits for c in fold["val"]) == cases  # the folds partition the cases
+    model = Path(dataset["AUTOSEG_RESULTS"]) / DATASET / MODEL
+    for fold, output in enumerate(outputs):
+        validated = sorted(p.name.removesuffix(".nii.gz") for p in (model / f"fold_{fold}" / "validation").glob("*.nii.gz"))
+        assert validated == sorted(splits[fold]["val"]), output  # each fold trained on the one split
+    assert json.loads((model / "plans.json").read_text())["dataset_name"] == DATASET
+    assert not list(model.rglob(".*tmp*"))
+
+
+@pytest.fixture
+def predict_inputs(tmp_path: Path) -> tuple[Path, Path]:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for case in CASES[:4]:
+        shutil.copy(HIPPOCAMPUS / "imagesTr" / f"{case}_0000.nii.gz", inputs)
+    return inputs, make_model(tmp_path / "models", "3d_fullres")
+
+
+def test_two_predict_runs_into_one_folder(predict_inputs: tuple[Path, Path], tmp_path: Path) -> None:
+    inputs, model = predict_inputs
+    args = ["predict", "-i", inputs, "-m", model, "--no-tta", "--mixed-precision", "off"]
+    finish([start([*args, "-o", tmp_path / "shared"], {}) for _ in range(2)])
+    in_process(*args, "-o", tmp_path / "alone")
+    assert files(tmp_path / "shared") == files(tmp_path / "alone")
+    assert sorted(files(tmp_path / "shared")) == sorted([f"{c}.nii.gz" for c in CASES[:4]] + ["predict_info.json"])
+
+
+def test_a_run_with_another_model_or_settings_is_refused(predict_inputs: tuple[Path, Path], tmp_path: Path) -> None:
+    inputs, model = predict_inputs
+    output = tmp_path / "out"
+    base = ["predict", "-i", str(inputs), "-o", str(output), "-m", str(model), "--no-tta", "--mixed-precision", "off"]
+    assert runner.invoke(app, [*base, "-f", "0"]).exit_code == 0
+    before = files(output)
+    for extra, difference in ((["-f", "1"], "folds ['0'] vs ['1']"), (["-f", "0", "--step", "0.8"], "step 0.5 vs 0.8")):
+        result = runner.invoke(app, [*base, *extra])
+        assert result.exit_code == 2, result.output
+        text = " ".join(result.output.split())
+        assert "predict_info.json: this folder holds predictions of another model or settings (" in text
+        assert difference in text and "choose another output folder, or delete this one" in text
+    assert files(output) == before
+    assert runner.invoke(app, [*base, "-f", "0", "--continue"]).exit_code == 0  # the same run: allowed

@@ -1,0 +1,185 @@
+"""kill -9 anywhere: ``autoseg preprocess``, ``train``, ``predict`` and ``export-model`` are killed at seeded
+random moments, then rerun with the documented resume option; the result equals an uninterrupted run's,
+no temporary file is left, and nothing half-written was ever visible under a final name.
+
+CI kills each command at ``AUTOSEG_KILL_POINTS`` moments (default 1); a long run on demand:
+``AUTOSEG_KILL_POINTS=25 pytest tests/test_kill_resume.py`` (figures in docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+
+from autoseg.cli import app, expand_multi_value_options
+
+from cli_helpers import runner
+from conftest import make_hippocampus_subset
+from preprocessing_helpers import make_configuration, make_plans
+from training_helpers import CASES, PATCH, TINY_TOPOLOGY
+
+DATASET = "Dataset995_KillResume"
+MODEL = "unet__autosegPlans__3d_fullres"
+POINTS = int(os.environ.get("AUTOSEG_KILL_POINTS", "1"))
+SEED = int(os.environ.get("AUTOSEG_KILL_SEED", "17"))
+TRAIN_ARGS = ["train", DATASET, "3d_fullres", "all", "--epochs", "2", "--deterministic", "--workers", "0",
+              "--set", "iterations_per_epoch=3", "--set", "val_iterations_per_epoch=1", "--set", "mixed_precision=off"]
+PROBE_SECONDS = 0.01
+
+
+def files(root: Path) -> dict[str, bytes]:
+    """Relative path -> content of every file under ``root``."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def temporaries(root: Path) -> list[str]:
+    return [str(p) for p in root.rglob(".*tmp*")]
+
+
+def cli(env: dict[str, str], *args: object) -> str:
+    """Run ``autoseg ARGS`` in this process under the roots of ``env`` (exit code 0)."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        result = runner.invoke(app, expand_multi_value_options([str(a) for a in args]))
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def killed(env: dict[str, str], args: list[str], started: Callable[[], bool], work_seconds: float,
+           rng: random.Random) -> bool:
+    """Start ``autoseg ARGS`` as a process and SIGKILL it at a random moment: before its first output
+    (one time in five) or within the time its work takes; True when the kill came before it finished."""
+    process = subprocess.Popen([sys.executable, "-m", "autoseg", *map(str, args)],
+                               env={**os.environ, **env, "OMP_NUM_THREADS": "1"},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if rng.random() < 0.2:
+        time.sleep(rng.uniform(0.0, 3.0))  # during start-up (imports, reading the plan)
+    else:
+        deadline = time.monotonic() + 120
+        while not started() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(PROBE_SECONDS)
+        time.sleep(rng.uniform(0.0, work_seconds))
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    return process.returncode == -signal.SIGKILL
+
+
+def assert_nothing_half_written(killed_root: Path, reference: dict[str, bytes], same_bytes: bool = True) -> None:
+    """Every file under a final name is one the uninterrupted run wrote (byte-identical)."""
+    for name, data in files(killed_root).items():
+        if Path(name).name.startswith("."):
+            continue  # a temporary: allowed until the rerun
+        assert name in reference, f"{name}: not written by the uninterrupted run"
+        if same_bytes:
+            assert data == reference[name], f"{name}: differs from the uninterrupted run (half-written?)"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("kill")
+    raw = base / "raw"
+    make_hippocampus_subset(raw, CASES[:6], DATASET)
+    configuration = make_configuration([1.0, 1.0, 1.0], patch_size=PATCH)
+    configuration["network"]["topology"] = TINY_TOPOLOGY
+    plans = make_plans({"3d_fullres": configuration})
+    plans["dataset_name"] = DATASET
+    (base / "plans.json").write_text(json.dumps(plans))
+    torch.set_num_threads(1)
+    return {"base": base, "raw": raw}
+
+
+def roots(world: dict[str, Path], name: str) -> dict[str, str]:
+    """Fresh preprocessed and results roots ``name`` (the tiny plan in place) over the shared raw data."""
+    preprocessed = world["base"] / name / "preprocessed"
+    (preprocessed / DATASET).mkdir(parents=True)
+    shutil.copy(world["base"] / "plans.json", preprocessed / DATASET / "autosegPlans.json")
+    return {"AUTOSEG_RAW": str(world["raw"]), "AUTOSEG_PREPROCESSED": str(preprocessed),
+            "AUTOSEG_RESULTS": str(world["base"] / name / "results")}
+
+
+def test_kill_anywhere_then_resume(world: dict[str, Path]) -> None:
+    rng = random.Random(SEED)
+    reference = roots(world, "reference")
+    pre_ref = Path(reference["AUTOSEG_PREPROCESSED"]) / DATASET
+    start = time.monotonic()
+    cli(reference, "preprocess", DATASET, "-np", 1)
+    preprocess_seconds = time.monotonic() - start
+    start = time.monotonic()
+    cli(reference, *TRAIN_ARGS)
+    train_seconds = time.monotonic() - start
+    model = Path(reference["AUTOSEG_RESULTS"]) / DATASET / MODEL
+    predicted_ref = world["base"] / "predicted_reference"
+    images = world["base"] / "images"  # three cases to predict
+    images.mkdir()
+    for case in CASES[:3]:
+        shutil.copy(world["raw"] / DATASET / "imagesTr" / f"{case}_0000.nii.gz", images)
+    predict_args = ["predict", "-i", images, "-m", model, "--no-tta", "--mixed-precision", "off"]
+    start = time.monotonic()
+    cli(reference, *predict_args, "-o", predicted_ref)
+    predict_seconds = time.monotonic() - start
+    zip_ref = world["base"] / "reference.zip"
+    cli(reference, "export-model", "-m", model, "-f", "all", "-o", zip_ref)
+    weights_ref = torch.load(model / "fold_all" / "checkpoint_final.pt", weights_only=True)["network_weights"]
+    kills = 0
+
+    for point in range(POINTS):
+        # preprocess: rerun the same command (finished cases are skipped, killed ones redone)
+        env = roots(world, f"preprocess_{point}")
+        out = Path(env["AUTOSEG_PREPROCESSED"]) / DATASET
+        kills += killed(env, ["preprocess", DATASET, "-np", "1"],
+                        lambda: any(out.glob("autosegPlans_3d_fullres/*.json")), preprocess_seconds, rng)
+        assert_nothing_half_written(out, files(pre_ref))
+        cli(env, "preprocess", DATASET, "-np", 1)
+        assert files(out) == files(pre_ref) and temporaries(out) == []
+
+        # train: --continue resumes from the last checkpoint (or starts a fold killed before its first)
+        env = roots(world, f"train_{point}")
+        shutil.copytree(pre_ref, Path(env["AUTOSEG_PREPROCESSED"]) / DATASET, dirs_exist_ok=True)
+        fold = Path(env["AUTOSEG_RESULTS"]) / DATASET / MODEL / "fold_all"
+        kills += killed(env, TRAIN_ARGS, lambda: (fold / "checkpoint_latest.pt").is_file(), train_seconds, rng)
+        for checkpoint in fold.glob("checkpoint_*.pt") if fold.is_dir() else []:
+            torch.load(checkpoint, weights_only=True)  # complete under its final name
+        cli(env, *TRAIN_ARGS, "--continue")
+        resumed = torch.load(fold / "checkpoint_final.pt", weights_only=True)["network_weights"]
+        assert all(torch.equal(weights_ref[k], resumed[k]) for k in weights_ref)
+        assert temporaries(fold.parent) == []
+
+        # predict: --continue skips the cases whose outputs exist
+        predicted = world["base"] / f"predicted_{point}"
+        kills += killed(reference, [*predict_args, "-o", predicted], lambda: any(predicted.glob("*.nii.gz")),
+                        predict_seconds, rng)
+        assert_nothing_half_written(predicted, files(predicted_ref))
+        cli(reference, *predict_args, "-o", predicted, "--continue")
+        assert files(predicted) == files(predicted_ref) and temporaries(predicted) == []
+
+        # export-model: rerun; the zip is absent or complete, never partial
+        exported = world["base"] / f"export_{point}" / "model.zip"
+        exported.parent.mkdir()
+        kills += killed(reference, ["export-model", "-m", str(model), "-f", "all", "-o", str(exported)],
+                        lambda: any(exported.parent.iterdir()), 0.3, rng)  # its temporary appeared
+        if exported.exists():
+            zipfile.ZipFile(exported).testzip()
+        cli(reference, "export-model", "-m", model, "-f", "all", "-o", exported)
+        with zipfile.ZipFile(exported) as new, zipfile.ZipFile(zip_ref) as old:
+            assert new.namelist() == old.namelist()
+            for name in old.namelist():
+                if name != "manifest.json":  # holds the creation time
+                    assert new.read(name) == old.read(name), name
+        assert temporaries(exported.parent) == []
+    print(f"{4 * POINTS} kill points, {kills} killed before finishing, 0 failures")

@@ -1,0 +1,159 @@
+"""``autoseg predict`` on bad input: every kind is named with its case, a specific message and the fix,
+exit code 2, no traceback, and the good case beside it is still predicted."""
+
+from __future__ import annotations
+
+import shutil
+import struct
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from autoseg.cli import app
+from autoseg.dataset.imageio import read_image
+from autoseg.inference.batch import PREDICT_INFO
+
+from cli_helpers import runner
+from conftest import HIPPOCAMPUS, SHARED_DATA
+from test_inference_predict import make_model
+
+SOURCE = HIPPOCAMPUS / "imagesTr" / "hippocampus_001_0000.nii.gz"
+DICOM = SHARED_DATA / "dicom_examples"
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_model(tmp_path_factory.mktemp("models"), "3d_fullres", folds=("0",))
+
+
+def _predict(inputs: Path, output: Path, model: Path) -> tuple[int, str]:
+    result = runner.invoke(app, ["predict", "-i", str(inputs), "-o", str(output), "-m", str(model), "--no-tta",
+                                 "--mixed-precision", "off"])
+    assert "Traceback" not in result.output
+    return result.exit_code, result.output
+
+
+def _array(array: np.ndarray, path: Path, spacing: tuple[float, ...] = (1.0, 1.0, 1.0)) -> None:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    sitk.WriteImage(image, str(path))
+
+
+def _hippocampus() -> np.ndarray:
+    return read_image(SOURCE)[0].astype(np.float32)
+
+
+def _with_value(value: float) -> Callable[[Path], None]:
+    def write(folder: Path) -> None:
+        array = _hippocampus()
+        array[3, 4, 5] = value
+        _array(array, folder / "bad_0000.nii.gz")
+    return write
+
+
+def _mha_header(folder: Path, replace: tuple[bytes, bytes], data: bool = True) -> None:
+    """A MetaImage whose text header has one field changed (what a broken exporter writes)."""
+    _array(np.ones((6, 7, 8), np.float32), folder / "bad_0000.mha")
+    raw = (folder / "bad_0000.mha").read_bytes()
+    header_end = raw.index(b"ElementDataFile = LOCAL\n") + len(b"ElementDataFile = LOCAL\n")
+    assert replace[0] in raw[:header_end]
+    (folder / "bad_0000.mha").write_bytes(raw[:header_end].replace(*replace) + (raw[header_end:] if data else b""))
+
+
+def _truncated_nifti(path: Path) -> None:
+    sitk.WriteImage(sitk.ReadImage(str(SOURCE)), str(path))
+    path.write_bytes(path.read_bytes()[:-500])
+
+
+def _two_series(folder: Path) -> None:
+    shutil.copytree(DICOM / "Study1" / "13_HCropVolume", folder / "bad")
+    for file in (DICOM / "Study2" / "14_HCropVolume").iterdir():
+        shutil.copy(file, folder / "bad" / f"second_{file.name}")
+
+
+# kind -> (how the bad case is written into the input folder, what the message must say)
+BAD_CASES: dict[str, tuple[Callable[[Path], None], str]] = {
+    "missing channel file": (lambda f: shutil.copy(SOURCE, f / "bad_0001.nii.gz"),
+                             "bad: case bad: has channel(s) 0001, the model expects 1 (0000); name files <case>_XXXX"),
+    "extra channel file": (lambda f: [shutil.copy(SOURCE, f / f"bad_000{c}.nii.gz") for c in (0, 1)],
+                           "bad: case bad: has channel(s) 0000, 0001, the model expects 1 (0000)"),
+    "2D image for a 3D model": (lambda f: _array(_hippocampus()[10], f / "bad_0000.nii.gz", (1.0, 1.0)),
+                                "bad: input is a 2D image but configuration 3d_fullres is 3D; use a 2d model"),
+    "4D image": (lambda f: sitk.WriteImage(sitk.Image([4, 4, 4, 2], sitk.sitkFloat32), str(f / "bad_0000.nii.gz")),
+                 "bad_0000.nii.gz: is 4D; autoseg reads 2D or 3D images. Split 4D series into channels"),
+    "vector image (channels in one file)": (
+        lambda f: sitk.WriteImage(sitk.Image([8, 8, 8], sitk.sitkVectorFloat32, 2), str(f / "bad_0000.nii.gz")),
+        "bad_0000.nii.gz: has 2 components per voxel (RGB or vector image); save each channel as its own _XXXX file"),
+    "NaN voxels": (_with_value(float("nan")), "bad_0000.nii.gz: holds 1 NaN and 0 infinite voxel(s); replace them"),
+    "infinite voxels": (_with_value(float("-inf")), "bad_0000.nii.gz: holds 0 NaN and 1 infinite voxel(s); replace them"),
+    "NaN voxels in NRRD": (lambda f: _array(np.where(np.arange(8 * 9 * 10).reshape(8, 9, 10) == 7, np.nan, 1.0)
+                                            .astype(np.float32), f / "bad_0000.nrrd"),
+                           "bad_0000.nrrd: holds 1 NaN and 0 infinite voxel(s); replace them"),
+    "text named .nii.gz": (lambda f: (f / "bad_0000.nii.gz").write_text("patient notes, not an image"),
+                           "bad_0000.nii.gz: cannot be read (truncated or corrupt file?)"),
+    "text named .png": (lambda f: (f / "bad_0000.png").write_text("not a picture"),
+                        "bad_0000.png: cannot be read as an image"),
+    "truncated NIfTI": (lambda f: _truncated_nifti(f / "bad_0000.nii"),
+                        "bad_0000.nii: file is truncated (its voxel data ends early); copy or export it again"),
+    "DICOM folder holding two series": (_two_series, "bad: holds 2 DICOM series ("),
+    "spacing 0": (lambda f: _mha_header(f, (b"ElementSpacing = 1 1 1", b"ElementSpacing = 0 1 1")),
+                  "bad_0000.mha: voxel spacing is zero or not a number (Refusing to change spacing"),
+    "spacing 1e6": (lambda f: _array(_hippocampus(), f / "bad_0000.nii.gz", (1e6, 1.0, 1.0)),
+                    "bad: voxel spacing (1, 1, 1e+06) mm: resampled to the model's spacing [1.5, 1.2, 1.2] this "
+                    "35x51x35 image would hold 2.82e+10 voxels; fix the image header's voxel size"),
+    "zero-size image": (lambda f: _mha_header(f, (b"DimSize = 8 7 6", b"DimSize = 0 7 6"), data=False),
+                        "bad_0000.mha: has size 0x7x6: the image holds no voxels; export it again"),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_CASES))
+def test_a_bad_case_is_named_and_the_good_one_predicted(kind: str, model: Path, tmp_path: Path) -> None:
+    write, message = BAD_CASES[kind]
+    inputs, output = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    shutil.copy(SOURCE, inputs / "good_0000.nii.gz")
+    write(inputs)
+    code, text = _predict(inputs, output, model)
+    assert code == 2, text
+    assert text.count("case(s) failed") == 1 and "1 of 2 case(s) failed" in text, text
+    assert message in " ".join(text.split()), text
+    assert sorted(p.name for p in output.iterdir()) == ["good.nii.gz", PREDICT_INFO]
+
+
+@pytest.mark.parametrize("name", ["patient 01", "müller", "患者_7", "a b c (copy)"])
+def test_case_names_with_spaces_and_non_ascii_just_work(name: str, model: Path, tmp_path: Path) -> None:
+    inputs, output = tmp_path / f"in {name}", tmp_path / f"out {name}"
+    inputs.mkdir()
+    shutil.copy(SOURCE, inputs / f"{name}_0000.nii.gz")
+    code, text = _predict(inputs, output, model)
+    assert code == 0, text
+    labels, _ = read_image(output / f"{name}.nii.gz")
+    assert labels.shape == read_image(SOURCE)[0].shape
+
+
+@pytest.mark.parametrize(
+    ("layout", "message"),
+    [
+        ("empty folder", "in: no images found; expected <case>_0000<ending> files (.nii.gz, .nii,"),
+        ("only notes", "in: no images found (not images: README.txt, labels.json); expected <case>_0000<ending>"),
+        ("output = input", "output folder equals the input folder; choose another output folder"),
+        ("output inside input", "output folder lies inside the input folder"),
+    ],
+)
+def test_whole_run_refusals_write_nothing(layout: str, message: str, model: Path, tmp_path: Path) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    if layout == "only notes":
+        (inputs / "README.txt").write_text("cases follow")
+        (inputs / "labels.json").write_text("{}")
+    elif layout.startswith("output"):
+        shutil.copy(SOURCE, inputs / "good_0000.nii.gz")
+    output = {"output = input": inputs, "output inside input": inputs / "predictions"}.get(layout, tmp_path / "out")
+    before = sorted(p.name for p in inputs.rglob("*"))
+    code, text = _predict(inputs, output, model)
+    assert code == 2 and message in " ".join(text.split()), text
+    assert sorted(p.name for p in inputs.rglob("*")) == before
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,85 @@
+"""bf16 on the CPU never crashes or hangs training silently: the child-process bf16 probe, the float32
+fallback it triggers, and the watchdog that reports an iteration running far longer than measured."""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import autoseg.training.trainer as trainer_module
+from autoseg.training import train_fold
+from autoseg.training.bf16_guard import bf16_step_survives
+from autoseg.training.watchdog import IterationWatchdog
+
+from training_helpers import DATASET, TINY_TOPOLOGY, data_roots, results  # noqa: F401 - fixtures
+
+TINY_SPEC = dict(network="unet", topology=TINY_TOPOLOGY, in_channels=1, n_outputs=3,
+                 options={"deep_supervision": True}, patch=[16, 16, 16], batch=2, threads=1)
+
+
+def test_probe_passes_a_network_whose_bf16_steps_run() -> None:
+    assert bf16_step_survives(TINY_SPEC) == (True, "")
+
+
+@pytest.mark.parametrize(
+    ("code", "timeout", "message"),
+    [
+        ("import os; os.abort()", 60, r"a bf16 step crashed \(killed by signal 6"),
+        ("import sys; print('free(): invalid next size', file=sys.stderr); sys.exit(3)", 60,
+         r"crashed \(exit code 3: free\(\): invalid next size\)"),
+        ("import time; time.sleep(30)", 1, "a bf16 step had not finished after 1 s"),
+    ],
+)
+def test_probe_reports_a_crashed_or_hung_child(code: str, timeout: float, message: str) -> None:
+    survived, why = bf16_step_survives(TINY_SPEC, command=[sys.executable, "-c", code], timeout=timeout)
+    assert not survived
+    assert re.search(message, why), why
+
+
+def test_training_falls_back_to_float32_when_the_probe_dies(results: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = []
+
+    def dies(spec: dict) -> tuple[bool, str]:
+        seen.append(spec)
+        return False, "a bf16 step crashed (killed by signal 11)"
+
+    monkeypatch.setattr(trainer_module, "bf16_step_survives", dies)
+    train_fold(DATASET, "3d_fullres", "all", epochs=1, workers=0,
+               overrides=["iterations_per_epoch=2", "val_iterations_per_epoch=1", "mixed_precision=bf16"])
+    assert seen and seen[0]["patch"] == [16, 16, 16] and seen[0]["topology"]["features_per_stage"] == [8, 16, 32]
+    log = (results / DATASET / "unet__autosegPlans__3d_fullres" / "fold_all" / "training_log.txt").read_text()
+    assert "warning: a bf16 step crashed (killed by signal 11) for unet at patch [16, 16, 16], batch 2" in log
+    assert "training in float32" in log and "mixed precision None" in log
+
+
+def test_watchdog_reports_a_stuck_iteration_with_advice() -> None:
+    messages: list[str] = []
+    watchdog = IterationWatchdog(0.01, messages.append, factor=20, floor=0.3, poll_seconds=0.02)
+    try:
+        watchdog.begin(0)
+        watchdog.end()  # a fast iteration: nothing to say
+        watchdog.begin(41)
+        time.sleep(0.45)  # warned at 0.3 s; the next warning would come at 0.6 s
+        watchdog.end()
+    finally:
+        watchdog.stop()
+    assert len(messages) == 1, messages  # the next warning waits for twice the elapsed time
+    assert messages[0].startswith("warning: iteration 42 has run for ")
+    assert "mixed_precision=off" in messages[0] and "--continue" in messages[0]
+
+
+def test_watchdog_stays_quiet_for_iterations_near_the_measured_time() -> None:
+    messages: list[str] = []
+    watchdog = IterationWatchdog(0.05, messages.append, factor=20, floor=0.5, poll_seconds=0.02)
+    try:
+        for i in range(5):
+            watchdog.begin(i)
+            time.sleep(0.06)
+            watchdog.end()
+    finally:
+        watchdog.stop()
+    assert messages == [] and 0.05 <= watchdog.expected < 0.07
