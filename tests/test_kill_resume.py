@@ -24,11 +24,18 @@ import pytest
 import torch
 
 from autoseg.cli import app, expand_multi_value_options
+from autoseg.errors import TrainingError
+from autoseg.utils.weights_file import load_weights
 
 from cli_helpers import runner
 from conftest import make_hippocampus_subset
 from preprocessing_helpers import make_configuration, make_plans
 from training_helpers import CASES, PATCH, TINY_TOPOLOGY
+
+
+def _weights(path: Path) -> dict:
+    """A checkpoint read as training and prediction read it (safetensors, never pickle)."""
+    return load_weights(path, TrainingError)
 
 DATASET = "Dataset995_KillResume"
 MODEL = "unet__autosegPlans__3d_fullres"
@@ -135,7 +142,7 @@ def test_kill_anywhere_then_resume(world: dict[str, Path]) -> None:
     predict_seconds = time.monotonic() - start
     zip_ref = world["base"] / "reference.zip"
     cli(reference, "export-model", "-m", model, "-f", "all", "-o", zip_ref)
-    weights_ref = torch.load(model / "fold_all" / "checkpoint_final.pt", weights_only=True)["network_weights"]
+    weights_ref = _weights(model / "fold_all" / "checkpoint_final.safetensors")["network_weights"]
     kills = 0
 
     for point in range(POINTS):
@@ -152,11 +159,11 @@ def test_kill_anywhere_then_resume(world: dict[str, Path]) -> None:
         env = roots(world, f"train_{point}")
         shutil.copytree(pre_ref, Path(env["AUTOSEG_PREPROCESSED"]) / DATASET, dirs_exist_ok=True)
         fold = Path(env["AUTOSEG_RESULTS"]) / DATASET / MODEL / "fold_all"
-        kills += killed(env, TRAIN_ARGS, lambda: (fold / "checkpoint_latest.pt").is_file(), train_seconds, rng)
-        for checkpoint in fold.glob("checkpoint_*.pt") if fold.is_dir() else []:
-            torch.load(checkpoint, weights_only=True)  # complete under its final name
+        kills += killed(env, TRAIN_ARGS, lambda: (fold / "checkpoint_latest.safetensors").is_file(), train_seconds, rng)
+        for checkpoint in fold.glob("checkpoint_*.safetensors") if fold.is_dir() else []:
+            _weights(checkpoint)  # complete under its final name
         cli(env, *TRAIN_ARGS, "--continue")
-        resumed = torch.load(fold / "checkpoint_final.pt", weights_only=True)["network_weights"]
+        resumed = _weights(fold / "checkpoint_final.safetensors")["network_weights"]
         assert all(torch.equal(weights_ref[k], resumed[k]) for k in weights_ref)
         assert temporaries(fold.parent) == []
 

@@ -304,3 +304,9 @@ def test_imported_checkpoints_build_the_same_networks_for_inference(exported: tu
         a, b = (build_network(load(p), p, torch.device("cpu")) for p in paths)
         with torch.no_grad():
             assert torch.equal(a(x), b(x))
+
+
+def test_the_same_checkpoint_always_gives_the_same_bytes() -> None:
+    """safetensors writes its metadata map in no fixed order; autoseg keeps one entry so exports repeat."""
+    tree = {"network_weights": {"w": torch.arange(6.0).reshape(2, 3)}, "metadata": {"epoch": 3, "patch_size": [8, 8, 8]}}
+    assert len({weights_to_bytes(tree) for _ in range(8)}) == 1

@@ -112,7 +112,7 @@ def test_member_data_cut_short_is_refused(model_zip: Path, tmp_path: Path) -> No
     """A central directory that promises more compressed bytes than the file holds."""
     bad = tmp_path / "short.zip"
     bad.write_bytes(model_zip.read_bytes())
-    name = f"{MODEL}/fold_1/checkpoint_final.tensors"
+    name = f"{MODEL}/fold_1/checkpoint_final.safetensors"
     with zipfile.ZipFile(bad) as archive:
         info = archive.getinfo(name)
     raw = bytearray(bad.read_bytes())

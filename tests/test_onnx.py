@@ -18,13 +18,14 @@ pytest.importorskip("onnxruntime")
 from autoseg.dataset.imageio import read_case_images, read_image
 from autoseg.errors import ModelFileError
 from autoseg.inference.model import load_model
-from autoseg.inference.onnx_model import DEPLOY, GRAPH, export_onnx_model, load_onnx_model
+from autoseg.inference.onnx_model import DEPLOY, GRAPH, _fold_graph, export_onnx_model, load_onnx_model
 from autoseg.inference.predictor import predict_array
 from autoseg.networks import create_network, get_network_spec, list_networks
-from autoseg.networks.onnx_export import ONNX_ATOL, ONNX_RTOL, require_onnx
+from autoseg.networks import Topology
+from autoseg.networks.onnx_export import ONNX_ATOL, ONNX_RTOL, check_onnx, require_onnx
 from autoseg.planning.topology import plan_topology
 from autoseg.preprocessing.pipeline import preprocess_case
-from autoseg.utils.weights_file import save_weights
+from autoseg.utils.weights_file import load_weights, save_weights
 from cli_helpers import autoseg
 from conftest import HIPPOCAMPUS
 from test_inference_predict import DATASET, PLANS
@@ -51,7 +52,7 @@ def make_family_model(results: Path, network: str) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("network", list_networks())
+@pytest.mark.parametrize("network", [n for n in list_networks() if 3 in get_network_spec(n).constraints.spatial_dims])
 def test_exported_graph_matches_torch_logits_on_a_real_case(network: str, tmp_path: Path) -> None:
     """Every registered family exports (conresnet since its slice difference avoids torch.diff); the graph
     runs at the patch and, its spatial axes being dynamic, on the whole preprocessed case."""
@@ -62,7 +63,8 @@ def test_exported_graph_matches_torch_logits_on_a_real_case(network: str, tmp_pa
     assert deploy["dynamic_spatial_axes"] is True and deploy["patch_size"] == PATCH and deploy["activation"] == "softmax"
     data, geometry = read_case_images([CASE])
     data_pp, _, _ = preprocess_case(data, geometry, torch_model.plans, "3d_fullres")
-    whole = [s - s % 4 for s in data_pp.shape[1:]]  # the topology's total stride is 4
+    multiple = Topology.from_dict(deploy_topology(folder)).size_multiple
+    whole = [s - s % m for s, m in zip(data_pp.shape[1:], multiple)]  # what the topology's strides and windows take
     for x in (data_pp[None, :, :16, :16, :16], data_pp[None, :, : whole[0], : whole[1], : whole[2]]):
         x = torch.from_numpy(np.ascontiguousarray(x))
         with torch.no_grad():
@@ -70,6 +72,28 @@ def test_exported_graph_matches_torch_logits_on_a_real_case(network: str, tmp_pa
         got = onnx_model.networks[0](x).numpy()
         assert got.shape == expected.shape
         np.testing.assert_allclose(got, expected, rtol=ONNX_RTOL, atol=ONNX_ATOL * max(1.0, float(np.abs(expected).max())))
+
+
+def deploy_topology(folder: Path) -> dict:
+    """The topology a family model folder's checkpoint was built with."""
+    return load_weights(folder / "fold_0" / "checkpoint_final.safetensors", ValueError)["metadata"]["topology"]
+
+
+@pytest.mark.parametrize("network", [n for n in list_networks() if get_network_spec(n).constraints.spatial_dims == (2,)])
+def test_2d_only_families_export_and_match_torch(network: str) -> None:
+    """2D-only families (Swin-UNet) export too. Swin-UNet's graph keeps the patch fixed: whether a stage
+    shifts its windows depends on the feature map's size, which the exporter freezes, so a larger input
+    would disagree; the sliding window only ever feeds patch-sized tiles."""
+    constraints = get_network_spec(network).constraints
+    topology = plan_topology([64, 64], [1.0, 1.0], constraints, 8)
+    torch.manual_seed(0)
+    model = create_network(network, topology, 1, 3, deep_supervision=False).eval()
+    graph, dynamic = _fold_graph(model, 1, topology.size_multiple)
+    data, _ = read_case_images([CASE])
+    slice_ = torch.from_numpy(np.ascontiguousarray(data[:, data.shape[1] // 2]))[None].float()
+    tiles = torch.nn.functional.interpolate(slice_, size=topology.size_multiple, mode="bilinear").repeat(2, 1, 1, 1)
+    assert check_onnx(model, graph, [tiles]) >= 0  # raises when the graph fails or disagrees beyond the tolerance
+    assert dynamic is False
 
 
 def test_cli_onnxruntime_engine_writes_torch_labels(tmp_path: Path) -> None:

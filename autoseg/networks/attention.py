@@ -23,11 +23,12 @@ BIAS_INIT_STD = 0.02
 
 
 def to_channels_last(x: torch.Tensor) -> torch.Tensor:
-    return x.movedim(1, -1)
+    # Explicit non-negative permutations: the ONNX exporter writes movedim's -1 as an invalid Transpose perm.
+    return x.permute(0, *range(2, x.dim()), 1)
 
 
 def to_channels_first(x: torch.Tensor) -> torch.Tensor:
-    return x.movedim(-1, 1)
+    return x.permute(0, x.dim() - 1, *range(1, x.dim() - 1))
 
 
 def heads_for(channels: int) -> int:

@@ -81,14 +81,20 @@ def _unflatten(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
 def _split(tree: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _flatten(tree, "", tensors, set())
-    return tensors, {"format": FORMAT, METADATA_KEY: json.dumps(skeleton)}
+    # One metadata entry: safetensors writes its metadata map in no fixed order, and a model file must be
+    # byte-identical when the same checkpoint is exported twice.
+    return tensors, {METADATA_KEY: json.dumps({"format": FORMAT, "skeleton": skeleton})}
 
 
 def _join(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None, where: str, error: ErrorType) -> dict[str, Any]:
-    if not metadata or metadata.get("format") != FORMAT or METADATA_KEY not in metadata:
-        raise error(f"{where}: a safetensors file, but not an autoseg weight file (no '{METADATA_KEY}' metadata); write it with autoseg")
+    not_autoseg = f"{where}: a safetensors file, but not an autoseg weight file (no '{METADATA_KEY}' metadata); write it with autoseg"
+    if not metadata or METADATA_KEY not in metadata:
+        raise error(not_autoseg)
     try:
-        return _unflatten(json.loads(metadata[METADATA_KEY]), tensors)
+        entry = json.loads(metadata[METADATA_KEY])
+        if not isinstance(entry, dict) or entry.get("format") != FORMAT:
+            raise error(not_autoseg)
+        return _unflatten(entry["skeleton"], tensors)
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise error(f"{where}: its '{METADATA_KEY}' metadata does not describe its tensors ({exc}); the file is damaged") from None
 
