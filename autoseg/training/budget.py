@@ -2,13 +2,15 @@
 
 The iteration count is set from the measured speed after a few probe iterations and re-estimated at
 every epoch end (which then includes the pseudo-validation and checkpoint costs), keeping a reserve
-for the final sliding-window validation. The poly schedule always runs over the current total, so
-the learning rate reaches zero when time runs out.
+for the final sliding-window validation. Each re-estimate re-anchors the poly schedule at the current
+iteration and learning rate (``PolyAnchor``), so the learning rate stays continuous and still reaches
+zero when time runs out.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 # The final validation's cost per case beyond the network (resampling back, writing, evaluation);
@@ -22,6 +24,30 @@ def poly_lr(initial_lr: float, iteration: int, total_iterations: int, exponent: 
     """``lr * (1 - iteration / total) ** exponent`` (reference.md §1.5), 0 once the total is reached."""
     progress = min(iteration / max(total_iterations, 1), 1.0)
     return initial_lr * (1.0 - progress) ** exponent
+
+
+@dataclass(frozen=True)
+class PolyAnchor:
+    """Where the poly schedule restarts when the budget re-estimates its total: ``fraction`` of the
+    initial learning rate at ``iteration``. The schedule decays from there to 0 at the current total,
+    so a changed total bends the curve but never makes the learning rate jump (issue 14: a poly over
+    a total that keeps changing went 6.3e-3 -> 5.3e-3 -> 2.75e-3 in consecutive epochs)."""
+
+    iteration: int = 0
+    fraction: float = 1.0
+
+    def lr(self, initial_lr: float, iteration: int, total_iterations: int, exponent: float) -> float:
+        """The anchored poly learning rate; with the default anchor exactly ``poly_lr``."""
+        span = total_iterations - self.iteration
+        if span <= 0:
+            return 0.0
+        return self.fraction * poly_lr(initial_lr, iteration - self.iteration, span, exponent)
+
+    def retarget(self, iteration: int, old_total: int, new_total: int, exponent: float) -> "PolyAnchor":
+        """The anchor that continues this schedule at ``iteration`` when the total becomes ``new_total``."""
+        if new_total == old_total:
+            return self
+        return PolyAnchor(iteration, self.lr(1.0, iteration, old_total, exponent))
 
 
 def affordable_total(done: int, seconds_left: float, seconds_per_iteration: float) -> int:

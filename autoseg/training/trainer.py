@@ -203,6 +203,7 @@ class Trainer:
         self.iteration = 0
         self.epoch = 0
         self.total_iterations = self._planned_total()
+        self.lr_anchor = budget_rules.PolyAnchor()
         self.history: list[dict[str, Any]] = []
         self._tile_seconds: float | None = None
         self.ema: float | None = None
@@ -273,6 +274,7 @@ class Trainer:
                 "epoch": self.epoch,
                 "iteration": self.iteration,
                 "total_iterations": self.total_iterations,
+                "lr_anchor": [self.lr_anchor.iteration, self.lr_anchor.fraction],
                 "ema": self.ema,
                 "best_ema": self.best_ema,
                 "history": self.history,
@@ -304,6 +306,8 @@ class Trainer:
         state = checkpoint["trainer_state"]
         self.epoch, self.iteration = int(state["epoch"]), int(state["iteration"])
         self.total_iterations = int(state["total_iterations"])
+        anchor = state.get("lr_anchor", [0, 1.0])  # checkpoints before anchoring: the plain poly
+        self.lr_anchor = budget_rules.PolyAnchor(int(anchor[0]), float(anchor[1]))
         self.ema, self.best_ema = state["ema"], float(state["best_ema"])
         self.history = list(state["history"])
 
@@ -314,7 +318,7 @@ class Trainer:
         if schedule["name"] == "constant":
             return initial
         if schedule["name"] == "poly":
-            return budget_rules.poly_lr(initial, self.iteration, self.total_iterations, schedule["exponent"])
+            return self.lr_anchor.lr(initial, self.iteration, self.total_iterations, schedule["exponent"])
         raise TrainingError(f"--set lr_schedule.name={schedule['name']!r}: choose poly or constant")
 
     def _tensors(self, batch: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -505,6 +509,8 @@ class Trainer:
         reserve = budget_rules.validation_seconds(tiles or [], 2 ** len(self.mirror_axes), self._seconds_per_tile())
         total = budget_rules.affordable_total(self.iteration, deadline - time.monotonic() - reserve, seconds_per_iteration)
         total = int(broadcast_value(total, self.context))
+        exponent = float(self.run.config["lr_schedule"].get("exponent", 1.0))
+        self.lr_anchor = self.lr_anchor.retarget(self.iteration, self.total_iterations, total, exponent)
         if total != self.total_iterations:
             self.monitor.log(
                 f"time budget: {seconds_per_iteration:.3f} s per iteration measured, final validation estimated "
