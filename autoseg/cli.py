@@ -116,7 +116,7 @@ def fingerprint(
 def plan(
     dataset: str = typer.Argument(..., help=DATASET_HELP),
     gpu_memory: Optional[float] = typer.Option(None, "--gpu-memory", help="GPU memory budget in GB (default: the GPU's memory)"),
-    budget: Optional[str] = typer.Option(None, "--budget", help="time budget for training one fold on this machine, e.g. 30m, 2h (default with no GPU: 12h)"),
+    budget: Optional[str] = typer.Option(None, "--budget", help="time budget for one fold on this machine, e.g. 30m, 2h: preprocessing, training, checkpoints and the final validation (default with no GPU: 12h)"),
     network: str = typer.Option("unet", "--network", help="network family: unet, resenc, segresnet, conresnet, vnet, vox2vox"),
     configs: Optional[list[str]] = typer.Option(None, "--configs", "-c", "--configuration", help="only these configurations: 2d, 3d_fullres, 3d_lowres, 3d_cascade_fullres"),
     plans_name: str = typer.Option("autosegPlans", "--plans-name", help="name of the plans file; a new name never touches earlier plans"),

@@ -231,7 +231,9 @@ def measure_timing(
 
 def seconds_per_iteration(compute_seconds: float, device: torch.device) -> float:
     """A training-loop iteration: the measured compute plus data loading on the same CPU cores."""
-    return compute_seconds * (C.CPU_LOOP_OVERHEAD if device.type == "cpu" else 1.0)
+    if device.type == "cpu":
+        return compute_seconds * C.CPU_LOOP_OVERHEAD + C.CPU_LOOP_SECONDS
+    return compute_seconds
 
 
 def schedule(num_iterations: int) -> tuple[int, int]:

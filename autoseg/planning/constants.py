@@ -84,6 +84,10 @@ VALIDATION_COST_FACTOR = 1.0 + 50 / ITERATIONS_PER_EPOCH / 3
 # reference §4: on this CPU nnU-Net's loop takes 0.63 s per iteration for 0.44 s of compute (data
 # loading competes for the same cores). On CUDA, loading runs beside the GPU.
 CPU_LOOP_OVERHEAD = 0.63 / 0.44
+# Plus a fixed cost per CPU iteration (batch assembly, augmentation bookkeeping, the loss, Python):
+# Dataset004 at 2 mm with a 12x20x16 patch ran 0.248 s per iteration for 0.055 s predicted by the
+# two terms above (load average 9 on 2 cores, so about 0.05 s on a quiet machine; 0.1 s taken).
+CPU_LOOP_SECONDS = 0.1
 
 # --- the whole run in the budget (autoseg; docs/planning.md, "The whole run fits the budget") ------
 # Cross-validation folds (reference §1.5): a fold validates a fifth of the cases.

@@ -11,11 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
 
-# The final validation's cost per case beyond the network (resampling back, writing, evaluation);
-# autoseg's estimate for small to medium images on a CPU.
-EXPORT_SECONDS_PER_CASE = 0.5
 # A forward pass costs about a third of a training iteration's forward + backward.
 FORWARD_SHARE_OF_ITERATION = 1.0 / 3.0
 
@@ -56,21 +52,3 @@ def affordable_total(done: int, seconds_left: float, seconds_per_iteration: floa
         raise ValueError("seconds_per_iteration must be positive")
     extra = math.floor(max(seconds_left, 0.0) / seconds_per_iteration)
     return max(done + extra, done, 1)
-
-
-def tiles_per_case(shape: Sequence[int], patch_size: Sequence[int], step: float = 0.5) -> int:
-    """Sliding-window tiles for an image of ``shape`` (as the inference's tiling, step x patch apart)."""
-    count = 1
-    for size, patch in zip(shape[-len(patch_size) :], patch_size):
-        span = max(size - patch, 0)
-        count *= math.ceil(span / (patch * step)) + 1 if span > 0 else 1
-    return count
-
-
-def validation_seconds(tiles: Sequence[int], mirror_passes: int, seconds_per_tile: float) -> float:
-    """Estimated duration of the final validation: each tile's forward passes plus export per case.
-
-    ``seconds_per_tile`` is a measured forward pass, not a share of a training iteration: on a CPU
-    an iteration of a small network is mostly data augmentation, which validation does not do.
-    """
-    return sum(tiles) * mirror_passes * seconds_per_tile + EXPORT_SECONDS_PER_CASE * len(tiles)
