@@ -207,3 +207,70 @@ def test_timing_noise_changes_iterations_not_the_recipe(fp, cache, monkeypatch):
         iterations.append(config["num_iterations"])
     assert all(r == recipes[0] for r in recipes)
     assert iterations == sorted(iterations) and iterations[0] < iterations[-1]  # faster: more iterations
+
+
+# ------------------------------------------------------------------ coarse models, input geometry
+def test_a_coarser_configuration_exports_back_to_the_input_geometry():
+    """A plan at 2 mm for 1 mm data (what the budget search may choose): the export that prediction and
+    the final validation use (ProbabilityExport) restores the input grid, and the labels survive."""
+    from conftest import HIPPOCAMPUS
+    from preprocessing_helpers import make_configuration, make_plans
+
+    from autoseg.dataset.imageio import read_image
+    from autoseg.preprocessing.inverse import restore_probabilities_to_labels
+    from autoseg.preprocessing.pipeline import preprocess_case
+
+    image, geometry = read_image(HIPPOCAMPUS / "imagesTr" / "hippocampus_004_0000.nii.gz")
+    label, _ = read_image(HIPPOCAMPUS / "labelsTr" / "hippocampus_004.nii.gz")
+    plans = make_plans({"3d_fullres": make_configuration([2.0, 2.0, 2.0], patch_size=(16, 24, 16))})
+    data, seg, properties = preprocess_case(image[None].astype(np.float32), geometry, plans, "3d_fullres", seg=label)
+    assert all(abs(c - s / 2) <= 1 for c, s in zip(data.shape[1:], label.shape))  # half the voxels per axis
+    one_hot = np.stack([(np.maximum(seg[0], 0) == c) for c in range(3)]).astype(np.float32)
+    restored = restore_probabilities_to_labels(one_hot, properties, plans, "3d_fullres")
+    assert restored.shape == label.shape
+    for value in (1, 2):
+        a, b = restored == value, label == value
+        assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.75  # a 2 mm round trip of a small structure
+
+
+# ----------------------------------------------------------------- training's predicted vs actual
+from training_helpers import DATASET, data_roots, results  # noqa: E402,F401 - fixtures
+
+
+def test_train_fits_the_plans_budget_and_reports_each_part(results, data_roots, monkeypatch):
+    import json
+
+    from autoseg.preprocessing.runner import TIMING_FILE
+    from autoseg.training import train_fold
+    from autoseg.training import validation as validation_module
+
+    plans_file = data_roots["preprocessed"] / DATASET / "autosegPlans.json"
+    original = plans_file.read_text()
+    plans = json.loads(original)
+    predicted = {"preprocess": 5.0, "startup": 3.0, "training": 15.0, "checkpoints": 0.5, "final_validation": 2.0,
+                 "total": 25.5}
+    plans["configurations"]["3d_fullres"].update(validation_tta=False, num_iterations=40, predicted_seconds=predicted)
+    plans["budget"] = {"seconds": 30.0}
+    plans_file.write_text(json.dumps(plans))
+    seen_tta = []
+    export = validation_module.export_preprocessed
+    monkeypatch.setattr(validation_module, "export_preprocessed",
+                        lambda *a, **k: seen_tta.append(k["tta"]) or export(*a, **k))
+    try:
+        summary = train_fold(DATASET, "3d_fullres", 0, workers=0, overrides=["val_iterations_per_epoch=2", "mixed_precision=off"])
+    finally:
+        plans_file.write_text(original)
+    store = data_roots["preprocessed"] / DATASET / plans["configurations"]["3d_fullres"]["data_identifier"]
+    prepared = json.loads((store / TIMING_FILE).read_text())["seconds"]
+    fold = Path(summary["model_folder"]) / "fold_0"
+    accounting = json.loads((fold / "time_accounting.json").read_text())
+    assert accounting == summary["time_accounting"]
+    assert accounting["predicted"] == predicted
+    # the plan's budget covers the whole run: training gets what preprocessing (as measured) left
+    assert accounting["train_budget_seconds"] == pytest.approx(30.0 - prepared)
+    actual = accounting["actual"]
+    assert actual["preprocess"] == pytest.approx(prepared, abs=0.1)
+    assert actual["training"] > 0 and actual["checkpoints"] > 0 and actual["final_validation"] > 0
+    assert actual["total"] == pytest.approx(summary["seconds"] + prepared, abs=0.2)
+    assert summary["seconds"] < (30.0 - prepared) * 1.3  # training and validation end near the deadline
+    assert seen_tta and not any(seen_tta)  # validation ran without mirroring, as planned
