@@ -274,3 +274,49 @@ def test_train_fits_the_plans_budget_and_reports_each_part(results, data_roots, 
     assert actual["total"] == pytest.approx(summary["seconds"] + prepared, abs=0.2)
     assert summary["seconds"] < (30.0 - prepared) * 1.3  # training and validation end near the deadline
     assert seen_tta and not any(seen_tta)  # validation ran without mirroring, as planned
+
+
+# ------------------------------------------------------------------------ real fingerprints
+REAL = {  # dataset: cases fingerprinted (a few, to stay fast; shapes and spacings are the real ones)
+    "Dataset004_Hippocampus": ["hippocampus_001", "hippocampus_003", "hippocampus_004", "hippocampus_006"],
+    "Dataset027_ACDC": ["patient002_frame01", "patient003_frame01", "patient004_frame01"],
+    "Dataset905_BraTS2015Mini": ["brats_2013_pat0001_1"],
+}
+
+
+def _real_fingerprint(root: Path, name: str) -> dict:
+    """The fingerprint module run on a copy of a few real cases of a shared dataset."""
+    import json
+    import shutil
+
+    from conftest import SHARED_DATA
+
+    from autoseg.fingerprint.extract import extract_fingerprint
+    from autoseg.paths import resolve_dataset
+
+    source, target = SHARED_DATA / name, root / name
+    (target / "imagesTr").mkdir(parents=True)
+    (target / "labelsTr").mkdir()
+    for case in REAL[name]:
+        for image in source.glob(f"imagesTr/{case}_0*.nii.gz"):
+            shutil.copy(image, target / "imagesTr")
+        shutil.copy(source / "labelsTr" / f"{case}.nii.gz", target / "labelsTr")
+    description = json.loads((source / "dataset.json").read_text())
+    description["numTraining"] = len(REAL[name])
+    (target / "dataset.json").write_text(json.dumps(description))
+    return extract_fingerprint(resolve_dataset(name), num_workers=1)
+
+
+@pytest.mark.parametrize("name", list(REAL))
+def test_real_fingerprints_plan_within_budget_and_keep_the_recipe_under_noise(name, roots, cache):
+    fp = _real_fingerprint(roots["raw"], name)
+    configs = []
+    for factor in (0.5, 1.0, 2.0):
+        plans = build_plans(fp, memory_budget_bytes=4 * GIB, budget_seconds=300.0, configs=["3d_fullres"],
+                            timing_factory=_timing(factor), cache_dir=cache)
+        configs.append(plans["configurations"]["3d_fullres"])
+    for config in configs:
+        assert config["predicted_seconds"]["total"] <= 300.0
+        assert context_ok(config["patch_size"], config["median_shape"])
+        assert {k: config[k] for k in RECIPE_KEYS} == {k: configs[0][k] for k in RECIPE_KEYS}
+    assert configs[0]["num_iterations"] > configs[2]["num_iterations"]  # x0.5 the seconds: more iterations
