@@ -132,11 +132,12 @@ CHECKPOINT_FILES_PER_EPOCH = 1.5
 # for 3d_lowres applied to each axis, so no axis is starved. On Dataset004 a 16x24x16 patch (0.44-0.48
 # of the median 36x50x35) reached Dice 0.2 after 2500 iterations, the whole-image 40x56x40 patch 0.83.
 CONTEXT_MIN_VOLUME_SHARE = 0.25
-# Spacing candidates: the target spacing, then coarser by this factor per step (finer axes first
+# Spacing candidates: the target spacing, then coarser by this factor per step (half the voxels per
+# step in 2D, a third in 3D: finer steps cost a memory calibration each and changed no choice tried) (finer axes first
 # while the spacing is anisotropic, as 3d_lowres grows it), while every axis keeps at least
 # SPACING_LADDER_MIN_EDGE voxels of the median image and no axis is coarsened more than 4x
 # (TotalSegmentator's coarsest model, --fastest, is 6 mm for 1.5 mm data).
-SPACING_LADDER_STEP = 2 ** (1 / 3)
+SPACING_LADDER_STEP = 2 ** 0.5
 SPACING_LADDER_MAX_FACTOR = 4.0
 SPACING_LADDER_MIN_EDGE = 16
 # Robust recipes: the recipe (spacing, patch, network, batch) is chosen at the measured speed snapped

@@ -61,6 +61,7 @@ class _Context:
     _memory: dict[str, MemoryModel] = field(default_factory=dict)
     _timing: dict[tuple[int, int], T.TimingModel] = field(default_factory=dict)
     _gflop: dict[str, float] = field(default_factory=dict)
+    _parameters: dict[str, int] = field(default_factory=dict)
 
     @property
     def constraints(self):
@@ -91,6 +92,12 @@ class _Context:
         if key not in self._gflop:
             self._gflop[key] = T.training_gflop(self.network, topology, channels, self.n_classes, probe, 1, self.options)
         return self._gflop[key] * batch * float(np.prod(patch)) / float(np.prod(probe))
+
+    def parameters(self, topology: Topology) -> int:
+        key = json.dumps(topology.to_dict(), sort_keys=True)
+        if key not in self._parameters:
+            self._parameters[key] = T.parameter_count(self.network, topology, self.in_channels, self.n_classes, self.options)
+        return self._parameters[key]
 
     def iteration_seconds(self, topology: Topology, patch: Sequence[int], batch: int, width: int,
                           in_channels: int | None = None, recipe: bool = False) -> float:
@@ -270,7 +277,7 @@ def _evaluate(ctx: _Context, costs: _Costs, spacing: list[float], median: list[f
     limit = C.VALIDATION_MAX_SHARE * ctx.budget_seconds
     tta = tiles * passes * recipe_tile <= limit
     passes = passes if tta else 1
-    checkpoint = A.checkpoint_seconds(T.parameter_count(ctx.network, topology, ctx.in_channels, ctx.n_classes, ctx.options))
+    checkpoint = A.checkpoint_seconds(ctx.parameters(topology))
     export = sum(costs.export)
 
     def iterations(recipe: bool) -> tuple[int, A.BudgetParts, float]:
@@ -415,7 +422,7 @@ def _plan_configuration(ctx: _Context, name: str, spacing: Sequence[float], dims
     if ctx.budget_seconds is not None:
         recipe = ctx.iteration_seconds(topology, patch, batch, width, recipe=True)
         costs = _costs(ctx, fingerprint, forward, spacing, dims)
-        checkpoint = A.checkpoint_seconds(T.parameter_count(ctx.network, topology, ctx.in_channels, ctx.n_classes, ctx.options))
+        checkpoint = A.checkpoint_seconds(ctx.parameters(topology))
         validation = A.final_validation_seconds([costs.tiles(patch)], 2**dims, ctx.tile_seconds(topology, patch, width, True),
                                                 [sum(costs.export)])
         affordable, _ = A.split_budget(ctx.budget_seconds, costs.preprocess, validation, recipe * C.VALIDATION_COST_FACTOR,
