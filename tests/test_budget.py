@@ -65,7 +65,6 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from autoseg.networks import Topology  # noqa: E402
-from autoseg.planning import accounting as A  # noqa: E402
 from autoseg.planning import compute_budget as T  # noqa: E402
 from autoseg.planning import constants as C  # noqa: E402
 from autoseg.planning.planner import build_plans, context_ok  # noqa: E402
@@ -140,8 +139,7 @@ def _expected_parts(fp: dict, config: dict) -> dict[str, float]:
             "final_validation": validation}
 
 
-@pytest.mark.parametrize("fp", [BRATS, ACDC], ids=["brats", "acdc"])
-@pytest.mark.parametrize("budget", [300.0, 1800.0])
+@pytest.mark.parametrize(("fp", "budget"), [(BRATS, 300.0), (ACDC, 1800.0)], ids=["brats-5m", "acdc-30m"])
 def test_budget_accounting_parts_follow_the_formulas_and_fit(fp, budget, cache):
     plans = build_plans(fp, memory_budget_bytes=4 * GIB, budget_seconds=budget, configs=["3d_fullres"],
                         timing_factory=_timing(), cache_dir=cache, regions_class_order=None)
@@ -198,7 +196,7 @@ def test_recipe_snapping_absorbs_a_2x_speed_error():
 def test_timing_noise_changes_iterations_not_the_recipe(fp, cache, monkeypatch):
     """The throughput measurement perturbed by x0.5..x2 (a loaded or a quiet machine): same recipe."""
     recipes, iterations = [], []
-    for factor in (0.5, 0.75, 1.0, 1.5, 2.0):
+    for factor in (0.5, 0.8, 1.25, 2.0):
         rate = _reference_rate() / factor  # factor = speed relative to the reference
         monkeypatch.setattr(T, "measure_timing", lambda *a, rate=rate, **k: T.TimingModel("noisy", 0.0, rate, rate))
         config = build_plans(fp, memory_budget_bytes=4 * GIB, budget_seconds=900.0, configs=["3d_fullres"],
