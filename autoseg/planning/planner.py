@@ -377,11 +377,7 @@ def _search_budget(ctx: _Context, name: str, spacing: Sequence[float], dims: int
             chosen = _choose(*evaluated[k], floor)
             if chosen is None:
                 continue
-            if candidate_spacing != list(spacing):
-                ctx.notes.append(
-                    f"{name}: planned at {_mm(candidate_spacing[3 - dims:])} mm instead of {_mm(spacing[3 - dims:])} mm: "
-                    "finer spacings give no recipe with enough context and iterations within the budget"
-                )
+            _note_spacing(ctx, name, chosen.spacing, spacing, dims)
             if floor < C.ITERATION_FLOOR:
                 ctx.notes.append(
                     f"{name}: the budget of {ctx.budget_seconds:.0f} s affords no recipe with {C.ITERATION_FLOOR} "
@@ -392,11 +388,20 @@ def _search_budget(ctx: _Context, name: str, spacing: Sequence[float], dims: int
     if not seen:
         raise PlanError(f"{name}: no patch with enough context fits the memory at any spacing; give more memory (--gpu-memory)")
     best = max(seen, key=lambda c: (c.validation_fits, c.recipe_iterations))
+    _note_spacing(ctx, name, best.spacing, spacing, dims)
     ctx.notes.append(
         f"{name}: the budget of {ctx.budget_seconds:.0f} s is too small for any recipe with enough context "
         f"({C.ITERATION_FLOOR // 8} iterations); planned the one with the most ({best.iterations}); give a larger --budget"
     )
     return best
+
+
+def _note_spacing(ctx: _Context, name: str, chosen: Sequence[float], target: Sequence[float], dims: int) -> None:
+    if list(chosen) != list(target):
+        ctx.notes.append(
+            f"{name}: planned at {_mm(chosen[3 - dims:])} mm instead of {_mm(target[3 - dims:])} mm: "
+            "finer spacings give no recipe with enough context and iterations within the budget"
+        )
 
 
 def _mm(values: Sequence[float]) -> str:
