@@ -109,15 +109,19 @@ VALIDATION_MAX_SHARE = 0.15
 # thread on the shared 2-core machine (restore_probabilities_to_labels): 3 region channels of BraTS
 # 39x60x60 -> 155x240x240 in 5.2 s (190 ns per voxel and channel), at 1 mm 1.1 s (40 ns); ACDC 4
 # classes 10x81x73 -> 10x256x232 in 0.26 s (110 ns), unresampled 0.11 s (47 ns).
-EXPORT_SECONDS_PER_CASE = 0.5
-EXPORT_SECONDS_PER_VOXEL = 1e-7
+# Whole validations (`autoseg train`, load 9 on 2 cores): Dataset004 42 cases in 10 s (0.24 s per
+# case), BraTS 2 cases of 155x240x240 in 37 s (of which 5 s restoring per case): writing the gzipped
+# NIfTI and scoring take about 1.2 us per voxel.
+EXPORT_SECONDS_PER_CASE = 0.2
+EXPORT_SECONDS_PER_VOXEL = 1.2e-6
 EXPORT_SECONDS_PER_VOXEL_CHANNEL = 5e-8
 EXPORT_RESAMPLE_SECONDS_PER_VOXEL_CHANNEL = 1.5e-7
 # Preprocessing of one case (preprocess_case, measured like the export): BraTS 2 x 155x240x240 to 4 mm
 # in 3.8 s (214 ns per voxel and channel, labels included), unresampled 0.55 s (31 ns); ACDC to 5 mm
-# 227 ns, unresampled 37 ns. Reading and writing the files is estimated at the same again.
-PREPROCESS_SECONDS_PER_CASE = 0.3
-PREPROCESS_SECONDS_PER_VOXEL_CHANNEL = 7e-8
+# 227 ns, unresampled 37 ns. Whole runs of `autoseg preprocess` (2 workers, load 9 on 2 cores) set the
+# rest: Dataset004's 208 cases at 2 mm took 22 s, BraTS' 6 cases at 4 mm 30 s.
+PREPROCESS_SECONDS_PER_CASE = 0.15
+PREPROCESS_SECONDS_PER_VOXEL_CHANNEL = 2e-7
 RESAMPLE_IMAGE_SECONDS_PER_VOXEL_CHANNEL = 1.5e-7
 RESAMPLE_LABEL_SECONDS_PER_VOXEL_LABEL = 2e-8
 # Checkpoints: a fixed cost per file plus the fp32 weights and momentum at this disk speed; at each
