@@ -115,22 +115,32 @@ def fingerprint(
 @user_errors
 def plan(
     dataset: str = typer.Argument(..., help=DATASET_HELP),
-    gpu_memory: Optional[float] = typer.Option(None, "--gpu-memory", help="GPU memory budget in GB (default: the GPU's memory)"),
+    gpu_memory: Optional[float] = typer.Option(None, "--gpu-memory", help="GPU memory in GB to plan for (default: this machine's GPU); without a GPU here it plans for a GPU elsewhere, memory modelled"),
     budget: Optional[str] = typer.Option(None, "--budget", help="time budget for one fold on this machine, e.g. 30m, 2h: preprocessing, training, checkpoints and the final validation (default with no GPU: 12h)"),
-    network: str = typer.Option("unet", "--network", help="network family: unet, resenc, segresnet, conresnet, vnet, vox2vox"),
+    network: Optional[str] = typer.Option(None, "--network", help="network family, one of those `autoseg networks` lists (default: nnU-Net's U-Net)"),
     configs: Optional[list[str]] = typer.Option(None, "--configs", "-c", "--configuration", help="only these configurations: 2d, 3d_fullres, 3d_lowres, 3d_cascade_fullres"),
     plans_name: str = typer.Option("autosegPlans", "--plans-name", help="name of the plans file; a new name never touches earlier plans"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing plans file of this name that differs"),
     device: Optional[str] = typer.Option(None, "--device", help="device to plan for: cpu, cuda or mps (default: cuda when present)"),
     num_workers: Optional[int] = typer.Option(None, "-np", "--num-workers", help=WORKERS_HELP),
+    transfer_from: Optional[Path] = typer.Option(None, "--transfer-plans-from", help="a plans file or trained model folder: keep its network, patch and batch (to fine-tune its weights with train --pretrained-weights), with this dataset's own spacing and normalization"),
 ) -> None:
     """Choose spacing, normalization, configurations, topology, patch and batch; write the plans file."""
     from autoseg.planning.planner import plan_dataset
     from autoseg.utils.duration import parse_duration
 
     seconds = parse_duration(budget) if budget is not None else None
-    _, table = plan_dataset(dataset, gpu_memory, seconds, network, configs or None, plans_name, overwrite, device, num_workers)
+    _, table = plan_dataset(dataset, gpu_memory, seconds, network, configs or None, plans_name, overwrite, device, num_workers, transfer_from)
     typer.echo(table)
+
+
+@app.command()
+@user_errors
+def networks() -> None:
+    """List the registered network families (for --network): dimensionalities, description, paper."""
+    from autoseg.networks.registry import format_network_table
+
+    typer.echo(format_network_table())
 
 
 @app.command()
@@ -164,6 +174,7 @@ def train(
     overrides: Optional[list[str]] = typer.Option(None, "--set", help="override a training config value, e.g. --set optimizer.lr=0.005"),
     save_probabilities: bool = typer.Option(False, "--save-probabilities", help="keep validation probabilities (for ensembling and postprocessing)"),
     workers: Optional[int] = typer.Option(None, "--workers", help="data-loading worker processes (0: in-process, for debugging)"),
+    pretrained_weights: Optional[Path] = typer.Option(None, "--pretrained-weights", help="start from a checkpoint, model folder or export-model zip: loads every tensor that matches, reports the rest (output heads for other classes)"),
 ) -> None:
     """Train one cross-validation fold; checkpoints every epoch, validates with sliding window at the end."""
     from autoseg.training.run import format_training_summary, train_fold
@@ -172,7 +183,7 @@ def train(
     seconds = parse_duration(budget) if budget is not None else None
     summary = train_fold(
         dataset, configuration, fold, network, plans_name, epochs, seconds, continue_, device, seed,
-        deterministic, overrides or [], save_probabilities, workers,
+        deterministic, overrides or [], save_probabilities, workers, pretrained_weights,
     )
     typer.echo(format_training_summary(summary))
 
@@ -224,6 +235,9 @@ def predict(
     part_id: int = typer.Option(0, "--part-id", help="which part this run predicts (0-based)"),
     continue_: bool = typer.Option(False, "--continue", help="skip cases whose outputs exist"),
     mixed_precision: str = typer.Option("auto", "--mixed-precision", help="auto (fp16 on CUDA, bf16 on CPUs with native bf16: same Dice to 1e-4, 2.6x faster, docs/benchmarks.md), bf16, fp16 (CUDA) or off"),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the networks (a one-off compilation; pays off only over many tiles)"),
+    engine: str = typer.Option("torch", "--engine", help="torch, or onnxruntime to run a zip from `export-model --format onnx` given with -m (CPU, float32)"),
+    statistics: bool = typer.Option(False, "--statistics", help="also write <case>_statistics.json (per class or region: volume in mm3, voxels, components, intensity mean and percentiles per channel) and statistics.csv"),
 ) -> None:
     """Sliding-window prediction with mirroring TTA, ensembling folds; the cascade runs end to end."""
     from autoseg.errors import UsageError
@@ -235,14 +249,24 @@ def predict(
     if (model_folder is None) == (dataset is None or configuration is None):
         raise UsageError("give either -m MODEL_FOLDER or both -d DATASET and -c CONFIGURATION")
     model = model_folder or find_model_folder(dataset, configuration, network, plans_name)
+    if engine == "onnxruntime":
+        from autoseg.inference.onnx_model import load_onnx_model
+
+        model, mixed_precision = load_onnx_model(model, _folds(folds)), "off"
+    elif engine != "torch":
+        raise UsageError(f"--engine {engine}: choose torch or onnxruntime")
     report = predict_folder(
         input, output, model, _folds(folds), checkpoint, step, not no_tta, save_probabilities, device,
-        num_parts, part_id, continue_, mixed_precision,
+        num_parts, part_id, continue_, mixed_precision, compile_networks=compile_,
     )
     typer.echo(
         f"{len(report.predicted)} case(s) predicted, {len(report.skipped)} skipped, into {report.output_folder} "
         f"({report.seconds:.1f} s)"
     )
+    if statistics:
+        from autoseg.evaluation.statistics import write_statistics
+
+        typer.echo(f"statistics: {write_statistics(input, output, report.dataset, report.predicted + report.skipped)}")
 
 
 def _description(dataset: Optional[str]) -> Any:
@@ -260,15 +284,21 @@ def evaluate(
     pred: Path = typer.Option(..., "-p", "--pred", help="folder of predicted label maps"),
     ref: Path = typer.Option(..., "-r", "--ref", help="folder of reference label maps (same file names)"),
     dataset: Optional[str] = typer.Option(None, "-d", "--dataset", help="dataset for labels/regions (default: dataset.json beside the references)"),
+    labels: Optional[list[int]] = typer.Option(None, "-l", "--labels", help="label values to evaluate without a dataset, e.g. --labels 1 2 (default: dataset.json beside the references, else every value found in them)"),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="folder for summary.json / summary.csv (default: PRED)"),
     tolerance_mm: float = typer.Option(1.0, help="tolerance of the normalised surface Dice, in mm"),
     num_workers: Optional[int] = typer.Option(None, "-np", "--num-workers", help=WORKERS_HELP),
 ) -> None:
     """Dice, IoU, HD95, ASSD, surface Dice, precision, recall and volumes per case and class."""
-    from autoseg.evaluation.evaluate import evaluate_folders, format_table
+    from autoseg.evaluation.evaluate import choose_labels, classes_absent_everywhere, evaluate_folders, format_table
 
-    summary = evaluate_folders(pred, ref, _description(dataset), output, num_workers, tolerance_mm)
+    choice = choose_labels(pred, ref, _description(dataset), labels, num_workers)
+    if choice.source == "references":
+        typer.echo(f"no dataset.json or --labels: evaluating the labels found in the references: {', '.join(list(choice.labels)[1:])}")
+    summary = evaluate_folders(pred, ref, choice.labels, output, num_workers, tolerance_mm, choice.file_ending)
     typer.echo(format_table(summary))
+    for name in classes_absent_everywhere(summary):
+        typer.echo(f"note: label {name} is in no reference and no prediction; its metrics are NaN")
     typer.echo(f"written: {(output or pred) / 'summary.json'} and summary.csv")
 
 
@@ -356,8 +386,20 @@ def export_model(
     output: Path = typer.Option(..., "-o", "--output", help="the zip file to write"),
     folds: list[str] = typer.Option(["0", "1", "2", "3", "4"], "-f", "--fold", help=FOLDS_HELP),
     checkpoint: str = typer.Option("final", help="final, best or latest"),
+    format_: str = typer.Option("autoseg", "--format", help="autoseg (safetensors weights, for import-model) or onnx (one ONNX graph per fold + deploy.json, for predict --engine onnxruntime; needs autoseg[onnx])"),
 ) -> None:
-    """Pack trained models into one zip: plain-tensor weights, plans, dataset, postprocessing, checksums."""
+    """Pack trained models into one zip: safetensors weights (or ONNX graphs), plans, dataset, postprocessing, checksums."""
+    from autoseg.errors import UsageError
+
+    if format_ == "onnx":
+        from autoseg.inference.onnx_model import export_onnx_model
+
+        if len(model_folders) != 1:
+            raise UsageError("--format onnx: give one model folder (-m) per ONNX model file")
+        typer.echo(f"written: {export_onnx_model(model_folders[0], output, folds, checkpoint)}")
+        return
+    if format_ != "autoseg":
+        raise UsageError(f"--format {format_}: choose autoseg or onnx")
     from autoseg.evaluation.model_files import export_model as run
 
     typer.echo(f"written: {run(model_folders, output, folds, checkpoint)}")

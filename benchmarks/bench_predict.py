@@ -349,6 +349,7 @@ def write_autoseg_model(results: Path, plans: dict[str, Any], dataset_json: dict
 
     from autoseg.dataset.description import parse_description
     from autoseg.networks import create_network
+    from autoseg.utils.weights_file import save_weights
 
     config = plans["configurations"][CONFIGURATION]
     topology = config["network"]["topology"]
@@ -366,7 +367,7 @@ def write_autoseg_model(results: Path, plans: dict[str, Any], dataset_json: dict
         "patch_size": config["patch_size"], "epoch": 0, "iteration": 0,
     }
     (folder / "fold_0").mkdir(parents=True, exist_ok=True)
-    torch.save({"network_weights": network.state_dict(), "metadata": metadata}, folder / "fold_0" / "checkpoint_final.pt")
+    save_weights(folder / "fold_0" / "checkpoint_final.safetensors", {"network_weights": network.state_dict(), "metadata": metadata})
     return folder, sum(p.numel() for p in network.parameters())
 
 

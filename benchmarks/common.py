@@ -272,14 +272,15 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def write_section(key: str, title: str, body: str) -> None:
+def write_section(key: str, title: str, body: str, machine: str | None = None) -> None:
     """Replace (or append) the section ``key`` of ``docs/benchmarks.md``; other sections are kept.
 
     A section runs from its ``<!-- bench:KEY -->`` marker to the next marker or the end of the file.
+    ``machine`` describes where the figures were measured (default: this machine, now).
     """
     marker = f"<!-- bench:{key} -->"
     text = DOC.read_text() if DOC.is_file() else DOC_HEADER
-    section = f"{marker}\n## {title}\n\n_{machine_line()}_\n\n{body.strip()}\n"
+    section = f"{marker}\n## {title}\n\n_{machine or machine_line()}_\n\n{body.strip()}\n"
     pattern = re.compile(re.escape(marker) + r".*?(?=<!-- bench:|\Z)", re.DOTALL)
     if pattern.search(text):
         text = pattern.sub(lambda _: section + "\n", text, count=1)

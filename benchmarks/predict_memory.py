@@ -28,6 +28,7 @@ from autoseg.dataset.imageio import Geometry
 from autoseg.inference.model import load_model
 from autoseg.inference.predictor import predict_array
 from autoseg.networks import create_network
+from autoseg.utils.weights_file import save_weights
 
 SPACING = (1.5, 0.8, 0.8)  # array order (z, y, x), reference §1.6
 FEATURES = [8, 16, 32, 64, 64]  # "8-64 features", 5 stages down to 4^3 at a 64^3 patch
@@ -86,7 +87,7 @@ def write_model(folder: Path, n_classes: int) -> None:
         "plans_name": "autosegPlans", "dataset_name": plans["dataset_name"], "mirror_axes": [0, 1, 2],
         "patch_size": PATCH, "epoch": 0, "iteration": 0,
     }
-    torch.save({"network_weights": network.state_dict(), "metadata": metadata}, folder / "fold_0" / "checkpoint_final.pt")
+    save_weights(folder / "fold_0" / "checkpoint_final.safetensors", {"network_weights": network.state_dict(), "metadata": metadata})
 
 
 def main(argv: list[str] | None = None) -> dict[str, float | str | list[int] | bool]:

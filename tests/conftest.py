@@ -7,6 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -30,6 +31,37 @@ def make_hippocampus_subset(root: Path, case_ids: list[str], name: str = "Datase
         shutil.copy(HIPPOCAMPUS / "imagesTr" / f"{case}_0000.nii.gz", dataset / "imagesTr")
         shutil.copy(HIPPOCAMPUS / "labelsTr" / f"{case}.nii.gz", dataset / "labelsTr")
     description = json.loads((HIPPOCAMPUS / "dataset.json").read_text())
+    description["numTraining"] = len(case_ids)
+    (dataset / "dataset.json").write_text(json.dumps(description, indent=2))
+    return dataset
+
+
+DRIVE = SHARED_DATA / "Dataset906_DRIVE"
+# 64x64 of the fundus where each of drive_21..drive_26 has 12-32 % vessel pixels.
+DRIVE_CROP = (slice(96, 160), slice(352, 416))
+
+
+def drive_crop(case_id: str, crop: tuple[slice, slice] = DRIVE_CROP) -> tuple[np.ndarray, np.ndarray]:
+    """A crop of a real DRIVE case: the RGB image (y, x, 3) uint8 and its 0/1 vessel mask (y, x)."""
+    from skimage import io as skio
+
+    image = skio.imread(DRIVE / "imagesTr" / f"{case_id}_0000.png")
+    mask = skio.imread(DRIVE / "labelsTr" / f"{case_id}.png")
+    return image[crop], mask[crop]
+
+
+def make_drive_subset(root: Path, case_ids: list[str], name: str = "Dataset996_DriveCrop") -> Path:
+    """Crops of real DRIVE cases in nnU-Net's natural-image layout (one RGB ``<case>_0000.png``)."""
+    from skimage import io as skio
+
+    dataset = root / name
+    (dataset / "imagesTr").mkdir(parents=True)
+    (dataset / "labelsTr").mkdir()
+    for case in case_ids:
+        image, mask = drive_crop(case)
+        skio.imsave(dataset / "imagesTr" / f"{case}_0000.png", image, check_contrast=False)
+        skio.imsave(dataset / "labelsTr" / f"{case}.png", mask, check_contrast=False)
+    description = json.loads((DRIVE / "dataset.json").read_text())
     description["numTraining"] = len(case_ids)
     (dataset / "dataset.json").write_text(json.dumps(description, indent=2))
     return dataset

@@ -13,7 +13,7 @@ runner = CliRunner()
 
 STAGES = [
     "verify", "fingerprint", "plan", "preprocess", "train", "predict", "evaluate", "postprocess",
-    "ensemble", "find-best", "export-model", "import-model", "report", "demo",
+    "ensemble", "find-best", "export-model", "import-model", "report", "networks", "demo",
 ]
 
 

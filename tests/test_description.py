@@ -10,6 +10,7 @@ import pytest
 from autoseg.dataset.cases import scan_training_cases
 from autoseg.dataset.description import load_description, parse_description
 from autoseg.errors import DatasetError
+from conftest import SHARED_DATA
 
 BASE = {"channel_names": {"0": "CT", "1": "PET"}, "labels": {"background": 0, "a": 1, "b": 2},
         "numTraining": 2, "file_ending": ".nii.gz"}
@@ -60,3 +61,16 @@ def test_explicit_case_list(tmp_path: Path) -> None:
     scan = scan_training_cases(tmp_path, load_description(tmp_path))
     assert [c.case_id for c in scan.cases] == ["x"] and scan.cases[0].label == tmp_path / "imgs" / "x_seg.nii.gz"
     assert len(scan.problems) == 3 and "y_ct.nii.gz: file listed for case y in dataset.json does not exist" in scan.problems[0]
+
+
+def test_shared_brats_regions_and_drive_colour_channels_are_read_as_declared() -> None:
+    """The shared BraTS (2 channels, nested regions) and DRIVE (one RGB PNG per case) datasets."""
+    brats = load_description(SHARED_DATA / "Dataset905_BraTS2015Mini")
+    assert brats.has_regions and brats.regions_class_order == [2, 1, 4] and brats.num_channels == 2
+    assert brats.regions == [("whole_tumor", [1, 2, 3, 4]), ("tumor_core", [1, 3, 4]), ("enhancing_tumor", [4])]
+    assert brats.label_values == [0, 1, 2, 3, 4] and brats.num_output_channels == 3
+    drive_dir = SHARED_DATA / "Dataset906_DRIVE"
+    drive = load_description(drive_dir)
+    scan = scan_training_cases(drive_dir, drive)
+    assert not scan.problems and len(scan.cases) == 20 and drive.num_channels == 3
+    assert all(case.images == [drive_dir / "imagesTr" / f"{case.case_id}_0000.png"] for case in scan.cases)

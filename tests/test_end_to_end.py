@@ -18,6 +18,7 @@ import torch
 
 from autoseg.dataset.imageio import read_image
 from autoseg.postprocessing.determine import apply_postprocessing
+from autoseg.training.checkpoints import load_checkpoint
 from cli_helpers import TRAIN_SETTINGS, autoseg, set_options
 from conftest import HIPPOCAMPUS, make_hippocampus_subset
 from preprocessing_helpers import make_configuration, make_plans
@@ -29,7 +30,7 @@ HELD_OUT = ["hippocampus_020", "hippocampus_023"]  # never seen by training
 FOLDS = ["0", "1", "2", "3", "4"]
 MODEL = "unet__autosegPlans__3d_fullres"
 CROSSVAL = "crossval_folds_0_1_2_3_4"
-CHECKPOINT = "checkpoint_final.pt"
+CHECKPOINT = "checkpoint_final.safetensors"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -138,8 +139,8 @@ def check_export_import(model_folder: Path, tmp_path: Path, monkeypatch: pytest.
     for name in description_files:
         assert (imported / name).read_bytes() == (model_folder / name).read_bytes(), name
     for fold in FOLDS:
-        original = torch.load(model_folder / f"fold_{fold}" / CHECKPOINT, map_location="cpu", weights_only=True)
-        copy = torch.load(imported / f"fold_{fold}" / CHECKPOINT, map_location="cpu", weights_only=True)
+        original = load_checkpoint(model_folder / f"fold_{fold}" / CHECKPOINT)
+        copy = load_checkpoint(imported / f"fold_{fold}" / CHECKPOINT)
         assert copy["network_weights"].keys() == original["network_weights"].keys()
         for key, tensor in original["network_weights"].items():
             assert torch.equal(copy["network_weights"][key], tensor), (fold, key)

@@ -14,7 +14,9 @@ import pytest
 from autoseg.dataset.description import load_description
 from autoseg.dataset.imageio import Geometry, read_image, write_image
 from autoseg.errors import EvaluationError
+from autoseg.cli import app, expand_multi_value_options
 from autoseg.evaluation.evaluate import evaluate_folders, format_table
+from cli_helpers import autoseg, runner
 
 HIPPOCAMPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "Dataset004_Hippocampus"
 LABELS = {"background": 0, "a": 1, "b": 2}
@@ -117,3 +119,114 @@ def test_real_cases_with_dataset_json_found_beside_references(tmp_path):
     assert per_case[first]["Anterior"]["dice"] == 1.0 and per_case[first]["Posterior"]["hd95"] == 0.0
     assert per_case[second]["Posterior"]["dice"] == 0.0 and per_case[second]["Posterior"]["empty_prediction"]
     assert summary["classes"] == {name: values for name, values in load_description(raw).regions}
+
+
+# ------------------------------------------------------------------ without a dataset (nnU-Net's simple evaluation)
+
+PNG_GEOMETRY = Geometry((999.0, 1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0))
+
+
+@pytest.fixture
+def png_folders(tmp_path):
+    """Two 8x10 PNG cases: class 1 a 2x5 block (10 px), class 2 a 3x3 block (9 px); p1 misses 1 px of
+    class 1 and labels 3 px of class 2 as 1, p2 is exact."""
+    ref = np.zeros((1, 8, 10), np.uint8)
+    ref[0, 1:3, 1:6] = 1
+    ref[0, 4:7, 4:7] = 2
+    pred = ref.copy()
+    pred[0, 1, 1] = 0
+    pred[0, 4, 4:7] = 1
+    for folder, seg in (("ref", ref), ("pred", pred)):
+        (tmp_path / folder).mkdir()
+        write_image(seg, PNG_GEOMETRY, tmp_path / folder / "p1.png")
+        write_image(ref, PNG_GEOMETRY, tmp_path / folder / "p2.png")
+    return tmp_path / "pred", tmp_path / "ref"
+
+
+def expected_png_dice() -> dict[str, float]:
+    # class 1: ref 10, pred 9 + 3 = 12, overlap 9; class 2: ref 9, pred 6, overlap 6.
+    return {"1": 2 * 9 / 22, "2": 2 * 6 / 15}
+
+
+@pytest.mark.parametrize("labels", [["--labels", "1", "2"], []])
+def test_png_folders_evaluate_with_labels_option_or_values_found(png_folders, labels):
+    pred_dir, ref_dir = png_folders
+    output = autoseg("evaluate", "-p", pred_dir, "-r", ref_dir, "-np", 1, *labels)
+    found = "no dataset.json or --labels: evaluating the labels found in the references: 1, 2"
+    assert (found in output) is (not labels)
+    summary = json.loads((pred_dir / "summary.json").read_text())
+    assert summary["classes"] == {"1": [1], "2": [2]}
+    p1 = summary["metric_per_case"][0]["metrics"]
+    for name, dice in expected_png_dice().items():
+        assert p1[name]["dice"] == pytest.approx(dice)
+        assert summary["mean"][name]["dice"] == pytest.approx((dice + 1) / 2)
+
+
+def test_nifti_folders_without_dataset_evaluate_the_values_found(folders):
+    pred_dir, ref_dir = folders
+    output = autoseg("evaluate", "-p", pred_dir, "-r", ref_dir, "-np", 1, "--tolerance-mm", 2)
+    assert "evaluating the labels found in the references: 1\n" in output
+    summary = json.loads((pred_dir / "summary.json").read_text())
+    assert summary["classes"] == {"1": [1]}
+    assert summary["metric_per_case"][0]["metrics"]["1"]["dice"] == pytest.approx(2 * 20 / 44)
+
+
+def test_a_label_in_no_reference_and_no_prediction_is_noted(png_folders):
+    pred_dir, ref_dir = png_folders
+    output = autoseg("evaluate", "-p", pred_dir, "-r", ref_dir, "-np", 1, "-l", 1, 3)
+    assert "note: label 3 is in no reference and no prediction; its metrics are NaN" in output
+    summary = json.loads((pred_dir / "summary.json").read_text())
+    assert math.isnan(summary["mean"]["3"]["dice"]) and summary["mean"]["3"]["n_empty_in_both"] == 2
+    assert summary["mean"]["1"]["dice"] == pytest.approx((expected_png_dice()["1"] + 1) / 2)
+
+
+def _empty_references(pred: Path, ref: Path) -> str:
+    for path in ref.iterdir():
+        path.unlink()
+    return f"{ref}: holds no label files"
+
+
+def _renamed_reference(pred: Path, ref: Path) -> str:
+    (ref / "p2.png").rename(ref / "q2.png")
+    return f"{ref / 'p2.png'}: reference of case p2 not found (prediction {pred / 'p2.png'}); add it or remove the prediction"
+
+
+def _no_predictions(pred: Path, ref: Path) -> str:
+    for path in pred.iterdir():
+        path.unlink()
+    return f"{pred}: no predictions ending in '.png' to evaluate"
+
+
+def _mixed_reference_types(pred: Path, ref: Path) -> str:
+    write_image(np.zeros((1, 2, 2), np.uint8), GEOMETRY, ref / "p3.nii.gz")
+    return f"{ref}: holds label files of several types (.nii.gz, .png); keep one type per folder"
+
+
+def _only_background(pred: Path, ref: Path) -> str:
+    for path in ref.iterdir():
+        write_image(np.zeros((1, 8, 10), np.uint8), PNG_GEOMETRY, path)
+    return f"{ref}: the references hold only background (0); give the labels to evaluate with --labels"
+
+
+@pytest.mark.parametrize("breakage", [_empty_references, _renamed_reference, _no_predictions, _mixed_reference_types, _only_background])
+def test_bad_folders_without_dataset_give_one_line(png_folders, breakage):
+    pred_dir, ref_dir = png_folders
+    expected = breakage(pred_dir, ref_dir)
+    result = runner.invoke(app, ["evaluate", "-p", str(pred_dir), "-r", str(ref_dir), "-np", "1"])
+    assert result.exit_code == 2, result.output
+    assert f"autoseg: error: {expected}" in result.output
+    assert not (pred_dir / "summary.json").exists()
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--labels", "0", "1"], "--labels 0 1: give distinct positive label values (0 is background)"),
+    (["--labels", "1", "1"], "--labels 1 1: give distinct positive label values (0 is background)"),
+    (["--labels", "1", "-d", "Dataset004_Hippocampus"], "give either a dataset (-d) or --labels, not both"),
+])
+def test_bad_labels_option_gives_one_line(png_folders, args, expected, monkeypatch):
+    monkeypatch.setenv("AUTOSEG_RAW", str(HIPPOCAMPUS.parent))
+    pred_dir, ref_dir = png_folders
+    argv = expand_multi_value_options(["evaluate", "-p", str(pred_dir), "-r", str(ref_dir), *args])
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 2, result.output
+    assert f"autoseg: error: {expected}" in result.output

@@ -16,6 +16,7 @@ from autoseg.errors import FingerprintError
 from autoseg.fingerprint.cropping import OUTSIDE_NONZERO, bounding_box, crop_to_nonzero
 from autoseg.fingerprint.extract import extract_fingerprint
 from autoseg.fingerprint.file import load_fingerprint
+from autoseg.fingerprint.summary import format_fingerprint
 from autoseg.paths import resolve_dataset
 
 runner = CliRunner()
@@ -97,3 +98,17 @@ def test_load_fingerprint_errors(small_dataset: Path, roots: dict[str, Path]) ->
     path.write_text(json.dumps({"version": 1}))
     with pytest.raises(FingerprintError, match="missing spacings, shapes_after_crop"):
         load_fingerprint(location)
+
+
+def test_summary_names_region_datasets_label_values_by_their_regions() -> None:
+    """BraTS-style labels: values 1-4 have no names of their own; the summary says which regions hold each."""
+    fingerprint = {
+        "dataset_name": "Dataset905_BraTS2015Mini", "num_cases": 1, "channel_names": {"0": "FLAIR", "1": "T1c"},
+        "median_spacing": [1.0, 1.0, 1.0], "anisotropy_ratio": 1.0, "median_shape_after_crop": [4, 4, 4],
+        "median_relative_size_after_crop": 1.0, "foreground_intensity_properties_per_channel": {},
+        "labels": {"background": 0, "whole_tumor": [1, 2, 3, 4], "tumor_core": [1, 3, 4], "enhancing_tumor": [4]},
+        "class_volumes_mm3": {"2": [10.0], "4": [3.0]},
+    }
+    lines = format_fingerprint(fingerprint).splitlines()
+    assert lines[-2] == "  class 2 (in whole_tumor): median volume 10.0 mm^3"
+    assert lines[-1] == "  class 4 (in whole_tumor, tumor_core, enhancing_tumor): median volume 3.0 mm^3"

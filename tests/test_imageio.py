@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from autoseg.dataset.imageio import Geometry, read_case_images, read_image, write_image
+from autoseg.dataset.imageio import Geometry, read_case_images, read_image, read_image_channels, write_image
 from autoseg.errors import DatasetError
-from conftest import HIPPOCAMPUS, SHARED_DATA
+from conftest import DRIVE, DRIVE_CROP, HIPPOCAMPUS, SHARED_DATA, drive_crop
 
 GEOMETRY = Geometry(
     spacing=(3.0, 0.7, 0.8),
@@ -128,3 +128,126 @@ def test_failed_write_leaves_no_file(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         write_image(np.zeros((2, 3), np.uint8), GEOMETRY, tmp_path / "bad.nii.gz")
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------ 2D natural images (nnU-Net's NaturalImage2DIO)
+
+
+def _png(path: Path, pixels: np.ndarray) -> Path:
+    from skimage import io as skio
+
+    skio.imsave(path, pixels, check_contrast=False)
+    return path
+
+
+def _colour_pixels(num_channels: int) -> np.ndarray:
+    """(4, 5, C) uint8 with channel c holding 10*c + (pixel index), so every channel is recognisable."""
+    return np.stack([np.arange(20).reshape(4, 5) + 10 * c for c in range(num_channels)], axis=-1).astype(np.uint8)
+
+
+@pytest.mark.parametrize(("num_channels", "alpha"), [(3, False), (4, True), (2, True)])
+def test_colour_png_gives_one_channel_per_colour(tmp_path: Path, num_channels: int, alpha: bool) -> None:
+    pixels = _colour_pixels(num_channels)
+    channels, geometry, has_alpha = read_image_channels(_png(tmp_path / "c_0000.png", pixels))
+    assert channels.shape == (num_channels, 1, 4, 5) and has_alpha is alpha
+    for c in range(num_channels):
+        np.testing.assert_array_equal(channels[c, 0], pixels[..., c])
+    assert geometry.spacing == (999.0, 1.0, 1.0) and geometry.is_2d
+
+
+def test_grey_png_is_one_channel(tmp_path: Path) -> None:
+    pixels = np.arange(20, dtype=np.uint8).reshape(4, 5)
+    channels, _, has_alpha = read_image_channels(_png(tmp_path / "g_0000.png", pixels))
+    assert channels.shape == (1, 1, 4, 5) and not has_alpha
+    np.testing.assert_array_equal(channels[0, 0], pixels)
+
+
+@pytest.mark.parametrize(("declared", "kept"), [(3, [0, 1, 2]), (4, [0, 1, 2, 3]), (None, [0, 1, 2, 3])])
+def test_rgba_alpha_is_dropped_only_when_three_channels_are_declared(
+    tmp_path: Path, declared: int | None, kept: list[int]
+) -> None:
+    pixels = _colour_pixels(4)
+    data, geometry = read_case_images([_png(tmp_path / "c_0000.png", pixels)], declared)
+    assert data.dtype == np.float32 and data.shape == (len(kept), 1, 4, 5)
+    np.testing.assert_array_equal(data[:, 0], np.moveaxis(pixels[..., kept], -1, 0))
+
+
+def test_grey_files_of_one_case_join_in_channel_order(tmp_path: Path) -> None:
+    """nnU-Net's layout also allows R, G, B as three grey files _0000, _0001, _0002."""
+    pixels = _colour_pixels(3)
+    paths = [_png(tmp_path / f"c_{c:04d}.png", pixels[..., c]) for c in range(3)]
+    data, _ = read_case_images(paths, 3)
+    np.testing.assert_array_equal(data[:, 0], np.moveaxis(pixels, -1, 0))
+
+
+def test_real_drive_crop_reads_as_r_g_b() -> None:
+    """A real DRIVE image: the three channels are PIL's R, G and B bands (an independent reader)."""
+    from PIL import Image
+
+    path = DRIVE / "imagesTr" / "drive_21_0000.png"
+    data, geometry = read_case_images([path], 3)
+    assert data.shape == (3, 1, 584, 565) and geometry.spacing == (999.0, 1.0, 1.0)
+    with Image.open(path) as image:
+        for c, band in enumerate("RGB"):
+            np.testing.assert_array_equal(data[c, 0, DRIVE_CROP[0], DRIVE_CROP[1]], np.asarray(image.getchannel(band))[DRIVE_CROP])
+    assert data[0].mean() > data[1].mean() > data[2].mean()  # a fundus is red, then green, then blue
+
+
+@pytest.mark.parametrize(("pixels", "declared", "problem"), [
+    (_colour_pixels(3), 1, "found 3 channel(s) (RGB), dataset.json channel_names declares 1; save the image as grey "
+     "(one channel), or declare 3 channels in channel_names"),
+    (np.stack([np.arange(20, dtype=np.uint8).reshape(4, 5)] * 3, axis=-1), 1,
+     "found 3 channel(s) (RGB), dataset.json channel_names declares 1; save the image as grey (one channel) (its R, "
+     "G and B are equal: a grey image stored as colour), or declare 3 channels in channel_names"),
+    (np.zeros((4, 5), np.uint8), 3, "found 1 channel(s) (grey), dataset.json channel_names declares 3; give the case "
+     "3 channels (one RGB file holds 3, a grey file 1; files _0000, _0001, ...), or declare 1 in channel_names"),
+], ids=["rgb_for_one", "grey_stored_as_rgb", "grey_for_three"])
+def test_channel_count_mismatch_names_the_file_both_counts_and_the_fix(
+    tmp_path: Path, pixels: np.ndarray, declared: int, problem: str
+) -> None:
+    path = _png(tmp_path / "c_0000.png", pixels)
+    with pytest.raises(DatasetError) as info:
+        read_case_images([path], declared)
+    assert str(info.value) == f"{path}: {problem}"
+
+
+def test_colour_label_map_is_refused_with_the_fix(tmp_path: Path) -> None:
+    path = _png(tmp_path / "mask.png", _colour_pixels(3))
+    with pytest.raises(DatasetError) as info:
+        read_image(path)
+    assert str(info.value) == (
+        f"{path}: is a colour image (RGB, 3 channels) where one value per pixel is expected; save label maps "
+        "as grey PNGs whose pixel values are the class numbers (0 background, 1, 2, ...)"
+    )
+
+
+def test_palette_label_map_is_named_as_such(tmp_path: Path) -> None:
+    from PIL import Image
+
+    indices = Image.fromarray(np.array([[0, 1], [1, 0]], np.uint8), mode="L").convert("P")
+    indices.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    indices.save(tmp_path / "mask.png")
+    with pytest.raises(DatasetError, match=r"mask\.png: is a palette \(indexed-colour\) PNG, read as RGB colours"):
+        read_image(tmp_path / "mask.png")
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.int64, np.float32])
+def test_label_maps_round_trip_through_png(tmp_path: Path, dtype: type) -> None:
+    """Predictions of PNG inputs are written as grey PNG label maps of the input's size."""
+    _, mask = drive_crop("drive_22")
+    labels = (mask[None] * np.array(2, dtype)).astype(dtype)
+    geometry = read_image_channels(DRIVE / "imagesTr" / "drive_22_0000.png")[1]
+    write_image(labels, geometry, tmp_path / "drive_22.png")
+    back, back_geometry = read_image(tmp_path / "drive_22.png")
+    assert back.dtype == np.uint8 and back.shape == (1, 64, 64) and back_geometry == geometry
+    np.testing.assert_array_equal(back, labels)
+
+
+def test_png_labels_above_255_are_written_as_16_bit(tmp_path: Path) -> None:
+    labels = np.array([[[0, 300, 65535]]], np.int32)
+    write_image(labels, Geometry((999.0, 1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0)), tmp_path / "l.png")
+    back, _ = read_image(tmp_path / "l.png")
+    assert back.dtype == np.uint16
+    np.testing.assert_array_equal(back, labels)
+    with pytest.raises(ValueError, match="integer values in 0..65535"):
+        write_image(-labels, Geometry.default((1, 1, 3)), tmp_path / "negative.png")

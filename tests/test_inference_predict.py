@@ -15,13 +15,14 @@ import torch
 
 from autoseg.dataset.imageio import Geometry, read_case_images, read_image, write_image
 from autoseg.errors import InferenceError
-from autoseg.inference.batch import PREDICT_INFO, discover_cases, predict_folder, shard
+from autoseg.inference.batch import PREDICT_INFO, channel_files, discover_cases, output_ending, predict_folder, shard
 from autoseg.inference.model import find_model_folder, load_model
 from autoseg.inference.predictor import append_previous_stage, predict_array, predict_preprocessed
 from autoseg.inference.sliding_window import sliding_window_predict
 from autoseg.networks import create_network
 from autoseg.preprocessing.inverse import label_to_preprocessed_grid, restore_probabilities_to_labels
 from autoseg.preprocessing.pipeline import preprocess_case
+from autoseg.utils.weights_file import load_weights, save_weights
 
 from conftest import HIPPOCAMPUS, SHARED_DATA
 
@@ -84,8 +85,8 @@ def make_model(results: Path, config: str, folds: tuple[str, ...] = ("0", "1"), 
             "patch_size": PLANS["configurations"][config]["patch_size"], "epoch": 1, "iteration": 1,
         }
         (folder / f"fold_{fold}").mkdir()
-        torch.save({"network_weights": network.state_dict(), "metadata": metadata},
-                   folder / f"fold_{fold}" / "checkpoint_final.pt")
+        save_weights(folder / f"fold_{fold}" / "checkpoint_final.safetensors",
+                     {"network_weights": network.state_dict(), "metadata": metadata})
     return folder
 
 
@@ -112,7 +113,7 @@ def test_load_model_reads_folds_metadata_and_eval_networks(model_3d: Path) -> No
 def test_missing_fold_checkpoint_and_folder_errors(model_3d: Path) -> None:
     with pytest.raises(InferenceError, match=r"fold\(s\) 3 not found \(present: 0, 1\); train them or choose"):
         load_model(model_3d, folds=[0, 3])
-    with pytest.raises(InferenceError, match=r"checkpoint_best.pt: not found \(present: checkpoint_final.pt\)"):
+    with pytest.raises(InferenceError, match=r"checkpoint_best.safetensors: not found \(present: checkpoint_final.safetensors\)"):
         load_model(model_3d, checkpoint="best")
     with pytest.raises(InferenceError, match="checkpoint 'middle' unknown; choose one of final, best, latest"):
         load_model(model_3d, checkpoint="middle")
@@ -121,11 +122,13 @@ def test_missing_fold_checkpoint_and_folder_errors(model_3d: Path) -> None:
         load_model(model_3d)
 
 
-def test_pickled_checkpoint_is_refused(model_3d: Path) -> None:
-    path = model_3d / "fold_0" / "checkpoint_final.pt"
-    checkpoint = torch.load(path, weights_only=True)
+def test_pickled_legacy_checkpoint_is_refused(model_3d: Path) -> None:
+    """A checkpoint_final.pt of autoseg before safetensors is read with weights_only=True: no pickled code."""
+    path = model_3d / "fold_0" / "checkpoint_final.safetensors"
+    checkpoint = load_weights(path, InferenceError)
     checkpoint["metadata"]["evil"] = Geometry.default((1, 1, 1))  # an arbitrary object needs pickle
-    torch.save(checkpoint, path)
+    torch.save(checkpoint, path.with_suffix(".pt"))
+    path.unlink()
     with pytest.raises(InferenceError, match="cannot be loaded safely"):
         load_model(model_3d, folds=[0])
 
@@ -320,6 +323,20 @@ def test_sharding_splits_cases_disjointly(tmp_path: Path) -> None:
         shard(cases, 2, 2)
 
 
+def test_colour_2d_cases_need_no_file_per_channel_and_keep_their_format(tmp_path: Path) -> None:
+    """An RGB PNG case is one file (its colours are the channels); 2D images come back in their own format."""
+    for name in ("rgb_0000.png", "grey_0000.tif", "grey_0001.tif", "gap_0000.png", "gap_0002.png", "vol_0000.nrrd"):
+        (tmp_path / name).write_bytes(b"")
+    cases = {case.case_id: case for case in discover_cases(tmp_path)}
+    assert channel_files(cases["rgb"], 3) == [tmp_path / "rgb_0000.png"]
+    assert channel_files(cases["grey"], 3) == [tmp_path / "grey_0000.tif", tmp_path / "grey_0001.tif"]
+    with pytest.raises(InferenceError, match=r"case gap: has channel\(s\) 0000, 0002, the model expects 3 \(0000, 0001, 0002\)"):
+        channel_files(cases["gap"], 3)
+    with pytest.raises(InferenceError, match=r"case vol: has channel\(s\) 0000, the model expects 2"):
+        channel_files(cases["vol"], 2)
+    assert [output_ending(cases[c], ".png") for c in ("rgb", "grey", "vol")] == [".png", ".tif", ".nii.gz"]
+
+
 def test_sharded_run_predicts_only_its_part(model_3d: Path, tmp_path: Path) -> None:
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -366,3 +383,28 @@ def test_mixed_precision_setting_is_resolved_recorded_and_checked(model_3d: Path
     with pytest.raises(InferenceError, match="mixed_precision='half': choose auto, fp16, bf16 or off"):
         predict_folder(images, tmp_path / "bad", model_3d, folds=[0], device="cpu", mixed_precision="half")
     assert not (tmp_path / "bad").exists()
+
+
+def test_compile_networks_compiles_every_fold_and_gives_the_same_labels(
+    model_3d: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--compile`` hands each fold's network to torch.compile (recorded), and predicts the same labels."""
+    compiled: list[torch.nn.Module] = []
+
+    def fake_compile(network: torch.nn.Module) -> torch.nn.Module:  # real compilation costs a minute on CPU
+        compiled.append(network)
+        return network
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    images = tmp_path / "in"
+    images.mkdir()
+    shutil.copy(HIPPOCAMPUS / "imagesTr" / "hippocampus_001_0000.nii.gz", images)
+    predict_folder(images, tmp_path / "eager", model_3d, device="cpu", mixed_precision="off")
+    assert compiled == []
+    predict_folder(images, tmp_path / "compiled", model_3d, device="cpu", mixed_precision="off", compile_networks=True)
+    assert len(compiled) == 2  # folds 0 and 1
+    assert json.loads((tmp_path / "compiled" / PREDICT_INFO).read_text())["compiled"] is True
+    assert json.loads((tmp_path / "eager" / PREDICT_INFO).read_text())["compiled"] is False
+    eager, _ = read_image(tmp_path / "eager" / "hippocampus_001.nii.gz")
+    again, _ = read_image(tmp_path / "compiled" / "hippocampus_001.nii.gz")
+    np.testing.assert_array_equal(eager, again)

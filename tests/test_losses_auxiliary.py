@@ -7,18 +7,16 @@ import math
 import pytest
 import torch
 
-from autoseg.networks import Topology, create_network
-from autoseg.training.losses.auxiliary import (
-    conresnet_residual_loss,
+from autoseg.networks import Topology, create_network, get_network_spec
+from autoseg.networks.conresnet import conresnet_residual_loss, residual_logits, residual_target, weighted_bce
+from autoseg.networks.segresnet import vae_loss
+from autoseg.networks.vox2vox import (
     generalised_dice_loss,
     lsgan_discriminator_loss,
     lsgan_generator_loss,
-    residual_logits,
-    residual_target,
-    vae_loss,
     vox2vox_generator_loss,
-    weighted_bce,
 )
+from autoseg.training.losses import one_hot
 
 torch.set_num_threads(1)
 LOG2 = math.log(2.0)
@@ -59,7 +57,7 @@ def test_conresnet_residual_loss_weights_lower_scales_by_half() -> None:
     # Zero logits: each channel's wBCE = (w * 8 + 56) log 2 / 64 with w = log(64 / 9) > 1.
     w = math.log(64 / 9)
     per_scale = (w * 8 + 56) * LOG2 / 64
-    loss = conresnet_residual_loss(aux, labels, slice_axis=0)
+    loss = conresnet_residual_loss(aux, one_hot(labels, 2), slice_axis=0)
     assert loss.item() == pytest.approx(1.5 * per_scale, rel=1e-6)
     assert [t.shape[2] for t in residual_logits(aux)] == [4, 2]
 
@@ -69,7 +67,7 @@ def test_conresnet_residual_loss_trains_a_real_conresnet() -> None:
     model = create_network("conresnet", topology, 1, 2, slice_axis=0).train()
     labels = (torch.rand(2, 1, 4, 8, 8) > 0.7).long()
     _, aux = model.forward_with_aux(torch.randn(2, 1, 4, 8, 8))
-    loss = conresnet_residual_loss(aux, labels, model.slice_axis)
+    loss = get_network_spec("conresnet").auxiliary_loss(model, aux, torch.zeros(0), one_hot(labels, 2))
     loss.backward()
     assert torch.isfinite(loss) and loss.item() > 0
     assert model.res_heads[0].weight.grad is not None
@@ -105,7 +103,14 @@ def test_vox2vox_generator_loss_adds_five_generalised_dice() -> None:
     probs, target = _two_class_example()
     logits = torch.log(probs.clamp_min(1e-12))  # softmax(log p) = p for normalised p
     fake = torch.tensor([0.0, 1.0])
-    labels = target.argmax(1, keepdim=True)
     expected = 0.5 + 5 * 5 / 12
-    assert vox2vox_generator_loss(fake, logits, labels).item() == pytest.approx(expected, rel=1e-5)
     assert vox2vox_generator_loss(fake, logits, target).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_segresnet_declares_its_vae_term_in_the_registry_and_it_is_zero_without_the_branch() -> None:
+    hook = get_network_spec("segresnet").auxiliary_loss
+    image = torch.zeros(1, 2)
+    assert hook(None, {}, image, image).item() == 0.0
+    aux = {"reconstruction": torch.tensor([[1.0, 2.0]]), "mu": torch.zeros(1, 4), "sigma": torch.ones(1, 4)}
+    assert hook(None, aux, image, image).item() == pytest.approx(0.1 * 2.5, rel=1e-6)  # L2 only; KL is 0
+    assert get_network_spec("unet").auxiliary_loss is None

@@ -15,12 +15,11 @@ from autoseg.errors import ModelFileError
 from autoseg.evaluation.model_files import (
     FORMAT_VERSION,
     MANIFEST,
-    decode_tensors,
-    encode_tensors,
     export_model,
     import_model,
 )
 from autoseg.networks import Topology, create_network
+from autoseg.utils.weights_file import load_weights, save_weights, weights_from_bytes, weights_to_bytes
 
 torch.set_num_threads(1)
 
@@ -32,7 +31,11 @@ PLANS = {"version": 1, "plans_name": "autosegPlans", "configurations": {"3d_full
 DATASET_JSON = {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "a": 1}, "numTraining": 2, "file_ending": ".nii.gz"}
 
 
-def make_model_folder(results: Path, with_postprocessing: bool = True) -> Path:
+def load(path: Path) -> dict:
+    return load_weights(path, ModelFileError)
+
+
+def make_model_folder(results: Path, with_postprocessing: bool = True, legacy: bool = False) -> Path:
     """A results model folder in the documented layout, with one tiny U-Net checkpoint per fold."""
     folder = results / DATASET / MODEL
     folder.mkdir(parents=True)
@@ -49,7 +52,10 @@ def make_model_folder(results: Path, with_postprocessing: bool = True) -> Path:
         checkpoint = {"network_weights": network.state_dict(), "optimizer_state": {"lr": 0.01},
                       "metadata": metadata}
         (folder / f"fold_{fold}").mkdir()
-        torch.save(checkpoint, folder / f"fold_{fold}" / "checkpoint_final.pt")
+        if legacy:  # autoseg before safetensors
+            torch.save(checkpoint, folder / f"fold_{fold}" / "checkpoint_final.pt")
+        else:
+            save_weights(folder / f"fold_{fold}" / "checkpoint_final.safetensors", checkpoint)
     return folder
 
 
@@ -81,8 +87,8 @@ def test_round_trip_restores_weights_metadata_and_files(exported: tuple[Path, Pa
         for name, digest in manifest["files"].items():
             assert hashlib.sha256(archive.read(name)).hexdigest() == digest
     assert names == {MANIFEST, f"{MODEL}/plans.json", f"{MODEL}/dataset.json", f"{MODEL}/training_config.yaml",
-                     f"{MODEL}/postprocessing.json", f"{MODEL}/fold_0/checkpoint_final.tensors",
-                     f"{MODEL}/fold_1/checkpoint_final.tensors"}
+                     f"{MODEL}/postprocessing.json", f"{MODEL}/fold_0/checkpoint_final.safetensors",
+                     f"{MODEL}/fold_1/checkpoint_final.safetensors"}
     assert manifest["format_version"] == FORMAT_VERSION and manifest["autoseg_version"] == __version__
     assert manifest["dataset_name"] == DATASET and manifest["models"] == [MODEL] and manifest["folds"] == ["0", "1"]
 
@@ -91,8 +97,8 @@ def test_round_trip_restores_weights_metadata_and_files(exported: tuple[Path, Pa
     for name in ("plans.json", "dataset.json", "training_config.yaml", "postprocessing.json"):
         assert (imported / name).read_bytes() == (folder / name).read_bytes()
     for fold in FOLDS:
-        original = torch.load(folder / f"fold_{fold}" / "checkpoint_final.pt", weights_only=True)
-        loaded = torch.load(imported / f"fold_{fold}" / "checkpoint_final.pt", weights_only=True)
+        original = load(folder / f"fold_{fold}" / "checkpoint_final.safetensors")
+        loaded = load(imported / f"fold_{fold}" / "checkpoint_final.safetensors")
         assert set(loaded) == {"network_weights", "metadata"}  # optimizer state is not exported
         assert loaded["metadata"] == original["metadata"]
         assert list(loaded["network_weights"]) == list(original["network_weights"])
@@ -104,6 +110,35 @@ def test_round_trip_restores_weights_metadata_and_files(exported: tuple[Path, Pa
     assert [p.name for p in (tmp_path / "clean" / DATASET).iterdir()] == [MODEL]  # no staging left behind
 
 
+def test_legacy_pt_checkpoints_are_exported_as_safetensors(tmp_path: Path) -> None:
+    folder = make_model_folder(tmp_path / "results", legacy=True)
+    (imported,) = import_model(export_model(folder, tmp_path / "m.zip", folds=FOLDS), tmp_path / "clean")
+    for fold in FOLDS:
+        original = torch.load(folder / f"fold_{fold}" / "checkpoint_final.pt", weights_only=True)
+        loaded = load(imported / f"fold_{fold}" / "checkpoint_final.safetensors")
+        assert loaded["metadata"] == original["metadata"]
+        assert all(torch.equal(loaded["network_weights"][k], t) for k, t in original["network_weights"].items())
+
+
+def test_safetensors_members_open_with_the_library_alone(exported: tuple[Path, Path]) -> None:
+    """Any safetensors reader gets the weights under network_weights/<name>, without autoseg."""
+    from safetensors.torch import load
+
+    folder, zip_path = exported
+    with zipfile.ZipFile(zip_path) as archive:
+        tensors = load(archive.read(f"{MODEL}/fold_0/checkpoint_final.safetensors"))
+    original = load_weights(folder / "fold_0" / "checkpoint_final.safetensors", ModelFileError)["network_weights"]
+    assert set(tensors) == {f"network_weights/{k}" for k in original}
+    assert all(torch.equal(tensors[f"network_weights/{k}"], t) for k, t in original.items())
+
+
+def test_version_1_model_file_is_refused_with_the_re_export_command(exported: tuple[Path, Path], tmp_path: Path) -> None:
+    _, zip_path = exported
+    bad = rewrite_zip(zip_path, tmp_path / "old.zip", _edit_manifest(format_version=1, autoseg_version="0.1.0"))
+    with pytest.raises(ModelFileError, match=r"version 1 .* re-export it with `autoseg export-model -m MODEL_FOLDER"):
+        import_model(bad, tmp_path / "clean")
+
+
 def test_tensor_encoding_keeps_every_dtype_and_shape() -> None:
     tensors = {
         "f16": torch.tensor([[1.5, -2.0]], dtype=torch.float16),
@@ -112,8 +147,11 @@ def test_tensor_encoding_keeps_every_dtype_and_shape() -> None:
         "empty": torch.zeros(0, 3),
         "strided": torch.arange(12.0).reshape(3, 4).t(),  # non-contiguous
     }
-    decoded, metadata = decode_tensors(encode_tensors(tensors, {"epoch": 2}), "test")
-    assert metadata == {"epoch": 2}
+    tree = {"weights": tensors, "metadata": {"epoch": 2}, "state": {0: (1.5, None, [torch.ones(2)])}}
+    decoded = weights_from_bytes(weights_to_bytes(tree), "test", ModelFileError)
+    assert decoded["metadata"] == {"epoch": 2} and decoded["state"][0][:2] == (1.5, None)  # int keys, tuples
+    assert torch.equal(decoded["state"][0][2][0], torch.ones(2))
+    decoded = decoded["weights"]
     for name, tensor in tensors.items():
         assert decoded[name].dtype == tensor.dtype and decoded[name].shape == tensor.shape
         assert torch.equal(decoded[name], tensor)
@@ -124,14 +162,14 @@ def test_optional_postprocessing_is_left_out_when_absent(tmp_path: Path) -> None
     zip_path = export_model([folder], tmp_path / "m.zip", folds=[1], checkpoint="final")
     with zipfile.ZipFile(zip_path) as archive:
         assert f"{MODEL}/postprocessing.json" not in archive.namelist()
-        assert f"{MODEL}/fold_0/checkpoint_final.tensors" not in archive.namelist()
+        assert f"{MODEL}/fold_0/checkpoint_final.safetensors" not in archive.namelist()
     (imported,) = import_model(zip_path, tmp_path / "clean")
     assert sorted(p.name for p in imported.iterdir()) == ["dataset.json", "fold_1", "plans.json", "training_config.yaml"]
 
 
 def test_export_names_a_missing_checkpoint(tmp_path: Path) -> None:
     folder = make_model_folder(tmp_path / "results")
-    missing = folder / "fold_2" / "checkpoint_final.pt"
+    missing = folder / "fold_2" / "checkpoint_final.safetensors"
     with pytest.raises(ModelFileError) as info:
         export_model(folder, tmp_path / "m.zip", folds=[0, 2])
     assert str(info.value) == f"{missing}: checkpoint not found; train this fold first or choose other folds/--checkpoint"
@@ -139,7 +177,7 @@ def test_export_names_a_missing_checkpoint(tmp_path: Path) -> None:
 
 
 def _modify_member(members: dict) -> dict:
-    name = f"{MODEL}/fold_0/checkpoint_final.tensors"
+    name = f"{MODEL}/fold_0/checkpoint_final.safetensors"
     data = bytearray(members[name])
     data[-1] ^= 0xFF  # flip bits of one weight
     return {**members, name: bytes(data)}
@@ -165,7 +203,7 @@ def _add_listed_member(name: str, data: bytes):
 TAMPERED = {
     "modified member": (
         _modify_member,
-        f"member '{MODEL}/fold_0/checkpoint_final.tensors' does not match its sha256 in manifest.json; "
+        f"member '{MODEL}/fold_0/checkpoint_final.safetensors' does not match its sha256 in manifest.json; "
         "the file was altered or damaged",
     ),
     "extra member": (
@@ -219,14 +257,14 @@ def test_tampered_zip_is_refused_and_nothing_written(case: str, exported: tuple[
 def test_weights_with_a_lying_header_are_refused(exported: tuple[Path, Path], tmp_path: Path) -> None:
     """Checksums recomputed by the tamperer: the header itself is still checked against the data."""
     _, zip_path = exported
-    name = f"{MODEL}/fold_0/checkpoint_final.tensors"
+    name = f"{MODEL}/fold_0/checkpoint_final.safetensors"
     with zipfile.ZipFile(zip_path) as archive:
         data = archive.read(name)
     truncated = data[:-4]
     bad = rewrite_zip(zip_path, tmp_path / "bad.zip", lambda m: _add_listed_member(name, truncated)(m))
     with pytest.raises(ModelFileError) as info:
         import_model(bad, tmp_path / "clean")
-    assert str(info.value).startswith(f"{bad}: refusing to import: member '{name}': is not a valid weights file (entry ")
+    assert str(info.value).startswith(f"{bad}: refusing to import: member '{name}': not a valid safetensors weight file (")
     assert files_under(tmp_path / "clean") == []
 
 
@@ -248,7 +286,7 @@ def test_existing_model_folder_is_kept_unless_overwrite(exported: tuple[Path, Pa
     assert str(info.value) == f"{target}: model folder already exists; pass --overwrite to replace it, or import into another results folder"
     assert [p.name for p in target.iterdir()] == ["keep.txt"]
     import_model(zip_path, tmp_path / "clean", overwrite=True)
-    assert not (target / "keep.txt").exists() and (target / "fold_1" / "checkpoint_final.pt").is_file()
+    assert not (target / "keep.txt").exists() and (target / "fold_1" / "checkpoint_final.safetensors").is_file()
     assert sorted(p.name for p in target.parent.iterdir()) == [MODEL]
 
 
@@ -260,7 +298,7 @@ def test_imported_checkpoints_build_the_same_networks_for_inference(exported: tu
     (imported,) = import_model(zip_path, tmp_path / "clean")
     x = torch.randn(1, 1, 8, 8, 8)
     for fold in FOLDS:
-        paths = [f / f"fold_{fold}" / "checkpoint_final.pt" for f in (folder, imported)]
-        a, b = (build_network(torch.load(p, weights_only=True), p, torch.device("cpu")) for p in paths)
+        paths = [f / f"fold_{fold}" / "checkpoint_final.safetensors" for f in (folder, imported)]
+        a, b = (build_network(load(p), p, torch.device("cpu")) for p in paths)
         with torch.no_grad():
             assert torch.equal(a(x), b(x))

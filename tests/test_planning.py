@@ -207,7 +207,7 @@ def test_2d_data_plans_only_2d():
 
 
 def test_compute_budget_narrows_and_shortens_to_fit():
-    budget = 1800.0
+    budget = 4 * 3600.0  # 30 cases of 300x512x512: preprocessing and validation export alone take ~30 min
     plans = plan(CT_LARGE, budget_seconds=budget, configs=["3d_fullres"])
     full = plans["configurations"]["3d_fullres"]
     parts = full["predicted_seconds"]

@@ -74,6 +74,58 @@ def test_training_gflop_counts_conv_layers_by_hand():
     assert training_gflop("unet", topology, 1, 3, [16, 8], 2) == pytest.approx(4 * 14720 * 6 / 1e9)
 
 
+class _HeadOnly(nn.Module):
+    """A 1x1 conv head; subclasses put one operation of interest before it."""
+
+    def __init__(self, in_channels: int, n_classes: int) -> None:
+        super().__init__()
+        self.head = nn.Conv2d(in_channels, n_classes, 1)
+
+
+class _GlobalAttention(_HeadOnly):
+    """Self-attention over all pixels (one head, the channels as features), then the head."""
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        tokens = x.flatten(2).transpose(1, 2).unsqueeze(1)  # (B, 1 head, L, C)
+        attended = nn.functional.scaled_dot_product_attention(tokens, tokens, tokens)
+        return [self.head(attended.squeeze(1).transpose(1, 2).reshape(x.shape))]
+
+
+class _ReadsValues(_HeadOnly):
+    """The head after reading a value: no meta kernel for ``.item()``."""
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [self.head(x * float(x.abs().max().item() >= 0))]
+
+
+def _register_toy(monkeypatch, name: str, module: type[_HeadOnly]) -> None:
+    from autoseg.networks import registry
+
+    def build(topology, in_channels, n_classes, *, deep_supervision=True):
+        return module(in_channels, n_classes)
+
+    spec = registry.NetworkSpec(name, build, registry.TopologyConstraints(), "test", "test")
+    monkeypatch.setitem(registry._REGISTRY, name, spec)
+
+
+FLOP_TOPOLOGY = Topology(2, [2, 4], [[3, 3]] * 2, [[1, 1], [2, 2]])
+
+
+def test_training_gflop_counts_attention_at_the_real_patch(monkeypatch):
+    _register_toy(monkeypatch, "attention_probe", _GlobalAttention)
+    # L tokens of 2 features: Q K^T and A V cost 2 x 2 L^2 FLOPs each, the 2->3 head 2 x 6 L; x3 fwd+bwd.
+    for patch, batch in (([8, 8], 1), ([16, 8], 2)):
+        tokens = patch[0] * patch[1]
+        expected = batch * (8 * tokens**2 + 12 * tokens) * 3 / 1e9
+        assert training_gflop("attention_probe", FLOP_TOPOLOGY, 2, 3, patch, batch) == pytest.approx(expected)
+
+
+def test_training_gflop_falls_back_to_a_scaled_cpu_probe_without_meta_kernels(monkeypatch):
+    _register_toy(monkeypatch, "reads_values", _ReadsValues)
+    # 2 x 6 FLOPs per pixel (2->3 1x1 conv), x3 fwd+bwd, 2 x 16 x 8 pixels.
+    assert training_gflop("reads_values", FLOP_TOPOLOGY, 2, 3, [16, 8], 2) == pytest.approx(2 * 128 * 12 * 3 / 1e9)
+
+
 def test_measured_timing_is_cached_and_predicts_more_for_more_work(tmp_path, monkeypatch):
     spec = get_network_spec("unet")
     timing = measure_timing("unet", spec.constraints, 2, 1, 2, width=4, device=torch.device("cpu"), cache_dir=tmp_path)
@@ -149,11 +201,14 @@ def test_memory_prediction_against_cuda_allocator():
     assert model.predict(patch, batch) == pytest.approx(peak, rel=0.35)
 
 
-def test_timing_probe_sgd_step_matches_torch_optim_sgd():
-    """The probe's hand-written update (which avoids torch.optim's TorchDynamo import) is training's SGD."""
+@pytest.mark.parametrize("unused_layer", [False, True])
+def test_timing_probe_sgd_step_matches_torch_optim_sgd(unused_layer):
+    """The probe's hand-written update (which avoids torch.optim's TorchDynamo import) is training's SGD;
+    parameters without a gradient (ConResNet's residual heads in the probe crashed planning) are skipped."""
     torch.manual_seed(0)
-    by_hand, reference = nn.Linear(4, 3), nn.Linear(4, 3)
+    by_hand, reference = (nn.ModuleList([nn.Linear(4, 3), nn.Linear(4, 2)]) for _ in range(2))
     reference.load_state_dict(by_hand.state_dict())
+    before = [p.detach().clone() for p in by_hand[1].parameters()]
     optimizer = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.99, nesterov=True)
     parameters = list(by_hand.parameters())
     buffers = [torch.zeros_like(p) for p in parameters]
@@ -161,9 +216,15 @@ def test_timing_probe_sgd_step_matches_torch_optim_sgd():
     for _ in range(3):
         for net in (by_hand, reference):
             net.zero_grad(set_to_none=True)
-            net(x).square().mean().backward()
+            loss = net[0](x).square().mean()
+            if not unused_layer:
+                loss = loss + net[1](x).square().mean()
+            loss.backward()
         with torch.no_grad():
             compute_budget._sgd_step(parameters, buffers, lr=0.1, momentum=0.99)
         optimizer.step()
     for mine, theirs in zip(by_hand.parameters(), reference.parameters()):
         torch.testing.assert_close(mine, theirs)
+    if unused_layer:
+        for mine, unchanged in zip(by_hand[1].parameters(), before):
+            torch.testing.assert_close(mine, unchanged)

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from autoseg.evaluation.report import build_report, numeric_series, overlay_slice
+from autoseg.evaluation.report import build_report, numeric_series, overlay, overlay_slice
+from conftest import drive_crop
 from test_selection import BAD, BAD_FOREGROUND, CASES, DATASET, GOOD, GOOD_FOREGROUND, GOOD_LEFT, make_results
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
@@ -106,3 +107,20 @@ def test_report_renders_in_headless_chromium(report: tuple[Path, str], tmp_path:
     assert pixels.std() > 0.05
     coloured = np.abs(pixels[..., 0] - pixels[..., 2]) > 0.2
     assert coloured.mean() > 0.001
+
+
+@pytest.mark.parametrize("num_channels", [3, 4])
+def test_colour_image_overlay_is_drawn_in_its_colours(num_channels: int) -> None:
+    """An RGB(A) case (C, 1, y, x) is shown as its R, G, B planes, windowed together; grey stays grey."""
+    rgb, mask = drive_crop("drive_21")
+    channels = np.moveaxis(rgb, -1, 0)[:, None].astype(np.float32)
+    if num_channels == 4:
+        channels = np.concatenate([channels, np.full_like(channels[:1], 255)])
+    labels = mask[None].astype(np.uint8)
+    figure = overlay(channels, labels, labels, (999.0, 1.0, 1.0), [("vessel", (1,))], "drive_21")
+    shown = figure.axes[0].images[0].get_array()
+    assert shown.shape == (64, 64, 3)
+    low, high = np.percentile(rgb.astype(np.float32), (0.5, 99.5))
+    np.testing.assert_allclose(shown, np.clip((rgb - low) / (high - low), 0, 1), atol=1e-6)
+    grey = overlay(channels[1], labels, labels, (999.0, 1.0, 1.0), [("vessel", (1,))], "drive_21")
+    assert grey.axes[0].images[0].get_array().shape == (64, 64)

@@ -32,6 +32,7 @@ from autoseg.inference.model import load_model
 from autoseg.planning.plans import load_plans, plans_path, validate_plans
 from autoseg.preprocessing.store import list_cases, load_case
 from autoseg.training.cascade import CACHE_FOLDER, NEXT_STAGE_FOLDER
+from autoseg.training.checkpoints import load_checkpoint
 from autoseg.training.config import resolve_config
 from autoseg.training.data_loading import TRAIN_STREAM, VAL_STREAM, BatchSource
 from autoseg.training.run import train_fold
@@ -49,7 +50,7 @@ LOWRES_MODEL, CASCADE_MODEL = "unet__autosegPlans__3d_lowres", "unet__autosegPla
 FOLDS = ["0", "1", "2", "3", "4"]
 FOREGROUND = [1, 2]  # Anterior, Posterior: one one-hot input channel each
 HELD_OUT = ["hippocampus_017", "hippocampus_019"]  # never seen by training
-CHECKPOINT = "checkpoint_final.pt"
+CHECKPOINT = "checkpoint_final.safetensors"
 
 
 def cascade_plans() -> dict[str, Any]:
@@ -136,7 +137,7 @@ def test_lowres_folds_hand_every_case_to_the_next_stage(trained: dict[str, Path]
         assert labels.shape == image.shape and geometry == image_geometry
         assert np.issubdtype(labels.dtype, np.integer) and set(np.unique(labels).tolist()) <= {0, *FOREGROUND}
         np.testing.assert_array_equal(labels, read_image(validated[f"{case}.nii.gz"])[0])
-    meta = torch.load(lowres / "fold_0" / CHECKPOINT, map_location="cpu", weights_only=True)["metadata"]
+    meta = load_checkpoint(lowres / "fold_0" / CHECKPOINT)["metadata"]
     assert (meta["configuration"], meta["in_channels"]) == (LOWRES, 1)
 
 
@@ -144,7 +145,7 @@ def test_cascade_fold_trains_on_the_previous_stage_on_its_grid(trained: dict[str
     """Cascade fold 0: 1 image + 2 one-hot input channels; the lowres labels cached per case on the
     fullres grid, which for 1 mm input at a 1 mm target is the nonzero crop of the prediction."""
     cascade, store = trained["cascade"], trained["preprocessed"] / FULLRES_STORE
-    meta = torch.load(cascade / "fold_0" / CHECKPOINT, map_location="cpu", weights_only=True)["metadata"]
+    meta = load_checkpoint(cascade / "fold_0" / CHECKPOINT)["metadata"]
     assert (meta["configuration"], meta["in_channels"], meta["num_outputs"]) == (CASCADE, 1 + len(FOREGROUND), 3)
     cache = cascade / CACHE_FOLDER
     assert sorted(p.name for p in cache.iterdir()) == sorted(f"{case}.npy" for case in CASES)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from autoseg.errors import TrainingError
 from autoseg.training import train_fold
@@ -30,7 +31,7 @@ def _fold(results: Path, model: str = MODEL, fold: str = "all") -> Path:
 
 def _uninterrupted_and_killed(results: Path, overrides: list[str]) -> tuple[dict, dict]:
     train_fold(DATASET, "3d_fullres", "all", epochs=4, workers=0, deterministic=True, overrides=overrides)
-    reference = load_checkpoint(_fold(results) / "checkpoint_final.pt")
+    reference = load_checkpoint(_fold(results) / "checkpoint_final.safetensors")
     killed_root = results.parent / "killed"
     code = (
         "import torch; torch.set_num_threads(1)\n"
@@ -52,7 +53,7 @@ def _uninterrupted_and_killed(results: Path, overrides: list[str]) -> tuple[dict
     os.environ["AUTOSEG_RESULTS"] = str(killed_root)
     resumed = train_fold(DATASET, "3d_fullres", "all", continue_=True, workers=0, deterministic=True, overrides=overrides)
     assert resumed["iterations"] == 32
-    return reference, load_checkpoint(_fold(killed_root) / "checkpoint_final.pt")
+    return reference, load_checkpoint(_fold(killed_root) / "checkpoint_final.safetensors")
 
 
 def test_resume_after_kill_matches_uninterrupted_run(results: Path) -> None:
@@ -62,17 +63,21 @@ def test_resume_after_kill_matches_uninterrupted_run(results: Path) -> None:
         assert torch.equal(tensor, resumed["network_weights"][key]), key
     for a, b in zip(reference["optimizer_state"]["state"].values(), resumed["optimizer_state"]["state"].values()):
         assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in rows]  # noqa: E731
+    timings = {"epoch_seconds", "seconds_per_iteration"}
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in timings} for r in rows]  # noqa: E731
     assert strip(reference["trainer_state"]["history"]) == strip(resumed["trainer_state"]["history"])
 
 
 def test_continue_extends_a_finished_run(results: Path) -> None:
     train_fold(DATASET, "3d_fullres", "all", epochs=1, workers=0, overrides=FAST)
+    # The config written next to the fold says what the augmentation's `auto` rules chose.
+    resolved = yaml.safe_load((_fold(results) / "training_config.yaml").read_text())["augmentation"]
+    assert (resolved["rotation"]["degrees_2d"], resolved["mask_channels"]) == (180.0, [])
     with pytest.raises(TrainingError, match=r"fold_all: this fold already has checkpoints; add --continue"):
         train_fold(DATASET, "3d_fullres", "all", epochs=1, workers=0, overrides=FAST)
     summary = train_fold(DATASET, "3d_fullres", "all", epochs=3, continue_=True, workers=0, overrides=FAST)
     assert (summary["epochs"], summary["iterations"]) == (3, 6)
-    history = load_checkpoint(_fold(results) / "checkpoint_final.pt")["trainer_state"]["history"]
+    history = load_checkpoint(_fold(results) / "checkpoint_final.safetensors")["trainer_state"]["history"]
     # The poly schedule now runs over 6 iterations; epoch 2 ends with the lr of iteration index 3.
     assert [r["learning_rate"] for r in history][1] == pytest.approx(0.01 * (1 - 3 / 6) ** 0.9)
     with pytest.raises(TrainingError, match=r"--epochs 2: the run already trained 3 epochs \(6 iterations\)"):
@@ -83,9 +88,12 @@ def test_budget_sets_the_schedule_from_measured_speed(results: Path) -> None:
     summary = train_fold(DATASET, "3d_fullres", "all", budget_seconds=8, workers=0, overrides=["iterations_per_epoch=20", *FAST])
     log = (_fold(results) / "training_log.txt").read_text()
     assert "time budget: " in log and "s per iteration measured" in log
-    final = load_checkpoint(_fold(results) / "checkpoint_final.pt")
+    final = load_checkpoint(_fold(results) / "checkpoint_final.safetensors")
     assert final["metadata"]["total_iterations"] == final["metadata"]["iteration"] == summary["iterations"]
     assert 12 <= summary["iterations"] < 20000  # at least the probe, far fewer than 1000 epochs x 20
+    first = final["trainer_state"]["history"][0]
+    # 20 iterations per epoch: the 18 after the 2 warm-up iterations are timed; no GPU memory on a CPU.
+    assert 0 < first["seconds_per_iteration"] < first["epoch_seconds"] / 18 * 1.5 and first["peak_memory_bytes"] is None
     assert 8 * 0.7 < summary["seconds"] < 8 * 1.3  # ends on time (fold all: no final validation)
 
 
@@ -110,7 +118,7 @@ def test_two_process_gloo_ddp_keeps_ranks_identical(results: Path, tmp_path: Pat
     done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
-    final = load_checkpoint(_fold(results) / "checkpoint_final.pt")
+    final = load_checkpoint(_fold(results) / "checkpoint_final.safetensors")
     for key, tensor in rank0.items():
         assert torch.equal(tensor, rank1[key]), key
         assert torch.equal(tensor, final["network_weights"][key]), key

@@ -30,7 +30,7 @@ def test_every_network_trains_and_validates(
 ) -> None:
     summary = train_fold(DATASET, "3d_fullres", 0, network=network, epochs=1, workers=0, overrides=FAST + extra)
     fold = results / DATASET / f"{network}__autosegPlans__3d_fullres" / "fold_0"
-    final = load_checkpoint(fold / "checkpoint_final.pt")
+    final = load_checkpoint(fold / "checkpoint_final.safetensors")
     assert final["metadata"]["network"] == network and final["metadata"]["iteration"] == 2
     topology = final["metadata"]["topology"]
     if network != "unet":  # the plan is unet's: other families get their own topology rules

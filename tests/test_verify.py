@@ -14,7 +14,7 @@ import SimpleITK as sitk
 from typer.testing import CliRunner
 
 from autoseg.cli import app
-from conftest import FLOAT_LABEL_CASE, PLAIN_CASE, UINT8_IMAGE_CASE
+from conftest import FLOAT_LABEL_CASE, PLAIN_CASE, SHARED_DATA, UINT8_IMAGE_CASE, drive_crop, make_drive_subset
 
 runner = CliRunner()
 
@@ -234,3 +234,175 @@ def test_all_problems_reported_at_once(small_dataset: Path, roots: dict[str, Pat
 def test_float_labels_with_integer_values_are_accepted(small_dataset: Path, roots: dict[str, Path]) -> None:
     assert sitk.ReadImage(str(label(small_dataset, FLOAT_LABEL_CASE))).GetPixelIDTypeAsString() == "32-bit float"
     assert runner.invoke(app, ["verify", str(small_dataset)]).exit_code == 0
+
+
+# ------------------------------------------------------------------ 2D natural images: nnU-Net's layout
+
+
+DRIVE_CASES = ["drive_21", "drive_22", "drive_23"]
+CASE = "drive_22"
+
+
+@pytest.fixture
+def drive_dataset(roots: dict[str, Path]) -> Path:
+    """Three 64x64 crops of real DRIVE cases: one RGB ``<case>_0000.png`` each, channel_names R, G, B."""
+    return make_drive_subset(roots["raw"], DRIVE_CASES)
+
+
+def png(path: Path, pixels: np.ndarray) -> Path:
+    from skimage import io as skio
+
+    skio.imsave(path, pixels, check_contrast=False)
+    return path
+
+
+def rgb(dataset: Path, case: str = CASE, channel: int = 0) -> Path:
+    return dataset / "imagesTr" / f"{case}_{channel:04d}.png"
+
+
+def mask(dataset: Path, case: str = CASE) -> Path:
+    return dataset / "labelsTr" / f"{case}.png"
+
+
+def declare_channels(dataset: Path, names: list[str]) -> None:
+    description = json.loads((dataset / "dataset.json").read_text())
+    description["channel_names"] = {str(i): name for i, name in enumerate(names)}
+    (dataset / "dataset.json").write_text(json.dumps(description))
+
+
+def split_into_grey_files(dataset: Path, channels: list[int]) -> None:
+    """Replace the case's RGB file by one grey file per listed channel (nnU-Net joins them in order)."""
+    image_rgb, _ = drive_crop(CASE)
+    rgb(dataset).unlink()
+    for c in channels:
+        png(rgb(dataset, channel=c), image_rgb[..., c])
+
+
+def _rgb_declared_as_one_channel(d: Path) -> str:
+    declare_channels(d, ["fundus"])
+    return (
+        f"{rgb(d)}: found 3 channel(s) (RGB), dataset.json channel_names declares 1; save the image as grey "
+        "(one channel), or declare 3 channels in channel_names"
+    )
+
+
+def _grey_image_in_rgb_dataset(d: Path) -> str:
+    png(rgb(d), drive_crop(CASE)[0][..., 1])
+    return f"{rgb(d)}: found 1 channel(s) (grey), dataset.json channel_names declares 3; give the case 3 channels"
+
+
+def _rgba_with_two_declared(d: Path) -> str:
+    image_rgb, _ = drive_crop(CASE)
+    png(rgb(d), np.concatenate([image_rgb, np.full((*image_rgb.shape[:2], 1), 255, np.uint8)], axis=-1))
+    declare_channels(d, ["R", "G"])
+    return f"{rgb(d)}: found 4 channel(s) (RGBA), dataset.json channel_names declares 2; save the case with 2 channel(s)"
+
+
+def _split_channel_missing(d: Path) -> str:
+    split_into_grey_files(d, [0, 1])
+    return f"{rgb(d)} (+ 1 more file(s) of the case): found 2 channel(s) (grey, grey), dataset.json channel_names declares 3"
+
+
+def _split_channel_gap(d: Path) -> str:
+    split_into_grey_files(d, [0, 2])
+    return f"{rgb(d, channel=1)}: missing channel 1 (G) of case {CASE}"
+
+
+def _rgb_mask(d: Path) -> str:
+    png(mask(d), np.stack([drive_crop(CASE)[1] * 255] * 3, axis=-1).astype(np.uint8))
+    return (
+        f"{mask(d)}: is a colour image (RGB, 3 channels) where one value per pixel is expected; save label maps as grey "
+        "PNGs whose pixel values are the class numbers (0 background, 1, 2, ...) (its colour channels are equal: "
+        "converting it to grey keeps the values)"
+    )
+
+
+def _png_mask_0_255(d: Path) -> str:
+    png(mask(d), (drive_crop(CASE)[1] * 255).astype(np.uint8))
+    return f"{mask(d)}: label values 255 are not declared in dataset.json labels (declared: 0, 1) (a 0/255 mask: divide the label by 255 so the object is 1)"
+
+
+def _mask_size(d: Path) -> str:
+    png(mask(d), np.ascontiguousarray(drive_crop(CASE)[1][:, :60]))
+    return f"{mask(d)}: size (60, 64, 1) differs from image {CASE}_0000.png (64, 64, 1); the label must be on the image's grid"
+
+
+NATURAL_BREAKAGES = {f.__name__[1:]: f for f in [
+    _rgb_declared_as_one_channel, _grey_image_in_rgb_dataset, _rgba_with_two_declared, _split_channel_missing,
+    _split_channel_gap, _rgb_mask, _png_mask_0_255, _mask_size,
+]}
+
+
+@pytest.mark.parametrize("breakage", sorted(NATURAL_BREAKAGES))
+def test_broken_natural_image_dataset_reports_exact_line(breakage: str, drive_dataset: Path, roots: dict[str, Path]) -> None:
+    expected = NATURAL_BREAKAGES[breakage](drive_dataset)
+    before = tree_digest(drive_dataset)
+    result = runner.invoke(app, ["verify", str(drive_dataset), "-np", "1"])
+    assert result.exit_code == 2, result.output
+    assert expected in result.output
+    assert "Traceback" not in result.output
+    assert tree_digest(drive_dataset) == before
+
+
+def _rgba_images(d: Path) -> None:
+    for case in DRIVE_CASES:
+        image_rgb, _ = drive_crop(case)
+        alpha = np.full((*image_rgb.shape[:2], 1), 255, np.uint8)
+        png(rgb(d, case), np.concatenate([image_rgb, alpha], axis=-1))
+
+
+def _rgba_with_alpha_declared(d: Path) -> None:
+    _rgba_images(d)
+    declare_channels(d, ["R", "G", "B", "A"])
+
+
+def _split_grey_files(d: Path) -> None:
+    split_into_grey_files(d, [0, 1, 2])
+
+
+@pytest.mark.parametrize("variant", [None, _rgba_images, _rgba_with_alpha_declared, _split_grey_files])
+def test_natural_image_layouts_nnunet_reads_verify_clean(variant, drive_dataset: Path, roots: dict[str, Path]) -> None:
+    """One RGB file, RGBA with alpha dropped (3 declared) or kept (4 declared), or one grey file per channel."""
+    if variant is not None:
+        variant(drive_dataset)
+    result = runner.invoke(app, ["verify", str(drive_dataset), "-np", "1"])
+    assert result.exit_code == 0, result.output
+    assert "Dataset996_DriveCrop: 3 case(s) checked, no problems found" in result.output
+
+
+def test_fingerprint_of_rgb_dataset_has_one_entry_per_colour(drive_dataset: Path, roots: dict[str, Path]) -> None:
+    """R, G, B statistics are those of the vessel pixels of each colour plane."""
+    result = runner.invoke(app, ["fingerprint", str(drive_dataset), "-np", "1"])
+    assert result.exit_code == 0, result.output
+    fingerprint = json.loads((roots["preprocessed"] / "Dataset996_DriveCrop" / "fingerprint.json").read_text())
+    assert fingerprint["spacings"] == [[999.0, 1.0, 1.0]] * 3
+    assert fingerprint["shapes_after_crop"] == [[1, 64, 64]] * 3
+    stats = fingerprint["foreground_intensity_properties_per_channel"]
+    assert sorted(stats) == ["0", "1", "2"]
+    pixels = [drive_crop(case) for case in DRIVE_CASES]
+    for c in range(3):
+        vessel = np.concatenate([image[..., c][m > 0] for image, m in pixels])
+        assert stats[str(c)]["max"] == vessel.max() and stats[str(c)]["min"] == vessel.min()
+
+
+@pytest.mark.parametrize("name", ["Dataset906_DRIVE", "Dataset907_EMMembrane", "Dataset905_BraTS2015Mini"])
+def test_shared_datasets_verify_clean(name: str) -> None:
+    """The shared RGB, grey and two-channel region datasets, read unchanged as nnU-Net v2 reads them."""
+    result = runner.invoke(app, ["verify", str(SHARED_DATA / name), "-np", "1"])
+    assert result.exit_code == 0, result.output
+    assert "no problems found" in result.output
+
+
+def test_jpeg_dataset_is_refused_once_with_the_reason(drive_dataset: Path, roots: dict[str, Path]) -> None:
+    """JPEG is lossy (nnU-Net has no reader for it): one line at dataset.json, not one per file."""
+    description = json.loads((drive_dataset / "dataset.json").read_text())
+    (drive_dataset / "dataset.json").write_text(json.dumps(description | {"file_ending": ".jpg"}))
+    for folder in ("imagesTr", "labelsTr"):
+        for path in (drive_dataset / folder).iterdir():
+            path.rename(path.with_suffix(".jpg"))
+    result = runner.invoke(app, ["verify", str(drive_dataset), "-np", "1"])
+    assert result.exit_code == 2
+    assert [line for line in result.output.splitlines() if line.startswith("ERROR ")] == [
+        f"ERROR {drive_dataset / 'dataset.json'}: file_ending '.jpg' is not a supported image type; JPEG compression "
+        "is lossy and alters pixel values (label maps would change; nnU-Net refuses it too); save images and labels as .png"
+    ]

@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 from autoseg.dataset.description import DatasetDescription
+from autoseg.dataset.imageio import NATURAL_2D_ENDINGS, SUPPORTED_ENDINGS, image_ending
 from autoseg.errors import DatasetError
 
 CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -43,6 +45,21 @@ def _files_by_stem(folder: Path, ending: str, problems: list[str]) -> dict[str, 
     return files
 
 
+LOSSY_ENDINGS = (".jpg", ".jpeg")
+
+
+def file_ending_problem(dataset_dir: Path, desc: DatasetDescription) -> str | None:
+    """The one problem of a ``file_ending`` no reader supports (None when supported)."""
+    ending = desc.file_ending.lower()
+    if image_ending(f"x{ending}") == ending:
+        return None
+    why = (
+        "JPEG compression is lossy and alters pixel values (label maps would change; nnU-Net refuses it too); "
+        "save images and labels as .png" if ending in LOSSY_ENDINGS else f"use one of {', '.join(SUPPORTED_ENDINGS)}"
+    )
+    return f"{dataset_dir / 'dataset.json'}: file_ending {desc.file_ending!r} is not a supported image type; {why}"
+
+
 def scan_images(folder: Path, desc: DatasetDescription) -> CaseScan:
     """Group ``folder``'s files into cases by the ``_XXXX`` channel suffix; report every naming problem."""
     scan = CaseScan()
@@ -58,19 +75,35 @@ def scan_images(folder: Path, desc: DatasetDescription) -> CaseScan:
         channel = int(match["channel"])
         channels.setdefault(match["case"], {})[channel] = path
     for case_id, files in sorted(channels.items()):
-        missing = [c for c in range(desc.num_channels) if c not in files]
-        extra = sorted(c for c in files if c >= desc.num_channels)
+        missing, extra = channel_file_gaps(files, desc.num_channels, desc.file_ending)
         for c in missing:
             scan.problems.append(f"{folder / f'{case_id}_{c:04d}{desc.file_ending}'}: missing channel {c} ({desc.channel_names[str(c)]}) of case {case_id}")
         for c in extra:
             scan.problems.append(f"{files[c]}: channel {c} is not declared in dataset.json channel_names; remove it or declare the channel")
         if not missing:
-            scan.cases.append(Case(case_id, [files[c] for c in range(desc.num_channels)]))
+            scan.cases.append(Case(case_id, [files[c] for c in sorted(files) if c < desc.num_channels]))
     return scan
+
+
+def channel_file_gaps(files: Iterable[int], num_channels: int, ending: str) -> tuple[list[int], list[int]]:
+    """(missing, extra) channel file indices of a case with channel files ``files``.
+
+    A 2D natural image file may hold several channels (one RGB PNG holds R, G, B, as nnU-Net reads
+    it), so such a case needs files _0000.._000k without gaps and at most one per channel; the channel
+    count is checked when the files are read. Any other file holds one channel: one file per channel.
+    """
+    present = set(files)
+    if ending.lower() in NATURAL_2D_ENDINGS:
+        needed = range(min(num_channels, max(present, default=0) + 1))
+    else:
+        needed = range(num_channels)
+    return [c for c in needed if c not in present], sorted(c for c in present if c >= num_channels)
 
 
 def scan_training_cases(dataset_dir: Path, desc: DatasetDescription) -> CaseScan:
     """All training cases with labels; naming problems (unmatched images/labels) are collected."""
+    if (problem := file_ending_problem(dataset_dir, desc)) is not None:
+        return CaseScan(problems=[problem])
     if desc.cases is not None:
         return _explicit_cases(dataset_dir, desc)
     scan = scan_images(dataset_dir / "imagesTr", desc)
@@ -104,7 +137,7 @@ def _explicit_cases(dataset_dir: Path, desc: DatasetDescription) -> CaseScan:
         except (KeyError, TypeError):
             scan.problems.append(f"{dataset_dir / 'dataset.json'}: entry 'dataset.{case_id}' needs 'images' (list) and 'label'")
             continue
-        if len(images) != desc.num_channels:
+        if any(channel_file_gaps(range(len(images)), desc.num_channels, desc.file_ending)):
             scan.problems.append(f"{dataset_dir / 'dataset.json'}: case {case_id} lists {len(images)} images, channel_names has {desc.num_channels}")
             continue
         lost = [p for p in [*images, label] if not p.exists()]

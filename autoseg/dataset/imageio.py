@@ -6,6 +6,10 @@ NIfTI (.nii.gz, .nii), NRRD, MetaImage (.mha/.mhd) and GIPL through SimpleITK; 2
 
 Arrays are in SimpleITK's array order, always 3D: a 2D image is read as one slice ``(1, y, x)`` with
 spacing 999 on the slice axis (as nnU-Net does), and written back as 2D.
+
+A colour image file holds several channels, as in nnU-Net's ``NaturalImage2DIO``: ``read_image_channels``
+gives an RGB PNG as 3 channels (R, G, B), RGBA as 4, grey as 1. ``read_case_images`` joins a case's
+files in channel order and drops alpha when the dataset declares the channels without it.
 """
 
 from __future__ import annotations
@@ -234,23 +238,130 @@ def _from_sitk(image: sitk.Image, path: Path) -> tuple[np.ndarray, Geometry]:
     return array, geometry
 
 
-def _read_natural_2d(path: Path) -> tuple[np.ndarray, Geometry]:
+COLOUR_KINDS = {1: "grey", 2: "grey + alpha", 3: "RGB", 4: "RGBA"}  # channels -> kind; alpha is last
+
+
+def _read_natural_2d_pixels(path: Path) -> np.ndarray:
+    """The file's pixels as (y, x) grey or (y, x, c) colour with c in 2..4 (alpha last)."""
     from skimage import io as skio
 
     try:
-        array = np.asarray(skio.imread(str(path)))
+        if _pil_mode(path) in ("LA", "La"):
+            # scikit-image (and so nnU-Net) scrambles grey + alpha PNGs into a wrong shape; PIL reads them right.
+            from PIL import Image
+
+            with Image.open(path) as image:
+                array = np.asarray(image)
+        else:
+            array = np.asarray(skio.imread(str(path)))
     except Exception as exc:  # noqa: BLE001 - any decoder error means an unreadable file
         raise DatasetError(f"{path}: cannot be read as an image: {_first_line(exc)}") from None
-    if array.ndim == 3 and path.suffix.lower() in (".tif", ".tiff") and array.shape[-1] not in (3, 4):
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim == 3 and path.suffix.lower() in (".tif", ".tiff") and array.shape[-1] not in COLOUR_KINDS:
         raise DatasetError(
             f"{path}: is a 3D TIFF; save 3D images as .nii.gz (or .nrrd/.mha) so their spacing is kept"
         )
-    if array.ndim != 2:
-        raise DatasetError(
-            f"{path}: has shape {array.shape} (RGB/RGBA?); save grey-value images, one channel per _XXXX file"
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in COLOUR_KINDS):
+        raise DatasetError(f"{path}: has shape {array.shape}; expected a grey, RGB or RGBA 2D image")
+    return array
+
+
+def _natural_2d_geometry() -> Geometry:
+    return Geometry(spacing=(SLICE_SPACING_2D, 1.0, 1.0), origin=(0.0, 0.0), direction=(1.0, 0.0, 0.0, 1.0))
+
+
+def _read_natural_2d(path: Path) -> tuple[np.ndarray, Geometry]:
+    """A one-value-per-pixel 2D image (label map, prediction, grey image) as (1, y, x)."""
+    array = _read_natural_2d_pixels(path)
+    if array.ndim == 3:
+        raise DatasetError(f"{path}: {_colour_label_problem(path, array)}")
+    return array[None], _natural_2d_geometry()
+
+
+def _colour_label_problem(path: Path, array: np.ndarray) -> str:
+    """Why a colour file cannot be a label map, and the fix (palette PNGs are read as colours too)."""
+    kind = COLOUR_KINDS[array.shape[-1]]
+    if _pil_mode(path) in ("P", "PA"):
+        return (
+            f"is a palette (indexed-colour) PNG, read as {kind} colours; label maps need one class number "
+            "per pixel: save the palette indices as a grey PNG (0 background, 1, 2, ...)"
         )
-    geometry = Geometry(spacing=(SLICE_SPACING_2D, 1.0, 1.0), origin=(0.0, 0.0), direction=(1.0, 0.0, 0.0, 1.0))
-    return array[None], geometry
+    colours = min(3, array.shape[-1])
+    grey = " (its colour channels are equal: converting it to grey keeps the values)" if all(
+        np.array_equal(array[..., 0], array[..., c]) for c in range(1, colours)
+    ) else ""
+    return (
+        f"is a colour image ({kind}, {array.shape[-1]} channels) where one value per pixel is expected; save "
+        f"label maps as grey PNGs whose pixel values are the class numbers (0 background, 1, 2, ...){grey}"
+    )
+
+
+def _pil_mode(path: Path) -> str | None:
+    """PIL's pixel mode of the file ('RGB', 'P' for palette, 'LA' for grey + alpha), None if PIL cannot tell."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return str(image.mode)
+    except Exception:  # noqa: BLE001 - the reader itself reports unreadable files
+        return None
+
+
+def read_image_channels(path: str | Path) -> tuple[np.ndarray, Geometry, bool]:
+    """One image file's channels (C, z, y, x) with its geometry, and whether the last channel is alpha.
+
+    A colour 2D image gives one channel per colour (RGB: 3, RGBA: 4), as nnU-Net's NaturalImage2DIO
+    reads it; every other file is one channel.
+    """
+    path = Path(path)
+    if path.is_file() and image_ending(path) in NATURAL_2D_ENDINGS:
+        array = _read_natural_2d_pixels(path)
+        if array.ndim == 2:
+            return array[None, None], _natural_2d_geometry(), False
+        channels = np.moveaxis(array, -1, 0)[:, None]
+        return channels, _natural_2d_geometry(), array.shape[-1] in (2, 4)
+    array, geometry = read_image(path)
+    return array[None], geometry, False
+
+
+def select_channels(
+    paths: Sequence[str | Path], arrays: Sequence[np.ndarray], alphas: Sequence[bool], expected: int
+) -> list[np.ndarray]:
+    """The files' channel arrays (C_i, z, y, x) that make the ``expected`` channels, in order.
+
+    Alpha is dropped when the channels without it are what the dataset declares (an RGBA PNG of an
+    R, G, B dataset); any other count raises ``DatasetError`` naming the files, both counts and the fix.
+    """
+    counts = [a.shape[0] for a in arrays]
+    if sum(counts) == expected:
+        return list(arrays)
+    if any(alphas) and sum(c - int(alpha) for c, alpha in zip(counts, alphas)) == expected:
+        return [a[:-1] if alpha else a for a, alpha in zip(arrays, alphas)]
+    raise DatasetError(_channel_count_problem([Path(p) for p in paths], arrays, expected))
+
+
+def _channel_count_problem(paths: list[Path], arrays: Sequence[np.ndarray], expected: int) -> str:
+    found = sum(a.shape[0] for a in arrays)
+    where = str(paths[0]) if len(paths) == 1 else f"{paths[0]} (+ {len(paths) - 1} more file(s) of the case)"
+    kinds = ", ".join(
+        COLOUR_KINDS.get(a.shape[0], f"{a.shape[0]} channels") if image_ending(p) in NATURAL_2D_ENDINGS else "1 channel"
+        for p, a in zip(paths, arrays)
+    )
+    if found > expected and expected == 1 and len(arrays) == 1:
+        image = arrays[0]
+        grey = " (its R, G and B are equal: a grey image stored as colour)" if all(
+            np.array_equal(image[0], image[c]) for c in range(1, min(3, image.shape[0]))
+        ) else ""
+        fix = f"save the image as grey (one channel){grey}, or declare {found} channels in channel_names"
+    elif found < expected:
+        fix = (
+            f"give the case {expected} channels (one RGB file holds 3, a grey file 1; files _0000, _0001, ...), "
+            f"or declare {found} in channel_names"
+        )
+    else:
+        fix = f"save the case with {expected} channel(s), or declare {found} in channel_names"
+    return f"{where}: found {found} channel(s) ({kinds}), dataset.json channel_names declares {expected}; {fix}"
 
 
 def _read_dicom_series(folder: Path) -> tuple[np.ndarray, Geometry]:
@@ -307,16 +418,30 @@ def _write_natural_2d(array: np.ndarray, path: Path) -> None:
     if array.shape[0] != 1:
         raise ValueError(f"{path}: natural 2D images hold one slice, array has {array.shape[0]}")
     image = array[0]
-    if image.dtype.kind == "f":
-        if not np.all(np.isfinite(image)) or not np.all(image == np.round(image)):
-            raise ValueError(f"{path}: PNG/TIF outputs need integer values")
+    if image.dtype not in (np.uint8, np.uint16):
+        # PNG holds 8- or 16-bit unsigned grey values: label maps of any integer dtype fit when in range.
+        if not is_integer_valued(image) or image.min(initial=0) < 0 or image.max(initial=0) > 65535:
+            raise ValueError(f"{path}: PNG/TIF outputs need integer values in 0..65535")
         image = image.astype(np.uint16 if image.max(initial=0) > 255 else np.uint8)
     with atomic_path(path) as tmp:
         skio.imsave(str(tmp), image, check_contrast=False)
 
 
-def read_case_images(paths: Sequence[str | Path]) -> tuple[np.ndarray, Geometry]:
-    """Read a case's channel files into one float32 array (C, z, y, x); channels must share geometry."""
+def read_case_images(paths: Sequence[str | Path], num_channels: int | None = None) -> tuple[np.ndarray, Geometry]:
+    """Read a case's channel files into one float32 array (C, z, y, x); channels must share geometry.
+
+    ``num_channels`` (the dataset's ``channel_names`` count) is checked, and selects the colour
+    channels of 2D images without alpha; ``None`` keeps every channel of every file.
+    """
+    if not paths:
+        raise ValueError("read_case_images needs at least one path")
+    if any(image_ending(p) in NATURAL_2D_ENDINGS for p in paths):
+        return _read_natural_case(paths, num_channels)
+    if num_channels is not None and len(paths) != num_channels:
+        raise DatasetError(
+            f"{paths[0]}: the case has {len(paths)} channel file(s), dataset.json channel_names declares "
+            f"{num_channels}; give one file per channel (_0000, _0001, ...)"
+        )
     # Each channel is copied into one preallocated float32 array as soon as it is read, so at most
     # one channel in its file's dtype is held beside the result.
     data: np.ndarray | None = None
@@ -326,20 +451,43 @@ def read_case_images(paths: Sequence[str | Path]) -> tuple[np.ndarray, Geometry]
         if data is None or first is None:
             data = np.empty((len(paths), *array.shape), np.float32)
             first = geometry
-        elif array.shape != data.shape[1:]:
-            raise DatasetError(
-                f"{p}: shape {array.shape} differs from {paths[0]} {data.shape[1:]}; all channels of a "
-                "case must be on the same grid (resample them first)"
-            )
         else:
-            diff = geometry_differences(geometry, first)
-            if diff:
-                raise DatasetError(f"{p}: geometry differs from {paths[0]}: {'; '.join(diff)}")
+            _check_same_grid(p, array.shape, geometry, paths[0], data.shape[1:], first)
         data[index] = array
         del array
-    if data is None or first is None:
-        raise ValueError("read_case_images needs at least one path")
+    assert data is not None and first is not None
     return data, first
+
+
+def _check_same_grid(
+    path: str | Path, shape: Sequence[int], geometry: Geometry, first_path: str | Path, first_shape: Sequence[int],
+    first: Geometry,
+) -> None:
+    if tuple(shape) != tuple(first_shape):
+        raise DatasetError(
+            f"{path}: shape {tuple(shape)} differs from {first_path} {tuple(first_shape)}; all channels of a "
+            "case must be on the same grid (resample them first)"
+        )
+    diff = geometry_differences(geometry, first)
+    if diff:
+        raise DatasetError(f"{path}: geometry differs from {first_path}: {'; '.join(diff)}")
+
+
+def _read_natural_case(paths: Sequence[str | Path], num_channels: int | None) -> tuple[np.ndarray, Geometry]:
+    """2D images are small: read every file's channels, then select and join them."""
+    arrays, alphas, first = [], [], None
+    for p in paths:
+        array, geometry, alpha = read_image_channels(p)
+        if first is None:
+            first = geometry
+        else:
+            _check_same_grid(p, array.shape[1:], geometry, paths[0], arrays[0].shape[1:], first)
+        arrays.append(array)
+        alphas.append(alpha)
+    assert first is not None
+    if num_channels is not None:
+        arrays = select_channels(paths, arrays, alphas, num_channels)
+    return np.concatenate(arrays).astype(np.float32, copy=False), first
 
 
 def is_integer_valued(array: np.ndarray) -> bool:

@@ -11,9 +11,16 @@ from pathlib import Path
 
 import numpy as np
 
-from autoseg.dataset.cases import Case, scan_images, scan_training_cases
+from autoseg.dataset.cases import Case, file_ending_problem, scan_images, scan_training_cases
 from autoseg.dataset.description import DatasetDescription, load_description
-from autoseg.dataset.imageio import geometry_differences, is_integer_valued, nifti_nonfinite_counts, read_image
+from autoseg.dataset.imageio import (
+    geometry_differences,
+    is_integer_valued,
+    nifti_nonfinite_counts,
+    read_image,
+    read_image_channels,
+    select_channels,
+)
 from autoseg.errors import DatasetError
 from autoseg.paths import DatasetLocation
 from autoseg.utils.progress import default_workers, parallel_map
@@ -39,12 +46,13 @@ def _listing(values: list[int] | np.ndarray) -> str:
 
 
 def check_case(case: Case, desc: DatasetDescription, keep_arrays: bool = False) -> CaseCheck:
-    """Read one case and report every problem (unreadable files, geometry, NaN, label values)."""
+    """Read one case and report every problem (unreadable files, channel count, geometry, NaN, labels)."""
     result = CaseCheck(case.case_id)
-    arrays, geometries = [], []
+    arrays: list[tuple[Path, np.ndarray]] = []  # (file, its channels (C, z, y, x))
+    geometries, alphas = [], []
     for path in case.images:
         try:
-            array, geometry = read_image(path)
+            array, geometry, alpha = read_image_channels(path)
         except DatasetError as exc:
             result.problems.append(str(exc))
             continue
@@ -58,9 +66,9 @@ def check_case(case: Case, desc: DatasetDescription, keep_arrays: bool = False) 
                     f"{path}: {counts[0]} NaN and {counts[1]} Inf voxel(s); replace them (e.g. with the image "
                     "minimum) before training"
                 )
-        if arrays and array.shape != arrays[0][1].shape:
+        if arrays and array.shape[1:] != arrays[0][1].shape[1:]:
             result.problems.append(
-                f"{path}: size {array.shape[::-1]} differs from {arrays[0][0].name} {arrays[0][1].shape[::-1]}; "
+                f"{path}: size {array.shape[:0:-1]} differs from {arrays[0][0].name} {arrays[0][1].shape[:0:-1]}; "
                 "all channels of a case must be on the same grid (resample them onto one grid)"
             )
         elif arrays:
@@ -72,6 +80,13 @@ def check_case(case: Case, desc: DatasetDescription, keep_arrays: bool = False) 
                 )
         arrays.append((path, array))
         geometries.append(geometry)
+        alphas.append(alpha)
+    channels = None
+    if arrays and len(arrays) == len(case.images):
+        try:
+            channels = select_channels([p for p, _ in arrays], [a for _, a in arrays], alphas, desc.num_channels)
+        except DatasetError as exc:
+            result.problems.append(str(exc))
     label = None
     if case.label is not None:
         try:
@@ -81,10 +96,10 @@ def check_case(case: Case, desc: DatasetDescription, keep_arrays: bool = False) 
         else:
             if arrays:
                 ref_path, ref = arrays[0]
-                if label.shape != ref.shape:
+                if label.shape != ref.shape[1:]:
                     result.problems.append(
                         f"{case.label}: size {label.shape[::-1]} differs from image {ref_path.name} "
-                        f"{ref.shape[::-1]}; the label must be on the image's grid"
+                        f"{ref.shape[:0:-1]}; the label must be on the image's grid"
                     )
                 else:
                     diff = geometry_differences(label_geometry, geometries[0])
@@ -94,8 +109,8 @@ def check_case(case: Case, desc: DatasetDescription, keep_arrays: bool = False) 
                             "save the label with the image's header (spacing, origin, direction)"
                         )
             label = _check_label_values(case.label, label, desc, result.problems)
-    if keep_arrays and not result.problems and arrays:
-        result.data = np.stack([a.astype(np.float32, copy=False) for _, a in arrays])
+    if keep_arrays and not result.problems and channels is not None:
+        result.data = np.concatenate([a.astype(np.float32, copy=False) for a in channels])
         result.label = label
         result.spacing = geometries[0].spacing
     return result
@@ -146,6 +161,8 @@ def _check_case_problems(case: Case, desc: DatasetDescription) -> list[str]:
 def dataset_level_problems(location: DatasetLocation, desc: DatasetDescription) -> tuple[list[Case], list[str]]:
     """Naming and bookkeeping problems (no image is read)."""
     scan = scan_training_cases(location.raw_dir, desc)
+    if file_ending_problem(location.raw_dir, desc) is not None:
+        return [], list(scan.problems)  # no file can be read: counting or naming them says nothing more
     problems = list(scan.problems)
     n_found = scan.num_declared_cases
     if desc.num_training != n_found:
@@ -180,7 +197,7 @@ def verify_dataset(location: DatasetLocation, num_workers: int | None = None) ->
     cases, problems = dataset_level_problems(location, desc)
     tests_dir = location.raw_dir / "imagesTs"
     test_cases: list[Case] = []
-    if tests_dir.is_dir():
+    if tests_dir.is_dir() and file_ending_problem(location.raw_dir, desc) is None:
         scan = scan_images(tests_dir, desc)
         problems.extend(scan.problems)
         test_cases = scan.cases

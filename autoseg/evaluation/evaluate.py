@@ -10,13 +10,14 @@ from __future__ import annotations
 import csv
 import io
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from autoseg.dataset.description import DatasetDescription, load_description
-from autoseg.dataset.imageio import Geometry, read_image
+from autoseg.dataset.imageio import SUPPORTED_ENDINGS, Geometry, image_ending, is_integer_valued, read_image
 from autoseg.errors import EvaluationError
 from autoseg.evaluation.metrics import (
     DEFAULT_TOLERANCE_MM,
@@ -45,6 +46,88 @@ def find_description(pred_dir: Path, ref_dir: Path) -> DatasetDescription:
         f"{ref_dir}: no dataset.json found beside the references or in {pred_dir}; "
         "name the dataset (-d DATASET) so the labels are known"
     )
+
+
+@dataclass
+class LabelChoice:
+    """What ``autoseg evaluate`` evaluates: the labels, the label file ending, and where they came from."""
+
+    labels: DatasetDescription | dict[str, Any]
+    file_ending: str
+    source: str  # "dataset", "--labels" or "references"
+
+
+def label_mapping(values: Sequence[int]) -> dict[str, Any]:
+    """A ``dataset.json``-style labels mapping naming each class by its value (nnU-Net's simple evaluation)."""
+    return {"background": 0, **{str(v): int(v) for v in values}}
+
+
+def label_file_ending(folder: Path) -> str:
+    """The one image file ending of the label files in ``folder`` (for evaluation without a dataset.json)."""
+    if not folder.is_dir():
+        raise EvaluationError(f"{folder}: folder not found")
+    endings = {image_ending(p) for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")} - {""}
+    if not endings:
+        raise EvaluationError(
+            f"{folder}: holds no label files (any of {', '.join(SUPPORTED_ENDINGS)}); give the folder of reference label maps"
+        )
+    if len(endings) > 1:
+        raise EvaluationError(
+            f"{folder}: holds label files of several types ({', '.join(sorted(endings))}); keep one type per folder"
+        )
+    return endings.pop()
+
+
+def _label_values(path: Path) -> list[int]:
+    labels, _ = read_image(path)
+    if not is_integer_valued(labels):
+        raise EvaluationError(f"{path}: holds non-integer values; a label map holds one class number per voxel")
+    return [int(v) for v in np.unique(labels)]
+
+
+def labels_in_references(ref_dir: Path, file_ending: str, num_workers: int | None = None) -> list[int]:
+    """Every non-zero value of the reference label maps, sorted."""
+    items = [(case, (path,)) for case, path in list_cases(ref_dir, file_ending).items()]
+    workers = default_workers() if num_workers is None else num_workers
+    results, failures = parallel_map(_label_values, items, min(workers, max(1, len(items))), "reading references")
+    raise_failures(failures, len(items), "read")
+    values = sorted({v for found in results.values() for v in found} - {0})
+    if not values:
+        raise EvaluationError(
+            f"{ref_dir}: the references hold only background (0); give the labels to evaluate with --labels"
+        )
+    return values
+
+
+def choose_labels(
+    pred_dir: Path, ref_dir: Path, description: DatasetDescription | None = None,
+    label_values: Sequence[int] | None = None, num_workers: int | None = None,
+) -> LabelChoice:
+    """The dataset's labels if given; else ``label_values`` (``--labels``); else the ``dataset.json``
+    beside the references; else every value found in the references (nnU-Net's simple evaluation)."""
+    if description is not None and label_values:
+        raise EvaluationError("give either a dataset (-d) or --labels, not both")
+    if description is not None:
+        return LabelChoice(description, description.file_ending, "dataset")
+    if label_values:
+        bad = [v for v in label_values if v <= 0]
+        if bad or len(set(label_values)) != len(label_values):
+            raise EvaluationError(
+                f"--labels {' '.join(map(str, label_values))}: give distinct positive label values (0 is background)"
+            )
+        return LabelChoice(label_mapping(sorted(label_values)), label_file_ending(ref_dir), "--labels")
+    try:
+        found = find_description(pred_dir, ref_dir)
+        return LabelChoice(found, found.file_ending, "dataset")
+    except EvaluationError:
+        pass
+    ending = label_file_ending(ref_dir)
+    return LabelChoice(label_mapping(labels_in_references(ref_dir, ending, num_workers)), ending, "references")
+
+
+def classes_absent_everywhere(summary: Mapping[str, Any]) -> list[str]:
+    """Classes empty in every prediction and reference (a ``--labels`` value nobody holds): their metrics are NaN."""
+    return [name for name, metrics in summary["mean"].items() if metrics["n_empty_in_both"] == summary["num_cases"]]
 
 
 def resolve_file_ending(description_or_labels: DatasetDescription | Mapping[str, Any], file_ending: str | None) -> str:

@@ -4,16 +4,17 @@ nnU-Net exports the checkpoint pickles themselves, so importing a downloaded zip
 An autoseg model file holds no pickle at all:
 
 * per model folder ``<model>/plans.json``, ``dataset.json``, ``training_config.yaml`` and
-  ``postprocessing.json`` (the last two when present), and per fold ``<model>/fold_<k>/<checkpoint>.tensors``:
-  the network weights as raw little-endian bytes behind a JSON header (names, dtypes, shapes, offsets)
-  that also carries the checkpoint's JSON metadata;
+  ``postprocessing.json`` (the last two when present), and per fold ``<model>/fold_<k>/<checkpoint>.safetensors``:
+  the network weights and the checkpoint's JSON metadata as a safetensors file
+  (autoseg/utils/weights_file.py), which any safetensors reader opens;
 * ``manifest.json``: format name and version, the autoseg version, the dataset, models, folds and
   checkpoint, and the sha256 of every other member.
 
 Importing checks everything before writing anything (member paths, manifest, exact member set,
-checksums, tensor headers), then extracts into a temporary folder beside the target and renames it into
-place; the weights become ``fold_<k>/<checkpoint>.pt`` checkpoints (``network_weights`` + ``metadata``,
-loadable with ``torch.load(..., weights_only=True)``), so ``autoseg predict -m`` works on the result.
+checksums, weight files), then extracts into a temporary folder beside the target and renames it into
+place; the weight files become the folds' checkpoints (``network_weights`` + ``metadata``), so
+``autoseg predict -m`` works on the result. Format version 1 (autoseg's own tensor layout before
+safetensors) is refused with the command that re-exports the model.
 """
 
 from __future__ import annotations
@@ -23,97 +24,27 @@ import hashlib
 import json
 import re
 import shutil
-import struct
 import tempfile
 import zipfile
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping, Sequence
 
-import torch
-
 from autoseg import __version__
 from autoseg.errors import ModelFileError
 from autoseg.paths import results_root as default_results_root
-from autoseg.utils.atomic import atomic_path
+from autoseg.utils.checksummed_zip import MANIFEST, write_checksummed_zip
+from autoseg.utils.weights_file import SUFFIX, checkpoint_name, load_weights, weights_exist, weights_from_bytes, weights_to_bytes
 
 FORMAT_NAME = "autoseg-model"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-TENSORS_SUFFIX = ".tensors"
+FORMAT_VERSION = 2  # 2: weights as safetensors; 1: autoseg's own layout (refused with a re-export hint)
 DEFAULT_FOLDS = (0, 1, 2, 3, 4)
-DEFAULT_CHECKPOINT = "checkpoint_final.pt"
+DEFAULT_CHECKPOINT = checkpoint_name("final")
 REQUIRED_FILES = ("plans.json", "dataset.json")
 OPTIONAL_FILES = ("training_config.yaml", "postprocessing.json")
-HEADER_LENGTH = struct.Struct("<Q")  # little-endian uint64: byte length of the JSON header
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # one path component, no '..', no separators
 FOLD_DIR = re.compile(r"^fold_(\d+|all)$")
-CHECKPOINT_NAME = re.compile(r"^checkpoint_[A-Za-z0-9_]+\.pt$")
-# dtypes a weights file may declare; anything else is refused rather than guessed.
-DTYPES = {
-    name: getattr(torch, name)
-    for name in ("float64", "float32", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8", "bool")
-}
-
-
-# ---------------------------------------------------------------------------------------------- tensors
-
-
-def encode_tensors(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any]) -> bytes:
-    """Serialise a state dict of tensors and JSON metadata: header length, JSON header, raw bytes."""
-    entries, chunks, offset = {}, [], 0
-    for name, tensor in tensors.items():
-        if not isinstance(tensor, torch.Tensor):
-            raise ModelFileError(f"weight {name!r} is a {type(tensor).__name__}, not a tensor; only plain tensors can be exported")
-        dtype = str(tensor.dtype).removeprefix("torch.")
-        if dtype not in DTYPES:
-            raise ModelFileError(f"weight {name!r} has dtype {dtype}, which a model file cannot hold")
-        data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-        entries[name] = {"dtype": dtype, "shape": list(tensor.shape), "offset": offset, "nbytes": len(data)}
-        chunks.append(data)
-        offset += len(data)
-    try:
-        header = json.dumps({"metadata": metadata, "tensors": entries}, allow_nan=False).encode("utf-8")
-    except (TypeError, ValueError) as exc:
-        raise ModelFileError(f"checkpoint metadata is not plain JSON ({exc}); only JSON metadata can be exported") from None
-    return HEADER_LENGTH.pack(len(header)) + header + b"".join(chunks)
-
-
-def decode_tensors(data: bytes, where: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Inverse of ``encode_tensors``; every header field is checked against the data (``where`` names the
-    source in errors)."""
-    problem = f"{where}: is not a valid weights file"
-    if len(data) < HEADER_LENGTH.size:
-        raise ModelFileError(f"{problem} (too short)")
-    (length,) = HEADER_LENGTH.unpack_from(data)
-    start = HEADER_LENGTH.size + length
-    try:
-        header = json.loads(data[HEADER_LENGTH.size : start].decode("utf-8"))
-        entries, metadata = header["tensors"], header["metadata"]
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ModelFileError(f"{problem} (bad header: {exc})") from None
-    if start > len(data) or not isinstance(entries, dict) or not isinstance(metadata, dict):
-        raise ModelFileError(f"{problem} (bad header)")
-    payload, tensors, expected_offset = memoryview(data)[start:], {}, 0
-    for name, entry in entries.items():
-        try:
-            dtype = DTYPES[entry["dtype"]]
-            shape = [int(s) for s in entry["shape"]]
-            offset, nbytes = int(entry["offset"]), int(entry["nbytes"])
-        except (KeyError, TypeError, ValueError):
-            raise ModelFileError(f"{problem} (entry {name!r} malformed or of an unsupported dtype)") from None
-        count = 1
-        for size in shape:
-            count *= size
-        bad_size = nbytes != count * dtype.itemsize or offset + nbytes > len(payload)
-        if min(shape, default=0) < 0 or offset != expected_offset or bad_size:
-            raise ModelFileError(f"{problem} (entry {name!r}: shape, size and offset disagree)")
-        raw = torch.frombuffer(bytearray(payload[offset : offset + nbytes]), dtype=torch.uint8) if nbytes else torch.empty(0, dtype=torch.uint8)
-        tensors[name] = raw.view(dtype).reshape(shape)
-        expected_offset += nbytes
-    if expected_offset != len(payload):
-        raise ModelFileError(f"{problem} ({len(payload) - expected_offset} bytes not described by its header)")
-    return tensors, metadata
+CHECKPOINT_NAME = re.compile(r"^checkpoint_[A-Za-z0-9_]+\.safetensors$")
 
 
 # ---------------------------------------------------------------------------------------------- export
@@ -127,16 +58,18 @@ def _fold_dir(fold: int | str) -> str:
 
 
 def _checkpoint_weights(path: Path) -> bytes:
-    if not path.is_file():
+    """The network weights and metadata of a checkpoint (no optimizer state) as safetensors bytes."""
+    if not weights_exist(path):
         raise ModelFileError(f"{path}: checkpoint not found; train this fold first or choose other folds/--checkpoint")
+    checkpoint = load_weights(path, ModelFileError)
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         weights, metadata = checkpoint["network_weights"], checkpoint["metadata"]
     except (KeyError, TypeError) as exc:
         raise ModelFileError(f"{path}: lacks network_weights or metadata ({exc}); is it an autoseg checkpoint?") from None
-    except Exception as exc:  # torch raises many types for corrupt or foreign files
-        raise ModelFileError(f"{path}: cannot be read as a checkpoint ({exc})") from None
-    return encode_tensors(weights, metadata)
+    try:
+        return weights_to_bytes({"network_weights": weights, "metadata": metadata})
+    except TypeError as exc:
+        raise ModelFileError(f"{path}: {exc}; only plain tensors and JSON metadata can be exported") from None
 
 
 def model_members(model_folder: Path, folds: Sequence[int | str], checkpoint: str) -> dict[str, bytes]:
@@ -154,7 +87,7 @@ def model_members(model_folder: Path, folds: Sequence[int | str], checkpoint: st
     stem = Path(checkpoint).stem
     for fold in folds:
         fold_dir = _fold_dir(fold)
-        members[f"{name}/{fold_dir}/{stem}{TENSORS_SUFFIX}"] = _checkpoint_weights(model_folder / fold_dir / checkpoint)
+        members[f"{name}/{fold_dir}/{stem}{SUFFIX}"] = _checkpoint_weights(model_folder / fold_dir / checkpoint)
     return members
 
 
@@ -181,7 +114,7 @@ def export_model(
     dataset_name = datasets.pop()
     if not SAFE_NAME.match(dataset_name):
         raise ModelFileError(f"{folders[0].parent}: dataset folder name {dataset_name!r} cannot be stored; rename it")
-    checkpoint = checkpoint if checkpoint.endswith(".pt") else f"checkpoint_{checkpoint}.pt"
+    checkpoint = checkpoint if checkpoint.endswith(SUFFIX) else checkpoint_name(checkpoint)
     if not CHECKPOINT_NAME.match(checkpoint):
         raise ModelFileError(f"export-model: checkpoint {checkpoint!r} is not a checkpoint name; use final, best or latest")
     members: dict[str, bytes] = {}
@@ -198,14 +131,8 @@ def export_model(
         "models": [f.name for f in folders],
         "folds": [str(f) for f in folds],
         "checkpoint": checkpoint,
-        "files": {name: hashlib.sha256(data).hexdigest() for name, data in members.items()},
     }
-    output_zip = Path(output_zip)
-    with atomic_path(output_zip) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr(MANIFEST, json.dumps(manifest, indent=2) + "\n")
-        for name, data in members.items():
-            archive.writestr(name, data)
-    return output_zip
+    return write_checksummed_zip(output_zip, manifest, members)
 
 
 # ---------------------------------------------------------------------------------------------- import
@@ -233,6 +160,12 @@ def _read_manifest(archive: zipfile.ZipFile, zip_path: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise ModelFileError(f"{refuse}: {MANIFEST} does not describe an {FORMAT_NAME} file")
     version = manifest.get("format_version")
+    if version == 1:
+        raise ModelFileError(
+            f"{refuse}: model file format version 1 (written by autoseg {manifest.get('autoseg_version')}) stores weights in "
+            "autoseg's pre-safetensors layout; re-export it with `autoseg export-model -m MODEL_FOLDER -o model.zip` "
+            "from the trained model folder (or import it with that autoseg version first)"
+        )
     if version != FORMAT_VERSION:
         raise ModelFileError(
             f"{refuse}: model file format version {version!r} (written by autoseg {manifest.get('autoseg_version')}) "
@@ -259,7 +192,7 @@ def _expected_members(manifest: Mapping[str, Any], zip_path: Path) -> tuple[set[
     stem = Path(manifest["checkpoint"]).stem
     required, allowed = set(), set()
     for model in manifest["models"]:
-        required |= {f"{model}/{f}" for f in REQUIRED_FILES} | {f"{model}/{fold}/{stem}{TENSORS_SUFFIX}" for fold in folds}
+        required |= {f"{model}/{f}" for f in REQUIRED_FILES} | {f"{model}/{fold}/{stem}{SUFFIX}" for fold in folds}
         allowed |= {f"{model}/{f}" for f in OPTIONAL_FILES}
     return required, required | allowed
 
@@ -301,22 +234,25 @@ def validate_model_file(zip_path: str | Path) -> tuple[dict[str, Any], dict[str,
                 raise ModelFileError(f"{refuse}: member {name!r} cannot be read ({exc})") from None
             if hashlib.sha256(data).hexdigest() != listed[name]:
                 raise ModelFileError(f"{refuse}: member {name!r} does not match its sha256 in {MANIFEST}; the file was altered or damaged")
-            if name.endswith(TENSORS_SUFFIX):
-                decode_tensors(data, f"{refuse}: member {name!r}")
+            if name.endswith(SUFFIX):
+                _check_weights(data, f"{refuse}: member {name!r}")
             members[name] = data
     return manifest, members
 
 
-def _write_model_tree(members: Mapping[str, bytes], staging: Path, checkpoint: str) -> None:
-    """Recreate the model folders under ``staging``; weights become checkpoints without pickled code."""
+def _check_weights(data: bytes, where: str) -> None:
+    """A weight member must hold the network's tensors and the checkpoint's metadata."""
+    tree = weights_from_bytes(data, where, ModelFileError)
+    if not isinstance(tree.get("network_weights"), dict) or not isinstance(tree.get("metadata"), dict):
+        raise ModelFileError(f"{where}: lacks network_weights or metadata; the file was not written by autoseg export-model")
+
+
+def _write_model_tree(members: Mapping[str, bytes], staging: Path) -> None:
+    """Recreate the model folders under ``staging``; the weight members are the folds' checkpoints."""
     for name, data in members.items():
         target = staging / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        if name.endswith(TENSORS_SUFFIX):
-            weights, metadata = decode_tensors(data, name)
-            torch.save({"network_weights": weights, "metadata": metadata}, target.with_name(checkpoint))
-        else:
-            target.write_bytes(data)
+        target.write_bytes(data)
 
 
 def import_model(zip_path: str | Path, results_root: str | Path | None = None, overwrite: bool = False) -> list[Path]:
@@ -333,7 +269,7 @@ def import_model(zip_path: str | Path, results_root: str | Path | None = None, o
     dataset_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".import-", dir=dataset_dir))
     try:
-        _write_model_tree(members, staging, manifest["checkpoint"])
+        _write_model_tree(members, staging)
         for target in targets:
             _replace_folder(staging / target.name, target)
     finally:

@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 
 from autoseg import __version__
 from autoseg.dataset.description import DatasetDescription, load_description
-from autoseg.dataset.imageio import read_image
+from autoseg.dataset.imageio import read_image, read_image_channels
 from autoseg.errors import EvaluationError
 from autoseg.evaluation.metrics import evaluation_classes
 from autoseg.evaluation.selection import INSTRUCTIONS_JSON, find_best
@@ -159,13 +159,21 @@ def overlay_slice(reference: np.ndarray, prediction: np.ndarray) -> int:
 
 def overlay(image: np.ndarray, reference: np.ndarray, prediction: np.ndarray, spacing: Sequence[float],
             classes: Sequence[tuple[str, tuple[int, ...]]], title: str) -> Figure:
-    """Image slice with reference (solid) and prediction (dashed) contours per class."""
+    """Image slice with reference (solid) and prediction (dashed) contours per class.
+
+    ``image`` is (z, y, x) grey, or (C, z, y, x) with C >= 3 for a colour image shown in its colours (R, G, B).
+    """
     index = overlay_slice(reference, prediction)
-    picture = image[index].astype(np.float32)
+    colour = image.ndim == 4
+    picture = np.moveaxis(image[:3, index], 0, -1).astype(np.float32) if colour else image[index].astype(np.float32)
     low, high = np.percentile(picture, IMAGE_WINDOW_PERCENTILES)
+    high = max(high, low + 1e-6)
     figure = Figure(figsize=(5.2, 5.2))
     ax = figure.subplots()
-    ax.imshow(picture, cmap="gray", vmin=low, vmax=max(high, low + 1e-6), aspect=spacing[-2] / spacing[-1], interpolation="nearest")
+    if colour:
+        ax.imshow(np.clip((picture - low) / (high - low), 0, 1), aspect=spacing[-2] / spacing[-1], interpolation="nearest")
+    else:
+        ax.imshow(picture, cmap="gray", vmin=low, vmax=high, aspect=spacing[-2] / spacing[-1], interpolation="nearest")
     handles = []
     for c, (name, values) in enumerate(classes):
         color = CLASS_COLORS[c % len(CLASS_COLORS)]
@@ -317,7 +325,8 @@ def _overlay_sections(figures: _Figures, summary: dict[str, Any], raw_dir: Path,
         if image_path is None:
             sections.append(f"<p class=note>{html.escape(case_id)}: raw image not found in {html.escape(str(raw_dir))}.</p>")
             continue
-        image, _ = read_image(image_path)
+        channels, _, _ = read_image_channels(image_path)
+        image = channels if channels.shape[0] >= 3 else channels[0]  # colour PNGs in colour, else the first channel
         reference, geometry = read_image(row["reference_file"])
         prediction, _ = read_image(row["prediction_file"])
         title = f"{which}: {case_id}, mean Dice {dice:.4f}"

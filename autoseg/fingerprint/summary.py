@@ -23,7 +23,15 @@ def format_fingerprint(fp: dict[str, Any]) -> str:
             f"  channel {channel} foreground intensity: mean {stats['mean']:.4g}, std {stats['std']:.4g}, "
             f"p0.5 {stats['percentile_00_5']:.4g}, p99.5 {stats['percentile_99_5']:.4g}"
         )
-    names = {str(v): k for k, v in fp["labels"].items() if isinstance(v, int)}
     for label, volumes in fp["class_volumes_mm3"].items():
-        lines.append(f"  class {label} ({names.get(label, 'region')}): median volume {np.median(volumes):.1f} mm^3")
+        lines.append(f"  class {label} ({_label_name(fp['labels'], int(label))}): median volume {np.median(volumes):.1f} mm^3")
     return "\n".join(lines)
+
+
+def _label_name(labels: dict[str, Any], value: int) -> str:
+    """The label's name, or for region datasets the regions it belongs to (its own value has no name)."""
+    for name, declared in labels.items():
+        if declared == value:
+            return name
+    regions = [name for name, declared in labels.items() if isinstance(declared, list) and value in declared]
+    return f"in {', '.join(regions)}" if regions else "unnamed"

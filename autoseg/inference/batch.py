@@ -16,8 +16,16 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from autoseg.dataset.cases import CHANNEL_SUFFIX
-from autoseg.dataset.imageio import SUPPORTED_ENDINGS, Geometry, image_ending, read_case_images, write_image
+from autoseg.dataset.cases import CHANNEL_SUFFIX, channel_file_gaps
+from autoseg.dataset.description import DatasetDescription
+from autoseg.dataset.imageio import (
+    NATURAL_2D_ENDINGS,
+    SUPPORTED_ENDINGS,
+    Geometry,
+    image_ending,
+    read_case_images,
+    write_image,
+)
 from autoseg.errors import AutosegError, InferenceError
 from autoseg.inference.model import LoadedModel, find_model_folder, load_model
 from autoseg.inference.predictor import Prediction, predict_array
@@ -45,9 +53,11 @@ class InputCase:
 
 @dataclass
 class PredictReport:
-    """What a run did: cases predicted, skipped (``continue_``), and failed (with the reason)."""
+    """What a run did: cases predicted, skipped (``continue_``), and failed (with the reason), and the
+    model's dataset description (labels, channels) for what runs on the outputs next."""
 
     output_folder: Path
+    dataset: DatasetDescription | None = None
     predicted: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: list[Failure] = field(default_factory=list)
@@ -101,20 +111,27 @@ def discover_cases(input_path: str | Path) -> list[InputCase]:
 
 
 def channel_files(case: InputCase, num_channels: int) -> list[Path]:
-    """The case's files in channel order; ``InferenceError`` when channels are missing or extra."""
-    expected = list(range(num_channels))
-    if sorted(case.channels) != expected:
+    """The case's files in channel order; ``InferenceError`` when channel files are missing or extra.
+
+    A colour 2D image file holds several channels (``channel_file_gaps``); their count is checked when read.
+    """
+    missing, extra = channel_file_gaps(case.channels, num_channels, case.ending)
+    if missing or extra:
         found = ", ".join(f"{c:04d}" for c in sorted(case.channels))
+        expected = ", ".join(f"{c:04d}" for c in range(num_channels))
         raise InferenceError(
             f"case {case.case_id}: has channel(s) {found}, the model expects {num_channels} "
-            f"({', '.join(f'{c:04d}' for c in expected)}); name files <case>_XXXX<ending>"
+            f"({expected}); name files <case>_XXXX<ending>"
         )
-    return [case.channels[c] for c in expected]
+    return [case.channels[c] for c in sorted(case.channels)]
 
 
 def output_ending(case: InputCase, dataset_ending: str) -> str:
-    """The dataset's ending when the input uses it, else .nii.gz (DICOM and foreign formats)."""
-    return dataset_ending if case.ending == dataset_ending else DEFAULT_OUTPUT_ENDING
+    """The dataset's ending when the input uses it, a 2D image's own (PNG in, PNG label map out), else
+    .nii.gz (DICOM and foreign 3D formats)."""
+    if case.ending == dataset_ending or case.ending in NATURAL_2D_ENDINGS:
+        return case.ending
+    return DEFAULT_OUTPUT_ENDING
 
 
 def shard(cases: Sequence[InputCase], num_parts: int, part_id: int) -> list[InputCase]:
@@ -185,6 +202,7 @@ def predict_folder(
     continue_: bool = False,
     mixed_precision: str = "auto",
     batch_tiles: int | None = None,
+    compile_networks: bool = False,
 ) -> PredictReport:
     """Predict every case of ``input_path`` into ``output_folder``; raise ``InferenceError`` if any failed.
 
@@ -200,6 +218,8 @@ def predict_folder(
         save_probabilities: also write float16 probabilities with a JSON sidecar.
         num_parts, part_id: predict only this part of the sorted cases.
         continue_: skip cases whose outputs all exist.
+        compile_networks: run each fold's network through ``torch.compile`` (pays a compilation on the
+            first tile shape; measured worth it only for many tiles, docs/benchmarks.md).
 
     Returns the report; when cases failed, the raised ``InferenceError`` carries it as ``.report``.
     """
@@ -210,9 +230,12 @@ def predict_folder(
     cases = shard(discover_cases(input_path), num_parts, part_id)
     loaded = _resolve_model(model, folds, checkpoint, device)
     info = _predict_info(loaded, step, tta, save_probabilities, mixed_precision)  # checks the settings first
+    if compile_networks:
+        loaded.networks = [torch.compile(network) for network in loaded.networks]
+    info["compiled"] = compile_networks
     output.mkdir(parents=True, exist_ok=True)
     atomic_write_json(output / PREDICT_INFO, info)
-    report = PredictReport(output)
+    report = PredictReport(output, dataset=loaded.dataset)
     for case in track(cases, f"predict {loaded.configuration_name}"):
         ending = output_ending(case, loaded.dataset.file_ending)
         files = _outputs(case, output, ending, save_probabilities)
@@ -220,7 +243,7 @@ def predict_folder(
             report.skipped.append(case.case_id)
             continue
         try:
-            data, geometry = read_case_images(channel_files(case, loaded.num_image_channels))
+            data, geometry = read_case_images(channel_files(case, loaded.num_image_channels), loaded.num_image_channels)
             prediction = predict_array(
                 loaded, data, geometry, step=step, tta=tta, return_probabilities=save_probabilities,
                 batch_tiles=batch_tiles, mixed_precision=mixed_precision, overwrite_input=True,

@@ -1,8 +1,8 @@
 """Load a trained model folder for prediction: plans, dataset description and one network per fold.
 
 A model folder is ``<results>/<Dataset>/<network>__<plans>__<configuration>/`` holding ``plans.json``,
-``dataset.json`` and ``fold_<k>/checkpoint_{best,final,latest}.pt`` (docs/architecture.md). Checkpoints
-are loaded with ``weights_only=True``: a model file cannot run code. A cascade's full-resolution
+``dataset.json`` and ``fold_<k>/checkpoint_{best,final,latest}.safetensors`` (docs/architecture.md).
+Checkpoints are safetensors files (autoseg/utils/weights_file.py): a model file cannot run code. A cascade's full-resolution
 configuration loads its low-resolution stage from the sibling folder with the same folds.
 """
 
@@ -23,10 +23,10 @@ from autoseg.errors import InferenceError
 from autoseg.networks import create_network
 from autoseg.paths import results_root
 from autoseg.planning.plans import get_configuration, load_plans
+from autoseg.utils.weights_file import CHECKPOINT_FORMAT_VERSION, checkpoint_name, load_weights, weights_exist
 
 CHECKPOINTS = ("final", "best", "latest")
 FOLD_DIR = re.compile(r"^fold_(\d+|all)$")
-CHECKPOINT_FORMAT_VERSION = 1
 
 
 @dataclass
@@ -129,16 +129,13 @@ def _resolve_folds(folder: Path, folds: Sequence[int | str] | str | None) -> lis
 
 
 def _load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
-    if not path.is_file():
-        others = sorted(p.name for p in path.parent.glob("checkpoint_*.pt"))
+    if not weights_exist(path):
+        others = sorted(p.name for p in path.parent.glob("checkpoint_*"))
         raise InferenceError(
             f"{path}: not found (present: {', '.join(others) or 'none'}); finish training this fold or "
             "choose another --checkpoint"
         )
-    try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling problem means an unusable file
-        raise InferenceError(f"{path}: cannot be loaded safely ({type(exc).__name__}: {exc}); re-save it with autoseg") from None
+    checkpoint = load_weights(path, InferenceError, device)
     if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint or "metadata" not in checkpoint:
         raise InferenceError(f"{path}: is not an autoseg checkpoint (needs 'network_weights' and 'metadata')")
     version = checkpoint["metadata"].get("format_version")
@@ -201,7 +198,7 @@ def load_model(
     torch_device = pick_device(device)
     networks, metas = [], []
     for fold in fold_names:
-        path = folder / f"fold_{fold}" / f"checkpoint_{checkpoint}.pt"
+        path = folder / f"fold_{fold}" / checkpoint_name(checkpoint)
         loaded = _load_checkpoint(path, torch_device)
         networks.append(build_network(loaded, path, torch_device))
         metas.append(loaded["metadata"])

@@ -61,7 +61,7 @@ def check_input(model: LoadedModel, data: np.ndarray, geometry: Geometry) -> Non
         names = ", ".join(f"{k}: {v}" for k, v in model.dataset.channel_names.items())
         raise InferenceError(
             f"input has {data.shape[0]} channel(s), the model expects {expected} ({names}); give one "
-            "file per channel named <case>_0000, <case>_0001, ..."
+            "file per channel named <case>_0000, <case>_0001, ... (an RGB PNG holds 3)"
         )
     if geometry.is_2d and model.spatial_dims == 3:
         raise InferenceError(

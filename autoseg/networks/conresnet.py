@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from autoseg.errors import NetworkError
-from autoseg.networks.blocks import group_norm, same_padding
+from autoseg.networks.blocks import group_norm, same_padding, upsample_mode
 from autoseg.networks.registry import TopologyConstraints, register_network
 from autoseg.networks.topology import Topology
 from autoseg.networks.unet import blocks_per_stage
@@ -25,6 +25,8 @@ PAPER_BLOCKS = (1, 2, 2, 2, 2)
 LAST_STAGE_DILATION = 2
 # Dropout before the fusion conv, as the authors' implementation.
 FUSION_DROPOUT = 0.1
+# reference.md §2.3: full-resolution residual loss weight 1, lambda 0.5 for the 1/2 and 1/4 outputs.
+CONRES_LOWRES_WEIGHT = 0.5
 # Keeps weight standardisation finite for constant filters (the authors use 1e-12).
 WS_EPS = 1e-8
 
@@ -73,7 +75,10 @@ def slice_difference(x: torch.Tensor, dim: int) -> torch.Tensor:
 
     On binary masks this is ``mask[s] XOR mask[s-1]``, the residual ground truth of reference §2.3.
     """
-    return torch.cat([torch.zeros_like(x.narrow(dim, 0, 1)), torch.diff(x, dim=dim).abs()], dim=dim)
+    # Two shifted slices rather than torch.diff, which ONNX has no operator for (export-model --format onnx).
+    n = x.shape[dim]
+    difference = x.narrow(dim, 1, n - 1) - x.narrow(dim, 0, n - 1)
+    return torch.cat([torch.zeros_like(x.narrow(dim, 0, 1)), difference.abs()], dim=dim)
 
 
 class ContextResidualModule(nn.Module):
@@ -231,6 +236,63 @@ class ConResNet(nn.Module):
         return logits, {f"residual_{k}": head(r) for k, (head, r) in enumerate(zip(self.res_heads, residuals))}
 
 
+def residual_target(target: torch.Tensor, slice_axis: int) -> torch.Tensor:
+    """ConResNet's residual ground truth ``label[s] XOR label[s-1]`` along ``slice_axis`` (spatial
+    index) of a ``(B, C, *)`` binary target; the first slice is 0."""
+    return slice_difference(target.float(), 2 + slice_axis)
+
+
+def weighted_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-channel BCE with positive weight ``log(N / (n_pos + 1))`` (reference.md §2.3), averaged.
+
+    ``N`` and ``n_pos`` count voxels of the channel over the whole batch. Deviation: the weight is
+    never below 1 (the paper's formula drops under 1 when over a third of the voxels are positive,
+    and turns negative when all are).
+    """
+    channel_first = target.transpose(0, 1).flatten(1)
+    n_voxels = channel_first.shape[1]
+    positives = channel_first.sum(1)
+    pos_weight = torch.log(n_voxels / (positives + 1)).clamp_min(1.0)
+    pos_weight = pos_weight.view(-1, *([1] * (target.ndim - 2)))
+    return F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight)
+
+
+def residual_logits(aux: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
+    """ConResNet's ``residual_<k>`` outputs in scale order (``k = 0`` at full resolution)."""
+    keys = sorted((k for k in aux if k.startswith("residual_")), key=lambda k: int(k.rsplit("_", 1)[1]))
+    return [aux[k] for k in keys]
+
+
+def conresnet_residual_loss(aux: Mapping[str, torch.Tensor], target: torch.Tensor, slice_axis: int) -> torch.Tensor:
+    """``wBCE(res) + 0.5 x sum of wBCE(res at lower scales)`` (reference.md §2.3).
+
+    Lower-scale logits are resized to the target's size first, as in the authors' code.
+
+    Args:
+        aux: ``forward_with_aux``'s aux dict of a ConResNet.
+        target: ``(B, C, *)`` one-hot classes or region masks (ignore label mapped to background).
+        slice_axis: the network's ``slice_axis``.
+    """
+    outputs = residual_logits(aux)
+    if not outputs:
+        raise ValueError("conresnet_residual_loss: aux holds no 'residual_<k>' outputs (train mode?)")
+    size = list(target.shape[2:])
+    gt = residual_target(target, slice_axis)
+    total = outputs[0].new_zeros(())
+    for k, logits in enumerate(outputs):
+        if list(logits.shape[2:]) != size:
+            logits = F.interpolate(logits, size=size, mode=upsample_mode(len(size)), align_corners=False)
+        total = total + (1.0 if k == 0 else CONRES_LOWRES_WEIGHT) * weighted_bce(logits, gt)
+    return total
+
+
+def residual_auxiliary_loss(
+    network: nn.Module, aux: Mapping[str, torch.Tensor], image: torch.Tensor, target: torch.Tensor
+) -> torch.Tensor:
+    """The registry's auxiliary-loss hook: the context-residual loss along the network's slice axis."""
+    return conresnet_residual_loss(aux, target, network.slice_axis)
+
+
 @register_network(
     "conresnet",
     paper=PAPER,
@@ -242,6 +304,7 @@ class ConResNet(nn.Module):
         default_blocks_per_stage=PAPER_BLOCKS,
         kernel_size=3,
     ),
+    auxiliary_loss=residual_auxiliary_loss,
 )
 def build_conresnet(
     topology: Topology,

@@ -1,8 +1,8 @@
 """Export a network for inference as a TorchScript trace, and check the export against eager.
 
 A trace records the eval-mode path (one full-resolution logits tensor), which is all inference needs;
-deep supervision heads and training-only branches are left out. ONNX export needs the ``onnx``
-package, which autoseg does not depend on.
+deep supervision heads and training-only branches are left out. ONNX export is in ``onnx_export.py``
+(the ``autoseg[onnx]`` extra).
 """
 
 from __future__ import annotations

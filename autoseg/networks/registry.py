@@ -1,20 +1,39 @@
-"""The one network registry: every architecture registers here and is built from a plan topology.
+"""The one network registry: every family declares here everything the rest of autoseg needs of it.
 
-Modelled on timm's ``register_model`` / ``create_model``: listing the registry is how the planner,
-the CLI and the tests enumerate every network.
+Modelled on timm's ``register_model`` / ``create_model``: a family module decorates its builder with
+``@register_network(...)``, passing its topology constraints, training defaults and training hooks
+(an auxiliary loss, an adversary). The planner, the trainer, the CLI and the tests ask the registry;
+none of them names a family. Family modules are discovered by importing every module of this
+package, so adding a family is adding a file.
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import pkgutil
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
 
+import torch
 from torch import nn
 
 from autoseg.errors import NetworkError
 from autoseg.networks.topology import Topology
 
 Builder = Callable[..., nn.Module]
+# (network, auxiliary outputs of forward_with_aux, input image, (B, C, *) one-hot/region target) -> loss
+AuxiliaryLoss = Callable[[nn.Module, Mapping[str, torch.Tensor], torch.Tensor, torch.Tensor], torch.Tensor]
+# Builder arguments every family takes before its options.
+_POSITIONAL = ("topology", "in_channels", "n_classes")
+# The option the trainer always passes (docs/adding-a-network.md).
+_ALWAYS_PASSED = "deep_supervision"
+# Option values checked against the builder's annotation (richer annotations are the builder's job).
+_SCALAR_TYPES = (bool, int, float, str)
+# The training-config keys the adversarial step reads (an adversarial family must default them).
+ADVERSARIAL_CONFIG_KEYS = ("discriminator_lr", "discriminator_betas")
 
 
 @dataclass(frozen=True)
@@ -43,19 +62,77 @@ class TopologyConstraints:
 
 
 @dataclass(frozen=True)
+class Adversary:
+    """A family trained against a discriminator (Vox2Vox): what the adversarial training step needs.
+
+    Args:
+        discriminator: ``(image channels, segmentation channels) -> module`` scoring
+            ``(image, segmentation)`` pairs.
+        discriminator_loss: ``(scores of real pairs, scores of generated pairs) -> loss``.
+        generator_loss: ``(scores of generated pairs, generator logits, (B, C, *) one-hot target) ->
+            loss``; it replaces the segmentation loss.
+    """
+
+    discriminator: Callable[[int, int], nn.Module]
+    discriminator_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    generator_loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
 class NetworkSpec:
-    """A registered network family."""
+    """A registered network family.
+
+    ``training_defaults`` is merged over the training config's defaults when this family trains;
+    ``auxiliary_loss`` is added to the segmentation loss (it receives ``forward_with_aux``'s
+    auxiliary outputs); ``adversary`` switches training to the adversarial step.
+    """
 
     name: str
     builder: Builder
     constraints: TopologyConstraints
     paper: str
     description: str
-    adversarial: bool = False
-    options: dict[str, Any] = field(default_factory=dict)
+    training_defaults: Mapping[str, Any] = field(default_factory=dict)
+    auxiliary_loss: AuxiliaryLoss | None = None
+    adversary: Adversary | None = None
+    default: bool = False
+
+    @property
+    def adversarial(self) -> bool:
+        return self.adversary is not None
+
+    @property
+    def options(self) -> dict[str, inspect.Parameter]:
+        """The builder's keyword options (``deep_supervision`` and the family's own), by name."""
+        return _builder_options(self.builder)
 
 
 _REGISTRY: dict[str, NetworkSpec] = {}
+_discovered = False
+
+
+def _builder_options(builder: Builder) -> dict[str, inspect.Parameter]:
+    parameters = list(inspect.signature(builder).parameters.values())
+    return {p.name: p for p in parameters[len(_POSITIONAL):] if p.kind is not p.VAR_POSITIONAL}
+
+
+def _check_builder(name: str, builder: Builder) -> None:
+    """The builder contract (docs/adding-a-network.md), checked once when the family registers."""
+    parameters = list(inspect.signature(builder).parameters.values())
+    leading = tuple(p.name for p in parameters[: len(_POSITIONAL)])
+    if leading != _POSITIONAL:
+        raise ValueError(f"network {name!r}: the builder must start with {_POSITIONAL}, not {leading}")
+    options = _builder_options(builder)
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in options.values())
+    if _ALWAYS_PASSED not in options and not takes_any:
+        raise ValueError(f"network {name!r}: the builder must accept the keyword {_ALWAYS_PASSED!r}")
+
+
+def _check_training(name: str, training_defaults: Mapping[str, Any], adversary: Adversary | None) -> None:
+    section = training_defaults.get("adversarial", {})
+    missing = [key for key in ADVERSARIAL_CONFIG_KEYS if key not in section]
+    if adversary is not None and missing:
+        raise ValueError(f"network {name!r}: an adversary needs training_defaults['adversarial'] with {missing}")
 
 
 def register_network(
@@ -64,45 +141,117 @@ def register_network(
     paper: str,
     description: str,
     constraints: TopologyConstraints | None = None,
-    adversarial: bool = False,
+    training_defaults: Mapping[str, Any] | None = None,
+    auxiliary_loss: AuxiliaryLoss | None = None,
+    adversary: Adversary | None = None,
+    default: bool = False,
 ) -> Callable[[Builder], Builder]:
-    """Decorator registering ``builder(topology, in_channels, n_classes, **options)`` as ``name``."""
+    """Decorator registering ``builder(topology, in_channels, n_classes, *, deep_supervision, **options)``.
+
+    Args:
+        name: the family's name (``--network``).
+        paper: the reference (authors, venue, link).
+        description: one line for ``autoseg networks``.
+        constraints: what the planner must respect (default: any 2D/3D topology, kernel 3).
+        training_defaults: training-config values this family trains with by default (merged over
+            ``training/default_config.yaml``; ``--set`` still overrides them).
+        auxiliary_loss: ``(network, aux, image, target) -> loss`` added to the segmentation loss.
+        adversary: train adversarially against this discriminator (needs
+            ``training_defaults['adversarial']`` with ``ADVERSARIAL_CONFIG_KEYS``).
+        default: the family ``autoseg plan`` uses without ``--network`` (exactly one).
+    """
 
     def decorate(builder: Builder) -> Builder:
         if name in _REGISTRY:
             raise ValueError(f"network {name!r} is registered twice")
+        if default and any(spec.default for spec in _REGISTRY.values()):
+            raise ValueError(f"network {name!r}: another family is already the default")
+        _check_builder(name, builder)
+        _check_training(name, training_defaults or {}, adversary)
         _REGISTRY[name] = NetworkSpec(
             name=name,
             builder=builder,
             constraints=constraints or TopologyConstraints(),
             paper=paper,
             description=description,
-            adversarial=adversarial,
+            training_defaults=MappingProxyType(dict(training_defaults or {})),
+            auxiliary_loss=auxiliary_loss,
+            adversary=adversary,
+            default=default,
         )
         return builder
 
     return decorate
 
 
-def _ensure_loaded() -> None:
-    # Importing the package registers every family (each module calls register_network).
-    import autoseg.networks  # noqa: F401
+def _discover() -> None:
+    """Import every module of ``autoseg.networks``: each family module registers itself on import."""
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    package = importlib.import_module(__package__)
+    for module in pkgutil.iter_modules(package.__path__):
+        if not module.name.startswith("_"):
+            importlib.import_module(f"{__package__}.{module.name}")
 
 
 def list_networks() -> list[str]:
     """Names of all registered networks, sorted."""
-    _ensure_loaded()
+    _discover()
     return sorted(_REGISTRY)
 
 
 def get_network_spec(name: str) -> NetworkSpec:
-    _ensure_loaded()
+    _discover()
     try:
         return _REGISTRY[name]
     except KeyError:
         raise NetworkError(
-            f"unknown network {name!r}; choose one of: {', '.join(sorted(_REGISTRY))}"
+            f"unknown network {name!r}; choose one of: {', '.join(sorted(_REGISTRY))} (`autoseg networks` describes them)"
         ) from None
+
+
+def default_network() -> str:
+    """The family registered with ``default=True`` (nnU-Net's U-Net)."""
+    _discover()
+    return next(spec.name for spec in _REGISTRY.values() if spec.default)
+
+
+def _checked_value(network: str, option: str, value: Any, expected: Any) -> Any:
+    """``value`` if it fits a scalar annotation (ints pass for floats; an int for a ``str`` option
+    becomes its digits, as YAML reads ``variant=67`` as a number), else ``NetworkError``."""
+    if expected not in _SCALAR_TYPES:
+        return value
+    if expected is str and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    accepted = (int, float) if expected is float else (expected,)
+    if isinstance(value, bool) is not (expected is bool) or not isinstance(value, accepted):
+        raise NetworkError(
+            f"network {network!r}: option {option} must be {expected.__name__}, got {value!r}; "
+            f"fix it in --set network_options.{option}=... or the plan's network.options"
+        )
+    return value
+
+
+def checked_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The options for the family's builder: ``NetworkError`` for one it does not take, a missing
+    required one, or a scalar of the wrong type."""
+    spec = get_network_spec(name)
+    accepted = spec.options
+    if any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+        return dict(options)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise NetworkError(
+            f"network {name!r}: unknown option(s) {', '.join(unknown)}; it takes {', '.join(sorted(accepted))} "
+            "(network_options in the training config or the plan's network.options)"
+        )
+    missing = sorted(n for n, p in accepted.items() if p.default is p.empty and n not in options)
+    if missing:
+        raise NetworkError(f"network {name!r}: option(s) {', '.join(missing)} must be given")
+    hints = typing.get_type_hints(spec.builder)
+    return {key: _checked_value(name, key, value, hints.get(key)) for key, value in options.items()}
 
 
 def create_network(
@@ -116,7 +265,8 @@ def create_network(
 
     ``n_classes`` is the number of output channels (classes including background for softmax
     training, number of regions for sigmoid training). Options are family-specific (for example
-    ``deep_supervision``, ``vae``); unknown options raise ``NetworkError``.
+    ``deep_supervision``, ``vae``); options the builder does not take raise ``NetworkError``. Any
+    other exception from the builder is a bug in the family and propagates as it is.
     """
     spec = get_network_spec(name)
     if isinstance(topology, dict):
@@ -128,7 +278,16 @@ def create_network(
         )
     if in_channels < 1 or n_classes < 1:
         raise NetworkError(f"network {name!r}: in_channels and n_classes must be >= 1")
-    try:
-        return spec.builder(topology, in_channels, n_classes, **options)
-    except TypeError as exc:
-        raise NetworkError(f"network {name!r}: bad options {sorted(options)} ({exc})") from exc
+    return spec.builder(topology, in_channels, n_classes, **checked_options(name, options))
+
+
+def format_network_table() -> str:
+    """One line per family for ``autoseg networks``: name, dimensionalities, description, paper."""
+    lines = []
+    for name in list_networks():
+        spec = _REGISTRY[name]
+        dims = "/".join(f"{d}D" for d in spec.constraints.spatial_dims)
+        marker = " (default)" if spec.default else ""
+        options = ", ".join(n if p.kind is not p.VAR_KEYWORD else f"**{n}" for n, p in spec.options.items())
+        lines.append(f"{name}{marker}  [{dims}]  {spec.description}\n    {spec.paper}\n    options: {options}")
+    return "\n".join(lines)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,11 @@ INITIAL_DROPOUT = 0.2
 # reference.md §2.2: VAE reduces the deepest features to 16 channels and a 128-d latent.
 VAE_CHANNELS = 16
 VAE_LATENT = 128
+# reference.md §2.2: Dice + 0.1 x L2(reconstruction) + 0.1 x KL.
+VAE_L2_WEIGHT = 0.1
+VAE_KL_WEIGHT = 0.1
+# Keeps log(sigma^2) finite when softplus underflows.
+_MIN_VARIANCE = 1e-12
 
 
 class ResBlock(nn.Module):
@@ -126,7 +131,7 @@ class SegResNet(nn.Module):
     (GN -> ReLU -> conv, twice, plus identity); paper widths 32/64/128/256 with 1/2/2/4 blocks.
     Decoder per level: 1x1 conv to the shallower width, linear upsampling, ADD the encoder output,
     one residual block; 1x1 head. With ``vae=True``, ``forward_with_aux`` also returns the VAE's
-    ``reconstruction``, ``mu`` and ``sigma`` (loss in ``training/losses/auxiliary.py``).
+    ``reconstruction``, ``mu`` and ``sigma`` (loss: :func:`vae_auxiliary_loss`, declared to the registry).
 
     Defaults and deviations: widths, strides and kernels come from the plan topology (the paper is
     isotropic 3D); GroupNorm uses fewer than 8 groups only when a width is not divisible by 8;
@@ -232,6 +237,28 @@ class SegResNet(nn.Module):
         return logits, {"reconstruction": reconstruction, "mu": mu, "sigma": sigma}
 
 
+def vae_loss(reconstruction: torch.Tensor, image: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """``0.1 x L2 + 0.1 x KL`` of SegResNet's VAE (reference.md §2.2).
+
+    L2 is the mean squared reconstruction error (the paper's squared norm divided by the number of
+    values, so the weight does not scale with the patch size); ``KL = mean(mu^2 + sigma^2 -
+    log sigma^2 - 1)`` over latent entries and batch.
+    """
+    l2 = F.mse_loss(reconstruction, image)
+    variance = sigma.pow(2)
+    kl = (mu.pow(2) + variance - torch.log(variance.clamp_min(_MIN_VARIANCE)) - 1).mean()
+    return VAE_L2_WEIGHT * l2 + VAE_KL_WEIGHT * kl
+
+
+def vae_auxiliary_loss(
+    network: nn.Module, aux: Mapping[str, torch.Tensor], image: torch.Tensor, target: torch.Tensor
+) -> torch.Tensor:
+    """The registry's auxiliary-loss hook: the VAE term, zero when the network has no VAE branch."""
+    if not aux:
+        return image.new_zeros(())
+    return vae_loss(aux["reconstruction"], image, aux["mu"], aux["sigma"])
+
+
 @register_network(
     "segresnet",
     paper=PAPER,
@@ -242,6 +269,7 @@ class SegResNet(nn.Module):
         default_blocks_per_stage=PAPER_BLOCKS,
         kernel_size=3,
     ),
+    auxiliary_loss=vae_auxiliary_loss,
 )
 def build_segresnet(
     topology: Topology,

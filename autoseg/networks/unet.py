@@ -313,6 +313,7 @@ class ResEncUNet(UNet):
     paper="Isensee et al., nnU-Net, Nature Methods 2021, https://doi.org/10.1038/s41592-020-01008-z",
     description="nnU-Net's plain U-Net: 2 conv-IN-LeakyReLU per stage, deep supervision",
     constraints=TopologyConstraints(default_blocks_per_stage=UNET_CONVS_PER_STAGE, kernel_size=3),
+    default=True,
 )
 def build_unet(
     topology: Topology, in_channels: int, n_classes: int, *, deep_supervision: bool = True

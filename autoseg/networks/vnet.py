@@ -96,7 +96,7 @@ class VNet(nn.Module):
     Defaults (the paper's): residual stages of 16/32/64/128/256 channels with 1/2/3/3/3 convs, 2x2x2
     stride-2 convs down, 2x2x2 transposed convs up, concatenated skips; decoder stages work at twice the
     skip's width with as many convs as the encoder stage of the same resolution (3/3/2/1); a 1x1 conv
-    head. Use with the squared-denominator Dice loss (``DiceCELoss(squared_denominator=True)``).
+    head. Use with the squared-denominator Dice loss (``--set loss.dice_denominator=squared``).
 
     Deviations: the number of stages (at most 5), the per-axis strides and the features come from the
     plan, and a planned kernel of 1 on an axis stays 1 (anisotropic data); with deep supervision a head

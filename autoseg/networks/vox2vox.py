@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from autoseg.networks.registry import TopologyConstraints, register_network
+from autoseg.networks.registry import Adversary, TopologyConstraints, register_network
 from autoseg.networks.topology import Topology
 from autoseg.networks.unet import require_stages
 
@@ -24,6 +25,17 @@ LEAKY_SLOPE = 0.2
 # PatchGAN (reference §2.5): k4 stride-2 convs of 64/128/256, then 512 and a 1-channel score map.
 DISCRIMINATOR_FEATURES = (64, 128, 256)
 DISCRIMINATOR_HEAD_FEATURES = 512
+# reference.md §2.5: G = LSGAN + 5 x generalised Dice.
+VOX2VOX_DICE_WEIGHT = 5.0
+# Generalised Dice denominator guard for all-empty batches.
+_GDICE_EPS = 1e-8
+# reference.md §2.5: Adam 2e-4, beta1 0.5 for generator and discriminator, no LR decay, no clipping.
+TRAINING_DEFAULTS = {
+    "optimizer": {"name": "adam", "lr": 2.0e-4, "betas": [0.5, 0.999], "weight_decay": 0.0},
+    "lr_schedule": {"name": "constant"},
+    "grad_clip": 0.0,
+    "adversarial": {"discriminator_lr": 2.0e-4, "discriminator_betas": [0.5, 0.999]},
+}
 
 
 def strided_geometry(kernel: Sequence[int], stride: Sequence[int]) -> tuple[list[int], list[int]]:
@@ -59,7 +71,7 @@ class Vox2VoxGenerator(nn.Module):
     convs of 64/128/256/512 with InstanceNorm, LeakyReLU and dropout 0.2 (no norm on the first), a
     bottleneck of 4 blocks concatenating input and output at 8^3, transposed-conv decoder with
     concatenated skips and dropout, softmax head. Trained adversarially against
-    :func:`build_discriminator` with the losses in ``training/losses/auxiliary.py``.
+    :func:`build_discriminator` with the losses below (declared as the family's ``Adversary``).
 
     Defaults and deviations: stages, widths and strides follow the plan topology; stage 0 is a
     stride-1 conv at full resolution, so the head is a 1x1 conv (the paper's last layer is a
@@ -159,12 +171,49 @@ def build_discriminator(in_channels: int, n_classes: int) -> nn.Module:
     return PatchDiscriminator(in_channels, n_classes)
 
 
+def lsgan_discriminator_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
+    """``0.5 [MSE(D(x, y), 1) + MSE(D(x, G(x)), 0)]`` (reference.md §2.5)."""
+    real = F.mse_loss(real_scores, torch.ones_like(real_scores))
+    fake = F.mse_loss(fake_scores, torch.zeros_like(fake_scores))
+    return 0.5 * (real + fake)
+
+
+def lsgan_generator_loss(fake_scores: torch.Tensor) -> torch.Tensor:
+    """``MSE(D(x, G(x)), 1)``: the generator wants its output scored as real."""
+    return F.mse_loss(fake_scores, torch.ones_like(fake_scores))
+
+
+def generalised_dice_loss(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Generalised Dice (Sudre et al. 2017) ``1 - 2 sum_c w_c sum(p g) / sum_c w_c sum(p + g)``,
+    ``w_c = 1 / (sum g_c)^2`` pooled over the batch; a class absent from the target gets the
+    largest weight of the present classes, so predicting it is still penalised."""
+    axes = (0, *range(2, probs.ndim))
+    volume = target.sum(axes)
+    present = volume > 0
+    weights = torch.where(present, 1.0 / volume.pow(2), torch.zeros_like(volume))
+    weights = torch.where(present, weights, weights.max())
+    intersection = (weights * (probs * target).sum(axes)).sum()
+    denominator = (weights * (probs + target).sum(axes)).sum()
+    return 1 - 2 * intersection / denominator.clamp_min(_GDICE_EPS)
+
+
+def vox2vox_generator_loss(fake_scores: torch.Tensor, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``MSE(D(x, G(x)), 1) + 5 x generalised Dice`` of the softmax of the generator's logits.
+
+    ``target``: ``(B, C, *)`` one-hot classes.
+    """
+    probs = torch.softmax(logits, dim=1)
+    dice = generalised_dice_loss(probs, target.to(probs.dtype))
+    return lsgan_generator_loss(fake_scores) + VOX2VOX_DICE_WEIGHT * dice
+
+
 @register_network(
     "vox2vox",
     paper=PAPER,
     description="Vox2Vox: 3D U-Net generator trained against a 3D PatchGAN (LSGAN + 5 x generalised Dice)",
     constraints=TopologyConstraints(spatial_dims=(3,), kernel_size=3, max_features=MAX_FEATURES),
-    adversarial=True,
+    training_defaults=TRAINING_DEFAULTS,
+    adversary=Adversary(build_discriminator, lsgan_discriminator_loss, vox2vox_generator_loss),
 )
 def build_vox2vox(
     topology: Topology,

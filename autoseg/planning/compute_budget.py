@@ -1,7 +1,8 @@
 """Time per training iteration, measured on this machine, and what a compute budget affords.
 
-The cost of a step is counted exactly in FLOPs (conv, transposed conv and linear layers, via forward
-hooks on the ``meta`` device, backward = 2x forward) and converted to seconds with a timing model
+The cost of a step is counted in FLOPs by torch's own counter (``FlopCounterMode``: convolutions,
+transposed convolutions, matrix products and attention, at the real patch and batch on the ``meta``
+device; backward = 2x forward) and converted to seconds with a timing model
 ``seconds = GFLOP / rate``, the rate measured from a few real forward+backward+SGD steps of one probe
 network of the same family on the actual device. Timings are cached (keyed by device, threads,
 family, channels), so re-planning on one machine is deterministic.
@@ -18,11 +19,12 @@ from typing import Any, Sequence
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
-from autoseg.networks import Topology, create_network
+from autoseg.networks import Topology
 from autoseg.networks.registry import TopologyConstraints
 from autoseg.planning import constants as C
-from autoseg.planning.memory import read_cache, write_cache
+from autoseg.planning.memory import build_training_network, read_cache, write_cache
 from autoseg.planning.topology import divisible_patch, plan_topology
 from autoseg.utils.device import autocast_dtype
 
@@ -67,14 +69,14 @@ def recipe_timing(measured: TimingModel, device: torch.device) -> TimingModel:
     return replace(measured, seconds_per_gflop=snap(measured.seconds_per_gflop), forward_seconds_per_gflop=forward)
 
 
-def _layer_macs(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> int:
-    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-        return output.numel() * (module.in_channels // module.groups) * math.prod(module.kernel_size)
-    if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
-        return inputs[0].numel() * (module.out_channels // module.groups) * math.prod(module.kernel_size)
-    if isinstance(module, nn.Linear):
-        return output.numel() * module.in_features
-    return 0
+def _forward_flops(
+    network_name: str, topology: Topology, in_channels: int, n_classes: int, options: dict[str, Any],
+    device: str, shape: Sequence[int],
+) -> int:
+    network = build_training_network(network_name, topology, in_channels, n_classes, options, device)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        network(torch.zeros(tuple(shape), device=device))
+    return counter.get_total_flops()
 
 
 def training_gflop(
@@ -86,30 +88,23 @@ def training_gflop(
     batch_size: int,
     options: dict[str, Any] | None = None,
 ) -> float:
-    """GFLOP of one forward+backward step, counted layer by layer.
+    """GFLOP of one forward+backward step, counted by ``torch.utils.flop_counter.FlopCounterMode``.
 
-    Counted on one small CPU input of twice the total stride per axis and scaled to the patch and
-    batch: convolution work is exactly proportional to the voxels when every size is a multiple of
-    the total stride (as planned patches are), and the small input avoids the meta device's ~1 s
-    first-use cost.
+    Counted at the real batch and patch on the ``meta`` device (shapes only, no compute), so work
+    that grows faster than the voxels (attention over all tokens) is exact too. A family with an
+    operator that has no meta kernel is counted on a CPU input of twice the total stride per axis,
+    scaled to the patch and batch (exact for convolutions and windowed attention).
     """
-    probe = [2 * s for s in topology.total_stride]
-    scale = batch_size * math.prod(patch_size) / math.prod(probe)
-    network = create_network(network_name, topology, in_channels, n_classes, **dict(options or {})).train()
-    inputs = torch.zeros((1, in_channels, *probe))
-    macs = [0]
-
-    def count(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        macs[0] += _layer_macs(module, args, output)
-
-    handles = [m.register_forward_hook(count) for m in network.modules() if not list(m.children())]
+    options = dict(options or {})
     try:
-        with torch.no_grad():
-            network(inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return 2.0 * macs[0] * scale * _TRAINING_FLOPS_PER_FORWARD / 1e9
+        flops = _forward_flops(network_name, topology, in_channels, n_classes, options, "meta",
+                               (batch_size, in_channels, *patch_size))
+    except (NotImplementedError, RuntimeError):
+        probe = [2 * s for s in topology.total_stride]
+        scale = batch_size * math.prod(patch_size) / math.prod(probe)
+        flops = scale * _forward_flops(network_name, topology, in_channels, n_classes, options, "cpu",
+                                       (1, in_channels, *probe))
+    return flops * _TRAINING_FLOPS_PER_FORWARD / 1e9
 
 
 def _loss(outputs: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
@@ -120,12 +115,20 @@ def _loss(outputs: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
 def _sgd_step(parameters: Sequence[torch.Tensor], buffers: list[torch.Tensor], lr: float = 1e-6,
               momentum: float = 0.99) -> None:
     """Nesterov SGD by hand, as training's optimizer computes it: constructing ``torch.optim.SGD``
-    imports TorchDynamo on first use (~1.8 s, longer than the whole measurement)."""
-    grads = [p.grad for p in parameters]
-    torch._foreach_mul_(buffers, momentum)
-    torch._foreach_add_(buffers, grads)
-    torch._foreach_add_(grads, buffers, alpha=momentum)
-    torch._foreach_add_(list(parameters), grads, alpha=-lr)
+    imports TorchDynamo on first use (~1.8 s, longer than the whole measurement).
+
+    Parameters without a gradient (outputs the probe's loss does not reach, such as ConResNet's
+    residual heads) are skipped, as ``torch.optim`` skips them.
+    """
+    stepped = [(p, b) for p, b in zip(parameters, buffers) if p.grad is not None]
+    if not stepped:
+        return
+    params, moments = [p for p, _ in stepped], [b for _, b in stepped]
+    grads = [p.grad for p in params]
+    torch._foreach_mul_(moments, momentum)
+    torch._foreach_add_(moments, grads)
+    torch._foreach_add_(grads, moments, alpha=momentum)
+    torch._foreach_add_(params, grads, alpha=-lr)
 
 
 def _time_steps(network: nn.Module, inputs: torch.Tensor, device: torch.device) -> float:
@@ -174,8 +177,7 @@ def _time_forward(network: nn.Module, inputs: torch.Tensor, device: torch.device
 def parameter_count(network_name: str, topology: Topology, in_channels: int, n_classes: int,
                     options: dict[str, Any] | None = None) -> int:
     """Trainable parameters (for the checkpoint sizes), counted on the ``meta`` device."""
-    with torch.device("meta"):
-        network = create_network(network_name, topology, in_channels, n_classes, **dict(options or {}))
+    network = build_training_network(network_name, topology, in_channels, n_classes, dict(options or {}), "meta")
     return sum(p.numel() for p in network.parameters() if p.requires_grad)
 
 
@@ -217,8 +219,7 @@ def measure_timing(
     if cached is not None:
         return TimingModel(**cached)
     topology = plan_topology([size] * spatial_dims, [1.0] * spatial_dims, constraints, C.TIMING_PROBE_WIDTH)
-    with torch.device(device):
-        network = create_network(network_name, topology, in_channels, n_classes, **dict(options or {})).train()
+    network = build_training_network(network_name, topology, in_channels, n_classes, dict(options or {}), device)
     patch = divisible_patch([size] * spatial_dims, topology)
     inputs = torch.randn((C.MIN_BATCH_SIZE, in_channels, *patch), device=device)
     gflop = training_gflop(network_name, topology, in_channels, n_classes, patch, C.MIN_BATCH_SIZE, options)

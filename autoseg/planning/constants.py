@@ -37,6 +37,9 @@ REFERENCE_PATCH_EDGE = {2: 2048, 3: 256}
 MIN_FEATURE_MAP_SIZE = 4
 # An axis is pooled (and gets the full kernel) only while its spacing is within 2x of the finest.
 POOLING_SPACING_RATIO = 2.0
+# When only one axis can still be pooled, it must have at least 3 x MIN_FEATURE_MAP_SIZE voxels
+# (nnU-Net v2's get_pool_and_conv_props: a 2-stride on 8 voxels of one axis alone buys little).
+SINGLE_AXIS_POOL_MIN_SIZE = 3 * MIN_FEATURE_MAP_SIZE
 BASE_FEATURES = 32
 MAX_FEATURES = {2: 512, 3: 320}
 POOLING_STRIDE = 2

@@ -74,7 +74,11 @@ def parameter_bytes(network: nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in network.parameters())
 
 
-def _build(network_name: str, topology: Topology, in_channels: int, n_classes: int, options: dict[str, Any], device: str) -> nn.Module:
+def build_training_network(
+    network_name: str, topology: Topology, in_channels: int, n_classes: int, options: dict[str, Any],
+    device: str | torch.device,
+) -> nn.Module:
+    """The network in training mode, its parameters created on ``device`` (``meta``: no memory)."""
     with torch.device(device):
         network = create_network(network_name, topology, in_channels, n_classes, **options)
     return network.train()
@@ -82,7 +86,7 @@ def _build(network_name: str, topology: Topology, in_channels: int, n_classes: i
 
 def _measure_on(device: str, network_name: str, topology: Topology, in_channels: int, n_classes: int,
                 options: dict[str, Any]) -> MemoryModel:
-    network = _build(network_name, topology, in_channels, n_classes, options, device)
+    network = build_training_network(network_name, topology, in_channels, n_classes, options, device)
     sizes = [[m * t for t in topology.total_stride] for m in C.MEMORY_CALIBRATION_MULTIPLES]
     voxels = [float(np.prod(s)) for s in sizes]
     measured = [

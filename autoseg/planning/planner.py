@@ -13,7 +13,7 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -22,7 +22,7 @@ import torch
 
 from autoseg import __version__
 from autoseg.errors import FingerprintError, PlanError
-from autoseg.networks import Topology, get_network_spec
+from autoseg.networks import Topology, default_network, get_network_spec
 from autoseg.planning import accounting as A
 from autoseg.planning import constants as C
 from autoseg.planning import compute_budget as T
@@ -30,7 +30,7 @@ from autoseg.planning import rules
 from autoseg.planning.memory import MemoryModel, calibrate_memory
 from autoseg.planning.plans import format_plan_table, plans_path, write_plans
 from autoseg.planning.topology import divisible_patch, features_per_stage, plan_topology, shrink_patch
-from autoseg.utils.device import choose_device
+from autoseg.utils.device import choose_device, device_memory_bytes
 from autoseg.utils.progress import default_workers
 
 CONFIG_2D, CONFIG_FULLRES, CONFIG_LOWRES, CONFIG_CASCADE = "2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres"
@@ -55,7 +55,8 @@ class _Context:
     budget_seconds: float | None
     device: torch.device
     cache_dir: Path | None
-    timing_factory: TimingFactory
+    timing_factory: TimingFactory | None  # None: the target device is not on this machine, nothing is timed
+    planned_for: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     _memory: dict[str, MemoryModel] = field(default_factory=dict)
@@ -78,20 +79,19 @@ class _Context:
 
     def timing(self, dims: int, width: int, recipe: bool) -> T.TimingModel:
         """The measured timing model, or (``recipe``) its rates snapped to the recipe grid."""
+        assert self.timing_factory is not None, "a compute budget needs the target device on this machine"
         if (dims, width) not in self._timing:
             self._timing[(dims, width)] = self.timing_factory(dims, width)
         measured = self._timing[(dims, width)]
         return T.recipe_timing(measured, self.device) if recipe else measured
 
     def gflop(self, topology: Topology, patch: Sequence[int], batch: int, in_channels: int | None = None) -> float:
-        """GFLOP of a training step: counted once per topology at twice its total stride per axis and
-        scaled to the patch and batch (exact for patches divisible by the total stride)."""
+        """GFLOP of a training step (cached: the budget search asks for the same ones repeatedly)."""
         channels = in_channels or self.in_channels
-        key = json.dumps([topology.to_dict(), channels], sort_keys=True)
-        probe = [2 * s for s in topology.total_stride]
+        key = json.dumps([topology.to_dict(), list(patch), batch, channels], sort_keys=True)
         if key not in self._gflop:
-            self._gflop[key] = T.training_gflop(self.network, topology, channels, self.n_classes, probe, 1, self.options)
-        return self._gflop[key] * batch * float(np.prod(patch)) / float(np.prod(probe))
+            self._gflop[key] = T.training_gflop(self.network, topology, channels, self.n_classes, patch, batch, self.options)
+        return self._gflop[key]
 
     def parameters(self, topology: Topology) -> int:
         key = json.dumps(topology.to_dict(), sort_keys=True)
@@ -100,7 +100,10 @@ class _Context:
         return self._parameters[key]
 
     def iteration_seconds(self, topology: Topology, patch: Sequence[int], batch: int, width: int,
-                          in_channels: int | None = None, recipe: bool = False) -> float:
+                          in_channels: int | None = None, recipe: bool = False) -> float | None:
+        """Seconds of a training iteration; None when the target device is not on this machine."""
+        if self.timing_factory is None:
+            return None
         model = self.timing(topology.spatial_dims, width, recipe)
         return T.seconds_per_iteration(model.predict(self.gflop(topology, patch, batch, in_channels)), self.device)
 
@@ -160,8 +163,8 @@ def memory_budget(device: torch.device, gpu_memory_gb: float | None) -> tuple[fl
         if gpu_memory_gb <= 0:
             raise PlanError(f"--gpu-memory must be positive, got {gpu_memory_gb}")
         return gpu_memory_gb * 2**30 * C.GPU_MEMORY_USABLE_FRACTION, float(gpu_memory_gb)
-    if device.type == "cuda":
-        total = torch.cuda.get_device_properties(device).total_memory
+    total = device_memory_bytes(device)
+    if total is not None:
         return total * C.GPU_MEMORY_USABLE_FRACTION, round(total / 2**30, 2)
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return ram * C.CPU_MEMORY_USABLE_FRACTION, None
@@ -457,7 +460,9 @@ def _plan_configuration(ctx: _Context, name: str, spacing: Sequence[float], dims
         "width": width,
         "validation_tta": tta,
         "predicted_memory_bytes": model.predict(patch, batch),
-        "predicted_seconds_per_iteration": round(seconds, 4),
+        "memory_model": asdict(model),
+        "planned_for": dict(ctx.planned_for),
+        "predicted_seconds_per_iteration": _rounded(seconds, 4),
         "num_iterations": num_iterations,
         "iterations_per_epoch": per_epoch,
         "predicted_seconds": parts.to_dict() if parts is not None else None,
@@ -483,6 +488,10 @@ def _transposed_median(fingerprint: dict[str, Any], spacing: Sequence[float], fo
     raw = [spacing[forward.index(a)] for a in range(3)]
     median = _median_shape_at(fingerprint, raw)
     return [median[a] for a in forward]
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 def _median_shape_at(fingerprint: dict[str, Any], spacing: Sequence[float]) -> list[float]:
@@ -518,11 +527,13 @@ def _cascade(ctx: _Context, fullres: dict[str, Any], n_foreground: int) -> dict[
     cascade = json.loads(json.dumps(fullres))
     topology = Topology.from_dict(fullres["network"]["topology"])
     channels = ctx.in_channels + n_foreground
-    cascade["predicted_memory_bytes"] = ctx.memory(topology, channels).predict(fullres["patch_size"], fullres["batch_size"])
+    model = ctx.memory(topology, channels)
+    cascade["predicted_memory_bytes"] = model.predict(fullres["patch_size"], fullres["batch_size"])
+    cascade["memory_model"] = asdict(model)
     seconds = ctx.iteration_seconds(topology, fullres["patch_size"], fullres["batch_size"], fullres["width"], channels)
-    cascade["predicted_seconds_per_iteration"] = round(seconds, 4)
+    cascade["predicted_seconds_per_iteration"] = _rounded(seconds, 4)
     parts = fullres["predicted_seconds"]
-    if parts is not None:
+    if parts is not None and seconds is not None:
         scaled = A.BudgetParts(0.0, parts["startup"], parts["training"] * seconds / fullres["predicted_seconds_per_iteration"],
                                parts["checkpoints"], parts["final_validation"])
         cascade["predicted_seconds"], cascade["predicted_total_seconds"] = scaled.to_dict(), round(scaled.total, 1)
@@ -533,7 +544,7 @@ def _cascade(ctx: _Context, fullres: dict[str, Any], n_foreground: int) -> dict[
 def build_plans(
     fingerprint: dict[str, Any],
     *,
-    network: str = "unet",
+    network: str | None = None,
     memory_budget_bytes: float,
     budget_seconds: float | None = None,
     device: torch.device | str = "cpu",
@@ -544,22 +555,41 @@ def build_plans(
     timing_factory: TimingFactory | None = None,
     budget_record: dict[str, Any] | None = None,
     source: str = "fingerprint",
+    device_present: bool = True,
 ) -> dict[str, Any]:
-    """The plans dict for a fingerprint (pure apart from timing, which ``timing_factory`` replaces)."""
+    """The plans dict for a fingerprint (pure apart from timing, which ``timing_factory`` replaces).
+
+    ``device_present=False`` plans for a device this machine lacks (``--gpu-memory`` without a GPU):
+    memory is modelled as always, nothing is timed, and no compute budget can apply.
+    """
     check_fingerprint(fingerprint, source)
     device = torch.device(device)
+    network = network or default_network()
     spec = get_network_spec(network)
     n_classes, n_foreground = output_channels(fingerprint["labels"])
     in_channels = len(fingerprint["channel_names"])
     if budget_seconds is not None and budget_seconds <= 0:
         raise PlanError(f"--budget must be positive, got {budget_seconds} s")
+    if budget_seconds is not None and not device_present and timing_factory is None:
+        raise PlanError("--budget times training on this machine, which lacks the device planned for; "
+                        "plan for the GPU with --gpu-memory alone, or drop --gpu-memory to plan for this machine")
 
     def measured(dims: int, width: int) -> T.TimingModel:
         return T.measure_timing(network, spec.constraints, dims, in_channels, n_classes, width, device,
                                 cache_dir=cache_dir)
 
+    record = dict(budget_record or {}, memory_bytes_usable=int(memory_budget_bytes))
+    planned_for = {k: record.get(k) for k in ("device", "device_name", "gpu_memory_gb", "memory_bytes_usable")}
+    planned_for["timed_on_device"] = device_present
     ctx = _Context(network, in_channels, n_classes, n_foreground, memory_budget_bytes, budget_seconds, device, cache_dir,
-                   timing_factory or measured)
+                   timing_factory or (measured if device_present else None), planned_for)
+    if not device_present:
+        gb = f" with {record['gpu_memory_gb']:g} GB" if record.get("gpu_memory_gb") else ""
+        ctx.notes.append(
+            f"planned for a {device.type} device{gb} (usable {memory_budget_bytes / 2**30:.1f} GiB) that this "
+            "machine lacks: memory is modelled (saved-tensor count on the meta device), not measured there; "
+            "speed is not predicted and nnU-Net's schedule (1000 epochs) applies"
+        )
     target = rules.target_spacing(fingerprint["spacings"], fingerprint["shapes_after_crop"])
     forward, backward = rules.transpose_axes(target)
     spacing = [target[a] for a in forward]
@@ -610,7 +640,7 @@ def build_plans(
         "original_median_spacing": [float(s) for s in np.median(np.asarray(fingerprint["spacings"]), axis=0)],
         "target_spacing": target,
         "foreground_intensity_properties_per_channel": fingerprint["foreground_intensity_properties_per_channel"],
-        "budget": dict(budget_record or {}, memory_bytes_usable=int(memory_budget_bytes), seconds=budget_seconds),
+        "budget": dict(record, seconds=budget_seconds),
         "configurations": configurations,
         "notes": ctx.notes,
     }
@@ -639,33 +669,57 @@ def _wanted_configurations(configs: Sequence[str] | None, is_2d: bool, family_di
 
 
 # ---------------------------------------------------------------------------------- entry point
+def target_device(device: str | torch.device | None, gpu_memory_gb: float | None,
+                  budget_seconds: float | None) -> tuple[torch.device, bool]:
+    """(the device to plan for, whether it is on this machine).
+
+    ``--gpu-memory`` without a GPU here (and without ``--budget``, which times this machine) plans
+    for a CUDA GPU elsewhere: users plan on a laptop or login node and train on GPU nodes.
+    """
+    name = None if device is None or str(device) == "auto" else str(device)
+    gpu_elsewhere = not torch.cuda.is_available() and (name is None or name.startswith("cuda"))
+    if gpu_elsewhere and gpu_memory_gb is not None and budget_seconds is None:
+        return torch.device(name or "cuda"), False
+    if gpu_elsewhere and name is not None:
+        fix = "drop --budget to plan for a GPU elsewhere" if gpu_memory_gb is not None else \
+            "give --gpu-memory GB to plan for a GPU elsewhere (its memory is modelled)"
+        raise PlanError(f"--device {name}: CUDA is not available on this machine; {fix}, or use --device cpu")
+    return choose_device(device, PlanError), True
+
+
 def plan_dataset(
     dataset_spec: str | os.PathLike[str],
     gpu_memory_gb: float | None = None,
     budget_seconds: float | None = None,
-    network: str = "unet",
+    network: str | None = None,
     configs: Sequence[str] | None = None,
     plans_name: str = C.DEFAULT_PLANS_NAME,
     overwrite: bool = False,
     device: str | torch.device | None = None,
     num_workers: int | None = None,
+    transfer_from: str | os.PathLike[str] | None = None,
 ) -> tuple[dict[str, Any], str]:
     """Plan a dataset and write ``<preprocessed>/<Dataset>/<plans_name>.json``; returns (plans, table).
 
+    ``transfer_from`` (a plans file or model folder) keeps the source's network, patch and batch for
+    fine-tuning its weights (``planning/transfer.py``).
+
     Fingerprints the dataset first when ``fingerprint.json`` is missing. With no GPU (or ``device``
-    'cpu') the plan is sized for a compute budget (``budget_seconds``, default 12 h per fold).
+    'cpu') the plan is sized for a compute budget (``budget_seconds``, default 12 h per fold), unless
+    ``gpu_memory_gb`` asks for a GPU plan (see ``target_device``).
     """
     from autoseg.dataset.description import load_description
     from autoseg.fingerprint.file import fingerprint_path, load_fingerprint
     from autoseg.paths import resolve_dataset
 
+    network = get_network_spec(network or default_network()).name  # a typo fails before fingerprinting
     location = resolve_dataset(dataset_spec)
     if not fingerprint_path(location).is_file():
         from autoseg.fingerprint.extract import extract_fingerprint  # SimpleITK and scipy: only when needed
 
         extract_fingerprint(location, num_workers)
     fingerprint = load_fingerprint(location)
-    chosen = choose_device(device, PlanError)
+    chosen, present = target_device(device, gpu_memory_gb, budget_seconds)
     usable, nominal = memory_budget(chosen, gpu_memory_gb)
     if budget_seconds is None and chosen.type == "cpu":
         budget_seconds = C.DEFAULT_CPU_BUDGET_SECONDS
@@ -679,8 +733,14 @@ def plan_dataset(
         plans_name=plans_name,
         regions_class_order=load_description(location.raw_dir).regions_class_order,
         cache_dir=location.preprocessed_dir / "planning_cache",
-        budget_record={"device": chosen.type, "device_name": T.device_name(chosen), "gpu_memory_gb": nominal},
+        budget_record={"device": chosen.type, "device_name": T.device_name(chosen) if present else None,
+                       "gpu_memory_gb": nominal},
         source=str(fingerprint_path(location)),
+        device_present=present,
     )
+    if transfer_from is not None:
+        from autoseg.planning.transfer import transfer_plans_from
+
+        plans = transfer_plans_from(plans, transfer_from)
     write_plans(plans, plans_path(location.preprocessed_dir, plans_name), overwrite=overwrite)
     return plans, format_plan_table(plans)

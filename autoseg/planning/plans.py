@@ -113,6 +113,10 @@ def _duration(seconds: float | None) -> str:
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
 def _numbers(values: list[float], digits: int = 2) -> str:
     texts = [f"{v:.{digits}f}" for v in values]
     return "x".join(t.rstrip("0").rstrip(".") if "." in t else t for t in texts)
@@ -136,7 +140,7 @@ def format_plan_table(plans: dict[str, Any]) -> str:
             str(len(features)),
             f"{features[0]}-{features[-1]}",
             f"{config['predicted_memory_bytes'] / 2**30:.2f} GiB",
-            f"{config['predicted_seconds_per_iteration']:.3g}",
+            _seconds(config["predicted_seconds_per_iteration"]),
             str(config["num_iterations"]),
             _duration(config.get("predicted_total_seconds")),
         ))
@@ -146,7 +150,9 @@ def format_plan_table(plans: dict[str, Any]) -> str:
     budget = plans.get("budget", {})
     title = f"plans {plans['plans_name']!r} for {plans['dataset_name']}"
     if budget:
-        title += f" (device {budget.get('device_name', budget.get('device', '?'))}"
+        title += f" (device {budget.get('device_name') or budget.get('device', '?')}"
+        if budget.get("gpu_memory_gb"):
+            title += f" {budget['gpu_memory_gb']:g} GB"
         title += f", usable memory {budget.get('memory_bytes_usable', 0) / 2**30:.1f} GiB"
         title += f", compute budget {_duration(budget.get('seconds'))} per fold)"
     notes = [f"note: {n}" for n in plans.get("notes", [])]

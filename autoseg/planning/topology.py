@@ -45,6 +45,19 @@ def expand_blocks(default: Sequence[int] | None, n_stages: int) -> list[int] | N
     return [default[min(i, len(default) - 1)] for i in range(n_stages)]
 
 
+def _pooled_axes(size: Sequence[float], spacing: Sequence[float], big_enough: Sequence[bool]) -> list[bool]:
+    """nnU-Net v2's choice: among the axes large enough, those within 2x of their finest spacing;
+    a single such axis only while it has >= ``SINGLE_AXIS_POOL_MIN_SIZE`` voxels."""
+    candidates = [s for s, b in zip(spacing, big_enough) if b]
+    if not candidates:
+        return [False] * len(size)
+    finest = min(candidates)
+    pool = [b and s / finest < C.POOLING_SPACING_RATIO for s, b in zip(spacing, big_enough)]
+    if sum(pool) == 1 and size[pool.index(True)] < C.SINGLE_AXIS_POOL_MIN_SIZE:
+        return [False] * len(size)
+    return pool
+
+
 def plan_topology(
     patch_size: Sequence[float],
     spacing: Sequence[float],
@@ -52,8 +65,9 @@ def plan_topology(
     width: int = C.BASE_FEATURES,
 ) -> Topology:
     """Pool an axis while its feature map stays >= 4 voxels and its spacing is within 2x of the
-    finest; its kernel is 1 until then (reference §1.3). Isotropic-only families pool all axes
-    together or none.
+    finest among the axes still large enough; its kernel is 1 until its spacing is within 2x of the
+    finest overall (reference §1.3). As nnU-Net v2 does, odd sizes halve rounding up, and a lone
+    pooled axis needs >= 3 x 4 voxels. Isotropic-only families pool all axes together or none.
     """
     dims = len(patch_size)
     size = [float(s) for s in patch_size]
@@ -69,11 +83,11 @@ def plan_topology(
         if constraints.isotropic_only:
             pool = [all(big_enough)] * dims
         else:
-            pool = [b and f for b, f in zip(big_enough, _full_kernel_axes(current))]
+            pool = _pooled_axes(size, current, big_enough)
         if not any(pool):
             break
         stride = [C.POOLING_STRIDE if p else 1 for p in pool]
-        size = [s / st for s, st in zip(size, stride)]
+        size = [float(math.ceil(s / st)) for s, st in zip(size, stride)]
         current = [c * st for c, st in zip(current, stride)]
         # once an axis has the full kernel it keeps it
         full = [f or g for f, g in zip(full, _full_kernel_axes(current))]

@@ -126,7 +126,7 @@ def preprocess_one(
 ) -> dict[str, Any]:
     """Read, preprocess and store one training case (runs in a worker process)."""
     _remove_stale_temporaries(folder, case_id)
-    data, geometry = read_case_images(images)
+    data, geometry = read_case_images(images, len(plans["channel_names"]))
     seg, _ = read_image(label)
     if seg.shape != data.shape[1:]:
         raise DatasetError(

@@ -2,13 +2,17 @@
 
 Probabilities and ranges come from the ``augmentation`` section of the training config. Patches that
 are very anisotropic (nnU-Net's "dummy 2D" case) are augmented slice by slice in-plane: rotation,
-scaling and low-resolution simulation then never mix the coarse axis. Besides batchgenerators'
-transforms, three small ones live here: per-axis mirroring with a configurable probability, and the
-cascade's corruption of the previous stage's masks (binary morphology, removal of a component).
+scaling and low-resolution simulation then never mix the coarse axis. Two rules that depend on the run
+(the 2D rotation range and the channels masked after the intensity transforms) are ``auto`` in the
+config and become numbers in :func:`resolve_augmentation`, so the resolved config shows what was used.
+Besides batchgenerators' transforms, a few small ones live here: per-axis mirroring with a configurable
+probability, the nonzero-mask re-zeroing, and the cascade's corruption of the previous stage's masks
+(binary morphology, removal of a component).
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 from typing import Any, Mapping, Sequence
@@ -26,8 +30,17 @@ from batchgenerators.transforms.spatial_transforms import SpatialTransform
 from batchgenerators.transforms.utility_transforms import RemoveLabelTransform
 from scipy import ndimage
 
+from autoseg.errors import TrainingError
+
 # The store marks voxels outside the nonzero mask with -1; the loss sees them as background.
 OUTSIDE_MASK_LABEL = -1
+AUTO = "auto"
+# nnU-Net v2 (configure_rotation_dummyDA_mirroring_and_inital_patch_size): a 2D patch whose longest side
+# exceeds 1.5 x its shortest rotates by at most 15 deg, any other 2D patch (and the in-plane rotation of
+# an anisotropic 3D patch) by up to 180 deg.
+ELONGATED_2D_RATIO = 1.5
+ELONGATED_2D_DEGREES = 15.0
+FULL_2D_DEGREES = 180.0
 # Angles probed when computing how large a region a rotated + scaled patch can reach.
 _ANGLE_SAMPLES = 9
 
@@ -37,10 +50,41 @@ def is_anisotropic_patch(patch_size: Sequence[int], threshold: float) -> bool:
     return len(patch_size) == 3 and max(patch_size) / patch_size[0] > threshold
 
 
+def auto_degrees_2d(patch_size: Sequence[int]) -> float:
+    """nnU-Net v2's 2D rotation range for this patch: 15 deg for elongated 2D patches, else 180."""
+    if len(patch_size) == 2 and max(patch_size) / min(patch_size) > ELONGATED_2D_RATIO:
+        return ELONGATED_2D_DEGREES
+    return FULL_2D_DEGREES
+
+
+def resolve_augmentation(
+    aug: Mapping[str, Any], patch_size: Sequence[int], normalization: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """``aug`` with its ``auto`` values replaced by what they mean for this patch and plan.
+
+    ``rotation.degrees_2d``: :func:`auto_degrees_2d`. ``mask_channels``: the channels the plan
+    normalizes inside the nonzero mask (``use_mask``), which nnU-Net v2 sets back to 0 outside that mask
+    after the intensity transforms (its MaskImageTransform).
+    """
+    resolved = copy.deepcopy(dict(aug))
+    if resolved["rotation"]["degrees_2d"] == AUTO:
+        resolved["rotation"]["degrees_2d"] = auto_degrees_2d(patch_size)
+    if resolved["mask_channels"] == AUTO:
+        resolved["mask_channels"] = [c for c, scheme in enumerate(normalization) if scheme.get("use_mask")]
+    bad = [c for c in resolved["mask_channels"] if not isinstance(c, int) or not 0 <= c < len(normalization)]
+    if bad:
+        raise TrainingError(
+            f"augmentation.mask_channels={resolved['mask_channels']}: channels {bad} do not exist (the plan has "
+            f"{len(normalization)}); give channel indices from 0 to {len(normalization) - 1}, [] or auto"
+        )
+    return resolved
+
+
 def rotation_ranges(patch_size: Sequence[int], aug: Mapping[str, Any]) -> list[float]:
     """Max rotation (radians) about each axis the spatial transform uses (x, y, z in its naming)."""
     if len(patch_size) == 2 or is_anisotropic_patch(patch_size, aug["anisotropy_threshold"]):
-        return [math.radians(aug["rotation"]["degrees_2d"])]
+        degrees = aug["rotation"]["degrees_2d"]
+        return [math.radians(auto_degrees_2d(patch_size) if degrees == AUTO else degrees)]
     return [math.radians(aug["rotation"]["degrees_3d"])] * 3
 
 
@@ -118,6 +162,20 @@ class MirrorPerAxis(AbstractTransform):
         return batch
 
 
+class MaskOutsideNonzero(AbstractTransform):
+    """Set the listed data channels to 0 where the label map says "outside the nonzero mask" (-1):
+    the intensity transforms moved those voxels away from the 0 that normalization left there."""
+
+    def __init__(self, channels: Sequence[int]) -> None:
+        self.channels = list(channels)
+
+    def __call__(self, **batch: Any) -> dict[str, Any]:
+        outside = batch["seg"][:, 0] == OUTSIDE_MASK_LABEL
+        for c in self.channels:
+            batch["data"][:, c][outside] = 0
+        return batch
+
+
 class PreviousStageToData(AbstractTransform):
     """Cascade: move seg channel 1 (the previous stage's labels) into data as one-hot channels,
     one per foreground label."""
@@ -186,22 +244,26 @@ def training_transforms(
     previous_stage_labels: Sequence[int] | None = None,
     n_image_channels: int = 1,
 ) -> Compose:
-    """The §1.5 pipeline: spatial (rotation, scaling, optional elastic), noise, blur, brightness,
-    contrast, low-resolution simulation, inverted gamma, gamma, mirroring; then the cascade's mask
-    corruption and -1 -> 0 in the labels."""
+    """The §1.5 pipeline as nnU-Net v2 orders it: spatial (rotation, scaling, optional elastic), noise,
+    blur, brightness, contrast, low-resolution simulation, inverted gamma, gamma, mirroring, re-zeroing
+    outside the nonzero mask; then the cascade's mask corruption and -1 -> 0 in the labels.
+
+    ``aug`` must be resolved (:func:`resolve_augmentation`) for ``mask_channels``."""
     patch = [int(p) for p in patch_size]
+    if aug["mask_channels"] == AUTO:
+        raise TrainingError("augmentation.mask_channels is 'auto': resolve the config with resolve_augmentation first")
     in_plane = is_anisotropic_patch(patch, aug["anisotropy_threshold"])
     spatial_patch = patch[1:] if in_plane else patch
     angles = rotation_ranges(patch, aug)
     angle_kwargs = {f"angle_{axis}": (-a, a) for axis, a in zip("xyz", angles)}
-    border = aug["patch_center_dist_from_border"]
     transforms: list[AbstractTransform] = []
     if in_plane:
         transforms.append(SlicesAsChannels(to_2d=True))
     transforms.append(
         SpatialTransform(
             spatial_patch,
-            patch_center_dist_from_border=border if border is not None else [p // 2 for p in spatial_patch],
+            # Ignored with random_crop off: the data loader places the patch (nnU-Net v2 passes 0 too).
+            patch_center_dist_from_border=0,
             do_elastic_deform=aug["elastic"]["p"] > 0,
             alpha=tuple(aug["elastic"]["alpha"]),
             sigma=tuple(aug["elastic"]["sigma"]),
@@ -228,6 +290,7 @@ def training_transforms(
         GaussianBlurTransform(
             tuple(aug["gaussian_blur"]["sigma"]),
             different_sigma_per_channel=True,
+            different_sigma_per_axis=True,  # nnU-Net v2: synchronize_axes=False
             p_per_sample=aug["gaussian_blur"]["p"],
             p_per_channel=aug["gaussian_blur"]["p_per_channel"],
         ),
@@ -238,7 +301,7 @@ def training_transforms(
             per_channel=True,
             p_per_channel=aug["low_resolution"]["p_per_channel"],
             order_downsample=0,
-            order_upsample=3,
+            order_upsample=1,  # nnU-Net v2 upsamples (bi/tri)linearly
             p_per_sample=aug["low_resolution"]["p"],
             ignore_axes=(0,) if in_plane else None,
         ),
@@ -249,6 +312,8 @@ def training_transforms(
     ]
     if aug["mirror"]["p"] > 0:
         transforms.append(MirrorPerAxis(range(len(patch)), aug["mirror"]["p"]))
+    if aug["mask_channels"]:
+        transforms.append(MaskOutsideNonzero(aug["mask_channels"]))
     transforms += cascade_transforms(previous_stage_labels, n_image_channels, aug)
     transforms.append(RemoveLabelTransform(OUTSIDE_MASK_LABEL, 0))
     return Compose(transforms)

@@ -2,8 +2,8 @@
 
 reference.md §1.5 / §3: nnU-Net saves every 50 epochs straight to the final name and loads with pickle.
 Here a checkpoint is written every epoch to a temporary name and renamed, so ``kill -9`` at any moment
-leaves the previous complete file; it holds only tensors and JSON-able values, so
-``torch.load(weights_only=True)`` reads it. RNG states are converted to tensors and lists for that.
+leaves the previous complete file; it is a safetensors file (autoseg/utils/weights_file.py) holding only
+tensors and JSON-able values. RNG states are converted to tensors and lists for that.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ import numpy as np
 import torch
 
 from autoseg.errors import TrainingError
-from autoseg.utils.atomic import atomic_path
+from autoseg.utils.weights_file import CHECKPOINT_FORMAT_VERSION as FORMAT_VERSION
+from autoseg.utils.weights_file import checkpoint_name, load_weights, save_weights, weights_exist
 
-FORMAT_VERSION = 1
-LATEST = "checkpoint_latest.pt"
-BEST = "checkpoint_best.pt"
-FINAL = "checkpoint_final.pt"
+LATEST = checkpoint_name("latest")
+BEST = checkpoint_name("best")
+FINAL = checkpoint_name("final")
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -58,22 +58,15 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
     """Atomically write ``checkpoint`` (tensors, containers and plain values only)."""
-    with atomic_path(path) as tmp:
-        torch.save(checkpoint, tmp)
+    save_weights(path, checkpoint)
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True`` (no code runs from the file)."""
+    """Load a checkpoint (no code runs from the file)."""
     path = Path(path)
-    if not path.is_file():
+    if not weights_exist(path):
         raise TrainingError(f"{path}: checkpoint not found; train first (without --continue) or check the fold")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user problem
-        raise TrainingError(
-            f"{path}: not a readable autoseg checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
-            "delete it to restart the fold"
-        ) from exc
+    checkpoint = load_weights(path, lambda message: TrainingError(f"{message}; delete it to restart the fold"), map_location)
     version = checkpoint.get("metadata", {}).get("format_version") if isinstance(checkpoint, dict) else None
     if version != FORMAT_VERSION:
         raise TrainingError(

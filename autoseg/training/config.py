@@ -1,4 +1,4 @@
-"""The training configuration: YAML defaults, per-network sections, and ``--set key=value`` overrides.
+"""The training configuration: YAML defaults, the network family's own defaults, and ``--set key=value`` overrides.
 
 Configuration is data (style.md): nnU-Net's hyperparameters live in ``default_config.yaml`` instead of
 trainer subclasses. An override must name an existing key and keep its type, so a typo fails at once
@@ -14,16 +14,17 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from autoseg.errors import TrainingError
+from autoseg.networks import get_network_spec
 
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("default_config.yaml")
-NETWORK_SECTIONS = "networks"
 # Keys whose default is null or "auto" and the value types they accept besides it.
 _OPEN_TYPES: dict[str, tuple[type, ...]] = {
     "iterations_per_epoch": (int,),
     "batch_size": (int,),
     "patch_size": (list,),
     "num_workers": (int,),
-    "augmentation.patch_center_dist_from_border": (int, float, list),
+    "augmentation.rotation.degrees_2d": (int, float),
+    "augmentation.mask_channels": (list,),
 }
 
 
@@ -78,7 +79,7 @@ def parse_override(text: str) -> tuple[str, Any]:
 def _coerce(key: str, value: Any, default: Any) -> Any:
     """``value`` converted to the type of ``default`` where that is lossless, else a TrainingError."""
     allowed = _OPEN_TYPES.get(key, ())
-    if value is None and key in _OPEN_TYPES or value == "auto" == default:
+    if value is None and key in _OPEN_TYPES and default is None or value == "auto" == default:
         return value
     if isinstance(value, allowed) and not isinstance(value, bool):
         return value
@@ -144,13 +145,9 @@ def apply_overrides(config: Mapping[str, Any], overrides: Iterable[str]) -> dict
 def resolve_config(
     network: str, overrides: Iterable[str] = (), defaults: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
-    """Defaults, then the network's own section, then the user's overrides.
-
-    The per-network sections are removed from the result: it describes one run.
-    """
+    """Defaults, then the family's ``training_defaults`` from the registry, then the user's overrides."""
     base = dict(defaults if defaults is not None else load_defaults())
-    sections = base.pop(NETWORK_SECTIONS, {}) or {}
-    merged = deep_merge(base, sections.get(network, {}))
+    merged = deep_merge(base, get_network_spec(network).training_defaults)
     return apply_overrides(merged, overrides)
 
 

@@ -9,6 +9,7 @@ signal that killed it, usually the out-of-memory killer) instead of waiting fore
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import multiprocessing
 import os
@@ -16,11 +17,12 @@ import queue as queue_module
 import random
 import signal
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -41,6 +43,23 @@ _CORES_PER_CPU_WORKER = 3
 def batch_seed(seed: int, stream: int, rank: int, index: int) -> int:
     """A 32-bit seed for one batch, independent of every other batch's."""
     return int(np.random.SeedSequence([seed, stream, rank, index]).generate_state(1)[0])
+
+
+@contextlib.contextmanager
+def seeded_global_rng(seed: int) -> Iterator[None]:
+    """Seed the global ``np.random`` and ``random`` for one batch, and give the caller its state back.
+
+    batchgenerators' transforms draw from those global generators and take no generator argument; so
+    the batch owns them while it is built, and in-process batches leave the trainer's RNG untouched.
+    """
+    numpy_state, python_state = np.random.get_state(), random.getstate()
+    np.random.seed(seed)
+    random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(numpy_state)
+        random.setstate(python_state)
 
 
 def available_cores() -> int:
@@ -104,17 +123,15 @@ class BatchSource:
         self._transforms: Any = None
 
     def __call__(self, index: int) -> dict[str, np.ndarray]:
-        batch_rng = batch_seed(self.seed, self.stream, self.rank, index)
-        np.random.seed(batch_rng)
-        random.seed(batch_rng)
         spec = self.spec
-        forced_from = round(spec.batch_size * (1 - spec.oversample_foreground))
-        samples = [self._sample(j >= forced_from) for j in range(spec.batch_size)]
-        data = np.stack([s[0] for s in samples])
-        seg = np.stack([s[1] for s in samples]).astype(np.float32)
-        if self._transforms is None:
-            self._transforms = self._build_transforms()
-        out = self._transforms(data=data, seg=seg)
+        with seeded_global_rng(batch_seed(self.seed, self.stream, self.rank, index)):
+            forced_from = round(spec.batch_size * (1 - spec.oversample_foreground))
+            samples = [self._sample(j >= forced_from) for j in range(spec.batch_size)]
+            data = np.stack([s[0] for s in samples])
+            seg = np.stack([s[1] for s in samples]).astype(np.float32)
+            if self._transforms is None:
+                self._transforms = self._build_transforms()
+            out = self._transforms(data=data, seg=seg)
         return {
             "data": np.ascontiguousarray(out["data"], dtype=np.float32),
             "target": np.ascontiguousarray(np.rint(out["seg"]), dtype=np.int16),
@@ -155,7 +172,7 @@ class BatchSource:
             z = int(centre[0]) if centre is not None else np.random.randint(shape[0])
             region.append(z)
             shape, centre = shape[1:], (centre[1:] if centre is not None else None)
-        starts = _patch_starts(shape, sample, centre)
+        starts = _patch_starts(shape, sample, spec.patch_size[-len(sample):], centre)
         spatial = [slice(max(s, 0), min(s + p, n)) for s, p, n in zip(starts, sample, shape)]
         pads = [(max(-s, 0), max(s + p - n, 0)) for s, p, n in zip(starts, sample, shape)]
         index = (slice(None), *region, *spatial)
@@ -179,12 +196,17 @@ class BatchSource:
         return point[-3:]  # stored as (z, y, x), possibly with a leading channel index
 
 
-def _patch_starts(shape: Sequence[int], sample: Sequence[int], centre: Sequence[int] | None) -> list[int]:
-    """Patch start per axis. Images smaller than the patch are centred with padding; a forced centre
-    is clipped so the patch stays within the allowed range."""
+def _patch_starts(
+    shape: Sequence[int], sample: Sequence[int], patch: Sequence[int], centre: Sequence[int] | None
+) -> list[int]:
+    """Start per axis of the ``sample``-sized crop around a ``patch``.
+
+    nnU-Net v2's bounds: the crop may leave the image by its margin over the patch (padded), so the
+    patch itself reaches every voxel up to the border; images smaller than the crop are padded on both
+    sides. A forced centre is clipped into the same range."""
     starts = []
-    for axis, (n, p) in enumerate(zip(shape, sample)):
-        need = max(p - n, 0)
+    for axis, (n, p, q) in enumerate(zip(shape, sample, patch)):
+        need = max(p - n, p - q, 0)
         low, high = -(need // 2), n + need // 2 + need % 2 - p
         if centre is not None:
             starts.append(int(np.clip(int(centre[axis]) - p // 2, low, high)))
@@ -242,7 +264,12 @@ def _worker_main(source: Callable[[int], Any], first: int, stride: int, out: Any
 
 
 class BatchStream:
-    """Batches ``start, start + 1, ...`` of a source, from ``num_workers`` processes or in-process (0)."""
+    """Batches ``start, start + 1, ...`` of a source, from ``num_workers`` processes or in-process (0).
+
+    With workers and ``pin_memory`` a thread of this process receives the batches and copies them into
+    page-locked torch tensors ahead of use (as torch's DataLoader does), so the training loop only
+    starts an asynchronous host-to-device copy.
+    """
 
     def __init__(
         self,
@@ -252,6 +279,7 @@ class BatchStream:
         prefetch: int = 2,
         timeout_seconds: float = 600.0,
         name: str = "data loading",
+        pin_memory: bool = False,
     ) -> None:
         self.source = source
         self.first = self.next_index = start
@@ -268,11 +296,36 @@ class BatchStream:
             process.start()
             self.workers.append(process)
             self.queues.append(out)
+        self._pinned: queue_module.Queue[tuple[str, Any]] | None = None
+        self._stop = threading.Event()
+        self._pin_thread: threading.Thread | None = None
+        if pin_memory and self.workers:
+            import torch
+
+            # The CUDA device is per thread: pin under this rank's device, not device 0 (as torch's DataLoader).
+            cuda_device = torch.cuda.current_device() if torch.cuda.is_available() else None
+            self._pinned = queue_module.Queue(maxsize=max(1, prefetch))
+            self._pin_thread = threading.Thread(
+                target=self._pin_loop, args=(cuda_device,), name=f"{name} pinning", daemon=True
+            )
+            self._pin_thread.start()
 
     def __iter__(self) -> "BatchStream":
         return self
 
-    def __next__(self) -> dict[str, np.ndarray]:
+    def __next__(self) -> dict[str, Any]:
+        try:
+            if self._pinned is not None:
+                kind, payload = self._pinned.get()
+                if kind == "error":
+                    raise payload
+                return payload
+            return self._next_batch()
+        except TrainingError:
+            self.close()
+            raise
+
+    def _next_batch(self) -> dict[str, np.ndarray]:
         index = self.next_index
         self.next_index += 1
         if not self.workers:
@@ -280,8 +333,30 @@ class BatchStream:
                 return self.source(index)
             except MemoryError as exc:
                 raise TrainingError(f"{self.name}: {_describe_exception(exc)}") from exc
-        w = (index - self.first) % len(self.workers)
-        return self._receive(w, index)
+        return self._receive((index - self.first) % len(self.workers), index)
+
+    def _pin_loop(self, cuda_device: int | None) -> None:
+        """Thread body: receive batches in order, pin them, hand them over; an error ends the stream."""
+        import torch
+
+        try:
+            if cuda_device is not None:
+                torch.cuda.set_device(cuda_device)
+            while not self._stop.is_set():
+                batch = {key: torch.from_numpy(value).pin_memory() for key, value in self._next_batch().items()}
+                self._hand_over(("batch", batch))
+        except TrainingError as exc:
+            self._hand_over(("error", exc))
+        except BaseException as exc:  # noqa: BLE001 - e.g. pinning failed: reported in the main thread
+            self._hand_over(("error", TrainingError(f"{self.name}: pinning a batch failed: {_describe_exception(exc)}")))
+
+    def _hand_over(self, item: tuple[str, Any]) -> None:
+        while not self._stop.is_set():
+            try:
+                self._pinned.put(item, timeout=_POLL_SECONDS)  # type: ignore[union-attr]
+                return
+            except queue_module.Full:
+                continue
 
     def _receive(self, w: int, index: int) -> dict[str, np.ndarray]:
         process, out = self.workers[w], self.queues[w]
@@ -290,28 +365,29 @@ class BatchStream:
             try:
                 kind, got, payload = out.get(timeout=_POLL_SECONDS)
             except queue_module.Empty:
+                if self._stop.is_set():
+                    raise TrainingError(f"{self.name}: the stream was closed") from None
                 if not process.is_alive():
-                    self.close()
                     raise TrainingError(
                         f"{self.name} worker {w} (pid {process.pid}) died while preparing batch {index}: "
                         f"{_describe_exit(process.exitcode)}"
                     ) from None
                 if time.monotonic() > deadline:
-                    self.close()
                     raise TrainingError(
                         f"{self.name} worker {w} (pid {process.pid}) produced no batch in {self.timeout:.0f} s; "
                         "it may be stuck reading the data (raise worker_timeout_seconds for very large patches)"
                     ) from None
                 continue
             if kind == "error":
-                self.close()
                 raise TrainingError(f"{self.name} worker {w} failed on batch {got}: {payload}")
             if got != index:  # cannot happen with one ordered queue per worker; guards the invariant
-                self.close()
                 raise TrainingError(f"{self.name} worker {w} returned batch {got} where {index} was expected")
             return payload
 
     def close(self) -> None:
+        self._stop.set()
+        if self._pin_thread is not None and self._pin_thread is not threading.current_thread():
+            self._pin_thread.join(timeout=5 * _POLL_SECONDS)
         for process in self.workers:
             if process.is_alive():
                 process.terminate()
@@ -326,3 +402,20 @@ class BatchStream:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def validation_workers(train_workers: int) -> int:
+    """Processes for pseudo-validation batches: half the training workers (nnU-Net v2's share), none
+    when training loads in-process. Validation batches are only cropped, so fewer suffice."""
+    return max(1, train_workers // 2) if train_workers > 0 else 0
+
+
+def batch_to_device(batch: dict[str, Any], device: Any, memory_format: Any) -> tuple[Any, Any]:
+    """``(data, target)`` tensors on ``device``; pinned batches (from :class:`BatchStream`'s pinning
+    thread) are copied asynchronously, others with a plain blocking copy."""
+    import torch
+
+    data, target = (torch.as_tensor(batch[key]) for key in ("data", "target"))
+    non_blocking = device.type == "cuda" and data.is_pinned()
+    data = data.to(device, non_blocking=non_blocking).contiguous(memory_format=memory_format)
+    return data, target.to(device, non_blocking=non_blocking)

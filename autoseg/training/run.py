@@ -23,16 +23,20 @@ from autoseg.planning.accounting import PARTS
 from autoseg.planning.plans import get_configuration, load_plans, plans_path
 from autoseg.preprocessing.runner import TIMING_FILE
 from autoseg.preprocessing.store import list_cases
+from autoseg.training.augmentation import resolve_augmentation
 from autoseg.training.cascade import CACHE_FOLDER, prepare_previous_stage, previous_stage_predictions
 from autoseg.training.checkpoints import FINAL, LATEST
 from autoseg.training.config import dump_config, resolve_config
 from autoseg.training.distributed import barrier, init_distributed, shutdown
+from autoseg.training.plan_device import check_plan_device
+from autoseg.training.pretrained import load_pretrained
 from autoseg.training.splits import FOLD_ALL, fold_cases
 from autoseg.training.trainer import FoldRun, Trainer
 from autoseg.training.validation import GT_FOLDER, VALIDATION_FOLDER, validate_fold
 from autoseg.utils.atomic import atomic_path, atomic_write_json, atomic_write_text
 from autoseg.utils.jsonio import read_json
 from autoseg.utils.device import choose_device as shared_choose_device
+from autoseg.utils.device import device_memory_bytes
 
 DEFAULT_PLANS_NAME = "autosegPlans"
 CONFIG_FILE = "training_config.yaml"
@@ -68,6 +72,7 @@ def train_fold(
     overrides: Sequence[str] = (),
     save_probabilities: bool = False,
     workers: int | None = None,
+    pretrained_weights: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train one fold (0-4 or ``all``) and validate it; returns a summary of the run.
 
@@ -78,13 +83,15 @@ def train_fold(
         epochs: train this many epochs (with ``continue_``: extend a run to this many).
         budget_seconds: wall time for the whole fold including final validation; the iteration count
             follows from the measured speed. Default: the plan's compute budget, if it has one.
-        continue_: resume from ``checkpoint_latest.pt`` exactly where it stopped.
+        continue_: resume from ``checkpoint_latest.safetensors`` exactly where it stopped.
         overrides: ``key=value`` training config overrides (``--set``).
         workers: data loading processes (0 = in-process); default from the config (``auto``).
+        pretrained_weights: start from this checkpoint, model folder or model zip (``training/pretrained.py``).
 
     Returns:
         ``{"model_folder", "fold", "epochs", "iterations", "best_pseudo_dice_ema", "seconds",
-        "validation"}`` where ``validation`` is the evaluation summary (None for fold ``all``).
+        "validation", "pretrained"}`` where ``validation`` is the evaluation summary (None for fold
+        ``all``) and ``pretrained`` what ``pretrained_weights`` loaded (None without).
     """
     start = time.monotonic()
     if epochs is not None and budget_seconds is not None:
@@ -93,6 +100,8 @@ def train_fold(
         raise TrainingError(f"--epochs {epochs}: must be at least 1")
     if budget_seconds is not None and budget_seconds <= 0:
         raise TrainingError(f"--budget {budget_seconds}: must be positive")
+    if pretrained_weights is not None and continue_:
+        raise TrainingError("--pretrained-weights starts a fold, --continue resumes one from its own checkpoint; drop one of them")
     fold = str(fold)
     location = resolve_dataset(dataset_spec)
     preprocessed_dir = location.preprocessed_dir
@@ -102,6 +111,7 @@ def train_fold(
     network_name = network or plan["network"]["name"]
     get_network_spec(network_name)
     config = resolve_config(network_name, overrides)
+    config["augmentation"] = resolve_augmentation(config["augmentation"], config["patch_size"] or plan["patch_size"], plan["normalization"])
     if any(o.partition("=")[0].strip() == "num_epochs" for o in overrides):
         config["use_plan_schedule"] = False  # an explicit --set num_epochs wins over the plan's schedule
     store = preprocessed_dir / plan["data_identifier"]
@@ -115,6 +125,11 @@ def train_fold(
     if context.enabled and torch_device.type == "cuda":
         torch_device = torch.device("cuda", context.local_rank)
     try:
+        device_warnings = check_plan_device(
+            plans, configuration, torch_device.type, device_memory_bytes(torch_device),
+            config["patch_size"] or plan["patch_size"],
+            -(-int(config["batch_size"] or plan["batch_size"]) // context.world_size), context.world_size,
+        )
         planned_budget = budget_seconds is None and epochs is None and not continue_ and config["use_plan_schedule"]
         if planned_budget and (plans.get("budget") or {}).get("seconds"):
             # the plan's budget covers the whole run; preparing the data is done (its time, else the prediction)
@@ -142,7 +157,12 @@ def train_fold(
             previous_stage_cache=previous_cache, start_time=start,
         )
         trainer = Trainer(run, context)
+        for warning in device_warnings:
+            trainer.monitor.log(f"warning: {warning}")
         _restore_or_check(trainer, run)
+        pretrained = None
+        if pretrained_weights is not None:
+            pretrained = load_pretrained(trainer.network, pretrained_weights, network_name, trainer.monitor.log)
         if trainer.iteration < trainer.total_iterations:
             trainer.fit()
         elif not (run.fold_folder / FINAL).is_file():
@@ -167,6 +187,7 @@ def train_fold(
         "best_pseudo_dice_ema": trainer.best_ema,
         "seconds": time.monotonic() - start,
         "validation": validation,
+        "pretrained": pretrained.lines() if pretrained else None,
         "time_accounting": accounting,
     }
 
@@ -266,6 +287,7 @@ def format_training_summary(summary: dict[str, Any]) -> str:
         f"trained {summary['iterations']} iterations in {summary['epochs']} epochs, "
         f"{summary['seconds'] / 60:.1f} min; best pseudo-Dice EMA {summary['best_pseudo_dice_ema']:.4f}",
     ]
+    lines += summary.get("pretrained") or []
     validation = summary.get("validation")
     if validation:
         per_class = ", ".join(f"{name} {m['dice']:.4f}" for name, m in validation["mean"].items())

@@ -1,9 +1,10 @@
-"""One optimisation step per network family, chosen by network name instead of trainer subclasses.
+"""One optimisation step for every network family, chosen from what the family declares in the registry.
 
 Every network trains with the shared segmentation loss (Dice + CE with deep supervision, or Dice + BCE
-for regions). A family may add an extra loss term computed from ``forward_with_aux``'s aux outputs
-(SegResNet's VAE, ConResNet's context residual; reference.md §2.2, §2.3), or replace the step by an
-adversarial one with its own discriminator and optimiser (Vox2Vox, §2.5).
+for regions). A family may declare an auxiliary loss computed from ``forward_with_aux``'s aux outputs
+(SegResNet's VAE, ConResNet's context residual; reference.md §2.2, §2.3), or an adversary: then the
+step trains the family's discriminator with its own optimiser and replaces the loss by the family's
+generator loss (Vox2Vox, §2.5). No family is named here.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 from autoseg.errors import TrainingError
-from autoseg.networks.vox2vox import build_discriminator
+from autoseg.networks import get_network_spec
 from autoseg.training.losses import (
     DeepSupervisionLoss,
     DiceCELoss,
@@ -25,9 +26,6 @@ from autoseg.training.losses import (
     one_hot,
     split_ignore,
 )
-from autoseg.training.losses.auxiliary import conresnet_residual_loss, lsgan_discriminator_loss, vae_loss, vox2vox_generator_loss
-
-AuxLoss = Callable[[nn.Module, Mapping[str, torch.Tensor], torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class WithAux(nn.Module):
@@ -64,12 +62,21 @@ class LabelSpec:
         return one_hot(clean, self.n_outputs)
 
 
+# loss.dice_denominator -> squared_denominator of the soft Dice (V-Net's is squared, reference.md §2.4).
+DICE_DENOMINATORS = {"standard": False, "squared": True}
+
+
 def segmentation_loss(labels: LabelSpec, loss_config: Mapping[str, Any]) -> nn.Module:
     """Dice + CE (softmax) or Dice + BCE (regions), wrapped for deep supervision (reference.md §1.5)."""
+    denominator = loss_config["dice_denominator"]
+    if denominator not in DICE_DENOMINATORS:
+        raise TrainingError(f"--set loss.dice_denominator={denominator!r}: choose standard or squared")
+    squared = DICE_DENOMINATORS[denominator]
     if labels.regions:
         inner: nn.Module = RegionDiceBCELoss(
             has_ignore=labels.ignore_label is not None,
             batch_dice=loss_config["batch_dice"],
+            squared_denominator=squared,
             weight_bce=loss_config["weight_ce"],
             weight_dice=loss_config["weight_dice"],
         )
@@ -77,24 +84,11 @@ def segmentation_loss(labels: LabelSpec, loss_config: Mapping[str, Any]) -> nn.M
     inner = DiceCELoss(
         ignore_label=labels.ignore_label,
         batch_dice=loss_config["batch_dice"],
+        squared_denominator=squared,
         weight_ce=loss_config["weight_ce"],
         weight_dice=loss_config["weight_dice"],
     )
     return DeepSupervisionLoss(inner, target_downsampling="nearest")
-
-
-def _segresnet_vae(network: nn.Module, aux: Mapping[str, torch.Tensor], data: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    if not aux:  # built without its VAE branch
-        return data.new_zeros(())
-    return vae_loss(aux["reconstruction"].float(), data.float(), aux["mu"].float(), aux["sigma"].float())
-
-
-def _conresnet_residual(network: nn.Module, aux: Mapping[str, torch.Tensor], data: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return conresnet_residual_loss({k: v.float() for k, v in aux.items()}, target, network.slice_axis)
-
-
-# Extra loss terms by network name: (network, aux outputs, input, binary target) -> loss.
-AUX_LOSSES: dict[str, AuxLoss] = {"segresnet": _segresnet_vae, "conresnet": _conresnet_residual}
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
@@ -125,7 +119,8 @@ class SupervisedStep:
         self.model, self.network, self.optimizer = model, network, optimizer
         self.labels, self.config = labels, config
         self.loss = segmentation_loss(labels, config["loss"])
-        self.aux_loss = AUX_LOSSES.get(network_name)
+        self.network_name = network_name
+        self.aux_loss = get_network_spec(network_name).auxiliary_loss
         self.device, self.amp_dtype = device, amp_dtype
         self.grad_clip = float(config["grad_clip"])
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -138,7 +133,8 @@ class SupervisedStep:
         outputs = [o.float() for o in outputs]
         loss = self.loss(outputs, self.labels.loss_target(labels))
         if self.aux_loss is not None:
-            loss = loss + self.aux_loss(self.network, aux, data, self.labels.binary_target(labels))
+            aux = {key: value.float() for key, value in aux.items()}
+            loss = loss + self.aux_loss(self.network, aux, data.float(), self.labels.binary_target(labels))
         _apply_gradients(loss, list(self.model.parameters()), self.optimizer, self.scaler, self.grad_clip)
         return float(loss.detach()), outputs[0].detach()
 
@@ -151,15 +147,18 @@ class SupervisedStep:
 
 
 class AdversarialStep(SupervisedStep):
-    """Vox2Vox (reference.md §2.5): a least-squares PatchGAN discriminator on (image, segmentation),
-    trained with its own Adam; the generator minimises LSGAN + 5 x generalised Dice."""
+    """The family's discriminator scores (image, segmentation) pairs and trains with its own Adam
+    (``adversarial.*`` in the config); the network minimises the family's generator loss."""
 
     def __init__(self, *args: Any, wrap: Callable[[nn.Module], nn.Module], in_channels: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.labels.regions:
-            raise TrainingError("vox2vox trains with softmax outputs; region-based datasets need another network")
+            raise TrainingError(
+                f"{self.network_name} trains adversarially on softmax outputs; region-based datasets need another network"
+            )
         adversarial = self.config["adversarial"]
-        self.discriminator_module = build_discriminator(in_channels, self.labels.n_outputs).to(self.device)
+        self.adversary = get_network_spec(self.network_name).adversary
+        self.discriminator_module = self.adversary.discriminator(in_channels, self.labels.n_outputs).to(self.device)
         self.discriminator = wrap(self.discriminator_module)
         self.d_optimizer = torch.optim.Adam(
             self.discriminator.parameters(), lr=adversarial["discriminator_lr"], betas=tuple(adversarial["discriminator_betas"])
@@ -175,13 +174,13 @@ class AdversarialStep(SupervisedStep):
         self.d_optimizer.zero_grad(set_to_none=True)
         with _autocast(self.device, self.amp_dtype):
             scores = self.discriminator(torch.cat([data, data]), torch.cat([real, probs.detach()])).float()
-        d_loss = lsgan_discriminator_loss(scores[: len(data)], scores[len(data) :])
+        d_loss = self.adversary.discriminator_loss(scores[: len(data)], scores[len(data) :])
         _apply_gradients(d_loss, list(self.discriminator.parameters()), self.d_optimizer, self.d_scaler, 0.0)
         # Generator: fool the discriminator and match the labels.
         self.optimizer.zero_grad(set_to_none=True)
         with _autocast(self.device, self.amp_dtype):
             fake_scores = self.discriminator(data, probs).float()
-        g_loss = vox2vox_generator_loss(fake_scores, logits.float(), real)
+        g_loss = self.adversary.generator_loss(fake_scores, logits.float(), real)
         _apply_gradients(g_loss, list(self.model.parameters()), self.optimizer, self.scaler, self.grad_clip)
         return float(g_loss.detach()), logits.detach().float()
 
@@ -199,3 +198,18 @@ class AdversarialStep(SupervisedStep):
         self.d_optimizer.load_state_dict(state["discriminator_optimizer"])
         if state.get("discriminator_grad_scaler"):
             self.d_scaler.load_state_dict(state["discriminator_grad_scaler"])
+
+
+def build_step(
+    model: nn.Module, network: nn.Module, network_name: str, optimizer: torch.optim.Optimizer, labels: LabelSpec,
+    config: Mapping[str, Any], device: torch.device, amp_dtype: torch.dtype | None, *,
+    wrap: Callable[[nn.Module], nn.Module], in_channels: int,
+) -> SupervisedStep:
+    """The step the family declares: adversarial with an ``adversary``, supervised otherwise.
+
+    ``wrap`` prepares an extra module (a discriminator) as the trainer prepares the network (DDP).
+    """
+    args = (model, network, network_name, optimizer, labels, config, device, amp_dtype)
+    if get_network_spec(network_name).adversarial:
+        return AdversarialStep(*args, wrap=wrap, in_channels=in_channels)
+    return SupervisedStep(*args)

@@ -29,7 +29,7 @@ from autoseg.networks import create_network, get_network_spec
 from autoseg.preprocessing.store import load_properties
 from autoseg.planning import accounting
 from autoseg.training import budget as budget_rules
-from autoseg.training.augmentation import sampling_size
+from autoseg.training.augmentation import resolve_augmentation, sampling_size
 from autoseg.training.checkpoints import (
     BEST,
     FINAL,
@@ -47,6 +47,8 @@ from autoseg.training.data_loading import (
     BatchStream,
     SamplingSpec,
     auto_workers,
+    batch_to_device,
+    validation_workers,
 )
 from autoseg.training.distributed import (
     DistributedContext,
@@ -57,7 +59,7 @@ from autoseg.training.distributed import (
 )
 from autoseg.training.monitor import Monitor
 from autoseg.training.splits import FOLD_ALL
-from autoseg.training.steps import AdversarialStep, LabelSpec, SupervisedStep, WithAux
+from autoseg.training.steps import LabelSpec, WithAux, build_step
 
 # reference.md §1.5: 250 iterations per epoch when neither the config nor the plan says otherwise.
 DEFAULT_ITERATIONS_PER_EPOCH = 250
@@ -183,14 +185,11 @@ class Trainer:
         self.amp_dtype = amp_dtype(self.mixed_precision, self.device)
         seed_everything(run.seed, run.deterministic, self.device)
         self._build_network(cfg, plan)
-        step_args = (self.model, self.network, run.network_name, self.optimizer, self.labels, cfg, self.device, self.amp_dtype)
-        if get_network_spec(run.network_name).adversarial:
-            self.step: SupervisedStep = AdversarialStep(
-                *step_args, wrap=lambda m: wrap_model(m, self.context, self.device), in_channels=self.in_channels
-            )
-        else:
-            self.step = SupervisedStep(*step_args)
-        aug = cfg["augmentation"]
+        self.step = build_step(
+            self.model, self.network, run.network_name, self.optimizer, self.labels, cfg, self.device, self.amp_dtype,
+            wrap=lambda m: wrap_model(m, self.context, self.device), in_channels=self.in_channels,
+        )
+        aug = resolve_augmentation(cfg["augmentation"], self.patch_size, plan["normalization"])
         common = dict(
             folder=run.store, patch_size=self.patch_size, batch_size=self.batch_size,
             oversample_foreground=cfg["oversample_foreground"], foreground_labels=desc.foreground_labels,
@@ -327,13 +326,8 @@ class Trainer:
             return self.lr_anchor.lr(initial, self.iteration, self.total_iterations, schedule["exponent"])
         raise TrainingError(f"--set lr_schedule.name={schedule['name']!r}: choose poly or constant")
 
-    def _tensors(self, batch: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        pin = self.device.type == "cuda"
-        data, target = torch.from_numpy(batch["data"]), torch.from_numpy(batch["target"])
-        if pin:
-            data, target = data.pin_memory(), target.pin_memory()
-        data = data.to(self.device, non_blocking=pin).contiguous(memory_format=self.memory_format)
-        return data, target.to(self.device, non_blocking=pin)
+    def _tensors(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        return batch_to_device(batch, self.device, self.memory_format)
 
     def _workers(self) -> int:
         chosen = self.run.num_workers if self.run.num_workers is not None else self.run.config["num_workers"]
@@ -361,12 +355,19 @@ class Trainer:
         deadline = self._deadline()
         validation_reserve = self._validation_reserve_inputs() if deadline is not None else None
         start_iteration = self.iteration
-        stream = BatchStream(source, self.iteration, workers, cfg["prefetch_batches"], cfg["worker_timeout_seconds"])
+        pin = self.device.type == "cuda"
+        stream = BatchStream(source, self.iteration, workers, cfg["prefetch_batches"], cfg["worker_timeout_seconds"], pin_memory=pin)
+        val_stream = BatchStream(
+            val_source, self.epoch * int(cfg["val_iterations_per_epoch"]), validation_workers(workers),
+            cfg["prefetch_batches"], cfg["worker_timeout_seconds"], "validation data loading", pin_memory=pin,
+        )
         self.monitor.start(self.total_iterations, self.iteration)
         self.model.train()
         try:
             while self.iteration < self.total_iterations:
                 epoch_start = time.monotonic()
+                if self.device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(self.device)
                 n = min(self.iterations_per_epoch, self.total_iterations - self.iteration)
                 losses, timer_start = [], None
                 for i in range(n):
@@ -388,21 +389,27 @@ class Trainer:
                     self.monitor.update(self.iteration, self.total_iterations, self.epoch, loss, speed, self.ema)
                     if i + 1 >= n:
                         break
-                self._end_epoch(losses, val_source, epoch_start)
+                warm = self.iteration - timed_from if timer_start else 0
+                iteration_seconds = (time.monotonic() - timer_start) / warm if warm else None
+                self._end_epoch(losses, val_stream, epoch_start, iteration_seconds)
                 if deadline is not None:
                     per_iteration = (time.monotonic() - epoch_start) / max(len(losses), 1)
                     self._rebudget(deadline, per_iteration, validation_reserve)
         finally:
             stream.close()
+            val_stream.close()
             self.monitor.stop()
         checkpoint_time = self.actual_seconds["checkpoints"] - checkpoints_before
         self.actual_seconds["training"] += time.monotonic() - fit_start - checkpoint_time
         self.save(FINAL)
         self.monitor.log(f"training finished: {self.iteration} iterations, {self.epoch} epochs, best pseudo-Dice EMA {self.best_ema:.4f}")
 
-    def _end_epoch(self, losses: list[float], val_source: BatchSource, epoch_start: float) -> None:
+    def _end_epoch(self, losses: list[float], val_stream: BatchStream, epoch_start: float,
+                   iteration_seconds: float | None) -> None:
+        """Pseudo-validate, record the epoch's metrics (with the warm iterations' speed and, on CUDA, the
+        peak memory allocated), checkpoint."""
         cfg = self.run.config
-        val_loss, dice = self._pseudo_validation(val_source)
+        val_loss, dice = self._pseudo_validation(val_stream)
         train_loss = float(all_reduce_sum(torch.tensor([float(np.mean(losses))]), self.context)[0]) / self.context.world_size
         alpha = cfg["pseudo_dice_ema"]
         if not math.isnan(dice):
@@ -417,6 +424,8 @@ class Trainer:
             "pseudo_dice_ema": self.ema if self.ema is not None else math.nan,
             "learning_rate": self.optimizer.param_groups[0]["lr"],
             "epoch_seconds": time.monotonic() - epoch_start,
+            "seconds_per_iteration": iteration_seconds,
+            "peak_memory_bytes": torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None,
         }
         self.history.append(row)
         improved = self.ema is not None and self.ema > self.best_ema
@@ -433,8 +442,9 @@ class Trainer:
         )
 
     @torch.no_grad()
-    def _pseudo_validation(self, val_source: BatchSource) -> tuple[float, float]:
-        """Mean loss and mean foreground Dice over un-augmented validation patches (TP/FP/FN pooled)."""
+    def _pseudo_validation(self, val_stream: BatchStream) -> tuple[float, float]:
+        """Mean loss and mean foreground Dice over un-augmented validation patches (TP/FP/FN pooled);
+        batch ``epoch * n + j`` of the validation stream, built ahead by its workers."""
         n_batches = int(self.run.config["val_iterations_per_epoch"])
         n_classes = len(self.labels.regions) if self.labels.regions else self.labels.n_outputs - 1
         counts = torch.zeros(3, n_classes, dtype=torch.float64)
@@ -442,7 +452,7 @@ class Trainer:
         self.model.eval()
         try:
             for j in range(n_batches):
-                data, labels = self._tensors(val_source(self.epoch * n_batches + j))
+                data, labels = self._tensors(next(val_stream))
                 loss, logits = self._evaluate(data, labels)
                 loss_sum += loss
                 counts += self._confusion(logits, labels).cpu()

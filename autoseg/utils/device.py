@@ -28,6 +28,13 @@ def choose_device(name: str | torch.device | None = None, error: type[AutosegErr
     return device
 
 
+def device_memory_bytes(device: torch.device) -> int | None:
+    """Total memory of a CUDA device; None where torch cannot tell (CPU RAM is shared, MPS)."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    return None
+
+
 def cpu_has_native_bf16() -> bool:
     """True on CPUs whose oneDNN kernels compute bf16 natively (AVX512-BF16/AMX; reference §4)."""
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())

@@ -1,7 +1,7 @@
 """Losses shared by every network: soft Dice, Dice + CE, region Dice + BCE, deep supervision.
 
-Network-specific extra terms (VAE, ConRes, adversarial) live in their own modules here and are added
-to these by the training loop.
+Network-specific extra terms (VAE, context residual, adversarial) live with their family in
+``autoseg/networks/`` and reach the training step through the registry.
 """
 
 from autoseg.training.losses.compound import (  # noqa: F401

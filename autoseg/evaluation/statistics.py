@@ -1,0 +1,113 @@
+"""``autoseg predict --statistics``: what a radiologist reads off a segmentation, per case and structure.
+
+For each class (or region) of the model's ``dataset.json``: voxel count, volume in mm3, the number of
+connected components (full connectivity, as ``postprocessing``), and the mean and percentiles of every
+input channel's intensities inside it. One ``<case>_statistics.json`` per case (TotalSegmentator writes
+one statistics file per case too) and ``statistics.csv`` over all cases, one row per case and structure.
+Computed from the files ``predict`` wrote and the inputs it read, so it also runs on an existing
+prediction folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from autoseg.dataset.description import DatasetDescription
+from autoseg.dataset.imageio import Geometry, read_case_images, read_image
+from autoseg.errors import InferenceError
+from autoseg.evaluation.metrics import voxel_volume_mm3
+from autoseg.inference.batch import InputCase, channel_files, discover_cases, output_ending
+from autoseg.utils.atomic import atomic_write_json, atomic_write_text
+
+PERCENTILES = (5, 25, 50, 75, 95)
+CASE_SUFFIX = "_statistics.json"
+SUMMARY_CSV = "statistics.csv"
+
+
+def _intensities(values: np.ndarray) -> dict[str, float | None]:
+    """Mean and percentiles of ``values`` (``None`` for an empty structure)."""
+    if values.size == 0:
+        return {"mean": None, **{f"p{p}": None for p in PERCENTILES}}
+    values = values.astype(np.float64, copy=False)
+    return {"mean": float(values.mean()), **{f"p{p}": float(v) for p, v in zip(PERCENTILES, np.percentile(values, PERCENTILES))}}
+
+
+def _components(mask: np.ndarray) -> int:
+    return int(ndimage.label(mask, structure=ndimage.generate_binary_structure(mask.ndim, mask.ndim))[1])
+
+
+def case_statistics(
+    labels: np.ndarray, data: np.ndarray, geometry: Geometry, description: DatasetDescription
+) -> dict[str, Any]:
+    """Statistics of one case: ``labels`` (z, y, x) as ``predict`` writes them, ``data`` (C, z, y, x) the
+    input channels on the same grid. A region is the union of its label values."""
+    if data.shape[1:] != labels.shape:
+        raise InferenceError(f"labels of shape {labels.shape} do not match the input's {data.shape[1:]}; predict again")
+    voxel_mm3 = voxel_volume_mm3(labels.shape, geometry.spacing)
+    channels = [description.channel_names.get(str(c), str(c)) for c in range(data.shape[0])]
+    structures = {}
+    for name, values in description.regions:
+        mask = np.isin(labels, values)
+        voxels = int(mask.sum())
+        structures[name] = {
+            "labels": values,
+            "voxels": voxels,
+            "volume_mm3": voxels * voxel_mm3,
+            "components": _components(mask),
+            "intensity": {f"{c}:{channel}": _intensities(data[c][mask]) for c, channel in enumerate(channels)},
+        }
+    return {"spacing": list(geometry.spacing), "voxel_volume_mm3": voxel_mm3, "percentiles": list(PERCENTILES),
+            "structures": structures}
+
+
+def _csv_rows(case_id: str, stats: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for name, entry in stats["structures"].items():
+        row = {"case": case_id, "structure": name, "voxels": entry["voxels"], "volume_mm3": entry["volume_mm3"],
+               "components": entry["components"]}
+        for channel, values in entry["intensity"].items():
+            row.update({f"{channel}:{key}": "" if value is None else value for key, value in values.items()})
+        rows.append(row)
+    return rows
+
+
+def summary_csv(rows: Sequence[dict[str, Any]]) -> str:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _case_statistics_from_files(case: InputCase, output: Path, description: DatasetDescription) -> dict[str, Any]:
+    data, geometry = read_case_images(channel_files(case, description.num_channels))
+    label_file = output / f"{case.case_id}{output_ending(case, description.file_ending)}"
+    if not label_file.is_file():
+        raise InferenceError(f"{label_file}: prediction not found; predict case {case.case_id} first")
+    labels, _ = read_image(label_file)
+    return case_statistics(labels, data, geometry, description)
+
+
+def write_statistics(
+    input_path: str | Path, output_folder: str | Path, description: DatasetDescription, case_ids: Sequence[str] | None = None
+) -> Path:
+    """Write ``<case>_statistics.json`` for every predicted case of ``input_path`` (or ``case_ids``) and
+    ``statistics.csv`` over them into ``output_folder``; returns the CSV's path."""
+    output = Path(output_folder)
+    cases = discover_cases(input_path)
+    if case_ids is not None:
+        cases = [c for c in cases if c.case_id in set(case_ids)]
+    rows = []
+    for case in cases:
+        stats = {"case_id": case.case_id, **_case_statistics_from_files(case, output, description)}
+        atomic_write_json(output / f"{case.case_id}{CASE_SUFFIX}", stats)
+        rows += _csv_rows(case.case_id, stats)
+    atomic_write_text(output / SUMMARY_CSV, summary_csv(rows))
+    return output / SUMMARY_CSV

@@ -1,0 +1,173 @@
+"""ONNX model zips: ``export-model --format onnx`` writes one, ``predict --engine onnxruntime`` runs it.
+
+A zip holds, for one model folder: ``plans.json``, ``dataset.json`` (and ``postprocessing.json``), a
+``deploy.json`` with everything a deployer reimplementing preprocessing and export needs (spacing,
+transposition, normalization with its intensity statistics, resampling, patch, mirror axes, classes or
+regions, activation, postprocessing), and per fold ``fold_<k>/network.onnx``: the eval-mode graph with
+input ``image`` (B, C, *spatial) and output ``logits`` (B, K, *spatial), batch and (where the network
+allows it, see ``deploy.json``) spatial axes dynamic. ``manifest.json`` lists the sha256 of each member.
+
+With the onnxruntime engine each fold's graph replaces the torch network inside autoseg's own
+preprocessing, sliding window, TTA and export, so predictions equal torch's to float32 tolerance. The
+network code, the weights and ``torch.load`` are not needed; the sliding window still uses torch tensors
+for its arithmetic (``inference/sliding_window.py``), so torch stays installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from autoseg import __version__
+from autoseg.dataset.description import parse_description
+from autoseg.errors import ModelFileError
+from autoseg.inference.model import LoadedModel, load_model
+from autoseg.networks.onnx_export import INPUT, OPSET, OUTPUT, check_onnx, export_onnx, onnx_session, run_onnx
+from autoseg.planning.plans import get_configuration
+from autoseg.utils.checksummed_zip import MANIFEST, write_checksummed_zip
+
+FORMAT_NAME = "autoseg-onnx-model"
+FORMAT_VERSION = 1
+DEPLOY = "deploy.json"
+GRAPH = "network.onnx"
+DESCRIPTION_FILES = ("plans.json", "dataset.json", "postprocessing.json")
+
+
+class OnnxNetwork(nn.Module):
+    """Calls an onnxruntime session where the sliding window calls a torch network."""
+
+    def __init__(self, graph: bytes) -> None:
+        super().__init__()
+        self.session = onnx_session(graph)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(run_onnx(self.session, x.detach().float().cpu().numpy()))
+
+
+# ---------------------------------------------------------------------------------------------- export
+
+
+def deploy_description(model: LoadedModel, postprocessing: Any, dynamic_spatial: bool) -> dict[str, Any]:
+    """What a deployment needs besides the graph, in plain JSON (docs/interop.md explains each key)."""
+    plans, config = model.plans, model.configuration
+    return {
+        "configuration": model.configuration_name,
+        "spatial_dims": model.spatial_dims,
+        "spacing": config["spacing"],
+        "transpose_forward": plans.get("transpose_forward"),
+        "transpose_backward": plans.get("transpose_backward"),
+        "normalization": config["normalization"],
+        "foreground_intensity_properties_per_channel": plans.get("foreground_intensity_properties_per_channel"),
+        "resampling": config.get("resampling"),
+        "patch_size": list(model.patch_size),
+        "mirror_axes": list(model.mirror_axes),
+        "channel_names": model.dataset.channel_names,
+        "labels": model.dataset.labels,
+        "regions_class_order": model.regions_class_order,
+        "activation": "sigmoid" if model.regions_class_order else "softmax",
+        "postprocessing": postprocessing,
+        "folds": model.folds,
+        "input": INPUT,
+        "output": OUTPUT,
+        "dynamic_spatial_axes": dynamic_spatial,
+        "opset": OPSET,
+    }
+
+
+def _fold_graph(network: nn.Module, in_channels: int, patch: Sequence[int]) -> tuple[bytes, bool]:
+    """The graph with dynamic spatial axes when it holds at a second size (batch 2, last axis doubled),
+    else with the patch fixed; (graph, dynamic)."""
+    torch.manual_seed(0)
+    example = torch.randn(1, in_channels, *patch)
+    larger = torch.randn(2, in_channels, *patch[:-1], 2 * patch[-1])
+    graph = export_onnx(network, example, dynamic_spatial=True)
+    try:
+        check_onnx(network, graph, [example, larger])
+        return graph, True
+    except ModelFileError:
+        graph = export_onnx(network, example, dynamic_spatial=False)
+        check_onnx(network, graph, [example, torch.randn(2, in_channels, *patch)])
+        return graph, False
+
+
+def export_onnx_model(
+    model_folder: str | Path, output_zip: str | Path, folds: Sequence[int | str] | None = None, checkpoint: str = "final"
+) -> Path:
+    """Write the ONNX model zip of ``model_folder``'s ``folds`` (default: every trained fold)."""
+    folder = Path(model_folder)
+    model = load_model(folder, folds, checkpoint, "cpu")
+    if model.previous_stage is not None:
+        raise ModelFileError(
+            f"{folder}: a cascade stage needs its low-resolution model's labels as input; ONNX export covers "
+            "single-stage configurations (export 3d_fullres or 2d instead)"
+        )
+    members = {name: (folder / name).read_bytes() for name in DESCRIPTION_FILES if (folder / name).is_file()}
+    in_channels = model.num_image_channels
+    dynamic = True
+    for fold, network in zip(model.folds, model.networks):
+        members[f"fold_{fold}/{GRAPH}"], fold_dynamic = _fold_graph(network, in_channels, model.patch_size)
+        dynamic = dynamic and fold_dynamic
+    postprocessing = json.loads(members["postprocessing.json"]) if "postprocessing.json" in members else None
+    members[DEPLOY] = (json.dumps(deploy_description(model, postprocessing, dynamic), indent=2) + "\n").encode()
+    manifest = {
+        "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "autoseg_version": __version__,
+        "model": folder.name, "checkpoint": checkpoint, "folds": model.folds,
+    }
+    return write_checksummed_zip(output_zip, manifest, members)
+
+
+# ---------------------------------------------------------------------------------------------- load
+
+
+def _read_members(zip_path: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Manifest and checksum-verified members of an ONNX model zip."""
+    refuse = f"{zip_path}: not usable with --engine onnxruntime"
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            manifest = json.loads(archive.read(MANIFEST))
+            if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+                raise ModelFileError(f"{refuse}: not an ONNX model zip; write one with `autoseg export-model --format onnx`")
+            if manifest.get("format_version") != FORMAT_VERSION:
+                raise ModelFileError(f"{refuse}: ONNX model format version {manifest.get('format_version')!r}, this autoseg reads {FORMAT_VERSION}; re-export it")
+            members = {name: archive.read(name) for name in manifest["files"]}
+    except FileNotFoundError:
+        raise ModelFileError(f"{zip_path}: not found") from None
+    except KeyError as exc:
+        raise ModelFileError(f"{refuse}: member {exc} missing; re-export it with `autoseg export-model --format onnx`") from None
+    except (zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+        raise ModelFileError(f"{refuse}: not a valid zip with a JSON manifest ({exc})") from None
+    for name, data in members.items():
+        if hashlib.sha256(data).hexdigest() != manifest["files"][name]:
+            raise ModelFileError(f"{refuse}: member {name!r} does not match its sha256; the file was altered or damaged")
+    return manifest, members
+
+
+def load_onnx_model(zip_path: str | Path, folds: Sequence[int | str] | str | None = None) -> LoadedModel:
+    """A ``LoadedModel`` whose networks are onnxruntime sessions (CPU), for ``predict_array`` / ``predict_folder``."""
+    zip_path = Path(zip_path)
+    manifest, members = _read_members(zip_path)
+    plans, deploy = json.loads(members["plans.json"]), json.loads(members[DEPLOY])
+    names = manifest["folds"] if folds is None else [str(f) for f in ([folds] if isinstance(folds, (str, int)) else folds)]
+    missing = [f for f in names if f"fold_{f}/{GRAPH}" not in members]
+    if missing:
+        raise ModelFileError(f"{zip_path}: fold(s) {', '.join(missing)} not in the file (present: {', '.join(manifest['folds'])}); choose present folds with -f")
+    return LoadedModel(
+        folder=zip_path,
+        plans=plans,
+        configuration_name=deploy["configuration"],
+        configuration=get_configuration(plans, deploy["configuration"]),
+        dataset=parse_description(json.loads(members["dataset.json"]), zip_path / "dataset.json"),
+        folds=names,
+        checkpoint=manifest["checkpoint"],
+        networks=[OnnxNetwork(members[f"fold_{f}/{GRAPH}"]) for f in names],
+        mirror_axes=tuple(deploy["mirror_axes"]),
+        patch_size=tuple(deploy["patch_size"]),
+        device=torch.device("cpu"),
+    )
+

@@ -1,0 +1,82 @@
+"""``autoseg plan TARGET --transfer-plans-from SOURCE``: plan a dataset for fine-tuning another's model.
+
+nnU-Net's ``nnUNetv2_move_plans_between_datasets`` copies the source plans wholesale, so the target is
+preprocessed with the source's spacing and the source's CT intensity statistics. Here the target is
+planned as usual (its own spacing, normalization, intensity statistics, schedule) and only what the
+pretrained weights depend on is taken from the source, per configuration both plans have: the network
+(family, topology, options, width), the patch and the batch size, with the source's predicted memory
+and iteration time (they follow from those); the schedule is refitted to the target's time budget. ``transferred_from`` in the plans file records the source.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from autoseg.errors import PlanError
+from autoseg.planning import accounting as A
+from autoseg.planning import compute_budget as T
+from autoseg.planning import constants as C
+from autoseg.planning.plans import load_plans
+
+TRANSFERRED_KEYS = ("network", "width", "patch_size", "batch_size", "predicted_memory_bytes", "predicted_seconds_per_iteration")
+
+
+def source_plans_file(source: str | Path) -> Path:
+    """A plans JSON file, or a model folder's ``plans.json``."""
+    path = Path(source)
+    path = path / "plans.json" if path.is_dir() else path
+    if not path.is_file():
+        raise PlanError(f"{path}: not found; --transfer-plans-from takes a plans file or a trained model folder (holding plans.json)")
+    return path
+
+
+def transfer_plans(target: dict[str, Any], source: dict[str, Any], source_name: str) -> dict[str, Any]:
+    """``target`` with each shared configuration's network, patch and batch taken from ``source``;
+    configurations the source lacks are dropped (there are no weights to start them from)."""
+    plans = copy.deepcopy(target)
+    shared = [name for name in target["configurations"] if name in source["configurations"]]
+    if not shared:
+        raise PlanError(
+            f"{source_name}: has configurations {', '.join(source['configurations'])}, the target plans "
+            f"{', '.join(target['configurations'])}; none in common to transfer (plan the target with -c {next(iter(source['configurations']))})"
+        )
+    configurations = {}
+    for name in shared:
+        config, donor = plans["configurations"][name], source["configurations"][name]
+        if donor["spatial_dims"] != config["spatial_dims"]:
+            raise PlanError(f"{source_name}: configuration {name!r} is {donor['spatial_dims']}-D in the source, {config['spatial_dims']}-D here; transfer between datasets of the same dimensionality")
+        config.update({key: copy.deepcopy(donor[key]) for key in TRANSFERRED_KEYS if key in donor})
+        budget, seconds = (plans.get("budget") or {}).get("seconds"), config["predicted_seconds_per_iteration"]
+        parts = config.get("predicted_seconds")
+        if budget and seconds and parts:  # the target's time budget, at the source network's speed
+            _refit_schedule(config, budget, seconds, parts)
+        configurations[name] = config
+    for config in configurations.values():  # a stage whose partner was dropped stands alone
+        for link in ("previous_stage", "next_stage"):
+            if config[link] not in configurations:
+                config[link] = None
+    plans["configurations"] = {n: c for n, c in configurations.items() if not (n.startswith("3d_cascade") and c["previous_stage"] is None)}
+    plans["transferred_from"] = {
+        "plans": source_name, "dataset_name": source.get("dataset_name"), "plans_name": source.get("plans_name"),
+        "configurations": sorted(plans["configurations"]), "keys": list(TRANSFERRED_KEYS),
+    }
+    return plans
+
+
+def _refit_schedule(config: dict[str, Any], budget: float, seconds: float, parts: dict[str, float]) -> None:
+    """Training iterations for what the target plan's other parts (preprocessing, validation and
+    checkpoint costs, as predicted for the target) leave of its budget, at the source network's speed."""
+    per_checkpoint = parts["checkpoints"] / A.checkpoint_files(config["num_iterations"], config["iterations_per_epoch"])
+    step = seconds * C.VALIDATION_COST_FACTOR
+    iterations, _ = A.split_budget(budget, parts["preprocess"], parts["final_validation"], step, per_checkpoint)
+    config["num_iterations"], config["iterations_per_epoch"] = T.schedule(iterations)
+    refit = A.parts_for(config["num_iterations"], parts["preprocess"], parts["final_validation"], step, per_checkpoint,
+                        config["iterations_per_epoch"])
+    config["predicted_seconds"], config["predicted_total_seconds"] = refit.to_dict(), round(refit.total, 1)
+
+
+def transfer_plans_from(target: dict[str, Any], source: str | Path) -> dict[str, Any]:
+    path = source_plans_file(source)
+    return transfer_plans(target, load_plans(path), str(path))

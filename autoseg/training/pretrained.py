@@ -1,0 +1,120 @@
+"""``autoseg train ... --pretrained-weights SOURCE``: start a fold from another model's weights.
+
+nnU-Net's ``-pretrained_weights`` loads a checkpoint's weights except the segmentation heads and crashes
+on any other shape difference, after the user has copied the source plans by hand. Here the source is
+a checkpoint file, a model folder (its first fold's final checkpoint) or a model zip from
+``export-model`` (its first fold); every tensor whose name and shape match is loaded, the output heads
+(tensors that differ only in their number of output channels, as when the classes differ) are
+reported by name and keep their fresh initialisation, and any other shape difference (another topology,
+another channel count) is refused with the fix: plan the target with ``--transfer-plans-from``.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from autoseg.errors import TrainingError
+from autoseg.utils.weights_file import SUFFIX, checkpoint_name, load_weights, weights_exist, weights_from_bytes
+
+
+@dataclass
+class PretrainedReport:
+    """What ``load_pretrained`` did, tensor names by outcome."""
+
+    source: str
+    loaded: list[str] = field(default_factory=list)
+    heads: list[str] = field(default_factory=list)  # fresh: another number of output channels
+    missing: list[str] = field(default_factory=list)  # in the network, not in the source
+    unused: list[str] = field(default_factory=list)  # in the source, not in the network
+
+    def lines(self) -> list[str]:
+        out = [f"pretrained weights from {self.source}: {len(self.loaded)} tensors loaded"]
+        if self.heads:
+            out.append(f"  not loaded (output heads, other number of classes): {', '.join(self.heads)}")
+        if self.missing:
+            out.append(f"  not in the pretrained model (kept fresh): {', '.join(self.missing)}")
+        if self.unused:
+            out.append(f"  in the pretrained model but not in this network (ignored): {', '.join(self.unused)}")
+        return out
+
+
+def _first_fold_checkpoint(folder: Path) -> Path:
+    folds = sorted(p for p in folder.glob("fold_*") if weights_exist(p / checkpoint_name("final")))
+    if not folds:
+        raise TrainingError(f"{folder}: holds no fold_<k>/{checkpoint_name('final')}; give a checkpoint file or a trained model folder")
+    return folds[0] / checkpoint_name("final")
+
+
+def _read_zip(path: Path) -> tuple[dict[str, Any], str]:
+    """The first fold's weights of an ``export-model`` zip."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = sorted(n for n in archive.namelist() if n.endswith(SUFFIX))
+            if not members:
+                raise TrainingError(f"{path}: holds no weights; give a zip written by `autoseg export-model` (not --format onnx)")
+            where = f"{path}:{members[0]}"
+            return weights_from_bytes(archive.read(members[0]), where, TrainingError), where
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise TrainingError(f"{path}: not a readable zip ({exc}); give a zip written by `autoseg export-model`") from None
+
+
+def read_pretrained(source: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], str]:
+    """(network weights, checkpoint metadata, description) from a checkpoint, model folder or model zip."""
+    path = Path(source)
+    if path.is_dir():
+        path = _first_fold_checkpoint(path)
+    if not path.exists() and not weights_exist(path):
+        raise TrainingError(f"{path}: not found; give a checkpoint file, a trained model folder or a model zip from export-model")
+    if path.suffix == ".zip":
+        tree, where = _read_zip(path)
+    else:
+        tree, where = load_weights(path, TrainingError), str(path)
+    if not isinstance(tree.get("network_weights"), dict):
+        raise TrainingError(f"{where}: holds no network_weights; is it an autoseg checkpoint?")
+    return tree["network_weights"], dict(tree.get("metadata") or {}), where
+
+
+def _is_head(target: torch.Size, source: torch.Size) -> bool:
+    """Shapes that differ only in the first (output channel) axis: a classifier head for other classes."""
+    return len(target) == len(source) and target[1:] == source[1:] and target[0] != source[0]
+
+
+def load_pretrained(
+    network: nn.Module, source: str | Path, network_name: str, log: Callable[[str], None] = print
+) -> PretrainedReport:
+    """Load every matching tensor of ``source`` into ``network``; refuse incompatible shapes."""
+    weights, metadata, where = read_pretrained(source)
+    if metadata.get("network") not in (None, network_name):
+        raise TrainingError(
+            f"{where}: was trained as network {metadata['network']!r}, this run trains {network_name!r}; "
+            f"add --network {metadata['network']} (and plan with --transfer-plans-from the source plans)"
+        )
+    state = network.state_dict()
+    report = PretrainedReport(where)
+    incompatible = []
+    for name, tensor in state.items():
+        if name not in weights:
+            report.missing.append(name)
+        elif weights[name].shape == tensor.shape:
+            report.loaded.append(name)
+        elif _is_head(tensor.shape, weights[name].shape):
+            report.heads.append(name)
+        else:
+            incompatible.append(f"{name} {tuple(weights[name].shape)} vs {tuple(tensor.shape)}")
+    report.unused = [name for name in weights if name not in state]
+    if incompatible or not report.loaded:
+        problem = f"{len(incompatible)} tensor(s) have other shapes ({'; '.join(incompatible[:3])})" if incompatible else "no tensor matches"
+        raise TrainingError(
+            f"{where}: does not fit this network: {problem}; plan this dataset with "
+            "`autoseg plan DATASET --transfer-plans-from SOURCE_PLANS` so topology and patch match the pretrained model"
+        )
+    network.load_state_dict({**state, **{name: weights[name] for name in report.loaded}})
+    for line in report.lines():
+        log(line)
+    return report

@@ -1,0 +1,24 @@
+"""Write a zip of named members with a ``manifest.json`` that lists each member's sha256 (model files)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping
+
+from autoseg.utils.atomic import atomic_path
+
+MANIFEST = "manifest.json"
+
+
+def write_checksummed_zip(output_zip: str | Path, manifest: Mapping[str, Any], members: Mapping[str, bytes]) -> Path:
+    """Atomically write ``members`` and ``manifest`` plus ``"files": {name: sha256}`` as ``manifest.json``."""
+    listed = {**manifest, "files": {name: hashlib.sha256(data).hexdigest() for name, data in members.items()}}
+    output_zip = Path(output_zip)
+    with atomic_path(output_zip) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(MANIFEST, json.dumps(listed, indent=2) + "\n")
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return output_zip

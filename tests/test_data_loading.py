@@ -1,0 +1,116 @@
+"""The batch source on a real (tiny) store: batches are a function of the seed, in-process batches leave
+the caller's RNG alone, patches reach the image border as nnU-Net v2's do, and pinning happens off the
+main thread."""
+
+from __future__ import annotations
+
+import random
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from autoseg.preprocessing.store import list_cases
+from autoseg.training.augmentation import resolve_augmentation, sampling_size
+from autoseg.training.config import load_defaults
+from autoseg.training.data_loading import (
+    TRAIN_STREAM,
+    BatchSource,
+    BatchStream,
+    SamplingSpec,
+    _patch_starts,
+    batch_to_device,
+    validation_workers,
+)
+
+from training_helpers import DATASET, PATCH, data_roots  # noqa: F401 - fixture
+
+STORE = f"{DATASET}/autosegPlans_3d_fullres"
+
+
+def _spec(roots: dict[str, Path]) -> SamplingSpec:
+    folder = roots["preprocessed"] / STORE
+    aug = resolve_augmentation(load_defaults()["augmentation"], PATCH, [{"scheme": "zscore", "use_mask": True}])
+    return SamplingSpec(
+        folder=folder, case_ids=list_cases(folder)[:4], patch_size=PATCH, sample_size=sampling_size(PATCH, aug),
+        batch_size=2, oversample_foreground=0.5, foreground_labels=[1, 2], augmentation=aug,
+    )
+
+
+def test_in_process_batches_leave_the_global_rng_alone_and_repeat_for_a_seed(data_roots: dict[str, Path]) -> None:
+    np.random.seed(11)
+    random.seed(11)
+    expected = (np.random.rand(3), random.random())
+    np.random.seed(11)
+    random.seed(11)
+    spec = _spec(data_roots)
+    first = [BatchSource(spec, seed=4, stream=TRAIN_STREAM)(i) for i in range(3)]
+    again = [BatchSource(spec, seed=4, stream=TRAIN_STREAM)(i) for i in (2, 0, 1)]
+    other = BatchSource(spec, seed=5, stream=TRAIN_STREAM)(0)
+    got = (np.random.rand(3), random.random())
+    np.testing.assert_array_equal(got[0], expected[0])
+    assert got[1] == expected[1]
+    for a, b in zip(first, [again[1], again[2], again[0]]):
+        np.testing.assert_array_equal(a["data"], b["data"])
+        np.testing.assert_array_equal(a["target"], b["target"])
+    assert not np.array_equal(first[0]["data"], other["data"])
+    assert first[0]["data"].shape == (2, 1, *PATCH) and first[0]["target"].dtype == np.int16
+
+
+def test_worker_batches_equal_in_process_batches(data_roots: dict[str, Path]) -> None:
+    source = BatchSource(_spec(data_roots), seed=4, stream=TRAIN_STREAM)
+    with BatchStream(source, start=3, num_workers=0) as stream:
+        expected = [next(stream) for _ in range(3)]
+    with BatchStream(source, start=3, num_workers=2) as stream:
+        got = [next(stream) for _ in range(3)]
+    for a, b in zip(got, expected):
+        np.testing.assert_array_equal(a["data"], b["data"])
+        np.testing.assert_array_equal(a["target"], b["target"])
+
+
+def test_patches_reach_the_image_border_like_nnunets() -> None:
+    # Image 100, crop 40 around a patch 20: the crop may stick out 10 on each side (padded), so the
+    # patch itself starts anywhere from 0 to 80.
+    np.random.seed(0)
+    starts = {_patch_starts([100], [40], [20], None)[0] for _ in range(3000)}
+    assert min(starts) == -10 and max(starts) == 70
+    # A forced foreground voxel on the border lies inside the patch (crop start + 10 .. + 30).
+    assert _patch_starts([100], [40], [20], [0])[0] == -10
+    assert _patch_starts([100], [40], [20], [99])[0] == 70
+    # Image smaller than the crop: padded on both sides; without augmentation margin the crop stays inside.
+    assert _patch_starts([10], [40], [20], [5])[0] == -15
+    assert {_patch_starts([100], [20], [20], None)[0] for _ in range(500)} <= set(range(0, 81))
+
+
+def _record_pinning(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    threads: list[str] = []
+
+    def pin_memory(self: torch.Tensor) -> torch.Tensor:  # this CPU build cannot page-lock memory
+        threads.append(threading.current_thread().name)
+        return self.clone()
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", pin_memory)
+    return threads
+
+
+def _batch(index: int) -> dict[str, np.ndarray]:
+    return {"data": np.full((1, 1, 2, 2), index, np.float32), "target": np.full((1, 1, 2, 2), index, np.int16)}
+
+
+def test_workers_batches_are_pinned_in_a_background_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    threads = _record_pinning(monkeypatch)
+    with BatchStream(_batch, start=2, num_workers=2, pin_memory=True, name="pin test") as stream:
+        got = [next(stream) for _ in range(4)]
+    assert [int(b["data"][0, 0, 0, 0]) for b in got] == [2, 3, 4, 5]
+    assert all(isinstance(b["data"], torch.Tensor) for b in got)
+    assert threads and set(threads) == {"pin test pinning"}
+    with BatchStream(_batch, num_workers=0, pin_memory=True) as stream:
+        assert isinstance(next(stream)["data"], np.ndarray)  # in-process: nothing to overlap, no pinning
+    data, target = batch_to_device(got[0], torch.device("cpu"), torch.contiguous_format)
+    assert data.dtype == torch.float32 and target.dtype == torch.int16
+
+
+def test_validation_batches_come_from_half_the_workers() -> None:
+    assert [validation_workers(n) for n in (0, 1, 2, 5, 12)] == [0, 1, 1, 2, 6]

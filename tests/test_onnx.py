@@ -1,0 +1,131 @@
+"""ONNX export and the onnxruntime engine: every registered family's exported graph matches autoseg's torch
+logits on a real Hippocampus case, and `predict --engine onnxruntime` writes torch's labels."""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+
+from autoseg.dataset.imageio import read_case_images, read_image
+from autoseg.errors import ModelFileError
+from autoseg.inference.model import load_model
+from autoseg.inference.onnx_model import DEPLOY, GRAPH, export_onnx_model, load_onnx_model
+from autoseg.inference.predictor import predict_array
+from autoseg.networks import create_network, get_network_spec, list_networks
+from autoseg.networks.onnx_export import ONNX_ATOL, ONNX_RTOL, require_onnx
+from autoseg.planning.topology import plan_topology
+from autoseg.preprocessing.pipeline import preprocess_case
+from autoseg.utils.weights_file import save_weights
+from cli_helpers import autoseg
+from conftest import HIPPOCAMPUS
+from test_inference_predict import DATASET, PLANS
+
+torch.set_num_threads(1)
+PATCH = [16, 16, 16]
+CASE = HIPPOCAMPUS / "imagesTr" / "hippocampus_001_0000.nii.gz"
+
+
+def make_family_model(results: Path, network: str) -> Path:
+    """A 3d_fullres model folder of ``network`` (random weights, the planner's topology for a 16^3 patch)."""
+    plans = copy.deepcopy(PLANS)
+    plans["configurations"] = {"3d_fullres": {**plans["configurations"]["3d_fullres"], "patch_size": PATCH}}
+    topology = plan_topology(PATCH, [1, 1, 1], get_network_spec(network).constraints, 8).to_dict()
+    folder = results / DATASET / f"{network}__autosegPlans__3d_fullres"
+    (folder / "fold_0").mkdir(parents=True)
+    (folder / "plans.json").write_text(json.dumps(plans))
+    (folder / "dataset.json").write_text((HIPPOCAMPUS / "dataset.json").read_text())
+    torch.manual_seed(0)
+    weights = create_network(network, topology, 1, 3).state_dict()
+    metadata = {"format_version": 1, "network": network, "topology": topology, "in_channels": 1, "num_outputs": 3,
+                "configuration": "3d_fullres", "mirror_axes": [0, 1, 2], "patch_size": PATCH}
+    save_weights(folder / "fold_0" / "checkpoint_final.safetensors", {"network_weights": weights, "metadata": metadata})
+    return folder
+
+
+@pytest.mark.parametrize("network", list_networks())
+def test_exported_graph_matches_torch_logits_on_a_real_case(network: str, tmp_path: Path) -> None:
+    """Every registered family exports (conresnet since its slice difference avoids torch.diff); the graph
+    runs at the patch and, its spatial axes being dynamic, on the whole preprocessed case."""
+    folder = make_family_model(tmp_path, network)
+    zip_path = export_onnx_model(folder, tmp_path / "model.zip", folds=[0])
+    torch_model, onnx_model = load_model(folder, [0], device="cpu"), load_onnx_model(zip_path)
+    deploy = json.loads(zipfile.ZipFile(zip_path).read(DEPLOY))
+    assert deploy["dynamic_spatial_axes"] is True and deploy["patch_size"] == PATCH and deploy["activation"] == "softmax"
+    data, geometry = read_case_images([CASE])
+    data_pp, _, _ = preprocess_case(data, geometry, torch_model.plans, "3d_fullres")
+    whole = [s - s % 4 for s in data_pp.shape[1:]]  # the topology's total stride is 4
+    for x in (data_pp[None, :, :16, :16, :16], data_pp[None, :, : whole[0], : whole[1], : whole[2]]):
+        x = torch.from_numpy(np.ascontiguousarray(x))
+        with torch.no_grad():
+            expected = torch_model.networks[0](x).numpy()
+        got = onnx_model.networks[0](x).numpy()
+        assert got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, rtol=ONNX_RTOL, atol=ONNX_ATOL * max(1.0, float(np.abs(expected).max())))
+
+
+def test_cli_onnxruntime_engine_writes_torch_labels(tmp_path: Path) -> None:
+    folder = make_family_model(tmp_path / "results", "unet")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / CASE.name).write_bytes(CASE.read_bytes())
+    zip_path = tmp_path / "unet.onnx.zip"
+    autoseg("export-model", "-m", folder, "-o", zip_path, "--format", "onnx", "-f", 0)
+    assert set(zipfile.ZipFile(zip_path).namelist()) == {"manifest.json", "plans.json", "dataset.json", DEPLOY, f"fold_0/{GRAPH}"}
+    autoseg("predict", "-i", inputs, "-o", tmp_path / "torch", "-m", folder, "--mixed-precision", "off")
+    autoseg("predict", "-i", inputs, "-o", tmp_path / "onnx", "-m", zip_path, "--engine", "onnxruntime")
+    torch_labels, _ = read_image(tmp_path / "torch" / "hippocampus_001.nii.gz")
+    onnx_labels, geometry = read_image(tmp_path / "onnx" / "hippocampus_001.nii.gz")
+    assert torch_labels.shape == onnx_labels.shape and len(np.unique(torch_labels)) > 1
+    np.testing.assert_array_equal(onnx_labels, torch_labels)
+
+
+def test_tampered_onnx_zip_and_missing_fold_are_refused(tmp_path: Path) -> None:
+    folder = make_family_model(tmp_path / "results", "unet")
+    zip_path = export_onnx_model(folder, tmp_path / "m.zip", folds=[0])
+    with pytest.raises(ModelFileError, match=r"fold\(s\) 3 not in the file \(present: 0\)"):
+        load_onnx_model(zip_path, folds=[3])
+    with zipfile.ZipFile(zip_path) as archive:
+        members = {n: archive.read(n) for n in archive.namelist()}
+    members[DEPLOY] = members[DEPLOY].replace(b'"softmax"', b'"sigmoid"')
+    with zipfile.ZipFile(tmp_path / "bad.zip", "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    with pytest.raises(ModelFileError, match="member 'deploy.json' does not match its sha256"):
+        load_onnx_model(tmp_path / "bad.zip")
+    with pytest.raises(ModelFileError, match="not an ONNX model zip; write one with `autoseg export-model --format onnx`"):
+        load_onnx_model(export_model_zip(folder, tmp_path))
+
+
+def export_model_zip(folder: Path, tmp_path: Path) -> Path:
+    from autoseg.evaluation.model_files import export_model
+
+    return export_model(folder, tmp_path / "weights.zip", folds=[0])
+
+
+def test_missing_onnxruntime_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(ModelFileError, match=r"install them with: pip install 'autoseg\[onnx\]'"):
+        require_onnx("the onnxruntime engine")
+
+
+def test_a_2d_model_runs_slice_by_slice_in_onnxruntime_with_torch_labels(tmp_path: Path) -> None:
+    """2D graphs take (B, C, y, x); the sliding window feeds them one slice per tile as it does torch."""
+    from test_inference_predict import make_model
+
+    folder = make_model(tmp_path / "models", "2d", folds=("0",))
+    zip_path = export_onnx_model(folder, tmp_path / "2d.zip", folds=[0])
+    assert json.loads(zipfile.ZipFile(zip_path).read(DEPLOY))["spatial_dims"] == 2
+    data, geometry = read_case_images([CASE])
+    expected = predict_array(load_model(folder, [0], device="cpu"), data, geometry, mixed_precision="off").labels
+    got = predict_array(load_onnx_model(zip_path), data, geometry, mixed_precision="off").labels
+    assert len(np.unique(expected)) > 1
+    np.testing.assert_array_equal(got, expected)

@@ -1,0 +1,113 @@
+"""Plan transfer and fine-tuning end to end from the CLI: a source model trained on Hippocampus cases
+with two classes, a target of other cases with one merged class planned with the source's network and
+patch, then trained from the source's weights (every tensor but the output heads)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from autoseg.cli import app
+from autoseg.dataset.imageio import read_image, write_image
+from autoseg.errors import TrainingError
+from autoseg.evaluation.model_files import export_model
+from autoseg.networks import create_network
+from autoseg.training.pretrained import load_pretrained
+from autoseg.utils.weights_file import load_weights
+from cli_helpers import TRAIN_SETTINGS, autoseg, set_options
+from conftest import make_hippocampus_subset
+from preprocessing_helpers import make_configuration, make_plans
+from training_helpers import TINY_TOPOLOGY
+
+SOURCE, TARGET = "Dataset993_Source", "Dataset994_Target"
+SOURCE_SPACING = [1.5, 1.5, 1.5]  # the target's own spacing is Hippocampus' 1 mm
+PATCH = [16, 16, 16]
+CHECKPOINT = "checkpoint_final.safetensors"
+
+
+def source_model(roots: dict[str, Path]) -> Path:
+    """A tiny 2-class U-Net trained 2 iterations on 5 cases at 1.5 mm (hand-written plan)."""
+    make_hippocampus_subset(roots["raw"], [f"hippocampus_{i:03d}" for i in (1, 3, 4, 6, 8)], SOURCE)
+    configuration = make_configuration(SOURCE_SPACING, patch_size=PATCH)
+    configuration.update(network={"name": "unet", "topology": TINY_TOPOLOGY, "options": {}}, predicted_seconds_per_iteration=0.05)
+    plans = {**make_plans({"3d_fullres": configuration}), "dataset_name": SOURCE}
+    (roots["preprocessed"] / SOURCE).mkdir(parents=True)
+    (roots["preprocessed"] / SOURCE / "autosegPlans.json").write_text(json.dumps(plans))
+    autoseg("preprocess", SOURCE)
+    autoseg("train", SOURCE, "3d_fullres", 0, "--epochs", 1, *set_options(TRAIN_SETTINGS), "--workers", 0)
+    return roots["results"] / SOURCE / "unet__autosegPlans__3d_fullres"
+
+
+def one_class_target(roots: dict[str, Path]) -> Path:
+    """Other cases, Anterior and Posterior merged into one class (so the output heads differ)."""
+    raw = make_hippocampus_subset(roots["raw"], [f"hippocampus_{i:03d}" for i in (11, 14, 15, 17, 19)], TARGET)
+    description = json.loads((raw / "dataset.json").read_text())
+    description["labels"] = {"background": 0, "hippocampus": 1}
+    (raw / "dataset.json").write_text(json.dumps(description))
+    for path in (raw / "labelsTr").glob("*.nii.gz"):
+        labels, geometry = read_image(path)
+        write_image((labels > 0).astype(np.uint8), geometry, path)
+    return raw
+
+
+def test_transferred_plan_and_pretrained_fine_tuning_from_the_cli(roots: dict[str, Path]) -> None:
+    source = source_model(roots)
+    one_class_target(roots)
+    # a budget at which the target keeps its own 1 mm spacing (a 1-minute budget may choose a coarser one)
+    autoseg("plan", TARGET, "-c", "3d_fullres", "--budget", "1h", "--device", "cpu", "--transfer-plans-from", source)
+    plans = json.loads((roots["preprocessed"] / TARGET / "autosegPlans.json").read_text())
+    config, donor = plans["configurations"]["3d_fullres"], json.loads((source / "plans.json").read_text())["configurations"]["3d_fullres"]
+    assert config["network"] == donor["network"] and config["patch_size"] == PATCH and config["batch_size"] == donor["batch_size"]
+    assert config["spacing"] == [1.0, 1.0, 1.0] and config["spacing"] != donor["spacing"]  # the target's own
+    assert plans["labels"] == {"background": 0, "hippocampus": 1} and plans["dataset_name"] == TARGET
+    assert plans["transferred_from"]["plans"] == str(source / "plans.json") and plans["transferred_from"]["dataset_name"] == SOURCE
+    assert plans["foreground_intensity_properties_per_channel"]["0"]["mean"] > 0  # from the target's fingerprint
+
+    autoseg("preprocess", TARGET)
+    output = autoseg("train", TARGET, "3d_fullres", 0, "--epochs", 1, *set_options(TRAIN_SETTINGS), "--workers", 0,
+                     "--pretrained-weights", source)
+    source_weights = load_weights(source / "fold_0" / CHECKPOINT, TrainingError)["network_weights"]
+    heads = [k for k, v in source_weights.items() if v.ndim in (1, 5) and v.shape[0] == 3]  # 3 outputs: the heads
+    assert heads and f"pretrained weights from {source / 'fold_0' / CHECKPOINT}: {len(source_weights) - len(heads)} tensors loaded" in output
+    assert f"  not loaded (output heads, other number of classes): {', '.join(heads)}" in output
+    assert "trained 2 iterations in 1 epochs" in output
+
+
+def test_pretrained_loading_keeps_heads_fresh_and_refuses_other_topologies(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    source = create_network("unet", TINY_TOPOLOGY, 1, 3)
+    path = tmp_path / "fold_0" / CHECKPOINT
+    from autoseg.utils.weights_file import save_weights
+
+    save_weights(path, {"network_weights": source.state_dict(), "metadata": {"network": "unet"}})
+    target = create_network("unet", TINY_TOPOLOGY, 1, 2)
+    fresh = {k: v.clone() for k, v in target.state_dict().items()}
+    report = load_pretrained(target, tmp_path, "unet", log=lambda _: None)  # a model folder: its first fold
+    assert report.heads and report.missing == [] and report.unused == []
+    for name, tensor in target.state_dict().items():
+        expected = fresh[name] if name in report.heads else source.state_dict()[name]
+        assert torch.equal(tensor, expected), name
+    (tmp_path / "plans.json").write_text("{}"), (tmp_path / "dataset.json").write_text("{}")
+    zip_path = export_model(tmp_path, tmp_path / "model.zip", folds=[0])  # an export-model zip: its first fold
+    again = create_network("unet", TINY_TOPOLOGY, 1, 2)
+    assert load_pretrained(again, zip_path, "unet", log=lambda _: None).loaded == report.loaded
+    assert all(torch.equal(again.state_dict()[k], target.state_dict()[k]) for k in report.loaded)
+    (tmp_path / "broken.zip").write_bytes(b"PK not a zip")
+    with pytest.raises(TrainingError, match=r"broken.zip: not a readable zip \(.*\); give a zip written by `autoseg export-model`"):
+        load_pretrained(again, tmp_path / "broken.zip", "unet")
+    wider = create_network("unet", {**TINY_TOPOLOGY, "features_per_stage": [16, 32, 64]}, 1, 2)
+    with pytest.raises(TrainingError, match=r"does not fit this network: \d+ tensor\(s\) have other shapes .*--transfer-plans-from SOURCE_PLANS"):
+        load_pretrained(wider, path, "unet")
+    with pytest.raises(TrainingError, match="was trained as network 'unet', this run trains 'resenc'; add --network unet"):
+        load_pretrained(target, path, "resenc")
+
+
+def test_cli_refuses_pretrained_weights_with_continue(roots: dict[str, Path], tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["train", "4", "3d_fullres", "0", "--continue", "--pretrained-weights", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "--pretrained-weights starts a fold, --continue resumes one from its own checkpoint; drop one of them" in result.output
