@@ -198,11 +198,12 @@ def measure_timing(
     options: dict[str, Any] | None = None,
     cache_dir: Path | None = None,
 ) -> TimingModel:
-    """The device's training throughput for this family, from real steps of one probe network.
+    """The device's training and inference throughput for this family, from real steps of one probe.
 
     One probe (``TIMING_PROBE_WIDTH`` features, ``TIMING_PROBE_SIZE`` per axis, batch 2) is timed with
-    the mixed precision training will use; the faster of two steps after a warm-up gives GFLOP/s, and a step of
-    any configuration is predicted as its GFLOP over that rate. Larger configurations run at least
+    the mixed precision training will use; the fastest of ``TIMING_MEASURED_STEPS`` training steps (and
+    inference forward passes) after a warm-up gives GFLOP/s, and a step of any configuration is
+    predicted as its GFLOP over that rate. Larger configurations run at least
     as efficiently as the probe, so predictions for them err on the slow side; fitting an intercept
     from two small probes (tried first) let load on shared machines swing predictions tenfold.
     ``width`` is accepted for the cache key's sake only: the same probe serves every width.
