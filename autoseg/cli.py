@@ -117,7 +117,7 @@ def fingerprint(
 def plan(
     dataset: str = typer.Argument(..., help=DATASET_HELP),
     gpu_memory: Optional[float] = typer.Option(None, "--gpu-memory", help="GPU memory in GB to plan for (default: this machine's GPU); without a GPU here it plans for a GPU elsewhere, memory modelled"),
-    budget: Optional[str] = typer.Option(None, "--budget", help="time budget for training one fold on this machine, e.g. 30m, 2h (default with no GPU: 12h)"),
+    budget: Optional[str] = typer.Option(None, "--budget", help="time budget for one fold on this machine, e.g. 30m, 2h: preprocessing, training, checkpoints and the final validation (default with no GPU: 12h)"),
     network: Optional[str] = typer.Option(None, "--network", help="network family, one of those `autoseg networks` lists (default: nnU-Net's U-Net)"),
     configs: Optional[list[str]] = typer.Option(None, "--configs", "-c", "--configuration", help="only these configurations: 2d, 3d_fullres, 3d_lowres, 3d_cascade_fullres"),
     plans_name: str = typer.Option("autosegPlans", "--plans-name", help="name of the plans file; a new name never touches earlier plans"),

@@ -18,7 +18,8 @@ import torch
 
 from autoseg.errors import TrainingError
 from autoseg.training.augmentation import is_anisotropic_patch, sampling_size
-from autoseg.training.budget import affordable_total, poly_lr, tiles_per_case
+from autoseg.planning.accounting import tiles_per_case
+from autoseg.training.budget import affordable_total, poly_lr
 from autoseg.training.checkpoints import (
     capture_rng_state,
     load_checkpoint,
@@ -249,7 +250,7 @@ def test_network_options_are_free_form_and_checked_by_the_builder():
 
 
 def test_validation_reserve_counts_measured_tile_forwards():
-    from autoseg.training.budget import EXPORT_SECONDS_PER_CASE, validation_seconds
+    from autoseg.planning.accounting import final_validation_seconds
 
     # 2 cases of 4 and 1 tiles, 8 mirrored passes, 0.01 s per tile forward: 5 x 8 x 0.01 + 2 exports
-    assert validation_seconds([4, 1], 8, 0.01) == pytest.approx(0.4 + 2 * EXPORT_SECONDS_PER_CASE)
+    assert final_validation_seconds([4, 1], 8, 0.01, [0.5, 0.7]) == pytest.approx(0.4 + 1.2)

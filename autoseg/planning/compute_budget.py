@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -34,14 +34,39 @@ _TRAINING_FLOPS_PER_FORWARD = 3.0
 
 @dataclass(frozen=True)
 class TimingModel:
-    """Seconds of one training iteration as a function of its GFLOP."""
+    """Seconds of one training iteration as a function of its GFLOP, and of an inference forward pass
+    (``forward_seconds_per_gflop``; 0: taken as the training rate)."""
 
     device: str
     seconds_intercept: float
     seconds_per_gflop: float
+    forward_seconds_per_gflop: float = 0.0
 
     def predict(self, gflop: float) -> float:
         return self.seconds_intercept + self.seconds_per_gflop * gflop
+
+    def predict_forward(self, forward_gflop: float) -> float:
+        return (self.forward_seconds_per_gflop or self.seconds_per_gflop) * forward_gflop
+
+
+def recipe_timing(measured: TimingModel, device: torch.device) -> TimingModel:
+    """The measured rates snapped to a grid of factors of ``RECIPE_SPEED_GRID`` around the device's
+    reference speed: the recipe is chosen at this speed, so a measurement off by up to 2x either way
+    (load on a shared machine) chooses the same recipe. Only the iterations follow the measurement."""
+    reference = C.REFERENCE_SECONDS_PER_GFLOP["cuda" if device.type == "cuda" else "cpu"]
+    if device.type != "cuda":
+        reference /= torch.get_num_threads()
+
+    def snap(rate: float) -> float:
+        if rate <= 0:
+            return rate
+        steps = math.log(rate / reference, C.RECIPE_SPEED_GRID)
+        # ties (a factor of exactly 2) snap towards the reference, so the whole 0.5x..2x band is one step
+        whole = math.copysign(math.ceil(abs(steps) - 0.5 - 1e-9), steps) if abs(steps) > 0.5 + 1e-9 else 0.0
+        return reference * C.RECIPE_SPEED_GRID ** whole
+
+    forward = snap(measured.forward_seconds_per_gflop) if measured.forward_seconds_per_gflop else 0.0
+    return replace(measured, seconds_per_gflop=snap(measured.seconds_per_gflop), forward_seconds_per_gflop=forward)
 
 
 def _forward_flops(
@@ -130,6 +155,32 @@ def _time_steps(network: nn.Module, inputs: torch.Tensor, device: torch.device) 
     return min(times)
 
 
+def _time_forward(network: nn.Module, inputs: torch.Tensor, device: torch.device) -> float:
+    """Fastest inference forward pass after warm-up, as the sliding window runs it."""
+    dtype = autocast_dtype("auto", device)
+    network.eval()
+    times = []
+    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
+        for step in range(C.TIMING_WARMUP_STEPS + C.TIMING_MEASURED_STEPS):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            network(inputs)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if step >= C.TIMING_WARMUP_STEPS:
+                times.append(time.perf_counter() - start)
+    network.train()
+    return min(times)
+
+
+def parameter_count(network_name: str, topology: Topology, in_channels: int, n_classes: int,
+                    options: dict[str, Any] | None = None) -> int:
+    """Trainable parameters (for the checkpoint sizes), counted on the ``meta`` device."""
+    network = build_training_network(network_name, topology, in_channels, n_classes, dict(options or {}), "meta")
+    return sum(p.numel() for p in network.parameters() if p.requires_grad)
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -147,11 +198,12 @@ def measure_timing(
     options: dict[str, Any] | None = None,
     cache_dir: Path | None = None,
 ) -> TimingModel:
-    """The device's training throughput for this family, from real steps of one probe network.
+    """The device's training and inference throughput for this family, from real steps of one probe.
 
     One probe (``TIMING_PROBE_WIDTH`` features, ``TIMING_PROBE_SIZE`` per axis, batch 2) is timed with
-    the mixed precision training will use; the faster of two steps after a warm-up gives GFLOP/s, and a step of
-    any configuration is predicted as its GFLOP over that rate. Larger configurations run at least
+    the mixed precision training will use; the fastest of ``TIMING_MEASURED_STEPS`` training steps (and
+    inference forward passes) after a warm-up gives GFLOP/s, and a step of any configuration is
+    predicted as its GFLOP over that rate. Larger configurations run at least
     as efficiently as the probe, so predictions for them err on the slow side; fitting an intercept
     from two small probes (tried first) let load on shared machines swing predictions tenfold.
     ``width`` is accepted for the cache key's sake only: the same probe serves every width.
@@ -162,7 +214,7 @@ def measure_timing(
     key = {
         "kind": "timing", "device": name, "network": network_name, "spatial_dims": spatial_dims,
         "in_channels": in_channels, "n_classes": n_classes, "probe_width": C.TIMING_PROBE_WIDTH,
-        "options": dict(options or {}), "probe": size, "torch": torch.__version__,
+        "options": dict(options or {}), "probe": size, "torch": torch.__version__, "measures": "train+forward",
     }
     cached = read_cache(cache_dir, key)
     if cached is not None:
@@ -173,29 +225,22 @@ def measure_timing(
     inputs = torch.randn((C.MIN_BATCH_SIZE, in_channels, *patch), device=device)
     gflop = training_gflop(network_name, topology, in_channels, n_classes, patch, C.MIN_BATCH_SIZE, options)
     seconds = _time_steps(network, inputs, device)
-    model = TimingModel(name, 0.0, seconds / gflop)
+    forward = _time_forward(network, inputs, device)
+    model = TimingModel(name, 0.0, seconds / gflop, forward / (gflop / _TRAINING_FLOPS_PER_FORWARD))
     write_cache(cache_dir, key, asdict(model))
     return model
 
 
 def seconds_per_iteration(compute_seconds: float, device: torch.device) -> float:
     """A training-loop iteration: the measured compute plus data loading on the same CPU cores."""
-    return compute_seconds * (C.CPU_LOOP_OVERHEAD if device.type == "cpu" else 1.0)
-
-
-def affordable_iterations(budget_seconds: float, iteration_seconds: float) -> int:
-    """Iterations one fold can train within the budget, validation and final inference included."""
-    usable = budget_seconds * C.BUDGET_TRAINING_SHARE / C.VALIDATION_COST_FACTOR
-    return min(C.MAX_ITERATIONS, int(usable // iteration_seconds))
+    if device.type == "cpu":
+        return compute_seconds * C.CPU_LOOP_OVERHEAD + C.CPU_LOOP_SECONDS
+    return compute_seconds
 
 
 def schedule(num_iterations: int) -> tuple[int, int]:
-    """(num_iterations, iterations_per_epoch): whole epochs of 250 when at least one fits."""
-    if num_iterations >= C.ITERATIONS_PER_EPOCH:
-        return num_iterations // C.ITERATIONS_PER_EPOCH * C.ITERATIONS_PER_EPOCH, C.ITERATIONS_PER_EPOCH
-    return max(1, num_iterations), max(1, num_iterations)
-
-
-def predicted_total_seconds(num_iterations: int, iteration_seconds: float) -> float:
-    """Training time of one fold for the plan (inverse of ``affordable_iterations``)."""
-    return num_iterations * iteration_seconds * C.VALIDATION_COST_FACTOR / C.BUDGET_TRAINING_SHARE
+    """(num_iterations, iterations_per_epoch): whole epochs of about 250 iterations (at least one),
+    sized so that at most one iteration per epoch of the budget is lost to rounding."""
+    epochs = max(1, num_iterations // C.ITERATIONS_PER_EPOCH)
+    per_epoch = max(1, num_iterations // epochs)
+    return per_epoch * epochs, per_epoch

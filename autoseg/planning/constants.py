@@ -84,19 +84,84 @@ MAX_ITERATIONS = ITERATIONS_PER_EPOCH * DEFAULT_NUM_EPOCHS
 DEFAULT_CPU_BUDGET_SECONDS = 12 * 3600.0
 # reference §1.5: 50 validation iterations (forward only, about 1/3 of a training step) per epoch.
 VALIDATION_COST_FACTOR = 1.0 + 50 / ITERATIONS_PER_EPOCH / 3
-# Share of the budget left to the training loop; the rest is for the final sliding-window
-# validation, checkpoints and start-up (autoseg).
-BUDGET_TRAINING_SHARE = 0.85
 # reference §4: on this CPU nnU-Net's loop takes 0.63 s per iteration for 0.44 s of compute (data
 # loading competes for the same cores). On CUDA, loading runs beside the GPU.
 CPU_LOOP_OVERHEAD = 0.63 / 0.44
+# Plus a fixed cost per CPU iteration (batch assembly, augmentation bookkeeping, the loss, Python):
+# Dataset004 at 2 mm with a 12x20x16 patch ran 0.248 s per iteration for 0.055 s predicted by the
+# two terms above (load average 9 on 2 cores, so about 0.05 s on a quiet machine; 0.1 s taken).
+CPU_LOOP_SECONDS = 0.1
+
+# --- the whole run in the budget (autoseg; docs/planning.md, "The whole run fits the budget") ------
+# Cross-validation folds (reference §1.5): a fold validates a fifth of the cases.
+NUM_FOLDS = 5
+# Share of the budget kept free for jitter (the training config's budget_safety_fraction).
+BUDGET_SAFETY_FRACTION = 0.03
+# Start-up of `autoseg train`: imports, network, data workers, the first iterations' allocations
+# (autoseg's CPU runs: 5-12 s).
+STARTUP_SECONDS = 10.0
+# The final validation's sliding window: tiles half a patch apart (reference §1.4), mirrored over
+# every axis (2^dims passes) unless the plan turns test-time augmentation off for validation.
+VALIDATION_STEP = 0.5
+# The sliding window's forward passes may take at most this share of the budget; beyond it the plan
+# validates without mirroring, and candidates still beyond it are not viable (issue 14: 8 mirrorings
+# of a 12x16x20 window over whole brains were predicted at 28 hours of a 3-minute budget).
+VALIDATION_MAX_SHARE = 0.15
+# Export of one validation case: a fixed cost, writing and scoring per input voxel, restoring each
+# output channel to the input grid, and resampling it when the spacing changed. Measured with one
+# thread on the shared 2-core machine (restore_probabilities_to_labels): 3 region channels of BraTS
+# 39x60x60 -> 155x240x240 in 5.2 s (190 ns per voxel and channel), at 1 mm 1.1 s (40 ns); ACDC 4
+# classes 10x81x73 -> 10x256x232 in 0.26 s (110 ns), unresampled 0.11 s (47 ns).
+# Whole validations (`autoseg train`, load 9 on 2 cores): Dataset004 42 cases in 10 s (0.24 s per
+# case), BraTS 2 cases of 155x240x240 in 37 s (of which 5 s restoring per case): writing the gzipped
+# NIfTI and scoring take about 1.2 us per voxel.
+EXPORT_SECONDS_PER_CASE = 0.2
+EXPORT_SECONDS_PER_VOXEL = 1.2e-6
+EXPORT_SECONDS_PER_VOXEL_CHANNEL = 5e-8
+EXPORT_RESAMPLE_SECONDS_PER_VOXEL_CHANNEL = 1.5e-7
+# Preprocessing of one case (preprocess_case, measured like the export): BraTS 2 x 155x240x240 to 4 mm
+# in 3.8 s (214 ns per voxel and channel, labels included), unresampled 0.55 s (31 ns); ACDC to 5 mm
+# 227 ns, unresampled 37 ns. Whole runs of `autoseg preprocess` (2 workers, load 9 on 2 cores) set the
+# rest: Dataset004's 208 cases at 2 mm took 22 s, BraTS' 6 cases at 4 mm 30 s.
+PREPROCESS_SECONDS_PER_CASE = 0.15
+PREPROCESS_SECONDS_PER_VOXEL_CHANNEL = 2e-7
+RESAMPLE_IMAGE_SECONDS_PER_VOXEL_CHANNEL = 1.5e-7
+RESAMPLE_LABEL_SECONDS_PER_VOXEL_LABEL = 2e-8
+# Checkpoints: a fixed cost per file plus the fp32 weights and momentum at this disk speed; at each
+# epoch end the latest checkpoint and, about every other epoch, a new best one are written.
+CHECKPOINT_SECONDS_PER_FILE = 0.05
+CHECKPOINT_BYTES_PER_SECOND = 200e6
+CHECKPOINT_FILES_PER_EPOCH = 1.5
+
+# --- choosing resolution, context and iterations under a budget (autoseg) ------------------------
+# Context rule: a candidate's patch must cover, along every axis, at least this share of the median
+# image at its spacing: 0.25^(1/dims) (0.63 in 3D, 0.5 in 2D), i.e. reference §1.3's 25% coverage rule
+# for 3d_lowres applied to each axis, so no axis is starved. On Dataset004 a 16x24x16 patch (0.44-0.48
+# of the median 36x50x35) reached Dice 0.2 after 2500 iterations, the whole-image 40x56x40 patch 0.83.
+CONTEXT_MIN_VOLUME_SHARE = 0.25
+# Spacing candidates: the target spacing, then coarser by this factor per step (half the voxels per
+# step in 2D, a third in 3D: finer steps cost a memory calibration each and changed no choice tried) (finer axes first
+# while the spacing is anisotropic, as 3d_lowres grows it), while every axis keeps at least
+# SPACING_LADDER_MIN_EDGE voxels of the median image and no axis is coarsened more than 4x
+# (TotalSegmentator's coarsest model, --fastest, is 6 mm for 1.5 mm data).
+SPACING_LADDER_STEP = 2 ** 0.5
+SPACING_LADDER_MAX_FACTOR = 4.0
+SPACING_LADDER_MIN_EDGE = 16
+# Robust recipes: the recipe (spacing, patch, network, batch) is chosen at the measured speed snapped
+# to a grid of factors of 4 around a reference speed, so a measurement off by up to 2x either way
+# chooses the same recipe; only the iteration count follows the measurement. Reference speeds: a CPU
+# thread of the development machine ran the 3D probe at 0.020-0.062 s per GFLOP under varying load
+# (planning caches of several sessions; 0.025 taken), a GPU is taken at 10 TFLOP/s.
+RECIPE_SPEED_GRID = 4.0
+REFERENCE_SECONDS_PER_GFLOP = {"cpu": 0.025, "cuda": 1e-4}
 # reference §4: a 16-128 feature plan reached Dice 0.86 after about 2500 iterations (26 min at
 # 0.63 s); the budget planner keeps the largest network that still gets at least this many.
 MIN_BUDGET_ITERATIONS = 2500
-# Below that, the memory-fitted patch is still kept (at the narrowest width) while it affords this
-# many: on Dataset004 a 16x24x16 patch trained for 2500 iterations reached Dice 0.2 where the fitted
-# 40x56x40 patch reached pseudo-Dice 0.83 after 1000 (autoseg's measurements, docs/planning.md).
-MIN_ITERATIONS_FULL_PATCH = 1000
+# Iteration floor: a candidate is viable only if it affords this many iterations at the recipe speed
+# (so at least half of them at a real speed up to 2x slower). On Dataset004 the fitted 40x56x40 patch
+# reached pseudo-Dice 0.83 after 1000 iterations (held-out Dice 0.866 in the demo); a 16x24x16 patch
+# after 2500 only 0.2 (autoseg's measurements, docs/planning.md).
+ITERATION_FLOOR = 1000
 # Widths (first-stage features) the budget planner tries, widest first; max features scale along.
 # Not 8: on the demo (Dataset004, 7 min) an 8-64 network reached pseudo-Dice 0.31 after 750
 # iterations where 16-128 had 0.58 after 500 in the 30-minute run (autoseg's measurements).
@@ -106,4 +171,5 @@ BUDGET_WIDTHS = (32, 16)
 TIMING_PROBE_SIZE = {2: 160, 3: 40}
 TIMING_PROBE_WIDTH = 16
 TIMING_WARMUP_STEPS = 1
-TIMING_MEASURED_STEPS = 2
+# The fastest of 5 steps (the least disturbed by other load) gives the rate.
+TIMING_MEASURED_STEPS = 5

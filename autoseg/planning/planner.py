@@ -2,14 +2,16 @@
 
 Order of decisions per configuration: spacing and transpose (rules.py), the largest patch whose
 measured memory model fits the memory budget at batch 2 (reference §1.3's shrinking order), the
-batch that fills the memory (capped at 5% of the dataset), then, under a compute budget, the widest
-network and largest patch that still afford ``MIN_BUDGET_ITERATIONS`` within the budget.
+batch that fills the memory (capped at 5% of the dataset), then, under a compute budget, a joint
+search over spacing, patch, depth and width: the finest spacing at which a recipe gives enough context
+and iterations once data preparation, validation and checkpoints are paid (docs/planning.md).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -21,6 +23,7 @@ import torch
 from autoseg import __version__
 from autoseg.errors import FingerprintError, PlanError
 from autoseg.networks import Topology, default_network, get_network_spec
+from autoseg.planning import accounting as A
 from autoseg.planning import constants as C
 from autoseg.planning import compute_budget as T
 from autoseg.planning import rules
@@ -28,6 +31,7 @@ from autoseg.planning.memory import MemoryModel, calibrate_memory
 from autoseg.planning.plans import format_plan_table, plans_path, write_plans
 from autoseg.planning.topology import divisible_patch, features_per_stage, plan_topology, shrink_patch
 from autoseg.utils.device import choose_device, device_memory_bytes
+from autoseg.utils.progress import default_workers
 
 CONFIG_2D, CONFIG_FULLRES, CONFIG_LOWRES, CONFIG_CASCADE = "2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres"
 ALL_CONFIGURATIONS = (CONFIG_2D, CONFIG_FULLRES, CONFIG_LOWRES, CONFIG_CASCADE)
@@ -46,6 +50,7 @@ class _Context:
     network: str
     in_channels: int
     n_classes: int
+    n_foreground: int
     memory_budget_bytes: float
     budget_seconds: float | None
     device: torch.device
@@ -56,6 +61,8 @@ class _Context:
     notes: list[str] = field(default_factory=list)
     _memory: dict[str, MemoryModel] = field(default_factory=dict)
     _timing: dict[tuple[int, int], T.TimingModel] = field(default_factory=dict)
+    _gflop: dict[str, float] = field(default_factory=dict)
+    _parameters: dict[str, int] = field(default_factory=dict)
 
     @property
     def constraints(self):
@@ -70,16 +77,40 @@ class _Context:
             )
         return self._memory[key]
 
-    def iteration_seconds(self, topology: Topology, patch: Sequence[int], batch: int, width: int,
-                          in_channels: int | None = None) -> float | None:
-        if self.timing_factory is None:
-            return None
-        dims = topology.spatial_dims
+    def timing(self, dims: int, width: int, recipe: bool) -> T.TimingModel:
+        """The measured timing model, or (``recipe``) its rates snapped to the recipe grid."""
+        assert self.timing_factory is not None, "a compute budget needs the target device on this machine"
         if (dims, width) not in self._timing:
             self._timing[(dims, width)] = self.timing_factory(dims, width)
-        gflop = T.training_gflop(self.network, topology, in_channels or self.in_channels, self.n_classes,
-                                 patch, batch, self.options)
-        return T.seconds_per_iteration(self._timing[(dims, width)].predict(gflop), self.device)
+        measured = self._timing[(dims, width)]
+        return T.recipe_timing(measured, self.device) if recipe else measured
+
+    def gflop(self, topology: Topology, patch: Sequence[int], batch: int, in_channels: int | None = None) -> float:
+        """GFLOP of a training step (cached: the budget search asks for the same ones repeatedly)."""
+        channels = in_channels or self.in_channels
+        key = json.dumps([topology.to_dict(), list(patch), batch, channels], sort_keys=True)
+        if key not in self._gflop:
+            self._gflop[key] = T.training_gflop(self.network, topology, channels, self.n_classes, patch, batch, self.options)
+        return self._gflop[key]
+
+    def parameters(self, topology: Topology) -> int:
+        key = json.dumps(topology.to_dict(), sort_keys=True)
+        if key not in self._parameters:
+            self._parameters[key] = T.parameter_count(self.network, topology, self.in_channels, self.n_classes, self.options)
+        return self._parameters[key]
+
+    def iteration_seconds(self, topology: Topology, patch: Sequence[int], batch: int, width: int,
+                          in_channels: int | None = None, recipe: bool = False) -> float | None:
+        """Seconds of a training iteration; None when the target device is not on this machine."""
+        if self.timing_factory is None:
+            return None
+        model = self.timing(topology.spatial_dims, width, recipe)
+        return T.seconds_per_iteration(model.predict(self.gflop(topology, patch, batch, in_channels)), self.device)
+
+    def tile_seconds(self, topology: Topology, patch: Sequence[int], width: int, recipe: bool = False) -> float:
+        """One sliding-window tile's forward pass (a third of a training step's FLOPs at batch 1)."""
+        forward_gflop = self.gflop(topology, patch, 1) / 3.0
+        return self.timing(topology.spatial_dims, width, recipe).predict_forward(forward_gflop)
 
 
 # ----------------------------------------------------------------------------------- fingerprint
@@ -188,71 +219,275 @@ def _budget_candidates(ctx: _Context, fitted: list[int], fitted_topology: Topolo
         yield patch, topology, widths[-1]
 
 
-def _fit_compute(ctx: _Context, name: str, fitted: list[int], fitted_topology: Topology,
-                 spacing: Sequence[float], median_shape: Sequence[float]) -> tuple[list[int], Topology, int, float, int]:
-    """The first budget candidate that affords ``MIN_BUDGET_ITERATIONS`` within the budget.
+@dataclass
+class _Candidate:
+    """One recipe under a compute budget and what it costs, at the recipe speed and as measured."""
 
-    Before the patch shrinks below the memory-fitted one, the narrowest network at that patch is
-    kept if it affords ``MIN_ITERATIONS_FULL_PATCH``: context is worth more than iterations.
-    """
+    spacing: list[float]
+    median_shape: list[float]
+    patch: list[int]
+    topology: Topology
+    width: int
+    validation_tta: bool
+    recipe_iterations: int
+    seconds: float
+    parts: A.BudgetParts
+    iterations: int
+    validation_fits: bool = True
+
+
+@dataclass
+class _Costs:
+    """The parts of a run that do not depend on the network: data preparation and, per case of one
+    validation fold, the image shape at the spacing and the export back to the input geometry."""
+
+    preprocess: float
+    shapes: list[list[int]]
+    export: list[float]
+
+    def tiles(self, patch: Sequence[int]) -> float:
+        """Sliding-window tiles of one fold's validation cases (a fifth of all cases)."""
+        return sum(A.tiles_per_case(s, patch) for s in self.shapes) / C.NUM_FOLDS
+
+
+def _costs(ctx: _Context, fingerprint: dict[str, Any], forward: list[int], spacing: Sequence[float],
+           dims: int) -> _Costs:
+    """Fixed costs at a (transposed) spacing; 2D configurations keep each case's own slice spacing."""
+    shapes, export, voxels, resampled = [], [], [], []
+    before = fingerprint.get("shapes_before_crop") or fingerprint["shapes_after_crop"]
+    for shape, case_spacing, full in zip(fingerprint["shapes_after_crop"], fingerprint["spacings"], before):
+        target = [spacing[forward.index(a)] for a in range(3)]
+        if dims == 2:
+            target[forward[0]] = case_spacing[forward[0]]
+        changed = any(abs(t - c) > 1e-3 * c for t, c in zip(target, case_spacing))
+        shapes.append([rules.shape_at_spacing(shape, case_spacing, target)[a] for a in forward])
+        voxels.append(float(np.prod(full)))
+        resampled.append(changed)
+        export.append(A.export_seconds(voxels[-1], ctx.n_classes, changed))
+    preprocess = A.preprocess_seconds(voxels, resampled, ctx.in_channels, ctx.n_foreground + 1, default_workers())
+    return _Costs(preprocess, shapes, [e / C.NUM_FOLDS for e in export])
+
+
+def _evaluate(ctx: _Context, costs: _Costs, spacing: list[float], median: list[float], patch: list[int],
+              topology: Topology, width: int) -> _Candidate:
+    """A candidate's validation mode (mirrored while the forward passes stay within their share of
+    the budget) and the iterations the budget affords at the recipe and the measured speed."""
     assert ctx.budget_seconds is not None
-    choice = None
-    for patch, topology, width in _budget_candidates(ctx, fitted, fitted_topology, spacing, median_shape):
-        if choice is not None and choice[0] == fitted and patch != fitted and choice[4] >= C.MIN_ITERATIONS_FULL_PATCH:
-            return choice
-        seconds = ctx.iteration_seconds(topology, patch, C.MIN_BATCH_SIZE, width)
-        choice = (patch, topology, width, seconds, T.affordable_iterations(ctx.budget_seconds, seconds))
-        if choice[4] >= C.MIN_BUDGET_ITERATIONS:
-            return choice
-    assert choice is not None
+    dims = topology.spatial_dims
+    tiles = costs.tiles(patch)
+    passes = 2**dims
+    recipe_tile = ctx.tile_seconds(topology, patch, width, recipe=True)
+    limit = C.VALIDATION_MAX_SHARE * ctx.budget_seconds
+    tta = tiles * passes * recipe_tile <= limit
+    passes = passes if tta else 1
+    checkpoint = A.checkpoint_seconds(ctx.parameters(topology))
+    export = sum(costs.export)
+
+    def iterations(recipe: bool) -> tuple[int, A.BudgetParts, float]:
+        step = ctx.iteration_seconds(topology, patch, C.MIN_BATCH_SIZE, width, recipe=recipe)
+        validation = A.final_validation_seconds([tiles], passes, ctx.tile_seconds(topology, patch, width, recipe), [export])
+        count, parts = A.split_budget(ctx.budget_seconds, costs.preprocess, validation, step * C.VALIDATION_COST_FACTOR,
+                                      checkpoint)
+        return count, parts, step
+
+    recipe_count, _, _ = iterations(True)
+    count, parts, step = iterations(False)
+    return _Candidate(spacing, median, patch, topology, width, tta, recipe_count, step, parts, count,
+                      validation_fits=tiles * recipe_tile <= limit)
+
+
+def context_ok(patch: Sequence[int], median_shape: Sequence[float]) -> bool:
+    """The context rule: every axis of the patch covers at least 0.25^(1/dims) of the median image."""
+    share = C.CONTEXT_MIN_VOLUME_SHARE ** (1 / len(patch))
+    return all(p >= math.floor(share * m) for p, m in zip(patch, median_shape))
+
+
+def _viable(candidate: _Candidate, floor: int) -> bool:
+    return candidate.validation_fits and candidate.recipe_iterations >= floor
+
+
+def _evaluate_spacing(ctx: _Context, costs: _Costs, spacing: list[float], median: list[float], dims: int
+                      ) -> tuple[list[int], list[_Candidate]]:
+    """(memory-fitted patch, candidates in order) at one spacing: narrower networks at the fitted
+    patch, then smaller patches, as long as the patch keeps enough context."""
+    axes_spacing, axes_median = spacing[3 - dims:], median[3 - dims:]
+    fitted, fitted_topology, _ = _fit_memory(ctx, axes_spacing, axes_median)
+    evaluated: list[_Candidate] = []
+    for patch, topology, width in _budget_candidates(ctx, fitted, fitted_topology, axes_spacing, axes_median):
+        if not context_ok(patch, axes_median):
+            break  # smaller patches only lose more context
+        evaluated.append(_evaluate(ctx, costs, spacing, median, patch, topology, width))
+        if _viable(evaluated[-1], C.MIN_BUDGET_ITERATIONS):
+            break  # chosen whatever the floor
+    return fitted, evaluated
+
+
+def _choose(fitted: list[int], evaluated: list[_Candidate], floor: int) -> _Candidate | None:
+    """The recipe at one spacing: the widest network at the memory-fitted patch that affords
+    ``MIN_BUDGET_ITERATIONS`` (scaled with the floor), else the narrowest there if it reaches the floor
+    (context is worth more than iterations), else the largest smaller patch that affords the
+    preferred count, else the floor; None when nothing here is viable."""
+    preferred = C.MIN_BUDGET_ITERATIONS * floor / C.ITERATION_FLOOR
+    floor_choice = None
+    for candidate in evaluated:
+        if candidate.patch != fitted and floor_choice is not None and floor_choice.patch == fitted:
+            return floor_choice
+        if _viable(candidate, preferred):
+            return candidate
+        if _viable(candidate, floor) and (floor_choice is None or floor_choice.patch == candidate.patch):
+            floor_choice = candidate  # at one patch: the narrowest network that reaches the floor
+    return floor_choice
+
+
+def spacing_ladder(spacing: Sequence[float], median_at: Callable[[list[float]], list[float]], dims: int) -> list[list[float]]:
+    """Candidate spacings (transposed): the target, then coarser by ``SPACING_LADDER_STEP`` per step,
+    only the finer axes (up to the coarsest) while anisotropic, as 3d_lowres grows it; a 2D
+    configuration coarsens only in-plane. Ends before a grown axis drops below
+    ``SPACING_LADDER_MIN_EDGE`` voxels of the median image or beyond ``SPACING_LADDER_MAX_FACTOR``x."""
+    target = np.asarray(spacing, dtype=float)
+    axes = np.arange(3) >= 3 - dims
+    ladder, current = [list(spacing)], target.copy()
+    while True:
+        coarsest = current[axes].max()
+        if coarsest / current[axes].min() > C.LOWRES_ANISOTROPIC_RATIO:
+            grown = np.where(axes & (current < coarsest), np.minimum(current * C.SPACING_LADDER_STEP, coarsest), current)
+        else:
+            grown = np.where(axes, current * C.SPACING_LADDER_STEP, current)
+        if np.any(grown / target > C.SPACING_LADDER_MAX_FACTOR + 1e-9):
+            return ladder
+        median = median_at([float(v) for v in grown])
+        if any(median[a] < C.SPACING_LADDER_MIN_EDGE for a in range(3) if grown[a] != current[a]):
+            return ladder
+        ladder.append([float(v) for v in grown])
+        current = grown
+
+
+def _search_budget(ctx: _Context, name: str, spacing: Sequence[float], dims: int, fingerprint: dict[str, Any],
+                   forward: list[int]) -> _Candidate:
+    """The finest spacing of the ladder at which a recipe is viable (enough context, the iteration
+    floor, validation within its share). When none reaches the floor, the floor halves (down to
+    ``ITERATION_FLOOR / 8``) before the recipe with the most iterations is taken: a short budget
+    then trains fewer iterations at a sensible resolution rather than many at a useless one."""
+    median_at = lambda sp: _transposed_median(fingerprint, sp, forward)  # noqa: E731
+    ladder = spacing_ladder(spacing, median_at, dims)
+    evaluated: list[tuple[list[int], list[_Candidate]]] = []
+    for floor in (C.ITERATION_FLOOR, C.ITERATION_FLOOR // 2, C.ITERATION_FLOOR // 4, C.ITERATION_FLOOR // 8):
+        for k, candidate_spacing in enumerate(ladder):
+            if k == len(evaluated):
+                median = median_at(candidate_spacing)
+                costs = _costs(ctx, fingerprint, forward, candidate_spacing, dims)
+                evaluated.append(_evaluate_spacing(ctx, costs, candidate_spacing, median, dims))
+            chosen = _choose(*evaluated[k], floor)
+            if chosen is None:
+                continue
+            _note_spacing(ctx, name, chosen.spacing, spacing, dims)
+            if floor < C.ITERATION_FLOOR:
+                ctx.notes.append(
+                    f"{name}: the budget of {ctx.budget_seconds:.0f} s affords no recipe with {C.ITERATION_FLOOR} "
+                    f"iterations and enough context; planned {chosen.iterations}; expect a weak model or give a larger --budget"
+                )
+            return chosen
+    seen = [c for _, candidates in evaluated for c in candidates]
+    if not seen:
+        raise PlanError(f"{name}: no patch with enough context fits the memory at any spacing; give more memory (--gpu-memory)")
+    best = max(seen, key=lambda c: (c.validation_fits, c.recipe_iterations))
+    _note_spacing(ctx, name, best.spacing, spacing, dims)
     ctx.notes.append(
-        f"{name}: the budget of {ctx.budget_seconds:.0f} s affords only {choice[4]} iterations even with the "
-        f"smallest network; expect a weak model or give a larger --budget"
+        f"{name}: the budget of {ctx.budget_seconds:.0f} s is too small for any recipe with enough context "
+        f"({C.ITERATION_FLOOR // 8} iterations); planned the one with the most ({best.iterations}); give a larger --budget"
     )
-    return choice
+    return best
+
+
+def _note_spacing(ctx: _Context, name: str, chosen: Sequence[float], target: Sequence[float], dims: int) -> None:
+    if list(chosen) != list(target):
+        ctx.notes.append(
+            f"{name}: planned at {_mm(chosen[3 - dims:])} mm instead of {_mm(target[3 - dims:])} mm: "
+            "finer spacings give no recipe with enough context and iterations within the budget"
+        )
+
+
+def _mm(values: Sequence[float]) -> str:
+    return "x".join(f"{v:.3g}" for v in values)
 
 
 # ------------------------------------------------------------------------------- configurations
-def _plan_configuration(
-    ctx: _Context, name: str, spacing: Sequence[float], median_shape: Sequence[float], dims: int,
-    dataset_voxels: float, fingerprint: dict[str, Any], data_identifier: str,
-) -> dict[str, Any]:
-    """One configuration; ``spacing``/``median_shape`` are the 3 transposed values."""
-    axes_spacing, axes_shape = list(spacing)[3 - dims:], list(median_shape)[3 - dims:]
+def _plan_configuration(ctx: _Context, name: str, spacing: Sequence[float], dims: int, fingerprint: dict[str, Any],
+                        forward: list[int], data_identifier: str) -> dict[str, Any]:
+    """One configuration; ``spacing`` is the 3 transposed target values. Without a budget, or when
+    the memory plan affords the full schedule, nnU-Net's memory-fitted plan; else the budget search."""
+    median = _transposed_median(fingerprint, spacing, forward)
+    axes_spacing, axes_shape = list(spacing)[3 - dims:], median[3 - dims:]
     patch, topology, model = _fit_memory(ctx, axes_spacing, axes_shape)
-    batch = min(model.max_batch(patch, ctx.memory_budget_bytes), rules.max_batch_size(patch, dataset_voxels))
+    raw_spacing = [spacing[forward.index(a)] for a in range(3)]
+    batch = min(model.max_batch(patch, ctx.memory_budget_bytes),
+                rules.max_batch_size(patch, _dataset_voxels(fingerprint, raw_spacing)))
     batch = max(C.MIN_BATCH_SIZE, batch)
-    width = C.BASE_FEATURES
+    width, tta = C.BASE_FEATURES, True
     seconds = ctx.iteration_seconds(topology, patch, batch, width)
-    iterations = C.MAX_ITERATIONS
-    if ctx.budget_seconds is not None and seconds is not None:
-        iterations = T.affordable_iterations(ctx.budget_seconds, seconds)
-        if iterations < C.MAX_ITERATIONS:
-            batch = C.MIN_BATCH_SIZE
-            patch, topology, width, seconds, iterations = _fit_compute(ctx, name, patch, topology, axes_spacing, axes_shape)
+    iterations, parts = C.MAX_ITERATIONS, None
+    chosen_spacing = list(spacing)
+    if ctx.budget_seconds is not None:
+        recipe = ctx.iteration_seconds(topology, patch, batch, width, recipe=True)
+        costs = _costs(ctx, fingerprint, forward, spacing, dims)
+        checkpoint = A.checkpoint_seconds(ctx.parameters(topology))
+        validation = A.final_validation_seconds([costs.tiles(patch)], 2**dims, ctx.tile_seconds(topology, patch, width, True),
+                                                [sum(costs.export)])
+        affordable, _ = A.split_budget(ctx.budget_seconds, costs.preprocess, validation, recipe * C.VALIDATION_COST_FACTOR,
+                                       checkpoint)
+        if affordable >= C.MAX_ITERATIONS and validation <= C.VALIDATION_MAX_SHARE * ctx.budget_seconds:
+            iterations, parts = _affordable(ctx, costs, topology, patch, batch, width, True, checkpoint)
+        else:
+            chosen = _search_budget(ctx, name, spacing, dims, fingerprint, forward)
+            batch, patch, topology, width, tta = C.MIN_BATCH_SIZE, chosen.patch, chosen.topology, chosen.width, chosen.validation_tta
+            chosen_spacing, median, seconds = chosen.spacing, chosen.median_shape, chosen.seconds
             model = ctx.memory(topology)
+            iterations, parts = chosen.iterations, chosen.parts
     num_iterations, per_epoch = T.schedule(iterations)
+    if parts is not None:
+        parts = A.parts_for(num_iterations, parts.preprocess, parts.final_validation, seconds * C.VALIDATION_COST_FACTOR,
+                            parts.checkpoints / A.checkpoint_files(iterations, C.ITERATIONS_PER_EPOCH), per_epoch)
     return {
         "data_identifier": data_identifier,
         "spatial_dims": dims,
-        "spacing": [float(s) for s in spacing],
-        "median_shape": [float(s) for s in median_shape],
+        "spacing": [float(s) for s in chosen_spacing],
+        "median_shape": [float(s) for s in median],
         "patch_size": [int(p) for p in patch],
         "batch_size": int(batch),
         "normalization": rules.normalization_schemes(fingerprint),
         "resampling": rules.resampling_parameters(),
         "network": {"name": ctx.network, "topology": topology.to_dict(), "options": dict(ctx.options)},
         "width": width,
+        "validation_tta": tta,
         "predicted_memory_bytes": model.predict(patch, batch),
         "memory_model": asdict(model),
         "planned_for": dict(ctx.planned_for),
         "predicted_seconds_per_iteration": _rounded(seconds, 4),
         "num_iterations": num_iterations,
         "iterations_per_epoch": per_epoch,
-        "predicted_total_seconds": _rounded(seconds and T.predicted_total_seconds(num_iterations, seconds), 1),
+        "predicted_seconds": parts.to_dict() if parts is not None else None,
+        "predicted_total_seconds": round(parts.total, 1) if parts is not None else None,
         "previous_stage": None,
         "next_stage": None,
     }
+
+
+def _affordable(ctx: _Context, costs: _Costs, topology: Topology, patch: list[int], batch: int, width: int,
+                tta: bool, checkpoint: float) -> tuple[int, A.BudgetParts]:
+    """Iterations and parts of a fixed recipe at the measured speed."""
+    assert ctx.budget_seconds is not None
+    step = ctx.iteration_seconds(topology, patch, batch, width)
+    passes = 2**topology.spatial_dims if tta else 1
+    validation = A.final_validation_seconds([costs.tiles(patch)], passes, ctx.tile_seconds(topology, patch, width),
+                                            [sum(costs.export)])
+    return A.split_budget(ctx.budget_seconds, costs.preprocess, validation, step * C.VALIDATION_COST_FACTOR, checkpoint)
+
+
+def _transposed_median(fingerprint: dict[str, Any], spacing: Sequence[float], forward: list[int]) -> list[float]:
+    """The median image shape at a transposed spacing, transposed."""
+    raw = [spacing[forward.index(a)] for a in range(3)]
+    median = _median_shape_at(fingerprint, raw)
+    return [median[a] for a in forward]
 
 
 def _rounded(value: float | None, digits: int) -> float | None:
@@ -276,21 +511,19 @@ def _plan_lowres(ctx: _Context, fullres: dict[str, Any], forward: list[int], fin
     spacing = list(fullres["spacing"])
     for _ in range(_MAX_LOWRES_STEPS):
         spacing = rules.grow_lowres_spacing(spacing)
-        raw_spacing = [spacing[forward.index(a)] for a in range(3)]
-        median = [_median_shape_at(fingerprint, raw_spacing)[a] for a in forward]
+        median = _transposed_median(fingerprint, spacing, forward)
         patch, _, _ = _fit_memory(ctx, spacing, median)
         if np.prod(patch) / np.prod(median) >= C.LOWRES_TRIGGER_COVERAGE:
             break
     if np.prod(fullres["median_shape"]) / np.prod(median) < C.LOWRES_MIN_VOXEL_RATIO:
         ctx.notes.append(f"{CONFIG_LOWRES}: dropped, it would save less than {C.LOWRES_MIN_VOXEL_RATIO:g}x voxels")
         return None
-    voxels = _dataset_voxels(fingerprint, raw_spacing)
-    return _plan_configuration(ctx, CONFIG_LOWRES, spacing, median, 3, voxels, fingerprint,
-                               f"{plans_name}_{CONFIG_LOWRES}")
+    return _plan_configuration(ctx, CONFIG_LOWRES, spacing, 3, fingerprint, forward, f"{plans_name}_{CONFIG_LOWRES}")
 
 
 def _cascade(ctx: _Context, fullres: dict[str, Any], n_foreground: int) -> dict[str, Any]:
-    """3d_cascade_fullres: the fullres plan with one more input channel per foreground label."""
+    """3d_cascade_fullres: the fullres plan with one more input channel per foreground label (its data
+    is fullres', so nothing more to preprocess)."""
     cascade = json.loads(json.dumps(fullres))
     topology = Topology.from_dict(fullres["network"]["topology"])
     channels = ctx.in_channels + n_foreground
@@ -299,7 +532,11 @@ def _cascade(ctx: _Context, fullres: dict[str, Any], n_foreground: int) -> dict[
     cascade["memory_model"] = asdict(model)
     seconds = ctx.iteration_seconds(topology, fullres["patch_size"], fullres["batch_size"], fullres["width"], channels)
     cascade["predicted_seconds_per_iteration"] = _rounded(seconds, 4)
-    cascade["predicted_total_seconds"] = _rounded(seconds and T.predicted_total_seconds(cascade["num_iterations"], seconds), 1)
+    parts = fullres["predicted_seconds"]
+    if parts is not None and seconds is not None:
+        scaled = A.BudgetParts(0.0, parts["startup"], parts["training"] * seconds / fullres["predicted_seconds_per_iteration"],
+                               parts["checkpoints"], parts["final_validation"])
+        cascade["predicted_seconds"], cascade["predicted_total_seconds"] = scaled.to_dict(), round(scaled.total, 1)
     cascade["previous_stage"] = CONFIG_LOWRES
     return cascade
 
@@ -344,7 +581,7 @@ def build_plans(
     record = dict(budget_record or {}, memory_bytes_usable=int(memory_budget_bytes))
     planned_for = {k: record.get(k) for k in ("device", "device_name", "gpu_memory_gb", "memory_bytes_usable")}
     planned_for["timed_on_device"] = device_present
-    ctx = _Context(network, in_channels, n_classes, memory_budget_bytes, budget_seconds, device, cache_dir,
+    ctx = _Context(network, in_channels, n_classes, n_foreground, memory_budget_bytes, budget_seconds, device, cache_dir,
                    timing_factory or (measured if device_present else None), planned_for)
     if not device_present:
         gb = f" with {record['gpu_memory_gb']:g} GB" if record.get("gpu_memory_gb") else ""
@@ -356,20 +593,22 @@ def build_plans(
     target = rules.target_spacing(fingerprint["spacings"], fingerprint["shapes_after_crop"])
     forward, backward = rules.transpose_axes(target)
     spacing = [target[a] for a in forward]
-    median = [_median_shape_at(fingerprint, target)[a] for a in forward]
-    voxels = _dataset_voxels(fingerprint, target)
+    median = _transposed_median(fingerprint, spacing, forward)
     wanted = _wanted_configurations(configs, fingerprint["is_2d"], spec.constraints.spatial_dims, ctx)
 
     configurations: dict[str, dict[str, Any]] = {}
     if CONFIG_2D in wanted:
-        configurations[CONFIG_2D] = _plan_configuration(ctx, CONFIG_2D, spacing, median, 2, voxels, fingerprint,
+        configurations[CONFIG_2D] = _plan_configuration(ctx, CONFIG_2D, spacing, 2, fingerprint, forward,
                                                         f"{plans_name}_{CONFIG_2D}")
     if wanted & {CONFIG_FULLRES, CONFIG_LOWRES, CONFIG_CASCADE}:
-        fullres = _plan_configuration(ctx, CONFIG_FULLRES, spacing, median, 3, voxels, fingerprint,
+        fullres = _plan_configuration(ctx, CONFIG_FULLRES, spacing, 3, fingerprint, forward,
                                       f"{plans_name}_{CONFIG_FULLRES}")
         lowres = None
         coverage = np.prod(fullres["patch_size"]) / np.prod(median)
-        if wanted & {CONFIG_LOWRES, CONFIG_CASCADE} and coverage < C.LOWRES_TRIGGER_COVERAGE:
+        if wanted & {CONFIG_LOWRES, CONFIG_CASCADE} and fullres["spacing"] != spacing:
+            ctx.notes.append(f"{CONFIG_LOWRES}: not planned, the budget already trains {CONFIG_FULLRES} at a coarser "
+                             "spacing (a cascade needs a full-resolution stage)")
+        elif wanted & {CONFIG_LOWRES, CONFIG_CASCADE} and coverage < C.LOWRES_TRIGGER_COVERAGE:
             lowres = _plan_lowres(ctx, fullres, forward, fingerprint, plans_name)
         elif wanted & {CONFIG_LOWRES, CONFIG_CASCADE}:
             ctx.notes.append(f"{CONFIG_LOWRES}: not needed, the fullres patch covers {coverage:.0%} of the median image")

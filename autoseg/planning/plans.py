@@ -156,4 +156,17 @@ def format_plan_table(plans: dict[str, Any]) -> str:
         title += f", usable memory {budget.get('memory_bytes_usable', 0) / 2**30:.1f} GiB"
         title += f", compute budget {_duration(budget.get('seconds'))} per fold)"
     notes = [f"note: {n}" for n in plans.get("notes", [])]
-    return "\n".join([title, *lines, *notes])
+    return "\n".join([title, *lines, *_time_lines(plans), *notes])
+
+
+def _time_lines(plans: dict[str, Any]) -> list[str]:
+    """Each configuration's predicted time, part by part (docs/planning.md)."""
+    lines = []
+    for name, config in plans["configurations"].items():
+        parts = config.get("predicted_seconds")
+        if parts:
+            listed = " + ".join(f"{part.replace('_', ' ')} {_duration(parts[part])}" for part in
+                                ("preprocess", "startup", "training", "checkpoints", "final_validation"))
+            tta = "" if config.get("validation_tta", True) else " (validation without mirroring)"
+            lines.append(f"time {name}: {listed} = {_duration(parts['total'])}{tta}")
+    return lines

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from autoseg.errors import PlanError
+from autoseg.planning import accounting as A
 from autoseg.planning import compute_budget as T
+from autoseg.planning import constants as C
 from autoseg.planning.plans import load_plans
 
 TRANSFERRED_KEYS = ("network", "width", "patch_size", "batch_size", "predicted_memory_bytes", "predicted_seconds_per_iteration")
@@ -47,10 +49,9 @@ def transfer_plans(target: dict[str, Any], source: dict[str, Any], source_name: 
             raise PlanError(f"{source_name}: configuration {name!r} is {donor['spatial_dims']}-D in the source, {config['spatial_dims']}-D here; transfer between datasets of the same dimensionality")
         config.update({key: copy.deepcopy(donor[key]) for key in TRANSFERRED_KEYS if key in donor})
         budget, seconds = (plans.get("budget") or {}).get("seconds"), config["predicted_seconds_per_iteration"]
-        if budget and seconds:  # the target's time budget, at the source network's speed
-            iterations = T.affordable_iterations(budget, seconds)
-            config["num_iterations"], config["iterations_per_epoch"] = T.schedule(iterations)
-            config["predicted_total_seconds"] = round(T.predicted_total_seconds(config["num_iterations"], seconds), 1)
+        parts = config.get("predicted_seconds")
+        if budget and seconds and parts:  # the target's time budget, at the source network's speed
+            _refit_schedule(config, budget, seconds, parts)
         configurations[name] = config
     for config in configurations.values():  # a stage whose partner was dropped stands alone
         for link in ("previous_stage", "next_stage"):
@@ -62,6 +63,18 @@ def transfer_plans(target: dict[str, Any], source: dict[str, Any], source_name: 
         "configurations": sorted(plans["configurations"]), "keys": list(TRANSFERRED_KEYS),
     }
     return plans
+
+
+def _refit_schedule(config: dict[str, Any], budget: float, seconds: float, parts: dict[str, float]) -> None:
+    """Training iterations for what the target plan's other parts (preprocessing, validation and
+    checkpoint costs, as predicted for the target) leave of its budget, at the source network's speed."""
+    per_checkpoint = parts["checkpoints"] / A.checkpoint_files(config["num_iterations"], config["iterations_per_epoch"])
+    step = seconds * C.VALIDATION_COST_FACTOR
+    iterations, _ = A.split_budget(budget, parts["preprocess"], parts["final_validation"], step, per_checkpoint)
+    config["num_iterations"], config["iterations_per_epoch"] = T.schedule(iterations)
+    refit = A.parts_for(config["num_iterations"], parts["preprocess"], parts["final_validation"], step, per_checkpoint,
+                        config["iterations_per_epoch"])
+    config["predicted_seconds"], config["predicted_total_seconds"] = refit.to_dict(), round(refit.total, 1)
 
 
 def transfer_plans_from(target: dict[str, Any], source: str | Path) -> dict[str, Any]:

@@ -25,10 +25,11 @@ from autoseg.paths import resolve_dataset
 from autoseg.planning.plans import get_configuration, load_plans, plans_path
 from autoseg.preprocessing import store
 from autoseg.preprocessing.pipeline import preprocess_case
-from autoseg.utils.atomic import atomic_path, remove_stale_temporaries
+from autoseg.utils.atomic import atomic_path, atomic_write_json, remove_stale_temporaries
 from autoseg.utils.progress import Failure, default_workers, parallel_map
 
 FORMAT_VERSION = 1  # bump when preprocessing changes its output for the same plan and input
+TIMING_FILE = "preprocess_timing.json"
 HEADER_BYTES = 64 * 1024  # hashed from each input file (with size and mtime) for the fingerprint
 GT_FOLDER = "gt_segmentations"
 # Configuration keys that change preprocessed values; others (batch size, network...) do not.
@@ -183,10 +184,14 @@ def preprocess_dataset(
                 items.append((case.case_id, args))
         out.output_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(out.output_dir)  # a killed run's; a concurrent run's are left alone
+        started = time.perf_counter()
         results, out.failed = parallel_map(
             preprocess_one, items, min(workers, max(1, len(items))), f"preprocess {identifier}"
         )
         out.processed = sorted(results)
+        if out.processed:  # what `autoseg train` reports against the plan's predicted preparation time
+            atomic_write_json(out.output_dir / TIMING_FILE, {"seconds": time.perf_counter() - started,
+                                                              "cases": len(out.processed), "workers": workers})
         report.outputs.append(out)
     gt_dir = location.preprocessed_dir / GT_FOLDER
     remove_stale_temporaries(gt_dir)

@@ -2,18 +2,16 @@
 
 The iteration count is set from the measured speed after a few probe iterations and re-estimated at
 every epoch end (which then includes the pseudo-validation and checkpoint costs), keeping a reserve
-for the final sliding-window validation. The poly schedule always runs over the current total, so
-the learning rate reaches zero when time runs out.
+for the final sliding-window validation. Each re-estimate re-anchors the poly schedule at the current
+iteration and learning rate (``PolyAnchor``), so the learning rate stays continuous and still reaches
+zero when time runs out.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from dataclasses import dataclass
 
-# The final validation's cost per case beyond the network (resampling back, writing, evaluation);
-# autoseg's estimate for small to medium images on a CPU.
-EXPORT_SECONDS_PER_CASE = 0.5
 # A forward pass costs about a third of a training iteration's forward + backward.
 FORWARD_SHARE_OF_ITERATION = 1.0 / 3.0
 
@@ -24,27 +22,33 @@ def poly_lr(initial_lr: float, iteration: int, total_iterations: int, exponent: 
     return initial_lr * (1.0 - progress) ** exponent
 
 
+@dataclass(frozen=True)
+class PolyAnchor:
+    """Where the poly schedule restarts when the budget re-estimates its total: ``fraction`` of the
+    initial learning rate at ``iteration``. The schedule decays from there to 0 at the current total,
+    so a changed total bends the curve but never makes the learning rate jump (issue 14: a poly over
+    a total that keeps changing went 6.3e-3 -> 5.3e-3 -> 2.75e-3 in consecutive epochs)."""
+
+    iteration: int = 0
+    fraction: float = 1.0
+
+    def lr(self, initial_lr: float, iteration: int, total_iterations: int, exponent: float) -> float:
+        """The anchored poly learning rate; with the default anchor exactly ``poly_lr``."""
+        span = total_iterations - self.iteration
+        if span <= 0:
+            return 0.0
+        return self.fraction * poly_lr(initial_lr, iteration - self.iteration, span, exponent)
+
+    def retarget(self, iteration: int, old_total: int, new_total: int, exponent: float) -> "PolyAnchor":
+        """The anchor that continues this schedule at ``iteration`` when the total becomes ``new_total``."""
+        if new_total == old_total:
+            return self
+        return PolyAnchor(iteration, self.lr(1.0, iteration, old_total, exponent))
+
+
 def affordable_total(done: int, seconds_left: float, seconds_per_iteration: float) -> int:
     """Total iterations (including the ``done`` ones) that fit into ``seconds_left``; at least one."""
     if seconds_per_iteration <= 0:
         raise ValueError("seconds_per_iteration must be positive")
     extra = math.floor(max(seconds_left, 0.0) / seconds_per_iteration)
     return max(done + extra, done, 1)
-
-
-def tiles_per_case(shape: Sequence[int], patch_size: Sequence[int], step: float = 0.5) -> int:
-    """Sliding-window tiles for an image of ``shape`` (as the inference's tiling, step x patch apart)."""
-    count = 1
-    for size, patch in zip(shape[-len(patch_size) :], patch_size):
-        span = max(size - patch, 0)
-        count *= math.ceil(span / (patch * step)) + 1 if span > 0 else 1
-    return count
-
-
-def validation_seconds(tiles: Sequence[int], mirror_passes: int, seconds_per_tile: float) -> float:
-    """Estimated duration of the final validation: each tile's forward passes plus export per case.
-
-    ``seconds_per_tile`` is a measured forward pass, not a share of a training iteration: on a CPU
-    an iteration of a small network is mostly data augmentation, which validation does not do.
-    """
-    return sum(tiles) * mirror_passes * seconds_per_tile + EXPORT_SECONDS_PER_CASE * len(tiles)

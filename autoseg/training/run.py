@@ -19,7 +19,9 @@ from autoseg.dataset.description import load_description
 from autoseg.errors import TrainingError
 from autoseg.networks import get_network_spec
 from autoseg.paths import resolve_dataset
+from autoseg.planning.accounting import PARTS
 from autoseg.planning.plans import get_configuration, load_plans, plans_path
+from autoseg.preprocessing.runner import TIMING_FILE
 from autoseg.preprocessing.store import list_cases
 from autoseg.training.augmentation import resolve_augmentation
 from autoseg.training.cascade import CACHE_FOLDER, prepare_previous_stage, previous_stage_predictions
@@ -32,11 +34,13 @@ from autoseg.training.splits import FOLD_ALL, fold_cases
 from autoseg.training.trainer import FoldRun, Trainer
 from autoseg.training.validation import GT_FOLDER, VALIDATION_FOLDER, validate_fold
 from autoseg.utils.atomic import atomic_path, atomic_write_json, atomic_write_text, remove_stale_temporaries
+from autoseg.utils.jsonio import read_json
 from autoseg.utils.device import choose_device as shared_choose_device
 from autoseg.utils.device import device_memory_bytes
 
 DEFAULT_PLANS_NAME = "autosegPlans"
 CONFIG_FILE = "training_config.yaml"
+ACCOUNTING_FILE = "time_accounting.json"
 
 
 def choose_device(name: str | None) -> torch.device:
@@ -127,8 +131,13 @@ def train_fold(
             -(-int(config["batch_size"] or plan["batch_size"]) // context.world_size), context.world_size,
             network_name,
         )
-        if budget_seconds is None and epochs is None and not continue_ and config["use_plan_schedule"]:
-            budget_seconds = (plans.get("budget") or {}).get("seconds")
+        planned_budget = budget_seconds is None and epochs is None and not continue_ and config["use_plan_schedule"]
+        if planned_budget and (plans.get("budget") or {}).get("seconds"):
+            # the plan's budget covers the whole run; preparing the data is done (its time, else the prediction)
+            prepared = _preprocess_seconds(store)
+            if prepared is None:
+                prepared = (plan.get("predicted_seconds") or {}).get("preprocess") or 0.0
+            budget_seconds = max(plans["budget"]["seconds"] - prepared, 1.0)
         previous_cache = None
         if plan.get("previous_stage"):
             previous_cache = model_folder / CACHE_FOLDER
@@ -162,9 +171,14 @@ def train_fold(
         elif not (run.fold_folder / FINAL).is_file():
             trainer.save(FINAL)
         barrier(context)
-        validation = None
+        validation, validation_seconds = None, 0.0
         if context.is_main and fold != FOLD_ALL:
+            started = time.monotonic()
             validation = _validation(trainer, run, preprocessed_dir, save_probabilities, next_stage=bool(plan.get("next_stage")))
+            validation_seconds = time.monotonic() - started
+        accounting = time_accounting(trainer, run, plan, plans, validation_seconds, time.monotonic() - start)
+        if context.is_main:
+            atomic_write_json(run.fold_folder / ACCOUNTING_FILE, accounting)
         barrier(context)
     finally:
         shutdown(context)
@@ -177,7 +191,46 @@ def train_fold(
         "seconds": time.monotonic() - start,
         "validation": validation,
         "pretrained": pretrained.lines() if pretrained else None,
+        "time_accounting": accounting,
     }
+
+
+def _preprocess_seconds(store: Path) -> float | None:
+    """How long `autoseg preprocess` took for this store (its record), or None without one."""
+    path = store / TIMING_FILE
+    if not path.is_file():
+        return None
+    return float(read_json(path, TrainingError, "missing", "delete it or re-run `autoseg preprocess`")["seconds"])
+
+
+def time_accounting(trainer: Trainer, run: FoldRun, plan: dict[str, Any], plans: dict[str, Any],
+                    validation_seconds: float, run_seconds: float) -> dict[str, Any]:
+    """Predicted (the plan's) against actual seconds of each part of the run, for the fold's results."""
+    preprocess = _preprocess_seconds(run.store)
+    actual = {"preprocess": preprocess, **trainer.actual_seconds, "final_validation": validation_seconds}
+    actual = {k: None if v is None else round(v, 1) for k, v in actual.items()}
+    actual["total"] = round(run_seconds + (preprocess or 0.0), 1)
+    return {
+        "budget_seconds": (plans.get("budget") or {}).get("seconds"),
+        "train_budget_seconds": run.budget_seconds,
+        "predicted": plan.get("predicted_seconds"),
+        "final_validation_estimated_by_training": None if trainer.validation_estimate is None else round(trainer.validation_estimate, 1),
+        "actual": actual,
+        "iterations": {"planned": plan.get("num_iterations"), "trained": trainer.iteration},
+    }
+
+
+def format_time_accounting(accounting: dict[str, Any]) -> str:
+    """One line per part: predicted against actual seconds."""
+    predicted = accounting.get("predicted") or {}
+    lines = ["time (s)          predicted    actual"]
+    for part in (*PARTS, "total"):
+        actual = accounting["actual"].get(part)
+        guess = predicted.get(part)
+        lines.append(f"  {part:<16}{'-' if guess is None else f'{guess:.0f}':>9}  {'-' if actual is None else f'{actual:.0f}':>8}")
+    if accounting.get("budget_seconds"):
+        lines.append(f"  budget {accounting['budget_seconds']:.0f} s (preprocessing counted once per dataset)")
+    return "\n".join(lines)
 
 
 def _restore_or_check(trainer: Trainer, run: FoldRun) -> None:
@@ -221,6 +274,7 @@ def _validation(
         run.model_folder, run.fold, run.store, preprocessed_dir / GT_FOLDER, run.val_cases, run.description,
         str(run.device), save_probabilities=save_probabilities, previous_stage_cache=run.previous_stage_cache,
         hand_to_next_stage=next_stage, mixed_precision=trainer.mixed_precision, log=trainer.monitor.log,
+        tta=run.configuration.get("validation_tta", True),
     )
     foreground = summary.get("foreground_mean", {}).get("dice")
     per_class = ", ".join(f"{name} {m.get('dice', float('nan')):.4f}" for name, m in summary.get("mean", {}).items())
@@ -245,4 +299,6 @@ def format_training_summary(summary: dict[str, Any]) -> str:
             f"validation Dice of {validation['num_cases']} cases: mean {validation['foreground_mean']['dice']:.4f} "
             f"({per_class})"
         )
+    if summary.get("time_accounting"):
+        lines.append(format_time_accounting(summary["time_accounting"]))
     return "\n".join(lines)

@@ -27,6 +27,7 @@ from autoseg.dataset.description import DatasetDescription
 from autoseg.errors import TrainingError
 from autoseg.networks import create_network, get_network_spec
 from autoseg.preprocessing.store import load_properties
+from autoseg.planning import accounting
 from autoseg.training import budget as budget_rules
 from autoseg.training.augmentation import resolve_augmentation, sampling_size
 from autoseg.training.bf16_guard import bf16_step_survives
@@ -209,8 +210,12 @@ class Trainer:
         self.iteration = 0
         self.epoch = 0
         self.total_iterations = self._planned_total()
+        self.lr_anchor = budget_rules.PolyAnchor()
         self.history: list[dict[str, Any]] = []
         self._tile_seconds: float | None = None
+        # Wall time of each part of the run, for predicted-against-actual accounting (not checkpointed).
+        self.actual_seconds = {"startup": 0.0, "training": 0.0, "checkpoints": 0.0}
+        self.validation_estimate: float | None = None
         self.ema: float | None = None
         self.best_ema = -math.inf
 
@@ -291,6 +296,7 @@ class Trainer:
                 "epoch": self.epoch,
                 "iteration": self.iteration,
                 "total_iterations": self.total_iterations,
+                "lr_anchor": [self.lr_anchor.iteration, self.lr_anchor.fraction],
                 "ema": self.ema,
                 "best_ema": self.best_ema,
                 "history": self.history,
@@ -300,7 +306,9 @@ class Trainer:
 
     def save(self, name: str) -> None:
         if self.context.is_main:
+            started = time.monotonic()
             save_checkpoint(self.run.fold_folder / name, self.checkpoint())
+            self.actual_seconds["checkpoints"] += time.monotonic() - started
 
     def load(self, path: Path) -> None:
         checkpoint = load_checkpoint(path, map_location=self.device)
@@ -322,6 +330,8 @@ class Trainer:
         state = checkpoint["trainer_state"]
         self.epoch, self.iteration = int(state["epoch"]), int(state["iteration"])
         self.total_iterations = int(state["total_iterations"])
+        anchor = state.get("lr_anchor", [0, 1.0])  # checkpoints before anchoring: the plain poly
+        self.lr_anchor = budget_rules.PolyAnchor(int(anchor[0]), float(anchor[1]))
         self.ema, self.best_ema = state["ema"], float(state["best_ema"])
         self.history = list(state["history"])
 
@@ -332,7 +342,7 @@ class Trainer:
         if schedule["name"] == "constant":
             return initial
         if schedule["name"] == "poly":
-            return budget_rules.poly_lr(initial, self.iteration, self.total_iterations, schedule["exponent"])
+            return self.lr_anchor.lr(initial, self.iteration, self.total_iterations, schedule["exponent"])
         raise TrainingError(f"--set lr_schedule.name={schedule['name']!r}: choose poly or constant")
 
     def _tensors(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -349,6 +359,9 @@ class Trainer:
     def fit(self) -> None:
         """Train until ``total_iterations``; writes checkpoints, log, metrics and the final checkpoint."""
         cfg = self.run.config
+        fit_start = time.monotonic()
+        self.actual_seconds["startup"] = fit_start - self.run.start_time
+        checkpoints_before = self.actual_seconds["checkpoints"]
         workers = self._workers()
         self.monitor.log(
             f"training {self.run.network_name} {self.run.configuration_name} fold {self.run.fold} of "
@@ -409,6 +422,8 @@ class Trainer:
             stream.close()
             val_stream.close()
             self.monitor.stop()
+        checkpoint_time = self.actual_seconds["checkpoints"] - checkpoints_before
+        self.actual_seconds["training"] += time.monotonic() - fit_start - checkpoint_time
         self.save(FINAL)
         self.monitor.log(f"training finished: {self.iteration} iterations, {self.epoch} epochs, best pseudo-Dice EMA {self.best_ema:.4f}")
 
@@ -514,17 +529,25 @@ class Trainer:
         usable = self.run.budget_seconds * (1 - self.run.config["budget_safety_fraction"])
         return self.run.start_time + usable
 
-    def _validation_reserve_inputs(self) -> list[int]:
-        """Sliding-window tiles of every validation case (for the final validation's time reserve);
-        fold ``all`` has no final validation."""
+    @property
+    def validation_passes(self) -> int:
+        """Forward passes per tile in the final validation: every mirroring, unless the plan turned
+        test-time augmentation off for validation to fit the budget."""
+        return 2 ** len(self.mirror_axes) if self.run.configuration.get("validation_tta", True) else 1
+
+    def _validation_reserve_inputs(self) -> tuple[list[int], list[float]]:
+        """Sliding-window tiles and export seconds of every validation case (for the final
+        validation's time reserve, from the cases' real shapes); fold ``all`` has no final validation."""
         tiles: list[int] = []
+        export: list[float] = []
         if self.run.fold == FOLD_ALL:
-            return tiles
+            return tiles, export
         for case_id in self.run.val_cases:
-            shape = load_properties(self.run.store, case_id)["shape_after_resampling"]
-            count = budget_rules.tiles_per_case(shape, self.patch_size)
-            tiles.append(count * (shape[0] if len(self.patch_size) == 2 else 1))
-        return tiles
+            properties = load_properties(self.run.store, case_id)
+            tiles.append(accounting.tiles_per_case(properties["shape_after_resampling"], self.patch_size))
+            resampled = list(properties["shape_after_resampling"]) != list(properties["shape_after_crop"])
+            export.append(accounting.export_seconds(math.prod(properties["shape_original"]), self.labels.n_outputs, resampled))
+        return tiles, export
 
     def _seconds_per_tile(self) -> float:
         """Forward time of one sliding-window tile in eval mode, measured once (for the validation reserve)."""
@@ -540,11 +563,15 @@ class Trainer:
             self.network.train()
         return self._tile_seconds
 
-    def _rebudget(self, deadline: float, seconds_per_iteration: float, tiles: list[int] | None) -> None:
+    def _rebudget(self, deadline: float, seconds_per_iteration: float, reserve_inputs: tuple[list[int], list[float]] | None) -> None:
         """Set ``total_iterations`` so training plus the final validation end at the deadline."""
-        reserve = budget_rules.validation_seconds(tiles or [], 2 ** len(self.mirror_axes), self._seconds_per_tile())
+        tiles, export = reserve_inputs or ([], [])
+        reserve = accounting.final_validation_seconds(tiles, self.validation_passes, self._seconds_per_tile(), export)
+        self.validation_estimate = reserve
         total = budget_rules.affordable_total(self.iteration, deadline - time.monotonic() - reserve, seconds_per_iteration)
         total = int(broadcast_value(total, self.context))
+        exponent = float(self.run.config["lr_schedule"].get("exponent", 1.0))
+        self.lr_anchor = self.lr_anchor.retarget(self.iteration, self.total_iterations, total, exponent)
         if total != self.total_iterations:
             self.monitor.log(
                 f"time budget: {seconds_per_iteration:.3f} s per iteration measured, final validation estimated "

@@ -42,8 +42,10 @@ def validate_fold(
     hand_to_next_stage: bool = False,
     mixed_precision: str = "auto",
     log: Callable[[str], None] = print,
+    tta: bool = True,
 ) -> dict[str, Any]:
-    """Predict ``case_ids`` with the fold's final checkpoint and evaluate them; returns the summary."""
+    """Predict ``case_ids`` with the fold's final checkpoint and evaluate them; returns the summary.
+    ``tta``: mirroring test-time augmentation (a budgeted plan may turn it off to fit validation)."""
     model = load_model(model_folder, folds=[fold], checkpoint="final", device=device)
     output = model_folder / f"fold_{fold}" / VALIDATION_FOLDER
     output.mkdir(parents=True, exist_ok=True)
@@ -55,7 +57,7 @@ def validate_fold(
             previous = np.load(previous_stage_cache / f"{case_id}.npy", allow_pickle=False)[0]
             data = append_previous_stage(data, previous, description.foreground_labels)
         prediction = export_preprocessed(
-            model, data, properties, mixed_precision=mixed_precision, return_probabilities=save_probabilities
+            model, data, properties, tta=tta, mixed_precision=mixed_precision, return_probabilities=save_probabilities
         )
         geometry = Geometry.from_dict(properties["geometry"])
         if prediction.probabilities is not None:

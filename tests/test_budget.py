@@ -1,0 +1,320 @@
+"""The compute budget (issue 14): a learning rate that never jumps when the budget re-estimates the
+schedule, the plan's time accounting, resolution as a planning choice and plans robust to timing noise."""
+
+from __future__ import annotations
+
+import pytest
+
+from autoseg.training.budget import PolyAnchor, poly_lr
+
+LR, EXPONENT = 0.01, 0.9
+
+
+def _run_schedule(first_total: int, re_estimates: dict[int, float]) -> tuple[list[float], list[int]]:
+    """The learning rates of a run whose total is multiplied by ``re_estimates[i]`` at iteration i, the
+    way the trainer re-budgets (re-anchor, then keep stepping); also the total in force at each step."""
+    anchor, total, lrs, totals, iteration = PolyAnchor(), first_total, [], [], 0
+    while iteration < total:
+        if iteration in re_estimates:
+            new_total = max(iteration + 1, round(total * re_estimates[iteration]))
+            anchor, total = anchor.retarget(iteration, total, new_total, EXPONENT), new_total
+        lrs.append(anchor.lr(LR, iteration, total, EXPONENT))
+        totals.append(total)
+        iteration += 1
+    return lrs, totals
+
+
+def test_default_anchor_is_the_plain_poly_schedule():
+    for iteration in (0, 1, 250, 999, 1000, 1200):
+        assert PolyAnchor().lr(LR, iteration, 1000, EXPONENT) == poly_lr(LR, iteration, 1000, EXPONENT)
+
+
+@pytest.mark.parametrize("factors", [
+    {12: 0.5, 250: 2.0, 500: 0.5, 750: 2.0, 1000: 0.75},  # halve / double alternately
+    {12: 2.0, 300: 2.0, 900: 0.5, 1300: 0.5},
+    {12: 0.5, 100: 0.5, 200: 0.5},
+])
+def test_learning_rate_stays_continuous_under_re_estimates(factors):
+    lrs, totals = _run_schedule(2000, factors)
+    assert lrs[0] == LR and len(lrs) == totals[-1]
+    for t in range(len(lrs) - 1):
+        remaining = totals[t] - t  # the step from t to t + 1 follows the total in force at t
+        # never up, and never down faster than a poly step with the iterations remaining
+        assert lrs[t + 1] <= lrs[t]
+        bound = 1 - ((remaining - 1) / remaining) ** EXPONENT
+        assert (lrs[t] - lrs[t + 1]) / lrs[t] <= bound + 1e-12, (t, lrs[t], lrs[t + 1])
+        if remaining > 100:  # far from the end: below 1% of the initial lr per iteration
+            assert lrs[t] - lrs[t + 1] < 0.01 * LR
+    assert lrs[-1] < 0.05 * LR  # still decays to (almost) zero by the last iteration
+
+
+def test_unanchored_poly_over_a_changing_total_jumps():
+    """What the anchor fixes: the plain poly over a total doubled at iteration 500 jumps up by ~40%."""
+    before, after = poly_lr(LR, 499, 1000, EXPONENT), poly_lr(LR, 500, 2000, EXPONENT)
+    assert after / before > 1.4
+    anchor = PolyAnchor().retarget(500, 1000, 2000, EXPONENT)
+    assert anchor.lr(LR, 500, 2000, EXPONENT) == pytest.approx(poly_lr(LR, 500, 1000, EXPONENT))
+    assert anchor.retarget(700, 2000, 2000, EXPONENT) is anchor  # unchanged total: no new anchor
+
+
+# ------------------------------------------------------------------------------- the plan's accounting
+import math  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from autoseg.networks import Topology  # noqa: E402
+from autoseg.planning import compute_budget as T  # noqa: E402
+from autoseg.planning import constants as C  # noqa: E402
+from autoseg.planning.planner import build_plans, context_ok  # noqa: E402
+from autoseg.utils.progress import default_workers  # noqa: E402
+
+GIB = 2**30
+
+
+def _fingerprint(name, spacing, shape, n_cases, channels, labels):
+    stats = {"mean": 0.0, "median": 0.0, "std": 1.0, "min": -5.0, "max": 5.0, "percentile_00_5": -3.0,
+             "percentile_99_5": 3.0, "num_samples": 100}
+    return {
+        "version": 1, "dataset_name": name, "channel_names": channels, "labels": labels, "file_ending": ".nii.gz",
+        "spacings": [list(spacing)] * n_cases, "shapes_after_crop": [list(shape)] * n_cases,
+        "median_relative_size_after_crop": 1.0, "is_2d": False,
+        "foreground_intensity_properties_per_channel": {k: dict(stats) for k in channels},
+    }
+
+
+# The two failure cases of issue 14: BraTS (240x240x155, 2 channels, 3 nested regions) and ACDC
+# (9x256x216 slices at 10 x 1.56 x 1.56 mm, 3 classes).
+BRATS = _fingerprint("Dataset905_BraTSLike", [1.0, 1.0, 1.0], [155, 240, 240], 6, {"0": "FLAIR", "1": "T1c"},
+                     {"background": 0, "whole_tumor": [1, 2, 3, 4], "tumor_core": [1, 3, 4], "enhancing_tumor": [4]})
+ACDC = _fingerprint("Dataset027_ACDCLike", [10.0, 1.5625, 1.5625], [9, 256, 216], 160, {"0": "cineMRI"},
+                    {"background": 0, "RV": 1, "MLV": 2, "LVC": 3})
+
+
+def _reference_rate() -> float:
+    """A speed on the recipe grid (the reference of this CPU), so the recipe speed equals the measured one."""
+    return C.REFERENCE_SECONDS_PER_GFLOP["cpu"] / torch.get_num_threads()
+
+
+def _timing(factor: float = 1.0):
+    rate = _reference_rate() * factor
+    return lambda dims, width: T.TimingModel("fake cpu", 0.0, rate, rate)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("planning_cache")
+
+
+def _expected_parts(fp: dict, config: dict) -> dict[str, float]:
+    """Each part recomputed by hand from the documented formulas (docs/planning.md) for a fingerprint
+    whose cases all share one shape and spacing (no transpose: the first axis is the coarsest)."""
+    shape, spacing = fp["shapes_after_crop"][0], fp["spacings"][0]
+    n, channels = len(fp["spacings"]), len(fp["channel_names"])
+    n_outputs = 3 if "whole_tumor" in fp["labels"] else 4
+    label_values = 5 if "whole_tumor" in fp["labels"] else 4
+    voxels = float(np.prod(shape))
+    resampled = any(abs(a - b) > 1e-3 * b for a, b in zip(config["spacing"], spacing))
+    per_voxel = C.PREPROCESS_SECONDS_PER_VOXEL_CHANNEL * (channels + 1)
+    if resampled:
+        per_voxel += C.RESAMPLE_IMAGE_SECONDS_PER_VOXEL_CHANNEL * channels + C.RESAMPLE_LABEL_SECONDS_PER_VOXEL_LABEL * label_values
+    preprocess = n * (C.PREPROCESS_SECONDS_PER_CASE + voxels * per_voxel) / min(default_workers(), n)
+    # final validation: a fifth of the cases, tiles half a patch apart, 2^3 or 1 passes, forward = 1/3 step
+    new_shape = [round(s * sp / t) for s, sp, t in zip(shape, spacing, config["spacing"])]
+    patch = config["patch_size"]
+    tiles = math.prod(math.ceil(max(s - p, 0) / (p / 2)) + 1 if s > p else 1 for s, p in zip(new_shape, patch))
+    topology = Topology.from_dict(config["network"]["topology"])
+    forward_gflop = T.training_gflop("unet", topology, channels, n_outputs, patch, 1) / 3
+    passes = 8 if config["validation_tta"] else 1
+    restore = C.EXPORT_SECONDS_PER_VOXEL_CHANNEL + (C.EXPORT_RESAMPLE_SECONDS_PER_VOXEL_CHANNEL if resampled else 0)
+    export = C.EXPORT_SECONDS_PER_CASE + voxels * (C.EXPORT_SECONDS_PER_VOXEL + restore * n_outputs)
+    validation = n / 5 * (tiles * passes * forward_gflop * _reference_rate() + export)
+    iterations = config["num_iterations"]
+    training = iterations * config["predicted_seconds_per_iteration"] * C.VALIDATION_COST_FACTOR
+    parameters = T.parameter_count("unet", topology, channels, n_outputs)
+    files = math.ceil(iterations / config["iterations_per_epoch"]) * C.CHECKPOINT_FILES_PER_EPOCH + 1
+    checkpoints = files * (C.CHECKPOINT_SECONDS_PER_FILE + parameters * 8 / C.CHECKPOINT_BYTES_PER_SECOND)
+    return {"preprocess": preprocess, "startup": C.STARTUP_SECONDS, "training": training, "checkpoints": checkpoints,
+            "final_validation": validation}
+
+
+@pytest.mark.parametrize(("fp", "budget"), [(BRATS, 300.0), (ACDC, 1800.0)], ids=["brats-5m", "acdc-30m"])
+def test_budget_accounting_parts_follow_the_formulas_and_fit(fp, budget, cache):
+    plans = build_plans(fp, memory_budget_bytes=4 * GIB, budget_seconds=budget, configs=["3d_fullres"],
+                        timing_factory=_timing(), cache_dir=cache, regions_class_order=None)
+    config = plans["configurations"]["3d_fullres"]
+    parts = config["predicted_seconds"]
+    assert parts["total"] <= budget * (1 - C.BUDGET_SAFETY_FRACTION) + 0.5
+    expected = _expected_parts(fp, config)
+    for part, seconds in expected.items():
+        assert parts[part] == pytest.approx(seconds, rel=0.02, abs=0.11), part
+    assert parts["total"] == pytest.approx(sum(expected.values()), rel=0.02)
+    # sane plans: enough context per axis and a validation that is a small share of the budget
+    median = config["median_shape"]
+    assert context_ok(config["patch_size"], median)
+    assert parts["final_validation"] < 0.5 * budget
+    assert config["num_iterations"] >= C.ITERATION_FLOOR // 8
+
+
+def test_brats_like_budget_no_longer_plans_a_tiny_full_resolution_patch(cache):
+    """Issue 14: 3 minutes planned a 12x16x20 patch at 1 mm whose 8-fold mirrored validation over whole
+    brains was predicted at 28 hours. Now the validation is part of the plan and the context rule holds."""
+    config = build_plans(BRATS, memory_budget_bytes=4 * GIB, budget_seconds=180.0, configs=["3d_fullres"],
+                         timing_factory=_timing(), cache_dir=cache)["configurations"]["3d_fullres"]
+    share = C.CONTEXT_MIN_VOLUME_SHARE ** (1 / 3)
+    assert all(p >= math.floor(share * m) for p, m in zip(config["patch_size"], config["median_shape"]))
+    assert config["spacing"] != [1.0, 1.0, 1.0] or np.prod(config["patch_size"]) >= 0.25 * 155 * 240 * 240
+    assert config["predicted_seconds"]["total"] <= 180.0
+
+
+def test_acdc_like_budget_plans_whole_slices_not_two_slice_strips(cache):
+    """Issue 14: 5 minutes gave ACDC a 2x80x64 patch (two slices of a third of the image)."""
+    config = build_plans(ACDC, memory_budget_bytes=4 * GIB, budget_seconds=300.0, configs=["3d_fullres"],
+                         timing_factory=_timing(), cache_dir=cache)["configurations"]["3d_fullres"]
+    patch, median = config["patch_size"], config["median_shape"]
+    assert patch[0] >= 0.63 * median[0] - 1 and patch[1] >= 0.63 * median[1] - 1 and patch[2] >= 0.63 * median[2] - 1
+    assert config["spacing"][0] == 10.0  # the slice axis is never resampled finer or coarser first
+
+
+# ------------------------------------------------------------------------------------ robust recipes
+RECIPE_KEYS = ("spacing", "patch_size", "batch_size", "network", "width", "validation_tta")
+
+
+def test_recipe_snapping_absorbs_a_2x_speed_error():
+    reference = _reference_rate()
+    for factor in (0.5, 0.6, 1.0, 1.7, 2.0):
+        model = T.TimingModel("x", 0.0, reference * factor, reference * factor)
+        snapped = T.recipe_timing(model, torch.device("cpu"))
+        assert snapped.seconds_per_gflop == pytest.approx(reference)
+        assert snapped.forward_seconds_per_gflop == pytest.approx(reference)
+    assert T.recipe_timing(T.TimingModel("x", 0.0, reference * 2.1), torch.device("cpu")).seconds_per_gflop == \
+        pytest.approx(4 * reference)
+
+
+@pytest.mark.parametrize("fp", [ACDC], ids=["acdc"])
+def test_timing_noise_changes_iterations_not_the_recipe(fp, cache, monkeypatch):
+    """The throughput measurement perturbed by x0.5..x2 (a loaded or a quiet machine): same recipe."""
+    recipes, iterations = [], []
+    for factor in (0.5, 0.8, 1.25, 2.0):
+        rate = _reference_rate() / factor  # factor = speed relative to the reference
+        monkeypatch.setattr(T, "measure_timing", lambda *a, rate=rate, **k: T.TimingModel("noisy", 0.0, rate, rate))
+        config = build_plans(fp, memory_budget_bytes=4 * GIB, budget_seconds=900.0, configs=["3d_fullres"],
+                             cache_dir=cache)["configurations"]["3d_fullres"]
+        recipes.append({k: config[k] for k in RECIPE_KEYS})
+        iterations.append(config["num_iterations"])
+    assert all(r == recipes[0] for r in recipes)
+    assert iterations == sorted(iterations) and iterations[0] < iterations[-1]  # faster: more iterations
+
+
+# ------------------------------------------------------------------ coarse models, input geometry
+def test_a_coarser_configuration_exports_back_to_the_input_geometry():
+    """A plan at 2 mm for 1 mm data (what the budget search may choose): the export that prediction and
+    the final validation use (ProbabilityExport) restores the input grid, and the labels survive."""
+    from conftest import HIPPOCAMPUS
+    from preprocessing_helpers import make_configuration, make_plans
+
+    from autoseg.dataset.imageio import read_image
+    from autoseg.preprocessing.inverse import restore_probabilities_to_labels
+    from autoseg.preprocessing.pipeline import preprocess_case
+
+    image, geometry = read_image(HIPPOCAMPUS / "imagesTr" / "hippocampus_004_0000.nii.gz")
+    label, _ = read_image(HIPPOCAMPUS / "labelsTr" / "hippocampus_004.nii.gz")
+    plans = make_plans({"3d_fullres": make_configuration([2.0, 2.0, 2.0], patch_size=(16, 24, 16))})
+    data, seg, properties = preprocess_case(image[None].astype(np.float32), geometry, plans, "3d_fullres", seg=label)
+    assert all(abs(c - s / 2) <= 1 for c, s in zip(data.shape[1:], label.shape))  # half the voxels per axis
+    one_hot = np.stack([(np.maximum(seg[0], 0) == c) for c in range(3)]).astype(np.float32)
+    restored = restore_probabilities_to_labels(one_hot, properties, plans, "3d_fullres")
+    assert restored.shape == label.shape
+    for value in (1, 2):
+        a, b = restored == value, label == value
+        assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.75  # a 2 mm round trip of a small structure
+
+
+# ----------------------------------------------------------------- training's predicted vs actual
+from training_helpers import DATASET, data_roots, results  # noqa: E402,F401 - fixtures
+
+
+def test_train_fits_the_plans_budget_and_reports_each_part(results, data_roots, monkeypatch):
+    import json
+
+    from autoseg.preprocessing.runner import TIMING_FILE
+    from autoseg.training import train_fold
+    from autoseg.training import validation as validation_module
+
+    plans_file = data_roots["preprocessed"] / DATASET / "autosegPlans.json"
+    original = plans_file.read_text()
+    plans = json.loads(original)
+    predicted = {"preprocess": 5.0, "startup": 3.0, "training": 15.0, "checkpoints": 0.5, "final_validation": 2.0,
+                 "total": 25.5}
+    plans["configurations"]["3d_fullres"].update(validation_tta=False, num_iterations=40, predicted_seconds=predicted)
+    plans["budget"] = {"seconds": 30.0}
+    plans_file.write_text(json.dumps(plans))
+    seen_tta = []
+    export = validation_module.export_preprocessed
+    monkeypatch.setattr(validation_module, "export_preprocessed",
+                        lambda *a, **k: seen_tta.append(k["tta"]) or export(*a, **k))
+    try:
+        summary = train_fold(DATASET, "3d_fullres", 0, workers=0, overrides=["val_iterations_per_epoch=2", "mixed_precision=off"])
+    finally:
+        plans_file.write_text(original)
+    store = data_roots["preprocessed"] / DATASET / plans["configurations"]["3d_fullres"]["data_identifier"]
+    prepared = json.loads((store / TIMING_FILE).read_text())["seconds"]
+    fold = Path(summary["model_folder"]) / "fold_0"
+    accounting = json.loads((fold / "time_accounting.json").read_text())
+    assert accounting == summary["time_accounting"]
+    assert accounting["predicted"] == predicted
+    # the plan's budget covers the whole run: training gets what preprocessing (as measured) left
+    assert accounting["train_budget_seconds"] == pytest.approx(30.0 - prepared)
+    actual = accounting["actual"]
+    assert actual["preprocess"] == pytest.approx(prepared, abs=0.1)
+    assert actual["training"] > 0 and actual["checkpoints"] > 0 and actual["final_validation"] > 0
+    assert actual["total"] == pytest.approx(summary["seconds"] + prepared, abs=0.2)
+    assert summary["seconds"] < (30.0 - prepared) * 1.3  # training and validation end near the deadline
+    assert seen_tta and not any(seen_tta)  # validation ran without mirroring, as planned
+
+
+# ------------------------------------------------------------------------ real fingerprints
+REAL = {  # dataset: cases fingerprinted (a few, to stay fast; shapes and spacings are the real ones)
+    "Dataset004_Hippocampus": ["hippocampus_001", "hippocampus_003", "hippocampus_004", "hippocampus_006"],
+    "Dataset027_ACDC": ["patient002_frame01", "patient003_frame01", "patient004_frame01"],
+    "Dataset905_BraTS2015Mini": ["brats_2013_pat0001_1"],
+}
+
+
+def _real_fingerprint(root: Path, name: str) -> dict:
+    """The fingerprint module run on a copy of a few real cases of a shared dataset."""
+    import json
+    import shutil
+
+    from conftest import SHARED_DATA
+
+    from autoseg.fingerprint.extract import extract_fingerprint
+    from autoseg.paths import resolve_dataset
+
+    source, target = SHARED_DATA / name, root / name
+    (target / "imagesTr").mkdir(parents=True)
+    (target / "labelsTr").mkdir()
+    for case in REAL[name]:
+        for image in source.glob(f"imagesTr/{case}_0*.nii.gz"):
+            shutil.copy(image, target / "imagesTr")
+        shutil.copy(source / "labelsTr" / f"{case}.nii.gz", target / "labelsTr")
+    description = json.loads((source / "dataset.json").read_text())
+    description["numTraining"] = len(REAL[name])
+    (target / "dataset.json").write_text(json.dumps(description))
+    return extract_fingerprint(resolve_dataset(name), num_workers=1)
+
+
+@pytest.mark.parametrize("name", list(REAL))
+def test_real_fingerprints_plan_within_budget_and_keep_the_recipe_under_noise(name, roots, cache):
+    fp = _real_fingerprint(roots["raw"], name)
+    configs = []
+    for factor in (0.5, 1.0, 2.0):
+        plans = build_plans(fp, memory_budget_bytes=4 * GIB, budget_seconds=300.0, configs=["3d_fullres"],
+                            timing_factory=_timing(factor), cache_dir=cache)
+        configs.append(plans["configurations"]["3d_fullres"])
+    for config in configs:
+        assert config["predicted_seconds"]["total"] <= 300.0
+        assert context_ok(config["patch_size"], config["median_shape"])
+        assert {k: config[k] for k in RECIPE_KEYS} == {k: configs[0][k] for k in RECIPE_KEYS}
+    assert configs[0]["num_iterations"] > configs[2]["num_iterations"]  # x0.5 the seconds: more iterations
