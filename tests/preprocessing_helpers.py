@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
 
@@ -48,3 +49,12 @@ def make_plans(
         "foreground_intensity_properties_per_channel": {},
         "configurations": configurations,
     }
+
+
+def stored_files(root: Path) -> dict[str, bytes]:
+    """Relative path -> content of every file under ``root``, but the preprocessing's wall-time record
+    (``<store>_preprocess_timing.json``), which differs between any two runs."""
+    from autoseg.preprocessing.runner import TIMING_SUFFIX
+
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and not p.name.endswith(TIMING_SUFFIX)}

@@ -238,7 +238,7 @@ from training_helpers import DATASET, data_roots, results  # noqa: E402,F401 - f
 def test_train_fits_the_plans_budget_and_reports_each_part(results, data_roots, monkeypatch):
     import json
 
-    from autoseg.preprocessing.runner import TIMING_FILE
+    from autoseg.preprocessing.runner import timing_path
     from autoseg.training import train_fold
     from autoseg.training import validation as validation_module
 
@@ -259,7 +259,7 @@ def test_train_fits_the_plans_budget_and_reports_each_part(results, data_roots, 
     finally:
         plans_file.write_text(original)
     store = data_roots["preprocessed"] / DATASET / plans["configurations"]["3d_fullres"]["data_identifier"]
-    prepared = json.loads((store / TIMING_FILE).read_text())["seconds"]
+    prepared = json.loads(timing_path(store).read_text())["seconds"]
     fold = Path(summary["model_folder"]) / "fold_0"
     accounting = json.loads((fold / "time_accounting.json").read_text())
     assert accounting == summary["time_accounting"]

@@ -21,7 +21,7 @@ from autoseg.cli import app
 
 from cli_helpers import TRAIN_SETTINGS, runner, set_options
 from conftest import HIPPOCAMPUS, make_hippocampus_subset
-from preprocessing_helpers import make_configuration, make_plans
+from preprocessing_helpers import make_configuration, make_plans, stored_files
 from test_inference_predict import make_model
 from training_helpers import CASES, PATCH, TINY_TOPOLOGY
 
@@ -40,10 +40,6 @@ def finish(processes: list[subprocess.Popen]) -> list[str]:
         assert process.returncode == 0, output
         assert "Traceback" not in output
     return outputs
-
-
-def files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def in_process(*args: object) -> None:
@@ -73,7 +69,7 @@ def test_two_preprocess_runs_at_once_equal_one(dataset: dict[str, str], tmp_path
     shutil.copytree(together, tmp_path / "alone" / DATASET, ignore=shutil.ignore_patterns("autosegPlans_*", "gt_*"))
     os.environ["AUTOSEG_PREPROCESSED"] = str(tmp_path / "alone")  # restored by the fixture's monkeypatch
     in_process("preprocess", DATASET, "-np", 1)
-    assert files(together) == files(tmp_path / "alone" / DATASET)
+    assert stored_files(together) == stored_files(tmp_path / "alone" / DATASET)
     assert not list(together.rglob(".*tmp*"))
 
 
@@ -135,8 +131,8 @@ def test_two_predict_runs_into_one_folder(predict_inputs: tuple[Path, Path], tmp
     args = ["predict", "-i", inputs, "-m", model, "--no-tta", "--mixed-precision", "off"]
     finish([start([*args, "-o", tmp_path / "shared"], {}) for _ in range(2)])
     in_process(*args, "-o", tmp_path / "alone")
-    assert files(tmp_path / "shared") == files(tmp_path / "alone")
-    assert sorted(files(tmp_path / "shared")) == sorted([f"{c}.nii.gz" for c in CASES[:4]] + ["predict_info.json"])
+    assert stored_files(tmp_path / "shared") == stored_files(tmp_path / "alone")
+    assert sorted(stored_files(tmp_path / "shared")) == sorted([f"{c}.nii.gz" for c in CASES[:4]] + ["predict_info.json"])
 
 
 def test_a_run_with_another_model_or_settings_is_refused(predict_inputs: tuple[Path, Path], tmp_path: Path) -> None:
@@ -144,12 +140,12 @@ def test_a_run_with_another_model_or_settings_is_refused(predict_inputs: tuple[P
     output = tmp_path / "out"
     base = ["predict", "-i", str(inputs), "-o", str(output), "-m", str(model), "--no-tta", "--mixed-precision", "off"]
     assert runner.invoke(app, [*base, "-f", "0"]).exit_code == 0
-    before = files(output)
+    before = stored_files(output)
     for extra, difference in ((["-f", "1"], "folds ['0'] vs ['1']"), (["-f", "0", "--step", "0.8"], "step 0.5 vs 0.8")):
         result = runner.invoke(app, [*base, *extra])
         assert result.exit_code == 2, result.output
         text = " ".join(result.output.split())
         assert "predict_info.json: this folder holds predictions of another model or settings (" in text
         assert difference in text and "choose another output folder, or delete this one" in text
-    assert files(output) == before
+    assert stored_files(output) == before
     assert runner.invoke(app, [*base, "-f", "0", "--continue"]).exit_code == 0  # the same run: allowed

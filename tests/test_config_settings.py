@@ -269,7 +269,7 @@ def _oversample_foreground(make, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _pseudo_dice_ema(make, monkeypatch: pytest.MonkeyPatch) -> None:
     trainer = make(["pseudo_dice_ema=0.25"])
-    monkeypatch.setattr(trainer, "_pseudo_validation", lambda stream: (0.0, 1.0))
+    monkeypatch.setattr(trainer, "_pseudo_validation", lambda stream: (0.0, 1.0, [1.0, 1.0]))
     monkeypatch.setattr(trainer, "save", lambda name: None)
     monkeypatch.setattr(trainer.monitor, "write_history", lambda history: None)
     trainer.ema = 0.5

@@ -29,7 +29,7 @@ from autoseg.utils.weights_file import load_weights
 
 from cli_helpers import runner
 from conftest import make_hippocampus_subset
-from preprocessing_helpers import make_configuration, make_plans
+from preprocessing_helpers import make_configuration, make_plans, stored_files
 from training_helpers import CASES, PATCH, TINY_TOPOLOGY
 
 
@@ -44,11 +44,6 @@ SEED = int(os.environ.get("AUTOSEG_KILL_SEED", "17"))
 TRAIN_ARGS = ["train", DATASET, "3d_fullres", "all", "--epochs", "2", "--deterministic", "--workers", "0",
               "--set", "iterations_per_epoch=3", "--set", "val_iterations_per_epoch=1", "--set", "mixed_precision=off"]
 PROBE_SECONDS = 0.01
-
-
-def files(root: Path) -> dict[str, bytes]:
-    """Relative path -> content of every file under ``root``."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def temporaries(root: Path) -> list[str]:
@@ -89,7 +84,7 @@ def killed(env: dict[str, str], args: list[str], started: Callable[[], bool], wo
 
 def assert_nothing_half_written(killed_root: Path, reference: dict[str, bytes], same_bytes: bool = True) -> None:
     """Every file under a final name is one the uninterrupted run wrote (byte-identical)."""
-    for name, data in files(killed_root).items():
+    for name, data in stored_files(killed_root).items():
         if Path(name).name.startswith("."):
             continue  # a temporary: allowed until the rerun
         assert name in reference, f"{name}: not written by the uninterrupted run"
@@ -151,9 +146,9 @@ def test_kill_anywhere_then_resume(world: dict[str, Path]) -> None:
         out = Path(env["AUTOSEG_PREPROCESSED"]) / DATASET
         kills += killed(env, ["preprocess", DATASET, "-np", "1"],
                         lambda: any(out.glob("autosegPlans_3d_fullres/*.json")), preprocess_seconds, rng)
-        assert_nothing_half_written(out, files(pre_ref))
+        assert_nothing_half_written(out, stored_files(pre_ref))
         cli(env, "preprocess", DATASET, "-np", 1)
-        assert files(out) == files(pre_ref) and temporaries(out) == []
+        assert stored_files(out) == stored_files(pre_ref) and temporaries(out) == []
 
         # train: --continue resumes from the last checkpoint (or starts a fold killed before its first)
         env = roots(world, f"train_{point}")
@@ -171,9 +166,9 @@ def test_kill_anywhere_then_resume(world: dict[str, Path]) -> None:
         predicted = world["base"] / f"predicted_{point}"
         kills += killed(reference, [*predict_args, "-o", predicted], lambda: any(predicted.glob("*.nii.gz")),
                         predict_seconds, rng)
-        assert_nothing_half_written(predicted, files(predicted_ref))
+        assert_nothing_half_written(predicted, stored_files(predicted_ref))
         cli(reference, *predict_args, "-o", predicted, "--continue")
-        assert files(predicted) == files(predicted_ref) and temporaries(predicted) == []
+        assert stored_files(predicted) == stored_files(predicted_ref) and temporaries(predicted) == []
 
         # export-model: rerun; the zip is absent or complete, never partial
         exported = world["base"] / f"export_{point}" / "model.zip"

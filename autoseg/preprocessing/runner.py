@@ -29,7 +29,12 @@ from autoseg.utils.atomic import atomic_path, atomic_write_json, remove_stale_te
 from autoseg.utils.progress import Failure, default_workers, parallel_map
 
 FORMAT_VERSION = 1  # bump when preprocessing changes its output for the same plan and input
-TIMING_FILE = "preprocess_timing.json"
+TIMING_SUFFIX = "_preprocess_timing.json"
+
+
+def timing_path(store: Path) -> Path:
+    """Where ``preprocess`` records how long it took for a store: beside the store (which holds cases only)."""
+    return store.parent / f"{store.name}{TIMING_SUFFIX}"
 HEADER_BYTES = 64 * 1024  # hashed from each input file (with size and mtime) for the fingerprint
 GT_FOLDER = "gt_segmentations"
 # Configuration keys that change preprocessed values; others (batch size, network...) do not.
@@ -190,7 +195,7 @@ def preprocess_dataset(
         )
         out.processed = sorted(results)
         if out.processed:  # what `autoseg train` reports against the plan's predicted preparation time
-            atomic_write_json(out.output_dir / TIMING_FILE, {"seconds": time.perf_counter() - started,
+            atomic_write_json(timing_path(out.output_dir), {"seconds": time.perf_counter() - started,
                                                               "cases": len(out.processed), "workers": workers})
         report.outputs.append(out)
     gt_dir = location.preprocessed_dir / GT_FOLDER

@@ -21,7 +21,7 @@ from autoseg.networks import get_network_spec
 from autoseg.paths import resolve_dataset
 from autoseg.planning.accounting import PARTS
 from autoseg.planning.plans import get_configuration, load_plans, plans_path
-from autoseg.preprocessing.runner import TIMING_FILE
+from autoseg.preprocessing.runner import timing_path
 from autoseg.preprocessing.store import list_cases
 from autoseg.training.augmentation import resolve_augmentation
 from autoseg.training.cascade import CACHE_FOLDER, prepare_previous_stage, previous_stage_predictions
@@ -197,7 +197,7 @@ def train_fold(
 
 def _preprocess_seconds(store: Path) -> float | None:
     """How long `autoseg preprocess` took for this store (its record), or None without one."""
-    path = store / TIMING_FILE
+    path = timing_path(store)
     if not path.is_file():
         return None
     return float(read_json(path, TrainingError, "missing", "delete it or re-run `autoseg preprocess`")["seconds"])
