@@ -55,6 +55,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 dataset, device, warmup, timed = sys.argv[1], torch.device(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 plans = load_json(join(nnUNet_preprocessed, dataset, "nnUNetPlans.json"))
 dataset_json = load_json(join(nnUNet_preprocessed, dataset, "dataset.json"))
+plans["continue_training"] = False  # what nnU-Net's run_training sets before building its trainer (2.8)
 trainer = nnUNetTrainer(plans=plans, configuration="3d_fullres", fold=0, dataset_json=dataset_json, device=device)
 trainer.num_epochs = 1
 start = time.perf_counter()
