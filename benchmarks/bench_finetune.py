@@ -7,9 +7,11 @@ predict the same held-out cases; the mean foreground Dice of each is reported. E
 ``autoseg`` command line, so the section's commands are what a user runs.
 
     python benchmarks/bench_finetune.py [--budget 5m] [--pretrain-budget 10m] [--pretrained MODEL_FOLDER]
-        [--source-cases 150] [--target-cases 10] [--test-cases 40] [--threads 2] [--no-doc]
+        [--source-cases 150] [--target-cases 10] [--test-cases 40] [--threads 2] [--repeats 1] [--no-doc]
 
-The full run costs about pretrain-budget + 2 x (budget + prediction) of CPU time (25-30 min by default).
+Each target run is repeated ``--repeats`` times with seeds 0, 1, ... (a training outcome measured once is
+a sample); the table gives every run's Dice and the mean and spread per kind of run. The full run costs
+about pretrain-budget + repeats x 2 x (budget + prediction) of CPU time (25-30 min with one repeat).
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ def main() -> None:
     parser.add_argument("--target-cases", type=int, default=10)
     parser.add_argument("--test-cases", type=int, default=40)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=1, help="target runs of each kind, seeds 0..repeats-1")
     parser.add_argument("--no-doc", action="store_true", help="print only, do not write docs/benchmarks.md")
     args = parser.parse_args()
     all_cases = sorted(p.name.removesuffix(".nii.gz") for p in (common.DATA_ROOT / common.HIPPOCAMPUS / "labelsTr").glob("*.nii.gz"))
@@ -95,26 +98,33 @@ def main() -> None:
         autoseg(["plan", TARGET, "-c", "3d_fullres", "--budget", args.budget, "--device", "cpu",
                  "--transfer-plans-from", str(source_model)], env, log)
         autoseg(["preprocess", TARGET, "-c", "3d_fullres"], env, log)
-        dice = {}
-        for run, extra in (("fine-tuned", ["--pretrained-weights", str(source_model)]), ("from scratch", [])):
-            results = work / f"results_{run.replace(' ', '_')}"
-            run_env = common.autoseg_env(raw, preprocessed, results, args.threads)
-            autoseg(["train", TARGET, "3d_fullres", "all", "--budget", args.budget, "--device", "cpu", *extra], run_env, log)
-            prediction = work / f"pred_{run.replace(' ', '_')}"
-            autoseg(["predict", "-i", str(images), "-o", str(prediction), "-m", str(results / TARGET / MODEL), "-f", "all"], run_env, log)
-            autoseg(["evaluate", "-p", str(prediction), "-r", str(labels), "-d", TARGET], run_env, log)
-            dice[run] = foreground_dice(prediction / "summary.json")
-    rows = [[run, args.budget, f"{value:.4f}"] for run, value in dice.items()]
+        dice: dict[str, list[float]] = {"fine-tuned": [], "from scratch": []}
+        for seed in range(args.repeats):
+            for run, extra in (("fine-tuned", ["--pretrained-weights", str(source_model)]), ("from scratch", [])):
+                tag = f"{run.replace(' ', '_')}_seed{seed}"
+                results = work / f"results_{tag}"
+                run_env = common.autoseg_env(raw, preprocessed, results, args.threads)
+                autoseg(["train", TARGET, "3d_fullres", "all", "--budget", args.budget, "--device", "cpu",
+                         "--seed", str(seed), *extra], run_env, log)
+                prediction = work / f"pred_{tag}"
+                autoseg(["predict", "-i", str(images), "-o", str(prediction), "-m", str(results / TARGET / MODEL), "-f", "all"], run_env, log)
+                autoseg(["evaluate", "-p", str(prediction), "-r", str(labels), "-d", TARGET], run_env, log)
+                dice[run].append(foreground_dice(prediction / "summary.json"))
+                print(f"{run}, seed {seed}: {dice[run][-1]:.4f}", file=sys.stderr, flush=True)
+    rows = [[run, args.budget, str(len(values)), ", ".join(f"{v:.4f}" for v in values),
+             f"{sum(values) / len(values):.4f}", f"{max(values) - min(values):.4f}"] for run, values in dice.items()]
     commands = "\n".join(line.replace(str(work), "$WORK") for line in log)
     body = (
         "```bash\npython benchmarks/bench_finetune.py --budget {b} --pretrain-budget {p} --source-cases {s} "
-        "--target-cases {t} --test-cases {n} --threads {th}\n```\n\n".format(
-            b=args.budget, p=args.pretrain_budget, s=args.source_cases, t=args.target_cases, n=args.test_cases, th=args.threads)
+        "--target-cases {t} --test-cases {n} --threads {th} --repeats {r}\n```\n\n".format(
+            b=args.budget, p=args.pretrain_budget, s=args.source_cases, t=args.target_cases, n=args.test_cases,
+            th=args.threads, r=args.repeats)
         + f"Source: {len(source_cases)} Hippocampus cases, trained {args.pretrain_budget} (fold all)"
         + (f" (given: {args.pretrained})" if args.pretrained else "")
         + f"; target: {len(target)} other cases, planned with --transfer-plans-from the source; both target runs "
         f"train fold all for {args.budget} and predict the same {len(test)} held-out cases.\n\n"
-        + common.markdown_table(["target run", "training time", "held-out mean foreground Dice"], rows)
+        + common.markdown_table(["target run", "training time", "runs (seeds 0..)", "held-out mean foreground Dice per run",
+                               "mean", "spread (max - min)"], rows)
         + f"\n\nThe commands it ran:\n\n```bash\n{commands}\n```\n"
     )
     print(body)
