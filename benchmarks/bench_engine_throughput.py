@@ -54,6 +54,9 @@ from common import (
 from peak_flops import Rate, time_step
 
 from autoseg.networks.registry import create_network
+from autoseg.preprocessing.store import list_cases
+from autoseg.training.augmentation import resolve_augmentation, sampling_size
+from autoseg.training.data_loading import TRAIN_STREAM, BatchSource, SamplingSpec
 from autoseg.training.checkpoints import LATEST, load_checkpoint
 from autoseg.training.steps import LabelSpec, WithAux, build_step
 from autoseg.training.trainer import build_optimizer
@@ -72,10 +75,11 @@ LIMIT_CONV_SHAPE = (2, 64, 48, 48, 48)  # batch, channels (in = out), spatial; k
 
 
 # --------------------------------------------------------------------------------------- the fold run
-def train_command(epochs: int, iterations: int, val_iterations: int) -> list[str]:
+def train_command(epochs: int, iterations: int, val_iterations: int, overrides: list[str]) -> list[str]:
+    settings = [f"iterations_per_epoch={iterations}", f"val_iterations_per_epoch={val_iterations}", *overrides]
     return [
         *autoseg_command(), "train", "Dataset004", CONFIGURATION, FOLD, "--device", "cpu", "--epochs", str(epochs),
-        "--set", f"iterations_per_epoch={iterations}", "--set", f"val_iterations_per_epoch={val_iterations}",
+        *(part for setting in settings for part in ("--set", setting)),
     ]
 
 
@@ -167,17 +171,45 @@ def compute_step(fold: FoldStep, dtype: torch.dtype | None) -> Callable[[], None
     return lambda: step.train(data, target)
 
 
-def seconds_per_step(step: Callable[[], None], steps: int, repeats: int, warmup: int = 3) -> list[float]:
-    """Mean seconds per step of ``repeats`` blocks of ``steps`` steps, after ``warmup`` steps."""
+def seconds_per_step(step: Callable[[], None], steps: int, repeats: int, warmup: int = 3) -> list[tuple[float, float]]:
+    """Mean (wall, process CPU) seconds per step of ``repeats`` blocks of ``steps`` steps, after ``warmup`` steps."""
     for _ in range(warmup):
         step()
     blocks = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         for _ in range(steps):
             step()
-        blocks.append((time.perf_counter() - start) / steps)
+        blocks.append(((time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps))
     return blocks
+
+
+def augmentation_cpu_seconds(fold: FoldStep, preprocessed: Path, plans: dict[str, Any], batches: int) -> float:
+    """CPU seconds one data worker spends per training batch of the fold (sampling, augmentation), in
+    this process on one thread, every training case opened before timing (a long run's steady state)."""
+    plan = plans["configurations"][CONFIGURATION]
+    patch = list(fold.metadata["patch_size"])
+    augmentation = resolve_augmentation(fold.config["augmentation"], patch, plan["normalization"])
+    store = preprocessed / HIPPOCAMPUS / plan["data_identifier"]
+    splits = json.loads((preprocessed / HIPPOCAMPUS / "splits_final.json").read_text())
+    cases = splits[int(FOLD)]["train"] if splits else list_cases(store)
+    spec = SamplingSpec(
+        folder=store, case_ids=cases, patch_size=patch, sample_size=sampling_size(patch, augmentation),
+        batch_size=fold.batch, oversample_foreground=fold.config["oversample_foreground"],
+        foreground_labels=list(range(1, fold.metadata["num_outputs"])), augmentation=augmentation,
+    )
+    source = BatchSource(spec, seed=0, stream=TRAIN_STREAM)
+    for case in cases:
+        source._case(case)  # opened (and its class locations parsed) once per worker in a real run
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        start = time.process_time()
+        for index in range(batches):
+            source(index)
+        return (time.process_time() - start) / batches
+    finally:
+        torch.set_num_threads(threads)
 
 
 # ------------------------------------------------------------------------------------ practical limit
@@ -238,6 +270,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="math threads (default: all usable cores)")
     parser.add_argument("--work", type=Path, default=None,
                         help="keep the plan, store and results here; a folder already holding the plan and store is reused")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a training config override for the train command and the compute step (repeatable)")
     parser.add_argument("--no-doc", action="store_true", help="print the section, do not write docs/benchmarks.md")
     return parser.parse_args()
 
@@ -252,42 +286,62 @@ def run(args: argparse.Namespace, work: Path) -> str:
         plans = json.loads((pre / HIPPOCAMPUS / "autosegPlans.json").read_text())
         if (results / HIPPOCAMPUS).is_dir():
             subprocess.run(["rm", "-rf", str(results / HIPPOCAMPUS)], check=True)
-        command = train_command(args.epochs, args.iterations, args.val_iterations)
+        command = train_command(args.epochs, args.iterations, args.val_iterations, args.overrides)
         print(f"running: {' '.join(command[2:])} (stopped after {args.epochs} epochs)", file=sys.stderr)
         wall = train_until(command, env, results, args.epochs, work / "train_output.txt")
     fold = read_fold(fold_folder(results))
     in_situ = min(fold.seconds_per_iteration)
     print(f"in situ: {[round(s, 4) for s in fold.seconds_per_iteration]} s/iteration ({fold.dtype})", file=sys.stderr)
-    compute = seconds_per_step(compute_step(fold, fold.dtype), args.iterations // 2 or 1, args.repeats)
-    print(f"compute: {[round(s, 4) for s in compute]} s/step", file=sys.stderr)
+    compute = min(seconds_per_step(compute_step(fold, fold.dtype), args.iterations // 2 or 1, args.repeats))
+    print(f"compute: {compute[0]:.4f} s/step ({compute[1]:.4f} s CPU)", file=sys.stderr)
+    augmentation = augmentation_cpu_seconds(fold, pre, plans, args.iterations)
+    print(f"augmentation: {augmentation:.4f} s CPU per batch", file=sys.stderr)
     bf16_step = time_step("training step, bf16 autocast", compute_step(fold, torch.bfloat16), max(args.repeats, 5))
     fp32_step = time_step("training step, float32", compute_step(fold, None), max(args.repeats, 5))
     limits = practical_limit(args.repeats)
-    return report(args, plans, fold, wall, in_situ, min(compute), bf16_step, fp32_step, limits)
+    return report(args, plans, fold, wall, Loop(in_situ, *compute, augmentation), bf16_step, fp32_step, limits)
 
 
-def report(args: argparse.Namespace, plans: dict[str, Any], fold: FoldStep, wall: float, in_situ: float, compute: float,
+@dataclass
+class Loop:
+    """Seconds per iteration in situ and of the pure compute (wall and CPU), augmentation CPU per batch."""
+
+    in_situ: float
+    compute: float
+    compute_cpu: float
+    augmentation_cpu: float
+
+
+def report(args: argparse.Namespace, plans: dict[str, Any], fold: FoldStep, wall: float, loop: Loop,
            bf16_step: Rate, fp32_step: Rate, limits: list[Rate]) -> str:
     plan = plans["configurations"][CONFIGURATION]
     meta = fold.metadata
     topology = meta["topology"]
     limit = max(limits, key=Rate.gflops_wall)
+    in_situ, compute = loop.in_situ, loop.compute
     ratio = in_situ / compute
+    bound = (loop.compute_cpu + loop.augmentation_cpu) / loop.compute_cpu
     share = bf16_step.gflops_wall() / limit.gflops_wall()
     dtype = str(fold.dtype).replace("torch.", "") if fold.dtype else "float32"
+    threads = args.threads
+    limit_cpu = max(r.gflops_cpu(threads) for r in limits)
+    share_cpu = bf16_step.gflops_cpu(threads) / limit_cpu
     rows = [[r.name, f"{r.gflop:.2f}", fmt_seconds(r.wall_s), f"{r.gflops_wall():.0f}",
-             f"{r.gflops_wall() / limit.gflops_wall():.0%}"] for r in (*limits, bf16_step, fp32_step)]
-    table = markdown_table(["kernel (FLOPs: forward + backward)", "GFLOP", "time (best)", "GFLOP/s", "of the limit"], rows)
+             f"{r.gflops_wall() / limit.gflops_wall():.0%}", f"{r.gflops_cpu(threads):.0f}", f"{r.gflops_cpu(threads) / limit_cpu:.0%}"]
+            for r in (*limits, bf16_step, fp32_step)]
+    table = markdown_table(["kernel (FLOPs: forward + backward)", "GFLOP", "time (best)", "GFLOP/s (wall)", "of the limit",
+                            "GFLOP/s (CPU time / threads)", "of the limit"], rows)
+    settings = "".join(f" --set {o}" for o in args.overrides)
     epochs = ", ".join(f"{s:.4f}" for s in fold.seconds_per_iteration)
     return f"""
 ```
 export OMP_NUM_THREADS={args.threads} AUTOSEG_RAW=$RAW AUTOSEG_PREPROCESSED=$W/preprocessed AUTOSEG_RESULTS=$W/results
 autoseg plan Dataset004 --budget 30m -c {CONFIGURATION} --device cpu -np {args.threads}
 autoseg preprocess Dataset004 -c {CONFIGURATION} -np {args.threads}
-{' '.join(train_command(args.epochs, args.iterations, args.val_iterations)[2:])}   # stopped after {args.epochs} epochs
+{' '.join(train_command(args.epochs, args.iterations, args.val_iterations, args.overrides)[2:])}   # stopped after {args.epochs} epochs
 ```
 
-Reproduce: `python benchmarks/bench_engine_throughput.py --epochs {args.epochs} --iterations {args.iterations} --val-iterations {args.val_iterations} --repeats {args.repeats} --threads {args.threads}`
+Reproduce: `python benchmarks/bench_engine_throughput.py --epochs {args.epochs} --iterations {args.iterations} --val-iterations {args.val_iterations} --repeats {args.repeats} --threads {args.threads}{settings}`
 (torch {torch.__version__}, {args.threads} math threads, CPU capability {torch.backends.cpu.get_cpu_capability()}).
 
 The plan: `{meta['network']}`, patch {'x'.join(map(str, meta['patch_size']))}, batch {fold.batch}, features
@@ -304,9 +358,16 @@ predicted {plan.get('predicted_seconds_per_iteration', float('nan')):.3f} s per 
 | pure compute: the same step ({dtype}) on in-memory tensors, best of {args.repeats} blocks | {compute:.4f} |
 | **in situ / compute** | **{ratio:.3f}** ({'meets' if ratio <= RATIO_GOAL else 'misses'} the goal) |
 
+Where the difference goes: a data worker spends {loop.augmentation_cpu:.4f} s of CPU per training batch (sampling
+and augmentation, measured in this process on one thread, every case opened first), the compute step
+{loop.compute_cpu:.4f} s of CPU ({args.threads} thread(s)). When the step keeps every core busy the worker can only
+run on the same cores, so the loop cannot beat (compute + augmentation) / compute = **{bound:.3f}** in CPU
+time; what remains above that is waiting (a worker behind, the main process's own work).
+
 **2. bf16 training-step throughput against the practical limit** (goal >= {SHARE_GOAL:.0%}): the limit is
 the best of the bf16 kernels below, {limit.gflops_wall():.0f} GFLOP/s ({limit.name}).
-The bf16 step reaches **{share:.0%}** of it ({'meets' if share >= SHARE_GOAL else 'misses'} the goal).
+The bf16 step reaches **{share:.0%}** of it ({'meets' if share >= SHARE_GOAL else 'misses'} the goal); against CPU time
+(the rate while the process held the cores, what counts on a shared machine) {share_cpu:.0%} of {limit_cpu:.0f} GFLOP/s.
 
 {table}
 """
