@@ -68,6 +68,7 @@ CONFIG_FILE = "training_config.yaml"
 RATIO_GOAL = 1.05
 SHARE_GOAL = 0.60
 STOP_GRACE_S = 10.0
+CONVS_ONLY = "the step's convolutions alone"
 # Large bf16 kernels whose best rate is the practical limit (sizes where oneDNN's AMX/AVX-512 kernels
 # are well past their start-up cost, small enough for a few seconds per call on one core).
 MATMUL_N = 2048
@@ -169,6 +170,33 @@ def compute_step(fold: FoldStep, dtype: torch.dtype | None) -> Callable[[], None
     data = torch.randn(fold.batch, meta["in_channels"], *patch).contiguous(memory_format=memory_format)
     target = torch.randint(0, meta["num_outputs"], (fold.batch, 1, *patch), dtype=torch.int16)
     return lambda: step.train(data, target)
+
+
+def convolutions_only(fold: FoldStep, dtype: torch.dtype | None) -> Callable[[], None]:
+    """Forward and backward of every convolution of the fold's network alone, each at the input shape
+    and memory format it gets in the step: the ceiling the kernels set on the step's rate."""
+    network = create_network(fold.metadata["network"], fold.metadata["topology"], fold.metadata["in_channels"],
+                             fold.metadata["num_outputs"], **fold.metadata["network_options"])
+    layout = torch.channels_last_3d if fold.config["channels_last"] else torch.contiguous_format
+    network = network.to(memory_format=layout)
+    convs = [m for m in network.modules() if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d, nn.Conv2d, nn.ConvTranspose2d))]
+    inputs: dict[nn.Module, torch.Tensor] = {}
+    hooks = [m.register_forward_pre_hook(lambda m, args: inputs.setdefault(m, args[0].detach().float())) for m in convs]
+    with torch.no_grad():
+        network(torch.randn(fold.batch, fold.metadata["in_channels"], *fold.metadata["patch_size"]).contiguous(memory_format=layout))
+    for hook in hooks:
+        hook.remove()
+    pairs = [(m, x.contiguous(memory_format=layout).requires_grad_(i > 0)) for i, (m, x) in enumerate(inputs.items())]
+
+    def step() -> None:
+        for module, x in pairs:
+            with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+                out = module(x)
+            out.backward(torch.ones_like(out))
+            module.zero_grad(set_to_none=True)
+            x.grad = None
+
+    return step
 
 
 def seconds_per_step(step: Callable[[], None], steps: int, repeats: int, warmup: int = 3) -> list[tuple[float, float]]:
@@ -298,7 +326,9 @@ def run(args: argparse.Namespace, work: Path) -> str:
     augmentation = augmentation_cpu_seconds(fold, pre, plans, args.iterations)
     print(f"augmentation: {augmentation:.4f} s CPU per batch", file=sys.stderr)
     bf16_step = time_step("training step, bf16 autocast (as the fold trained)", compute_step(fold, torch.bfloat16), max(args.repeats, 5))
-    steps = [time_step("training step, float32", compute_step(fold, None), max(args.repeats, 5))]
+    steps = [time_step("training step, float32", compute_step(fold, None), max(args.repeats, 5)),
+             time_step(f"{CONVS_ONLY}, bf16 (layout as the fold trained)",
+                       convolutions_only(fold, torch.bfloat16), max(args.repeats, 5))]
     if not fold.config["channels_last"]:  # the layout oneDNN prefers, for comparison
         last = replace(fold, config={**fold.config, "channels_last": True})
         steps.insert(0, time_step("training step, bf16 autocast, channels_last", compute_step(last, torch.bfloat16), max(args.repeats, 5)))
@@ -336,6 +366,7 @@ def report(args: argparse.Namespace, plans: dict[str, Any], fold: FoldStep, wall
     table = markdown_table(["kernel (FLOPs: forward + backward)", "GFLOP", "time (best)", "GFLOP/s (wall)", "of the limit",
                             "GFLOP/s (CPU time / threads)", "of the limit"], rows)
     settings = "".join(f" --set {o}" for o in args.overrides)
+    convs = next(r for r in other_steps if r.name.startswith(CONVS_ONLY))
     epochs = ", ".join(f"{s:.4f}" for s in fold.seconds_per_iteration)
     return f"""
 ```
@@ -372,6 +403,10 @@ time; what remains above that is waiting (a worker behind, the main process's ow
 the best of the bf16 kernels below, {limit.gflops_wall():.0f} GFLOP/s ({limit.name}).
 The bf16 step reaches **{share:.0%}** of it ({'meets' if share >= SHARE_GOAL else 'misses'} the goal); against CPU time
 (the rate while the process held the cores, what counts on a shared machine) {share_cpu:.0%} of {limit_cpu:.0f} GFLOP/s.
+The step's convolutions alone, each at its own shape, reach {convs.gflops_wall() / limit.gflops_wall():.0%}
+({convs.gflops_cpu(threads) / limit_cpu:.0%} in CPU time): what the kernels achieve at the plan's channel counts and
+volumes bounds the step; the rest of the step (norms, activations, loss, optimiser) adds
+{bf16_step.wall_s / convs.wall_s - 1:.0%} to their time.
 
 {table}
 """
