@@ -405,8 +405,8 @@ The bf16 step reaches **{share:.0%}** of it ({'meets' if share >= SHARE_GOAL els
 (the rate while the process held the cores, what counts on a shared machine) {share_cpu:.0%} of {limit_cpu:.0f} GFLOP/s.
 The step's convolutions alone, each at its own shape, reach {convs.gflops_wall() / limit.gflops_wall():.0%}
 ({convs.gflops_cpu(threads) / limit_cpu:.0%} in CPU time): what the kernels achieve at the plan's channel counts and
-volumes bounds the step; the rest of the step (norms, activations, loss, optimiser) adds
-{bf16_step.wall_s / convs.wall_s - 1:.0%} to their time.
+volumes bounds the step; the whole step (with norms, activations, loss, optimiser) takes
+{bf16_step.wall_s / convs.wall_s - 1:+.0%} of their time on top.
 
 {table}
 """
