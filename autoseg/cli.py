@@ -237,7 +237,7 @@ def predict(
     continue_: bool = typer.Option(False, "--continue", help="skip cases whose outputs exist"),
     mixed_precision: str = typer.Option("auto", "--mixed-precision", help="auto (fp16 on CUDA, bf16 on CPUs with native bf16: same Dice to 1e-4, 2.6x faster, docs/benchmarks.md), bf16, fp16 (CUDA) or off"),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the networks (a one-off compilation; pays off only over many tiles)"),
-    engine: str = typer.Option("torch", "--engine", help="torch, or onnxruntime to run a zip from `export-model --format onnx` given with -m (CPU, float32)"),
+    engine: str = typer.Option("torch", "--engine", help="torch, or onnxruntime to run a zip from `export-model --format onnx` given with -m (CPU, float32; needs no torch, docs/interop.md)"),
     statistics: bool = typer.Option(False, "--statistics", help="also write <case>_statistics.json (per class or region: volume in mm3, voxels, components, intensity mean and percentiles per channel) and statistics.csv"),
 ) -> None:
     """Sliding-window prediction with mirroring TTA, ensembling folds; the cascade runs end to end."""
