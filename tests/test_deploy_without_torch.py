@@ -19,6 +19,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
 from autoseg.dataset.imageio import read_image
+from autoseg.inference.tiling import numpy_sliding_window_slabs
 from cli_helpers import autoseg
 from test_onnx import CASE, make_family_model
 
@@ -82,6 +83,33 @@ def test_onnxruntime_engine_predicts_without_torch_and_matches_the_torch_engine(
     p_onnx = np.load(tmp_path / "onnx" / "hippocampus_001.npz")["probabilities"].astype(np.float32)
     assert p_onnx.shape == p_torch.shape == (3, *source.shape)
     np.testing.assert_allclose(p_onnx, p_torch, atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("activation", ["softmax", "sigmoid"])
+def test_the_numpy_window_equals_the_torch_window(activation: str) -> None:
+    """Same tiles, padding (axis 0 is shorter than the patch), Gaussian shares, mirror passes and fold
+    average whether the arrays are numpy's or torch's (float32 sums in another order: 1e-5)."""
+    import torch
+
+    from autoseg.inference.sliding_window import sliding_window_predict
+    from test_inference_sliding_window import tiny_unet
+
+    folds = [tiny_unet(3, seed=0), tiny_unet(3, seed=1)]
+    data = torch.randn(1, 6, 21, 17, generator=torch.Generator().manual_seed(0))
+    options = dict(mirror_axes=(0, 2), activation=activation, batch_tiles=3)
+    expected = sliding_window_predict(folds, data, (8, 16, 16), **options).numpy()
+
+    def as_numpy(network: torch.nn.Module):
+        def run(x: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return network(torch.from_numpy(x)).numpy()
+        return run
+
+    got = np.full_like(expected, np.nan)
+    for row, slab in numpy_sliding_window_slabs([as_numpy(n) for n in folds], data.numpy(), (8, 16, 16), **options):
+        assert isinstance(slab, np.ndarray)
+        got[:, row : row + slab.shape[1]] = slab
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
 
 
 def test_missing_onnxruntime_is_one_line_with_the_install_command(exported, tmp_path: Path) -> None:
