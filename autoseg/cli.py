@@ -237,14 +237,18 @@ def predict(
     continue_: bool = typer.Option(False, "--continue", help="skip cases whose outputs exist"),
     mixed_precision: str = typer.Option("auto", "--mixed-precision", help="auto (fp16 on CUDA, bf16 on CPUs with native bf16: same Dice to 1e-4, 2.6x faster, docs/benchmarks.md), bf16, fp16 (CUDA) or off"),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the networks (a one-off compilation; pays off only over many tiles)"),
-    engine: str = typer.Option("torch", "--engine", help="torch, or onnxruntime to run a zip from `export-model --format onnx` given with -m (CPU, float32)"),
+    engine: str = typer.Option("torch", "--engine", help="torch, or onnxruntime to run a zip from `export-model --format onnx` given with -m (CPU, float32; needs no torch, docs/interop.md)"),
     statistics: bool = typer.Option(False, "--statistics", help="also write <case>_statistics.json (per class or region: volume in mm3, voxels, components, intensity mean and percentiles per channel) and statistics.csv"),
 ) -> None:
     """Sliding-window prediction with mirroring TTA, ensembling folds; the cascade runs end to end."""
     from autoseg.errors import UsageError
     from autoseg.inference.batch import predict_folder
-    from autoseg.inference.model import find_model_folder
+    from autoseg.inference.engine import ENGINES, require_torch
 
+    if engine not in ENGINES:
+        raise UsageError(f"--engine {engine}: choose torch or onnxruntime")
+    if engine == "torch":
+        require_torch()  # the onnxruntime engine imports no torch: a deployment may lack it
     if not 0 < step <= 1:
         raise UsageError(f"--step {step}: must be in (0, 1] (a fraction of the patch; 0.5 overlaps tiles by half)")
     if (model_folder is None) == (dataset is None or configuration is None):
@@ -254,13 +258,16 @@ def predict(
             from autoseg.evaluation.model_files import unpacked_model
 
             model_folder = stack.enter_context(unpacked_model(model_folder))
-        model = model_folder or find_model_folder(dataset, configuration, network, plans_name)
+        if model_folder is not None:
+            model = model_folder
+        else:
+            from autoseg.inference.model import find_model_folder
+
+            model = find_model_folder(dataset, configuration, network, plans_name)
         if engine == "onnxruntime":
             from autoseg.inference.onnx_model import load_onnx_model
 
             model, mixed_precision = load_onnx_model(model, _folds(folds)), "off"
-        elif engine != "torch":
-            raise UsageError(f"--engine {engine}: choose torch or onnxruntime")
         report = predict_folder(
             input, output, model, _folds(folds), checkpoint, step, not no_tta, save_probabilities, device,
             num_parts, part_id, continue_, mixed_precision, compile_networks=compile_,

@@ -297,7 +297,7 @@ def test_mirrored_copies_fill_the_batch_of_an_image_with_few_tiles() -> None:
 
 
 def test_batches_stay_within_one_row_of_tiles_so_the_ring_holds_one_patch_depth() -> None:
-    from autoseg.inference.sliding_window import _batches, _buffer_rows
+    from autoseg.inference.tiling import batches as _batches, buffer_rows as _buffer_rows
 
     slices = tile_slices((40, 50, 50), (16, 16, 16))  # 4 rows of tiles, 6 x 6 tiles each
     batches = _batches(slices, 3)

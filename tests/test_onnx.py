@@ -66,10 +66,10 @@ def test_exported_graph_matches_torch_logits_on_a_real_case(network: str, tmp_pa
     multiple = Topology.from_dict(deploy_topology(folder)).size_multiple
     whole = [s - s % m for s, m in zip(data_pp.shape[1:], multiple)]  # what the topology's strides and windows take
     for x in (data_pp[None, :, :16, :16, :16], data_pp[None, :, : whole[0], : whole[1], : whole[2]]):
-        x = torch.from_numpy(np.ascontiguousarray(x))
+        x = np.ascontiguousarray(x)
         with torch.no_grad():
-            expected = torch_model.networks[0](x).numpy()
-        got = onnx_model.networks[0](x).numpy()
+            expected = torch_model.networks[0](torch.from_numpy(x)).numpy()
+        got = onnx_model.networks[0](x)
         assert got.shape == expected.shape
         np.testing.assert_allclose(got, expected, rtol=ONNX_RTOL, atol=ONNX_ATOL * max(1.0, float(np.abs(expected).max())))
 

@@ -12,11 +12,10 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import SimpleITK as sitk
-import torch
 
 from autoseg.dataset.cases import CHANNEL_SUFFIX, channel_file_gaps
 from autoseg.dataset.description import DatasetDescription
@@ -30,12 +29,14 @@ from autoseg.dataset.imageio import (
     write_image,
 )
 from autoseg.errors import AutosegError, InferenceError
-from autoseg.inference.model import LoadedModel, find_model_folder, load_model
+from autoseg.inference.engine import LoadedModel, require_torch
 from autoseg.inference.predictor import Prediction, predict_array
-from autoseg.inference.sliding_window import DEFAULT_STEP
+from autoseg.inference.tiling import DEFAULT_STEP
 from autoseg.utils.atomic import atomic_path, atomic_write_json, folder_lock, remove_stale_temporaries
-from autoseg.utils.device import autocast_dtype
 from autoseg.utils.progress import Failure, track
+
+if TYPE_CHECKING:  # the onnxruntime engine runs without torch: the torch engine imports it where it runs
+    import torch
 
 DEFAULT_OUTPUT_ENDING = ".nii.gz"
 PREDICT_INFO = "predict_info.json"
@@ -213,6 +214,9 @@ def _resolve_model(
 ) -> LoadedModel:
     if isinstance(model, LoadedModel):
         return model
+    require_torch()
+    from autoseg.inference.model import find_model_folder, load_model
+
     folder = find_model_folder(*model) if isinstance(model, tuple) else Path(model)
     return load_model(folder, folds, checkpoint, device)
 
@@ -267,6 +271,10 @@ def predict_folder(
     loaded = _resolve_model(model, folds, checkpoint, device)
     info = _predict_info(loaded, step, tta, save_probabilities, mixed_precision)  # checks the settings first
     if compile_networks:
+        if loaded.engine != "torch":
+            raise InferenceError(f"--compile applies to the torch engine, not {loaded.engine}; leave it out")
+        import torch
+
         loaded.networks = [torch.compile(network) for network in loaded.networks]
     info["compiled"] = compile_networks
     output.mkdir(parents=True, exist_ok=True)
@@ -344,6 +352,15 @@ def _predict_info(
         "mirror_axes": list(model.mirror_axes) if tta else [],
         "save_probabilities": save_probabilities,
         "mixed_precision": mixed_precision,
-        "autocast_dtype": str(autocast_dtype(mixed_precision, model.device, InferenceError)),
+        "autocast_dtype": str(_autocast_dtype(model, mixed_precision)),
         "device": str(model.device),
     }
+
+
+def _autocast_dtype(model: LoadedModel, mixed_precision: str) -> Any:
+    """The torch engine's autocast dtype for ``mixed_precision``; None (float32) for onnxruntime."""
+    if model.engine != "torch":
+        return None
+    from autoseg.utils.device import autocast_dtype
+
+    return autocast_dtype(mixed_precision, model.device, InferenceError)

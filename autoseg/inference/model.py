@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -18,8 +17,9 @@ import torch
 from torch import nn
 
 from autoseg.utils.device import choose_device
-from autoseg.dataset.description import DatasetDescription, parse_description
+from autoseg.dataset.description import parse_description
 from autoseg.errors import InferenceError
+from autoseg.inference.engine import LoadedModel
 from autoseg.networks import create_network
 from autoseg.paths import results_root
 from autoseg.planning.plans import get_configuration, load_plans
@@ -27,64 +27,6 @@ from autoseg.utils.weights_file import CHECKPOINT_FORMAT_VERSION, checkpoint_nam
 
 CHECKPOINTS = ("final", "best", "latest")
 FOLD_DIR = re.compile(r"^fold_(\d+|all)$")
-
-
-@dataclass
-class LoadedModel:
-    """Everything prediction needs from a model folder.
-
-    Attributes:
-        folder: the model folder.
-        plans: the plans file as a dict.
-        configuration_name: for example ``3d_fullres``.
-        configuration: ``plans["configurations"][configuration_name]``.
-        dataset: the dataset description saved with the model (labels, channels, file ending).
-        folds: fold names used (``"0"``..., or ``"all"``).
-        checkpoint: ``final``, ``best`` or ``latest``.
-        networks: one eval-mode network per fold, on ``device``.
-        mirror_axes: spatial axes the networks were trained with mirroring on (TTA axes).
-        patch_size: the training patch size (tile size of the sliding window).
-        device: where the networks live.
-        previous_stage: the cascade's low-resolution model, loaded first, or ``None``.
-    """
-
-    folder: Path
-    plans: dict[str, Any]
-    configuration_name: str
-    configuration: dict[str, Any]
-    dataset: DatasetDescription
-    folds: list[str]
-    checkpoint: str
-    networks: list[nn.Module]
-    mirror_axes: tuple[int, ...]
-    patch_size: tuple[int, ...]
-    device: torch.device
-    previous_stage: "LoadedModel | None" = None
-
-    @property
-    def num_image_channels(self) -> int:
-        """Channels of the input images (cascade one-hot channels not included)."""
-        return self.dataset.num_channels
-
-    @property
-    def spatial_dims(self) -> int:
-        return int(self.configuration["spatial_dims"])
-
-    @property
-    def regions_class_order(self) -> list[int] | None:
-        order = self.plans.get("regions_class_order")
-        return list(order) if order else None
-
-    def info(self) -> dict[str, Any]:
-        """What ``predict_info.json`` records about the model."""
-        return {
-            "model_folder": str(self.folder),
-            "configuration": self.configuration_name,
-            "plans_name": self.plans.get("plans_name"),
-            "folds": self.folds,
-            "checkpoint": self.checkpoint,
-            "previous_stage": self.previous_stage.info() if self.previous_stage else None,
-        }
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:

@@ -8,9 +8,9 @@ input ``image`` (B, C, *spatial) and output ``logits`` (B, K, *spatial), batch a
 allows it, see ``deploy.json``) spatial axes dynamic. ``manifest.json`` lists the sha256 of each member.
 
 With the onnxruntime engine each fold's graph replaces the torch network inside autoseg's own
-preprocessing, sliding window, TTA and export, so predictions equal torch's to float32 tolerance. The
-network code, the weights and ``torch.load`` are not needed; the sliding window still uses torch tensors
-for its arithmetic (``inference/sliding_window.py``), so torch stays installed.
+preprocessing, sliding window (its numpy side, ``inference/tiling.py``), TTA and export, so predictions
+equal torch's to float32 tolerance, and loading and predicting import no torch: a deployment installs
+without it (docs/interop.md). Exporting needs torch and onnx; it imports them when called.
 """
 
 from __future__ import annotations
@@ -19,18 +19,20 @@ import hashlib
 import json
 import zipfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-import torch
-from torch import nn
+import numpy as np
 
 from autoseg import __version__
 from autoseg.dataset.description import parse_description
 from autoseg.errors import ModelFileError
-from autoseg.inference.model import LoadedModel, load_model
-from autoseg.networks.onnx_export import INPUT, OPSET, OUTPUT, check_onnx, export_onnx, onnx_session, run_onnx
+from autoseg.inference.engine import LoadedModel
 from autoseg.planning.plans import get_configuration
 from autoseg.utils.checksummed_zip import MANIFEST, write_checksummed_zip
+from autoseg.utils.onnx_runtime import INPUT, OUTPUT, onnx_session, run_onnx
+
+if TYPE_CHECKING:  # export only: loading and predicting run without torch
+    from torch import nn
 
 FORMAT_NAME = "autoseg-onnx-model"
 FORMAT_VERSION = 1
@@ -39,15 +41,14 @@ GRAPH = "network.onnx"
 DESCRIPTION_FILES = ("plans.json", "dataset.json", "postprocessing.json")
 
 
-class OnnxNetwork(nn.Module):
-    """Calls an onnxruntime session where the sliding window calls a torch network."""
+class OnnxNetwork:
+    """One fold's graph in an onnxruntime session: numpy (B, C, *spatial) in, numpy logits out."""
 
     def __init__(self, graph: bytes) -> None:
-        super().__init__()
         self.session = onnx_session(graph)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(run_onnx(self.session, x.detach().float().cpu().numpy()))
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return run_onnx(self.session, x)
 
 
 # ---------------------------------------------------------------------------------------------- export
@@ -55,6 +56,8 @@ class OnnxNetwork(nn.Module):
 
 def deploy_description(model: LoadedModel, postprocessing: Any, dynamic_spatial: bool) -> dict[str, Any]:
     """What a deployment needs besides the graph, in plain JSON (docs/interop.md explains each key)."""
+    from autoseg.networks.onnx_export import OPSET
+
     plans, config = model.plans, model.configuration
     return {
         "configuration": model.configuration_name,
@@ -83,6 +86,10 @@ def deploy_description(model: LoadedModel, postprocessing: Any, dynamic_spatial:
 def _fold_graph(network: nn.Module, in_channels: int, patch: Sequence[int]) -> tuple[bytes, bool]:
     """The graph with dynamic spatial axes when it holds at a second size (batch 2, last axis doubled),
     else with the patch fixed; (graph, dynamic)."""
+    import torch
+
+    from autoseg.networks.onnx_export import check_onnx, export_onnx
+
     torch.manual_seed(0)
     example = torch.randn(1, in_channels, *patch)
     larger = torch.randn(2, in_channels, *patch[:-1], 2 * patch[-1])
@@ -100,6 +107,8 @@ def export_onnx_model(
     model_folder: str | Path, output_zip: str | Path, folds: Sequence[int | str] | None = None, checkpoint: str = "final"
 ) -> Path:
     """Write the ONNX model zip of ``model_folder``'s ``folds`` (default: every trained fold)."""
+    from autoseg.inference.model import load_model
+
     folder = Path(model_folder)
     model = load_model(folder, folds, checkpoint, "cpu")
     if model.previous_stage is not None:
@@ -168,6 +177,7 @@ def load_onnx_model(zip_path: str | Path, folds: Sequence[int | str] | str | Non
         networks=[OnnxNetwork(members[f"fold_{f}/{GRAPH}"]) for f in names],
         mirror_axes=tuple(deploy["mirror_axes"]),
         patch_size=tuple(deploy["patch_size"]),
-        device=torch.device("cpu"),
+        device="cpu",
+        engine="onnxruntime",
     )
 

@@ -9,20 +9,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
-import torch
-from torch import nn
 
 from autoseg.dataset.imageio import Geometry
 from autoseg.errors import InferenceError
-from autoseg.inference.model import LoadedModel
-from autoseg.inference.sliding_window import DEFAULT_STEP, sliding_window_predict, sliding_window_slabs
+from autoseg.inference.engine import LoadedModel
+from autoseg.inference.tiling import DEFAULT_STEP, Network, numpy_sliding_window_slabs
 from autoseg.preprocessing.inverse import ProbabilityExport, label_to_preprocessed_grid
 from autoseg.preprocessing.pipeline import configuration_dict, preprocess_case, target_spacing, transposed
 from autoseg.preprocessing.resampling import new_shape
-from autoseg.utils.device import autocast_dtype
+
+if TYPE_CHECKING:  # torch is imported where the torch engine runs: the onnxruntime engine runs without it
+    import torch
 
 # reference.md §4: float16 accumulators halve memory (14 classes x 512x512x400: 2.9 vs 5.9 GB). When the
 # whole probability map is asked for (``predict_preprocessed``) and float32 would exceed this, float16.
@@ -45,14 +45,14 @@ class Prediction:
     probabilities: np.ndarray | None = None
 
 
-class SliceNetwork(nn.Module):
-    """Runs a 2D network on (B, C, 1, y, x) tiles, so one 3D sliding window serves 2D models too."""
+class SliceNetwork:
+    """Runs a 2D network on (B, C, 1, y, x) tiles, so one 3D sliding window serves 2D models too
+    (torch modules and onnxruntime sessions alike: only indexing is used)."""
 
-    def __init__(self, network: nn.Module) -> None:
-        super().__init__()
+    def __init__(self, network: Network) -> None:
         self.network = network
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: Any) -> Any:
         return self.network(x[:, :, 0])[:, :, None]
 
 
@@ -99,23 +99,39 @@ def _activation(model: LoadedModel) -> str:
 
 
 def _accumulator_dtype(n_outputs: int, shape: Sequence[int]) -> torch.dtype:
+    import torch
+
     n_bytes = n_outputs * math.prod(shape) * 4
     return torch.float16 if n_bytes > FLOAT16_ACCUMULATOR_ABOVE_BYTES else torch.float32
 
 
 def _window_options(model: LoadedModel, tta: bool, mixed_precision: str, **options: Any) -> dict[str, Any]:
     """Arguments of the sliding window for ``model``: its folds, patch and mirror axes (2D models run as
-    3D with a one-slice patch), its activation, device and autocast dtype."""
+    3D with a one-slice patch) and its activation; for the torch engine also its device and autocast dtype."""
     patch = tuple(model.patch_size)
     mirror_axes = tuple(model.mirror_axes) if tta else ()
-    networks: list[nn.Module] = list(model.networks)
+    networks: list[Network] = list(model.networks)
     if model.spatial_dims == 2:
         networks = [SliceNetwork(n) for n in networks]
         patch = (1, *patch)
         mirror_axes = tuple(a + 1 for a in mirror_axes)
-    return dict(network=networks, patch_size=patch, mirror_axes=mirror_axes, device=model.device,
-                activation=_activation(model), autocast_dtype=autocast_dtype(mixed_precision, model.device, InferenceError),
-                **options)
+    window = dict(network=networks, patch_size=patch, mirror_axes=mirror_axes, activation=_activation(model), **options)
+    if model.engine == "torch":
+        from autoseg.utils.device import autocast_dtype
+
+        window.update(device=model.device, autocast_dtype=autocast_dtype(mixed_precision, model.device, InferenceError))
+    return window
+
+
+def _slabs(model: LoadedModel, data_pp: Any, options: dict[str, Any]) -> Iterator[tuple[int, Any]]:
+    """The sliding window of ``model``'s engine over a preprocessed case: (row, probability slab) pairs."""
+    if model.engine == "onnxruntime":
+        return numpy_sliding_window_slabs(data=np.asarray(data_pp), **options)
+    import torch
+
+    from autoseg.inference.sliding_window import sliding_window_slabs
+
+    return sliding_window_slabs(data=torch.as_tensor(data_pp), **options)
 
 
 def predict_preprocessed(
@@ -134,6 +150,12 @@ def predict_preprocessed(
     one tensor (float16 when float32 would exceed 2 GiB); ``export_preprocessed`` goes to labels on the
     input grid without it.
     """
+    import torch
+
+    from autoseg.inference.sliding_window import sliding_window_predict
+
+    if model.engine != "torch":
+        raise InferenceError(f"the whole probability map is computed by the torch engine; {model.engine} models go through export_preprocessed")
     data = torch.as_tensor(data_pp)
     n_outputs = int(model.dataset.num_output_channels)
     dtype = accumulator_dtype or _accumulator_dtype(n_outputs, data.shape[1:])
@@ -163,7 +185,7 @@ def export_preprocessed(
         return_probabilities=return_probabilities,
     )
     options = _window_options(model, tta, mixed_precision, step=step, batch_tiles=batch_tiles)
-    for row, slab in sliding_window_slabs(data=torch.as_tensor(data_pp), **options):
+    for row, slab in _slabs(model, data_pp, options):
         export.add(row, slab)
     restored = export.finish()
     if return_probabilities:

@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from autoseg.errors import ModelFileError
+from autoseg.utils.onnx_runtime import INPUT, OUTPUT, onnx_session, run_onnx
 
 OPSET = 17  # opset of onnxruntime >= 1.14; covers every op autoseg's networks use
-INPUT, OUTPUT = "image", "logits"
 # ONNX Runtime's float32 kernels sum in another order than torch's: measured differences on the
 # registered families stay below 1e-4 of the logits' scale (tests/test_onnx.py).
 ONNX_RTOL, ONNX_ATOL = 1e-3, 1e-4
@@ -53,19 +53,6 @@ def export_onnx(network: nn.Module, example: torch.Tensor, dynamic_spatial: bool
     graph = buffer.getvalue()
     onnx.checker.check_model(onnx.load_from_string(graph))
     return graph
-
-
-def onnx_session(graph: bytes, threads: int | None = None) -> Any:
-    """An onnxruntime CPU session for ``graph`` (``threads``: intra-op threads, default torch's)."""
-    _, onnxruntime = require_onnx("the onnxruntime engine")
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads or torch.get_num_threads()
-    options.inter_op_num_threads = 1
-    return onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
-
-
-def run_onnx(session: Any, batch: np.ndarray) -> np.ndarray:
-    return session.run([OUTPUT], {INPUT: np.ascontiguousarray(batch, dtype=np.float32)})[0]
 
 
 def check_onnx(network: nn.Module, graph: bytes, examples: Sequence[torch.Tensor]) -> float:
