@@ -208,13 +208,13 @@ class Trainer:
                 self.replanner.replan(self.state, (time.monotonic() - epoch_start) / max(len(losses), 1))
 
     def _train_epoch(self, stream: BatchStream, watchdog: IterationWatchdog, timer: WarmTimer) -> list[float]:
-        """One epoch of training steps; under a budget the first probe re-plans the total (and may
-        shorten this epoch)."""
+        """One epoch of training steps; under a budget the first probe re-plans the total, which may
+        end this epoch early."""
         cfg, state = self.run.config, self.state
         end = state.epoch_end(self.iterations_per_epoch)
         timer.new_epoch()
         losses: list[float] = []
-        while state.iteration < end:
+        while state.iteration < min(end, state.total_iterations):
             timer.before_iteration(state.iteration)
             for group in self.setup.optimizer.param_groups:
                 group["lr"] = learning_rate(cfg, state)
@@ -227,7 +227,6 @@ class Trainer:
                 # the probe times training steps only; validation adds its forward passes
                 overhead = 1 + cfg["val_iterations_per_epoch"] / self.iterations_per_epoch * budget_rules.FORWARD_SHARE_OF_ITERATION
                 self.replanner.replan(state, timer.seconds_per_iteration(state.iteration) * overhead)
-                end = min(end, state.total_iterations)
             self.monitor.update(state.iteration, state.total_iterations, state.epoch, loss,
                                 timer.iterations_per_second(state.iteration), state.ema)
         return losses
