@@ -25,9 +25,14 @@ from autoseg.planning.plans import load_plans, plans_path
 from autoseg.preprocessing.store import list_cases
 from autoseg.training.augmentation import resolve_augmentation, training_transforms
 from autoseg.training.config import flatten, load_defaults, resolve_config
-from autoseg.training.data_loading import BatchStream
+from autoseg.training.data_loading import BatchStream, batch_to_device
 from autoseg.training.steps import AdversarialStep, LabelSpec, segmentation_loss
-from autoseg.training.trainer import WARMUP_ITERATIONS, FoldRun, Trainer, build_optimizer
+from autoseg.training.model_setup import build_optimizer
+from autoseg.training.monitor import WARMUP_ITERATIONS
+from autoseg.training.pseudo_validation import PseudoValidationResult, pseudo_validate
+from autoseg.training.replanning import deadline
+from autoseg.training.schedule import learning_rate
+from autoseg.training.trainer import FoldRun, Trainer
 
 from training_helpers import DATASET, PATCH, data_roots  # noqa: F401 - fixture
 
@@ -67,25 +72,25 @@ def _config(*overrides: str) -> dict[str, Any]:
 
 
 def _num_epochs(make) -> None:
-    assert make(["num_epochs=3", "use_plan_schedule=false"]).total_iterations == 3 * 2  # plan: 2 per epoch
+    assert make(["num_epochs=3", "use_plan_schedule=false"]).state.total_iterations == 3 * 2  # plan: 2 per epoch
 
 
 def _use_plan_schedule(make) -> None:
     plan = {"num_iterations": 7}
-    assert make(["num_epochs=3"], plan_changes=plan).total_iterations == 7
-    assert make(["num_epochs=3", "use_plan_schedule=false"], plan_changes=plan).total_iterations == 6
+    assert make(["num_epochs=3"], plan_changes=plan).state.total_iterations == 7
+    assert make(["num_epochs=3", "use_plan_schedule=false"], plan_changes=plan).state.total_iterations == 6
 
 
 def _iterations_per_epoch(make) -> None:
     assert make().iterations_per_epoch == 2
     trainer = make(["iterations_per_epoch=5", "num_epochs=3", "use_plan_schedule=false"])
-    assert (trainer.iterations_per_epoch, trainer.total_iterations) == (5, 15)
+    assert (trainer.iterations_per_epoch, trainer.state.total_iterations) == (5, 15)
 
 
 def _val_iterations_per_epoch(make) -> None:
     trainer = make(["val_iterations_per_epoch=3"])
     source = BatchSourceCounter(trainer)
-    trainer._pseudo_validation(source)
+    pseudo_validate(trainer.setup, trainer.step.loss, trainer.labels, source, 3, trainer.device, trainer.context)
     assert source.drawn == 3
 
 
@@ -118,11 +123,11 @@ def _fit_until_rebudget(make, overrides: list[str], monkeypatch: pytest.MonkeyPa
     trainer = make(["iterations_per_epoch=30", "num_epochs=1", "use_plan_schedule=false", *overrides], budget_seconds=3600.0)
     seen: list[int] = []
 
-    def rebudget(deadline: float, per_iteration: float, tiles: Any) -> None:
-        seen.append(trainer.iteration)
-        trainer.total_iterations = trainer.iteration  # stop here
+    def replan(self: Any, state: Any, per_iteration: float) -> None:
+        seen.append(state.iteration)
+        state.total_iterations = state.iteration  # stop here
 
-    monkeypatch.setattr(trainer, "_rebudget", rebudget)
+    monkeypatch.setattr("autoseg.training.replanning.BudgetReplanner.replan", replan)
     monkeypatch.setattr(trainer.step, "train", lambda data, target: (0.0, None))
     monkeypatch.setattr(trainer, "_end_epoch", lambda *args: None)
     monkeypatch.setattr(trainer, "save", lambda name: None)
@@ -138,7 +143,9 @@ def _budget_probe_iterations(make, monkeypatch: pytest.MonkeyPatch) -> None:
 def _budget_safety_fraction(make) -> None:
     start = time.monotonic()
     trainer = make(["budget_safety_fraction=0.25"], budget_seconds=100.0, start_time=start)
-    assert trainer._deadline() == pytest.approx(start + 75.0)
+    run = trainer.run
+    assert deadline(run.start_time, run.budget_seconds, run.config["budget_safety_fraction"]) == pytest.approx(start + 75.0)
+    assert trainer.budget_replanner().deadline == pytest.approx(start + 75.0)
 
 
 # ----------------------------------------------------------------------------------- optimisation
@@ -183,24 +190,24 @@ def _optimizer_weight_decay(make) -> None:
 
 def _lr_schedule_name(make) -> None:
     trainer = make(["lr_schedule.name=constant"])
-    trainer.iteration = trainer.total_iterations // 2
-    assert trainer._learning_rate() == 0.01
+    trainer.state.iteration = trainer.state.total_iterations // 2
+    assert learning_rate(trainer.run.config, trainer.state) == 0.01
 
 
 def _lr_schedule_exponent(make) -> None:
     trainer = make(["lr_schedule.exponent=2", "num_epochs=2", "use_plan_schedule=false"])
-    trainer.iteration = 2  # half of 4
-    assert trainer._learning_rate() == pytest.approx(0.01 * 0.5**2)
+    trainer.state.iteration = 2  # half of 4
+    assert learning_rate(trainer.run.config, trainer.state) == pytest.approx(0.01 * 0.5**2)
 
 
 def _step_change(make, clip: float) -> float:
     """Norm of the weight change of one SGD step (lr 1, no momentum or decay) with this clip."""
     trainer = make([f"grad_clip={clip}", "optimizer.lr=1", "optimizer.momentum=0", "optimizer.nesterov=false", "optimizer.weight_decay=0"])
-    before = torch.cat([p.detach().flatten().clone() for p in trainer.network.parameters()])
+    before = torch.cat([p.detach().flatten().clone() for p in trainer.setup.network.parameters()])
     from autoseg.training.data_loading import TRAIN_STREAM, BatchSource
 
-    trainer.step.train(*trainer._tensors(BatchSource(trainer.train_spec, 0, TRAIN_STREAM)(0)))
-    after = torch.cat([p.detach().flatten() for p in trainer.network.parameters()])
+    trainer.step.train(*batch_to_device(BatchSource(trainer.train_spec, 0, TRAIN_STREAM)(0), trainer.device, trainer.setup.memory_format))
+    after = torch.cat([p.detach().flatten() for p in trainer.setup.network.parameters()])
     return float((after - before).norm())
 
 
@@ -246,13 +253,13 @@ def _loss_dice_denominator(make) -> None:
 
 def _training_outputs(trainer: Trainer) -> int:
     """Outputs of the network in training mode (one per supervised decoder stage)."""
-    return len(trainer.model(torch.zeros(1, 1, *PATCH))[0])
+    return len(trainer.setup.model(torch.zeros(1, 1, *PATCH))[0])
 
 
 def _loss_deep_supervision(make) -> None:
     assert _training_outputs(make()) == 2  # 3 stages: 2 decoder stages
     trainer = make(["loss.deep_supervision=false"])
-    assert trainer.network_options["deep_supervision"] is False and _training_outputs(trainer) == 1
+    assert trainer.setup.network_options["deep_supervision"] is False and _training_outputs(trainer) == 1
 
 
 def _oversample_foreground(make, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -269,28 +276,29 @@ def _oversample_foreground(make, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _pseudo_dice_ema(make, monkeypatch: pytest.MonkeyPatch) -> None:
     trainer = make(["pseudo_dice_ema=0.25"])
-    monkeypatch.setattr(trainer, "_pseudo_validation", lambda stream: (0.0, 1.0, [1.0, 1.0]))
+    result = PseudoValidationResult(0.0, 1.0, [1.0, 1.0])
+    monkeypatch.setattr("autoseg.training.trainer.pseudo_validate", lambda *args: result)
     monkeypatch.setattr(trainer, "save", lambda name: None)
     monkeypatch.setattr(trainer.monitor, "write_history", lambda history: None)
-    trainer.ema = 0.5
+    trainer.state.ema = 0.5
     trainer._end_epoch([0.1], None, time.monotonic(), None)
-    assert trainer.ema == pytest.approx(0.25 * 0.5 + 0.75 * 1.0)
+    assert trainer.state.ema == pytest.approx(0.25 * 0.5 + 0.75 * 1.0)
 
 
 # ----------------------------------------------------------------------------------- performance
 
 
 def _mixed_precision(make) -> None:
-    assert make().amp_dtype is None
-    assert make(["mixed_precision=bf16"]).amp_dtype is torch.bfloat16
+    assert make().setup.amp_dtype is None
+    assert make(["mixed_precision=bf16"]).setup.amp_dtype is torch.bfloat16
 
 
 def _channels_last(make) -> None:
     def last(trainer: Trainer) -> bool:
-        return any(w.dim() == 5 and not w.is_contiguous() for w in trainer.network.parameters())
+        return any(w.dim() == 5 and not w.is_contiguous() for w in trainer.setup.network.parameters())
 
     trainer = make(["channels_last=true"])
-    assert trainer.memory_format is torch.channels_last_3d and last(trainer) and not last(make())
+    assert trainer.setup.memory_format is torch.channels_last_3d and last(trainer) and not last(make())
 
 
 def _compile(make, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -298,7 +306,7 @@ def _compile(make, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch, "compile", lambda model: compiled.append(model) or model)
     make()
     assert not compiled
-    assert make(["compile=true"]).model is compiled[0]
+    assert make(["compile=true"]).setup.model is compiled[0]
 
 
 class _StreamArgs(Exception):
@@ -317,7 +325,7 @@ def _stream_args(make, overrides: list[str], monkeypatch: pytest.MonkeyPatch) ->
 
 
 def _num_workers(make, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert make(["num_workers=3"])._workers() == 3
+    assert make(["num_workers=3"]).workers() == 3
     args, _ = _stream_args(make, ["num_workers=1"], monkeypatch)
     assert args[2] == 1
 

@@ -13,7 +13,7 @@ import torch
 from autoseg import __version__
 from autoseg.errors import ModelFileError
 from autoseg.evaluation.model_files import (
-    FORMAT_VERSION,
+    MODEL_ZIP_FORMAT_VERSION,
     MANIFEST,
     export_model,
     import_model,
@@ -91,7 +91,7 @@ def test_round_trip_restores_weights_metadata_and_files(exported: tuple[Path, Pa
     assert names == {MANIFEST, f"{MODEL}/plans.json", f"{MODEL}/dataset.json", f"{MODEL}/training_config.yaml",
                      f"{MODEL}/postprocessing.json", f"{MODEL}/fold_0/checkpoint_final.safetensors",
                      f"{MODEL}/fold_1/checkpoint_final.safetensors"}
-    assert manifest["format_version"] == FORMAT_VERSION and manifest["autoseg_version"] == __version__
+    assert manifest["format_version"] == MODEL_ZIP_FORMAT_VERSION and manifest["autoseg_version"] == __version__
     assert manifest["dataset_name"] == DATASET and manifest["models"] == [MODEL] and manifest["folds"] == ["0", "1"]
 
     (imported,) = import_model(zip_path, tmp_path / "clean")
@@ -235,7 +235,7 @@ TAMPERED = {
     "wrong version": (
         _edit_manifest(format_version=99, autoseg_version="9.0"),
         f"model file format version 99 (written by autoseg 9.0) is not supported; autoseg {__version__} reads "
-        f"version {FORMAT_VERSION}; import it with a matching autoseg version",
+        f"version {MODEL_ZIP_FORMAT_VERSION}; import it with a matching autoseg version",
     ),
     "unsafe dataset name in manifest": (
         _edit_manifest(dataset_name=".."),

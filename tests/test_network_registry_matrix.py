@@ -20,7 +20,8 @@ import torch
 
 from autoseg.dataset.imageio import read_image
 from autoseg.evaluation.model_files import export_model, import_model
-from autoseg.inference.model import CHECKPOINT_FORMAT_VERSION, load_model
+from autoseg.inference.model import load_model
+from autoseg.utils.checkpoint_format import CHECKPOINT_FORMAT_VERSION
 from autoseg.inference.sliding_window import sliding_window_predict
 from autoseg.networks import Topology, create_network, get_network_spec, list_networks
 from autoseg.planning import compute_budget
@@ -29,7 +30,7 @@ from autoseg.planning.compute_budget import TimingModel, measure_timing
 from autoseg.planning.planner import build_plans
 from autoseg.training.config import resolve_config
 from autoseg.training.steps import LabelSpec, WithAux, build_step
-from autoseg.training.trainer import build_optimizer
+from autoseg.training.model_setup import build_optimizer
 
 from conftest import HIPPOCAMPUS, make_hippocampus_subset
 

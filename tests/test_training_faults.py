@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import autoseg.training.trainer as trainer_module
+import autoseg.training.model_setup as model_setup_module
 from autoseg.training import train_fold
 from autoseg.training.bf16_guard import bf16_step_survives
 from autoseg.training.watchdog import IterationWatchdog
@@ -47,7 +47,7 @@ def test_training_falls_back_to_float32_when_the_probe_dies(results: Path, monke
         seen.append(spec)
         return False, "a bf16 step crashed (killed by signal 11)"
 
-    monkeypatch.setattr(trainer_module, "bf16_step_survives", dies)
+    monkeypatch.setattr(model_setup_module, "bf16_step_survives", dies)
     train_fold(DATASET, "3d_fullres", "all", epochs=1, workers=0,
                overrides=["iterations_per_epoch=2", "val_iterations_per_epoch=1", "mixed_precision=bf16"])
     assert seen and seen[0]["patch"] == [16, 16, 16] and seen[0]["topology"]["features_per_stage"] == [8, 16, 32]

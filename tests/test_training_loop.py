@@ -104,7 +104,7 @@ from autoseg.training import run as run_module
 original_fit = run_module.Trainer.fit
 def fit(self):
     original_fit(self)
-    torch.save(self.network.state_dict(), os.path.join(sys.argv[1], f"rank{self.context.rank}.pt"))
+    torch.save(self.setup.network.state_dict(), os.path.join(sys.argv[1], f"rank{self.context.rank}.pt"))
 run_module.Trainer.fit = fit
 run_module.train_fold(sys.argv[2], "3d_fullres", "all", epochs=2, workers=0, overrides=sys.argv[3:])
 """

@@ -20,12 +20,8 @@ from autoseg.errors import TrainingError
 from autoseg.training.augmentation import is_anisotropic_patch, sampling_size
 from autoseg.planning.accounting import tiles_per_case
 from autoseg.training.budget import affordable_total, poly_lr
-from autoseg.training.checkpoints import (
-    capture_rng_state,
-    load_checkpoint,
-    restore_rng_state,
-    save_checkpoint,
-)
+from autoseg.training.checkpoints import capture_rng_state, load_checkpoint, restore_rng_state
+from autoseg.utils.checkpoint_format import write_checkpoint as save_checkpoint
 from autoseg.training.config import load_defaults, resolve_config
 from autoseg.training.data_loading import BatchStream, batch_seed
 from autoseg.training.splits import SPLITS_FILE, fold_cases, kfold_splits, load_or_create_splits

@@ -82,9 +82,10 @@ def test_pretrained_loading_keeps_heads_fresh_and_refuses_other_topologies(tmp_p
     torch.manual_seed(0)
     source = create_network("unet", TINY_TOPOLOGY, 1, 3)
     path = tmp_path / "fold_0" / CHECKPOINT
+    from autoseg.utils.checkpoint_format import CHECKPOINT_FORMAT_VERSION
     from autoseg.utils.weights_file import save_weights
 
-    save_weights(path, {"network_weights": source.state_dict(), "metadata": {"network": "unet"}})
+    save_weights(path, {"network_weights": source.state_dict(), "metadata": {"network": "unet", "format_version": CHECKPOINT_FORMAT_VERSION}})
     target = create_network("unet", TINY_TOPOLOGY, 1, 2)
     fresh = {k: v.clone() for k, v in target.state_dict().items()}
     report = load_pretrained(target, tmp_path, "unet", log=lambda _: None)  # a model folder: its first fold

@@ -38,10 +38,12 @@ from autoseg.errors import AutosegError, ModelFileError
 from autoseg.paths import results_root as default_results_root
 from autoseg.utils.atomic import remove_stale_temporaries
 from autoseg.utils.checksummed_zip import MANIFEST, write_checksummed_zip
-from autoseg.utils.weights_file import SUFFIX, checkpoint_name, load_weights, weights_exist, weights_from_bytes, weights_to_bytes
+from autoseg.utils.checkpoint_format import checkpoint_from_bytes, checkpoint_name, network_checkpoint_bytes, read_checkpoint
+from autoseg.utils.weights_file import SUFFIX
 
 FORMAT_NAME = "autoseg-model"
-FORMAT_VERSION = 2  # 2: weights as safetensors; 1: autoseg's own layout (refused with a re-export hint)
+# Version of the zip (manifest and member layout), not of the checkpoints inside it (utils/checkpoint_format.py).
+MODEL_ZIP_FORMAT_VERSION = 2  # 2: weights as safetensors; 1: autoseg's own layout (refused with a re-export hint)
 DEFAULT_FOLDS = (0, 1, 2, 3, 4)
 DEFAULT_CHECKPOINT = checkpoint_name("final")
 REQUIRED_FILES = ("plans.json", "dataset.json")
@@ -67,15 +69,12 @@ def _fold_dir(fold: int | str) -> str:
 
 def _checkpoint_weights(path: Path) -> bytes:
     """The network weights and metadata of a checkpoint (no optimizer state) as safetensors bytes."""
-    if not weights_exist(path):
-        raise ModelFileError(f"{path}: checkpoint not found; train this fold first or choose other folds/--checkpoint")
-    checkpoint = load_weights(path, ModelFileError)
+    checkpoint = read_checkpoint(
+        path, ModelFileError, missing="checkpoint not found; train this fold first or choose other folds/--checkpoint",
+        fix="export a checkpoint written by this autoseg",
+    )
     try:
-        weights, metadata = checkpoint["network_weights"], checkpoint["metadata"]
-    except (KeyError, TypeError) as exc:
-        raise ModelFileError(f"{path}: lacks network_weights or metadata ({exc}); is it an autoseg checkpoint?") from None
-    try:
-        return weights_to_bytes({"network_weights": weights, "metadata": metadata})
+        return network_checkpoint_bytes(checkpoint)
     except TypeError as exc:
         raise ModelFileError(f"{path}: {exc}; only plain tensors and JSON metadata can be exported") from None
 
@@ -132,7 +131,7 @@ def export_model(
         members.update(model_members(folder, folds, checkpoint))
     manifest = {
         "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
+        "format_version": MODEL_ZIP_FORMAT_VERSION,
         "autoseg_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "dataset_name": dataset_name,
@@ -257,10 +256,10 @@ def _read_manifest(archive: zipfile.ZipFile, zip_path: Path) -> dict[str, Any]:
             "autoseg's pre-safetensors layout; re-export it with `autoseg export-model -m MODEL_FOLDER -o model.zip` "
             "from the trained model folder (or import it with that autoseg version first)"
         )
-    if version != FORMAT_VERSION:
+    if version != MODEL_ZIP_FORMAT_VERSION:
         raise ModelFileError(
             f"{refuse}: model file format version {version!r} (written by autoseg {manifest.get('autoseg_version')}) "
-            f"is not supported; autoseg {__version__} reads version {FORMAT_VERSION}; import it with a matching autoseg version"
+            f"is not supported; autoseg {__version__} reads version {MODEL_ZIP_FORMAT_VERSION}; import it with a matching autoseg version"
         )
     fields = {"dataset_name": str, "models": list, "folds": list, "checkpoint": str, "files": dict}
     bad = [key for key, kind in fields.items() if not isinstance(manifest.get(key), kind)]
@@ -332,10 +331,8 @@ def validate_model_file(zip_path: str | Path) -> tuple[dict[str, Any], dict[str,
 
 
 def _check_weights(data: bytes, where: str) -> None:
-    """A weight member must hold the network's tensors and the checkpoint's metadata."""
-    tree = weights_from_bytes(data, where, ModelFileError)
-    if not isinstance(tree.get("network_weights"), dict) or not isinstance(tree.get("metadata"), dict):
-        raise ModelFileError(f"{where}: lacks network_weights or metadata; the file was not written by autoseg export-model")
+    """A weight member must be a checkpoint: the network's tensors and the checkpoint's metadata."""
+    checkpoint_from_bytes(data, where, ModelFileError, fix="the file was not written by autoseg export-model")
 
 
 def _write_model_tree(members: Mapping[str, bytes], staging: Path) -> None:

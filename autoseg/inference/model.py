@@ -2,7 +2,7 @@
 
 A model folder is ``<results>/<Dataset>/<network>__<plans>__<configuration>/`` holding ``plans.json``,
 ``dataset.json`` and ``fold_<k>/checkpoint_{best,final,latest}.safetensors`` (docs/architecture.md).
-Checkpoints are safetensors files (autoseg/utils/weights_file.py): a model file cannot run code. A cascade's full-resolution
+Checkpoints are safetensors files read by autoseg/utils/checkpoint_format.py: a model file cannot run code. A cascade's full-resolution
 configuration loads its low-resolution stage from the sibling folder with the same folds.
 """
 
@@ -23,9 +23,8 @@ from autoseg.inference.engine import LoadedModel
 from autoseg.networks import create_network
 from autoseg.paths import results_root
 from autoseg.planning.plans import get_configuration, load_plans
-from autoseg.utils.weights_file import CHECKPOINT_FORMAT_VERSION, checkpoint_name, load_weights, weights_exist
+from autoseg.utils.checkpoint_format import CHECKPOINT_KINDS, checkpoint_name, read_checkpoint
 
-CHECKPOINTS = ("final", "best", "latest")
 FOLD_DIR = re.compile(r"^fold_(\d+|all)$")
 
 
@@ -71,21 +70,9 @@ def _resolve_folds(folder: Path, folds: Sequence[int | str] | str | None) -> lis
 
 
 def _load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
-    if not weights_exist(path):
-        others = sorted(p.name for p in path.parent.glob("checkpoint_*"))
-        raise InferenceError(
-            f"{path}: not found (present: {', '.join(others) or 'none'}); finish training this fold or "
-            "choose another --checkpoint"
-        )
-    checkpoint = load_weights(path, InferenceError, device)
-    if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint or "metadata" not in checkpoint:
-        raise InferenceError(f"{path}: is not an autoseg checkpoint (needs 'network_weights' and 'metadata')")
-    version = checkpoint["metadata"].get("format_version")
-    if version != CHECKPOINT_FORMAT_VERSION:
-        raise InferenceError(
-            f"{path}: checkpoint format_version {version!r} is not {CHECKPOINT_FORMAT_VERSION}; use a matching autoseg version"
-        )
-    return checkpoint
+    present = ", ".join(sorted(p.name for p in path.parent.glob("checkpoint_*"))) or "none"
+    missing = f"not found (present: {present}); finish training this fold or choose another --checkpoint"
+    return read_checkpoint(path, InferenceError, missing, fix="use a matching autoseg version or retrain", device=device)
 
 
 def build_network(checkpoint: dict[str, Any], path: Path, device: torch.device) -> nn.Module:
@@ -128,8 +115,8 @@ def load_model(
     folder = Path(folder)
     if not folder.is_dir():
         raise InferenceError(f"{folder}: model folder not found; give <results>/<Dataset>/<network>__<plans>__<configuration>")
-    if checkpoint not in CHECKPOINTS:
-        raise InferenceError(f"checkpoint {checkpoint!r} unknown; choose one of {', '.join(CHECKPOINTS)}")
+    if checkpoint not in CHECKPOINT_KINDS:
+        raise InferenceError(f"checkpoint {checkpoint!r} unknown; choose one of {', '.join(CHECKPOINT_KINDS)}")
     configuration_name = _configuration_from_folder(folder)
     if not (folder / "plans.json").is_file():
         raise InferenceError(f"{folder / 'plans.json'}: not found; a model folder needs the plans it was trained with")

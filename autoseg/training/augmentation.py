@@ -238,54 +238,36 @@ class CorruptMasks(AbstractTransform):
         return mask & (components != np.random.choice(small))
 
 
-def training_transforms(
-    patch_size: Sequence[int],
-    aug: Mapping[str, Any],
-    previous_stage_labels: Sequence[int] | None = None,
-    n_image_channels: int = 1,
-) -> Compose:
-    """The §1.5 pipeline as nnU-Net v2 orders it: spatial (rotation, scaling, optional elastic), noise,
-    blur, brightness, contrast, low-resolution simulation, inverted gamma, gamma, mirroring, re-zeroing
-    outside the nonzero mask; then the cascade's mask corruption and -1 -> 0 in the labels.
-
-    ``aug`` must be resolved (:func:`resolve_augmentation`) for ``mask_channels``."""
-    patch = [int(p) for p in patch_size]
-    if aug["mask_channels"] == AUTO:
-        raise TrainingError("augmentation.mask_channels is 'auto': resolve the config with resolve_augmentation first")
-    in_plane = is_anisotropic_patch(patch, aug["anisotropy_threshold"])
-    spatial_patch = patch[1:] if in_plane else patch
-    angles = rotation_ranges(patch, aug)
+def _spatial_transform(spatial_patch: list[int], angles: Sequence[float], aug: Mapping[str, Any]) -> AbstractTransform:
+    """Rotation, scaling and (optional) elastic deformation, sampled around the patch centre."""
     angle_kwargs = {f"angle_{axis}": (-a, a) for axis, a in zip("xyz", angles)}
-    transforms: list[AbstractTransform] = []
-    if in_plane:
-        transforms.append(SlicesAsChannels(to_2d=True))
-    transforms.append(
-        SpatialTransform(
-            spatial_patch,
-            # Ignored with random_crop off: the data loader places the patch (nnU-Net v2 passes 0 too).
-            patch_center_dist_from_border=0,
-            do_elastic_deform=aug["elastic"]["p"] > 0,
-            alpha=tuple(aug["elastic"]["alpha"]),
-            sigma=tuple(aug["elastic"]["sigma"]),
-            do_rotation=aug["rotation"]["p"] > 0,
-            **angle_kwargs,
-            do_scale=aug["scaling"]["p"] > 0,
-            scale=tuple(aug["scaling"]["range"]),
-            border_mode_data="constant",
-            border_cval_data=0,
-            order_data=aug["spatial_order_data"],
-            border_mode_seg="constant",
-            border_cval_seg=OUTSIDE_MASK_LABEL,
-            order_seg=aug["spatial_order_seg"],
-            random_crop=False,
-            p_el_per_sample=aug["elastic"]["p"],
-            p_scale_per_sample=aug["scaling"]["p"],
-            p_rot_per_sample=aug["rotation"]["p"],
-        )
+    return SpatialTransform(
+        spatial_patch,
+        # Ignored with random_crop off: the data loader places the patch (nnU-Net v2 passes 0 too).
+        patch_center_dist_from_border=0,
+        do_elastic_deform=aug["elastic"]["p"] > 0,
+        alpha=tuple(aug["elastic"]["alpha"]),
+        sigma=tuple(aug["elastic"]["sigma"]),
+        do_rotation=aug["rotation"]["p"] > 0,
+        **angle_kwargs,
+        do_scale=aug["scaling"]["p"] > 0,
+        scale=tuple(aug["scaling"]["range"]),
+        border_mode_data="constant",
+        border_cval_data=0,
+        order_data=aug["spatial_order_data"],
+        border_mode_seg="constant",
+        border_cval_seg=OUTSIDE_MASK_LABEL,
+        order_seg=aug["spatial_order_seg"],
+        random_crop=False,
+        p_el_per_sample=aug["elastic"]["p"],
+        p_scale_per_sample=aug["scaling"]["p"],
+        p_rot_per_sample=aug["rotation"]["p"],
     )
-    if in_plane:
-        transforms.append(SlicesAsChannels(to_2d=False))
-    transforms += [
+
+
+def _intensity_transforms(aug: Mapping[str, Any], in_plane: bool) -> list[AbstractTransform]:
+    """Noise, blur, brightness, contrast, low resolution (in-plane only for a 2.5D patch), gammas."""
+    return [
         GaussianNoiseTransform(tuple(aug["gaussian_noise"]["variance"]), p_per_sample=aug["gaussian_noise"]["p"]),
         GaussianBlurTransform(
             tuple(aug["gaussian_blur"]["sigma"]),
@@ -310,6 +292,31 @@ def training_transforms(
         ),
         GammaTransform(tuple(aug["gamma"]["range"]), False, True, retain_stats=True, p_per_sample=aug["gamma"]["p"]),
     ]
+
+
+def training_transforms(
+    patch_size: Sequence[int],
+    aug: Mapping[str, Any],
+    previous_stage_labels: Sequence[int] | None = None,
+    n_image_channels: int = 1,
+) -> Compose:
+    """The §1.5 pipeline as nnU-Net v2 orders it: spatial (rotation, scaling, optional elastic), noise,
+    blur, brightness, contrast, low-resolution simulation, inverted gamma, gamma, mirroring, re-zeroing
+    outside the nonzero mask; then the cascade's mask corruption and -1 -> 0 in the labels.
+
+    ``aug`` must be resolved (:func:`resolve_augmentation`) for ``mask_channels``."""
+    patch = [int(p) for p in patch_size]
+    if aug["mask_channels"] == AUTO:
+        raise TrainingError("augmentation.mask_channels is 'auto': resolve the config with resolve_augmentation first")
+    in_plane = is_anisotropic_patch(patch, aug["anisotropy_threshold"])
+    spatial_patch = patch[1:] if in_plane else patch
+    transforms: list[AbstractTransform] = []
+    if in_plane:
+        transforms.append(SlicesAsChannels(to_2d=True))
+    transforms.append(_spatial_transform(spatial_patch, rotation_ranges(patch, aug), aug))
+    if in_plane:
+        transforms.append(SlicesAsChannels(to_2d=False))
+    transforms += _intensity_transforms(aug, in_plane)
     if aug["mirror"]["p"] > 0:
         transforms.append(MirrorPerAxis(range(len(patch)), aug["mirror"]["p"]))
     if aug["mask_channels"]:

@@ -2,8 +2,9 @@
 
 reference.md §1.5 / §3: nnU-Net saves every 50 epochs straight to the final name and loads with pickle.
 Here a checkpoint is written every epoch to a temporary name and renamed, so ``kill -9`` at any moment
-leaves the previous complete file; it is a safetensors file (autoseg/utils/weights_file.py) holding only
-tensors and JSON-able values. RNG states are converted to tensors and lists for that.
+leaves the previous complete file; its format (names, version, checks) is autoseg/utils/checkpoint_format.py,
+shared with inference and model files: tensors and JSON-able values only, so RNG states are converted
+to tensors and lists here.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import numpy as np
 import torch
 
 from autoseg.errors import TrainingError
-from autoseg.utils.weights_file import CHECKPOINT_FORMAT_VERSION as FORMAT_VERSION
-from autoseg.utils.weights_file import checkpoint_name, load_weights, save_weights, weights_exist
+from autoseg.training.model_setup import ModelSetup
+from autoseg.training.schedule import TrainingState
+from autoseg.utils.checkpoint_format import CHECKPOINT_FORMAT_VERSION, checkpoint_name, read_checkpoint
 
 LATEST = checkpoint_name("latest")
 BEST = checkpoint_name("best")
@@ -56,21 +58,47 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
-def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
-    """Atomically write ``checkpoint`` (tensors, containers and plain values only)."""
-    save_weights(path, checkpoint)
-
-
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint (no code runs from the file)."""
-    path = Path(path)
-    if not weights_exist(path):
-        raise TrainingError(f"{path}: checkpoint not found; train first (without --continue) or check the fold")
-    checkpoint = load_weights(path, lambda message: TrainingError(f"{message}; delete it to restart the fold"), map_location)
-    version = checkpoint.get("metadata", {}).get("format_version") if isinstance(checkpoint, dict) else None
-    if version != FORMAT_VERSION:
+    """Load a training checkpoint (no code runs from the file)."""
+    return read_checkpoint(
+        path, TrainingError, missing="checkpoint not found; train first (without --continue) or check the fold",
+        fix="delete it to restart the fold", device=map_location,
+    )
+
+
+def training_checkpoint(setup: ModelSetup, step_state: dict[str, Any], state: TrainingState,
+                        metadata: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint dict of a training run: what inference needs (weights, metadata) and what an
+    exact resume needs (optimiser, grad scaler and step extras, RNG states, ``TrainingState``)."""
+    step_state = dict(step_state)
+    return {
+        "network_weights": setup.network.state_dict(),
+        "optimizer_state": setup.optimizer.state_dict(),
+        "grad_scaler_state": step_state.pop("grad_scaler"),
+        "extra_state": step_state,
+        "rng_state": capture_rng_state(),
+        "trainer_state": state.to_dict(),
+        "metadata": {"format_version": CHECKPOINT_FORMAT_VERSION, **metadata},
+    }
+
+
+def restore_training_checkpoint(path: Path, setup: ModelSetup, step: Any, network: str, configuration: str,
+                                device: torch.device) -> TrainingState:
+    """Load ``path`` into the network, optimiser, step and RNGs; returns where the run stood."""
+    checkpoint = load_checkpoint(path, map_location=device)
+    meta = checkpoint["metadata"]
+    if meta.get("network") != network or meta.get("configuration") != configuration:
         raise TrainingError(
-            f"{path}: checkpoint format version {version!r}, this autoseg reads {FORMAT_VERSION}; "
-            "retrain the fold with this version"
+            f"{path}: was trained as {meta.get('network')}/{meta.get('configuration')}, not "
+            f"{network}/{configuration}; use another results folder or drop --continue"
         )
-    return checkpoint
+    try:
+        setup.network.load_state_dict(checkpoint["network_weights"])
+        setup.optimizer.load_state_dict(checkpoint["optimizer_state"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise TrainingError(
+            f"{path}: does not fit this network (changed plan or network options?): {str(exc).splitlines()[0]}"
+        ) from exc
+    step.load_state_dict({"grad_scaler": checkpoint.get("grad_scaler_state"), **checkpoint.get("extra_state", {})})
+    restore_rng_state(checkpoint["rng_state"])
+    return TrainingState.from_dict(checkpoint["trainer_state"])

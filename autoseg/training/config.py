@@ -153,3 +153,17 @@ def resolve_config(
 
 def dump_config(config: Mapping[str, Any]) -> str:
     return yaml.safe_dump(dict(config), sort_keys=False, default_flow_style=None)
+
+
+def resolve_training_config(network: str, overrides: Iterable[str], plan: Mapping[str, Any]) -> dict[str, Any]:
+    """The config a fold trains with: ``resolve_config``, the augmentation resolved for the patch and
+    the plan's normalization, and an explicit ``--set num_epochs`` winning over the plan's schedule."""
+    from autoseg.training.augmentation import resolve_augmentation  # batchgenerators: only when training
+
+    overrides = list(overrides)
+    config = resolve_config(network, overrides)
+    patch = config["patch_size"] or plan["patch_size"]
+    config["augmentation"] = resolve_augmentation(config["augmentation"], patch, plan["normalization"])
+    if any(parse_override(text)[0] == "num_epochs" for text in overrides):
+        config["use_plan_schedule"] = False
+    return config

@@ -22,6 +22,9 @@ LOG_FILE = "training_log.txt"
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "progress.png"
 
+# Iterations excluded from speed measurements (allocation, oneDNN / cuDNN kernel selection).
+WARMUP_ITERATIONS = 2
+
 
 def _bar_enabled() -> bool:
     return sys.stderr.isatty() or os.environ.get("AUTOSEG_PROGRESS") == "1"
@@ -74,6 +77,17 @@ class Monitor:
             self._progress.stop()
             self._progress = None
 
+    def log_epoch(self, row: dict[str, Any], improved: bool, total_iterations: int, kind: str) -> None:
+        """Two lines per epoch: losses, pseudo-Dice and speed; the pseudo-Dice of each class (or region)."""
+        self.log(
+            f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, pseudo-Dice "
+            f"{row['pseudo_dice']:.4f} (EMA {row['pseudo_dice_ema']:.4f}{', new best' if improved else ''}), lr "
+            f"{row['learning_rate']:.2e}, {row['epoch_seconds']:.1f} s, iteration {row['iteration']}/{total_iterations}"
+        )
+        self.log(f"epoch {row['epoch']}: pseudo-Dice per {kind}: "
+                 + ", ".join(f"{name} {'-' if value is None else f'{value:.4f}'}"
+                             for name, value in row["pseudo_dice_per_class"].items()))
+
     def write_history(self, history: Sequence[dict[str, Any]]) -> None:
         """``metrics.jsonl`` (one JSON object per epoch) and ``progress.png``."""
         if not self.active:
@@ -111,3 +125,35 @@ def plot_progress(history: Sequence[dict[str, Any]], path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
+
+
+class WarmTimer:
+    """Times the warm iterations of each epoch: from the third iteration of a run's (or resumed run's)
+    first epoch, from the first of every later epoch (allocation and kernel selection excluded)."""
+
+    def __init__(self, first_iteration: int) -> None:
+        self.first_iteration = first_iteration
+        self.started: float | None = None
+        self.since = 0
+        self.index = 0
+
+    def new_epoch(self) -> None:
+        self.started, self.index = None, 0
+
+    def before_iteration(self, iteration: int) -> None:
+        if self.index == WARMUP_ITERATIONS or (self.index == 0 and iteration - self.first_iteration >= WARMUP_ITERATIONS):
+            self.started, self.since = time.monotonic(), iteration
+        self.index += 1
+
+    def seconds_per_iteration(self, iteration: int) -> float | None:
+        """Mean seconds of this epoch's warm iterations up to ``iteration``; None before any."""
+        warm = iteration - self.since if self.started is not None else 0
+        return (time.monotonic() - self.started) / warm if warm else None
+
+    def iterations_per_second(self, iteration: int) -> float:
+        seconds = self.seconds_per_iteration(iteration)
+        return 1.0 / seconds if seconds else 0.0
+
+    def probe_done(self, iteration: int, probe_iterations: int) -> bool:
+        """True once, after the run's warm-up and ``probe_iterations`` timed iterations."""
+        return self.started is not None and iteration - self.first_iteration == probe_iterations + WARMUP_ITERATIONS

@@ -20,7 +20,11 @@ import torch
 from torch import nn
 
 from autoseg.errors import TrainingError
-from autoseg.utils.weights_file import SUFFIX, checkpoint_name, load_weights, weights_exist, weights_from_bytes
+from autoseg.utils.checkpoint_format import checkpoint_exists, checkpoint_from_bytes, checkpoint_name, read_checkpoint
+from autoseg.utils.weights_file import SUFFIX
+
+
+PRETRAINED_FIX = "give a checkpoint written by this autoseg"
 
 
 @dataclass
@@ -45,7 +49,7 @@ class PretrainedReport:
 
 
 def _first_fold_checkpoint(folder: Path) -> Path:
-    folds = sorted(p for p in folder.glob("fold_*") if weights_exist(p / checkpoint_name("final")))
+    folds = sorted(p for p in folder.glob("fold_*") if checkpoint_exists(p / checkpoint_name("final")))
     if not folds:
         raise TrainingError(f"{folder}: holds no fold_<k>/{checkpoint_name('final')}; give a checkpoint file or a trained model folder")
     return folds[0] / checkpoint_name("final")
@@ -59,7 +63,7 @@ def _read_zip(path: Path) -> tuple[dict[str, Any], str]:
             if not members:
                 raise TrainingError(f"{path}: holds no weights; give a zip written by `autoseg export-model` (not --format onnx)")
             where = f"{path}:{members[0]}"
-            return weights_from_bytes(archive.read(members[0]), where, TrainingError), where
+            return checkpoint_from_bytes(archive.read(members[0]), where, TrainingError, PRETRAINED_FIX), where
     except (zipfile.BadZipFile, OSError) as exc:
         raise TrainingError(f"{path}: not a readable zip ({exc}); give a zip written by `autoseg export-model`") from None
 
@@ -69,15 +73,12 @@ def read_pretrained(source: str | Path) -> tuple[dict[str, torch.Tensor], dict[s
     path = Path(source)
     if path.is_dir():
         path = _first_fold_checkpoint(path)
-    if not path.exists() and not weights_exist(path):
-        raise TrainingError(f"{path}: not found; give a checkpoint file, a trained model folder or a model zip from export-model")
-    if path.suffix == ".zip":
+    if path.suffix == ".zip" and path.is_file():
         tree, where = _read_zip(path)
     else:
-        tree, where = load_weights(path, TrainingError), str(path)
-    if not isinstance(tree.get("network_weights"), dict):
-        raise TrainingError(f"{where}: holds no network_weights; is it an autoseg checkpoint?")
-    return tree["network_weights"], dict(tree.get("metadata") or {}), where
+        missing = "not found; give a checkpoint file, a trained model folder or a model zip from export-model"
+        tree, where = read_checkpoint(path, TrainingError, missing, PRETRAINED_FIX), str(path)
+    return tree["network_weights"], tree["metadata"], where
 
 
 def _is_head(target: torch.Size, source: torch.Size) -> bool:

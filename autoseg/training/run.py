@@ -23,15 +23,15 @@ from autoseg.planning.accounting import PARTS
 from autoseg.planning.plans import get_configuration, load_plans, plans_path
 from autoseg.preprocessing.runner import timing_path
 from autoseg.preprocessing.store import list_cases
-from autoseg.training.augmentation import resolve_augmentation
 from autoseg.training.cascade import CACHE_FOLDER, prepare_previous_stage, previous_stage_predictions
 from autoseg.training.checkpoints import FINAL, LATEST
-from autoseg.training.config import dump_config, resolve_config
-from autoseg.training.distributed import barrier, init_distributed, shutdown
+from autoseg.training.config import dump_config, resolve_training_config
+from autoseg.training.distributed import DistributedContext, barrier, init_distributed, shutdown
+from autoseg.training.fold_run import FoldRun
 from autoseg.training.plan_device import check_plan_device
 from autoseg.training.pretrained import load_pretrained
 from autoseg.training.splits import FOLD_ALL, fold_cases
-from autoseg.training.trainer import FoldRun, Trainer
+from autoseg.training.trainer import Trainer
 from autoseg.training.validation import GT_FOLDER, VALIDATION_FOLDER, validate_fold
 from autoseg.utils.atomic import atomic_path, atomic_write_json, atomic_write_text, remove_stale_temporaries
 from autoseg.utils.jsonio import read_json
@@ -94,105 +94,120 @@ def train_fold(
         ``all``) and ``pretrained`` what ``pretrained_weights`` loaded (None without).
     """
     start = time.monotonic()
-    if epochs is not None and budget_seconds is not None:
-        raise TrainingError("give --epochs or --budget, not both")
-    if epochs is not None and epochs < 1:
-        raise TrainingError(f"--epochs {epochs}: must be at least 1")
-    if budget_seconds is not None and budget_seconds <= 0:
-        raise TrainingError(f"--budget {budget_seconds}: must be positive")
-    if pretrained_weights is not None and continue_:
-        raise TrainingError("--pretrained-weights starts a fold, --continue resumes one from its own checkpoint; drop one of them")
-    fold = str(fold)
-    location = resolve_dataset(dataset_spec)
-    preprocessed_dir = location.preprocessed_dir
-    plans = load_plans(plans_path(preprocessed_dir, plans_name))
-    plan = get_configuration(plans, configuration)
-    description = load_description(location.raw_dir)
-    network_name = network or plan["network"]["name"]
-    get_network_spec(network_name)
-    config = resolve_config(network_name, overrides)
-    config["augmentation"] = resolve_augmentation(config["augmentation"], config["patch_size"] or plan["patch_size"], plan["normalization"])
-    if any(o.partition("=")[0].strip() == "num_epochs" for o in overrides):
-        config["use_plan_schedule"] = False  # an explicit --set num_epochs wins over the plan's schedule
-    store = preprocessed_dir / plan["data_identifier"]
-    case_ids = list_cases(store)
-    if not case_ids:
-        raise TrainingError(f"{store}: no preprocessed cases; run `autoseg preprocess {location.name} -c {configuration}` first")
-    train_cases, val_cases = fold_cases(preprocessed_dir, case_ids, fold)
-    model_folder = location.results_dir / f"{network_name}__{plans_name}__{configuration}"
-    torch_device = choose_device(device)
-    context = init_distributed(torch_device.type)
-    if context.enabled and torch_device.type == "cuda":
-        torch_device = torch.device("cuda", context.local_rank)
+    _check_options(epochs, budget_seconds, continue_, pretrained_weights)
+    run = resolve_fold_run(
+        dataset_spec, configuration, str(fold), network, plans_name, overrides, device, seed=seed,
+        deterministic=deterministic, num_workers=workers, epochs=epochs, budget_seconds=budget_seconds,
+        resume=continue_, start_time=start,
+    )
+    context = init_distributed(run.device.type)
+    if context.enabled and run.device.type == "cuda":
+        run.device = torch.device("cuda", context.local_rank)
     try:
-        device_warnings = check_plan_device(
-            plans, configuration, torch_device.type, device_memory_bytes(torch_device),
-            config["patch_size"] or plan["patch_size"],
-            -(-int(config["batch_size"] or plan["batch_size"]) // context.world_size), context.world_size,
-            network_name,
-        )
-        planned_budget = budget_seconds is None and epochs is None and not continue_ and config["use_plan_schedule"]
-        if planned_budget and (plans.get("budget") or {}).get("seconds"):
-            # the plan's budget covers the whole run; preparing the data is done (its time, else the prediction)
-            prepared = _preprocess_seconds(store)
-            if prepared is None:
-                prepared = (plan.get("predicted_seconds") or {}).get("preprocess") or 0.0
-            budget_seconds = max(plans["budget"]["seconds"] - prepared, 1.0)
-        previous_cache = None
-        if plan.get("previous_stage"):
-            previous_cache = model_folder / CACHE_FOLDER
-            if context.is_main:
-                predictions = previous_stage_predictions(location.results_dir, network_name, plans_name, plan["previous_stage"])
-                prepare_previous_stage(predictions, previous_cache, store, case_ids, plans, configuration, description.file_ending)
-        if context.is_main:
-            for folder in (model_folder, model_folder / f"fold_{fold}", model_folder / f"fold_{fold}" / "validation"):
-                remove_stale_temporaries(folder)  # what a killed run left half-written
-            _model_folder_files(model_folder, plans, location.raw_dir, config)
-            # Each fold keeps the exact config it was trained with (folds may differ in --set values).
-            atomic_write_text(model_folder / f"fold_{fold}" / CONFIG_FILE, dump_config(config))
-        barrier(context)
-        run = FoldRun(
-            dataset_name=location.name, preprocessed_dir=preprocessed_dir, store=store, plans=plans,
-            plans_name=plans_name, configuration_name=configuration, description=description,
-            network_name=network_name, fold=fold, model_folder=model_folder, train_cases=train_cases,
-            val_cases=val_cases, config=config, device=torch_device, seed=seed, deterministic=deterministic,
-            num_workers=workers, budget_seconds=budget_seconds, epochs=epochs, resume=continue_,
-            previous_stage_cache=previous_cache, start_time=start,
-        )
-        trainer = Trainer(run, context)
-        for warning in device_warnings:
-            trainer.monitor.log(f"warning: {warning}")
-        _restore_or_check(trainer, run)
-        pretrained = None
-        if pretrained_weights is not None:
-            pretrained = load_pretrained(trainer.network, pretrained_weights, network_name, trainer.monitor.log)
-        if trainer.iteration < trainer.total_iterations:
-            trainer.fit()
-        elif not (run.fold_folder / FINAL).is_file():
-            trainer.save(FINAL)
-        barrier(context)
-        validation, validation_seconds = None, 0.0
-        if context.is_main and fold != FOLD_ALL:
-            started = time.monotonic()
-            validation = _validation(trainer, run, preprocessed_dir, save_probabilities, next_stage=bool(plan.get("next_stage")))
-            validation_seconds = time.monotonic() - started
-        accounting = time_accounting(trainer, run, plan, plans, validation_seconds, time.monotonic() - start)
+        trainer, pretrained = _train(run, context, pretrained_weights)
+        validation, validation_seconds = _final_validation(trainer, run, context, save_probabilities)
+        accounting = time_accounting(trainer, run, validation_seconds, time.monotonic() - start)
         if context.is_main:
             atomic_write_json(run.fold_folder / ACCOUNTING_FILE, accounting)
         barrier(context)
     finally:
         shutdown(context)
     return {
-        "model_folder": str(model_folder),
-        "fold": fold,
-        "epochs": trainer.epoch,
-        "iterations": trainer.iteration,
-        "best_pseudo_dice_ema": trainer.best_ema,
-        "seconds": time.monotonic() - start,
-        "validation": validation,
-        "pretrained": pretrained.lines() if pretrained else None,
-        "time_accounting": accounting,
+        "model_folder": str(run.model_folder), "fold": run.fold, "epochs": trainer.state.epoch,
+        "iterations": trainer.state.iteration, "best_pseudo_dice_ema": trainer.state.best_ema,
+        "seconds": time.monotonic() - start, "validation": validation,
+        "pretrained": pretrained.lines() if pretrained else None, "time_accounting": accounting,
     }
+
+
+def _check_options(epochs: int | None, budget_seconds: float | None, continue_: bool, pretrained: Any) -> None:
+    if epochs is not None and budget_seconds is not None:
+        raise TrainingError("give --epochs or --budget, not both")
+    if epochs is not None and epochs < 1:
+        raise TrainingError(f"--epochs {epochs}: must be at least 1")
+    if budget_seconds is not None and budget_seconds <= 0:
+        raise TrainingError(f"--budget {budget_seconds}: must be positive")
+    if pretrained is not None and continue_:
+        raise TrainingError("--pretrained-weights starts a fold, --continue resumes one from its own checkpoint; drop one of them")
+
+
+def resolve_fold_run(dataset_spec: str, configuration: str, fold: str, network: str | None, plans_name: str,
+                     overrides: Sequence[str], device: str | None, **limits: Any) -> FoldRun:
+    """Dataset, plan, network, resolved config, split, model folder and device of a fold; ``limits``
+    are FoldRun's seed, workers, epochs, budget, resume and start fields (the plan's budget applies
+    when neither --epochs nor --budget is given)."""
+    location = resolve_dataset(dataset_spec)
+    plans = load_plans(plans_path(location.preprocessed_dir, plans_name))
+    plan = get_configuration(plans, configuration)
+    description = load_description(location.raw_dir)
+    network_name = network or plan["network"]["name"]
+    get_network_spec(network_name)
+    config = resolve_training_config(network_name, overrides, plan)
+    store = location.preprocessed_dir / plan["data_identifier"]
+    case_ids = list_cases(store)
+    if not case_ids:
+        raise TrainingError(f"{store}: no preprocessed cases; run `autoseg preprocess {location.name} -c {configuration}` first")
+    train_cases, val_cases = fold_cases(location.preprocessed_dir, case_ids, fold)
+    model_folder = location.results_dir / f"{network_name}__{plans_name}__{configuration}"
+    if limits["budget_seconds"] is None and limits["epochs"] is None and not limits["resume"] and config["use_plan_schedule"]:
+        limits["budget_seconds"] = _plan_budget(plans, plan, store)
+    return FoldRun(
+        dataset_name=location.name, preprocessed_dir=location.preprocessed_dir, store=store, plans=plans,
+        plans_name=plans_name, configuration_name=configuration, description=description, network_name=network_name,
+        fold=fold, model_folder=model_folder, train_cases=train_cases, val_cases=val_cases, config=config,
+        device=choose_device(device), raw_dir=location.raw_dir,
+        previous_stage_cache=model_folder / CACHE_FOLDER if plan.get("previous_stage") else None, **limits,
+    )
+
+
+def _plan_budget(plans: dict[str, Any], plan: dict[str, Any], store: Path) -> float | None:
+    """The plan's budget left for training and validation: preparing the data is done (its recorded
+    time, else the plan's prediction of it)."""
+    if not (plans.get("budget") or {}).get("seconds"):
+        return None
+    prepared = _preprocess_seconds(store)
+    if prepared is None:
+        prepared = (plan.get("predicted_seconds") or {}).get("preprocess") or 0.0
+    return max(plans["budget"]["seconds"] - prepared, 1.0)
+
+
+def _prepare_folders(run: FoldRun) -> None:
+    """Rank 0: the previous stage's predictions on this grid (cascade), stale temporaries removed, and
+    plans, dataset and the resolved config beside the folds (each fold keeps its own config too)."""
+    if run.previous_stage_cache is not None:
+        predictions = previous_stage_predictions(run.model_folder.parent, run.network_name, run.plans_name,
+                                                 run.configuration["previous_stage"])
+        prepare_previous_stage(predictions, run.previous_stage_cache, run.store, list_cases(run.store), run.plans,
+                               run.configuration_name, run.description.file_ending)
+    for folder in (run.model_folder, run.fold_folder, run.fold_folder / VALIDATION_FOLDER):
+        remove_stale_temporaries(folder)  # what a killed run left half-written
+    _model_folder_files(run.model_folder, run.plans, run.raw_dir, run.config)
+    atomic_write_text(run.fold_folder / CONFIG_FILE, dump_config(run.config))
+
+
+def _train(run: FoldRun, context: DistributedContext, pretrained_weights: str | Path | None) -> tuple[Trainer, Any]:
+    """Prepare the folders, build the trainer, resume or load pretrained weights, train what is left."""
+    cfg, plan = run.config, run.configuration
+    device_warnings = check_plan_device(
+        run.plans, run.configuration_name, run.device.type, device_memory_bytes(run.device), cfg["patch_size"] or plan["patch_size"],
+        -(-int(cfg["batch_size"] or plan["batch_size"]) // context.world_size), context.world_size, run.network_name,
+    )
+    if context.is_main:
+        _prepare_folders(run)
+    barrier(context)
+    trainer = Trainer(run, context)
+    for warning in device_warnings:
+        trainer.monitor.log(f"warning: {warning}")
+    _restore_or_check(trainer, run)
+    pretrained = None
+    if pretrained_weights is not None:
+        pretrained = load_pretrained(trainer.setup.network, pretrained_weights, run.network_name, trainer.monitor.log)
+    if trainer.state.iteration < trainer.state.total_iterations:
+        trainer.fit()
+    elif not (run.fold_folder / FINAL).is_file():
+        trainer.save(FINAL)
+    barrier(context)
+    return trainer, pretrained
 
 
 def _preprocess_seconds(store: Path) -> float | None:
@@ -203,9 +218,10 @@ def _preprocess_seconds(store: Path) -> float | None:
     return float(read_json(path, TrainingError, "missing", "delete it or re-run `autoseg preprocess`")["seconds"])
 
 
-def time_accounting(trainer: Trainer, run: FoldRun, plan: dict[str, Any], plans: dict[str, Any],
-                    validation_seconds: float, run_seconds: float) -> dict[str, Any]:
+def time_accounting(trainer: Trainer, run: FoldRun, validation_seconds: float, run_seconds: float) -> dict[str, Any]:
     """Predicted (the plan's) against actual seconds of each part of the run, for the fold's results."""
+    plan, plans = run.configuration, run.plans
+    estimate = trainer.replanner.validation_estimate if trainer.replanner is not None else None
     preprocess = _preprocess_seconds(run.store)
     actual = {"preprocess": preprocess, **trainer.actual_seconds, "final_validation": validation_seconds}
     actual = {k: None if v is None else round(v, 1) for k, v in actual.items()}
@@ -214,9 +230,9 @@ def time_accounting(trainer: Trainer, run: FoldRun, plan: dict[str, Any], plans:
         "budget_seconds": (plans.get("budget") or {}).get("seconds"),
         "train_budget_seconds": run.budget_seconds,
         "predicted": plan.get("predicted_seconds"),
-        "final_validation_estimated_by_training": None if trainer.validation_estimate is None else round(trainer.validation_estimate, 1),
+        "final_validation_estimated_by_training": None if estimate is None else round(estimate, 1),
         "actual": actual,
-        "iterations": {"planned": plan.get("num_iterations"), "trained": trainer.iteration},
+        "iterations": {"planned": plan.get("num_iterations"), "trained": trainer.state.iteration},
     }
 
 
@@ -248,22 +264,28 @@ def _restore_or_check(trainer: Trainer, run: FoldRun) -> None:
         trainer.monitor.log(f"{latest}: no checkpoint to continue from yet; training the fold from the start")
         return
     trainer.load(latest)
+    state = trainer.state
     if run.epochs is not None:
         total = run.epochs * trainer.iterations_per_epoch
-        if total < trainer.iteration:
+        if total < state.iteration:
             raise TrainingError(
-                f"--epochs {run.epochs}: the run already trained {trainer.epoch} epochs ({trainer.iteration} "
+                f"--epochs {run.epochs}: the run already trained {state.epoch} epochs ({state.iteration} "
                 "iterations); give a larger number to extend it"
             )
-        trainer.total_iterations = total
-    trainer.monitor.log(
-        f"resumed from {latest} at epoch {trainer.epoch}, iteration {trainer.iteration} of {trainer.total_iterations}"
-    )
+        state.total_iterations = total
+    trainer.monitor.log(f"resumed from {latest} at epoch {state.epoch}, iteration {state.iteration} of {state.total_iterations}")
 
 
-def _validation(
-    trainer: Trainer, run: FoldRun, preprocessed_dir: Path, save_probabilities: bool, next_stage: bool
-) -> dict[str, Any]:
+def _final_validation(trainer: Trainer, run: FoldRun, context: DistributedContext,
+                      save_probabilities: bool) -> tuple[dict[str, Any] | None, float]:
+    """Rank 0 validates a held-out fold (fold ``all`` has none): the summary and its seconds."""
+    if not context.is_main or run.fold == FOLD_ALL:
+        return None, 0.0
+    started = time.monotonic()
+    return _validation(trainer, run, save_probabilities), time.monotonic() - started
+
+
+def _validation(trainer: Trainer, run: FoldRun, save_probabilities: bool) -> dict[str, Any]:
     """Validate with the final checkpoint, or reuse a summary written after it."""
     summary_path = run.fold_folder / VALIDATION_FOLDER / "summary.json"
     final = run.fold_folder / FINAL
@@ -271,9 +293,9 @@ def _validation(
         return json.loads(summary_path.read_text())
     started = time.monotonic()
     summary = validate_fold(
-        run.model_folder, run.fold, run.store, preprocessed_dir / GT_FOLDER, run.val_cases, run.description,
+        run.model_folder, run.fold, run.store, run.preprocessed_dir / GT_FOLDER, run.val_cases, run.description,
         str(run.device), save_probabilities=save_probabilities, previous_stage_cache=run.previous_stage_cache,
-        hand_to_next_stage=next_stage, mixed_precision=trainer.mixed_precision, log=trainer.monitor.log,
+        hand_to_next_stage=bool(run.configuration.get("next_stage")), mixed_precision=trainer.mixed_precision, log=trainer.monitor.log,
         tta=run.configuration.get("validation_tta", True),
     )
     foreground = summary.get("foreground_mean", {}).get("dice")

@@ -91,7 +91,7 @@ def segmentation_loss(labels: LabelSpec, loss_config: Mapping[str, Any]) -> nn.M
     return DeepSupervisionLoss(inner, target_downsampling="nearest")
 
 
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
@@ -128,7 +128,7 @@ class SupervisedStep:
     def train(self, data: torch.Tensor, labels: torch.Tensor) -> tuple[float, torch.Tensor]:
         """One iteration; returns the loss and the full-resolution logits (detached)."""
         self.optimizer.zero_grad(set_to_none=True)
-        with _autocast(self.device, self.amp_dtype):
+        with autocast(self.device, self.amp_dtype):
             outputs, aux = self.model(data)
         outputs = [o.float() for o in outputs]
         loss = self.loss(outputs, self.labels.loss_target(labels))
@@ -167,18 +167,18 @@ class AdversarialStep(SupervisedStep):
 
     def train(self, data: torch.Tensor, labels: torch.Tensor) -> tuple[float, torch.Tensor]:
         real = self.labels.binary_target(labels)
-        with _autocast(self.device, self.amp_dtype):
+        with autocast(self.device, self.amp_dtype):
             logits = self.model(data)[0][0]
         probs = torch.softmax(logits.float(), dim=1)
         # Discriminator: real pairs -> 1, generated pairs -> 0 (one forward over both halves).
         self.d_optimizer.zero_grad(set_to_none=True)
-        with _autocast(self.device, self.amp_dtype):
+        with autocast(self.device, self.amp_dtype):
             scores = self.discriminator(torch.cat([data, data]), torch.cat([real, probs.detach()])).float()
         d_loss = self.adversary.discriminator_loss(scores[: len(data)], scores[len(data) :])
         _apply_gradients(d_loss, list(self.discriminator.parameters()), self.d_optimizer, self.d_scaler, 0.0)
         # Generator: fool the discriminator and match the labels.
         self.optimizer.zero_grad(set_to_none=True)
-        with _autocast(self.device, self.amp_dtype):
+        with autocast(self.device, self.amp_dtype):
             fake_scores = self.discriminator(data, probs).float()
         g_loss = self.adversary.generator_loss(fake_scores, logits.float(), real)
         _apply_gradients(g_loss, list(self.model.parameters()), self.optimizer, self.scaler, self.grad_clip)

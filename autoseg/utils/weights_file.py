@@ -1,5 +1,7 @@
 """The one reader and writer of autoseg's weight files (checkpoints and the weights in model zips).
 
+The checkpoint layout on top of it (names, format version, checks) is autoseg/utils/checkpoint_format.py.
+
 A weight file is a safetensors file: the tensors of a nested checkpoint dict under their key paths
 (``network_weights/encoder.stages.0.conv.weight``, ``optimizer_state/state/3/momentum_buffer``) and, in
 the safetensors metadata, the JSON skeleton of the dict with every tensor replaced by its name. Any
@@ -21,17 +23,11 @@ import torch
 
 from autoseg.utils.atomic import atomic_path
 
-CHECKPOINT_FORMAT_VERSION = 1  # of the checkpoint dict's layout (metadata["format_version"])
 SUFFIX = ".safetensors"
 LEGACY_SUFFIX = ".pt"  # torch.save checkpoints of autoseg before safetensors
 FORMAT = "autoseg-weights"
 METADATA_KEY = "autoseg"  # safetensors metadata entry holding the JSON skeleton
 ErrorType = Callable[[str], Exception]
-
-
-def checkpoint_name(kind: str) -> str:
-    """``final`` -> ``checkpoint_final.safetensors``."""
-    return f"checkpoint_{kind}{SUFFIX}"
 
 
 def weights_exist(path: Path) -> bool:

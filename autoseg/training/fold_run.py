@@ -1,0 +1,49 @@
+"""``FoldRun``: everything resolved about one fold before it trains (``run.resolve_fold_run`` builds it)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from autoseg.dataset.description import DatasetDescription
+
+
+@dataclass
+class FoldRun:
+    """Everything resolved before a fold trains: data, plan, network, split, config, device and limits."""
+
+    dataset_name: str
+    preprocessed_dir: Path
+    store: Path
+    plans: dict[str, Any]
+    plans_name: str
+    configuration_name: str
+    description: DatasetDescription
+    network_name: str
+    fold: str
+    model_folder: Path
+    train_cases: list[str]
+    val_cases: list[str]
+    config: dict[str, Any]
+    device: torch.device
+    seed: int = 0
+    deterministic: bool = False
+    num_workers: int | None = None
+    budget_seconds: float | None = None
+    epochs: int | None = None
+    resume: bool = False
+    previous_stage_cache: Path | None = None
+    raw_dir: Path | None = None  # the raw dataset (its dataset.json is copied beside the folds)
+    start_time: float = field(default_factory=time.monotonic)
+
+    @property
+    def configuration(self) -> dict[str, Any]:
+        return self.plans["configurations"][self.configuration_name]
+
+    @property
+    def fold_folder(self) -> Path:
+        return self.model_folder / f"fold_{self.fold}"

@@ -1,0 +1,138 @@
+"""Model setup of a fold: the network (plan topology or one derived for another family or patch),
+memory format, ``torch.compile``, the DDP wrap, the optimiser, and the precision it can train in."""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from autoseg.errors import TrainingError
+from autoseg.networks import create_network, get_network_spec
+from autoseg.training.bf16_guard import bf16_step_survives
+from autoseg.training.distributed import DistributedContext, wrap_model
+from autoseg.training.steps import WithAux
+from autoseg.utils.device import autocast_dtype
+
+
+def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for the training config's ``mixed_precision`` (auto, fp16, bf16, off)."""
+    return autocast_dtype(setting, device, TrainingError)
+
+
+def seed_everything(seed: int, deterministic: bool, device: torch.device) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required by deterministic cuBLAS
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed patch size: let cuDNN pick the fastest kernels
+
+
+def network_topology(plan: dict[str, Any], network: str, patch_size: list[int], log: Any) -> dict[str, Any]:
+    """The plan's topology; for another family (``--network``) or patch (``--set patch_size``), the
+    planner's topology rules applied to that family's constraints at the plan's spacing and width."""
+    topology = dict(plan["network"]["topology"])
+    if network == plan["network"]["name"] and list(patch_size) == list(plan["patch_size"]):
+        return topology
+    from autoseg.planning.topology import plan_topology
+
+    spacing = list(plan["spacing"])[-len(patch_size):]
+    width = int(plan.get("width") or topology["features_per_stage"][0])
+    derived = plan_topology(patch_size, spacing, get_network_spec(network).constraints, width)
+    stride = derived.size_multiple
+    if any(p % s for p, s in zip(patch_size, stride)):
+        raise TrainingError(
+            f"patch size {patch_size} is not divisible by the total stride {stride} that network {network!r} "
+            "needs at this patch; choose a multiple of it with --set patch_size=[...] or re-plan"
+        )
+    log(
+        f"note: the plan was made for {plan['network']['name']} at patch {plan['patch_size']}; the topology of "
+        f"{network} at patch {patch_size} follows the planner's rules, but its memory and time were not planned "
+        f"(run `autoseg plan ... --network {network}` for that)"
+    )
+    return derived.to_dict()
+
+
+def build_optimizer(parameters: Any, settings: dict[str, Any]) -> torch.optim.Optimizer:
+    name = settings["name"]
+    if name == "sgd":
+        return torch.optim.SGD(
+            parameters, lr=settings["lr"], momentum=settings["momentum"], nesterov=settings["nesterov"],
+            weight_decay=settings["weight_decay"],
+        )
+    if name in ("adam", "adamw"):
+        cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+        return cls(parameters, lr=settings["lr"], betas=tuple(settings["betas"]), weight_decay=settings["weight_decay"])
+    raise TrainingError(f"--set optimizer.name={name!r}: unknown optimizer; choose sgd, adam or adamw")
+
+
+@dataclass
+class NetworkRequest:
+    """What the network is built from: family, plan, channels, patch and batch (batch: for the bf16 probe)."""
+
+    name: str
+    plan: dict[str, Any]
+    in_channels: int
+    n_outputs: int
+    patch_size: list[int]
+    batch_size: int
+
+
+@dataclass
+class ModelSetup:
+    """The network, what the training step calls (``model``: aux-output wrapper, compiled, DDP-wrapped),
+    its optimiser, memory format and autocast dtype, and what a checkpoint records to rebuild it."""
+
+    network: torch.nn.Module
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    memory_format: torch.memory_format
+    amp_dtype: torch.dtype | None
+    topology: dict[str, Any]
+    network_options: dict[str, Any]
+
+
+def build_model(request: NetworkRequest, config: dict[str, Any], device: torch.device,
+                context: DistributedContext, log: Callable[[str], None]) -> ModelSetup:
+    """Build the network on ``device`` with the config's memory format, compile and optimiser settings."""
+    patch = request.patch_size
+    topology = network_topology(request.plan, request.name, patch, log)
+    topology["extra"] = {**topology.get("extra", {}), "patch_size": patch}
+    options = {**request.plan["network"].get("options", {}), **config["network_options"]}
+    options.setdefault("deep_supervision", config["loss"]["deep_supervision"])
+    network = create_network(request.name, topology, request.in_channels, request.n_outputs, **options).to(device)
+    memory_format = torch.contiguous_format
+    if config["channels_last"]:
+        memory_format = torch.channels_last_3d if len(patch) == 3 else torch.channels_last
+        network = network.to(memory_format=memory_format)
+    model: torch.nn.Module = WithAux(network)
+    if config["compile"]:
+        model = torch.compile(model)
+    model = wrap_model(model, context, device)
+    optimizer = build_optimizer(network.parameters(), config["optimizer"])
+    dtype = amp_dtype(str(config["mixed_precision"]), device)
+    if dtype == torch.bfloat16 and device.type == "cpu":
+        dtype = checked_cpu_bf16(request, topology, options, log)
+    return ModelSetup(network, model, optimizer, memory_format, dtype, topology, options)
+
+
+def checked_cpu_bf16(request: NetworkRequest, topology: dict[str, Any], options: dict[str, Any],
+                     log: Callable[[str], None]) -> torch.dtype | None:
+    """bf16 unless a child process's bf16 steps of this network crash or hang (training/bf16_guard.py)."""
+    spec = dict(network=request.name, topology=topology, in_channels=request.in_channels, n_outputs=request.n_outputs,
+                options=options, patch=request.patch_size, batch=request.batch_size, threads=torch.get_num_threads())
+    survived, why = bf16_step_survives(spec)
+    if survived:
+        return torch.bfloat16
+    log(f"warning: {why} for {request.name} at patch {request.patch_size}, batch {request.batch_size} "
+        "(a fault of oneDNN's bf16 kernels on this CPU, docs/troubleshooting.md); training in float32")
+    return None

@@ -1,0 +1,98 @@
+"""Budget re-planning during training: fit the schedule to the deadline from the measured speed.
+
+Under a time budget the run must end, final validation included, at ``start + budget x (1 - safety)``.
+After a few probe iterations and at every epoch end the total is re-estimated from the seconds per
+iteration actually measured, less a reserve for the final sliding-window validation (its tiles from
+the validation cases' real shapes, their forward time measured once on this network); the learning
+rate schedule is re-anchored so it stays continuous (training/budget.py).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable
+
+import torch
+
+from autoseg.planning import accounting
+from autoseg.preprocessing.store import load_properties
+from autoseg.training import budget as budget_rules
+from autoseg.training.distributed import DistributedContext, broadcast_value
+from autoseg.training.model_setup import ModelSetup
+from autoseg.training.schedule import TrainingState, retarget
+from autoseg.training.splits import FOLD_ALL
+from autoseg.training.steps import autocast
+
+# Tiles per forward pass when timing the final validation's network cost.
+TIMING_TILES = 2
+
+
+def deadline(start_time: float, budget_seconds: float | None, safety_fraction: float) -> float | None:
+    """When training must stop (monotonic clock), or None without a time budget."""
+    if budget_seconds is None:
+        return None
+    return start_time + budget_seconds * (1 - safety_fraction)
+
+
+def validation_passes(mirror_axes: list[int], plan: dict[str, Any]) -> int:
+    """Forward passes per tile in the final validation: every mirroring, unless the plan turned
+    test-time augmentation off for validation to fit the budget."""
+    return 2 ** len(mirror_axes) if plan.get("validation_tta", True) else 1
+
+
+def validation_reserve_inputs(store: Any, fold: str, val_cases: list[str], patch_size: list[int],
+                              n_outputs: int) -> tuple[list[int], list[float]]:
+    """Sliding-window tiles and export seconds of every validation case (for the final validation's
+    time reserve, from the cases' real shapes); fold ``all`` has no final validation."""
+    tiles: list[int] = []
+    export: list[float] = []
+    if fold == FOLD_ALL:
+        return tiles, export
+    for case_id in val_cases:
+        properties = load_properties(store, case_id)
+        tiles.append(accounting.tiles_per_case(properties["shape_after_resampling"], patch_size))
+        resampled = list(properties["shape_after_resampling"]) != list(properties["shape_after_crop"])
+        export.append(accounting.export_seconds(math.prod(properties["shape_original"]), n_outputs, resampled))
+    return tiles, export
+
+
+def seconds_per_tile(setup: ModelSetup, in_channels: int, patch_size: list[int], device: torch.device) -> float:
+    """Forward time of one sliding-window tile in eval mode (after a warm-up pass)."""
+    tiles = torch.zeros((TIMING_TILES, in_channels, *patch_size), device=device)
+    setup.network.eval()
+    with torch.inference_mode(), autocast(device, setup.amp_dtype):
+        setup.network(tiles)  # warm-up
+        start = time.perf_counter()
+        setup.network(tiles)
+        elapsed = (time.perf_counter() - start) / TIMING_TILES
+    setup.network.train()
+    return elapsed
+
+
+class BudgetReplanner:
+    """Re-sets a run's total iterations so that training plus the final validation end at the deadline."""
+
+    def __init__(self, deadline: float, reserve_inputs: tuple[list[int], list[float]], passes: int,
+                 tile_seconds: Callable[[], float], config: dict[str, Any], context: DistributedContext,
+                 log: Callable[[str], None]) -> None:
+        self.deadline, self.passes, self.config, self.context, self.log = deadline, passes, config, context, log
+        self.tiles, self.export = reserve_inputs
+        self._measure_tile = tile_seconds
+        self._tile_seconds: float | None = None
+        self.validation_estimate: float | None = None
+
+    def replan(self, state: TrainingState, seconds_per_iteration: float) -> None:
+        """Set ``state.total_iterations`` (and the schedule's anchor) from the measured speed."""
+        if self._tile_seconds is None:
+            self._tile_seconds = self._measure_tile()
+        reserve = accounting.final_validation_seconds(self.tiles, self.passes, self._tile_seconds, self.export)
+        self.validation_estimate = reserve
+        left = self.deadline - time.monotonic() - reserve
+        total = int(broadcast_value(budget_rules.affordable_total(state.iteration, left, seconds_per_iteration), self.context))
+        if total != state.total_iterations:
+            self.log(
+                f"time budget: {seconds_per_iteration:.3f} s per iteration measured, final validation estimated "
+                f"{reserve:.0f} s; schedule set to {total} iterations (was {state.total_iterations})"
+            )
+        retarget(self.config, state, total)

@@ -1,0 +1,73 @@
+"""The checkpoint format: file names, layout version, and the one reader and writer of checkpoints.
+
+Training writes checkpoints, inference loads them, model files export and import them; all three go
+through this module, so a checkpoint's name, its layout version and the checks made when one is read
+exist once. A checkpoint is a dict written as an autoseg weight file (autoseg/utils/weights_file.py):
+``network_weights`` and ``metadata`` (network, topology, channels, ``format_version``, ...) always;
+optimiser, grad scaler, RNG and trainer state in training checkpoints only (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from autoseg.utils.weights_file import SUFFIX, load_weights, save_weights, weights_exist, weights_from_bytes, weights_to_bytes
+
+CHECKPOINT_FORMAT_VERSION = 1  # of the checkpoint dict's layout (metadata["format_version"])
+CHECKPOINT_KINDS = ("final", "best", "latest")
+# What a deployed model keeps of a checkpoint (model files drop the optimiser and training state).
+NETWORK_KEYS = ("network_weights", "metadata")
+ErrorType = Callable[[str], Exception]
+
+
+def checkpoint_name(kind: str) -> str:
+    """``final`` -> ``checkpoint_final.safetensors``."""
+    return f"checkpoint_{kind}{SUFFIX}"
+
+
+def checkpoint_exists(path: Path) -> bool:
+    """The checkpoint at ``path`` (or the legacy ``.pt`` of autoseg before safetensors) exists."""
+    return weights_exist(path)
+
+
+def write_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
+    """Atomically write ``checkpoint`` (tensors, containers and plain values only)."""
+    save_weights(path, checkpoint)
+
+
+def read_checkpoint(
+    path: Path, error: ErrorType, missing: str, fix: str, device: str | torch.device = "cpu"
+) -> dict[str, Any]:
+    """Load and check a checkpoint (no code runs from the file). Errors name ``path``; ``missing``
+    says what to do when it does not exist, ``fix`` what to do when it is damaged, foreign or of
+    another format version."""
+    path = Path(path)
+    if not weights_exist(path):
+        raise error(f"{path}: {missing}")
+    checkpoint = load_weights(path, lambda message: error(f"{message}; {fix}"), device)
+    check_checkpoint(checkpoint, str(path), error, fix)
+    return checkpoint
+
+
+def check_checkpoint(checkpoint: Any, where: str, error: ErrorType, fix: str) -> None:
+    """``checkpoint`` has network weights and metadata of this format version, else ``error``."""
+    if not isinstance(checkpoint, dict) or not all(isinstance(checkpoint.get(key), dict) for key in NETWORK_KEYS):
+        raise error(f"{where}: is not an autoseg checkpoint (needs 'network_weights' and 'metadata'); {fix}")
+    version = checkpoint["metadata"].get("format_version")
+    if version != CHECKPOINT_FORMAT_VERSION:
+        raise error(f"{where}: checkpoint format version {version!r}, this autoseg reads {CHECKPOINT_FORMAT_VERSION}; {fix}")
+
+
+def network_checkpoint_bytes(checkpoint: dict[str, Any]) -> bytes:
+    """The network part of a checkpoint (weights and metadata, no optimiser state) as weight-file bytes."""
+    return weights_to_bytes({key: checkpoint[key] for key in NETWORK_KEYS})
+
+
+def checkpoint_from_bytes(data: bytes, where: str, error: ErrorType, fix: str) -> dict[str, Any]:
+    """Inverse of ``network_checkpoint_bytes``, checked like a checkpoint file."""
+    checkpoint = weights_from_bytes(data, where, error)
+    check_checkpoint(checkpoint, where, error, fix)
+    return checkpoint
