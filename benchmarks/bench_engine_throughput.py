@@ -61,7 +61,7 @@ from autoseg.training.augmentation import resolve_augmentation, sampling_size
 from autoseg.training.data_loading import TRAIN_STREAM, BatchSource, SamplingSpec
 from autoseg.training.checkpoints import LATEST, load_checkpoint
 from autoseg.training.steps import LabelSpec, WithAux, build_step
-from autoseg.training.trainer import build_optimizer
+from autoseg.training.model_setup import build_optimizer
 
 CONFIGURATION = "3d_fullres"
 FOLD = "0"
