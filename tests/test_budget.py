@@ -3,6 +3,8 @@ schedule, the plan's time accounting, resolution as a planning choice and plans 
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from autoseg.training.budget import PolyAnchor, poly_lr
@@ -190,6 +192,43 @@ def test_recipe_snapping_absorbs_a_2x_speed_error():
         assert snapped.forward_seconds_per_gflop == pytest.approx(reference)
     assert T.recipe_timing(T.TimingModel("x", 0.0, reference * 2.1), torch.device("cpu")).seconds_per_gflop == \
         pytest.approx(4 * reference)
+
+
+def test_the_recipe_follows_the_undisturbed_rate_however_slow_the_wall_clock():
+    """A machine loaded 5x by other processes: wall-clock rate 5x the reference, CPU time per thread
+    at the reference; the recipe's rates are the reference's (iterations still use the wall rate)."""
+    reference = _reference_rate()
+    loaded = T.TimingModel("x", 0.0, 5 * reference, 5 * reference, reference, reference)
+    snapped = T.recipe_timing(loaded, torch.device("cpu"))
+    assert snapped.seconds_per_gflop == pytest.approx(reference)
+    assert snapped.forward_seconds_per_gflop == pytest.approx(reference)
+    assert T.recipe_timing(T.TimingModel("x", 0.0, 5 * reference), torch.device("cpu")).seconds_per_gflop == \
+        pytest.approx(4 * reference)  # without a CPU-time measurement the wall clock decides
+
+
+def test_time_off_the_cpu_counts_in_wall_time_not_in_undisturbed_time():
+    """What a descheduled process experiences (waiting without running) is wall time only."""
+    timed = T._fastest(lambda: time.sleep(0.03), torch.device("cpu"))
+    assert timed.wall >= 0.03 and timed.undisturbed < 0.01
+    busy = T._fastest(lambda: sum(range(300_000)), torch.device("cpu"))
+    assert busy.undisturbed > 0 and busy.undisturbed <= busy.wall
+
+
+@pytest.mark.parametrize("fp", [ACDC], ids=["acdc"])
+def test_heavy_load_changes_iterations_not_the_recipe(fp, cache, monkeypatch):
+    """Wall-clock rates 1x, 3x and 8x slower (load from other processes), the CPU time per thread
+    unchanged: the same recipe, fewer iterations when slower."""
+    recipes, iterations = [], []
+    reference = _reference_rate()
+    for slowdown in (1.0, 3.0, 8.0):
+        model = T.TimingModel("loaded", 0.0, reference * slowdown, reference * slowdown, reference, reference)
+        monkeypatch.setattr(T, "measure_timing", lambda *a, model=model, **k: model)
+        config = build_plans(fp, memory_budget_bytes=4 * GIB, budget_seconds=900.0, configs=["3d_fullres"],
+                             cache_dir=cache)["configurations"]["3d_fullres"]
+        recipes.append({k: config[k] for k in RECIPE_KEYS})
+        iterations.append(config["num_iterations"])
+    assert all(r == recipes[0] for r in recipes)
+    assert iterations == sorted(iterations, reverse=True) and iterations[-1] < iterations[0]
 
 
 @pytest.mark.parametrize("fp", [ACDC], ids=["acdc"])

@@ -15,7 +15,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -35,12 +35,19 @@ _TRAINING_FLOPS_PER_FORWARD = 3.0
 @dataclass(frozen=True)
 class TimingModel:
     """Seconds of one training iteration as a function of its GFLOP, and of an inference forward pass
-    (``forward_seconds_per_gflop``; 0: taken as the training rate)."""
+    (``forward_seconds_per_gflop``; 0: taken as the training rate).
+
+    The ``undisturbed_*`` rates are the same measurements in CPU time per thread (CPU devices): what
+    the steps cost while they held the cores, which load from other processes barely changes. The
+    recipe is chosen from them; the iterations from the wall-clock rates (0: no such measurement).
+    """
 
     device: str
     seconds_intercept: float
     seconds_per_gflop: float
     forward_seconds_per_gflop: float = 0.0
+    undisturbed_seconds_per_gflop: float = 0.0
+    undisturbed_forward_seconds_per_gflop: float = 0.0
 
     def predict(self, gflop: float) -> float:
         return self.seconds_intercept + self.seconds_per_gflop * gflop
@@ -52,7 +59,9 @@ class TimingModel:
 def recipe_timing(measured: TimingModel, device: torch.device) -> TimingModel:
     """The measured rates snapped to a grid of factors of ``RECIPE_SPEED_GRID`` around the device's
     reference speed: the recipe is chosen at this speed, so a measurement off by up to 2x either way
-    (load on a shared machine) chooses the same recipe. Only the iterations follow the measurement."""
+    chooses the same recipe. The undisturbed (CPU-time) rates are snapped where measured, so load from
+    other processes, however heavy, does not change the recipe. Only the iterations follow the
+    wall-clock measurement."""
     reference = C.REFERENCE_SECONDS_PER_GFLOP["cuda" if device.type == "cuda" else "cpu"]
     if device.type != "cuda":
         reference /= torch.get_num_threads()
@@ -65,8 +74,9 @@ def recipe_timing(measured: TimingModel, device: torch.device) -> TimingModel:
         whole = math.copysign(math.ceil(abs(steps) - 0.5 - 1e-9), steps) if abs(steps) > 0.5 + 1e-9 else 0.0
         return reference * C.RECIPE_SPEED_GRID ** whole
 
-    forward = snap(measured.forward_seconds_per_gflop) if measured.forward_seconds_per_gflop else 0.0
-    return replace(measured, seconds_per_gflop=snap(measured.seconds_per_gflop), forward_seconds_per_gflop=forward)
+    training = measured.undisturbed_seconds_per_gflop or measured.seconds_per_gflop
+    forward = measured.undisturbed_forward_seconds_per_gflop or measured.forward_seconds_per_gflop
+    return replace(measured, seconds_per_gflop=snap(training), forward_seconds_per_gflop=snap(forward) if forward else 0.0)
 
 
 def _forward_flops(
@@ -131,47 +141,59 @@ def _sgd_step(parameters: Sequence[torch.Tensor], buffers: list[torch.Tensor], l
     torch._foreach_add_(params, grads, alpha=-lr)
 
 
-def _time_steps(network: nn.Module, inputs: torch.Tensor, device: torch.device) -> float:
-    """Fastest forward+backward+SGD step after warm-up (the fastest is the least disturbed by load),
-    under the autocast training uses by default."""
-    parameters = [p for p in network.parameters() if p.requires_grad]
-    buffers = [torch.zeros_like(p) for p in parameters]
-    dtype = autocast_dtype("auto", device)
-    times = []
+@dataclass(frozen=True)
+class StepTime:
+    """Fastest wall-clock seconds of a timed call, and (CPU devices) its CPU seconds per math thread:
+    the cost while it held the cores, nearly blind to other processes' load (0 on CUDA)."""
+
+    wall: float
+    undisturbed: float
+
+
+def _fastest(call: Callable[[], Any], device: torch.device) -> StepTime:
+    """``call`` timed after ``TIMING_WARMUP_STEPS`` warm-ups; the fastest of ``TIMING_MEASURED_STEPS``
+    (the fastest is the least disturbed by load), in wall and in CPU time per thread."""
+    walls, cpus = [], []
+    threads = max(1, torch.get_num_threads())
     for step in range(C.TIMING_WARMUP_STEPS + C.TIMING_MEASURED_STEPS):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
+        call()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if step >= C.TIMING_WARMUP_STEPS:
+            wall = time.perf_counter() - start
+            walls.append(wall)
+            cpus.append(min(wall, (time.process_time() - cpu_start) / threads))
+    return StepTime(min(walls), min(cpus) if device.type == "cpu" else 0.0)
+
+
+def _time_steps(network: nn.Module, inputs: torch.Tensor, device: torch.device) -> StepTime:
+    """A forward+backward+SGD step under the autocast training uses by default."""
+    parameters = [p for p in network.parameters() if p.requires_grad]
+    buffers = [torch.zeros_like(p) for p in parameters]
+    dtype = autocast_dtype("auto", device)
+
+    def step() -> None:
         network.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
             loss = _loss(network(inputs))
         loss.backward()
         with torch.no_grad():
             _sgd_step(parameters, buffers)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if step >= C.TIMING_WARMUP_STEPS:
-            times.append(time.perf_counter() - start)
-    return min(times)
+
+    return _fastest(step, device)
 
 
-def _time_forward(network: nn.Module, inputs: torch.Tensor, device: torch.device) -> float:
-    """Fastest inference forward pass after warm-up, as the sliding window runs it."""
+def _time_forward(network: nn.Module, inputs: torch.Tensor, device: torch.device) -> StepTime:
+    """An inference forward pass, as the sliding window runs it."""
     dtype = autocast_dtype("auto", device)
     network.eval()
-    times = []
     with torch.inference_mode(), torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
-        for step in range(C.TIMING_WARMUP_STEPS + C.TIMING_MEASURED_STEPS):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            network(inputs)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if step >= C.TIMING_WARMUP_STEPS:
-                times.append(time.perf_counter() - start)
+        timed = _fastest(lambda: network(inputs), device)
     network.train()
-    return min(times)
+    return timed
 
 
 def parameter_count(network_name: str, topology: Topology, in_channels: int, n_classes: int,
@@ -214,7 +236,7 @@ def measure_timing(
     key = {
         "kind": "timing", "device": name, "network": network_name, "spatial_dims": spatial_dims,
         "in_channels": in_channels, "n_classes": n_classes, "probe_width": C.TIMING_PROBE_WIDTH,
-        "options": dict(options or {}), "probe": size, "torch": torch.__version__, "measures": "train+forward",
+        "options": dict(options or {}), "probe": size, "torch": torch.__version__, "measures": "train+forward, wall+cpu",
     }
     cached = read_cache(cache_dir, key)
     if cached is not None:
@@ -224,9 +246,10 @@ def measure_timing(
     patch = divisible_patch([size] * spatial_dims, topology)
     inputs = torch.randn((C.MIN_BATCH_SIZE, in_channels, *patch), device=device)
     gflop = training_gflop(network_name, topology, in_channels, n_classes, patch, C.MIN_BATCH_SIZE, options)
-    seconds = _time_steps(network, inputs, device)
-    forward = _time_forward(network, inputs, device)
-    model = TimingModel(name, 0.0, seconds / gflop, forward / (gflop / _TRAINING_FLOPS_PER_FORWARD))
+    step, forward = _time_steps(network, inputs, device), _time_forward(network, inputs, device)
+    forward_gflop = gflop / _TRAINING_FLOPS_PER_FORWARD
+    model = TimingModel(name, 0.0, step.wall / gflop, forward.wall / forward_gflop,
+                        step.undisturbed / gflop, forward.undisturbed / forward_gflop)
     write_cache(cache_dir, key, asdict(model))
     return model
 
