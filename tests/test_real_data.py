@@ -36,9 +36,6 @@ from cli_helpers import TRAIN_SETTINGS, autoseg, set_options
 from conftest import SHARED_DATA
 from real_data_helpers import crop_cases, crop_dataset
 
-# FLOP counts of the planner's candidates are counted once per session (see conftest.memoize_gflop).
-pytestmark = pytest.mark.usefixtures("memoized_gflop")
-
 TRAIN = [*set_options(TRAIN_SETTINGS), "--epochs", 1, "--workers", 0]
 GPU_PLANS = "gpu8Plans"
 
