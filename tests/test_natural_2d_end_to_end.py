@@ -17,9 +17,6 @@ from autoseg.dataset.imageio import read_image
 from cli_helpers import TRAIN_SETTINGS, autoseg, set_options
 from conftest import DRIVE, make_drive_subset
 
-# FLOP counts of the planner's candidates are counted once per session (see conftest.memoize_gflop).
-pytestmark = pytest.mark.usefixtures("memoized_gflop")
-
 DATASET = "Dataset996_DriveCrop"
 TRAIN_CASES = ["drive_21", "drive_22", "drive_23", "drive_24", "drive_25"]  # 5 folds need 5 cases
 MODEL = "unet__autosegPlans__2d"

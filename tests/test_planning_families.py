@@ -20,9 +20,6 @@ from autoseg.planning.planner import build_plans
 from conftest import SHARED_DATA
 from test_planning import fake_timing
 
-# FLOP counts of the planner's candidates are counted once per session (see conftest.memoize_gflop).
-pytestmark = pytest.mark.usefixtures("memoized_gflop")
-
 torch.set_num_threads(1)
 DATASETS = {3: ("Dataset004_Hippocampus", ["hippocampus_001", "hippocampus_003", "hippocampus_004", "hippocampus_006"]),
             2: ("Dataset907_EMMembrane", ["em_00", "em_01"])}

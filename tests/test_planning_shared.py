@@ -28,9 +28,6 @@ from shared_fingerprints import planning_fingerprint
 
 from autoseg.cli import app
 
-# FLOP counts of the planner's candidates are counted once per session (see conftest.memoize_gflop).
-pytestmark = pytest.mark.usefixtures("memoized_gflop")
-
 GIB = 2**30
 USABLE = 8 * GIB * C.GPU_MEMORY_USABLE_FRACTION
 HIPPOCAMPUS, ACDC, BRATS = "Dataset004_Hippocampus", "Dataset027_ACDC", "Dataset905_BraTS2015Mini"

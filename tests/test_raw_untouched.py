@@ -7,17 +7,12 @@ import hashlib
 import json
 from pathlib import Path
 
-import pytest
-
 from autoseg.cli import app, expand_multi_value_options
 
 from cli_helpers import TRAIN_SETTINGS, autoseg, runner, set_options
 from conftest import make_hippocampus_subset
 from preprocessing_helpers import make_configuration, make_plans
 from training_helpers import CASES, PATCH, TINY_TOPOLOGY
-
-# FLOP counts of the planner's candidates are counted once per session (see conftest.memoize_gflop).
-pytestmark = pytest.mark.usefixtures("memoized_gflop")
 
 DATASET = "Dataset996_RawUntouched"
 MODEL = "unet__autosegPlans__3d_fullres"

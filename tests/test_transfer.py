@@ -24,9 +24,6 @@ from conftest import make_hippocampus_subset
 from preprocessing_helpers import make_configuration, make_plans
 from training_helpers import TINY_TOPOLOGY
 
-# FLOP counts of the planner's candidates are counted once per session (see conftest.memoize_gflop).
-pytestmark = pytest.mark.usefixtures("memoized_gflop")
-
 SOURCE, TARGET = "Dataset993_Source", "Dataset994_Target"
 SOURCE_SPACING = [1.5, 1.5, 1.5]  # the target's own spacing is Hippocampus' 1 mm
 PATCH = [16, 16, 16]
