@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -65,6 +66,38 @@ def make_drive_subset(root: Path, case_ids: list[str], name: str = "Dataset996_D
     description["numTraining"] = len(case_ids)
     (dataset / "dataset.json").write_text(json.dumps(description, indent=2))
     return dataset
+
+
+_GFLOP_COUNTS: dict[str, float] = {}
+
+
+def memoize_gflop(patch: pytest.MonkeyPatch) -> None:
+    """Make ``compute_budget.training_gflop`` remember its counts for the whole test session.
+
+    A count depends only on its arguments, but each is a forward pass under ``FlopCounterMode`` (~1-2 s
+    on one core), and every budget search asks for dozens of the same ones again: memoised, the planner
+    gets the same numbers without recounting them in every test.
+    """
+    from autoseg.planning import compute_budget
+
+    count = compute_budget.training_gflop
+
+    def memoized(network_name, topology, in_channels, n_classes, patch_size, batch_size, options=None):
+        key = json.dumps([network_name, topology.to_dict(), in_channels, n_classes, list(patch_size), batch_size,
+                          options or {}], sort_keys=True)
+        if key not in _GFLOP_COUNTS:
+            _GFLOP_COUNTS[key] = count(network_name, topology, in_channels, n_classes, patch_size, batch_size, options)
+        return _GFLOP_COUNTS[key]
+
+    patch.setattr(compute_budget, "training_gflop", memoized)
+
+
+@pytest.fixture(scope="module")
+def memoized_gflop() -> Iterator[None]:
+    """Module-scoped, so that module-scoped pipelines (planning through the CLI) see it too."""
+    with pytest.MonkeyPatch.context() as patch:
+        memoize_gflop(patch)
+        yield
 
 
 @pytest.fixture

@@ -73,6 +73,8 @@ from autoseg.planning.planner import build_plans, context_ok  # noqa: E402
 from autoseg.utils.progress import default_workers  # noqa: E402
 
 GIB = 2**30
+# Plan searches count the FLOPs of the same networks again and again: counted once per session.
+pytestmark = pytest.mark.usefixtures("memoized_gflop")
 
 
 def _fingerprint(name, spacing, shape, n_cases, channels, labels):

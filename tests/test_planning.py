@@ -17,6 +17,9 @@ from autoseg.planning.planner import build_plans, output_channels
 from autoseg.planning.plans import format_plan_table, get_configuration, load_plans, plans_path, write_plans
 from autoseg.planning.topology import divisible_patch, features_per_stage, plan_topology, shrink_patch
 
+# FLOP counts of the planner's candidates are counted once per session (see conftest.memoize_gflop).
+pytestmark = pytest.mark.usefixtures("memoized_gflop")
+
 GIB = 2**30
 UNET = get_network_spec("unet").constraints
 

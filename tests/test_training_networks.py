@@ -16,9 +16,10 @@ from autoseg.training.splits import SPLITS_FILE
 from training_helpers import DATASET, data_roots, results  # noqa: F401 - fixtures
 
 FAST = ["val_iterations_per_epoch=2", "mixed_precision=off"]
-# FC-DenseNet's widths are the design's (48-144 maps at full resolution), ~20x the tiny U-Net's cost per
-# tile: validate without the 8 mirrored passes so that its run stays under a minute.
-SLOW = {"fcdensenet": ["augmentation.mirror.p=0"]}
+# The final validation's 8 mirrored passes per tile are flips of the input, the same for every family:
+# U-Net keeps them (mirror_axes recorded, TTA run); the other families validate without mirroring, 8x
+# fewer forward passes (FC-DenseNet's design widths, 48-144 maps at full resolution, cost ~20x a tiny U-Net).
+NO_MIRROR = ["augmentation.mirror.p=0"]
 
 
 def _val_cases(data_roots: dict[str, Path]) -> list[str]:
@@ -27,8 +28,9 @@ def _val_cases(data_roots: dict[str, Path]) -> list[str]:
 
 @pytest.mark.parametrize(
     ("network", "extra"),
-    [(name, SLOW.get(name, [])) for name in list_networks() if 3 in get_network_spec(name).constraints.spatial_dims]  # 3D data
-    + [("segresnet", ["network_options={vae: true}"])]
+    [(name, [] if name == "unet" else NO_MIRROR) for name in list_networks()
+     if 3 in get_network_spec(name).constraints.spatial_dims]  # 3D data
+    + [("segresnet", ["network_options={vae: true}", *NO_MIRROR])]
 )
 def test_every_network_trains_and_validates(
     data_roots: dict[str, Path], results: Path, network: str, extra: list[str]
@@ -46,6 +48,7 @@ def test_every_network_trains_and_validates(
         if constraints.stage_features:  # widths derived from the depth (FC-DenseNet)
             assert topology["features_per_stage"] == list(constraints.stage_features(len(topology["strides"])))
     assert final["metadata"]["network_options"].get("vae", False) == any("vae" in e for e in extra)
+    assert final["metadata"]["mirror_axes"] == ([] if NO_MIRROR[0] in extra else [0, 1, 2])
     assert summary["iterations"] == 2 and summary["epochs"] == 1
     rows = [json.loads(line) for line in (fold / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1] and rows[0]["iteration"] == 2
