@@ -41,8 +41,21 @@ def held_out_folders(base: Path) -> tuple[Path, Path]:
     return images, labels
 
 
+def reference_speed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The planner's throughput probe replaced by the CPU reference rate, so the plan does not depend on
+    this machine's load (load robustness has its own tests in test_budget.py)."""
+    import torch
+
+    from autoseg.planning import compute_budget, constants
+
+    rate = constants.REFERENCE_SECONDS_PER_GFLOP["cpu"] / torch.get_num_threads()
+    model = compute_budget.TimingModel("reference cpu", 0.0, rate, rate, rate, rate)
+    monkeypatch.setattr(compute_budget, "measure_timing", lambda *args, **kwargs: model)
+
+
 def check_plan(preprocessed: Path) -> None:
-    """2D data gets only the 2d configuration, at the images' 1x1 pixel grid and their 3 channels."""
+    """2D data gets only the 2d configuration, at the images' 1x1 pixel grid and their 3 channels; a
+    5-minute budget at the reference speed affords the whole 64x64 image as the patch."""
     autoseg("fingerprint", DATASET, "-np", 1)
     fingerprint = json.loads((preprocessed / DATASET / "fingerprint.json").read_text())
     assert fingerprint["spacings"] == [[999.0, 1.0, 1.0]] * len(TRAIN_CASES)
@@ -65,9 +78,10 @@ def check_report(results: Path) -> None:
     assert "only: drive_" in document
 
 
-def test_rgb_png_dataset_end_to_end(roots: dict[str, Path], tmp_path: Path) -> None:
+def test_rgb_png_dataset_end_to_end(roots: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     make_drive_subset(roots["raw"], TRAIN_CASES, DATASET)
     assert f"{DATASET}: 5 case(s) checked, no problems found" in autoseg("verify", DATASET, "-np", 1)
+    reference_speed(monkeypatch)
     check_plan(roots["preprocessed"])
     autoseg("preprocess", DATASET, "-np", 1)
     store = roots["preprocessed"] / DATASET / "autosegPlans_2d"
