@@ -98,7 +98,7 @@ ACDC = _fingerprint("Dataset027_ACDCLike", [10.0, 1.5625, 1.5625], [9, 256, 216]
 
 def _reference_rate() -> float:
     """A speed on the recipe grid (the reference of this CPU), so the recipe speed equals the measured one."""
-    return C.REFERENCE_SECONDS_PER_GFLOP["cpu"] / torch.get_num_threads()
+    return T.reference_seconds_per_gflop(torch.device("cpu"))
 
 
 def _timing(factor: float = 1.0):

@@ -46,9 +46,9 @@ def reference_speed(monkeypatch: pytest.MonkeyPatch) -> None:
     this machine's load (load robustness has its own tests in test_budget.py)."""
     import torch
 
-    from autoseg.planning import compute_budget, constants
+    from autoseg.planning import compute_budget
 
-    rate = constants.REFERENCE_SECONDS_PER_GFLOP["cpu"] / torch.get_num_threads()
+    rate = compute_budget.reference_seconds_per_gflop(torch.device("cpu"))
     model = compute_budget.TimingModel("reference cpu", 0.0, rate, rate, rate, rate)
     monkeypatch.setattr(compute_budget, "measure_timing", lambda *args, **kwargs: model)
 

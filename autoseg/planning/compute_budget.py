@@ -56,15 +56,21 @@ class TimingModel:
         return (self.forward_seconds_per_gflop or self.seconds_per_gflop) * forward_gflop
 
 
+def reference_seconds_per_gflop(device: torch.device) -> float:
+    """The device kind's reference rate, the centre of the recipe grid (on a CPU, per math thread)."""
+    if device.type == "cuda":
+        return C.REFERENCE_SECONDS_PER_GFLOP["cuda"]
+    return C.REFERENCE_SECONDS_PER_GFLOP["cpu"] / torch.get_num_threads()
+
+
 def recipe_timing(measured: TimingModel, device: torch.device) -> TimingModel:
     """The measured rates snapped to a grid of factors of ``RECIPE_SPEED_GRID`` around the device's
     reference speed: the recipe is chosen at this speed, so a measurement off by up to 2x either way
-    chooses the same recipe. The undisturbed (CPU-time) rates are snapped where measured, so load from
-    other processes, however heavy, does not change the recipe. Only the iterations follow the
+    chooses the same recipe. The undisturbed (CPU-time) rates are snapped where measured, so time
+    spent waiting for cores other processes hold does not change the recipe (threads spinning while
+    they wait, and memory contention, still can under heavy load). Only the iterations follow the
     wall-clock measurement."""
-    reference = C.REFERENCE_SECONDS_PER_GFLOP["cuda" if device.type == "cuda" else "cpu"]
-    if device.type != "cuda":
-        reference /= torch.get_num_threads()
+    reference = reference_seconds_per_gflop(device)
 
     def snap(rate: float) -> float:
         if rate <= 0:
