@@ -27,6 +27,7 @@ from autoseg.training.augmentation import resolve_augmentation, training_transfo
 from autoseg.training.config import flatten, load_defaults, resolve_config
 from autoseg.training.data_loading import BatchStream, batch_to_device
 from autoseg.training.steps import AdversarialStep, LabelSpec, segmentation_loss
+from autoseg.training.math_threads import ThreadChoice, choose_math_threads
 from autoseg.training.model_setup import build_optimizer
 from autoseg.training.monitor import WARMUP_ITERATIONS
 from autoseg.training.pseudo_validation import PseudoValidationResult, pseudo_validate
@@ -330,6 +331,21 @@ def _num_workers(make, monkeypatch: pytest.MonkeyPatch) -> None:
     assert args[2] == 1
 
 
+def _math_threads(make, monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu = torch.device("cpu")
+    assert choose_math_threads(_config("math_threads=3")["math_threads"], cpu, False) == ThreadChoice(3, torch.get_num_threads())
+    monkeypatch.setattr("autoseg.training.math_threads.idle_cores", lambda: 0.0)  # every core busy
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    assert choose_math_threads(_config()["math_threads"], cpu, False).threads == 1
+    monkeypatch.undo()
+    choice = ThreadChoice(1, 2, 1.0, 2)
+    trainer = make(math_threads=choice)
+    monkeypatch.setattr("autoseg.training.trainer.BatchStream", lambda *a, **k: (_ for _ in ()).throw(_StreamArgs()))
+    with pytest.raises(_StreamArgs):
+        trainer.fit()
+    assert choice.describe() in (trainer.run.fold_folder / "training_log.txt").read_text()
+
+
 def _prefetch_batches(make, monkeypatch: pytest.MonkeyPatch) -> None:
     args, _ = _stream_args(make, ["prefetch_batches=5"], monkeypatch)
     assert args[3] == 5
@@ -463,6 +479,7 @@ CHECKS: dict[str, Callable[..., None]] = {
     "channels_last": _channels_last,
     "compile": _compile,
     "num_workers": _num_workers,
+    "math_threads": _math_threads,
     "prefetch_batches": _prefetch_batches,
     "worker_timeout_seconds": _worker_timeout_seconds,
     **{f"augmentation.{key}": _augmentation_check(key) for key in _AUGMENTATION_CHANGES},

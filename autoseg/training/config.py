@@ -23,6 +23,7 @@ _OPEN_TYPES: dict[str, tuple[type, ...]] = {
     "batch_size": (int,),
     "patch_size": (list,),
     "num_workers": (int,),
+    "math_threads": (int,),
     "augmentation.rotation.degrees_2d": (int, float),
     "augmentation.mask_channels": (list,),
 }

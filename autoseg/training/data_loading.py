@@ -28,6 +28,7 @@ import numpy as np
 
 from autoseg.errors import TrainingError
 from autoseg.training.augmentation import OUTSIDE_MASK_LABEL, training_transforms, validation_transforms
+from autoseg.utils.cpu_load import available_cores
 
 TRAIN_STREAM = 0
 VAL_STREAM = 1
@@ -60,13 +61,6 @@ def seeded_global_rng(seed: int) -> Iterator[None]:
     finally:
         np.random.set_state(numpy_state)
         random.setstate(python_state)
-
-
-def available_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - macOS / Windows
-        return max(1, os.cpu_count() or 1)
 
 
 def auto_workers(device_type: str, world_size: int = 1) -> int:

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from autoseg.dataset.description import DatasetDescription
+from autoseg.training.math_threads import ThreadChoice
 
 
 @dataclass
@@ -38,6 +39,7 @@ class FoldRun:
     resume: bool = False
     previous_stage_cache: Path | None = None
     raw_dir: Path | None = None  # the raw dataset (its dataset.json is copied beside the folds)
+    math_threads: ThreadChoice | None = None  # CPU only: torch's threads while the fold trains and validates
     start_time: float = field(default_factory=time.monotonic)
 
     @property

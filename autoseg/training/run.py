@@ -28,6 +28,7 @@ from autoseg.training.checkpoints import FINAL, LATEST
 from autoseg.training.config import dump_config, resolve_training_config
 from autoseg.training.distributed import DistributedContext, barrier, init_distributed, shutdown
 from autoseg.training.fold_run import FoldRun
+from autoseg.training.math_threads import applied, choose_math_threads
 from autoseg.training.plan_device import check_plan_device
 from autoseg.training.pretrained import load_pretrained
 from autoseg.training.splits import FOLD_ALL, fold_cases
@@ -104,8 +105,9 @@ def train_fold(
     if context.enabled and run.device.type == "cuda":
         run.device = torch.device("cuda", context.local_rank)
     try:
-        trainer, pretrained = _train(run, context, pretrained_weights)
-        validation, validation_seconds = _final_validation(trainer, run, context, save_probabilities)
+        with applied(run.math_threads):
+            trainer, pretrained = _train(run, context, pretrained_weights)
+            validation, validation_seconds = _final_validation(trainer, run, context, save_probabilities)
         accounting = time_accounting(trainer, run, validation_seconds, time.monotonic() - start)
         if context.is_main:
             atomic_write_json(run.fold_folder / ACCOUNTING_FILE, accounting)
@@ -151,11 +153,13 @@ def resolve_fold_run(dataset_spec: str, configuration: str, fold: str, network: 
     model_folder = location.results_dir / f"{network_name}__{plans_name}__{configuration}"
     if limits["budget_seconds"] is None and limits["epochs"] is None and not limits["resume"] and config["use_plan_schedule"]:
         limits["budget_seconds"] = _plan_budget(plans, plan, store)
+    chosen_device = choose_device(device)
     return FoldRun(
         dataset_name=location.name, preprocessed_dir=location.preprocessed_dir, store=store, plans=plans,
         plans_name=plans_name, configuration_name=configuration, description=description, network_name=network_name,
         fold=fold, model_folder=model_folder, train_cases=train_cases, val_cases=val_cases, config=config,
-        device=choose_device(device), raw_dir=location.raw_dir,
+        device=chosen_device, raw_dir=location.raw_dir,
+        math_threads=choose_math_threads(config["math_threads"], chosen_device, bool(limits.get("deterministic"))),
         previous_stage_cache=model_folder / CACHE_FOLDER if plan.get("previous_stage") else None, **limits,
     )
 

@@ -164,9 +164,10 @@ class Trainer:
         self.actual_seconds["startup"] = fit_start - run.start_time
         checkpoints_before = self.actual_seconds["checkpoints"]
         workers = self.workers()
+        threads = f", {run.math_threads.describe()}" if run.math_threads else ""
         self.monitor.log(
             f"training {run.network_name} {run.configuration_name} fold {run.fold} of {run.dataset_name} on {self.device} "
-            f"(world size {self.context.world_size}, {workers} data workers, patch {self.patch_size}, batch "
+            f"(world size {self.context.world_size}, {workers} data workers{threads}, patch {self.patch_size}, batch "
             f"{self.global_batch}, mixed precision {self.setup.amp_dtype}); {len(run.train_cases)} training / "
             f"{len(run.val_cases)} validation cases"
         )

@@ -25,6 +25,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from autoseg.utils.cpu_load import available_cores
+
 T = TypeVar("T")
 
 WORKER_DIED = (
@@ -83,10 +85,7 @@ def _describe(exc: BaseException) -> str:
 
 def default_workers() -> int:
     """Worker processes by default: the CPU cores available to this process."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - macOS / Windows
-        return max(1, os.cpu_count() or 1)
+    return available_cores()
 
 
 def _mp_context() -> multiprocessing.context.BaseContext:

@@ -1,0 +1,86 @@
+"""How many CPU cores this process may use, and how many of them other processes leave idle.
+
+CPU training runs its convolutions on torch's OpenMP threads, one per physical core by default. When
+another process holds some of the cores, those threads wait for each other at every barrier: on the
+2-core machine with one core busy, two math threads trained a third as many iterations as on the quiet
+machine (docs/benchmarks.md, the demo under load), where one thread on the free core loses only the
+second core. So training starts with as many math threads as cores are idle, measured from
+``/proc/stat`` over a short sample before it starts.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+PROC_STAT = Path("/proc/stat")
+# Long enough to see a busy loop or a running training, short beside the seconds a fold takes to start.
+IDLE_SAMPLE_SECONDS = 0.5
+
+
+def available_cores() -> int:
+    """Logical CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - macOS / Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def _cpu_times(text: str) -> dict[int, tuple[int, int]]:
+    """``/proc/stat`` text -> logical CPU -> (idle jiffies incl. iowait, total jiffies)."""
+    times = {}
+    for line in text.splitlines():
+        name, *fields = line.split()
+        if not name.startswith("cpu") or name == "cpu" or not name[3:].isdigit():
+            continue
+        values = [int(v) for v in fields[:8]]  # user nice system idle iowait irq softirq steal
+        idle = values[3] + (values[4] if len(values) > 4 else 0)
+        times[int(name[3:])] = (idle, sum(values))
+    return times
+
+
+def idle_cores_between(before: str, after: str, cpus: set[int] | None = None) -> float | None:
+    """Idle logical CPUs (a sum of idle shares) between two ``/proc/stat`` readings, over ``cpus``
+    (default every CPU listed); None when the readings say nothing (no CPU lines, no time passed)."""
+    first, second = _cpu_times(before), _cpu_times(after)
+    idle, seen = 0.0, 0
+    for cpu in sorted(set(first) & set(second)):
+        if cpus is not None and cpu not in cpus:
+            continue
+        total = second[cpu][1] - first[cpu][1]
+        if total <= 0:
+            continue
+        idle += min(1.0, max(0.0, (second[cpu][0] - first[cpu][0]) / total))
+        seen += 1
+    return idle if seen else None
+
+
+def idle_cores(sample_seconds: float = IDLE_SAMPLE_SECONDS) -> float | None:
+    """Idle logical CPUs of this process's affinity mask over ``sample_seconds`` (None where
+    ``/proc/stat`` cannot be read, e.g. macOS and Windows)."""
+    try:
+        before = PROC_STAT.read_text()
+        time.sleep(sample_seconds)
+        after = PROC_STAT.read_text()
+    except OSError:
+        return None
+    try:
+        cpus = set(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - no affinity masks on this OS
+        cpus = None
+    return idle_cores_between(before, after, cpus)
+
+
+def threads_for_idle_cores(max_threads: int, idle: float | None, logical: int) -> int:
+    """Math threads for a process allowed ``max_threads`` of ``logical`` CPUs when ``idle`` of them are
+    idle: the idle share of ``max_threads``, rounded, at least 1 (``max_threads`` when unknown).
+
+    ``max_threads`` is torch's count (physical cores by default, or what the user set), so on a machine
+    with two hardware threads per core the idle share is applied to cores, not to hardware threads.
+    """
+    if idle is None or logical <= 0:
+        return max(1, max_threads)
+    share = min(1.0, max(0.0, idle / logical))
+    return max(1, min(max_threads, math.floor(share * max_threads + 0.5)))
