@@ -74,6 +74,12 @@ def test_choose_math_threads_settings(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(math_threads, "idle_cores", lambda: 1.0)
         monkeypatch.setattr(math_threads, "available_cores", lambda: 2)
         assert choose_math_threads("auto", CPU, deterministic=False) == ThreadChoice(1, 2, 1.0, 2)
+        samples = iter([0.4, 1.9])  # a spike in the first half second: the second look wins
+        monkeypatch.setattr(math_threads, "idle_cores", lambda: next(samples))
+        assert choose_math_threads("auto", CPU, deterministic=False) == ThreadChoice(2, 2, 1.9, 2)
+        samples = iter([1.9])  # quiet at once: one look only (next() would fail on a second)
+        assert choose_math_threads("auto", CPU, deterministic=False) == ThreadChoice(2, 2, 1.9, 2)
+        monkeypatch.setattr(math_threads, "idle_cores", lambda: 1.0)
         assert choose_math_threads("auto", CPU, deterministic=True) == ThreadChoice(2, 2)  # reruns sum alike
         assert choose_math_threads(3, CPU, deterministic=False) == ThreadChoice(3, 2)  # a number is taken as set
         torch.set_num_threads(1)

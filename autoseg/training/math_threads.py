@@ -36,8 +36,9 @@ class ThreadChoice:
 def choose_math_threads(setting: Any, device: torch.device, deterministic: bool) -> ThreadChoice | None:
     """The config's ``math_threads`` resolved for ``device`` (None off the CPU, where it does not apply).
 
-    ``auto`` measures idle cores for half a second; a deterministic run keeps torch's count, so a rerun
-    on a busier machine sums in the same order.
+    ``auto`` measures idle cores for half a second, and once more when that finds some busy (the more
+    idle of the two counts); a deterministic run keeps torch's count, so a rerun on a busier machine
+    sums in the same order.
     """
     if device.type != "cpu":
         return None
@@ -50,6 +51,9 @@ def choose_math_threads(setting: Any, device: torch.device, deterministic: bool)
         return ThreadChoice(limit, limit)
     logical = available_cores()
     idle = idle_cores()
+    if threads_for_idle_cores(limit, idle, logical) < limit:  # a second look, so a passing spike costs nothing
+        again = idle_cores()
+        idle = again if idle is None or (again is not None and again > idle) else idle
     return ThreadChoice(threads_for_idle_cores(limit, idle, logical), limit, idle, logical)
 
 
