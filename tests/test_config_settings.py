@@ -26,8 +26,8 @@ from autoseg.preprocessing.store import list_cases
 from autoseg.training.augmentation import resolve_augmentation, training_transforms
 from autoseg.training.config import flatten, load_defaults, resolve_config
 from autoseg.training.data_loading import BatchStream, batch_to_device
-from autoseg.training.steps import AdversarialStep, LabelSpec, segmentation_loss
 from autoseg.training.math_threads import ThreadChoice, choose_math_threads
+from autoseg.training.steps import AdversarialStep, LabelSpec, segmentation_loss
 from autoseg.training.model_setup import build_optimizer
 from autoseg.training.monitor import WARMUP_ITERATIONS
 from autoseg.training.pseudo_validation import PseudoValidationResult, pseudo_validate

@@ -14,6 +14,7 @@ from autoseg.errors import TrainingError
 from autoseg.training import math_threads, train_fold
 from autoseg.training.config import resolve_config
 from autoseg.training.math_threads import ThreadChoice, applied, choose_math_threads
+from autoseg.training.trainer import Trainer
 from autoseg.utils.cpu_load import available_cores, idle_cores, idle_cores_between, threads_for_idle_cores
 
 from training_helpers import DATASET, data_roots, results  # noqa: F401 - fixtures
@@ -79,6 +80,8 @@ def test_choose_math_threads_settings(monkeypatch: pytest.MonkeyPatch) -> None:
         assert choose_math_threads("auto", CPU, deterministic=False) == ThreadChoice(2, 2, 1.9, 2)
         samples = iter([1.9])  # quiet at once: one look only (next() would fail on a second)
         assert choose_math_threads("auto", CPU, deterministic=False) == ThreadChoice(2, 2, 1.9, 2)
+        samples = iter([None])  # no /proc/stat: torch's count, and no second look
+        assert choose_math_threads("auto", CPU, deterministic=False) == ThreadChoice(2, 2, None, 2)
         monkeypatch.setattr(math_threads, "idle_cores", lambda: 1.0)
         assert choose_math_threads("auto", CPU, deterministic=True) == ThreadChoice(2, 2)  # reruns sum alike
         assert choose_math_threads(3, CPU, deterministic=False) == ThreadChoice(3, 2)  # a number is taken as set
@@ -119,13 +122,13 @@ def test_a_fold_trains_with_the_idle_cores_and_gives_the_threads_back(
     seen = []
     monkeypatch.setattr(math_threads, "idle_cores", lambda: 1.0)  # one of two cores held by another process
     monkeypatch.setattr(math_threads, "available_cores", lambda: 2)
-    real_fit = train_fold.__globals__["Trainer"].fit
+    real_fit = Trainer.fit
 
-    def fit(trainer):  # record the threads the loop runs with
+    def fit(trainer: Trainer) -> None:  # record the threads the loop runs with
         seen.append(torch.get_num_threads())
-        return real_fit(trainer)
+        real_fit(trainer)
 
-    monkeypatch.setattr(train_fold.__globals__["Trainer"], "fit", fit)
+    monkeypatch.setattr(Trainer, "fit", fit)
     try:
         train_fold(DATASET, "3d_fullres", "all", epochs=1, workers=0,
                    overrides=["iterations_per_epoch=2", "val_iterations_per_epoch=1", "mixed_precision=off"])

@@ -51,9 +51,9 @@ def choose_math_threads(setting: Any, device: torch.device, deterministic: bool)
         return ThreadChoice(limit, limit)
     logical = available_cores()
     idle = idle_cores()
-    if threads_for_idle_cores(limit, idle, logical) < limit:  # a second look, so a passing spike costs nothing
-        again = idle_cores()
-        idle = again if idle is None or (again is not None and again > idle) else idle
+    if idle is not None and threads_for_idle_cores(limit, idle, logical) < limit:
+        again = idle_cores()  # a second look, so a passing spike costs nothing
+        idle = idle if again is None else max(idle, again)
     return ThreadChoice(threads_for_idle_cores(limit, idle, logical), limit, idle, logical)
 
 

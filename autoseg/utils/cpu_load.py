@@ -1,11 +1,11 @@
 """How many CPU cores this process may use, and how many of them other processes leave idle.
 
 CPU training runs its convolutions on torch's OpenMP threads, one per physical core by default. When
-another process holds some of the cores, those threads wait for each other at every barrier: on the
-2-core machine with one core busy, two math threads trained a third as many iterations as on the quiet
-machine (docs/benchmarks.md, the demo under load), where one thread on the free core loses only the
-second core. So training starts with as many math threads as cores are idle, measured from
-``/proc/stat`` over a short sample before it starts.
+another process holds some of the cores, those threads wait for each other at every barrier: in
+``autoseg demo`` on the 2-core machine with one core busy, two math threads trained 920 iterations,
+one thread on the free core 3294, as many as two threads on the quiet machine (docs/benchmarks.md).
+So training starts with as many math threads as cores are idle, measured from ``/proc/stat`` over a
+short sample before it starts (``training/math_threads.py``).
 """
 
 from __future__ import annotations
@@ -20,12 +20,18 @@ PROC_STAT = Path("/proc/stat")
 IDLE_SAMPLE_SECONDS = 0.5
 
 
+def _affinity() -> set[int] | None:
+    """The logical CPUs this process may run on; None where the OS has no affinity masks."""
+    try:
+        return set(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS / Windows
+        return None
+
+
 def available_cores() -> int:
     """Logical CPUs this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - macOS / Windows
-        return max(1, os.cpu_count() or 1)
+    cpus = _affinity()
+    return max(1, len(cpus)) if cpus is not None else max(1, os.cpu_count() or 1)
 
 
 def _cpu_times(text: str) -> dict[int, tuple[int, int]]:
@@ -66,11 +72,7 @@ def idle_cores(sample_seconds: float = IDLE_SAMPLE_SECONDS) -> float | None:
         after = PROC_STAT.read_text()
     except OSError:
         return None
-    try:
-        cpus = set(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - no affinity masks on this OS
-        cpus = None
-    return idle_cores_between(before, after, cpus)
+    return idle_cores_between(before, after, _affinity())
 
 
 def threads_for_idle_cores(max_threads: int, idle: float | None, logical: int) -> int:
