@@ -5,7 +5,10 @@ changed no number."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -18,10 +21,11 @@ from autoseg.training.checkpoints import load_checkpoint, restore_training_check
 from autoseg.training.distributed import DistributedContext
 from autoseg.training.model_setup import ModelSetup, build_optimizer
 from autoseg.training.monitor import WARMUP_ITERATIONS, WarmTimer
-from autoseg.training.pseudo_validation import confusion, dice_from_counts
+from autoseg.training.pseudo_validation import confusion, dice_from_counts, epoch_batches
 from autoseg.training.replanning import BudgetReplanner, deadline, validation_passes
 from autoseg.training.schedule import TrainingState, learning_rate, planned_total, retarget
 from autoseg.training.steps import LabelSpec
+from autoseg.training.validation import MirroringPace
 from autoseg.utils.checkpoint_format import CHECKPOINT_FORMAT_VERSION, write_checkpoint
 
 from training_helpers import DATASET, data_roots, results  # noqa: F401 - fixtures
@@ -115,6 +119,15 @@ def test_confusion_and_dice_by_hand() -> None:
     assert per_class[0] == pytest.approx(4 / 6) and math.isnan(per_class[1]) and dice == pytest.approx(4 / 6)
 
 
+def test_a_short_last_epoch_validates_proportionally_fewer_batches() -> None:
+    assert epoch_batches(50, 250, 250) == 50  # a full epoch
+    assert epoch_batches(50, 45, 250) == 9  # 45 of 250 iterations: ceil(9.0)
+    assert epoch_batches(50, 46, 250) == 10  # ceil(9.2)
+    assert epoch_batches(50, 1, 250) == 1  # at least one batch
+    assert epoch_batches(50, 300, 250) == 50  # never more than configured
+    assert epoch_batches(0, 250, 250) == 0  # pseudo-validation off stays off
+
+
 def test_region_confusion_uses_sigmoid_threshold() -> None:
     spec = LabelSpec(2, [[1, 2], [2]], None)  # regions: foreground (1 or 2), and class 2
     labels = torch.tensor([0, 1, 2, 2]).view(1, 1, 4, 1, 1)
@@ -165,14 +178,21 @@ def test_deadline_and_validation_passes() -> None:
     assert validation_passes([0, 1, 2], {}) == 8 and validation_passes([0, 1, 2], {"validation_tta": False}) == 1
 
 
-def test_replanner_fits_the_schedule_before_the_deadline_less_the_validation_reserve(monkeypatch) -> None:
+def _replanner(monkeypatch, timings: list[list[float]], budget_seconds: float = 1000.0, passes: int = 2,
+               tiles: list[int] = [4, 1]) -> tuple[BudgetReplanner, list[str], list[float]]:
+    """A replanner at monotonic time 1000 with a deadline at 1100; each tile timing returns the next of ``timings``."""
     now = [1000.0]
     monkeypatch.setattr("autoseg.training.replanning.time.monotonic", lambda: now[0])
-    measured: list[int] = []
     logs: list[str] = []
-    replanner = BudgetReplanner(deadline=1100.0, reserve_inputs=([4, 1], [0.5, 0.5]), passes=2,
-                                tile_seconds=lambda: measured.append(1) or 1.0, config=POLY,
+    samples = iter(timings)
+    replanner = BudgetReplanner(deadline=1100.0, budget_seconds=budget_seconds, reserve_inputs=(tiles, [0.5, 0.5]),
+                                passes=passes, tile_seconds=lambda: next(samples), config=POLY,
                                 context=DistributedContext(), log=logs.append)
+    return replanner, logs, now
+
+
+def test_replanner_fits_the_schedule_before_the_deadline_less_the_validation_reserve(monkeypatch) -> None:
+    replanner, logs, _ = _replanner(monkeypatch, [[1.0, 1.0, 1.0], [1.0]])
     state = TrainingState(total_iterations=1000, iteration=10)
     replanner.replan(state, seconds_per_iteration=0.5)
     # reserve: 5 tiles x 2 passes x 1 s + 1 s export = 11 s; (100 - 11) / 0.5 = 178 more iterations
@@ -180,7 +200,86 @@ def test_replanner_fits_the_schedule_before_the_deadline_less_the_validation_res
     assert state.lr_anchor == PolyAnchor(10, poly_lr(1.0, 10, 1000, 0.9))
     assert "schedule set to 188 iterations (was 1000)" in logs[0]
     replanner.replan(state, seconds_per_iteration=0.5)
-    assert measured == [1] and len(logs) == 1  # the tile is timed once; an unchanged total is not logged
+    assert len(logs) == 1  # an unchanged total is not logged
+
+
+def test_replanner_times_the_tile_at_every_estimate_and_takes_the_median(monkeypatch) -> None:
+    # one fast first timing (as FC-DenseNet's 0.4 s per tile against 0.8 s in its validation) is outvoted
+    replanner, _, _ = _replanner(monkeypatch, [[0.5, 1.0, 1.0], [1.0, 1.0, 1.0], [3.0]])
+    state = TrainingState(total_iterations=1000, iteration=10)
+    replanner.replan(state, seconds_per_iteration=0.5)
+    assert replanner.validation_estimate == 5 * 2 * 1.0 + 1.0  # median of 0.5, 1, 1
+    replanner.replan(state, seconds_per_iteration=0.5)
+    assert replanner.validation_estimate == 5 * 2 * 1.0 + 1.0  # median of 0.5, 1, 1, 1, 1, 1
+    replanner.replan(state, seconds_per_iteration=0.5)
+    assert replanner.validation_estimate == 5 * 2 * 1.0 + 1.0  # one slow sample does not move it either
+    assert replanner.mirroring
+
+
+def test_replanner_drops_mirroring_when_it_exceeds_the_planners_share_of_the_budget(monkeypatch) -> None:
+    # 5 tiles x 8 mirrorings x 1 s = 40 s > 15% of 200 s: validated unmirrored, 5 tiles x 1 s + 1 s export
+    replanner, logs, _ = _replanner(monkeypatch, [[1.0], [10.0]], budget_seconds=200.0, passes=8)
+    state = TrainingState(total_iterations=1000, iteration=10)
+    replanner.replan(state, seconds_per_iteration=0.5)
+    assert not replanner.mirroring and replanner.validation_estimate == 6.0
+    assert "validating without mirroring" in logs[0] and "40 s" in logs[0]
+    # within the share (40 s <= 15% of 300 s) mirroring stays, and a later slower timing never flips it
+    replanner, logs, _ = _replanner(monkeypatch, [[1.0], [10.0]], budget_seconds=300.0, passes=8)
+    replanner.replan(state, seconds_per_iteration=0.5)
+    assert replanner.mirroring and replanner.validation_estimate == 41.0
+    replanner.replan(state, seconds_per_iteration=0.5)
+    assert replanner.mirroring and not any("without mirroring" in line for line in logs)
+
+
+def test_validation_pace_drops_mirroring_for_the_cases_that_would_end_late(monkeypatch) -> None:
+    now = [0.0]
+    monkeypatch.setattr("autoseg.training.validation.time.monotonic", lambda: now[0])
+    assert all(MirroringPace(None, [1, 1, 1]).mirror(i) for i in range(3))  # no deadline: always
+    pace = MirroringPace(35.0, [1, 2, 1, 1])
+    assert pace.mirror(0)  # nothing timed yet
+    now[0] = 10.0  # 10 s per tile: 3 tiles left end at 40 > 35
+    assert pace.mirror(1) is False and pace.dropped_at == 1
+    now[0] = 11.0
+    assert pace.mirror(2) is False and pace.dropped_at == 1  # once dropped, stays dropped
+    pace = MirroringPace(100.0, [1, 2, 1, 1])
+    now[0] = 20.0  # started at 11: 9 s per tile, 4 tiles left end at 56 <= 100
+    assert pace.mirror(1) and pace.dropped_at is None
+
+
+def test_a_validation_behind_its_deadline_predicts_the_rest_unmirrored(results: Path, monkeypatch) -> None:
+    from autoseg.dataset.description import load_description
+    from autoseg.training import validation as validation_module
+    from autoseg.training.validation import GT_FOLDER, VALIDATION_FOLDER, validate_fold
+
+    summary = train_fold(DATASET, "3d_fullres", 0, epochs=1, workers=0, overrides=["val_iterations_per_epoch=1"])
+    fold = Path(summary["model_folder"]) / "fold_0"
+    assert summary["validation"]["mirrored_cases"] == summary["validation"]["num_cases"] >= 2  # no budget: all
+    seen: list[bool] = []
+    export = validation_module.export_preprocessed
+    monkeypatch.setattr(validation_module, "export_preprocessed", lambda *a, **k: seen.append(k["tta"]) or export(*a, **k))
+    plans = json.loads((Path(summary["model_folder"]) / "plans.json").read_text())
+    preprocessed = Path(os.environ["AUTOSEG_PREPROCESSED"]) / DATASET
+    store = preprocessed / plans["configurations"]["3d_fullres"]["data_identifier"]
+    cases = [row["case_id"] for row in summary["validation"]["metric_per_case"]]
+    description = load_description(Path(os.environ["AUTOSEG_RAW"]) / DATASET)
+    again = validate_fold(Path(summary["model_folder"]), "0", store, preprocessed / GT_FOLDER, cases, description, "cpu",
+                          deadline=time.monotonic() - 1.0, log=lambda line: None)
+    assert seen == [True] + [False] * (len(cases) - 1) and again["mirrored_cases"] == 1
+    written = json.loads((fold / VALIDATION_FOLDER / "summary.json").read_text())
+    assert written["mirrored_cases"] == 1 and written["num_cases"] == len(cases)
+
+
+def test_the_budget_probe_ends_early_when_its_iterations_are_slow(monkeypatch) -> None:
+    now = [0.0]
+    monkeypatch.setattr("autoseg.training.monitor.time.monotonic", lambda: now[0])
+    timer = WarmTimer(first_iteration=0)
+    timer.new_epoch()
+    done = []
+    for iteration in range(WARMUP_ITERATIONS + 10):
+        timer.before_iteration(iteration)
+        now[0] += 12.0  # 12 s per iteration, a 3-minute budget's 5% is 9 s
+        done.append(timer.probe_done(iteration + 1, probe_iterations=10, max_seconds=9.0))
+    assert done.index(True) == WARMUP_ITERATIONS and done.count(True) == 1  # after the first timed iteration
 
 
 def test_warm_timer_skips_the_first_iterations_of_a_run(monkeypatch) -> None:
@@ -193,6 +292,7 @@ def test_warm_timer_skips_the_first_iterations_of_a_run(monkeypatch) -> None:
         now[0] += 1.0 if iteration >= WARMUP_ITERATIONS else 10.0  # warm-up iterations are slow
     assert timer.seconds_per_iteration(5) == 1.0 and timer.iterations_per_second(5) == 1.0
     assert timer.probe_done(5, probe_iterations=3) and not timer.probe_done(6, probe_iterations=3)
+    assert not timer.probe_done(5, probe_iterations=3)  # true only once
     timer.new_epoch()
     assert timer.seconds_per_iteration(5) is None
     timer.before_iteration(5)  # later epochs are timed from their first iteration

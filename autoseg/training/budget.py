@@ -14,6 +14,10 @@ from dataclasses import dataclass
 
 # A forward pass costs about a third of a training iteration's forward + backward.
 FORWARD_SHARE_OF_ITERATION = 1.0 / 3.0
+# The speed probe ends early once its timed iterations took this share of the budget: at 12 s per
+# iteration (FC-DenseNet's GPU-sized plan on a loaded CPU) the 10-iteration probe alone spent a
+# 3-minute budget.
+PROBE_MAX_SHARE = 0.05
 
 
 def poly_lr(initial_lr: float, iteration: int, total_iterations: int, exponent: float) -> float:

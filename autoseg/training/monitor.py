@@ -136,6 +136,7 @@ class WarmTimer:
         self.started: float | None = None
         self.since = 0
         self.index = 0
+        self.probed = False
 
     def new_epoch(self) -> None:
         self.started, self.index = None, 0
@@ -154,6 +155,12 @@ class WarmTimer:
         seconds = self.seconds_per_iteration(iteration)
         return 1.0 / seconds if seconds else 0.0
 
-    def probe_done(self, iteration: int, probe_iterations: int) -> bool:
-        """True once, after the run's warm-up and ``probe_iterations`` timed iterations."""
-        return self.started is not None and iteration - self.first_iteration == probe_iterations + WARMUP_ITERATIONS
+    def probe_done(self, iteration: int, probe_iterations: int, max_seconds: float = math.inf) -> bool:
+        """True once: after the run's warm-up and ``probe_iterations`` timed iterations, or sooner when
+        the timed iterations so far (at least one) took ``max_seconds``."""
+        if self.probed or self.started is None:
+            return False
+        counted = iteration - self.first_iteration >= probe_iterations + WARMUP_ITERATIONS
+        slow = iteration > self.since and time.monotonic() - self.started >= max_seconds
+        self.probed = counted or slow
+        return self.probed

@@ -26,6 +26,16 @@ class PseudoValidationResult:
     per_class: list[float]
 
 
+def epoch_batches(per_epoch: int, trained: int, iterations_per_epoch: int) -> int:
+    """Pseudo-validation batches after an epoch of ``trained`` iterations: ``per_epoch`` after a full
+    epoch, proportionally fewer (at least one) after a short last one, so that a budget affording less
+    than an epoch does not spend it validating (a 45-iteration FC-DenseNet run validated 50 batches)
+    and the per-iteration share the budget probe assumes holds for any epoch length."""
+    if per_epoch <= 0:
+        return 0
+    return max(1, min(per_epoch, math.ceil(per_epoch * trained / max(iterations_per_epoch, 1))))
+
+
 def confusion(logits: torch.Tensor, labels: torch.Tensor, spec: LabelSpec) -> torch.Tensor:
     """(3, classes) TP, FP, FN of the batch; ignore-label voxels do not count."""
     valid = None if spec.ignore_label is None else labels != spec.ignore_label

@@ -38,7 +38,7 @@ from autoseg.training.distributed import DistributedContext, all_reduce_sum, ran
 from autoseg.training.fold_run import FoldRun
 from autoseg.training.model_setup import NetworkRequest, build_model, seed_everything
 from autoseg.training.monitor import Monitor, WarmTimer
-from autoseg.training.pseudo_validation import PseudoValidationResult, pseudo_validate
+from autoseg.training.pseudo_validation import PseudoValidationResult, epoch_batches, pseudo_validate
 from autoseg.training.replanning import (
     BudgetReplanner,
     deadline,
@@ -155,7 +155,7 @@ class Trainer:
         reserve = validation_reserve_inputs(run.store, run.fold, run.val_cases, self.patch_size, self.labels.n_outputs)
         passes = validation_passes(self.mirror_axes, run.configuration)
         tile = lambda: seconds_per_tile(self.setup, self.in_channels, self.patch_size, self.device)  # noqa: E731
-        return BudgetReplanner(end, reserve, passes, tile, cfg, self.context, self.monitor.log)
+        return BudgetReplanner(end, run.budget_seconds, reserve, passes, tile, cfg, self.context, self.monitor.log)
 
     def fit(self) -> None:
         """Train until ``total_iterations``; writes checkpoints, log, metrics and the final checkpoint."""
@@ -224,7 +224,8 @@ class Trainer:
             watchdog.end()
             losses.append(loss)
             state.iteration += 1
-            if self.replanner is not None and timer.probe_done(state.iteration, cfg["budget_probe_iterations"]):
+            probe_seconds = budget_rules.PROBE_MAX_SHARE * (self.run.budget_seconds or math.inf)
+            if self.replanner is not None and timer.probe_done(state.iteration, cfg["budget_probe_iterations"], probe_seconds):
                 # the probe times training steps only; validation adds its forward passes
                 overhead = 1 + cfg["val_iterations_per_epoch"] / self.iterations_per_epoch * budget_rules.FORWARD_SHARE_OF_ITERATION
                 self.replanner.replan(state, timer.seconds_per_iteration(state.iteration) * overhead)
@@ -235,8 +236,8 @@ class Trainer:
     def _end_epoch(self, losses: list[float], val_stream: Any, epoch_start: float, iteration_seconds: float | None) -> None:
         """Pseudo-validate, record the epoch's metrics, checkpoint (latest, and best on a new best EMA)."""
         cfg, state = self.run.config, self.state
-        result = pseudo_validate(self.setup, self.step.loss, self.labels, val_stream, int(cfg["val_iterations_per_epoch"]),
-                                 self.device, self.context)
+        n_batches = epoch_batches(int(cfg["val_iterations_per_epoch"]), len(losses), self.iterations_per_epoch)
+        result = pseudo_validate(self.setup, self.step.loss, self.labels, val_stream, n_batches, self.device, self.context)
         train_loss = float(all_reduce_sum(torch.tensor([float(np.mean(losses))]), self.context)[0]) / self.context.world_size
         improved = state.add_pseudo_dice(result.dice, cfg["pseudo_dice_ema"])
         state.epoch += 1

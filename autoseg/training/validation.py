@@ -4,11 +4,16 @@ Each case is predicted from the preprocessed store with the inference's sliding 
 blending, mirroring TTA) and restored to its input geometry, as ``autoseg predict`` would, then scored
 against ``gt_segmentations/`` into ``validation/summary.json`` (per case and class Dice). A 3d_lowres
 fold also hands its predictions to the cascade (``predicted_next_stage/``).
+
+Under a time budget the validation keeps to the run's deadline: when, at the pace of the cases done,
+the mirrored prediction of the cases left would end after it, they are predicted without mirroring
+(8x fewer forward passes in 3D), and the summary says how many cases were mirrored.
 """
 
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -20,12 +25,36 @@ from autoseg.evaluation.evaluate import evaluate_folders
 from autoseg.inference.batch import write_probabilities
 from autoseg.inference.model import load_model
 from autoseg.inference.predictor import append_previous_stage, export_preprocessed
-from autoseg.preprocessing.store import load_case
+from autoseg.planning.accounting import tiles_per_case
+from autoseg.preprocessing.store import load_case, load_properties
 from autoseg.training.cascade import NEXT_STAGE_FOLDER
-from autoseg.utils.atomic import atomic_path
+from autoseg.utils.atomic import atomic_path, atomic_write_json
 
 VALIDATION_FOLDER = "validation"
 GT_FOLDER = "gt_segmentations"
+
+
+class MirroringPace:
+    """Whether the next case may still be mirrored: the seconds per tile so far, times the tiles left,
+    must end by ``deadline`` (monotonic clock; None: always mirror)."""
+
+    def __init__(self, deadline: float | None, tiles: Sequence[int]) -> None:
+        self.deadline, self.tiles = deadline, list(tiles)
+        self.started = time.monotonic()
+        self.dropped_at: int | None = None
+
+    def mirror(self, index: int) -> bool:
+        """For case ``index`` (cases before it done); once dropped, mirroring stays off."""
+        if self.dropped_at is not None:
+            return False
+        if self.deadline is None or index == 0:
+            return True
+        now = time.monotonic()
+        left = (now - self.started) / max(sum(self.tiles[:index]), 1) * sum(self.tiles[index:])
+        if now + left > self.deadline:
+            self.dropped_at = index
+            return False
+        return True
 
 
 def validate_fold(
@@ -43,10 +72,14 @@ def validate_fold(
     mixed_precision: str = "auto",
     log: Callable[[str], None] = print,
     tta: bool = True,
+    deadline: float | None = None,
 ) -> dict[str, Any]:
     """Predict ``case_ids`` with the fold's final checkpoint and evaluate them; returns the summary.
-    ``tta``: mirroring test-time augmentation (a budgeted plan may turn it off to fit validation)."""
+    ``tta``: mirroring test-time augmentation (a budgeted plan may turn it off to fit validation);
+    ``deadline``: when mirrored cases would end after it (``time.monotonic()``), the rest are not mirrored."""
     model = load_model(model_folder, folds=[fold], checkpoint="final", device=device)
+    tiles = [tiles_per_case(load_properties(store, c)["shape_after_resampling"], model.patch_size) for c in case_ids]
+    pace = MirroringPace(deadline if tta else None, tiles)
     output = model_folder / f"fold_{fold}" / VALIDATION_FOLDER
     output.mkdir(parents=True, exist_ok=True)
     next_stage = model_folder / NEXT_STAGE_FOLDER if hand_to_next_stage else None
@@ -56,8 +89,11 @@ def validate_fold(
         if previous_stage_cache is not None:
             previous = np.load(previous_stage_cache / f"{case_id}.npy", allow_pickle=False)[0]
             data = append_previous_stage(data, previous, description.foreground_labels)
+        mirror = tta and pace.mirror(i)
+        if tta and not mirror and pace.dropped_at == i:
+            log(f"validation: behind the time budget, the last {len(case_ids) - i} cases without mirroring")
         prediction = export_preprocessed(
-            model, data, properties, tta=tta, mixed_precision=mixed_precision, return_probabilities=save_probabilities
+            model, data, properties, tta=mirror, mixed_precision=mixed_precision, return_probabilities=save_probabilities
         )
         geometry = Geometry.from_dict(properties["geometry"])
         if prediction.probabilities is not None:
@@ -67,4 +103,8 @@ def validate_fold(
             with atomic_path(next_stage / f"{case_id}{ending}") as tmp:
                 shutil.copyfile(output / f"{case_id}{ending}", tmp)
         log(f"validation: predicted {case_id} ({i + 1}/{len(case_ids)})")
-    return evaluate_folders(output, gt_folder, description, output_dir=output, case_ids=list(case_ids), num_workers=1)
+    summary = evaluate_folders(output, gt_folder, description, output_dir=output, case_ids=list(case_ids), num_workers=1)
+    mirrored = 0 if not tta else len(case_ids) if pace.dropped_at is None else pace.dropped_at
+    summary["mirrored_cases"] = mirrored
+    atomic_write_json(output / "summary.json", summary)
+    return summary
