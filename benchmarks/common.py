@@ -272,20 +272,20 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def write_section(key: str, title: str, body: str, machine: str | None = None) -> None:
-    """Replace (or append) the section ``key`` of ``docs/benchmarks.md``; other sections are kept.
+def write_section(key: str, title: str, body: str, machine: str | None = None, doc: Path = DOC) -> None:
+    """Replace (or append) the section ``key`` of ``doc`` (``docs/benchmarks.md``); other sections are kept.
 
     A section runs from its ``<!-- bench:KEY -->`` marker to the next marker or the end of the file.
     ``machine`` describes where the figures were measured (default: this machine, now).
     """
     marker = f"<!-- bench:{key} -->"
-    text = DOC.read_text() if DOC.is_file() else DOC_HEADER
+    text = doc.read_text() if doc.is_file() else DOC_HEADER
     section = f"{marker}\n## {title}\n\n_{machine or machine_line()}_\n\n{body.strip()}\n"
     pattern = re.compile(re.escape(marker) + r".*?(?=<!-- bench:|\Z)", re.DOTALL)
     if pattern.search(text):
         text = pattern.sub(lambda _: section + "\n", text, count=1)
     else:
         text = text.rstrip("\n") + "\n\n" + section
-    atomic_write_text(DOC, text.rstrip("\n") + "\n")
-    print(f"written: {DOC} (section {key})", file=sys.stderr)
+    atomic_write_text(doc, text.rstrip("\n") + "\n")
+    print(f"written: {doc} (section {key})", file=sys.stderr)
 
