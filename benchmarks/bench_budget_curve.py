@@ -60,8 +60,10 @@ from common import (
     markdown_table,
     nnunet_env,
     run_measured,
+    save_figure,
     temporary_raw_root,
     warm_file_cache,
+    work_folder,
     write_section,
 )
 
@@ -69,7 +71,7 @@ from autoseg.errors import UsageError
 from autoseg.training.data_loading import auto_workers
 from autoseg.training.run import ACCOUNTING_FILE
 from autoseg.training.validation import VALIDATION_FOLDER
-from autoseg.utils.atomic import atomic_path, atomic_write_json
+from autoseg.utils.atomic import atomic_write_json
 from autoseg.utils.duration import parse_duration
 
 DEFAULT_BUDGETS = "5m,10m,30m"
@@ -189,12 +191,7 @@ def run_nnunet(raw: Path, work: Path, dataset: str, seconds: float, args: argpar
 def run_all(args: argparse.Namespace) -> None:
     """Every run in the order of the module docstring; each record saved as soon as its run ends."""
     with ExitStack() as stack:
-        if args.work_dir is not None:
-            args.work_dir.mkdir(parents=True, exist_ok=True)
-            work = Path(tempfile.mkdtemp(prefix="bench-budget-curve-", dir=args.work_dir))
-        else:
-            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="autoseg-bench-budget-curve-")))
-        print(f"outputs in {work}", file=sys.stderr)
+        work = work_folder(stack, args.work_dir, "bench-budget-curve")
         raws = {}
         for dataset in dict.fromkeys([*args.datasets, *args.nnunet_datasets]):
             raws[dataset] = stack.enter_context(temporary_raw_root(dataset))
@@ -315,10 +312,7 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_report(args: argparse.Namespace) -> None:

@@ -23,7 +23,6 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
@@ -46,10 +45,12 @@ from common import (
     nnunet_command,
     nnunet_env,
     run_measured,
+    save_figure,
     temporary_raw_root,
     thread_env,
     tree_rss_bytes,
     warm_file_cache,
+    work_folder,
     write_section,
 )
 
@@ -57,7 +58,6 @@ from autoseg.training.data_loading import auto_workers
 from autoseg.training.monitor import LOG_FILE, METRICS_FILE
 from autoseg.training.splits import SPLITS_FILE, kfold_splits
 from autoseg.training.validation import VALIDATION_FOLDER
-from autoseg.utils.atomic import atomic_path
 
 CONFIGURATION = "3d_fullres"
 FOLD = "0"
@@ -183,10 +183,7 @@ def plot_dice_vs_time(curves: dict[str, Curve], finals: dict[str, tuple[float, f
     ax.set_title(f"{HIPPOCAMPUS}, {CONFIGURATION}, fold {FOLD}: Dice against training time")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------------- nnU-Net, stopped
@@ -492,12 +489,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cores = len(os.sched_getaffinity(0))
     with ExitStack() as stack:
         raw = stack.enter_context(temporary_raw_root())
-        if args.work_dir is not None:
-            args.work_dir.mkdir(parents=True, exist_ok=True)
-            work = Path(tempfile.mkdtemp(prefix="bench-training-", dir=args.work_dir))
-        else:
-            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="autoseg-bench-training-")))
-        print(f"outputs in {work}", file=sys.stderr)
+        work = work_folder(stack, args.work_dir, "bench-training")
         warm_file_cache(raw / HIPPOCAMPUS)
         autoseg, autoseg_splits = run_autoseg(raw, work, args, cores)
         budget_s = autoseg.train.wall_s if not math.isnan(autoseg.train.wall_s) else args.minutes * 60
