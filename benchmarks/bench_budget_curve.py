@@ -30,7 +30,7 @@ import os
 import shlex
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -126,21 +126,32 @@ def save_record(path: Path, record: dict[str, Any]) -> None:
     """Replace the record of the same (tool, dataset, budget) or add it; the file is written atomically."""
     key = (record["tool"], record["dataset"], record["budget_s"])
     records = [r for r in load_records(path) if (r["tool"], r["dataset"], r["budget_s"]) != key]
-    records.append({**record, "machine": machine_line(), "command": shlex.join(["python", *sys.argv])})
+    records.append({**record, "machine": machine_line(), "command": shlex.join(["python", *sys.argv]),
+                    "saved_at": datetime.datetime.now().astimezone().isoformat(timespec="seconds")})
     records.sort(key=lambda r: (r["budget_s"], r["tool"] != "autoseg", r["dataset"]))
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, {"records": records})
     print(f"recorded: {record['tool']} {record['dataset']} {record['budget']} in {path}", file=sys.stderr)
 
 
+def record_key(tool: str, dataset: str, budget_s: float, cases: int | None) -> dict[str, Any]:
+    return {"tool": tool, "dataset": dataset, "budget": budget_label(budget_s), "budget_s": budget_s, "cases": cases}
+
+
 def find(records: list[dict[str, Any]], tool: str, dataset: str, budget_s: float) -> dict[str, Any] | None:
     return next((r for r in records if (r["tool"], r["dataset"], r["budget_s"]) == (tool, dataset, budget_s)), None)
 
 
-def failed(base: dict[str, Any], error: SystemExit) -> dict[str, Any]:
-    """A run that stopped with an error: its first line, so the table says why the point is missing."""
-    message = str(error.code).strip().splitlines()
-    return {**base, "status": "failed", "error": message[0] if message else "failed"}
+def attempt(base: dict[str, Any], run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """The record of ``run``, or of its failure (first line for the table, the whole text kept): one
+    failed run must not cost the runs after it."""
+    try:
+        return {**base, **run()}
+    except (SystemExit, Exception) as error:
+        text = str(error.code) if isinstance(error, SystemExit) else f"{type(error).__name__}: {error}"
+        print(f"{base['tool']} {base['dataset']} {base['budget']} failed: {text}", file=sys.stderr)
+        lines = text.strip().splitlines()
+        return {**base, "status": "failed", "error": lines[0] if lines else "failed", "error_text": text[-3000:]}
 
 
 # --------------------------------------------------------------------------------------------- autoseg
@@ -173,7 +184,8 @@ def run_autoseg(raw: Path, work: Path, dataset: str, budget_s: float, args: argp
 def run_nnunet(raw: Path, work: Path, dataset: str, seconds: float, args: argparse.Namespace) -> dict[str, Any]:
     """Train nnU-Net's fold 0 on its preprocessed data (``work/preprocessed``, made once) into a fresh
     results folder for ``seconds``, then score its best checkpoint; the record of the run."""
-    folder = Path(tempfile.mkdtemp(prefix=f"nnunet-{budget_label(seconds)}-", dir=work))
+    work.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="run-", dir=work))
     env = training_env(nnunet_env(raw, work / "preprocessed", folder / "results", len(os.sched_getaffinity(0))),
                        auto_workers(args.device))
     if not (work / "preprocessed" / dataset / "nnUNetPlans.json").is_file():
@@ -199,21 +211,15 @@ def run_all(args: argparse.Namespace) -> None:
             warm_file_cache(raws[dataset] / dataset)
         for budget_s in args.budgets:
             for dataset in args.datasets:
-                base = {"tool": "autoseg", "dataset": dataset, "budget": budget_label(budget_s), "budget_s": budget_s, "cases": args.cases}
-                try:
-                    record = {**base, **run_autoseg(raws[dataset], work / dataset / f"autoseg-{budget_label(budget_s)}", dataset, budget_s, args)}
-                except SystemExit as error:
-                    record = failed(base, error)
-                save_record(args.results, record)
+                base = record_key("autoseg", dataset, budget_s, args.cases)
+                folder = work / dataset / f"autoseg-{budget_label(budget_s)}"
+                save_record(args.results, attempt(base, lambda: run_autoseg(raws[dataset], folder, dataset, budget_s, args)))
             for dataset in args.nnunet_datasets:
                 autoseg = find(load_records(args.results), "autoseg", dataset, budget_s)
-                seconds = autoseg["wall_s"]["train"] if autoseg and autoseg["status"] == "finished" else budget_s
-                base = {"tool": "nnunet", "dataset": dataset, "budget": budget_label(budget_s), "budget_s": budget_s, "cases": args.cases}
-                try:
-                    record = {**base, **run_nnunet(raws[dataset], work / dataset / "nnunet", dataset, seconds, args)}
-                except SystemExit as error:
-                    record = failed(base, error)
-                save_record(args.results, record)
+                same = autoseg is not None and autoseg["status"] == "finished" and autoseg.get("cases") == args.cases
+                seconds = autoseg["wall_s"]["train"] if same else budget_s
+                base = record_key("nnunet", dataset, budget_s, args.cases)
+                save_record(args.results, attempt(base, lambda: run_nnunet(raws[dataset], work / dataset / "nnunet", dataset, seconds, args)))
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -322,7 +328,8 @@ def write_report(args: argparse.Namespace) -> None:
     png = args.results.with_suffix(".png")
     plot(records, png)
     body = report(records, png, args.doc)
-    write_section(*SECTION, body, machine=records[-1]["machine"], doc=args.doc)
+    latest = max(records, key=lambda r: r.get("saved_at", ""))
+    write_section(*SECTION, body, machine=f"latest run: {latest['machine']}", doc=args.doc)
     print(body)
 
 
@@ -349,9 +356,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.results = args.results.resolve()
     args.doc = (args.doc or (DOC if args.results == DEFAULT_RESULTS else args.results.with_suffix(".md"))).resolve()
     if not args.report_only:
-        args.budgets = parse_budgets(args.budgets)
+        text, args.budgets = args.budgets, parse_budgets(args.budgets)
         if not args.budgets:
-            raise SystemExit(f"--budgets {args.budgets!r}: give at least one budget, e.g. 5m,10m,30m")
+            raise SystemExit(f"--budgets {text!r}: give at least one budget, e.g. 5m,10m,30m")
         args.datasets = parse_datasets(args.datasets, "--datasets")
         args.nnunet_datasets = parse_datasets(args.nnunet_datasets, "--nnunet-datasets")
         if args.cases is not None and args.cases < 5:
