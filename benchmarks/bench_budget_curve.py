@@ -10,8 +10,10 @@ budgets) trains fold 0 into a fresh results folder for as long as autoseg's trai
 same dataset and budget (the budget itself when autoseg has no run), is stopped, and its
 ``checkpoint_best.pth`` predicts the validation cases, scored by ``autoseg evaluate`` (``bench_training.py``
 does each step). After every finished run its record replaces the one of the same (tool, dataset,
-budget) in the results JSON (written atomically), so a killed run keeps what finished; the table (a
-section of ``docs/benchmarks.md``) and the PNG are rebuilt from that JSON.
+budget) in the results JSON (written atomically), so a killed run keeps what finished; a failed run is
+recorded as failed and the next runs go on (an autoseg train command still running at 3x its budget is
+stopped: one runaway run cannot take the whole session). The table (a section of ``docs/benchmarks.md``)
+and the PNG are rebuilt from that JSON.
 
 Each autoseg run lasts about its budget and each nnU-Net run about as long plus its prediction, so the
 defaults take (5 + 10 + 30) min x (3 + 2) runs, nearly 4 hours, plus nnU-Net's preprocessing; the script
@@ -45,6 +47,7 @@ from bench_training import (
     find_autoseg_fold,
     nnunet_plan_and_preprocess,
     nnunet_train_and_score,
+    run_stopped,
     training_env,
     validation_cases,
 )
@@ -81,6 +84,7 @@ DEFAULT_RESULTS = REPO_ROOT / "docs" / "benchmark_dice_vs_budget.json"
 SECTION = ("budget_curve", "Dice against compute budget (issue 14)")
 TOOLS = {"autoseg": "autoseg", "nnunet": "nnU-Net v2"}
 NO_EPOCH = "no epoch finished"
+OVERRUN_FACTOR = 3.0  # an autoseg train command still running at 3x its budget is stopped and recorded as failed
 
 
 # ------------------------------------------------------------------------------------------ arguments
@@ -93,7 +97,7 @@ def parse_budgets(text: str) -> list[float]:
 
 
 def budget_label(seconds: float) -> str:
-    return f"{seconds / 60:g}m"
+    return f"{seconds / 60:g}m" if seconds % 60 == 0 else f"{seconds:g}s"
 
 
 def parse_datasets(text: str, option: str) -> list[str]:
@@ -167,7 +171,14 @@ def run_autoseg(raw: Path, work: Path, dataset: str, budget_s: float, args: argp
     walls = {}
     for part, command in zip(("plan", "preprocess", "train"), autoseg_commands(budget_s / 60, args.num_workers, args.device, dataset)):
         print(f"running: autoseg {' '.join(command[3:])}", file=sys.stderr)
-        walls[part] = check(run_measured(command, env), f"autoseg {part} of {dataset}").wall_s
+        if part != "train":
+            walls[part] = check(run_measured(command, env), f"autoseg {part} of {dataset}").wall_s
+            continue
+        limit = OVERRUN_FACTOR * budget_s
+        train = check(run_stopped(command, env, limit, work / "train_output.txt"), f"autoseg train of {dataset}")
+        if train.wall_s >= limit:
+            raise SystemExit(f"autoseg train of {dataset} stopped after {fmt_seconds(limit)} ({OVERRUN_FACTOR:g}x its budget): no Dice")
+        walls[part] = train.wall_s
     walls["total"] = walls["preprocess"] + walls["train"]
     fold = find_autoseg_fold(results, dataset)
     summary = fold / VALIDATION_FOLDER / "summary.json"
@@ -227,7 +238,7 @@ def _dice(record: dict[str, Any] | None) -> str:
     if record is None:
         return "not run"
     if record["status"] != "finished":
-        return f"failed: {record['error'][:80]}"
+        return f"failed: {record['error']}"
     return f"{record['dice']['mean']:.4f}" if record["dice"] else NO_EPOCH
 
 
