@@ -23,7 +23,6 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
@@ -46,10 +45,12 @@ from common import (
     nnunet_command,
     nnunet_env,
     run_measured,
+    save_figure,
     temporary_raw_root,
     thread_env,
     tree_rss_bytes,
     warm_file_cache,
+    work_folder,
     write_section,
 )
 
@@ -57,7 +58,6 @@ from autoseg.training.data_loading import auto_workers
 from autoseg.training.monitor import LOG_FILE, METRICS_FILE
 from autoseg.training.splits import SPLITS_FILE, kfold_splits
 from autoseg.training.validation import VALIDATION_FOLDER
-from autoseg.utils.atomic import atomic_path
 
 CONFIGURATION = "3d_fullres"
 FOLD = "0"
@@ -183,10 +183,7 @@ def plot_dice_vs_time(curves: dict[str, Curve], finals: dict[str, tuple[float, f
     ax.set_title(f"{HIPPOCAMPUS}, {CONFIGURATION}, fold {FOLD}: Dice against training time")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------------- nnU-Net, stopped
@@ -270,12 +267,12 @@ def as_sets(splits: Sequence[dict[str, list[str]]]) -> list[tuple[frozenset[str]
     return [(frozenset(s["train"]), frozenset(s["val"])) for s in splits]
 
 
-def find_autoseg_fold(results_root: Path) -> Path:
-    """``<results>/Dataset004_Hippocampus/<network>__<plans>__3d_fullres/fold_0`` holding a validation."""
-    found = sorted((results_root / HIPPOCAMPUS).glob(f"*__*__{CONFIGURATION}/fold_{FOLD}/{VALIDATION_FOLDER}/summary.json"))
+def find_autoseg_fold(results_root: Path, dataset: str = HIPPOCAMPUS) -> Path:
+    """``<results>/<dataset>/<network>__<plans>__3d_fullres/fold_0`` holding a validation."""
+    found = sorted((results_root / dataset).glob(f"*__*__{CONFIGURATION}/fold_{FOLD}/{VALIDATION_FOLDER}/summary.json"))
     if len(found) != 1:
         raise SystemExit(
-            f"{results_root}: expected one finished autoseg fold {FOLD} of {CONFIGURATION} under {HIPPOCAMPUS}/, "
+            f"{results_root}: expected one finished autoseg fold {FOLD} of {CONFIGURATION} under {dataset}/, "
             f"found {len(found)} ({', '.join(str(p) for p in found) or 'none'}); give the results root of one finished run"
         )
     return found[0].parent.parent
@@ -288,8 +285,9 @@ def training_env(base: dict[str, str], workers: int) -> dict[str, str]:
     return env
 
 
-def autoseg_commands(minutes: float, workers: int, device: str) -> list[list[str]]:
-    cli, dataset = autoseg_command(), "Dataset004"
+def autoseg_commands(minutes: float, workers: int, device: str, dataset: str = "Dataset004") -> list[list[str]]:
+    """plan (for a ``minutes`` budget), preprocess and train of fold 0, as autoseg CLI commands."""
+    cli = autoseg_command()
     return [
         [*cli, "plan", dataset, "--budget", f"{minutes:g}m", "-c", CONFIGURATION, "--device", device, "-np", str(workers)],
         [*cli, "preprocess", dataset, "-c", CONFIGURATION, "-np", str(workers)],
@@ -324,38 +322,52 @@ def run_autoseg(raw: Path, work: Path, args: argparse.Namespace, cores: int) -> 
     return ToolResult(train, curve, dice, "final checkpoint", last, plan_budget_s(fold_folder)), splits
 
 
+def nnunet_plan_and_preprocess(env: dict[str, str], workers: int, dataset_id: str = DATASET_ID) -> Measurement:
+    """nnU-Net's default plan and its preprocessing of ``3d_fullres`` into ``env``'s preprocessed root."""
+    plan = [nnunet_command("nnUNetv2_plan_and_preprocess"), "-d", dataset_id, "-c", CONFIGURATION, "-np", str(workers),
+            "-npfp", str(workers)]
+    print(f"running: nnUNetv2_plan_and_preprocess {' '.join(plan[1:])}", file=sys.stderr)
+    return check(run_measured(plan, env), "nnUNetv2_plan_and_preprocess")
+
+
 def run_nnunet(raw: Path, work: Path, args: argparse.Namespace, cores: int, seconds: float) -> tuple[ToolResult, Path]:
     """Plan and preprocess, train for ``seconds`` then stop, predict fold 0's validation cases with
     ``checkpoint_best.pth`` and score them; returns the result and nnU-Net's splits file."""
     pre, results = work / "nnunet" / "preprocessed", work / "nnunet" / "results"
     env = training_env(nnunet_env(raw, pre, results, cores), auto_workers(args.device))
-    workers = str(args.num_workers)
-    plan = [nnunet_command("nnUNetv2_plan_and_preprocess"), "-d", DATASET_ID, "-c", CONFIGURATION, "-np", workers, "-npfp", workers]
-    print(f"running: nnUNetv2_plan_and_preprocess {' '.join(plan[1:])}", file=sys.stderr)
-    check(run_measured(plan, env), "nnUNetv2_plan_and_preprocess")
-    train_command = [nnunet_command("nnUNetv2_train"), DATASET_ID, CONFIGURATION, FOLD, "-device", args.device]
+    nnunet_plan_and_preprocess(env, args.num_workers)
+    return nnunet_train_and_score(raw, work / "nnunet", env, args.device, args.num_workers, seconds)
+
+
+def nnunet_train_and_score(raw: Path, folder: Path, env: dict[str, str], device: str, workers: int, seconds: float,
+                           dataset: str = HIPPOCAMPUS, dataset_id: str = DATASET_ID) -> tuple[ToolResult, Path]:
+    """Train fold 0 on ``env``'s preprocessed data for ``seconds`` then stop, predict its validation cases
+    with ``checkpoint_best.pth`` into ``folder`` and score them; returns the result and nnU-Net's splits file."""
+    pre, results = Path(env["nnUNet_preprocessed"]), Path(env["nnUNet_results"])
+    train_command = [nnunet_command("nnUNetv2_train"), dataset_id, CONFIGURATION, FOLD, "-device", device]
     launched = datetime.datetime.now()
     print(f"running: nnUNetv2_train {' '.join(train_command[1:])}, stopped after {fmt_seconds(seconds)}", file=sys.stderr)
-    train = check(run_stopped(train_command, env, seconds, work / "nnunet" / "train_output.txt"), "nnUNetv2_train")
-    fold_folder = results / HIPPOCAMPUS / NNUNET_MODEL / f"fold_{FOLD}"
+    folder.mkdir(parents=True, exist_ok=True)
+    train = check(run_stopped(train_command, env, seconds, folder / "train_output.txt"), "nnUNetv2_train")
+    fold_folder = results / dataset / NNUNET_MODEL / f"fold_{FOLD}"
     logs = sorted(fold_folder.glob("training_log_*.txt"))
     curve = parse_nnunet_log(logs[-1].read_text(), launched) if logs else Curve()
-    splits = pre / HIPPOCAMPUS / SPLITS_FILE
+    splits = pre / dataset / SPLITS_FILE
     checkpoint = fold_folder / "checkpoint_best.pth"
     if not checkpoint.is_file() or not splits.is_file():
         print(f"{checkpoint}: nnU-Net wrote no checkpoint_best.pth in {fmt_seconds(seconds)}: no Dice", file=sys.stderr)
         return ToolResult(train, curve, None, "none: no epoch finished", None), splits
     val_cases = json.loads(splits.read_text())[int(FOLD)]["val"]
-    images, predictions = work / "nnunet" / "val_images", work / "nnunet" / "val_predictions"
+    images, predictions = folder / "val_images", folder / "val_predictions"
     images.mkdir()
     for case in val_cases:
-        for image in sorted((raw / HIPPOCAMPUS / "imagesTr").glob(f"{case}_[0-9][0-9][0-9][0-9].nii.gz")):
+        for image in sorted((raw / dataset / "imagesTr").glob(f"{case}_[0-9][0-9][0-9][0-9].nii.gz")):
             (images / image.name).symlink_to(image)
-    predict = [nnunet_command("nnUNetv2_predict"), "-i", str(images), "-o", str(predictions), "-d", DATASET_ID,
-               "-c", CONFIGURATION, "-f", FOLD, "-chk", "checkpoint_best.pth", "-device", args.device]
+    predict = [nnunet_command("nnUNetv2_predict"), "-i", str(images), "-o", str(predictions), "-d", dataset_id,
+               "-c", CONFIGURATION, "-f", FOLD, "-chk", "checkpoint_best.pth", "-device", device]
     print(f"running: nnUNetv2_predict of {len(val_cases)} validation cases", file=sys.stderr)
     check(run_measured(predict, env), "nnUNetv2_predict")
-    evaluate = [*autoseg_command(), "evaluate", "-p", str(predictions), "-r", str(raw / HIPPOCAMPUS / "labelsTr"), "-np", str(args.num_workers)]
+    evaluate = [*autoseg_command(), "evaluate", "-p", str(predictions), "-r", str(raw / dataset / "labelsTr"), "-np", str(workers)]
     check(run_measured(evaluate, thread_env(1)), "autoseg evaluate")
     best = curve.best_epoch
     weights = f"checkpoint_best.pth, epoch {best + 1} of {len(curve.dice)}" if best is not None else "checkpoint_best.pth"
@@ -477,12 +489,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cores = len(os.sched_getaffinity(0))
     with ExitStack() as stack:
         raw = stack.enter_context(temporary_raw_root())
-        if args.work_dir is not None:
-            args.work_dir.mkdir(parents=True, exist_ok=True)
-            work = Path(tempfile.mkdtemp(prefix="bench-training-", dir=args.work_dir))
-        else:
-            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="autoseg-bench-training-")))
-        print(f"outputs in {work}", file=sys.stderr)
+        work = work_folder(stack, args.work_dir, "bench-training")
         warm_file_cache(raw / HIPPOCAMPUS)
         autoseg, autoseg_splits = run_autoseg(raw, work, args, cores)
         budget_s = autoseg.train.wall_s if not math.isnan(autoseg.train.wall_s) else args.minutes * 60

@@ -18,12 +18,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
-from autoseg.utils.atomic import atomic_write_text
+from autoseg.utils.atomic import atomic_path, atomic_write_text
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_ROOT = Path(os.environ.get("AUTOSEG_BENCH_DATA", REPO_ROOT.parent / "shared" / "data"))
@@ -104,6 +104,18 @@ def temporary_raw_root(dataset: str = HIPPOCAMPUS) -> Iterator[Path]:
                 for file in sorted((source / sub).iterdir()):
                     (target / sub / file.name).symlink_to(file)
         yield Path(tmp)
+
+
+def work_folder(stack: ExitStack, keep_in: Path | None, name: str) -> Path:
+    """A fresh folder for a run's outputs: inside ``keep_in`` (kept, ``--work-dir``) or temporary,
+    deleted when ``stack`` closes."""
+    if keep_in is not None:
+        keep_in.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=keep_in))
+    else:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"autoseg-{name}-")))
+    print(f"outputs in {work}", file=sys.stderr)
+    return work
 
 
 def warm_file_cache(folder: Path) -> None:
@@ -266,26 +278,36 @@ def ratio(nnunet: float, autoseg: float) -> str:
     return f"{nnunet / autoseg:.2f}x" if autoseg > 0 else "n/a"
 
 
+def save_figure(fig: Any, path: Path) -> None:
+    """Lay out a matplotlib figure, write it as a PNG atomically and free it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
-def write_section(key: str, title: str, body: str, machine: str | None = None) -> None:
-    """Replace (or append) the section ``key`` of ``docs/benchmarks.md``; other sections are kept.
+def write_section(key: str, title: str, body: str, machine: str | None = None, doc: Path = DOC) -> None:
+    """Replace (or append) the section ``key`` of ``doc`` (``docs/benchmarks.md``); other sections are kept.
 
     A section runs from its ``<!-- bench:KEY -->`` marker to the next marker or the end of the file.
     ``machine`` describes where the figures were measured (default: this machine, now).
     """
     marker = f"<!-- bench:{key} -->"
-    text = DOC.read_text() if DOC.is_file() else DOC_HEADER
+    text = doc.read_text() if doc.is_file() else DOC_HEADER
     section = f"{marker}\n## {title}\n\n_{machine or machine_line()}_\n\n{body.strip()}\n"
     pattern = re.compile(re.escape(marker) + r".*?(?=<!-- bench:|\Z)", re.DOTALL)
     if pattern.search(text):
         text = pattern.sub(lambda _: section + "\n", text, count=1)
     else:
         text = text.rstrip("\n") + "\n\n" + section
-    atomic_write_text(DOC, text.rstrip("\n") + "\n")
-    print(f"written: {DOC} (section {key})", file=sys.stderr)
+    atomic_write_text(doc, text.rstrip("\n") + "\n")
+    print(f"written: {doc} (section {key})", file=sys.stderr)
 
