@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import torch
 
+from autoseg.inference.tiling import default_batch_tiles
 from autoseg.planning import accounting
 from autoseg.planning.constants import VALIDATION_MAX_SHARE
 from autoseg.preprocessing.store import load_properties
@@ -29,9 +30,7 @@ from autoseg.training.schedule import TrainingState, retarget
 from autoseg.training.splits import FOLD_ALL
 from autoseg.training.steps import autocast
 
-# Tiles per forward pass when timing the final validation's network cost, and timed passes per
-# measurement (after one warm-up pass).
-TIMING_TILES = 2
+# Timed passes per measurement of the final validation's network cost (after one warm-up pass).
 TIMING_REPEATS = 3
 
 
@@ -66,8 +65,10 @@ def validation_reserve_inputs(store: Any, fold: str, val_cases: list[str], patch
 
 def seconds_per_tile(setup: ModelSetup, in_channels: int, patch_size: list[int], device: torch.device) -> list[float]:
     """Forward time of one sliding-window tile in eval mode: one sample per timed pass, after a
-    warm-up pass."""
-    tiles = torch.zeros((TIMING_TILES, in_channels, *patch_size), device=device)
+    warm-up pass. A pass holds as many tiles as the validation's sliding window puts in one
+    (``default_batch_tiles``: up to 16 small tiles on a CPU, whose per-tile cost two alone overstate)."""
+    batch = default_batch_tiles(patch_size, device.type)
+    tiles = torch.zeros((batch, in_channels, *patch_size), device=device)
     samples: list[float] = []
     setup.network.eval()
     with torch.inference_mode(), autocast(device, setup.amp_dtype):
@@ -77,7 +78,7 @@ def seconds_per_tile(setup: ModelSetup, in_channels: int, patch_size: list[int],
             setup.network(tiles)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            samples.append((time.perf_counter() - start) / TIMING_TILES)
+            samples.append((time.perf_counter() - start) / batch)
     setup.network.train()
     return samples
 
