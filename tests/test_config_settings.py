@@ -141,6 +141,25 @@ def _budget_probe_iterations(make, monkeypatch: pytest.MonkeyPatch) -> None:
     assert _fit_until_rebudget(make, ["budget_probe_iterations=5"], monkeypatch) == 5 + WARMUP_ITERATIONS
 
 
+def test_a_finished_schedule_is_not_extended_at_its_last_epoch_end(make, monkeypatch: pytest.MonkeyPatch) -> None:
+    # ACDC's 10-minute fold re-planned 2388 -> 2389 after its last epoch and trained an 11th epoch of
+    # one iteration at learning rate 0
+    trainer = make(["iterations_per_epoch=4", "num_epochs=2", "use_plan_schedule=false", "budget_probe_iterations=100"],
+                   budget_seconds=3600.0)
+    calls: list[int] = []
+
+    def replan(self: Any, state: Any, per_iteration: float) -> None:
+        calls.append(state.iteration)
+        state.total_iterations += 1 if len(calls) == 2 else 0  # a deadline with slack, at the last epoch end
+
+    monkeypatch.setattr("autoseg.training.replanning.BudgetReplanner.replan", replan)
+    monkeypatch.setattr(trainer.step, "train", lambda data, target: (0.0, None))
+    monkeypatch.setattr(trainer, "_end_epoch", lambda *args: None)
+    monkeypatch.setattr(trainer, "save", lambda name: None)
+    trainer.fit()
+    assert calls == [4] and trainer.state.iteration == 8  # re-planned after epoch 1, not after the last
+
+
 def _budget_safety_fraction(make) -> None:
     start = time.monotonic()
     trainer = make(["budget_safety_fraction=0.25"], budget_seconds=100.0, start_time=start)

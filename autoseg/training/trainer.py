@@ -205,7 +205,8 @@ class Trainer:
                 torch.cuda.reset_peak_memory_stats(self.device)
             losses = self._train_epoch(stream, watchdog, timer)
             self._end_epoch(losses, val_stream, epoch_start, timer.seconds_per_iteration(self.state.iteration))
-            if self.replanner is not None:
+            if self.replanner is not None and self.state.iteration < self.state.total_iterations:
+                # a finished schedule is not extended: its learning rate has reached 0
                 self.replanner.replan(self.state, (time.monotonic() - epoch_start) / max(len(losses), 1))
 
     def _train_epoch(self, stream: BatchStream, watchdog: IterationWatchdog, timer: WarmTimer) -> list[float]:
