@@ -191,6 +191,7 @@ def evaluate_folders(
     tolerance_mm: float = DEFAULT_TOLERANCE_MM,
     file_ending: str | None = None,
     case_ids: Sequence[str] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate every prediction in ``pred_dir`` (or the given ``case_ids``) against ``ref_dir``.
 
@@ -200,6 +201,7 @@ def evaluate_folders(
         output_dir: where ``summary.json`` and ``summary.csv`` go (default: ``pred_dir``).
         file_ending: label file ending (default: the description's; required with a labels mapping).
         case_ids: evaluate exactly these cases; each needs a prediction and a reference.
+        extra: further top-level fields of the summary (how the predictions were made).
 
     Returns:
         The summary written to ``summary.json``.
@@ -228,6 +230,7 @@ def evaluate_folders(
         "num_cases": len(per_case),
         **mean_metrics([row["metrics"] for row in per_case], classes),
         "metric_per_case": per_case,
+        **(extra or {}),
     }
     out = Path(output_dir) if output_dir is not None else pred_dir
     atomic_write_json(out / "summary.json", summary)

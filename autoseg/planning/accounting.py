@@ -57,6 +57,12 @@ def export_seconds(input_voxels: float, n_outputs: int, resampled: bool) -> floa
     return C.EXPORT_SECONDS_PER_CASE + input_voxels * per_voxel
 
 
+def within_validation_share(seconds: float, budget_seconds: float) -> bool:
+    """Whether the final validation's ``seconds`` stay within ``VALIDATION_MAX_SHARE`` of the budget
+    (beyond it, validation runs unmirrored; the planner and training's re-estimate both apply it)."""
+    return seconds <= C.VALIDATION_MAX_SHARE * budget_seconds
+
+
 def final_validation_seconds(tiles: Sequence[int], mirror_passes: int, seconds_per_tile: float,
                              export: Sequence[float]) -> float:
     """Every tile's forward passes (``mirror_passes`` each) plus each case's export."""

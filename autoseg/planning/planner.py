@@ -277,8 +277,7 @@ def _evaluate(ctx: _Context, costs: _Costs, spacing: list[float], median: list[f
     tiles = costs.tiles(patch)
     passes = 2**dims
     recipe_tile = ctx.tile_seconds(topology, patch, width, recipe=True)
-    limit = C.VALIDATION_MAX_SHARE * ctx.budget_seconds
-    tta = tiles * passes * recipe_tile <= limit
+    tta = A.within_validation_share(tiles * passes * recipe_tile, ctx.budget_seconds)
     passes = passes if tta else 1
     checkpoint = A.checkpoint_seconds(ctx.parameters(topology))
     export = sum(costs.export)
@@ -293,7 +292,7 @@ def _evaluate(ctx: _Context, costs: _Costs, spacing: list[float], median: list[f
     recipe_count, _, _ = iterations(True)
     count, parts, step = iterations(False)
     return _Candidate(spacing, median, patch, topology, width, tta, recipe_count, step, parts, count,
-                      validation_fits=tiles * recipe_tile <= limit)
+                      validation_fits=A.within_validation_share(tiles * recipe_tile, ctx.budget_seconds))
 
 
 def context_ok(patch: Sequence[int], median_shape: Sequence[float]) -> bool:
@@ -435,7 +434,7 @@ def _plan_configuration(ctx: _Context, name: str, spacing: Sequence[float], dims
                                                 [sum(costs.export)])
         affordable, _ = A.split_budget(ctx.budget_seconds, costs.preprocess, validation, recipe * C.VALIDATION_COST_FACTOR,
                                        checkpoint)
-        if affordable >= C.MAX_ITERATIONS and validation <= C.VALIDATION_MAX_SHARE * ctx.budget_seconds:
+        if affordable >= C.MAX_ITERATIONS and A.within_validation_share(validation, ctx.budget_seconds):
             iterations, parts = _affordable(ctx, costs, topology, patch, batch, width, True, checkpoint)
         else:
             chosen = _search_budget(ctx, name, spacing, dims, fingerprint, forward)

@@ -63,7 +63,7 @@ def validation_reserve_inputs(store: Any, fold: str, val_cases: list[str], patch
     return tiles, export
 
 
-def seconds_per_tile(setup: ModelSetup, in_channels: int, patch_size: list[int], device: torch.device) -> list[float]:
+def tile_seconds_samples(setup: ModelSetup, in_channels: int, patch_size: list[int], device: torch.device) -> list[float]:
     """Forward time of one sliding-window tile in eval mode: one sample per timed pass, after a
     warm-up pass. A pass holds as many tiles as the validation's sliding window puts in one
     (``default_batch_tiles``: up to 16 small tiles on a CPU, whose per-tile cost two alone overstate)."""
@@ -108,7 +108,7 @@ class BudgetReplanner:
         self._tile_samples += self._measure_tile()
         tile = statistics.median(self._tile_samples)
         forward = sum(self.tiles) * self.passes * tile
-        if first and self.passes > 1 and forward > VALIDATION_MAX_SHARE * self.budget_seconds:
+        if first and self.passes > 1 and not accounting.within_validation_share(forward, self.budget_seconds):
             self.log(f"time budget: the final validation's {self.passes} mirrorings would take {forward:.0f} s, more than "
                      f"{VALIDATION_MAX_SHARE:.0%} of the {self.budget_seconds:.0f} s budget: validating without mirroring")
             self.passes = 1

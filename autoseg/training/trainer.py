@@ -42,7 +42,7 @@ from autoseg.training.pseudo_validation import PseudoValidationResult, epoch_bat
 from autoseg.training.replanning import (
     BudgetReplanner,
     deadline,
-    seconds_per_tile,
+    tile_seconds_samples,
     validation_passes,
     validation_reserve_inputs,
 )
@@ -154,7 +154,7 @@ class Trainer:
             return None
         reserve = validation_reserve_inputs(run.store, run.fold, run.val_cases, self.patch_size, self.labels.n_outputs)
         passes = validation_passes(self.mirror_axes, run.configuration)
-        tile = lambda: seconds_per_tile(self.setup, self.in_channels, self.patch_size, self.device)  # noqa: E731
+        tile = lambda: tile_seconds_samples(self.setup, self.in_channels, self.patch_size, self.device)  # noqa: E731
         return BudgetReplanner(end, run.budget_seconds, reserve, passes, tile, cfg, self.context, self.monitor.log)
 
     def fit(self) -> None:
@@ -214,6 +214,7 @@ class Trainer:
         end this epoch early."""
         cfg, state = self.run.config, self.state
         end = state.epoch_end(self.iterations_per_epoch)
+        probe_seconds = budget_rules.PROBE_MAX_SHARE * (self.run.budget_seconds or math.inf)
         timer.new_epoch()
         losses: list[float] = []
         while state.iteration < min(end, state.total_iterations):
@@ -225,7 +226,6 @@ class Trainer:
             watchdog.end()
             losses.append(loss)
             state.iteration += 1
-            probe_seconds = budget_rules.PROBE_MAX_SHARE * (self.run.budget_seconds or math.inf)
             if self.replanner is not None and timer.probe_done(state.iteration, cfg["budget_probe_iterations"], probe_seconds):
                 # the probe times training steps only; validation adds its forward passes
                 overhead = 1 + cfg["val_iterations_per_epoch"] / self.iterations_per_epoch * budget_rules.FORWARD_SHARE_OF_ITERATION

@@ -28,7 +28,7 @@ from autoseg.inference.predictor import append_previous_stage, export_preprocess
 from autoseg.planning.accounting import tiles_per_case
 from autoseg.preprocessing.store import load_case, load_properties
 from autoseg.training.cascade import NEXT_STAGE_FOLDER
-from autoseg.utils.atomic import atomic_path, atomic_write_json
+from autoseg.utils.atomic import atomic_path
 
 VALIDATION_FOLDER = "validation"
 GT_FOLDER = "gt_segmentations"
@@ -78,8 +78,9 @@ def validate_fold(
     ``tta``: mirroring test-time augmentation (a budgeted plan may turn it off to fit validation);
     ``deadline``: when mirrored cases would end after it (``time.monotonic()``), the rest are not mirrored."""
     model = load_model(model_folder, folds=[fold], checkpoint="final", device=device)
-    tiles = [tiles_per_case(load_properties(store, c)["shape_after_resampling"], model.patch_size) for c in case_ids]
-    pace = MirroringPace(deadline if tta else None, tiles)
+    paced = tta and deadline is not None
+    tiles = [tiles_per_case(load_properties(store, c)["shape_after_resampling"], model.patch_size) for c in case_ids] if paced else []
+    pace = MirroringPace(deadline if paced else None, tiles)
     output = model_folder / f"fold_{fold}" / VALIDATION_FOLDER
     output.mkdir(parents=True, exist_ok=True)
     next_stage = model_folder / NEXT_STAGE_FOLDER if hand_to_next_stage else None
@@ -103,8 +104,6 @@ def validate_fold(
             with atomic_path(next_stage / f"{case_id}{ending}") as tmp:
                 shutil.copyfile(output / f"{case_id}{ending}", tmp)
         log(f"validation: predicted {case_id} ({i + 1}/{len(case_ids)})")
-    summary = evaluate_folders(output, gt_folder, description, output_dir=output, case_ids=list(case_ids), num_workers=1)
     mirrored = 0 if not tta else len(case_ids) if pace.dropped_at is None else pace.dropped_at
-    summary["mirrored_cases"] = mirrored
-    atomic_write_json(output / "summary.json", summary)
-    return summary
+    return evaluate_folders(output, gt_folder, description, output_dir=output, case_ids=list(case_ids), num_workers=1,
+                            extra={"mirrored_cases": mirrored})
