@@ -103,7 +103,7 @@ def _reference_rate() -> float:
 
 def _timing(factor: float = 1.0):
     rate = _reference_rate() * factor
-    return lambda dims, width: T.TimingModel("fake cpu", 0.0, rate, rate)
+    return lambda dims, width, mixed_precision="auto": T.TimingModel("fake cpu", 0.0, rate, rate)
 
 
 @pytest.fixture(scope="module")
@@ -179,6 +179,85 @@ def test_acdc_like_budget_plans_whole_slices_not_two_slice_strips(cache):
     patch, median = config["patch_size"], config["median_shape"]
     assert patch[0] >= 0.63 * median[0] - 1 and patch[1] >= 0.63 * median[1] - 1 and patch[2] >= 0.63 * median[2] - 1
     assert config["spacing"][0] == 10.0  # the slice axis is never resampled finer or coarser first
+
+
+@pytest.fixture
+def two_threads():
+    """The reference rate is per math thread, and other test modules set the count: fix it at 2."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_below_the_floor_the_spacing_with_the_most_iterations_wins(cache, monkeypatch, two_threads):
+    """No spacing reaches ITERATION_FLOOR: of the spacings viable at the halved floor, the one whose
+    recipe affords the most iterations is planned, not the finest (Dataset027 at 10 minutes: 3.125 mm
+    with 712 planned iterations reached Dice 0.14)."""
+    from autoseg.planning import planner as P
+
+    viable: list = []  # per-spacing choices at the halved floor, as the search saw them
+    choose = P._choose
+    monkeypatch.setattr(P, "_choose", lambda fitted, evaluated, floor: (
+        lambda c: (viable.append(c) if c is not None and floor == C.ITERATION_FLOOR // 2 else None) or c)(
+        choose(fitted, evaluated, floor)))
+    plans = build_plans(ACDC, memory_budget_bytes=4 * GIB, budget_seconds=330.0, configs=["3d_fullres"],
+                        timing_factory=_timing(), cache_dir=cache)
+    config = plans["configurations"]["3d_fullres"]
+    assert len(viable) >= 2, "the scenario needs two spacings viable at the halved floor"
+    assert all(c.recipe_iterations < C.ITERATION_FLOOR for c in viable)
+    best = max(viable, key=lambda c: c.recipe_iterations)
+    finest = min(viable, key=lambda c: c.spacing[1])
+    assert best.spacing != finest.spacing  # the old rule (finest viable) would have planned another spacing
+    assert config["spacing"] == pytest.approx(best.spacing) and config["patch_size"] == best.patch
+    assert any("affords no recipe with 1000 iterations" in note for note in plans["notes"])
+
+
+def _precision_timing(float32_slowdown: float):
+    """bf16 at the reference rate, float32 ``float32_slowdown`` times slower."""
+    rate = _reference_rate()
+
+    def timing(dims, width, mixed_precision="auto"):
+        r = rate * (float32_slowdown if mixed_precision == "off" else 1.0)
+        return T.TimingModel("fake bf16 cpu", 0.0, r, r)
+    return timing
+
+
+def test_a_recipe_whose_bf16_steps_crash_is_planned_at_float32_speed(cache):
+    """The trainer falls back to float32 when the chosen network's bf16 steps crash (oneDNN on AMX);
+    the plan must then afford the iterations at float32 speed, not promise the bf16 ones."""
+    specs: list[dict] = []
+    common = dict(memory_budget_bytes=4 * GIB, budget_seconds=600.0, configs=["3d_fullres"],
+                  timing_factory=_precision_timing(2.6), cache_dir=cache)
+    survives = build_plans(ACDC, bf16_check=lambda spec: specs.append(spec) or True, **common)
+    unchecked = build_plans(ACDC, **common)
+    assert survives["configurations"] == unchecked["configurations"]  # a network that survives changes nothing
+    bf16 = survives["configurations"]["3d_fullres"]
+    assert specs[0]["patch"] == bf16["patch_size"] and specs[0]["batch"] == 2 and specs[0]["network"] == "unet"
+    assert specs[0]["topology"]["extra"]["patch_size"] == bf16["patch_size"]
+
+    crashed = build_plans(ACDC, bf16_check=lambda spec: False, **common)
+    float32 = crashed["configurations"]["3d_fullres"]
+    reference = build_plans(ACDC, **{**common, "timing_factory": lambda d, w, mixed_precision="auto":
+                                     _precision_timing(2.6)(d, w, "off")})["configurations"]["3d_fullres"]
+    assert {k: float32[k] for k in RECIPE_KEYS + ("num_iterations",)} == \
+        {k: reference[k] for k in RECIPE_KEYS + ("num_iterations",)}  # exactly the all-float32 plan
+    assert float32["predicted_seconds_per_iteration"] > bf16["predicted_seconds_per_iteration"]
+    assert float32["predicted_seconds"]["total"] <= 600.0
+    assert any("crash on this CPU" in note and "float32" in note for note in crashed["notes"])
+
+
+def test_the_bf16_check_runs_only_where_training_would_use_bf16_on_a_cpu(cache, monkeypatch):
+    from autoseg.planning import planner as P
+
+    checked: list = []
+    monkeypatch.setattr(T, "measure_timing", lambda *a, **k: _precision_timing(1.0)(3, 16, k["mixed_precision"]))
+    monkeypatch.setattr(P, "_bf16_survives", lambda spec: checked.append(spec) or True)
+    for dtype, expected in ((None, 0), (torch.bfloat16, 1)):
+        monkeypatch.setattr(P, "autocast_dtype", lambda setting, device, dtype=dtype: dtype)
+        checked.clear()
+        build_plans(ACDC, memory_budget_bytes=4 * GIB, budget_seconds=600.0, configs=["3d_fullres"], cache_dir=cache)
+        assert len(checked) == expected
 
 
 # ------------------------------------------------------------------------------------ robust recipes

@@ -43,7 +43,7 @@ TINY_FEATURES = (8, 16)
 MATRIX = [(name, dims) for name in list_networks() for dims in get_network_spec(name).constraints.spatial_dims]
 
 
-def _fake_timing(dims: int, width: int) -> TimingModel:
+def _fake_timing(dims: int, width: int, mixed_precision: str = "auto") -> TimingModel:
     return TimingModel("fake", 0.01, 0.001)
 
 

@@ -38,7 +38,7 @@ def fingerprint(spacings, shapes, channels=None, labels=None, relative_size=1.0)
     }
 
 
-def fake_timing(dims: int, width: int) -> TimingModel:
+def fake_timing(dims: int, width: int, mixed_precision: str = "auto") -> TimingModel:
     # 10 ms overhead + 1 ms per GFLOP at width 32, narrower networks run less efficiently
     return TimingModel("fake", 0.01, 0.001 * C.BASE_FEATURES / width)
 

@@ -12,7 +12,7 @@ import pytest
 
 import autoseg.training.model_setup as model_setup_module
 from autoseg.training import train_fold
-from autoseg.training.bf16_guard import bf16_step_survives
+from autoseg.networks.bf16_guard import bf16_step_survives
 from autoseg.training.watchdog import IterationWatchdog
 
 from training_helpers import DATASET, TINY_TOPOLOGY, data_roots, results  # noqa: F401 - fixtures

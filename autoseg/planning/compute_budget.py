@@ -175,11 +175,11 @@ def _fastest(call: Callable[[], Any], device: torch.device) -> StepTime:
     return StepTime(min(walls), min(cpus) if device.type == "cpu" else 0.0)
 
 
-def _time_steps(network: nn.Module, inputs: torch.Tensor, device: torch.device) -> StepTime:
-    """A forward+backward+SGD step under the autocast training uses by default."""
+def _time_steps(network: nn.Module, inputs: torch.Tensor, device: torch.device, mixed_precision: str) -> StepTime:
+    """A forward+backward+SGD step under the autocast training will use."""
     parameters = [p for p in network.parameters() if p.requires_grad]
     buffers = [torch.zeros_like(p) for p in parameters]
-    dtype = autocast_dtype("auto", device)
+    dtype = autocast_dtype(mixed_precision, device)
 
     def step() -> None:
         network.zero_grad(set_to_none=True)
@@ -192,9 +192,9 @@ def _time_steps(network: nn.Module, inputs: torch.Tensor, device: torch.device) 
     return _fastest(step, device)
 
 
-def _time_forward(network: nn.Module, inputs: torch.Tensor, device: torch.device) -> StepTime:
+def _time_forward(network: nn.Module, inputs: torch.Tensor, device: torch.device, mixed_precision: str) -> StepTime:
     """An inference forward pass, as the sliding window runs it."""
-    dtype = autocast_dtype("auto", device)
+    dtype = autocast_dtype(mixed_precision, device)
     network.eval()
     with torch.inference_mode(), torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
         timed = _fastest(lambda: network(inputs), device)
@@ -225,6 +225,7 @@ def measure_timing(
     device: torch.device,
     options: dict[str, Any] | None = None,
     cache_dir: Path | None = None,
+    mixed_precision: str = "auto",
 ) -> TimingModel:
     """The device's training and inference throughput for this family, from real steps of one probe.
 
@@ -235,6 +236,8 @@ def measure_timing(
     as efficiently as the probe, so predictions for them err on the slow side; fitting an intercept
     from two small probes (tried first) let load on shared machines swing predictions tenfold.
     ``width`` is accepted for the cache key's sake only: the same probe serves every width.
+    ``mixed_precision`` is the training config's setting (``off``: float32, for a network whose bf16
+    steps crash on this CPU, networks/bf16_guard.py).
     """
     del width
     name = device_name(device)
@@ -244,6 +247,8 @@ def measure_timing(
         "in_channels": in_channels, "n_classes": n_classes, "probe_width": C.TIMING_PROBE_WIDTH,
         "options": dict(options or {}), "probe": size, "torch": torch.__version__, "measures": "train+forward, wall+cpu",
     }
+    if mixed_precision != "auto":
+        key["mixed_precision"] = mixed_precision  # "auto" keys stay as before, so existing caches still hit
     cached = read_cache(cache_dir, key)
     if cached is not None:
         return TimingModel(**cached)
@@ -252,7 +257,8 @@ def measure_timing(
     patch = divisible_patch([size] * spatial_dims, topology)
     inputs = torch.randn((C.MIN_BATCH_SIZE, in_channels, *patch), device=device)
     gflop = training_gflop(network_name, topology, in_channels, n_classes, patch, C.MIN_BATCH_SIZE, options)
-    step, forward = _time_steps(network, inputs, device), _time_forward(network, inputs, device)
+    step = _time_steps(network, inputs, device, mixed_precision)
+    forward = _time_forward(network, inputs, device, mixed_precision)
     forward_gflop = gflop / _TRAINING_FLOPS_PER_FORWARD
     model = TimingModel(name, 0.0, step.wall / gflop, forward.wall / forward_gflop,
                         step.undisturbed / gflop, forward.undisturbed / forward_gflop)

@@ -30,7 +30,8 @@ from autoseg.planning import rules
 from autoseg.planning.memory import MemoryModel, calibrate_memory
 from autoseg.planning.plans import format_plan_table, plans_path, write_plans
 from autoseg.planning.topology import divisible_patch, features_per_stage, plan_topology, shrink_patch
-from autoseg.utils.device import choose_device, device_memory_bytes
+from autoseg.networks.bf16_guard import bf16_step_survives
+from autoseg.utils.device import autocast_dtype, choose_device, device_memory_bytes
 from autoseg.utils.progress import default_workers
 
 CONFIG_2D, CONFIG_FULLRES, CONFIG_LOWRES, CONFIG_CASCADE = "2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres"
@@ -40,7 +41,8 @@ _FINGERPRINT_KEYS = (
     "median_relative_size_after_crop", "foreground_intensity_properties_per_channel", "is_2d",
 )
 _MAX_LOWRES_STEPS = 500
-TimingFactory = Callable[[int, int], T.TimingModel]  # (spatial_dims, width) -> timing model
+TimingFactory = Callable[[int, int, str], T.TimingModel]  # (spatial_dims, width, mixed_precision) -> timing model
+Bf16Check = Callable[[dict[str, Any]], bool]  # a bf16 guard spec -> whether its bf16 steps survive
 
 
 @dataclass
@@ -57,10 +59,12 @@ class _Context:
     cache_dir: Path | None
     timing_factory: TimingFactory | None  # None: the target device is not on this machine, nothing is timed
     planned_for: dict[str, Any] = field(default_factory=dict)
+    bf16_check: Bf16Check | None = None  # None: training will not use bf16 on a CPU, nothing to check
+    mixed_precision: str = "auto"  # "off" once the chosen network's bf16 steps crashed on this CPU
     options: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     _memory: dict[str, MemoryModel] = field(default_factory=dict)
-    _timing: dict[tuple[int, int], T.TimingModel] = field(default_factory=dict)
+    _timing: dict[tuple[int, int, str], T.TimingModel] = field(default_factory=dict)
     _gflop: dict[str, float] = field(default_factory=dict)
     _parameters: dict[str, int] = field(default_factory=dict)
 
@@ -80,9 +84,10 @@ class _Context:
     def timing(self, dims: int, width: int, recipe: bool) -> T.TimingModel:
         """The measured timing model, or (``recipe``) its rates snapped to the recipe grid."""
         assert self.timing_factory is not None, "a compute budget needs the target device on this machine"
-        if (dims, width) not in self._timing:
-            self._timing[(dims, width)] = self.timing_factory(dims, width)
-        measured = self._timing[(dims, width)]
+        key = (dims, width, self.mixed_precision)
+        if key not in self._timing:
+            self._timing[key] = self.timing_factory(*key)
+        measured = self._timing[key]
         return T.recipe_timing(measured, self.device) if recipe else measured
 
     def gflop(self, topology: Topology, patch: Sequence[int], batch: int, in_channels: int | None = None) -> float:
@@ -364,27 +369,37 @@ def spacing_ladder(spacing: Sequence[float], median_at: Callable[[list[float]], 
 def _search_budget(ctx: _Context, name: str, spacing: Sequence[float], dims: int, fingerprint: dict[str, Any],
                    forward: list[int]) -> _Candidate:
     """The finest spacing of the ladder at which a recipe is viable (enough context, the iteration
-    floor, validation within its share). When none reaches the floor, the floor halves (down to
-    ``ITERATION_FLOOR / 8``) before the recipe with the most iterations is taken: a short budget
-    then trains fewer iterations at a sensible resolution rather than many at a useless one."""
+    floor, validation within its share). When no spacing reaches the floor, the floor halves (down to
+    ``ITERATION_FLOOR / 8``) and, of the spacings viable at the lowered floor, the one whose recipe
+    affords the most iterations is taken: below the floor iterations cost more Dice than resolution
+    (Dataset027 at 10 minutes, one run each: 3.125 mm with 712 planned iterations, 627 trained, Dice
+    0.14; 4.42 mm with 1370 planned, 2389 trained, Dice 0.76; docs/planning.md). Without any viable
+    recipe, the one with the most iterations."""
     median_at = lambda sp: _transposed_median(fingerprint, sp, forward)  # noqa: E731
     ladder = spacing_ladder(spacing, median_at, dims)
     evaluated: list[tuple[list[int], list[_Candidate]]] = []
-    for floor in (C.ITERATION_FLOOR, C.ITERATION_FLOOR // 2, C.ITERATION_FLOOR // 4, C.ITERATION_FLOOR // 8):
-        for k, candidate_spacing in enumerate(ladder):
-            if k == len(evaluated):
-                median = median_at(candidate_spacing)
-                costs = _costs(ctx, fingerprint, forward, candidate_spacing, dims)
-                evaluated.append(_evaluate_spacing(ctx, costs, candidate_spacing, median, dims))
-            chosen = _choose(*evaluated[k], floor)
-            if chosen is None:
-                continue
+
+    def evaluate(k: int) -> tuple[list[int], list[_Candidate]]:
+        if k == len(evaluated):
+            costs = _costs(ctx, fingerprint, forward, ladder[k], dims)
+            evaluated.append(_evaluate_spacing(ctx, costs, ladder[k], median_at(ladder[k]), dims))
+        return evaluated[k]
+
+    for k in range(len(ladder)):
+        chosen = _choose(*evaluate(k), C.ITERATION_FLOOR)
+        if chosen is not None:
             _note_spacing(ctx, name, chosen.spacing, spacing, dims)
-            if floor < C.ITERATION_FLOOR:
-                ctx.notes.append(
-                    f"{name}: the budget of {ctx.budget_seconds:.0f} s affords no recipe with {C.ITERATION_FLOOR} "
-                    f"iterations and enough context; planned {chosen.iterations}; expect a weak model or give a larger --budget"
-                )
+            return chosen
+    for floor in (C.ITERATION_FLOOR // 2, C.ITERATION_FLOOR // 4, C.ITERATION_FLOOR // 8):
+        viable = [c for c in (_choose(*found, floor) for found in evaluated) if c is not None]
+        if viable:
+            chosen = max(viable, key=lambda c: c.recipe_iterations)
+            _note_spacing(ctx, name, chosen.spacing, spacing, dims)
+            ctx.notes.append(
+                f"{name}: the budget of {ctx.budget_seconds:.0f} s affords no recipe with {C.ITERATION_FLOOR} "
+                f"iterations and enough context at any spacing; planned the one with the most ({chosen.iterations}); "
+                "expect a weak model or give a larger --budget"
+            )
             return chosen
     seen = [c for _, candidates in evaluated for c in candidates]
     if not seen:
@@ -396,6 +411,20 @@ def _search_budget(ctx: _Context, name: str, spacing: Sequence[float], dims: int
         f"({C.ITERATION_FLOOR // 8} iterations); planned the one with the most ({best.iterations}); give a larger --budget"
     )
     return best
+
+
+def _bf16_crashes(ctx: _Context, chosen: _Candidate) -> bool:
+    """Whether the chosen recipe's bf16 steps crash in a child process (networks/bf16_guard.py), as the
+    trainer would find out before training in float32, about 2.6x slower on such CPUs: its iterations
+    were then planned at a speed it never reaches (Dataset027 at 10 minutes trained 627 of 712)."""
+    if ctx.bf16_check is None or ctx.mixed_precision != "auto":
+        return False
+    topology = chosen.topology.to_dict()
+    topology["extra"] = {**topology.get("extra", {}), "patch_size": list(chosen.patch)}
+    spec = dict(network=ctx.network, topology=topology, in_channels=ctx.in_channels, n_outputs=ctx.n_classes,
+                options={"deep_supervision": True, **ctx.options}, patch=list(chosen.patch), batch=C.MIN_BATCH_SIZE,
+                threads=torch.get_num_threads())
+    return not ctx.bf16_check(spec)
 
 
 def _note_spacing(ctx: _Context, name: str, chosen: Sequence[float], target: Sequence[float], dims: int) -> None:
@@ -437,7 +466,14 @@ def _plan_configuration(ctx: _Context, name: str, spacing: Sequence[float], dims
         if affordable >= C.MAX_ITERATIONS and A.within_validation_share(validation, ctx.budget_seconds):
             iterations, parts = _affordable(ctx, costs, topology, patch, batch, width, True, checkpoint)
         else:
+            first_note = len(ctx.notes)
             chosen = _search_budget(ctx, name, spacing, dims, fingerprint, forward)
+            if _bf16_crashes(ctx, chosen):
+                del ctx.notes[first_note:]  # the bf16 search's notes no longer hold
+                ctx.notes.append(
+                    f"{name}: bf16 training steps of the chosen network ({chosen.patch}) crash on this CPU "
+                    "(oneDNN, docs/troubleshooting.md), so training will run in float32: planned at float32 speed")
+                chosen = _search_budget(replace(ctx, mixed_precision="off"), name, spacing, dims, fingerprint, forward)
             batch, patch, topology, width, tta = C.MIN_BATCH_SIZE, chosen.patch, chosen.topology, chosen.width, chosen.validation_tta
             chosen_spacing, median, seconds = chosen.spacing, chosen.median_shape, chosen.seconds
             model = ctx.memory(topology)
@@ -540,6 +576,10 @@ def _cascade(ctx: _Context, fullres: dict[str, Any], n_foreground: int) -> dict[
     return cascade
 
 
+def _bf16_survives(spec: dict[str, Any]) -> bool:
+    return bf16_step_survives(spec)[0]
+
+
 def build_plans(
     fingerprint: dict[str, Any],
     *,
@@ -552,13 +592,15 @@ def build_plans(
     regions_class_order: list[int] | None = None,
     cache_dir: Path | None = None,
     timing_factory: TimingFactory | None = None,
+    bf16_check: Bf16Check | None = None,
     budget_record: dict[str, Any] | None = None,
     source: str = "fingerprint",
     device_present: bool = True,
 ) -> dict[str, Any]:
     """The plans dict for a fingerprint (pure apart from timing, which ``timing_factory`` replaces).
 
-    ``device_present=False`` plans for a device this machine lacks (``--gpu-memory`` without a GPU):
+    ``bf16_check`` replaces the child-process bf16 step of a budget-planned CPU recipe (run only where
+    training would use bf16 on this CPU). ``device_present=False`` plans for a device this machine lacks (``--gpu-memory`` without a GPU):
     memory is modelled as always, nothing is timed, and no compute budget can apply.
     """
     check_fingerprint(fingerprint, source)
@@ -573,15 +615,18 @@ def build_plans(
         raise PlanError("--budget times training on this machine, which lacks the device planned for; "
                         "plan for the GPU with --gpu-memory alone, or drop --gpu-memory to plan for this machine")
 
-    def measured(dims: int, width: int) -> T.TimingModel:
+    def measured(dims: int, width: int, mixed_precision: str) -> T.TimingModel:
         return T.measure_timing(network, spec.constraints, dims, in_channels, n_classes, width, device,
-                                cache_dir=cache_dir)
+                                cache_dir=cache_dir, mixed_precision=mixed_precision)
+
+    if bf16_check is None and device_present and timing_factory is None and autocast_dtype("auto", device) == torch.bfloat16:
+        bf16_check = _bf16_survives if device.type == "cpu" else None
 
     record = dict(budget_record or {}, memory_bytes_usable=int(memory_budget_bytes))
     planned_for = {k: record.get(k) for k in ("device", "device_name", "gpu_memory_gb", "memory_bytes_usable")}
     planned_for["timed_on_device"] = device_present
     ctx = _Context(network, in_channels, n_classes, n_foreground, memory_budget_bytes, budget_seconds, device, cache_dir,
-                   timing_factory or (measured if device_present else None), planned_for)
+                   timing_factory or (measured if device_present else None), planned_for, bf16_check)
     if not device_present:
         gb = f" with {record['gpu_memory_gb']:g} GB" if record.get("gpu_memory_gb") else ""
         ctx.notes.append(

@@ -27,7 +27,7 @@ PROBE_TIMEOUT_SECONDS = 180.0
 
 
 def probe_command() -> list[str]:
-    return [sys.executable, "-m", "autoseg.training.bf16_guard"]
+    return [sys.executable, "-m", "autoseg.networks.bf16_guard"]
 
 
 def bf16_step_survives(spec: dict[str, Any], command: Sequence[str] | None = None,
