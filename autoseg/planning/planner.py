@@ -306,7 +306,7 @@ def context_ok(patch: Sequence[int], median_shape: Sequence[float]) -> bool:
     return all(p >= math.floor(share * m) for p, m in zip(patch, median_shape))
 
 
-def _viable(candidate: _Candidate, floor: int) -> bool:
+def _viable(candidate: _Candidate, floor: int = C.ITERATION_FLOOR) -> bool:
     return candidate.validation_fits and candidate.recipe_iterations >= floor
 
 
@@ -326,19 +326,18 @@ def _evaluate_spacing(ctx: _Context, costs: _Costs, spacing: list[float], median
     return fitted, evaluated
 
 
-def _choose(fitted: list[int], evaluated: list[_Candidate], floor: int) -> _Candidate | None:
+def _choose(fitted: list[int], evaluated: list[_Candidate]) -> _Candidate | None:
     """The recipe at one spacing: the widest network at the memory-fitted patch that affords
-    ``MIN_BUDGET_ITERATIONS`` (scaled with the floor), else the narrowest there if it reaches the floor
-    (context is worth more than iterations), else the largest smaller patch that affords the
-    preferred count, else the floor; None when nothing here is viable."""
-    preferred = C.MIN_BUDGET_ITERATIONS * floor / C.ITERATION_FLOOR
+    ``MIN_BUDGET_ITERATIONS``, else the narrowest there if it reaches the floor (context is worth more
+    than iterations), else the largest smaller patch that affords the preferred count, else the floor;
+    None when nothing here is viable."""
     floor_choice = None
     for candidate in evaluated:
         if candidate.patch != fitted and floor_choice is not None and floor_choice.patch == fitted:
             return floor_choice
-        if _viable(candidate, preferred):
+        if _viable(candidate, C.MIN_BUDGET_ITERATIONS):
             return candidate
-        if _viable(candidate, floor) and (floor_choice is None or floor_choice.patch == candidate.patch):
+        if _viable(candidate) and (floor_choice is None or floor_choice.patch == candidate.patch):
             floor_choice = candidate  # at one patch: the narrowest network that reaches the floor
     return floor_choice
 
@@ -369,46 +368,28 @@ def spacing_ladder(spacing: Sequence[float], median_at: Callable[[list[float]], 
 def _search_budget(ctx: _Context, name: str, spacing: Sequence[float], dims: int, fingerprint: dict[str, Any],
                    forward: list[int]) -> _Candidate:
     """The finest spacing of the ladder at which a recipe is viable (enough context, the iteration
-    floor, validation within its share). When no spacing reaches the floor, the floor halves (down to
-    ``ITERATION_FLOOR / 8``) and, of the spacings viable at the lowered floor, the one whose recipe
-    affords the most iterations is taken: below the floor iterations cost more Dice than resolution
-    (Dataset027 at 10 minutes, one run each: 3.125 mm with 712 planned iterations, 627 trained, Dice
-    0.14; 4.42 mm with 1370 planned, 2389 trained, Dice 0.76; docs/planning.md). Without any viable
-    recipe, the one with the most iterations."""
+    floor, validation within its share). When no recipe anywhere reaches the floor, the candidate that
+    affords the most iterations (every candidate keeps enough context): below the floor iterations cost
+    more Dice than resolution or a larger patch (docs/planning.md, "Below the floor")."""
     median_at = lambda sp: _transposed_median(fingerprint, sp, forward)  # noqa: E731
     ladder = spacing_ladder(spacing, median_at, dims)
-    evaluated: list[tuple[list[int], list[_Candidate]]] = []
-
-    def evaluate(k: int) -> tuple[list[int], list[_Candidate]]:
-        if k == len(evaluated):
-            costs = _costs(ctx, fingerprint, forward, ladder[k], dims)
-            evaluated.append(_evaluate_spacing(ctx, costs, ladder[k], median_at(ladder[k]), dims))
-        return evaluated[k]
-
-    for k in range(len(ladder)):
-        chosen = _choose(*evaluate(k), C.ITERATION_FLOOR)
+    evaluated: list[_Candidate] = []
+    for candidate_spacing in ladder:
+        costs = _costs(ctx, fingerprint, forward, candidate_spacing, dims)
+        fitted, candidates = _evaluate_spacing(ctx, costs, candidate_spacing, median_at(candidate_spacing), dims)
+        chosen = _choose(fitted, candidates)
         if chosen is not None:
             _note_spacing(ctx, name, chosen.spacing, spacing, dims)
             return chosen
-    for floor in (C.ITERATION_FLOOR // 2, C.ITERATION_FLOOR // 4, C.ITERATION_FLOOR // 8):
-        viable = [c for c in (_choose(*found, floor) for found in evaluated) if c is not None]
-        if viable:
-            chosen = max(viable, key=lambda c: c.recipe_iterations)
-            _note_spacing(ctx, name, chosen.spacing, spacing, dims)
-            ctx.notes.append(
-                f"{name}: the budget of {ctx.budget_seconds:.0f} s affords no recipe with {C.ITERATION_FLOOR} "
-                f"iterations and enough context at any spacing; planned the one with the most ({chosen.iterations}); "
-                "expect a weak model or give a larger --budget"
-            )
-            return chosen
-    seen = [c for _, candidates in evaluated for c in candidates]
-    if not seen:
+        evaluated += candidates
+    if not evaluated:
         raise PlanError(f"{name}: no patch with enough context fits the memory at any spacing; give more memory (--gpu-memory)")
-    best = max(seen, key=lambda c: (c.validation_fits, c.recipe_iterations))
+    best = max(evaluated, key=lambda c: (c.validation_fits, c.recipe_iterations))
     _note_spacing(ctx, name, best.spacing, spacing, dims)
     ctx.notes.append(
-        f"{name}: the budget of {ctx.budget_seconds:.0f} s is too small for any recipe with enough context "
-        f"({C.ITERATION_FLOOR // 8} iterations); planned the one with the most ({best.iterations}); give a larger --budget"
+        f"{name}: the budget of {ctx.budget_seconds:.0f} s affords no recipe with {C.ITERATION_FLOOR} iterations "
+        f"and enough context at any spacing; planned the one with the most ({best.iterations}, patch {best.patch}); "
+        "expect a weak model or give a larger --budget"
     )
     return best
 
