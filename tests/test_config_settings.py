@@ -353,7 +353,7 @@ def _num_workers(make, monkeypatch: pytest.MonkeyPatch) -> None:
 def _math_threads(make, monkeypatch: pytest.MonkeyPatch) -> None:
     cpu = torch.device("cpu")
     assert choose_math_threads(_config("math_threads=3")["math_threads"], cpu, False) == ThreadChoice(3, torch.get_num_threads())
-    monkeypatch.setattr("autoseg.training.math_threads.idle_cores", lambda: 0.0)  # every core busy
+    monkeypatch.setattr("autoseg.utils.cpu_load.idle_cores", lambda: 0.0)  # every core busy
     monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
     assert choose_math_threads(_config()["math_threads"], cpu, False).threads == 1
     monkeypatch.undo()

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from autoseg.errors import TrainingError
-from autoseg.training import math_threads, train_fold
+from autoseg.training import train_fold
 from autoseg.training.config import resolve_config
 from autoseg.training.math_threads import ThreadChoice, applied, choose_math_threads
 from autoseg.training.trainer import Trainer
+from autoseg.utils import cpu_load
 from autoseg.utils.cpu_load import available_cores, idle_cores, idle_cores_between, threads_for_idle_cores
 
 from training_helpers import DATASET, data_roots, results  # noqa: F401 - fixtures
@@ -72,17 +73,17 @@ def test_choose_math_threads_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        monkeypatch.setattr(math_threads, "idle_cores", lambda: 1.0)
-        monkeypatch.setattr(math_threads, "available_cores", lambda: 2)
+        monkeypatch.setattr(cpu_load, "idle_cores", lambda: 1.0)
+        monkeypatch.setattr(cpu_load, "available_cores", lambda: 2)
         assert choose_math_threads("auto", CPU, deterministic=False) == ThreadChoice(1, 2, 1.0, 2)
         samples = iter([0.4, 1.9])  # a spike in the first half second: the second look wins
-        monkeypatch.setattr(math_threads, "idle_cores", lambda: next(samples))
+        monkeypatch.setattr(cpu_load, "idle_cores", lambda: next(samples))
         assert choose_math_threads("auto", CPU, deterministic=False) == ThreadChoice(2, 2, 1.9, 2)
         samples = iter([1.9])  # quiet at once: one look only (next() would fail on a second)
         assert choose_math_threads("auto", CPU, deterministic=False) == ThreadChoice(2, 2, 1.9, 2)
         samples = iter([None])  # no /proc/stat: torch's count, and no second look
         assert choose_math_threads("auto", CPU, deterministic=False) == ThreadChoice(2, 2, None, 2)
-        monkeypatch.setattr(math_threads, "idle_cores", lambda: 1.0)
+        monkeypatch.setattr(cpu_load, "idle_cores", lambda: 1.0)
         assert choose_math_threads("auto", CPU, deterministic=True) == ThreadChoice(2, 2)  # reruns sum alike
         assert choose_math_threads(3, CPU, deterministic=False) == ThreadChoice(3, 2)  # a number is taken as set
         torch.set_num_threads(1)
@@ -120,8 +121,8 @@ def test_a_fold_trains_with_the_idle_cores_and_gives_the_threads_back(
         results: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     torch.set_num_threads(2)
     seen = []
-    monkeypatch.setattr(math_threads, "idle_cores", lambda: 1.0)  # one of two cores held by another process
-    monkeypatch.setattr(math_threads, "available_cores", lambda: 2)
+    monkeypatch.setattr(cpu_load, "idle_cores", lambda: 1.0)  # one of two cores held by another process
+    monkeypatch.setattr(cpu_load, "available_cores", lambda: 2)
     real_fit = Trainer.fit
 
     def fit(trainer: Trainer) -> None:  # record the threads the loop runs with

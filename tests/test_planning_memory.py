@@ -15,6 +15,7 @@ from autoseg.errors import PlanError
 from autoseg.networks import Topology, create_network
 from autoseg.planning import compute_budget
 from autoseg.planning.compute_budget import measure_timing, training_gflop
+from autoseg.utils import cpu_load
 from autoseg.planning.memory import calibrate_memory, parameter_bytes, saved_activation_bytes
 from autoseg.planning.planner import plan_dataset
 from autoseg.planning.plans import load_plans
@@ -156,6 +157,7 @@ def hippocampus(tmp_path, monkeypatch):
     (raw / "dataset.json").write_text(json.dumps(description))
     monkeypatch.setenv("AUTOSEG_RAW", str(tmp_path / "raw"))
     monkeypatch.setenv("AUTOSEG_PREPROCESSED", str(tmp_path / "preprocessed"))
+    monkeypatch.setattr(cpu_load, "idle_cores", lambda: None)  # unknown load: torch's threads, as on a quiet machine
     return tmp_path / "preprocessed" / "Dataset004_Hippocampus"
 
 
@@ -180,6 +182,38 @@ def test_plan_dataset_on_real_hippocampus(hippocampus):
     assert (hippocampus / "quick.json").is_file()
     assert other["configurations"]["3d_fullres"]["data_identifier"] == "quick_3d_fullres"
     assert np.prod(other["configurations"]["3d_fullres"]["patch_size"]) > 0
+
+
+def test_plan_times_with_the_threads_training_will_start_with(hippocampus, monkeypatch):
+    """One of two cores busy: the probe runs on one math thread (what `math_threads: auto` trains with),
+    not two threads waiting for each other, which timed 2x slower per thread and flipped the demo's
+    recipe; torch's count is given back afterwards."""
+    from autoseg.planning import compute_budget as T
+
+    seen = []
+    rate = T.reference_seconds_per_gflop(torch.device("cpu"))
+
+    def timing(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return T.TimingModel("fake", 0.0, rate, rate)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        monkeypatch.setattr(T, "measure_timing", timing)
+        monkeypatch.setattr(cpu_load, "available_cores", lambda: 2)
+        monkeypatch.setattr(cpu_load, "idle_cores", lambda: 1.0)
+        plans, table = plan_dataset("Dataset004", budget_seconds=600, device="cpu", num_workers=1)
+        assert seen and set(seen) == {1}
+        assert torch.get_num_threads() == 2
+        assert plans["budget"]["device_name"] == "cpu x1 threads" and "cpu x1 threads" in table
+        assert any("timed with 1 of 2 math threads (1.0 of 2 CPUs idle" in note for note in plans["notes"])
+        monkeypatch.setattr(cpu_load, "idle_cores", lambda: 2.0)
+        seen.clear()
+        quiet, _ = plan_dataset("Dataset004", budget_seconds=600, device="cpu", plans_name="quiet")
+        assert set(seen) == {2} and not any("timed with" in note for note in quiet["notes"])
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA to compare with max_memory_allocated")

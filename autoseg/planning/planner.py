@@ -31,6 +31,7 @@ from autoseg.planning.memory import MemoryModel, calibrate_memory
 from autoseg.planning.plans import format_plan_table, plans_path, write_plans
 from autoseg.planning.topology import divisible_patch, features_per_stage, plan_topology, shrink_patch
 from autoseg.networks.bf16_guard import bf16_step_survives
+from autoseg.utils.cpu_load import applied, idle_thread_choice
 from autoseg.utils.device import autocast_dtype, choose_device, device_memory_bytes
 from autoseg.utils.progress import default_workers
 
@@ -748,21 +749,29 @@ def plan_dataset(
     usable, nominal = memory_budget(chosen, gpu_memory_gb)
     if budget_seconds is None and chosen.type == "cpu":
         budget_seconds = C.DEFAULT_CPU_BUDGET_SECONDS
-    plans = build_plans(
-        fingerprint,
-        network=network,
-        memory_budget_bytes=usable,
-        budget_seconds=budget_seconds,
-        device=chosen,
-        configs=configs,
-        plans_name=plans_name,
-        regions_class_order=load_description(location.raw_dir).regions_class_order,
-        cache_dir=location.preprocessed_dir / "planning_cache",
-        budget_record={"device": chosen.type, "device_name": T.device_name(chosen) if present else None,
-                       "gpu_memory_gb": nominal},
-        source=str(fingerprint_path(location)),
-        device_present=present,
-    )
+    # Timed with the math threads training's `math_threads: auto` will start with: two threads on two
+    # cores, one of them busy, wait for each other and time 2x slower per thread, which flipped the
+    # demo's recipe under load; one thread on the idle core times the speed training will get.
+    threads = idle_thread_choice() if chosen.type == "cpu" and present else None
+    with applied(threads):
+        plans = build_plans(
+            fingerprint,
+            network=network,
+            memory_budget_bytes=usable,
+            budget_seconds=budget_seconds,
+            device=chosen,
+            configs=configs,
+            plans_name=plans_name,
+            regions_class_order=load_description(location.raw_dir).regions_class_order,
+            cache_dir=location.preprocessed_dir / "planning_cache",
+            budget_record={"device": chosen.type, "device_name": T.device_name(chosen) if present else None,
+                           "gpu_memory_gb": nominal},
+            source=str(fingerprint_path(location)),
+            device_present=present,
+        )
+    if threads is not None and threads.threads < threads.limit:
+        plans["notes"].append(f"timed with {threads.describe()}, as training with math_threads: auto starts; "
+                              "a quieter machine at training time trains more iterations of the same recipe")
     if transfer_from is not None:
         from autoseg.planning.transfer import transfer_plans_from
 

@@ -10,10 +10,15 @@ short sample before it starts (``training/math_threads.py``).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
+
+import torch
 
 PROC_STAT = Path("/proc/stat")
 # Long enough to see a busy loop or a running training, short beside the seconds a fold takes to start.
@@ -86,3 +91,48 @@ def threads_for_idle_cores(max_threads: int, idle: float | None, logical: int) -
         return max(1, max_threads)
     share = min(1.0, max(0.0, idle / logical))
     return max(1, min(max_threads, math.floor(share * max_threads + 0.5)))
+
+
+@dataclass(frozen=True)
+class ThreadChoice:
+    """``threads`` of at most ``limit`` (torch's count), and why: ``idle`` of ``logical`` CPUs were idle
+    (None: a fixed setting, or unknown)."""
+
+    threads: int
+    limit: int
+    idle: float | None = None
+    logical: int = 0
+
+    def describe(self) -> str:
+        if self.idle is None:
+            return f"{self.threads} math threads"
+        return (f"{self.threads} of {self.limit} math threads ({self.idle:.1f} of {self.logical} CPUs idle "
+                "at the start)")
+
+
+def idle_thread_choice() -> ThreadChoice:
+    """As many of torch's math threads as cores are idle now: measured for half a second, and once more
+    when that finds some busy (the more idle of the two counts), so a passing spike costs nothing."""
+    limit = max(1, torch.get_num_threads())
+    if limit == 1:
+        return ThreadChoice(1, 1)
+    logical = available_cores()
+    idle = idle_cores()
+    if idle is not None and threads_for_idle_cores(limit, idle, logical) < limit:
+        again = idle_cores()
+        idle = idle if again is None else max(idle, again)
+    return ThreadChoice(threads_for_idle_cores(limit, idle, logical), limit, idle, logical)
+
+
+@contextlib.contextmanager
+def applied(choice: ThreadChoice | None) -> Iterator[None]:
+    """torch's math threads set to ``choice`` inside the block and given back after it."""
+    if choice is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(choice.threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
