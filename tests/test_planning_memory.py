@@ -191,11 +191,11 @@ def test_plan_times_with_the_threads_training_will_start_with(hippocampus, monke
     from autoseg.planning import compute_budget as T
 
     seen = []
-    rate = T.reference_seconds_per_gflop(torch.device("cpu"))
 
-    def timing(*args, **kwargs):
+    def timing(*args, **kwargs):  # 0.03 s per GFLOP on one thread, half that on two
         seen.append(torch.get_num_threads())
-        return T.TimingModel("fake", 0.0, rate, rate)
+        rate = 0.03 / torch.get_num_threads()
+        return T.TimingModel("fake", 0.0, rate, rate, rate, rate)
 
     before = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -212,6 +212,11 @@ def test_plan_times_with_the_threads_training_will_start_with(hippocampus, monke
         seen.clear()
         quiet, _ = plan_dataset("Dataset004", budget_seconds=600, device="cpu", plans_name="quiet")
         assert set(seen) == {2} and not any("timed with" in note for note in quiet["notes"])
+        # the same speed per thread: the same recipe, half the iterations on the one thread
+        keys = ("spacing", "patch_size", "batch_size", "network", "width", "validation_tta")
+        loaded, calm = plans["configurations"]["3d_fullres"], quiet["configurations"]["3d_fullres"]
+        assert {k: loaded[k] for k in keys} == {k: calm[k] for k in keys}
+        assert loaded["num_iterations"] < 0.75 * calm["num_iterations"]
     finally:
         torch.set_num_threads(before)
 

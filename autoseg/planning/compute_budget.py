@@ -63,13 +63,14 @@ def reference_seconds_per_gflop(device: torch.device) -> float:
     return C.REFERENCE_SECONDS_PER_GFLOP["cpu"] / torch.get_num_threads()
 
 
-def recipe_timing(measured: TimingModel, device: torch.device) -> TimingModel:
+def recipe_timing(measured: TimingModel, device: torch.device, thread_share: float = 1.0) -> TimingModel:
     """The measured rates snapped to a grid of factors of ``RECIPE_SPEED_GRID`` around the device's
     reference speed: the recipe is chosen at this speed, so a measurement off by up to 2x either way
     chooses the same recipe. The undisturbed (CPU-time) rates are snapped where measured, so time
     spent waiting for cores other processes hold does not change the recipe (threads spinning while
     they wait, and memory contention, still can under heavy load). Only the iterations follow the
-    wall-clock measurement."""
+    wall-clock measurement. ``thread_share``: the math threads timed over the machine's (fewer when
+    cores were busy, ``utils/cpu_load.py``): the recipe is chosen for all of them, as on a quiet machine."""
     reference = reference_seconds_per_gflop(device)
 
     def snap(rate: float) -> float:
@@ -82,7 +83,8 @@ def recipe_timing(measured: TimingModel, device: torch.device) -> TimingModel:
 
     training = measured.undisturbed_seconds_per_gflop or measured.seconds_per_gflop
     forward = measured.undisturbed_forward_seconds_per_gflop or measured.forward_seconds_per_gflop
-    return replace(measured, seconds_per_gflop=snap(training), forward_seconds_per_gflop=snap(forward) if forward else 0.0)
+    return replace(measured, seconds_per_gflop=snap(training) * thread_share,
+                   forward_seconds_per_gflop=snap(forward) * thread_share if forward else 0.0)
 
 
 def _forward_flops(

@@ -62,6 +62,7 @@ class _Context:
     planned_for: dict[str, Any] = field(default_factory=dict)
     bf16_check: Bf16Check | None = None  # None: training will not use bf16 on a CPU, nothing to check
     mixed_precision: str = "auto"  # "off" once the chosen network's bf16 steps crashed on this CPU
+    timed_thread_share: float = 1.0  # math threads timed / the machine's: the recipe is chosen for all of them
     options: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     _memory: dict[str, MemoryModel] = field(default_factory=dict)
@@ -89,7 +90,7 @@ class _Context:
         if key not in self._timing:
             self._timing[key] = self.timing_factory(*key)
         measured = self._timing[key]
-        return T.recipe_timing(measured, self.device) if recipe else measured
+        return T.recipe_timing(measured, self.device, self.timed_thread_share) if recipe else measured
 
     def gflop(self, topology: Topology, patch: Sequence[int], batch: int, in_channels: int | None = None) -> float:
         """GFLOP of a training step (cached: the budget search asks for the same ones repeatedly)."""
@@ -575,6 +576,7 @@ def build_plans(
     cache_dir: Path | None = None,
     timing_factory: TimingFactory | None = None,
     bf16_check: Bf16Check | None = None,
+    timed_thread_share: float = 1.0,
     budget_record: dict[str, Any] | None = None,
     source: str = "fingerprint",
     device_present: bool = True,
@@ -582,7 +584,9 @@ def build_plans(
     """The plans dict for a fingerprint (pure apart from timing, which ``timing_factory`` replaces).
 
     ``bf16_check`` replaces the child-process bf16 step of a budget-planned CPU recipe (run only where
-    training would use bf16 on this CPU). ``device_present=False`` plans for a device this machine lacks (``--gpu-memory`` without a GPU):
+    training would use bf16 on this CPU). ``timed_thread_share`` (CPU): the math threads timing runs
+    with over the machine's, when other processes held cores; the recipe is chosen for all of them
+    and only the iterations follow the threads timed. ``device_present=False`` plans for a device this machine lacks (``--gpu-memory`` without a GPU):
     memory is modelled as always, nothing is timed, and no compute budget can apply.
     """
     check_fingerprint(fingerprint, source)
@@ -608,7 +612,8 @@ def build_plans(
     planned_for = {k: record.get(k) for k in ("device", "device_name", "gpu_memory_gb", "memory_bytes_usable")}
     planned_for["timed_on_device"] = device_present
     ctx = _Context(network, in_channels, n_classes, n_foreground, memory_budget_bytes, budget_seconds, device, cache_dir,
-                   timing_factory or (measured if device_present else None), planned_for, bf16_check)
+                   timing_factory or (measured if device_present else None), planned_for, bf16_check,
+                   timed_thread_share=timed_thread_share)
     if not device_present:
         gb = f" with {record['gpu_memory_gb']:g} GB" if record.get("gpu_memory_gb") else ""
         ctx.notes.append(
@@ -751,7 +756,8 @@ def plan_dataset(
         budget_seconds = C.DEFAULT_CPU_BUDGET_SECONDS
     # Timed with the math threads training's `math_threads: auto` will start with: two threads on two
     # cores, one of them busy, wait for each other and time 2x slower per thread, which flipped the
-    # demo's recipe under load; one thread on the idle core times the speed training will get.
+    # demo's recipe under load; one thread on the idle core times the speed training will get, and the
+    # recipe is chosen for all threads (load changes the iterations, not the recipe).
     threads = idle_thread_choice() if chosen.type == "cpu" and present else None
     with applied(threads):
         plans = build_plans(
@@ -768,10 +774,12 @@ def plan_dataset(
                            "gpu_memory_gb": nominal},
             source=str(fingerprint_path(location)),
             device_present=present,
+            timed_thread_share=threads.threads / threads.limit if threads else 1.0,
         )
     if threads is not None and threads.threads < threads.limit:
-        plans["notes"].append(f"timed with {threads.describe()}, as training with math_threads: auto starts; "
-                              "a quieter machine at training time trains more iterations of the same recipe")
+        plans["notes"].append(f"timed with {threads.describe()}, as training with math_threads: auto starts: "
+                              f"the recipe is the one for all {threads.limit} threads, the iterations are for "
+                              f"{threads.threads} (a quieter machine at training time trains more)")
     if transfer_from is not None:
         from autoseg.planning.transfer import transfer_plans_from
 
