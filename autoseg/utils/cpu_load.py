@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import torch
-
 PROC_STAT = Path("/proc/stat")
 # Long enough to see a busy loop or a running training, short beside the seconds a fold takes to start.
 IDLE_SAMPLE_SECONDS = 0.5
@@ -113,6 +111,8 @@ class ThreadChoice:
 def idle_thread_choice() -> ThreadChoice:
     """As many of torch's math threads as cores are idle now: measured for half a second, and once more
     when that finds some busy (the more idle of the two counts), so a passing spike costs nothing."""
+    import torch  # here: this module also serves the torch-free onnxruntime deployment
+
     limit = max(1, torch.get_num_threads())
     if limit == 1:
         return ThreadChoice(1, 1)
@@ -130,6 +130,8 @@ def applied(choice: ThreadChoice | None) -> Iterator[None]:
     if choice is None:
         yield
         return
+    import torch
+
     before = torch.get_num_threads()
     torch.set_num_threads(choice.threads)
     try:
