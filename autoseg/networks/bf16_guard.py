@@ -30,6 +30,15 @@ def probe_command() -> list[str]:
     return [sys.executable, "-m", "autoseg.networks.bf16_guard"]
 
 
+def step_spec(network: str, topology: dict[str, Any], in_channels: int, n_outputs: int, options: dict[str, Any],
+              patch: Sequence[int], batch: int) -> dict[str, Any]:
+    """What the child builds and steps: the network as the trainer builds it (its topology carries the
+    patch), at the training patch and batch, on this process's math threads."""
+    topology = {**topology, "extra": {**topology.get("extra", {}), "patch_size": list(patch)}}
+    return dict(network=network, topology=topology, in_channels=in_channels, n_outputs=n_outputs, options=options,
+                patch=list(patch), batch=batch, threads=torch.get_num_threads())
+
+
 def bf16_step_survives(spec: dict[str, Any], command: Sequence[str] | None = None,
                        timeout: float = PROBE_TIMEOUT_SECONDS) -> tuple[bool, str]:
     """(True, "") when the child finished ``spec``'s bf16 steps; else (False, what happened)."""

@@ -30,7 +30,7 @@ from autoseg.planning import rules
 from autoseg.planning.memory import MemoryModel, calibrate_memory
 from autoseg.planning.plans import format_plan_table, plans_path, write_plans
 from autoseg.planning.topology import divisible_patch, features_per_stage, plan_topology, shrink_patch
-from autoseg.networks.bf16_guard import bf16_step_survives
+from autoseg.networks.bf16_guard import bf16_step_survives, step_spec
 from autoseg.utils.cpu_load import applied, idle_thread_choice
 from autoseg.utils.device import autocast_dtype, choose_device, device_memory_bytes
 from autoseg.utils.progress import default_workers
@@ -402,11 +402,8 @@ def _bf16_crashes(ctx: _Context, chosen: _Candidate) -> bool:
     were then planned at a speed it never reaches (Dataset027 at 10 minutes trained 627 of 712)."""
     if ctx.bf16_check is None or ctx.mixed_precision != "auto":
         return False
-    topology = chosen.topology.to_dict()
-    topology["extra"] = {**topology.get("extra", {}), "patch_size": list(chosen.patch)}
-    spec = dict(network=ctx.network, topology=topology, in_channels=ctx.in_channels, n_outputs=ctx.n_classes,
-                options={"deep_supervision": True, **ctx.options}, patch=list(chosen.patch), batch=C.MIN_BATCH_SIZE,
-                threads=torch.get_num_threads())
+    spec = step_spec(ctx.network, chosen.topology.to_dict(), ctx.in_channels, ctx.n_classes,
+                     {"deep_supervision": True, **ctx.options}, chosen.patch, C.MIN_BATCH_SIZE)
     return not ctx.bf16_check(spec)
 
 
@@ -586,7 +583,9 @@ def build_plans(
     ``bf16_check`` replaces the child-process bf16 step of a budget-planned CPU recipe (run only where
     training would use bf16 on this CPU). ``timed_thread_share`` (CPU): the math threads timing runs
     with over the machine's, when other processes held cores; the recipe is chosen for all of them
-    and only the iterations follow the threads timed. ``device_present=False`` plans for a device this machine lacks (``--gpu-memory`` without a GPU):
+    and only the iterations follow the threads timed.
+
+    ``device_present=False`` plans for a device this machine lacks (``--gpu-memory`` without a GPU):
     memory is modelled as always, nothing is timed, and no compute budget can apply.
     """
     check_fingerprint(fingerprint, source)
@@ -605,8 +604,9 @@ def build_plans(
         return T.measure_timing(network, spec.constraints, dims, in_channels, n_classes, width, device,
                                 cache_dir=cache_dir, mixed_precision=mixed_precision)
 
-    if bf16_check is None and device_present and timing_factory is None and autocast_dtype("auto", device) == torch.bfloat16:
-        bf16_check = _bf16_survives if device.type == "cpu" else None
+    if (bf16_check is None and device_present and timing_factory is None and device.type == "cpu"
+            and autocast_dtype("auto", device) == torch.bfloat16):
+        bf16_check = _bf16_survives
 
     record = dict(budget_record or {}, memory_bytes_usable=int(memory_budget_bytes))
     planned_for = {k: record.get(k) for k in ("device", "device_name", "gpu_memory_gb", "memory_bytes_usable")}

@@ -13,7 +13,7 @@ import torch
 
 from autoseg.errors import TrainingError
 from autoseg.networks import create_network, get_network_spec
-from autoseg.networks.bf16_guard import bf16_step_survives
+from autoseg.networks.bf16_guard import bf16_step_survives, step_spec
 from autoseg.training.distributed import DistributedContext, wrap_model
 from autoseg.training.steps import WithAux
 from autoseg.utils.device import autocast_dtype
@@ -128,8 +128,8 @@ def build_model(request: NetworkRequest, config: dict[str, Any], device: torch.d
 def checked_cpu_bf16(request: NetworkRequest, topology: dict[str, Any], options: dict[str, Any],
                      log: Callable[[str], None]) -> torch.dtype | None:
     """bf16 unless a child process's bf16 steps of this network crash or hang (networks/bf16_guard.py)."""
-    spec = dict(network=request.name, topology=topology, in_channels=request.in_channels, n_outputs=request.n_outputs,
-                options=options, patch=request.patch_size, batch=request.batch_size, threads=torch.get_num_threads())
+    spec = step_spec(request.name, topology, request.in_channels, request.n_outputs, options, request.patch_size,
+                     request.batch_size)
     survived, why = bf16_step_survives(spec)
     if survived:
         return torch.bfloat16
