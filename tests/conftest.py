@@ -92,6 +92,19 @@ def memoize_gflop(patch: pytest.MonkeyPatch) -> None:
     patch.setattr(compute_budget, "training_gflop", memoized)
 
 
+def small_timing_probe(patch: pytest.MonkeyPatch) -> None:
+    """Time a smaller probe network in ``autoseg plan`` (24^3 / 64^2, 2 measured steps).
+
+    Planning times one probe per configuration, 10-15 s of a 20-25 s pipeline on 2 cores. Tests that
+    plan on the way to other checks time the small probe through the same code; the probe at its real
+    size is tested by test_planning_memory.py, and for every family by test_network_registry_matrix.py.
+    """
+    from autoseg.planning import constants
+
+    patch.setattr(constants, "TIMING_PROBE_SIZE", {2: 64, 3: 24})
+    patch.setattr(constants, "TIMING_MEASURED_STEPS", 2)
+
+
 @pytest.fixture(scope="module")
 def memoized_gflop() -> Iterator[None]:
     """Module-scoped, so that module-scoped pipelines (planning through the CLI) see it too."""

@@ -7,10 +7,12 @@ import hashlib
 import json
 from pathlib import Path
 
+import pytest
+
 from autoseg.cli import app, expand_multi_value_options
 
 from cli_helpers import TRAIN_SETTINGS, autoseg, runner, set_options
-from conftest import make_hippocampus_subset
+from conftest import make_hippocampus_subset, small_timing_probe
 from preprocessing_helpers import make_configuration, make_plans
 from training_helpers import CASES, PATCH, TINY_TOPOLOGY
 
@@ -44,7 +46,8 @@ def tiny_plans(preprocessed: Path) -> None:
     (preprocessed / DATASET / "autosegPlans.json").write_text(json.dumps(plans))
 
 
-def test_no_stage_modifies_the_raw_dataset(roots: dict[str, Path], tmp_path: Path) -> None:
+def test_no_stage_modifies_the_raw_dataset(roots: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    small_timing_probe(monkeypatch)
     raw = make_hippocampus_subset(roots["raw"], CASES[:6], DATASET)
     images, labels = raw / "imagesTr", raw / "labelsTr"
     before = snapshot(raw)

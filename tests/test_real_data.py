@@ -33,7 +33,7 @@ from autoseg.planning.planner import build_plans
 from autoseg.planning.plans import plans_path, write_plans
 from autoseg.postprocessing.determine import apply_postprocessing
 from cli_helpers import TRAIN_SETTINGS, autoseg, set_options
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, small_timing_probe
 from real_data_helpers import crop_cases, crop_dataset
 
 TRAIN = [*set_options(TRAIN_SETTINGS), "--epochs", 1, "--workers", 0]
@@ -111,6 +111,7 @@ def roots(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]
             patch.delenv(var, raising=False)
         for path in paths.values():
             path.mkdir()
+        small_timing_probe(patch)
         torch.set_num_threads(1)
         yield paths
         torch.set_num_threads(threads)
