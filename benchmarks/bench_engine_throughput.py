@@ -20,7 +20,9 @@ Both figures use the best (minimum time) of the repeats, as the other scripts do
 The train command is stopped once its epochs are written (the final validation is not part of it).
 
 Run: ``OMP_NUM_THREADS=2 python benchmarks/bench_engine_throughput.py [--epochs 3] [--iterations 50]
-[--repeats 3] [--threads N] [--work DIR] [--set KEY=VALUE ...] [--no-doc]`` (about 6 minutes on 2 cores).
+[--repeats 3] [--threads N] [--work DIR] [--set KEY=VALUE ...] [--in-situ-only] [--no-doc]`` (about 6 minutes on 2
+cores). ``--in-situ-only``: figure 1 alone, in the dtype the trainer chose, into its own section: on a CPU
+without native bf16 (an AMD EPYC here) the trainer runs float32 and figure 2's bf16 kernels are emulated.
 """
 
 from __future__ import annotations
@@ -303,6 +305,9 @@ def parse_args() -> argparse.Namespace:
                         help="keep the plan, store and results here; a folder already holding the plan and store is reused")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="a training config override for the train command and the compute step (repeatable)")
+    parser.add_argument("--in-situ-only", action="store_true",
+                        help="figure 1 only, in the dtype the trainer chose (for a CPU without native bf16, where the "
+                             "bf16 kernels of figure 2 are emulated and take minutes); its own section of the doc")
     parser.add_argument("--no-doc", action="store_true", help="print the section, do not write docs/benchmarks.md")
     return parser.parse_args()
 
@@ -327,6 +332,9 @@ def run(args: argparse.Namespace, work: Path) -> str:
     print(f"compute: {compute[0]:.4f} s/step ({compute[1]:.4f} s CPU)", file=sys.stderr)
     augmentation = augmentation_cpu_seconds(fold, pre, plans, args.iterations)
     print(f"augmentation: {augmentation:.4f} s CPU per batch", file=sys.stderr)
+    loop = Loop(in_situ, *compute, augmentation)
+    if args.in_situ_only:
+        return run_and_setup(args, plans, fold, wall) + in_situ_section(args, fold, loop)
     bf16_step = time_step("training step, bf16 autocast (as the fold trained)", compute_step(fold, torch.bfloat16), max(args.repeats, 5))
     steps = [time_step("training step, float32", compute_step(fold, None), max(args.repeats, 5)),
              time_step(f"{CONVS_ONLY}, bf16 (layout as the fold trained)",
@@ -335,7 +343,7 @@ def run(args: argparse.Namespace, work: Path) -> str:
         last = replace(fold, config={**fold.config, "channels_last": True})
         steps.insert(0, time_step("training step, bf16 autocast, channels_last", compute_step(last, torch.bfloat16), max(args.repeats, 5)))
     limits = practical_limit(args.repeats)
-    return report(args, plans, fold, wall, Loop(in_situ, *compute, augmentation), bf16_step, steps, limits)
+    return report(args, plans, fold, wall, loop, bf16_step, steps, limits)
 
 
 @dataclass
@@ -348,28 +356,11 @@ class Loop:
     augmentation_cpu: float
 
 
-def report(args: argparse.Namespace, plans: dict[str, Any], fold: FoldStep, wall: float, loop: Loop,
-           bf16_step: Rate, other_steps: list[Rate], limits: list[Rate]) -> str:
+def run_and_setup(args: argparse.Namespace, plans: dict[str, Any], fold: FoldStep, wall: float) -> str:
+    """The commands, the plan and how the trainer ran."""
     plan = plans["configurations"][CONFIGURATION]
     meta = fold.metadata
-    topology = meta["topology"]
-    limit = max(limits, key=Rate.gflops_wall)
-    in_situ, compute = loop.in_situ, loop.compute
-    ratio = in_situ / compute
-    bound = (loop.compute_cpu + loop.augmentation_cpu) / loop.compute_cpu
-    share = bf16_step.gflops_wall() / limit.gflops_wall()
-    dtype = str(fold.dtype).replace("torch.", "") if fold.dtype else "float32"
-    threads = args.threads
-    limit_cpu = max(r.gflops_cpu(threads) for r in limits)
-    share_cpu = bf16_step.gflops_cpu(threads) / limit_cpu
-    rows = [[r.name, f"{r.gflop:.2f}", fmt_seconds(r.wall_s), f"{r.gflops_wall():.0f}",
-             f"{r.gflops_wall() / limit.gflops_wall():.0%}", f"{r.gflops_cpu(threads):.0f}", f"{r.gflops_cpu(threads) / limit_cpu:.0%}"]
-            for r in (*limits, bf16_step, *other_steps)]
-    table = markdown_table(["kernel (FLOPs: forward + backward)", "GFLOP", "time (best)", "GFLOP/s (wall)", "of the limit",
-                            "GFLOP/s (CPU time / threads)", "of the limit"], rows)
-    settings = "".join(f" --set {o}" for o in args.overrides)
-    convs = next(r for r in other_steps if r.name.startswith(CONVS_ONLY))
-    epochs = ", ".join(f"{s:.4f}" for s in fold.seconds_per_iteration)
+    settings = "".join(f" --set {o}" for o in args.overrides) + (" --in-situ-only" if args.in_situ_only else "")
     return f"""
 ```
 export OMP_NUM_THREADS={args.threads} AUTOSEG_RAW=$RAW AUTOSEG_PREPROCESSED=$W/preprocessed AUTOSEG_RESULTS=$W/results
@@ -382,17 +373,30 @@ Reproduce: `python benchmarks/bench_engine_throughput.py --epochs {args.epochs} 
 (torch {torch.__version__}, {args.threads} math threads, CPU capability {torch.backends.cpu.get_cpu_capability()}).
 
 The plan: `{meta['network']}`, patch {'x'.join(map(str, meta['patch_size']))}, batch {fold.batch}, features
-{topology['features_per_stage']}, deep supervision {meta['network_options'].get('deep_supervision')}; the plan
+{meta['topology']['features_per_stage']}, deep supervision {meta['network_options'].get('deep_supervision')}; the plan
 predicted {plan.get('predicted_seconds_per_iteration', float('nan')):.3f} s per iteration. The trainer ran with
-{fold.workers} data worker(s) and mixed precision {dtype}; the train command ran {fmt_seconds(wall)} until epoch
+{fold.workers} data worker(s) and mixed precision {_dtype_name(fold)}; the train command ran {fmt_seconds(wall)} until epoch
 {args.epochs} was written.
+"""
 
+
+def _dtype_name(fold: FoldStep) -> str:
+    return str(fold.dtype).replace("torch.", "") if fold.dtype else "float32"
+
+
+def in_situ_section(args: argparse.Namespace, fold: FoldStep, loop: Loop) -> str:
+    """Figure 1: the trainer's own seconds per iteration against the pure compute of the same step."""
+    ratio = loop.in_situ / loop.compute
+    bound = (loop.compute_cpu + loop.augmentation_cpu) / loop.compute_cpu
+    dtype = _dtype_name(fold)
+    epochs = ", ".join(f"{s:.4f}" for s in fold.seconds_per_iteration)
+    return f"""
 **1. In-situ iteration time against pure compute** (goal <= {RATIO_GOAL}):
 
 | | seconds per iteration |
 |---|---|
-| in situ: `autoseg train`, trainer's `seconds_per_iteration` per epoch | {epochs} (best {in_situ:.4f}) |
-| pure compute: the same step ({dtype}) on in-memory tensors, best of {args.repeats} blocks | {compute:.4f} |
+| in situ: `autoseg train`, trainer's `seconds_per_iteration` per epoch | {epochs} (best {loop.in_situ:.4f}) |
+| pure compute: the same step ({dtype}) on in-memory tensors, best of {args.repeats} blocks | {loop.compute:.4f} |
 | **in situ / compute** | **{ratio:.3f}** ({'meets' if ratio <= RATIO_GOAL else 'misses'} the goal) |
 
 Where the difference goes: a data worker spends {loop.augmentation_cpu:.4f} s of CPU per training batch (sampling
@@ -400,7 +404,23 @@ and augmentation, measured in this process on one thread, every case opened firs
 {loop.compute_cpu:.4f} s of CPU ({args.threads} thread(s)). When the step keeps every core busy the worker can only
 run on the same cores, so the loop cannot beat (compute + augmentation) / compute = **{bound:.3f}** in CPU
 time; what remains above that is waiting (a worker behind, the main process's own work).
+"""
 
+
+def report(args: argparse.Namespace, plans: dict[str, Any], fold: FoldStep, wall: float, loop: Loop,
+           bf16_step: Rate, other_steps: list[Rate], limits: list[Rate]) -> str:
+    limit = max(limits, key=Rate.gflops_wall)
+    share = bf16_step.gflops_wall() / limit.gflops_wall()
+    threads = args.threads
+    limit_cpu = max(r.gflops_cpu(threads) for r in limits)
+    share_cpu = bf16_step.gflops_cpu(threads) / limit_cpu
+    rows = [[r.name, f"{r.gflop:.2f}", fmt_seconds(r.wall_s), f"{r.gflops_wall():.0f}",
+             f"{r.gflops_wall() / limit.gflops_wall():.0%}", f"{r.gflops_cpu(threads):.0f}", f"{r.gflops_cpu(threads) / limit_cpu:.0%}"]
+            for r in (*limits, bf16_step, *other_steps)]
+    table = markdown_table(["kernel (FLOPs: forward + backward)", "GFLOP", "time (best)", "GFLOP/s (wall)", "of the limit",
+                            "GFLOP/s (CPU time / threads)", "of the limit"], rows)
+    convs = next(r for r in other_steps if r.name.startswith(CONVS_ONLY))
+    return run_and_setup(args, plans, fold, wall) + in_situ_section(args, fold, loop) + f"""
 **2. bf16 training-step throughput against the practical limit** (goal >= {SHARE_GOAL:.0%}): the limit is
 the best of the bf16 kernels below, {limit.gflops_wall():.0f} GFLOP/s ({limit.name}).
 The bf16 step reaches **{share:.0%}** of it ({'meets' if share >= SHARE_GOAL else 'misses'} the goal); against CPU time
@@ -424,6 +444,8 @@ def main() -> int:
             body = run(args, Path(tmp))
     if args.no_doc:
         print(body)
+    elif args.in_situ_only:
+        write_section("engine_in_situ", "Training engine: in-situ speed in the trainer's dtype (issue 18 §3, figure 1 only)", body)
     else:
         write_section("engine_throughput", "Training engine: in-situ speed and bf16 throughput (issue 18 §3)", body)
     return 0
