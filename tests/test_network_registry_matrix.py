@@ -32,7 +32,7 @@ from autoseg.training.config import resolve_config
 from autoseg.training.steps import LabelSpec, WithAux, build_step
 from autoseg.training.model_setup import build_optimizer
 
-from conftest import HIPPOCAMPUS, make_hippocampus_subset
+from conftest import HIPPOCAMPUS, make_hippocampus_subset, small_timing_probe
 
 DATASET = "Dataset997_Matrix"
 CASES = ["hippocampus_001", "hippocampus_003", "hippocampus_004"]
@@ -123,9 +123,8 @@ def test_forward_and_backward_at_two_and_three_times_the_total_stride(hippocampu
 
 @pytest.mark.parametrize(("name", "dims"), MATRIX)
 def test_planner_timing_probe(monkeypatch, name, dims):
+    small_timing_probe(monkeypatch)  # every family plans at least two stages for it (FC-DenseNet ignores the width)
     monkeypatch.setattr(C, "TIMING_PROBE_WIDTH", 8)
-    # The smallest probe every family plans at least two stages for (FC-DenseNet ignores the width).
-    monkeypatch.setattr(C, "TIMING_PROBE_SIZE", {2: 64, 3: 24})
     monkeypatch.setattr(C, "TIMING_WARMUP_STEPS", 0)
     monkeypatch.setattr(C, "TIMING_MEASURED_STEPS", 1)
     spec = get_network_spec(name)
