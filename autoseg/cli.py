@@ -100,7 +100,7 @@ def fingerprint(
     dataset: str = typer.Argument(..., help=DATASET_HELP),
     num_workers: Optional[int] = typer.Option(None, "-np", "--num-workers", help=WORKERS_HELP),
 ) -> None:
-    """Verify the dataset and write its fingerprint.json (spacings, shapes, intensities, class sizes)."""
+    """Verify the dataset and write its fingerprint.json (spacings, shapes, intensities, class sizes and thickness)."""
     from autoseg.fingerprint.extract import extract_fingerprint
     from autoseg.fingerprint.file import fingerprint_path
     from autoseg.fingerprint.summary import format_fingerprint

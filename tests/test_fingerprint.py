@@ -61,6 +61,10 @@ def test_fingerprint_numbers_match_hand_computation(small_dataset: Path, roots: 
         for cls in (1, 2):
             assert fp["class_voxel_counts"][str(cls)][i] == int((label == cls).sum())
             assert fp["class_volumes_mm3"][str(cls)][i] == pytest.approx((label == cls).sum() * 1.0)
+            name = {1: "Anterior", 2: "Posterior"}[cls]
+            inside = np.pad(label == cls, 1)
+            distance = ndimage.distance_transform_edt(inside)  # spacing 1 mm
+            assert fp["structure_thickness_mm"][name][i] == pytest.approx(2 * distance[inside].mean())
         all_fg.append(image[label > 0].astype(np.float64))
     stats = fp["foreground_intensity_properties_per_channel"]["0"]
     pooled = np.concatenate(all_fg)
@@ -70,6 +74,7 @@ def test_fingerprint_numbers_match_hand_computation(small_dataset: Path, roots: 
     per_case_means = np.mean([fg.mean() for fg in all_fg])
     assert stats["mean"] == pytest.approx(per_case_means, rel=1e-2)
     assert fp["median_spacing"] == [1.0, 1.0, 1.0] and fp["anisotropy_ratio"] == 1.0 and not fp["is_2d"]
+    assert fp["median_structure_thickness_mm"] == {k: pytest.approx(np.median(v)) for k, v in fp["structure_thickness_mm"].items()}
 
 
 def test_fingerprint_is_deterministic_across_worker_counts(small_dataset: Path, roots: dict[str, Path]) -> None:

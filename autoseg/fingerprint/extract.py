@@ -21,6 +21,7 @@ from autoseg.dataset.verify import check_case, dataset_level_problems
 from autoseg.errors import DatasetError
 from autoseg.fingerprint.cropping import crop_to_nonzero
 from autoseg.fingerprint.file import FINGERPRINT_VERSION, fingerprint_path
+from autoseg.fingerprint.thickness import case_thickness, median_thickness, segmentation_targets
 from autoseg.paths import DatasetLocation
 from autoseg.utils.atomic import atomic_write_json
 from autoseg.utils.progress import default_workers, parallel_map
@@ -66,6 +67,7 @@ def case_statistics(case: Case, desc: DatasetDescription, samples_per_case: int,
         "samples": samples,
         "class_voxel_counts": class_counts,
         "class_volumes_mm3": {k: v * voxel_mm3 for k, v in class_counts.items()},
+        "structure_thickness_mm": case_thickness(label, spacing, segmentation_targets(desc)),
     }
 
 
@@ -137,6 +139,7 @@ def _pool(
         for c in range(desc.num_channels)
     }
     finite = median_spacing[median_spacing < 999]
+    thickness = {t: [r["structure_thickness_mm"][t] for r in per_case] for t in segmentation_targets(desc)}
     return {
         "version": FINGERPRINT_VERSION,
         "created_by": f"autoseg {__version__}",
@@ -155,6 +158,8 @@ def _pool(
         "foreground_intensity_properties_per_channel": intensity,
         "class_voxel_counts": {str(v): [r["class_voxel_counts"][str(v)] for r in per_case] for v in desc.foreground_labels},
         "class_volumes_mm3": {str(v): [r["class_volumes_mm3"][str(v)] for r in per_case] for v in desc.foreground_labels},
+        "structure_thickness_mm": thickness,
+        "median_structure_thickness_mm": median_thickness(thickness),
         "median_spacing": median_spacing.tolist(),
         "median_shape_after_crop": np.median(shapes_after, axis=0).tolist(),
         "anisotropy_ratio": float(finite.max() / finite.min()) if finite.size else 1.0,

@@ -25,6 +25,10 @@ def format_fingerprint(fp: dict[str, Any]) -> str:
         )
     for label, volumes in fp["class_volumes_mm3"].items():
         lines.append(f"  class {label} ({_label_name(fp['labels'], int(label))}): median volume {np.median(volumes):.1f} mm^3")
+    thickness = fp.get("median_structure_thickness_mm") or {}
+    if thickness:
+        values = ", ".join(f"{name} {v:.3g}" if v is not None else f"{name} absent" for name, v in thickness.items())
+        lines.append(f"  median structure thickness (mm, 2x mean distance to the outside): {values}")
     return "\n".join(lines)
 
 

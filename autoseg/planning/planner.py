@@ -312,15 +312,15 @@ def _viable(candidate: _Candidate, floor: int = C.ITERATION_FLOOR) -> bool:
     return candidate.validation_fits and candidate.recipe_iterations >= floor
 
 
-def _evaluate_spacing(ctx: _Context, costs: _Costs, spacing: list[float], median: list[float], dims: int
-                      ) -> tuple[list[int], list[_Candidate]]:
+def _evaluate_spacing(ctx: _Context, costs: _Costs, spacing: list[float], median: list[float], dims: int,
+                      require_context: bool = True) -> tuple[list[int], list[_Candidate]]:
     """(memory-fitted patch, candidates in order) at one spacing: narrower networks at the fitted
-    patch, then smaller patches, as long as the patch keeps enough context."""
+    patch, then smaller patches, as long as the patch keeps enough context (``require_context``)."""
     axes_spacing, axes_median = spacing[3 - dims:], median[3 - dims:]
     fitted, fitted_topology, _ = _fit_memory(ctx, axes_spacing, axes_median)
     evaluated: list[_Candidate] = []
     for patch, topology, width in _budget_candidates(ctx, fitted, fitted_topology, axes_spacing, axes_median):
-        if not context_ok(patch, axes_median):
+        if require_context and not context_ok(patch, axes_median):
             break  # smaller patches only lose more context
         evaluated.append(_evaluate(ctx, costs, spacing, median, patch, topology, width))
         if _viable(evaluated[-1], C.MIN_BUDGET_ITERATIONS):
@@ -344,7 +344,8 @@ def _choose(fitted: list[int], evaluated: list[_Candidate]) -> _Candidate | None
     return floor_choice
 
 
-def spacing_ladder(spacing: Sequence[float], median_at: Callable[[list[float]], list[float]], dims: int) -> list[list[float]]:
+def spacing_ladder(spacing: Sequence[float], median_at: Callable[[list[float]], list[float]], dims: int
+                   ) -> list[list[float]]:
     """Candidate spacings (transposed): the target, then coarser by ``SPACING_LADDER_STEP`` per step,
     only the finer axes (up to the coarsest) while anisotropic, as 3d_lowres grows it; a 2D
     configuration coarsens only in-plane. Ends before a grown axis drops below
@@ -367,12 +368,28 @@ def spacing_ladder(spacing: Sequence[float], median_at: Callable[[list[float]], 
         current = grown
 
 
+def draws_structures(spacing: Sequence[float], target: Sequence[float], structure_mm: float | None) -> bool:
+    """Whether the typical structure keeps ``MIN_STRUCTURE_VOXELS`` across every axis the spacing grew
+    from the target (the target itself always counts as drawn: it cannot be finer)."""
+    grown = [s for s, t in zip(spacing, target) if s > t * (1 + 1e-9)]
+    return structure_mm is None or not grown or structure_mm / max(grown) >= C.MIN_STRUCTURE_VOXELS
+
+
+def typical_structure_mm(fingerprint: dict[str, Any]) -> float | None:
+    """The median over the segmentation targets of each one's median thickness (mm); None when the
+    fingerprint has no thickness statistics (written before autoseg measured them) or no target occurs."""
+    values = [v for v in (fingerprint.get("median_structure_thickness_mm") or {}).values() if v is not None]
+    return float(np.median(values)) if values else None
+
+
 def _search_budget(ctx: _Context, name: str, spacing: Sequence[float], dims: int, fingerprint: dict[str, Any],
                    forward: list[int]) -> _Candidate:
     """The finest spacing of the ladder at which a recipe is viable (enough context, the iteration
     floor, validation within its share). When no recipe anywhere reaches the floor, the candidate that
     affords the most iterations (every candidate keeps enough context): below the floor iterations cost
-    more Dice than resolution or a larger patch (docs/planning.md, "Below the floor")."""
+    more Dice than resolution or a larger patch (docs/planning.md, "Below the floor"). Either way a 2D
+    recipe too coarse to draw the typical structure gives way to one that draws it
+    (``_keep_thin_structures``)."""
     median_at = lambda sp: _transposed_median(fingerprint, sp, forward)  # noqa: E731
     ladder = spacing_ladder(spacing, median_at, dims)
     evaluated: list[_Candidate] = []
@@ -381,12 +398,17 @@ def _search_budget(ctx: _Context, name: str, spacing: Sequence[float], dims: int
         fitted, candidates = _evaluate_spacing(ctx, costs, candidate_spacing, median_at(candidate_spacing), dims)
         chosen = _choose(fitted, candidates)
         if chosen is not None:
+            chosen = _keep_thin_structures(ctx, name, fingerprint, forward, ladder, chosen, dims)
             _note_spacing(ctx, name, chosen.spacing, spacing, dims)
             return chosen
         evaluated += candidates
     if not evaluated:
         raise PlanError(f"{name}: no patch with enough context fits the memory at any spacing; give more memory (--gpu-memory)")
     best = max(evaluated, key=lambda c: (c.validation_fits, c.recipe_iterations))
+    kept = _keep_thin_structures(ctx, name, fingerprint, forward, ladder, best, dims)
+    if kept is not best:
+        _note_spacing(ctx, name, kept.spacing, spacing, dims)
+        return kept
     _note_spacing(ctx, name, best.spacing, spacing, dims)
     ctx.notes.append(
         f"{name}: the budget of {ctx.budget_seconds:.0f} s affords no recipe with {C.ITERATION_FLOOR} iterations "
@@ -394,6 +416,38 @@ def _search_budget(ctx: _Context, name: str, spacing: Sequence[float], dims: int
         "expect a weak model or give a larger --budget"
     )
     return best
+
+
+def _keep_thin_structures(ctx: _Context, name: str, fingerprint: dict[str, Any], forward: list[int],
+                          ladder: list[list[float]], chosen: _Candidate, dims: int) -> _Candidate:
+    """The chosen recipe, unless its spacing is too coarse to draw the typical structure: then, in 2D,
+    the largest patch that reaches the iteration floor at the coarsest spacing that still draws it (the
+    context rule yields to resolution: a structure under two voxels across cannot be drawn at all). In
+    3D the coarse recipe stays, with a note: there the evidence is the other way (on Dataset004 a patch
+    below the context share reached Dice 0.2, docs/planning.md)."""
+    structure_mm = typical_structure_mm(fingerprint)
+    target = ladder[0]
+    if draws_structures(chosen.spacing, target, structure_mm):
+        return chosen
+    assert structure_mm is not None
+    drawn = [s for s in ladder if draws_structures(s, target, structure_mm)][-1]
+    relaxed = None
+    if dims == 2:
+        median = _transposed_median(fingerprint, drawn, forward)
+        costs = _costs(ctx, fingerprint, forward, drawn, dims)
+        _, candidates = _evaluate_spacing(ctx, costs, drawn, median, dims, require_context=False)
+        relaxed = next((c for c in candidates if _viable(c)), None)
+    if relaxed is None:
+        ctx.notes.append(
+            f"{name}: at {_mm(chosen.spacing[3 - dims:])} mm the typical structure ({structure_mm:.3g} mm thick) is "
+            f"under {C.MIN_STRUCTURE_VOXELS:g} voxels across; expect thin parts to be lost or give a larger --budget")
+        return chosen
+    ctx.notes.append(
+        f"{name}: not coarser than {_mm(drawn[3 - dims:])} mm, where the typical structure ({structure_mm:.3g} mm "
+        f"thick) keeps {C.MIN_STRUCTURE_VOXELS:g} voxels across; no patch with enough context reaches "
+        f"{C.ITERATION_FLOOR} iterations there, so the patch {relaxed.patch} covers less of the image than the "
+        "context rule asks")
+    return relaxed
 
 
 def _bf16_crashes(ctx: _Context, chosen: _Candidate) -> bool:
