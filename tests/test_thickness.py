@@ -8,7 +8,7 @@ import pytest
 from scipy import ndimage
 
 from autoseg.dataset.description import DatasetDescription
-from autoseg.fingerprint.thickness import case_thickness, median_thickness, segmentation_targets, structure_thickness_mm
+from autoseg.fingerprint.thickness import case_thickness, median_thickness, structure_thickness_mm
 from autoseg.planning import constants as C
 from autoseg.planning.planner import draws_structures, typical_structure_mm
 
@@ -48,12 +48,12 @@ def _description(labels):
 
 def test_targets_are_regions_or_classes():
     regions = _description({"background": 0, "whole": [1, 2, 3], "core": [2, 3], "enhancing": [3]})
-    assert segmentation_targets(regions) == {"whole": [1, 2, 3], "core": [2, 3], "enhancing": [3]}
+    assert dict(regions.regions) == {"whole": [1, 2, 3], "core": [2, 3], "enhancing": [3]}
     classes = _description({"background": 0, "RV": 1, "MLV": 2, "ignore": 3})
-    assert segmentation_targets(classes) == {"RV": [1], "MLV": [2]}
+    assert dict(classes.regions) == {"RV": [1], "MLV": [2]}
     label = np.zeros((1, 9, 9), np.int16)
     label[0, 2:7, 4] = 1
-    assert case_thickness(label, (1, 1, 1), segmentation_targets(classes)) == {"RV": pytest.approx(2.0), "MLV": None}
+    assert case_thickness(label, (1, 1, 1), dict(classes.regions)) == {"RV": pytest.approx(2.0), "MLV": None}
 
 
 def test_typical_structure_is_the_median_over_targets():

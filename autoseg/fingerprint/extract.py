@@ -21,7 +21,7 @@ from autoseg.dataset.verify import check_case, dataset_level_problems
 from autoseg.errors import DatasetError
 from autoseg.fingerprint.cropping import crop_to_nonzero
 from autoseg.fingerprint.file import FINGERPRINT_VERSION, fingerprint_path
-from autoseg.fingerprint.thickness import case_thickness, median_thickness, segmentation_targets
+from autoseg.fingerprint.thickness import case_thickness, median_thickness
 from autoseg.paths import DatasetLocation
 from autoseg.utils.atomic import atomic_write_json
 from autoseg.utils.progress import default_workers, parallel_map
@@ -67,7 +67,7 @@ def case_statistics(case: Case, desc: DatasetDescription, samples_per_case: int,
         "samples": samples,
         "class_voxel_counts": class_counts,
         "class_volumes_mm3": {k: v * voxel_mm3 for k, v in class_counts.items()},
-        "structure_thickness_mm": case_thickness(label, spacing, segmentation_targets(desc)),
+        "structure_thickness_mm": case_thickness(label, spacing, dict(desc.regions)),
     }
 
 
@@ -139,7 +139,7 @@ def _pool(
         for c in range(desc.num_channels)
     }
     finite = median_spacing[median_spacing < 999]
-    thickness = {t: [r["structure_thickness_mm"][t] for r in per_case] for t in segmentation_targets(desc)}
+    thickness = {t: [r["structure_thickness_mm"][t] for r in per_case] for t, _ in desc.regions}
     return {
         "version": FINGERPRINT_VERSION,
         "created_by": f"autoseg {__version__}",

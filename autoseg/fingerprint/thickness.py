@@ -15,17 +15,6 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-from autoseg.dataset.description import DatasetDescription
-
-
-def segmentation_targets(desc: DatasetDescription) -> dict[str, list[int]]:
-    """What the network predicts: the regions of a region-based dataset, else each foreground class."""
-    if desc.has_regions:
-        return {name: list(v) if isinstance(v, list) else [v] for name, v in desc.labels.items()
-                if name not in ("background", "ignore")}
-    names = {v: name for name, v in desc.labels.items() if isinstance(v, int)}
-    return {names[v]: [v] for v in desc.foreground_labels}
-
 
 def structure_thickness_mm(mask: np.ndarray, spacing: Sequence[float]) -> float | None:
     """Twice the mean distance (mm) of the mask's voxels to the nearest voxel outside it; None if empty."""

@@ -149,11 +149,12 @@ CONTEXT_MIN_VOLUME_SHARE = 0.25
 SPACING_LADDER_STEP = 2 ** 0.5
 SPACING_LADDER_MAX_FACTOR = 4.0
 SPACING_LADDER_MIN_EDGE = 16
-# Thin structures: the ladder does not coarsen a grown axis beyond half the typical structure's
+# Thin structures (planner._keep_thin_structures): a 2D budget recipe keeps the typical structure's
 # thickness (fingerprint/thickness.py; the median over the targets, so one thin target among thick ones
-# does not force every model to full resolution): a structure needs about two samples across it to be
-# drawn (Nyquist). On DRIVE (vessels 3.2 px) the 5-minute plan coarsened 4x for context and reached
-# vessel Dice 0.648 where the same network and patch at the native spacing reached 0.752 (one run each).
+# does not force every model to full resolution) at least this many voxels across every coarsened axis,
+# about two samples per width (Nyquist); a 3D recipe only notes it. On DRIVE (vessels 3.2 px) the 5-minute
+# plan coarsened 4x for context and reached vessel Dice 0.653 where the rule's 1.41 mm reached 0.757 and
+# the native spacing 0.777 (one run each, docs/benchmarks.md).
 MIN_STRUCTURE_VOXELS = 2.0
 # Robust recipes: the recipe (spacing, patch, network, batch) is chosen at the measured speed snapped
 # to a grid of factors of 4 around a reference speed, so a measurement off by up to 2x either way
