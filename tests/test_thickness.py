@@ -90,15 +90,15 @@ def _drive_like(thickness_mm):
     return _fingerprint([999.0, 1.0, 1.0], [1, 584, 565], 20, 3, thickness_mm)
 
 
-def _plan(fp, config, cache):
+def _plan(fp, config, cache, budget_seconds=300.0, speedup=1.0):
     import torch
 
     from autoseg.planning import compute_budget as T
     from autoseg.planning.planner import build_plans
 
-    rate = T.reference_seconds_per_gflop(torch.device("cpu"))
+    rate = T.reference_seconds_per_gflop(torch.device("cpu")) / speedup
     timing = lambda dims, width, mixed_precision="auto": T.TimingModel("fake cpu", 0.0, rate, rate)  # noqa: E731
-    return build_plans(fp, memory_budget_bytes=4 * 2**30, budget_seconds=300.0, configs=[config],
+    return build_plans(fp, memory_budget_bytes=4 * 2**30, budget_seconds=budget_seconds, configs=[config],
                        timing_factory=timing, cache_dir=cache)
 
 
@@ -131,3 +131,42 @@ def test_a_3d_plan_keeps_its_context_and_says_the_structure_is_too_thin(tmp_path
     config = thin["configurations"]["3d_fullres"]
     assert config["spacing"][1] > 1.5 and config == without["configurations"]["3d_fullres"]
     assert any("under 2 voxels across" in note for note in thin["notes"])
+
+
+@pytest.mark.usefixtures("memoized_gflop")
+def test_a_3d_plan_short_of_iterations_goes_as_coarse_as_its_structures_allow(tmp_path):
+    """ACDC-like at 30 minutes: without thickness the finest viable spacing (3.125 mm) is planned,
+    short of MIN_BUDGET_ITERATIONS; with ACDC's typical structure (12.9 mm) the plan goes on to 4.42 mm
+    (2.9 voxels across; 6.25 mm would leave 2.1) and takes the context-keeping patch that trains the
+    most iterations there. On a 3x faster machine the target spacing itself is viable but short of
+    iterations, and the rule moves it the same way."""
+    from autoseg.planning.planner import context_ok
+
+    fp = _fingerprint([10.0, 1.5625, 1.5625], [9, 256, 216], 160, 1, None)
+    for speedup, finest_mm in ((1.0, 3.125), (3.0, 1.5625)):
+        fp.pop("median_structure_thickness_mm", None)
+        finest = _plan(fp, "3d_fullres", tmp_path, 1800.0, speedup)["configurations"]["3d_fullres"]
+        assert finest["spacing"][1] == pytest.approx(finest_mm)
+        assert finest["num_iterations"] < C.MIN_BUDGET_ITERATIONS  # the rule's precondition
+        fp["median_structure_thickness_mm"] = {"structure": 12.9}
+        plans = _plan(fp, "3d_fullres", tmp_path, 1800.0, speedup)
+        config = plans["configurations"]["3d_fullres"]
+        assert config["spacing"][1] == pytest.approx(1.5625 * 2**1.5)  # 4.42 mm: 12.9 / 4.42 = 2.9 voxels
+        assert context_ok(config["patch_size"], config["median_shape"])
+        assert config["num_iterations"] > 2 * finest["num_iterations"]
+        assert config["predicted_seconds"]["total"] <= 1800.0
+        assert any("trains the most iterations" in note for note in plans["notes"])
+        # structures thinner than 2.5 voxels at every coarser spacing: the finest viable recipe stays
+        fp["median_structure_thickness_mm"] = {"structure": 3.5}
+        assert _plan(fp, "3d_fullres", tmp_path, 1800.0, speedup)["configurations"]["3d_fullres"] == finest
+
+
+@pytest.mark.usefixtures("memoized_gflop")
+def test_a_3d_plan_with_enough_iterations_keeps_its_spacing_however_thick_the_structures(tmp_path):
+    """A recipe that affords MIN_BUDGET_ITERATIONS is not coarsened: Hippocampus-like data at a budget
+    that affords them at the target spacing keeps it, however thick its structures."""
+    fp = _fingerprint([1.0, 1.0, 1.0], [36, 50, 35], 260, 1, None)
+    plain = _plan(fp, "3d_fullres", tmp_path, 1800.0, 4.0)["configurations"]["3d_fullres"]
+    assert plain["spacing"] == [1.0, 1.0, 1.0] and plain["num_iterations"] >= C.MIN_BUDGET_ITERATIONS
+    fp["median_structure_thickness_mm"] = {"structure": 20.0}
+    assert _plan(fp, "3d_fullres", tmp_path, 1800.0, 4.0)["configurations"]["3d_fullres"] == plain

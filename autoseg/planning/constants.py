@@ -156,6 +156,17 @@ SPACING_LADDER_MIN_EDGE = 16
 # plan coarsened 4x for context and reached vessel Dice 0.653 where the rule's 1.41 mm reached 0.757 and
 # the native spacing 0.777 (one run each, docs/benchmarks.md).
 MIN_STRUCTURE_VOXELS = 2.0
+# Iterations before resolution (planner._coarsest_drawn): when the chosen 3D budget recipe affords
+# fewer than MIN_BUDGET_ITERATIONS, the planner goes on to the coarsest spacing of the ladder at which
+# the typical structure keeps this many voxels across and takes there the patch (within the context
+# rule) that trains the most iterations. On ACDC (typical structure 12.9 mm; one run each, same host, docs/benchmarks.md):
+# at 30 minutes the finest viable 3.125 mm (4.1 voxels, 1962 iterations) reached Dice 0.697 and
+# 4.42 mm with the smallest context patch 6x64x48 (2.9 voxels, 8432 iterations) 0.829; at 10 minutes
+# 4.42 mm reached 0.739 and 6.25 mm (2.1 voxels) 0.682, so the threshold lies between 2.1 and 2.9. At
+# that spacing and patch Dice climbed 0.72 -> 0.78 -> 0.83 from 1941 to 4780 to 8432 iterations (runs
+# on two hosts), and 2.21 mm trained 1148 iterations and reached 0.66: iterations, not resolution or
+# context, were what ACDC lacked.
+COARSE_STRUCTURE_VOXELS = 2.5
 # Robust recipes: the recipe (spacing, patch, network, batch) is chosen at the measured speed snapped
 # to a grid of factors of 4 around a reference speed, so a measurement off by up to 2x either way
 # chooses the same recipe; only the iteration count follows the measurement. Reference speeds: a CPU

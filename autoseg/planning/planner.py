@@ -313,9 +313,10 @@ def _viable(candidate: _Candidate, floor: int = C.ITERATION_FLOOR) -> bool:
 
 
 def _evaluate_spacing(ctx: _Context, costs: _Costs, spacing: list[float], median: list[float], dims: int,
-                      require_context: bool = True) -> tuple[list[int], list[_Candidate]]:
+                      require_context: bool = True, stop_at_preferred: bool = True) -> tuple[list[int], list[_Candidate]]:
     """(memory-fitted patch, candidates in order) at one spacing: narrower networks at the fitted
-    patch, then smaller patches, as long as the patch keeps enough context (``require_context``)."""
+    patch, then smaller patches, as long as the patch keeps enough context (``require_context``), up
+    to the first that affords ``MIN_BUDGET_ITERATIONS`` (``stop_at_preferred``)."""
     axes_spacing, axes_median = spacing[3 - dims:], median[3 - dims:]
     fitted, fitted_topology, _ = _fit_memory(ctx, axes_spacing, axes_median)
     evaluated: list[_Candidate] = []
@@ -323,7 +324,7 @@ def _evaluate_spacing(ctx: _Context, costs: _Costs, spacing: list[float], median
         if require_context and not context_ok(patch, axes_median):
             break  # smaller patches only lose more context
         evaluated.append(_evaluate(ctx, costs, spacing, median, patch, topology, width))
-        if _viable(evaluated[-1], C.MIN_BUDGET_ITERATIONS):
+        if stop_at_preferred and _viable(evaluated[-1], C.MIN_BUDGET_ITERATIONS):
             break  # chosen whatever the floor
     return fitted, evaluated
 
@@ -368,11 +369,12 @@ def spacing_ladder(spacing: Sequence[float], median_at: Callable[[list[float]], 
         current = grown
 
 
-def draws_structures(spacing: Sequence[float], target: Sequence[float], structure_mm: float | None) -> bool:
-    """Whether the typical structure keeps ``MIN_STRUCTURE_VOXELS`` across every axis the spacing grew
-    from the target (the target itself always counts as drawn: it cannot be finer)."""
+def draws_structures(spacing: Sequence[float], target: Sequence[float], structure_mm: float | None,
+                     voxels: float = C.MIN_STRUCTURE_VOXELS) -> bool:
+    """Whether the typical structure keeps ``voxels`` across every axis the spacing grew from the
+    target (the target itself always counts as drawn: it cannot be finer)."""
     grown = [s for s, t in zip(spacing, target) if s > t * (1 + 1e-9)]
-    return structure_mm is None or not grown or structure_mm / max(grown) >= C.MIN_STRUCTURE_VOXELS
+    return structure_mm is None or not grown or structure_mm / max(grown) >= voxels
 
 
 def typical_structure_mm(fingerprint: dict[str, Any]) -> float | None:
@@ -387,7 +389,9 @@ def _search_budget(ctx: _Context, name: str, spacing: Sequence[float], dims: int
     """The finest spacing of the ladder at which a recipe is viable (enough context, the iteration
     floor, validation within its share). When no recipe anywhere reaches the floor, the candidate that
     affords the most iterations (every candidate keeps enough context): below the floor iterations cost
-    more Dice than resolution or a larger patch (docs/planning.md, "Below the floor"). Either way a 2D
+    more Dice than resolution or a larger patch (docs/planning.md, "Below the floor"). A viable 3D
+    recipe short of ``MIN_BUDGET_ITERATIONS`` trades resolution for iterations while the typical
+    structure stays drawn (``_coarsest_drawn``). Either way a 2D
     recipe too coarse to draw the typical structure gives way to one that draws it
     (``_keep_thin_structures``)."""
     median_at = lambda sp: _transposed_median(fingerprint, sp, forward)  # noqa: E731
@@ -398,6 +402,8 @@ def _search_budget(ctx: _Context, name: str, spacing: Sequence[float], dims: int
         fitted, candidates = _evaluate_spacing(ctx, costs, candidate_spacing, median_at(candidate_spacing), dims)
         chosen = _choose(fitted, candidates)
         if chosen is not None:
+            if dims == 3 and chosen.recipe_iterations < C.MIN_BUDGET_ITERATIONS:
+                chosen = _coarsest_drawn(ctx, name, fingerprint, forward, ladder, chosen)
             chosen = _keep_thin_structures(ctx, name, fingerprint, forward, ladder, chosen, dims)
             _note_spacing(ctx, name, chosen.spacing, spacing, dims)
             return chosen
@@ -416,6 +422,36 @@ def _search_budget(ctx: _Context, name: str, spacing: Sequence[float], dims: int
         "expect a weak model or give a larger --budget"
     )
     return best
+
+
+def _coarsest_drawn(ctx: _Context, name: str, fingerprint: dict[str, Any], forward: list[int],
+                    ladder: list[list[float]], chosen: _Candidate) -> _Candidate:
+    """For a 3D recipe short of ``MIN_BUDGET_ITERATIONS``, the recipe that affords the most iterations
+    (within the context rule) at the coarsest spacing of the ladder, coarser than the chosen one, that
+    still keeps the typical structure ``COARSE_STRUCTURE_VOXELS`` across: on such data iterations were
+    worth more than resolution (docs/planning.md, "Iterations before resolution"). Context is not
+    traded: without such a spacing, without thickness statistics, or when nothing there is viable,
+    ``chosen`` stays."""
+    structure_mm = typical_structure_mm(fingerprint)
+    if structure_mm is None:
+        return chosen
+    drawn = [s for s in ladder[ladder.index(chosen.spacing) + 1:]
+             if draws_structures(s, ladder[0], structure_mm, C.COARSE_STRUCTURE_VOXELS)]
+    for spacing in reversed(drawn):
+        costs = _costs(ctx, fingerprint, forward, spacing, 3)
+        median = _transposed_median(fingerprint, spacing, forward)
+        _, candidates = _evaluate_spacing(ctx, costs, spacing, median, 3, stop_at_preferred=False)
+        viable = [c for c in candidates if _viable(c)]
+        if not viable:
+            continue
+        recipe = max(viable, key=lambda c: c.recipe_iterations)  # the larger patch on a tie
+        if (recipe.spacing, recipe.patch, recipe.width) != (chosen.spacing, chosen.patch, chosen.width):
+            ctx.notes.append(
+                f"{name}: planned at {_mm(spacing)} mm with the patch {recipe.patch} that trains the most iterations "
+                f"({recipe.iterations}, against {chosen.iterations} for {chosen.patch} at {_mm(chosen.spacing)} mm): "
+                f"the typical structure ({structure_mm:.3g} mm thick) keeps {C.COARSE_STRUCTURE_VOXELS:g} voxels across")
+        return recipe
+    return chosen
 
 
 def _keep_thin_structures(ctx: _Context, name: str, fingerprint: dict[str, Any], forward: list[int],
@@ -465,7 +501,7 @@ def _note_spacing(ctx: _Context, name: str, chosen: Sequence[float], target: Seq
     if list(chosen) != list(target):
         ctx.notes.append(
             f"{name}: planned at {_mm(chosen[3 - dims:])} mm instead of {_mm(target[3 - dims:])} mm: "
-            "finer spacings give no recipe with enough context and iterations within the budget"
+            "the target spacing gives no recipe with enough context and iterations within the budget"
         )
 
 
