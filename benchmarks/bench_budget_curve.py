@@ -58,6 +58,7 @@ from common import (
     REPO_ROOT,
     autoseg_env,
     check,
+    code_version,
     fmt_seconds,
     machine_line,
     markdown_table,
@@ -130,7 +131,7 @@ def save_record(path: Path, record: dict[str, Any]) -> None:
     """Replace the record of the same (tool, dataset, budget) or add it; the file is written atomically."""
     key = (record["tool"], record["dataset"], record["budget_s"])
     records = [r for r in load_records(path) if (r["tool"], r["dataset"], r["budget_s"]) != key]
-    records.append({**record, "machine": machine_line(), "command": shlex.join(["python", *sys.argv]),
+    records.append({**record, "machine": machine_line(), "code": code_version(), "command": shlex.join(["python", *sys.argv]),
                     "saved_at": datetime.datetime.now().astimezone().isoformat(timespec="seconds")})
     records.sort(key=lambda r: (r["budget_s"], r["tool"] != "autoseg", r["dataset"]))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -263,7 +264,17 @@ def _row(records: list[dict[str, Any]], dataset: str, budget_s: float) -> list[s
         fmt_seconds(n["train_s"]) if n_done else "-", str(n["epochs"]) if n_done else "-", _dice(n),
         _recipe(a) if a_done else "-",
         f"{a['iterations_trained']} of {a['recipe']['num_iterations']}" if a_done else "-",
+        _measured(a),
     ]
+
+
+def _measured(record: dict[str, Any] | None) -> str:
+    """When and with which code autoseg's run was measured: rows of one table may come from
+    different sessions, hosts and commits."""
+    if record is None:
+        return "-"
+    code = f" (`{record['code']}`)" if record.get("code") else ""
+    return f"{record['saved_at'][:16].replace('T', ' ')}{code}"
 
 
 def missing(records: list[dict[str, Any]]) -> list[str]:
@@ -279,7 +290,8 @@ def report(records: list[dict[str, Any]], png: Path, doc: Path) -> str:
     keys = sorted({(r["budget_s"], r["dataset"]) for r in records}, key=lambda k: (k[1], k[0]))
     table = markdown_table(
         ["dataset", "budget", "autoseg preprocess + train (within +-10%)", "autoseg mean Dice", "nnU-Net training",
-         "nnU-Net epochs", "nnU-Net mean Dice", "autoseg recipe (spacing, patch, batch, validation TTA)", "autoseg iterations"],
+         "nnU-Net epochs", "nnU-Net mean Dice", "autoseg recipe (spacing, patch, batch, validation TTA)", "autoseg iterations",
+         "autoseg measured (code)"],
         [_row(records, dataset, budget_s) for budget_s, dataset in keys],
     )
     not_measured = missing(records)

@@ -261,6 +261,19 @@ def machine_line() -> str:
     )
 
 
+def code_version() -> str:
+    """The short commit of the code measured, with "+changes" when the tree differs from it (or
+    "unknown" outside a git checkout): rows measured with different code must not read as one series."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        commit, changes = git("rev-parse", "--short", "HEAD"), git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+changes" if changes else "")
+
+
 # ---------------------------------------------------------------------------------------------- docs
 def fmt_seconds(value: float) -> str:
     return f"{value:.1f} s" if value >= 10 else f"{value:.2f} s"
