@@ -96,10 +96,17 @@ def _plan(fp, config, cache, budget_seconds=300.0, speedup=1.0):
     from autoseg.planning import compute_budget as T
     from autoseg.planning.planner import build_plans
 
-    rate = T.reference_seconds_per_gflop(torch.device("cpu")) / speedup
-    timing = lambda dims, width, mixed_precision="auto": T.TimingModel("fake cpu", 0.0, rate, rate)  # noqa: E731
-    return build_plans(fp, memory_budget_bytes=4 * 2**30, budget_seconds=budget_seconds, configs=[config],
-                       timing_factory=timing, cache_dir=cache)
+    # The reference speed is per math thread; earlier tests in a session may leave torch with another
+    # thread count, so the machine the plans are made for is pinned to 2 threads (the CI machine's).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        rate = T.reference_seconds_per_gflop(torch.device("cpu")) / speedup
+        timing = lambda dims, width, mixed_precision="auto": T.TimingModel("fake cpu", 0.0, rate, rate)  # noqa: E731
+        return build_plans(fp, memory_budget_bytes=4 * 2**30, budget_seconds=budget_seconds, configs=[config],
+                           timing_factory=timing, cache_dir=cache)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.usefixtures("memoized_gflop")
