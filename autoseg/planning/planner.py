@@ -424,6 +424,15 @@ def _search_budget(ctx: _Context, name: str, spacing: Sequence[float], dims: int
     return best
 
 
+def _candidates_at(ctx: _Context, fingerprint: dict[str, Any], forward: list[int], spacing: list[float], dims: int,
+                   **rules_: bool) -> list[_Candidate]:
+    """The candidates ``_evaluate_spacing`` evaluates at one (transposed) spacing, its fixed costs and
+    median shape computed there; ``rules_`` are its ``require_context`` / ``stop_at_preferred``."""
+    costs = _costs(ctx, fingerprint, forward, spacing, dims)
+    median = _transposed_median(fingerprint, spacing, forward)
+    return _evaluate_spacing(ctx, costs, spacing, median, dims, **rules_)[1]
+
+
 def _coarsest_drawn(ctx: _Context, name: str, fingerprint: dict[str, Any], forward: list[int],
                     ladder: list[list[float]], chosen: _Candidate) -> _Candidate:
     """For a 3D recipe short of ``MIN_BUDGET_ITERATIONS``, the recipe that affords the most iterations
@@ -438,10 +447,7 @@ def _coarsest_drawn(ctx: _Context, name: str, fingerprint: dict[str, Any], forwa
     drawn = [s for s in ladder[ladder.index(chosen.spacing) + 1:]
              if draws_structures(s, ladder[0], structure_mm, C.COARSE_STRUCTURE_VOXELS)]
     for spacing in reversed(drawn):
-        costs = _costs(ctx, fingerprint, forward, spacing, 3)
-        median = _transposed_median(fingerprint, spacing, forward)
-        _, candidates = _evaluate_spacing(ctx, costs, spacing, median, 3, stop_at_preferred=False)
-        viable = [c for c in candidates if _viable(c)]
+        viable = [c for c in _candidates_at(ctx, fingerprint, forward, spacing, 3, stop_at_preferred=False) if _viable(c)]
         if not viable:
             continue
         recipe = max(viable, key=lambda c: c.recipe_iterations)  # the larger patch on a tie
@@ -469,9 +475,7 @@ def _keep_thin_structures(ctx: _Context, name: str, fingerprint: dict[str, Any],
     drawn = [s for s in ladder if draws_structures(s, target, structure_mm)][-1]
     relaxed = None
     if dims == 2:
-        median = _transposed_median(fingerprint, drawn, forward)
-        costs = _costs(ctx, fingerprint, forward, drawn, dims)
-        _, candidates = _evaluate_spacing(ctx, costs, drawn, median, dims, require_context=False)
+        candidates = _candidates_at(ctx, fingerprint, forward, drawn, dims, require_context=False)
         relaxed = next((c for c in candidates if _viable(c)), None)
     if relaxed is None:
         ctx.notes.append(
