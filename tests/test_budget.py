@@ -393,6 +393,115 @@ def test_train_fits_the_plans_budget_and_reports_each_part(results, data_roots, 
     assert seen_tta and not any(seen_tta)  # validation ran without mirroring, as planned
 
 
+def _replanner(budget: float = 100.0, deadline_in: float = 100.0):
+    """A re-planner of a budget ending ``deadline_in`` seconds from now, its final validation one case
+    of 10 tiles at 0.1 s each (about 1 s), its log collected."""
+    from autoseg.training.distributed import DistributedContext
+    from autoseg.training.replanning import BudgetReplanner
+
+    log: list[str] = []
+    config = {"lr_schedule": {"exponent": EXPONENT}}
+    replanner = BudgetReplanner(time.monotonic() + deadline_in, budget, ([10], [0.0]), 1, lambda: [0.1], config,
+                                DistributedContext(), log.append)
+    return replanner, log
+
+
+def test_a_slowdown_within_an_epoch_shortens_the_schedule_at_once_and_keeps_the_lr_continuous():
+    from autoseg.training.schedule import TrainingState, learning_rate
+
+    replanner, log = _replanner()
+    state = TrainingState(total_iterations=500)
+    replanner.replan(state, 0.1)  # about 99 s left at 0.1 s per iteration
+    assert 950 <= state.total_iterations <= 1000
+    state.iteration = 100
+    config = {"optimizer": {"lr": LR}, "lr_schedule": {"name": "poly", "exponent": EXPONENT}}
+    before = learning_rate(config, state)
+    planned = state.total_iterations
+    replanner.keep_pace(state, 0.4)  # another process took the cores: 4x slower
+    assert "would overrun the deadline" in log[-1]
+    left = replanner.deadline - time.monotonic() - replanner.validation_estimate * 4
+    assert state.total_iterations < planned
+    assert (state.total_iterations - 100) * 0.4 <= left < (state.total_iterations - 100 + 1) * 0.4
+    assert learning_rate(config, state) == pytest.approx(before)  # bent, not jumped
+    state.iteration = state.total_iterations - 1
+    assert 0 < learning_rate(config, state) < before  # and still decays to 0 at the new total
+
+
+@pytest.mark.parametrize("speed", [0.05, 0.1, 0.115])
+def test_jitter_or_a_faster_epoch_leaves_the_schedule_alone(speed):
+    replanner, log = _replanner()
+    from autoseg.training.schedule import TrainingState
+
+    state = TrainingState(total_iterations=500)
+    replanner.replan(state, 0.1)
+    planned, lines = state.total_iterations, len(log)
+    state.iteration = 100
+    replanner.keep_pace(state, speed)
+    assert state.total_iterations == planned and len(log) == lines  # lengthening waits for the epoch's end
+
+
+def test_past_the_deadline_the_schedule_ends_at_the_current_iteration():
+    from autoseg.training.schedule import TrainingState
+
+    replanner, _ = _replanner(deadline_in=20.0)
+    state = TrainingState(total_iterations=500)
+    replanner.replan(state, 0.1)
+    replanner.deadline = time.monotonic() - 1.0  # the epoch ran past the deadline
+    state.iteration = 150
+    replanner.keep_pace(state, 0.1)
+    assert state.total_iterations == 150
+
+
+def test_no_pace_decision_before_the_first_estimate():
+    from autoseg.training.schedule import TrainingState
+
+    replanner, log = _replanner()
+    state = TrainingState(total_iterations=500, iteration=10)
+    replanner.keep_pace(state, 5.0)
+    assert state.total_iterations == 500 and not log
+
+
+def test_train_that_slows_down_mid_epoch_still_ends_near_its_budget(results, data_roots, monkeypatch):
+    """Another process takes the cores after the probe: every step then takes 0.3 s longer. The epoch
+    (250 iterations, far more than the budget affords) never ends before the deadline, so only the
+    within-epoch pace check can shorten the schedule in time."""
+    import json
+
+    from autoseg.training import train_fold
+    from autoseg.training import trainer as trainer_module
+
+    build = trainer_module.build_step
+
+    def slowed_step(*args, **kwargs):
+        step, train, calls = build(*args, **kwargs), None, [0]
+        train = step.train
+
+        def slow_train(*a, **k):
+            calls[0] += 1
+            if calls[0] > 20:
+                time.sleep(0.3)
+            return train(*a, **k)
+
+        step.train = slow_train
+        return step
+
+    monkeypatch.setattr(trainer_module, "build_step", slowed_step)
+    plans_file = data_roots["preprocessed"] / DATASET / "autosegPlans.json"
+    original = plans_file.read_text()
+    plans = json.loads(original)
+    plans["configurations"]["3d_fullres"].update(validation_tta=False, num_iterations=1000)
+    plans["budget"] = {"seconds": 25.0}
+    plans_file.write_text(json.dumps(plans))
+    settings = ["iterations_per_epoch=250", "val_iterations_per_epoch=2", "mixed_precision=off"]
+    try:
+        summary = train_fold(DATASET, "3d_fullres", 0, workers=0, overrides=settings)
+    finally:
+        plans_file.write_text(original)
+    log = (Path(summary["model_folder"]) / "fold_0" / "training_log.txt").read_text()
+    assert "would overrun the deadline" in log
+    assert summary["seconds"] < 25.0 * 1.3  # without the check: the 250-iteration epoch, over 60 s
+
+
 # ------------------------------------------------------------------------ real fingerprints
 REAL = {  # dataset: cases fingerprinted (a few, to stay fast; shapes and spacings are the real ones)
     "Dataset004_Hippocampus": ["hippocampus_001", "hippocampus_003", "hippocampus_004", "hippocampus_006"],

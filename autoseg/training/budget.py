@@ -18,6 +18,16 @@ FORWARD_SHARE_OF_ITERATION = 1.0 / 3.0
 # iteration (FC-DenseNet's GPU-sized plan on a loaded CPU) the 10-iteration probe alone spent a
 # 3-minute budget.
 PROBE_MAX_SHARE = 0.05
+# Within an epoch the schedule is shortened at once (not at the epoch's end) when this epoch's speed
+# says the rest would take PACE_SLOWDOWN times the time left and overrun the deadline by more than
+# PACE_TOLERANCE of the budget: another process took the cores after the last estimate. A 5-minute
+# Hippocampus run whose last epoch slowed 4x (0.87 s per iteration, planned about 0.2) waited for the
+# epoch's end and ended 37 s late (+13%). The two thresholds keep ordinary jitter (+-10% between
+# epochs) from bending the learning-rate schedule; the epoch end still re-plans both ways.
+PACE_SLOWDOWN = 1.25
+PACE_TOLERANCE = 0.05
+# Timed iterations of the current epoch before its speed is trusted for that decision.
+PACE_MIN_ITERATIONS = 3
 
 
 def poly_lr(initial_lr: float, iteration: int, total_iterations: int, exponent: float) -> float:

@@ -146,9 +146,13 @@ class WarmTimer:
             self.started, self.since = time.monotonic(), iteration
         self.index += 1
 
+    def warm_iterations(self, iteration: int) -> int:
+        """This epoch's timed (warm) iterations up to ``iteration``."""
+        return iteration - self.since if self.started is not None else 0
+
     def seconds_per_iteration(self, iteration: int) -> float | None:
         """Mean seconds of this epoch's warm iterations up to ``iteration``; None before any."""
-        warm = iteration - self.since if self.started is not None else 0
+        warm = self.warm_iterations(iteration)
         return (time.monotonic() - self.started) / warm if warm else None
 
     def iterations_per_second(self, iteration: int) -> float:

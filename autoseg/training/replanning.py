@@ -32,6 +32,8 @@ from autoseg.training.steps import autocast
 
 # Timed passes per measurement of the final validation's network cost (after one warm-up pass).
 TIMING_REPEATS = 3
+# Under DDP the pace check is a collective (rank 0 decides): every this many iterations, not every one.
+PACE_CHECK_EVERY_DISTRIBUTED = 10
 
 
 def deadline(start_time: float, budget_seconds: float | None, safety_fraction: float) -> float | None:
@@ -95,6 +97,7 @@ class BudgetReplanner:
         self._measure_tile = tile_seconds
         self._tile_samples: list[float] = []
         self.validation_estimate: float | None = None
+        self.planned_speed: float | None = None  # seconds per iteration of the last re-plan
 
     @property
     def mirroring(self) -> bool:
@@ -117,7 +120,7 @@ class BudgetReplanner:
     def replan(self, state: TrainingState, seconds_per_iteration: float) -> None:
         """Set ``state.total_iterations`` (and the schedule's anchor) from the measured speed."""
         reserve = self._validation_reserve()
-        self.validation_estimate = reserve
+        self.validation_estimate, self.planned_speed = reserve, seconds_per_iteration
         left = self.deadline - time.monotonic() - reserve
         total = int(broadcast_value(budget_rules.affordable_total(state.iteration, left, seconds_per_iteration), self.context))
         if total != state.total_iterations:
@@ -126,3 +129,23 @@ class BudgetReplanner:
                 f"{reserve:.0f} s; schedule set to {total} iterations (was {state.total_iterations})"
             )
         retarget(self.config, state, total)
+
+    def keep_pace(self, state: TrainingState, seconds_per_iteration: float | None) -> None:
+        """Within an epoch: shorten the schedule now when ``seconds_per_iteration`` (this epoch's speed,
+        pseudo-validation share included) says the rest would overrun the deadline (budget.PACE_*).
+        The final validation's reserve grows by the same slowdown. Never lengthens; collective under
+        DDP (every rank calls it at the same iterations, rank 0 decides)."""
+        if self.context.enabled and state.iteration % PACE_CHECK_EVERY_DISTRIBUTED:
+            return
+        total = None
+        if seconds_per_iteration is not None and self.planned_speed is not None and self.validation_estimate is not None:
+            slowdown = max(1.0, seconds_per_iteration / self.planned_speed)
+            left = self.deadline - time.monotonic() - self.validation_estimate * slowdown
+            needed = (state.total_iterations - state.iteration) * seconds_per_iteration
+            if needed > budget_rules.PACE_SLOWDOWN * left and needed - left > budget_rules.PACE_TOLERANCE * self.budget_seconds:
+                total = budget_rules.affordable_total(state.iteration, left, seconds_per_iteration)
+        total = broadcast_value(total, self.context)
+        if total is not None and total < state.total_iterations:
+            self.log(f"time budget: this epoch runs at {seconds_per_iteration:.3f} s per iteration, the schedule "
+                     f"would overrun the deadline; schedule set to {total} iterations (was {state.total_iterations})")
+            retarget(self.config, state, total)

@@ -215,6 +215,8 @@ class Trainer:
         cfg, state = self.run.config, self.state
         end = state.epoch_end(self.iterations_per_epoch)
         probe_seconds = budget_rules.PROBE_MAX_SHARE * (self.run.budget_seconds or math.inf)
+        # the probe times training steps only; validation adds its forward passes
+        overhead = 1 + cfg["val_iterations_per_epoch"] / self.iterations_per_epoch * budget_rules.FORWARD_SHARE_OF_ITERATION
         timer.new_epoch()
         losses: list[float] = []
         while state.iteration < min(end, state.total_iterations):
@@ -227,9 +229,9 @@ class Trainer:
             losses.append(loss)
             state.iteration += 1
             if self.replanner is not None and timer.probe_done(state.iteration, cfg["budget_probe_iterations"], probe_seconds):
-                # the probe times training steps only; validation adds its forward passes
-                overhead = 1 + cfg["val_iterations_per_epoch"] / self.iterations_per_epoch * budget_rules.FORWARD_SHARE_OF_ITERATION
                 self.replanner.replan(state, timer.seconds_per_iteration(state.iteration) * overhead)
+            elif self.replanner is not None and timer.warm_iterations(state.iteration) >= budget_rules.PACE_MIN_ITERATIONS:
+                self.replanner.keep_pace(state, timer.seconds_per_iteration(state.iteration) * overhead)
             self.monitor.update(state.iteration, state.total_iterations, state.epoch, loss,
                                 timer.iterations_per_second(state.iteration), state.ema)
         return losses
