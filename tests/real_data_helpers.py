@@ -66,3 +66,46 @@ def crop_dataset(source: Path, raw_root: Path, cases: Sequence[str], size: Seque
     description["numTraining"] = len(cases)
     (dataset / "dataset.json").write_text(json.dumps(description, indent=2))
     return dataset
+
+
+def dataset_from_one_case(
+    image_file: Path, label_file: Path, channel: str, dataset: Path, held_out: Path, size: Sequence[int], count: int
+) -> list[str]:
+    """A labelled dataset of ``count`` crops of one scan (``size`` voxels, z, y, x): ``count - 1``
+    training cases in ``dataset`` and the last in ``held_out``/images and /labels.
+
+    For the single-case examples of shared/ (a CT and an MR with many labels): the crops start at
+    offsets spread over the scan, so their class sets differ, as real cases' do. The label values,
+    TotalSegmentator class ids with gaps, are renumbered 0..n-1 in ascending order, as a user converting
+    to nnU-Net's format must (labels named ``id_<original id>``). Returns the case ids.
+    """
+    image, label = sitk.ReadImage(str(image_file)), sitk.ReadImage(str(label_file))
+    values = np.unique(sitk.GetArrayViewFromImage(label))
+    lookup = np.zeros(int(values.max()) + 1, np.uint8)
+    lookup[values] = np.arange(len(values))
+    renumbered = sitk.GetImageFromArray(lookup[sitk.GetArrayViewFromImage(label)])
+    renumbered.CopyInformation(label)
+    # Crops stay inside the image's nonzero box, so cropping to nonzero (preprocessing) keeps them whole.
+    nonzero = np.nonzero(sitk.GetArrayViewFromImage(image))
+    start = [int(a.min()) for a in nonzero]
+    spare = [int(a.max()) + 1 - b - s for a, b, s in zip(nonzero, start, size)]
+    assert min(spare) >= 0, f"crop {size} larger than the scan's nonzero box"
+    cases = [f"case_{i:03d}" for i in range(count)]
+    for i, case in enumerate(cases):
+        # Offsets walk each axis at a different pace, so no two crops start at the same place.
+        z, y, x = (start[a] + spare[a] * ((i * (a + 1)) % count) // max(count - 1, 1) for a in range(3))
+        box = (slice(x, x + size[2]), slice(y, y + size[1]), slice(z, z + size[0]))
+        images, labels = (held_out / "images", held_out / "labels") if i == count - 1 else (
+            dataset / "imagesTr", dataset / "labelsTr")
+        images.mkdir(parents=True, exist_ok=True)
+        labels.mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(image[box], str(images / f"{case}_0000.nii.gz"), useCompression=True)
+        sitk.WriteImage(renumbered[box], str(labels / f"{case}.nii.gz"), useCompression=True)
+    description = {
+        "channel_names": {"0": channel},
+        "labels": {"background": 0, **{f"id_{int(v)}": i for i, v in enumerate(values) if v}},
+        "numTraining": count - 1,
+        "file_ending": ".nii.gz",
+    }
+    (dataset / "dataset.json").write_text(json.dumps(description, indent=2))
+    return cases

@@ -6,7 +6,11 @@ kept) into temporary roots, then: verify -> fingerprint -> plan (the CPU compute
 predict the held-out case in its own file format and geometry -> evaluate. The slow steps run once per
 dataset in module-scoped fixtures; the tests check what each step left behind.
 
-Configurations: ACDC, DRIVE (RGB PNG) and EM (grey PNG) train 2d, Hippocampus and BraTS 3d_fullres;
+The CT and the MR of ``ct_mr_examples`` are single scans with 41 and 23 labels: six crops of each make a
+dataset (labels renumbered without gaps, as nnU-Net's format requires), which checks CT normalisation and
+many classes, some absent from a case, through the same steps.
+
+Configurations: ACDC, DRIVE (RGB PNG) and EM (grey PNG) train 2d, Hippocampus, BraTS, CT and MR 3d_fullres;
 BraTS also runs the cascade (3d_lowres, 5 folds, then 3d_cascade_fullres) from a plan made for a small
 memory budget, which makes the planner keep 3d_lowres on a 24^3 crop. BraTS is the region dataset
 (sigmoid outputs, nested regions, ``regions_class_order``): its checks follow the regions from
@@ -32,12 +36,22 @@ from autoseg.planning.constants import GPU_MEMORY_USABLE_FRACTION
 from autoseg.planning.planner import build_plans
 from autoseg.planning.plans import plans_path, write_plans
 from autoseg.postprocessing.determine import apply_postprocessing
+from autoseg.preprocessing import load_case
 from cli_helpers import TRAIN_SETTINGS, autoseg, set_options
 from conftest import SHARED_DATA, small_timing_probe
-from real_data_helpers import crop_cases, crop_dataset
+from real_data_helpers import crop_cases, crop_dataset, dataset_from_one_case
 
 TRAIN = [*set_options(TRAIN_SETTINGS), "--epochs", 1, "--workers", 0]
 GPU_PLANS = "gpu8Plans"
+
+
+@dataclass(frozen=True)
+class OneScan:
+    """A single labelled scan of shared/ct_mr_examples, cut into crops to make a dataset."""
+
+    image: str
+    label: str
+    channel: str
 
 
 @dataclass(frozen=True)
@@ -47,6 +61,7 @@ class RealDataset:
     crop: tuple[int, int, int]  # (z, y, x) voxels; z ignored for 2D images
     configuration: str  # the one trained and predicted
     is_2d: bool = False
+    one_scan: OneScan | None = None  # the cases are crops of this scan, not of a shared dataset
 
     @property
     def training_cases(self) -> tuple[str, ...]:
@@ -68,6 +83,10 @@ DATASETS = [
                 (1, 64, 64), "2d", is_2d=True),
     RealDataset("Dataset907_EMMembrane", ("em_00", "em_01", "em_02", "em_03", "em_04", "em_05"), (1, 64, 64), "2d",
                 is_2d=True),
+    RealDataset("Dataset950_TotalSegCT", tuple(f"case_{i:03d}" for i in range(6)), (24, 64, 80), "3d_fullres",
+                one_scan=OneScan("example_ct_sm.nii.gz", "example_seg.nii.gz", "CT")),
+    RealDataset("Dataset951_TotalSegMR", tuple(f"case_{i:03d}" for i in range(6)), (14, 56, 72), "3d_fullres",
+                one_scan=OneScan("example_mr_sm.nii.gz", "example_seg_mr.nii.gz", "MR")),
 ]
 BRATS = next(d for d in DATASETS if d.name == "Dataset905_BraTS2015Mini")
 
@@ -137,10 +156,16 @@ def run(request: pytest.FixtureRequest, pipelines: Callable[[RealDataset], Run])
 
 def run_pipeline(spec: RealDataset, roots: dict[str, Path]) -> Run:
     """Crop, verify, fingerprint, plan, preprocess, train fold 0, predict the held-out case, evaluate."""
-    source = SHARED_DATA / spec.name
-    raw = crop_dataset(source, roots["raw"], spec.training_cases, spec.crop)
     held = roots["held_out"] / spec.name
-    crop_cases(source, [spec.held_out], spec.crop, held / "images", held / "labels")
+    if spec.one_scan is not None:
+        raw, scans = roots["raw"] / spec.name, SHARED_DATA / "ct_mr_examples"
+        cases = dataset_from_one_case(scans / spec.one_scan.image, scans / spec.one_scan.label, spec.one_scan.channel,
+                                      raw, held, spec.crop, len(spec.cases))
+        assert tuple(cases) == spec.cases
+    else:
+        source = SHARED_DATA / spec.name
+        raw = crop_dataset(source, roots["raw"], spec.training_cases, spec.crop)
+        crop_cases(source, [spec.held_out], spec.crop, held / "images", held / "labels")
     printed = {
         "verify": autoseg("verify", spec.name),
         "fingerprint": autoseg("fingerprint", spec.name, "-np", 1),
@@ -224,15 +249,21 @@ def test_training_validates_every_class_or_region(run: Run) -> None:
     summary = json.loads((validation / "summary.json").read_text())
     assert list(summary["classes"]) == [name for name, _ in classes]
     assert summary["num_cases"] == 1  # 5 training cases: fold 0 validates one
-    for name, metrics in summary["mean"].items():
-        assert 0.0 <= metrics["dice"] <= 1.0, name
+    case = summary["metric_per_case"][0]["case_id"]
+    reference, _ = read_image(run.preprocessed / "gt_segmentations" / f"{case}{run.ending}")
+    predicted, _ = read_image(validation / f"{case}{run.ending}")
+    for name, values in classes:  # NaN exactly for a class in neither label map (nnU-Net's convention)
+        dice = summary["mean"][name]["dice"]
+        if np.isin(reference, values).any() or np.isin(predicted, values).any():
+            assert 0.0 <= dice <= 1.0, name
+        else:
+            assert np.isnan(dice), name
         assert name in run.printed["train"]
     # The pseudo-validation's Dice of each class (region), whose mean is the epoch's pseudo-Dice.
     row = json.loads((run.model_folder / "fold_0" / "metrics.jsonl").read_text().splitlines()[-1])
     per_class = row["pseudo_dice_per_class"]
     assert list(per_class) == [name for name, _ in classes]
     assert row["pseudo_dice"] == pytest.approx(np.mean([v for v in per_class.values() if v is not None]))
-    case = summary["metric_per_case"][0]["case_id"]
     probabilities = np.load(validation / f"{case}.npz")["probabilities"]
     description = load_description(run.raw)
     assert probabilities.shape[0] == description.num_output_channels
@@ -261,9 +292,9 @@ def test_evaluation_of_the_held_out_case(run: Run) -> None:
     reference, _ = read_image(run.held_labels / f"{run.spec.held_out}{run.ending}")
     for name, values in classes:  # Dice by hand from the two label maps, class (or region) by membership
         p, r = np.isin(seg, values), np.isin(reference, values)
-        expected = 2 * (p & r).sum() / (p.sum() + r.sum()) if p.any() or r.any() else None
+        expected = 2 * (p & r).sum() / (p.sum() + r.sum()) if p.any() or r.any() else float("nan")
         measured = summary["metric_per_case"][0]["metrics"][name]["dice"]
-        assert measured == pytest.approx(expected), name
+        assert measured == pytest.approx(expected, nan_ok=True), name
         assert name in run.printed["evaluate"]
 
 
@@ -390,3 +421,46 @@ def test_report_shows_the_regions(brats: Run, cascade: dict[str, Any]) -> None:
         assert f"Dice {name}" in document
         assert f"{name}: labels {', '.join(map(str, values))}" in document
     assert "regions_class_order 2, 1, 4" in document
+
+
+# -------------------------------------------------------------------- many labels (the CT and the MR)
+ONE_SCAN = [d for d in DATASETS if d.one_scan is not None]
+
+
+@pytest.fixture(scope="module", params=[pytest.param(d, id=d.name.split("_", 1)[1]) for d in ONE_SCAN])
+def scan_run(request: pytest.FixtureRequest, pipelines: Callable[[RealDataset], Run]) -> Run:
+    return pipelines(request.param)
+
+
+def test_every_class_of_the_scan_is_declared_and_some_crops_lack_some(scan_run: Run) -> None:
+    scan = scan_run.spec.one_scan
+    values = np.unique(read_image(SHARED_DATA / "ct_mr_examples" / scan.label)[0])
+    description = load_description(scan_run.raw)
+    assert description.label_values == list(range(len(values)))  # 42 (CT) / 24 (MR) values, no gaps
+    present = [set(np.unique(read_image(f)[0]).tolist()) for f in sorted((scan_run.raw / "labelsTr").glob("*.nii.gz"))]
+    assert any(len(p) < len(values) for p in present)  # classes absent from a case reach training and evaluation
+    assert len({frozenset(p) for p in present}) > 1
+
+
+def test_intensities_are_normalised_as_the_channel_name_says(scan_run: Run) -> None:
+    """CT: clipped to the dataset's foreground [p0.5, p99.5], standardised with its foreground mean and
+    std; MR: z-scored per image. At the scans' own 3 mm nothing is resampled, so the stored image is the
+    formula applied to the raw crop."""
+    plans = json.loads(plans_path(scan_run.preprocessed, "autosegPlans").read_text())
+    configuration = plans["configurations"][scan_run.spec.configuration]
+    scheme = configuration["normalization"][0]
+    case = scan_run.spec.training_cases[0]
+    image, _ = read_case_images([scan_run.raw / "imagesTr" / f"{case}_0000.nii.gz"])
+    stored, _, _ = load_case(scan_run.preprocessed / configuration["data_identifier"], case, mmap=False)
+    assert stored.shape == image.shape  # no resampling, no cropping (the scans have no zero border)
+    raw = image[0].astype(np.float64)
+    if scan_run.spec.one_scan.channel == "CT":
+        props = json.loads((scan_run.preprocessed / "fingerprint.json").read_text())[
+            "foreground_intensity_properties_per_channel"]["0"]
+        low, high = props["percentile_00_5"], props["percentile_99_5"]
+        assert scheme == {"scheme": "ct", "use_mask": False, "clip": [low, high], "mean": props["mean"], "std": props["std"]}
+        expected = (np.clip(raw, low, high) - props["mean"]) / props["std"]
+    else:
+        assert (scheme["scheme"], scheme["use_mask"]) == ("zscore", False)
+        expected = (raw - raw.mean()) / raw.std()
+    np.testing.assert_allclose(stored[0], expected, rtol=1e-4, atol=1e-4)
