@@ -502,6 +502,31 @@ def test_train_that_slows_down_mid_epoch_still_ends_near_its_budget(results, dat
     assert summary["seconds"] < 25.0 * 1.3  # without the check: the 250-iteration epoch, over 60 s
 
 
+def test_the_probe_s_own_timing_is_not_taken_for_a_slowdown(results, data_roots, monkeypatch):
+    """The probe's re-plan times the validation network (here 2 s): counted as training time, it made
+    the next iterations look slow and the pace check cut a quiet 5-minute run's schedule by a third."""
+    import json
+
+    from autoseg.training import train_fold
+    from autoseg.training import trainer as trainer_module
+
+    timed = trainer_module.tile_seconds_samples
+    monkeypatch.setattr(trainer_module, "tile_seconds_samples", lambda *a: time.sleep(2.0) or timed(*a))
+    plans_file = data_roots["preprocessed"] / DATASET / "autosegPlans.json"
+    original = plans_file.read_text()
+    plans = json.loads(original)
+    plans["configurations"]["3d_fullres"].update(validation_tta=False, num_iterations=1000)
+    plans["budget"] = {"seconds": 15.0}
+    plans_file.write_text(json.dumps(plans))
+    settings = ["iterations_per_epoch=250", "val_iterations_per_epoch=2", "mixed_precision=off"]
+    try:
+        summary = train_fold(DATASET, "3d_fullres", 0, workers=0, overrides=settings)
+    finally:
+        plans_file.write_text(original)
+    log = (Path(summary["model_folder"]) / "fold_0" / "training_log.txt").read_text()
+    assert "schedule set to" in log and "would overrun the deadline" not in log
+
+
 # ------------------------------------------------------------------------ real fingerprints
 REAL = {  # dataset: cases fingerprinted (a few, to stay fast; shapes and spacings are the real ones)
     "Dataset004_Hippocampus": ["hippocampus_001", "hippocampus_003", "hippocampus_004", "hippocampus_006"],

@@ -26,8 +26,9 @@ PROBE_MAX_SHARE = 0.05
 # epochs) from bending the learning-rate schedule; the epoch end still re-plans both ways.
 PACE_SLOWDOWN = 1.25
 PACE_TOLERANCE = 0.05
-# Timed iterations of the current epoch before its speed is trusted for that decision.
-PACE_MIN_ITERATIONS = 3
+# Timed iterations of the current epoch (since the probe's re-plan, whose tile timing is not training)
+# before its speed is trusted for that decision.
+PACE_MIN_ITERATIONS = 10
 
 
 def poly_lr(initial_lr: float, iteration: int, total_iterations: int, exponent: float) -> float:

@@ -141,6 +141,12 @@ class WarmTimer:
     def new_epoch(self) -> None:
         self.started, self.index = None, 0
 
+    def restart(self, iteration: int) -> None:
+        """Time this epoch's iterations from ``iteration`` on (after a pause that is not training, such
+        as the probe's re-plan timing the validation network)."""
+        if self.started is not None:
+            self.started, self.since = time.monotonic(), iteration
+
     def before_iteration(self, iteration: int) -> None:
         if self.index == WARMUP_ITERATIONS or (self.index == 0 and iteration - self.first_iteration >= WARMUP_ITERATIONS):
             self.started, self.since = time.monotonic(), iteration

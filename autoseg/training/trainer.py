@@ -230,6 +230,7 @@ class Trainer:
             state.iteration += 1
             if self.replanner is not None and timer.probe_done(state.iteration, cfg["budget_probe_iterations"], probe_seconds):
                 self.replanner.replan(state, timer.seconds_per_iteration(state.iteration) * overhead)
+                timer.restart(state.iteration)  # the re-plan's own timing is not this epoch's pace
             elif self.replanner is not None and timer.warm_iterations(state.iteration) >= budget_rules.PACE_MIN_ITERATIONS:
                 self.replanner.keep_pace(state, timer.seconds_per_iteration(state.iteration) * overhead)
             self.monitor.update(state.iteration, state.total_iterations, state.epoch, loss,
