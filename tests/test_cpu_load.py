@@ -13,7 +13,8 @@ import torch
 from autoseg.errors import TrainingError
 from autoseg.training import train_fold
 from autoseg.training.config import resolve_config
-from autoseg.training.math_threads import ThreadChoice, applied, choose_math_threads
+from autoseg.training import math_threads
+from autoseg.training.math_threads import ThreadChoice, applied, choose_math_threads, recount_at_epoch_end
 from autoseg.training.trainer import Trainer
 from autoseg.utils import cpu_load
 from autoseg.utils.cpu_load import available_cores, idle_cores, idle_cores_between, threads_for_idle_cores
@@ -138,3 +139,51 @@ def test_a_fold_trains_with_the_idle_cores_and_gives_the_threads_back(
         torch.set_num_threads(1)
     log = (results / DATASET / "unet__autosegPlans__3d_fullres" / "fold_all" / "training_log.txt").read_text()
     assert "1 of 2 math threads (1.0 of 2 CPUs idle at the start)" in log
+
+
+def test_the_threads_follow_the_idle_cores_at_each_epoch_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = torch.get_num_threads()
+    monkeypatch.setattr(cpu_load, "available_cores", lambda: 2)
+    start = ThreadChoice(1, 2, 1.0, 2)  # auto chose 1 of 2 threads: another process held a core
+    try:
+        torch.set_num_threads(1)
+        monkeypatch.setattr(cpu_load, "idle_cores", lambda: 1.9)  # that process has ended
+        assert recount_at_epoch_end(start, 30.0) == ThreadChoice(2, 2, 1.9, 2) and torch.get_num_threads() == 2
+        assert recount_at_epoch_end(start, 30.0) is None  # the count agrees with the threads: nothing to do
+        samples = iter([0.9, 1.0])  # load arrived (seen twice, so not a spike)
+        monkeypatch.setattr(cpu_load, "idle_cores", lambda: next(samples))
+        assert recount_at_epoch_end(start, 30.0) == ThreadChoice(1, 2, 1.0, 2) and torch.get_num_threads() == 1
+        monkeypatch.setattr(cpu_load, "idle_cores", lambda: 1.9)
+        assert recount_at_epoch_end(start, 5.0) is None and torch.get_num_threads() == 1  # short epochs: no pause
+        assert recount_at_epoch_end(ThreadChoice(1, 2), 30.0) is None  # a number (or --deterministic): kept
+        assert recount_at_epoch_end(None, 30.0) is None  # off the CPU
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert ThreadChoice(2, 2, 1.9, 2).describe("at the end of epoch 3") == (
+        "2 of 2 math threads (1.9 of 2 CPUs idle at the end of epoch 3)")
+
+
+def test_a_fold_raises_its_threads_when_the_other_process_ends(results: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.set_num_threads(2)
+    samples = iter([1.0, 1.0, 2.0, 2.0])  # the start (twice: some busy), then the end of epoch 1
+    monkeypatch.setattr(cpu_load, "idle_cores", lambda: next(samples, 2.0))
+    monkeypatch.setattr(cpu_load, "available_cores", lambda: 2)
+    monkeypatch.setattr(math_threads, "RECOUNT_MIN_EPOCH_SECONDS", 0.0)
+    seen = []
+    real_epoch = Trainer._train_epoch
+
+    def train_epoch(trainer: Trainer, *args):  # the threads each epoch trains with
+        seen.append(torch.get_num_threads())
+        return real_epoch(trainer, *args)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", train_epoch)
+    try:
+        train_fold(DATASET, "3d_fullres", "all", epochs=2, workers=0,
+                   overrides=["iterations_per_epoch=2", "val_iterations_per_epoch=1", "mixed_precision=off"])
+        assert seen == [1, 2] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+    log = (results / DATASET / "unet__autosegPlans__3d_fullres" / "fold_all" / "training_log.txt").read_text()
+    assert "math threads now 2 of 2 math threads (2.0 of 2 CPUs idle at the end of epoch 1)" in log
+

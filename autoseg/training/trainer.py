@@ -37,6 +37,7 @@ from autoseg.training.data_loading import (
 from autoseg.training.distributed import DistributedContext, all_reduce_sum, rank_batch_size, wrap_model
 from autoseg.training.fold_run import FoldRun
 from autoseg.training.model_setup import NetworkRequest, build_model, seed_everything
+from autoseg.training.math_threads import recount_at_epoch_end
 from autoseg.training.monitor import Monitor, WarmTimer
 from autoseg.training.pseudo_validation import PseudoValidationResult, epoch_batches, pseudo_validate
 from autoseg.training.replanning import (
@@ -205,9 +206,14 @@ class Trainer:
                 torch.cuda.reset_peak_memory_stats(self.device)
             losses = self._train_epoch(stream, watchdog, timer)
             self._end_epoch(losses, val_stream, epoch_start, timer.seconds_per_iteration(self.state.iteration))
+            epoch_seconds = time.monotonic() - epoch_start
             if self.replanner is not None and self.state.iteration < self.state.total_iterations:
                 # a finished schedule is not extended: its learning rate has reached 0
-                self.replanner.replan(self.state, (time.monotonic() - epoch_start) / max(len(losses), 1))
+                self.replanner.replan(self.state, epoch_seconds / max(len(losses), 1))
+            # the last recount also sets the threads of the final validation; DDP ranks keep theirs
+            threads = recount_at_epoch_end(self.run.math_threads, epoch_seconds) if not self.context.enabled else None
+            if threads is not None:
+                self.monitor.log(f"math threads now {threads.describe(f'at the end of epoch {self.state.epoch}')}")
 
     def _train_epoch(self, stream: BatchStream, watchdog: IterationWatchdog, timer: WarmTimer) -> list[float]:
         """One epoch of training steps; under a budget the first probe re-plans the total, which may

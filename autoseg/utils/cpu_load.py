@@ -101,19 +101,22 @@ class ThreadChoice:
     idle: float | None = None
     logical: int = 0
 
-    def describe(self) -> str:
+    def describe(self, when: str = "at the start") -> str:
         if self.idle is None:
             return f"{self.threads} math threads"
         return (f"{self.threads} of {self.limit} math threads ({self.idle:.1f} of {self.logical} CPUs idle "
-                "at the start)")
+                f"{when})")
 
 
-def idle_thread_choice() -> ThreadChoice:
-    """As many of torch's math threads as cores are idle now: measured for half a second, and once more
-    when that finds some busy (the more idle of the two counts), so a passing spike costs nothing."""
-    import torch  # here: this module also serves the torch-free onnxruntime deployment
+def idle_thread_choice(limit: int | None = None) -> ThreadChoice:
+    """As many of ``limit`` math threads (default torch's count) as cores are idle now: measured for
+    half a second, and once more when that finds some busy (the more idle of the two counts), so a
+    passing spike costs nothing."""
+    if limit is None:
+        import torch  # here: this module also serves the torch-free onnxruntime deployment
 
-    limit = max(1, torch.get_num_threads())
+        limit = torch.get_num_threads()
+    limit = max(1, limit)
     if limit == 1:
         return ThreadChoice(1, 1)
     logical = available_cores()
