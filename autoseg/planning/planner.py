@@ -683,72 +683,21 @@ def build_plans(
     memory is modelled as always, nothing is timed, and no compute budget can apply.
     """
     check_fingerprint(fingerprint, source)
-    device = torch.device(device)
     network = network or default_network()
-    spec = get_network_spec(network)
-    n_classes, n_foreground = output_channels(fingerprint["labels"])
-    in_channels = len(fingerprint["channel_names"])
-    if budget_seconds is not None and budget_seconds <= 0:
-        raise PlanError(f"--budget must be positive, got {budget_seconds} s")
-    if budget_seconds is not None and not device_present and timing_factory is None:
-        raise PlanError("--budget times training on this machine, which lacks the device planned for; "
-                        "plan for the GPU with --gpu-memory alone, or drop --gpu-memory to plan for this machine")
-
-    def measured(dims: int, width: int, mixed_precision: str) -> T.TimingModel:
-        return T.measure_timing(network, spec.constraints, dims, in_channels, n_classes, width, device,
-                                cache_dir=cache_dir, mixed_precision=mixed_precision)
-
-    if (bf16_check is None and device_present and timing_factory is None and device.type == "cpu"
-            and autocast_dtype("auto", device) == torch.bfloat16):
-        bf16_check = _bf16_survives
-
     record = dict(budget_record or {}, memory_bytes_usable=int(memory_budget_bytes))
-    planned_for = {k: record.get(k) for k in ("device", "device_name", "gpu_memory_gb", "memory_bytes_usable")}
-    planned_for["timed_on_device"] = device_present
-    ctx = _Context(network, in_channels, n_classes, n_foreground, memory_budget_bytes, budget_seconds, device, cache_dir,
-                   timing_factory or (measured if device_present else None), planned_for, bf16_check,
-                   timed_thread_share=timed_thread_share)
-    if not device_present:
-        gb = f" with {record['gpu_memory_gb']:g} GB" if record.get("gpu_memory_gb") else ""
-        ctx.notes.append(
-            f"planned for a {device.type} device{gb} (usable {memory_budget_bytes / 2**30:.1f} GiB) that this "
-            "machine lacks: memory is modelled (saved-tensor count on the meta device), not measured there; "
-            "speed is not predicted and nnU-Net's schedule (1000 epochs) applies"
-        )
+    ctx = _planning_context(fingerprint, network, memory_budget_bytes, budget_seconds, torch.device(device), cache_dir,
+                            timing_factory, bf16_check, timed_thread_share, record, device_present)
     target = rules.target_spacing(fingerprint["spacings"], fingerprint["shapes_after_crop"])
     forward, backward = rules.transpose_axes(target)
     spacing = [target[a] for a in forward]
-    median = _transposed_median(fingerprint, spacing, forward)
-    wanted = _wanted_configurations(configs, fingerprint["is_2d"], spec.constraints.spatial_dims, ctx)
+    wanted = _wanted_configurations(configs, fingerprint["is_2d"], get_network_spec(network).constraints.spatial_dims, ctx)
 
     configurations: dict[str, dict[str, Any]] = {}
     if CONFIG_2D in wanted:
         configurations[CONFIG_2D] = _plan_configuration(ctx, CONFIG_2D, spacing, 2, fingerprint, forward,
                                                         f"{plans_name}_{CONFIG_2D}")
     if wanted & {CONFIG_FULLRES, CONFIG_LOWRES, CONFIG_CASCADE}:
-        fullres = _plan_configuration(ctx, CONFIG_FULLRES, spacing, 3, fingerprint, forward,
-                                      f"{plans_name}_{CONFIG_FULLRES}")
-        lowres = None
-        coverage = np.prod(fullres["patch_size"]) / np.prod(median)
-        if wanted & {CONFIG_LOWRES, CONFIG_CASCADE} and fullres["spacing"] != spacing:
-            ctx.notes.append(f"{CONFIG_LOWRES}: not planned, the budget already trains {CONFIG_FULLRES} at a coarser "
-                             "spacing (a cascade needs a full-resolution stage)")
-        elif wanted & {CONFIG_LOWRES, CONFIG_CASCADE} and coverage < C.LOWRES_TRIGGER_COVERAGE:
-            lowres = _plan_lowres(ctx, fullres, forward, fingerprint, plans_name)
-        elif wanted & {CONFIG_LOWRES, CONFIG_CASCADE}:
-            ctx.notes.append(f"{CONFIG_LOWRES}: not needed, the fullres patch covers {coverage:.0%} of the median image")
-        if wanted & {CONFIG_LOWRES, CONFIG_CASCADE} and lowres is None and configs is not None:
-            raise PlanError(
-                f"{fingerprint['dataset_name']}: {CONFIG_LOWRES}/{CONFIG_CASCADE} do not apply ({ctx.notes[-1]}); "
-                f"plan {CONFIG_FULLRES} instead"
-            )
-        if CONFIG_FULLRES in wanted or lowres is not None:
-            configurations[CONFIG_FULLRES] = fullres
-        if lowres is not None:
-            configurations[CONFIG_LOWRES] = lowres
-            lowres["next_stage"] = CONFIG_CASCADE
-            configurations[CONFIG_CASCADE] = _cascade(ctx, fullres, n_foreground)
-
+        configurations.update(_plan_3d(ctx, wanted, spacing, forward, fingerprint, plans_name, explicit=configs is not None))
     return {
         "version": C.PLANS_VERSION,
         "plans_name": plans_name,
@@ -769,6 +718,73 @@ def build_plans(
         "configurations": configurations,
         "notes": ctx.notes,
     }
+
+
+def _planning_context(fingerprint: dict[str, Any], network: str, memory_budget_bytes: float,
+                      budget_seconds: float | None, device: torch.device, cache_dir: Path | None,
+                      timing_factory: TimingFactory | None, bf16_check: Bf16Check | None, timed_thread_share: float,
+                      record: dict[str, Any], device_present: bool) -> _Context:
+    """What every configuration is planned with: the options checked, the timing (measured on this
+    machine unless replaced; none for a device it lacks) and the bf16 check where training would use bf16."""
+    if budget_seconds is not None and budget_seconds <= 0:
+        raise PlanError(f"--budget must be positive, got {budget_seconds} s")
+    if budget_seconds is not None and not device_present and timing_factory is None:
+        raise PlanError("--budget times training on this machine, which lacks the device planned for; "
+                        "plan for the GPU with --gpu-memory alone, or drop --gpu-memory to plan for this machine")
+    spec = get_network_spec(network)
+    n_classes, n_foreground = output_channels(fingerprint["labels"])
+    in_channels = len(fingerprint["channel_names"])
+
+    def measured(dims: int, width: int, mixed_precision: str) -> T.TimingModel:
+        return T.measure_timing(network, spec.constraints, dims, in_channels, n_classes, width, device,
+                                cache_dir=cache_dir, mixed_precision=mixed_precision)
+
+    if (bf16_check is None and device_present and timing_factory is None and device.type == "cpu"
+            and autocast_dtype("auto", device) == torch.bfloat16):
+        bf16_check = _bf16_survives
+    planned_for = {k: record.get(k) for k in ("device", "device_name", "gpu_memory_gb", "memory_bytes_usable")}
+    planned_for["timed_on_device"] = device_present
+    ctx = _Context(network, in_channels, n_classes, n_foreground, memory_budget_bytes, budget_seconds, device, cache_dir,
+                   timing_factory or (measured if device_present else None), planned_for, bf16_check,
+                   timed_thread_share=timed_thread_share)
+    if not device_present:
+        gb = f" with {record['gpu_memory_gb']:g} GB" if record.get("gpu_memory_gb") else ""
+        ctx.notes.append(
+            f"planned for a {device.type} device{gb} (usable {memory_budget_bytes / 2**30:.1f} GiB) that this "
+            "machine lacks: memory is modelled (saved-tensor count on the meta device), not measured there; "
+            "speed is not predicted and nnU-Net's schedule (1000 epochs) applies"
+        )
+    return ctx
+
+
+def _plan_3d(ctx: _Context, wanted: set[str], spacing: list[float], forward: list[int], fingerprint: dict[str, Any],
+             plans_name: str, explicit: bool) -> dict[str, dict[str, Any]]:
+    """3d_fullres, and 3d_lowres with the cascade when the fullres patch covers too little of the
+    median image (at the target spacing: a budget that coarsened fullres already chose resolution).
+    ``explicit``: the user asked for these configurations, so one that does not apply is an error."""
+    fullres = _plan_configuration(ctx, CONFIG_FULLRES, spacing, 3, fingerprint, forward, f"{plans_name}_{CONFIG_FULLRES}")
+    lowres = None
+    coverage = np.prod(fullres["patch_size"]) / np.prod(_transposed_median(fingerprint, spacing, forward))
+    if wanted & {CONFIG_LOWRES, CONFIG_CASCADE} and fullres["spacing"] != spacing:
+        ctx.notes.append(f"{CONFIG_LOWRES}: not planned, the budget already trains {CONFIG_FULLRES} at a coarser "
+                         "spacing (a cascade needs a full-resolution stage)")
+    elif wanted & {CONFIG_LOWRES, CONFIG_CASCADE} and coverage < C.LOWRES_TRIGGER_COVERAGE:
+        lowres = _plan_lowres(ctx, fullres, forward, fingerprint, plans_name)
+    elif wanted & {CONFIG_LOWRES, CONFIG_CASCADE}:
+        ctx.notes.append(f"{CONFIG_LOWRES}: not needed, the fullres patch covers {coverage:.0%} of the median image")
+    if wanted & {CONFIG_LOWRES, CONFIG_CASCADE} and lowres is None and explicit:
+        raise PlanError(
+            f"{fingerprint['dataset_name']}: {CONFIG_LOWRES}/{CONFIG_CASCADE} do not apply ({ctx.notes[-1]}); "
+            f"plan {CONFIG_FULLRES} instead"
+        )
+    configurations = {}
+    if CONFIG_FULLRES in wanted or lowres is not None:
+        configurations[CONFIG_FULLRES] = fullres
+    if lowres is not None:
+        configurations[CONFIG_LOWRES] = lowres
+        lowres["next_stage"] = CONFIG_CASCADE
+        configurations[CONFIG_CASCADE] = _cascade(ctx, fullres, ctx.n_foreground)
+    return configurations
 
 
 def _wanted_configurations(configs: Sequence[str] | None, is_2d: bool, family_dims: tuple[int, ...],
