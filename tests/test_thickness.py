@@ -173,7 +173,7 @@ def test_a_3d_plan_with_enough_iterations_keeps_its_spacing_however_thick_the_st
     """A recipe that affords MIN_BUDGET_ITERATIONS is not coarsened: Hippocampus-like data at a budget
     that affords them at the target spacing keeps it, however thick its structures."""
     fp = _fingerprint([1.0, 1.0, 1.0], [36, 50, 35], 260, 1, None)
-    plain = _plan(fp, "3d_fullres", tmp_path, 1800.0, 4.0)["configurations"]["3d_fullres"]
+    plain = _plan(fp, "3d_fullres", tmp_path, 1800.0, 8.0)["configurations"]["3d_fullres"]
     assert plain["spacing"] == [1.0, 1.0, 1.0] and plain["num_iterations"] >= C.MIN_BUDGET_ITERATIONS
     fp["median_structure_thickness_mm"] = {"structure": 20.0}
-    assert _plan(fp, "3d_fullres", tmp_path, 1800.0, 4.0)["configurations"]["3d_fullres"] == plain
+    assert _plan(fp, "3d_fullres", tmp_path, 1800.0, 8.0)["configurations"]["3d_fullres"] == plain

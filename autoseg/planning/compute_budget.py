@@ -65,7 +65,7 @@ def reference_seconds_per_gflop(device: torch.device) -> float:
 
 def recipe_timing(measured: TimingModel, device: torch.device, thread_share: float = 1.0) -> TimingModel:
     """The measured rates snapped to a grid of factors of ``RECIPE_SPEED_GRID`` around the device's
-    reference speed: the recipe is chosen at this speed, so a measurement off by up to 2x either way
+    reference speed: the recipe is chosen at this speed, so a measurement off by up to 2.83x either way
     chooses the same recipe. The undisturbed (CPU-time) rates are snapped where measured, so time
     spent waiting for cores other processes hold does not change the recipe (threads spinning while
     they wait, and memory contention, still can under heavy load). Only the iterations follow the
