@@ -460,6 +460,15 @@ def test_past_the_deadline_the_schedule_ends_at_the_current_iteration():
     assert state.total_iterations == 150
 
 
+def test_an_epoch_s_pace_is_trusted_after_10_iterations_and_5_percent_of_the_budget():
+    from autoseg.training.budget import pace_known
+
+    assert pace_known(10, 15.0, 300.0)
+    assert not pace_known(9, 100.0, 300.0)  # too few iterations
+    assert not pace_known(100, 14.9, 300.0)  # a 1 s wake-up hiccup would weigh more than 7%
+    assert not pace_known(100, 100.0, None)  # no budget, nothing to keep pace with
+
+
 def test_no_pace_decision_before_the_first_estimate():
     from autoseg.training.schedule import TrainingState
 

@@ -156,6 +156,10 @@ class WarmTimer:
         """This epoch's timed (warm) iterations up to ``iteration``."""
         return iteration - self.since if self.started is not None else 0
 
+    def warm_seconds(self) -> float:
+        """Seconds since this epoch's timed iterations began (0 before)."""
+        return time.monotonic() - self.started if self.started is not None else 0.0
+
     def seconds_per_iteration(self, iteration: int) -> float | None:
         """Mean seconds of this epoch's warm iterations up to ``iteration``; None before any."""
         warm = self.warm_iterations(iteration)
