@@ -425,7 +425,7 @@ def test_a_slowdown_within_an_epoch_shortens_the_schedule_at_once_and_keeps_the_
     config = {"optimizer": {"lr": LR}, "lr_schedule": {"name": "poly", "exponent": EXPONENT}}
     before = learning_rate(config, state)
     planned = state.total_iterations
-    replanner.keep_pace(state, 0.4)  # another process took the cores: 4x slower
+    replanner.keep_pace(state, 0.4, planned)  # the last epoch; another process took the cores: 4x slower
     assert "would overrun the deadline" in log[-1]
     left = replanner.deadline - time.monotonic() - replanner.validation_estimate * 4
     assert state.total_iterations < planned
@@ -433,6 +433,23 @@ def test_a_slowdown_within_an_epoch_shortens_the_schedule_at_once_and_keeps_the_
     assert learning_rate(config, state) == pytest.approx(before)  # bent, not jumped
     state.iteration = state.total_iterations - 1
     assert 0 < learning_rate(config, state) < before  # and still decays to 0 at the new total
+
+
+def test_before_the_last_epoch_only_a_slowdown_the_epoch_end_cannot_correct_shortens_the_schedule():
+    from autoseg.training.schedule import TrainingState
+
+    replanner, log = _replanner()
+    state = TrainingState(total_iterations=500)
+    replanner.replan(state, 0.1)
+    planned, state.iteration = state.total_iterations, 100
+    replanner.keep_pace(state, 0.4, 350)  # 4x slower, but the epoch ends in 100 s ... too late (about 96 s left)
+    assert state.total_iterations < planned and "would overrun" in log[-1]
+    replanner, log = _replanner()
+    state = TrainingState(total_iterations=500)
+    replanner.replan(state, 0.1)
+    planned, state.iteration, lines = state.total_iterations, 100, len(log)
+    replanner.keep_pace(state, 0.4, 200)  # the epoch ends in 40 s: its re-plan will correct the schedule
+    assert state.total_iterations == planned and len(log) == lines
 
 
 @pytest.mark.parametrize("speed", [0.05, 0.1, 0.115])
@@ -444,7 +461,7 @@ def test_jitter_or_a_faster_epoch_leaves_the_schedule_alone(speed):
     replanner.replan(state, 0.1)
     planned, lines = state.total_iterations, len(log)
     state.iteration = 100
-    replanner.keep_pace(state, speed)
+    replanner.keep_pace(state, speed, planned)
     assert state.total_iterations == planned and len(log) == lines  # lengthening waits for the epoch's end
 
 
@@ -456,7 +473,7 @@ def test_past_the_deadline_the_schedule_ends_at_the_current_iteration():
     replanner.replan(state, 0.1)
     replanner.deadline = time.monotonic() - 1.0  # the epoch ran past the deadline
     state.iteration = 150
-    replanner.keep_pace(state, 0.1)
+    replanner.keep_pace(state, 0.1, 500)
     assert state.total_iterations == 150
 
 
@@ -474,7 +491,7 @@ def test_no_pace_decision_before_the_first_estimate():
 
     replanner, log = _replanner()
     state = TrainingState(total_iterations=500, iteration=10)
-    replanner.keep_pace(state, 5.0)
+    replanner.keep_pace(state, 5.0, 500)
     assert state.total_iterations == 500 and not log
 
 

@@ -110,6 +110,39 @@ run_module.train_fold(sys.argv[2], "3d_fullres", "all", epochs=2, workers=0, ove
 """
 
 
+DDP_BUDGET_SCRIPT = """
+import sys, time, torch
+torch.set_num_threads(1)
+from autoseg.training import run as run_module, trainer as trainer_module
+build = trainer_module.build_step
+def slowed(*args, **kwargs):  # rank 1's steps slow down after 15: the ranks' clocks disagree
+    step, calls = build(*args, **kwargs), [0]
+    train = step.train
+    def slow_train(*a, **k):
+        calls[0] += 1
+        if calls[0] > 15 and torch.distributed.get_rank() == 1:
+            time.sleep(0.2)
+        return train(*a, **k)
+    step.train = slow_train
+    return step
+trainer_module.build_step = slowed
+run_module.train_fold(sys.argv[1], "3d_fullres", "all", budget_seconds=12, workers=0, overrides=sys.argv[2:])
+"""
+
+
+def test_two_process_ddp_keeps_its_time_budget_in_step(results: Path, tmp_path: Path) -> None:
+    """The budget's probe, re-plans and within-epoch pace checks are collectives: ranks whose clocks
+    disagree must still take the same decisions at the same iterations (else one waits forever)."""
+    script = tmp_path / "ddp_budget.py"
+    script.write_text(DDP_BUDGET_SCRIPT)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               str(script), DATASET, "iterations_per_epoch=500", *FAST]
+    done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = (_fold(results) / "training_log.txt").read_text()
+    assert "world size 2" in log and "time budget: " in log and log.count("training finished") == 1
+
+
 def test_two_process_gloo_ddp_keeps_ranks_identical(results: Path, tmp_path: Path) -> None:
     script = tmp_path / "ddp_run.py"
     script.write_text(DDP_SCRIPT)

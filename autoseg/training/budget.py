@@ -18,9 +18,10 @@ FORWARD_SHARE_OF_ITERATION = 1.0 / 3.0
 # iteration (FC-DenseNet's GPU-sized plan on a loaded CPU) the 10-iteration probe alone spent a
 # 3-minute budget.
 PROBE_MAX_SHARE = 0.05
-# Within an epoch the schedule is shortened at once (not at the epoch's end) when this epoch's speed
+# In the last epoch the schedule is shortened at once (not at the epoch's end) when this epoch's speed
 # says the rest would take PACE_SLOWDOWN times the time left and overrun the deadline by more than
-# PACE_TOLERANCE of the budget: another process took the cores after the last estimate. A 5-minute
+# PACE_TOLERANCE of the budget: another process took the cores after the last estimate (an earlier
+# epoch waits for its end's re-plan unless that end itself lies past the deadline). A 5-minute
 # Hippocampus run whose last epoch slowed 4x (0.87 s per iteration, planned about 0.2) waited for the
 # epoch's end and ended 37 s late (+13%). The two thresholds keep ordinary jitter (+-10% between
 # epochs) from bending the learning-rate schedule; the epoch end still re-plans both ways.

@@ -237,9 +237,11 @@ class Trainer:
             if self.replanner is not None and timer.probe_done(state.iteration, cfg["budget_probe_iterations"], probe_seconds):
                 self.replanner.replan(state, timer.seconds_per_iteration(state.iteration) * overhead)
                 timer.restart(state.iteration)  # the re-plan's own timing is not this epoch's pace
-            elif self.replanner is not None and budget_rules.pace_known(timer.warm_iterations(state.iteration),
-                                                                        timer.warm_seconds(), self.run.budget_seconds):
-                self.replanner.keep_pace(state, timer.seconds_per_iteration(state.iteration) * overhead)
+            elif self.replanner is not None:  # called alike on every rank: under DDP it is a collective
+                known = budget_rules.pace_known(timer.warm_iterations(state.iteration), timer.warm_seconds(),
+                                                self.run.budget_seconds)
+                speed = timer.seconds_per_iteration(state.iteration) * overhead if known else None
+                self.replanner.keep_pace(state, speed, end)
             self.monitor.update(state.iteration, state.total_iterations, state.epoch, loss,
                                 timer.iterations_per_second(state.iteration), state.ema)
         return losses
