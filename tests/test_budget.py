@@ -401,6 +401,16 @@ def test_train_fits_the_plans_budget_and_reports_each_part(results, data_roots, 
     assert seen_tta and not any(seen_tta)  # validation ran without mirroring, as planned
 
 
+def _replanned(deadline_in: float = 100.0):
+    """``_replanner`` after its first estimate at 0.1 s per iteration, with the state it set."""
+    from autoseg.training.schedule import TrainingState
+
+    replanner, log = _replanner(deadline_in=deadline_in)
+    state = TrainingState(total_iterations=500)
+    replanner.replan(state, 0.1)
+    return replanner, log, state
+
+
 def _replanner(budget: float = 100.0, deadline_in: float = 100.0):
     """A re-planner of a budget ending ``deadline_in`` seconds from now, its final validation one case
     of 10 tiles at 0.1 s each (about 1 s), its log collected."""
@@ -415,11 +425,9 @@ def _replanner(budget: float = 100.0, deadline_in: float = 100.0):
 
 
 def test_a_slowdown_within_an_epoch_shortens_the_schedule_at_once_and_keeps_the_lr_continuous():
-    from autoseg.training.schedule import TrainingState, learning_rate
+    from autoseg.training.schedule import learning_rate
 
-    replanner, log = _replanner()
-    state = TrainingState(total_iterations=500)
-    replanner.replan(state, 0.1)  # about 99 s left at 0.1 s per iteration
+    replanner, log, state = _replanned()  # about 99 s left at 0.1 s per iteration
     assert 950 <= state.total_iterations <= 1000
     state.iteration = 100
     config = {"optimizer": {"lr": LR}, "lr_schedule": {"name": "poly", "exponent": EXPONENT}}
@@ -436,17 +444,11 @@ def test_a_slowdown_within_an_epoch_shortens_the_schedule_at_once_and_keeps_the_
 
 
 def test_before_the_last_epoch_only_a_slowdown_the_epoch_end_cannot_correct_shortens_the_schedule():
-    from autoseg.training.schedule import TrainingState
-
-    replanner, log = _replanner()
-    state = TrainingState(total_iterations=500)
-    replanner.replan(state, 0.1)
+    replanner, log, state = _replanned()
     planned, state.iteration = state.total_iterations, 100
     replanner.keep_pace(state, 0.4, 350)  # 4x slower, but the epoch ends in 100 s ... too late (about 96 s left)
     assert state.total_iterations < planned and "would overrun" in log[-1]
-    replanner, log = _replanner()
-    state = TrainingState(total_iterations=500)
-    replanner.replan(state, 0.1)
+    replanner, log, state = _replanned()
     planned, state.iteration, lines = state.total_iterations, 100, len(log)
     replanner.keep_pace(state, 0.4, 200)  # the epoch ends in 40 s: its re-plan will correct the schedule
     assert state.total_iterations == planned and len(log) == lines
@@ -454,11 +456,7 @@ def test_before_the_last_epoch_only_a_slowdown_the_epoch_end_cannot_correct_shor
 
 @pytest.mark.parametrize("speed", [0.05, 0.1, 0.115])
 def test_jitter_or_a_faster_epoch_leaves_the_schedule_alone(speed):
-    replanner, log = _replanner()
-    from autoseg.training.schedule import TrainingState
-
-    state = TrainingState(total_iterations=500)
-    replanner.replan(state, 0.1)
+    replanner, log, state = _replanned()
     planned, lines = state.total_iterations, len(log)
     state.iteration = 100
     replanner.keep_pace(state, speed, planned)
@@ -466,11 +464,7 @@ def test_jitter_or_a_faster_epoch_leaves_the_schedule_alone(speed):
 
 
 def test_past_the_deadline_the_schedule_ends_at_the_current_iteration():
-    from autoseg.training.schedule import TrainingState
-
-    replanner, _ = _replanner(deadline_in=20.0)
-    state = TrainingState(total_iterations=500)
-    replanner.replan(state, 0.1)
+    replanner, _, state = _replanned(deadline_in=20.0)
     replanner.deadline = time.monotonic() - 1.0  # the epoch ran past the deadline
     state.iteration = 150
     replanner.keep_pace(state, 0.1, 500)
@@ -495,19 +489,37 @@ def test_no_pace_decision_before_the_first_estimate():
     assert state.total_iterations == 500 and not log
 
 
+def _train_with_plan_budget(data_roots, seconds: float) -> tuple[dict, str]:
+    """Fold 0 trained under a plan budget of ``seconds`` (250-iteration epochs, far more than it
+    affords, no mirroring); the plans file is restored after. Returns the summary and the training log."""
+    import json
+
+    from autoseg.training import train_fold
+
+    plans_file = data_roots["preprocessed"] / DATASET / "autosegPlans.json"
+    original = plans_file.read_text()
+    plans = json.loads(original)
+    plans["configurations"]["3d_fullres"].update(validation_tta=False, num_iterations=1000)
+    plans["budget"] = {"seconds": seconds}
+    plans_file.write_text(json.dumps(plans))
+    settings = ["iterations_per_epoch=250", "val_iterations_per_epoch=2", "mixed_precision=off"]
+    try:
+        summary = train_fold(DATASET, "3d_fullres", 0, workers=0, overrides=settings)
+    finally:
+        plans_file.write_text(original)
+    return summary, (Path(summary["model_folder"]) / "fold_0" / "training_log.txt").read_text()
+
+
 def test_train_that_slows_down_mid_epoch_still_ends_near_its_budget(results, data_roots, monkeypatch):
     """Another process takes the cores after the probe: every step then takes 0.3 s longer. The epoch
     (250 iterations, far more than the budget affords) never ends before the deadline, so only the
     within-epoch pace check can shorten the schedule in time."""
-    import json
-
-    from autoseg.training import train_fold
     from autoseg.training import trainer as trainer_module
 
     build = trainer_module.build_step
 
     def slowed_step(*args, **kwargs):
-        step, train, calls = build(*args, **kwargs), None, [0]
+        step, calls = build(*args, **kwargs), [0]
         train = step.train
 
         def slow_train(*a, **k):
@@ -520,18 +532,7 @@ def test_train_that_slows_down_mid_epoch_still_ends_near_its_budget(results, dat
         return step
 
     monkeypatch.setattr(trainer_module, "build_step", slowed_step)
-    plans_file = data_roots["preprocessed"] / DATASET / "autosegPlans.json"
-    original = plans_file.read_text()
-    plans = json.loads(original)
-    plans["configurations"]["3d_fullres"].update(validation_tta=False, num_iterations=1000)
-    plans["budget"] = {"seconds": 25.0}
-    plans_file.write_text(json.dumps(plans))
-    settings = ["iterations_per_epoch=250", "val_iterations_per_epoch=2", "mixed_precision=off"]
-    try:
-        summary = train_fold(DATASET, "3d_fullres", 0, workers=0, overrides=settings)
-    finally:
-        plans_file.write_text(original)
-    log = (Path(summary["model_folder"]) / "fold_0" / "training_log.txt").read_text()
+    summary, log = _train_with_plan_budget(data_roots, 25.0)
     assert "would overrun the deadline" in log
     assert summary["seconds"] < 25.0 * 1.3  # without the check: the 250-iteration epoch, over 60 s
 
@@ -539,25 +540,11 @@ def test_train_that_slows_down_mid_epoch_still_ends_near_its_budget(results, dat
 def test_the_probe_s_own_timing_is_not_taken_for_a_slowdown(results, data_roots, monkeypatch):
     """The probe's re-plan times the validation network (here 2 s): counted as training time, it made
     the next iterations look slow and the pace check cut a quiet 5-minute run's schedule by a third."""
-    import json
-
-    from autoseg.training import train_fold
     from autoseg.training import trainer as trainer_module
 
     timed = trainer_module.tile_seconds_samples
     monkeypatch.setattr(trainer_module, "tile_seconds_samples", lambda *a: time.sleep(2.0) or timed(*a))
-    plans_file = data_roots["preprocessed"] / DATASET / "autosegPlans.json"
-    original = plans_file.read_text()
-    plans = json.loads(original)
-    plans["configurations"]["3d_fullres"].update(validation_tta=False, num_iterations=1000)
-    plans["budget"] = {"seconds": 15.0}
-    plans_file.write_text(json.dumps(plans))
-    settings = ["iterations_per_epoch=250", "val_iterations_per_epoch=2", "mixed_precision=off"]
-    try:
-        summary = train_fold(DATASET, "3d_fullres", 0, workers=0, overrides=settings)
-    finally:
-        plans_file.write_text(original)
-    log = (Path(summary["model_folder"]) / "fold_0" / "training_log.txt").read_text()
+    _, log = _train_with_plan_budget(data_roots, 15.0)
     assert "schedule set to" in log and "would overrun the deadline" not in log
 
 

@@ -690,7 +690,7 @@ def build_plans(
     target = rules.target_spacing(fingerprint["spacings"], fingerprint["shapes_after_crop"])
     forward, backward = rules.transpose_axes(target)
     spacing = [target[a] for a in forward]
-    wanted = _wanted_configurations(configs, fingerprint["is_2d"], get_network_spec(network).constraints.spatial_dims, ctx)
+    wanted = _wanted_configurations(configs, fingerprint["is_2d"], ctx.constraints.spatial_dims, ctx)
 
     configurations: dict[str, dict[str, Any]] = {}
     if CONFIG_2D in wanted:

@@ -163,7 +163,7 @@ class WarmTimer:
     def seconds_per_iteration(self, iteration: int) -> float | None:
         """Mean seconds of this epoch's warm iterations up to ``iteration``; None before any."""
         warm = self.warm_iterations(iteration)
-        return (time.monotonic() - self.started) / warm if warm else None
+        return self.warm_seconds() / warm if warm else None
 
     def iterations_per_second(self, iteration: int) -> float:
         seconds = self.seconds_per_iteration(iteration)
