@@ -74,7 +74,8 @@ from autoseg.utils.progress import default_workers  # noqa: E402
 
 GIB = 2**30
 # Plan searches count the FLOPs of the same networks again and again: counted once per session.
-pytestmark = pytest.mark.usefixtures("memoized_gflop")
+# Budgeted runs measure their own speed and end at a deadline: alone (tests/parallel_runs.py).
+pytestmark = [pytest.mark.usefixtures("memoized_gflop"), pytest.mark.exclusive]
 
 
 def _fingerprint(name, spacing, shape, n_cases, channels, labels):
@@ -411,7 +412,7 @@ def _replanned(deadline_in: float = 100.0):
     return replanner, log, state
 
 
-def _replanner(budget: float = 100.0, deadline_in: float = 100.0):
+def _replanner(budget: float = 100.0, deadline_in: float = 100.0, context=None):
     """A re-planner of a budget ending ``deadline_in`` seconds from now, its final validation one case
     of 10 tiles at 0.1 s each (about 1 s), its log collected."""
     from autoseg.training.distributed import DistributedContext
@@ -420,8 +421,49 @@ def _replanner(budget: float = 100.0, deadline_in: float = 100.0):
     log: list[str] = []
     config = {"lr_schedule": {"exponent": EXPONENT}}
     replanner = BudgetReplanner(time.monotonic() + deadline_in, budget, ([10], [0.0]), 1, lambda: [0.1], config,
-                                DistributedContext(), log.append)
+                                context or DistributedContext(), log.append)
     return replanner, log
+
+
+def _pace_on_rank(rank: int, speeds: list[float], init_file: str, out_dir: str) -> None:
+    """One rank of a 2-process gloo group: re-plan at 0.1 s per iteration, then keep pace at this
+    rank's own measured speed in the last epoch; writes the planned and the resulting totals."""
+    import json
+
+    import torch.distributed as dist
+
+    from autoseg.training.distributed import DistributedContext
+    from autoseg.training.schedule import TrainingState
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=len(speeds))
+    try:
+        replanner, _ = _replanner(context=DistributedContext(rank=rank, world_size=len(speeds)))
+        state = TrainingState(total_iterations=500)
+        replanner.replan(state, 0.1)
+        planned, state.iteration = state.total_iterations, 100  # a multiple of 10: a collective
+        replanner.keep_pace(state, speeds[rank], planned)
+        (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps([planned, state.total_iterations]))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("speeds", [[0.4, 0.1], [0.1, 0.4], [0.05, 0.1]])
+def test_ranks_that_measure_different_paces_follow_rank_0(tmp_path, speeds):
+    """DDP ranks that left the schedule at different totals would wait for each other's collectives
+    forever: rank 0's decision (shorten, keep, lengthen) is every rank's."""
+    import json
+
+    import torch.multiprocessing as mp
+
+    mp.spawn(_pace_on_rank, args=(speeds, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    (planned0, total0), (planned1, total1) = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert planned0 == planned1 and total0 == total1
+    if speeds[0] == 0.4:
+        assert total0 < planned0
+    elif speeds[0] == 0.05:
+        assert total0 > planned0
+    else:
+        assert total0 == planned0
 
 
 def test_a_slowdown_within_an_epoch_shortens_the_schedule_at_once_and_keeps_the_lr_continuous():
@@ -454,13 +496,51 @@ def test_before_the_last_epoch_only_a_slowdown_the_epoch_end_cannot_correct_shor
     assert state.total_iterations == planned and len(log) == lines
 
 
-@pytest.mark.parametrize("speed", [0.05, 0.1, 0.115])
-def test_jitter_or_a_faster_epoch_leaves_the_schedule_alone(speed):
+@pytest.mark.parametrize("speed", [0.09, 0.1, 0.115])
+def test_jitter_leaves_the_schedule_alone(speed):
     replanner, log, state = _replanned()
     planned, lines = state.total_iterations, len(log)
     state.iteration = 100
     replanner.keep_pace(state, speed, planned)
-    assert state.total_iterations == planned and len(log) == lines  # lengthening waits for the epoch's end
+    assert state.total_iterations == planned and len(log) == lines
+
+
+def test_a_last_epoch_that_runs_faster_lengthens_the_schedule_and_keeps_the_lr_continuous():
+    """The load that slowed an earlier epoch (and shortened the schedule) went away in the last one:
+    without a later re-plan the run would end 40 s early of a 100 s budget."""
+    from autoseg.training.schedule import learning_rate
+
+    replanner, log, state = _replanned()  # about 99 s left at 0.1 s per iteration
+    state.iteration = 100
+    config = {"optimizer": {"lr": LR}, "lr_schedule": {"name": "poly", "exponent": EXPONENT}}
+    before, planned = learning_rate(config, state), state.total_iterations
+    replanner.keep_pace(state, 0.05, planned)  # twice as fast as planned
+    assert "would end early" in log[-1]
+    left = replanner.deadline - time.monotonic() - replanner.validation_estimate  # a speed-up keeps the reserve
+    assert (state.total_iterations - 100) * 0.05 <= left < (state.total_iterations - 100 + 1) * 0.05
+    assert state.total_iterations > 1.9 * planned - 100
+    assert learning_rate(config, state) == pytest.approx(before)
+    lines = len(log)
+    replanner.keep_pace(state, 0.05, planned)  # the epoch still ends at the old total: its re-plan takes over
+    assert len(log) == lines
+
+
+def test_a_faster_earlier_epoch_waits_for_its_end_to_lengthen():
+    replanner, log, state = _replanned()
+    planned, lines = state.total_iterations, len(log)
+    state.iteration = 100
+    replanner.keep_pace(state, 0.05, 350)
+    assert state.total_iterations == planned and len(log) == lines
+
+
+def test_a_faster_last_epoch_close_to_the_deadline_leaves_the_schedule_alone():
+    """Less than PACE_TOLERANCE (5%) of the budget would go unused: not worth bending the schedule."""
+    replanner, log, state = _replanned(deadline_in=100.0)
+    state.iteration = state.total_iterations - 60  # 3 s of work left at 0.05 s
+    replanner.deadline = time.monotonic() + replanner.validation_estimate + 7.5  # 4.5 s would go unused at 2x
+    planned, lines = state.total_iterations, len(log)
+    replanner.keep_pace(state, 0.05, planned)
+    assert state.total_iterations == planned and len(log) == lines
 
 
 def test_past_the_deadline_the_schedule_ends_at_the_current_iteration():

@@ -131,29 +131,40 @@ class BudgetReplanner:
         retarget(self.config, state, total)
 
     def keep_pace(self, state: TrainingState, seconds_per_iteration: float | None, epoch_end: int) -> None:
-        """Within an epoch: shorten the schedule now when ``seconds_per_iteration`` (this epoch's speed,
-        pseudo-validation share included; None while too little is timed) says the run would overrun
-        the deadline before the epoch end's re-plan could correct it: in the last epoch, when the rest
-        takes budget.PACE_SLOWDOWN times the time left and overruns by budget.PACE_TOLERANCE of the
-        budget; in an earlier one (ending at ``epoch_end``), only when even its end lies past the time
-        left. The final validation's reserve grows by the same slowdown. Never lengthens. Under DDP
+        """Within an epoch: re-set the schedule now when ``seconds_per_iteration`` (this epoch's speed,
+        pseudo-validation share included; None while too little is timed) says the epoch end's re-plan
+        would come too late. In the last epoch (ending at the total) there is no later re-plan: the
+        schedule is shortened when the rest takes budget.PACE_SLOWDOWN times the time left and overruns
+        by budget.PACE_TOLERANCE of the budget, and lengthened when the time left is PACE_SLOWDOWN times
+        what the rest takes and more than PACE_TOLERANCE of the budget would go unused (the load that
+        slowed an earlier epoch went away). In an earlier epoch (ending at ``epoch_end``) only when even
+        its end lies past the time left. The final validation's reserve grows by a slowdown. Under DDP
         every rank calls it at every iteration and every 10th is a collective in which rank 0 decides."""
         if self.context.enabled and state.iteration % PACE_CHECK_EVERY_DISTRIBUTED:
             return
         total = None
         if seconds_per_iteration is not None and self.planned_speed is not None and self.validation_estimate is not None:
-            slowdown = max(1.0, seconds_per_iteration / self.planned_speed)
-            left = self.deadline - time.monotonic() - self.validation_estimate * slowdown
-            if epoch_end < state.total_iterations:  # the epoch end re-plans in time unless it comes too late
-                late = (epoch_end - state.iteration) * seconds_per_iteration > left
-            else:
-                needed = (state.total_iterations - state.iteration) * seconds_per_iteration
-                late = needed > budget_rules.PACE_SLOWDOWN * left and needed - left > budget_rules.PACE_TOLERANCE * self.budget_seconds
-            if late:
-                total = budget_rules.affordable_total(state.iteration, left, seconds_per_iteration)
+            total = self._paced_total(state, seconds_per_iteration, epoch_end)
         total = broadcast_value(total, self.context)
-        if total is not None and total < state.total_iterations:
-            pace = f"{seconds_per_iteration:.3f}" if seconds_per_iteration is not None else "?"  # ranks > 0 may not know
-            self.log(f"time budget: this epoch runs at {pace} s per iteration, the schedule would overrun the "
-                     f"deadline; schedule set to {total} iterations (was {state.total_iterations})")
-            retarget(self.config, state, total)
+        if total is None or total == state.total_iterations:
+            return
+        pace = f"{seconds_per_iteration:.3f}" if seconds_per_iteration is not None else "?"  # ranks > 0 may not know
+        change = "would overrun the deadline" if total < state.total_iterations else "would end early"
+        self.log(f"time budget: this epoch runs at {pace} s per iteration, the schedule {change}; "
+                 f"schedule set to {total} iterations (was {state.total_iterations})")
+        retarget(self.config, state, total)
+
+    def _paced_total(self, state: TrainingState, seconds_per_iteration: float, epoch_end: int) -> int | None:
+        """The total keep_pace sets at this epoch's speed, or None to leave the schedule alone."""
+        slowdown = max(1.0, seconds_per_iteration / self.planned_speed)
+        left = self.deadline - time.monotonic() - self.validation_estimate * slowdown
+        affordable = budget_rules.affordable_total(state.iteration, left, seconds_per_iteration)
+        if epoch_end < state.total_iterations:  # the epoch end re-plans in time unless it comes too late
+            return affordable if (epoch_end - state.iteration) * seconds_per_iteration > left else None
+        needed = (state.total_iterations - state.iteration) * seconds_per_iteration
+        margin = budget_rules.PACE_TOLERANCE * self.budget_seconds
+        if needed > budget_rules.PACE_SLOWDOWN * left and needed - left > margin:
+            return affordable
+        if budget_rules.PACE_SLOWDOWN * needed < left and left - needed > margin:
+            return affordable
+        return None
