@@ -11,6 +11,9 @@ from typing import Iterator
 import numpy as np
 import pytest
 
+# pytest-xdist: one worker per core, the timing tests alone (tests/parallel_runs.py)
+from parallel_runs import pytest_configure, pytest_runtest_protocol, pytest_xdist_auto_num_workers  # noqa: F401
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 if not SHARED_DATA.is_dir():  # CI and developer checkouts keep shared/ beside the repository
     SHARED_DATA = Path(os.environ.get("AUTOSEG_SHARED_DATA", "/work/shared/data"))

@@ -21,6 +21,9 @@ from autoseg.utils.cpu_load import available_cores, idle_cores, idle_cores_betwe
 
 from training_helpers import DATASET, data_roots, results  # noqa: F401 - fixtures
 
+# These tests read the machine's idle cores: alone (tests/parallel_runs.py).
+pytestmark = pytest.mark.exclusive
+
 CPU = torch.device("cpu")
 #               user nice system idle iowait irq softirq steal
 BEFORE = ("cpu  300 0 100 1000 0 0 0 0 0 0\n"

@@ -21,6 +21,9 @@ from autoseg.planning.planner import plan_dataset
 from autoseg.planning.plans import load_plans
 from autoseg.networks import get_network_spec
 
+# The planner's timing probe and the threads it times with: alone (tests/parallel_runs.py).
+pytestmark = pytest.mark.exclusive
+
 DATA = "/work/shared/data/Dataset004_Hippocampus"
 
 

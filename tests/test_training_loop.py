@@ -84,6 +84,7 @@ def test_continue_extends_a_finished_run(results: Path) -> None:
         train_fold(DATASET, "3d_fullres", "all", epochs=2, continue_=True, workers=0, overrides=FAST)
 
 
+@pytest.mark.exclusive  # a time budget: alone (tests/parallel_runs.py)
 def test_budget_sets_the_schedule_from_measured_speed(results: Path) -> None:
     summary = train_fold(DATASET, "3d_fullres", "all", budget_seconds=8, workers=0, overrides=["iterations_per_epoch=20", *FAST])
     log = (_fold(results) / "training_log.txt").read_text()
@@ -130,6 +131,7 @@ run_module.train_fold(sys.argv[1], "3d_fullres", "all", budget_seconds=12, worke
 """
 
 
+@pytest.mark.exclusive  # a time budget: alone (tests/parallel_runs.py)
 def test_two_process_ddp_keeps_its_time_budget_in_step(results: Path, tmp_path: Path) -> None:
     """The budget's probe, re-plans and within-epoch pace checks are collectives: ranks whose clocks
     disagree must still take the same decisions at the same iterations (else one waits forever)."""
