@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Fold-0 Dice of one budgeted Hippocampus plan trained with augmentation variants (docs/benchmarks.md,
+# "Run-to-run spread at 5 minutes"). One plan and one preprocessing per budget, then one training per
+# variant name into a fresh results folder; a variant is named by its prefix, so base2, base3 repeat
+# base. Run on a quiet machine, nothing else running.
+#
+#   benchmarks/augmentation_variants.sh WORK BUDGET VARIANT...   e.g.  ... /tmp/aug 5m base noint base2 noint2
+#
+# Variants: base (the defaults), noint (no intensity augmentation), mirror (mirroring only), half (every
+# augmentation probability halved). Data: $AUTOSEG_BENCH_DATA (default ../shared/data) /Dataset004_Hippocampus.
+set -euo pipefail
+WORK=$1 BUDGET=$2; shift 2
+DATA=${AUTOSEG_BENCH_DATA:-$(cd "$(dirname "$0")/../.." && pwd)/shared/data}
+RAW=$WORK/raw/Dataset004_Hippocampus
+if [ ! -d "$RAW" ]; then  # symlinks: the shared data is only read
+  mkdir -p "$RAW/imagesTr" "$RAW/labelsTr"
+  cp "$DATA/Dataset004_Hippocampus/dataset.json" "$RAW/"
+  for sub in imagesTr labelsTr; do ln -s "$DATA/Dataset004_Hippocampus/$sub/"* "$RAW/$sub/"; done
+fi
+export AUTOSEG_RAW=$WORK/raw AUTOSEG_PREPROCESSED=$WORK/pre_$BUDGET
+if [ ! -d "$AUTOSEG_PREPROCESSED" ]; then
+  autoseg plan Dataset004 --budget "$BUDGET" -c 3d_fullres | tee "$WORK/plan_$BUDGET.log"
+  autoseg preprocess Dataset004 -c 3d_fullres > "$WORK/preprocess_$BUDGET.log" 2>&1
+fi
+A=augmentation
+INTENSITY=(--set $A.gaussian_noise.p=0 --set $A.gaussian_blur.p=0 --set $A.brightness.p=0 --set $A.contrast.p=0
+           --set $A.low_resolution.p=0 --set $A.gamma_inverted.p=0 --set $A.gamma.p=0)
+HALF=(--set $A.gaussian_noise.p=0.05 --set $A.gaussian_blur.p=0.1 --set $A.brightness.p=0.075 --set $A.contrast.p=0.075
+      --set $A.low_resolution.p=0.125 --set $A.gamma_inverted.p=0.05 --set $A.gamma.p=0.15 --set $A.rotation.p=0.1
+      --set $A.scaling.p=0.1)
+for variant in "$@"; do
+  case $variant in
+    base*) overrides=();;
+    noint*) overrides=("${INTENSITY[@]}");;
+    mirror*) overrides=("${INTENSITY[@]}" --set $A.rotation.p=0 --set $A.scaling.p=0);;
+    half*) overrides=("${HALF[@]}");;
+    *) echo "unknown variant $variant (base, noint, mirror, half)" >&2; exit 2;;
+  esac
+  results=$WORK/results_${BUDGET}_$variant
+  rm -rf "$results"
+  start=$(date +%s.%N)
+  AUTOSEG_RESULTS=$results autoseg train Dataset004 3d_fullres 0 "${overrides[@]}" > "$WORK/train_${BUDGET}_$variant.log" 2>&1
+  seconds=$(echo "$(date +%s.%N) - $start" | bc)
+  python - "$results" "$variant" "$seconds" <<'PY'
+import glob, json, sys
+[summary] = glob.glob(sys.argv[1] + "/**/fold_0/validation/summary.json", recursive=True)
+dice = json.load(open(summary))["foreground_mean"]["dice"]
+print(f"{sys.argv[2]}: fold-0 mean Dice {dice:.4f}, train command {float(sys.argv[3]):.1f} s")
+PY
+done
