@@ -34,14 +34,12 @@ def worker_id() -> str | None:
     return os.environ.get("PYTEST_XDIST_WORKER")
 
 
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """``-n auto``: one worker per usable core, at most MAX_WORKERS."""
-    return max(1, min(usable_cores(), MAX_WORKERS))
+    from autoseg.utils.cpu_load import available_cores
+
+    return min(available_cores(), MAX_WORKERS)
 
 
 class SuiteLock:
@@ -68,7 +66,7 @@ class SuiteLock:
 
 
 class ParallelRuns:
-    """A worker's lock and thread settings; None-like (no effect) outside a parallel run."""
+    """A worker's lock and thread settings (made only in xdist workers)."""
 
     def __init__(self) -> None:
         import torch
@@ -84,10 +82,11 @@ class ParallelRuns:
         import torch
 
         torch.set_num_threads(self.torch_threads if exclusive else 1)
-        if exclusive and self.omp is None:
+        omp = self.omp if exclusive else "1"  # child processes: the user's setting, or one thread
+        if omp is None:
             os.environ.pop("OMP_NUM_THREADS", None)
         else:
-            os.environ["OMP_NUM_THREADS"] = self.omp if exclusive and self.omp else "1"
+            os.environ["OMP_NUM_THREADS"] = omp
 
 
 _RUNS: ParallelRuns | None = None

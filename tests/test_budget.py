@@ -402,11 +402,11 @@ def test_train_fits_the_plans_budget_and_reports_each_part(results, data_roots, 
     assert seen_tta and not any(seen_tta)  # validation ran without mirroring, as planned
 
 
-def _replanned(deadline_in: float = 100.0):
+def _replanned(deadline_in: float = 100.0, context=None):
     """``_replanner`` after its first estimate at 0.1 s per iteration, with the state it set."""
     from autoseg.training.schedule import TrainingState
 
-    replanner, log = _replanner(deadline_in=deadline_in)
+    replanner, log = _replanner(deadline_in=deadline_in, context=context)
     state = TrainingState(total_iterations=500)
     replanner.replan(state, 0.1)
     return replanner, log, state
@@ -433,13 +433,10 @@ def _pace_on_rank(rank: int, speeds: list[float], init_file: str, out_dir: str) 
     import torch.distributed as dist
 
     from autoseg.training.distributed import DistributedContext
-    from autoseg.training.schedule import TrainingState
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=len(speeds))
     try:
-        replanner, _ = _replanner(context=DistributedContext(rank=rank, world_size=len(speeds)))
-        state = TrainingState(total_iterations=500)
-        replanner.replan(state, 0.1)
+        replanner, _, state = _replanned(context=DistributedContext(rank=rank, world_size=len(speeds)))
         planned, state.iteration = state.total_iterations, 100  # a multiple of 10: a collective
         replanner.keep_pace(state, speeds[rank], planned)
         (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps([planned, state.total_iterations]))
