@@ -57,34 +57,36 @@ class TimingModel:
 
 
 def reference_seconds_per_gflop(device: torch.device) -> float:
-    """The device kind's reference rate, the centre of the recipe grid (on a CPU, per math thread)."""
+    """The device kind's reference rate, the centre of the recipe speed's tolerance band (on a CPU, per math thread)."""
     if device.type == "cuda":
         return C.REFERENCE_SECONDS_PER_GFLOP["cuda"]
     return C.REFERENCE_SECONDS_PER_GFLOP["cpu"] / torch.get_num_threads()
 
 
 def recipe_timing(measured: TimingModel, device: torch.device, thread_share: float = 1.0) -> TimingModel:
-    """The measured rates snapped to a grid of factors of ``RECIPE_SPEED_GRID`` around the device's
-    reference speed: the recipe is chosen at this speed, so a measurement off by up to 2.83x either way
-    chooses the same recipe. The undisturbed (CPU-time) rates are snapped where measured, so time
-    spent waiting for cores other processes hold does not change the recipe (threads spinning while
-    they wait, and memory contention, still can under heavy load). Only the iterations follow the
-    wall-clock measurement. ``thread_share``: the math threads timed over the machine's (fewer when
-    cores were busy, ``utils/cpu_load.py``): the recipe is chosen for all of them, as on a quiet machine."""
+    """The measured rates mapped to the *recipe speed*: any rate within ``RECIPE_SPEED_TOLERANCE`` of
+    the device's reference speed, either way, is the reference itself, so a measurement off by up to
+    2.83x chooses the same recipe; a rate beyond that moves the recipe speed by what exceeds the
+    tolerance (5.66x slower plans at 2x). The mapping is continuous: a host measuring near the edge of
+    the band, where noise puts it now inside and now outside, plans at about the reference either
+    way, where a grid of discrete speeds jumped a whole grid step (docs/planning.md). The undisturbed
+    (CPU-time) rates are used where measured, so time spent waiting for cores other processes hold
+    does not change the recipe (threads spinning while they wait, and memory contention, still can
+    under heavy load). Only the iterations follow the wall-clock measurement. ``thread_share``: the
+    math threads timed over the machine's (fewer when cores were busy, ``utils/cpu_load.py``): the
+    recipe is chosen for all of them, as on a quiet machine."""
     reference = reference_seconds_per_gflop(device)
 
-    def snap(rate: float) -> float:
+    def recipe_rate(rate: float) -> float:
         if rate <= 0:
             return rate
-        steps = math.log(rate / reference, C.RECIPE_SPEED_GRID)
-        # ties (a factor of exactly 2) snap towards the reference, so the whole 0.5x..2x band is one step
-        whole = math.copysign(math.ceil(abs(steps) - 0.5 - 1e-9), steps) if abs(steps) > 0.5 + 1e-9 else 0.0
-        return reference * C.RECIPE_SPEED_GRID ** whole
+        tolerance = C.RECIPE_SPEED_TOLERANCE
+        return min(max(reference, rate / tolerance), rate * tolerance)
 
     training = measured.undisturbed_seconds_per_gflop or measured.seconds_per_gflop
     forward = measured.undisturbed_forward_seconds_per_gflop or measured.forward_seconds_per_gflop
-    return replace(measured, seconds_per_gflop=snap(training) * thread_share,
-                   forward_seconds_per_gflop=snap(forward) * thread_share if forward else 0.0)
+    return replace(measured, seconds_per_gflop=recipe_rate(training) * thread_share,
+                   forward_seconds_per_gflop=recipe_rate(forward) * thread_share if forward else 0.0)
 
 
 def _forward_flops(

@@ -84,7 +84,7 @@ class _Context:
         return self._memory[key]
 
     def timing(self, dims: int, width: int, recipe: bool) -> T.TimingModel:
-        """The measured timing model, or (``recipe``) its rates snapped to the recipe grid."""
+        """The measured timing model, or (``recipe``) its rates mapped to the recipe speed."""
         assert self.timing_factory is not None, "a compute budget needs the target device on this machine"
         key = (dims, width, self.mixed_precision)
         if key not in self._timing:
