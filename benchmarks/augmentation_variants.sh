@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fold-0 Dice of one budgeted Hippocampus plan trained with augmentation variants (docs/benchmarks.md,
+# Fold-0 Dice of one budgeted plan trained with augmentation variants (docs/benchmarks.md,
 # "Run-to-run spread at 5 minutes"). One plan and one preprocessing per budget, then one training per
 # variant name into a fresh results folder; a variant is named by its prefix, so base2, base3 repeat
 # base. Run on a quiet machine, nothing else running.
@@ -7,20 +7,23 @@
 #   benchmarks/augmentation_variants.sh WORK BUDGET VARIANT...   e.g.  ... /tmp/aug 5m base noint base2 noint2
 #
 # Variants: base (the defaults), noint (no intensity augmentation), mirror (mirroring only), half (every
-# augmentation probability halved). Data: $AUTOSEG_BENCH_DATA (default ../shared/data) /Dataset004_Hippocampus.
+# augmentation probability halved). Data: $AUTOSEG_BENCH_DATA (default ../shared/data) /$AUTOSEG_BENCH_DATASET
+# (default Dataset004_Hippocampus; any raw dataset folder there, e.g. Dataset027_ACDC).
 set -euo pipefail
 WORK=$1 BUDGET=$2; shift 2
 DATA=${AUTOSEG_BENCH_DATA:-$(cd "$(dirname "$0")/../.." && pwd)/shared/data}
-RAW=$WORK/raw/Dataset004_Hippocampus
+NAME=${AUTOSEG_BENCH_DATASET:-Dataset004_Hippocampus}
+ID=${NAME%%_*}
+RAW=$WORK/raw/$NAME
 if [ ! -d "$RAW" ]; then  # symlinks: the shared data is only read
   mkdir -p "$RAW/imagesTr" "$RAW/labelsTr"
-  cp "$DATA/Dataset004_Hippocampus/dataset.json" "$RAW/"
-  for sub in imagesTr labelsTr; do ln -s "$DATA/Dataset004_Hippocampus/$sub/"* "$RAW/$sub/"; done
+  cp "$DATA/$NAME/dataset.json" "$RAW/"
+  for sub in imagesTr labelsTr; do ln -s "$DATA/$NAME/$sub/"* "$RAW/$sub/"; done
 fi
 export AUTOSEG_RAW=$WORK/raw AUTOSEG_PREPROCESSED=$WORK/pre_$BUDGET
 if [ ! -d "$AUTOSEG_PREPROCESSED" ]; then
-  autoseg plan Dataset004 --budget "$BUDGET" -c 3d_fullres | tee "$WORK/plan_$BUDGET.log"
-  autoseg preprocess Dataset004 -c 3d_fullres > "$WORK/preprocess_$BUDGET.log" 2>&1
+  autoseg plan $ID --budget "$BUDGET" -c 3d_fullres | tee "$WORK/plan_$BUDGET.log"
+  autoseg preprocess $ID -c 3d_fullres > "$WORK/preprocess_$BUDGET.log" 2>&1
 fi
 A=augmentation
 INTENSITY=(--set $A.gaussian_noise.p=0 --set $A.gaussian_blur.p=0 --set $A.brightness.p=0 --set $A.contrast.p=0
@@ -39,7 +42,7 @@ for variant in "$@"; do
   results=$WORK/results_${BUDGET}_$variant
   rm -rf "$results"
   start=$(date +%s.%N)
-  AUTOSEG_RESULTS=$results autoseg train Dataset004 3d_fullres 0 "${overrides[@]}" > "$WORK/train_${BUDGET}_$variant.log" 2>&1
+  AUTOSEG_RESULTS=$results autoseg train $ID 3d_fullres 0 "${overrides[@]}" > "$WORK/train_${BUDGET}_$variant.log" 2>&1
   seconds=$(echo "$(date +%s.%N) - $start" | bc)
   python - "$results" "$variant" "$seconds" <<'PY'
 import glob, json, sys
