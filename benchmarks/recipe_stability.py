@@ -22,12 +22,12 @@ import torch
 
 from common import markdown_table, temporary_raw_root, write_section
 
-from autoseg.utils.duration import parse_duration
-from autoseg.paths import resolve_dataset
 from autoseg.fingerprint.extract import extract_fingerprint
+from autoseg.paths import resolve_dataset
 from autoseg.planning import compute_budget as T
 from autoseg.planning.constants import RECIPE_SPEED_TOLERANCE
 from autoseg.planning.planner import build_plans
+from autoseg.utils.duration import parse_duration
 
 DATASETS = ("Dataset004_Hippocampus", "Dataset027_ACDC", "Dataset905_BraTS2015Mini")
 MEMORY_BYTES = 6 * 2**30
@@ -78,8 +78,9 @@ def main() -> None:
                     unstable.append(f"{dataset} {budget_text}")
     verdict = ("Within the band every dataset and budget planned one recipe." if not unstable else
                f"**Recipes changed within the band:** {', '.join(unstable)}.")
-    body = (f"`python benchmarks/recipe_stability.py --budgets {args.budgets} --factors {args.factors}`: 3d_fullres plans "
-            f"with the probe's rate faked at each factor of the reference (usable memory {MEMORY_BYTES / 2**30:g} GiB). "
+    body = (f"`python benchmarks/recipe_stability.py --budgets {args.budgets} --factors {args.factors}`: "
+            "3d_fullres plans with the probe's rate faked at each factor of the reference "
+            f"(usable memory {MEMORY_BYTES / 2**30:g} GiB). "
             f"Tolerance band: {1 / RECIPE_SPEED_TOLERANCE:.3g}x-{RECIPE_SPEED_TOLERANCE:.3g}x. {verdict}\n\n"
             + markdown_table(["dataset", "budget", "probe speed", "recipe", "planned iterations"], rows))
     print(verdict)
