@@ -64,6 +64,7 @@ from autoseg.training.data_loading import TRAIN_STREAM, BatchSource, SamplingSpe
 from autoseg.training.checkpoints import LATEST, load_checkpoint
 from autoseg.training.steps import LabelSpec, WithAux, build_step
 from autoseg.training.model_setup import build_optimizer
+from autoseg.utils.device import training_memory_format
 
 CONFIGURATION = "3d_fullres"
 FOLD = "0"
@@ -152,6 +153,12 @@ def read_fold(folder: Path) -> FoldStep:
 
 
 # ----------------------------------------------------------------------------------- the pure compute
+def fold_layout(fold: FoldStep) -> torch.memory_format:
+    """The memory format the fold trained in (its ``channels_last`` setting resolved as the trainer does)."""
+    return training_memory_format(fold.config["channels_last"], torch.device("cpu"),
+                                  len(fold.metadata["patch_size"]), fold.dtype)
+
+
 def compute_step(fold: FoldStep, dtype: torch.dtype | None) -> Callable[[], None]:
     """The fold's training step on synthetic in-memory tensors (same network, batch, patch, loss,
     optimiser, memory format), under autocast to ``dtype``."""
@@ -160,10 +167,8 @@ def compute_step(fold: FoldStep, dtype: torch.dtype | None) -> Callable[[], None
     network = create_network(meta["network"], meta["topology"], meta["in_channels"], meta["num_outputs"],
                              **meta["network_options"]).train()
     patch = list(meta["patch_size"])
-    memory_format = torch.contiguous_format
-    if config["channels_last"]:
-        memory_format = torch.channels_last_3d if len(patch) == 3 else torch.channels_last
-        network = network.to(memory_format=memory_format)
+    memory_format = fold_layout(fold)
+    network = network.to(memory_format=memory_format)
     model: nn.Module = WithAux(network)
     if config["compile"]:
         model = torch.compile(model)
@@ -181,7 +186,7 @@ def convolutions_only(fold: FoldStep, dtype: torch.dtype | None) -> Callable[[],
     and memory format it gets in the step: the ceiling the kernels set on the step's rate."""
     network = create_network(fold.metadata["network"], fold.metadata["topology"], fold.metadata["in_channels"],
                              fold.metadata["num_outputs"], **fold.metadata["network_options"])
-    layout = torch.channels_last_3d if fold.config["channels_last"] else torch.contiguous_format
+    layout = fold_layout(fold)
     network = network.to(memory_format=layout)
     convs = [m for m in network.modules() if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d, nn.Conv2d, nn.ConvTranspose2d))]
     inputs: dict[nn.Module, torch.Tensor] = {}
@@ -339,7 +344,7 @@ def run(args: argparse.Namespace, work: Path) -> str:
     steps = [time_step("training step, float32", compute_step(fold, None), max(args.repeats, 5)),
              time_step(f"{CONVS_ONLY}, bf16 (layout as the fold trained)",
                        convolutions_only(fold, torch.bfloat16), max(args.repeats, 5))]
-    if not fold.config["channels_last"]:  # the layout oneDNN prefers, for comparison
+    if fold_layout(fold) is torch.contiguous_format:  # the layout oneDNN prefers, for comparison
         last = replace(fold, config={**fold.config, "channels_last": True})
         steps.insert(0, time_step("training step, bf16 autocast, channels_last", compute_step(last, torch.bfloat16), max(args.repeats, 5)))
     limits = practical_limit(args.repeats)

@@ -318,7 +318,10 @@ def _channels_last(make) -> None:
         return any(w.dim() == 5 and not w.is_contiguous() for w in trainer.setup.network.parameters())
 
     trainer = make(["channels_last=true"])
-    assert trainer.setup.memory_format is torch.channels_last_3d and last(trainer) and not last(make())
+    assert trainer.setup.memory_format is torch.channels_last_3d and last(trainer)
+    assert not last(make(["channels_last=false"]))
+    # auto (the default): channels-last for a 3D network on CPU in float32, contiguous under autocast
+    assert last(make(["mixed_precision=off"])) and not last(make(["mixed_precision=bf16"]))
 
 
 def _compile(make, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from autoseg.errors import InferenceError, TrainingError, UsageError
-from autoseg.utils.device import autocast_dtype, choose_device, cpu_has_native_bf16
+from autoseg.utils.device import autocast_dtype, choose_device, cpu_has_native_bf16, training_memory_format
 
 
 def test_auto_picks_an_available_device() -> None:
@@ -35,6 +35,24 @@ def test_autocast_settings() -> None:
         autocast_dtype("fp16", cpu)
     with pytest.raises(TrainingError, match="mixed_precision='half': choose auto, fp16, bf16 or off"):
         autocast_dtype("half", cpu, TrainingError)
+
+
+@pytest.mark.parametrize(
+    ("setting", "device", "dims", "dtype", "layout"),
+    [
+        ("auto", "cpu", 3, None, torch.channels_last_3d),  # the one case measured faster (docs/benchmarks.md)
+        ("auto", "cpu", 2, None, torch.contiguous_format),
+        ("auto", "cpu", 3, torch.bfloat16, torch.contiguous_format),
+        ("auto", "cuda", 3, None, torch.contiguous_format),
+        ("auto", "cuda", 3, torch.float16, torch.contiguous_format),
+        (True, "cuda", 3, torch.float16, torch.channels_last_3d),
+        (True, "cpu", 2, None, torch.channels_last),
+        (False, "cpu", 3, None, torch.contiguous_format),
+    ],
+)
+def test_training_memory_format(setting: bool | str, device: str, dims: int, dtype: torch.dtype | None,
+                                layout: torch.memory_format) -> None:
+    assert training_memory_format(setting, torch.device(device), dims, dtype) is layout
 
 
 @pytest.mark.parametrize(

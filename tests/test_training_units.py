@@ -49,6 +49,7 @@ def test_network_section_then_overrides() -> None:
     assert config["optimizer"]["name"] == "adam" and config["optimizer"]["betas"] == [0.5, 0.999]
     assert config["optimizer"]["lr"] == 0.001  # YAML reads "1e-3" as a string; the float default converts it
     assert config["num_workers"] == 0 and config["mixed_precision"] == "off"  # "off" is not YAML's False here
+    assert [resolve_config("unet", [f"channels_last={v}"])["channels_last"] for v in ("true", "false", "auto")] == [True, False, "auto"]
 
 
 @pytest.mark.parametrize(
@@ -58,6 +59,7 @@ def test_network_section_then_overrides() -> None:
         ("optimizer.lr=fast", "--set optimizer.lr='fast': expected float, got str; the default is 0.01"),
         ("batch_size=1.5", "--set batch_size=1.5: expected int or null, got float; the default is None"),
         ("num_workers=many", "--set num_workers='many': expected int or 'auto', got str; the default is 'auto'"),
+        ("channels_last=yes", "--set channels_last='yes': expected bool or 'auto', got str; the default is 'auto'"),
         ("loss.deep_supervision=3", "--set loss.deep_supervision=3: expected bool, got int; the default is True"),
         ("lr", "--set 'lr': expected key=value, e.g. --set optimizer.lr=0.003"),
     ],

@@ -26,7 +26,7 @@ from autoseg.networks.registry import TopologyConstraints
 from autoseg.planning import constants as C
 from autoseg.planning.memory import build_training_network, read_cache, write_cache
 from autoseg.planning.topology import divisible_patch, plan_topology
-from autoseg.utils.device import autocast_dtype
+from autoseg.utils.device import autocast_dtype, training_memory_format
 
 # forward + backward (gradients w.r.t. inputs and weights, each about one forward)
 _TRAINING_FLOPS_PER_FORWARD = 3.0
@@ -241,7 +241,8 @@ def measure_timing(
     from two small probes (tried first) let load on shared machines swing predictions tenfold.
     ``width`` is accepted for the cache key's sake only: the same probe serves every width.
     ``mixed_precision`` is the training config's setting (``off``: float32, for a network whose bf16
-    steps crash on this CPU, networks/bf16_guard.py).
+    steps crash on this CPU, networks/bf16_guard.py). Training steps are timed in the memory format
+    training picks by default (``channels_last: auto``), forward passes in the contiguous one prediction uses.
     """
     del width
     name = device_name(device)
@@ -253,6 +254,9 @@ def measure_timing(
     }
     if mixed_precision != "auto":
         key["mixed_precision"] = mixed_precision  # "auto" keys stay as before, so existing caches still hit
+    layout = training_memory_format("auto", device, spatial_dims, autocast_dtype(mixed_precision, device))
+    if layout is not torch.contiguous_format:
+        key["layout"] = "channels_last"
     cached = read_cache(cache_dir, key)
     if cached is not None:
         return TimingModel(**cached)
@@ -261,8 +265,8 @@ def measure_timing(
     patch = divisible_patch([size] * spatial_dims, topology)
     inputs = torch.randn((C.MIN_BATCH_SIZE, in_channels, *patch), device=device)
     gflop = training_gflop(network_name, topology, in_channels, n_classes, patch, C.MIN_BATCH_SIZE, options)
-    step = _time_steps(network, inputs, device, mixed_precision)
-    forward = _time_forward(network, inputs, device, mixed_precision)
+    step = _time_steps(network.to(memory_format=layout), inputs.contiguous(memory_format=layout), device, mixed_precision)
+    forward = _time_forward(network.to(memory_format=torch.contiguous_format), inputs, device, mixed_precision)
     forward_gflop = gflop / _TRAINING_FLOPS_PER_FORWARD
     model = TimingModel(name, 0.0, step.wall / gflop, forward.wall / forward_gflop,
                         step.undisturbed / gflop, forward.undisturbed / forward_gflop)

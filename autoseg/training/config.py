@@ -24,6 +24,7 @@ _OPEN_TYPES: dict[str, tuple[type, ...]] = {
     "patch_size": (list,),
     "num_workers": (int,),
     "math_threads": (int,),
+    "channels_last": (bool,),
     "augmentation.rotation.degrees_2d": (int, float),
     "augmentation.mask_channels": (list,),
 }
@@ -82,7 +83,7 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
     allowed = _OPEN_TYPES.get(key, ())
     if value is None and key in _OPEN_TYPES and default is None or value == "auto" == default:
         return value
-    if isinstance(value, allowed) and not isinstance(value, bool):
+    if isinstance(value, allowed) and (bool in allowed or not isinstance(value, bool)):
         return value
     if isinstance(default, bool):
         if isinstance(value, bool):

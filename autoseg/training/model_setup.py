@@ -16,7 +16,7 @@ from autoseg.networks import create_network, get_network_spec
 from autoseg.networks.bf16_guard import bf16_step_survives, step_spec
 from autoseg.training.distributed import DistributedContext, wrap_model
 from autoseg.training.steps import WithAux
-from autoseg.utils.device import autocast_dtype
+from autoseg.utils.device import autocast_dtype, training_memory_format
 
 
 def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
@@ -109,19 +109,17 @@ def build_model(request: NetworkRequest, config: dict[str, Any], device: torch.d
     topology["extra"] = {**topology.get("extra", {}), "patch_size": patch}
     options = {**request.plan["network"].get("options", {}), **config["network_options"]}
     options.setdefault("deep_supervision", config["loss"]["deep_supervision"])
+    dtype = amp_dtype(str(config["mixed_precision"]), device)
+    if dtype == torch.bfloat16 and device.type == "cpu":
+        dtype = checked_cpu_bf16(request, topology, options, log)
     network = create_network(request.name, topology, request.in_channels, request.n_outputs, **options).to(device)
-    memory_format = torch.contiguous_format
-    if config["channels_last"]:
-        memory_format = torch.channels_last_3d if len(patch) == 3 else torch.channels_last
-        network = network.to(memory_format=memory_format)
+    memory_format = training_memory_format(config["channels_last"], device, len(patch), dtype)
+    network = network.to(memory_format=memory_format)
     model: torch.nn.Module = WithAux(network)
     if config["compile"]:
         model = torch.compile(model)
     model = wrap_model(model, context, device)
     optimizer = build_optimizer(network.parameters(), config["optimizer"])
-    dtype = amp_dtype(str(config["mixed_precision"]), device)
-    if dtype == torch.bfloat16 and device.type == "cpu":
-        dtype = checked_cpu_bf16(request, topology, options, log)
     return ModelSetup(network, model, optimizer, memory_format, dtype, topology, options)
 
 

@@ -169,7 +169,7 @@ class Trainer:
         self.monitor.log(
             f"training {run.network_name} {run.configuration_name} fold {run.fold} of {run.dataset_name} on {self.device} "
             f"(world size {self.context.world_size}, {workers} data workers{threads}, patch {self.patch_size}, batch "
-            f"{self.global_batch}, mixed precision {self.setup.amp_dtype}); {len(run.train_cases)} training / "
+            f"{self.global_batch}, memory format {str(self.setup.memory_format).removeprefix('torch.')}, mixed precision {self.setup.amp_dtype}); {len(run.train_cases)} training / "
             f"{len(run.val_cases)} validation cases"
         )
         self.replanner = self.budget_replanner()
