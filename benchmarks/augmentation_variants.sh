@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Fold-0 Dice of one budgeted plan trained with augmentation variants (docs/benchmarks.md,
-# "Run-to-run spread at 5 minutes"). One plan and one preprocessing per budget, then one training per
+# Fold-0 Dice of one budgeted plan trained with augmentation or memory-format variants (docs/benchmarks.md,
+# "Run-to-run spread at 5 minutes", "Channels-last training on CPU"). One plan and one preprocessing per budget, then one training per
 # variant name into a fresh results folder; a variant is named by its prefix, so base2, base3 repeat
 # base. Run on a quiet machine, nothing else running.
 #
 #   benchmarks/augmentation_variants.sh WORK BUDGET VARIANT...   e.g.  ... /tmp/aug 5m base noint base2 noint2
 #
 # Variants: base (the defaults), noint (no intensity augmentation), mirror (mirroring only), half (every
-# augmentation probability halved). Data: $AUTOSEG_BENCH_DATA (default ../shared/data) /$AUTOSEG_BENCH_DATASET
+# augmentation probability halved), contig / last (channels_last=false / true). Data: $AUTOSEG_BENCH_DATA (default ../shared/data) /$AUTOSEG_BENCH_DATASET
 # (default Dataset004_Hippocampus; any raw dataset folder there, e.g. Dataset027_ACDC).
 set -euo pipefail
 WORK=$1 BUDGET=$2; shift 2
@@ -37,7 +37,9 @@ for variant in "$@"; do
     noint*) overrides=("${INTENSITY[@]}");;
     mirror*) overrides=("${INTENSITY[@]}" --set $A.rotation.p=0 --set $A.scaling.p=0);;
     half*) overrides=("${HALF[@]}");;
-    *) echo "unknown variant $variant (base, noint, mirror, half)" >&2; exit 2;;
+    contig*) overrides=(--set channels_last=false);;
+    last*) overrides=(--set channels_last=true);;
+    *) echo "unknown variant $variant (base, noint, mirror, half, contig, last)" >&2; exit 2;;
   esac
   results=$WORK/results_${BUDGET}_$variant
   rm -rf "$results"
