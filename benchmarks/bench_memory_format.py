@@ -11,7 +11,7 @@ fastest block of each. The ratio is contiguous / channels-last seconds (above 1:
     OMP_NUM_THREADS=2 python benchmarks/bench_memory_format.py [--budget 10m] [--dataset Dataset004_Hippocampus]
         [--steps 6] [--repeats 3] [--families unet segnet] [--no-doc]
 
-About 6 minutes on 2 cores for every family. Run on a quiet machine: the two layouts alternate so that
+About 12 minutes on 2 cores for every family. Run on a quiet machine: the two layouts alternate so that
 slow drifts hit both, but a busy core still adds noise of a few percent.
 """
 
