@@ -144,6 +144,33 @@ def test_measured_timing_is_cached_and_predicts_more_for_more_work(tmp_path, mon
     assert again == timing
 
 
+@pytest.mark.parametrize(
+    ("dims", "mixed_precision", "step_layout"),
+    [(3, "off", torch.channels_last_3d), (3, "bf16", torch.contiguous_format), (2, "off", torch.contiguous_format)],
+)
+def test_probe_times_training_in_the_layout_training_uses(dims, mixed_precision, step_layout, tmp_path, monkeypatch):
+    """Training steps in the format ``channels_last: auto`` picks (channels-last only for 3D in float32
+    on CPU), forward passes contiguous as prediction runs them; the layout is part of the cache key."""
+    seen = {}
+
+    def recorder(kind):
+        def timed(network, inputs, device, mixed_precision):
+            weight = next(w for w in network.parameters() if w.dim() == dims + 2)  # 2 input channels: layouts differ
+            layouts = (torch.channels_last_3d if dims == 3 else torch.channels_last, torch.contiguous_format)
+            seen[kind] = next(f for f in layouts if inputs.is_contiguous(memory_format=f) and weight.is_contiguous(memory_format=f))
+            return compute_budget.StepTime(1.0, 1.0)
+        return timed
+
+    monkeypatch.setattr(compute_budget, "_time_steps", recorder("step"))
+    monkeypatch.setattr(compute_budget, "_time_forward", recorder("forward"))
+    spec = get_network_spec("unet")
+    measure_timing("unet", spec.constraints, dims, 2, 2, width=4, device=torch.device("cpu"), cache_dir=tmp_path,
+                   mixed_precision=mixed_precision)
+    assert seen == {"step": step_layout, "forward": torch.contiguous_format}
+    [cached] = [json.loads(f.read_text()) for f in tmp_path.glob("timing_*.json")]
+    assert (cached["key"].get("layout") == "channels_last") == (step_layout is not torch.contiguous_format)
+
+
 @pytest.fixture()
 def hippocampus(tmp_path, monkeypatch):
     """Eight real Dataset004 cases in a raw root under tmp_path."""

@@ -54,6 +54,8 @@ def test_training_falls_back_to_float32_when_the_probe_dies(results: Path, monke
     log = (results / DATASET / "unet__autosegPlans__3d_fullres" / "fold_all" / "training_log.txt").read_text()
     assert "warning: a bf16 step crashed (killed by signal 11) for unet at patch [16, 16, 16], batch 2" in log
     assert "training in float32" in log and "mixed precision None" in log
+    # the layout follows the dtype the guard left: float32 on CPU, 3D -> channels-last (channels_last: auto)
+    assert "memory format channels_last_3d, mixed precision None" in log
 
 
 def test_watchdog_reports_a_stuck_iteration_with_advice() -> None:
