@@ -122,12 +122,19 @@ def _expected_parts(fp: dict, config: dict) -> dict[str, float]:
     label_values = 5 if "whole_tumor" in fp["labels"] else 4
     voxels = float(np.prod(shape))
     resampled = any(abs(a - b) > 1e-3 * b for a, b in zip(config["spacing"], spacing))
-    per_voxel = C.PREPROCESS_SECONDS_PER_VOXEL_CHANNEL * (channels + 1)
-    if resampled:
-        per_voxel += C.RESAMPLE_IMAGE_SECONDS_PER_VOXEL_CHANNEL * channels + C.RESAMPLE_LABEL_SECONDS_PER_VOXEL_LABEL * label_values
-    preprocess = n * (C.PREPROCESS_SECONDS_PER_CASE + voxels * per_voxel) / min(default_workers(), n)
-    # final validation: a fifth of the cases, tiles half a patch apart, 2^3 or 1 passes, forward = 1/3 step
     new_shape = [round(s * sp / t) for s, sp, t in zip(shape, spacing, config["spacing"])]
+    case = C.PREPROCESS_SECONDS_PER_CASE + voxels * (channels + 1) * C.PREPROCESS_SECONDS_PER_VOXEL_CHANNEL
+    if resampled:  # cubic spline: the padded crop prefiltered per axis, then (order + 1)^axes taps per voxel
+        pad = [s + 24 for s in shape]
+        if max(spacing) / min(spacing) > 3:  # in-plane slice by slice (2 axes); the coarse first axis is kept
+            prefilter, taps = shape[0] * pad[1] * pad[2] * 2, shape[0] * new_shape[1] * new_shape[2] * 16
+            assert new_shape[0] == shape[0]
+        else:
+            prefilter, taps = math.prod(pad) * 3, math.prod(new_shape) * 64
+        case += channels * (prefilter * C.PREFILTER_SECONDS_PER_VOXEL + taps * C.INTERPOLATION_SECONDS_PER_TAP)
+        case += math.prod(new_shape) * (label_values - 1) * C.RESAMPLE_LABEL_SECONDS_PER_VOXEL_LABEL
+    preprocess = n * case / min(default_workers(), n)
+    # final validation: a fifth of the cases, tiles half a patch apart, 2^3 or 1 passes, forward = 1/3 step
     patch = config["patch_size"]
     tiles = math.prod(math.ceil(max(s - p, 0) / (p / 2)) + 1 if s > p else 1 for s, p in zip(new_shape, patch))
     topology = Topology.from_dict(config["network"]["topology"])

@@ -24,7 +24,7 @@ from autoseg.preprocessing import (
 )
 from autoseg.preprocessing import resampling
 from autoseg.preprocessing.normalization import normalize
-from autoseg.preprocessing.resampling import ResamplingScheme, resample_array, resample_label
+from autoseg.preprocessing.resampling import ResamplingScheme, resample_array, resample_label, resampling_work
 from autoseg.preprocessing.store import chunk_shapes
 
 ZSCORE = {"scheme": "zscore", "use_mask": False, "clip": None, "mean": None, "std": None}
@@ -86,6 +86,45 @@ def test_image_resampling_matches_scipy_cubic_spline() -> None:
         out = resample_array(x, shape, ResamplingScheme(3, 3, axis))
         assert out.dtype == np.float32
         np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize(("shape", "out", "scheme", "expected"), [
+    # 3D cubic: the padded input prefiltered along 3 axes, 4^3 taps per output voxel
+    ((10, 20, 30), (5, 10, 15), ResamplingScheme(3, 0, None), (34 * 44 * 54 * 3, 5 * 10 * 15 * 64)),
+    # in-plane cubic slice by slice (2 axes), then nearest neighbour along axis 0 (1 tap)
+    ((10, 20, 30), (5, 10, 15), ResamplingScheme(3, 0, 0), (10 * 44 * 54 * 2, 10 * 10 * 15 * 16 + 5 * 10 * 15)),
+    # only the separate axis changes: one order-1 pass, scipy still weighs 2 samples along each of 3 axes
+    ((10, 20, 30), (14, 20, 30), ResamplingScheme(3, 1, 0), (0, 14 * 20 * 30 * 8)),
+    # one axis of an isotropic scheme changes: the call covers all 3 axes
+    ((10, 20, 30), (10, 20, 45), ResamplingScheme(3, 0, None), (34 * 44 * 54 * 3, 10 * 20 * 45 * 64)),
+    ((10, 20, 30), (10, 20, 30), ResamplingScheme(3, 0, None), (0, 0)),
+])
+def test_resampling_work_counts_by_hand(shape, out, scheme, expected) -> None:
+    work = resampling_work(shape, out, scheme)
+    assert (work.prefilter_voxels, work.taps) == expected
+
+
+@pytest.mark.parametrize("scheme", [ResamplingScheme(3, 0, None), ResamplingScheme(3, 0, 0), ResamplingScheme(3, 1, 2),
+                                    ResamplingScheme(1, 0, None)])
+@pytest.mark.parametrize("out", [(5, 31, 20), (12, 30, 26), (20, 13, 26), (12, 30, 40)])
+def test_resampling_work_is_what_resample_array_computes(scheme, out, monkeypatch) -> None:
+    """The planner's time model counts the calls resample_array really makes (every spline call
+    recorded: prefiltered padded voxels x axes, output voxels x (order + 1)^axes)."""
+    calls = []
+    original = resampling._affine
+
+    def recording(x, matrix, offset, shape, order):
+        calls.append((x.shape, tuple(shape), order))
+        return original(x, matrix, offset, shape, order)
+
+    monkeypatch.setattr(resampling, "_affine", recording)
+    x = np.random.default_rng(0).random((12, 30, 26)).astype(np.float32)
+    resample_array(x, out, scheme)
+    prefilter = sum(math.prod(s + 2 * resampling.SPLINE_PAD for s in shape) * len(shape)
+                    for shape, _, order in calls if order > 1)
+    taps = sum(math.prod(o) * (order + 1) ** len(o) for _, o, order in calls)
+    work = resampling_work(x.shape, out, scheme)
+    assert (work.prefilter_voxels, work.taps) == (prefilter, taps)
 
 
 def _blobs(shape: tuple[int, ...]) -> np.ndarray:

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Sequence
 
 from autoseg.planning import constants as C
+from autoseg.preprocessing.resampling import ResamplingWork
 
 PARTS = ("preprocess", "startup", "training", "checkpoints", "final_validation")
 
@@ -69,19 +70,23 @@ def final_validation_seconds(tiles: Sequence[int], mirror_passes: int, seconds_p
     return sum(tiles) * mirror_passes * seconds_per_tile + sum(export)
 
 
-def preprocess_seconds(input_voxels: Sequence[float], resampled: Sequence[bool], channels: int, label_values: int,
-                       workers: int) -> float:
-    """Preparing every case once (shared by the folds): reading, cropping, normalising and writing
-    each voxel of each channel, plus the spline resampling of images and the per-label resampling of
-    segmentations where the spacing changes; cases run in parallel on ``workers`` processes."""
-    total = 0.0
-    for voxels, resample in zip(input_voxels, resampled):
-        per_voxel = C.PREPROCESS_SECONDS_PER_VOXEL_CHANNEL * (channels + 1)
-        if resample:
-            per_voxel += C.RESAMPLE_IMAGE_SECONDS_PER_VOXEL_CHANNEL * channels
-            per_voxel += C.RESAMPLE_LABEL_SECONDS_PER_VOXEL_LABEL * max(label_values, 1)
-        total += C.PREPROCESS_SECONDS_PER_CASE + voxels * per_voxel
-    return total / max(1, min(workers, len(input_voxels)))
+def preprocess_case_seconds(input_voxels: float, channels: int, image_work: ResamplingWork | None,
+                            output_voxels: float, label_values: int) -> float:
+    """Preparing one case: reading, cropping, normalising and writing each voxel of each channel and
+    the label map; where the spacing changes (``image_work`` is the resampling of one image channel),
+    each channel's spline prefilter and interpolation taps, and each class but the most frequent
+    interpolated at every output voxel."""
+    seconds = C.PREPROCESS_SECONDS_PER_CASE + input_voxels * (channels + 1) * C.PREPROCESS_SECONDS_PER_VOXEL_CHANNEL
+    if image_work is not None:
+        seconds += channels * (image_work.prefilter_voxels * C.PREFILTER_SECONDS_PER_VOXEL
+                               + image_work.taps * C.INTERPOLATION_SECONDS_PER_TAP)
+        seconds += output_voxels * max(label_values - 1, 0) * C.RESAMPLE_LABEL_SECONDS_PER_VOXEL_LABEL
+    return seconds
+
+
+def preprocess_seconds(case_seconds: Sequence[float], workers: int) -> float:
+    """Preparing every case once (shared by the folds), the cases spread over ``workers`` processes."""
+    return sum(case_seconds) / max(1, min(workers, len(case_seconds)))
 
 
 def checkpoint_seconds(parameters: int) -> float:

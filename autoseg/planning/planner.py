@@ -30,6 +30,7 @@ from autoseg.planning import rules
 from autoseg.planning.memory import MemoryModel, calibrate_memory
 from autoseg.planning.plans import format_plan_table, plans_path, write_plans
 from autoseg.planning.topology import divisible_patch, features_per_stage, plan_topology, shrink_patch
+from autoseg.preprocessing.resampling import ResamplingScheme, resampling_work, scheme_for
 from autoseg.networks.bf16_guard import bf16_step_survives, step_spec
 from autoseg.utils.cpu_load import applied, idle_thread_choice
 from autoseg.utils.device import autocast_dtype, choose_device, device_memory_bytes
@@ -260,18 +261,26 @@ class _Costs:
 def _costs(ctx: _Context, fingerprint: dict[str, Any], forward: list[int], spacing: Sequence[float],
            dims: int) -> _Costs:
     """Fixed costs at a (transposed) spacing; 2D configurations keep each case's own slice spacing."""
-    shapes, export, voxels, resampled = [], [], [], []
+    shapes, export, case_seconds = [], [], []
     before = fingerprint.get("shapes_before_crop") or fingerprint["shapes_after_crop"]
+    resampling = rules.resampling_parameters()
     for shape, case_spacing, full in zip(fingerprint["shapes_after_crop"], fingerprint["spacings"], before):
         target = [spacing[forward.index(a)] for a in range(3)]
         if dims == 2:
             target[forward[0]] = case_spacing[forward[0]]
         changed = any(abs(t - c) > 1e-3 * c for t, c in zip(target, case_spacing))
-        shapes.append([rules.shape_at_spacing(shape, case_spacing, target)[a] for a in forward])
-        voxels.append(float(np.prod(full)))
-        resampled.append(changed)
-        export.append(A.export_seconds(voxels[-1], ctx.n_classes, changed))
-    preprocess = A.preprocess_seconds(voxels, resampled, ctx.in_channels, ctx.n_foreground + 1, default_workers())
+        resampled = rules.shape_at_spacing(shape, case_spacing, target)
+        shapes.append([resampled[a] for a in forward])
+        voxels = float(np.prod(full))
+        export.append(A.export_seconds(voxels, ctx.n_classes, changed))
+        work = None
+        if changed:
+            scheme = (ResamplingScheme(resampling["image_order"], resampling["order_z"], forward[0]) if dims == 2
+                      else scheme_for(resampling, case_spacing, target, "image"))
+            work = resampling_work([int(v) for v in shape], resampled, scheme)
+        case_seconds.append(A.preprocess_case_seconds(voxels, ctx.in_channels, work, float(np.prod(resampled)),
+                                                      ctx.n_foreground + 1))
+    preprocess = A.preprocess_seconds(case_seconds, default_workers())
     return _Costs(preprocess, shapes, [e / C.NUM_FOLDS for e in export])
 
 

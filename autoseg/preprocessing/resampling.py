@@ -107,6 +107,49 @@ def _pass(
     return _affine(x, matrix, offset, shape, order)
 
 
+def _passes(scheme: ResamplingScheme, order: int, ndim: int) -> list[tuple[list[int], int]]:
+    """(axes, order) of each pass: all axes at ``order``, or the in-plane axes at ``order`` and then
+    the separate axis at ``scheme.order_z``."""
+    axes = list(range(ndim))
+    if scheme.separate_axis is None:
+        return [(axes, order)]
+    return [([a for a in axes if a != scheme.separate_axis], order), ([scheme.separate_axis], scheme.order_z)]
+
+
+@dataclass(frozen=True)
+class ResamplingWork:
+    """What ``resample_array`` computes for one array, for the planner's time model: voxels the spline
+    prefilter sweeps (padded, once per axis of the call) and interpolation taps (output voxels x
+    (order + 1) per axis of the call), summed over its passes."""
+
+    prefilter_voxels: float
+    taps: float
+
+
+def resampling_work(in_shape: Shape, out_shape: Shape, scheme: ResamplingScheme, order: int | None = None) -> ResamplingWork:
+    """The work of ``resample_array`` from ``in_shape`` to ``out_shape``, pass by pass as ``_pass``
+    runs it: a 3D pass moving two axes interpolates slice by slice in 2D, any other pass over every
+    axis (scipy weighs (order + 1) samples along each axis of the call, moved or not)."""
+    order = scheme.order if order is None else order
+    shape = list(in_shape)
+    prefilter = taps = 0.0
+    if tuple(shape) == tuple(out_shape):
+        return ResamplingWork(0.0, 0.0)
+    for axes, pass_order in _passes(scheme, order, len(shape)):
+        moving = [a for a in axes if shape[a] != out_shape[a]]
+        if not moving:
+            continue
+        slicewise = len(shape) == 3 and len(moving) == 2
+        call_axes = moving if slicewise else list(range(len(shape)))
+        if pass_order > 1:
+            padded = [shape[a] + 2 * SPLINE_PAD if a in call_axes else shape[a] for a in range(len(shape))]
+            prefilter += math.prod(padded) * len(call_axes)
+        for a in moving:
+            shape[a] = out_shape[a]
+        taps += math.prod(shape) * (pass_order + 1) ** len(call_axes)
+    return ResamplingWork(prefilter, taps)
+
+
 def resample_block(
     x: np.ndarray, in_start: Sequence[int], in_shape: Shape, out_window: Sequence[slice], out_shape: Shape,
     scheme: ResamplingScheme, order: int,
@@ -115,13 +158,8 @@ def resample_block(
     scale = [i / o for i, o in zip(in_shape, out_shape)]
     out_start = [w.start for w in out_window]
     out_len = [w.stop - w.start for w in out_window]
-    axes = list(range(x.ndim))
-    if scheme.separate_axis is None:
-        passes = [(axes, order)]
-    else:
-        passes = [([a for a in axes if a != scheme.separate_axis], order), ([scheme.separate_axis], scheme.order_z)]
     start = list(in_start)
-    for pass_axes, pass_order in passes:
+    for pass_axes, pass_order in _passes(scheme, order, x.ndim):
         moving = [
             a for a in pass_axes
             if not (in_shape[a] == out_shape[a] and start[a] == out_start[a] and x.shape[a] == out_len[a])
