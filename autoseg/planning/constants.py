@@ -125,7 +125,7 @@ EXPORT_RESAMPLE_SECONDS_PER_VOXEL_CHANNEL = 4e-8
 # normalising and writing per voxel and channel (the label map counted as one), and where the spacing
 # changes, per image channel the spline prefilter (per padded voxel and axis) and the interpolation
 # taps that preprocessing.resampling.resampling_work counts, plus each class but the most frequent per
-# output voxel. Fitted (least squares on relative error) to 98 cases timed one by one in one process on
+# output voxel. Fitted (least squares on relative error) to 100 cases timed one by one in one process on
 # the quiet 2-core AMD EPYC: Hippocampus, ACDC, BraTS-mini, DRIVE (2d) and a synthetic 113x384x384 CT,
 # each at its own spacing, 2x coarser, 0.7x finer and coarser along one axis; the fit is within 0.85-1.27x
 # of each case except first-call warm-ups (19 ms + 24 ns per voxel-channel + 3.8 ns per prefilter

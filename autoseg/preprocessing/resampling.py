@@ -133,8 +133,6 @@ def resampling_work(in_shape: Shape, out_shape: Shape, scheme: ResamplingScheme,
     order = scheme.order if order is None else order
     shape = list(in_shape)
     prefilter = taps = 0.0
-    if tuple(shape) == tuple(out_shape):
-        return ResamplingWork(0.0, 0.0)
     for axes, pass_order in _passes(scheme, order, len(shape)):
         moving = [a for a in axes if shape[a] != out_shape[a]]
         if not moving:
