@@ -30,7 +30,7 @@ from autoseg.planning import rules
 from autoseg.planning.memory import MemoryModel, calibrate_memory
 from autoseg.planning.plans import format_plan_table, plans_path, write_plans
 from autoseg.planning.topology import divisible_patch, features_per_stage, plan_topology, shrink_patch
-from autoseg.preprocessing.resampling import ResamplingScheme, resampling_work, scheme_for
+from autoseg.preprocessing.resampling import resampling_work, scheme_for
 from autoseg.networks.bf16_guard import bf16_step_survives, step_spec
 from autoseg.utils.cpu_load import applied, idle_thread_choice
 from autoseg.utils.device import autocast_dtype, choose_device, device_memory_bytes
@@ -269,15 +269,15 @@ def _costs(ctx: _Context, fingerprint: dict[str, Any], forward: list[int], spaci
         if dims == 2:
             target[forward[0]] = case_spacing[forward[0]]
         changed = any(abs(t - c) > 1e-3 * c for t, c in zip(target, case_spacing))
-        resampled = rules.shape_at_spacing(shape, case_spacing, target)
-        shapes.append([resampled[a] for a in forward])
+        resampled = [rules.shape_at_spacing(shape, case_spacing, target)[a] for a in forward]
+        shapes.append(resampled)
         voxels = float(np.prod(full))
         export.append(A.export_seconds(voxels, ctx.n_classes, changed))
         work = None
-        if changed:
-            scheme = (ResamplingScheme(resampling["image_order"], resampling["order_z"], forward[0]) if dims == 2
-                      else scheme_for(resampling, case_spacing, target, "image"))
-            work = resampling_work([int(v) for v in shape], resampled, scheme)
+        if changed:  # in the transposed order preprocessing resamples in, with its scheme
+            scheme = scheme_for(resampling, [case_spacing[a] for a in forward], [target[a] for a in forward],
+                                "image", dims)
+            work = resampling_work([int(shape[a]) for a in forward], resampled, scheme)
         case_seconds.append(A.preprocess_case_seconds(voxels, ctx.in_channels, work, float(np.prod(resampled)),
                                                       ctx.n_foreground + 1))
     preprocess = A.preprocess_seconds(case_seconds, default_workers())
