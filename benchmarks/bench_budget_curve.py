@@ -4,7 +4,9 @@ For each budget (ascending) and each dataset, autoseg plans for the budget (``au
 -c 3d_fullres``), preprocesses into a fresh folder and trains fold 0, whose validation ends the train
 command; the record keeps the wall time of plan, preprocess, train and their budgeted total (preprocess
 + train), the fold's mean and per-class Dice (``validation/summary.json``), its ``time_accounting.json``
-(predicted against actual per part) and the recipe of the plan (spacing, patch, batch, iterations, TTA).
+(predicted against actual per part), the recipe of the plan (spacing, patch, batch, iterations) and the
+cases its final validation mirrored (``mirrored_cases``: training drops the plan's mirroring when its
+own timing says it would not fit its share of the budget).
 Then, for each nnU-Net dataset, nnU-Net v2's default plan (preprocessed once per dataset, reused across
 budgets) trains fold 0 into a fresh results folder for as long as autoseg's train command took on the
 same dataset and budget (the budget itself when autoseg has no run), is stopped, and its
@@ -189,6 +191,7 @@ def run_autoseg(raw: Path, work: Path, dataset: str, budget_s: float, args: argp
         "validation_cases": len(validation_cases(summary)), "time_accounting": accounting,
         "recipe": recipe_of(json.loads((fold.parent / "plans.json").read_text())),
         "iterations_trained": accounting["iterations"]["trained"],
+        "mirrored_cases": json.loads(summary.read_text()).get("mirrored_cases"),
     }
 
 
@@ -247,8 +250,15 @@ def _recipe(record: dict[str, Any]) -> str:
     recipe = record["recipe"]
     spacing = "x".join(f"{s:.3g}" for s in recipe["spacing"])
     patch = "x".join(map(str, recipe["patch_size"]))
-    tta = "TTA" if recipe["validation_tta"] else "no TTA"
-    return f"{spacing} mm, patch {patch}, batch {recipe['batch_size']}, {tta}"
+    return f"{spacing} mm, patch {patch}, batch {recipe['batch_size']}, {_validation_mode(record)}"
+
+
+def _validation_mode(record: dict[str, Any]) -> str:
+    """The mirroring the run's final validation did (records before 2026-12-04: what the plan said)."""
+    mirrored, cases = record.get("mirrored_cases"), record.get("validation_cases")
+    if mirrored is None or not cases:  # training may have dropped the planned mirroring: not recorded
+        return "TTA planned" if record["recipe"]["validation_tta"] else "no TTA"
+    return "TTA" if mirrored == cases else "no TTA" if mirrored == 0 else f"TTA on {mirrored} of {cases} cases"
 
 
 def _row(records: list[dict[str, Any]], dataset: str, budget_s: float) -> list[str]:

@@ -39,17 +39,18 @@ def fingerprint(dataset: str, work: Path) -> dict:
         return extract_fingerprint(resolve_dataset(dataset), output=work / f"{dataset}_fingerprint.json")
 
 
-def recipe(fp: dict, budget: float, factor: float, cache: Path) -> tuple[str, int]:
-    """(recipe in words, planned iterations) of 3d_fullres with the probe at ``factor`` x the reference."""
+def recipe(fp: dict, budget: float, factor: float, cache: Path) -> tuple[str, str, int]:
+    """(recipe in words, validation mirroring, planned iterations) of 3d_fullres with the probe at
+    ``factor`` x the reference. Mirroring is not part of the recipe: it trains nothing, and the plan
+    decides it at the measured speed (docs/planning.md)."""
     rate = T.reference_seconds_per_gflop(torch.device("cpu")) * factor
     timing = lambda dims, width, mixed_precision="auto": T.TimingModel("fake cpu", 0.0, rate, rate)  # noqa: E731
     plan = build_plans(fp, memory_budget_bytes=MEMORY_BYTES, budget_seconds=budget, configs=["3d_fullres"],
                        timing_factory=timing, cache_dir=cache)["configurations"]["3d_fullres"]
     features = plan["network"]["topology"]["features_per_stage"]
     words = (f"{'x'.join(f'{s:.3g}' for s in plan['spacing'])} mm, {'x'.join(map(str, plan['patch_size']))}, "
-             f"batch {plan['batch_size']}, {features[0]}-{features[-1]} ({len(features)} stages), "
-             f"{'TTA' if plan['validation_tta'] else 'no TTA'}")
-    return words, int(plan["num_iterations"])
+             f"batch {plan['batch_size']}, {features[0]}-{features[-1]} ({len(features)} stages)")
+    return words, "mirrored" if plan["validation_tta"] else "unmirrored", int(plan["num_iterations"])
 
 
 def main() -> None:
@@ -69,10 +70,10 @@ def main() -> None:
                 budget = parse_duration(budget_text)
                 inside: set[str] = set()
                 for factor in factors:
-                    words, iterations = recipe(fp, budget, factor, args.cache)
+                    words, validation, iterations = recipe(fp, budget, factor, args.cache)
                     if 1 / RECIPE_SPEED_TOLERANCE <= factor <= RECIPE_SPEED_TOLERANCE:
                         inside.add(words)
-                    rows.append([dataset, budget_text, f"{factor:g}x", words, str(iterations)])
+                    rows.append([dataset, budget_text, f"{factor:g}x", words, validation, str(iterations)])
                     print(" | ".join(rows[-1]), flush=True)
                 if len(inside) > 1:
                     unstable.append(f"{dataset} {budget_text}")
@@ -82,7 +83,7 @@ def main() -> None:
             "3d_fullres plans with the probe's rate faked at each factor of the reference "
             f"(usable memory {MEMORY_BYTES / 2**30:g} GiB). "
             f"Tolerance band: {1 / RECIPE_SPEED_TOLERANCE:.3g}x-{RECIPE_SPEED_TOLERANCE:.3g}x. {verdict}\n\n"
-            + markdown_table(["dataset", "budget", "probe speed", "recipe", "planned iterations"], rows))
+            + markdown_table(["dataset", "budget", "probe speed", "recipe", "final validation", "planned iterations"], rows))
     print(verdict)
     if args.write:
         write_section("recipe_stability", "Budget recipes under a mis-measured speed (issue 14 §4)", body)

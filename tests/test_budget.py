@@ -68,6 +68,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from autoseg.networks import Topology  # noqa: E402
+from autoseg.planning import accounting as A  # noqa: E402
 from autoseg.planning import compute_budget as T  # noqa: E402
 from autoseg.planning import constants as C  # noqa: E402
 from autoseg.planning.planner import build_plans, context_ok  # noqa: E402
@@ -269,7 +270,9 @@ def test_the_bf16_check_runs_only_where_training_would_use_bf16_on_a_cpu(cache, 
 
 
 # ------------------------------------------------------------------------------------ robust recipes
-RECIPE_KEYS = ("spacing", "patch_size", "batch_size", "network", "width", "validation_tta")
+# What is trained. Validation mirroring follows the measured speed, as the trainer's rule does
+# (test_validation_mirroring_follows_the_measured_speed).
+RECIPE_KEYS = ("spacing", "patch_size", "batch_size", "network", "width")
 
 
 def test_the_recipe_speed_absorbs_a_2_8x_speed_error():
@@ -340,6 +343,36 @@ def test_heavy_load_changes_iterations_not_the_recipe(fp, cache, monkeypatch):
         iterations.append(config["num_iterations"])
     assert all(r == recipes[0] for r in recipes)
     assert iterations == sorted(iterations, reverse=True) and iterations[-1] < iterations[0]
+
+
+def _mirrored_forward_seconds(fp: dict, config: dict, rate: float) -> float:
+    """The mirrored final validation's forward passes at ``rate`` s/GFLOP, counted from the plan's
+    own tiles (a fifth of the cases at the median shape) and GFLOP, as the trainer times them."""
+    tiles = len(fp["spacings"]) / 5 * A.tiles_per_case([round(m) for m in config["median_shape"]], config["patch_size"])
+    topology = Topology.from_dict(config["network"]["topology"])
+    forward_gflop = T.training_gflop("unet", topology, len(fp["channel_names"]), 4, config["patch_size"], 1) / 3
+    return tiles * 8 * forward_gflop * rate
+
+
+def test_validation_mirroring_follows_the_measured_speed(cache):
+    """The plan mirrors the final validation exactly when the mirrored forward passes fit 15% of the
+    budget at the speed it measured, the rule the trainer applies to its own timing. A host 2x faster
+    than the reference (inside the recipe band: the same model is trained) mirrors; at the reference
+    the plan does not, and predicts the unmirrored validation the run does (the 5-minute Hippocampus
+    and CT plans of 2026-12-03 decided at the reference speed, said mirrored, and their runs, timing
+    this slower host, validated unmirrored)."""
+    configs = {}
+    for factor in (0.5, 1.0):
+        configs[factor] = build_plans(ACDC, memory_budget_bytes=4 * GIB, budget_seconds=600.0, configs=["3d_fullres"],
+                                      timing_factory=_timing(factor), cache_dir=cache)["configurations"]["3d_fullres"]
+    quick, slow = configs[0.5], configs[1.0]
+    assert {k: quick[k] for k in RECIPE_KEYS} == {k: slow[k] for k in RECIPE_KEYS}
+    assert quick["validation_tta"] and not slow["validation_tta"]
+    for factor, config in configs.items():
+        mirrored = _mirrored_forward_seconds(ACDC, config, _reference_rate() * factor)
+        assert config["validation_tta"] == (mirrored <= C.VALIDATION_MAX_SHARE * 600.0)
+    # the unmirrored plan's validation is one pass per tile: under an eighth of the mirrored passes, plus export
+    assert slow["predicted_seconds"]["final_validation"] < _mirrored_forward_seconds(ACDC, slow, _reference_rate()) / 4
 
 
 @pytest.mark.parametrize("fp", [ACDC], ids=["acdc"])

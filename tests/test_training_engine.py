@@ -216,6 +216,15 @@ def test_replanner_times_the_tile_at_every_estimate_and_takes_the_median(monkeyp
     assert replanner.mirroring
 
 
+def test_replanner_decides_mirroring_from_the_fastest_first_timing(monkeypatch) -> None:
+    # 5 tiles x 8 mirrorings: the slowest first timing (2 s: 80 s) would exceed 15% of 300 s, the
+    # fastest (1 s: 40 s) does not; the reserve uses the median (1.5 s): 5 x 8 x 1.5 + 1 s export
+    replanner, logs, _ = _replanner(monkeypatch, [[2.0, 1.0, 1.5]], budget_seconds=300.0, passes=8)
+    replanner.replan(TrainingState(total_iterations=1000, iteration=10), seconds_per_iteration=0.5)
+    assert replanner.mirroring and replanner.validation_estimate == 61.0
+    assert not any("without mirroring" in line for line in logs)
+
+
 def test_replanner_drops_mirroring_when_it_exceeds_the_planners_share_of_the_budget(monkeypatch) -> None:
     # 5 tiles x 8 mirrorings x 1 s = 40 s > 15% of 200 s: validated unmirrored, 5 tiles x 1 s + 1 s export
     replanner, logs, _ = _replanner(monkeypatch, [[1.0], [10.0]], budget_seconds=200.0, passes=8)

@@ -58,6 +58,15 @@ def export_seconds(input_voxels: float, n_outputs: int, resampled: bool) -> floa
     return C.EXPORT_SECONDS_PER_CASE + input_voxels * per_voxel
 
 
+def validation_passes(tiles: float, mirrored_passes: int, seconds_per_tile: float, budget_seconds: float) -> int:
+    """Forward passes per tile in the final validation: every mirroring (``mirrored_passes``) while
+    they stay within the validation's share of the budget, else 1. The planner applies it at the
+    measured speed and training to its own timing, so both choose alike."""
+    if within_validation_share(tiles * mirrored_passes * seconds_per_tile, budget_seconds):
+        return mirrored_passes
+    return 1
+
+
 def within_validation_share(seconds: float, budget_seconds: float) -> bool:
     """Whether the final validation's ``seconds`` stay within ``VALIDATION_MAX_SHARE`` of the budget
     (beyond it, validation runs unmirrored; the planner and training's re-estimate both apply it)."""

@@ -286,27 +286,28 @@ def _costs(ctx: _Context, fingerprint: dict[str, Any], forward: list[int], spaci
 
 def _evaluate(ctx: _Context, costs: _Costs, spacing: list[float], median: list[float], patch: list[int],
               topology: Topology, width: int) -> _Candidate:
-    """A candidate's validation mode (mirrored while the forward passes stay within their share of
-    the budget) and the iterations the budget affords at the recipe and the measured speed."""
+    """The iterations the budget affords a candidate at the recipe speed (which ranks candidates) and
+    at the measured speed (what the plan predicts), each with the validation mode that speed gives:
+    mirrored while the mirrored forward passes stay within their share of the budget. The plan's
+    ``validation_tta`` is the measured speed's, the rule the trainer applies to its own timing, so
+    the plan predicts the validation the run does."""
     assert ctx.budget_seconds is not None
-    dims = topology.spatial_dims
     tiles = costs.tiles(patch)
-    passes = 2**dims
-    recipe_tile = ctx.tile_seconds(topology, patch, width, recipe=True)
-    tta = A.within_validation_share(tiles * passes * recipe_tile, ctx.budget_seconds)
-    passes = passes if tta else 1
     checkpoint = A.checkpoint_seconds(ctx.parameters(topology))
     export = sum(costs.export)
 
-    def iterations(recipe: bool) -> tuple[int, A.BudgetParts, float]:
+    def iterations(recipe: bool) -> tuple[int, A.BudgetParts, float, bool]:
         step = ctx.iteration_seconds(topology, patch, C.MIN_BATCH_SIZE, width, recipe=recipe)
-        validation = A.final_validation_seconds([tiles], passes, ctx.tile_seconds(topology, patch, width, recipe), [export])
+        tile = ctx.tile_seconds(topology, patch, width, recipe)
+        passes = A.validation_passes(tiles, 2**topology.spatial_dims, tile, ctx.budget_seconds)
+        validation = A.final_validation_seconds([tiles], passes, tile, [export])
         count, parts = A.split_budget(ctx.budget_seconds, costs.preprocess, validation, step * C.VALIDATION_COST_FACTOR,
                                       checkpoint)
-        return count, parts, step
+        return count, parts, step, passes > 1
 
-    recipe_count, _, _ = iterations(True)
-    count, parts, step = iterations(False)
+    recipe_count, _, _, _ = iterations(True)
+    count, parts, step, tta = iterations(False)
+    recipe_tile = ctx.tile_seconds(topology, patch, width, recipe=True)
     return _Candidate(spacing, median, patch, topology, width, tta, recipe_count, step, parts, count,
                       validation_fits=A.within_validation_share(tiles * recipe_tile, ctx.budget_seconds))
 
@@ -547,7 +548,7 @@ def _plan_configuration(ctx: _Context, name: str, spacing: Sequence[float], dims
         affordable, _ = A.split_budget(ctx.budget_seconds, costs.preprocess, validation, recipe * C.VALIDATION_COST_FACTOR,
                                        checkpoint)
         if affordable >= C.MAX_ITERATIONS and A.within_validation_share(validation, ctx.budget_seconds):
-            iterations, parts = _affordable(ctx, costs, topology, patch, batch, width, True, checkpoint)
+            iterations, parts, tta = _affordable(ctx, costs, topology, patch, batch, width, checkpoint)
         else:
             first_note = len(ctx.notes)
             chosen = _search_budget(ctx, name, spacing, dims, fingerprint, forward)
@@ -591,14 +592,16 @@ def _plan_configuration(ctx: _Context, name: str, spacing: Sequence[float], dims
 
 
 def _affordable(ctx: _Context, costs: _Costs, topology: Topology, patch: list[int], batch: int, width: int,
-                tta: bool, checkpoint: float) -> tuple[int, A.BudgetParts]:
-    """Iterations and parts of a fixed recipe at the measured speed."""
+                checkpoint: float) -> tuple[int, A.BudgetParts, bool]:
+    """Iterations, parts and validation mirroring of a fixed recipe at the measured speed."""
     assert ctx.budget_seconds is not None
     step = ctx.iteration_seconds(topology, patch, batch, width)
-    passes = 2**topology.spatial_dims if tta else 1
-    validation = A.final_validation_seconds([costs.tiles(patch)], passes, ctx.tile_seconds(topology, patch, width),
-                                            [sum(costs.export)])
-    return A.split_budget(ctx.budget_seconds, costs.preprocess, validation, step * C.VALIDATION_COST_FACTOR, checkpoint)
+    tiles, tile = costs.tiles(patch), ctx.tile_seconds(topology, patch, width)
+    passes = A.validation_passes(tiles, 2**topology.spatial_dims, tile, ctx.budget_seconds)
+    validation = A.final_validation_seconds([tiles], passes, tile, [sum(costs.export)])
+    count, parts = A.split_budget(ctx.budget_seconds, costs.preprocess, validation, step * C.VALIDATION_COST_FACTOR,
+                                  checkpoint)
+    return count, parts, passes > 1
 
 
 def _transposed_median(fingerprint: dict[str, Any], spacing: Sequence[float], forward: list[int]) -> list[float]:
