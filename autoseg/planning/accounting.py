@@ -58,11 +58,13 @@ def export_seconds(input_voxels: float, n_outputs: int, resampled: bool) -> floa
     return C.EXPORT_SECONDS_PER_CASE + input_voxels * per_voxel
 
 
-def validation_passes(tiles: float, mirrored_passes: int, seconds_per_tile: float, budget_seconds: float) -> int:
+def validation_passes(tiles: float, mirrored_passes: int, seconds_per_tile: float, budget_seconds: float,
+                      margin: float = 1.0) -> int:
     """Forward passes per tile in the final validation: every mirroring (``mirrored_passes``) while
-    they stay within the validation's share of the budget, else 1. The planner applies it at the
-    measured speed and training to its own timing, so both choose alike."""
-    if within_validation_share(tiles * mirrored_passes * seconds_per_tile, budget_seconds):
+    they stay within the validation's share of the budget with ``margin`` to spare, else 1. The
+    planner applies it at the measured speed with ``VALIDATION_PLAN_MARGIN`` and training to its own
+    timing without, so a plan that mirrors is not overruled by training's slightly slower tiles."""
+    if within_validation_share(tiles * mirrored_passes * seconds_per_tile * margin, budget_seconds):
         return mirrored_passes
     return 1
 

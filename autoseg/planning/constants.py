@@ -107,6 +107,11 @@ VALIDATION_STEP = 0.5
 # validates without mirroring, and candidates still beyond it are not viable (issue 14: 8 mirrorings
 # of a 12x16x20 window over whole brains were predicted at 28 hours of a 3-minute budget).
 VALIDATION_MAX_SHARE = 0.15
+# The plan mirrors the final validation only when the mirrored passes, priced from the probe's rate,
+# fit the share with this margin: training re-decides from its own timing of the real network's tiles,
+# which came out 1.16x the probe's price on Hippocampus at 5 minutes (9.4 against 8.1 ms per tile,
+# 2026-12-04), and a plan at the edge of the share said mirrored where the run then validated unmirrored.
+VALIDATION_PLAN_MARGIN = 1.25
 # Export of one validation case: a fixed cost, writing and scoring per input voxel, restoring each
 # output channel to the input grid, and resampling it when the spacing changed. The first constants
 # (0.2 s, 1.2 us, 50 ns, 150 ns) came from whole validations under load 9 on 2 cores and overstated a

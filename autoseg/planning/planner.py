@@ -299,7 +299,7 @@ def _evaluate(ctx: _Context, costs: _Costs, spacing: list[float], median: list[f
     def iterations(recipe: bool) -> tuple[int, A.BudgetParts, float, bool]:
         step = ctx.iteration_seconds(topology, patch, C.MIN_BATCH_SIZE, width, recipe=recipe)
         tile = ctx.tile_seconds(topology, patch, width, recipe)
-        passes = A.validation_passes(tiles, 2**topology.spatial_dims, tile, ctx.budget_seconds)
+        passes = A.validation_passes(tiles, 2**topology.spatial_dims, tile, ctx.budget_seconds, C.VALIDATION_PLAN_MARGIN)
         validation = A.final_validation_seconds([tiles], passes, tile, [export])
         count, parts = A.split_budget(ctx.budget_seconds, costs.preprocess, validation, step * C.VALIDATION_COST_FACTOR,
                                       checkpoint)
@@ -597,7 +597,7 @@ def _affordable(ctx: _Context, costs: _Costs, topology: Topology, patch: list[in
     assert ctx.budget_seconds is not None
     step = ctx.iteration_seconds(topology, patch, batch, width)
     tiles, tile = costs.tiles(patch), ctx.tile_seconds(topology, patch, width)
-    passes = A.validation_passes(tiles, 2**topology.spatial_dims, tile, ctx.budget_seconds)
+    passes = A.validation_passes(tiles, 2**topology.spatial_dims, tile, ctx.budget_seconds, C.VALIDATION_PLAN_MARGIN)
     validation = A.final_validation_seconds([tiles], passes, tile, [sum(costs.export)])
     count, parts = A.split_budget(ctx.budget_seconds, costs.preprocess, validation, step * C.VALIDATION_COST_FACTOR,
                                   checkpoint)
