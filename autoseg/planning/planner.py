@@ -287,29 +287,15 @@ def _costs(ctx: _Context, fingerprint: dict[str, Any], forward: list[int], spaci
 def _evaluate(ctx: _Context, costs: _Costs, spacing: list[float], median: list[float], patch: list[int],
               topology: Topology, width: int) -> _Candidate:
     """The iterations the budget affords a candidate at the recipe speed (which ranks candidates) and
-    at the measured speed (what the plan predicts), each with the validation mode that speed gives:
-    mirrored while the mirrored forward passes stay within their share of the budget. The plan's
-    ``validation_tta`` is the measured speed's, the rule the trainer applies to its own timing, so
-    the plan predicts the validation the run does."""
+    at the measured speed (what the plan predicts and its ``validation_tta``: the mirroring rule
+    training applies to its own timing, so the plan predicts the validation the run does)."""
     assert ctx.budget_seconds is not None
-    tiles = costs.tiles(patch)
     checkpoint = A.checkpoint_seconds(ctx.parameters(topology))
-    export = sum(costs.export)
-
-    def iterations(recipe: bool) -> tuple[int, A.BudgetParts, float, bool]:
-        step = ctx.iteration_seconds(topology, patch, C.MIN_BATCH_SIZE, width, recipe=recipe)
-        tile = ctx.tile_seconds(topology, patch, width, recipe)
-        passes = A.validation_passes(tiles, 2**topology.spatial_dims, tile, ctx.budget_seconds, C.VALIDATION_PLAN_MARGIN)
-        validation = A.final_validation_seconds([tiles], passes, tile, [export])
-        count, parts = A.split_budget(ctx.budget_seconds, costs.preprocess, validation, step * C.VALIDATION_COST_FACTOR,
-                                      checkpoint)
-        return count, parts, step, passes > 1
-
-    recipe_count, _, _, _ = iterations(True)
-    count, parts, step, tta = iterations(False)
+    recipe_count = _affordable(ctx, costs, topology, patch, C.MIN_BATCH_SIZE, width, checkpoint, recipe=True)[0]
+    count, parts, step, tta = _affordable(ctx, costs, topology, patch, C.MIN_BATCH_SIZE, width, checkpoint)
     recipe_tile = ctx.tile_seconds(topology, patch, width, recipe=True)
     return _Candidate(spacing, median, patch, topology, width, tta, recipe_count, step, parts, count,
-                      validation_fits=A.within_validation_share(tiles * recipe_tile, ctx.budget_seconds))
+                      validation_fits=A.within_validation_share(costs.tiles(patch) * recipe_tile, ctx.budget_seconds))
 
 
 def context_ok(patch: Sequence[int], median_shape: Sequence[float]) -> bool:
@@ -548,7 +534,7 @@ def _plan_configuration(ctx: _Context, name: str, spacing: Sequence[float], dims
         affordable, _ = A.split_budget(ctx.budget_seconds, costs.preprocess, validation, recipe * C.VALIDATION_COST_FACTOR,
                                        checkpoint)
         if affordable >= C.MAX_ITERATIONS and A.within_validation_share(validation, ctx.budget_seconds):
-            iterations, parts, tta = _affordable(ctx, costs, topology, patch, batch, width, checkpoint)
+            iterations, parts, _, tta = _affordable(ctx, costs, topology, patch, batch, width, checkpoint)
         else:
             first_note = len(ctx.notes)
             chosen = _search_budget(ctx, name, spacing, dims, fingerprint, forward)
@@ -592,16 +578,18 @@ def _plan_configuration(ctx: _Context, name: str, spacing: Sequence[float], dims
 
 
 def _affordable(ctx: _Context, costs: _Costs, topology: Topology, patch: list[int], batch: int, width: int,
-                checkpoint: float) -> tuple[int, A.BudgetParts, bool]:
-    """Iterations, parts and validation mirroring of a fixed recipe at the measured speed."""
+                checkpoint: float, recipe: bool = False) -> tuple[int, A.BudgetParts, float, bool]:
+    """Iterations, parts, seconds per iteration and validation mirroring of a fixed recipe at the
+    measured speed (or the recipe speed): mirrored while the mirrored passes fit the validation's share
+    of the budget with ``VALIDATION_PLAN_MARGIN``."""
     assert ctx.budget_seconds is not None
-    step = ctx.iteration_seconds(topology, patch, batch, width)
-    tiles, tile = costs.tiles(patch), ctx.tile_seconds(topology, patch, width)
+    step = ctx.iteration_seconds(topology, patch, batch, width, recipe=recipe)
+    tiles, tile = costs.tiles(patch), ctx.tile_seconds(topology, patch, width, recipe)
     passes = A.validation_passes(tiles, 2**topology.spatial_dims, tile, ctx.budget_seconds, C.VALIDATION_PLAN_MARGIN)
     validation = A.final_validation_seconds([tiles], passes, tile, [sum(costs.export)])
     count, parts = A.split_budget(ctx.budget_seconds, costs.preprocess, validation, step * C.VALIDATION_COST_FACTOR,
                                   checkpoint)
-    return count, parts, passes > 1
+    return count, parts, step, passes > 1
 
 
 def _transposed_median(fingerprint: dict[str, Any], spacing: Sequence[float], forward: list[int]) -> list[float]:
