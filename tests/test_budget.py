@@ -350,7 +350,7 @@ def _mirrored_forward_seconds(fp: dict, config: dict, rate: float) -> float:
     own tiles (a fifth of the cases at the median shape) and GFLOP, as the trainer times them."""
     tiles = len(fp["spacings"]) / 5 * A.tiles_per_case([round(m) for m in config["median_shape"]], config["patch_size"])
     topology = Topology.from_dict(config["network"]["topology"])
-    forward_gflop = T.training_gflop("unet", topology, len(fp["channel_names"]), 4, config["patch_size"], 1) / 3
+    forward_gflop = T.training_gflop("unet", topology, len(fp["channel_names"]), len(fp["labels"]), config["patch_size"], 1) / 3
     return tiles * 8 * forward_gflop * rate
 
 
