@@ -275,14 +275,16 @@ def test_the_bf16_check_runs_only_where_training_would_use_bf16_on_a_cpu(cache, 
 RECIPE_KEYS = ("spacing", "patch_size", "batch_size", "network", "width")
 
 
-def test_the_recipe_speed_absorbs_a_2_8x_speed_error():
-    """Within 2.83x of the reference either way the recipe is planned at the reference: the development
-    hosts measured 1.0x (Xeon, bf16) to 2.88x (AMD EPYC, float32)."""
-    from autoseg.planning.constants import RECIPE_SPEED_TOLERANCE
+def test_the_recipe_speed_absorbs_a_2_8x_slower_and_an_8x_faster_measurement():
+    """Up to 2.83x slower and 8x faster than the reference the recipe is planned at the reference: the
+    development hosts measured 1.0x (Xeon, bf16) to 2.88x slower (AMD EPYC, float32) and 3.0-3.5x
+    faster (AMD EPYC with native bf16, where a band of 2.83x flipped the demo's patch)."""
+    from autoseg.planning.constants import RECIPE_SPEED_TOLERANCE, RECIPE_SPEED_TOLERANCE_FASTER
 
     assert RECIPE_SPEED_TOLERANCE == pytest.approx(2.828, abs=1e-3)
+    assert RECIPE_SPEED_TOLERANCE_FASTER == pytest.approx(8.0)
     reference = _reference_rate()
-    for factor in (0.36, 0.5, 1.0, 1.7, 2.02, 2.8):
+    for factor in (1 / 7.9, 1 / 3.5, 1 / 3.0, 0.36, 0.5, 1.0, 1.7, 2.02, 2.8):
         model = T.TimingModel("x", 0.0, reference * factor, reference * factor)
         recipe = T.recipe_timing(model, torch.device("cpu"))
         assert recipe.seconds_per_gflop == pytest.approx(reference)
@@ -292,7 +294,8 @@ def test_the_recipe_speed_absorbs_a_2_8x_speed_error():
 def test_beyond_the_tolerance_the_recipe_speed_moves_continuously():
     """No jump at the band's edge: with a grid of 8, a host timing 2.88x the reference planned as if 8x
     (Hippocampus at 10 minutes: 2 mm and a 2-stage network instead of 1 mm). Beyond the tolerance the
-    recipe speed is the measurement moved 2.83x towards the reference, on either side."""
+    recipe speed is the measurement moved towards the reference by the band's edge: 2.83x on the slow
+    side, 8x on the fast side."""
     reference = _reference_rate()
 
     def recipe_rate(factor: float) -> float:
@@ -300,8 +303,9 @@ def test_beyond_the_tolerance_the_recipe_speed_moves_continuously():
 
     assert recipe_rate(2.9) == pytest.approx(reference * 2.9 / 2.8284, rel=1e-3)
     assert recipe_rate(8.0) == pytest.approx(reference * 8.0 / 2.8284, rel=1e-3)
-    assert recipe_rate(1 / 2.9) == pytest.approx(reference * 2.8284 / 2.9, rel=1e-3)
-    for edge in (2.8284, 1 / 2.8284):
+    assert recipe_rate(1 / 2.9) == pytest.approx(reference)
+    assert recipe_rate(1 / 16) == pytest.approx(reference * 8 / 16, rel=1e-3)
+    for edge in (2.8284, 1 / 8):
         below, above = recipe_rate(edge * 0.999), recipe_rate(edge * 1.001)
         assert below == pytest.approx(above, rel=2e-3)  # continuous at both edges
     rates = [recipe_rate(f) for f in np.geomspace(0.05, 20, 60)]
@@ -730,7 +734,7 @@ def _real_fingerprint(root: Path, name: str) -> dict:
 def test_real_fingerprints_plan_within_budget_and_keep_the_recipe_under_noise(name, roots, cache):
     fp = _real_fingerprint(roots["raw"], name)
     configs = []
-    for factor in (0.5, 1.0, 2.0, 2.8):  # within the 2.83x tolerance band
+    for factor in (0.3, 0.5, 1.0, 2.0, 2.8):  # within the band: 0.3 is a CPU with native bf16
         plans = build_plans(fp, memory_budget_bytes=4 * GIB, budget_seconds=300.0, configs=["3d_fullres"],
                             timing_factory=_timing(factor), cache_dir=cache)
         configs.append(plans["configurations"]["3d_fullres"])
@@ -738,4 +742,4 @@ def test_real_fingerprints_plan_within_budget_and_keep_the_recipe_under_noise(na
         assert config["predicted_seconds"]["total"] <= 300.0
         assert context_ok(config["patch_size"], config["median_shape"])
         assert {k: config[k] for k in RECIPE_KEYS} == {k: configs[0][k] for k in RECIPE_KEYS}
-    assert configs[0]["num_iterations"] > configs[2]["num_iterations"]  # x0.5 the seconds: more iterations
+    assert configs[0]["num_iterations"] > configs[1]["num_iterations"] > configs[3]["num_iterations"]  # faster: more
