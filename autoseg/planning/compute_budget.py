@@ -69,10 +69,10 @@ def recipe_timing(measured: TimingModel, device: torch.device, thread_share: flo
     the reference itself, so such a measurement chooses the same recipe; a rate beyond that moves the
     recipe speed by what exceeds the tolerance (5.66x slower plans at 2x, 16x faster at 2x). The
     mapping is continuous: a host measuring near an edge of the band, where noise puts it now inside
-    and now outside, plans at about the reference either way, where a grid of discrete speeds jumped a whole grid step (docs/planning.md). The undisturbed
-    (CPU-time) rates are used where measured, so time spent waiting for cores other processes hold
-    does not change the recipe (threads spinning while they wait, and memory contention, still can
-    under heavy load). Only the iterations follow the wall-clock measurement. ``thread_share``: the
+    and now outside, plans at about the reference either way, where a grid of discrete speeds jumped
+    a whole grid step (docs/planning.md). The undisturbed (CPU-time) rates are used where measured,
+    so time spent waiting for cores other processes hold does not change the recipe (threads spinning
+    while they wait, and memory contention, still can under heavy load). Only the iterations follow the wall-clock measurement. ``thread_share``: the
     math threads timed over the machine's (fewer when cores were busy, ``utils/cpu_load.py``): the
     recipe is chosen for all of them, as on a quiet machine."""
     reference = reference_seconds_per_gflop(device)

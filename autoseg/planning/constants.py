@@ -181,7 +181,7 @@ MIN_STRUCTURE_VOXELS = 2.0
 # context, were what ACDC lacked.
 COARSE_STRUCTURE_VOXELS = 2.5
 # Robust recipes: the recipe (spacing, patch, network, batch) is chosen at the *recipe speed*: a
-# measured speed within a factor of 2.83 slower or 8 faster than a reference speed counts as the reference, and
+# measured speed up to 2.83x slower or 8x faster than a reference speed counts as the reference, and
 # one beyond counts as what exceeds that factor (continuous, no jump at the edge); only the iteration
 # count follows the measurement. Reference speeds: a CPU thread of the development machine ran the 3D
 # probe at 0.020-0.062 s per GFLOP under varying load (planning caches of several sessions; 0.025
