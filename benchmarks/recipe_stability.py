@@ -25,7 +25,7 @@ from common import markdown_table, temporary_raw_root, write_section
 from autoseg.fingerprint.extract import extract_fingerprint
 from autoseg.paths import resolve_dataset
 from autoseg.planning import compute_budget as T
-from autoseg.planning.constants import RECIPE_SPEED_TOLERANCE, RECIPE_SPEED_TOLERANCE_FASTER
+from autoseg.planning.constants import RECIPE_SPEED_TOLERANCE_SLOWER, RECIPE_SPEED_TOLERANCE_FASTER
 from autoseg.planning.planner import build_plans
 from autoseg.utils.duration import parse_duration
 
@@ -71,7 +71,7 @@ def main() -> None:
                 inside: set[str] = set()
                 for factor in factors:
                     words, validation, iterations = recipe(fp, budget, factor, args.cache)
-                    if 1 / RECIPE_SPEED_TOLERANCE_FASTER <= factor <= RECIPE_SPEED_TOLERANCE:
+                    if 1 / RECIPE_SPEED_TOLERANCE_FASTER <= factor <= RECIPE_SPEED_TOLERANCE_SLOWER:
                         inside.add(words)
                     rows.append([dataset, budget_text, f"{factor:g}x", words, validation, str(iterations)])
                     print(" | ".join(rows[-1]), flush=True)
@@ -82,7 +82,7 @@ def main() -> None:
     body = (f"`python benchmarks/recipe_stability.py --budgets {args.budgets} --factors {args.factors}`: "
             "3d_fullres plans with the probe's rate faked at each factor of the reference "
             f"(usable memory {MEMORY_BYTES / 2**30:g} GiB). "
-            f"Tolerance band: {1 / RECIPE_SPEED_TOLERANCE_FASTER:.3g}x-{RECIPE_SPEED_TOLERANCE:.3g}x. {verdict}\n\n"
+            f"Tolerance band: {1 / RECIPE_SPEED_TOLERANCE_FASTER:.3g}x-{RECIPE_SPEED_TOLERANCE_SLOWER:.3g}x. {verdict}\n\n"
             + markdown_table(["dataset", "budget", "probe speed", "recipe", "final validation", "planned iterations"], rows))
     print(verdict)
     if args.write:

@@ -150,7 +150,7 @@ def test_a_3d_plan_short_of_iterations_goes_as_coarse_as_its_structures_allow(tm
     band, which would plan an 8x faster machine as the reference)."""
     from autoseg.planning.planner import context_ok
 
-    monkeypatch.setattr(C, "RECIPE_SPEED_TOLERANCE", 1.0)
+    monkeypatch.setattr(C, "RECIPE_SPEED_TOLERANCE_SLOWER", 1.0)
     monkeypatch.setattr(C, "RECIPE_SPEED_TOLERANCE_FASTER", 1.0)
     fp = _fingerprint([10.0, 1.5625, 1.5625], [9, 256, 216], 160, 1, None)
     for speedup, finest_mm in ((1.0, 3.125), (8.0, 1.5625)):

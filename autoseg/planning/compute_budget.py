@@ -64,7 +64,7 @@ def reference_seconds_per_gflop(device: torch.device) -> float:
 
 
 def recipe_timing(measured: TimingModel, device: torch.device, thread_share: float = 1.0) -> TimingModel:
-    """The measured rates mapped to the *recipe speed*: any rate up to ``RECIPE_SPEED_TOLERANCE``
+    """The measured rates mapped to the *recipe speed*: any rate up to ``RECIPE_SPEED_TOLERANCE_SLOWER``
     (2.83x) slower or ``RECIPE_SPEED_TOLERANCE_FASTER`` (8x) faster than the device's reference speed is
     the reference itself, so such a measurement chooses the same recipe; a rate beyond that moves the
     recipe speed by what exceeds the tolerance (5.66x slower plans at 2x, 16x faster at 2x). The
@@ -72,15 +72,15 @@ def recipe_timing(measured: TimingModel, device: torch.device, thread_share: flo
     and now outside, plans at about the reference either way, where a grid of discrete speeds jumped
     a whole grid step (docs/planning.md). The undisturbed (CPU-time) rates are used where measured,
     so time spent waiting for cores other processes hold does not change the recipe (threads spinning
-    while they wait, and memory contention, still can under heavy load). Only the iterations follow the wall-clock measurement. ``thread_share``: the
-    math threads timed over the machine's (fewer when cores were busy, ``utils/cpu_load.py``): the
-    recipe is chosen for all of them, as on a quiet machine."""
+    while they wait, and memory contention, still can under heavy load). Only the iterations follow the
+    wall-clock measurement. ``thread_share``: the math threads timed over the machine's (fewer when
+    cores were busy, ``utils/cpu_load.py``): the recipe is chosen for all of them, as on a quiet machine."""
     reference = reference_seconds_per_gflop(device)
 
     def recipe_rate(rate: float) -> float:
         if rate <= 0:
             return rate
-        return min(max(reference, rate / C.RECIPE_SPEED_TOLERANCE), rate * C.RECIPE_SPEED_TOLERANCE_FASTER)
+        return min(max(reference, rate / C.RECIPE_SPEED_TOLERANCE_SLOWER), rate * C.RECIPE_SPEED_TOLERANCE_FASTER)
 
     training = measured.undisturbed_seconds_per_gflop or measured.seconds_per_gflop
     forward = measured.undisturbed_forward_seconds_per_gflop or measured.forward_seconds_per_gflop
