@@ -20,9 +20,12 @@ Both figures use the best (minimum time) of the repeats, as the other scripts do
 The train command is stopped once its epochs are written (the final validation is not part of it).
 
 Run: ``OMP_NUM_THREADS=2 python benchmarks/bench_engine_throughput.py [--epochs 3] [--iterations 50]
-[--repeats 3] [--threads N] [--work DIR] [--set KEY=VALUE ...] [--in-situ-only] [--no-doc]`` (about 6 minutes on 2
-cores). ``--in-situ-only``: figure 1 alone, in the dtype the trainer chose, into its own section: on a CPU
-without native bf16 (an AMD EPYC here) the trainer runs float32 and figure 2's bf16 kernels are emulated.
+[--repeats 3] [--threads N] [--work DIR] [--set KEY=VALUE ...] [--in-situ-only | --interleaved ROUNDS] [--no-doc]``
+(about 6 minutes on 2 cores). ``--in-situ-only``: figure 1 alone, in the dtype the trainer chose, into its own
+section: on a CPU without native bf16 (an AMD EPYC here) the trainer runs float32 and figure 2's bf16
+kernels are emulated. ``--interleaved ROUNDS``: figure 1 measured in one process, the trainer's loop and
+the pure compute of its step in alternating blocks of the same minutes (the two figures measured minutes
+apart moved 30% on a shared host), into its own section.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import json
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -60,8 +64,13 @@ from peak_flops import Rate, time_step
 from autoseg.networks.registry import create_network
 from autoseg.preprocessing.store import list_cases
 from autoseg.training.augmentation import resolve_augmentation, sampling_size
-from autoseg.training.data_loading import TRAIN_STREAM, BatchSource, SamplingSpec
+from autoseg.planning.constants import DEFAULT_PLANS_NAME
+from autoseg.training.data_loading import TRAIN_STREAM, BatchSource, BatchStream, SamplingSpec, batch_to_device
 from autoseg.training.checkpoints import LATEST, load_checkpoint
+from autoseg.training.monitor import WarmTimer
+from autoseg.training.run import resolve_fold_run
+from autoseg.training.trainer import Trainer
+from autoseg.training.watchdog import IterationWatchdog
 from autoseg.training.steps import LabelSpec, WithAux, build_step
 from autoseg.training.model_setup import build_optimizer
 from autoseg.utils.device import training_memory_format
@@ -221,22 +230,26 @@ def seconds_per_step(step: Callable[[], None], steps: int, repeats: int, warmup:
     return blocks
 
 
-def augmentation_cpu_seconds(fold: FoldStep, preprocessed: Path, plans: dict[str, Any], batches: int) -> float:
-    """CPU seconds one data worker spends per training batch of the fold (sampling, augmentation), in
-    this process on one thread, every training case opened before timing (a long run's steady state)."""
+def fold_sampling_spec(fold: FoldStep, preprocessed: Path, plans: dict[str, Any]) -> SamplingSpec:
+    """The training batches of the fold: its cases, patch, batch and resolved augmentation."""
     plan = plans["configurations"][CONFIGURATION]
     patch = list(fold.metadata["patch_size"])
     augmentation = resolve_augmentation(fold.config["augmentation"], patch, plan["normalization"])
     store = preprocessed / HIPPOCAMPUS / plan["data_identifier"]
     splits = json.loads((preprocessed / HIPPOCAMPUS / "splits_final.json").read_text())
     cases = splits[int(FOLD)]["train"] if splits else list_cases(store)
-    spec = SamplingSpec(
+    return SamplingSpec(
         folder=store, case_ids=cases, patch_size=patch, sample_size=sampling_size(patch, augmentation),
         batch_size=fold.batch, oversample_foreground=fold.config["oversample_foreground"],
         foreground_labels=list(range(1, fold.metadata["num_outputs"])), augmentation=augmentation,
     )
+
+
+def augmentation_cpu_seconds(spec: SamplingSpec, batches: int) -> float:
+    """CPU seconds one data worker spends per training batch (sampling, augmentation), in this process
+    on one thread, every training case opened before timing (a long run's steady state)."""
     source = BatchSource(spec, seed=0, stream=TRAIN_STREAM)
-    for case in cases:
+    for case in spec.case_ids:
         source._case(case)  # opened (and its class locations parsed) once per worker in a real run
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -247,6 +260,108 @@ def augmentation_cpu_seconds(fold: FoldStep, preprocessed: Path, plans: dict[str
         return (time.process_time() - start) / batches
     finally:
         torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------------------------- interleaved blocks
+INTERLEAVED_BLOCKS = ("compute", "stream + step", "trainer loop")
+PAUSE_S = 1.0  # between blocks: the worker refills its queue, as it does during an epoch's end
+
+
+@dataclass
+class Interleaved:
+    """The rounds ({block: (wall, this process's CPU) seconds per iteration}), the trainer's setup, and
+    the data worker's CPU per batch."""
+
+    rounds: list[dict[str, tuple[float, float]]]
+    setup: dict[str, Any]
+    augmentation_cpu: float
+
+
+def interleaved_rounds(env: dict[str, str], rounds: int, iterations: int) -> Interleaved:
+    """Figure 1 with compute and loop timed in the same minutes: the fold's trainer, built in this
+    process from the plan, runs alternating blocks of ``iterations`` steps: the pure compute of its step
+    on one batch already in memory, its step fed by its data worker (``BatchStream``, as ``fit()``
+    builds it), and its own epoch loop (``Trainer._train_epoch``: learning rate, watchdog, progress,
+    timing). One model for all three, so the blocks differ only in what feeds the step."""
+    os.environ.update({k: env[k] for k in ("AUTOSEG_RAW", "AUTOSEG_PREPROCESSED", "AUTOSEG_RESULTS")})
+    run = resolve_fold_run("Dataset004", CONFIGURATION, FOLD, None, DEFAULT_PLANS_NAME, [], "cpu", seed=0,
+                           deterministic=False, num_workers=None, epochs=1000, budget_seconds=None, resume=False,
+                           start_time=time.monotonic())
+    trainer = Trainer(run)
+    cfg, device, layout = run.config, trainer.device, trainer.setup.memory_format
+    stream = BatchStream(BatchSource(trainer.train_spec, run.seed, TRAIN_STREAM), 0, trainer.workers(),
+                         cfg["prefetch_batches"], cfg["worker_timeout_seconds"])
+    watchdog = IterationWatchdog(float(run.configuration.get("predicted_seconds_per_iteration") or 1.0), trainer.monitor.log)
+    data, target = batch_to_device(next(stream), device, layout)
+    setup = {"patch": "x".join(map(str, trainer.patch_size)), "batch": trainer.batch_size, "workers": trainer.workers(),
+             "dtype": str(trainer.setup.amp_dtype or "float32").removeprefix("torch."),
+             "layout": str(layout).removeprefix("torch.")}
+    trainer.setup.model.train()
+    trainer.iterations_per_epoch = iterations
+    trainer.state.total_iterations = 10**9
+    trainer.monitor.start(trainer.state.total_iterations, 0)
+
+    def compute() -> None:
+        for _ in range(iterations):
+            trainer.step.train(data, target)
+
+    def stream_and_step() -> None:
+        for _ in range(iterations):
+            trainer.step.train(*batch_to_device(next(stream), device, layout))
+
+    def trainer_loop() -> None:
+        trainer._train_epoch(stream, watchdog, WarmTimer(trainer.state.iteration))
+        trainer.state.epoch += 1
+
+    blocks = dict(zip(INTERLEAVED_BLOCKS, (compute, stream_and_step, trainer_loop)))
+    results = []
+    try:
+        compute()  # warm-up: allocation and kernel selection
+        for _ in range(rounds):
+            row = {}
+            for name, block in blocks.items():
+                time.sleep(PAUSE_S)
+                wall, cpu = time.perf_counter(), time.process_time()
+                block()
+                row[name] = ((time.perf_counter() - wall) / iterations, (time.process_time() - cpu) / iterations)
+            results.append(row)
+            print("  ".join(f"{k} {v[0]:.4f}" for k, v in row.items()), file=sys.stderr)
+    finally:
+        watchdog.stop()
+        stream.close()
+        trainer.monitor.stop()
+    return Interleaved(results, setup, augmentation_cpu_seconds(trainer.train_spec, iterations))
+
+
+def interleaved_section(args: argparse.Namespace, measured: Interleaved) -> str:
+    """The rounds as a table, with the per-round ratios of the loop to the compute of the same minutes."""
+    rows, setup = measured.rounds, measured.setup
+    table = markdown_table(
+        ["round", *(f"{n} (s/it)" for n in INTERLEAVED_BLOCKS), "stream + step / compute", "trainer loop / compute",
+         "main process CPU per iteration: compute, trainer loop (s)"],
+        [[str(i + 1), *(f"{r[n][0]:.4f}" for n in INTERLEAVED_BLOCKS), f"{r['stream + step'][0] / r['compute'][0]:.3f}",
+          f"{r['trainer loop'][0] / r['compute'][0]:.3f}", f"{r['compute'][1]:.3f}, {r['trainer loop'][1]:.3f}"]
+         for i, r in enumerate(rows)])
+    ratios = sorted(r["trainer loop"][0] / r["compute"][0] for r in rows)
+    best = min(r["trainer loop"][0] for r in rows) / min(r["compute"][0] for r in rows)
+    compute = min(r["compute"][0] for r in rows)
+    return f"""
+`python benchmarks/bench_engine_throughput.py --interleaved {args.interleaved} --iterations {args.iterations} --threads {args.threads}`
+(torch {torch.__version__}, {args.threads} math threads, CPU capability {torch.backends.cpu.get_cpu_capability()}; the
+plan and store of `autoseg plan Dataset004 --budget 30m -c {CONFIGURATION} --device cpu` + `autoseg preprocess`).
+
+The fold's trainer (patch {setup['patch']}, batch {setup['batch']}, mixed precision {setup['dtype']}, memory format
+{setup['layout']}, {setup['workers']} data worker(s)) built in one process,
+then {args.interleaved} rounds of three blocks of {args.iterations} iterations each, one after the other: the pure compute of its
+step on one batch in memory, the step fed by its data worker, and the trainer's own epoch loop (learning
+rate, watchdog, progress bar, timing) fed by the same worker.
+
+{table}
+
+**Trainer loop / compute, round by round: {ratios[0]:.3f}-{ratios[-1]:.3f}** (median {statistics.median(ratios):.3f}; best
+against best {best:.3f}; goal <= {RATIO_GOAL}). The data worker spends {measured.augmentation_cpu:.4f} s of CPU per batch (one
+thread, measured as in figure 1), {measured.augmentation_cpu / compute:.0%} of the best compute step's wall time.
+"""
 
 
 # ------------------------------------------------------------------------------------ practical limit
@@ -313,6 +428,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--in-situ-only", action="store_true",
                         help="figure 1 only, in the dtype the trainer chose (for a CPU without native bf16, where the "
                              "bf16 kernels of figure 2 are emulated and take minutes); its own section of the doc")
+    parser.add_argument("--interleaved", type=int, default=0, metavar="ROUNDS",
+                        help="figure 1 only, measured in one process: ROUNDS rounds of compute, stream + step and "
+                             "trainer-loop blocks of --iterations each (compute and loop in the same minutes); "
+                             "its own section of the doc")
     parser.add_argument("--no-doc", action="store_true", help="print the section, do not write docs/benchmarks.md")
     return parser.parse_args()
 
@@ -327,6 +446,8 @@ def run(args: argparse.Namespace, work: Path) -> str:
         plans = json.loads((pre / HIPPOCAMPUS / "autosegPlans.json").read_text())
         if (results / HIPPOCAMPUS).is_dir():
             subprocess.run(["rm", "-rf", str(results / HIPPOCAMPUS)], check=True)
+        if args.interleaved:
+            return interleaved_section(args, interleaved_rounds(env, args.interleaved, args.iterations))
         command = train_command(args.epochs, args.iterations, args.val_iterations, args.overrides)
         print(f"running: {' '.join(command[2:])} (stopped after {args.epochs} epochs)", file=sys.stderr)
         wall = train_until(command, env, results, args.epochs, work / "train_output.txt")
@@ -335,7 +456,7 @@ def run(args: argparse.Namespace, work: Path) -> str:
     print(f"in situ: {[round(s, 4) for s in fold.seconds_per_iteration]} s/iteration ({fold.dtype})", file=sys.stderr)
     compute = min(seconds_per_step(compute_step(fold, fold.dtype), args.iterations // 2 or 1, args.repeats))
     print(f"compute: {compute[0]:.4f} s/step ({compute[1]:.4f} s CPU)", file=sys.stderr)
-    augmentation = augmentation_cpu_seconds(fold, pre, plans, args.iterations)
+    augmentation = augmentation_cpu_seconds(fold_sampling_spec(fold, pre, plans), args.iterations)
     print(f"augmentation: {augmentation:.4f} s CPU per batch", file=sys.stderr)
     loop = Loop(in_situ, *compute, augmentation)
     if args.in_situ_only:
@@ -449,6 +570,8 @@ def main() -> int:
             body = run(args, Path(tmp))
     if args.no_doc:
         print(body)
+    elif args.interleaved:
+        write_section("engine_interleaved", "Training engine: loop against compute in the same minutes (issue 18 §3, figure 1)", body)
     elif args.in_situ_only:
         write_section("engine_in_situ", "Training engine: in-situ speed in the trainer's dtype (issue 18 §3, figure 1 only)", body)
     else:
