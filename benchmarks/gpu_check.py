@@ -323,6 +323,37 @@ def autoseg_predict(check: Check, inputs: Path, model: str, tag: str, extra: lis
     return {"seconds": seconds, "cases": len(list(output.glob("*.nii.gz"))), "tta": "--no-tta" not in extra}
 
 
+def brats_prediction(check: Check, smoke: bool, finish: bool = True) -> int:
+    """Step 3's BraTS case: nnU-Net (its model with random weights) and autoseg (its whole-GPU BraTS
+    model, trained in step 2), TTA on; with ``finish`` the run's results are closed here."""
+    steps = check.results["steps"]
+    brats_inputs = check.work / "brats_input"
+    brats_inputs.mkdir(exist_ok=True)
+    for image in (check.raw / BRATS / "imagesTr").iterdir():
+        (brats_inputs / image.name).symlink_to(image)
+    check.step("nnunet_model_brats", lambda: nnunet_random_model(check, BRATS))
+    tta = ["--disable_tta"] if smoke else []
+    check.step("nnunet_predict_brats", lambda: nnunet_predict(check, brats_inputs, BRATS, tta))
+    brats_model = (steps.get(f"autoseg_train_brats2015mini_{PLANS_GPU}") or {}).get("result") or {}
+    for compiled in (False, True):
+        flag = (["--compile"] if compiled else []) + (["--no-tta"] if smoke else [])
+        tag = "compile" if compiled else "eager"
+        if brats_model.get("model"):
+            check.step(f"autoseg_predict_brats_{tag}",
+                       lambda f=flag, t=tag: autoseg_predict(check, brats_inputs, brats_model["model"], f"brats_{t}", f))
+    if finish:
+        return finish_run(check)
+    return 0
+
+
+def finish_run(check: Check) -> int:
+    check.results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    check.save()
+    failed = [k for k, v in check.results["steps"].items() if not v["ok"] and not v.get("skipped")]
+    print(f"gpu check finished: {len(failed)} failed step(s) {failed}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=HERE.parent / ".gpu_bundle")
@@ -331,10 +362,18 @@ def main() -> int:
     parser.add_argument("--nnunet-python", default=sys.executable, help="the Python that imports nnunetv2")
     parser.add_argument("--smoke", action="store_true", help="tiny counts: tests the script, measures nothing")
     parser.add_argument("--deadline-seconds", type=float, default=480, help="start no step after this many seconds")
+    parser.add_argument("--brats-prediction-only", action="store_true",
+                        help="step 3's BraTS case alone (a BraTS model trained for one iteration first): for a second, "
+                             "short lease when the full check ran out of time before it")
     args = parser.parse_args()
     check = Check(args)
     smoke = args.smoke
     info = check.step("environment", lambda: environment(check))
+    if args.brats_prediction_only:
+        autoseg_prepare(check, BRATS)
+        check.step(f"autoseg_plan_brats2015mini_{PLANS_GPU}", lambda: autoseg_plan(check, BRATS, PLANS_GPU, None if args.device == "cuda" else "8"))
+        check.step(f"autoseg_train_brats2015mini_{PLANS_GPU}", lambda: autoseg_train(check, BRATS, PLANS_GPU, 1, 1))
+        return brats_prediction(check, smoke)
     val_cases = check.manifest["hippocampus_fold0_validation"][: 2 if smoke else None]
     val_folder = validation_folder(check, val_cases)
     iterations, epochs = (3, 2) if smoke else (60, 3)
@@ -366,20 +405,7 @@ def main() -> int:
         if hippocampus_model.get("model"):
             check.step(f"autoseg_predict_hippocampus_nnunet_plan_{tag}",
                        lambda f=flag, t=tag: autoseg_predict(check, val_folder, hippocampus_model["model"], f"hippo_{t}", f))
-    brats_inputs = check.work / "brats_input"
-    brats_inputs.mkdir(exist_ok=True)
-    for image in (check.raw / BRATS / "imagesTr").iterdir():
-        (brats_inputs / image.name).symlink_to(image)
-    check.step("nnunet_model_brats", lambda: nnunet_random_model(check, BRATS))
-    tta = ["--disable_tta"] if smoke else []
-    check.step("nnunet_predict_brats", lambda: nnunet_predict(check, brats_inputs, BRATS, tta))
-    brats_model = (steps.get(f"autoseg_train_brats2015mini_{PLANS_GPU}") or {}).get("result") or {}
-    for compiled in (False, True):
-        flag = (["--compile"] if compiled else []) + (["--no-tta"] if smoke else [])
-        tag = "compile" if compiled else "eager"
-        if brats_model.get("model"):
-            check.step(f"autoseg_predict_brats_{tag}",
-                       lambda f=flag, t=tag: autoseg_predict(check, brats_inputs, brats_model["model"], f"brats_{t}", f))
+    brats_prediction(check, smoke, finish=False)
     # 4. DDP on two GPUs.
     if (info or {}).get("cuda_devices", 0) >= 2:
         torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
@@ -388,11 +414,7 @@ def main() -> int:
     else:
         check.results["steps"]["autoseg_train_ddp_hippocampus"] = {
             "ok": False, "skipped": True, "error": f"not run: the machine has {(info or {}).get('cuda_devices', 0)} GPU(s), DDP needs 2"}
-    check.results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    check.save()
-    failed = [k for k, v in check.results["steps"].items() if not v["ok"] and not v.get("skipped")]
-    print(f"gpu check finished: {len(failed)} failed step(s) {failed}", file=sys.stderr)
-    return 1 if failed else 0
+    return finish_run(check)
 
 
 if __name__ == "__main__":

@@ -82,7 +82,7 @@ def prediction_table(steps: dict[str, Any]) -> str:
                              ratio(n["seconds"], a["seconds"]) if n and a else "n/a"])
     if not rows:
         return "No prediction was measured."
-    return markdown_table(["cases (TTA on)", "autoseg", "nnU-Net v2", "autoseg", "nnU-Net / autoseg"], rows)
+    return markdown_table(["cases (TTA on)", "autoseg setting", "nnU-Net v2", "autoseg", "nnU-Net / autoseg"], rows)
 
 
 def problems(steps: dict[str, Any]) -> str:
