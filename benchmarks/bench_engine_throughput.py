@@ -288,12 +288,12 @@ def interleaved_rounds(env: dict[str, str], rounds: int, iterations: int) -> Int
                            deterministic=False, num_workers=None, epochs=1000, budget_seconds=None, resume=False,
                            start_time=time.monotonic())
     trainer = Trainer(run)
-    cfg, device, layout = run.config, trainer.device, trainer.setup.memory_format
-    stream = BatchStream(BatchSource(trainer.train_spec, run.seed, TRAIN_STREAM), 0, trainer.workers(),
+    cfg, device, layout, workers = run.config, trainer.device, trainer.setup.memory_format, trainer.workers()
+    stream = BatchStream(BatchSource(trainer.train_spec, run.seed, TRAIN_STREAM), 0, workers,
                          cfg["prefetch_batches"], cfg["worker_timeout_seconds"])
     watchdog = IterationWatchdog(float(run.configuration.get("predicted_seconds_per_iteration") or 1.0), trainer.monitor.log)
     data, target = batch_to_device(next(stream), device, layout)
-    setup = {"patch": "x".join(map(str, trainer.patch_size)), "batch": trainer.batch_size, "workers": trainer.workers(),
+    setup = {"patch": "x".join(map(str, trainer.patch_size)), "batch": trainer.batch_size, "workers": workers,
              "dtype": str(trainer.setup.amp_dtype or "float32").removeprefix("torch."),
              "layout": str(layout).removeprefix("torch.")}
     trainer.setup.model.train()

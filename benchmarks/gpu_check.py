@@ -375,9 +375,10 @@ def main() -> int:
     check = Check(args)
     smoke = args.smoke
     info = check.step("environment", lambda: environment(check))
+    whole_gpu = None if args.device == "cuda" else "8"  # None: the planner reads the GPU's memory
     if args.brats_prediction_only:
         autoseg_prepare(check, BRATS)
-        check.step(f"autoseg_plan_brats2015mini_{PLANS_GPU}", lambda: autoseg_plan(check, BRATS, PLANS_GPU, None if args.device == "cuda" else "8"))
+        check.step(f"autoseg_plan_brats2015mini_{PLANS_GPU}", lambda: autoseg_plan(check, BRATS, PLANS_GPU, whole_gpu))
         check.step(f"autoseg_train_brats2015mini_{PLANS_GPU}", lambda: autoseg_train(check, BRATS, PLANS_GPU, 1, 1))
         return brats_prediction(check, smoke)
     val_cases = check.manifest["hippocampus_fold0_validation"][: 2 if smoke else None]
@@ -394,7 +395,6 @@ def main() -> int:
     # 2. memory (and speed on Dataset004) of autoseg's plans for the whole GPU and for 8 GB.
     for dataset in (HIPPOCAMPUS, ACDC, BRATS):
         short = dataset.split("_")[1].lower()
-        whole_gpu = None if args.device == "cuda" else "8"  # None: the planner reads the GPU's memory
         for plans_name, memory in ((PLANS_GPU, whole_gpu), (PLANS_8GB, "8")):
             tag = f"{short}_{plans_name}"
             check.step(f"autoseg_plan_{tag}", lambda d=dataset, p=plans_name, m=memory: autoseg_plan(check, d, p, m))
