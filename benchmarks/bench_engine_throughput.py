@@ -65,12 +65,12 @@ from autoseg.networks.registry import create_network
 from autoseg.preprocessing.store import list_cases
 from autoseg.training.augmentation import resolve_augmentation, sampling_size
 from autoseg.planning.constants import DEFAULT_PLANS_NAME
-from autoseg.training.data_loading import TRAIN_STREAM, BatchSource, BatchStream, SamplingSpec, batch_to_device
+from autoseg.training.data_loading import TRAIN_STREAM, BatchSource, SamplingSpec, batch_to_device
 from autoseg.training.checkpoints import LATEST, load_checkpoint
 from autoseg.training.monitor import WarmTimer
 from autoseg.training.run import resolve_fold_run
-from autoseg.training.trainer import Trainer
 from autoseg.training.watchdog import IterationWatchdog
+from autoseg.training.trainer import Trainer
 from autoseg.training.steps import LabelSpec, WithAux, build_step
 from autoseg.training.model_setup import build_optimizer
 from autoseg.utils.device import training_memory_format
@@ -280,18 +280,16 @@ class Interleaved:
 def interleaved_rounds(env: dict[str, str], rounds: int, iterations: int) -> Interleaved:
     """Figure 1 with compute and loop timed in the same minutes: the fold's trainer, built in this
     process from the plan, runs alternating blocks of ``iterations`` steps: the pure compute of its step
-    on one batch already in memory, its step fed by its data worker (``BatchStream``, as ``fit()``
-    builds it), and its own epoch loop (``Trainer._train_epoch``: learning rate, watchdog, progress,
+    on one batch already in memory, its step fed by its data worker (``Trainer.training_stream``, as ``fit()``
+    uses it), and its own epoch loop (``Trainer.train_epoch``: learning rate, watchdog, progress,
     timing). One model for all three, so the blocks differ only in what feeds the step."""
     os.environ.update({k: env[k] for k in ("AUTOSEG_RAW", "AUTOSEG_PREPROCESSED", "AUTOSEG_RESULTS")})
     run = resolve_fold_run("Dataset004", CONFIGURATION, FOLD, None, DEFAULT_PLANS_NAME, [], "cpu", seed=0,
                            deterministic=False, num_workers=None, epochs=1000, budget_seconds=None, resume=False,
                            start_time=time.monotonic())
     trainer = Trainer(run)
-    cfg, device, layout, workers = run.config, trainer.device, trainer.setup.memory_format, trainer.workers()
-    stream = BatchStream(BatchSource(trainer.train_spec, run.seed, TRAIN_STREAM), 0, workers,
-                         cfg["prefetch_batches"], cfg["worker_timeout_seconds"])
-    watchdog = IterationWatchdog(float(run.configuration.get("predicted_seconds_per_iteration") or 1.0), trainer.monitor.log)
+    device, layout, workers = trainer.device, trainer.setup.memory_format, trainer.workers()
+    stream, watchdog = trainer.training_stream(workers), IterationWatchdog.for_plan(run.configuration, trainer.monitor.log)
     data, target = batch_to_device(next(stream), device, layout)
     setup = {"patch": "x".join(map(str, trainer.patch_size)), "batch": trainer.batch_size, "workers": workers,
              "dtype": str(trainer.setup.amp_dtype or "float32").removeprefix("torch."),
@@ -310,7 +308,7 @@ def interleaved_rounds(env: dict[str, str], rounds: int, iterations: int) -> Int
             trainer.step.train(*batch_to_device(next(stream), device, layout))
 
     def trainer_loop() -> None:
-        trainer._train_epoch(stream, watchdog, WarmTimer(trainer.state.iteration))
+        trainer.train_epoch(stream, watchdog, WarmTimer(trainer.state.iteration))
         trainer.state.epoch += 1
 
     blocks = dict(zip(INTERLEAVED_BLOCKS, (compute, stream_and_step, trainer_loop)))

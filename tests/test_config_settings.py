@@ -25,7 +25,7 @@ from autoseg.planning.plans import load_plans, plans_path
 from autoseg.preprocessing.store import list_cases
 from autoseg.training.augmentation import resolve_augmentation, training_transforms
 from autoseg.training.config import flatten, load_defaults, resolve_config
-from autoseg.training.data_loading import BatchStream, batch_to_device
+from autoseg.training.data_loading import TRAIN_STREAM, VAL_STREAM, BatchSource, BatchStream, batch_to_device
 from autoseg.training.math_threads import ThreadChoice, choose_math_threads
 from autoseg.training.steps import AdversarialStep, LabelSpec, segmentation_loss
 from autoseg.training.model_setup import build_optimizer
@@ -351,6 +351,18 @@ def _num_workers(make, monkeypatch: pytest.MonkeyPatch) -> None:
     assert make(["num_workers=3"]).workers() == 3
     args, _ = _stream_args(make, ["num_workers=1"], monkeypatch)
     assert args[2] == 1
+
+
+def test_the_streams_start_where_the_run_stands(make) -> None:
+    """A resumed run continues both batch sequences instead of repeating their first batches."""
+    trainer = make(["val_iterations_per_epoch=4"])
+    trainer.state.iteration, trainer.state.epoch = 30, 3
+    for stream, spec, stream_id, first in ((trainer.training_stream(0), trainer.train_spec, TRAIN_STREAM, 30),
+                                           (trainer.validation_stream(0), trainer.val_spec, VAL_STREAM, 12)):
+        with stream:
+            expected = BatchSource(spec, trainer.run.seed, stream_id)(first)
+            batch = next(stream)
+        assert all(np.array_equal(batch[k], expected[k]) for k in ("data", "target"))
 
 
 def _math_threads(make, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -174,13 +174,13 @@ def test_a_fold_raises_its_threads_when_the_other_process_ends(results: Path, mo
     monkeypatch.setattr(cpu_load, "available_cores", lambda: 2)
     monkeypatch.setattr(math_threads, "RECOUNT_MIN_EPOCH_SECONDS", 0.0)
     seen = []
-    real_epoch = Trainer._train_epoch
+    real_epoch = Trainer.train_epoch
 
     def train_epoch(trainer: Trainer, *args):  # the threads each epoch trains with
         seen.append(torch.get_num_threads())
         return real_epoch(trainer, *args)
 
-    monkeypatch.setattr(Trainer, "_train_epoch", train_epoch)
+    monkeypatch.setattr(Trainer, "train_epoch", train_epoch)
     try:
         train_fold(DATASET, "3d_fullres", "all", epochs=2, workers=0,
                    overrides=["iterations_per_epoch=2", "val_iterations_per_epoch=1", "mixed_precision=off"])

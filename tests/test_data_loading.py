@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from autoseg.errors import TrainingError
 from autoseg.preprocessing.store import list_cases
 from autoseg.training.augmentation import resolve_augmentation, sampling_size
 from autoseg.training.config import load_defaults
@@ -23,6 +24,7 @@ from autoseg.training.data_loading import (
     _patch_starts,
     batch_to_device,
     validation_workers,
+    worker_count,
 )
 
 from training_helpers import DATASET, PATCH, data_roots  # noqa: F401 - fixture
@@ -110,6 +112,13 @@ def test_workers_batches_are_pinned_in_a_background_thread(monkeypatch: pytest.M
         assert isinstance(next(stream)["data"], np.ndarray)  # in-process: nothing to overlap, no pinning
     data, target = batch_to_device(got[0], torch.device("cpu"), torch.contiguous_format)
     assert data.dtype == torch.float32 and target.dtype == torch.int16
+
+
+def test_worker_count_takes_a_number_or_auto_and_rejects_a_negative_one() -> None:
+    assert worker_count(3, "cpu") == 3 and worker_count("0", "cpu") == 0
+    assert worker_count("auto", "cpu") >= 1
+    with pytest.raises(TrainingError, match="num_workers must be >= 0 or 'auto', got -1"):
+        worker_count(-1, "cpu")
 
 
 def test_validation_batches_come_from_half_the_workers() -> None:

@@ -74,6 +74,14 @@ def auto_workers(device_type: str, world_size: int = 1) -> int:
     return max(1, min(cores // _CORES_PER_CPU_WORKER, _MAX_WORKERS_CPU))
 
 
+def worker_count(chosen: int | str, device_type: str, world_size: int = 1) -> int:
+    """Workers per rank for a ``num_workers`` setting: ``auto`` (see ``auto_workers``) or a count >= 0."""
+    if chosen == "auto":
+        return auto_workers(device_type, world_size)
+    if int(chosen) < 0:
+        raise TrainingError(f"num_workers must be >= 0 or 'auto', got {chosen}")
+    return int(chosen)
+
 @dataclass
 class SamplingSpec:
     """What the batch source needs (plain values, so worker processes can receive it).

@@ -20,7 +20,6 @@ import numpy as np
 import torch
 
 from autoseg.dataset.description import DatasetDescription
-from autoseg.errors import TrainingError
 from autoseg.training import budget as budget_rules
 from autoseg.training.augmentation import resolve_augmentation, sampling_size
 from autoseg.training.checkpoints import BEST, FINAL, LATEST, restore_training_checkpoint, training_checkpoint
@@ -30,9 +29,9 @@ from autoseg.training.data_loading import (
     BatchSource,
     BatchStream,
     SamplingSpec,
-    auto_workers,
     batch_to_device,
     validation_workers,
+    worker_count,
 )
 from autoseg.training.distributed import DistributedContext, all_reduce_sum, rank_batch_size, wrap_model
 from autoseg.training.fold_run import FoldRun
@@ -141,11 +140,7 @@ class Trainer:
     def workers(self) -> int:
         """Data loading processes: ``--workers``, else the config's ``num_workers`` (``auto``: by device)."""
         chosen = self.run.num_workers if self.run.num_workers is not None else self.run.config["num_workers"]
-        if chosen == "auto":
-            return auto_workers(self.device.type, self.context.world_size)
-        if int(chosen) < 0:
-            raise TrainingError(f"num_workers must be >= 0 or 'auto', got {chosen}")
-        return int(chosen)
+        return worker_count(chosen, self.device.type, self.context.world_size)
 
     def budget_replanner(self) -> BudgetReplanner | None:
         """The re-planner of a run with a time budget (None without one)."""
@@ -157,6 +152,22 @@ class Trainer:
         passes = validation_passes(self.mirror_axes, run.configuration)
         tile = lambda: tile_seconds_samples(self.setup, self.in_channels, self.patch_size, self.device)  # noqa: E731
         return BudgetReplanner(end, run.budget_seconds, reserve, passes, tile, cfg, self.context, self.monitor.log)
+
+    def _stream(self, spec: SamplingSpec, stream_id: int, start: int, workers: int, *name: str) -> BatchStream:
+        """A batch stream of this rank from batch ``start`` on, pinned for CUDA."""
+        cfg = self.run.config
+        return BatchStream(BatchSource(spec, self.run.seed, stream_id, self.context.rank), start, workers,
+                           cfg["prefetch_batches"], cfg["worker_timeout_seconds"], *name,
+                           pin_memory=self.device.type == "cuda")
+
+    def training_stream(self, workers: int) -> BatchStream:
+        """The training batches from the current iteration on, as ``fit()`` consumes them."""
+        return self._stream(self.train_spec, TRAIN_STREAM, self.state.iteration, workers)
+
+    def validation_stream(self, workers: int) -> BatchStream:
+        """The pseudo-validation batches from the current epoch on (fewer workers than training)."""
+        start = self.state.epoch * int(self.run.config["val_iterations_per_epoch"])
+        return self._stream(self.val_spec, VAL_STREAM, start, validation_workers(workers), "validation data loading")
 
     def fit(self) -> None:
         """Train until ``total_iterations``; writes checkpoints, log, metrics and the final checkpoint."""
@@ -173,16 +184,9 @@ class Trainer:
             f"{len(run.val_cases)} validation cases"
         )
         self.replanner = self.budget_replanner()
-        pin, streams = self.device.type == "cuda", (cfg["prefetch_batches"], cfg["worker_timeout_seconds"])
-        stream = BatchStream(BatchSource(self.train_spec, run.seed, TRAIN_STREAM, self.context.rank), self.state.iteration,
-                             workers, *streams, pin_memory=pin)
-        val_stream = BatchStream(
-            BatchSource(self.val_spec, run.seed, VAL_STREAM, self.context.rank),
-            self.state.epoch * int(cfg["val_iterations_per_epoch"]), validation_workers(workers), *streams,
-            "validation data loading", pin_memory=pin,
-        )
+        stream, val_stream = self.training_stream(workers), self.validation_stream(workers)
         self.monitor.start(self.state.total_iterations, self.state.iteration)
-        watchdog = IterationWatchdog(float(run.configuration.get("predicted_seconds_per_iteration") or 1.0), self.monitor.log)
+        watchdog = IterationWatchdog.for_plan(self.run.configuration, self.monitor.log)
         self.setup.model.train()
         try:
             self._train(stream, val_stream, watchdog)
@@ -204,7 +208,7 @@ class Trainer:
             epoch_start = time.monotonic()
             if self.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(self.device)
-            losses = self._train_epoch(stream, watchdog, timer)
+            losses = self.train_epoch(stream, watchdog, timer)
             self._end_epoch(losses, val_stream, epoch_start, timer.seconds_per_iteration(self.state.iteration))
             epoch_seconds = time.monotonic() - epoch_start
             if self.replanner is not None and self.state.iteration < self.state.total_iterations:
@@ -215,7 +219,7 @@ class Trainer:
             if threads is not None:
                 self.monitor.log(f"math threads now {threads.describe(f'at the end of epoch {self.state.epoch}')}")
 
-    def _train_epoch(self, stream: BatchStream, watchdog: IterationWatchdog, timer: WarmTimer) -> list[float]:
+    def train_epoch(self, stream: BatchStream, watchdog: IterationWatchdog, timer: WarmTimer) -> list[float]:
         """One epoch of training steps; under a budget the first probe re-plans the total, which may
         end this epoch early."""
         cfg, state = self.run.config, self.state

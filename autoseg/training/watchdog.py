@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 
 # An iteration is reported once it has run this many times the expected time...
 SLOW_FACTOR = 20.0
@@ -37,6 +37,11 @@ class IterationWatchdog:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="autoseg-iteration-watchdog", daemon=True)
         self._thread.start()
+
+    @classmethod
+    def for_plan(cls, configuration: dict[str, Any], log: Callable[[str], None]) -> "IterationWatchdog":
+        """A watchdog expecting the plan's predicted seconds per iteration (1 s where it has none)."""
+        return cls(float(configuration.get("predicted_seconds_per_iteration") or 1.0), log)
 
     def begin(self, iteration: int) -> None:
         with self._lock:
