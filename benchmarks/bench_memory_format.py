@@ -23,9 +23,10 @@ import subprocess
 import sys
 from pathlib import Path
 from tempfile import TemporaryDirectory
-from typing import Callable
+from typing import Any, Callable
 
 import torch
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_engine_throughput import seconds_per_step  # noqa: E402
@@ -57,16 +58,20 @@ def plan_family(env: dict[str, str], dataset: str, family: str, budget: str, pre
     return plans
 
 
-def training_step(plans: dict, configuration: str, channels_last: bool) -> Callable[[], None]:
-    """One training step of the plan's network in one layout, on synthetic in-memory tensors."""
+def training_step(plans: dict, configuration: str, overrides: list[str],
+                  edit_network: Callable[[nn.Module], None] | None = None) -> Callable[[], None]:
+    """One training step of the plan's network with training-config ``overrides``, on synthetic
+    in-memory tensors; ``edit_network`` may swap modules of the built network (same parameters)."""
     plan = plans["configurations"][configuration]
     family = plan["network"]["name"]
     channels = len(plans["channel_names"])
     n_outputs = len(plans["regions_class_order"] or plans["labels"])  # timing only: regions trained as classes
-    config = resolve_training_config(family, [f"channels_last={str(channels_last).lower()}"], plan)
+    config = resolve_training_config(family, overrides, plan)
     torch.manual_seed(0)
     request = NetworkRequest(family, plan, channels, n_outputs, plan["patch_size"], plan["batch_size"])
     setup = build_model(request, config, CPU, DistributedContext(), lambda message: None)
+    if edit_network is not None:
+        edit_network(setup.network)
     step = build_step(setup.model, setup.network, family, setup.optimizer, LabelSpec(n_outputs, None, None), config,
                       CPU, setup.amp_dtype, wrap=lambda module: module, in_channels=channels)
     data = torch.randn(plan["batch_size"], channels, *plan["patch_size"]).contiguous(memory_format=setup.memory_format)
@@ -74,7 +79,7 @@ def training_step(plans: dict, configuration: str, channels_last: bool) -> Calla
     return lambda: step.train(data, labels)
 
 
-def fastest_blocks(steps_by_layout: dict[bool, Callable[[], None]], steps: int, repeats: int) -> dict[bool, float]:
+def fastest_blocks(steps_by_layout: dict[Any, Callable[[], None]], steps: int, repeats: int) -> dict[Any, float]:
     """Fastest mean seconds per step of each layout over ``repeats`` blocks of ``steps`` steps, the
     layouts alternating block by block (3 warm-up steps each before its first block)."""
     best = {last: float("inf") for last in steps_by_layout}
@@ -106,7 +111,7 @@ def main() -> int:
         env = autoseg_env(raw, preprocessed, Path(tmp) / "results", threads)
         for family in families:
             for configuration, plans in plan_family(env, args.dataset, family, args.budget, preprocessed).items():
-                layouts = {last: training_step(plans, configuration, last) for last in (False, True)}
+                layouts = {last: training_step(plans, configuration, [f"channels_last={str(last).lower()}"]) for last in (False, True)}
                 best = fastest_blocks(layouts, args.steps, args.repeats)
                 plan = plans["configurations"][configuration]
                 row = [family, configuration, "x".join(map(str, plan["patch_size"])), str(plan["batch_size"]),

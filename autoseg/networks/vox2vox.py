@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autoseg.networks.blocks import instance_norm_op
 from autoseg.networks.registry import Adversary, TopologyConstraints, register_network
 from autoseg.networks.topology import Topology
 from autoseg.networks.unet import require_stages
@@ -47,7 +48,7 @@ def strided_geometry(kernel: Sequence[int], stride: Sequence[int]) -> tuple[list
 
 
 def norm_act(channels: int) -> list[nn.Module]:
-    return [nn.InstanceNorm3d(channels, affine=True), nn.LeakyReLU(LEAKY_SLOPE, inplace=True)]
+    return [instance_norm_op(3)(channels, affine=True), nn.LeakyReLU(LEAKY_SLOPE, inplace=True)]
 
 
 class DenseBottleneckBlock(nn.Module):
