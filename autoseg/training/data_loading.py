@@ -82,6 +82,7 @@ def worker_count(chosen: int | str, device_type: str, world_size: int = 1) -> in
         raise TrainingError(f"num_workers must be >= 0 or 'auto', got {chosen}")
     return int(chosen)
 
+
 @dataclass
 class SamplingSpec:
     """What the batch source needs (plain values, so worker processes can receive it).

@@ -153,11 +153,12 @@ class Trainer:
         tile = lambda: tile_seconds_samples(self.setup, self.in_channels, self.patch_size, self.device)  # noqa: E731
         return BudgetReplanner(end, run.budget_seconds, reserve, passes, tile, cfg, self.context, self.monitor.log)
 
-    def _stream(self, spec: SamplingSpec, stream_id: int, start: int, workers: int, *name: str) -> BatchStream:
+    def _stream(self, spec: SamplingSpec, stream_id: int, start: int, workers: int,
+                name: str = "data loading") -> BatchStream:
         """A batch stream of this rank from batch ``start`` on, pinned for CUDA."""
         cfg = self.run.config
         return BatchStream(BatchSource(spec, self.run.seed, stream_id, self.context.rank), start, workers,
-                           cfg["prefetch_batches"], cfg["worker_timeout_seconds"], *name,
+                           cfg["prefetch_batches"], cfg["worker_timeout_seconds"], name,
                            pin_memory=self.device.type == "cuda")
 
     def training_stream(self, workers: int) -> BatchStream:
