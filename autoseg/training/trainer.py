@@ -80,6 +80,13 @@ def sampling_specs(run: FoldRun, patch_size: list[int], batch_size: int,
     return train, val, aug
 
 
+def fold_stream(run: FoldRun, rank: int, spec: SamplingSpec, stream_id: int, start: int, workers: int,
+                name: str = "data loading") -> BatchStream:
+    """A batch stream of one rank of the fold's run from batch ``start`` on, pinned for CUDA."""
+    return BatchStream(BatchSource(spec, run.seed, stream_id, rank), start, workers, run.config["prefetch_batches"],
+                       run.config["worker_timeout_seconds"], name, pin_memory=run.device.type == "cuda")
+
+
 class Trainer:
     """Trains one fold; ``fit()`` runs (or resumes) the schedule and writes the final checkpoint."""
 
@@ -153,22 +160,15 @@ class Trainer:
         tile = lambda: tile_seconds_samples(self.setup, self.in_channels, self.patch_size, self.device)  # noqa: E731
         return BudgetReplanner(end, run.budget_seconds, reserve, passes, tile, cfg, self.context, self.monitor.log)
 
-    def _stream(self, spec: SamplingSpec, stream_id: int, start: int, workers: int,
-                name: str = "data loading") -> BatchStream:
-        """A batch stream of this rank from batch ``start`` on, pinned for CUDA."""
-        cfg = self.run.config
-        return BatchStream(BatchSource(spec, self.run.seed, stream_id, self.context.rank), start, workers,
-                           cfg["prefetch_batches"], cfg["worker_timeout_seconds"], name,
-                           pin_memory=self.device.type == "cuda")
-
     def training_stream(self, workers: int) -> BatchStream:
         """The training batches from the current iteration on, as ``fit()`` consumes them."""
-        return self._stream(self.train_spec, TRAIN_STREAM, self.state.iteration, workers)
+        return fold_stream(self.run, self.context.rank, self.train_spec, TRAIN_STREAM, self.state.iteration, workers)
 
     def validation_stream(self, workers: int) -> BatchStream:
         """The pseudo-validation batches from the current epoch on (fewer workers than training)."""
         start = self.state.epoch * int(self.run.config["val_iterations_per_epoch"])
-        return self._stream(self.val_spec, VAL_STREAM, start, validation_workers(workers), "validation data loading")
+        return fold_stream(self.run, self.context.rank, self.val_spec, VAL_STREAM, start, validation_workers(workers),
+                           "validation data loading")
 
     def fit(self) -> None:
         """Train until ``total_iterations``; writes checkpoints, log, metrics and the final checkpoint."""
