@@ -24,6 +24,7 @@ import argparse
 import sys
 from pathlib import Path
 from tempfile import TemporaryDirectory
+from typing import Callable
 
 import torch
 from torch import nn
@@ -41,7 +42,7 @@ FAMILIES = ("unet", "resenc", "fcn", "segnet", "fcdensenet", "vnet", "vox2vox")
 TORCH_NORM = {4: nn.InstanceNorm2d, 5: nn.InstanceNorm3d}
 
 
-def with_torch_instance_norms(spatial_dims: int):
+def with_torch_instance_norms(spatial_dims: int) -> Callable[[nn.Module], None]:
     """A network edit that swaps every autoseg ``InstanceNorm`` for torch's, keeping its parameters."""
     def edit(network: nn.Module) -> None:
         swapped = 0
