@@ -39,7 +39,7 @@ from autoseg.utils.device import autocast_dtype  # noqa: E402
 
 # The registered families whose networks are built from blocks.instance_norm_op.
 FAMILIES = ("unet", "resenc", "fcn", "segnet", "fcdensenet", "vnet", "vox2vox")
-TORCH_NORM = {4: nn.InstanceNorm2d, 5: nn.InstanceNorm3d}
+TORCH_NORM = {2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}  # by spatial dimensions
 
 
 def with_torch_instance_norms(spatial_dims: int) -> Callable[[nn.Module], None]:
@@ -49,7 +49,7 @@ def with_torch_instance_norms(spatial_dims: int) -> Callable[[nn.Module], None]:
         for parent in list(network.modules()):
             for name, child in list(parent.named_children()):
                 if isinstance(child, InstanceNorm):
-                    torch_norm = TORCH_NORM[spatial_dims + 2](child.num_features, eps=child.eps, affine=child.weight is not None)
+                    torch_norm = TORCH_NORM[spatial_dims](child.num_features, eps=child.eps, affine=child.weight is not None)
                     torch_norm.weight, torch_norm.bias = child.weight, child.bias
                     setattr(parent, name, torch_norm)
                     swapped += 1

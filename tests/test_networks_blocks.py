@@ -22,8 +22,9 @@ def test_instance_norm_computes_what_torchs_instance_norm_computes(dims: int, ch
     norm.load_state_dict(reference.state_dict())  # same keys: checkpoints of either load into the other
     assert set(norm.state_dict()) == set(reference.state_dict()) == {"weight", "bias"}
     x = torch.randn(shape) * 3 + 1
+    layout = torch.channels_last if dims == 2 else torch.channels_last_3d
     if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last if dims == 2 else torch.channels_last_3d)
+        x = x.contiguous(memory_format=layout)
     outputs, grads = [], []
     for module in (reference, norm):
         leaf = x.clone().requires_grad_()
@@ -32,6 +33,8 @@ def test_instance_norm_computes_what_torchs_instance_norm_computes(dims: int, ch
         outputs.append(out)
         grads.append((leaf.grad, module.weight.grad, module.bias.grad))
     torch.testing.assert_close(outputs[1], outputs[0], atol=1e-5, rtol=1e-5)
+    if channels_last:  # on CPU the layout survives (torch's instance_norm hands back a contiguous copy)
+        assert outputs[1].is_contiguous(memory_format=layout) and not outputs[0].is_contiguous(memory_format=layout)
     for got, expected in zip(grads[1], grads[0]):
         torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
