@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 from batchgenerators.transforms.noise_transforms import GaussianBlurTransform
 from batchgenerators.transforms.resample_transforms import SimulateLowResolutionTransform
-from batchgenerators.transforms.spatial_transforms import SpatialTransform
 from scipy import ndimage
 
 from autoseg.errors import TrainingError
@@ -30,6 +29,7 @@ from autoseg.training.augmentation import (
 )
 from autoseg.training.config import load_defaults
 from autoseg.training.data_loading import seeded_global_rng
+from autoseg.training.spatial_transform import SpatialTransform
 
 DEFAULTS = load_defaults()["augmentation"]
 RANDOM_TRANSFORMS = [
@@ -194,10 +194,10 @@ def test_label_map_is_never_interpolated_into_new_values(patch: list[int], order
 
 def test_spatial_parameters_come_from_the_config() -> None:
     spatial = first(training_transforms([16, 16, 16], only(patch=[16, 16, 16])), SpatialTransform)
-    kwargs = spatial.__dict__
-    assert kwargs["angle_x"] == kwargs["angle_y"] == kwargs["angle_z"] == pytest.approx((-math.pi / 6, math.pi / 6))
-    assert (kwargs["scale"], kwargs["p_rot_per_sample"], kwargs["p_scale_per_sample"]) == ((0.7, 1.4), 0.0, 0.0)
-    assert (kwargs["order_data"], kwargs["order_seg"], kwargs["border_cval_seg"], kwargs["random_crop"]) == (1, 1, -1, False)
+    p_rotation, angles = spatial.rotation
+    assert [tuple(a) for a in angles] == [pytest.approx((-math.pi / 6, math.pi / 6))] * 3  # x, y, z
+    assert (spatial.scaling, p_rotation, spatial.elastic[0]) == ((0.0, (0.7, 1.4)), 0.0, 0.0)
+    assert (spatial.order_data, spatial.order_seg, spatial.border_cval_seg) == (1, 1, -1)
 
 
 # ----------------------------------------------------------------------------------- 2D rotation rule
@@ -216,7 +216,7 @@ def test_2d_rotation_follows_nnunet_v2s_patch_shape_rule(patch: list[int], degre
     aug = resolve_augmentation(DEFAULTS, patch, [ZSCORE])
     assert aug["rotation"]["degrees_2d"] == degrees  # visible in the resolved config
     spatial = first(training_transforms(patch, aug), SpatialTransform)
-    assert spatial.__dict__["angle_x"] == pytest.approx((-math.radians(degrees), math.radians(degrees)))
+    assert spatial.rotation[1][0] == pytest.approx((-math.radians(degrees), math.radians(degrees)))
 
 
 def test_elongated_2d_patch_samples_a_smaller_region_and_a_set_angle_wins() -> None:

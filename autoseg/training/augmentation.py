@@ -26,11 +26,11 @@ from batchgenerators.transforms.color_transforms import (
 )
 from batchgenerators.transforms.noise_transforms import GaussianBlurTransform, GaussianNoiseTransform
 from batchgenerators.transforms.resample_transforms import SimulateLowResolutionTransform
-from batchgenerators.transforms.spatial_transforms import SpatialTransform
 from batchgenerators.transforms.utility_transforms import RemoveLabelTransform
 from scipy import ndimage
 
 from autoseg.errors import TrainingError
+from autoseg.training.spatial_transform import SpatialTransform
 
 # The store marks voxels outside the nonzero mask with -1; the loss sees them as background.
 OUTSIDE_MASK_LABEL = -1
@@ -240,28 +240,15 @@ class CorruptMasks(AbstractTransform):
 
 def _spatial_transform(spatial_patch: list[int], angles: Sequence[float], aug: Mapping[str, Any]) -> AbstractTransform:
     """Rotation, scaling and (optional) elastic deformation, sampled around the patch centre."""
-    angle_kwargs = {f"angle_{axis}": (-a, a) for axis, a in zip("xyz", angles)}
     return SpatialTransform(
         spatial_patch,
-        # Ignored with random_crop off: the data loader places the patch (nnU-Net v2 passes 0 too).
-        patch_center_dist_from_border=0,
-        do_elastic_deform=aug["elastic"]["p"] > 0,
-        alpha=tuple(aug["elastic"]["alpha"]),
-        sigma=tuple(aug["elastic"]["sigma"]),
-        do_rotation=aug["rotation"]["p"] > 0,
-        **angle_kwargs,
-        do_scale=aug["scaling"]["p"] > 0,
-        scale=tuple(aug["scaling"]["range"]),
-        border_mode_data="constant",
-        border_cval_data=0,
+        elastic=(aug["elastic"]["p"], tuple(aug["elastic"]["alpha"]), tuple(aug["elastic"]["sigma"])),
+        rotation=(aug["rotation"]["p"], [(-a, a) for a in angles]),
+        scaling=(aug["scaling"]["p"], tuple(aug["scaling"]["range"])),
         order_data=aug["spatial_order_data"],
-        border_mode_seg="constant",
-        border_cval_seg=OUTSIDE_MASK_LABEL,
+        border_cval_data=0,
         order_seg=aug["spatial_order_seg"],
-        random_crop=False,
-        p_el_per_sample=aug["elastic"]["p"],
-        p_scale_per_sample=aug["scaling"]["p"],
-        p_rot_per_sample=aug["rotation"]["p"],
+        border_cval_seg=OUTSIDE_MASK_LABEL,
     )
 
 

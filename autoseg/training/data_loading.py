@@ -129,9 +129,9 @@ class BatchSource:
         spec = self.spec
         with seeded_global_rng(batch_seed(self.seed, self.stream, self.rank, index)):
             forced_from = round(spec.batch_size * (1 - spec.oversample_foreground))
-            samples = [self._sample(j >= forced_from) for j in range(spec.batch_size)]
-            data = np.stack([s[0] for s in samples])
-            seg = np.stack([s[1] for s in samples])
+            data, seg = self._empty_batch()
+            for j in range(spec.batch_size):
+                self._sample(j >= forced_from, data[j], seg[j])
             if self._transforms is None:
                 self._transforms = self._build_transforms()
             out = self._transforms(data=data, seg=seg)
@@ -161,9 +161,22 @@ class BatchSource:
             self._cases[case_id] = (data, seg, locations, previous)
         return self._cases[case_id]
 
-    def _sample(self, force_foreground: bool) -> tuple[np.ndarray, np.ndarray]:
-        """One ``(data, seg)`` crop of ``sample_size``: random, or centred on a random stored voxel of a
-        random foreground class present in the case (reference.md §1.5)."""
+    def _empty_batch(self) -> tuple[np.ndarray, np.ndarray]:
+        """A batch of ``sample_size`` crops filled with the padding values: images 0, labels
+        OUTSIDE_MASK_LABEL, the previous stage's masks 0 (channel counts from the first case)."""
+        spec = self.spec
+        data, seg, _, previous = self._case(spec.case_ids[0])
+        pad_values = (OUTSIDE_MASK_LABEL,) * seg.shape[0] + (0,) * (previous.shape[0] if previous is not None else 0)
+        sample = list(spec.sample_size)
+        images = np.zeros((spec.batch_size, data.shape[0], *sample), dtype=np.float32)
+        labels = np.empty((spec.batch_size, len(pad_values), *sample), dtype=np.float32)
+        labels[...] = np.asarray(pad_values, dtype=np.float32).reshape(1, -1, *([1] * len(sample)))
+        return images, labels
+
+    def _sample(self, force_foreground: bool, data_out: np.ndarray, seg_out: np.ndarray) -> None:
+        """One ``sample_size`` crop into ``data_out`` / ``seg_out`` (one sample of :meth:`_empty_batch`):
+        random, or centred on a random stored voxel of a random foreground class present in the case
+        (reference.md §1.5)."""
         spec = self.spec
         case_id = spec.case_ids[np.random.randint(len(spec.case_ids))]
         data, seg, locations, previous = self._case(case_id)
@@ -178,19 +191,14 @@ class BatchSource:
         starts = _patch_starts(shape, sample, spec.patch_size[-len(sample):], centre)
         spatial = [slice(max(s, 0), min(s + p, n)) for s, p, n in zip(starts, sample, shape)]
         index = (slice(None), *region, *spatial)
-        # The crop goes straight into its place in a sample pre-filled with the padding values (images 0,
-        # labels OUTSIDE_MASK_LABEL, the previous stage 0), in the float32 the transforms take: one copy
-        # instead of np.pad, astype and stack per channel (this runs for every sample of every batch).
+        # The crop goes straight into its place in the batch, in the float32 the transforms take: one copy
+        # instead of np.pad, astype and stack per channel (this runs for every sample of every batch, and the
+        # crop is the region rotation and scaling may reach, many times the patch).
         inner = (slice(None), *(slice(max(-s, 0), max(-s, 0) + k.stop - k.start) for s, k in zip(starts, spatial)))
-        crop = np.zeros((data.shape[0], *sample), dtype=np.float32)
-        crop[inner] = data[index]
-        pad_values: Sequence[int] = (OUTSIDE_MASK_LABEL,) * seg.shape[0] + (0,) * (previous.shape[0] if previous is not None else 0)
-        crop_seg = np.empty((len(pad_values), *sample), dtype=np.float32)
-        crop_seg[...] = np.asarray(pad_values, dtype=np.float32).reshape(-1, *([1] * len(sample)))
-        crop_seg[(slice(0, seg.shape[0]), *inner[1:])] = seg[index]
+        data_out[inner] = data[index]
+        seg_out[(slice(0, seg.shape[0]), *inner[1:])] = seg[index]
         if previous is not None:
-            crop_seg[(slice(seg.shape[0], None), *inner[1:])] = previous[index]
-        return crop, crop_seg
+            seg_out[(slice(seg.shape[0], None), *inner[1:])] = previous[index]
 
     def _foreground_voxel(self, locations: dict[str, np.ndarray]) -> np.ndarray | None:
         classes = [str(c) for c in self.spec.foreground_labels if len(locations.get(str(c), ())) > 0]
