@@ -39,30 +39,32 @@ def batch(shape: tuple[int, ...], seed: int, n: int = 8, channels: int = 2, seg_
     return data, seg
 
 
-def reference(patch: list[int], angles: list[tuple[float, float]], p_el: float, p_rot: float, p_scale: float, order_seg: int):
+def reference(patch: list[int], angles: list[tuple[float, float]], p_el: float, p_rot: float, p_scale: float, order_seg: int,
+              order_data: int):
     axes = dict(zip(["angle_x", "angle_y", "angle_z"], angles))
     return ReferenceTransform(
         patch, patch_center_dist_from_border=0, do_elastic_deform=p_el > 0, alpha=(0.0, 200.0), sigma=(9.0, 13.0),
         do_rotation=p_rot > 0, **axes, do_scale=p_scale > 0, scale=(0.7, 1.4), border_mode_data="constant",
-        border_cval_data=0, order_data=1, border_mode_seg="constant", border_cval_seg=-1, order_seg=order_seg,
+        border_cval_data=0, order_data=order_data, border_mode_seg="constant", border_cval_seg=-1, order_seg=order_seg,
         random_crop=False, p_el_per_sample=p_el, p_scale_per_sample=p_scale, p_rot_per_sample=p_rot,
     )
 
 
-def ours(patch: list[int], angles: list[tuple[float, float]], p_el: float, p_rot: float, p_scale: float, order_seg: int):
+def ours(patch: list[int], angles: list[tuple[float, float]], p_el: float, p_rot: float, p_scale: float, order_seg: int,
+         order_data: int):
     return SpatialTransform(
         patch, elastic=(p_el, (0.0, 200.0), (9.0, 13.0)), rotation=(p_rot, angles), scaling=(p_scale, (0.7, 1.4)),
-        order_data=1, border_cval_data=0, order_seg=order_seg, border_cval_seg=-1,
+        order_data=order_data, border_cval_data=0, order_seg=order_seg, border_cval_seg=-1,
     )
 
 
-def run_both(shape, patch, probabilities, order_seg=1, seed=0, **batch_kwargs):
+def run_both(shape, patch, probabilities, order_seg=1, seed=0, order_data=1, **batch_kwargs):
     angles = [(-math.pi, math.pi)] if len(patch) == 2 else [(-math.pi / 6, math.pi / 6)] * 3
     data, seg = batch(shape, seed, **batch_kwargs)
     outputs = []
     for make in (reference, ours):
         with seeded_global_rng(seed):
-            out = make(patch, angles, *probabilities, order_seg)(data=data.copy(), seg=seg.copy())
+            out = make(patch, angles, *probabilities, order_seg, order_data)(data=data.copy(), seg=seg.copy())
             outputs.append((out["data"], out["seg"], np.random.uniform()))  # the stream's next draw: in step?
     return outputs
 
@@ -94,6 +96,12 @@ def test_same_labels_with_many_labels_and_several_label_channels() -> None:
 def test_other_label_orders_fall_back_to_batchgenerators() -> None:
     (ref_data, ref_seg, _), (data, seg, _) = run_both((24, 24, 20), [16, 16, 16], (0.0, 1.0, 1.0), order_seg=0, seed=5)
     np.testing.assert_array_equal(seg, ref_seg)
+    np.testing.assert_array_equal(data, ref_data)
+
+
+def test_cubic_images_are_interpolated_on_the_whole_crop() -> None:
+    """Order 3 (nnU-Net v1's images) prefilters the whole image: a window would change the values."""
+    (ref_data, _, _), (data, _, _) = run_both((30, 34, 26), [20, 24, 18], (0.0, 1.0, 1.0), seed=7, order_data=3)
     np.testing.assert_array_equal(data, ref_data)
 
 
