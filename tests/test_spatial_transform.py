@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from batchgenerators.augmentations.utils import interpolate_img
 from batchgenerators.transforms.spatial_transforms import SpatialTransform as ReferenceTransform
+from scipy import ndimage
 
 from autoseg.training.data_loading import seeded_global_rng
 from autoseg.training.spatial_transform import SpatialTransform, interpolate_labels_linear, uniform_cells
@@ -23,8 +24,6 @@ def label_map(shape: tuple[int, ...], n_labels: int, seed: int, pad: int = 3) ->
     """Smooth random regions of labels 0..n_labels-1 (as float32, as batches carry them), framed by -1."""
     rng = np.random.default_rng(seed)
     field = rng.normal(size=(n_labels, *[s // 4 + 2 for s in shape]))
-    from scipy import ndimage
-
     zoomed = np.stack([ndimage.zoom(f, [s / f.shape[i] for i, s in enumerate(shape)], order=1)[tuple(slice(0, s) for s in shape)] for f in field])
     labels = np.argmax(zoomed, axis=0).astype(np.float32)
     labels[tuple(slice(0, pad) for _ in shape)] = -1  # a corner of the padding the loader writes
