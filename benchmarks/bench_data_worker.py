@@ -5,9 +5,10 @@ the step loses (issue 18 §3, figure 1). For each dataset: ``autoseg plan --budg
 ``autoseg preprocess`` in a fresh folder (this checkout), then fold 0's training batches as the trainer
 builds them (``training/trainer.py: sampling_specs``: its cases, patch, sample region, batch size and
 resolved augmentation) are drawn in a separate process on one thread, every training case opened first
-(a long run's steady state), once with this checkout's code and once with ``--before``'s (exported with
-``git archive``), alternating ``--repeats`` times. Reported: CPU seconds per batch (process time; median
-of the repeats) and whether the two codes drew the same batches (sha256 of images and labels).
+(a long run's steady state; ``common.augmentation_cpu_seconds``, as ``bench_engine_throughput.py`` measures
+it), once with this checkout's code and once with ``--before``'s (exported with ``git archive``),
+alternating ``--repeats`` times. Reported: CPU seconds per batch (process time; median of the repeats)
+and whether the two codes drew the same batches (sha256 of images and labels, hashed outside the timing).
 
 Run: ``python benchmarks/bench_data_worker.py [--before COMMIT] [--batches 100] [--repeats 3]
 [--datasets NAME:BUDGET:CONFIGURATION,...] [--work-dir DIR] [--no-doc]`` (about 5 minutes on 2 cores).
@@ -18,7 +19,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -37,31 +37,27 @@ PROBE_FLAG = "--probe"
 
 
 def probe(dataset: str, configuration: str, batches: int) -> dict[str, object]:
-    """In the process of one code version (``PYTHONPATH``): CPU per batch and the batches' sha256."""
+    """In the process of one code version (``PYTHONPATH``): CPU per batch and the batches' sha256 (hashed
+    outside the timing)."""
     import numpy as np
-    import torch
 
     import autoseg
     from autoseg.planning.constants import DEFAULT_PLANS_NAME
-    from autoseg.training.data_loading import TRAIN_STREAM, BatchSource
     from autoseg.training.run import resolve_fold_run
     from autoseg.training.trainer import sampling_specs
+    from common import augmentation_cpu_seconds
 
-    torch.set_num_threads(1)
     run = resolve_fold_run(dataset, configuration, "0", None, DEFAULT_PLANS_NAME, [], "cpu", seed=0, deterministic=False,
                            num_workers=None, epochs=1, budget_seconds=None, resume=False, start_time=time.monotonic())
     plan = run.configuration
     spec, _, _ = sampling_specs(run, list(plan["patch_size"]), int(plan["batch_size"]), [])
-    source = BatchSource(spec, seed=0, stream=TRAIN_STREAM)
-    for case in spec.case_ids:
-        source._case(case)  # a worker opens each case once; a long run's steady state has them all open
     digest = hashlib.sha256()
-    start = time.process_time()
-    for index in range(batches):
-        batch = source(index)
+
+    def hash_batch(batch: dict[str, np.ndarray]) -> None:
         digest.update(np.ascontiguousarray(batch["data"]).tobytes())
         digest.update(np.ascontiguousarray(batch["target"]).tobytes())
-    cpu = (time.process_time() - start) / batches
+
+    cpu = augmentation_cpu_seconds(spec, batches, hash_batch)
     return {"cpu_per_batch": cpu, "sha256": digest.hexdigest(), "autoseg": autoseg.__file__,
             "patch": list(spec.patch_size), "sample": list(spec.sample_size), "batch": spec.batch_size,
             "labels": len(spec.foreground_labels) + 1}

@@ -49,6 +49,7 @@ import yaml
 from torch import nn
 
 from common import (
+    augmentation_cpu_seconds,
     HIPPOCAMPUS,
     autoseg_command,
     autoseg_env,
@@ -65,7 +66,7 @@ from autoseg.networks.registry import create_network
 from autoseg.preprocessing.store import list_cases
 from autoseg.training.augmentation import resolve_augmentation, sampling_size
 from autoseg.planning.constants import DEFAULT_PLANS_NAME
-from autoseg.training.data_loading import TRAIN_STREAM, BatchSource, SamplingSpec, batch_to_device
+from autoseg.training.data_loading import SamplingSpec, batch_to_device
 from autoseg.training.checkpoints import LATEST, load_checkpoint
 from autoseg.training.monitor import WarmTimer
 from autoseg.training.run import resolve_fold_run
@@ -243,23 +244,6 @@ def fold_sampling_spec(fold: FoldStep, preprocessed: Path, plans: dict[str, Any]
         batch_size=fold.batch, oversample_foreground=fold.config["oversample_foreground"],
         foreground_labels=list(range(1, fold.metadata["num_outputs"])), augmentation=augmentation,
     )
-
-
-def augmentation_cpu_seconds(spec: SamplingSpec, batches: int) -> float:
-    """CPU seconds one data worker spends per training batch (sampling, augmentation), in this process
-    on one thread, every training case opened before timing (a long run's steady state)."""
-    source = BatchSource(spec, seed=0, stream=TRAIN_STREAM)
-    for case in spec.case_ids:
-        source._case(case)  # opened (and its class locations parsed) once per worker in a real run
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        start = time.process_time()
-        for index in range(batches):
-            source(index)
-        return (time.process_time() - start) / batches
-    finally:
-        torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------------------------- interleaved blocks

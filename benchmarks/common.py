@@ -127,6 +127,32 @@ def warm_file_cache(folder: Path) -> None:
                     pass
 
 
+def augmentation_cpu_seconds(spec: Any, batches: int, on_batch: Callable[[dict[str, Any]], None] | None = None) -> float:
+    """CPU seconds one data worker spends per training batch (sampling, augmentation) of ``spec`` (a
+    ``SamplingSpec``), in this process on one thread, every training case opened before timing (a long
+    run's steady state). ``on_batch`` sees each batch outside the timed part."""
+    import torch
+
+    from autoseg.training.data_loading import TRAIN_STREAM, BatchSource
+
+    source = BatchSource(spec, seed=0, stream=TRAIN_STREAM)
+    for case in spec.case_ids:
+        source._case(case)  # opened (and its class locations parsed) once per worker in a real run
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        spent = 0.0
+        for index in range(batches):
+            start = time.process_time()
+            batch = source(index)
+            spent += time.process_time() - start
+            if on_batch is not None:
+                on_batch(batch)
+        return spent / batches
+    finally:
+        torch.set_num_threads(threads)
+
+
 # ----------------------------------------------------------------------------------- timed processes
 @dataclass
 class Measurement:
