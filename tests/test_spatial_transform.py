@@ -132,3 +132,38 @@ def test_uniform_cells_by_hand() -> None:
 def test_a_rotation_needs_one_angle_range_per_axis() -> None:
     with pytest.raises(ValueError, match="3 angle ranges for a 3D patch, got 1"):
         SpatialTransform([8, 8, 8], rotation=(0.2, [(-1.0, 1.0)]))
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_boundary_points_match_in_every_tie(dims: int) -> None:
+    """A label per voxel drawn from three or six (every cell a boundary) sampled at exact fractions of
+    a cell (halves, quarters: two, three or four labels tie, the nearest voxel's label among them or
+    not), at inexact ones (thirds, tenths: labels tie in exact arithmetic and their float64 scores then
+    differ in the last bits, so only scipy's own arithmetic, weights ``1 - f`` and ``1 - (1 - f)``, gives
+    batchgenerators' winner) and at random points: every point as batchgenerators resamples it."""
+    shape = (9, 8, 7)[:dims]
+    rng = np.random.default_rng(10 + dims)
+    fractions = [0.0, 0.5, 0.25, 0.75, 0.1, 0.2, 0.3, 0.45, 0.7, 0.9, 1 / 3, 2 / 3, 1 / 6]
+    combos = np.stack([g.ravel() for g in np.meshgrid(*[fractions] * dims, indexing="ij")])
+    expected, found = [], []
+    for n_labels in (3, 6):
+        labels = rng.integers(0, n_labels, size=shape).astype(np.float32)
+        labels[(slice(0, 2),) * dims] = n_labels - 1  # a few uniform cells too
+        cells = rng.integers(0, np.asarray(shape)[:, None] - 1, size=(dims, 40))
+        points = (cells[:, :, None] + combos[:, None, :]).reshape(dims, -1)
+        points = np.concatenate([points, rng.uniform(0, np.asarray(shape)[:, None] - 1, size=(dims, 2000))], axis=1)
+        expected.append(interpolate_img(labels, points, 1, "constant", cval=-1, is_seg=True))
+        found.append(interpolate_labels_linear(labels, points, "constant", -1))
+    np.testing.assert_array_equal(np.concatenate(found), np.concatenate(expected))
+
+
+@pytest.mark.parametrize("values", [(0.25, 0.75, 2.5), (0.0, 65536.0, 3.0)], ids=["fractions", "beyond-int16"])
+def test_labels_that_are_not_16_bit_integers_keep_their_cells_apart(values: tuple[float, ...]) -> None:
+    """The uniform-cell test runs on 16-bit integers only when that conversion keeps every label: 0.25 and
+    0.75 (both 0 as integers) or 0 and 65536 (0 as int16 after wrapping) stay different labels."""
+    rng = np.random.default_rng(5)
+    blocks = rng.integers(0, len(values), size=(4, 4, 3))
+    labels = np.asarray(values, dtype=np.float32)[np.kron(blocks, np.ones((4, 4, 4), dtype=int))]  # 16x16x12
+    points = rng.uniform(0, 11, size=(3, 3000))
+    expected = interpolate_img(labels, points, 1, "constant", cval=-1, is_seg=True)
+    np.testing.assert_array_equal(interpolate_labels_linear(labels, points, "constant", -1), expected)

@@ -4,9 +4,10 @@ nnU-Net v2 (through batchgenerators' ``SpatialTransform``) resamples a label map
 indicator per label, linearly, and taking the per-voxel argmax. At a sample point whose surrounding
 2^d voxels (its interpolation cell) all hold one label, that label scores the sum of the weights and
 every other label scores exactly 0, so it wins outright: only points on a label boundary need the
-per-label interpolation. :func:`interpolate_labels_linear` computes those alone, with batchgenerators'
-own function, and reads the rest from the cell; with a few labels this takes a fraction of the CPU (a
-data worker's largest cost, see docs/benchmarks.md), with many labels far less. :class:`SpatialTransform` draws
+per-label interpolation. :func:`interpolate_labels_linear` computes those alone, with scipy's arithmetic
+and batchgenerators' tie-break, step by step, on each point's 2^d voxels, and reads the rest from the
+cell; with a few labels this takes a fraction of the CPU (a data worker's largest cost, see
+docs/benchmarks.md), with many labels far less. :class:`SpatialTransform` draws
 its random numbers as batchgenerators' ``augment_spatial`` does, in the same order, and builds the
 coordinate grid once per patch size, so a seed gives the same batch, bit for bit
 (``tests/test_spatial_transform.py`` compares the two).
@@ -47,23 +48,73 @@ def uniform_cells(labels: np.ndarray) -> np.ndarray:
 def interpolate_labels_linear(labels: np.ndarray, coords: np.ndarray, mode: str, cval: float) -> np.ndarray:
     """``interpolate_img(labels, coords, 1, mode, cval, is_seg=True)``, equal to it voxel for voxel.
 
-    Points whose interpolation cell lies inside the image and holds one label take that label; the others
-    (label boundaries, points near or outside the border) go through ``interpolate_img``, which is pointwise.
+    Points whose interpolation cell lies inside the image and holds one label take that label; those on a
+    label boundary are scored on their own cell (:func:`_interpolate_cells`); points near or outside the
+    border go through ``interpolate_img``, which is pointwise.
     """
     dims = labels.ndim
     points = coords.reshape(dims, -1)
-    corner = np.floor(points)
+    first = points.astype(np.intp)  # each cell's first voxel where the point is >= 0 (truncation is floor there)
     inside = np.ones(points.shape[1], dtype=bool)
-    for axis_corner, size in zip(corner, labels.shape):  # row by row: reductions across rows are slow here
-        inside &= (axis_corner >= 0) & (axis_corner <= size - 2)
-    index = np.ravel_multi_index(tuple(np.where(inside, corner, 0).astype(np.intp)), labels.shape)
-    single = inside & uniform_cells(labels).ravel()[index]
-    result = np.empty(points.shape[1], dtype=labels.dtype)
-    result[single] = labels.ravel()[index[single]]
-    mixed = ~single
-    if mixed.any():
-        result[mixed] = interpolate_img(labels, points[:, mixed], 1, mode, cval=cval, is_seg=True)
+    index = np.zeros(points.shape[1], dtype=np.intp)
+    strides = np.cumprod((1, *labels.shape[:0:-1]))[::-1]  # C order, in elements
+    for axis in range(dims):  # row by row: reductions across rows are slow here
+        inside &= (points[axis] >= 0) & (first[axis] <= labels.shape[axis] - 2)
+        index += first[axis] * int(strides[axis])
+    index[~inside] = 0  # any cell: those points take the border path below
+    result = labels.ravel()[index]
+    boundary = np.flatnonzero(inside & ~_uniform_cells_compact(labels).ravel()[index])
+    if boundary.size:
+        at = points[:, boundary]
+        result[boundary] = _interpolate_cells(labels, at, np.floor(at), index[boundary])
+    border = np.flatnonzero(~inside)
+    if border.size:
+        result[border] = interpolate_img(labels, points[:, border], 1, mode, cval=cval, is_seg=True)
     return result.reshape(coords.shape[1:])
+
+
+def _uniform_cells_compact(labels: np.ndarray) -> np.ndarray:
+    """:func:`uniform_cells` on 16-bit integers when the labels are such (a label map's usual case), which
+    moves a quarter of the float32 bytes through its min/max passes."""
+    compact = labels.astype(np.int16)
+    return uniform_cells(compact if np.array_equal(compact, labels) else labels)
+
+
+def _interpolate_cells(labels: np.ndarray, points: np.ndarray, floors: np.ndarray, corners: np.ndarray) -> np.ndarray:
+    """``interpolate_img(labels, points, 1, is_seg=True)`` (its default tie-break, ``'nearest'``) at
+    ``points`` (dims, n) whose cells lie inside ``labels``: ``floors`` is ``floor(points)``, ``corners``
+    the flat index of each cell's first voxel.
+
+    The arithmetic is scipy's ``map_coordinates`` at order 1, step by step in float64: the weights
+    ``1 - f`` and ``1 - (1 - f)``, each corner's weight the product over the axes in axis order, a
+    label's score the sum over its corners in C order. The winner is the label with the highest score,
+    the smallest of those tied, unless the nearest voxel's label (``floor(x + 0.5)`` per axis) is among
+    them, as batchgenerators decides. So the scores and the decisions are those of interpolating every
+    label's indicator over the whole map, computed on the ``2^d`` voxels of each boundary point alone."""
+    dims = labels.ndim
+    bits = np.indices((2,) * dims).reshape(dims, -1)  # corner h's offset on each axis, C order
+    corner_labels = labels.ravel()[np.ravel_multi_index(tuple(bits), labels.shape)[:, None] + corners]
+    low = 1.0 - (points - floors)
+    axis_weights = (low, 1.0 - low)
+    weights = []
+    for h in range(bits.shape[1]):
+        weight = axis_weights[bits[0, h]][0]
+        for axis in range(1, dims):
+            weight = weight * axis_weights[bits[axis, h]][axis]
+        weights.append(weight)
+    present = np.unique(corner_labels)
+    scores = np.zeros((len(present), len(corners)))
+    for i, label in enumerate(present):  # a corner adds its weight to its label's score, 0 to the others
+        for h, weight in enumerate(weights):
+            scores[i] += np.where(corner_labels[h] == label, weight, 0.0)
+    winner = np.argmax(scores, axis=0)
+    nearest_corner = np.zeros(len(corners), dtype=np.intp)
+    for axis in range(dims):
+        nearest_corner = nearest_corner * 2 + (np.floor(points[axis] + 0.5) > floors[axis])
+    columns = np.arange(len(corners))
+    nearest = np.searchsorted(present, corner_labels[nearest_corner, columns])
+    nearest_wins = scores[nearest, columns] == scores[winner, columns]
+    return present[np.where(nearest_wins, nearest, winner)]
 
 
 def support_window(coords: np.ndarray, shape: Sequence[int]) -> tuple[tuple[slice, ...], np.ndarray]:
