@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import json
 import statistics
 import subprocess
@@ -50,7 +51,12 @@ def probe(dataset: str, configuration: str, batches: int) -> dict[str, object]:
     run = resolve_fold_run(dataset, configuration, "0", None, DEFAULT_PLANS_NAME, [], "cpu", seed=0, deterministic=False,
                            num_workers=None, epochs=1, budget_seconds=None, resume=False, start_time=time.monotonic())
     plan = run.configuration
-    spec, _, _ = sampling_specs(run, list(plan["patch_size"]), int(plan["batch_size"]), [])
+    specs = (run, list(plan["patch_size"]), int(plan["batch_size"]), [])
+    if "case_cache" in inspect.signature(sampling_specs).parameters:  # the trainer's, for one worker (earlier code: none)
+        from autoseg.training.data_loading import case_cache_bytes, validation_workers
+
+        specs += (case_cache_bytes(run.config["case_cache_mb"], 1 + validation_workers(1)),)
+    spec, _, _ = sampling_specs(*specs)
     digest = hashlib.sha256()
 
     def hash_batch(batch: dict[str, np.ndarray]) -> None:

@@ -387,6 +387,36 @@ def _prefetch_batches(make, monkeypatch: pytest.MonkeyPatch) -> None:
         assert stream.queues[0]._maxsize == 5
 
 
+def _case_cache_mb(make, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A number caps each source's decompressed cases (those that fit, in the order it opens them); 0
+    keeps the store's handles; auto shares an eighth of the memory over the data processes of all
+    ranks; the batches are the same either way."""
+    store = BatchSource(make(["case_cache_mb=0"]).train_spec, 0, TRAIN_STREAM)
+    case_ids = store.spec.case_ids
+    handles = [store._case(c)[:2] for c in case_ids]
+    assert not any(isinstance(array, np.ndarray) for pair in handles for array in pair)
+    sizes = [sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in pair) for pair in handles]
+    cap = sizes[0] + sizes[1] + sizes[2] // 2  # two and a half cases
+    trainer = make([f"case_cache_mb={cap / 2**20!r}"])
+    assert trainer.train_spec.case_cache_bytes == trainer.val_spec.case_cache_bytes == cap
+    cached = BatchSource(trainer.train_spec, trainer.run.seed, TRAIN_STREAM)
+    expected, left = [], cap
+    for size in sizes:
+        expected.append(size <= left)
+        left -= size if size <= left else 0
+    assert [isinstance(cached._case(c)[0], np.ndarray) for c in case_ids] == expected
+    assert expected[:3] == [True, True, False]
+    for index in range(3):
+        a, b = store(index), cached(index)
+        assert all(np.array_equal(a[k], b[k]) for k in ("data", "target"))
+    memory = 8 * 3 * 2 * 2**20 * 1000  # an eighth: 1000 MiB for 3 processes of each of 2 ranks
+    monkeypatch.setattr("os.sysconf", lambda name: {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": memory // 4096}[name])
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert make(["case_cache_mb=auto", "num_workers=2"]).train_spec.case_cache_bytes == 1000 * 2**20
+    with pytest.raises(TrainingError, match=r"case_cache_mb is -1: give the MiB"):
+        make(["case_cache_mb=-1"])
+
+
 def _slow(index: int) -> dict[str, np.ndarray]:
     time.sleep(30)
     return {}
@@ -516,6 +546,7 @@ CHECKS: dict[str, Callable[..., None]] = {
     "math_threads": _math_threads,
     "prefetch_batches": _prefetch_batches,
     "worker_timeout_seconds": _worker_timeout_seconds,
+    "case_cache_mb": _case_cache_mb,
     **{f"augmentation.{key}": _augmentation_check(key) for key in _AUGMENTATION_CHANGES},
     "network_options": _network_options,
     "adversarial.discriminator_lr": _adversarial("discriminator_lr", "0.5", 0.5),

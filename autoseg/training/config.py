@@ -24,6 +24,7 @@ _OPEN_TYPES: dict[str, tuple[type, ...]] = {
     "patch_size": (list,),
     "num_workers": (int,),
     "math_threads": (int,),
+    "case_cache_mb": (int, float),
     "channels_last": (bool,),
     "augmentation.rotation.degrees_2d": (int, float),
     "augmentation.mask_channels": (list,),

@@ -99,6 +99,8 @@ class SamplingSpec:
         previous_stage_labels: cascade only: the foreground labels one-hot encoded into the input.
         n_image_channels: image channels in the store.
         augmentation: the config's augmentation section; ``None`` for validation batches.
+        case_cache_bytes: decompressed case arrays (images and labels) the source keeps in memory, case by
+            case in the order it opens them, up to this many bytes; the rest stay store handles.
     """
 
     folder: Path
@@ -112,6 +114,21 @@ class SamplingSpec:
     previous_stage_labels: list[int] | None = None
     n_image_channels: int = 1
     augmentation: dict[str, Any] | None = None
+    case_cache_bytes: int = 0
+
+
+def case_cache_bytes(setting: float | str, data_processes: int, world_size: int = 1) -> int:
+    """Bytes of decompressed cases each of a rank's ``data_processes`` (its training and validation
+    workers) may keep in memory, for the ``case_cache_mb`` setting: MiB, or ``auto``, an eighth of the
+    machine's memory shared by the data processes of all its ranks, at most 1 GiB each."""
+    if setting == "auto":
+        local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return int(min(2**30, memory / 8 / (max(1, data_processes) * max(1, local_ranks))))
+    if isinstance(setting, str) or setting < 0:
+        raise TrainingError(f"case_cache_mb is {setting!r}: give the MiB of decompressed cases a data worker may keep "
+                            "in memory (0 or more; 0 reads every crop from the store) or auto")
+    return int(setting * 2**20)
 
 
 class BatchSource:
@@ -123,6 +140,7 @@ class BatchSource:
         self.spec = spec
         self.seed, self.stream, self.rank = seed, stream, rank
         self._cases: dict[str, tuple[Any, Any, dict[str, list[np.ndarray]], Any]] = {}
+        self._cached_bytes = 0
         self._transforms: Any = None
 
     def __call__(self, index: int) -> dict[str, np.ndarray]:
@@ -151,6 +169,7 @@ class BatchSource:
             from autoseg.preprocessing.store import load_case
 
             data, seg, properties = load_case(self.spec.folder, case_id)
+            data, seg = self._decompressed(data, seg)
             locations = {
                 str(label): np.asarray(points, dtype=np.int64)
                 for label, points in (properties.get("class_locations") or {}).items()
@@ -160,6 +179,16 @@ class BatchSource:
                 previous = np.load(Path(self.spec.previous_stage_folder) / f"{case_id}.npy", mmap_mode="r", allow_pickle=False)
             self._cases[case_id] = (data, seg, locations, previous)
         return self._cases[case_id]
+
+    def _decompressed(self, data: Any, seg: Any) -> tuple[Any, Any]:
+        """The case's arrays in memory while they fit ``case_cache_bytes`` (a crop is then a plain copy,
+        where a store handle decompresses every chunk the crop touches, each time), else the handles."""
+        arrays = [a for a in (data, seg) if a is not None]
+        size = sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in arrays)
+        if self._cached_bytes + size > self.spec.case_cache_bytes:
+            return data, seg
+        self._cached_bytes += size
+        return data[...], (None if seg is None else seg[...])
 
     def _empty_batch(self) -> tuple[np.ndarray, np.ndarray]:
         """A batch of ``sample_size`` crops filled with the padding values: images 0, labels

@@ -30,6 +30,7 @@ from autoseg.training.data_loading import (
     BatchStream,
     SamplingSpec,
     batch_to_device,
+    case_cache_bytes,
     validation_workers,
     worker_count,
 )
@@ -63,17 +64,17 @@ def label_spec(description: DatasetDescription) -> tuple[LabelSpec, list[str]]:
     return LabelSpec(description.num_output_channels, regions, description.ignore_label), names
 
 
-def sampling_specs(run: FoldRun, patch_size: list[int], batch_size: int,
-                   cascade_labels: list[int]) -> tuple[SamplingSpec, SamplingSpec, dict[str, Any]]:
-    """Training (augmented, sampled larger for rotation and scaling) and validation batch specs, and
-    the resolved augmentation."""
+def sampling_specs(run: FoldRun, patch_size: list[int], batch_size: int, cascade_labels: list[int],
+                   case_cache: int = 0) -> tuple[SamplingSpec, SamplingSpec, dict[str, Any]]:
+    """Training (augmented, sampled larger for rotation and scaling) and validation batch specs, each
+    source keeping up to ``case_cache`` bytes of decompressed cases, and the resolved augmentation."""
     cfg, desc = run.config, run.description
     aug = resolve_augmentation(cfg["augmentation"], patch_size, run.configuration["normalization"])
     common = dict(
         folder=run.store, patch_size=patch_size, batch_size=batch_size,
         oversample_foreground=cfg["oversample_foreground"], foreground_labels=desc.foreground_labels,
         previous_stage_folder=run.previous_stage_cache, previous_stage_labels=cascade_labels or None,
-        n_image_channels=desc.num_channels,
+        n_image_channels=desc.num_channels, case_cache_bytes=case_cache,
     )
     train = SamplingSpec(case_ids=run.train_cases, sample_size=sampling_size(patch_size, aug), augmentation=aug, **common)
     val = SamplingSpec(case_ids=run.val_cases, sample_size=patch_size, augmentation=None, **common)
@@ -111,7 +112,9 @@ class Trainer:
             self.setup.model, self.setup.network, run.network_name, self.setup.optimizer, self.labels, cfg, self.device,
             self.setup.amp_dtype, wrap=lambda m: wrap_model(m, self.context, self.device), in_channels=self.in_channels,
         )
-        self.train_spec, self.val_spec, aug = sampling_specs(run, self.patch_size, self.batch_size, cascade_labels)
+        workers = self.workers()
+        case_cache = case_cache_bytes(cfg["case_cache_mb"], workers + validation_workers(workers), self.context.world_size)
+        self.train_spec, self.val_spec, aug = sampling_specs(run, self.patch_size, self.batch_size, cascade_labels, case_cache)
         self.mirror_axes = list(range(len(self.patch_size))) if aug["mirror"]["p"] > 0 else []
         self.state = TrainingState(planned_total(cfg, plan, run.epochs, self.iterations_per_epoch))
         # Wall time of each part of the run, for predicted-against-actual accounting (not checkpointed).
