@@ -53,9 +53,9 @@ def probe(dataset: str, configuration: str, batches: int) -> dict[str, object]:
     plan = run.configuration
     specs = (run, list(plan["patch_size"]), int(plan["batch_size"]), [])
     if "case_cache" in inspect.signature(sampling_specs).parameters:  # the trainer's, for one worker (earlier code: none)
-        from autoseg.training.data_loading import case_cache_bytes, validation_workers
+        from autoseg.training.data_loading import case_cache_bytes
 
-        specs += (case_cache_bytes(run.config["case_cache_mb"], 1 + validation_workers(1)),)
+        specs += (case_cache_bytes(run.config["case_cache_mb"], 1),)
     spec, _, _ = sampling_specs(*specs)
     digest = hashlib.sha256()
 

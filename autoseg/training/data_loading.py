@@ -117,14 +117,16 @@ class SamplingSpec:
     case_cache_bytes: int = 0
 
 
-def case_cache_bytes(setting: float | str, data_processes: int, world_size: int = 1) -> int:
-    """Bytes of decompressed cases each of a rank's ``data_processes`` (its training and validation
-    workers) may keep in memory, for the ``case_cache_mb`` setting: MiB, or ``auto``, an eighth of the
-    machine's memory shared by the data processes of all its ranks, at most 1 GiB each."""
+def case_cache_bytes(setting: float | str, train_workers: int, world_size: int = 1) -> int:
+    """Bytes of decompressed cases each data process of a rank (``train_workers`` and their validation
+    workers, or the rank itself without workers) may keep in memory, for the ``case_cache_mb`` setting:
+    MiB, or ``auto``, an eighth of the machine's memory shared by the data processes of all its ranks, at
+    most 1 GiB each."""
     if setting == "auto":
         local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        return int(min(2**30, memory / 8 / (max(1, data_processes) * max(1, local_ranks))))
+        processes = max(1, train_workers + validation_workers(train_workers)) * max(1, local_ranks)
+        return int(min(2**30, memory / 8 / processes))
     if isinstance(setting, str) or setting < 0:
         raise TrainingError(f"case_cache_mb is {setting!r}: give the MiB of decompressed cases a data worker may keep "
                             "in memory (0 or more; 0 reads every crop from the store) or auto")

@@ -112,8 +112,7 @@ class Trainer:
             self.setup.model, self.setup.network, run.network_name, self.setup.optimizer, self.labels, cfg, self.device,
             self.setup.amp_dtype, wrap=lambda m: wrap_model(m, self.context, self.device), in_channels=self.in_channels,
         )
-        workers = self.workers()
-        case_cache = case_cache_bytes(cfg["case_cache_mb"], workers + validation_workers(workers), self.context.world_size)
+        case_cache = case_cache_bytes(cfg["case_cache_mb"], self.workers(), self.context.world_size)
         self.train_spec, self.val_spec, aug = sampling_specs(run, self.patch_size, self.batch_size, cascade_labels, case_cache)
         self.mirror_axes = list(range(len(self.patch_size))) if aug["mirror"]["p"] > 0 else []
         self.state = TrainingState(planned_total(cfg, plan, run.epochs, self.iterations_per_epoch))
