@@ -219,7 +219,22 @@ def test_below_the_floor_the_recipe_with_the_most_iterations_wins(cache, monkeyp
     # the earlier rule (finest spacing viable at the halved floor, its largest patch) planned another recipe
     assert min(c.spacing[1] for c in half) < best.spacing[1]
     assert any(c.spacing == best.spacing and np.prod(c.patch) > np.prod(best.patch) for c in half)
-    assert any(f"affords no recipe with {C.ITERATION_FLOOR} iterations" in note for note in plans["notes"])
+    [note] = [n for n in plans["notes"] if f"affords no recipe with {C.ITERATION_FLOOR} iterations" in n]
+    assert f"{best.recipe_iterations} iterations at the reference speed, {best.iterations} at this machine's" in note
+    assert note.endswith("expect a weak model or give a larger --budget")
+
+
+def test_a_fast_machine_above_the_floor_is_not_warned_of_a_weak_model(cache) -> None:
+    """Floors are checked at the recipe speed: a machine 4x faster than the reference (inside the band)
+    plans the reference's recipe below the floor but trains more than the floor with it; the note says
+    both counts and does not promise a weak model."""
+    plans = build_plans(ACDC, memory_budget_bytes=4 * GIB, budget_seconds=330.0, configs=["3d_fullres"],
+                        timing_factory=_timing(0.25), cache_dir=cache)
+    config = plans["configurations"]["3d_fullres"]
+    [note] = [n for n in plans["notes"] if f"affords no recipe with {C.ITERATION_FLOOR} iterations" in n]
+    reference, measured = map(int, re.search(r"(\d+) iterations at the reference speed, (\d+) at this machine's", note).groups())
+    assert reference < C.ITERATION_FLOOR <= measured and measured == pytest.approx(config["num_iterations"], rel=0.01)
+    assert "weak model" not in note and note.endswith("give a larger --budget where the plan is reused")
 
 
 def _precision_timing(float32_slowdown: float):

@@ -412,12 +412,21 @@ def _search_budget(ctx: _Context, name: str, spacing: Sequence[float], dims: int
         _note_spacing(ctx, name, kept.spacing, spacing, dims)
         return kept
     _note_spacing(ctx, name, best.spacing, spacing, dims)
-    ctx.notes.append(
-        f"{name}: the budget of {ctx.budget_seconds:.0f} s affords no recipe with {C.ITERATION_FLOOR} iterations "
-        f"and enough context at any spacing; planned the one with the most ({best.iterations}, patch {best.patch}); "
-        "expect a weak model or give a larger --budget"
-    )
+    ctx.notes.append(_below_floor_note(ctx, name, best))
     return best
+
+
+def _below_floor_note(ctx: _Context, name: str, best: _Candidate) -> str:
+    """Why the plan has few iterations. The floor is checked at the recipe speed (docs/planning.md,
+    "Reproducible recipes"), so a machine faster than the reference trains more than the floor with the
+    recipe a reference machine would get: say both counts, and warn of a weak model only where it is."""
+    said = (f"{name}: at the reference speed recipes are chosen at, the budget of {ctx.budget_seconds:.0f} s affords "
+            f"no recipe with {C.ITERATION_FLOOR} iterations and enough context at any spacing; planned the one with "
+            f"the most (patch {best.patch}: {best.recipe_iterations} iterations at the reference speed, "
+            f"{best.iterations} at this machine's measured speed)")
+    if best.iterations >= C.ITERATION_FLOOR:
+        return said + "; a slower machine would train fewer, so give a larger --budget where the plan is reused"
+    return said + "; expect a weak model or give a larger --budget"
 
 
 def _candidates_at(ctx: _Context, fingerprint: dict[str, Any], forward: list[int], spacing: list[float], dims: int,
