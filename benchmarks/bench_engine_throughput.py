@@ -66,7 +66,7 @@ from autoseg.networks.registry import create_network
 from autoseg.preprocessing.store import list_cases
 from autoseg.training.augmentation import resolve_augmentation, sampling_size
 from autoseg.planning.constants import DEFAULT_PLANS_NAME
-from autoseg.training.data_loading import SamplingSpec, batch_to_device
+from autoseg.training.data_loading import SamplingSpec, batch_to_device, case_cache_bytes
 from autoseg.training.checkpoints import LATEST, load_checkpoint
 from autoseg.training.monitor import WarmTimer
 from autoseg.training.run import resolve_fold_run
@@ -232,7 +232,8 @@ def seconds_per_step(step: Callable[[], None], steps: int, repeats: int, warmup:
 
 
 def fold_sampling_spec(fold: FoldStep, preprocessed: Path, plans: dict[str, Any]) -> SamplingSpec:
-    """The training batches of the fold: its cases, patch, batch and resolved augmentation."""
+    """The training batches of the fold: its cases, patch, batch, resolved augmentation and the case cache
+    of one data worker (``trainer.py: sampling_specs`` for the trainer's own spec)."""
     plan = plans["configurations"][CONFIGURATION]
     patch = list(fold.metadata["patch_size"])
     augmentation = resolve_augmentation(fold.config["augmentation"], patch, plan["normalization"])
@@ -243,6 +244,7 @@ def fold_sampling_spec(fold: FoldStep, preprocessed: Path, plans: dict[str, Any]
         folder=store, case_ids=cases, patch_size=patch, sample_size=sampling_size(patch, augmentation),
         batch_size=fold.batch, oversample_foreground=fold.config["oversample_foreground"],
         foreground_labels=list(range(1, fold.metadata["num_outputs"])), augmentation=augmentation,
+        case_cache_bytes=case_cache_bytes(fold.config["case_cache_mb"], 1),
     )
 
 
