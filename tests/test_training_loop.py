@@ -73,8 +73,11 @@ def test_continue_extends_a_finished_run(results: Path) -> None:
     # The config written next to the fold says what the augmentation's `auto` rules chose.
     resolved = yaml.safe_load((_fold(results) / "training_config.yaml").read_text())["augmentation"]
     assert (resolved["rotation"]["degrees_2d"], resolved["mask_channels"]) == (180.0, [])
+    written = {p: p.read_bytes() for p in (_fold(results) / "training_config.yaml", _fold(results).parent / "training_config.yaml")}
     with pytest.raises(TrainingError, match=r"fold_all: this fold already has checkpoints; add --continue"):
-        train_fold(DATASET, "3d_fullres", "all", epochs=1, workers=0, overrides=FAST)
+        train_fold(DATASET, "3d_fullres", "all", epochs=1, workers=0, overrides=[*FAST, "optimizer.lr=0.1"])
+    # The refused run wrote nothing: the configs still describe the run that made the checkpoints.
+    assert {p: p.read_bytes() for p in written} == written
     summary = train_fold(DATASET, "3d_fullres", "all", epochs=3, continue_=True, workers=0, overrides=FAST)
     assert (summary["epochs"], summary["iterations"]) == (3, 6)
     history = load_checkpoint(_fold(results) / "checkpoint_final.safetensors")["trainer_state"]["history"]
@@ -82,6 +85,16 @@ def test_continue_extends_a_finished_run(results: Path) -> None:
     assert [r["learning_rate"] for r in history][1] == pytest.approx(0.01 * (1 - 3 / 6) ** 0.9)
     with pytest.raises(TrainingError, match=r"--epochs 2: the run already trained 3 epochs \(6 iterations\)"):
         train_fold(DATASET, "3d_fullres", "all", epochs=2, continue_=True, workers=0, overrides=FAST)
+
+
+def test_a_setting_out_of_range_is_refused_before_anything_is_written(results: Path) -> None:
+    for setting, message in (("num_workers=-1", r"--set num_workers=-1: must be >= 0 or auto"),
+                             ("case_cache_mb=-1", r"--set case_cache_mb=-1: must be >= 0 or auto"),
+                             ("augmentation.rotation.p=1.5", r"--set augmentation.rotation.p=1.5: must be between 0 and 1"),
+                             ("mixed_precision=fp16", r"mixed_precision=fp16 needs CUDA \(device is cpu\)")):
+        with pytest.raises(TrainingError, match=message):
+            train_fold(DATASET, "3d_fullres", "all", epochs=1, workers=0, device="cpu", overrides=[*FAST, setting])
+        assert not (results / DATASET).exists()
 
 
 @pytest.mark.exclusive  # a time budget: alone (tests/parallel_runs.py)

@@ -1,8 +1,9 @@
 """The training configuration: YAML defaults, the network family's own defaults, and ``--set key=value`` overrides.
 
 Configuration is data (style.md): nnU-Net's hyperparameters live in ``default_config.yaml`` instead of
-trainer subclasses. An override must name an existing key and keep its type, so a typo fails at once
-with the list of valid keys instead of silently training with the default.
+trainer subclasses. An override must name an existing key, keep its type and stay in its range
+(``config_rules``), so a typo fails at once with the list of valid keys instead of silently training
+with the default, and a refused value is refused before a run writes anything.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import yaml
 
 from autoseg.errors import TrainingError
 from autoseg.networks import get_network_spec
+from autoseg.training.config_rules import check_together, check_value
 
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("default_config.yaml")
 # Keys whose default is null or "auto" and the value types they accept besides it.
@@ -121,7 +123,8 @@ def _type_names(default: Any, allowed: tuple[type, ...]) -> str:
 
 
 def apply_overrides(config: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
-    """Apply ``key=value`` overrides; unknown keys and wrong types raise a TrainingError."""
+    """Apply ``key=value`` overrides; unknown keys, wrong types and values out of range (config_rules)
+    raise a TrainingError."""
     result = copy.deepcopy(dict(config))
     flat = flatten(result)
     for text in overrides:
@@ -136,6 +139,7 @@ def apply_overrides(config: Mapping[str, Any], overrides: Iterable[str]) -> dict
                 f"--set {text!r}: unknown configuration key {key!r}; valid keys: {', '.join(sorted(flat))}"
             )
         value = _coerce(key, value, flat[key])
+        check_value(key, value, flat[key])
         node = result
         *parents, leaf = key.split(".")
         for part in parents:
@@ -151,7 +155,9 @@ def resolve_config(
     """Defaults, then the family's ``training_defaults`` from the registry, then the user's overrides."""
     base = dict(defaults if defaults is not None else load_defaults())
     merged = deep_merge(base, get_network_spec(network).training_defaults)
-    return apply_overrides(merged, overrides)
+    config = apply_overrides(merged, overrides)
+    check_together(config)
+    return config
 
 
 def dump_config(config: Mapping[str, Any]) -> str:

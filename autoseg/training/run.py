@@ -29,6 +29,7 @@ from autoseg.training.config import dump_config, resolve_training_config
 from autoseg.training.distributed import DistributedContext, barrier, init_distributed, shutdown
 from autoseg.training.fold_run import FoldRun
 from autoseg.training.math_threads import applied, choose_math_threads
+from autoseg.training.model_setup import amp_dtype
 from autoseg.training.plan_device import check_plan_device
 from autoseg.training.pretrained import load_pretrained
 from autoseg.training.splits import FOLD_ALL, fold_cases
@@ -196,13 +197,15 @@ def _train(run: FoldRun, context: DistributedContext, pretrained_weights: str | 
         run.plans, run.configuration_name, run.device.type, device_memory_bytes(run.device), cfg["patch_size"] or plan["patch_size"],
         -(-int(cfg["batch_size"] or plan["batch_size"]) // context.world_size), context.world_size, run.network_name,
     )
+    amp_dtype(cfg["mixed_precision"], run.device)  # fp16 off CUDA: refused before anything is written
+    _refuse_overwrite(run)
     if context.is_main:
         _prepare_folders(run)
     barrier(context)
     trainer = Trainer(run, context)
     for warning in device_warnings:
         trainer.monitor.log(f"warning: {warning}")
-    _restore_or_check(trainer, run)
+    _restore(trainer, run)
     pretrained = None
     if pretrained_weights is not None:
         pretrained = load_pretrained(trainer.setup.network, pretrained_weights, run.network_name, trainer.monitor.log)
@@ -253,16 +256,20 @@ def format_time_accounting(accounting: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _restore_or_check(trainer: Trainer, run: FoldRun) -> None:
-    """With --continue load the latest checkpoint (and extend with --epochs); without, refuse to
-    overwrite a fold that already has checkpoints."""
+def _refuse_overwrite(run: FoldRun) -> None:
+    """Without --continue, refuse a fold that already has checkpoints, before anything is written
+    beside them (its training_config.yaml still describes the run that made them)."""
+    if not run.resume and any((run.fold_folder / name).is_file() for name in (LATEST, FINAL)):
+        raise TrainingError(
+            f"{run.fold_folder}: this fold already has checkpoints; add --continue to resume or extend it "
+            "(with --epochs), or delete the folder to start over"
+        )
+
+
+def _restore(trainer: Trainer, run: FoldRun) -> None:
+    """With --continue load the latest checkpoint (and extend with --epochs)."""
     latest = run.fold_folder / LATEST
     if not run.resume:
-        if latest.is_file() or (run.fold_folder / FINAL).is_file():
-            raise TrainingError(
-                f"{run.fold_folder}: this fold already has checkpoints; add --continue to resume or extend it "
-                "(with --epochs), or delete the folder to start over"
-            )
         return
     if not latest.is_file():  # killed before its first checkpoint (as nnU-Net's --c): start the fold
         trainer.monitor.log(f"{latest}: no checkpoint to continue from yet; training the fold from the start")

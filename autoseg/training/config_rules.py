@@ -1,0 +1,145 @@
+"""The values each training setting may take, checked when the configuration is resolved.
+
+``config.py`` checks an override's type; these rules check its value (a probability between 0 and 1, a
+positive learning rate, an ordered ``[low, high]`` pair, one of the named choices), so that `autoseg
+train --set num_workers=-1` is refused before the run writes anything into the model folder, with the
+setting, the value and what it may be instead of an error from deep inside the trainer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from autoseg.errors import TrainingError
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A test of one number (or of each number of a list) and the words that say what it must be.
+
+    ``pair``: the value is ``[low, high]`` with ``low <= high``; ``ordered=False`` for a pair that is not a
+    range (Adam's betas). ``whole``: whole numbers only. ``items``: a list of any length (channels, a patch).
+    """
+
+    test: Callable[[float], bool]
+    words: str
+    whole: bool = False
+    pair: bool = False
+    ordered: bool = True
+    items: bool = False
+
+    def problem(self, value: Any) -> str | None:
+        """What is wrong with ``value``, or None."""
+        if self.pair or self.items:
+            numbers = value if isinstance(value, list) else None
+            if numbers is None or self.pair and len(numbers) != 2 or not all(self._fits(v) for v in numbers):
+                if self.pair and not self.ordered:
+                    return f"must be two {self._kind()} {self.words}"
+                return f"must be {'a [low, high] pair' if self.pair else 'a list'} of {self._kind()} {self.words}"
+            if self.pair and self.ordered and numbers[0] > numbers[1]:
+                return "must be a [low, high] pair with low <= high"
+            return None
+        return None if self._fits(value) else f"must be {self.words}"
+
+    def _fits(self, value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or self.whole and not isinstance(value, int):
+            return False
+        return bool(self.test(value))
+
+    def _kind(self) -> str:
+        return "whole numbers" if self.whole else "numbers"
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One of a few named values."""
+
+    names: tuple[str, ...]
+
+    def problem(self, value: Any) -> str | None:
+        return None if value in self.names else f"choose {', '.join(self.names[:-1])} or {self.names[-1]}"
+
+
+AT_LEAST_1 = Rule(lambda v: v >= 1, ">= 1", whole=True)
+NON_NEGATIVE = Rule(lambda v: v >= 0, ">= 0")
+POSITIVE = Rule(lambda v: v > 0, "> 0")
+SHARE = Rule(lambda v: 0 <= v <= 1, "between 0 and 1")
+BELOW_ONE = Rule(lambda v: 0 <= v < 1, ">= 0 and < 1")
+BETAS = Rule(lambda v: 0 <= v < 1, ">= 0 and < 1", pair=True, ordered=False)
+DEGREES = Rule(lambda v: 0 <= v <= 180, "between 0 and 180 (degrees)")
+
+RULES: dict[str, Rule | Choice] = {
+    "num_epochs": AT_LEAST_1,
+    "iterations_per_epoch": AT_LEAST_1,
+    "val_iterations_per_epoch": Rule(lambda v: v >= 0, ">= 0 (0: no pseudo-validation)", whole=True),
+    "batch_size": AT_LEAST_1,
+    "patch_size": Rule(lambda v: v >= 1, ">= 1 (voxels per axis)", whole=True, items=True),
+    "budget_probe_iterations": AT_LEAST_1,
+    "budget_safety_fraction": BELOW_ONE,
+    "optimizer.name": Choice(("sgd", "adam", "adamw")),
+    "optimizer.lr": POSITIVE,
+    "optimizer.momentum": BELOW_ONE,
+    "optimizer.betas": BETAS,
+    "optimizer.weight_decay": NON_NEGATIVE,
+    "lr_schedule.name": Choice(("poly", "constant")),
+    "lr_schedule.exponent": POSITIVE,
+    "grad_clip": Rule(lambda v: v >= 0, ">= 0 (0: no clipping)"),
+    "loss.weight_ce": NON_NEGATIVE,
+    "loss.weight_dice": NON_NEGATIVE,
+    "loss.dice_denominator": Choice(("standard", "squared")),
+    "oversample_foreground": SHARE,
+    "pseudo_dice_ema": BELOW_ONE,
+    "mixed_precision": Choice(("auto", "fp16", "bf16", "off")),
+    "num_workers": Rule(lambda v: v >= 0, ">= 0 or auto (0: batches built in the training process)", whole=True),
+    "math_threads": Rule(lambda v: v >= 1, ">= 1 or auto", whole=True),
+    "prefetch_batches": AT_LEAST_1,
+    "worker_timeout_seconds": POSITIVE,
+    "case_cache_mb": Rule(lambda v: v >= 0, ">= 0 or auto (0: every crop read from the store)"),
+    "augmentation.anisotropy_threshold": Rule(lambda v: v >= 1, ">= 1 (a ratio of the patch's extents)"),
+    "augmentation.rotation.degrees_3d": DEGREES,
+    "augmentation.rotation.degrees_2d": DEGREES,
+    "augmentation.scaling.range": Rule(lambda v: v > 0, "> 0", pair=True),
+    "augmentation.elastic.alpha": Rule(lambda v: v >= 0, ">= 0", pair=True),
+    "augmentation.elastic.sigma": Rule(lambda v: v >= 0, ">= 0", pair=True),
+    "augmentation.spatial_order_data": Rule(lambda v: 0 <= v <= 5, "from 0 to 5 (a spline order)", whole=True),
+    "augmentation.spatial_order_seg": Rule(lambda v: 0 <= v <= 5, "from 0 to 5 (a spline order)", whole=True),
+    "augmentation.gaussian_noise.variance": Rule(lambda v: v >= 0, ">= 0", pair=True),
+    "augmentation.gaussian_blur.sigma": Rule(lambda v: v >= 0, ">= 0", pair=True),
+    "augmentation.brightness.range": Rule(lambda v: v >= 0, ">= 0 (multipliers)", pair=True),
+    "augmentation.contrast.range": Rule(lambda v: v >= 0, ">= 0 (multipliers)", pair=True),
+    "augmentation.low_resolution.zoom": Rule(lambda v: 0 < v <= 1, "> 0 and <= 1", pair=True),
+    "augmentation.gamma_inverted.range": Rule(lambda v: v > 0, "> 0", pair=True),
+    "augmentation.gamma.range": Rule(lambda v: v > 0, "> 0", pair=True),
+    "augmentation.mask_channels": Rule(lambda v: v >= 0, ">= 0 (image channel indices)", whole=True, items=True),
+    "augmentation.cascade_binary_operation.max_size": AT_LEAST_1,
+    "augmentation.cascade_remove_component.max_fraction": Rule(lambda v: 0 < v <= 1, "> 0 and <= 1"),
+    "adversarial.discriminator_lr": POSITIVE,
+    "adversarial.discriminator_betas": BETAS,
+}
+# Every probability of the augmentation section: its last key part is one of these.
+_PROBABILITY_KEYS = ("p", "p_per_channel")
+
+
+def rule_for(key: str) -> Rule | Choice | None:
+    """The rule of a dotted setting, or None for one its type alone describes (an on/off switch)."""
+    if key.startswith("augmentation.") and key.rpartition(".")[2] in _PROBABILITY_KEYS:
+        return SHARE
+    return RULES.get(key)
+
+
+def check_value(key: str, value: Any, default: Any) -> None:
+    """Refuse ``value`` for the dotted ``key`` with a TrainingError that says what it may be."""
+    rule = rule_for(key)
+    if rule is None or value is None or value == "auto":  # decided later (the plan, the machine)
+        return
+    problem = rule.problem(value)
+    if problem is not None:
+        raise TrainingError(f"--set {key}={value!r}: {problem}; the default is {default!r}")
+
+
+def check_together(config: Mapping[str, Any]) -> None:
+    """Rules across settings: a loss with at least one term."""
+    loss = config["loss"]
+    if loss["weight_ce"] == 0 and loss["weight_dice"] == 0:
+        raise TrainingError("--set loss.weight_ce=0 and loss.weight_dice=0 leave no loss to train on; keep one above 0")

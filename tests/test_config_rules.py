@@ -1,0 +1,105 @@
+"""The value rules of the training settings (config_rules.py): every setting has one, the defaults keep
+them, and each kind of bad value is refused with the setting, the value and what it may be."""
+
+from __future__ import annotations
+
+import pytest
+
+from autoseg.errors import TrainingError
+from autoseg.networks import get_network_spec, list_networks
+from autoseg.training.config import flatten, load_defaults, resolve_config
+from autoseg.training.config_rules import check_value, rule_for
+
+
+def _settings() -> dict[str, object]:
+    """Every dotted setting with its default, the families' own training defaults included."""
+    settings = flatten(load_defaults())
+    for name in list_networks():
+        settings.update(flatten(get_network_spec(name).training_defaults))
+    return settings
+
+
+def test_every_setting_but_a_switch_has_a_rule() -> None:
+    settings = _settings()
+    switches = {k for k, v in settings.items() if isinstance(v, bool) or k == "channels_last"}
+    free = {"network_options"}  # checked by the network builder, option by option
+    assert {k for k in settings if rule_for(k) is None} == switches | free
+    assert switches >= {"compile", "loss.deep_supervision", "optimizer.nesterov"}
+
+
+def test_the_defaults_and_every_familys_defaults_keep_the_rules() -> None:
+    for key, default in _settings().items():
+        check_value(key, default, default)
+    for name in list_networks():
+        resolve_config(name)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("num_workers=-1", r"--set num_workers=-1: must be >= 0 or auto \(0: batches built in the training process\); the default is 'auto'"),
+    ("case_cache_mb=-1", r"--set case_cache_mb=-1: must be >= 0 or auto"),
+    ("math_threads=0", r"--set math_threads=0: must be >= 1 or auto"),
+    ("num_epochs=0", r"--set num_epochs=0: must be >= 1; the default is 1000"),
+    ("batch_size=0", r"--set batch_size=0: must be >= 1; the default is None"),
+    ("val_iterations_per_epoch=-1", r"must be >= 0 \(0: no pseudo-validation\)"),
+    ("optimizer.lr=0", r"--set optimizer.lr=0.0: must be > 0; the default is 0.01"),
+    ("optimizer.lr=-1e-3", r"--set optimizer.lr=-0.001: must be > 0"),
+    ("optimizer.momentum=1", r"--set optimizer.momentum=1.0: must be >= 0 and < 1"),
+    ("optimizer.betas=[0.9, 1.0]", r"--set optimizer.betas=\[0.9, 1.0\]: must be two numbers >= 0 and < 1"),
+    ("optimizer.betas=[0.9]", r"must be two numbers >= 0 and < 1"),
+    ("optimizer.weight_decay=-1e-5", r"must be >= 0"),
+    ("optimizer.name=sgdd", r"--set optimizer.name='sgdd': choose sgd, adam or adamw; the default is 'sgd'"),
+    ("lr_schedule.name=cosine", r"choose poly or constant"),
+    ("mixed_precision=fp8", r"--set mixed_precision='fp8': choose auto, fp16, bf16 or off"),
+    ("grad_clip=-1", r"must be >= 0 \(0: no clipping\)"),
+    ("oversample_foreground=1.2", r"must be between 0 and 1"),
+    ("pseudo_dice_ema=1", r"must be >= 0 and < 1"),
+    ("prefetch_batches=0", r"must be >= 1"),
+    ("worker_timeout_seconds=0", r"must be > 0"),
+    ("augmentation.rotation.p=1.5", r"--set augmentation.rotation.p=1.5: must be between 0 and 1; the default is 0.2"),
+    ("augmentation.gaussian_blur.p_per_channel=-0.1", r"must be between 0 and 1"),
+    ("augmentation.mirror.p=2", r"must be between 0 and 1"),
+    ("augmentation.rotation.degrees_3d=200", r"must be between 0 and 180"),
+    ("augmentation.rotation.degrees_2d=-5", r"must be between 0 and 180"),
+    ("augmentation.scaling.range=[1.4, 0.7]", r"--set augmentation.scaling.range=\[1.4, 0.7\]: must be a \[low, high\] pair with low <= high"),
+    ("augmentation.scaling.range=[0, 1.4]", r"must be a \[low, high\] pair of numbers > 0"),
+    ("augmentation.scaling.range=[0.7, 1.0, 1.4]", r"must be a \[low, high\] pair"),
+    ("augmentation.scaling.range=[0.7, big]", r"must be a \[low, high\] pair"),
+    ("augmentation.low_resolution.zoom=[0.5, 1.5]", r"must be a \[low, high\] pair of numbers > 0 and <= 1"),
+    ("augmentation.gamma.range=[0, 1.5]", r"> 0"),
+    ("augmentation.gaussian_noise.variance=[-0.1, 0.1]", r">= 0"),
+    ("augmentation.spatial_order_data=6", r"must be from 0 to 5 \(a spline order\)"),
+    ("augmentation.anisotropy_threshold=0.5", r"must be >= 1"),
+    ("augmentation.mask_channels=[-1]", r"must be a list of whole numbers >= 0 \(image channel indices\)"),
+    ("augmentation.mask_channels=[0.5]", r"must be a list of whole numbers"),
+    ("augmentation.cascade_binary_operation.max_size=0", r"must be >= 1"),
+    ("augmentation.cascade_remove_component.max_fraction=0", r"must be > 0 and <= 1"),
+    ("patch_size=[0, 64, 64]", r"--set patch_size=\[0, 64, 64\]: must be a list of whole numbers >= 1 \(voxels per axis\)"),
+    ("patch_size=[16.5, 64, 64]", r"must be a list of whole numbers"),
+])
+def test_a_value_out_of_range_is_refused_with_what_it_may_be(override: str, message: str) -> None:
+    with pytest.raises(TrainingError, match=message):
+        resolve_config("unet", [override])
+
+
+def test_a_familys_own_settings_have_rules_too() -> None:
+    with pytest.raises(TrainingError, match=r"--set adversarial.discriminator_lr=0.0: must be > 0"):
+        resolve_config("vox2vox", ["adversarial.discriminator_lr=0"])
+    with pytest.raises(TrainingError, match=r"adversarial.discriminator_betas=\[1.0, 0.999\]: must be two numbers"):
+        resolve_config("vox2vox", ["adversarial.discriminator_betas=[1.0, 0.999]"])
+
+
+@pytest.mark.parametrize("override", [
+    "num_workers=0", "case_cache_mb=0", "case_cache_mb=2.5", "val_iterations_per_epoch=0", "grad_clip=0",
+    "optimizer.momentum=0", "optimizer.betas=[0.999, 0.9]", "augmentation.rotation.p=0", "augmentation.rotation.p=1",
+    "augmentation.scaling.range=[1, 1]", "augmentation.elastic.alpha=[0, 0]", "augmentation.low_resolution.zoom=[1, 1]",
+    "augmentation.rotation.degrees_3d=180", "augmentation.spatial_order_seg=0", "augmentation.mask_channels=[]",
+    "oversample_foreground=1", "batch_size=null", "num_workers=auto", "loss.weight_ce=0",
+])
+def test_the_edges_of_each_range_are_accepted(override: str) -> None:
+    resolve_config("unet", [override])
+
+
+def test_a_loss_needs_a_term() -> None:
+    assert resolve_config("unet", ["loss.weight_dice=0"])["loss"]["weight_ce"] == 1.0
+    with pytest.raises(TrainingError, match=r"loss.weight_ce=0 and loss.weight_dice=0 leave no loss to train on"):
+        resolve_config("unet", ["loss.weight_ce=0", "loss.weight_dice=0"])
