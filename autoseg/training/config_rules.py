@@ -12,6 +12,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from autoseg.errors import TrainingError
+from autoseg.training.model_setup import OPTIMIZERS
+from autoseg.training.schedule import LR_SCHEDULES
+from autoseg.training.steps import DICE_DENOMINATORS
+from autoseg.utils.device import MIXED_PRECISION_SETTINGS
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,7 @@ class Rule:
 
 @dataclass(frozen=True)
 class Choice:
-    """One of a few named values."""
+    """One of a few named values (the tuple of the module that acts on them)."""
 
     names: tuple[str, ...]
 
@@ -77,20 +81,20 @@ RULES: dict[str, Rule | Choice] = {
     "patch_size": Rule(lambda v: v >= 1, ">= 1 (voxels per axis)", whole=True, items=True),
     "budget_probe_iterations": AT_LEAST_1,
     "budget_safety_fraction": BELOW_ONE,
-    "optimizer.name": Choice(("sgd", "adam", "adamw")),
+    "optimizer.name": Choice(OPTIMIZERS),
     "optimizer.lr": POSITIVE,
     "optimizer.momentum": BELOW_ONE,
     "optimizer.betas": BETAS,
     "optimizer.weight_decay": NON_NEGATIVE,
-    "lr_schedule.name": Choice(("poly", "constant")),
+    "lr_schedule.name": Choice(LR_SCHEDULES),
     "lr_schedule.exponent": POSITIVE,
     "grad_clip": Rule(lambda v: v >= 0, ">= 0 (0: no clipping)"),
     "loss.weight_ce": NON_NEGATIVE,
     "loss.weight_dice": NON_NEGATIVE,
-    "loss.dice_denominator": Choice(("standard", "squared")),
+    "loss.dice_denominator": Choice(tuple(DICE_DENOMINATORS)),
     "oversample_foreground": SHARE,
     "pseudo_dice_ema": BELOW_ONE,
-    "mixed_precision": Choice(("auto", "fp16", "bf16", "off")),
+    "mixed_precision": Choice(MIXED_PRECISION_SETTINGS),
     "num_workers": Rule(lambda v: v >= 0, ">= 0 or auto (0: batches built in the training process)", whole=True),
     "math_threads": Rule(lambda v: v >= 1, ">= 1 or auto", whole=True),
     "prefetch_batches": AT_LEAST_1,

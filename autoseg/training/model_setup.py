@@ -62,6 +62,10 @@ def network_topology(plan: dict[str, Any], network: str, patch_size: list[int], 
     return derived.to_dict()
 
 
+# optimizer.name: the optimizers build_optimizer makes (config_rules refuses any other name).
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
 def build_optimizer(parameters: Any, settings: dict[str, Any]) -> torch.optim.Optimizer:
     name = settings["name"]
     if name == "sgd":

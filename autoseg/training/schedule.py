@@ -80,6 +80,10 @@ def planned_total(config: dict[str, Any], plan: dict[str, Any], epochs: int | No
     return int(config["num_epochs"]) * per_epoch
 
 
+# lr_schedule.name: the schedules learning_rate follows (config_rules refuses any other name).
+LR_SCHEDULES = ("poly", "constant")
+
+
 def learning_rate(config: dict[str, Any], state: TrainingState) -> float:
     """The learning rate of iteration ``state.iteration``: constant, or the anchored poly decay."""
     schedule, initial = config["lr_schedule"], config["optimizer"]["lr"]

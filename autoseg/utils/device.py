@@ -68,6 +68,10 @@ def cpu_has_native_bf16() -> bool:
     return flags is not None and bool(flags & NATIVE_BF16_FLAGS)
 
 
+# The mixed_precision settings autocast_dtype reads (the training config's rules refuse any other).
+MIXED_PRECISION_SETTINGS = ("auto", "fp16", "bf16", "off")
+
+
 def autocast_dtype(setting: str, device: torch.device, error: type[AutosegError] = UsageError) -> torch.dtype | None:
     """Autocast dtype: ``auto`` = fp16 on CUDA, bf16 on CPUs with native bf16, else off."""
     if setting == "off":
