@@ -122,6 +122,20 @@ def test_forward_and_backward_at_two_and_three_times_the_total_stride(hippocampu
 
 
 @pytest.mark.parametrize(("name", "dims"), MATRIX)
+def test_the_planned_network_builds_on_the_meta_device(hippocampus, name, dims):
+    """``train`` refuses bad network options by building the shapes on the meta device before it writes
+    anything (model_setup.check_network_builds); a builder that needed real values there would skip
+    that check, so every family must build there, at its planned (full) widths."""
+    plans, _ = _plan(hippocampus, name, dims)
+    configuration = plans["configurations"][CONFIGURATION[dims]]
+    topology = {**configuration["network"]["topology"], "extra": {"patch_size": configuration["patch_size"]}}
+    with torch.device("meta"):
+        options = {"deep_supervision": True, **configuration["network"].get("options", {})}
+        network = create_network(name, topology, 1, N_OUTPUTS, **options)
+    assert {p.device.type for p in network.parameters()} == {"meta"}
+
+
+@pytest.mark.parametrize(("name", "dims"), MATRIX)
 def test_planner_timing_probe(monkeypatch, name, dims):
     small_timing_probe(monkeypatch)  # every family plans at least two stages for it (FC-DenseNet ignores the width)
     monkeypatch.setattr(C, "TIMING_PROBE_WIDTH", 8)

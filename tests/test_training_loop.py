@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from autoseg.errors import TrainingError
+from autoseg.errors import NetworkError, TrainingError
 from autoseg.training import train_fold
 from autoseg.training.checkpoints import load_checkpoint
 
@@ -94,6 +94,21 @@ def test_a_setting_out_of_range_is_refused_before_anything_is_written(results: P
                              ("mixed_precision=fp16", r"mixed_precision=fp16 needs CUDA \(device is cpu\)")):
         with pytest.raises(TrainingError, match=message):
             train_fold(DATASET, "3d_fullres", "all", epochs=1, workers=0, device="cpu", overrides=[*FAST, setting])
+        assert not (results / DATASET).exists()
+
+
+def test_a_network_the_options_cannot_build_is_refused_before_anything_is_written(results: Path) -> None:
+    """The free-form network options, the family and a changed patch are checked by building the
+    network's shapes (meta device) before plans.json, dataset.json and training_config.yaml are written."""
+    for network, setting, error, message in (
+        (None, "network_options.bogus=1", NetworkError, r"network 'unet': unknown option\(s\) bogus; it takes "),
+        (None, "network_options.deep_supervision=3", NetworkError, r"option deep_supervision must be bool, got 3"),
+        ("fcdensenet", "network_options.variant=99", NetworkError, r"fcdensenet: unknown variant '99'; choose one of 56, 67, 103"),
+        (None, "patch_size=[16,16,13]", TrainingError, r"patch size \[16, 16, 13\] is not divisible by the total stride \[4, 4, 2\]"),
+    ):
+        with pytest.raises(error, match=message):
+            train_fold(DATASET, "3d_fullres", "all", network=network, epochs=1, workers=0, device="cpu",
+                       overrides=[*FAST, setting])
         assert not (results / DATASET).exists()
 
 

@@ -49,3 +49,23 @@ class FoldRun:
     @property
     def fold_folder(self) -> Path:
         return self.model_folder / f"fold_{self.fold}"
+
+    @property
+    def patch_size(self) -> list[int]:
+        """``--set patch_size`` if given, else the plan's."""
+        return [int(p) for p in (self.config["patch_size"] or self.configuration["patch_size"])]
+
+    @property
+    def global_batch(self) -> int:
+        """``--set batch_size`` if given, else the plan's: the batch over all ranks."""
+        return int(self.config["batch_size"] or self.configuration["batch_size"])
+
+    @property
+    def cascade_labels(self) -> list[int]:
+        """The foreground labels a cascade stage gets as one-hot input channels (none without one)."""
+        return self.description.foreground_labels if self.previous_stage_cache is not None else []
+
+    @property
+    def in_channels(self) -> int:
+        """The network's input channels: the image channels, then one per cascade label."""
+        return self.description.num_channels + len(self.cascade_labels)

@@ -105,14 +105,34 @@ class ModelSetup:
     network_options: dict[str, Any]
 
 
+def _topology_and_options(request: NetworkRequest, config: dict[str, Any],
+                          log: Callable[[str], None]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The topology at the run's patch and the builder's options (the plan's, then ``--set network_options``)."""
+    topology = network_topology(request.plan, request.name, request.patch_size, log)
+    topology["extra"] = {**topology.get("extra", {}), "patch_size": request.patch_size}
+    options = {**request.plan["network"].get("options", {}), **config["network_options"]}
+    options.setdefault("deep_supervision", config["loss"]["deep_supervision"])
+    return topology, options
+
+
+def check_network_builds(request: NetworkRequest, config: dict[str, Any]) -> None:
+    """Build the network on the meta device (shapes only: no memory, no weights, milliseconds), so a
+    network option the family refuses or a patch its topology cannot take stops ``train`` before it
+    writes anything. A builder step that needs real values (``.item()`` on a meta tensor) is left to
+    the real build, which raises the same errors."""
+    topology, options = _topology_and_options(request, config, lambda _message: None)
+    try:
+        with torch.device("meta"):
+            create_network(request.name, topology, request.in_channels, request.n_outputs, **options)
+    except (NotImplementedError, RuntimeError):
+        return
+
+
 def build_model(request: NetworkRequest, config: dict[str, Any], device: torch.device,
                 context: DistributedContext, log: Callable[[str], None]) -> ModelSetup:
     """Build the network on ``device`` with the config's memory format, compile and optimiser settings."""
     patch = request.patch_size
-    topology = network_topology(request.plan, request.name, patch, log)
-    topology["extra"] = {**topology.get("extra", {}), "patch_size": patch}
-    options = {**request.plan["network"].get("options", {}), **config["network_options"]}
-    options.setdefault("deep_supervision", config["loss"]["deep_supervision"])
+    topology, options = _topology_and_options(request, config, log)
     dtype = amp_dtype(str(config["mixed_precision"]), device)
     if dtype == torch.bfloat16 and device.type == "cpu":
         dtype = checked_cpu_bf16(request, topology, options, log)

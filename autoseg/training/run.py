@@ -26,14 +26,14 @@ from autoseg.preprocessing.store import list_cases
 from autoseg.training.cascade import CACHE_FOLDER, prepare_previous_stage, previous_stage_predictions
 from autoseg.training.checkpoints import FINAL, LATEST
 from autoseg.training.config import dump_config, resolve_training_config
-from autoseg.training.distributed import DistributedContext, barrier, init_distributed, shutdown
+from autoseg.training.distributed import DistributedContext, barrier, init_distributed, rank_batch_size, shutdown
 from autoseg.training.fold_run import FoldRun
 from autoseg.training.math_threads import applied, choose_math_threads
-from autoseg.training.model_setup import amp_dtype
+from autoseg.training.model_setup import amp_dtype, check_network_builds
 from autoseg.training.plan_device import check_plan_device
 from autoseg.training.pretrained import load_pretrained
 from autoseg.training.splits import FOLD_ALL, fold_cases
-from autoseg.training.trainer import Trainer
+from autoseg.training.trainer import Trainer, network_request
 from autoseg.training.validation import GT_FOLDER, VALIDATION_FOLDER, validate_fold
 from autoseg.utils.atomic import atomic_path, atomic_write_json, atomic_write_text, remove_stale_temporaries
 from autoseg.utils.jsonio import read_json
@@ -192,12 +192,14 @@ def _prepare_folders(run: FoldRun) -> None:
 
 def _train(run: FoldRun, context: DistributedContext, pretrained_weights: str | Path | None) -> tuple[Trainer, Any]:
     """Prepare the folders, build the trainer, resume or load pretrained weights, train what is left."""
-    cfg, plan = run.config, run.configuration
+    rank_batch = rank_batch_size(run.global_batch, context)
     device_warnings = check_plan_device(
-        run.plans, run.configuration_name, run.device.type, device_memory_bytes(run.device), cfg["patch_size"] or plan["patch_size"],
-        -(-int(cfg["batch_size"] or plan["batch_size"]) // context.world_size), context.world_size, run.network_name,
+        run.plans, run.configuration_name, run.device.type, device_memory_bytes(run.device), run.patch_size,
+        rank_batch, context.world_size, run.network_name,
     )
-    amp_dtype(cfg["mixed_precision"], run.device)  # fp16 off CUDA: refused before anything is written
+    # Refused before anything is written: fp16 off CUDA, a network option or patch the family refuses.
+    amp_dtype(run.config["mixed_precision"], run.device)
+    check_network_builds(network_request(run, rank_batch), run.config)
     _refuse_overwrite(run)
     if context.is_main:
         _prepare_folders(run)

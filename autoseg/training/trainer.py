@@ -64,6 +64,12 @@ def label_spec(description: DatasetDescription) -> tuple[LabelSpec, list[str]]:
     return LabelSpec(description.num_output_channels, regions, description.ignore_label), names
 
 
+def network_request(run: FoldRun, batch_size: int) -> NetworkRequest:
+    """What the fold's network is built from (``batch_size``: one rank's)."""
+    n_outputs = label_spec(run.description)[0].n_outputs
+    return NetworkRequest(run.network_name, run.configuration, run.in_channels, n_outputs, run.patch_size, batch_size)
+
+
 def sampling_specs(run: FoldRun, patch_size: list[int], batch_size: int, cascade_labels: list[int],
                    case_cache: int = 0) -> tuple[SamplingSpec, SamplingSpec, dict[str, Any]]:
     """Training (augmented, sampled larger for rotation and scaling) and validation batch specs, each
@@ -97,23 +103,21 @@ class Trainer:
         cfg, plan = run.config, run.configuration
         self.device = run.device
         self.monitor = Monitor(run.fold_folder, active=self.context.is_main)
-        self.patch_size = [int(p) for p in (cfg["patch_size"] or plan["patch_size"])]
-        self.global_batch = int(cfg["batch_size"] or plan["batch_size"])
+        self.patch_size = run.patch_size
+        self.global_batch = run.global_batch
         self.batch_size = rank_batch_size(self.global_batch, self.context)
         self.iterations_per_epoch = iterations_per_epoch(cfg, plan)
         self.labels, self.output_names = label_spec(run.description)
-        cascade_labels = run.description.foreground_labels if run.previous_stage_cache is not None else []
-        self.in_channels = run.description.num_channels + len(cascade_labels)
+        self.in_channels = run.in_channels
         self.mixed_precision = str(cfg["mixed_precision"])
         seed_everything(run.seed, run.deterministic, self.device)
-        request = NetworkRequest(run.network_name, plan, self.in_channels, self.labels.n_outputs, self.patch_size, self.batch_size)
-        self.setup = build_model(request, cfg, self.device, self.context, self.monitor.log)
+        self.setup = build_model(network_request(run, self.batch_size), cfg, self.device, self.context, self.monitor.log)
         self.step = build_step(
             self.setup.model, self.setup.network, run.network_name, self.setup.optimizer, self.labels, cfg, self.device,
             self.setup.amp_dtype, wrap=lambda m: wrap_model(m, self.context, self.device), in_channels=self.in_channels,
         )
         case_cache = case_cache_bytes(cfg["case_cache_mb"], self.workers(), self.context.world_size)
-        self.train_spec, self.val_spec, aug = sampling_specs(run, self.patch_size, self.batch_size, cascade_labels, case_cache)
+        self.train_spec, self.val_spec, aug = sampling_specs(run, self.patch_size, self.batch_size, run.cascade_labels, case_cache)
         self.mirror_axes = list(range(len(self.patch_size))) if aug["mirror"]["p"] > 0 else []
         self.state = TrainingState(planned_total(cfg, plan, run.epochs, self.iterations_per_epoch))
         # Wall time of each part of the run, for predicted-against-actual accounting (not checkpointed).
