@@ -14,12 +14,8 @@ WORK=$1 BUDGET=$2; shift 2
 DATA=${AUTOSEG_BENCH_DATA:-$(cd "$(dirname "$0")/../.." && pwd)/shared/data}
 NAME=${AUTOSEG_BENCH_DATASET:-Dataset004_Hippocampus}
 ID=${NAME%%_*}
-RAW=$WORK/raw/$NAME
-if [ ! -d "$RAW" ]; then  # symlinks: the shared data is only read
-  mkdir -p "$RAW/imagesTr" "$RAW/labelsTr"
-  cp "$DATA/$NAME/dataset.json" "$RAW/"
-  for sub in imagesTr labelsTr; do ln -s "$DATA/$NAME/$sub/"* "$RAW/$sub/"; done
-fi
+source "$(dirname "$0")/link_raw.sh"
+link_raw "$DATA" "$NAME" "$WORK"
 export AUTOSEG_RAW=$WORK/raw AUTOSEG_PREPROCESSED=$WORK/pre_$BUDGET
 if [ ! -d "$AUTOSEG_PREPROCESSED" ]; then
   autoseg plan $ID --budget "$BUDGET" -c 3d_fullres | tee "$WORK/plan_$BUDGET.log"
