@@ -4,7 +4,9 @@ network in test_training_networks.py)."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -110,6 +112,28 @@ def test_a_network_the_options_cannot_build_is_refused_before_anything_is_writte
             train_fold(DATASET, "3d_fullres", "all", network=network, epochs=1, workers=0, device="cpu",
                        overrides=[*FAST, setting])
         assert not (results / DATASET).exists()
+
+
+def test_the_plans_training_settings_reach_the_optimizer(results: Path, data_roots: dict[str, Path]) -> None:
+    """A short budget's plan carries AdamW (planning/short_schedule.py): the run's config and its
+    optimizer say so, and --set brings back nnU-Net's SGD."""
+    folder = data_roots["preprocessed"] / DATASET
+    plans = json.loads((folder / "autosegPlans.json").read_text())
+    plans["plans_name"] = "shortPlans"
+    plans["configurations"]["3d_fullres"]["training"] = {"optimizer": {"name": "adamw", "lr": 0.001}}
+    (folder / "shortPlans.json").write_text(json.dumps(plans))
+    try:
+        for overrides, optimizer, lr in (([], "adamw", 0.001), (["optimizer.name=sgd", "optimizer.lr=0.01"], "sgd", 0.01)):
+            shutil.rmtree(results, ignore_errors=True)
+            train_fold(DATASET, "3d_fullres", "all", plans_name="shortPlans", epochs=1, workers=0, device="cpu",
+                       overrides=[*FAST, *overrides])
+            model = results / DATASET / "unet__shortPlans__3d_fullres"
+            config = yaml.safe_load((model / "training_config.yaml").read_text())
+            assert (config["optimizer"]["name"], config["optimizer"]["lr"]) == (optimizer, lr)
+            group = load_checkpoint(model / "fold_all" / "checkpoint_final.safetensors")["optimizer_state"]["param_groups"][0]
+            assert ("betas" in group, "nesterov" in group) == ((True, False) if optimizer == "adamw" else (False, True))
+    finally:
+        (folder / "shortPlans.json").unlink()
 
 
 @pytest.mark.exclusive  # a time budget: alone (tests/parallel_runs.py)

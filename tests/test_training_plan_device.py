@@ -37,6 +37,7 @@ def test_modelled_memory_follows_the_plans_model():
     plan = plans_for()["configurations"]["3d_fullres"]
     assert modelled_memory(plan, PATCH, 5) == int(5.75 * GIB)
     assert modelled_memory(plan, [10, 128, 224], 2) == int(1.75 * GIB)  # half the voxels, batch 2
+    assert modelled_memory(plan, PATCH, 5, "adamw") == int(6.0 * GIB)  # Adam's second moment: one more 256 MiB
 
 
 def test_same_gpu_as_planned_says_nothing():
@@ -51,6 +52,14 @@ def test_refuses_with_the_fix_when_the_plan_cannot_fit():
     assert "needs about 5.8 GiB (modelled), more than this GPU's 4.0 GiB" in message
     assert "autoseg plan Dataset027_ACDC --gpu-memory 4 --plans-name autosegPlans_new" in message
     assert "--set batch_size=2" in message
+
+
+def test_the_runs_optimizer_counts():
+    """AdamW keeps a second buffer per parameter: 6.0 GiB where SGD needs 5.75, over a 5.9 GiB GPU;
+    80% of it leaves (4.72 - 1.0) // 1 = 3 samples."""
+    check_plan_device(plans_for(), "3d_fullres", "cuda", int(5.9 * GIB), PATCH, 5)  # SGD: fits (with a warning)
+    with pytest.raises(TrainingError, match=r"needs about 6\.0 GiB \(modelled\), more than this GPU's 5\.9 GiB.*--set batch_size=3"):
+        check_plan_device(plans_for(), "3d_fullres", "cuda", int(5.9 * GIB), PATCH, 5, optimizer="adamw")
 
 
 def test_the_suggested_batch_then_fits():

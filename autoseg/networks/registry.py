@@ -100,6 +100,8 @@ class NetworkSpec:
     """A registered network family.
 
     ``training_defaults`` is merged over the training config's defaults when this family trains;
+    ``short_schedule_training`` is what the planner writes into a 3D plan whose compute budget affords
+    a short schedule (``planning/short_schedule.py``), measured for this family;
     ``auxiliary_loss`` is added to the segmentation loss (it receives ``forward_with_aux``'s
     auxiliary outputs); ``adversary`` switches training to the adversarial step.
     """
@@ -110,6 +112,7 @@ class NetworkSpec:
     paper: str
     description: str
     training_defaults: Mapping[str, Any] = field(default_factory=dict)
+    short_schedule_training: Mapping[str, Any] = field(default_factory=dict)
     auxiliary_loss: AuxiliaryLoss | None = None
     adversary: Adversary | None = None
     default: bool = False
@@ -159,6 +162,7 @@ def register_network(
     description: str,
     constraints: TopologyConstraints | None = None,
     training_defaults: Mapping[str, Any] | None = None,
+    short_schedule_training: Mapping[str, Any] | None = None,
     auxiliary_loss: AuxiliaryLoss | None = None,
     adversary: Adversary | None = None,
     default: bool = False,
@@ -172,6 +176,9 @@ def register_network(
         constraints: what the planner must respect (default: any 2D/3D topology, kernel 3).
         training_defaults: training-config values this family trains with by default (merged over
             ``training/default_config.yaml``; ``--set`` still overrides them).
+        short_schedule_training: training-config values for 3D plans with a short budgeted schedule
+            (the planner writes them into the plan; ``--set`` still overrides them). Set only where
+            measured at equal time (docs/benchmarks.md).
         auxiliary_loss: ``(network, aux, image, target) -> loss`` added to the segmentation loss.
         adversary: train adversarially against this discriminator (needs
             ``training_defaults['adversarial']`` with ``ADVERSARIAL_CONFIG_KEYS``).
@@ -192,6 +199,7 @@ def register_network(
             paper=paper,
             description=description,
             training_defaults=MappingProxyType(dict(training_defaults or {})),
+            short_schedule_training=MappingProxyType(dict(short_schedule_training or {})),
             auxiliary_loss=auxiliary_loss,
             adversary=adversary,
             default=default,

@@ -308,11 +308,17 @@ class ResEncUNet(UNet):
         return SkipEncoder(stages, stem)
 
 
+# Short budgeted schedules: AdamW at 1e-3 beat nnU-Net's SGD at equal time on Hippocampus (10 and 30
+# minutes) and ACDC (10 and 30), level on BraTS-mini (docs/benchmarks.md, "AdamW for short schedules").
+UNET_SHORT_SCHEDULE_TRAINING = {"optimizer": {"name": "adamw", "lr": 1.0e-3}}
+
+
 @register_network(
     "unet",
     paper="Isensee et al., nnU-Net, Nature Methods 2021, https://doi.org/10.1038/s41592-020-01008-z",
     description="nnU-Net's plain U-Net: 2 conv-IN-LeakyReLU per stage, deep supervision",
     constraints=TopologyConstraints(default_blocks_per_stage=UNET_CONVS_PER_STAGE, kernel_size=3),
+    short_schedule_training=UNET_SHORT_SCHEDULE_TRAINING,
     default=True,
 )
 def build_unet(

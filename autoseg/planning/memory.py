@@ -1,11 +1,11 @@
 """Training memory model, measured rather than guessed.
 
 Peak training memory of (network, patch, batch) = parameters + their gradients + the optimizer's
-momentum buffers + the activations autograd saves for backward. The saved activations are counted
-with ``torch.autograd.graph.saved_tensors_hooks`` (storages deduplicated, parameters excluded) at
-two small calibration inputs on the ``meta`` device (same autograd graph, no compute, no memory)
-and fitted as ``a + b * voxels`` per sample: every stage's saved tensors are a fixed number of
-feature maps of size ``voxels / stride`` plus per-channel statistics, so the fit is linear.
+buffers (SGD's momentum; Adam's two moments) + the activations autograd saves for backward. The saved
+activations are counted with ``torch.autograd.graph.saved_tensors_hooks`` (storages deduplicated,
+parameters excluded) at two small calibration inputs on the ``meta`` device (same autograd graph, no
+compute, no memory) and fitted as ``a + b * voxels`` per sample: every stage's saved tensors are a fixed
+number of feature maps of size ``voxels / stride`` plus per-channel statistics, so the fit is linear.
 Calibrations are cached as JSON keyed by network, topology, channels and torch version.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -33,11 +33,16 @@ class MemoryModel:
     parameter_bytes: int
     activation_intercept: float
     activation_per_voxel: float
+    optimizer_buffers: int = C.OPTIMIZER_BUFFERS_PER_PARAMETER["sgd"]
 
     @property
     def static_bytes(self) -> int:
         # weights + gradients + optimizer buffers
-        return self.parameter_bytes * (2 + C.OPTIMIZER_BUFFERS_PER_PARAMETER)
+        return self.parameter_bytes * (2 + self.optimizer_buffers)
+
+    def for_optimizer(self, name: str) -> MemoryModel:
+        """The same network trained with another optimizer (``OPTIMIZER_BUFFERS_PER_PARAMETER``)."""
+        return replace(self, optimizer_buffers=C.OPTIMIZER_BUFFERS_PER_PARAMETER[name])
 
     def activation_bytes(self, patch_size: Sequence[int]) -> float:
         return self.activation_intercept + self.activation_per_voxel * float(np.prod(patch_size))

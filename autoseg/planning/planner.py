@@ -26,7 +26,7 @@ from autoseg.networks import Topology, default_network, get_network_spec
 from autoseg.planning import accounting as A
 from autoseg.planning import constants as C
 from autoseg.planning import compute_budget as T
-from autoseg.planning import rules
+from autoseg.planning import rules, short_schedule
 from autoseg.planning.memory import MemoryModel, calibrate_memory
 from autoseg.planning.plans import format_plan_table, plans_path, write_plans
 from autoseg.planning.topology import divisible_patch, features_per_stage, plan_topology, shrink_patch
@@ -707,6 +707,7 @@ def build_plans(
                                                         f"{plans_name}_{CONFIG_2D}")
     if wanted & {CONFIG_FULLRES, CONFIG_LOWRES, CONFIG_CASCADE}:
         configurations.update(_plan_3d(ctx, wanted, spacing, forward, fingerprint, plans_name, explicit=configs is not None))
+    ctx.notes.extend(short_schedule.apply(configurations, budget_seconds))
     return {
         "version": C.PLANS_VERSION,
         "plans_name": plans_name,

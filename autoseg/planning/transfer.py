@@ -4,8 +4,10 @@ nnU-Net's ``nnUNetv2_move_plans_between_datasets`` copies the source plans whole
 preprocessed with the source's spacing and the source's CT intensity statistics. Here the target is
 planned as usual (its own spacing, normalization, intensity statistics, schedule) and only what the
 pretrained weights depend on is taken from the source, per configuration both plans have: the network
-(family, topology, options, width), the patch and the batch size, with the source's predicted memory
-and iteration time (they follow from those); the schedule is refitted to the target's time budget. ``transferred_from`` in the plans file records the source.
+(family, topology, options, width), the patch and the batch size, with the source's memory model,
+predicted memory and iteration time (they follow from those); the schedule is refitted to the target's
+time budget, and the training settings (planning/short_schedule.py) follow the source's family and the
+refitted schedule. ``transferred_from`` in the plans file records the source.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ from autoseg.errors import PlanError
 from autoseg.planning import accounting as A
 from autoseg.planning import compute_budget as T
 from autoseg.planning import constants as C
+from autoseg.planning import short_schedule
 from autoseg.planning.plans import load_plans
 
-TRANSFERRED_KEYS = ("network", "width", "patch_size", "batch_size", "predicted_memory_bytes", "predicted_seconds_per_iteration")
+TRANSFERRED_KEYS = ("network", "width", "patch_size", "batch_size", "memory_model", "predicted_memory_bytes",
+                    "predicted_seconds_per_iteration")
 
 
 def source_plans_file(source: str | Path) -> Path:
@@ -53,6 +57,7 @@ def transfer_plans(target: dict[str, Any], source: dict[str, Any], source_name: 
         if budget and seconds and parts:  # the target's time budget, at the source network's speed
             _refit_schedule(config, budget, seconds, parts)
         configurations[name] = config
+    _replan_training(plans, configurations, target)
     for config in configurations.values():  # a stage whose partner was dropped stands alone
         for link in ("previous_stage", "next_stage"):
             if config[link] not in configurations:
@@ -63,6 +68,14 @@ def transfer_plans(target: dict[str, Any], source: dict[str, Any], source_name: 
         "configurations": sorted(plans["configurations"]), "keys": list(TRANSFERRED_KEYS),
     }
     return plans
+
+
+def _replan_training(plans: dict[str, Any], configurations: dict[str, dict[str, Any]], target: dict[str, Any]) -> None:
+    """Each configuration's training settings for the source's family and the refitted schedule, the
+    target's own notes on them replaced."""
+    stale = {short_schedule.describe(name, config) for name, config in target["configurations"].items()}
+    notes = short_schedule.apply(configurations, (plans.get("budget") or {}).get("seconds"))
+    plans["notes"] = [note for note in plans.get("notes", []) if note not in stale] + notes
 
 
 def _refit_schedule(config: dict[str, Any], budget: float, seconds: float, parts: dict[str, float]) -> None:

@@ -9,6 +9,7 @@ with the default, and a refused value is refused before a run writes anything.
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -17,6 +18,7 @@ import yaml
 from autoseg.errors import TrainingError
 from autoseg.networks import get_network_spec
 from autoseg.training.config_rules import check_together, check_value
+from autoseg.utils.mappings import deep_merge, flatten
 
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("default_config.yaml")
 # Keys whose default is null or "auto" and the value types they accept besides it.
@@ -36,29 +38,6 @@ _OPEN_TYPES: dict[str, tuple[type, ...]] = {
 def load_defaults(path: Path = DEFAULT_CONFIG_PATH) -> dict[str, Any]:
     with open(path, encoding="utf-8") as handle:
         return yaml.safe_load(handle)
-
-
-def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    """``base`` with ``update`` merged in (nested mappings merged, everything else replaced)."""
-    merged = copy.deepcopy(dict(base))
-    for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
-def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Dotted key -> leaf value (an empty mapping counts as a leaf, so it can be overridden whole)."""
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten(value, dotted + "."))
-        else:
-            flat[dotted] = value
-    return flat
 
 
 # Sections whose keys are not fixed by the defaults: network_options.<name> is passed to the network
@@ -150,14 +129,37 @@ def apply_overrides(config: Mapping[str, Any], overrides: Iterable[str]) -> dict
 
 
 def resolve_config(
-    network: str, overrides: Iterable[str] = (), defaults: Mapping[str, Any] | None = None
+    network: str,
+    overrides: Iterable[str] = (),
+    defaults: Mapping[str, Any] | None = None,
+    planned: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Defaults, then the family's ``training_defaults`` from the registry, then the user's overrides."""
+    """Defaults, then the family's ``training_defaults`` from the registry, then the plan's training
+    settings (``planned``: a short budgeted schedule's, planning/short_schedule.py), then the user's
+    overrides."""
     base = dict(defaults if defaults is not None else load_defaults())
     merged = deep_merge(base, get_network_spec(network).training_defaults)
+    merged = _apply_planned(merged, {} if planned is None else planned)
     config = apply_overrides(merged, overrides)
     check_together(config)
     return config
+
+
+def _apply_planned(config: Mapping[str, Any], planned: Mapping[str, Any]) -> dict[str, Any]:
+    """The plan's settings, checked by the same rules as ``--set`` (a hand-edited plans file is input too)."""
+    if not isinstance(planned, Mapping):
+        raise TrainingError(
+            f"the plan's 'training' settings must be a mapping of setting to value, got {type(planned).__name__}; "
+            "correct or remove them in the plans file, or re-run `autoseg plan`"
+        )
+    texts = [f"{key}={json.dumps(value)}" for key, value in flatten(planned).items()]
+    try:
+        return apply_overrides(config, texts)
+    except TrainingError as exc:
+        raise TrainingError(
+            f"the plan's 'training' settings are refused: {exc}; correct or remove them in the plans file, "
+            "or re-run `autoseg plan`"
+        ) from exc
 
 
 def dump_config(config: Mapping[str, Any]) -> str:
@@ -165,12 +167,15 @@ def dump_config(config: Mapping[str, Any]) -> str:
 
 
 def resolve_training_config(network: str, overrides: Iterable[str], plan: Mapping[str, Any]) -> dict[str, Any]:
-    """The config a fold trains with: ``resolve_config``, the augmentation resolved for the patch and
-    the plan's normalization, and an explicit ``--set num_epochs`` winning over the plan's schedule."""
+    """The config a fold trains with: ``resolve_config`` with the plan's training settings (chosen for
+    the plan's family: another ``network`` trains without them), the augmentation resolved for the
+    patch and the plan's normalization, and an explicit ``--set num_epochs`` winning over the plan's
+    schedule."""
     from autoseg.training.augmentation import resolve_augmentation  # batchgenerators: only when training
 
     overrides = list(overrides)
-    config = resolve_config(network, overrides)
+    planned = plan.get("training") if network == plan["network"]["name"] else None
+    config = resolve_config(network, overrides, planned=planned)
     patch = config["patch_size"] or plan["patch_size"]
     config["augmentation"] = resolve_augmentation(config["augmentation"], patch, plan["normalization"])
     if any(parse_override(text)[0] == "num_epochs" for text in overrides):

@@ -26,13 +26,18 @@ def planned_for(plans: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
     return plan.get("planned_for") or plans.get("budget") or {}
 
 
-def modelled_memory(plan: dict[str, Any], patch_size: Sequence[int], batch_size: int) -> int | None:
-    """Bytes of a training step at this patch and batch from the plan's memory model (None if unknown)."""
+def modelled_memory(plan: dict[str, Any], patch_size: Sequence[int], batch_size: int, optimizer: str = "sgd") -> int | None:
+    """Bytes of a training step at this patch and batch with this optimizer, from the plan's memory
+    model (None if unknown)."""
     if plan.get("memory_model"):
-        return MemoryModel(**plan["memory_model"]).predict(patch_size, batch_size)
+        return _memory_model(plan, optimizer).predict(patch_size, batch_size)
     if list(patch_size) == list(plan["patch_size"]) and batch_size == plan["batch_size"]:
         return plan.get("predicted_memory_bytes")
     return None
+
+
+def _memory_model(plan: dict[str, Any], optimizer: str) -> MemoryModel:
+    return MemoryModel(**plan["memory_model"]).for_optimizer(optimizer)
 
 
 def _replan(plans: dict[str, Any], options: str) -> str:
@@ -49,12 +54,14 @@ def check_plan_device(
     batch_size: int,
     processes: int = 1,
     network: str | None = None,
+    optimizer: str = "sgd",
 ) -> list[str]:
     """Warnings for training ``configuration`` on this device; ``TrainingError`` if it cannot fit.
 
     ``device_memory_bytes`` is the GPU's total memory (None where unknown: CPU, MPS);
     ``batch_size`` is one process's share of the batch, ``processes`` how many share it;
-    ``network``: the family trained, when it is not the plan's its memory was not modelled.
+    ``network``: the family trained, when it is not the plan's its memory was not modelled;
+    ``optimizer``: the one training runs with (its buffers count).
     """
     plan = plans["configurations"][configuration]
     target = planned_for(plans, plan)
@@ -71,17 +78,17 @@ def check_plan_device(
             f"GPU affords); for a GPU plan run {_replan(plans, '')} on this machine"
         )
     other_network = network is not None and network != plan.get("network", {}).get("name", network)
-    needed = None if other_network else modelled_memory(plan, patch_size, batch_size)
+    needed = None if other_network else modelled_memory(plan, patch_size, batch_size, optimizer)
     if device_type != "cuda" or device_memory_bytes is None or needed is None:
         return warnings
     have = device_memory_bytes / GIB
     what = f"{configuration} at patch {list(patch_size)}, batch {batch_size} needs about {needed / GIB:.1f} GiB (modelled)"
     if needed > device_memory_bytes:
-        raise TrainingError(f"{what}, more than this GPU's {have:.1f} GiB; {_fit_fix(plans, plan, patch_size, device_memory_bytes, processes)}")
+        raise TrainingError(f"{what}, more than this GPU's {have:.1f} GiB; {_fit_fix(plans, plan, patch_size, device_memory_bytes, processes, optimizer)}")
     if needed > device_memory_bytes * C.GPU_MEMORY_USABLE_FRACTION:
         warnings.append(
             f"{what}, over {C.GPU_MEMORY_USABLE_FRACTION:.0%} of this GPU's {have:.1f} GiB: it may run out of memory; "
-            f"{_fit_fix(plans, plan, patch_size, device_memory_bytes, processes)}"
+            f"{_fit_fix(plans, plan, patch_size, device_memory_bytes, processes, optimizer)}"
         )
     if target.get("device") == "cuda" and planned_gb and device_memory_bytes > LARGER_GPU_FACTOR * planned_gb * GIB:
         warnings.append(
@@ -93,11 +100,11 @@ def check_plan_device(
 
 
 def _fit_fix(plans: dict[str, Any], plan: dict[str, Any], patch_size: Sequence[int], device_memory_bytes: int,
-             processes: int) -> str:
+             processes: int, optimizer: str) -> str:
     """Re-plan for this GPU, or the largest batch that fits it (else a smaller patch)."""
     replan = f"re-plan for it with {_replan(plans, f'--gpu-memory {math.floor(device_memory_bytes / GIB)}')}"
     usable = device_memory_bytes * C.GPU_MEMORY_USABLE_FRACTION
-    fits = MemoryModel(**plan["memory_model"]).max_batch(patch_size, usable) if plan.get("memory_model") else 0
+    fits = _memory_model(plan, optimizer).max_batch(patch_size, usable) if plan.get("memory_model") else 0
     if fits >= 1:
         return f"{replan}, or train with --set batch_size={fits * processes}"
     return f"{replan}, or train with a smaller --set patch_size=[...] and --set batch_size=2"

@@ -195,7 +195,7 @@ def _train(run: FoldRun, context: DistributedContext, pretrained_weights: str | 
     rank_batch = rank_batch_size(run.global_batch, context)
     device_warnings = check_plan_device(
         run.plans, run.configuration_name, run.device.type, device_memory_bytes(run.device), run.patch_size,
-        rank_batch, context.world_size, run.network_name,
+        rank_batch, context.world_size, run.network_name, run.config["optimizer"]["name"],
     )
     # Refused before anything is written: fp16 off CUDA, a network option or patch the family refuses.
     amp_dtype(run.config["mixed_precision"], run.device)
