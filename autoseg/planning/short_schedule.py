@@ -20,7 +20,7 @@ from typing import Any, Mapping
 from autoseg.networks import get_network_spec
 from autoseg.planning import constants as C
 from autoseg.planning.memory import MemoryModel
-from autoseg.utils.mappings import flatten
+from autoseg.utils.mappings import deep_merge, flatten
 
 
 def short_schedule_training(config: Mapping[str, Any], budget_seconds: float | None) -> dict[str, Any]:
@@ -29,7 +29,7 @@ def short_schedule_training(config: Mapping[str, Any], budget_seconds: float | N
         return {}
     if config["num_iterations"] > C.SHORT_SCHEDULE_MAX_ITERATIONS:
         return {}
-    return _plain(get_network_spec(config["network"]["name"]).short_schedule_training)
+    return deep_merge({}, get_network_spec(config["network"]["name"]).short_schedule_training)  # a JSON-ready copy
 
 
 def apply(configurations: dict[str, dict[str, Any]], budget_seconds: float | None) -> list[str]:
@@ -71,8 +71,3 @@ def describe(name: str, config: Mapping[str, Any]) -> str | None:
     return (f"{name}: trains with {settings}: {config['num_iterations']} planned iterations is a short schedule "
             f"(at most {C.SHORT_SCHEDULE_MAX_ITERATIONS}), where this beat nnU-Net's SGD at equal time "
             "(docs/benchmarks.md); --set optimizer.name=sgd --set optimizer.lr=0.01 trains with nnU-Net's")
-
-
-def _plain(mapping: Mapping[str, Any]) -> dict[str, Any]:
-    """A JSON-ready copy (the registry holds read-only mappings)."""
-    return {key: _plain(value) if isinstance(value, Mapping) else value for key, value in mapping.items()}

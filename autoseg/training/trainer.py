@@ -70,11 +70,11 @@ def network_request(run: FoldRun, batch_size: int) -> NetworkRequest:
     return NetworkRequest(run.network_name, run.configuration, run.in_channels, n_outputs, run.patch_size, batch_size)
 
 
-def sampling_specs(run: FoldRun, patch_size: list[int], batch_size: int, cascade_labels: list[int],
-                   case_cache: int = 0) -> tuple[SamplingSpec, SamplingSpec, dict[str, Any]]:
-    """Training (augmented, sampled larger for rotation and scaling) and validation batch specs, each
-    source keeping up to ``case_cache`` bytes of decompressed cases, and the resolved augmentation."""
-    cfg, desc = run.config, run.description
+def sampling_specs(run: FoldRun, batch_size: int, case_cache: int = 0) -> tuple[SamplingSpec, SamplingSpec, dict[str, Any]]:
+    """Training (augmented, sampled larger for rotation and scaling) and validation batch specs of
+    the run's patch and cascade labels, each source keeping up to ``case_cache`` bytes of
+    decompressed cases, and the resolved augmentation."""
+    cfg, desc, patch_size, cascade_labels = run.config, run.description, run.patch_size, run.cascade_labels
     aug = resolve_augmentation(cfg["augmentation"], patch_size, run.configuration["normalization"])
     common = dict(
         folder=run.store, patch_size=patch_size, batch_size=batch_size,
@@ -117,7 +117,7 @@ class Trainer:
             self.setup.amp_dtype, wrap=lambda m: wrap_model(m, self.context, self.device), in_channels=self.in_channels,
         )
         case_cache = case_cache_bytes(cfg["case_cache_mb"], self.workers(), self.context.world_size)
-        self.train_spec, self.val_spec, aug = sampling_specs(run, self.patch_size, self.batch_size, run.cascade_labels, case_cache)
+        self.train_spec, self.val_spec, aug = sampling_specs(run, self.batch_size, case_cache)
         self.mirror_axes = list(range(len(self.patch_size))) if aug["mirror"]["p"] > 0 else []
         self.state = TrainingState(planned_total(cfg, plan, run.epochs, self.iterations_per_epoch))
         # Wall time of each part of the run, for predicted-against-actual accounting (not checkpointed).
