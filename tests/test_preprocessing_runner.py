@@ -15,6 +15,7 @@ from autoseg.dataset.imageio import read_image
 from autoseg.errors import PreprocessingError
 from autoseg.planning.plans import write_plans
 from autoseg.preprocessing import list_cases, load_case, preprocess_dataset, restore_label
+from autoseg.preprocessing.runner import TIMING_SUFFIX
 from autoseg.utils.atomic import HOST_TAG
 
 DATASET = "Dataset999_Test"
@@ -71,12 +72,15 @@ def test_resume_after_kill_redoes_only_the_incomplete_case(roots: dict[str, Path
     finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     stale = out / f".{killed}.b2nd.{HOST_TAG}-{int(finished.stdout)}-{'a' * 16}.tmp.b2nd"  # its writer is gone
     stale.write_bytes(b"partial")
+    # ... or killed while writing the timing record, which sits beside the store, not in it
+    stale_timing = out.parent / f".{out.name}{TIMING_SUFFIX}.{HOST_TAG}-{int(finished.stdout)}-{'b' * 16}.tmp.json"
+    stale_timing.write_bytes(b'{"sec')
     before = _mtimes(out)
     gt_before = _mtimes(roots["preprocessed"] / DATASET / "gt_segmentations")
     report = preprocess_dataset(DATASET, ["3d_fullres"], num_workers=1)
     assert report.outputs[0].processed == [killed] and len(report.outputs[0].skipped) == 3
     after = _mtimes(out)
-    assert not stale.exists() and killed in list_cases(out)
+    assert not stale.exists() and not stale_timing.exists() and killed in list_cases(out)
     for name, mtime in before.items():
         if name.startswith("."):
             continue

@@ -189,6 +189,7 @@ def preprocess_dataset(
                 items.append((case.case_id, args))
         out.output_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(out.output_dir)  # a killed run's; a concurrent run's are left alone
+        remove_stale_temporaries(timing_path(out.output_dir).parent, timing_path(out.output_dir).name)
         started = time.perf_counter()
         results, out.failed = parallel_map(
             preprocess_one, items, min(workers, max(1, len(items))), f"preprocess {identifier}"
