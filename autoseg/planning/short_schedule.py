@@ -58,7 +58,8 @@ def _fitting(name: str, config: dict[str, Any], settings: dict[str, Any], notes:
         notes.append(f"{name}: keeps nnU-Net's SGD although its schedule is short: {optimizer}'s state would take "
                      f"the step to {needed / 2**30:.2f} GiB, over the {usable / 2**30:.2f} GiB usable")
         settings, model = {}, model.for_optimizer("sgd")
-    config["memory_model"], config["predicted_memory_bytes"] = asdict(model), model.predict(config["patch_size"], config["batch_size"])
+        needed = model.predict(config["patch_size"], config["batch_size"])
+    config["memory_model"], config["predicted_memory_bytes"] = asdict(model), needed
     return settings
 
 

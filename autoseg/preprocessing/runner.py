@@ -189,15 +189,16 @@ def preprocess_dataset(
                 items.append((case.case_id, args))
         out.output_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(out.output_dir)  # a killed run's; a concurrent run's are left alone
-        remove_stale_temporaries(timing_path(out.output_dir).parent, timing_path(out.output_dir).name)
+        timing = timing_path(out.output_dir)
+        remove_stale_temporaries(timing.parent, timing.name)
         started = time.perf_counter()
         results, out.failed = parallel_map(
             preprocess_one, items, min(workers, max(1, len(items))), f"preprocess {identifier}"
         )
         out.processed = sorted(results)
         if out.processed:  # what `autoseg train` reports against the plan's predicted preparation time
-            atomic_write_json(timing_path(out.output_dir), {"seconds": time.perf_counter() - started,
-                                                              "cases": len(out.processed), "workers": workers})
+            atomic_write_json(timing, {"seconds": time.perf_counter() - started,
+                                       "cases": len(out.processed), "workers": workers})
         report.outputs.append(out)
     gt_dir = location.preprocessed_dir / GT_FOLDER
     remove_stale_temporaries(gt_dir)
