@@ -6,7 +6,9 @@
 #   benchmarks/optimizer_pairs.sh WORK DATASET BUDGET VARIANT...   e.g.  ... /tmp/acdc Dataset027_ACDC 10m adamw sgd
 #
 # Variants (a suffix repeats one: sgd2, adamw2): sgd (nnU-Net's: learning rate 0.01, momentum 0.99),
-# adamw (learning rate 0.001), plan (whatever the plan's `training` settings say). Data:
+# adamw (learning rate 0.001), plan (whatever the plan's `training` settings say); `+key=value` after
+# a variant adds a setting, e.g. adamw+optimizer.weight_decay=0.01 (results_ and the summary line use
+# the whole variant). Data:
 # $AUTOSEG_BENCH_DATA (default ../shared/data)/DATASET. Appends one line per training to WORK/summary.txt.
 set -euo pipefail
 WORK=$1 NAME=$2 BUDGET=$3; shift 3
@@ -20,12 +22,15 @@ if [ ! -d "$AUTOSEG_PREPROCESSED/$NAME" ]; then
   autoseg preprocess $ID -c 3d_fullres -np 2 > "$WORK/preprocess.log" 2>&1
 fi
 for variant in "$@"; do
-  case $variant in
+  IFS=+ read -r -a parts <<< "$variant"
+  base=${parts[0]} extra=("${parts[@]:1}")
+  case $base in
     sgd*) overrides=(--set optimizer.name=sgd --set optimizer.lr=0.01);;
     adamw*) overrides=(--set optimizer.name=adamw --set optimizer.lr=0.001);;
     plan*) overrides=();;
     *) echo "unknown variant $variant (sgd, adamw, plan)" >&2; exit 2;;
   esac
+  for setting in "${extra[@]}"; do overrides+=(--set "$setting"); done
   results=$WORK/results_$variant
   rm -rf "$results"
   AUTOSEG_RESULTS=$results autoseg train $ID 3d_fullres 0 "${overrides[@]}" > "$WORK/train_$variant.log" 2>&1
