@@ -451,6 +451,7 @@ def test_train_fits_the_plans_budget_and_reports_each_part(results, data_roots, 
     import json
 
     from autoseg.preprocessing.runner import timing_path
+    from autoseg.training.run import format_time_accounting
     from autoseg.training import train_fold
     from autoseg.training import validation as validation_module
 
@@ -478,6 +479,8 @@ def test_train_fits_the_plans_budget_and_reports_each_part(results, data_roots, 
     assert accounting["predicted"] == predicted
     # the plan's budget covers the whole run: training gets what preprocessing (as measured) left
     assert accounting["train_budget_seconds"] == pytest.approx(30.0 - prepared)
+    assert accounting["budget_source"] == "plan"
+    assert format_time_accounting(accounting).splitlines()[-1] == "  budget 30 s (preprocessing counted once per dataset)"
     actual = accounting["actual"]
     assert actual["preprocess"] == pytest.approx(prepared, abs=0.1)
     assert actual["training"] > 0 and actual["checkpoints"] > 0 and actual["final_validation"] > 0
@@ -758,3 +761,41 @@ def test_real_fingerprints_plan_within_budget_and_keep_the_recipe_under_noise(na
         assert context_ok(config["patch_size"], config["median_shape"])
         assert {k: config[k] for k in RECIPE_KEYS} == {k: configs[0][k] for k in RECIPE_KEYS}
     assert configs[0]["num_iterations"] > configs[1]["num_iterations"] > configs[3]["num_iterations"]  # faster: more
+
+
+def test_budget_source_tells_the_plans_budget_from_train_budget(tmp_path):
+    """The plan's budget less the preparation (its prediction without a record) is the plan's; any
+    other is ``train --budget``'s; none without a budget."""
+    from types import SimpleNamespace
+
+    from autoseg.training.run import _budget_source
+
+    plans = {"budget": {"seconds": 1800.0}, "configurations": {"3d_fullres": {"predicted_seconds": {"preprocess": 12.0}}}}
+    run = lambda seconds, p=plans: SimpleNamespace(  # noqa: E731
+        budget_seconds=seconds, plans=p, configuration=p["configurations"]["3d_fullres"], store=tmp_path)
+    assert _budget_source(run(1788.0)) == "plan"
+    assert _budget_source(run(3600.0)) == "train --budget"
+    assert _budget_source(run(None)) is None
+    no_budget = {"configurations": {"3d_fullres": {}}}
+    assert _budget_source(run(600.0, no_budget)) == "train --budget"
+
+
+@pytest.mark.parametrize("source, train_budget, plan_budget, last_line", [
+    ("plan", 1788.0, 1800.0, "  budget 1800 s (preprocessing counted once per dataset)"),
+    ("train --budget", 3600.0, 1800.0, "  this run's budget 3600 s (train --budget; preprocessing not counted); "
+                                       "the predictions are the plan's, for its budget of 1800 s"),
+    ("train --budget", 600.0, None, "  this run's budget 600 s (train --budget; preprocessing not counted)"),
+    (None, None, 1800.0, "  no budget for this run (--epochs, --continue or use_plan_schedule=false); the "
+                         "predictions are the plan's, for its budget of 1800 s"),
+    (None, None, None, "  total                1741      3492"),
+])
+def test_time_accounting_says_whose_budget_the_run_kept(source, train_budget, plan_budget, last_line):
+    """A 30-minute plan trained with `train --budget 60m` printed "budget 1800 s" under a total of 3492 s,
+    which read as a run twice over its budget."""
+    from autoseg.training.run import format_time_accounting
+
+    accounting = {"budget_seconds": plan_budget, "train_budget_seconds": train_budget, "budget_source": source,
+                  "predicted": {"training": 1713.0, "total": 1741.0}, "actual": {"training": 3477.0, "total": 3492.0}}
+    lines = format_time_accounting(accounting).splitlines()
+    assert lines[-1] == last_line
+    assert "  training             1713      3477" in lines

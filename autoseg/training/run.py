@@ -238,6 +238,7 @@ def time_accounting(trainer: Trainer, run: FoldRun, validation_seconds: float, r
     return {
         "budget_seconds": (plans.get("budget") or {}).get("seconds"),
         "train_budget_seconds": run.budget_seconds,
+        "budget_source": _budget_source(run),
         "predicted": plan.get("predicted_seconds"),
         "final_validation_estimated_by_training": None if estimate is None else round(estimate, 1),
         "actual": actual,
@@ -245,16 +246,32 @@ def time_accounting(trainer: Trainer, run: FoldRun, validation_seconds: float, r
     }
 
 
+def _budget_source(run: FoldRun) -> str | None:
+    """Whose budget the run kept: the plan's (what its predictions are for), ``train --budget``'s, or none."""
+    if run.budget_seconds is None:
+        return None
+    return "plan" if run.budget_seconds == _plan_budget(run.plans, run.configuration, run.store) else "train --budget"
+
+
 def format_time_accounting(accounting: dict[str, Any]) -> str:
-    """One line per part: predicted against actual seconds."""
+    """One line per part: predicted against actual seconds, then the budget the run kept."""
     predicted = accounting.get("predicted") or {}
     lines = ["time (s)          predicted    actual"]
     for part in (*PARTS, "total"):
         actual = accounting["actual"].get(part)
         guess = predicted.get(part)
         lines.append(f"  {part:<16}{'-' if guess is None else f'{guess:.0f}':>9}  {'-' if actual is None else f'{actual:.0f}':>8}")
-    if accounting.get("budget_seconds"):
-        lines.append(f"  budget {accounting['budget_seconds']:.0f} s (preprocessing counted once per dataset)")
+    plan_budget = accounting.get("budget_seconds")
+    if accounting.get("budget_source") == "train --budget":
+        said = f"  this run's budget {accounting['train_budget_seconds']:.0f} s (train --budget; preprocessing not counted)"
+        if plan_budget:
+            said += f"; the predictions are the plan's, for its budget of {plan_budget:.0f} s"
+        lines.append(said)
+    elif accounting.get("budget_source") == "plan":
+        lines.append(f"  budget {plan_budget:.0f} s (preprocessing counted once per dataset)")
+    elif plan_budget:
+        lines.append(f"  no budget for this run (--epochs, --continue or use_plan_schedule=false); the predictions "
+                     f"are the plan's, for its budget of {plan_budget:.0f} s")
     return "\n".join(lines)
 
 
