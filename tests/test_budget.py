@@ -763,21 +763,30 @@ def test_real_fingerprints_plan_within_budget_and_keep_the_recipe_under_noise(na
     assert configs[0]["num_iterations"] > configs[1]["num_iterations"] > configs[3]["num_iterations"]  # faster: more
 
 
-def test_budget_source_tells_the_plans_budget_from_train_budget(tmp_path):
-    """The plan's budget less the preparation (its prediction without a record) is the plan's; any
-    other is ``train --budget``'s; none without a budget."""
-    from types import SimpleNamespace
+def test_fold_run_records_whose_budget_it_keeps(data_roots):
+    """Resolved where the budget is chosen (not re-derived at the end): ``train --budget`` wins over the
+    plan's, the plan's applies without --epochs, and a plan without a budget leaves none."""
+    import json
 
-    from autoseg.training.run import _budget_source
+    from autoseg.training.run import resolve_fold_run
 
-    plans = {"budget": {"seconds": 1800.0}, "configurations": {"3d_fullres": {"predicted_seconds": {"preprocess": 12.0}}}}
-    run = lambda seconds, p=plans: SimpleNamespace(  # noqa: E731
-        budget_seconds=seconds, plans=p, configuration=p["configurations"]["3d_fullres"], store=tmp_path)
-    assert _budget_source(run(1788.0)) == "plan"
-    assert _budget_source(run(3600.0)) == "train --budget"
-    assert _budget_source(run(None)) is None
-    no_budget = {"configurations": {"3d_fullres": {}}}
-    assert _budget_source(run(600.0, no_budget)) == "train --budget"
+    def resolve(**limits):
+        limits = {"epochs": None, "budget_seconds": None, "resume": False, **limits}
+        run = resolve_fold_run(DATASET, "3d_fullres", "0", None, "autosegPlans", [], "cpu", **limits)
+        return run.budget_source, run.budget_seconds
+
+    assert resolve() == (None, None)
+    assert resolve(budget_seconds=600.0) == ("train --budget", 600.0)
+    plans_file = data_roots["preprocessed"] / DATASET / "autosegPlans.json"
+    original = plans_file.read_text()
+    plans_file.write_text(json.dumps({**json.loads(original), "budget": {"seconds": 1800.0}}))
+    try:
+        source, seconds = resolve()
+        assert source == "plan" and 1700.0 < seconds < 1800.0  # less the recorded preparation
+        assert resolve(budget_seconds=3600.0) == ("train --budget", 3600.0)
+        assert resolve(epochs=2) == (None, None)
+    finally:
+        plans_file.write_text(original)
 
 
 @pytest.mark.parametrize("source, train_budget, plan_budget, last_line", [

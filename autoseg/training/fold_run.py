@@ -35,6 +35,7 @@ class FoldRun:
     deterministic: bool = False
     num_workers: int | None = None
     budget_seconds: float | None = None
+    budget_source: str | None = None  # whose budget_seconds is: "plan" (its predictions are for it) or "train --budget"
     epochs: int | None = None
     resume: bool = False
     previous_stage_cache: Path | None = None

@@ -152,8 +152,11 @@ def resolve_fold_run(dataset_spec: str, configuration: str, fold: str, network: 
         raise TrainingError(f"{store}: no preprocessed cases; run `autoseg preprocess {location.name} -c {configuration}` first")
     train_cases, val_cases = fold_cases(location.preprocessed_dir, case_ids, fold)
     model_folder = location.results_dir / f"{network_name}__{plans_name}__{configuration}"
-    if limits["budget_seconds"] is None and limits["epochs"] is None and not limits["resume"] and config["use_plan_schedule"]:
+    if limits["budget_seconds"] is not None:
+        limits["budget_source"] = "train --budget"
+    elif limits["epochs"] is None and not limits["resume"] and config["use_plan_schedule"]:
         limits["budget_seconds"] = _plan_budget(plans, plan, store)
+        limits["budget_source"] = "plan" if limits["budget_seconds"] is not None else None
     chosen_device = choose_device(device)
     return FoldRun(
         dataset_name=location.name, preprocessed_dir=location.preprocessed_dir, store=store, plans=plans,
@@ -238,19 +241,12 @@ def time_accounting(trainer: Trainer, run: FoldRun, validation_seconds: float, r
     return {
         "budget_seconds": (plans.get("budget") or {}).get("seconds"),
         "train_budget_seconds": run.budget_seconds,
-        "budget_source": _budget_source(run),
+        "budget_source": run.budget_source,
         "predicted": plan.get("predicted_seconds"),
         "final_validation_estimated_by_training": None if estimate is None else round(estimate, 1),
         "actual": actual,
         "iterations": {"planned": plan.get("num_iterations"), "trained": trainer.state.iteration},
     }
-
-
-def _budget_source(run: FoldRun) -> str | None:
-    """Whose budget the run kept: the plan's (what its predictions are for), ``train --budget``'s, or none."""
-    if run.budget_seconds is None:
-        return None
-    return "plan" if run.budget_seconds == _plan_budget(run.plans, run.configuration, run.store) else "train --budget"
 
 
 def format_time_accounting(accounting: dict[str, Any]) -> str:
