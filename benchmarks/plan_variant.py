@@ -7,7 +7,7 @@ first-stage width (every stage's features scaled by the same factor), batch size
 encoder blocks per stage replaced. The variant keeps the source's ``data_identifier``, so it trains on
 the preprocessed data already there, and the source's budget, so ``autoseg train ... --plans-name
 NAME`` re-plans its iterations from its own measured speed within the same time (docs/benchmarks.md,
-"Capacity and batch within the 30-minute Hippocampus budget").
+"AdamW for short schedules": "Capacity, batch and augmentation within the 30 minutes").
 
 Run: ``python benchmarks/plan_variant.py PRE/Dataset004_Hippocampus/autosegPlans.json autosegPlansW24 --width 24``
 """
@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
+
+from autoseg.errors import PlanError
+from autoseg.planning.plans import get_configuration, load_plans, plans_path, write_plans
 
 
 def variant(plans: dict[str, Any], name: str, configuration: str, width: int | None, batch: int | None,
@@ -28,10 +29,7 @@ def variant(plans: dict[str, Any], name: str, configuration: str, width: int | N
     """A deep copy of ``plans`` named ``name``, with the given choices of ``configuration`` replaced."""
     result = copy.deepcopy(plans)
     result["plans_name"] = name
-    if configuration not in result.get("configurations", {}):
-        raise SystemExit(f"configuration {configuration!r} is not in this plans file "
-                         f"(it has {sorted(result.get('configurations', {}))})")
-    config = result["configurations"][configuration]
+    config = get_configuration(result, configuration)
     topology = config["network"]["topology"]
     if width is not None:
         old = topology["features_per_stage"][0]
@@ -43,7 +41,7 @@ def variant(plans: dict[str, Any], name: str, configuration: str, width: int | N
         config["network"]["name"] = network
     if blocks is not None:
         if len(blocks) != len(topology["features_per_stage"]):
-            raise SystemExit(f"--blocks needs one value per stage ({len(topology['features_per_stage'])})")
+            raise PlanError(f"--blocks needs one value per stage ({len(topology['features_per_stage'])})")
         topology["blocks_per_stage"] = blocks
     return result
 
@@ -58,14 +56,15 @@ def main() -> None:
     parser.add_argument("--network", help="network family, e.g. resenc")
     parser.add_argument("--blocks", type=int, nargs="+", help="encoder blocks per stage, e.g. 1 3 4 6")
     args = parser.parse_args()
-    target = args.plans.with_name(f"{args.name}.json")
+    target = plans_path(args.plans.parent, args.name)
     if target.resolve() == args.plans.resolve():
         sys.exit("the variant needs a name other than the source plans file's")
-    plans = variant(json.loads(args.plans.read_text()), args.name, args.configuration, args.width, args.batch,
-                    args.network, args.blocks)
-    temporary = target.with_name(f".{target.name}.tmp")
-    temporary.write_text(json.dumps(plans, indent=1))
-    os.replace(temporary, target)
+    try:
+        plans = variant(load_plans(args.plans), args.name, args.configuration, args.width, args.batch,
+                        args.network, args.blocks)
+        write_plans(plans, target, overwrite=True)
+    except PlanError as error:
+        sys.exit(str(error))
     print(f"wrote {target}")
 
 
