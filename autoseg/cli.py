@@ -126,7 +126,7 @@ def plan(
     num_workers: Optional[int] = typer.Option(None, "-np", "--num-workers", help=WORKERS_HELP),
     transfer_from: Optional[Path] = typer.Option(None, "--transfer-plans-from", help="a plans file or trained model folder: keep its network, patch and batch (to fine-tune its weights with train --pretrained-weights), with this dataset's own spacing and normalization"),
 ) -> None:
-    """Choose spacing, normalization, configurations, topology, patch and batch; write the plans file."""
+    """Choose spacing, normalization, configurations, topology, patch, batch and mirrored axes; write the plans file."""
     from autoseg.planning.planner import plan_dataset
     from autoseg.utils.duration import parse_duration
 

@@ -471,6 +471,7 @@ _AUGMENTATION_CHANGES: dict[str, tuple[list[int], Any]] = {
     "gamma.p": ([16, 16, 16], 0.5),
     "gamma.range": ([16, 16, 16], [0.5, 2.0]),
     "mirror.p": ([16, 16, 16], 0.3),
+    "mirror.axes": ([16, 16, 16], [1]),
     "mask_channels": ([16, 16, 16], [0]),
     "cascade_binary_operation.p": ([16, 16, 16], 0.9),
     "cascade_binary_operation.max_size": ([16, 16, 16], 2),
@@ -491,7 +492,10 @@ def _augmentation_check(key: str) -> Callable[..., None]:
 
 
 def _mirror_axes(make) -> None:
-    assert make().mirror_axes == [0, 1, 2] and make(["augmentation.mirror.p=0"]).mirror_axes == []
+    assert make(plan_changes={"mirror_axes": None}).mirror_axes == [0, 1, 2]  # a plan from before the rule
+    assert make(plan_changes={"mirror_axes": [2]}).mirror_axes == [2]
+    assert make(["augmentation.mirror.axes=[0,1]"], plan_changes={"mirror_axes": [2]}).mirror_axes == [0, 1]
+    assert make(["augmentation.mirror.p=0"], plan_changes={"mirror_axes": [2]}).mirror_axes == []
 
 
 # ----------------------------------------------------------------------------------- network
@@ -552,8 +556,8 @@ CHECKS: dict[str, Callable[..., None]] = {
     "adversarial.discriminator_lr": _adversarial("discriminator_lr", "0.5", 0.5),
     "adversarial.discriminator_betas": _adversarial("discriminator_betas", "[0.1,0.2]", (0.1, 0.2)),
 }
-# mirror.p also decides the test-time mirroring recorded in the checkpoint.
-EXTRA_CHECKS = {"augmentation.mirror.p (mirror_axes)": _mirror_axes}
+# mirror.p and mirror.axes also decide the test-time mirroring recorded in the checkpoint.
+EXTRA_CHECKS = {"augmentation.mirror.p and axes (mirror_axes)": _mirror_axes}
 
 
 def test_every_setting_has_a_check() -> None:

@@ -35,6 +35,7 @@ def fingerprint(spacings, shapes, channels=None, labels=None, relative_size=1.0)
         "median_relative_size_after_crop": relative_size,
         "foreground_intensity_properties_per_channel": {k: dict(stats) for k in channels},
         "is_2d": all(s[0] == 1 for s in shapes),
+        "class_centroids": {},  # no label positions: every axis mirrored (tests/test_mirroring.py)
     }
 
 

@@ -125,6 +125,10 @@ def test_hippocampus(fingerprints, plans_8gb):
     # 2d: 50x35 -> 56x40 by the same halvings; the cap 0.05 x 13.08M / 2240 = 292
     assert flat["patch_size"] == [56, 40] and flat["batch_size"] == expected_batch(flat, voxels) == 292
     assert topology(flat)["strides"] == [[1, 1]] + [[2, 2]] * 3
+    # Anterior (1) lies at lower indices than Posterior (2) along axis 0 and at higher ones along axis
+    # 1 in all 208 cases: training mirrors axis 2 only (the 2d slices' axis 1)
+    assert full["mirror_axes"] == [2] and flat["mirror_axes"] == [1]
+    assert sum("mirroring: off along image axis" in n and "in 208 of 208 cases" in n for n in plans["notes"]) == 2
     for config in (full, flat):
         check_common(config, fp)
 
@@ -154,6 +158,9 @@ def test_acdc(fingerprints, plans_8gb):
     assert flat["patch_size"] == [256, 224] and topology(flat)["strides"] == [[1, 1]] + [[2, 2]] * 5
     assert topology(flat)["features_per_stage"] == [32, 64, 128, 256, 512, 512]
     assert flat["batch_size"] == expected_batch(flat, voxels)
+    # the right ventricle (1) lies at lower x than the myocardium (2) in all 160 cases: x is not mirrored
+    assert full["mirror_axes"] == [0, 1] and flat["mirror_axes"] == [0]
+    assert any("off along image axis 2" in n and "RV (1) lies at lower indices than" in n for n in plans["notes"])
     for config in (full, flat):
         check_common(config, fp)
 
@@ -180,6 +187,8 @@ def test_brats(fingerprints, plans_8gb):
     assert flat["patch_size"] == [256, 256] and topology(flat)["strides"] == [[1, 1]] + [[2, 2]] * 6
     voxels = dataset_voxels(fp, plans["target_spacing"])
     assert flat["batch_size"] == expected_batch(flat, voxels)
+    # six cases cannot show a fixed order (six in the same order happen by chance once in 32): all axes
+    assert full["mirror_axes"] == [0, 1, 2] and flat["mirror_axes"] == [0, 1]
     for config in (full, flat):
         check_common(config, fp)
 
@@ -197,6 +206,7 @@ def test_drive(fingerprints, plans_8gb):
     assert topology(flat)["features_per_stage"] == [32, 64, 128, 256, 512, 512, 512, 512]
     # 5% of 20 images is less than one patch: the batch is the minimum, 2
     assert flat["batch_size"] == expected_batch(flat, dataset_voxels(fp, plans["target_spacing"])) == 2
+    assert flat["mirror_axes"] == [0, 1]  # one foreground label: no pair to order
     check_common(flat, fp)
 
 

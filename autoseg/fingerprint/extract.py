@@ -21,6 +21,7 @@ from autoseg.dataset.verify import check_case, dataset_level_problems
 from autoseg.errors import DatasetError
 from autoseg.fingerprint.cropping import crop_to_nonzero
 from autoseg.fingerprint.file import FINGERPRINT_VERSION, fingerprint_path
+from autoseg.fingerprint.label_layout import class_centroids
 from autoseg.fingerprint.thickness import case_thickness, median_thickness
 from autoseg.paths import DatasetLocation
 from autoseg.utils.atomic import atomic_write_json
@@ -68,6 +69,7 @@ def case_statistics(case: Case, desc: DatasetDescription, samples_per_case: int,
         "class_voxel_counts": class_counts,
         "class_volumes_mm3": {k: v * voxel_mm3 for k, v in class_counts.items()},
         "structure_thickness_mm": case_thickness(label, spacing, dict(desc.regions)),
+        "class_centroids": class_centroids(label, desc.foreground_labels),
     }
 
 
@@ -159,6 +161,8 @@ def _pool(
         "class_voxel_counts": {str(v): [r["class_voxel_counts"][str(v)] for r in per_case] for v in desc.foreground_labels},
         "class_volumes_mm3": {str(v): [r["class_volumes_mm3"][str(v)] for r in per_case] for v in desc.foreground_labels},
         "structure_thickness_mm": thickness,
+        # voxel indices per array axis (as read, before transposing); null where a case lacks the label
+        "class_centroids": {str(v): [r["class_centroids"][str(v)] for r in per_case] for v in desc.foreground_labels},
         "median_structure_thickness_mm": median_thickness(thickness),
         "median_spacing": median_spacing.tolist(),
         "median_shape_after_crop": np.median(shapes_after, axis=0).tolist(),

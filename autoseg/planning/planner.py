@@ -26,7 +26,7 @@ from autoseg.networks import Topology, default_network, get_network_spec
 from autoseg.planning import accounting as A
 from autoseg.planning import constants as C
 from autoseg.planning import compute_budget as T
-from autoseg.planning import rules, short_schedule
+from autoseg.planning import mirroring, rules, short_schedule
 from autoseg.planning.memory import MemoryModel, calibrate_memory
 from autoseg.planning.plans import format_plan_table, plans_path, write_plans
 from autoseg.planning.topology import divisible_patch, features_per_stage, plan_topology, shrink_patch
@@ -66,6 +66,8 @@ class _Context:
     timed_thread_share: float = 1.0  # math threads timed / the machine's: the recipe is chosen for all of them
     options: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    fixed_orders: list[mirroring.FixedOrder] = field(default_factory=list)  # axes training does not mirror
+    forward: list[int] = field(default_factory=lambda: [0, 1, 2])  # the plan's transpose
     _memory: dict[str, MemoryModel] = field(default_factory=dict)
     _timing: dict[tuple[int, int, str], T.TimingModel] = field(default_factory=dict)
     _gflop: dict[str, float] = field(default_factory=dict)
@@ -74,6 +76,10 @@ class _Context:
     @property
     def constraints(self):
         return get_network_spec(self.network).constraints
+
+    def mirror_axes(self, dims: int) -> list[int]:
+        """The axes a ``dims``-D configuration mirrors (planning/mirroring.py)."""
+        return mirroring.mirror_axes(self.fixed_orders, self.forward, dims)
 
     def memory(self, topology: Topology, in_channels: int | None = None) -> MemoryModel:
         channels = in_channels or self.in_channels
@@ -538,7 +544,8 @@ def _plan_configuration(ctx: _Context, name: str, spacing: Sequence[float], dims
         recipe = ctx.iteration_seconds(topology, patch, batch, width, recipe=True)
         costs = _costs(ctx, fingerprint, forward, spacing, dims)
         checkpoint = A.checkpoint_seconds(ctx.parameters(topology))
-        validation = A.final_validation_seconds([costs.tiles(patch)], 2**dims, ctx.tile_seconds(topology, patch, width, True),
+        validation = A.final_validation_seconds([costs.tiles(patch)], 2 ** len(ctx.mirror_axes(dims)),
+                                                ctx.tile_seconds(topology, patch, width, True),
                                                 [sum(costs.export)])
         affordable, _ = A.split_budget(ctx.budget_seconds, costs.preprocess, validation, recipe * C.VALIDATION_COST_FACTOR,
                                        checkpoint)
@@ -572,6 +579,7 @@ def _plan_configuration(ctx: _Context, name: str, spacing: Sequence[float], dims
         "resampling": rules.resampling_parameters(),
         "network": {"name": ctx.network, "topology": topology.to_dict(), "options": dict(ctx.options)},
         "width": width,
+        "mirror_axes": ctx.mirror_axes(dims),
         "validation_tta": tta,
         "predicted_memory_bytes": model.predict(patch, batch),
         "memory_model": asdict(model),
@@ -594,7 +602,8 @@ def _affordable(ctx: _Context, costs: _Costs, topology: Topology, patch: list[in
     assert ctx.budget_seconds is not None
     step = ctx.iteration_seconds(topology, patch, batch, width, recipe=recipe)
     tiles, tile = costs.tiles(patch), ctx.tile_seconds(topology, patch, width, recipe)
-    passes = A.validation_passes(tiles, 2**topology.spatial_dims, tile, ctx.budget_seconds, C.VALIDATION_PLAN_MARGIN)
+    passes = A.validation_passes(tiles, 2 ** len(ctx.mirror_axes(topology.spatial_dims)), tile, ctx.budget_seconds,
+                                 C.VALIDATION_PLAN_MARGIN)
     validation = A.final_validation_seconds([tiles], passes, tile, [sum(costs.export)])
     count, parts = A.split_budget(ctx.budget_seconds, costs.preprocess, validation, step * C.VALIDATION_COST_FACTOR,
                                   checkpoint)
@@ -699,6 +708,7 @@ def build_plans(
     target = rules.target_spacing(fingerprint["spacings"], fingerprint["shapes_after_crop"])
     forward, backward = rules.transpose_axes(target)
     spacing = [target[a] for a in forward]
+    ctx.forward, ctx.fixed_orders = forward, mirroring.fixed_orders(fingerprint)
     wanted = _wanted_configurations(configs, fingerprint["is_2d"], ctx.constraints.spatial_dims, ctx)
 
     configurations: dict[str, dict[str, Any]] = {}
@@ -708,6 +718,7 @@ def build_plans(
     if wanted & {CONFIG_FULLRES, CONFIG_LOWRES, CONFIG_CASCADE}:
         configurations.update(_plan_3d(ctx, wanted, spacing, forward, fingerprint, plans_name, explicit=configs is not None))
     ctx.notes.extend(short_schedule.apply(configurations, budget_seconds))
+    ctx.notes.extend(mirroring.mirroring_notes(fingerprint, ctx.fixed_orders))
     return {
         "version": C.PLANS_VERSION,
         "plans_name": plans_name,

@@ -2,9 +2,10 @@
 
 Probabilities and ranges come from the ``augmentation`` section of the training config. Patches that
 are very anisotropic (nnU-Net's "dummy 2D" case) are augmented slice by slice in-plane: rotation,
-scaling and low-resolution simulation then never mix the coarse axis. Two rules that depend on the run
-(the 2D rotation range and the channels masked after the intensity transforms) are ``auto`` in the
-config and become numbers in :func:`resolve_augmentation`, so the resolved config shows what was used.
+scaling and low-resolution simulation then never mix the coarse axis. Three rules that depend on the
+run (the 2D rotation range, the axes mirrored and the channels masked after the intensity transforms)
+are ``auto`` in the config and become numbers in :func:`resolve_augmentation`, so the resolved config
+shows what was used.
 Besides batchgenerators' transforms, a few small ones live here: per-axis mirroring with a configurable
 probability, the nonzero-mask re-zeroing, and the cascade's corruption of the previous stage's masks
 (binary morphology, removal of a component).
@@ -58,17 +59,28 @@ def auto_degrees_2d(patch_size: Sequence[int]) -> float:
 
 
 def resolve_augmentation(
-    aug: Mapping[str, Any], patch_size: Sequence[int], normalization: Sequence[Mapping[str, Any]]
+    aug: Mapping[str, Any], patch_size: Sequence[int], normalization: Sequence[Mapping[str, Any]],
+    plan_mirror_axes: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """``aug`` with its ``auto`` values replaced by what they mean for this patch and plan.
 
-    ``rotation.degrees_2d``: :func:`auto_degrees_2d`. ``mask_channels``: the channels the plan
+    ``rotation.degrees_2d``: :func:`auto_degrees_2d`. ``mirror.axes``: the plan's ``mirror_axes``
+    (planning/mirroring.py; every axis for a plan without them). ``mask_channels``: the channels the plan
     normalizes inside the nonzero mask (``use_mask``), which nnU-Net v2 sets back to 0 outside that mask
     after the intensity transforms (its MaskImageTransform).
     """
     resolved = copy.deepcopy(dict(aug))
     if resolved["rotation"]["degrees_2d"] == AUTO:
         resolved["rotation"]["degrees_2d"] = auto_degrees_2d(patch_size)
+    if resolved["mirror"]["axes"] == AUTO:
+        every = range(len(patch_size))
+        resolved["mirror"]["axes"] = [int(a) for a in (every if plan_mirror_axes is None else plan_mirror_axes)]
+    axes = resolved["mirror"]["axes"]
+    if len(set(axes)) != len(axes) or any(not isinstance(a, int) or not 0 <= a < len(patch_size) for a in axes):
+        raise TrainingError(
+            f"augmentation.mirror.axes={axes}: give distinct spatial axes of the {len(patch_size)}D patch, from 0 "
+            f"to {len(patch_size) - 1}, [] (no mirroring) or auto (the plan's mirror_axes)"
+        )
     if resolved["mask_channels"] == AUTO:
         resolved["mask_channels"] = [c for c, scheme in enumerate(normalization) if scheme.get("use_mask")]
     bad = [c for c in resolved["mask_channels"] if not isinstance(c, int) or not 0 <= c < len(normalization)]
@@ -293,8 +305,9 @@ def training_transforms(
 
     ``aug`` must be resolved (:func:`resolve_augmentation`) for ``mask_channels``."""
     patch = [int(p) for p in patch_size]
-    if aug["mask_channels"] == AUTO:
-        raise TrainingError("augmentation.mask_channels is 'auto': resolve the config with resolve_augmentation first")
+    if AUTO in (aug["mask_channels"], aug["mirror"]["axes"]):
+        raise TrainingError("augmentation.mask_channels or mirror.axes is 'auto': resolve the config with "
+                            "resolve_augmentation first")
     in_plane = is_anisotropic_patch(patch, aug["anisotropy_threshold"])
     spatial_patch = patch[1:] if in_plane else patch
     transforms: list[AbstractTransform] = []
@@ -304,8 +317,8 @@ def training_transforms(
     if in_plane:
         transforms.append(SlicesAsChannels(to_2d=False))
     transforms += _intensity_transforms(aug, in_plane)
-    if aug["mirror"]["p"] > 0:
-        transforms.append(MirrorPerAxis(range(len(patch)), aug["mirror"]["p"]))
+    if aug["mirror"]["p"] > 0 and aug["mirror"]["axes"]:
+        transforms.append(MirrorPerAxis(aug["mirror"]["axes"], aug["mirror"]["p"]))
     if aug["mask_channels"]:
         transforms.append(MaskOutsideNonzero(aug["mask_channels"]))
     transforms += cascade_transforms(previous_stage_labels, n_image_channels, aug)

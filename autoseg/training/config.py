@@ -31,6 +31,7 @@ _OPEN_TYPES: dict[str, tuple[type, ...]] = {
     "case_cache_mb": (int, float),
     "channels_last": (bool,),
     "augmentation.rotation.degrees_2d": (int, float),
+    "augmentation.mirror.axes": (list,),
     "augmentation.mask_channels": (list,),
 }
 
@@ -177,7 +178,8 @@ def resolve_training_config(network: str, overrides: Iterable[str], plan: Mappin
     planned = plan.get("training") if network == plan["network"]["name"] else None
     config = resolve_config(network, overrides, planned=planned)
     patch = config["patch_size"] or plan["patch_size"]
-    config["augmentation"] = resolve_augmentation(config["augmentation"], patch, plan["normalization"])
+    config["augmentation"] = resolve_augmentation(config["augmentation"], patch, plan["normalization"],
+                                                  plan.get("mirror_axes"))
     if any(parse_override(text)[0] == "num_epochs" for text in overrides):
         config["use_plan_schedule"] = False
     return config

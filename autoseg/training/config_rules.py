@@ -115,6 +115,7 @@ RULES: dict[str, Rule | Choice] = {
     "augmentation.low_resolution.zoom": Rule(lambda v: 0 < v <= 1, "> 0 and <= 1", pair=True),
     "augmentation.gamma_inverted.range": Rule(lambda v: v > 0, "> 0", pair=True),
     "augmentation.gamma.range": Rule(lambda v: v > 0, "> 0", pair=True),
+    "augmentation.mirror.axes": Rule(lambda v: v >= 0, ">= 0 (spatial axes of the patch)", whole=True, items=True),
     "augmentation.mask_channels": Rule(lambda v: v >= 0, ">= 0 (image channel indices)", whole=True, items=True),
     "augmentation.cascade_binary_operation.max_size": AT_LEAST_1,
     "augmentation.cascade_remove_component.max_fraction": Rule(lambda v: 0 < v <= 1, "> 0 and <= 1"),

@@ -75,7 +75,8 @@ def sampling_specs(run: FoldRun, batch_size: int, case_cache: int = 0) -> tuple[
     the run's patch and cascade labels, each source keeping up to ``case_cache`` bytes of
     decompressed cases, and the resolved augmentation."""
     cfg, desc, patch_size, cascade_labels = run.config, run.description, run.patch_size, run.cascade_labels
-    aug = resolve_augmentation(cfg["augmentation"], patch_size, run.configuration["normalization"])
+    aug = resolve_augmentation(cfg["augmentation"], patch_size, run.configuration["normalization"],
+                               run.configuration.get("mirror_axes"))
     common = dict(
         folder=run.store, patch_size=patch_size, batch_size=batch_size,
         oversample_foreground=cfg["oversample_foreground"], foreground_labels=desc.foreground_labels,
@@ -118,7 +119,7 @@ class Trainer:
         )
         case_cache = case_cache_bytes(cfg["case_cache_mb"], self.workers(), self.context.world_size)
         self.train_spec, self.val_spec, aug = sampling_specs(run, self.batch_size, case_cache)
-        self.mirror_axes = list(range(len(self.patch_size))) if aug["mirror"]["p"] > 0 else []
+        self.mirror_axes = list(aug["mirror"]["axes"]) if aug["mirror"]["p"] > 0 else []
         self.state = TrainingState(planned_total(cfg, plan, run.epochs, self.iterations_per_epoch))
         # Wall time of each part of the run, for predicted-against-actual accounting (not checkpointed).
         self.actual_seconds = {"startup": 0.0, "training": 0.0, "checkpoints": 0.0}
