@@ -2,9 +2,9 @@
 
 Only what planning reads is computed, the way ``autoseg fingerprint`` computes it: per case the
 spacing, the shape after cropping to the nonzero region of all channels, the relative size after
-cropping and the label centroids (the mirroring rule). Intensity statistics are left out (no shared dataset has a CT channel, the only channel kind
-whose normalization reads them; planning copies them into the plan and nothing else), which saves the
-verification and sampling passes (all five datasets read in 15-35 s on 2 loaded cores).
+cropping and the label centroids (the mirroring rule). Intensity statistics are left out (no shared
+dataset has a CT channel, the only channel kind whose normalization reads them; planning copies them
+into the plan and nothing else), which saves the verification and sampling passes.
 """
 
 from __future__ import annotations

@@ -20,10 +20,9 @@ def class_centroids(label: np.ndarray, values: Sequence[int]) -> dict[str, list[
     top = max(values) + 1
     labels = label if label.dtype.kind in "ui" else label.astype(np.int64)
     sums = np.zeros((label.ndim, top))
-    counts = np.zeros(top)
     for axis in range(label.ndim):
         per_index = np.stack([np.bincount(np.clip(s, 0, None).ravel(), minlength=top)[:top]
                               for s in np.moveaxis(labels, axis, 0)]).astype(np.float64)
         sums[axis] = np.arange(label.shape[axis], dtype=np.float64) @ per_index
-        counts = per_index.sum(axis=0)
+    counts = per_index.sum(axis=0)  # each label's voxels: the same summed over any axis's slices
     return {str(v): ([float(s) / counts[v] for s in sums[:, v]] if counts[v] > 0 else None) for v in values}
