@@ -65,6 +65,8 @@ def test_fingerprint_numbers_match_hand_computation(small_dataset: Path, roots: 
             inside = np.pad(label == cls, 1)
             distance = ndimage.distance_transform_edt(inside)  # spacing 1 mm
             assert fp["structure_thickness_mm"][name][i] == pytest.approx(2 * distance[inside].mean())
+            # the centroid in the label file's array order (what the mirroring rule compares)
+            assert fp["class_centroids"][str(cls)][i] == pytest.approx(np.argwhere(label == cls).mean(axis=0).tolist())
         all_fg.append(image[label > 0].astype(np.float64))
     stats = fp["foreground_intensity_properties_per_channel"]["0"]
     pooled = np.concatenate(all_fg)
