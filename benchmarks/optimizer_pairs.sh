@@ -36,7 +36,7 @@ for variant in "$@"; do
   AUTOSEG_RESULTS=$results autoseg train $ID 3d_fullres 0 "${overrides[@]}" > "$WORK/train_$variant.log" 2>&1
   python - "$results" "$variant" >> "$WORK/summary.txt" <<'PY'
 import glob, json, sys
-[fold] = glob.glob(sys.argv[1] + "/**/fold_0", recursive=True)
+[fold] = glob.glob(glob.escape(sys.argv[1]) + "/**/fold_0", recursive=True)  # variants may hold [ ]
 summary = json.load(open(fold + "/validation/summary.json"))
 classes = {name: round(v["dice"], 4) for name, v in summary["mean"].items()}
 iterations = json.load(open(fold + "/time_accounting.json"))["iterations"]
