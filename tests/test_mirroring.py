@@ -9,8 +9,15 @@ import pytest
 from autoseg.errors import FingerprintError, TrainingError
 from autoseg.fingerprint.label_layout import class_centroids
 from autoseg.planning.mirroring import FixedOrder, fixed_orders, mirror_axes, mirroring_notes, sign_test_p
-from autoseg.training.augmentation import MirrorPerAxis, resolve_augmentation, training_transforms
+from autoseg.training.augmentation import (
+    MirrorPerAxis,
+    auto_degrees_2d,
+    resolve_augmentation,
+    sampling_size,
+    training_transforms,
+)
 from autoseg.training.config import resolve_config
+from autoseg.training.data_loading import seeded_global_rng
 
 from test_planning import fingerprint, plan
 
@@ -167,3 +174,54 @@ def test_only_the_listed_axes_are_flipped() -> None:
         expected = data[b, :, :, :, ::-1] if flipped[b] else data[b]
         assert np.array_equal(out["data"][b], expected)
         assert np.array_equal(out["seg"][b], seg[b, :, :, :, ::-1] if flipped[b] else seg[b])
+
+
+# ----------------------------------------------------------------------------------- in-plane rotation
+@pytest.mark.parametrize(
+    ("patch", "plan_axes", "degrees"),
+    [
+        ([16, 16], None, 180.0), ([16, 16], [0, 1], 180.0),  # every in-plane axis mirrored: nnU-Net v2's range
+        ([16, 16], [1], 30.0), ([16, 16], [0], 30.0), ([16, 16], [], 30.0),
+        ([64, 97], [1], 15.0),  # an elongated 2D patch keeps its smaller range
+        ([4, 32, 32], [0, 1], 30.0),  # ACDC: x (axis 2) ordered
+        ([4, 32, 32], [1, 2], 180.0),  # an order across slices is not what an in-plane rotation turns
+        ([4, 32, 32], [0, 1, 2], 180.0),
+    ],
+)
+def test_in_plane_rotation_narrows_where_the_plan_keeps_an_in_plane_order(patch, plan_axes, degrees) -> None:
+    assert auto_degrees_2d(patch, plan_axes) == degrees
+    aug = resolve_config("unet", [])["augmentation"]
+    assert resolve_augmentation(aug, patch, [ZSCORE], plan_axes)["rotation"]["degrees_2d"] == degrees
+    chosen = resolve_config("unet", ["augmentation.rotation.degrees_2d=90"])["augmentation"]
+    assert resolve_augmentation(chosen, patch, [ZSCORE], plan_axes)["rotation"]["degrees_2d"] == 90.0
+
+
+def _order_kept(plan_axes: list[int] | None) -> np.ndarray:
+    """Rotate (p = 1, nothing else) 200 label maps holding a class left of another along axis 1, at
+    angles up to 50 deg off that axis; per sample, whether class 1 still lies at lower axis-1 indices."""
+    patch = [24, 24]
+    aug = resolve_config("unet", [])["augmentation"]
+    for setting in aug.values():
+        if isinstance(setting, dict) and "p" in setting:
+            setting["p"] = 0.0
+    aug["rotation"]["p"] = 1.0
+    aug = resolve_augmentation(aug, patch, [ZSCORE], plan_axes)
+    region = sampling_size(patch, aug)
+    rng = np.random.default_rng(0)
+    seg = np.zeros((200, 1, *region), np.float32)
+    centre = np.array(region) / 2
+    for b, angle in enumerate(rng.uniform(-np.radians(50), np.radians(50), 200)):
+        offset = 5 * np.array([np.sin(angle), np.cos(angle)])  # class 2 lies at +offset, class 1 at -offset
+        for label, at in ((1, centre - offset), (2, centre + offset)):
+            i, j = np.round(at).astype(int)
+            seg[b, 0, i - 2:i + 2, j - 2:j + 2] = label
+    with seeded_global_rng(1):
+        out = training_transforms(patch, aug)(data=seg.copy(), seg=seg.copy())["seg"][:, 0]
+    mean_columns = [[np.nonzero(sample == label)[1].mean() for label in (1, 2)] for sample in out]
+    return np.array([first < second for first, second in mean_columns])
+
+
+def test_a_narrowed_rotation_never_reverses_the_order_a_half_turn_does() -> None:
+    assert _order_kept([0]).all()  # axis 1 ordered: at most 30 deg
+    kept = _order_kept(None)  # nnU-Net v2's 180 deg
+    assert 0.35 < 1 - kept.mean() < 0.65  # half of the turns, as for any direction

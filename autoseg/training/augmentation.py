@@ -42,6 +42,10 @@ AUTO = "auto"
 ELONGATED_2D_RATIO = 1.5
 ELONGATED_2D_DEGREES = 15.0
 FULL_2D_DEGREES = 180.0
+# A half turn is both in-plane flips at once: where the plan leaves an in-plane axis out of mirroring
+# (its labels lie in a fixed order along it, planning/mirroring.py), the in-plane rotation stays within
+# nnU-Net's range for 3D rotations, which never reverses an order lying within 60 deg of that axis.
+ORDERED_2D_DEGREES = 30.0
 # Angles probed when computing how large a region a rotated + scaled patch can reach.
 _ANGLE_SAMPLES = 9
 
@@ -51,11 +55,17 @@ def is_anisotropic_patch(patch_size: Sequence[int], threshold: float) -> bool:
     return len(patch_size) == 3 and max(patch_size) / patch_size[0] > threshold
 
 
-def auto_degrees_2d(patch_size: Sequence[int]) -> float:
-    """nnU-Net v2's 2D rotation range for this patch: 15 deg for elongated 2D patches, else 180."""
+def auto_degrees_2d(patch_size: Sequence[int], plan_mirror_axes: Sequence[int] | None = None) -> float:
+    """The 2D and in-plane rotation range for this patch: nnU-Net v2's 15 deg for elongated 2D patches,
+    else 180, at most 30 where ``plan_mirror_axes`` leaves out an in-plane axis (the last two)."""
     if len(patch_size) == 2 and max(patch_size) / min(patch_size) > ELONGATED_2D_RATIO:
-        return ELONGATED_2D_DEGREES
-    return FULL_2D_DEGREES
+        degrees = ELONGATED_2D_DEGREES
+    else:
+        degrees = FULL_2D_DEGREES
+    in_plane = (len(patch_size) - 2, len(patch_size) - 1)
+    if plan_mirror_axes is not None and any(axis not in plan_mirror_axes for axis in in_plane):
+        degrees = min(degrees, ORDERED_2D_DEGREES)
+    return degrees
 
 
 def resolve_augmentation(
@@ -64,14 +74,14 @@ def resolve_augmentation(
 ) -> dict[str, Any]:
     """``aug`` with its ``auto`` values replaced by what they mean for this patch and plan.
 
-    ``rotation.degrees_2d``: :func:`auto_degrees_2d`. ``mirror.axes``: the plan's ``mirror_axes``
+    ``rotation.degrees_2d``: :func:`auto_degrees_2d` of the patch and the plan's ``mirror_axes``. ``mirror.axes``: the plan's ``mirror_axes``
     (planning/mirroring.py; every axis for a plan without them). ``mask_channels``: the channels the plan
     normalizes inside the nonzero mask (``use_mask``), which nnU-Net v2 sets back to 0 outside that mask
     after the intensity transforms (its MaskImageTransform).
     """
     resolved = copy.deepcopy(dict(aug))
     if resolved["rotation"]["degrees_2d"] == AUTO:
-        resolved["rotation"]["degrees_2d"] = auto_degrees_2d(patch_size)
+        resolved["rotation"]["degrees_2d"] = auto_degrees_2d(patch_size, plan_mirror_axes)
     if resolved["mirror"]["axes"] == AUTO:
         every = range(len(patch_size))
         resolved["mirror"]["axes"] = [int(a) for a in (every if plan_mirror_axes is None else plan_mirror_axes)]
