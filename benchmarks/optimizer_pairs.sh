@@ -9,17 +9,19 @@
 # adamw (learning rate 0.001), plan (whatever the plan's `training` settings say); `+key=value` after
 # a variant adds a setting, e.g. adamw+optimizer.weight_decay=0.01 (results_ and the summary line use
 # the whole variant). Data:
-# $AUTOSEG_BENCH_DATA (default ../shared/data)/DATASET. Appends one line per training to WORK/summary.txt.
+# $AUTOSEG_BENCH_DATA (default ../shared/data)/DATASET. Configuration: $AUTOSEG_BENCH_CONFIGURATION
+# (default 3d_fullres). Appends one line per training to WORK/summary.txt.
 set -euo pipefail
 WORK=$1 NAME=$2 BUDGET=$3; shift 3
 DATA=${AUTOSEG_BENCH_DATA:-$(cd "$(dirname "$0")/../.." && pwd)/shared/data}
 ID=${NAME%%_*}
+CONFIGURATION=${AUTOSEG_BENCH_CONFIGURATION:-3d_fullres}
 source "$(dirname "$0")/link_raw.sh"
 link_raw "$DATA" "$NAME" "$WORK"
 export AUTOSEG_RAW=$WORK/raw AUTOSEG_PREPROCESSED=$WORK/pre
 if [ ! -d "$AUTOSEG_PREPROCESSED/$NAME" ]; then
-  autoseg plan $ID --budget "$BUDGET" -c 3d_fullres --device cpu -np 2 > "$WORK/plan.log" 2>&1
-  autoseg preprocess $ID -c 3d_fullres -np 2 > "$WORK/preprocess.log" 2>&1
+  autoseg plan $ID --budget "$BUDGET" -c $CONFIGURATION --device cpu -np 2 > "$WORK/plan.log" 2>&1
+  autoseg preprocess $ID -c $CONFIGURATION -np 2 > "$WORK/preprocess.log" 2>&1
 fi
 for variant in "$@"; do
   IFS=+ read -r -a parts <<< "$variant"
@@ -33,7 +35,7 @@ for variant in "$@"; do
   for setting in "${extra[@]}"; do overrides+=(--set "$setting"); done
   results=$WORK/results_$variant
   rm -rf "$results"
-  AUTOSEG_RESULTS=$results autoseg train $ID 3d_fullres 0 "${overrides[@]}" > "$WORK/train_$variant.log" 2>&1
+  AUTOSEG_RESULTS=$results autoseg train $ID $CONFIGURATION 0 "${overrides[@]}" > "$WORK/train_$variant.log" 2>&1
   python - "$results" "$variant" >> "$WORK/summary.txt" <<'PY'
 import glob, json, sys
 [fold] = glob.glob(glob.escape(sys.argv[1]) + "/**/fold_0", recursive=True)  # variants may hold [ ]
