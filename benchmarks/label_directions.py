@@ -25,7 +25,8 @@ def in_plane_angles(folder: Path, axis: int) -> dict[tuple[str, str], list[float
     first class's centroid to the second's and array axis ``axis`` (1 or 2 of z, y, x)."""
     labels = json.loads((folder / "dataset.json").read_text())["labels"]
     names = {int(value): name for name, value in labels.items() if isinstance(value, int) and value}
-    angles: dict[tuple[str, str], list[float]] = {(names[p], names[q]): [] for p, q in itertools.combinations(sorted(names), 2)}
+    pairs = itertools.combinations(sorted(names), 2)
+    angles: dict[tuple[str, str], list[float]] = {(names[p], names[q]): [] for p, q in pairs}
     other = 3 - axis
     for path in sorted((folder / "labelsTr").glob("*.nii.gz")):
         image = sitk.ReadImage(str(path))

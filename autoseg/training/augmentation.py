@@ -74,10 +74,11 @@ def resolve_augmentation(
 ) -> dict[str, Any]:
     """``aug`` with its ``auto`` values replaced by what they mean for this patch and plan.
 
-    ``rotation.degrees_2d``: :func:`auto_degrees_2d` of the patch and the plan's ``mirror_axes``. ``mirror.axes``: the plan's ``mirror_axes``
-    (planning/mirroring.py; every axis for a plan without them). ``mask_channels``: the channels the plan
-    normalizes inside the nonzero mask (``use_mask``), which nnU-Net v2 sets back to 0 outside that mask
-    after the intensity transforms (its MaskImageTransform).
+    ``rotation.degrees_2d``: :func:`auto_degrees_2d` of the patch and the plan's ``mirror_axes``.
+    ``mirror.axes``: the plan's ``mirror_axes`` (planning/mirroring.py; every axis for a plan without
+    them). ``mask_channels``: the channels the plan normalizes inside the nonzero mask (``use_mask``),
+    which nnU-Net v2 sets back to 0 outside that mask after the intensity transforms (its
+    MaskImageTransform).
     """
     resolved = copy.deepcopy(dict(aug))
     if resolved["rotation"]["degrees_2d"] == AUTO:
