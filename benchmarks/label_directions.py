@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from autoseg.fingerprint.label_layout import class_centroids
+
 
 def in_plane_angles(folder: Path, axis: int) -> dict[tuple[str, str], list[float]]:
     """Per pair of foreground classes, each case's angle (deg) between the in-plane direction from the
@@ -31,9 +33,9 @@ def in_plane_angles(folder: Path, axis: int) -> dict[tuple[str, str], list[float
     for path in sorted((folder / "labelsTr").glob("*.nii.gz")):
         image = sitk.ReadImage(str(path))
         array, spacing = sitk.GetArrayFromImage(image), np.array(image.GetSpacing()[::-1])
-        centroids = {v: np.argwhere(array == v).mean(0) * spacing for v in names if (array == v).any()}
-        for p, q in itertools.combinations(sorted(centroids), 2):
-            step = centroids[q] - centroids[p]
+        found = {int(v): c for v, c in class_centroids(array, sorted(names)).items() if c is not None}
+        for p, q in itertools.combinations(sorted(found), 2):
+            step = (np.array(found[q]) - np.array(found[p])) * spacing
             angles[(names[p], names[q])].append(float(np.degrees(np.arctan2(abs(step[other]), abs(step[axis])))))
     return angles
 

@@ -43,15 +43,17 @@ ZSCORE = {"scheme": "zscore", "use_mask": False}
 ZSCORE_MASKED = {"scheme": "zscore", "use_mask": True}
 
 
-def only(name: str | None = None, patch: list[int] = PATCH, normalization=(ZSCORE,), **changes) -> dict:
-    """The default augmentation with every random transform off except ``name`` (updated by ``changes``)."""
+def only(name: str | None = None, patch: list[int] = PATCH, normalization=(ZSCORE,), plan_mirror_axes=None,
+         **changes) -> dict:
+    """The default augmentation with every random transform off except ``name`` (updated by ``changes``),
+    resolved for a plan with ``plan_mirror_axes``."""
     aug = copy.deepcopy(DEFAULTS)
     for key in RANDOM_TRANSFORMS:
         aug[key]["p"] = 0.0
     if name is not None:
         aug[name]["p"] = DEFAULTS[name]["p"]
         aug[name].update(changes)
-    return resolve_augmentation(aug, patch, list(normalization))
+    return resolve_augmentation(aug, patch, list(normalization), plan_mirror_axes)
 
 
 def sample_batch(shape: list[int], n: int = N, channels: int = 1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -19,6 +19,7 @@ from autoseg.training.augmentation import (
 from autoseg.training.config import resolve_config
 from autoseg.training.data_loading import seeded_global_rng
 
+from test_augmentation import only
 from test_planning import fingerprint, plan
 
 pytestmark = pytest.mark.usefixtures("memoized_gflop")
@@ -200,12 +201,7 @@ def _order_kept(plan_axes: list[int] | None) -> np.ndarray:
     """Rotate (p = 1, nothing else) 200 label maps holding a class left of another along axis 1, at
     angles up to 50 deg off that axis; per sample, whether class 1 still lies at lower axis-1 indices."""
     patch = [24, 24]
-    aug = resolve_config("unet", [])["augmentation"]
-    for setting in aug.values():
-        if isinstance(setting, dict) and "p" in setting:
-            setting["p"] = 0.0
-    aug["rotation"]["p"] = 1.0
-    aug = resolve_augmentation(aug, patch, [ZSCORE], plan_axes)
+    aug = only("rotation", patch=patch, plan_mirror_axes=plan_axes, p=1.0)
     region = sampling_size(patch, aug)
     rng = np.random.default_rng(0)
     seg = np.zeros((200, 1, *region), np.float32)
