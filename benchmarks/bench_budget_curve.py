@@ -31,6 +31,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import shlex
 import sys
 import tempfile
@@ -274,17 +275,27 @@ def _row(records: list[dict[str, Any]], dataset: str, budget_s: float) -> list[s
         fmt_seconds(n["train_s"]) if n_done else "-", str(n["epochs"]) if n_done else "-", _dice(n),
         _recipe(a) if a_done else "-",
         f"{a['iterations_trained']} of {a['recipe']['num_iterations']}" if a_done else "-",
-        _measured(a),
+        _measured(a, n),
     ]
 
 
-def _measured(record: dict[str, Any] | None) -> str:
-    """When and with which code autoseg's run was measured: rows of one table may come from
-    different sessions, hosts and commits."""
-    if record is None:
+def _cpu(record: dict[str, Any]) -> str:
+    """The CPU model of the record's ``machine`` line ("" for records without one)."""
+    match = re.search(r"CPU: ([^,]+)", record.get("machine", ""))
+    return match.group(1) if match else ""
+
+
+def _measured(autoseg: dict[str, Any] | None, nnunet: dict[str, Any] | None) -> str:
+    """When, with which code and on which CPU autoseg's run was measured, and nnU-Net's CPU where it
+    differs: rows of one table may come from different sessions, hosts and commits, and a ratio of
+    the two tools means something only on one machine."""
+    if autoseg is None:
         return "-"
-    code = f" (`{record['code']}`)" if record.get("code") else ""
-    return f"{record['saved_at'][:16].replace('T', ' ')}{code}"
+    code = f" (`{autoseg['code']}`)" if autoseg.get("code") else ""
+    text = f"{autoseg['saved_at'][:16].replace('T', ' ')}{code}, {_cpu(autoseg) or 'CPU not recorded'}"
+    if nnunet is not None and _cpu(nnunet) != _cpu(autoseg):
+        text += f"; nnU-Net's run: {nnunet['saved_at'][:10]}, {_cpu(nnunet) or 'CPU not recorded'}"
+    return text
 
 
 def missing(records: list[dict[str, Any]]) -> list[str]:
@@ -301,7 +312,7 @@ def report(records: list[dict[str, Any]], png: Path, doc: Path) -> str:
     table = markdown_table(
         ["dataset", "budget", "autoseg preprocess + train (within +-10%)", "autoseg mean Dice", "nnU-Net training",
          "nnU-Net epochs", "nnU-Net mean Dice", "autoseg recipe (spacing, patch, batch, validation TTA)", "autoseg iterations",
-         "autoseg measured (code)"],
+         "autoseg measured (code, CPU)"],
         [_row(records, dataset, budget_s) for budget_s, dataset in keys],
     )
     not_measured = missing(records)

@@ -289,12 +289,14 @@ def machine_line() -> str:
 
 def code_version() -> str:
     """The short commit of the code measured, with "+changes" when the tree differs from it (or
-    "unknown" outside a git checkout): rows measured with different code must not read as one series."""
+    "unknown" outside a git checkout): rows measured with different code must not read as one series.
+    Changes under ``docs/`` do not count: benchmarks write their results there, and a run's own first
+    record must not mark every later run of the same code as changed."""
     def git(*args: str) -> str:
         return subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True, check=True).stdout.strip()
 
     try:
-        commit, changes = git("rev-parse", "--short", "HEAD"), git("status", "--porcelain", "--untracked-files=no")
+        commit, changes = git("rev-parse", "--short", "HEAD"), git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!docs")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return commit + ("+changes" if changes else "")
