@@ -292,8 +292,9 @@ def _measured(autoseg: dict[str, Any] | None, nnunet: dict[str, Any] | None) -> 
     if autoseg is None:
         return "-"
     code = f" (`{autoseg['code']}`)" if autoseg.get("code") else ""
-    text = f"{autoseg['saved_at'][:16].replace('T', ' ')}{code}, {_cpu(autoseg) or 'CPU not recorded'}"
-    if nnunet is not None and _cpu(nnunet) != _cpu(autoseg):
+    cpu = _cpu(autoseg)
+    text = f"{autoseg['saved_at'][:16].replace('T', ' ')}{code}, {cpu or 'CPU not recorded'}"
+    if nnunet is not None and _cpu(nnunet) != cpu:
         text += f"; nnU-Net's run: {nnunet['saved_at'][:10]}, {_cpu(nnunet) or 'CPU not recorded'}"
     return text
 

@@ -19,11 +19,10 @@ from autoseg.training.augmentation import (
 from autoseg.training.config import resolve_config
 from autoseg.training.data_loading import seeded_global_rng
 
-from test_augmentation import only
+from test_augmentation import ZSCORE, only
 from test_planning import fingerprint, plan
 
 pytestmark = pytest.mark.usefixtures("memoized_gflop")
-ZSCORE = {"scheme": "zscore", "use_mask": False}
 LABELS = {"background": 0, "front": 1, "back": 2}
 
 
