@@ -285,9 +285,10 @@ def test_the_bf16_check_runs_only_where_training_would_use_bf16_on_a_cpu(cache, 
 
 
 # ------------------------------------------------------------------------------------ robust recipes
-# What is trained. Validation mirroring follows the measured speed, as the trainer's rule does
-# (test_validation_mirroring_follows_the_measured_speed).
-RECIPE_KEYS = ("spacing", "patch_size", "batch_size", "network", "width")
+# What is trained, with which optimizer (chosen by the recipe speed's count of iterations, which is the
+# same wherever the recipe is). Validation mirroring follows the measured speed, as the trainer's rule
+# does (test_validation_mirroring_follows_the_measured_speed).
+RECIPE_KEYS = ("spacing", "patch_size", "batch_size", "network", "width", "recipe_iterations", "training")
 
 
 def test_the_recipe_speed_absorbs_a_2_8x_slower_and_an_8x_faster_measurement():
@@ -417,6 +418,21 @@ def test_timing_noise_changes_iterations_not_the_recipe(fp, cache, monkeypatch):
         iterations.append(config["num_iterations"])
     assert all(r == recipes[0] for r in recipes)
     assert iterations == sorted(iterations) and iterations[0] < iterations[-1]  # faster: more iterations
+
+
+def test_the_optimizer_follows_the_recipe_speed_not_the_measured_one(cache):
+    """A host 4x faster than the reference (inside the band) trains past the short-schedule limit, a
+    2.5x slower one far below it: all three plan the recipe's count and train with AdamW. Counted at the
+    measured speed the fast host's plan switched to SGD (the Xeon with AMX on ACDC at 30 minutes)."""
+    configs = [build_plans(ACDC, memory_budget_bytes=4 * GIB, budget_seconds=2400.0, configs=["3d_fullres"],
+                           timing_factory=_timing(factor), cache_dir=cache)["configurations"]["3d_fullres"]
+               for factor in (2.5, 1.0, 0.25)]
+    measured = [config["num_iterations"] for config in configs]
+    assert configs[0]["recipe_iterations"] <= C.SHORT_SCHEDULE_MAX_ITERATIONS < measured[-1]  # what makes it a test
+    assert measured == sorted(measured)
+    for config in configs:
+        assert {k: config[k] for k in RECIPE_KEYS} == {k: configs[0][k] for k in RECIPE_KEYS}
+        assert config["training"]["optimizer"]["name"] == "adamw"
 
 
 # ------------------------------------------------------------------ coarse models, input geometry

@@ -1,6 +1,7 @@
 """A short budgeted schedule's training settings: the planner writes them into the plan (3D, the
-family's measured settings, at most SHORT_SCHEDULE_MAX_ITERATIONS), training applies them under
-``--set``, and a hand-edited plan is checked like a ``--set``."""
+family's measured settings, at most SHORT_SCHEDULE_MAX_ITERATIONS at the recipe speed, so a faster or
+noisier measurement does not change them), training applies them under ``--set``, and a hand-edited
+plan is checked like a ``--set``."""
 
 from __future__ import annotations
 
@@ -34,11 +35,12 @@ def _short_plan(**kw):
 
 def test_a_short_budgeted_3d_unet_plan_trains_with_adamw_and_says_why():
     plans, full = _short_plan()
-    assert full["num_iterations"] <= C.SHORT_SCHEDULE_MAX_ITERATIONS
+    assert full["recipe_iterations"] <= C.SHORT_SCHEDULE_MAX_ITERATIONS
     assert full["training"] == ADAMW
     [note] = [n for n in plans["notes"] if "trains with" in n]
     assert note.startswith("3d_fullres: trains with optimizer.name=adamw, optimizer.lr=0.001: ")
-    assert f"{full['num_iterations']} planned iterations" in note and "--set optimizer.name=sgd" in note
+    assert (f"{full['recipe_iterations']} iterations at the recipe speed ({full['num_iterations']} planned at this "
+            "machine's)") in note and "--set optimizer.name=sgd" in note
 
 
 @pytest.mark.parametrize("case", ["no budget", "long budget", "2d", "another family"])
@@ -47,10 +49,10 @@ def test_long_unbudgeted_2d_and_unmeasured_plans_keep_nnunets_sgd(case):
         plans = plan(MRI_SMALL, configs=["3d_fullres"])
     elif case == "long budget":
         plans = plan(MRI_SMALL, configs=["3d_fullres"], budget_seconds=1e9)
-        assert plans["configurations"]["3d_fullres"]["num_iterations"] > C.SHORT_SCHEDULE_MAX_ITERATIONS
+        assert plans["configurations"]["3d_fullres"]["recipe_iterations"] > C.SHORT_SCHEDULE_MAX_ITERATIONS
     elif case == "2d":
         plans = plan(DATA_2D, configs=["2d"], budget_seconds=600.0)
-        assert plans["configurations"]["2d"]["num_iterations"] <= C.SHORT_SCHEDULE_MAX_ITERATIONS
+        assert plans["configurations"]["2d"]["recipe_iterations"] <= C.SHORT_SCHEDULE_MAX_ITERATIONS
     else:
         plans = plan(MRI_SMALL, configs=["3d_fullres"], budget_seconds=600.0, network="resenc")
     [config] = plans["configurations"].values()
@@ -58,10 +60,11 @@ def test_long_unbudgeted_2d_and_unmeasured_plans_keep_nnunets_sgd(case):
     assert not any("trains with" in n for n in plans["notes"])
 
 
-def test_the_iteration_limit_is_inclusive():
-    config = {"spatial_dims": 3, "network": {"name": "unet"}, "num_iterations": C.SHORT_SCHEDULE_MAX_ITERATIONS}
-    assert short_schedule_training(config, 600.0) == ADAMW
-    assert short_schedule_training({**config, "num_iterations": C.SHORT_SCHEDULE_MAX_ITERATIONS + 1}, 600.0) == {}
+def test_the_limit_counts_the_recipe_speeds_iterations_inclusively():
+    limit = C.SHORT_SCHEDULE_MAX_ITERATIONS
+    config = {"spatial_dims": 3, "network": {"name": "unet"}, "recipe_iterations": limit, "num_iterations": 10 * limit}
+    assert short_schedule_training(config, 600.0) == ADAMW  # however many this machine trains
+    assert short_schedule_training({**config, "recipe_iterations": limit + 1, "num_iterations": 1}, 600.0) == {}
     assert short_schedule_training(config, None) == {}
     assert get_network_spec("unet").short_schedule_training == ADAMW  # the measured setting, not a copy of it
 
@@ -102,6 +105,23 @@ def test_a_transferred_plan_takes_the_settings_of_the_source_family():
     back = transfer_plans(source, target, "target.json")  # resenc target, unet source
     assert back["configurations"]["3d_fullres"]["training"] == ADAMW
     assert sum("trains with" in n for n in back["notes"]) == 1
+
+
+def test_a_transfer_refits_the_recipe_speeds_count_at_the_sources_recipe_step():
+    """The source network's recipe step over the target's budget, as its measured step gives the
+    iterations; a source planned before the recipe step was stored counts at its measured step."""
+    target, _ = _short_plan()
+    source, _ = _short_plan()
+    donor = source["configurations"]["3d_fullres"]
+    donor["recipe_seconds_per_iteration"] = 2 * donor["predicted_seconds_per_iteration"]
+    moved = transfer_plans(target, source, "source.json")["configurations"]["3d_fullres"]
+    assert moved["recipe_seconds_per_iteration"] == donor["recipe_seconds_per_iteration"]
+    assert moved["recipe_iterations"] == pytest.approx(moved["num_iterations"] / 2, rel=0.05)
+    del donor["recipe_seconds_per_iteration"]
+    old = transfer_plans(target, source, "source.json")["configurations"]["3d_fullres"]
+    assert old["recipe_seconds_per_iteration"] == old["predicted_seconds_per_iteration"]
+    epochs = old["num_iterations"] // old["iterations_per_epoch"]
+    assert 0 <= old["recipe_iterations"] - old["num_iterations"] < epochs  # whole epochs round the schedule down
 
 
 def test_the_plan_counts_the_memory_of_its_optimizer():

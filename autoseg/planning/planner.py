@@ -538,7 +538,7 @@ def _plan_configuration(ctx: _Context, name: str, spacing: Sequence[float], dims
     batch = max(C.MIN_BATCH_SIZE, batch)
     width, tta = C.BASE_FEATURES, True
     seconds = ctx.iteration_seconds(topology, patch, batch, width)
-    iterations, parts = C.MAX_ITERATIONS, None
+    iterations, parts, recipe_iterations, recipe = C.MAX_ITERATIONS, None, None, None
     chosen_spacing = list(spacing)
     if ctx.budget_seconds is not None:
         recipe = ctx.iteration_seconds(topology, patch, batch, width, recipe=True)
@@ -551,6 +551,7 @@ def _plan_configuration(ctx: _Context, name: str, spacing: Sequence[float], dims
                                        checkpoint)
         if affordable >= C.MAX_ITERATIONS and A.within_validation_share(validation, ctx.budget_seconds):
             iterations, parts, _, tta = _affordable(ctx, costs, topology, patch, batch, width, checkpoint)
+            recipe_iterations = affordable
         else:
             first_note = len(ctx.notes)
             chosen = _search_budget(ctx, name, spacing, dims, fingerprint, forward)
@@ -562,8 +563,9 @@ def _plan_configuration(ctx: _Context, name: str, spacing: Sequence[float], dims
                 chosen = _search_budget(replace(ctx, mixed_precision="off"), name, spacing, dims, fingerprint, forward)
             batch, patch, topology, width, tta = C.MIN_BATCH_SIZE, chosen.patch, chosen.topology, chosen.width, chosen.validation_tta
             chosen_spacing, median, seconds = chosen.spacing, chosen.median_shape, chosen.seconds
+            recipe = ctx.iteration_seconds(topology, patch, batch, width, recipe=True)
             model = ctx.memory(topology)
-            iterations, parts = chosen.iterations, chosen.parts
+            iterations, parts, recipe_iterations = chosen.iterations, chosen.parts, chosen.recipe_iterations
     num_iterations, per_epoch = T.schedule(iterations)
     if parts is not None:
         parts = A.parts_for(num_iterations, parts.preprocess, parts.final_validation, seconds * C.VALIDATION_COST_FACTOR,
@@ -585,7 +587,9 @@ def _plan_configuration(ctx: _Context, name: str, spacing: Sequence[float], dims
         "memory_model": asdict(model),
         "planned_for": dict(ctx.planned_for),
         "predicted_seconds_per_iteration": _rounded(seconds, 4),
+        "recipe_seconds_per_iteration": _rounded(recipe, 4),
         "num_iterations": num_iterations,
+        "recipe_iterations": recipe_iterations,
         "iterations_per_epoch": per_epoch,
         "predicted_seconds": parts.to_dict() if parts is not None else None,
         "predicted_total_seconds": round(parts.total, 1) if parts is not None else None,

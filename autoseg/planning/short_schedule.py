@@ -4,12 +4,14 @@ nnU-Net's SGD (learning rate 0.01, momentum 0.99) is tuned for 250,000 iteration
 a CPU affords a few thousand; there AdamW at 1e-3 trained the default U-Net to a higher Dice in the
 same time (docs/benchmarks.md, "AdamW for short schedules"). A family states what it trains with on a
 short schedule (``short_schedule_training`` in its registration, set only where measured); the planner
-writes it into each 3D configuration whose planned iterations are at most
-``SHORT_SCHEDULE_MAX_ITERATIONS`` as the configuration's ``training`` settings, which ``autoseg
-train`` applies over the defaults and under ``--set``. Long schedules, 2D configurations (not
-measured) and families without such settings keep nnU-Net's defaults (``training: {}``). Another
-optimizer keeps other state (Adam's two moments against SGD's momentum): the configuration's memory
-model and prediction count it, and settings whose step would no longer fit the plan's memory are left out.
+writes it into each 3D configuration whose budget affords at most ``SHORT_SCHEDULE_MAX_ITERATIONS``
+at the recipe speed (``recipe_iterations``, the count the recipe was chosen by: like the recipe, the
+optimizer must not follow timing noise or a faster host) as the configuration's ``training``
+settings, which ``autoseg train`` applies over the defaults and under ``--set``. Long schedules, 2D
+configurations (not measured) and families without such settings keep nnU-Net's defaults
+(``training: {}``). Another optimizer keeps other state (Adam's two moments against SGD's momentum):
+the configuration's memory model and prediction count it, and settings whose step would no longer fit
+the plan's memory are left out.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ def short_schedule_training(config: Mapping[str, Any], budget_seconds: float | N
     """The family's short-schedule settings where they apply to this planned configuration (else empty)."""
     if budget_seconds is None or config["spatial_dims"] != 3:
         return {}
-    if config["num_iterations"] > C.SHORT_SCHEDULE_MAX_ITERATIONS:
+    if config["recipe_iterations"] > C.SHORT_SCHEDULE_MAX_ITERATIONS:
         return {}
     return deep_merge({}, get_network_spec(config["network"]["name"]).short_schedule_training)  # a JSON-ready copy
 
@@ -69,6 +71,7 @@ def describe(name: str, config: Mapping[str, Any]) -> str | None:
     if not training:
         return None
     settings = ", ".join(f"{key}={value}" for key, value in flatten(training).items())
-    return (f"{name}: trains with {settings}: {config['num_iterations']} planned iterations is a short schedule "
-            f"(at most {C.SHORT_SCHEDULE_MAX_ITERATIONS}), where this beat nnU-Net's SGD at equal time "
-            "(docs/benchmarks.md); --set optimizer.name=sgd --set optimizer.lr=0.01 trains with nnU-Net's")
+    return (f"{name}: trains with {settings}: {config['recipe_iterations']} iterations at the recipe speed "
+            f"({config['num_iterations']} planned at this machine's) is a short schedule (at most "
+            f"{C.SHORT_SCHEDULE_MAX_ITERATIONS} at the recipe speed, docs/planning.md), where this beat nnU-Net's "
+            "SGD at equal time (docs/benchmarks.md); --set optimizer.name=sgd --set optimizer.lr=0.01 trains with nnU-Net's")

@@ -24,7 +24,7 @@ from autoseg.planning import short_schedule
 from autoseg.planning.plans import load_plans
 
 TRANSFERRED_KEYS = ("network", "width", "patch_size", "batch_size", "memory_model", "predicted_memory_bytes",
-                    "predicted_seconds_per_iteration")
+                    "predicted_seconds_per_iteration", "recipe_seconds_per_iteration")
 
 
 def source_plans_file(source: str | Path) -> Path:
@@ -55,7 +55,9 @@ def transfer_plans(target: dict[str, Any], source: dict[str, Any], source_name: 
         budget, seconds = (plans.get("budget") or {}).get("seconds"), config["predicted_seconds_per_iteration"]
         parts = config.get("predicted_seconds")
         if budget and seconds and parts:  # the target's time budget, at the source network's speed
-            _refit_schedule(config, budget, seconds, parts)
+            # a source planned without a budget, or before the recipe step was stored: its measured step
+            config["recipe_seconds_per_iteration"] = donor.get("recipe_seconds_per_iteration") or seconds
+            _refit_schedule(config, budget, seconds, config["recipe_seconds_per_iteration"], parts)
         configurations[name] = config
     _replan_training(plans, configurations, target)
     for config in configurations.values():  # a stage whose partner was dropped stands alone
@@ -78,12 +80,15 @@ def _replan_training(plans: dict[str, Any], configurations: dict[str, dict[str, 
     plans["notes"] = [note for note in plans.get("notes", []) if note not in stale] + notes
 
 
-def _refit_schedule(config: dict[str, Any], budget: float, seconds: float, parts: dict[str, float]) -> None:
+def _refit_schedule(config: dict[str, Any], budget: float, seconds: float, recipe_seconds: float,
+                    parts: dict[str, float]) -> None:
     """Training iterations for what the target plan's other parts (preprocessing, validation and
-    checkpoint costs, as predicted for the target) leave of its budget, at the source network's speed."""
+    checkpoint costs, as predicted for the target) leave of its budget, at the source network's
+    measured speed, and at its recipe speed (``recipe_iterations``, which the training settings follow)."""
     per_checkpoint = parts["checkpoints"] / A.checkpoint_files(config["num_iterations"], config["iterations_per_epoch"])
     step = seconds * C.VALIDATION_COST_FACTOR
-    iterations, _ = A.split_budget(budget, parts["preprocess"], parts["final_validation"], step, per_checkpoint)
+    split = lambda s: A.split_budget(budget, parts["preprocess"], parts["final_validation"], s, per_checkpoint)[0]  # noqa: E731
+    iterations, config["recipe_iterations"] = split(step), split(recipe_seconds * C.VALIDATION_COST_FACTOR)
     config["num_iterations"], config["iterations_per_epoch"] = T.schedule(iterations)
     refit = A.parts_for(config["num_iterations"], parts["preprocess"], parts["final_validation"], step, per_checkpoint,
                         config["iterations_per_epoch"])
