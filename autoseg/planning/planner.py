@@ -244,6 +244,7 @@ class _Candidate:
     width: int
     validation_tta: bool
     recipe_iterations: int
+    recipe_seconds: float
     seconds: float
     parts: A.BudgetParts
     iterations: int
@@ -297,10 +298,11 @@ def _evaluate(ctx: _Context, costs: _Costs, spacing: list[float], median: list[f
     training applies to its own timing, so the plan predicts the validation the run does)."""
     assert ctx.budget_seconds is not None
     checkpoint = A.checkpoint_seconds(ctx.parameters(topology))
-    recipe_count = _affordable(ctx, costs, topology, patch, C.MIN_BATCH_SIZE, width, checkpoint, recipe=True)[0]
+    recipe_count, _, recipe_step, _ = _affordable(ctx, costs, topology, patch, C.MIN_BATCH_SIZE, width, checkpoint,
+                                                  recipe=True)
     count, parts, step, tta = _affordable(ctx, costs, topology, patch, C.MIN_BATCH_SIZE, width, checkpoint)
     recipe_tile = ctx.tile_seconds(topology, patch, width, recipe=True)
-    return _Candidate(spacing, median, patch, topology, width, tta, recipe_count, step, parts, count,
+    return _Candidate(spacing, median, patch, topology, width, tta, recipe_count, recipe_step, step, parts, count,
                       validation_fits=A.within_validation_share(costs.tiles(patch) * recipe_tile, ctx.budget_seconds))
 
 
@@ -562,8 +564,8 @@ def _plan_configuration(ctx: _Context, name: str, spacing: Sequence[float], dims
                     "(oneDNN, docs/troubleshooting.md), so training will run in float32: planned at float32 speed")
                 chosen = _search_budget(replace(ctx, mixed_precision="off"), name, spacing, dims, fingerprint, forward)
             batch, patch, topology, width, tta = C.MIN_BATCH_SIZE, chosen.patch, chosen.topology, chosen.width, chosen.validation_tta
-            chosen_spacing, median, seconds = chosen.spacing, chosen.median_shape, chosen.seconds
-            recipe = ctx.iteration_seconds(topology, patch, batch, width, recipe=True)
+            chosen_spacing, median = chosen.spacing, chosen.median_shape
+            seconds, recipe = chosen.seconds, chosen.recipe_seconds
             model = ctx.memory(topology)
             iterations, parts, recipe_iterations = chosen.iterations, chosen.parts, chosen.recipe_iterations
     num_iterations, per_epoch = T.schedule(iterations)

@@ -74,4 +74,5 @@ def describe(name: str, config: Mapping[str, Any]) -> str | None:
     return (f"{name}: trains with {settings}: {config['recipe_iterations']} iterations at the recipe speed "
             f"({config['num_iterations']} planned at this machine's) is a short schedule (at most "
             f"{C.SHORT_SCHEDULE_MAX_ITERATIONS} at the recipe speed, docs/planning.md), where this beat nnU-Net's "
-            "SGD at equal time (docs/benchmarks.md); --set optimizer.name=sgd --set optimizer.lr=0.01 trains with nnU-Net's")
+            "SGD at equal time (docs/benchmarks.md); --set optimizer.name=sgd --set optimizer.lr=0.01 trains with "
+            "nnU-Net's")
