@@ -10,6 +10,7 @@ import pytest
 from autoseg.dataset.imageio import Geometry, read_image, write_image
 from autoseg.errors import EvaluationError
 from autoseg.evaluation.ensemble import ensemble_folders, probabilities_to_labels
+from autoseg.utils.probability_files import write_probability_files
 
 LABELS = {"background": 0, "a": 1, "b": 2}
 GEOMETRY = Geometry(spacing=(3.0, 0.5, 0.7), origin=(1.0, 2.0, 3.0), direction=tuple(np.eye(3).ravel()))
@@ -17,12 +18,9 @@ SHAPE = (2, 4, 5)
 
 
 def _save(folder, case, probabilities, labels=LABELS, regions_class_order=None, geometry=GEOMETRY):
-    """A prediction folder entry as ``autoseg predict --save-probabilities`` writes it."""
+    """A prediction folder entry as ``autoseg predict --save-probabilities`` writes it (its own writer)."""
     folder.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(folder / f"{case}.npz", probabilities=probabilities.astype(np.float16))
-    sidecar = {"case_id": case, "geometry": geometry.to_dict(), "labels": labels,
-               "regions_class_order": regions_class_order, "shape": list(probabilities.shape[1:])}
-    (folder / f"{case}.json").write_text(json.dumps(sidecar))
+    write_probability_files(folder, case, probabilities, geometry, labels, regions_class_order)
     write_image(np.argmax(probabilities, axis=0).astype(np.uint8), geometry, folder / f"{case}.nii.gz")
 
 
@@ -47,7 +45,7 @@ def test_ensemble_is_the_mean_of_probabilities(tmp_path):
         assert np.allclose(geometry.spacing, GEOMETRY.spacing) and np.allclose(geometry.origin, GEOMETRY.origin)
         with np.load(tmp_path / "out" / f"{case}.npz", allow_pickle=False) as saved:
             np.testing.assert_array_equal(saved["probabilities"], mean.astype(np.float16))
-        assert json.loads((tmp_path / "out" / f"{case}.json").read_text())["shape"] == list(SHAPE)
+        assert json.loads((tmp_path / "out" / f"{case}.json").read_text())["shape"] == [3, *SHAPE]
 
 
 def test_regions_are_thresholded_in_regions_class_order():
@@ -70,7 +68,7 @@ def test_mismatched_shapes_are_refused_naming_the_case(tmp_path):
     rng = np.random.default_rng(1)
     _save(tmp_path / "m0", "x", _softmax(rng))
     _save(tmp_path / "m1", "x", _softmax(rng, shape=(2, 4, 6)))
-    with pytest.raises(EvaluationError, match=r"could not be ensembled: x: .*m1/x\.json: shape \[2, 4, 6\] differs from .*m0/x\.json \[2, 4, 5\] for case x"):
+    with pytest.raises(EvaluationError, match=r"could not be ensembled: x: .*m1/x\.json: shape \[3, 2, 4, 6\] differs from .*m0/x\.json \[3, 2, 4, 5\] for case x"):
         ensemble_folders([tmp_path / "m0", tmp_path / "m1"], tmp_path / "out", num_workers=1)
 
 
@@ -87,7 +85,7 @@ def test_probabilities_not_matching_the_sidecar_are_refused(tmp_path):
     _save(tmp_path / "m0", "x", _softmax(rng))
     _save(tmp_path / "m1", "x", _softmax(rng))
     np.savez_compressed(tmp_path / "m1" / "x.npz", probabilities=_softmax(rng, channels=4))
-    with pytest.raises(EvaluationError, match=r"m1/x\.npz: probabilities of case x have shape \(4, 2, 4, 5\), expected \(3, 2, 4, 5\)"):
+    with pytest.raises(EvaluationError, match=r"m1/x\.npz: probabilities of case x have shape \[4, 2, 4, 5\], expected \[3, 2, 4, 5\] \(the sidecar.s\); re-run predict"):
         ensemble_folders([tmp_path / "m0", tmp_path / "m1"], tmp_path / "out", num_workers=1)
 
 

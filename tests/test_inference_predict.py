@@ -15,6 +15,7 @@ import torch
 
 from autoseg.dataset.imageio import Geometry, read_case_images, read_image, write_image
 from autoseg.errors import InferenceError
+from autoseg.evaluation.ensemble import ensemble_folders
 from autoseg.inference.batch import PREDICT_INFO, channel_files, discover_cases, output_ending, predict_folder, shard
 from autoseg.inference.model import find_model_folder, load_model
 from autoseg.inference.predictor import append_previous_stage, predict_array, predict_preprocessed
@@ -268,6 +269,28 @@ def test_output_geometry_equals_input_geometry_for_every_format(model_3d: Path, 
     info = json.loads((out / PREDICT_INFO).read_text())
     assert info["folds"] == ["0"] and info["configuration"] == "3d_fullres" and info["tta"] is False
     assert info["checkpoint"] == "final" and info["plans_name"] == "autosegPlans"
+
+
+def test_saved_probabilities_of_single_folds_ensemble_into_the_two_fold_prediction(model_3d: Path, tmp_path: Path) -> None:
+    """predict --save-probabilities per fold, then `autoseg ensemble`: what predicting both folds at once gives
+    (the sidecar written by predict is the one the ensemble reads; a mismatch broke this round trip once)."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(HIPPOCAMPUS / "imagesTr" / "hippocampus_001_0000.nii.gz", inputs)
+    for folds, out in (([0], "f0"), ([1], "f1"), ([0, 1], "both")):
+        predict_folder(inputs, tmp_path / out, model_3d, folds=folds, tta=False, save_probabilities=True)
+    assert ensemble_folders([tmp_path / "f0", tmp_path / "f1"], tmp_path / "ens", save_probabilities=True, num_workers=1) == ["hippocampus_001"]
+    with np.load(tmp_path / "ens" / "hippocampus_001.npz") as ens, np.load(tmp_path / "both" / "hippocampus_001.npz") as both:
+        mean, expected = ens["probabilities"].astype(np.float32), both["probabilities"].astype(np.float32)
+    np.testing.assert_allclose(mean, expected, atol=2e-3)
+    labels, geometry = read_image(tmp_path / "ens" / "hippocampus_001.nii.gz")
+    both_labels, both_geometry = read_image(tmp_path / "both" / "hippocampus_001.nii.gz")
+    assert geometry == both_geometry and labels.shape == both_labels.shape
+    top2 = np.sort(expected, axis=0)[-2:]
+    clear = top2[1] - top2[0] > 4e-3  # where float16 rounding cannot swap the top two
+    assert clear.mean() > 0.9
+    np.testing.assert_array_equal(labels[clear], both_labels[clear])
+    assert json.loads((tmp_path / "ens" / "hippocampus_001.json").read_text())["shape"] == [3, *labels.shape]
 
 
 def test_a_bad_case_among_good_ones(model_3d: Path, tmp_path: Path) -> None:

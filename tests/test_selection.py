@@ -12,6 +12,7 @@ import pytest
 from autoseg.dataset.imageio import Geometry, write_image
 from autoseg.errors import EvaluationError
 from autoseg.evaluation.selection import INSTRUCTIONS_JSON, INSTRUCTIONS_TXT, find_best
+from autoseg.utils.probability_files import write_probability_files
 
 DATASET = "Dataset777_Synth"
 GOOD = "unet__autosegPlans__3d_fullres"  # class 1 has a one-voxel island far from the object
@@ -66,9 +67,7 @@ def write_prediction(folder: Path, case: str, seg: np.ndarray, probs: np.ndarray
     folder.mkdir(parents=True, exist_ok=True)
     write_image(seg, GEOMETRY, folder / f"{case}.nii.gz")
     if probs is not None:
-        np.savez_compressed(folder / f"{case}.npz", probabilities=probs.astype(np.float16))
-        sidecar = {"case_id": case, "geometry": GEOMETRY.to_dict(), "labels": LABELS, "regions_class_order": None, "shape": list(SHAPE)}
-        (folder / f"{case}.json").write_text(json.dumps(sidecar))
+        write_probability_files(folder, case, probs, GEOMETRY, LABELS, None)
 
 
 def make_results(roots: dict[str, Path], probabilities_for: tuple[str, ...] = (GOOD, BAD)) -> Path:

@@ -1,7 +1,7 @@
 """``autoseg ensemble``: average the saved probabilities of several prediction folders.
 
 Each input folder holds, per case, ``<case>.npz`` (array ``probabilities``, ``(C, z, y, x)``) and its
-``<case>.json`` sidecar (geometry, labels, regions_class_order, shape), as written by
+``<case>.json`` sidecar (autoseg/utils/probability_files.py), as written by
 ``autoseg predict --save-probabilities``. The mean probabilities become a label map written in the
 sidecar's geometry: argmax for classes, thresholding in ``regions_class_order`` for regions.
 """
@@ -13,17 +13,14 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from autoseg.utils.jsonio import read_json
 from autoseg.dataset.imageio import Geometry, geometry_differences, image_ending, write_image
 from autoseg.errors import EvaluationError
 from autoseg.evaluation.evaluate import raise_failures
 from autoseg.evaluation.metrics import evaluation_classes
-from autoseg.utils.atomic import atomic_path, atomic_write_json
+from autoseg.utils.probability_files import read_probabilities, read_sidecar, write_probability_files
 from autoseg.utils.progress import default_workers, parallel_map
 
 REGION_THRESHOLD = 0.5  # a voxel belongs to a region when its sigmoid probability exceeds this (§1.1)
-PROBABILITY_DTYPE = np.float16  # storage type of saved probabilities (docs/architecture.md)
-PROBABILITIES_KEY = "probabilities"
 
 
 def probabilities_to_labels(
@@ -57,32 +54,13 @@ def _label_dtype(max_value: int) -> type:
     return np.uint8 if max_value <= np.iinfo(np.uint8).max else np.uint16
 
 
-def _read_sidecar(path: Path, case: str) -> dict[str, Any]:
-    sidecar = read_json(
-        path, EvaluationError, f"sidecar of case {case} not found; re-run predict with --save-probabilities",
-        f"re-run predict with --save-probabilities for case {case}",
-    )
-    missing = [k for k in ("geometry", "labels", "regions_class_order", "shape") if k not in sidecar]
-    if missing:
-        raise EvaluationError(f"{path}: sidecar of case {case} lacks {', '.join(missing)}; re-run predict with --save-probabilities")
-    return sidecar
-
-
-def _read_probabilities(path: Path, case: str) -> np.ndarray:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return data[PROBABILITIES_KEY]
-    except (OSError, ValueError, KeyError) as exc:
-        raise EvaluationError(f"{path}: probabilities of case {case} cannot be read ({exc})") from None
-
-
 def ensemble_case(case: str, input_dirs: Sequence[Path], output_dir: Path, file_ending: str, save_probabilities: bool) -> None:
     """Average one case's probabilities over ``input_dirs`` and write its label map (and probabilities)."""
     first_dir = input_dirs[0]
-    reference = _read_sidecar(first_dir / f"{case}.json", case)
+    reference = read_sidecar(first_dir / f"{case}.json", case, EvaluationError)
     total = None
     for folder in input_dirs:
-        sidecar = _read_sidecar(folder / f"{case}.json", case)
+        sidecar = read_sidecar(folder / f"{case}.json", case, EvaluationError)
         for key in ("labels", "regions_class_order", "shape"):
             if sidecar[key] != reference[key]:
                 raise EvaluationError(
@@ -92,12 +70,7 @@ def ensemble_case(case: str, input_dirs: Sequence[Path], output_dir: Path, file_
         diff = geometry_differences(Geometry.from_dict(sidecar["geometry"]), Geometry.from_dict(reference["geometry"]))
         if diff:
             raise EvaluationError(f"{folder / f'{case}.json'}: geometry differs from {first_dir / f'{case}.json'} for case {case}: {'; '.join(diff)}")
-        probabilities = _read_probabilities(folder / f"{case}.npz", case)
-        if list(probabilities.shape[1:]) != list(reference["shape"]) or (total is not None and probabilities.shape != total.shape):
-            expected = total.shape if total is not None else f"(C, {', '.join(map(str, reference['shape']))})"
-            raise EvaluationError(
-                f"{folder / f'{case}.npz'}: probabilities of case {case} have shape {probabilities.shape}, expected {expected}"
-            )
+        probabilities = read_probabilities(folder / f"{case}.npz", case, sidecar, EvaluationError)
         total = probabilities.astype(np.float32) if total is None else total + probabilities
     mean = total / len(input_dirs)
     try:
@@ -106,9 +79,8 @@ def ensemble_case(case: str, input_dirs: Sequence[Path], output_dir: Path, file_
         raise EvaluationError(f"{first_dir / f'{case}.npz'}: {exc} (case {case})") from None
     write_image(seg, Geometry.from_dict(reference["geometry"]), output_dir / f"{case}{file_ending}")
     if save_probabilities:
-        with atomic_path(output_dir / f"{case}.npz") as tmp:
-            np.savez_compressed(tmp, **{PROBABILITIES_KEY: mean.astype(PROBABILITY_DTYPE)})
-        atomic_write_json(output_dir / f"{case}.json", reference)
+        write_probability_files(output_dir, case, mean, Geometry.from_dict(reference["geometry"]), reference["labels"],
+                                reference["regions_class_order"])
 
 
 def _probability_cases(folder: Path) -> set[str]:

@@ -32,7 +32,8 @@ from autoseg.errors import AutosegError, InferenceError
 from autoseg.inference.engine import LoadedModel, require_torch
 from autoseg.inference.predictor import Prediction, predict_array
 from autoseg.inference.tiling import DEFAULT_STEP
-from autoseg.utils.atomic import atomic_path, atomic_write_json, folder_lock, remove_stale_temporaries
+from autoseg.utils.atomic import atomic_write_json, folder_lock, remove_stale_temporaries
+from autoseg.utils.probability_files import write_probability_files
 from autoseg.utils.progress import Failure, track
 
 if TYPE_CHECKING:  # the onnxruntime engine runs without torch: the torch engine imports it where it runs
@@ -42,7 +43,6 @@ DEFAULT_OUTPUT_ENDING = ".nii.gz"
 PREDICT_INFO = "predict_info.json"
 # predict_info.json keys that must agree for two runs to share an output folder.
 SAME_RUN_KEYS = ("configuration", "plans_name", "folds", "checkpoint", "step", "tta", "autocast_dtype")
-PROBABILITIES_KEY = "probabilities"
 
 
 @dataclass
@@ -183,20 +183,9 @@ def _outputs(case: InputCase, output: Path, ending: str, save_probabilities: boo
 def write_probabilities(
     prediction: Prediction, geometry: Geometry, model: LoadedModel, case_id: str, output: Path
 ) -> None:
-    """``<case>.npz`` (float16 (C, z, y, x), input grid) and its JSON sidecar (docs/architecture.md)."""
+    """``<case>.npz`` (float16 (C, z, y, x), input grid) and its JSON sidecar (utils/probability_files.py)."""
     assert prediction.probabilities is not None
-    with atomic_path(output / f"{case_id}.npz") as tmp:
-        np.savez_compressed(tmp, **{PROBABILITIES_KEY: prediction.probabilities.astype(np.float16, copy=False)})
-    atomic_write_json(
-        output / f"{case_id}.json",
-        {
-            "case_id": case_id,
-            "geometry": geometry.to_dict(),
-            "labels": model.dataset.labels,
-            "regions_class_order": model.regions_class_order,
-            "shape": list(prediction.probabilities.shape),
-        },
-    )
+    write_probability_files(output, case_id, prediction.probabilities, geometry, model.dataset.labels, model.regions_class_order)
 
 
 def _describe(exc: BaseException) -> str:

@@ -1,0 +1,68 @@
+"""Saved probabilities: ``<case>.npz`` and its ``<case>.json`` sidecar, written and read in one place.
+
+``autoseg predict --save-probabilities``, training's validation and ``autoseg ensemble`` all write
+them, ``autoseg ensemble`` and ``find-best`` read them (docs/architecture.md, "Predictions folder").
+The npz holds one float16 array ``probabilities``, ``(C, z, y, x)`` on the input image's grid; the
+sidecar gives case id, geometry, labels, regions_class_order and ``shape``, the array's shape with the
+channels first. Writer and reader once disagreed on that shape, so no other module spells the format.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from autoseg.dataset.imageio import Geometry
+from autoseg.errors import AutosegError
+from autoseg.utils.atomic import atomic_path, atomic_write_json
+from autoseg.utils.jsonio import read_json
+
+PROBABILITIES_KEY = "probabilities"
+PROBABILITY_DTYPE = np.float16
+SIDECAR_KEYS = ("geometry", "labels", "regions_class_order", "shape")
+
+
+def write_probability_files(
+    folder: Path, case_id: str, probabilities: np.ndarray, geometry: Geometry, labels: Mapping[str, Any],
+    regions_class_order: Sequence[int] | None,
+) -> None:
+    """``<case_id>.npz`` (float16) and its sidecar in ``folder``, each written atomically."""
+    with atomic_path(folder / f"{case_id}.npz") as tmp:
+        np.savez_compressed(tmp, **{PROBABILITIES_KEY: probabilities.astype(PROBABILITY_DTYPE, copy=False)})
+    atomic_write_json(
+        folder / f"{case_id}.json",
+        {
+            "case_id": case_id,
+            "geometry": geometry.to_dict(),
+            "labels": dict(labels),
+            "regions_class_order": None if regions_class_order is None else list(regions_class_order),
+            "shape": list(probabilities.shape),
+        },
+    )
+
+
+def read_sidecar(path: Path, case: str, error: type[AutosegError]) -> dict[str, Any]:
+    """A case's sidecar, refused with ``error`` when missing, not JSON or lacking a key."""
+    fix = f"re-run predict with --save-probabilities for case {case}"
+    sidecar = read_json(path, error, f"sidecar of case {case} not found; {fix}", fix)
+    missing = [k for k in SIDECAR_KEYS if k not in sidecar]
+    if missing:
+        raise error(f"{path}: sidecar of case {case} lacks {', '.join(missing)}; {fix}")
+    return sidecar
+
+
+def read_probabilities(path: Path, case: str, sidecar: Mapping[str, Any], error: type[AutosegError]) -> np.ndarray:
+    """A case's probabilities, refused with ``error`` when unreadable or not of the sidecar's shape."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            probabilities = data[PROBABILITIES_KEY]
+    except (OSError, ValueError, KeyError) as exc:
+        raise error(f"{path}: probabilities of case {case} cannot be read ({exc})") from None
+    if list(probabilities.shape) != list(sidecar["shape"]):
+        raise error(
+            f"{path}: probabilities of case {case} have shape {list(probabilities.shape)}, expected "
+            f"{sidecar['shape']} (the sidecar's); re-run predict with --save-probabilities for this case"
+        )
+    return probabilities
