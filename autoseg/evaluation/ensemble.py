@@ -17,7 +17,9 @@ from autoseg.dataset.imageio import Geometry, geometry_differences, image_ending
 from autoseg.errors import EvaluationError
 from autoseg.evaluation.evaluate import raise_failures
 from autoseg.evaluation.metrics import evaluation_classes
-from autoseg.utils.probability_files import read_probabilities, read_sidecar, write_probability_files
+from autoseg.utils.probability_files import (
+    PROBABILITIES_SUFFIX, probability_paths, read_probabilities, read_sidecar, write_probability_files,
+)
 from autoseg.utils.progress import default_workers, parallel_map
 
 REGION_THRESHOLD = 0.5  # a voxel belongs to a region when its sigmoid probability exceeds this (§1.1)
@@ -56,37 +58,38 @@ def _label_dtype(max_value: int) -> type:
 
 def ensemble_case(case: str, input_dirs: Sequence[Path], output_dir: Path, file_ending: str, save_probabilities: bool) -> None:
     """Average one case's probabilities over ``input_dirs`` and write its label map (and probabilities)."""
-    first_dir = input_dirs[0]
-    reference = read_sidecar(first_dir / f"{case}.json", case, EvaluationError)
+    sidecars = [read_sidecar(folder, case, EvaluationError) for folder in input_dirs]
+    first_dir, reference = input_dirs[0], sidecars[0]
+    first_sidecar = probability_paths(first_dir, case).sidecar
+    geometry = Geometry.from_dict(reference["geometry"])
     total = None
-    for folder in input_dirs:
-        sidecar = read_sidecar(folder / f"{case}.json", case, EvaluationError)
+    for folder, sidecar in zip(input_dirs, sidecars):
+        path = probability_paths(folder, case).sidecar
         for key in ("labels", "regions_class_order", "shape"):
             if sidecar[key] != reference[key]:
                 raise EvaluationError(
-                    f"{folder / f'{case}.json'}: {key} {sidecar[key]} differs from {first_dir / f'{case}.json'} "
+                    f"{path}: {key} {sidecar[key]} differs from {first_sidecar} "
                     f"{reference[key]} for case {case}; ensemble only predictions of the same images and labels"
                 )
-        diff = geometry_differences(Geometry.from_dict(sidecar["geometry"]), Geometry.from_dict(reference["geometry"]))
+        diff = geometry_differences(Geometry.from_dict(sidecar["geometry"]), geometry)
         if diff:
-            raise EvaluationError(f"{folder / f'{case}.json'}: geometry differs from {first_dir / f'{case}.json'} for case {case}: {'; '.join(diff)}")
-        probabilities = read_probabilities(folder / f"{case}.npz", case, sidecar, EvaluationError)
+            raise EvaluationError(f"{path}: geometry differs from {first_sidecar} for case {case}: {'; '.join(diff)}")
+        probabilities = read_probabilities(folder, case, sidecar, EvaluationError)
         total = probabilities.astype(np.float32) if total is None else total + probabilities
     mean = total / len(input_dirs)
     try:
         seg = probabilities_to_labels(mean, reference["labels"], reference["regions_class_order"])
     except ValueError as exc:
-        raise EvaluationError(f"{first_dir / f'{case}.npz'}: {exc} (case {case})") from None
-    write_image(seg, Geometry.from_dict(reference["geometry"]), output_dir / f"{case}{file_ending}")
+        raise EvaluationError(f"{probability_paths(first_dir, case).probabilities}: {exc} (case {case})") from None
+    write_image(seg, geometry, output_dir / f"{case}{file_ending}")
     if save_probabilities:
-        write_probability_files(output_dir, case, mean, Geometry.from_dict(reference["geometry"]), reference["labels"],
-                                reference["regions_class_order"])
+        write_probability_files(output_dir, case, mean, geometry, reference["labels"], reference["regions_class_order"])
 
 
 def _probability_cases(folder: Path) -> set[str]:
     if not folder.is_dir():
         raise EvaluationError(f"{folder}: folder not found")
-    return {p.name[: -len(".npz")] for p in folder.glob("*.npz") if not p.name.startswith(".")}
+    return {p.name[: -len(PROBABILITIES_SUFFIX)] for p in folder.glob(f"*{PROBABILITIES_SUFFIX}") if not p.name.startswith(".")}
 
 
 def _infer_file_ending(folder: Path, case: str) -> str:
@@ -122,7 +125,7 @@ def ensemble_folders(
         if missing:
             others = [str(d) for d in dirs if missing[0] in cases[d]]
             raise EvaluationError(
-                f"{folder / (missing[0] + '.npz')}: probabilities of case {missing[0]} missing (present in "
+                f"{probability_paths(folder, missing[0]).probabilities}: probabilities of case {missing[0]} missing (present in "
                 f"{', '.join(others)}; {len(missing)} case(s) missing in all); every folder must hold the same cases"
             )
     ordered = sorted(all_cases)

@@ -29,6 +29,7 @@ from autoseg.evaluation.evaluate import evaluate_folders, list_cases
 from autoseg.paths import preprocessed_root, resolve_dataset, results_root
 from autoseg.postprocessing.determine import determine_postprocessing
 from autoseg.utils.atomic import atomic_write_json, atomic_write_text
+from autoseg.utils.probability_files import probability_paths
 
 INSTRUCTIONS_VERSION = 1
 INSTRUCTIONS_JSON = "inference_instructions.json"
@@ -39,7 +40,6 @@ ENSEMBLE_PREFIX = "ensemble___"  # members joined by "___" (model folder names h
 DEFAULT_FOLDS = ("0", "1", "2", "3", "4")  # 5-fold cross-validation (reference §1.5)
 RANK_METRIC = "dice"  # mean foreground Dice over the merged cross-validation (reference §1.7)
 PREDICT_CHECKPOINT = "final"  # training validates its final checkpoint, so that is what CV measured
-SIDECAR_SUFFIXES = (".npz", ".json")  # probabilities and their geometry sidecar
 
 
 @dataclass
@@ -111,7 +111,7 @@ def merge_crossval(model_folder: Path, folds: Sequence[str], file_ending: str) -
                         "overlap (check the split file the folds were trained with)"
                     )
                 seen[case] = fold
-                for source in (path, *(validation / f"{case}{s}" for s in SIDECAR_SUFFIXES)):
+                for source in (path, *probability_paths(validation, case)):
                     if source.is_file():
                         _link_or_copy(source, staging / source.name)
         shutil.rmtree(target, ignore_errors=True)
@@ -123,7 +123,7 @@ def merge_crossval(model_folder: Path, folds: Sequence[str], file_ending: str) -
 
 def has_probabilities(crossval_dir: Path, file_ending: str) -> bool:
     cases = list_cases(crossval_dir, file_ending)
-    return bool(cases) and all((crossval_dir / f"{case}.npz").is_file() for case in cases)
+    return bool(cases) and all(probability_paths(crossval_dir, case).probabilities.is_file() for case in cases)
 
 
 def _evaluate(candidate: Candidate, gt_dir: Path, description: DatasetDescription, num_workers: int | None) -> Candidate:

@@ -33,7 +33,7 @@ from autoseg.inference.engine import LoadedModel, require_torch
 from autoseg.inference.predictor import Prediction, predict_array
 from autoseg.inference.tiling import DEFAULT_STEP
 from autoseg.utils.atomic import atomic_write_json, folder_lock, remove_stale_temporaries
-from autoseg.utils.probability_files import write_probability_files
+from autoseg.utils.probability_files import probability_paths, write_probability_files
 from autoseg.utils.progress import Failure, track
 
 if TYPE_CHECKING:  # the onnxruntime engine runs without torch: the torch engine imports it where it runs
@@ -176,7 +176,7 @@ def shard(cases: Sequence[InputCase], num_parts: int, part_id: int) -> list[Inpu
 
 def _outputs(case: InputCase, output: Path, ending: str, save_probabilities: bool) -> list[Path]:
     """Output files of a case; the label file comes last (written last, so it marks completion)."""
-    files = [output / f"{case.case_id}.npz", output / f"{case.case_id}.json"] if save_probabilities else []
+    files = list(probability_paths(output, case.case_id)) if save_probabilities else []
     return files + [output / f"{case.case_id}{ending}"]
 
 

@@ -10,7 +10,7 @@ channels first. Writer and reader once disagreed on that shape, so no other modu
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -21,7 +21,22 @@ from autoseg.utils.jsonio import read_json
 
 PROBABILITIES_KEY = "probabilities"
 PROBABILITY_DTYPE = np.float16
+PROBABILITIES_SUFFIX = ".npz"
+SIDECAR_SUFFIX = ".json"
 SIDECAR_KEYS = ("geometry", "labels", "regions_class_order", "shape")
+
+
+class ProbabilityPaths(NamedTuple):
+    """A case's two files, in the order they are written (the label map, written after them, marks a
+    finished case)."""
+
+    probabilities: Path
+    sidecar: Path
+
+
+def probability_paths(folder: Path, case_id: str) -> ProbabilityPaths:
+    """Where a case's probabilities and sidecar live in ``folder``: the one place their names are made."""
+    return ProbabilityPaths(folder / f"{case_id}{PROBABILITIES_SUFFIX}", folder / f"{case_id}{SIDECAR_SUFFIX}")
 
 
 def write_probability_files(
@@ -29,10 +44,11 @@ def write_probability_files(
     regions_class_order: Sequence[int] | None,
 ) -> None:
     """``<case_id>.npz`` (float16) and its sidecar in ``folder``, each written atomically."""
-    with atomic_path(folder / f"{case_id}.npz") as tmp:
+    paths = probability_paths(folder, case_id)
+    with atomic_path(paths.probabilities) as tmp:
         np.savez_compressed(tmp, **{PROBABILITIES_KEY: probabilities.astype(PROBABILITY_DTYPE, copy=False)})
     atomic_write_json(
-        folder / f"{case_id}.json",
+        paths.sidecar,
         {
             "case_id": case_id,
             "geometry": geometry.to_dict(),
@@ -43,8 +59,9 @@ def write_probability_files(
     )
 
 
-def read_sidecar(path: Path, case: str, error: type[AutosegError]) -> dict[str, Any]:
-    """A case's sidecar, refused with ``error`` when missing, not JSON or lacking a key."""
+def read_sidecar(folder: Path, case: str, error: type[AutosegError]) -> dict[str, Any]:
+    """A case's sidecar in ``folder``, refused with ``error`` when missing, not JSON or lacking a key."""
+    path = probability_paths(folder, case).sidecar
     fix = f"re-run predict with --save-probabilities for case {case}"
     sidecar = read_json(path, error, f"sidecar of case {case} not found; {fix}", fix)
     missing = [k for k in SIDECAR_KEYS if k not in sidecar]
@@ -53,8 +70,9 @@ def read_sidecar(path: Path, case: str, error: type[AutosegError]) -> dict[str, 
     return sidecar
 
 
-def read_probabilities(path: Path, case: str, sidecar: Mapping[str, Any], error: type[AutosegError]) -> np.ndarray:
-    """A case's probabilities, refused with ``error`` when unreadable or not of the sidecar's shape."""
+def read_probabilities(folder: Path, case: str, sidecar: Mapping[str, Any], error: type[AutosegError]) -> np.ndarray:
+    """A case's probabilities in ``folder``, refused with ``error`` when unreadable or not of the sidecar's shape."""
+    path = probability_paths(folder, case).probabilities
     try:
         with np.load(path, allow_pickle=False) as data:
             probabilities = data[PROBABILITIES_KEY]
