@@ -303,7 +303,9 @@ def evaluate(
     num_workers: Optional[int] = typer.Option(None, "-np", "--num-workers", help=WORKERS_HELP),
 ) -> None:
     """Dice, IoU, HD95, ASSD, surface Dice, precision, recall and volumes per case and class."""
-    from autoseg.evaluation.evaluate import choose_labels, classes_absent_everywhere, evaluate_folders, format_table
+    from autoseg.evaluation.evaluate import (
+        choose_labels, classes_absent_everywhere, evaluate_folders, format_table, unpredicted_references,
+    )
 
     choice = choose_labels(pred, ref, _description(dataset), labels, num_workers)
     if choice.source == "references":
@@ -312,6 +314,10 @@ def evaluate(
     typer.echo(format_table(summary))
     for name in classes_absent_everywhere(summary):
         typer.echo(f"note: label {name} is in no reference and no prediction; its metrics are NaN")
+    unpredicted = unpredicted_references(pred, ref, choice.file_ending)
+    if unpredicted:
+        typer.echo(f"note: {len(unpredicted)} reference case(s) have no prediction and are not scored: "
+                   f"{', '.join(unpredicted[:5])}{' ...' if len(unpredicted) > 5 else ''}")
     typer.echo(f"written: {(output or pred) / 'summary.json'} and summary.csv")
 
 

@@ -101,3 +101,41 @@ def test_missing_case_is_named(tmp_path):
 def test_one_folder_is_not_an_ensemble(tmp_path):
     with pytest.raises(EvaluationError, match="ensemble needs at least two prediction folders, got 1"):
         ensemble_folders([tmp_path], tmp_path / "out")
+
+
+def _two_models(tmp_path):
+    rng = np.random.default_rng(5)
+    for folder in ("m0", "m1"):
+        _save(tmp_path / folder, "x", _softmax(rng))
+    return tmp_path / "m0", tmp_path / "m1"
+
+
+def test_output_folder_that_is_an_input_is_refused_and_the_input_kept(tmp_path):
+    m0, m1 = _two_models(tmp_path)
+    before = {p.name: p.read_bytes() for p in m0.iterdir()}
+    with pytest.raises(EvaluationError, match=r"m0: output folder equals the input folder; choose another output folder"):
+        ensemble_folders([m0, m1], m0, save_probabilities=True, num_workers=1)
+    assert {p.name: p.read_bytes() for p in m0.iterdir()} == before
+
+
+def test_a_folder_given_twice_is_refused(tmp_path):
+    m0, m1 = _two_models(tmp_path)
+    with pytest.raises(EvaluationError, match=r"m0: given twice as an input folder \(it would count double in the average\)"):
+        ensemble_folders([m0, m1, tmp_path / "." / "m0"], tmp_path / "out", num_workers=1)
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_path_that_is_a_file_is_refused(tmp_path):
+    m0, m1 = _two_models(tmp_path)
+    (tmp_path / "afile").write_text("keep")
+    with pytest.raises(EvaluationError, match=r"afile: exists and is not a folder; give a folder"):
+        ensemble_folders([m0, m1], tmp_path / "afile", num_workers=1)
+    assert (tmp_path / "afile").read_text() == "keep"
+
+
+def test_unreadable_probabilities_name_the_file_and_the_fix(tmp_path):
+    m0, m1 = _two_models(tmp_path)
+    data = (m1 / "x.npz").read_bytes()
+    (m1 / "x.npz").write_bytes(data[: len(data) // 2])  # a truncated copy
+    with pytest.raises(EvaluationError, match=r"m1/x\.npz: probabilities of case x cannot be read \(BadZipFile: .*\); re-run predict with --save-probabilities"):
+        ensemble_folders([m0, m1], tmp_path / "out", num_workers=1)

@@ -240,3 +240,64 @@ def test_bad_labels_option_gives_one_line(png_folders, args, expected, monkeypat
     result = runner.invoke(app, argv)
     assert result.exit_code == 2, result.output
     assert f"autoseg: error: {expected}" in result.output
+
+
+def _with_dataset_json(folders) -> tuple[Path, Path]:
+    """The ``folders`` cases with a dataset.json declaring labels 0, 1, 2 beside the references."""
+    pred_dir, ref_dir = folders
+    (ref_dir.parent / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "MRI"}, "labels": LABELS, "numTraining": 2, "file_ending": ".nii.gz",
+    }))
+    return pred_dir, ref_dir
+
+
+@pytest.mark.parametrize(("folder", "values", "expected"), [
+    ("pred", [3], "holds label value(s) 3 that the dataset does not declare (it declares 0, 1, 2); fix the file, or evaluate other values with --labels instead of the dataset"),
+    ("ref", [7, 9], "holds label value(s) 7, 9 that the dataset does not declare (it declares 0, 1, 2)"),
+    ("pred", [255], "holds label value(s) 255 that the dataset does not declare (it declares 0, 1, 2) (a 0/255 mask: divide it by 255 so the object is 1)"),
+])
+def test_label_values_the_dataset_does_not_declare_are_refused(folders, folder, values, expected):
+    pred_dir, ref_dir = _with_dataset_json(folders)
+    path = (pred_dir if folder == "pred" else ref_dir) / "c2.nii.gz"
+    seg, geometry = read_image(path)
+    seg[0, 0, : len(values)] = values  # an undeclared value would count as background, unnoticed
+    write_image(seg.astype(np.uint8), geometry, path)
+    result = runner.invoke(app, ["evaluate", "-p", str(pred_dir), "-r", str(ref_dir), "-np", "1"])
+    assert result.exit_code == 2, result.output
+    assert f"c2: {path}: {expected}" in result.output
+    assert not (pred_dir / "summary.json").exists()
+
+
+def test_labels_option_evaluates_a_chosen_subset_of_other_values(folders):
+    pred_dir, ref_dir = _with_dataset_json(folders)
+    seg, geometry = read_image(pred_dir / "c2.nii.gz")
+    seg[0, 0, 0] = 3
+    write_image(seg, geometry, pred_dir / "c2.nii.gz")
+    autoseg("evaluate", "-p", pred_dir, "-r", ref_dir, "-np", 1, "--labels", 1)
+    assert json.loads((pred_dir / "summary.json").read_text())["classes"] == {"1": [1]}
+
+
+@pytest.mark.parametrize("tolerance", ["-1", "0", "nan", "inf"])
+def test_tolerance_must_be_a_positive_distance(folders, tolerance):
+    pred_dir, ref_dir = folders
+    result = runner.invoke(app, ["evaluate", "-p", str(pred_dir), "-r", str(ref_dir), f"--tolerance-mm={tolerance}"])
+    assert result.exit_code == 2, result.output
+    assert f"autoseg: error: --tolerance-mm {float(tolerance)}: give a positive distance in mm (default 1.0)" in result.output
+    assert not (pred_dir / "summary.json").exists()
+
+
+def test_output_path_that_is_a_file_is_refused(folders, tmp_path):
+    pred_dir, ref_dir = folders
+    (tmp_path / "afile").write_text("keep")
+    result = runner.invoke(app, ["evaluate", "-p", str(pred_dir), "-r", str(ref_dir), "-o", str(tmp_path / "afile")])
+    assert result.exit_code == 2, result.output
+    assert f"autoseg: error: {tmp_path / 'afile'}: exists and is not a folder; give a folder" in result.output
+    assert (tmp_path / "afile").read_text() == "keep"
+
+
+def test_references_without_a_prediction_are_noted(folders):
+    pred_dir, ref_dir = folders
+    (pred_dir / "c2.nii.gz").unlink()
+    output = autoseg("evaluate", "-p", pred_dir, "-r", ref_dir, "-np", 1)
+    assert "note: 1 reference case(s) have no prediction and are not scored: c2\n" in output
+    assert json.loads((pred_dir / "summary.json").read_text())["num_cases"] == 1

@@ -126,3 +126,15 @@ def test_bad_decision_files_are_refused(tmp_path):
         load_decision(tmp_path / "bad.json")
     with pytest.raises(EvaluationError, match=r"missing\.json: not found; run autoseg postprocess determine first"):
         apply_to_folder(tmp_path, tmp_path / "out", tmp_path / "missing.json")
+
+
+def test_apply_refuses_the_input_folder_or_a_file_as_output(tmp_path):
+    preds, refs = _make_cv_folders(tmp_path)
+    determine_postprocessing(preds, refs, LABELS, num_workers=1, file_ending=".nii.gz")
+    before = {p.name: p.read_bytes() for p in preds.iterdir()}
+    with pytest.raises(EvaluationError, match=r"cv: output folder equals the input folder; choose another output folder"):
+        apply_to_folder(preds, preds, preds / "postprocessing.json", num_workers=1)
+    (tmp_path / "afile").write_text("keep")
+    with pytest.raises(EvaluationError, match=r"afile: exists and is not a folder"):
+        apply_to_folder(preds, tmp_path / "afile", preds / "postprocessing.json", num_workers=1)
+    assert {p.name: p.read_bytes() for p in preds.iterdir()} == before and (tmp_path / "afile").read_text() == "keep"

@@ -94,6 +94,8 @@ BAD_CASES: dict[str, tuple[Callable[[Path], None], str]] = {
                            "bad_0000.nrrd: holds 1 NaN and 0 infinite voxel(s); replace them"),
     "text named .nii.gz": (lambda f: (f / "bad_0000.nii.gz").write_text("patient notes, not an image"),
                            "bad_0000.nii.gz: cannot be read (truncated or corrupt file?)"),
+    "zero-byte file": (lambda f: (f / "bad_0000.nii.gz").write_bytes(b""),
+                       "bad_0000.nii.gz: file is empty (0 bytes; an interrupted copy or export?); copy or export it again"),
     "text named .png": (lambda f: (f / "bad_0000.png").write_text("not a picture"),
                         "bad_0000.png: cannot be read as an image"),
     "truncated NIfTI": (lambda f: _truncated_nifti(f / "bad_0000.nii"),
@@ -141,6 +143,9 @@ def test_case_names_with_spaces_and_non_ascii_just_work(name: str, model: Path, 
         ("only notes", "in: no images found (not images: README.txt, labels.json); expected <case>_0000<ending>"),
         ("output = input", "output folder equals the input folder; choose another output folder"),
         ("output inside input", "output folder lies inside the input folder"),
+        ("output is a file", "afile: exists and is not a folder; give a folder (new or existing) for the outputs"),
+        ("two files for one channel", "in: good.nii.gz and good_0000.nii.gz are both channel 0000 of case good (a name "
+                                      "without _XXXX is channel 0000; one case has one file per channel); rename or remove one"),
     ],
 )
 def test_whole_run_refusals_write_nothing(layout: str, message: str, model: Path, tmp_path: Path) -> None:
@@ -151,9 +156,14 @@ def test_whole_run_refusals_write_nothing(layout: str, message: str, model: Path
         (inputs / "labels.json").write_text("{}")
     elif layout.startswith("output"):
         shutil.copy(SOURCE, inputs / "good_0000.nii.gz")
-    output = {"output = input": inputs, "output inside input": inputs / "predictions"}.get(layout, tmp_path / "out")
+    elif layout == "two files for one channel":  # one would silently not be predicted
+        shutil.copy(SOURCE, inputs / "good_0000.nii.gz")
+        shutil.copy(SOURCE, inputs / "good.nii.gz")
+    (tmp_path / "afile").write_text("keep")
+    output = {"output = input": inputs, "output inside input": inputs / "predictions", "output is a file": tmp_path / "afile"}.get(
+        layout, tmp_path / "out")
     before = sorted(p.name for p in inputs.rglob("*"))
     code, text = _predict(inputs, output, model)
     assert code == 2 and message in " ".join(text.split()), text
     assert sorted(p.name for p in inputs.rglob("*")) == before
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out").exists() and (tmp_path / "afile").read_text() == "keep"

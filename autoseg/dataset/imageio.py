@@ -103,12 +103,14 @@ def read_image(path: str | Path) -> tuple[np.ndarray, Geometry]:
     if not path.exists():
         raise DatasetError(f"{path}: file not found")
     ending = image_ending(path)
-    if ending in NATURAL_2D_ENDINGS:
-        return _read_natural_2d(path)
-    if ending not in SITK_ENDINGS:
+    if ending not in NATURAL_2D_ENDINGS and ending not in SITK_ENDINGS:
         raise DatasetError(
             f"{path}: unsupported file type; use one of {', '.join(SUPPORTED_ENDINGS)} or a DICOM folder"
         )
+    if path.stat().st_size == 0:
+        raise DatasetError(f"{path}: file is empty (0 bytes; an interrupted copy or export?); copy or export it again")
+    if ending in NATURAL_2D_ENDINGS:
+        return _read_natural_2d(path)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:

@@ -20,6 +20,7 @@ from autoseg.evaluation.metrics import evaluation_classes
 from autoseg.utils.probability_files import (
     PROBABILITIES_SUFFIX, probability_paths, read_probabilities, read_sidecar, write_probability_files,
 )
+from autoseg.utils.output_folders import check_output_folder
 from autoseg.utils.progress import default_workers, parallel_map
 
 REGION_THRESHOLD = 0.5  # a voxel belongs to a region when its sigmoid probability exceeds this (§1.1)
@@ -116,6 +117,14 @@ def ensemble_folders(
     dirs = [Path(d) for d in input_dirs]
     if len(dirs) < 2:
         raise EvaluationError(f"ensemble needs at least two prediction folders, got {len(dirs)}")
+    resolved = [d.resolve() for d in dirs]
+    repeated = next((d for d, r in zip(dirs, resolved) if resolved.count(r) > 1), None)
+    if repeated is not None:
+        raise EvaluationError(
+            f"{repeated}: given twice as an input folder (it would count double in the average); give each folder once"
+        )
+    out = Path(output_dir)
+    check_output_folder(out, EvaluationError, dirs)
     cases = {d: _probability_cases(d) for d in dirs}
     all_cases = set().union(*cases.values())
     if not all_cases:
@@ -130,7 +139,6 @@ def ensemble_folders(
             )
     ordered = sorted(all_cases)
     ending = file_ending or _infer_file_ending(dirs[0], ordered[0])
-    out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     items = [(case, (case, dirs, out, ending, save_probabilities)) for case in ordered]
     workers = default_workers() if num_workers is None else num_workers

@@ -29,6 +29,7 @@ from autoseg.evaluation.metrics import (
     mean_metrics,
 )
 from autoseg.utils.atomic import atomic_write_json, atomic_write_text
+from autoseg.utils.output_folders import check_output_folder
 from autoseg.utils.progress import Failure, default_workers, parallel_map
 
 SUMMARY_VERSION = 1
@@ -167,12 +168,44 @@ def read_pair(pred_path: Path, ref_path: Path) -> tuple[np.ndarray, np.ndarray, 
     return pred, ref, ref_geometry
 
 
+def declared_values(description_or_labels: DatasetDescription | Mapping[str, Any]) -> frozenset[int] | None:
+    """Every label value a dataset declares (background, classes or regions, ignore); ``None`` for a bare
+    labels mapping (``--labels`` or the references' values: a chosen subset, other values allowed)."""
+    if not isinstance(description_or_labels, DatasetDescription):
+        return None
+    classes, ignore_label = evaluation_classes(description_or_labels)
+    return frozenset({0, *(v for _, values in classes for v in values), *([] if ignore_label is None else [ignore_label])})
+
+
+def check_declared(path: Path, seg: np.ndarray, declared: frozenset[int]) -> None:
+    """Refuse a label map holding values the dataset does not declare: they would count as background."""
+    unknown = seg[~np.isin(seg, sorted(declared))]
+    if unknown.size:
+        values = [v.item() for v in np.unique(unknown)]
+        hint = " (a 0/255 mask: divide it by 255 so the object is 1)" if values == [255] and max(declared) < 255 else ""
+        raise EvaluationError(
+            f"{path}: holds label value(s) {', '.join(map(str, values[:5]))}{' ...' if len(values) > 5 else ''} that the "
+            f"dataset does not declare (it declares {', '.join(map(str, sorted(declared)))}){hint}; fix the file, or "
+            "evaluate other values with --labels instead of the dataset"
+        )
+
+
 def evaluate_case(
-    pred_path: Path, ref_path: Path, classes: Sequence[SegClass], ignore_label: int | None, tolerance_mm: float
+    pred_path: Path, ref_path: Path, classes: Sequence[SegClass], ignore_label: int | None, tolerance_mm: float,
+    declared: frozenset[int] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Metrics of one case (``{class name: {metric: value}}``)."""
+    """Metrics of one case (``{class name: {metric: value}}``); with ``declared``, both files may hold only those values."""
     pred, ref, geometry = read_pair(pred_path, ref_path)
+    if declared is not None:
+        check_declared(pred_path, pred, declared)
+        check_declared(ref_path, ref, declared)
     return case_metrics(pred, ref, geometry.spacing, classes, ignore_label, tolerance_mm)
+
+
+def check_tolerance(tolerance_mm: float) -> None:
+    """The surface Dice's tolerance must be a positive, finite distance."""
+    if not (math.isfinite(tolerance_mm) and tolerance_mm > 0):
+        raise EvaluationError(f"--tolerance-mm {tolerance_mm}: give a positive distance in mm (default {DEFAULT_TOLERANCE_MM})")
 
 
 def raise_failures(failures: Sequence[Failure], total: int, action: str) -> None:
@@ -207,12 +240,16 @@ def evaluate_folders(
         The summary written to ``summary.json``.
     """
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
+    check_tolerance(tolerance_mm)
+    out = Path(output_dir) if output_dir is not None else pred_dir
+    check_output_folder(out, EvaluationError)
     if description_or_labels is None:
         description_or_labels = find_description(pred_dir, ref_dir)
     file_ending = resolve_file_ending(description_or_labels, file_ending)
     classes, ignore_label = evaluation_classes(description_or_labels)
+    declared = declared_values(description_or_labels)
     pairs = match_cases(pred_dir, ref_dir, file_ending, case_ids)
-    items = [(case, (pred, ref, classes, ignore_label, tolerance_mm)) for case, (pred, ref) in pairs.items()]
+    items = [(case, (pred, ref, classes, ignore_label, tolerance_mm, declared)) for case, (pred, ref) in pairs.items()]
     workers = default_workers() if num_workers is None else num_workers
     results, failures = parallel_map(evaluate_case, items, min(workers, len(items)), "evaluating")
     raise_failures(failures, len(items), "evaluated")
@@ -232,10 +269,14 @@ def evaluate_folders(
         "metric_per_case": per_case,
         **(extra or {}),
     }
-    out = Path(output_dir) if output_dir is not None else pred_dir
     atomic_write_json(out / "summary.json", summary)
     atomic_write_text(out / "summary.csv", summary_csv(summary))
     return summary
+
+
+def unpredicted_references(pred_dir: str | Path, ref_dir: str | Path, file_ending: str) -> list[str]:
+    """Reference cases with no prediction (``evaluate`` scores the predicted cases, so these are left out)."""
+    return sorted(set(list_cases(Path(ref_dir), file_ending)) - set(list_cases(Path(pred_dir), file_ending)))
 
 
 def match_cases(

@@ -33,6 +33,7 @@ from autoseg.inference.engine import LoadedModel, require_torch
 from autoseg.inference.predictor import Prediction, predict_array
 from autoseg.inference.tiling import DEFAULT_STEP
 from autoseg.utils.atomic import atomic_write_json, folder_lock, remove_stale_temporaries
+from autoseg.utils.output_folders import check_output_folder
 from autoseg.utils.probability_files import probability_paths, write_probability_files
 from autoseg.utils.progress import Failure, track
 
@@ -82,9 +83,16 @@ def _is_dicom_folder(folder: Path) -> bool:
 
 
 def _add(cases: dict[str, InputCase], path: Path, stem: str) -> None:
+    """File (or DICOM folder) ``path`` as its case's channel; two inputs for one channel are refused."""
     match = CHANNEL_SUFFIX.match(stem)
     case_id, channel = (match["case"], int(match["channel"])) if match else (stem, 0)
-    cases.setdefault(case_id, InputCase(case_id)).channels[channel] = path
+    channels = cases.setdefault(case_id, InputCase(case_id)).channels
+    if channel in channels:
+        raise InferenceError(
+            f"{path.parent}: {channels[channel].name} and {path.name} are both channel {channel:04d} of case "
+            f"{case_id} (a name without _XXXX is channel 0000; one case has one file per channel); rename or remove one"
+        )
+    channels[channel] = path
 
 
 def discover_cases(input_path: str | Path) -> list[InputCase]:
@@ -248,14 +256,7 @@ def predict_folder(
     """
     start = time.perf_counter()
     input_path, output = Path(input_path), Path(output_folder)
-    input_folder = (input_path if input_path.is_dir() else input_path.parent).resolve()
-    if output.resolve() == input_folder:
-        raise InferenceError(f"{output}: output folder equals the input folder; choose another output folder")
-    if output.resolve().is_relative_to(input_folder) and input_path.is_dir():
-        raise InferenceError(
-            f"{output}: output folder lies inside the input folder {input_path} (its label maps would be read "
-            "as input cases next time); choose a folder outside it"
-        )
+    check_output_folder(output, InferenceError, [input_path], reads_subfolders=True)
     cases = shard(discover_cases(input_path), num_parts, part_id)
     loaded = _resolve_model(model, folds, checkpoint, device)
     info = _predict_info(loaded, step, tta, save_probabilities, mixed_precision)  # checks the settings first

@@ -31,6 +31,7 @@ from autoseg.evaluation.evaluate import list_cases, match_cases, raise_failures,
 from autoseg.evaluation.metrics import SegClass, case_metrics, evaluation_classes
 from autoseg.postprocessing.connected_components import component_volumes_mm3, keep_largest, remove_small
 from autoseg.utils.atomic import atomic_write_json
+from autoseg.utils.output_folders import check_output_folder
 from autoseg.utils.progress import default_workers, parallel_map
 
 DECISION_VERSION = 1
@@ -226,8 +227,7 @@ def apply_to_folder(
     files = list_cases(input_dir, decision["file_ending"])
     if not files:
         raise EvaluationError(f"{input_dir}: no label maps ending in {decision['file_ending']!r} to postprocess")
-    if output_dir.resolve() == input_dir.resolve():
-        raise EvaluationError(f"{output_dir}: is the input folder; write postprocessed predictions to a new folder")
+    check_output_folder(output_dir, EvaluationError, [input_dir])
     items = [(case, (path, output_dir / path.name, decision)) for case, path in files.items()]
     workers = default_workers() if num_workers is None else num_workers
     _, failures = parallel_map(_apply_file, items, min(workers, len(items)), "postprocessing")

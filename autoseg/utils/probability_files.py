@@ -9,6 +9,8 @@ channels first. Writer and reader once disagreed on that shape, so no other modu
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple, Sequence
 
@@ -76,8 +78,11 @@ def read_probabilities(folder: Path, case: str, sidecar: Mapping[str, Any], erro
     try:
         with np.load(path, allow_pickle=False) as data:
             probabilities = data[PROBABILITIES_KEY]
-    except (OSError, ValueError, KeyError) as exc:
-        raise error(f"{path}: probabilities of case {case} cannot be read ({exc})") from None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise error(
+            f"{path}: probabilities of case {case} cannot be read ({type(exc).__name__}: {exc}); "
+            "re-run predict with --save-probabilities for this case"
+        ) from None
     if list(probabilities.shape) != list(sidecar["shape"]):
         raise error(
             f"{path}: probabilities of case {case} have shape {list(probabilities.shape)}, expected "

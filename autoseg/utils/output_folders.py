@@ -1,0 +1,35 @@
+"""Checks on a user's output folder before anything is written into it.
+
+Commands that read folders of label maps and write label maps (predict, ensemble, postprocess apply)
+must never write into a folder they read: the outputs would replace the inputs, or be read as inputs
+by the next run. And an output path that names an existing file cannot become a folder; refusing it up
+front gives the user the path and the fix instead of an ``mkdir`` error.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+
+def check_output_folder(
+    output: Path, error: type[Exception], inputs: Sequence[Path] = (), reads_subfolders: bool = False
+) -> None:
+    """Raise ``error`` if ``output`` is an existing file or one of the ``inputs`` folders, or, when the
+    command reads an input folder's subfolders too (predict: DICOM series), lies inside one.
+
+    ``inputs`` are what the command reads: folders, or single files (then only their own folder is
+    refused as the output).
+    """
+    if output.exists() and not output.is_dir():
+        raise error(f"{output}: exists and is not a folder; give a folder (new or existing) for the outputs")
+    target = output.resolve()
+    for given in inputs:
+        folder = (given if given.is_dir() else given.parent).resolve()
+        if target == folder:
+            raise error(f"{output}: output folder equals the input folder; choose another output folder")
+        if reads_subfolders and given.is_dir() and target.is_relative_to(folder):
+            raise error(
+                f"{output}: output folder lies inside the input folder {given} (its files would be read as "
+                "inputs next time); choose a folder outside it"
+            )
