@@ -113,6 +113,25 @@ def _label_origin(d: Path) -> str:
     return f"{label(d, PLAIN_CASE)}: geometry differs from image {PLAIN_CASE}_0000.nii.gz: origin (5, 0, 0) vs"
 
 
+def _both_at(origin: tuple[float, float, float], d: Path) -> None:
+    """Image and label of the plain case moved to ``origin`` (a CT table position, say)."""
+    for path in (image(d, PLAIN_CASE), label(d, PLAIN_CASE)):
+        edit_image(path, lambda img: (img.SetOrigin(origin), img)[1])
+
+
+def _label_shifted_far_from_zero(d: Path) -> str:
+    # a voxel off at -1500 mm: a tolerance relative to the coordinate (1e-3: 1.5 mm) let it pass.
+    _both_at((-1500.0, -1500.0, -1500.0), d)
+    edit_image(label(d, PLAIN_CASE), lambda img: (img.SetOrigin((-1501.0, -1500.0, -1500.0)), img)[1])
+    return (f"{label(d, PLAIN_CASE)}: geometry differs from image {PLAIN_CASE}_0000.nii.gz: origin (-1501, -1500, -1500) "
+            "vs (-1500, -1500, -1500) (they may differ by 0.1 mm, 0.1 of a voxel)")
+
+
+def _near_integer_label(d: Path) -> str:
+    set_array(label(d, PLAIN_CASE), lambda a: np.where(a == 2, np.float32(1.0000001), a).astype(np.float32))
+    return f"{label(d, PLAIN_CASE)}: label values must be integers; found non-integer values such as 1.0000001;"
+
+
 def _label_size(d: Path) -> str:
     set_array(label(d, PLAIN_CASE), lambda a: np.ascontiguousarray(a[:-1]))
     return f"{label(d, PLAIN_CASE)}: size (36, 52, 37) differs from image {PLAIN_CASE}_0000.nii.gz (36, 52, 38)"
@@ -188,7 +207,7 @@ BREAKAGES = {f.__name__[1:]: f for f in [
     _missing_channel, _channel_geometry, _missing_label, _label_without_image, _no_channel_suffix,
     _num_training, _label_spacing, _label_origin, _label_size, _mask_0_255, _undeclared_label,
     _fractional_label, _nan_image, _four_d, _truncated, _case_clash, _bad_json, _missing_key,
-    _non_consecutive_labels,
+    _non_consecutive_labels, _label_shifted_far_from_zero, _near_integer_label,
 ]}
 
 
@@ -229,6 +248,13 @@ def test_all_problems_reported_at_once(small_dataset: Path, roots: dict[str, Pat
     for line in expected:
         assert any(line in e for e in errors)
     assert any("label values 7" in e for e in errors)
+
+
+def test_origins_rounded_by_headers_far_from_zero_are_accepted(small_dataset: Path, roots: dict[str, Path]) -> None:
+    _both_at((-1500.0, -1500.0, -1500.0), small_dataset)  # 0.01 mm apart: float32 rounding, not a shift
+    edit_image(label(small_dataset, PLAIN_CASE), lambda img: (img.SetOrigin((-1500.01, -1500.0, -1499.99)), img)[1])
+    result = runner.invoke(app, ["verify", str(small_dataset)])
+    assert result.exit_code == 0, result.output
 
 
 def test_float_labels_with_integer_values_are_accepted(small_dataset: Path, roots: dict[str, Path]) -> None:

@@ -79,20 +79,28 @@ def image_ending(path: str | Path) -> str:
     return ""
 
 
-def geometry_differences(
-    a: Geometry, b: Geometry, rtol: float = 1e-3, atol: float = 1e-3
-) -> list[str]:
+GEOMETRY_TOLERANCE = 1e-3  # spacing (relative and mm) and direction cosines: float32 headers round them
+# Origins may differ by this share of the smallest voxel side, no more. Not relative to the coordinate:
+# at a CT table position of -1500 mm a relative 1e-3 let labels 1.5 mm (3 voxels of 0.5 mm) off their image pass.
+ORIGIN_TOLERANCE_VOXELS = 0.1
+
+
+def geometry_differences(a: Geometry, b: Geometry) -> list[str]:
     """Human-readable differences between two geometries ('' list when they agree within tolerance)."""
     problems = []
-    for field in ("spacing", "origin", "direction"):
+    for field in ("spacing", "direction"):
         va, vb = getattr(a, field), getattr(b, field)
-        if len(va) != len(vb) or not np.allclose(va, vb, rtol=rtol, atol=atol):
+        if len(va) != len(vb) or not np.allclose(va, vb, rtol=GEOMETRY_TOLERANCE, atol=GEOMETRY_TOLERANCE):
             problems.append(f"{field} {_fmt(va)} vs {_fmt(vb)}")
+    origin_tolerance = ORIGIN_TOLERANCE_VOXELS * min(min(a.spacing), min(b.spacing))
+    if len(a.origin) != len(b.origin) or np.abs(np.subtract(a.origin, b.origin)).max() > origin_tolerance:
+        problems.append(f"origin {_fmt(a.origin, 8)} vs {_fmt(b.origin, 8)} (they may differ by {origin_tolerance:.3g} mm, "
+                        f"{ORIGIN_TOLERANCE_VOXELS:g} of a voxel)")
     return problems
 
 
-def _fmt(values: Sequence[float]) -> str:
-    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
+def _fmt(values: Sequence[float], digits: int = 4) -> str:
+    return "(" + ", ".join(f"{v:.{digits}g}" for v in values) + ")"
 
 
 def read_image(path: str | Path) -> tuple[np.ndarray, Geometry]:

@@ -124,7 +124,8 @@ def _check_label_values(
         fractional = np.unique(finite[finite != np.round(finite)])[:3] if finite.size else []
         problems.append(
             f"{path}: label values must be integers; found non-integer values such as "
-            f"{', '.join(f'{v:g}' for v in fractional) or 'NaN/Inf'}; resample labels with nearest neighbour "
+            f"{', '.join(np.format_float_positional(v, trim='-') for v in fractional) or 'NaN/Inf'}; resample labels "
+            "with nearest neighbour "
             "and save them as integers"
         )
         return None
