@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import select
 import sys
 import traceback
 from pathlib import Path
@@ -34,6 +35,25 @@ def _fail(message: str, code: int) -> None:
     raise typer.Exit(code)
 
 
+SIGPIPE_EXIT_CODE = 141  # what a shell reports for a command stopped by a closed pipe (128 + SIGPIPE)
+
+
+def _stdout_closed() -> bool:
+    """Whether standard output is a pipe whose reader went away (poll reports an error on its write end);
+    if so, point it at /dev/null so that the exit's flush is quiet."""
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        closed = any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no fileno (captured output) or no poll (Windows)
+        return False
+    if closed:
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+    return closed
+
+
 def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     """Turn user errors into one message and exit code 2; never a traceback (AUTOSEG_DEBUG=1 shows it)."""
 
@@ -52,6 +72,8 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except MemoryError:
             _fail("out of memory (RAM); use fewer worker processes (-np) or a machine with more RAM", 2)
         except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
+            if isinstance(exc, BrokenPipeError) and _stdout_closed():  # `autoseg ... | head`: the reader left
+                raise typer.Exit(SIGPIPE_EXIT_CODE) from None  # stop quietly (another pipe breaking is a bug)
             if os.environ.get("AUTOSEG_DEBUG"):
                 traceback.print_exc()
             if type(exc).__name__ == "OutOfMemoryError":  # torch's CUDA/MPS out-of-memory error

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -55,3 +56,37 @@ def test_bad_arguments_are_one_line_and_exit_2(args: list[str], message: str, ro
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
     assert not (Path("out")).exists()
+
+
+def test_a_reader_that_leaves_stops_the_command_quietly() -> None:
+    """`autoseg networks | head -0`: the pipe's reader is gone before the first line; exit 141 as a
+    shell reports a command stopped by a closed pipe, no "internal error" and no traceback."""
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has left before autoseg writes anything
+    process = subprocess.run(
+        [sys.executable, "-c", "from autoseg.cli import main; main()", "networks"],
+        stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120,
+    )
+    os.close(write_end)
+    assert (process.returncode, process.stderr) == (141, "")
+
+
+def test_a_broken_pipe_elsewhere_is_still_an_internal_error() -> None:
+    """Only standard output's reader leaving is quiet: a worker's pipe breaking is a bug to report."""
+    import typer
+
+    from autoseg.cli import user_errors
+
+    single = typer.Typer()
+
+    @single.command()
+    @user_errors
+    def work() -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    result = runner.invoke(single, [])
+    assert result.exit_code == 1
+    assert "internal error (BrokenPipeError: [Errno 32] Broken pipe); this is a bug in autoseg" in result.output
