@@ -80,3 +80,18 @@ def test_plan_gives_a_shape_the_network_takes(fingerprints: dict[int, dict], net
     model.eval()
     with torch.device("meta"), torch.no_grad():
         assert tuple(model(torch.zeros(1, len(fingerprints[dims]["channel_names"]), *patch)).shape) == (1, n_classes, *patch)
+
+
+@pytest.mark.parametrize("network", ["unet", "resenc", "segresnet", "vnet", "conresnet", "vox2vox", *FAMILIES])
+def test_a_short_budget_on_small_images_plans_every_family(network: str) -> None:
+    """The budget search shrinks patches down to ones that no longer pool; a family with prescribed
+    stage widths (FC-DenseNet) once failed there ("the topology has 1 stages") instead of skipping them."""
+    from test_planning import fingerprint
+
+    small = fingerprint([[1.0, 1.0, 1.0]] * 10, [[24, 32, 32]] * 10)
+    dims = get_network_spec(network).constraints.spatial_dims
+    configs = [c for c, d in (("2d", 2), ("3d_fullres", 3)) if d in dims]
+    plans = build_plans(small, network=network, memory_budget_bytes=8 * 2**30 * C.GPU_MEMORY_USABLE_FRACTION,
+                        budget_seconds=30.0, timing_factory=fake_timing, configs=configs)
+    for name in configs:
+        assert Topology.from_dict(plans["configurations"][name]["network"]["topology"]).n_stages >= 2

@@ -33,7 +33,9 @@ def features_per_stage(
     The cap (320 in 3D, 512 in 2D, reference §1.3) scales with ``width`` so that a narrower network
     (compute budget) stays narrow at depth too.
     """
-    if constraints.stage_features is not None:
+    # A one-stage topology (a patch too small to pool) is no network's and the planner drops it; a
+    # family's prescribed widths need not describe it (FC-DenseNet's take 2 stages or more).
+    if constraints.stage_features is not None and n_stages >= 2:
         return list(constraints.stage_features(n_stages))
     if constraints.fixed_features is not None:
         return list(constraints.fixed_features[:n_stages])
