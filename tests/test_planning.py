@@ -89,6 +89,12 @@ def test_normalization_per_channel_name():
     assert rules.normalization_schemes(fp)[1]["use_mask"] is False
 
 
+def test_nnunet_channel_names_with_their_own_scheme():
+    """nnU-Net v2's rescale_to_0_1 and rgb_to_0_1 (any case) are kept, not z-scored; zscore is z-score."""
+    fp = fingerprint([[1, 1, 1]], [[10, 10, 10]], channels={"0": "rescale_to_0_1", "1": "RGB_to_0_1", "2": "zscore"})
+    assert [s["scheme"] for s in rules.normalization_schemes(fp)] == ["rescale_to_0_1", "rgb_to_0_1", "zscore"]
+
+
 def test_separate_z_axis():
     assert rules.separate_z_axis([3.0, 0.7, 0.7], [3.0, 0.7, 0.7]) == 0
     assert rules.separate_z_axis([1.0, 1.0, 1.0], [1.0, 1.0, 4.0]) == 2  # target anisotropic

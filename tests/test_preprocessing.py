@@ -11,7 +11,7 @@ from preprocessing_helpers import make_configuration, make_plans
 from scipy import ndimage
 
 from autoseg.dataset.imageio import Geometry, read_case_images, read_image
-from autoseg.errors import PlanError
+from autoseg.errors import DatasetError, PlanError
 from autoseg.preprocessing import (
     class_locations,
     label_to_preprocessed_grid,
@@ -63,8 +63,22 @@ def test_zscore_whole_image_and_none() -> None:
     np.testing.assert_allclose(data.ravel(), [-1.0, 1.0, 5.0, 7.0])
 
 
+def test_nnunet_rescale_and_rgb_schemes() -> None:
+    data = np.array([[[[-10.0, 0.0, 30.0]]], [[[0.0, 51.0, 255.0]]], [[[4.0, 4.0, 4.0]]]], dtype=np.float32)
+    rescale = {"scheme": "rescale_to_0_1", "use_mask": False}
+    normalize(data, [rescale, {"scheme": "rgb_to_0_1", "use_mask": False}, rescale], None)
+    np.testing.assert_allclose(data.ravel(), [0.0, 0.25, 1.0, 0.0, 0.2, 1.0, 0.0, 0.0, 0.0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("values", [[-1.0, 10.0], [0.0, 256.0]])
+def test_rgb_scheme_refuses_values_outside_0_255(values: list[float]) -> None:
+    data = np.array([[[values]]], dtype=np.float32)
+    with pytest.raises(DatasetError, match=rf"a channel named rgb_to_0_1 holds values {values[0]:g}\.\.{values[1]:g}, outside 0\.\.255; store 8-bit"):
+        normalize(data, [{"scheme": "rgb_to_0_1", "use_mask": False}], None)
+
+
 def test_unknown_normalization_scheme_is_a_plan_error() -> None:
-    with pytest.raises(PlanError, match=r"normalization scheme 'minmax' is unknown; the plans file must use one of ct, zscore, none"):
+    with pytest.raises(PlanError, match=r"normalization scheme 'minmax' is unknown; the plans file must use one of ct, zscore, none, rescale_to_0_1, rgb_to_0_1"):
         normalize(np.zeros((1, 1, 1, 2), np.float32), [{"scheme": "minmax"}], None)
 
 

@@ -20,6 +20,7 @@ ANISOTROPIC_SPACING_PERCENTILE = 10.0
 # --- normalization (reference §1.3) -------------------------------------------------------------
 CT_CHANNEL_NAME = "ct"
 NO_NORMALIZATION_NAMES = ("nonorm", "none")
+NNUNET_SCHEME_NAMES = ("rescale_to_0_1", "rgb_to_0_1")  # nnU-Net v2's other channel names with their own scheme
 # z-score inside the nonzero mask when cropping removed more than 25% of the image, i.e. the median
 # relative size after cropping is below 0.75.
 USE_MASK_RELATIVE_SIZE = 0.75

@@ -53,8 +53,9 @@ def normalization_schemes(fingerprint: dict[str, Any]) -> list[dict[str, Any]]:
 
     ``CT`` channels are clipped to the dataset's foreground [p0.5, p99.5] and standardised with the
     global foreground mean and std (Hounsfield units mean the same in every image); ``noNorm`` keeps
-    the values; every other channel is z-scored per image, inside the nonzero mask when cropping
-    removed more than 25% of the median image (the mask then marks where the body is).
+    the values; nnU-Net v2's ``rescale_to_0_1`` and ``rgb_to_0_1`` do what they say; every other
+    channel is z-scored per image, inside the nonzero mask when cropping removed more than 25% of the
+    median image (the mask then marks where the body is).
     """
     use_mask = float(fingerprint["median_relative_size_after_crop"]) < C.USE_MASK_RELATIVE_SIZE
     schemes = []
@@ -69,6 +70,8 @@ def normalization_schemes(fingerprint: dict[str, Any]) -> list[dict[str, Any]]:
             })
         elif kind in C.NO_NORMALIZATION_NAMES:
             schemes.append({"scheme": "none", "use_mask": False, "clip": None, "mean": None, "std": None})
+        elif kind in C.NNUNET_SCHEME_NAMES:
+            schemes.append({"scheme": kind, "use_mask": False, "clip": None, "mean": None, "std": None})
         else:
             schemes.append({"scheme": "zscore", "use_mask": use_mask, "clip": None, "mean": None, "std": None})
     return schemes

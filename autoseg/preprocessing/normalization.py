@@ -5,6 +5,8 @@
 * ``zscore``: per image; with ``use_mask`` the statistics come from the nonzero mask only and only voxels
   inside it are changed (outside stays 0, the value cropping left there).
 * ``none``: unchanged.
+* ``rescale_to_0_1``: per image, minimum to 0 and maximum to 1 (nnU-Net v2's channel name of that name).
+* ``rgb_to_0_1``: divided by 255; the values must lie in 0..255 (nnU-Net v2's ``rgb_to_0_1``).
 
 Works in place on a float32 array, one channel at a time, so it costs no copy of the image.
 """
@@ -15,10 +17,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from autoseg.errors import PlanError
+from autoseg.errors import DatasetError, PlanError
 
 MIN_STD = 1e-8  # guards the division for constant images (nnU-Net uses the same floor)
-SCHEMES = ("ct", "zscore", "none")
+SCHEMES = ("ct", "zscore", "none", "rescale_to_0_1", "rgb_to_0_1")
+RGB_MAX = 255.0
 
 
 def normalize_channel(channel: np.ndarray, scheme: dict[str, Any], mask: np.ndarray | None) -> None:
@@ -41,6 +44,20 @@ def normalize_channel(channel: np.ndarray, scheme: dict[str, Any], mask: np.ndar
         mean, std = float(channel.mean(dtype=np.float64)), float(channel.std(dtype=np.float64))
         channel -= np.float32(mean)
         channel /= np.float32(max(std, MIN_STD))
+        return
+    if name == "rescale_to_0_1":
+        low = float(channel.min())
+        channel -= np.float32(low)
+        channel /= np.float32(max(float(channel.max()), MIN_STD))
+        return
+    if name == "rgb_to_0_1":
+        low, high = float(channel.min()), float(channel.max())
+        if low < 0 or high > RGB_MAX:
+            raise DatasetError(
+                f"a channel named rgb_to_0_1 holds values {low:g}..{high:g}, outside 0..255; store 8-bit colour "
+                "values there, or name the channel for another normalization (e.g. rescale_to_0_1)"
+            )
+        channel /= np.float32(RGB_MAX)
         return
     raise PlanError(
         f"normalization scheme {name!r} is unknown; the plans file must use one of {', '.join(SCHEMES)} "
