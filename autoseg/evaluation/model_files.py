@@ -39,6 +39,7 @@ from autoseg.paths import results_root as default_results_root
 from autoseg.utils.atomic import remove_stale_temporaries
 from autoseg.utils.checksummed_zip import MANIFEST, write_checksummed_zip
 from autoseg.utils.checkpoint_format import checkpoint_from_bytes, checkpoint_name, network_checkpoint_bytes, read_checkpoint
+from autoseg.utils.output_folders import check_output_file
 from autoseg.utils.weights_file import SUFFIX
 
 FORMAT_NAME = "autoseg-model"
@@ -113,6 +114,7 @@ def export_model(
         raise ModelFileError("export-model: give at least one model folder")
     if not folds:
         raise ModelFileError("export-model: give at least one fold")
+    check_output_file(Path(output_zip), ModelFileError)
     datasets = {f.resolve().parent.name for f in folders}
     if len(datasets) != 1:
         raise ModelFileError(f"export-model: model folders belong to different datasets ({', '.join(sorted(datasets))}); export one dataset per file")

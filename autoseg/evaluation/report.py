@@ -31,6 +31,7 @@ from autoseg.evaluation.metrics import evaluation_classes
 from autoseg.evaluation.selection import INSTRUCTIONS_JSON, find_best
 from autoseg.paths import resolve_dataset, results_root
 from autoseg.utils.atomic import atomic_write_bytes, atomic_write_text
+from autoseg.utils.output_folders import check_output_file
 
 FIGURE_DPI = 110
 CLASS_COLORS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45")
@@ -276,6 +277,8 @@ def build_report(dataset_spec: str | os.PathLike[str], output_html: str | Path |
     Uses ``inference_instructions.json`` from ``find-best`` and runs it first when it is missing."""
     dataset = resolve_dataset(dataset_spec)
     dataset_results = results_root() / dataset.name
+    if output_html is not None:
+        check_output_file(Path(output_html), EvaluationError)  # before its figures are written beside it
     instructions_file = dataset_results / INSTRUCTIONS_JSON
     if instructions_file.is_file():
         instructions = json.loads(instructions_file.read_text())

@@ -29,6 +29,7 @@ from autoseg.errors import ModelFileError
 from autoseg.inference.engine import LoadedModel
 from autoseg.planning.plans import get_configuration
 from autoseg.utils.checksummed_zip import MANIFEST, write_checksummed_zip
+from autoseg.utils.output_folders import check_output_file
 from autoseg.utils.onnx_runtime import INPUT, OUTPUT, onnx_session, run_onnx
 
 if TYPE_CHECKING:  # export only: loading and predicting run without torch
@@ -110,6 +111,7 @@ def export_onnx_model(
     from autoseg.inference.model import load_model
 
     folder = Path(model_folder)
+    check_output_file(Path(output_zip), ModelFileError)
     model = load_model(folder, folds, checkpoint, "cpu")
     if model.previous_stage is not None:
         raise ModelFileError(

@@ -31,7 +31,7 @@ from autoseg.evaluation.evaluate import list_cases, match_cases, raise_failures,
 from autoseg.evaluation.metrics import SegClass, case_metrics, evaluation_classes
 from autoseg.postprocessing.connected_components import component_volumes_mm3, keep_largest, remove_small
 from autoseg.utils.atomic import atomic_write_json
-from autoseg.utils.output_folders import check_output_folder
+from autoseg.utils.output_folders import check_output_file, check_output_folder
 from autoseg.utils.progress import default_workers, parallel_map
 
 DECISION_VERSION = 1
@@ -145,6 +145,8 @@ def determine_postprocessing(
     its class Dice before and after, and the class Dice of the predictions before and after all steps.
     """
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
+    if output_json is not None:
+        check_output_file(Path(output_json), EvaluationError)
     file_ending = resolve_file_ending(description_or_labels, file_ending)
     classes, ignore_label = evaluation_classes(description_or_labels)
     pairs = match_cases(pred_dir, ref_dir, file_ending, None)

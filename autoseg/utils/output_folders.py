@@ -1,4 +1,4 @@
-"""Checks on a user's output folder before anything is written into it.
+"""Checks on a user's output folder (or output file) before anything is written into it.
 
 Commands that read folders of label maps and write label maps (predict, ensemble, postprocess apply)
 must never write into a folder they read: the outputs would replace the inputs, or be read as inputs
@@ -33,3 +33,9 @@ def check_output_folder(
                 f"{output}: output folder lies inside the input folder {given} (its files would be read as "
                 "inputs next time); choose a folder outside it"
             )
+
+
+def check_output_file(output: Path, error: type[Exception]) -> None:
+    """Raise ``error`` if ``output``, a file to write (a zip, a report, a decision), is an existing folder."""
+    if output.is_dir():
+        raise error(f"{output}: is a folder; give a file name to write (a new file, or one to replace)")

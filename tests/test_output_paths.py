@@ -1,0 +1,41 @@
+"""Output paths of the commands that write one file (a model zip, a report, a decision): an existing
+folder there is refused up front with the fix, before anything is written (it was an internal error
+from the final rename, and the report had already written its figures beside it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from autoseg.errors import EvaluationError, ModelFileError
+from autoseg.evaluation.model_files import export_model
+from autoseg.evaluation.report import build_report
+from autoseg.postprocessing.determine import determine_postprocessing
+from conftest import SHARED_DATA
+
+MESSAGE = r"outdir: is a folder; give a file name to write \(a new file, or one to replace\)"
+
+
+def _folder(tmp_path: Path) -> Path:
+    (tmp_path / "outdir").mkdir()
+    return tmp_path / "outdir"
+
+
+def test_export_model_refuses_a_folder_as_the_zip(tmp_path: Path) -> None:
+    with pytest.raises(ModelFileError, match=MESSAGE):
+        export_model([tmp_path / "results" / "Dataset004_X" / "unet__autosegPlans__3d_fullres"], _folder(tmp_path), ["0"])
+
+
+def test_postprocess_determine_refuses_a_folder_as_the_decision(tmp_path: Path) -> None:
+    with pytest.raises(EvaluationError, match=MESSAGE):
+        determine_postprocessing(tmp_path / "cv", tmp_path / "gt", {"background": 0, "a": 1}, _folder(tmp_path),
+                                 file_ending=".nii.gz")
+
+
+def test_report_refuses_a_folder_before_writing_its_figures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUTOSEG_RAW", str(SHARED_DATA))
+    monkeypatch.setenv("AUTOSEG_RESULTS", str(tmp_path / "results"))
+    with pytest.raises(EvaluationError, match=MESSAGE):
+        build_report("Dataset004_Hippocampus", _folder(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["outdir"]
