@@ -87,6 +87,13 @@ def test_continue_extends_a_finished_run(results: Path) -> None:
     assert [r["learning_rate"] for r in history][1] == pytest.approx(0.01 * (1 - 3 / 6) ** 0.9)
     with pytest.raises(TrainingError, match=r"--epochs 2: the run already trained 3 epochs \(6 iterations\)"):
         train_fold(DATASET, "3d_fullres", "all", epochs=2, continue_=True, workers=0, overrides=FAST)
+    # A final model without training state (what import-model installs) is not restarted over.
+    (_fold(results) / "checkpoint_latest.safetensors").unlink()
+    final = (_fold(results) / "checkpoint_final.safetensors").read_bytes()
+    with pytest.raises(TrainingError, match=r"fold_all: holds a final model \(checkpoint_final.safetensors\) but no training "
+                                            r"state \(checkpoint_latest.safetensors\) to continue from \(an imported model\?\)"):
+        train_fold(DATASET, "3d_fullres", "all", epochs=4, continue_=True, workers=0, overrides=FAST)
+    assert (_fold(results) / "checkpoint_final.safetensors").read_bytes() == final
 
 
 def test_a_setting_out_of_range_is_refused_before_anything_is_written(results: Path) -> None:

@@ -273,11 +273,20 @@ def format_time_accounting(accounting: dict[str, Any]) -> str:
 
 def _refuse_overwrite(run: FoldRun) -> None:
     """Without --continue, refuse a fold that already has checkpoints, before anything is written
-    beside them (its training_config.yaml still describes the run that made them)."""
-    if not run.resume and any((run.fold_folder / name).is_file() for name in (LATEST, FINAL)):
+    beside them (its training_config.yaml still describes the run that made them). With --continue,
+    refuse a fold holding a final model but no training state: an imported model (or one whose
+    checkpoint_latest was deleted) cannot be continued, and starting over would replace it."""
+    has = {name: (run.fold_folder / name).is_file() for name in (LATEST, FINAL)}
+    if not run.resume and any(has.values()):
         raise TrainingError(
             f"{run.fold_folder}: this fold already has checkpoints; add --continue to resume or extend it "
             "(with --epochs), or delete the folder to start over"
+        )
+    if run.resume and has[FINAL] and not has[LATEST]:
+        raise TrainingError(
+            f"{run.fold_folder}: holds a final model ({FINAL}) but no training state ({LATEST}) to continue "
+            "from (an imported model?); --continue would train the fold from the start and replace it. Train "
+            "into another results root, or delete the folder to start over"
         )
 
 
