@@ -431,3 +431,14 @@ def test_compile_networks_compiles_every_fold_and_gives_the_same_labels(
     eager, _ = read_image(tmp_path / "eager" / "hippocampus_001.nii.gz")
     again, _ = read_image(tmp_path / "compiled" / "hippocampus_001.nii.gz")
     np.testing.assert_array_equal(eager, again)
+
+
+def test_a_dataset_json_whose_labels_are_not_the_networks_is_refused(model_3d: Path) -> None:
+    """The label map and probabilities are named from the model's dataset.json: one with a label less
+    (an edited or swapped file) would mislabel every prediction, so the model does not load."""
+    description = json.loads((model_3d / "dataset.json").read_text())
+    description["labels"].pop("Posterior")
+    (model_3d / "dataset.json").write_text(json.dumps(description))
+    with pytest.raises(InferenceError, match=r"fold_0/checkpoint_final\.safetensors: the network predicts 3 channel\(s\) but "
+                                             r".*dataset\.json gives 2 \(its labels, background included, or its regions\)"):
+        load_model(model_3d, folds=[0])

@@ -146,6 +146,12 @@ WRONG_TYPES = {
     "numTraining a string": ("dataset.json", {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "a": 1},
                                               "numTraining": "2", "file_ending": ".nii.gz"},
                              "{model}/dataset.json: numTraining must be a non-negative integer, got '2'"),
+    # another model's dataset.json (a label more): every prediction would be named from the wrong labels
+    "labels not the network's": ("dataset.json", {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "a": 1, "b": 2},
+                                                  "numTraining": 2, "file_ending": ".nii.gz"},
+                                 "member '{model}/fold_0/checkpoint_final.safetensors': the network predicts 2 channel(s) but "
+                                 "{model}/dataset.json gives 3 (its labels, background included, or its regions); that "
+                                 "dataset.json is not the one the model was trained with: restore it"),
 }
 
 

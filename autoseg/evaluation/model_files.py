@@ -38,7 +38,9 @@ from autoseg.errors import AutosegError, ModelFileError
 from autoseg.paths import results_root as default_results_root
 from autoseg.utils.atomic import remove_stale_temporaries
 from autoseg.utils.checksummed_zip import MANIFEST, write_checksummed_zip
-from autoseg.utils.checkpoint_format import checkpoint_from_bytes, checkpoint_name, network_checkpoint_bytes, read_checkpoint
+from autoseg.utils.checkpoint_format import (
+    check_outputs_match_labels, checkpoint_from_bytes, checkpoint_name, network_checkpoint_bytes, read_checkpoint,
+)
 from autoseg.utils.output_folders import check_output_file
 from autoseg.utils.weights_file import SUFFIX
 
@@ -203,11 +205,13 @@ def _inflate(archive: zipfile.ZipFile, info: zipfile.ZipInfo, refuse: str) -> by
     return data
 
 
-def _check_description_files(members: Mapping[str, bytes], models: Sequence[str], refuse: str) -> None:
-    """plans.json and dataset.json must pass the checks ``load_model`` makes, so predict can use them."""
+def _check_description_files(members: Mapping[str, bytes], models: Sequence[str], refuse: str) -> dict[str, Any]:
+    """plans.json and dataset.json must pass the checks ``load_model`` makes, so predict can use them;
+    returns each model's parsed dataset description."""
     from autoseg.dataset.description import parse_description
     from autoseg.planning.plans import get_configuration, validate_plans
 
+    descriptions = {}
     for model in models:
         configuration = model.rsplit("__", 1)[-1]
         for file in REQUIRED_FILES:
@@ -217,7 +221,7 @@ def _check_description_files(members: Mapping[str, bytes], models: Sequence[str]
                 if file == "dataset.json":
                     if not isinstance(data, dict):
                         raise ModelFileError(f"{name}: must hold a JSON object")
-                    parse_description(data, Path(name))
+                    descriptions[model] = parse_description(data, Path(name))
                 else:
                     _check_plan_numbers(get_configuration(validate_plans(data, name), configuration), name)
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -226,6 +230,7 @@ def _check_description_files(members: Mapping[str, bytes], models: Sequence[str]
                 raise ModelFileError(f"{refuse}: {exc}") from None
             except (TypeError, ValueError, KeyError, AttributeError) as exc:
                 raise ModelFileError(f"{refuse}: member {name!r} has a field of the wrong type ({type(exc).__name__}: {exc})") from None
+    return descriptions
 
 
 def _check_plan_numbers(config: Mapping[str, Any], name: str) -> None:
@@ -320,21 +325,25 @@ def validate_model_file(zip_path: str | Path) -> tuple[dict[str, Any], dict[str,
         required, allowed = _expected_members(manifest, zip_path)
         _refuse_first(list(present - allowed), refuse + ": member {name!r} is not part of an autoseg model file")
         _refuse_first(list(required - present), refuse + ": required member {name!r} is missing; the file is incomplete")
-        members = {}
+        members, metadata = {}, {}
         for name in sorted(present):
             data = _inflate(archive, infos[name], refuse)
             if hashlib.sha256(data).hexdigest() != listed[name]:
                 raise ModelFileError(f"{refuse}: member {name!r} does not match its sha256 in {MANIFEST}; the file was altered or damaged")
             if name.endswith(SUFFIX):
-                _check_weights(data, f"{refuse}: member {name!r}")
+                metadata[name] = _check_weights(data, f"{refuse}: member {name!r}")
             members[name] = data
-    _check_description_files(members, manifest["models"], refuse)
+    descriptions = _check_description_files(members, manifest["models"], refuse)
+    for name, meta in metadata.items():
+        model = name.split("/", 1)[0]
+        check_outputs_match_labels(meta, descriptions[model].num_output_channels, f"{refuse}: member {name!r}",
+                                   f"{model}/dataset.json", ModelFileError)
     return manifest, members
 
 
-def _check_weights(data: bytes, where: str) -> None:
-    """A weight member must be a checkpoint: the network's tensors and the checkpoint's metadata."""
-    checkpoint_from_bytes(data, where, ModelFileError, fix="the file was not written by autoseg export-model")
+def _check_weights(data: bytes, where: str) -> dict[str, Any]:
+    """A weight member must be a checkpoint: the network's tensors and the checkpoint's metadata (returned)."""
+    return checkpoint_from_bytes(data, where, ModelFileError, fix="the file was not written by autoseg export-model")["metadata"]
 
 
 def _write_model_tree(members: Mapping[str, bytes], staging: Path) -> None:

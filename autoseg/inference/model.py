@@ -23,7 +23,7 @@ from autoseg.inference.engine import LoadedModel
 from autoseg.networks import create_network
 from autoseg.paths import results_root
 from autoseg.planning.plans import get_configuration, load_plans
-from autoseg.utils.checkpoint_format import CHECKPOINT_KINDS, checkpoint_name, read_checkpoint
+from autoseg.utils.checkpoint_format import CHECKPOINT_KINDS, check_outputs_match_labels, checkpoint_name, read_checkpoint
 
 FOLD_DIR = re.compile(r"^fold_(\d+|all)$")
 
@@ -129,6 +129,8 @@ def load_model(
     for fold in fold_names:
         path = folder / f"fold_{fold}" / checkpoint_name(checkpoint)
         loaded = _load_checkpoint(path, torch_device)
+        check_outputs_match_labels(loaded["metadata"], description.num_output_channels, str(path),
+                                   str(folder / "dataset.json"), InferenceError)
         networks.append(build_network(loaded, path, torch_device))
         metas.append(loaded["metadata"])
     meta = metas[0]

@@ -71,3 +71,15 @@ def checkpoint_from_bytes(data: bytes, where: str, error: ErrorType, fix: str) -
     checkpoint = weights_from_bytes(data, where, error)
     check_checkpoint(checkpoint, where, error, fix)
     return checkpoint
+
+
+def check_outputs_match_labels(metadata: dict[str, Any], expected: int, where: str, labels_where: str, error: ErrorType) -> None:
+    """A network's output channels must be what the model's ``dataset.json`` labels give (classes with
+    background, or regions): a label map and probabilities are named from those labels, so an edited
+    or swapped dataset.json would mislabel every prediction."""
+    outputs = int(metadata.get("num_outputs", expected))
+    if outputs != expected:
+        raise error(
+            f"{where}: the network predicts {outputs} channel(s) but {labels_where} gives {expected} (its labels, "
+            "background included, or its regions); that dataset.json is not the one the model was trained with: restore it"
+        )
