@@ -183,3 +183,28 @@ def test_overlapping_folds_are_refused(roots: dict[str, Path]) -> None:
         f"{validation / 'case_000.nii.gz'}: case case_000 is also a validation case of fold 0; folds must not "
         "overlap (check the split file the folds were trained with)"
     )
+
+
+def _write_splits(roots: dict[str, Path]) -> None:
+    """The split file training wrote beside the preprocessed data: fold k validates the cases of FOLD_OF k."""
+    splits = [{"train": [c for c in CASES if FOLD_OF[c] != k], "val": [c for c in CASES if FOLD_OF[c] == k]} for k in range(5)]
+    (roots["preprocessed"] / DATASET / "splits_final.json").write_text(json.dumps(splits))
+
+
+def test_a_fold_missing_some_of_its_validation_cases_is_not_scored(roots: dict[str, Path]) -> None:
+    """A validation stopped midway (or a removed file) would otherwise be scored on fewer cases without a word."""
+    results = make_results(roots)
+    _write_splits(roots)
+    (results / BAD / "fold_1" / "validation" / "case_006.nii.gz").unlink()
+    instructions = find_best(DATASET, num_workers=1, allow_ensembles=False)
+    assert [c["name"] for c in instructions["candidates"]] == [GOOD]
+    with pytest.raises(EvaluationError, match=rf"{BAD}: fold 1's validation lacks 1 of its split's case\(s\) \(case_006; a "
+                                              rf"validation stopped midway or files removed\): re-run it with autoseg train "
+                                              rf"DATASET 2d 1 --continue"):
+        find_best(DATASET, configurations=["2d"], num_workers=1)
+
+
+def test_a_fold_given_twice_is_named(roots: dict[str, Path]) -> None:
+    make_results(roots)
+    with pytest.raises(EvaluationError, match=r"fold 0 is given twice; give each fold once"):
+        find_best(DATASET, folds=["0", "0"], num_workers=1)

@@ -20,7 +20,7 @@ import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from autoseg.dataset.description import DatasetDescription, load_description
 from autoseg.errors import EvaluationError
@@ -28,6 +28,7 @@ from autoseg.evaluation.ensemble import ensemble_folders
 from autoseg.evaluation.evaluate import evaluate_folders, list_cases
 from autoseg.paths import preprocessed_root, resolve_dataset, results_root
 from autoseg.postprocessing.determine import determine_postprocessing
+from autoseg.training.splits import SPLITS_FILE, read_splits
 from autoseg.utils.atomic import atomic_write_json, atomic_write_text
 from autoseg.utils.probability_files import probability_paths
 
@@ -69,18 +70,43 @@ def is_model_folder(path: Path) -> bool:
     return path.is_dir() and not path.name.startswith(".") and len(path.name.split("__")) == 3
 
 
-def trained_model_folders(dataset_results: Path, folds: Sequence[str], file_ending: str) -> tuple[list[Path], list[str]]:
-    """Model folders with validation predictions for every fold, and why each other one was skipped."""
+def trained_model_folders(
+    dataset_results: Path, folds: Sequence[str], file_ending: str, val_cases: Mapping[str, Sequence[str]] | None = None
+) -> tuple[list[Path], list[str]]:
+    """Model folders with validation predictions for every fold, and why each other one was skipped.
+
+    ``val_cases`` (fold -> its validation cases, from the split file) also skips a folder whose fold
+    lacks some of them: its cross-validation would be scored on fewer cases without a word.
+    """
     if not dataset_results.is_dir():
         raise EvaluationError(f"{dataset_results}: no results folder; train the 5 folds of a configuration first (autoseg train)")
     complete, skipped = [], []
     for folder in sorted(p for p in dataset_results.iterdir() if is_model_folder(p)):
-        missing = [f for f in folds if not list_cases_or_empty(folder / f"fold_{f}" / "validation", file_ending)]
+        predicted = {f: list_cases_or_empty(folder / f"fold_{f}" / "validation", file_ending) for f in folds}
+        missing = [f for f in folds if not predicted[f]]
+        incomplete = {f: sorted(set(val_cases[f]) - set(predicted[f])) for f in folds if predicted[f] and f in (val_cases or {})}
+        incomplete = {f: cases for f, cases in incomplete.items() if cases}
         if missing:
             skipped.append(f"{folder.name}: no validation predictions for fold(s) {', '.join(missing)}")
+        elif incomplete:
+            fold, cases = next(iter(incomplete.items()))
+            skipped.append(
+                f"{folder.name}: fold {fold}'s validation lacks {len(cases)} of its split's case(s) ({', '.join(cases[:3])}"
+                f"{' ...' if len(cases) > 3 else ''}; a validation stopped midway or files removed): re-run it with "
+                f"autoseg train DATASET {folder.name.split('__')[2]} {fold} --continue"
+            )
         else:
             complete.append(folder)
     return complete, skipped
+
+
+def split_val_cases(dataset_name: str, folds: Sequence[str]) -> dict[str, list[str]]:
+    """Each numeric fold's validation cases from the split file training used (none without the file)."""
+    path = preprocessed_root() / dataset_name / SPLITS_FILE
+    if not path.is_file():
+        return {}
+    splits = read_splits(path)
+    return {f: list(splits[int(f)]["val"]) for f in folds if f.isdigit() and int(f) < len(splits)}
 
 
 def list_cases_or_empty(folder: Path, file_ending: str) -> dict[str, Path]:
@@ -220,6 +246,9 @@ def find_best(
         allow_ensembles: also evaluate pairwise ensembles of candidates that saved probabilities.
     """
     folds = [str(f) for f in folds]
+    repeated = next((f for f in folds if folds.count(f) > 1), None)
+    if repeated is not None:
+        raise EvaluationError(f"fold {repeated} is given twice; give each fold once (e.g. -f 0 -f 1 -f 2 -f 3 -f 4)")
     dataset = resolve_dataset(dataset_spec)
     dataset_results = results_root() / dataset.name
     gt_dir = preprocessed_root() / dataset.name / "gt_segmentations"
@@ -227,7 +256,7 @@ def find_best(
         raise EvaluationError(f"{gt_dir}: reference segmentations not found; run autoseg preprocess {dataset.name} first")
     probe = next((p for p in sorted(dataset_results.glob("*__*__*")) if (p / "dataset.json").is_file()), None)
     description = load_description(probe if probe is not None else dataset.raw_dir)
-    folders, skipped = trained_model_folders(dataset_results, folds, description.file_ending)
+    folders, skipped = trained_model_folders(dataset_results, folds, description.file_ending, split_val_cases(dataset.name, folds))
     if configurations is not None:
         folders = [f for f in folders if f.name.split("__")[2] in configurations]
     if not folders:
