@@ -43,6 +43,9 @@ def test_the_defaults_and_every_familys_defaults_keep_the_rules() -> None:
     ("val_iterations_per_epoch=-1", r"must be >= 0 \(0: no pseudo-validation\)"),
     ("optimizer.lr=0", r"--set optimizer.lr=0.0: must be > 0; the default is 0.01"),
     ("optimizer.lr=-1e-3", r"--set optimizer.lr=-0.001: must be > 0"),
+    ("optimizer.lr=.inf", r"--set optimizer.lr=inf: must be a finite number > 0"),  # trained NaN, saved as best
+    ("optimizer.lr=.nan", r"--set optimizer.lr=nan: must be a finite number > 0"),
+    ("augmentation.scaling.range=[0.7, .inf]", r"must be a \[low, high\] pair of numbers"),
     ("optimizer.momentum=1", r"--set optimizer.momentum=1.0: must be >= 0 and < 1"),
     ("optimizer.betas=[0.9, 1.0]", r"--set optimizer.betas=\[0.9, 1.0\]: must be two numbers >= 0 and < 1"),
     ("optimizer.betas=[0.9]", r"must be two numbers >= 0 and < 1"),

@@ -8,6 +8,8 @@ setting, the value and what it may be instead of an error from deep inside the t
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -44,12 +46,15 @@ class Rule:
             if self.pair and self.ordered and numbers[0] > numbers[1]:
                 return "must be a [low, high] pair with low <= high"
             return None
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"must be a finite number {self.words}"
         return None if self._fits(value) else f"must be {self.words}"
 
     def _fits(self, value: Any) -> bool:
+        """Finite numbers only: an infinite learning rate or timeout passed '> 0' and trained NaN."""
         if isinstance(value, bool) or not isinstance(value, (int, float)) or self.whole and not isinstance(value, int):
             return False
-        return bool(self.test(value))
+        return math.isfinite(value) and bool(self.test(value))
 
     def _kind(self) -> str:
         return "whole numbers" if self.whole else "numbers"
