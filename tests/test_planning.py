@@ -295,6 +295,14 @@ def test_planning_errors_are_clear():
 
 
 # ------------------------------------------------------------------------------------- plans file
+@pytest.mark.parametrize("name", ["../evil", "a/b", "", ".hidden", "my__plans", "a\\b"])
+def test_plans_names_that_are_not_plain_file_names_are_refused(tmp_path, name):
+    """'../evil' wrote the plans file outside the dataset folder; '__' would split a model folder's name wrongly."""
+    with pytest.raises(PlanError, match=r"--plans-name .*: give a plain name \(letters, digits, _ \. \+ -"):
+        plans_path(tmp_path, name)
+    assert plans_path(tmp_path, "gpu8Plans_v2.1").name == "gpu8Plans_v2.1.json"
+
+
 def test_plans_file_round_trip_and_overwrite_refusal(tmp_path):
     plans = plan(MRI_SMALL, configs=["3d_fullres"])
     path = plans_path(tmp_path, "autosegPlans")

@@ -882,6 +882,7 @@ def plan_dataset(
 
     network = get_network_spec(network or default_network()).name  # a typo fails before fingerprinting
     location = resolve_dataset(dataset_spec)
+    plans_path(location.preprocessed_dir, plans_name)  # so does a plans name that is not a file name
     if not fingerprint_path(location).is_file():
         from autoseg.fingerprint.extract import extract_fingerprint  # SimpleITK and scipy: only when needed
 

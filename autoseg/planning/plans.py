@@ -8,6 +8,7 @@ because preprocessed data and trained models of the old plan depend on it.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,18 @@ REQUIRED_CONFIGURATION = (
 )
 
 
+# A plans name becomes a file name and the middle of a model folder's <network>__<plans>__<config>:
+# no path separators or '..' (it wrote outside the dataset folder), no leading dot, no '__'.
+PLANS_NAME = re.compile(r"^(?!.*__)[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
 def plans_path(preprocessed_dir: str | Path, plans_name: str = C.DEFAULT_PLANS_NAME) -> Path:
-    """``<preprocessed>/<Dataset>/<plans_name>.json``."""
+    """``<preprocessed>/<Dataset>/<plans_name>.json``; ``PlanError`` for a name that is not a plain file name."""
+    if not PLANS_NAME.match(plans_name):
+        raise PlanError(
+            f"--plans-name {plans_name!r}: give a plain name (letters, digits, _ . + -; not starting with a dot, "
+            "no '__', which separates the parts of a model folder's name), e.g. autosegPlans_small"
+        )
     return Path(preprocessed_dir) / f"{plans_name}.json"
 
 
