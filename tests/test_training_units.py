@@ -116,6 +116,9 @@ def test_user_split_file_wins_and_is_checked(tmp_path: Path) -> None:
     (tmp_path / SPLITS_FILE).write_text(json.dumps([{"train": ["c00", "zz"], "val": ["c02"]}]))
     with pytest.raises(TrainingError, match=r"fold 0 names 1 case\(s\) missing from the preprocessed data \(zz\)"):
         fold_cases(tmp_path, CASES, 0)
+    (tmp_path / SPLITS_FILE).write_text("[]")  # was "fold 0 does not exist: ... holds folds 0--1"
+    with pytest.raises(TrainingError, match=r"splits_final.json: the split file holds no folds \(an empty list\); fix or delete it"):
+        fold_cases(tmp_path, CASES, 0)
 
 
 def test_fold_all_trains_on_everything(tmp_path: Path) -> None:

@@ -75,6 +75,8 @@ def read_splits(path: Path) -> list[dict[str, list[str]]]:
             f"{path}: a split file must be a JSON list of {{\"train\": [case ids], \"val\": [case ids]}}; "
             "fix or delete it to recreate it"
         )
+    if not splits:
+        raise TrainingError(f"{path}: the split file holds no folds (an empty list); fix or delete it to recreate it")
     return splits
 
 
