@@ -20,6 +20,15 @@ def autoseg(*args: object) -> str:
     return result.stdout
 
 
+def autoseg_fails(*args: object) -> str:
+    """Run ``autoseg ARGS``, which must refuse with exit code 2 and one message (no traceback); its output."""
+    argv = expand_multi_value_options([str(a) for a in args])
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 2, f"autoseg {' '.join(argv)} exited {result.exit_code}:\n{result.output}"
+    assert "Traceback" not in result.output and "internal error" not in result.output, result.output
+    return result.output
+
+
 def set_options(settings: list[str]) -> list[str]:
     """``--set`` options for training settings ``key=value``."""
     return [token for setting in settings for token in ("--set", setting)]

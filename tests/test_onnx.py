@@ -26,7 +26,7 @@ from autoseg.networks.onnx_export import ONNX_ATOL, ONNX_RTOL, check_onnx, requi
 from autoseg.planning.topology import plan_topology
 from autoseg.preprocessing.pipeline import preprocess_case
 from autoseg.utils.weights_file import load_weights, save_weights
-from cli_helpers import autoseg
+from cli_helpers import autoseg, autoseg_fails
 from conftest import HIPPOCAMPUS
 from test_inference_predict import DATASET, PLANS
 
@@ -110,6 +110,23 @@ def test_cli_onnxruntime_engine_writes_torch_labels(tmp_path: Path) -> None:
     onnx_labels, geometry = read_image(tmp_path / "onnx" / "hippocampus_001.nii.gz")
     assert torch_labels.shape == onnx_labels.shape and len(np.unique(torch_labels)) > 1
     np.testing.assert_array_equal(onnx_labels, torch_labels)
+
+
+@pytest.fixture(scope="module")
+def onnx_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A model folder and its ONNX model file (fold 0)."""
+    base = tmp_path_factory.mktemp("onnx")
+    folder = make_family_model(base / "results", "unet")
+    return folder, export_onnx_model(folder, base / "unet.onnx.zip", folds=[0])
+
+
+def test_an_onnx_model_file_without_the_onnxruntime_engine_names_the_engine(onnx_export: tuple[Path, Path], tmp_path: Path) -> None:
+    """predict -m model.onnx.zip with the default torch engine (and import-model) says to add --engine onnxruntime."""
+    _, zip_path = onnx_export
+    fix = f"{zip_path}: is an ONNX model file (written by export-model --format onnx); predict with it by adding --engine onnxruntime"
+    assert fix in autoseg_fails("predict", "-i", tmp_path, "-o", tmp_path / "out", "-m", zip_path)
+    assert fix in autoseg_fails("import-model", zip_path, "--results-root", tmp_path / "results")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "results").exists()
 
 
 def test_tampered_onnx_zip_and_missing_fold_are_refused(tmp_path: Path) -> None:

@@ -37,14 +37,14 @@ from autoseg import __version__
 from autoseg.errors import AutosegError, ModelFileError
 from autoseg.paths import results_root as default_results_root
 from autoseg.utils.atomic import remove_stale_temporaries
-from autoseg.utils.checksummed_zip import MANIFEST, write_checksummed_zip
+from autoseg.utils.checksummed_zip import MANIFEST, MODEL_ZIP_FORMAT, ONNX_ZIP_FORMAT, write_checksummed_zip
 from autoseg.utils.checkpoint_format import (
     check_outputs_match_labels, checkpoint_from_bytes, checkpoint_name, network_checkpoint_bytes, read_checkpoint,
 )
 from autoseg.utils.output_folders import check_output_file
 from autoseg.utils.weights_file import SUFFIX
 
-FORMAT_NAME = "autoseg-model"
+FORMAT_NAME = MODEL_ZIP_FORMAT
 # Version of the zip (manifest and member layout), not of the checkpoints inside it (utils/checkpoint_format.py).
 MODEL_ZIP_FORMAT_VERSION = 2  # 2: weights as safetensors; 1: autoseg's own layout (refused with a re-export hint)
 DEFAULT_FOLDS = (0, 1, 2, 3, 4)
@@ -254,6 +254,8 @@ def _read_manifest(archive: zipfile.ZipFile, zip_path: Path) -> dict[str, Any]:
         raise ModelFileError(f"{refuse}: no {MANIFEST}; the file was not written by autoseg export-model") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelFileError(f"{refuse}: {MANIFEST} is not valid JSON ({exc})") from None
+    if isinstance(manifest, dict) and manifest.get("format") == ONNX_ZIP_FORMAT:
+        raise ModelFileError(_onnx_file_problem(zip_path))
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise ModelFileError(f"{refuse}: {MANIFEST} does not describe an {FORMAT_NAME} file")
     version = manifest.get("format_version")
@@ -273,6 +275,15 @@ def _read_manifest(archive: zipfile.ZipFile, zip_path: Path) -> dict[str, Any]:
     if bad:
         raise ModelFileError(f"{refuse}: {MANIFEST} lacks or has malformed {', '.join(bad)}")
     return manifest
+
+
+def _onnx_file_problem(zip_path: Path) -> str:
+    """An ONNX model file is not installed or unpacked: it runs as it is, with the engine that reads it."""
+    return (
+        f"{zip_path}: is an ONNX model file (written by export-model --format onnx); predict with it by adding "
+        f"--engine onnxruntime (autoseg predict -m {zip_path} --engine onnxruntime -i ... -o ...); import-model and "
+        "the torch engine take zips exported without --format onnx"
+    )
 
 
 def _expected_members(manifest: Mapping[str, Any], zip_path: Path) -> tuple[set[str], set[str]]:

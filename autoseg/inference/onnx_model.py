@@ -28,14 +28,14 @@ from autoseg.dataset.description import parse_description
 from autoseg.errors import ModelFileError
 from autoseg.inference.engine import LoadedModel
 from autoseg.planning.plans import get_configuration
-from autoseg.utils.checksummed_zip import MANIFEST, write_checksummed_zip
+from autoseg.utils.checksummed_zip import MANIFEST, ONNX_ZIP_FORMAT, write_checksummed_zip
 from autoseg.utils.output_folders import check_output_file
 from autoseg.utils.onnx_runtime import INPUT, OUTPUT, onnx_session, run_onnx
 
 if TYPE_CHECKING:  # export only: loading and predicting run without torch
     from torch import nn
 
-FORMAT_NAME = "autoseg-onnx-model"
+FORMAT_NAME = ONNX_ZIP_FORMAT
 FORMAT_VERSION = 1
 DEPLOY = "deploy.json"
 GRAPH = "network.onnx"

@@ -11,6 +11,10 @@ from typing import Any, Mapping
 from autoseg.utils.atomic import atomic_path
 
 MANIFEST = "manifest.json"
+# The manifest's "format" of the two kinds of model file. Each reader names the other kind, so a file given
+# to the wrong command gets the command that takes it.
+MODEL_ZIP_FORMAT = "autoseg-model"  # export-model: import-model and predict -m (torch engine)
+ONNX_ZIP_FORMAT = "autoseg-onnx-model"  # export-model --format onnx: predict -m --engine onnxruntime
 
 
 def write_checksummed_zip(output_zip: str | Path, manifest: Mapping[str, Any], members: Mapping[str, bytes]) -> Path:
