@@ -156,17 +156,19 @@ class _Step:
 
 def test_training_checkpoint_round_trip(tmp_path: Path) -> None:
     setup, state = _setup(), TrainingState(total_iterations=9, iteration=4, epoch=2, lr_anchor=PolyAnchor(3, 0.7))
-    checkpoint = training_checkpoint(setup, {"grad_scaler": {"scale": 1.0}}, state, {"network": "unet", "configuration": "2d"})
+    checkpoint = training_checkpoint(setup, {"grad_scaler": {"scale": 1.0}}, state, {"network": "unet", "configuration": "2d", "optimizer": "sgd"})
     assert checkpoint["metadata"]["format_version"] == CHECKPOINT_FORMAT_VERSION
     write_checkpoint(tmp_path / "c.safetensors", checkpoint)
     fresh, step = _setup(), _Step()
-    restored = restore_training_checkpoint(tmp_path / "c.safetensors", fresh, step, "unet", "2d", torch.device("cpu"))
+    restored = restore_training_checkpoint(tmp_path / "c.safetensors", fresh, step, "unet", "2d", "sgd", torch.device("cpu"))
     assert restored == state and step.loaded == {"grad_scaler": {"scale": 1.0}}
     assert torch.equal(fresh.network.weight, setup.network.weight)
     momentum = fresh.optimizer.state_dict()["state"][0]["momentum_buffer"]
     assert torch.equal(momentum, setup.optimizer.state_dict()["state"][0]["momentum_buffer"])
     with pytest.raises(TrainingError, match=r"was trained as unet/2d, not unet/3d_fullres; use another results folder or drop --continue"):
-        restore_training_checkpoint(tmp_path / "c.safetensors", fresh, step, "unet", "3d_fullres", torch.device("cpu"))
+        restore_training_checkpoint(tmp_path / "c.safetensors", fresh, step, "unet", "3d_fullres", "sgd", torch.device("cpu"))
+    with pytest.raises(TrainingError, match=r"was trained with optimizer.name=sgd, this run sets adam;"):
+        restore_training_checkpoint(tmp_path / "c.safetensors", fresh, step, "unet", "2d", "adam", torch.device("cpu"))
 
 
 # ----------------------------------------------------------------------------------- budget, timing

@@ -83,8 +83,10 @@ def training_checkpoint(setup: ModelSetup, step_state: dict[str, Any], state: Tr
 
 
 def restore_training_checkpoint(path: Path, setup: ModelSetup, step: Any, network: str, configuration: str,
-                                device: torch.device) -> TrainingState:
-    """Load ``path`` into the network, optimiser, step and RNGs; returns where the run stood."""
+                                optimizer: str, device: torch.device) -> TrainingState:
+    """Load ``path`` into the network, optimiser, step and RNGs; returns where the run stood. The run
+    must continue as it was trained: the same network, configuration and optimiser (another optimiser's
+    state would not fit, or would load silently into the wrong slots)."""
     checkpoint = load_checkpoint(path, map_location=device)
     meta = checkpoint["metadata"]
     if meta.get("network") != network or meta.get("configuration") != configuration:
@@ -92,12 +94,26 @@ def restore_training_checkpoint(path: Path, setup: ModelSetup, step: Any, networ
             f"{path}: was trained as {meta.get('network')}/{meta.get('configuration')}, not "
             f"{network}/{configuration}; use another results folder or drop --continue"
         )
+    trained_with = meta.get("optimizer")  # absent in checkpoints written before it was recorded
+    if trained_with is not None and trained_with != optimizer:
+        raise TrainingError(
+            f"{path}: was trained with optimizer.name={trained_with}, this run sets {optimizer}; an optimiser "
+            f"cannot take over another's state: continue with --set optimizer.name={trained_with} (or without "
+            "that --set), or delete the fold folder to start over"
+        )
     try:
         setup.network.load_state_dict(checkpoint["network_weights"])
-        setup.optimizer.load_state_dict(checkpoint["optimizer_state"])
     except (RuntimeError, ValueError, KeyError) as exc:
         raise TrainingError(
             f"{path}: does not fit this network (changed plan or network options?): {str(exc).splitlines()[0]}"
+        ) from exc
+    try:
+        setup.optimizer.load_state_dict(checkpoint["optimizer_state"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise TrainingError(
+            f"{path}: its optimiser state does not fit optimizer {optimizer!r} ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else 'missing entry'}); continue with the optimizer settings the "
+            "fold was trained with (its training_config.yaml), or delete the fold folder to start over"
         ) from exc
     step.load_state_dict({"grad_scaler": checkpoint.get("grad_scaler_state"), **checkpoint.get("extra_state", {})})
     restore_rng_state(checkpoint["rng_state"])

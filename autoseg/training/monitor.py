@@ -38,13 +38,12 @@ class Monitor:
         self.active = active
         self._progress: Progress | None = None
         self._task: Any = None
-        if active:
-            self.folder.mkdir(parents=True, exist_ok=True)
 
     def log(self, message: str) -> None:
         if not self.active:
             return
         line = f"{time.strftime('%Y-%m-%d %H:%M:%S')}  {message}"
+        self.folder.mkdir(parents=True, exist_ok=True)  # on first use: a refused run leaves no folder
         with open(self.folder / LOG_FILE, "a", encoding="utf-8") as handle:
             handle.write(line + "\n")
         if self._progress is not None and self._progress.live.is_started:
@@ -69,8 +68,7 @@ class Monitor:
     def update(self, iteration: int, total: int, epoch: int, loss: float, speed: float, dice: float | None) -> None:
         if self._progress is None:
             return
-        shown = "-" if dice is None or math.isnan(dice) else f"{dice:.4f}"
-        self._progress.update(self._task, completed=iteration, total=total, epoch=epoch, loss=loss, speed=speed, dice=shown)
+        self._progress.update(self._task, completed=iteration, total=total, epoch=epoch, loss=loss, speed=speed, dice=_shown(dice))
 
     def stop(self) -> None:
         if self._progress is not None:
@@ -80,20 +78,30 @@ class Monitor:
     def log_epoch(self, row: dict[str, Any], improved: bool, total_iterations: int, kind: str) -> None:
         """Two lines per epoch: losses, pseudo-Dice and speed; the pseudo-Dice of each class (or region)."""
         self.log(
-            f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, pseudo-Dice "
-            f"{row['pseudo_dice']:.4f} (EMA {row['pseudo_dice_ema']:.4f}{', new best' if improved else ''}), lr "
+            f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}, val loss {_shown(row['val_loss'])}, pseudo-Dice "
+            f"{_shown(row['pseudo_dice'])} (EMA {_shown(row['pseudo_dice_ema'])}{', new best' if improved else ''}), lr "
             f"{row['learning_rate']:.2e}, {row['epoch_seconds']:.1f} s, iteration {row['iteration']}/{total_iterations}"
         )
         self.log(f"epoch {row['epoch']}: pseudo-Dice per {kind}: "
-                 + ", ".join(f"{name} {'-' if value is None else f'{value:.4f}'}"
-                             for name, value in row["pseudo_dice_per_class"].items()))
+                 + ", ".join(f"{name} {_shown(value)}" for name, value in row["pseudo_dice_per_class"].items()))
 
     def write_history(self, history: Sequence[dict[str, Any]]) -> None:
         """``metrics.jsonl`` (one JSON object per epoch) and ``progress.png``."""
         if not self.active:
             return
+        self.folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.folder / METRICS_FILE, "".join(json.dumps(row) + "\n" for row in history))
         plot_progress(history, self.folder / PLOT_FILE)
+
+
+def _shown(value: float | None) -> str:
+    """A metric for the log: four decimals, '-' where there is none."""
+    return "-" if value is None or math.isnan(value) else f"{value:.4f}"
+
+
+def _series(history: Sequence[dict[str, Any]], key: str) -> list[float]:
+    """One metric per epoch for plotting, NaN (a gap) where it is null."""
+    return [math.nan if row.get(key) is None else row[key] for row in history]
 
 
 def plot_progress(history: Sequence[dict[str, Any]], path: Path) -> None:
@@ -105,13 +113,13 @@ def plot_progress(history: Sequence[dict[str, Any]], path: Path) -> None:
 
     epochs = [row["epoch"] for row in history]
     fig, (ax_loss, ax_lr, ax_time) = plt.subplots(3, 1, figsize=(10, 12))
-    ax_loss.plot(epochs, [row["train_loss"] for row in history], color="b", label="train loss")
-    ax_loss.plot(epochs, [row["val_loss"] for row in history], color="r", label="val loss")
+    ax_loss.plot(epochs, _series(history, "train_loss"), color="b", label="train loss")
+    ax_loss.plot(epochs, _series(history, "val_loss"), color="r", label="val loss")
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("loss")
     ax_dice = ax_loss.twinx()
-    ax_dice.plot(epochs, [row["pseudo_dice"] for row in history], color="g", linestyle=":", label="pseudo-Dice")
-    ax_dice.plot(epochs, [row["pseudo_dice_ema"] for row in history], color="g", label="pseudo-Dice (EMA)")
+    ax_dice.plot(epochs, _series(history, "pseudo_dice"), color="g", linestyle=":", label="pseudo-Dice")
+    ax_dice.plot(epochs, _series(history, "pseudo_dice_ema"), color="g", label="pseudo-Dice (EMA)")
     ax_dice.set_ylabel("pseudo-Dice")
     lines = ax_loss.get_legend_handles_labels()[0] + ax_dice.get_legend_handles_labels()[0]
     ax_loss.legend(lines, [line.get_label() for line in lines], loc="center right")

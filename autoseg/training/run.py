@@ -8,6 +8,7 @@ group itself (the environment says so), and only rank 0 writes files.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -33,7 +34,7 @@ from autoseg.training.model_setup import amp_dtype, check_network_builds
 from autoseg.training.plan_device import check_plan_device
 from autoseg.training.pretrained import load_pretrained
 from autoseg.training.splits import FOLD_ALL, fold_cases
-from autoseg.training.trainer import Trainer, network_request
+from autoseg.training.trainer import Trainer, describe_best, network_request
 from autoseg.training.validation import GT_FOLDER, VALIDATION_FOLDER, validate_fold
 from autoseg.utils.atomic import atomic_path, atomic_write_json, atomic_write_text, remove_stale_temporaries
 from autoseg.utils.jsonio import read_json
@@ -117,7 +118,7 @@ def train_fold(
         shutdown(context)
     return {
         "model_folder": str(run.model_folder), "fold": run.fold, "epochs": trainer.state.epoch,
-        "iterations": trainer.state.iteration, "best_pseudo_dice_ema": trainer.state.best_ema,
+        "iterations": trainer.state.iteration, "best_pseudo_dice_ema": trainer.state.best_ema if math.isfinite(trainer.state.best_ema) else None,
         "seconds": time.monotonic() - start, "validation": validation,
         "pretrained": pretrained.lines() if pretrained else None, "time_accounting": accounting,
     }
@@ -180,8 +181,7 @@ def _plan_budget(plans: dict[str, Any], plan: dict[str, Any], store: Path) -> fl
 
 
 def _prepare_folders(run: FoldRun) -> None:
-    """Rank 0: the previous stage's predictions on this grid (cascade), stale temporaries removed, and
-    plans, dataset and the resolved config beside the folds (each fold keeps its own config too)."""
+    """Rank 0: the previous stage's predictions on this grid (cascade) and stale temporaries removed."""
     if run.previous_stage_cache is not None:
         predictions = previous_stage_predictions(run.model_folder.parent, run.network_name, run.plans_name,
                                                  run.configuration["previous_stage"])
@@ -189,6 +189,12 @@ def _prepare_folders(run: FoldRun) -> None:
                                run.configuration_name, run.description.file_ending)
     for folder in (run.model_folder, run.fold_folder, run.fold_folder / VALIDATION_FOLDER):
         remove_stale_temporaries(folder)  # what a killed run left half-written
+
+
+def _write_run_files(run: FoldRun) -> None:
+    """Rank 0, once the run is known to start (checkpoint or pretrained weights loaded): plans, dataset and
+    the resolved config beside the folds, and the fold's own config. A refused --continue or
+    --pretrained-weights leaves the files of the run that made the checkpoints as they were."""
     _model_folder_files(run.model_folder, run.plans, run.raw_dir, run.config)
     atomic_write_text(run.fold_folder / CONFIG_FILE, dump_config(run.config))
 
@@ -208,12 +214,14 @@ def _train(run: FoldRun, context: DistributedContext, pretrained_weights: str | 
         _prepare_folders(run)
     barrier(context)
     trainer = Trainer(run, context)
-    for warning in device_warnings:
-        trainer.monitor.log(f"warning: {warning}")
     _restore(trainer, run)
     pretrained = None
     if pretrained_weights is not None:
         pretrained = load_pretrained(trainer.setup.network, pretrained_weights, run.network_name, trainer.monitor.log)
+    if context.is_main:
+        _write_run_files(run)
+    for warning in device_warnings:
+        trainer.monitor.log(f"warning: {warning}")
     if trainer.state.iteration < trainer.state.total_iterations:
         trainer.fit()
     elif not (run.fold_folder / FINAL).is_file():
@@ -347,7 +355,7 @@ def format_training_summary(summary: dict[str, Any]) -> str:
     lines = [
         f"model folder: {summary['model_folder']} (fold {summary['fold']})",
         f"trained {summary['iterations']} iterations in {summary['epochs']} epochs, "
-        f"{summary['seconds'] / 60:.1f} min; best pseudo-Dice EMA {summary['best_pseudo_dice_ema']:.4f}",
+        f"{summary['seconds'] / 60:.1f} min; {describe_best(summary['best_pseudo_dice_ema'] or -math.inf)}",
     ]
     lines += summary.get("pretrained") or []
     validation = summary.get("validation")

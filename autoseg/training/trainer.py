@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from autoseg.dataset.description import DatasetDescription
+from autoseg.errors import TrainingError
 from autoseg.training import budget as budget_rules
 from autoseg.training.augmentation import resolve_augmentation, sampling_size
 from autoseg.training.checkpoints import BEST, FINAL, LATEST, restore_training_checkpoint, training_checkpoint
@@ -95,6 +96,32 @@ def fold_stream(run: FoldRun, rank: int, spec: SamplingSpec, stream_id: int, sta
                        run.config["worker_timeout_seconds"], name, pin_memory=run.device.type == "cuda")
 
 
+def number_or_none(value: float) -> float | None:
+    """NaN as None: metrics.jsonl stays standard JSON (``NaN`` is not)."""
+    return None if math.isnan(value) else value
+
+
+def describe_best(best_ema: float) -> str:
+    """The run's best pseudo-Dice EMA for the terminal (none without pseudo-validation)."""
+    if not math.isfinite(best_ema):
+        return "no pseudo-Dice (val_iterations_per_epoch=0 or no foreground seen), so no checkpoint_best"
+    return f"best pseudo-Dice EMA {best_ema:.4f}"
+
+
+def check_diverged(network: torch.nn.Module, losses: list[float], epoch: int, latest: Path) -> None:
+    """Stop a run whose weights became NaN or infinite, or whose every loss of the epoch was: nothing after
+    it can recover, and its checkpoint would replace the last good one (whose epoch is kept)."""
+    weights_bad = any(not bool(torch.isfinite(p).all()) for p in network.parameters())
+    if not weights_bad and not (losses and not any(math.isfinite(loss) for loss in losses)):
+        return
+    what = "the network's weights became" if weights_bad else "every training loss of the epoch was"
+    kept = f"{latest} keeps epoch {epoch}" if latest.is_file() else "no checkpoint was written"
+    raise TrainingError(
+        f"training diverged in epoch {epoch + 1}: {what} NaN or infinite ({kept}); lower the learning rate "
+        "(--set optimizer.lr=...) and rerun with --continue, or check the preprocessed data's intensities"
+    )
+
+
 class Trainer:
     """Trains one fold; ``fit()`` runs (or resumes) the schedule and writes the final checkpoint."""
 
@@ -134,6 +161,7 @@ class Trainer:
             "network": run.network_name, "network_options": self.setup.network_options, "topology": self.setup.topology,
             "in_channels": self.in_channels, "num_outputs": self.labels.n_outputs, "configuration": run.configuration_name,
             "plans_name": run.plans_name, "dataset_name": run.dataset_name, "fold": run.fold,
+            "optimizer": run.config["optimizer"]["name"],
             "mirror_axes": self.mirror_axes, "patch_size": self.patch_size, "epoch": self.state.epoch,
             "iteration": self.state.iteration, "total_iterations": self.state.total_iterations,
         }
@@ -147,7 +175,8 @@ class Trainer:
 
     def load(self, path: Path) -> None:
         run = self.run
-        self.state = restore_training_checkpoint(path, self.setup, self.step, run.network_name, run.configuration_name, self.device)
+        self.state = restore_training_checkpoint(path, self.setup, self.step, run.network_name, run.configuration_name,
+                                                 run.config["optimizer"]["name"], self.device)
 
     # ------------------------------------------------------------------ loop
 
@@ -207,7 +236,7 @@ class Trainer:
         self.actual_seconds["training"] += time.monotonic() - fit_start - checkpoint_time
         self.save(FINAL)
         self.monitor.log(f"training finished: {self.state.iteration} iterations, {self.state.epoch} epochs, "
-                         f"best pseudo-Dice EMA {self.state.best_ema:.4f}")
+                         f"{describe_best(self.state.best_ema)}")
 
     def _train(self, stream: BatchStream, val_stream: BatchStream, watchdog: IterationWatchdog) -> None:
         """Epochs until the total; under a budget the total is re-planned after each epoch."""
@@ -259,8 +288,10 @@ class Trainer:
         return losses
 
     def _end_epoch(self, losses: list[float], val_stream: Any, epoch_start: float, iteration_seconds: float | None) -> None:
-        """Pseudo-validate, record the epoch's metrics, checkpoint (latest, and best on a new best EMA)."""
+        """Pseudo-validate, record the epoch's metrics, checkpoint (latest, and best on a new best EMA);
+        a diverged epoch stops the run before its weights replace the last good checkpoint."""
         cfg, state = self.run.config, self.state
+        check_diverged(self.setup.network, losses, state.epoch, self.run.fold_folder / LATEST)
         n_batches = epoch_batches(int(cfg["val_iterations_per_epoch"]), len(losses), self.iterations_per_epoch)
         result = pseudo_validate(self.setup, self.step.loss, self.labels, val_stream, n_batches, self.device, self.context)
         train_loss = float(all_reduce_sum(torch.tensor([float(np.mean(losses))]), self.context)[0]) / self.context.world_size
@@ -282,9 +313,10 @@ class Trainer:
             "epoch": state.epoch,
             "iteration": state.iteration,
             "train_loss": train_loss,
-            "val_loss": result.loss,
-            "pseudo_dice": result.dice,
-            "pseudo_dice_ema": state.ema if state.ema is not None else float("nan"),
+            # JSON null where there is no number (no pseudo-validation, no foreground seen yet)
+            "val_loss": number_or_none(result.loss),
+            "pseudo_dice": number_or_none(result.dice),
+            "pseudo_dice_ema": state.ema,
             # None (JSON null) for a class absent from both patches and predictions.
             "pseudo_dice_per_class": {n: None if math.isnan(v) else v for n, v in zip(self.output_names, result.per_class)},
             "learning_rate": self.setup.optimizer.param_groups[0]["lr"],
