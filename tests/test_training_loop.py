@@ -20,6 +20,7 @@ import yaml
 from autoseg.errors import NetworkError, TrainingError
 from autoseg.training import train_fold
 from autoseg.training.checkpoints import load_checkpoint
+from autoseg.utils.checkpoint_format import write_checkpoint
 
 from training_helpers import DATASET, data_roots, results  # noqa: F401 - fixtures
 
@@ -114,6 +115,8 @@ def test_a_network_the_options_cannot_build_is_refused_before_anything_is_writte
         (None, "network_options.deep_supervision=3", NetworkError, r"option deep_supervision must be bool, got 3"),
         ("fcdensenet", "network_options.variant=99", NetworkError, r"fcdensenet: unknown variant '99'; choose one of 56, 67, 103"),
         (None, "patch_size=[16,16,13]", TrainingError, r"patch size \[16, 16, 13\] is not divisible by the total stride \[4, 4, 2\]"),
+        (None, "patch_size=[16,16]", TrainingError, r"--set patch_size=\[16, 16\]: this configuration is 3D; give 3 values "
+                                                    r"\(the plan's patch is \[16, 16, 16\]\)"),
     ):
         with pytest.raises(error, match=message):
             train_fold(DATASET, "3d_fullres", "all", network=network, epochs=1, workers=0, device="cpu",
@@ -218,3 +221,63 @@ def test_two_process_gloo_ddp_keeps_ranks_identical(results: Path, tmp_path: Pat
         assert torch.equal(tensor, final["network_weights"][key]), key
     log = (_fold(results) / "training_log.txt").read_text()
     assert "world size 2" in log and log.count("training finished") == 1  # rank 0 alone writes
+
+
+def _written(fold: Path) -> dict[Path, bytes]:
+    """The run files a refused run must leave as they were."""
+    paths = (fold / "training_config.yaml", fold.parent / "training_config.yaml", fold / "checkpoint_latest.safetensors")
+    return {p: p.read_bytes() for p in paths}
+
+
+def test_continue_with_another_optimizer_is_refused_before_anything_is_written(results: Path) -> None:
+    train_fold(DATASET, "3d_fullres", "all", epochs=1, workers=0, overrides=FAST)
+    written = _written(_fold(results))
+    with pytest.raises(TrainingError, match=r"was trained with optimizer.name=sgd, this run sets adamw; an optimiser "
+                                            r"cannot take over another's state: continue with --set optimizer.name=sgd"):
+        train_fold(DATASET, "3d_fullres", "all", epochs=2, continue_=True, workers=0, overrides=[*FAST, "optimizer.name=adamw"])
+    assert _written(_fold(results)) == written
+    # A checkpoint from before the optimiser was recorded: its state's misfit is named as the optimiser's.
+    latest = _fold(results) / "checkpoint_latest.safetensors"
+    checkpoint = load_checkpoint(latest)
+    del checkpoint["metadata"]["optimizer"]
+    write_checkpoint(latest, checkpoint)
+    with pytest.raises(TrainingError, match=r"its optimiser state does not fit optimizer 'adamw' \(KeyError"):
+        train_fold(DATASET, "3d_fullres", "all", epochs=2, continue_=True, workers=0, overrides=[*FAST, "optimizer.name=adamw"])
+    summary = train_fold(DATASET, "3d_fullres", "all", epochs=2, continue_=True, workers=0, overrides=FAST)
+    assert summary["iterations"] == 4
+
+
+def test_refused_pretrained_weights_leave_no_fold_behind(results: Path, tmp_path: Path) -> None:
+    train_fold(DATASET, "3d_fullres", "all", epochs=1, workers=0, overrides=FAST)
+    source = tmp_path / "other_network.safetensors"
+    checkpoint = load_checkpoint(_fold(results) / "checkpoint_final.safetensors")
+    checkpoint["metadata"]["network"] = "segresnet"
+    write_checkpoint(source, checkpoint)
+    shutil.rmtree(results)
+    with pytest.raises(TrainingError, match=r"was trained as network 'segresnet', this run trains 'unet'"):
+        train_fold(DATASET, "3d_fullres", "all", epochs=1, workers=0, overrides=FAST, pretrained_weights=source)
+    assert not _fold(results).exists()
+
+
+def test_without_pseudo_validation_metrics_stay_json_and_no_best_is_kept(results: Path) -> None:
+    summary = train_fold(DATASET, "3d_fullres", "all", epochs=2, workers=0,
+                         overrides=["val_iterations_per_epoch=0", "mixed_precision=off"])
+    def refuse(constant: str) -> None:
+        raise ValueError(f"metrics.jsonl holds {constant}, which is not JSON")
+    rows = [json.loads(line, parse_constant=refuse) for line in (_fold(results) / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["val_loss"], r["pseudo_dice"], r["pseudo_dice_ema"]) for r in rows] == [(None, None, None)] * 2
+    assert summary["best_pseudo_dice_ema"] is None
+    assert not (_fold(results) / "checkpoint_best.safetensors").exists()
+    assert (_fold(results) / "checkpoint_final.safetensors").is_file()
+    assert "no pseudo-Dice (val_iterations_per_epoch=0" in (_fold(results) / "training_log.txt").read_text()
+
+
+def test_a_diverged_run_stops_and_keeps_the_last_good_checkpoint(results: Path) -> None:
+    train_fold(DATASET, "3d_fullres", "all", epochs=1, workers=0, overrides=FAST)
+    good = (_fold(results) / "checkpoint_latest.safetensors").read_bytes()
+    with pytest.raises(TrainingError, match=r"training diverged in epoch 2: the network's weights became NaN or infinite "
+                                            r"\(.*checkpoint_latest.safetensors keeps epoch 1\); lower the learning rate"):
+        train_fold(DATASET, "3d_fullres", "all", epochs=3, continue_=True, workers=0, overrides=[*FAST, "optimizer.lr=1e30"])
+    assert (_fold(results) / "checkpoint_latest.safetensors").read_bytes() == good
+    assert not (_fold(results) / "checkpoint_final.safetensors").exists() or load_checkpoint(
+        _fold(results) / "checkpoint_final.safetensors")["trainer_state"]["epoch"] == 1

@@ -178,6 +178,11 @@ def resolve_training_config(network: str, overrides: Iterable[str], plan: Mappin
     planned = plan.get("training") if network == plan["network"]["name"] else None
     config = resolve_config(network, overrides, planned=planned)
     patch = config["patch_size"] or plan["patch_size"]
+    if len(patch) != len(plan["patch_size"]):
+        raise TrainingError(
+            f"--set patch_size={list(patch)}: this configuration is {len(plan['patch_size'])}D; give "
+            f"{len(plan['patch_size'])} values (the plan's patch is {list(plan['patch_size'])})"
+        )
     config["augmentation"] = resolve_augmentation(config["augmentation"], patch, plan["normalization"],
                                                   plan.get("mirror_axes"))
     if any(parse_override(text)[0] == "num_epochs" for text in overrides):

@@ -21,7 +21,7 @@ from autoseg.training.steps import LabelSpec, autocast
 
 @dataclass
 class PseudoValidationResult:
-    loss: float
+    loss: float  # NaN without pseudo-validation batches
     dice: float  # mean over the classes that have one; NaN when none has
     per_class: list[float]
 
@@ -89,4 +89,5 @@ def pseudo_validate(setup: ModelSetup, loss: Any, spec: LabelSpec, batches: Iter
         setup.model.train()
     totals = all_reduce_sum(torch.cat([counts.flatten(), torch.tensor([loss_sum, n_batches], dtype=torch.float64)]), context)
     dice, per_class = dice_from_counts(totals[: 3 * n_classes].view(3, n_classes))
-    return PseudoValidationResult(float(totals[-2] / max(float(totals[-1]), 1.0)), dice, per_class)
+    batches_seen = float(totals[-1])
+    return PseudoValidationResult(float(totals[-2]) / batches_seen if batches_seen else math.nan, dice, per_class)
