@@ -129,6 +129,19 @@ def test_an_onnx_model_file_without_the_onnxruntime_engine_names_the_engine(onnx
     assert not (tmp_path / "out").exists() and not (tmp_path / "results").exists()
 
 
+def test_the_onnxruntime_engine_given_a_model_folder_or_torch_zip_says_what_it_takes(onnx_export: tuple[Path, Path], tmp_path: Path) -> None:
+    """--engine onnxruntime with a model folder (was: [Errno 21] Is a directory) or a torch-engine zip: export
+    an ONNX model file, or drop --engine."""
+    folder, _ = onnx_export
+    message = " ".join(autoseg_fails("predict", "-i", tmp_path, "-o", tmp_path / "out", "-m", folder, "--engine", "onnxruntime").split())
+    assert (f"{folder}: is a folder; --engine onnxruntime takes an ONNX model file (.onnx.zip): write one with `autoseg "
+            f"export-model -m {folder} -o model.onnx.zip --format onnx`, or drop --engine onnxruntime to predict with "
+            "the model folder") in message
+    with pytest.raises(ModelFileError, match="a model zip for the torch engine .*; drop --engine onnxruntime to predict with it"):
+        load_onnx_model(export_model_zip(folder, tmp_path))
+    assert not (tmp_path / "out").exists()
+
+
 def test_tampered_onnx_zip_and_missing_fold_are_refused(tmp_path: Path) -> None:
     folder = make_family_model(tmp_path / "results", "unet")
     zip_path = export_onnx_model(folder, tmp_path / "m.zip", folds=[0])
@@ -142,8 +155,15 @@ def test_tampered_onnx_zip_and_missing_fold_are_refused(tmp_path: Path) -> None:
             archive.writestr(name, data)
     with pytest.raises(ModelFileError, match="member 'deploy.json' does not match its sha256"):
         load_onnx_model(tmp_path / "bad.zip")
-    with pytest.raises(ModelFileError, match="not an ONNX model zip; write one with `autoseg export-model --format onnx`"):
-        load_onnx_model(export_model_zip(folder, tmp_path))
+    with pytest.raises(ModelFileError, match="not an ONNX model zip; write one with `autoseg export-model -m MODEL_FOLDER -o model.onnx.zip --format onnx`"):
+        load_onnx_model(_foreign_zip(tmp_path))
+
+
+def _foreign_zip(tmp_path: Path) -> Path:
+    """A zip with a manifest of some other tool."""
+    with zipfile.ZipFile(tmp_path / "foreign.zip", "w") as archive:
+        archive.writestr("manifest.json", json.dumps({"format": "other-tool"}))
+    return tmp_path / "foreign.zip"
 
 
 def export_model_zip(folder: Path, tmp_path: Path) -> Path:

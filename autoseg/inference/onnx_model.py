@@ -28,7 +28,7 @@ from autoseg.dataset.description import parse_description
 from autoseg.errors import ModelFileError
 from autoseg.inference.engine import LoadedModel
 from autoseg.planning.plans import get_configuration
-from autoseg.utils.checksummed_zip import MANIFEST, ONNX_ZIP_FORMAT, write_checksummed_zip
+from autoseg.utils.checksummed_zip import MANIFEST, MODEL_ZIP_FORMAT, ONNX_ZIP_FORMAT, write_checksummed_zip
 from autoseg.utils.output_folders import check_output_file
 from autoseg.utils.onnx_runtime import INPUT, OUTPUT, onnx_session, run_onnx
 
@@ -136,14 +136,33 @@ def export_onnx_model(
 # ---------------------------------------------------------------------------------------------- load
 
 
+def _not_an_onnx_file(model: Path, manifest: Any) -> str:
+    """Why ``model`` (a model folder, a zip for the torch engine, or another file) is no ONNX model file,
+    and the two ways on: export one, or predict with ``model`` on the torch engine."""
+    export = "write one with `autoseg export-model -m MODEL_FOLDER -o model.onnx.zip --format onnx`"
+    if model.is_dir():
+        return (
+            f"{model}: is a folder; --engine onnxruntime takes an ONNX model file (.onnx.zip): write one with "
+            f"`autoseg export-model -m {model} -o model.onnx.zip --format onnx`, or drop --engine onnxruntime to "
+            "predict with the model folder"
+        )
+    refuse = f"{model}: not usable with --engine onnxruntime"
+    if isinstance(manifest, dict) and manifest.get("format") == MODEL_ZIP_FORMAT:
+        return (f"{refuse}: a model zip for the torch engine (exported without --format onnx), not an ONNX model "
+                f"file; drop --engine onnxruntime to predict with it, or {export}")
+    return f"{refuse}: not an ONNX model zip; {export}"
+
+
 def _read_members(zip_path: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
     """Manifest and checksum-verified members of an ONNX model zip."""
     refuse = f"{zip_path}: not usable with --engine onnxruntime"
+    if zip_path.is_dir():
+        raise ModelFileError(_not_an_onnx_file(zip_path, None))
     try:
         with zipfile.ZipFile(zip_path) as archive:
             manifest = json.loads(archive.read(MANIFEST))
             if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-                raise ModelFileError(f"{refuse}: not an ONNX model zip; write one with `autoseg export-model --format onnx`")
+                raise ModelFileError(_not_an_onnx_file(zip_path, manifest))
             if manifest.get("format_version") != FORMAT_VERSION:
                 raise ModelFileError(f"{refuse}: ONNX model format version {manifest.get('format_version')!r}, this autoseg reads {FORMAT_VERSION}; re-export it")
             members = {name: archive.read(name) for name in manifest["files"]}
