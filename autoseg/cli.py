@@ -336,7 +336,7 @@ def evaluate(
     typer.echo(format_table(summary))
     for name in classes_absent_everywhere(summary):
         typer.echo(f"note: label {name} is in no reference and no prediction; its metrics are NaN")
-    unpredicted = unpredicted_references(pred, ref, choice.file_ending)
+    unpredicted = unpredicted_references(summary, choice.file_ending)
     if unpredicted:
         typer.echo(f"note: {len(unpredicted)} reference case(s) have no prediction and are not scored: "
                    f"{', '.join(unpredicted[:5])}{' ...' if len(unpredicted) > 5 else ''}")

@@ -254,7 +254,8 @@ def _with_dataset_json(folders) -> tuple[Path, Path]:
 @pytest.mark.parametrize(("folder", "values", "expected"), [
     ("pred", [3], "holds label value(s) 3 that the dataset does not declare (it declares 0, 1, 2); fix the file, or evaluate other values with --labels instead of the dataset"),
     ("ref", [7, 9], "holds label value(s) 7, 9 that the dataset does not declare (it declares 0, 1, 2)"),
-    ("pred", [255], "holds label value(s) 255 that the dataset does not declare (it declares 0, 1, 2) (a 0/255 mask: divide it by 255 so the object is 1)"),
+    # 255 beside 1 and 2 is not a 0/255 mask: no hint (test_a_0_255_mask_gets_the_hint)
+    ("pred", [255], "holds label value(s) 255 that the dataset does not declare (it declares 0, 1, 2); fix the file"),
 ])
 def test_label_values_the_dataset_does_not_declare_are_refused(folders, folder, values, expected):
     pred_dir, ref_dir = _with_dataset_json(folders)
@@ -266,6 +267,17 @@ def test_label_values_the_dataset_does_not_declare_are_refused(folders, folder, 
     assert result.exit_code == 2, result.output
     assert f"c2: {path}: {expected}" in result.output
     assert not (pred_dir / "summary.json").exists()
+
+
+def test_a_0_255_mask_gets_the_hint(folders):
+    """The same hint, worded alike, as ``autoseg verify`` gives (dataset/verify.mask_255_hint)."""
+    pred_dir, ref_dir = _with_dataset_json(folders)
+    seg, geometry = read_image(pred_dir / "c2.nii.gz")
+    write_image(((seg > 0) * 255).astype(np.uint8), geometry, pred_dir / "c2.nii.gz")
+    result = runner.invoke(app, ["evaluate", "-p", str(pred_dir), "-r", str(ref_dir), "-np", "1"])
+    assert result.exit_code == 2, result.output
+    assert ("holds label value(s) 255 that the dataset does not declare (it declares 0, 1, 2) (a 0/255 mask: divide the "
+            "label by 255 so the object is 1); fix the file") in result.output
 
 
 def test_labels_option_evaluates_a_chosen_subset_of_other_values(folders):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -116,6 +117,15 @@ def check_case(case: Case, desc: DatasetDescription, keep_arrays: bool = False) 
     return result
 
 
+
+def mask_255_hint(present: Iterable[Any], declared: Iterable[int]) -> str:
+    """The fix for the commonest undeclared value: a binary mask saved as 0/255 for a dataset declaring
+    1 as its object (shared by verify and evaluate, so both say it alike)."""
+    present_values, declared_values = {int(v) for v in present}, set(declared)
+    if present_values <= {0, 255} and 255 in present_values and 255 not in declared_values and 1 in declared_values:
+        return " (a 0/255 mask: divide the label by 255 so the object is 1)"
+    return ""
+
 def _check_label_values(
     path: Path, label: np.ndarray, desc: DatasetDescription, problems: list[str]
 ) -> np.ndarray | None:
@@ -133,9 +143,7 @@ def _check_label_values(
     allowed = set(desc.label_values)
     unknown = [int(v) for v in values if int(v) not in allowed]
     if unknown:
-        hint = ""
-        if unknown == [255] and set(int(v) for v in values) <= {0, 255}:
-            hint = " (a 0/255 mask: divide the label by 255 so the object is 1)"
+        hint = mask_255_hint(values, allowed)
         problems.append(
             f"{path}: label values {_listing(unknown)} are not declared in dataset.json labels "
             f"(declared: {_listing(sorted(allowed))}){hint}; fix the label file or declare the classes"

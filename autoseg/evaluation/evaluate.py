@@ -18,6 +18,7 @@ import numpy as np
 
 from autoseg.dataset.description import DatasetDescription, load_description
 from autoseg.dataset.imageio import SUPPORTED_ENDINGS, Geometry, image_ending, is_integer_valued, read_image
+from autoseg.dataset.verify import mask_255_hint
 from autoseg.errors import EvaluationError
 from autoseg.evaluation.metrics import (
     DEFAULT_TOLERANCE_MM,
@@ -182,7 +183,7 @@ def check_declared(path: Path, seg: np.ndarray, declared: frozenset[int]) -> Non
     unknown = seg[~np.isin(seg, sorted(declared))]
     if unknown.size:
         values = [v.item() for v in np.unique(unknown)]
-        hint = " (a 0/255 mask: divide it by 255 so the object is 1)" if values == [255] and max(declared) < 255 else ""
+        hint = mask_255_hint(np.unique(seg), declared)
         raise EvaluationError(
             f"{path}: holds label value(s) {', '.join(map(str, values[:5]))}{' ...' if len(values) > 5 else ''} that the "
             f"dataset does not declare (it declares {', '.join(map(str, sorted(declared)))}){hint}; fix the file, or "
@@ -274,9 +275,11 @@ def evaluate_folders(
     return summary
 
 
-def unpredicted_references(pred_dir: str | Path, ref_dir: str | Path, file_ending: str) -> list[str]:
-    """Reference cases with no prediction (``evaluate`` scores the predicted cases, so these are left out)."""
-    return sorted(set(list_cases(Path(ref_dir), file_ending)) - set(list_cases(Path(pred_dir), file_ending)))
+def unpredicted_references(summary: Mapping[str, Any], file_ending: str) -> list[str]:
+    """Reference cases the summary did not score (``evaluate`` scores the predicted cases, so a reference
+    without a prediction is left out)."""
+    scored = {row["case_id"] for row in summary["metric_per_case"]}
+    return sorted(set(list_cases(Path(summary["reference_folder"]), file_ending)) - scored)
 
 
 def match_cases(
