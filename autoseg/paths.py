@@ -1,4 +1,4 @@
-"""Where raw datasets, preprocessed data and results live, and how a dataset is named.
+"""Where raw datasets, preprocessed data and results live, and how a dataset and a model folder are named.
 
 Roots come from ``AUTOSEG_RAW`` / ``AUTOSEG_PREPROCESSED`` / ``AUTOSEG_RESULTS``, then nnU-Net's
 ``nnUNet_raw`` / ``nnUNet_preprocessed`` / ``nnUNet_results`` (so nnU-Net users switch with nothing to
@@ -12,6 +12,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from autoseg.errors import DatasetError
 
@@ -23,6 +24,7 @@ _ROOTS = {
 }
 _announced: set[str] = set()
 DATASET_NAME = re.compile(r"^Dataset(\d{3})_(.+)$")
+MODEL_FOLDER_NAME = "<network>__<plans>__<configuration>"
 
 
 def _root(kind: str) -> Path:
@@ -103,3 +105,19 @@ def _dataset_id(text: str) -> int | None:
         return int(text)
     match = re.match(r"^Dataset(\d{1,3})(?:_.+)?$", text)
     return int(match.group(1)) if match else None
+
+
+def model_folder_parts(name: str) -> tuple[str, str, str] | None:
+    """``unet__autosegPlans__3d_fullres`` -> ``("unet", "autosegPlans", "3d_fullres")``; ``None`` for another name."""
+    parts = name.split("__")
+    return (parts[0], parts[1], parts[2]) if len(parts) == 3 and all(parts) else None
+
+
+def check_model_folder_name(name: str, where: str, error: Callable[[str], Exception], fix: str) -> tuple[str, str, str]:
+    """The parts of a model folder's name, else ``error`` at ``where`` with ``fix``. predict reads the
+    configuration (and a cascade's low-resolution sibling) from the name, so loading, export-model and
+    import-model share this one rule."""
+    parts = model_folder_parts(name)
+    if parts is None:
+        raise error(f"{where}: model folders are named {MODEL_FOLDER_NAME}; {fix}")
+    return parts

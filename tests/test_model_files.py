@@ -178,6 +178,34 @@ def test_export_names_a_missing_checkpoint(tmp_path: Path) -> None:
     assert not (tmp_path / "m.zip").exists()
 
 
+@pytest.mark.parametrize("name", ["mymodel", "unet__3d_fullres", "unet__autosegPlans__3d_fullres__copy"])
+def test_export_and_import_refuse_a_model_folder_not_named_network_plans_configuration(name: str, tmp_path: Path) -> None:
+    """export-model used to write such a folder, which import-model then refused: both apply predict's rule."""
+    folder = make_model_folder(tmp_path / "results").rename(tmp_path / "results" / DATASET / name)
+    with pytest.raises(ModelFileError) as info:
+        export_model(folder, tmp_path / "m.zip", folds=[0])
+    assert str(info.value).startswith(f"{folder}: model folders are named <network>__<plans>__<configuration>; give the "
+                                      "folder autoseg train wrote, under its name")
+    assert not (tmp_path / "m.zip").exists()
+    renamed = rewrite_zip(export_model(make_model_folder(tmp_path / "other"), tmp_path / "ok.zip", folds=[0]),
+                          tmp_path / "renamed.zip", _rename_model(name))
+    with pytest.raises(ModelFileError, match=f"manifest.json names model '{name}': model folders are named "
+                                             "<network>__<plans>__<configuration>; the file was not written by autoseg export-model"):
+        import_model(renamed, tmp_path / "installed")
+    assert not (tmp_path / "installed").exists()
+
+
+def _rename_model(name: str):
+    """A zip whose model was renamed, manifest and checksums updated (as an export of that folder would be)."""
+    def edit(members: dict) -> dict:
+        renamed = {k.replace(MODEL, name): v for k, v in members.items() if k != MANIFEST}
+        manifest = json.loads(members[MANIFEST])
+        manifest["models"] = [name]
+        manifest["files"] = {k: hashlib.sha256(v).hexdigest() for k, v in renamed.items()}
+        return {MANIFEST: json.dumps(manifest).encode(), **renamed}
+    return edit
+
+
 def _modify_member(members: dict) -> dict:
     name = f"{MODEL}/fold_0/checkpoint_final.safetensors"
     data = bytearray(members[name])

@@ -35,7 +35,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from autoseg import __version__
 from autoseg.errors import AutosegError, ModelFileError
-from autoseg.paths import results_root as default_results_root
+from autoseg.paths import check_model_folder_name, results_root as default_results_root
 from autoseg.utils.atomic import remove_stale_temporaries
 from autoseg.utils.checksummed_zip import MANIFEST, MODEL_ZIP_FORMAT, ONNX_ZIP_FORMAT, write_checksummed_zip
 from autoseg.utils.checkpoint_format import (
@@ -132,6 +132,9 @@ def export_model(
     for folder in folders:
         if not folder.is_dir():
             raise ModelFileError(f"{folder}: model folder not found")
+        check_model_folder_name(folder.name, str(folder), ModelFileError,
+                                "give the folder autoseg train wrote, under its name (import-model and predict read "
+                                "the configuration from it)")
         members.update(model_members(folder, folds, checkpoint))
     manifest = {
         "format": FORMAT_NAME,
@@ -213,7 +216,7 @@ def _check_description_files(members: Mapping[str, bytes], models: Sequence[str]
 
     descriptions = {}
     for model in models:
-        configuration = model.rsplit("__", 1)[-1]
+        configuration = _model_name_parts(model, refuse)[2]
         for file in REQUIRED_FILES:
             name = f"{model}/{file}"
             try:
@@ -286,6 +289,12 @@ def _onnx_file_problem(zip_path: Path) -> str:
     )
 
 
+def _model_name_parts(model: str, refuse: str) -> tuple[str, str, str]:
+    """A model in the manifest must have the name predict reads its configuration from."""
+    return check_model_folder_name(model, f"{refuse}: {MANIFEST} names model {model!r}", ModelFileError,
+                                   "the file was not written by autoseg export-model")
+
+
 def _expected_members(manifest: Mapping[str, Any], zip_path: Path) -> tuple[set[str], set[str]]:
     """(required, allowed) member names implied by the manifest's models, folds and checkpoint."""
     refuse = f"{zip_path}: refusing to import"
@@ -294,6 +303,8 @@ def _expected_members(manifest: Mapping[str, Any], zip_path: Path) -> tuple[set[
     unsafe = unsafe or len(set(manifest["models"])) != len(manifest["models"])
     if unsafe or not manifest["models"] or not CHECKPOINT_NAME.match(manifest["checkpoint"]):
         raise ModelFileError(f"{refuse}: {MANIFEST} names an unsafe or empty dataset, model or checkpoint")
+    for model in manifest["models"]:
+        _model_name_parts(model, refuse)
     folds = [f"fold_{f}" for f in manifest["folds"]]
     if not folds or not all(FOLD_DIR.match(f) for f in folds):
         raise ModelFileError(f"{refuse}: {MANIFEST} lists invalid folds {manifest['folds']}")

@@ -21,7 +21,7 @@ from autoseg.dataset.description import parse_description
 from autoseg.errors import InferenceError
 from autoseg.inference.engine import LoadedModel
 from autoseg.networks import create_network
-from autoseg.paths import results_root
+from autoseg.paths import check_model_folder_name, results_root
 from autoseg.planning.plans import get_configuration, load_plans
 from autoseg.utils.checkpoint_format import CHECKPOINT_KINDS, check_outputs_match_labels, checkpoint_name, read_checkpoint
 
@@ -93,12 +93,7 @@ def build_network(checkpoint: dict[str, Any], path: Path, device: torch.device) 
 
 
 def _configuration_from_folder(folder: Path) -> str:
-    parts = folder.name.split("__")
-    if len(parts) != 3:
-        raise InferenceError(
-            f"{folder}: model folders are named <network>__<plans>__<configuration>; point -m at one"
-        )
-    return parts[2]
+    return check_model_folder_name(folder.name, str(folder), InferenceError, "point -m at one")[2]
 
 
 def load_model(
