@@ -1,9 +1,10 @@
 """``autoseg preprocess``: every training case of a dataset through ``preprocess_case`` into the store.
 
 Parallel over cases; a failing case is named with its reason while the others complete. Resumable: a
-case whose stored properties carry the same input fingerprint (plan parameters + input files) is
-skipped, and a case killed mid-write has no properties JSON, so it is redone. Nothing is deleted except
-the temporary files of killed runs (``remove_stale_temporaries``), and raw data is only read.
+case whose stored properties carry the same input fingerprint (plan parameters + input files) and whose
+files pass the store's cheap checks (``store.open_case``) is skipped; a case killed mid-write has no
+properties JSON, and one cut short or emptied later fails the checks, so both are redone. Nothing is
+deleted except the temporary files of killed runs (``remove_stale_temporaries``), and raw data is only read.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class ConfigurationReport:
     processed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: list[Failure] = field(default_factory=list)
+    damaged: list[str] = field(default_factory=list)  # found stored but damaged, hence redone
 
 
 @dataclass
@@ -65,9 +67,10 @@ class PreprocessReport:
     def summary(self) -> str:
         lines = []
         for out in self.outputs:
+            damaged = f"; found damaged, hence redone: {', '.join(out.damaged)}" if out.damaged else ""
             lines.append(
                 f"{', '.join(out.configurations)} -> {out.output_dir}: {len(out.processed)} preprocessed, "
-                f"{len(out.skipped)} already done, {len(out.failed)} failed"
+                f"{len(out.skipped)} already done, {len(out.failed)} failed{damaged}"
             )
         lines.append(f"ground truth: {self.gt_copied} copied, {self.gt_unchanged} unchanged; {self.seconds:.1f} s")
         return "\n".join(lines)
@@ -103,19 +106,19 @@ def input_fingerprint(case: Case, plans: dict[str, Any], config: dict[str, Any])
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
-def _is_done(folder: Path, case_id: str, fingerprint: str) -> bool:
-    """Stored completely (arrays and marker) from the same plan parameters and input files.
-
-    Files are written without fsync, so after a power loss one may exist empty: that case is redone.
-    """
-    paths = store.case_paths(folder, case_id)
-    if not all(p.is_file() and p.stat().st_size > 0 for p in paths):
-        return False
+def stored_state(folder: Path, case_id: str, fingerprint: str) -> str:
+    """``done`` (skip it), ``absent`` (never stored, or killed before its marker), ``stale`` (other plan
+    parameters or input files) or ``damaged`` (fails ``store.open_case``'s checks: cut short, emptied by a
+    power loss, overwritten; or its labels are missing)."""
+    if not store.case_paths(folder, case_id)[2].exists():
+        return "absent"
     try:
-        properties = store.load_properties(folder, case_id)
-    except (OSError, json.JSONDecodeError):
-        return False
-    return properties.get("input_fingerprint") == fingerprint
+        _, seg, properties = store.open_case(folder, case_id)
+    except PreprocessingError:
+        return "damaged"
+    if seg is None:
+        return "damaged"
+    return "done" if properties.get("input_fingerprint") == fingerprint else "stale"
 
 
 def preprocess_one(
@@ -182,9 +185,12 @@ def preprocess_dataset(
         items = []
         for case in cases:
             fingerprint = input_fingerprint(case, plans, config)
-            if _is_done(out.output_dir, case.case_id, fingerprint):
+            state = stored_state(out.output_dir, case.case_id, fingerprint)
+            if state == "done":
                 out.skipped.append(case.case_id)
             else:
+                if state == "damaged":
+                    out.damaged.append(case.case_id)
                 args = (case.case_id, case.images, case.label, plans, group[0], out.output_dir, fingerprint)
                 items.append((case.case_id, args))
         out.output_dir.mkdir(parents=True, exist_ok=True)

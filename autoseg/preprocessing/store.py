@@ -5,6 +5,8 @@ Per case in ``<preprocessed>/<Dataset>/<data_identifier>/``: ``<case>.b2nd`` (fl
 written last and is the "case complete" marker: a case without it (a killed run) does not exist for
 ``list_cases`` and is redone. Writes are renamed into place without an fsync each (atomic against a
 kill; a re-run redoes what a power loss might have lost): hundreds of fsyncs took a fifth of the stage.
+A stored case is checked whenever it is opened (``open_case``): a file cut short, emptied or overwritten
+raises ``PreprocessingError`` naming it, and ``autoseg preprocess`` redoes such a case.
 Arrays are chunked per channel so that a training patch decompresses only
 the chunks it touches (``blosc2.open`` memory-maps the file). Codec, level and chunk shape were chosen by
 the measurement in ``docs/preprocessing.md`` (``benchmarks/store_codecs.py``).
@@ -13,7 +15,6 @@ the measurement in ``docs/preprocessing.md`` (``benchmarks/store_codecs.py``).
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,7 +22,9 @@ from typing import Any, Sequence
 import blosc2
 import numpy as np
 
+from autoseg.errors import PreprocessingError
 from autoseg.utils.atomic import atomic_path, atomic_write_json
+from autoseg.utils.jsonio import read_json
 
 DATA_SUFFIX = ".b2nd"
 SEG_SUFFIX = "_seg.b2nd"
@@ -87,28 +90,127 @@ def save_case(
     atomic_write_json(json_path, properties, indent=None, durable=False)  # compact: class locations are large
 
 
+def _damage_note(folder: Path, delete: bool = False) -> str:
+    """What a damaged case means and its fix: ``preprocess`` redoes a case that fails ``open_case``'s
+    checks; damage inside a file passes them, so that file must be deleted first (``delete``)."""
+    rerun = (f"re-run `autoseg preprocess {folder.parent.name}` with the -c and --plans-name that made "
+             f"{folder.name}; it redoes this case")
+    fix = f"delete the file, then {rerun}" if delete else rerun
+    return f"the preprocessed case is damaged (a power loss, a full disk or an interrupted copy?): {fix}"
+
+
+def damaged(path: Path, problem: str, delete: bool = False) -> PreprocessingError:
+    """The error for a stored file that cannot be used: the file, what is wrong with it and the fix."""
+    return PreprocessingError(f"{path}: {problem}; {_damage_note(path.parent, delete)}")
+
+
+def _require_file(path: Path) -> None:
+    """A stored file must exist and hold bytes (after a power loss a renamed file may be empty)."""
+    if not path.is_file():
+        raise damaged(path, "is missing")
+    if path.stat().st_size == 0:
+        raise damaged(path, "is empty (0 bytes)")
+
+
 def load_properties(folder: str | Path, case_id: str) -> dict[str, Any]:
-    return json.loads(case_paths(Path(folder), case_id)[2].read_text())
+    """A case's properties JSON; ``PreprocessingError`` naming it when it is missing, empty or no JSON object."""
+    path = case_paths(Path(folder), case_id)[2]
+    _require_file(path)
+    note = _damage_note(path.parent)
+    properties = read_json(path, PreprocessingError, f"is missing; {note}", note)
+    if not isinstance(properties, dict):
+        raise damaged(path, f"holds a JSON {type(properties).__name__}, not the case's properties object")
+    return properties
+
+
+class StoredArray:
+    """A stored array's blosc2 handle whose reads name the file when a chunk cannot be decompressed (damage
+    inside the file, which opening cannot see: it reads only the header and trailer)."""
+
+    def __init__(self, path: Path, array: blosc2.NDArray) -> None:
+        self.path, self.array = path, array
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.array.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.array.dtype
+
+    @property
+    def chunks(self) -> tuple[int, ...]:
+        return tuple(self.array.chunks)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        """Decompress ``key``'s region (only the chunks it touches)."""
+        try:
+            return self.array[key]
+        except RuntimeError as exc:  # blosc2: "Error while getting the buffer"
+            raise damaged(self.path, f"a chunk cannot be decompressed ({exc})", delete=True) from None
+
+
+def open_array(path: Path, dtype: np.dtype, spatial_shape: Sequence[int] | None) -> StoredArray:
+    """Open a stored array and check it cheaply, without decompressing it: blosc2 reads the header and
+    trailer (a file cut short or overwritten fails there), the header's compressed size must fit in the
+    file, and dtype and spatial shape must be those of its properties (``None``: not recorded)."""
+    _require_file(path)
+    try:
+        array = blosc2.open(str(path), mode="r", mmap_mode="r")
+    except (RuntimeError, ValueError, OSError):  # blosc2 says only "... returned NULL"
+        raise damaged(path, "cannot be opened as a blosc2 array (cut short or overwritten)") from None
+    if not isinstance(array, blosc2.NDArray):
+        raise damaged(path, f"holds a blosc2 {type(array).__name__}, not an array")
+    size = path.stat().st_size
+    if size < array.schunk.cbytes:
+        raise damaged(path, f"is {size} bytes, less than the {array.schunk.cbytes} compressed bytes its header records")
+    if array.dtype != dtype:
+        raise damaged(path, f"holds {array.dtype} values, not {np.dtype(dtype)}")
+    if spatial_shape is not None and list(array.shape[1:]) != list(spatial_shape):
+        raise damaged(path, f"holds an array of shape {tuple(array.shape)}, where its properties say "
+                            f"{list(spatial_shape)} voxels (shape_after_resampling)")
+    return StoredArray(path, array)
+
+
+def open_arrays(
+    folder: str | Path, case_id: str, spatial_shape: Sequence[int] | None = None
+) -> tuple[StoredArray, StoredArray | None]:
+    """``(data, seg)`` handles of a stored case, each checked by ``open_array``; ``seg`` is None when the
+    case was stored without labels."""
+    data_path, seg_path, _ = case_paths(Path(folder), case_id)
+    seg = open_array(seg_path, np.dtype(np.int16), spatial_shape) if seg_path.exists() else None
+    return open_array(data_path, np.dtype(np.float32), spatial_shape), seg
+
+
+def check_stored(folder: str | Path, case_id: str) -> None:
+    """``open_case``'s checks but the parsing of the properties (large: class locations), so that training
+    can check every case before its first batch: a damaged case stops it at the start, not hours later."""
+    _require_file(case_paths(Path(folder), case_id)[2])
+    open_arrays(folder, case_id)
+
+
+def open_case(folder: str | Path, case_id: str) -> tuple[StoredArray, StoredArray | None, dict[str, Any]]:
+    """``(data, seg, properties)`` of a stored case, the arrays checked against the properties
+    (``open_array``): cheap (no chunk is decompressed), so ``preprocess`` runs it on every case it would
+    skip. ``PreprocessingError`` names a damaged file."""
+    properties = load_properties(folder, case_id)
+    data, seg = open_arrays(folder, case_id, properties.get("shape_after_resampling"))
+    return data, seg, properties
 
 
 def load_case(
     folder: str | Path, case_id: str, mmap: bool = True
 ) -> tuple[Any, Any | None, dict[str, Any]]:
-    """``(data, seg, properties)`` of a stored case.
+    """``(data, seg, properties)`` of a stored case, checked by ``open_case``.
 
-    With ``mmap`` the arrays are blosc2 ``NDArray`` handles: ``data[:, z0:z1, y0:y1, x0:x1]`` returns a
+    With ``mmap`` the arrays are ``StoredArray`` handles: ``data[:, z0:z1, y0:y1, x0:x1]`` returns a
     numpy patch and decompresses only the chunks it touches. Without, they are numpy arrays. ``seg`` is
     None when the case was stored without labels.
     """
-    data_path, seg_path, _ = case_paths(Path(folder), case_id)
-    properties = load_properties(folder, case_id)
-
-    def open_array(path: Path) -> Any:
-        array = blosc2.open(str(path), mode="r", mmap_mode="r")
-        return array if mmap else array[:]
-
-    seg = open_array(seg_path) if seg_path.exists() else None
-    return open_array(data_path), seg, properties
+    data, seg, properties = open_case(folder, case_id)
+    if mmap:
+        return data, seg, properties
+    return data[...], (None if seg is None else seg[...]), properties
 
 
 def list_cases(folder: str | Path) -> list[str]:

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from autoseg.errors import TrainingError
+from autoseg.errors import AutosegError, TrainingError
 from autoseg.training.augmentation import OUTSIDE_MASK_LABEL, training_transforms, validation_transforms
 from autoseg.utils.cpu_load import available_cores
 
@@ -133,12 +133,22 @@ def case_cache_bytes(setting: float | str, train_workers: int, world_size: int =
     return int(setting * 2**20)
 
 
+def _check_cases(folder: Path, case_ids: Sequence[str]) -> None:
+    """Every case's files open (the store's cheap checks, well under a second for a thousand cases): a
+    damaged case is named before training starts, not when a batch first samples it."""
+    from autoseg.preprocessing.store import check_stored
+
+    for case_id in case_ids:
+        check_stored(folder, case_id)
+
+
 class BatchSource:
     """Callable ``index -> {"data": float32 (B, C, *patch), "target": int16 (B, 1, *patch)}``."""
 
     def __init__(self, spec: SamplingSpec, seed: int, stream: int, rank: int = 0) -> None:
         if not spec.case_ids:
             raise TrainingError(f"{spec.folder}: no cases to sample batches from")
+        _check_cases(spec.folder, spec.case_ids)
         self.spec = spec
         self.seed, self.stream, self.rank = seed, stream, rank
         self._cases: dict[str, tuple[Any, Any, dict[str, list[np.ndarray]], Any]] = {}
@@ -271,6 +281,8 @@ def _mp_context() -> multiprocessing.context.BaseContext:
 def _describe_exception(exc: BaseException) -> str:
     if isinstance(exc, MemoryError):
         return "out of memory while building a batch; lower num_workers or the batch size"
+    if isinstance(exc, AutosegError):  # already says which file is wrong and how to fix it
+        return str(exc)
     frames = traceback.extract_tb(exc.__traceback__)
     where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
     detail = str(exc).strip().splitlines()
