@@ -121,6 +121,15 @@ def test_the_batch_source_names_a_damaged_case_before_the_first_batch(store: Pat
         BatchSource(_spec(store, list_cases(store)), seed=0, stream=TRAIN_STREAM)
 
 
+@pytest.mark.parametrize("suffix", [".b2nd", "_seg.b2nd"])
+def test_a_case_whose_array_went_missing_is_listed_and_named(store: Path, suffix: str) -> None:
+    (store / f"{CASE}{suffix}").unlink()
+    assert CASE in list_cases(store)  # not silently left out of training
+    with pytest.raises(PreprocessingError, match=rf"^{store / CASE}{suffix}: is missing; .*{FIX}"):
+        BatchSource(_spec(store, list_cases(store)), seed=0, stream=TRAIN_STREAM)
+    assert preprocess_dataset(DATASET, ["3d_fullres"], num_workers=1).outputs[0].damaged == [CASE]
+
+
 @pytest.mark.parametrize("workers", [0, 1])
 def test_a_case_damaged_inside_is_named_by_the_batch_stream(store: Path, workers: int) -> None:
     source = BatchSource(_spec(store, [CASE]), seed=0, stream=TRAIN_STREAM)

@@ -183,9 +183,11 @@ def open_arrays(
 
 
 def check_stored(folder: str | Path, case_id: str) -> None:
-    """``open_case``'s checks but the parsing of the properties (large: class locations), so that training
-    can check every case before its first batch: a damaged case stops it at the start, not hours later."""
-    _require_file(case_paths(Path(folder), case_id)[2])
+    """``open_case``'s checks but the parsing of the properties (large: class locations), for a training
+    case (labels required), so that training can check every case before its first batch: a damaged
+    case stops it at the start, not hours later."""
+    for path in case_paths(Path(folder), case_id):
+        _require_file(path)
     open_arrays(folder, case_id)
 
 
@@ -214,16 +216,15 @@ def load_case(
 
 
 def list_cases(folder: str | Path) -> list[str]:
-    """Case ids stored completely in ``folder`` (properties JSON and data array present), sorted."""
+    """Case ids whose storing completed in ``folder`` (the properties JSON, written last, is there), sorted.
+
+    A case whose arrays went missing afterwards is listed, so that opening it names the missing file
+    instead of training silently leaving the case out."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    cases = []
-    for path in folder.glob(f"*{PROPERTIES_SUFFIX}"):
-        case_id = path.name[: -len(PROPERTIES_SUFFIX)]
-        if not path.name.startswith(".") and (folder / f"{case_id}{DATA_SUFFIX}").is_file():
-            cases.append(case_id)
-    return sorted(cases)
+    return sorted(p.name[: -len(PROPERTIES_SUFFIX)] for p in folder.glob(f"*{PROPERTIES_SUFFIX}")
+                  if not p.name.startswith("."))
 
 
 def case_seed(case_id: str) -> int:
