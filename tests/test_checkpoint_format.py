@@ -75,7 +75,7 @@ def test_missing_checkpoint_messages(tmp_path: Path) -> None:
     (tmp_path / BEST).write_bytes(b"")
     with pytest.raises(TrainingError, match=r"checkpoint_final.safetensors: checkpoint not found; train first"):
         load_checkpoint(tmp_path / FINAL)
-    with pytest.raises(InferenceError, match=r"checkpoint_final.safetensors: not found \(present: checkpoint_best.safetensors\)"):
+    with pytest.raises(InferenceError, match=r"checkpoint_final.safetensors: not found \(present: best\)"):
         _load_checkpoint(tmp_path / FINAL, torch.device("cpu"))
 
 

@@ -114,7 +114,7 @@ def test_load_model_reads_folds_metadata_and_eval_networks(model_3d: Path) -> No
 def test_missing_fold_checkpoint_and_folder_errors(model_3d: Path) -> None:
     with pytest.raises(InferenceError, match=r"fold\(s\) 3 not found \(present: 0, 1\); train them or choose"):
         load_model(model_3d, folds=[0, 3])
-    with pytest.raises(InferenceError, match=r"checkpoint_best.safetensors: not found \(present: checkpoint_final.safetensors\)"):
+    with pytest.raises(InferenceError, match=r"checkpoint_best.safetensors: not found \(present: final\)"):
         load_model(model_3d, checkpoint="best")
     with pytest.raises(InferenceError, match="checkpoint 'middle' unknown; choose one of final, best, latest"):
         load_model(model_3d, checkpoint="middle")

@@ -21,6 +21,7 @@ from autoseg.evaluation.model_files import (
 from autoseg.networks import Topology, create_network
 from autoseg.utils.weights_file import load_weights, save_weights, weights_from_bytes, weights_to_bytes
 
+from cli_helpers import autoseg_fails
 from preprocessing_helpers import make_configuration, make_plans
 
 torch.set_num_threads(1)
@@ -174,7 +175,22 @@ def test_export_names_a_missing_checkpoint(tmp_path: Path) -> None:
     missing = folder / "fold_2" / "checkpoint_final.safetensors"
     with pytest.raises(ModelFileError) as info:
         export_model(folder, tmp_path / "m.zip", folds=[0, 2])
-    assert str(info.value) == f"{missing}: checkpoint not found; train this fold first or choose other folds/--checkpoint"
+    assert str(info.value) == f"{missing}: not found (present: none); train this fold first or choose other folds/--checkpoint"
+    assert not (tmp_path / "m.zip").exists()
+
+
+@pytest.mark.parametrize(("checkpoint", "message"), [
+    ("foo", "checkpoint 'foo' unknown; choose one of final, best, latest"),
+    ("checkpoint_foo.safetensors", "checkpoint 'checkpoint_foo.safetensors' unknown; choose one of final, best, latest"),
+    ("best", "fold_0/checkpoint_best.safetensors: not found (present: final); train this fold first or choose other "
+             "folds/--checkpoint"),
+])
+def test_export_names_the_checkpoints_to_choose_from(checkpoint: str, message: str, tmp_path: Path) -> None:
+    """An unknown --checkpoint is named as such with the choices (was: 'train this fold first'); a missing one
+    lists the checkpoints the fold holds."""
+    folder = make_model_folder(tmp_path / "results")
+    text = " ".join(autoseg_fails("export-model", "-m", folder, "-o", tmp_path / "m.zip", "-f", 0, "--checkpoint", checkpoint).split())
+    assert message in text
     assert not (tmp_path / "m.zip").exists()
 
 

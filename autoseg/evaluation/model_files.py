@@ -39,7 +39,8 @@ from autoseg.paths import check_model_folder_name, results_root as default_resul
 from autoseg.utils.atomic import remove_stale_temporaries
 from autoseg.utils.checksummed_zip import MANIFEST, MODEL_ZIP_FORMAT, ONNX_ZIP_FORMAT, write_checksummed_zip
 from autoseg.utils.checkpoint_format import (
-    check_outputs_match_labels, checkpoint_from_bytes, checkpoint_name, network_checkpoint_bytes, read_checkpoint,
+    check_outputs_match_labels, checkpoint_file, checkpoint_from_bytes, checkpoint_name, missing_checkpoint,
+    network_checkpoint_bytes, read_checkpoint,
 )
 from autoseg.utils.output_folders import check_output_file
 from autoseg.utils.weights_file import SUFFIX
@@ -73,7 +74,7 @@ def _fold_dir(fold: int | str) -> str:
 def _checkpoint_weights(path: Path) -> bytes:
     """The network weights and metadata of a checkpoint (no optimizer state) as safetensors bytes."""
     checkpoint = read_checkpoint(
-        path, ModelFileError, missing="checkpoint not found; train this fold first or choose other folds/--checkpoint",
+        path, ModelFileError, missing=missing_checkpoint(path, "train this fold first or choose other folds/--checkpoint"),
         fix="export a checkpoint written by this autoseg",
     )
     try:
@@ -110,7 +111,7 @@ def export_model(
     """Write the weights of ``folds`` (from ``checkpoint``) and the description files of one or more
     model folders of the same dataset (``<results>/<Dataset>/<network>__<plans>__<config>``) into
     ``output_zip``, with a manifest of checksums. ``checkpoint`` is ``final``, ``best``, ``latest`` or a
-    file name such as ``checkpoint_final.pt``. Returns the zip's path."""
+    file name such as ``checkpoint_final.safetensors``. Returns the zip's path."""
     folders = [Path(model_folders)] if isinstance(model_folders, (str, Path)) else [Path(f) for f in model_folders]
     if not folders:
         raise ModelFileError("export-model: give at least one model folder")
@@ -125,9 +126,7 @@ def export_model(
     dataset_name = datasets.pop()
     if not SAFE_NAME.match(dataset_name):
         raise ModelFileError(f"{folders[0].parent}: dataset folder name {dataset_name!r} cannot be stored; rename it")
-    checkpoint = checkpoint if checkpoint.endswith(SUFFIX) else checkpoint_name(checkpoint)
-    if not CHECKPOINT_NAME.match(checkpoint):
-        raise ModelFileError(f"export-model: checkpoint {checkpoint!r} is not a checkpoint name; use final, best or latest")
+    checkpoint = checkpoint_file(checkpoint, ModelFileError)
     members: dict[str, bytes] = {}
     for folder in folders:
         if not folder.is_dir():

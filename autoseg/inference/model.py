@@ -23,7 +23,7 @@ from autoseg.inference.engine import LoadedModel
 from autoseg.networks import create_network
 from autoseg.paths import check_model_folder_name, results_root
 from autoseg.planning.plans import get_configuration, load_plans
-from autoseg.utils.checkpoint_format import CHECKPOINT_KINDS, check_outputs_match_labels, checkpoint_name, read_checkpoint
+from autoseg.utils.checkpoint_format import check_outputs_match_labels, checkpoint_file, missing_checkpoint, read_checkpoint
 
 FOLD_DIR = re.compile(r"^fold_(\d+|all)$")
 
@@ -70,8 +70,7 @@ def _resolve_folds(folder: Path, folds: Sequence[int | str] | str | None) -> lis
 
 
 def _load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
-    present = ", ".join(sorted(p.name for p in path.parent.glob("checkpoint_*"))) or "none"
-    missing = f"not found (present: {present}); finish training this fold or choose another --checkpoint"
+    missing = missing_checkpoint(path, "finish training this fold or choose another --checkpoint")
     return read_checkpoint(path, InferenceError, missing, fix="use a matching autoseg version or retrain", device=device)
 
 
@@ -110,8 +109,7 @@ def load_model(
     folder = Path(folder)
     if not folder.is_dir():
         raise InferenceError(f"{folder}: model folder not found; give <results>/<Dataset>/<network>__<plans>__<configuration>")
-    if checkpoint not in CHECKPOINT_KINDS:
-        raise InferenceError(f"checkpoint {checkpoint!r} unknown; choose one of {', '.join(CHECKPOINT_KINDS)}")
+    checkpoint_file_name = checkpoint_file(checkpoint, InferenceError)
     configuration_name = _configuration_from_folder(folder)
     if not (folder / "plans.json").is_file():
         raise InferenceError(f"{folder / 'plans.json'}: not found; a model folder needs the plans it was trained with")
@@ -122,7 +120,7 @@ def load_model(
     torch_device = pick_device(device)
     networks, metas = [], []
     for fold in fold_names:
-        path = folder / f"fold_{fold}" / checkpoint_name(checkpoint)
+        path = folder / f"fold_{fold}" / checkpoint_file_name
         loaded = _load_checkpoint(path, torch_device)
         check_outputs_match_labels(loaded["metadata"], description.num_output_channels, str(path),
                                    str(folder / "dataset.json"), InferenceError)

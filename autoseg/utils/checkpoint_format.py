@@ -28,6 +28,21 @@ def checkpoint_name(kind: str) -> str:
     return f"checkpoint_{kind}{SUFFIX}"
 
 
+def checkpoint_file(checkpoint: str, error: ErrorType) -> str:
+    """The file name of checkpoint ``final``, ``best`` or ``latest`` (also given as that file name); any
+    other name raises ``error`` with the choices, before a missing file is blamed on training."""
+    kinds = {checkpoint_name(kind): kind for kind in CHECKPOINT_KINDS}
+    if kinds.get(checkpoint, checkpoint) not in CHECKPOINT_KINDS:
+        raise error(f"checkpoint {checkpoint!r} unknown; choose one of {', '.join(CHECKPOINT_KINDS)}")
+    return checkpoint_name(kinds.get(checkpoint, checkpoint))
+
+
+def missing_checkpoint(path: Path, fix: str) -> str:
+    """``read_checkpoint``'s text for a missing ``path``: the checkpoints its fold does hold, then ``fix``."""
+    present = [kind for kind in CHECKPOINT_KINDS if checkpoint_exists(Path(path).parent / checkpoint_name(kind))]
+    return f"not found (present: {', '.join(present) or 'none'}); {fix}"
+
+
 def checkpoint_exists(path: Path) -> bool:
     """The checkpoint at ``path`` (or the legacy ``.pt`` of autoseg before safetensors) exists."""
     return weights_exist(path)
