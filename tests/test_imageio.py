@@ -211,6 +211,28 @@ def test_channel_count_mismatch_names_the_file_both_counts_and_the_fix(
     assert str(info.value) == f"{path}: {problem}"
 
 
+def _multi_page_tiff(path: Path, pages: int) -> Path:
+    """``pages`` grey pages in one TIFF (as microscopes and stack exports write them)."""
+    from PIL import Image
+
+    images = [Image.fromarray(np.full((4, 5), 10 * page, np.uint8)) for page in range(pages)]
+    images[0].save(path, save_all=True, append_images=images[1:])
+    return path
+
+
+@pytest.mark.parametrize("pages", [2, 3, 4, 5])
+def test_a_multi_page_tiff_is_named_by_its_pages_not_as_colours(tmp_path: Path, pages: int) -> None:
+    """4 grey pages were read as RGBA (the fourth dropped as alpha where 3 channels are declared), 5 as a 3D TIFF."""
+    path = _multi_page_tiff(tmp_path / "stack_0000.tif", pages)
+    problem = (f"{path}: is a multi-page TIFF ({pages} pages); autoseg reads a TIFF as one 2D image (grey or colour). "
+               "Save a 3D image as .nii.gz (or .nrrd/.mha) so its spacing is kept, or each page as its own channel "
+               "file (<case>_0000.tif, <case>_0001.tif, ...)")
+    for read in (read_image, read_image_channels, lambda p: read_case_images([p], 3)):
+        with pytest.raises(DatasetError) as info:
+            read(path)
+        assert str(info.value) == problem
+
+
 def test_colour_label_map_is_refused_with_the_fix(tmp_path: Path) -> None:
     path = _png(tmp_path / "mask.png", _colour_pixels(3))
     with pytest.raises(DatasetError) as info:

@@ -9,7 +9,8 @@ spacing 999 on the slice axis (as nnU-Net does), and written back as 2D.
 
 A colour image file holds several channels, as in nnU-Net's ``NaturalImage2DIO``: ``read_image_channels``
 gives an RGB PNG as 3 channels (R, G, B), RGBA as 4, grey as 1. ``read_case_images`` joins a case's
-files in channel order and drops alpha when the dataset declares the channels without it.
+files in channel order and drops alpha when the dataset declares the channels without it. A multi-page
+TIFF is refused: its pages are neither colours nor (without spacing) a volume.
 """
 
 from __future__ import annotations
@@ -272,6 +273,7 @@ def _read_natural_2d_pixels(path: Path) -> np.ndarray:
     """The file's pixels as (y, x) grey or (y, x, c) colour with c in 2..4 (alpha last)."""
     from skimage import io as skio
 
+    _refuse_multi_page_tiff(path)
     try:
         if _pil_mode(path) in ("LA", "La"):
             # scikit-image (and so nnU-Net) scrambles grey + alpha PNGs into a wrong shape; PIL reads them right.
@@ -285,13 +287,35 @@ def _read_natural_2d_pixels(path: Path) -> np.ndarray:
         raise DatasetError(f"{path}: cannot be read as an image: {_first_line(exc)}") from None
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
-    if array.ndim == 3 and path.suffix.lower() in (".tif", ".tiff") and array.shape[-1] not in COLOUR_KINDS:
-        raise DatasetError(
-            f"{path}: is a 3D TIFF; save 3D images as .nii.gz (or .nrrd/.mha) so their spacing is kept"
-        )
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in COLOUR_KINDS):
         raise DatasetError(f"{path}: has shape {array.shape}; expected a grey, RGB or RGBA 2D image")
     return array
+
+
+def _refuse_multi_page_tiff(path: Path) -> None:
+    """A TIFF of several pages is a stack (slices or channels, the file does not say which). The decoder
+    would hand 2 to 4 pages over as the colours of one image (so 4 grey pages would pass as RGBA, the
+    fourth dropped as alpha), more as a volume without spacing: refuse them all, naming the pages."""
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return
+    pages = _tiff_pages(path)
+    if pages > 1:
+        raise DatasetError(
+            f"{path}: is a multi-page TIFF ({pages} pages); autoseg reads a TIFF as one 2D image (grey or colour). "
+            "Save a 3D image as .nii.gz (or .nrrd/.mha) so its spacing is kept, or each page as its own channel "
+            "file (<case>_0000.tif, <case>_0001.tif, ...)"
+        )
+
+
+def _tiff_pages(path: Path) -> int:
+    """The number of pages (images) in a TIFF file; 1 when PIL cannot tell (the reader then reports the file)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return int(getattr(image, "n_frames", 1))
+    except Exception:  # noqa: BLE001 - the reader itself reports unreadable files
+        return 1
 
 
 def _natural_2d_geometry() -> Geometry:
