@@ -175,7 +175,7 @@ def _dataset(folder: Path, image: bytes, label: Path, description: dict, ending:
 
 def _check_reader(path: Path) -> None:
     try:
-        data, geometry = read_finite_case([path], 1)
+        data, geometry = read_finite_case([path], {"0": "image"})
     except AutosegError as exc:
         assert str(path) in str(exc), str(exc)
         return

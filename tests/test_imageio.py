@@ -211,6 +211,15 @@ def test_channel_count_mismatch_names_the_file_both_counts_and_the_fix(
     assert str(info.value) == f"{path}: {problem}"
 
 
+def test_a_models_channel_count_names_its_channels_not_channel_names(tmp_path: Path) -> None:
+    """predict reads a case for a trained model: the fix is to supply the model's channels, not to declare others."""
+    path = _png(tmp_path / "c_0000.png", np.zeros((4, 5), np.uint8))
+    with pytest.raises(DatasetError) as info:
+        read_case_images([path], 3, model_channels={"0": "R", "1": "G", "2": "B"})
+    assert str(info.value) == (f"{path}: found 1 channel(s) (grey), the model expects 3 (0000: R, 0001: G, 0002: B); give "
+                               "the case 3 channels (one RGB file holds 3, a grey file 1; files _0000, _0001, ...)")
+
+
 def _multi_page_tiff(path: Path, pages: int) -> Path:
     """``pages`` grey pages in one TIFF (as microscopes and stack exports write them)."""
     from PIL import Image

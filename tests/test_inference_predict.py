@@ -221,7 +221,7 @@ def test_append_previous_stage_one_hot_by_hand() -> None:
 def test_wrong_channel_count_and_dimensionality(model_3d: Path) -> None:
     model = load_model(model_3d, folds=[0])
     data, geometry = hippocampus_case()
-    with pytest.raises(InferenceError, match=r"input has 2 channel\(s\), the model expects 1 \(0: MRI\)"):
+    with pytest.raises(InferenceError, match=r"input has 2 channel\(s\), the model expects 1 \(0000: MRI\)"):
         predict_array(model, np.concatenate([data, data]), geometry)
     flat = Geometry(spacing=(999.0, 1.0, 1.0), origin=(0.0, 0.0), direction=(1.0, 0.0, 0.0, 1.0))
     with pytest.raises(InferenceError, match="input is a 2D image but configuration 3d_fullres is 3D"):
@@ -308,7 +308,7 @@ def test_a_bad_case_among_good_ones(model_3d: Path, tmp_path: Path) -> None:
     message = str(caught.value)
     assert message.startswith("3 of 5 case(s) failed (")
     assert "broken: " in message and "cannot be read" in message
-    assert "twochan: case twochan: has channel(s) 0000, 0001, the model expects 1 (0000)" in message
+    assert "twochan: case twochan: has channel(s) 0000, 0001, the model expects 1 (0000: MRI); give one file per channel: twochan_0000.nii.gz" in message
     assert "fourd: " in message and "is 4D" in message
     report = caught.value.report
     assert report.predicted == ["a_good", "z_good"]
@@ -351,13 +351,27 @@ def test_colour_2d_cases_need_no_file_per_channel_and_keep_their_format(tmp_path
     for name in ("rgb_0000.png", "grey_0000.tif", "grey_0001.tif", "gap_0000.png", "gap_0002.png", "vol_0000.nrrd"):
         (tmp_path / name).write_bytes(b"")
     cases = {case.case_id: case for case in discover_cases(tmp_path)}
-    assert channel_files(cases["rgb"], 3) == [tmp_path / "rgb_0000.png"]
-    assert channel_files(cases["grey"], 3) == [tmp_path / "grey_0000.tif", tmp_path / "grey_0001.tif"]
-    with pytest.raises(InferenceError, match=r"case gap: has channel\(s\) 0000, 0002, the model expects 3 \(0000, 0001, 0002\)"):
-        channel_files(cases["gap"], 3)
-    with pytest.raises(InferenceError, match=r"case vol: has channel\(s\) 0000, the model expects 2"):
-        channel_files(cases["vol"], 2)
+    rgb = {"0": "R", "1": "G", "2": "B"}
+    assert channel_files(cases["rgb"], rgb) == [tmp_path / "rgb_0000.png"]
+    assert channel_files(cases["grey"], rgb) == [tmp_path / "grey_0000.tif", tmp_path / "grey_0001.tif"]
+    with pytest.raises(InferenceError, match=r"case gap: has channel\(s\) 0000, 0002, the model expects 3 \(0000: R, 0001: G, "
+                                             r"0002: B\); give one file per channel \(an RGB image holds 3 of them\): "
+                                             r"gap_0000.png \.\.\. gap_0002.png"):
+        channel_files(cases["gap"], rgb)
+    with pytest.raises(InferenceError, match=r"case vol: has channel\(s\) 0000, the model expects 2 \(0000: T2, 0001: ADC\); give "
+                                             r"one file per channel: vol_0000.nrrd \.\.\. vol_0001.nrrd"):
+        channel_files(cases["vol"], {"0": "T2", "1": "ADC"})
     assert [output_ending(cases[c], ".png") for c in ("rgb", "grey", "vol")] == [".png", ".tif", ".nii.gz"]
+
+
+def test_an_upper_case_dataset_ending_is_kept_for_the_outputs(tmp_path: Path) -> None:
+    """A dataset whose file_ending is ``.NII.GZ`` gets ``.NII.GZ`` label maps, which evaluate finds beside its
+    labels (was: .nii.gz, and evaluate found no predictions)."""
+    for name in ("up_0000.NII.GZ", "low_0000.nii.gz", "pic_0000.PNG"):
+        (tmp_path / name).write_bytes(b"")
+    cases = {case.case_id: case for case in discover_cases(tmp_path)}
+    assert [output_ending(cases[c], ".NII.GZ") for c in ("up", "low", "pic")] == [".NII.GZ", ".NII.GZ", ".png"]
+    assert output_ending(cases["pic"], ".PNG") == ".PNG"
 
 
 def test_sharded_run_predicts_only_its_part(model_3d: Path, tmp_path: Path) -> None:

@@ -74,12 +74,23 @@ def _two_series(folder: Path) -> None:
         shutil.copy(file, folder / "bad" / f"second_{file.name}")
 
 
+def _png_rgb(path: Path) -> None:
+    """A colour photograph where the model takes one grey channel."""
+    from skimage import io as skio
+
+    skio.imsave(path, np.stack([np.arange(20, dtype=np.uint8).reshape(4, 5) * (c + 1) for c in range(3)], -1), check_contrast=False)
+
+
 # kind -> (how the bad case is written into the input folder, what the message must say)
 BAD_CASES: dict[str, tuple[Callable[[Path], None], str]] = {
     "missing channel file": (lambda f: shutil.copy(SOURCE, f / "bad_0001.nii.gz"),
-                             "bad: case bad: has channel(s) 0001, the model expects 1 (0000); name files <case>_XXXX"),
+                             "bad: case bad: has channel(s) 0001, the model expects 1 (0000: MRI); give one file per "
+                             "channel: bad_0000.nii.gz"),
     "extra channel file": (lambda f: [shutil.copy(SOURCE, f / f"bad_000{c}.nii.gz") for c in (0, 1)],
-                           "bad: case bad: has channel(s) 0000, 0001, the model expects 1 (0000)"),
+                           "bad: case bad: has channel(s) 0000, 0001, the model expects 1 (0000: MRI)"),
+    "colour image for a grey model": (lambda f: _png_rgb(f / "bad_0000.png"),
+                                      "bad_0000.png: found 3 channel(s) (RGB), the model expects 1 (0000: MRI); save the "
+                                      "image as grey (one channel))"),
     "2D image for a 3D model": (lambda f: _array(_hippocampus()[10], f / "bad_0000.nii.gz", (1.0, 1.0)),
                                 "bad: input is a 2D image but configuration 3d_fullres is 3D; use a 2d model"),
     "4D image": (lambda f: sitk.WriteImage(sitk.Image([4, 4, 4, 2], sitk.sitkFloat32), str(f / "bad_0000.nii.gz")),

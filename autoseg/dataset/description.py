@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from autoseg.utils.jsonio import read_json
 from autoseg.errors import DatasetError
@@ -165,3 +165,9 @@ def load_description(dataset_dir: str | Path) -> DatasetDescription:
     if not isinstance(data, dict):
         raise DatasetError(f"{path}: must hold a JSON object")
     return parse_description(data, path)
+
+
+def channel_list(channel_names: Mapping[str, str]) -> str:
+    """``{"0": "T2", "1": "ADC"}`` -> ``0000: T2, 0001: ADC``: each channel's file suffix and name, for
+    messages that tell a user which files to supply."""
+    return ", ".join(f"{int(key):04d}: {name}" for key, name in channel_names.items())

@@ -18,11 +18,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
+from autoseg.dataset.description import channel_list
 from autoseg.errors import DatasetError
 from autoseg.utils.atomic import atomic_path
 
@@ -377,22 +378,28 @@ def read_image_channels(path: str | Path) -> tuple[np.ndarray, Geometry, bool]:
 
 
 def select_channels(
-    paths: Sequence[str | Path], arrays: Sequence[np.ndarray], alphas: Sequence[bool], expected: int
+    paths: Sequence[str | Path], arrays: Sequence[np.ndarray], alphas: Sequence[bool], expected: int,
+    model_channels: Mapping[str, str] | None = None,
 ) -> list[np.ndarray]:
     """The files' channel arrays (C_i, z, y, x) that make the ``expected`` channels, in order.
 
     Alpha is dropped when the channels without it are what the dataset declares (an RGBA PNG of an
-    R, G, B dataset); any other count raises ``DatasetError`` naming the files, both counts and the fix.
+    R, G, B dataset); any other count raises ``DatasetError`` naming the files, both counts and the fix
+    (``model_channels``: see ``read_case_images``).
     """
     counts = [a.shape[0] for a in arrays]
     if sum(counts) == expected:
         return list(arrays)
     if any(alphas) and sum(c - int(alpha) for c, alpha in zip(counts, alphas)) == expected:
         return [a[:-1] if alpha else a for a, alpha in zip(arrays, alphas)]
-    raise DatasetError(_channel_count_problem([Path(p) for p in paths], arrays, expected))
+    raise DatasetError(_channel_count_problem([Path(p) for p in paths], arrays, expected, model_channels))
 
 
-def _channel_count_problem(paths: list[Path], arrays: Sequence[np.ndarray], expected: int) -> str:
+def _channel_count_problem(
+    paths: list[Path], arrays: Sequence[np.ndarray], expected: int, model_channels: Mapping[str, str] | None
+) -> str:
+    """Files, channels found, channels expected and the fix; a dataset may also declare what was found,
+    a trained model's channels are fixed."""
     found = sum(a.shape[0] for a in arrays)
     where = str(paths[0]) if len(paths) == 1 else f"{paths[0]} (+ {len(paths) - 1} more file(s) of the case)"
     kinds = ", ".join(
@@ -404,15 +411,21 @@ def _channel_count_problem(paths: list[Path], arrays: Sequence[np.ndarray], expe
         grey = " (its R, G and B are equal: a grey image stored as colour)" if all(
             np.array_equal(image[0], image[c]) for c in range(1, min(3, image.shape[0]))
         ) else ""
-        fix = f"save the image as grey (one channel){grey}, or declare {found} channels in channel_names"
+        fix, declare = f"save the image as grey (one channel){grey}", f"{found} channels"
     elif found < expected:
-        fix = (
-            f"give the case {expected} channels (one RGB file holds 3, a grey file 1; files _0000, _0001, ...), "
-            f"or declare {found} in channel_names"
-        )
+        fix = f"give the case {expected} channels (one RGB file holds 3, a grey file 1; files _0000, _0001, ...)"
+        declare = str(found)
     else:
-        fix = f"save the case with {expected} channel(s), or declare {found} in channel_names"
-    return f"{where}: found {found} channel(s) ({kinds}), dataset.json channel_names declares {expected}; {fix}"
+        fix, declare = f"save the case with {expected} channel(s)", str(found)
+    problem = f"{where}: found {found} channel(s) ({kinds}), {_expected_channels(expected, model_channels)}; {fix}"
+    return problem if model_channels is not None else f"{problem}, or declare {declare} in channel_names"
+
+
+def _expected_channels(expected: int, model_channels: Mapping[str, str] | None) -> str:
+    """Who expects ``expected`` channels: the dataset's dataset.json, or the trained model (named channels)."""
+    if model_channels is None:
+        return f"dataset.json channel_names declares {expected}"
+    return f"the model expects {expected} ({channel_list(model_channels)})"
 
 
 def _read_dicom_series(folder: Path) -> tuple[np.ndarray, Geometry]:
@@ -478,20 +491,24 @@ def _write_natural_2d(array: np.ndarray, path: Path) -> None:
         skio.imsave(str(tmp), image, check_contrast=False)
 
 
-def read_case_images(paths: Sequence[str | Path], num_channels: int | None = None) -> tuple[np.ndarray, Geometry]:
+def read_case_images(
+    paths: Sequence[str | Path], num_channels: int | None = None, model_channels: Mapping[str, str] | None = None
+) -> tuple[np.ndarray, Geometry]:
     """Read a case's channel files into one float32 array (C, z, y, x); channels must share geometry.
 
     ``num_channels`` (the dataset's ``channel_names`` count) is checked, and selects the colour
-    channels of 2D images without alpha; ``None`` keeps every channel of every file.
+    channels of 2D images without alpha; ``None`` keeps every channel of every file. ``model_channels``
+    (predict: the trained model's ``channel_names``) makes a wrong count name the model's channels, to
+    be supplied, instead of suggesting another ``channel_names`` declaration.
     """
     if not paths:
         raise ValueError("read_case_images needs at least one path")
     if any(image_ending(p) in NATURAL_2D_ENDINGS for p in paths):
-        return _read_natural_case(paths, num_channels)
+        return _read_natural_case(paths, num_channels, model_channels)
     if num_channels is not None and len(paths) != num_channels:
         raise DatasetError(
-            f"{paths[0]}: the case has {len(paths)} channel file(s), dataset.json channel_names declares "
-            f"{num_channels}; give one file per channel (_0000, _0001, ...)"
+            f"{paths[0]}: the case has {len(paths)} channel file(s), {_expected_channels(num_channels, model_channels)}; "
+            "give one file per channel (_0000, _0001, ...)"
         )
     # Each channel is copied into one preallocated float32 array as soon as it is read, so at most
     # one channel in its file's dtype is held beside the result.
@@ -524,7 +541,9 @@ def _check_same_grid(
         raise DatasetError(f"{path}: geometry differs from {first_path}: {'; '.join(diff)}")
 
 
-def _read_natural_case(paths: Sequence[str | Path], num_channels: int | None) -> tuple[np.ndarray, Geometry]:
+def _read_natural_case(
+    paths: Sequence[str | Path], num_channels: int | None, model_channels: Mapping[str, str] | None
+) -> tuple[np.ndarray, Geometry]:
     """2D images are small: read every file's channels, then select and join them."""
     arrays, alphas, first = [], [], None
     for p in paths:
@@ -537,7 +556,7 @@ def _read_natural_case(paths: Sequence[str | Path], num_channels: int | None) ->
         alphas.append(alpha)
     assert first is not None
     if num_channels is not None:
-        arrays = select_channels(paths, arrays, alphas, num_channels)
+        arrays = select_channels(paths, arrays, alphas, num_channels, model_channels)
     return np.concatenate(arrays).astype(np.float32, copy=False), first
 
 

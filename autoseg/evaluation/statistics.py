@@ -87,7 +87,7 @@ def summary_csv(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def _case_statistics_from_files(case: InputCase, output: Path, description: DatasetDescription) -> dict[str, Any]:
-    data, geometry = read_case_images(channel_files(case, description.num_channels))
+    data, geometry = read_case_images(channel_files(case, description.channel_names))
     label_file = output / f"{case.case_id}{output_ending(case, description.file_ending)}"
     if not label_file.is_file():
         raise InferenceError(f"{label_file}: prediction not found; predict case {case.case_id} first")

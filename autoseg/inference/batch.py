@@ -12,13 +12,13 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
 from autoseg.dataset.cases import CHANNEL_SUFFIX, channel_file_gaps
-from autoseg.dataset.description import DatasetDescription
+from autoseg.dataset.description import DatasetDescription, channel_list
 from autoseg.dataset.imageio import (
     NATURAL_2D_ENDINGS,
     SUPPORTED_ENDINGS,
@@ -133,26 +133,30 @@ def discover_cases(input_path: str | Path) -> list[InputCase]:
     return [cases[k] for k in sorted(cases)]
 
 
-def channel_files(case: InputCase, num_channels: int) -> list[Path]:
-    """The case's files in channel order; ``InferenceError`` when channel files are missing or extra.
+def channel_files(case: InputCase, channel_names: Mapping[str, str]) -> list[Path]:
+    """The case's files in channel order; ``InferenceError`` naming the model's channels (``channel_names``)
+    when channel files are missing or extra.
 
     A colour 2D image file holds several channels (``channel_file_gaps``); their count is checked when read.
     """
+    num_channels = len(channel_names)
     missing, extra = channel_file_gaps(case.channels, num_channels, case.ending)
     if missing or extra:
         found = ", ".join(f"{c:04d}" for c in sorted(case.channels))
-        expected = ", ".join(f"{c:04d}" for c in range(num_channels))
+        last = f" ... {case.case_id}_{num_channels - 1:04d}{case.ending}" if num_channels > 1 else ""
+        colour = " (an RGB image holds 3 of them)" if case.ending in NATURAL_2D_ENDINGS and num_channels > 1 else ""
         raise InferenceError(
             f"case {case.case_id}: has channel(s) {found}, the model expects {num_channels} "
-            f"({expected}); name files <case>_XXXX<ending>"
+            f"({channel_list(channel_names)}); give one file per channel{colour}: {case.case_id}_0000{case.ending}{last}"
         )
     return [case.channels[c] for c in sorted(case.channels)]
 
 
-def read_finite_case(files: Sequence[Path], num_channels: int) -> tuple[np.ndarray, Geometry]:
-    """``read_case_images``, refusing NaN/Inf by file name (in NIfTI files, whose reader silently turns them
-    into numbers, from the file's own bytes)."""
-    data, geometry = read_case_images(files, num_channels)  # first: its messages for unreadable files are the specific ones
+def read_finite_case(files: Sequence[Path], channel_names: Mapping[str, str]) -> tuple[np.ndarray, Geometry]:
+    """``read_case_images`` for the model's channels (``channel_names``), refusing NaN/Inf by file name (in
+    NIfTI files, whose reader silently turns them into numbers, from the file's own bytes)."""
+    # first: its messages for unreadable files are the specific ones
+    data, geometry = read_case_images(files, len(channel_names), model_channels=channel_names)
     fix = "replace them (e.g. by the background value) and export the image again"
     for path in files:
         counts = nifti_nonfinite_counts(path) if path.is_file() else None
@@ -166,9 +170,12 @@ def read_finite_case(files: Sequence[Path], num_channels: int) -> tuple[np.ndarr
 
 
 def output_ending(case: InputCase, dataset_ending: str) -> str:
-    """The dataset's ending when the input uses it, a 2D image's own (PNG in, PNG label map out), else
-    .nii.gz (DICOM and foreign 3D formats)."""
-    if case.ending == dataset_ending or case.ending in NATURAL_2D_ENDINGS:
+    """The dataset's ending, spelled as in dataset.json, when the input uses it in any case (``.NII.GZ``
+    inputs give ``.NII.GZ`` label maps, which evaluate finds beside the dataset's labels); a 2D image's
+    own (PNG in, PNG label map out); else .nii.gz (DICOM and foreign 3D formats)."""
+    if case.ending == dataset_ending.lower():
+        return dataset_ending
+    if case.ending in NATURAL_2D_ENDINGS:
         return case.ending
     return DEFAULT_OUTPUT_ENDING
 
@@ -278,7 +285,8 @@ def predict_folder(
             report.skipped.append(case.case_id)
             continue
         try:
-            data, geometry = read_finite_case(channel_files(case, loaded.num_image_channels), loaded.num_image_channels)
+            channels = loaded.dataset.channel_names
+            data, geometry = read_finite_case(channel_files(case, channels), channels)
             prediction = predict_array(
                 loaded, data, geometry, step=step, tta=tta, return_probabilities=save_probabilities,
                 batch_tiles=batch_tiles, mixed_precision=mixed_precision, overwrite_input=True,

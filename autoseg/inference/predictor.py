@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
+from autoseg.dataset.description import channel_list
 from autoseg.dataset.imageio import Geometry
 from autoseg.errors import InferenceError
 from autoseg.inference.engine import LoadedModel
@@ -62,9 +63,9 @@ def check_input(model: LoadedModel, data: np.ndarray, geometry: Geometry) -> Non
         raise InferenceError(f"input has shape {data.shape}; expected (channels, z, y, x)")
     expected = model.num_image_channels
     if data.shape[0] != expected:
-        names = ", ".join(f"{k}: {v}" for k, v in model.dataset.channel_names.items())
         raise InferenceError(
-            f"input has {data.shape[0]} channel(s), the model expects {expected} ({names}); give one "
+            f"input has {data.shape[0]} channel(s), the model expects {expected} "
+            f"({channel_list(model.dataset.channel_names)}); give one "
             "file per channel named <case>_0000, <case>_0001, ... (an RGB PNG holds 3)"
         )
     if geometry.is_2d and model.spatial_dims == 3:
