@@ -7,8 +7,10 @@ import os
 import stat
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from autoseg.dataset.imageio import Geometry, read_image, write_image
 from autoseg.utils.atomic import atomic_path, atomic_write_json
 from autoseg.utils.duration import parse_duration
 from autoseg.errors import UsageError
@@ -106,3 +108,15 @@ def test_only_the_temporaries_of_dead_writers_are_removed(tmp_path: Path) -> Non
     assert remove_stale_temporaries(tmp_path, "a.json") == [tmp_path / names["dead"]]
     assert remove_stale_temporaries(tmp_path) == [tmp_path / names["dead, other target"]]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[k] for k in ("alive (this process)", "other machine", "not ours"))
+
+
+@pytest.mark.parametrize("name", ["case.NII.GZ", "case.NII", "case.NRRD"])
+def test_upper_case_endings_are_written(name: str, tmp_path: Path) -> None:
+    """ITK reads ``.NII.GZ`` but refuses to write it: the temporary is named in lower case, the result as asked."""
+    with atomic_path(tmp_path / name) as tmp:
+        assert tmp.name.endswith(name.split(".", 1)[1].lower()) and tmp.name.startswith(f".{name}.")
+        tmp.write_bytes(b"x")
+    array = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    write_image(array, Geometry.default(array.shape), tmp_path / name)
+    assert np.array_equal(read_image(tmp_path / name)[0], array)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]

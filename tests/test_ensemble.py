@@ -139,3 +139,15 @@ def test_unreadable_probabilities_name_the_file_and_the_fix(tmp_path):
     (m1 / "x.npz").write_bytes(data[: len(data) // 2])  # a truncated copy
     with pytest.raises(EvaluationError, match=r"m1/x\.npz: probabilities of case x cannot be read \(BadZipFile: .*\); re-run predict with --save-probabilities"):
         ensemble_folders([m0, m1], tmp_path / "out", num_workers=1)
+
+
+def test_an_upper_case_file_ending_is_kept(tmp_path):
+    """Label maps named ``.NII.GZ`` (a dataset's file_ending may spell it so) give ``.NII.GZ`` ensembles."""
+    rng = np.random.default_rng(0)
+    dirs = [tmp_path / "m0", tmp_path / "m1"]
+    for folder in dirs:
+        _save(folder, "x", _softmax(rng))
+        (folder / "x.nii.gz").rename(folder / "x.NII.GZ")
+    ensemble_folders(dirs, tmp_path / "out", num_workers=1)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["x.NII.GZ"]
+    assert read_image(tmp_path / "out" / "x.NII.GZ")[0].shape == SHAPE

@@ -94,7 +94,8 @@ def _probability_cases(folder: Path) -> set[str]:
 
 
 def _infer_file_ending(folder: Path, case: str) -> str:
-    endings = {image_ending(p) for p in folder.glob(f"{case}.*")} - {""}
+    """The label files' ending as they spell it (``.NII.GZ`` stays so), for outputs named like the inputs."""
+    endings = {p.name[-len(ending):] for p in folder.glob(f"{case}.*") if (ending := image_ending(p))}
     if len(endings) != 1:
         raise EvaluationError(
             f"{folder}: cannot tell the label file ending from the files of case {case}; give it explicitly (e.g. .nii.gz)"

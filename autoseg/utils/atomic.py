@@ -49,13 +49,14 @@ def _create_temporary(target: Path, suffix: str) -> Path:
 def atomic_path(path: str | os.PathLike[str], suffix: str | None = None, durable: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds.
 
-    The temporary name keeps the target's suffix (``suffix`` overrides it) so that writers that pick
-    the format from the extension (SimpleITK, numpy) behave. On error the temporary file is removed
+    The temporary name keeps the target's suffix in lower case (``suffix`` overrides it) so that writers
+    that pick the format from the extension (SimpleITK, numpy) behave: ITK refuses to write ``.NII.GZ``
+    or ``.Nii.gz``, which a dataset's ``file_ending`` may spell, though it reads them. On error the temporary file is removed
     and ``path`` is untouched. ``durable=False`` skips the fsyncs.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _create_temporary(target, suffix if suffix is not None else "".join(target.suffixes))
+    tmp = _create_temporary(target, suffix if suffix is not None else "".join(target.suffixes).lower())
     try:
         yield tmp
         if durable:
