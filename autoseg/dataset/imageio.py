@@ -127,6 +127,12 @@ def read_image(path: str | Path) -> tuple[np.ndarray, Geometry]:
         if "Refusing to change spacing" in str(exc):  # ITK's words for a zero or NaN voxel size
             raise DatasetError(f"{path}: voxel spacing is zero or not a number ({_first_line(exc)}); fix the header's "
                                "voxel size") from None
+        spelled = path.name[-len(ending):]
+        if spelled != ending:  # ITK reads .NII.GZ and .NRRD, but neither .MHA nor mixed case such as .Nii.gz
+            raise DatasetError(
+                f"{path}: ITK, the image reader, does not read the ending '{spelled}' in this case; rename the files "
+                f"to end in '{ending}' (and set dataset.json's file_ending to '{ending}')"
+            ) from None
         raise DatasetError(f"{path}: cannot be read (truncated or corrupt file?): {_first_line(exc)}") from None
     try:
         truncated = ending in (".nii", ".nii.gz") and _nifti_is_truncated(path, ending)
