@@ -81,20 +81,21 @@ def test_transferred_plan_and_pretrained_fine_tuning_from_the_cli(roots: dict[st
 def test_pretrained_loading_keeps_heads_fresh_and_refuses_other_topologies(tmp_path: Path) -> None:
     torch.manual_seed(0)
     source = create_network("unet", TINY_TOPOLOGY, 1, 3)
-    path = tmp_path / "fold_0" / CHECKPOINT
+    model = tmp_path / "unet__autosegPlans__3d_fullres"  # named as training names it: export-model takes no other name
+    path = model / "fold_0" / CHECKPOINT
     from autoseg.utils.checkpoint_format import CHECKPOINT_FORMAT_VERSION
     from autoseg.utils.weights_file import save_weights
 
     save_weights(path, {"network_weights": source.state_dict(), "metadata": {"network": "unet", "format_version": CHECKPOINT_FORMAT_VERSION}})
     target = create_network("unet", TINY_TOPOLOGY, 1, 2)
     fresh = {k: v.clone() for k, v in target.state_dict().items()}
-    report = load_pretrained(target, tmp_path, "unet", log=lambda _: None)  # a model folder: its first fold
+    report = load_pretrained(target, model, "unet", log=lambda _: None)  # a model folder: its first fold
     assert report.heads and report.missing == [] and report.unused == []
     for name, tensor in target.state_dict().items():
         expected = fresh[name] if name in report.heads else source.state_dict()[name]
         assert torch.equal(tensor, expected), name
-    (tmp_path / "plans.json").write_text("{}"), (tmp_path / "dataset.json").write_text("{}")
-    zip_path = export_model(tmp_path, tmp_path / "model.zip", folds=[0])  # an export-model zip: its first fold
+    (model / "plans.json").write_text("{}"), (model / "dataset.json").write_text("{}")
+    zip_path = export_model(model, tmp_path / "model.zip", folds=[0])  # an export-model zip: its first fold
     again = create_network("unet", TINY_TOPOLOGY, 1, 2)
     assert load_pretrained(again, zip_path, "unet", log=lambda _: None).loaded == report.loaded
     assert all(torch.equal(again.state_dict()[k], target.state_dict()[k]) for k in report.loaded)
