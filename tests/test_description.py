@@ -39,6 +39,23 @@ def test_each_region_writes_one_of_its_own_labels() -> None:
         parse_description(BASE | {"labels": regions, "regions_class_order": [1, 3, 2]}, Path("d.json"))
 
 
+@pytest.mark.parametrize(("regions", "order", "message"), [
+    # enhancing listed before the core containing it: the core overwrites it, enhancing is never exported
+    ({"whole": [1, 2, 3], "enhancing": [3], "core": [2, 3]}, [1, 3, 2],
+     r"voxels of label 3 \(regions whole, enhancing, core\) are exported as 2, which reads back as region\(s\) whole, core"),
+    # overlapping without nesting: no value reads back as both
+    ({"left": [1, 2], "right": [2, 3]}, [1, 3], r"voxels of label 2 \(regions left, right\) are exported as 3, which reads back as region\(s\) right"),
+])
+def test_regions_must_read_back_from_the_exported_label_map(regions: dict, order: list[int], message: str) -> None:
+    """Accepted before, and every exported label map silently lost a region."""
+    with pytest.raises(DatasetError, match=rf"d.json: with regions_class_order \[{', '.join(map(str, order))}\], {message}; "
+                                           "list each region after every region containing it"):
+        parse_description(BASE | {"labels": {"background": 0, **regions}, "regions_class_order": order}, Path("d.json"))
+    disjoint = parse_description(BASE | {"labels": {"background": 0, "a": [1], "b": [2]}, "regions_class_order": [1, 2]},
+                                 Path("d.json"))
+    assert disjoint.regions == [("a", [1]), ("b", [2])]
+
+
 @pytest.mark.parametrize(("change", "message"), [
     ({"labels": {"background": 1, "a": 0}}, 'labels must map "background" to 0'),
     ({"labels": {"background": 0, "a": 1, "ignore": 1}}, "two labels share a value"),

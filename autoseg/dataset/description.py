@@ -153,6 +153,29 @@ def _check_label_values(desc: DatasetDescription, path: Path) -> None:
                     f"{path}: regions_class_order gives region '{name}' the value {value!r}, not one of its labels "
                     f"{values}; give each region one of its own labels, in the regions' order"
                 )
+        _check_regions_read_back(desc, path)
+
+
+def _check_regions_read_back(desc: DatasetDescription, path: Path) -> None:
+    """Export writes each region's value in ``regions_class_order``, later regions overwriting earlier ones:
+    every label's voxels must read back as the same regions, else a region is silently lost from every label
+    map (a nested region listed before the one containing it; regions that overlap without nesting)."""
+    order = desc.regions_class_order or []
+
+    def members(value: int) -> list[str]:
+        return [name for name, values in desc.regions if value in values]
+
+    for label in sorted({v for _, values in desc.regions for v in values}):
+        last = max(i for i, (_, values) in enumerate(desc.regions) if label in values)
+        written = order[last]
+        if members(written) != members(label):
+            raise DatasetError(
+                f"{path}: with regions_class_order {order}, voxels of label {label} (regions "
+                f"{', '.join(members(label))}) are exported as {written}, which reads back as region(s) "
+                f"{', '.join(members(written))}; list each region after every region containing it (largest first, "
+                "as in nnU-Net's BraTS: whole tumor, tumor core, enhancing tumor); "
+                "regions that overlap without nesting cannot be written as one label map"
+            )
 
 
 def load_description(dataset_dir: str | Path) -> DatasetDescription:
