@@ -12,7 +12,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Union
 
 from autoseg.errors import DatasetError
 
@@ -67,12 +67,19 @@ class DatasetLocation:
         return results_root() / self.name
 
 
-def resolve_dataset(spec: str | os.PathLike[str]) -> DatasetLocation:
+# What the Python API takes for a dataset: a name, an id, a folder path or a resolved location.
+DatasetSpec = Union[DatasetLocation, str, int, os.PathLike[str]]
+
+
+def resolve_dataset(spec: DatasetSpec) -> DatasetLocation:
     """Resolve ``Dataset004``, ``4``, ``Dataset004_Hippocampus`` or a folder path to a dataset.
 
     A folder path (anything that exists and holds ``dataset.json``) is used as is; its folder name is
-    the dataset name. Names are looked up in the raw root.
+    the dataset name. Names are looked up in the raw root. A ``DatasetLocation`` is returned as it is, so
+    every Python entry point takes a spec or a resolved location alike.
     """
+    if isinstance(spec, DatasetLocation):
+        return spec
     text = str(spec)
     candidate = Path(text).expanduser()
     if candidate.is_dir() and (candidate / "dataset.json").is_file():
@@ -108,7 +115,7 @@ def _dataset_id(text: str) -> int | None:
 
 
 def model_folder_parts(name: str) -> tuple[str, str, str] | None:
-    """``unet__autosegPlans__3d_fullres`` -> ``("unet", "autosegPlans", "3d_fullres")``; ``None`` for another name."""
+    """``<network>__<plans>__<configuration>`` -> its three parts; ``None`` for another name."""
     parts = name.split("__")
     return (parts[0], parts[1], parts[2]) if len(parts) == 3 and all(parts) else None
 
