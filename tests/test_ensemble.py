@@ -141,6 +141,15 @@ def test_unreadable_probabilities_name_the_file_and_the_fix(tmp_path):
         ensemble_folders([m0, m1], tmp_path / "out", num_workers=1)
 
 
+def test_one_path_instead_of_a_list_is_named(tmp_path):
+    """A path string was read character by character ('/: given twice as an input folder')."""
+    _save(tmp_path / "m0", "x", _softmax(np.random.default_rng(0)))
+    for one in (str(tmp_path / "m0"), tmp_path / "m0"):
+        with pytest.raises(EvaluationError, match=r"m0: give a list of at least two prediction folders to ensemble, not one path"):
+            ensemble_folders(one, tmp_path / "out", num_workers=1)
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_upper_case_file_ending_is_kept(tmp_path):
     """Label maps named ``.NII.GZ`` (a dataset's file_ending may spell it so) give ``.NII.GZ`` ensembles."""
     rng = np.random.default_rng(0)

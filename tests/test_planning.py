@@ -294,6 +294,18 @@ def test_planning_errors_are_clear():
         build_plans(MRI_SMALL, memory_budget_bytes=1000, timing_factory=fake_timing)
 
 
+@pytest.mark.parametrize("budget", ["30m", float("nan"), float("inf"), True, 0])
+def test_a_budget_that_is_not_a_positive_number_of_seconds_is_refused(budget):
+    """From Python, budget_seconds='30m' raised TypeError and NaN planned as if no budget were given."""
+    with pytest.raises(PlanError, match=r"--budget must be a positive, finite number of seconds, got .*parse_duration"):
+        build_plans(MRI_SMALL, memory_budget_bytes=GIB, budget_seconds=budget, timing_factory=fake_timing)
+
+
+def test_one_configuration_name_is_one_configuration_not_its_letters():
+    """configs='3d_fullres' was read letter by letter: 'unknown configuration(s) 3, _, d, e, ...'."""
+    assert list(plan(MRI_SMALL, configs="3d_fullres")["configurations"]) == ["3d_fullres"]
+
+
 # ------------------------------------------------------------------------------------- plans file
 @pytest.mark.parametrize("name", ["../evil", "a/b", "", ".hidden", "my__plans", "a\\b"])
 def test_plans_names_that_are_not_plain_file_names_are_refused(tmp_path, name):

@@ -217,6 +217,22 @@ def test_clean_dataset_verifies(small_dataset: Path, roots: dict[str, Path]) -> 
     assert "Dataset999_Test: 4 case(s) checked, no problems found" in result.output
 
 
+def test_python_entry_points_take_a_dataset_name_or_path_as_the_others_do(small_dataset: Path, roots: dict[str, Path]) -> None:
+    """verify_dataset('Dataset999') raised AttributeError ('str' object has no attribute 'raw_dir'), while
+    plan_dataset, preprocess_dataset and train_fold take a name or path."""
+    from autoseg.dataset.verify import require_valid, verify_dataset
+    from autoseg.fingerprint.extract import extract_fingerprint
+    from autoseg.fingerprint.file import fingerprint_path, load_fingerprint
+    from autoseg.paths import resolve_dataset
+
+    location = resolve_dataset("Dataset999")
+    for spec in ("Dataset999", 999, small_dataset, str(small_dataset), location):
+        assert verify_dataset(spec, num_workers=1).ok and resolve_dataset(spec) == location
+    require_valid(small_dataset, num_workers=1)
+    assert extract_fingerprint(str(small_dataset), num_workers=1) == load_fingerprint("Dataset999")
+    assert fingerprint_path(999) == fingerprint_path(location)
+
+
 # fingerprint shares verify's checks (one read per case); a few breakages show it refuses too.
 CASES = [("verify", b) for b in sorted(BREAKAGES)] + [
     ("fingerprint", b) for b in ("label_spacing", "nan_image", "missing_label", "bad_json", "mask_0_255")

@@ -23,7 +23,7 @@ from autoseg.dataset.imageio import (
     select_channels,
 )
 from autoseg.errors import DatasetError
-from autoseg.paths import DatasetLocation
+from autoseg.paths import DatasetLocation, DatasetSpec, resolve_dataset
 from autoseg.utils.progress import default_workers, parallel_map
 
 MAX_LISTED_VALUES = 8
@@ -200,8 +200,9 @@ def dataset_level_problems(location: DatasetLocation, desc: DatasetDescription) 
     return scan.cases, problems
 
 
-def verify_dataset(location: DatasetLocation, num_workers: int | None = None) -> VerifyReport:
+def verify_dataset(location: DatasetSpec, num_workers: int | None = None) -> VerifyReport:
     """Check the whole dataset; every problem is one line naming the file, the problem and the fix."""
+    location = resolve_dataset(location)
     desc = load_description(location.raw_dir)
     cases, problems = dataset_level_problems(location, desc)
     tests_dir = location.raw_dir / "imagesTs"
@@ -220,8 +221,9 @@ def verify_dataset(location: DatasetLocation, num_workers: int | None = None) ->
     return VerifyReport(location.name, len(cases) + len(test_cases), problems)
 
 
-def require_valid(location: DatasetLocation, num_workers: int | None = None) -> None:
+def require_valid(location: DatasetSpec, num_workers: int | None = None) -> None:
     """Raise ``DatasetError`` listing all problems when the dataset does not verify."""
+    location = resolve_dataset(location)
     report = verify_dataset(location, num_workers)
     if not report.ok:
         listing = "\n".join(f"  {p}" for p in report.problems)

@@ -8,6 +8,7 @@ sidecar's geometry: argmax for classes, thresholding in ``regions_class_order`` 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -104,7 +105,7 @@ def _infer_file_ending(folder: Path, case: str) -> str:
 
 
 def ensemble_folders(
-    input_dirs: Sequence[str | Path],
+    input_dirs: Sequence[str | os.PathLike[str]],
     output_dir: str | Path,
     save_probabilities: bool = False,
     num_workers: int | None = None,
@@ -115,6 +116,8 @@ def ensemble_folders(
     Every folder must hold the same cases. ``file_ending`` of the written label maps defaults to that of
     the label maps in the first folder. Returns the ensembled case ids.
     """
+    if isinstance(input_dirs, (str, os.PathLike)):  # one folder, not the characters of its path
+        raise EvaluationError(f"{input_dirs}: give a list of at least two prediction folders to ensemble, not one path")
     dirs = [Path(d) for d in input_dirs]
     if len(dirs) < 2:
         raise EvaluationError(f"ensemble needs at least two prediction folders, got {len(dirs)}")

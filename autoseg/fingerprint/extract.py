@@ -23,7 +23,7 @@ from autoseg.fingerprint.cropping import crop_to_nonzero
 from autoseg.fingerprint.file import FINGERPRINT_VERSION, fingerprint_path
 from autoseg.fingerprint.label_layout import class_centroids
 from autoseg.fingerprint.thickness import case_thickness, median_thickness
-from autoseg.paths import DatasetLocation
+from autoseg.paths import DatasetLocation, DatasetSpec, resolve_dataset
 from autoseg.utils.atomic import atomic_write_json
 from autoseg.utils.progress import default_workers, parallel_map
 
@@ -93,7 +93,7 @@ def intensity_statistics(samples: np.ndarray) -> dict[str, float]:
 
 
 def extract_fingerprint(
-    location: DatasetLocation,
+    location: DatasetSpec,
     num_workers: int | None = None,
     seed: int = SAMPLING_SEED,
     output: Path | None = None,
@@ -102,6 +102,7 @@ def extract_fingerprint(
 
     Raises ``DatasetError`` listing every problem (nothing is written then).
     """
+    location = resolve_dataset(location)
     desc = load_description(location.raw_dir)
     cases, problems = dataset_level_problems(location, desc)
     if problems:

@@ -9,19 +9,20 @@ from pathlib import Path
 from typing import Any
 
 from autoseg.errors import FingerprintError
-from autoseg.paths import DatasetLocation
+from autoseg.paths import DatasetSpec, resolve_dataset
 from autoseg.utils.jsonio import read_json
 
 FINGERPRINT_VERSION = 1
 FINGERPRINT_FILE = "fingerprint.json"
 
 
-def fingerprint_path(location: DatasetLocation) -> Path:
-    return location.preprocessed_dir / FINGERPRINT_FILE
+def fingerprint_path(location: DatasetSpec) -> Path:
+    return resolve_dataset(location).preprocessed_dir / FINGERPRINT_FILE
 
 
-def load_fingerprint(location: DatasetLocation) -> dict[str, Any]:
+def load_fingerprint(location: DatasetSpec) -> dict[str, Any]:
     """Read ``fingerprint.json``; a clear error when it is missing, unreadable or from another version."""
+    location = resolve_dataset(location)
     path = fingerprint_path(location)
     data = read_json(
         path, FingerprintError, f"not found; run `autoseg fingerprint {location.name}` first",

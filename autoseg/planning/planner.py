@@ -15,7 +15,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -35,6 +35,9 @@ from autoseg.networks.bf16_guard import bf16_step_survives, step_spec
 from autoseg.utils.cpu_load import applied, idle_thread_choice
 from autoseg.utils.device import autocast_dtype, choose_device, device_memory_bytes
 from autoseg.utils.progress import default_workers
+
+if TYPE_CHECKING:
+    from autoseg.paths import DatasetSpec
 
 CONFIG_2D, CONFIG_FULLRES, CONFIG_LOWRES, CONFIG_CASCADE = "2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres"
 ALL_CONFIGURATIONS = (CONFIG_2D, CONFIG_FULLRES, CONFIG_LOWRES, CONFIG_CASCADE)
@@ -685,7 +688,7 @@ def build_plans(
     memory_budget_bytes: float,
     budget_seconds: float | None = None,
     device: torch.device | str = "cpu",
-    configs: Sequence[str] | None = None,
+    configs: str | Sequence[str] | None = None,
     plans_name: str = C.DEFAULT_PLANS_NAME,
     regions_class_order: list[int] | None = None,
     cache_dir: Path | None = None,
@@ -753,8 +756,11 @@ def _planning_context(fingerprint: dict[str, Any], network: str, memory_budget_b
                       record: dict[str, Any], device_present: bool) -> _Context:
     """What every configuration is planned with: the options checked, the timing (measured on this
     machine unless replaced; none for a device it lacks) and the bf16 check where training would use bf16."""
-    if budget_seconds is not None and budget_seconds <= 0:
-        raise PlanError(f"--budget must be positive, got {budget_seconds} s")
+    numeric = isinstance(budget_seconds, (int, float)) and not isinstance(budget_seconds, bool)
+    if budget_seconds is not None and not (numeric and math.isfinite(budget_seconds) and budget_seconds > 0):
+        # From Python a duration such as "30m" is easily passed as is: name the converter.
+        raise PlanError(f"--budget must be a positive, finite number of seconds, got {budget_seconds!r}; "
+                        "autoseg.utils.duration.parse_duration('30m') converts a duration")
     if budget_seconds is not None and not device_present and timing_factory is None:
         raise PlanError("--budget times training on this machine, which lacks the device planned for; "
                         "plan for the GPU with --gpu-memory alone, or drop --gpu-memory to plan for this machine")
@@ -814,8 +820,10 @@ def _plan_3d(ctx: _Context, wanted: set[str], spacing: list[float], forward: lis
     return configurations
 
 
-def _wanted_configurations(configs: Sequence[str] | None, is_2d: bool, family_dims: tuple[int, ...],
+def _wanted_configurations(configs: str | Sequence[str] | None, is_2d: bool, family_dims: tuple[int, ...],
                            ctx: _Context) -> set[str]:
+    if isinstance(configs, str):  # one name, not its letters ("unknown configuration(s) 3, _, d, ...")
+        configs = [configs]
     unknown = sorted(set(configs or ()) - set(ALL_CONFIGURATIONS))
     if unknown:
         raise PlanError(f"unknown configuration(s) {', '.join(unknown)}; choose from {', '.join(ALL_CONFIGURATIONS)}")
@@ -856,11 +864,11 @@ def target_device(device: str | torch.device | None, gpu_memory_gb: float | None
 
 
 def plan_dataset(
-    dataset_spec: str | os.PathLike[str],
+    dataset_spec: DatasetSpec,
     gpu_memory_gb: float | None = None,
     budget_seconds: float | None = None,
     network: str | None = None,
-    configs: Sequence[str] | None = None,
+    configs: str | Sequence[str] | None = None,
     plans_name: str = C.DEFAULT_PLANS_NAME,
     overwrite: bool = False,
     device: str | torch.device | None = None,
