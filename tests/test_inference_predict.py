@@ -316,6 +316,17 @@ def test_a_bad_case_among_good_ones(model_3d: Path, tmp_path: Path) -> None:
     assert sorted(p.name for p in out.iterdir()) == ["a_good.nii.gz", PREDICT_INFO, "z_good.nii.gz"]
 
 
+def test_every_case_failing_says_none_was_predicted_and_a_wrong_model_type_is_named(model_3d: Path, tmp_path: Path) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "broken_0000.nii.gz").write_bytes(b"not an image")
+    with pytest.raises(InferenceError, match=r"^1 of 1 case\(s\) failed \(broken: .*\); no case was predicted$"):
+        predict_folder(inputs, tmp_path / "out", model_3d, folds=[0], tta=False)
+    with pytest.raises(InferenceError, match=r"model=5: give a model folder, a \(dataset, configuration\) pair or a model from load_model"):
+        predict_folder(inputs, tmp_path / "out2", 5, folds=[0])  # type: ignore[arg-type]
+    assert not (tmp_path / "out2").exists()
+
+
 def test_continue_skips_finished_cases(model_3d: Path, tmp_path: Path) -> None:
     inputs = tmp_path / "in"
     inputs.mkdir()

@@ -62,6 +62,13 @@ def test_dataset_is_stored_with_gt_and_exact_inverse(roots: dict[str, Path], sma
     assert report.gt_copied == 4 and "4 preprocessed, 0 already done, 0 failed" in report.summary()
 
 
+def test_one_configuration_given_as_a_string_is_one_name(roots: dict[str, Path], small_dataset: Path) -> None:
+    """Python callers write configurations="3d_fullres" (was read letter by letter: "configuration '3' ...")."""
+    _write_plans(roots)
+    report = preprocess_dataset(DATASET, "3d_fullres", num_workers=1)
+    assert [out.configurations for out in report.outputs] == [["3d_fullres"]]
+
+
 def test_resume_after_kill_redoes_only_the_incomplete_case(roots: dict[str, Path], small_dataset: Path) -> None:
     _write_plans(roots)
     preprocess_dataset(DATASET, ["3d_fullres"], num_workers=1)

@@ -9,6 +9,7 @@ whose outputs exist (every output is written atomically, so an existing file is 
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -218,6 +219,9 @@ def _resolve_model(
 ) -> LoadedModel:
     if isinstance(model, LoadedModel):
         return model
+    if not isinstance(model, (str, os.PathLike, tuple)):
+        raise InferenceError(f"model={model!r}: give a model folder, a (dataset, configuration) pair or a model "
+                             "from load_model")
     require_torch()
     from autoseg.inference.model import find_model_folder, load_model
 
@@ -301,9 +305,8 @@ def predict_folder(
     report.seconds = time.perf_counter() - start
     if report.failed:
         details = "; ".join(f"{f.key}: {f.message}" for f in report.failed)
-        error = InferenceError(
-            f"{len(report.failed)} of {len(cases)} case(s) failed ({details}); the others are in {output}"
-        )
+        rest = f"the others are in {output}" if report.predicted or report.skipped else "no case was predicted"
+        error = InferenceError(f"{len(report.failed)} of {len(cases)} case(s) failed ({details}); {rest}")
         error.report = report  # type: ignore[attr-defined]
         raise error
     return report

@@ -162,7 +162,7 @@ def _group_by_identifier(plans: dict[str, Any], names: Sequence[str]) -> dict[st
 
 def preprocess_dataset(
     dataset_spec: str,
-    configurations: Sequence[str] | None = None,
+    configurations: str | Sequence[str] | None = None,
     num_workers: int | None = None,
     plans_name: str = "autosegPlans",
 ) -> PreprocessReport:
@@ -176,6 +176,8 @@ def preprocess_dataset(
     description = load_description(location.raw_dir)
     cases = training_cases(location.raw_dir, description)
     plans = load_plans(plans_path(location.preprocessed_dir, plans_name))
+    if isinstance(configurations, str):  # one name, not its letters ("configuration '3' is not in plans")
+        configurations = [configurations]
     names = list(configurations) if configurations else list(plans["configurations"])
     workers = default_workers() if num_workers is None else max(1, int(num_workers))
     report = PreprocessReport(location.name, plans_name, [])
