@@ -61,7 +61,8 @@ def test_regions_must_read_back_from_the_exported_label_map(regions: dict, order
     ({"labels": {"background": 0, "a": 1, "ignore": 1}}, "two labels share a value"),
     ({"labels": {"background": 0, "a": 2}}, r"consecutive integers 0..1, got \[0, 2\]"),
     ({"labels": {"background": 0, "ignore": 1, "a": 2, "b": 3}}, "the 'ignore' label must have the highest value; it is 1"),
-    ({"labels": {"background": 0, "a": "1"}}, "label 'a' has value '1'"),
+    ({"labels": {"background": 0, "a": "one"}}, "label 'a' has value 'one'"),
+    ({"labels": {"background": 0, "a": 1.5}}, "label 'a' has value 1.5"),
     ({"numTraining": -1}, "numTraining must be a non-negative integer"),
     ({"file_ending": "nii.gz"}, "file_ending must start with '.'"),
     ({"channel_names": {"1": "CT"}}, "channel_names keys must be 0, 1, 2"),
@@ -69,6 +70,18 @@ def test_regions_must_read_back_from_the_exported_label_map(regions: dict, order
 def test_bad_descriptions(change: dict, message: str) -> None:
     with pytest.raises(DatasetError, match=message):
         parse_description(BASE | change, Path("d.json"))
+
+
+def test_label_values_are_read_as_nnunet_reads_them() -> None:
+    """nnU-Net v2 converts label values with int() and calls a dataset region-based only when a label lists
+    several values: its datasets switch with no conversion."""
+    written = parse_description(BASE | {"labels": {"background": "0", "a": "1", "b": 2.0}}, Path("d.json"))
+    assert written.labels == {"background": 0, "a": 1, "b": 2} and not written.has_regions
+    single = parse_description(BASE | {"labels": {"background": 0, "a": [1], "b": [2]}}, Path("d.json"))
+    assert single.labels == {"background": 0, "a": 1, "b": 2} and not single.has_regions
+    regions = parse_description(BASE | {"labels": {"background": 0, "whole": ["1", 2], "core": [2]},
+                                        "regions_class_order": [1, 2]}, Path("d.json"))
+    assert regions.regions == [("whole", [1, 2]), ("core", [2])]
 
 
 def test_missing_file(tmp_path: Path) -> None:

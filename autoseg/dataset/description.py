@@ -88,6 +88,26 @@ def _require(data: dict[str, Any], key: str, path: Path, hint: str) -> Any:
     return data[key]
 
 
+def _integer(value: Any) -> Any:
+    """A label value as nnU-Net v2 reads it (``int(value)``): ``"1"`` and ``1.0`` are 1, in lists too;
+    anything else is returned unchanged for the checks to name."""
+    if isinstance(value, list):
+        return [_integer(v) for v in value]
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _as_nnunet_reads(labels: dict[str, Any], has_order: bool) -> dict[str, Any]:
+    """nnU-Net v2 treats a dataset as region-based only when a label lists several values; one-value lists
+    alone (``"a": [1]``) are plain classes. Kept as regions where ``regions_class_order`` says so."""
+    if has_order or any(isinstance(v, list) and len(v) > 1 for v in labels.values()):
+        return labels
+    return {name: v[0] if isinstance(v, list) and len(v) == 1 else v for name, v in labels.items()}
+
+
 def parse_description(data: dict[str, Any], path: Path) -> DatasetDescription:
     """Validate a loaded ``dataset.json``; every problem names the file and the fix."""
     if "modality" in data and "channel_names" not in data:
@@ -99,8 +119,11 @@ def parse_description(data: dict[str, Any], path: Path) -> DatasetDescription:
     if [str(k) for k in keys] != [str(i) for i in range(len(keys))]:
         raise DatasetError(f"{path}: channel_names keys must be 0, 1, 2, ... in order; got {list(channels)}")
     labels = _require(data, "labels", path, 'add e.g. "labels": {"background": 0, "tumor": 1}')
+    if isinstance(labels, dict):
+        labels = {name: _integer(value) for name, value in labels.items()}
     if not isinstance(labels, dict) or labels.get("background") != 0:
         raise DatasetError(f'{path}: labels must map "background" to 0 (got {labels.get("background") if isinstance(labels, dict) else labels!r})')
+    labels = _as_nnunet_reads(labels, "regions_class_order" in data)
     for name, value in labels.items():
         ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
         ok = ok or (isinstance(value, list) and value and all(isinstance(v, int) and v > 0 for v in value))
