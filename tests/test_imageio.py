@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+
 import gzip
+import json
 from pathlib import Path
 
 import numpy as np
@@ -245,13 +247,44 @@ def _multi_page_tiff(path: Path, pages: int) -> Path:
 def test_a_multi_page_tiff_is_named_by_its_pages_not_as_colours(tmp_path: Path, pages: int) -> None:
     """4 grey pages were read as RGBA (the fourth dropped as alpha where 3 channels are declared), 5 as a 3D TIFF."""
     path = _multi_page_tiff(tmp_path / "stack_0000.tif", pages)
-    problem = (f"{path}: is a multi-page TIFF ({pages} pages); autoseg reads a TIFF as one 2D image (grey or colour). "
-               "Save a 3D image as .nii.gz (or .nrrd/.mha) so its spacing is kept, or each page as its own channel "
-               "file (<case>_0000.tif, <case>_0001.tif, ...)")
+    problem = (f"{path}: is a multi-page TIFF ({pages} pages) without its spacing; a 3D TIFF needs {tmp_path / 'stack.json'} "
+               'holding {"spacing": [z, y, x]} in mm (nnU-Net\'s Tiff3DIO convention). Or save the volume as .nii.gz (or '
+               ".nrrd/.mha), or each page as its own channel file (<case>_0000.tif, <case>_0001.tif, ...)")
     for read in (read_image, read_image_channels, lambda p: read_case_images([p], 3)):
         with pytest.raises(DatasetError) as info:
             read(path)
         assert str(info.value) == problem
+
+
+def test_a_3d_tiff_with_nnunets_spacing_sidecar_is_a_volume(tmp_path: Path) -> None:
+    """nnU-Net v2's Tiff3DIO: pages along z, spacing from <case>.json (for <case>_0000.tif and <case>.tif alike)."""
+    import tifffile
+
+    volume = np.arange(5 * 4 * 6, dtype=np.float32).reshape(5, 4, 6)
+    for name in ("c_0000.tif", "c.tif"):
+        tifffile.imwrite(tmp_path / name, volume)
+    (tmp_path / "c.json").write_text(json.dumps({"spacing": [3.0, 0.5, 0.75]}))
+    for name in ("c_0000.tif", "c.tif"):
+        array, geometry = read_image(tmp_path / name)
+        assert np.array_equal(array, volume) and geometry.spacing == (3.0, 0.5, 0.75) and not geometry.is_2d
+    data, geometry = read_case_images([tmp_path / "c_0000.tif"], 1)
+    assert data.shape == (1, 5, 4, 6) and geometry.spacing == (3.0, 0.5, 0.75)
+    (tmp_path / "c.json").write_text(json.dumps({"spacing": [3.0, 0, 0.75]}))
+    with pytest.raises(DatasetError, match=r'c.json: spacing of c.tif must be \{"spacing": \[z, y, x\]\}: three positive '
+                                           r"numbers in mm \(got \[3.0, 0, 0.75\]\)"):
+        read_image(tmp_path / "c.tif")
+
+
+def test_a_written_3d_tiff_carries_its_spacing_and_ignores_a_probability_sidecar(tmp_path: Path) -> None:
+    """Predictions of a 3D TIFF dataset are 3D TIFFs holding their spacing (a <case>.json beside them is
+    the saved probabilities' sidecar, not a spacing file); one slice stays a volume."""
+    for slices in (4, 1):
+        labels = np.random.default_rng(0).integers(0, 3, (slices, 6, 3)).astype(np.uint8)  # x = 3: not RGB
+        path = tmp_path / f"p{slices}.tif"
+        write_image(labels, Geometry((2.5, 1.0, 0.5), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel())), path)
+        (tmp_path / f"p{slices}.json").write_text(json.dumps({"case_id": "p", "shape": [3, slices, 6, 3]}))
+        array, geometry = read_image(path)
+        assert np.array_equal(array, labels) and geometry.spacing == (2.5, 1.0, 0.5) and not geometry.is_2d
 
 
 def test_colour_label_map_is_refused_with_the_fix(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tifffile
 import pytest
 import SimpleITK as sitk
 import torch
@@ -245,10 +246,14 @@ def test_output_geometry_equals_input_geometry_for_every_format(model_3d: Path, 
     for case, ending in (("nifti", ".nii.gz"), ("nrrd", ".nrrd"), ("meta", ".mha")):
         dicom_as(inputs / f"{case}_0000{ending}")
     shutil.copytree(DICOM_SERIES, inputs / "dicom")
+    # nnU-Net v2's Tiff3DIO layout: pages along z, the spacing in <case>.json; predicted as a 3D TIFF
+    tifffile.imwrite(inputs / "tiff_0000.tif", read_image(DICOM_SERIES)[0], photometric="minisblack")
+    (inputs / "tiff.json").write_text(json.dumps({"spacing": [1.5, 0.8, 0.9]}))
     out = tmp_path / "out"
     report = predict_folder(inputs, out, model_3d, folds=[0], tta=False, save_probabilities=True)
-    assert report.predicted == ["dicom", "meta", "nifti", "nrrd"] and not report.failed
+    assert report.predicted == ["dicom", "meta", "nifti", "nrrd", "tiff"] and not report.failed
     for case, source, output in (
+        ("tiff", "tiff_0000.tif", "tiff.tif"),
         ("nifti", "nifti_0000.nii.gz", "nifti.nii.gz"),
         ("nrrd", "nrrd_0000.nrrd", "nrrd.nii.gz"),  # not the dataset's ending: written as .nii.gz
         ("meta", "meta_0000.mha", "meta.nii.gz"),

@@ -15,7 +15,7 @@ from autoseg.dataset.imageio import read_image
 from autoseg.errors import PreprocessingError
 from autoseg.planning.plans import write_plans
 from autoseg.preprocessing import list_cases, load_case, preprocess_dataset, restore_label
-from autoseg.preprocessing.runner import TIMING_SUFFIX
+from autoseg.preprocessing.runner import TIMING_SUFFIX, copy_ground_truth
 from autoseg.utils.atomic import HOST_TAG
 
 DATASET = "Dataset999_Test"
@@ -60,6 +60,19 @@ def test_dataset_is_stored_with_gt_and_exact_inverse(roots: dict[str, Path], sma
         z, y, x = props["class_locations"]["2"][0]
         assert seg[0, z, y, x] == 2
     assert report.gt_copied == 4 and "4 preprocessed, 0 already done, 0 failed" in report.summary()
+
+
+def test_a_3d_tiff_label_is_copied_with_its_spacing_sidecar(tmp_path: Path) -> None:
+    """Evaluation reads gt_segmentations/<case>.tif as a volume only with its <case>.json (nnU-Net's Tiff3DIO)."""
+    (tmp_path / "raw").mkdir()
+    label, sidecar = tmp_path / "raw" / "c.tif", tmp_path / "raw" / "c.json"
+    label.write_bytes(b"tiff bytes")
+    sidecar.write_text('{"spacing": [2, 1, 1]}')
+    target = tmp_path / "gt" / "c.tif"
+    assert copy_ground_truth(label, target) and not copy_ground_truth(label, target)
+    assert (tmp_path / "gt" / "c.json").read_text() == sidecar.read_text()
+    sidecar.write_text('{"spacing": [3, 1, 1]}')
+    assert copy_ground_truth(label, target) and (tmp_path / "gt" / "c.json").read_text() == sidecar.read_text()
 
 
 def test_one_configuration_given_as_a_string_is_one_name(roots: dict[str, Path], small_dataset: Path) -> None:

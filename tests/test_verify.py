@@ -217,6 +217,35 @@ def test_clean_dataset_verifies(small_dataset: Path, roots: dict[str, Path]) -> 
     assert "Dataset999_Test: 4 case(s) checked, no problems found" in result.output
 
 
+def as_3d_tiff_dataset(dataset: Path) -> None:
+    """The dataset in nnU-Net v2's Tiff3DIO layout: <case>_0000.tif / <case>.tif pages along z, the spacing
+    in a <case>.json beside them (image and label folders each)."""
+    import tifffile
+
+    for folder in (dataset / "imagesTr", dataset / "labelsTr"):
+        for path in sorted(folder.glob("*.nii.gz")):
+            image = sitk.ReadImage(str(path))
+            stem = path.name[: -len(".nii.gz")]
+            tifffile.imwrite(folder / f"{stem}.tif", sitk.GetArrayFromImage(image), photometric="minisblack")
+            spacing = list(reversed(image.GetSpacing()))
+            (folder / f"{stem.removesuffix('_0000')}.json").write_text(json.dumps({"spacing": spacing}))
+            path.unlink()
+    description = json.loads((dataset / "dataset.json").read_text())
+    (dataset / "dataset.json").write_text(json.dumps(description | {"file_ending": ".tif"}))
+
+
+def test_a_3d_tiff_dataset_verifies_and_fingerprints_with_its_spacing(small_dataset: Path, roots: dict[str, Path]) -> None:
+    """The spacing sidecars are part of the format, not files with a wrong ending."""
+    from autoseg.fingerprint.extract import extract_fingerprint
+
+    as_3d_tiff_dataset(small_dataset)
+    result = runner.invoke(app, ["verify", "Dataset999"])
+    assert result.exit_code == 0, result.output
+    assert "Dataset999_Test: 4 case(s) checked, no problems found" in result.output
+    spacings = extract_fingerprint("Dataset999", num_workers=1)["spacings"]
+    assert len(spacings) == 4 and all(s == [1.0, 1.0, 1.0] for s in spacings)
+
+
 def test_python_entry_points_take_a_dataset_name_or_path_as_the_others_do(small_dataset: Path, roots: dict[str, Path]) -> None:
     """verify_dataset('Dataset999') raised AttributeError ('str' object has no attribute 'raw_dir'), while
     plan_dataset, preprocess_dataset and train_fold take a name or path."""

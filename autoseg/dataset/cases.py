@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Iterable
 
 from autoseg.dataset.description import DatasetDescription
-from autoseg.dataset.imageio import NATURAL_2D_ENDINGS, SUPPORTED_ENDINGS, image_ending
+from autoseg.dataset.imageio import NATURAL_2D_ENDINGS, SUPPORTED_ENDINGS, TIFF_ENDINGS, image_ending
 from autoseg.errors import DatasetError
 
 CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -38,6 +38,8 @@ def _files_by_stem(folder: Path, ending: str, problems: list[str]) -> dict[str, 
     for path in sorted(folder.iterdir()):
         if path.name.startswith("."):
             continue
+        if ending.lower() in TIFF_ENDINGS and path.name.endswith(".json"):
+            continue  # a 3D TIFF's spacing sidecar (nnU-Net's Tiff3DIO), read with its image
         if not path.name.endswith(ending):
             problems.append(f"{path}: file ending is not {ending!r} (dataset.json file_ending); rename or remove it")
             continue

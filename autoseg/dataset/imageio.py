@@ -9,13 +9,18 @@ spacing 999 on the slice axis (as nnU-Net does), and written back as 2D.
 
 A colour image file holds several channels, as in nnU-Net's ``NaturalImage2DIO``: ``read_image_channels``
 gives an RGB PNG as 3 channels (R, G, B), RGBA as 4, grey as 1. ``read_case_images`` joins a case's
-files in channel order and drops alpha when the dataset declares the channels without it. A multi-page
-TIFF is refused: its pages are neither colours nor (without spacing) a volume.
+files in channel order and drops alpha when the dataset declares the channels without it.
+
+A multi-page TIFF is a 3D volume (pages along z) when its spacing is known, as nnU-Net v2's ``Tiff3DIO``
+reads it: from the sidecar ``<case>.json`` (``{"spacing": [z, y, x]}`` in mm; for a channel file
+``<case>_0000.tif`` too), else from the spacing autoseg writes into the TIFF's own description. Without
+either it is refused (nnU-Net would assume 1 mm silently; its pages could also be channels).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -33,6 +38,7 @@ sitk.ProcessObject_SetGlobalWarningDisplay(False)
 
 SITK_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".gipl", ".gipl.gz")
 NATURAL_2D_ENDINGS = (".png", ".bmp", ".tif", ".tiff")
+TIFF_ENDINGS = (".tif", ".tiff")  # a 2D image, or a 3D volume when its spacing is known (is_tiff_volume)
 SUPPORTED_ENDINGS = SITK_ENDINGS + NATURAL_2D_ENDINGS
 SLICE_SPACING_2D = 999.0  # nnU-Net's spacing for the absent slice axis of 2D images (reference §1.1)
 
@@ -119,6 +125,8 @@ def read_image(path: str | Path) -> tuple[np.ndarray, Geometry]:
         )
     if path.stat().st_size == 0:
         raise DatasetError(f"{path}: file is empty (0 bytes; an interrupted copy or export?); copy or export it again")
+    if is_tiff_volume(path):
+        return _read_tiff_volume(path)
     if ending in NATURAL_2D_ENDINGS:
         return _read_natural_2d(path)
     try:
@@ -302,16 +310,100 @@ def _read_natural_2d_pixels(path: Path) -> np.ndarray:
 def _refuse_multi_page_tiff(path: Path) -> None:
     """A TIFF of several pages is a stack (slices or channels, the file does not say which). The decoder
     would hand 2 to 4 pages over as the colours of one image (so 4 grey pages would pass as RGBA, the
-    fourth dropped as alpha), more as a volume without spacing: refuse them all, naming the pages."""
-    if path.suffix.lower() not in (".tif", ".tiff"):
+    fourth dropped as alpha), more as a volume without spacing: a stack without known spacing is refused,
+    naming the pages and the spacing file that makes it a volume."""
+    if path.suffix.lower() not in TIFF_ENDINGS:
         return
     pages = _tiff_pages(path)
     if pages > 1:
         raise DatasetError(
-            f"{path}: is a multi-page TIFF ({pages} pages); autoseg reads a TIFF as one 2D image (grey or colour). "
-            "Save a 3D image as .nii.gz (or .nrrd/.mha) so its spacing is kept, or each page as its own channel "
-            "file (<case>_0000.tif, <case>_0001.tif, ...)"
+            f"{path}: is a multi-page TIFF ({pages} pages) without its spacing; a 3D TIFF needs "
+            f'{tiff_spacing_files(path)[-1]} holding {{"spacing": [z, y, x]}} in mm (nnU-Net\'s Tiff3DIO '
+            "convention). Or save the volume as .nii.gz (or .nrrd/.mha), or each page as its own channel file "
+            "(<case>_0000.tif, <case>_0001.tif, ...)"
         )
+
+
+def tiff_spacing_files(path: Path) -> list[Path]:
+    """Where a 3D TIFF's spacing may lie, in the order looked at: ``<name>.json`` (a label map
+    ``<case>.tif``), then ``<case>.json`` for a channel file ``<case>_0000.tif`` (nnU-Net's Tiff3DIO)."""
+    stem = path.name[: -len(path.suffix)]
+    files = [path.with_name(f"{stem}.json")]
+    if re.fullmatch(r".+_\d{4}", stem):
+        files.append(path.with_name(f"{stem[:-5]}.json"))
+    return files
+
+
+def is_tiff_volume(path: Path) -> bool:
+    """A TIFF read as 3D: autoseg's own output (its description holds the spacing; a one-slice volume
+    too), or several pages with a spacing sidecar."""
+    if path.suffix.lower() not in TIFF_ENDINGS or not path.is_file():
+        return False
+    return _written_spacing(path) is not None or (_tiff_pages(path) > 1 and _sidecar_spacing(path) is not None)
+
+
+def _written_spacing(path: Path) -> Any:
+    """The spacing autoseg wrote into a TIFF's description (tifffile's shaped metadata), None without."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tiff:
+            metadata = tiff.shaped_metadata
+    except Exception:  # noqa: BLE001 - the reader itself reports unreadable files
+        return None
+    return metadata[0].get("spacing") if metadata else None
+
+
+def _sidecar_spacing(path: Path) -> tuple[Path, Any] | None:
+    """(sidecar, its "spacing") of the first sidecar that has one: a ``<case>.json`` without it is another
+    file (the probabilities' sidecar beside a prediction)."""
+    from autoseg.utils.jsonio import read_json
+
+    for sidecar in tiff_spacing_files(path):
+        if sidecar.is_file():
+            content = read_json(sidecar, DatasetError, "not found", 'write {"spacing": [z, y, x]} in mm')
+            if isinstance(content, dict) and "spacing" in content:
+                return sidecar, content["spacing"]
+    return None
+
+
+def _tiff_volume_spacing(path: Path) -> tuple[float, float, float]:
+    """The spacing of a 3D TIFF: autoseg's own in its description, else the sidecar's (nnU-Net's convention)."""
+    spacing, where = _written_spacing(path), f"{path} (its description)"
+    if spacing is None:
+        sidecar, spacing = _sidecar_spacing(path) or (path, None)
+        where = str(sidecar)
+    valid = isinstance(spacing, list) and len(spacing) == 3 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in spacing)
+    if not valid:
+        raise DatasetError(f'{where}: spacing of {path.name} must be {{"spacing": [z, y, x]}}: three positive '
+                           f"numbers in mm (got {spacing!r})")
+    return (float(spacing[0]), float(spacing[1]), float(spacing[2]))
+
+
+def _read_tiff_volume(path: Path) -> tuple[np.ndarray, Geometry]:
+    """A multi-page grey TIFF as (pages, y, x) with its spacing; origin 0, identity direction (TIFF has none)."""
+    import tifffile
+
+    spacing = _tiff_volume_spacing(path)
+    try:
+        array = np.asarray(tifffile.imread(path))
+    except Exception as exc:  # noqa: BLE001 - any decoder error means an unreadable file
+        raise DatasetError(f"{path}: cannot be read as a TIFF volume: {_first_line(exc)}") from None
+    if array.ndim != 3:
+        raise DatasetError(f"{path}: a 3D TIFF must hold grey pages (pages, y, x); it has shape {array.shape}. "
+                           "Save each colour as its own channel file")
+    return array, Geometry(spacing=spacing, origin=(0.0, 0.0, 0.0), direction=tuple(float(v) for v in np.eye(3).ravel()))
+
+
+def _write_tiff_volume(array: np.ndarray, geometry: Geometry, path: Path) -> None:
+    """A 3D array as a multi-page TIFF carrying its spacing in its description (read back by
+    ``_tiff_volume_spacing``; a sidecar JSON here would collide with saved probabilities' ``<case>.json``)."""
+    import tifffile
+
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, array, photometric="minisblack", metadata={"spacing": [float(v) for v in geometry.spacing]},
+                         compression="zlib")
 
 
 def _tiff_pages(path: Path) -> int:
@@ -373,7 +465,7 @@ def read_image_channels(path: str | Path) -> tuple[np.ndarray, Geometry, bool]:
     reads it; every other file is one channel.
     """
     path = Path(path)
-    if path.is_file() and image_ending(path) in NATURAL_2D_ENDINGS:
+    if path.is_file() and image_ending(path) in NATURAL_2D_ENDINGS and not is_tiff_volume(path):
         array = _read_natural_2d_pixels(path)
         if array.ndim == 2:
             return array[None, None], _natural_2d_geometry(), False
@@ -465,6 +557,9 @@ def write_image(array: np.ndarray, geometry: Geometry, path: str | Path) -> None
         raise ValueError(f"write_image expects a 3D array (z, y, x), got shape {array.shape}")
     if array.dtype == np.bool_:
         array = array.astype(np.uint8)
+    if ending in TIFF_ENDINGS and not geometry.is_2d:
+        _write_tiff_volume(array, geometry, path)
+        return
     if ending in NATURAL_2D_ENDINGS:
         _write_natural_2d(array, path)
         return
@@ -509,7 +604,7 @@ def read_case_images(
     """
     if not paths:
         raise ValueError("read_case_images needs at least one path")
-    if any(image_ending(p) in NATURAL_2D_ENDINGS for p in paths):
+    if any(image_ending(p) in NATURAL_2D_ENDINGS and not is_tiff_volume(Path(p)) for p in paths):
         return _read_natural_case(paths, num_channels, model_channels)
     if num_channels is not None and len(paths) != num_channels:
         raise DatasetError(

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 from autoseg.dataset.cases import Case, training_cases
 from autoseg.dataset.description import load_description
-from autoseg.dataset.imageio import read_case_images, read_image
+from autoseg.dataset.imageio import TIFF_ENDINGS, read_case_images, read_image
 from autoseg.errors import DatasetError, PreprocessingError
 from autoseg.paths import resolve_dataset
 from autoseg.planning.plans import get_configuration, load_plans, plans_path
@@ -144,12 +144,18 @@ def preprocess_one(
 
 
 def copy_ground_truth(label: Path, target: Path) -> bool:
-    """Copy a raw label for evaluation, atomically; False when an identical copy is already there."""
-    if target.is_file() and filecmp.cmp(label, target, shallow=False):
-        return False
-    with atomic_path(target, durable=False) as tmp:  # compared byte for byte on every run
-        shutil.copyfile(label, tmp)
-    return True
+    """Copy a raw label for evaluation, atomically, with a 3D TIFF's spacing sidecar (copied first: the
+    label marks completion); False when identical copies are already there."""
+    sidecar = label.with_suffix(".json")
+    pairs = [(sidecar, target.with_suffix(".json"))] if label.suffix.lower() in TIFF_ENDINGS and sidecar.is_file() else []
+    copied = False
+    for source, destination in [*pairs, (label, target)]:
+        if destination.is_file() and filecmp.cmp(source, destination, shallow=False):
+            continue
+        with atomic_path(destination, durable=False) as tmp:  # compared byte for byte on every run
+            shutil.copyfile(source, tmp)
+        copied = True
+    return copied
 
 
 def _group_by_identifier(plans: dict[str, Any], names: Sequence[str]) -> dict[str, list[str]]:
