@@ -185,3 +185,52 @@ def test_kill_anywhere_then_resume(world: dict[str, Path]) -> None:
                     assert new.read(name) == old.read(name), name
         assert temporaries(exported.parent) == []
     print(f"{4 * POINTS} kill points, {kills} killed before finishing, 0 failures")
+
+
+WORKERS_JOB = """
+import os, sys, time
+from pathlib import Path
+folder, kind = Path(sys.argv[1]), sys.argv[2]
+
+def slow(index):
+    (folder / str(os.getpid())).touch()
+    time.sleep(600)
+
+if kind == "parallel_map":
+    from autoseg.utils.progress import parallel_map
+    parallel_map(slow, [(str(i), (i,)) for i in range(4)], 2, "cases")
+else:
+    from autoseg.training.data_loading import BatchStream
+    next(BatchStream(slow, num_workers=2))
+"""
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie nobody reaped, as orphans in a container can be, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+@pytest.mark.parametrize("kind", ["parallel_map", "data_loading"])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_workers_end_with_their_killed_stage(kind: str, sig: signal.Signals, tmp_path: Path) -> None:
+    """A stage killed by SIGKILL or SIGTERM leaves no worker behind (case pools of preprocess, fingerprint,
+    evaluate ...; training's data loaders), where they waited on their queue forever."""
+    process = subprocess.Popen([sys.executable, "-c", WORKERS_JOB, str(tmp_path), kind])
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.iterdir())) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = [int(p.name) for p in tmp_path.iterdir()]
+    assert len(workers) == 2
+    process.send_signal(sig)
+    process.wait()
+    deadline = time.monotonic() + 10
+    while any(map(_running, workers)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    survivors = [pid for pid in workers if _running(pid)]
+    for pid in survivors:
+        os.kill(pid, signal.SIGKILL)
+    assert survivors == []

@@ -29,6 +29,7 @@ import numpy as np
 from autoseg.errors import AutosegError, TrainingError
 from autoseg.training.augmentation import OUTSIDE_MASK_LABEL, training_transforms, validation_transforms
 from autoseg.utils.cpu_load import available_cores
+from autoseg.utils.worker_exit import exit_with_parent
 
 TRAIN_STREAM = 0
 VAL_STREAM = 1
@@ -303,8 +304,10 @@ def _describe_exit(exitcode: int | None) -> str:
     return f"it exited with code {exitcode}"
 
 
-def _worker_main(source: Callable[[int], Any], first: int, stride: int, out: Any) -> None:
-    """Produce batches ``first, first + stride, ...`` until terminated; report an exception and stop."""
+def _worker_main(source: Callable[[int], Any], first: int, stride: int, out: Any, parent_pid: int) -> None:
+    """Produce batches ``first, first + stride, ...`` until terminated (or the trainer ``parent_pid``
+    dies: killed, it never terminates us); report an exception and stop."""
+    exit_with_parent(parent_pid)
     try:
         import torch
 
@@ -347,7 +350,7 @@ class BatchStream:
         for w in range(num_workers):
             out = context.Queue(maxsize=max(1, prefetch))
             process = context.Process(
-                target=_worker_main, args=(source, start + w, num_workers, out), name=f"{name} worker {w}", daemon=True
+                target=_worker_main, args=(source, start + w, num_workers, out, os.getpid()), name=f"{name} worker {w}", daemon=True
             )
             process.start()
             self.workers.append(process)

@@ -26,6 +26,7 @@ from rich.progress import (
 )
 
 from autoseg.utils.cpu_load import available_cores
+from autoseg.utils.worker_exit import exit_with_parent
 
 T = TypeVar("T")
 
@@ -138,7 +139,9 @@ def _run_pool(
     """Run items in a pool; return the items lost to a dead worker (empty when ``isolate``)."""
     pending = list(items)
     lost: list[tuple[str, tuple[Any, ...]]] = []
-    with ProcessPoolExecutor(max_workers=num_workers, mp_context=_mp_context()) as pool:
+    # Workers die with this process: killed by SIGKILL or SIGTERM it cannot tell them to stop.
+    with ProcessPoolExecutor(max_workers=num_workers, mp_context=_mp_context(),
+                             initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
         futures: dict[Future[Any], tuple[str, tuple[Any, ...]]] = {}
         # Keep at most 2 tasks per worker queued so a dead worker loses few cases.
         while pending or futures:
