@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -149,3 +150,42 @@ def test_a_run_with_another_model_or_settings_is_refused(predict_inputs: tuple[P
         assert difference in text and "choose another output folder, or delete this one" in text
     assert stored_files(output) == before
     assert runner.invoke(app, [*base, "-f", "0", "--continue"]).exit_code == 0  # the same run: allowed
+
+
+def test_two_plans_written_at_once_one_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two ``autoseg plan`` runs finishing together with different plans (each measures this machine's
+    speed): one writes, the other is refused; neither reports a plan the file does not hold."""
+    import threading
+
+    from autoseg.errors import PlanError
+    from autoseg.planning import plans as plans_module
+
+    write = plans_module.atomic_write_json
+
+    def slow_write(*args: object, **kwargs: object) -> None:  # widen the window between check and write
+        time.sleep(0.3)
+        write(*args, **kwargs)
+
+    monkeypatch.setattr(plans_module, "atomic_write_json", slow_write)
+    path = tmp_path / "autosegPlans.json"
+    candidates = []
+    for batch in (2, 3):
+        configuration = make_configuration([1.0, 1.0, 1.0], patch_size=PATCH)
+        configuration["batch_size"] = batch
+        candidates.append(make_plans({"3d_fullres": configuration}))
+    outcomes: list[object] = [None, None]
+
+    def run(i: int) -> None:
+        try:
+            outcomes[i] = plans_module.write_plans(candidates[i], path)
+        except PlanError as exc:
+            outcomes[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    written = [i for i in range(2) if outcomes[i] is True]
+    assert len(written) == 1 and isinstance(outcomes[1 - written[0]], PlanError), outcomes
+    assert json.loads(path.read_text()) == json.loads(json.dumps(candidates[written[0]]))

@@ -15,7 +15,7 @@ from typing import Any
 from autoseg.utils.jsonio import read_json
 from autoseg.errors import PlanError
 from autoseg.planning import constants as C
-from autoseg.utils.atomic import atomic_write_json
+from autoseg.utils.atomic import atomic_write_json, folder_lock
 
 REQUIRED_TOP_LEVEL = (
     "version", "plans_name", "dataset_name", "channel_names", "labels", "file_ending",
@@ -97,23 +97,28 @@ def write_plans(plans: dict[str, Any], path: str | Path, overwrite: bool = False
     """Write ``plans`` atomically; returns False when an identical file is already there.
 
     A different existing plan is kept unless ``overwrite``: its preprocessed data and models would
-    no longer match it.
+    no longer match it. Check and write happen under a lock on the folder, so of two ``plan`` runs
+    finishing together the second sees the first's plan (else both found none, both wrote, and one
+    printed a plan the file does not hold).
     """
     path = Path(path)
     validate_plans(plans, str(path))
-    if path.is_file():
-        try:
-            existing = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            existing = None
-        if existing == json.loads(json.dumps(plans)):
-            return False
-        if not overwrite:
-            raise PlanError(
-                f"{path}: a different plan with this name exists (its preprocessed data and trained models "
-                "depend on it); choose a new name with --plans-name, or pass --overwrite to replace it"
-            )
-    atomic_write_json(path, plans)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with folder_lock(path.parent):
+        if path.is_file():
+            try:
+                existing = json.loads(path.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                existing = None
+            if existing == json.loads(json.dumps(plans)):
+                return False
+            if not overwrite:
+                raise PlanError(
+                    f"{path}: a different plan with this name exists (its preprocessed data and trained models "
+                    "depend on it; another `autoseg plan` running at the same time writes one too); choose a "
+                    "new name with --plans-name, or pass --overwrite to replace it"
+                )
+        atomic_write_json(path, plans)
     return True
 
 
