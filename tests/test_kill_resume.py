@@ -234,3 +234,36 @@ def test_workers_end_with_their_killed_stage(kind: str, sig: signal.Signals, tmp
     for pid in survivors:
         os.kill(pid, signal.SIGKILL)
     assert survivors == []
+
+
+def _dead_writers_temporary(folder: Path, target: str) -> Path:
+    """What ``kill -9`` leaves while a stage writes ``folder/target``: its temporary, named for a dead pid."""
+    from autoseg.utils.atomic import HOST_TAG
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    temporary = folder / f".{target}.{HOST_TAG}-{int(dead.stdout)}-{'0' * 16}.tmp.nii.gz"
+    temporary.write_bytes(b"half")
+    return temporary
+
+
+@pytest.mark.skipif(os.name != "posix", reason="stale temporaries are recognised on POSIX only")
+def test_postprocess_apply_and_ensemble_rerun_after_kill_leave_no_temporary(tmp_path: Path) -> None:
+    """Rerunning ``postprocess apply`` or ``ensemble`` into the folder a killed run wrote removes its
+    temporaries, as ``predict`` does (they stayed forever)."""
+    from test_ensemble import _two_models
+    from test_postprocessing import LABELS, _make_cv_folders
+
+    from autoseg.evaluation.ensemble import ensemble_folders
+    from autoseg.postprocessing.determine import apply_to_folder, determine_postprocessing
+
+    preds, refs = _make_cv_folders(tmp_path)
+    determine_postprocessing(preds, refs, LABELS, num_workers=1, file_ending=".nii.gz")
+    _dead_writers_temporary(tmp_path / "post", "case1.nii.gz")
+    apply_to_folder(preds, tmp_path / "post", preds / "postprocessing.json", num_workers=1)
+    assert sorted(p.name for p in (tmp_path / "post").iterdir()) == [f"case{i}.nii.gz" for i in range(3)]
+
+    models = _two_models(tmp_path / "models")
+    _dead_writers_temporary(tmp_path / "ensembled", "x.nii.gz")
+    ensemble_folders(list(models), tmp_path / "ensembled", num_workers=1)
+    assert sorted(p.name for p in (tmp_path / "ensembled").iterdir()) == ["x.nii.gz"]

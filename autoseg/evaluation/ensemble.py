@@ -21,6 +21,7 @@ from autoseg.evaluation.metrics import evaluation_classes
 from autoseg.utils.probability_files import (
     PROBABILITIES_SUFFIX, probability_paths, read_probabilities, read_sidecar, write_probability_files,
 )
+from autoseg.utils.atomic import remove_stale_temporaries
 from autoseg.utils.output_folders import check_output_folder
 from autoseg.utils.progress import default_workers, parallel_map
 
@@ -144,6 +145,7 @@ def ensemble_folders(
     ordered = sorted(all_cases)
     ending = file_ending or _infer_file_ending(dirs[0], ordered[0])
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)  # what a killed run left half-written
     items = [(case, (case, dirs, out, ending, save_probabilities)) for case in ordered]
     workers = default_workers() if num_workers is None else num_workers
     _, failures = parallel_map(ensemble_case, items, min(workers, len(items)), "ensembling")

@@ -30,7 +30,7 @@ from autoseg.errors import EvaluationError
 from autoseg.evaluation.evaluate import list_cases, match_cases, raise_failures, read_pair, resolve_file_ending
 from autoseg.evaluation.metrics import SegClass, case_metrics, evaluation_classes
 from autoseg.postprocessing.connected_components import component_volumes_mm3, keep_largest, remove_small
-from autoseg.utils.atomic import atomic_write_json
+from autoseg.utils.atomic import atomic_write_json, remove_stale_temporaries
 from autoseg.utils.output_folders import check_output_file, check_output_folder
 from autoseg.utils.progress import default_workers, parallel_map
 
@@ -230,6 +230,7 @@ def apply_to_folder(
     if not files:
         raise EvaluationError(f"{input_dir}: no label maps ending in {decision['file_ending']!r} to postprocess")
     check_output_folder(output_dir, EvaluationError, [input_dir])
+    remove_stale_temporaries(output_dir)  # what a killed run left half-written
     items = [(case, (path, output_dir / path.name, decision)) for case, path in files.items()]
     workers = default_workers() if num_workers is None else num_workers
     _, failures = parallel_map(_apply_file, items, min(workers, len(items)), "postprocessing")
