@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -189,3 +190,47 @@ def test_two_plans_written_at_once_one_is_refused(tmp_path: Path, monkeypatch: p
     written = [i for i in range(2) if outcomes[i] is True]
     assert len(written) == 1 and isinstance(outcomes[1 - written[0]], PlanError), outcomes
     assert json.loads(path.read_text()) == json.loads(json.dumps(candidates[written[0]]))
+
+
+def test_two_find_best_runs_at_once_run_one_after_the_other(roots: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two ``autoseg find-best`` of one dataset at once: each rebuilds the merged cross-validation folders
+    the other reads (was: 'internal error (OSError: Directory not empty)' renaming one onto the other's);
+    the second now waits for the first, and both end with the same instructions."""
+    import threading
+
+    from autoseg.evaluation import selection
+    from test_selection import DATASET, make_results
+
+    results = make_results(roots)
+    events: list[tuple[str, str]] = []
+    merge, determine = selection.merge_crossval, selection.determine_postprocessing
+
+    def slow_merge(*args: Any, **kwargs: Any) -> Path:
+        events.append((threading.current_thread().name, "merge"))
+        time.sleep(0.2)  # long enough for the other run to start its own
+        return merge(*args, **kwargs)
+
+    def logged_determine(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        events.append((threading.current_thread().name, "determine"))
+        return determine(*args, **kwargs)
+
+    monkeypatch.setattr(selection, "merge_crossval", slow_merge)
+    monkeypatch.setattr(selection, "determine_postprocessing", logged_determine)
+    outcomes: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcomes[threading.current_thread().name] = selection.find_best(DATASET, num_workers=1)
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            outcomes[threading.current_thread().name] = exc
+
+    threads = [threading.Thread(target=run, name=name) for name in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(isinstance(o, dict) for o in outcomes.values()), outcomes
+    first = events[0][0]
+    assert [name for name, _ in events] == sorted((name for name, _ in events), key=lambda n: n != first), events
+    names = [[c["name"] for c in o["candidates"]] for o in outcomes.values()]
+    assert names[0] == names[1] and not list(results.rglob(".*"))

@@ -29,7 +29,7 @@ from autoseg.evaluation.evaluate import evaluate_folders, list_cases
 from autoseg.paths import preprocessed_root, resolve_dataset, results_root
 from autoseg.postprocessing.determine import determine_postprocessing
 from autoseg.training.splits import SPLITS_FILE, read_splits
-from autoseg.utils.atomic import atomic_write_json, atomic_write_text
+from autoseg.utils.atomic import atomic_write_json, atomic_write_text, folder_lock
 from autoseg.utils.probability_files import probability_paths
 
 INSTRUCTIONS_VERSION = 1
@@ -265,6 +265,19 @@ def find_best(
             f"{dataset_results}: no configuration has validation predictions for folds {', '.join(folds)}{reasons}; "
             "train folds 0-4 first (autoseg train DATASET CONFIG 0, ... 4; fold 'all' has no validation)"
         )
+    # One find-best of a dataset at a time: each rebuilds the merged folders (deleting the previous
+    # ones), ensembles and summaries that the other would be reading (a second run waits here).
+    with folder_lock(dataset_results):
+        return _select_and_write(dataset.name, dataset_results, folders, skipped, folds, gt_dir, description,
+                                 allow_ensembles, num_workers)
+
+
+def _select_and_write(
+    dataset_name: str, dataset_results: Path, folders: Sequence[Path], skipped: list[str], folds: list[str],
+    gt_dir: Path, description: DatasetDescription, allow_ensembles: bool, num_workers: int | None,
+) -> dict[str, Any]:
+    """find_best's work on the chosen model folders: merge, ensemble, evaluate, rank, determine the
+    winner's postprocessing, write the instructions (under find_best's lock)."""
     singles = [Candidate(f.name, (f,), merge_crossval(f, folds, description.file_ending)) for f in folders]
     _check_same_cases(singles, description.file_ending)
     ensembles = ensemble_candidates(singles, dataset_results, folds, description, num_workers) if allow_ensembles else []
@@ -275,7 +288,7 @@ def find_best(
     commands = inference_commands(best.model_folders, folds, decision, decision_file)
     instructions = {
         "version": INSTRUCTIONS_VERSION,
-        "dataset_name": dataset.name,
+        "dataset_name": dataset_name,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "folds": folds,
         "rank_metric": "mean foreground Dice over the merged cross-validation (reference §1.7)",
