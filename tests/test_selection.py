@@ -160,6 +160,24 @@ def test_best_single_configuration_gets_its_postprocessing(roots: dict[str, Path
     ]
 
 
+def test_a_rerun_stopped_half_way_leaves_no_stale_instructions(roots: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The instructions name the merged folders and summaries a rerun rebuilds: a rerun killed after
+    rebuilding some left the old ranking beside new summaries for report to show."""
+    import autoseg.evaluation.selection as selection
+
+    results = make_results(roots, probabilities_for=(GOOD,))
+    find_best(DATASET, num_workers=1)
+    assert (results / INSTRUCTIONS_JSON).is_file() and (results / INSTRUCTIONS_TXT).is_file()
+
+    def killed(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(selection, "_evaluate", killed)
+    with pytest.raises(KeyboardInterrupt):
+        find_best(DATASET, num_workers=1)
+    assert not (results / INSTRUCTIONS_JSON).exists() and not (results / INSTRUCTIONS_TXT).exists()
+
+
 def test_configuration_filter_and_missing_results(roots: dict[str, Path]) -> None:
     make_results(roots)
     only = find_best(DATASET, configurations=["2d"], num_workers=1)

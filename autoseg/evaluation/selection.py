@@ -277,7 +277,11 @@ def _select_and_write(
     gt_dir: Path, description: DatasetDescription, allow_ensembles: bool, num_workers: int | None,
 ) -> dict[str, Any]:
     """find_best's work on the chosen model folders: merge, ensemble, evaluate, rank, determine the
-    winner's postprocessing, write the instructions (under find_best's lock)."""
+    winner's postprocessing, write the instructions (under find_best's lock). The previous run's
+    instructions go first: they name merged folders and summaries this run rebuilds, so a run killed
+    half-way leaves none (report then asks for find-best) rather than an old ranking beside new summaries."""
+    for name in (INSTRUCTIONS_JSON, INSTRUCTIONS_TXT):
+        (dataset_results / name).unlink(missing_ok=True)
     singles = [Candidate(f.name, (f,), merge_crossval(f, folds, description.file_ending)) for f in folders]
     _check_same_cases(singles, description.file_ending)
     ensembles = ensemble_candidates(singles, dataset_results, folds, description, num_workers) if allow_ensembles else []
