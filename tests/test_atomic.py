@@ -110,6 +110,25 @@ def test_only_the_temporaries_of_dead_writers_are_removed(tmp_path: Path) -> Non
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[k] for k in ("alive (this process)", "other machine", "not ours"))
 
 
+def test_a_dead_runs_staging_folder_is_removed_and_a_live_ones_kept(tmp_path: Path) -> None:
+    """find-best's merged cross-validation and import-model build a folder beside their target; a run
+    killed while building it left a hidden folder that no later run removed."""
+    import subprocess
+    import sys
+
+    from autoseg.utils.atomic import remove_stale_temporaries, staging_folder
+
+    live = staging_folder(tmp_path / "crossval_folds_0_1")
+    (live / "case.nii.gz").write_text("building")
+    assert live.is_dir() and live.name.startswith(".crossval_folds_0_1.") and live.parent == tmp_path
+    assert remove_stale_temporaries(tmp_path) == []  # its writer (this process) runs
+    dead_pid = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                                  text=True, check=True).stdout)
+    dead = tmp_path / live.name.replace(f"-{os.getpid()}-", f"-{dead_pid}-")
+    live.rename(dead)
+    assert remove_stale_temporaries(tmp_path, "crossval_folds_0_1") == [dead] and not dead.exists()
+
+
 @pytest.mark.parametrize("name", ["case.NII.GZ", "case.NII", "case.NRRD"])
 def test_upper_case_endings_are_written(name: str, tmp_path: Path) -> None:
     """ITK reads ``.NII.GZ`` but refuses to write it: the temporary is named in lower case, the result as asked."""

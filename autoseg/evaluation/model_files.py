@@ -36,7 +36,7 @@ from typing import Any, Iterator, Mapping, Sequence
 from autoseg import __version__
 from autoseg.errors import AutosegError, ModelFileError
 from autoseg.paths import check_model_folder_name, results_root as default_results_root
-from autoseg.utils.atomic import remove_stale_temporaries
+from autoseg.utils.atomic import remove_stale_temporaries, staging_folder
 from autoseg.utils.checksummed_zip import MANIFEST, MODEL_ZIP_FORMAT, ONNX_ZIP_FORMAT, write_checksummed_zip
 from autoseg.utils.checkpoint_format import (
     check_outputs_match_labels, checkpoint_file, checkpoint_from_bytes, checkpoint_name, missing_checkpoint,
@@ -51,6 +51,7 @@ MODEL_ZIP_FORMAT_VERSION = 2  # 2: weights as safetensors; 1: autoseg's own layo
 DEFAULT_FOLDS = (0, 1, 2, 3, 4)
 DEFAULT_CHECKPOINT = checkpoint_name("final")
 REQUIRED_FILES = ("plans.json", "dataset.json")
+IMPORT_STAGING = "import"  # import-model builds its folders in a hidden staging folder named after this
 OPTIONAL_FILES = ("training_config.yaml", "postprocessing.json")
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # one path component, no '..', no separators
 FOLD_DIR = re.compile(r"^fold_(\d+|all)$")
@@ -387,7 +388,8 @@ def import_model(zip_path: str | Path, results_root: str | Path | None = None, o
     if existing and not overwrite:
         raise ModelFileError(f"{existing[0]}: model folder already exists; pass --overwrite to replace it, or import into another results folder")
     dataset_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".import-", dir=dataset_dir))
+    remove_stale_temporaries(dataset_dir, IMPORT_STAGING)  # a killed import's staging folder
+    staging = staging_folder(dataset_dir / IMPORT_STAGING)
     try:
         _write_model_tree(members, staging)
         for target in targets:

@@ -16,7 +16,6 @@ import math
 import os
 import shlex
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,7 +28,7 @@ from autoseg.evaluation.evaluate import evaluate_folders, list_cases
 from autoseg.paths import preprocessed_root, resolve_dataset, results_root
 from autoseg.postprocessing.determine import determine_postprocessing
 from autoseg.training.splits import SPLITS_FILE, read_splits
-from autoseg.utils.atomic import atomic_write_json, atomic_write_text, folder_lock
+from autoseg.utils.atomic import atomic_write_json, atomic_write_text, folder_lock, remove_stale_temporaries, staging_folder
 from autoseg.utils.probability_files import probability_paths
 
 INSTRUCTIONS_VERSION = 1
@@ -125,7 +124,8 @@ def merge_crossval(model_folder: Path, folds: Sequence[str], file_ending: str) -
     """Gather the folds' validation predictions (and probabilities) into one folder, rebuilt from
     scratch beside the target and renamed into place."""
     target = model_folder / crossval_folder_name(folds)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=model_folder))
+    remove_stale_temporaries(model_folder, target.name)  # a killed run's staging folder
+    staging = staging_folder(target)
     try:
         seen: dict[str, str] = {}
         for fold in folds:

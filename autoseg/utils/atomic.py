@@ -23,6 +23,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import socket
 from pathlib import Path
 from typing import Any, Iterator
@@ -33,16 +34,28 @@ HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[0-9a-f]{16}\.tmp")
 
 
-def _create_temporary(target: Path, suffix: str) -> Path:
-    """A new empty file ``.<name>.<random>.tmp<suffix>`` beside ``target``, with the umask's permissions."""
+def _create_temporary(target: Path, suffix: str, folder: bool = False) -> Path:
+    """A new empty file (or ``folder``) ``.<name>.<host>-<pid>-<random>.tmp<suffix>`` beside ``target``, with
+    the umask's permissions; the name lets ``remove_stale_temporaries`` tell a dead writer's leftovers."""
     for _ in range(TEMP_ATTEMPTS):
         tmp = target.parent / f".{target.name}.{HOST_TAG}-{os.getpid()}-{secrets.token_hex(8)}.tmp{suffix}"
         try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666))
+            if folder:
+                tmp.mkdir()
+            else:
+                os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666))
         except FileExistsError:
             continue
         return tmp
     raise FileExistsError(f"{target.parent}: no free temporary name after {TEMP_ATTEMPTS} attempts")
+
+
+def staging_folder(target: str | os.PathLike[str]) -> Path:
+    """A new hidden folder beside ``target`` in which to build it before renaming it into place; a killed
+    run's staging folder is removed by the next ``remove_stale_temporaries`` of that parent folder."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return _create_temporary(target, "", folder=True)
 
 
 @contextlib.contextmanager
@@ -81,7 +94,7 @@ def _process_alive(pid: int) -> bool:
 
 
 def remove_stale_temporaries(folder: str | os.PathLike[str], target_name: str | None = None) -> list[Path]:
-    """Delete temporaries in ``folder`` (for ``target_name`` only, if given) whose writer, a process on
+    """Delete temporaries (files and staging folders) in ``folder`` (for ``target_name`` only, if given) whose writer, a process on
     this machine, no longer runs: what a killed run left. Returns them. A no-op off POSIX."""
     folder = Path(folder)
     if os.name != "posix" or not folder.is_dir():
@@ -92,8 +105,11 @@ def remove_stale_temporaries(folder: str | os.PathLike[str], target_name: str | 
         if match is None or match["host"] != HOST_TAG or (target_name is not None and match["target"] != target_name):
             continue
         if not _process_alive(int(match["pid"])):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+            if path.is_dir() and not path.is_symlink():  # a staging folder (staging_folder)
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
             removed.append(path)
     return removed
 
