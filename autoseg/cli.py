@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional
 import typer
 
 from autoseg.errors import AutosegError
+from autoseg.utils.termination import TERMINATED_EXIT_CODE, Terminated, sigterm_as_interrupt
 
 app = typer.Typer(
     add_completion=False,
@@ -60,11 +61,14 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return func(*args, **kwargs)
+            with sigterm_as_interrupt():
+                return func(*args, **kwargs)
         except AutosegError as exc:
             if os.environ.get("AUTOSEG_DEBUG"):
                 traceback.print_exc()
             _fail(str(exc), exc.exit_code)
+        except Terminated:
+            _fail("terminated (SIGTERM); rerun the command (or add --continue where the stage has it)", TERMINATED_EXIT_CODE)
         except KeyboardInterrupt:
             _fail("interrupted", 130)
         except typer.Exit:

@@ -90,3 +90,32 @@ def test_a_broken_pipe_elsewhere_is_still_an_internal_error() -> None:
     result = runner.invoke(single, [])
     assert result.exit_code == 1
     assert "internal error (BrokenPipeError: [Errno 32] Broken pipe); this is a bug in autoseg" in result.output
+
+
+def test_sigterm_ends_a_command_as_an_interrupt_with_its_cleanup(tmp_path: Path) -> None:
+    """Schedulers stop jobs with SIGTERM, which ended Python at once: no cleanup, no message, status -15.
+    Now the half-written file's temporary is removed, one line says why, and the status is 143."""
+    import signal
+    import time
+
+    import typer
+
+    from autoseg.cli import user_errors
+    from autoseg.utils.atomic import atomic_path
+
+    single = typer.Typer()
+
+    @single.command()
+    @user_errors
+    def work() -> None:
+        with atomic_path(tmp_path / "result.json") as tmp:
+            tmp.write_text('{"half": ')
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler interrupts this
+
+    before = signal.getsignal(signal.SIGTERM)
+    result = runner.invoke(single, [])
+    assert result.exit_code == 143
+    assert "autoseg: error: terminated (SIGTERM); rerun the command" in result.output
+    assert list(tmp_path.iterdir()) == []  # neither the result nor its temporary
+    assert signal.getsignal(signal.SIGTERM) is before  # the test process's own handler is back

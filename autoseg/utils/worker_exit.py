@@ -22,6 +22,9 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 def exit_with_parent(parent_pid: int) -> None:
     """Call first thing in a worker: it is killed when ``parent_pid`` (the process that started it)
     ends; exits at once if that process is already gone (it died before this call)."""
+    # SIGTERM ends a worker at once (a stage's handler turning it into an interrupt, inherited by a
+    # forked worker, would print the worker's traceback when a scheduler signals the whole group)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if not sys.platform.startswith("linux"):
         return
     with contextlib.suppress(OSError, AttributeError):
