@@ -336,6 +336,35 @@ def test_existing_model_folder_is_kept_unless_overwrite(exported: tuple[Path, Pa
     assert sorted(p.name for p in target.parent.iterdir()) == [MODEL]
 
 
+def test_an_import_waits_for_one_running_and_then_finds_its_folder(exported: tuple[Path, Path], tmp_path: Path) -> None:
+    """Two imports at once both passed the 'already exists' check and the second replaced the first's
+    folder unasked: the check and the install now run under the dataset folder's lock."""
+    import threading
+
+    from autoseg.utils.atomic import folder_lock
+
+    _, zip_path = exported
+    dataset_dir = tmp_path / "clean" / DATASET
+    dataset_dir.mkdir(parents=True)
+    outcome: list[BaseException | None] = []
+
+    def second_import() -> None:
+        try:
+            import_model(zip_path, tmp_path / "clean")
+            outcome.append(None)
+        except ModelFileError as exc:
+            outcome.append(exc)
+
+    with folder_lock(dataset_dir):  # an import (or find-best) running
+        thread = threading.Thread(target=second_import)
+        thread.start()
+        thread.join(timeout=1.0)
+        assert thread.is_alive() and not outcome  # waits for the lock
+        (dataset_dir / MODEL).mkdir()  # what the running import installs
+    thread.join(timeout=60)
+    assert isinstance(outcome[0], ModelFileError) and "model folder already exists" in str(outcome[0])
+
+
 def test_imported_checkpoints_build_the_same_networks_for_inference(exported: tuple[Path, Path], tmp_path: Path) -> None:
     """Inference builds its networks from the imported checkpoints alone: same outputs as the originals."""
     from autoseg.inference.model import build_network

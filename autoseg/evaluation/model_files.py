@@ -36,7 +36,7 @@ from typing import Any, Iterator, Mapping, Sequence
 from autoseg import __version__
 from autoseg.errors import AutosegError, ModelFileError
 from autoseg.paths import check_model_folder_name, results_root as default_results_root
-from autoseg.utils.atomic import remove_stale_temporaries, staging_folder
+from autoseg.utils.atomic import folder_lock, remove_stale_temporaries, staging_folder
 from autoseg.utils.checksummed_zip import MANIFEST, MODEL_ZIP_FORMAT, ONNX_ZIP_FORMAT, write_checksummed_zip
 from autoseg.utils.checkpoint_format import (
     check_outputs_match_labels, checkpoint_file, checkpoint_from_bytes, checkpoint_name, missing_checkpoint,
@@ -384,18 +384,22 @@ def import_model(zip_path: str | Path, results_root: str | Path | None = None, o
     root = Path(results_root) if results_root is not None else default_results_root()
     dataset_dir = root / manifest["dataset_name"]
     targets = [dataset_dir / model for model in manifest["models"]]
-    existing = [t for t in targets if t.exists()]
-    if existing and not overwrite:
-        raise ModelFileError(f"{existing[0]}: model folder already exists; pass --overwrite to replace it, or import into another results folder")
     dataset_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(dataset_dir, IMPORT_STAGING)  # a killed import's staging folder
-    staging = staging_folder(dataset_dir / IMPORT_STAGING)
-    try:
-        _write_model_tree(members, staging)
-        for target in targets:
-            _replace_folder(staging / target.name, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    # Checked and installed under the dataset folder's lock (find-best's too): of two imports at once the
+    # second finds the first's folders instead of replacing them unasked.
+    with folder_lock(dataset_dir):
+        existing = [t for t in targets if t.exists()]
+        if existing and not overwrite:
+            raise ModelFileError(f"{existing[0]}: model folder already exists; pass --overwrite to replace it, or import "
+                                 "into another results folder")
+        remove_stale_temporaries(dataset_dir, IMPORT_STAGING)  # a killed import's staging folder
+        staging = staging_folder(dataset_dir / IMPORT_STAGING)
+        try:
+            _write_model_tree(members, staging)
+            for target in targets:
+                _replace_folder(staging / target.name, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return targets
 
 
