@@ -56,6 +56,20 @@ def test_regions_must_read_back_from_the_exported_label_map(regions: dict, order
     assert disjoint.regions == [("a", [1]), ("b", [2])]
 
 
+@pytest.mark.parametrize(("labels", "order", "message"), [
+    # a list: was read as no ignore label, its voxels trained and scored as background
+    ({"whole": [1, 2], "core": [2], "ignore": [3]}, [1, 2], r"the 'ignore' label is \[3\]; give it one integer"),
+    # a region holding the ignore value: regions_class_order [3, 2] wrote the ignore value into predictions
+    ({"whole": [1, 2, 3], "core": [2], "ignore": 3}, [3, 2], "region 'whole' lists the ignore label's value 3"),
+])
+def test_ignore_label_is_one_integer_in_no_region(labels: dict, order: list[int], message: str) -> None:
+    with pytest.raises(DatasetError, match=rf"d.json: {message}"):
+        parse_description(BASE | {"labels": {"background": 0, **labels}, "regions_class_order": order}, Path("d.json"))
+    desc = parse_description(BASE | {"labels": {"background": 0, "whole": [1, 2], "core": [2], "ignore": 3},
+                                     "regions_class_order": [1, 2]}, Path("d.json"))
+    assert desc.ignore_label == 3 and desc.regions == [("whole", [1, 2]), ("core", [2])]
+
+
 @pytest.mark.parametrize(("change", "message"), [
     ({"labels": {"background": 1, "a": 0}}, 'labels must map "background" to 0'),
     ({"labels": {"background": 0, "a": 1, "ignore": 1}}, "two labels share a value"),

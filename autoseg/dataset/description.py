@@ -158,9 +158,7 @@ def _check_label_values(desc: DatasetDescription, path: Path) -> None:
             f"{path}: label values must be consecutive integers 0..{len(ints) - 1}, got {ints}; renumber the "
             "label files and dataset.json"
         )
-    ignore = desc.ignore_label
-    if ignore is not None and ignore != max(desc.label_values):
-        raise DatasetError(f"{path}: the 'ignore' label must have the highest value; it is {ignore}")
+    _check_ignore_label(desc, path)
     if desc.has_regions:
         order = desc.regions_class_order
         if not isinstance(order, list) or len(order) != len(desc.regions):
@@ -177,6 +175,26 @@ def _check_label_values(desc: DatasetDescription, path: Path) -> None:
                     f"{values}; give each region one of its own labels, in the regions' order"
                 )
         _check_regions_read_back(desc, path)
+
+
+def _check_ignore_label(desc: DatasetDescription, path: Path) -> None:
+    """The ignore label is one integer, the highest value, in no region: a list was read as no ignore
+    label at all (its voxels silently trained and scored as background), and a region holding it would
+    count ignored voxels as that region or, through regions_class_order, write the ignore value into
+    predictions."""
+    value = desc.labels.get(IGNORE_LABEL_NAME)
+    if value is None:
+        return
+    if not isinstance(value, int):
+        raise DatasetError(f"{path}: the 'ignore' label is {value!r}; give it one integer, e.g. \"ignore\": {max(desc.label_values)}")
+    if value != max(desc.label_values):
+        raise DatasetError(f"{path}: the 'ignore' label must have the highest value; it is {value}")
+    holding = [name for name, values in desc.regions if value in values]
+    if holding:
+        raise DatasetError(
+            f"{path}: region '{holding[0]}' lists the ignore label's value {value}; ignored voxels belong to no "
+            f"region: remove {value} from it"
+        )
 
 
 def _check_regions_read_back(desc: DatasetDescription, path: Path) -> None:
