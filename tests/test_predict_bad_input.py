@@ -100,6 +100,9 @@ BAD_CASES: dict[str, tuple[Callable[[Path], None], str]] = {
         "bad_0000.nii.gz: has 2 components per voxel (RGB or vector image); save each channel as its own _XXXX file"),
     "NaN voxels": (_with_value(float("nan")), "bad_0000.nii.gz: holds 1 NaN and 0 infinite voxel(s); replace them"),
     "infinite voxels": (_with_value(float("-inf")), "bad_0000.nii.gz: holds 0 NaN and 1 infinite voxel(s); replace them"),
+    "float64 voxels beyond float32": (
+        lambda f: _array(np.where(np.arange(8 * 9 * 10).reshape(8, 9, 10) == 7, 1e300, 1.0), f / "bad_0000.nii.gz"),
+        "bad_0000.nii.gz: 1 voxel(s) with magnitude up to 1e+300, beyond float32's 3.4e+38 that autoseg computes in"),
     "NaN voxels in NRRD": (lambda f: _array(np.where(np.arange(8 * 9 * 10).reshape(8, 9, 10) == 7, np.nan, 1.0)
                                             .astype(np.float32), f / "bad_0000.nrrd"),
                            "bad_0000.nrrd: holds 1 NaN and 0 infinite voxel(s); replace them"),

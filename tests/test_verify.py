@@ -163,6 +163,17 @@ def _nan_image(d: Path) -> str:
     return f"{image(d, PLAIN_CASE)}: 3 NaN and 1 Inf voxel(s)"
 
 
+def _beyond_float32_image(d: Path) -> str:
+    """A float64 image past float32's range read as Inf: fingerprint wrote mean inf, std nan, unchecked."""
+    def scale(a: np.ndarray) -> np.ndarray:
+        a = a.astype(np.float64)
+        a[0, 0, :2] = [1e300, -1e40]
+        return a
+
+    set_array(image(d, PLAIN_CASE), scale)
+    return f"{image(d, PLAIN_CASE)}: 2 voxel(s) with magnitude up to 1e+300, beyond float32's 3.4e+38"
+
+
 def _four_d(d: Path) -> str:
     sitk.WriteImage(sitk.Image([4, 4, 4, 2], sitk.sitkFloat32), str(image(d, PLAIN_CASE)))
     return f"{image(d, PLAIN_CASE)}: is 4D; autoseg reads 2D or 3D images"
@@ -207,7 +218,7 @@ BREAKAGES = {f.__name__[1:]: f for f in [
     _missing_channel, _channel_geometry, _missing_label, _label_without_image, _no_channel_suffix,
     _num_training, _label_spacing, _label_origin, _label_size, _mask_0_255, _undeclared_label,
     _fractional_label, _nan_image, _four_d, _truncated, _case_clash, _bad_json, _missing_key,
-    _non_consecutive_labels, _label_shifted_far_from_zero, _near_integer_label,
+    _non_consecutive_labels, _label_shifted_far_from_zero, _near_integer_label, _beyond_float32_image,
 ]}
 
 
@@ -264,7 +275,7 @@ def test_python_entry_points_take_a_dataset_name_or_path_as_the_others_do(small_
 
 # fingerprint shares verify's checks (one read per case); a few breakages show it refuses too.
 CASES = [("verify", b) for b in sorted(BREAKAGES)] + [
-    ("fingerprint", b) for b in ("label_spacing", "nan_image", "missing_label", "bad_json", "mask_0_255")
+    ("fingerprint", b) for b in ("label_spacing", "nan_image", "missing_label", "bad_json", "mask_0_255", "beyond_float32_image")
 ]
 
 

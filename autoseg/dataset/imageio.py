@@ -622,6 +622,9 @@ def read_case_images(
             first = geometry
         else:
             _check_same_grid(p, array.shape, geometry, paths[0], data.shape[1:], first)
+        overflow = float32_overflow_problem(p, array)
+        if overflow:
+            raise DatasetError(overflow)
         data[index] = array
         del array
     assert data is not None and first is not None
@@ -659,6 +662,29 @@ def _read_natural_case(
     if num_channels is not None:
         arrays = select_channels(paths, arrays, alphas, num_channels, model_channels)
     return np.concatenate(arrays).astype(np.float32, copy=False), first
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def float32_overflow_problem(path: str | Path, array: np.ndarray) -> str | None:
+    """The problem line for finite values that float32, where every stage computes, cannot hold; else None.
+
+    A float64 image with values beyond ~3.4e38 would turn into Inf on reading, and its normalization
+    statistics, fingerprint and predictions into NaN, without a word.
+    """
+    if array.dtype.kind != "f" or array.dtype.itemsize <= 4:
+        return None
+    with np.errstate(invalid="ignore"):
+        magnitude = np.abs(array)
+        over = np.isfinite(magnitude) & (magnitude > FLOAT32_MAX)
+    count = int(over.sum())
+    if not count:
+        return None
+    return (
+        f"{path}: {count} voxel(s) with magnitude up to {float(magnitude[over].max()):.3g}, beyond float32's "
+        f"{FLOAT32_MAX:.3g} that autoseg computes in; rescale the image (e.g. divide it by a power of ten) and save it again"
+    )
 
 
 def is_integer_valued(array: np.ndarray) -> bool:

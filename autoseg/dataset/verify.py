@@ -15,6 +15,7 @@ import numpy as np
 from autoseg.dataset.cases import Case, file_ending_problem, scan_images, scan_training_cases
 from autoseg.dataset.description import DatasetDescription, load_description
 from autoseg.dataset.imageio import (
+    float32_overflow_problem,
     geometry_differences,
     is_integer_valued,
     nifti_nonfinite_counts,
@@ -67,6 +68,9 @@ def check_case(case: Case, desc: DatasetDescription, keep_arrays: bool = False) 
                     f"{path}: {counts[0]} NaN and {counts[1]} Inf voxel(s); replace them (e.g. with the image "
                     "minimum) before training"
                 )
+            overflow = float32_overflow_problem(path, array)
+            if overflow:
+                result.problems.append(overflow)
         if arrays and array.shape[1:] != arrays[0][1].shape[1:]:
             result.problems.append(
                 f"{path}: size {array.shape[:0:-1]} differs from {arrays[0][0].name} {arrays[0][1].shape[:0:-1]}; "
