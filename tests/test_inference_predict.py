@@ -15,7 +15,7 @@ import SimpleITK as sitk
 import torch
 
 from autoseg.dataset.imageio import Geometry, read_case_images, read_image, write_image
-from autoseg.errors import InferenceError
+from autoseg.errors import InferenceError, PlanError
 from autoseg.evaluation.ensemble import ensemble_folders
 from autoseg.inference.batch import PREDICT_INFO, channel_files, discover_cases, output_ending, predict_folder, shard
 from autoseg.inference.model import find_model_folder, load_model
@@ -461,6 +461,18 @@ def test_compile_networks_compiles_every_fold_and_gives_the_same_labels(
     eager, _ = read_image(tmp_path / "eager" / "hippocampus_001.nii.gz")
     again, _ = read_image(tmp_path / "compiled" / "hippocampus_001.nii.gz")
     np.testing.assert_array_equal(eager, again)
+
+
+def test_a_dataset_json_whose_regions_are_not_the_plans_is_refused(model_3d: Path) -> None:
+    """Export follows the plans' regions_class_order, the outputs dataset.json's regions: a dataset.json
+    edited after planning into three regions (still 3 channels) loaded and was exported by softmax argmax."""
+    description = json.loads((model_3d / "dataset.json").read_text())
+    description["labels"] = {"background": 0, "all": [1, 2], "anterior": [1], "posterior": [2]}
+    description["regions_class_order"] = [1, 1, 2]
+    (model_3d / "dataset.json").write_text(json.dumps(description))
+    with pytest.raises(PlanError, match=r"dataset\.json: regions_class_order is \[1, 1, 2\], but .*plans\.json was planned "
+                                        r"with None; the model was trained on a dataset\.json edited after planning"):
+        load_model(model_3d, folds=[0])
 
 
 def test_a_dataset_json_whose_labels_are_not_the_networks_is_refused(model_3d: Path) -> None:

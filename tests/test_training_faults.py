@@ -3,6 +3,7 @@ fallback it triggers, and the watchdog that reports an iteration running far lon
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import autoseg.training.model_setup as model_setup_module
+from autoseg.errors import PlanError
 from autoseg.training import train_fold
 from autoseg.networks.bf16_guard import bf16_step_survives
 from autoseg.training.watchdog import IterationWatchdog
@@ -85,3 +87,20 @@ def test_watchdog_stays_quiet_for_iterations_near_the_measured_time() -> None:
     finally:
         watchdog.stop()
     assert messages == [] and 0.05 <= watchdog.expected < 0.07
+
+
+def test_a_dataset_json_edited_after_planning_is_refused(data_roots: dict[str, Path], results: Path) -> None:
+    """The loss follows dataset.json, preprocessing and export the plans: an ignore label (or regions)
+    added after planning trained on a store that sampled ignored voxels as foreground, without a word."""
+    path = data_roots["raw"] / DATASET / "dataset.json"
+    original = path.read_text()
+    description = json.loads(original)
+    description["labels"]["ignore"] = 3
+    path.write_text(json.dumps(description))
+    try:
+        with pytest.raises(PlanError, match=rf"dataset\.json: ignore label is 3, but .*autosegPlans\.json was planned with "
+                                            rf"None; dataset\.json changed after planning: re-run autoseg fingerprint {DATASET}"):
+            train_fold(DATASET, "3d_fullres", 0, epochs=1, device="cpu")
+    finally:
+        path.write_text(original)
+    assert not results.exists()

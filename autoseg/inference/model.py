@@ -22,7 +22,7 @@ from autoseg.errors import InferenceError
 from autoseg.inference.engine import LoadedModel
 from autoseg.networks import create_network
 from autoseg.paths import check_model_folder_name, results_root
-from autoseg.planning.plans import get_configuration, load_plans
+from autoseg.planning.plans import check_plans_match_dataset, get_configuration, load_plans
 from autoseg.utils.checkpoint_format import check_outputs_match_labels, checkpoint_file, missing_checkpoint, read_checkpoint
 
 FOLD_DIR = re.compile(r"^fold_(\d+|all)$")
@@ -116,6 +116,11 @@ def load_model(
     plans = load_plans(folder / "plans.json")
     configuration = get_configuration(plans, configuration_name)
     description = parse_description(_read_json(folder / "dataset.json"), folder / "dataset.json")
+    check_plans_match_dataset(
+        plans, description, folder / "plans.json", folder / "dataset.json",
+        "the model was trained on a dataset.json edited after planning: re-plan (autoseg plan --overwrite), "
+        "preprocess and train it again",
+    )
     fold_names = _resolve_folds(folder, folds)
     torch_device = pick_device(device)
     networks, metas = [], []

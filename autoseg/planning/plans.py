@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from autoseg.dataset.description import DatasetDescription
 from autoseg.utils.jsonio import read_json
 from autoseg.errors import PlanError
 from autoseg.planning import constants as C
@@ -91,6 +92,24 @@ def get_configuration(plans: dict[str, Any], name: str) -> dict[str, Any]:
             f"planned: {', '.join(configurations)}"
         )
     return configurations[name]
+
+
+def check_plans_match_dataset(plans: dict[str, Any], description: DatasetDescription, plans_file: str | Path,
+                              dataset_file: str | Path, fix: str) -> None:
+    """``PlanError`` naming both files when the plans' regions_class_order or ignore label is not dataset.json's.
+
+    Export writes the plans' regions_class_order and preprocessing keeps the plans' ignore label, while
+    the loss, the network's outputs and evaluation follow dataset.json: a dataset.json edited after
+    planning made them disagree without a word (a region added later was never written to a label map,
+    a new order written with the old values).
+    """
+    pairs = (
+        ("regions_class_order", plans.get("regions_class_order") or None, description.regions_class_order or None),
+        ("ignore label", plans.get("ignore_label"), description.ignore_label),
+    )
+    for what, planned, declared in pairs:
+        if planned != declared:
+            raise PlanError(f"{dataset_file}: {what} is {declared}, but {plans_file} was planned with {planned}; {fix}")
 
 
 def write_plans(plans: dict[str, Any], path: str | Path, overwrite: bool = False) -> bool:

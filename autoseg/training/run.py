@@ -21,7 +21,7 @@ from autoseg.errors import TrainingError
 from autoseg.networks import get_network_spec
 from autoseg.paths import resolve_dataset
 from autoseg.planning.accounting import PARTS
-from autoseg.planning.plans import get_configuration, load_plans, plans_path
+from autoseg.planning.plans import check_plans_match_dataset, get_configuration, load_plans, plans_path
 from autoseg.preprocessing.runner import timing_path
 from autoseg.preprocessing.store import list_cases
 from autoseg.training.cascade import CACHE_FOLDER, prepare_previous_stage, previous_stage_predictions
@@ -144,6 +144,11 @@ def resolve_fold_run(dataset_spec: str, configuration: str, fold: str, network: 
     plans = load_plans(plans_path(location.preprocessed_dir, plans_name))
     plan = get_configuration(plans, configuration)
     description = load_description(location.raw_dir)
+    check_plans_match_dataset(
+        plans, description, plans_path(location.preprocessed_dir, plans_name), location.raw_dir / "dataset.json",
+        f"dataset.json changed after planning: re-run autoseg fingerprint {location.name}, autoseg plan "
+        f"{location.name} --plans-name {plans_name} --overwrite and autoseg preprocess {location.name}",
+    )
     network_name = network or plan["network"]["name"]
     get_network_spec(network_name)
     config = resolve_training_config(network_name, overrides, plan)
