@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from filelock import FileLock
@@ -106,3 +106,42 @@ def fold_cases(
     if not train or not val:
         raise TrainingError(f"{path}: fold {index} has an empty train or val list")
     return train, val
+
+
+def classes_missing_from_training(
+    fingerprint: dict[str, Any], class_names: dict[int, str], train: Sequence[str], val: Sequence[str]
+) -> list[str]:
+    """One note per class that no training case of a fold holds but a validation case does.
+
+    Such a class cannot be learnt in that fold (a class in one case only always lands there in the fold
+    validating that case), so its pseudo-Dice, validation Dice and cross-validation share read 0 for a
+    reason the scores alone do not show. Uses the fingerprint's voxel counts per case (nothing is read
+    again); an unusable fingerprint gives no notes.
+    """
+    case_ids = fingerprint.get("case_ids") or []
+    counts = fingerprint.get("class_voxel_counts") or {}
+    index = {case: i for i, case in enumerate(case_ids)}
+    if set(train) == set(val) or not all(c in index for c in [*train, *val]):
+        return []
+    notes = []
+    for label, per_case in sorted(counts.items(), key=lambda item: int(item[0])):
+        if len(per_case) != len(case_ids) or any(per_case[index[c]] for c in train):
+            continue
+        holders = [c for c in val if per_case[index[c]]]
+        if holders:
+            name = class_names.get(int(label))
+            notes.append(
+                f"note: class {label}{f' ({name})' if name else ''} is in no training case of this fold, only in "
+                f"validation case(s) {', '.join(holders[:5])}{'...' if len(holders) > 5 else ''}: the fold cannot "
+                "learn it and scores 0 for it; train fold 'all', or move such a case into training in splits_final.json"
+            )
+    return notes
+
+
+def read_fingerprint_quietly(path: Path) -> dict[str, Any]:
+    """The fingerprint as JSON, or ``{}`` when it is missing or unreadable (it only feeds notes here)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

@@ -21,6 +21,7 @@ import torch
 
 from autoseg.dataset.description import DatasetDescription
 from autoseg.errors import TrainingError
+from autoseg.fingerprint.file import FINGERPRINT_FILE
 from autoseg.training import budget as budget_rules
 from autoseg.training.augmentation import resolve_augmentation, sampling_size
 from autoseg.training.checkpoints import BEST, FINAL, LATEST, restore_training_checkpoint, training_checkpoint
@@ -49,6 +50,7 @@ from autoseg.training.replanning import (
     validation_reserve_inputs,
 )
 from autoseg.training.schedule import TrainingState, iterations_per_epoch, learning_rate, planned_total
+from autoseg.training.splits import classes_missing_from_training, read_fingerprint_quietly
 from autoseg.training.steps import LabelSpec, build_step
 from autoseg.training.watchdog import IterationWatchdog
 from autoseg.utils.checkpoint_format import write_checkpoint
@@ -220,6 +222,9 @@ class Trainer:
             f"{self.global_batch}, memory format {str(self.setup.memory_format).removeprefix('torch.')}, mixed precision {self.setup.amp_dtype}); {len(run.train_cases)} training / "
             f"{len(run.val_cases)} validation cases"
         )
+        fingerprint = read_fingerprint_quietly(run.preprocessed_dir / FINGERPRINT_FILE)
+        for note in classes_missing_from_training(fingerprint, run.description.class_names, run.train_cases, run.val_cases):
+            self.monitor.log(note)
         self.replanner = self.budget_replanner()
         stream, val_stream = self.training_stream(workers), self.validation_stream(workers)
         self.monitor.start(self.state.total_iterations, self.state.iteration)
