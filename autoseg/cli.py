@@ -336,6 +336,8 @@ def evaluate(
     choice = choose_labels(pred, ref, _description(dataset), labels, num_workers)
     if choice.source == "references":
         typer.echo(f"no dataset.json or --labels: evaluating the labels found in the references: {', '.join(list(choice.labels)[1:])}")
+    elif choice.source == "--labels" and "ignore" in choice.labels:
+        typer.echo(f"ignore label {choice.labels['ignore']} of the dataset.json beside the references: its voxels are not scored")
     summary = evaluate_folders(pred, ref, choice.labels, output, num_workers, tolerance_mm, choice.file_ending)
     typer.echo(format_table(summary))
     for name in classes_absent_everywhere(summary):

@@ -16,7 +16,7 @@ from autoseg.dataset.imageio import Geometry, read_image, write_image
 from autoseg.errors import EvaluationError
 from autoseg.cli import app, expand_multi_value_options
 from autoseg.evaluation.evaluate import evaluate_folders, format_table
-from cli_helpers import autoseg, runner
+from cli_helpers import autoseg, autoseg_fails, runner
 
 HIPPOCAMPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "Dataset004_Hippocampus"
 LABELS = {"background": 0, "a": 1, "b": 2}
@@ -287,6 +287,27 @@ def test_labels_option_evaluates_a_chosen_subset_of_other_values(folders):
     write_image(seg, geometry, pred_dir / "c2.nii.gz")
     autoseg("evaluate", "-p", pred_dir, "-r", ref_dir, "-np", 1, "--labels", 1)
     assert json.loads((pred_dir / "summary.json").read_text())["classes"] == {"1": [1]}
+
+
+def test_labels_option_keeps_the_ignore_label_of_the_dataset_beside_the_references(folders):
+    """--labels chose the classes and dropped the dataset.json: its ignore label's voxels counted as
+    background, so a prediction there was a false positive (c2 scored 48/52 instead of 1)."""
+    pred_dir, ref_dir = folders
+    (ref_dir.parent / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "MRI"}, "labels": {**LABELS, "ignore": 3}, "numTraining": 2, "file_ending": ".nii.gz",
+    }))
+    for folder, value in ((ref_dir, 3), (pred_dir, 1)):
+        seg, geometry = read_image(folder / "c2.nii.gz")
+        seg[0, 0, :4] = value
+        write_image(seg, geometry, folder / "c2.nii.gz")
+    output = autoseg("evaluate", "-p", pred_dir, "-r", ref_dir, "-np", 1, "--labels", 1)
+    assert "ignore label 3 of the dataset.json beside the references: its voxels are not scored" in output
+    summary = json.loads((pred_dir / "summary.json").read_text())
+    assert summary["ignore_label"] == 3 and summary["classes"] == {"1": [1]}
+    assert summary["metric_per_case"][1]["metrics"]["1"]["dice"] == 1.0
+    output = autoseg_fails("evaluate", "-p", pred_dir, "-r", ref_dir, "-np", 1, "--labels", 1, 3)
+    assert ("--labels 1 3: 3 is the ignore label of the dataset.json beside the references (its voxels are not scored); "
+            "leave it out") in output
 
 
 @pytest.mark.parametrize("tolerance", ["-1", "0", "nan", "inf"])

@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from autoseg.dataset.description import DatasetDescription, load_description
+from autoseg.dataset.description import IGNORE_LABEL_NAME, DatasetDescription, load_description
 from autoseg.dataset.imageio import SUPPORTED_ENDINGS, Geometry, image_ending, is_integer_valued, read_image
 from autoseg.dataset.verify import mask_255_hint
 from autoseg.errors import EvaluationError
@@ -48,6 +48,15 @@ def find_description(pred_dir: Path, ref_dir: Path) -> DatasetDescription:
         f"{ref_dir}: no dataset.json found beside the references or in {pred_dir}; "
         "name the dataset (-d DATASET) so the labels are known"
     )
+
+
+def _ignore_label_beside(pred_dir: Path, ref_dir: Path) -> int | None:
+    """The ignore label of the dataset.json beside the references, if there is one: ``--labels`` picks
+    the classes, but ignored voxels must stay out of every metric (they counted as background)."""
+    try:
+        return find_description(pred_dir, ref_dir).ignore_label
+    except EvaluationError:
+        return None
 
 
 @dataclass
@@ -117,7 +126,16 @@ def choose_labels(
             raise EvaluationError(
                 f"--labels {' '.join(map(str, label_values))}: give distinct positive label values (0 is background)"
             )
-        return LabelChoice(label_mapping(sorted(label_values)), label_file_ending(ref_dir), "--labels")
+        mapping = label_mapping(sorted(label_values))
+        ignore = _ignore_label_beside(pred_dir, ref_dir)
+        if ignore is not None:
+            if ignore in label_values:
+                raise EvaluationError(
+                    f"--labels {' '.join(map(str, label_values))}: {ignore} is the ignore label of the dataset.json "
+                    "beside the references (its voxels are not scored); leave it out"
+                )
+            mapping[IGNORE_LABEL_NAME] = ignore
+        return LabelChoice(mapping, label_file_ending(ref_dir), "--labels")
     try:
         found = find_description(pred_dir, ref_dir)
         return LabelChoice(found, found.file_ending, "dataset")
