@@ -146,6 +146,11 @@ WRONG_TYPES = {
     "numTraining a string": ("dataset.json", {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "a": 1},
                                               "numTraining": "2", "file_ending": ".nii.gz"},
                              "{model}/dataset.json: numTraining must be a non-negative integer, got '2'"),
+    # an ignore label the plans lack (same outputs): the plans' preprocessing sampled its voxels as foreground
+    "ignore label not the plans'": ("dataset.json", {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "a": 1, "ignore": 2},
+                                                     "numTraining": 2, "file_ending": ".nii.gz"},
+                                    "{model}/dataset.json: ignore label is 2, but {model}/plans.json was planned with None; "
+                                    "the model was trained on a dataset.json edited after planning"),
     # another model's dataset.json (a label more): every prediction would be named from the wrong labels
     "labels not the network's": ("dataset.json", {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "a": 1, "b": 2},
                                                   "numTraining": 2, "file_ending": ".nii.gz"},

@@ -212,11 +212,12 @@ def _check_description_files(members: Mapping[str, bytes], models: Sequence[str]
     """plans.json and dataset.json must pass the checks ``load_model`` makes, so predict can use them;
     returns each model's parsed dataset description."""
     from autoseg.dataset.description import parse_description
-    from autoseg.planning.plans import get_configuration, validate_plans
+    from autoseg.planning.plans import check_plans_match_dataset, get_configuration, validate_plans
 
     descriptions = {}
     for model in models:
         configuration = _model_name_parts(model, refuse)[2]
+        plans: dict[str, Any] = {}
         for file in REQUIRED_FILES:
             name = f"{model}/{file}"
             try:
@@ -226,13 +227,19 @@ def _check_description_files(members: Mapping[str, bytes], models: Sequence[str]
                         raise ModelFileError(f"{name}: must hold a JSON object")
                     descriptions[model] = parse_description(data, Path(name))
                 else:
-                    _check_plan_numbers(get_configuration(validate_plans(data, name), configuration), name)
+                    plans = validate_plans(data, name)
+                    _check_plan_numbers(get_configuration(plans, configuration), name)
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
                 raise ModelFileError(f"{refuse}: member {name!r} is not valid JSON ({exc})") from None
             except AutosegError as exc:
                 raise ModelFileError(f"{refuse}: {exc}") from None
             except (TypeError, ValueError, KeyError, AttributeError) as exc:
                 raise ModelFileError(f"{refuse}: member {name!r} has a field of the wrong type ({type(exc).__name__}: {exc})") from None
+        try:
+            check_plans_match_dataset(plans, descriptions[model], f"{model}/plans.json", f"{model}/dataset.json",
+                                      "the model was trained on a dataset.json edited after planning; train it again")
+        except AutosegError as exc:
+            raise ModelFileError(f"{refuse}: {exc}") from None
     return descriptions
 
 
