@@ -70,6 +70,15 @@ def test_nnunet_rescale_and_rgb_schemes() -> None:
     np.testing.assert_allclose(data.ravel(), [0.0, 0.25, 1.0, 0.0, 0.2, 1.0, 0.0, 0.0, 0.0], rtol=1e-6)
 
 
+def test_rescale_and_zscore_of_float32_extremes_stay_finite() -> None:
+    """rescale_to_0_1 of -3e38..3e38 subtracted in float32 overflowed to Inf, then Inf / Inf = NaN."""
+    data = np.array([[[[-3e38, 0.0, 3e38]]], [[[-3e38, 0.0, 3e38]]]], dtype=np.float32)
+    normalize(data, [{"scheme": "rescale_to_0_1", "use_mask": False}, ZSCORE], None)
+    assert np.isfinite(data).all()
+    np.testing.assert_allclose(data[0].ravel(), [0.0, 0.5, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(data[1].ravel(), [-1.2247449, 0.0, 1.2247449], rtol=1e-6)
+
+
 @pytest.mark.parametrize("values", [[-1.0, 10.0], [0.0, 256.0]])
 def test_rgb_scheme_refuses_values_outside_0_255(values: list[float]) -> None:
     data = np.array([[[values]]], dtype=np.float32)

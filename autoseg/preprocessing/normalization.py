@@ -19,6 +19,7 @@ import numpy as np
 
 from autoseg.errors import DatasetError, PlanError
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 MIN_STD = 1e-8  # guards the division for constant images (nnU-Net uses the same floor)
 SCHEMES = ("ct", "zscore", "none", "rescale_to_0_1", "rgb_to_0_1")
 RGB_MAX = 255.0
@@ -46,7 +47,10 @@ def normalize_channel(channel: np.ndarray, scheme: dict[str, Any], mask: np.ndar
         channel /= np.float32(max(std, MIN_STD))
         return
     if name == "rescale_to_0_1":
-        low = float(channel.min())
+        low, high = float(channel.min()), float(channel.max())
+        if high - low > FLOAT32_MAX:  # float32's channel - low would overflow to Inf, then Inf / Inf = NaN
+            channel[...] = (channel.astype(np.float64) - low) / (high - low)
+            return
         channel -= np.float32(low)
         channel /= np.float32(max(float(channel.max()), MIN_STD))
         return
