@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -673,7 +674,12 @@ def float32_overflow_problem(path: str | Path, array: np.ndarray) -> str | None:
     A float64 image with values beyond ~3.4e38 would turn into Inf on reading, and its normalization
     statistics, fingerprint and predictions into NaN, without a word.
     """
-    if array.dtype.kind != "f" or array.dtype.itemsize <= 4:
+    if array.dtype.kind != "f" or array.dtype.itemsize <= 4 or not array.size:
+        return None
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN: reported as NaN elsewhere
+        extremes = (float(np.nanmin(array)), float(np.nanmax(array)))  # no copy: the usual image stops here
+    if not any(abs(v) > FLOAT32_MAX for v in extremes):
         return None
     with np.errstate(invalid="ignore"):
         magnitude = np.abs(array)
