@@ -216,6 +216,19 @@ def test_2d_data_plans_only_2d():
         plan(DATA_2D, configs=["3d_fullres"])
 
 
+def test_a_case_whose_spacing_resamples_beyond_any_memory_is_refused_by_name():
+    """A header in microns among millimetres planned '1 iteration, 17893h' and failed in preprocess as
+    'out of memory; retry with fewer workers'."""
+    fp = fingerprint([[1.0, 1.0, 1.0]] * 5 + [[1000.0, 1000.0, 1000.0]], [[24, 32, 32]] * 6)
+    fp["case_ids"] = [f"case{i}" for i in range(6)]
+    with pytest.raises(PlanError, match=r"Dataset999_Test: case case5 has voxel spacing 1000 x 1000 x 1000 mm \(z, y, x\) "
+                                        r"against the planned 1 x 1 x 1 mm: its 24 x 32 x 32 voxels would resample to "
+                                        r"2\.46e\+13; fix that case's header voxel size"):
+        plan(fp)
+    fp["spacings"][5] = [10.0, 10.0, 10.0]  # coarse but real (24,576,000 voxels at 1 mm): planned
+    assert "3d_fullres" in plan(fp)["configurations"]
+
+
 def test_compute_budget_narrows_and_shortens_to_fit():
     budget = 4 * 3600.0  # 30 cases of 300x512x512: preprocessing and validation export alone take ~30 min
     plans = plan(CT_LARGE, budget_seconds=budget, configs=["3d_fullres"])

@@ -18,6 +18,7 @@ from autoseg.dataset.imageio import Geometry
 from autoseg.errors import InferenceError
 from autoseg.inference.engine import LoadedModel
 from autoseg.inference.tiling import DEFAULT_STEP, Network, numpy_sliding_window_slabs
+from autoseg.planning.constants import MAX_RESAMPLED_VOXELS
 from autoseg.preprocessing.inverse import ProbabilityExport, label_to_preprocessed_grid
 from autoseg.preprocessing.pipeline import configuration_dict, preprocess_case, target_spacing, transposed
 from autoseg.preprocessing.resampling import new_shape
@@ -28,9 +29,6 @@ if TYPE_CHECKING:  # torch is imported where the torch engine runs: the onnxrunt
 # reference.md §4: float16 accumulators halve memory (14 classes x 512x512x400: 2.9 vs 5.9 GB). When the
 # whole probability map is asked for (``predict_preprocessed``) and float32 would exceed this, float16.
 FLOAT16_ACCUMULATOR_ABOVE_BYTES = 2 * 1024**3
-# An image that would hold more voxels than this at the model's spacing (8 GiB per float32 channel) has
-# a voxel size that cannot be real (1e6 mm in a header): refused instead of filling the memory.
-MAX_RESAMPLED_VOXELS = 2**31
 
 
 @dataclass

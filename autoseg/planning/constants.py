@@ -233,3 +233,8 @@ TIMING_PROBE_WIDTH = 16
 TIMING_WARMUP_STEPS = 1
 # The fastest of 5 steps (the least disturbed by other load) gives the rate.
 TIMING_MEASURED_STEPS = 5
+
+# A case that would hold more voxels than this at the planned spacing (8 GiB per float32 channel) has a
+# voxel size that cannot be real (microns or 1e6 mm in a header): plan and predict refuse it instead of
+# filling the memory (preprocess reported only "out of memory").
+MAX_RESAMPLED_VOXELS = 2**31

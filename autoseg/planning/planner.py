@@ -30,7 +30,7 @@ from autoseg.planning import mirroring, rules, short_schedule
 from autoseg.planning.memory import MemoryModel, calibrate_memory
 from autoseg.planning.plans import format_plan_table, plans_path, write_plans
 from autoseg.planning.topology import divisible_patch, features_per_stage, plan_topology, shrink_patch
-from autoseg.preprocessing.resampling import resampling_work, scheme_for
+from autoseg.preprocessing.resampling import new_shape, resampling_work, scheme_for
 from autoseg.networks.bf16_guard import bf16_step_survives, step_spec
 from autoseg.utils.cpu_load import applied, idle_thread_choice
 from autoseg.utils.device import autocast_dtype, choose_device, device_memory_bytes
@@ -715,6 +715,7 @@ def build_plans(
     ctx = _planning_context(fingerprint, network, memory_budget_bytes, budget_seconds, torch.device(device), cache_dir,
                             timing_factory, bf16_check, timed_thread_share, record, device_present)
     target = rules.target_spacing(fingerprint["spacings"], fingerprint["shapes_after_crop"])
+    _check_resampled_sizes(fingerprint, target)
     forward, backward = rules.transpose_axes(target)
     spacing = [target[a] for a in forward]
     ctx.forward, ctx.fixed_orders = forward, mirroring.fixed_orders(fingerprint)
@@ -818,6 +819,25 @@ def _plan_3d(ctx: _Context, wanted: set[str], spacing: list[float], forward: lis
         lowres["next_stage"] = CONFIG_CASCADE
         configurations[CONFIG_CASCADE] = _cascade(ctx, fullres, ctx.n_foreground)
     return configurations
+
+
+def _check_resampled_sizes(fingerprint: dict[str, Any], target: Sequence[float]) -> None:
+    """Refuse a case whose voxel size would resample it to more voxels than any machine holds.
+
+    A header in microns among millimetres (1000x the spacing) passed verify and fingerprint, planned
+    "1 iteration, 17893h" and failed in preprocess as "out of memory; retry with fewer workers".
+    """
+    case_ids = fingerprint.get("case_ids") or [str(i) for i in range(len(fingerprint["spacings"]))]
+    for case, shape, spacing in zip(case_ids, fingerprint["shapes_after_crop"], fingerprint["spacings"]):
+        voxels = math.prod(new_shape(shape, spacing, target))
+        if voxels > C.MAX_RESAMPLED_VOXELS:
+            shown = lambda values: " x ".join(f"{v:g}" for v in values)  # noqa: E731
+            raise PlanError(
+                f"{fingerprint.get('dataset_name', 'dataset')}: case {case} has voxel spacing {shown(spacing)} mm "
+                f"(z, y, x) against the planned {shown(target)} mm: its {shown(shape)} voxels would resample to "
+                f"{voxels:.3g}; fix that case's header voxel size (microns or cm instead of mm?), then re-run "
+                "`autoseg fingerprint` and `autoseg plan`"
+            )
 
 
 def _wanted_configurations(configs: str | Sequence[str] | None, is_2d: bool, family_dims: tuple[int, ...],
