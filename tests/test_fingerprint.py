@@ -119,3 +119,21 @@ def test_summary_names_region_datasets_label_values_by_their_regions() -> None:
     lines = format_fingerprint(fingerprint).splitlines()
     assert lines[-2] == "  class 2 (in whole_tumor): median volume 10.0 mm^3"
     assert lines[-1] == "  class 4 (in whole_tumor, tumor_core, enhancing_tumor): median volume 3.0 mm^3"
+
+
+def test_summary_says_how_many_cases_hold_a_class_missing_from_some() -> None:
+    """'median volume 0.0 mm^3' alone hid a class in one case only, or in none at all."""
+    fingerprint = {
+        "dataset_name": "Dataset999_Test", "num_cases": 4, "channel_names": {"0": "MRI"},
+        "median_spacing": [1.0, 1.0, 1.0], "anisotropy_ratio": 1.0, "median_shape_after_crop": [4, 4, 4],
+        "median_relative_size_after_crop": 1.0, "foreground_intensity_properties_per_channel": {},
+        "labels": {"background": 0, "a": 1, "b": 2, "c": 3, "d": 4},
+        "class_volumes_mm3": {"1": [5.0] * 4, "2": [0.0, 3.0, 0.0, 4.0], "3": [0.0, 0.0, 7.0, 0.0], "4": [0.0] * 4},
+    }
+    assert format_fingerprint(fingerprint).splitlines()[-4:] == [
+        "  class 1 (a): median volume 5.0 mm^3",
+        "  class 2 (b): median volume 1.5 mm^3, in 2 of 4 cases",
+        "  class 3 (c): median volume 0.0 mm^3, in 1 of 4 cases: the fold validating that case cannot learn it",
+        "  class 4 (d): median volume 0.0 mm^3, in no case: no model can learn it (check the labels, or remove the class "
+        "from dataset.json and renumber those after it)",
+    ]

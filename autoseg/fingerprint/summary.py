@@ -24,12 +24,25 @@ def format_fingerprint(fp: dict[str, Any]) -> str:
             f"p0.5 {stats['percentile_00_5']:.4g}, p99.5 {stats['percentile_99_5']:.4g}"
         )
     for label, volumes in fp["class_volumes_mm3"].items():
-        lines.append(f"  class {label} ({_label_name(fp['labels'], int(label))}): median volume {np.median(volumes):.1f} mm^3")
+        lines.append(f"  class {label} ({_label_name(fp['labels'], int(label))}): median volume {np.median(volumes):.1f} mm^3"
+                     f"{_presence(volumes)}")
     thickness = fp.get("median_structure_thickness_mm") or {}
     if thickness:
         values = ", ".join(f"{name} {v:.3g}" if v is not None else f"{name} absent" for name, v in thickness.items())
         lines.append(f"  median structure thickness (mm, 2x mean distance to the outside): {values}")
     return "\n".join(lines)
+
+
+def _presence(volumes: list[float]) -> str:
+    """How many cases hold a class, when not all: a median volume of 0 alone hides a class in one case or none."""
+    present = sum(1 for v in volumes if v)
+    if present == len(volumes):
+        return ""
+    if present == 0:
+        return ", in no case: no model can learn it (check the labels, or remove the class from dataset.json and renumber those after it)"
+    if present == 1:
+        return f", in 1 of {len(volumes)} cases: the fold validating that case cannot learn it"
+    return f", in {present} of {len(volumes)} cases"
 
 
 def _label_name(labels: dict[str, Any], value: int) -> str:
