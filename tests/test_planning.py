@@ -373,3 +373,16 @@ def test_plan_table_lists_every_configuration():
     row = lines[4].split()
     assert row[:8] == ["3d_fullres", "1x1x1", "36x50x35", "40x56x40", "7", "unet", "4", "32-256"]
     assert lines[-1].startswith("note: 3d_lowres: not needed")
+
+
+def test_a_3d_patch_one_voxel_thick_is_noted() -> None:
+    """Two-slice volumes: 3d_fullres was planned with a [1, y, x] patch, a 2D model at 3D cost, without a word."""
+    from autoseg.planning.planner import _flat_3d_patch_notes
+
+    configurations = {"2d": {"patch_size": [32, 32]}, "3d_fullres": {"patch_size": [1, 32, 32]}}
+    assert _flat_3d_patch_notes(configurations, 60.0) == [
+        "3d_fullres: its patch [1, 32, 32] is one voxel thick, so the 3D network sees no context across that axis and "
+        "does what 2d does at more cost; compare them by cross-validation (find-best), or give a larger --budget"
+    ]
+    assert _flat_3d_patch_notes({"3d_fullres": {"patch_size": [2, 32, 32]}}, None) == []
+    assert plan(fingerprint([[3.0, 1.0, 1.0]] * 10, [[2, 96, 96]] * 10))["configurations"]["3d_fullres"]["patch_size"][0] == 2

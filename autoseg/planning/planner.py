@@ -727,6 +727,7 @@ def build_plans(
                                                         f"{plans_name}_{CONFIG_2D}")
     if wanted & {CONFIG_FULLRES, CONFIG_LOWRES, CONFIG_CASCADE}:
         configurations.update(_plan_3d(ctx, wanted, spacing, forward, fingerprint, plans_name, explicit=configs is not None))
+    ctx.notes.extend(_flat_3d_patch_notes(configurations, budget_seconds))
     ctx.notes.extend(short_schedule.apply(configurations, budget_seconds))
     ctx.notes.extend(mirroring.mirroring_notes(fingerprint, ctx.fixed_orders))
     return {
@@ -819,6 +820,21 @@ def _plan_3d(ctx: _Context, wanted: set[str], spacing: list[float], forward: lis
         lowres["next_stage"] = CONFIG_CASCADE
         configurations[CONFIG_CASCADE] = _cascade(ctx, fullres, ctx.n_foreground)
     return configurations
+
+
+def _flat_3d_patch_notes(configurations: dict[str, dict[str, Any]], budget_seconds: float | None) -> list[str]:
+    """A note per 3D configuration whose patch is one voxel thick (thin volumes, small budgets): its
+    network sees no context across that axis, so it is a costlier 2D model, which the table alone hides."""
+    notes = []
+    for name, config in configurations.items():
+        patch = config.get("patch_size") or []
+        if len(patch) == 3 and 1 in patch:
+            notes.append(
+                f"{name}: its patch {patch} is one voxel thick, so the 3D network sees no context across that axis "
+                f"and does what {CONFIG_2D} does at more cost; compare them by cross-validation (find-best)"
+                f"{', or give a larger --budget' if budget_seconds else ''}"
+            )
+    return notes
 
 
 def _check_resampled_sizes(fingerprint: dict[str, Any], target: Sequence[float]) -> None:
