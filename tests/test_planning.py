@@ -386,3 +386,10 @@ def test_a_3d_patch_one_voxel_thick_is_noted() -> None:
     ]
     assert _flat_3d_patch_notes({"3d_fullres": {"patch_size": [2, 32, 32]}}, None) == []
     assert plan(fingerprint([[3.0, 1.0, 1.0]] * 10, [[2, 96, 96]] * 10))["configurations"]["3d_fullres"]["patch_size"][0] == 2
+
+
+def test_single_slice_volumes_say_why_no_3d_configuration() -> None:
+    """NIfTI cases of one slice each planned 2d alone, the table showing no 3D row and no reason."""
+    assert "3d_fullres: not planned, every case holds a single slice (after cropping): a 2D dataset" in plan(DATA_2D)["notes"]
+    natural = dict(DATA_2D, file_ending=".png")
+    assert not [n for n in plan(natural)["notes"] if "single slice" in n]

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from autoseg import __version__
+from autoseg.dataset.imageio import NATURAL_2D_ENDINGS
 from autoseg.errors import FingerprintError, PlanError
 from autoseg.networks import Topology, default_network, get_network_spec
 from autoseg.planning import accounting as A
@@ -720,6 +721,9 @@ def build_plans(
     spacing = [target[a] for a in forward]
     ctx.forward, ctx.fixed_orders = forward, mirroring.fixed_orders(fingerprint)
     wanted = _wanted_configurations(configs, fingerprint["is_2d"], ctx.constraints.spatial_dims, ctx)
+    if fingerprint["is_2d"] and fingerprint.get("file_ending") not in NATURAL_2D_ENDINGS:
+        # Volumes in a 3D format whose cases all hold one slice: why the table has no 3D row.
+        ctx.notes.append(f"{CONFIG_FULLRES}: not planned, every case holds a single slice (after cropping): a 2D dataset")
 
     configurations: dict[str, dict[str, Any]] = {}
     if CONFIG_2D in wanted:
