@@ -223,9 +223,16 @@ def test_a_case_whose_spacing_resamples_beyond_any_memory_is_refused_by_name():
     fp["case_ids"] = [f"case{i}" for i in range(6)]
     with pytest.raises(PlanError, match=r"Dataset999_Test: case case5 has voxel spacing 1000 x 1000 x 1000 mm \(z, y, x\) "
                                         r"against the planned 1 x 1 x 1 mm: its 24 x 32 x 32 voxels would resample to "
-                                        r"2\.46e\+13; fix that case's header voxel size"):
+                                        r"2\.46e\+13 voxels; fix that case's header voxel size"):
+        plan(fp)
+    fp["spacings"][5] = [0.001, 0.001, 0.001]  # metres: was preprocessed to one voxel and trained on
+    with pytest.raises(PlanError, match=r"case case5 has voxel spacing 0\.001 x 0\.001 x 0\.001 mm \(z, y, x\) against the "
+                                        r"planned 1 x 1 x 1 mm: its 24 x 32 x 32 voxels would resample to 1 x 1 x 1; fix "
+                                        r"that case's header voxel size \(metres or cm instead of mm\?\)"):
         plan(fp)
     fp["spacings"][5] = [10.0, 10.0, 10.0]  # coarse but real (24,576,000 voxels at 1 mm): planned
+    assert "3d_fullres" in plan(fp)["configurations"]
+    fp["spacings"][5] = [0.02, 0.02, 0.02]  # 50x finer than the others: a real outlier, planned
     assert "3d_fullres" in plan(fp)["configurations"]
 
 

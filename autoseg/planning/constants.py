@@ -238,3 +238,6 @@ TIMING_MEASURED_STEPS = 5
 # voxel size that cannot be real (microns or 1e6 mm in a header): plan and predict refuse it instead of
 # filling the memory (preprocess reported only "out of memory").
 MAX_RESAMPLED_VOXELS = 2**31
+# ... and one that the planned spacing would shrink more than this along an axis (a header in metres or
+# cm among millimetres) would be trained as a few voxels: refused too (real datasets differ ~10x at most).
+MAX_CASE_DOWNSAMPLING = 100.0

@@ -842,22 +842,29 @@ def _flat_3d_patch_notes(configurations: dict[str, dict[str, Any]], budget_secon
 
 
 def _check_resampled_sizes(fingerprint: dict[str, Any], target: Sequence[float]) -> None:
-    """Refuse a case whose voxel size would resample it to more voxels than any machine holds.
+    """Refuse a case whose voxel size would resample it to more voxels than any machine holds, or to a
+    few voxels (more than ``MAX_CASE_DOWNSAMPLING`` times coarser along an axis).
 
     A header in microns among millimetres (1000x the spacing) passed verify and fingerprint, planned
-    "1 iteration, 17893h" and failed in preprocess as "out of memory; retry with fewer workers".
+    "1 iteration, 17893h" and failed in preprocess as "out of memory; retry with fewer workers"; one in
+    metres was preprocessed to a single voxel and trained on without a word.
     """
     case_ids = fingerprint.get("case_ids") or [str(i) for i in range(len(fingerprint["spacings"]))]
+    shown = lambda values: " x ".join(f"{v:g}" for v in values)  # noqa: E731
     for case, shape, spacing in zip(case_ids, fingerprint["shapes_after_crop"], fingerprint["spacings"]):
-        voxels = math.prod(new_shape(shape, spacing, target))
+        resampled = new_shape(shape, spacing, target)
+        voxels = math.prod(resampled)
         if voxels > C.MAX_RESAMPLED_VOXELS:
-            shown = lambda values: " x ".join(f"{v:g}" for v in values)  # noqa: E731
-            raise PlanError(
-                f"{fingerprint.get('dataset_name', 'dataset')}: case {case} has voxel spacing {shown(spacing)} mm "
-                f"(z, y, x) against the planned {shown(target)} mm: its {shown(shape)} voxels would resample to "
-                f"{voxels:.3g}; fix that case's header voxel size (microns or cm instead of mm?), then re-run "
-                "`autoseg fingerprint` and `autoseg plan`"
-            )
+            outcome, units = f"{voxels:.3g} voxels", "microns or cm instead of mm?"
+        elif any(t / s > C.MAX_CASE_DOWNSAMPLING for s, t, n in zip(spacing, target, shape) if n > 1):
+            outcome, units = f"{shown(resampled)}", "metres or cm instead of mm?"
+        else:
+            continue
+        raise PlanError(
+            f"{fingerprint.get('dataset_name', 'dataset')}: case {case} has voxel spacing {shown(spacing)} mm "
+            f"(z, y, x) against the planned {shown(target)} mm: its {shown(shape)} voxels would resample to "
+            f"{outcome}; fix that case's header voxel size ({units}), then re-run `autoseg fingerprint` and `autoseg plan`"
+        )
 
 
 def _wanted_configurations(configs: str | Sequence[str] | None, is_2d: bool, family_dims: tuple[int, ...],
