@@ -120,6 +120,9 @@ BAD_CASES: dict[str, tuple[Callable[[Path], None], str]] = {
     "spacing 1e6": (lambda f: _array(_hippocampus(), f / "bad_0000.nii.gz", (1e6, 1.0, 1.0)),
                     "bad: voxel spacing (1, 1, 1e+06) mm: resampled to the model's spacing [1.5, 1.2, 1.2] this "
                     "35x51x35 image would hold 2.82e+10 voxels; fix the image header's voxel size"),
+    "spacing in metres": (lambda f: _array(_hippocampus(), f / "bad_0000.nii.gz", (1e-3, 1e-3, 1e-3)),
+                          "bad: voxel spacing (0.001, 0.001, 0.001) mm: resampled to the model's spacing [1.5, 1.2, 1.2] "
+                          "this 35x51x35 image would shrink to 1x1x1 voxels; fix the image header's voxel size"),
     "zero-size image": (lambda f: _mha_header(f, (b"DimSize = 8 7 6", b"DimSize = 0 7 6"), data=False),
                         "bad_0000.mha: has size 0x7x6: the image holds no voxels; export it again"),
 }
