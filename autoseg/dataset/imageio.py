@@ -126,8 +126,9 @@ def read_image(path: str | Path) -> tuple[np.ndarray, Geometry]:
         )
     if path.stat().st_size == 0:
         raise DatasetError(f"{path}: file is empty (0 bytes; an interrupted copy or export?); copy or export it again")
-    if is_tiff_volume(path):
-        return _read_tiff_volume(path)
+    volume_spacing = _volume_spacing_source(path)
+    if volume_spacing is not None:
+        return _read_tiff_volume(path, *volume_spacing)
     if ending in NATURAL_2D_ENDINGS:
         return _read_natural_2d(path)
     try:
@@ -338,9 +339,19 @@ def tiff_spacing_files(path: Path) -> list[Path]:
 def is_tiff_volume(path: Path) -> bool:
     """A TIFF read as 3D: autoseg's own output (its description holds the spacing; a one-slice volume
     too), or several pages with a spacing sidecar."""
+    return _volume_spacing_source(path) is not None
+
+
+def _volume_spacing_source(path: Path) -> tuple[str, Any] | None:
+    """(where, spacing as written) of a TIFF read as 3D, None for any other file: autoseg's own spacing in
+    the description, else the sidecar's (nnU-Net's convention), looked at once per read."""
     if path.suffix.lower() not in TIFF_ENDINGS or not path.is_file():
-        return False
-    return _written_spacing(path) is not None or (_tiff_pages(path) > 1 and _sidecar_spacing(path) is not None)
+        return None
+    written = _written_spacing(path)
+    if written is not None:
+        return f"{path} (its description)", written
+    sidecar = _sidecar_spacing(path) if _tiff_pages(path) > 1 else None
+    return (str(sidecar[0]), sidecar[1]) if sidecar is not None else None
 
 
 def _written_spacing(path: Path) -> Any:
@@ -368,12 +379,8 @@ def _sidecar_spacing(path: Path) -> tuple[Path, Any] | None:
     return None
 
 
-def _tiff_volume_spacing(path: Path) -> tuple[float, float, float]:
-    """The spacing of a 3D TIFF: autoseg's own in its description, else the sidecar's (nnU-Net's convention)."""
-    spacing, where = _written_spacing(path), f"{path} (its description)"
-    if spacing is None:
-        sidecar, spacing = _sidecar_spacing(path) or (path, None)
-        where = str(sidecar)
+def _checked_spacing(path: Path, where: str, spacing: Any) -> tuple[float, float, float]:
+    """A 3D TIFF's spacing as three positive finite numbers, else the error naming where it was read."""
     valid = isinstance(spacing, list) and len(spacing) == 3 and all(
         isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in spacing)
     if not valid:
@@ -382,11 +389,12 @@ def _tiff_volume_spacing(path: Path) -> tuple[float, float, float]:
     return (float(spacing[0]), float(spacing[1]), float(spacing[2]))
 
 
-def _read_tiff_volume(path: Path) -> tuple[np.ndarray, Geometry]:
-    """A multi-page grey TIFF as (pages, y, x) with its spacing; origin 0, identity direction (TIFF has none)."""
+def _read_tiff_volume(path: Path, where: str, written: Any) -> tuple[np.ndarray, Geometry]:
+    """A multi-page grey TIFF as (pages, y, x) with its spacing (``written`` at ``where``, from
+    ``_volume_spacing_source``); origin 0, identity direction (TIFF has none)."""
     import tifffile
 
-    spacing = _tiff_volume_spacing(path)
+    spacing = _checked_spacing(path, where, written)
     try:
         array = np.asarray(tifffile.imread(path))
     except Exception as exc:  # noqa: BLE001 - any decoder error means an unreadable file
@@ -399,7 +407,7 @@ def _read_tiff_volume(path: Path) -> tuple[np.ndarray, Geometry]:
 
 def _write_tiff_volume(array: np.ndarray, geometry: Geometry, path: Path) -> None:
     """A 3D array as a multi-page TIFF carrying its spacing in its description (read back by
-    ``_tiff_volume_spacing``; a sidecar JSON here would collide with saved probabilities' ``<case>.json``)."""
+    ``_volume_spacing_source``; a sidecar JSON here would collide with saved probabilities' ``<case>.json``)."""
     import tifffile
 
     with atomic_path(path) as tmp:
