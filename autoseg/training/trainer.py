@@ -124,6 +124,28 @@ def check_diverged(network: torch.nn.Module, losses: list[float], epoch: int, la
     )
 
 
+def epoch_row(state: TrainingState, train_loss: float, result: PseudoValidationResult, output_names: list[str],
+              learning_rate_now: float, epoch_start: float, iteration_seconds: float | None,
+              device: torch.device) -> dict[str, Any]:
+    """One line of metrics.jsonl (the warm iterations' speed; on CUDA the peak memory allocated)."""
+    return {
+        "epoch": state.epoch,
+        "iteration": state.iteration,
+        "train_loss": train_loss,
+        # JSON null where there is no number (no pseudo-validation, no foreground seen yet)
+        "val_loss": number_or_none(result.loss),
+        "pseudo_dice": number_or_none(result.dice),
+        "pseudo_dice_ema": state.ema,
+        # None (JSON null) for a class absent from both patches and predictions.
+        "pseudo_dice_per_class": {n: number_or_none(v) for n, v in zip(output_names, result.per_class)},
+        "learning_rate": learning_rate_now,
+        "epoch_seconds": time.monotonic() - epoch_start,
+        "seconds_per_iteration": iteration_seconds,
+        "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+    }
+
+
+
 class Trainer:
     """Trains one fold; ``fit()`` runs (or resumes) the schedule and writes the final checkpoint."""
 
@@ -302,30 +324,11 @@ class Trainer:
         train_loss = float(all_reduce_sum(torch.tensor([float(np.mean(losses))]), self.context)[0]) / self.context.world_size
         improved = state.add_pseudo_dice(result.dice, cfg["pseudo_dice_ema"])
         state.epoch += 1
-        row = self._epoch_row(train_loss, result, epoch_start, iteration_seconds)
+        row = epoch_row(state, train_loss, result, self.output_names, self.setup.optimizer.param_groups[0]["lr"],
+                        epoch_start, iteration_seconds, self.device)
         state.history.append(row)
         self.save(LATEST)
         if improved:
             self.save(BEST)
         self.monitor.write_history(state.history)
         self.monitor.log_epoch(row, improved, state.total_iterations, "region" if self.labels.regions else "class")
-
-    def _epoch_row(self, train_loss: float, result: PseudoValidationResult, epoch_start: float,
-                   iteration_seconds: float | None) -> dict[str, Any]:
-        """One line of metrics.jsonl (the warm iterations' speed; on CUDA the peak memory allocated)."""
-        state = self.state
-        return {
-            "epoch": state.epoch,
-            "iteration": state.iteration,
-            "train_loss": train_loss,
-            # JSON null where there is no number (no pseudo-validation, no foreground seen yet)
-            "val_loss": number_or_none(result.loss),
-            "pseudo_dice": number_or_none(result.dice),
-            "pseudo_dice_ema": state.ema,
-            # None (JSON null) for a class absent from both patches and predictions.
-            "pseudo_dice_per_class": {n: None if math.isnan(v) else v for n, v in zip(self.output_names, result.per_class)},
-            "learning_rate": self.setup.optimizer.param_groups[0]["lr"],
-            "epoch_seconds": time.monotonic() - epoch_start,
-            "seconds_per_iteration": iteration_seconds,
-            "peak_memory_bytes": torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None,
-        }
