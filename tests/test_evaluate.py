@@ -105,6 +105,19 @@ def test_spacing_mismatch_is_named(folders):
         evaluate_folders(pred_dir, ref_dir, LABELS, num_workers=1, file_ending=".nii.gz")
 
 
+@pytest.mark.parametrize("geometry, expected", [
+    (Geometry(GEOMETRY.spacing, (0.0, 0.0, 30.0), GEOMETRY.direction), r"origin \(0, 0, 30\) vs \(0, 0, 0\)"),
+    (Geometry(GEOMETRY.spacing, GEOMETRY.origin, (-1.0, 0, 0, 0, -1.0, 0, 0, 0, 1.0)), r"direction \(-1, "),
+])
+def test_a_prediction_placed_elsewhere_than_its_reference_is_named(folders, geometry, expected):
+    """Same shape and spacing but shifted or reoriented: the voxels lie over other anatomy, never scored."""
+    pred_dir, ref_dir = folders
+    seg, _ = read_image(pred_dir / "c1.nii.gz")
+    _write(pred_dir, "c1", seg, geometry)
+    with pytest.raises(EvaluationError, match=rf"c1: .*pred/c1\.nii\.gz: lies elsewhere than the reference .*{expected}"):
+        evaluate_folders(pred_dir, ref_dir, LABELS, num_workers=1, file_ending=".nii.gz")
+
+
 def test_labels_mapping_needs_a_file_ending(folders):
     with pytest.raises(EvaluationError, match="give the label file ending"):
         evaluate_folders(*folders, LABELS, num_workers=1)

@@ -17,7 +17,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from autoseg.dataset.description import IGNORE_LABEL_NAME, DatasetDescription, load_description
-from autoseg.dataset.imageio import SUPPORTED_ENDINGS, Geometry, image_ending, is_integer_valued, read_image
+from autoseg.dataset.imageio import (
+    SUPPORTED_ENDINGS, Geometry, geometry_differences, image_ending, is_integer_valued, read_image,
+)
 from autoseg.dataset.verify import mask_255_hint
 from autoseg.errors import EvaluationError
 from autoseg.evaluation.metrics import (
@@ -171,7 +173,12 @@ def list_cases(folder: Path, file_ending: str) -> dict[str, Path]:
 
 
 def read_pair(pred_path: Path, ref_path: Path) -> tuple[np.ndarray, np.ndarray, Geometry]:
-    """Prediction, reference and the reference's geometry, after checking they share their grid."""
+    """Prediction, reference and the reference's geometry, after checking they share their grid.
+
+    Shape, spacing, origin and direction must all agree: arrays of the same shape and spacing but a
+    shifted origin or another direction (a prediction reoriented by another tool) lie over different
+    anatomy, and comparing them voxel by voxel would score the wrong voxels without a word.
+    """
     pred, pred_geometry = read_image(pred_path)
     ref, ref_geometry = read_image(ref_path)
     if pred.shape != ref.shape:
@@ -183,6 +190,13 @@ def read_pair(pred_path: Path, ref_path: Path) -> tuple[np.ndarray, np.ndarray, 
         raise EvaluationError(
             f"{pred_path}: spacing {pred_geometry.spacing} differs from the reference {ref_path} "
             f"{ref_geometry.spacing}; predictions must be in the reference's geometry"
+        )
+    placement = geometry_differences(pred_geometry, ref_geometry)  # spacing agrees by now: origin, direction
+    if placement:
+        raise EvaluationError(
+            f"{pred_path}: lies elsewhere than the reference {ref_path} ({'; '.join(placement)}, prediction vs reference); "
+            "predictions must be in the reference's geometry (autoseg predict writes them so; resample or copy the "
+            "reference's header only if the voxels truly correspond)"
         )
     return pred, ref, ref_geometry
 
