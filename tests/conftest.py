@@ -12,7 +12,12 @@ import numpy as np
 import pytest
 
 # pytest-xdist: one worker per core, the timing tests alone (tests/parallel_runs.py)
-from parallel_runs import pytest_configure, pytest_runtest_protocol, pytest_xdist_auto_num_workers  # noqa: F401
+from parallel_runs import (  # noqa: F401
+    pytest_configure,
+    pytest_runtest_protocol,
+    pytest_unconfigure,
+    pytest_xdist_auto_num_workers,
+)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 if not SHARED_DATA.is_dir():  # CI and developer checkouts keep shared/ beside the repository

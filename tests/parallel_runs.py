@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Iterator
 
@@ -27,6 +29,11 @@ EXCLUSIVE = "exclusive"
 # More workers than this gain little on the machines the suite is sized for (2 cores) and multiply
 # the memory of the real-data pipelines.
 MAX_WORKERS = 4
+
+
+def lock_folder(run: str) -> Path:
+    """Where the workers of one run keep their lock files."""
+    return Path(tempfile.gettempdir()) / f"autoseg-tests-{run}"
 
 
 def worker_id() -> str | None:
@@ -74,7 +81,7 @@ class ParallelRuns:
         self.torch_threads = torch.get_num_threads()
         self.omp = os.environ.get("OMP_NUM_THREADS")
         run = os.environ.get("PYTEST_XDIST_TESTRUNUID", "local")
-        self.lock = SuiteLock(Path(tempfile.gettempdir()) / f"autoseg-tests-{run}")
+        self.lock = SuiteLock(lock_folder(run))
         self.alone(False)
 
     def alone(self, exclusive: bool) -> None:
@@ -97,6 +104,16 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", f"{EXCLUSIVE}: runs alone with torch's own threads (it times or reads the load)")
     if worker_id() is not None:
         _RUNS = ParallelRuns()
+    elif config.pluginmanager.hasplugin("xdist") and config.getoption("testrunuid", None) is None:
+        # the controller names the run, so that it can remove the workers' lock folder when they are done
+        config.option.testrunuid = uuid.uuid4().hex
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The controller removes the run's lock folder (every worker has exited by then)."""
+    run = getattr(config.option, "testrunuid", None)
+    if worker_id() is None and run:
+        shutil.rmtree(lock_folder(run), ignore_errors=True)
 
 
 @pytest.hookimpl(hookwrapper=True)
