@@ -193,14 +193,20 @@ run_module.train_fold(sys.argv[1], "3d_fullres", "all", budget_seconds=12, worke
 """
 
 
+def _torchrun(tmp_path: Path) -> list[str]:
+    """torchrun with two processes, its logs in the test's folder (by default it leaves a
+    torchelastic_* folder in the temporary directory at every run)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+            "--log-dir", str(tmp_path / "torchelastic")]
+
+
 @pytest.mark.exclusive  # a time budget: alone (tests/parallel_runs.py)
 def test_two_process_ddp_keeps_its_time_budget_in_step(results: Path, tmp_path: Path) -> None:
     """The budget's probe, re-plans and within-epoch pace checks are collectives: ranks whose clocks
     disagree must still take the same decisions at the same iterations (else one waits forever)."""
     script = tmp_path / "ddp_budget.py"
     script.write_text(DDP_BUDGET_SCRIPT)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               str(script), DATASET, "iterations_per_epoch=500", *FAST]
+    command = [*_torchrun(tmp_path), str(script), DATASET, "iterations_per_epoch=500", *FAST]
     done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     log = (_fold(results) / "training_log.txt").read_text()
@@ -210,8 +216,7 @@ def test_two_process_ddp_keeps_its_time_budget_in_step(results: Path, tmp_path: 
 def test_two_process_gloo_ddp_keeps_ranks_identical(results: Path, tmp_path: Path) -> None:
     script = tmp_path / "ddp_run.py"
     script.write_text(DDP_SCRIPT)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               str(script), str(tmp_path), DATASET, *FAST]
+    command = [*_torchrun(tmp_path), str(script), str(tmp_path), DATASET, *FAST]
     done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
