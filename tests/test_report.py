@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
+from autoseg.errors import EvaluationError
 from autoseg.evaluation.report import build_report, numeric_series, overlay, overlay_slice
+from autoseg.evaluation.selection import find_best
 from conftest import drive_crop
 from test_selection import BAD, BAD_FOREGROUND, CASES, DATASET, GOOD, GOOD_FOREGROUND, GOOD_LEFT, make_results
 
@@ -124,3 +126,19 @@ def test_colour_image_overlay_is_drawn_in_its_colours(num_channels: int) -> None
     np.testing.assert_allclose(shown, np.clip((rgb - low) / (high - low), 0, 1), atol=1e-6)
     grey = overlay(channels[1], labels, labels, (999.0, 1.0, 1.0), [("vessel", (1,))], "drive_21")
     assert grey.axes[0].images[0].get_array().shape == (64, 64)
+
+
+@pytest.mark.parametrize("damage", ["cut", "not_an_object"])
+@pytest.mark.parametrize("which", ["instructions", "summary"])
+def test_damaged_find_best_files_are_named_with_the_fix(roots: dict[str, Path], which: str, damage: str) -> None:
+    """A cut-short or foreign inference_instructions.json or summary.json: one line naming it, no parser trace."""
+    make_results(roots, probabilities_for=())
+    instructions = find_best(DATASET, num_workers=1)
+    path = roots["results"] / DATASET / "inference_instructions.json"
+    if which == "summary":
+        path = Path(instructions["candidates"][0]["summary_file"])
+    text = path.read_text()
+    path.write_text(text[: len(text) // 2] if damage == "cut" else "[]")
+    problem = "is not valid JSON" if damage == "cut" else "is not what autoseg find-best writes"
+    with pytest.raises(EvaluationError, match=rf"{re.escape(str(path))}: {problem} .*re-run autoseg find-best {DATASET}"):
+        build_report(DATASET, num_workers=1)

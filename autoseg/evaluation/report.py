@@ -31,6 +31,7 @@ from autoseg.evaluation.metrics import evaluation_classes
 from autoseg.evaluation.selection import INSTRUCTIONS_JSON, find_best
 from autoseg.paths import resolve_dataset, results_root
 from autoseg.utils.atomic import atomic_write_bytes, atomic_write_text
+from autoseg.utils.jsonio import read_json
 from autoseg.utils.output_folders import check_output_file
 
 FIGURE_DPI = 110
@@ -39,6 +40,9 @@ FOLD_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
 NOT_PLOTTED = ("epoch", "timestamp")  # the x axis, and wall-clock time (not a training curve)
 IMAGE_WINDOW_PERCENTILES = (0.5, 99.5)  # display window of overlay images
 TABLE_METRICS = (("dice", "Dice", 4), ("iou", "IoU", 4), ("hd95", "HD95 mm", 2), ("assd", "ASSD mm", 2), ("nsd", "NSD", 4))
+# What the report reads of inference_instructions.json and of each candidate's summary.json.
+INSTRUCTIONS_KEYS = ("candidates", "best", "folds", "num_cases", "rank_metric", "commands")
+SUMMARY_KEYS = ("mean", "foreground_mean", "metric_per_case", "num_cases")
 CSS = """
 body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:2em auto;max-width:1100px;color:#222}
 h1{font-size:1.6em}h2{font-size:1.25em;border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
@@ -270,6 +274,18 @@ def _safe(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
 
 
+def _read_find_best_json(path: Path, keys: Sequence[str], dataset_name: str) -> dict[str, Any]:
+    """A JSON file ``find-best`` wrote (the instructions or a cross-validation summary), refused naming the
+    file and the fix when it is missing, damaged (cut short, edited) or lacks one of ``keys``: the report
+    reads several such files, and a raw parser error named none of them."""
+    fix = f"re-run autoseg find-best {dataset_name}"
+    data = read_json(path, EvaluationError, f"not found; {fix}", fix)
+    missing = [key for key in keys if not isinstance(data, dict) or key not in data]
+    if missing:
+        raise EvaluationError(f"{path}: is not what autoseg find-best writes (no {', '.join(missing)}); {fix}")
+    return data
+
+
 def build_report(dataset_spec: str | os.PathLike[str], output_html: str | Path | None = None,
                  num_workers: int | None = None) -> Path:
     """Write the report (default ``<results>/<Dataset>/report.html``) and its PNGs; returns the HTML path.
@@ -281,7 +297,7 @@ def build_report(dataset_spec: str | os.PathLike[str], output_html: str | Path |
         check_output_file(Path(output_html), EvaluationError)  # before its figures are written beside it
     instructions_file = dataset_results / INSTRUCTIONS_JSON
     if instructions_file.is_file():
-        instructions = json.loads(instructions_file.read_text())
+        instructions = _read_find_best_json(instructions_file, INSTRUCTIONS_KEYS, dataset.name)
     else:
         instructions = find_best(dataset_spec, num_workers=num_workers)
     summaries = {}
@@ -289,7 +305,7 @@ def build_report(dataset_spec: str | os.PathLike[str], output_html: str | Path |
         path = Path(candidate["summary_file"])
         if not path.is_file():
             raise EvaluationError(f"{path}: cross-validation summary missing; run autoseg find-best {dataset.name} again")
-        summaries[candidate["name"]] = json.loads(path.read_text())
+        summaries[candidate["name"]] = _read_find_best_json(path, SUMMARY_KEYS, dataset.name)
     best = instructions["best"]
     description = load_description(Path(best["model_folders"][0]))
     classes, _ = evaluation_classes(description)
