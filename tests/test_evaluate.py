@@ -255,6 +255,20 @@ def test_bad_labels_option_gives_one_line(png_folders, args, expected, monkeypat
     assert f"autoseg: error: {expected}" in result.output
 
 
+@pytest.mark.parametrize("folder", ["pred", "ref"])
+def test_a_non_integer_label_map_is_refused_with_labels_option(folders, folder):
+    """A probability map saved as the prediction (or reference) matched no --labels value: every class
+    was scored empty (Dice 0) without a word."""
+    pred_dir, ref_dir = folders
+    target = pred_dir if folder == "pred" else ref_dir
+    seg, geometry = read_image(target / "c1.nii.gz")
+    write_image(seg.astype(np.float32) * 0.8, geometry, target / "c1.nii.gz")
+    result = runner.invoke(app, ["evaluate", "-p", str(pred_dir), "-r", str(ref_dir), "-l", "1", "-np", "1"])
+    assert result.exit_code == 2, result.output
+    assert f"c1: {target / 'c1.nii.gz'}: holds non-integer values; a label map holds one class number per voxel" in result.output
+    assert not (pred_dir / "summary.json").exists()
+
+
 def _with_dataset_json(folders) -> tuple[Path, Path]:
     """The ``folders`` cases with a dataset.json declaring labels 0, 1, 2 beside the references."""
     pred_dir, ref_dir = folders

@@ -91,10 +91,19 @@ def label_file_ending(folder: Path) -> str:
     return endings.pop()
 
 
+def check_integer_labels(path: Path, seg: np.ndarray) -> None:
+    """Refuse a label map holding non-integer values (a probability or intensity map saved in its place):
+    they match no label value, so every class would be scored as empty without a word."""
+    if not is_integer_valued(seg):
+        raise EvaluationError(
+            f"{path}: holds non-integer values; a label map holds one class number per voxel (save the "
+            "label map, not probabilities or intensities)"
+        )
+
+
 def _label_values(path: Path) -> list[int]:
     labels, _ = read_image(path)
-    if not is_integer_valued(labels):
-        raise EvaluationError(f"{path}: holds non-integer values; a label map holds one class number per voxel")
+    check_integer_labels(path, labels)
     return [int(v) for v in np.unique(labels)]
 
 
@@ -229,6 +238,8 @@ def evaluate_case(
 ) -> dict[str, dict[str, Any]]:
     """Metrics of one case (``{class name: {metric: value}}``); with ``declared``, both files may hold only those values."""
     pred, ref, geometry = read_pair(pred_path, ref_path)
+    check_integer_labels(pred_path, pred)
+    check_integer_labels(ref_path, ref)
     if declared is not None:
         check_declared(pred_path, pred, declared)
         check_declared(ref_path, ref, declared)
