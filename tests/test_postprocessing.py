@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -126,6 +127,23 @@ def test_bad_decision_files_are_refused(tmp_path):
         load_decision(tmp_path / "bad.json")
     with pytest.raises(EvaluationError, match=r"missing\.json: not found; run autoseg postprocess determine first"):
         apply_to_folder(tmp_path, tmp_path / "out", tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize(("step", "expected"), [
+    ({"operation": "keep_largest", "target": "organ"}, "step keep_largest has label_values None, not a list of positive label values"),
+    ({"operation": "remove_small", "label_values": [2], "min_volume_mm3": "big"}, "step remove_small has min_volume_mm3 'big', not a volume"),
+    ({"operation": "remove_small", "label_values": [2]}, "step remove_small has min_volume_mm3 None, not a volume"),
+    ("keep_largest", "step 'keep_largest' is not an object whose operation is one of keep_largest, remove_small"),
+])
+def test_a_hand_edited_step_is_refused_naming_the_decision_file(tmp_path, step, expected):
+    """Before: every case failed with a bare KeyError / TypeError naming neither the file nor the fix."""
+    preds, refs = _make_cv_folders(tmp_path)
+    decision = determine_postprocessing(preds, refs, LABELS, num_workers=1, file_ending=".nii.gz")
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps({**decision, "steps": [step]}))
+    with pytest.raises(EvaluationError, match=rf"edited\.json: {re.escape(expected)}.*; re-run autoseg postprocess determine"):
+        apply_to_folder(preds, tmp_path / "post", path, num_workers=1)
+    assert not (tmp_path / "post").exists()
 
 
 def test_apply_refuses_the_input_folder_or_a_file_as_output(tmp_path):

@@ -44,6 +44,7 @@ RULE = (
 )
 
 Step = dict[str, Any]
+OPERATIONS = ("keep_largest", "remove_small")
 
 
 def apply_postprocessing(decision: Mapping[str, Any], seg: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
@@ -201,14 +202,39 @@ def determine_postprocessing(
     return decision
 
 
+def _step_problem(step: Any) -> str | None:
+    """Why one stored step cannot be replayed (``None`` when it can)."""
+    if not isinstance(step, dict) or step.get("operation") not in OPERATIONS:
+        return f"step {step!r} is not an object whose operation is one of {', '.join(OPERATIONS)}"
+    values = step.get("label_values")
+    if not (isinstance(values, list) and values and all(type(v) is int and v > 0 for v in values)):
+        return f"step {step['operation']} has label_values {values!r}, not a list of positive label values"
+    volume = step.get("min_volume_mm3")
+    if step["operation"] == "remove_small" and not (
+        type(volume) in (int, float) and math.isfinite(volume) and volume >= 0
+    ):
+        return f"step remove_small has min_volume_mm3 {volume!r}, not a volume in mm^3"
+    return None
+
+
 def load_decision(path: str | Path) -> dict[str, Any]:
-    """Read a ``postprocessing.json``; raise ``EvaluationError`` naming the file if it is not one."""
+    """Read a ``postprocessing.json``; raise ``EvaluationError`` naming the file if it is not one.
+
+    Every step is checked before any label map is touched: a hand-edited step (a missing or mistyped key)
+    otherwise failed in every case with a bare ``KeyError: 'label_values'`` that named neither file nor fix.
+    """
     decision = read_json(
         path, EvaluationError, "not found; run autoseg postprocess determine first",
         "re-run autoseg postprocess determine",
     )
-    if not isinstance(decision, dict) or decision.get("version") != DECISION_VERSION or not isinstance(decision.get("steps"), list):
+    if (
+        not isinstance(decision, dict) or decision.get("version") != DECISION_VERSION
+        or not isinstance(decision.get("steps"), list) or not isinstance(decision.get("file_ending"), str)
+    ):
         raise EvaluationError(f"{path}: is not a postprocessing decision (version {DECISION_VERSION}); re-run postprocess determine")
+    problem = next((p for p in map(_step_problem, decision["steps"]) if p is not None), None)
+    if problem is not None:
+        raise EvaluationError(f"{path}: {problem}; re-run autoseg postprocess determine")
     return decision
 
 
