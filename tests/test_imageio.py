@@ -37,6 +37,24 @@ def test_sitk_formats_round_trip_values_and_geometry(tmp_path: Path, ending: str
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary left behind
 
 
+@pytest.mark.parametrize("ending", [".mhd", ".nhdr"])
+def test_a_detached_header_is_written_with_its_data_file_under_its_final_name(tmp_path: Path, ending: str) -> None:
+    """ITK names the data file (.raw) after the header it writes: written through a temporary header name,
+    the header pointed at a hidden temporary .raw that stale-temporary cleanup deletes."""
+    from autoseg.utils.atomic import remove_stale_temporaries
+
+    array = (np.arange(4 * 5 * 6).reshape(4, 5, 6) % 200).astype(np.int16)
+    path = tmp_path / f"img{ending}"
+    write_image(array, GEOMETRY, path)
+    write_image(array + 1, GEOMETRY, path)  # overwriting replaces both files
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, "img.raw"])
+    assert "img.raw" in path.read_text(errors="replace")
+    remove_stale_temporaries(tmp_path)
+    back, geometry = read_image(path)
+    np.testing.assert_array_equal(back, array + 1)
+    np.testing.assert_allclose(geometry.origin, GEOMETRY.origin, rtol=1e-6)
+
+
 @pytest.mark.parametrize("ending", [".png", ".tif"])
 def test_natural_2d_images_read_as_one_slice(tmp_path: Path, ending: str) -> None:
     array = np.arange(30, dtype=np.uint8).reshape(1, 5, 6)

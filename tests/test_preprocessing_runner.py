@@ -75,6 +75,18 @@ def test_a_3d_tiff_label_is_copied_with_its_spacing_sidecar(tmp_path: Path) -> N
     assert copy_ground_truth(label, target) and (tmp_path / "gt" / "c.json").read_text() == sidecar.read_text()
 
 
+def test_a_detached_header_label_is_copied_with_its_data_file(tmp_path: Path) -> None:
+    """Evaluation reads gt_segmentations/<case>.mhd only with the .raw its header names (was: header alone)."""
+    import SimpleITK as sitk
+
+    (tmp_path / "raw").mkdir()
+    label = tmp_path / "raw" / "c.mhd"
+    sitk.WriteImage(sitk.GetImageFromArray(np.arange(24, dtype=np.uint8).reshape(2, 3, 4) % 3), str(label))
+    target = tmp_path / "gt" / "c.mhd"
+    assert copy_ground_truth(label, target) and not copy_ground_truth(label, target)
+    np.testing.assert_array_equal(read_image(target)[0], read_image(label)[0])
+
+
 def test_one_configuration_given_as_a_string_is_one_name(roots: dict[str, Path], small_dataset: Path) -> None:
     """Python callers write configurations="3d_fullres" (was read letter by letter: "configuration '3' ...")."""
     _write_plans(roots)

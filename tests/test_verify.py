@@ -257,6 +257,27 @@ def test_a_3d_tiff_dataset_verifies_and_fingerprints_with_its_spacing(small_data
     assert len(spacings) == 4 and all(s == [1.0, 1.0, 1.0] for s in spacings)
 
 
+@pytest.mark.parametrize("ending", [".mhd", ".nhdr"])
+def test_a_detached_header_dataset_verifies_with_its_data_files(
+    ending: str, small_dataset: Path, roots: dict[str, Path]
+) -> None:
+    """MetaImage .mhd and NRRD .nhdr keep their voxels in a .raw file beside the header: those data files
+    are part of the format (were each reported as 'file ending is not .mhd')."""
+    from autoseg.fingerprint.extract import extract_fingerprint
+
+    for folder in (small_dataset / "imagesTr", small_dataset / "labelsTr"):
+        for path in sorted(folder.glob("*.nii.gz")):
+            sitk.WriteImage(sitk.ReadImage(str(path)), str(folder / path.name.replace(".nii.gz", ending)))
+            path.unlink()
+    description = json.loads((small_dataset / "dataset.json").read_text())
+    (small_dataset / "dataset.json").write_text(json.dumps(description | {"file_ending": ending}))
+    assert len(list((small_dataset / "labelsTr").glob("*.raw*"))) == 4
+    result = runner.invoke(app, ["verify", "Dataset999"])
+    assert result.exit_code == 0, result.output
+    assert "Dataset999_Test: 4 case(s) checked, no problems found" in result.output
+    assert extract_fingerprint("Dataset999", num_workers=1)["num_cases"] == 4
+
+
 def test_python_entry_points_take_a_dataset_name_or_path_as_the_others_do(small_dataset: Path, roots: dict[str, Path]) -> None:
     """verify_dataset('Dataset999') raised AttributeError ('str' object has no attribute 'raw_dir'), while
     plan_dataset, preprocess_dataset and train_fold take a name or path."""

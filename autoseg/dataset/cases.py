@@ -8,7 +8,13 @@ from pathlib import Path
 from typing import Iterable
 
 from autoseg.dataset.description import DatasetDescription
-from autoseg.dataset.imageio import NATURAL_2D_ENDINGS, SUPPORTED_ENDINGS, TIFF_ENDINGS, image_ending
+from autoseg.dataset.imageio import (
+    NATURAL_2D_ENDINGS,
+    SUPPORTED_ENDINGS,
+    TIFF_ENDINGS,
+    detached_data_files,
+    image_ending,
+)
 from autoseg.errors import DatasetError
 
 CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -35,8 +41,11 @@ class CaseScan:
 def _files_by_stem(folder: Path, ending: str, problems: list[str]) -> dict[str, Path]:
     """``{name without ending: path}`` of a folder's visible files; others are reported in ``problems``."""
     files = {}
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith("."):
+    paths = sorted(folder.iterdir())
+    # the voxels of a detached header (.mhd, .nhdr) lie in the data file it names (.raw, .zraw), read with it
+    data_files = {name for path in paths if path.name.endswith(ending) for name in detached_data_files(path)}
+    for path in paths:
+        if path.name.startswith(".") or path.name in data_files:
             continue
         if ending.lower() in TIFF_ENDINGS and path.name.endswith(".json"):
             continue  # a 3D TIFF's spacing sidecar (nnU-Net's Tiff3DIO), read with its image

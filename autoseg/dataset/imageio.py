@@ -20,7 +20,9 @@ either it is refused (nnU-Net would assume 1 mm silently; its pages could also b
 from __future__ import annotations
 
 import math
+import os
 import re
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,13 +33,15 @@ import SimpleITK as sitk
 
 from autoseg.dataset.description import channel_list
 from autoseg.errors import DatasetError
-from autoseg.utils.atomic import atomic_path
+from autoseg.utils.atomic import atomic_path, staging_folder
 
 # ITK prints warnings straight to stderr (for example while scanning a folder for DICOM); autoseg reports
 # problems itself, as one clear line each.
 sitk.ProcessObject_SetGlobalWarningDisplay(False)
 
 SITK_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".gipl", ".gipl.gz")
+# A header whose voxels lie in a separate data file that it names (MetaImage ElementDataFile, NRRD "data file").
+DETACHED_HEADER_KEYS = {".mhd": ("elementdatafile",), ".nhdr": ("data file", "datafile")}
 NATURAL_2D_ENDINGS = (".png", ".bmp", ".tif", ".tiff")
 TIFF_ENDINGS = (".tif", ".tiff")  # a 2D image, or a 3D volume when its spacing is known (is_tiff_volume)
 SUPPORTED_ENDINGS = SITK_ENDINGS + NATURAL_2D_ENDINGS
@@ -582,8 +586,49 @@ def write_image(array: np.ndarray, geometry: Geometry, path: str | Path) -> None
         image.SetSpacing(tuple(reversed(geometry.spacing)))
     image.SetOrigin(geometry.origin)
     image.SetDirection(geometry.direction)
+    compress = ending in (".nii.gz", ".nrrd", ".mha")
+    if ending in DETACHED_HEADER_KEYS:
+        _write_detached(image, path, compress)
+        return
     with atomic_path(path) as tmp:
-        sitk.WriteImage(image, str(tmp), useCompression=ending in (".nii.gz", ".nrrd", ".mha"))
+        sitk.WriteImage(image, str(tmp), useCompression=compress)
+
+
+def detached_data_files(header: Path) -> list[str]:
+    """The names of the data files in its own folder that a detached header (``.mhd``, ``.nhdr``) refers to;
+    [] for other files, unreadable headers, data kept in the header itself (``LOCAL``) and file lists."""
+    ending = image_ending(header)
+    keys = DETACHED_HEADER_KEYS.get(ending)
+    if keys is None:
+        return []
+    try:
+        with open(header, "rb") as f:
+            text = f.read(1 << 16).decode("latin-1")
+    except OSError:
+        return []
+    names = []
+    for line in text.splitlines():
+        key, sep, value = line.partition("=" if ending == ".mhd" else ":")
+        value = value.strip()
+        if sep and key.strip().lower() in keys and value.upper() not in ("", "LOCAL", "LIST") and value == Path(value).name:
+            names.append(value)
+    return names
+
+
+def _write_detached(image: sitk.Image, path: Path, compress: bool) -> None:
+    """A header and its data file (``.mhd`` + ``.raw``, ``.nhdr`` + ``.raw.gz``): ITK names the data file after
+    the header and writes that name into it, so a temporary header name (``atomic_path``) left the header
+    pointing at the temporary's data file. Both are written under their final names in a staging folder and
+    renamed into place, the data file first and the header last, so a complete header never points at a
+    missing or partial data file."""
+    staging = staging_folder(path)
+    try:
+        header = staging / path.name
+        sitk.WriteImage(image, str(header), useCompression=compress)
+        for written in sorted(staging.iterdir(), key=lambda f: f == header):
+            os.replace(written, path.parent / written.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _write_natural_2d(array: np.ndarray, path: Path) -> None:

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 from autoseg.dataset.cases import Case, training_cases
 from autoseg.dataset.description import load_description
-from autoseg.dataset.imageio import TIFF_ENDINGS, read_case_images, read_image
+from autoseg.dataset.imageio import TIFF_ENDINGS, detached_data_files, read_case_images, read_image
 from autoseg.errors import DatasetError, PreprocessingError
 from autoseg.paths import resolve_dataset
 from autoseg.planning.plans import get_configuration, load_plans, plans_path
@@ -144,10 +144,13 @@ def preprocess_one(
 
 
 def copy_ground_truth(label: Path, target: Path) -> bool:
-    """Copy a raw label for evaluation, atomically, with a 3D TIFF's spacing sidecar (copied first: the
-    label marks completion); False when identical copies are already there."""
+    """Copy a raw label for evaluation, atomically, with a 3D TIFF's spacing sidecar or a detached header's
+    data file (``.mhd`` + ``.raw``: under the name the header refers to), copied first: the label marks
+    completion; False when identical copies are already there."""
     sidecar = label.with_suffix(".json")
     pairs = [(sidecar, target.with_suffix(".json"))] if label.suffix.lower() in TIFF_ENDINGS and sidecar.is_file() else []
+    pairs += [(label.parent / name, target.parent / name) for name in detached_data_files(label)
+              if (label.parent / name).is_file()]
     copied = False
     for source, destination in [*pairs, (label, target)]:
         if destination.is_file() and filecmp.cmp(source, destination, shallow=False):
