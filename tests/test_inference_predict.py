@@ -484,3 +484,22 @@ def test_a_dataset_json_whose_labels_are_not_the_networks_is_refused(model_3d: P
     with pytest.raises(InferenceError, match=r"fold_0/checkpoint_final\.safetensors: the network predicts 3 channel\(s\) but "
                                              r".*dataset\.json gives 2 \(its labels, background included, or its regions\)"):
         load_model(model_3d, folds=[0])
+
+
+def test_a_case_named_predict_info_cannot_overwrite_the_run_record(model_3d: Path, tmp_path: Path) -> None:
+    """Its probabilities' sidecar would be predict_info.json: the run record was replaced, and every later
+    run into the folder was refused as one of "another model"."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for case in ("predict_info", "plain"):
+        shutil.copy(HIPPOCAMPUS / "imagesTr" / "hippocampus_001_0000.nii.gz", inputs / f"{case}_0000.nii.gz")
+    out = tmp_path / "out"
+    with pytest.raises(InferenceError, match=r"predict_info: its probabilities' sidecar would be .*predict_info\.json.*rename"):
+        predict_folder(inputs, out, model_3d, folds=[0], tta=False, save_probabilities=True)
+    assert json.loads((out / PREDICT_INFO).read_text())["configuration"] == "3d_fullres"
+    assert sorted(p.name for p in out.iterdir()) == ["plain.json", "plain.nii.gz", "plain.npz", PREDICT_INFO]
+    again = predict_folder(inputs / "plain_0000.nii.gz", out, model_3d, folds=[0], tta=False, continue_=True,
+                           save_probabilities=True)
+    assert again.skipped == ["plain"]
+    # Without probabilities the case writes predict_info.nii.gz only, which is no clash.
+    assert predict_folder(inputs, tmp_path / "labels", model_3d, folds=[0], tta=False).predicted == ["plain", "predict_info"]

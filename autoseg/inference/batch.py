@@ -196,6 +196,18 @@ def _outputs(case: InputCase, output: Path, ending: str, save_probabilities: boo
     return files + [output / f"{case.case_id}{ending}"]
 
 
+def check_output_names(case: InputCase, files: Sequence[Path]) -> None:
+    """Refuse a case whose output would replace the run's ``predict_info.json`` (the sidecar of a case named
+    ``predict_info``): the run record would be lost and every later run into the folder refused."""
+    clash = [f for f in files if f.name == PREDICT_INFO]
+    if clash:
+        raise InferenceError(
+            f"case {case.case_id}: its probabilities' sidecar would be {clash[0]}, the file that records this "
+            "run's model and settings; rename the case's input files (e.g. "
+            f"{case.case_id}_1_0000{case.ending})"
+        )
+
+
 def write_probabilities(
     prediction: Prediction, geometry: Geometry, model: LoadedModel, case_id: str, output: Path
 ) -> None:
@@ -285,10 +297,11 @@ def predict_folder(
     for case in track(cases, f"predict {loaded.configuration_name}"):
         ending = output_ending(case, loaded.dataset.file_ending)
         files = _outputs(case, output, ending, save_probabilities)
-        if continue_ and all(f.exists() for f in files):
-            report.skipped.append(case.case_id)
-            continue
         try:
+            check_output_names(case, files)
+            if continue_ and all(f.exists() for f in files):
+                report.skipped.append(case.case_id)
+                continue
             channels = loaded.dataset.channel_names
             data, geometry = read_finite_case(channel_files(case, channels), channels)
             prediction = predict_array(
