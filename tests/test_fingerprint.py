@@ -93,6 +93,24 @@ def test_fingerprint_cli_writes_file_and_summary(small_dataset: Path, roots: dic
     assert (roots["preprocessed"] / "Dataset999_Test" / "fingerprint.json").is_file()
 
 
+def test_labels_without_any_class_are_refused_before_ct_statistics_turn_nan(
+    small_dataset: Path, roots: dict[str, Path]
+) -> None:
+    """Background-only labels left no foreground intensities: a CT channel's clip, mean and std were NaN and
+    every preprocessed voxel NaN, without a word."""
+    description = json.loads((small_dataset / "dataset.json").read_text())
+    (small_dataset / "dataset.json").write_text(json.dumps(description | {"channel_names": {"0": "CT"}}))
+    for path in (small_dataset / "labelsTr").glob("*.nii.gz"):
+        label = sitk.ReadImage(str(path))
+        empty = sitk.GetImageFromArray(np.zeros_like(sitk.GetArrayFromImage(label)))
+        empty.CopyInformation(label)
+        sitk.WriteImage(empty, str(path))
+    result = runner.invoke(app, ["fingerprint", "999", "-np", "1"])
+    assert result.exit_code == 2
+    assert "labelsTr: every label map is background (0) only: no case holds a class (1, 2)" in result.output
+    assert not (roots["preprocessed"] / "Dataset999_Test" / "fingerprint.json").exists()
+
+
 def test_load_fingerprint_errors(small_dataset: Path, roots: dict[str, Path]) -> None:
     location = resolve_dataset("Dataset999")
     with pytest.raises(FingerprintError, match=r"fingerprint\.json: not found; run `autoseg fingerprint Dataset999_Test` first"):

@@ -115,9 +115,21 @@ def extract_fingerprint(
     if failures:
         lines = [line for f in failures for line in f.message.split(" | ")]
         raise DatasetError(_problem_listing(location, lines))
+    if not any(sum(r["class_voxel_counts"].values()) for r in results.values()):
+        raise DatasetError(_problem_listing(location, [_no_foreground_problem(location, desc)]))
     fingerprint = _pool(location, desc, cases, results, seed)
     atomic_write_json(output or fingerprint_path(location), fingerprint)
     return fingerprint
+
+
+def _no_foreground_problem(location: DatasetLocation, desc: DatasetDescription) -> str:
+    """Labels that are background everywhere leave nothing to learn and no foreground intensities: a CT
+    channel's normalization (clip, mean, std of them) would be NaN and turn every preprocessed voxel into NaN."""
+    classes = ", ".join(map(str, desc.foreground_labels))
+    return (
+        f"{location.raw_dir / 'labelsTr'}: every label map is background (0) only: no case holds a class ({classes}), "
+        "so there is nothing to learn and no foreground intensity to normalize with; put the annotated label maps there"
+    )
 
 
 def _problem_listing(location: DatasetLocation, problems: list[str]) -> str:
