@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pytest
 
+from autoseg.dataset.description import load_description
 from autoseg.dataset.imageio import Geometry, read_image, write_image
 from autoseg.errors import EvaluationError
 from autoseg.postprocessing.connected_components import (
@@ -97,6 +98,25 @@ def test_determine_accepts_what_helps_and_rejects_what_hurts(tmp_path):
     assert decision["dice_before"]["nodule"] == pytest.approx(nodule_before)
     assert decision["dice_after"] == {"organ": 1.0, "nodule": 1.0, "foreground_mean": 1.0}
     assert json.loads((preds / "postprocessing.json").read_text())["steps"] == decision["steps"]
+
+
+@pytest.mark.parametrize(("folder", "value", "expected"), [
+    ("gt", 255, "holds label value(s) 255 that the dataset does not declare (it declares 0, 1, 2)"),
+    ("cv", 0.5, "holds non-integer values; a label map holds one class number per voxel"),
+])
+def test_determine_refuses_what_evaluate_refuses(tmp_path, folder, value, expected):
+    """A 0/255 reference or a probability map saved as prediction: before, the organ counted as absent
+    and a decision was written without a word, while evaluate refused the same files."""
+    preds, refs = _make_cv_folders(tmp_path)
+    (tmp_path / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "CT"}, "labels": LABELS, "numTraining": 3, "file_ending": ".nii.gz",
+    }))
+    path = tmp_path / folder / "case1.nii.gz"
+    seg, geometry = read_image(path)
+    write_image(np.where(seg == 1, value, seg).astype(np.float32 if value % 1 else np.uint8), geometry, path)
+    with pytest.raises(EvaluationError, match=rf"case1: {re.escape(str(path))}: {re.escape(expected)}"):
+        determine_postprocessing(preds, refs, load_description(tmp_path), num_workers=1)
+    assert not (preds / "postprocessing.json").exists()
 
 
 def test_gain_below_epsilon_is_rejected(tmp_path):

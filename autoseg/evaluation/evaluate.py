@@ -232,17 +232,26 @@ def check_declared(path: Path, seg: np.ndarray, declared: frozenset[int]) -> Non
         )
 
 
-def evaluate_case(
-    pred_path: Path, ref_path: Path, classes: Sequence[SegClass], ignore_label: int | None, tolerance_mm: float,
-    declared: frozenset[int] | None = None,
-) -> dict[str, dict[str, Any]]:
-    """Metrics of one case (``{class name: {metric: value}}``); with ``declared``, both files may hold only those values."""
+def read_checked_pair(
+    pred_path: Path, ref_path: Path, declared: frozenset[int] | None = None
+) -> tuple[np.ndarray, np.ndarray, Geometry]:
+    """``read_pair``, then both files must hold integer labels and, with ``declared``, only those values:
+    what every comparison of a prediction with its reference (evaluate, postprocess determine) may trust."""
     pred, ref, geometry = read_pair(pred_path, ref_path)
     check_integer_labels(pred_path, pred)
     check_integer_labels(ref_path, ref)
     if declared is not None:
         check_declared(pred_path, pred, declared)
         check_declared(ref_path, ref, declared)
+    return pred, ref, geometry
+
+
+def evaluate_case(
+    pred_path: Path, ref_path: Path, classes: Sequence[SegClass], ignore_label: int | None, tolerance_mm: float,
+    declared: frozenset[int] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Metrics of one case (``{class name: {metric: value}}``); with ``declared``, both files may hold only those values."""
+    pred, ref, geometry = read_checked_pair(pred_path, ref_path, declared)
     return case_metrics(pred, ref, geometry.spacing, classes, ignore_label, tolerance_mm)
 
 

@@ -27,7 +27,9 @@ from autoseg.utils.jsonio import read_json
 from autoseg.dataset.description import DatasetDescription
 from autoseg.dataset.imageio import read_image, write_image
 from autoseg.errors import EvaluationError
-from autoseg.evaluation.evaluate import list_cases, match_cases, raise_failures, read_pair, resolve_file_ending
+from autoseg.evaluation.evaluate import (
+    declared_values, list_cases, match_cases, raise_failures, read_checked_pair, resolve_file_ending,
+)
 from autoseg.evaluation.metrics import SegClass, case_metrics, evaluation_classes
 from autoseg.postprocessing.connected_components import component_volumes_mm3, keep_largest, remove_small
 from autoseg.utils.atomic import atomic_write_json, remove_stale_temporaries
@@ -70,10 +72,13 @@ def _evaluate_candidates(
     candidates: Sequence[Step],
     classes: Sequence[SegClass],
     ignore_label: int | None,
+    declared: frozenset[int] | None = None,
 ) -> dict[str, Any]:
     """Per class Dice of one case after ``accepted`` and after each candidate on top of it, and the
-    smallest reference component volume per class."""
-    pred, ref, geometry = read_pair(pred_path, ref_path)
+    smallest reference component volume per class. The files are checked as ``evaluate`` checks them
+    (with ``declared``, the dataset's label values only): a 0/255 reference otherwise had no foreground
+    and the decision was taken on it without a word."""
+    pred, ref, geometry = read_checked_pair(pred_path, ref_path, declared)
     spacing = geometry.spacing
     base = _apply_steps(accepted, pred, spacing)
 
@@ -115,9 +120,12 @@ def _run_pass(
     ignore_label: int | None,
     num_workers: int,
     description: str,
+    declared: frozenset[int] | None = None,
 ) -> tuple[dict[str, float], list[dict[str, float]], list[dict[str, Any]]]:
     """One pass over the cases: class mean Dice after ``accepted`` and after each candidate."""
-    items = [(case, (pred, ref, accepted, candidates, classes, ignore_label)) for case, (pred, ref) in pairs.items()]
+    items = [
+        (case, (pred, ref, accepted, candidates, classes, ignore_label, declared)) for case, (pred, ref) in pairs.items()
+    ]
     results, failures = parallel_map(_evaluate_candidates, items, min(num_workers, len(items)), description)
     raise_failures(failures, len(items), "evaluated")
     rows = [results[case] for case in pairs]
@@ -157,7 +165,11 @@ def determine_postprocessing(
 
     # Step 1: largest foreground component.
     fg_step = {"operation": "keep_largest", "target": "foreground", "label_values": foreground}
-    initial, (fg_after,), rows = _run_pass(pairs, [], [fg_step], classes, ignore_label, workers, "postprocessing: foreground")
+    # The first pass reads every file: it checks them (later passes read the same files again).
+    initial, (fg_after,), rows = _run_pass(
+        pairs, [], [fg_step], classes, ignore_label, workers, "postprocessing: foreground",
+        declared_values(description_or_labels),
+    )
     fg_ok = _accepts(initial, fg_after, names, epsilon)
     accepted: list[Step] = [fg_step] if fg_ok else []
     records = [_record(fg_step, initial, fg_after, fg_ok)]
