@@ -276,6 +276,30 @@ def test_output_geometry_equals_input_geometry_for_every_format(model_3d: Path, 
     assert info["checkpoint"] == "final" and info["plans_name"] == "autosegPlans"
 
 
+def test_a_sheared_direction_that_nifti_cannot_hold_keeps_the_inputs_format(model_3d: Path, tmp_path: Path) -> None:
+    """MetaImage and NRRD store any direction matrix, NIfTI only a rotation: a sheared input's label map
+    written as .nii.gz came back with ITK's nearest rotation (cosines 0.1 off), lying elsewhere than its image."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    array, _ = read_image(DICOM_SERIES)
+    axes = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.2], [0.0, 0.0, 1.0]])
+    sheared = tuple((axes / np.linalg.norm(axes, axis=0)).ravel())
+    for case, ending in (("meta", ".mha"), ("nrrd", ".nrrd")):
+        write_image(array, Geometry((1.5, 0.8, 0.9), (10.0, -20.0, 5.0), sheared), inputs / f"{case}_0000{ending}")
+    dicom_as(inputs / "rotated_0000.mha")  # orthonormal: the default .nii.gz holds it
+    out = tmp_path / "out"
+    report = predict_folder(inputs, out, model_3d, folds=[0], tta=False)
+    assert report.predicted == ["meta", "nrrd", "rotated"]
+    assert sorted(p.name for p in out.iterdir()) == ["meta.mha", "nrrd.nrrd", PREDICT_INFO, "rotated.nii.gz"]
+    for case, source, output in (("meta", "meta_0000.mha", "meta.mha"), ("nrrd", "nrrd_0000.nrrd", "nrrd.nrrd")):
+        _, geometry = read_image(inputs / source)
+        _, out_geometry = read_image(out / output)
+        assert out_geometry.direction == pytest.approx(geometry.direction, abs=1e-6), case
+        assert out_geometry.origin == pytest.approx(geometry.origin, abs=1e-6), case
+    again = predict_folder(inputs, out, model_3d, folds=[0], tta=False, continue_=True)
+    assert again.skipped == ["meta", "nrrd", "rotated"]
+
+
 def test_saved_probabilities_of_single_folds_ensemble_into_the_two_fold_prediction(model_3d: Path, tmp_path: Path) -> None:
     """predict --save-probabilities per fold, then `autoseg ensemble`: what predicting both folds at once gives
     (the sidecar written by predict is the one the ensemble reads; a mismatch broke this round trip once)."""

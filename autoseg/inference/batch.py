@@ -9,6 +9,7 @@ whose outputs exist (every output is written atomically, so an existing file is 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ import SimpleITK as sitk
 from autoseg.dataset.cases import CHANNEL_SUFFIX, channel_file_gaps
 from autoseg.dataset.description import DatasetDescription, channel_list
 from autoseg.dataset.imageio import (
+    GEOMETRY_TOLERANCE,
     NATURAL_2D_ENDINGS,
     SUPPORTED_ENDINGS,
     Geometry,
@@ -42,6 +44,8 @@ if TYPE_CHECKING:  # the onnxruntime engine runs without torch: the torch engine
     import torch
 
 DEFAULT_OUTPUT_ENDING = ".nii.gz"
+# Formats whose header stores any direction matrix; NIfTI's stores a rotation only.
+ANY_DIRECTION_ENDINGS = (".mha", ".mhd", ".nrrd", ".nhdr")
 PREDICT_INFO = "predict_info.json"
 # predict_info.json keys that must agree for two runs to share an output folder.
 SAME_RUN_KEYS = ("configuration", "plans_name", "folds", "checkpoint", "step", "tta", "autocast_dtype")
@@ -170,13 +174,32 @@ def read_finite_case(files: Sequence[Path], channel_names: Mapping[str, str]) ->
     return data, geometry
 
 
+def _orthonormal_direction(path: Path) -> bool:
+    """Whether the header of ``path`` gives an orthonormal direction matrix (to ``GEOMETRY_TOLERANCE``), the
+    only kind NIfTI stores: ITK writes a sheared one as its nearest rotation. An unreadable header counts as
+    orthonormal; reading the case reports it."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return True
+    direction = np.asarray(reader.GetDirection(), dtype=np.float64)
+    n = math.isqrt(direction.size)
+    matrix = direction.reshape(n, n)
+    return bool(np.abs(matrix.T @ matrix - np.eye(n)).max() <= GEOMETRY_TOLERANCE)
+
+
 def output_ending(case: InputCase, dataset_ending: str) -> str:
     """The dataset's ending, spelled as in dataset.json, when the input uses it in any case (``.NII.GZ``
     inputs give ``.NII.GZ`` label maps, which evaluate finds beside the dataset's labels); a 2D image's
-    own (PNG in, PNG label map out); else .nii.gz (DICOM and foreign 3D formats)."""
+    own (PNG in, PNG label map out); else .nii.gz (DICOM and foreign 3D formats), except for a MetaImage or
+    NRRD input with a sheared direction, which NIfTI cannot hold: its own format keeps its geometry."""
     if case.ending == dataset_ending.lower():
         return dataset_ending
     if case.ending in NATURAL_2D_ENDINGS:
+        return case.ending
+    if case.ending in ANY_DIRECTION_ENDINGS and not _orthonormal_direction(next(iter(case.channels.values()))):
         return case.ending
     return DEFAULT_OUTPUT_ENDING
 
