@@ -191,6 +191,17 @@ def test_configuration_filter_and_missing_results(roots: dict[str, Path]) -> Non
     )
 
 
+def test_a_configuration_without_model_folder_is_named(roots: dict[str, Path]) -> None:
+    """A misspelt -c was reported as missing validation predictions, sending the user to train again."""
+    make_results(roots)
+    with pytest.raises(EvaluationError) as info:
+        find_best(DATASET, configurations=["2d", "3d_fullrez"], num_workers=1)
+    assert str(info.value) == (
+        f"{roots['results'] / DATASET}: no model folder of configuration 3d_fullrez (trained: 2d, 3d_fullres, "
+        "3d_lowres); give -c one of the trained configurations, or train it first"
+    )
+
+
 def test_overlapping_folds_are_refused(roots: dict[str, Path]) -> None:
     results = make_results(roots, probabilities_for=())
     validation = results / GOOD / "fold_1" / "validation"

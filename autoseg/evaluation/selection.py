@@ -99,6 +99,18 @@ def trained_model_folders(
     return complete, skipped
 
 
+def check_configurations(dataset_results: Path, configurations: Sequence[str]) -> None:
+    """Every ``-c`` configuration must have a model folder: a misspelt one (``3d_fullrez``) was reported
+    as "no configuration has validation predictions", sending the user to train what was trained."""
+    trained = sorted({p.name.split("__")[2] for p in dataset_results.iterdir() if is_model_folder(p)})
+    unknown = [c for c in configurations if c not in trained]
+    if unknown:
+        raise EvaluationError(
+            f"{dataset_results}: no model folder of configuration {', '.join(unknown)} (trained: "
+            f"{', '.join(trained) or 'none'}); give -c one of the trained configurations, or train it first"
+        )
+
+
 def split_val_cases(dataset_name: str, folds: Sequence[str]) -> dict[str, list[str]]:
     """Each numeric fold's validation cases from the split file training used (none without the file)."""
     path = preprocessed_root() / dataset_name / SPLITS_FILE
@@ -258,6 +270,7 @@ def find_best(
     description = load_description(probe if probe is not None else dataset.raw_dir)
     folders, skipped = trained_model_folders(dataset_results, folds, description.file_ending, split_val_cases(dataset.name, folds))
     if configurations is not None:
+        check_configurations(dataset_results, configurations)
         folders = [f for f in folders if f.name.split("__")[2] in configurations]
     if not folders:
         reasons = f" ({'; '.join(skipped)})" if skipped else ""
