@@ -111,6 +111,21 @@ def test_labels_without_any_class_are_refused_before_ct_statistics_turn_nan(
     assert not (roots["preprocessed"] / "Dataset999_Test" / "fingerprint.json").exists()
 
 
+def test_a_fingerprint_of_an_edited_dataset_json_is_stale(small_dataset: Path, roots: dict[str, Path]) -> None:
+    """dataset.json edited after fingerprinting (here a channel renamed CT): plan followed the old fingerprint's
+    channel names and z-scored a CT channel without a word; now it fingerprints again, load_fingerprint refuses."""
+    from autoseg.planning.planner import plan_dataset
+
+    extract_fingerprint("Dataset999", num_workers=1)
+    description = json.loads((small_dataset / "dataset.json").read_text())
+    (small_dataset / "dataset.json").write_text(json.dumps(description | {"channel_names": {"0": "CT"}}))
+    with pytest.raises(FingerprintError, match=r"computed from an earlier .*dataset\.json \(edited since.*re-run `autoseg fingerprint Dataset999_Test`"):
+        load_fingerprint("Dataset999")
+    plans, _ = plan_dataset("Dataset999", gpu_memory_gb=8, configs=["2d"], num_workers=1)
+    assert plans["configurations"]["2d"]["normalization"][0]["scheme"] == "ct"
+    assert load_fingerprint("Dataset999")["channel_names"] == {"0": "CT"}
+
+
 def test_load_fingerprint_errors(small_dataset: Path, roots: dict[str, Path]) -> None:
     location = resolve_dataset("Dataset999")
     with pytest.raises(FingerprintError, match=r"fingerprint\.json: not found; run `autoseg fingerprint Dataset999_Test` first"):

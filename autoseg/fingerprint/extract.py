@@ -6,7 +6,6 @@ statistics, so fingerprinting never runs on a broken dataset and never writes a 
 
 from __future__ import annotations
 
-import hashlib
 import zlib
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from autoseg.dataset.imageio import physical_volume_mm3
 from autoseg.dataset.verify import check_case, dataset_level_problems
 from autoseg.errors import DatasetError
 from autoseg.fingerprint.cropping import crop_to_nonzero
-from autoseg.fingerprint.file import FINGERPRINT_VERSION, fingerprint_path
+from autoseg.fingerprint.file import FINGERPRINT_VERSION, dataset_json_digest, fingerprint_path
 from autoseg.fingerprint.label_layout import class_centroids
 from autoseg.fingerprint.thickness import case_thickness, median_thickness
 from autoseg.paths import DatasetLocation, DatasetSpec, resolve_dataset
@@ -159,7 +158,7 @@ def _pool(
         "version": FINGERPRINT_VERSION,
         "created_by": f"autoseg {__version__}",
         "dataset_name": location.name,
-        "dataset_json_sha256": hashlib.sha256((location.raw_dir / "dataset.json").read_bytes()).hexdigest(),
+        "dataset_json_sha256": dataset_json_digest(location),
         "num_cases": len(ids),
         "case_ids": ids,
         "channel_names": desc.channel_names,

@@ -932,13 +932,13 @@ def plan_dataset(
     ``gpu_memory_gb`` asks for a GPU plan (see ``target_device``).
     """
     from autoseg.dataset.description import load_description
-    from autoseg.fingerprint.file import fingerprint_path, load_fingerprint
+    from autoseg.fingerprint.file import fingerprint_is_stale, fingerprint_path, load_fingerprint
     from autoseg.paths import resolve_dataset
 
     network = get_network_spec(network or default_network()).name  # a typo fails before fingerprinting
     location = resolve_dataset(dataset_spec)
     plans_path(location.preprocessed_dir, plans_name)  # so does a plans name that is not a file name
-    if not fingerprint_path(location).is_file():
+    if not fingerprint_path(location).is_file() or fingerprint_is_stale(location):
         from autoseg.fingerprint.extract import extract_fingerprint  # SimpleITK and scipy: only when needed
 
         extract_fingerprint(location, num_workers)
