@@ -194,6 +194,20 @@ def test_nifti_folders_without_dataset_evaluate_the_values_found(folders):
     assert summary["metric_per_case"][0]["metrics"]["1"]["dice"] == pytest.approx(2 * 20 / 44)
 
 
+@pytest.mark.parametrize("labels", [["--labels", "1"], []])
+def test_upper_case_endings_are_found_as_spelled(folders, labels):
+    """c1.NII.GZ (a Windows export): the references were looked for as .nii.gz, none was found, and
+    the folder was said to hold only background."""
+    pred_dir, ref_dir = folders
+    for folder in (pred_dir, ref_dir):
+        for path in folder.iterdir():
+            path.rename(folder / path.name.replace(".nii.gz", ".NII.GZ"))
+    autoseg("evaluate", "-p", pred_dir, "-r", ref_dir, "-np", 1, *labels)
+    summary = json.loads((pred_dir / "summary.json").read_text())
+    assert summary["num_cases"] == 2
+    assert summary["metric_per_case"][0]["metrics"]["1"]["dice"] == pytest.approx(2 * 20 / 44)
+
+
 def test_a_label_in_no_reference_and_no_prediction_is_noted(png_folders):
     pred_dir, ref_dir = png_folders
     output = autoseg("evaluate", "-p", pred_dir, "-r", ref_dir, "-np", 1, "-l", 1, 3)

@@ -14,9 +14,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from autoseg.dataset.imageio import Geometry, geometry_differences, image_ending, write_image
+from autoseg.dataset.imageio import Geometry, geometry_differences, write_image
 from autoseg.errors import EvaluationError
-from autoseg.evaluation.evaluate import raise_failures
+from autoseg.evaluation.evaluate import raise_failures, spelled_ending
 from autoseg.evaluation.metrics import evaluation_classes
 from autoseg.utils.probability_files import (
     PROBABILITIES_SUFFIX, probability_paths, read_probabilities, read_sidecar, write_probability_files,
@@ -97,7 +97,7 @@ def _probability_cases(folder: Path) -> set[str]:
 
 def _infer_file_ending(folder: Path, case: str) -> str:
     """The label files' ending as they spell it (``.NII.GZ`` stays so), for outputs named like the inputs."""
-    endings = {p.name[-len(ending):] for p in folder.glob(f"{case}.*") if (ending := image_ending(p))}
+    endings = {spelled_ending(p) for p in folder.glob(f"{case}.*")} - {""}
     if len(endings) != 1:
         raise EvaluationError(
             f"{folder}: cannot tell the label file ending from the files of case {case}; give it explicitly (e.g. .nii.gz)"

@@ -75,11 +75,20 @@ def label_mapping(values: Sequence[int]) -> dict[str, Any]:
     return {"background": 0, **{str(v): int(v) for v in values}}
 
 
+def spelled_ending(path: Path) -> str:
+    """The supported image ending of ``path`` as its name spells it ('' if none): cases are matched by
+    exact file name, so ``c1.NII.GZ`` must be looked for as ``.NII.GZ``, not ``.nii.gz``."""
+    ending = image_ending(path)
+    return path.name[-len(ending):] if ending else ""
+
+
 def label_file_ending(folder: Path) -> str:
-    """The one image file ending of the label files in ``folder`` (for evaluation without a dataset.json)."""
+    """The one image file ending of the label files in ``folder`` as they spell it (for evaluation without
+    a dataset.json); before, ``.NII.GZ`` references were looked for as ``.nii.gz``, found none and were
+    reported as holding only background."""
     if not folder.is_dir():
         raise EvaluationError(f"{folder}: folder not found")
-    endings = {image_ending(p) for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")} - {""}
+    endings = {spelled_ending(p) for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")} - {""}
     if not endings:
         raise EvaluationError(
             f"{folder}: holds no label files (any of {', '.join(SUPPORTED_ENDINGS)}); give the folder of reference label maps"
