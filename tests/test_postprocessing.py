@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import numpy as np
@@ -116,6 +117,15 @@ def test_determine_refuses_what_evaluate_refuses(tmp_path, folder, value, expect
     write_image(np.where(seg == 1, value, seg).astype(np.float32 if value % 1 else np.uint8), geometry, path)
     with pytest.raises(EvaluationError, match=rf"case1: {re.escape(str(path))}: {re.escape(expected)}"):
         determine_postprocessing(preds, refs, load_description(tmp_path), num_workers=1)
+    assert not (preds / "postprocessing.json").exists()
+
+
+@pytest.mark.parametrize("epsilon", [math.nan, -0.5, 1.0, math.inf])
+def test_an_epsilon_that_is_no_dice_difference_is_refused(tmp_path, epsilon):
+    """NaN accepted nothing, -0.5 demanded every class improve by 0.5: decisions written without a word."""
+    preds, refs = _make_cv_folders(tmp_path)
+    with pytest.raises(EvaluationError, match=r"--epsilon .*: give a Dice difference of at least 0 and below 1"):
+        determine_postprocessing(preds, refs, LABELS, num_workers=1, epsilon=epsilon, file_ending=".nii.gz")
     assert not (preds / "postprocessing.json").exists()
 
 

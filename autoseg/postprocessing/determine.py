@@ -138,6 +138,15 @@ def _record(step: Step, before: Mapping[str, float], after: Mapping[str, float],
     return {**step, "accepted": accepted, "dice_before": dict(before), "dice_after": dict(after)}
 
 
+def check_epsilon(epsilon: float) -> None:
+    """``epsilon`` is a Dice difference: finite, at least 0 and below 1. NaN accepted nothing, a negative
+    value demanded that every class improve, and 1 or more can never be exceeded, each without a word."""
+    if not (math.isfinite(epsilon) and 0 <= epsilon < 1):
+        raise EvaluationError(
+            f"--epsilon {epsilon}: give a Dice difference of at least 0 and below 1 (default {DEFAULT_EPSILON})"
+        )
+
+
 def determine_postprocessing(
     pred_dir: str | Path,
     ref_dir: str | Path,
@@ -154,6 +163,7 @@ def determine_postprocessing(
     its class Dice before and after, and the class Dice of the predictions before and after all steps.
     """
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
+    check_epsilon(epsilon)
     if output_json is not None:
         check_output_file(Path(output_json), EvaluationError)
     file_ending = resolve_file_ending(description_or_labels, file_ending)
