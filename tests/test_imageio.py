@@ -204,6 +204,28 @@ def test_rgba_alpha_is_dropped_only_when_three_channels_are_declared(
     np.testing.assert_array_equal(data[:, 0], np.moveaxis(pixels[..., kept], -1, 0))
 
 
+@pytest.mark.parametrize(("samples", "extrasamples", "alpha"), [(2, [0], False), (4, [0], False), (2, [2], True), (4, [1], True)])
+def test_a_tiffs_extra_sample_is_alpha_only_when_its_tag_says_so(
+    tmp_path: Path, samples: int, extrasamples: list[int], alpha: bool
+) -> None:
+    """A 2-sample TIFF (two stains) or RGB + near-infrared is data: its last channel was dropped as 'alpha' for
+    a dataset declaring one (three) channels, without a word; TIFF marks real alpha in ExtraSamples."""
+    import tifffile
+
+    pixels = np.tile(_colour_pixels(samples), (8, 8, 1))  # 32 x 40: 4 rows are read as 4 colours
+    path = tmp_path / "c_0000.tif"
+    tifffile.imwrite(path, pixels, photometric="rgb" if samples == 4 else "minisblack", planarconfig="contig",
+                     extrasamples=extrasamples)
+    channels, _, has_alpha = read_image_channels(path)
+    assert channels.shape == (samples, 1, 32, 40) and has_alpha is alpha
+    if alpha:
+        assert read_case_images([path], samples - 1)[0].shape[0] == samples - 1
+    else:
+        with pytest.raises(DatasetError, match=rf"found {samples} channel\(s\) \({samples} samples, none marked alpha\), "
+                           rf"dataset.json channel_names declares {samples - 1}"):
+            read_case_images([path], samples - 1)
+
+
 def test_grey_files_of_one_case_join_in_channel_order(tmp_path: Path) -> None:
     """nnU-Net's layout also allows R, G, B as three grey files _0000, _0001, _0002."""
     pixels = _colour_pixels(3)

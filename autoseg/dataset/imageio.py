@@ -483,9 +483,27 @@ def read_image_channels(path: str | Path) -> tuple[np.ndarray, Geometry, bool]:
         if array.ndim == 2:
             return array[None, None], _natural_2d_geometry(), False
         channels = np.moveaxis(array, -1, 0)[:, None]
-        return channels, _natural_2d_geometry(), array.shape[-1] in (2, 4)
+        return channels, _natural_2d_geometry(), _last_channel_is_alpha(path, array.shape[-1])
     array, geometry = read_image(path)
     return array[None], geometry, False
+
+
+def _last_channel_is_alpha(path: Path, channels: int) -> bool:
+    """Whether the last of a 2D file's ``channels`` is alpha: PNG keeps 2 or 4 only as grey or RGB + alpha, but
+    a TIFF's extra sample is alpha only when its ExtraSamples tag says so (associated or unassociated alpha);
+    an unspecified one is data (a second stain, near-infrared beside RGB), which must not be dropped as alpha."""
+    if channels not in (2, 4):
+        return False
+    if path.suffix.lower() not in TIFF_ENDINGS:
+        return True
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tiff:
+            extra = tiff.pages[0].extrasamples
+    except Exception:  # noqa: BLE001 - the file was just read; without its tags nothing marks alpha
+        return False
+    return bool(extra) and int(extra[-1]) in (1, 2)  # EXTRASAMPLE.ASSOCALPHA, UNASSALPHA
 
 
 def select_channels(
@@ -503,19 +521,22 @@ def select_channels(
         return list(arrays)
     if any(alphas) and sum(c - int(alpha) for c, alpha in zip(counts, alphas)) == expected:
         return [a[:-1] if alpha else a for a, alpha in zip(arrays, alphas)]
-    raise DatasetError(_channel_count_problem([Path(p) for p in paths], arrays, expected, model_channels))
+    raise DatasetError(_channel_count_problem([Path(p) for p in paths], arrays, alphas, expected, model_channels))
 
 
 def _channel_count_problem(
-    paths: list[Path], arrays: Sequence[np.ndarray], expected: int, model_channels: Mapping[str, str] | None
+    paths: list[Path], arrays: Sequence[np.ndarray], alphas: Sequence[bool], expected: int,
+    model_channels: Mapping[str, str] | None,
 ) -> str:
     """Files, channels found, channels expected and the fix; a dataset may also declare what was found,
     a trained model's channels are fixed."""
     found = sum(a.shape[0] for a in arrays)
     where = str(paths[0]) if len(paths) == 1 else f"{paths[0]} (+ {len(paths) - 1} more file(s) of the case)"
     kinds = ", ".join(
-        COLOUR_KINDS.get(a.shape[0], f"{a.shape[0]} channels") if image_ending(p) in NATURAL_2D_ENDINGS else "1 channel"
-        for p, a in zip(paths, arrays)
+        "1 channel" if image_ending(p) not in NATURAL_2D_ENDINGS
+        else COLOUR_KINDS[a.shape[0]] if alpha or a.shape[0] in (1, 3)
+        else f"{a.shape[0]} samples, none marked alpha"  # a TIFF (_last_channel_is_alpha)
+        for p, a, alpha in zip(paths, arrays, alphas)
     )
     if found > expected and expected == 1 and len(arrays) == 1:
         image = arrays[0]
