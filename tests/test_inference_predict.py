@@ -527,3 +527,24 @@ def test_a_case_named_predict_info_cannot_overwrite_the_run_record(model_3d: Pat
     assert again.skipped == ["plain"]
     # Without probabilities the case writes predict_info.nii.gz only, which is no clash.
     assert predict_folder(inputs, tmp_path / "labels", model_3d, folds=[0], tta=False).predicted == ["plain", "predict_info"]
+
+
+def test_a_folder_of_files_predict_did_not_write_is_not_overwritten(model_3d: Path, tmp_path: Path) -> None:
+    """``-o`` pointing at a dataset's labelsTr replaced the reference labels of the same names without a word."""
+    inputs, labels = tmp_path / "in", tmp_path / "labelsTr"
+    inputs.mkdir()
+    labels.mkdir()
+    for case in ("c1", "c2"):
+        shutil.copy(HIPPOCAMPUS / "imagesTr" / "hippocampus_001_0000.nii.gz", inputs / f"{case}_0000.nii.gz")
+    shutil.copy(HIPPOCAMPUS / "labelsTr" / "hippocampus_001.nii.gz", labels / "c2.nii.gz")
+    (labels / "notes.txt").write_text("mine")
+    reference = (labels / "c2.nii.gz").read_bytes()
+    with pytest.raises(InferenceError, match=r"labelsTr: holds c2\.nii\.gz, not written by autoseg predict \(the folder has "
+                       r"no predict_info\.json\); predicting would replace them"):
+        predict_folder(inputs, labels, model_3d, folds=[0], tta=False)
+    assert (labels / "c2.nii.gz").read_bytes() == reference
+    assert sorted(p.name for p in labels.iterdir()) == ["c2.nii.gz", "notes.txt"]
+    # Files of other names are no clash; a folder predict wrote is rerun into as before.
+    (labels / "c2.nii.gz").unlink()
+    assert predict_folder(inputs, labels, model_3d, folds=[0], tta=False).predicted == ["c1", "c2"]
+    assert predict_folder(inputs, labels, model_3d, folds=[0], tta=False).predicted == ["c1", "c2"]

@@ -315,11 +315,14 @@ def predict_folder(
     info["compiled"] = compile_networks
     output.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(output)  # what a killed run left half-written
-    claim_output_folder(output, info)
+    planned = {
+        case.case_id: _outputs(case, output, output_ending(case, loaded.dataset.file_ending), save_probabilities)
+        for case in cases
+    }
+    claim_output_folder(output, info, [f for files in planned.values() for f in files])
     report = PredictReport(output, dataset=loaded.dataset)
     for case in track(cases, f"predict {loaded.configuration_name}"):
-        ending = output_ending(case, loaded.dataset.file_ending)
-        files = _outputs(case, output, ending, save_probabilities)
+        files = planned[case.case_id]
         try:
             check_output_names(case, files)
             if continue_ and all(f.exists() for f in files):
@@ -355,19 +358,30 @@ def _run_identity(info: dict[str, Any]) -> dict[str, Any]:
     return {"model": Path(str(info.get("model_folder"))).name, **{k: info.get(k) for k in SAME_RUN_KEYS}}
 
 
-def claim_output_folder(output: Path, info: dict[str, Any]) -> None:
+def claim_output_folder(output: Path, info: dict[str, Any], outputs: Sequence[Path] = ()) -> None:
     """Record this run in ``predict_info.json``, or refuse a folder holding another model's predictions.
 
     Runs with the same model and settings may share a folder (``--num-parts`` shards, a rerun, two runs
     at once: each output is written atomically and the same); a run with others would mix label maps
     of two models under one description, so it is refused (under a lock, so two starting runs cannot
-    both pass the check)."""
+    both pass the check). A folder without a record that already holds some of this run's ``outputs``
+    holds files predict did not write (a dataset's ``labelsTr``, another tool's predictions): refused
+    rather than replaced."""
     path = output / PREDICT_INFO
     with folder_lock(output):
         try:
             previous = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
         except (OSError, ValueError):
             previous = None  # unreadable: a killed writer's, replaced below
+        if not path.exists():
+            existing = [f.name for f in outputs if f.exists()]
+            if existing:
+                more = f" and {len(existing) - 1} more of this run's output names" if len(existing) > 1 else ""
+                raise InferenceError(
+                    f"{output}: holds {existing[0]}{more}, not written by autoseg predict (the folder has no "
+                    f"{PREDICT_INFO}); predicting would replace them. Choose another output folder, or delete "
+                    "those files to replace them"
+                )
         if isinstance(previous, dict):
             old, new = _run_identity(previous), _run_identity(info)
             differences = [f"{k} {old[k]!r} vs {new[k]!r}" for k in old if old[k] != new[k]]
