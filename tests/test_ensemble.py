@@ -141,6 +141,17 @@ def test_unreadable_probabilities_name_the_file_and_the_fix(tmp_path):
         ensemble_folders([m0, m1], tmp_path / "out", num_workers=1)
 
 
+@pytest.mark.parametrize("geometry", [{}, {"spacing": "x", "origin": [0, 0, 0], "direction": [1, 0, 0, 0, 1, 0, 0, 0, 1]}, None])
+@pytest.mark.parametrize("which", ["m0", "m1"])
+def test_a_malformed_sidecar_geometry_names_the_file(tmp_path, which, geometry):
+    """An edited sidecar failed as a bare KeyError: 'spacing' naming no file."""
+    _two_models(tmp_path)
+    sidecar = tmp_path / which / "x.json"
+    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "geometry": geometry}))
+    with pytest.raises(EvaluationError, match=rf"x: .*{which}/x\.json: geometry of case x is malformed \(.*\); re-run predict"):
+        ensemble_folders([tmp_path / "m0", tmp_path / "m1"], tmp_path / "out", num_workers=1)
+
+
 def test_one_path_instead_of_a_list_is_named(tmp_path):
     """A path string was read character by character ('/: given twice as an input folder')."""
     _save(tmp_path / "m0", "x", _softmax(np.random.default_rng(0)))

@@ -59,12 +59,24 @@ def _label_dtype(max_value: int) -> type:
     return np.uint8 if max_value <= np.iinfo(np.uint8).max else np.uint16
 
 
+def _sidecar_geometry(path: Path, sidecar: Mapping[str, Any], case: str) -> Geometry:
+    """The geometry a sidecar records, refused naming the sidecar when it is malformed (edited by hand or
+    by another tool): it failed as a bare ``KeyError: 'spacing'`` that named no file."""
+    try:
+        return Geometry.from_dict(sidecar["geometry"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise EvaluationError(
+            f"{path}: geometry of case {case} is malformed ({type(exc).__name__}: {exc}); re-run predict with "
+            "--save-probabilities for this case"
+        ) from None
+
+
 def ensemble_case(case: str, input_dirs: Sequence[Path], output_dir: Path, file_ending: str, save_probabilities: bool) -> None:
     """Average one case's probabilities over ``input_dirs`` and write its label map (and probabilities)."""
     sidecars = [read_sidecar(folder, case, EvaluationError) for folder in input_dirs]
     first_dir, reference = input_dirs[0], sidecars[0]
     first_sidecar = probability_paths(first_dir, case).sidecar
-    geometry = Geometry.from_dict(reference["geometry"])
+    geometry = _sidecar_geometry(first_sidecar, reference, case)
     total = None
     for folder, sidecar in zip(input_dirs, sidecars):
         path = probability_paths(folder, case).sidecar
@@ -74,7 +86,7 @@ def ensemble_case(case: str, input_dirs: Sequence[Path], output_dir: Path, file_
                     f"{path}: {key} {sidecar[key]} differs from {first_sidecar} "
                     f"{reference[key]} for case {case}; ensemble only predictions of the same images and labels"
                 )
-        diff = geometry_differences(Geometry.from_dict(sidecar["geometry"]), geometry)
+        diff = geometry_differences(_sidecar_geometry(path, sidecar, case), geometry)
         if diff:
             raise EvaluationError(f"{path}: geometry differs from {first_sidecar} for case {case}: {'; '.join(diff)}")
         probabilities = read_probabilities(folder, case, sidecar, EvaluationError)
