@@ -314,6 +314,16 @@ def test_planning_errors_are_clear():
         build_plans(MRI_SMALL, memory_budget_bytes=1000, timing_factory=fake_timing)
 
 
+def test_images_too_small_to_downsample_are_named_as_such_not_as_memory():
+    """6x6-pixel images under 8 GB: 'does not fit in 6.40 GiB usable memory ... give more memory', a fix
+    that cannot help; no patch of theirs can be pooled even once."""
+    tiny = fingerprint([(999.0, 1.0, 1.0)] * 5, [(1, 6, 6)] * 5)
+    with pytest.raises(PlanError, match=r"the median image, 6x6 voxels at the planned spacing, is too small for network "
+                       r"'unet' to downsample once \(a pooling step needs 8 voxels along two axes, 12 along one\); "
+                       r"pad the images or resample them finer"):
+        plan(tiny, configs=["2d"])
+
+
 @pytest.mark.parametrize("budget", ["30m", float("nan"), float("inf"), True, 0])
 def test_a_budget_that_is_not_a_positive_number_of_seconds_is_refused(budget):
     """From Python, budget_seconds='30m' raised TypeError and NaN planned as if no budget were given."""

@@ -212,10 +212,18 @@ def _patch_candidates(
 def _fit_memory(ctx: _Context, spacing: Sequence[float], median_shape: Sequence[float]
                 ) -> tuple[list[int], Topology, MemoryModel]:
     start = rules.initial_patch_size(spacing, median_shape)
+    candidates = 0
     for patch, topology in _patch_candidates(start, spacing, median_shape, ctx, C.BASE_FEATURES):
+        candidates += 1
         model = ctx.memory(topology)
         if model.predict(patch, C.MIN_BATCH_SIZE) <= ctx.memory_budget_bytes:
             return patch, topology, model
+    if not candidates:  # not memory: even the median image's own size is too small to downsample once
+        raise PlanError(
+            f"the median image, {'x'.join(f'{s:g}' for s in median_shape)} voxels at the planned spacing, is too small "
+            f"for network {ctx.network!r} to downsample once (a pooling step needs {C.POOLING_STRIDE * C.MIN_FEATURE_MAP_SIZE} "
+            f"voxels along two axes, {C.SINGLE_AXIS_POOL_MIN_SIZE} along one); pad the images or resample them finer"
+        )
     raise PlanError(
         f"network {ctx.network!r} does not fit in {ctx.memory_budget_bytes / 2**30:.2f} GiB usable memory even "
         "with its smallest patch at batch 2; give more memory (--gpu-memory) or choose a smaller network"
