@@ -142,3 +142,23 @@ def test_damaged_find_best_files_are_named_with_the_fix(roots: dict[str, Path], 
     problem = "is not valid JSON" if damage == "cut" else "is not what autoseg find-best writes"
     with pytest.raises(EvaluationError, match=rf"{re.escape(str(path))}: {problem} .*re-run autoseg find-best {DATASET}"):
         build_report(DATASET, num_workers=1)
+
+
+def test_relative_roots_give_instructions_usable_from_any_folder(
+    roots: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """AUTOSEG_RESULTS=results run from its parent: the instructions recorded relative paths, and report
+    (or the printed commands) from another folder found no summary."""
+    make_results(roots, probabilities_for=())
+    monkeypatch.chdir(roots["results"].parent)
+    for key, var in (("preprocessed", "AUTOSEG_PREPROCESSED"), ("results", "AUTOSEG_RESULTS")):
+        monkeypatch.setenv(var, key)
+    instructions = find_best(DATASET, num_workers=1)
+    assert Path(instructions["reference_folder"]).is_absolute()
+    assert all(Path(c["summary_file"]).is_absolute() for c in instructions["candidates"])
+    assert str(roots["results"]) in instructions["commands"][0]
+    elsewhere = roots["results"] / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv("AUTOSEG_RESULTS", str(roots["results"]))
+    assert build_report(DATASET, num_workers=1).is_file()

@@ -262,8 +262,11 @@ def find_best(
     if repeated is not None:
         raise EvaluationError(f"fold {repeated} is given twice; give each fold once (e.g. -f 0 -f 1 -f 2 -f 3 -f 4)")
     dataset = resolve_dataset(dataset_spec)
-    dataset_results = results_root() / dataset.name
-    gt_dir = preprocessed_root() / dataset.name / "gt_segmentations"
+    # Absolute: the instructions, summaries and printed commands record these paths, and a root given
+    # relative (AUTOSEG_RESULTS=res) left them valid only in the folder find-best ran from (report and
+    # the commands failed elsewhere).
+    dataset_results = results_root().absolute() / dataset.name
+    gt_dir = preprocessed_root().absolute() / dataset.name / "gt_segmentations"
     if not gt_dir.is_dir():
         raise EvaluationError(f"{gt_dir}: reference segmentations not found; run autoseg preprocess {dataset.name} first")
     probe = next((p for p in sorted(dataset_results.glob("*__*__*")) if (p / "dataset.json").is_file()), None)
