@@ -112,6 +112,20 @@ def test_load_model_reads_folds_metadata_and_eval_networks(model_3d: Path) -> No
     assert load_model(model_3d, folds=[1]).folds == ["1"]
 
 
+def test_folds_given_twice_or_out_of_order_load_once_in_order(model_3d: Path, tmp_path: Path) -> None:
+    """``-f 0 -f 0`` loaded and ran fold 0 twice, and was recorded as another run than ``-f 0``."""
+    twice = load_model(model_3d, folds=[0, "0"])
+    assert twice.folds == ["0"] and len(twice.networks) == 1
+    assert load_model(model_3d, folds=[1, 0]).folds == ["0", "1"]
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(HIPPOCAMPUS / "imagesTr" / "hippocampus_001_0000.nii.gz", inputs / "c1_0000.nii.gz")
+    out = tmp_path / "out"
+    predict_folder(inputs, out, model_3d, folds=["1", "0", "1"], tta=False)
+    assert json.loads((out / PREDICT_INFO).read_text())["folds"] == ["0", "1"]
+    assert predict_folder(inputs, out, model_3d, folds=[0, 1], tta=False, continue_=True).skipped == ["c1"]
+
+
 def test_missing_fold_checkpoint_and_folder_errors(model_3d: Path) -> None:
     with pytest.raises(InferenceError, match=r"fold\(s\) 3 not found \(present: 0, 1\); train them or choose"):
         load_model(model_3d, folds=[0, 3])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from autoseg.dataset.description import DatasetDescription
 from autoseg.errors import InferenceError
@@ -26,6 +26,16 @@ def require_torch() -> None:
             f"--engine torch needs torch ({exc}); install it (https://pytorch.org), or export the model with "
             "`autoseg export-model --format onnx` and predict with --engine onnxruntime"
         ) from None
+
+
+def canonical_folds(names: Sequence[str], present: Sequence[str]) -> list[str]:
+    """The given fold names once each, in the order of ``present`` (every one must be present).
+
+    ``-f 0 -f 0`` loaded fold 0 twice (twice the time) and ``-f 1 -f 0`` summed in another order than
+    ``-f 0 -f 1``; both were recorded as other folds than ``-f 0`` / ``-f 0 -f 1``, so ``--continue`` into
+    their folder was refused though the ensemble is the same."""
+    chosen = set(names)
+    return [f for f in present if f in chosen]
 
 
 @dataclass

@@ -19,7 +19,7 @@ from torch import nn
 from autoseg.utils.device import choose_device
 from autoseg.dataset.description import parse_description
 from autoseg.errors import InferenceError
-from autoseg.inference.engine import LoadedModel
+from autoseg.inference.engine import LoadedModel, canonical_folds
 from autoseg.networks import create_network
 from autoseg.paths import check_model_folder_name, results_root
 from autoseg.planning.plans import check_plans_match_dataset, get_configuration, load_plans
@@ -66,7 +66,7 @@ def _resolve_folds(folder: Path, folds: Sequence[int | str] | str | None) -> lis
             f"{folder}: fold(s) {', '.join(missing)} not found (present: {', '.join(present) or 'none'}); "
             "train them or choose present folds with -f"
         )
-    return names
+    return canonical_folds(names, present)
 
 
 def _load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:

@@ -26,7 +26,7 @@ import numpy as np
 from autoseg import __version__
 from autoseg.dataset.description import parse_description
 from autoseg.errors import ModelFileError
-from autoseg.inference.engine import LoadedModel
+from autoseg.inference.engine import LoadedModel, canonical_folds
 from autoseg.planning.plans import get_configuration
 from autoseg.utils.checksummed_zip import MANIFEST, MODEL_ZIP_FORMAT, ONNX_ZIP_FORMAT, write_checksummed_zip
 from autoseg.utils.output_folders import check_output_file
@@ -187,6 +187,7 @@ def load_onnx_model(zip_path: str | Path, folds: Sequence[int | str] | str | Non
     missing = [f for f in names if f"fold_{f}/{GRAPH}" not in members]
     if missing:
         raise ModelFileError(f"{zip_path}: fold(s) {', '.join(missing)} not in the file (present: {', '.join(manifest['folds'])}); choose present folds with -f")
+    names = canonical_folds(names, manifest["folds"])
     return LoadedModel(
         folder=zip_path,
         plans=plans,
