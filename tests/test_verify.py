@@ -207,6 +207,14 @@ def _missing_key(d: Path) -> str:
     return f"{d / 'dataset.json'}: missing key 'file_ending'; add e.g. \"file_ending\": \".nii.gz\""
 
 
+def _file_ending_of_no_file(d: Path) -> str:
+    """Every file ends in .nii.gz, dataset.json says .nii: the fix is file_ending (was: rename each of the
+    eight files, and 'set numTraining to 0')."""
+    description = json.loads((d / "dataset.json").read_text())
+    (d / "dataset.json").write_text(json.dumps(description | {"file_ending": ".nii"}))
+    return f"{d / 'dataset.json'}: file_ending is '.nii' but every image in imagesTr ends in '.nii.gz'; set file_ending to '.nii.gz'"
+
+
 def _non_consecutive_labels(d: Path) -> str:
     description = json.loads((d / "dataset.json").read_text())
     description["labels"] = {"background": 0, "Anterior": 1, "Posterior": 3}
@@ -219,6 +227,7 @@ BREAKAGES = {f.__name__[1:]: f for f in [
     _num_training, _label_spacing, _label_origin, _label_size, _mask_0_255, _undeclared_label,
     _fractional_label, _nan_image, _four_d, _truncated, _case_clash, _bad_json, _missing_key,
     _non_consecutive_labels, _label_shifted_far_from_zero, _near_integer_label, _beyond_float32_image,
+    _file_ending_of_no_file,
 ]}
 
 

@@ -60,15 +60,32 @@ LOSSY_ENDINGS = (".jpg", ".jpeg")
 
 
 def file_ending_problem(dataset_dir: Path, desc: DatasetDescription) -> str | None:
-    """The one problem of a ``file_ending`` no reader supports (None when supported)."""
+    """The one problem of a ``file_ending`` no reader supports, or that no image has (None otherwise)."""
     ending = desc.file_ending.lower()
     if image_ending(f"x{ending}") == ending:
-        return None
+        return _other_ending_problem(dataset_dir, desc)
     why = (
         "JPEG compression is lossy and alters pixel values (label maps would change; nnU-Net refuses it too); "
         "save images and labels as .png" if ending in LOSSY_ENDINGS else f"use one of {', '.join(SUPPORTED_ENDINGS)}"
     )
     return f"{dataset_dir / 'dataset.json'}: file_ending {desc.file_ending!r} is not a supported image type; {why}"
+
+
+def _other_ending_problem(dataset_dir: Path, desc: DatasetDescription) -> str | None:
+    """A ``file_ending`` that no file in imagesTr has, all of them sharing another supported one: the fix is
+    file_ending (was: every file listed to be renamed, and numTraining to be set to 0 cases)."""
+    images = dataset_dir / "imagesTr"
+    if desc.cases is not None or not images.is_dir():
+        return None
+    files = [p for p in images.iterdir() if not p.name.startswith(".") and p.is_file()]
+    if not files or any(p.name.endswith(desc.file_ending) for p in files):
+        return None
+    spelled = {p.name[-len(e):] for p in files if (e := image_ending(p))}
+    if len(spelled) != 1:
+        return None
+    found = spelled.pop()
+    return (f"{dataset_dir / 'dataset.json'}: file_ending is {desc.file_ending!r} but every image in imagesTr ends in "
+            f"{found!r}; set file_ending to {found!r}")
 
 
 def scan_images(folder: Path, desc: DatasetDescription) -> CaseScan:
