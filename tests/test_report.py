@@ -78,6 +78,23 @@ def test_overlay_best_and_worst_cases(roots: dict[str, Path]) -> None:
     assert overlay_slice(reference, prediction) == 2
 
 
+def test_figures_of_an_earlier_report_are_not_left_beside_it(roots: dict[str, Path]) -> None:
+    """An earlier report's best case (or a removed configuration's curves) stayed beside the new HTML."""
+    make_results(roots, probabilities_for=())
+    out = roots["results"] / "out"
+    out.mkdir()
+    stale = [out / "report_case_best_case_777.png", out / f"report_training_{BAD}x.png"]
+    unrelated = [out / "report.png", out / "other_case_best_case_777.png", out / "report_notes.png"]
+    for path in stale + unrelated:
+        path.write_bytes(PNG_SIGNATURE)
+    path = build_report(DATASET, out / "report.html", num_workers=1)
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in unrelated)
+    assert sorted(p.name for p in out.glob("report_case_*.png")) == [
+        f"report_case_best_{CASES[-1]}.png", f"report_case_worst_{CASES[0]}.png"
+    ]
+    assert path.is_file()
+
+
 def test_numeric_series_plots_every_numeric_key() -> None:
     records = [
         {"epoch": 0, "train_loss": 1.0, "pseudo_dice": [0.2, 0.4], "lr": 0.01, "timestamp": 5.0, "note": "x"},

@@ -11,6 +11,7 @@ inline, and nothing refers to the network, so the file opens offline and pastes 
 from __future__ import annotations
 
 import base64
+import glob
 import html
 import io
 import json
@@ -35,6 +36,7 @@ from autoseg.utils.jsonio import read_json
 from autoseg.utils.output_folders import check_output_file
 
 FIGURE_DPI = 110
+FIGURE_PREFIXES = ("dice_boxplot", "training_", "case_")  # names of the figures saved beside the HTML
 CLASS_COLORS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45")
 FOLD_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
 NOT_PLOTTED = ("epoch", "timestamp")  # the x axis, and wall-clock time (not a training curve)
@@ -269,6 +271,15 @@ class _Figures:
         self.saved.append(path)
         return _figure_html(name, data, caption)
 
+    def remove_stale(self) -> None:
+        """Remove the figures an earlier report wrote beside the same HTML that this one did not write
+        (another best or worst case, a configuration since removed): left there, they passed for this
+        report's figures."""
+        stem = self.html_path.stem
+        for path in self.html_path.parent.glob(f"{glob.escape(stem)}_*.png"):
+            if path not in self.saved and path.name[len(stem) + 1 :].startswith(FIGURE_PREFIXES):
+                path.unlink(missing_ok=True)
+
 
 def _safe(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
@@ -344,6 +355,7 @@ def build_report(dataset_spec: str | os.PathLike[str], output_html: str | Path |
                 f"<title>autoseg report {html.escape(dataset.name)}</title><style>{CSS}</style></head><body>"
                 + "\n".join(sections) + "</body></html>\n")
     atomic_write_text(output, document)
+    figures.remove_stale()
     return output
 
 
