@@ -107,7 +107,7 @@ def test_labels_without_any_class_are_refused_before_ct_statistics_turn_nan(
         sitk.WriteImage(empty, str(path))
     result = runner.invoke(app, ["fingerprint", "999", "-np", "1"])
     assert result.exit_code == 2
-    assert "labelsTr: every label map is background (0) only: no case holds a class (1, 2)" in result.output
+    assert "labelsTr: no label map holds any of the classes (1, 2), only background (or ignore)" in result.output
     assert not (roots["preprocessed"] / "Dataset999_Test" / "fingerprint.json").exists()
 
 

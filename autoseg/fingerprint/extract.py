@@ -126,8 +126,8 @@ def _no_foreground_problem(location: DatasetLocation, desc: DatasetDescription) 
     channel's normalization (clip, mean, std of them) would be NaN and turn every preprocessed voxel into NaN."""
     classes = ", ".join(map(str, desc.foreground_labels))
     return (
-        f"{location.raw_dir / 'labelsTr'}: every label map is background (0) only: no case holds a class ({classes}), "
-        "so there is nothing to learn and no foreground intensity to normalize with; put the annotated label maps there"
+        f"{location.raw_dir / 'labelsTr'}: no label map holds any of the classes ({classes}), only background (or "
+        "ignore): there is nothing to learn and no foreground intensity to normalize with; put the annotated label maps there"
     )
 
 
