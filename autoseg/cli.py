@@ -398,7 +398,7 @@ def ensemble(
     inputs: list[Path] = typer.Option(..., "-i", "--input", help="prediction folders with saved probabilities (give -i twice or more)"),
     output: Path = typer.Option(..., "-o", "--output", help="folder for the ensembled label maps"),
     save_probabilities: bool = typer.Option(False, help="also write the averaged probabilities"),
-    file_ending: Optional[str] = typer.Option(None, help="ending of the written label maps (default: as in the first folder)"),
+    file_ending: Optional[str] = typer.Option(None, help="ending of the written label maps, dot included, e.g. .nii.gz (default: as in the first folder)"),
     num_workers: Optional[int] = typer.Option(None, "-np", "--num-workers", help=WORKERS_HELP),
 ) -> None:
     """Average the saved probabilities of several configurations (or models) case by case."""

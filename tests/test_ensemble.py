@@ -171,3 +171,23 @@ def test_an_upper_case_file_ending_is_kept(tmp_path):
     ensemble_folders(dirs, tmp_path / "out", num_workers=1)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["x.NII.GZ"]
     assert read_image(tmp_path / "out" / "x.NII.GZ")[0].shape == SHAPE
+
+
+@pytest.mark.parametrize("ending", ["nii.gz", ".jpg", ".nii.gzz"])
+def test_an_explicit_file_ending_that_is_no_image_ending_is_refused_before_any_case(tmp_path, ending):
+    rng = np.random.default_rng(0)
+    dirs = [tmp_path / "m0", tmp_path / "m1"]
+    for folder in dirs:
+        _save(folder, "x", _softmax(rng))
+    with pytest.raises(EvaluationError, match=rf"--file-ending '{ending}': not an image file ending; give one of .*leading dot"):
+        ensemble_folders(dirs, tmp_path / "out", num_workers=1, file_ending=ending)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_explicit_file_ending_is_used_as_spelled(tmp_path):
+    rng = np.random.default_rng(0)
+    dirs = [tmp_path / "m0", tmp_path / "m1"]
+    for folder in dirs:
+        _save(folder, "x", _softmax(rng))
+    ensemble_folders(dirs, tmp_path / "out", num_workers=1, file_ending=".NRRD")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["x.NRRD"]

@@ -293,7 +293,7 @@ def _with_dataset_json(folders) -> tuple[Path, Path]:
 
 
 @pytest.mark.parametrize(("folder", "values", "expected"), [
-    ("pred", [3], "holds label value(s) 3 that the dataset does not declare (it declares 0, 1, 2); fix the file, or evaluate other values with --labels instead of the dataset"),
+    ("pred", [3], "holds label value(s) 3 that the dataset does not declare (it declares 0, 1, 2); fix the file (to score other values, `autoseg evaluate --labels` takes them instead of the dataset)"),
     ("ref", [7, 9], "holds label value(s) 7, 9 that the dataset does not declare (it declares 0, 1, 2)"),
     # 255 beside 1 and 2 is not a 0/255 mask: no hint (test_a_0_255_mask_gets_the_hint)
     ("pred", [255], "holds label value(s) 255 that the dataset does not declare (it declares 0, 1, 2); fix the file"),

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from autoseg.dataset.imageio import Geometry, geometry_differences, write_image
+from autoseg.dataset.imageio import SUPPORTED_ENDINGS, Geometry, geometry_differences, image_ending, write_image
 from autoseg.errors import EvaluationError
 from autoseg.evaluation.evaluate import raise_failures, spelled_ending
 from autoseg.evaluation.metrics import evaluation_classes
@@ -107,6 +107,17 @@ def _probability_cases(folder: Path) -> set[str]:
     return {p.name[: -len(PROBABILITIES_SUFFIX)] for p in folder.glob(f"*{PROBABILITIES_SUFFIX}") if not p.name.startswith(".")}
 
 
+def _check_file_ending(ending: str) -> str:
+    """An explicit ``--file-ending`` must be one the writer knows, dot included: checked before any case
+    is read (``nii.gz`` without its dot failed in every case, one message each)."""
+    if not ending.startswith(".") or image_ending(f"case{ending}") != ending.lower():
+        raise EvaluationError(
+            f"--file-ending {ending!r}: not an image file ending; give one of {', '.join(SUPPORTED_ENDINGS)} "
+            "(with its leading dot)"
+        )
+    return ending
+
+
 def _infer_file_ending(folder: Path, case: str) -> str:
     """The label files' ending as they spell it (``.NII.GZ`` stays so), for outputs named like the inputs."""
     endings = {spelled_ending(p) for p in folder.glob(f"{case}.*")} - {""}
@@ -155,7 +166,7 @@ def ensemble_folders(
                 f"{', '.join(others)}; {len(missing)} case(s) missing in all); every folder must hold the same cases"
             )
     ordered = sorted(all_cases)
-    ending = file_ending or _infer_file_ending(dirs[0], ordered[0])
+    ending = _check_file_ending(file_ending) if file_ending else _infer_file_ending(dirs[0], ordered[0])
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)  # what a killed run left half-written
     items = [(case, (case, dirs, out, ending, save_probabilities)) for case in ordered]

@@ -236,8 +236,8 @@ def check_declared(path: Path, seg: np.ndarray, declared: frozenset[int]) -> Non
         hint = mask_255_hint(np.unique(seg), declared)
         raise EvaluationError(
             f"{path}: holds label value(s) {', '.join(map(str, values[:5]))}{' ...' if len(values) > 5 else ''} that the "
-            f"dataset does not declare (it declares {', '.join(map(str, sorted(declared)))}){hint}; fix the file, or "
-            "evaluate other values with --labels instead of the dataset"
+            f"dataset does not declare (it declares {', '.join(map(str, sorted(declared)))}){hint}; fix the file (to score "
+            "other values, `autoseg evaluate --labels` takes them instead of the dataset)"
         )
 
 
