@@ -84,6 +84,12 @@ def test_missing_reference_is_named(folders):
         evaluate_folders(pred_dir, ref_dir, LABELS, num_workers=1, file_ending=".nii.gz")
 
 
+def test_a_missing_reference_folder_is_named_as_a_folder(folders, tmp_path):
+    pred_dir, _ = folders
+    with pytest.raises(EvaluationError, match=r"nowhere: reference folder not found$"):
+        evaluate_folders(pred_dir, tmp_path / "nowhere", LABELS, num_workers=1, file_ending=".nii.gz")
+
+
 def test_missing_prediction_of_requested_case_is_named(folders):
     pred_dir, ref_dir = folders
     with pytest.raises(EvaluationError, match=r"pred/c3\.nii\.gz: prediction of case c3 not found"):

@@ -348,6 +348,8 @@ def match_cases(
 ) -> dict[str, tuple[Path, Path]]:
     """Case id -> (prediction, reference); every case needs both (default cases: all predictions)."""
     predictions = list_cases(pred_dir, file_ending)
+    if not ref_dir.is_dir():  # named as such, not as the first case's missing reference
+        raise EvaluationError(f"{ref_dir}: reference folder not found")
     cases = sorted(predictions) if case_ids is None else list(case_ids)
     if not cases:
         raise EvaluationError(f"{pred_dir}: no predictions ending in {file_ending!r} to evaluate")
