@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from autoseg.errors import FingerprintError, PlanError
 from autoseg.networks import get_network_spec
@@ -13,7 +14,7 @@ from autoseg.networks.registry import TopologyConstraints
 from autoseg.planning import constants as C
 from autoseg.planning import rules
 from autoseg.planning.compute_budget import TimingModel, schedule
-from autoseg.planning.planner import build_plans, output_channels
+from autoseg.planning.planner import build_plans, memory_budget, output_channels
 from autoseg.planning.plans import format_plan_table, get_configuration, load_plans, plans_path, write_plans
 from autoseg.planning.topology import divisible_patch, features_per_stage, plan_topology, shrink_patch
 
@@ -322,6 +323,13 @@ def test_images_too_small_to_downsample_are_named_as_such_not_as_memory():
                        r"'unet' to downsample once \(a pooling step needs 8 voxels along two axes, 12 along one\); "
                        r"pad the images or resample them finer"):
         plan(tiny, configs=["2d"])
+
+
+@pytest.mark.parametrize("gpu_memory", [float("nan"), float("inf"), -3.0, 0.0])
+def test_gpu_memory_that_is_not_a_positive_finite_number_is_refused(gpu_memory):
+    """--gpu-memory nan and inf ended in an internal error (int() of NaN/infinity usable bytes)."""
+    with pytest.raises(PlanError, match=r"--gpu-memory must be a positive, finite number of GB, got .*; e.g. --gpu-memory 8"):
+        memory_budget(torch.device("cpu"), gpu_memory)
 
 
 @pytest.mark.parametrize("budget", ["30m", float("nan"), float("inf"), True, 0])
