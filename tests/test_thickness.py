@@ -27,6 +27,15 @@ def test_a_2d_image_is_measured_in_its_plane():
     assert structure_thickness_mm(mask, (999.0, 0.5, 0.5)) == pytest.approx(1.0)
 
 
+def test_an_image_one_pixel_wide_bounds_its_structure_to_one_pixel():
+    """A 2D image 40 x 1 px: its x axis was skipped with the slice axis, so a 30 px run measured its
+    length along y (about 16 mm), not its one-pixel width."""
+    mask = np.zeros((1, 40, 1), bool)
+    mask[0, 5:35, 0] = True
+    assert structure_thickness_mm(mask, (999.0, 1.0, 1.0)) == pytest.approx(2.0)
+    assert structure_thickness_mm(np.ones((1, 1, 1), bool), (999.0, 0.5, 0.5)) == pytest.approx(1.0)
+
+
 def test_absent_structures_have_no_thickness():
     assert structure_thickness_mm(np.zeros((4, 5, 6), bool), (1, 1, 1)) is None
     assert median_thickness({"a": [None, 2.0, 4.0, None, 3.0], "b": [None, None]}) == {"a": 3.0, "b": None}

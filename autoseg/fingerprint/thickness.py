@@ -5,7 +5,8 @@ voxels to the nearest voxel outside it, counted between voxel centres: a slab n 
 n/2 + 1 voxels (3 for 4, 2 for a one-voxel line), a ball of diameter d about d/2. A coarse measure of
 width, but monotonic and robust to a ragged outline. The distance transform runs on the structure's
 bounding box padded by one background voxel (so a structure touching the image border ends there) and
-skips axes of size one (a 2D image is measured in its plane).
+skips the slice axis when it has size one (a 2D image is measured in its plane); an in-plane axis of size
+one (an image one pixel wide) bounds the structure to one pixel, as any border does.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ def structure_thickness_mm(mask: np.ndarray, spacing: Sequence[float]) -> float 
     """Twice the mean distance (mm) of the mask's voxels to the nearest voxel outside it; None if empty."""
     if not mask.any():
         return None
-    keep = [a for a in range(mask.ndim) if mask.shape[a] > 1]
-    if not keep:  # a single voxel: no extent to measure
+    # Only the slice axis (the first) is skipped at size one: skipping a one-pixel-wide image's x axis too
+    # measured its structure along y, its length (16 for a 30 px run one pixel wide), not its width.
+    keep = [a for a in range(mask.ndim) if mask.shape[a] > 1 or a > 0]
+    if not keep:  # a single voxel of a 1D array: no extent to measure
         return None
     mask = mask.reshape([mask.shape[a] for a in keep])
     sampling = [float(spacing[a]) for a in keep]
