@@ -460,10 +460,13 @@ def import_model(
     overwrite: bool = typer.Option(False, help="replace model folders that exist"),
 ) -> None:
     """Check and install an exported model; never runs code, refuses tampered or incompatible files."""
-    from autoseg.evaluation.model_files import import_model as run
+    from autoseg.evaluation.model_files import install_model_file
 
-    for folder in run(zip_file, results_root, overwrite):
+    installed = install_model_file(zip_file, results_root, overwrite)
+    for folder in installed.models:
         typer.echo(f"installed: {folder}")
+    for decision in installed.decisions:
+        typer.echo(f"installed: {decision} (postprocess apply --decision, after ensembling its models)")
 
 
 @app.command()

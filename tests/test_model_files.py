@@ -21,7 +21,7 @@ from autoseg.evaluation.model_files import (
 from autoseg.networks import Topology, create_network
 from autoseg.utils.weights_file import load_weights, save_weights, weights_from_bytes, weights_to_bytes
 
-from cli_helpers import autoseg_fails
+from cli_helpers import autoseg, autoseg_fails
 from preprocessing_helpers import make_configuration, make_plans
 
 torch.set_num_threads(1)
@@ -46,7 +46,7 @@ def make_model_folder(results: Path, with_postprocessing: bool = True, legacy: b
     (folder / "dataset.json").write_text(json.dumps(DATASET_JSON))
     (folder / "training_config.yaml").write_text("optimizer:\n  lr: 0.01\n")
     if with_postprocessing:
-        (folder / "postprocessing.json").write_text(json.dumps({"version": 1, "steps": []}))
+        (folder / "postprocessing.json").write_text(json.dumps({"version": 1, "steps": [], "file_ending": ".nii.gz"}))
     for fold in FOLDS:
         torch.manual_seed(fold)
         network = create_network("unet", TOPOLOGY, 1, 2)
@@ -383,3 +383,110 @@ def test_the_same_checkpoint_always_gives_the_same_bytes() -> None:
     """safetensors writes its metadata map in no fixed order; autoseg keeps one entry so exports repeat."""
     tree = {"network_weights": {"w": torch.arange(6.0).reshape(2, 3)}, "metadata": {"epoch": 3, "patch_size": [8, 8, 8]}}
     assert len({weights_to_bytes(tree) for _ in range(8)}) == 1
+
+
+ENSEMBLE_DECISION = {"version": 1, "steps": [{"operation": "keep_largest", "target": "a", "label_values": [1]}],
+                     "file_ending": ".nii.gz"}
+
+
+def make_ensemble(results: Path, models: tuple[str, ...], decision: dict | None = None) -> Path:
+    """find-best's layout: ensembles/ensemble___A___B/postprocessing.json beside the model folders."""
+    from autoseg.evaluation.selection import ensemble_name
+
+    folder = results / DATASET / "ensembles" / ensemble_name(models)
+    folder.mkdir(parents=True)
+    (folder / "postprocessing.json").write_text(json.dumps(decision or ENSEMBLE_DECISION))
+    return folder / "postprocessing.json"
+
+
+def two_models(results: Path) -> tuple[Path, Path]:
+    first = make_model_folder(results)
+    second = results / DATASET / "unet__otherPlans__3d_fullres"
+    second.mkdir()
+    for path in first.rglob("*"):
+        target = second / path.relative_to(first)
+        target.mkdir() if path.is_dir() else target.write_bytes(path.read_bytes())
+    return first, second
+
+
+def test_an_ensembles_postprocessing_travels_with_its_models(tmp_path: Path) -> None:
+    """find-best's winner may be an ensemble whose postprocessing decision lives in ensembles/, beside
+    neither model folder: exporting both models carries it, importing installs it where find-best keeps it."""
+    from autoseg.evaluation.model_files import install_model_file
+
+    first, second = two_models(tmp_path / "results")
+    decision = make_ensemble(tmp_path / "results", (first.name, second.name))
+    make_ensemble(tmp_path / "results", (first.name, "nnunet__otherPlans__2d"))  # a model not exported: left out
+    zip_path = export_model([first, second], tmp_path / "model.zip", folds=FOLDS)
+    with zipfile.ZipFile(zip_path) as archive:
+        manifest = json.loads(archive.read(MANIFEST))
+        ensembles = [n for n in archive.namelist() if n.startswith("ensembles/")]
+    assert manifest["ensembles"] == [decision.parent.name]
+    assert ensembles == [f"ensembles/{decision.parent.name}/postprocessing.json"]
+
+    installed = install_model_file(zip_path, tmp_path / "clean")
+    assert installed.models == [tmp_path / "clean" / DATASET / first.name, tmp_path / "clean" / DATASET / second.name]
+    assert installed.decisions == [tmp_path / "clean" / DATASET / "ensembles" / decision.parent.name / "postprocessing.json"]
+    assert installed.decisions[0].read_bytes() == decision.read_bytes()
+
+    with pytest.raises(ModelFileError, match="ensemble postprocessing decision already exists; pass --overwrite"):
+        _import_over_decision(zip_path, tmp_path)
+    assert install_model_file(zip_path, tmp_path / "clean", overwrite=True).decisions == installed.decisions
+    printed = autoseg("import-model", zip_path, "--results-root", tmp_path / "cli")
+    assert f"installed: {tmp_path / 'cli' / DATASET / 'ensembles' / decision.parent.name / 'postprocessing.json'} (postprocess apply" in printed
+
+
+def _import_over_decision(zip_path: Path, tmp_path: Path) -> None:
+    """A decision already at the target (the models not yet): refused before anything is written."""
+    target = tmp_path / "again"
+    with zipfile.ZipFile(zip_path) as archive:
+        name = json.loads(archive.read(MANIFEST))["ensembles"][0]
+    existing = target / DATASET / "ensembles" / name / "postprocessing.json"
+    existing.parent.mkdir(parents=True)
+    existing.write_text("{}")
+    try:
+        import_model(zip_path, target)
+    finally:
+        assert existing.read_text() == "{}" and not (target / DATASET / MODEL).exists()
+
+
+def test_a_zip_without_ensembles_in_its_manifest_still_imports(exported: tuple[Path, Path], tmp_path: Path) -> None:
+    """Zips exported before ensembles were carried have no "ensembles" key."""
+    _, zip_path = exported
+
+    def drop_key(members: dict) -> dict:
+        manifest = json.loads(members[MANIFEST])
+        del manifest["ensembles"]
+        return {**members, MANIFEST: json.dumps(manifest).encode()}
+
+    (imported,) = import_model(rewrite_zip(zip_path, tmp_path / "old.zip", drop_key), tmp_path / "clean")
+    assert (imported / "fold_0" / "checkpoint_final.safetensors").is_file()
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda m: {**m, "ensembles": ["ensemble___unet__autosegPlans__3d_fullres___unet__autosegPlans__2d"]},
+     "names ensemble .* which is no ensemble of its models"),
+    (lambda m: {**m, "ensembles": ["unet__autosegPlans__3d_fullres"]}, "which is no ensemble of its models"),
+])
+def test_a_manifest_naming_an_ensemble_of_other_models_is_refused(exported, tmp_path, edit, expected) -> None:
+    _, zip_path = exported
+
+    def edit_manifest(members: dict) -> dict:
+        return {**members, MANIFEST: json.dumps(edit(json.loads(members[MANIFEST]))).encode()}
+
+    with pytest.raises(ModelFileError, match=expected):
+        import_model(rewrite_zip(zip_path, tmp_path / "bad.zip", edit_manifest), tmp_path / "clean")
+    assert not (tmp_path / "clean").exists()
+
+
+@pytest.mark.parametrize("decision, expected", [
+    ({"version": 1, "steps": [{"operation": "keep_largest"}], "file_ending": ".nii.gz"}, "step keep_largest has label_values None"),
+    ({"steps": []}, "is not a postprocessing decision"),
+])
+def test_an_exported_decision_postprocess_apply_cannot_replay_is_refused_on_import(tmp_path, decision, expected) -> None:
+    first, second = two_models(tmp_path / "results")
+    make_ensemble(tmp_path / "results", (first.name, second.name), decision)
+    zip_path = export_model([first, second], tmp_path / "model.zip", folds=FOLDS)
+    with pytest.raises(ModelFileError, match=rf"refusing to import: member 'ensembles/ensemble___.*/postprocessing.json': {expected}"):
+        import_model(zip_path, tmp_path / "clean")
+    assert not (tmp_path / "clean" / DATASET / first.name).exists()

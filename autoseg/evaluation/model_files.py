@@ -7,8 +7,11 @@ An autoseg model file holds no pickle at all:
   ``postprocessing.json`` (the last two when present), and per fold ``<model>/fold_<k>/<checkpoint>.safetensors``:
   the network weights and the checkpoint's JSON metadata as a safetensors file
   (autoseg/utils/weights_file.py), which any safetensors reader opens;
-* ``manifest.json``: format name and version, the autoseg version, the dataset, models, folds and
-  checkpoint, and the sha256 of every other member.
+* ``ensembles/<ensemble>/postprocessing.json`` for every find-best ensemble of exported models only
+  whose postprocessing was determined (it lives beside neither model folder, and predicting with the
+  ensemble after import needs it);
+* ``manifest.json``: format name and version, the autoseg version, the dataset, models, ensembles, folds
+  and checkpoint, and the sha256 of every other member.
 
 Importing checks everything before writing anything (member paths, manifest, exact member set,
 checksums, weight files), then extracts into a temporary folder beside the target and renames it into
@@ -22,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import re
 import shutil
 import stat
@@ -29,12 +33,14 @@ import struct
 import tempfile
 import zipfile
 import zlib
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator, Mapping, Sequence
 
 from autoseg import __version__
-from autoseg.errors import AutosegError, ModelFileError
+from autoseg.errors import AutosegError, EvaluationError, ModelFileError
+from autoseg.evaluation.selection import ENSEMBLES_FOLDER, POSTPROCESSING_JSON, ensemble_model_names
 from autoseg.paths import check_model_folder_name, results_root as default_results_root
 from autoseg.utils.atomic import folder_lock, remove_stale_temporaries, staging_folder
 from autoseg.utils.checksummed_zip import MANIFEST, MODEL_ZIP_FORMAT, ONNX_ZIP_FORMAT, write_checksummed_zip
@@ -103,6 +109,18 @@ def model_members(model_folder: Path, folds: Sequence[int | str], checkpoint: st
     return members
 
 
+def ensemble_members(dataset_results: Path, models: Sequence[str]) -> dict[str, bytes]:
+    """Zip member name -> content of the postprocessing decision of every ensemble (find-best's
+    ``ensembles/<ensemble>/postprocessing.json``) whose models are all exported."""
+    members = {}
+    for decision in sorted((dataset_results / ENSEMBLES_FOLDER).glob(f"*/{POSTPROCESSING_JSON}")):
+        name = decision.parent.name
+        joined = ensemble_model_names(name)
+        if SAFE_NAME.match(name) and joined and set(joined) <= set(models):
+            members[f"{ENSEMBLES_FOLDER}/{name}/{POSTPROCESSING_JSON}"] = decision.read_bytes()
+    return members
+
+
 def export_model(
     model_folders: str | Path | Sequence[str | Path],
     output_zip: str | Path,
@@ -136,6 +154,8 @@ def export_model(
                                 "give the folder autoseg train wrote, under its name (import-model and predict read "
                                 "the configuration from it)")
         members.update(model_members(folder, folds, checkpoint))
+    decisions = ensemble_members(folders[0].resolve().parent, [f.name for f in folders])
+    members.update(decisions)
     manifest = {
         "format": FORMAT_NAME,
         "format_version": MODEL_ZIP_FORMAT_VERSION,
@@ -143,6 +163,7 @@ def export_model(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "dataset_name": dataset_name,
         "models": [f.name for f in folders],
+        "ensembles": sorted(PurePosixPath(name).parent.name for name in decisions),
         "folds": [str(f) for f in folds],
         "checkpoint": checkpoint,
     }
@@ -282,6 +303,9 @@ def _read_manifest(archive: zipfile.ZipFile, zip_path: Path) -> dict[str, Any]:
         )
     fields = {"dataset_name": str, "models": list, "folds": list, "checkpoint": str, "files": dict}
     bad = [key for key, kind in fields.items() if not isinstance(manifest.get(key), kind)]
+    manifest.setdefault("ensembles", [])  # zips exported before ensembles were carried have none
+    if not isinstance(manifest["ensembles"], list):
+        bad.append("ensembles")
     if bad:
         raise ModelFileError(f"{refuse}: {MANIFEST} lacks or has malformed {', '.join(bad)}")
     return manifest
@@ -320,7 +344,25 @@ def _expected_members(manifest: Mapping[str, Any], zip_path: Path) -> tuple[set[
     for model in manifest["models"]:
         required |= {f"{model}/{f}" for f in REQUIRED_FILES} | {f"{model}/{fold}/{stem}{SUFFIX}" for fold in folds}
         allowed |= {f"{model}/{f}" for f in OPTIONAL_FILES}
+    for ensemble in manifest["ensembles"]:
+        joined = ensemble_model_names(ensemble) if isinstance(ensemble, str) and SAFE_NAME.match(ensemble) else []
+        if not joined or not set(joined) <= set(manifest["models"]):
+            raise ModelFileError(f"{refuse}: {MANIFEST} names ensemble {ensemble!r}, which is no ensemble of its models")
+        required.add(f"{ENSEMBLES_FOLDER}/{ensemble}/{POSTPROCESSING_JSON}")
     return required, required | allowed
+
+
+def _check_decisions(members: Mapping[str, bytes], refuse: str) -> None:
+    """Every postprocessing decision (a model's, an ensemble's) must be one ``postprocess apply`` replays."""
+    from autoseg.postprocessing.determine import check_decision
+
+    for name in sorted(n for n in members if PurePosixPath(n).name == POSTPROCESSING_JSON):
+        try:
+            check_decision(json.loads(members[name].decode("utf-8")), f"{refuse}: member {name!r}")
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelFileError(f"{refuse}: member {name!r} is not valid JSON ({exc})") from None
+        except EvaluationError as exc:
+            raise ModelFileError(str(exc)) from None
 
 
 def _refuse_first(names: Sequence[str], message: str) -> None:
@@ -363,6 +405,7 @@ def validate_model_file(zip_path: str | Path) -> tuple[dict[str, Any], dict[str,
                 metadata[name] = _check_weights(data, f"{refuse}: member {name!r}")
             members[name] = data
     descriptions = _check_description_files(members, manifest["models"], refuse)
+    _check_decisions(members, refuse)
     for name, meta in metadata.items():
         model = name.split("/", 1)[0]
         check_outputs_match_labels(meta, descriptions[model].num_output_channels, f"{refuse}: member {name!r}",
@@ -383,21 +426,37 @@ def _write_model_tree(members: Mapping[str, bytes], staging: Path) -> None:
         target.write_bytes(data)
 
 
+@dataclass(frozen=True)
+class Installed:
+    """What ``install_model_file`` put in place."""
+
+    models: list[Path]  # the model folders
+    decisions: list[Path] = field(default_factory=list)  # ensembles' postprocessing.json
+
+
 def import_model(zip_path: str | Path, results_root: str | Path | None = None, overwrite: bool = False) -> list[Path]:
     """Import a model file into ``<results_root>/<Dataset>/<model>/``; returns the model folders.
 
     Nothing is written unless the whole file is valid and no target exists (or ``overwrite``)."""
+    return install_model_file(zip_path, results_root, overwrite).models
+
+
+def install_model_file(zip_path: str | Path, results_root: str | Path | None = None, overwrite: bool = False) -> Installed:
+    """``import_model``, also reporting the ensembles' postprocessing decisions it installed
+    (``<Dataset>/ensembles/<ensemble>/postprocessing.json``, where find-best keeps them)."""
     manifest, members = validate_model_file(zip_path)
     root = Path(results_root) if results_root is not None else default_results_root()
     dataset_dir = root / manifest["dataset_name"]
     targets = [dataset_dir / model for model in manifest["models"]]
+    decisions = [dataset_dir / ENSEMBLES_FOLDER / name / POSTPROCESSING_JSON for name in manifest["ensembles"]]
     dataset_dir.mkdir(parents=True, exist_ok=True)
     # Checked and installed under the dataset folder's lock (find-best's too): of two imports at once the
     # second finds the first's folders instead of replacing them unasked.
     with folder_lock(dataset_dir):
-        existing = [t for t in targets if t.exists()]
+        existing = [t for t in targets + decisions if t.exists()]
         if existing and not overwrite:
-            raise ModelFileError(f"{existing[0]}: model folder already exists; pass --overwrite to replace it, or import "
+            what = "model folder" if existing[0] in targets else "ensemble postprocessing decision"
+            raise ModelFileError(f"{existing[0]}: {what} already exists; pass --overwrite to replace it, or import "
                                  "into another results folder")
         remove_stale_temporaries(dataset_dir, IMPORT_STAGING)  # a killed import's staging folder
         staging = staging_folder(dataset_dir / IMPORT_STAGING)
@@ -405,9 +464,12 @@ def import_model(zip_path: str | Path, results_root: str | Path | None = None, o
             _write_model_tree(members, staging)
             for target in targets:
                 _replace_folder(staging / target.name, target)
+            for decision in decisions:  # one file into a folder that may hold find-best's merged predictions
+                decision.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staging / decision.relative_to(dataset_dir), decision)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    return targets
+    return Installed(targets, decisions)
 
 
 def _replace_folder(source: Path, target: Path) -> None:

@@ -36,7 +36,8 @@ INSTRUCTIONS_JSON = "inference_instructions.json"
 INSTRUCTIONS_TXT = "inference_instructions.txt"
 POSTPROCESSING_JSON = "postprocessing.json"
 ENSEMBLES_FOLDER = "ensembles"
-ENSEMBLE_PREFIX = "ensemble___"  # members joined by "___" (model folder names hold "__")
+ENSEMBLE_PREFIX = "ensemble___"
+ENSEMBLE_SEPARATOR = "___"  # between members (model folder names hold "__")
 DEFAULT_FOLDS = ("0", "1", "2", "3", "4")  # 5-fold cross-validation (reference §1.5)
 RANK_METRIC = "dice"  # mean foreground Dice over the merged cross-validation (reference §1.7)
 PREDICT_CHECKPOINT = "final"  # training validates its final checkpoint, so that is what CV measured
@@ -58,6 +59,16 @@ class Candidate:
     @property
     def class_dice(self) -> dict[str, float]:
         return {name: float(m.get(RANK_METRIC, math.nan)) for name, m in self.summary.get("mean", {}).items()}
+
+
+def ensemble_name(model_names: Sequence[str]) -> str:
+    """The folder of an ensemble of model folders under ``ensembles/``."""
+    return ENSEMBLE_PREFIX + ENSEMBLE_SEPARATOR.join(model_names)
+
+
+def ensemble_model_names(name: str) -> list[str]:
+    """The model folders an ``ensembles/`` folder name joins (none for another name)."""
+    return name[len(ENSEMBLE_PREFIX):].split(ENSEMBLE_SEPARATOR) if name.startswith(ENSEMBLE_PREFIX) else []
 
 
 def crossval_folder_name(folds: Sequence[str]) -> str:
@@ -191,7 +202,7 @@ def ensemble_candidates(
     with_probabilities = [c for c in singles if has_probabilities(c.crossval_dir, ending)]
     pairs = []
     for a, b in itertools.combinations(with_probabilities, 2):
-        name = ENSEMBLE_PREFIX + "___".join((a.name, b.name))
+        name = ensemble_name((a.name, b.name))
         output = dataset_results / ENSEMBLES_FOLDER / name / crossval_folder_name(folds)
         shutil.rmtree(output, ignore_errors=True)  # never evaluate stale cases of an earlier run
         ensemble_folders([a.crossval_dir, b.crossval_dir], output, num_workers=num_workers, file_ending=ending)

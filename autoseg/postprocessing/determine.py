@@ -249,14 +249,20 @@ def load_decision(path: str | Path) -> dict[str, Any]:
         path, EvaluationError, "not found; run autoseg postprocess determine first",
         "re-run autoseg postprocess determine",
     )
+    return check_decision(decision, str(path))
+
+
+def check_decision(decision: Any, where: str) -> dict[str, Any]:
+    """``decision`` (parsed JSON) if it is a postprocessing decision whose every step can be replayed;
+    else ``EvaluationError`` naming ``where`` (a file, or a model zip's member)."""
     if (
         not isinstance(decision, dict) or decision.get("version") != DECISION_VERSION
         or not isinstance(decision.get("steps"), list) or not isinstance(decision.get("file_ending"), str)
     ):
-        raise EvaluationError(f"{path}: is not a postprocessing decision (version {DECISION_VERSION}); re-run postprocess determine")
+        raise EvaluationError(f"{where}: is not a postprocessing decision (version {DECISION_VERSION}); re-run postprocess determine")
     problem = next((p for p in map(_step_problem, decision["steps"]) if p is not None), None)
     if problem is not None:
-        raise EvaluationError(f"{path}: {problem}; re-run autoseg postprocess determine")
+        raise EvaluationError(f"{where}: {problem}; re-run autoseg postprocess determine")
     return decision
 
 
