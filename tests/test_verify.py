@@ -439,9 +439,18 @@ def _mask_size(d: Path) -> str:
     return f"{mask(d)}: size (60, 64, 1) differs from image {CASE}_0000.png (64, 64, 1); the label must be on the image's grid"
 
 
+def _sixteen_bit_rgb_to_0_1(d: Path) -> str:
+    """rgb_to_0_1 divides by 255: a 16-bit channel passed verify and plan, and preprocessing refused the case
+    without naming its file."""
+    split_into_grey_files(d, [0, 1, 2])
+    png(rgb(d, channel=1), drive_crop(CASE)[0][..., 1].astype(np.uint16) * 257)
+    declare_channels(d, ["rgb_to_0_1"] * 3)
+    return f"{rgb(d, channel=1)}: channel 1: a channel named rgb_to_0_1 holds values "
+
+
 NATURAL_BREAKAGES = {f.__name__[1:]: f for f in [
     _rgb_declared_as_one_channel, _grey_image_in_rgb_dataset, _rgba_with_two_declared, _split_channel_missing,
-    _split_channel_gap, _rgb_mask, _png_mask_0_255, _mask_size,
+    _split_channel_gap, _rgb_mask, _png_mask_0_255, _mask_size, _sixteen_bit_rgb_to_0_1,
 ]}
 
 

@@ -92,6 +92,8 @@ def check_case(case: Case, desc: DatasetDescription, keep_arrays: bool = False) 
             channels = select_channels([p for p, _ in arrays], [a for _, a in arrays], alphas, desc.num_channels)
         except DatasetError as exc:
             result.problems.append(str(exc))
+        else:
+            result.problems.extend(_rgb_range_problems([p for p, _ in arrays], channels, desc))
     label = None
     if case.label is not None:
         try:
@@ -120,6 +122,20 @@ def check_case(case: Case, desc: DatasetDescription, keep_arrays: bool = False) 
         result.spacing = geometries[0].spacing
     return result
 
+
+
+def _rgb_range_problems(paths: list[Path], channels: list[np.ndarray], desc: DatasetDescription) -> list[str]:
+    """Channels named ``rgb_to_0_1`` must hold 0..255 (preprocessing divides them by 255): found here, each
+    names its file before planning, where preprocessing refused the case only after plan."""
+    from autoseg.preprocessing.normalization import rgb_range_problem
+
+    problems, index = [], 0
+    for path, array in zip(paths, channels):
+        for channel in array:
+            if desc.channel_names[str(index)].strip().lower() == "rgb_to_0_1" and (problem := rgb_range_problem(channel)):
+                problems.append(f"{path}: channel {index}: {problem}")
+            index += 1
+    return problems
 
 
 def mask_255_hint(present: Iterable[Any], declared: Iterable[int]) -> str:

@@ -55,18 +55,25 @@ def normalize_channel(channel: np.ndarray, scheme: dict[str, Any], mask: np.ndar
         channel /= np.float32(max(float(channel.max()), MIN_STD))
         return
     if name == "rgb_to_0_1":
-        low, high = float(channel.min()), float(channel.max())
-        if low < 0 or high > RGB_MAX:
-            raise DatasetError(
-                f"a channel named rgb_to_0_1 holds values {low:g}..{high:g}, outside 0..255; store 8-bit colour "
-                "values there, or name the channel for another normalization (e.g. rescale_to_0_1)"
-            )
+        problem = rgb_range_problem(channel)
+        if problem:
+            raise DatasetError(problem)
         channel /= np.float32(RGB_MAX)
         return
     raise PlanError(
         f"normalization scheme {name!r} is unknown; the plans file must use one of {', '.join(SCHEMES)} "
         "(re-run `autoseg plan`)"
     )
+
+
+def rgb_range_problem(channel: np.ndarray) -> str | None:
+    """Why ``rgb_to_0_1`` cannot normalize ``channel`` (values outside 0..255, e.g. a 16-bit image), else
+    None; shared by preprocessing and ``autoseg verify``, which names the file before any planning."""
+    low, high = float(channel.min()), float(channel.max())
+    if low >= 0 and high <= RGB_MAX:
+        return None
+    return (f"a channel named rgb_to_0_1 holds values {low:g}..{high:g}, outside 0..255; store 8-bit colour "
+            "values there, or name the channel for another normalization (e.g. rescale_to_0_1)")
 
 
 def normalize(data: np.ndarray, schemes: Sequence[dict[str, Any]], mask: np.ndarray | None) -> np.ndarray:
