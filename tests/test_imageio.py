@@ -337,14 +337,18 @@ def test_colour_label_map_is_refused_with_the_fix(tmp_path: Path) -> None:
     )
 
 
-def test_palette_label_map_is_named_as_such(tmp_path: Path) -> None:
+@pytest.mark.parametrize("ending", [".png", ".bmp"])
+def test_palette_label_map_is_named_as_such(tmp_path: Path, ending: str) -> None:
+    """In its own format: a palette BMP was called a 'palette PNG' to be saved 'as a grey PNG'."""
     from PIL import Image
 
     indices = Image.fromarray(np.array([[0, 1], [1, 0]], np.uint8), mode="L").convert("P")
     indices.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
-    indices.save(tmp_path / "mask.png")
-    with pytest.raises(DatasetError, match=r"mask\.png: is a palette \(indexed-colour\) PNG, read as RGB colours"):
-        read_image(tmp_path / "mask.png")
+    indices.save(tmp_path / f"mask{ending}")
+    kind = ending[1:].upper()
+    with pytest.raises(DatasetError, match=rf"mask\{ending}: is a palette \(indexed-colour\) {kind}, read as RGB colours; "
+                       rf"label maps need one class number per pixel: save the palette indices as a grey \{ending} "):
+        read_image(tmp_path / f"mask{ending}")
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.int64, np.float32])

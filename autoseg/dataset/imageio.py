@@ -447,8 +447,9 @@ def _colour_label_problem(path: Path, array: np.ndarray) -> str:
     kind = COLOUR_KINDS[array.shape[-1]]
     if _pil_mode(path) in ("P", "PA"):
         return (
-            f"is a palette (indexed-colour) PNG, read as {kind} colours; label maps need one class number "
-            "per pixel: save the palette indices as a grey PNG (0 background, 1, 2, ...)"
+            f"is a palette (indexed-colour) {image_ending(path).lstrip('.').upper()}, read as {kind} colours; label "
+            f"maps need one class number per pixel: save the palette indices as a grey {image_ending(path)} (0 "
+            "background, 1, 2, ...)"
         )
     colours = min(3, array.shape[-1])
     grey = " (its colour channels are equal: converting it to grey keeps the values)" if all(
