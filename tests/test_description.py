@@ -115,6 +115,14 @@ def test_explicit_case_list(tmp_path: Path) -> None:
     assert len(scan.problems) == 3 and "y_ct.nii.gz: file listed for case y in dataset.json does not exist" in scan.problems[0]
 
 
+def test_an_explicit_case_whose_images_are_one_path_string_is_named_as_not_a_list(tmp_path: Path) -> None:
+    """"images": "imgs/x_ct.nii.gz" was iterated letter by letter: 'case x lists 16 images, channel_names has 2'."""
+    cases = {"x": {"images": "imgs/x_ct.nii.gz", "label": "imgs/x_seg.nii.gz"}}
+    (tmp_path / "dataset.json").write_text(json.dumps(BASE | {"dataset": cases}))
+    scan = scan_training_cases(tmp_path, load_description(tmp_path))
+    assert scan.problems == [f"{tmp_path / 'dataset.json'}: entry 'dataset.x' needs 'images' (list) and 'label'"]
+
+
 def test_shared_brats_regions_and_drive_colour_channels_are_read_as_declared() -> None:
     """The shared BraTS (2 channels, nested regions) and DRIVE (one RGB PNG per case) datasets."""
     brats = load_description(SHARED_DATA / "Dataset905_BraTS2015Mini")

@@ -160,6 +160,8 @@ def _explicit_cases(dataset_dir: Path, desc: DatasetDescription) -> CaseScan:
     scan = CaseScan(num_declared_cases=len(desc.cases))
     for case_id, entry in sorted(desc.cases.items()):
         try:
+            if not isinstance(entry["images"], list):  # a path string was iterated letter by letter ('lists 20 images')
+                raise TypeError("images is not a list")
             images = [dataset_dir / p for p in entry["images"]]
             label = dataset_dir / entry["label"]
         except (KeyError, TypeError):
