@@ -121,6 +121,23 @@ def test_user_split_file_wins_and_is_checked(tmp_path: Path) -> None:
         fold_cases(tmp_path, CASES, 0)
 
 
+@pytest.mark.parametrize(
+    ("fold", "message"),
+    [
+        ({"train": ["c00", 17], "val": ["c02"]}, r"fold 0 'train' holds 17, not a case id; case ids are strings"),
+        ({"train": ["c00"], "val": [["c02"]]}, r"fold 0 'val' holds \[\"c02\"\], not a case id"),
+        ({"train": ["c00", "c01"], "val": ["c02", "c02"]}, r"fold 0 lists c02 more than once in 'val'; list each case once"),
+        ({"train": ["c00", "c00"], "val": ["c02"]}, r"fold 0 lists c00 more than once in 'train'"),
+        ({"train": ["c00", "c01"], "val": ["c01", "c02"]}, r"fold 0 has 1 case\(s\) in both 'train' and 'val' \(c01\)"),
+    ],
+)
+def test_hand_edited_split_with_odd_case_lists_is_refused(tmp_path: Path, fold: dict, message: str) -> None:
+    """Was: an internal TypeError for a non-string id; a case in both lists or listed twice trained silently."""
+    (tmp_path / SPLITS_FILE).write_text(json.dumps([fold]))
+    with pytest.raises(TrainingError, match=message):
+        fold_cases(tmp_path, CASES, 0)
+
+
 def test_fold_all_trains_on_everything(tmp_path: Path) -> None:
     assert fold_cases(tmp_path, CASES, "all") == (CASES, CASES)
     assert not (tmp_path / SPLITS_FILE).exists()

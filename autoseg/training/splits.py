@@ -9,6 +9,7 @@ lock and write it atomically: none can read a half-written file (reference.md §
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -77,6 +78,14 @@ def read_splits(path: Path) -> list[dict[str, list[str]]]:
         )
     if not splits:
         raise TrainingError(f"{path}: the split file holds no folds (an empty list); fix or delete it to recreate it")
+    for index, split in enumerate(splits):
+        for part in ("train", "val"):
+            odd = [case for case in split[part] if not isinstance(case, str)]
+            if odd:  # else a set or a join further on fails with an internal TypeError
+                raise TrainingError(
+                    f"{path}: fold {index} '{part}' holds {json.dumps(odd[0])}, not a case id; case ids are strings "
+                    "such as \"case_001\" (the file names without channel suffix and ending); fix or delete it to recreate it"
+                )
     return splits
 
 
@@ -105,7 +114,31 @@ def fold_cases(
         )
     if not train or not val:
         raise TrainingError(f"{path}: fold {index} has an empty train or val list")
+    _refuse_repeated_cases(path, index, train, val)
     return train, val
+
+
+def _refuse_repeated_cases(path: Path, index: int, train: Sequence[str], val: Sequence[str]) -> None:
+    """Refuse a hand-edited fold that lists a case twice or in both train and val.
+
+    A case in both leaks into the validation it is scored on (the fold's Dice reads too high without a
+    word); a case listed twice in ``val`` was predicted twice while the summary counted it once, and one
+    listed twice in ``train`` is silently sampled twice as often.
+    """
+    for part, cases in (("train", train), ("val", val)):
+        repeated = sorted(case for case, count in Counter(cases).items() if count > 1)
+        if repeated:
+            raise TrainingError(
+                f"{path}: fold {index} lists {', '.join(repeated[:5])}{'...' if len(repeated) > 5 else ''} more than "
+                f"once in '{part}'; list each case once"
+            )
+    both = sorted(set(train) & set(val))
+    if both:
+        raise TrainingError(
+            f"{path}: fold {index} has {len(both)} case(s) in both 'train' and 'val' "
+            f"({', '.join(both[:5])}{'...' if len(both) > 5 else ''}), so validation would score cases the fold "
+            f"trained on; keep each case in one list, or train fold '{FOLD_ALL}' to train on every case"
+        )
 
 
 def classes_missing_from_training(
