@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from preprocessing_helpers import make_configuration, make_plans
 
-from autoseg.dataset.imageio import read_image
+from autoseg.dataset.imageio import read_image, write_image
 from autoseg.errors import PreprocessingError
 from autoseg.planning.plans import write_plans
 from autoseg.preprocessing import list_cases, load_case, preprocess_dataset, restore_label
@@ -155,6 +155,20 @@ def test_unreadable_case_is_named_while_the_others_complete(roots: dict[str, Pat
     out = roots["preprocessed"] / DATASET / IDENTIFIER
     assert list_cases(out) == ["hippocampus_001", "hippocampus_003", "hippocampus_004"]
     assert info.value.report.outputs[0].failed[0].key == "hippocampus_006"
+
+
+def test_a_label_added_after_planning_with_undeclared_values_is_refused(roots: dict[str, Path], small_dataset: Path) -> None:
+    """A case added (or a label edited) after verify and plan, its mask saved as 0/255: stored and trained on
+    without a word; preprocessing reads every label and refuses it as verify does."""
+    _write_plans(roots)
+    edited = small_dataset / "labelsTr" / "hippocampus_006.nii.gz"
+    labels, geometry = read_image(edited)
+    write_image(((labels > 0) * 255).astype(np.uint8), geometry, edited)
+    with pytest.raises(PreprocessingError) as info:
+        preprocess_dataset(DATASET, ["3d_fullres"], num_workers=1)
+    assert f"hippocampus_006 (autosegPlans_3d_fullres): {edited}: label values 255 are not declared in dataset.json " \
+        "labels (declared: 0, 1, 2)" in str(info.value)
+    assert list_cases(roots["preprocessed"] / DATASET / IDENTIFIER) == ["hippocampus_001", "hippocampus_003", "hippocampus_004"]
 
 
 def test_lowres_configuration_is_resampled(roots: dict[str, Path], small_dataset: Path) -> None:

@@ -146,30 +146,37 @@ def mask_255_hint(present: Iterable[Any], declared: Iterable[int]) -> str:
         return " (a 0/255 mask: divide the label by 255 so the object is 1)"
     return ""
 
-def _check_label_values(
-    path: Path, label: np.ndarray, desc: DatasetDescription, problems: list[str]
-) -> np.ndarray | None:
+def label_value_problem(path: Path, label: np.ndarray, declared: Iterable[int]) -> str | None:
+    """The problem of a label map holding non-integer values or values not ``declared``, None when clean.
+    Shared with preprocessing, which also reads labels added or edited after verify and plan."""
     if not is_integer_valued(label):
         finite = label[np.isfinite(label)] if label.dtype.kind == "f" else label
         fractional = np.unique(finite[finite != np.round(finite)])[:3] if finite.size else []
-        problems.append(
+        return (
             f"{path}: label values must be integers; found non-integer values such as "
             f"{', '.join(np.format_float_positional(v, trim='-') for v in fractional) or 'NaN/Inf'}; resample labels "
-            "with nearest neighbour "
-            "and save them as integers"
+            "with nearest neighbour and save them as integers"
         )
-        return None
     values = np.unique(label)
-    allowed = set(desc.label_values)
+    allowed = set(declared)
     unknown = [int(v) for v in values if int(v) not in allowed]
     if unknown:
         hint = mask_255_hint(values, allowed)
-        problems.append(
+        return (
             f"{path}: label values {_listing(unknown)} are not declared in dataset.json labels "
             f"(declared: {_listing(sorted(allowed))}){hint}; fix the label file or declare the classes"
         )
+    return None
+
+
+def _check_label_values(
+    path: Path, label: np.ndarray, desc: DatasetDescription, problems: list[str]
+) -> np.ndarray | None:
+    problem = label_value_problem(path, label, desc.label_values)
+    if problem:
+        problems.append(problem)
         return None
-    return label.astype(np.int16 if values.max(initial=0) < 2**15 else np.int32, copy=False)
+    return label.astype(np.int16 if label.max(initial=0) < 2**15 else np.int32, copy=False)
 
 
 @dataclass

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 from autoseg.dataset.cases import Case, training_cases
 from autoseg.dataset.description import load_description
 from autoseg.dataset.imageio import TIFF_ENDINGS, detached_data_files, read_case_images, read_image
+from autoseg.dataset.verify import label_value_problem
 from autoseg.errors import DatasetError, PreprocessingError
 from autoseg.paths import resolve_dataset
 from autoseg.planning.plans import get_configuration, load_plans, plans_path
@@ -76,13 +77,19 @@ class PreprocessReport:
         return "\n".join(lines)
 
 
-def foreground_labels(plans: dict[str, Any]) -> list[int]:
-    """Label values that are classes: not background, not the ignore label (regions: their members)."""
+def declared_label_values(plans: dict[str, Any]) -> set[int]:
+    """Every value a label map may hold under the plans' labels: background, classes (regions: their
+    members) and the ignore label."""
     values: set[int] = set()
     for value in plans["labels"].values():
         values.update(value if isinstance(value, list) else [value])
+    return values
+
+
+def foreground_labels(plans: dict[str, Any]) -> list[int]:
+    """Label values that are classes: not background, not the ignore label (regions: their members)."""
     ignore = plans.get("ignore_label")
-    return sorted(v for v in values if v > 0 and v != ignore)
+    return sorted(v for v in declared_label_values(plans) if v > 0 and v != ignore)
 
 
 def _file_signature(path: Path) -> list[Any]:
@@ -133,6 +140,10 @@ def preprocess_one(
             f"{label}: shape {seg.shape} differs from its image {images[0]} {data.shape[1:]}; "
             "run `autoseg verify` and fix the label"
         )
+    # a case added or a label edited after verify and plan (a 0/255 mask) was stored and trained on
+    problem = label_value_problem(label, seg, declared_label_values(plans))
+    if problem:
+        raise DatasetError(problem)
     config = get_configuration(plans, configuration)
     data_pp, seg_pp, properties = preprocess_case(data, geometry, plans, config, seg, copy=False)
     del data, seg
