@@ -562,3 +562,24 @@ def test_a_folder_of_files_predict_did_not_write_is_not_overwritten(model_3d: Pa
     (labels / "c2.nii.gz").unlink()
     assert predict_folder(inputs, labels, model_3d, folds=[0], tta=False).predicted == ["c1", "c2"]
     assert predict_folder(inputs, labels, model_3d, folds=[0], tta=False).predicted == ["c1", "c2"]
+
+
+def test_a_model_of_another_dataset_under_the_same_folder_name_is_refused(model_3d: Path, tmp_path: Path) -> None:
+    """Models of two datasets share the folder name <network>__<plans>__<configuration>: the second dataset's
+    label maps were written among the first's under one predict_info.json."""
+    other = make_model(tmp_path / "other", "3d_fullres")
+    plans = json.loads((other / "plans.json").read_text())
+    (other / "plans.json").write_text(json.dumps({**plans, "dataset_name": "Dataset998_Other"}))
+    assert other.name == model_3d.name
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(HIPPOCAMPUS / "imagesTr" / "hippocampus_001_0000.nii.gz", inputs / "c1_0000.nii.gz")
+    out = tmp_path / "out"
+    predict_folder(inputs, out, model_3d, folds=[0], tta=False)
+    with pytest.raises(InferenceError, match=r"another model or settings \(dataset 'Dataset999_Test' vs 'Dataset998_Other'\)"):
+        predict_folder(inputs, out, other, folds=[0], tta=False)
+    # A record from before the dataset was kept is compared without it.
+    info = json.loads((out / PREDICT_INFO).read_text())
+    del info["dataset_name"]
+    (out / PREDICT_INFO).write_text(json.dumps(info))
+    assert predict_folder(inputs, out, model_3d, folds=[0], tta=False, continue_=True).skipped == ["c1"]

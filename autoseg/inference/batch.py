@@ -355,7 +355,12 @@ def predict_folder(
 def _run_identity(info: dict[str, Any]) -> dict[str, Any]:
     """What makes two runs' label maps comparable: the model (by name: a zip unpacks to a new temporary
     folder each time) and the settings that change the labels."""
-    return {"model": Path(str(info.get("model_folder"))).name, **{k: info.get(k) for k in SAME_RUN_KEYS}}
+    identity = {"model": Path(str(info.get("model_folder"))).name, **{k: info.get(k) for k in SAME_RUN_KEYS}}
+    # The folder name is the same for every dataset's model of one network, plans and configuration: the
+    # dataset tells them apart. Records written before it was kept lack it and are compared without it.
+    if "dataset_name" in info:
+        identity["dataset"] = info["dataset_name"]
+    return identity
 
 
 def claim_output_folder(output: Path, info: dict[str, Any], outputs: Sequence[Path] = ()) -> None:

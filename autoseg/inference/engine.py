@@ -91,6 +91,7 @@ class LoadedModel:
         """What ``predict_info.json`` records about the model."""
         return {
             "model_folder": str(self.folder),
+            "dataset_name": self.plans.get("dataset_name"),
             "configuration": self.configuration_name,
             "plans_name": self.plans.get("plans_name"),
             "folds": self.folds,
