@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 import autoseg.training.model_setup as model_setup_module
-from autoseg.errors import PlanError
+from autoseg.errors import PlanError, TrainingError, UsageError
 from autoseg.training import train_fold
 from autoseg.networks.bf16_guard import bf16_step_survives
 from autoseg.training.watchdog import IterationWatchdog
+from autoseg.utils.duration import parse_duration
 
 from training_helpers import DATASET, TINY_TOPOLOGY, data_roots, results  # noqa: F401 - fixtures
 
@@ -103,4 +104,14 @@ def test_a_dataset_json_edited_after_planning_is_refused(data_roots: dict[str, P
             train_fold(DATASET, "3d_fullres", 0, epochs=1, device="cpu")
     finally:
         path.write_text(original)
+    assert not results.exists()
+
+
+@pytest.mark.parametrize("budget", ["nan", "inf", "-inf"])
+def test_a_budget_that_is_not_a_finite_time_is_refused_before_training(budget: str, results: Path) -> None:
+    """Was: --budget nan trained, crashed with an internal ValueError after its first checkpoint and left the half run."""
+    with pytest.raises(UsageError, match=rf"duration '{budget}' is not a finite time"):
+        parse_duration(budget)
+    with pytest.raises(TrainingError, match=r"--budget .*: must be a finite number of seconds > 0"):
+        train_fold(DATASET, "3d_fullres", 0, budget_seconds=float(budget), device="cpu")
     assert not results.exists()

@@ -129,8 +129,9 @@ def _check_options(epochs: int | None, budget_seconds: float | None, continue_: 
         raise TrainingError("give --epochs or --budget, not both")
     if epochs is not None and epochs < 1:
         raise TrainingError(f"--epochs {epochs}: must be at least 1")
-    if budget_seconds is not None and budget_seconds <= 0:
-        raise TrainingError(f"--budget {budget_seconds}: must be positive")
+    if budget_seconds is not None and not (math.isfinite(budget_seconds) and budget_seconds > 0):
+        # NaN passed a plain ``<= 0`` test and crashed mid-training, leaving a checkpointed half run
+        raise TrainingError(f"--budget {budget_seconds}: must be a finite number of seconds > 0, e.g. 30m or 1800")
     if pretrained is not None and continue_:
         raise TrainingError("--pretrained-weights starts a fold, --continue resumes one from its own checkpoint; drop one of them")
 

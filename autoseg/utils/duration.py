@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from autoseg.errors import UsageError
@@ -20,6 +21,8 @@ def parse_duration(text: str) -> float:
         if not parts or _PART.sub("", value).strip():
             raise UsageError(f"duration {text!r} not understood; write e.g. 30m, 2h, 1h30m, 90s or 1800") from None
         seconds = sum(float(n) * _SECONDS[u] for n, u in parts)
+    if not math.isfinite(seconds):  # float() reads 'nan' and 'inf', which no budget can be
+        raise UsageError(f"duration {text!r} is not a finite time; write e.g. 30m, 2h, 1h30m, 90s or 1800")
     if seconds <= 0:
         raise UsageError(f"duration {text!r} must be positive")
     return seconds
