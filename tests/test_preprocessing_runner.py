@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from preprocessing_helpers import make_configuration, make_plans
 
-from autoseg.dataset.imageio import read_image, write_image
+from autoseg.dataset.imageio import Geometry, read_image, write_image
 from autoseg.errors import PreprocessingError
 from autoseg.planning.plans import write_plans
 from autoseg.preprocessing import list_cases, load_case, preprocess_dataset, restore_label
@@ -157,17 +157,23 @@ def test_unreadable_case_is_named_while_the_others_complete(roots: dict[str, Pat
     assert info.value.report.outputs[0].failed[0].key == "hippocampus_006"
 
 
-def test_a_label_added_after_planning_with_undeclared_values_is_refused(roots: dict[str, Path], small_dataset: Path) -> None:
-    """A case added (or a label edited) after verify and plan, its mask saved as 0/255: stored and trained on
-    without a word; preprocessing reads every label and refuses it as verify does."""
+@pytest.mark.parametrize(("edit", "problem"), [
+    (lambda labels, geometry: (((labels > 0) * 255).astype(np.uint8), geometry),
+     "label values 255 are not declared in dataset.json labels (declared: 0, 1, 2)"),
+    (lambda labels, geometry: (labels, Geometry(geometry.spacing, (5.0, 0.0, 0.0), geometry.direction)),
+     "geometry differs from image hippocampus_006_0000.nii.gz: origin (5, 0, 0) vs"),
+], ids=["0_255_mask", "shifted_origin"])
+def test_a_label_edited_after_planning_is_checked_as_verify_does(
+    roots: dict[str, Path], small_dataset: Path, edit, problem: str
+) -> None:
+    """A case added (or a label edited) after verify and plan, its mask saved as 0/255 or off its image's
+    grid: stored and trained on without a word; preprocessing now refuses it as verify does."""
     _write_plans(roots)
     edited = small_dataset / "labelsTr" / "hippocampus_006.nii.gz"
-    labels, geometry = read_image(edited)
-    write_image(((labels > 0) * 255).astype(np.uint8), geometry, edited)
+    write_image(*edit(*read_image(edited)), edited)
     with pytest.raises(PreprocessingError) as info:
         preprocess_dataset(DATASET, ["3d_fullres"], num_workers=1)
-    assert f"hippocampus_006 (autosegPlans_3d_fullres): {edited}: label values 255 are not declared in dataset.json " \
-        "labels (declared: 0, 1, 2)" in str(info.value)
+    assert f"hippocampus_006 (autosegPlans_3d_fullres): {edited}: {problem}" in str(info.value)
     assert list_cases(roots["preprocessed"] / DATASET / IDENTIFIER) == ["hippocampus_001", "hippocampus_003", "hippocampus_004"]
 
 

@@ -20,7 +20,13 @@ from typing import Any, Sequence
 
 from autoseg.dataset.cases import Case, training_cases
 from autoseg.dataset.description import load_description
-from autoseg.dataset.imageio import TIFF_ENDINGS, detached_data_files, read_case_images, read_image
+from autoseg.dataset.imageio import (
+    TIFF_ENDINGS,
+    detached_data_files,
+    geometry_differences,
+    read_case_images,
+    read_image,
+)
 from autoseg.dataset.verify import label_value_problem
 from autoseg.errors import DatasetError, PreprocessingError
 from autoseg.paths import resolve_dataset
@@ -134,12 +140,15 @@ def preprocess_one(
 ) -> dict[str, Any]:
     """Read, preprocess and store one training case (runs in a worker process)."""
     data, geometry = read_case_images(images, len(plans["channel_names"]))
-    seg, _ = read_image(label)
+    seg, label_geometry = read_image(label)
     if seg.shape != data.shape[1:]:
         raise DatasetError(
             f"{label}: shape {seg.shape} differs from its image {images[0]} {data.shape[1:]}; "
             "run `autoseg verify` and fix the label"
         )
+    if differences := geometry_differences(label_geometry, geometry):  # a label saved off its image since plan
+        raise DatasetError(f"{label}: geometry differs from image {Path(images[0]).name}: {'; '.join(differences)}; "
+                           "save the label with the image's header (spacing, origin, direction)")
     # a case added or a label edited after verify and plan (a 0/255 mask) was stored and trained on
     problem = label_value_problem(label, seg, declared_label_values(plans))
     if problem:
