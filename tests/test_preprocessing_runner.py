@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -175,6 +176,27 @@ def test_a_label_edited_after_planning_is_checked_as_verify_does(
         preprocess_dataset(DATASET, ["3d_fullres"], num_workers=1)
     assert f"hippocampus_006 (autosegPlans_3d_fullres): {edited}: {problem}" in str(info.value)
     assert list_cases(roots["preprocessed"] / DATASET / IDENTIFIER) == ["hippocampus_001", "hippocampus_003", "hippocampus_004"]
+
+
+def test_an_image_with_nan_written_after_planning_is_refused(roots: dict[str, Path], small_dataset: Path) -> None:
+    """One NaN voxel (NRRD keeps it; ITK turns a NIfTI's into 0) made the z-score mean NaN and the whole stored
+    case NaN, trained on without a word; preprocessing refuses it as verify does."""
+    import SimpleITK as sitk
+
+    for path in sorted(small_dataset.rglob("*.nii.gz")):
+        image = sitk.ReadImage(str(path))
+        if path.name == "hippocampus_006_0000.nii.gz":
+            image = sitk.Cast(image, sitk.sitkFloat32)
+            image[3, 4, 5] = float("nan")
+        sitk.WriteImage(image, str(path).replace(".nii.gz", ".nrrd"))
+        path.unlink()
+    description = json.loads((small_dataset / "dataset.json").read_text())
+    (small_dataset / "dataset.json").write_text(json.dumps(description | {"file_ending": ".nrrd"}))
+    _write_plans(roots)
+    with pytest.raises(PreprocessingError) as info:
+        preprocess_dataset(DATASET, ["3d_fullres"], num_workers=1)
+    broken = small_dataset / "imagesTr" / "hippocampus_006_0000.nrrd"
+    assert f"hippocampus_006 (autosegPlans_3d_fullres): {broken}: 1 NaN and 0 Inf voxel(s); replace them" in str(info.value)
 
 
 def test_lowres_configuration_is_resampled(roots: dict[str, Path], small_dataset: Path) -> None:

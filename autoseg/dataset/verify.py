@@ -63,11 +63,8 @@ def check_case(case: Case, desc: DatasetDescription, keep_arrays: bool = False) 
             counts = nifti_nonfinite_counts(path) if not array.all() else None
             if counts is None:
                 counts = int(np.isnan(array).sum()), int(np.isinf(array).sum())
-            if counts[0] or counts[1]:
-                result.problems.append(
-                    f"{path}: {counts[0]} NaN and {counts[1]} Inf voxel(s); replace them (e.g. with the image "
-                    "minimum) before training"
-                )
+            if problem := nonfinite_problem(path, *counts):
+                result.problems.append(problem)
             overflow = float32_overflow_problem(path, array)
             if overflow:
                 result.problems.append(overflow)
@@ -136,6 +133,14 @@ def _rgb_range_problems(paths: list[Path], channels: list[np.ndarray], desc: Dat
                 problems.append(f"{path}: channel {index}: {problem}")
             index += 1
     return problems
+
+
+def nonfinite_problem(path: Path, nan: int, inf: int) -> str | None:
+    """The problem line of an image with ``nan`` NaN and ``inf`` Inf voxels (None without); shared with
+    preprocessing, which also reads images added or edited after verify."""
+    if not nan and not inf:
+        return None
+    return f"{path}: {nan} NaN and {inf} Inf voxel(s); replace them (e.g. with the image minimum) before training"
 
 
 def mask_255_hint(present: Iterable[Any], declared: Iterable[int]) -> str:
