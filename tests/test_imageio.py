@@ -327,6 +327,18 @@ def test_a_written_3d_tiff_carries_its_spacing_and_ignores_a_probability_sidecar
         assert np.array_equal(array, labels) and geometry.spacing == (2.5, 1.0, 0.5) and not geometry.is_2d
 
 
+@pytest.mark.parametrize("metadata", [{"spacing": 0.5, "unit": "um"}, {"spacing": [1.0, 0.5, 0.5]}])
+def test_a_2d_tiff_with_another_tools_spacing_metadata_stays_a_2d_image(tmp_path: Path, metadata: dict) -> None:
+    """tifffile's metadata={"spacing": 0.5, "unit": "um"} on a 2D microscopy image was taken for autoseg's
+    volume spacing: the image was refused ('spacing of c.tif must be [z, y, x]') or read as a volume."""
+    import tifffile
+
+    pixels = np.arange(32 * 40, dtype=np.uint16).reshape(32, 40)
+    tifffile.imwrite(tmp_path / "c.tif", pixels, metadata=metadata)
+    array, geometry = read_image(tmp_path / "c.tif")
+    assert np.array_equal(array[0], pixels) and geometry.is_2d and geometry.spacing == (999.0, 1.0, 1.0)
+
+
 def test_colour_label_map_is_refused_with_the_fix(tmp_path: Path) -> None:
     path = _png(tmp_path / "mask.png", _colour_pixels(3))
     with pytest.raises(DatasetError) as info:

@@ -359,7 +359,10 @@ def _volume_spacing_source(path: Path) -> tuple[str, Any] | None:
 
 
 def _written_spacing(path: Path) -> Any:
-    """The spacing autoseg wrote into a TIFF's description (tifffile's shaped metadata), None without."""
+    """The spacing autoseg wrote into a TIFF's description (tifffile's shaped metadata) with a 3D array,
+    None without. Other tools write a "spacing" there too (tifffile's ``metadata={"spacing": 0.5, "unit":
+    "um"}`` of a 2D image): without a 3D shape beside it, it does not make a 2D image a volume (was refused
+    as 'spacing of x.tif must be [z, y, x]')."""
     import tifffile
 
     try:
@@ -367,7 +370,9 @@ def _written_spacing(path: Path) -> Any:
             metadata = tiff.shaped_metadata
     except Exception:  # noqa: BLE001 - the reader itself reports unreadable files
         return None
-    return metadata[0].get("spacing") if metadata else None
+    if not metadata or not isinstance(metadata[0].get("shape"), list) or len(metadata[0]["shape"]) != 3:
+        return None
+    return metadata[0].get("spacing")
 
 
 def _sidecar_spacing(path: Path) -> tuple[Path, Any] | None:
