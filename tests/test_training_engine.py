@@ -171,6 +171,18 @@ def test_training_checkpoint_round_trip(tmp_path: Path) -> None:
         restore_training_checkpoint(tmp_path / "c.safetensors", fresh, step, "unet", "2d", "adam", torch.device("cpu"))
 
 
+def test_a_checkpoint_of_another_topology_names_the_tensor_and_the_fix(tmp_path: Path) -> None:
+    """Was: only torch's header line 'Error(s) in loading state_dict for Conv3d:', without the tensor or a fix."""
+    setup, state = _setup(), TrainingState(total_iterations=9, iteration=4, epoch=2)
+    write_checkpoint(tmp_path / "c.safetensors", training_checkpoint(setup, {"grad_scaler": None}, state, {"network": "unet", "configuration": "2d", "optimizer": "sgd"}))
+    network = torch.nn.Conv3d(1, 4, 3)  # the plan's features changed since the fold was trained
+    other = ModelSetup(network, network, build_optimizer(network.parameters(), SGD), torch.contiguous_format, None, {}, {})
+    with pytest.raises(TrainingError, match=r"does not fit this network \(size mismatch for weight: copying a param with shape "
+                                            r"torch.Size\(\[2, 1, 3, 3, 3\]\) from checkpoint, .*\[4, 1, 3, 3, 3\]\)\): the plan's "
+                                            r"network .* changed since the fold was trained; .* or delete the fold folder"):
+        restore_training_checkpoint(tmp_path / "c.safetensors", other, _Step(), "unet", "2d", "sgd", torch.device("cpu"))
+
+
 # ----------------------------------------------------------------------------------- budget, timing
 
 

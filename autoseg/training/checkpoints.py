@@ -105,7 +105,9 @@ def restore_training_checkpoint(path: Path, setup: ModelSetup, step: Any, networ
         setup.network.load_state_dict(checkpoint["network_weights"])
     except (RuntimeError, ValueError, KeyError) as exc:
         raise TrainingError(
-            f"{path}: does not fit this network (changed plan or network options?): {str(exc).splitlines()[0]}"
+            f"{path}: does not fit this network ({_first_mismatch(exc)}): the plan's network or the network "
+            "options changed since the fold was trained; continue with the plan and --set network_options the fold "
+            "was trained with (its model folder's plans.json and training_config.yaml), or delete the fold folder to start over"
         ) from exc
     try:
         setup.optimizer.load_state_dict(checkpoint["optimizer_state"])
@@ -118,3 +120,12 @@ def restore_training_checkpoint(path: Path, setup: ModelSetup, step: Any, networ
     step.load_state_dict({"grad_scaler": checkpoint.get("grad_scaler_state"), **checkpoint.get("extra_state", {})})
     restore_rng_state(checkpoint["rng_state"])
     return TrainingState.from_dict(checkpoint["trainer_state"])
+
+
+def _first_mismatch(exc: Exception) -> str:
+    """The first tensor ``load_state_dict`` names: its message starts with a bare header line
+    ('Error(s) in loading state_dict for UNet:'), which alone says nothing about what differs."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return (lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0]).rstrip(".")
