@@ -215,6 +215,14 @@ def _file_ending_of_no_file(d: Path) -> str:
     return f"{d / 'dataset.json'}: file_ending is '.nii' but every image in imagesTr ends in '.nii.gz'; set file_ending to '.nii.gz'"
 
 
+def _no_cases(d: Path) -> str:
+    """Empty imagesTr and labelsTr: 'no problems found' with exit 0 (fingerprint then refused the dataset),
+    or with numTraining set, the advice 'set numTraining to 0'."""
+    for path in [*(d / "imagesTr").iterdir(), *(d / "labelsTr").iterdir()]:
+        path.unlink()
+    return f"{d}: no training cases found; put images in imagesTr/<case>_0000.nii.gz and labels in labelsTr/<case>.nii.gz"
+
+
 def _non_consecutive_labels(d: Path) -> str:
     description = json.loads((d / "dataset.json").read_text())
     description["labels"] = {"background": 0, "Anterior": 1, "Posterior": 3}
@@ -227,7 +235,7 @@ BREAKAGES = {f.__name__[1:]: f for f in [
     _num_training, _label_spacing, _label_origin, _label_size, _mask_0_255, _undeclared_label,
     _fractional_label, _nan_image, _four_d, _truncated, _case_clash, _bad_json, _missing_key,
     _non_consecutive_labels, _label_shifted_far_from_zero, _near_integer_label, _beyond_float32_image,
-    _file_ending_of_no_file,
+    _file_ending_of_no_file, _no_cases,
 ]}
 
 

@@ -206,7 +206,11 @@ def dataset_level_problems(location: DatasetLocation, desc: DatasetDescription) 
         return [], list(scan.problems)  # no file can be read: counting or naming them says nothing more
     problems = list(scan.problems)
     n_found = scan.num_declared_cases
-    if desc.num_training != n_found:
+    if n_found == 0:
+        if not problems:  # verify said 'no problems found' and exited 0; fingerprint then refused the dataset
+            problems.append(f"{location.raw_dir}: no training cases found; put images in imagesTr/<case>_0000"
+                            f"{desc.file_ending} and labels in labelsTr/<case>{desc.file_ending}")
+    elif desc.num_training != n_found:
         problems.append(
             f"{location.raw_dir / 'dataset.json'}: numTraining is {desc.num_training} but {n_found} training "
             f"case(s) were found in imagesTr/labelsTr; set numTraining to {n_found}"
