@@ -139,3 +139,19 @@ def test_upper_case_endings_are_written(name: str, tmp_path: Path) -> None:
     write_image(array, Geometry.default(array.shape), tmp_path / name)
     assert np.array_equal(read_image(tmp_path / name)[0], array)
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+@pytest.mark.parametrize("ending", [".nii.gz", ".npz", ".json", ".nrrd"])
+def test_a_long_dotted_name_is_written(ending: str, tmp_path: Path) -> None:
+    """A DICOM UID as case id (``1.2.840.113619....nii.gz``, 150 characters): the temporary repeated every dot
+    part as its suffix, so its name passed the file system's 255 bytes and the write failed ("File name too
+    long") though the result's name is legal. The suffix is the format's ending only."""
+    name = "1.2.840.113619.2.55.3." * 6 + "604688119" + ending
+    with atomic_path(tmp_path / name) as tmp:
+        assert tmp.name.endswith(f".tmp{ending}") and len(tmp.name) < 255
+        tmp.write_bytes(b"x")
+    array = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    if ending in (".nii.gz", ".nrrd"):
+        write_image(array, Geometry.default(array.shape), tmp_path / name)
+        assert np.array_equal(read_image(tmp_path / name)[0], array)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]

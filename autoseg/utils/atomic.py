@@ -50,6 +50,15 @@ def _create_temporary(target: Path, suffix: str, folder: bool = False) -> Path:
     raise FileExistsError(f"{target.parent}: no free temporary name after {TEMP_ATTEMPTS} attempts")
 
 
+def format_suffix(name: str) -> str:
+    """The ending a writer picks the format by, in lower case: the last suffix, with the one before it when
+    the last is ``.gz`` (``.nii.gz``). Not every dot part: a dotted name (a DICOM UID as case id) repeated
+    itself in its temporary's suffix, past the file system's 255 bytes."""
+    suffixes = Path(name).suffixes
+    keep = 2 if len(suffixes) > 1 and suffixes[-1].lower() == ".gz" else 1
+    return "".join(suffixes[-keep:]).lower()
+
+
 def staging_folder(target: str | os.PathLike[str]) -> Path:
     """A new hidden folder beside ``target`` in which to build it before renaming it into place; a killed
     run's staging folder is removed by the next ``remove_stale_temporaries`` of that parent folder."""
@@ -69,7 +78,7 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None, durable
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _create_temporary(target, suffix if suffix is not None else "".join(target.suffixes).lower())
+    tmp = _create_temporary(target, suffix if suffix is not None else format_suffix(target.name))
     try:
         yield tmp
         if durable:
