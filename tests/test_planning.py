@@ -390,6 +390,24 @@ def test_load_plans_errors(tmp_path):
         get_configuration(plan(MRI_SMALL, configs=["3d_fullres"]), "2d")
 
 
+@pytest.mark.parametrize("key, value, problem", [
+    ("spacing", [-1.0, 1.0, 1.0], r"configuration spacing \[-1.0, 1.0, 1.0\] is not a list of 3 positive numbers \(mm; configuration '3d_fullres'\)"),
+    ("spacing", [0, 1.0, 1.0], r"configuration spacing \[0, 1.0, 1.0\] is not a list of 3 positive numbers"),
+    ("patch_size", [41, 56, 40], r"configuration '3d_fullres': patch_size \[41, 56, 40\] is not a multiple of \[8, 8, 8\], which network 'unet' needs"),
+    ("patch_size", [0, 56, 40], r"configuration patch_size \[0, 56, 40\] is not a list of 3 positive numbers \(whole voxels"),
+    ("batch_size", 0, r"configuration '3d_fullres': batch_size 0 is not a positive integer"),
+])
+def test_hand_edited_spacing_or_patch_is_refused_naming_file_and_key(tmp_path, key, value, problem):
+    """A negative spacing was preprocessed into one-slice cases, and a patch the strides do not divide
+    crashed training inside the network (reported as a bf16 fault, then an internal error)."""
+    plans = plan(MRI_SMALL, configs=["3d_fullres"])
+    plans["configurations"]["3d_fullres"][key] = value
+    bad = tmp_path / "edited.json"
+    bad.write_text(json.dumps(plans))
+    with pytest.raises(PlanError, match=rf"edited.json: {problem}.*re-run `autoseg plan`"):
+        load_plans(bad)
+
+
 def test_plan_table_lists_every_configuration():
     table = format_plan_table(plan(MRI_SMALL))
     lines = table.splitlines()

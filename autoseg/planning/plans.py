@@ -8,13 +8,15 @@ because preprocessed data and trained models of the old plan depend on it.
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
 
 from autoseg.dataset.description import DatasetDescription
 from autoseg.utils.jsonio import read_json
-from autoseg.errors import PlanError
+from autoseg.errors import NetworkError, PlanError
+from autoseg.networks.topology import Topology
 from autoseg.planning import constants as C
 from autoseg.utils.atomic import atomic_write_json, folder_lock
 
@@ -68,10 +70,45 @@ def validate_plans(plans: Any, source: str) -> dict[str, Any]:
         dims = config["spatial_dims"]
         if dims not in (2, 3) or len(config["patch_size"]) != dims:
             raise PlanError(f"{source}: configuration {name!r} has patch_size {config['patch_size']} for {dims}-D; {fix}")
+        _check_grid(config, source, name, fix)
         for link in ("previous_stage", "next_stage"):
             if config[link] is not None and config[link] not in configurations:
                 raise PlanError(f"{source}: configuration {name!r} names {link} {config[link]!r}, which is not planned; {fix}")
     return plans
+
+
+def _positive(value: Any, integer: bool) -> bool:
+    """A positive finite number (an integer if asked); JSON's true/false do not count."""
+    kinds = (int,) if integer else (int, float)
+    return isinstance(value, kinds) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def _check_grid(config: dict[str, Any], source: str, name: str, fix: str) -> None:
+    """The values a hand-edited plan breaks silently: a spacing of 0 or below (preprocessing stored every case as
+    one slice), a patch the network's strides and windows do not divide (training crashed inside the network)."""
+    dims = config["spatial_dims"]
+    for key, integer in (("spacing", False), ("patch_size", True)):
+        values = config[key]
+        if not isinstance(values, list) or len(values) not in (dims, 3) or not all(_positive(v, integer) for v in values):
+            raise PlanError(f"{source}: configuration {key} {values!r} is not a list of {dims} positive numbers "
+                            f"({'whole voxels' if integer else 'mm'}; configuration {name!r}); {fix}")
+    where, patch = f"{source}: configuration {name!r}", config["patch_size"]
+    if not _positive(config["batch_size"], True):
+        raise PlanError(f"{where}: batch_size {config['batch_size']!r} is not a positive integer; {fix}")
+    network = config["network"]
+    if not isinstance(network, dict) or not network.get("topology"):
+        return  # no topology to check the patch against: building the network names that (preprocessing needs none)
+    try:
+        topology = Topology.from_dict(network["topology"])
+    except NetworkError as exc:
+        raise PlanError(f"{where}: network {exc}; {fix}") from None
+    multiple = topology.size_multiple
+    if topology.spatial_dims != dims or any(p % m for p, m in zip(patch, multiple)):
+        raise PlanError(
+            f"{where}: patch_size {patch} is not a multiple of {multiple}, which network "
+            f"{network.get('name')!r} needs (its strides{' and attention windows' if topology.window_sizes else ''}); "
+            f"use a multiple of it or {fix}"
+        )
 
 
 def load_plans(path: str | Path) -> dict[str, Any]:
