@@ -132,6 +132,22 @@ def test_an_ending_itk_reads_in_no_such_case_is_named_with_the_fix(tmp_path: Pat
     assert read_image(tmp_path / "b.NII.GZ")[0].shape == (2, 3, 4)
 
 
+@pytest.mark.parametrize("ending", [".nii.gz", ".tif"])
+def test_complex_images_are_refused(tmp_path: Path, ending: str) -> None:
+    """A complex MR export lost its imaginary part with a mere warning (as an image) or failed with an internal
+    TypeError (as a label, in verify)."""
+    import tifffile
+
+    values = (np.arange(4 * 5 * 6).reshape(4, 5, 6) * (1 + 1j)).astype(np.complex64)
+    path = tmp_path / f"c{ending}"
+    if ending == ".tif":
+        tifffile.imwrite(path, values[0])
+    else:
+        sitk.WriteImage(sitk.GetImageFromArray(values), str(path))
+    with pytest.raises(DatasetError, match=r"c\.(nii\.gz|tif): holds complex values \(complex64\), autoseg reads real ones"):
+        read_case_images([path], 1)
+
+
 def test_4d_and_vector_images_rejected(tmp_path: Path) -> None:
     sitk.WriteImage(sitk.Image([3, 3, 3, 2], sitk.sitkFloat32), str(tmp_path / "four.nii.gz"))
     with pytest.raises(DatasetError, match=r"four\.nii\.gz: is 4D"):

@@ -252,6 +252,14 @@ def _nifti_is_truncated(path: Path, ending: str) -> bool:
     return not decompressor.eof
 
 
+def _refuse_complex(path: Path, array: np.ndarray) -> None:
+    """Complex values are refused: every stage computes in float32, where the imaginary part was dropped with
+    a mere warning (an image) or ended in an internal TypeError (a label)."""
+    if array.dtype.kind == "c":
+        raise DatasetError(f"{path}: holds complex values ({array.dtype}), autoseg reads real ones; save the "
+                           "magnitude (or the real and imaginary parts as two channels _0000, _0001)")
+
+
 def _first_line(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     # SimpleITK's messages start with a source location; the useful part is the last line.
@@ -275,6 +283,7 @@ def _from_sitk(image: sitk.Image, path: Path) -> tuple[np.ndarray, Geometry]:
         array = sitk.GetArrayFromImage(image)
     except RuntimeError as exc:
         raise DatasetError(f"{path}: pixel data cannot be read (truncated file?): {_first_line(exc)}") from None
+    _refuse_complex(path, array)
     spacing = tuple(float(s) for s in reversed(image.GetSpacing()))
     if dim == 2:
         array = array[None]
@@ -306,6 +315,7 @@ def _read_natural_2d_pixels(path: Path) -> np.ndarray:
             array = np.asarray(skio.imread(str(path)))
     except Exception as exc:  # noqa: BLE001 - any decoder error means an unreadable file
         raise DatasetError(f"{path}: cannot be read as an image: {_first_line(exc)}") from None
+    _refuse_complex(path, array)
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in COLOUR_KINDS):
@@ -408,6 +418,7 @@ def _read_tiff_volume(path: Path, where: str, written: Any) -> tuple[np.ndarray,
         array = np.asarray(tifffile.imread(path))
     except Exception as exc:  # noqa: BLE001 - any decoder error means an unreadable file
         raise DatasetError(f"{path}: cannot be read as a TIFF volume: {_first_line(exc)}") from None
+    _refuse_complex(path, array)
     if array.ndim != 3:
         raise DatasetError(f"{path}: a 3D TIFF must hold grey pages (pages, y, x); it has shape {array.shape}. "
                            "Save each colour as its own channel file")
