@@ -109,6 +109,19 @@ def test_pretrained_loading_keeps_heads_fresh_and_refuses_other_topologies(tmp_p
         load_pretrained(target, path, "resenc")
 
 
+def test_pretrained_weights_of_another_channel_count_are_refused_as_such(tmp_path: Path) -> None:
+    """Was: 'plan this dataset with --transfer-plans-from', which keeps the target's channels: no way out."""
+    path = tmp_path / CHECKPOINT
+    from autoseg.utils.checkpoint_format import CHECKPOINT_FORMAT_VERSION
+    from autoseg.utils.weights_file import save_weights
+
+    metadata = {"network": "unet", "format_version": CHECKPOINT_FORMAT_VERSION}
+    save_weights(path, {"network_weights": create_network("unet", TINY_TOPOLOGY, 1, 3).state_dict(), "metadata": metadata})
+    with pytest.raises(TrainingError, match=r"the pretrained model takes 1 input channel\(s\), this network 2 \(the dataset's "
+                                            r"channel_names\); pretrained weights need the same input channels"):
+        load_pretrained(create_network("unet", TINY_TOPOLOGY, 2, 3), path, "unet")
+
+
 def test_cli_refuses_pretrained_weights_with_continue(roots: dict[str, Path], tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["train", "4", "3d_fullres", "0", "--continue", "--pretrained-weights", str(tmp_path)])
     assert result.exit_code == 2

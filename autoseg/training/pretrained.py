@@ -5,8 +5,9 @@ on any other shape difference, after the user has copied the source plans by han
 a checkpoint file, a model folder (its first fold's final checkpoint) or a model zip from
 ``export-model`` (its first fold); every tensor whose name and shape match is loaded, the output heads
 (tensors that differ only in their number of output channels, as when the classes differ) are
-reported by name and keep their fresh initialisation, and any other shape difference (another topology,
-another channel count) is refused with the fix: plan the target with ``--transfer-plans-from``.
+reported by name and keep their fresh initialisation, another number of input channels is refused as
+such, and any other shape difference (another topology) is refused with the fix: plan the target with
+``--transfer-plans-from``.
 """
 
 from __future__ import annotations
@@ -86,6 +87,19 @@ def _is_head(target: torch.Size, source: torch.Size) -> bool:
     return len(target) == len(source) and target[1:] == source[1:] and target[0] != source[0]
 
 
+def _input_channels(state: dict[str, torch.Tensor], weights: dict[str, torch.Tensor]) -> tuple[int, int] | None:
+    """``(source, target)`` input channels when the network's first weight (its stem convolution) differs
+    from the source's only there: another channel count, which ``--transfer-plans-from`` (the fix for
+    other shape differences) cannot change, so that advice would send the user in a circle."""
+    name = next((key for key, tensor in state.items() if tensor.ndim >= 3), None)
+    if name is None or name not in weights:
+        return None
+    source, target = weights[name].shape, state[name].shape
+    if len(source) == len(target) and source[1] != target[1] and source[0] == target[0] and source[2:] == target[2:]:
+        return int(source[1]), int(target[1])
+    return None
+
+
 def load_pretrained(
     network: nn.Module, source: str | Path, network_name: str, log: Callable[[str], None] = print
 ) -> PretrainedReport:
@@ -109,6 +123,13 @@ def load_pretrained(
         else:
             incompatible.append(f"{name} {tuple(weights[name].shape)} vs {tuple(tensor.shape)}")
     report.unused = [name for name in weights if name not in state]
+    channels = _input_channels(state, weights)
+    if channels is not None:
+        raise TrainingError(
+            f"{where}: the pretrained model takes {channels[0]} input channel(s), this network {channels[1]} (the "
+            "dataset's channel_names); pretrained weights need the same input channels in the same order: fine-tune "
+            "from a model trained on this dataset's channels, or train without --pretrained-weights"
+        )
     if incompatible or not report.loaded:
         problem = f"{len(incompatible)} tensor(s) have other shapes ({'; '.join(incompatible[:3])})" if incompatible else "no tensor matches"
         raise TrainingError(
