@@ -113,6 +113,15 @@ def _label_origin(d: Path) -> str:
     return f"{label(d, PLAIN_CASE)}: geometry differs from image {PLAIN_CASE}_0000.nii.gz: origin (5, 0, 0) vs"
 
 
+def _one_slice_3d_label_of_a_2d_image(d: Path) -> str:
+    """A 2D slice saved beside its label sliced as a one-slice volume: reported as three puzzling mismatches
+    ('spacing (1, 1, 1) vs (999, 1, 1); direction ...; origin ...')."""
+    sitk.WriteImage(sitk.ReadImage(str(image(d, PLAIN_CASE)))[:, :, 10], str(image(d, PLAIN_CASE)))
+    sitk.WriteImage(sitk.ReadImage(str(label(d, PLAIN_CASE)))[:, :, 10:11], str(label(d, PLAIN_CASE)))
+    return (f"{label(d, PLAIN_CASE)}: geometry differs from image {PLAIN_CASE}_0000.nii.gz: 3D vs 2D (no slice axis): "
+            "save both as 2D or both as 3D")
+
+
 def _both_at(origin: tuple[float, float, float], d: Path) -> None:
     """Image and label of the plain case moved to ``origin`` (a CT table position, say)."""
     for path in (image(d, PLAIN_CASE), label(d, PLAIN_CASE)):
@@ -235,7 +244,7 @@ BREAKAGES = {f.__name__[1:]: f for f in [
     _num_training, _label_spacing, _label_origin, _label_size, _mask_0_255, _undeclared_label,
     _fractional_label, _nan_image, _four_d, _truncated, _case_clash, _bad_json, _missing_key,
     _non_consecutive_labels, _label_shifted_far_from_zero, _near_integer_label, _beyond_float32_image,
-    _file_ending_of_no_file, _no_cases,
+    _file_ending_of_no_file, _no_cases, _one_slice_3d_label_of_a_2d_image,
 ]}
 
 

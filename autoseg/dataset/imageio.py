@@ -100,6 +100,10 @@ ORIGIN_TOLERANCE_VOXELS = 0.1
 
 def geometry_differences(a: Geometry, b: Geometry) -> list[str]:
     """Human-readable differences between two geometries ('' list when they agree within tolerance)."""
+    if a.is_2d != b.is_2d:
+        # a 2D file beside a one-slice 3D file: their spacing, direction and origin all differ in length, which
+        # read as three puzzling mismatches ('spacing (1, 1, 1) vs (999, 1, 1); direction ...; origin ...')
+        return [f"{_dimensionality(a)} vs {_dimensionality(b)}: save both as 2D or both as 3D"]
     problems = []
     for field in ("spacing", "direction"):
         va, vb = getattr(a, field), getattr(b, field)
@@ -110,6 +114,10 @@ def geometry_differences(a: Geometry, b: Geometry) -> list[str]:
         problems.append(f"origin {_fmt(a.origin, 8)} vs {_fmt(b.origin, 8)} (they may differ by {origin_tolerance:.3g} mm, "
                         f"{ORIGIN_TOLERANCE_VOXELS:g} of a voxel)")
     return problems
+
+
+def _dimensionality(geometry: Geometry) -> str:
+    return "2D (no slice axis)" if geometry.is_2d else "3D"
 
 
 def _fmt(values: Sequence[float], digits: int = 4) -> str:
