@@ -243,6 +243,21 @@ def test_wrong_channel_count_and_dimensionality(model_3d: Path) -> None:
         predict_array(model, data[:, :1], flat)
 
 
+
+@pytest.mark.parametrize("spacing, origin, direction", [
+    ((1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0)),  # a 2D image's spacing without the slice axis
+    ((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1.0, 0.0, 0.0, 1.0)),  # a 3D origin with a 2D direction
+])
+def test_a_geometry_that_does_not_fit_the_array_is_named(model_3d: Path, spacing: tuple, origin: tuple,
+                                                          direction: tuple) -> None:
+    """A hand-made ``Geometry`` for ``predict_array`` raised IndexError from deep in preprocessing."""
+    model = load_model(model_3d, folds=[0])
+    data, _ = hippocampus_case()
+    with pytest.raises(InferenceError, match=r"geometry: spacing .* for an array of 3 spatial axes; give 3 spacings in array "
+                                              r"order \(z, y, x; 999 on the slice axis of a 2D image\)"):
+        predict_array(model, data, Geometry(spacing, origin, direction))
+
+
 # --- predict_folder --------------------------------------------------------------------------------
 
 ROTATED = (0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0)

@@ -59,6 +59,7 @@ def check_input(model: LoadedModel, data: np.ndarray, geometry: Geometry) -> Non
     """Raise ``InferenceError`` for data the model cannot take (channel count, dimensionality)."""
     if data.ndim != 4:
         raise InferenceError(f"input has shape {data.shape}; expected (channels, z, y, x)")
+    _check_geometry_axes(data.ndim - 1, geometry)
     expected = model.num_image_channels
     if data.shape[0] != expected:
         raise InferenceError(
@@ -73,6 +74,20 @@ def check_input(model: LoadedModel, data: np.ndarray, geometry: Geometry) -> Non
     if not np.all(np.isfinite(data)):
         raise InferenceError("input holds NaN or infinite values; fix the image (e.g. replace NaN by the background value)")
     _check_grid(model, data.shape[1:], geometry)
+
+
+def _check_geometry_axes(spatial_axes: int, geometry: Geometry) -> None:
+    """Refuse a geometry whose axes do not fit the array (a hand-made one given to ``predict_array``), which
+    failed with an IndexError deep in preprocessing or was written with a mismatched header."""
+    spacing_ok = len(geometry.spacing) == spatial_axes
+    header_ok = len(geometry.origin) in (2, 3) and len(geometry.direction) == len(geometry.origin) ** 2
+    if not (spacing_ok and header_ok):
+        raise InferenceError(
+            f"geometry: spacing {tuple(geometry.spacing)}, origin {tuple(geometry.origin)} and direction of "
+            f"{len(geometry.direction)} values for an array of {spatial_axes} spatial axes; give {spatial_axes} "
+            "spacings in array order (z, y, x; 999 on the slice axis of a 2D image) and an ITK origin and direction "
+            "of 2 or 3 axes (4 or 9 values), as read_case_images returns them"
+        )
 
 
 def _check_grid(model: LoadedModel, shape: Sequence[int], geometry: Geometry) -> None:
