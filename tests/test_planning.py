@@ -408,6 +408,16 @@ def test_hand_edited_spacing_or_patch_is_refused_naming_file_and_key(tmp_path, k
         load_plans(bad)
 
 
+def test_transfer_from_plans_naming_an_unknown_network_is_refused_naming_the_source(tmp_path):
+    """A source plan naming network 'unetx' was transferred as is; training then said only "unknown network"."""
+    from autoseg.planning.transfer import transfer_plans
+
+    source = plan(MRI_SMALL, configs=["3d_fullres"])
+    source["configurations"]["3d_fullres"]["network"]["name"] = "unetx"
+    with pytest.raises(PlanError, match=r"source.json: configuration '3d_fullres': unknown network 'unetx'; choose one of: .*unet"):
+        transfer_plans(plan(MRI_SMALL, configs=["3d_fullres"]), source, "source.json")
+
+
 def test_plan_table_lists_every_configuration():
     table = format_plan_table(plan(MRI_SMALL))
     lines = table.splitlines()

@@ -16,7 +16,8 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from autoseg.errors import PlanError
+from autoseg.errors import NetworkError, PlanError
+from autoseg.networks import get_network_spec
 from autoseg.planning import accounting as A
 from autoseg.planning import compute_budget as T
 from autoseg.planning import constants as C
@@ -51,6 +52,7 @@ def transfer_plans(target: dict[str, Any], source: dict[str, Any], source_name: 
         config, donor = plans["configurations"][name], source["configurations"][name]
         if donor["spatial_dims"] != config["spatial_dims"]:
             raise PlanError(f"{source_name}: configuration {name!r} is {donor['spatial_dims']}-D in the source, {config['spatial_dims']}-D here; transfer between datasets of the same dimensionality")
+        _check_family(donor, name, source_name)
         config.update({key: copy.deepcopy(donor[key]) for key in TRANSFERRED_KEYS if key in donor})
         budget, seconds = (plans.get("budget") or {}).get("seconds"), config["predicted_seconds_per_iteration"]
         parts = config.get("predicted_seconds")
@@ -70,6 +72,16 @@ def transfer_plans(target: dict[str, Any], source: dict[str, Any], source_name: 
         "configurations": sorted(plans["configurations"]), "keys": list(TRANSFERRED_KEYS),
     }
     return plans
+
+
+def _check_family(donor: dict[str, Any], name: str, source_name: str) -> None:
+    """The source's network must be a registered family: an unknown name was copied into the target's plans
+    unchecked and only training refused it, without naming the file it came from."""
+    network = donor["network"].get("name") if isinstance(donor["network"], dict) else None
+    try:
+        get_network_spec(network)  # type: ignore[arg-type]
+    except NetworkError as exc:
+        raise PlanError(f"{source_name}: configuration {name!r}: {exc}; transfer from a plans file autoseg wrote") from None
 
 
 def _replan_training(plans: dict[str, Any], configurations: dict[str, dict[str, Any]], target: dict[str, Any]) -> None:
