@@ -55,6 +55,21 @@ def test_a_detached_header_is_written_with_its_data_file_under_its_final_name(tm
     np.testing.assert_allclose(geometry.origin, GEOMETRY.origin, rtol=1e-6)
 
 
+@pytest.mark.parametrize(("header", "line", "expected"), [
+    ("c.mhd", "ElementDataFile = c.zraw", ["c.zraw"]), ("c.mhd", "ElementDataFile = LOCAL", []),
+    ("c.nhdr", "data file: ./c.raw.gz", ["c.raw.gz"]), ("c.nhdr", "datafile: c.raw", ["c.raw"]),
+    ("c.nhdr", "data file: sub/c.raw", []), ("c.nii", "ElementDataFile = c.raw", []),
+])
+def test_a_detached_headers_data_files_are_the_ones_beside_it_that_it_names(
+    tmp_path: Path, header: str, line: str, expected: list[str]
+) -> None:
+    """3D Slicer writes 'data file: ./c.raw.gz', which verify reported as a file with the wrong ending."""
+    from autoseg.dataset.imageio import detached_data_files
+
+    (tmp_path / header).write_text(f"NDims = 3\n{line}\n")
+    assert detached_data_files(tmp_path / header) == expected
+
+
 @pytest.mark.parametrize("ending", [".png", ".tif"])
 def test_natural_2d_images_read_as_one_slice(tmp_path: Path, ending: str) -> None:
     array = np.arange(30, dtype=np.uint8).reshape(1, 5, 6)

@@ -656,8 +656,8 @@ def detached_data_files(header: Path) -> list[str]:
     for line in text.splitlines():
         key, sep, value = line.partition("=" if ending == ".mhd" else ":")
         value = value.strip()
-        if sep and key.strip().lower() in keys and value.upper() not in ("", "LOCAL", "LIST") and value == Path(value).name:
-            names.append(value)
+        if sep and key.strip().lower() in keys and value.upper() not in ("", "LOCAL", "LIST") and Path(value).parent == Path("."):
+            names.append(Path(value).name)  # "c0.raw" or "./c0.raw" (3D Slicer): beside the header
     return names
 
 
