@@ -39,3 +39,16 @@ def test_report_refuses_a_folder_before_writing_its_figures(tmp_path: Path, monk
     with pytest.raises(EvaluationError, match=MESSAGE):
         build_report("Dataset004_Hippocampus", _folder(tmp_path))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["outdir"]
+
+
+def test_an_output_folder_below_a_file_is_refused_naming_the_file(tmp_path: Path) -> None:
+    """``-o notes.txt/predictions``: the mkdir failed as an internal error (NotADirectoryError)."""
+    from autoseg.errors import InferenceError
+    from autoseg.inference.batch import predict_folder
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(InferenceError, match=r"notes\.txt: exists and is not a folder; give a folder \(new or existing\) "
+                                             r"for the outputs"):
+        predict_folder(tmp_path / "in", tmp_path / "notes.txt" / "predictions" / "run1", tmp_path / "model")
+    assert (tmp_path / "notes.txt").read_text() == "mine"

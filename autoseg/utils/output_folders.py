@@ -15,14 +15,16 @@ from typing import Sequence
 def check_output_folder(
     output: Path, error: type[Exception], inputs: Sequence[Path] = (), reads_subfolders: bool = False
 ) -> None:
-    """Raise ``error`` if ``output`` is an existing file or one of the ``inputs`` folders, or, when the
+    """Raise ``error`` if ``output`` is (or lies below) an existing file or is one of the ``inputs`` folders, or, when the
     command reads an input folder's subfolders too (predict: DICOM series), lies inside one.
 
     ``inputs`` are what the command reads: folders, or single files (then only their own folder is
     refused as the output).
     """
-    if output.exists() and not output.is_dir():
-        raise error(f"{output}: exists and is not a folder; give a folder (new or existing) for the outputs")
+    # The output or a folder it would be made in: ``-o notes.txt/run1`` failed in mkdir as an internal error.
+    for path in (output, *output.parents):
+        if path.exists() and not path.is_dir():
+            raise error(f"{path}: exists and is not a folder; give a folder (new or existing) for the outputs")
     target = output.resolve()
     for given in inputs:
         folder = (given if given.is_dir() else given.parent).resolve()
