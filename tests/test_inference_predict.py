@@ -463,6 +463,20 @@ def test_single_file_input_and_input_errors(model_3d: Path, tmp_path: Path) -> N
         predict_folder(tmp_path / "out", tmp_path / "out", model_3d)
 
 
+
+def test_one_dicom_file_as_input_points_at_its_series_folder(model_3d: Path, tmp_path: Path) -> None:
+    """``-i series/14.dcm`` was refused as an unsupported file type, with no word that DICOM is read by folder."""
+    dicom_file = sorted(DICOM_SERIES.iterdir())[0]
+    shutil.copy(dicom_file, tmp_path / "IM0001")  # DICOM files often have no extension
+    for given in (dicom_file, tmp_path / "IM0001"):
+        with pytest.raises(InferenceError, match=rf"{given.name}: a DICOM file; give the folder of its series "
+                                                 rf"\(-i {given.parent}\), which is read as one image"):
+            predict_folder(given, tmp_path / "out", model_3d)
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(InferenceError, match=r"notes\.txt: unsupported file type; use one of \.nii\.gz"):
+        predict_folder(tmp_path / "notes.txt", tmp_path / "out", model_3d)
+
+
 def test_overwrite_input_gives_the_same_prediction_and_only_then_changes_the_input(model_3d: Path) -> None:
     model = load_model(model_3d, folds=[0])
     data, geometry = hippocampus_case()

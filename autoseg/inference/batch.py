@@ -113,6 +113,10 @@ def discover_cases(input_path: str | Path) -> list[InputCase]:
     if path.is_file():
         ending = image_ending(path)
         if not ending:
+            if sitk.ImageFileReader().GetImageIOFromFileName(str(path)) == "GDCMImageIO":
+                # One slice of a series: DICOM is read by folder (_is_dicom_folder).
+                raise InferenceError(f"{path}: a DICOM file; give the folder of its series (-i {path.parent}), which "
+                                     "is read as one image")
             raise InferenceError(f"{path}: unsupported file type; use one of {', '.join(SUPPORTED_ENDINGS)}")
         stem = path.name[: -len(ending)]
         match = CHANNEL_SUFFIX.match(stem)
