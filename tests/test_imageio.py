@@ -120,6 +120,19 @@ def test_truncated_file_is_reported_with_its_name(tmp_path: Path, ending: str) -
         read_image(path)
 
 
+def test_an_uncompressed_nifti_named_nii_gz_is_read_as_itk_reads_it(tmp_path: Path) -> None:
+    """A .nii renamed to .nii.gz to match file_ending: ITK and nnU-Net read it, autoseg refused it as
+    'file is truncated' (its gzip check failed on plain bytes)."""
+    array = (np.arange(4 * 5 * 6).reshape(4, 5, 6) % 200).astype(np.float32)
+    write_image(array, GEOMETRY, tmp_path / "img.nii")
+    (tmp_path / "img.nii").rename(tmp_path / "img.nii.gz")
+    back, _ = read_image(tmp_path / "img.nii.gz")
+    np.testing.assert_array_equal(back, array)
+    from autoseg.dataset.imageio import nifti_nonfinite_counts
+
+    assert nifti_nonfinite_counts(tmp_path / "img.nii.gz") == (0, 0)
+
+
 def test_not_an_image_is_reported(tmp_path: Path) -> None:
     path = tmp_path / "x_0000.nii.gz"
     path.write_bytes(gzip.compress(b"hello"))

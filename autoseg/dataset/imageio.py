@@ -157,7 +157,7 @@ def read_image(path: str | Path) -> tuple[np.ndarray, Geometry]:
             ) from None
         raise DatasetError(f"{path}: cannot be read (truncated or corrupt file?): {_first_line(exc)}") from None
     try:
-        truncated = ending in (".nii", ".nii.gz") and _nifti_is_truncated(path, ending)
+        truncated = ending in (".nii", ".nii.gz") and _nifti_is_truncated(path)
     except ValueError as exc:
         raise DatasetError(f"{path}: invalid NIfTI header ({exc}); export the image again") from None
     if truncated:
@@ -209,7 +209,7 @@ def nifti_nonfinite_counts(path: str | Path) -> tuple[int, int] | None:
     ending = image_ending(path)
     if ending not in (".nii", ".nii.gz"):
         return None
-    opener = gzip.open if ending == ".nii.gz" else open
+    opener = gzip.open if _is_gzip(path) else open
     with opener(path, "rb") as f:
         raw = f.read()
     for order in "<>":
@@ -232,11 +232,18 @@ def nifti_nonfinite_counts(path: str | Path) -> tuple[int, int] | None:
     return nan, int(np.isinf(voxels).sum())
 
 
-def _nifti_is_truncated(path: Path, ending: str) -> bool:
+def _is_gzip(path: Path) -> bool:
+    """Whether the file starts with gzip's magic bytes: ITK (and so nnU-Net) reads an uncompressed NIfTI named
+    .nii.gz (renamed by hand to match file_ending) as it is, which was refused as 'truncated'."""
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x1f\x8b"
+
+
+def _nifti_is_truncated(path: Path) -> bool:
     import gzip
     import zlib
 
-    if ending == ".nii":
+    if not _is_gzip(path):  # .nii, or an uncompressed one named .nii.gz
         with open(path, "rb") as f:
             expected = _nifti_expected_size(f.read(540))
         return expected is not None and path.stat().st_size < expected
