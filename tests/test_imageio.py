@@ -133,6 +133,15 @@ def test_an_uncompressed_nifti_named_nii_gz_is_read_as_itk_reads_it(tmp_path: Pa
     assert nifti_nonfinite_counts(tmp_path / "img.nii.gz") == (0, 0)
 
 
+def test_a_compressed_nifti_named_nii_is_named_with_the_fix(tmp_path: Path) -> None:
+    """ITK cannot read it ('Unable to determine ImageIO reader'), reported as 'truncated or corrupt file?'."""
+    write_image(np.zeros((2, 3, 4), np.uint8), GEOMETRY, tmp_path / "img.nii.gz")
+    (tmp_path / "img.nii.gz").rename(tmp_path / "img.nii")
+    with pytest.raises(DatasetError, match=r"img\.nii: is gzip-compressed but named \.nii, which ITK cannot read; "
+                       r"rename it to img\.nii\.gz"):
+        read_image(tmp_path / "img.nii")
+
+
 def test_not_an_image_is_reported(tmp_path: Path) -> None:
     path = tmp_path / "x_0000.nii.gz"
     path.write_bytes(gzip.compress(b"hello"))

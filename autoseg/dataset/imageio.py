@@ -155,6 +155,9 @@ def read_image(path: str | Path) -> tuple[np.ndarray, Geometry]:
                 f"{path}: ITK, the image reader, does not read the ending '{spelled}' in this case; rename the files "
                 f"to end in '{ending}' (and set dataset.json's file_ending to '{ending}')"
             ) from None
+        if ending == ".nii" and _is_gzip(path):  # ITK picks its reader by the name alone
+            raise DatasetError(f"{path}: is gzip-compressed but named .nii, which ITK cannot read; rename it to "
+                               f"{path.name}.gz (and set dataset.json's file_ending to '.nii.gz')") from None
         raise DatasetError(f"{path}: cannot be read (truncated or corrupt file?): {_first_line(exc)}") from None
     try:
         truncated = ending in (".nii", ".nii.gz") and _nifti_is_truncated(path)
