@@ -292,6 +292,19 @@ def test_a_validation_behind_its_deadline_predicts_the_rest_unmirrored(results: 
     assert written["mirrored_cases"] == 1 and written["num_cases"] == len(cases)
 
 
+def test_an_extended_fold_validated_without_probabilities_drops_the_older_models(results: Path) -> None:
+    """Was: --continue --epochs rewrote the label maps and kept the first run's --save-probabilities files,
+    which find-best and ensemble would then average as this fold's though they came from another model."""
+    overrides = ["iterations_per_epoch=2", "val_iterations_per_epoch=1"]
+    first = train_fold(DATASET, "3d_fullres", 0, epochs=1, workers=0, overrides=overrides, save_probabilities=True)
+    validation = Path(first["model_folder"]) / "fold_0" / "validation"
+    cases = [row["case_id"] for row in first["validation"]["metric_per_case"]]
+    assert sorted(p.name for p in validation.glob("*.npz")) == sorted(f"{c}.npz" for c in cases)
+    train_fold(DATASET, "3d_fullres", 0, epochs=2, workers=0, overrides=overrides, continue_=True)
+    assert not list(validation.glob("*.npz")) and not [p for p in validation.glob("*.json") if p.name != "summary.json"]
+    assert all((validation / f"{c}.nii.gz").is_file() for c in cases)
+
+
 def test_the_budget_probe_ends_early_when_its_iterations_are_slow(monkeypatch) -> None:
     now = [0.0]
     monkeypatch.setattr("autoseg.training.monitor.time.monotonic", lambda: now[0])

@@ -29,6 +29,7 @@ from autoseg.planning.accounting import tiles_per_case
 from autoseg.preprocessing.store import load_case, load_properties
 from autoseg.training.cascade import NEXT_STAGE_FOLDER
 from autoseg.utils.atomic import atomic_path
+from autoseg.utils.probability_files import probability_paths
 
 VALIDATION_FOLDER = "validation"
 GT_FOLDER = "gt_segmentations"
@@ -99,6 +100,8 @@ def validate_fold(
         geometry = Geometry.from_dict(properties["geometry"])
         if prediction.probabilities is not None:
             write_probabilities(prediction, geometry, model, case_id, output)
+        else:
+            _remove_stale_probabilities(output, case_id)
         write_image(prediction.labels, geometry, output / f"{case_id}{ending}")
         if next_stage is not None:
             with atomic_path(next_stage / f"{case_id}{ending}") as tmp:
@@ -107,3 +110,11 @@ def validate_fold(
     mirrored = 0 if not tta else len(case_ids) if pace.dropped_at is None else pace.dropped_at
     return evaluate_folders(output, gt_folder, description, output_dir=output, case_ids=list(case_ids), num_workers=1,
                             extra={"mirrored_cases": mirrored})
+
+
+def _remove_stale_probabilities(output: Path, case_id: str) -> None:
+    """Delete a case's probabilities that an earlier validation of the fold saved (``--save-probabilities``)
+    when this one saves none: after ``--continue --epochs`` they belong to an older model and disagree with
+    the new label map, yet ``find-best`` and ``ensemble`` would average them as this fold's."""
+    for path in probability_paths(output, case_id):
+        path.unlink(missing_ok=True)
