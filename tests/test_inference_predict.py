@@ -138,6 +138,21 @@ def test_missing_fold_checkpoint_and_folder_errors(model_3d: Path) -> None:
         load_model(model_3d)
 
 
+def test_a_dataset_json_whose_channels_are_not_the_networks_is_refused(model_3d: Path) -> None:
+    """A model folder whose dataset.json (and plans) name two channels for a one-channel network loaded, and
+    every case then failed with torch's 'expected input ... to have 1 channels, but got 2'."""
+    for name in ("dataset.json", "plans.json"):
+        data = json.loads((model_3d / name).read_text())
+        data["channel_names"] = {"0": "MRI", "1": "T2"}
+        if name == "plans.json":
+            for config in data["configurations"].values():
+                config["normalization"] = config["normalization"] * 2
+        (model_3d / name).write_text(json.dumps(data))
+    with pytest.raises(InferenceError, match=r"fold_0/checkpoint_final\.safetensors: the network takes 1 input "
+                                              r"channel\(s\) but .*dataset\.json gives 2 \(0000: MRI, 0001: T2\)"):
+        load_model(model_3d)
+
+
 def test_pickled_legacy_checkpoint_is_refused(model_3d: Path) -> None:
     """A checkpoint_final.pt of autoseg before safetensors is read with weights_only=True: no pickled code."""
     path = model_3d / "fold_0" / "checkpoint_final.safetensors"

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from autoseg.utils.device import choose_device
-from autoseg.dataset.description import parse_description
+from autoseg.dataset.description import DatasetDescription, channel_list, parse_description
 from autoseg.errors import InferenceError
 from autoseg.inference.engine import LoadedModel, canonical_folds
 from autoseg.networks import create_network
@@ -95,6 +95,23 @@ def _configuration_from_folder(folder: Path) -> str:
     return check_model_folder_name(folder.name, str(folder), InferenceError, "point -m at one")[2]
 
 
+def _check_inputs_match_channels(
+    metadata: dict[str, Any], description: DatasetDescription, cascade: bool, path: Path, dataset_json: Path
+) -> None:
+    """The network's input channels must be the model's dataset.json channels (and, for a cascade stage, one
+    per foreground label, as training built it): an edited dataset.json loaded, and every case then failed
+    with torch's channel mismatch."""
+    expected = description.num_channels + (len(description.foreground_labels) if cascade else 0)
+    taken = int(metadata.get("in_channels", expected))
+    if taken != expected:
+        cascade_note = f" + {len(description.foreground_labels)} cascade label channel(s)" if cascade else ""
+        raise InferenceError(
+            f"{path}: the network takes {taken} input channel(s) but {dataset_json} gives {description.num_channels} "
+            f"({channel_list(description.channel_names)}){cascade_note}; that dataset.json is not the one the model "
+            "was trained with: restore it"
+        )
+
+
 def load_model(
     folder: str | Path,
     folds: Sequence[int | str] | str | None = None,
@@ -129,6 +146,8 @@ def load_model(
         loaded = _load_checkpoint(path, torch_device)
         check_outputs_match_labels(loaded["metadata"], description.num_output_channels, str(path),
                                    str(folder / "dataset.json"), InferenceError)
+        _check_inputs_match_channels(loaded["metadata"], description, bool(configuration.get("previous_stage")), path,
+                                     folder / "dataset.json")
         networks.append(build_network(loaded, path, torch_device))
         metas.append(loaded["metadata"])
     meta = metas[0]
