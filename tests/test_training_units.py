@@ -138,6 +138,27 @@ def test_hand_edited_split_with_odd_case_lists_is_refused(tmp_path: Path, fold: 
         fold_cases(tmp_path, CASES, 0)
 
 
+def test_a_fold_written_with_a_leading_zero_trains_into_its_fold_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Was: `autoseg train D C 03` trained into fold_03, where predict -f 3, find-best and report never look."""
+    import autoseg.training.run as run_module
+
+    seen: list[str] = []
+
+    def stop(dataset, configuration, fold, *args, **kwargs):
+        seen.append(fold)
+        raise TrainingError("stop")
+
+    monkeypatch.setattr(run_module, "resolve_fold_run", stop)
+    for fold in ("03", "+3", 3, "all"):
+        with pytest.raises(TrainingError, match="stop"):
+            run_module.train_fold("Dataset001", "3d_fullres", fold)
+    assert seen == ["3", "3", "3", "all"]
+    (tmp_path / SPLITS_FILE).write_text(json.dumps([{"train": ["c00", "c01"], "val": ["c02"]}]))
+    assert fold_cases(tmp_path, CASES, "00") == (["c00", "c01"], ["c02"])
+    with pytest.raises(TrainingError, match=r"fold 'x' is not a number or 'all'"):
+        fold_cases(tmp_path, CASES, "x")
+
+
 def test_fold_all_trains_on_everything(tmp_path: Path) -> None:
     assert fold_cases(tmp_path, CASES, "all") == (CASES, CASES)
     assert not (tmp_path / SPLITS_FILE).exists()

@@ -33,7 +33,7 @@ from autoseg.training.math_threads import applied, choose_math_threads
 from autoseg.training.model_setup import amp_dtype, check_network_builds
 from autoseg.training.plan_device import check_plan_device
 from autoseg.training.pretrained import load_pretrained
-from autoseg.training.splits import FOLD_ALL, fold_cases
+from autoseg.training.splits import FOLD_ALL, canonical_fold, fold_cases
 from autoseg.training.trainer import Trainer, describe_best, network_request
 from autoseg.training.validation import GT_FOLDER, VALIDATION_FOLDER, validate_fold
 from autoseg.utils.atomic import atomic_path, atomic_write_json, atomic_write_text, remove_stale_temporaries
@@ -99,7 +99,7 @@ def train_fold(
     start = time.monotonic()
     _check_options(epochs, budget_seconds, continue_, pretrained_weights)
     run = resolve_fold_run(
-        dataset_spec, configuration, str(fold), network, plans_name, overrides, device, seed=seed,
+        dataset_spec, configuration, canonical_fold(fold), network, plans_name, overrides, device, seed=seed,
         deterministic=deterministic, num_workers=workers, epochs=epochs, budget_seconds=budget_seconds,
         resume=continue_, start_time=start,
     )

@@ -89,20 +89,32 @@ def read_splits(path: Path) -> list[dict[str, list[str]]]:
     return splits
 
 
+def canonical_fold(fold: int | str) -> str:
+    """``all`` or the fold's number as written in ``fold_<k>`` folders: ``03`` or ``+3`` is fold ``3``.
+
+    The fold names the model's ``fold_<k>`` folder, where prediction (``-f 3``), find-best and the
+    report look for it; ``03`` trained into ``fold_03``, which none of them found.
+    """
+    text = str(fold).strip()
+    if text == FOLD_ALL:
+        return FOLD_ALL
+    try:
+        return str(int(text))
+    except ValueError:
+        raise TrainingError(f"fold {fold!r} is not a number or '{FOLD_ALL}'") from None
+
+
 def fold_cases(
     folder: Path, case_ids: Sequence[str], fold: int | str
 ) -> tuple[list[str], list[str]]:
     """``(train, val)`` case ids of ``fold`` (0.. or ``all``), checked against the available cases."""
     available = set(case_ids)
-    if str(fold) == FOLD_ALL:
+    if canonical_fold(fold) == FOLD_ALL:
         everything = sorted(available)
         return everything, everything
+    index = int(canonical_fold(fold))
     splits = load_or_create_splits(folder, case_ids)
     path = Path(folder) / SPLITS_FILE
-    try:
-        index = int(fold)
-    except ValueError:
-        raise TrainingError(f"fold {fold!r} is not a number or '{FOLD_ALL}'") from None
     if not 0 <= index < len(splits):
         raise TrainingError(f"fold {index} does not exist: {path} holds folds 0-{len(splits) - 1} (or use '{FOLD_ALL}')")
     train, val = list(splits[index]["train"]), list(splits[index]["val"])
