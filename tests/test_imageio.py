@@ -279,6 +279,21 @@ def test_a_tiffs_extra_sample_is_alpha_only_when_its_tag_says_so(
             read_case_images([path], samples - 1)
 
 
+@pytest.mark.parametrize(("samples", "planar"), [(2, "contig"), (3, "contig"), (3, "separate"), (4, "separate")])
+def test_a_small_tiffs_samples_are_read_by_its_planar_configuration(tmp_path: Path, samples: int, planar: str) -> None:
+    """scikit-image guessed the samples' axis from the shape: 4 x 5 pixels of 2 samples came back as 5 x 2 of 4."""
+    import tifffile
+
+    pixels = _colour_pixels(samples)  # 4 x 5 pixels
+    path = tmp_path / "c_0000.tif"
+    stored = pixels if planar == "contig" else np.moveaxis(pixels, -1, 0)
+    tifffile.imwrite(path, stored, photometric="rgb" if samples >= 3 else "minisblack", planarconfig=planar,
+                     extrasamples=[0] * (samples - 3 if samples >= 3 else samples - 1))
+    channels, _, _ = read_image_channels(path)
+    assert channels.shape == (samples, 1, 4, 5)
+    np.testing.assert_array_equal(channels[:, 0], np.moveaxis(pixels, -1, 0))
+
+
 def test_grey_files_of_one_case_join_in_channel_order(tmp_path: Path) -> None:
     """nnU-Net's layout also allows R, G, B as three grey files _0000, _0001, _0002."""
     pixels = _colour_pixels(3)

@@ -329,6 +329,8 @@ def _read_natural_2d_pixels(path: Path) -> np.ndarray:
 
             with Image.open(path) as image:
                 array = np.asarray(image)
+        elif path.suffix.lower() in TIFF_ENDINGS:
+            array = _read_tiff_page(path)
         else:
             array = np.asarray(skio.imread(str(path)))
     except Exception as exc:  # noqa: BLE001 - any decoder error means an unreadable file
@@ -338,6 +340,20 @@ def _read_natural_2d_pixels(path: Path) -> np.ndarray:
         array = array[..., 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in COLOUR_KINDS):
         raise DatasetError(f"{path}: has shape {array.shape}; expected a grey, RGB or RGBA 2D image")
+    return array
+
+
+def _read_tiff_page(path: Path) -> np.ndarray:
+    """A one-page TIFF as (y, x) or (y, x, samples), by its planar configuration: scikit-image guesses the
+    samples' axis from the shape and took a small image's rows for the samples (4x5 pixels of 2 samples
+    came back as 5x2 of 4)."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tiff:
+        page = tiff.pages[0]
+        array = np.asarray(page.asarray())
+        if array.ndim == 3 and page.planarconfig == tifffile.PLANARCONFIG.SEPARATE:
+            array = np.moveaxis(array, 0, -1)
     return array
 
 
