@@ -115,3 +115,11 @@ def test_a_budget_that_is_not_a_finite_time_is_refused_before_training(budget: s
     with pytest.raises(TrainingError, match=r"--budget .*: must be a finite number of seconds > 0"):
         train_fold(DATASET, "3d_fullres", 0, budget_seconds=float(budget), device="cpu")
     assert not results.exists()
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32])
+def test_a_seed_numpy_cannot_take_is_refused_before_training(seed: int, results: Path) -> None:
+    """Was: an internal ValueError from np.random.seed ('Seed must be between 0 and 2**32 - 1')."""
+    with pytest.raises(TrainingError, match=rf"--seed {seed}: must be a whole number from 0 to 4294967295"):
+        train_fold(DATASET, "3d_fullres", 0, epochs=1, seed=seed, device="cpu")
+    assert not results.exists()

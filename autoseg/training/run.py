@@ -43,6 +43,7 @@ from autoseg.utils.device import device_memory_bytes
 
 DEFAULT_PLANS_NAME = "autosegPlans"
 CONFIG_FILE = "training_config.yaml"
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding (np.random.seed) takes no larger seed
 ACCOUNTING_FILE = "time_accounting.json"
 
 
@@ -98,6 +99,7 @@ def train_fold(
     """
     start = time.monotonic()
     _check_options(epochs, budget_seconds, continue_, pretrained_weights)
+    _check_seed(seed)
     run = resolve_fold_run(
         dataset_spec, configuration, canonical_fold(fold), network, plans_name, overrides, device, seed=seed,
         deterministic=deterministic, num_workers=workers, epochs=epochs, budget_seconds=budget_seconds,
@@ -134,6 +136,12 @@ def _check_options(epochs: int | None, budget_seconds: float | None, continue_: 
         raise TrainingError(f"--budget {budget_seconds}: must be a finite number of seconds > 0, e.g. 30m or 1800")
     if pretrained is not None and continue_:
         raise TrainingError("--pretrained-weights starts a fold, --continue resumes one from its own checkpoint; drop one of them")
+
+
+def _check_seed(seed: int) -> None:
+    """numpy's global seed takes 0 to 2**32 - 1; another --seed crashed with an internal ValueError."""
+    if not 0 <= seed <= MAX_SEED:
+        raise TrainingError(f"--seed {seed}: must be a whole number from 0 to {MAX_SEED} (2**32 - 1)")
 
 
 def resolve_fold_run(dataset_spec: str, configuration: str, fold: str, network: str | None, plans_name: str,
