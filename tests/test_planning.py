@@ -396,10 +396,17 @@ def test_load_plans_errors(tmp_path):
     ("patch_size", [41, 56, 40], r"configuration '3d_fullres': patch_size \[41, 56, 40\] is not a multiple of \[8, 8, 8\], which network 'unet' needs"),
     ("patch_size", [0, 56, 40], r"configuration patch_size \[0, 56, 40\] is not a list of 3 positive numbers \(whole voxels"),
     ("batch_size", 0, r"configuration '3d_fullres': batch_size 0 is not a positive integer"),
+    ("normalization", [{"scheme": "zcore"}], r"configuration '3d_fullres': normalization\[0\] scheme 'zcore' is not one of ct, zscore"),
+    ("normalization", [{"scheme": "ct", "clip": [-100.0, 200.0], "mean": 10.0, "std": None}],
+     r"configuration '3d_fullres': normalization\[0\] \(ct\) needs clip \[low, high\] with low <= high, a finite mean and std >= 0, got .* std None"),
+    ("normalization", [], r"configuration '3d_fullres': normalization must list one entry per channel \(1\)"),
+    ("resampling", {"image_order": 7, "label_order": 1, "order_z": 0, "separate_z_anisotropy_threshold": 3.0},
+     r"configuration '3d_fullres': resampling .* needs image_order, label_order and order_z in 0..5"),
 ])
 def test_hand_edited_spacing_or_patch_is_refused_naming_file_and_key(tmp_path, key, value, problem):
-    """A negative spacing was preprocessed into one-slice cases, and a patch the strides do not divide
-    crashed training inside the network (reported as a bf16 fault, then an internal error)."""
+    """A negative spacing was preprocessed into one-slice cases, a patch the strides do not divide
+    crashed training inside the network (reported as a bf16 fault, then an internal error), and a
+    misspelt normalization failed every case on its own without naming the plans file."""
     plans = plan(MRI_SMALL, configs=["3d_fullres"])
     plans["configurations"]["3d_fullres"][key] = value
     bad = tmp_path / "edited.json"
@@ -416,6 +423,13 @@ def test_transfer_from_plans_naming_an_unknown_network_is_refused_naming_the_sou
     source["configurations"]["3d_fullres"]["network"]["name"] = "unetx"
     with pytest.raises(PlanError, match=r"source.json: configuration '3d_fullres': unknown network 'unetx'; choose one of: .*unet"):
         transfer_plans(plan(MRI_SMALL, configs=["3d_fullres"]), source, "source.json")
+
+
+def test_a_3d_only_family_on_a_2d_dataset_says_so():
+    """Was: "configuration(s) (none) cannot be planned for this 2D dataset ...; possible: none"."""
+    with pytest.raises(PlanError, match=r"network 'nnformer' builds 3D networks only and this dataset is 2D: nothing can "
+                       r"be planned; choose a family with 2D in `autoseg networks`"):
+        plan(DATA_2D, network="nnformer")
 
 
 def test_plan_table_lists_every_configuration():

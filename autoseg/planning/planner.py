@@ -889,6 +889,10 @@ def _wanted_configurations(configs: str | Sequence[str] | None, is_2d: bool, fam
         ctx.notes.append(f"{CONFIG_2D}: skipped, network {ctx.network!r} is 3D only")
     if 3 not in family_dims:
         possible -= {CONFIG_FULLRES, CONFIG_LOWRES, CONFIG_CASCADE}
+    if not possible:  # the family lacks the dataset's dimensionality: no -c choice can help
+        dims = "2D" if is_2d else "3D"
+        raise PlanError(f"network {ctx.network!r} builds {'/'.join(f'{d}D' for d in family_dims)} networks only and this "
+                        f"dataset is {dims}: nothing can be planned; choose a family with {dims} in `autoseg networks`")
     wanted = set(configs) if configs is not None else possible
     impossible = sorted(wanted - possible)
     if impossible or not wanted:

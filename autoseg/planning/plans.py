@@ -71,16 +71,22 @@ def validate_plans(plans: Any, source: str) -> dict[str, Any]:
         if dims not in (2, 3) or len(config["patch_size"]) != dims:
             raise PlanError(f"{source}: configuration {name!r} has patch_size {config['patch_size']} for {dims}-D; {fix}")
         _check_grid(config, source, name, fix)
+        _check_preprocessing(config, len(plans["channel_names"]), f"{source}: configuration {name!r}", fix)
         for link in ("previous_stage", "next_stage"):
             if config[link] is not None and config[link] not in configurations:
                 raise PlanError(f"{source}: configuration {name!r} names {link} {config[link]!r}, which is not planned; {fix}")
     return plans
 
 
-def _positive(value: Any, integer: bool) -> bool:
-    """A positive finite number (an integer if asked); JSON's true/false do not count."""
+def _finite(value: Any, integer: bool = False) -> bool:
+    """A finite number (an integer if asked); JSON's true/false do not count."""
     kinds = (int,) if integer else (int, float)
-    return isinstance(value, kinds) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    return isinstance(value, kinds) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive(value: Any, integer: bool) -> bool:
+    """A positive finite number (an integer if asked)."""
+    return _finite(value, integer) and value > 0
 
 
 def _check_grid(config: dict[str, Any], source: str, name: str, fix: str) -> None:
@@ -109,6 +115,31 @@ def _check_grid(config: dict[str, Any], source: str, name: str, fix: str) -> Non
             f"{network.get('name')!r} needs (its strides{' and attention windows' if topology.window_sizes else ''}); "
             f"use a multiple of it or {fix}"
         )
+
+
+def _check_preprocessing(config: dict[str, Any], n_channels: int, where: str, fix: str) -> None:
+    """Normalization and resampling as ``preprocessing`` reads them: a misspelt scheme or a CT entry without
+    its statistics failed every case separately, with no word of the plans file."""
+    from autoseg.preprocessing.normalization import SCHEMES  # numpy only; the package loads lazily
+
+    schemes = config["normalization"]
+    if not isinstance(schemes, list) or len(schemes) != n_channels:
+        raise PlanError(f"{where}: normalization must list one entry per channel ({n_channels}); {fix}")
+    for c, entry in enumerate(schemes):
+        scheme = entry.get("scheme") if isinstance(entry, dict) else None
+        if scheme not in SCHEMES:
+            raise PlanError(f"{where}: normalization[{c}] scheme {scheme!r} is not one of {', '.join(SCHEMES)}; {fix}")
+        clip = entry.get("clip")
+        if scheme == "ct" and not (isinstance(clip, list) and len(clip) == 2 and all(_finite(v) for v in clip)
+                                   and clip[0] <= clip[1] and _finite(entry.get("mean")) and _finite(entry.get("std")) and entry["std"] >= 0):
+            raise PlanError(f"{where}: normalization[{c}] (ct) needs clip [low, high] with low <= high, a finite mean "
+                            f"and std >= 0, got clip {clip!r}, mean {entry.get('mean')!r}, std {entry.get('std')!r}; {fix}")
+    resampling = config["resampling"]
+    orders = [resampling.get(k) if isinstance(resampling, dict) else None for k in ("image_order", "label_order", "order_z")]
+    threshold = resampling.get("separate_z_anisotropy_threshold") if isinstance(resampling, dict) else None
+    if not all(_finite(o, integer=True) and 0 <= o <= 5 for o in orders) or not _positive(threshold, False):
+        raise PlanError(f"{where}: resampling {resampling!r} needs image_order, label_order and order_z in 0..5 and a "
+                        f"positive separate_z_anisotropy_threshold; {fix}")
 
 
 def load_plans(path: str | Path) -> dict[str, Any]:
