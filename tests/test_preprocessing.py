@@ -24,7 +24,13 @@ from autoseg.preprocessing import (
 )
 from autoseg.preprocessing import resampling
 from autoseg.preprocessing.normalization import normalize
-from autoseg.preprocessing.resampling import ResamplingScheme, resample_array, resample_label, resampling_work
+from autoseg.preprocessing.resampling import (
+    ResamplingScheme,
+    resample_array,
+    resample_block,
+    resample_label,
+    resampling_work,
+)
 from autoseg.preprocessing.store import chunk_shapes
 
 ZSCORE = {"scheme": "zscore", "use_mask": False, "clip": None, "mean": None, "std": None}
@@ -111,6 +117,26 @@ def test_image_resampling_matches_scipy_cubic_spline() -> None:
         np.testing.assert_allclose(out, expected, atol=1e-5)
 
 
+def test_nearest_neighbour_resampling_is_scipys_and_the_same_slab_by_slab() -> None:
+    """Order 0 picks input voxel floor(c + 0.5) for c = (o + 0.5) * in / out - 0.5, as scipy does, with a tie
+    at a half voxel going up whatever block the output is cut into: in floating point a tie fell either way
+    depending on where a block began, so slab-by-slab export and whole-volume resampling differed by
+    whole slices."""
+    x = np.random.default_rng(0).random((6, 3, 4)).astype(np.float32)
+    scheme = ResamplingScheme(1, 0, 0)  # only axis 0 changes: one order-0 pass
+    whole = resample_array(x, (5, 3, 4), scheme)
+    # by hand: c = 0.1, 1.3, 2.5 (a tie: up to 3), 3.7, 4.9
+    np.testing.assert_array_equal(whole, x[[0, 1, 3, 4, 5]])
+    expected = ndimage.affine_transform(np.arange(37.0), [37 / 23], offset=0.5 * 37 / 23 - 0.5, output_shape=(23,),
+                                        order=0, mode="nearest")
+    np.testing.assert_array_equal(resample_array(np.arange(37.0, dtype=np.float32), (23,), ResamplingScheme(0, 0, None)),
+                                  expected)
+    for cut in (1, 2, 3):
+        parts = [resample_block(x[lo:], [lo, 0, 0], x.shape, [slice(o0, o1), slice(0, 3), slice(0, 4)], (5, 3, 4), scheme, 1)
+                 for lo, o0, o1 in ((0, 0, cut), (max(0, cut - 1), cut, 5))]
+        np.testing.assert_array_equal(np.concatenate(parts), whole)
+
+
 @pytest.mark.parametrize(("shape", "out", "scheme", "expected"), [
     # 3D cubic: the padded input prefiltered along 3 axes, 4^3 taps per output voxel
     ((10, 20, 30), (5, 10, 15), ResamplingScheme(3, 0, None), (34 * 44 * 54 * 3, 5 * 10 * 15 * 64)),
@@ -134,13 +160,19 @@ def test_resampling_work_is_what_resample_array_computes(scheme, out, monkeypatc
     """The planner's time model counts the calls resample_array really makes (every spline call
     recorded: prefiltered padded voxels x axes, output voxels x (order + 1)^axes)."""
     calls = []
-    original = resampling._affine
+    original, original_nearest = resampling._affine, resampling._take_nearest
 
     def recording(x, matrix, offset, shape, order):
         calls.append((x.shape, tuple(shape), order))
         return original(x, matrix, offset, shape, order)
 
+    def recording_nearest(x, *args):
+        out = original_nearest(x, *args)
+        calls.append((x.shape, out.shape, 0))
+        return out
+
     monkeypatch.setattr(resampling, "_affine", recording)
+    monkeypatch.setattr(resampling, "_take_nearest", recording_nearest)
     x = np.random.default_rng(0).random((12, 30, 26)).astype(np.float32)
     resample_array(x, out, scheme)
     prefilter = sum(math.prod(s + 2 * resampling.SPLINE_PAD for s in shape) * len(shape)

@@ -79,16 +79,40 @@ def _affine(x: np.ndarray, matrix: Sequence[float], offset: Sequence[float], sha
     )
 
 
+def _nearest_indices(n_in: int, n_out: int, out_start: int, out_len: int, in_start: int, block_len: int) -> np.ndarray:
+    """Block index of each output voxel's nearest input voxel along one axis, in exact integers:
+    ``floor(c + 0.5)`` of ``c = (o + 0.5) * n_in / n_out - 0.5`` is ``(2o + 1) * n_in // (2 n_out)`` (a tie
+    at a half voxel goes up, as scipy's order 0). In floating point a tie fell either way depending on
+    where the block started, so predict's slab-by-slab export and a whole-volume resampling picked
+    different slices."""
+    o = np.arange(out_start, out_start + out_len, dtype=np.int64)
+    full = np.minimum((2 * o + 1) * n_in // (2 * n_out), n_in - 1)
+    return np.clip(full - in_start, 0, block_len - 1)  # mode 'nearest' on the block, as scipy's
+
+
+def _take_nearest(
+    x: np.ndarray, axes: Sequence[int], in_start: Sequence[int], out_start: Sequence[int], out_len: Sequence[int],
+    grid: tuple[Shape, Shape],
+) -> np.ndarray:
+    """Order 0 along ``axes``: each output voxel takes its nearest input voxel (``_nearest_indices``); float32."""
+    for a in axes:
+        x = np.take(x, _nearest_indices(grid[0][a], grid[1][a], out_start[a], out_len[a], in_start[a], x.shape[a]), axis=a)
+    return x.astype(np.float32, copy=False)
+
+
 def _pass(
     x: np.ndarray, axes: Sequence[int], order: int, scale: Sequence[float], in_start: Sequence[int],
-    out_start: Sequence[int], out_len: Sequence[int],
+    out_start: Sequence[int], out_len: Sequence[int], grid: tuple[Shape, Shape] | None = None,
 ) -> np.ndarray:
     """Resample ``x`` along ``axes`` only; ``x`` is a block starting at ``in_start`` of the full input grid.
 
     Output voxel ``out_start + j`` (full output grid) samples full-input coordinate
     ``(out_start + j + 0.5) * scale - 0.5``. With one axis left out of a 3D pass, slices along it are
-    resampled one by one in 2D (cheaper than a 3D kernel that is the identity on that axis).
+    resampled one by one in 2D (cheaper than a 3D kernel that is the identity on that axis). Order 0
+    with ``grid`` (the full input and output shapes) picks its voxels in integers (``_nearest_indices``).
     """
+    if order == 0 and grid is not None:
+        return _take_nearest(x, axes, in_start, out_start, out_len, grid)
     matrix = [scale[a] if a in axes else 1.0 for a in range(x.ndim)]
     offset = [(out_start[a] + 0.5) * scale[a] - 0.5 - in_start[a] if a in axes else 0.0 for a in range(x.ndim)]
     shape = [out_len[a] if a in axes else x.shape[a] for a in range(x.ndim)]
@@ -163,7 +187,7 @@ def resample_block(
             if not (in_shape[a] == out_shape[a] and start[a] == out_start[a] and x.shape[a] == out_len[a])
         ]
         if moving:
-            x = _pass(x, moving, pass_order, scale, start, out_start, out_len)
+            x = _pass(x, moving, pass_order, scale, start, out_start, out_len, (in_shape, out_shape))
             for a in moving:
                 start[a] = out_start[a]
     return x
