@@ -155,3 +155,29 @@ def test_a_long_dotted_name_is_written(ending: str, tmp_path: Path) -> None:
         write_image(array, Geometry.default(array.shape), tmp_path / name)
         assert np.array_equal(read_image(tmp_path / name)[0], array)
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+@pytest.mark.parametrize("length", [190, 220, 248])
+def test_a_name_near_the_file_systems_limit_is_written_and_its_dead_temporaries_found(length: int, tmp_path: Path) -> None:
+    """A legal name of up to 255 bytes: its temporary (about 45 bytes more) was refused as 'File name too
+    long'; a long name is carried shortened, and stale-temporary cleanup for that target still finds it."""
+    import subprocess
+    import sys
+
+    from autoseg.utils.atomic import remove_stale_temporaries
+
+    name = "c" * (length - len(".nii.gz")) + ".nii.gz"
+    array = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    write_image(array, Geometry.default(array.shape), tmp_path / name)
+    assert np.array_equal(read_image(tmp_path / name)[0], array) and [p.name for p in tmp_path.iterdir()] == [name]
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / name) as tmp:
+            assert len(tmp.name.encode()) <= 255
+            live = tmp.name
+            raise RuntimeError("killed")
+    dead_pid = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                                  text=True, check=True).stdout)
+    dead = tmp_path / live.replace(f"-{os.getpid()}-", f"-{dead_pid}-")
+    dead.write_bytes(b"partial")
+    assert remove_stale_temporaries(tmp_path, "other.nii.gz") == []
+    assert remove_stale_temporaries(tmp_path, name) == [dead]

@@ -34,11 +34,25 @@ HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[0-9a-f]{16}\.tmp")
 
 
+# Bytes a temporary's name adds to its target's (dots, host, pid, random, ".tmp", the format's ending):
+# beyond this a name the file system takes (255 bytes) would give a temporary it refuses.
+TEMP_NAME_OVERHEAD = 64
+NAME_MAX_BYTES = 255
+
+
+def temporary_tag(name: str) -> str:
+    """The target's name as its temporaries carry it: itself, or for a name too long to carry (a case id of
+    200 characters) its first 100 characters, ``~`` and a hash of the whole."""
+    if len(name.encode()) <= NAME_MAX_BYTES - TEMP_NAME_OVERHEAD:
+        return name
+    return f"{name[:100]}~{hashlib.sha256(name.encode()).hexdigest()[:16]}"
+
+
 def _create_temporary(target: Path, suffix: str, folder: bool = False) -> Path:
     """A new empty file (or ``folder``) ``.<name>.<host>-<pid>-<random>.tmp<suffix>`` beside ``target``, with
     the umask's permissions; the name lets ``remove_stale_temporaries`` tell a dead writer's leftovers."""
     for _ in range(TEMP_ATTEMPTS):
-        tmp = target.parent / f".{target.name}.{HOST_TAG}-{os.getpid()}-{secrets.token_hex(8)}.tmp{suffix}"
+        tmp = target.parent / f".{temporary_tag(target.name)}.{HOST_TAG}-{os.getpid()}-{secrets.token_hex(8)}.tmp{suffix}"
         try:
             if folder:
                 tmp.mkdir()
@@ -111,7 +125,7 @@ def remove_stale_temporaries(folder: str | os.PathLike[str], target_name: str | 
     removed = []
     for path in folder.glob(".*.tmp*"):
         match = TEMP_NAME.match(path.name)
-        if match is None or match["host"] != HOST_TAG or (target_name is not None and match["target"] != target_name):
+        if match is None or match["host"] != HOST_TAG or (target_name is not None and match["target"] != temporary_tag(target_name)):
             continue
         if not _process_alive(int(match["pid"])):
             if path.is_dir() and not path.is_symlink():  # a staging folder (staging_folder)
