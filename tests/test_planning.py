@@ -325,9 +325,9 @@ def test_images_too_small_to_downsample_are_named_as_such_not_as_memory():
         plan(tiny, configs=["2d"])
 
 
-@pytest.mark.parametrize("gpu_memory", [float("nan"), float("inf"), -3.0, 0.0])
+@pytest.mark.parametrize("gpu_memory", [float("nan"), float("inf"), 1e300, -3.0, 0.0])
 def test_gpu_memory_that_is_not_a_positive_finite_number_is_refused(gpu_memory):
-    """--gpu-memory nan and inf ended in an internal error (int() of NaN/infinity usable bytes)."""
+    """--gpu-memory nan, inf and 1e300 ended in an internal error (int() of NaN/infinite usable bytes)."""
     with pytest.raises(PlanError, match=r"--gpu-memory must be a positive, finite number of GB, got .*; e.g. --gpu-memory 8"):
         memory_budget(torch.device("cpu"), gpu_memory)
 

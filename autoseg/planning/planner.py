@@ -178,10 +178,12 @@ def output_channels(labels: dict[str, Any]) -> tuple[int, int]:
 def memory_budget(device: torch.device, gpu_memory_gb: float | None) -> tuple[float, float | None]:
     """(usable bytes, nominal GB): the given or detected GPU memory, else a share of the RAM."""
     if gpu_memory_gb is not None:
-        # NaN passed `<= 0` and infinity planned on, both ending in int() of the usable bytes (a traceback).
-        if not (math.isfinite(gpu_memory_gb) and gpu_memory_gb > 0):
+        # NaN passed `<= 0`, and infinity (or 1e300 GB, infinite in bytes) planned on, all ending in int() of
+        # the usable bytes (a traceback).
+        usable = gpu_memory_gb * 2**30 * C.GPU_MEMORY_USABLE_FRACTION
+        if not (math.isfinite(usable) and gpu_memory_gb > 0):
             raise PlanError(f"--gpu-memory must be a positive, finite number of GB, got {gpu_memory_gb}; e.g. --gpu-memory 8")
-        return gpu_memory_gb * 2**30 * C.GPU_MEMORY_USABLE_FRACTION, float(gpu_memory_gb)
+        return usable, float(gpu_memory_gb)
     total = device_memory_bytes(device)
     if total is not None:
         return total * C.GPU_MEMORY_USABLE_FRACTION, round(total / 2**30, 2)
