@@ -587,6 +587,20 @@ def test_a_case_named_predict_info_cannot_overwrite_the_run_record(model_3d: Pat
     assert predict_folder(inputs, tmp_path / "labels", model_3d, folds=[0], tta=False).predicted == ["plain", "predict_info"]
 
 
+@pytest.mark.parametrize("continue_", [False, True])
+def test_an_output_name_taken_by_a_folder_is_named(model_3d: Path, tmp_path: Path, continue_: bool) -> None:
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    for case in ("c1", "c2"):
+        shutil.copy(HIPPOCAMPUS / "imagesTr" / "hippocampus_001_0000.nii.gz", inputs / f"{case}_0000.nii.gz")
+    predict_folder(inputs / "c2_0000.nii.gz", out, model_3d, folds=[0], tta=False)  # the folder is a run's
+    (out / "c1.nii.gz").mkdir()
+    with pytest.raises(InferenceError, match=r"1 of 2 case\(s\) failed \(c1: case c1: its output .*out/c1\.nii\.gz is a "
+                                             r"folder; move or rename that folder\)"):
+        predict_folder(inputs, out, model_3d, folds=[0], tta=False, continue_=continue_)
+    assert (out / "c1.nii.gz").is_dir() and (out / "c2.nii.gz").is_file()
+
+
 def test_a_folder_of_files_predict_did_not_write_is_not_overwritten(model_3d: Path, tmp_path: Path) -> None:
     """``-o`` pointing at a dataset's labelsTr replaced the reference labels of the same names without a word."""
     inputs, labels = tmp_path / "in", tmp_path / "labelsTr"

@@ -225,7 +225,12 @@ def _outputs(case: InputCase, output: Path, ending: str, save_probabilities: boo
 
 def check_output_names(case: InputCase, files: Sequence[Path]) -> None:
     """Refuse a case whose output would replace the run's ``predict_info.json`` (the sidecar of a case named
-    ``predict_info``): the run record would be lost and every later run into the folder refused."""
+    ``predict_info``): the run record would be lost and every later run into the folder refused. Refuse
+    one whose output name is taken by a folder (it failed after its prediction with a bare
+    IsADirectoryError, and ``--continue`` took the folder for a finished case)."""
+    folders = [f for f in files if f.is_dir()]
+    if folders:
+        raise InferenceError(f"case {case.case_id}: its output {folders[0]} is a folder; move or rename that folder")
     clash = [f for f in files if f.name == PREDICT_INFO]
     if clash:
         raise InferenceError(
