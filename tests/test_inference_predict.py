@@ -622,6 +622,27 @@ def test_a_folder_of_files_predict_did_not_write_is_not_overwritten(model_3d: Pa
     assert predict_folder(inputs, labels, model_3d, folds=[0], tta=False).predicted == ["c1", "c2"]
 
 
+def test_a_model_retrained_under_the_same_name_does_not_continue_the_old_ones_outputs(model_3d: Path, tmp_path: Path) -> None:
+    """--continue skipped every case the model of the same folder name had predicted before it was trained
+    again: the run record compares the networks' weights too (an exported copy of the same model shares them)."""
+    from autoseg.evaluation.model_files import export_model, unpacked_model
+
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    shutil.copy(HIPPOCAMPUS / "imagesTr" / "hippocampus_001_0000.nii.gz", inputs / "c1_0000.nii.gz")
+    predict_folder(inputs, out, model_3d, folds=[0], tta=False)
+    zipped = export_model(model_3d, tmp_path / "model.zip", folds=[0])
+    with unpacked_model(zipped) as copy:
+        assert predict_folder(inputs, out, copy, folds=[0], tta=False, continue_=True).skipped == ["c1"]
+    checkpoint = model_3d / "fold_0" / "checkpoint_final.safetensors"
+    saved = load_weights(checkpoint, InferenceError)
+    saved["network_weights"] = {k: v + 1 if v.is_floating_point() else v for k, v in saved["network_weights"].items()}
+    save_weights(checkpoint, saved)
+    with pytest.raises(InferenceError, match=r"another model or settings \(weights \(sha256 of the networks' tensors\) '[0-9a-f]{16}' vs"):
+        predict_folder(inputs, out, model_3d, folds=[0], tta=False, continue_=True)
+    assert json.loads((out / PREDICT_INFO).read_text())["weights_sha256"] != load_model(model_3d, folds=[0]).weights_sha256
+
+
 def test_a_model_of_another_dataset_under_the_same_folder_name_is_refused(model_3d: Path, tmp_path: Path) -> None:
     """Models of two datasets share the folder name <network>__<plans>__<configuration>: the second dataset's
     label maps were written among the first's under one predict_info.json."""

@@ -369,6 +369,9 @@ def _run_identity(info: dict[str, Any]) -> dict[str, Any]:
     # dataset tells them apart. Records written before it was kept lack it and are compared without it.
     if "dataset_name" in info:
         identity["dataset"] = info["dataset_name"]
+    # A model retrained under the same folder name: --continue skipped the old model's outputs as done.
+    if "weights_sha256" in info:
+        identity["weights (sha256 of the networks' tensors)"] = (info["weights_sha256"] or "none")[:16]
     return identity
 
 

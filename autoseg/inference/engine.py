@@ -57,6 +57,8 @@ class LoadedModel:
         device: where the networks live (a ``torch.device``; ``"cpu"`` for onnxruntime).
         previous_stage: the cascade's low-resolution model, loaded first, or ``None``.
         engine: ``torch`` or ``onnxruntime``: which sliding window runs the networks.
+        weights_sha256: the folds' network tensors hashed together (``None`` for onnxruntime), which tells
+            a retrained model from one of the same folder name.
     """
 
     folder: Path
@@ -72,6 +74,7 @@ class LoadedModel:
     device: Any
     previous_stage: "LoadedModel | None" = None
     engine: str = "torch"
+    weights_sha256: str | None = None
 
     @property
     def num_image_channels(self) -> int:
@@ -97,4 +100,5 @@ class LoadedModel:
             "folds": self.folds,
             "checkpoint": self.checkpoint,
             "previous_stage": self.previous_stage.info() if self.previous_stage else None,
+            "weights_sha256": self.weights_sha256,
         }

@@ -8,10 +8,11 @@ configuration loads its low-resolution stage from the sibling folder with the sa
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -112,6 +113,17 @@ def _check_inputs_match_channels(
         )
 
 
+def weights_digest(weights: Mapping[str, torch.Tensor]) -> bytes:
+    """sha256 of a network's tensors (names, dtypes, shapes, values), the same whether they came from the
+    training checkpoint or an exported zip: what tells a retrained model from the one of the same name."""
+    digest = hashlib.sha256()
+    for name in sorted(weights):
+        tensor = weights[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.digest()
+
+
 def load_model(
     folder: str | Path,
     folds: Sequence[int | str] | str | None = None,
@@ -141,6 +153,7 @@ def load_model(
     fold_names = _resolve_folds(folder, folds)
     torch_device = pick_device(device)
     networks, metas = [], []
+    digest = hashlib.sha256()
     for fold in fold_names:
         path = folder / f"fold_{fold}" / checkpoint_file_name
         loaded = _load_checkpoint(path, torch_device)
@@ -150,6 +163,7 @@ def load_model(
                                      folder / "dataset.json")
         networks.append(build_network(loaded, path, torch_device))
         metas.append(loaded["metadata"])
+        digest.update(weights_digest(loaded["network_weights"]))
     meta = metas[0]
     previous = None
     if configuration.get("previous_stage"):
@@ -167,6 +181,7 @@ def load_model(
         patch_size=tuple(int(p) for p in (meta.get("patch_size") or configuration["patch_size"])),
         device=torch_device,
         previous_stage=previous,
+        weights_sha256=digest.hexdigest(),
     )
 
 
