@@ -178,6 +178,24 @@ def test_a_label_edited_after_planning_is_checked_as_verify_does(
     assert list_cases(roots["preprocessed"] / DATASET / IDENTIFIER) == ["hippocampus_001", "hippocampus_003", "hippocampus_004"]
 
 
+def test_a_case_that_fails_now_keeps_no_copy_stored_from_earlier_inputs(roots: dict[str, Path], small_dataset: Path) -> None:
+    """A label edited after a successful preprocess (a 0/255 mask): the rerun refused it, but the case stored
+    from the earlier label stayed in the store, and training used it without a word."""
+    _write_plans(roots)
+    preprocess_dataset(DATASET, ["3d_fullres"], num_workers=1)
+    out = roots["preprocessed"] / DATASET / IDENTIFIER
+    assert "hippocampus_006" in list_cases(out)
+    edited = small_dataset / "labelsTr" / "hippocampus_006.nii.gz"
+    labels, geometry = read_image(edited)
+    write_image(((labels > 0) * 255).astype(np.uint8), geometry, edited)
+    with pytest.raises(PreprocessingError, match=r"Their copies stored from earlier inputs were removed \(hippocampus_006\), "
+                                                 r"so training cannot use them\.$") as info:
+        preprocess_dataset(DATASET, ["3d_fullres"], num_workers=1)
+    assert info.value.report.outputs[0].removed == ["hippocampus_006"]
+    assert list_cases(out) == ["hippocampus_001", "hippocampus_003", "hippocampus_004"]
+    assert not any(p.name.startswith("hippocampus_006") for p in out.iterdir())
+
+
 def test_an_image_with_nan_written_after_planning_is_refused(roots: dict[str, Path], small_dataset: Path) -> None:
     """One NaN voxel (NRRD keeps it; ITK turns a NIfTI's into 0) made the z-score mean NaN and the whole stored
     case NaN, trained on without a word; preprocessing refuses it as verify does."""

@@ -62,6 +62,7 @@ class ConfigurationReport:
     skipped: list[str] = field(default_factory=list)
     failed: list[Failure] = field(default_factory=list)
     damaged: list[str] = field(default_factory=list)  # found stored but damaged, hence redone
+    removed: list[str] = field(default_factory=list)  # failed now: their earlier stored copies deleted
 
 
 @dataclass
@@ -245,6 +246,8 @@ def preprocess_dataset(
             preprocess_one, items, min(workers, max(1, len(items))), f"preprocess {identifier}"
         )
         out.processed = sorted(results)
+        # A case that fails now keeps no copy stored from earlier inputs: training would use it without a word.
+        out.removed = sorted(f.key for f in out.failed if store.remove_case(out.output_dir, f.key))
         if out.processed:  # what `autoseg train` reports against the plan's predicted preparation time
             atomic_write_json(timing, {"seconds": time.perf_counter() - started,
                                        "cases": len(out.processed), "workers": workers})
@@ -261,9 +264,12 @@ def preprocess_dataset(
     failures = [(out, f) for out in report.outputs for f in out.failed]
     if failures:
         listed = "; ".join(f"{f.key} ({out.data_identifier}): {f.message}" for out, f in failures)
+        removed = sorted({case for out in report.outputs for case in out.removed})
+        removed_note = (f" Their copies stored from earlier inputs were removed ({', '.join(removed)}), so training "
+                        "cannot use them." if removed else "")
         error = PreprocessingError(
             f"{len(failures)} case(s) failed to preprocess: {listed}. The other cases are stored; fix these "
-            "inputs and re-run `autoseg preprocess` (finished cases are skipped)"
+            f"inputs and re-run `autoseg preprocess` (finished cases are skipped).{removed_note}"
         )
         error.report = report  # type: ignore[attr-defined]  # the CLI can still print the summary
         raise error

@@ -42,6 +42,15 @@ def case_paths(folder: Path, case_id: str) -> tuple[Path, Path, Path]:
     return folder / f"{case_id}{DATA_SUFFIX}", folder / f"{case_id}{SEG_SUFFIX}", folder / f"{case_id}{PROPERTIES_SUFFIX}"
 
 
+def remove_case(folder: Path, case_id: str) -> bool:
+    """Delete a case's stored files (properties first: without them the case is not listed); whether any was there."""
+    paths = case_paths(folder, case_id)
+    present = [p for p in (paths[2], paths[0], paths[1]) if p.exists()]
+    for path in present:
+        path.unlink(missing_ok=True)
+    return bool(present)
+
+
 def chunk_shapes(shape: Sequence[int], patch_size: Sequence[int] | None, itemsize: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(chunks, blocks) for an array (C, *spatial): one channel per chunk, chunk = patch size clipped to
     the image (a random patch touches at most 2 chunks per axis), blocks halved along the largest axis
