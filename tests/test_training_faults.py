@@ -123,3 +123,19 @@ def test_a_seed_numpy_cannot_take_is_refused_before_training(seed: int, results:
     with pytest.raises(TrainingError, match=rf"--seed {seed}: must be a whole number from 0 to 4294967295"):
         train_fold(DATASET, "3d_fullres", 0, epochs=1, seed=seed, device="cpu")
     assert not results.exists()
+
+
+def test_a_fold_trained_with_another_plan_than_the_models_folds_is_refused(results: Path) -> None:
+    """Was: after `plan --overwrite` a new fold replaced the model folder's plans.json, so the folds trained
+    before were predicted at the new spacing (or failed inside torch when ensembled)."""
+    overrides = ["iterations_per_epoch=2", "val_iterations_per_epoch=1"]
+    summary = train_fold(DATASET, "3d_fullres", 0, epochs=1, workers=0, overrides=overrides, device="cpu")
+    stored = Path(summary["model_folder"]) / "plans.json"
+    plans = json.loads(stored.read_text())
+    plans["configurations"]["3d_fullres"]["spacing"] = [s * 2 for s in plans["configurations"]["3d_fullres"]["spacing"]]
+    stored.write_text(json.dumps(plans))  # the plan fold 0 was trained with, before the re-plan
+    before = stored.read_bytes()
+    with pytest.raises(TrainingError, match=r"plans.json: fold_0 of this model were trained with another plan than .*autosegPlans.json "
+                                            r"\(it differs in spacing; re-planned with --overwrite\?\)"):
+        train_fold(DATASET, "3d_fullres", 1, epochs=1, workers=0, overrides=overrides, device="cpu")
+    assert stored.read_bytes() == before and not (stored.parent / "fold_1").exists()

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import torch
 
 from autoseg.dataset.description import load_description
-from autoseg.errors import TrainingError
+from autoseg.errors import PlanError, TrainingError
 from autoseg.networks import get_network_spec
 from autoseg.paths import resolve_dataset
 from autoseg.planning.accounting import PARTS
@@ -304,11 +304,51 @@ def _refuse_overwrite(run: FoldRun) -> None:
             f"{run.fold_folder}: this fold already has checkpoints; add --continue to resume or extend it "
             "(with --epochs), or delete the folder to start over"
         )
+    _refuse_another_plan(run)
     if run.resume and has[FINAL] and not has[LATEST]:
         raise TrainingError(
             f"{run.fold_folder}: holds a final model ({FINAL}) but no training state ({LATEST}) to continue "
             "from (an imported model?); --continue would train the fold from the start and replace it. Train "
             "into another results root, or delete the folder to start over"
+        )
+
+
+# What a trained fold's checkpoint depends on: the grid, patch, network and intensities it was trained
+# with, and the label and channel layout (a re-plan that changed only the schedule keeps the folds valid).
+MODEL_PLAN_KEYS = ("spatial_dims", "spacing", "patch_size", "normalization", "resampling", "network")
+MODEL_PLANS_KEYS = ("transpose_forward", "labels", "channel_names", "regions_class_order", "ignore_label")
+
+
+def _model_parts(plans: dict[str, Any], configuration: str) -> dict[str, Any]:
+    plan = plans.get("configurations", {}).get(configuration, {})
+    return {**{k: plans.get(k) for k in MODEL_PLANS_KEYS}, **{k: plan.get(k) for k in MODEL_PLAN_KEYS}}
+
+
+def _refuse_another_plan(run: FoldRun) -> None:
+    """Refuse a fold run whose plan differs from the ``plans.json`` that the model folder's trained folds
+    were trained with (the plan re-made with ``--overwrite``): the run would replace that file, so those
+    folds would be predicted at another spacing, patch or network than they learnt (or not load at all),
+    and ``--continue`` would go on training on data preprocessed for another grid."""
+    stored = run.model_folder / "plans.json"
+    trained = sorted(
+        folder.name for folder in run.model_folder.glob("fold_*")
+        if any((folder / name).is_file() for name in (LATEST, FINAL))
+    )
+    if not trained or not stored.is_file():
+        return
+    try:
+        before = _model_parts(load_plans(stored), run.configuration_name)
+    except PlanError:
+        return  # unreadable: nothing trustworthy to protect; the run rewrites it
+    now = _model_parts(run.plans, run.configuration_name)
+    changed = [key for key in now if now[key] != before[key]]
+    if changed:
+        raise TrainingError(
+            f"{stored}: {', '.join(trained)} of this model were trained with another plan than "
+            f"{plans_path(run.preprocessed_dir, run.plans_name)} (it differs in {', '.join(changed)}; re-planned with "
+            f"--overwrite?); training here would replace the plan those folds need. Plan under a new name "
+            f"(autoseg plan --plans-name NAME, then preprocess and train with --plans-name NAME), or delete those folds "
+            "to retrain them all with this plan"
         )
 
 
