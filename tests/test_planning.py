@@ -425,6 +425,18 @@ def test_transfer_from_plans_naming_an_unknown_network_is_refused_naming_the_sou
         transfer_plans(plan(MRI_SMALL, configs=["3d_fullres"]), source, "source.json")
 
 
+@pytest.mark.parametrize("forward, backward", [([0, 0, 1], [0, 1, 2]), ([0, 1], [0, 1]), ([2, 0, 1], [2, 0, 1]), ("abc", [0, 1, 2])])
+def test_a_hand_edited_transpose_is_refused_naming_the_file(tmp_path, forward, backward):
+    """Was: every case failed in numpy's words ('repeated axis in transpose', 'axes don't match array')."""
+    plans = plan(MRI_SMALL, configs=["3d_fullres"])
+    plans["transpose_forward"], plans["transpose_backward"] = forward, backward
+    bad = tmp_path / "edited.json"
+    bad.write_text(json.dumps(plans))
+    with pytest.raises(PlanError, match=r"edited.json: transpose_forward .* and transpose_backward .* must be permutations "
+                       r"of 0, 1, 2 and each other's inverse; re-run `autoseg plan`"):
+        load_plans(bad)
+
+
 def test_a_3d_only_family_on_a_2d_dataset_says_so():
     """Was: "configuration(s) (none) cannot be planned for this 2D dataset ...; possible: none"."""
     with pytest.raises(PlanError, match=r"network 'nnformer' builds 3D networks only and this dataset is 2D: nothing can "

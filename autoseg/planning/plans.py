@@ -60,6 +60,13 @@ def validate_plans(plans: Any, source: str) -> dict[str, Any]:
         raise PlanError(
             f"{source}: plans version {plans['version']!r} but this autoseg reads version {C.PLANS_VERSION}; {fix}"
         )
+    forward, backward = plans["transpose_forward"], plans["transpose_backward"]
+    axes = [0, 1, 2]
+    if (not isinstance(forward, list) or not isinstance(backward, list) or sorted(forward) != axes
+            or sorted(backward) != axes or [forward[b] for b in backward] != axes):
+        # a hand-edited order failed every case on its own in numpy's words ("repeated axis in transpose")
+        raise PlanError(f"{source}: transpose_forward {forward!r} and transpose_backward {backward!r} must be "
+                        f"permutations of 0, 1, 2 and each other's inverse; {fix}")
     configurations = plans["configurations"]
     if not isinstance(configurations, dict) or not configurations:
         raise PlanError(f"{source}: 'configurations' is empty; {fix}")
