@@ -139,3 +139,14 @@ def test_a_fold_trained_with_another_plan_than_the_models_folds_is_refused(resul
                                             r"\(it differs in spacing; re-planned with --overwrite\?\)"):
         train_fold(DATASET, "3d_fullres", 1, epochs=1, workers=0, overrides=overrides, device="cpu")
     assert stored.read_bytes() == before and not (stored.parent / "fold_1").exists()
+
+
+def test_continue_names_the_settings_it_changes_from_the_run_it_resumes(results: Path) -> None:
+    """Was: --continue without the interrupted run's --set silently trained the rest with other settings."""
+    common = ["val_iterations_per_epoch=1"]
+    summary = train_fold(DATASET, "3d_fullres", 0, epochs=1, workers=0, overrides=["iterations_per_epoch=2", *common], device="cpu")
+    train_fold(DATASET, "3d_fullres", 0, epochs=2, workers=0, overrides=["iterations_per_epoch=3", *common], device="cpu",
+               continue_=True)
+    log = (Path(summary["model_folder"]) / "fold_0" / "training_log.txt").read_text()
+    assert re.search(r"warning: --continue trains with other settings than the run it resumes \(iterations_per_epoch 2 -> 3; "
+                     r"from .*fold_0/training_config.yaml\); repeat that run's --set", log), log

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+import yaml
 
 from autoseg.dataset.description import load_description
 from autoseg.errors import PlanError, TrainingError
@@ -38,6 +39,7 @@ from autoseg.training.trainer import Trainer, describe_best, network_request
 from autoseg.training.validation import GT_FOLDER, VALIDATION_FOLDER, validate_fold
 from autoseg.utils.atomic import atomic_path, atomic_write_json, atomic_write_text, remove_stale_temporaries
 from autoseg.utils.jsonio import read_json
+from autoseg.utils.mappings import flatten
 from autoseg.utils.device import choose_device as shared_choose_device
 from autoseg.utils.device import device_memory_bytes
 
@@ -361,6 +363,7 @@ def _restore(trainer: Trainer, run: FoldRun) -> None:
         trainer.monitor.log(f"{latest}: no checkpoint to continue from yet; training the fold from the start")
         return
     trainer.load(latest)
+    _warn_changed_settings(trainer, run)
     state = trainer.state
     if run.epochs is not None:
         total = run.epochs * trainer.iterations_per_epoch
@@ -371,6 +374,23 @@ def _restore(trainer: Trainer, run: FoldRun) -> None:
             )
         state.total_iterations = total
     trainer.monitor.log(f"resumed from {latest} at epoch {state.epoch}, iteration {state.iteration} of {state.total_iterations}")
+
+
+def _warn_changed_settings(trainer: Trainer, run: FoldRun) -> None:
+    """--continue resolves the config afresh from the defaults, the plan and this command's --set; settings
+    the interrupted run was given (its fold's training_config.yaml) and this command leaves out silently
+    changed the resumed run (an earlier ``--set iterations_per_epoch=5`` dropped: epochs of 250)."""
+    try:
+        before = flatten(yaml.safe_load((run.fold_folder / CONFIG_FILE).read_text()) or {})
+    except (OSError, yaml.YAMLError, AttributeError):
+        return  # missing or hand-damaged: nothing to compare with
+    now = flatten(run.config)
+    changed = [f"{key} {before[key]!r} -> {now[key]!r}" for key in now if key in before and before[key] != now[key]]
+    if changed:
+        trainer.monitor.log(
+            f"warning: --continue trains with other settings than the run it resumes ({'; '.join(changed[:5])}"
+            f"{'; ...' if len(changed) > 5 else ''}; from {run.fold_folder / CONFIG_FILE}); repeat that run's --set to resume it as it was"
+        )
 
 
 def _final_validation(trainer: Trainer, run: FoldRun, context: DistributedContext,
