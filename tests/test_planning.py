@@ -353,6 +353,14 @@ def test_plans_names_that_are_not_plain_file_names_are_refused(tmp_path, name):
     assert plans_path(tmp_path, "gpu8Plans_v2.1").name == "gpu8Plans_v2.1.json"
 
 
+@pytest.mark.parametrize("name", ["fingerprint", "splits_final", "Fingerprint"])
+def test_plans_names_of_the_datasets_other_files_are_refused(tmp_path, name):
+    """`--plans-name fingerprint --overwrite` replaced fingerprint.json with a plans file."""
+    with pytest.raises(PlanError, match=rf"--plans-name '{name}': {name}.json is the dataset's {name.lower()} file, which a "
+                       "plans file must not replace; choose another name"):
+        plans_path(tmp_path, name)
+
+
 def test_plans_file_round_trip_and_overwrite_refusal(tmp_path):
     plans = plan(MRI_SMALL, configs=["3d_fullres"])
     path = plans_path(tmp_path, "autosegPlans")

@@ -16,6 +16,7 @@ from typing import Any
 from autoseg.dataset.description import DatasetDescription
 from autoseg.utils.jsonio import read_json
 from autoseg.errors import NetworkError, PlanError
+from autoseg.fingerprint.file import FINGERPRINT_FILE
 from autoseg.networks.topology import Topology
 from autoseg.planning import constants as C
 from autoseg.utils.atomic import atomic_write_json, folder_lock
@@ -39,12 +40,18 @@ PLANS_NAME = re.compile(r"^(?!.*__)[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
 def plans_path(preprocessed_dir: str | Path, plans_name: str = C.DEFAULT_PLANS_NAME) -> Path:
-    """``<preprocessed>/<Dataset>/<plans_name>.json``; ``PlanError`` for a name that is not a plain file name."""
+    """``<preprocessed>/<Dataset>/<plans_name>.json``; ``PlanError`` for a name that is not a plain file name
+    or names another file of that folder (``--plans-name fingerprint --overwrite`` replaced fingerprint.json)."""
+    from autoseg.training.splits import SPLITS_FILE  # the training package loads nothing heavy with it
+
     if not PLANS_NAME.match(plans_name):
         raise PlanError(
             f"--plans-name {plans_name!r}: give a plain name (letters, digits, _ . + -; not starting with a dot, "
             "no '__', which separates the parts of a model folder's name), e.g. autosegPlans_small"
         )
+    if f"{plans_name}.json".lower() in (FINGERPRINT_FILE, SPLITS_FILE):
+        raise PlanError(f"--plans-name {plans_name!r}: {plans_name}.json is the dataset's {plans_name.lower()} file, "
+                        "which a plans file must not replace; choose another name, e.g. autosegPlans_small")
     return Path(preprocessed_dir) / f"{plans_name}.json"
 
 
