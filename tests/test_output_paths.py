@@ -52,3 +52,22 @@ def test_an_output_folder_below_a_file_is_refused_naming_the_file(tmp_path: Path
                                              r"for the outputs"):
         predict_folder(tmp_path / "in", tmp_path / "notes.txt" / "predictions" / "run1", tmp_path / "model")
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_an_output_file_below_a_file_is_refused_naming_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``-o notes.txt/report.html`` (report, export-model, postprocess determine): the mkdir of its folder
+    failed as an internal error (FileExistsError), the report's after it had built its figures."""
+    monkeypatch.setenv("AUTOSEG_RAW", str(SHARED_DATA))
+    monkeypatch.setenv("AUTOSEG_RESULTS", str(tmp_path / "results"))
+    (tmp_path / "notes.txt").write_text("mine")
+    below = r"notes\.txt: exists and is not a folder; give a folder \(new or existing\) for the outputs"
+    with pytest.raises(EvaluationError, match=below):
+        build_report("Dataset004_Hippocampus", tmp_path / "notes.txt" / "report.html")
+    with pytest.raises(ModelFileError, match=below):
+        export_model([tmp_path / "results" / "Dataset004_X" / "unet__autosegPlans__3d_fullres"],
+                     tmp_path / "notes.txt" / "model.zip", ["0"])
+    with pytest.raises(EvaluationError, match=below):
+        determine_postprocessing(tmp_path / "cv", tmp_path / "gt", {"background": 0, "a": 1},
+                                 tmp_path / "notes.txt" / "sub" / "postprocessing.json", file_ending=".nii.gz")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

@@ -12,6 +12,14 @@ from pathlib import Path
 from typing import Sequence
 
 
+def _refuse_file_among(*folders: Path, error: type[Exception]) -> None:
+    """Raise ``error`` naming the first of ``folders`` (the output folder or folders it would be made in)
+    that is an existing file: ``-o notes.txt/run1`` failed in mkdir as an internal error."""
+    for path in folders:
+        if path.exists() and not path.is_dir():
+            raise error(f"{path}: exists and is not a folder; give a folder (new or existing) for the outputs")
+
+
 def check_output_folder(
     output: Path, error: type[Exception], inputs: Sequence[Path] = (), reads_subfolders: bool = False
 ) -> None:
@@ -21,10 +29,7 @@ def check_output_folder(
     ``inputs`` are what the command reads: folders, or single files (then only their own folder is
     refused as the output).
     """
-    # The output or a folder it would be made in: ``-o notes.txt/run1`` failed in mkdir as an internal error.
-    for path in (output, *output.parents):
-        if path.exists() and not path.is_dir():
-            raise error(f"{path}: exists and is not a folder; give a folder (new or existing) for the outputs")
+    _refuse_file_among(output, *output.parents, error=error)
     target = output.resolve()
     for given in inputs:
         folder = (given if given.is_dir() else given.parent).resolve()
@@ -38,6 +43,9 @@ def check_output_folder(
 
 
 def check_output_file(output: Path, error: type[Exception]) -> None:
-    """Raise ``error`` if ``output``, a file to write (a zip, a report, a decision), is an existing folder."""
+    """Raise ``error`` if ``output``, a file to write (a zip, a report, a decision), is an existing folder,
+    or a folder it would be written in is an existing file (``-o notes.txt/report.html`` failed in mkdir
+    as an internal error)."""
     if output.is_dir():
         raise error(f"{output}: is a folder; give a file name to write (a new file, or one to replace)")
+    _refuse_file_among(*output.parents, error=error)
