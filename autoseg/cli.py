@@ -228,7 +228,7 @@ def demo(
     from autoseg.utils.duration import parse_duration
 
     result = run_demo(output, parse_duration(budget), dataset or EXAMPLE_DATASET, device, typer.echo)
-    typer.echo(f"held-out mean Dice (Anterior, Posterior): {result.mean_dice:.3f}")
+    typer.echo(f"held-out mean Dice ({', '.join(result.class_names)}): {result.mean_dice:.3f}")  # --dataset: its classes
     typer.echo(f"predictions: {result.predictions}")
     typer.echo(f"evaluation:  {result.evaluation}")
     typer.echo(f"report:      {result.report}")

@@ -30,6 +30,7 @@ class DemoResult:
     evaluation: Path
     mean_dice: float
     seconds: float
+    class_names: tuple[str, ...]  # the evaluated classes (or regions): the Dice line names them (not the example's, for --dataset)
 
 
 def _use_roots(workdir: Path) -> None:
@@ -94,4 +95,5 @@ def run_demo(
         evaluation=workdir / "evaluation" / "summary.json",
         mean_dice=float(summary["foreground_mean"]["dice"]),
         seconds=time.perf_counter() - start,
+        class_names=tuple(summary["classes"]),
     )

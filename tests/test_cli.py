@@ -119,3 +119,18 @@ def test_sigterm_ends_a_command_as_an_interrupt_with_its_cleanup(tmp_path: Path)
     assert "autoseg: error: terminated (SIGTERM); rerun the command" in result.output
     assert list(tmp_path.iterdir()) == []  # neither the result nor its temporary
     assert signal.getsignal(signal.SIGTERM) is before  # the test process's own handler is back
+
+
+def test_demo_names_the_classes_of_the_dataset_it_evaluated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``demo --dataset`` with another dataset printed 'held-out mean Dice (Anterior, Posterior)' whatever its classes."""
+    import autoseg.demo
+    from autoseg.demo import DemoResult
+
+    def fake_run_demo(*args: object, **kwargs: object) -> DemoResult:
+        return DemoResult(predictions=tmp_path / "p", report=tmp_path / "r.html", evaluation=tmp_path / "e.json",
+                          mean_dice=0.5, seconds=60.0, class_names=("whole_tumor", "tumor_core"))
+
+    monkeypatch.setattr(autoseg.demo, "run_demo", fake_run_demo)
+    result = runner.invoke(app, ["demo", "-o", str(tmp_path), "--dataset", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "held-out mean Dice (whole_tumor, tumor_core): 0.500" in result.output
