@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from autoseg.errors import DatasetError
+from autoseg.errors import DatasetError, UsageError
+from autoseg.utils.output_folders import check_output_folder
 
 EXAMPLE_DATASET = Path(__file__).resolve().parents[1] / "examples" / "Dataset904_HippocampusMini"
 CONFIGURATION = "3d_fullres"
@@ -64,6 +65,8 @@ def run_demo(
             f"{dataset}: the demo needs held-out cases in imagesTs/ with their labels in labelsTs/; "
             "give --dataset the examples/Dataset904_HippocampusMini folder of an autoseg checkout"
         )
+    # -o below or at a file failed only in fingerprint's mkdir, as an internal error, after verify had run.
+    check_output_folder(workdir, UsageError)
     # Every run gets its own folder, so the demo can be run again and again into the same --output.
     workdir = (workdir / time.strftime("run-%Y%m%d-%H%M%S")).resolve()
     _use_roots(workdir)

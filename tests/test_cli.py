@@ -134,3 +134,12 @@ def test_demo_names_the_classes_of_the_dataset_it_evaluated(monkeypatch: pytest.
     result = runner.invoke(app, ["demo", "-o", str(tmp_path), "--dataset", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "held-out mean Dice (whole_tumor, tumor_core): 0.500" in result.output
+
+
+def test_demo_refuses_an_output_below_a_file_before_running(tmp_path: Path) -> None:
+    """``demo -o notes.txt``: verify ran, then fingerprint's mkdir failed as an internal error (exit 1)."""
+    (tmp_path / "notes.txt").write_text("mine")
+    result = runner.invoke(app, ["demo", "-o", str(tmp_path / "notes.txt")])
+    assert result.exit_code == 2
+    assert "notes.txt: exists and is not a folder; give a folder (new or existing) for the outputs" in result.output
+    assert "[1/7]" not in result.output and (tmp_path / "notes.txt").read_text() == "mine"
