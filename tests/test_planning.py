@@ -445,6 +445,14 @@ def test_a_hand_edited_transpose_is_refused_naming_the_file(tmp_path, forward, b
         load_plans(bad)
 
 
+def test_a_case_too_large_as_stored_is_not_blamed_on_its_header():
+    """1500^3 voxels at 0.3 mm, planned at 0.3 mm, was told to fix its header ('microns or cm instead of mm?')."""
+    fp = fingerprint([[0.3, 0.3, 0.3]] * 4, [[1500, 1500, 1500]] * 4, channels={"0": "CT"})
+    with pytest.raises(PlanError, match=r"case 0 holds 1500 x 1500 x 1500 = 3.38e\+09 voxels after cropping, more than one "
+                       r"case may hold \(2.15e\+09, 8 GiB per float32 channel\); crop it to the region of interest"):
+        plan(fp)
+
+
 def test_a_3d_only_family_on_a_2d_dataset_says_so():
     """Was: "configuration(s) (none) cannot be planned for this 2D dataset ...; possible: none"."""
     with pytest.raises(PlanError, match=r"network 'nnformer' builds 3D networks only and this dataset is 2D: nothing can "

@@ -865,6 +865,12 @@ def _check_resampled_sizes(fingerprint: dict[str, Any], target: Sequence[float])
     for case, shape, spacing in zip(case_ids, fingerprint["shapes_after_crop"], fingerprint["spacings"]):
         resampled = new_shape(shape, spacing, target)
         voxels = math.prod(resampled)
+        if math.prod(shape) > C.MAX_RESAMPLED_VOXELS:  # huge as stored: no header fix can help (it was advised)
+            raise PlanError(
+                f"{fingerprint.get('dataset_name', 'dataset')}: case {case} holds {shown(shape)} = {math.prod(shape):.3g} "
+                f"voxels after cropping, more than one case may hold ({C.MAX_RESAMPLED_VOXELS:.3g}, 8 GiB per float32 "
+                "channel); crop it to the region of interest or resample it coarser, then re-run `autoseg fingerprint` and `autoseg plan`"
+            )
         if voxels > C.MAX_RESAMPLED_VOXELS:
             outcome, units = f"{voxels:.3g} voxels", "microns or cm instead of mm?"
         elif any(t / s > C.MAX_CASE_DOWNSAMPLING for s, t, n in zip(spacing, target, shape) if n > 1):
