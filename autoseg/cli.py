@@ -142,7 +142,7 @@ def fingerprint(
 @user_errors
 def plan(
     dataset: str = typer.Argument(..., help=DATASET_HELP),
-    gpu_memory: Optional[float] = typer.Option(None, "--gpu-memory", help="GPU memory in GB to plan for (default: this machine's GPU); without a GPU here it plans for a GPU elsewhere, memory modelled"),
+    gpu_memory: Optional[float] = typer.Option(None, "--gpu-memory", help="GPU memory in GB to plan for (default: this machine's GPU); without a GPU here it plans for a GPU elsewhere, memory modelled (with --budget, which times this machine: this CPU, within 80% of that memory)"),
     budget: Optional[str] = typer.Option(None, "--budget", help="time budget for one fold on this machine, e.g. 30m, 2h: preprocessing, training, checkpoints and the final validation (default with no GPU: 12h)"),
     network: Optional[str] = typer.Option(None, "--network", help="network family, one of those `autoseg networks` lists (default: nnU-Net's U-Net)"),
     configs: Optional[list[str]] = typer.Option(None, "--configs", "-c", "--configuration", help="only these configurations: 2d, 3d_fullres, 3d_lowres, 3d_cascade_fullres"),
