@@ -171,6 +171,19 @@ def test_training_checkpoint_round_trip(tmp_path: Path) -> None:
         restore_training_checkpoint(tmp_path / "c.safetensors", fresh, step, "unet", "2d", "adam", torch.device("cpu"))
 
 
+def test_another_folds_checkpoint_is_not_resumed(tmp_path: Path) -> None:
+    """A checkpoint copied from another fold resumed without a word a model that had trained on this fold's
+    validation cases."""
+    setup, state = _setup(), TrainingState(total_iterations=9, iteration=4, epoch=2)
+    meta = {"network": "unet", "configuration": "2d", "optimizer": "sgd", "fold": "1"}
+    write_checkpoint(tmp_path / "c.safetensors", training_checkpoint(setup, {"grad_scaler": None}, state, meta))
+    with pytest.raises(TrainingError, match=r"c\.safetensors: is the checkpoint of fold 1, not of fold 0 \(copied from another "
+                                            r"fold\?\).*put this fold's own checkpoint back, or delete the fold folder"):
+        restore_training_checkpoint(tmp_path / "c.safetensors", _setup(), _Step(), "unet", "2d", "sgd", torch.device("cpu"), "0")
+    assert restore_training_checkpoint(tmp_path / "c.safetensors", _setup(), _Step(), "unet", "2d", "sgd",
+                                       torch.device("cpu"), "1") == state
+
+
 def test_a_checkpoint_of_another_topology_names_the_tensor_and_the_fix(tmp_path: Path) -> None:
     """Was: only torch's header line 'Error(s) in loading state_dict for Conv3d:', without the tensor or a fix."""
     setup, state = _setup(), TrainingState(total_iterations=9, iteration=4, epoch=2)

@@ -83,12 +83,19 @@ def training_checkpoint(setup: ModelSetup, step_state: dict[str, Any], state: Tr
 
 
 def restore_training_checkpoint(path: Path, setup: ModelSetup, step: Any, network: str, configuration: str,
-                                optimizer: str, device: torch.device) -> TrainingState:
+                                optimizer: str, device: torch.device, fold: str | None = None) -> TrainingState:
     """Load ``path`` into the network, optimiser, step and RNGs; returns where the run stood. The run
-    must continue as it was trained: the same network, configuration and optimiser (another optimiser's
-    state would not fit, or would load silently into the wrong slots)."""
+    must continue as it was trained: the same fold, network, configuration and optimiser (another
+    optimiser's state would not fit, or would load silently into the wrong slots; another fold's
+    checkpoint, copied over, resumed a model that had trained on this fold's validation cases)."""
     checkpoint = load_checkpoint(path, map_location=device)
     meta = checkpoint["metadata"]
+    if fold is not None and meta.get("fold") is not None and str(meta["fold"]) != str(fold):
+        raise TrainingError(
+            f"{path}: is the checkpoint of fold {meta['fold']}, not of fold {fold} (copied from another fold?): it has "
+            "trained on cases this fold validates on; put this fold's own checkpoint back, or delete the fold folder "
+            "to start over"
+        )
     if meta.get("network") != network or meta.get("configuration") != configuration:
         raise TrainingError(
             f"{path}: was trained as {meta.get('network')}/{meta.get('configuration')}, not "

@@ -200,7 +200,7 @@ class Trainer:
     def load(self, path: Path) -> None:
         run = self.run
         self.state = restore_training_checkpoint(path, self.setup, self.step, run.network_name, run.configuration_name,
-                                                 run.config["optimizer"]["name"], self.device)
+                                                 run.config["optimizer"]["name"], self.device, str(run.fold))
 
     # ------------------------------------------------------------------ loop
 
