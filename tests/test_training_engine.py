@@ -184,6 +184,23 @@ def test_another_folds_checkpoint_is_not_resumed(tmp_path: Path) -> None:
                                        torch.device("cpu"), "1") == state
 
 
+def test_a_checkpoint_of_another_split_is_not_resumed(tmp_path: Path) -> None:
+    """splits_final.json edited after training: --continue validated on cases the fold had trained on."""
+    from autoseg.training.checkpoints import split_digest
+
+    setup, state = _setup(), TrainingState(total_iterations=9, iteration=4, epoch=2)
+    trained = split_digest(["a", "b", "c"], ["d"])
+    assert split_digest(["c", "b", "a"], ["d"]) == trained  # the order of the lists does not matter
+    meta = {"network": "unet", "configuration": "2d", "optimizer": "sgd", "fold": "0", "split_sha256": trained}
+    write_checkpoint(tmp_path / "c.safetensors", training_checkpoint(setup, {"grad_scaler": None}, state, meta))
+    with pytest.raises(TrainingError, match=r"was trained on another split of the cases than the split file now gives fold 0 "
+                                            r"\(was splits_final.json edited\?\).*restore the split file, or delete the fold folder"):
+        restore_training_checkpoint(tmp_path / "c.safetensors", _setup(), _Step(), "unet", "2d", "sgd", torch.device("cpu"),
+                                    "0", split_digest(["a", "b", "d"], ["c"]))
+    assert restore_training_checkpoint(tmp_path / "c.safetensors", _setup(), _Step(), "unet", "2d", "sgd",
+                                       torch.device("cpu"), "0", trained) == state
+
+
 def test_a_checkpoint_of_another_topology_names_the_tensor_and_the_fix(tmp_path: Path) -> None:
     """Was: only torch's header line 'Error(s) in loading state_dict for Conv3d:', without the tensor or a fix."""
     setup, state = _setup(), TrainingState(total_iterations=9, iteration=4, epoch=2)

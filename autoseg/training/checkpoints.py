@@ -9,9 +9,11 @@ to tensors and lists here.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -82,8 +84,15 @@ def training_checkpoint(setup: ModelSetup, step_state: dict[str, Any], state: Tr
     }
 
 
+def split_digest(train_cases: Sequence[str], val_cases: Sequence[str]) -> str:
+    """A fold's training and validation cases, hashed: checkpoints record it so that a run continues on the
+    split it was trained on."""
+    return hashlib.sha256(json.dumps([sorted(train_cases), sorted(val_cases)]).encode()).hexdigest()
+
+
 def restore_training_checkpoint(path: Path, setup: ModelSetup, step: Any, network: str, configuration: str,
-                                optimizer: str, device: torch.device, fold: str | None = None) -> TrainingState:
+                                optimizer: str, device: torch.device, fold: str | None = None,
+                                split: str | None = None) -> TrainingState:
     """Load ``path`` into the network, optimiser, step and RNGs; returns where the run stood. The run
     must continue as it was trained: the same fold, network, configuration and optimiser (another
     optimiser's state would not fit, or would load silently into the wrong slots; another fold's
@@ -95,6 +104,12 @@ def restore_training_checkpoint(path: Path, setup: ModelSetup, step: Any, networ
             f"{path}: is the checkpoint of fold {meta['fold']}, not of fold {fold} (copied from another fold?): it has "
             "trained on cases this fold validates on; put this fold's own checkpoint back, or delete the fold folder "
             "to start over"
+        )
+    if split is not None and meta.get("split_sha256") is not None and meta["split_sha256"] != split:
+        raise TrainingError(
+            f"{path}: was trained on another split of the cases than the split file now gives fold {fold} (was "
+            "splits_final.json edited?): continuing would validate on cases the model trained on; restore the split "
+            "file, or delete the fold folder to train this fold on the new split"
         )
     if meta.get("network") != network or meta.get("configuration") != configuration:
         raise TrainingError(

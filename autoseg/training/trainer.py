@@ -24,7 +24,14 @@ from autoseg.errors import TrainingError
 from autoseg.fingerprint.file import FINGERPRINT_FILE
 from autoseg.training import budget as budget_rules
 from autoseg.training.augmentation import resolve_augmentation, sampling_size
-from autoseg.training.checkpoints import BEST, FINAL, LATEST, restore_training_checkpoint, training_checkpoint
+from autoseg.training.checkpoints import (
+    BEST,
+    FINAL,
+    LATEST,
+    restore_training_checkpoint,
+    split_digest,
+    training_checkpoint,
+)
 from autoseg.training.data_loading import (
     TRAIN_STREAM,
     VAL_STREAM,
@@ -185,6 +192,7 @@ class Trainer:
             "network": run.network_name, "network_options": self.setup.network_options, "topology": self.setup.topology,
             "in_channels": self.in_channels, "num_outputs": self.labels.n_outputs, "configuration": run.configuration_name,
             "plans_name": run.plans_name, "dataset_name": run.dataset_name, "fold": run.fold,
+            "split_sha256": split_digest(run.train_cases, run.val_cases),
             "optimizer": run.config["optimizer"]["name"],
             "mirror_axes": self.mirror_axes, "patch_size": self.patch_size, "epoch": self.state.epoch,
             "iteration": self.state.iteration, "total_iterations": self.state.total_iterations,
@@ -200,7 +208,8 @@ class Trainer:
     def load(self, path: Path) -> None:
         run = self.run
         self.state = restore_training_checkpoint(path, self.setup, self.step, run.network_name, run.configuration_name,
-                                                 run.config["optimizer"]["name"], self.device, str(run.fold))
+                                                 run.config["optimizer"]["name"], self.device, str(run.fold),
+                                                 split_digest(run.train_cases, run.val_cases))
 
     # ------------------------------------------------------------------ loop
 
