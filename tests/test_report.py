@@ -95,6 +95,19 @@ def test_figures_of_an_earlier_report_are_not_left_beside_it(roots: dict[str, Pa
     assert path.is_file()
 
 
+def test_files_of_the_user_beside_the_report_are_kept(roots: dict[str, Path]) -> None:
+    """``-o thesis/report.html`` deleted the user's ``report_case_notes.png`` and ``report_training_log.png``:
+    every ``<stem>_case_*`` / ``<stem>_training_*`` PNG counted as an earlier report's figure."""
+    make_results(roots, probabilities_for=())
+    out = roots["results"] / "thesis"
+    out.mkdir()
+    mine = [out / "report_case_notes.png", out / "report_training_log.png", out / "report_dice_boxplot_old.png"]
+    for path in mine:
+        path.write_bytes(PNG_SIGNATURE)
+    build_report(DATASET, out / "report.html", num_workers=1)
+    assert all(p.read_bytes() == PNG_SIGNATURE for p in mine)
+
+
 def test_numeric_series_plots_every_numeric_key() -> None:
     records = [
         {"epoch": 0, "train_loss": 1.0, "pseudo_dice": [0.2, 0.4], "lr": 0.01, "timestamp": 5.0, "note": "x"},

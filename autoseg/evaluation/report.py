@@ -17,6 +17,7 @@ import io
 import json
 import math
 import os
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
@@ -36,7 +37,10 @@ from autoseg.utils.jsonio import read_json
 from autoseg.utils.output_folders import check_output_file
 
 FIGURE_DPI = 110
-FIGURE_PREFIXES = ("dice_boxplot", "training_", "case_")  # names of the figures saved beside the HTML
+# Names of the figures saved beside the HTML (after ``<stem>_``): the box plot, a model folder's curves
+# (``<network>__<plans>__<configuration>``) and the best/worst (or only) case. Only files of these exact forms
+# are removed as an earlier report's: ``report_case_notes.png`` beside ``report.html`` is the user's.
+FIGURE_NAME = re.compile(r"(dice_boxplot|training_[^_]\S*__\S+__\S+|case_(best|worst|only)_\S+)\.png")
 CLASS_COLORS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45")
 FOLD_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
 NOT_PLOTTED = ("epoch", "timestamp")  # the x axis, and wall-clock time (not a training curve)
@@ -277,7 +281,7 @@ class _Figures:
         report's figures."""
         stem = self.html_path.stem
         for path in self.html_path.parent.glob(f"{glob.escape(stem)}_*.png"):
-            if path not in self.saved and path.name[len(stem) + 1 :].startswith(FIGURE_PREFIXES):
+            if path not in self.saved and FIGURE_NAME.fullmatch(path.name[len(stem) + 1 :]):
                 path.unlink(missing_ok=True)
 
 
