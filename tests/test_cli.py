@@ -50,6 +50,8 @@ def test_nnunet_style_lists(args: list[str], expected: list[str]) -> None:
     (["predict", "-i", ".", "-o", "out", "-m", ".", "--step", "1.5"], "--step 1.5: must be in (0, 1]"),
     (["predict", "-i", ".", "-o", "out"], "give either -m MODEL_FOLDER or both -d DATASET and -c CONFIGURATION"),
     (["verify", "Dataset777"], "dataset 'Dataset777' not found in the raw root"),
+    (["preprocess", "Dataset004", "-np", "-2"], "Invalid value for '-np' / '--num-workers'"),  # was: one worker, quietly
+    (["evaluate", "-p", "p", "-r", "r", "--num-workers", "-1"], "Invalid value for '-np' / '--num-workers'"),
 ])
 def test_bad_arguments_are_one_line_and_exit_2(args: list[str], message: str, roots: dict[str, Path]) -> None:
     result = runner.invoke(app, args)
