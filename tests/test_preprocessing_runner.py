@@ -144,6 +144,12 @@ def test_changed_plan_redoes_every_case(roots: dict[str, Path], small_dataset: P
     assert data.max() == pytest.approx(float(image.max()))  # no normalization now
 
 
+def test_a_configuration_given_twice_is_preprocessed_and_reported_once(roots: dict[str, Path], small_dataset: Path) -> None:
+    _write_plans(roots)
+    report = preprocess_dataset(DATASET, ["3d_fullres", "3d_fullres"], num_workers=1)
+    assert [out.configurations for out in report.outputs] == [["3d_fullres"]]
+
+
 def test_unreadable_case_is_named_while_the_others_complete(roots: dict[str, Path], small_dataset: Path) -> None:
     _write_plans(roots)
     broken = small_dataset / "imagesTr" / "hippocampus_006_0000.nii.gz"

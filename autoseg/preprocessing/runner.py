@@ -220,7 +220,7 @@ def preprocess_dataset(
     plans = load_plans(plans_path(location.preprocessed_dir, plans_name))
     if isinstance(configurations, str):  # one name, not its letters ("configuration '3' is not in plans")
         configurations = [configurations]
-    names = list(configurations) if configurations else list(plans["configurations"])
+    names = list(dict.fromkeys(configurations)) if configurations else list(plans["configurations"])  # each once
     workers = default_workers() if num_workers is None else max(1, int(num_workers))
     report = PreprocessReport(location.name, plans_name, [])
     for identifier, group in _group_by_identifier(plans, names).items():
