@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import autoseg.training.model_setup as model_setup_module
-from autoseg.errors import PlanError, TrainingError, UsageError
+from autoseg.errors import NetworkError, PlanError, TrainingError, UsageError
 from autoseg.training import train_fold
 from autoseg.networks.bf16_guard import bf16_step_survives
 from autoseg.training.watchdog import IterationWatchdog
@@ -102,6 +102,24 @@ def test_a_dataset_json_edited_after_planning_is_refused(data_roots: dict[str, P
         with pytest.raises(PlanError, match=rf"dataset\.json: ignore label is 3, but .*autosegPlans\.json was planned with "
                                             rf"None; dataset\.json changed after planning: re-run autoseg fingerprint {DATASET}"):
             train_fold(DATASET, "3d_fullres", 0, epochs=1, device="cpu")
+    finally:
+        path.write_text(original)
+    assert not results.exists()
+
+
+def test_a_plan_naming_no_registered_network_is_named_with_its_file(data_roots: dict[str, Path], results: Path) -> None:
+    """Was: "unknown network 'unetx'" without the plans file the name came from."""
+    path = data_roots["preprocessed"] / DATASET / "autosegPlans.json"
+    original = path.read_text()
+    plans = json.loads(original)
+    plans["configurations"]["3d_fullres"]["network"]["name"] = "unetx"
+    path.write_text(json.dumps(plans))
+    try:
+        with pytest.raises(NetworkError, match=r"autosegPlans\.json: configuration 3d_fullres: unknown network 'unetx'; choose one "
+                                               r"of: .*; fix the plans file's network name, or re-plan"):
+            train_fold(DATASET, "3d_fullres", 0, epochs=1, device="cpu")
+        with pytest.raises(NetworkError, match=r"^unknown network 'unety'"):  # --network: the user's own word
+            train_fold(DATASET, "3d_fullres", 0, network="unety", epochs=1, device="cpu")
     finally:
         path.write_text(original)
     assert not results.exists()

@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from autoseg.dataset.description import load_description
-from autoseg.errors import PlanError, TrainingError
+from autoseg.errors import NetworkError, PlanError, TrainingError
 from autoseg.networks import get_network_spec
 from autoseg.paths import resolve_dataset
 from autoseg.planning.accounting import PARTS
@@ -161,7 +161,13 @@ def resolve_fold_run(dataset_spec: str, configuration: str, fold: str, network: 
         f"{location.name} --plans-name {plans_name} --overwrite and autoseg preprocess {location.name}",
     )
     network_name = network or plan["network"]["name"]
-    get_network_spec(network_name)
+    try:
+        get_network_spec(network_name)
+    except NetworkError as exc:  # a hand-edited plan names no registered network: say where the name came from
+        if network is not None:
+            raise
+        raise NetworkError(f"{plans_path(location.preprocessed_dir, plans_name)}: configuration {configuration}: {exc}; "
+                           "fix the plans file's network name, or re-plan") from None
     config = resolve_training_config(network_name, overrides, plan)
     store = location.preprocessed_dir / plan["data_identifier"]
     case_ids = list_cases(store)
