@@ -145,3 +145,12 @@ def test_demo_refuses_an_output_below_a_file_before_running(tmp_path: Path) -> N
     assert result.exit_code == 2
     assert "notes.txt: exists and is not a folder; give a folder (new or existing) for the outputs" in result.output
     assert "[1/7]" not in result.output and (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_onnxruntime_engine_refuses_a_half_precision_it_would_not_use(tmp_path: Path) -> None:
+    """``--engine onnxruntime --mixed-precision bf16`` ran in float32 without a word (``--compile`` is refused)."""
+    result = runner.invoke(app, ["predict", "-i", str(tmp_path), "-o", str(tmp_path / "out"), "-m", str(tmp_path / "m.zip"),
+                                 "--engine", "onnxruntime", "--mixed-precision", "bf16"])
+    assert result.exit_code == 2
+    assert "--mixed-precision bf16 applies to the torch engine; the onnxruntime engine computes in float32" in result.output
+    assert not (tmp_path / "out").exists()
