@@ -195,7 +195,7 @@ def train(
     epochs: Optional[int] = typer.Option(None, "--epochs", help="number of epochs; with --continue it extends a finished run"),
     budget: Optional[str] = typer.Option(None, "--budget", help="train for this long, e.g. 30m (iterations from measured speed; the LR schedule completes)"),
     continue_: bool = typer.Option(False, "--continue", help="resume from the latest checkpoint (also after kill -9)"),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or mps (default: cuda when present)"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N or mps (default: cuda when present)"),
     seed: int = typer.Option(0, "--seed", help="random seed"),
     deterministic: bool = typer.Option(False, "--deterministic", help="bit-reproducible runs (slower)"),
     overrides: Optional[list[str]] = typer.Option(None, "--set", help="override a training config value, e.g. --set optimizer.lr=0.005 (repeatable; an unknown key, a wrong type or a value out of the setting's range is refused before anything is written; docs/configuration.md lists every key)"),
@@ -257,7 +257,7 @@ def predict(
     step: float = typer.Option(0.5, "--step", help="sliding-window step as a fraction of the patch"),
     no_tta: bool = typer.Option(False, "--no-tta", help="skip mirroring test-time augmentation (about 2^k times faster)"),
     save_probabilities: bool = typer.Option(False, "--save-probabilities", help="also write <case>.npz probabilities + <case>.json (for ensembling)"),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or mps (default: cuda when present)"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N or mps (default: cuda when present)"),
     num_parts: int = typer.Option(1, "--num-parts", help="split the cases into this many parts (several machines/GPUs)"),
     part_id: int = typer.Option(0, "--part-id", help="which part this run predicts (0-based)"),
     continue_: bool = typer.Option(False, "--continue", help="skip cases whose outputs exist"),
@@ -460,7 +460,7 @@ def export_model(
 def import_model(
     zip_file: Path = typer.Argument(..., help="a zip written by `autoseg export-model`"),
     results_root: Optional[Path] = typer.Option(None, help="where to install (default: the results root)"),
-    overwrite: bool = typer.Option(False, help="replace model folders that exist"),
+    overwrite: bool = typer.Option(False, help="replace model folders (and ensemble decisions) that exist"),
 ) -> None:
     """Check and install an exported model; never runs code, refuses tampered or incompatible files."""
     from autoseg.evaluation.model_files import install_model_file
