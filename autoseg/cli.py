@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import os
 import select
@@ -55,6 +56,35 @@ def _stdout_closed() -> bool:
     return closed
 
 
+# File-system refusals caused by where the user points autoseg (a root or -o below a file, a folder
+# without write permission, a full disk), not by a bug: the fix for each.
+ENVIRONMENT_ERRNO_FIXES = {
+    errno.ENOTDIR: "a file stands where a folder is needed; check the path (and AUTOSEG_RAW / "
+                   "AUTOSEG_PREPROCESSED / AUTOSEG_RESULTS)",
+    errno.EACCES: "no permission there; choose a folder you can write to, or fix its permissions",
+    errno.EPERM: "no permission there; choose a folder you can write to, or fix its permissions",
+    errno.EROFS: "the file system is read-only; choose a writable folder",
+    errno.ENOSPC: "the disk is full; free space or choose a folder on another disk",
+    errno.EDQUOT: "the disk quota is exhausted; free space or choose a folder on another disk",
+}
+
+
+def environment_error_message(exc: OSError) -> str | None:
+    """One line naming the path and the fix for an ``OSError`` the user's paths or disk caused, else None.
+
+    Such errors reached the user as 'internal error ... this is a bug in autoseg' (for example
+    ``AUTOSEG_PREPROCESSED=notes.txt/pre``: NotADirectoryError from fingerprint's mkdir). An existing file
+    where ``mkdir`` wanted a folder (FileExistsError) counts as ENOTDIR."""
+    code = exc.errno
+    if code == errno.EEXIST and exc.filename is not None and Path(exc.filename).is_file():
+        code = errno.ENOTDIR
+    fix = ENVIRONMENT_ERRNO_FIXES.get(code) if code is not None else None
+    if fix is None:
+        return None
+    where = f"{exc.filename}: " if exc.filename is not None else ""
+    return f"{where}{exc.strerror or os.strerror(code)}; {fix}"
+
+
 def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     """Turn user errors into one message and exit code 2; never a traceback (AUTOSEG_DEBUG=1 shows it)."""
 
@@ -80,6 +110,9 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
                 raise typer.Exit(SIGPIPE_EXIT_CODE) from None  # stop quietly (another pipe breaking is a bug)
             if os.environ.get("AUTOSEG_DEBUG"):
                 traceback.print_exc()
+            environment = environment_error_message(exc) if isinstance(exc, OSError) else None
+            if environment is not None:
+                _fail(environment, 2)
             if type(exc).__name__ == "OutOfMemoryError":  # torch's CUDA/MPS out-of-memory error
                 first = (str(exc).strip().splitlines() or [""])[0]
                 _fail(

@@ -154,3 +154,42 @@ def test_onnxruntime_engine_refuses_a_half_precision_it_would_not_use(tmp_path: 
     assert result.exit_code == 2
     assert "--mixed-precision bf16 applies to the torch engine; the onnxruntime engine computes in float32" in result.output
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("raised", "expected"), [
+    (NotADirectoryError(20, "Not a directory", "notes.txt/pre/Dataset004_X"),
+     "notes.txt/pre/Dataset004_X: Not a directory; a file stands where a folder is needed"),
+    (PermissionError(13, "Permission denied", "/data/results/x.json"),
+     "/data/results/x.json: Permission denied; no permission there; choose a folder you can write to"),
+    (OSError(28, "No space left on device", "/data/pre/a.b2nd"),
+     "/data/pre/a.b2nd: No space left on device; the disk is full"),
+])
+def test_file_system_refusals_the_user_can_fix_are_not_reported_as_bugs(raised: OSError, expected: str) -> None:
+    """AUTOSEG_PREPROCESSED below a file, a folder without write permission or a full disk printed
+    'internal error (...); this is a bug in autoseg' and exited with 1."""
+    import typer
+
+    from autoseg.cli import user_errors
+
+    single = typer.Typer()
+
+    @single.command()
+    @user_errors
+    def work() -> None:
+        raise raised
+
+    result = runner.invoke(single, [])
+    assert result.exit_code == 2, result.output
+    assert f"autoseg: error: {expected}" in result.output and "internal error" not in result.output
+
+
+def test_a_file_where_a_root_folder_is_needed_names_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``AUTOSEG_PREPROCESSED=notes.txt/pre autoseg fingerprint``: NotADirectoryError from mkdir, an internal error."""
+    from conftest import EXAMPLE_DATASET
+
+    (tmp_path / "notes.txt").write_text("mine")
+    monkeypatch.setenv("AUTOSEG_PREPROCESSED", str(tmp_path / "notes.txt" / "pre"))
+    result = runner.invoke(app, ["fingerprint", str(EXAMPLE_DATASET), "-np", "1"])
+    assert result.exit_code == 2, result.output
+    assert "notes.txt/pre/Dataset904_HippocampusMini: Not a directory; a file stands where a folder is needed" in result.output
+    assert (tmp_path / "notes.txt").read_text() == "mine"
