@@ -181,3 +181,41 @@ def test_a_name_near_the_file_systems_limit_is_written_and_its_dead_temporaries_
     dead.write_bytes(b"partial")
     assert remove_stale_temporaries(tmp_path, "other.nii.gz") == []
     assert remove_stale_temporaries(tmp_path, name) == [dead]
+
+
+def _full_statvfs(path: object) -> os.statvfs_result:
+    """statvfs of a file system with no block left for this user."""
+    return os.statvfs_result((4096, 4096, 100, 0, 0, 100, 0, 0, 0, 255))
+
+
+@pytest.mark.skipif(not hasattr(os, "statvfs"), reason="POSIX statvfs")
+@pytest.mark.parametrize(
+    "cause",
+    [
+        OSError(28, "No space left on device"),  # write() fails without a file name
+        OSError(28, "No space left on device", "/raw/labelsTr/a.nii.gz", None, "/pre/.a.tmp"),  # shutil.copyfile names its source
+        RuntimeError("ITK ERROR: NiftiImageIO: could not write"),  # SimpleITK / torch / blosc2
+    ],
+)
+def test_a_full_disk_is_reported_as_such_at_the_target(cause: Exception, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "out" / "case.nii.gz"
+    monkeypatch.setattr(os, "statvfs", _full_statvfs)
+    with pytest.raises(OSError) as info:
+        with atomic_path(target):
+            raise cause
+    assert info.value.errno == 28 and info.value.filename == str(target)
+    assert info.value.__cause__ is cause
+    assert list(target.parent.iterdir()) == []
+
+
+def test_errors_on_a_disk_with_space_are_not_relabelled(tmp_path: Path) -> None:
+    cause = RuntimeError("a bug")
+    with pytest.raises(RuntimeError) as info:
+        with atomic_path(tmp_path / "x.json"):
+            raise cause
+    assert info.value is cause
+    denied = PermissionError(13, "Permission denied", str(tmp_path / "elsewhere"))
+    with pytest.raises(PermissionError) as info2:
+        with atomic_path(tmp_path / "x.json"):
+            raise denied
+    assert info2.value is denied

@@ -18,6 +18,7 @@ even for a moment, races with other threads creating files).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -98,12 +99,41 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None, durable
         if durable:
             _fsync(tmp)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        full = _disk_full_error(exc, target)
+        if full is not None:
+            raise full from exc
         raise
     if durable and os.name == "posix":
         _fsync(target.parent)
+
+
+def _disk_full_error(exc: BaseException, target: Path) -> OSError | None:
+    """``OSError(ENOSPC, target)`` when ``exc`` came from a full disk, else None.
+
+    A write that fills the disk fails without a file name (``OSError: [Errno 28] No space left on device``
+    from ``write()``), or not as an ``OSError`` at all (SimpleITK, torch and blosc2 raise ``RuntimeError``),
+    or naming the source of a copy (``shutil.copyfile``), so the user learnt neither which folder is full
+    nor that the disk was the cause. The file system is
+    asked (after the temporary is removed) whether it has space left; an error with no space left there is
+    reported as a full disk at ``target``."""
+    if not isinstance(exc, Exception):  # Ctrl-C, SIGTERM, exit: never re-labelled
+        return None
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        code = exc.errno  # named after the write's target: a copy's error names its source first
+    elif isinstance(exc, OSError) and exc.filename is not None:
+        return None  # already names its file (a read-only folder, a missing permission...)
+    else:
+        try:
+            stats = os.statvfs(target.parent)
+        except (AttributeError, OSError):  # Windows, or the folder is gone
+            return None
+        if stats.f_bavail * stats.f_frsize > 0:
+            return None
+        code = errno.ENOSPC
+    return OSError(code, os.strerror(code), str(target))
 
 
 def _process_alive(pid: int) -> bool:
