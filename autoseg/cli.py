@@ -76,7 +76,7 @@ def environment_error_message(exc: OSError) -> str | None:
     ``AUTOSEG_PREPROCESSED=notes.txt/pre``: NotADirectoryError from fingerprint's mkdir). An existing file
     where ``mkdir`` wanted a folder (FileExistsError) counts as ENOTDIR."""
     code = exc.errno
-    if code == errno.EEXIST and exc.filename is not None and Path(exc.filename).is_file():
+    if code == errno.EEXIST and isinstance(exc.filename, (str, os.PathLike)) and Path(exc.filename).is_file():
         code = errno.ENOTDIR
     fix = ENVIRONMENT_ERRNO_FIXES.get(code) if code is not None else None
     if fix is None:
