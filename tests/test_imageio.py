@@ -99,6 +99,64 @@ def test_dicom_series_folder_reads_as_one_image() -> None:
     assert geometry.spacing == (1.0, 1.0, 1.0)
 
 
+def _dicom_series(folder: Path, positions: list[tuple[float, float, float]]) -> Path:
+    """Axial int16 DICOM slices (4x5 voxels of 0.5 mm) at ``positions`` (x, y, z), named 1.dcm, 2.dcm, ..."""
+    folder.mkdir()
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    writer.SetImageIO("GDCMImageIO")
+    for i, position in enumerate(positions):
+        image = sitk.GetImageFromArray(np.full((4, 5), i, np.int16))
+        image.SetSpacing((0.5, 0.5))
+        for tag, value in {"0020|000d": "1.2.3", "0020|000e": "1.2.3.4", "0008|0018": f"1.2.3.4.{i + 1}",
+                           "0020|0013": str(i + 1), "0020|0032": "\\".join(map(str, position)),
+                           "0020|0037": "1\\0\\0\\0\\1\\0"}.items():
+            image.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"{i + 1}.dcm"))
+        writer.Execute(image)
+    return folder
+
+
+# series -> what the refusal says (ITK read each silently: spacing the mean step, or the tilt dropped)
+BAD_DICOM_SERIES = {
+    "missing slice": ([(0, 0, z) for z in (0, 2, 4, 8, 10, 12)], r"series: DICOM slice spacing is uneven \(4 mm between "
+                      r"3.dcm and 4.dcm, 2.4 mm on average: missing slices\?\); give the complete series"),
+    "uneven thickness": ([(0, 0, z) for z in (0, 1, 2, 4, 6, 8)], r"series: DICOM slice spacing is uneven"),
+    "duplicated position": ([(0, 0, z) for z in (0, 2, 4, 4, 6, 8)], r"series: DICOM files 3.dcm and 4.dcm lie at "
+                            r"the same slice position \(a repeated acquisition or duplicated files\?\)"),
+    "gantry tilt": ([(0, 0.5 * z, z) for z in (0, 2, 4, 6, 8, 10)], r"series: DICOM slices are sheared \(gantry tilt of "
+                    r"26.6 degrees: each slice is shifted in-plane\), which a direction matrix cannot hold"),
+}
+
+
+@pytest.mark.parametrize("kind", BAD_DICOM_SERIES)
+def test_dicom_series_off_an_even_grid_is_refused(tmp_path: Path, kind: str) -> None:
+    positions, message = BAD_DICOM_SERIES[kind]
+    with pytest.raises(DatasetError, match=message):
+        read_image(_dicom_series(tmp_path / "series", positions))
+
+
+def test_dicom_series_with_rounded_positions_reads_in_order(tmp_path: Path) -> None:
+    """Positions rounded to 0.1 mm at a 0.625 mm step stray from the grid but are one even series; files named
+    against their order are sorted by position."""
+    positions = [(0, 0, round(-100 + 0.625 * z, 1)) for z in (5, 4, 3, 2, 1, 0)]
+    array, geometry = read_image(_dicom_series(tmp_path / "series", positions))
+    assert list(array[:, 0, 0]) == [5, 4, 3, 2, 1, 0]
+    assert geometry.spacing == pytest.approx((0.625, 0.5, 0.5), abs=0.01)
+    assert geometry.origin == pytest.approx((0, 0, -100))
+
+
+def test_multi_frame_dicom_file_reads_as_3d(tmp_path: Path) -> None:
+    """One multi-frame file was read by ImageSeriesReader as a 4D image and refused as 'is 4D'."""
+    volume = sitk.GetImageFromArray(np.arange(3 * 4 * 5, dtype=np.uint16).reshape(3, 4, 5))
+    volume.SetSpacing((0.5, 0.5, 2.0))
+    (tmp_path / "series").mkdir()
+    sitk.WriteImage(volume, str(tmp_path / "series" / "volume.dcm"))
+    array, geometry = read_image(tmp_path / "series")
+    np.testing.assert_array_equal(array, sitk.GetArrayFromImage(volume))
+    assert geometry.spacing == (2.0, 0.5, 0.5)
+
+
 def test_real_nifti_geometry_matches_simpleitk() -> None:
     path = HIPPOCAMPUS / "imagesTr" / "hippocampus_001_0000.nii.gz"
     array, geometry = read_image(path)

@@ -624,12 +624,72 @@ def _read_dicom_series(folder: Path) -> tuple[np.ndarray, Geometry]:
             f"{folder}: holds {len(series)} DICOM series ({', '.join(series)}); put one series per folder"
         )
     files = reader.GetGDCMSeriesFileNames(str(folder), series[0])
-    reader.SetFileNames(files)
     try:
-        image = reader.Execute()
+        if len(files) == 1:
+            # One (multi-frame) file: ImageSeriesReader would stack its volume as a 4D image of one slice.
+            image = sitk.ReadImage(files[0])
+        else:
+            _check_slice_positions(folder, files)
+            reader.SetFileNames(files)
+            image = reader.Execute()
     except RuntimeError as exc:
         raise DatasetError(f"{folder}: DICOM series cannot be read: {_first_line(exc)}") from None
     return _from_sitk(image, folder)
+
+
+DICOM_TILT_DEGREES = 0.5  # a series' slice axis may lean this far from the slice normal (rounded positions)
+# Slice positions may stray from the even grid by this share of a slice step: DICOM exporters round them (to
+# 0.1 mm at a 0.625 mm step: up to 0.08); a missing slice strays by half a step or more.
+DICOM_SLICE_TOLERANCE = 0.2
+
+
+def _check_slice_positions(folder: Path, files: Sequence[str]) -> None:
+    """Refuse a series whose slices (in GDCM's order) do not lie on one even grid along the slice normal.
+
+    ITK reads such a series silently with the mean slice step as spacing (missing slices, uneven spacing,
+    duplicated positions) or as if untilted (gantry tilt shifts each slice in-plane), so the label map would
+    lie in a wrong geometry. Positions may stray from the even grid by ``DICOM_SLICE_TOLERANCE`` of a
+    slice step. Files without ImagePositionPatient / ImageOrientationPatient are left to ITK.
+    """
+    positions, orientations = [], set()
+    for file in files:
+        info = sitk.ImageFileReader()
+        info.SetFileName(file)
+        info.ReadImageInformation()
+        if not (info.HasMetaDataKey("0020|0032") and info.HasMetaDataKey("0020|0037")):
+            return
+        try:
+            positions.append([float(v) for v in info.GetMetaData("0020|0032").split("\\")])
+            orientations.add(tuple(round(float(v), 4) for v in info.GetMetaData("0020|0037").split("\\")))
+        except ValueError:
+            return
+    if len(orientations) != 1 or any(len(p) != 3 for p in positions) or len(next(iter(orientations))) != 6:
+        raise DatasetError(f"{folder}: DICOM slices differ in orientation (ImageOrientationPatient); "
+                           "put each acquisition in its own folder")
+    orientation = np.array(next(iter(orientations)))
+    normal = np.cross(orientation[:3], orientation[3:])
+    points = np.array(positions)
+    along = points @ normal
+    names = [Path(f).name for f in files]
+    step = (along[-1] - along[0]) / (len(files) - 1)  # signed: GDCM orders the slices along the normal
+    order = np.argsort(along)
+    gaps = np.diff(along[order])
+    if abs(step) == 0 or gaps.min() <= DICOM_SLICE_TOLERANCE * abs(step):
+        i = int(gaps.argmin())
+        raise DatasetError(f"{folder}: DICOM files {names[order[i]]} and {names[order[i + 1]]} lie at the same slice "
+                           "position (a repeated acquisition or duplicated files?); keep one series per folder")
+    extent = points[-1] - points[0]
+    angle = math.degrees(math.acos(min(1.0, abs(extent @ normal) / float(np.linalg.norm(extent)))))
+    if angle > DICOM_TILT_DEGREES:
+        raise DatasetError(f"{folder}: DICOM slices are sheared (gantry tilt of {angle:.1f} degrees: each slice is "
+                           "shifted in-plane), which a direction matrix cannot hold; resample the series to an "
+                           "untilted grid first")
+    deviation = np.abs(along - (along[0] + step * np.arange(len(files))))
+    if deviation.max() > DICOM_SLICE_TOLERANCE * abs(step):
+        i = int(np.abs(np.diff(along) - step).argmax())
+        raise DatasetError(f"{folder}: DICOM slice spacing is uneven ({abs(along[i + 1] - along[i]):.3g} mm between "
+                           f"{names[i]} and {names[i + 1]}, {abs(step):.3g} mm on average: missing slices?); give the "
+                           "complete series")
 
 
 def write_image(array: np.ndarray, geometry: Geometry, path: str | Path) -> None:
