@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -544,3 +545,18 @@ def test_jpeg_dataset_is_refused_once_with_the_reason(drive_dataset: Path, roots
         f"ERROR {drive_dataset / 'dataset.json'}: file_ending '.jpg' is not a supported image type; JPEG compression "
         "is lossy and alters pixel values (label maps would change; nnU-Net refuses it too); save images and labels as .png"
     ]
+
+
+def test_a_file_name_that_is_not_utf8_is_reported_not_an_abort(small_dataset: Path, roots: dict[str, Path]) -> None:
+    """SimpleITK aborted the process (exit 134, no message) when handed a Latin-1 file name."""
+    for folder, ending in (("imagesTr", "_0000.nii.gz"), ("labelsTr", ".nii.gz")):
+        source = small_dataset / folder / f"{PLAIN_CASE}{ending}"
+        os.rename(os.fsencode(source), os.fsencode(small_dataset / folder) + b"/caf\xe9" + ending.encode())
+    before = {os.fsencode(p): p.read_bytes() for p in small_dataset.rglob("*") if p.is_file()}
+    result = runner.invoke(app, ["verify", str(small_dataset), "-np", "1"])
+    assert result.exit_code == 2, result.output
+    assert f"ERROR {small_dataset}/imagesTr/caf\\xe9_0000.nii.gz: name is not valid UTF-8" in result.output
+    assert f"ERROR {small_dataset}/labelsTr/caf\\xe9.nii.gz: name is not valid UTF-8" in result.output
+    result = runner.invoke(app, ["fingerprint", str(small_dataset), "-np", "1"])
+    assert result.exit_code == 2 and "name is not valid UTF-8" in result.output, result.output
+    assert {os.fsencode(p): p.read_bytes() for p in small_dataset.rglob("*") if p.is_file()} == before

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,9 @@ def _files_by_stem(folder: Path, ending: str, problems: list[str]) -> dict[str, 
     for path in paths:
         if path.name.startswith(".") or path.name in data_files:
             continue
+        if (problem := undecodable_path_problem(path)) is not None:
+            problems.append(problem)
+            continue
         if ending.lower() in TIFF_ENDINGS and path.name.endswith(".json"):
             continue  # a 3D TIFF's spacing sidecar (nnU-Net's Tiff3DIO), read with its image
         if not path.name.endswith(ending):
@@ -54,6 +58,20 @@ def _files_by_stem(folder: Path, ending: str, problems: list[str]) -> dict[str, 
             continue
         files[path.name[: -len(ending)]] = path
     return files
+
+
+def undecodable_path_problem(path: Path) -> str | None:
+    """The problem of a path whose bytes are not UTF-8 (``caf\\xe9_0000.nii.gz`` from a Latin-1 system), else None.
+
+    SimpleITK cannot take such a name: given one it aborts the whole process (``terminate called ...
+    std::logic_error``, exit 134) with no word of which file, so verify, fingerprint and preprocess died.
+    The path is shown with its odd bytes escaped (printing them raw would fail too)."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+        return f"{shown}: name is not valid UTF-8 (bytes shown as \\x..); rename it with UTF-8 (or ASCII) characters"
+    return None
 
 
 LOSSY_ENDINGS = (".jpg", ".jpeg")
