@@ -492,6 +492,20 @@ def test_one_dicom_file_as_input_points_at_its_series_folder(model_3d: Path, tmp
         predict_folder(tmp_path / "notes.txt", tmp_path / "out", model_3d)
 
 
+def test_dicom_files_beside_case_files_are_refused_not_left_out(tmp_path: Path) -> None:
+    """A series folder with a thumbnail ``preview.png`` was read as a folder of cases: the thumbnail was the only
+    case, the series' files silently ignored (so too DICOM files lying beside NIfTI cases)."""
+    shutil.copytree(DICOM_SERIES, tmp_path / "series")
+    write_image(np.zeros((1, 8, 8), np.uint8), Geometry((999.0, 1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0)),
+                tmp_path / "series" / "preview.png")
+    with pytest.raises(InferenceError, match=r"series: holds 32 DICOM file\(s\) \(1\.dcm, 10\.dcm, 11\.dcm, \.\.\.\) "
+                                             r"beside preview\.png; a DICOM series is read as a folder of its own"):
+        discover_cases(tmp_path / "series")
+    (tmp_path / "series" / "preview.png").unlink()
+    (tmp_path / "series" / "notes.txt").write_text("not DICOM, ignored")
+    assert [case.case_id for case in discover_cases(tmp_path / "series")] == ["series"]
+
+
 def test_overwrite_input_gives_the_same_prediction_and_only_then_changes_the_input(model_3d: Path) -> None:
     model = load_model(model_3d, folds=[0])
     data, geometry = hippocampus_case()

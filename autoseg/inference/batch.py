@@ -87,6 +87,28 @@ def _is_dicom_folder(folder: Path) -> bool:
         return False
 
 
+def _is_dicom_file(path: Path) -> bool:
+    """Whether GDCM reads file ``path`` (DICOM files often have no ending, so it is asked, not the name)."""
+    return sitk.ImageFileReader().GetImageIOFromFileName(str(path)) == "GDCMImageIO"
+
+
+def _refuse_loose_dicom_files(folder: Path) -> None:
+    """Refuse DICOM files lying in a folder read as cases (beside image files or series subfolders).
+
+    Files of other types are ignored there, so a series beside a thumbnail ``preview.png`` or beside case
+    files was silently left out (or the thumbnail predicted in its place).
+    """
+    loose = [p.name for p in sorted(folder.iterdir())
+             if not p.name.startswith(".") and p.is_file() and not image_ending(p) and _is_dicom_file(p)]
+    if loose:
+        others = sorted(p.name for p in folder.iterdir() if not p.name.startswith(".") and (p.is_dir() or image_ending(p)))
+        raise InferenceError(
+            f"{folder}: holds {len(loose)} DICOM file(s) ({', '.join(loose[:3])}{', ...' if len(loose) > 3 else ''}) "
+            f"beside {', '.join(others[:3])}{', ...' if len(others) > 3 else ''}; a DICOM series is read as a folder "
+            "of its own: move its files into a subfolder (one per series), or remove the other files"
+        )
+
+
 def _add(cases: dict[str, InputCase], path: Path, stem: str) -> None:
     """File (or DICOM folder) ``path`` as its case's channel; two inputs for one channel are refused."""
     match = CHANNEL_SUFFIX.match(stem)
@@ -113,7 +135,7 @@ def discover_cases(input_path: str | Path) -> list[InputCase]:
     if path.is_file():
         ending = image_ending(path)
         if not ending:
-            if sitk.ImageFileReader().GetImageIOFromFileName(str(path)) == "GDCMImageIO":
+            if _is_dicom_file(path):
                 # One slice of a series: DICOM is read by folder (_is_dicom_folder).
                 raise InferenceError(f"{path}: a DICOM file; give the folder of its series (-i {path.parent}), which "
                                      "is read as one image")
@@ -126,6 +148,7 @@ def discover_cases(input_path: str | Path) -> list[InputCase]:
     elif _is_dicom_folder(path):
         _add(cases, path, path.name)
     else:
+        _refuse_loose_dicom_files(path)
         for entry in sorted(path.iterdir()):
             if entry.name.startswith("."):
                 continue
