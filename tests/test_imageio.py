@@ -99,8 +99,9 @@ def test_dicom_series_folder_reads_as_one_image() -> None:
     assert geometry.spacing == (1.0, 1.0, 1.0)
 
 
-def _dicom_series(folder: Path, positions: list[tuple[float, float, float]]) -> Path:
-    """Axial int16 DICOM slices (4x5 voxels of 0.5 mm) at ``positions`` (x, y, z), named 1.dcm, 2.dcm, ..."""
+def _dicom_series(folder: Path, positions: list[tuple[float, float, float]], tags: dict[str, str] | None = None) -> Path:
+    """Axial int16 DICOM slices (4x5 voxels of 0.5 mm, slice i holding i) at ``positions`` (x, y, z), named 1.dcm,
+    2.dcm, ..., with extra ``tags``."""
     folder.mkdir()
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
@@ -110,7 +111,7 @@ def _dicom_series(folder: Path, positions: list[tuple[float, float, float]]) -> 
         image.SetSpacing((0.5, 0.5))
         for tag, value in {"0020|000d": "1.2.3", "0020|000e": "1.2.3.4", "0008|0018": f"1.2.3.4.{i + 1}",
                            "0020|0013": str(i + 1), "0020|0032": "\\".join(map(str, position)),
-                           "0020|0037": "1\\0\\0\\0\\1\\0"}.items():
+                           "0020|0037": "1\\0\\0\\0\\1\\0", **(tags or {})}.items():
             image.SetMetaData(tag, value)
         writer.SetFileName(str(folder / f"{i + 1}.dcm"))
         writer.Execute(image)
@@ -144,6 +145,19 @@ def test_dicom_series_with_rounded_positions_reads_in_order(tmp_path: Path) -> N
     assert list(array[:, 0, 0]) == [5, 4, 3, 2, 1, 0]
     assert geometry.spacing == pytest.approx((0.625, 0.5, 0.5), abs=0.01)
     assert geometry.origin == pytest.approx((0, 0, -100))
+
+
+def test_dicom_slices_with_their_own_rescale_slope_keep_fractional_values(tmp_path: Path) -> None:
+    """Slices rescaled by 0.5 after one rescaled by 2 (per-slice slopes, as PET has) were cast to the first slice's
+    integer type: 3 * 0.5 - 1 read as 0 instead of 0.5."""
+    folder = _dicom_series(tmp_path / "series", [(0, 0, z) for z in range(4)], {"0028|1053": "2", "0028|1052": "-1"})
+    for file in ("2.dcm", "3.dcm", "4.dcm"):  # GDCM writes only integer slopes: patch the stored value (implicit VR)
+        data = (folder / file).read_bytes()
+        (folder / file).write_bytes(data.replace(b"\x28\x00\x53\x10\x02\x00\x00\x002 ", b"\x28\x00\x53\x10\x02\x00\x00\x00.5"))
+    array, _ = read_image(folder)
+    expected = [sitk.GetArrayFromImage(sitk.ReadImage(str(folder / f"{i}.dcm")))[0, 0, 0] for i in range(1, 5)]
+    assert expected[2] % 1 == 0.5  # the patched slopes took effect
+    np.testing.assert_array_equal(array[:, 0, 0], expected)
 
 
 def test_multi_frame_dicom_file_reads_as_3d(tmp_path: Path) -> None:

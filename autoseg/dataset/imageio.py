@@ -629,7 +629,12 @@ def _read_dicom_series(folder: Path) -> tuple[np.ndarray, Geometry]:
             # One (multi-frame) file: ImageSeriesReader would stack its volume as a 4D image of one slice.
             image = sitk.ReadImage(files[0])
         else:
-            _check_slice_positions(folder, files)
+            headers = [_dicom_header(file) for file in files]
+            _check_slice_positions(folder, files, headers)
+            if len({header.GetPixelID() for header in headers}) > 1:
+                # Slices rescaled differently (per-slice RescaleSlope, as PET has): ITK casts every slice to the
+                # first one's type, truncating a fractional slope's values to integers.
+                reader.SetOutputPixelType(sitk.sitkFloat64)
             reader.SetFileNames(files)
             image = reader.Execute()
     except RuntimeError as exc:
@@ -643,7 +648,15 @@ DICOM_TILT_DEGREES = 0.5  # a series' slice axis may lean this far from the slic
 DICOM_SLICE_TOLERANCE = 0.2
 
 
-def _check_slice_positions(folder: Path, files: Sequence[str]) -> None:
+def _dicom_header(file: str) -> sitk.ImageFileReader:
+    """One DICOM file's header (tags and pixel type, as rescaled by GDCM), without its pixels."""
+    header = sitk.ImageFileReader()
+    header.SetFileName(file)
+    header.ReadImageInformation()
+    return header
+
+
+def _check_slice_positions(folder: Path, files: Sequence[str], headers: Sequence[sitk.ImageFileReader]) -> None:
     """Refuse a series whose slices (in GDCM's order) do not lie on one even grid along the slice normal.
 
     ITK reads such a series silently with the mean slice step as spacing (missing slices, uneven spacing,
@@ -652,10 +665,7 @@ def _check_slice_positions(folder: Path, files: Sequence[str]) -> None:
     slice step. Files without ImagePositionPatient / ImageOrientationPatient are left to ITK.
     """
     positions, orientations = [], set()
-    for file in files:
-        info = sitk.ImageFileReader()
-        info.SetFileName(file)
-        info.ReadImageInformation()
+    for info in headers:
         if not (info.HasMetaDataKey("0020|0032") and info.HasMetaDataKey("0020|0037")):
             return
         try:
