@@ -219,3 +219,13 @@ def test_errors_on_a_disk_with_space_are_not_relabelled(tmp_path: Path) -> None:
         with atomic_path(tmp_path / "x.json"):
             raise denied
     assert info2.value is denied
+
+
+def test_a_writer_that_names_the_full_disk_and_frees_its_blocks_is_believed(tmp_path: Path) -> None:
+    """safetensors' Rust writer removes its partial file, so the disk has room again when it is asked."""
+    cause = RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")
+    target = tmp_path / "checkpoint_best.safetensors"
+    with pytest.raises(OSError) as info:
+        with atomic_path(target):
+            raise cause
+    assert info.value.errno == 28 and info.value.filename == str(target) and info.value.__cause__ is cause

@@ -100,14 +100,17 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None, durable
             _fsync(tmp)
         os.replace(tmp, target)
     except BaseException as exc:
+        full = _disk_full_error(exc, target)  # asked before the temporary's blocks are freed
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-        full = _disk_full_error(exc, target)
         if full is not None:
             raise full from exc
         raise
     if durable and os.name == "posix":
         _fsync(target.parent)
+
+
+FULL_BELOW_BYTES = 1 << 20  # a file system with less space left counts as full when a write into it failed
 
 
 def _disk_full_error(exc: BaseException, target: Path) -> OSError | None:
@@ -116,24 +119,34 @@ def _disk_full_error(exc: BaseException, target: Path) -> OSError | None:
     A write that fills the disk fails without a file name (``OSError: [Errno 28] No space left on device``
     from ``write()``), or not as an ``OSError`` at all (SimpleITK, torch and blosc2 raise ``RuntimeError``),
     or naming the source of a copy (``shutil.copyfile``), so the user learnt neither which folder is full
-    nor that the disk was the cause. The file system is
-    asked (after the temporary is removed) whether it has space left; an error with no space left there is
-    reported as a full disk at ``target``."""
+    nor that the disk was the cause. An error whose text names the full disk is taken at its word;
+    otherwise the file system is asked, while the failed temporary still holds the blocks it got, whether
+    space is left: an error with less than ``FULL_BELOW_BYTES`` left there is reported as a full disk."""
     if not isinstance(exc, Exception):  # Ctrl-C, SIGTERM, exit: never re-labelled
         return None
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         code = exc.errno  # named after the write's target: a copy's error names its source first
     elif isinstance(exc, OSError) and exc.filename is not None:
         return None  # already names its file (a read-only folder, a missing permission...)
-    else:
+    elif (code := _named_disk_full_code(str(exc))) is None:
         try:
             stats = os.statvfs(target.parent)
         except (AttributeError, OSError):  # Windows, or the folder is gone
             return None
-        if stats.f_bavail * stats.f_frsize > 0:
+        free = stats.f_bfree if hasattr(os, "geteuid") and os.geteuid() == 0 else stats.f_bavail  # root may use the reserve
+        if free * stats.f_frsize >= FULL_BELOW_BYTES:
             return None
         code = errno.ENOSPC
     return OSError(code, os.strerror(code), str(target))
+
+
+def _named_disk_full_code(text: str) -> int | None:
+    """ENOSPC or EDQUOT when an error's text names it: safetensors' Rust writer says ``(os error 28)`` and
+    removes its partial file, so the space it found is free again and ``statvfs`` cannot tell."""
+    for code in (errno.ENOSPC, errno.EDQUOT):
+        if f"(os error {code})" in text or os.strerror(code) in text:
+            return code
+    return None
 
 
 def _process_alive(pid: int) -> bool:
