@@ -137,6 +137,16 @@ def test_dicom_series_off_an_even_grid_is_refused(tmp_path: Path, kind: str) -> 
         read_image(_dicom_series(tmp_path / "series", positions))
 
 
+def test_dicom_series_with_an_unreadable_slice_names_it(tmp_path: Path) -> None:
+    """GDCM leaves a truncated slice out of the series; the gap is refused and the file named."""
+    folder = _dicom_series(tmp_path / "series", [(0, 0, z) for z in range(6)])
+    (folder / "3.dcm").write_bytes((folder / "3.dcm").read_bytes()[:200])
+    (folder / "notes.txt").write_text("not a slice")
+    with pytest.raises(DatasetError, match=r"series: DICOM slice spacing is uneven \(2 mm between 2\.dcm and 4\.dcm, "
+                                           r"1\.25 mm on average: missing slices\? not read as DICOM: 3\.dcm\); give"):
+        read_image(folder)
+
+
 def test_dicom_series_with_rounded_positions_reads_in_order(tmp_path: Path) -> None:
     """Positions rounded to 0.1 mm at a 0.625 mm step stray from the grid but are one even series; files named
     against their order are sorted by position."""

@@ -697,9 +697,14 @@ def _check_slice_positions(folder: Path, files: Sequence[str], headers: Sequence
     deviation = np.abs(along - (along[0] + step * np.arange(len(files))))
     if deviation.max() > DICOM_SLICE_TOLERANCE * abs(step):
         i = int(np.abs(np.diff(along) - step).argmax())
+        # GDCM leaves out files it cannot parse (a truncated copy): name them, they may be the missing slices.
+        read = set(names)
+        unread = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+                        and p.name not in read and p.suffix.lower() in ("", ".dcm", ".ima"))
         raise DatasetError(f"{folder}: DICOM slice spacing is uneven ({abs(along[i + 1] - along[i]):.3g} mm between "
-                           f"{names[i]} and {names[i + 1]}, {abs(step):.3g} mm on average: missing slices?); give the "
-                           "complete series")
+                           f"{names[i]} and {names[i + 1]}, {abs(step):.3g} mm on average: missing slices?"
+                           + (f" not read as DICOM: {', '.join(unread[:3])}{', ...' if len(unread) > 3 else ''}" if unread else "")
+                           + "); give the complete series")
 
 
 def write_image(array: np.ndarray, geometry: Geometry, path: str | Path) -> None:
