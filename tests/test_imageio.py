@@ -102,7 +102,7 @@ def test_dicom_series_folder_reads_as_one_image() -> None:
 def _dicom_series(folder: Path, positions: list[tuple[float, float, float]], tags: dict[str, str] | None = None) -> Path:
     """Axial int16 DICOM slices (4x5 voxels of 0.5 mm, slice i holding i) at ``positions`` (x, y, z), named 1.dcm,
     2.dcm, ..., with extra ``tags``."""
-    folder.mkdir()
+    folder.mkdir(parents=True)
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     writer.SetImageIO("GDCMImageIO")
@@ -277,8 +277,17 @@ def test_4d_and_vector_images_rejected(tmp_path: Path) -> None:
 
 
 def test_folder_without_dicom_is_reported(tmp_path: Path) -> None:
-    with pytest.raises(DatasetError, match="holds no DICOM series"):
+    with pytest.raises(DatasetError, match=r"holds no DICOM series; give an image file or a DICOM folder$"):
         read_image(tmp_path)
+
+
+def test_folder_of_series_folders_says_nested_folders_are_not_searched(tmp_path: Path) -> None:
+    """patient/series as exported: the patient folder was refused with no word of the series folder inside."""
+    _dicom_series(tmp_path / "patient" / "series", [(0, 0, z) for z in range(3)])
+    with pytest.raises(DatasetError, match=r"patient: is a folder but holds no DICOM series; give an image file or a "
+                                           r"DICOM folder \(the one holding the series' files: subfolders such as "
+                                           r"series are not searched\)"):
+        read_image(tmp_path / "patient")
 
 
 def test_case_channels_must_share_grid(tmp_path: Path) -> None:

@@ -618,7 +618,8 @@ def _read_dicom_series(folder: Path) -> tuple[np.ndarray, Geometry]:
     except RuntimeError as exc:
         raise DatasetError(f"{folder}: cannot scan for DICOM files: {_first_line(exc)}") from None
     if not series:
-        raise DatasetError(f"{folder}: is a folder but holds no DICOM series; give an image file or a DICOM folder")
+        raise DatasetError(f"{folder}: is a folder but holds no DICOM series; give an image file or a DICOM folder"
+                           + _nested_folders_hint(folder))
     if len(series) > 1:
         raise DatasetError(
             f"{folder}: holds {len(series)} DICOM series ({', '.join(series)}); put one series per folder"
@@ -640,6 +641,15 @@ def _read_dicom_series(folder: Path) -> tuple[np.ndarray, Geometry]:
     except RuntimeError as exc:
         raise DatasetError(f"{folder}: DICOM series cannot be read: {_first_line(exc)}") from None
     return _from_sitk(image, folder)
+
+
+def _nested_folders_hint(folder: Path) -> str:
+    """For a folder of folders (patient/study/series as exported): nested folders are not searched; say which to give."""
+    subfolders = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not subfolders:
+        return ""
+    return (f" (the one holding the series' files: subfolders such as {', '.join(subfolders[:3])}"
+            f"{', ...' if len(subfolders) > 3 else ''} are not searched)")
 
 
 DICOM_TILT_DEGREES = 0.5  # a series' slice axis may lean this far from the slice normal (rounded positions)
