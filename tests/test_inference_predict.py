@@ -506,6 +506,13 @@ def test_dicom_files_beside_case_files_are_refused_not_left_out(tmp_path: Path) 
     assert [case.case_id for case in discover_cases(tmp_path / "series")] == ["series"]
 
 
+def test_dicom_folder_given_as_dot_is_named_by_its_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``-i .`` inside a series folder made the case id '' (output '.nii.gz', a failed write)."""
+    shutil.copytree(DICOM_SERIES, tmp_path / "series")
+    monkeypatch.chdir(tmp_path / "series")
+    assert [case.case_id for case in discover_cases(".")] == ["series"]
+
+
 def test_overwrite_input_gives_the_same_prediction_and_only_then_changes_the_input(model_3d: Path) -> None:
     model = load_model(model_3d, folds=[0])
     data, geometry = hippocampus_case()

@@ -146,7 +146,8 @@ def discover_cases(input_path: str | Path) -> list[InputCase]:
         for sibling in siblings:
             _add(cases, sibling, sibling.name[: -len(ending)])
     elif _is_dicom_folder(path):
-        _add(cases, path, path.name)
+        # The folder's own name, also for `-i .` or `-i ..` (whose name, '' or '..', named the output '.nii.gz').
+        _add(cases, path, path.resolve().name)
     else:
         _refuse_loose_dicom_files(path)
         for entry in sorted(path.iterdir()):
