@@ -99,9 +99,10 @@ def test_dicom_series_folder_reads_as_one_image() -> None:
     assert geometry.spacing == (1.0, 1.0, 1.0)
 
 
-def _dicom_series(folder: Path, positions: list[tuple[float, float, float]], tags: dict[str, str] | None = None) -> Path:
+def _dicom_series(folder: Path, positions: list[tuple[float, float, float]], tags: dict[str, str] | None = None,
+                  slice_tags: dict[int, dict[str, str]] | None = None) -> Path:
     """Axial int16 DICOM slices (4x5 voxels of 0.5 mm, slice i holding i) at ``positions`` (x, y, z), named 1.dcm,
-    2.dcm, ..., with extra ``tags``."""
+    2.dcm, ..., with extra ``tags`` (and ``slice_tags`` for slice i)."""
     folder.mkdir(parents=True)
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
@@ -111,7 +112,8 @@ def _dicom_series(folder: Path, positions: list[tuple[float, float, float]], tag
         image.SetSpacing((0.5, 0.5))
         for tag, value in {"0020|000d": "1.2.3", "0020|000e": "1.2.3.4", "0008|0018": f"1.2.3.4.{i + 1}",
                            "0020|0013": str(i + 1), "0020|0032": "\\".join(map(str, position)),
-                           "0020|0037": "1\\0\\0\\0\\1\\0", **(tags or {})}.items():
+                           "0020|0037": "1\\0\\0\\0\\1\\0", **(tags or {}),
+                           **(slice_tags or {}).get(i, {})}.items():
             image.SetMetaData(tag, value)
         writer.SetFileName(str(folder / f"{i + 1}.dcm"))
         writer.Execute(image)
@@ -135,6 +137,16 @@ def test_dicom_series_off_an_even_grid_is_refused(tmp_path: Path, kind: str) -> 
     positions, message = BAD_DICOM_SERIES[kind]
     with pytest.raises(DatasetError, match=message):
         read_image(_dicom_series(tmp_path / "series", positions))
+
+
+def test_dicom_slice_orientations_compare_within_tolerance(tmp_path: Path) -> None:
+    """Orientation cosines that differ in the 5th decimal are one orientation; a slice tilted by 10 degrees is not."""
+    positions = [(0, 0, z) for z in range(4)]
+    read_image(_dicom_series(tmp_path / "noise", positions, slice_tags={1: {"0020|0037": "0.99996\\0\\0\\0\\1\\0"},
+                                                                          2: {"0020|0037": "0.99994\\0\\0\\0\\1\\0"}}))
+    tilted = {2: {"0020|0037": "1\\0\\0\\0\\0.98481\\0.17365"}}
+    with pytest.raises(DatasetError, match=r"tilted: DICOM slices differ in orientation \(ImageOrientationPatient\)"):
+        read_image(_dicom_series(tmp_path / "tilted", positions, slice_tags=tilted))
 
 
 def test_dicom_series_with_an_unreadable_slice_names_it(tmp_path: Path) -> None:

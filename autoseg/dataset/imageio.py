@@ -674,19 +674,22 @@ def _check_slice_positions(folder: Path, files: Sequence[str], headers: Sequence
     lie in a wrong geometry. Positions may stray from the even grid by ``DICOM_SLICE_TOLERANCE`` of a
     slice step. Files without ImagePositionPatient / ImageOrientationPatient are left to ITK.
     """
-    positions, orientations = [], set()
+    positions: list[list[float]] = []
+    orientations: list[list[float]] = []
     for info in headers:
         if not (info.HasMetaDataKey("0020|0032") and info.HasMetaDataKey("0020|0037")):
             return
         try:
             positions.append([float(v) for v in info.GetMetaData("0020|0032").split("\\")])
-            orientations.add(tuple(round(float(v), 4) for v in info.GetMetaData("0020|0037").split("\\")))
+            orientations.append([float(v) for v in info.GetMetaData("0020|0037").split("\\")])
         except ValueError:
             return
-    if len(orientations) != 1 or any(len(p) != 3 for p in positions) or len(next(iter(orientations))) != 6:
+    if any(len(p) != 3 for p in positions) or any(len(o) != 6 for o in orientations):
+        return  # malformed tags: left to ITK
+    if np.abs(np.array(orientations) - orientations[0]).max() > GEOMETRY_TOLERANCE:
         raise DatasetError(f"{folder}: DICOM slices differ in orientation (ImageOrientationPatient); "
                            "put each acquisition in its own folder")
-    orientation = np.array(next(iter(orientations)))
+    orientation = np.array(orientations[0])
     normal = np.cross(orientation[:3], orientation[3:])
     points = np.array(positions)
     along = points @ normal
