@@ -149,6 +149,17 @@ def test_dicom_slice_orientations_compare_within_tolerance(tmp_path: Path) -> No
         read_image(_dicom_series(tmp_path / "tilted", positions, slice_tags=tilted))
 
 
+def test_folder_of_two_dicom_series_says_which_files_are_which(tmp_path: Path) -> None:
+    """The refusal named only the two SeriesInstanceUIDs, not which of the folder's files to move."""
+    folder = _dicom_series(tmp_path / "series", [(0, 0, z) for z in range(3)])
+    other = _dicom_series(tmp_path / "other", [(0, 0, z) for z in range(2)], {"0020|000e": "1.2.3.5"})
+    for file in other.iterdir():
+        file.rename(folder / f"localizer_{file.name}")
+    with pytest.raises(DatasetError, match=r"series: holds 2 DICOM series \(1\.2\.3\.4: 3 file\(s\), 1\.dcm \.\.\.; "
+                                           r"1\.2\.3\.5: 2 file\(s\), localizer_1\.dcm \.\.\.\); put one series per folder"):
+        read_image(folder)
+
+
 def test_dicom_series_with_an_unreadable_slice_names_it(tmp_path: Path) -> None:
     """GDCM leaves a truncated slice out of the series; the gap is refused and the file named."""
     folder = _dicom_series(tmp_path / "series", [(0, 0, z) for z in range(6)])

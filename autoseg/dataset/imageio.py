@@ -622,7 +622,8 @@ def _read_dicom_series(folder: Path) -> tuple[np.ndarray, Geometry]:
                            + _nested_folders_hint(folder))
     if len(series) > 1:
         raise DatasetError(
-            f"{folder}: holds {len(series)} DICOM series ({', '.join(series)}); put one series per folder"
+            f"{folder}: holds {len(series)} DICOM series ({'; '.join(_series_files(folder, uid) for uid in series)}); "
+            "put one series per folder"
         )
     files = reader.GetGDCMSeriesFileNames(str(folder), series[0])
     try:
@@ -641,6 +642,13 @@ def _read_dicom_series(folder: Path) -> tuple[np.ndarray, Geometry]:
     except RuntimeError as exc:
         raise DatasetError(f"{folder}: DICOM series cannot be read: {_first_line(exc)}") from None
     return _from_sitk(image, folder)
+
+
+def _series_files(folder: Path, uid: str) -> str:
+    """Series ``uid`` with its file count and first file, so the user can tell which files to move where
+    (the UIDs alone did not say which of the folder's files belong to which series)."""
+    files = sorted(Path(f).name for f in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
+    return f"{uid}: {len(files)} file(s), {files[0]}{' ...' if len(files) > 1 else ''}" if files else uid
 
 
 def _nested_folders_hint(folder: Path) -> str:
