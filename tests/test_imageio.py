@@ -161,12 +161,13 @@ def test_folder_of_two_dicom_series_says_which_files_are_which(tmp_path: Path) -
 
 
 def test_dicom_series_with_an_unreadable_slice_names_it(tmp_path: Path) -> None:
-    """GDCM leaves a truncated slice out of the series; the gap is refused and the file named."""
+    """GDCM leaves a truncated slice without file ending out of the series; the gap is refused and the file named."""
     folder = _dicom_series(tmp_path / "series", [(0, 0, z) for z in range(6)])
-    (folder / "3.dcm").write_bytes((folder / "3.dcm").read_bytes()[:200])
+    (folder / "IM3").write_bytes((folder / "3.dcm").read_bytes()[:200])
+    (folder / "3.dcm").unlink()
     (folder / "notes.txt").write_text("not a slice")
     with pytest.raises(DatasetError, match=r"series: DICOM slice spacing is uneven \(2 mm between 2\.dcm and 4\.dcm, "
-                                           r"1\.25 mm on average: missing slices\? not read as DICOM: 3\.dcm\); give"):
+                                           r"1\.25 mm on average: missing slices\? not read as DICOM: IM3\); give"):
         read_image(folder)
 
 
@@ -175,6 +176,16 @@ def test_short_dicom_series_with_rounded_in_plane_positions_is_no_tilt(tmp_path:
     of a 0.5 mm pixel: they were refused as a gantry tilt."""
     array, geometry = read_image(_dicom_series(tmp_path / "series", [(0, 0, 0), (0.05, 0, 1)]))
     assert array.shape == (2, 4, 5) and geometry.spacing == pytest.approx((1.0, 0.5, 0.5), abs=0.01)
+
+
+@pytest.mark.parametrize("size", [0, 200])
+def test_dicom_series_with_a_truncated_last_slice_is_refused(tmp_path: Path, size: int) -> None:
+    """GDCM left the unreadable last slice out: the series was read one slice short without a word."""
+    folder = _dicom_series(tmp_path / "series", [(0, 0, z) for z in range(4)])
+    (folder / "4.dcm").write_bytes((folder / "4.dcm").read_bytes()[:size])
+    with pytest.raises(DatasetError, match=r"series: 4\.dcm cannot be read as DICOM \(truncated or corrupt copy\?\); "
+                                           r"copy the series again, or remove the file\(s\)"):
+        read_image(folder)
 
 
 def test_dicom_series_with_rounded_positions_reads_in_order(tmp_path: Path) -> None:

@@ -626,6 +626,11 @@ def _read_dicom_series(folder: Path) -> tuple[np.ndarray, Geometry]:
             "put one series per folder"
         )
     files = reader.GetGDCMSeriesFileNames(str(folder), series[0])
+    broken = [name for name in _unread_slice_files(folder, files) if Path(name).suffix]
+    if broken:
+        # GDCM leaves such files out silently: a truncated last slice shortened the series unseen.
+        raise DatasetError(f"{folder}: {', '.join(broken[:3])}{', ...' if len(broken) > 3 else ''} cannot be read as "
+                           "DICOM (truncated or corrupt copy?); copy the series again, or remove the file(s)")
     try:
         if len(files) == 1:
             # One (multi-frame) file: ImageSeriesReader would stack its volume as a 4D image of one slice.
@@ -649,6 +654,14 @@ def _series_files(folder: Path, uid: str) -> str:
     (the UIDs alone did not say which of the folder's files belong to which series)."""
     files = sorted(Path(f).name for f in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
     return f"{uid}: {len(files)} file(s), {files[0]}{' ...' if len(files) > 1 else ''}" if files else uid
+
+
+def _unread_slice_files(folder: Path, files: Sequence[str]) -> list[str]:
+    """Files in ``folder`` named like DICOM slices (.dcm, .ima, no ending) that GDCM left out of the series
+    ``files``: it skips files it cannot parse (a truncated copy) without a word."""
+    read = {Path(f).name for f in files}
+    return sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+                  and p.name not in read and p.suffix.lower() in ("", ".dcm", ".ima"))
 
 
 def _nested_folders_hint(folder: Path) -> str:
@@ -721,10 +734,7 @@ def _check_slice_positions(folder: Path, files: Sequence[str], headers: Sequence
     deviation = np.abs(along - (along[0] + step * np.arange(len(files))))
     if deviation.max() > DICOM_SLICE_TOLERANCE * abs(step):
         i = int(np.abs(np.diff(along) - step).argmax())
-        # GDCM leaves out files it cannot parse (a truncated copy): name them, they may be the missing slices.
-        read = set(names)
-        unread = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
-                        and p.name not in read and p.suffix.lower() in ("", ".dcm", ".ima"))
+        unread = _unread_slice_files(folder, files)  # they may be the missing slices
         raise DatasetError(f"{folder}: DICOM slice spacing is uneven ({abs(along[i + 1] - along[i]):.3g} mm between "
                            f"{names[i]} and {names[i + 1]}, {abs(step):.3g} mm on average: missing slices?"
                            + (f" not read as DICOM: {', '.join(unread[:3])}{', ...' if len(unread) > 3 else ''}" if unread else "")
