@@ -188,6 +188,14 @@ def test_dicom_series_with_a_truncated_last_slice_is_refused(tmp_path: Path, siz
         read_image(folder)
 
 
+def test_dicom_object_without_pixels_beside_a_series_is_left_out(tmp_path: Path) -> None:
+    """An RTSTRUCT or SR file (DICOM, no Pixel Data) in the series folder is no slice and no truncated copy."""
+    folder = _dicom_series(tmp_path / "series", [(0, 0, z) for z in range(3)])
+    data = (folder / "3.dcm").read_bytes()
+    (folder / "rtstruct.dcm").write_bytes(data[: data.index(b"\xe0\x7f\x10\x00")])
+    assert read_image(folder)[0].shape == (3, 4, 5)
+
+
 def test_dicom_series_with_rounded_positions_reads_in_order(tmp_path: Path) -> None:
     """Positions rounded to 0.1 mm at a 0.625 mm step stray from the grid but are one even series; files named
     against their order are sorted by position."""

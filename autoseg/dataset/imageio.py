@@ -626,7 +626,8 @@ def _read_dicom_series(folder: Path) -> tuple[np.ndarray, Geometry]:
             "put one series per folder"
         )
     files = reader.GetGDCMSeriesFileNames(str(folder), series[0])
-    broken = [name for name in _unread_slice_files(folder, files) if Path(name).suffix]
+    broken = [name for name in _unread_slice_files(folder, files)
+              if Path(name).suffix and not _is_dicom_without_pixels(folder / name)]
     if broken:
         # GDCM leaves such files out silently: a truncated last slice shortened the series unseen.
         raise DatasetError(f"{folder}: {', '.join(broken[:3])}{', ...' if len(broken) > 3 else ''} cannot be read as "
@@ -662,6 +663,14 @@ def _unread_slice_files(folder: Path, files: Sequence[str]) -> list[str]:
     read = {Path(f).name for f in files}
     return sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
                   and p.name not in read and p.suffix.lower() in ("", ".dcm", ".ima"))
+
+
+def _is_dicom_without_pixels(path: Path) -> bool:
+    """A DICOM object that is no image (RTSTRUCT, SR, presentation state: a 'DICM' preamble, a Modality element
+    and no Pixel Data element), which GDCM leaves out of a series rightly. A slice truncated in its pixels holds
+    its Pixel Data tag; one cut in its header lacks the Modality (0008,0060) that comes early in the data set."""
+    data = path.read_bytes()
+    return data[128:132] == b"DICM" and b"\x08\x00\x60\x00" in data and b"\xe0\x7f\x10\x00" not in data
 
 
 def _nested_folders_hint(folder: Path) -> str:
