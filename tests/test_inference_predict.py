@@ -511,6 +511,8 @@ def test_dicom_folder_given_as_dot_is_named_by_its_folder(tmp_path: Path, monkey
     shutil.copytree(DICOM_SERIES, tmp_path / "series")
     monkeypatch.chdir(tmp_path / "series")
     assert [case.case_id for case in discover_cases(".")] == ["series"]
+    (tmp_path / "patient42").symlink_to(tmp_path / "series")
+    assert [case.case_id for case in discover_cases(tmp_path / "patient42")] == ["patient42"]
 
 
 def test_overwrite_input_gives_the_same_prediction_and_only_then_changes_the_input(model_3d: Path) -> None:

@@ -146,8 +146,9 @@ def discover_cases(input_path: str | Path) -> list[InputCase]:
         for sibling in siblings:
             _add(cases, sibling, sibling.name[: -len(ending)])
     elif _is_dicom_folder(path):
-        # The folder's own name, also for `-i .` or `-i ..` (whose name, '' or '..', named the output '.nii.gz').
-        _add(cases, path, path.resolve().name)
+        # The folder's own name, also for `-i .` or `-i ..` (whose name, '' or '..', named the output '.nii.gz'); a
+        # symbolic link keeps its own name (abspath, unlike resolve, follows no links).
+        _add(cases, path, Path(os.path.abspath(path)).name)
     else:
         _refuse_loose_dicom_files(path)
         for entry in sorted(path.iterdir()):
