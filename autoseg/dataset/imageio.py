@@ -744,10 +744,10 @@ def _check_slice_positions(folder: Path, files: Sequence[str], headers: Sequence
     if deviation.max() > DICOM_SLICE_TOLERANCE * abs(step):
         i = int(np.abs(np.diff(along) - step).argmax())
         unread = _unread_slice_files(folder, files)  # they may be the missing slices
+        hint = f" not read as DICOM: {', '.join(unread[:3])}{', ...' if len(unread) > 3 else ''}" if unread else ""
         raise DatasetError(f"{folder}: DICOM slice spacing is uneven ({abs(along[i + 1] - along[i]):.3g} mm between "
-                           f"{names[i]} and {names[i + 1]}, {abs(step):.3g} mm on average: missing slices?"
-                           + (f" not read as DICOM: {', '.join(unread[:3])}{', ...' if len(unread) > 3 else ''}" if unread else "")
-                           + "); give the complete series")
+                           f"{names[i]} and {names[i + 1]}, {abs(step):.3g} mm on average: missing slices?{hint}); "
+                           "give the complete series")
 
 
 def write_image(array: np.ndarray, geometry: Geometry, path: str | Path) -> None:
