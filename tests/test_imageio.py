@@ -219,6 +219,21 @@ def test_dicom_slices_with_their_own_rescale_slope_keep_fractional_values(tmp_pa
     np.testing.assert_array_equal(array[:, 0, 0], expected)
 
 
+def test_two_multi_frame_dicom_files_of_one_series_are_refused_as_volumes(tmp_path: Path) -> None:
+    """They were stacked into 4D and refused with advice for 4D NIfTI files ('split into channels')."""
+    (tmp_path / "series").mkdir()
+    for i in range(2):
+        volume = sitk.GetImageFromArray(np.full((3, 4, 5), i, np.uint16))
+        volume.SetMetaData("0020|000e", "1.2.99")
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()
+        writer.SetFileName(str(tmp_path / "series" / f"{i}.dcm"))
+        writer.Execute(volume)
+    with pytest.raises(DatasetError, match=r"series: holds 2 multi-frame DICOM file\(s\) \(0\.dcm, 1\.dcm\) among 2 "
+                                           r"files of one series; each multi-frame file is a volume"):
+        read_image(tmp_path / "series")
+
+
 def test_multi_frame_dicom_file_reads_as_3d(tmp_path: Path) -> None:
     """One multi-frame file was read by ImageSeriesReader as a 4D image and refused as 'is 4D'."""
     volume = sitk.GetImageFromArray(np.arange(3 * 4 * 5, dtype=np.uint16).reshape(3, 4, 5))

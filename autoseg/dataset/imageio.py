@@ -638,6 +638,7 @@ def _read_dicom_series(folder: Path) -> tuple[np.ndarray, Geometry]:
             image = sitk.ReadImage(files[0])
         else:
             headers = [_dicom_header(file) for file in files]
+            _refuse_multi_frame_files(folder, files, headers)
             _check_slice_positions(folder, files, headers)
             if len({header.GetPixelID() for header in headers}) > 1:
                 # Slices rescaled differently (per-slice RescaleSlope, as PET has): ITK casts every slice to the
@@ -694,6 +695,16 @@ def _dicom_header(file: str) -> sitk.ImageFileReader:
     header.SetFileName(file)
     header.ReadImageInformation()
     return header
+
+
+def _refuse_multi_frame_files(folder: Path, files: Sequence[str], headers: Sequence[sitk.ImageFileReader]) -> None:
+    """Several multi-frame (3D) files of one series: ITK stacks them into a 4D image, which was refused with
+    advice for 4D NIfTI files ('split into channels'); each is a volume of its own."""
+    volumes = [Path(f).name for f, header in zip(files, headers) if len(header.GetSize()) > 2 and header.GetSize()[2] > 1]
+    if volumes:
+        raise DatasetError(f"{folder}: holds {len(volumes)} multi-frame DICOM file(s) ({', '.join(volumes[:3])}"
+                           f"{', ...' if len(volumes) > 3 else ''}) among {len(files)} files of one series; each "
+                           "multi-frame file is a volume: put each in a folder of its own")
 
 
 def _check_slice_positions(folder: Path, files: Sequence[str], headers: Sequence[sitk.ImageFileReader]) -> None:
