@@ -234,6 +234,22 @@ def test_two_multi_frame_dicom_files_of_one_series_are_refused_as_volumes(tmp_pa
         read_image(tmp_path / "series")
 
 
+def test_dicom_slices_of_another_size_are_named(tmp_path: Path) -> None:
+    """A slice of another size in the series gave ITK's 'Size mismatch!' with an object address."""
+    folder = _dicom_series(tmp_path / "series", [(0, 0, z) for z in range(3)])
+    small = sitk.GetImageFromArray(np.zeros((2, 3), np.int16))
+    for tag, value in {"0020|000d": "1.2.3", "0020|000e": "1.2.3.4", "0020|0032": "0\\0\\3",
+                       "0020|0037": "1\\0\\0\\0\\1\\0"}.items():
+        small.SetMetaData(tag, value)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    writer.SetFileName(str(folder / "9.dcm"))
+    writer.Execute(small)
+    with pytest.raises(DatasetError, match=r"series: DICOM slices differ in size \(1\.dcm is 5x4, 9\.dcm 3x2; 1 of 4 "
+                                           r"files differ from the first\); put each acquisition in its own folder"):
+        read_image(folder)
+
+
 def test_multi_frame_dicom_file_reads_as_3d(tmp_path: Path) -> None:
     """One multi-frame file was read by ImageSeriesReader as a 4D image and refused as 'is 4D'."""
     volume = sitk.GetImageFromArray(np.arange(3 * 4 * 5, dtype=np.uint16).reshape(3, 4, 5))

@@ -638,7 +638,7 @@ def _read_dicom_series(folder: Path) -> tuple[np.ndarray, Geometry]:
             image = sitk.ReadImage(files[0])
         else:
             headers = [_dicom_header(file) for file in files]
-            _refuse_multi_frame_files(folder, files, headers)
+            _refuse_unstackable_files(folder, files, headers)
             _check_slice_positions(folder, files, headers)
             if len({header.GetPixelID() for header in headers}) > 1:
                 # Slices rescaled differently (per-slice RescaleSlope, as PET has): ITK casts every slice to the
@@ -697,14 +697,24 @@ def _dicom_header(file: str) -> sitk.ImageFileReader:
     return header
 
 
-def _refuse_multi_frame_files(folder: Path, files: Sequence[str], headers: Sequence[sitk.ImageFileReader]) -> None:
-    """Several multi-frame (3D) files of one series: ITK stacks them into a 4D image, which was refused with
-    advice for 4D NIfTI files ('split into channels'); each is a volume of its own."""
+def _refuse_unstackable_files(folder: Path, files: Sequence[str], headers: Sequence[sitk.ImageFileReader]) -> None:
+    """Files of one series that are no stack of equal slices, named.
+
+    Several multi-frame (3D) files: ITK stacks them into a 4D image, which was refused with advice for 4D NIfTI
+    files ('split into channels'). Slices of another size (a localizer in the series): ITK's 'Size mismatch!'.
+    """
     volumes = [Path(f).name for f, header in zip(files, headers) if len(header.GetSize()) > 2 and header.GetSize()[2] > 1]
     if volumes:
         raise DatasetError(f"{folder}: holds {len(volumes)} multi-frame DICOM file(s) ({', '.join(volumes[:3])}"
                            f"{', ...' if len(volumes) > 3 else ''}) among {len(files)} files of one series; each "
                            "multi-frame file is a volume: put each in a folder of its own")
+    sizes = [header.GetSize()[:2] for header in headers]
+    odd = [Path(f).name for f, size in zip(files, sizes) if size != sizes[0]]
+    if odd:
+        other = next(size for size in sizes if size != sizes[0])
+        raise DatasetError(f"{folder}: DICOM slices differ in size ({Path(files[0]).name} is {sizes[0][0]}x{sizes[0][1]}, "
+                           f"{odd[0]} {other[0]}x{other[1]}; {len(odd)} of {len(files)} files differ from the first); "
+                           "put each acquisition in its own folder")
 
 
 def _check_slice_positions(folder: Path, files: Sequence[str], headers: Sequence[sitk.ImageFileReader]) -> None:
