@@ -27,11 +27,24 @@ DATASET_NAME = re.compile(r"^Dataset(\d{3})_(.+)$")
 MODEL_FOLDER_NAME = "<network>__<plans>__<configuration>"
 
 
+def expand_home(text: str, where: str) -> Path:
+    """``text`` as a path with a leading ``~`` or ``~user`` expanded; ``where`` names its source for the error.
+
+    ``Path.expanduser`` raises RuntimeError for an unknown user (``~nosuchuser/raw``), which reached the
+    user as an 'internal error ... this is a bug in autoseg'."""
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:
+        user = text[1:].split("/", 1)[0].split(os.sep, 1)[0]
+        whose = f"user {user!r}" if user else "this user (HOME is not set)"
+        raise DatasetError(f"{where} {text!r}: the home folder of {whose} is unknown; give the path without '~'") from None
+
+
 def _root(kind: str) -> Path:
     for var in _ROOTS[kind]:
         value = os.environ.get(var)
         if value:
-            return Path(value).expanduser()
+            return expand_home(value, var)
     path = Path.cwd() / DEFAULT_BASE / kind
     if kind not in _announced:
         _announced.add(kind)
@@ -81,7 +94,7 @@ def resolve_dataset(spec: DatasetSpec) -> DatasetLocation:
     if isinstance(spec, DatasetLocation):
         return spec
     text = str(spec)
-    candidate = Path(text).expanduser()
+    candidate = expand_home(text, "dataset")
     if candidate.is_dir() and (candidate / "dataset.json").is_file():
         return DatasetLocation(candidate.resolve().name, candidate.resolve())
     if candidate.is_dir() and os.sep in text:

@@ -49,3 +49,16 @@ def test_root_precedence_and_default(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     assert paths.results_root() == tmp_path / "nn"
     monkeypatch.setenv("AUTOSEG_RESULTS", str(tmp_path / "auto"))
     assert paths.results_root() == tmp_path / "auto"
+
+
+def test_a_tilde_of_an_unknown_user_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``Path.expanduser`` raised RuntimeError ('internal error') for ``~nosuchuser``."""
+    monkeypatch.setenv("AUTOSEG_RAW", "~no_such_user_autoseg/raw")
+    with pytest.raises(DatasetError, match=r"AUTOSEG_RAW '~no_such_user_autoseg/raw': the home folder of user "
+                                           r"'no_such_user_autoseg' is unknown; give the path without '~'"):
+        paths.raw_root()
+    with pytest.raises(DatasetError, match=r"dataset '~no_such_user_autoseg/x': the home folder"):
+        paths.resolve_dataset("~no_such_user_autoseg/x")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("AUTOSEG_RAW", "~/raw")
+    assert paths.raw_root() == tmp_path / "raw"
