@@ -169,7 +169,7 @@ def test_an_upper_case_file_ending_is_kept(tmp_path):
         _save(folder, "x", _softmax(rng))
         (folder / "x.nii.gz").rename(folder / "x.NII.GZ")
     ensemble_folders(dirs, tmp_path / "out", num_workers=1)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["x.NII.GZ"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")) == ["x.NII.GZ"]
     assert read_image(tmp_path / "out" / "x.NII.GZ")[0].shape == SHAPE
 
 
@@ -190,4 +190,22 @@ def test_an_explicit_file_ending_is_used_as_spelled(tmp_path):
     for folder in dirs:
         _save(folder, "x", _softmax(rng))
     ensemble_folders(dirs, tmp_path / "out", num_workers=1, file_ending=".NRRD")
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["x.NRRD"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")) == ["x.NRRD"]
+
+
+def test_a_folder_of_label_maps_autoseg_did_not_write_is_not_overwritten(tmp_path):
+    """``-o`` on the references (or a dataset's labelsTr) replaced the label maps of the same names without a
+    word; a rerun into ensemble's own output folder still replaces its outputs."""
+    rng = np.random.default_rng(0)
+    dirs = [tmp_path / "m0", tmp_path / "m1"]
+    for folder in dirs:
+        _save(folder, "x", _softmax(rng))
+    references = tmp_path / "labelsTr"
+    write_image(np.zeros(SHAPE, np.uint8), GEOMETRY, references / "x.nii.gz")
+    before = (references / "x.nii.gz").read_bytes()
+    with pytest.raises(EvaluationError, match=r"labelsTr: holds x\.nii\.gz, not written by autoseg .*autoseg ensemble would "
+                                              r"replace them\. Choose another output folder"):
+        ensemble_folders(dirs, references, num_workers=1)
+    assert (references / "x.nii.gz").read_bytes() == before
+    ensemble_folders(dirs, tmp_path / "out", num_workers=1)
+    ensemble_folders(dirs, tmp_path / "out", num_workers=1)  # its own folder: rerun allowed

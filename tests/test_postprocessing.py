@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -186,3 +187,21 @@ def test_apply_refuses_the_input_folder_or_a_file_as_output(tmp_path):
     with pytest.raises(EvaluationError, match=r"afile: exists and is not a folder"):
         apply_to_folder(preds, tmp_path / "afile", preds / "postprocessing.json", num_workers=1)
     assert {p.name: p.read_bytes() for p in preds.iterdir()} == before and (tmp_path / "afile").read_text() == "keep"
+
+
+def test_apply_does_not_overwrite_label_maps_autoseg_did_not_write(tmp_path):
+    """``-o`` on the references replaced them with the postprocessed predictions without a word; a rerun into
+    apply's own output folder (or a folder predict wrote) still replaces its outputs."""
+    preds, refs = _make_cv_folders(tmp_path)
+    determine_postprocessing(preds, refs, LABELS, num_workers=1, file_ending=".nii.gz")
+    before = {p.name: p.read_bytes() for p in refs.iterdir()}
+    with pytest.raises(EvaluationError, match=r"holds case0\.nii\.gz and 2 more of its output names, not written by autoseg "
+                                              r".*autoseg postprocess apply would replace them"):
+        apply_to_folder(preds, refs, preds / "postprocessing.json", num_workers=1)
+    assert {p.name: p.read_bytes() for p in refs.iterdir()} == before
+    apply_to_folder(preds, tmp_path / "post", preds / "postprocessing.json", num_workers=1)
+    assert apply_to_folder(preds, tmp_path / "post", preds / "postprocessing.json", num_workers=1)
+    copy = tmp_path / "predicted"
+    shutil.copytree(refs, copy)
+    (copy / "predict_info.json").write_text("{}")  # predict's record marks the folder as autoseg's
+    assert apply_to_folder(preds, copy, preds / "postprocessing.json", num_workers=1)

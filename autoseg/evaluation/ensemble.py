@@ -22,7 +22,7 @@ from autoseg.utils.probability_files import (
     PROBABILITIES_SUFFIX, probability_paths, read_probabilities, read_sidecar, write_probability_files,
 )
 from autoseg.utils.atomic import remove_stale_temporaries
-from autoseg.utils.output_folders import check_output_folder
+from autoseg.utils.output_folders import check_output_folder, claim_output_files
 from autoseg.utils.progress import default_workers, parallel_map
 
 REGION_THRESHOLD = 0.5  # a voxel belongs to a region when its sigmoid probability exceeds this (§1.1)
@@ -167,7 +167,10 @@ def ensemble_folders(
             )
     ordered = sorted(all_cases)
     ending = _check_file_ending(file_ending) if file_ending else _infer_file_ending(dirs[0], ordered[0])
-    out.mkdir(parents=True, exist_ok=True)
+    outputs = [out / f"{case}{ending}" for case in ordered]
+    if save_probabilities:
+        outputs += [path for case in ordered for path in probability_paths(out, case)]
+    claim_output_files(out, outputs, "ensemble", EvaluationError)
     remove_stale_temporaries(out)  # what a killed run left half-written
     items = [(case, (case, dirs, out, ending, save_probabilities)) for case in ordered]
     workers = default_workers() if num_workers is None else num_workers

@@ -33,7 +33,7 @@ from autoseg.evaluation.evaluate import (
 from autoseg.evaluation.metrics import SegClass, case_metrics, evaluation_classes
 from autoseg.postprocessing.connected_components import component_volumes_mm3, keep_largest, remove_small
 from autoseg.utils.atomic import atomic_write_json, remove_stale_temporaries
-from autoseg.utils.output_folders import check_output_file, check_output_folder
+from autoseg.utils.output_folders import check_output_file, check_output_folder, claim_output_files
 from autoseg.utils.progress import default_workers, parallel_map
 
 DECISION_VERSION = 1
@@ -284,6 +284,7 @@ def apply_to_folder(
     if not files:
         raise EvaluationError(f"{input_dir}: no label maps ending in {decision['file_ending']!r} to postprocess")
     check_output_folder(output_dir, EvaluationError, [input_dir])
+    claim_output_files(output_dir, [output_dir / path.name for path in files.values()], "postprocess apply", EvaluationError)
     remove_stale_temporaries(output_dir)  # what a killed run left half-written
     items = [(case, (path, output_dir / path.name, decision)) for case, path in files.items()]
     workers = default_workers() if num_workers is None else num_workers
