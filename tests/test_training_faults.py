@@ -148,6 +148,8 @@ def test_a_fold_trained_with_another_plan_than_the_models_folds_is_refused(resul
     before were predicted at the new spacing (or failed inside torch when ensembled)."""
     overrides = ["iterations_per_epoch=2", "val_iterations_per_epoch=1"]
     summary = train_fold(DATASET, "3d_fullres", 0, epochs=1, workers=0, overrides=overrides, device="cpu")
+    log = (Path(summary["model_folder"]) / "fold_0" / "training_log.txt").read_text()
+    assert re.search(r"validation of \d+ cases in \d+ s: mean Dice (\d\.\d{4}|nan|none \(no foreground class scored\)) \(", log)
     stored = Path(summary["model_folder"]) / "plans.json"
     plans = json.loads(stored.read_text())
     plans["configurations"]["3d_fullres"]["spacing"] = [s * 2 for s in plans["configurations"]["3d_fullres"]["spacing"]]

@@ -422,7 +422,8 @@ def _validation(trainer: Trainer, run: FoldRun, save_probabilities: bool) -> dic
         tta=trainer.replanner.mirroring if trainer.replanner is not None else run.configuration.get("validation_tta", True),
         deadline=None if run.budget_seconds is None else run.start_time + run.budget_seconds,
     )
-    foreground = summary.get("foreground_mean", {}).get("dice")
+    dice = summary.get("foreground_mean", {}).get("dice")
+    foreground = "none (no foreground class scored)" if dice is None else f"{dice:.4f}"
     per_class = ", ".join(f"{name} {m.get('dice', float('nan')):.4f}" for name, m in summary.get("mean", {}).items())
     trainer.monitor.log(
         f"validation of {len(run.val_cases)} cases in {time.monotonic() - started:.0f} s: mean Dice {foreground} ({per_class})"
