@@ -490,3 +490,22 @@ def test_an_exported_decision_postprocess_apply_cannot_replay_is_refused_on_impo
     with pytest.raises(ModelFileError, match=rf"refusing to import: member 'ensembles/ensemble___.*/postprocessing.json': {expected}"):
         import_model(zip_path, tmp_path / "clean")
     assert not (tmp_path / "clean" / DATASET / first.name).exists()
+
+
+def test_a_full_disk_during_import_names_the_results_folder_and_leaves_nothing(
+    exported: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that fills the disk raises OSError without a file name; the message named no folder."""
+    _, zip_path = exported
+    real = Path.write_bytes
+
+    def full(self: Path, data: bytes) -> int:
+        if "checkpoint" in self.name:
+            raise OSError(28, "No space left on device")
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    with pytest.raises(OSError) as info:
+        import_model(zip_path, tmp_path / "clean")
+    assert info.value.errno == 28 and str(info.value.filename).startswith(str(tmp_path / "clean" / DATASET))
+    assert [p for p in files_under(tmp_path / "clean") if not p.is_dir()] == []

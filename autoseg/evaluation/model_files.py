@@ -42,7 +42,7 @@ from autoseg import __version__
 from autoseg.errors import AutosegError, EvaluationError, ModelFileError
 from autoseg.evaluation.selection import ENSEMBLES_FOLDER, POSTPROCESSING_JSON, ensemble_model_names
 from autoseg.paths import check_model_folder_name, results_root as default_results_root
-from autoseg.utils.atomic import folder_lock, remove_stale_temporaries, staging_folder
+from autoseg.utils.atomic import atomic_write_bytes, folder_lock, remove_stale_temporaries, staging_folder
 from autoseg.utils.checksummed_zip import MANIFEST, MODEL_ZIP_FORMAT, ONNX_ZIP_FORMAT, write_checksummed_zip
 from autoseg.utils.checkpoint_format import (
     check_outputs_match_labels, checkpoint_file, checkpoint_from_bytes, checkpoint_name, missing_checkpoint,
@@ -419,11 +419,12 @@ def _check_weights(data: bytes, where: str) -> dict[str, Any]:
 
 
 def _write_model_tree(members: Mapping[str, bytes], staging: Path) -> None:
-    """Recreate the model folders under ``staging``; the weight members are the folds' checkpoints."""
+    """Recreate the model folders under ``staging``; the weight members are the folds' checkpoints.
+
+    Written as every result file is (``atomic_write_bytes``) so that a full disk is reported at the member's
+    path (a bare ``write_bytes`` said 'No space left on device' without naming any folder)."""
     for name, data in members.items():
-        target = staging / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
+        atomic_write_bytes(staging / name, data, durable=False)  # the staging folder's rename commits them
 
 
 @dataclass(frozen=True)
