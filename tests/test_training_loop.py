@@ -286,3 +286,23 @@ def test_a_diverged_run_stops_and_keeps_the_last_good_checkpoint(results: Path) 
     assert (_fold(results) / "checkpoint_latest.safetensors").read_bytes() == good
     assert not (_fold(results) / "checkpoint_final.safetensors").exists() or load_checkpoint(
         _fold(results) / "checkpoint_final.safetensors")["trainer_state"]["epoch"] == 1
+
+
+def test_a_best_checkpoint_refused_by_a_full_disk_is_written_by_the_rerun(results: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The best checkpoint is written before checkpoint_latest, which commits the epoch: --continue after
+    freeing space redoes the epoch whose best checkpoint the full disk refused (was: taken as done, no best
+    checkpoint, no metrics.jsonl)."""
+    from autoseg.training import trainer as trainer_module
+
+    def full_disk(path: Path, checkpoint: dict) -> None:
+        if path.name == "checkpoint_best.safetensors":
+            raise OSError(28, "No space left on device", str(path))
+        write_checkpoint(path, checkpoint)
+
+    monkeypatch.setattr(trainer_module, "write_checkpoint", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        train_fold(DATASET, "3d_fullres", "all", epochs=1, workers=0, overrides=FAST)
+    monkeypatch.setattr(trainer_module, "write_checkpoint", write_checkpoint)
+    train_fold(DATASET, "3d_fullres", "all", epochs=1, continue_=True, workers=0, overrides=FAST)
+    assert (_fold(results) / "checkpoint_best.safetensors").is_file()
+    assert len((_fold(results) / "metrics.jsonl").read_text().splitlines()) == 1

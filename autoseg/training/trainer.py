@@ -336,8 +336,11 @@ class Trainer:
         row = epoch_row(state, train_loss, result, self.output_names, self.setup.optimizer.param_groups[0]["lr"],
                         epoch_start, iteration_seconds, self.device)
         state.history.append(row)
-        self.save(LATEST)
+        # The best checkpoint before the latest, which commits the epoch: a full disk refusing the best one
+        # after the latest had left an epoch --continue took as done, never redone, so the rerun finished
+        # without checkpoint_best. The metrics follow the latest (what a reader of them may resume from).
         if improved:
             self.save(BEST)
+        self.save(LATEST)
         self.monitor.write_history(state.history)
         self.monitor.log_epoch(row, improved, state.total_iterations, "region" if self.labels.regions else "class")
