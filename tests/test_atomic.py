@@ -229,3 +229,16 @@ def test_a_writer_that_names_the_full_disk_and_frees_its_blocks_is_believed(tmp_
         with atomic_path(target):
             raise cause
     assert info.value.errno == 28 and info.value.filename == str(target) and info.value.__cause__ is cause
+
+
+@pytest.mark.skipif(not hasattr(os, "statvfs"), reason="POSIX statvfs")
+def test_a_write_that_left_the_disk_full_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SimpleITK's gzip writer ignores a failed write: on a full disk it cut a .nii.gz short without an error."""
+    target = tmp_path / "case.nii.gz"
+    target.write_bytes(b"old")
+    monkeypatch.setattr(os, "statvfs", _full_statvfs)
+    with pytest.raises(OSError) as info:
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"cut short")
+    assert info.value.errno == 28 and info.value.filename == str(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["case.nii.gz"] and target.read_bytes() == b"old"

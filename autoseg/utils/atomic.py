@@ -98,6 +98,10 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None, durable
         yield tmp
         if durable:
             _fsync(tmp)
+        if _space_left(target.parent) == 0:
+            # SimpleITK's gzip writer ignores a failed write: on a full disk it left a cut-short .nii.gz
+            # (4 KB of 11) that predict reported as written, exit 0. A file that emptied the disk is suspect.
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))
         os.replace(tmp, target)
     except BaseException as exc:
         full = _disk_full_error(exc, target)  # asked before the temporary's blocks are freed
@@ -129,15 +133,22 @@ def _disk_full_error(exc: BaseException, target: Path) -> OSError | None:
     elif isinstance(exc, OSError) and exc.filename is not None:
         return None  # already names its file (a read-only folder, a missing permission...)
     elif (code := _named_disk_full_code(str(exc))) is None:
-        try:
-            stats = os.statvfs(target.parent)
-        except (AttributeError, OSError):  # Windows, or the folder is gone
-            return None
-        free = stats.f_bfree if hasattr(os, "geteuid") and os.geteuid() == 0 else stats.f_bavail  # root may use the reserve
-        if free * stats.f_frsize >= FULL_BELOW_BYTES:
+        free = _space_left(target.parent)
+        if free is None or free >= FULL_BELOW_BYTES:
             return None
         code = errno.ENOSPC
     return OSError(code, os.strerror(code), str(target))
+
+
+def _space_left(folder: Path) -> int | None:
+    """Bytes this process may still write on ``folder``'s file system (root may use the reserve); None
+    where it cannot be asked (Windows, a vanished folder)."""
+    try:
+        stats = os.statvfs(folder)
+    except (AttributeError, OSError):
+        return None
+    free = stats.f_bfree if hasattr(os, "geteuid") and os.geteuid() == 0 else stats.f_bavail
+    return free * stats.f_frsize
 
 
 def _named_disk_full_code(text: str) -> int | None:
