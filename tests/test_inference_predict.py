@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 from typing import Any
@@ -664,6 +667,35 @@ def test_a_model_retrained_under_the_same_name_does_not_continue_the_old_ones_ou
     with pytest.raises(InferenceError, match=r"another model or settings \(weights \(sha256 of the networks' tensors\) '[0-9a-f]{16}' vs"):
         predict_folder(inputs, out, model_3d, folds=[0], tta=False, continue_=True)
     assert json.loads((out / PREDICT_INFO).read_text())["weights_sha256"] != load_model(model_3d, folds=[0]).weights_sha256
+
+
+def test_names_that_are_not_utf8_are_named_not_a_process_abort(model_3d: Path, tmp_path: Path) -> None:
+    """SimpleITK aborted the whole process (exit 134, 'terminate called ... std::logic_error') on an input
+    or output path whose bytes are not UTF-8; the case now fails by name and the others complete. Run in a
+    child process: before the fix the abort took the test runner with it."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    source = HIPPOCAMPUS / "imagesTr" / "hippocampus_001_0000.nii.gz"
+    shutil.copy(source, os.fsdecode(os.fsencode(inputs) + b"/caf\xe9_0000.nii.gz"))
+    shutil.copy(source, inputs / "plain_0000.nii.gz")
+    odd_out = os.fsdecode(os.fsencode(tmp_path) + b"/out\xe9")
+    code = (
+        "import sys; from pathlib import Path; from autoseg.inference.batch import predict_folder\n"
+        "from autoseg.errors import InferenceError\n"
+        "for out in (Path(sys.argv[2]), Path(sys.argv[3])):\n"
+        "    try:\n"
+        "        predict_folder(Path(sys.argv[1]), out, Path(sys.argv[4]), folds=[0], tta=False)\n"
+        "    except InferenceError as exc:\n"
+        "        print(str(exc).encode('utf-8', 'backslashreplace').decode())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, os.fsencode(inputs), os.fsencode(tmp_path / "out"),
+                           os.fsencode(odd_out), str(model_3d)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    first, second = done.stdout.splitlines()[-2:]
+    assert first.startswith("1 of 2 case(s) failed (caf\\udce9: ") and first.endswith(f"the others are in {tmp_path / 'out'}")
+    assert "name is not valid UTF-8 (bytes shown as \\x..); rename it" in first
+    assert (tmp_path / "out" / "plain.nii.gz").is_file()
+    assert "out\\xe9/plain.nii.gz: name is not valid UTF-8" in second
 
 
 def test_a_model_of_another_dataset_under_the_same_folder_name_is_refused(model_3d: Path, tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from autoseg.dataset.imageio import (
     TIFF_ENDINGS,
     detached_data_files,
     image_ending,
+    undecodable_path_problem,
 )
 from autoseg.errors import DatasetError
 
@@ -58,20 +59,6 @@ def _files_by_stem(folder: Path, ending: str, problems: list[str]) -> dict[str, 
             continue
         files[path.name[: -len(ending)]] = path
     return files
-
-
-def undecodable_path_problem(path: Path) -> str | None:
-    """The problem of a path whose bytes are not UTF-8 (``caf\\xe9_0000.nii.gz`` from a Latin-1 system), else None.
-
-    SimpleITK cannot take such a name: given one it aborts the whole process (``terminate called ...
-    std::logic_error``, exit 134) with no word of which file, so verify, fingerprint and preprocess died.
-    The path is shown with its odd bytes escaped (printing them raw would fail too)."""
-    try:
-        str(path).encode("utf-8")
-    except UnicodeEncodeError:
-        shown = os.fsencode(path).decode("utf-8", "backslashreplace")
-        return f"{shown}: name is not valid UTF-8 (bytes shown as \\x..); rename it with UTF-8 (or ASCII) characters"
-    return None
 
 
 LOSSY_ENDINGS = (".jpg", ".jpeg")

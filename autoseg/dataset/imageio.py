@@ -124,9 +124,30 @@ def _fmt(values: Sequence[float], digits: int = 4) -> str:
     return "(" + ", ".join(f"{v:.{digits}g}" for v in values) + ")"
 
 
+def undecodable_path_problem(path: Path) -> str | None:
+    """The problem of a path whose bytes are not UTF-8 (``caf\\xe9_0000.nii.gz`` from a Latin-1 system), else None.
+
+    SimpleITK cannot take such a name: given one it aborts the whole process (``terminate called ...
+    std::logic_error``, exit 134) with no word of which file, so verify, fingerprint and preprocess died.
+    The path is shown with its odd bytes escaped (printing them raw would fail too)."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+        return f"{shown}: name is not valid UTF-8 (bytes shown as \\x..); rename it with UTF-8 (or ASCII) characters"
+    return None
+
+
+def _check_utf8_path(path: Path) -> None:
+    """Refuse a path SimpleITK would abort the process on (every reader and writer checks it first)."""
+    if (problem := undecodable_path_problem(path)) is not None:
+        raise DatasetError(problem)
+
+
 def read_image(path: str | Path) -> tuple[np.ndarray, Geometry]:
     """Read one image as a 3D array (z, y, x) with its geometry; raise ``DatasetError`` if unreadable."""
     path = Path(path)
+    _check_utf8_path(path)
     if path.is_dir():
         return _read_dicom_series(path)
     if not path.exists():
@@ -529,6 +550,7 @@ def read_image_channels(path: str | Path) -> tuple[np.ndarray, Geometry, bool]:
     reads it; every other file is one channel.
     """
     path = Path(path)
+    _check_utf8_path(path)
     if path.is_file() and image_ending(path) in NATURAL_2D_ENDINGS and not is_tiff_volume(path):
         array = _read_natural_2d_pixels(path)
         if array.ndim == 2:
@@ -612,6 +634,7 @@ def _expected_channels(expected: int, model_channels: Mapping[str, str] | None) 
 
 
 def _read_dicom_series(folder: Path) -> tuple[np.ndarray, Geometry]:
+    _check_utf8_path(folder)
     reader = sitk.ImageSeriesReader()
     try:
         series = reader.GetGDCMSeriesIDs(str(folder))
@@ -774,6 +797,7 @@ def _check_slice_positions(folder: Path, files: Sequence[str], headers: Sequence
 def write_image(array: np.ndarray, geometry: Geometry, path: str | Path) -> None:
     """Write a 3D array (z, y, x) in ``geometry`` atomically; 2D geometries write one slice as 2D."""
     path = Path(path)
+    _check_utf8_path(path)
     ending = image_ending(path)
     if ending == "":
         raise DatasetError(f"{path}: cannot write; give a file name ending in one of {', '.join(SUPPORTED_ENDINGS)}")
