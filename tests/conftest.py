@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import locale
 import os
 import shutil
 from pathlib import Path
@@ -111,6 +112,16 @@ def small_timing_probe(patch: pytest.MonkeyPatch) -> None:
 
     patch.setattr(constants, "TIMING_PROBE_SIZE", {2: 64, 3: 24})
     patch.setattr(constants, "TIMING_MEASURED_STEPS", 2)
+
+
+@pytest.fixture(autouse=True)
+def _locale_kept() -> Iterator[None]:
+    """GDCM's DICOM writer (tests that build series use it) leaves the C locale behind: Python then reads
+    and writes text as ASCII, and every later test of the worker that reads a non-ASCII file failed."""
+    saved = locale.setlocale(locale.LC_ALL)
+    yield
+    if locale.setlocale(locale.LC_ALL) != saved:
+        locale.setlocale(locale.LC_ALL, saved)
 
 
 @pytest.fixture(scope="module")

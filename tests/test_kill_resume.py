@@ -256,14 +256,16 @@ def test_postprocess_apply_and_ensemble_rerun_after_kill_leave_no_temporary(tmp_
 
     from autoseg.evaluation.ensemble import ensemble_folders
     from autoseg.postprocessing.determine import apply_to_folder, determine_postprocessing
+    from autoseg.utils.output_folders import OUTPUT_MARKER
 
     preds, refs = _make_cv_folders(tmp_path)
     determine_postprocessing(preds, refs, LABELS, num_workers=1, file_ending=".nii.gz")
     _dead_writers_temporary(tmp_path / "post", "case1.nii.gz")
     apply_to_folder(preds, tmp_path / "post", preds / "postprocessing.json", num_workers=1)
-    assert sorted(p.name for p in (tmp_path / "post").iterdir()) == [f"case{i}.nii.gz" for i in range(3)]
+    # the dead writer's temporary is gone; the folder's mark (ensemble / postprocess apply wrote it) stays
+    assert sorted(p.name for p in (tmp_path / "post").iterdir()) == [OUTPUT_MARKER, *(f"case{i}.nii.gz" for i in range(3))]
 
     models = _two_models(tmp_path / "models")
     _dead_writers_temporary(tmp_path / "ensembled", "x.nii.gz")
     ensemble_folders(list(models), tmp_path / "ensembled", num_workers=1)
-    assert sorted(p.name for p in (tmp_path / "ensembled").iterdir()) == ["x.nii.gz"]
+    assert sorted(p.name for p in (tmp_path / "ensembled").iterdir()) == [OUTPUT_MARKER, "x.nii.gz"]
