@@ -152,7 +152,6 @@ def epoch_row(state: TrainingState, train_loss: float, result: PseudoValidationR
     }
 
 
-
 class Trainer:
     """Trains one fold; ``fit()`` runs (or resumes) the schedule and writes the final checkpoint."""
 
