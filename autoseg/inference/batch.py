@@ -36,7 +36,7 @@ from autoseg.inference.engine import LoadedModel, require_torch
 from autoseg.inference.predictor import Prediction, predict_array
 from autoseg.inference.tiling import DEFAULT_STEP
 from autoseg.utils.atomic import atomic_write_json, folder_lock, remove_stale_temporaries
-from autoseg.utils.output_folders import check_output_folder
+from autoseg.utils.output_folders import PREDICT_RECORD, check_output_folder, refuse_outputs_not_ours
 from autoseg.utils.probability_files import probability_paths, write_probability_files
 from autoseg.utils.progress import Failure, track
 
@@ -46,7 +46,7 @@ if TYPE_CHECKING:  # the onnxruntime engine runs without torch: the torch engine
 DEFAULT_OUTPUT_ENDING = ".nii.gz"
 # Formats whose header stores any direction matrix; NIfTI's stores a rotation only.
 ANY_DIRECTION_ENDINGS = (".mha", ".mhd", ".nrrd", ".nhdr")
-PREDICT_INFO = "predict_info.json"
+PREDICT_INFO = PREDICT_RECORD  # also what marks a folder as autoseg's for ensemble and postprocess apply
 # predict_info.json keys that must agree for two runs to share an output folder.
 SAME_RUN_KEYS = ("configuration", "plans_name", "folds", "checkpoint", "step", "tta", "autocast_dtype")
 
@@ -416,14 +416,7 @@ def claim_output_folder(output: Path, info: dict[str, Any], outputs: Sequence[Pa
         except (OSError, ValueError):
             previous = None  # unreadable: a killed writer's, replaced below
         if not path.exists():
-            existing = [f.name for f in outputs if f.exists()]
-            if existing:
-                more = f" and {len(existing) - 1} more of this run's output names" if len(existing) > 1 else ""
-                raise InferenceError(
-                    f"{output}: holds {existing[0]}{more}, not written by autoseg predict (the folder has no "
-                    f"{PREDICT_INFO}); predicting would replace them. Choose another output folder, or delete "
-                    "those files to replace them"
-                )
+            refuse_outputs_not_ours(output, outputs, "autoseg predict", PREDICT_INFO, "predicting", InferenceError)
         if isinstance(previous, dict):
             old, new = _run_identity(previous), _run_identity(info)
             differences = [f"{k} {old[k]!r} vs {new[k]!r}" for k in old if old[k] != new[k]]

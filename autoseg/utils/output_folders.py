@@ -14,7 +14,7 @@ from typing import Sequence
 # A hidden file that marks a folder as written by ensemble / postprocess apply (predict's own record,
 # predict_info.json, marks its folders): files of the output names in a folder without either are not ours.
 OUTPUT_MARKER = ".autoseg_outputs.json"
-PREDICT_RECORD = "predict_info.json"
+PREDICT_RECORD = "predict_info.json"  # inference/batch.py's PREDICT_INFO
 
 
 def _refuse_file_among(*folders: Path, error: type[Exception]) -> None:
@@ -56,19 +56,27 @@ def check_output_file(output: Path, error: type[Exception]) -> None:
     _refuse_file_among(*output.parents, error=error)
 
 
+def refuse_outputs_not_ours(
+    output: Path, outputs: Sequence[Path], writer: str, record: str, replacing: str, error: type[Exception]
+) -> None:
+    """Raise ``error`` if ``output``, which lacks ``writer``'s ``record``, already holds some of ``outputs``:
+    files another tool (or the user) put there, which ``replacing`` would overwrite."""
+    existing = [path.name for path in outputs if path.exists()]
+    if existing:
+        more = f" and {len(existing) - 1} more of its output names" if len(existing) > 1 else ""
+        raise error(
+            f"{output}: holds {existing[0]}{more}, not written by {writer} (the folder has no {record}); {replacing} "
+            "would replace them. Choose another output folder, or delete those files to replace them"
+        )
+
+
 def claim_output_files(output: Path, outputs: Sequence[Path], command: str, error: type[Exception]) -> None:
     """Refuse an output folder that holds some of ``outputs`` but was not written by autoseg (``-o`` on a
     dataset's labelsTr or the references replaced them without a word); otherwise mark it as autoseg's."""
     from autoseg.utils.atomic import atomic_write_json
 
     if not any((output / marker).exists() for marker in (OUTPUT_MARKER, PREDICT_RECORD)):
-        existing = [path.name for path in outputs if path.exists()]
-        if existing:
-            more = f" and {len(existing) - 1} more of its output names" if len(existing) > 1 else ""
-            raise error(
-                f"{output}: holds {existing[0]}{more}, not written by autoseg (the folder has no {OUTPUT_MARKER}); "
-                f"autoseg {command} would replace them. Choose another output folder, or delete those files to replace them"
-            )
+        refuse_outputs_not_ours(output, outputs, "autoseg", OUTPUT_MARKER, f"autoseg {command}", error)
     output.mkdir(parents=True, exist_ok=True)
     if not (output / OUTPUT_MARKER).exists():
         atomic_write_json(output / OUTPUT_MARKER, {"written_by": f"autoseg {command}"})
