@@ -24,6 +24,15 @@ def _save(folder, case, probabilities, labels=LABELS, regions_class_order=None, 
     write_image(np.argmax(probabilities, axis=0).astype(np.uint8), geometry, folder / f"{case}.nii.gz")
 
 
+def _two_folders_of_case_x(tmp_path):
+    """Two prediction folders m0, m1 holding case ``x`` (random softmax, seed 0)."""
+    rng = np.random.default_rng(0)
+    dirs = [tmp_path / "m0", tmp_path / "m1"]
+    for folder in dirs:
+        _save(folder, "x", _softmax(rng))
+    return dirs
+
+
 def _softmax(rng, channels=3, shape=SHAPE):
     logits = rng.standard_normal((channels, *shape)) * 3
     e = np.exp(logits)
@@ -163,10 +172,8 @@ def test_one_path_instead_of_a_list_is_named(tmp_path):
 
 def test_an_upper_case_file_ending_is_kept(tmp_path):
     """Label maps named ``.NII.GZ`` (a dataset's file_ending may spell it so) give ``.NII.GZ`` ensembles."""
-    rng = np.random.default_rng(0)
-    dirs = [tmp_path / "m0", tmp_path / "m1"]
+    dirs = _two_folders_of_case_x(tmp_path)
     for folder in dirs:
-        _save(folder, "x", _softmax(rng))
         (folder / "x.nii.gz").rename(folder / "x.NII.GZ")
     ensemble_folders(dirs, tmp_path / "out", num_workers=1)
     assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")) == ["x.NII.GZ"]
@@ -175,20 +182,14 @@ def test_an_upper_case_file_ending_is_kept(tmp_path):
 
 @pytest.mark.parametrize("ending", ["nii.gz", ".jpg", ".nii.gzz"])
 def test_an_explicit_file_ending_that_is_no_image_ending_is_refused_before_any_case(tmp_path, ending):
-    rng = np.random.default_rng(0)
-    dirs = [tmp_path / "m0", tmp_path / "m1"]
-    for folder in dirs:
-        _save(folder, "x", _softmax(rng))
+    dirs = _two_folders_of_case_x(tmp_path)
     with pytest.raises(EvaluationError, match=rf"--file-ending '{ending}': not an image file ending; give one of .*leading dot"):
         ensemble_folders(dirs, tmp_path / "out", num_workers=1, file_ending=ending)
     assert not (tmp_path / "out").exists()
 
 
 def test_an_explicit_file_ending_is_used_as_spelled(tmp_path):
-    rng = np.random.default_rng(0)
-    dirs = [tmp_path / "m0", tmp_path / "m1"]
-    for folder in dirs:
-        _save(folder, "x", _softmax(rng))
+    dirs = _two_folders_of_case_x(tmp_path)
     ensemble_folders(dirs, tmp_path / "out", num_workers=1, file_ending=".NRRD")
     assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")) == ["x.NRRD"]
 
@@ -196,10 +197,7 @@ def test_an_explicit_file_ending_is_used_as_spelled(tmp_path):
 def test_a_folder_of_label_maps_autoseg_did_not_write_is_not_overwritten(tmp_path):
     """``-o`` on the references (or a dataset's labelsTr) replaced the label maps of the same names without a
     word; a rerun into ensemble's own output folder still replaces its outputs."""
-    rng = np.random.default_rng(0)
-    dirs = [tmp_path / "m0", tmp_path / "m1"]
-    for folder in dirs:
-        _save(folder, "x", _softmax(rng))
+    dirs = _two_folders_of_case_x(tmp_path)
     references = tmp_path / "labelsTr"
     write_image(np.zeros(SHAPE, np.uint8), GEOMETRY, references / "x.nii.gz")
     before = (references / "x.nii.gz").read_bytes()
