@@ -249,7 +249,7 @@ def _check_description_files(members: Mapping[str, bytes], models: Sequence[str]
                     descriptions[model] = parse_description(data, Path(name))
                 else:
                     plans = validate_plans(data, name)
-                    _check_plan_numbers(get_configuration(plans, configuration), name)
+                    _check_network_name(get_configuration(plans, configuration), name)
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
                 raise ModelFileError(f"{refuse}: member {name!r} is not valid JSON ({exc})") from None
             except AutosegError as exc:
@@ -264,15 +264,8 @@ def _check_description_files(members: Mapping[str, bytes], models: Sequence[str]
     return descriptions
 
 
-def _check_plan_numbers(config: Mapping[str, Any], name: str) -> None:
-    """The configuration's numbers inference computes with: lists of positive numbers of the right length."""
-    dims = config["spatial_dims"]
-    for key, kind in (("spacing", (int, float)), ("patch_size", (int,))):
-        values = config[key]
-        good = isinstance(values, list) and len(values) in (dims, 3) and all(
-            isinstance(v, kind) and not isinstance(v, bool) and v > 0 for v in values)
-        if not good:
-            raise ModelFileError(f"{name}: configuration {key} {values!r} is not a list of {dims} positive numbers")
+def _check_network_name(config: Mapping[str, Any], name: str) -> None:
+    """The configuration must name its network (``validate_plans`` has checked its spacing and patch)."""
     if not isinstance(config["network"], dict) or not isinstance(config["network"].get("name"), str):
         raise ModelFileError(f"{name}: configuration network {config['network']!r} lacks a network name")
 
