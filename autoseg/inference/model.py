@@ -120,7 +120,7 @@ def weights_digest(weights: Mapping[str, torch.Tensor]) -> bytes:
     for name in sorted(weights):
         tensor = weights[name].detach().cpu().contiguous()
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())  # the buffer itself, no copy
     return digest.digest()
 
 
