@@ -109,10 +109,11 @@ def fold_cases(
 ) -> tuple[list[str], list[str]]:
     """``(train, val)`` case ids of ``fold`` (0.. or ``all``), checked against the available cases."""
     available = set(case_ids)
-    if canonical_fold(fold) == FOLD_ALL:
+    name = canonical_fold(fold)
+    if name == FOLD_ALL:
         everything = sorted(available)
         return everything, everything
-    index = int(canonical_fold(fold))
+    index = int(name)
     splits = load_or_create_splits(folder, case_ids)
     path = Path(folder) / SPLITS_FILE
     if not 0 <= index < len(splits):
