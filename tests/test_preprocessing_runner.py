@@ -202,6 +202,22 @@ def test_a_case_that_fails_now_keeps_no_copy_stored_from_earlier_inputs(roots: d
     assert not any(p.name.startswith("hippocampus_006") for p in out.iterdir())
 
 
+def test_a_nifti_image_with_nan_written_after_planning_is_refused(roots: dict[str, Path], small_dataset: Path) -> None:
+    """ITK reads a NIfTI's NaN as 0, so the array alone passed it (predict and verify read the file's bytes):
+    preprocessing finds it the same way."""
+    import SimpleITK as sitk
+
+    _write_plans(roots)
+    path = small_dataset / "imagesTr" / "hippocampus_006_0000.nii.gz"
+    image = sitk.Cast(sitk.ReadImage(str(path)), sitk.sitkFloat32)
+    image[3, 4, 5] = float("nan")
+    sitk.WriteImage(image, str(path))
+    assert np.isfinite(read_image(path)[0]).all()  # what the reader alone sees
+    with pytest.raises(PreprocessingError) as info:
+        preprocess_dataset(DATASET, ["3d_fullres"], num_workers=1)
+    assert f"hippocampus_006 (autosegPlans_3d_fullres): {path}: 1 NaN and 0 Inf voxel(s); replace them" in str(info.value)
+
+
 def test_an_image_with_nan_written_after_planning_is_refused(roots: dict[str, Path], small_dataset: Path) -> None:
     """One NaN voxel (NRRD keeps it; ITK turns a NIfTI's into 0) made the z-score mean NaN and the whole stored
     case NaN, trained on without a word; preprocessing refuses it as verify does."""

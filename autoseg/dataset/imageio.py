@@ -256,6 +256,23 @@ def nifti_nonfinite_counts(path: str | Path) -> tuple[int, int] | None:
     return nan, int(np.isinf(voxels).sum())
 
 
+def case_nonfinite_voxels(files: Sequence[Path], data: np.ndarray) -> tuple[str, int, int] | None:
+    """(where, NaN count, Inf count) for a case read from ``files`` into ``data`` (C, z, y, x) that holds
+    non-finite voxels, else None. A NIfTI's own bytes are looked at first (its reader turns NaN into 0, so
+    the array alone misses them); then each channel, named by its file when every file is one channel."""
+    for path in files:
+        counts = nifti_nonfinite_counts(path) if Path(path).is_file() else None
+        if counts is not None and any(counts):
+            return str(path), counts[0], counts[1]
+    for c, channel in enumerate(data):
+        nan, inf = int(np.isnan(channel).sum()), int(np.isinf(channel).sum())
+        if nan or inf:
+            where = (str(files[c]) if len(files) == len(data) else str(files[0]) if len(files) == 1
+                     else f"{files[0]} (+ {len(files) - 1} more file(s) of the case)")
+            return where, nan, inf
+    return None
+
+
 def _is_gzip(path: Path) -> bool:
     """Whether the file starts with gzip's magic bytes: ITK (and so nnU-Net) reads an uncompressed NIfTI named
     .nii.gz (renamed by hand to match file_ending) as it is, which was refused as 'truncated'."""

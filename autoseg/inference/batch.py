@@ -26,8 +26,8 @@ from autoseg.dataset.imageio import (
     NATURAL_2D_ENDINGS,
     SUPPORTED_ENDINGS,
     Geometry,
+    case_nonfinite_voxels,
     image_ending,
-    nifti_nonfinite_counts,
     read_case_images,
     write_image,
 )
@@ -191,15 +191,11 @@ def read_finite_case(files: Sequence[Path], channel_names: Mapping[str, str]) ->
     NIfTI files, whose reader silently turns them into numbers, from the file's own bytes)."""
     # first: its messages for unreadable files are the specific ones
     data, geometry = read_case_images(files, len(channel_names), model_channels=channel_names)
-    fix = "replace them (e.g. by the background value) and export the image again"
-    for path in files:
-        counts = nifti_nonfinite_counts(path) if path.is_file() else None
-        if counts is not None and any(counts):
-            raise InferenceError(f"{path}: holds {counts[0]} NaN and {counts[1]} infinite voxel(s); {fix}")
-    nan, inf = int(np.isnan(data).sum()), int(np.isinf(data).sum())
-    if nan or inf:  # other formats (one file may hold several colour channels)
-        where = str(files[0]) if len(files) == 1 else f"{files[0]} (+ {len(files) - 1} more file(s) of the case)"
-        raise InferenceError(f"{where}: holds {nan} NaN and {inf} infinite voxel(s); {fix}")
+    found = case_nonfinite_voxels(files, data)
+    if found is not None:
+        where, nan, inf = found
+        raise InferenceError(f"{where}: holds {nan} NaN and {inf} infinite voxel(s); replace them (e.g. by the "
+                             "background value) and export the image again")
     return data, geometry
 
 

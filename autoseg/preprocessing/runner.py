@@ -18,12 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-
 from autoseg.dataset.cases import Case, training_cases
 from autoseg.dataset.description import load_description
 from autoseg.dataset.imageio import (
     TIFF_ENDINGS,
+    case_nonfinite_voxels,
     detached_data_files,
     geometry_differences,
     read_case_images,
@@ -137,22 +136,15 @@ def stored_state(folder: Path, case_id: str, fingerprint: str) -> str:
     return "done" if properties.get("input_fingerprint") == fingerprint else "stale"
 
 
-def _refuse_nonfinite(images: Sequence[Path], data: np.ndarray) -> None:
-    """NaN or Inf in an image added or edited after verify: normalization spread one NaN voxel over the whole
-    case (its mean and std turn NaN), which was stored and trained on without a word."""
-    for c, channel in enumerate(data):
-        if not np.isfinite(channel).all():
-            where = images[c] if len(images) == len(data) else images[0]
-            raise DatasetError(nonfinite_problem(where, int(np.isnan(channel).sum()), int(np.isinf(channel).sum())))
-
-
 def preprocess_one(
     case_id: str, images: Sequence[Path], label: Path, plans: dict[str, Any], configuration: str,
     folder: Path, fingerprint: str,
 ) -> dict[str, Any]:
     """Read, preprocess and store one training case (runs in a worker process)."""
     data, geometry = read_case_images(images, len(plans["channel_names"]))
-    _refuse_nonfinite(images, data)
+    if (found := case_nonfinite_voxels(images, data)) is not None:
+        # NaN or Inf in an image added or edited after verify: normalization spread one over the whole case
+        raise DatasetError(nonfinite_problem(*found))
     seg, label_geometry = read_image(label)
     if seg.shape != data.shape[1:]:
         raise DatasetError(
