@@ -190,25 +190,39 @@ def read_image(path: str | Path) -> tuple[np.ndarray, Geometry]:
     return _from_sitk(image, path)
 
 
-def _nifti_expected_size(header: bytes) -> int | None:
-    """vox_offset + voxel bytes from a NIfTI-1 or NIfTI-2 header (None if the header is not NIfTI)."""
+@dataclass(frozen=True)
+class _NiftiHeader:
+    """The fields of a NIfTI-1 or NIfTI-2 header that autoseg's own checks read."""
+
+    order: str  # struct byte order, "<" or ">"
+    datatype: int
+    bitpix: int
+    dims: tuple[int, ...]
+    vox_offset: float
+
+
+def _nifti_header(header: bytes) -> _NiftiHeader | None:
+    """The header's fields in either byte order, None if the bytes are no NIfTI-1/-2 header."""
     import struct
 
     for order in "<>":
         if len(header) >= 348 and struct.unpack(order + "i", header[:4])[0] == 348:
-            dims = struct.unpack(order + "8h", header[40:56])
-            bitpix = struct.unpack(order + "h", header[72:74])[0]
-            offset = _vox_offset(struct.unpack(order + "f", header[108:112])[0])
-            break
+            return _NiftiHeader(order, struct.unpack(order + "h", header[70:72])[0], struct.unpack(order + "h", header[72:74])[0],
+                                struct.unpack(order + "8h", header[40:56]), struct.unpack(order + "f", header[108:112])[0])
         if len(header) >= 540 and struct.unpack(order + "i", header[:4])[0] == 540:
-            bitpix = struct.unpack(order + "h", header[14:16])[0]
-            dims = struct.unpack(order + "8q", header[16:80])
-            offset = _vox_offset(struct.unpack(order + "q", header[168:176])[0])
-            break
-    else:
+            return _NiftiHeader(order, struct.unpack(order + "h", header[12:14])[0], struct.unpack(order + "h", header[14:16])[0],
+                                struct.unpack(order + "8q", header[16:80]), struct.unpack(order + "q", header[168:176])[0])
+    return None
+
+
+def _nifti_expected_size(header: bytes) -> int | None:
+    """vox_offset + voxel bytes from a NIfTI-1 or NIfTI-2 header (None if the header is not NIfTI)."""
+    fields = _nifti_header(header)
+    if fields is None:
         return None
-    n = max(0, min(int(dims[0]), 7))
-    return offset + math.prod(max(1, int(d)) for d in dims[1 : n + 1]) * max(1, bitpix) // 8
+    offset = _vox_offset(fields.vox_offset)
+    n = max(0, min(int(fields.dims[0]), 7))
+    return offset + math.prod(max(1, int(d)) for d in fields.dims[1 : n + 1]) * max(1, fields.bitpix) // 8
 
 
 _NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}
@@ -224,10 +238,10 @@ def _vox_offset(value: float) -> int:
 def nifti_nonfinite_counts(path: str | Path) -> tuple[int, int] | None:
     """(NaN, Inf) counts in a floating-point NIfTI's stored voxels; None for other files.
 
-    ITK's NIfTI reader silently turns NaN into 0, so NaN can only be seen in the file's own bytes.
+    ITK's NIfTI reader silently turns NaN into 0, so NaN can only be seen in the file's own bytes. The
+    header is read first: integer images (most) need no second decompression of their voxels.
     """
     import gzip
-    import struct
 
     path = Path(path)
     ending = image_ending(path)
@@ -235,21 +249,15 @@ def nifti_nonfinite_counts(path: str | Path) -> tuple[int, int] | None:
         return None
     opener = gzip.open if _is_gzip(path) else open
     with opener(path, "rb") as f:
-        raw = f.read()
-    for order in "<>":
-        size = struct.unpack(order + "i", raw[:4])[0]
-        if size == 348:
-            datatype, offset = struct.unpack(order + "h", raw[70:72])[0], struct.unpack(order + "f", raw[108:112])[0]
-            break
-        if size == 540:
-            datatype, offset = struct.unpack(order + "h", raw[12:14])[0], struct.unpack(order + "q", raw[168:176])[0]
-            break
-    else:
+        raw = f.read(540)
+        fields = _nifti_header(raw)
+        if fields is None or fields.datatype not in _NIFTI_FLOAT_TYPES:
+            return None
+        raw += f.read()
+    if not math.isfinite(fields.vox_offset) or not 0 <= fields.vox_offset <= len(raw):
         return None
-    if datatype not in _NIFTI_FLOAT_TYPES or not math.isfinite(offset) or not 0 <= offset <= len(raw):
-        return None
-    offset = int(offset)
-    dtype = np.dtype(order + _NIFTI_FLOAT_TYPES[datatype])
+    offset = int(fields.vox_offset)
+    dtype = np.dtype(fields.order + _NIFTI_FLOAT_TYPES[fields.datatype])
     usable = (len(raw) - offset) // dtype.itemsize * dtype.itemsize
     voxels = np.frombuffer(raw, dtype=dtype, count=usable // dtype.itemsize, offset=offset)
     nan = int(np.isnan(voxels).sum())
