@@ -18,10 +18,9 @@ from autoseg.dataset.imageio import Geometry
 from autoseg.errors import InferenceError
 from autoseg.inference.engine import LoadedModel
 from autoseg.inference.tiling import DEFAULT_STEP, Network, numpy_sliding_window_slabs
-from autoseg.planning.constants import MAX_CASE_DOWNSAMPLING, MAX_RESAMPLED_VOXELS
 from autoseg.preprocessing.inverse import ProbabilityExport, label_to_preprocessed_grid
 from autoseg.preprocessing.pipeline import configuration_dict, preprocess_case, target_spacing, transposed
-from autoseg.preprocessing.resampling import new_shape
+from autoseg.preprocessing.resampling import implausible_resampling
 
 if TYPE_CHECKING:  # torch is imported where the torch engine runs: the onnxruntime engine runs without it
     import torch
@@ -100,20 +99,14 @@ def _check_grid(model: LoadedModel, shape: Sequence[int], geometry: Geometry) ->
     order = [int(a) for a in model.plans.get("transpose_forward", range(len(shape)))]
     config = configuration_dict(model.plans, model.configuration_name)
     case_spacing = transposed(geometry.spacing, order)
-    target = target_spacing(config, case_spacing)
-    resampled = new_shape(transposed(shape, order), case_spacing, target)
-    voxels = math.prod(resampled)
-    if voxels > MAX_RESAMPLED_VOXELS:
+    found = implausible_resampling(transposed(shape, order), case_spacing, target_spacing(config, case_spacing))
+    if found is not None:  # as plan refuses such a training case
+        kind, resampled = found
+        outcome = (f"hold {math.prod(resampled):.3g} voxels" if kind == "voxels"
+                   else f"shrink to {'x'.join(map(str, resampled))} voxels")
         raise InferenceError(
             f"voxel spacing ({spacing}) mm: resampled to the model's spacing {config['spacing']} this "
-            f"{'x'.join(map(str, shape))} image would hold {voxels:.3g} voxels; fix the image header's voxel size"
-        )
-    if any(t / s > MAX_CASE_DOWNSAMPLING for s, t, n in zip(case_spacing, target, transposed(shape, order)) if n > 1):
-        # As plan refuses such a training case: a header in metres would be segmented as a few voxels.
-        raise InferenceError(
-            f"voxel spacing ({spacing}) mm: resampled to the model's spacing {config['spacing']} this "
-            f"{'x'.join(map(str, shape))} image would shrink to {'x'.join(map(str, resampled))} voxels; fix the "
-            "image header's voxel size"
+            f"{'x'.join(map(str, shape))} image would {outcome}; fix the image header's voxel size"
         )
 
 

@@ -31,7 +31,7 @@ from autoseg.planning import mirroring, rules, short_schedule
 from autoseg.planning.memory import MemoryModel, calibrate_memory
 from autoseg.planning.plans import format_plan_table, plans_path, write_plans
 from autoseg.planning.topology import divisible_patch, features_per_stage, plan_topology, shrink_patch
-from autoseg.preprocessing.resampling import new_shape, resampling_work, scheme_for
+from autoseg.preprocessing.resampling import implausible_resampling, resampling_work, scheme_for
 from autoseg.networks.bf16_guard import bf16_step_survives, step_spec
 from autoseg.utils.cpu_load import applied, idle_thread_choice
 from autoseg.utils.device import autocast_dtype, choose_device, device_memory_bytes
@@ -863,20 +863,20 @@ def _check_resampled_sizes(fingerprint: dict[str, Any], target: Sequence[float])
     case_ids = fingerprint.get("case_ids") or [str(i) for i in range(len(fingerprint["spacings"]))]
     shown = lambda values: " x ".join(f"{v:g}" for v in values)  # noqa: E731
     for case, shape, spacing in zip(case_ids, fingerprint["shapes_after_crop"], fingerprint["spacings"]):
-        resampled = new_shape(shape, spacing, target)
-        voxels = math.prod(resampled)
         if math.prod(shape) > C.MAX_RESAMPLED_VOXELS:  # huge as stored: no header fix can help (it was advised)
             raise PlanError(
                 f"{fingerprint.get('dataset_name', 'dataset')}: case {case} holds {shown(shape)} = {math.prod(shape):.3g} "
                 f"voxels after cropping, more than one case may hold ({C.MAX_RESAMPLED_VOXELS:.3g}, 8 GiB per float32 "
                 "channel); crop it to the region of interest or resample it coarser, then re-run `autoseg fingerprint` and `autoseg plan`"
             )
-        if voxels > C.MAX_RESAMPLED_VOXELS:
-            outcome, units = f"{voxels:.3g} voxels", "microns or cm instead of mm?"
-        elif any(t / s > C.MAX_CASE_DOWNSAMPLING for s, t, n in zip(spacing, target, shape) if n > 1):
-            outcome, units = f"{shown(resampled)}", "metres or cm instead of mm?"
-        else:
+        found = implausible_resampling(shape, spacing, target)
+        if found is None:
             continue
+        kind, resampled = found
+        if kind == "voxels":
+            outcome, units = f"{math.prod(resampled):.3g} voxels", "microns or cm instead of mm?"
+        else:
+            outcome, units = f"{shown(resampled)}", "metres or cm instead of mm?"
         raise PlanError(
             f"{fingerprint.get('dataset_name', 'dataset')}: case {case} has voxel spacing {shown(spacing)} mm "
             f"(z, y, x) against the planned {shown(target)} mm: its {shown(shape)} voxels would resample to "

@@ -19,6 +19,7 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
+from autoseg.planning import constants as C
 from autoseg.planning.rules import separate_z_axis
 
 Shape = Sequence[int]
@@ -40,6 +41,21 @@ def new_shape(shape: Shape, old_spacing: Sequence[float], new_spacing: Sequence[
     return tuple(
         max(1, int(round(s * o / n))) for s, o, n in zip(shape, old_spacing, new_spacing)
     )
+
+
+def implausible_resampling(
+    shape: Shape, spacing: Sequence[float], target: Sequence[float]
+) -> tuple[str, tuple[int, ...]] | None:
+    """(``"voxels"`` or ``"shrink"``, the resampled shape) when resampling ``shape`` from ``spacing`` to
+    ``target`` gives more than ``MAX_RESAMPLED_VOXELS`` voxels, or shrinks an axis of more than one voxel
+    over ``MAX_CASE_DOWNSAMPLING`` times: no real image does (a header in microns or metres among
+    millimetres), so plan and predict refuse it, each in its words. None for a plausible resampling."""
+    resampled = new_shape(shape, spacing, target)
+    if math.prod(resampled) > C.MAX_RESAMPLED_VOXELS:
+        return "voxels", resampled
+    if any(t / s > C.MAX_CASE_DOWNSAMPLING for s, t, n in zip(spacing, target, shape) if n > 1):
+        return "shrink", resampled
+    return None
 
 
 def scheme_for(
