@@ -15,6 +15,7 @@ from autoseg.dataset.imageio import (
     TIFF_ENDINGS,
     detached_data_files,
     image_ending,
+    spelled_ending,
     undecodable_path_problem,
 )
 from autoseg.errors import DatasetError
@@ -85,7 +86,7 @@ def _other_ending_problem(dataset_dir: Path, desc: DatasetDescription) -> str | 
     files = [p for p in images.iterdir() if not p.name.startswith(".") and p.is_file()]
     if not files or any(p.name.endswith(desc.file_ending) for p in files):
         return None
-    spelled = {p.name[-len(e):] for p in files if (e := image_ending(p))}
+    spelled = {spelled_ending(p) for p in files} - {""}
     if len(spelled) != 1:
         return None
     found = spelled.pop()

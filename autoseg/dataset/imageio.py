@@ -92,6 +92,13 @@ def image_ending(path: str | Path) -> str:
     return ""
 
 
+def spelled_ending(path: Path) -> str:
+    """The supported image ending of ``path`` as its name spells it ('' if none): cases are matched by
+    exact file name, so ``c1.NII.GZ`` must be looked for as ``.NII.GZ``, not ``.nii.gz``."""
+    ending = image_ending(path)
+    return path.name[-len(ending):] if ending else ""
+
+
 GEOMETRY_TOLERANCE = 1e-3  # spacing (relative and mm) and direction cosines: float32 headers round them
 # Origins may differ by this share of the smallest voxel side, no more. Not relative to the coordinate:
 # at a CT table position of -1500 mm a relative 1e-3 let labels 1.5 mm (3 voxels of 0.5 mm) off their image pass.

@@ -14,9 +14,11 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from autoseg.dataset.imageio import SUPPORTED_ENDINGS, Geometry, geometry_differences, image_ending, write_image
+from autoseg.dataset.imageio import (
+    SUPPORTED_ENDINGS, Geometry, geometry_differences, image_ending, spelled_ending, write_image,
+)
 from autoseg.errors import EvaluationError
-from autoseg.evaluation.evaluate import raise_failures, spelled_ending
+from autoseg.evaluation.evaluate import raise_failures
 from autoseg.evaluation.metrics import evaluation_classes
 from autoseg.utils.probability_files import (
     PROBABILITIES_SUFFIX, probability_paths, read_probabilities, read_sidecar, write_probability_files,

@@ -18,7 +18,7 @@ import numpy as np
 
 from autoseg.dataset.description import IGNORE_LABEL_NAME, DatasetDescription, load_description
 from autoseg.dataset.imageio import (
-    SUPPORTED_ENDINGS, Geometry, geometry_differences, image_ending, is_integer_valued, read_image,
+    SUPPORTED_ENDINGS, Geometry, geometry_differences, image_ending, is_integer_valued, read_image, spelled_ending,
 )
 from autoseg.dataset.verify import mask_255_hint
 from autoseg.errors import EvaluationError
@@ -73,13 +73,6 @@ class LabelChoice:
 def label_mapping(values: Sequence[int]) -> dict[str, Any]:
     """A ``dataset.json``-style labels mapping naming each class by its value (nnU-Net's simple evaluation)."""
     return {"background": 0, **{str(v): int(v) for v in values}}
-
-
-def spelled_ending(path: Path) -> str:
-    """The supported image ending of ``path`` as its name spells it ('' if none): cases are matched by
-    exact file name, so ``c1.NII.GZ`` must be looked for as ``.NII.GZ``, not ``.nii.gz``."""
-    ending = image_ending(path)
-    return path.name[-len(ending):] if ending else ""
 
 
 def label_file_ending(folder: Path) -> str:
