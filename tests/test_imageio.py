@@ -386,6 +386,32 @@ def test_failed_write_leaves_no_file(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("ending", [".nii.gz", ".nii"])
+@pytest.mark.parametrize("keep", [0.1, 0.6, 0.999])
+def test_a_nifti_the_writer_cut_short_is_refused_as_a_full_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ending: str, keep: float
+) -> None:
+    """ITK's NIfTI writer ignores a failed write: when another writer freed space meanwhile, the disk was not
+    left at 0 bytes free and a cut-short file was renamed into place and reported as written."""
+    import autoseg.dataset.imageio as imageio
+
+    write = imageio.sitk.WriteImage
+
+    def cut_short(image: sitk.Image, name: str, *args: object, **kwargs: object) -> None:
+        write(image, name, *args, **kwargs)
+        data = Path(name).read_bytes()
+        Path(name).write_bytes(data[: int(len(data) * keep)])
+
+    target = tmp_path / f"case{ending}"
+    target.write_bytes(b"old")
+    monkeypatch.setattr(imageio.sitk, "WriteImage", cut_short)
+    array = np.random.default_rng(0).normal(size=(8, 16, 16)).astype(np.float32)
+    with pytest.raises(OSError) as info:
+        write_image(array, GEOMETRY, target)
+    assert info.value.errno == 28 and info.value.filename == str(target)
+    assert [p.name for p in tmp_path.iterdir()] == [target.name] and target.read_bytes() == b"old"
+
+
 # ------------------------------------------------------------------ 2D natural images (nnU-Net's NaturalImage2DIO)
 
 

@@ -19,6 +19,7 @@ either it is refused (nnU-Net would assume 1 mm silently; its pages could also b
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import re
@@ -859,6 +860,31 @@ def write_image(array: np.ndarray, geometry: Geometry, path: str | Path) -> None
         return
     with atomic_path(path) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=compress)
+        _refuse_cut_short_nifti(tmp, path)
+
+
+def _refuse_cut_short_nifti(written: Path, target: Path) -> None:
+    """Raise ``OSError(ENOSPC)`` naming ``target`` when the NIfTI just ``written`` (its temporary) is not whole.
+
+    ITK's NIfTI writer ignores failed writes (a full disk, an exhausted quota): it left a cut-short .nii.gz
+    or .nii, reported as written. ``atomic_path`` only caught it when the disk ended with exactly 0 bytes
+    free, not when another writer freed space meanwhile (its own failed temporary removed). The header is
+    read and the size checked against it (for gzip the trailer's ISIZE; the stream is decompressed only
+    when that disagrees), so a whole file costs a few hundred bytes of reading.
+    """
+    import gzip
+    import zlib
+
+    if image_ending(written) not in (".nii", ".nii.gz"):
+        return
+    try:
+        with (gzip.open if _is_gzip(written) else open)(written, "rb") as f:
+            whole = _nifti_header(f.read(540)) is not None and not _nifti_is_truncated(written)
+    except (OSError, EOFError, zlib.error):  # a gzip stream cut inside its first bytes
+        whole = False
+    if not whole:
+        raise OSError(errno.ENOSPC, "the image writer stopped short of the file's end (disk full or quota exhausted?)",
+                      str(target))
 
 
 def detached_data_files(header: Path) -> list[str]:
