@@ -614,7 +614,7 @@ def test_colour_label_map_is_refused_with_the_fix(tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.parametrize("ending", [".png", ".bmp"])
+@pytest.mark.parametrize("ending", [".png", ".bmp", ".tif"])
 def test_palette_label_map_is_named_as_such(tmp_path: Path, ending: str) -> None:
     """In its own format: a palette BMP was called a 'palette PNG' to be saved 'as a grey PNG'."""
     from PIL import Image
@@ -626,6 +626,21 @@ def test_palette_label_map_is_named_as_such(tmp_path: Path, ending: str) -> None
     with pytest.raises(DatasetError, match=rf"mask\{ending}: is a palette \(indexed-colour\) {kind}, read as RGB colours; "
                        rf"label maps need one class number per pixel: save the palette indices as a grey \{ending} "):
         read_image(tmp_path / f"mask{ending}")
+
+
+def test_a_palette_tiff_is_read_as_its_colours_as_a_palette_png_is(tmp_path: Path) -> None:
+    """A palette TIFF was read as its indices (one grey channel), the same picture as PNG as RGB."""
+    from PIL import Image
+
+    indices = Image.fromarray((np.arange(20).reshape(4, 5) % 3).astype(np.uint8), mode="L").convert("P")
+    indices.putpalette([0, 0, 0, 255, 0, 0, 10, 128, 255] + [0] * 759)
+    indices.save(tmp_path / "c_0000.png")
+    indices.save(tmp_path / "c_0000.tif")
+    expected = np.moveaxis(np.array([[0, 0, 0], [255, 0, 0], [10, 128, 255]])[np.arange(20).reshape(4, 5) % 3], -1, 0)
+    for name in ("c_0000.png", "c_0000.tif"):
+        channels, _, alpha = read_image_channels(tmp_path / name)
+        assert channels.shape == (3, 1, 4, 5) and not alpha
+        np.testing.assert_array_equal(channels[:, 0], expected)
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.int64, np.float32])

@@ -408,7 +408,21 @@ def _read_tiff_page(path: Path) -> np.ndarray:
         array = np.asarray(page.asarray())
         if array.ndim == 3 and page.planarconfig == tifffile.PLANARCONFIG.SEPARATE:
             array = np.moveaxis(array, 0, -1)
+        if page.photometric == tifffile.PHOTOMETRIC.PALETTE and page.colormap is not None:
+            array = _palette_colours(array, np.asarray(page.colormap))
     return array
+
+
+def _palette_colours(indices: np.ndarray, colormap: np.ndarray) -> np.ndarray:
+    """A palette (indexed-colour) TIFF's pixels as RGB (y, x, 3) uint8, as a palette PNG or BMP is read.
+
+    The decoder hands over the palette indices, so a palette TIFF was read as one grey channel (and as a
+    label map) where the same picture as a PNG gave its three colours (and was refused as a label map). A
+    TIFF colormap (3, entries) holds 16-bit values, scaled to 8 bits as PIL does; one that a writer filled
+    with 8-bit values is kept as it is."""
+    if colormap.max(initial=0) > 255:
+        colormap = colormap // 256
+    return np.moveaxis(colormap[:, indices], 0, -1).astype(np.uint8)
 
 
 def _refuse_multi_page_tiff(path: Path) -> None:
