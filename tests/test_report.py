@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import re
 import shutil
@@ -191,4 +192,25 @@ def test_relative_roots_give_instructions_usable_from_any_folder(
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     monkeypatch.setenv("AUTOSEG_RESULTS", str(roots["results"]))
+    assert build_report(DATASET, num_workers=1).is_file()
+
+
+def test_copied_results_root_reports_from_the_copy(roots: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A results root copied elsewhere (another machine, ``cp -r``): the instructions recorded absolute
+    paths, so the report of the copy read the original's summaries, and failed once it was gone."""
+    make_results(roots)
+    find_best(DATASET, num_workers=1)
+    copy = roots["results"].with_name("results_copy")
+    shutil.copytree(roots["results"], copy)
+    shutil.rmtree(roots["results"])
+    monkeypatch.setenv("AUTOSEG_RESULTS", str(copy))
+    path = build_report(DATASET, num_workers=1)
+    assert path == copy / DATASET / "report.html" and (copy / DATASET / "report_case_best_case_009.png").is_file()
+
+
+def test_instructions_with_absolute_paths_still_load(roots: dict[str, Path]) -> None:
+    """inference_instructions.json of earlier versions held absolute paths: the report still reads them."""
+    make_results(roots, probabilities_for=())
+    instructions = find_best(DATASET, num_workers=1)  # resolved: absolute paths, as earlier files held them
+    (roots["results"] / DATASET / "inference_instructions.json").write_text(json.dumps(instructions))
     assert build_report(DATASET, num_workers=1).is_file()

@@ -11,7 +11,7 @@ import pytest
 
 from autoseg.dataset.imageio import Geometry, write_image
 from autoseg.errors import EvaluationError
-from autoseg.evaluation.selection import INSTRUCTIONS_JSON, INSTRUCTIONS_TXT, find_best
+from autoseg.evaluation.selection import INSTRUCTIONS_JSON, INSTRUCTIONS_TXT, find_best, resolve_instructions
 from autoseg.utils.probability_files import write_probability_files
 
 DATASET = "Dataset777_Synth"
@@ -131,7 +131,9 @@ def test_pairwise_ensemble_wins_when_it_fixes_both_configurations(roots: dict[st
         f"autoseg predict -i INPUT_FOLDER -o OUTPUT_FOLDER_MODEL2 -m {results / GOOD} -f 0 1 2 3 4 --checkpoint final --save-probabilities",
         "autoseg ensemble -i OUTPUT_FOLDER_MODEL1 OUTPUT_FOLDER_MODEL2 -o OUTPUT_FOLDER",
     ]
-    assert json.loads((results / INSTRUCTIONS_JSON).read_text()) == json.loads(json.dumps(instructions))
+    stored = json.loads((results / INSTRUCTIONS_JSON).read_text())
+    assert stored["best"]["model_folders"] == [BAD, GOOD]  # relative to the dataset's folder: a copied root stays valid
+    assert resolve_instructions(stored, results) == json.loads(json.dumps(instructions))
     text = (results / INSTRUCTIONS_TXT).read_text()
     assert text.splitlines()[-3:] == instructions["commands"]
     assert f"#  2. {GOOD}: {GOOD_FOREGROUND:.4f}" in text

@@ -30,7 +30,7 @@ from autoseg.dataset.description import DatasetDescription, load_description
 from autoseg.dataset.imageio import read_image, read_image_channels
 from autoseg.errors import EvaluationError
 from autoseg.evaluation.metrics import evaluation_classes
-from autoseg.evaluation.selection import INSTRUCTIONS_JSON, find_best
+from autoseg.evaluation.selection import INSTRUCTIONS_JSON, find_best, resolve_instructions
 from autoseg.paths import resolve_dataset, results_root
 from autoseg.utils.atomic import atomic_write_bytes, atomic_write_text
 from autoseg.utils.jsonio import read_json
@@ -312,15 +312,18 @@ def build_report(dataset_spec: str | os.PathLike[str], output_html: str | Path |
         check_output_file(Path(output_html), EvaluationError)  # before its figures are written beside it
     instructions_file = dataset_results / INSTRUCTIONS_JSON
     if instructions_file.is_file():
-        instructions = _read_find_best_json(instructions_file, INSTRUCTIONS_KEYS, dataset.name)
+        instructions = resolve_instructions(
+            _read_find_best_json(instructions_file, INSTRUCTIONS_KEYS, dataset.name), dataset_results.absolute()
+        )
     else:
         instructions = find_best(dataset_spec, num_workers=num_workers)
-    summaries = {}
+    summaries, summary_files = {}, {}
     for candidate in instructions["candidates"]:
         path = Path(candidate["summary_file"])
         if not path.is_file():
             raise EvaluationError(f"{path}: cross-validation summary missing; run autoseg find-best {dataset.name} again")
         summaries[candidate["name"]] = _read_find_best_json(path, SUMMARY_KEYS, dataset.name)
+        summary_files[candidate["name"]] = path
     best = instructions["best"]
     description = load_description(Path(best["model_folders"][0]))
     classes, _ = evaluation_classes(description)
@@ -354,7 +357,8 @@ def build_report(dataset_spec: str | os.PathLike[str], output_html: str | Path |
         else:
             sections.append(figures.add(f"training_{_safe(Path(folder).name)}", figure, f"{Path(folder).name}: one line per fold"))
     sections.append(f"<h2>Best and worst case of {html.escape(short_name(best['name']))}</h2>")
-    sections += _overlay_sections(figures, summaries[best["name"]], dataset.raw_dir, description, classes)
+    sections += _overlay_sections(figures, summaries[best["name"]], summary_files[best["name"]].parent, dataset.raw_dir,
+                                  description, classes)
     document = ("<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
                 f"<title>autoseg report {html.escape(dataset.name)}</title><style>{CSS}</style></head><body>"
                 + "\n".join(sections) + "</body></html>\n")
@@ -363,8 +367,11 @@ def build_report(dataset_spec: str | os.PathLike[str], output_html: str | Path |
     return output
 
 
-def _overlay_sections(figures: _Figures, summary: dict[str, Any], raw_dir: Path, description: DatasetDescription,
-                      classes: Sequence[tuple[str, tuple[int, ...]]]) -> list[str]:
+def _overlay_sections(figures: _Figures, summary: dict[str, Any], crossval_dir: Path, raw_dir: Path,
+                      description: DatasetDescription, classes: Sequence[tuple[str, tuple[int, ...]]]) -> list[str]:
+    """The best and worst case's overlays. Predictions are read from ``crossval_dir``, where find-best
+    evaluated them beside the summary: the summary's absolute ``prediction_file`` names the original
+    results root, stale in a copied or moved one."""
     sections = []
     for which, row in best_and_worst(summary):
         case_id, dice = row["case_id"], case_foreground_dice(row)
@@ -375,7 +382,7 @@ def _overlay_sections(figures: _Figures, summary: dict[str, Any], raw_dir: Path,
         channels, _, _ = read_image_channels(image_path)
         image = channels if channels.shape[0] >= 3 else channels[0]  # colour PNGs in colour, else the first channel
         reference, geometry = read_image(row["reference_file"])
-        prediction, _ = read_image(row["prediction_file"])
+        prediction, _ = read_image(crossval_dir / Path(row["prediction_file"]).name)
         title = f"{which}: {case_id}, mean Dice {dice:.4f}"
         figure = overlay(image, reference, prediction, geometry.spacing, classes, title)
         sections.append(figures.add(f"case_{which}_{_safe(case_id)}", figure, f"{title}; solid: reference, dashed: prediction"))

@@ -243,6 +243,11 @@ def inference_commands(model_folders: Sequence[Path], folds: Sequence[str], deci
     return commands
 
 
+# Keys of a candidate record (and of "best") holding a path under the dataset's results folder, a list for
+# model_folders; inference_instructions.json stores them relative to that folder (resolve_instructions).
+CANDIDATE_PATH_KEYS = ("model_folders", "crossval_folder", "summary_file", "postprocessing_file")
+
+
 def _candidate_record(candidate: Candidate) -> dict[str, Any]:
     return {
         "name": candidate.name,
@@ -254,6 +259,31 @@ def _candidate_record(candidate: Candidate) -> dict[str, Any]:
     }
 
 
+def _map_candidate_paths(instructions: dict[str, Any], convert: Any) -> dict[str, Any]:
+    """A copy of the instructions with ``convert`` applied to every path of every candidate and of best."""
+    def record(candidate: dict[str, Any]) -> dict[str, Any]:
+        converted = dict(candidate)
+        for key in CANDIDATE_PATH_KEYS:
+            if key in converted:
+                value = converted[key]
+                converted[key] = [convert(v) for v in value] if isinstance(value, list) else convert(value)
+        return converted
+    return {**instructions, "candidates": [record(c) for c in instructions["candidates"]], "best": record(instructions["best"])}
+
+
+def portable_instructions(instructions: dict[str, Any], dataset_results: Path) -> dict[str, Any]:
+    """The instructions as stored: candidate paths relative to the dataset's results folder, so a results
+    root copied or moved elsewhere (``cp -r``, another machine) reports from its own files, not the
+    original's. The commands keep absolute paths: they are for the shell, run where find-best ran."""
+    return _map_candidate_paths(instructions, lambda p: Path(p).relative_to(dataset_results).as_posix())
+
+
+def resolve_instructions(instructions: dict[str, Any], dataset_results: Path) -> dict[str, Any]:
+    """Stored instructions with their candidate paths resolved against the dataset's results folder now in
+    use; absolute paths (files of earlier versions) stay as they are."""
+    return _map_candidate_paths(instructions, lambda p: str(dataset_results / p))
+
+
 def find_best(
     dataset_spec: str | os.PathLike[str],
     folds: Sequence[int | str] = DEFAULT_FOLDS,
@@ -262,7 +292,8 @@ def find_best(
     num_workers: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate every trained configuration (and pairwise ensemble), choose the best, determine its
-    postprocessing and write the inference instructions; returns what ``inference_instructions.json`` holds.
+    postprocessing and write the inference instructions; returns what ``inference_instructions.json`` holds,
+    its paths resolved (``resolve_instructions``).
 
     Args:
         configurations: only consider model folders of these configurations (e.g. ``3d_fullres``).
@@ -335,7 +366,7 @@ def _select_and_write(
         },
         "commands": commands,
     }
-    atomic_write_json(dataset_results / INSTRUCTIONS_JSON, instructions)
+    atomic_write_json(dataset_results / INSTRUCTIONS_JSON, portable_instructions(instructions, dataset_results))
     atomic_write_text(dataset_results / INSTRUCTIONS_TXT, instructions_text(instructions))
     return instructions
 
