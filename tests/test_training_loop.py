@@ -88,9 +88,16 @@ def test_continue_extends_a_finished_run(results: Path) -> None:
     assert [r["learning_rate"] for r in history][1] == pytest.approx(0.01 * (1 - 3 / 6) ** 0.9)
     with pytest.raises(TrainingError, match=r"--epochs 2: the run already trained 3 epochs \(6 iterations\)"):
         train_fold(DATASET, "3d_fullres", "all", epochs=2, continue_=True, workers=0, overrides=FAST)
+    # Was: --continue --budget on a finished fold trained nothing, said nothing and exited 0.
+    final = (_fold(results) / "checkpoint_final.safetensors").read_bytes()
+    with pytest.raises(TrainingError, match=r"--budget 30 s: .*fold_all already finished its schedule \(6 of 6 iterations, 3 "
+                                            r"epochs\); a budget does not extend a finished run .*--continue --epochs N with N > 3"):
+        train_fold(DATASET, "3d_fullres", "all", budget_seconds=30, continue_=True, workers=0, overrides=FAST)
+    train_fold(DATASET, "3d_fullres", "all", continue_=True, workers=0, overrides=FAST)
+    assert "nothing left to train: " in (_fold(results) / "training_log.txt").read_text()
+    assert (_fold(results) / "checkpoint_final.safetensors").read_bytes() == final
     # A final model without training state (what import-model installs) is not restarted over.
     (_fold(results) / "checkpoint_latest.safetensors").unlink()
-    final = (_fold(results) / "checkpoint_final.safetensors").read_bytes()
     with pytest.raises(TrainingError, match=r"fold_all: holds a final model \(checkpoint_final.safetensors\) but no training "
                                             r"state \(checkpoint_latest.safetensors\) to continue from \(an imported model\?\)"):
         train_fold(DATASET, "3d_fullres", "all", epochs=4, continue_=True, workers=0, overrides=FAST)

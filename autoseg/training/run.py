@@ -380,6 +380,24 @@ def _restore(trainer: Trainer, run: FoldRun) -> None:
             )
         state.total_iterations = total
     trainer.monitor.log(f"resumed from {latest} at epoch {state.epoch}, iteration {state.iteration} of {state.total_iterations}")
+    if state.iteration >= state.total_iterations:
+        _finished_run(trainer, run)
+
+
+def _finished_run(trainer: Trainer, run: FoldRun) -> None:
+    """--continue on a fold whose schedule is done trains nothing: said in the log, and refused with --budget,
+    which asked for training a finished schedule (its learning rate at 0) cannot get (it used to train nothing,
+    silently, and exit 0 as if the budget had been spent)."""
+    state = trainer.state
+    done = f"{run.fold_folder} already finished its schedule ({state.iteration} of {state.total_iterations} iterations, {state.epoch} epochs)"
+    extend = f"to train it longer give --continue --epochs N with N > {state.epoch}"
+    if run.budget_source == "train --budget":
+        raise TrainingError(
+            f"--budget {run.budget_seconds:g} s: {done}; a budget does not extend a finished run (its learning rate "
+            f"has reached 0): {extend}, or delete {run.fold_folder} and train without --continue to retrain it within "
+            "the budget (--continue alone validates it again)"
+        )
+    trainer.monitor.log(f"nothing left to train: {done}; validating it again ({extend})")
 
 
 def _warn_changed_settings(trainer: Trainer, run: FoldRun) -> None:
