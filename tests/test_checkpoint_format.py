@@ -48,7 +48,7 @@ def test_round_trip_and_network_part(tmp_path: Path) -> None:
 
 
 READERS = [
-    (lambda p: load_checkpoint(p), TrainingError, "delete it to restart the fold"),
+    (lambda p: load_checkpoint(p), TrainingError, "delete it to train the fold from the start"),
     (lambda p: _load_checkpoint(p, torch.device("cpu")), InferenceError, "use a matching autoseg version or retrain"),
     (lambda p: read_pretrained(p), TrainingError, "give a checkpoint written by this autoseg"),
 ]
@@ -77,6 +77,17 @@ def test_missing_checkpoint_messages(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / FINAL)
     with pytest.raises(InferenceError, match=r"checkpoint_final.safetensors: not found \(present: best\)"):
         _load_checkpoint(tmp_path / FINAL, torch.device("cpu"))
+
+
+def test_a_damaged_latest_beside_a_final_model_is_not_advised_away(tmp_path: Path) -> None:
+    """Was: "delete it to restart the fold", after which --continue refused the final model without training state."""
+    write_checkpoint(tmp_path / FINAL, _checkpoint())
+    (tmp_path / LATEST).write_bytes((tmp_path / FINAL).read_bytes()[:100])
+    with pytest.raises(TrainingError) as info:
+        load_checkpoint(tmp_path / LATEST)
+    assert str(info.value).endswith(f"the fold's {FINAL} is kept for prediction, but without a readable {LATEST} the fold "
+                                    f"cannot be continued or extended: delete the folder {tmp_path} to train the fold again")
+    assert "restart" not in str(info.value)
 
 
 def test_model_files_refuse_another_checkpoint_version_at_export_and_import(tmp_path: Path) -> None:

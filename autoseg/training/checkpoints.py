@@ -64,8 +64,19 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     """Load a training checkpoint (no code runs from the file)."""
     return read_checkpoint(
         path, TrainingError, missing="checkpoint not found; train first (without --continue) or check the fold",
-        fix="delete it to restart the fold", device=map_location,
+        fix=damaged_checkpoint_fix(path), device=map_location,
     )
+
+
+def damaged_checkpoint_fix(path: Path) -> str:
+    """What to do about a damaged checkpoint: deleting it restarts the fold only while no final model lies
+    beside it; with ``checkpoint_final`` there, ``--continue`` then refuses a final model without training
+    state, so "delete it to restart the fold" sent the user into that refusal."""
+    final = path.parent / FINAL
+    if path.name != FINAL and final.is_file():
+        return (f"the fold's {FINAL} is kept for prediction, but without a readable {path.name} the fold cannot be "
+                f"continued or extended: delete the folder {path.parent} to train the fold again")
+    return "delete it to train the fold from the start"
 
 
 def training_checkpoint(setup: ModelSetup, step_state: dict[str, Any], state: TrainingState,
