@@ -129,6 +129,17 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def nonempty_path(value: str | os.PathLike[str]) -> Path:
+    """A path option's value, refused when empty: ``Path("")`` is ``.``, so ``-o ""`` (an unset shell
+    variable) wrote predictions into the current folder, and ``-i ""`` read it."""
+    if not os.fspath(value):
+        raise typer.BadParameter("an empty path; give a file or folder name ('.' for the current folder)")
+    return Path(value)
+
+
+path_option = functools.partial(typer.Option, parser=nonempty_path, metavar="<path>")  # every path-valued option
+path_argument = functools.partial(typer.Argument, parser=nonempty_path)
+
 DATASET_HELP = "Dataset004, 4, Dataset004_Hippocampus or the dataset folder's path"
 WORKERS_HELP = "worker processes, 0 or 1: all in this process (default: the CPU cores available)"
 
@@ -183,7 +194,7 @@ def plan(
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing plans file of this name that differs"),
     device: Optional[str] = typer.Option(None, "--device", help="device to plan for: cpu, cuda or mps (default: cuda when present)"),
     num_workers: Optional[int] = typer.Option(None, "-np", "--num-workers", min=0, help=WORKERS_HELP),
-    transfer_from: Optional[Path] = typer.Option(None, "--transfer-plans-from", help="a plans file or trained model folder: keep its network, patch and batch (to fine-tune its weights with train --pretrained-weights), with this dataset's own spacing and normalization"),
+    transfer_from: Optional[Path] = path_option(None, "--transfer-plans-from", help="a plans file or trained model folder: keep its network, patch and batch (to fine-tune its weights with train --pretrained-weights), with this dataset's own spacing and normalization"),
 ) -> None:
     """Choose spacing, normalization, configurations, topology, patch, batch and mirrored axes; write the plans file."""
     from autoseg.planning.planner import plan_dataset
@@ -234,7 +245,7 @@ def train(
     overrides: Optional[list[str]] = typer.Option(None, "--set", help="override a training config value, e.g. --set optimizer.lr=0.005 (repeatable; an unknown key, a wrong type or a value out of the setting's range is refused before anything is written; docs/configuration.md lists every key)"),
     save_probabilities: bool = typer.Option(False, "--save-probabilities", help="keep validation probabilities (for ensembling and postprocessing)"),
     workers: Optional[int] = typer.Option(None, "--workers", help="data-loading worker processes (0: in-process, for debugging)"),
-    pretrained_weights: Optional[Path] = typer.Option(None, "--pretrained-weights", help="start from a checkpoint, model folder or export-model zip: loads every tensor that matches, reports the rest (output heads for other classes)"),
+    pretrained_weights: Optional[Path] = path_option(None, "--pretrained-weights", help="start from a checkpoint, model folder or export-model zip: loads every tensor that matches, reports the rest (output heads for other classes)"),
 ) -> None:
     """Train one cross-validation fold; checkpoints every epoch, validates with sliding window at the end."""
     from autoseg.training.run import format_training_summary, train_fold
@@ -251,9 +262,9 @@ def train(
 @app.command()
 @user_errors
 def demo(
-    output: Path = typer.Option(Path("autoseg_demo"), "-o", "--output", help="working folder for everything the demo writes"),
+    output: Path = path_option(Path("autoseg_demo"), "-o", "--output", help="working folder for everything the demo writes"),
     budget: str = typer.Option("10m", "--budget", help="total time to aim for (training gets 85%)"),
-    dataset: Optional[Path] = typer.Option(None, "--dataset", help="dataset folder with imagesTs/labelsTs (default: the shipped example)"),
+    dataset: Optional[Path] = path_option(None, "--dataset", help="dataset folder with imagesTs/labelsTs (default: the shipped example)"),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or mps"),
 ) -> None:
     """Run the whole pipeline on the shipped example data and print where the results are."""
@@ -278,13 +289,13 @@ def _folds(folds: Optional[list[str]]) -> Any:
 @app.command()
 @user_errors
 def predict(
-    input: Path = typer.Option(..., "-i", "--input", help="folder of <case>_XXXX images and/or DICOM series folders, one image file, or one DICOM folder"),
-    output: Path = typer.Option(..., "-o", "--output", help="folder for the label maps (written in each input's geometry)"),
+    input: Path = path_option(..., "-i", "--input", help="folder of <case>_XXXX images and/or DICOM series folders, one image file, or one DICOM folder"),
+    output: Path = path_option(..., "-o", "--output", help="folder for the label maps (written in each input's geometry)"),
     dataset: Optional[str] = typer.Option(None, "-d", "--dataset", help=DATASET_HELP + " (with -c)"),
     configuration: Optional[str] = typer.Option(None, "-c", "--configuration", help="2d, 3d_fullres, 3d_lowres or 3d_cascade_fullres (with -d)"),
     network: Optional[str] = typer.Option(None, "--network", help="network of the model to use with -d/-c (default: the only one trained)"),
     plans_name: Optional[str] = typer.Option(None, "--plans-name", help="plans of the model to use with -d/-c"),
-    model_folder: Optional[Path] = typer.Option(None, "-m", "--model", help="a model folder <results>/<Dataset>/<network>__<plans>__<config>, or a zip from export-model (checked like import-model, unpacked to a temporary folder) (instead of -d/-c)"),
+    model_folder: Optional[Path] = path_option(None, "-m", "--model", help="a model folder <results>/<Dataset>/<network>__<plans>__<config>, or a zip from export-model (checked like import-model, unpacked to a temporary folder) (instead of -d/-c)"),
     folds: Optional[list[str]] = typer.Option(None, "-f", "--fold", help="folds to ensemble, e.g. -f 0 -f 1, or -f all (default: every trained fold)"),
     checkpoint: str = typer.Option("final", "--checkpoint", help="final, best or latest"),
     step: float = typer.Option(0.5, "--step", help="sliding-window step as a fraction of the patch"),
@@ -356,11 +367,11 @@ def _description(dataset: Optional[str]) -> Any:
 @app.command()
 @user_errors
 def evaluate(
-    pred: Path = typer.Option(..., "-p", "--pred", help="folder of predicted label maps"),
-    ref: Path = typer.Option(..., "-r", "--ref", help="folder of reference label maps (same file names)"),
+    pred: Path = path_option(..., "-p", "--pred", help="folder of predicted label maps"),
+    ref: Path = path_option(..., "-r", "--ref", help="folder of reference label maps (same file names)"),
     dataset: Optional[str] = typer.Option(None, "-d", "--dataset", help="dataset for labels/regions (default: dataset.json beside the references)"),
     labels: Optional[list[int]] = typer.Option(None, "-l", "--labels", help="label values to evaluate without a dataset, e.g. --labels 1 2 (default: dataset.json beside the references, else every value found in them)"),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="folder for summary.json / summary.csv (default: PRED)"),
+    output: Optional[Path] = path_option(None, "-o", "--output", help="folder for summary.json / summary.csv (default: PRED)"),
     tolerance_mm: float = typer.Option(1.0, help="tolerance of the normalised surface Dice, in mm"),
     num_workers: Optional[int] = typer.Option(None, "-np", "--num-workers", min=0, help=WORKERS_HELP),
 ) -> None:
@@ -395,10 +406,10 @@ app.add_typer(postprocess_app, name="postprocess")
 @postprocess_app.command("determine")
 @user_errors
 def postprocess_determine(
-    pred: Path = typer.Option(..., "-p", "--pred", help="cross-validation predictions (all folds in one folder)"),
-    ref: Path = typer.Option(..., "-r", "--ref", help="reference label maps"),
+    pred: Path = path_option(..., "-p", "--pred", help="cross-validation predictions (all folds in one folder)"),
+    ref: Path = path_option(..., "-r", "--ref", help="reference label maps"),
     dataset: Optional[str] = typer.Option(None, "-d", "--dataset", help="dataset for labels (default: dataset.json beside the references)"),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="decision file (default: PRED/postprocessing.json)"),
+    output: Optional[Path] = path_option(None, "-o", "--output", help="decision file (default: PRED/postprocessing.json)"),
     epsilon: float = typer.Option(1e-3, help="a step must raise the mean Dice by more than this and lower no class by more"),
     num_workers: Optional[int] = typer.Option(None, "-np", "--num-workers", min=0, help=WORKERS_HELP),
 ) -> None:
@@ -416,9 +427,9 @@ def postprocess_determine(
 @postprocess_app.command("apply")
 @user_errors
 def postprocess_apply(
-    input: Path = typer.Option(..., "-i", "--input", help="folder of label maps"),
-    output: Path = typer.Option(..., "-o", "--output", help="new folder for the postprocessed label maps"),
-    decision: Path = typer.Option(..., "--decision", help="postprocessing.json from `postprocess determine`"),
+    input: Path = path_option(..., "-i", "--input", help="folder of label maps"),
+    output: Path = path_option(..., "-o", "--output", help="new folder for the postprocessed label maps"),
+    decision: Path = path_option(..., "--decision", help="postprocessing.json from `postprocess determine`"),
     num_workers: Optional[int] = typer.Option(None, "-np", "--num-workers", min=0, help=WORKERS_HELP),
 ) -> None:
     """Apply a postprocessing decision to every label map of a folder (deterministic)."""
@@ -431,8 +442,8 @@ def postprocess_apply(
 @app.command()
 @user_errors
 def ensemble(
-    inputs: list[Path] = typer.Option(..., "-i", "--input", help="prediction folders with saved probabilities (give -i twice or more)"),
-    output: Path = typer.Option(..., "-o", "--output", help="folder for the ensembled label maps"),
+    inputs: list[Path] = path_option(..., "-i", "--input", help="prediction folders with saved probabilities (give -i twice or more)"),
+    output: Path = path_option(..., "-o", "--output", help="folder for the ensembled label maps"),
     save_probabilities: bool = typer.Option(False, help="also write the averaged probabilities"),
     file_ending: Optional[str] = typer.Option(None, help="ending of the written label maps, dot included, e.g. .nii.gz (default: as in the first folder)"),
     num_workers: Optional[int] = typer.Option(None, "-np", "--num-workers", min=0, help=WORKERS_HELP),
@@ -465,8 +476,8 @@ def find_best(
 @app.command("export-model")
 @user_errors
 def export_model(
-    model_folders: list[Path] = typer.Option(..., "-m", "--model", help="model folder(s) <results>/<Dataset>/<network>__<plans>__<config>"),
-    output: Path = typer.Option(..., "-o", "--output", help="the zip file to write"),
+    model_folders: list[Path] = path_option(..., "-m", "--model", help="model folder(s) <results>/<Dataset>/<network>__<plans>__<config>"),
+    output: Path = path_option(..., "-o", "--output", help="the zip file to write"),
     folds: list[str] = typer.Option(["0", "1", "2", "3", "4"], "-f", "--fold", help=FOLDS_HELP),
     checkpoint: str = typer.Option("final", help="final, best or latest"),
     format_: str = typer.Option("autoseg", "--format", help="autoseg (safetensors weights, for import-model) or onnx (one ONNX graph per fold + deploy.json, for predict --engine onnxruntime; needs autoseg[onnx])"),
@@ -491,8 +502,8 @@ def export_model(
 @app.command("import-model")
 @user_errors
 def import_model(
-    zip_file: Path = typer.Argument(..., help="a zip written by `autoseg export-model`"),
-    results_root: Optional[Path] = typer.Option(None, help="where to install (default: the results root)"),
+    zip_file: Path = path_argument(..., help="a zip written by `autoseg export-model`"),
+    results_root: Optional[Path] = path_option(None, help="where to install (default: the results root)"),
     overwrite: bool = typer.Option(False, help="replace model folders (and ensemble decisions) that exist"),
 ) -> None:
     """Check and install an exported model; never runs code, refuses tampered or incompatible files."""
@@ -509,7 +520,7 @@ def import_model(
 @user_errors
 def report(
     dataset: str = typer.Argument(..., help=DATASET_HELP),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="HTML file (default: <results>/<Dataset>/report.html)"),
+    output: Optional[Path] = path_option(None, "-o", "--output", help="HTML file (default: <results>/<Dataset>/report.html)"),
     num_workers: Optional[int] = typer.Option(None, "-np", "--num-workers", min=0, help=WORKERS_HELP),
 ) -> None:
     """Self-contained HTML report: cross-validation table, Dice box plots, training curves, overlays."""

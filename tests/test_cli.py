@@ -60,6 +60,28 @@ def test_bad_arguments_are_one_line_and_exit_2(args: list[str], message: str, ro
     assert not (Path("out")).exists()
 
 
+@pytest.mark.parametrize("args", [
+    ["predict", "-i", "in", "-o", "", "-m", "model"],
+    ["predict", "-i", "", "-o", "out", "-m", "model"],
+    ["evaluate", "-p", "p", "-r", "r", "-o", ""],
+    ["postprocess", "apply", "-i", "in", "-o", "", "--decision", "d.json"],
+    ["ensemble", "-i", "a", "-i", "b", "-o", ""],
+    ["export-model", "-m", "model", "-o", ""],
+    ["import-model", "model.zip", "--results-root", ""],
+    ["report", "Dataset004", "-o", ""],
+    ["demo", "-o", "", "--budget", "soon"],
+])
+def test_an_empty_path_is_refused_not_taken_for_the_current_folder(
+    args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``-o ""`` (say an unset shell variable) became ``.``: predictions landed in the current folder."""
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "an empty path; give a file or folder name" in result.output and "Traceback" not in result.output
+    assert not any(tmp_path.iterdir())
+
+
 def test_a_reader_that_leaves_stops_the_command_quietly() -> None:
     """`autoseg networks | head -0`: the pipe's reader is gone before the first line; exit 141 as a
     shell reports a command stopped by a closed pipe, no "internal error" and no traceback."""
