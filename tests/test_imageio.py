@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -161,9 +162,10 @@ def test_folder_of_two_dicom_series_says_which_files_are_which(tmp_path: Path) -
 
 
 def test_dicom_series_with_an_unreadable_slice_names_it(tmp_path: Path) -> None:
-    """GDCM leaves a truncated slice without file ending out of the series; the gap is refused and the file named."""
+    """GDCM leaves an unreadable slice without file ending out of the series; the gap is refused and the file
+    named (a truncated DICOM slice is named as such before: test_dicom_slice_cut_short_...)."""
     folder = _dicom_series(tmp_path / "series", [(0, 0, z) for z in range(6)])
-    (folder / "IM3").write_bytes((folder / "3.dcm").read_bytes()[:200])
+    (folder / "IM3").write_bytes(b"\x00" * 128 + b"DIC?" + (folder / "3.dcm").read_bytes()[132:])
     (folder / "3.dcm").unlink()
     (folder / "notes.txt").write_text("not a slice")
     with pytest.raises(DatasetError, match=r"series: DICOM slice spacing is uneven \(2 mm between 2\.dcm and 4\.dcm, "
@@ -189,11 +191,34 @@ def test_dicom_series_with_a_truncated_last_slice_is_refused(tmp_path: Path, siz
 
 
 def test_dicom_object_without_pixels_beside_a_series_is_left_out(tmp_path: Path) -> None:
-    """An RTSTRUCT or SR file (DICOM, no Pixel Data) in the series folder is no slice and no truncated copy."""
+    """An RTSTRUCT or SR file (DICOM, no Pixel Data, a SOP class of its own: here Raw Data Storage) in the series
+    folder is no slice and no truncated copy."""
     folder = _dicom_series(tmp_path / "series", [(0, 0, z) for z in range(3)])
-    data = (folder / "3.dcm").read_bytes()
+    data = (folder / "3.dcm").read_bytes().replace(b"1.2.840.10008.5.1.4.1.1.7\x00", b"1.2.840.10008.5.1.4.1.1.66")
     (folder / "rtstruct.dcm").write_bytes(data[: data.index(b"\xe0\x7f\x10\x00")])
+    (folder / "DICOMDIR").write_bytes(data[: data.index(b"\xe0\x7f\x10\x00")])
     assert read_image(folder)[0].shape == (3, 4, 5)
+
+
+@pytest.mark.parametrize("slice_number", [1, 4])
+@pytest.mark.parametrize("name", ["{}.dcm", "IM{}", "1.2.3.4.{}"])
+@pytest.mark.parametrize("cut", ["empty", "preamble", "header", "before pixels", "pixels"])
+def test_dicom_slice_cut_short_at_either_end_of_the_series_is_named(
+    tmp_path: Path, slice_number: int, name: str, cut: str
+) -> None:
+    """GDCM leaves a slice it cannot parse out of the series, so one cut short at the first or last position left
+    no gap: it was missed when cut after its Modality element (taken for an object without pixels) and whenever
+    its name had no ending or a UID's ('IM4', '1.2.3.4.4')."""
+    folder = _dicom_series(tmp_path / "series", [(0, 0, z) for z in range(4)])
+    data = (folder / f"{slice_number}.dcm").read_bytes()
+    size = {"empty": 0, "preamble": 100, "header": data.index(b"\x08\x00\x60\x00") + 30,
+            "before pixels": data.index(b"\xe0\x7f\x10\x00"), "pixels": len(data) - 8}[cut]
+    (folder / f"{slice_number}.dcm").unlink()
+    damaged = name.format(slice_number)
+    (folder / damaged).write_bytes(data[:size])
+    with pytest.raises(DatasetError, match=rf"series: {re.escape(damaged)} cannot be read as DICOM \(truncated or corrupt "
+                                           r"copy\?\); copy the series again, or remove the file\(s\)"):
+        read_image(folder)
 
 
 def test_dicom_series_with_rounded_positions_reads_in_order(tmp_path: Path) -> None:

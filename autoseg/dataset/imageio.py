@@ -696,8 +696,7 @@ def _read_dicom_series(folder: Path) -> tuple[np.ndarray, Geometry]:
             "put one series per folder"
         )
     files = reader.GetGDCMSeriesFileNames(str(folder), series[0])
-    broken = [name for name in _unread_slice_files(folder, files)
-              if Path(name).suffix and not _is_dicom_without_pixels(folder / name)]
+    broken = _damaged_dicom_files(folder, files)
     if broken:
         # GDCM leaves such files out silently: a truncated last slice shortened the series unseen.
         raise DatasetError(f"{folder}: {', '.join(broken[:3])}{', ...' if len(broken) > 3 else ''} cannot be read as "
@@ -729,19 +728,115 @@ def _series_files(folder: Path, uid: str) -> str:
 
 
 def _unread_slice_files(folder: Path, files: Sequence[str]) -> list[str]:
-    """Files in ``folder`` named like DICOM slices (.dcm, .ima, no ending) that GDCM left out of the series
+    """Files in ``folder`` named like DICOM slices (``_named_like_dicom``) that GDCM left out of the series
     ``files``: it skips files it cannot parse (a truncated copy) without a word."""
     read = {Path(f).name for f in files}
     return sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
-                  and p.name not in read and p.suffix.lower() in ("", ".dcm", ".ima"))
+                  and p.name not in read and _named_like_dicom(p))
 
 
-def _is_dicom_without_pixels(path: Path) -> bool:
-    """A DICOM object that is no image (RTSTRUCT, SR, presentation state: a 'DICM' preamble, a Modality element
-    and no Pixel Data element), which GDCM leaves out of a series rightly. A slice truncated in its pixels holds
-    its Pixel Data tag; one cut in its header lacks the Modality (0008,0060) that comes early in the data set."""
-    data = path.read_bytes()
-    return data[128:132] == b"DICM" and b"\x08\x00\x60\x00" in data and b"\xe0\x7f\x10\x00" not in data
+def _damaged_dicom_files(folder: Path, files: Sequence[str]) -> list[str]:
+    """Files of ``folder`` that GDCM left out of the series ``files`` and that are damaged DICOM, whatever their
+    names (``IM0004``, a UID ``1.2.840....5``): a file with the DICOM preamble ('DICM' at byte 128) cut short
+    (``_is_cut_short_dicom``), or a ``.dcm``/``.ima`` file without the preamble.
+
+    GDCM leaves unparsable files out silently, so a slice cut short at either end of the series shortened it
+    unseen (mid-series the gap check catches it). A whole DICOM object of another kind (RTSTRUCT, SR,
+    DICOMDIR) is rightly no slice. It was told from a damaged slice by a Modality element without Pixel Data,
+    so a slice cut between the two passed as such an object, and files without an ending were never looked at.
+    """
+    read = {Path(f).name for f in files}
+    sop_class: str | None = None
+    damaged = []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or path.name in read or not path.is_file():
+            continue
+        with open(path, "rb") as f:
+            preamble = f.read(132)
+        if preamble[128:132] == b"DICM":
+            if sop_class is None:
+                header = _dicom_header(files[0])
+                sop_class = header.GetMetaData("0008|0016").strip("\x00 ") if header.HasMetaDataKey("0008|0016") else ""
+            if _is_cut_short_dicom(path.read_bytes(), sop_class):
+                damaged.append(path.name)
+        elif path.suffix.lower() in (".dcm", ".ima") or (_named_like_dicom(path) and not preamble.strip(b"\x00")):
+            damaged.append(path.name)  # no DICOM, or a copy that stopped inside the (zero) preamble
+    return damaged
+
+
+def _named_like_dicom(path: Path) -> bool:
+    """A name DICOM slices carry: ``.dcm``, ``.ima``, no ending (``IM0004``) or a UID's last number (``1.2.840....5``)."""
+    return path.suffix.lower() in ("", ".dcm", ".ima") or path.suffix[1:].isdigit()
+
+
+_DICOM_UNDEFINED_LENGTH = 0xFFFFFFFF
+_DICOM_PIXEL_DATA = 0x7FE00010
+# Explicit-VR elements whose length is 4 bytes after 2 reserved ones (PS3.5 7.1.2); the others have 2 bytes.
+_DICOM_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+
+
+def _is_cut_short_dicom(data: bytes, series_sop_class: str) -> bool:
+    """Whether a Part-10 DICOM file (preamble, 'DICM', file meta group) was cut short: it stops inside its file
+    meta group or an element, holds no data set, or holds no Pixel Data though its SOP class is the series'
+    (a cut at an element boundary). False for transfer syntaxes not walked here (big endian, deflated)."""
+    import struct
+
+    if len(data) < 144 or data[132:136] != b"\x02\x00\x00\x00":  # (0002,0000) group length comes first
+        return True
+    meta_end = 144 + struct.unpack_from("<I", data, 140)[0]
+    if len(data) < meta_end + 8:
+        return True
+    meta: dict[int, bytes] = {}
+    elements: dict[int, bytes] = {}
+    try:
+        _walk_dicom_elements(data[:meta_end], 144, explicit=True, nested=False, values=meta)
+        syntax = meta.get(0x00020010, b"").rstrip(b"\x00 ")
+        if syntax in (b"1.2.840.10008.1.2.2", b"1.2.840.10008.1.2.1.99"):  # big endian, deflated: not walked
+            return False
+        _walk_dicom_elements(data, meta_end, explicit=syntax != b"1.2.840.10008.1.2", nested=False, values=elements)
+    except EOFError:
+        return True
+    sop_class = meta.get(0x00020002, b"").rstrip(b"\x00 ").decode("ascii", "replace")
+    return _DICOM_PIXEL_DATA not in elements and sop_class == series_sop_class
+
+
+def _walk_dicom_elements(data: bytes, position: int, explicit: bool, nested: bool, values: dict[int, bytes]) -> int:
+    """The position after the data set (or, ``nested``, the undefined-length value) starting at ``position``,
+    its elements' tags and short values put into ``values``; ``EOFError`` when the bytes end inside an
+    element or before a nested value's delimiter."""
+    import struct
+
+    while position < len(data):
+        if position + 8 > len(data):
+            raise EOFError
+        group, element = struct.unpack_from("<HH", data, position)
+        if group == 0xFFFE:  # item, item delimiter or sequence delimiter: tag + 4-byte length, no VR
+            length = struct.unpack_from("<I", data, position + 4)[0]
+            position += 8
+            if element in (0xE00D, 0xE0DD):
+                return position
+            value_explicit = explicit
+        elif explicit and data[position + 4:position + 6] in _DICOM_LONG_VRS:
+            if position + 12 > len(data):
+                raise EOFError
+            length = struct.unpack_from("<I", data, position + 8)[0]
+            value_explicit = data[position + 4:position + 6] != b"UN"  # an undefined-length UN holds implicit VR
+            position += 12
+        else:
+            length = struct.unpack_from("<H" if explicit else "<I", data, position + 6 if explicit else position + 4)[0]
+            value_explicit = explicit
+            position += 8
+        if group != 0xFFFE and not nested:
+            values[group << 16 | element] = data[position:position + min(length, 64)]
+        if length == _DICOM_UNDEFINED_LENGTH:
+            position = _walk_dicom_elements(data, position, value_explicit, nested=True, values={})
+        else:
+            position += length
+            if position > len(data):
+                raise EOFError
+    if nested:
+        raise EOFError
+    return position
 
 
 def _nested_folders_hint(folder: Path) -> str:
