@@ -326,6 +326,10 @@ def predict(
         raise UsageError(f"--step {step}: must be in (0, 1] (a fraction of the patch; 0.5 overlaps tiles by half)")
     if (model_folder is None) == (dataset is None or configuration is None):
         raise UsageError("give either -m MODEL_FOLDER or both -d DATASET and -c CONFIGURATION")
+    if statistics:
+        from autoseg.evaluation.statistics import refuse_name_clashes
+
+        refuse_name_clashes(input, output, save_probabilities)
     with contextlib.ExitStack() as stack:
         if model_folder is not None and model_folder.suffix.lower() == ".zip" and model_folder.is_file() and engine == "torch":
             from autoseg.evaluation.model_files import unpacked_model

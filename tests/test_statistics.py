@@ -12,7 +12,7 @@ import pytest
 from autoseg.dataset.description import parse_description
 from autoseg.dataset.imageio import Geometry, read_image, write_image
 from autoseg.evaluation.statistics import SUMMARY_CSV, case_statistics, write_statistics
-from cli_helpers import autoseg
+from cli_helpers import autoseg, autoseg_fails
 from conftest import HIPPOCAMPUS
 
 SPACING = (2.0, 0.5, 1.5)  # (z, y, x) mm: one voxel is 1.5 mm3
@@ -96,3 +96,23 @@ def test_cli_predict_statistics_measure_the_written_labels(tmp_path: Path) -> No
         assert entry["volume_mm3"] == pytest.approx(mask.sum() * float(np.prod(geometry.spacing)))
         if mask.any():
             assert entry["intensity"]["0:MRI"]["mean"] == pytest.approx(float(image[mask].mean()), rel=1e-5)
+
+
+def test_statistics_never_replace_another_cases_probabilities(tmp_path: Path) -> None:
+    """Case x's x_statistics.json is also the probabilities' sidecar of a case named x_statistics: it was
+    overwritten (the sidecar lost, ensemble refused the case). Refused before anything is predicted."""
+    from test_inference_predict import make_model
+
+    model = make_model(tmp_path / "models", "3d_fullres", folds=("0",))
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    for case in ("x", "x_statistics"):
+        (inputs / f"{case}_0000.nii.gz").write_bytes((HIPPOCAMPUS / "imagesTr" / "hippocampus_001_0000.nii.gz").read_bytes())
+    message = autoseg_fails("predict", "-i", inputs, "-o", out, "-m", model, "--no-tta", "--save-probabilities", "--statistics")
+    assert f"cases x and x_statistics: the statistics of x and the probabilities' sidecar of x_statistics would both be {out / 'x_statistics.json'}" in message
+    assert not out.exists()
+    # Probabilities an earlier run saved count too; without any, the names do not clash.
+    autoseg("predict", "-i", inputs, "-o", out, "-m", model, "--no-tta", "--save-probabilities")
+    assert "x_statistics would both be" in autoseg_fails("predict", "-i", inputs, "-o", out, "-m", model, "--no-tta", "--statistics", "--continue")
+    autoseg("predict", "-i", inputs, "-o", tmp_path / "labels", "-m", model, "--no-tta", "--statistics")
+    assert {"x_statistics.json", "x_statistics_statistics.json"} <= {p.name for p in (tmp_path / "labels").iterdir()}

@@ -24,6 +24,7 @@ from autoseg.errors import InferenceError
 from autoseg.evaluation.metrics import voxel_volume_mm3
 from autoseg.inference.batch import InputCase, channel_files, discover_cases, output_ending
 from autoseg.utils.atomic import atomic_write_json, atomic_write_text
+from autoseg.utils.probability_files import SIDECAR_SUFFIX, probability_paths
 
 PERCENTILES = (5, 25, 50, 75, 95)
 CASE_SUFFIX = "_statistics.json"
@@ -86,6 +87,29 @@ def summary_csv(rows: Sequence[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
+def statistics_path(output: Path, case_id: str) -> Path:
+    """Where a case's statistics go: the one place their name is made."""
+    return output / f"{case_id}{CASE_SUFFIX}"
+
+
+def refuse_name_clashes(input_path: str | Path, output_folder: str | Path, save_probabilities: bool) -> None:
+    """Refuse, before predicting, a case whose statistics would replace another case's probabilities'
+    sidecar: case ``x``'s ``x_statistics.json`` is also the sidecar of a case named ``x_statistics``
+    (``predict --save-probabilities --statistics``, or saved by an earlier run), which was overwritten.
+    Every case of the input counts, not only this part's: ``--num-parts`` runs share the folder."""
+    output = Path(output_folder)
+    cases = {case.case_id for case in discover_cases(input_path)}
+    for case_id in sorted(cases):
+        path = statistics_path(output, case_id)
+        owner = path.name.removesuffix(SIDECAR_SUFFIX)  # the case whose sidecar has this name
+        if owner in cases and (save_probabilities or probability_paths(output, owner).probabilities.exists()):
+            raise InferenceError(
+                f"cases {case_id} and {owner}: the statistics of {case_id} and the probabilities' sidecar of {owner} "
+                f"would both be {path}; rename the input files of case {owner} (e.g. {case_id}_stats_0000...), or "
+                "leave out --statistics or --save-probabilities"
+            )
+
+
 def _case_statistics_from_files(case: InputCase, output: Path, description: DatasetDescription) -> dict[str, Any]:
     data, geometry = read_case_images(channel_files(case, description.channel_names))
     label_file = output / f"{case.case_id}{output_ending(case, description.file_ending)}"
@@ -107,7 +131,7 @@ def write_statistics(
     rows = []
     for case in cases:
         stats = {"case_id": case.case_id, **_case_statistics_from_files(case, output, description)}
-        atomic_write_json(output / f"{case.case_id}{CASE_SUFFIX}", stats)
+        atomic_write_json(statistics_path(output, case.case_id), stats)
         rows += _csv_rows(case.case_id, stats)
     atomic_write_text(output / SUMMARY_CSV, summary_csv(rows))
     return output / SUMMARY_CSV
