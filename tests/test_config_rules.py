@@ -39,7 +39,7 @@ def test_the_defaults_and_every_familys_defaults_keep_the_rules() -> None:
     ("case_cache_mb=-1", r"--set case_cache_mb=-1: must be >= 0 or auto"),
     ("math_threads=0", r"--set math_threads=0: must be >= 1 or auto"),
     ("num_epochs=0", r"--set num_epochs=0: must be >= 1; the default is 1000"),
-    ("batch_size=0", r"--set batch_size=0: must be >= 1; the default is None"),
+    ("batch_size=0", r"--set batch_size=0: must be >= 1; the default is null \(chosen by the plan or for the machine\)"),
     ("val_iterations_per_epoch=-1", r"must be >= 0 \(0: no pseudo-validation\)"),
     ("optimizer.lr=0", r"--set optimizer.lr=0.0: must be > 0; the default is 0.01"),
     ("optimizer.lr=-1e-3", r"--set optimizer.lr=-0.001: must be > 0"),
@@ -82,6 +82,19 @@ def test_the_defaults_and_every_familys_defaults_keep_the_rules() -> None:
 def test_a_value_out_of_range_is_refused_with_what_it_may_be(override: str, message: str) -> None:
     with pytest.raises(TrainingError, match=message):
         resolve_config("unet", [override])
+
+
+def test_a_refusal_names_the_value_without_any_set_not_an_earlier_sets() -> None:
+    """Was: an earlier --set of the same key was called "the default" (and typed the later one: a
+    --set num_workers=auto after --set num_workers=2 was refused as not an int); the plan's value was too."""
+    with pytest.raises(TrainingError, match=r"^--set optimizer.lr=-1.0: must be > 0; the default is 0.01$"):
+        resolve_config("unet", ["optimizer.lr=0.5", "optimizer.lr=-1"])
+    with pytest.raises(TrainingError, match=r"^--set optimizer.lr=-1.0: must be > 0; the plan's value is 0.001$"):
+        resolve_config("unet", ["optimizer.lr=-1"], planned={"optimizer": {"lr": 0.001}})
+    with pytest.raises(TrainingError, match=r"^--set iterations_per_epoch=0: must be >= 1; the plan's value is 7$"):
+        resolve_config("unet", ["iterations_per_epoch=3", "iterations_per_epoch=0"], planned={"iterations_per_epoch": 7})
+    assert resolve_config("unet", ["num_workers=2", "num_workers=auto"])["num_workers"] == "auto"
+    assert resolve_config("unet", ["batch_size=2", "batch_size=null"])["batch_size"] is None
 
 
 def test_a_familys_own_settings_have_rules_too() -> None:

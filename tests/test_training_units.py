@@ -57,7 +57,7 @@ def test_network_section_then_overrides() -> None:
     [
         ("optimizer.lrr=1", "--set 'optimizer.lrr=1': unknown configuration key 'optimizer.lrr'; valid keys: "),
         ("optimizer.lr=fast", "--set optimizer.lr='fast': expected float, got str; the default is 0.01"),
-        ("batch_size=1.5", "--set batch_size=1.5: expected int or null, got float; the default is None"),
+        ("batch_size=1.5", "--set batch_size=1.5: expected int or null, got float; the default is null (chosen by the plan or for the machine)"),
         ("num_workers=many", "--set num_workers='many': expected int or 'auto', got str; the default is 'auto'"),
         ("channels_last=yes", "--set channels_last='yes': expected bool or 'auto', got str; the default is 'auto'"),
         ("loss.deep_supervision=3", "--set loss.deep_supervision=3: expected bool, got int; the default is True"),
@@ -195,7 +195,7 @@ def test_checkpoint_round_trip_with_weights_only(tmp_path: Path) -> None:
 def test_unreadable_checkpoint_names_file_and_fix(tmp_path: Path) -> None:
     path = tmp_path / "checkpoint_latest.safetensors"
     path.write_bytes(b"not a checkpoint")
-    with pytest.raises(TrainingError, match=r"checkpoint_latest.safetensors: not a readable safetensors file .*delete it to restart"):
+    with pytest.raises(TrainingError, match=r"checkpoint_latest.safetensors: not a readable safetensors file .*delete it to train the fold from the start"):
         load_checkpoint(path)
 
 

@@ -17,7 +17,7 @@ import yaml
 
 from autoseg.errors import TrainingError
 from autoseg.networks import get_network_spec
-from autoseg.training.config_rules import check_together, check_value
+from autoseg.training.config_rules import check_together, check_value, described
 from autoseg.utils.mappings import deep_merge, flatten
 
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("default_config.yaml")
@@ -61,8 +61,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def _coerce(key: str, value: Any, default: Any) -> Any:
-    """``value`` converted to the type of ``default`` where that is lossless, else a TrainingError."""
+def _coerce(key: str, value: Any, default: Any, origin: str = "the default") -> Any:
+    """``value`` converted to the type of ``default`` (``origin`` says whose value that is) where that is
+    lossless, else a TrainingError."""
     allowed = _OPEN_TYPES.get(key, ())
     if value is None and key in _OPEN_TYPES and default is None or value == "auto" == default:
         return value
@@ -89,8 +90,7 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
         return value
     expected = _type_names(default, allowed)
     raise TrainingError(
-        f"--set {key}={value!r}: expected {expected}, got {type(value).__name__}; "
-        f"the default is {default!r}"
+        f"--set {key}={value!r}: expected {expected}, got {type(value).__name__}; {described(default, origin)}"
     )
 
 
@@ -102,11 +102,14 @@ def _type_names(default: Any, allowed: tuple[type, ...]) -> str:
     return " or ".join(dict.fromkeys(names))
 
 
-def apply_overrides(config: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+def apply_overrides(config: Mapping[str, Any], overrides: Iterable[str], planned: Iterable[str] = ()) -> dict[str, Any]:
     """Apply ``key=value`` overrides; unknown keys, wrong types and values out of range (config_rules)
-    raise a TrainingError."""
+    raise a TrainingError. Each override is typed and described against ``config``'s own value (the plan's
+    for the ``planned`` keys), not one an earlier override of the same key set: that one named its own
+    value "the default" and refused a later ``--set num_workers=auto`` after ``--set num_workers=2``."""
     result = copy.deepcopy(dict(config))
     flat = flatten(result)
+    planned = set(planned)
     for text in overrides:
         key, value = parse_override(text)
         head, _, option = key.partition(".")
@@ -118,14 +121,14 @@ def apply_overrides(config: Mapping[str, Any], overrides: Iterable[str]) -> dict
             raise TrainingError(
                 f"--set {text!r}: unknown configuration key {key!r}; valid keys: {', '.join(sorted(flat))}"
             )
-        value = _coerce(key, value, flat[key])
-        check_value(key, value, flat[key])
+        origin = "the plan's value" if key in planned else "the default"
+        value = _coerce(key, value, flat[key], origin)
+        check_value(key, value, flat[key], origin)
         node = result
         *parents, leaf = key.split(".")
         for part in parents:
             node = node[part]
         node[leaf] = value
-        flat[key] = value
     return result
 
 
@@ -140,8 +143,9 @@ def resolve_config(
     overrides."""
     base = dict(defaults if defaults is not None else load_defaults())
     merged = deep_merge(base, get_network_spec(network).training_defaults)
-    merged = _apply_planned(merged, {} if planned is None else planned)
-    config = apply_overrides(merged, overrides)
+    planned = {} if planned is None else planned
+    merged = _apply_planned(merged, planned)
+    config = apply_overrides(merged, overrides, flatten(planned) if isinstance(planned, Mapping) else ())
     check_together(config)
     return config
 

@@ -138,14 +138,23 @@ def rule_for(key: str) -> Rule | Choice | None:
     return RULES.get(key)
 
 
-def check_value(key: str, value: Any, default: Any) -> None:
-    """Refuse ``value`` for the dotted ``key`` with a TrainingError that says what it may be."""
+def check_value(key: str, value: Any, default: Any, origin: str = "the default") -> None:
+    """Refuse ``value`` for the dotted ``key`` with a TrainingError that says what it may be and what
+    the setting is without it (``origin``: whose value ``default`` is)."""
     rule = rule_for(key)
     if rule is None or value is None or value == "auto":  # decided later (the plan, the machine)
         return
     problem = rule.problem(value)
     if problem is not None:
-        raise TrainingError(f"--set {key}={value!r}: {problem}; the default is {default!r}")
+        raise TrainingError(f"--set {key}={value!r}: {problem}; {described(default, origin)}")
+
+
+def described(default: Any, origin: str = "the default") -> str:
+    """A setting's value without the refused ``--set``, for its message: null is the plan's or the machine's
+    choice, not a value to copy."""
+    if default is None:
+        return f"{origin} is null (chosen by the plan or for the machine)"
+    return f"{origin} is {default!r}"
 
 
 def check_together(config: Mapping[str, Any]) -> None:
