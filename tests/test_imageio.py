@@ -275,6 +275,27 @@ def test_dicom_slices_of_another_size_are_named(tmp_path: Path) -> None:
         read_image(folder)
 
 
+@pytest.mark.parametrize("slices", [1, 3])
+def test_colour_dicom_is_named_as_a_screenshot_not_a_scan(tmp_path: Path, slices: int) -> None:
+    """An RGB DICOM (SamplesPerPixel 3) got the message for vector images ('has 3 components per voxel ... save
+    each channel as its own _XXXX file'), naming no file."""
+    folder = _dicom_series(tmp_path / "series", [(0, 0, z) for z in range(slices)])
+    for file in folder.iterdir():  # the same slice, in colour
+        grey = sitk.ReadImage(str(file))
+        colour = sitk.Compose(*[sitk.Cast(grey, sitk.sitkUInt8)] * 3)
+        for key in grey.GetMetaDataKeys():
+            if key.startswith("0020|"):
+                colour.SetMetaData(key, grey.GetMetaData(key))
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()
+        writer.SetFileName(str(file))
+        writer.Execute(colour)
+    more = r" \(\+ 2 more file\(s\) of the series\)" if slices > 1 else ""
+    with pytest.raises(DatasetError, match=rf"series: 1\.dcm{more} is a colour DICOM \(3 samples per pixel\): a "
+                                           r"secondary capture or screenshot .*, not a scan; give the folder of the scan"):
+        read_image(folder)
+
+
 def test_multi_frame_dicom_file_reads_as_3d(tmp_path: Path) -> None:
     """One multi-frame file was read by ImageSeriesReader as a 4D image and refused as 'is 4D'."""
     volume = sitk.GetImageFromArray(np.arange(3 * 4 * 5, dtype=np.uint16).reshape(3, 4, 5))

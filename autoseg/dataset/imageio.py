@@ -717,7 +717,19 @@ def _read_dicom_series(folder: Path) -> tuple[np.ndarray, Geometry]:
             image = reader.Execute()
     except RuntimeError as exc:
         raise DatasetError(f"{folder}: DICOM series cannot be read: {_first_line(exc)}") from None
+    if image.GetNumberOfComponentsPerPixel() > 1:
+        raise DatasetError(_colour_dicom_problem(folder, files, image.GetNumberOfComponentsPerPixel()))
     return _from_sitk(image, folder)
+
+
+def _colour_dicom_problem(folder: Path, files: Sequence[str], samples: int) -> str:
+    """Why a colour DICOM (SamplesPerPixel > 1) is refused, naming its file: it got the message for RGB or
+    vector images in 3D formats ('save each channel as its own _XXXX file'), which names no file and misses
+    that a colour DICOM is a secondary capture or screenshot, not the scan."""
+    more = f" (+ {len(files) - 1} more file(s) of the series)" if len(files) > 1 else ""
+    return (f"{folder}: {Path(files[0]).name}{more} is a colour DICOM ({samples} samples per pixel): a secondary "
+            "capture or screenshot (a rendering, report or annotated image), not a scan; give the folder of the "
+            "scan's own series (grey CT, MR, ... slices)")
 
 
 def _series_files(folder: Path, uid: str) -> str:
