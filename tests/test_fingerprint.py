@@ -42,6 +42,19 @@ def test_crop_to_nonzero_by_hand() -> None:
     assert bounding_box(np.zeros((2, 3), bool)) == [[0, 2], [0, 3]]
 
 
+def test_holes_of_a_2d_image_are_filled_in_plane() -> None:
+    """A 2D image (C, 1, y, x) lies wholly on its slice axis' border: counting that axis left every hole
+    open, so zero pixels inside the image (EM membranes) fell outside the mask, as they do not in 3D."""
+    data = np.zeros((1, 1, 6, 7), np.float32)
+    data[0, 0, 1:5, 1:6] = 1.0
+    data[0, 0, 2, 3] = 0.0  # inside: a hole, as scipy fills it in the plane
+    seg = np.zeros((1, 1, 6, 7), np.uint8)
+    _, seg_c, bbox, mask = crop_to_nonzero(data, seg)
+    assert bbox == [[0, 1], [1, 5], [1, 6]]
+    assert (mask[0] == ndimage.binary_fill_holes(data[0, 0] != 0)[1:5, 1:6]).all() and mask.all()
+    assert (seg_c != OUTSIDE_NONZERO).all()
+
+
 def test_fingerprint_numbers_match_hand_computation(small_dataset: Path, roots: dict[str, Path]) -> None:
     fp = extract_fingerprint(resolve_dataset("Dataset999"), num_workers=2)
     assert fp["case_ids"] == ["hippocampus_001", "hippocampus_003", "hippocampus_004", "hippocampus_006"]

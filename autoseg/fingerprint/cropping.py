@@ -14,14 +14,16 @@ def nonzero_mask(data: np.ndarray) -> np.ndarray:
     """Voxels where any channel is nonzero, holes filled (data is (C, z, y, x)).
 
     Holes are the zero regions that do not touch the image border: one connected-component pass,
-    where ``binary_fill_holes`` iterates dilations and gets slow on large CTs.
+    where ``binary_fill_holes`` iterates dilations and gets slow on large CTs. An axis of size one (the
+    slice axis of a 2D image) is no border: every pixel lies on it, so counting it left no hole of a 2D
+    image filled, and zero pixels inside it (an EM membrane, a zeroed lesion) fell outside the mask.
     """
     mask = np.any(data != 0, axis=0)
     if mask.all() or not mask.any():
         return mask
     background, _ = ndimage.label(~mask)
     border = np.zeros(mask.shape, bool)
-    for axis in range(mask.ndim):
+    for axis in (a for a in range(mask.ndim) if mask.shape[a] > 1):
         index = [slice(None)] * mask.ndim
         for end in (0, -1):
             index[axis] = end
