@@ -157,8 +157,11 @@ def verify(
     report = verify_dataset(resolve_dataset(dataset), num_workers)
     for problem in report.problems:
         typer.echo(f"ERROR {problem}")
+    for warning in report.warnings:
+        typer.echo(f"WARNING {warning}")
     if report.ok:
-        typer.echo(f"{report.dataset}: {report.num_cases} case(s) checked, no problems found")
+        warned = f" ({len(report.warnings)} warning(s))" if report.warnings else ""
+        typer.echo(f"{report.dataset}: {report.num_cases} case(s) checked, no problems found{warned}")
         return
     typer.echo(f"{report.dataset}: {len(report.problems)} problem(s) in {report.num_cases} case(s)", err=True)
     raise typer.Exit(2)

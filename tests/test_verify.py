@@ -354,6 +354,20 @@ def test_all_problems_reported_at_once(small_dataset: Path, roots: dict[str, Pat
     assert any("label values 7" in e for e in errors)
 
 
+def test_a_blank_image_channel_is_warned_about_by_case_and_channel(small_dataset: Path, roots: dict[str, Path]) -> None:
+    """An all-zero image beside its label passed verify without a word (as in nnU-Net): accepted, with a warning."""
+    add_second_channel(small_dataset)
+    set_array(image(small_dataset, PLAIN_CASE, 1), np.zeros_like)
+    before = tree_digest(small_dataset)
+    result = runner.invoke(app, ["verify", str(small_dataset), "-np", "1"])
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.output.splitlines() if line.startswith("WARNING ")]
+    assert warnings == [f"WARNING {image(small_dataset, PLAIN_CASE, 1)}: case {PLAIN_CASE}, channel 1: every voxel holds 0 "
+                        "(a blank image: failed export or conversion?); check the file, or remove the case if it has no image"]
+    assert "4 case(s) checked, no problems found (1 warning(s))" in result.output
+    assert tree_digest(small_dataset) == before
+
+
 def test_origins_rounded_by_headers_far_from_zero_are_accepted(small_dataset: Path, roots: dict[str, Path]) -> None:
     _both_at((-1500.0, -1500.0, -1500.0), small_dataset)  # 0.01 mm apart: float32 rounding, not a shift
     edit_image(label(small_dataset, PLAIN_CASE), lambda img: (img.SetOrigin((-1500.01, -1500.0, -1499.99)), img)[1])

@@ -36,6 +36,7 @@ class CaseCheck:
 
     case_id: str
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # accepted, as nnU-Net accepts them, but suspect
     data: np.ndarray | None = None  # (C, z, y, x) float32
     label: np.ndarray | None = None  # (z, y, x) int16/int32
     spacing: tuple[float, ...] | None = None
@@ -68,6 +69,7 @@ def check_case(case: Case, desc: DatasetDescription, keep_arrays: bool = False) 
             overflow = float32_overflow_problem(path, array)
             if overflow:
                 result.problems.append(overflow)
+        result.warnings.extend(_blank_channel_warnings(case.case_id, path, array, alpha, sum(a.shape[0] for _, a in arrays)))
         if arrays and array.shape[1:] != arrays[0][1].shape[1:]:
             result.problems.append(
                 f"{path}: size {array.shape[:0:-1]} differs from {arrays[0][0].name} {arrays[0][1].shape[:0:-1]}; "
@@ -119,6 +121,19 @@ def check_case(case: Case, desc: DatasetDescription, keep_arrays: bool = False) 
         result.spacing = geometries[0].spacing
     return result
 
+
+def _blank_channel_warnings(case_id: str, path: Path, channels: np.ndarray, alpha: bool, first: int) -> list[str]:
+    """A warning for each channel of file ``path`` (the case's channels ``first``, ``first + 1``, ...) that holds
+    one value in every voxel: an all-zero image (a failed export or conversion) passed verify without a word,
+    as it does in nnU-Net, and the case trained on an input with nothing in it. Not refused, since nnU-Net
+    accepts it; an alpha channel (fully opaque) is left out."""
+    warnings = []
+    for index, channel in enumerate(channels[:-1] if alpha else channels):
+        if channel.size and channel.min() == channel.max():
+            warnings.append(f"{path}: case {case_id}, channel {first + index}: every voxel holds "
+                            f"{np.format_float_positional(float(channel.flat[0]), trim='-')} (a blank image: failed "
+                            "export or conversion?); check the file, or remove the case if it has no image")
+    return warnings
 
 
 def _rgb_range_problems(paths: list[Path], channels: list[np.ndarray], desc: DatasetDescription) -> list[str]:
@@ -189,14 +204,17 @@ class VerifyReport:
     dataset: str
     num_cases: int
     problems: list[str]
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
 
-def _check_case_problems(case: Case, desc: DatasetDescription) -> list[str]:
-    return check_case(case, desc).problems
+def _check_case_problems(case: Case, desc: DatasetDescription) -> tuple[list[str], list[str]]:
+    """(problems, warnings) of one case."""
+    checked = check_case(case, desc)
+    return checked.problems, checked.warnings
 
 
 def dataset_level_problems(location: DatasetLocation, desc: DatasetDescription) -> tuple[list[Case], list[str]]:
@@ -251,10 +269,13 @@ def verify_dataset(location: DatasetSpec, num_workers: int | None = None) -> Ver
     results, failures = parallel_map(
         _check_case_problems, jobs, num_workers or default_workers(), "verify"
     )
+    warnings: list[str] = []
     for case_id, _ in jobs:
-        problems.extend(results.get(case_id, []))
+        case_problems, case_warnings = results.get(case_id, ([], []))
+        problems.extend(case_problems)
+        warnings.extend(case_warnings)
     problems.extend(f"case {f.key}: {f.message}" for f in failures)
-    return VerifyReport(location.name, len(cases) + len(test_cases), problems)
+    return VerifyReport(location.name, len(cases) + len(test_cases), problems, warnings)
 
 
 def require_valid(location: DatasetSpec, num_workers: int | None = None) -> None:
