@@ -122,6 +122,25 @@ def test_pretrained_weights_of_another_channel_count_are_refused_as_such(tmp_pat
         load_pretrained(create_network("unet", TINY_TOPOLOGY, 2, 3), path, "unet")
 
 
+def test_a_source_plan_of_another_channel_count_is_refused_at_plan_time(tmp_path: Path) -> None:
+    """Was: planned without a word; only train --pretrained-weights refused the weights, after preprocessing."""
+    from autoseg.errors import PlanError
+    from autoseg.planning.transfer import transfer_plans_from
+
+    source = {**make_plans({"3d_fullres": make_configuration(SOURCE_SPACING, patch_size=PATCH)}), "dataset_name": "Dataset905_BraTS",
+              "channel_names": {"0": "FLAIR", "1": "T1w", "2": "T1gd", "3": "T2w"}}
+    source["configurations"]["3d_fullres"]["normalization"] *= 4
+    (tmp_path / "plans.json").write_text(json.dumps(source))
+    target = {**make_plans({"3d_fullres": make_configuration([1.0, 1.0, 1.0], patch_size=PATCH)}), "dataset_name": TARGET}
+    with pytest.raises(PlanError, match=rf"plans.json: its dataset Dataset905_BraTS has 4 input channel\(s\) \(0: FLAIR, 1: T1w, "
+                                        rf"2: T1gd, 3: T2w\), {TARGET} has 1 \(0: MRI\); pretrained weights need the same input channels"):
+        transfer_plans_from(target, tmp_path)
+    source["channel_names"] = {"0": "T2"}  # the same count under another name transfers (the user's call)
+    source["configurations"]["3d_fullres"]["normalization"] = source["configurations"]["3d_fullres"]["normalization"][:1]
+    (tmp_path / "plans.json").write_text(json.dumps(source))
+    assert transfer_plans_from(target, tmp_path)["transferred_from"]["dataset_name"] == "Dataset905_BraTS"
+
+
 def test_cli_refuses_pretrained_weights_with_continue(roots: dict[str, Path], tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["train", "4", "3d_fullres", "0", "--continue", "--pretrained-weights", str(tmp_path)])
     assert result.exit_code == 2

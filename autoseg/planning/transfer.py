@@ -40,6 +40,7 @@ def source_plans_file(source: str | Path) -> Path:
 def transfer_plans(target: dict[str, Any], source: dict[str, Any], source_name: str) -> dict[str, Any]:
     """``target`` with each shared configuration's network, patch and batch taken from ``source``;
     configurations the source lacks are dropped (there are no weights to start them from)."""
+    _check_channels(target, source, source_name)
     plans = copy.deepcopy(target)
     shared = [name for name in target["configurations"] if name in source["configurations"]]
     if not shared:
@@ -72,6 +73,21 @@ def transfer_plans(target: dict[str, Any], source: dict[str, Any], source_name: 
         "configurations": sorted(plans["configurations"]), "keys": list(TRANSFERRED_KEYS),
     }
     return plans
+
+
+def _check_channels(target: dict[str, Any], source: dict[str, Any], source_name: str) -> None:
+    """The source's network takes its dataset's channels: another number of them was planned without a word
+    and only ``train --pretrained-weights`` refused the weights, after preprocessing."""
+    mine, theirs = target.get("channel_names") or {}, source.get("channel_names")
+    if not isinstance(theirs, dict) or len(theirs) == len(mine):
+        return
+    listed = lambda names: ", ".join(f"{k}: {v}" for k, v in names.items())  # noqa: E731
+    raise PlanError(
+        f"{source_name}: its dataset {source.get('dataset_name') or '(unnamed)'} has {len(theirs)} input channel(s) "
+        f"({listed(theirs)}), {target.get('dataset_name')} has {len(mine)} ({listed(mine)}); pretrained weights need "
+        "the same input channels: transfer from a model trained on this dataset's channels, or plan without "
+        "--transfer-plans-from"
+    )
 
 
 def _check_family(donor: dict[str, Any], name: str, source_name: str) -> None:
