@@ -184,3 +184,23 @@ def test_whole_run_refusals_write_nothing(layout: str, message: str, model: Path
     assert code == 2 and message in " ".join(text.split()), text
     assert sorted(p.name for p in inputs.rglob("*")) == before
     assert not (tmp_path / "out").exists() and (tmp_path / "afile").read_text() == "keep"
+
+
+def test_a_run_that_predicts_no_case_leaves_no_run_record(model: Path, tmp_path: Path) -> None:
+    """Every case refused (here: two channels for a one-channel model): predict_info.json stayed behind in a
+    folder holding no prediction, and a rerun with another model was refused as mixing two models' outputs."""
+    inputs, output = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    for channel in ("0000", "0001"):
+        shutil.copy(SOURCE, inputs / f"bad_{channel}.nii.gz")
+    code, text = _predict(inputs, output, model)
+    assert code == 2 and "1 of 1 case(s) failed" in text and "no case was predicted" in text, text
+    assert not output.exists()
+    # An existing folder is kept, emptied of the record; a record of an earlier run that wrote cases stays.
+    output.mkdir()
+    assert _predict(inputs, output, model)[0] == 2 and not any(output.iterdir())
+    shutil.copy(SOURCE, inputs / "good_0000.nii.gz")
+    assert _predict(inputs, output, model)[0] == 2
+    (inputs / "good_0000.nii.gz").unlink()
+    assert _predict(inputs, output, model)[0] == 2
+    assert sorted(p.name for p in output.iterdir()) == ["good.nii.gz", PREDICT_INFO]

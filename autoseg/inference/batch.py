@@ -8,6 +8,7 @@ whose outputs exist (every output is written atomically, so an existing file is 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -343,14 +344,37 @@ def predict_folder(
 
         loaded.networks = [torch.compile(network) for network in loaded.networks]
     info["compiled"] = compile_networks
+    folder_created = not output.exists()
     output.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(output)  # what a killed run left half-written
     planned = {
         case.case_id: _outputs(case, output, output_ending(case, loaded.dataset.file_ending), save_probabilities)
         for case in cases
     }
-    claim_output_folder(output, info, [f for files in planned.values() for f in files])
+    record_created = claim_output_folder(output, info, [f for files in planned.values() for f in files])
     report = PredictReport(output, dataset=loaded.dataset)
+    try:
+        _predict_cases(cases, planned, loaded, report, step, tta, save_probabilities, mixed_precision, batch_tiles, continue_)
+    finally:
+        if record_created and not report.predicted and not report.skipped:
+            _release_output_folder(output, folder_created)
+    report.seconds = time.perf_counter() - start
+    if report.failed:
+        details = "; ".join(f"{f.key}: {f.message}" for f in report.failed)
+        rest = f"the others are in {output}" if report.predicted or report.skipped else "no case was predicted"
+        error = InferenceError(f"{len(report.failed)} of {len(cases)} case(s) failed ({details}); {rest}")
+        error.report = report  # type: ignore[attr-defined]
+        raise error
+    return report
+
+
+def _predict_cases(
+    cases: Sequence[InputCase], planned: Mapping[str, Sequence[Path]], loaded: LoadedModel, report: PredictReport,
+    step: float, tta: bool, save_probabilities: bool, mixed_precision: str, batch_tiles: int | None, continue_: bool,
+) -> None:
+    """Predict ``cases`` into their ``planned`` files, recording each in ``report``; a case that fails is
+    recorded with its reason and the others go on."""
+    output = report.output_folder
     for case in track(cases, f"predict {loaded.configuration_name}"):
         files = planned[case.case_id]
         try:
@@ -371,14 +395,20 @@ def predict_folder(
             report.predicted.append(case.case_id)
         except Exception as exc:  # noqa: BLE001 - one case failing must not stop the others
             report.failed.append(Failure(case.case_id, _describe(exc)))
-    report.seconds = time.perf_counter() - start
-    if report.failed:
-        details = "; ".join(f"{f.key}: {f.message}" for f in report.failed)
-        rest = f"the others are in {output}" if report.predicted or report.skipped else "no case was predicted"
-        error = InferenceError(f"{len(report.failed)} of {len(cases)} case(s) failed ({details}); {rest}")
-        error.report = report  # type: ignore[attr-defined]
-        raise error
-    return report
+
+
+def _release_output_folder(output: Path, folder_created: bool) -> None:
+    """Undo the claim of a run that wrote no case: its ``predict_info.json`` named a model whose predictions
+    the folder does not hold, and refused a rerun with another model or settings ("holds predictions of
+    another model"). Kept when the folder holds anything else (another part's run); the folder itself
+    goes too when this run made it, so a failed run leaves nothing behind."""
+    with folder_lock(output):
+        if any(p.name != PREDICT_INFO for p in output.iterdir()):
+            return
+        (output / PREDICT_INFO).unlink(missing_ok=True)
+    if folder_created:
+        with contextlib.suppress(OSError):  # another run's file arrived meanwhile
+            output.rmdir()
 
 
 
@@ -396,7 +426,7 @@ def _run_identity(info: dict[str, Any]) -> dict[str, Any]:
     return identity
 
 
-def claim_output_folder(output: Path, info: dict[str, Any], outputs: Sequence[Path] = ()) -> None:
+def claim_output_folder(output: Path, info: dict[str, Any], outputs: Sequence[Path] = ()) -> bool:
     """Record this run in ``predict_info.json``, or refuse a folder holding another model's predictions.
 
     Runs with the same model and settings may share a folder (``--num-parts`` shards, a rerun, two runs
@@ -404,7 +434,7 @@ def claim_output_folder(output: Path, info: dict[str, Any], outputs: Sequence[Pa
     of two models under one description, so it is refused (under a lock, so two starting runs cannot
     both pass the check). A folder without a record that already holds some of this run's ``outputs``
     holds files predict did not write (a dataset's ``labelsTr``, another tool's predictions): refused
-    rather than replaced."""
+    rather than replaced. Returns whether this call created the record (it was not there before)."""
     path = output / PREDICT_INFO
     with folder_lock(output):
         try:
@@ -421,7 +451,9 @@ def claim_output_folder(output: Path, info: dict[str, Any], outputs: Sequence[Pa
                     f"{path}: this folder holds predictions of another model or settings ({'; '.join(differences)}); "
                     "choose another output folder, or delete this one to replace them"
                 )
+        created = not path.exists()
         atomic_write_json(path, info)
+    return created
 
 
 def _predict_info(
