@@ -607,6 +607,31 @@ def test_a_multi_page_tiff_is_named_by_its_pages_not_as_colours(tmp_path: Path, 
         assert str(info.value) == problem
 
 
+@pytest.mark.parametrize("compression", ["tiff_lzw", "jpeg"])
+def test_lzw_and_jpeg_compressed_tiffs_are_read(tmp_path: Path, compression: str) -> None:
+    """tifffile decodes LZW and JPEG only with the optional imagecodecs package: such a TIFF (common from
+    microscopes and scanners) was refused as 'cannot be read as an image: ... requires the imagecodecs package'."""
+    from PIL import Image
+
+    grey = np.tile(np.arange(16) * (997 if compression == "tiff_lzw" else 4), (8, 1)).astype(
+        np.uint16 if compression == "tiff_lzw" else np.uint8)  # 16 bits (LZW), a smooth ramp (lossy JPEG)
+    colour = np.stack([np.full((8, 16), v, np.uint8) for v in (10, 120, 240)], axis=-1)
+    Image.fromarray(grey).save(tmp_path / "c.tif", compression=compression)
+    Image.fromarray(colour).save(tmp_path / "rgb_0000.tif", compression=compression)
+    pages = [Image.fromarray(np.full((4, 5), 50 * i, np.uint8)) for i in range(3)]
+    pages[0].save(tmp_path / "v.tif", save_all=True, append_images=pages[1:], compression=compression)
+    (tmp_path / "v.json").write_text(json.dumps({"spacing": [2.0, 1.0, 1.0]}))
+    atol = 0 if compression == "tiff_lzw" else 8  # JPEG is lossy
+    array, _ = read_image(tmp_path / "c.tif")
+    np.testing.assert_allclose(array[0], grey, atol=atol)
+    channels, _, alpha = read_image_channels(tmp_path / "rgb_0000.tif")
+    assert channels.shape == (3, 1, 8, 16) and not alpha
+    np.testing.assert_allclose(channels[:, 0, 0, 0], [10, 120, 240], atol=atol)
+    volume, geometry = read_image(tmp_path / "v.tif")
+    assert volume.shape == (3, 4, 5) and geometry.spacing == (2.0, 1.0, 1.0)
+    np.testing.assert_allclose(volume[:, 0, 0], [0, 50, 100], atol=atol)
+
+
 def test_a_3d_tiff_with_nnunets_spacing_sidecar_is_a_volume(tmp_path: Path) -> None:
     """nnU-Net v2's Tiff3DIO: pages along z, spacing from <case>.json (for <case>_0000.tif and <case>.tif alike)."""
     import tifffile

@@ -405,12 +405,28 @@ def _read_tiff_page(path: Path) -> np.ndarray:
 
     with tifffile.TiffFile(path) as tiff:
         page = tiff.pages[0]
-        array = np.asarray(page.asarray())
+        try:
+            array = np.asarray(page.asarray())
+        except ValueError as exc:
+            if "imagecodecs" not in str(exc):
+                raise
+            return _pil_tiff_pages(path)[0]
         if array.ndim == 3 and page.planarconfig == tifffile.PLANARCONFIG.SEPARATE:
             array = np.moveaxis(array, 0, -1)
         if page.photometric == tifffile.PHOTOMETRIC.PALETTE and page.colormap is not None:
             array = _palette_colours(array, np.asarray(page.colormap))
     return array
+
+
+def _pil_tiff_pages(path: Path) -> list[np.ndarray]:
+    """A TIFF's pages decoded by PIL (libtiff), for compressions tifffile decodes only with the optional
+    imagecodecs package (LZW, JPEG: common in microscopy and scanner output), which were refused as
+    'cannot be read'. A palette page is read as its RGB colours, as everywhere (``_palette_colours``)."""
+    from PIL import Image, ImageSequence
+
+    with Image.open(path) as image:
+        return [np.asarray(page.convert("RGB") if page.mode in ("P", "PA") else page)
+                for page in ImageSequence.Iterator(image)]
 
 
 def _palette_colours(indices: np.ndarray, colormap: np.ndarray) -> np.ndarray:
@@ -517,7 +533,12 @@ def _read_tiff_volume(path: Path, where: str, written: Any) -> tuple[np.ndarray,
 
     spacing = _checked_spacing(path, where, written)
     try:
-        array = np.asarray(tifffile.imread(path))
+        try:
+            array = np.asarray(tifffile.imread(path))
+        except ValueError as exc:
+            if "imagecodecs" not in str(exc):
+                raise
+            array = np.stack(_pil_tiff_pages(path))
     except Exception as exc:  # noqa: BLE001 - any decoder error means an unreadable file
         raise DatasetError(f"{path}: cannot be read as a TIFF volume: {_first_line(exc)}") from None
     _refuse_complex(path, array)
