@@ -322,6 +322,9 @@ def predict(
         raise UsageError(f"--engine {engine}: choose torch or onnxruntime")
     if engine == "torch":
         require_torch()  # the onnxruntime engine imports no torch: a deployment may lack it
+        from autoseg.utils.device import autocast_dtype, choose_device
+
+        autocast_dtype(mixed_precision, choose_device(device), UsageError, name="--mixed-precision")
     elif mixed_precision not in ("auto", "off"):  # was silently replaced by float32, as --compile is refused
         raise UsageError(f"--mixed-precision {mixed_precision} applies to the torch engine; the onnxruntime engine "
                          "computes in float32: leave it out, or predict with --engine torch")

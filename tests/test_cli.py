@@ -50,6 +50,10 @@ def test_nnunet_style_lists(args: list[str], expected: list[str]) -> None:
     (["predict", "-i", ".", "-o", "out", "-m", ".", "--step", "1.5"], "--step 1.5: must be in (0, 1]"),
     (["predict", "-i", ".", "-o", "out"], "give either -m MODEL_FOLDER or both -d DATASET and -c CONFIGURATION"),
     (["verify", "Dataset777"], "dataset 'Dataset777' not found in the raw root"),
+    # named as the option is spelled, not as the Python argument (mixed_precision='xyz')
+    (["predict", "-i", ".", "-o", "out", "-m", ".", "--mixed-precision", "xyz"], "--mixed-precision='xyz': choose auto, fp16, bf16 or off"),
+    (["predict", "-i", ".", "-o", "out", "-m", ".", "--mixed-precision", "fp16", "--device", "cpu"],
+     "--mixed-precision=fp16 needs CUDA (device is cpu); use bf16 or off"),
     (["preprocess", "Dataset004", "-np", "-2"], "Invalid value for '-np' / '--num-workers'"),  # was: one worker, quietly
     (["evaluate", "-p", "p", "-r", "r", "--num-workers", "-1"], "Invalid value for '-np' / '--num-workers'"),
 ])

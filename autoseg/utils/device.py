@@ -72,18 +72,21 @@ def cpu_has_native_bf16() -> bool:
 MIXED_PRECISION_SETTINGS = ("auto", "fp16", "bf16", "off")
 
 
-def autocast_dtype(setting: str, device: torch.device, error: type[AutosegError] = UsageError) -> torch.dtype | None:
-    """Autocast dtype: ``auto`` = fp16 on CUDA, bf16 on CPUs with native bf16, else off."""
+def autocast_dtype(setting: str, device: torch.device, error: type[AutosegError] = UsageError,
+                   name: str = "mixed_precision") -> torch.dtype | None:
+    """Autocast dtype: ``auto`` = fp16 on CUDA, bf16 on CPUs with native bf16, else off. ``name`` is the
+    setting as the user spelled it in refusals: the command line's ``--mixed-precision``, where the
+    training setting and the Python argument are ``mixed_precision``."""
     if setting == "off":
         return None
     if setting == "fp16":
         if device.type != "cuda":
-            raise error(f"mixed_precision=fp16 needs CUDA (device is {device.type}); use bf16 or off")
+            raise error(f"{name}=fp16 needs CUDA (device is {device.type}); use bf16 or off")
         return torch.float16
     if setting == "bf16":
         return torch.bfloat16
     if setting != "auto":
-        raise error(f"mixed_precision={setting!r}: choose auto, fp16, bf16 or off")
+        raise error(f"{name}={setting!r}: choose auto, fp16, bf16 or off")
     if device.type == "cuda":
         return torch.float16
     if device.type == "cpu" and cpu_has_native_bf16():
