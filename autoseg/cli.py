@@ -272,14 +272,14 @@ def demo(
 ) -> None:
     """Run the whole pipeline on the shipped example data and print where the results are."""
     from autoseg.demo import EXAMPLE_DATASET, run_demo
-    from autoseg.utils.duration import parse_duration
+    from autoseg.utils.duration import format_duration, parse_duration
 
     result = run_demo(output, parse_duration(budget), dataset or EXAMPLE_DATASET, device, typer.echo)
     typer.echo(f"held-out mean Dice ({', '.join(result.class_names)}): {result.mean_dice:.3f}")  # --dataset: its classes
     typer.echo(f"predictions: {result.predictions}")
     typer.echo(f"evaluation:  {result.evaluation}")
     typer.echo(f"report:      {result.report}")
-    typer.echo(f"total time:  {result.seconds / 60:.1f} min")
+    typer.echo(f"total time:  {format_duration(result.seconds)}")
 
 
 def _folds(folds: Optional[list[str]]) -> Any:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from autoseg.errors import DatasetError, UsageError
+from autoseg.utils.duration import format_duration
 from autoseg.utils.output_folders import check_output_folder
 
 EXAMPLE_DATASET = Path(__file__).resolve().parents[1] / "examples" / "Dataset904_HippocampusMini"
@@ -38,6 +39,22 @@ def _use_roots(workdir: Path) -> None:
     """Point preprocessed and results roots into ``workdir`` for this process."""
     os.environ["AUTOSEG_PREPROCESSED"] = str(workdir / "preprocessed")
     os.environ["AUTOSEG_RESULTS"] = str(workdir / "results")
+
+
+def new_run_folder(parent: Path) -> Path:
+    """A new folder ``run-<date>-<time>`` under ``parent`` (``-2``, ``-3``, ... after it when taken), made
+    exclusively: two demos started in the same second shared a folder of one-second resolution and
+    wrote over each other's roots, predictions and report."""
+    parent.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("run-%Y%m%d-%H%M%S")
+    number = 1
+    while True:
+        folder = parent / (stamp if number == 1 else f"{stamp}-{number}")
+        try:
+            folder.mkdir()
+            return folder.resolve()
+        except FileExistsError:
+            number += 1
 
 
 def run_demo(
@@ -68,7 +85,7 @@ def run_demo(
     # -o below or at a file failed only in fingerprint's mkdir, as an internal error, after verify had run.
     check_output_folder(workdir, UsageError)
     # Every run gets its own folder, so the demo can be run again and again into the same --output.
-    workdir = (workdir / time.strftime("run-%Y%m%d-%H%M%S")).resolve()
+    workdir = new_run_folder(workdir)
     _use_roots(workdir)
     location = resolve_dataset(str(dataset))
     say(f"[1/7] verify {location.name}")
@@ -76,7 +93,7 @@ def run_demo(
     say("[2/7] fingerprint")
     extract_fingerprint(location)
     train_budget = budget_seconds * TRAINING_SHARE
-    say(f"[3/7] plan for a training budget of {train_budget / 60:.1f} min on this machine")
+    say(f"[3/7] plan for a training budget of {format_duration(train_budget)} on this machine")
     _, table = plan_dataset(str(dataset), budget_seconds=train_budget, configs=[CONFIGURATION], device=device, overwrite=True)
     say(table)
     say("[4/7] preprocess")

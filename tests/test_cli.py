@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import time
+import types
 from pathlib import Path
 
 import pytest
@@ -219,3 +221,41 @@ def test_a_file_where_a_root_folder_is_needed_names_it(tmp_path: Path, monkeypat
     assert result.exit_code == 2, result.output
     assert "notes.txt/pre/Dataset904_HippocampusMini: Not a directory; a file stands where a folder is needed" in result.output
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_demos_started_in_the_same_second_get_their_own_folders_and_short_budgets_print_seconds(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The run folder had one-second resolution: two demos started in the same second shared it. A budget
+    under 6 s was printed as '0.0 min'."""
+    import autoseg.dataset.verify
+    import autoseg.demo
+    import autoseg.fingerprint.extract
+    import autoseg.planning.planner
+    from autoseg.demo import DemoResult, run_demo
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args: object, **kwargs: object) -> None:
+        raise Stop
+
+    clock = types.SimpleNamespace(strftime=lambda fmt: "run-20260101-120000", perf_counter=time.perf_counter)
+    monkeypatch.setattr(autoseg.demo, "time", clock)  # the demo's clock only: both runs start in one second
+    monkeypatch.setattr(autoseg.dataset.verify, "require_valid", lambda location: None)
+    monkeypatch.setattr(autoseg.fingerprint.extract, "extract_fingerprint", lambda location: None)
+    monkeypatch.setattr(autoseg.planning.planner, "plan_dataset", stop)
+    said: list[str] = []
+    for _ in range(2):
+        with pytest.raises(Stop):
+            run_demo(tmp_path / "demo", 5.0, say=said.append)
+    assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == ["run-20260101-120000", "run-20260101-120000-2"]
+    assert "[3/7] plan for a training budget of 4.2 s on this machine" in said
+
+    def fake_run_demo(*args: object, **kwargs: object) -> DemoResult:
+        return DemoResult(predictions=tmp_path / "p", report=tmp_path / "r.html", evaluation=tmp_path / "e.json",
+                          mean_dice=0.5, seconds=4.25, class_names=("Anterior", "Posterior"))
+
+    monkeypatch.setattr(autoseg.demo, "run_demo", fake_run_demo)
+    result = runner.invoke(app, ["demo", "-o", str(tmp_path)])
+    assert result.exit_code == 0 and "total time:  4.2 s" in result.output, result.output

@@ -26,3 +26,9 @@ def parse_duration(text: str) -> float:
     if seconds <= 0:
         raise UsageError(f"duration {text!r} must be positive")
     return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """``12.5 min`` from a minute on, else ``4.2 s``: minutes alone printed a budget of a few seconds as
+    ``0.0 min``."""
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.1f} s"
