@@ -173,6 +173,18 @@ def _nan_image(d: Path) -> str:
     return f"{image(d, PLAIN_CASE)}: 3 NaN and 1 Inf voxel(s)"
 
 
+def _nan_image_with_intercept(d: Path) -> str:
+    """ITK reads a NaN voxel as the header's scl_inter (here 10), not 0: verify looked for zeros only."""
+    import gzip
+    import struct
+
+    set_array(image(d, PLAIN_CASE), lambda a: np.where(np.arange(a.size).reshape(a.shape) < 2, np.nan, a + 1.0).astype(np.float32))
+    data = bytearray(gzip.decompress(image(d, PLAIN_CASE).read_bytes()))
+    struct.pack_into("<ff", data, 112, 1.0, 10.0)  # scl_slope, scl_inter
+    image(d, PLAIN_CASE).write_bytes(gzip.compress(bytes(data)))
+    return f"{image(d, PLAIN_CASE)}: 2 NaN and 0 Inf voxel(s)"
+
+
 def _beyond_float32_image(d: Path) -> str:
     """A float64 image past float32's range read as Inf: fingerprint wrote mean inf, std nan, unchecked."""
     def scale(a: np.ndarray) -> np.ndarray:
@@ -243,7 +255,7 @@ def _non_consecutive_labels(d: Path) -> str:
 BREAKAGES = {f.__name__[1:]: f for f in [
     _missing_channel, _channel_geometry, _missing_label, _label_without_image, _no_channel_suffix,
     _num_training, _label_spacing, _label_origin, _label_size, _mask_0_255, _undeclared_label,
-    _fractional_label, _nan_image, _four_d, _truncated, _case_clash, _bad_json, _missing_key,
+    _fractional_label, _nan_image, _nan_image_with_intercept, _four_d, _truncated, _case_clash, _bad_json, _missing_key,
     _non_consecutive_labels, _label_shifted_far_from_zero, _near_integer_label, _beyond_float32_image,
     _file_ending_of_no_file, _no_cases, _one_slice_3d_label_of_a_2d_image,
 ]}

@@ -207,6 +207,7 @@ class _NiftiHeader:
     bitpix: int
     dims: tuple[int, ...]
     vox_offset: float
+    scl_inter: float  # what ITK's reader turns a NaN voxel into (0 * slope + inter)
 
 
 def _nifti_header(header: bytes) -> _NiftiHeader | None:
@@ -216,10 +217,12 @@ def _nifti_header(header: bytes) -> _NiftiHeader | None:
     for order in "<>":
         if len(header) >= 348 and struct.unpack(order + "i", header[:4])[0] == 348:
             return _NiftiHeader(order, struct.unpack(order + "h", header[70:72])[0], struct.unpack(order + "h", header[72:74])[0],
-                                struct.unpack(order + "8h", header[40:56]), struct.unpack(order + "f", header[108:112])[0])
+                                struct.unpack(order + "8h", header[40:56]), struct.unpack(order + "f", header[108:112])[0],
+                                struct.unpack(order + "f", header[116:120])[0])
         if len(header) >= 540 and struct.unpack(order + "i", header[:4])[0] == 540:
             return _NiftiHeader(order, struct.unpack(order + "h", header[12:14])[0], struct.unpack(order + "h", header[14:16])[0],
-                                struct.unpack(order + "8q", header[16:80]), struct.unpack(order + "q", header[168:176])[0])
+                                struct.unpack(order + "8q", header[16:80]), struct.unpack(order + "q", header[168:176])[0],
+                                struct.unpack(order + "d", header[184:192])[0])
     return None
 
 
@@ -243,11 +246,14 @@ def _vox_offset(value: float) -> int:
     return int(value)
 
 
-def nifti_nonfinite_counts(path: str | Path) -> tuple[int, int] | None:
-    """(NaN, Inf) counts in a floating-point NIfTI's stored voxels; None for other files.
+def nifti_nonfinite_counts(path: str | Path, read: np.ndarray | None = None) -> tuple[int, int] | None:
+    """(NaN, Inf) counts in a floating-point NIfTI's stored voxels; None for other files, and when ``read``
+    (the array ITK read from it) tells as much: it holds no voxel of the value a NaN turns into.
 
-    ITK's NIfTI reader silently turns NaN into 0, so NaN can only be seen in the file's own bytes. The
-    header is read first: integer images (most) need no second decompression of their voxels.
+    ITK's NIfTI reader silently turns NaN into 0 (into scl_inter when the header scales the voxels), so NaN
+    can only be seen in the file's own bytes. The header is read first: integer images (most), and float
+    images without the stand-in value, need no second decompression of their voxels. verify looked for the
+    stand-in 0 only, and so passed NaN voxels of an image with scl_inter 10, which read as 10.
     """
     import gzip
 
@@ -260,6 +266,9 @@ def nifti_nonfinite_counts(path: str | Path) -> tuple[int, int] | None:
         raw = f.read(540)
         fields = _nifti_header(raw)
         if fields is None or fields.datatype not in _NIFTI_FLOAT_TYPES:
+            return None
+        stand_in = fields.scl_inter if math.isfinite(fields.scl_inter) else 0.0
+        if read is not None and not np.any(read == stand_in):
             return None
         raw += f.read()
     if not math.isfinite(fields.vox_offset) or not 0 <= fields.vox_offset <= len(raw):

@@ -60,8 +60,8 @@ def check_case(case: Case, desc: DatasetDescription, keep_arrays: bool = False) 
             result.problems.append(str(exc))
             continue
         if array.dtype.kind == "f":
-            # ITK's NIfTI reader turns NaN into 0: only an image holding zeros can have had NaN.
-            counts = nifti_nonfinite_counts(path) if not array.all() else None
+            # ITK's NIfTI reader turns NaN into a number: the file's bytes are read when the array holds it.
+            counts = nifti_nonfinite_counts(path, array)
             if counts is None:
                 counts = int(np.isnan(array).sum()), int(np.isinf(array).sum())
             if problem := nonfinite_problem(path, *counts):
