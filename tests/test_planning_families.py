@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from autoseg.fingerprint.extract import extract_fingerprint
-from autoseg.networks import Topology, create_network, get_network_spec
+from autoseg.networks import Topology, create_network, get_network_spec, list_networks
 from autoseg.paths import resolve_dataset
 from autoseg.planning import constants as C
 from autoseg.planning.planner import build_plans
@@ -95,3 +95,21 @@ def test_a_short_budget_on_small_images_plans_every_family(network: str) -> None
                         budget_seconds=30.0, timing_factory=fake_timing, configs=configs)
     for name in configs:
         assert Topology.from_dict(plans["configurations"][name]["network"]["topology"]).n_stages >= 2
+
+
+@pytest.mark.parametrize("network", [name for name in list_networks() if get_network_spec(name).constraints.window_size is not None])
+def test_attention_windows_keep_the_patch_near_small_images(network: str) -> None:
+    """Was: Swin-UNet's windows of 7 tiled a 48x64 image with a 48x112 patch (75% padding along x), where every
+    other family plans 48x64; a window that rounds the patch past WINDOW_ROUNDING_MAX_RATIO is now shrunk."""
+    from test_planning import fingerprint
+
+    spec = get_network_spec(network)
+    dims = max(spec.constraints.spatial_dims)
+    shape = [1, 48, 64] if dims == 2 else [24, 48, 64]
+    small = fingerprint([[1.0, 1.0, 1.0]] * 6, [shape] * 6)
+    plans = build_plans(small, network=network, memory_budget_bytes=8 * 2**30 * C.GPU_MEMORY_USABLE_FRACTION,
+                        timing_factory=fake_timing, configs=[CONFIG[dims]])
+    plan = plans["configurations"][CONFIG[dims]]
+    topology = Topology.from_dict(plan["network"]["topology"])
+    assert all(p % m == 0 for p, m in zip(plan["patch_size"], topology.size_multiple))
+    assert all(p <= s * C.WINDOW_ROUNDING_MAX_RATIO for p, s in zip(plan["patch_size"], shape[3 - dims:])), plan["patch_size"]

@@ -44,6 +44,10 @@ SINGLE_AXIS_POOL_MIN_SIZE = 3 * MIN_FEATURE_MAP_SIZE
 BASE_FEATURES = 32
 MAX_FEATURES = {2: 512, 3: 320}
 POOLING_STRIDE = 2
+# Attention windows (Swin-UNet, nnFormer) must tile the patch. The family's window is kept while the patch
+# it rounds to is at most this many times the wanted one per axis (Swin-UNet's 7 turns 512 into 672); past
+# it the window shrinks, to no less than half, to the one that rounds least (a 64-pixel axis became 112).
+WINDOW_ROUNDING_MAX_RATIO = 4 / 3
 
 # --- batch (reference §1.3) ---------------------------------------------------------------------
 MIN_BATCH_SIZE = 2

@@ -7,7 +7,9 @@ embedding stem and attention windows (which the patch sizes must tile: ``Topolog
 
 from __future__ import annotations
 
+import itertools
 import math
+import operator
 from typing import Sequence
 
 from autoseg.networks.registry import TopologyConstraints
@@ -119,16 +121,34 @@ def attention_windows(
 ) -> list[list[int]] | None:
     """One window per axis for every windowed stage: ``window_size``, or the deepest windowed
     stage's whole extent where that is smaller (so that stage holds one window, as Swin does at
-    7x7). One size for all stages keeps the patch multiple at ``stride x window`` of that stage."""
+    7x7). One size for all stages keeps the patch multiple at ``stride x window`` of that stage.
+    A window that would round the patch up past ``WINDOW_ROUNDING_MAX_RATIO`` is shrunk
+    (``_fitting_window``): Swin-UNet's 7 planned a 48x112 patch for 48x64 images."""
     if constraints.window_size is None:
         return None
     dims, n = len(patch_size), len(strides)
     deepest = n - 2 if constraints.global_last_stage else n - 1
     if deepest < 1:
         return [[1] * dims for _ in range(n)]
-    cumulative = [math.prod(s[a] for s in strides[: deepest + 1]) for a in range(dims)]
-    window = [max(1, min(constraints.window_size, int(p // c))) for p, c in zip(patch_size, cumulative)]
+    window = []
+    for axis, size in enumerate(patch_size):
+        cumulative = list(itertools.accumulate((s[axis] for s in strides), operator.mul))
+        largest = max(1, min(constraints.window_size, int(size // cumulative[deepest])))
+        window.append(_fitting_window(float(size), cumulative[1: deepest + 1], cumulative[-1], largest))
     return [window if 1 <= i <= deepest else [1] * dims for i in range(n)]
+
+
+def _fitting_window(size: float, windowed: Sequence[int], total_stride: int, largest: int) -> int:
+    """The window of one axis: ``largest`` while the patch it rounds ``size`` up to stays within
+    ``WINDOW_ROUNDING_MAX_RATIO``, else the window from half of it up that rounds least (the larger on a tie).
+    ``windowed``: the cumulative strides of the windowed stages."""
+    def rounded(window: int) -> int:
+        multiple = math.lcm(total_stride, *(c * window for c in windowed))
+        return max(multiple, math.ceil(size / multiple) * multiple)
+
+    if rounded(largest) <= size * C.WINDOW_ROUNDING_MAX_RATIO:
+        return largest
+    return min(range(math.ceil(largest / 2), largest + 1), key=lambda w: (rounded(w), -w))
 
 
 def divisible_patch(patch_size: Sequence[float], topology: Topology) -> list[int]:
