@@ -80,6 +80,8 @@ def test_ignore_label_is_one_integer_in_no_region(labels: dict, order: list[int]
     ({"numTraining": -1}, "numTraining must be a non-negative integer"),
     ({"file_ending": "nii.gz"}, "file_ending must start with '.'"),
     ({"channel_names": {"1": "CT"}}, "channel_names keys must be 0, 1, 2"),
+    ({"dataset": []}, r'"dataset" must map each case id to its files, like .* \(got a list\)'),
+    ({"dataset": "cases.json"}, r'"dataset" must map each case id to its files, like .* \(got a str\)'),
 ])
 def test_bad_descriptions(change: dict, message: str) -> None:
     with pytest.raises(DatasetError, match=message):

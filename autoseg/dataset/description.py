@@ -135,13 +135,19 @@ def parse_description(data: dict[str, Any], path: Path) -> DatasetDescription:
     file_ending = _require(data, "file_ending", path, 'add e.g. "file_ending": ".nii.gz"')
     if not isinstance(file_ending, str) or not file_ending.startswith("."):
         raise DatasetError(f"{path}: file_ending must start with '.', got {file_ending!r}")
+    cases = data.get("dataset")
+    if cases is not None and not isinstance(cases, dict):
+        # every case lookup ran into AttributeError ('list' object has no attribute 'items'): an internal error
+        raise DatasetError(f'{path}: "dataset" must map each case id to its files, like {{"case1": {{"images": '
+                           f'["imagesTr/case1_0000{file_ending}"], "label": "labelsTr/case1{file_ending}"}}}} '
+                           f"(got a {type(cases).__name__}); or remove it to find the cases in imagesTr/labelsTr")
     desc = DatasetDescription(
         channel_names={str(k): str(v) for k, v in channels.items()},
         labels=labels,
         num_training=num_training,
         file_ending=file_ending,
         regions_class_order=data.get("regions_class_order"),
-        cases=data.get("dataset"),
+        cases=cases,
         name=str(data.get("name", "")),
         raw=data,
     )
