@@ -508,4 +508,9 @@ def test_a_full_disk_during_import_names_the_results_folder_and_leaves_nothing(
     with pytest.raises(OSError) as info:
         import_model(zip_path, tmp_path / "clean")
     assert info.value.errno == 28 and str(info.value.filename).startswith(str(tmp_path / "clean" / DATASET))
-    assert [p for p in files_under(tmp_path / "clean") if not p.is_dir()] == []
+    # Was: the results root and <Dataset>/ it had created stayed behind, empty; a folder it found is kept.
+    assert not (tmp_path / "clean").exists()
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(OSError):
+        import_model(zip_path, tmp_path / "kept")
+    assert list((tmp_path / "kept").iterdir()) == []

@@ -443,10 +443,9 @@ def install_model_file(zip_path: str | Path, results_root: str | Path | None = N
     dataset_dir = root / manifest["dataset_name"]
     targets = [dataset_dir / model for model in manifest["models"]]
     decisions = [dataset_dir / ENSEMBLES_FOLDER / name / POSTPROCESSING_JSON for name in manifest["ensembles"]]
-    dataset_dir.mkdir(parents=True, exist_ok=True)
     # Checked and installed under the dataset folder's lock (find-best's too): of two imports at once the
     # second finds the first's folders instead of replacing them unasked.
-    with folder_lock(dataset_dir):
+    with _made_for_the_import(dataset_dir), folder_lock(dataset_dir):
         existing = [t for t in targets + decisions if t.exists()]
         if existing and not overwrite:
             what = "model folder" if existing[0] in targets else "ensemble postprocessing decision"
@@ -464,6 +463,25 @@ def install_model_file(zip_path: str | Path, results_root: str | Path | None = N
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return Installed(targets, decisions)
+
+
+@contextlib.contextmanager
+def _made_for_the_import(folder: Path) -> Iterator[None]:
+    """Create ``folder`` (and missing parents); if the import fails, remove the ones it created that are
+    still empty: a refused or failed import left an empty ``<results>/<Dataset>/`` behind."""
+    created: list[Path] = []
+    for path in (folder, *folder.parents):
+        if path.exists():
+            break
+        created.append(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        for path in created:  # deepest first
+            with contextlib.suppress(OSError):  # not empty: another import's files arrived meanwhile
+                path.rmdir()
+        raise
 
 
 def _replace_folder(source: Path, target: Path) -> None:
