@@ -359,7 +359,7 @@ def predict(
         f"{len(report.predicted)} case(s) predicted, {len(report.skipped)} skipped, into {report.output_folder} "
         f"({report.seconds:.1f} s)"
     )
-    if statistics:
+    if statistics and (report.predicted or report.skipped):  # a --num-parts part without cases has none to add
         from autoseg.evaluation.statistics import write_statistics
 
         typer.echo(f"statistics: {write_statistics(input, output, report.dataset, report.predicted + report.skipped)}")

@@ -116,3 +116,22 @@ def test_statistics_never_replace_another_cases_probabilities(tmp_path: Path) ->
     assert "x_statistics would both be" in autoseg_fails("predict", "-i", inputs, "-o", out, "-m", model, "--no-tta", "--statistics", "--continue")
     autoseg("predict", "-i", inputs, "-o", tmp_path / "labels", "-m", model, "--no-tta", "--statistics")
     assert {"x_statistics.json", "x_statistics_statistics.json"} <= {p.name for p in (tmp_path / "labels").iterdir()}
+
+
+def test_parts_sharing_a_folder_give_one_csv_over_all_their_cases(tmp_path: Path) -> None:
+    """``--num-parts 2 --statistics``: each part wrote statistics.csv of its own cases over the other's,
+    so the folder's CSV held only the part that finished last."""
+    labels, data = synthetic_case()
+    inputs, output = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir(), output.mkdir()
+    for case in ("a", "b", "c"):
+        for channel in (0, 1):
+            write_image(data[channel], GEOMETRY, inputs / f"{case}_000{channel}.nii.gz")
+    for case in ("a", "b"):
+        write_image(labels, GEOMETRY, output / f"{case}.nii.gz")
+    description = parse_description(CLASSES, Path("dataset.json"))
+    write_statistics(inputs, output, description, ["b"])  # part 1 first
+    csv_path = write_statistics(inputs, output, description, ["a"])  # then part 0 (case c: not predicted yet)
+    rows = list(csv.DictReader(csv_path.open()))
+    assert [(r["case"], r["structure"]) for r in rows] == [(c, s) for c in "ab" for s in ("liver", "lesion", "spleen")]
+    assert rows[0]["volume_mm3"] == rows[3]["volume_mm3"] == "13.5"

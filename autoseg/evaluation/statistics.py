@@ -23,7 +23,8 @@ from autoseg.dataset.imageio import Geometry, read_case_images, read_image
 from autoseg.errors import InferenceError
 from autoseg.evaluation.metrics import voxel_volume_mm3
 from autoseg.inference.batch import InputCase, channel_files, discover_cases, output_ending
-from autoseg.utils.atomic import atomic_write_json, atomic_write_text
+from autoseg.utils.atomic import atomic_write_json, atomic_write_text, folder_lock
+from autoseg.utils.jsonio import read_json
 from autoseg.utils.probability_files import SIDECAR_SUFFIX, probability_paths
 
 PERCENTILES = (5, 25, 50, 75, 95)
@@ -122,16 +123,26 @@ def _case_statistics_from_files(case: InputCase, output: Path, description: Data
 def write_statistics(
     input_path: str | Path, output_folder: str | Path, description: DatasetDescription, case_ids: Sequence[str] | None = None
 ) -> Path:
-    """Write ``<case>_statistics.json`` for every predicted case of ``input_path`` (or ``case_ids``) and
-    ``statistics.csv`` over them into ``output_folder``; returns the CSV's path."""
+    """Write ``<case>_statistics.json`` for every predicted case of ``input_path`` (or ``case_ids``) into
+    ``output_folder``, then ``statistics.csv`` over every case of the input whose statistics are there;
+    returns the CSV's path.
+
+    The CSV covers the whole folder, not only ``case_ids``: ``--num-parts`` runs share it, and each wrote a
+    CSV of its own part over the others'. It is written under the folder's lock, so the part that writes
+    last (whichever it is) sees every other part's files."""
     output = Path(output_folder)
     cases = discover_cases(input_path)
-    if case_ids is not None:
-        cases = [c for c in cases if c.case_id in set(case_ids)]
-    rows = []
-    for case in cases:
+    chosen = cases if case_ids is None else [c for c in cases if c.case_id in set(case_ids)]
+    for case in chosen:
         stats = {"case_id": case.case_id, **_case_statistics_from_files(case, output, description)}
         atomic_write_json(statistics_path(output, case.case_id), stats)
-        rows += _csv_rows(case.case_id, stats)
-    atomic_write_text(output / SUMMARY_CSV, summary_csv(rows))
+    rows = []
+    with folder_lock(output):
+        for case in cases:
+            path = statistics_path(output, case.case_id)
+            if path.is_file():
+                stats = read_json(path, InferenceError, "vanished while being read; predict with --statistics again",
+                                  "delete it and predict with --statistics again")
+                rows += _csv_rows(case.case_id, stats)
+        atomic_write_text(output / SUMMARY_CSV, summary_csv(rows))
     return output / SUMMARY_CSV
