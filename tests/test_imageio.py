@@ -71,6 +71,31 @@ def test_a_detached_headers_data_files_are_the_ones_beside_it_that_it_names(
     assert detached_data_files(tmp_path / header) == expected
 
 
+@pytest.mark.parametrize("ending", [".mhd", ".nhdr"])
+def test_a_detached_header_without_its_data_file_names_the_data_file(tmp_path: Path, ending: str) -> None:
+    """Copied without its .raw, a .mhd was 'cannot be read (truncated or corrupt file?): Reason: No such file or
+    directory', naming neither the missing file nor the fix."""
+    path = tmp_path / f"img{ending}"
+    write_image(np.ones((2, 3, 4), np.int16), GEOMETRY, path)
+    (tmp_path / "img.raw").unlink()
+    with pytest.raises(DatasetError) as info:
+        read_image(path)
+    assert str(info.value) == (f"{path}: its data file img.raw (named in the header) is not beside it; copy the "
+                               "header and its data file together")
+
+
+@pytest.mark.parametrize("name", ["img.mha", "img.raw"])
+def test_a_cut_short_metaimage_is_not_called_missing(tmp_path: Path, name: str) -> None:
+    """MetaImage's short read left errno at ENOENT: an existing, cut-short file was reported with 'Reason: No such
+    file or directory'."""
+    write_image(np.ones((2, 3, 4), np.int16), GEOMETRY, tmp_path / ("img.mha" if name == "img.mha" else "img.mhd"))
+    data = (tmp_path / name).read_bytes()
+    (tmp_path / name).write_bytes(data[:-10])
+    with pytest.raises(DatasetError, match=r"cannot be read \(truncated or corrupt file\?\): the header or its voxel "
+                                           r"data is damaged or cut short$"):
+        read_image(tmp_path / ("img.mha" if name == "img.mha" else "img.mhd"))
+
+
 @pytest.mark.parametrize("ending", [".png", ".tif"])
 def test_natural_2d_images_read_as_one_slice(tmp_path: Path, ending: str) -> None:
     array = np.arange(30, dtype=np.uint8).reshape(1, 5, 6)

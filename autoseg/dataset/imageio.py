@@ -187,7 +187,7 @@ def read_image(path: str | Path) -> tuple[np.ndarray, Geometry]:
         if ending == ".nii" and _is_gzip(path):  # ITK picks its reader by the name alone
             raise DatasetError(f"{path}: is gzip-compressed but named .nii, which ITK cannot read; rename it to "
                                f"{path.name}.gz (and set dataset.json's file_ending to '.nii.gz')") from None
-        raise DatasetError(f"{path}: cannot be read (truncated or corrupt file?): {_first_line(exc)}") from None
+        raise DatasetError(_unreadable_problem(path, exc)) from None
     try:
         truncated = ending in (".nii", ".nii.gz") and _nifti_is_truncated(path)
     except ValueError as exc:
@@ -196,6 +196,20 @@ def read_image(path: str | Path) -> tuple[np.ndarray, Geometry]:
         # ITK zero-fills the missing part of a truncated NIfTI without any error.
         raise DatasetError(f"{path}: file is truncated (its voxel data ends early); copy or export it again")
     return _from_sitk(image, path)
+
+
+def _unreadable_problem(path: Path, exc: RuntimeError) -> str:
+    """Why ITK could not read existing file ``path``. A detached header (.mhd, .nhdr) whose data file is not
+    beside it is named with that file; the MetaImage reader's stale 'Reason: No such file or directory' (its
+    short read of voxel data left errno at ENOENT) is dropped: it told the user a file that exists was missing."""
+    missing = [name for name in detached_data_files(path) if not (path.parent / name).is_file()]
+    if missing:
+        return (f"{path}: its data file {missing[0]} (named in the header) is not beside it; copy the header and its "
+                "data file together")
+    detail = _first_line(exc)
+    if detail == f"Reason: {os.strerror(errno.ENOENT)}":
+        detail = "the header or its voxel data is damaged or cut short"
+    return f"{path}: cannot be read (truncated or corrupt file?): {detail}"
 
 
 @dataclass(frozen=True)
