@@ -124,6 +124,27 @@ def test_labels_without_any_class_are_refused_before_ct_statistics_turn_nan(
     assert not (roots["preprocessed"] / "Dataset999_Test" / "fingerprint.json").exists()
 
 
+def test_a_case_that_runs_out_of_memory_is_named(
+    small_dataset: Path, roots: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A case failing without a file in its message (out of memory, a killed worker) was listed only as
+    "out of memory; retry with fewer workers", without saying which case."""
+    import autoseg.fingerprint.extract as extract
+
+    real = extract.check_case
+
+    def check_case(case, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if case.case_id == "hippocampus_006":
+            raise MemoryError()
+        return real(case, *args, **kwargs)
+
+    monkeypatch.setattr(extract, "check_case", check_case)
+    result = runner.invoke(app, ["fingerprint", "999", "-np", "1"])
+    assert result.exit_code == 2
+    assert "  case hippocampus_006: out of memory; retry with fewer workers" in result.output
+    assert not (roots["preprocessed"] / "Dataset999_Test" / "fingerprint.json").exists()
+
+
 def test_a_fingerprint_of_an_edited_dataset_json_is_stale(small_dataset: Path, roots: dict[str, Path]) -> None:
     """dataset.json edited after fingerprinting (here a channel renamed CT): plan followed the old fingerprint's
     channel names and z-scored a CT channel without a word; now it fingerprints again, load_fingerprint refuses."""

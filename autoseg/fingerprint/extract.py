@@ -112,13 +112,19 @@ def extract_fingerprint(
     jobs = [(c.case_id, (c, desc, samples_per_case, seed)) for c in cases]
     results, failures = parallel_map(case_statistics, jobs, num_workers or default_workers(), "fingerprint")
     if failures:
-        lines = [line for f in failures for line in f.message.split(" | ")]
+        lines = [_naming_the_case(f.key, line) for f in failures for line in f.message.split(" | ")]
         raise DatasetError(_problem_listing(location, lines))
     if not any(sum(r["class_voxel_counts"].values()) for r in results.values()):
         raise DatasetError(_problem_listing(location, [_no_foreground_problem(location, desc)]))
     fingerprint = _pool(location, desc, cases, results, seed)
     atomic_write_json(output or fingerprint_path(location), fingerprint)
     return fingerprint
+
+
+def _naming_the_case(case_id: str, problem: str) -> str:
+    """A case's problem line naming the case: verification's lines name its files, but a worker killed for
+    memory or a MemoryError said only "out of memory; retry with fewer workers", not which case was too big."""
+    return problem if case_id in problem else f"case {case_id}: {problem}"
 
 
 def _no_foreground_problem(location: DatasetLocation, desc: DatasetDescription) -> str:
