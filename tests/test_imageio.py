@@ -84,6 +84,21 @@ def test_a_detached_header_without_its_data_file_names_the_data_file(tmp_path: P
                                "header and its data file together")
 
 
+def test_a_nifti_with_a_sheared_orientation_is_named_as_such(tmp_path: Path) -> None:
+    """ITK refuses a sheared sform; the refusal said 'truncated or corrupt file?' and gave no fix."""
+    import struct
+
+    path = tmp_path / "img.nii"
+    sitk.WriteImage(sitk.GetImageFromArray(np.ones((3, 4, 5), np.int16)), str(path))
+    header = bytearray(path.read_bytes())
+    struct.pack_into("<hh", header, 252, 0, 1)  # qform_code 0, sform_code 1
+    struct.pack_into("<12f", header, 280, 1, 0.5, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0)  # srow_x/y/z: x sheared along y
+    path.write_bytes(bytes(header))
+    with pytest.raises(DatasetError, match=r"img\.nii: its orientation \(the header's sform/qform matrix\) is sheared or "
+                                           r"degenerate, not a rotation, which ITK cannot read; resample the image"):
+        read_image(path)
+
+
 @pytest.mark.parametrize("name", ["img.mha", "img.raw"])
 def test_a_cut_short_metaimage_is_not_called_missing(tmp_path: Path, name: str) -> None:
     """MetaImage's short read left errno at ENOENT: an existing, cut-short file was reported with 'Reason: No such

@@ -200,12 +200,16 @@ def read_image(path: str | Path) -> tuple[np.ndarray, Geometry]:
 
 def _unreadable_problem(path: Path, exc: RuntimeError) -> str:
     """Why ITK could not read existing file ``path``. A detached header (.mhd, .nhdr) whose data file is not
-    beside it is named with that file; the MetaImage reader's stale 'Reason: No such file or directory' (its
+    beside it is named with that file; a sheared orientation is named as such (it was 'truncated or corrupt
+    file?' with ITK's words, and no fix); the MetaImage reader's stale 'Reason: No such file or directory' (its
     short read of voxel data left errno at ENOENT) is dropped: it told the user a file that exists was missing."""
     missing = [name for name in detached_data_files(path) if not (path.parent / name).is_file()]
     if missing:
         return (f"{path}: its data file {missing[0]} (named in the header) is not beside it; copy the header and its "
                 "data file together")
+    if "only supports orthonormal direction cosines" in str(exc):
+        return (f"{path}: its orientation (the header's sform/qform matrix) is sheared or degenerate, not a rotation, "
+                "which ITK cannot read; resample the image onto an unsheared grid, or fix the header's orientation")
     detail = _first_line(exc)
     if detail == f"Reason: {os.strerror(errno.ENOENT)}":
         detail = "the header or its voxel data is damaged or cut short"
