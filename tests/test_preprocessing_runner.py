@@ -88,6 +88,30 @@ def test_a_detached_header_label_is_copied_with_its_data_file(tmp_path: Path) ->
     np.testing.assert_array_equal(read_image(target)[0], read_image(label)[0])
 
 
+def test_editing_a_detached_headers_data_file_redoes_the_case(tmp_path: Path) -> None:
+    """Was: only the .mhd was hashed, so a .raw edited after preprocessing kept its stale stored copy."""
+    import os
+
+    import SimpleITK as sitk
+
+    from autoseg.dataset.cases import Case
+    from autoseg.preprocessing.runner import input_fingerprint
+
+    image, label = tmp_path / "c_0000.mhd", tmp_path / "c.mhd"
+    sitk.WriteImage(sitk.GetImageFromArray(np.arange(24, dtype=np.float32).reshape(2, 3, 4)), str(image))
+    sitk.WriteImage(sitk.GetImageFromArray(np.arange(24, dtype=np.uint8).reshape(2, 3, 4) % 3), str(label))
+    plans = make_plans({"3d_fullres": make_configuration((1.0, 1.0, 1.0))})
+    case = Case("c", [image], label)
+    before = input_fingerprint(case, plans, plans["configurations"]["3d_fullres"])
+    for header in (image, label):
+        data = tmp_path / f"{header.stem}.raw"
+        stat = data.stat()
+        data.write_bytes(data.read_bytes()[::-1])  # same size; the mtime put back too: the bytes must tell
+        os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        assert input_fingerprint(case, plans, plans["configurations"]["3d_fullres"]) != before, header.name
+        before = input_fingerprint(case, plans, plans["configurations"]["3d_fullres"])
+
+
 def test_one_configuration_given_as_a_string_is_one_name(roots: dict[str, Path], small_dataset: Path) -> None:
     """Python callers write configurations="3d_fullres" (was read letter by letter: "configuration '3' ...")."""
     _write_plans(roots)

@@ -107,16 +107,27 @@ def _file_signature(path: Path) -> list[Any]:
     return [path.name, stat.st_size, stat.st_mtime_ns, head]
 
 
+def companion_files(image: Path) -> list[Path]:
+    """The files read with an image that hold part of it: a 3D TIFF's spacing sidecar (``.json``) and a
+    detached header's data files (``.mhd`` + ``.raw``, ``.nhdr`` + ``.raw.gz``), where they exist."""
+    sidecar = image.with_suffix(".json")
+    files = [sidecar] if image.suffix.lower() in TIFF_ENDINGS and sidecar.is_file() else []
+    return files + [image.parent / name for name in detached_data_files(image) if (image.parent / name).is_file()]
+
+
 def input_fingerprint(case: Case, plans: dict[str, Any], config: dict[str, Any]) -> str:
     """Hash of everything a stored case depends on: plan parameters and the input files' size, mtime
-    and first 64 KiB (fast, and any rewrite of a file changes its mtime)."""
+    and first 64 KiB (fast, and any rewrite of a file changes its mtime), their companion files included
+    (the voxels of an ``.mhd`` lie in its ``.raw``: hashing the header alone kept a stale copy of an
+    edited ``.raw``)."""
+    inputs = [*case.images, *([case.label] if case.label else [])]
     content = {
         "format": FORMAT_VERSION,
         "transpose_forward": plans["transpose_forward"],
         "labels": plans["labels"],
         "ignore_label": plans.get("ignore_label"),
         "configuration": {k: config.get(k) for k in FINGERPRINT_KEYS},
-        "files": [_file_signature(p) for p in [*case.images, *([case.label] if case.label else [])]],
+        "files": [_file_signature(p) for p in inputs for p in (p, *companion_files(p))],
     }
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
@@ -172,10 +183,8 @@ def copy_ground_truth(label: Path, target: Path) -> bool:
     """Copy a raw label for evaluation, atomically, with a 3D TIFF's spacing sidecar or a detached header's
     data file (``.mhd`` + ``.raw``: under the name the header refers to), copied first: the label marks
     completion; False when identical copies are already there."""
-    sidecar = label.with_suffix(".json")
-    pairs = [(sidecar, target.with_suffix(".json"))] if label.suffix.lower() in TIFF_ENDINGS and sidecar.is_file() else []
-    pairs += [(label.parent / name, target.parent / name) for name in detached_data_files(label)
-              if (label.parent / name).is_file()]
+    pairs = [(source, target.with_suffix(".json") if source == label.with_suffix(".json") else target.parent / source.name)
+             for source in companion_files(label)]
     copied = False
     for source, destination in [*pairs, (label, target)]:
         if destination.is_file() and filecmp.cmp(source, destination, shallow=False):
