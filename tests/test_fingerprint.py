@@ -99,6 +99,26 @@ def test_fingerprint_is_deterministic_across_worker_counts(small_dataset: Path, 
     assert json.dumps(one) == json.dumps(two)
 
 
+def test_zero_workers_run_in_this_process(
+    small_dataset: Path, roots: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`-np 0` ("0 or 1: all in this process", the option's help) started a pool of one worker per core."""
+    import autoseg.fingerprint.extract as extract
+
+    asked: list[int] = []
+    real = extract.parallel_map
+
+    def parallel_map(func, items, num_workers, description):  # type: ignore[no-untyped-def]
+        asked.append(num_workers)
+        return real(func, items, num_workers, description)
+
+    monkeypatch.setattr(extract, "parallel_map", parallel_map)
+    monkeypatch.setattr(extract, "default_workers", lambda: 2)
+    result = runner.invoke(app, ["fingerprint", "999", "-np", "0"])
+    assert result.exit_code == 0, result.output
+    assert asked == [0]
+
+
 def test_fingerprint_cli_writes_file_and_summary(small_dataset: Path, roots: dict[str, Path]) -> None:
     result = runner.invoke(app, ["fingerprint", "999"])
     assert result.exit_code == 0, result.output

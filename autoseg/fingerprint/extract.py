@@ -110,7 +110,9 @@ def extract_fingerprint(
         raise DatasetError(f"{location.raw_dir}: no training cases found; put images in imagesTr and labels in labelsTr")
     samples_per_case = max(1, FOREGROUND_SAMPLES_TOTAL // len(cases))
     jobs = [(c.case_id, (c, desc, samples_per_case, seed)) for c in cases]
-    results, failures = parallel_map(case_statistics, jobs, num_workers or default_workers(), "fingerprint")
+    # -np 0 means "in this process", as for every stage: ``num_workers or default_workers()`` read it as unset
+    workers = default_workers() if num_workers is None else num_workers
+    results, failures = parallel_map(case_statistics, jobs, workers, "fingerprint")
     if failures:
         lines = [_naming_the_case(f.key, line) for f in failures for line in f.message.split(" | ")]
         raise DatasetError(_problem_listing(location, lines))
