@@ -328,6 +328,9 @@ def predict(
     elif mixed_precision not in ("auto", "off"):  # was silently replaced by float32, as --compile is refused
         raise UsageError(f"--mixed-precision {mixed_precision} applies to the torch engine; the onnxruntime engine "
                          "computes in float32: leave it out, or predict with --engine torch")
+    elif device not in (None, "auto", "cpu"):  # was silently run on the CPU
+        raise UsageError(f"--device {device} applies to the torch engine; the onnxruntime engine runs on the CPU: "
+                         "leave it out, or predict with --engine torch")
     if not 0 < step <= 1:
         raise UsageError(f"--step {step}: must be in (0, 1] (a fraction of the patch; 0.5 overlaps tiles by half)")
     if (model_folder is None) == (dataset is None or configuration is None):

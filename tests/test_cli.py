@@ -184,6 +184,15 @@ def test_onnxruntime_engine_refuses_a_half_precision_it_would_not_use(tmp_path: 
     assert not (tmp_path / "out").exists()
 
 
+def test_onnxruntime_engine_refuses_a_gpu_it_would_not_use(tmp_path: Path) -> None:
+    """``--engine onnxruntime --device cuda`` ran on the CPU without a word."""
+    result = runner.invoke(app, ["predict", "-i", str(tmp_path), "-o", str(tmp_path / "out"), "-m", str(tmp_path / "m.zip"),
+                                 "--engine", "onnxruntime", "--device", "cuda"])
+    assert result.exit_code == 2
+    assert "--device cuda applies to the torch engine; the onnxruntime engine runs on the CPU" in result.output
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize(("raised", "expected"), [
     (NotADirectoryError(20, "Not a directory", "notes.txt/pre/Dataset004_X"),
      "notes.txt/pre/Dataset004_X: Not a directory; a file stands where a folder is needed"),
