@@ -56,6 +56,25 @@ def test_a_detached_header_is_written_with_its_data_file_under_its_final_name(tm
     np.testing.assert_allclose(geometry.origin, GEOMETRY.origin, rtol=1e-6)
 
 
+@pytest.mark.parametrize("ending", [".mhd", ".nhdr"])
+def test_a_detached_header_that_fills_the_disk_is_reported_as_a_full_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ending: str
+) -> None:
+    """ITK's RuntimeError ('File cannot be written: <staging folder>/img.mhd ... No space left on device') reached
+    the user as an internal error naming a hidden staging folder."""
+    import autoseg.dataset.imageio as imageio
+
+    def full(image: sitk.Image, name: str, *args: object, **kwargs: object) -> None:
+        Path(name).write_bytes(b"partial")
+        raise RuntimeError(f"ITK ERROR: File cannot be written: {name}\nReason: No space left on device")
+
+    monkeypatch.setattr(imageio.sitk, "WriteImage", full)
+    with pytest.raises(OSError) as info:
+        write_image(np.ones((2, 3, 4), np.int16), GEOMETRY, tmp_path / f"img{ending}")
+    assert info.value.errno == 28 and info.value.filename == str(tmp_path / f"img{ending}")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize(("header", "line", "expected"), [
     ("c.mhd", "ElementDataFile = c.zraw", ["c.zraw"]), ("c.mhd", "ElementDataFile = LOCAL", []),
     ("c.nhdr", "data file: ./c.raw.gz", ["c.raw.gz"]), ("c.nhdr", "datafile: c.raw", ["c.raw"]),

@@ -34,7 +34,7 @@ import SimpleITK as sitk
 
 from autoseg.dataset.description import channel_list
 from autoseg.errors import DatasetError
-from autoseg.utils.atomic import atomic_path, staging_folder
+from autoseg.utils.atomic import atomic_path, disk_full_error, staging_folder
 
 # ITK prints warnings straight to stderr (for example while scanning a folder for DICOM); autoseg reports
 # problems itself, as one clear line each.
@@ -1089,6 +1089,13 @@ def _write_detached(image: sitk.Image, path: Path, compress: bool) -> None:
         sitk.WriteImage(image, str(header), useCompression=compress)
         for written in sorted(staging.iterdir(), key=lambda f: f == header):
             os.replace(written, path.parent / written.name)
+    except Exception as exc:
+        # As atomic_path does: a full disk named at the target (ITK's RuntimeError named the staging folder's
+        # header and reached the user as an internal error), asked before the staged files are removed.
+        full = disk_full_error(exc, path)
+        if full is not None:
+            raise full from exc
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -104,7 +104,7 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None, durable
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))
         os.replace(tmp, target)
     except BaseException as exc:
-        full = _disk_full_error(exc, target)  # asked before the temporary's blocks are freed
+        full = disk_full_error(exc, target)  # asked before the temporary's blocks are freed
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         if full is not None:
@@ -117,7 +117,7 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None, durable
 FULL_BELOW_BYTES = 1 << 20  # a file system with less space left counts as full when a write into it failed
 
 
-def _disk_full_error(exc: BaseException, target: Path) -> OSError | None:
+def disk_full_error(exc: BaseException, target: Path) -> OSError | None:
     """``OSError(ENOSPC, target)`` when ``exc`` came from a full disk, else None.
 
     A write that fills the disk fails without a file name (``OSError: [Errno 28] No space left on device``
