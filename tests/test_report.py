@@ -206,6 +206,8 @@ def test_copied_results_root_reports_from_the_copy(roots: dict[str, Path], monke
     monkeypatch.setenv("AUTOSEG_RESULTS", str(copy))
     path = build_report(DATASET, num_workers=1)
     assert path == copy / DATASET / "report.html" and (copy / DATASET / "report_case_best_case_009.png").is_file()
+    commands = re.search(r"<pre>(.*?)</pre>", path.read_text(), re.S).group(1)
+    assert f"-m {copy / DATASET / GOOD}" in commands and f"{roots['results']}/" not in commands
 
 
 def test_instructions_with_absolute_paths_still_load(roots: dict[str, Path]) -> None:

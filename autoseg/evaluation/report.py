@@ -30,7 +30,7 @@ from autoseg.dataset.description import DatasetDescription, load_description
 from autoseg.dataset.imageio import read_image, read_image_channels
 from autoseg.errors import EvaluationError
 from autoseg.evaluation.metrics import evaluation_classes
-from autoseg.evaluation.selection import INSTRUCTIONS_JSON, find_best, resolve_instructions
+from autoseg.evaluation.selection import INSTRUCTIONS_JSON, find_best, inference_commands, resolve_instructions
 from autoseg.paths import resolve_dataset, results_root
 from autoseg.utils.atomic import atomic_write_bytes, atomic_write_text
 from autoseg.utils.jsonio import read_json
@@ -289,6 +289,14 @@ def _safe(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
 
 
+def _commands(instructions: dict[str, Any]) -> list[str]:
+    """The inference commands, made again from the resolved paths: the stored ones name the results root
+    find-best ran in, stale in a copied or moved one."""
+    best = instructions["best"]
+    return inference_commands([Path(f) for f in best["model_folders"]], instructions["folds"],
+                              {"steps": best["postprocessing_steps"]}, Path(best["postprocessing_file"]))
+
+
 def _read_find_best_json(path: Path, keys: Sequence[str], dataset_name: str) -> dict[str, Any]:
     """A JSON file ``find-best`` wrote (the instructions or a cross-validation summary), refused naming the
     file and the fix when it is missing, damaged (cut short, edited) or lacks one of ``keys``: the report
@@ -344,7 +352,7 @@ def build_report(dataset_spec: str | os.PathLike[str], output_html: str | Path |
         "<p class=note>Class Dice: mean &plusmn; SD over cases; fg: mean over classes of the class means; "
         "cases where a class is empty in both prediction and reference are left out of its mean.</p>",
         _regions_note(description),
-        "<pre>" + html.escape("\n".join(instructions["commands"])) + "</pre>",
+        "<pre>" + html.escape("\n".join(_commands(instructions))) + "</pre>",
         f"<h2>Per-{'region' if description.has_regions else 'class'} Dice</h2>",
         figures.add("dice_boxplot", dice_boxplot(summaries, class_names), "Dice per case and class (triangles: means)"),
         "<h2>Training curves</h2>",
