@@ -691,6 +691,20 @@ def test_lzw_and_jpeg_compressed_tiffs_are_read(tmp_path: Path, compression: str
     np.testing.assert_allclose(volume[:, 0, 0], [0, 50, 100], atol=atol)
 
 
+def test_a_2d_tiff_with_a_thumbnail_page_is_one_image(tmp_path: Path) -> None:
+    """A reduced-resolution page (NewSubfileType 1, a thumbnail as scanners add) made the image 'a multi-page TIFF
+    (2 pages) without its spacing'; nnU-Net's reader reads the image."""
+    import tifffile
+
+    pixels = (np.arange(16 * 24).reshape(16, 24) % 251).astype(np.uint8)
+    with tifffile.TiffWriter(tmp_path / "c_0000.tif") as tiff:
+        tiff.write(pixels, photometric="minisblack")
+        tiff.write(pixels[::4, ::4], photometric="minisblack", subfiletype=1)
+    array, geometry = read_image(tmp_path / "c_0000.tif")
+    assert geometry.is_2d
+    np.testing.assert_array_equal(array[0], pixels)
+
+
 def test_a_3d_tiff_with_nnunets_spacing_sidecar_is_a_volume(tmp_path: Path) -> None:
     """nnU-Net v2's Tiff3DIO: pages along z, spacing from <case>.json (for <case>_0000.tif and <case>.tif alike)."""
     import tifffile

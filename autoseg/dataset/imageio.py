@@ -453,7 +453,8 @@ def _pil_tiff_pages(path: Path) -> list[np.ndarray]:
 
     with Image.open(path) as image:
         return [np.asarray(page.convert("RGB") if page.mode in ("P", "PA") else page)
-                for page in ImageSequence.Iterator(image)]
+                for page in ImageSequence.Iterator(image)
+                if not int(page.tag_v2.get(254, 0)) & _TIFF_EXTRA_PAGE_BITS]  # 254: NewSubfileType
 
 
 def _palette_colours(indices: np.ndarray, colormap: np.ndarray) -> np.ndarray:
@@ -585,13 +586,20 @@ def _write_tiff_volume(array: np.ndarray, geometry: Geometry, path: Path) -> Non
                          compression="zlib")
 
 
+# NewSubfileType bits of pages that are no image of their own: a reduced-resolution copy (a thumbnail, as
+# scanners and microscopes add after the image) and a transparency mask.
+_TIFF_EXTRA_PAGE_BITS = 1 | 4
+
+
 def _tiff_pages(path: Path) -> int:
-    """The number of pages (images) in a TIFF file; 1 when PIL cannot tell (the reader then reports the file)."""
-    from PIL import Image
+    """The number of full-resolution pages (images) in a TIFF file; 1 when tifffile cannot tell (the reader then
+    reports the file). A thumbnail page made a 2D image 'a multi-page TIFF (2 pages) without its spacing',
+    which nnU-Net's reader (tifffile's first series) reads as the image it is."""
+    import tifffile
 
     try:
-        with Image.open(path) as image:
-            return int(getattr(image, "n_frames", 1))
+        with tifffile.TiffFile(path) as tiff:
+            return max(1, sum(1 for page in tiff.pages if not int(page.subfiletype) & _TIFF_EXTRA_PAGE_BITS))
     except Exception:  # noqa: BLE001 - the reader itself reports unreadable files
         return 1
 
