@@ -705,6 +705,22 @@ def test_a_2d_tiff_with_a_thumbnail_page_is_one_image(tmp_path: Path) -> None:
     np.testing.assert_array_equal(array[0], pixels)
 
 
+def test_a_3d_tiff_written_page_by_page_with_a_thumbnail_is_a_volume(tmp_path: Path) -> None:
+    """Pages written one by one (tifffile's TiffWriter in a loop: one series per page) were read as their first
+    page and refused as 'a 3D TIFF must hold grey pages (pages, y, x); it has shape (16, 24)'."""
+    import tifffile
+
+    volume = (np.arange(3 * 16 * 24).reshape(3, 16, 24) % 251).astype(np.uint8)
+    with tifffile.TiffWriter(tmp_path / "c_0000.tif") as tiff:
+        for page in volume:
+            tiff.write(page, photometric="minisblack")
+        tiff.write(volume[0, ::4, ::4], photometric="minisblack", subfiletype=1)
+    (tmp_path / "c.json").write_text(json.dumps({"spacing": [2.5, 0.5, 0.5]}))
+    array, geometry = read_image(tmp_path / "c_0000.tif")
+    np.testing.assert_array_equal(array, volume)
+    assert geometry.spacing == (2.5, 0.5, 0.5)
+
+
 def test_a_3d_tiff_with_nnunets_spacing_sidecar_is_a_volume(tmp_path: Path) -> None:
     """nnU-Net v2's Tiff3DIO: pages along z, spacing from <case>.json (for <case>_0000.tif and <case>.tif alike)."""
     import tifffile

@@ -562,7 +562,12 @@ def _read_tiff_volume(path: Path, where: str, written: Any) -> tuple[np.ndarray,
     spacing = _checked_spacing(path, where, written)
     try:
         try:
-            array = np.asarray(tifffile.imread(path))
+            with tifffile.TiffFile(path) as tiff:
+                # Every full-resolution page, however written: tifffile.imread gives the first series only, for pages
+                # written one by one (a TiffWriter loop) the first page, so such a volume was refused as 'a 3D TIFF
+                # must hold grey pages ...; it has shape (y, x)'.
+                array = np.stack([page.asarray() for page in tiff.pages
+                                  if not int(page.subfiletype) & _TIFF_EXTRA_PAGE_BITS])
         except ValueError as exc:
             if "imagecodecs" not in str(exc):
                 raise
