@@ -719,6 +719,10 @@ def test_a_3d_tiff_written_page_by_page_with_a_thumbnail_is_a_volume(tmp_path: P
     array, geometry = read_image(tmp_path / "c_0000.tif")
     np.testing.assert_array_equal(array, volume)
     assert geometry.spacing == (2.5, 0.5, 0.5)
+    # An ImageJ hyperstack's pages are z and channels interleaved: refused, not read as 6 slices.
+    tifffile.imwrite(tmp_path / "c_0000.tif", np.zeros((3, 2, 16, 24), np.uint8), imagej=True, metadata={"axes": "ZCYX"})
+    with pytest.raises(DatasetError, match=r"a 3D TIFF must hold grey pages \(pages, y, x\); it has shape \(3, 2, 16, 24\)"):
+        read_image(tmp_path / "c_0000.tif")
 
 
 def test_a_3d_tiff_with_nnunets_spacing_sidecar_is_a_volume(tmp_path: Path) -> None:

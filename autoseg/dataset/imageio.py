@@ -563,11 +563,13 @@ def _read_tiff_volume(path: Path, where: str, written: Any) -> tuple[np.ndarray,
     try:
         try:
             with tifffile.TiffFile(path) as tiff:
-                # Every full-resolution page, however written: tifffile.imread gives the first series only, for pages
-                # written one by one (a TiffWriter loop) the first page, so such a volume was refused as 'a 3D TIFF
-                # must hold grey pages ...; it has shape (y, x)'.
-                array = np.stack([page.asarray() for page in tiff.pages
-                                  if not int(page.subfiletype) & _TIFF_EXTRA_PAGE_BITS])
+                # tifffile.imread gives the first series only: for pages written one by one (a TiffWriter loop, one
+                # series per page) the first page, so such a volume was refused as 'a 3D TIFF must hold grey pages
+                # ...; it has shape (y, x)'. Then every full-resolution page is a slice. A first series that holds
+                # them all keeps its own shape (an ImageJ hyperstack's (z, c, y, x) is refused below, not mixed).
+                pages = [page for page in tiff.pages if not int(page.subfiletype) & _TIFF_EXTRA_PAGE_BITS]
+                series = tiff.series[0]
+                array = series.asarray() if len(series.pages) >= len(pages) else np.stack([p.asarray() for p in pages])
         except ValueError as exc:
             if "imagecodecs" not in str(exc):
                 raise
