@@ -333,6 +333,11 @@ def predict(
                          "leave it out, or predict with --engine torch")
     if not 0 < step <= 1:
         raise UsageError(f"--step {step}: must be in (0, 1] (a fraction of the patch; 0.5 overlaps tiles by half)")
+    lookup = {"-d": dataset, "-c": configuration, "--network": network, "--plans-name": plans_name}
+    given = [flag for flag, value in lookup.items() if value is not None]
+    if model_folder is not None and given:  # was ignored: -m M -c 2d predicted with M's configuration
+        raise UsageError(f"-m names the model; {', '.join(given)} would be ignored: leave {'them' if len(given) > 1 else 'it'} "
+                         "out, or name the model with -d DATASET -c CONFIGURATION instead of -m")
     if (model_folder is None) == (dataset is None or configuration is None):
         raise UsageError("give either -m MODEL_FOLDER or both -d DATASET and -c CONFIGURATION")
     if statistics:

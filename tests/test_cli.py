@@ -51,6 +51,9 @@ def test_nnunet_style_lists(args: list[str], expected: list[str]) -> None:
     (["plan", "Dataset004", "--budget", "soon"], "duration 'soon' not understood"),
     (["predict", "-i", ".", "-o", "out", "-m", ".", "--step", "1.5"], "--step 1.5: must be in (0, 1]"),
     (["predict", "-i", ".", "-o", "out"], "give either -m MODEL_FOLDER or both -d DATASET and -c CONFIGURATION"),
+    # -c was ignored: the model folder's own configuration predicted without a word
+    (["predict", "-i", ".", "-o", "out", "-m", ".", "-c", "2d"], "-m names the model; -c would be ignored"),
+    (["predict", "-i", ".", "-o", "out", "-m", ".", "-d", "4", "--network", "vnet"], "-m names the model; -d, --network would be ignored"),
     (["verify", "Dataset777"], "dataset 'Dataset777' not found in the raw root"),
     # named as the option is spelled, not as the Python argument (mixed_precision='xyz')
     (["predict", "-i", ".", "-o", "out", "-m", ".", "--mixed-precision", "xyz"], "--mixed-precision='xyz': choose auto, fp16, bf16 or off"),
