@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -230,6 +232,22 @@ def test_dicom_series_with_an_unreadable_slice_names_it(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match=r"series: DICOM slice spacing is uneven \(2 mm between 2\.dcm and 4\.dcm, "
                                            r"1\.25 mm on average: missing slices\? not read as DICOM: IM3\); give"):
         read_image(folder)
+
+
+@pytest.mark.skipif(os.name != "posix" or sys.platform == "darwin", reason="file names of any bytes (Linux)")
+def test_a_dicom_file_whose_name_is_not_utf8_is_named_not_an_abort(tmp_path: Path) -> None:
+    """GDCM's folder scan aborted the whole process (exit 134, 'terminate called ... std::logic_error') on a slice
+    named in Latin-1; it runs in a child process here so that an abort fails the test instead of ending it."""
+    import subprocess
+
+    folder = _dicom_series(tmp_path / "series", [(0, 0, z) for z in range(3)])
+    os.rename(folder / "3.dcm", os.fsencode(folder) + b"/caf\xe9.dcm")
+    code = ("from autoseg.dataset.imageio import read_image\nfrom autoseg.errors import DatasetError\n"
+            f"try:\n    read_image({str(folder)!r})\nexcept DatasetError as exc:\n    print(exc)\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == (f"{folder}/caf\\xe9.dcm: name is not valid UTF-8 (bytes shown as \\x..); rename it "
+                                  "with UTF-8 (or ASCII) characters")
 
 
 def test_short_dicom_series_with_rounded_in_plane_positions_is_no_tilt(tmp_path: Path) -> None:

@@ -745,6 +745,9 @@ def _expected_channels(expected: int, model_channels: Mapping[str, str] | None) 
 
 def _read_dicom_series(folder: Path) -> tuple[np.ndarray, Geometry]:
     _check_utf8_path(folder)
+    for entry in folder.iterdir():
+        # GDCM scans every file of the folder: one name that is not UTF-8 aborted the process (exit 134, no word)
+        _check_utf8_path(entry)
     reader = sitk.ImageSeriesReader()
     try:
         series = reader.GetGDCMSeriesIDs(str(folder))
