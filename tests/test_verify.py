@@ -267,6 +267,26 @@ def test_clean_dataset_verifies(small_dataset: Path, roots: dict[str, Path]) -> 
     assert "Dataset999_Test: 4 case(s) checked, no problems found" in result.output
 
 
+def test_zero_workers_verify_in_this_process(
+    small_dataset: Path, roots: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`-np 0` ("0 or 1: all in this process", the option's help) started a pool of one worker per core."""
+    import autoseg.dataset.verify as verify
+
+    asked: list[int] = []
+    real = verify.parallel_map
+
+    def parallel_map(func, items, num_workers, description):  # type: ignore[no-untyped-def]
+        asked.append(num_workers)
+        return real(func, items, num_workers, description)
+
+    monkeypatch.setattr(verify, "parallel_map", parallel_map)
+    monkeypatch.setattr(verify, "default_workers", lambda: 2)
+    result = runner.invoke(app, ["verify", "Dataset999", "-np", "0"])
+    assert result.exit_code == 0, result.output
+    assert asked == [0]
+
+
 def as_3d_tiff_dataset(dataset: Path) -> None:
     """The dataset in nnU-Net v2's Tiff3DIO layout: <case>_0000.tif / <case>.tif pages along z, the spacing
     in a <case>.json beside them (image and label folders each)."""

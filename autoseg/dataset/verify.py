@@ -266,9 +266,9 @@ def verify_dataset(location: DatasetSpec, num_workers: int | None = None) -> Ver
         problems.extend(scan.problems)
         test_cases = scan.cases
     jobs = [(c.case_id, (c, desc)) for c in [*cases, *test_cases]]
-    results, failures = parallel_map(
-        _check_case_problems, jobs, num_workers or default_workers(), "verify"
-    )
+    # -np 0 means "in this process" (the option's help): ``num_workers or default_workers()`` read it as unset
+    workers = default_workers() if num_workers is None else num_workers
+    results, failures = parallel_map(_check_case_problems, jobs, workers, "verify")
     warnings: list[str] = []
     for case_id, _ in jobs:
         case_problems, case_warnings = results.get(case_id, ([], []))
