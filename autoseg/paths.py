@@ -99,7 +99,7 @@ def resolve_dataset(spec: DatasetSpec) -> DatasetLocation:
         return DatasetLocation(candidate.resolve().name, candidate.resolve())
     if candidate.is_dir() and os.sep in text:
         raise DatasetError(f"{candidate}: folder has no dataset.json; is it the dataset folder (with imagesTr/, labelsTr/)?")
-    dataset_id = _dataset_id(text)
+    dataset_id = parse_dataset_id(text)
     root = raw_root()
     if dataset_id is None:
         raise DatasetError(
@@ -120,7 +120,8 @@ def resolve_dataset(spec: DatasetSpec) -> DatasetLocation:
     return DatasetLocation(matches[0].name, matches[0])
 
 
-def _dataset_id(text: str) -> int | None:
+def parse_dataset_id(text: str) -> int | None:
+    """The id of ``4``, ``Dataset004`` or ``Dataset004_Name``; ``None`` for anything else."""
     if text.isdigit():
         return int(text)
     match = re.match(r"^Dataset(\d{1,3})(?:_.+)?$", text)

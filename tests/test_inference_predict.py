@@ -172,6 +172,10 @@ def test_find_model_folder_by_dataset_id(model_3d: Path, roots: dict[str, Path])
     assert find_model_folder("999", "3d_fullres").name == "unet__autosegPlans__3d_fullres"
     with pytest.raises(InferenceError, match=r"0 model folders match \*__\*__2d"):
         find_model_folder(DATASET, "2d")
+    # A loose prefix match took any text for the only dataset there (or 99x for Dataset099_...).
+    for wrong in ("Prostate", "999abc"):
+        with pytest.raises(InferenceError, match=rf"-d {wrong}: not a dataset name; use Dataset004, 4"):
+            find_model_folder(wrong, "3d_fullres")
 
 
 # --- predict_array ---------------------------------------------------------------------------------

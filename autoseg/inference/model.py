@@ -22,7 +22,7 @@ from autoseg.dataset.description import DatasetDescription, channel_list, parse_
 from autoseg.errors import InferenceError
 from autoseg.inference.engine import LoadedModel, canonical_folds
 from autoseg.networks import create_network
-from autoseg.paths import check_model_folder_name, results_root
+from autoseg.paths import DATASET_NAME, check_model_folder_name, parse_dataset_id, results_root
 from autoseg.planning.plans import check_plans_match_dataset, get_configuration, load_plans
 from autoseg.utils.checkpoint_format import check_outputs_match_labels, checkpoint_file, missing_checkpoint, read_checkpoint
 
@@ -210,11 +210,14 @@ def find_model_folder(
     text = str(dataset)
     if Path(text).is_dir() and (Path(text) / "dataset.json").is_file():
         text = Path(text).resolve().name  # a raw dataset folder: its results live under its name
-    match = re.match(r"^(?:Dataset)?(\d+)", text)
-    candidates = sorted(p for p in root.glob("Dataset*") if p.is_dir()) if root.is_dir() else []
-    if match:
-        candidates = [p for p in candidates if p.name.startswith(f"Dataset{int(match.group(1)):03d}_")]
-    if text.startswith("Dataset") and "_" in text:
+    # Parsed as every other command parses it: a loose prefix match took "Hippo" or "4abc" for whichever
+    # dataset the results root held (the only one, or Dataset004), and predicted with its model.
+    dataset_id = parse_dataset_id(text)
+    if dataset_id is None:
+        raise InferenceError(f"-d {text}: not a dataset name; use Dataset004, 4, Dataset004_Hippocampus or the raw "
+                             "dataset folder's path (or -m MODEL_FOLDER)")
+    candidates = sorted(p for p in root.glob(f"Dataset{dataset_id:03d}_*") if p.is_dir()) if root.is_dir() else []
+    if DATASET_NAME.match(text):
         candidates = [p for p in candidates if p.name == text]
     if len(candidates) != 1:
         found = ", ".join(p.name for p in candidates) or "none"
