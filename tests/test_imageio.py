@@ -405,6 +405,41 @@ def test_truncated_file_is_reported_with_its_name(tmp_path: Path, ending: str) -
         read_image(path)
 
 
+@pytest.mark.parametrize("ending", [".nii.gz", ".nii"])
+def test_a_nifti_holding_fewer_voxels_than_its_header_claims_is_refused_before_itk_reads_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ending: str
+) -> None:
+    """A whole gzip stream whose NIfTI holds fewer bytes than its header needs (cut before it was compressed, or a
+    header claiming 1000^3 voxels) was read as a zero-filled volume; and ITK allocated the claimed size before the
+    truncation was looked at (4 GB and 15 s for a 400-byte file)."""
+    import struct
+
+    import autoseg.dataset.imageio as imageio
+
+    write_image(np.ones((4, 5, 6), np.int16), GEOMETRY, tmp_path / "img.nii")
+    data = bytearray((tmp_path / "img.nii").read_bytes())
+    struct.pack_into("<4h", data, 40, 3, 1000, 1000, 1000)  # dim[0..3]
+    path = tmp_path / f"claims{ending}"
+    path.write_bytes(gzip.compress(bytes(data)) if ending == ".nii.gz" else bytes(data))
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("ITK read a truncated file")
+
+    monkeypatch.setattr(imageio.sitk, "ReadImage", never)
+    with pytest.raises(DatasetError, match=r"claims\.nii(\.gz)?: file is truncated \(its voxel data ends early\)"):
+        read_image(path)
+
+
+def test_a_nifti_gzipped_in_several_members_is_whole(tmp_path: Path) -> None:
+    """bgzip and concatenated gzip files hold several members; the trailer's size is the last member's."""
+    array = (np.arange(4 * 5 * 6).reshape(4, 5, 6) % 200).astype(np.int16)
+    write_image(array, GEOMETRY, tmp_path / "img.nii")
+    data = (tmp_path / "img.nii").read_bytes()
+    (tmp_path / "img.nii.gz").write_bytes(gzip.compress(data[:300]) + gzip.compress(data[300:]) + gzip.compress(b""))
+    back, _ = read_image(tmp_path / "img.nii.gz")
+    np.testing.assert_array_equal(back, array)
+
+
 def test_an_uncompressed_nifti_named_nii_gz_is_read_as_itk_reads_it(tmp_path: Path) -> None:
     """A .nii renamed to .nii.gz to match file_ending: ITK and nnU-Net read it, autoseg refused it as
     'file is truncated' (its gzip check failed on plain bytes)."""

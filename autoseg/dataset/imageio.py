@@ -173,6 +173,15 @@ def read_image(path: str | Path) -> tuple[np.ndarray, Geometry]:
     if ending in NATURAL_2D_ENDINGS:
         return _read_natural_2d(path)
     try:
+        # Before ITK reads: it zero-fills the missing part of a truncated NIfTI without any error, after allocating
+        # what the header claims (a 400-byte file claiming 1000^3 voxels took 4 GB and 15 s, a larger claim more
+        # memory than there is).
+        truncated = ending in (".nii", ".nii.gz") and _nifti_is_truncated(path)
+    except ValueError as exc:
+        raise DatasetError(f"{path}: invalid NIfTI header ({exc}); export the image again") from None
+    if truncated:
+        raise DatasetError(f"{path}: file is truncated (its voxel data ends early); copy or export it again")
+    try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         if "Refusing to change spacing" in str(exc):  # ITK's words for a zero or NaN voxel size
@@ -188,13 +197,6 @@ def read_image(path: str | Path) -> tuple[np.ndarray, Geometry]:
             raise DatasetError(f"{path}: is gzip-compressed but named .nii, which ITK cannot read; rename it to "
                                f"{path.name}.gz (and set dataset.json's file_ending to '.nii.gz')") from None
         raise DatasetError(_unreadable_problem(path, exc)) from None
-    try:
-        truncated = ending in (".nii", ".nii.gz") and _nifti_is_truncated(path)
-    except ValueError as exc:
-        raise DatasetError(f"{path}: invalid NIfTI header ({exc}); export the image again") from None
-    if truncated:
-        # ITK zero-fills the missing part of a truncated NIfTI without any error.
-        raise DatasetError(f"{path}: file is truncated (its voxel data ends early); copy or export it again")
     return _from_sitk(image, path)
 
 
@@ -325,7 +327,6 @@ def _is_gzip(path: Path) -> bool:
 
 def _nifti_is_truncated(path: Path) -> bool:
     import gzip
-    import zlib
 
     if not _is_gzip(path):  # .nii, or an uncompressed one named .nii.gz
         with open(path, "rb") as f:
@@ -343,12 +344,32 @@ def _nifti_is_truncated(path: Path) -> bool:
         isize = int.from_bytes(f.read(4), "little")
     if isize == expected % 2**32:
         return False
-    # The gzip trailer disagrees: decompress to tell a truncated stream from legitimate extra bytes.
-    decompressor = zlib.decompressobj(wbits=31)
+    # The gzip trailer disagrees: decompress to tell a cut stream, or a whole one that holds fewer bytes than the
+    # header needs (it was read as a zero-filled volume), from one of several members (bgzip) or with extra bytes.
+    size, whole = _gzip_content_size(path)
+    return not whole or size < expected
+
+
+def _gzip_content_size(path: Path) -> tuple[int, bool]:
+    """(decompressed bytes, whether the stream ends whole) of a gzip file of one or more members; bytes after
+    the last member that are no gzip member are ignored, as zlib's reader (ITK's) ignores them. Decompressed in
+    pieces of at most 16 MB, whatever the compression ratio (a label map of zeros compresses 1000-fold)."""
+    import zlib
+
+    size, decompressor = 0, zlib.decompressobj(wbits=31)
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
-            decompressor.decompress(chunk)
-    return not decompressor.eof
+            while chunk:
+                if decompressor.eof:  # a further member
+                    decompressor = zlib.decompressobj(wbits=31)
+                    try:
+                        size += len(decompressor.decompress(chunk, 1 << 24))
+                    except zlib.error:
+                        return size, True
+                else:
+                    size += len(decompressor.decompress(chunk, 1 << 24))
+                chunk = decompressor.unused_data if decompressor.eof else decompressor.unconsumed_tail
+    return size, decompressor.eof
 
 
 def _refuse_complex(path: Path, array: np.ndarray) -> None:
