@@ -204,6 +204,9 @@ def test_copied_results_root_reports_from_the_copy(roots: dict[str, Path], monke
     shutil.copytree(roots["results"], copy)
     shutil.rmtree(roots["results"])
     monkeypatch.setenv("AUTOSEG_RESULTS", str(copy))
+    # The preprocessed root (the references) moved too, as to another machine.
+    shutil.move(roots["preprocessed"], roots["preprocessed"].with_name("preprocessed_moved"))
+    monkeypatch.setenv("AUTOSEG_PREPROCESSED", str(roots["preprocessed"].with_name("preprocessed_moved")))
     path = build_report(DATASET, num_workers=1)
     assert path == copy / DATASET / "report.html" and (copy / DATASET / "report_case_best_case_009.png").is_file()
     commands = re.search(r"<pre>(.*?)</pre>", path.read_text(), re.S).group(1)

@@ -31,7 +31,7 @@ from autoseg.dataset.imageio import read_image, read_image_channels
 from autoseg.errors import EvaluationError
 from autoseg.evaluation.metrics import evaluation_classes
 from autoseg.evaluation.selection import INSTRUCTIONS_JSON, find_best, inference_commands, resolve_instructions
-from autoseg.paths import resolve_dataset, results_root
+from autoseg.paths import preprocessed_root, resolve_dataset, results_root
 from autoseg.utils.atomic import atomic_write_bytes, atomic_write_text
 from autoseg.utils.jsonio import read_json
 from autoseg.utils.output_folders import check_output_file
@@ -365,8 +365,8 @@ def build_report(dataset_spec: str | os.PathLike[str], output_html: str | Path |
         else:
             sections.append(figures.add(f"training_{_safe(Path(folder).name)}", figure, f"{Path(folder).name}: one line per fold"))
     sections.append(f"<h2>Best and worst case of {html.escape(short_name(best['name']))}</h2>")
-    sections += _overlay_sections(figures, summaries[best["name"]], summary_files[best["name"]].parent, dataset.raw_dir,
-                                  description, classes)
+    folders = (summary_files[best["name"]].parent, preprocessed_root() / dataset.name / "gt_segmentations")
+    sections += _overlay_sections(figures, summaries[best["name"]], folders, dataset.raw_dir, description, classes)
     document = ("<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
                 f"<title>autoseg report {html.escape(dataset.name)}</title><style>{CSS}</style></head><body>"
                 + "\n".join(sections) + "</body></html>\n")
@@ -375,11 +375,13 @@ def build_report(dataset_spec: str | os.PathLike[str], output_html: str | Path |
     return output
 
 
-def _overlay_sections(figures: _Figures, summary: dict[str, Any], crossval_dir: Path, raw_dir: Path,
+def _overlay_sections(figures: _Figures, summary: dict[str, Any], folders: tuple[Path, Path], raw_dir: Path,
                       description: DatasetDescription, classes: Sequence[tuple[str, tuple[int, ...]]]) -> list[str]:
-    """The best and worst case's overlays. Predictions are read from ``crossval_dir``, where find-best
-    evaluated them beside the summary: the summary's absolute ``prediction_file`` names the original
-    results root, stale in a copied or moved one."""
+    """The best and worst case's overlays. ``folders``: the cross-validation folder, where find-best
+    evaluated the predictions beside the summary, and the reference folder of the preprocessed root in
+    use (else the summary's reference): the summary's absolute paths name the roots find-best ran with,
+    stale in copied or moved ones."""
+    crossval_dir, gt_dir = folders
     sections = []
     for which, row in best_and_worst(summary):
         case_id, dice = row["case_id"], case_foreground_dice(row)
@@ -389,7 +391,8 @@ def _overlay_sections(figures: _Figures, summary: dict[str, Any], crossval_dir: 
             continue
         channels, _, _ = read_image_channels(image_path)
         image = channels if channels.shape[0] >= 3 else channels[0]  # colour PNGs in colour, else the first channel
-        reference, geometry = read_image(row["reference_file"])
+        reference_file = gt_dir / Path(row["reference_file"]).name
+        reference, geometry = read_image(reference_file if reference_file.is_file() else row["reference_file"])
         prediction, _ = read_image(crossval_dir / Path(row["prediction_file"]).name)
         title = f"{which}: {case_id}, mean Dice {dice:.4f}"
         figure = overlay(image, reference, prediction, geometry.spacing, classes, title)
