@@ -277,6 +277,18 @@ def test_dicom_object_without_pixels_beside_a_series_is_left_out(tmp_path: Path)
     assert read_image(folder)[0].shape == (3, 4, 5)
 
 
+def test_a_dicom_file_of_endlessly_nested_sequences_beside_a_series_is_named_as_damaged(tmp_path: Path) -> None:
+    """The element walk recursed into each undefined-length sequence: 5000 nested ones ended in RecursionError,
+    an internal error."""
+    folder = _dicom_series(tmp_path / "series", [(0, 0, z) for z in range(3)])
+    data = (folder / "1.dcm").read_bytes()
+    start = 144 + int.from_bytes(data[140:144], "little")  # after the file meta group (its length at byte 140)
+    nested = (b"\x40\x00\x30\xa7\xff\xff\xff\xff" + b"\xfe\xff\x00\xe0\xff\xff\xff\xff") * 5000
+    (folder / "odd.dcm").write_bytes(data[:start] + nested)
+    with pytest.raises(DatasetError, match=r"series: odd\.dcm cannot be read as DICOM \(truncated or corrupt copy\?\)"):
+        read_image(folder)
+
+
 @pytest.mark.parametrize("slice_number", [1, 4])
 @pytest.mark.parametrize("name", ["{}.dcm", "IM{}", "1.2.3.4.{}"])
 @pytest.mark.parametrize("cut", ["empty", "preamble", "header", "before pixels", "pixels"])

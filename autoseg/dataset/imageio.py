@@ -895,6 +895,8 @@ def _is_cut_short_dicom(data: bytes, series_sop_class: str) -> bool:
         _walk_dicom_elements(data, meta_end, explicit=syntax != b"1.2.840.10008.1.2", nested=False, values=elements)
     except EOFError:
         return True
+    except RecursionError:  # sequences nested thousands deep: no DICOM writer makes them, a damaged file may seem to
+        return True
     sop_class = meta.get(0x00020002, b"").rstrip(b"\x00 ").decode("ascii", "replace")
     return _DICOM_PIXEL_DATA not in elements and sop_class == series_sop_class
 
