@@ -488,3 +488,14 @@ def test_single_slice_volumes_say_why_no_3d_configuration() -> None:
     assert "3d_fullres: not planned, every case holds a single slice (after cropping): a 2D dataset" in plan(DATA_2D)["notes"]
     natural = dict(DATA_2D, file_ending=".png")
     assert not [n for n in plan(natural)["notes"] if "single slice" in n]
+
+
+def test_the_spacing_ladder_lands_on_whole_multiples() -> None:
+    """Was: two sqrt(2) steps gave 2.0000000000000004 mm, so a 35-voxel axis at 1 mm was resampled to 17 voxels
+    (35 / 2.0000000000000004 rounds down) where 2 mm gives nnU-Net's 18."""
+    from autoseg.planning.planner import spacing_ladder
+    from autoseg.preprocessing.resampling import new_shape
+
+    ladder = spacing_ladder([1.0, 1.0, 1.0], lambda spacing: [100.0] * 3, 3)
+    assert ladder[2] == [2.0, 2.0, 2.0] and ladder[4] == [4.0, 4.0, 4.0]
+    assert list(new_shape([35, 51, 35], [1.0, 1.0, 1.0], ladder[2])) == [18, 26, 18]

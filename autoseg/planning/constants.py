@@ -169,6 +169,9 @@ CONTEXT_MIN_VOLUME_SHARE = 0.25
 SPACING_LADDER_STEP = 2 ** 0.5
 SPACING_LADDER_MAX_FACTOR = 4.0
 SPACING_LADDER_MIN_EDGE = 16
+# The ladder's spacings are rounded to this many decimals (to a 1e-10 mm grid): repeated sqrt(2) steps left
+# float noise (2.0000000000000004 mm) that moved resampled shapes at exact halves by a voxel.
+SPACING_DECIMALS = 10
 # Thin structures (planner._keep_thin_structures): a 2D budget recipe keeps the typical structure's
 # thickness (fingerprint/thickness.py; the median over the targets, so one thin target among thick ones
 # does not force every model to full resolution) at least this many voxels across every coarsened axis,

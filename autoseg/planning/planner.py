@@ -384,7 +384,8 @@ def spacing_ladder(spacing: Sequence[float], median_at: Callable[[list[float]], 
         median = median_at([float(v) for v in grown])
         if any(median[a] < C.SPACING_LADDER_MIN_EDGE for a in range(3) if grown[a] != current[a]):
             return ladder
-        ladder.append([float(v) for v in grown])
+        # sqrt(2) twice is 2.0000000000000004: a 35-voxel axis at 1 mm then resampled to 17, not 2 mm's 18 voxels
+        ladder.append([float(v) for v in np.round(grown, C.SPACING_DECIMALS)])
         current = grown
 
 
