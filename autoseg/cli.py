@@ -131,10 +131,18 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def nonempty_path(value: str | os.PathLike[str]) -> Path:
     """A path option's value, refused when empty: ``Path("")`` is ``.``, so ``-o ""`` (an unset shell
-    variable) wrote predictions into the current folder, and ``-i ""`` read it."""
-    if not os.fspath(value):
+    variable) wrote predictions into the current folder, and ``-i ""`` read it. A leading ``~`` is
+    expanded, as in dataset arguments and the roots: ``--output=~/preds``, which the shell leaves as it
+    is, made a folder named ``~`` in the current one."""
+    from autoseg.paths import expand_home
+
+    text = os.fspath(value)
+    if not text:
         raise typer.BadParameter("an empty path; give a file or folder name ('.' for the current folder)")
-    return Path(value)
+    try:
+        return expand_home(text, "path")
+    except AutosegError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 path_option = functools.partial(typer.Option, parser=nonempty_path, metavar="<path>")  # every path-valued option

@@ -91,6 +91,20 @@ def test_an_empty_path_is_refused_not_taken_for_the_current_folder(
     assert not any(tmp_path.iterdir())
 
 
+def test_a_leading_tilde_in_a_path_option_is_the_home_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--output=~/preds`` (no shell expands that ~) made a folder named ``~`` in the current one; dataset
+    arguments and the roots expand it. An unknown user's ``~name`` is one line, not a traceback."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir(), work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    result = runner.invoke(app, ["export-model", "-m", "~/model", "--output=~/model.zip"])
+    assert result.exit_code == 2 and f"{home / 'model'}" in result.output, result.output
+    assert not any(work.iterdir())
+    result = runner.invoke(app, ["evaluate", "-p", "~nosuchuser4711/p", "-r", "r"])
+    assert result.exit_code == 2 and "the home folder of user 'nosuchuser4711' is unknown" in result.output, result.output
+
+
 def test_a_reader_that_leaves_stops_the_command_quietly() -> None:
     """`autoseg networks | head -0`: the pipe's reader is gone before the first line; exit 141 as a
     shell reports a command stopped by a closed pipe, no "internal error" and no traceback."""
