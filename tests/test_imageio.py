@@ -442,6 +442,18 @@ def test_a_nifti_holding_fewer_voxels_than_its_header_claims_is_refused_before_i
         read_image(path)
 
 
+@pytest.mark.parametrize("flipped", [-2, -6])
+def test_a_nifti_gz_with_a_damaged_gzip_trailer_is_refused(tmp_path: Path, flipped: int) -> None:
+    """A flipped bit in the trailer's length made the truncation check's decompression raise zlib.error ('incorrect
+    length check'): an internal error."""
+    write_image(np.arange(8 * 16 * 16, dtype=np.int16).reshape(8, 16, 16), GEOMETRY, tmp_path / "img.nii.gz")
+    data = bytearray((tmp_path / "img.nii.gz").read_bytes())
+    data[flipped] ^= 0x10
+    (tmp_path / "img.nii.gz").write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match=r"img\.nii\.gz: (its gzip compression is damaged|cannot be read)"):
+        read_image(tmp_path / "img.nii.gz")
+
+
 def test_a_nifti_gzipped_in_several_members_is_whole(tmp_path: Path) -> None:
     """bgzip and concatenated gzip files hold several members; the trailer's size is the last member's."""
     array = (np.arange(4 * 5 * 6).reshape(4, 5, 6) % 200).astype(np.int16)

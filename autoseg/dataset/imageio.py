@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -179,6 +180,8 @@ def read_image(path: str | Path) -> tuple[np.ndarray, Geometry]:
         truncated = ending in (".nii", ".nii.gz") and _nifti_is_truncated(path)
     except ValueError as exc:
         raise DatasetError(f"{path}: invalid NIfTI header ({exc}); export the image again") from None
+    except zlib.error as exc:  # a damaged gzip stream (its trailer's length or checksum), seen while measuring it
+        raise DatasetError(f"{path}: its gzip compression is damaged ({exc}); copy or export it again") from None
     if truncated:
         raise DatasetError(f"{path}: file is truncated (its voxel data ends early); copy or export it again")
     try:
@@ -354,8 +357,6 @@ def _gzip_content_size(path: Path) -> tuple[int, bool]:
     """(decompressed bytes, whether the stream ends whole) of a gzip file of one or more members; bytes after
     the last member that are no gzip member are ignored, as zlib's reader (ITK's) ignores them. Decompressed in
     pieces of at most 16 MB, whatever the compression ratio (a label map of zeros compresses 1000-fold)."""
-    import zlib
-
     size, decompressor = 0, zlib.decompressobj(wbits=31)
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
@@ -1083,7 +1084,6 @@ def _refuse_cut_short_nifti(written: Path, target: Path) -> None:
     when that disagrees), so a whole file costs a few hundred bytes of reading.
     """
     import gzip
-    import zlib
 
     if image_ending(written) not in (".nii", ".nii.gz"):
         return
