@@ -289,6 +289,18 @@ def test_a_dicom_file_of_endlessly_nested_sequences_beside_a_series_is_named_as_
         read_image(folder)
 
 
+@pytest.mark.parametrize("tag", [b"\x28\x00\x10\x00", b"\x02\x00\x10\x00"])  # Rows, TransferSyntaxUID
+def test_a_dicom_slice_with_a_damaged_tag_at_an_end_of_the_series_is_named(tmp_path: Path, tag: bytes) -> None:
+    """One flipped bit in a tag GDCM needs made it leave the last slice out, whole as the file still looked: the
+    series was read one slice short without a word."""
+    folder = _dicom_series(tmp_path / "series", [(0, 0, z) for z in range(4)])
+    data = bytearray((folder / "4.dcm").read_bytes())
+    data[data.index(tag) + 2] ^= 0x04
+    (folder / "4.dcm").write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match=r"series: 4\.dcm cannot be read as DICOM \(truncated or corrupt copy\?\)"):
+        read_image(folder)
+
+
 @pytest.mark.parametrize("slice_number", [1, 4])
 @pytest.mark.parametrize("name", ["{}.dcm", "IM{}", "1.2.3.4.{}"])
 @pytest.mark.parametrize("cut", ["empty", "preamble", "header", "before pixels", "pixels"])

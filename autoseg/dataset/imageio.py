@@ -837,8 +837,8 @@ def _unread_slice_files(folder: Path, files: Sequence[str]) -> list[str]:
 
 def _damaged_dicom_files(folder: Path, files: Sequence[str]) -> list[str]:
     """Files of ``folder`` that GDCM left out of the series ``files`` and that are damaged DICOM, whatever their
-    names (``IM0004``, a UID ``1.2.840....5``): a file with the DICOM preamble ('DICM' at byte 128) cut short
-    (``_is_cut_short_dicom``), or a ``.dcm``/``.ima`` file without the preamble.
+    names (``IM0004``, a UID ``1.2.840....5``): a file with the DICOM preamble ('DICM' at byte 128) that is cut
+    short or of the series' own SOP class (``_is_damaged_dicom``), or a ``.dcm``/``.ima`` file without the preamble.
 
     GDCM leaves unparsable files out silently, so a slice cut short at either end of the series shortened it
     unseen (mid-series the gap check catches it). A whole DICOM object of another kind (RTSTRUCT, SR,
@@ -857,7 +857,7 @@ def _damaged_dicom_files(folder: Path, files: Sequence[str]) -> list[str]:
             if sop_class is None:
                 header = _dicom_header(files[0])
                 sop_class = header.GetMetaData("0008|0016").strip("\x00 ") if header.HasMetaDataKey("0008|0016") else ""
-            if _is_cut_short_dicom(path.read_bytes(), sop_class):
+            if _is_damaged_dicom(path.read_bytes(), sop_class):
                 damaged.append(path.name)
         elif path.suffix.lower() in (".dcm", ".ima") or (_named_like_dicom(path) and not preamble.strip(b"\x00")):
             damaged.append(path.name)  # no DICOM, or a copy that stopped inside the (zero) preamble
@@ -870,15 +870,17 @@ def _named_like_dicom(path: Path) -> bool:
 
 
 _DICOM_UNDEFINED_LENGTH = 0xFFFFFFFF
-_DICOM_PIXEL_DATA = 0x7FE00010
 # Explicit-VR elements whose length is 4 bytes after 2 reserved ones (PS3.5 7.1.2); the others have 2 bytes.
 _DICOM_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 
 
-def _is_cut_short_dicom(data: bytes, series_sop_class: str) -> bool:
-    """Whether a Part-10 DICOM file (preamble, 'DICM', file meta group) was cut short: it stops inside its file
-    meta group or an element, holds no data set, or holds no Pixel Data though its SOP class is the series'
-    (a cut at an element boundary). False for transfer syntaxes not walked here (big endian, deflated)."""
+def _is_damaged_dicom(data: bytes, series_sop_class: str) -> bool:
+    """Whether a Part-10 DICOM file (preamble, 'DICM', file meta group) that GDCM left out of a series is a damaged
+    slice: it stops inside its file meta group or an element (cut short), holds no data set, or is of the
+    series' own SOP class (a whole, readable one would be in the series; a cut at an element boundary, or a
+    damaged tag GDCM stumbled on, left it out: random bit flips at either end of a series dropped a slice
+    unseen). A transfer syntax not walked here (big endian, deflated) only counts by its SOP class.
+    """
     import struct
 
     if len(data) < 144 or data[132:136] != b"\x02\x00\x00\x00":  # (0002,0000) group length comes first
@@ -891,15 +893,17 @@ def _is_cut_short_dicom(data: bytes, series_sop_class: str) -> bool:
     try:
         _walk_dicom_elements(data[:meta_end], 144, explicit=True, nested=False, values=meta)
         syntax = meta.get(0x00020010, b"").rstrip(b"\x00 ")
-        if syntax in (b"1.2.840.10008.1.2.2", b"1.2.840.10008.1.2.1.99"):  # big endian, deflated: not walked
-            return False
-        _walk_dicom_elements(data, meta_end, explicit=syntax != b"1.2.840.10008.1.2", nested=False, values=elements)
+        if syntax not in (b"1.2.840.10008.1.2.2", b"1.2.840.10008.1.2.1.99"):  # big endian, deflated: not walked
+            _walk_dicom_elements(data, meta_end, explicit=syntax != b"1.2.840.10008.1.2", nested=False, values=elements)
     except EOFError:
         return True
     except RecursionError:  # sequences nested thousands deep: no DICOM writer makes them, a damaged file may seem to
         return True
-    sop_class = meta.get(0x00020002, b"").rstrip(b"\x00 ").decode("ascii", "replace")
-    return _DICOM_PIXEL_DATA not in elements and sop_class == series_sop_class
+    # The SOP class in the file meta group (MediaStorageSOPClassUID) or the data set (SOPClassUID): either may be
+    # the damaged one.
+    classes = {value.rstrip(b"\x00 ").decode("ascii", "replace") for value in (meta.get(0x00020002), elements.get(0x00080016))
+               if value is not None}
+    return series_sop_class in classes
 
 
 def _walk_dicom_elements(data: bytes, position: int, explicit: bool, nested: bool, values: dict[int, bytes]) -> int:
