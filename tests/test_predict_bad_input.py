@@ -204,3 +204,7 @@ def test_a_run_that_predicts_no_case_leaves_no_run_record(model: Path, tmp_path:
     (inputs / "good_0000.nii.gz").unlink()
     assert _predict(inputs, output, model)[0] == 2
     assert sorted(p.name for p in output.iterdir()) == ["good.nii.gz", PREDICT_INFO]
+    # A --num-parts part without cases writes nothing either (its record could outlive a sibling part's files).
+    result = runner.invoke(app, ["predict", "-i", str(inputs), "-o", str(tmp_path / "part"), "-m", str(model),
+                                 "--num-parts", "2", "--part-id", "1"])
+    assert result.exit_code == 0 and "0 case(s) predicted" in result.output and not (tmp_path / "part").exists()

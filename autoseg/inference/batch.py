@@ -8,14 +8,14 @@ whose outputs exist (every output is written atomically, so an existing file is 
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import json
 import math
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -344,20 +344,16 @@ def predict_folder(
 
         loaded.networks = [torch.compile(network) for network in loaded.networks]
     info["compiled"] = compile_networks
-    folder_created = not output.exists()
-    output.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(output)  # what a killed run left half-written
     planned = {
         case.case_id: _outputs(case, output, output_ending(case, loaded.dataset.file_ending), save_probabilities)
         for case in cases
     }
-    record_created = claim_output_folder(output, info, [f for files in planned.values() for f in files])
+    outputs = [f for files in planned.values() for f in files]
+    check_output_claim(output, info, outputs)  # refused before predicting; the record waits for the first case
     report = PredictReport(output, dataset=loaded.dataset)
-    try:
-        _predict_cases(cases, planned, loaded, report, step, tta, save_probabilities, mixed_precision, batch_tiles, continue_)
-    finally:
-        if record_created and not report.predicted and not report.skipped:
-            _release_output_folder(output, folder_created)
+    claim = functools.partial(claim_output_folder, output, info, outputs)
+    _predict_cases(cases, planned, loaded, report, step, tta, save_probabilities, mixed_precision, batch_tiles, continue_, claim)
     report.seconds = time.perf_counter() - start
     if report.failed:
         details = "; ".join(f"{f.key}: {f.message}" for f in report.failed)
@@ -371,10 +367,15 @@ def predict_folder(
 def _predict_cases(
     cases: Sequence[InputCase], planned: Mapping[str, Sequence[Path]], loaded: LoadedModel, report: PredictReport,
     step: float, tta: bool, save_probabilities: bool, mixed_precision: str, batch_tiles: int | None, continue_: bool,
+    claim: Callable[[], None],
 ) -> None:
     """Predict ``cases`` into their ``planned`` files, recording each in ``report``; a case that fails is
-    recorded with its reason and the others go on."""
+    recorded with its reason and the others go on. ``claim`` (``claim_output_folder``) makes the folder and
+    writes the run record before the first case's files: a run that writes no case (every case refused)
+    left a record of a model whose predictions the folder does not hold, and a rerun with another model or
+    settings was refused as mixing two models' predictions."""
     output = report.output_folder
+    claimed = False
     for case in track(cases, f"predict {loaded.configuration_name}"):
         files = planned[case.case_id]
         try:
@@ -389,27 +390,15 @@ def _predict_cases(
                 batch_tiles=batch_tiles, mixed_precision=mixed_precision, overwrite_input=True,
             )
             del data
+            if not claimed:
+                claim()
+                claimed = True
             if save_probabilities:
                 write_probabilities(prediction, geometry, loaded, case.case_id, output)
             write_image(prediction.labels, geometry, files[-1])
             report.predicted.append(case.case_id)
         except Exception as exc:  # noqa: BLE001 - one case failing must not stop the others
             report.failed.append(Failure(case.case_id, _describe(exc)))
-
-
-def _release_output_folder(output: Path, folder_created: bool) -> None:
-    """Undo the claim of a run that wrote no case: its ``predict_info.json`` named a model whose predictions
-    the folder does not hold, and refused a rerun with another model or settings ("holds predictions of
-    another model"). Kept when the folder holds anything else (another part's run); the folder itself
-    goes too when this run made it, so a failed run leaves nothing behind."""
-    with folder_lock(output):
-        if any(p.name != PREDICT_INFO for p in output.iterdir()):
-            return
-        (output / PREDICT_INFO).unlink(missing_ok=True)
-    if folder_created:
-        with contextlib.suppress(OSError):  # another run's file arrived meanwhile
-            output.rmdir()
-
 
 
 def _run_identity(info: dict[str, Any]) -> dict[str, Any]:
@@ -426,34 +415,38 @@ def _run_identity(info: dict[str, Any]) -> dict[str, Any]:
     return identity
 
 
-def claim_output_folder(output: Path, info: dict[str, Any], outputs: Sequence[Path] = ()) -> bool:
-    """Record this run in ``predict_info.json``, or refuse a folder holding another model's predictions.
+def check_output_claim(output: Path, info: dict[str, Any], outputs: Sequence[Path] = ()) -> None:
+    """Refuse a folder holding another model's predictions (by its ``predict_info.json``), or, without a
+    record, holding some of this run's ``outputs``: files predict did not write (a dataset's ``labelsTr``,
+    another tool's predictions), refused rather than replaced. Writes nothing; the folder need not exist."""
+    path = output / PREDICT_INFO
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (OSError, ValueError):
+        previous = None  # unreadable: a killed writer's, replaced by the claim
+    if not path.exists():
+        refuse_outputs_not_ours(output, outputs, "autoseg predict", PREDICT_INFO, "predicting", InferenceError)
+    if isinstance(previous, dict):
+        old, new = _run_identity(previous), _run_identity(info)
+        differences = [f"{k} {old[k]!r} vs {new[k]!r}" for k in old if old[k] != new[k]]
+        if differences:
+            raise InferenceError(
+                f"{path}: this folder holds predictions of another model or settings ({'; '.join(differences)}); "
+                "choose another output folder, or delete this one to replace them"
+            )
+
+
+def claim_output_folder(output: Path, info: dict[str, Any], outputs: Sequence[Path] = ()) -> None:
+    """Make the folder and record this run in ``predict_info.json``, after ``check_output_claim``.
 
     Runs with the same model and settings may share a folder (``--num-parts`` shards, a rerun, two runs
     at once: each output is written atomically and the same); a run with others would mix label maps
-    of two models under one description, so it is refused (under a lock, so two starting runs cannot
-    both pass the check). A folder without a record that already holds some of this run's ``outputs``
-    holds files predict did not write (a dataset's ``labelsTr``, another tool's predictions): refused
-    rather than replaced. Returns whether this call created the record (it was not there before)."""
-    path = output / PREDICT_INFO
+    of two models under one description, so it is refused, under a lock, so that two runs cannot both
+    pass the check."""
+    output.mkdir(parents=True, exist_ok=True)
     with folder_lock(output):
-        try:
-            previous = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-        except (OSError, ValueError):
-            previous = None  # unreadable: a killed writer's, replaced below
-        if not path.exists():
-            refuse_outputs_not_ours(output, outputs, "autoseg predict", PREDICT_INFO, "predicting", InferenceError)
-        if isinstance(previous, dict):
-            old, new = _run_identity(previous), _run_identity(info)
-            differences = [f"{k} {old[k]!r} vs {new[k]!r}" for k in old if old[k] != new[k]]
-            if differences:
-                raise InferenceError(
-                    f"{path}: this folder holds predictions of another model or settings ({'; '.join(differences)}); "
-                    "choose another output folder, or delete this one to replace them"
-                )
-        created = not path.exists()
-        atomic_write_json(path, info)
-    return created
+        check_output_claim(output, info, outputs)
+        atomic_write_json(output / PREDICT_INFO, info)
 
 
 def _predict_info(
