@@ -325,6 +325,17 @@ def test_images_too_small_to_downsample_are_named_as_such_not_as_memory():
         plan(tiny, configs=["2d"])
 
 
+@pytest.mark.parametrize("network, config, shape", [("swinunet", "2d", (1, 12, 12)), ("nnformer", "3d_fullres", (12, 12, 12))])
+def test_images_too_small_for_a_patch_embedding_say_what_it_needs(network, config, shape):
+    """Was: "a pooling step needs 8 voxels along two axes" for 12x12 images, which have them; a stride-4 patch
+    embedding needs 16, and an image with 16 along one axis plans."""
+    with pytest.raises(PlanError, match=rf"is too small for network '{network}' to downsample once \(its stride-4 patch "
+                                        r"embedding needs 16 voxels along an axis\)"):
+        plan(fingerprint([(1.0, 1.0, 1.0)] * 5, [shape] * 5), configs=[config], network=network)
+    plans = plan(fingerprint([(1.0, 1.0, 1.0)] * 5, [(*shape[:-1], 16)] * 5), configs=[config], network=network)
+    assert plans["configurations"][config]["patch_size"][-1] == 16
+
+
 @pytest.mark.parametrize("gpu_memory", [float("nan"), float("inf"), 1e300, -3.0, 0.0])
 def test_gpu_memory_that_is_not_a_positive_finite_number_is_refused(gpu_memory):
     """--gpu-memory nan, inf and 1e300 ended in an internal error (int() of NaN/infinite usable bytes)."""

@@ -33,6 +33,7 @@ from autoseg.planning.plans import format_plan_table, plans_path, write_plans
 from autoseg.planning.topology import divisible_patch, features_per_stage, plan_topology, shrink_patch
 from autoseg.preprocessing.resampling import implausible_resampling, resampling_work, scheme_for
 from autoseg.networks.bf16_guard import bf16_step_survives, step_spec
+from autoseg.networks.registry import TopologyConstraints
 from autoseg.utils.cpu_load import applied, idle_thread_choice
 from autoseg.utils.device import autocast_dtype, choose_device, device_memory_bytes
 from autoseg.utils.progress import default_workers
@@ -224,13 +225,24 @@ def _fit_memory(ctx: _Context, spacing: Sequence[float], median_shape: Sequence[
     if not candidates:  # not memory: even the median image's own size is too small to downsample once
         raise PlanError(
             f"the median image, {'x'.join(f'{s:g}' for s in median_shape)} voxels at the planned spacing, is too small "
-            f"for network {ctx.network!r} to downsample once (a pooling step needs {C.POOLING_STRIDE * C.MIN_FEATURE_MAP_SIZE} "
-            f"voxels along two axes, {C.SINGLE_AXIS_POOL_MIN_SIZE} along one); pad the images or resample them finer"
+            f"for network {ctx.network!r} to downsample once ({_downsampling_need(ctx.constraints)}); pad the images or "
+            "resample them finer"
         )
     raise PlanError(
         f"network {ctx.network!r} does not fit in {ctx.memory_budget_bytes / 2**30:.2f} GiB usable memory even "
         "with its smallest patch at batch 2; give more memory (--gpu-memory) or choose a smaller network"
     )
+
+
+def _downsampling_need(constraints: TopologyConstraints) -> str:
+    """What the first downsampling of ``plan_topology`` needs of an image: a patch embedding's stride
+    (Swin-UNet, nnFormer: 4) needs more than a pooling step, whose 8 voxels Swin-UNet's 12x12 images had."""
+    if constraints.stem_stride is None and not constraints.isotropic_only:
+        return (f"a pooling step needs {C.POOLING_STRIDE * C.MIN_FEATURE_MAP_SIZE} voxels along two axes, "
+                f"{C.SINGLE_AXIS_POOL_MIN_SIZE} along one")
+    factor = constraints.stem_stride or C.POOLING_STRIDE
+    step = f"its stride-{factor} patch embedding" if constraints.stem_stride else "a pooling step"
+    return f"{step} needs {factor * C.MIN_FEATURE_MAP_SIZE} voxels along {'every' if constraints.isotropic_only else 'an'} axis"
 
 
 def _budget_candidates(ctx: _Context, fitted: list[int], fitted_topology: Topology, spacing: Sequence[float],
