@@ -881,6 +881,32 @@ def test_palette_label_map_is_named_as_such(tmp_path: Path, ending: str) -> None
         read_image(tmp_path / f"mask{ending}")
 
 
+def _png_16_bit(path: Path, samples: np.ndarray, colour_type: int) -> Path:
+    """A 16-bit PNG of ``samples`` (y, x[, c]) written byte by byte (Pillow and scikit-image cannot write one)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in samples)
+    header = struct.pack(">IIBBBBB", samples.shape[1], samples.shape[0], 16, colour_type, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize(("colour_type", "kind", "channels"), [(2, "RGB", 3), (4, "grey + alpha", 2), (6, "RGBA", 4)])
+def test_a_16_bit_colour_png_is_refused_not_cut_to_8_bits(tmp_path: Path, colour_type: int, kind: str, channels: int) -> None:
+    """Pillow keeps the high byte of 16-bit colour samples: 3000 and 3001 both read as 11, grey + alpha as RGBA."""
+    grey = (np.arange(20).reshape(4, 5) * 3000).astype(np.uint16)
+    path = _png_16_bit(tmp_path / "c_0000.png", np.stack([grey + c for c in range(channels)], axis=-1), colour_type)
+    with pytest.raises(DatasetError, match=rf"c_0000\.png: is a 16-bit {re.escape(kind)} PNG, whose samples the PNG decoder cuts to "
+                                           r"8 bits; save it as a 16-bit TIFF"):
+        read_image_channels(path)
+    back, _ = read_image(_png_16_bit(tmp_path / "grey.png", grey, 0))  # 16-bit grey keeps its depth
+    np.testing.assert_array_equal(back[0], grey)
+
+
 def test_a_palette_tiff_is_read_as_its_colours_as_a_palette_png_is(tmp_path: Path) -> None:
     """A palette TIFF was read as its indices (one grey channel), the same picture as PNG as RGB."""
     from PIL import Image

@@ -425,6 +425,7 @@ def _read_natural_2d_pixels(path: Path) -> np.ndarray:
     from skimage import io as skio
 
     _refuse_multi_page_tiff(path)
+    _refuse_16_bit_colour_png(path)
     try:
         if _pil_mode(path) in ("LA", "La"):
             # scikit-image (and so nnU-Net) scrambles grey + alpha PNGs into a wrong shape; PIL reads them right.
@@ -444,6 +445,24 @@ def _read_natural_2d_pixels(path: Path) -> np.ndarray:
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in COLOUR_KINDS):
         raise DatasetError(f"{path}: has shape {array.shape}; expected a grey, RGB or RGBA 2D image")
     return array
+
+
+_PNG_COLOUR_TYPES = {2: "RGB", 4: "grey + alpha", 6: "RGBA"}  # IHDR colour types with several samples
+
+
+def _refuse_16_bit_colour_png(path: Path) -> None:
+    """Refuse a PNG of 16-bit colour samples (RGB, RGBA, grey + alpha): Pillow, the decoder (nnU-Net's too), keeps
+    only their high 8 bits, so 3000 and 3001 both read as 11, and grey + alpha comes back as RGBA (4 channels).
+    A 16-bit grey PNG is read at full depth."""
+    if path.suffix.lower() != ".png":
+        return
+    with open(path, "rb") as f:
+        header = f.read(26)  # signature (8), IHDR length and type (8), width, height, bit depth, colour type
+    if len(header) == 26 and header[12:16] == b"IHDR" and header[24] == 16 and header[25] in _PNG_COLOUR_TYPES:
+        raise DatasetError(
+            f"{path}: is a 16-bit {_PNG_COLOUR_TYPES[header[25]]} PNG, whose samples the PNG decoder cuts to 8 bits; "
+            "save it as a 16-bit TIFF (.tif keeps them), or each channel as a 16-bit grey PNG (_0000, _0001, ...)"
+        )
 
 
 def _read_tiff_page(path: Path) -> np.ndarray:
