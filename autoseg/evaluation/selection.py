@@ -31,7 +31,7 @@ from autoseg.training.splits import SPLITS_FILE, read_splits
 from autoseg.utils.atomic import atomic_write_json, atomic_write_text, folder_lock, remove_stale_temporaries, staging_folder
 from autoseg.utils.probability_files import probability_paths
 
-INSTRUCTIONS_VERSION = 1
+INSTRUCTIONS_VERSION = 2  # 2: candidate paths relative to <results>/<Dataset>/ (1: absolute)
 INSTRUCTIONS_JSON = "inference_instructions.json"
 INSTRUCTIONS_TXT = "inference_instructions.txt"
 POSTPROCESSING_JSON = "postprocessing.json"
