@@ -397,6 +397,17 @@ def test_colour_dicom_is_named_as_a_screenshot_not_a_scan(tmp_path: Path, slices
         read_image(folder)
 
 
+@pytest.mark.parametrize("keep", [300, 0.5])
+def test_a_lone_multi_frame_dicom_file_cut_short_is_named(tmp_path: Path, keep: float) -> None:
+    """A folder whose one (multi-frame) file was cut short was 'a folder but holds no DICOM series'."""
+    (tmp_path / "series").mkdir()
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((3, 4, 5), np.uint16)), str(tmp_path / "series" / "volume.dcm"))
+    data = (tmp_path / "series" / "volume.dcm").read_bytes()
+    (tmp_path / "series" / "volume.dcm").write_bytes(data[: int(keep if keep > 1 else len(data) * keep)])
+    with pytest.raises(DatasetError, match=r"series: volume\.dcm cannot be read as DICOM \(truncated or corrupt copy\?\)"):
+        read_image(tmp_path / "series")
+
+
 def test_multi_frame_dicom_file_reads_as_3d(tmp_path: Path) -> None:
     """One multi-frame file was read by ImageSeriesReader as a 4D image and refused as 'is 4D'."""
     volume = sitk.GetImageFromArray(np.arange(3 * 4 * 5, dtype=np.uint16).reshape(3, 4, 5))

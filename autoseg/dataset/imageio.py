@@ -795,6 +795,8 @@ def _read_dicom_series(folder: Path) -> tuple[np.ndarray, Geometry]:
     except RuntimeError as exc:
         raise DatasetError(f"{folder}: cannot scan for DICOM files: {_first_line(exc)}") from None
     if not series:
+        if damaged := _damaged_dicom_files(folder, []):  # a lone volume file cut short was 'no DICOM series'
+            raise DatasetError(_damaged_dicom_problem(folder, damaged))
         raise DatasetError(f"{folder}: is a folder but holds no DICOM series; give an image file or a DICOM folder"
                            + _nested_folders_hint(folder))
     if len(series) > 1:
@@ -806,8 +808,7 @@ def _read_dicom_series(folder: Path) -> tuple[np.ndarray, Geometry]:
     broken = _damaged_dicom_files(folder, files)
     if broken:
         # GDCM leaves such files out silently: a truncated last slice shortened the series unseen.
-        raise DatasetError(f"{folder}: {', '.join(broken[:3])}{', ...' if len(broken) > 3 else ''} cannot be read as "
-                           "DICOM (truncated or corrupt copy?); copy the series again, or remove the file(s)")
+        raise DatasetError(_damaged_dicom_problem(folder, broken))
     try:
         if len(files) == 1:
             # One (multi-frame) file: ImageSeriesReader would stack its volume as a 4D image of one slice.
@@ -873,14 +874,19 @@ def _damaged_dicom_files(folder: Path, files: Sequence[str]) -> list[str]:
         with open(path, "rb") as f:
             preamble = f.read(132)
         if preamble[128:132] == b"DICM":
-            if sop_class is None:
-                header = _dicom_header(files[0])
-                sop_class = header.GetMetaData("0008|0016").strip("\x00 ") if header.HasMetaDataKey("0008|0016") else ""
+            if sop_class is None:  # the series' (none without a series: only a cut-short file counts then)
+                header = _dicom_header(files[0]) if files else None
+                sop_class = header.GetMetaData("0008|0016").strip("\x00 ") if header and header.HasMetaDataKey("0008|0016") else ""
             if _is_damaged_dicom(path.read_bytes(), sop_class):
                 damaged.append(path.name)
         elif path.suffix.lower() in (".dcm", ".ima") or (_named_like_dicom(path) and not preamble.strip(b"\x00")):
             damaged.append(path.name)  # no DICOM, or a copy that stopped inside the (zero) preamble
     return damaged
+
+
+def _damaged_dicom_problem(folder: Path, names: Sequence[str]) -> str:
+    return (f"{folder}: {', '.join(names[:3])}{', ...' if len(names) > 3 else ''} cannot be read as DICOM (truncated or "
+            "corrupt copy?); copy the series again, or remove the file(s)")
 
 
 def _named_like_dicom(path: Path) -> bool:
