@@ -104,7 +104,8 @@ def run_demo(
     predictions = workdir / "predictions"
     from autoseg.inference.model import find_model_folder
 
-    predict_folder(dataset / "imagesTs", predictions, find_model_folder(location.name, CONFIGURATION), folds=[0], device=device)
+    model = find_model_folder(str(location.raw_dir), CONFIGURATION)  # the folder: its name need not be DatasetNNN_...
+    predict_folder(dataset / "imagesTs", predictions, model, folds=[0], device=device)
     summary = evaluate_folders(predictions, dataset / "labelsTs", output_dir=workdir / "evaluation")
     say("[7/7] report")
     find_best(str(dataset), folds=["0"], configurations=[CONFIGURATION])

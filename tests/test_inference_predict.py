@@ -176,6 +176,12 @@ def test_find_model_folder_by_dataset_id(model_3d: Path, roots: dict[str, Path])
     for wrong in ("Prostate", "999abc"):
         with pytest.raises(InferenceError, match=rf"-d {wrong}: not a dataset name; use Dataset004, 4"):
             find_model_folder(wrong, "3d_fullres")
+    # A raw dataset folder of any name (train keeps its results under that name): was never found.
+    raw = roots["raw"] / "my_scans"
+    raw.mkdir()
+    (raw / "dataset.json").write_text((HIPPOCAMPUS / "dataset.json").read_text())
+    shutil.copytree(roots["results"] / DATASET, roots["results"] / "my_scans")
+    assert find_model_folder(raw, "3d_fullres") == roots["results"] / "my_scans" / "unet__autosegPlans__3d_fullres"
 
 
 # --- predict_array ---------------------------------------------------------------------------------
