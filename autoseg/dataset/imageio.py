@@ -876,7 +876,8 @@ def _damaged_dicom_files(folder: Path, files: Sequence[str]) -> list[str]:
         if preamble[128:132] == b"DICM":
             if sop_class is None:  # the series' (none without a series: only a cut-short file counts then)
                 header = _dicom_header(files[0]) if files else None
-                sop_class = header.GetMetaData("0008|0016").strip("\x00 ") if header and header.HasMetaDataKey("0008|0016") else ""
+                has_class = header is not None and header.HasMetaDataKey("0008|0016")
+                sop_class = header.GetMetaData("0008|0016").strip("\x00 ") if header is not None and has_class else ""
             if _is_damaged_dicom(path.read_bytes(), sop_class):
                 damaged.append(path.name)
         elif path.suffix.lower() in (".dcm", ".ima") or (_named_like_dicom(path) and not preamble.strip(b"\x00")):
@@ -885,6 +886,8 @@ def _damaged_dicom_files(folder: Path, files: Sequence[str]) -> list[str]:
 
 
 def _damaged_dicom_problem(folder: Path, names: Sequence[str]) -> str:
+    """The refusal of a folder holding damaged DICOM files ``names`` (``_damaged_dicom_files``), with or without
+    a series GDCM could read."""
     return (f"{folder}: {', '.join(names[:3])}{', ...' if len(names) > 3 else ''} cannot be read as DICOM (truncated or "
             "corrupt copy?); copy the series again, or remove the file(s)")
 
@@ -926,8 +929,8 @@ def _is_damaged_dicom(data: bytes, series_sop_class: str) -> bool:
         return True
     # The SOP class in the file meta group (MediaStorageSOPClassUID) or the data set (SOPClassUID): either may be
     # the damaged one.
-    classes = {value.rstrip(b"\x00 ").decode("ascii", "replace") for value in (meta.get(0x00020002), elements.get(0x00080016))
-               if value is not None}
+    classes = {value.rstrip(b"\x00 ").decode("ascii", "replace")
+               for value in (meta.get(0x00020002), elements.get(0x00080016)) if value is not None}
     return series_sop_class in classes
 
 
