@@ -41,6 +41,23 @@ def _use_roots(workdir: Path) -> None:
     os.environ["AUTOSEG_RESULTS"] = str(workdir / "results")
 
 
+def check_held_out(dataset: Path) -> None:
+    """Refuse, before anything runs, held-out images without their label: the demo's evaluation refused a
+    case of imagesTs/ without labelsTs/<case><ending>, after the whole training budget was spent."""
+    from autoseg.dataset.description import load_description
+    from autoseg.inference.batch import discover_cases
+
+    labels = dataset / "labelsTs"
+    ending = load_description(dataset).file_ending
+    missing = [c.case_id for c in discover_cases(dataset / "imagesTs") if not (labels / f"{c.case_id}{ending}").is_file()]
+    if missing:
+        raise DatasetError(
+            f"{labels}: no label for held-out case(s) {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} "
+            f"(expected {missing[0]}{ending}); the demo evaluates every imagesTs case: add their labels, or move "
+            "the cases out of imagesTs"
+        )
+
+
 def new_run_folder(parent: Path) -> Path:
     """A new folder ``run-<date>-<time>`` under ``parent`` (``-2``, ``-3``, ... after it when taken), made
     exclusively: two demos started in the same second shared a folder of one-second resolution and
@@ -82,6 +99,7 @@ def run_demo(
             f"{dataset}: the demo needs held-out cases in imagesTs/ with their labels in labelsTs/; "
             "give --dataset the examples/Dataset904_HippocampusMini folder of an autoseg checkout"
         )
+    check_held_out(dataset)
     # -o below or at a file failed only in fingerprint's mkdir, as an internal error, after verify had run.
     check_output_folder(workdir, UsageError)
     # Every run gets its own folder, so the demo can be run again and again into the same --output.

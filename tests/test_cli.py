@@ -192,6 +192,24 @@ def test_demo_refuses_an_output_below_a_file_before_running(tmp_path: Path) -> N
     assert "[1/7]" not in result.output and (tmp_path / "notes.txt").read_text() == "mine"
 
 
+def test_demo_refuses_held_out_images_without_labels_before_running(tmp_path: Path) -> None:
+    """``demo --dataset`` with an imagesTs case lacking its labelsTs label trained the whole budget, then its
+    evaluation refused the case."""
+    from autoseg.demo import EXAMPLE_DATASET
+
+    dataset = tmp_path / "Dataset990_Mine"
+    for folder in ("imagesTs", "labelsTs"):
+        (dataset / folder).mkdir(parents=True)
+    (dataset / "dataset.json").write_text((EXAMPLE_DATASET / "dataset.json").read_text())
+    image = next((EXAMPLE_DATASET / "imagesTs").glob("*_0000.nii.gz"))
+    (dataset / "imagesTs" / image.name).write_bytes(image.read_bytes())
+    result = runner.invoke(app, ["demo", "-o", str(tmp_path / "out"), "--dataset", str(dataset)])
+    assert result.exit_code == 2, result.output
+    case = image.name.removesuffix("_0000.nii.gz")
+    assert f"labelsTs: no label for held-out case(s) {case} (expected {case}.nii.gz)" in result.output
+    assert "[1/7]" not in result.output and not (tmp_path / "out").exists()
+
+
 def test_onnxruntime_engine_refuses_a_half_precision_it_would_not_use(tmp_path: Path) -> None:
     """``--engine onnxruntime --mixed-precision bf16`` ran in float32 without a word (``--compile`` is refused)."""
     result = runner.invoke(app, ["predict", "-i", str(tmp_path), "-o", str(tmp_path / "out"), "-m", str(tmp_path / "m.zip"),
