@@ -931,6 +931,11 @@ def test_a_palette_tiff_is_read_as_its_colours_as_a_palette_png_is(tmp_path: Pat
         channels, _, alpha = read_image_channels(tmp_path / name)
         assert channels.shape == (3, 1, 4, 5) and not alpha
         np.testing.assert_array_equal(channels[:, 0], expected)
+        # In a grey dataset (a grey image saved with a lookup table, as Fiji does) the refusal says why and what to do.
+        with pytest.raises(DatasetError, match=r"found 3 channel\(s\) \(RGB\), dataset.json channel_names declares 1; save "
+                                               r"the image as grey \(one channel\) \(it is a palette \(indexed-colour\) "
+                                               r"image, read as its colours: if its indices are the intensities"):
+            read_case_images([tmp_path / name], 1)
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.int64, np.float32])

@@ -767,6 +767,10 @@ def _channel_count_problem(
         grey = " (its R, G and B are equal: a grey image stored as colour)" if all(
             np.array_equal(image[0], image[c]) for c in range(1, min(3, image.shape[0]))
         ) else ""
+        if _pil_mode(paths[0]) in ("P", "PA"):
+            # A grey image saved with a lookup table (Fiji/ImageJ's LUTs) is a palette file, read as its colours.
+            grey = (" (it is a palette (indexed-colour) image, read as its colours: if its indices are the "
+                    "intensities, as in an image saved with a lookup table, save them without the palette)")
         fix, declare = f"save the image as grey (one channel){grey}", f"{found} channels"
     elif found < expected:
         fix = f"give the case {expected} channels (one RGB file holds 3, a grey file 1; files _0000, _0001, ...)"
