@@ -106,9 +106,7 @@ def resolve_dataset(spec: DatasetSpec) -> DatasetLocation:
             f"'{text}' is neither a dataset folder nor a dataset name; use Dataset004, 4, "
             "Dataset004_Hippocampus or a path to the folder holding dataset.json"
         )
-    matches = sorted(p for p in root.glob(f"Dataset{dataset_id:03d}_*") if p.is_dir()) if root.is_dir() else []
-    if DATASET_NAME.match(text):
-        matches = [p for p in matches if p.name == text]
+    matches = dataset_folders(root, text)
     if not matches:
         raise DatasetError(
             f"dataset '{text}' not found in the raw root {root}; set AUTOSEG_RAW (or nnUNet_raw) to the folder "
@@ -118,6 +116,16 @@ def resolve_dataset(spec: DatasetSpec) -> DatasetLocation:
         names = ", ".join(p.name for p in matches)
         raise DatasetError(f"dataset id {dataset_id:03d} is ambiguous in {root}: {names}; give the full name")
     return DatasetLocation(matches[0].name, matches[0])
+
+
+def dataset_folders(root: Path, text: str) -> list[Path]:
+    """The folders of ``root`` (raw, preprocessed or results) named for dataset ``text`` (``4``,
+    ``Dataset004`` or ``Dataset004_Name``): several when an id is ambiguous, none for another text."""
+    dataset_id = parse_dataset_id(text)
+    if dataset_id is None or not root.is_dir():
+        return []
+    found = sorted(p for p in root.glob(f"Dataset{dataset_id:03d}_*") if p.is_dir())
+    return [p for p in found if p.name == text] if DATASET_NAME.match(text) else found
 
 
 def parse_dataset_id(text: str) -> int | None:

@@ -219,3 +219,16 @@ def test_instructions_with_absolute_paths_still_load(roots: dict[str, Path]) -> 
     instructions = find_best(DATASET, num_workers=1)  # resolved: absolute paths, as earlier files held them
     (roots["results"] / DATASET / "inference_instructions.json").write_text(json.dumps(instructions))
     assert build_report(DATASET, num_workers=1).is_file()
+
+
+def test_a_results_root_without_its_raw_data_still_reports(roots: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A results root copied to a machine without the raw dataset: the report failed ('not found in the raw
+    root') though the raw images serve only the overlays, which now say they are missing."""
+    make_results(roots, probabilities_for=())
+    find_best(DATASET, num_workers=1)
+    empty = roots["raw"].with_name("raw_elsewhere")
+    empty.mkdir()
+    monkeypatch.setenv("AUTOSEG_RAW", str(empty))
+    text = build_report(DATASET.split("_")[0], num_workers=1).read_text()  # Dataset777: the id alone
+    assert f"{CASES[-1]}: raw image not found in {empty / DATASET}" in text
+    assert "<h2>Cross-validation</h2>" in text

@@ -28,10 +28,10 @@ from matplotlib.figure import Figure
 from autoseg import __version__
 from autoseg.dataset.description import DatasetDescription, load_description
 from autoseg.dataset.imageio import read_image, read_image_channels
-from autoseg.errors import EvaluationError
+from autoseg.errors import DatasetError, EvaluationError
 from autoseg.evaluation.metrics import evaluation_classes
 from autoseg.evaluation.selection import INSTRUCTIONS_JSON, find_best, inference_commands, resolve_instructions
-from autoseg.paths import preprocessed_root, resolve_dataset, results_root
+from autoseg.paths import DatasetLocation, dataset_folders, preprocessed_root, raw_root, resolve_dataset, results_root
 from autoseg.utils.atomic import atomic_write_bytes, atomic_write_text
 from autoseg.utils.jsonio import read_json
 from autoseg.utils.output_folders import check_output_file
@@ -217,9 +217,10 @@ def best_and_worst(summary: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 def case_image(raw_dir: Path, description: DatasetDescription, case_id: str) -> Path | None:
     """The first channel's raw image of a case, from the explicit case list or ``imagesTr``."""
     if description.cases and case_id in description.cases:
-        return raw_dir / description.cases[case_id]["images"][0]
-    path = raw_dir / "imagesTr" / f"{case_id}_0000{description.file_ending}"
-    return path if path.exists() else None
+        path = raw_dir / description.cases[case_id]["images"][0]
+    else:
+        path = raw_dir / "imagesTr" / f"{case_id}_0000{description.file_ending}"
+    return path if path.exists() else None  # raw data absent (a results root copied elsewhere): a note
 
 
 # -------------------------------------------------------------------------------------------------- html
@@ -309,12 +310,25 @@ def _read_find_best_json(path: Path, keys: Sequence[str], dataset_name: str) -> 
     return data
 
 
+def report_dataset(dataset_spec: str | os.PathLike[str]) -> DatasetLocation:
+    """The dataset to report on. Its raw folder gives only the overlays' images, so a results root copied to
+    a machine without the raw data (the dataset not in its raw root) is found by its name in the results
+    root: the report failed with 'not found in the raw root'; now the overlays say the images are missing."""
+    try:
+        return resolve_dataset(dataset_spec)
+    except DatasetError:
+        found = dataset_folders(results_root(), str(dataset_spec))
+        if len(found) != 1:
+            raise
+        return DatasetLocation(found[0].name, raw_root() / found[0].name)
+
+
 def build_report(dataset_spec: str | os.PathLike[str], output_html: str | Path | None = None,
                  num_workers: int | None = None) -> Path:
     """Write the report (default ``<results>/<Dataset>/report.html``) and its PNGs; returns the HTML path.
 
     Uses ``inference_instructions.json`` from ``find-best`` and runs it first when it is missing."""
-    dataset = resolve_dataset(dataset_spec)
+    dataset = report_dataset(dataset_spec)
     dataset_results = results_root() / dataset.name
     if output_html is not None:
         check_output_file(Path(output_html), EvaluationError)  # before its figures are written beside it
@@ -324,7 +338,7 @@ def build_report(dataset_spec: str | os.PathLike[str], output_html: str | Path |
             _read_find_best_json(instructions_file, INSTRUCTIONS_KEYS, dataset.name), dataset_results.absolute()
         )
     else:
-        instructions = find_best(dataset_spec, num_workers=num_workers)
+        instructions = find_best(dataset, num_workers=num_workers)
     summaries, summary_files = {}, {}
     for candidate in instructions["candidates"]:
         path = Path(candidate["summary_file"])

@@ -25,7 +25,7 @@ from autoseg.dataset.description import DatasetDescription, load_description
 from autoseg.errors import EvaluationError
 from autoseg.evaluation.ensemble import ensemble_folders
 from autoseg.evaluation.evaluate import evaluate_folders, list_cases
-from autoseg.paths import preprocessed_root, resolve_dataset, results_root
+from autoseg.paths import DatasetSpec, preprocessed_root, resolve_dataset, results_root
 from autoseg.postprocessing.determine import determine_postprocessing
 from autoseg.training.splits import SPLITS_FILE, read_splits
 from autoseg.utils.atomic import atomic_write_json, atomic_write_text, folder_lock, remove_stale_temporaries, staging_folder
@@ -285,7 +285,7 @@ def resolve_instructions(instructions: dict[str, Any], dataset_results: Path) ->
 
 
 def find_best(
-    dataset_spec: str | os.PathLike[str],
+    dataset_spec: DatasetSpec,
     folds: Sequence[int | str] = DEFAULT_FOLDS,
     configurations: Sequence[str] | None = None,
     allow_ensembles: bool = True,

@@ -22,7 +22,7 @@ from autoseg.dataset.description import DatasetDescription, channel_list, parse_
 from autoseg.errors import InferenceError
 from autoseg.inference.engine import LoadedModel, canonical_folds
 from autoseg.networks import create_network
-from autoseg.paths import DATASET_NAME, check_model_folder_name, expand_home, parse_dataset_id, results_root
+from autoseg.paths import check_model_folder_name, dataset_folders, expand_home, parse_dataset_id, results_root
 from autoseg.planning.plans import check_plans_match_dataset, get_configuration, load_plans
 from autoseg.utils.checkpoint_format import check_outputs_match_labels, checkpoint_file, missing_checkpoint, read_checkpoint
 
@@ -217,13 +217,10 @@ def find_model_folder(
     else:
         # Parsed as every other command parses it: a loose prefix match took "Hippo" or "4abc" for whichever
         # dataset the results root held (the only one, or Dataset004), and predicted with its model.
-        dataset_id = parse_dataset_id(text)
-        if dataset_id is None:
+        if parse_dataset_id(text) is None:
             raise InferenceError(f"-d {text}: not a dataset name; use Dataset004, 4, Dataset004_Hippocampus or the "
                                  "raw dataset folder's path (or -m MODEL_FOLDER)")
-        candidates = sorted(p for p in root.glob(f"Dataset{dataset_id:03d}_*") if p.is_dir()) if root.is_dir() else []
-        if DATASET_NAME.match(text):
-            candidates = [p for p in candidates if p.name == text]
+        candidates = dataset_folders(root, text)
     if len(candidates) != 1:
         found = ", ".join(p.name for p in candidates) or "none"
         raise InferenceError(f"{root}: dataset {text!r} matches {found}; give the full dataset name or -m MODEL_FOLDER")
