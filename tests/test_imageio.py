@@ -427,7 +427,7 @@ def test_real_nifti_geometry_matches_simpleitk() -> None:
     assert geometry.origin == reference.GetOrigin() and geometry.direction == reference.GetDirection()
 
 
-@pytest.mark.parametrize("ending", [".nii.gz", ".nii", ".nrrd", ".mha"])
+@pytest.mark.parametrize("ending", [".nii.gz", ".nii", ".nrrd", ".mha", ".gipl", ".gipl.gz"])
 def test_truncated_file_is_reported_with_its_name(tmp_path: Path, ending: str) -> None:
     # ITK zero-fills truncated NIfTI files silently; autoseg must not.
     full = tmp_path / f"full{ending}"
@@ -591,13 +591,13 @@ def test_failed_write_leaves_no_file(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("ending", [".nii.gz", ".nii"])
+@pytest.mark.parametrize("ending", [".nii.gz", ".nii", ".gipl", ".gipl.gz"])
 @pytest.mark.parametrize("keep", [0.1, 0.6, 0.999])
 def test_a_nifti_the_writer_cut_short_is_refused_as_a_full_disk(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ending: str, keep: float
 ) -> None:
-    """ITK's NIfTI writer ignores a failed write: when another writer freed space meanwhile, the disk was not
-    left at 0 bytes free and a cut-short file was renamed into place and reported as written."""
+    """ITK's NIfTI (and GIPL) writer ignores a failed write: when another writer freed space meanwhile, the disk
+    was not left at 0 bytes free and a cut-short file was renamed into place and reported as written."""
     import autoseg.dataset.imageio as imageio
 
     write = imageio.sitk.WriteImage

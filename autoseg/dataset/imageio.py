@@ -28,7 +28,7 @@ import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -177,7 +177,8 @@ def read_image(path: str | Path) -> tuple[np.ndarray, Geometry]:
         # Before ITK reads: it zero-fills the missing part of a truncated NIfTI without any error, after allocating
         # what the header claims (a 400-byte file claiming 1000^3 voxels took 4 GB and 15 s, a larger claim more
         # memory than there is).
-        truncated = ending in (".nii", ".nii.gz") and _nifti_is_truncated(path)
+        expected_size = _expected_size_reader(path)
+        truncated = expected_size is not None and _is_truncated(path, expected_size)
     except ValueError as exc:
         raise DatasetError(f"{path}: invalid NIfTI header ({exc}); export the image again") from None
     except zlib.error as exc:  # a damaged gzip stream (its trailer's length or checksum), seen while measuring it
@@ -328,16 +329,43 @@ def _is_gzip(path: Path) -> bool:
         return f.read(2) == b"\x1f\x8b"
 
 
-def _nifti_is_truncated(path: Path) -> bool:
+def _expected_size_reader(path: Path) -> Callable[[bytes], int | None] | None:
+    """How to tell the size a file's header needs (from its first bytes), for the formats whose voxels ITK reads
+    without noticing that the file ends early (zero-filled or garbage) and whose writers ignore failed writes:
+    NIfTI and GIPL; None for other files."""
+    return {".nii": _nifti_expected_size, ".nii.gz": _nifti_expected_size, ".gipl": _gipl_expected_size,
+            ".gipl.gz": _gipl_expected_size}.get(image_ending(path))
+
+
+_GIPL_VOXEL_BYTES = {7: 1, 8: 1, 15: 2, 16: 2, 31: 4, 32: 4, 64: 4, 65: 8}  # GIPL image type -> bytes per voxel
+_GIPL_MAGIC = (0xEFFFE9B0, 0x2AE389B8)
+
+
+def _gipl_expected_size(header: bytes) -> int | None:
+    """The 256-byte GIPL header + voxel bytes (big-endian dims and type); None for no (or an unknown) GIPL header.
+    A truncated .gipl was read as garbage and a cut-short one written without a word, as NIfTI was."""
+    import struct
+
+    if len(header) < 256 or struct.unpack(">I", header[252:256])[0] not in _GIPL_MAGIC:
+        return None
+    dims, kind = struct.unpack(">4H", header[:8]), struct.unpack(">H", header[8:10])[0]
+    if kind not in _GIPL_VOXEL_BYTES:
+        return None
+    return 256 + math.prod(max(1, d) for d in dims) * _GIPL_VOXEL_BYTES[kind]
+
+
+def _is_truncated(path: Path, expected_size: Callable[[bytes], int | None]) -> bool:
+    """Whether the file, gzip-compressed or not, holds fewer bytes than its header (``expected_size`` of its first
+    540 bytes) needs; False when the header is not recognised."""
     import gzip
 
-    if not _is_gzip(path):  # .nii, or an uncompressed one named .nii.gz
+    if not _is_gzip(path):  # .nii, .gipl, or an uncompressed one named .nii.gz
         with open(path, "rb") as f:
-            expected = _nifti_expected_size(f.read(540))
+            expected = expected_size(f.read(540))
         return expected is not None and path.stat().st_size < expected
     with gzip.open(path, "rb") as f:
         try:
-            expected = _nifti_expected_size(f.read(540))
+            expected = expected_size(f.read(540))
         except (OSError, EOFError):
             return True
     if expected is None:
@@ -1107,25 +1135,26 @@ def write_image(array: np.ndarray, geometry: Geometry, path: str | Path) -> None
         return
     with atomic_path(path) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=compress)
-        _refuse_cut_short_nifti(tmp, path)
+        _refuse_cut_short_write(tmp, path)
 
 
-def _refuse_cut_short_nifti(written: Path, target: Path) -> None:
-    """Raise ``OSError(ENOSPC)`` naming ``target`` when the NIfTI just ``written`` (its temporary) is not whole.
+def _refuse_cut_short_write(written: Path, target: Path) -> None:
+    """Raise ``OSError(ENOSPC)`` naming ``target`` when the NIfTI or GIPL just ``written`` (its temporary) is not whole.
 
-    ITK's NIfTI writer ignores failed writes (a full disk, an exhausted quota): it left a cut-short .nii.gz
-    or .nii, reported as written. ``atomic_path`` only caught it when the disk ended with exactly 0 bytes
-    free, not when another writer freed space meanwhile (its own failed temporary removed). The header is
-    read and the size checked against it (for gzip the trailer's ISIZE; the stream is decompressed only
+    ITK's NIfTI and GIPL writers ignore failed writes (a full disk, an exhausted quota): they left a cut-short
+    .nii.gz, .nii or .gipl, reported as written. ``atomic_path`` only caught it when the disk ended with exactly
+    0 bytes free, not when another writer freed space meanwhile (its own failed temporary removed). The header
+    is read and the size checked against it (for gzip the trailer's ISIZE; the stream is decompressed only
     when that disagrees), so a whole file costs a few hundred bytes of reading.
     """
     import gzip
 
-    if image_ending(written) not in (".nii", ".nii.gz"):
+    expected_size = _expected_size_reader(written)
+    if expected_size is None:
         return
     try:
         with (gzip.open if _is_gzip(written) else open)(written, "rb") as f:
-            whole = _nifti_header(f.read(540)) is not None and not _nifti_is_truncated(written)
+            whole = expected_size(f.read(540)) is not None and not _is_truncated(written, expected_size)
     except (OSError, EOFError, zlib.error):  # a gzip stream cut inside its first bytes
         whole = False
     if not whole:
