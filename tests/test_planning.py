@@ -501,6 +501,21 @@ def test_single_slice_volumes_say_why_no_3d_configuration() -> None:
     assert not [n for n in plan(natural)["notes"] if "single slice" in n]
 
 
+@pytest.mark.parametrize("slice_spacing", [0.5, 5.0])
+def test_single_slice_volumes_slice_along_their_single_slice_axis_whichever_it_is(slice_spacing) -> None:
+    """A single sagittal slice in RAS order holds its one voxel last: it was planned 3D (patch 32x32x1) and
+    a 2d configuration slicing along axis 0 (patch 24x1, strips one voxel wide)."""
+    fp = fingerprint([[0.9, 0.9, slice_spacing]] * 10, [[40, 44, 1]] * 10)
+    fp["is_2d"] = False  # as fingerprints written before the single-slice axis was looked for on every axis
+    plans = plan(fp)
+    assert list(plans["configurations"]) == ["2d"]
+    assert plans["transpose_forward"] == [2, 0, 1] and plans["transpose_backward"] == [1, 2, 0]
+    config = plans["configurations"]["2d"]
+    assert config["spacing"][1:] == [0.9, 0.9] and config["patch_size"] == [40, 48]
+    assert rules.single_slice_axis([[40, 44, 1], [38, 50, 1]]) == 2
+    assert rules.single_slice_axis([[40, 44, 1], [1, 50, 3]]) is None
+
+
 def test_the_spacing_ladder_lands_on_whole_multiples() -> None:
     """Was: two sqrt(2) steps gave 2.0000000000000004 mm, so a 35-voxel axis at 1 mm was resampled to 17 voxels
     (35 / 2.0000000000000004 rounds down) where 2 mm gives nnU-Net's 18."""

@@ -187,6 +187,6 @@ def _pool(
         "median_spacing": median_spacing.tolist(),
         "median_shape_after_crop": np.median(shapes_after, axis=0).tolist(),
         "anisotropy_ratio": float(finite.max() / finite.min()) if finite.size else 1.0,
-        "is_2d": bool(np.all(shapes_after[:, 0] == 1)),
+        "is_2d": bool(np.all(shapes_after == 1, axis=0).any()),  # whichever axis holds the single slice
         "sampling_seed": seed,
     }

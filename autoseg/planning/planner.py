@@ -741,11 +741,13 @@ def build_plans(
                             timing_factory, bf16_check, timed_thread_share, record, device_present)
     target = rules.target_spacing(fingerprint["spacings"], fingerprint["shapes_after_crop"])
     _check_resampled_sizes(fingerprint, target)
-    forward, backward = rules.transpose_axes(target)
+    slice_axis = rules.single_slice_axis(fingerprint["shapes_after_crop"])
+    is_2d = bool(fingerprint["is_2d"]) or slice_axis is not None
+    forward, backward = rules.transpose_axes(target, first=slice_axis)
     spacing = [target[a] for a in forward]
     ctx.forward, ctx.fixed_orders = forward, mirroring.fixed_orders(fingerprint)
-    wanted = _wanted_configurations(configs, fingerprint["is_2d"], ctx.constraints.spatial_dims, ctx)
-    if fingerprint["is_2d"] and fingerprint.get("file_ending") not in NATURAL_2D_ENDINGS:
+    wanted = _wanted_configurations(configs, is_2d, ctx.constraints.spatial_dims, ctx)
+    if is_2d and fingerprint.get("file_ending") not in NATURAL_2D_ENDINGS:
         # Volumes in a 3D format whose cases all hold one slice: why the table has no 3D row.
         ctx.notes.append(f"{CONFIG_FULLRES}: not planned, every case holds a single slice (after cropping): a 2D dataset")
 

@@ -37,15 +37,26 @@ def target_spacing(spacings: Sequence[Sequence[float]], shapes: Sequence[Sequenc
     return [float(t) for t in target]
 
 
-def transpose_axes(spacing: Sequence[float]) -> tuple[list[int], list[int]]:
-    """(forward, backward) axis permutations putting the coarsest axis first, the rest in order.
+def transpose_axes(spacing: Sequence[float], first: int | None = None) -> tuple[list[int], list[int]]:
+    """(forward, backward) axis permutations putting ``first`` (default: the coarsest axis) first, the rest in order.
 
     Ties keep the array order, so isotropic data is not transposed.
     """
-    worst = int(np.argmax(np.asarray(spacing)))
+    worst = int(np.argmax(np.asarray(spacing))) if first is None else first
     forward = [worst] + [a for a in range(len(spacing)) if a != worst]
     backward = [forward.index(a) for a in range(len(spacing))]
     return forward, backward
+
+
+def single_slice_axis(shapes_after_crop: Sequence[Sequence[int]]) -> int | None:
+    """The array axis holding one voxel in every case, None when there is none.
+
+    Such a dataset is 2D whichever axis that is: a single sagittal slice stored in RAS orientation holds
+    it last, not first. The ``2d`` configuration slices along the plan's first axis, so this axis goes
+    first (trained along another axis it sees strips one voxel wide).
+    """
+    ones = np.all(np.asarray(shapes_after_crop) == 1, axis=0)
+    return int(np.argmax(ones)) if ones.any() else None
 
 
 def normalization_schemes(fingerprint: dict[str, Any]) -> list[dict[str, Any]]:
