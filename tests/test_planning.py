@@ -120,6 +120,8 @@ def test_batch_cap_is_5_percent_of_dataset_but_at_least_2():
 def test_lowres_spacing_grows_finer_axes_first_when_anisotropic():
     assert rules.grow_lowres_spacing([3.0, 1.0, 1.0]) == pytest.approx([3.0, 1.03, 1.03])
     assert rules.grow_lowres_spacing([1.5, 0.8, 0.8]) == pytest.approx([1.545, 0.824, 0.824])
+    # nnU-Net v2 grows only the axes more than 2x finer than the coarsest (1.5 mm is not: it stays)
+    assert rules.grow_lowres_spacing([2.5, 1.5, 0.7]) == pytest.approx([2.5, 1.5, 0.721])
 
 
 # --------------------------------------------------------------------------------------- topology

@@ -130,13 +130,13 @@ def initial_patch_size(spacing: Sequence[float], median_shape: Sequence[int]) ->
 def grow_lowres_spacing(spacing: Sequence[float]) -> list[float]:
     """One 3% step of the 3d_lowres spacing search (reference §1.3).
 
-    Anisotropic spacings grow only the finer axes, so the coarse axis is not made even coarser
-    before the others catch up.
+    Anisotropic spacings grow only the axes more than 2x finer than the coarsest, as nnU-Net v2 grows
+    them, so the coarse axis is not made even coarser before the others catch up (of 2.5 x 1.5 x 0.7 mm
+    only the 0.7 mm axis grows).
     """
     values = np.asarray(spacing, dtype=float)
-    if values.max() / values.min() > C.LOWRES_ANISOTROPIC_RATIO:
-        grow = values < values.max()
-    else:
+    grow = values.max() / values > C.LOWRES_ANISOTROPIC_RATIO
+    if not grow.any():
         grow = np.ones_like(values, dtype=bool)
     return [float(v * C.LOWRES_SPACING_STEP) if g else float(v) for v, g in zip(values, grow)]
 
