@@ -379,7 +379,7 @@ def _choose(fitted: list[int], evaluated: list[_Candidate]) -> _Candidate | None
 def spacing_ladder(spacing: Sequence[float], median_at: Callable[[list[float]], list[float]], dims: int
                    ) -> list[list[float]]:
     """Candidate spacings (transposed): the target, then coarser by ``SPACING_LADDER_STEP`` per step,
-    only the finer axes (up to the coarsest) while anisotropic, as 3d_lowres grows it; a 2D
+    only the finer axes (up to the coarsest) while anisotropic, so the coarse axis waits for the others; a 2D
     configuration coarsens only in-plane. Ends before a grown axis drops below
     ``SPACING_LADDER_MIN_EDGE`` voxels of the median image or beyond ``SPACING_LADDER_MAX_FACTOR``x."""
     target = np.asarray(spacing, dtype=float)
