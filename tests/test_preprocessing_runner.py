@@ -112,6 +112,29 @@ def test_editing_a_detached_headers_data_file_redoes_the_case(tmp_path: Path) ->
         before = input_fingerprint(case, plans, plans["configurations"]["3d_fullres"])
 
 
+def test_plans_labels_that_are_not_dataset_jsons_are_refused_before_any_case(roots: dict[str, Path], small_dataset: Path) -> None:
+    """Was: a hand-edited list of labels failed every case with an internal AttributeError and removed the
+    copies stored before; a class added to dataset.json after planning was preprocessed without its locations."""
+    from autoseg.errors import PlanError
+
+    plans = _write_plans(roots)
+    preprocess_dataset(DATASET, "3d_fullres", num_workers=1)
+    out = roots["preprocessed"] / DATASET / IDENTIFIER
+    stored = _tree_hashes(out)
+    plans_file = roots["preprocessed"] / DATASET / "autosegPlans.json"
+    plans_file.write_text(json.dumps({**plans, "labels": [0, 1, 2]}))
+    with pytest.raises(PlanError, match=r"autosegPlans.json: labels \[0, 1, 2\] must map names to label values"):
+        preprocess_dataset(DATASET, "3d_fullres", num_workers=1)
+    plans_file.write_text(json.dumps(plans))
+    description = json.loads((small_dataset / "dataset.json").read_text())
+    description["labels"]["Extra"] = 3
+    (small_dataset / "dataset.json").write_text(json.dumps(description))
+    with pytest.raises(PlanError, match=r"dataset.json: labels are .*'Extra': 3\}, but .*autosegPlans.json was planned with "
+                                        r"\{'background': 0, 'Anterior': 1, 'Posterior': 2\}; dataset.json changed after planning"):
+        preprocess_dataset(DATASET, "3d_fullres", num_workers=1)
+    assert _tree_hashes(out) == stored
+
+
 def test_one_configuration_given_as_a_string_is_one_name(roots: dict[str, Path], small_dataset: Path) -> None:
     """Python callers write configurations="3d_fullres" (was read letter by letter: "configuration '3' ...")."""
     _write_plans(roots)

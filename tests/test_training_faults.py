@@ -102,6 +102,12 @@ def test_a_dataset_json_edited_after_planning_is_refused(data_roots: dict[str, P
         with pytest.raises(PlanError, match=rf"dataset\.json: ignore label is 3, but .*autosegPlans\.json was planned with "
                                             rf"None; dataset\.json changed after planning: re-run autoseg fingerprint {DATASET}"):
             train_fold(DATASET, "3d_fullres", 0, epochs=1, device="cpu")
+        # Was: a class added after planning trained an output the store had no class locations for.
+        description["labels"] = {**json.loads(original)["labels"], "Extra": 3}
+        path.write_text(json.dumps(description))
+        with pytest.raises(PlanError, match=r"dataset\.json: labels are \{.*'Extra': 3\}, but .*autosegPlans\.json was planned "
+                                            r"with \{'background': 0, 'Anterior': 1, 'Posterior': 2\}; dataset\.json changed after planning"):
+            train_fold(DATASET, "3d_fullres", 0, epochs=1, device="cpu")
     finally:
         path.write_text(original)
     assert not results.exists()

@@ -74,6 +74,7 @@ def validate_plans(plans: Any, source: str) -> dict[str, Any]:
         # a hand-edited order failed every case on its own in numpy's words ("repeated axis in transpose")
         raise PlanError(f"{source}: transpose_forward {forward!r} and transpose_backward {backward!r} must be "
                         f"permutations of 0, 1, 2 and each other's inverse; {fix}")
+    _check_channels_and_labels(plans, source, fix)
     configurations = plans["configurations"]
     if not isinstance(configurations, dict) or not configurations:
         raise PlanError(f"{source}: 'configurations' is empty; {fix}")
@@ -90,6 +91,19 @@ def validate_plans(plans: Any, source: str) -> dict[str, Any]:
             if config[link] is not None and config[link] not in configurations:
                 raise PlanError(f"{source}: configuration {name!r} names {link} {config[link]!r}, which is not planned; {fix}")
     return plans
+
+
+def _check_channels_and_labels(plans: dict[str, Any], source: str, fix: str) -> None:
+    """channel_names and labels as dataset.json gives them: a hand-edited list of labels failed every case of
+    ``preprocess`` with an internal AttributeError (and removed the copies stored before)."""
+    channels, labels = plans["channel_names"], plans["labels"]
+    if not isinstance(channels, dict) or not channels:
+        raise PlanError(f"{source}: channel_names {channels!r} must map channel indices to names, e.g. {{\"0\": \"MRI\"}}; {fix}")
+    values = labels.values() if isinstance(labels, dict) else []
+    if (not isinstance(labels, dict) or labels.get("background") != 0
+            or not all(_finite(v, True) or isinstance(v, list) and v and all(_finite(x, True) for x in v) for v in values)):
+        raise PlanError(f"{source}: labels {labels!r} must map names to label values (whole numbers, or lists of them "
+                        f"for regions), \"background\" to 0; {fix}")
 
 
 def _finite(value: Any, integer: bool = False) -> bool:
@@ -192,6 +206,22 @@ def check_plans_match_dataset(plans: dict[str, Any], description: DatasetDescrip
     for what, planned, declared in pairs:
         if planned != declared:
             raise PlanError(f"{dataset_file}: {what} is {declared}, but {plans_file} was planned with {planned}; {fix}")
+
+
+def replan_advice(dataset: str, plans_name: str) -> str:
+    """The fix for a dataset.json edited after planning: the fingerprint, plan and store follow it again."""
+    return (f"dataset.json changed after planning: re-run autoseg fingerprint {dataset}, autoseg plan {dataset} "
+            f"--plans-name {plans_name} --overwrite and autoseg preprocess {dataset}")
+
+
+def check_labels_match_dataset(plans: dict[str, Any], description: DatasetDescription, plans_file: str | Path,
+                               dataset_file: str | Path, fix: str) -> None:
+    """``PlanError`` naming both files when the plans' labels are not dataset.json's: a class added after planning
+    had no class locations in the store (never oversampled) while the network trained an output for it, and the
+    model folder's plans.json and dataset.json disagreed on the classes."""
+    if plans["labels"] != description.labels:
+        raise PlanError(f"{dataset_file}: labels are {description.labels}, but {plans_file} was planned with "
+                        f"{plans['labels']}; {fix}")
 
 
 def write_plans(plans: dict[str, Any], path: str | Path, overwrite: bool = False) -> bool:
