@@ -141,6 +141,29 @@ def test_a_source_plan_of_another_channel_count_is_refused_at_plan_time(tmp_path
     assert transfer_plans_from(target, tmp_path)["transferred_from"]["dataset_name"] == "Dataset905_BraTS"
 
 
+def test_a_cascade_stage_fed_other_labels_is_not_transferred(tmp_path: Path) -> None:
+    """Was: transferred, and train --pretrained-weights refused its stem as "another number of input channels
+    (the dataset's channel_names)": the stage's input holds the previous stage's one-hot labels."""
+    from autoseg.errors import PlanError
+    from autoseg.planning.transfer import transfer_plans_from
+
+    def cascade_plans(labels: dict) -> dict:
+        fullres = make_configuration([1.0, 1.0, 1.0], patch_size=PATCH)
+        lowres = {**make_configuration([2.0, 2.0, 2.0], patch_size=PATCH, data_identifier="autosegPlans_3d_lowres"),
+                  "next_stage": "3d_cascade_fullres"}
+        return make_plans({"3d_fullres": fullres, "3d_lowres": lowres, "3d_cascade_fullres": {**fullres, "previous_stage": "3d_lowres"}},
+                          labels=labels)
+
+    (tmp_path / "plans.json").write_text(json.dumps(cascade_plans({"background": 0, "Anterior": 1, "Posterior": 2})))
+    target = cascade_plans({"background": 0, "hippocampus": 1})
+    plans = transfer_plans_from(target, tmp_path)
+    assert sorted(plans["configurations"]) == ["3d_fullres", "3d_lowres"] and plans["configurations"]["3d_lowres"]["next_stage"] is None
+    assert any(note.startswith("3d_cascade_fullres: not transferred from ") and "previous stage's 2 foreground label(s) there, 1 here"
+               in note for note in plans["notes"])
+    same = transfer_plans_from(cascade_plans({"background": 0, "a": 1, "b": 2}), tmp_path)
+    assert "3d_cascade_fullres" in same["configurations"]
+
+
 def test_cli_refuses_pretrained_weights_with_continue(roots: dict[str, Path], tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["train", "4", "3d_fullres", "0", "--continue", "--pretrained-weights", str(tmp_path)])
     assert result.exit_code == 2

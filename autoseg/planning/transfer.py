@@ -49,7 +49,7 @@ def transfer_plans(target: dict[str, Any], source: dict[str, Any], source_name: 
             f"{', '.join(target['configurations'])}; none in common to transfer (plan the target with -c {next(iter(source['configurations']))})"
         )
     configurations = {}
-    for name in shared:
+    for name in _without_unfitting_cascade(shared, plans, source, source_name):
         config, donor = plans["configurations"][name], source["configurations"][name]
         if donor["spatial_dims"] != config["spatial_dims"]:
             raise PlanError(f"{source_name}: configuration {name!r} is {donor['spatial_dims']}-D in the source, {config['spatial_dims']}-D here; transfer between datasets of the same dimensionality")
@@ -88,6 +88,25 @@ def _check_channels(target: dict[str, Any], source: dict[str, Any], source_name:
         "the same input channels: transfer from a model trained on this dataset's channels, or plan without "
         "--transfer-plans-from"
     )
+
+
+def _without_unfitting_cascade(shared: list[str], plans: dict[str, Any], source: dict[str, Any], source_name: str) -> list[str]:
+    """``shared`` less a cascade stage whose input the source had other foreground labels for: the stage takes
+    the previous stage's labels as one-hot input channels, so its stem would not fit the source's weights
+    (train --pretrained-weights refused them as "another number of input channels", naming channel_names).
+    The plan notes it; fine-tuning to other classes keeps every other configuration."""
+    from autoseg.planning.planner import output_channels
+
+    theirs, mine = output_channels(source.get("labels") or {})[1], output_channels(plans["labels"])[1]
+    dropped = [n for n in shared if plans["configurations"][n].get("previous_stage") and theirs != mine]
+    for name in dropped:
+        plans.setdefault("notes", []).append(
+            f"{name}: not transferred from {source_name}: its input holds the previous stage's {theirs} foreground "
+            f"label(s) there, {mine} here, so the source's weights do not fit it; train it without --pretrained-weights "
+            "(plan it without --transfer-plans-from)")
+    if dropped and len(dropped) == len(shared):
+        raise PlanError(f"{source_name}: {plans['notes'][-1]}; plan 3d_fullres (-c 3d_fullres) to fine-tune from it")
+    return [n for n in shared if n not in dropped]
 
 
 def _check_family(donor: dict[str, Any], name: str, source_name: str) -> None:
