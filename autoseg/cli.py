@@ -366,7 +366,7 @@ def predict(
         if engine == "onnxruntime":
             from autoseg.inference.onnx_model import load_onnx_model
 
-            model, mixed_precision = load_onnx_model(model, _folds(folds)), "off"
+            model, mixed_precision = load_onnx_model(model, _folds(folds), checkpoint), "off"
         report = predict_folder(
             input, output, model, _folds(folds), checkpoint, step, not no_tta, save_probabilities, device,
             num_parts, part_id, continue_, mixed_precision, compile_networks=compile_,

@@ -142,6 +142,16 @@ def test_the_onnxruntime_engine_given_a_model_folder_or_torch_zip_says_what_it_t
     assert not (tmp_path / "out").exists()
 
 
+def test_a_checkpoint_other_than_the_exported_one_is_refused(onnx_export: tuple[Path, Path], tmp_path: Path) -> None:
+    """--checkpoint best with a zip of the final checkpoint predicted with the final one without a word."""
+    _, zip_path = onnx_export
+    message = autoseg_fails("predict", "-i", tmp_path, "-o", tmp_path / "out", "-m", zip_path, "--engine", "onnxruntime",
+                            "--checkpoint", "best")
+    assert f"{zip_path}: holds the graphs of the final checkpoint, not best; predict with --checkpoint final" in " ".join(message.split())
+    assert not (tmp_path / "out").exists()
+    assert load_onnx_model(zip_path, checkpoint="checkpoint_final.safetensors").checkpoint == "final"
+
+
 def test_tampered_onnx_zip_and_missing_fold_are_refused(tmp_path: Path) -> None:
     folder = make_family_model(tmp_path / "results", "unet")
     zip_path = export_onnx_model(folder, tmp_path / "m.zip", folds=[0])

@@ -178,10 +178,25 @@ def _read_members(zip_path: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
     return manifest, members
 
 
-def load_onnx_model(zip_path: str | Path, folds: Sequence[int | str] | str | None = None) -> LoadedModel:
-    """A ``LoadedModel`` whose networks are onnxruntime sessions (CPU), for ``predict_array`` / ``predict_folder``."""
+def _checkpoint_kind(name: str) -> str:
+    """``final`` for ``final`` or ``checkpoint_final.safetensors`` (checkpoint_format's names, which this
+    torch-free module cannot import)."""
+    return name.removeprefix("checkpoint_").removesuffix(".safetensors")
+
+
+def load_onnx_model(
+    zip_path: str | Path, folds: Sequence[int | str] | str | None = None, checkpoint: str | None = None
+) -> LoadedModel:
+    """A ``LoadedModel`` whose networks are onnxruntime sessions (CPU), for ``predict_array`` / ``predict_folder``.
+
+    ``checkpoint``, when given, must be the one the zip was exported from: ``--checkpoint best`` predicted
+    with a zip of the final checkpoint without a word (a torch model zip refuses it as missing)."""
     zip_path = Path(zip_path)
     manifest, members = _read_members(zip_path)
+    held = _checkpoint_kind(str(manifest["checkpoint"]))
+    if checkpoint is not None and _checkpoint_kind(checkpoint) != held:
+        raise ModelFileError(f"{zip_path}: holds the graphs of the {held} checkpoint, not {checkpoint}; predict with "
+                             f"--checkpoint {held}, or export the {checkpoint} checkpoint")
     plans, deploy = json.loads(members["plans.json"]), json.loads(members[DEPLOY])
     names = manifest["folds"] if folds is None else [str(f) for f in ([folds] if isinstance(folds, (str, int)) else folds)]
     missing = [f for f in names if f"fold_{f}/{GRAPH}" not in members]
