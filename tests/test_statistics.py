@@ -11,6 +11,7 @@ import pytest
 
 from autoseg.dataset.description import parse_description
 from autoseg.dataset.imageio import Geometry, read_image, write_image
+from autoseg.errors import InferenceError
 from autoseg.evaluation.statistics import SUMMARY_CSV, case_statistics, write_statistics
 from cli_helpers import autoseg, autoseg_fails
 from conftest import HIPPOCAMPUS
@@ -135,3 +136,18 @@ def test_parts_sharing_a_folder_give_one_csv_over_all_their_cases(tmp_path: Path
     rows = list(csv.DictReader(csv_path.open()))
     assert [(r["case"], r["structure"]) for r in rows] == [(c, s) for c in "ab" for s in ("liver", "lesion", "spleen")]
     assert rows[0]["volume_mm3"] == rows[3]["volume_mm3"] == "13.5"
+
+
+def test_a_foreign_file_under_a_statistics_name_is_named(tmp_path: Path) -> None:
+    """The CSV is made from the folder's <case>_statistics.json files: one that is not (a case x_statistics's
+    probabilities' sidecar) failed with an internal KeyError."""
+    labels, data = synthetic_case()
+    inputs, output = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir(), output.mkdir()
+    for case in ("a", "b"):
+        for channel in (0, 1):
+            write_image(data[channel], GEOMETRY, inputs / f"{case}_000{channel}.nii.gz")
+    write_image(labels, GEOMETRY, output / "a.nii.gz")
+    (output / "b_statistics.json").write_text(json.dumps({"case_id": "b_statistics", "shape": [3, 4, 5, 6]}))
+    with pytest.raises(InferenceError, match=r"b_statistics\.json: not a statistics file"):
+        write_statistics(inputs, output, parse_description(CLASSES, Path("dataset.json")), ["a"])

@@ -143,6 +143,9 @@ def write_statistics(
             if path.is_file():
                 stats = read_json(path, InferenceError, "vanished while being read; predict with --statistics again",
                                   "delete it and predict with --statistics again")
+                if not isinstance(stats, dict) or not isinstance(stats.get("structures"), dict):
+                    raise InferenceError(f"{path}: not a statistics file (another case's probabilities' sidecar?); "
+                                         "move it away and predict with --statistics again")
                 rows += _csv_rows(case.case_id, stats)
         atomic_write_text(output / SUMMARY_CSV, summary_csv(rows))
     return output / SUMMARY_CSV
