@@ -100,8 +100,9 @@ def run_demo(
             "give --dataset the examples/Dataset904_HippocampusMini folder of an autoseg checkout"
         )
     check_held_out(dataset)
-    # -o below or at a file failed only in fingerprint's mkdir, as an internal error, after verify had run.
-    check_output_folder(workdir, UsageError)
+    # -o below or at a file failed only in fingerprint's mkdir, as an internal error, after verify had run;
+    # -o inside the dataset (the default, run from within it) wrote the run folders into the user's dataset.
+    check_output_folder(workdir, UsageError, [dataset], reads_subfolders=True)
     # Every run gets its own folder, so the demo can be run again and again into the same --output.
     workdir = new_run_folder(workdir)
     _use_roots(workdir)

@@ -192,9 +192,8 @@ def test_demo_refuses_an_output_below_a_file_before_running(tmp_path: Path) -> N
     assert "[1/7]" not in result.output and (tmp_path / "notes.txt").read_text() == "mine"
 
 
-def test_demo_refuses_held_out_images_without_labels_before_running(tmp_path: Path) -> None:
-    """``demo --dataset`` with an imagesTs case lacking its labelsTs label trained the whole budget, then its
-    evaluation refused the case."""
+def _held_out_dataset(tmp_path: Path, with_label: bool) -> tuple[Path, str]:
+    """A dataset folder with dataset.json and one held-out case of the example (its label or not); its case id."""
     from autoseg.demo import EXAMPLE_DATASET
 
     dataset = tmp_path / "Dataset990_Mine"
@@ -203,11 +202,32 @@ def test_demo_refuses_held_out_images_without_labels_before_running(tmp_path: Pa
     (dataset / "dataset.json").write_text((EXAMPLE_DATASET / "dataset.json").read_text())
     image = next((EXAMPLE_DATASET / "imagesTs").glob("*_0000.nii.gz"))
     (dataset / "imagesTs" / image.name).write_bytes(image.read_bytes())
+    case = image.name.removesuffix("_0000.nii.gz")
+    if with_label:
+        (dataset / "labelsTs" / f"{case}.nii.gz").write_bytes((EXAMPLE_DATASET / "labelsTs" / f"{case}.nii.gz").read_bytes())
+    return dataset, case
+
+
+def test_demo_refuses_held_out_images_without_labels_before_running(tmp_path: Path) -> None:
+    """``demo --dataset`` with an imagesTs case lacking its labelsTs label trained the whole budget, then its
+    evaluation refused the case."""
+    dataset, case = _held_out_dataset(tmp_path, with_label=False)
     result = runner.invoke(app, ["demo", "-o", str(tmp_path / "out"), "--dataset", str(dataset)])
     assert result.exit_code == 2, result.output
-    case = image.name.removesuffix("_0000.nii.gz")
     assert f"labelsTs: no label for held-out case(s) {case} (expected {case}.nii.gz)" in result.output
     assert "[1/7]" not in result.output and not (tmp_path / "out").exists()
+
+
+def test_demo_refuses_to_write_into_its_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``autoseg demo --dataset .`` run in the dataset (the default -o autoseg_demo lies inside it) wrote its run
+    folders into the user's dataset."""
+    dataset, _ = _held_out_dataset(tmp_path, with_label=True)
+    before = sorted(p.relative_to(dataset) for p in dataset.rglob("*"))
+    monkeypatch.chdir(dataset)
+    result = runner.invoke(app, ["demo", "--dataset", "."])
+    assert result.exit_code == 2, result.output
+    assert "autoseg_demo: output folder lies inside the input folder ." in result.output and "[1/7]" not in result.output
+    assert sorted(p.relative_to(dataset) for p in dataset.rglob("*")) == before
 
 
 def test_onnxruntime_engine_refuses_a_half_precision_it_would_not_use(tmp_path: Path) -> None:
