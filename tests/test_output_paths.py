@@ -71,3 +71,19 @@ def test_an_output_file_below_a_file_is_refused_naming_the_file(tmp_path: Path, 
                                  tmp_path / "notes.txt" / "sub" / "postprocessing.json", file_ending=".nii.gz")
     assert (tmp_path / "notes.txt").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("below", [False, True])
+def test_an_output_folder_at_a_dangling_link_is_refused_naming_it(below: bool, tmp_path: Path) -> None:
+    """``-o link`` (or ``link/run1``) where the link's target is gone (an unmounted disk): predict computed
+    every case, then each failed in mkdir with a bare FileExistsError."""
+    from autoseg.errors import InferenceError
+    from autoseg.inference.batch import predict_folder
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "gone")
+    output = tmp_path / "link" / "run1" if below else tmp_path / "link"
+    with pytest.raises(InferenceError, match=rf"link: a symbolic link to {tmp_path / 'gone'}, which does not exist; "
+                                             "create that folder, or give another folder"):
+        predict_folder(tmp_path / "in", output, tmp_path / "model")
+    assert not (tmp_path / "gone").exists()

@@ -19,10 +19,14 @@ PREDICT_RECORD = "predict_info.json"  # inference/batch.py's PREDICT_INFO
 
 def _refuse_file_among(*folders: Path, error: type[Exception]) -> None:
     """Raise ``error`` naming the first of ``folders`` (the output folder or folders it would be made in)
-    that is an existing file: ``-o notes.txt/run1`` failed in mkdir as an internal error."""
+    that is an existing file (``-o notes.txt/run1`` failed in mkdir as an internal error) or a symbolic
+    link to nothing (mkdir fails on it too)."""
     for path in folders:
         if path.exists() and not path.is_dir():
             raise error(f"{path}: exists and is not a folder; give a folder (new or existing) for the outputs")
+        if path.is_symlink() and not path.exists():  # mkdir: FileExistsError, after predict had computed a case
+            raise error(f"{path}: a symbolic link to {path.readlink()}, which does not exist; create that folder, "
+                        "or give another folder for the outputs")
 
 
 def check_output_folder(
