@@ -344,13 +344,14 @@ def predict_folder(
 
         loaded.networks = [torch.compile(network) for network in loaded.networks]
     info["compiled"] = compile_networks
-    remove_stale_temporaries(output)  # what a killed run left half-written
     planned = {
         case.case_id: _outputs(case, output, output_ending(case, loaded.dataset.file_ending), save_probabilities)
         for case in cases
     }
     outputs = [f for files in planned.values() for f in files]
     check_output_claim(output, info, outputs)  # refused before predicting; the record waits for the first case
+    output.mkdir(parents=True, exist_ok=True)  # an unwritable place is refused before predicting, too
+    remove_stale_temporaries(output)  # what a killed run left half-written
     report = PredictReport(output, dataset=loaded.dataset)
     claim = functools.partial(claim_output_folder, output, info, outputs)
     _predict_cases(cases, planned, loaded, report, step, tta, save_probabilities, mixed_precision, batch_tiles, continue_, claim)
