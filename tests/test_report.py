@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from autoseg.errors import EvaluationError
+from autoseg.errors import DatasetError, EvaluationError
 from autoseg.evaluation.report import build_report, numeric_series, overlay, overlay_slice
 from autoseg.evaluation.selection import find_best
 from conftest import drive_crop
@@ -232,3 +232,8 @@ def test_a_results_root_without_its_raw_data_still_reports(roots: dict[str, Path
     text = build_report(DATASET.split("_")[0], num_workers=1).read_text()  # Dataset777: the id alone
     assert f"{CASES[-1]}: raw image not found in {empty / DATASET}" in text
     assert "<h2>Cross-validation</h2>" in text
+    # An id the raw root holds twice stays ambiguous, though the results root holds one of them.
+    (empty / "Dataset777_Other").mkdir()
+    (empty / DATASET).mkdir()
+    with pytest.raises(DatasetError, match="dataset id 777 is ambiguous"):
+        build_report("777", num_workers=1)

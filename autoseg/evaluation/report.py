@@ -318,7 +318,7 @@ def report_dataset(dataset_spec: str | os.PathLike[str]) -> DatasetLocation:
         return resolve_dataset(dataset_spec)
     except DatasetError:
         found = dataset_folders(results_root(), str(dataset_spec))
-        if len(found) != 1:
+        if len(found) != 1 or dataset_folders(raw_root(), str(dataset_spec)):  # not an ambiguous raw name
             raise
         return DatasetLocation(found[0].name, raw_root() / found[0].name)
 
