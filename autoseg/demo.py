@@ -103,6 +103,11 @@ def run_demo(
     # -o below or at a file failed only in fingerprint's mkdir, as an internal error, after verify had run;
     # -o inside the dataset (the default, run from within it) wrote the run folders into the user's dataset.
     check_output_folder(workdir, UsageError, [dataset], reads_subfolders=True)
+    # --device cuda on a machine without CUDA was refused by plan, after verify and fingerprint had written a
+    # run folder, advising plan's --gpu-memory, which the demo has not.
+    from autoseg.utils.device import choose_device
+
+    choose_device(device, UsageError)
     # Every run gets its own folder, so the demo can be run again and again into the same --output.
     workdir = new_run_folder(workdir)
     _use_roots(workdir)

@@ -14,6 +14,12 @@ from autoseg.cli import app, expand_multi_value_options
 
 runner = CliRunner()
 
+
+def torch_cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
 STAGES = [
     "verify", "fingerprint", "plan", "preprocess", "train", "predict", "evaluate", "postprocess",
     "ensemble", "find-best", "export-model", "import-model", "report", "networks", "demo",
@@ -215,6 +221,17 @@ def test_demo_refuses_held_out_images_without_labels_before_running(tmp_path: Pa
     result = runner.invoke(app, ["demo", "-o", str(tmp_path / "out"), "--dataset", str(dataset)])
     assert result.exit_code == 2, result.output
     assert f"labelsTs: no label for held-out case(s) {case} (expected {case}.nii.gz)" in result.output
+    assert "[1/7]" not in result.output and not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(torch_cuda_available(), reason="needs a machine without CUDA")
+def test_demo_refuses_a_missing_gpu_before_running(tmp_path: Path) -> None:
+    """``demo --device cuda`` without CUDA: plan refused it after verify and fingerprint had written a run
+    folder, advising plan's --gpu-memory, which the demo has not."""
+    dataset, _ = _held_out_dataset(tmp_path, with_label=True)
+    result = runner.invoke(app, ["demo", "-o", str(tmp_path / "out"), "--dataset", str(dataset), "--device", "cuda"])
+    assert result.exit_code == 2, result.output
+    assert "--device cuda: CUDA is not available on this machine; use --device cpu" in result.output
     assert "[1/7]" not in result.output and not (tmp_path / "out").exists()
 
 
