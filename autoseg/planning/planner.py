@@ -443,6 +443,7 @@ def _search_budget(ctx: _Context, name: str, spacing: Sequence[float], dims: int
     if not evaluated:
         raise PlanError(f"{name}: no patch with enough context fits the memory at any spacing; give more memory (--gpu-memory)")
     best = max(evaluated, key=lambda c: (c.validation_fits, c.recipe_iterations))
+    _refuse_budget_without_training(ctx, name, evaluated)
     kept = _keep_thin_structures(ctx, name, fingerprint, forward, ladder, best, dims)
     if kept is not best:
         _note_spacing(ctx, name, kept.spacing, spacing, dims)
@@ -450,6 +451,20 @@ def _search_budget(ctx: _Context, name: str, spacing: Sequence[float], dims: int
     _note_spacing(ctx, name, best.spacing, spacing, dims)
     ctx.notes.append(_below_floor_note(ctx, name, best))
     return best
+
+
+def _refuse_budget_without_training(ctx: _Context, name: str, evaluated: list[_Candidate]) -> None:
+    """A budget that the fixed parts of a fold (startup, preprocessing, checkpoint, final validation) use up
+    before any recipe's first iteration: ``--budget 5s`` planned the largest network at 0 iterations, which
+    trained one step and ran 13 s, with only a note to expect a weak model."""
+    if any(c.iterations > 0 for c in evaluated):
+        return
+    fixed = min(c.parts.total - c.parts.training for c in evaluated)
+    raise PlanError(
+        f"{name}: --budget {ctx.budget_seconds:g} s leaves no time to train on this machine: a fold's fixed parts "
+        f"(startup, preprocessing, checkpoints, final validation) take about {fixed:.0f} s before the first iteration, "
+        f"and {C.BUDGET_SAFETY_FRACTION:.0%} of the budget is kept free; give a larger --budget (minutes, e.g. --budget 10m)"
+    )
 
 
 def _below_floor_note(ctx: _Context, name: str, best: _Candidate) -> str:
