@@ -158,6 +158,9 @@ def test_case_names_with_spaces_and_non_ascii_just_work(name: str, model: Path, 
     [
         ("empty folder", "in: no images found; expected <case>_0000<ending> files (.nii.gz, .nii,"),
         ("only notes", "in: no images found (not images: README.txt, labels.json); expected <case>_0000<ending>"),
+        ("a cut-short DICOM file", "in: 1.dcm cannot be read as DICOM (truncated or corrupt copy?)"),
+        ("a dataset folder", "in: is a dataset folder (dataset.json, imagesTr); give the folder of the images to "
+                             "predict, e.g. -i "),
         ("output = input", "output folder equals the input folder; choose another output folder"),
         ("output inside input", "output folder lies inside the input folder"),
         ("output is a file", "afile: exists and is not a folder; give a folder (new or existing) for the outputs"),
@@ -171,6 +174,14 @@ def test_whole_run_refusals_write_nothing(layout: str, message: str, model: Path
     if layout == "only notes":
         (inputs / "README.txt").write_text("cases follow")
         (inputs / "labels.json").write_text("{}")
+    elif layout == "a cut-short DICOM file":  # was 'no images found (not images: 1.dcm)'
+        whole = (DICOM / "Study1" / "13_HCropVolume" / "1.dcm").read_bytes()
+        (inputs / "1.dcm").write_bytes(whole[: len(whole) // 2])
+    elif layout == "a dataset folder":  # imagesTr and labelsTr failed as two folders holding no DICOM series
+        (inputs / "dataset.json").write_text("{}")
+        for folder in ("imagesTr", "labelsTr"):
+            (inputs / folder).mkdir()
+            shutil.copy(SOURCE, inputs / folder / "good_0000.nii.gz")
     elif layout.startswith("output"):
         shutil.copy(SOURCE, inputs / "good_0000.nii.gz")
     elif layout == "two files for one channel":  # one would silently not be predicted

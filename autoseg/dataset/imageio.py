@@ -827,8 +827,8 @@ def _read_dicom_series(folder: Path) -> tuple[np.ndarray, Geometry]:
     except RuntimeError as exc:
         raise DatasetError(f"{folder}: cannot scan for DICOM files: {_first_line(exc)}") from None
     if not series:
-        if damaged := _damaged_dicom_files(folder, []):  # a lone volume file cut short was 'no DICOM series'
-            raise DatasetError(_damaged_dicom_problem(folder, damaged))
+        if problem := damaged_dicom_refusal(folder):  # a lone volume file cut short was 'no DICOM series'
+            raise DatasetError(problem)
         raise DatasetError(f"{folder}: is a folder but holds no DICOM series; give an image file or a DICOM folder"
                            + _nested_folders_hint(folder))
     if len(series) > 1:
@@ -922,6 +922,12 @@ def _damaged_dicom_problem(folder: Path, names: Sequence[str]) -> str:
     a series GDCM could read."""
     return (f"{folder}: {', '.join(names[:3])}{', ...' if len(names) > 3 else ''} cannot be read as DICOM (truncated or "
             "corrupt copy?); copy the series again, or remove the file(s)")
+
+
+def damaged_dicom_refusal(folder: Path) -> str | None:
+    """The refusal of ``folder`` when it holds damaged DICOM files and no series GDCM could read, else None."""
+    damaged = _damaged_dicom_files(folder, [])
+    return _damaged_dicom_problem(folder, damaged) if damaged else None
 
 
 def _named_like_dicom(path: Path) -> bool:

@@ -28,6 +28,7 @@ from autoseg.dataset.imageio import (
     SUPPORTED_ENDINGS,
     Geometry,
     case_nonfinite_voxels,
+    damaged_dicom_refusal,
     image_ending,
     read_case_images,
     write_image,
@@ -132,6 +133,11 @@ def discover_cases(input_path: str | Path) -> list[InputCase]:
     path = Path(input_path)
     if not path.exists():
         raise InferenceError(f"{path}: input not found; give a folder of images, an image file or a DICOM folder")
+    if path.is_dir() and (path / "dataset.json").is_file() and (path / "imagesTr").is_dir():
+        # Its imagesTr and labelsTr were taken for two DICOM series folders and failed as such.
+        suggestion = path / ("imagesTs" if (path / "imagesTs").is_dir() else "imagesTr")
+        raise InferenceError(f"{path}: is a dataset folder (dataset.json, imagesTr); give the folder of the images to "
+                             f"predict, e.g. -i {suggestion}")
     cases: dict[str, InputCase] = {}
     if path.is_file():
         ending = image_ending(path)
@@ -160,6 +166,8 @@ def discover_cases(input_path: str | Path) -> list[InputCase]:
             elif (ending := image_ending(entry)):
                 _add(cases, entry, entry.name[: -len(ending)])
     if not cases:
+        if path.is_dir() and (problem := damaged_dicom_refusal(path)):  # was 'no images found (not images: 1.dcm)'
+            raise InferenceError(problem)
         ignored = sorted(p.name for p in path.iterdir() if not p.name.startswith("."))[:5] if path.is_dir() else []
         raise InferenceError(
             f"{path}: no images found{' (not images: ' + ', '.join(ignored) + ')' if ignored else ''}; expected "
