@@ -205,7 +205,7 @@ def plan(
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing plans file of this name that differs"),
     device: Optional[str] = typer.Option(None, "--device", help="device to plan for: cpu, cuda or mps (default: cuda when present)"),
     num_workers: Optional[int] = typer.Option(None, "-np", "--num-workers", min=0, help=WORKERS_HELP),
-    transfer_from: Optional[Path] = path_option(None, "--transfer-plans-from", help="a plans file or trained model folder: keep its network, patch and batch (to fine-tune its weights with train --pretrained-weights), with this dataset's own spacing and normalization"),
+    transfer_from: Optional[Path] = path_option(None, "--transfer-plans-from", help="a plans file, trained model folder or model zip from export-model: keep its network, patch and batch (to fine-tune its weights with train --pretrained-weights), with this dataset's own spacing and normalization"),
 ) -> None:
     """Choose spacing, normalization, configurations, topology, patch, batch and mirrored axes; write the plans file."""
     from autoseg.planning.planner import plan_dataset

@@ -67,6 +67,16 @@ def test_transferred_plan_and_pretrained_fine_tuning_from_the_cli(roots: dict[st
     assert plans["labels"] == {"background": 0, "hippocampus": 1} and plans["dataset_name"] == TARGET
     assert plans["transferred_from"]["plans"] == str(source / "plans.json") and plans["transferred_from"]["dataset_name"] == SOURCE
     assert plans["foreground_intensity_properties_per_channel"]["0"]["mean"] > 0  # from the target's fingerprint
+    # Was: a model zip (which --pretrained-weights takes) was read as a broken JSON plans file ("re-run autoseg plan").
+    zip_path = export_model(source, roots["raw"].parent / "source.zip", folds=[0])
+    autoseg("plan", TARGET, "-c", "3d_fullres", "--gpu-memory", "8", "--plans-name", "fromzip", "--transfer-plans-from", zip_path)
+    zipped = json.loads((roots["preprocessed"] / TARGET / "fromzip.json").read_text())
+    assert zipped["configurations"]["3d_fullres"]["network"] == config["network"]
+    assert zipped["transferred_from"]["plans"] == f"{zip_path}:{source.name}/plans.json"
+    (roots["raw"].parent / "cut.zip").write_bytes(zip_path.read_bytes()[:200])
+    result = CliRunner().invoke(app, ["plan", TARGET, "-c", "3d_fullres", "--gpu-memory", "8", "--plans-name", "cut",
+                                      "--transfer-plans-from", str(roots["raw"].parent / "cut.zip")])
+    assert result.exit_code == 2 and "cut.zip: refusing to import: not a zip file, or a truncated one" in result.output
 
     autoseg("preprocess", TARGET)
     output = autoseg("train", TARGET, "3d_fullres", 0, "--epochs", 1, *set_options(TRAIN_SETTINGS), "--workers", 0,

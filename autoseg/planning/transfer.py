@@ -13,6 +13,7 @@ refitted schedule. ``transferred_from`` in the plans file records the source.
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -22,18 +23,18 @@ from autoseg.planning import accounting as A
 from autoseg.planning import compute_budget as T
 from autoseg.planning import constants as C
 from autoseg.planning import short_schedule
-from autoseg.planning.plans import load_plans
+from autoseg.planning.plans import load_plans, validate_plans
 
 TRANSFERRED_KEYS = ("network", "width", "patch_size", "batch_size", "memory_model", "predicted_memory_bytes",
                     "predicted_seconds_per_iteration", "recipe_seconds_per_iteration")
 
 
 def source_plans_file(source: str | Path) -> Path:
-    """A plans JSON file, or a model folder's ``plans.json``."""
+    """A plans JSON file (or a model zip), or a model folder's ``plans.json``."""
     path = Path(source)
     path = path / "plans.json" if path.is_dir() else path
     if not path.is_file():
-        raise PlanError(f"{path}: not found; --transfer-plans-from takes a plans file or a trained model folder (holding plans.json)")
+        raise PlanError(f"{path}: not found; --transfer-plans-from takes a plans file, a trained model folder (holding plans.json) or a model zip")
     return path
 
 
@@ -143,5 +144,25 @@ def _refit_schedule(config: dict[str, Any], budget: float, seconds: float, recip
 
 
 def transfer_plans_from(target: dict[str, Any], source: str | Path) -> dict[str, Any]:
+    """``transfer_plans`` from a plans file, a trained model folder or a model zip from export-model."""
     path = source_plans_file(source)
+    with path.open("rb") as handle:
+        zipped = handle.read(2) == b"PK"  # a cut-short zip too: import-model's checks name its damage
+    if zipped:
+        plans, name = _zip_plans(path)
+        return transfer_plans(target, plans, name)
     return transfer_plans(target, load_plans(path), str(path))
+
+
+def _zip_plans(path: Path) -> tuple[dict[str, Any], str]:
+    """The plans of the one model a model zip holds, checked as import-model checks it: ``--pretrained-weights``
+    takes such a zip, and ``--transfer-plans-from`` read it as a broken JSON file ("re-run autoseg plan")."""
+    from autoseg.evaluation.model_files import validate_model_file
+
+    manifest, members = validate_model_file(path)
+    models = list(manifest["models"])
+    if len(models) != 1:
+        raise PlanError(f"{path}: holds {len(models)} models ({', '.join(models)}); install it with autoseg import-model "
+                        "and give the model folder to transfer from")
+    name = f"{path}:{models[0]}/plans.json"
+    return validate_plans(json.loads(members[f"{models[0]}/plans.json"]), name), name
