@@ -208,6 +208,17 @@ def test_summary_names_region_datasets_label_values_by_their_regions() -> None:
     assert lines[-1] == "  class 4 (in whole_tumor, tumor_core, enhancing_tumor): median volume 3.0 mm^3"
 
 
+def test_summary_gives_2d_images_classes_an_area() -> None:
+    """A PNG dataset's 'volumes' count the placeholder slice spacing as 1 mm: they were printed as mm^3."""
+    fingerprint = {
+        "dataset_name": "Dataset906_DRIVE", "num_cases": 1, "channel_names": {"0": "R", "1": "G", "2": "B"},
+        "median_spacing": [999.0, 1.0, 1.0], "anisotropy_ratio": 1.0, "median_shape_after_crop": [1, 584, 565],
+        "median_relative_size_after_crop": 1.0, "foreground_intensity_properties_per_channel": {},
+        "labels": {"background": 0, "vessel": 1}, "class_volumes_mm3": {"1": [30000.0]},
+    }
+    assert format_fingerprint(fingerprint).splitlines()[-1] == "  class 1 (vessel): median area 30000.0 mm^2"
+
+
 def test_summary_says_how_many_cases_hold_a_class_missing_from_some() -> None:
     """'median volume 0.0 mm^3' alone hid a class in one case only, or in none at all."""
     fingerprint = {

@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from autoseg.dataset.imageio import SLICE_SPACING_2D
+
 
 def _vec(values: Any) -> str:
     return " x ".join(f"{v:g}" for v in values)
@@ -23,8 +25,11 @@ def format_fingerprint(fp: dict[str, Any]) -> str:
             f"  channel {channel} foreground intensity: mean {stats['mean']:.4g}, std {stats['std']:.4g}, "
             f"p0.5 {stats['percentile_00_5']:.4g}, p99.5 {stats['percentile_99_5']:.4g}"
         )
+    # 2D images' placeholder slice spacing counts as 1 mm (imageio.physical_volume_mm3): their "volumes" are areas
+    size = "area" if fp["median_spacing"][0] == SLICE_SPACING_2D else "volume"
+    unit = "mm^2" if size == "area" else "mm^3"
     for label, volumes in fp["class_volumes_mm3"].items():
-        lines.append(f"  class {label} ({_label_name(fp['labels'], int(label))}): median volume {np.median(volumes):.1f} mm^3"
+        lines.append(f"  class {label} ({_label_name(fp['labels'], int(label))}): median {size} {np.median(volumes):.1f} {unit}"
                      f"{_presence(volumes)}")
     thickness = fp.get("median_structure_thickness_mm") or {}
     if thickness:
