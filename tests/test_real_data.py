@@ -203,7 +203,8 @@ def test_verify_and_fingerprint_see_the_crops(run: Run) -> None:
     description = load_description(run.raw)
     for value in description.foreground_labels:
         name = description.class_names.get(value) or "in " + ", ".join(n for n, v in description.regions if value in v)
-        assert f"class {value} ({name}): median volume" in run.printed["fingerprint"]
+        size = "area" if spec.is_2d else "volume"  # a 2D image's placeholder slice spacing counts as 1 mm
+        assert f"class {value} ({name}): median {size}" in run.printed["fingerprint"]
 
 
 def test_cpu_plan_keeps_2d_and_3d_fullres_for_3d_data(run: Run) -> None:
