@@ -15,6 +15,7 @@ import copy
 import dataclasses
 import itertools
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -30,8 +31,8 @@ from autoseg.errors import TrainingError
 from autoseg.inference.batch import PREDICT_INFO, predict_folder
 from autoseg.inference.model import load_model
 from autoseg.planning.plans import load_plans, plans_path, validate_plans
-from autoseg.preprocessing.store import list_cases, load_case
-from autoseg.training.cascade import CACHE_FOLDER, NEXT_STAGE_FOLDER
+from autoseg.preprocessing.store import case_paths, list_cases, load_case
+from autoseg.training.cascade import CACHE_FOLDER, NEXT_STAGE_FOLDER, prepare_previous_stage
 from autoseg.training.checkpoints import load_checkpoint
 from autoseg.training.config import resolve_config
 from autoseg.training.data_loading import TRAIN_STREAM, VAL_STREAM, BatchSource
@@ -161,6 +162,25 @@ def test_cascade_fold_trains_on_the_previous_stage_on_its_grid(trained: dict[str
     _, val_cases = fold_cases(trained["preprocessed"], CASES, 0)
     assert sorted(row["case_id"] for row in summary["metric_per_case"]) == sorted(val_cases)
     assert all(0.0 <= m["dice"] <= 1.0 for row in summary["metric_per_case"] for m in row["metrics"].values())
+
+
+def test_the_previous_stage_cache_follows_a_case_preprocessed_again(trained: dict[str, Path], tmp_path: Path) -> None:
+    """A cached case older than its stored case (preprocessed again for a new plan) is made again: only
+    the prediction's time was compared, so the old grid's labels were fed to the cascade."""
+    store, cache = trained["preprocessed"] / FULLRES_STORE, tmp_path / CACHE_FOLDER
+    shutil.copytree(trained["cascade"] / CACHE_FOLDER, cache)
+    case = CASES[0]
+    expected = np.load(cache / f"{case}.npy")
+    np.save(cache / f"{case}.npy", np.zeros((1, 2, 2, 2), np.int16))  # the old grid's, newer than the prediction
+    stored = case_paths(store, case)[2]
+    original, stamp = stored.stat(), (cache / f"{case}.npy").stat().st_mtime
+    os.utime(stored, (stamp + 10, stamp + 10))  # preprocessed again after the cache was made
+    try:
+        prepare_previous_stage(trained["lowres"] / NEXT_STAGE_FOLDER, cache, store, [case],
+                               load_plans(plans_path(trained["preprocessed"])), CASCADE, ".nii.gz")
+    finally:
+        os.utime(stored, ns=(original.st_atime_ns, original.st_mtime_ns))
+    np.testing.assert_array_equal(np.load(cache / f"{case}.npy"), expected)
 
 
 def cascade_trainer(trained: dict[str, Path], scratch: Path) -> Trainer:

@@ -16,7 +16,7 @@ import numpy as np
 from autoseg.dataset.imageio import read_image
 from autoseg.errors import TrainingError
 from autoseg.preprocessing.inverse import label_to_preprocessed_grid
-from autoseg.preprocessing.store import load_properties
+from autoseg.preprocessing.store import case_paths, load_properties
 from autoseg.utils.atomic import atomic_path
 
 NEXT_STAGE_FOLDER = "predicted_next_stage"
@@ -48,7 +48,10 @@ def prepare_previous_stage(
     for case_id in case_ids:
         target = cache / f"{case_id}.npy"
         source = predictions / f"{case_id}{file_ending}"
-        if target.is_file() and target.stat().st_mtime >= source.stat().st_mtime:
+        # The grid is the stored case's: a case preprocessed again (a new plan) after the cache was made
+        # gets a new cache, not the old grid's labels (shifted, or of another shape).
+        made_from = max(source.stat().st_mtime, case_paths(store, case_id)[2].stat().st_mtime)
+        if target.is_file() and target.stat().st_mtime >= made_from:
             continue
         labels, _ = read_image(source)
         on_grid = label_to_preprocessed_grid(labels, load_properties(store, case_id), plans, configuration)
