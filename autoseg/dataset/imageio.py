@@ -185,6 +185,8 @@ def read_image(path: str | Path) -> tuple[np.ndarray, Geometry]:
         raise DatasetError(f"{path}: its gzip compression is damaged ({exc}); copy or export it again") from None
     if truncated:
         raise DatasetError(f"{path}: file is truncated (its voxel data ends early); copy or export it again")
+    if (problem := _claimed_data_problem(path)) is not None:
+        raise DatasetError(problem)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
@@ -379,6 +381,126 @@ def _is_truncated(path: Path, expected_size: Callable[[bytes], int | None]) -> b
     # header needs (it was read as a zero-filled volume), from one of several members (bgzip) or with extra bytes.
     size, whole = _gzip_content_size(path)
     return not whole or size < expected
+
+
+# Most bytes one deflate-compressed byte can expand to (zlib's documented maximum ratio is 1032:1, measured 1029:1
+# on zeros): a gzip or zlib data block of n bytes cannot hold more voxel bytes than this many times n.
+_DEFLATE_MAX_RATIO = 1032
+_DEFLATE_SLACK_BYTES = 1 << 16  # stream headers and the last, partial block
+# MetaImage ElementType -> bytes per value (MetaIO's MET_ValueTypeSize: MET_LONG is 4 bytes, as is MET_INT).
+_MET_VALUE_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
+                    "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4,
+                    "MET_DOUBLE": 8}
+
+
+@dataclass(frozen=True)
+class _DataClaim:
+    """What a NRRD or MetaImage header says its voxel data takes: ``values`` of ``value_bytes`` each once decoded,
+    stored with ``encoding`` ('raw', 'deflate', 'text' or 'hex') in ``data_file`` from byte ``offset`` on."""
+
+    values: int
+    value_bytes: int
+    encoding: str
+    data_file: Path
+    offset: int
+
+
+def _nrrd_value_bytes(kind: str) -> int | None:
+    """Bytes per value of a NRRD ``type`` (any of its spellings: 'unsigned short', 'uint16_t', 'ushort', ...)."""
+    kind = kind.lower()
+    for words, size in ((("long", "64", "double"), 8), (("short", "16"), 2), (("char", "8"), 1),
+                        (("int", "32", "float"), 4)):
+        if any(word in kind for word in words):
+            return size
+    return None
+
+
+def _header_fields(path: Path, separator: str, last_key: str | None) -> tuple[dict[str, str], int] | None:
+    """(lower-cased key -> value, byte offset after the header) of a text header of ``key<separator>value`` lines
+    that ends at a blank line (NRRD) or after its ``last_key`` line (MetaImage's ElementDataFile); None when the
+    first 64 KiB hold no such end (no header autoseg can judge: ITK's reader is left to say what is wrong)."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    fields: dict[str, str] = {}
+    position = 0
+    while (end := head.find(b"\n", position)) >= 0:
+        line = head[position:end].decode("latin-1").rstrip("\r")
+        position = end + 1
+        if not line.strip():
+            return fields, position
+        key, sep, value = line.partition(separator)
+        if sep and not line.startswith("#") and not value.startswith("="):  # no comment, no NRRD "key:=value" pair
+            fields[key.strip().lower()] = value.strip()
+            if key.strip().lower() == last_key:
+                return fields, position
+    return (fields, len(head)) if position == len(head) and last_key is None else None
+
+
+def _data_claim(path: Path) -> _DataClaim | None:
+    """The voxel data a NRRD (.nrrd, .nhdr) or MetaImage (.mha, .mhd) header claims, None for other files and for
+    headers this check does not follow (file lists, unknown types, no sizes): ITK's own reader judges those."""
+    ending = image_ending(path)
+    if ending in (".nrrd", ".nhdr"):
+        parsed = _header_fields(path, ":", None)
+        if parsed is None:
+            return None
+        fields, offset = parsed
+        value_bytes = _nrrd_value_bytes(fields.get("type", ""))
+        sizes = fields.get("sizes", "").split()
+        encoding = {"raw": "raw", "gzip": "deflate", "gz": "deflate", "ascii": "text", "text": "text", "txt": "text",
+                    "hex": "hex"}.get(fields.get("encoding", "").lower())
+        data_file = fields.get("data file", fields.get("datafile"))
+    elif ending in (".mha", ".mhd"):
+        parsed = _header_fields(path, "=", "elementdatafile")
+        if parsed is None:
+            return None
+        fields, offset = parsed
+        value_bytes = _MET_VALUE_BYTES.get(fields.get("elementtype", "").upper())
+        if value_bytes is not None and fields.get("elementnumberofchannels", "1").isdigit():
+            value_bytes *= int(fields.get("elementnumberofchannels", "1"))
+        sizes = fields.get("dimsize", "").split()
+        compressed = fields.get("compresseddata", "false").lower() == "true"
+        binary = fields.get("binarydata", "true").lower() == "true"
+        encoding = "deflate" if compressed else "raw" if binary else "text"
+        data_file = fields.get("elementdatafile")
+        data_file = None if data_file is None or data_file.upper() == "LOCAL" else data_file
+    else:
+        return None
+    if value_bytes is None or encoding is None or not sizes or not all(s.isdigit() for s in sizes):
+        return None
+    if data_file is not None:
+        if len(data_file.split()) != 1 or data_file.upper() == "LIST":  # a numbered pattern or a list of files
+            return None
+        offset, data_path = 0, path.parent / data_file
+        if not data_path.is_file():
+            return None  # named as missing by _unreadable_problem
+    else:
+        data_path = path
+    return _DataClaim(math.prod(int(s) for s in sizes), value_bytes, encoding, data_path, offset)
+
+
+def _claimed_data_problem(path: Path) -> str | None:
+    """Why a NRRD or MetaImage file cannot hold the voxels its header claims, else None.
+
+    ITK allocates the claimed image before it reads a voxel: a 500-byte .nrrd claiming ``sizes: 1000 1000 1000``
+    took 4 GB and 3 s to fail as 'fread got only 100 4-sized things', and a larger claim could exhaust the memory.
+    The data's stored bytes bound what it can hold: all of the claimed bytes when raw, one byte a voxel value at
+    least as text (one character a value), half as hex, and for gzip or zlib data at most ``_DEFLATE_MAX_RATIO``
+    times the compressed size. Only the sizes of files are looked at: nothing is read or decompressed.
+    """
+    claim = _data_claim(path)
+    if claim is None:
+        return None
+    stored = max(0, claim.data_file.stat().st_size - claim.offset)
+    claimed = claim.values * claim.value_bytes
+    bound = {"raw": stored, "text": stored * claim.value_bytes, "hex": stored // 2,
+             "deflate": stored * _DEFLATE_MAX_RATIO + _DEFLATE_SLACK_BYTES}[claim.encoding]
+    if bound >= claimed:
+        return None
+    holds = "holds" if claim.encoding == "raw" else "can hold at most"
+    return (f"{path}: its header claims {claim.values} voxel values ({claimed} bytes), but the data in "
+            f"{claim.data_file.name} {holds} {bound} bytes (truncated file, or damaged sizes in the header?); copy or "
+            "export it again")
 
 
 def _gzip_content_size(path: Path) -> tuple[int, bool]:
