@@ -520,6 +520,32 @@ def test_a_nrrd_or_metaimage_compressed_a_thousandfold_is_read(tmp_path: Path, e
     np.testing.assert_array_equal(read_image(path)[0], array)
 
 
+@pytest.mark.parametrize(("name", "shape", "dtype", "expected"), [
+    ("wide.nii.gz", (1, 2, 40000), np.uint8, r"1x2x40000 voxels cannot be written as \.nii\.gz, which holds at most 32767 "
+                                             r"voxels a side; use \.nrrd or \.mha"),
+    ("wide.nii", (40000, 2, 1), np.uint8, r"cannot be written as \.nii, which holds at most 32767"),
+    ("wide.gipl", (1, 2, 70000), np.uint8, r"cannot be written as \.gipl, which holds at most 65535"),
+    ("labels.gipl", (2, 3, 4), np.int32, r"int32 voxels cannot be written as \.gipl \(GIPL holds no 32- or 64-bit "
+                                         r"integers\); use \.nii\.gz, \.nrrd or \.mha"),
+    ("labels.gipl.gz", (2, 3, 4), np.uint32, r"uint32 voxels cannot be written as \.gipl\.gz"),
+    ("labels.gipl", (2, 3, 4), np.int64, r"int64 voxels cannot be written"),
+])
+def test_an_image_its_format_cannot_hold_is_refused_with_the_format_to_use(
+    tmp_path: Path, name: str, shape: tuple[int, ...], dtype: type, expected: str
+) -> None:
+    """ITK's NIfTI writer failed with 'Dimension(0) = 40000 is greater than maximum possible dimension 32767' and its
+    GIPL writer with 'Pixel Type Unknown' (internal errors, after the result was computed); a GIPL side over 65535
+    was written wrapped (70000 read back as 4464)."""
+    from autoseg.dataset.imageio import unwritable_problem
+
+    path = tmp_path / name
+    assert unwritable_problem(path, shape, dtype) is not None
+    with pytest.raises(DatasetError, match=re.escape(str(path)) + ": .*" + expected):
+        write_image(np.zeros(shape, dtype), Geometry.default(shape), path)
+    assert list(tmp_path.iterdir()) == []
+    assert unwritable_problem(tmp_path / "ok.nrrd", shape, dtype) is None
+
+
 @pytest.mark.parametrize("flipped", [-2, -6])
 def test_a_nifti_gz_with_a_damaged_gzip_trailer_is_refused(tmp_path: Path, flipped: int) -> None:
     """A flipped bit in the trailer's length made the truncation check's decompression raise zlib.error ('incorrect

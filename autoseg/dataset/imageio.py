@@ -1230,6 +1230,27 @@ def _check_slice_positions(folder: Path, files: Sequence[str], headers: Sequence
                            "give the complete series")
 
 
+# Limits of ITK's writers, which fail only once the whole result is computed ('Dimension(0) = 40000 is greater than
+# maximum possible dimension 32767', 'Pixel Type Unknown'): NIfTI-1 stores sides as int16, GIPL as uint16 and holds
+# no 32- or 64-bit integers.
+_MAX_SIDE = {".nii": 32767, ".nii.gz": 32767, ".gipl": 65535, ".gipl.gz": 65535}
+_GIPL_UNWRITABLE_KINDS = (np.int32, np.uint32, np.int64, np.uint64)
+
+
+def unwritable_problem(path: str | Path, shape: Sequence[int], dtype: Any) -> str | None:
+    """Why an array of ``shape`` (z, y, x) and ``dtype`` cannot be written to ``path`` in its format (with the
+    fix: another format), else None. Cheap, so a command can ask before it computes what it would write."""
+    ending = image_ending(path)
+    limit = _MAX_SIDE.get(ending)
+    if limit is not None and max(shape, default=0) > limit:
+        return (f"{path}: an image of {'x'.join(map(str, shape))} voxels cannot be written as {ending}, which holds at "
+                f"most {limit} voxels a side; use .nrrd or .mha")
+    if ending in (".gipl", ".gipl.gz") and np.dtype(dtype).type in _GIPL_UNWRITABLE_KINDS:
+        return (f"{path}: {np.dtype(dtype)} voxels cannot be written as {ending} (GIPL holds no 32- or 64-bit "
+                "integers); use .nii.gz, .nrrd or .mha")
+    return None
+
+
 def write_image(array: np.ndarray, geometry: Geometry, path: str | Path) -> None:
     """Write a 3D array (z, y, x) in ``geometry`` atomically; 2D geometries write one slice as 2D."""
     path = Path(path)
@@ -1241,6 +1262,8 @@ def write_image(array: np.ndarray, geometry: Geometry, path: str | Path) -> None
         raise ValueError(f"write_image expects a 3D array (z, y, x), got shape {array.shape}")
     if array.dtype == np.bool_:
         array = array.astype(np.uint8)
+    if (problem := unwritable_problem(path, array.shape[1:] if geometry.is_2d else array.shape, array.dtype)) is not None:
+        raise DatasetError(problem)
     if ending in TIFF_ENDINGS and not geometry.is_2d:
         _write_tiff_volume(array, geometry, path)
         return
