@@ -72,6 +72,9 @@ def test_ignore_label_is_one_integer_in_no_region(labels: dict, order: list[int]
 
 @pytest.mark.parametrize(("change", "message"), [
     ({"labels": {"background": 1, "a": 0}}, 'labels must map "background" to 0'),
+    # nnU-Net v1's value -> name mapping: was 'labels must map "background" to 0 (got None)'
+    ({"labels": {"0": "background", "1": "a", "2": "b", "3": "c"}}, r'labels maps values to names \(nnU-Net v1 '
+     r'syntax\); write each name with its value: \{"background": 0, "a": 1, "b": 2, ...\}'),
     ({"labels": {"background": 0, "a": 1, "ignore": 1}}, "two labels share a value"),
     ({"labels": {"background": 0, "a": 2}}, r"consecutive integers 0..1, got \[0, 2\]"),
     ({"labels": {"background": 0, "ignore": 1, "a": 2, "b": 3}}, "the 'ignore' label must have the highest value; it is 1"),

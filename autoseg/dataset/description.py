@@ -121,6 +121,12 @@ def parse_description(data: dict[str, Any], path: Path) -> DatasetDescription:
     labels = _require(data, "labels", path, 'add e.g. "labels": {"background": 0, "tumor": 1}')
     if isinstance(labels, dict):
         labels = {name: _integer(value) for name, value in labels.items()}
+    if isinstance(labels, dict) and "background" not in labels and labels.get("0") == "background":
+        # nnU-Net v1's {"0": "background", "1": "tumor"} was refused as 'labels must map "background" to 0 (got
+        # None)', with no word of the cause
+        swapped = ", ".join(f'"{name}": {value}' for value, name in list(labels.items())[:3])
+        raise DatasetError(f"{path}: labels maps values to names (nnU-Net v1 syntax); write each name with its value: "
+                           f"{{{swapped}{', ...' if len(labels) > 3 else ''}}}")
     if not isinstance(labels, dict) or labels.get("background") != 0:
         raise DatasetError(f'{path}: labels must map "background" to 0 (got {labels.get("background") if isinstance(labels, dict) else labels!r})')
     labels = _as_nnunet_reads(labels, "regions_class_order" in data)
