@@ -123,3 +123,35 @@ def test_worker_count_takes_a_number_or_auto_and_rejects_a_negative_one() -> Non
 
 def test_validation_batches_come_from_half_the_workers() -> None:
     assert [validation_workers(n) for n in (0, 1, 2, 5, 12)] == [0, 1, 1, 2, 6]
+
+
+def _sparse_store(folder: Path) -> None:
+    """Two cases 24^3 annotated only in an 4^3 corner block (labels 0 and 1), the rest the ignore label 2;
+    the second case holds no foreground at all."""
+    from autoseg.preprocessing.store import class_locations, save_case
+
+    for k, fill in enumerate((1, 0)):
+        seg = np.full((1, 24, 24, 24), 2, np.int16)
+        seg[0, :4, :4, :4] = 0
+        seg[0, 1:3, 1:3, 1:3] = fill
+        data = np.random.default_rng(k).normal(size=(1, 24, 24, 24)).astype(np.float32)
+        properties = {"class_locations": class_locations(seg, [1], k), "shape_after_resampling": [24, 24, 24]}
+        save_case(folder, f"case_{k}", data, seg, properties)
+
+
+def test_with_an_ignore_label_every_patch_holds_annotated_voxels(tmp_path: Path) -> None:
+    # nnU-Net v2 (nnUNetDataLoader.get_bbox with has_ignore): a patch not forced to foreground is centred on
+    # a random annotated voxel, and a forced one in a case without foreground too; random patches of sparse
+    # annotations would hold nothing but ignored voxels, batches that teach nothing.
+    _sparse_store(tmp_path)
+    for oversample in (0.0, 1.0):
+        spec = SamplingSpec(
+            folder=tmp_path, case_ids=["case_0", "case_1"], patch_size=[8, 8, 8], sample_size=[8, 8, 8],
+            batch_size=4, oversample_foreground=oversample, foreground_labels=[1], ignore_label=2,
+        )
+        source = BatchSource(spec, seed=0, stream=TRAIN_STREAM)
+        targets = np.concatenate([source(i)["target"] for i in range(25)])
+        assert np.all((targets != 2).reshape(len(targets), -1).any(1)), oversample
+    spec.ignore_label = None  # without one: random patches, as before
+    targets = np.concatenate([BatchSource(spec, seed=0, stream=TRAIN_STREAM)(i)["target"] for i in range(25)])
+    assert not np.all((targets != 2).reshape(len(targets), -1).any(1))

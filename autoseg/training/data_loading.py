@@ -32,6 +32,8 @@ from autoseg.utils.cpu_load import available_cores
 from autoseg.utils.worker_exit import exit_with_parent
 
 TRAIN_STREAM = 0
+# Key of a case's annotated voxels among its class locations (labels are digits: no clash).
+ANNOTATED = "annotated"
 VAL_STREAM = 1
 # How often (seconds) the trainer checks a worker's health while waiting for its batch.
 _POLL_SECONDS = 1.0
@@ -102,6 +104,8 @@ class SamplingSpec:
         augmentation: the config's augmentation section; ``None`` for validation batches.
         case_cache_bytes: decompressed case arrays (images and labels) the source keeps in memory, case by
             case in the order it opens them, up to this many bytes; the rest stay store handles.
+        ignore_label: the dataset's ignore label, if any: then every patch is centred on an annotated voxel
+            (:meth:`BatchSource._annotated_voxels`).
     """
 
     folder: Path
@@ -116,6 +120,7 @@ class SamplingSpec:
     n_image_channels: int = 1
     augmentation: dict[str, Any] | None = None
     case_cache_bytes: int = 0
+    ignore_label: int | None = None
 
 
 def case_cache_bytes(setting: float | str, train_workers: int, world_size: int = 1) -> int:
@@ -187,11 +192,29 @@ class BatchSource:
                 str(label): np.asarray(points, dtype=np.int64)
                 for label, points in (properties.get("class_locations") or {}).items()
             }
+            if self.spec.ignore_label is not None and seg is not None:
+                locations[ANNOTATED] = self._annotated_voxels(case_id, seg)
             previous = None
             if self.spec.previous_stage_folder is not None:
                 previous = np.load(Path(self.spec.previous_stage_folder) / f"{case_id}.npy", mmap_mode="r", allow_pickle=False)
             self._cases[case_id] = (data, seg, locations, previous)
         return self._cases[case_id]
+
+    def _annotated_voxels(self, case_id: str, seg: Any) -> np.ndarray:
+        """Up to ``LOCATIONS_MIN`` random voxels (z, y, x) of the case not holding the ignore label, drawn from
+        the case's own stream (the same in every worker).
+
+        nnU-Net v2 centres each patch of a dataset with an ignore label on such a voxel (its
+        ``annotated_classes_key``): random patches of sparse annotations (scribbles, a few slices) would
+        mostly hold ignored voxels alone, batches with nothing to learn. The store keeps foreground
+        locations only, so these are drawn here, once per case."""
+        from autoseg.preprocessing.store import LOCATIONS_MIN, case_seed
+
+        annotated = np.asarray(seg[0:1])[0] != self.spec.ignore_label
+        index = np.flatnonzero(annotated)
+        if index.size > LOCATIONS_MIN:
+            index = np.sort(np.random.default_rng(case_seed(case_id)).choice(index, LOCATIONS_MIN, replace=False))
+        return np.stack(np.unravel_index(index, annotated.shape), axis=1).astype(np.int64)
 
     def _decompressed(self, data: Any, seg: Any) -> tuple[Any, Any]:
         """The case's arrays in memory while they fit ``case_cache_bytes`` (a crop is then a plain copy,
@@ -218,12 +241,14 @@ class BatchSource:
     def _sample(self, force_foreground: bool, data_out: np.ndarray, seg_out: np.ndarray) -> None:
         """One ``sample_size`` crop into ``data_out`` / ``seg_out`` (one sample of :meth:`_empty_batch`):
         random, or centred on a random stored voxel of a random foreground class present in the case
-        (reference.md §1.5)."""
+        (reference.md §1.5); with an ignore label, otherwise centred on a random annotated voxel."""
         spec = self.spec
         case_id = spec.case_ids[np.random.randint(len(spec.case_ids))]
         data, seg, locations, previous = self._case(case_id)
         shape = list(data.shape[1:])
         centre = self._foreground_voxel(locations) if force_foreground else None
+        if centre is None and len(locations.get(ANNOTATED, ())) > 0:  # ignore label: on an annotated voxel
+            centre = _random_row(locations[ANNOTATED])
         region: list[slice | int] = []
         sample = list(spec.sample_size)
         if len(sample) == 2:  # 2D configuration on a 3D store: pick a slice first
@@ -246,9 +271,12 @@ class BatchSource:
         classes = [str(c) for c in self.spec.foreground_labels if len(locations.get(str(c), ())) > 0]
         if not classes:
             return None  # no foreground in this case: a random patch, as nnU-Net does
-        points = locations[classes[np.random.randint(len(classes))]]
-        point = points[np.random.randint(len(points))]
-        return point[-3:]  # stored as (z, y, x), possibly with a leading channel index
+        return _random_row(locations[classes[np.random.randint(len(classes))]])
+
+
+def _random_row(points: np.ndarray) -> np.ndarray:
+    """A random voxel of ``points`` as (z, y, x) (stored possibly with a leading channel index)."""
+    return points[np.random.randint(len(points))][-3:]
 
 
 def _patch_starts(

@@ -91,7 +91,7 @@ def sampling_specs(run: FoldRun, batch_size: int, case_cache: int = 0) -> tuple[
         folder=run.store, patch_size=patch_size, batch_size=batch_size,
         oversample_foreground=cfg["oversample_foreground"], foreground_labels=desc.foreground_labels,
         previous_stage_folder=run.previous_stage_cache, previous_stage_labels=cascade_labels or None,
-        n_image_channels=desc.num_channels, case_cache_bytes=case_cache,
+        n_image_channels=desc.num_channels, case_cache_bytes=case_cache, ignore_label=desc.ignore_label,
     )
     train = SamplingSpec(case_ids=run.train_cases, sample_size=sampling_size(patch_size, aug), augmentation=aug, **common)
     val = SamplingSpec(case_ids=run.val_cases, sample_size=patch_size, augmentation=None, **common)
