@@ -100,6 +100,16 @@ def _num_training(d: Path) -> str:
     return f"{d / 'dataset.json'}: numTraining is 7 but 4 training case(s) were found in imagesTr/labelsTr; set numTraining to 4"
 
 
+def _num_training_of_listed_cases(d: Path) -> str:
+    """With an explicit "dataset" case list, the count was said to be 'found in imagesTr/labelsTr'."""
+    description = json.loads((d / "dataset.json").read_text())
+    cases = sorted(p.name[: -len("_0000.nii.gz")] for p in (d / "imagesTr").glob("*_0000.nii.gz"))[:2]
+    description["dataset"] = {c: {"images": [f"imagesTr/{c}_0000.nii.gz"], "label": f"labelsTr/{c}.nii.gz"} for c in cases}
+    (d / "dataset.json").write_text(json.dumps(description))
+    return (f"{d / 'dataset.json'}: numTraining is 4 but 2 training case(s) are listed in dataset.json's \"dataset\"; "
+            "set numTraining to 2")
+
+
 def _label_spacing(d: Path) -> str:
     edit_image(label(d, PLAIN_CASE), with_spacing((1.0, 1.5, 1.0)))
     return f"{label(d, PLAIN_CASE)}: geometry differs from image {PLAIN_CASE}_0000.nii.gz: spacing (1, 1.5, 1) vs (1, 1, 1)"
@@ -254,7 +264,7 @@ def _non_consecutive_labels(d: Path) -> str:
 
 BREAKAGES = {f.__name__[1:]: f for f in [
     _missing_channel, _channel_geometry, _missing_label, _label_without_image, _no_channel_suffix,
-    _num_training, _label_spacing, _label_origin, _label_size, _mask_0_255, _undeclared_label,
+    _num_training, _num_training_of_listed_cases, _label_spacing, _label_origin, _label_size, _mask_0_255, _undeclared_label,
     _fractional_label, _nan_image, _nan_image_with_intercept, _four_d, _truncated, _case_clash, _bad_json, _missing_key,
     _non_consecutive_labels, _label_shifted_far_from_zero, _near_integer_label, _beyond_float32_image,
     _file_ending_of_no_file, _no_cases, _one_slice_3d_label_of_a_2d_image,

@@ -231,7 +231,7 @@ def dataset_level_problems(location: DatasetLocation, desc: DatasetDescription) 
     elif desc.num_training != n_found:
         problems.append(
             f"{location.raw_dir / 'dataset.json'}: numTraining is {desc.num_training} but {n_found} training "
-            f"case(s) were found in imagesTr/labelsTr; set numTraining to {n_found}"
+            f"case(s) {_where_cases_are(desc)}; set numTraining to {n_found}"
         )
     seen: dict[str, str] = {}
     for case in scan.cases:
@@ -252,6 +252,12 @@ def dataset_level_problems(location: DatasetLocation, desc: DatasetDescription) 
                 problems.append(f"{path}: used by cases {files[resolved]!r} and {case.case_id!r}; each case needs its own files")
             files[resolved] = case.case_id
     return scan.cases, problems
+
+
+def _where_cases_are(desc: DatasetDescription) -> str:
+    """Where a dataset's cases come from, for messages: the explicit ``dataset`` list, when dataset.json has one,
+    is the only place looked at (its count was said to be 'found in imagesTr/labelsTr', which were not read)."""
+    return "are listed in dataset.json's \"dataset\"" if desc.cases is not None else "were found in imagesTr/labelsTr"
 
 
 def verify_dataset(location: DatasetSpec, num_workers: int | None = None) -> VerifyReport:
