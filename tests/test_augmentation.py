@@ -20,6 +20,7 @@ from scipy import ndimage
 
 from autoseg.errors import TrainingError
 from autoseg.training.augmentation import (
+    CorruptMasks,
     MaskOutsideNonzero,
     auto_degrees_2d,
     resolve_augmentation,
@@ -303,3 +304,38 @@ def test_seeded_global_rng_gives_the_callers_state_back() -> None:
     assert (np.random.rand(), random.random()) == expected
     with seeded_global_rng(99):
         assert (np.random.rand(), random.random()) == inside
+
+
+# ----------------------------------------------------------------------------------- cascade masks
+
+
+def _one_hot_blocks(n: int) -> np.ndarray:
+    """``n`` samples: an image channel and the one-hot masks of two touching blocks (labels 1 and 2)."""
+    labels = np.zeros((n, 20, 20, 20))
+    labels[:, 4:10, 4:16, 4:16], labels[:, 10:16, 4:16, 4:16] = 1, 2
+    image = np.random.default_rng(0).random((n, 1, 20, 20, 20))
+    return np.concatenate([image, (labels == 1)[:, None], (labels == 2)[:, None]], 1).astype(np.float32)
+
+
+def test_cascade_mask_corruption_keeps_the_masks_one_hot() -> None:
+    # nnU-Net (ApplyRandomBinaryOperatorTransform): what a dilation adds to one label is taken from the
+    # others, as the previous stage's prediction never gives a voxel two labels.
+    data = _one_hot_blocks(60)
+    with seeded_global_rng(0):
+        out = CorruptMasks([1, 2], 1.0, 4, 0.5, 0.15)(data=data.copy())["data"]
+    assert changed(out[:, 1:], data[:, 1:]).sum() > 30
+    assert not np.any((out[:, 1] > 0.5) & (out[:, 2] > 0.5))
+    np.testing.assert_array_equal(out[:, 0], data[:, 0])
+
+
+def test_cascade_mask_corruption_draws_its_probability_per_sample(monkeypatch: pytest.MonkeyPatch) -> None:
+    # nnU-Net applies the operation to a sample's masks all together (p per sample, then every label in a
+    # random order); a dilation always changes both blocks, so both change in the same samples.
+    monkeypatch.setattr(CorruptMasks, "OPERATIONS", (ndimage.binary_dilation,))
+    n = 200
+    data = _one_hot_blocks(n)
+    with seeded_global_rng(1):
+        out = CorruptMasks([1, 2], 0.4, 2, 0.0, 0.15)(data=data.copy())["data"]
+    first, second = changed(out[:, 1:2], data[:, 1:2]), changed(out[:, 2:3], data[:, 2:3])
+    np.testing.assert_array_equal(first, second)
+    assert_share(int(first.sum()), 0.4, n)

@@ -216,10 +216,11 @@ class PreviousStageToData(AbstractTransform):
 
 
 class CorruptMasks(AbstractTransform):
-    """Cascade mask corruption: per sample and mask channel, a random binary dilation / erosion /
-    opening / closing (probability ``p_operation``), and removal of one random connected component
-    smaller than ``max_fraction`` of the patch (probability ``p_remove``). The network so learns not
-    to trust the previous stage blindly."""
+    """Cascade mask corruption, as nnU-Net's: per sample with probability ``p_operation``, a random binary
+    dilation / erosion / opening / closing of each mask channel in a random order, what one adds taken
+    from the others (the masks stay one-hot, as the previous stage's predictions are); per sample with
+    probability ``p_remove``, removal of one random connected component smaller than ``max_fraction`` of
+    the patch from each mask channel. The network so learns not to trust the previous stage blindly."""
 
     OPERATIONS = (
         ndimage.binary_dilation,
@@ -238,17 +239,28 @@ class CorruptMasks(AbstractTransform):
     def __call__(self, **batch: Any) -> dict[str, Any]:
         data = batch["data"]
         for b in range(data.shape[0]):
-            for c in self.channels:
-                mask = data[b, c] > 0.5
-                if np.random.uniform() < self.p_operation:
-                    operation = self.OPERATIONS[np.random.randint(len(self.OPERATIONS))]
-                    radius = np.random.randint(1, self.max_size + 1)
-                    structure = ndimage.iterate_structure(ndimage.generate_binary_structure(mask.ndim, 1), radius)
-                    mask = operation(mask, structure)
-                if np.random.uniform() < self.p_remove:
-                    mask = self._remove_component(mask)
+            masks = {c: data[b, c] > 0.5 for c in self.channels}
+            if np.random.uniform() < self.p_operation:
+                for c in np.random.permutation(self.channels):
+                    self._operate(masks, int(c))
+            if np.random.uniform() < self.p_remove:
+                for c in np.random.permutation(self.channels):
+                    masks[int(c)] = self._remove_component(masks[int(c)])
+            for c, mask in masks.items():
                 data[b, c] = mask
         return batch
+
+    def _operate(self, masks: dict[int, np.ndarray], c: int) -> None:
+        """A random operation with a random radius on mask ``c``; voxels it adds leave the other masks."""
+        operation = self.OPERATIONS[np.random.randint(len(self.OPERATIONS))]
+        radius = np.random.randint(1, self.max_size + 1)
+        structure = ndimage.iterate_structure(ndimage.generate_binary_structure(masks[c].ndim, 1), radius)
+        result = operation(masks[c], structure)
+        added = result & ~masks[c]
+        masks[c] = result
+        for other in masks:
+            if other != c:
+                masks[other] &= ~added
 
     def _remove_component(self, mask: np.ndarray) -> np.ndarray:
         components, n = ndimage.label(mask)
