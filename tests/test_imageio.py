@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import os
 import re
 import sys
@@ -143,6 +144,20 @@ def test_natural_2d_images_read_as_one_slice(tmp_path: Path, ending: str) -> Non
     back, read_geometry = read_image(tmp_path / f"a{ending}")
     np.testing.assert_array_equal(back, array)
     assert read_geometry.spacing == (999.0, 1.0, 1.0) and read_geometry.is_2d
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 4), (1, 64, 3), (1, 64, 4), (1, 4, 64)])
+def test_a_2d_label_map_3_or_4_pixels_wide_or_high_is_written_as_one_grey_tiff_page(
+    tmp_path: Path, shape: tuple[int, ...]
+) -> None:
+    """tifffile guessed RGB(A) samples from a side of 3 or 4: the write failed with ValueError ('not enough samples
+    for PHOTOMETRIC.RGB') or the label map read back as a colour image."""
+    array = (np.arange(math.prod(shape)) % 3).reshape(shape).astype(np.uint8)
+    geometry = Geometry((999.0, 1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0))
+    write_image(array, geometry, tmp_path / "a.tif")
+    back, read_geometry = read_image(tmp_path / "a.tif")
+    np.testing.assert_array_equal(back, array)
+    assert read_geometry.is_2d
 
 
 def test_2d_nifti_round_trip_keeps_2d_geometry(tmp_path: Path) -> None:

@@ -1369,7 +1369,14 @@ def _write_natural_2d(array: np.ndarray, path: Path) -> None:
             raise ValueError(f"{path}: PNG/TIF outputs need integer values in 0..65535")
         image = image.astype(np.uint16 if image.max(initial=0) > 255 else np.uint8)
     with atomic_path(path) as tmp:
-        skio.imsave(str(tmp), image, check_contrast=False)
+        if image_ending(path) in TIFF_ENDINGS:
+            # One grey page, said so: left to guess, tifffile took an image 3 or 4 pixels wide for RGB(A) samples
+            # (ValueError 'not enough samples for PHOTOMETRIC.RGB', or a label map read back as a colour image).
+            import tifffile
+
+            tifffile.imwrite(tmp, image, photometric="minisblack")
+        else:
+            skio.imsave(str(tmp), image, check_contrast=False)
 
 
 def read_case_images(
