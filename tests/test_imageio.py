@@ -561,6 +561,23 @@ def test_an_image_its_format_cannot_hold_is_refused_with_the_format_to_use(
     assert unwritable_problem(tmp_path / "ok.nrrd", shape, dtype) is None
 
 
+@pytest.mark.parametrize("name", ["x.MHA", "x.MHD", "x.Nii.gz", "x.GIPL", "x.Gipl.gz"])
+def test_an_ending_itk_cannot_read_back_is_not_written(tmp_path: Path, name: str) -> None:
+    """A .MHA (or .Nii.gz, .GIPL) was written that ITK could not read back, and a .MHD header came out as x.mhd with
+    x.raw, nothing at the path asked for, reported as written."""
+    with pytest.raises(DatasetError, match=rf"{re.escape(name)}: ITK, the image reader, cannot read the ending "
+                                           rf"'{re.escape(name[1:])}' in this case; write '{re.escape(name[1:].lower())}'"):
+        write_image(np.ones((2, 3, 4), np.uint8), GEOMETRY, tmp_path / name)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["x.NII.GZ", "x.NII", "x.NRRD", "x.Nrrd", "x.NHDR"])
+def test_an_upper_case_ending_itk_reads_is_written_and_read_back(tmp_path: Path, name: str) -> None:
+    array = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    write_image(array, GEOMETRY, tmp_path / name)
+    np.testing.assert_array_equal(read_image(tmp_path / name)[0], array)
+
+
 @pytest.mark.parametrize("flipped", [-2, -6])
 def test_a_nifti_gz_with_a_damaged_gzip_trailer_is_refused(tmp_path: Path, flipped: int) -> None:
     """A flipped bit in the trailer's length made the truncation check's decompression raise zlib.error ('incorrect

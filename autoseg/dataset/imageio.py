@@ -1237,10 +1237,33 @@ _MAX_SIDE = {".nii": 32767, ".nii.gz": 32767, ".gipl": 65535, ".gipl.gz": 65535}
 _GIPL_UNWRITABLE_KINDS = (np.int32, np.uint32, np.int64, np.uint64)
 
 
+# The spellings of an ending, other than lower case, that ITK reads: NRRD in any case, NIfTI in upper case only.
+_ITK_OTHER_SPELLINGS = {".nii.gz": (".NII.GZ",), ".nii": (".NII",), ".nrrd": None, ".nhdr": None}
+
+
+def itk_reads_spelling(path: str | Path) -> bool:
+    """Whether ITK reads a file named ``path`` by its ending as spelled (``.NII.GZ`` yes, ``.MHA``, ``.Nii.gz`` no);
+    True for endings ITK does not read (natural 2D images)."""
+    ending = image_ending(path)
+    spelled = Path(path).name[-len(ending):] if ending else ""
+    if ending not in SITK_ENDINGS or spelled == ending:
+        return True
+    others = _ITK_OTHER_SPELLINGS.get(ending, ())
+    return others is None or spelled in others
+
+
 def unwritable_problem(path: str | Path, shape: Sequence[int], dtype: Any) -> str | None:
     """Why an array of ``shape`` (z, y, x) and ``dtype`` cannot be written to ``path`` in its format (with the
-    fix: another format), else None. Cheap, so a command can ask before it computes what it would write."""
+    fix: another format), else None. Cheap, so a command can ask before it computes what it would write.
+
+    An ending ITK reads in lower case only (``.MHA``, ``.Nii.gz``) is refused too: such a file was written but could
+    not be read back, and a ``.MHD`` header was written as ``.mhd`` (ITK's MetaImage writer renames it), leaving
+    nothing at ``path``."""
     ending = image_ending(path)
+    if not itk_reads_spelling(path):
+        spelled = Path(path).name[-len(ending):]
+        return (f"{path}: ITK, the image reader, cannot read the ending '{spelled}' in this case; write '{ending}' "
+                "instead")
     limit = _MAX_SIDE.get(ending)
     if limit is not None and max(shape, default=0) > limit:
         return (f"{path}: an image of {'x'.join(map(str, shape))} voxels cannot be written as {ending}, which holds at "
