@@ -825,3 +825,25 @@ def test_time_accounting_says_whose_budget_the_run_kept(source, train_budget, pl
     lines = format_time_accounting(accounting).splitlines()
     assert lines[-1] == last_line
     assert "  training             1713      3477" in lines
+
+
+def test_continue_of_a_finished_fold_keeps_its_time_accounting(results, data_roots):
+    """A --continue that trains nothing replaced the fold's accounting with zeros for every part; without a
+    recorded accounting (killed in the final validation) its parts did not add up to its total."""
+    import json
+
+    from autoseg.training import train_fold
+
+    options = dict(workers=0, overrides=["iterations_per_epoch=3", "val_iterations_per_epoch=1", "mixed_precision=off"])
+    summary = train_fold(DATASET, "3d_fullres", 0, epochs=1, **options)
+    path = Path(summary["model_folder"]) / "fold_0" / "time_accounting.json"
+    first = json.loads(path.read_text())
+    assert first["actual"]["startup"] > 0
+    again = train_fold(DATASET, "3d_fullres", 0, continue_=True, **options)
+    assert json.loads(path.read_text()) == first == again["time_accounting"]
+    path.unlink()  # as a run killed during its final validation leaves the fold
+    (path.parent / "validation" / "summary.json").unlink()
+    actual = train_fold(DATASET, "3d_fullres", 0, continue_=True, **options)["time_accounting"]["actual"]
+    assert actual["startup"] > 0 and actual["final_validation"] > 0
+    parts = sum(v or 0.0 for k, v in actual.items() if k != "total")
+    assert parts == pytest.approx(actual["total"], abs=0.5)

@@ -121,9 +121,11 @@ def train_fold(
         with applied(run.math_threads):
             trainer, pretrained = _train(run, context, pretrained_weights)
             validation, validation_seconds = _final_validation(trainer, run, context, save_probabilities)
-        accounting = time_accounting(trainer, run, validation_seconds, time.monotonic() - start)
-        if context.is_main:
-            atomic_write_json(run.fold_folder / ACCOUNTING_FILE, accounting)
+        accounting = _kept_accounting(trainer, run)
+        if accounting is None:
+            accounting = time_accounting(trainer, run, validation_seconds, time.monotonic() - start)
+            if context.is_main:
+                atomic_write_json(run.fold_folder / ACCOUNTING_FILE, accounting)
         barrier(context)
     finally:
         shutdown(context)
@@ -251,8 +253,10 @@ def _train(run: FoldRun, context: DistributedContext, pretrained_weights: str | 
         trainer.monitor.log(f"warning: {warning}")
     if trainer.state.iteration < trainer.state.total_iterations:
         trainer.fit()
-    elif not (run.fold_folder / FINAL).is_file():
-        trainer.save(FINAL)
+    else:  # nothing left to train (killed in the final validation): the time so far is this run's startup
+        trainer.actual_seconds["startup"] = time.monotonic() - run.start_time
+        if not (run.fold_folder / FINAL).is_file():
+            trainer.save(FINAL)
     barrier(context)
     return trainer, pretrained
 
@@ -282,6 +286,20 @@ def time_accounting(trainer: Trainer, run: FoldRun, validation_seconds: float, r
         "actual": actual,
         "iterations": {"planned": plan.get("num_iterations"), "trained": trainer.state.iteration},
     }
+
+
+def _kept_accounting(trainer: Trainer, run: FoldRun) -> dict[str, Any] | None:
+    """The fold's recorded accounting when this --continue trained nothing (its schedule was finished), else
+    None. Such a run has no training, startup or checkpoint time of its own: it replaced the accounting of the
+    run that trained the model with zeros for every part and a total that was not their sum."""
+    path = run.fold_folder / ACCOUNTING_FILE
+    if not run.resume or trainer.trained or not path.is_file():
+        return None
+    try:
+        kept = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None  # unreadable: written afresh
+    return kept if isinstance(kept, dict) and isinstance(kept.get("actual"), dict) else None
 
 
 def format_time_accounting(accounting: dict[str, Any]) -> str:

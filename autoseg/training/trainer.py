@@ -181,6 +181,8 @@ class Trainer:
         # Wall time of each part of the run, for predicted-against-actual accounting (not checkpointed).
         self.actual_seconds = {"startup": 0.0, "training": 0.0, "checkpoints": 0.0}
         self.replanner: BudgetReplanner | None = None
+        # Whether this process trained (ran fit()): a --continue of a finished schedule does not.
+        self.trained = False
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -242,6 +244,7 @@ class Trainer:
         """Train until ``total_iterations``; writes checkpoints, log, metrics and the final checkpoint."""
         cfg, run = self.run.config, self.run
         fit_start = time.monotonic()
+        self.trained = True
         self.actual_seconds["startup"] = fit_start - run.start_time
         checkpoints_before = self.actual_seconds["checkpoints"]
         workers = self.workers()
