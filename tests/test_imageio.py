@@ -268,6 +268,32 @@ def test_a_dicom_file_whose_name_is_not_utf8_is_named_not_an_abort(tmp_path: Pat
                                   "with UTF-8 (or ASCII) characters")
 
 
+@pytest.mark.parametrize("patched", ["1.dcm", "32.dcm"])
+def test_a_dicom_slice_claiming_more_pixels_than_its_file_holds_is_refused_before_gdcm_reads_it(
+    tmp_path: Path, patched: str
+) -> None:
+    """GDCM zero-fills what a slice lacks: one whose Rows and Columns read 50000 (a damaged header) was read, in 29 s
+    and 5 GB, as a 50000 x 50000 image of zeros, without an error (alone, or the series refused as uneven sizes)."""
+    import shutil
+    import struct
+
+    source = SHARED_DATA / "dicom_examples" / "Study1" / "13_HCropVolume"
+    folder = tmp_path / "series"
+    if patched == "1.dcm":
+        folder.mkdir()
+        shutil.copy(source / patched, folder / patched)
+    else:
+        shutil.copytree(source, folder)
+    data = bytearray((folder / patched).read_bytes())
+    for tag in (b"\x28\x00\x10\x00US", b"\x28\x00\x11\x00US"):  # Rows, Columns (explicit VR little endian)
+        struct.pack_into("<H", data, data.index(tag) + 8, 50000)
+    (folder / patched).write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match=rf"series: {patched}: its header claims 50000x50000 pixels of 16 bits "
+                                           r"\(5000000000 bytes\), more than the file's \d+ bytes \(a damaged header or a "
+                                           r"truncated copy\?\); copy the series again, or remove the file"):
+        read_image(folder)
+
+
 def test_short_dicom_series_with_rounded_in_plane_positions_is_no_tilt(tmp_path: Path) -> None:
     """Two slices 1 mm apart whose positions are 0.05 mm off in-plane (rounding) lean 2.9 degrees but drift a tenth
     of a 0.5 mm pixel: they were refused as a gantry tilt."""
