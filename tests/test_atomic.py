@@ -36,6 +36,25 @@ def test_written_files_get_the_umask_permissions(tmp_path: Path) -> None:
     assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
 
 
+def test_a_writer_that_replaces_the_temporary_keeps_the_umask_permissions(tmp_path: Path) -> None:
+    """safetensors writes its own 0600 file over the temporary: checkpoints were readable by their owner only."""
+    import torch
+
+    from autoseg.utils.weights_file import save_weights
+
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "own.bin") as tmp:
+            fd = os.open(tmp.with_name("private"), os.O_WRONLY | os.O_CREAT, 0o600)
+            os.close(fd)
+            os.replace(tmp.with_name("private"), tmp)
+        save_weights(tmp_path / "checkpoint.safetensors", {"w": torch.zeros(2), "metadata": {"v": 1}})
+    finally:
+        os.umask(old)
+    for name in ("own.bin", "checkpoint.safetensors"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+
+
 def test_compact_json(tmp_path: Path) -> None:
     atomic_write_json(tmp_path / "c.json", {"a": [1, 2]}, indent=None)
     assert (tmp_path / "c.json").read_text() == '{"a":[1,2]}\n'

@@ -26,6 +26,7 @@ import re
 import secrets
 import shutil
 import socket
+import stat
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -95,7 +96,9 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None, durable
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = _create_temporary(target, suffix if suffix is not None else format_suffix(target.name))
     try:
+        mode = stat.S_IMODE(tmp.stat().st_mode)
         yield tmp
+        _keep_mode(tmp, mode)
         if durable:
             _fsync(tmp)
         if _space_left(target.parent) == 0:
@@ -112,6 +115,15 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None, durable
         raise
     if durable and os.name == "posix":
         _fsync(target.parent)
+
+
+def _keep_mode(tmp: Path, mode: int) -> None:
+    """Give ``tmp`` back the umask's permissions it was created with when its writer replaced the file:
+    safetensors (0.8) writes a file of its own with mode 0600 and renames it over the temporary, so every
+    checkpoint and model weight file came out readable by its owner only (a colleague or a service account
+    could not read the model), unlike every other result."""
+    if tmp.is_file() and stat.S_IMODE(tmp.stat().st_mode) != mode:
+        os.chmod(tmp, mode)
 
 
 FULL_BELOW_BYTES = 1 << 20  # a file system with less space left counts as full when a write into it failed
