@@ -277,6 +277,25 @@ def test_clean_dataset_verifies(small_dataset: Path, roots: dict[str, Path]) -> 
     assert "Dataset999_Test: 4 case(s) checked, no problems found" in result.output
 
 
+def test_images_named_as_their_labels_are_named_as_lacking_the_channel_suffix(
+    small_dataset: Path, roots: dict[str, Path]
+) -> None:
+    """Case ids ending in four digits (case_0001), images saved without _0000: each image was read as channel 1, 3,
+    ... of a case 'case', and verify advised removing every image as an undeclared channel and renaming every
+    (correctly named) label."""
+    names = []
+    for number, image_file in enumerate(sorted((small_dataset / "imagesTr").iterdir()), start=1):
+        case = image_file.name[: -len("_0000.nii.gz")]
+        image_file.rename(small_dataset / "imagesTr" / f"case_{number:04d}.nii.gz")
+        (small_dataset / "labelsTr" / f"{case}.nii.gz").rename(small_dataset / "labelsTr" / f"case_{number:04d}.nii.gz")
+        names.append(f"case_{number:04d}")
+    result = runner.invoke(app, ["verify", str(small_dataset), "-np", "1"])
+    assert result.exit_code == 2, result.output
+    problems = [line for line in result.output.splitlines() if line.startswith("ERROR")]
+    assert problems == [f"ERROR {small_dataset / 'imagesTr' / name}.nii.gz: name lacks the 4-digit channel suffix; rename "
+                        f"to {name}_0000.nii.gz" for name in names], result.output
+
+
 def test_zero_workers_verify_in_this_process(
     small_dataset: Path, roots: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

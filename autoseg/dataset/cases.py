@@ -94,15 +94,18 @@ def _other_ending_problem(dataset_dir: Path, desc: DatasetDescription) -> str | 
             f"{found!r}; set file_ending to {found!r}")
 
 
-def scan_images(folder: Path, desc: DatasetDescription) -> CaseScan:
-    """Group ``folder``'s files into cases by the ``_XXXX`` channel suffix; report every naming problem."""
+def scan_images(folder: Path, desc: DatasetDescription, unsuffixed: frozenset[str] = frozenset()) -> CaseScan:
+    """Group ``folder``'s files into cases by the ``_XXXX`` channel suffix; report every naming problem.
+
+    ``unsuffixed``: names (without ending) of images known to lack the suffix although they end in four digits
+    (``unsuffixed_images``), reported as such instead of as channels of another case."""
     scan = CaseScan()
     if not folder.is_dir():
         scan.problems.append(f"{folder}: folder not found; put the images in {folder.name}/<case>_0000{desc.file_ending}")
         return scan
     channels: dict[str, dict[int, Path]] = {}
     for stem, path in _files_by_stem(folder, desc.file_ending, scan.problems).items():
-        match = CHANNEL_SUFFIX.match(stem)
+        match = None if stem in unsuffixed else CHANNEL_SUFFIX.match(stem)
         if match is None:
             scan.problems.append(f"{path}: name lacks the 4-digit channel suffix; rename to {stem}_0000{desc.file_ending}")
             continue
@@ -117,6 +120,15 @@ def scan_images(folder: Path, desc: DatasetDescription) -> CaseScan:
         if not missing:
             scan.cases.append(Case(case_id, [files[c] for c in sorted(files) if c < desc.num_channels]))
     return scan
+
+
+def unsuffixed_images(images: Path, label_stems: set[str], ending: str) -> frozenset[str]:
+    """Names (without ending) of images in ``images`` named exactly as a label while the case their last four digits
+    would make has no label: ``imagesTr/case_0001.nii.gz`` beside ``labelsTr/case_0001.nii.gz`` is case_0001's image
+    without its ``_0000``. Read as channel 1 of a case 'case', a dataset of such names was refused with advice to
+    remove every image as an undeclared channel and to rename every label."""
+    return frozenset(stem for stem in label_stems if (match := CHANNEL_SUFFIX.match(stem)) is not None
+                     and match["case"] not in label_stems and (images / f"{stem}{ending}").is_file())
 
 
 def channel_file_gaps(files: Iterable[int], num_channels: int, ending: str) -> tuple[list[int], list[int]]:
@@ -140,13 +152,16 @@ def scan_training_cases(dataset_dir: Path, desc: DatasetDescription) -> CaseScan
         return CaseScan(problems=[problem])
     if desc.cases is not None:
         return _explicit_cases(dataset_dir, desc)
-    scan = scan_images(dataset_dir / "imagesTr", desc)
     labels_dir = dataset_dir / "labelsTr"
+    label_problems: list[str] = []
     label_files: dict[str, Path] = {}
     if not labels_dir.is_dir():
-        scan.problems.append(f"{labels_dir}: folder not found; put one label file per case in labelsTr/<case>{desc.file_ending}")
+        label_problems.append(f"{labels_dir}: folder not found; put one label file per case in labelsTr/<case>{desc.file_ending}")
     else:
-        label_files = _files_by_stem(labels_dir, desc.file_ending, scan.problems)
+        label_files = _files_by_stem(labels_dir, desc.file_ending, label_problems)
+    unsuffixed = unsuffixed_images(dataset_dir / "imagesTr", set(label_files), desc.file_ending)
+    scan = scan_images(dataset_dir / "imagesTr", desc, unsuffixed)
+    scan.problems.extend(label_problems)
     image_ids = {c.case_id for c in scan.cases}
     scan.num_declared_cases = len(image_ids | set(label_files))
     for case in scan.cases:
@@ -154,6 +169,8 @@ def scan_training_cases(dataset_dir: Path, desc: DatasetDescription) -> CaseScan
         if case.label is None and labels_dir.is_dir():
             scan.problems.append(f"{labels_dir / (case.case_id + desc.file_ending)}: missing label of case {case.case_id}")
     for stem, path in label_files.items():
+        if stem in unsuffixed:  # its image, named as the label, is reported as lacking the channel suffix
+            continue
         if stem not in image_ids and not (dataset_dir / "imagesTr" / f"{stem}_0000{desc.file_ending}").exists():
             hint = " (labels have no channel suffix; rename it without _XXXX)" if CHANNEL_SUFFIX.match(stem) else ""
             scan.problems.append(f"{path}: label without images (no imagesTr/{stem}_0000{desc.file_ending}){hint}")
