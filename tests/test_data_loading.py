@@ -22,6 +22,7 @@ from autoseg.training.data_loading import (
     BatchStream,
     SamplingSpec,
     _patch_starts,
+    forced_samples,
     batch_to_device,
     validation_workers,
     worker_count,
@@ -155,3 +156,30 @@ def test_with_an_ignore_label_every_patch_holds_annotated_voxels(tmp_path: Path)
     spec.ignore_label = None  # without one: random patches, as before
     targets = np.concatenate([BatchSource(spec, seed=0, stream=TRAIN_STREAM)(i)["target"] for i in range(25)])
     assert not np.all((targets != 2).reshape(len(targets), -1).any(1))
+
+
+def test_a_batch_split_over_ranks_forces_the_samples_one_process_would() -> None:
+    # Each rank applied the 33% to its own share: 2 of 4 samples forced on 2 ranks, none with one sample
+    # per rank; the forced samples are counted in the global batch instead (reference.md §1.5).
+    from types import SimpleNamespace
+
+    from autoseg.training.distributed import DistributedContext, rank_batch_size
+    from autoseg.training.trainer import sampling_specs
+
+    description = SimpleNamespace(foreground_labels=[1], num_channels=1, ignore_label=None)
+    for global_batch in range(1, 9):
+        run = SimpleNamespace(
+            config=load_defaults(), description=description, patch_size=PATCH, cascade_labels=[],
+            configuration={"normalization": [{"scheme": "zscore", "use_mask": False}]}, store=Path("."),
+            train_cases=["a"], val_cases=["b"], previous_stage_cache=None, global_batch=global_batch,
+        )
+        one = forced_samples(sampling_specs(run, global_batch)[0])
+        assert sum(one) == global_batch - round(global_batch * 0.67)
+        for world in range(2, global_batch + 1):
+            split: list[bool] = []
+            for rank in range(world):
+                context = DistributedContext(rank=rank, world_size=world)
+                train, val, _ = sampling_specs(run, rank_batch_size(global_batch, context), context=context)
+                assert forced_samples(val) == forced_samples(train)
+                split += forced_samples(train)
+            assert split == one, (global_batch, world)

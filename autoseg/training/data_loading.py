@@ -106,6 +106,8 @@ class SamplingSpec:
             case in the order it opens them, up to this many bytes; the rest stay store handles.
         ignore_label: the dataset's ignore label, if any: then every patch is centred on an annotated voxel
             (:meth:`BatchSource._annotated_voxels`).
+        global_batch_size: the batch over all ranks (0: ``batch_size``, one process).
+        batch_offset: where this rank's samples start in the global batch.
     """
 
     folder: Path
@@ -121,6 +123,8 @@ class SamplingSpec:
     augmentation: dict[str, Any] | None = None
     case_cache_bytes: int = 0
     ignore_label: int | None = None
+    global_batch_size: int = 0
+    batch_offset: int = 0
 
 
 def case_cache_bytes(setting: float | str, train_workers: int, world_size: int = 1) -> int:
@@ -137,6 +141,18 @@ def case_cache_bytes(setting: float | str, train_workers: int, world_size: int =
         raise TrainingError(f"case_cache_mb is {setting!r}: give the MiB of decompressed cases a data worker may keep "
                             "in memory (0 or more; 0 reads every crop from the store) or auto")
     return int(setting * 2**20)
+
+
+def forced_samples(spec: SamplingSpec) -> list[bool]:
+    """Which samples of this rank's batch are centred on foreground: the last ``oversample_foreground``
+    share of the global batch, from ``round(global * (1 - share))`` on (nnU-Net's rule, reference.md §1.5).
+
+    Counted in the global batch, not in each rank's share, so that a batch split over ranks forces the
+    samples one process would: per rank, 2 of 4 samples on 2 ranks would be forced, none at all with one
+    sample per rank (nnU-Net v2 likewise sets each rank's share from its place in the global batch)."""
+    total = spec.global_batch_size or spec.batch_size
+    forced_from = round(total * (1 - spec.oversample_foreground))
+    return [spec.batch_offset + j >= forced_from for j in range(spec.batch_size)]
 
 
 def _check_cases(folder: Path, case_ids: Sequence[str]) -> None:
@@ -164,10 +180,9 @@ class BatchSource:
     def __call__(self, index: int) -> dict[str, np.ndarray]:
         spec = self.spec
         with seeded_global_rng(batch_seed(self.seed, self.stream, self.rank, index)):
-            forced_from = round(spec.batch_size * (1 - spec.oversample_foreground))
             data, seg = self._empty_batch()
-            for j in range(spec.batch_size):
-                self._sample(j >= forced_from, data[j], seg[j])
+            for j, forced in enumerate(forced_samples(spec)):
+                self._sample(forced, data[j], seg[j])
             if self._transforms is None:
                 self._transforms = self._build_transforms()
             out = self._transforms(data=data, seg=seg)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -80,10 +81,14 @@ def network_request(run: FoldRun, batch_size: int) -> NetworkRequest:
     return NetworkRequest(run.network_name, run.configuration, run.in_channels, n_outputs, run.patch_size, batch_size)
 
 
-def sampling_specs(run: FoldRun, batch_size: int, case_cache: int = 0) -> tuple[SamplingSpec, SamplingSpec, dict[str, Any]]:
+def sampling_specs(
+    run: FoldRun, batch_size: int, case_cache: int = 0, context: DistributedContext | None = None
+) -> tuple[SamplingSpec, SamplingSpec, dict[str, Any]]:
     """Training (augmented, sampled larger for rotation and scaling) and validation batch specs of
-    the run's patch and cascade labels, each source keeping up to ``case_cache`` bytes of
-    decompressed cases, and the resolved augmentation."""
+    the run's patch and cascade labels for ``context``'s rank, each source keeping up to ``case_cache``
+    bytes of decompressed cases, and the resolved augmentation."""
+    context = context or DistributedContext()
+    offset = sum(rank_batch_size(run.global_batch, replace(context, rank=r)) for r in range(context.rank))
     cfg, desc, patch_size, cascade_labels = run.config, run.description, run.patch_size, run.cascade_labels
     aug = resolve_augmentation(cfg["augmentation"], patch_size, run.configuration["normalization"],
                                run.configuration.get("mirror_axes"))
@@ -92,6 +97,7 @@ def sampling_specs(run: FoldRun, batch_size: int, case_cache: int = 0) -> tuple[
         oversample_foreground=cfg["oversample_foreground"], foreground_labels=desc.foreground_labels,
         previous_stage_folder=run.previous_stage_cache, previous_stage_labels=cascade_labels or None,
         n_image_channels=desc.num_channels, case_cache_bytes=case_cache, ignore_label=desc.ignore_label,
+        global_batch_size=run.global_batch, batch_offset=offset,
     )
     train = SamplingSpec(case_ids=run.train_cases, sample_size=sampling_size(patch_size, aug), augmentation=aug, **common)
     val = SamplingSpec(case_ids=run.val_cases, sample_size=patch_size, augmentation=None, **common)
@@ -175,7 +181,7 @@ class Trainer:
             self.setup.amp_dtype, wrap=lambda m: wrap_model(m, self.context, self.device), in_channels=self.in_channels,
         )
         case_cache = case_cache_bytes(cfg["case_cache_mb"], self.workers(), self.context.world_size)
-        self.train_spec, self.val_spec, aug = sampling_specs(run, self.batch_size, case_cache)
+        self.train_spec, self.val_spec, aug = sampling_specs(run, self.batch_size, case_cache, self.context)
         self.mirror_axes = list(aug["mirror"]["axes"]) if aug["mirror"]["p"] > 0 else []
         self.state = TrainingState(planned_total(cfg, plan, run.epochs, self.iterations_per_epoch))
         # Wall time of each part of the run, for predicted-against-actual accounting (not checkpointed).
