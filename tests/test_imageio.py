@@ -25,6 +25,7 @@ GEOMETRY = Geometry(
     origin=(10.5, -20.25, 3.0),
     direction=tuple(np.array([[0, 1, 0], [1, 0, 0], [0, 0, -1]], float).ravel()),
 )
+UPRIGHT = Geometry(GEOMETRY.spacing, GEOMETRY.origin, tuple(np.eye(3).ravel()))  # GIPL stores no direction
 
 
 @pytest.mark.parametrize("ending", [".nii.gz", ".nii", ".nrrd", ".mha"])
@@ -476,7 +477,7 @@ def test_truncated_file_is_reported_with_its_name(tmp_path: Path, ending: str) -
     # ITK zero-fills truncated NIfTI files silently; autoseg must not.
     full = tmp_path / f"full{ending}"
     array, geometry = read_image(HIPPOCAMPUS / "imagesTr" / "hippocampus_004_0000.nii.gz")
-    write_image(array, geometry, full)
+    write_image(array, UPRIGHT if ".gipl" in ending else geometry, full)
     source = full.read_bytes()
     path = tmp_path / f"cut_0000{ending}"
     path.write_bytes(source[: len(source) // 2])
@@ -570,6 +571,11 @@ def test_a_nrrd_or_metaimage_compressed_a_thousandfold_is_read(tmp_path: Path, e
                                          r"integers\); use \.nii\.gz, \.nrrd or \.mha"),
     ("labels.gipl.gz", (2, 3, 4), np.uint32, r"uint32 voxels cannot be written as \.gipl\.gz"),
     ("labels.gipl", (2, 3, 4), np.int64, r"int64 voxels cannot be written"),
+    # GIPL stores no direction, a 3D TIFF only spacing: written upright at the origin, read back elsewhere
+    ("rotated.gipl", (2, 3, 4), np.uint8, r"\.gipl cannot hold this image's geometry \(direction \(0, 1, 0, 1, 0, 0, 0, 0, "
+                                          r"-1\) vs \(1, 0, 0, 0, 1, 0, 0, 0, 1\) as written\); use \.nii\.gz, \.nrrd or \.mha"),
+    ("shifted.tif", (2, 3, 4), np.uint8, r"\.tif cannot hold this image's geometry \(direction .*; origin \(10\.5, "
+                                         r"-20\.25, 3\) vs \(0, 0, 0\)"),
 ])
 def test_an_image_its_format_cannot_hold_is_refused_with_the_format_to_use(
     tmp_path: Path, name: str, shape: tuple[int, ...], dtype: type, expected: str
@@ -580,11 +586,12 @@ def test_an_image_its_format_cannot_hold_is_refused_with_the_format_to_use(
     from autoseg.dataset.imageio import unwritable_problem
 
     path = tmp_path / name
-    assert unwritable_problem(path, shape, dtype) is not None
+    geometry = GEOMETRY if name.startswith(("rotated", "shifted")) else Geometry.default(shape)
+    assert unwritable_problem(path, shape, dtype, geometry) is not None
     with pytest.raises(DatasetError, match=re.escape(str(path)) + ": .*" + expected):
-        write_image(np.zeros(shape, dtype), Geometry.default(shape), path)
+        write_image(np.zeros(shape, dtype), geometry, path)
     assert list(tmp_path.iterdir()) == []
-    assert unwritable_problem(tmp_path / "ok.nrrd", shape, dtype) is None
+    assert unwritable_problem(tmp_path / "ok.nrrd", shape, dtype, geometry) is None
 
 
 @pytest.mark.parametrize("name", ["x.MHA", "x.MHD", "x.Nii.gz", "x.GIPL", "x.Gipl.gz"])
@@ -751,7 +758,7 @@ def test_a_nifti_the_writer_cut_short_is_refused_as_a_full_disk(
     monkeypatch.setattr(imageio.sitk, "WriteImage", cut_short)
     array = np.random.default_rng(0).normal(size=(8, 16, 16)).astype(np.float32)
     with pytest.raises(OSError) as info:
-        write_image(array, GEOMETRY, target)
+        write_image(array, UPRIGHT if ".gipl" in ending else GEOMETRY, target)
     assert info.value.errno == 28 and info.value.filename == str(target)
     assert [p.name for p in tmp_path.iterdir()] == [target.name] and target.read_bytes() == b"old"
 

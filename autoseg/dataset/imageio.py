@@ -1299,9 +1299,11 @@ def itk_reads_spelling(path: str | Path) -> bool:
     return others is None or spelled in others
 
 
-def unwritable_problem(path: str | Path, shape: Sequence[int], dtype: Any) -> str | None:
-    """Why an array of ``shape`` (z, y, x) and ``dtype`` cannot be written to ``path`` in its format (with the
-    fix: another format), else None. Cheap, so a command can ask before it computes what it would write.
+def unwritable_problem(
+    path: str | Path, shape: Sequence[int], dtype: Any, geometry: Geometry | None = None
+) -> str | None:
+    """Why an array of ``shape`` (z, y, x) and ``dtype`` in ``geometry`` cannot be written to ``path`` in its format
+    (with the fix: another format), else None. Cheap, so a command can ask before it computes what it would write.
 
     An ending ITK reads in lower case only (``.MHA``, ``.Nii.gz``) is refused too: such a file was written but could
     not be read back, and a ``.MHD`` header was written as ``.mhd`` (ITK's MetaImage writer renames it), leaving
@@ -1318,7 +1320,21 @@ def unwritable_problem(path: str | Path, shape: Sequence[int], dtype: Any) -> st
     if ending in (".gipl", ".gipl.gz") and np.dtype(dtype).type in _GIPL_UNWRITABLE_KINDS:
         return (f"{path}: {np.dtype(dtype)} voxels cannot be written as {ending} (GIPL holds no 32- or 64-bit "
                 "integers); use .nii.gz, .nrrd or .mha")
+    if geometry is not None and (lost := _geometry_lost_in(ending, geometry)):
+        return (f"{path}: {ending} cannot hold this image's geometry ({'; '.join(lost)} as written); use .nii.gz, "
+                ".nrrd or .mha, which keep it")
     return None
+
+
+def _geometry_lost_in(ending: str, geometry: Geometry) -> list[str]:
+    """What of a 3D ``geometry`` a file of ``ending`` would drop, as ``geometry_differences`` words it: GIPL stores no
+    direction and a 3D TIFF only its spacing, so a rotated or shifted image was written in silence as an upright one
+    at the origin (read back, its labels lay elsewhere than its image's)."""
+    if geometry.is_2d or ending not in (".gipl", ".gipl.gz", *TIFF_ENDINGS):
+        return []
+    origin = geometry.origin if ending in (".gipl", ".gipl.gz") else (0.0,) * len(geometry.origin)
+    kept = Geometry(geometry.spacing, origin, tuple(np.eye(3).ravel()))
+    return geometry_differences(geometry, kept)
 
 
 def write_image(array: np.ndarray, geometry: Geometry, path: str | Path) -> None:
@@ -1332,7 +1348,8 @@ def write_image(array: np.ndarray, geometry: Geometry, path: str | Path) -> None
         raise ValueError(f"write_image expects a 3D array (z, y, x), got shape {array.shape}")
     if array.dtype == np.bool_:
         array = array.astype(np.uint8)
-    if (problem := unwritable_problem(path, array.shape[1:] if geometry.is_2d else array.shape, array.dtype)) is not None:
+    shape = array.shape[1:] if geometry.is_2d else array.shape
+    if (problem := unwritable_problem(path, shape, array.dtype, geometry)) is not None:
         raise DatasetError(problem)
     if ending in TIFF_ENDINGS and not geometry.is_2d:
         _write_tiff_volume(array, geometry, path)
