@@ -549,6 +549,18 @@ def test_a_nrrd_or_metaimage_claiming_more_voxels_than_its_data_holds_is_refused
         read_image(path)
 
 
+@pytest.mark.parametrize(("name", "header"), [
+    ("odd.nrrd", b"NRRD0004\ntype: float\ndimension: 3\nsizes: 1\xb2 2 2\nencoding: raw\n\n"),
+    ("odd.mha", b"NDims = 3\nDimSize = 2 2 2\nElementNumberOfChannels = \xb9\nElementType = MET_FLOAT\nElementDataFile = LOCAL\n"),
+])
+def test_a_header_size_in_superscript_digits_is_refused_as_unreadable(tmp_path: Path, name: str, header: bytes) -> None:
+    """'1\xb2' (1 and a superscript two, in Latin-1) passes str.isdigit() but not int(): the claimed-size check ended in
+    an internal ValueError."""
+    (tmp_path / name).write_bytes(header + bytes(100))
+    with pytest.raises(DatasetError, match=re.escape(name)):
+        read_image(tmp_path / name)
+
+
 @pytest.mark.parametrize("ending", [".nrrd", ".mha", ".nhdr", ".mhd"])
 def test_a_nrrd_or_metaimage_compressed_a_thousandfold_is_read(tmp_path: Path, ending: str) -> None:
     """The check of claimed sizes must pass real files: a label map of zeros compresses about 1020-fold, close to

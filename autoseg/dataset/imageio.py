@@ -456,7 +456,7 @@ def _data_claim(path: Path) -> _DataClaim | None:
             return None
         fields, offset = parsed
         value_bytes = _MET_VALUE_BYTES.get(fields.get("elementtype", "").upper())
-        if value_bytes is not None and fields.get("elementnumberofchannels", "1").isdigit():
+        if value_bytes is not None and fields.get("elementnumberofchannels", "1").isdecimal():
             value_bytes *= int(fields.get("elementnumberofchannels", "1"))
         sizes = fields.get("dimsize", "").split()
         compressed = fields.get("compresseddata", "false").lower() == "true"
@@ -466,7 +466,7 @@ def _data_claim(path: Path) -> _DataClaim | None:
         data_file = None if data_file is None or data_file.upper() == "LOCAL" else data_file
     else:
         return None
-    if value_bytes is None or encoding is None or not sizes or not all(s.isdigit() for s in sizes):
+    if value_bytes is None or encoding is None or not sizes or not all(s.isdecimal() for s in sizes):
         return None
     if data_file is not None:
         if len(data_file.split()) != 1 or data_file.upper() == "LIST":  # a numbered pattern or a list of files
@@ -1016,7 +1016,7 @@ def _refuse_pixel_claims_beyond_files(folder: Path, files: Sequence[str], header
     for file, header in zip(files, headers):
         def tag(key: str, default: int | None = None) -> int | None:
             value = header.GetMetaData(key).strip("\x00 ") if header.HasMetaDataKey(key) else ""
-            return int(value) if value.isdigit() else default
+            return int(value) if value.isdecimal() else default
 
         rows, columns, bits = tag("0028|0010"), tag("0028|0011"), tag("0028|0100")
         if rows is None or columns is None or bits is None or _dicom_transfer_syntax(file) not in _DICOM_UNCOMPRESSED_SYNTAXES:
