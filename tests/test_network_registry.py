@@ -93,6 +93,10 @@ def test_unknown_network_lists_the_registry():
         ("conresnet", {"dropout": "high"}, r"network 'conresnet': option dropout must be float, got 'high'; fix it in --set network_options.dropout="),
         ("unet", {"deep_supervision": 1}, r"option deep_supervision must be bool, got 1"),
         ("conresnet", {"slice_axis": 1.0}, r"option slice_axis must be int, got 1.0"),
+        # a dropout outside [0, 1] was torch's bare ValueError, reported as an internal error
+        ("segresnet", {"dropout": 1.5}, r"network 'segresnet': option dropout is a probability and must lie in \[0, 1\], got 1.5"),
+        ("conresnet", {"dropout": -0.1}, r"option dropout is a probability and must lie in \[0, 1\], got -0.1"),
+        ("vox2vox", {"dropout": float("nan")}, r"option dropout is a probability and must lie in \[0, 1\], got nan"),
     ],
 )
 def test_bad_options_are_user_errors_with_the_accepted_list(name, options, message):

@@ -34,6 +34,8 @@ _ALWAYS_PASSED = "deep_supervision"
 _SCALAR_TYPES = (bool, int, float, str)
 # The training-config keys the adversarial step reads (an adversarial family must default them).
 ADVERSARIAL_CONFIG_KEYS = ("discriminator_lr", "discriminator_betas")
+# Options every family uses as a probability (torch's dropout layers take [0, 1] only).
+_PROBABILITY_OPTIONS = ("dropout",)
 
 
 @dataclass(frozen=True)
@@ -259,6 +261,17 @@ def _checked_value(network: str, option: str, value: Any, expected: Any) -> Any:
     return value
 
 
+def _checked_range(network: str, option: str, value: Any) -> Any:
+    """``value`` unless a probability option (``dropout``) lies outside [0, 1]: torch's dropout layers
+    raise a bare ValueError there, which would surface as an internal error instead of the user's typo."""
+    if option in _PROBABILITY_OPTIONS and isinstance(value, (int, float)) and not 0 <= value <= 1:
+        raise NetworkError(
+            f"network {network!r}: option {option} is a probability and must lie in [0, 1], got {value!r}; "
+            f"fix it in --set network_options.{option}=... or the plan's network.options"
+        )
+    return value
+
+
 def checked_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
     """The options for the family's builder: ``NetworkError`` for one it does not take, a missing
     required one, or a scalar of the wrong type."""
@@ -276,7 +289,9 @@ def checked_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
     if missing:
         raise NetworkError(f"network {name!r}: option(s) {', '.join(missing)} must be given")
     hints = typing.get_type_hints(spec.builder)
-    return {key: _checked_value(name, key, value, hints.get(key)) for key, value in options.items()}
+    return {
+        key: _checked_range(name, key, _checked_value(name, key, value, hints.get(key))) for key, value in options.items()
+    }
 
 
 def create_network(
