@@ -84,6 +84,9 @@ def test_ignore_label_is_one_integer_in_no_region(labels: dict, order: list[int]
     ({"file_ending": "nii.gz"}, "file_ending must start with '.'"),
     ({"channel_names": {"1": "CT"}}, "channel_names keys must be 0, 1, 2"),
     ({"dataset": []}, r'"dataset" must map each case id to its files, like .* \(got a list\)'),
+    # a superscript digit passes str.isdigit() but not int(): both ended in an internal ValueError
+    ({"labels": {"background": 0, "a": "\u00b9"}}, "label 'a' has value '\u00b9'"),
+    ({"channel_names": {"0": "CT", "\u00b9": "MR"}}, "channel_names keys must be 0, 1, 2"),
     ({"dataset": "cases.json"}, r'"dataset" must map each case id to its files, like .* \(got a str\)'),
 ])
 def test_bad_descriptions(change: dict, message: str) -> None:

@@ -93,7 +93,7 @@ def _integer(value: Any) -> Any:
     anything else is returned unchanged for the checks to name."""
     if isinstance(value, list):
         return [_integer(v) for v in value]
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isdecimal():
         return int(value)
     if isinstance(value, float) and value.is_integer():
         return int(value)
@@ -115,7 +115,7 @@ def parse_description(data: dict[str, Any], path: Path) -> DatasetDescription:
     channels = _require(data, "channel_names", path, 'add e.g. "channel_names": {"0": "CT"}')
     if not isinstance(channels, dict) or not channels:
         raise DatasetError(f'{path}: channel_names must be a non-empty mapping like {{"0": "CT"}}')
-    keys = sorted(channels, key=lambda k: int(k) if str(k).isdigit() else -1)
+    keys = sorted(channels, key=lambda k: int(k) if str(k).isdecimal() else -1)
     if [str(k) for k in keys] != [str(i) for i in range(len(keys))]:
         raise DatasetError(f"{path}: channel_names keys must be 0, 1, 2, ... in order; got {list(channels)}")
     labels = _require(data, "labels", path, 'add e.g. "labels": {"background": 0, "tumor": 1}')
