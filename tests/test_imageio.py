@@ -549,6 +549,22 @@ def test_a_nrrd_or_metaimage_claiming_more_voxels_than_its_data_holds_is_refused
         read_image(path)
 
 
+def test_a_bzip2_nrrd_is_refused_before_itk_allocates_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ITK's NrrdIO reads no bzip2: it allocated the claimed image (4 GB for 1000^3 floats) and only then said
+    'Sorry, bzip2 encoding not available in NrrdIO'."""
+    import bz2
+
+    import autoseg.dataset.imageio as imageio
+
+    path = tmp_path / "bz.nrrd"
+    path.write_bytes(b"NRRD0004\ntype: float\ndimension: 3\nsizes: 1000 1000 1000\nendian: little\nencoding: bzip2\n\n"
+                     + bz2.compress(bytes(400)))
+    monkeypatch.setattr(imageio.sitk, "ReadImage", lambda *args, **kwargs: pytest.fail("ITK read a bzip2 NRRD"))
+    with pytest.raises(DatasetError, match=r"bz\.nrrd: its voxel data is bzip2-compressed, which ITK, the image reader, "
+                                           r"cannot read; save it again with gzip \(or raw\) encoding"):
+        read_image(path)
+
+
 @pytest.mark.parametrize(("name", "header"), [
     ("odd.nrrd", b"NRRD0004\ntype: float\ndimension: 3\nsizes: 1\xb2 2 2\nencoding: raw\n\n"),
     ("odd.mha", b"NDims = 3\nDimSize = 2 2 2\nElementNumberOfChannels = \xb9\nElementType = MET_FLOAT\nElementDataFile = LOCAL\n"),

@@ -396,7 +396,7 @@ _MET_VALUE_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT":
 @dataclass(frozen=True)
 class _DataClaim:
     """What a NRRD or MetaImage header says its voxel data takes: ``values`` of ``value_bytes`` each once decoded,
-    stored with ``encoding`` ('raw', 'deflate', 'text' or 'hex') in ``data_file`` from byte ``offset`` on."""
+    stored with ``encoding`` ('raw', 'deflate', 'text', 'hex' or 'bzip2') in ``data_file`` from byte ``offset`` on."""
 
     values: int
     value_bytes: int
@@ -448,7 +448,7 @@ def _data_claim(path: Path) -> _DataClaim | None:
         value_bytes = _nrrd_value_bytes(fields.get("type", ""))
         sizes = fields.get("sizes", "").split()
         encoding = {"raw": "raw", "gzip": "deflate", "gz": "deflate", "ascii": "text", "text": "text", "txt": "text",
-                    "hex": "hex"}.get(fields.get("encoding", "").lower())
+                    "hex": "hex", "bzip2": "bzip2", "bz2": "bzip2"}.get(fields.get("encoding", "").lower())
         data_file = fields.get("data file", fields.get("datafile"))
     elif ending in (".mha", ".mhd"):
         parsed = _header_fields(path, "=", "elementdatafile")
@@ -491,6 +491,9 @@ def _claimed_data_problem(path: Path) -> str | None:
     claim = _data_claim(path)
     if claim is None:
         return None
+    if claim.encoding == "bzip2":  # ITK's NrrdIO has no bzip2: it allocated the claimed image, then refused
+        return (f"{path}: its voxel data is bzip2-compressed, which ITK, the image reader, cannot read; save it again "
+                "with gzip (or raw) encoding")
     stored = max(0, claim.data_file.stat().st_size - claim.offset)
     claimed = claim.values * claim.value_bytes
     bound = {"raw": stored, "text": stored * claim.value_bytes, "hex": stored // 2,
