@@ -639,6 +639,23 @@ def test_an_upper_case_ending_itk_reads_is_written_and_read_back(tmp_path: Path,
     np.testing.assert_array_equal(read_image(tmp_path / name)[0], array)
 
 
+def test_a_nifti_gz_claiming_4_gib_more_than_it_holds_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """gzip's trailer holds the size modulo 4 GiB: a header alone claiming 2048x1024x1024 int16 voxels (4 GiB + 352
+    bytes) matched it and was read as 4 GiB of zeros (30 s, 8 GB of memory), without an error."""
+    import struct
+
+    import autoseg.dataset.imageio as imageio
+
+    write_image(np.ones((1, 1, 1), np.int16), GEOMETRY, tmp_path / "one.nii")
+    data = bytearray((tmp_path / "one.nii").read_bytes()[:352])
+    struct.pack_into("<4h", data, 40, 3, 2048, 1024, 1024)
+    path = tmp_path / "claims.nii.gz"
+    path.write_bytes(gzip.compress(bytes(data)))
+    monkeypatch.setattr(imageio.sitk, "ReadImage", lambda *args, **kwargs: pytest.fail("ITK read a truncated file"))
+    with pytest.raises(DatasetError, match=r"claims\.nii\.gz: file is truncated \(its voxel data ends early\)"):
+        read_image(path)
+
+
 @pytest.mark.parametrize("flipped", [-2, -6])
 def test_a_nifti_gz_with_a_damaged_gzip_trailer_is_refused(tmp_path: Path, flipped: int) -> None:
     """A flipped bit in the trailer's length made the truncation check's decompression raise zlib.error ('incorrect
