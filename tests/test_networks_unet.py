@@ -142,6 +142,13 @@ def test_bad_block_count_is_refused() -> None:
         create_network("unet", topology, 1, 2)
 
 
+def test_even_kernel_in_a_hand_edited_plan_is_refused() -> None:
+    """An even kernel made the skips mismatch in the first forward pass, an internal error in training."""
+    with pytest.raises(NetworkError, match=r"topology: kernel_sizes entry \[2, 2, 2\] must hold odd sizes"):
+        Topology.from_dict({"spatial_dims": 3, "features_per_stage": [4, 8], "kernel_sizes": [[3, 3, 3], [2, 2, 2]],
+                            "strides": [[1, 1, 1], [2, 2, 2]]})
+
+
 @pytest.mark.parametrize("network", NETWORKS)
 def test_torchscript_export_reproduces_eager(network: str, tmp_path) -> None:
     topology, shape = TOPOLOGIES["3d_aniso"], INPUT_SHAPES["3d_aniso"]

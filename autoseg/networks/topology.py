@@ -85,6 +85,7 @@ class Topology:
                     raise NetworkError(
                         f"topology: {name} entry {v} must hold {self.spatial_dims} positive integers"
                     )
+        self._check_odd_kernels()
         if any(s != 1 for s in self.strides[0]):
             raise NetworkError(f"topology: strides[0] must be all ones, got {self.strides[0]}")
         for name in ("blocks_per_stage",):
@@ -96,6 +97,17 @@ class Topology:
                 f"topology: decoder_blocks_per_stage has {len(self.decoder_blocks_per_stage)} "
                 f"entries, expected {n - 1}"
             )
+
+    def _check_odd_kernels(self) -> None:
+        """Every family pads its convs by ``k // 2`` to keep sizes ("same" padding), which only an odd
+        kernel does: an even one (a hand-edited plan) shrinks each map by one voxel per conv, and the
+        skips then failed to line up deep inside the forward pass as an internal error."""
+        for kernel in self.kernel_sizes:
+            if any(int(k) % 2 == 0 for k in kernel):
+                raise NetworkError(
+                    f"topology: kernel_sizes entry {kernel} must hold odd sizes (convs keep the size with padding "
+                    "k // 2); use 1, 3 or 5 per axis in the plan's topology"
+                )
 
     def check_input_shape(self, shape: tuple[int, ...] | list[int]) -> None:
         """Raise a clear error when a spatial input shape is not a multiple of ``size_multiple``."""
