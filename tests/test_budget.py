@@ -847,3 +847,21 @@ def test_continue_of_a_finished_fold_keeps_its_time_accounting(results, data_roo
     assert actual["startup"] > 0 and actual["final_validation"] > 0
     parts = sum(v or 0.0 for k, v in actual.items() if k != "total")
     assert parts == pytest.approx(actual["total"], abs=0.5)
+
+
+def test_continue_after_a_kill_validates_as_the_budget_decided(results, data_roots, monkeypatch):
+    """A budgeted run that dropped the final validation's mirroring and was killed in it validated mirrored
+    on --continue (which has no budget): every mirroring the budget had found it could not afford."""
+    from autoseg.planning import accounting
+    from autoseg.training import run as run_module
+    from autoseg.training import train_fold
+
+    monkeypatch.setattr(accounting, "validation_passes", lambda *args, **kwargs: 1)  # the budget drops mirroring
+    seen = []
+    validate = run_module.validate_fold
+    monkeypatch.setattr(run_module, "validate_fold", lambda *a, **k: seen.append(k["tta"]) or validate(*a, **k))
+    options = dict(workers=0, overrides=["iterations_per_epoch=5", "val_iterations_per_epoch=1", "mixed_precision=off"])
+    summary = train_fold(DATASET, "3d_fullres", 0, budget_seconds=8.0, **options)
+    (Path(summary["model_folder"]) / "fold_0" / "validation" / "summary.json").unlink()  # killed in the validation
+    train_fold(DATASET, "3d_fullres", 0, continue_=True, **options)
+    assert seen == [False, False]

@@ -460,7 +460,7 @@ def _validation(trainer: Trainer, run: FoldRun, save_probabilities: bool) -> dic
         run.model_folder, run.fold, run.store, run.preprocessed_dir / GT_FOLDER, run.val_cases, run.description,
         str(run.device), save_probabilities=save_probabilities, previous_stage_cache=run.previous_stage_cache,
         hand_to_next_stage=bool(run.configuration.get("next_stage")), mixed_precision=trainer.mixed_precision, log=trainer.monitor.log,
-        tta=trainer.replanner.mirroring if trainer.replanner is not None else run.configuration.get("validation_tta", True),
+        tta=trainer.validation_tta(),
         deadline=None if run.budget_seconds is None else run.start_time + run.budget_seconds,
     )
     dice = summary.get("foreground_mean", {}).get("dice")

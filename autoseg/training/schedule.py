@@ -29,6 +29,10 @@ class TrainingState:
     ema: float | None = None
     best_ema: float = -math.inf
     history: list[dict[str, Any]] = field(default_factory=list)
+    # The final validation's mirroring as the budget decided it (None: not decided, the plan's applies). Kept
+    # in the checkpoint: a --continue (which has no budget) after a kill validated mirrored what the budgeted
+    # run had found it could not afford.
+    validation_tta: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -39,6 +43,7 @@ class TrainingState:
             "ema": self.ema,
             "best_ema": self.best_ema,
             "history": self.history,
+            "validation_tta": self.validation_tta,
         }
 
     @classmethod
@@ -48,7 +53,7 @@ class TrainingState:
         return cls(
             total_iterations=int(state["total_iterations"]), iteration=int(state["iteration"]), epoch=int(state["epoch"]),
             lr_anchor=PolyAnchor(int(anchor[0]), float(anchor[1])), ema=state["ema"], best_ema=float(state["best_ema"]),
-            history=list(state["history"]),
+            history=list(state["history"]), validation_tta=state.get("validation_tta"),
         )
 
     def add_pseudo_dice(self, dice: float, smoothing: float) -> bool:

@@ -98,6 +98,7 @@ def sampling_specs(
         previous_stage_folder=run.previous_stage_cache, previous_stage_labels=cascade_labels or None,
         n_image_channels=desc.num_channels, case_cache_bytes=case_cache, ignore_label=desc.ignore_label,
         global_batch_size=run.global_batch, batch_offset=offset,
+        regions=[values for _, values in desc.regions] if desc.has_regions else None,
     )
     train = SamplingSpec(case_ids=run.train_cases, sample_size=sampling_size(patch_size, aug), augmentation=aug, **common)
     val = SamplingSpec(case_ids=run.val_cases, sample_size=patch_size, augmentation=None, **common)
@@ -206,6 +207,8 @@ class Trainer:
         }
 
     def save(self, name: str) -> None:
+        if self.replanner is not None:
+            self.state.validation_tta = self.replanner.mirroring
         if self.context.is_main:
             started = time.monotonic()
             checkpoint = training_checkpoint(self.setup, self.step.state_dict(), self.state, self.metadata())
@@ -217,6 +220,15 @@ class Trainer:
         self.state = restore_training_checkpoint(path, self.setup, self.step, run.network_name, run.configuration_name,
                                                  run.config["optimizer"]["name"], self.device, str(run.fold),
                                                  split_digest(run.train_cases, run.val_cases))
+
+    def validation_tta(self) -> bool:
+        """Whether the final validation mirrors: as this run's budget decided, else as the checkpoint's run
+        decided, else as the plan says."""
+        if self.replanner is not None:
+            return self.replanner.mirroring
+        if self.state.validation_tta is not None:
+            return self.state.validation_tta
+        return bool(self.run.configuration.get("validation_tta", True))
 
     # ------------------------------------------------------------------ loop
 
@@ -232,7 +244,7 @@ class Trainer:
         if end is None:
             return None
         reserve = validation_reserve_inputs(run.store, run.fold, run.val_cases, self.patch_size, self.labels.n_outputs)
-        passes = validation_passes(self.mirror_axes, run.configuration)
+        passes = validation_passes(self.mirror_axes, run.configuration) if self.state.validation_tta is not False else 1
         tile = lambda: tile_seconds_samples(self.setup, self.in_channels, self.patch_size, self.device)  # noqa: E731
         return BudgetReplanner(end, run.budget_seconds, reserve, passes, tile, cfg, self.context, self.monitor.log)
 
