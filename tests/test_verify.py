@@ -296,6 +296,26 @@ def test_images_named_as_their_labels_are_named_as_lacking_the_channel_suffix(
                         f"to {name}_0000.nii.gz" for name in names], result.output
 
 
+def test_a_listed_case_id_that_is_no_plain_file_name_is_refused(small_dataset: Path, roots: dict[str, Path]) -> None:
+    """Case ids of dataset.json's "dataset" list name every stage's files: '../../x' wrote preprocessed data outside
+    the preprocessed folder and 'sub/a' made subfolders; both verified clean."""
+    description = json.loads((small_dataset / "dataset.json").read_text())
+    cases = sorted(p.name[: -len("_0000.nii.gz")] for p in (small_dataset / "imagesTr").glob("*_0000.nii.gz"))
+    ids = ["../../escaped", "sub/a", "ok", ".hidden"]
+    description["dataset"] = {new: {"images": [f"imagesTr/{old}_0000.nii.gz"], "label": f"labelsTr/{old}.nii.gz"}
+                              for new, old in zip(ids, cases)}
+    (small_dataset / "dataset.json").write_text(json.dumps(description))
+    result = runner.invoke(app, ["verify", str(small_dataset), "-np", "1"])
+    assert result.exit_code == 2, result.output
+    for bad in ("../../escaped", "sub/a", ".hidden"):
+        assert (f"{small_dataset / 'dataset.json'}: case id {bad!r} in \"dataset\" is not a plain file name (each stage "
+                "names the case's files after it)") in result.output
+    assert "'ok'" not in result.output
+    result = runner.invoke(app, ["preprocess", str(small_dataset), "-np", "1"])
+    assert result.exit_code != 0 and "is not a plain file name" in result.output
+    assert not (roots["preprocessed"].parent / "escaped.json").exists()
+
+
 def test_zero_workers_verify_in_this_process(
     small_dataset: Path, roots: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -178,10 +178,23 @@ def scan_training_cases(dataset_dir: Path, desc: DatasetDescription) -> CaseScan
     return scan
 
 
+def case_id_problem(case_id: str) -> str | None:
+    """Why ``case_id`` cannot name a case's files, else None. Every stage names files after the case id
+    (``<id>.b2nd``, ``<id>.nii.gz``): an id from dataset.json's "dataset" list such as ``../../x`` wrote preprocessed
+    data outside the preprocessed folder, and ``sub/a`` made subfolders. Ids found in imagesTr are file names."""
+    if not case_id or case_id in (".", "..") or case_id.startswith(".") or any(c in case_id for c in "/\\\0"):
+        return ("is not a plain file name (each stage names the case's files after it); use letters, digits, '_', '-' "
+                "and '.', not starting with '.'")
+    return None
+
+
 def _explicit_cases(dataset_dir: Path, desc: DatasetDescription) -> CaseScan:
     assert desc.cases is not None
     scan = CaseScan(num_declared_cases=len(desc.cases))
     for case_id, entry in sorted(desc.cases.items()):
+        if (problem := case_id_problem(case_id)) is not None:
+            scan.problems.append(f"{dataset_dir / 'dataset.json'}: case id {case_id!r} in \"dataset\" {problem}")
+            continue
         try:
             if not isinstance(entry["images"], list):  # a path string was iterated letter by letter ('lists 20 images')
                 raise TypeError("images is not a list")
