@@ -149,6 +149,22 @@ def test_even_kernel_in_a_hand_edited_plan_is_refused() -> None:
                             "strides": [[1, 1, 1], [2, 2, 2]]})
 
 
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"features_per_stage": [0, 8]}, r"topology: features_per_stage \[0, 8\] must hold positive integers"),
+        ({"features_per_stage": [4, -8]}, r"topology: features_per_stage \[4, -8\] must hold positive integers"),
+        ({"blocks_per_stage": ["x", 2]}, r"topology in the plan is malformed .*'x'.*; re-run `autoseg plan`"),
+        ({"decoder_blocks_per_stage": [[1]]}, r"topology in the plan is malformed"),
+    ],
+)
+def test_bad_widths_and_counts_in_a_hand_edited_plan_are_refused(edit: dict, message: str) -> None:
+    """Widths <= 0 and non-numeric block counts reached torch or the builder as internal errors."""
+    plan = {"spatial_dims": 3, "features_per_stage": [4, 8], "kernel_sizes": [[3, 3, 3]] * 2, "strides": [[1, 1, 1], [2, 2, 2]]}
+    with pytest.raises(NetworkError, match=message):
+        create_network("unet", Topology.from_dict({**plan, **edit}), 1, 2)
+
+
 @pytest.mark.parametrize("network", NETWORKS)
 def test_torchscript_export_reproduces_eager(network: str, tmp_path) -> None:
     topology, shape = TOPOLOGIES["3d_aniso"], INPUT_SHAPES["3d_aniso"]

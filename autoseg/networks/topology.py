@@ -72,6 +72,9 @@ class Topology:
         n = len(self.features_per_stage)
         if n < 1:
             raise NetworkError("topology: features_per_stage is empty; plan at least one stage")
+        if any(int(f) < 1 for f in self.features_per_stage):
+            # A width of 0 or below reached torch's conv constructors as an internal error.
+            raise NetworkError(f"topology: features_per_stage {self.features_per_stage} must hold positive integers")
         for name in ("kernel_sizes", "strides", "window_sizes"):
             values = getattr(self, name)
             if values is None:
@@ -130,10 +133,16 @@ class Topology:
                 features_per_stage=[int(f) for f in data["features_per_stage"]],
                 kernel_sizes=[[int(k) for k in ks] for ks in data["kernel_sizes"]],
                 strides=[[int(s) for s in st] for st in data["strides"]],
-                blocks_per_stage=data.get("blocks_per_stage"),
-                decoder_blocks_per_stage=data.get("decoder_blocks_per_stage"),
-                window_sizes=data.get("window_sizes"),
+                blocks_per_stage=_optional_ints(data.get("blocks_per_stage")),
+                decoder_blocks_per_stage=_optional_ints(data.get("decoder_blocks_per_stage")),
+                window_sizes=None if data.get("window_sizes") is None else [[int(w) for w in ws] for ws in data["window_sizes"]],
                 extra=dict(data.get("extra", {})),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise NetworkError(f"topology in the plan is malformed ({exc!r}); re-run `autoseg plan`") from exc
+
+
+def _optional_ints(values: Any) -> list[int] | None:
+    """A plan's optional per-stage counts as ints (``None`` stays ``None``): a non-number there raises
+    here, inside ``from_dict``'s malformed-plan error, not later in a family's builder as an internal error."""
+    return None if values is None else [int(v) for v in values]
