@@ -293,3 +293,24 @@ def test_validation_reserve_counts_measured_tile_forwards():
 
     # 2 cases of 4 and 1 tiles, 8 mirrored passes, 0.01 s per tile forward: 5 x 8 x 0.01 + 2 exports
     assert final_validation_seconds([4, 1], 8, 0.01, [0.5, 0.7]) == pytest.approx(0.4 + 1.2)
+
+
+def test_an_epoch_with_a_nan_or_infinite_loss_keeps_metrics_standard_json(tmp_path: Path) -> None:
+    """An epoch with one NaN step (fp16 overflow) that did not diverge wrote ``"train_loss": NaN`` (an infinite
+    validation loss ``Infinity``) into metrics.jsonl, which strict JSON readers refuse."""
+    import math
+
+    from autoseg.training.monitor import Monitor
+    from autoseg.training.pseudo_validation import PseudoValidationResult
+    from autoseg.training.schedule import TrainingState
+    from autoseg.training.trainer import epoch_row
+
+    state = TrainingState(total_iterations=10, iteration=5, epoch=1)
+    result = PseudoValidationResult(loss=math.inf, dice=0.5, per_class=[0.5])
+    row = epoch_row(state, math.nan, result, ["a"], 1e-3, time.monotonic(), 0.1, torch.device("cpu"))
+    assert row["train_loss"] is None and row["val_loss"] is None
+    monitor = Monitor(tmp_path)
+    monitor.log_epoch(row, False, 10, "class")
+    monitor.write_history([row])
+    line = (tmp_path / "metrics.jsonl").read_text().splitlines()[0]
+    json.loads(line, parse_constant=lambda token: pytest.fail(f"not standard JSON: {token}"))

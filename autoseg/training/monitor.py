@@ -78,7 +78,7 @@ class Monitor:
     def log_epoch(self, row: dict[str, Any], improved: bool, total_iterations: int, kind: str) -> None:
         """Two lines per epoch: losses, pseudo-Dice and speed; the pseudo-Dice of each class (or region)."""
         self.log(
-            f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}, val loss {_shown(row['val_loss'])}, pseudo-Dice "
+            f"epoch {row['epoch']}: train loss {_shown(row['train_loss'])}, val loss {_shown(row['val_loss'])}, pseudo-Dice "
             f"{_shown(row['pseudo_dice'])} (EMA {_shown(row['pseudo_dice_ema'])}{', new best' if improved else ''}), lr "
             f"{row['learning_rate']:.2e}, {row['epoch_seconds']:.1f} s, iteration {row['iteration']}/{total_iterations}"
         )

@@ -113,8 +113,8 @@ def fold_stream(run: FoldRun, rank: int, spec: SamplingSpec, stream_id: int, sta
 
 
 def number_or_none(value: float) -> float | None:
-    """NaN as None: metrics.jsonl stays standard JSON (``NaN`` is not)."""
-    return None if math.isnan(value) else value
+    """NaN and infinities as None: metrics.jsonl stays standard JSON (``NaN`` and ``Infinity`` are not)."""
+    return value if math.isfinite(value) else None
 
 
 def describe_best(best_ema: float) -> str:
@@ -145,7 +145,8 @@ def epoch_row(state: TrainingState, train_loss: float, result: PseudoValidationR
     return {
         "epoch": state.epoch,
         "iteration": state.iteration,
-        "train_loss": train_loss,
+        # an epoch with a NaN or infinite step (fp16 overflow) that did not diverge has no mean loss to write
+        "train_loss": number_or_none(train_loss),
         # JSON null where there is no number (no pseudo-validation, no foreground seen yet)
         "val_loss": number_or_none(result.loss),
         "pseudo_dice": number_or_none(result.dice),
