@@ -166,7 +166,7 @@ def test_a_batch_split_over_ranks_forces_the_samples_one_process_would() -> None
     from autoseg.training.distributed import DistributedContext, rank_batch_size
     from autoseg.training.trainer import sampling_specs
 
-    description = SimpleNamespace(foreground_labels=[1], num_channels=1, ignore_label=None)
+    description = SimpleNamespace(foreground_labels=[1], num_channels=1, ignore_label=None, has_regions=False)
     for global_batch in range(1, 9):
         run = SimpleNamespace(
             config=load_defaults(), description=description, patch_size=PATCH, cascade_labels=[],
@@ -183,3 +183,36 @@ def test_a_batch_split_over_ranks_forces_the_samples_one_process_would() -> None
                 assert forced_samples(val) == forced_samples(train)
                 split += forced_samples(train)
             assert split == one, (global_batch, world)
+
+
+def test_with_regions_a_forced_patch_picks_a_region_then_one_of_its_voxels(tmp_path: Path) -> None:
+    # nnU-Net v2 stores and picks foreground per region: with regions (1, 2) and (2,), label 1 (8 voxels
+    # beside 2000 of label 2) centres a forced patch 1/2 x 8/2008 of the time; picking a label at random
+    # centred half of them on it.
+    from autoseg.preprocessing.store import class_locations, save_case
+
+    seg = np.zeros((1, 24, 24, 28), np.int16)
+    seg[0, 4:14, 4:14, 4:24] = 2
+    seg[0, 16:18, 16:18, 16:18] = 1
+    properties = {"class_locations": class_locations(seg, [1, 2], 0), "shape_after_resampling": [24, 24, 28]}
+    save_case(tmp_path, "case", np.zeros(seg.shape, np.float32), seg, properties)
+    spec = SamplingSpec(
+        folder=tmp_path, case_ids=["case"], patch_size=[8, 8, 8], sample_size=[8, 8, 8], batch_size=4,
+        oversample_foreground=1.0, foreground_labels=[1, 2], regions=[[1, 2], [2]],
+    )
+    source = BatchSource(spec, seed=0, stream=TRAIN_STREAM)
+    centres = np.concatenate([source(i)["target"][:, 0, 4, 4, 4] for i in range(50)])
+    assert set(centres.tolist()) <= {1, 2} and (centres == 1).sum() <= 4
+    # training passes the dataset's regions on
+    from types import SimpleNamespace
+
+    from autoseg.training.trainer import sampling_specs
+
+    description = SimpleNamespace(foreground_labels=[1, 2], num_channels=1, ignore_label=None, has_regions=True,
+                                  regions=[("both", [1, 2]), ("large", [2])])
+    run = SimpleNamespace(
+        config=load_defaults(), description=description, patch_size=PATCH, cascade_labels=[], global_batch=2,
+        configuration={"normalization": [{"scheme": "zscore", "use_mask": False}]}, store=tmp_path,
+        train_cases=["case"], val_cases=["case"], previous_stage_cache=None,
+    )
+    assert all(spec.regions == [[1, 2], [2]] for spec in sampling_specs(run, 2)[:2])

@@ -106,6 +106,8 @@ class SamplingSpec:
             case in the order it opens them, up to this many bytes; the rest stay store handles.
         ignore_label: the dataset's ignore label, if any: then every patch is centred on an annotated voxel
             (:meth:`BatchSource._annotated_voxels`).
+        regions: region-based training: each region's labels; a forced patch then picks a region first
+            (:meth:`BatchSource._region_voxel`).
         global_batch_size: the batch over all ranks (0: ``batch_size``, one process).
         batch_offset: where this rank's samples start in the global batch.
     """
@@ -123,6 +125,7 @@ class SamplingSpec:
     augmentation: dict[str, Any] | None = None
     case_cache_bytes: int = 0
     ignore_label: int | None = None
+    regions: list[list[int]] | None = None
     global_batch_size: int = 0
     batch_offset: int = 0
 
@@ -174,6 +177,7 @@ class BatchSource:
         self.spec = spec
         self.seed, self.stream, self.rank = seed, stream, rank
         self._cases: dict[str, tuple[Any, Any, dict[str, list[np.ndarray]], Any]] = {}
+        self._voxel_counts: dict[str, dict[int, int]] = {}  # per case and label, with regions only
         self._cached_bytes = 0
         self._transforms: Any = None
 
@@ -209,6 +213,9 @@ class BatchSource:
             }
             if self.spec.ignore_label is not None and seg is not None:
                 locations[ANNOTATED] = self._annotated_voxels(case_id, seg)
+            if self.spec.regions and seg is not None:
+                values, counts = np.unique(np.asarray(seg[0:1]), return_counts=True)
+                self._voxel_counts[case_id] = dict(zip(values.tolist(), counts.tolist()))
             previous = None
             if self.spec.previous_stage_folder is not None:
                 previous = np.load(Path(self.spec.previous_stage_folder) / f"{case_id}.npy", mmap_mode="r", allow_pickle=False)
@@ -261,7 +268,9 @@ class BatchSource:
         case_id = spec.case_ids[np.random.randint(len(spec.case_ids))]
         data, seg, locations, previous = self._case(case_id)
         shape = list(data.shape[1:])
-        centre = self._foreground_voxel(locations) if force_foreground else None
+        centre = None
+        if force_foreground:
+            centre = self._region_voxel(case_id, locations) if spec.regions else self._foreground_voxel(locations)
         if centre is None and len(locations.get(ANNOTATED, ())) > 0:  # ignore label: on an annotated voxel
             centre = _random_row(locations[ANNOTATED])
         region: list[slice | int] = []
@@ -287,6 +296,22 @@ class BatchSource:
         if not classes:
             return None  # no foreground in this case: a random patch, as nnU-Net does
         return _random_row(locations[classes[np.random.randint(len(classes))]])
+
+    def _region_voxel(self, case_id: str, locations: dict[str, np.ndarray]) -> np.ndarray | None:
+        """A random voxel of a random region present in the case, as nnU-Net v2 picks them (it stores
+        locations per region): a label of the region with the share of the region's voxels it holds,
+        then one of that label's stored voxels (a uniform sample of them). Picking a label at random
+        instead would centre a region's small label as often as its large ones, and the smallest region
+        (a tumour's enhancing part) far less often than nnU-Net does."""
+        counts = self._voxel_counts[case_id]
+        stored = [[label for label in region if len(locations.get(str(label), ())) > 0] for region in self.spec.regions or []]
+        present = [labels for labels in stored if labels]
+        if not present:
+            return None
+        labels = present[np.random.randint(len(present))]
+        sizes = np.array([counts.get(label, 0) for label in labels], dtype=float)
+        label = labels[int(np.searchsorted(np.cumsum(sizes), np.random.uniform() * sizes.sum(), side="right"))]
+        return _random_row(locations[str(label)])
 
 
 def _random_row(points: np.ndarray) -> np.ndarray:
