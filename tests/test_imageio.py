@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import math
 import os
 import re
@@ -159,6 +160,30 @@ def test_a_2d_label_map_3_or_4_pixels_wide_or_high_is_written_as_one_grey_tiff_p
     back, read_geometry = read_image(tmp_path / "a.tif")
     np.testing.assert_array_equal(back, array)
     assert read_geometry.is_2d
+
+
+def test_a_damaged_tiff_is_refused_in_one_line_without_tifffile_warnings(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A TIFF whose width and length tags were damaged to 50000 was refused, but tifffile logged 'incorrect
+    StripByteCounts count (1 != 10000)' and more to stderr, several times, beside the refusal."""
+    import struct
+
+    import tifffile
+
+    path = tmp_path / "big.tif"
+    tifffile.imwrite(path, np.ones((5, 6), np.uint8), photometric="minisblack")
+    with tifffile.TiffFile(path) as tiff:
+        offsets = [(tiff.pages[0].tags[name].valueoffset, int(tiff.pages[0].tags[name].dtype))
+                   for name in ("ImageWidth", "ImageLength")]
+    data = bytearray(path.read_bytes())
+    for offset, kind in offsets:
+        struct.pack_into("<H" if kind == 3 else "<I", data, offset, 50000)
+    path.write_bytes(bytes(data))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING), pytest.raises(DatasetError, match=r"big\.tif: cannot be read"):
+        read_image(path)
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("tifffile")] == []
 
 
 def test_2d_nifti_round_trip_keeps_2d_geometry(tmp_path: Path) -> None:

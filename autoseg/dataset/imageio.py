@@ -20,6 +20,7 @@ either it is refused (nnU-Net would assume 1 mm silently; its pages could also b
 from __future__ import annotations
 
 import errno
+import logging
 import math
 import os
 import re
@@ -40,6 +41,9 @@ from autoseg.utils.atomic import atomic_path, disk_full_error, staging_folder
 # ITK prints warnings straight to stderr (for example while scanning a folder for DICOM); autoseg reports
 # problems itself, as one clear line each.
 sitk.ProcessObject_SetGlobalWarningDisplay(False)
+# tifffile logs each oddity of a damaged TIFF ('incorrect StripByteCounts count (1 != 10000)', several times) to
+# stderr beside autoseg's own line naming the file; its errors still reach autoseg as exceptions.
+logging.getLogger("tifffile").setLevel(logging.CRITICAL)
 
 SITK_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".gipl", ".gipl.gz")
 # A header whose voxels lie in a separate data file that it names (MetaImage ElementDataFile, NRRD "data file").
