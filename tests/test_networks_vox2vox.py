@@ -51,6 +51,17 @@ def test_discriminator_scores_patches_of_image_and_segmentation() -> None:
     assert discriminator.net[0].in_channels == 5
 
 
+@pytest.mark.parametrize("shape", [(4, 32, 32), (2, 64, 64), (8, 5, 1)])
+def test_discriminator_scores_patches_thinner_than_its_strides(shape: tuple[int, int, int]) -> None:
+    """A patch axis under 8 (thin slabs) made the strided convs fail: an internal error at the first
+    adversarial step. Such axes are zero-padded to 8, so every planned patch trains."""
+    discriminator = build_discriminator(1, 2).train()
+    scores = discriminator(torch.randn(2, 1, *shape), torch.rand(2, 2, *shape))
+    assert scores.shape == (2, 1, *(max(s, 8) // 8 for s in shape))
+    scores.square().mean().backward()
+    assert bad_gradients(discriminator) == []
+
+
 def test_every_parameter_of_generator_and_discriminator_gets_a_finite_gradient() -> None:
     topology, shape = TOPOLOGIES["3d_aniso"], (8, 8, 16)
     generator = create_network("vox2vox", topology, 2, 3).train()

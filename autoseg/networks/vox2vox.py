@@ -26,6 +26,8 @@ LEAKY_SLOPE = 0.2
 # PatchGAN (reference §2.5): k4 stride-2 convs of 64/128/256, then 512 and a 1-channel score map.
 DISCRIMINATOR_FEATURES = (64, 128, 256)
 DISCRIMINATOR_HEAD_FEATURES = 512
+# The three k4 stride-2 convs need at least 2^3 voxels per axis; shorter axes are zero-padded to it.
+DISCRIMINATOR_MIN_SIZE = 2 ** len(DISCRIMINATOR_FEATURES)
 # reference.md §2.5: G = LSGAN + 5 x generalised Dice.
 VOX2VOX_DICE_WEIGHT = 5.0
 # Generalised Dice denominator guard for all-empty batches.
@@ -142,7 +144,9 @@ class PatchDiscriminator(nn.Module):
     Reference.md §2.5 / the authors' code: three k4 stride-2 convs (64/128/256; InstanceNorm from the
     second; LeakyReLU; dropout 0.2), then a 512-channel conv and a 1-channel score conv. Deviation:
     the last two convs are k3 with same padding (the authors' k4 valid convs shrink the map by 2 per
-    conv, which small or anisotropic patches cannot afford). Every spatial axis must be at least 8.
+    conv, which small or anisotropic patches cannot afford). An axis shorter than
+    ``DISCRIMINATOR_MIN_SIZE`` (8; a thin-slab patch such as 4 x 64 x 64) is zero-padded to it on both
+    sides, since the strided convs cannot run on it (that was an internal error at the first step).
 
     Args:
         in_channels: image channels.
@@ -164,7 +168,12 @@ class PatchDiscriminator(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, image: torch.Tensor, segmentation: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([image, segmentation], dim=1))
+        pair = torch.cat([image, segmentation], dim=1)
+        short = [max(0, DISCRIMINATOR_MIN_SIZE - size) for size in pair.shape[2:]]
+        if any(short):
+            # F.pad lists the last axis first, each as (before, after).
+            pair = F.pad(pair, [side for n in reversed(short) for side in (n // 2, n - n // 2)])
+        return self.net(pair)
 
 
 def build_discriminator(in_channels: int, n_classes: int) -> nn.Module:
