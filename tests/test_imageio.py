@@ -238,6 +238,19 @@ BAD_DICOM_SERIES = {
 }
 
 
+def test_dicom_slices_of_another_pixel_spacing_are_refused(tmp_path: Path) -> None:
+    """A slice of 0.6 mm pixels among 0.5 mm ones (another field of view under the same series UID) was read in the
+    first slice's spacing, stacked on a grid it does not lie on, without a word."""
+    folder = _dicom_series(tmp_path / "series", [(0, 0, z) for z in range(4)])
+    data = (folder / "3.dcm").read_bytes()
+    assert data.count(b".5\\.5 ") == 1  # PixelSpacing as GDCM writes it
+    (folder / "3.dcm").write_bytes(data.replace(b".5\\.5 ", b".6\\.6 "))
+    with pytest.raises(DatasetError, match=r"series: DICOM slices differ in pixel spacing \(1\.dcm \(0\.5, 0\.5\) mm, "
+                                           r"3\.dcm \(0\.6, 0\.6\) mm; 1 of 4 files differ from the first\); put each "
+                                           r"acquisition in its own folder"):
+        read_image(folder)
+
+
 @pytest.mark.parametrize("kind", BAD_DICOM_SERIES)
 def test_dicom_series_off_an_even_grid_is_refused(tmp_path: Path, kind: str) -> None:
     positions, message = BAD_DICOM_SERIES[kind]

@@ -1219,6 +1219,7 @@ def _refuse_unstackable_files(folder: Path, files: Sequence[str], headers: Seque
 
     Several multi-frame (3D) files: ITK stacks them into a 4D image, which was refused with advice for 4D NIfTI
     files ('split into channels'). Slices of another size (a localizer in the series): ITK's 'Size mismatch!'.
+    Slices of another pixel spacing: read silently in the first slice's.
     """
     volumes = [Path(f).name for f, header in zip(files, headers) if len(header.GetSize()) > 2 and header.GetSize()[2] > 1]
     if volumes:
@@ -1231,6 +1232,15 @@ def _refuse_unstackable_files(folder: Path, files: Sequence[str], headers: Seque
         other = next(size for size in sizes if size != sizes[0])
         raise DatasetError(f"{folder}: DICOM slices differ in size ({Path(files[0]).name} is {sizes[0][0]}x{sizes[0][1]}, "
                            f"{odd[0]} {other[0]}x{other[1]}; {len(odd)} of {len(files)} files differ from the first); "
+                           "put each acquisition in its own folder")
+    # Slices of another pixel spacing (a reconstruction of another field of view under the same series UID): ITK took
+    # the first slice's spacing for all, stacking the others on a grid they do not lie on.
+    spacings = [header.GetSpacing()[:2] for header in headers]
+    odd = [Path(f).name for f, spacing in zip(files, spacings) if not np.allclose(spacing, spacings[0], rtol=GEOMETRY_TOLERANCE)]
+    if odd:
+        other = next(spacing for spacing in spacings if not np.allclose(spacing, spacings[0], rtol=GEOMETRY_TOLERANCE))
+        raise DatasetError(f"{folder}: DICOM slices differ in pixel spacing ({Path(files[0]).name} {_fmt(spacings[0])} mm, "
+                           f"{odd[0]} {_fmt(other)} mm; {len(odd)} of {len(files)} files differ from the first); "
                            "put each acquisition in its own folder")
 
 
