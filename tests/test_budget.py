@@ -865,3 +865,14 @@ def test_continue_after_a_kill_validates_as_the_budget_decided(results, data_roo
     (Path(summary["model_folder"]) / "fold_0" / "validation" / "summary.json").unlink()  # killed in the validation
     train_fold(DATASET, "3d_fullres", 0, continue_=True, **options)
     assert seen == [False, False]
+
+
+def test_a_best_pseudo_dice_of_zero_is_reported_as_such():
+    """A best EMA of 0 (no foreground predicted yet) was printed as 'no pseudo-Dice ..., so no checkpoint_best'."""
+    from autoseg.training.run import format_training_summary
+
+    summary = {"model_folder": "m", "fold": "all", "iterations": 62, "epochs": 2, "seconds": 16.0,
+               "best_pseudo_dice_ema": 0.0, "validation": None, "time_accounting": None}
+    assert "best pseudo-Dice EMA 0.0000" in format_training_summary(summary)
+    summary["best_pseudo_dice_ema"] = None
+    assert "no checkpoint_best" in format_training_summary(summary)

@@ -472,12 +472,19 @@ def _validation(trainer: Trainer, run: FoldRun, save_probabilities: bool) -> dic
     return summary
 
 
+def _best_ema(value: float | None) -> float:
+    """The summary's best pseudo-Dice EMA for ``describe_best`` (None: there was none). A best EMA of 0 (no
+    foreground predicted yet, as after a short budget) was taken for none: 'no pseudo-Dice ..., so no
+    checkpoint_best' beside the checkpoint_best it had written."""
+    return -math.inf if value is None else value
+
+
 def format_training_summary(summary: dict[str, Any]) -> str:
     """A few readable lines for the terminal (the full summary is in the fold's files)."""
     lines = [
         f"model folder: {summary['model_folder']} (fold {summary['fold']})",
         f"trained {summary['iterations']} iterations in {summary['epochs']} epochs, "
-        f"{summary['seconds'] / 60:.1f} min; {describe_best(summary['best_pseudo_dice_ema'] or -math.inf)}",
+        f"{summary['seconds'] / 60:.1f} min; {describe_best(_best_ema(summary['best_pseudo_dice_ema']))}",
     ]
     lines += summary.get("pretrained") or []
     validation = summary.get("validation")
