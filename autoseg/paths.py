@@ -130,7 +130,7 @@ def dataset_folders(root: Path, text: str) -> list[Path]:
 
 def parse_dataset_id(text: str) -> int | None:
     """The id of ``4``, ``Dataset004`` or ``Dataset004_Name``; ``None`` for anything else."""
-    if text.isdigit():
+    if text.isdecimal():  # not isdigit: a superscript "¹" passes it and int() refuses it
         return int(text)
     match = re.match(r"^Dataset(\d{1,3})(?:_.+)?$", text)
     return int(match.group(1)) if match else None

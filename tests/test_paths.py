@@ -37,6 +37,13 @@ def test_unknown_and_ambiguous_names(small_dataset: Path, roots: dict[str, Path]
     assert paths.resolve_dataset("Dataset999_Test").raw_dir == small_dataset
 
 
+def test_a_superscript_digit_is_no_dataset_id(small_dataset: Path) -> None:
+    """'¹' passes str.isdigit() but not int(): `autoseg verify ¹` ended in an internal ValueError."""
+    assert paths.parse_dataset_id("\u00b9") is None and paths.parse_dataset_id("Dataset004") == 4
+    with pytest.raises(DatasetError, match="is neither a dataset folder nor a dataset name"):
+        paths.resolve_dataset("\u00b9")
+
+
 def test_root_precedence_and_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for var in ("AUTOSEG_RESULTS", "nnUNet_results"):
         monkeypatch.delenv(var, raising=False)

@@ -128,7 +128,7 @@ def split_val_cases(dataset_name: str, folds: Sequence[str]) -> dict[str, list[s
     if not path.is_file():
         return {}
     splits = read_splits(path)
-    return {f: list(splits[int(f)]["val"]) for f in folds if f.isdigit() and int(f) < len(splits)}
+    return {f: list(splits[int(f)]["val"]) for f in folds if f.isdecimal() and int(f) < len(splits)}
 
 
 def list_cases_or_empty(folder: Path, file_ending: str) -> dict[str, Path]:

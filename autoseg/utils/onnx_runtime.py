@@ -34,7 +34,7 @@ def default_threads() -> int:
     if "torch" in sys.modules:
         return int(sys.modules["torch"].get_num_threads())
     value = os.environ.get("OMP_NUM_THREADS", "")
-    return int(value) if value.isdigit() else 0
+    return int(value) if value.isdecimal() else 0
 
 
 def onnx_session(graph: bytes, threads: int | None = None) -> Any:
