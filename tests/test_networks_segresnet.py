@@ -121,6 +121,13 @@ def test_vae_refuses_a_patch_of_another_size() -> None:
         model.forward_with_aux(torch.randn(1, 1, 16, 8, 12))
 
 
+@pytest.mark.parametrize("input_size", ["abc", 8, [8, 8], [-8, 8, 12], [0, 8, 12], [8.5, 8, 12], [True, 8, 12]])
+def test_vae_input_size_of_the_wrong_form_is_refused(input_size: object) -> None:
+    """A text, a single number or a size <= 0 failed inside torch (TypeError, RuntimeError): internal errors."""
+    with pytest.raises(NetworkError, match=r"segresnet: option input_size must be 3 positive integers \(the training patch size\), got "):
+        create_network("segresnet", TOPOLOGIES["3d"], 1, 2, vae=True, input_size=input_size)
+
+
 def test_vae_input_size_must_fit_the_total_stride() -> None:
     with pytest.raises(NetworkError, match="not divisible by the network's total stride"):
         create_network("segresnet", TOPOLOGIES["3d"], 1, 2, vae=True, input_size=[6, 8, 12])

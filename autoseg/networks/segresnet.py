@@ -113,6 +113,21 @@ class VAEBranch(nn.Module):
         return self.out(h), mu, sigma
 
 
+def _checked_input_size(input_size: object, spatial_dims: int) -> list[int]:
+    """The VAE's ``input_size`` as ``spatial_dims`` positive ints, else ``NetworkError``: a text, a single
+    number or a size <= 0 (``--set network_options.input_size=...``) failed inside torch as an internal error."""
+    values = input_size if isinstance(input_size, (list, tuple)) else None
+    if (
+        values is None or len(values) != spatial_dims
+        or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values)
+    ):
+        raise NetworkError(
+            f"segresnet: option input_size must be {spatial_dims} positive integers (the training patch size), "
+            f"got {input_size!r}; fix --set network_options.input_size=[...] or leave it out to use the plan's patch size"
+        )
+    return [int(v) for v in values]
+
+
 def _stage_sizes(topology: Topology, input_size: Sequence[int]) -> list[list[int]]:
     """Spatial size of every encoder stage for ``input_size``."""
     topology.check_input_shape(list(input_size))
@@ -196,8 +211,8 @@ class SegResNet(nn.Module):
                     "segresnet: vae=True needs the training patch size to size its dense layers; "
                     "plan it (topology.extra['patch_size']) or pass the option input_size=[...]"
                 )
-            self.vae = VAEBranch(topology, in_channels, input_size)
-            self.input_size = [int(s) for s in input_size]
+            self.input_size = _checked_input_size(input_size, topology.spatial_dims)
+            self.vae = VAEBranch(topology, in_channels, self.input_size)
 
     def _encode_decode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Decoder outputs (highest resolution first) and the deepest encoder features."""
