@@ -314,3 +314,20 @@ def test_an_epoch_with_a_nan_or_infinite_loss_keeps_metrics_standard_json(tmp_pa
     monitor.write_history([row])
     line = (tmp_path / "metrics.jsonl").read_text().splitlines()[0]
     json.loads(line, parse_constant=lambda token: pytest.fail(f"not standard JSON: {token}"))
+
+
+def test_another_familys_patch_refusal_suggests_a_patch_that_holds() -> None:
+    """nnformer's windows are chosen per patch: the advice 'a multiple of [4, 12, 16]' for [12, 20, 16] led to
+    [12, 24, 16], refused again for [4, 16, 16]. The suggested patch now holds."""
+    import re
+
+    from autoseg.training.model_setup import network_topology
+
+    plan = {"network": {"name": "unet", "topology": {"features_per_stage": [32]}}, "patch_size": [12, 20, 16],
+            "spacing": [1.0, 1.0, 1.0], "width": 32}
+    with pytest.raises(TrainingError, match=r"choose a patch it divides \(e\.g\. --set patch_size=\[") as refusal:
+        network_topology(plan, "nnformer", [12, 20, 16], lambda *_: None)
+    suggested = [int(v) for v in re.search(r"patch_size=\[([\d,]+)\]", str(refusal.value)).group(1).split(",")]
+    assert all(s >= p for s, p in zip(suggested, [12, 20, 16]))
+    topology = network_topology(plan, "nnformer", suggested, lambda *_: None)
+    assert topology["features_per_stage"]

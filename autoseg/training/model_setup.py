@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -50,9 +50,11 @@ def network_topology(plan: dict[str, Any], network: str, patch_size: list[int], 
     derived = plan_topology(patch_size, spacing, get_network_spec(network).constraints, width)
     stride = derived.size_multiple
     if any(p % s for p, s in zip(patch_size, stride)):
+        fitting = _divisible_patch_for(network, patch_size, spacing, width)
+        example = f"e.g. --set patch_size=[{','.join(map(str, fitting))}]" if fitting else "--set patch_size=[...]"
         raise TrainingError(
             f"patch size {patch_size} is not divisible by the total stride {stride} that network {network!r} "
-            "needs at this patch; choose a multiple of it with --set patch_size=[...] or re-plan"
+            f"needs at this patch; choose a patch it divides ({example}) or re-plan"
         )
     log(
         f"note: the plan was made for {plan['network']['name']} at patch {plan['patch_size']}; the topology of "
@@ -60,6 +62,23 @@ def network_topology(plan: dict[str, Any], network: str, patch_size: list[int], 
         f"(run `autoseg plan ... --network {network}` for that)"
     )
     return derived.to_dict()
+
+
+def _divisible_patch_for(network: str, patch_size: Sequence[int], spacing: Sequence[float], width: int) -> list[int] | None:
+    """The smallest patch from ``patch_size`` up that ``network``'s topology at that patch divides, or None.
+
+    The topology (depth, attention windows) is chosen per patch, so the stride of ``patch_size`` rounded up
+    can differ again: the advice 'a multiple of [4, 12, 16]' for nnformer led to [12, 24, 16], refused for
+    [4, 16, 16]. Rounding is repeated until the patch holds (a few steps)."""
+    from autoseg.planning.topology import divisible_patch, plan_topology
+
+    constraints, candidate = get_network_spec(network).constraints, list(patch_size)
+    for _ in range(8):
+        rounded = divisible_patch(candidate, plan_topology(candidate, spacing, constraints, width))
+        if rounded == candidate:
+            return candidate
+        candidate = rounded
+    return None
 
 
 # optimizer.name: the optimizers build_optimizer makes (config_rules refuses any other name).
