@@ -114,6 +114,7 @@ def train_fold(
         deterministic=deterministic, num_workers=workers, epochs=epochs, budget_seconds=budget_seconds,
         resume=continue_, start_time=start,
     )
+    prepared = _preprocess_seconds(run.store)  # read before training: a damaged record is refused before, not after it
     context = init_distributed(run.device.type)
     if context.enabled and run.device.type == "cuda":
         run.device = torch.device("cuda", context.local_rank)
@@ -123,7 +124,7 @@ def train_fold(
             validation, validation_seconds = _final_validation(trainer, run, context, save_probabilities)
         accounting = _kept_accounting(trainer, run)
         if accounting is None:
-            accounting = time_accounting(trainer, run, validation_seconds, time.monotonic() - start)
+            accounting = time_accounting(trainer, run, validation_seconds, time.monotonic() - start, prepared)
             if context.is_main:
                 atomic_write_json(run.fold_folder / ACCOUNTING_FILE, accounting)
         barrier(context)
@@ -266,14 +267,20 @@ def _preprocess_seconds(store: Path) -> float | None:
     path = timing_path(store)
     if not path.is_file():
         return None
-    return float(read_json(path, TrainingError, "missing", "delete it or re-run `autoseg preprocess`")["seconds"])
+    record = read_json(path, TrainingError, "missing", "delete it or re-run `autoseg preprocess`")
+    seconds = record.get("seconds") if isinstance(record, dict) else None
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds < 0:
+        # a record without a number of seconds crashed as an internal KeyError, after the training and validation
+        raise TrainingError(f"{path}: has no number of seconds the preprocessing took ('seconds': {seconds!r}); "
+                            "delete it or re-run `autoseg preprocess`")
+    return float(seconds)
 
 
-def time_accounting(trainer: Trainer, run: FoldRun, validation_seconds: float, run_seconds: float) -> dict[str, Any]:
+def time_accounting(trainer: Trainer, run: FoldRun, validation_seconds: float, run_seconds: float,
+                    preprocess: float | None) -> dict[str, Any]:
     """Predicted (the plan's) against actual seconds of each part of the run, for the fold's results."""
     plan, plans = run.configuration, run.plans
     estimate = trainer.replanner.validation_estimate if trainer.replanner is not None else None
-    preprocess = _preprocess_seconds(run.store)
     actual = {"preprocess": preprocess, **trainer.actual_seconds, "final_validation": validation_seconds}
     actual = {k: None if v is None else round(v, 1) for k, v in actual.items()}
     actual["total"] = round(run_seconds + (preprocess or 0.0), 1)
