@@ -552,7 +552,7 @@ def test_a_nifti_holding_fewer_voxels_than_its_header_claims_is_refused_before_i
     ("claims.nrrd", "NRRD0004\ntype: float\ndimension: 3\nsizes: 1000 1000 1000\nencoding: raw\nendian: little\n\n",
      bytes(400)),
     ("claims.nrrd", "NRRD0004\ntype: float\ndimension: 3\nsizes: 1000 1000 1000\nencoding: gzip\n\n",
-     gzip.compress(bytes(400))),
+     gzip.compress(bytes(400), mtime=0)),  # mtime: xdist workers must collect the same test ids
     ("claims.nrrd", "NRRD0004\ntype: short\ndimension: 3\nsizes: 1000 1000 1000\nencoding: ascii\n\n", b"1 2 3\n"),
     ("claims.nhdr", "NRRD0004\ntype: uint8\ndimension: 3\nsizes: 1000 1000 1000\nencoding: raw\ndata file: claims.raw\n",
      b""),
@@ -562,7 +562,7 @@ def test_a_nifti_holding_fewer_voxels_than_its_header_claims_is_refused_before_i
      "CompressedData = True\nElementDataFile = LOCAL\n", zlib.compress(bytes(400))),
     ("claims.mhd", "ObjectType = Image\nNDims = 3\nDimSize = 1000 1000 1000\nElementType = MET_UCHAR\n"
      "ElementDataFile = claims.raw\n", b""),
-])
+], ids=["nrrd-raw", "nrrd-gzip", "nrrd-ascii", "nhdr-detached", "mha-raw", "mha-zlib", "mhd-detached"])
 def test_a_nrrd_or_metaimage_claiming_more_voxels_than_its_data_holds_is_refused_before_itk_reads_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, header: str, data: bytes
 ) -> None:
