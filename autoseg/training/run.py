@@ -255,7 +255,7 @@ def _train(run: FoldRun, context: DistributedContext, pretrained_weights: str | 
     if trainer.state.iteration < trainer.state.total_iterations:
         trainer.fit()
     else:  # nothing left to train (killed in the final validation): the time so far is this run's startup
-        trainer.actual_seconds["startup"] = time.monotonic() - run.start_time
+        trainer.times.mine["startup"] = time.monotonic() - run.start_time
         if not (run.fold_folder / FINAL).is_file():
             trainer.save(FINAL)
     barrier(context)
@@ -281,9 +281,10 @@ def time_accounting(trainer: Trainer, run: FoldRun, validation_seconds: float, r
     """Predicted (the plan's) against actual seconds of each part of the run, for the fold's results."""
     plan, plans = run.configuration, run.plans
     estimate = trainer.replanner.validation_estimate if trainer.replanner is not None else None
-    actual = {"preprocess": preprocess, **trainer.actual_seconds, "final_validation": validation_seconds}
+    # A run killed and continued: the parts and the total hold the earlier processes' time up to their checkpoint.
+    actual = {"preprocess": preprocess, **trainer.times.spent(), "final_validation": validation_seconds}
     actual = {k: None if v is None else round(v, 1) for k, v in actual.items()}
-    actual["total"] = round(run_seconds + (preprocess or 0.0), 1)
+    actual["total"] = round(run_seconds + (preprocess or 0.0) + sum(trainer.times.earlier.values()), 1)
     return {
         "budget_seconds": (plans.get("budget") or {}).get("seconds"),
         "train_budget_seconds": run.budget_seconds,

@@ -33,6 +33,10 @@ class TrainingState:
     # in the checkpoint: a --continue (which has no budget) after a kill validated mirrored what the budgeted
     # run had found it could not afford.
     validation_tta: bool | None = None
+    # Wall seconds of each part (startup, training, checkpoints) of every process of this fold up to this
+    # checkpoint: a run killed and continued reported the iterations of both processes and the times of
+    # the last alone. Time a killed process spent after its last checkpoint (work redone) is not in it.
+    spent_seconds: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -44,6 +48,7 @@ class TrainingState:
             "best_ema": self.best_ema,
             "history": self.history,
             "validation_tta": self.validation_tta,
+            "spent_seconds": self.spent_seconds,
         }
 
     @classmethod
@@ -54,6 +59,7 @@ class TrainingState:
             total_iterations=int(state["total_iterations"]), iteration=int(state["iteration"]), epoch=int(state["epoch"]),
             lr_anchor=PolyAnchor(int(anchor[0]), float(anchor[1])), ema=state["ema"], best_ema=float(state["best_ema"]),
             history=list(state["history"]), validation_tta=state.get("validation_tta"),
+            spent_seconds={str(k): float(v) for k, v in (state.get("spent_seconds") or {}).items()},
         )
 
     def add_pseudo_dice(self, dice: float, smoothing: float) -> bool:

@@ -49,6 +49,7 @@ from autoseg.training.fold_run import FoldRun
 from autoseg.training.model_setup import NetworkRequest, build_model, seed_everything
 from autoseg.training.math_threads import recount_at_epoch_end
 from autoseg.training.monitor import Monitor, WarmTimer
+from autoseg.training.part_times import PartTimes
 from autoseg.training.pseudo_validation import PseudoValidationResult, epoch_batches, pseudo_validate
 from autoseg.training.replanning import (
     BudgetReplanner,
@@ -186,8 +187,7 @@ class Trainer:
         self.train_spec, self.val_spec, aug = sampling_specs(run, self.batch_size, case_cache, self.context)
         self.mirror_axes = list(aug["mirror"]["axes"]) if aug["mirror"]["p"] > 0 else []
         self.state = TrainingState(planned_total(cfg, plan, run.epochs, self.iterations_per_epoch))
-        # Wall time of each part of the run, for predicted-against-actual accounting (not checkpointed).
-        self.actual_seconds = {"startup": 0.0, "training": 0.0, "checkpoints": 0.0}
+        self.times = PartTimes()  # wall time per part, for predicted-against-actual accounting
         self.replanner: BudgetReplanner | None = None
         # Whether this process trained (ran fit()): a --continue of a finished schedule does not.
         self.trained = False
@@ -210,17 +210,19 @@ class Trainer:
     def save(self, name: str) -> None:
         if self.replanner is not None:
             self.state.validation_tta = self.replanner.mirroring
+        self.state.spent_seconds = self.times.spent()
         if self.context.is_main:
             started = time.monotonic()
             checkpoint = training_checkpoint(self.setup, self.step.state_dict(), self.state, self.metadata())
             write_checkpoint(self.run.fold_folder / name, checkpoint)
-            self.actual_seconds["checkpoints"] += time.monotonic() - started
+            self.times.add_checkpoint(time.monotonic() - started)
 
     def load(self, path: Path) -> None:
         run = self.run
         self.state = restore_training_checkpoint(path, self.setup, self.step, run.network_name, run.configuration_name,
                                                  run.config["optimizer"]["name"], self.device, str(run.fold),
                                                  split_digest(run.train_cases, run.val_cases))
+        self.times.earlier = dict(self.state.spent_seconds)
 
     def validation_tta(self) -> bool:
         """Whether the final validation mirrors: as this run's budget decided, else as the checkpoint's run
@@ -262,10 +264,8 @@ class Trainer:
     def fit(self) -> None:
         """Train until ``total_iterations``; writes checkpoints, log, metrics and the final checkpoint."""
         cfg, run = self.run.config, self.run
-        fit_start = time.monotonic()
         self.trained = True
-        self.actual_seconds["startup"] = fit_start - run.start_time
-        checkpoints_before = self.actual_seconds["checkpoints"]
+        self.times.start_fit(run.start_time)
         workers = self.workers()
         threads = f", {run.math_threads.describe()}" if run.math_threads else ""
         self.monitor.log(
@@ -289,8 +289,7 @@ class Trainer:
             stream.close()
             val_stream.close()
             self.monitor.stop()
-        checkpoint_time = self.actual_seconds["checkpoints"] - checkpoints_before
-        self.actual_seconds["training"] += time.monotonic() - fit_start - checkpoint_time
+        self.times.end_fit()
         self.save(FINAL)
         self.monitor.log(f"training finished: {self.state.iteration} iterations, {self.state.epoch} epochs, "
                          f"{describe_best(self.state.best_ema)}")
