@@ -838,7 +838,7 @@ def test_continue_of_a_finished_fold_keeps_its_time_accounting(results, data_roo
     summary = train_fold(DATASET, "3d_fullres", 0, epochs=1, **options)
     path = Path(summary["model_folder"]) / "fold_0" / "time_accounting.json"
     first = json.loads(path.read_text())
-    assert first["actual"]["startup"] > 0
+    assert first["actual"]["training"] > 0  # startup rounds to 0.0 s when the tiny run builds in < 0.05 s
     again = train_fold(DATASET, "3d_fullres", 0, continue_=True, **options)
     assert json.loads(path.read_text()) == first == again["time_accounting"]
     path.unlink()  # as a run killed during its final validation leaves the fold
