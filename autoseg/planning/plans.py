@@ -224,6 +224,15 @@ def check_labels_match_dataset(plans: dict[str, Any], description: DatasetDescri
                         f"{plans['labels']}; {fix}")
 
 
+def check_plans_follow_dataset(plans: dict[str, Any], description: DatasetDescription, plans_file: str | Path,
+                               dataset_file: str | Path, dataset: str, plans_name: str) -> None:
+    """Both checks above with the re-plan advice: preprocess and train refuse a dataset.json edited after planning
+    (the store keeps the plans' labels, regions and ignore label)."""
+    fix = replan_advice(dataset, plans_name)
+    check_plans_match_dataset(plans, description, plans_file, dataset_file, fix)
+    check_labels_match_dataset(plans, description, plans_file, dataset_file, fix)
+
+
 def write_plans(plans: dict[str, Any], path: str | Path, overwrite: bool = False) -> bool:
     """Write ``plans`` atomically; returns False when an identical file is already there.
 

@@ -32,12 +32,10 @@ from autoseg.dataset.verify import label_value_problem, nonfinite_problem
 from autoseg.errors import DatasetError, PreprocessingError
 from autoseg.paths import resolve_dataset
 from autoseg.planning.plans import (
-    check_labels_match_dataset,
-    check_plans_match_dataset,
+    check_plans_follow_dataset,
     get_configuration,
     load_plans,
     plans_path,
-    replan_advice,
 )
 from autoseg.preprocessing import store
 from autoseg.preprocessing.pipeline import preprocess_case
@@ -226,9 +224,8 @@ def preprocess_dataset(
     description = load_description(location.raw_dir)
     cases = training_cases(location.raw_dir, description)
     plans = load_plans(plans_path(location.preprocessed_dir, plans_name))
-    for check in (check_plans_match_dataset, check_labels_match_dataset):  # the store keeps the plans' labels
-        check(plans, description, plans_path(location.preprocessed_dir, plans_name), location.raw_dir / "dataset.json",
-              replan_advice(location.name, plans_name))
+    check_plans_follow_dataset(plans, description, plans_path(location.preprocessed_dir, plans_name),
+                               location.raw_dir / "dataset.json", location.name, plans_name)
     if isinstance(configurations, str):  # one name, not its letters ("configuration '3' is not in plans")
         configurations = [configurations]
     names = list(dict.fromkeys(configurations)) if configurations else list(plans["configurations"])  # each once

@@ -23,12 +23,10 @@ from autoseg.networks import get_network_spec
 from autoseg.paths import resolve_dataset
 from autoseg.planning.accounting import PARTS
 from autoseg.planning.plans import (
-    check_labels_match_dataset,
-    check_plans_match_dataset,
+    check_plans_follow_dataset,
     get_configuration,
     load_plans,
     plans_path,
-    replan_advice,
 )
 from autoseg.preprocessing.runner import timing_path
 from autoseg.preprocessing.store import list_cases
@@ -165,9 +163,8 @@ def resolve_fold_run(dataset_spec: str, configuration: str, fold: str, network: 
     plans = load_plans(plans_path(location.preprocessed_dir, plans_name))
     plan = get_configuration(plans, configuration)
     description = load_description(location.raw_dir)
-    for check in (check_plans_match_dataset, check_labels_match_dataset):
-        check(plans, description, plans_path(location.preprocessed_dir, plans_name), location.raw_dir / "dataset.json",
-              replan_advice(location.name, plans_name))
+    check_plans_follow_dataset(plans, description, plans_path(location.preprocessed_dir, plans_name),
+                               location.raw_dir / "dataset.json", location.name, plans_name)
     network_name = network or plan["network"]["name"]
     try:
         get_network_spec(network_name)
