@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from typer.testing import CliRunner
 
 from autoseg.cli import app, expand_multi_value_options
@@ -32,3 +34,18 @@ def autoseg_fails(*args: object) -> str:
 def set_options(settings: list[str]) -> list[str]:
     """``--set`` options for training settings ``key=value``."""
     return [token for setting in settings for token in ("--set", setting)]
+
+
+def workers_asked(monkeypatch: Any, module: Any) -> list[int]:
+    """The ``num_workers`` each ``parallel_map`` call of ``module`` is given, with ``default_workers()`` at 2 (so
+    a ``-np 0`` read as unset shows as 2)."""
+    asked: list[int] = []
+    real = module.parallel_map
+
+    def parallel_map(func, items, num_workers, description):  # type: ignore[no-untyped-def]
+        asked.append(num_workers)
+        return real(func, items, num_workers, description)
+
+    monkeypatch.setattr(module, "parallel_map", parallel_map)
+    monkeypatch.setattr(module, "default_workers", lambda: 2)
+    return asked

@@ -105,15 +105,9 @@ def test_zero_workers_run_in_this_process(
     """`-np 0` ("0 or 1: all in this process", the option's help) started a pool of one worker per core."""
     import autoseg.fingerprint.extract as extract
 
-    asked: list[int] = []
-    real = extract.parallel_map
+    from cli_helpers import workers_asked
 
-    def parallel_map(func, items, num_workers, description):  # type: ignore[no-untyped-def]
-        asked.append(num_workers)
-        return real(func, items, num_workers, description)
-
-    monkeypatch.setattr(extract, "parallel_map", parallel_map)
-    monkeypatch.setattr(extract, "default_workers", lambda: 2)
+    asked = workers_asked(monkeypatch, extract)
     result = runner.invoke(app, ["fingerprint", "999", "-np", "0"])
     assert result.exit_code == 0, result.output
     assert asked == [0]

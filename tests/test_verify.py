@@ -322,15 +322,9 @@ def test_zero_workers_verify_in_this_process(
     """`-np 0` ("0 or 1: all in this process", the option's help) started a pool of one worker per core."""
     import autoseg.dataset.verify as verify
 
-    asked: list[int] = []
-    real = verify.parallel_map
+    from cli_helpers import workers_asked
 
-    def parallel_map(func, items, num_workers, description):  # type: ignore[no-untyped-def]
-        asked.append(num_workers)
-        return real(func, items, num_workers, description)
-
-    monkeypatch.setattr(verify, "parallel_map", parallel_map)
-    monkeypatch.setattr(verify, "default_workers", lambda: 2)
+    asked = workers_asked(monkeypatch, verify)
     result = runner.invoke(app, ["verify", "Dataset999", "-np", "0"])
     assert result.exit_code == 0, result.output
     assert asked == [0]
