@@ -247,21 +247,17 @@ def test_demo_refuses_to_write_into_its_dataset(tmp_path: Path, monkeypatch: pyt
     assert sorted(p.relative_to(dataset) for p in dataset.rglob("*")) == before
 
 
-def test_onnxruntime_engine_refuses_a_half_precision_it_would_not_use(tmp_path: Path) -> None:
-    """``--engine onnxruntime --mixed-precision bf16`` ran in float32 without a word (``--compile`` is refused)."""
+@pytest.mark.parametrize(("option", "message"), [
+    # ran in float32 without a word (``--compile`` is refused)
+    (["--mixed-precision", "bf16"], "--mixed-precision bf16 applies to the torch engine; the onnxruntime engine computes in float32"),
+    # ran on the CPU without a word
+    (["--device", "cuda"], "--device cuda applies to the torch engine; the onnxruntime engine runs on the CPU"),
+])
+def test_onnxruntime_engine_refuses_a_setting_it_would_not_use(option: list[str], message: str, tmp_path: Path) -> None:
     result = runner.invoke(app, ["predict", "-i", str(tmp_path), "-o", str(tmp_path / "out"), "-m", str(tmp_path / "m.zip"),
-                                 "--engine", "onnxruntime", "--mixed-precision", "bf16"])
+                                 "--engine", "onnxruntime", *option])
     assert result.exit_code == 2
-    assert "--mixed-precision bf16 applies to the torch engine; the onnxruntime engine computes in float32" in result.output
-    assert not (tmp_path / "out").exists()
-
-
-def test_onnxruntime_engine_refuses_a_gpu_it_would_not_use(tmp_path: Path) -> None:
-    """``--engine onnxruntime --device cuda`` ran on the CPU without a word."""
-    result = runner.invoke(app, ["predict", "-i", str(tmp_path), "-o", str(tmp_path / "out"), "-m", str(tmp_path / "m.zip"),
-                                 "--engine", "onnxruntime", "--device", "cuda"])
-    assert result.exit_code == 2
-    assert "--device cuda applies to the torch engine; the onnxruntime engine runs on the CPU" in result.output
+    assert message in result.output
     assert not (tmp_path / "out").exists()
 
 
