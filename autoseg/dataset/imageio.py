@@ -360,22 +360,22 @@ def _gipl_expected_size(header: bytes) -> int | None:
     return 256 + math.prod(max(1, d) for d in dims) * _GIPL_VOXEL_BYTES[kind]
 
 
-def _is_truncated(path: Path, expected_size: Callable[[bytes], int | None]) -> bool:
+def _is_truncated(path: Path, expected_size: Callable[[bytes], int | None], unrecognised: bool = False) -> bool:
     """Whether the file, gzip-compressed or not, holds fewer bytes than its header (``expected_size`` of its first
-    540 bytes) needs; False when the header is not recognised."""
+    540 bytes) needs; ``unrecognised`` when the header is not recognised (a file just written must have one)."""
     import gzip
 
     if not _is_gzip(path):  # .nii, .gipl, or an uncompressed one named .nii.gz
         with open(path, "rb") as f:
             expected = expected_size(f.read(540))
-        return expected is not None and path.stat().st_size < expected
+        return unrecognised if expected is None else path.stat().st_size < expected
     with gzip.open(path, "rb") as f:
         try:
             expected = expected_size(f.read(540))
         except (OSError, EOFError):
             return True
     if expected is None:
-        return False
+        return unrecognised
     if path.stat().st_size * _DEFLATE_MAX_RATIO + _DEFLATE_SLACK_BYTES < expected:
         return True  # more than any deflate stream of this size holds: no need to decompress it
     with open(path, "rb") as f:
@@ -1406,14 +1406,11 @@ def _refuse_cut_short_write(written: Path, target: Path) -> None:
     is read and the size checked against it (for gzip the trailer's ISIZE; the stream is decompressed only
     when that disagrees), so a whole file costs a few hundred bytes of reading.
     """
-    import gzip
-
     expected_size = _expected_size_reader(written)
     if expected_size is None:
         return
     try:
-        with (gzip.open if _is_gzip(written) else open)(written, "rb") as f:
-            whole = expected_size(f.read(540)) is not None and not _is_truncated(written, expected_size)
+        whole = not _is_truncated(written, expected_size, unrecognised=True)
     except (OSError, EOFError, zlib.error):  # a gzip stream cut inside its first bytes
         whole = False
     if not whole:
