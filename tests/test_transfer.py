@@ -19,7 +19,7 @@ from autoseg.evaluation.model_files import export_model
 from autoseg.networks import create_network
 from autoseg.training.pretrained import load_pretrained
 from autoseg.utils.weights_file import load_weights
-from cli_helpers import TRAIN_SETTINGS, autoseg, set_options
+from cli_helpers import TRAIN_SETTINGS, autoseg, autoseg_fails, set_options
 from conftest import make_hippocampus_subset
 from preprocessing_helpers import make_configuration, make_plans
 from training_helpers import TINY_TOPOLOGY
@@ -149,6 +149,26 @@ def test_a_source_plan_of_another_channel_count_is_refused_at_plan_time(tmp_path
     source["configurations"]["3d_fullres"]["normalization"] = source["configurations"]["3d_fullres"]["normalization"][:1]
     (tmp_path / "plans.json").write_text(json.dumps(source))
     assert transfer_plans_from(target, tmp_path)["transferred_from"]["dataset_name"] == "Dataset905_BraTS"
+
+
+def test_plan_refuses_a_source_of_another_channel_count_before_fingerprinting_or_timing(
+        roots: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Was: refused only after fingerprinting and the ~20 s timing probe."""
+    import autoseg.fingerprint.extract as extract
+    import autoseg.planning.compute_budget as compute_budget
+
+    def reached(*args: object, **kwargs: object) -> None:
+        raise AssertionError("fingerprinting or the timing probe ran before the channel check")
+
+    monkeypatch.setattr(extract, "extract_fingerprint", reached)
+    monkeypatch.setattr(compute_budget, "measure_timing", reached)
+    one_class_target(roots)
+    source = {**make_plans({"3d_fullres": make_configuration(SOURCE_SPACING, patch_size=PATCH)}), "dataset_name": "Dataset905_BraTS",
+              "channel_names": {"0": "FLAIR", "1": "T1w"}}
+    source["configurations"]["3d_fullres"]["normalization"] *= 2
+    (tmp_path / "plans.json").write_text(json.dumps(source))
+    output = autoseg_fails("plan", TARGET, "--device", "cpu", "--transfer-plans-from", tmp_path)
+    assert f"its dataset Dataset905_BraTS has 2 input channel(s) (0: FLAIR, 1: T1w), {TARGET} has 1 (0: MRI)" in " ".join(output.split())
 
 
 def test_a_cascade_stage_fed_other_labels_is_not_transferred(tmp_path: Path) -> None:

@@ -989,6 +989,11 @@ def plan_dataset(
     network = get_network_spec(network or default_network()).name  # a typo fails before fingerprinting
     location = resolve_dataset(dataset_spec)
     plans_path(location.preprocessed_dir, plans_name)  # so does a plans name that is not a file name
+    donor = None
+    if transfer_from is not None:  # a source of other channels fails before fingerprinting and timing
+        from autoseg.planning.transfer import fitting_source_plans
+
+        donor = fitting_source_plans(location.name, load_description(location.raw_dir).channel_names, transfer_from)
     if not fingerprint_path(location).is_file() or fingerprint_is_stale(location):
         from autoseg.fingerprint.extract import extract_fingerprint  # SimpleITK and scipy: only when needed
 
@@ -1024,9 +1029,9 @@ def plan_dataset(
         plans["notes"].append(f"timed with {threads.describe()}, as training with math_threads: auto starts: "
                               f"the recipe is the one for all {threads.limit} threads, the iterations are for "
                               f"{threads.threads} (a quieter machine at training time trains more)")
-    if transfer_from is not None:
-        from autoseg.planning.transfer import transfer_plans_from
+    if donor is not None:
+        from autoseg.planning.transfer import transfer_plans
 
-        plans = transfer_plans_from(plans, transfer_from)
+        plans = transfer_plans(plans, *donor)
     write_plans(plans, plans_path(location.preprocessed_dir, plans_name), overwrite=overwrite)
     return plans, format_plan_table(plans)

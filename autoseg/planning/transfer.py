@@ -143,15 +143,26 @@ def _refit_schedule(config: dict[str, Any], budget: float, seconds: float, recip
     config["predicted_seconds"], config["predicted_total_seconds"] = refit.to_dict(), round(refit.total, 1)
 
 
-def transfer_plans_from(target: dict[str, Any], source: str | Path) -> dict[str, Any]:
-    """``transfer_plans`` from a plans file, a trained model folder or a model zip from export-model."""
+def read_source_plans(source: str | Path) -> tuple[dict[str, Any], str]:
+    """The plans of a plans file, a trained model folder or a model zip from export-model, and the name
+    that cites them."""
     path = source_plans_file(source)
     with path.open("rb") as handle:
         zipped = handle.read(2) == b"PK"  # a cut-short zip too: import-model's checks name its damage
-    if zipped:
-        plans, name = _zip_plans(path)
-        return transfer_plans(target, plans, name)
-    return transfer_plans(target, load_plans(path), str(path))
+    return _zip_plans(path) if zipped else (load_plans(path), str(path))
+
+
+def fitting_source_plans(dataset_name: str, channel_names: dict[str, str], source: str | Path) -> tuple[dict[str, Any], str]:
+    """``read_source_plans``, refused when the source's channels do not fit the target dataset's: checked
+    before planning, whose timing probe took ~20 s before the refusal came."""
+    plans, name = read_source_plans(source)
+    _check_channels({"dataset_name": dataset_name, "channel_names": channel_names}, plans, name)
+    return plans, name
+
+
+def transfer_plans_from(target: dict[str, Any], source: str | Path) -> dict[str, Any]:
+    """``transfer_plans`` from a plans file, a trained model folder or a model zip from export-model."""
+    return transfer_plans(target, *read_source_plans(source))
 
 
 def _zip_plans(path: Path) -> tuple[dict[str, Any], str]:
