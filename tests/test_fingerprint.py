@@ -138,6 +138,27 @@ def test_labels_without_any_class_are_refused_before_ct_statistics_turn_nan(
     assert not (roots["preprocessed"] / "Dataset999_Test" / "fingerprint.json").exists()
 
 
+def test_ignore_voxels_are_not_sampled_as_foreground_intensities(roots: dict[str, Path]) -> None:
+    """Was: sampled as ``seg > 0`` (nnU-Net v2), ignore included: with scribbles in a sea of ignore, a CT
+    channel's clip and z-score came from the whole image, not from the annotated structure."""
+    dataset = roots["raw"] / "Dataset998_Scribbles"
+    (dataset / "imagesTr").mkdir(parents=True)
+    (dataset / "labelsTr").mkdir()
+    image = np.arange(1, 6 * 6 * 6 + 1, dtype=np.float32).reshape(6, 6, 6)  # nonzero: nothing is cropped
+    label = np.full((6, 6, 6), 2, np.uint8)  # ignore everywhere but a scribble of 4 voxels
+    label[3, 2, 1:5] = 1
+    label[0, 0, 0] = 0
+    for array, path in ((image, dataset / "imagesTr" / "scribble_000_0000.nii.gz"), (label, dataset / "labelsTr" / "scribble_000.nii.gz")):
+        sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
+    description = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "vessel": 1, "ignore": 2},
+                   "numTraining": 1, "file_ending": ".nii.gz"}
+    (dataset / "dataset.json").write_text(json.dumps(description))
+    stats = extract_fingerprint(resolve_dataset("Dataset998"), num_workers=0)["foreground_intensity_properties_per_channel"]["0"]
+    scribble = image[label == 1]  # 122, 123, 124, 125: every one drawn among the 1e7 samples
+    assert (stats["min"], stats["max"]) == (scribble.min(), scribble.max()) == (122.0, 125.0)
+    assert stats["mean"] == pytest.approx(123.5, abs=0.01) and stats["std"] == pytest.approx(scribble.std(), abs=0.01)
+
+
 def test_a_case_that_runs_out_of_memory_is_named(
     small_dataset: Path, roots: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -47,7 +47,7 @@ def case_statistics(case: Case, desc: DatasetDescription, samples_per_case: int,
     shape_before = list(data.shape[1:])
     cropped, seg, _, _ = crop_to_nonzero(data, label[None])
     shape_after = list(cropped.shape[1:])
-    foreground = seg[0] > 0
+    foreground = annotated_foreground(seg[0], desc.ignore_label)
     rng = np.random.default_rng(case_seed(case.case_id, seed))
     samples = []
     for channel in cropped:
@@ -70,6 +70,14 @@ def case_statistics(case: Case, desc: DatasetDescription, samples_per_case: int,
         "structure_thickness_mm": case_thickness(label, spacing, dict(desc.regions)),
         "class_centroids": class_centroids(label, desc.foreground_labels),
     }
+
+
+def annotated_foreground(seg: np.ndarray, ignore_label: int | None) -> np.ndarray:
+    """The voxels of a class: nnU-Net v2 samples ``seg > 0``, the ignore label included, and with sparse
+    annotations (scribbles in a sea of ignore) that made a CT channel's clipping percentiles and z-score
+    statistics of the whole image instead of the annotated structures."""
+    foreground = seg > 0
+    return foreground if ignore_label is None else foreground & (seg != ignore_label)
 
 
 def intensity_statistics(samples: np.ndarray) -> dict[str, float]:
