@@ -23,6 +23,7 @@ from autoseg.training.data_loading import (
     SamplingSpec,
     _patch_starts,
     forced_samples,
+    forced_share_draw,
     batch_to_device,
     validation_workers,
     worker_count,
@@ -173,16 +174,37 @@ def test_a_batch_split_over_ranks_forces_the_samples_one_process_would() -> None
             configuration={"normalization": [{"scheme": "zscore", "use_mask": False}]}, store=Path("."),
             train_cases=["a"], val_cases=["b"], previous_stage_cache=None, global_batch=global_batch,
         )
-        one = forced_samples(sampling_specs(run, global_batch)[0])
-        assert sum(one) == global_batch - round(global_batch * 0.67)
-        for world in range(2, global_batch + 1):
-            split: list[bool] = []
-            for rank in range(world):
-                context = DistributedContext(rank=rank, world_size=world)
-                train, val, _ = sampling_specs(run, rank_batch_size(global_batch, context), context=context)
-                assert forced_samples(val) == forced_samples(train)
-                split += forced_samples(train)
-            assert split == one, (global_batch, world)
+        for draw in (0.0, 0.5, 0.99):
+            one = forced_samples(sampling_specs(run, global_batch)[0], draw)
+            for world in range(2, global_batch + 1):
+                split: list[bool] = []
+                for rank in range(world):
+                    context = DistributedContext(rank=rank, world_size=world)
+                    train, val, _ = sampling_specs(run, rank_batch_size(global_batch, context), context=context)
+                    assert forced_samples(val, draw) == forced_samples(train, draw)
+                    split += forced_samples(train, draw)
+                assert split == one, (global_batch, world, draw)
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 3, 4, 5])
+def test_the_long_run_share_of_forced_samples_is_oversample_foreground(tmp_path: Path, batch_size: int) -> None:
+    # nnU-Net's round(batch x (1 - 0.33)) forced none of a batch of 1 (a small structure was seen only by
+    # chance), half of a batch of 2 and a quarter of a batch of 4; the fractional sample is now drawn.
+    spec = SamplingSpec(folder=tmp_path, case_ids=["a"], patch_size=PATCH, sample_size=PATCH,
+                        batch_size=batch_size, oversample_foreground=0.33, foreground_labels=[1])
+    draws = [forced_share_draw(seed=3, stream=TRAIN_STREAM, index=i) for i in range(3000)]
+    forced = [forced_samples(spec, draw) for draw in draws]
+    assert sum(map(sum, forced)) / (3000 * batch_size) == pytest.approx(0.33, abs=0.02)
+    assert all(flags == sorted(flags) for flags in forced)  # the last samples of the batch, as nnU-Net
+    assert draws == [forced_share_draw(seed=3, stream=TRAIN_STREAM, index=i) for i in range(3000)]
+
+
+def test_a_whole_forced_count_is_nnunets_whatever_the_draw(tmp_path: Path) -> None:
+    for batch_size, share in ((2, 0.5), (100, 0.33), (4, 0.25), (3, 1.0), (3, 0.0)):
+        spec = SamplingSpec(folder=tmp_path, case_ids=["a"], patch_size=PATCH, sample_size=PATCH,
+                            batch_size=batch_size, oversample_foreground=share, foreground_labels=[1])
+        nnunet = [j >= round(batch_size * (1 - share)) for j in range(batch_size)]
+        assert forced_samples(spec, 0.0) == forced_samples(spec, 0.999) == nnunet, (batch_size, share)
 
 
 def test_with_regions_a_forced_patch_picks_a_region_then_one_of_its_voxels(tmp_path: Path) -> None:

@@ -218,13 +218,14 @@ def test_cascade_batches_carry_the_previous_stage_as_one_hot_channels(trained: d
     augmentation["cascade_binary_operation"]["p"] = augmentation["cascade_remove_component"]["p"] = 0.0
     augmentation["spatial_order_seg"] = 0
     specs = {
-        "train": (dataclasses.replace(trainer.train_spec, previous_stage_folder=reference, augmentation=augmentation), TRAIN_STREAM),
-        "val": (dataclasses.replace(trainer.val_spec, previous_stage_folder=reference), VAL_STREAM),
+        "train": (dataclasses.replace(trainer.train_spec, previous_stage_folder=reference, augmentation=augmentation,
+                                      oversample_foreground=0.5), TRAIN_STREAM),
+        "val": (dataclasses.replace(trainer.val_spec, previous_stage_folder=reference, oversample_foreground=0.5), VAL_STREAM),
     }
     for name, (spec, stream) in specs.items():
         for index in range(2):
             batch = BatchSource(spec, seed=0, stream=stream)(index)
-            assert batch["data"][:, 1:].any(), name  # a third of each batch is forced onto foreground
+            assert batch["data"][:, 1:].any(), name  # half of each batch is forced onto foreground
             for channel, label in enumerate(FOREGROUND, start=1):
                 np.testing.assert_array_equal(batch["data"][:, channel], batch["target"][:, 0] == label, err_msg=name)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import multiprocessing
 import os
 import queue as queue_module
@@ -42,6 +43,8 @@ _POLL_SECONDS = 1.0
 _MAX_WORKERS_CUDA = 12
 _MAX_WORKERS_CPU = 4
 _CORES_PER_CPU_WORKER = 3
+# Float slack when ``batch x oversample_foreground`` is a whole number (100 x 0.33 may be 32.999...).
+_SHARE_TOLERANCE = 1e-9
 
 
 def batch_seed(seed: int, stream: int, rank: int, index: int) -> int:
@@ -146,16 +149,30 @@ def case_cache_bytes(setting: float | str, train_workers: int, world_size: int =
     return int(setting * 2**20)
 
 
-def forced_samples(spec: SamplingSpec) -> list[bool]:
-    """Which samples of this rank's batch are centred on foreground: the last ``oversample_foreground``
-    share of the global batch, from ``round(global * (1 - share))`` on (nnU-Net's rule, reference.md §1.5).
+def forced_samples(spec: SamplingSpec, draw: float) -> list[bool]:
+    """Which samples of this rank's batch are centred on foreground: the last ones of the global batch,
+    ``global x oversample_foreground`` of them on average.
+
+    nnU-Net forces the samples from ``round(global * (1 - share))`` on (reference.md §1.5), which with a
+    batch of 1 and the default 0.33 forces none at all (a small structure is then seen only by chance) and
+    with a batch of 2 forces half. Here the whole part of ``global x share`` is always forced, as nnU-Net
+    does when that product is whole, and one more sample when ``draw`` (uniform in [0, 1), the same on every
+    rank: :func:`forced_share_draw`) falls below its fractional part, so the long-run share is the setting.
 
     Counted in the global batch, not in each rank's share, so that a batch split over ranks forces the
     samples one process would: per rank, 2 of 4 samples on 2 ranks would be forced, none at all with one
     sample per rank (nnU-Net v2 likewise sets each rank's share from its place in the global batch)."""
     total = spec.global_batch_size or spec.batch_size
-    forced_from = round(total * (1 - spec.oversample_foreground))
+    expected = total * spec.oversample_foreground
+    whole = math.floor(expected + _SHARE_TOLERANCE)
+    forced_from = total - whole - int(draw < expected - whole)
     return [spec.batch_offset + j >= forced_from for j in range(spec.batch_size)]
+
+
+def forced_share_draw(seed: int, stream: int, index: int) -> float:
+    """The uniform draw that decides whether global batch ``index`` forces its fractional foreground
+    sample (:func:`forced_samples`): seeded without the rank, so every rank of that batch agrees."""
+    return float(np.random.default_rng([seed, stream, index]).random())
 
 
 def _check_cases(folder: Path, case_ids: Sequence[str]) -> None:
@@ -185,7 +202,8 @@ class BatchSource:
         spec = self.spec
         with seeded_global_rng(batch_seed(self.seed, self.stream, self.rank, index)):
             data, seg = self._empty_batch()
-            for j, forced in enumerate(forced_samples(spec)):
+            draw = forced_share_draw(self.seed, self.stream, index)
+            for j, forced in enumerate(forced_samples(spec, draw)):
                 self._sample(forced, data[j], seg[j])
             if self._transforms is None:
                 self._transforms = self._build_transforms()
