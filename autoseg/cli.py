@@ -322,32 +322,13 @@ def predict(
     statistics: bool = typer.Option(False, "--statistics", help="also write <case>_statistics.json (per class or region: volume in mm3, voxels, components, intensity mean and percentiles per channel) and statistics.csv"),
 ) -> None:
     """Sliding-window prediction with mirroring TTA, ensembling folds; the cascade runs end to end."""
-    from autoseg.errors import UsageError
     from autoseg.inference.batch import predict_folder
-    from autoseg.inference.engine import ENGINES, require_torch
+    from autoseg.inference.request import PredictRequest, check_predict_request
 
-    if engine not in ENGINES:
-        raise UsageError(f"--engine {engine}: choose torch or onnxruntime")
-    if engine == "torch":
-        require_torch()  # the onnxruntime engine imports no torch: a deployment may lack it
-        from autoseg.utils.device import autocast_dtype, choose_device
-
-        autocast_dtype(mixed_precision, choose_device(device), UsageError, name="--mixed-precision")
-    elif mixed_precision not in ("auto", "off"):  # was silently replaced by float32, as --compile is refused
-        raise UsageError(f"--mixed-precision {mixed_precision} applies to the torch engine; the onnxruntime engine "
-                         "computes in float32: leave it out, or predict with --engine torch")
-    elif device not in (None, "auto", "cpu"):  # was silently run on the CPU
-        raise UsageError(f"--device {device} applies to the torch engine; the onnxruntime engine runs on the CPU: "
-                         "leave it out, or predict with --engine torch")
-    if not 0 < step <= 1:
-        raise UsageError(f"--step {step}: must be in (0, 1] (a fraction of the patch; 0.5 overlaps tiles by half)")
-    lookup = {"-d": dataset, "-c": configuration, "--network": network, "--plans-name": plans_name}
-    given = [flag for flag, value in lookup.items() if value is not None]
-    if model_folder is not None and given:  # was ignored: -m M -c 2d predicted with M's configuration
-        raise UsageError(f"-m names the model; {', '.join(given)} would be ignored: leave {'them' if len(given) > 1 else 'it'} "
-                         "out, or name the model with -d DATASET -c CONFIGURATION instead of -m")
-    if (model_folder is None) == (dataset is None or configuration is None):
-        raise UsageError("give either -m MODEL_FOLDER or both -d DATASET and -c CONFIGURATION")
+    check_predict_request(PredictRequest(
+        model_folder=model_folder, dataset=dataset, configuration=configuration, network=network, plans_name=plans_name,
+        engine=engine, device=device, mixed_precision=mixed_precision, step=step,
+    ))
     if statistics:
         from autoseg.evaluation.statistics import refuse_name_clashes
 

@@ -261,6 +261,22 @@ def test_onnxruntime_engine_refuses_a_setting_it_would_not_use(option: list[str]
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(("asked", "message"), [
+    ({"model_folder": Path("m"), "configuration": "2d"}, "-m names the model; -c would be ignored"),
+    ({"dataset": "4"}, "give either -m MODEL_FOLDER or both -d DATASET and -c CONFIGURATION"),
+    ({"model_folder": Path("m.zip"), "engine": "onnxruntime", "device": "cuda"}, "--device cuda applies to the torch engine"),
+    ({"model_folder": Path("m"), "step": 1.5}, "--step 1.5: must be in (0, 1]"),
+])
+def test_predict_refusals_are_the_inference_packages_for_python_callers_too(asked: dict, message: str) -> None:
+    """The checks lived in cli.py's predict command: ``autoseg.inference`` callers got none of them."""
+    from autoseg.errors import UsageError
+    from autoseg.inference import PredictRequest, check_predict_request
+
+    with pytest.raises(UsageError) as raised:
+        check_predict_request(PredictRequest(**asked))
+    assert message in str(raised.value)
+
+
 @pytest.mark.parametrize(("raised", "expected"), [
     (NotADirectoryError(20, "Not a directory", "notes.txt/pre/Dataset004_X"),
      "notes.txt/pre/Dataset004_X: Not a directory; a file stands where a folder is needed"),

@@ -13,6 +13,7 @@ from typing import Any
 _EXPORTS = {
     "PredictReport": "batch", "predict_folder": "batch",
     "LoadedModel": "model", "find_model_folder": "model", "load_model": "model", "pick_device": "model",
+    "PredictRequest": "request", "check_predict_request": "request",
     "Prediction": "predictor", "predict_array": "predictor", "predict_preprocessed": "predictor",
     "gaussian_importance_map": "sliding_window", "sliding_window_predict": "sliding_window",
 }

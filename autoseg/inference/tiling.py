@@ -27,6 +27,14 @@ GAUSSIAN_SIGMA_SCALE = 1.0 / 8.0
 BATCH_VOXELS = {"cuda": 4 * 64**3, "cpu": 180_000}
 MAX_BATCH_TILES = 16
 
+
+def check_step(step: float, error: Callable[[str], Exception] = ValueError, name: str = "step") -> None:
+    """Raise ``error`` for a sliding-window ``step`` (a fraction of the patch) outside (0, 1]; ``name`` is the
+    setting as the caller spelled it (``--step`` on the command line)."""
+    if not 0 < step <= 1:
+        raise error(f"{name} {step}: must be in (0, 1] (a fraction of the patch; 0.5 overlaps tiles by half)")
+
+
 Activation = Literal["softmax", "sigmoid", "none"]
 Network = Callable[[Any], Any]
 
@@ -77,8 +85,7 @@ def tile_starts(image_size: int, patch_size: int, step: float = DEFAULT_STEP) ->
     """
     if image_size < patch_size:
         raise ValueError(f"image size {image_size} is smaller than the patch {patch_size}; pad first")
-    if not 0 < step <= 1:
-        raise ValueError(f"step must be in (0, 1], got {step}")
+    check_step(step)
     span = image_size - patch_size
     # At least one voxel apart: a one-voxel patch (2D models' slice axis) must not repeat slices.
     n_tiles = math.ceil(span / max(1.0, patch_size * step)) + 1 if span > 0 else 1
