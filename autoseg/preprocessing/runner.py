@@ -12,11 +12,14 @@ from __future__ import annotations
 import filecmp
 import hashlib
 import json
+import math
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
+
+import numpy as np
 
 from autoseg.dataset.cases import Case, training_cases
 from autoseg.dataset.description import load_description
@@ -53,6 +56,9 @@ HEADER_BYTES = 64 * 1024  # hashed from each input file (with size and mtime) fo
 GT_FOLDER = "gt_segmentations"
 # Configuration keys that change preprocessed values; others (batch size, network...) do not.
 FINGERPRINT_KEYS = ("spatial_dims", "spacing", "normalization", "resampling")
+# A case keeping less than this share of its annotated (non-ignore) volume at the planned spacing is named
+# in a warning: sparse annotations (scribbles a voxel thick) fade into the ignore label when coarsened.
+ANNOTATION_KEPT_WARNING = 0.5
 
 
 @dataclass
@@ -67,6 +73,7 @@ class ConfigurationReport:
     failed: list[Failure] = field(default_factory=list)
     damaged: list[str] = field(default_factory=list)  # found stored but damaged, hence redone
     removed: list[str] = field(default_factory=list)  # failed now: their earlier stored copies deleted
+    thinned: dict[str, float] = field(default_factory=dict)  # case -> share of its annotated volume kept
 
 
 @dataclass
@@ -86,6 +93,13 @@ class PreprocessReport:
                 f"{', '.join(out.configurations)} -> {out.output_dir}: {len(out.processed)} preprocessed, "
                 f"{len(out.skipped)} already done, {len(out.failed)} failed{damaged}"
             )
+            if out.thinned:
+                kept = ", ".join(f"{case} {share:.0%}" for case, share in sorted(out.thinned.items()))
+                lines.append(
+                    f"WARNING {', '.join(out.configurations)}: resampled to the planned spacing, these cases keep less "
+                    f"than half of their annotated (non-ignore) volume: {kept}; sparse annotations thinner than a "
+                    "voxel there fade into the ignore label: plan so that the configuration keeps the annotation's "
+                    "spacing (docs/planning.md, 'Choosing resolution') or annotate thicker")
         lines.append(f"ground truth: {self.gt_copied} copied, {self.gt_unchanged} unchanged; {self.seconds:.1f} s")
         return "\n".join(lines)
 
@@ -103,6 +117,30 @@ def foreground_labels(plans: dict[str, Any]) -> list[int]:
     """Label values that are classes: not background, not the ignore label (regions: their members)."""
     ignore = plans.get("ignore_label")
     return sorted(v for v in declared_label_values(plans) if v > 0 and v != ignore)
+
+
+def annotated_volume_mm3(seg: np.ndarray, ignore_label: int, spacing: Sequence[float]) -> float:
+    """The volume of a label map's voxels that are not the ignore label (background scribbles count)."""
+    return float(np.count_nonzero(seg != ignore_label)) * math.prod(spacing)
+
+
+def annotation_kept(seg: np.ndarray, seg_pp: np.ndarray, ignore_label: int | None, label: Path,
+                    properties: dict[str, Any]) -> float | None:
+    """The share of a case's annotated volume its preprocessed labels keep (None without an ignore label).
+    Resampling sparse annotations to a coarser spacing let the ignore label win every voxel, and training
+    ran with loss 0 without a word: labels left with no annotated voxel are refused, naming the spacings."""
+    if ignore_label is None:
+        return None
+    before = annotated_volume_mm3(seg, ignore_label, properties["spacing"])
+    after = annotated_volume_mm3(seg_pp, ignore_label, properties["target_spacing"])
+    if after > 0:
+        return after / before
+    shown = lambda spacing: "x".join(f"{s:.4g}" for s in spacing)  # noqa: E731
+    lost = (f"resampled from {shown(properties['spacing'])} mm to the planned {shown(properties['target_spacing'])} mm, "
+            f"its {np.count_nonzero(seg != ignore_label)} annotated voxel(s) all became the ignore label {ignore_label}: "
+            "the annotation is thinner than a voxel at that spacing; plan so that the configuration keeps the "
+            "annotation's spacing (a larger --budget; docs/planning.md, 'Choosing resolution') or annotate thicker")
+    raise DatasetError(f"{label}: {lost if before else f'holds only the ignore label {ignore_label}: nothing to learn; annotate it or leave it out'}")
 
 
 def _file_signature(path: Path) -> list[Any]:
@@ -176,12 +214,13 @@ def preprocess_one(
         raise DatasetError(problem)
     config = get_configuration(plans, configuration)
     data_pp, seg_pp, properties = preprocess_case(data, geometry, plans, config, seg, copy=False)
+    kept = annotation_kept(seg, seg_pp, plans.get("ignore_label"), label, properties)
     del data, seg
     properties["case_id"] = case_id
     properties["input_fingerprint"] = fingerprint
     properties["class_locations"] = store.class_locations(seg_pp, foreground_labels(plans), store.case_seed(case_id))
     store.save_case(folder, case_id, data_pp, seg_pp, properties, patch_size=config.get("patch_size"))
-    return {"shape": list(data_pp.shape)}
+    return {"shape": list(data_pp.shape), "annotation_kept": kept}
 
 
 def copy_ground_truth(label: Path, target: Path) -> bool:
@@ -254,6 +293,8 @@ def preprocess_dataset(
             preprocess_one, items, min(workers, max(1, len(items))), f"preprocess {identifier}"
         )
         out.processed = sorted(results)
+        out.thinned = {case: result["annotation_kept"] for case, result in results.items()
+                       if (result["annotation_kept"] or 1.0) < ANNOTATION_KEPT_WARNING}
         # A case that fails now keeps no copy stored from earlier inputs: training would use it without a word.
         out.removed = sorted(f.key for f in out.failed if store.remove_case(out.output_dir, f.key))
         if out.processed:  # what `autoseg train` reports against the plan's predicted preparation time
