@@ -328,6 +328,22 @@ def test_cascade_mask_corruption_keeps_the_masks_one_hot() -> None:
     np.testing.assert_array_equal(out[:, 0], data[:, 0])
 
 
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_cascade_mask_corruption_dilates_with_a_ball_of_the_drawn_radius(ndim: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # nnU-Net's ApplyRandomBinaryOperatorTransform dilates and erodes with skimage's ball; the 6-connected
+    # structure iterated radius times was a diamond: a dilated point reached only |x|+|y|+|z| <= radius.
+    monkeypatch.setattr(CorruptMasks, "OPERATIONS", (ndimage.binary_dilation,))
+    mask = np.zeros((1, 2, *(21,) * ndim), np.float32)
+    mask[(0, 1, *(10,) * ndim)] = 1
+    with seeded_global_rng(2):
+        out = CorruptMasks([1], 1.0, 8, 0.0, 0.15)(data=mask.copy())["data"][0, 1]
+    radius = 10 - int(np.flatnonzero(out.any(axis=tuple(range(1, ndim))))[0])  # the drawn one: the reach on axis 0
+    offsets = np.indices(out.shape) - 10
+    hand_built_ball = (offsets**2).sum(0) <= radius**2
+    assert radius >= 2
+    np.testing.assert_array_equal(out > 0.5, hand_built_ball)
+
+
 def test_cascade_mask_corruption_draws_its_probability_per_sample(monkeypatch: pytest.MonkeyPatch) -> None:
     # nnU-Net applies the operation to a sample's masks all together (p per sample, then every label in a
     # random order); a dilation always changes both blocks, so both change in the same samples.

@@ -254,8 +254,7 @@ class CorruptMasks(AbstractTransform):
         """A random operation with a random radius on mask ``c``; voxels it adds leave the other masks."""
         operation = self.OPERATIONS[np.random.randint(len(self.OPERATIONS))]
         radius = np.random.randint(1, self.max_size + 1)
-        structure = ndimage.iterate_structure(ndimage.generate_binary_structure(masks[c].ndim, 1), radius)
-        result = operation(masks[c], structure)
+        result = operation(masks[c], round_structure(radius, masks[c].ndim))
         added = result & ~masks[c]
         masks[c] = result
         for other in masks:
@@ -271,6 +270,16 @@ class CorruptMasks(AbstractTransform):
         if small.size == 0:
             return mask
         return mask & (components != np.random.choice(small))
+
+
+def round_structure(radius: int, ndim: int) -> np.ndarray:
+    """The voxels within ``radius`` of the centre, a ball (a disk in 2D), as nnU-Net's cascade mask
+    corruption uses (``skimage.morphology.ball``): the 6-connected structure iterated ``radius`` times
+    is a diamond, which grows and shrinks masks by ``sqrt(3) x`` less along the diagonals than the axes."""
+    from skimage import morphology  # half a second to import: only cascade training needs it
+
+    shapes = {2: morphology.disk, 3: morphology.ball}
+    return shapes[ndim](radius).astype(bool)
 
 
 def _spatial_transform(spatial_patch: list[int], angles: Sequence[float], aug: Mapping[str, Any]) -> AbstractTransform:
