@@ -56,6 +56,9 @@ def test_nnunet_style_lists(args: list[str], expected: list[str]) -> None:
 @pytest.mark.parametrize(("args", "message"), [
     (["plan", "Dataset004", "--budget", "soon"], "duration 'soon' not understood"),
     (["predict", "-i", ".", "-o", "out", "-m", ".", "--step", "1.5"], "--step 1.5: must be in (0, 1]"),
+    # was accepted: 500x the default's tiles per axis, a prediction of days
+    (["predict", "-i", ".", "-o", "out", "-m", ".", "--step", "0.001"],
+     "--step 0.001: tiles would start 0.001 of a patch apart, up to 1000 per patch length on each axis: 500x"),
     (["predict", "-i", ".", "-o", "out"], "give either -m MODEL_FOLDER or both -d DATASET and -c CONFIGURATION"),
     # -c was ignored: the model folder's own configuration predicted without a word
     (["predict", "-i", ".", "-o", "out", "-m", ".", "-c", "2d"], "-m names the model; -c would be ignored"),

@@ -24,6 +24,7 @@ from autoseg.inference.batch import PREDICT_INFO, channel_files, discover_cases,
 from autoseg.inference.model import find_model_folder, load_model
 from autoseg.inference.predictor import append_previous_stage, predict_array, predict_preprocessed
 from autoseg.inference.sliding_window import sliding_window_predict
+from autoseg.inference.tiling import tile_starts
 from autoseg.networks import create_network
 from autoseg.preprocessing.inverse import label_to_preprocessed_grid, restore_probabilities_to_labels
 from autoseg.preprocessing.pipeline import preprocess_case
@@ -489,6 +490,17 @@ def test_single_file_input_and_input_errors(model_3d: Path, tmp_path: Path) -> N
         predict_folder(tmp_path / "nothing", tmp_path / "out", model_3d)
     with pytest.raises(InferenceError, match="output folder equals the input folder"):
         predict_folder(tmp_path / "out", tmp_path / "out", model_3d)
+
+
+@pytest.mark.parametrize("step", [0.001, 0.05, 0.0, 1.5])
+def test_a_step_that_would_multiply_the_tiles_is_refused_before_any_case(model_3d: Path, tmp_path: Path, step: float) -> None:
+    """``step=0.001`` was accepted: 500x the default's tiles per axis (1.25e8x in 3D), a prediction of days."""
+    source = HIPPOCAMPUS / "imagesTr" / "hippocampus_001_0000.nii.gz"
+    with pytest.raises(InferenceError, match=rf"step {step:g}: .*(give a step from 0.1 to 1|must be in \(0, 1\])"):
+        predict_folder(source, tmp_path / "out", model_3d, folds=[0], step=step)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="give a step from 0.1 to 1"):
+        tile_starts(40, 8, 0.05)
 
 
 
