@@ -472,6 +472,18 @@ def test_an_upper_case_dataset_ending_is_kept_for_the_outputs(tmp_path: Path) ->
     assert output_ending(cases["pic"], ".PNG") == ".PNG"
 
 
+def test_an_image_longer_than_nifti_holds_keeps_a_format_that_holds_it(tmp_path: Path) -> None:
+    """An NRRD of 1x2x33000 voxels got a .nii.gz label map (NIfTI holds 32767 voxels a side): the case was
+    predicted in full, then refused at the write. MetaImage and NRRD keep their format, GIPL becomes NRRD."""
+    geometry = Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+    for case, ending, side in (("nrrd", ".nrrd", 33000), ("meta", ".mha", 33000), ("gipl", ".gipl", 33000),
+                               ("short", ".nrrd", 32767)):
+        write_image(np.zeros((1, 2, side), np.uint8), geometry, tmp_path / f"{case}_0000{ending}")
+    cases = {case.case_id: case for case in discover_cases(tmp_path)}
+    endings = [output_ending(cases[c], ".nii.gz") for c in ("nrrd", "meta", "gipl", "short")]
+    assert endings == [".nrrd", ".mha", ".nrrd", ".nii.gz"]
+
+
 def test_sharded_run_predicts_only_its_part(model_3d: Path, tmp_path: Path) -> None:
     inputs = tmp_path / "in"
     inputs.mkdir()

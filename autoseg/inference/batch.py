@@ -31,6 +31,7 @@ from autoseg.dataset.imageio import (
     damaged_dicom_refusal,
     image_ending,
     read_case_images,
+    unwritable_problem,
     write_image,
 )
 from autoseg.errors import AutosegError, InferenceError
@@ -208,10 +209,11 @@ def read_finite_case(files: Sequence[Path], channel_names: Mapping[str, str]) ->
     return data, geometry
 
 
-def _orthonormal_direction(path: Path) -> bool:
-    """Whether the header of ``path`` gives an orthonormal direction matrix (to ``GEOMETRY_TOLERANCE``), the
-    only kind NIfTI stores: ITK writes a sheared one as its nearest rotation. An unreadable header counts as
-    orthonormal; reading the case reports it."""
+def _nifti_holds(path: Path) -> bool:
+    """Whether NIfTI holds the image of ``path`` as its header describes it: an orthonormal direction matrix
+    (to ``GEOMETRY_TOLERANCE``; ITK writes a sheared one as its nearest rotation) and at most 32767 voxels a
+    side (an NRRD of 8x2x40000 was predicted in full and then refused at the write). An unreadable header
+    counts as held; reading the case reports it."""
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -221,21 +223,23 @@ def _orthonormal_direction(path: Path) -> bool:
     direction = np.asarray(reader.GetDirection(), dtype=np.float64)
     n = math.isqrt(direction.size)
     matrix = direction.reshape(n, n)
-    return bool(np.abs(matrix.T @ matrix - np.eye(n)).max() <= GEOMETRY_TOLERANCE)
+    orthonormal = bool(np.abs(matrix.T @ matrix - np.eye(n)).max() <= GEOMETRY_TOLERANCE)
+    return orthonormal and unwritable_problem(Path(f"label{DEFAULT_OUTPUT_ENDING}"), reader.GetSize(), np.uint8) is None
 
 
 def output_ending(case: InputCase, dataset_ending: str) -> str:
     """The dataset's ending, spelled as in dataset.json, when the input uses it in any case (``.NII.GZ``
     inputs give ``.NII.GZ`` label maps, which evaluate finds beside the dataset's labels); a 2D image's
-    own (PNG in, PNG label map out); else .nii.gz (DICOM and foreign 3D formats), except for a MetaImage or
-    NRRD input with a sheared direction, which NIfTI cannot hold: its own format keeps its geometry."""
+    own (PNG in, PNG label map out); else .nii.gz (DICOM and foreign 3D formats), except for an image NIfTI
+    cannot hold (a sheared direction, a side over 32767 voxels): a MetaImage or NRRD input keeps its own
+    format, any other becomes .nrrd, which holds both."""
     if case.ending == dataset_ending.lower():
         return dataset_ending
     if case.ending in NATURAL_2D_ENDINGS:
         return case.ending
-    if case.ending in ANY_DIRECTION_ENDINGS and not _orthonormal_direction(next(iter(case.channels.values()))):
-        return case.ending
-    return DEFAULT_OUTPUT_ENDING
+    if _nifti_holds(next(iter(case.channels.values()))):
+        return DEFAULT_OUTPUT_ENDING
+    return case.ending if case.ending in ANY_DIRECTION_ENDINGS else ".nrrd"
 
 
 def shard(cases: Sequence[InputCase], num_parts: int, part_id: int) -> list[InputCase]:
