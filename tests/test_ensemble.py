@@ -207,3 +207,33 @@ def test_a_folder_of_label_maps_autoseg_did_not_write_is_not_overwritten(tmp_pat
     assert (references / "x.nii.gz").read_bytes() == before
     ensemble_folders(dirs, tmp_path / "out", num_workers=1)
     ensemble_folders(dirs, tmp_path / "out", num_workers=1)  # its own folder: rerun allowed
+
+
+GEOMETRY_2D = Geometry(spacing=(999.0, 0.5, 0.25), origin=(10.0, 20.0), direction=(1.0, 0.0, 0.0, 1.0))
+PNG_GEOMETRY = Geometry(spacing=(999.0, 1.0, 1.0), origin=(0.0, 0.0), direction=(1.0, 0.0, 0.0, 1.0))  # as PNGs read
+
+
+@pytest.mark.parametrize(("geometry", "lost"), [
+    (GEOMETRY_2D, r"spacing \(999, 0.5, 0.25\) vs \(999, 1, 1\); origin \(10, 20\) vs \(0, 0\)"),
+    (GEOMETRY, "3D vs 2D"),
+])
+def test_a_png_ending_that_would_drop_the_geometry_is_refused_before_any_case(tmp_path, geometry, lost):
+    """``--file-ending .png`` over 2D NIfTI predictions of 0.5 x 0.25 mm pixels wrote PNGs read back as 1 mm pixels
+    at the origin, in silence (3D predictions failed case by case)."""
+    rng = np.random.default_rng(0)
+    dirs = [tmp_path / "m0", tmp_path / "m1"]
+    for folder in dirs:
+        _save(folder, "x", _softmax(rng, shape=(1, 4, 5)), geometry=geometry)
+    with pytest.raises(EvaluationError, match=rf"--file-ending .png: stores no voxel spacing, origin or direction, and "
+                                              rf"case x has them \(case vs file: {lost}.*\); give --file-ending .nii.gz"):
+        ensemble_folders(dirs, tmp_path / "out", num_workers=1, file_ending=".png")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_png_ending_is_written_for_predictions_of_pngs(tmp_path):
+    rng = np.random.default_rng(0)
+    dirs = [tmp_path / "m0", tmp_path / "m1"]
+    for folder in dirs:
+        _save(folder, "x", _softmax(rng, shape=(1, 4, 5)), geometry=PNG_GEOMETRY)
+    ensemble_folders(dirs, tmp_path / "out", num_workers=1, file_ending=".png")
+    assert read_image(tmp_path / "out" / "x.png")[0].shape == (1, 4, 5)

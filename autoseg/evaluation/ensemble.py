@@ -15,7 +15,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from autoseg.dataset.imageio import (
-    SUPPORTED_ENDINGS, Geometry, geometry_differences, image_ending, spelled_ending, write_image,
+    NATURAL_2D_ENDINGS, SUPPORTED_ENDINGS, TIFF_ENDINGS, Geometry, geometry_differences, image_ending, spelled_ending,
+    write_image,
 )
 from autoseg.errors import EvaluationError
 from autoseg.evaluation.evaluate import raise_failures
@@ -120,6 +121,25 @@ def _check_file_ending(ending: str) -> str:
     return ending
 
 
+def _refuse_geometry_lost(folder: Path, cases: Sequence[str], ending: str) -> None:
+    """Refuse, before any case, a natural 2D ending (PNG, BMP, a 2D TIFF), which stores no spacing, origin or
+    direction, for a case whose geometry (from ``folder``'s sidecars) holds any: ``--file-ending .png`` over 2D
+    NIfTI predictions of 0.5 mm pixels wrote label maps read back as 1 mm pixels at the origin, in silence."""
+    if ending.lower() not in NATURAL_2D_ENDINGS:
+        return
+    for case in cases:
+        geometry = _sidecar_geometry(probability_paths(folder, case).sidecar, read_sidecar(folder, case, EvaluationError), case)
+        if not geometry.is_2d and ending.lower() in TIFF_ENDINGS:
+            continue  # a 3D TIFF keeps its spacing; the writer refuses what it would drop
+        kept = Geometry((geometry.spacing[0], 1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0))
+        lost = geometry_differences(geometry, kept) if geometry.is_2d else ["3D vs 2D"]
+        if lost:
+            raise EvaluationError(
+                f"--file-ending {ending}: stores no voxel spacing, origin or direction, and case {case} has them "
+                f"(case vs file: {'; '.join(lost)}); give --file-ending .nii.gz or .nrrd, which keep them, or leave it out"
+            )
+
+
 def _infer_file_ending(folder: Path, case: str) -> str:
     """The label files' ending as they spell it (``.NII.GZ`` stays so), for outputs named like the inputs."""
     endings = {spelled_ending(p) for p in folder.glob(f"{case}.*")} - {""}
@@ -169,6 +189,7 @@ def ensemble_folders(
             )
     ordered = sorted(all_cases)
     ending = _check_file_ending(file_ending) if file_ending else _infer_file_ending(dirs[0], ordered[0])
+    _refuse_geometry_lost(dirs[0], ordered, ending)
     outputs = [out / f"{case}{ending}" for case in ordered]
     if save_probabilities:
         outputs += [path for case in ordered for path in probability_paths(out, case)]
