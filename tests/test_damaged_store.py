@@ -4,6 +4,7 @@ reader (store, batch source, data workers, ``autoseg train``) names the file, wh
 
 from __future__ import annotations
 
+import re
 import shutil
 import struct
 from pathlib import Path
@@ -107,6 +108,42 @@ def test_damage_inside_a_file_is_named_when_read_and_redone_once_deleted(store: 
     damaged.unlink()  # the fix the message gives
     assert preprocess_dataset(DATASET, ["3d_fullres"], num_workers=1).outputs[0].processed == [CASE]
     assert load_case(store, CASE, mmap=False)[0].shape[0] == 1
+
+
+def flip_inside_first_chunk(path: Path) -> None:
+    """Bytes changed in compressed data (64 bytes past the first chunk's 32-byte header: in it, or in a
+    later chunk when it is smaller), the file's size unchanged: zstd frames carry no checksum, so most such
+    damage decompressed into wrong values silently."""
+    content = bytearray(path.read_bytes())
+    chunk = struct.unpack(">i", content[11:15])[0]
+    for offset in range(chunk + 96, chunk + 104):
+        content[offset] ^= 0xFF
+    path.write_bytes(bytes(content))
+
+
+@pytest.mark.parametrize("suffix", [".b2nd", "_seg.b2nd"])
+def test_bytes_changed_inside_a_chunk_are_named_not_read_as_values(store: Path, suffix: str) -> None:
+    damaged = store / f"{CASE}{suffix}"
+    flip_inside_first_chunk(damaged)
+    data, seg, _ = load_case(store, CASE)
+    with pytest.raises(PreprocessingError) as info:
+        (data if suffix == ".b2nd" else seg)[:, :4]
+    assert re.match(rf"{damaged}: chunk\(s\) \d+ of \d+ do not match the checksums written with them \(bytes changed "
+                    rf"inside the file\); .*delete the file, then {FIX}", str(info.value))
+
+
+def test_any_byte_changed_in_a_files_header_is_named_or_harmless(store: Path) -> None:
+    """A changed header byte could overflow a field of blosc2's (an OverflowError traceback at opening)."""
+    path = store / f"{CASE}.b2nd"
+    original, expected = path.read_bytes(), load_case(store, CASE, mmap=False)[0]
+    for offset in range(128):
+        path.write_bytes(original[:offset] + bytes([original[offset] ^ 0xFF]) + original[offset + 1:])
+        try:
+            values = load_case(store, CASE)[0][...]
+        except PreprocessingError as exc:
+            assert str(exc).startswith(f"{path}: ") and FIX in str(exc)
+        else:
+            assert np.array_equal(values, expected), offset
 
 
 def _spec(store: Path, case_ids: list[str]) -> SamplingSpec:
