@@ -47,6 +47,10 @@ def test_every_stage_has_help(stage: str) -> None:
     (["train", "D", "3d_fullres", "0", "--set", "a=1", "b=2"], ["train", "D", "3d_fullres", "0", "--set", "a=1", "--set", "b=2"]),
     (["predict", "-f", "all", "-i", "x"], ["predict", "-f", "all", "-i", "x"]),
     (["verify", "Dataset004"], ["verify", "Dataset004"]),
+    # a positional argument after the list was taken for a fold: 'Missing argument dataset'
+    (["find-best", "-f", "0", "1", "2", "Dataset004"], ["find-best", "-f", "0", "-f", "1", "-f", "2", "Dataset004"]),
+    (["find-best", "-f", "0", "1", "4", "-np", "1"], ["find-best", "-f", "0", "-f", "1", "4", "-np", "1"]),
+    (["train", "--set", "a=1", "b=2", "D", "2d", "0"], ["train", "--set", "a=1", "--set", "b=2", "D", "2d", "0"]),
     ([], []),
 ])
 def test_nnunet_style_lists(args: list[str], expected: list[str]) -> None:

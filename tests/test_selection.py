@@ -239,3 +239,14 @@ def test_a_fold_given_twice_is_named(roots: dict[str, Path]) -> None:
     make_results(roots)
     with pytest.raises(EvaluationError, match=r"fold 0 is given twice; give each fold once"):
         find_best(DATASET, folds=["0", "0"], num_workers=1)
+
+
+@pytest.mark.parametrize(("folds", "message"), [
+    (["0,1,2"], r"fold '0,1,2': not a cross-validation fold; give one fold number per -f \(-f 0 -f 1 -f 2, or -f 0 1 2\)"),
+    (["0", "all"], r"fold 'all': not a cross-validation fold; give one fold number per -f; fold 'all' has no validation"),
+])
+def test_a_fold_that_is_no_fold_number_is_named_before_the_dataset(roots: dict[str, Path], folds: list[str], message: str) -> None:
+    """``-f 0,1,2`` was looked for as a fold named '0,1,2': 'reference segmentations not found' or 'no validation
+    predictions for fold(s) 0,1,2', after the dataset checks."""
+    with pytest.raises(EvaluationError, match=message):
+        find_best(DATASET, folds=folds, num_workers=1)

@@ -284,6 +284,19 @@ def resolve_instructions(instructions: dict[str, Any], dataset_results: Path) ->
     return _map_candidate_paths(instructions, lambda p: str(dataset_results / p))
 
 
+def check_fold_names(folds: Sequence[str]) -> None:
+    """Every fold a cross-validation fold's number: ``-f 0,1,2`` (one fold per ``-f`` here, as in predict and
+    export-model) was looked for as a fold named '0,1,2', refused as missing validation predictions only
+    after the dataset checks; ``-f all`` trains without validation, so it has none to rank."""
+    bad = next((f for f in folds if not (f.isascii() and f.isdigit())), None)
+    if bad is None:
+        return
+    values = [v for v in bad.replace(",", " ").split() if v]
+    hint = f" (-f {' -f '.join(values)}, or -f {' '.join(values)})" if len(values) > 1 else ""
+    raise EvaluationError(f"fold {bad!r}: not a cross-validation fold; give one fold number per -f{hint}; fold 'all' "
+                          "has no validation predictions to rank")
+
+
 def find_best(
     dataset_spec: DatasetSpec,
     folds: Sequence[int | str] = DEFAULT_FOLDS,
@@ -300,6 +313,7 @@ def find_best(
         allow_ensembles: also evaluate pairwise ensembles of candidates that saved probabilities.
     """
     folds = [str(f) for f in folds]
+    check_fold_names(folds)
     repeated = next((f for f in folds if folds.count(f) > 1), None)
     if repeated is not None:
         raise EvaluationError(f"fold {repeated} is given twice; give each fold once (e.g. -f 0 -f 1 -f 2 -f 3 -f 4)")
