@@ -148,7 +148,9 @@ def _expected_parts(fp: dict, config: dict) -> dict[str, float]:
     training = iterations * config["predicted_seconds_per_iteration"] * C.VALIDATION_COST_FACTOR
     parameters = T.parameter_count("unet", topology, channels, n_outputs)
     files = math.ceil(iterations / config["iterations_per_epoch"]) * C.CHECKPOINT_FILES_PER_EPOCH + 1
-    checkpoints = files * (C.CHECKPOINT_SECONDS_PER_FILE + parameters * 8 / C.CHECKPOINT_BYTES_PER_SECOND)
+    adam = config["training"].get("optimizer", {}).get("name") in ("adam", "adamw")  # two moments, SGD one
+    bytes_per_parameter = 12 if adam else 8
+    checkpoints = files * (C.CHECKPOINT_SECONDS_PER_FILE + parameters * bytes_per_parameter / C.CHECKPOINT_BYTES_PER_SECOND)
     return {"preprocess": preprocess, "startup": C.STARTUP_SECONDS, "training": training, "checkpoints": checkpoints,
             "final_validation": validation}
 
@@ -169,6 +171,30 @@ def test_budget_accounting_parts_follow_the_formulas_and_fit(fp, budget, cache):
     assert context_ok(config["patch_size"], median)
     assert parts["final_validation"] < 0.5 * budget
     assert config["num_iterations"] >= C.ITERATION_FLOOR // 8
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_the_checkpoint_estimate_counts_the_bytes_a_checkpoint_holds(name, tmp_path):
+    # A checkpoint was estimated at weights + one momentum buffer whatever the optimizer: AdamW, which the
+    # plan of a short schedule trains with, saves two moments per parameter, a file 1.5x as large.
+    from types import SimpleNamespace
+
+    from autoseg.training.checkpoints import training_checkpoint
+    from autoseg.training.config import load_defaults
+    from autoseg.training.model_setup import build_optimizer
+    from autoseg.training.schedule import TrainingState
+    from autoseg.utils.checkpoint_format import write_checkpoint
+
+    network = torch.nn.Sequential(torch.nn.Conv3d(4, 32, 3), torch.nn.Conv3d(32, 64, 3), torch.nn.Conv3d(64, 8, 1))
+    optimizer = build_optimizer(network.parameters(), {**load_defaults()["optimizer"], "name": name})
+    network(torch.zeros(1, 4, 5, 5, 5)).sum().backward()
+    optimizer.step()
+    setup = SimpleNamespace(network=network, optimizer=optimizer)
+    path = tmp_path / "checkpoint_latest.safetensors"
+    write_checkpoint(path, training_checkpoint(setup, {"grad_scaler": {}}, TrainingState(total_iterations=10), {}))
+    parameters = sum(p.numel() for p in network.parameters())
+    written = A.checkpoint_seconds(parameters, name) - C.CHECKPOINT_SECONDS_PER_FILE
+    assert written * C.CHECKPOINT_BYTES_PER_SECOND == pytest.approx(path.stat().st_size, rel=0.05)
 
 
 def test_brats_like_budget_no_longer_plans_a_tiny_full_resolution_patch(cache):

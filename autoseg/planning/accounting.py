@@ -100,9 +100,15 @@ def preprocess_seconds(case_seconds: Sequence[float], workers: int) -> float:
     return sum(case_seconds) / max(1, min(workers, len(case_seconds)))
 
 
-def checkpoint_seconds(parameters: int) -> float:
-    """One checkpoint file: weights and one momentum buffer in fp32, plus a fixed cost."""
-    return C.CHECKPOINT_SECONDS_PER_FILE + parameters * 4 * 2 / C.CHECKPOINT_BYTES_PER_SECOND
+def checkpoint_bytes(parameters: int, optimizer: str = "sgd") -> int:
+    """One checkpoint file's tensors: the weights and the optimizer's buffers, all fp32 (SGD keeps one
+    momentum buffer, Adam and AdamW two moments: a third more bytes than SGD's checkpoint)."""
+    return parameters * 4 * (1 + C.OPTIMIZER_BUFFERS_PER_PARAMETER[optimizer])
+
+
+def checkpoint_seconds(parameters: int, optimizer: str = "sgd") -> float:
+    """Writing one checkpoint file of a network trained with ``optimizer``, plus a fixed cost."""
+    return C.CHECKPOINT_SECONDS_PER_FILE + checkpoint_bytes(parameters, optimizer) / C.CHECKPOINT_BYTES_PER_SECOND
 
 
 def checkpoint_files(iterations: int, iterations_per_epoch: int) -> float:

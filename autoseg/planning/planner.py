@@ -324,13 +324,28 @@ def _evaluate(ctx: _Context, costs: _Costs, spacing: list[float], median: list[f
     at the measured speed (what the plan predicts and its ``validation_tta``: the mirroring rule
     training applies to its own timing, so the plan predicts the validation the run does)."""
     assert ctx.budget_seconds is not None
-    checkpoint = A.checkpoint_seconds(ctx.parameters(topology))
-    recipe_count, _, recipe_step, _ = _affordable(ctx, costs, topology, patch, C.MIN_BATCH_SIZE, width, checkpoint,
-                                                  recipe=True)
+    recipe_count, recipe_step, checkpoint = _recipe_affordable(ctx, costs, topology, patch, width)
     count, parts, step, tta = _affordable(ctx, costs, topology, patch, C.MIN_BATCH_SIZE, width, checkpoint)
     recipe_tile = ctx.tile_seconds(topology, patch, width, recipe=True)
     return _Candidate(spacing, median, patch, topology, width, tta, recipe_count, recipe_step, step, parts, count,
                       validation_fits=A.within_validation_share(costs.tiles(patch) * recipe_tile, ctx.budget_seconds))
+
+
+def _recipe_affordable(ctx: _Context, costs: _Costs, topology: Topology, patch: list[int],
+                       width: int) -> tuple[int, float, float]:
+    """(iterations, seconds per iteration) of a candidate at the recipe speed, and the seconds of one of its
+    checkpoints, which hold the state of the optimizer the plan will train it with: a schedule short enough
+    for AdamW (planning/short_schedule.py) writes two moments per parameter where SGD writes one, so it
+    affords a few iterations less (never so many more that the schedule would turn long)."""
+    parameters = ctx.parameters(topology)
+    checkpoint = A.checkpoint_seconds(parameters)
+    count, _, step, _ = _affordable(ctx, costs, topology, patch, C.MIN_BATCH_SIZE, width, checkpoint, recipe=True)
+    settings = short_schedule.training_for(ctx.network, topology.spatial_dims, count, ctx.budget_seconds)
+    optimizer = short_schedule.optimizer_of(settings)
+    if optimizer != "sgd":
+        checkpoint = A.checkpoint_seconds(parameters, optimizer)
+        count, _, step, _ = _affordable(ctx, costs, topology, patch, C.MIN_BATCH_SIZE, width, checkpoint, recipe=True)
+    return count, step, checkpoint
 
 
 def context_ok(patch: Sequence[int], median_shape: Sequence[float]) -> bool:

@@ -27,11 +27,24 @@ from autoseg.utils.mappings import deep_merge, flatten
 
 def short_schedule_training(config: Mapping[str, Any], budget_seconds: float | None) -> dict[str, Any]:
     """The family's short-schedule settings where they apply to this planned configuration (else empty)."""
-    if budget_seconds is None or config["spatial_dims"] != 3:
+    return training_for(config["network"]["name"], config["spatial_dims"], config["recipe_iterations"], budget_seconds)
+
+
+def training_for(network: str, spatial_dims: int, recipe_iterations: int | None,
+                 budget_seconds: float | None) -> dict[str, Any]:
+    """The family's short-schedule settings where they apply to a configuration of ``spatial_dims`` whose
+    budget affords ``recipe_iterations`` at the recipe speed (else empty); the planner asks it while it
+    sizes a candidate, whose checkpoints hold the state of the optimizer it will train with."""
+    if budget_seconds is None or spatial_dims != 3 or recipe_iterations is None:
         return {}
-    if config["recipe_iterations"] > C.SHORT_SCHEDULE_MAX_ITERATIONS:
+    if recipe_iterations > C.SHORT_SCHEDULE_MAX_ITERATIONS:
         return {}
-    return deep_merge({}, get_network_spec(config["network"]["name"]).short_schedule_training)  # a JSON-ready copy
+    return deep_merge({}, get_network_spec(network).short_schedule_training)  # a JSON-ready copy
+
+
+def optimizer_of(settings: Mapping[str, Any]) -> str:
+    """The optimizer a configuration's ``training`` settings train with (nnU-Net's SGD unless they name one)."""
+    return settings.get("optimizer", {}).get("name", "sgd")
 
 
 def apply(configurations: dict[str, dict[str, Any]], budget_seconds: float | None) -> list[str]:
@@ -52,7 +65,7 @@ def apply(configurations: dict[str, dict[str, Any]], budget_seconds: float | Non
 def _fitting(name: str, config: dict[str, Any], settings: dict[str, Any], notes: list[str]) -> dict[str, Any]:
     """``settings`` if the step with their optimizer fits the plan's usable memory, else none (with a
     note); the configuration's memory model and prediction set for the optimizer that trains."""
-    optimizer = settings.get("optimizer", {}).get("name", "sgd")
+    optimizer = optimizer_of(settings)
     model = MemoryModel(**config["memory_model"]).for_optimizer(optimizer)
     needed = model.predict(config["patch_size"], config["batch_size"])
     usable = (config.get("planned_for") or {}).get("memory_bytes_usable")
