@@ -12,6 +12,7 @@ import re
 import sys
 import zlib
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -330,6 +331,95 @@ def test_a_dicom_slice_claiming_more_pixels_than_its_file_holds_is_refused_befor
     with pytest.raises(DatasetError, match=rf"series: {patched}: its header claims 50000x50000 pixels of 16 bits "
                                            r"\(5000000000 bytes\), more than the file's \d+ bytes \(a damaged header or a "
                                            r"truncated copy\?\); copy the series again, or remove the file"):
+        read_image(folder)
+
+
+def _dicom_element(group: int, element: int, vr: bytes | None, value: bytes) -> bytes:
+    """One little-endian data element: explicit VR (``vr``) or implicit (``None``), its value padded to even length."""
+    import struct
+
+    value += (b"\x00" if vr in (None, b"UI", b"OB", b"US") else b" ") * (len(value) % 2)
+    if vr is None:
+        return struct.pack("<HHI", group, element, len(value)) + value
+    if vr == b"OB":
+        return struct.pack("<HH", group, element) + vr + struct.pack("<HI", 0, len(value)) + value
+    return struct.pack("<HH", group, element) + vr + struct.pack("<H", len(value)) + value
+
+
+def _dicom_slice(rows: int, columns: int, pixel_data: bytes, vr: Callable[[bytes], bytes | None], z: int = 0,
+                 frames: int | None = None) -> bytes:
+    """A 16-bit MR slice's data set, 0.5 mm pixels at slice position ``z`` (``vr``: each element's VR, or None)."""
+    import struct
+
+    sop = b"1.2.840.10008.5.1.4.1.1.4"
+    elements = [(0x0008, 0x0016, b"UI", sop), (0x0008, 0x0018, b"UI", b"1.2.3.4.%d" % z), (0x0008, 0x0060, b"CS", b"MR"),
+                (0x0020, 0x000D, b"UI", b"1.2.3"), (0x0020, 0x000E, b"UI", b"1.2.3.1"), (0x0020, 0x0013, b"IS", b"%d" % (z + 1)),
+                (0x0020, 0x0032, b"DS", b"0\\0\\%d" % z), (0x0020, 0x0037, b"DS", b"1\\0\\0\\0\\1\\0"),
+                (0x0028, 0x0002, b"US", struct.pack("<H", 1)), (0x0028, 0x0004, b"CS", b"MONOCHROME2"),
+                *([(0x0028, 0x0008, b"IS", b"%d" % frames)] if frames else []),
+                (0x0028, 0x0010, b"US", struct.pack("<H", rows)), (0x0028, 0x0011, b"US", struct.pack("<H", columns)),
+                (0x0028, 0x0030, b"DS", b"0.5\\0.5"), *[(0x0028, tag, b"US", struct.pack("<H", value))
+                                                     for tag, value in ((0x0100, 16), (0x0101, 16), (0x0102, 15), (0x0103, 0))]]
+    return b"".join(_dicom_element(g, e, vr(v), value) for g, e, v, value in elements) + pixel_data
+
+
+def _rle_part10_slice(pixels: np.ndarray, rows: int, frames: int | None = None) -> bytes:
+    """A Part-10 RLE Lossless file of ``pixels`` (uint16) whose header claims ``rows`` x ``rows`` pixels: PackBits
+    literal runs of 128 bytes, most significant bytes' segment first (PS3.5 G)."""
+    import struct
+
+    raw = pixels.astype("<u2").tobytes()
+    segments = [b"".join(bytes([len(s[i:i + 128]) - 1]) + s[i:i + 128] for i in range(0, len(s), 128)) for s in (raw[1::2], raw[0::2])]
+    fragment = struct.pack("<16I", 2, 64, 64 + len(segments[0]), *[0] * 13) + b"".join(segments)
+    items = (struct.pack("<HHI", 0xFFFE, 0xE000, 0) + struct.pack("<HHI", 0xFFFE, 0xE000, len(fragment)) + fragment
+             + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0))
+    pixel_data = struct.pack("<HH", 0x7FE0, 0x0010) + b"OB" + struct.pack("<HI", 0, 0xFFFFFFFF) + items
+    meta = b"".join(_dicom_element(2, e, vr, v) for e, vr, v in ((1, b"OB", b"\x00\x01"), (2, b"UI", b"1.2.840.10008.5.1.4.1.1.4"),
+                                                                  (3, b"UI", b"1.2.3.4.0"), (0x10, b"UI", b"1.2.840.10008.1.2.5")))
+    header = b"\x00" * 128 + b"DICM" + _dicom_element(2, 0, b"UL", struct.pack("<I", len(meta))) + meta
+    return header + _dicom_slice(rows, rows, pixel_data, lambda vr: vr, frames=frames)
+
+
+def test_dicom_files_without_the_preamble_are_read_and_measured_against_their_claims(tmp_path: Path) -> None:
+    """Implicit VR data sets without the Part-10 preamble and file meta (old scanners' exports): the Part-10 check
+    skipped them, so one claiming 50000 x 50000 pixels was read alone as a zero-filled image (GDCM allocates the
+    claim), and in a series refused only as a slice of another size."""
+    import struct
+
+    folder = tmp_path / "series"
+    folder.mkdir()
+    pixels = np.arange(48, dtype=np.uint16).reshape(6, 8)
+    for z in range(3):
+        pixel_data = _dicom_element(0x7FE0, 0x0010, None, (pixels + z).tobytes())
+        (folder / f"IM{z:04d}").write_bytes(_dicom_slice(6, 8, pixel_data, lambda vr: None, z))
+    array, geometry = read_image(folder)
+    assert np.array_equal(array, pixels[None] + np.arange(3)[:, None, None]) and geometry.spacing == pytest.approx((1, 0.5, 0.5))
+    damaged = bytearray((folder / "IM0001").read_bytes())
+    for tag in (0x0010, 0x0011):  # Rows, Columns
+        struct.pack_into("<H", damaged, damaged.index(struct.pack("<HHI", 0x0028, tag, 2)) + 8, 50000)
+    (folder / "IM0001").write_bytes(bytes(damaged))
+    with pytest.raises(DatasetError, match=r"series: IM0001: its header claims 50000x50000 pixels of 16 bits \(5000000000 bytes\), "
+                                           r"more than the file's \d+ bytes \(a damaged header or a truncated copy\?\)"):
+        read_image(folder)
+
+
+@pytest.mark.parametrize(("rows", "frames", "problem"), [
+    (50000, None, r"its header claims 50000x50000 pixels of 16 bits \(5000000000 bytes\), more than RLE's \d+ compressed "
+                  r"bytes can decode to \(at most 64x\)"),
+    (32, 3, r"its header claims 3 frames, its encapsulated pixel data holds 1 fragment\(s\)"),
+])
+def test_an_encapsulated_dicom_claiming_what_its_fragments_cannot_hold_is_refused(tmp_path: Path, rows: int, frames: int | None,
+                                                                                  problem: str) -> None:
+    """RLE segments carry no size: GDCM allocated the claimed image (5 GB for 50000 x 50000) before its codec failed;
+    a frame has a fragment of its own, so fewer fragments than frames is damage. Compressed bytes bound nothing else
+    (a JPEG stream carries its own size)."""
+    folder = tmp_path / "series"
+    folder.mkdir()
+    pixels = np.arange(32 * 32, dtype=np.uint16).reshape(32, 32)
+    (folder / "1.dcm").write_bytes(_rle_part10_slice(pixels, 32))
+    assert np.array_equal(read_image(folder)[0][0], pixels)
+    (folder / "1.dcm").write_bytes(_rle_part10_slice(pixels, rows, frames))
+    with pytest.raises(DatasetError, match=rf"series: 1.dcm: {problem} \(a damaged header or a truncated copy\?\); copy the series"):
         read_image(folder)
 
 

@@ -1018,28 +1018,99 @@ def _dicom_transfer_syntax(file: str) -> bytes | None:
 
 
 def _refuse_pixel_claims_beyond_files(folder: Path, files: Sequence[str], headers: Sequence[sitk.ImageFileReader]) -> None:
-    """Refuse a file of uncompressed transfer syntax that is smaller than the pixels its header claims (rows x
-    columns x frames x samples x bits allocated).
+    """Refuse a file smaller than the pixels its header claims (rows x columns x frames x samples x bits
+    allocated): one of uncompressed transfer syntax, or a data set without the Part-10 preamble and file meta
+    (implicit or explicit VR little endian, as GDCM reads it) whose Pixel Data is not encapsulated.
 
     GDCM allocates the claimed image and zero-fills what the file lacks, without an error: a slice whose Rows and
-    Columns read 50000 (a damaged header) was read in 29 s and 5 GB as a 50000 x 50000 image of zeros. Compressed
-    transfer syntaxes are left to their codecs."""
+    Columns read 50000 (a damaged header) was read in 29 s and 5 GB as a 50000 x 50000 image of zeros; a file
+    without the preamble was not measured. Encapsulated (compressed) Pixel Data: ``_encapsulated_problem``."""
     for file, header in zip(files, headers):
         def tag(key: str, default: int | None = None) -> int | None:
             value = header.GetMetaData(key).strip("\x00 ") if header.HasMetaDataKey(key) else ""
             return int(value) if value.isdecimal() else default
 
         rows, columns, bits = tag("0028|0010"), tag("0028|0011"), tag("0028|0100")
-        if rows is None or columns is None or bits is None or _dicom_transfer_syntax(file) not in _DICOM_UNCOMPRESSED_SYNTAXES:
+        if rows is None or columns is None or bits is None:
             continue
         frames, samples = tag("0028|0008", 1) or 1, tag("0028|0002", 1) or 1
         claimed = rows * columns * frames * samples * bits // 8
-        size = Path(file).stat().st_size
-        if size < claimed:
-            shown = f"{rows}x{columns}" + (f"x{frames} frames" if frames > 1 else "") + (f"x{samples} samples" if samples > 1 else "")
-            raise DatasetError(f"{folder}: {Path(file).name}: its header claims {shown} pixels of {bits} bits ({claimed} "
-                               f"bytes), more than the file's {size} bytes (a damaged header or a truncated copy?); copy "
+        shown = f"{rows}x{columns}" + (f"x{frames} frames" if frames > 1 else "") + (f"x{samples} samples" if samples > 1 else "")
+        syntax, size, problem = _dicom_transfer_syntax(file), Path(file).stat().st_size, None
+        if syntax in _DICOM_UNCOMPRESSED_SYNTAXES or syntax is None:
+            # without file meta, only Pixel Data of undefined length is encapsulated
+            if size < claimed and (syntax is not None or not _is_encapsulated(_dicom_pixel_data(Path(file).read_bytes()))):
+                problem = (f"its header claims {shown} pixels of {bits} bits ({claimed} bytes), more than the file's "
+                           f"{size} bytes")
+        elif (pixels := _dicom_pixel_data(Path(file).read_bytes(), syntax)) is not None:
+            problem = _encapsulated_problem(pixels, syntax, shown, bits, claimed, frames)
+        if problem:
+            raise DatasetError(f"{folder}: {Path(file).name}: {problem} (a damaged header or a truncated copy?); copy "
                                "the series again, or remove the file")
+
+
+_DICOM_RLE_SYNTAX = b"1.2.840.10008.1.2.5"
+# MPEG-2, H.264 and HEVC (.100 to .108): one video stream over all fragments, however many frames
+_DICOM_VIDEO_SYNTAX_PREFIX = b"1.2.840.10008.1.2.4.10"
+# PackBits, RLE Lossless' scheme, decodes at most 128 bytes from a 2-byte run packet (PS3.5 G.3.1)
+_DICOM_RLE_MAX_RATIO = 64
+
+
+@dataclass(frozen=True)
+class _PixelData:
+    """A DICOM file's Pixel Data: encapsulated, its fragments' lengths (the Basic Offset Table item left
+    out); ``()`` for native pixels."""
+
+    fragments: tuple[int, ...]
+
+
+def _dicom_pixel_data(data: bytes, syntax: bytes | None = None) -> _PixelData | None:
+    """The top-level Pixel Data (7FE0,0010) of a DICOM file's bytes, with or without the Part-10 preamble and
+    file meta (then explicit VR when the first element names one, else implicit, as GDCM guesses); None
+    when it cannot be walked (big endian or deflated, cut short) or holds no Pixel Data."""
+    import struct
+
+    if len(data) >= 144 and data[128:132] == b"DICM":
+        if syntax in (b"1.2.840.10008.1.2.2", b"1.2.840.10008.1.2.1.99"):
+            return None
+        start, explicit = 144 + struct.unpack_from("<I", data, 140)[0], syntax != b"1.2.840.10008.1.2"
+    else:
+        start, explicit = 0, data[4:6].isalpha() and data[4:6].isupper()
+    spans: dict[int, tuple[int, int]] = {}
+    try:
+        _walk_dicom_elements(data, start, explicit, nested=False, values={}, spans=spans)
+    except (EOFError, RecursionError, struct.error):
+        return None
+    if 0x7FE00010 not in spans:
+        return None
+    position, length = spans[0x7FE00010]
+    if length != _DICOM_UNDEFINED_LENGTH:
+        return _PixelData(())
+    items = []
+    while position + 8 <= len(data) and struct.unpack_from("<HH", data, position) == (0xFFFE, 0xE000):
+        items.append(struct.unpack_from("<I", data, position + 4)[0])
+        position += 8 + items[-1]
+    return _PixelData(tuple(items[1:]))
+
+
+def _is_encapsulated(pixels: _PixelData | None) -> bool:
+    return pixels is not None and bool(pixels.fragments)
+
+
+def _encapsulated_problem(pixels: _PixelData, syntax: bytes, shown: str, bits: int, claimed: int, frames: int) -> str | None:
+    """What an encapsulated Pixel Data cannot hold. A codec stream of JPEG or JPEG 2000 carries its own size
+    (GDCM reads that one, or refuses the file), so its compressed bytes bound nothing; but each frame has a
+    fragment of its own (a fragment never holds two frames, PS3.5 A.4; video streams aside), and RLE Lossless'
+    segments carry no size: they decode to what the header claims, at most 64 bytes per compressed byte."""
+    if not pixels.fragments:
+        return None
+    if frames > len(pixels.fragments) and not syntax.startswith(_DICOM_VIDEO_SYNTAX_PREFIX):
+        return f"its header claims {frames} frames, its encapsulated pixel data holds {len(pixels.fragments)} fragment(s)"
+    compressed = sum(pixels.fragments)
+    if syntax == _DICOM_RLE_SYNTAX and claimed > _DICOM_RLE_MAX_RATIO * compressed:
+        return (f"its header claims {shown} pixels of {bits} bits ({claimed} bytes), more than RLE's "
+                f"{compressed} compressed bytes can decode to (at most {_DICOM_RLE_MAX_RATIO}x)")
+    return None
 
 
 def _colour_dicom_problem(folder: Path, files: Sequence[str], samples: int) -> str:
@@ -1152,10 +1223,11 @@ def _is_damaged_dicom(data: bytes, series_sop_class: str) -> bool:
     return series_sop_class in classes
 
 
-def _walk_dicom_elements(data: bytes, position: int, explicit: bool, nested: bool, values: dict[int, bytes]) -> int:
+def _walk_dicom_elements(data: bytes, position: int, explicit: bool, nested: bool, values: dict[int, bytes],
+                         spans: dict[int, tuple[int, int]] | None = None) -> int:
     """The position after the data set (or, ``nested``, the undefined-length value) starting at ``position``,
-    its elements' tags and short values put into ``values``; ``EOFError`` when the bytes end inside an
-    element or before a nested value's delimiter."""
+    its elements' tags and short values put into ``values`` (and, given ``spans``, each one's value position
+    and declared length); ``EOFError`` when the bytes end inside an element or before a nested value's delimiter."""
     import struct
 
     while position < len(data):
@@ -1180,6 +1252,8 @@ def _walk_dicom_elements(data: bytes, position: int, explicit: bool, nested: boo
             position += 8
         if group != 0xFFFE and not nested:
             values[group << 16 | element] = data[position:position + min(length, 64)]
+            if spans is not None:
+                spans[group << 16 | element] = (position, length)
         if length == _DICOM_UNDEFINED_LENGTH:
             position = _walk_dicom_elements(data, position, value_explicit, nested=True, values={})
         else:
