@@ -75,6 +75,16 @@ class ConfigurationReport:
     removed: list[str] = field(default_factory=list)  # failed now: their earlier stored copies deleted
     thinned: dict[str, float] = field(default_factory=dict)  # case -> share of its annotated volume kept
 
+    def thinned_warning(self) -> str | None:
+        """The cases that keep less than half of their annotation at the planned spacing, or None."""
+        if not self.thinned:
+            return None
+        kept = ", ".join(f"{case} {share:.0%}" for case, share in sorted(self.thinned.items()))
+        return (f"WARNING {', '.join(self.configurations)}: resampled to the planned spacing, these cases keep less "
+                f"than half of their annotated (non-ignore) volume: {kept}; sparse annotations thinner than a voxel "
+                "there fade into the ignore label: plan so that the configuration keeps the annotation's spacing "
+                "(docs/planning.md, 'Choosing resolution') or annotate thicker")
+
 
 @dataclass
 class PreprocessReport:
@@ -93,13 +103,8 @@ class PreprocessReport:
                 f"{', '.join(out.configurations)} -> {out.output_dir}: {len(out.processed)} preprocessed, "
                 f"{len(out.skipped)} already done, {len(out.failed)} failed{damaged}"
             )
-            if out.thinned:
-                kept = ", ".join(f"{case} {share:.0%}" for case, share in sorted(out.thinned.items()))
-                lines.append(
-                    f"WARNING {', '.join(out.configurations)}: resampled to the planned spacing, these cases keep less "
-                    f"than half of their annotated (non-ignore) volume: {kept}; sparse annotations thinner than a "
-                    "voxel there fade into the ignore label: plan so that the configuration keeps the annotation's "
-                    "spacing (docs/planning.md, 'Choosing resolution') or annotate thicker")
+            if warning := out.thinned_warning():
+                lines.append(warning)
         lines.append(f"ground truth: {self.gt_copied} copied, {self.gt_unchanged} unchanged; {self.seconds:.1f} s")
         return "\n".join(lines)
 
@@ -316,9 +321,11 @@ def preprocess_dataset(
         removed = sorted({case for out in report.outputs for case in out.removed})
         removed_note = (f" Their copies stored from earlier inputs were removed ({', '.join(removed)}), so training "
                         "cannot use them." if removed else "")
+        # the CLI prints the error alone: the summary's warnings would be lost
+        warnings = "".join(f" {warning}." for out in report.outputs if (warning := out.thinned_warning()))
         error = PreprocessingError(
             f"{len(failures)} case(s) failed to preprocess: {listed}. The other cases are stored; fix these "
-            f"inputs and re-run `autoseg preprocess` (finished cases are skipped).{removed_note}"
+            f"inputs and re-run `autoseg preprocess` (finished cases are skipped).{removed_note}{warnings}"
         )
         error.report = report  # type: ignore[attr-defined]  # the CLI can still print the summary
         raise error
