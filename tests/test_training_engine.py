@@ -348,6 +348,27 @@ def test_the_budget_probe_ends_early_when_its_iterations_are_slow(monkeypatch) -
     assert done.index(True) == WARMUP_ITERATIONS and done.count(True) == 1  # after the first timed iteration
 
 
+@pytest.mark.parametrize("slow", [0, 4, 9])
+def test_one_paused_iteration_in_the_budget_probe_barely_changes_the_schedule(monkeypatch, slow: int) -> None:
+    # The probe's mean over 10 iterations of 0.1 s, one of them 1 s (a garbage collection, another process
+    # on the core for a moment), was 0.19 s: the re-plan cut the schedule to about half of what fits.
+    from autoseg.training.budget import affordable_total
+
+    now = [0.0]
+    monkeypatch.setattr("autoseg.training.monitor.time.monotonic", lambda: now[0])
+
+    def probed_total(paused: int | None) -> int:
+        timer = WarmTimer(first_iteration=0)
+        timer.new_epoch()
+        for iteration in range(WARMUP_ITERATIONS + 10):
+            timer.before_iteration(iteration)
+            now[0] += 0.1 if iteration - WARMUP_ITERATIONS != paused else 1.0
+        assert timer.probe_done(WARMUP_ITERATIONS + 10, probe_iterations=10)
+        return affordable_total(WARMUP_ITERATIONS + 10, 300.0, timer.seconds_per_iteration(WARMUP_ITERATIONS + 10))
+
+    assert probed_total(slow) >= 0.97 * probed_total(None)
+
+
 def test_warm_timer_skips_the_first_iterations_of_a_run(monkeypatch) -> None:
     now = [0.0]
     monkeypatch.setattr("autoseg.training.monitor.time.monotonic", lambda: now[0])

@@ -137,7 +137,11 @@ def plot_progress(history: Sequence[dict[str, Any]], path: Path) -> None:
 
 class WarmTimer:
     """Times the warm iterations of each epoch: from the third iteration of a run's (or resumed run's)
-    first epoch, from the first of every later epoch (allocation and kernel selection excluded)."""
+    first epoch, from the first of every later epoch (allocation and kernel selection excluded).
+
+    The pace leaves out the slowest timed iteration: one pause (a garbage collection, another process on
+    the core for a moment) in the budget probe's 10 iterations, 10x slower than the rest, made the mean
+    1.9x the real pace and the re-plan cut the schedule by almost half."""
 
     def __init__(self, first_iteration: int) -> None:
         self.first_iteration = first_iteration
@@ -145,6 +149,8 @@ class WarmTimer:
         self.since = 0
         self.index = 0
         self.probed = False
+        self._last_mark = 0.0  # when the iteration now running began (once timing started)
+        self._slowest = 0.0  # the slowest finished timed iteration of this epoch
 
     def new_epoch(self) -> None:
         self.started, self.index = None, 0
@@ -153,12 +159,19 @@ class WarmTimer:
         """Time this epoch's iterations from ``iteration`` on (after a pause that is not training, such
         as the probe's re-plan timing the validation network)."""
         if self.started is not None:
-            self.started, self.since = time.monotonic(), iteration
+            self._start(iteration)
 
     def before_iteration(self, iteration: int) -> None:
         if self.index == WARMUP_ITERATIONS or (self.index == 0 and iteration - self.first_iteration >= WARMUP_ITERATIONS):
-            self.started, self.since = time.monotonic(), iteration
+            self._start(iteration)
+        elif self.started is not None:
+            now = time.monotonic()
+            self._slowest, self._last_mark = max(self._slowest, now - self._last_mark), now
         self.index += 1
+
+    def _start(self, iteration: int) -> None:
+        self.started, self.since = time.monotonic(), iteration
+        self._last_mark, self._slowest = self.started, 0.0
 
     def warm_iterations(self, iteration: int) -> int:
         """This epoch's timed (warm) iterations up to ``iteration``."""
@@ -169,9 +182,15 @@ class WarmTimer:
         return time.monotonic() - self.started if self.started is not None else 0.0
 
     def seconds_per_iteration(self, iteration: int) -> float | None:
-        """Mean seconds of this epoch's warm iterations up to ``iteration``; None before any."""
+        """Mean seconds of this epoch's warm iterations up to ``iteration``, the slowest left out once
+        there are two or more (the one running now counts up to now); None before any."""
         warm = self.warm_iterations(iteration)
-        return self.warm_seconds() / warm if warm else None
+        if not warm:
+            return None
+        if warm == 1:
+            return self.warm_seconds()
+        slowest = max(self._slowest, time.monotonic() - self._last_mark)
+        return (self.warm_seconds() - slowest) / (warm - 1)
 
     def iterations_per_second(self, iteration: int) -> float:
         seconds = self.seconds_per_iteration(iteration)
