@@ -144,7 +144,8 @@ def annotation_kept(seg: np.ndarray, seg_pp: np.ndarray, ignore_label: int | Non
     lost = (f"resampled from {shown(properties['spacing'])} mm to the planned {shown(properties['target_spacing'])} mm, "
             f"its {np.count_nonzero(seg != ignore_label)} annotated voxel(s) all became the ignore label {ignore_label}: "
             "the annotation is thinner than a voxel at that spacing; plan so that the configuration keeps the "
-            "annotation's spacing (a larger --budget; docs/planning.md, 'Choosing resolution') or annotate thicker")
+            "annotation's spacing (a larger --budget; docs/planning.md, 'Choosing resolution'), preprocess and train "
+            "another configuration (-c; 3d_lowres is coarser by design), or annotate thicker")
     raise DatasetError(f"{label}: {lost if before else f'holds only the ignore label {ignore_label}: nothing to learn; annotate it or leave it out'}")
 
 
