@@ -274,7 +274,7 @@ def train(
 @user_errors
 def demo(
     output: Path = path_option(Path("autoseg_demo"), "-o", "--output", help="working folder for everything the demo writes"),
-    budget: str = typer.Option("10m", "--budget", help="total time to aim for (training gets 85%)"),
+    budget: str = typer.Option("10m", "--budget", help="total time to aim for, at least 50s (training gets what the other stages leave)"),
     dataset: Optional[Path] = path_option(None, "--dataset", help="dataset folder with imagesTs/labelsTs (default: the shipped example)"),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or mps"),
 ) -> None:

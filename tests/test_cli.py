@@ -348,9 +348,9 @@ def test_demos_started_in_the_same_second_get_their_own_folders_and_short_budget
     said: list[str] = []
     for _ in range(2):
         with pytest.raises(Stop):
-            run_demo(tmp_path / "demo", 5.0, say=said.append)
+            run_demo(tmp_path / "demo", 60.0, say=said.append)
     assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == ["run-20260101-120000", "run-20260101-120000-2"]
-    assert "[3/7] plan for a training budget of 4.2 s on this machine" in said
+    assert "[3/7] plan for a training budget of 30.0 s on this machine" in said  # 60 s less 20 s before, 10 s after
 
     def fake_run_demo(*args: object, **kwargs: object) -> DemoResult:
         return DemoResult(predictions=tmp_path / "p", report=tmp_path / "r.html", evaluation=tmp_path / "e.json",
@@ -359,3 +359,26 @@ def test_demos_started_in_the_same_second_get_their_own_folders_and_short_budget
     monkeypatch.setattr(autoseg.demo, "run_demo", fake_run_demo)
     result = runner.invoke(app, ["demo", "-o", str(tmp_path)])
     assert result.exit_code == 0 and "total time:  4.2 s" in result.output, result.output
+
+
+@pytest.mark.parametrize(("budget", "elapsed", "training"), [
+    (60.0, 16.4, 33.6),  # 60 s less the 16.4 s before training and the 10 s kept for the stages after it
+    (600.0, 16.4, 553.6),  # 5% of 10 min kept after training
+    (60.0, 45.0, 20.0),  # the stages before took longer than usual: training gets its minimum
+])
+def test_the_demo_budget_counts_the_stages_before_and_after_training(budget: float, elapsed: float, training: float) -> None:
+    """Training got 85% of the budget from its own start and the stages before it (the plan's timing probe)
+    came on top: ``demo --budget 1m`` took 1.3 to 1.6 min."""
+    from autoseg.demo import training_seconds
+
+    assert training_seconds(budget, elapsed) == pytest.approx(training)
+    if training > 20.0:  # with the stage times measured for the example (6.3 s after training), within 10%
+        assert abs(elapsed + training_seconds(budget, elapsed) + 6.3 - budget) <= 0.1 * budget
+
+
+def test_a_demo_budget_without_time_to_train_is_refused_before_any_run_folder(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["demo", "-o", str(tmp_path / "demo"), "--budget", "30s"])
+    assert result.exit_code == 2, result.output
+    assert ("--budget 30.0 s: the demo's stages other than training take about 30.0 s and training at least 20.0 s; "
+            "give --budget 50.0 s or more") in result.output
+    assert not (tmp_path / "demo").exists()
