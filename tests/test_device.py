@@ -21,6 +21,23 @@ def test_bad_device_names(name: str, message: str) -> None:
         choose_device(name, TrainingError)
 
 
+@pytest.mark.parametrize("name", ["cpu:1", "cpu:0", "mps:0"])
+def test_a_numbered_cpu_is_refused_not_blamed_on_the_checkpoint(name: str) -> None:
+    """``predict --device cpu:1`` passed and failed loading the weights: 'checkpoint_final.safetensors: not a
+    readable safetensors file (device cpu:1 is invalid); it is damaged'."""
+    kind = name.split(":")[0]
+    with pytest.raises(InferenceError, match=rf"--device {name}: {kind} takes no device number; use --device {kind}"):
+        choose_device(name, InferenceError)
+
+
+def test_a_cuda_device_number_beyond_the_machines_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert choose_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(UsageError, match=r"--device cuda:2: this machine has 2 CUDA device\(s\), cuda:0 to cuda:1"):
+        choose_device("cuda:2")
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_missing_cuda_is_a_clear_error() -> None:
     with pytest.raises(InferenceError, match="--device cuda: CUDA is not available on this machine; use --device cpu"):

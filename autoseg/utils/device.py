@@ -24,8 +24,13 @@ def choose_device(name: str | torch.device | None = None, error: type[AutosegErr
         raise error(f"--device {name!r}: choose cpu, cuda, cuda:N, mps or auto") from None
     if device.type not in ("cpu", "cuda", "mps"):
         raise error(f"--device {name!r}: choose cpu, cuda, cuda:N, mps or auto")
+    if device.type != "cuda" and device.index is not None:  # predict blamed the checkpoint: 'device cpu:1 is invalid'
+        raise error(f"--device {name}: {device.type} takes no device number; use --device {device.type}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise error(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise error(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), cuda:0 to "
+                    f"cuda:{torch.cuda.device_count() - 1}; choose one of them")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise error("--device mps: Apple MPS is not available on this machine; use --device cpu")
     return device
