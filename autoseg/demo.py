@@ -11,14 +11,14 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from autoseg.errors import DatasetError, UsageError
 from autoseg.utils.duration import format_duration
 from autoseg.utils.output_folders import check_output_folder
 
 EXAMPLE_DATASET = Path(__file__).resolve().parents[1] / "examples" / "Dataset904_HippocampusMini"
-CONFIGURATION = "3d_fullres"
+CONFIGURATION = "3d_fullres"  # 2d for a 2D --dataset (demo_configuration)
 # What the stages other than training take for the example on 2 CPU cores, with a margin (measured
 # 2026-12-07: verify, fingerprint, plan with its timing probe and preprocess 16.4 s before training;
 # predict, evaluate, find-best and report 6.3 s after it). Training (with its final validation) gets the
@@ -64,6 +64,12 @@ def training_seconds(budget_seconds: float, elapsed_seconds: float) -> float:
     own start, so the stages before it (the plan's timing probe alone: 14 s) came on top: ``--budget 1m``
     took 1.3 to 1.6 min."""
     return max(MIN_TRAINING_SECONDS, budget_seconds - elapsed_seconds - after_training_seconds(budget_seconds))
+
+
+def demo_configuration(fingerprint: dict[str, Any]) -> str:
+    """``3d_fullres``, or ``2d`` for a 2D dataset (PNG pictures, single-slice volumes), which plans no 3D
+    configuration: ``demo --dataset`` of a 2D dataset failed at plan, after verify and fingerprint had run."""
+    return "2d" if fingerprint["is_2d"] else CONFIGURATION
 
 
 def _use_roots(workdir: Path) -> None:
@@ -147,14 +153,14 @@ def run_demo(
     say(f"[1/7] verify {location.name}")
     require_valid(location)
     say("[2/7] fingerprint")
-    extract_fingerprint(location)
+    configuration = demo_configuration(extract_fingerprint(location))
     # what training will get if the plan (its timing probe) and preprocessing take their usual time
     plan_budget = training_seconds(budget_seconds, max(time.perf_counter() - start, BEFORE_TRAINING_SECONDS))
     say(f"[3/7] plan for a training budget of {format_duration(plan_budget)} on this machine")
-    _, table = plan_dataset(str(dataset), budget_seconds=plan_budget, configs=[CONFIGURATION], device=device, overwrite=True)
+    _, table = plan_dataset(str(dataset), budget_seconds=plan_budget, configs=[configuration], device=device, overwrite=True)
     say(table)
     say("[4/7] preprocess")
-    preprocess_dataset(str(dataset), [CONFIGURATION])
+    preprocess_dataset(str(dataset), [configuration])
     elapsed = time.perf_counter() - start
     train_budget = training_seconds(budget_seconds, elapsed)
     over = elapsed + train_budget + after_training_seconds(budget_seconds) - budget_seconds
@@ -162,16 +168,16 @@ def run_demo(
             f"{format_duration(over)}") if over > 0 else ""
     say(f"[5/7] train fold 0 for {format_duration(train_budget)} (validation on the fold's held-out training cases "
         f"at the end){late}")
-    train_fold(str(dataset), CONFIGURATION, 0, budget_seconds=train_budget, device=device, save_probabilities=True)
+    train_fold(str(dataset), configuration, 0, budget_seconds=train_budget, device=device, save_probabilities=True)
     say("[6/7] predict the held-out imagesTs cases and evaluate them against labelsTs")
     predictions = workdir / "predictions"
     from autoseg.inference.model import find_model_folder
 
-    model = find_model_folder(str(location.raw_dir), CONFIGURATION)  # the folder: its name need not be DatasetNNN_...
+    model = find_model_folder(str(location.raw_dir), configuration)  # the folder: its name need not be DatasetNNN_...
     predict_folder(dataset / "imagesTs", predictions, model, folds=[0], device=device)
     summary = evaluate_folders(predictions, dataset / "labelsTs", output_dir=workdir / "evaluation")
     say("[7/7] report")
-    find_best(str(dataset), folds=["0"], configurations=[CONFIGURATION])
+    find_best(str(dataset), folds=["0"], configurations=[configuration])
     report = build_report(str(dataset), workdir / "report.html")
     return DemoResult(
         predictions=predictions,

@@ -343,7 +343,7 @@ def test_demos_started_in_the_same_second_get_their_own_folders_and_short_budget
     clock = types.SimpleNamespace(strftime=lambda fmt: "run-20260101-120000", perf_counter=time.perf_counter)
     monkeypatch.setattr(autoseg.demo, "time", clock)  # the demo's clock only: both runs start in one second
     monkeypatch.setattr(autoseg.dataset.verify, "require_valid", lambda location: None)
-    monkeypatch.setattr(autoseg.fingerprint.extract, "extract_fingerprint", lambda location: None)
+    monkeypatch.setattr(autoseg.fingerprint.extract, "extract_fingerprint", lambda location: {"is_2d": False})
     monkeypatch.setattr(autoseg.planning.planner, "plan_dataset", stop)
     said: list[str] = []
     for _ in range(2):
@@ -382,3 +382,31 @@ def test_a_demo_budget_without_time_to_train_is_refused_before_any_run_folder(tm
     assert ("--budget 30.0 s: the demo's stages other than training take about 30.0 s and training at least 20.0 s; "
             "give --budget 50.0 s or more") in result.output
     assert not (tmp_path / "demo").exists()
+
+
+@pytest.mark.parametrize(("is_2d", "configuration"), [(True, "2d"), (False, "3d_fullres")])
+def test_the_demo_plans_the_configuration_of_its_datasets_dimensionality(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, is_2d: bool, configuration: str
+) -> None:
+    """``demo --dataset`` of a 2D dataset (PNG pictures) failed at plan: '3d_fullres cannot be planned for this
+    2D dataset', after verify and fingerprint had run."""
+    import autoseg.dataset.verify
+    import autoseg.fingerprint.extract
+    import autoseg.planning.planner
+    from autoseg.demo import run_demo
+
+    asked: list[object] = []
+
+    class Stop(Exception):
+        pass
+
+    def plan(*args: object, configs: object = None, **kwargs: object) -> None:
+        asked.append(configs)
+        raise Stop
+
+    monkeypatch.setattr(autoseg.dataset.verify, "require_valid", lambda location: None)
+    monkeypatch.setattr(autoseg.fingerprint.extract, "extract_fingerprint", lambda location: {"is_2d": is_2d})
+    monkeypatch.setattr(autoseg.planning.planner, "plan_dataset", plan)
+    with pytest.raises(Stop):
+        run_demo(tmp_path / "demo", 60.0, say=lambda line: None)
+    assert asked == [[configuration]]
