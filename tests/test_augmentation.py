@@ -344,6 +344,19 @@ def test_cascade_mask_corruption_dilates_with_a_ball_of_the_drawn_radius(ndim: i
     np.testing.assert_array_equal(out > 0.5, hand_built_ball)
 
 
+def test_cascade_mask_corruption_takes_the_world_beyond_the_patch_for_the_mask() -> None:
+    # nnU-Net's skimage erosion pads with foreground; scipy's default (background) ate a mask that touches
+    # the patch border up to the radius from that border, in erosion, opening and even closing. A mask of
+    # the half-space x < 10 then stays a half-space x < k whatever the operation and radius.
+    data = np.zeros((40, 2, 20, 20, 20), np.float32)
+    data[:, 1, :, :, :10] = 1
+    with seeded_global_rng(3):
+        out = CorruptMasks([1], 1.0, 4, 0.0, 0.15)(data=data.copy())["data"][:, 1]
+    np.testing.assert_array_equal(out, np.broadcast_to(out[:, :1, :1, :], out.shape))
+    reach = out[:, 0, 0, :].sum(1)
+    assert {int(k) for k in reach} >= {10} and reach.min() < 10 < reach.max()  # unchanged, eroded, dilated
+
+
 def test_cascade_mask_corruption_draws_its_probability_per_sample(monkeypatch: pytest.MonkeyPatch) -> None:
     # nnU-Net applies the operation to a sample's masks all together (p per sample, then every label in a
     # random order); a dilation always changes both blocks, so both change in the same samples.

@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from batchgenerators.transforms.abstract_transforms import AbstractTransform, Compose
@@ -215,6 +215,21 @@ class PreviousStageToData(AbstractTransform):
         return batch
 
 
+def _erosion(mask: np.ndarray, structure: np.ndarray) -> np.ndarray:
+    """Erosion that takes the world beyond the patch for foreground, as skimage's (nnU-Net's): scipy's
+    default took it for background, so every operation but dilation ate a mask touching the patch border
+    up to the radius (8 voxels) from that border, closing too, which never removes foreground."""
+    return ndimage.binary_erosion(mask, structure, border_value=1)
+
+
+def _opening(mask: np.ndarray, structure: np.ndarray) -> np.ndarray:
+    return ndimage.binary_dilation(_erosion(mask, structure), structure)
+
+
+def _closing(mask: np.ndarray, structure: np.ndarray) -> np.ndarray:
+    return _erosion(ndimage.binary_dilation(mask, structure), structure)
+
+
 class CorruptMasks(AbstractTransform):
     """Cascade mask corruption, as nnU-Net's: per sample with probability ``p_operation``, a random binary
     dilation / erosion / opening / closing of each mask channel in a random order, what one adds taken
@@ -222,11 +237,8 @@ class CorruptMasks(AbstractTransform):
     probability ``p_remove``, removal of one random connected component smaller than ``max_fraction`` of
     the patch from each mask channel. The network so learns not to trust the previous stage blindly."""
 
-    OPERATIONS = (
-        ndimage.binary_dilation,
-        ndimage.binary_erosion,
-        ndimage.binary_opening,
-        ndimage.binary_closing,
+    OPERATIONS: tuple[Callable[[np.ndarray, np.ndarray], np.ndarray], ...] = (
+        ndimage.binary_dilation, _erosion, _opening, _closing,
     )
 
     def __init__(self, channels: Sequence[int], p_operation: float, max_size: int, p_remove: float, max_fraction: float):
