@@ -156,6 +156,11 @@ def test_even_kernel_in_a_hand_edited_plan_is_refused() -> None:
         ({"features_per_stage": [4, -8]}, r"topology: features_per_stage \[4, -8\] must hold positive integers"),
         ({"blocks_per_stage": ["x", 2]}, r"topology in the plan is malformed .*'x'.*; re-run `autoseg plan`"),
         ({"decoder_blocks_per_stage": [[1]]}, r"topology in the plan is malformed"),
+        # int() truncated these to another network than the plan's (32.5 -> 32), or overflowed uncaught.
+        ({"features_per_stage": [4, 8.5]}, r"topology in the plan is malformed .*8\.5 is not a whole number"),
+        ({"kernel_sizes": [[3, 3, 3], [3, 3.5, 3]]}, r"malformed .*3\.5 is not a whole number"),
+        ({"blocks_per_stage": [2, 1.5]}, r"malformed .*1\.5 is not a whole number"),
+        ({"strides": [[1, 1, 1], [2, float("inf"), 2]]}, r"topology in the plan is malformed .*OverflowError"),
     ],
 )
 def test_bad_widths_and_counts_in_a_hand_edited_plan_are_refused(edit: dict, message: str) -> None:

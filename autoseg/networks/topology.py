@@ -129,20 +129,30 @@ class Topology:
     def from_dict(cls, data: dict[str, Any]) -> "Topology":
         try:
             return cls(
-                spatial_dims=int(data["spatial_dims"]),
-                features_per_stage=[int(f) for f in data["features_per_stage"]],
-                kernel_sizes=[[int(k) for k in ks] for ks in data["kernel_sizes"]],
-                strides=[[int(s) for s in st] for st in data["strides"]],
+                spatial_dims=_whole(data["spatial_dims"]),
+                features_per_stage=[_whole(f) for f in data["features_per_stage"]],
+                kernel_sizes=[[_whole(k) for k in ks] for ks in data["kernel_sizes"]],
+                strides=[[_whole(s) for s in st] for st in data["strides"]],
                 blocks_per_stage=_optional_ints(data.get("blocks_per_stage")),
                 decoder_blocks_per_stage=_optional_ints(data.get("decoder_blocks_per_stage")),
-                window_sizes=None if data.get("window_sizes") is None else [[int(w) for w in ws] for ws in data["window_sizes"]],
+                window_sizes=None if data.get("window_sizes") is None else [[_whole(w) for w in ws] for ws in data["window_sizes"]],
                 extra=dict(data.get("extra", {})),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise NetworkError(f"topology in the plan is malformed ({exc!r}); re-run `autoseg plan`") from exc
+
+
+def _whole(value: Any) -> int:
+    """A plan's size or count as an int. A fractional number (a hand edit such as ``32.5``) raises, inside
+    ``from_dict``'s malformed-plan error, instead of ``int`` truncating it to a network the plan does not
+    describe; ``32.0`` is 32."""
+    number = int(value)
+    if isinstance(value, float) and value != number:
+        raise ValueError(f"{value!r} is not a whole number")
+    return number
 
 
 def _optional_ints(values: Any) -> list[int] | None:
     """A plan's optional per-stage counts as ints (``None`` stays ``None``): a non-number there raises
     here, inside ``from_dict``'s malformed-plan error, not later in a family's builder as an internal error."""
-    return None if values is None else [int(v) for v in values]
+    return None if values is None else [_whole(v) for v in values]
