@@ -15,8 +15,10 @@ torch.set_num_threads(1)
 TOPOLOGIES = {
     "3d": Topology(3, [4, 8, 16], [[3, 3, 3]] * 3, [[1, 1, 1], [2, 2, 2], [2, 2, 2]]),
     "3d_aniso": Topology(3, [4, 8, 16], [[1, 3, 3], [1, 3, 3], [3, 3, 3]], [[1, 1, 1], [1, 2, 2], [2, 2, 2]]),
+    # Odd strides, which the other families take (tests/family_helpers.py ODD_STRIDES_3D).
+    "3d_odd": Topology(3, [4, 8, 16], [[1, 3, 3], [3, 3, 3], [3, 3, 3]], [[1, 1, 1], [1, 3, 2], [2, 1, 3]]),
 }
-INPUT_SHAPES = {"3d": (8, 12, 8), "3d_aniso": (4, 8, 12)}
+INPUT_SHAPES = {"3d": (8, 12, 8), "3d_aniso": (4, 8, 12), "3d_odd": (4, 6, 12)}
 
 
 def bad_gradients(model: torch.nn.Module) -> list[str]:

@@ -41,12 +41,17 @@ TRAINING_DEFAULTS = {
 }
 
 
-def strided_geometry(kernel: Sequence[int], stride: Sequence[int]) -> tuple[list[int], list[int]]:
-    """Kernel and padding per axis: k4/p1 on stride-2 axes (the paper's ``2 x stride`` kernels),
-    the plan's kernel with same padding on axes that keep their size (anisotropic plans)."""
+def strided_geometry(kernel: Sequence[int], stride: Sequence[int]) -> tuple[list[int], list[int], list[int]]:
+    """Kernel, padding and transposed-conv output padding per axis: k4/p1 on stride-2 axes (the paper's
+    ``2 x stride`` kernels), the plan's kernel with same padding on axes that keep their size.
+
+    Padding ``ceil(s / 2)`` and output padding ``s % 2`` make a stride-``s`` axis exactly ``s`` times
+    smaller and back for odd strides too (``s // 2`` gave a stride-3 axis of 12 voxels 3, not 4, and the
+    skip then failed to concatenate in the first forward pass).
+    """
     k = [2 * s if s > 1 else kk for kk, s in zip(kernel, stride)]
-    p = [s // 2 if s > 1 else (kk - 1) // 2 for kk, s in zip(kernel, stride)]
-    return k, p
+    p = [(s + 1) // 2 if s > 1 else (kk - 1) // 2 for kk, s in zip(kernel, stride)]
+    return k, p, [s % 2 if s > 1 else 0 for s in stride]
 
 
 def norm_act(channels: int) -> list[nn.Module]:
@@ -107,7 +112,7 @@ class Vox2VoxGenerator(nn.Module):
             ]
         )
         for i in range(1, n):
-            k, p = strided_geometry(kernels[i], strides[i])
+            k, p, _ = strided_geometry(kernels[i], strides[i])
             layers = [nn.Conv3d(feats[i - 1], feats[i], k, strides[i], p), *norm_act(feats[i])]
             if i < n - 1:
                 layers.append(nn.Dropout3d(dropout))
@@ -118,10 +123,9 @@ class Vox2VoxGenerator(nn.Module):
         self.decoder = nn.ModuleList()
         channels = (BOTTLENECK_BLOCKS + 1) * feats[-1]
         for i in reversed(range(n - 1)):
-            k, p = strided_geometry(kernels[i + 1], strides[i + 1])
-            self.decoder.append(
-                nn.Sequential(nn.ConvTranspose3d(channels, feats[i], k, strides[i + 1], p), *norm_act(feats[i]))
-            )
+            k, p, output_padding = strided_geometry(kernels[i + 1], strides[i + 1])
+            up = nn.ConvTranspose3d(channels, feats[i], k, strides[i + 1], p, output_padding)
+            self.decoder.append(nn.Sequential(up, *norm_act(feats[i])))
             channels = 2 * feats[i]
         self.decoder_dropout = nn.Dropout3d(dropout)
         self.head = nn.Conv3d(channels, n_classes, 1)
