@@ -27,7 +27,8 @@ from autoseg.utils.mappings import deep_merge, flatten
 
 def short_schedule_training(config: Mapping[str, Any], budget_seconds: float | None) -> dict[str, Any]:
     """The family's short-schedule settings where they apply to this planned configuration (else empty)."""
-    return training_for(config["network"]["name"], config["spatial_dims"], config["recipe_iterations"], budget_seconds)
+    return training_for(config["network"]["name"], config["spatial_dims"], config.get("recipe_iterations"),
+                        budget_seconds)  # older and hand-written plans lack it
 
 
 def training_for(network: str, spatial_dims: int, recipe_iterations: int | None,
