@@ -186,21 +186,25 @@ def test_a_batch_split_over_ranks_forces_the_samples_one_process_would() -> None
                 assert split == one, (global_batch, world, draw)
 
 
-@pytest.mark.parametrize("batch_size", [1, 2, 3, 4, 5])
-def test_the_long_run_share_of_forced_samples_is_oversample_foreground(tmp_path: Path, batch_size: int) -> None:
-    # nnU-Net's round(batch x (1 - 0.33)) forced none of a batch of 1 (a small structure was seen only by
-    # chance), half of a batch of 2 and a quarter of a batch of 4; the fractional sample is now drawn.
+@pytest.mark.parametrize(("batch_size", "share"), [(1, 0.33), (1, 0.49), (2, 0.2)])
+def test_a_batch_nnunets_rule_would_force_nothing_forces_its_share_in_the_long_run(
+        tmp_path: Path, batch_size: int, share: float) -> None:
+    # nnU-Net's round(batch x (1 - share)) forces none of these batches: a small structure was seen only
+    # by chance. The last sample is now forced with batch x share as its chance, drawn per batch.
     spec = SamplingSpec(folder=tmp_path, case_ids=["a"], patch_size=PATCH, sample_size=PATCH,
-                        batch_size=batch_size, oversample_foreground=0.33, foreground_labels=[1])
+                        batch_size=batch_size, oversample_foreground=share, foreground_labels=[1])
+    assert round(batch_size * (1 - share)) == batch_size
     draws = [forced_share_draw(seed=3, stream=TRAIN_STREAM, index=i) for i in range(3000)]
     forced = [forced_samples(spec, draw) for draw in draws]
-    assert sum(map(sum, forced)) / (3000 * batch_size) == pytest.approx(0.33, abs=0.02)
-    assert all(flags == sorted(flags) for flags in forced)  # the last samples of the batch, as nnU-Net
+    assert sum(map(sum, forced)) / (3000 * batch_size) == pytest.approx(share, abs=0.02)
+    assert all(flags == sorted(flags) for flags in forced)  # the last sample of the batch, as nnU-Net
     assert draws == [forced_share_draw(seed=3, stream=TRAIN_STREAM, index=i) for i in range(3000)]
 
 
-def test_a_whole_forced_count_is_nnunets_whatever_the_draw(tmp_path: Path) -> None:
-    for batch_size, share in ((2, 0.5), (100, 0.33), (4, 0.25), (3, 1.0), (3, 0.0)):
+def test_a_batch_nnunets_rule_forces_a_sample_of_keeps_nnunets_count_whatever_the_draw(tmp_path: Path) -> None:
+    # The recipe every measured Dice was trained with: a batch of 2 at 0.33 forces one sample, every batch.
+    for batch_size, share in ((2, 0.33), (3, 0.33), (4, 0.33), (5, 0.33), (2, 0.5), (100, 0.33), (4, 0.25),
+                              (3, 1.0), (3, 0.0), (1, 0.0), (1, 1.0)):
         spec = SamplingSpec(folder=tmp_path, case_ids=["a"], patch_size=PATCH, sample_size=PATCH,
                             batch_size=batch_size, oversample_foreground=share, foreground_labels=[1])
         nnunet = [j >= round(batch_size * (1 - share)) for j in range(batch_size)]

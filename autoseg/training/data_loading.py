@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import math
 import multiprocessing
 import os
 import queue as queue_module
@@ -43,8 +42,6 @@ _POLL_SECONDS = 1.0
 _MAX_WORKERS_CUDA = 12
 _MAX_WORKERS_CPU = 4
 _CORES_PER_CPU_WORKER = 3
-# Float slack when ``batch x oversample_foreground`` is a whole number (100 x 0.33 may be 32.999...).
-_SHARE_TOLERANCE = 1e-9
 
 
 def batch_seed(seed: int, stream: int, rank: int, index: int) -> int:
@@ -150,22 +147,22 @@ def case_cache_bytes(setting: float | str, train_workers: int, world_size: int =
 
 
 def forced_samples(spec: SamplingSpec, draw: float) -> list[bool]:
-    """Which samples of this rank's batch are centred on foreground: the last ones of the global batch,
-    ``global x oversample_foreground`` of them on average.
+    """Which samples of this rank's batch are centred on foreground: the last ones of the global batch.
 
-    nnU-Net forces the samples from ``round(global * (1 - share))`` on (reference.md §1.5), which with a
-    batch of 1 and the default 0.33 forces none at all (a small structure is then seen only by chance) and
-    with a batch of 2 forces half. Here the whole part of ``global x share`` is always forced, as nnU-Net
-    does when that product is whole, and one more sample when ``draw`` (uniform in [0, 1), the same on every
-    rank: :func:`forced_share_draw`) falls below its fractional part, so the long-run share is the setting.
+    nnU-Net's count (reference.md §1.5): the samples from ``round(global * (1 - share))`` on, so a batch
+    of 2 at the default 0.33 forces one, the recipe every measured Dice of autoseg was trained with. That
+    rule forces none of a batch of 1 (a small structure is then seen only by chance); where it forces none
+    but the share is not 0, the last sample is forced when ``draw`` (uniform in [0, 1), the same on every
+    rank: :func:`forced_share_draw`) falls below ``global x share``, so such a batch still forces its share
+    in the long run.
 
     Counted in the global batch, not in each rank's share, so that a batch split over ranks forces the
     samples one process would: per rank, 2 of 4 samples on 2 ranks would be forced, none at all with one
     sample per rank (nnU-Net v2 likewise sets each rank's share from its place in the global batch)."""
     total = spec.global_batch_size or spec.batch_size
-    expected = total * spec.oversample_foreground
-    whole = math.floor(expected + _SHARE_TOLERANCE)
-    forced_from = total - whole - int(draw < expected - whole)
+    forced_from = round(total * (1 - spec.oversample_foreground))
+    if forced_from == total and draw < total * spec.oversample_foreground:
+        forced_from = total - 1
     return [spec.batch_offset + j >= forced_from for j in range(spec.batch_size)]
 
 
