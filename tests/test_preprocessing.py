@@ -27,6 +27,7 @@ from autoseg.preprocessing.normalization import normalize
 from autoseg.preprocessing.resampling import (
     ResamplingScheme,
     resample_array,
+    resample_data,
     resample_block,
     resample_label,
     resampling_work,
@@ -115,6 +116,24 @@ def test_image_resampling_matches_scipy_cubic_spline() -> None:
         out = resample_array(x, shape, ResamplingScheme(3, 3, axis))
         assert out.dtype == np.float32
         np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+def test_image_data_is_clipped_to_each_channels_input_range_as_nnunets_resize() -> None:
+    # nnU-Net resamples images with skimage.transform.resize(order=3, mode="edge", anti_aliasing=False),
+    # whose clip=True keeps the spline's overshoot inside the input's range; a step edge rings without it.
+    from skimage.transform import resize
+
+    x = np.random.default_rng(0).random((2, 10, 17, 13)).astype(np.float32)
+    x[1, :, 8:] += 1000.0  # a sharp edge in the second channel
+    shape = (10, 34, 26)
+    out = resample_data(x, shape, ResamplingScheme(3, 3, None))
+    assert resample_array(x[1], shape, ResamplingScheme(3, 3, None)).max() > x[1].max()  # it would ring
+    for c in range(2):
+        expected = resize(x[c].astype(np.float64), shape, order=3, mode="edge", anti_aliasing=False)
+        np.testing.assert_allclose(out[c], expected, atol=1e-3)
+        assert x[c].min() <= out[c].min() and out[c].max() <= x[c].max()
+    linear = resample_data(x, shape, ResamplingScheme(1, 1, None))  # order 1 cannot overshoot: untouched
+    np.testing.assert_array_equal(linear[1], resample_array(x[1], shape, ResamplingScheme(1, 1, None)))
 
 
 def test_nearest_neighbour_resampling_is_scipys_and_the_same_slab_by_slab() -> None:

@@ -219,12 +219,18 @@ def resample_array(x: np.ndarray, shape: Shape, scheme: ResamplingScheme, order:
 
 
 def resample_data(data: np.ndarray, shape: Shape, scheme: ResamplingScheme) -> np.ndarray:
-    """Resample image data (C, *spatial) channel by channel into one new float32 array."""
+    """Resample image data (C, *spatial) channel by channel into one new float32 array.
+
+    A spline above order 1 overshoots at sharp edges (ringing: air next to bone in CT); each channel is
+    clipped to its own input range, as nnU-Net's ``skimage.transform.resize`` (``clip=True``) does, so no
+    resampled intensity lies outside what the scanner recorded."""
     if tuple(data.shape[1:]) == tuple(shape):
         return data
     out = np.empty((data.shape[0], *shape), dtype=np.float32)
     for c in range(data.shape[0]):
         out[c] = resample_array(data[c], shape, scheme)
+        if max(scheme.order, scheme.order_z) > 1 and data[c].size:
+            np.clip(out[c], data[c].min(), data[c].max(), out=out[c])
     return out
 
 
