@@ -10,11 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 import autoseg.training.model_setup as model_setup_module
 from autoseg.errors import NetworkError, PlanError, TrainingError, UsageError
 from autoseg.training import train_fold
-from autoseg.networks.bf16_guard import bf16_step_survives
+from autoseg.networks.bf16_guard import bf16_step_survives, bf16_steps, probe_modules, step_spec
 from autoseg.training.watchdog import IterationWatchdog
 from autoseg.utils.duration import parse_duration
 
@@ -26,6 +27,20 @@ TINY_SPEC = dict(network="unet", topology=TINY_TOPOLOGY, in_channels=1, n_output
 
 def test_probe_passes_a_network_whose_bf16_steps_run() -> None:
     assert bf16_step_survives(TINY_SPEC) == (True, "")
+
+
+@pytest.mark.parametrize(("network", "options"), [("conresnet", {}), ("vox2vox", {}), ("segresnet", {"vae": True})])
+def test_probe_steps_every_layer_a_training_step_runs(network: str, options: dict) -> None:
+    """The probe called ``network(x)`` only: ConResNet's residual heads, the VAE branch and Vox2Vox's
+    discriminator, whose bf16 weight gradients training computes, were never stepped in the child."""
+    topology = {"spatial_dims": 3, "features_per_stage": [8, 16, 16], "kernel_sizes": [[3, 3, 3]] * 3,
+                "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2]]}
+    spec = step_spec(network, topology, 1, 2, options, [16, 16, 16], 1)
+    model, discriminator = probe_modules(spec)
+    bf16_steps(model, discriminator, torch.randn(1, 1, 16, 16, 16), steps=1)
+    modules = [model] + ([discriminator] if discriminator is not None else [])
+    assert (discriminator is not None) == (network == "vox2vox")
+    assert [name for m in modules for name, p in m.named_parameters() if p.grad is None] == []
 
 
 @pytest.mark.parametrize(

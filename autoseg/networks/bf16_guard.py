@@ -5,8 +5,8 @@ convolutions: on a Xeon with AMX, 32->32 channels with a 1x3x3, 3x3x1 or 1x1x1 k
 2x80x64 input (Dataset027_ACDC's 3d_fullres plan) abort or segfault in ``loss.backward()``, 3x3x3 on
 2x160x128 too, while 16 or 64 channels, 2x64x64, float32, or oneDNN capped below AMX run (the shapes
 are a kernel-selection matter, not a rule the planner could avoid; docs/troubleshooting.md). A crash
-there kills the trainer, a corrupted heap may hang it instead; so the plan's network takes two bf16
-steps at the training patch and batch in a child process first, and training falls back to float32
+there kills the trainer, a corrupted heap may hang it instead; so the plan's network (with its aux heads,
+and Vox2Vox's discriminator) takes two bf16 steps at the training patch and batch in a child process first, and training falls back to float32
 when the child does not finish cleanly.
 """
 
@@ -54,20 +54,46 @@ def bf16_step_survives(spec: dict[str, Any], command: Sequence[str] | None = Non
     return False, f"a bf16 step crashed ({why}{': ' + last if last else ''})"
 
 
-def _run_probe(spec: dict[str, Any]) -> None:
-    """The child: build the network as the trainer does and take ``PROBE_STEPS`` bf16 steps."""
-    from autoseg.networks.registry import create_network
+def probe_modules(spec: dict[str, Any]) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+    """The network as the trainer builds it, in training mode, and its discriminator for an adversarial
+    family (Vox2Vox's trains under the same autocast), else None."""
+    from autoseg.networks.registry import create_network, get_network_spec
 
-    torch.set_num_threads(int(spec.get("threads") or torch.get_num_threads()))
     network = create_network(spec["network"], spec["topology"], spec["in_channels"], spec["n_outputs"],
                              **spec["options"]).train()
-    data = torch.randn(int(spec["batch"]), spec["in_channels"], *spec["patch"])
-    for _ in range(PROBE_STEPS):
-        network.zero_grad(set_to_none=True)
+    adversary = get_network_spec(spec["network"]).adversary
+    return network, (adversary.discriminator(spec["in_channels"], spec["n_outputs"]).train() if adversary else None)
+
+
+def _trained_outputs(network: torch.nn.Module, discriminator: torch.nn.Module | None,
+                     data: torch.Tensor) -> list[torch.Tensor]:
+    """Every tensor a training step differentiates: the logits, the aux outputs of ``forward_with_aux``
+    (ConResNet's residual heads, the VAE) and the discriminator's scores. ``network(data)`` alone left
+    those layers, and their bf16 weight gradients, out of the probe."""
+    forward_with_aux = getattr(network, "forward_with_aux", None)
+    outputs, aux = forward_with_aux(data) if forward_with_aux else (network(data), {})
+    outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+    scores = [discriminator(data, torch.softmax(outputs[0], dim=1))] if discriminator is not None else []
+    return [*outputs, *aux.values(), *scores]
+
+
+def bf16_steps(network: torch.nn.Module, discriminator: torch.nn.Module | None, data: torch.Tensor,
+               steps: int = PROBE_STEPS) -> None:
+    """``steps`` bf16 forward and backward passes through everything a training step runs."""
+    for _ in range(steps):
+        for module in (network, discriminator):
+            if module is not None:
+                module.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            outputs = network(data)
-        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+            outputs = _trained_outputs(network, discriminator, data)
         sum(o.float().square().mean() for o in outputs).backward()
+
+
+def _run_probe(spec: dict[str, Any]) -> None:
+    """The child: build the network as the trainer does and take ``PROBE_STEPS`` bf16 steps."""
+    torch.set_num_threads(int(spec.get("threads") or torch.get_num_threads()))
+    network, discriminator = probe_modules(spec)
+    bf16_steps(network, discriminator, torch.randn(int(spec["batch"]), spec["in_channels"], *spec["patch"]))
 
 
 if __name__ == "__main__":
