@@ -6,8 +6,8 @@ convolutions: on a Xeon with AMX, 32->32 channels with a 1x3x3, 3x3x1 or 1x1x1 k
 2x160x128 too, while 16 or 64 channels, 2x64x64, float32, or oneDNN capped below AMX run (the shapes
 are a kernel-selection matter, not a rule the planner could avoid; docs/troubleshooting.md). A crash
 there kills the trainer, a corrupted heap may hang it instead; so the plan's network (with its aux heads,
-and Vox2Vox's discriminator) takes two bf16 steps at the training patch and batch in a child process first, and training falls back to float32
-when the child does not finish cleanly.
+and Vox2Vox's discriminator) takes two bf16 steps at the training patch and batch in a child process
+first, and training falls back to float32 when the child does not finish cleanly.
 """
 
 from __future__ import annotations
