@@ -53,13 +53,21 @@ def test_discriminator_scores_patches_of_image_and_segmentation() -> None:
     assert discriminator.net[0].in_channels == 5
 
 
-@pytest.mark.parametrize("shape", [(4, 32, 32), (2, 64, 64), (8, 5, 1)])
-def test_discriminator_scores_patches_thinner_than_its_strides(shape: tuple[int, int, int]) -> None:
-    """A patch axis under 8 (thin slabs) made the strided convs fail: an internal error at the first
-    adversarial step. Such axes are zero-padded to 8, so every planned patch trains."""
+@pytest.mark.parametrize(
+    ("shape", "scores_shape"),
+    [((4, 32, 32), (1, 4, 4)), ((2, 64, 64), (1, 8, 8)), ((8, 5, 1), (2, 1, 1)), ((12, 12, 12), (2, 1, 1)),
+     ((8, 12, 14), (1, 1, 2))],
+)
+@pytest.mark.parametrize("batch", [1, 2])
+def test_discriminator_scores_patches_thinner_than_its_strides(
+    shape: tuple[int, int, int], scores_shape: tuple[int, int, int], batch: int
+) -> None:
+    """A patch axis under 8 (thin slabs) made the strided convs fail, and a patch under 16 on every axis
+    left InstanceNorm one value per channel at batch 1: internal errors at the first adversarial step.
+    Short axes are zero-padded to 8, and the longest to 16 when all are under 16, so every patch trains."""
     discriminator = build_discriminator(1, 2).train()
-    scores = discriminator(torch.randn(2, 1, *shape), torch.rand(2, 2, *shape))
-    assert scores.shape == (2, 1, *(max(s, 8) // 8 for s in shape))
+    scores = discriminator(torch.randn(batch, 1, *shape), torch.rand(batch, 2, *shape))
+    assert scores.shape == (batch, 1, *scores_shape)
     scores.square().mean().backward()
     assert bad_gradients(discriminator) == []
 

@@ -142,6 +142,19 @@ class Vox2VoxGenerator(nn.Module):
         return [logits] if self.training else logits
 
 
+def discriminator_shortfall(shape: Sequence[int]) -> list[int]:
+    """Voxels to add per axis before the discriminator's strided convs: every axis reaches
+    ``DISCRIMINATOR_MIN_SIZE``, and the longest twice that when all are shorter. A patch under 16 on
+    every axis (12x12x12) left a 1x1x1 map after the third stride-2 conv, whose InstanceNorm at batch 1
+    (``--set batch_size=1``, or a batch of 2 split over two DDP ranks) raised a ValueError at the first
+    adversarial step."""
+    target = [max(size, DISCRIMINATOR_MIN_SIZE) for size in shape]
+    if all(t < 2 * DISCRIMINATOR_MIN_SIZE for t in target):
+        longest = target.index(max(target))
+        target[longest] = 2 * DISCRIMINATOR_MIN_SIZE
+    return [t - size for t, size in zip(target, shape)]
+
+
 class PatchDiscriminator(nn.Module):
     """3D PatchGAN over ``concat(image, segmentation)``: one realness score per receptive-field patch.
 
@@ -150,7 +163,8 @@ class PatchDiscriminator(nn.Module):
     the last two convs are k3 with same padding (the authors' k4 valid convs shrink the map by 2 per
     conv, which small or anisotropic patches cannot afford). An axis shorter than
     ``DISCRIMINATOR_MIN_SIZE`` (8; a thin-slab patch such as 4 x 64 x 64) is zero-padded to it on both
-    sides, since the strided convs cannot run on it (that was an internal error at the first step).
+    sides, since the strided convs cannot run on it (that was an internal error at the first step), and
+    the longest axis to 16 when every axis is shorter (``discriminator_shortfall``).
 
     Args:
         in_channels: image channels.
@@ -173,7 +187,7 @@ class PatchDiscriminator(nn.Module):
 
     def forward(self, image: torch.Tensor, segmentation: torch.Tensor) -> torch.Tensor:
         pair = torch.cat([image, segmentation], dim=1)
-        short = [max(0, DISCRIMINATOR_MIN_SIZE - size) for size in pair.shape[2:]]
+        short = discriminator_shortfall(pair.shape[2:])
         if any(short):
             # F.pad lists the last axis first, each as (before, after).
             pair = F.pad(pair, [side for n in reversed(short) for side in (n // 2, n - n // 2)])
