@@ -67,10 +67,76 @@ def test_conresnet_residual_loss_trains_a_real_conresnet() -> None:
     model = create_network("conresnet", topology, 1, 2, slice_axis=0).train()
     labels = (torch.rand(2, 1, 4, 8, 8) > 0.7).long()
     _, aux = model.forward_with_aux(torch.randn(2, 1, 4, 8, 8))
-    loss = get_network_spec("conresnet").auxiliary_loss(model, aux, torch.zeros(0), one_hot(labels, 2))
+    loss = get_network_spec("conresnet").auxiliary_loss(model, aux, torch.zeros(0), one_hot(labels, 2), None)
     loss.backward()
     assert torch.isfinite(loss) and loss.item() > 0
     assert model.res_heads[0].weight.grad is not None
+
+
+def _sparse_slices() -> tuple[torch.Tensor, torch.Tensor]:
+    """Slices labelled 1, 1, ignore, ignore, 1 (ignore label 2): the one-hot target with the ignore label
+    mapped to background, and the annotated mask."""
+    labels = torch.tensor([1, 1, 2, 2, 1]).view(1, 1, 5, 1, 1)
+    annotated = (labels != 2).float()
+    return one_hot(torch.where(labels == 2, torch.zeros_like(labels), labels), 2), annotated
+
+
+def test_conresnet_residual_loss_counts_no_edge_at_an_ignored_slice() -> None:
+    target, annotated = _sparse_slices()
+    # Residual GT 0, 0, 1, 0, 1: the edges at slices 2 and 4 are where the ignore label meets a labelled
+    # slice, not real edges. Only slices 0 and 1 have both slices annotated; logits 3 there (GT 0) cost
+    # softplus(3) each. Unmasked, slices 2 and 4 count as positives (weight 1): (3 softplus(3) + 2 softplus(-3)) / 5.
+    aux = {"residual_0": torch.full((1, 2, 5, 1, 1), 3.0)}
+    softplus = torch.nn.functional.softplus
+    masked = conresnet_residual_loss(aux, target, slice_axis=0, annotated=annotated)
+    assert masked.item() == pytest.approx(softplus(torch.tensor(3.0)).item(), rel=1e-6)
+    unmasked = conresnet_residual_loss(aux, target, slice_axis=0)
+    expected = (3 * softplus(torch.tensor(3.0)) + 2 * softplus(torch.tensor(-3.0))).item() / 5
+    assert unmasked.item() == pytest.approx(expected, rel=1e-6)
+    # The logits at uncounted slices play no part.
+    aux["residual_0"][:, :, 2:] = -7.0
+    assert conresnet_residual_loss(aux, target, slice_axis=0, annotated=annotated).item() == pytest.approx(masked.item())
+
+
+def test_vox2vox_generalised_dice_leaves_ignored_voxels_out() -> None:
+    target, annotated = _sparse_slices()
+    fake = torch.tensor([1.0])
+    logits = torch.zeros(1, 2, 5, 1, 1)
+    logits[:, 1, [0, 1, 4]] = 20.0  # the annotated slices right: foreground
+    loss = vox2vox_generator_loss(fake, logits, target, annotated)
+    assert loss.item() == pytest.approx(0.0, abs=1e-6)  # perfect where annotated (LSGAN term 0 at score 1)
+    logits[:, 1, 2:4] = 20.0  # calling the ignored slices foreground costs nothing
+    assert vox2vox_generator_loss(fake, logits, target, annotated).item() == pytest.approx(0.0, abs=1e-6)
+    assert vox2vox_generator_loss(fake, logits, target).item() > 1.0  # unmasked, they count as background
+
+
+def test_vox2vox_real_pairs_carry_the_generators_answer_on_ignored_voxels() -> None:
+    from autoseg.training.config import resolve_config
+    from autoseg.training.model_setup import build_optimizer
+    from autoseg.training.steps import AdversarialStep, LabelSpec, WithAux
+
+    seen: list[torch.Tensor] = []
+
+    class Recording(torch.nn.Module):
+        def __init__(self, discriminator: torch.nn.Module) -> None:
+            super().__init__()
+            self.discriminator = discriminator
+
+        def forward(self, image: torch.Tensor, segmentation: torch.Tensor) -> torch.Tensor:
+            seen.append(segmentation.detach().clone())
+            return self.discriminator(image, segmentation)
+
+    torch.manual_seed(0)
+    config = resolve_config("vox2vox", [])
+    network = torch.nn.Conv3d(1, 2, 1)
+    step = AdversarialStep(WithAux(network), network, "vox2vox", build_optimizer(network.parameters(), config["optimizer"]),
+                           LabelSpec(2, None, 2), config, torch.device("cpu"), None, wrap=Recording, in_channels=1)
+    labels = torch.tensor([1, 1, 2, 2, 1, 0, 0, 2]).view(1, 1, 8, 1, 1).expand(2, 1, 8, 16, 16).contiguous()
+    step.train(torch.randn(2, 1, 8, 16, 16), labels)
+    real, fake = seen[0][:2], seen[0][2:]
+    ignored = (labels == 2).expand_as(real)
+    torch.testing.assert_close(real[ignored], fake[ignored])  # nothing to tell apart where nobody annotated
+    assert torch.equal(real[~ignored], one_hot(labels.clamp_max(1), 2)[~ignored])
 
 
 def test_lsgan_losses() -> None:
@@ -110,7 +176,7 @@ def test_vox2vox_generator_loss_adds_five_generalised_dice() -> None:
 def test_segresnet_declares_its_vae_term_in_the_registry_and_it_is_zero_without_the_branch() -> None:
     hook = get_network_spec("segresnet").auxiliary_loss
     image = torch.zeros(1, 2)
-    assert hook(None, {}, image, image).item() == 0.0
+    assert hook(None, {}, image, image, None).item() == 0.0
     aux = {"reconstruction": torch.tensor([[1.0, 2.0]]), "mu": torch.zeros(1, 4), "sigma": torch.ones(1, 4)}
-    assert hook(None, aux, image, image).item() == pytest.approx(0.1 * 2.5, rel=1e-6)  # L2 only; KL is 0
+    assert hook(None, aux, image, image, None).item() == pytest.approx(0.1 * 2.5, rel=1e-6)  # L2 only; KL is 0
     assert get_network_spec("unet").auxiliary_loss is None

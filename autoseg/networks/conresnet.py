@@ -242,19 +242,23 @@ def residual_target(target: torch.Tensor, slice_axis: int) -> torch.Tensor:
     return slice_difference(target.float(), 2 + slice_axis)
 
 
-def weighted_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def weighted_bce(logits: torch.Tensor, target: torch.Tensor, annotated: torch.Tensor | None = None) -> torch.Tensor:
     """Per-channel BCE with positive weight ``log(N / (n_pos + 1))`` (reference.md §2.3), averaged.
 
     ``N`` and ``n_pos`` count voxels of the channel over the whole batch. Deviation: the weight is
     never below 1 (the paper's formula drops under 1 when over a third of the voxels are positive,
-    and turns negative when all are).
+    and turns negative when all are). With ``annotated`` ((B, 1, *), 0 on ignored voxels) only annotated
+    voxels are counted and averaged.
     """
-    channel_first = target.transpose(0, 1).flatten(1)
-    n_voxels = channel_first.shape[1]
-    positives = channel_first.sum(1)
+    if annotated is None:
+        annotated = torch.ones_like(target[:, :1])
+    mask = annotated.expand_as(target)
+    n_voxels = annotated.sum()
+    positives = (target * mask).transpose(0, 1).flatten(1).sum(1)
     pos_weight = torch.log(n_voxels / (positives + 1)).clamp_min(1.0)
     pos_weight = pos_weight.view(-1, *([1] * (target.ndim - 2)))
-    return F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight)
+    per_voxel = F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight, reduction="none")
+    return (per_voxel * mask).sum() / (n_voxels * target.shape[1]).clamp_min(1.0)
 
 
 def residual_logits(aux: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
@@ -263,7 +267,8 @@ def residual_logits(aux: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
     return [aux[k] for k in keys]
 
 
-def conresnet_residual_loss(aux: Mapping[str, torch.Tensor], target: torch.Tensor, slice_axis: int) -> torch.Tensor:
+def conresnet_residual_loss(aux: Mapping[str, torch.Tensor], target: torch.Tensor, slice_axis: int,
+                            annotated: torch.Tensor | None = None) -> torch.Tensor:
     """``wBCE(res) + 0.5 x sum of wBCE(res at lower scales)`` (reference.md §2.3).
 
     Lower-scale logits are resized to the target's size first, as in the authors' code.
@@ -272,25 +277,34 @@ def conresnet_residual_loss(aux: Mapping[str, torch.Tensor], target: torch.Tenso
         aux: ``forward_with_aux``'s aux dict of a ConResNet.
         target: ``(B, C, *)`` one-hot classes or region masks (ignore label mapped to background).
         slice_axis: the network's ``slice_axis``.
+        annotated: ``(B, 1, *)``, 0 on the ignore label; a residual counts only where both of its slices
+            are annotated (an ignored slice next to a labelled one is no edge).
     """
     outputs = residual_logits(aux)
     if not outputs:
         raise ValueError("conresnet_residual_loss: aux holds no 'residual_<k>' outputs (train mode?)")
     size = list(target.shape[2:])
     gt = residual_target(target, slice_axis)
+    counted = None if annotated is None else annotated * _previous_slice(annotated, 2 + slice_axis)
     total = outputs[0].new_zeros(())
     for k, logits in enumerate(outputs):
         if list(logits.shape[2:]) != size:
             logits = F.interpolate(logits, size=size, mode=upsample_mode(len(size)), align_corners=False)
-        total = total + (1.0 if k == 0 else CONRES_LOWRES_WEIGHT) * weighted_bce(logits, gt)
+        total = total + (1.0 if k == 0 else CONRES_LOWRES_WEIGHT) * weighted_bce(logits, gt, counted)
     return total
 
 
+def _previous_slice(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``x[s-1]`` along ``dim`` (``x[0]`` on the first slice, whose residual is 0 by definition)."""
+    return torch.cat([x.narrow(dim, 0, 1), x.narrow(dim, 0, x.shape[dim] - 1)], dim=dim)
+
+
 def residual_auxiliary_loss(
-    network: nn.Module, aux: Mapping[str, torch.Tensor], image: torch.Tensor, target: torch.Tensor
+    network: nn.Module, aux: Mapping[str, torch.Tensor], image: torch.Tensor, target: torch.Tensor,
+    annotated: torch.Tensor | None,
 ) -> torch.Tensor:
     """The registry's auxiliary-loss hook: the context-residual loss along the network's slice axis."""
-    return conresnet_residual_loss(aux, target, network.slice_axis)
+    return conresnet_residual_loss(aux, target, network.slice_axis, annotated)
 
 
 @register_network(

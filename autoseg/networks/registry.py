@@ -25,7 +25,11 @@ from autoseg.networks.topology import Topology
 
 Builder = Callable[..., nn.Module]
 # (network, auxiliary outputs of forward_with_aux, input image, (B, C, *) one-hot/region target) -> loss
-AuxiliaryLoss = Callable[[nn.Module, Mapping[str, torch.Tensor], torch.Tensor, torch.Tensor], torch.Tensor]
+# (network, aux outputs, image, binary target, annotated mask or None) -> loss; the mask (B, 1, *) is 1 where
+# the voxel is annotated, 0 on the dataset's ignore label (None without one): ignored voxels must not count.
+AuxiliaryLoss = Callable[
+    [nn.Module, Mapping[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor
+]
 # Builder arguments every family takes before its options.
 _POSITIONAL = ("topology", "in_channels", "n_classes")
 # The option the trainer always passes (docs/adding-a-network.md).
@@ -88,13 +92,15 @@ class Adversary:
         discriminator: ``(image channels, segmentation channels) -> module`` scoring
             ``(image, segmentation)`` pairs.
         discriminator_loss: ``(scores of real pairs, scores of generated pairs) -> loss``.
-        generator_loss: ``(scores of generated pairs, generator logits, (B, C, *) one-hot target) ->
-            loss``; it replaces the segmentation loss.
+        generator_loss: ``(scores of generated pairs, generator logits, (B, C, *) one-hot target,
+            annotated mask or None) -> loss``; it replaces the segmentation loss. Ignored voxels of the
+            real pairs carry the generator's own (detached) probabilities, so only annotated voxels tell
+            real from generated.
     """
 
     discriminator: Callable[[int, int], nn.Module]
     discriminator_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    generator_loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+    generator_loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -181,7 +187,8 @@ def register_network(
         short_schedule_training: training-config values for 3D plans with a short budgeted schedule
             (the planner writes them into the plan; ``--set`` still overrides them). Set only where
             measured at equal time (docs/benchmarks.md).
-        auxiliary_loss: ``(network, aux, image, target) -> loss`` added to the segmentation loss.
+        auxiliary_loss: ``(network, aux, image, target, annotated) -> loss`` added to the segmentation loss
+            (``annotated``: 1 on annotated voxels, 0 on the ignore label; None without one).
         adversary: train adversarially against this discriminator (needs
             ``training_defaults['adversarial']`` with ``ADVERSARIAL_CONFIG_KEYS``).
         default: the family ``autoseg plan`` uses without ``--network`` (exactly one).

@@ -266,9 +266,11 @@ def vae_loss(reconstruction: torch.Tensor, image: torch.Tensor, mu: torch.Tensor
 
 
 def vae_auxiliary_loss(
-    network: nn.Module, aux: Mapping[str, torch.Tensor], image: torch.Tensor, target: torch.Tensor
+    network: nn.Module, aux: Mapping[str, torch.Tensor], image: torch.Tensor, target: torch.Tensor,
+    annotated: torch.Tensor | None,
 ) -> torch.Tensor:
-    """The registry's auxiliary-loss hook: the VAE term, zero when the network has no VAE branch."""
+    """The registry's auxiliary-loss hook: the VAE term, zero when the network has no VAE branch (it
+    reconstructs the image, so labels and their ignored voxels play no part)."""
     if not aux:
         return image.new_zeros(())
     return vae_loss(aux["reconstruction"], image, aux["mu"], aux["sigma"])

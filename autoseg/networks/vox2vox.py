@@ -225,13 +225,18 @@ def generalised_dice_loss(probs: torch.Tensor, target: torch.Tensor) -> torch.Te
     return 1 - 2 * intersection / denominator.clamp_min(_GDICE_EPS)
 
 
-def vox2vox_generator_loss(fake_scores: torch.Tensor, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def vox2vox_generator_loss(fake_scores: torch.Tensor, logits: torch.Tensor, target: torch.Tensor,
+                           annotated: torch.Tensor | None = None) -> torch.Tensor:
     """``MSE(D(x, G(x)), 1) + 5 x generalised Dice`` of the softmax of the generator's logits.
 
-    ``target``: ``(B, C, *)`` one-hot classes.
+    ``target``: ``(B, C, *)`` one-hot classes; ``annotated``: ``(B, 1, *)``, 0 on the ignore label,
+    whose voxels the Dice leaves out.
     """
     probs = torch.softmax(logits, dim=1)
-    dice = generalised_dice_loss(probs, target.to(probs.dtype))
+    target = target.to(probs.dtype)
+    if annotated is not None:
+        probs, target = probs * annotated, target * annotated
+    dice = generalised_dice_loss(probs, target)
     return lsgan_generator_loss(fake_scores) + VOX2VOX_DICE_WEIGHT * dice
 
 

@@ -38,14 +38,15 @@ def epoch_batches(per_epoch: int, trained: int, iterations_per_epoch: int) -> in
 
 def confusion(logits: torch.Tensor, labels: torch.Tensor, spec: LabelSpec) -> torch.Tensor:
     """(3, classes) TP, FP, FN of the batch; ignore-label voxels do not count."""
-    valid = None if spec.ignore_label is None else labels != spec.ignore_label
+    target, annotated = spec.binary_target(labels)
     if spec.regions:
         predicted = logits > 0
-        target = spec.binary_target(labels).bool()
+        target = target.bool()
     else:
         predicted = torch.nn.functional.one_hot(logits.argmax(1), spec.n_outputs).movedim(-1, 1)[:, 1:].bool()
-        target = spec.binary_target(labels)[:, 1:].bool()
-    if valid is not None:
+        target = target[:, 1:].bool()
+    if annotated is not None:
+        valid = annotated.bool()
         predicted, target = predicted & valid, target & valid
     axes = [0, *range(2, predicted.ndim)]
     tp = (predicted & target).sum(axes)

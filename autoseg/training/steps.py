@@ -54,12 +54,14 @@ class LabelSpec:
     def loss_target(self, labels: torch.Tensor) -> torch.Tensor:
         return labels_to_regions(labels, self.regions, self.ignore_label) if self.regions else labels
 
-    def binary_target(self, labels: torch.Tensor) -> torch.Tensor:
-        """Region masks (regions) or one-hot classes, ignore label mapped to background."""
-        clean, _ = split_ignore(labels, self.ignore_label)
+    def binary_target(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Region masks (regions) or one-hot classes with the ignore label mapped to background, and the
+        ``(B, 1, *)`` mask of annotated voxels (None without an ignore label): a family's extra losses
+        must leave the ignored voxels out, or they learn the background they were mapped to."""
+        clean, annotated = split_ignore(labels, self.ignore_label)
         if self.regions:
-            return labels_to_regions(clean, self.regions)
-        return one_hot(clean, self.n_outputs)
+            return labels_to_regions(clean, self.regions), annotated
+        return one_hot(clean, self.n_outputs), annotated
 
 
 # loss.dice_denominator -> squared_denominator of the soft Dice (V-Net's is squared, reference.md §2.4).
@@ -134,7 +136,7 @@ class SupervisedStep:
         loss = self.loss(outputs, self.labels.loss_target(labels))
         if self.aux_loss is not None:
             aux = {key: value.float() for key, value in aux.items()}
-            loss = loss + self.aux_loss(self.network, aux, data.float(), self.labels.binary_target(labels))
+            loss = loss + self.aux_loss(self.network, aux, data.float(), *self.labels.binary_target(labels))
         _apply_gradients(loss, list(self.model.parameters()), self.optimizer, self.scaler, self.grad_clip)
         return float(loss.detach()), outputs[0].detach()
 
@@ -166,10 +168,12 @@ class AdversarialStep(SupervisedStep):
         self.d_scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
 
     def train(self, data: torch.Tensor, labels: torch.Tensor) -> tuple[float, torch.Tensor]:
-        real = self.labels.binary_target(labels)
+        target, annotated = self.labels.binary_target(labels)
         with autocast(self.device, self.amp_dtype):
             logits = self.model(data)[0][0]
         probs = torch.softmax(logits.float(), dim=1)
+        # Ignored voxels of the real pairs take the generator's own answer: only annotated ones differ.
+        real = target if annotated is None else torch.where(annotated.bool(), target, probs.detach())
         # Discriminator: real pairs -> 1, generated pairs -> 0 (one forward over both halves).
         self.d_optimizer.zero_grad(set_to_none=True)
         with autocast(self.device, self.amp_dtype):
@@ -180,7 +184,7 @@ class AdversarialStep(SupervisedStep):
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device, self.amp_dtype):
             fake_scores = self.discriminator(data, probs).float()
-        g_loss = self.adversary.generator_loss(fake_scores, logits.float(), real)
+        g_loss = self.adversary.generator_loss(fake_scores, logits.float(), target, annotated)
         _apply_gradients(g_loss, list(self.model.parameters()), self.optimizer, self.scaler, self.grad_clip)
         return float(g_loss.detach()), logits.detach().float()
 
