@@ -436,6 +436,17 @@ def test_hand_edited_spacing_or_patch_is_refused_naming_file_and_key(tmp_path, k
         load_plans(bad)
 
 
+def test_a_fractional_width_in_a_plans_file_gives_its_advice_once(tmp_path):
+    plans = plan(MRI_SMALL, configs=["3d_fullres"])
+    plans["configurations"]["3d_fullres"]["network"]["topology"]["features_per_stage"][0] = 32.5
+    bad = tmp_path / "edited.json"
+    bad.write_text(json.dumps(plans))
+    with pytest.raises(PlanError, match=r"edited.json: configuration '3d_fullres': network topology in the plan is "
+                                        r"malformed .*32\.5 is not a whole number.*\); re-run `autoseg plan` to write") as error:
+        load_plans(bad)
+    assert str(error.value).count("re-run") == 1
+
+
 def test_transfer_from_plans_naming_an_unknown_network_is_refused_naming_the_source(tmp_path):
     """A source plan naming network 'unetx' was transferred as is; training then said only "unknown network"."""
     from autoseg.planning.transfer import transfer_plans

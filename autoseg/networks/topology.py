@@ -9,6 +9,10 @@ from typing import Any
 from autoseg.errors import NetworkError
 
 
+# The way out of a malformed plan, which callers that give their own advice take off.
+REPLAN = "re-run `autoseg plan`"
+
+
 @dataclass
 class Topology:
     """Per-stage description of an encoder-decoder network.
@@ -139,7 +143,7 @@ class Topology:
                 extra=dict(data.get("extra", {})),
             )
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
-            raise NetworkError(f"topology in the plan is malformed ({exc!r}); re-run `autoseg plan`") from exc
+            raise NetworkError(f"topology in the plan is malformed ({exc!r}); {REPLAN}") from exc
 
 
 def _whole(value: Any) -> int:

@@ -17,7 +17,7 @@ from autoseg.dataset.description import DatasetDescription
 from autoseg.utils.jsonio import read_json
 from autoseg.errors import NetworkError, PlanError
 from autoseg.fingerprint.file import FINGERPRINT_FILE
-from autoseg.networks.topology import Topology
+from autoseg.networks.topology import REPLAN, Topology
 from autoseg.planning import constants as C
 from autoseg.utils.atomic import atomic_write_json, folder_lock
 
@@ -135,7 +135,7 @@ def _check_grid(config: dict[str, Any], source: str, name: str, fix: str) -> Non
     try:
         topology = Topology.from_dict(network["topology"])
     except NetworkError as exc:
-        raise PlanError(f"{where}: network {exc}; {fix}") from None
+        raise PlanError(f"{where}: network {str(exc).removesuffix('; ' + REPLAN)}; {fix}") from None
     multiple = topology.size_multiple
     if topology.spatial_dims != dims or any(p % m for p, m in zip(patch, multiple)):
         raise PlanError(
