@@ -180,3 +180,17 @@ def test_segresnet_declares_its_vae_term_in_the_registry_and_it_is_zero_without_
     aux = {"reconstruction": torch.tensor([[1.0, 2.0]]), "mu": torch.zeros(1, 4), "sigma": torch.ones(1, 4)}
     assert hook(None, aux, image, image, None).item() == pytest.approx(0.1 * 2.5, rel=1e-6)  # L2 only; KL is 0
     assert get_network_spec("unet").auxiliary_loss is None
+
+
+def test_the_adversarial_step_refuses_a_region_dataset() -> None:
+    from autoseg.errors import NetworkError
+    from autoseg.training.config import resolve_config
+    from autoseg.training.model_setup import build_optimizer
+    from autoseg.training.steps import AdversarialStep, LabelSpec, WithAux
+
+    config = resolve_config("vox2vox", [])
+    network = torch.nn.Conv3d(1, 2, 1)
+    with pytest.raises(NetworkError, match="vox2vox trains adversarially on softmax outputs; region-based datasets"):
+        AdversarialStep(WithAux(network), network, "vox2vox", build_optimizer(network.parameters(), config["optimizer"]),
+                        LabelSpec(2, [[1, 2], [2]], None), config, torch.device("cpu"), None, wrap=lambda m: m,
+                        in_channels=1)

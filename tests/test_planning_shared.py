@@ -251,3 +251,13 @@ def test_plan_for_a_gpu_on_a_machine_without_one(fingerprints, preprocessed, mon
         failed = runner.invoke(app, ["plan", ACDC, "--plans-name", "other", *args])
         assert failed.exit_code == 2 and message in failed.output
         assert not (preprocessed / ACDC / "other.json").exists()
+
+
+def test_an_adversarial_network_for_a_region_dataset_is_refused_at_plan_time(preprocessed, monkeypatch):
+    """`plan 905 --network vox2vox` and preprocess accepted BraTS' regions; only train refused them."""
+    monkeypatch.setenv("AUTOSEG_RAW", str(SHARED_DATA))  # read only: the refusal reads dataset.json alone
+    monkeypatch.setenv("AUTOSEG_PREPROCESSED", str(preprocessed))
+    failed = runner.invoke(app, ["plan", BRATS, "--network", "vox2vox", "--plans-name", "adversarial"])
+    assert failed.exit_code == 2, failed.output
+    assert "vox2vox trains adversarially on softmax outputs; region-based datasets need another network" in failed.output
+    assert not (preprocessed / BRATS).exists()  # refused before fingerprinting

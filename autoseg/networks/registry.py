@@ -129,6 +129,15 @@ class NetworkSpec:
     def adversarial(self) -> bool:
         return self.adversary is not None
 
+    def check_label_kind(self, regions: bool) -> None:
+        """An adversarial family's discriminator scores softmax outputs against one-hot labels: refuse a
+        region-based dataset (overlapping sigmoid outputs) at plan time, not only when training starts."""
+        if regions and self.adversarial:
+            raise NetworkError(
+                f"{self.name} trains adversarially on softmax outputs; region-based datasets need another network "
+                "(e.g. --network unet)"
+            )
+
     @property
     def options(self) -> dict[str, inspect.Parameter]:
         """The builder's keyword options (``deep_supervision`` and the family's own), by name."""

@@ -1001,8 +1001,10 @@ def plan_dataset(
     from autoseg.fingerprint.file import fingerprint_is_stale, fingerprint_path, load_fingerprint
     from autoseg.paths import resolve_dataset
 
-    network = get_network_spec(network or default_network()).name  # a typo fails before fingerprinting
+    spec = get_network_spec(network or default_network())  # a typo fails before fingerprinting
+    network = spec.name
     location = resolve_dataset(dataset_spec)
+    spec.check_label_kind(load_description(location.raw_dir).regions_class_order is not None)
     plans_path(location.preprocessed_dir, plans_name)  # so does a plans name that is not a file name
     donor = None
     if transfer_from is not None:  # a source of other channels fails before fingerprinting and timing

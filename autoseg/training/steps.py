@@ -154,10 +154,7 @@ class AdversarialStep(SupervisedStep):
 
     def __init__(self, *args: Any, wrap: Callable[[nn.Module], nn.Module], in_channels: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if self.labels.regions:
-            raise TrainingError(
-                f"{self.network_name} trains adversarially on softmax outputs; region-based datasets need another network"
-            )
+        get_network_spec(self.network_name).check_label_kind(bool(self.labels.regions))
         adversarial = self.config["adversarial"]
         self.adversary = get_network_spec(self.network_name).adversary
         self.discriminator_module = self.adversary.discriminator(in_channels, self.labels.n_outputs).to(self.device)
