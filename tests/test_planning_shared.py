@@ -260,4 +260,4 @@ def test_an_adversarial_network_for_a_region_dataset_is_refused_at_plan_time(pre
     failed = runner.invoke(app, ["plan", BRATS, "--network", "vox2vox", "--plans-name", "adversarial"])
     assert failed.exit_code == 2, failed.output
     assert "vox2vox trains adversarially on softmax outputs; region-based datasets need another network" in failed.output
-    assert not (preprocessed / BRATS).exists()  # refused before fingerprinting
+    assert not (preprocessed / BRATS / "adversarial.json").exists()
