@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import autoseg.evaluation.model_files as model_files
+import autoseg.utils.checksummed_zip as checksummed_zip
 from autoseg.cli import app
 from autoseg.errors import ModelFileError
 from autoseg.evaluation.model_files import MANIFEST, export_model, import_model
@@ -95,7 +96,7 @@ def test_a_member_inflating_beyond_its_declared_size_is_refused(model_zip: Path,
 
 def test_declared_sizes_beyond_any_model_are_refused_before_inflating(model_zip: Path, tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(model_files, "MAX_UNCOMPRESSED_BYTES", 1024)
+    monkeypatch.setattr(checksummed_zip, "MAX_UNCOMPRESSED_BYTES", 1024)
     message = _refused(model_zip, tmp_path)
     assert message.startswith("its members declare ") and "a zip bomb or not a model file" in message
 

@@ -4,6 +4,7 @@ logits on a real Hippocampus case, and `predict --engine onnxruntime` writes tor
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import sys
 import zipfile
@@ -25,6 +26,7 @@ from autoseg.networks import Topology
 from autoseg.networks.onnx_export import ONNX_ATOL, ONNX_RTOL, check_onnx, require_onnx
 from autoseg.planning.topology import plan_topology
 from autoseg.preprocessing.pipeline import preprocess_case
+import autoseg.utils.checksummed_zip as checksummed_zip
 from autoseg.utils.weights_file import load_weights, save_weights
 from cli_helpers import autoseg, autoseg_fails
 from conftest import HIPPOCAMPUS
@@ -168,6 +170,54 @@ def test_tampered_onnx_zip_and_missing_fold_are_refused(tmp_path: Path) -> None:
         load_onnx_model(tmp_path / "bad.zip")
     with pytest.raises(ModelFileError, match="not an ONNX model zip; write one with `autoseg export-model -m MODEL_FOLDER -o model.onnx.zip --format onnx`"):
         load_onnx_model(_foreign_zip(tmp_path))
+
+
+def _rewritten(zip_path: Path, target: Path, change: str) -> Path:
+    """``zip_path`` with one hostile change, checksums recomputed so that only the change is wrong."""
+    with zipfile.ZipFile(zip_path) as archive:
+        members = {n: archive.read(n) for n in archive.namelist()}
+    manifest = json.loads(members.pop("manifest.json"))
+    if change == "no folds":
+        del manifest["folds"]
+    elif change == "files as a list":
+        manifest["files"] = list(manifest["files"])
+    elif change == "no deploy.json":
+        del members[DEPLOY], manifest["files"][DEPLOY]
+    else:
+        members[{"plans without keys": "plans.json", "deploy without keys": DEPLOY, "damaged graph": f"fold_0/{GRAPH}"}[change]] = b"{}"
+        manifest["files"] = {n: hashlib.sha256(d).hexdigest() for n, d in members.items()}
+    with zipfile.ZipFile(target, "w") as archive:
+        archive.writestr("manifest.json", json.dumps(manifest))
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return target
+
+
+@pytest.mark.parametrize("change, message", [
+    ("no folds", "manifest.json lacks or has malformed folds, checkpoint or files"),
+    ("files as a list", "manifest.json lacks or has malformed folds, checkpoint or files"),
+    ("no deploy.json", "member 'deploy.json' is not listed in manifest.json"),
+    ("plans without keys", "plans.json: missing version"),
+    ("deploy without keys", "deploy.json lacks or has malformed configuration"),
+    ("damaged graph", "fold_0/network.onnx: not a graph onnxruntime can load"),
+])
+def test_an_onnx_zip_with_a_malformed_manifest_or_member_is_refused_by_name(
+        change: str, message: str, onnx_export: tuple[Path, Path], tmp_path: Path) -> None:
+    """Each of these stopped predict --engine onnxruntime with an internal error (KeyError, TypeError,
+    onnxruntime's InvalidProtobuf); now one message naming the zip and what is wrong, and no output."""
+    bad = _rewritten(onnx_export[1], tmp_path / "bad.onnx.zip", change)
+    output = autoseg_fails("predict", "-i", tmp_path, "-o", tmp_path / "out", "-m", bad, "--engine", "onnxruntime")
+    assert str(bad) in output and message in " ".join(output.split())
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_onnx_zip_declaring_more_than_any_model_is_refused_before_inflating(
+        onnx_export: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The onnxruntime engine read every member whole, whatever size it declared (a zip bomb); it reads
+    them as import-model does now."""
+    monkeypatch.setattr(checksummed_zip, "MAX_UNCOMPRESSED_BYTES", 1024)
+    with pytest.raises(ModelFileError, match="a zip bomb or not a model file"):
+        load_onnx_model(onnx_export[1])
 
 
 def _foreign_zip(tmp_path: Path) -> Path:

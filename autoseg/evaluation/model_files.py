@@ -28,11 +28,8 @@ import json
 import os
 import re
 import shutil
-import stat
-import struct
 import tempfile
 import zipfile
-import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -43,7 +40,9 @@ from autoseg.errors import AutosegError, EvaluationError, ModelFileError
 from autoseg.evaluation.selection import ENSEMBLES_FOLDER, POSTPROCESSING_JSON, ensemble_model_names
 from autoseg.paths import check_model_folder_name, results_root as default_results_root
 from autoseg.utils.atomic import atomic_write_bytes, folder_lock, remove_stale_temporaries, staging_folder
-from autoseg.utils.checksummed_zip import MANIFEST, MODEL_ZIP_FORMAT, ONNX_ZIP_FORMAT, write_checksummed_zip
+from autoseg.utils.checksummed_zip import (
+    MANIFEST, MODEL_ZIP_FORMAT, ONNX_ZIP_FORMAT, check_entries, read_member, write_checksummed_zip,
+)
 from autoseg.utils.checkpoint_format import (
     check_outputs_match_labels, checkpoint_file, checkpoint_from_bytes, checkpoint_name, missing_checkpoint,
     network_checkpoint_bytes, read_checkpoint,
@@ -62,10 +61,6 @@ OPTIONAL_FILES = ("training_config.yaml", "postprocessing.json")
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # one path component, no '..', no separators
 FOLD_DIR = re.compile(r"^fold_(\d+|all)$")
 CHECKPOINT_NAME = re.compile(r"^checkpoint_[A-Za-z0-9_]+\.safetensors$")
-# Declared uncompressed size a model file may reach: 5 folds of nnU-Net's largest published networks
-# fit many times over; a bigger declaration is a zip bomb, refused before anything is inflated.
-MAX_UNCOMPRESSED_BYTES = 16 * 1024**3
-LOCAL_HEADER = struct.Struct("<4s5H3I2H")  # zip local file header (APPNOTE 4.3.7), 30 bytes
 
 
 # ---------------------------------------------------------------------------------------------- export
@@ -186,49 +181,6 @@ def _is_safe_member(name: str) -> bool:
     )
 
 
-def _check_entries(infos: Sequence[zipfile.ZipInfo], refuse: str) -> None:
-    """Refuse symlinks, compression export-model never uses, and sizes no model reaches (zip bombs)."""
-    for info in infos:
-        if stat.S_ISLNK(info.external_attr >> 16):
-            raise ModelFileError(f"{refuse}: member {info.filename!r} is a symbolic link; model files hold plain files only")
-        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-            raise ModelFileError(f"{refuse}: member {info.filename!r} uses compression method {info.compress_type}; "
-                                 "export-model writes stored or deflated members only")
-    declared = sum(info.file_size for info in infos)
-    if declared > MAX_UNCOMPRESSED_BYTES:
-        raise ModelFileError(f"{refuse}: its members declare {declared / 1024**3:.1f} GiB uncompressed, more than any "
-                             f"model ({MAX_UNCOMPRESSED_BYTES / 1024**3:.0f} GiB); a zip bomb or not a model file")
-
-
-def _inflate(archive: zipfile.ZipFile, info: zipfile.ZipInfo, refuse: str) -> bytes:
-    """A member's bytes, never inflating more than its declared size (plus one byte that proves a lie)."""
-    where = f"{refuse}: member {info.filename!r}"
-    handle = archive.fp
-    assert handle is not None
-    handle.seek(info.header_offset)
-    header = handle.read(LOCAL_HEADER.size)
-    if len(header) < LOCAL_HEADER.size or header[:4] != b"PK\x03\x04":
-        raise ModelFileError(f"{where} cannot be read (the zip is truncated or damaged)")
-    fields = LOCAL_HEADER.unpack(header)
-    handle.seek(fields[-2] + fields[-1], 1)  # file name and extra field
-    raw = handle.read(info.compress_size)
-    if len(raw) < info.compress_size:
-        raise ModelFileError(f"{where} cannot be read (the zip is truncated: its data ends early)")
-    if info.compress_type == zipfile.ZIP_DEFLATED:
-        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-        try:
-            data = inflater.decompress(raw, info.file_size + 1)
-        except zlib.error as exc:
-            raise ModelFileError(f"{where} cannot be read (damaged compressed data: {exc})") from None
-        if len(data) > info.file_size or inflater.unconsumed_tail:
-            raise ModelFileError(f"{where} inflates beyond its declared size of {info.file_size} bytes (a zip bomb?)")
-    else:
-        data = raw
-    if len(data) != info.file_size or zlib.crc32(data) != info.CRC:
-        raise ModelFileError(f"{where} cannot be read (its size or CRC-32 does not match the zip's directory; truncated or damaged)")
-    return data
-
-
 def _check_description_files(members: Mapping[str, bytes], models: Sequence[str], refuse: str) -> dict[str, Any]:
     """plans.json and dataset.json must pass the checks ``load_model`` makes, so predict can use them;
     returns each model's parsed dataset description."""
@@ -273,7 +225,7 @@ def _check_network_name(config: Mapping[str, Any], name: str) -> None:
 def _read_manifest(archive: zipfile.ZipFile, zip_path: Path) -> dict[str, Any]:
     refuse = f"{zip_path}: refusing to import"
     try:
-        manifest = json.loads(_inflate(archive, archive.getinfo(MANIFEST), refuse).decode("utf-8"))
+        manifest = json.loads(read_member(archive, archive.getinfo(MANIFEST), refuse).decode("utf-8"))
     except KeyError:
         raise ModelFileError(f"{refuse}: no {MANIFEST}; the file was not written by autoseg export-model") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -381,7 +333,7 @@ def validate_model_file(zip_path: str | Path) -> tuple[dict[str, Any], dict[str,
         names = [info.filename for info in archive.infolist()]
         _refuse_first([n for n in names if not _is_safe_member(n)], refuse + ": member {name!r} has an unsafe path (absolute, '..' or unusual characters)")
         _refuse_first([n for n in set(names) if names.count(n) > 1], refuse + ": member {name!r} appears twice")
-        _check_entries(archive.infolist(), refuse)
+        check_entries(archive.infolist(), refuse)
         manifest = _read_manifest(archive, zip_path)
         listed, present = manifest["files"], set(names) - {MANIFEST}
         _refuse_first(list(present - set(listed)), refuse + ": member {name!r} is not listed in " + MANIFEST + "; the file was altered after export")
@@ -391,7 +343,7 @@ def validate_model_file(zip_path: str | Path) -> tuple[dict[str, Any], dict[str,
         _refuse_first(list(required - present), refuse + ": required member {name!r} is missing; the file is incomplete")
         members, metadata = {}, {}
         for name in sorted(present):
-            data = _inflate(archive, infos[name], refuse)
+            data = read_member(archive, infos[name], refuse)
             if hashlib.sha256(data).hexdigest() != listed[name]:
                 raise ModelFileError(f"{refuse}: member {name!r} does not match its sha256 in {MANIFEST}; the file was altered or damaged")
             if name.endswith(SUFFIX):

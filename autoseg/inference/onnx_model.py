@@ -27,8 +27,10 @@ from autoseg import __version__
 from autoseg.dataset.description import parse_description
 from autoseg.errors import ModelFileError
 from autoseg.inference.engine import LoadedModel, canonical_folds
-from autoseg.planning.plans import get_configuration
-from autoseg.utils.checksummed_zip import MANIFEST, MODEL_ZIP_FORMAT, ONNX_ZIP_FORMAT, write_checksummed_zip
+from autoseg.planning.plans import get_configuration, validate_plans
+from autoseg.utils.checksummed_zip import (
+    MANIFEST, MODEL_ZIP_FORMAT, ONNX_ZIP_FORMAT, check_entries, read_member, write_checksummed_zip,
+)
 from autoseg.utils.output_folders import check_output_file
 from autoseg.utils.onnx_runtime import INPUT, OUTPUT, onnx_session, run_onnx
 
@@ -154,28 +156,85 @@ def _not_an_onnx_file(model: Path, manifest: Any) -> str:
 
 
 def _read_members(zip_path: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
-    """Manifest and checksum-verified members of an ONNX model zip."""
+    """Manifest and checksum-verified members of an ONNX model zip, read as ``import-model`` reads a model
+    zip (``read_member``: no zip bombs, no truncated data); the members the engine reads must be listed."""
     refuse = f"{zip_path}: not usable with --engine onnxruntime"
     if zip_path.is_dir():
         raise ModelFileError(_not_an_onnx_file(zip_path, None))
     try:
-        with zipfile.ZipFile(zip_path) as archive:
-            manifest = json.loads(archive.read(MANIFEST))
-            if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-                raise ModelFileError(_not_an_onnx_file(zip_path, manifest))
-            if manifest.get("format_version") != FORMAT_VERSION:
-                raise ModelFileError(f"{refuse}: ONNX model format version {manifest.get('format_version')!r}, this autoseg reads {FORMAT_VERSION}; re-export it")
-            members = {name: archive.read(name) for name in manifest["files"]}
+        archive = zipfile.ZipFile(zip_path)
     except FileNotFoundError:
         raise ModelFileError(f"{zip_path}: not found") from None
-    except KeyError as exc:
-        raise ModelFileError(f"{refuse}: member {exc} missing; re-export it with `autoseg export-model --format onnx`") from None
-    except (zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
-        raise ModelFileError(f"{refuse}: not a valid zip with a JSON manifest ({exc})") from None
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ModelFileError(f"{refuse}: not a zip file, or a truncated one ({exc})") from None
+    with archive:
+        check_entries(archive.infolist(), refuse)
+        present = set(archive.namelist())
+        manifest = _json_member(archive, MANIFEST, refuse) if MANIFEST in present else None
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+            raise ModelFileError(_not_an_onnx_file(zip_path, manifest))
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise ModelFileError(f"{refuse}: ONNX model format version {manifest.get('format_version')!r}, this autoseg reads {FORMAT_VERSION}; re-export it")
+        _check_manifest(manifest, refuse)
+        missing = sorted(set(manifest["files"]) - present)
+        if missing:
+            raise ModelFileError(f"{refuse}: member {missing[0]!r} missing; re-export it with `autoseg export-model --format onnx`")
+        members = {name: read_member(archive, archive.getinfo(name), refuse) for name in manifest["files"]}
     for name, data in members.items():
         if hashlib.sha256(data).hexdigest() != manifest["files"][name]:
             raise ModelFileError(f"{refuse}: member {name!r} does not match its sha256; the file was altered or damaged")
     return manifest, members
+
+
+def _check_manifest(manifest: dict[str, Any], refuse: str) -> None:
+    """The manifest's folds, checkpoint and member list, with every member the engine reads listed: a
+    manifest without them stopped predict with an internal error (KeyError, TypeError)."""
+    folds, files = manifest.get("folds"), manifest.get("files")
+    if not (isinstance(folds, list) and folds and all(isinstance(f, str) for f in folds)
+            and isinstance(manifest.get("checkpoint"), str)
+            and isinstance(files, dict) and all(isinstance(v, str) for v in files.values())):
+        raise ModelFileError(f"{refuse}: {MANIFEST} lacks or has malformed folds, checkpoint or files; "
+                             "re-export it with `autoseg export-model --format onnx`")
+    unlisted = [n for n in ("plans.json", "dataset.json", DEPLOY, *(f"fold_{f}/{GRAPH}" for f in folds)) if n not in files]
+    if unlisted:
+        raise ModelFileError(f"{refuse}: member {unlisted[0]!r} is not listed in {MANIFEST}; the file is incomplete; "
+                             "re-export it with `autoseg export-model --format onnx`")
+
+
+def _json_member(archive: zipfile.ZipFile, name: str, refuse: str) -> Any:
+    """A JSON member of the zip, checked against zip bombs and damage, decoded."""
+    return _decode_json(read_member(archive, archive.getinfo(name), refuse), name, refuse)
+
+
+def _decode_json(data: bytes, name: str, refuse: str) -> Any:
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFileError(f"{refuse}: member {name!r} is not valid JSON ({exc})") from None
+
+
+def _deploy_settings(members: dict[str, bytes], zip_path: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """plans.json (checked as ``load_model`` checks it), deploy.json and dataset.json of an ONNX zip, decoded:
+    a plans.json or deploy.json missing a key stopped predict with an internal error (KeyError)."""
+    refuse = f"{zip_path}: not usable with --engine onnxruntime"
+    plans = validate_plans(_decode_json(members["plans.json"], "plans.json", refuse), f"{zip_path}: plans.json")
+    deploy = _decode_json(members[DEPLOY], DEPLOY, refuse)
+    kinds = {"configuration": str, "mirror_axes": list, "patch_size": list}
+    if not isinstance(deploy, dict) or any(not isinstance(deploy.get(key), kind) for key, kind in kinds.items()):
+        raise ModelFileError(f"{refuse}: {DEPLOY} lacks or has malformed {', '.join(kinds)}; re-export it with "
+                             "`autoseg export-model --format onnx`")
+    return plans, deploy, _decode_json(members["dataset.json"], "dataset.json", refuse)
+
+
+def _fold_network(graph: bytes, where: str) -> OnnxNetwork:
+    """An onnxruntime session for one fold's graph; a graph onnxruntime cannot load is named, not an internal error."""
+    try:
+        return OnnxNetwork(graph)
+    except ModelFileError:  # onnxruntime not installed: its install hint
+        raise
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+        raise ModelFileError(f"{where}: not a graph onnxruntime can load ({str(exc).splitlines()[0][:200]}); "
+                             "re-export it with `autoseg export-model --format onnx`") from None
 
 
 def _checkpoint_kind(name: str) -> str:
@@ -197,7 +256,7 @@ def load_onnx_model(
     if checkpoint is not None and _checkpoint_kind(checkpoint) != held:
         raise ModelFileError(f"{zip_path}: holds the graphs of the {held} checkpoint, not {checkpoint}; predict with "
                              f"--checkpoint {held}, or export the {checkpoint} checkpoint")
-    plans, deploy = json.loads(members["plans.json"]), json.loads(members[DEPLOY])
+    plans, deploy, dataset = _deploy_settings(members, zip_path)
     names = manifest["folds"] if folds is None else [str(f) for f in ([folds] if isinstance(folds, (str, int)) else folds)]
     missing = [f for f in names if f"fold_{f}/{GRAPH}" not in members]
     if missing:
@@ -208,10 +267,10 @@ def load_onnx_model(
         plans=plans,
         configuration_name=deploy["configuration"],
         configuration=get_configuration(plans, deploy["configuration"]),
-        dataset=parse_description(json.loads(members["dataset.json"]), zip_path / "dataset.json"),
+        dataset=parse_description(dataset, zip_path / "dataset.json"),
         folds=names,
         checkpoint=manifest["checkpoint"],
-        networks=[OnnxNetwork(members[f"fold_{f}/{GRAPH}"]) for f in names],
+        networks=[_fold_network(members[f"fold_{f}/{GRAPH}"], f"{zip_path}: fold_{f}/{GRAPH}") for f in names],
         mirror_axes=tuple(deploy["mirror_axes"]),
         patch_size=tuple(deploy["patch_size"]),
         device="cpu",

@@ -1,13 +1,18 @@
-"""Write a zip of named members with a ``manifest.json`` that lists each member's sha256 (model files)."""
+"""Write a zip of named members with a ``manifest.json`` that lists each member's sha256 (model files), and read
+its members back safely: no symbolic links, no zip bombs, no truncated data (import-model, the onnxruntime engine)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import stat
+import struct
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Mapping
 
+from autoseg.errors import ModelFileError
 from autoseg.utils.atomic import atomic_path
 
 MANIFEST = "manifest.json"
@@ -15,6 +20,10 @@ MANIFEST = "manifest.json"
 # to the wrong command gets the command that takes it.
 MODEL_ZIP_FORMAT = "autoseg-model"  # export-model: import-model and predict -m (torch engine)
 ONNX_ZIP_FORMAT = "autoseg-onnx-model"  # export-model --format onnx: predict -m --engine onnxruntime
+# Declared uncompressed size a model file may reach: 5 folds of nnU-Net's largest published networks
+# fit many times over; a bigger declaration is a zip bomb, refused before anything is inflated.
+MAX_UNCOMPRESSED_BYTES = 16 * 1024**3
+LOCAL_HEADER = struct.Struct("<4s5H3I2H")  # zip local file header (APPNOTE 4.3.7), 30 bytes
 
 
 def write_checksummed_zip(output_zip: str | Path, manifest: Mapping[str, Any], members: Mapping[str, bytes]) -> Path:
@@ -26,3 +35,46 @@ def write_checksummed_zip(output_zip: str | Path, manifest: Mapping[str, Any], m
         for name, data in members.items():
             archive.writestr(name, data)
     return output_zip
+
+
+def check_entries(infos: Sequence[zipfile.ZipInfo], refuse: str) -> None:
+    """Refuse symlinks, compression export-model never uses, and sizes no model reaches (zip bombs)."""
+    for info in infos:
+        if stat.S_ISLNK(info.external_attr >> 16):
+            raise ModelFileError(f"{refuse}: member {info.filename!r} is a symbolic link; model files hold plain files only")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise ModelFileError(f"{refuse}: member {info.filename!r} uses compression method {info.compress_type}; "
+                                 "export-model writes stored or deflated members only")
+    declared = sum(info.file_size for info in infos)
+    if declared > MAX_UNCOMPRESSED_BYTES:
+        raise ModelFileError(f"{refuse}: its members declare {declared / 1024**3:.1f} GiB uncompressed, more than any "
+                             f"model ({MAX_UNCOMPRESSED_BYTES / 1024**3:.0f} GiB); a zip bomb or not a model file")
+
+
+def read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, refuse: str) -> bytes:
+    """A member's bytes, never inflating more than its declared size (plus one byte that proves a lie)."""
+    where = f"{refuse}: member {info.filename!r}"
+    handle = archive.fp
+    assert handle is not None
+    handle.seek(info.header_offset)
+    header = handle.read(LOCAL_HEADER.size)
+    if len(header) < LOCAL_HEADER.size or header[:4] != b"PK\x03\x04":
+        raise ModelFileError(f"{where} cannot be read (the zip is truncated or damaged)")
+    fields = LOCAL_HEADER.unpack(header)
+    handle.seek(fields[-2] + fields[-1], 1)  # file name and extra field
+    raw = handle.read(info.compress_size)
+    if len(raw) < info.compress_size:
+        raise ModelFileError(f"{where} cannot be read (the zip is truncated: its data ends early)")
+    if info.compress_type == zipfile.ZIP_DEFLATED:
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        try:
+            data = inflater.decompress(raw, info.file_size + 1)
+        except zlib.error as exc:
+            raise ModelFileError(f"{where} cannot be read (damaged compressed data: {exc})") from None
+        if len(data) > info.file_size or inflater.unconsumed_tail:
+            raise ModelFileError(f"{where} inflates beyond its declared size of {info.file_size} bytes (a zip bomb?)")
+    else:
+        data = raw
+    if len(data) != info.file_size or zlib.crc32(data) != info.CRC:
+        raise ModelFileError(f"{where} cannot be read (its size or CRC-32 does not match the zip's directory; truncated or damaged)")
+    return data
