@@ -1163,6 +1163,21 @@ def test_a_3d_tiff_with_nnunets_spacing_sidecar_is_a_volume(tmp_path: Path) -> N
         read_image(tmp_path / "c.tif")
 
 
+def test_a_one_page_tiff_with_a_spacing_sidecar_is_a_one_slice_volume(tmp_path: Path) -> None:
+    """A stack of one slice in a 3D TIFF dataset was read as a 2D image (spacing 999 x 1 x 1, its sidecar
+    ignored), so preprocessing resampled its one slice to hundreds; a colour page is no volume."""
+    import tifffile
+
+    page = np.arange(4 * 6, dtype=np.uint16).reshape(4, 6)
+    tifffile.imwrite(tmp_path / "c_0000.tif", page)
+    (tmp_path / "c.json").write_text(json.dumps({"spacing": [2.0, 0.5, 0.5]}))
+    array, geometry = read_image(tmp_path / "c_0000.tif")
+    assert np.array_equal(array, page[None]) and geometry.spacing == (2.0, 0.5, 0.5) and not geometry.is_2d
+    tifffile.imwrite(tmp_path / "c_0000.tif", np.zeros((4, 6, 3), np.uint8), photometric="rgb")
+    with pytest.raises(DatasetError, match=r"a 3D TIFF must hold grey pages \(pages, y, x\); it has shape \(1, 4, 6, 3\)"):
+        read_image(tmp_path / "c_0000.tif")
+
+
 def test_a_written_3d_tiff_carries_its_spacing_and_ignores_a_probability_sidecar(tmp_path: Path) -> None:
     """Predictions of a 3D TIFF dataset are 3D TIFFs holding their spacing (a <case>.json beside them is
     the saved probabilities' sidecar, not a spacing file); one slice stays a volume."""

@@ -706,13 +706,15 @@ def is_tiff_volume(path: Path) -> bool:
 
 def _volume_spacing_source(path: Path) -> tuple[str, Any] | None:
     """(where, spacing as written) of a TIFF read as 3D, None for any other file: autoseg's own spacing in
-    the description, else the sidecar's (nnU-Net's convention), looked at once per read."""
+    the description, else the sidecar's (nnU-Net's convention), looked at once per read. A sidecar makes a
+    one-page TIFF a one-slice volume too: a stack of one slice in a 3D TIFF dataset was read as a 2D image
+    (spacing 999 x 1 x 1 instead of its sidecar's) and preprocessing resampled its slice to hundreds."""
     if path.suffix.lower() not in TIFF_ENDINGS or not path.is_file():
         return None
     written = _written_spacing(path)
     if written is not None:
         return f"{path} (its description)", written
-    sidecar = _sidecar_spacing(path) if _tiff_pages(path) > 1 else None
+    sidecar = _sidecar_spacing(path)
     return (str(sidecar[0]), sidecar[1]) if sidecar is not None else None
 
 
@@ -757,11 +759,12 @@ def _checked_spacing(path: Path, where: str, spacing: Any) -> tuple[float, float
 
 
 def _read_tiff_volume(path: Path, where: str, written: Any) -> tuple[np.ndarray, Geometry]:
-    """A multi-page grey TIFF as (pages, y, x) with its spacing (``written`` at ``where``, from
+    """A grey TIFF of one or more pages as (pages, y, x) with its spacing (``written`` at ``where``, from
     ``_volume_spacing_source``); origin 0, identity direction (TIFF has none)."""
     import tifffile
 
     spacing = _checked_spacing(path, where, written)
+    pages: list[Any] = []
     try:
         try:
             with tifffile.TiffFile(path) as tiff:
@@ -779,6 +782,8 @@ def _read_tiff_volume(path: Path, where: str, written: Any) -> tuple[np.ndarray,
     except Exception as exc:  # noqa: BLE001 - any decoder error means an unreadable file
         raise DatasetError(f"{path}: cannot be read as a TIFF volume: {_first_line(exc)}") from None
     _refuse_complex(path, array)
+    if len(pages) == 1 and array.shape[:1] != (1,):  # one page, grey (y, x) or colour (y, x, 3): one slice
+        array = array[None]
     if array.ndim != 3:
         raise DatasetError(f"{path}: a 3D TIFF must hold grey pages (pages, y, x); it has shape {array.shape}. "
                            "Save each colour as its own channel file")
