@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -173,6 +174,29 @@ def test_damaged_find_best_files_are_named_with_the_fix(roots: dict[str, Path], 
     problem = "is not valid JSON" if damage == "cut" else "is not what autoseg find-best writes"
     with pytest.raises(EvaluationError, match=rf"{re.escape(str(path))}: {problem} .*re-run autoseg find-best {DATASET}"):
         build_report(DATASET, num_workers=1)
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (lambda i: i["candidates"][0].pop("summary_file"), "candidates is not a non-empty list of find-best's candidate records"),
+    (lambda i: i.update(candidates=[]), "candidates is not a non-empty list of find-best's candidate records"),
+    (lambda i: i["best"].pop("postprocessing_steps"), "best is not one of its candidates with model folders and postprocessing steps"),
+    (lambda i: i.update(best=None), "best is not one of its candidates with model folders and postprocessing steps"),
+    (lambda i: i.update(folds=[0, 1]), "folds is not a list of fold names"),
+])
+def test_edited_instructions_records_are_named_with_the_fix(roots: dict[str, Path], edit: Any, problem: str) -> None:
+    """Instructions whose records lack what the report reads stopped it with an internal error (KeyError,
+    TypeError); now one line naming the file, what is wrong and the fix, and no report."""
+    make_results(roots, probabilities_for=())
+    find_best(DATASET, num_workers=1)
+    path = roots["results"] / DATASET / "inference_instructions.json"
+    instructions = json.loads(path.read_text())
+    edit(instructions)
+    path.write_text(json.dumps(instructions))
+    with pytest.raises(EvaluationError) as refused:
+        build_report(DATASET, num_workers=1)
+    assert str(refused.value) == (f"{path}: is not what autoseg find-best writes ({problem}); "
+                                  f"re-run autoseg find-best {DATASET}")
+    assert not (roots["results"] / DATASET / "report.html").exists()
 
 
 def test_relative_roots_give_instructions_usable_from_any_folder(

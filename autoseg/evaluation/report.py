@@ -49,6 +49,9 @@ TABLE_METRICS = (("dice", "Dice", 4), ("iou", "IoU", 4), ("hd95", "HD95 mm", 2),
 # What the report reads of inference_instructions.json and of each candidate's summary.json.
 INSTRUCTIONS_KEYS = ("candidates", "best", "folds", "num_cases", "rank_metric", "commands")
 SUMMARY_KEYS = ("mean", "foreground_mean", "metric_per_case", "num_cases")
+# The fields of each candidate record (and of the best's) the report reads, with their JSON types.
+CANDIDATE_FIELDS = {"name": str, "summary_file": str, "model_folders": list}
+BEST_FIELDS = {**CANDIDATE_FIELDS, "postprocessing_file": str, "postprocessing_steps": list}
 CSS = """
 body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:2em auto;max-width:1100px;color:#222}
 h1{font-size:1.6em}h2{font-size:1.25em;border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
@@ -310,6 +313,32 @@ def _read_find_best_json(path: Path, keys: Sequence[str], dataset_name: str) -> 
     return data
 
 
+def _check_instructions(instructions: dict[str, Any], path: Path, dataset_name: str) -> None:
+    """The candidate records, best and folds the report reads, refused naming the file when edited or damaged:
+    a candidate without its summary_file, a best without its postprocessing steps or among no candidates,
+    or folds stored as numbers stopped the report with an internal error (KeyError, TypeError)."""
+    candidates, best = instructions["candidates"], instructions["best"]
+    if not isinstance(candidates, list) or not candidates or not all(_is_record(c, CANDIDATE_FIELDS) for c in candidates):
+        problem = "candidates is not a non-empty list of find-best's candidate records"
+    elif not _is_record(best, BEST_FIELDS) or not best["model_folders"] or best["name"] not in {c["name"] for c in candidates}:
+        problem = "best is not one of its candidates with model folders and postprocessing steps"
+    elif not _is_names(instructions["folds"]):
+        problem = "folds is not a list of fold names"
+    else:
+        return
+    raise EvaluationError(f"{path}: is not what autoseg find-best writes ({problem}); re-run autoseg find-best {dataset_name}")
+
+
+def _is_record(record: Any, fields: dict[str, type]) -> bool:
+    """``record`` is a JSON object holding each of ``fields`` with its type, and model folders named by strings."""
+    return (isinstance(record, dict) and all(isinstance(record.get(key), kind) for key, kind in fields.items())
+            and _is_names(record["model_folders"]))
+
+
+def _is_names(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
 def report_dataset(dataset_spec: str | os.PathLike[str]) -> DatasetLocation:
     """The dataset to report on. Its raw folder gives only the overlays' images, so a results root copied to
     a machine without the raw data (the dataset not in its raw root) is found by its name in the results
@@ -334,9 +363,9 @@ def build_report(dataset_spec: str | os.PathLike[str], output_html: str | Path |
         check_output_file(Path(output_html), EvaluationError)  # before its figures are written beside it
     instructions_file = dataset_results / INSTRUCTIONS_JSON
     if instructions_file.is_file():
-        instructions = resolve_instructions(
-            _read_find_best_json(instructions_file, INSTRUCTIONS_KEYS, dataset.name), dataset_results.absolute()
-        )
+        stored = _read_find_best_json(instructions_file, INSTRUCTIONS_KEYS, dataset.name)
+        _check_instructions(stored, instructions_file, dataset.name)
+        instructions = resolve_instructions(stored, dataset_results.absolute())
     else:
         instructions = find_best(dataset, num_workers=num_workers)
     summaries, summary_files = {}, {}
