@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -11,7 +12,8 @@ import numpy as np
 import pytest
 
 from autoseg.dataset.imageio import Geometry, read_image, write_image
-from autoseg.utils.atomic import atomic_path, atomic_write_json
+from autoseg.utils import atomic
+from autoseg.utils.atomic import atomic_path, atomic_write_json, require_writable
 from autoseg.utils.duration import parse_duration
 from autoseg.errors import UsageError
 
@@ -261,3 +263,25 @@ def test_a_write_that_left_the_disk_full_is_refused(tmp_path: Path, monkeypatch:
             tmp.write_bytes(b"cut short")
     assert info.value.errno == 28 and info.value.filename == str(target)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["case.nii.gz"] and target.read_bytes() == b"old"
+
+
+def refuse_writes_in(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every new file in ``folder`` fail as on a read-only file system (root's tests cannot chmod it)."""
+    create = atomic._create_temporary
+
+    def refuse(target: Path, suffix: str, folder_: bool = False) -> Path:
+        if target.parent == folder:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(target.with_name(f".{target.name}.tmp")))
+        return create(target, suffix, folder_)
+
+    monkeypatch.setattr(atomic, "_create_temporary", refuse)
+
+
+def test_an_unwritable_folder_is_named_and_a_writable_one_left_as_it_was(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "kept.txt").write_text("keep")
+    require_writable(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["kept.txt"]
+    refuse_writes_in(tmp_path, monkeypatch)
+    with pytest.raises(OSError) as raised:
+        require_writable(tmp_path)
+    assert raised.value.errno == errno.EROFS and raised.value.filename == str(tmp_path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 
 import numpy as np
@@ -11,6 +12,8 @@ from autoseg.dataset.imageio import Geometry, read_image, write_image
 from autoseg.errors import EvaluationError
 from autoseg.evaluation.ensemble import ensemble_folders, probabilities_to_labels
 from autoseg.utils.probability_files import write_probability_files
+
+from test_atomic import refuse_writes_in
 
 LABELS = {"background": 0, "a": 1, "b": 2}
 GEOMETRY = Geometry(spacing=(3.0, 0.5, 0.7), origin=(1.0, 2.0, 3.0), direction=tuple(np.eye(3).ravel()))
@@ -208,6 +211,18 @@ def test_a_folder_of_label_maps_autoseg_did_not_write_is_not_overwritten(tmp_pat
     ensemble_folders(dirs, tmp_path / "out", num_workers=1)
     ensemble_folders(dirs, tmp_path / "out", num_workers=1)  # its own folder: rerun allowed
 
+
+
+def test_a_read_only_output_folder_is_refused_before_any_case(tmp_path, monkeypatch):
+    """A folder ensembled into before and now read-only passed the output checks (its marker written): every
+    case was averaged and then refused, each naming its own temporary file."""
+    dirs = _two_folders_of_case_x(tmp_path)
+    ensemble_folders(dirs, tmp_path / "out", num_workers=1)
+    refuse_writes_in(tmp_path / "out", monkeypatch)
+    monkeypatch.setattr("autoseg.evaluation.ensemble.ensemble_case", lambda *args: pytest.fail("a case was ensembled"))
+    with pytest.raises(OSError) as raised:
+        ensemble_folders(dirs, tmp_path / "out", num_workers=1)
+    assert raised.value.errno == errno.EROFS and raised.value.filename == str(tmp_path / "out")
 
 GEOMETRY_2D = Geometry(spacing=(999.0, 0.5, 0.25), origin=(10.0, 20.0), direction=(1.0, 0.0, 0.0, 1.0))
 PNG_GEOMETRY = Geometry(spacing=(999.0, 1.0, 1.0), origin=(0.0, 0.0), direction=(1.0, 0.0, 0.0, 1.0))  # as PNGs read

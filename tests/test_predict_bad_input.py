@@ -18,6 +18,7 @@ from autoseg.inference.batch import PREDICT_INFO
 
 from cli_helpers import runner
 from conftest import HIPPOCAMPUS, SHARED_DATA
+from test_atomic import refuse_writes_in
 from test_inference_predict import make_model
 
 SOURCE = HIPPOCAMPUS / "imagesTr" / "hippocampus_001_0000.nii.gz"
@@ -218,3 +219,20 @@ def test_a_run_that_predicts_no_case_leaves_no_run_record(model: Path, tmp_path:
     result = runner.invoke(app, ["predict", "-i", str(inputs), "-o", str(tmp_path / "part"), "-m", str(model),
                                  "--num-parts", "2", "--part-id", "1"])
     assert result.exit_code == 0 and "0 case(s) predicted" in result.output and not any((tmp_path / "part").iterdir())
+
+
+def test_a_read_only_output_folder_is_refused_before_any_case(model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An existing folder that cannot be written (a read-only mount, another user's folder) passed
+    ``mkdir(exist_ok=True)``: every case was predicted, then refused, each naming a temporary file."""
+    inputs, output = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    shutil.copy(SOURCE, inputs / "good_0000.nii.gz")
+    assert _predict(inputs, output, model)[0] == 0
+    refuse_writes_in(output, monkeypatch)
+    monkeypatch.setattr("autoseg.inference.batch.predict_array", lambda *args, **kwargs: pytest.fail("a case was predicted"))
+    code, text = _predict(inputs, output, model)
+    assert code == 2 and f"{output}: Read-only file system; the file system is read-only; choose a writable folder" in text, text
+    # --continue over a finished folder writes nothing: no error
+    result = runner.invoke(app, ["predict", "-i", str(inputs), "-o", str(output), "-m", str(model), "--no-tta",
+                                 "--mixed-precision", "off", "--continue"])
+    assert result.exit_code == 0 and "1 skipped" in result.output, result.output

@@ -38,7 +38,7 @@ from autoseg.errors import AutosegError, InferenceError
 from autoseg.inference.engine import LoadedModel, require_torch
 from autoseg.inference.predictor import Prediction, predict_array
 from autoseg.inference.tiling import DEFAULT_STEP, check_step
-from autoseg.utils.atomic import atomic_write_json, folder_lock, remove_stale_temporaries
+from autoseg.utils.atomic import atomic_write_json, folder_lock, remove_stale_temporaries, require_writable
 from autoseg.utils.output_folders import PREDICT_RECORD, check_output_folder, refuse_outputs_not_ours
 from autoseg.utils.probability_files import probability_paths, write_probability_files
 from autoseg.utils.progress import Failure, track
@@ -364,6 +364,8 @@ def predict_folder(
     outputs = [f for files in planned.values() for f in files]
     check_output_claim(output, info, outputs)  # refused before predicting; the record waits for the first case
     output.mkdir(parents=True, exist_ok=True)  # an unwritable place is refused before predicting, too
+    if not (continue_ and all(f.exists() for f in outputs)):  # a finished folder, archived read-only, is no error
+        require_writable(output)  # an existing folder that cannot be written is refused before predicting too
     remove_stale_temporaries(output)  # what a killed run left half-written
     report = PredictReport(output, dataset=loaded.dataset)
     claim = functools.partial(claim_output_folder, output, info, outputs)

@@ -66,6 +66,19 @@ def _create_temporary(target: Path, suffix: str, folder: bool = False) -> Path:
     raise FileExistsError(f"{target.parent}: no free temporary name after {TEMP_ATTEMPTS} attempts")
 
 
+def require_writable(folder: str | os.PathLike[str]) -> None:
+    """Raise the ``OSError`` that writing a file in the existing ``folder`` would raise (a read-only file
+    system, no permission), naming the folder: such a folder passed ``mkdir(exist_ok=True)``, so predict and
+    ensemble computed every case and then refused each one, naming its temporary file. A probe file is
+    created and removed (named as a temporary: a killed run's is removed by ``remove_stale_temporaries``)."""
+    folder = Path(folder)
+    try:
+        probe = _create_temporary(folder / "write-check", "")
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(folder)) from None
+    probe.unlink()
+
+
 def format_suffix(name: str) -> str:
     """The ending a writer picks the format by, in lower case: the last suffix, with the one before it when
     the last is ``.gz`` (``.nii.gz``). Not every dot part: a dotted name (a DICOM UID as case id) repeated

@@ -77,10 +77,11 @@ def refuse_outputs_not_ours(
 def claim_output_files(output: Path, outputs: Sequence[Path], command: str, error: type[Exception]) -> None:
     """Refuse an output folder that holds some of ``outputs`` but was not written by autoseg (``-o`` on a
     dataset's labelsTr or the references replaced them without a word); otherwise mark it as autoseg's."""
-    from autoseg.utils.atomic import atomic_write_json
+    from autoseg.utils.atomic import atomic_write_json, require_writable
 
     if not any((output / marker).exists() for marker in (OUTPUT_MARKER, PREDICT_RECORD)):
         refuse_outputs_not_ours(output, outputs, "autoseg", OUTPUT_MARKER, f"autoseg {command}", error)
     output.mkdir(parents=True, exist_ok=True)
+    require_writable(output)  # a read-only folder already marked: refused before any case, not in each
     if not (output / OUTPUT_MARKER).exists():
         atomic_write_json(output / OUTPUT_MARKER, {"written_by": f"autoseg {command}"})
