@@ -199,6 +199,22 @@ def test_edited_instructions_records_are_named_with_the_fix(roots: dict[str, Pat
     assert not (roots["results"] / DATASET / "report.html").exists()
 
 
+def test_a_summary_without_a_class_of_the_dataset_is_named_with_the_fix(roots: dict[str, Path]) -> None:
+    """A label renamed in the model's dataset.json after find-best (or a summary row edited) stopped the report
+    with an internal error (KeyError: the class name); now one line naming the summary, the class and the fix."""
+    make_results(roots, probabilities_for=())
+    instructions = find_best(DATASET, num_workers=1)
+    path = Path(instructions["candidates"][0]["summary_file"])
+    summary = json.loads(path.read_text())
+    name = next(iter(summary["mean"]))
+    del summary["metric_per_case"][0]["metrics"][name]
+    path.write_text(json.dumps(summary))
+    with pytest.raises(EvaluationError, match=rf"{re.escape(str(path))}: holds no Dice of {name} for every case.*"
+                                              rf"re-run autoseg find-best {DATASET}"):
+        build_report(DATASET, num_workers=1)
+    assert not (roots["results"] / DATASET / "report.html").exists()
+
+
 def test_relative_roots_give_instructions_usable_from_any_folder(
     roots: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -329,6 +329,25 @@ def _check_instructions(instructions: dict[str, Any], path: Path, dataset_name: 
     raise EvaluationError(f"{path}: is not what autoseg find-best writes ({problem}); re-run autoseg find-best {dataset_name}")
 
 
+def _check_summary_classes(summary: dict[str, Any], path: Path, class_names: Sequence[str], dataset_name: str) -> None:
+    """A cross-validation summary must hold the Dice of every class of the model's dataset.json, in its means
+    and in each case's row: a label renamed in dataset.json after find-best ran, or an edited summary,
+    stopped the report with an internal error (KeyError)."""
+    means, rows = summary["mean"], summary["metric_per_case"]
+    rows_ok = isinstance(rows, list) and all(
+        isinstance(row, dict) and isinstance(row.get("metrics"), dict)
+        and all(isinstance(row.get(key), str) for key in ("case_id", "prediction_file", "reference_file")) for row in rows
+    )
+    missing = [name for name in class_names if not (
+        isinstance(means, dict) and isinstance(means.get(name), dict)
+        and rows_ok and all(isinstance(row["metrics"].get(name), dict) and "dice" in row["metrics"][name] for row in rows)
+    )]
+    if missing:
+        raise EvaluationError(f"{path}: holds no Dice of {', '.join(missing)} for every case, classes of the model's "
+                              f"dataset.json (renamed since find-best ran, or the file was edited); re-run autoseg "
+                              f"find-best {dataset_name}")
+
+
 def _is_record(record: Any, fields: dict[str, type]) -> bool:
     """``record`` is a JSON object holding each of ``fields`` with its type, and model folders named by strings."""
     return (isinstance(record, dict) and all(isinstance(record.get(key), kind) for key, kind in fields.items())
@@ -379,6 +398,8 @@ def build_report(dataset_spec: str | os.PathLike[str], output_html: str | Path |
     description = load_description(Path(best["model_folders"][0]))
     classes, _ = evaluation_classes(description)
     class_names = [name for name, _ in classes]
+    for name, summary in summaries.items():
+        _check_summary_classes(summary, summary_files[name], class_names, dataset.name)
     output = Path(output_html) if output_html is not None else dataset_results / "report.html"
     figures = _Figures(output)
 
