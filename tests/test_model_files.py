@@ -170,6 +170,22 @@ def test_optional_postprocessing_is_left_out_when_absent(tmp_path: Path) -> None
     assert sorted(p.name for p in imported.iterdir()) == ["dataset.json", "fold_1", "plans.json", "training_config.yaml"]
 
 
+@pytest.mark.parametrize("member", ["plans.json", "fold_0/checkpoint_final.safetensors", "fold_1/checkpoint_best.safetensors"])
+def test_export_refuses_to_write_over_a_file_of_the_model(member: str, tmp_path: Path) -> None:
+    """``-o MODEL/plans.json`` replaced the model's plans (or a checkpoint) with the zip; a new file in the
+    model folder is still written, and written again."""
+    folder = make_model_folder(tmp_path / "results")
+    target = folder / member
+    if not target.exists():
+        target.write_bytes(b"the user's best checkpoint")
+    before = target.read_bytes()
+    message = " ".join(autoseg_fails("export-model", "-m", folder, "-o", target, "-f", 0).split())
+    assert f"{target}: is a file of the trained model folder {folder}; the zip would replace it" in message
+    assert target.read_bytes() == before
+    for _ in range(2):
+        assert export_model(folder, folder / "model.zip", folds=[0]).is_file()
+
+
 def test_export_names_a_missing_checkpoint(tmp_path: Path) -> None:
     folder = make_model_folder(tmp_path / "results")
     missing = folder / "fold_2" / "checkpoint_final.safetensors"

@@ -220,6 +220,15 @@ def test_an_onnx_zip_declaring_more_than_any_model_is_refused_before_inflating(
         load_onnx_model(onnx_export[1])
 
 
+def test_onnx_export_refuses_to_write_over_a_file_of_the_model(onnx_export: tuple[Path, Path]) -> None:
+    """``--format onnx -o MODEL/plans.json`` replaced the model's plans with the zip."""
+    folder = onnx_export[0]
+    before = (folder / "plans.json").read_bytes()
+    message = autoseg_fails("export-model", "-m", folder, "-o", folder / "plans.json", "-f", 0, "--format", "onnx")
+    assert "is a file of the trained model folder" in message
+    assert (folder / "plans.json").read_bytes() == before
+
+
 def _foreign_zip(tmp_path: Path) -> Path:
     """A zip with a manifest of some other tool."""
     with zipfile.ZipFile(tmp_path / "foreign.zip", "w") as archive:

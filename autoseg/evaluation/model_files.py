@@ -85,6 +85,20 @@ def _checkpoint_weights(path: Path) -> bytes:
         raise ModelFileError(f"{path}: {exc}; only plain tensors and JSON metadata can be exported") from None
 
 
+def check_output_not_in_model(output_zip: Path, folders: Sequence[Path]) -> None:
+    """Refuse an output that is an existing file of a model folder being exported (its description files,
+    anything in a fold folder): ``-o MODEL/plans.json`` replaced the model's plans with the zip. A new file
+    in the model folder (``-o MODEL/model.zip``) is fine."""
+    target = output_zip.resolve()
+    for folder in folders:
+        if not target.is_file() or not target.is_relative_to(folder.resolve()):
+            continue
+        inside = target.relative_to(folder.resolve()).parts
+        if FOLD_DIR.match(inside[0]) or inside[0] in REQUIRED_FILES + OPTIONAL_FILES:
+            raise ModelFileError(f"{output_zip}: is a file of the trained model folder {folder}; the zip would replace "
+                                 "it; give a new file name, e.g. model.zip")
+
+
 def model_members(model_folder: Path, folds: Sequence[int | str], checkpoint: str) -> dict[str, bytes]:
     """Zip member name -> content for one model folder."""
     name = model_folder.name
@@ -132,6 +146,7 @@ def export_model(
     if not folds:
         raise ModelFileError("export-model: give at least one fold")
     check_output_file(Path(output_zip), ModelFileError)
+    check_output_not_in_model(Path(output_zip), folders)
     datasets = {f.resolve().parent.name for f in folders}
     if len(datasets) != 1:
         raise ModelFileError(f"export-model: model folders belong to different datasets ({', '.join(sorted(datasets))}); export one dataset per file")

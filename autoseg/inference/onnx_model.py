@@ -110,10 +110,12 @@ def export_onnx_model(
     model_folder: str | Path, output_zip: str | Path, folds: Sequence[int | str] | None = None, checkpoint: str = "final"
 ) -> Path:
     """Write the ONNX model zip of ``model_folder``'s ``folds`` (default: every trained fold)."""
+    from autoseg.evaluation.model_files import check_output_not_in_model
     from autoseg.inference.model import load_model
 
     folder = Path(model_folder)
     check_output_file(Path(output_zip), ModelFileError)
+    check_output_not_in_model(Path(output_zip), [folder])
     model = load_model(folder, folds, checkpoint, "cpu")
     if model.previous_stage is not None:
         raise ModelFileError(
