@@ -154,6 +154,31 @@ def test_a_run_with_another_model_or_settings_is_refused(predict_inputs: tuple[P
     assert runner.invoke(app, [*base, "-f", "0", "--continue"]).exit_code == 0  # the same run: allowed
 
 
+def test_another_models_run_claiming_the_folder_meanwhile_ends_this_run_once(
+    predict_inputs: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two runs of different models started into one folder: both pass the start check, the first to write
+    claims the folder, and the other predicted every case in full only to refuse each, one message per case."""
+    from autoseg.inference import batch
+
+    inputs, model = predict_inputs
+    output = tmp_path / "out"
+    predicted = []
+    predict_array = batch.predict_array
+
+    def beside_another_run(*args: Any, **kwargs: Any) -> Any:
+        if not predicted:  # the other model's run writes its record while this one computes its first case
+            (output / batch.PREDICT_INFO).write_text(json.dumps({"model_folder": "other__autosegPlans__2d"}))
+        predicted.append(1)
+        return predict_array(*args, **kwargs)
+
+    monkeypatch.setattr(batch, "predict_array", beside_another_run)
+    result = runner.invoke(app, ["predict", "-i", str(inputs), "-o", str(output), "-m", str(model), "--no-tta",
+                                 "--mixed-precision", "off"])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and text.count("this folder holds predictions of another model or settings") == 1, text
+    assert len(predicted) == 1 and sorted(p.name for p in output.iterdir()) == [batch.PREDICT_INFO]
+
 def test_two_plans_written_at_once_one_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two ``autoseg plan`` runs finishing together with different plans (each measures this machine's
     speed): one writes, the other is refused; neither reports a plan the file does not hold."""

@@ -389,7 +389,9 @@ def _predict_cases(
     recorded with its reason and the others go on. ``claim`` (``claim_output_folder``) makes the folder and
     writes the run record before the first case's files: a run that writes no case (every case refused)
     left a record of a model whose predictions the folder does not hold, and a rerun with another model or
-    settings was refused as mixing two models' predictions."""
+    settings was refused as mixing two models' predictions. A refused claim ends the run: the folder is
+    refused for every case (another model's run, started beside this one, claimed it meanwhile), and each
+    case was predicted in full and then refused, the same message once per case."""
     output = report.output_folder
     claimed = False
     for case in track(cases, f"predict {loaded.configuration_name}"):
@@ -406,9 +408,13 @@ def _predict_cases(
                 batch_tiles=batch_tiles, mixed_precision=mixed_precision, overwrite_input=True,
             )
             del data
-            if not claimed:
-                claim()
-                claimed = True
+        except Exception as exc:  # noqa: BLE001 - one case failing must not stop the others
+            report.failed.append(Failure(case.case_id, _describe(exc)))
+            continue
+        if not claimed:
+            claim()
+            claimed = True
+        try:
             if save_probabilities:
                 write_probabilities(prediction, geometry, loaded, case.case_id, output)
             write_image(prediction.labels, geometry, files[-1])
