@@ -130,6 +130,18 @@ def test_folds_given_twice_or_out_of_order_load_once_in_order(model_3d: Path, tm
     assert predict_folder(inputs, out, model_3d, folds=[0, 1], tta=False, continue_=True).skipped == ["c1"]
 
 
+def test_a_fold_copied_from_another_configuration_is_refused_by_name(model_3d: Path, tmp_path: Path) -> None:
+    """A 2d fold copied into a 3d_fullres model folder loaded, and every case then failed with torch's shape
+    error (conv2d given 5D input); loading now names the checkpoint and both configurations."""
+    fold_2d = make_model(tmp_path / "other", "2d", folds=("1",)) / "fold_1"
+    shutil.rmtree(model_3d / "fold_1")
+    shutil.copytree(fold_2d, model_3d / "fold_1")
+    with pytest.raises(InferenceError, match=r"fold_1/checkpoint_final.safetensors: is a checkpoint of configuration "
+                                             r"2d, but its model folder is named for 3d_fullres"):
+        load_model(model_3d, device="cpu")
+    assert load_model(model_3d, folds=[0], device="cpu").folds == ["0"]
+
+
 def test_missing_fold_checkpoint_and_folder_errors(model_3d: Path) -> None:
     with pytest.raises(InferenceError, match=r"fold\(s\) 3 not found \(present: 0, 1\); train them or choose"):
         load_model(model_3d, folds=[0, 3])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import zipfile
 from pathlib import Path
 
@@ -184,6 +185,37 @@ def test_export_refuses_to_write_over_a_file_of_the_model(member: str, tmp_path:
     assert target.read_bytes() == before
     for _ in range(2):
         assert export_model(folder, folder / "model.zip", folds=[0]).is_file()
+
+
+def _as_configuration(path: Path, configuration: str) -> None:
+    """Rewrite a fold's checkpoint as if trained for another configuration (a fold copied from its folder)."""
+    checkpoint = load_weights(path, ModelFileError)
+    checkpoint["metadata"]["configuration"] = configuration
+    save_weights(path, checkpoint)
+
+
+def test_a_fold_of_another_configuration_is_refused_by_export_and_import(tmp_path: Path) -> None:
+    """A 2d fold copied into a 3d_fullres model folder was exported and imported, and every predicted case then
+    failed with torch's shape error; export and import now name the checkpoint and both configurations."""
+    folder = make_model_folder(tmp_path / "results")
+    good = export_model(folder, tmp_path / "good.zip", folds=[0, 1])
+    checkpoint = folder / "fold_1" / "checkpoint_final.safetensors"
+    _as_configuration(checkpoint, "2d")
+    problem = "is a checkpoint of configuration 2d, but its model folder is named for 3d_fullres"
+    with pytest.raises(ModelFileError, match=f"{re.escape(str(checkpoint))}: {problem}"):
+        export_model(folder, tmp_path / "m.zip", folds=[0, 1])
+    member = f"{MODEL}/fold_1/checkpoint_final.safetensors"
+
+    def swap_fold(members: dict[str, bytes]) -> dict[str, bytes]:
+        members[member] = checkpoint.read_bytes()
+        manifest = json.loads(members[MANIFEST])
+        manifest["files"][member] = hashlib.sha256(members[member]).hexdigest()
+        return {**members, MANIFEST: json.dumps(manifest).encode()}
+
+    bad = rewrite_zip(good, tmp_path / "bad.zip", swap_fold)
+    with pytest.raises(ModelFileError, match=f"refusing to import: member '{member}': {problem}"):
+        import_model(bad, tmp_path / "imported")
+    assert not (tmp_path / "imported").exists()
 
 
 def test_export_names_a_missing_checkpoint(tmp_path: Path) -> None:

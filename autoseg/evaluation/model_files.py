@@ -37,6 +37,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from autoseg import __version__
 from autoseg.errors import AutosegError, EvaluationError, ModelFileError
+from autoseg.inference.model import check_fold_configuration
 from autoseg.evaluation.selection import ENSEMBLES_FOLDER, POSTPROCESSING_JSON, ensemble_model_names
 from autoseg.paths import check_model_folder_name, results_root as default_results_root
 from autoseg.utils.atomic import atomic_write_bytes, folder_lock, remove_stale_temporaries, staging_folder
@@ -73,12 +74,14 @@ def _fold_dir(fold: int | str) -> str:
     return name
 
 
-def _checkpoint_weights(path: Path) -> bytes:
-    """The network weights and metadata of a checkpoint (no optimizer state) as safetensors bytes."""
+def _checkpoint_weights(path: Path, configuration: str) -> bytes:
+    """The network weights and metadata of a checkpoint (no optimizer state) as safetensors bytes; the
+    checkpoint must be of its model folder's ``configuration``."""
     checkpoint = read_checkpoint(
         path, ModelFileError, missing=missing_checkpoint(path, "train this fold first or choose other folds/--checkpoint"),
         fix="export a checkpoint written by this autoseg",
     )
+    check_fold_configuration(checkpoint["metadata"], configuration, path, ModelFileError)
     try:
         return network_checkpoint_bytes(checkpoint)
     except TypeError as exc:
@@ -114,7 +117,8 @@ def model_members(model_folder: Path, folds: Sequence[int | str], checkpoint: st
     stem = Path(checkpoint).stem
     for fold in folds:
         fold_dir = _fold_dir(fold)
-        members[f"{name}/{fold_dir}/{stem}{SUFFIX}"] = _checkpoint_weights(model_folder / fold_dir / checkpoint)
+        members[f"{name}/{fold_dir}/{stem}{SUFFIX}"] = _checkpoint_weights(model_folder / fold_dir / checkpoint,
+                                                                        _model_name_parts(name, str(model_folder))[2])
     return members
 
 
@@ -368,6 +372,7 @@ def validate_model_file(zip_path: str | Path) -> tuple[dict[str, Any], dict[str,
     _check_decisions(members, refuse)
     for name, meta in metadata.items():
         model = name.split("/", 1)[0]
+        check_fold_configuration(meta, _model_name_parts(model, refuse)[2], f"{refuse}: member {name!r}", ModelFileError)
         check_outputs_match_labels(meta, descriptions[model].num_output_channels, f"{refuse}: member {name!r}",
                                    f"{model}/dataset.json", ModelFileError)
     return manifest, members

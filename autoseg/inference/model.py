@@ -96,6 +96,21 @@ def _configuration_from_folder(folder: Path) -> str:
     return check_model_folder_name(folder.name, str(folder), InferenceError, "point -m at one")[2]
 
 
+def check_fold_configuration(metadata: Mapping[str, Any], configuration: str, path: Path | str,
+                             error: type[Exception] = InferenceError) -> None:
+    """A fold's checkpoint must be of the configuration its model folder is named after: a fold copied in from
+    another configuration's folder (2d into 3d_fullres), or a folder renamed to another configuration, ran
+    with the wrong plans and failed every case with torch's shape error (or, shapes permitting, predicted at
+    the wrong spacing). Checkpoints that record no configuration pass."""
+    trained = metadata.get("configuration")
+    if trained is not None and trained != configuration:
+        raise error(
+            f"{path}: is a checkpoint of configuration {trained}, but its model folder is named for {configuration} "
+            "(a fold copied from another model folder, or the folder renamed?); put this model's own fold back, or "
+            f"use the checkpoint from a {trained} model folder"
+        )
+
+
 def _check_inputs_match_channels(
     metadata: dict[str, Any], description: DatasetDescription, cascade: bool, path: Path, dataset_json: Path
 ) -> None:
@@ -159,6 +174,7 @@ def load_model(
         loaded = _load_checkpoint(path, torch_device)
         check_outputs_match_labels(loaded["metadata"], description.num_output_channels, str(path),
                                    str(folder / "dataset.json"), InferenceError)
+        check_fold_configuration(loaded["metadata"], configuration_name, path)
         _check_inputs_match_channels(loaded["metadata"], description, bool(configuration.get("previous_stage")), path,
                                      folder / "dataset.json")
         networks.append(build_network(loaded, path, torch_device))
