@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from autoseg.dataset.imageio import Geometry, read_image, write_image
-from autoseg.utils import atomic
 from autoseg.utils.atomic import atomic_path, atomic_write_json, require_writable
 from autoseg.utils.duration import parse_duration
 from autoseg.errors import UsageError
@@ -267,14 +266,14 @@ def test_a_write_that_left_the_disk_full_is_refused(tmp_path: Path, monkeypatch:
 
 def refuse_writes_in(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Make every new file in ``folder`` fail as on a read-only file system (root's tests cannot chmod it)."""
-    create = atomic._create_temporary
+    open_file = os.open
 
-    def refuse(target: Path, suffix: str, folder_: bool = False) -> Path:
-        if target.parent == folder:
-            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(target.with_name(f".{target.name}.tmp")))
-        return create(target, suffix, folder_)
+    def refuse(path: str | os.PathLike[str], flags: int, *args: int, **kwargs: object) -> int:
+        if flags & os.O_CREAT and Path(path).parent == folder:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return open_file(path, flags, *args, **kwargs)
 
-    monkeypatch.setattr(atomic, "_create_temporary", refuse)
+    monkeypatch.setattr(os, "open", refuse)
 
 
 def test_an_unwritable_folder_is_named_and_a_writable_one_left_as_it_was(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -285,3 +284,11 @@ def test_an_unwritable_folder_is_named_and_a_writable_one_left_as_it_was(tmp_pat
     with pytest.raises(OSError) as raised:
         require_writable(tmp_path)
     assert raised.value.errno == errno.EROFS and raised.value.filename == str(tmp_path)
+
+
+def test_a_refused_write_names_its_target_not_the_temporary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """evaluate into a read-only folder named '.summary.json.<host>-<pid>-<random>.tmp.json', a file that never existed."""
+    refuse_writes_in(tmp_path, monkeypatch)
+    with pytest.raises(OSError) as raised:
+        atomic_write_json(tmp_path / "summary.json", {})
+    assert raised.value.errno == errno.EROFS and raised.value.filename == str(tmp_path / "summary.json")

@@ -62,6 +62,8 @@ def _create_temporary(target: Path, suffix: str, folder: bool = False) -> Path:
                 os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666))
         except FileExistsError:
             continue
+        except OSError as exc:  # a read-only or forbidden folder: named by the target, never by a hidden name
+            raise OSError(exc.errno, exc.strerror, str(target)) from None
         return tmp
     raise FileExistsError(f"{target.parent}: no free temporary name after {TEMP_ATTEMPTS} attempts")
 
