@@ -215,6 +215,24 @@ def test_a_summary_without_a_class_of_the_dataset_is_named_with_the_fix(roots: d
     assert not (roots["results"] / DATASET / "report.html").exists()
 
 
+def test_an_output_that_is_a_file_the_report_reads_is_refused(roots: dict[str, Path]) -> None:
+    """``-o <results>/<Dataset>/inference_instructions.json`` (or a model's plans.json, a summary) replaced the
+    file with the HTML; now refused before any figure is written. An earlier report is still replaced."""
+    make_results(roots, probabilities_for=())
+    instructions = find_best(DATASET, num_workers=1)
+    dataset_results = roots["results"] / DATASET
+    model_folder = Path(instructions["candidates"][0]["model_folders"][0])
+    for target in (dataset_results / "inference_instructions.json", model_folder / "plans.json",
+                   Path(instructions["candidates"][0]["summary_file"])):
+        before = target.read_bytes()
+        with pytest.raises(EvaluationError, match=rf"{re.escape(str(target))}: is a file of find-best, a model or the "
+                                                  "dataset, which the report would replace"):
+            build_report(DATASET, target, num_workers=1)
+        assert target.read_bytes() == before and not list(target.parent.glob(f"{target.stem}_*.png"))
+    for _ in range(2):
+        assert build_report(DATASET, model_folder / "report.html", num_workers=1).is_file()
+
+
 def test_relative_roots_give_instructions_usable_from_any_folder(
     roots: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

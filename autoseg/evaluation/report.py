@@ -30,7 +30,9 @@ from autoseg.dataset.description import DatasetDescription, load_description
 from autoseg.dataset.imageio import read_image, read_image_channels
 from autoseg.errors import DatasetError, EvaluationError
 from autoseg.evaluation.metrics import evaluation_classes
-from autoseg.evaluation.selection import INSTRUCTIONS_JSON, find_best, inference_commands, resolve_instructions
+from autoseg.evaluation.selection import (
+    INSTRUCTIONS_JSON, INSTRUCTIONS_TXT, find_best, inference_commands, resolve_instructions,
+)
 from autoseg.paths import DatasetLocation, dataset_folders, preprocessed_root, raw_root, resolve_dataset, results_root
 from autoseg.utils.atomic import atomic_write_bytes, atomic_write_text
 from autoseg.utils.jsonio import read_json
@@ -358,6 +360,24 @@ def _is_names(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
+def model_folders_of(instructions: dict[str, Any]) -> list[str]:
+    """The model folders of every candidate, each once, in ranking order."""
+    return list(dict.fromkeys(f for c in instructions["candidates"] for f in c["model_folders"]))
+
+
+def _check_output_not_read(output: Path, files: Sequence[Path], folders: Sequence[Path]) -> None:
+    """Refuse an ``-o`` that is an existing file among ``files`` (find-best's instructions) or in ``folders``
+    (raw and preprocessed data, model and cross-validation folders): ``-o <results>/<Dataset>/
+    inference_instructions.json`` replaced find-best's instructions with the HTML. A new file anywhere, or an
+    earlier report (``.html``), is fine."""
+    target = output.resolve()
+    if not target.is_file() or target.suffix.lower() in (".html", ".htm"):
+        return
+    if target in {f.resolve() for f in files} or any(target.is_relative_to(f.resolve()) for f in folders):
+        raise EvaluationError(f"{output}: is a file of find-best, a model or the dataset, which the report would "
+                              "replace; give a new file name, e.g. report.html")
+
+
 def report_dataset(dataset_spec: str | os.PathLike[str]) -> DatasetLocation:
     """The dataset to report on. Its raw folder gives only the overlays' images, so a results root copied to
     a machine without the raw data (the dataset not in its raw root) is found by its name in the results
@@ -401,6 +421,9 @@ def build_report(dataset_spec: str | os.PathLike[str], output_html: str | Path |
     for name, summary in summaries.items():
         _check_summary_classes(summary, summary_files[name], class_names, dataset.name)
     output = Path(output_html) if output_html is not None else dataset_results / "report.html"
+    read_folders = [dataset.raw_dir, preprocessed_root() / dataset.name, *map(Path, model_folders_of(instructions)),
+                    *(path.parent for path in summary_files.values())]
+    _check_output_not_read(output, [instructions_file, dataset_results / INSTRUCTIONS_TXT], read_folders)
     figures = _Figures(output)
 
     sections = [
@@ -421,8 +444,7 @@ def build_report(dataset_spec: str | os.PathLike[str], output_html: str | Path |
         figures.add("dice_boxplot", dice_boxplot(summaries, class_names), "Dice per case and class (triangles: means)"),
         "<h2>Training curves</h2>",
     ]
-    model_folders = list(dict.fromkeys(f for c in instructions["candidates"] for f in c["model_folders"]))
-    for folder in model_folders:
+    for folder in model_folders_of(instructions):
         figure = training_curves(Path(folder))
         if figure is None:
             sections.append(f"<p class=note>{html.escape(Path(folder).name)}: no metrics.jsonl found.</p>")
