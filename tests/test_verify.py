@@ -277,6 +277,22 @@ def test_clean_dataset_verifies(small_dataset: Path, roots: dict[str, Path]) -> 
     assert "Dataset999_Test: 4 case(s) checked, no problems found" in result.output
 
 
+def test_a_2d_case_among_3d_cases_is_refused_by_verify_and_fingerprint(small_dataset: Path, roots: dict[str, Path]) -> None:
+    """One slice saved as a 2D NIfTI among 3D volumes was read with the 2D slice spacing of 999 mm: it verified and
+    fingerprinted, and preprocessing stretched it over 500 slices of the 3D target spacing."""
+    image = sorted((small_dataset / "imagesTr").glob("*_0000.nii.gz"))[0]
+    label = small_dataset / "labelsTr" / image.name.replace("_0000", "")
+    for path in (image, label):
+        edit_image(path, lambda volume: volume[:, :, volume.GetSize()[2] // 2])
+    expected = (f"{image}: 2D image(s) (one slice, no slice thickness) among 3 3D case(s); save each as a 3D volume of "
+                "one slice with its slice thickness (as the other cases' files are), or remove it")
+    result = runner.invoke(app, ["verify", str(small_dataset), "-np", "1"])
+    assert result.exit_code == 2 and f"ERROR {expected}" in result.output.splitlines(), result.output
+    result = runner.invoke(app, ["fingerprint", str(small_dataset), "-np", "1"])
+    assert result.exit_code == 2 and f"  {expected}" in result.output.splitlines(), result.output
+    assert not list(roots["preprocessed"].rglob("fingerprint.json"))
+
+
 def test_images_named_as_their_labels_are_named_as_lacking_the_channel_suffix(
     small_dataset: Path, roots: dict[str, Path]
 ) -> None:

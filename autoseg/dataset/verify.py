@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from autoseg.dataset.cases import Case, file_ending_problem, scan_images, scan_training_cases
 from autoseg.dataset.description import DatasetDescription, load_description
 from autoseg.dataset.imageio import (
+    SLICE_SPACING_2D,
     float32_overflow_problem,
     geometry_differences,
     is_integer_valued,
@@ -115,11 +116,26 @@ def check_case(case: Case, desc: DatasetDescription, keep_arrays: bool = False) 
                             "save the label with the image's header (spacing, origin, direction)"
                         )
             label = _check_label_values(case.label, label, desc, result.problems)
+    if geometries:
+        result.spacing = geometries[0].spacing
     if keep_arrays and not result.problems and channels is not None:
         result.data = np.concatenate([a.astype(np.float32, copy=False) for a in channels])
         result.label = label
-        result.spacing = geometries[0].spacing
     return result
+
+
+def mixed_2d_problem(cases: Sequence[Case], spacings: Sequence[Sequence[float] | None]) -> str | None:
+    """The problem of 2D training cases (one slice, read with nnU-Net's slice spacing of 999 mm) among 3D ones,
+    each case with its spacing (None: unread). nnU-Net accepts them silently, and preprocessing stretched such a
+    slice over hundreds of slices of the 3D target spacing: training data that no scan looks like."""
+    flat = [c for c, s in zip(cases, spacings) if s is not None and s[0] >= SLICE_SPACING_2D]
+    volumes = sum(1 for s in spacings if s is not None and s[0] < SLICE_SPACING_2D)
+    if not flat or not volumes:
+        return None
+    named = ", ".join(str(c.images[0]) for c in flat[:MAX_LISTED_VALUES])
+    more = f" ({len(flat)} in all)" if len(flat) > MAX_LISTED_VALUES else ""
+    return (f"{named}{more}: 2D image(s) (one slice, no slice thickness) among {volumes} 3D case(s); save each as a 3D "
+            "volume of one slice with its slice thickness (as the other cases' files are), or remove it")
 
 
 def _blank_channel_warnings(case_id: str, path: Path, channels: np.ndarray, alpha: bool, first: int) -> list[str]:
@@ -211,10 +227,12 @@ class VerifyReport:
         return not self.problems
 
 
-def _check_case_problems(case: Case, desc: DatasetDescription) -> tuple[list[str], list[str]]:
-    """(problems, warnings) of one case."""
+def _check_case_problems(
+    case: Case, desc: DatasetDescription
+) -> tuple[list[str], list[str], tuple[float, ...] | None]:
+    """(problems, warnings, spacing) of one case."""
     checked = check_case(case, desc)
-    return checked.problems, checked.warnings
+    return checked.problems, checked.warnings, checked.spacing
 
 
 def dataset_level_problems(location: DatasetLocation, desc: DatasetDescription) -> tuple[list[Case], list[str]]:
@@ -277,9 +295,11 @@ def verify_dataset(location: DatasetSpec, num_workers: int | None = None) -> Ver
     results, failures = parallel_map(_check_case_problems, jobs, workers, "verify")
     warnings: list[str] = []
     for case_id, _ in jobs:
-        case_problems, case_warnings = results.get(case_id, ([], []))
+        case_problems, case_warnings, _ = results.get(case_id, ([], [], None))
         problems.extend(case_problems)
         warnings.extend(case_warnings)
+    if mixed := mixed_2d_problem(cases, [results.get(c.case_id, ([], [], None))[2] for c in cases]):
+        problems.append(mixed)
     problems.extend(f"case {f.key}: {f.message}" for f in failures)
     return VerifyReport(location.name, len(cases) + len(test_cases), problems, warnings)
 

@@ -16,7 +16,7 @@ from autoseg import __version__
 from autoseg.dataset.cases import Case
 from autoseg.dataset.description import DatasetDescription, load_description
 from autoseg.dataset.imageio import physical_volume_mm3
-from autoseg.dataset.verify import check_case, dataset_level_problems
+from autoseg.dataset.verify import check_case, dataset_level_problems, mixed_2d_problem
 from autoseg.errors import DatasetError
 from autoseg.fingerprint.cropping import crop_to_nonzero
 from autoseg.fingerprint.file import FINGERPRINT_VERSION, dataset_json_digest, fingerprint_path
@@ -124,6 +124,8 @@ def extract_fingerprint(
     if failures:
         lines = [_naming_the_case(f.key, line) for f in failures for line in f.message.split(" | ")]
         raise DatasetError(_problem_listing(location, lines))
+    if mixed := mixed_2d_problem(cases, [results[c.case_id]["spacing"] for c in cases]):
+        raise DatasetError(_problem_listing(location, [mixed]))
     if not any(sum(r["class_voxel_counts"].values()) for r in results.values()):
         raise DatasetError(_problem_listing(location, [_no_foreground_problem(location, desc)]))
     fingerprint = _pool(location, desc, cases, results, seed)
