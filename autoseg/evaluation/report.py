@@ -121,20 +121,29 @@ def read_metrics_log(path: Path) -> list[dict[str, Any]]:
 
 
 def numeric_series(records: Sequence[dict[str, Any]]) -> dict[str, tuple[list[float], list[float]]]:
-    """Key -> (epochs, values) for every numeric key; lists (per-class pseudo-Dice) give their mean."""
+    """Key -> (epochs, values) for every numeric key; lists (per-class pseudo-Dice) give their mean. A record
+    whose epoch is no number (an edited line: ``"epoch": "a"`` or ``null`` stopped the report with an
+    internal error) is skipped, as a line cut by a crash is."""
     series: dict[str, tuple[list[float], list[float]]] = {}
     for index, record in enumerate(records):
-        epoch = float(record.get("epoch", index))
+        epoch = record.get("epoch", index)
+        if not _is_number(epoch):
+            continue
         for key, value in record.items():
             if key in NOT_PLOTTED:
                 continue
             if isinstance(value, list) and value and all(isinstance(v, (int, float)) for v in value):
                 key, value = f"{key} (mean of {len(value)})", float(np.mean(value))
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            if _is_number(value):
                 xs, ys = series.setdefault(key, ([], []))
-                xs.append(epoch)
+                xs.append(float(epoch))
                 ys.append(float(value))
     return series
+
+
+def _is_number(value: Any) -> bool:
+    """A finite JSON number (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def training_curves(model_folder: Path) -> Figure | None:
