@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
+from autoseg.dataset.imageio import read_image, write_image
 from autoseg.errors import DatasetError, EvaluationError
 from autoseg.evaluation.report import build_report, numeric_series, overlay, overlay_slice
 from autoseg.evaluation.selection import find_best
@@ -239,6 +240,19 @@ def test_an_output_that_is_a_file_the_report_reads_is_refused(roots: dict[str, P
         assert target.read_bytes() == before and not list(target.parent.glob(f"{target.stem}_*.png"))
     for _ in range(2):
         assert build_report(DATASET, model_folder / "report.html", num_workers=1).is_file()
+
+
+def test_a_reference_replaced_since_find_best_is_named_not_broadcast(roots: dict[str, Path]) -> None:
+    """A reference of another shape than the case's image and prediction (replaced since find-best evaluated it)
+    stopped the report with numpy's broadcast error; now one line naming the case, the files and their shapes."""
+    make_results(roots, probabilities_for=())
+    find_best(DATASET, num_workers=1)
+    for reference in (roots["preprocessed"] / DATASET / "gt_segmentations").glob("*.nii.gz"):
+        labels, geometry = read_image(reference)
+        write_image(labels[:, :, 1:], geometry, reference)
+    with pytest.raises(EvaluationError, match=r"its image, reference and prediction differ in shape \(.*gt_segmentations"):
+        build_report(DATASET, num_workers=1)
+    assert not (roots["results"] / DATASET / "report.html").exists()
 
 
 def test_relative_roots_give_instructions_usable_from_any_folder(

@@ -487,9 +487,23 @@ def _overlay_sections(figures: _Figures, summary: dict[str, Any], folders: tuple
         channels, _, _ = read_image_channels(image_path)
         image = channels if channels.shape[0] >= 3 else channels[0]  # colour PNGs in colour, else the first channel
         reference_file = gt_dir / Path(row["reference_file"]).name
-        reference, geometry = read_image(reference_file if reference_file.is_file() else row["reference_file"])
-        prediction, _ = read_image(crossval_dir / Path(row["prediction_file"]).name)
+        reference_file = reference_file if reference_file.is_file() else Path(row["reference_file"])
+        reference, geometry = read_image(reference_file)
+        prediction_file = crossval_dir / Path(row["prediction_file"]).name
+        prediction, _ = read_image(prediction_file)
+        _check_same_shape(case_id, {image_path: image.shape[-reference.ndim:], reference_file: reference.shape,
+                                    prediction_file: prediction.shape})
         title = f"{which}: {case_id}, mean Dice {dice:.4f}"
         figure = overlay(image, reference, prediction, geometry.spacing, classes, title)
         sections.append(figures.add(f"case_{which}_{_safe(case_id)}", figure, f"{title}; solid: reference, dashed: prediction"))
     return sections
+
+
+def _check_same_shape(case_id: str, shapes: dict[Path, tuple[int, ...]]) -> None:
+    """The image, reference and prediction of an overlay must have one shape: a reference or raw image
+    replaced since find-best evaluated the case stopped the report with numpy's broadcast error."""
+    if len(set(shapes.values())) > 1:
+        listed = "; ".join(f"{path}: {'x'.join(map(str, shape))}" for path, shape in shapes.items())
+        raise EvaluationError(f"{case_id}: its image, reference and prediction differ in shape ({listed}); one was "
+                              "replaced since find-best evaluated it (or the preprocessed root is another one): restore "
+                              "it, or re-run autoseg find-best")
