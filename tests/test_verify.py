@@ -291,6 +291,11 @@ def test_a_2d_case_among_3d_cases_is_refused_by_verify_and_fingerprint(small_dat
     result = runner.invoke(app, ["fingerprint", str(small_dataset), "-np", "1"])
     assert result.exit_code == 2 and f"  {expected}" in result.output.splitlines(), result.output
     assert not list(roots["preprocessed"].rglob("fingerprint.json"))
+    for other in sorted((small_dataset / "imagesTr").glob("*_0000.nii.gz"))[1:]:  # one-slice 3D files: a 2D dataset
+        for path in (other, small_dataset / "labelsTr" / other.name.replace("_0000", "")):
+            edit_image(path, lambda volume: volume[:, :, :1])
+    result = runner.invoke(app, ["verify", str(small_dataset), "-np", "1"])
+    assert result.exit_code == 0, result.output
 
 
 def test_images_named_as_their_labels_are_named_as_lacking_the_channel_suffix(

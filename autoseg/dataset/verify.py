@@ -41,6 +41,7 @@ class CaseCheck:
     data: np.ndarray | None = None  # (C, z, y, x) float32
     label: np.ndarray | None = None  # (z, y, x) int16/int32
     spacing: tuple[float, ...] | None = None
+    shape: tuple[int, ...] | None = None  # (z, y, x) of the first image, with its spacing
 
 
 def _listing(values: list[int] | np.ndarray) -> str:
@@ -117,19 +118,20 @@ def check_case(case: Case, desc: DatasetDescription, keep_arrays: bool = False) 
                         )
             label = _check_label_values(case.label, label, desc, result.problems)
     if geometries:
-        result.spacing = geometries[0].spacing
+        result.spacing, result.shape = geometries[0].spacing, arrays[0][1].shape[1:]
     if keep_arrays and not result.problems and channels is not None:
         result.data = np.concatenate([a.astype(np.float32, copy=False) for a in channels])
         result.label = label
     return result
 
 
-def mixed_2d_problem(cases: Sequence[Case], spacings: Sequence[Sequence[float] | None]) -> str | None:
-    """The problem of 2D training cases (one slice, read with nnU-Net's slice spacing of 999 mm) among 3D ones,
-    each case with its spacing (None: unread). nnU-Net accepts them silently, and preprocessing stretched such a
-    slice over hundreds of slices of the 3D target spacing: training data that no scan looks like."""
-    flat = [c for c, s in zip(cases, spacings) if s is not None and s[0] >= SLICE_SPACING_2D]
-    volumes = sum(1 for s in spacings if s is not None and s[0] < SLICE_SPACING_2D)
+def mixed_2d_problem(cases: Sequence[Case], grids: Sequence[tuple[Sequence[float], Sequence[int]] | None]) -> str | None:
+    """The problem of 2D training cases (one slice, read with nnU-Net's slice spacing of 999 mm) among 3D ones
+    of several slices, each case with its (spacing, shape) (None: unread). nnU-Net accepts them silently, and
+    preprocessing stretched such a slice over hundreds of slices of the 3D target spacing: training data that no
+    scan looks like. One-slice 3D files beside 2D ones are a 2D dataset, as before."""
+    flat = [c for c, g in zip(cases, grids) if g is not None and g[0][0] >= SLICE_SPACING_2D]
+    volumes = sum(1 for g in grids if g is not None and g[0][0] < SLICE_SPACING_2D and g[1][0] > 1)
     if not flat or not volumes:
         return None
     named = ", ".join(str(c.images[0]) for c in flat[:MAX_LISTED_VALUES])
@@ -229,10 +231,11 @@ class VerifyReport:
 
 def _check_case_problems(
     case: Case, desc: DatasetDescription
-) -> tuple[list[str], list[str], tuple[float, ...] | None]:
-    """(problems, warnings, spacing) of one case."""
+) -> tuple[list[str], list[str], tuple[tuple[float, ...], tuple[int, ...]] | None]:
+    """(problems, warnings, (spacing, shape) or None when unread) of one case."""
     checked = check_case(case, desc)
-    return checked.problems, checked.warnings, checked.spacing
+    grid = None if checked.spacing is None or checked.shape is None else (checked.spacing, checked.shape)
+    return checked.problems, checked.warnings, grid
 
 
 def dataset_level_problems(location: DatasetLocation, desc: DatasetDescription) -> tuple[list[Case], list[str]]:

@@ -124,7 +124,7 @@ def extract_fingerprint(
     if failures:
         lines = [_naming_the_case(f.key, line) for f in failures for line in f.message.split(" | ")]
         raise DatasetError(_problem_listing(location, lines))
-    if mixed := mixed_2d_problem(cases, [results[c.case_id]["spacing"] for c in cases]):
+    if mixed := mixed_2d_problem(cases, [(results[c.case_id]["spacing"], results[c.case_id]["shape_before_crop"]) for c in cases]):
         raise DatasetError(_problem_listing(location, [mixed]))
     if not any(sum(r["class_voxel_counts"].values()) for r in results.values()):
         raise DatasetError(_problem_listing(location, [_no_foreground_problem(location, desc)]))
