@@ -253,6 +253,7 @@ def test_a_reference_replaced_since_find_best_is_named_not_broadcast(roots: dict
     with pytest.raises(EvaluationError, match=r"its image, reference and prediction differ in shape \(.*gt_segmentations"):
         build_report(DATASET, num_workers=1)
     assert not (roots["results"] / DATASET / "report.html").exists()
+    assert not list((roots["results"] / DATASET).glob("report_*.png"))  # no figures of a report never written
 
 
 def test_relative_roots_give_instructions_usable_from_any_folder(

@@ -277,18 +277,22 @@ def _figure_html(name: str, data: bytes, caption: str) -> str:
 
 
 class _Figures:
-    """Collects figures: each is saved as ``<stem>_<name>.png`` beside the HTML and embedded in it."""
+    """Collects figures: each is saved as ``<stem>_<name>.png`` beside the HTML and embedded in it. They are
+    saved by ``save`` once the whole report is made: saved one by one as they were drawn, a report that
+    failed later (a damaged case) left its first figures behind."""
 
     def __init__(self, html_path: Path) -> None:
         self.html_path = html_path
-        self.saved: list[Path] = []
+        self.pending: dict[Path, bytes] = {}
 
     def add(self, name: str, figure: Figure, caption: str) -> str:
         data = _png(figure)
-        path = self.html_path.with_name(f"{self.html_path.stem}_{name}.png")
-        atomic_write_bytes(path, data)
-        self.saved.append(path)
+        self.pending[self.html_path.with_name(f"{self.html_path.stem}_{name}.png")] = data
         return _figure_html(name, data, caption)
+
+    def save(self) -> None:
+        for path, data in self.pending.items():
+            atomic_write_bytes(path, data)
 
     def remove_stale(self) -> None:
         """Remove the figures an earlier report wrote beside the same HTML that this one did not write
@@ -296,7 +300,7 @@ class _Figures:
         report's figures."""
         stem = self.html_path.stem
         for path in self.html_path.parent.glob(f"{glob.escape(stem)}_*.png"):
-            if path not in self.saved and FIGURE_NAME.fullmatch(path.name[len(stem) + 1 :]):
+            if path not in self.pending and FIGURE_NAME.fullmatch(path.name[len(stem) + 1 :]):
                 path.unlink(missing_ok=True)
 
 
@@ -465,6 +469,7 @@ def build_report(dataset_spec: str | os.PathLike[str], output_html: str | Path |
     document = ("<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
                 f"<title>autoseg report {html.escape(dataset.name)}</title><style>{CSS}</style></head><body>"
                 + "\n".join(sections) + "</body></html>\n")
+    figures.save()
     atomic_write_text(output, document)
     figures.remove_stale()
     return output
