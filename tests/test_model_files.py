@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from autoseg import __version__
-from autoseg.errors import ModelFileError
+from autoseg.errors import EvaluationError, ModelFileError
 from autoseg.evaluation.model_files import (
     MODEL_ZIP_FORMAT_VERSION,
     MANIFEST,
@@ -216,6 +216,16 @@ def test_a_fold_of_another_configuration_is_refused_by_export_and_import(tmp_pat
     with pytest.raises(ModelFileError, match=f"refusing to import: member '{member}': {problem}"):
         import_model(bad, tmp_path / "imported")
     assert not (tmp_path / "imported").exists()
+
+
+@pytest.mark.parametrize("decision", ['{"steps": [', '{"version": 1, "steps": [{"operation": "keep_largest"}], "file_ending": ".nii.gz"}'])
+def test_export_refuses_a_damaged_postprocessing_decision(decision: str, tmp_path: Path) -> None:
+    """A damaged postprocessing.json was exported, and only import-model refused the zip; export now names it."""
+    folder = make_model_folder(tmp_path / "results")
+    (folder / "postprocessing.json").write_text(decision)
+    message = " ".join(autoseg_fails("export-model", "-m", folder, "-o", tmp_path / "m.zip", "-f", 0).split())
+    assert f"{folder / 'postprocessing.json'}: " in message and "re-run autoseg postprocess determine" in message
+    assert not (tmp_path / "m.zip").exists()
 
 
 def test_export_names_a_missing_checkpoint(tmp_path: Path) -> None:
@@ -532,11 +542,23 @@ def test_a_manifest_naming_an_ensemble_of_other_models_is_refused(exported, tmp_
     ({"steps": []}, "is not a postprocessing decision"),
 ])
 def test_an_exported_decision_postprocess_apply_cannot_replay_is_refused_on_import(tmp_path, decision, expected) -> None:
+    """Refused by export-model from the ensemble folder, and by import-model from a zip edited to hold it."""
     first, second = two_models(tmp_path / "results")
-    make_ensemble(tmp_path / "results", (first.name, second.name), decision)
+    decision_file = make_ensemble(tmp_path / "results", (first.name, second.name), decision)
+    with pytest.raises(EvaluationError, match=rf"{re.escape(str(decision_file))}: {expected}"):
+        export_model([first, second], tmp_path / "model.zip", folds=FOLDS)
+    decision_file.write_text(json.dumps(ENSEMBLE_DECISION))
     zip_path = export_model([first, second], tmp_path / "model.zip", folds=FOLDS)
-    with pytest.raises(ModelFileError, match=rf"refusing to import: member 'ensembles/ensemble___.*/postprocessing.json': {expected}"):
-        import_model(zip_path, tmp_path / "clean")
+    member = f"ensembles/{decision_file.parent.name}/postprocessing.json"
+
+    def edit_decision(members: dict) -> dict:
+        members[member] = json.dumps(decision).encode()
+        manifest = json.loads(members[MANIFEST])
+        manifest["files"][member] = hashlib.sha256(members[member]).hexdigest()
+        return {**members, MANIFEST: json.dumps(manifest).encode()}
+
+    with pytest.raises(ModelFileError, match=rf"refusing to import: member '{member}': {expected}"):
+        import_model(rewrite_zip(zip_path, tmp_path / "bad.zip", edit_decision), tmp_path / "clean")
     assert not (tmp_path / "clean" / DATASET / first.name).exists()
 
 

@@ -229,6 +229,15 @@ def test_onnx_export_refuses_to_write_over_a_file_of_the_model(onnx_export: tupl
     assert (folder / "plans.json").read_bytes() == before
 
 
+def test_onnx_export_refuses_a_damaged_postprocessing_decision(tmp_path: Path) -> None:
+    """A postprocessing.json cut short stopped --format onnx with an internal error (JSONDecodeError)."""
+    folder = make_family_model(tmp_path / "results", "unet")
+    (folder / "postprocessing.json").write_text('{"steps": [')
+    message = autoseg_fails("export-model", "-m", folder, "-o", tmp_path / "m.zip", "-f", 0, "--format", "onnx")
+    assert f"{folder / 'postprocessing.json'}: is not valid JSON" in " ".join(message.split())
+    assert not (tmp_path / "m.zip").exists()
+
+
 def _foreign_zip(tmp_path: Path) -> Path:
     """A zip with a manifest of some other tool."""
     with zipfile.ZipFile(tmp_path / "foreign.zip", "w") as archive:

@@ -111,7 +111,7 @@ def model_members(model_folder: Path, folds: Sequence[int | str], checkpoint: st
     for file in REQUIRED_FILES + OPTIONAL_FILES:
         path = model_folder / file
         if path.is_file():
-            members[f"{name}/{file}"] = path.read_bytes()
+            members[f"{name}/{file}"] = _decision_bytes(path) if file == POSTPROCESSING_JSON else path.read_bytes()
         elif file in REQUIRED_FILES:
             raise ModelFileError(f"{path}: not found; {model_folder} is not a trained model folder (plans.json and dataset.json are written by autoseg train)")
     stem = Path(checkpoint).stem
@@ -122,6 +122,15 @@ def model_members(model_folder: Path, folds: Sequence[int | str], checkpoint: st
     return members
 
 
+def _decision_bytes(path: Path) -> bytes:
+    """A postprocessing decision to export, checked as import-model checks it: a damaged one was exported and
+    refused only by import-model."""
+    from autoseg.postprocessing.determine import load_decision
+
+    load_decision(path)
+    return path.read_bytes()
+
+
 def ensemble_members(dataset_results: Path, models: Sequence[str]) -> dict[str, bytes]:
     """Zip member name -> content of the postprocessing decision of every ensemble (find-best's
     ``ensembles/<ensemble>/postprocessing.json``) whose models are all exported."""
@@ -130,7 +139,7 @@ def ensemble_members(dataset_results: Path, models: Sequence[str]) -> dict[str, 
         name = decision.parent.name
         joined = ensemble_model_names(name)
         if SAFE_NAME.match(name) and joined and set(joined) <= set(models):
-            members[f"{ENSEMBLES_FOLDER}/{name}/{POSTPROCESSING_JSON}"] = decision.read_bytes()
+            members[f"{ENSEMBLES_FOLDER}/{name}/{POSTPROCESSING_JSON}"] = _decision_bytes(decision)
     return members
 
 

@@ -112,6 +112,7 @@ def export_onnx_model(
     """Write the ONNX model zip of ``model_folder``'s ``folds`` (default: every trained fold)."""
     from autoseg.evaluation.model_files import check_output_not_in_model
     from autoseg.inference.model import load_model
+    from autoseg.postprocessing.determine import load_decision
 
     folder = Path(model_folder)
     check_output_file(Path(output_zip), ModelFileError)
@@ -123,12 +124,13 @@ def export_onnx_model(
             "single-stage configurations (export 3d_fullres or 2d instead)"
         )
     members = {name: (folder / name).read_bytes() for name in DESCRIPTION_FILES if (folder / name).is_file()}
+    # checked as postprocess apply checks it: a damaged one stopped the export with an internal error
+    postprocessing = load_decision(folder / "postprocessing.json") if "postprocessing.json" in members else None
     in_channels = model.num_image_channels
     dynamic = True
     for fold, network in zip(model.folds, model.networks):
         members[f"fold_{fold}/{GRAPH}"], fold_dynamic = _fold_graph(network, in_channels, model.patch_size)
         dynamic = dynamic and fold_dynamic
-    postprocessing = json.loads(members["postprocessing.json"]) if "postprocessing.json" in members else None
     members[DEPLOY] = (json.dumps(deploy_description(model, postprocessing, dynamic), indent=2) + "\n").encode()
     manifest = {
         "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "autoseg_version": __version__,
