@@ -337,7 +337,7 @@ def predict(
         if model_folder is not None and model_folder.suffix.lower() == ".zip" and model_folder.is_file() and engine == "torch":
             from autoseg.evaluation.model_files import unpacked_model
 
-            model_folder = stack.enter_context(unpacked_model(model_folder))
+            model_folder = stack.enter_context(unpacked_model(model_folder, _folds(folds), checkpoint))
         if model_folder is not None:
             model = model_folder
         else:

@@ -176,11 +176,11 @@ def test_description_files_of_the_wrong_types_are_refused(case: str, model_zip: 
     assert message.format(model=MODEL) in _refused(bad, tmp_path)
 
 
-def _predict_with(zip_path: Path, tmp_path: Path) -> tuple[int, str, Path]:
+def _predict_with(zip_path: Path, tmp_path: Path, *options: str) -> tuple[int, str, Path]:
     inputs, output = tmp_path / "in", tmp_path / "out"
     inputs.mkdir(exist_ok=True)
     shutil.copy(HIPPOCAMPUS / "imagesTr" / "hippocampus_001_0000.nii.gz", inputs / "case_0000.nii.gz")
-    result = runner.invoke(app, ["predict", "-i", str(inputs), "-o", str(output), "-m", str(zip_path), "--no-tta"])
+    result = runner.invoke(app, ["predict", "-i", str(inputs), "-o", str(output), "-m", str(zip_path), "--no-tta", *options])
     assert "Traceback" not in result.output
     return result.exit_code, " ".join(result.output.split()), output
 
@@ -196,3 +196,15 @@ def test_predict_refuses_a_hostile_zip_before_writing(model_zip: Path, tmp_path:
     code, text, output = _predict_with(bad, tmp_path)
     assert code == 2 and "refusing to import: member '../evil.txt' has an unsafe path" in text, text
     assert not output.exists() and not (tmp_path.parent / "evil.txt").exists() and files_under(roots["results"]) == []
+
+
+@pytest.mark.parametrize("options, message", [
+    (("--checkpoint", "best"), "holds the final checkpoint, not best; predict with --checkpoint final, or export the best checkpoint"),
+    (("-f", "0", "-f", "3"), "holds fold(s) 0, 1, not 3; choose present folds with -f, or export those folds"),
+])
+def test_predict_names_the_zip_when_it_lacks_the_checkpoint_or_fold(options: tuple[str, ...], message: str,
+                                                                    model_zip: Path, tmp_path: Path) -> None:
+    """The refusal named the temporary folder the zip was unpacked into (gone by then) and said to finish training."""
+    code, text, output = _predict_with(model_zip, tmp_path, *options)
+    assert code == 2 and f"{model_zip}: {message}" in text, text
+    assert "autoseg-model-" not in text and not output.exists()

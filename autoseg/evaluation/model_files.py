@@ -407,6 +407,7 @@ class Installed:
 
     models: list[Path]  # the model folders
     decisions: list[Path] = field(default_factory=list)  # ensembles' postprocessing.json
+    manifest: dict[str, Any] = field(default_factory=dict)  # the zip's manifest.json
 
 
 def import_model(zip_path: str | Path, results_root: str | Path | None = None, overwrite: bool = False) -> list[Path]:
@@ -443,7 +444,7 @@ def install_model_file(zip_path: str | Path, results_root: str | Path | None = N
                 os.replace(staging / decision.relative_to(dataset_dir), decision)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    return Installed(targets, decisions)
+    return Installed(targets, decisions, manifest)
 
 
 @contextlib.contextmanager
@@ -483,12 +484,33 @@ def _replace_folder(source: Path, target: Path) -> None:
             shutil.rmtree(backup)
 
 
+def _check_zip_holds(manifest: Mapping[str, Any], zip_path: Path, folds: Sequence[int | str] | str | None,
+                     checkpoint: str) -> None:
+    """The checkpoint and folds asked of a model zip must be in it: ``predict -m model.zip --checkpoint best``
+    (or ``-f 3``) was refused naming the temporary folder the zip was unpacked into, gone by then, with the
+    fix 'finish training this fold'."""
+    held = manifest["checkpoint"]
+    kind = Path(held).stem.removeprefix("checkpoint_")
+    if checkpoint_file(checkpoint, ModelFileError) != held:
+        raise ModelFileError(f"{zip_path}: holds the {kind} checkpoint, not {checkpoint}; predict with --checkpoint "
+                             f"{kind}, or export the {checkpoint} checkpoint")
+    asked = [] if folds is None else ["all"] if folds == "all" else [str(f) for f in folds]
+    missing = [f for f in asked if f not in manifest["folds"]]
+    if missing:
+        raise ModelFileError(f"{zip_path}: holds fold(s) {', '.join(manifest['folds'])}, not {', '.join(missing)}; "
+                             "choose present folds with -f, or export those folds")
+
+
 @contextlib.contextmanager
-def unpacked_model(zip_path: str | Path) -> Iterator[Path]:
+def unpacked_model(zip_path: str | Path, folds: Sequence[int | str] | str | None = None,
+                   checkpoint: str = "final") -> Iterator[Path]:
     """A model zip checked like ``import_model`` and unpacked into a temporary folder, never the results
-    root (``predict -m model.zip``); yields the model folder to predict with (a cascade's last stage)."""
+    root (``predict -m model.zip``); yields the model folder to predict with (a cascade's last stage).
+    ``folds`` and ``checkpoint``, those predict asks for, must be in the zip."""
     with tempfile.TemporaryDirectory(prefix="autoseg-model-") as tmp:
-        folders = import_model(zip_path, tmp)
+        installed = install_model_file(zip_path, tmp)
+        _check_zip_holds(installed.manifest, Path(zip_path), folds, checkpoint)
+        folders = installed.models
         chosen = [f for f in folders if f.name.endswith("__3d_cascade_fullres")] if len(folders) > 1 else folders
         if len(chosen) != 1:
             raise ModelFileError(f"{zip_path}: holds {len(folders)} models ({', '.join(f.name for f in folders)}); "
