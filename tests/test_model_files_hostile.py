@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pytest
 
-import autoseg.evaluation.model_files as model_files
 import autoseg.utils.checksummed_zip as checksummed_zip
 from autoseg.cli import app
 from autoseg.errors import ModelFileError
 from autoseg.evaluation.model_files import MANIFEST, export_model, import_model
+from autoseg.utils.weights_file import weights_from_bytes, weights_to_bytes
 
 from cli_helpers import runner
 from conftest import HIPPOCAMPUS
-from test_model_files import MODEL, PLANS, files_under, make_model_folder, rewrite_zip
+from test_model_files import MODEL, PLANS, TOPOLOGY, files_under, make_model_folder, rewrite_zip
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +174,29 @@ def test_description_files_of_the_wrong_types_are_refused(case: str, model_zip: 
 
     bad = rewrite_zip(model_zip, tmp_path / "bad.zip", replace)
     assert message.format(model=MODEL) in _refused(bad, tmp_path)
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({"in_channels": 4}, "weights do not fit the network its metadata describes"),
+    ({"topology": {**TOPOLOGY.__dict__, "features_per_stage": [4, 8]}}, "weights do not fit the network its metadata describes"),
+    ({"network": "nosuchnet"}, "unknown network 'nosuchnet'"),
+])
+def test_weights_that_do_not_load_into_their_network_are_refused(change: dict, problem: str, model_zip: Path,
+                                                                 tmp_path: Path) -> None:
+    """Metadata naming another network, topology or input channels than the weights was imported, and such a
+    model failed only at predict; import now loads each fold's weights into its network, as predict does."""
+    member = f"{MODEL}/fold_0/checkpoint_final.safetensors"
+
+    def edit_metadata(members: dict) -> dict:
+        checkpoint = weights_from_bytes(members[member], "test", ModelFileError)
+        checkpoint["metadata"].update(change)
+        members[member] = weights_to_bytes(checkpoint)
+        manifest = json.loads(members[MANIFEST])
+        manifest["files"][member] = hashlib.sha256(members[member]).hexdigest()
+        return {**members, MANIFEST: json.dumps(manifest).encode()}
+
+    message = _refused(rewrite_zip(model_zip, tmp_path / "bad.zip", edit_metadata), tmp_path)
+    assert message.startswith(f"member '{member}': {problem}"), message
 
 
 def _predict_with(zip_path: Path, tmp_path: Path, *options: str) -> tuple[int, str, Path]:

@@ -35,10 +35,12 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator, Mapping, Sequence
 
+import torch
+
 from autoseg import __version__
 from autoseg.errors import AutosegError, EvaluationError, ModelFileError
-from autoseg.inference.model import check_fold_configuration
 from autoseg.evaluation.selection import ENSEMBLES_FOLDER, POSTPROCESSING_JSON, ensemble_model_names
+from autoseg.inference.model import build_network, check_fold_configuration
 from autoseg.paths import check_model_folder_name, results_root as default_results_root
 from autoseg.utils.atomic import atomic_write_bytes, folder_lock, remove_stale_temporaries, staging_folder
 from autoseg.utils.checksummed_zip import (
@@ -388,8 +390,15 @@ def validate_model_file(zip_path: str | Path) -> tuple[dict[str, Any], dict[str,
 
 
 def _check_weights(data: bytes, where: str) -> dict[str, Any]:
-    """A weight member must be a checkpoint: the network's tensors and the checkpoint's metadata (returned)."""
-    return checkpoint_from_bytes(data, where, ModelFileError, fix="the file was not written by autoseg export-model")["metadata"]
+    """A weight member must be a checkpoint whose tensors load into the network its metadata describes, as
+    predict loads them (metadata naming another network, topology or input channels than the weights was
+    imported, and failed only at predict); returns the metadata."""
+    checkpoint = checkpoint_from_bytes(data, where, ModelFileError, fix="the file was not written by autoseg export-model")
+    try:
+        build_network(checkpoint, where, torch.device("cpu"))
+    except AutosegError as exc:
+        raise ModelFileError(str(exc)) from None
+    return checkpoint["metadata"]
 
 
 def _write_model_tree(members: Mapping[str, bytes], staging: Path) -> None:

@@ -19,7 +19,7 @@ from torch import nn
 
 from autoseg.utils.device import choose_device
 from autoseg.dataset.description import DatasetDescription, channel_list, parse_description
-from autoseg.errors import InferenceError
+from autoseg.errors import InferenceError, NetworkError
 from autoseg.inference.engine import LoadedModel, canonical_folds
 from autoseg.networks import create_network
 from autoseg.paths import check_model_folder_name, dataset_folders, expand_home, parse_dataset_id, results_root
@@ -75,7 +75,7 @@ def _load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
     return read_checkpoint(path, InferenceError, missing, fix="use a matching autoseg version or retrain", device=device)
 
 
-def build_network(checkpoint: dict[str, Any], path: Path, device: torch.device) -> nn.Module:
+def build_network(checkpoint: dict[str, Any], path: Path | str, device: torch.device) -> nn.Module:
     """Re-create the network a checkpoint describes and load its weights (strict), in eval mode."""
     meta = checkpoint["metadata"]
     try:
@@ -85,6 +85,8 @@ def build_network(checkpoint: dict[str, Any], path: Path, device: torch.device) 
         )
     except KeyError as exc:
         raise InferenceError(f"{path}: checkpoint metadata lacks {exc}; re-save it with autoseg") from None
+    except NetworkError as exc:  # a network or option this autoseg lacks: the message named no file
+        raise InferenceError(f"{path}: {exc}") from None
     try:
         network.load_state_dict(checkpoint["network_weights"])
     except RuntimeError as exc:
