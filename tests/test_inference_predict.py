@@ -142,6 +142,14 @@ def test_a_fold_copied_from_another_configuration_is_refused_by_name(model_3d: P
     assert load_model(model_3d, folds=[0], device="cpu").folds == ["0"]
 
 
+def test_a_model_folder_given_as_dot_or_dotdot_loads(model_3d: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``-m .`` inside the model folder (``..`` inside a fold) was refused as not named <network>__<plans>__<configuration>."""
+    monkeypatch.chdir(model_3d)
+    assert load_model(".", folds=[0], device="cpu").configuration_name == "3d_fullres"
+    monkeypatch.chdir(model_3d / "fold_0")
+    assert load_model("..", folds=[0], device="cpu").folder.name == model_3d.name
+
+
 def test_missing_fold_checkpoint_and_folder_errors(model_3d: Path) -> None:
     with pytest.raises(InferenceError, match=r"fold\(s\) 3 not found \(present: 0, 1\); train them or choose"):
         load_model(model_3d, folds=[0, 3])

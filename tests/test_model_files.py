@@ -228,6 +228,14 @@ def test_export_refuses_a_damaged_postprocessing_decision(decision: str, tmp_pat
     assert not (tmp_path / "m.zip").exists()
 
 
+def test_export_takes_a_model_folder_given_as_dot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``export-model -m .`` inside the model folder was refused as not named <network>__<plans>__<configuration>."""
+    folder = make_model_folder(tmp_path / "results")
+    monkeypatch.chdir(folder)
+    zip_path = export_model(".", tmp_path / "m.zip", folds=[0])
+    assert json.loads(zipfile.ZipFile(zip_path).read(MANIFEST))["models"] == [MODEL]
+
+
 def test_export_names_a_missing_checkpoint(tmp_path: Path) -> None:
     folder = make_model_folder(tmp_path / "results")
     missing = folder / "fold_2" / "checkpoint_final.safetensors"

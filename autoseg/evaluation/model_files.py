@@ -40,7 +40,7 @@ import torch
 from autoseg import __version__
 from autoseg.errors import AutosegError, EvaluationError, ModelFileError
 from autoseg.evaluation.selection import ENSEMBLES_FOLDER, POSTPROCESSING_JSON, ensemble_model_names
-from autoseg.inference.model import build_network, check_fold_configuration
+from autoseg.inference.model import build_network, check_fold_configuration, named_folder
 from autoseg.paths import check_model_folder_name, results_root as default_results_root
 from autoseg.utils.atomic import atomic_write_bytes, folder_lock, remove_stale_temporaries, staging_folder
 from autoseg.utils.checksummed_zip import (
@@ -155,7 +155,8 @@ def export_model(
     model folders of the same dataset (``<results>/<Dataset>/<network>__<plans>__<config>``) into
     ``output_zip``, with a manifest of checksums. ``checkpoint`` is ``final``, ``best``, ``latest`` or a
     file name such as ``checkpoint_final.safetensors``. Returns the zip's path."""
-    folders = [Path(model_folders)] if isinstance(model_folders, (str, Path)) else [Path(f) for f in model_folders]
+    given = [model_folders] if isinstance(model_folders, (str, Path)) else model_folders
+    folders = [named_folder(Path(f)) for f in given]
     if not folders:
         raise ModelFileError("export-model: give at least one model folder")
     if not folds:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -94,6 +95,12 @@ def build_network(checkpoint: dict[str, Any], path: Path | str, device: torch.de
     return network.to(device).eval()
 
 
+def named_folder(folder: Path) -> Path:
+    """``folder`` as given, or its absolute path where it ends in no name (``.``, ``..``): ``-m .`` run inside
+    a model folder was refused as a folder not named <network>__<plans>__<configuration>."""
+    return Path(os.path.abspath(folder)) if folder.name in ("", ".", "..") else folder
+
+
 def _configuration_from_folder(folder: Path) -> str:
     return check_model_folder_name(folder.name, str(folder), InferenceError, "point -m at one")[2]
 
@@ -152,7 +159,7 @@ def load_model(
     Raises ``InferenceError`` naming the missing file or fold and the fix. For a cascade configuration
     the ``previous_stage`` model is loaded from the sibling folder with the same folds and checkpoint.
     """
-    folder = Path(folder)
+    folder = named_folder(Path(folder))
     if not folder.is_dir():
         raise InferenceError(f"{folder}: model folder not found; give <results>/<Dataset>/<network>__<plans>__<configuration>")
     checkpoint_file_name = checkpoint_file(checkpoint, InferenceError)

@@ -111,10 +111,10 @@ def export_onnx_model(
 ) -> Path:
     """Write the ONNX model zip of ``model_folder``'s ``folds`` (default: every trained fold)."""
     from autoseg.evaluation.model_files import check_output_not_in_model
-    from autoseg.inference.model import load_model
+    from autoseg.inference.model import load_model, named_folder
     from autoseg.postprocessing.determine import load_decision
 
-    folder = Path(model_folder)
+    folder = named_folder(Path(model_folder))
     check_output_file(Path(output_zip), ModelFileError)
     check_output_not_in_model(Path(output_zip), [folder])
     model = load_model(folder, folds, checkpoint, "cpu")
