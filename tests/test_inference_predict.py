@@ -150,6 +150,14 @@ def test_a_model_folder_given_as_dot_or_dotdot_loads(model_3d: Path, monkeypatch
     assert load_model("..", folds=[0], device="cpu").folder.name == model_3d.name
 
 
+def test_a_file_given_as_model_folder_is_named_as_a_file(tmp_path: Path) -> None:
+    """A model zip renamed without .zip (``-m model.bin``) was reported as 'model folder not found'."""
+    renamed = tmp_path / "model.bin"
+    renamed.write_bytes(b"PK")
+    with pytest.raises(InferenceError, match=r"model.bin: is a file, not a model folder; .* name ending in .zip"):
+        load_model(renamed, device="cpu")
+
+
 def test_missing_fold_checkpoint_and_folder_errors(model_3d: Path) -> None:
     with pytest.raises(InferenceError, match=r"fold\(s\) 3 not found \(present: 0, 1\); train them or choose"):
         load_model(model_3d, folds=[0, 3])

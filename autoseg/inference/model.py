@@ -160,6 +160,9 @@ def load_model(
     the ``previous_stage`` model is loaded from the sibling folder with the same folds and checkpoint.
     """
     folder = named_folder(Path(folder))
+    if folder.is_file():  # was 'model folder not found', of a file that is there (a model zip renamed)
+        raise InferenceError(f"{folder}: is a file, not a model folder; give a model folder, or a model zip from "
+                             "autoseg export-model under a name ending in .zip")
     if not folder.is_dir():
         raise InferenceError(f"{folder}: model folder not found; give <results>/<Dataset>/<network>__<plans>__<configuration>")
     checkpoint_file_name = checkpoint_file(checkpoint, InferenceError)
