@@ -236,6 +236,19 @@ def test_export_takes_a_model_folder_given_as_dot(tmp_path: Path, monkeypatch: p
     assert json.loads(zipfile.ZipFile(zip_path).read(MANIFEST))["models"] == [MODEL]
 
 
+def test_overwrite_refuses_to_replace_the_folder_holding_the_zip(tmp_path: Path) -> None:
+    """``import-model MODEL/model.zip --overwrite`` into the zip's own results root deleted the zip with the model
+    folder it replaced; now refused with nothing changed, and a zip outside still replaces the folder."""
+    folder = make_model_folder(tmp_path / "results")
+    zip_path = export_model(folder, folder / "model.zip", folds=[0])
+    with pytest.raises(ModelFileError, match=f"{re.escape(str(zip_path))}: lies in {re.escape(str(folder))}, which "
+                                             "--overwrite would replace"):
+        import_model(zip_path, tmp_path / "results", overwrite=True)
+    assert zip_path.is_file() and (folder / "fold_1").is_dir()
+    outside = zip_path.rename(tmp_path / "model.zip")
+    assert import_model(outside, tmp_path / "results", overwrite=True) == [folder] and outside.is_file()
+
+
 def test_export_names_a_missing_checkpoint(tmp_path: Path) -> None:
     folder = make_model_folder(tmp_path / "results")
     missing = folder / "fold_2" / "checkpoint_final.safetensors"

@@ -443,6 +443,7 @@ def install_model_file(zip_path: str | Path, results_root: str | Path | None = N
             what = "model folder" if existing[0] in targets else "ensemble postprocessing decision"
             raise ModelFileError(f"{existing[0]}: {what} already exists; pass --overwrite to replace it, or import "
                                  "into another results folder")
+        _refuse_replacing_the_zip(Path(zip_path), existing)
         remove_stale_temporaries(dataset_dir, IMPORT_STAGING)  # a killed import's staging folder
         staging = staging_folder(dataset_dir / IMPORT_STAGING)
         try:
@@ -455,6 +456,16 @@ def install_model_file(zip_path: str | Path, results_root: str | Path | None = N
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return Installed(targets, decisions, manifest)
+
+
+def _refuse_replacing_the_zip(zip_path: Path, replaced: Sequence[Path]) -> None:
+    """``--overwrite`` must not replace the folder the zip lies in: ``import-model MODEL/model.zip --overwrite``
+    into the zip's own results root deleted the zip with the folder it replaced."""
+    source = zip_path.resolve()
+    inside = next((folder for folder in replaced if source.is_relative_to(folder.resolve())), None)
+    if inside is not None:
+        raise ModelFileError(f"{zip_path}: lies in {inside}, which --overwrite would replace (deleting the zip); move "
+                             "the zip out of it first")
 
 
 @contextlib.contextmanager
