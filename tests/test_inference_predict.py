@@ -136,10 +136,16 @@ def test_a_fold_copied_from_another_configuration_is_refused_by_name(model_3d: P
     fold_2d = make_model(tmp_path / "other", "2d", folds=("1",)) / "fold_1"
     shutil.rmtree(model_3d / "fold_1")
     shutil.copytree(fold_2d, model_3d / "fold_1")
-    with pytest.raises(InferenceError, match=r"fold_1/checkpoint_final.safetensors: is a checkpoint of configuration "
-                                             r"2d, but its model folder is named for 3d_fullres"):
+    with pytest.raises(InferenceError, match=r"fold_1/checkpoint_final.safetensors: is a checkpoint of unet__autosegPlans__2d, "
+                                             r"but its model folder is unet__autosegPlans__3d_fullres"):
         load_model(model_3d, device="cpu")
     assert load_model(model_3d, folds=[0], device="cpu").folds == ["0"]
+    checkpoint = load_weights(model_3d / "fold_0" / "checkpoint_final.safetensors", InferenceError)
+    checkpoint["metadata"]["plans_name"] = "otherPlans"  # same configuration, another plan (its spacing)
+    save_weights(model_3d / "fold_0" / "checkpoint_final.safetensors", checkpoint)
+    with pytest.raises(InferenceError, match=r"is a checkpoint of unet__otherPlans__3d_fullres, but its model folder "
+                                             r"is unet__autosegPlans__3d_fullres"):
+        load_model(model_3d, folds=[0], device="cpu")
 
 
 def test_a_model_folder_given_as_dot_or_dotdot_loads(model_3d: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -201,7 +201,7 @@ def test_a_fold_of_another_configuration_is_refused_by_export_and_import(tmp_pat
     good = export_model(folder, tmp_path / "good.zip", folds=[0, 1])
     checkpoint = folder / "fold_1" / "checkpoint_final.safetensors"
     _as_configuration(checkpoint, "2d")
-    problem = "is a checkpoint of configuration 2d, but its model folder is named for 3d_fullres"
+    problem = f"is a checkpoint of unet__autosegPlans__2d, but its model folder is {MODEL}"
     with pytest.raises(ModelFileError, match=f"{re.escape(str(checkpoint))}: {problem}"):
         export_model(folder, tmp_path / "m.zip", folds=[0, 1])
     member = f"{MODEL}/fold_1/checkpoint_final.safetensors"

@@ -40,7 +40,7 @@ import torch
 from autoseg import __version__
 from autoseg.errors import AutosegError, EvaluationError, ModelFileError
 from autoseg.evaluation.selection import ENSEMBLES_FOLDER, POSTPROCESSING_JSON, ensemble_model_names
-from autoseg.inference.model import build_network, check_fold_configuration, named_folder
+from autoseg.inference.model import build_network, check_fold_of_model, named_folder
 from autoseg.paths import check_model_folder_name, results_root as default_results_root
 from autoseg.utils.atomic import atomic_write_bytes, folder_lock, remove_stale_temporaries, staging_folder
 from autoseg.utils.checksummed_zip import (
@@ -76,14 +76,14 @@ def _fold_dir(fold: int | str) -> str:
     return name
 
 
-def _checkpoint_weights(path: Path, configuration: str) -> bytes:
+def _checkpoint_weights(path: Path, model_name: str) -> bytes:
     """The network weights and metadata of a checkpoint (no optimizer state) as safetensors bytes; the
-    checkpoint must be of its model folder's ``configuration``."""
+    checkpoint must be of its model folder (``model_name``)."""
     checkpoint = read_checkpoint(
         path, ModelFileError, missing=missing_checkpoint(path, "train this fold first or choose other folds/--checkpoint"),
         fix="export a checkpoint written by this autoseg",
     )
-    check_fold_configuration(checkpoint["metadata"], configuration, path, ModelFileError)
+    check_fold_of_model(checkpoint["metadata"], model_name, path, ModelFileError)
     try:
         return network_checkpoint_bytes(checkpoint)
     except TypeError as exc:
@@ -119,8 +119,7 @@ def model_members(model_folder: Path, folds: Sequence[int | str], checkpoint: st
     stem = Path(checkpoint).stem
     for fold in folds:
         fold_dir = _fold_dir(fold)
-        members[f"{name}/{fold_dir}/{stem}{SUFFIX}"] = _checkpoint_weights(model_folder / fold_dir / checkpoint,
-                                                                        _model_name_parts(name, str(model_folder))[2])
+        members[f"{name}/{fold_dir}/{stem}{SUFFIX}"] = _checkpoint_weights(model_folder / fold_dir / checkpoint, name)
     return members
 
 
@@ -384,7 +383,7 @@ def validate_model_file(zip_path: str | Path) -> tuple[dict[str, Any], dict[str,
     _check_decisions(members, refuse)
     for name, meta in metadata.items():
         model = name.split("/", 1)[0]
-        check_fold_configuration(meta, _model_name_parts(model, refuse)[2], f"{refuse}: member {name!r}", ModelFileError)
+        check_fold_of_model(meta, model, f"{refuse}: member {name!r}", ModelFileError)
         check_outputs_match_labels(meta, descriptions[model].num_output_channels, f"{refuse}: member {name!r}",
                                    f"{model}/dataset.json", ModelFileError)
     return manifest, members

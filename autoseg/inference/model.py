@@ -105,18 +105,20 @@ def _configuration_from_folder(folder: Path) -> str:
     return check_model_folder_name(folder.name, str(folder), InferenceError, "point -m at one")[2]
 
 
-def check_fold_configuration(metadata: Mapping[str, Any], configuration: str, path: Path | str,
-                             error: type[Exception] = InferenceError) -> None:
-    """A fold's checkpoint must be of the configuration its model folder is named after: a fold copied in from
-    another configuration's folder (2d into 3d_fullres), or a folder renamed to another configuration, ran
-    with the wrong plans and failed every case with torch's shape error (or, shapes permitting, predicted at
-    the wrong spacing). Checkpoints that record no configuration pass."""
-    trained = metadata.get("configuration")
-    if trained is not None and trained != configuration:
+def check_fold_of_model(metadata: Mapping[str, Any], model_name: str, path: Path | str,
+                        error: type[Exception] = InferenceError) -> None:
+    """A fold's checkpoint must be of the network, plans and configuration its model folder is named after
+    (``model_name``, validated): a fold copied in from another model folder (2d into 3d_fullres, another plans'
+    3d_fullres), or a folder renamed, ran with the wrong plans: every case failed with torch's shape error or,
+    shapes permitting, was predicted at another plan's spacing. Fields a checkpoint does not record pass."""
+    expected = dict(zip(("network", "plans_name", "configuration"), model_name.split("__")))
+    trained = {key: value if metadata.get(key) is None else metadata[key] for key, value in expected.items()}
+    if trained != expected:
+        trained_name = "__".join(map(str, trained.values()))
         raise error(
-            f"{path}: is a checkpoint of configuration {trained}, but its model folder is named for {configuration} "
-            "(a fold copied from another model folder, or the folder renamed?); put this model's own fold back, or "
-            f"use the checkpoint from a {trained} model folder"
+            f"{path}: is a checkpoint of {trained_name}, but its model folder is {model_name} (a fold copied from "
+            f"another model folder, or the folder renamed?); put this model's own fold back, or use the checkpoint "
+            f"from a {trained_name} folder"
         )
 
 
@@ -186,7 +188,7 @@ def load_model(
         loaded = _load_checkpoint(path, torch_device)
         check_outputs_match_labels(loaded["metadata"], description.num_output_channels, str(path),
                                    str(folder / "dataset.json"), InferenceError)
-        check_fold_configuration(loaded["metadata"], configuration_name, path)
+        check_fold_of_model(loaded["metadata"], folder.name, path)
         _check_inputs_match_channels(loaded["metadata"], description, bool(configuration.get("previous_stage")), path,
                                      folder / "dataset.json")
         networks.append(build_network(loaded, path, torch_device))
