@@ -238,6 +238,24 @@ def test_onnx_export_refuses_a_damaged_postprocessing_decision(tmp_path: Path) -
     assert not (tmp_path / "m.zip").exists()
 
 
+def test_continue_with_a_re_exported_zip_of_other_weights_is_refused(tmp_path: Path) -> None:
+    """The ONNX engine recorded no weights digest: ``--continue`` with a zip re-exported under the same name
+    from a retrained model skipped the old model's outputs as done."""
+    folder = make_family_model(tmp_path / "results", "unet")
+    inputs, output, zip_path = tmp_path / "in", tmp_path / "out", tmp_path / "unet.onnx.zip"
+    inputs.mkdir()
+    (inputs / CASE.name).write_bytes(CASE.read_bytes())
+    export_onnx_model(folder, zip_path, folds=[0])
+    autoseg("predict", "-i", inputs, "-o", output, "-m", zip_path, "--engine", "onnxruntime", "--no-tta")
+    checkpoint = folder / "fold_0" / "checkpoint_final.safetensors"
+    retrained = load_weights(checkpoint, ModelFileError)
+    retrained["network_weights"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in retrained["network_weights"].items()}
+    save_weights(checkpoint, retrained)
+    export_onnx_model(folder, zip_path, folds=[0])
+    message = autoseg_fails("predict", "-i", inputs, "-o", output, "-m", zip_path, "--engine", "onnxruntime", "--no-tta", "--continue")
+    assert "holds predictions of another model or settings (weights" in " ".join(message.split())
+
+
 def _foreign_zip(tmp_path: Path) -> Path:
     """A zip with a manifest of some other tool."""
     with zipfile.ZipFile(tmp_path / "foreign.zip", "w") as archive:

@@ -57,7 +57,7 @@ class LoadedModel:
         device: where the networks live (a ``torch.device``; ``"cpu"`` for onnxruntime).
         previous_stage: the cascade's low-resolution model, loaded first, or ``None``.
         engine: ``torch`` or ``onnxruntime``: which sliding window runs the networks.
-        weights_sha256: the folds' network tensors hashed together (``None`` for onnxruntime), which tells
+        weights_sha256: the folds' network tensors (onnxruntime: graphs) hashed together, which tells
             a retrained model from one of the same folder name.
     """
 

@@ -279,5 +279,13 @@ def load_onnx_model(
         patch_size=tuple(deploy["patch_size"]),
         device="cpu",
         engine="onnxruntime",
+        weights_sha256=_graphs_digest(manifest, names),
     )
+
+
+def _graphs_digest(manifest: dict[str, Any], folds: Sequence[str]) -> str:
+    """The chosen folds' graphs hashed together (from the manifest's checksums, which the members matched):
+    without it, ``predict --continue`` into a folder of an earlier export of the same file name (a retrained
+    model) skipped the old model's outputs as done."""
+    return hashlib.sha256("".join(manifest["files"][f"fold_{f}/{GRAPH}"] for f in folds).encode()).hexdigest()
 
