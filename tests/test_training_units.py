@@ -87,6 +87,17 @@ def test_kfold_matches_scikit_learn() -> None:
         assert split["train"] == sorted(set(CASES) - set(split["val"]))
 
 
+def test_too_few_cases_for_five_folds_name_every_way_out(tmp_path: Path) -> None:
+    # The advice was "add cases or train fold 'all'"; a splits_final.json of the user's own with fewer
+    # folds is read as it is (load_or_create_splits), which is what a 4-case dataset needs.
+    with pytest.raises(TrainingError, match=r"4 training cases cannot be split into 5 folds; add cases, train fold "
+                                            r"'all' \(no validation\), or write your own splits_final.json .* find-best"):
+        kfold_splits(CASES[:4])
+    own = [{"train": CASES[1:4], "val": CASES[:1]}, {"train": CASES[:1] + CASES[2:4], "val": CASES[1:2]}]
+    (tmp_path / SPLITS_FILE).write_text(json.dumps(own))
+    assert load_or_create_splits(tmp_path, CASES[:4]) == own
+
+
 def _create_splits(folder: str, start: multiprocessing.synchronize.Event, out: multiprocessing.Queue) -> None:
     start.wait()
     out.put(json.dumps(load_or_create_splits(Path(folder), CASES)))

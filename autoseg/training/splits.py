@@ -35,8 +35,10 @@ def kfold_splits(case_ids: Sequence[str], n_folds: int = NUM_FOLDS, seed: int = 
     keys = sorted(case_ids)
     if len(keys) < n_folds:
         raise TrainingError(
-            f"{len(keys)} training cases cannot be split into {n_folds} folds; "
-            f"add cases or train fold '{FOLD_ALL}'"
+            f"{len(keys)} training cases cannot be split into {n_folds} folds; add cases, train fold "
+            f"'{FOLD_ALL}' (no validation), or write your own {SPLITS_FILE} into the dataset's preprocessed folder "
+            f"with fewer folds (a list of {{\"train\": [case ids], \"val\": [case ids]}}, one per fold) and pass "
+            "those folds to find-best (-f 0 -f 1 ...)"
         )
     order = np.arange(len(keys))
     np.random.RandomState(seed).shuffle(order)
