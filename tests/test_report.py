@@ -191,6 +191,7 @@ def test_damaged_find_best_files_are_named_with_the_fix(roots: dict[str, Path], 
     (lambda i: i["best"].pop("postprocessing_steps"), "best is not one of its candidates with model folders and postprocessing steps"),
     (lambda i: i.update(best=None), "best is not one of its candidates with model folders and postprocessing steps"),
     (lambda i: i.update(folds=[0, 1]), "folds is not a list of fold names"),
+    (lambda i: i.update(rank_metric=5), "rank_metric is not a text"),
 ])
 def test_edited_instructions_records_are_named_with_the_fix(roots: dict[str, Path], edit: Any, problem: str) -> None:
     """Instructions whose records lack what the report reads stopped it with an internal error (KeyError,

@@ -339,6 +339,8 @@ def _check_instructions(instructions: dict[str, Any], path: Path, dataset_name: 
         problem = "best is not one of its candidates with model folders and postprocessing steps"
     elif not _is_names(instructions["folds"]):
         problem = "folds is not a list of fold names"
+    elif not isinstance(instructions["rank_metric"], str):
+        problem = "rank_metric is not a text"
     else:
         return
     raise EvaluationError(f"{path}: is not what autoseg find-best writes ({problem}); re-run autoseg find-best {dataset_name}")
