@@ -269,3 +269,21 @@ def test_postprocess_apply_and_ensemble_rerun_after_kill_leave_no_temporary(tmp_
     _dead_writers_temporary(tmp_path / "ensembled", "x.nii.gz")
     ensemble_folders(list(models), tmp_path / "ensembled", num_workers=1)
     assert sorted(p.name for p in (tmp_path / "ensembled").iterdir()) == [OUTPUT_MARKER, "x.nii.gz"]
+
+
+def _worker_takes_ctrl_c() -> bool:
+    import signal as signals
+
+    from autoseg.utils.worker_exit import exit_with_parent
+
+    exit_with_parent(os.getppid())
+    return signals.getsignal(signals.SIGINT) is not signals.SIG_IGN
+
+
+def test_a_pool_worker_leaves_ctrl_c_to_the_stage() -> None:
+    """Ctrl-C reaches the terminal's whole process group: workers interrupted inside the pool's queues printed
+    their tracebacks and at times left the queues locked, so that `preprocess -np 2` hung for good."""
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        assert pool.apply(_worker_takes_ctrl_c) is False

@@ -25,6 +25,9 @@ def exit_with_parent(parent_pid: int) -> None:
     # SIGTERM ends a worker at once (a stage's handler turning it into an interrupt, inherited by a
     # forked worker, would print the worker's traceback when a scheduler signals the whole group)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # Ctrl-C reaches the terminal's whole process group: a worker interrupted inside the pool's queues left
+    # them locked, and the stage, its workers and the shell hung for good. The parent stops the pool.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if not sys.platform.startswith("linux"):
         return
     with contextlib.suppress(OSError, AttributeError):
