@@ -135,7 +135,7 @@ def test_pretrained_weights_of_another_channel_count_are_refused_as_such(tmp_pat
 def test_a_source_plan_of_another_channel_count_is_refused_at_plan_time(tmp_path: Path) -> None:
     """Was: planned without a word; only train --pretrained-weights refused the weights, after preprocessing."""
     from autoseg.errors import PlanError
-    from autoseg.planning.transfer import transfer_plans_from
+    from autoseg.planning.transfer import read_source_plans, transfer_plans
 
     source = {**make_plans({"3d_fullres": make_configuration(SOURCE_SPACING, patch_size=PATCH)}), "dataset_name": "Dataset905_BraTS",
               "channel_names": {"0": "FLAIR", "1": "T1w", "2": "T1gd", "3": "T2w"}}
@@ -144,11 +144,11 @@ def test_a_source_plan_of_another_channel_count_is_refused_at_plan_time(tmp_path
     target = {**make_plans({"3d_fullres": make_configuration([1.0, 1.0, 1.0], patch_size=PATCH)}), "dataset_name": TARGET}
     with pytest.raises(PlanError, match=rf"plans.json: its dataset Dataset905_BraTS has 4 input channel\(s\) \(0: FLAIR, 1: T1w, "
                                         rf"2: T1gd, 3: T2w\), {TARGET} has 1 \(0: MRI\); pretrained weights need the same input channels"):
-        transfer_plans_from(target, tmp_path)
+        transfer_plans(target, *read_source_plans(tmp_path))
     source["channel_names"] = {"0": "T2"}  # the same count under another name transfers (the user's call)
     source["configurations"]["3d_fullres"]["normalization"] = source["configurations"]["3d_fullres"]["normalization"][:1]
     (tmp_path / "plans.json").write_text(json.dumps(source))
-    assert transfer_plans_from(target, tmp_path)["transferred_from"]["dataset_name"] == "Dataset905_BraTS"
+    assert transfer_plans(target, *read_source_plans(tmp_path))["transferred_from"]["dataset_name"] == "Dataset905_BraTS"
 
 
 def test_plan_refuses_a_source_of_another_channel_count_before_fingerprinting_or_timing(
@@ -175,7 +175,7 @@ def test_a_cascade_stage_fed_other_labels_is_not_transferred(tmp_path: Path) -> 
     """Was: transferred, and train --pretrained-weights refused its stem as "another number of input channels
     (the dataset's channel_names)": the stage's input holds the previous stage's one-hot labels."""
     from autoseg.errors import PlanError
-    from autoseg.planning.transfer import transfer_plans_from
+    from autoseg.planning.transfer import read_source_plans, transfer_plans
 
     def cascade_plans(labels: dict) -> dict:
         fullres = make_configuration([1.0, 1.0, 1.0], patch_size=PATCH)
@@ -186,11 +186,11 @@ def test_a_cascade_stage_fed_other_labels_is_not_transferred(tmp_path: Path) -> 
 
     (tmp_path / "plans.json").write_text(json.dumps(cascade_plans({"background": 0, "Anterior": 1, "Posterior": 2})))
     target = cascade_plans({"background": 0, "hippocampus": 1})
-    plans = transfer_plans_from(target, tmp_path)
+    plans = transfer_plans(target, *read_source_plans(tmp_path))
     assert sorted(plans["configurations"]) == ["3d_fullres", "3d_lowres"] and plans["configurations"]["3d_lowres"]["next_stage"] is None
     assert any(note.startswith("3d_cascade_fullres: not transferred from ") and "previous stage's 2 foreground label(s) there, 1 here"
                in note for note in plans["notes"])
-    same = transfer_plans_from(cascade_plans({"background": 0, "a": 1, "b": 2}), tmp_path)
+    same = transfer_plans(cascade_plans({"background": 0, "a": 1, "b": 2}), *read_source_plans(tmp_path))
     assert "3d_cascade_fullres" in same["configurations"]
 
 

@@ -160,11 +160,6 @@ def fitting_source_plans(dataset_name: str, channel_names: dict[str, str], sourc
     return plans, name
 
 
-def transfer_plans_from(target: dict[str, Any], source: str | Path) -> dict[str, Any]:
-    """``transfer_plans`` from a plans file, a trained model folder or a model zip from export-model."""
-    return transfer_plans(target, *read_source_plans(source))
-
-
 def _zip_plans(path: Path) -> tuple[dict[str, Any], str]:
     """The plans of the one model a model zip holds, checked as import-model checks it: ``--pretrained-weights``
     takes such a zip, and ``--transfer-plans-from`` read it as a broken JSON file ("re-run autoseg plan")."""
