@@ -10,7 +10,7 @@ import struct
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from autoseg.errors import ModelFileError
 from autoseg.utils.atomic import atomic_path
