@@ -167,8 +167,8 @@ def forced_samples(spec: SamplingSpec, draw: float) -> list[bool]:
 
 
 def forced_share_draw(seed: int, stream: int, index: int) -> float:
-    """The uniform draw that decides whether global batch ``index`` forces its fractional foreground
-    sample (:func:`forced_samples`): seeded without the rank, so every rank of that batch agrees."""
+    """The uniform draw that decides whether global batch ``index`` forces its last sample where nnU-Net's
+    rule forces none (:func:`forced_samples`): seeded without the rank, so every rank of that batch agrees."""
     return float(np.random.default_rng([seed, stream, index]).random())
 
 
