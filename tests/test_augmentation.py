@@ -19,11 +19,13 @@ from batchgenerators.transforms.resample_transforms import SimulateLowResolution
 from scipy import ndimage
 
 from autoseg.errors import TrainingError
+from autoseg.training import augmentation
 from autoseg.training.augmentation import (
     CorruptMasks,
     MaskOutsideNonzero,
     auto_degrees_2d,
     resolve_augmentation,
+    round_structure,
     sampling_size,
     training_transforms,
     validation_transforms,
@@ -328,20 +330,36 @@ def test_cascade_mask_corruption_keeps_the_masks_one_hot() -> None:
     np.testing.assert_array_equal(out[:, 0], data[:, 0])
 
 
+def _skimage_round_structure(radius: float, ndim: int) -> np.ndarray:
+    """skimage's ball / disk of a real radius, built by hand: the ball samples ``int(2r + 1)`` points evenly
+    over [-r, r] per axis, the disk steps by 1 from -r; a point is in when within ``r`` of the centre."""
+    axis = np.linspace(-radius, radius, int(2 * radius + 1)) if ndim == 3 else np.arange(-radius, radius + 1)
+    return sum(g**2 for g in np.meshgrid(*(axis,) * ndim, indexing="ij")) <= radius**2
+
+
 @pytest.mark.parametrize("ndim", [2, 3])
-def test_cascade_mask_corruption_dilates_with_a_ball_of_the_drawn_radius(ndim: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    # nnU-Net's ApplyRandomBinaryOperatorTransform dilates and erodes with skimage's ball; the 6-connected
-    # structure iterated radius times was a diamond: a dilated point reached only |x|+|y|+|z| <= radius.
+def test_cascade_mask_corruption_draws_a_real_radius_and_a_ball_of_it(ndim: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # nnU-Net's ApplyRandomBinaryOperatorTransform: ball(np.random.uniform(1, 8)) (disk in 2D), a real
+    # radius; whole radii 1..8 left out every ball between them. The 6-connected structure iterated radius
+    # times was a diamond, which the hand-built ball tells apart.
+    drawn: list[tuple[float, np.ndarray]] = []
+
+    def recording(radius: float, dims: int) -> np.ndarray:
+        drawn.append((radius, round_structure(radius, dims)))
+        return drawn[-1][1]
+
+    monkeypatch.setattr(augmentation, "round_structure", recording)
     monkeypatch.setattr(CorruptMasks, "OPERATIONS", (ndimage.binary_dilation,))
-    mask = np.zeros((1, 2, *(21,) * ndim), np.float32)
-    mask[(0, 1, *(10,) * ndim)] = 1
+    mask = np.zeros((8, 2, *(21,) * ndim), np.float32)
+    mask[(slice(None), 1, *(10,) * ndim)] = 1
     with seeded_global_rng(2):
-        out = CorruptMasks([1], 1.0, 8, 0.0, 0.15)(data=mask.copy())["data"][0, 1]
-    radius = 10 - int(np.flatnonzero(out.any(axis=tuple(range(1, ndim))))[0])  # the drawn one: the reach on axis 0
-    offsets = np.indices(out.shape) - 10
-    hand_built_ball = (offsets**2).sum(0) <= radius**2
-    assert radius >= 2
-    np.testing.assert_array_equal(out > 0.5, hand_built_ball)
+        out = CorruptMasks([1], 1.0, 8, 0.0, 0.15)(data=mask.copy())["data"][:, 1]
+    radii = [radius for radius, _ in drawn]
+    assert len(radii) == 8 and all(1 <= r < 8 for r in radii)
+    assert all(r != int(r) for r in radii) and max(radii) - min(radii) > 3
+    for (radius, structure), dilated in zip(drawn, out):
+        np.testing.assert_array_equal(structure, _skimage_round_structure(radius, ndim))
+        assert dilated.sum() == structure.sum()  # the dilated point is the structure itself
 
 
 def test_cascade_mask_corruption_takes_the_world_beyond_the_patch_for_the_mask() -> None:

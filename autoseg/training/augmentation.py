@@ -263,9 +263,11 @@ class CorruptMasks(AbstractTransform):
         return batch
 
     def _operate(self, masks: dict[int, np.ndarray], c: int) -> None:
-        """A random operation with a random radius on mask ``c``; voxels it adds leave the other masks."""
+        """A random operation on mask ``c`` with a radius drawn as nnU-Net's (``uniform(1, max_size)``, a
+        real number: whole radii 1..max_size left out every ball between them); voxels it adds leave the
+        other masks."""
         operation = self.OPERATIONS[np.random.randint(len(self.OPERATIONS))]
-        radius = np.random.randint(1, self.max_size + 1)
+        radius = np.random.uniform(1, self.max_size)
         result = operation(masks[c], round_structure(radius, masks[c].ndim))
         added = result & ~masks[c]
         masks[c] = result
@@ -284,10 +286,11 @@ class CorruptMasks(AbstractTransform):
         return mask & (components != np.random.choice(small))
 
 
-def round_structure(radius: int, ndim: int) -> np.ndarray:
+def round_structure(radius: float, ndim: int) -> np.ndarray:
     """The voxels within ``radius`` of the centre, a ball (a disk in 2D), as nnU-Net's cascade mask
-    corruption uses (``skimage.morphology.ball``): the 6-connected structure iterated ``radius`` times
-    is a diamond, which grows and shrinks masks by ``sqrt(3) x`` less along the diagonals than the axes."""
+    corruption uses (``skimage.morphology.ball`` / ``disk``, given its real radius as is): the 6-connected
+    structure iterated ``radius`` times is a diamond, which grows and shrinks masks by ``sqrt(3) x`` less
+    along the diagonals than the axes."""
     from skimage import morphology  # half a second to import: only cascade training needs it
 
     shapes = {2: morphology.disk, 3: morphology.ball}
