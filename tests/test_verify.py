@@ -380,6 +380,28 @@ def test_a_3d_tiff_dataset_verifies_and_fingerprints_with_its_spacing(small_data
     assert len(spacings) == 4 and all(s == [1.0, 1.0, 1.0] for s in spacings)
 
 
+@pytest.mark.parametrize("missing", ["labelsTr", "imagesTr"])
+def test_a_one_page_3d_tiff_without_its_spacing_file_is_named_as_such(
+    missing: str, small_dataset: Path, roots: dict[str, Path]
+) -> None:
+    """A one-page TIFF without its <case>.json is read as a 2D image: beside its 3D partner it was reported as
+    '2D (no slice axis) vs 3D' geometry, naming neither the missing spacing file nor the fix."""
+    import tifffile
+
+    as_3d_tiff_dataset(small_dataset)
+    files = [small_dataset / "imagesTr" / f"{PLAIN_CASE}_0000.tif", small_dataset / "labelsTr" / f"{PLAIN_CASE}.tif"]
+    for path in files:
+        tifffile.imwrite(path, tifffile.imread(path)[10], photometric="minisblack")
+    (small_dataset / missing / f"{PLAIN_CASE}.json").unlink()
+    flat, volume = files if missing == "imagesTr" else files[::-1]
+    result = runner.invoke(app, ["verify", "Dataset999"])
+    assert result.exit_code == 2
+    assert (f"ERROR {flat}: a one-page TIFF without its spacing file, so read as a 2D image, while {volume.name} is "
+            f'a 3D volume; add {small_dataset / missing / PLAIN_CASE}.json holding {{"spacing": [z, y, x]}} in mm '
+            f"(the spacing of {volume.name}: [1.0, 1.0, 1.0])") in result.output
+    assert "geometry differs" not in result.output
+
+
 @pytest.mark.parametrize("ending", [".mhd", ".nhdr"])
 def test_a_detached_header_dataset_verifies_with_its_data_files(
     ending: str, small_dataset: Path, roots: dict[str, Path]

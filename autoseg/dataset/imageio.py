@@ -698,6 +698,20 @@ def tiff_spacing_files(path: Path) -> list[Path]:
     return files
 
 
+def missing_spacing_file_problem(path: Path, geometry: Geometry, other: Path, other_geometry: Geometry) -> str | None:
+    """The problem of two files of one case where one is a one-page TIFF read as 2D for want of its spacing
+    file while the other is a 3D TIFF volume, else None. Without this a label whose ``<case>.json`` was
+    forgotten was reported as a '2D vs 3D' geometry mismatch, naming neither the missing file nor the fix."""
+    for flat, flat_geometry, volume, volume_geometry in ((path, geometry, other, other_geometry),
+                                                         (other, other_geometry, path, geometry)):
+        if flat_geometry.is_2d and not volume_geometry.is_2d and flat.suffix.lower() in TIFF_ENDINGS \
+                and is_tiff_volume(volume):
+            return (f"{flat}: a one-page TIFF without its spacing file, so read as a 2D image, while {volume.name} is a "
+                    f'3D volume; add {tiff_spacing_files(flat)[-1]} holding {{"spacing": [z, y, x]}} in mm (the '
+                    f"spacing of {volume.name}: {list(volume_geometry.spacing)})")
+    return None
+
+
 def is_tiff_volume(path: Path) -> bool:
     """A TIFF read as 3D: autoseg's own output (its description holds the spacing; a one-slice volume
     too), or several pages with a spacing sidecar."""

@@ -16,9 +16,11 @@ from autoseg.dataset.cases import Case, file_ending_problem, scan_images, scan_t
 from autoseg.dataset.description import DatasetDescription, load_description
 from autoseg.dataset.imageio import (
     SLICE_SPACING_2D,
+    Geometry,
     float32_overflow_problem,
     geometry_differences,
     is_integer_valued,
+    missing_spacing_file_problem,
     nifti_nonfinite_counts,
     read_image,
     read_image_channels,
@@ -109,13 +111,8 @@ def check_case(case: Case, desc: DatasetDescription, keep_arrays: bool = False) 
                         f"{case.label}: size {label.shape[::-1]} differs from image {ref_path.name} "
                         f"{ref.shape[:0:-1]}; the label must be on the image's grid"
                     )
-                else:
-                    diff = geometry_differences(label_geometry, geometries[0])
-                    if diff:
-                        result.problems.append(
-                            f"{case.label}: geometry differs from image {ref_path.name}: {'; '.join(diff)}; "
-                            "save the label with the image's header (spacing, origin, direction)"
-                        )
+                elif problem := label_geometry_problem(case.label, label_geometry, ref_path, geometries[0]):
+                    result.problems.append(problem)
             label = _check_label_values(case.label, label, desc, result.problems)
     if geometries:
         result.spacing, result.shape = geometries[0].spacing, arrays[0][1].shape[1:]
@@ -138,6 +135,17 @@ def mixed_2d_problem(cases: Sequence[Case], grids: Sequence[tuple[Sequence[float
     more = f" ({len(flat)} in all)" if len(flat) > MAX_LISTED_VALUES else ""
     return (f"{named}{more}: 2D image(s) (one slice, no slice thickness) among {volumes} 3D case(s); save each as a 3D "
             "volume of one slice with its slice thickness (as the other cases' files are), or remove it")
+
+
+def label_geometry_problem(label: Path, label_geometry: Geometry, image: Path, image_geometry: Geometry) -> str | None:
+    """The problem of a label not in its image's geometry (a missing 3D TIFF spacing file named as such), None
+    when they agree. Shared with preprocessing, which also reads labels saved off their image after verify."""
+    if missing := missing_spacing_file_problem(label, label_geometry, image, image_geometry):
+        return missing
+    if diff := geometry_differences(label_geometry, image_geometry):
+        return (f"{label}: geometry differs from image {image.name}: {'; '.join(diff)}; save the label with the "
+                "image's header (spacing, origin, direction)")
+    return None
 
 
 def _blank_channel_warnings(case_id: str, path: Path, channels: np.ndarray, alpha: bool, first: int) -> list[str]:

@@ -27,11 +27,10 @@ from autoseg.dataset.imageio import (
     TIFF_ENDINGS,
     case_nonfinite_voxels,
     detached_data_files,
-    geometry_differences,
     read_case_images,
     read_image,
 )
-from autoseg.dataset.verify import label_value_problem, nonfinite_problem
+from autoseg.dataset.verify import label_geometry_problem, label_value_problem, nonfinite_problem
 from autoseg.errors import DatasetError, PreprocessingError
 from autoseg.paths import resolve_dataset
 from autoseg.planning.plans import (
@@ -211,9 +210,8 @@ def preprocess_one(
             f"{label}: shape {seg.shape} differs from its image {images[0]} {data.shape[1:]}; "
             "run `autoseg verify` and fix the label"
         )
-    if differences := geometry_differences(label_geometry, geometry):  # a label saved off its image since plan
-        raise DatasetError(f"{label}: geometry differs from image {Path(images[0]).name}: {'; '.join(differences)}; "
-                           "save the label with the image's header (spacing, origin, direction)")
+    if problem := label_geometry_problem(label, label_geometry, Path(images[0]), geometry):  # saved off its image since plan
+        raise DatasetError(problem)
     # a case added or a label edited after verify and plan (a 0/255 mask) was stored and trained on
     problem = label_value_problem(label, seg, declared_label_values(plans))
     if problem:
