@@ -252,3 +252,53 @@ def test_a_png_ending_is_written_for_predictions_of_pngs(tmp_path):
         _save(folder, "x", _softmax(rng, shape=(1, 4, 5)), geometry=PNG_GEOMETRY)
     ensemble_folders(dirs, tmp_path / "out", num_workers=1, file_ending=".png")
     assert read_image(tmp_path / "out" / "x.png")[0].shape == (1, 4, 5)
+
+
+def _ensemble_inputs(tmp_path, names, cases, seed):
+    """Prediction folders ``names`` under ``tmp_path`` holding ``cases`` (random softmax from ``seed``)."""
+    rng = np.random.default_rng(seed)
+    for name in names:
+        for case in cases:
+            _save(tmp_path / name, case, _softmax(rng))
+    return [tmp_path / name for name in names]
+
+
+def _folder_bytes(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_an_ensemble_of_other_inputs_into_a_filled_folder_is_refused(tmp_path):
+    """A+B over 6 cases into OUT, then C+D over 2 cases into OUT left 2 new label maps beside 4 stale ones,
+    and evaluate scored the mix; so did A+B again after A was predicted anew."""
+    first = _ensemble_inputs(tmp_path, ["a", "b"], [f"case{i}" for i in range(6)], seed=0)
+    ensemble_folders(first, tmp_path / "out", num_workers=1)
+    before = _folder_bytes(tmp_path / "out")
+    other = _ensemble_inputs(tmp_path, ["c", "d"], ["case0", "case1"], seed=1)
+    with pytest.raises(EvaluationError, match=r"out: holds the outputs of autoseg ensemble over .*/a, .*/b, not over "
+                                              r".*/c, .*/d \(\.autoseg_outputs\.json\); the new outputs would stand beside "
+                                              r"stale ones\. Choose another output folder, or delete this one"):
+        ensemble_folders(other, tmp_path / "out", num_workers=1)
+    _ensemble_inputs(tmp_path, ["a"], [f"case{i}" for i in range(6)], seed=2)  # a predicted anew
+    with pytest.raises(EvaluationError, match=r"out: holds the outputs of autoseg ensemble over .*/a, .*/b before their "
+                                              r"contents changed"):
+        ensemble_folders(first, tmp_path / "out", num_workers=1)
+    assert _folder_bytes(tmp_path / "out") == before
+
+
+def test_an_ensemble_into_a_folder_of_predict_is_refused(tmp_path):
+    dirs = _two_folders_of_case_x(tmp_path)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "predict_info.json").write_text("{}")
+    with pytest.raises(EvaluationError, match=r"out: holds the label maps of an autoseg predict run \(predict_info\.json\); "
+                                              r"autoseg ensemble would mix its own with them\. Choose another output folder"):
+        ensemble_folders(dirs, tmp_path / "out", num_workers=1)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["predict_info.json"]
+
+
+def test_the_same_ensemble_rerun_after_a_kill_resumes(tmp_path):
+    dirs = _ensemble_inputs(tmp_path, ["b", "a"], ["x", "y"], seed=3)
+    ensemble_folders(dirs, tmp_path / "out", num_workers=1)
+    expected = _folder_bytes(tmp_path / "out")
+    (tmp_path / "out" / "y.nii.gz").unlink()  # the case a killed run did not reach
+    assert ensemble_folders(dirs[::-1], tmp_path / "out", num_workers=1) == ["x", "y"]  # -i in another order: the same
+    assert _folder_bytes(tmp_path / "out") == expected

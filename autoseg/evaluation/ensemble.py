@@ -8,6 +8,7 @@ sidecar's geometry: argmax for classes, thresholding in ``regions_class_order`` 
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -150,6 +151,21 @@ def _infer_file_ending(folder: Path, case: str) -> str:
     return endings.pop()
 
 
+def _input_record(folder: Path, cases: Sequence[str]) -> dict[str, Any]:
+    """An input folder as the output folder's mark records it: its path and a digest of the probability files
+    of ``cases``, so that a rerun over the same folders (a resume) is told from one over other folders, or over
+    the same folders predicted anew, whose outputs must not join the earlier ones."""
+    digest = hashlib.sha256()
+    for case in cases:
+        for path in probability_paths(folder, case):
+            if not path.is_file():
+                continue  # a missing sidecar: refused for its case by read_sidecar, naming it
+            digest.update(path.name.encode())
+            with path.open("rb") as file:
+                digest.update(hashlib.file_digest(file, "sha256").digest())
+    return {"folder": str(folder.resolve()), "cases": len(cases), "sha256": digest.hexdigest()}
+
+
 def ensemble_folders(
     input_dirs: Sequence[str | os.PathLike[str]],
     output_dir: str | Path,
@@ -193,7 +209,8 @@ def ensemble_folders(
     outputs = [out / f"{case}{ending}" for case in ordered]
     if save_probabilities:
         outputs += [path for case in ordered for path in probability_paths(out, case)]
-    claim_output_files(out, outputs, "ensemble", EvaluationError)
+    inputs = sorted((_input_record(d, ordered) for d in dirs), key=lambda record: record["folder"])
+    claim_output_files(out, outputs, "ensemble", EvaluationError, inputs)
     remove_stale_temporaries(out)  # what a killed run left half-written
     items = [(case, (case, dirs, out, ending, save_probabilities)) for case in ordered]
     workers = default_workers() if num_workers is None else num_workers

@@ -8,8 +8,9 @@ front gives the user the path and the fix instead of an ``mkdir`` error.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 # A hidden file that marks a folder as written by ensemble / postprocess apply (predict's own record,
 # predict_info.json, marks its folders): files of the output names in a folder without either are not ours.
@@ -74,14 +75,71 @@ def refuse_outputs_not_ours(
         )
 
 
-def claim_output_files(output: Path, outputs: Sequence[Path], command: str, error: type[Exception]) -> None:
+def claim_output_files(
+    output: Path, outputs: Sequence[Path], command: str, error: type[Exception],
+    inputs: Sequence[Mapping[str, Any]] | None = None,
+) -> None:
     """Refuse an output folder that holds some of ``outputs`` but was not written by autoseg (``-o`` on a
-    dataset's labelsTr or the references replaced them without a word); otherwise mark it as autoseg's."""
-    from autoseg.utils.atomic import atomic_write_json, require_writable
+    dataset's labelsTr or the references replaced them without a word); otherwise mark it as autoseg's.
+
+    With ``inputs`` (what the outputs are made of: each a ``folder`` and its content's identity), the mark
+    records them, and a folder holding another run's outputs is refused (``_refuse_another_run``); a rerun
+    over the same inputs (a killed run resumed) is let through."""
+    from autoseg.utils.atomic import atomic_write_json, folder_lock, require_writable
 
     if not any((output / marker).exists() for marker in (OUTPUT_MARKER, PREDICT_RECORD)):
         refuse_outputs_not_ours(output, outputs, "autoseg", OUTPUT_MARKER, f"autoseg {command}", error)
     output.mkdir(parents=True, exist_ok=True)
     require_writable(output)  # a read-only folder already marked: refused before any case, not in each
-    if not (output / OUTPUT_MARKER).exists():
-        atomic_write_json(output / OUTPUT_MARKER, {"written_by": f"autoseg {command}"})
+    record = {"written_by": f"autoseg {command}", **({"inputs": list(inputs)} if inputs is not None else {})}
+    with folder_lock(output):  # two runs at once: one of them is refused, not both let through
+        previous = _read_record(output / OUTPUT_MARKER)
+        if inputs is not None:
+            _refuse_another_run(output, previous, record, error)
+        if previous is None or (inputs is not None and previous != record):
+            atomic_write_json(output / OUTPUT_MARKER, record)
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    """The output folder's mark, or None when there is none (or a killed writer's unreadable one)."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _refuse_another_run(output: Path, previous: Mapping[str, Any] | None, record: Mapping[str, Any], error: type[Exception]) -> None:
+    """Raise ``error`` if ``output`` holds a predict run's label maps or those of ``record``'s command over other
+    inputs (other folders, or the same folders with other contents): the new outputs would stand beside stale
+    ones of the cases the new inputs lack, and ``evaluate`` would score the mix. A mark written before inputs
+    were recorded is compared without them, as predict compares its older records."""
+    command = record["written_by"]
+    if (output / PREDICT_RECORD).exists():
+        raise error(
+            f"{output}: holds the label maps of an autoseg predict run ({PREDICT_RECORD}); {command} would mix its "
+            "own with them. Choose another output folder, or delete this one to replace them"
+        )
+    if previous is None or (previous.get("written_by") == command and "inputs" not in previous):
+        return
+    if previous.get("written_by") != command:
+        raise error(
+            f"{output}: holds the outputs of {previous.get('written_by')} ({OUTPUT_MARKER}); {command} would mix its "
+            "own with them. Choose another output folder, or delete this one to replace them"
+        )
+    if previous["inputs"] != record["inputs"]:
+        raise error(
+            f"{output}: holds the outputs of {command} {_other_inputs(previous['inputs'], record['inputs'])} "
+            f"({OUTPUT_MARKER}); the new outputs would stand beside stale ones. Choose another output folder, or "
+            "delete this one to replace them"
+        )
+
+
+def _other_inputs(before: Any, now: Sequence[Mapping[str, Any]]) -> str:
+    """How the inputs a folder's outputs were made of differ from ``now``: other folders, or the same ones
+    whose contents changed since."""
+    folders_before = [str(entry.get("folder")) for entry in before if isinstance(entry, Mapping)] if isinstance(before, list) else []
+    folders_now = [str(entry["folder"]) for entry in now]
+    if folders_before == folders_now:
+        return f"over {', '.join(folders_now)} before their contents changed"
+    return f"over {', '.join(folders_before) or 'other inputs'}, not over {', '.join(folders_now)}"
