@@ -317,6 +317,30 @@ def test_images_named_as_their_labels_are_named_as_lacking_the_channel_suffix(
                         f"to {name}_0000.nii.gz" for name in names], result.output
 
 
+def test_a_file_saved_with_another_image_ending_is_named_with_its_fix(small_dataset: Path, roots: dict[str, Path]) -> None:
+    """An uncompressed .nii label (or image) in a .nii.gz dataset was 'file ending is not .nii.gz; rename or remove
+    it', and its case also a 'missing label' (a 'label without images'): the file is there, only uncompressed."""
+    uncompressed_label, uncompressed_image = label(small_dataset, PLAIN_CASE), image(small_dataset, FLOAT_LABEL_CASE)
+    for path in (uncompressed_label, uncompressed_image):
+        sitk.WriteImage(sitk.ReadImage(str(path)), str(path)[: -len(".gz")])
+        path.unlink()
+    nrrd = label(small_dataset, UINT8_IMAGE_CASE).with_name(f"{UINT8_IMAGE_CASE}.nrrd")
+    sitk.WriteImage(sitk.ReadImage(str(label(small_dataset, UINT8_IMAGE_CASE))), str(nrrd))
+    label(small_dataset, UINT8_IMAGE_CASE).unlink()
+    result = runner.invoke(app, ["verify", str(small_dataset), "-np", "1"])
+    assert result.exit_code == 2, result.output
+    fix = "or set file_ending to '.nii' with every image and label uncompressed"
+    assert [line for line in result.output.splitlines() if line.startswith("ERROR")] == [
+        f"ERROR {image(small_dataset, FLOAT_LABEL_CASE)}"[: -len(".gz")] + f": is an uncompressed NIfTI ('.nii') but "
+        f"dataset.json's file_ending is '.nii.gz'; compress it (gzip {FLOAT_LABEL_CASE}_0000.nii makes "
+        f"{FLOAT_LABEL_CASE}_0000.nii.gz), {fix}",
+        f"ERROR {nrrd}: ends in '.nrrd' but dataset.json's file_ending is '.nii.gz' (all images and labels share one); "
+        f"save it as {UINT8_IMAGE_CASE}.nii.gz, or set file_ending to '.nrrd' with every file saved so",
+        f"ERROR {label(small_dataset, PLAIN_CASE)}"[: -len(".gz")] + f": is an uncompressed NIfTI ('.nii') but "
+        f"dataset.json's file_ending is '.nii.gz'; compress it (gzip {PLAIN_CASE}.nii makes {PLAIN_CASE}.nii.gz), {fix}",
+    ], result.output
+
+
 def test_a_listed_case_id_that_is_no_plain_file_name_is_refused(small_dataset: Path, roots: dict[str, Path]) -> None:
     """Case ids of dataset.json's "dataset" list name every stage's files: '../../x' wrote preprocessed data outside
     the preprocessed folder and 'sub/a' made subfolders; both verified clean."""

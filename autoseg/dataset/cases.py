@@ -39,10 +39,13 @@ class CaseScan:
     cases: list[Case] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     num_declared_cases: int = 0  # case ids found (with or without problems), for numTraining
+    # names (without ending) of images found with another supported ending, each reported once as such
+    other_ending_stems: set[str] = field(default_factory=set)
 
 
-def _files_by_stem(folder: Path, ending: str, problems: list[str]) -> dict[str, Path]:
-    """``{name without ending: path}`` of a folder's visible files; others are reported in ``problems``."""
+def _files_by_stem(folder: Path, ending: str, problems: list[str], other_ending_stems: set[str]) -> dict[str, Path]:
+    """``{name without ending: path}`` of a folder's visible files; others are reported in ``problems``, and
+    the names of images with another supported ending also added to ``other_ending_stems``."""
     files = {}
     paths = sorted(folder.iterdir())
     # the voxels of a detached header (.mhd, .nhdr) lie in the data file it names (.raw, .zraw), read with it
@@ -56,10 +59,30 @@ def _files_by_stem(folder: Path, ending: str, problems: list[str]) -> dict[str, 
         if ending.lower() in TIFF_ENDINGS and path.name.endswith(".json"):
             continue  # a 3D TIFF's spacing sidecar (nnU-Net's Tiff3DIO), read with its image
         if not path.name.endswith(ending):
-            problems.append(f"{path}: file ending is not {ending!r} (dataset.json file_ending); rename or remove it")
+            if found := spelled_ending(path):
+                other_ending_stems.add(path.name[: -len(found)])
+                problems.append(_other_ending_file_problem(path, found, ending))
+            else:
+                problems.append(f"{path}: file ending is not {ending!r} (dataset.json file_ending); rename or remove it")
             continue
         files[path.name[: -len(ending)]] = path
     return files
+
+
+def _other_ending_file_problem(path: Path, found: str, ending: str) -> str:
+    """The problem of an image saved with another supported ending than ``file_ending``, with its fix: an
+    uncompressed ``.nii`` in a ``.nii.gz`` dataset was reported as a wrong ending, and its case as a missing
+    label (or a label without images), never saying that the file is there, only not compressed."""
+    stem = path.name[: -len(found)]
+    declared = f"dataset.json's file_ending is {ending!r}"
+    if (found.lower(), ending.lower()) == (".nii", ".nii.gz"):
+        return (f"{path}: is an uncompressed NIfTI ({found!r}) but {declared}; compress it (gzip {path.name} makes "
+                f"{stem}{ending}), or set file_ending to {found!r} with every image and label uncompressed")
+    if (found.lower(), ending.lower()) == (".nii.gz", ".nii"):
+        return (f"{path}: is a compressed NIfTI ({found!r}) but {declared}; decompress it (gunzip {path.name} makes "
+                f"{stem}{ending}), or set file_ending to {found!r} with every image and label compressed")
+    return (f"{path}: ends in {found!r} but {declared} (all images and labels share one); save it as {stem}{ending}, "
+            f"or set file_ending to {found!r} with every file saved so")
 
 
 LOSSY_ENDINGS = (".jpg", ".jpeg")
@@ -104,7 +127,7 @@ def scan_images(folder: Path, desc: DatasetDescription, unsuffixed: frozenset[st
         scan.problems.append(f"{folder}: folder not found; put the images in {folder.name}/<case>_0000{desc.file_ending}")
         return scan
     channels: dict[str, dict[int, Path]] = {}
-    for stem, path in _files_by_stem(folder, desc.file_ending, scan.problems).items():
+    for stem, path in _files_by_stem(folder, desc.file_ending, scan.problems, scan.other_ending_stems).items():
         match = None if stem in unsuffixed else CHANNEL_SUFFIX.match(stem)
         if match is None:
             scan.problems.append(f"{path}: name lacks the 4-digit channel suffix; rename to {stem}_0000{desc.file_ending}")
@@ -114,6 +137,8 @@ def scan_images(folder: Path, desc: DatasetDescription, unsuffixed: frozenset[st
     for case_id, files in sorted(channels.items()):
         missing, extra = channel_file_gaps(files, desc.num_channels, desc.file_ending)
         for c in missing:
+            if f"{case_id}_{c:04d}" in scan.other_ending_stems:
+                continue  # reported as saved with another ending
             scan.problems.append(f"{folder / f'{case_id}_{c:04d}{desc.file_ending}'}: missing channel {c} ({desc.channel_names[str(c)]}) of case {case_id}")
         for c in extra:
             scan.problems.append(f"{files[c]}: channel {c} is not declared in dataset.json channel_names; remove it or declare the channel")
@@ -155,23 +180,26 @@ def scan_training_cases(dataset_dir: Path, desc: DatasetDescription) -> CaseScan
     labels_dir = dataset_dir / "labelsTr"
     label_problems: list[str] = []
     label_files: dict[str, Path] = {}
+    other_ending_labels: set[str] = set()
     if not labels_dir.is_dir():
         label_problems.append(f"{labels_dir}: folder not found; put one label file per case in labelsTr/<case>{desc.file_ending}")
     else:
-        label_files = _files_by_stem(labels_dir, desc.file_ending, label_problems)
+        label_files = _files_by_stem(labels_dir, desc.file_ending, label_problems, other_ending_labels)
     unsuffixed = unsuffixed_images(dataset_dir / "imagesTr", set(label_files), desc.file_ending)
     scan = scan_images(dataset_dir / "imagesTr", desc, unsuffixed)
     scan.problems.extend(label_problems)
     image_ids = {c.case_id for c in scan.cases}
-    scan.num_declared_cases = len(image_ids | set(label_files))
+    other_ending_images = {m["case"] for stem in scan.other_ending_stems if (m := CHANNEL_SUFFIX.match(stem))}
+    scan.num_declared_cases = len(image_ids | set(label_files) | other_ending_images | other_ending_labels)
     for case in scan.cases:
         case.label = label_files.get(case.case_id)
-        if case.label is None and labels_dir.is_dir():
+        if case.label is None and labels_dir.is_dir() and case.case_id not in other_ending_labels:
             scan.problems.append(f"{labels_dir / (case.case_id + desc.file_ending)}: missing label of case {case.case_id}")
+    with_images = image_ids | other_ending_images
     for stem, path in label_files.items():
         if stem in unsuffixed:  # its image, named as the label, is reported as lacking the channel suffix
             continue
-        if stem not in image_ids and not (dataset_dir / "imagesTr" / f"{stem}_0000{desc.file_ending}").exists():
+        if stem not in with_images and not (dataset_dir / "imagesTr" / f"{stem}_0000{desc.file_ending}").exists():
             hint = " (labels have no channel suffix; rename it without _XXXX)" if CHANNEL_SUFFIX.match(stem) else ""
             scan.problems.append(f"{path}: label without images (no imagesTr/{stem}_0000{desc.file_ending}){hint}")
     scan.cases = [c for c in scan.cases if c.label is not None]
