@@ -191,6 +191,20 @@ def test_a_dataset_json_whose_channels_are_not_the_networks_is_refused(model_3d:
         load_model(model_3d)
 
 
+def test_a_fold_whose_metadata_does_not_fit_its_weights_names_the_first_mismatching_tensor(model_3d: Path) -> None:
+    """The refusal said only 'Error(s) in loading state_dict for UNet:', the header line of torch's message."""
+    path = model_3d / "fold_1" / "checkpoint_final.safetensors"
+    checkpoint = load_weights(path, InferenceError)
+    checkpoint["metadata"]["topology"] = {**topology(3), "features_per_stage": [8, 16]}  # the tensors hold 4, 8
+    save_weights(path, checkpoint)
+    with pytest.raises(InferenceError) as caught:
+        load_model(model_3d)
+    assert str(caught.value).startswith(f"{path}: weights do not fit the network its metadata describes (size "
+                                        "mismatch for encoder.stages.0.0.0.weight: copying a param with shape "
+                                        "torch.Size([4, 1, 3, 3, 3]) from checkpoint, the shape in current model is "
+                                        "torch.Size([8, 1, 3, 3, 3]))"), caught.value
+
+
 def test_pickled_legacy_checkpoint_is_refused(model_3d: Path) -> None:
     """A checkpoint_final.pt of autoseg before safetensors is read with weights_only=True: no pickled code."""
     path = model_3d / "fold_0" / "checkpoint_final.safetensors"

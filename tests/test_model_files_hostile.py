@@ -3,6 +3,7 @@ refused by ``import-model`` (and ``predict -m model.zip``) before anything is wr
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import autoseg.networks.registry as registry
 import autoseg.utils.checksummed_zip as checksummed_zip
 from autoseg.cli import app
 from autoseg.errors import ModelFileError
@@ -176,27 +178,63 @@ def test_description_files_of_the_wrong_types_are_refused(case: str, model_zip: 
     assert message.format(model=MODEL) in _refused(bad, tmp_path)
 
 
+WEIGHTS_MEMBER = f"{MODEL}/fold_0/checkpoint_final.safetensors"
+NOT_FITTING = "weights do not fit the network its metadata describes (size mismatch for encoder.stages.0.0.0.weight: " \
+              "copying a param with shape torch.Size([2, 1, 3, 3, 3]) from checkpoint, the shape in current model is "
+WIDER_TOPOLOGY = {"topology": {**TOPOLOGY.__dict__, "features_per_stage": [4, 8]}}  # the tensors hold 2, 4
+
+
+def _with_metadata(model_zip: Path, target: Path, change: dict) -> Path:
+    """``model_zip`` with fold 0's checkpoint metadata updated by ``change`` (checksum fixed)."""
+    def edit_metadata(members: dict) -> dict:
+        checkpoint = weights_from_bytes(members[WEIGHTS_MEMBER], "test", ModelFileError)
+        checkpoint["metadata"].update(change)
+        members[WEIGHTS_MEMBER] = weights_to_bytes(checkpoint)
+        manifest = json.loads(members[MANIFEST])
+        manifest["files"][WEIGHTS_MEMBER] = hashlib.sha256(members[WEIGHTS_MEMBER]).hexdigest()
+        return {**members, MANIFEST: json.dumps(manifest).encode()}
+
+    return rewrite_zip(model_zip, target, edit_metadata)
+
+
 @pytest.mark.parametrize("change, problem", [
-    ({"in_channels": 4}, "weights do not fit the network its metadata describes"),
-    ({"topology": {**TOPOLOGY.__dict__, "features_per_stage": [4, 8]}}, "weights do not fit the network its metadata describes"),
+    ({"in_channels": 4}, NOT_FITTING + "torch.Size([2, 4, 3, 3, 3]))"),
+    (WIDER_TOPOLOGY, NOT_FITTING + "torch.Size([4, 1, 3, 3, 3]))"),
     ({"network": "nosuchnet"}, "unknown network 'nosuchnet'"),
 ])
 def test_weights_that_do_not_load_into_their_network_are_refused(change: dict, problem: str, model_zip: Path,
                                                                  tmp_path: Path) -> None:
     """Metadata naming another network, topology or input channels than the weights was imported, and such a
-    model failed only at predict; import now loads each fold's weights into its network, as predict does."""
-    member = f"{MODEL}/fold_0/checkpoint_final.safetensors"
+    model failed only at predict; import now loads each fold's weights into its network, as predict does, and
+    names the first tensor that does not fit (it said only torch's header line)."""
+    message = _refused(_with_metadata(model_zip, tmp_path / "bad.zip", change), tmp_path)
+    assert message.startswith(f"member '{WEIGHTS_MEMBER}': {problem}"), message
 
-    def edit_metadata(members: dict) -> dict:
-        checkpoint = weights_from_bytes(members[member], "test", ModelFileError)
-        checkpoint["metadata"].update(change)
-        members[member] = weights_to_bytes(checkpoint)
-        manifest = json.loads(members[MANIFEST])
-        manifest["files"][member] = hashlib.sha256(members[member]).hexdigest()
-        return {**members, MANIFEST: json.dumps(manifest).encode()}
 
-    message = _refused(rewrite_zip(model_zip, tmp_path / "bad.zip", edit_metadata), tmp_path)
-    assert message.startswith(f"member '{member}': {problem}"), message
+def test_predict_names_the_member_and_tensor_of_weights_that_do_not_fit(model_zip: Path, tmp_path: Path,
+                                                                         roots: dict[str, Path]) -> None:
+    """Loaded by predict (not by a second build in import-model's check), a fold that does not fit its metadata
+    is named as the zip's member, never as the temporary folder the zip was unpacked into."""
+    bad = _with_metadata(model_zip, tmp_path / "bad.zip", WIDER_TOPOLOGY)
+    code, text, output = _predict_with(bad, tmp_path)
+    assert code == 2 and f"{bad}: member '{WEIGHTS_MEMBER}': {NOT_FITTING}torch.Size([4, 1, 3, 3, 3]))" in text, text
+    assert "autoseg-model-" not in text and not output.exists() and files_under(roots["results"]) == []
+
+
+def test_predict_builds_each_folds_network_once(model_zip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                roots: dict[str, Path]) -> None:
+    """``predict -m model.zip`` built every fold's network twice: in import-model's weight check, then to predict."""
+    spec = registry.get_network_spec("unet")
+    built = []
+
+    def counting_builder(*args, **kwargs):
+        built.append(args)
+        return spec.builder(*args, **kwargs)
+
+    monkeypatch.setitem(registry._REGISTRY, "unet", dataclasses.replace(spec, builder=counting_builder))
+    code, text, output = _predict_with(model_zip, tmp_path)
+    assert code == 0 and (output / "case.nii.gz").is_file(), text
+    assert len(built) == 2  # folds 0 and 1
 
 
 def _predict_with(zip_path: Path, tmp_path: Path, *options: str) -> tuple[int, str, Path]:

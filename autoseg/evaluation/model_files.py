@@ -38,7 +38,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 
 from autoseg import __version__
-from autoseg.errors import AutosegError, EvaluationError, ModelFileError
+from autoseg.errors import AutosegError, EvaluationError, InferenceError, ModelFileError
 from autoseg.evaluation.selection import ENSEMBLES_FOLDER, POSTPROCESSING_JSON, ensemble_model_names
 from autoseg.inference.model import build_network, check_fold_of_model, named_folder
 from autoseg.paths import check_model_folder_name, results_root as default_results_root
@@ -346,10 +346,11 @@ def _refuse_first(names: Sequence[str], message: str) -> None:
         raise ModelFileError(message.format(name=sorted(names)[0]))
 
 
-def validate_model_file(zip_path: str | Path) -> tuple[dict[str, Any], dict[str, bytes]]:
+def validate_model_file(zip_path: str | Path, build_networks: bool = True) -> tuple[dict[str, Any], dict[str, bytes]]:
     """Check a model zip completely; return its manifest and members (name -> verified bytes, weights
     already decoded once so a bad header is caught here). Raises ``ModelFileError`` for anything that
-    export-model would not have written."""
+    export-model would not have written. ``build_networks=False`` leaves loading each fold's weights into its
+    network to the caller that loads them anyway (``unpacked_model``: predict's ``load_model``)."""
     zip_path = Path(zip_path)
     refuse = f"{zip_path}: refusing to import"
     try:
@@ -377,7 +378,7 @@ def validate_model_file(zip_path: str | Path) -> tuple[dict[str, Any], dict[str,
             if hashlib.sha256(data).hexdigest() != listed[name]:
                 raise ModelFileError(f"{refuse}: member {name!r} does not match its sha256 in {MANIFEST}; the file was altered or damaged")
             if name.endswith(SUFFIX):
-                metadata[name] = _check_weights(data, f"{refuse}: member {name!r}")
+                metadata[name] = _check_weights(data, f"{refuse}: member {name!r}", build_networks)
             members[name] = data
     descriptions = _check_description_files(members, manifest["models"], refuse)
     _check_decisions(members, refuse)
@@ -389,11 +390,14 @@ def validate_model_file(zip_path: str | Path) -> tuple[dict[str, Any], dict[str,
     return manifest, members
 
 
-def _check_weights(data: bytes, where: str) -> dict[str, Any]:
+def _check_weights(data: bytes, where: str, build: bool = True) -> dict[str, Any]:
     """A weight member must be a checkpoint whose tensors load into the network its metadata describes, as
     predict loads them (metadata naming another network, topology or input channels than the weights was
-    imported, and failed only at predict); returns the metadata."""
+    imported, and failed only at predict); returns the metadata. ``build=False`` checks the checkpoint
+    only, for a caller that builds the network next."""
     checkpoint = checkpoint_from_bytes(data, where, ModelFileError, fix="the file was not written by autoseg export-model")
+    if not build:
+        return checkpoint["metadata"]
     try:
         build_network(checkpoint, where, torch.device("cpu"))
     except AutosegError as exc:
@@ -426,10 +430,12 @@ def import_model(zip_path: str | Path, results_root: str | Path | None = None, o
     return install_model_file(zip_path, results_root, overwrite).models
 
 
-def install_model_file(zip_path: str | Path, results_root: str | Path | None = None, overwrite: bool = False) -> Installed:
+def install_model_file(zip_path: str | Path, results_root: str | Path | None = None, overwrite: bool = False,
+                       build_networks: bool = True) -> Installed:
     """``import_model``, also reporting the ensembles' postprocessing decisions it installed
-    (``<Dataset>/ensembles/<ensemble>/postprocessing.json``, where find-best keeps them)."""
-    manifest, members = validate_model_file(zip_path)
+    (``<Dataset>/ensembles/<ensemble>/postprocessing.json``, where find-best keeps them); ``build_networks``
+    as in ``validate_model_file``."""
+    manifest, members = validate_model_file(zip_path, build_networks)
     root = Path(results_root) if results_root is not None else default_results_root()
     dataset_dir = root / manifest["dataset_name"]
     targets = [dataset_dir / model for model in manifest["models"]]
@@ -526,13 +532,32 @@ def unpacked_model(zip_path: str | Path, folds: Sequence[int | str] | str | None
                    checkpoint: str = "final") -> Iterator[Path]:
     """A model zip checked like ``import_model`` and unpacked into a temporary folder, never the results
     root (``predict -m model.zip``); yields the model folder to predict with (a cascade's last stage).
-    ``folds`` and ``checkpoint``, those predict asks for, must be in the zip."""
+    ``folds`` and ``checkpoint``, those predict asks for, must be in the zip.
+
+    The weights are loaded into their networks once, by predict's ``load_model`` inside the ``with`` block
+    (import-model's check built every fold's network a second time); a refusal of a file of the unpacked
+    folder names the zip member, not the temporary folder, gone by the time it is read."""
     with tempfile.TemporaryDirectory(prefix="autoseg-model-") as tmp:
-        installed = install_model_file(zip_path, tmp)
+        installed = install_model_file(zip_path, tmp, build_networks=False)
         _check_zip_holds(installed.manifest, Path(zip_path), folds, checkpoint)
         folders = installed.models
         chosen = [f for f in folders if f.name.endswith("__3d_cascade_fullres")] if len(folders) > 1 else folders
         if len(chosen) != 1:
             raise ModelFileError(f"{zip_path}: holds {len(folders)} models ({', '.join(f.name for f in folders)}); "
                                  "install it with autoseg import-model and choose one with -m")
-        yield chosen[0]
+        with _members_named_in(Path(zip_path), Path(tmp) / installed.manifest["dataset_name"]):
+            yield chosen[0]
+
+
+@contextlib.contextmanager
+def _members_named_in(zip_path: Path, unpacked: Path) -> Iterator[None]:
+    """Re-raise an ``InferenceError`` that starts with a file under ``unpacked`` (where ``zip_path`` was
+    unpacked) as a ``ModelFileError`` naming that file as the zip's member."""
+    try:
+        yield
+    except InferenceError as exc:
+        prefix = f"{unpacked}{os.sep}"
+        if not str(exc).startswith(prefix):
+            raise
+        member, _, problem = str(exc).removeprefix(prefix).partition(": ")
+        raise ModelFileError(f"{zip_path}: member {Path(member).as_posix()!r}: {problem}") from None

@@ -25,7 +25,9 @@ from autoseg.inference.engine import LoadedModel, canonical_folds
 from autoseg.networks import create_network
 from autoseg.paths import check_model_folder_name, dataset_folders, expand_home, parse_dataset_id, results_root
 from autoseg.planning.plans import check_plans_match_dataset, get_configuration, load_plans
-from autoseg.utils.checkpoint_format import check_outputs_match_labels, checkpoint_file, missing_checkpoint, read_checkpoint
+from autoseg.utils.checkpoint_format import (
+    check_outputs_match_labels, checkpoint_file, first_mismatch, missing_checkpoint, read_checkpoint,
+)
 
 FOLD_DIR = re.compile(r"^fold_(\d+|all)$")
 
@@ -91,7 +93,7 @@ def build_network(checkpoint: dict[str, Any], path: Path | str, device: torch.de
     try:
         network.load_state_dict(checkpoint["network_weights"])
     except RuntimeError as exc:
-        raise InferenceError(f"{path}: weights do not fit the network its metadata describes ({str(exc).splitlines()[0]})") from None
+        raise InferenceError(f"{path}: weights do not fit the network its metadata describes ({first_mismatch(exc)})") from None
     return network.to(device).eval()
 
 

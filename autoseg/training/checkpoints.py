@@ -21,7 +21,7 @@ import torch
 from autoseg.errors import TrainingError
 from autoseg.training.model_setup import ModelSetup
 from autoseg.training.schedule import TrainingState
-from autoseg.utils.checkpoint_format import CHECKPOINT_FORMAT_VERSION, checkpoint_name, read_checkpoint
+from autoseg.utils.checkpoint_format import CHECKPOINT_FORMAT_VERSION, checkpoint_name, first_mismatch, read_checkpoint
 
 LATEST = checkpoint_name("latest")
 BEST = checkpoint_name("best")
@@ -138,7 +138,7 @@ def restore_training_checkpoint(path: Path, setup: ModelSetup, step: Any, networ
         setup.network.load_state_dict(checkpoint["network_weights"])
     except (RuntimeError, ValueError, KeyError) as exc:
         raise TrainingError(
-            f"{path}: does not fit this network ({_first_mismatch(exc)}): the plan's network or the network "
+            f"{path}: does not fit this network ({first_mismatch(exc)}): the plan's network or the network "
             "options changed since the fold was trained; continue with the plan and --set network_options the fold "
             "was trained with (its model folder's plans.json and training_config.yaml), or delete the fold folder to start over"
         ) from exc
@@ -154,11 +154,3 @@ def restore_training_checkpoint(path: Path, setup: ModelSetup, step: Any, networ
     restore_rng_state(checkpoint["rng_state"])
     return TrainingState.from_dict(checkpoint["trainer_state"])
 
-
-def _first_mismatch(exc: Exception) -> str:
-    """The first tensor ``load_state_dict`` names: its message starts with a bare header line
-    ('Error(s) in loading state_dict for UNet:'), which alone says nothing about what differs."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    if not lines:
-        return type(exc).__name__
-    return (lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0]).rstrip(".")

@@ -76,6 +76,16 @@ def check_checkpoint(checkpoint: Any, where: str, error: ErrorType, fix: str) ->
         raise error(f"{where}: checkpoint format version {version!r}, this autoseg reads {CHECKPOINT_FORMAT_VERSION}; {fix}")
 
 
+def first_mismatch(exc: Exception) -> str:
+    """The first tensor ``load_state_dict`` names (name, expected and found shape): its message starts with
+    a bare header line ('Error(s) in loading state_dict for UNet:'), which alone says nothing about what
+    differs. Shared by training's resume and inference's loading, so both name the same tensor."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return (lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0]).rstrip(".")
+
+
 def network_checkpoint_bytes(checkpoint: dict[str, Any]) -> bytes:
     """The network part of a checkpoint (weights and metadata, no optimiser state) as weight-file bytes."""
     return weights_to_bytes({key: checkpoint[key] for key in NETWORK_KEYS})
