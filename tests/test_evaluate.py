@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import math
 import shutil
@@ -381,3 +382,18 @@ def test_references_without_a_prediction_are_noted(folders):
     output = autoseg("evaluate", "-p", pred_dir, "-r", ref_dir, "-np", 1)
     assert "note: 1 reference case(s) have no prediction and are not scored: c2\n" in output
     assert json.loads((pred_dir / "summary.json").read_text())["num_cases"] == 1
+
+
+@pytest.mark.parametrize("output", ["out", "out/new"])
+def test_a_read_only_output_folder_is_refused_before_any_case(folders, tmp_path, monkeypatch, output):
+    """evaluate into an existing folder it could not write computed every metric and only then refused it."""
+    from test_atomic import refuse_writes_in
+
+    pred_dir, ref_dir = folders
+    (tmp_path / "out").mkdir()
+    refuse_writes_in(tmp_path / "out", monkeypatch)
+    monkeypatch.setattr("autoseg.evaluation.evaluate.evaluate_case", lambda *args: pytest.fail("a case was evaluated"))
+    with pytest.raises(OSError) as raised:
+        evaluate_folders(pred_dir, ref_dir, LABELS, tmp_path / output, num_workers=1, file_ending=".nii.gz")
+    assert raised.value.errno == errno.EROFS and raised.value.filename == str(tmp_path / "out")
+    assert not (tmp_path / "out" / "new").exists()

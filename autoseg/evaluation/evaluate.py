@@ -31,7 +31,7 @@ from autoseg.evaluation.metrics import (
     evaluation_classes,
     mean_metrics,
 )
-from autoseg.utils.atomic import atomic_write_json, atomic_write_text
+from autoseg.utils.atomic import atomic_write_json, atomic_write_text, require_writable
 from autoseg.utils.output_folders import check_output_folder
 from autoseg.utils.progress import Failure, default_workers, parallel_map
 
@@ -298,6 +298,9 @@ def evaluate_folders(
     check_tolerance(tolerance_mm)
     out = Path(output_dir) if output_dir is not None else pred_dir
     check_output_folder(out, EvaluationError)
+    # A folder that cannot be written (read-only, no permission) was refused only after every metric was
+    # computed; for a new folder, the nearest one above it that exists is asked (nothing is made yet).
+    require_writable(next(folder for folder in (out, *out.parents) if folder.is_dir()))
     if description_or_labels is None:
         description_or_labels = find_description(pred_dir, ref_dir)
     file_ending = resolve_file_ending(description_or_labels, file_ending)
