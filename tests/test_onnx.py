@@ -149,7 +149,7 @@ def test_a_checkpoint_other_than_the_exported_one_is_refused(onnx_export: tuple[
     _, zip_path = onnx_export
     message = autoseg_fails("predict", "-i", tmp_path, "-o", tmp_path / "out", "-m", zip_path, "--engine", "onnxruntime",
                             "--checkpoint", "best")
-    assert f"{zip_path}: holds the graphs of the final checkpoint, not best; predict with --checkpoint final" in " ".join(message.split())
+    assert f"{zip_path}: holds the final checkpoint, not best; predict with --checkpoint final" in " ".join(message.split())
     assert not (tmp_path / "out").exists()
     assert load_onnx_model(zip_path, checkpoint="checkpoint_final.safetensors").checkpoint == "final"
 

@@ -44,7 +44,8 @@ from autoseg.inference.model import build_network, check_fold_of_model, named_fo
 from autoseg.paths import check_model_folder_name, results_root as default_results_root
 from autoseg.utils.atomic import atomic_write_bytes, folder_lock, remove_stale_temporaries, staging_folder
 from autoseg.utils.checksummed_zip import (
-    MANIFEST, MODEL_ZIP_FORMAT, ONNX_ZIP_FORMAT, check_entries, read_member, write_checksummed_zip,
+    MANIFEST, MODEL_ZIP_FORMAT, ONNX_ZIP_FORMAT, check_entries, check_zip_checkpoint, read_member,
+    write_checksummed_zip,
 )
 from autoseg.utils.checkpoint_format import (
     check_outputs_match_labels, checkpoint_file, checkpoint_from_bytes, checkpoint_name, missing_checkpoint,
@@ -515,11 +516,8 @@ def _check_zip_holds(manifest: Mapping[str, Any], zip_path: Path, folds: Sequenc
     """The checkpoint and folds asked of a model zip must be in it: ``predict -m model.zip --checkpoint best``
     (or ``-f 3``) was refused naming the temporary folder the zip was unpacked into, gone by then, with the
     fix 'finish training this fold'."""
-    held = manifest["checkpoint"]
-    kind = Path(held).stem.removeprefix("checkpoint_")
-    if checkpoint_file(checkpoint, ModelFileError) != held:
-        raise ModelFileError(f"{zip_path}: holds the {kind} checkpoint, not {checkpoint}; predict with --checkpoint "
-                             f"{kind}, or export the {checkpoint} checkpoint")
+    checkpoint_file(checkpoint, ModelFileError)  # an unknown name is refused as such
+    check_zip_checkpoint(zip_path, manifest["checkpoint"], checkpoint)
     asked = [] if folds is None else ["all"] if folds == "all" else [str(f) for f in folds]
     missing = [f for f in asked if f not in manifest["folds"]]
     if missing:

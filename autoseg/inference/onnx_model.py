@@ -29,7 +29,8 @@ from autoseg.errors import ModelFileError
 from autoseg.inference.engine import LoadedModel, canonical_folds
 from autoseg.planning.plans import get_configuration, validate_plans
 from autoseg.utils.checksummed_zip import (
-    MANIFEST, MODEL_ZIP_FORMAT, ONNX_ZIP_FORMAT, check_entries, read_member, write_checksummed_zip,
+    MANIFEST, MODEL_ZIP_FORMAT, ONNX_ZIP_FORMAT, check_entries, check_zip_checkpoint, read_member,
+    write_checksummed_zip,
 )
 from autoseg.utils.output_folders import check_output_file
 from autoseg.utils.onnx_runtime import INPUT, OUTPUT, onnx_session, run_onnx
@@ -241,12 +242,6 @@ def _fold_network(graph: bytes, where: str) -> OnnxNetwork:
                              "re-export it with `autoseg export-model --format onnx`") from None
 
 
-def _checkpoint_kind(name: str) -> str:
-    """``final`` for ``final`` or ``checkpoint_final.safetensors`` (checkpoint_format's names, which this
-    torch-free module cannot import)."""
-    return name.removeprefix("checkpoint_").removesuffix(".safetensors")
-
-
 def load_onnx_model(
     zip_path: str | Path, folds: Sequence[int | str] | str | None = None, checkpoint: str | None = None
 ) -> LoadedModel:
@@ -256,10 +251,8 @@ def load_onnx_model(
     with a zip of the final checkpoint without a word (a torch model zip refuses it as missing)."""
     zip_path = Path(zip_path)
     manifest, members = _read_members(zip_path)
-    held = _checkpoint_kind(str(manifest["checkpoint"]))
-    if checkpoint is not None and _checkpoint_kind(checkpoint) != held:
-        raise ModelFileError(f"{zip_path}: holds the graphs of the {held} checkpoint, not {checkpoint}; predict with "
-                             f"--checkpoint {held}, or export the {checkpoint} checkpoint")
+    if checkpoint is not None:
+        check_zip_checkpoint(zip_path, str(manifest["checkpoint"]), checkpoint)
     plans, deploy, dataset = _deploy_settings(members, zip_path)
     names = manifest["folds"] if folds is None else [str(f) for f in ([folds] if isinstance(folds, (str, int)) else folds)]
     missing = [f for f in names if f"fold_{f}/{GRAPH}" not in members]

@@ -51,6 +51,21 @@ def check_entries(infos: Sequence[zipfile.ZipInfo], refuse: str) -> None:
                              f"model ({MAX_UNCOMPRESSED_BYTES / 1024**3:.0f} GiB); a zip bomb or not a model file")
 
 
+def checkpoint_kind(name: str) -> str:
+    """``final`` for ``final`` or ``checkpoint_final.safetensors`` (checkpoint_format's names, which this
+    torch-free module cannot import)."""
+    return name.removeprefix("checkpoint_").removesuffix(".safetensors")
+
+
+def check_zip_checkpoint(zip_path: Path, held: str, asked: str) -> None:
+    """A model file holds one checkpoint (``held``, as its manifest names it); the one predict asks for must
+    be it: the torch and the onnxruntime engine refuse another alike, here."""
+    kind = checkpoint_kind(held)
+    if checkpoint_kind(asked) != kind:
+        raise ModelFileError(f"{zip_path}: holds the {kind} checkpoint, not {asked}; predict with --checkpoint "
+                             f"{kind}, or export the {asked} checkpoint")
+
+
 def read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, refuse: str) -> bytes:
     """A member's bytes, never inflating more than its declared size (plus one byte that proves a lie)."""
     where = f"{refuse}: member {info.filename!r}"
