@@ -451,6 +451,28 @@ def test_a_bad_case_among_good_ones(model_3d: Path, tmp_path: Path) -> None:
     assert sorted(p.name for p in out.iterdir()) == ["a_good.nii.gz", PREDICT_INFO, "z_good.nii.gz"]
 
 
+@pytest.mark.parametrize("value", [0.0, 7.5])
+def test_a_blank_image_is_predicted_with_a_warning_naming_its_file(value: float, model_3d: Path, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """An all-zero (or constant) image, a failed export, was predicted without a word; its label map says nothing."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    source = HIPPOCAMPUS / "imagesTr" / "hippocampus_001_0000.nii.gz"
+    shutil.copy(source, inputs / "good_0000.nii.gz")
+    image = sitk.ReadImage(str(source), sitk.sitkFloat32)
+    blank = sitk.Image(image.GetSize(), sitk.sitkFloat32) + value
+    blank.CopyInformation(image)
+    sitk.WriteImage(blank, str(inputs / "blank_0000.nii.gz"))
+    report = predict_folder(inputs, tmp_path / "out", model_3d, folds=[0], tta=False)
+    expected = (f"case blank: {inputs / 'blank_0000.nii.gz'} holds {value:g} in every voxel (a blank image: a failed "
+                "export or conversion?); its label map is predicted from no image content and means nothing: check "
+                "the file")
+    assert report.warnings == [expected] and report.predicted == ["blank", "good"]
+    printed = capsys.readouterr().err
+    assert printed.count("WARNING") == 1 and f"WARNING {expected}\n" in printed
+    assert (tmp_path / "out" / "blank.nii.gz").is_file()
+
+
 def test_every_case_failing_says_none_was_predicted_and_a_wrong_model_type_is_named(model_3d: Path, tmp_path: Path) -> None:
     inputs = tmp_path / "in"
     inputs.mkdir()

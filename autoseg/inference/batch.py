@@ -12,6 +12,7 @@ import functools
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,15 +69,46 @@ class InputCase:
 
 @dataclass
 class PredictReport:
-    """What a run did: cases predicted, skipped (``continue_``), and failed (with the reason), and the
-    model's dataset description (labels, channels) for what runs on the outputs next."""
+    """What a run did: cases predicted, skipped (``continue_``), and failed (with the reason), the warnings it
+    printed (``warn``), and the model's dataset description (labels, channels) for what runs on the outputs
+    next."""
 
     output_folder: Path
     dataset: DatasetDescription | None = None
     predicted: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: list[Failure] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+
+    def warn(self, warning: str) -> None:
+        """Record ``warning`` and print it to stderr at once (above the progress bar), as training's monitor
+        prints: a long run shows it when its case is predicted, not only in the report at the end."""
+        self.warnings.append(warning)
+        print(f"WARNING {warning}", file=sys.stderr, flush=True)
+
+
+def blank_image_warning(case_id: str, files: Sequence[Path], data: np.ndarray) -> str | None:
+    """The warning for a case whose image holds one value in every voxel (an all-zero file: a failed export
+    or conversion), None otherwise: predicted without a word, it gave a label map (foreground, often) that says
+    nothing about the case. Checked per file; a file holding several channels (a colour image) is blank when
+    each of them is. Predicted all the same, as verify only warns of such training images."""
+    constant = [bool(channel.size) and channel.min() == channel.max() for channel in data]
+    if len(files) == len(data):
+        blank = [f"{path} holds {_number(channel.flat[0])}" for path, channel, flat in zip(files, data, constant) if flat]
+    elif all(constant):  # colour file(s): one value per channel
+        values = ", ".join(_number(channel.flat[0]) for channel in data)
+        blank = [f"{', '.join(map(str, files))} hold(s) ({values})"]
+    else:
+        blank = []
+    if not blank:
+        return None
+    return (f"case {case_id}: {'; '.join(blank)} in every voxel (a blank image: a failed export or conversion?); its label "
+            "map is predicted from no image content and means nothing: check the file")
+
+
+def _number(value: Any) -> str:
+    return np.format_float_positional(float(value), trim="-")
 
 
 def _is_dicom_folder(folder: Path) -> bool:
@@ -402,7 +434,10 @@ def _predict_cases(
                 report.skipped.append(case.case_id)
                 continue
             channels = loaded.dataset.channel_names
-            data, geometry = read_finite_case(channel_files(case, channels), channels)
+            inputs = channel_files(case, channels)
+            data, geometry = read_finite_case(inputs, channels)
+            if blank := blank_image_warning(case.case_id, inputs, data):
+                report.warn(blank)
             prediction = predict_array(
                 loaded, data, geometry, step=step, tta=tta, return_probabilities=save_probabilities,
                 batch_tiles=batch_tiles, mixed_precision=mixed_precision, overwrite_input=True,
