@@ -31,6 +31,7 @@ from autoseg.preprocessing.resampling import (
     resample_block,
     resample_label,
     resampling_work,
+    scheme_for,
 )
 from autoseg.preprocessing.store import chunk_shapes
 
@@ -134,6 +135,31 @@ def test_image_data_is_clipped_to_each_channels_input_range_as_nnunets_resize() 
         assert x[c].min() <= out[c].min() and out[c].max() <= x[c].max()
     linear = resample_data(x, shape, ResamplingScheme(1, 1, None))  # order 1 cannot overshoot: untouched
     np.testing.assert_array_equal(linear[1], resample_array(x[1], shape, ResamplingScheme(1, 1, None)))
+
+
+@pytest.mark.parametrize("order_z", [0, 1])
+def test_slices_resampled_on_their_own_are_clipped_each_to_its_range_as_nnunets_resize(order_z: int) -> None:
+    """With a separate z axis nnU-Net resizes each slice on its own (skimage's clip=True: to that slice's range),
+    then interpolates along z with order 0 or 1, which cannot overshoot. The whole channel's range let the ringing
+    of a dim slice beside a bright one pass (here 0.1 above its 0..1)."""
+    from skimage.transform import resize
+
+    x = np.zeros((1, 3, 12, 10), np.float32)
+    x[0, 0, :, 5:] = 1.0  # a dim slice with a sharp edge: it rings beyond 1
+    x[0, 1:] = np.random.default_rng(0).random((2, 12, 10)) * 1000.0
+    shape = (6, 30, 25)
+    scheme = scheme_for({"image_order": 3, "label_order": 1, "order_z": order_z, "separate_z_anisotropy_threshold": 3},
+                        (5.0, 1.0, 1.0), (2.5, 0.4, 0.4), "image")
+    assert (scheme.separate_axis, scheme.clip_slices) == (0, True)
+    slices = np.stack([resize(s.astype(np.float64), shape[1:], order=3, mode="edge", anti_aliasing=False) for s in x[0]])
+    ringing = resize(x[0, 0].astype(np.float64), shape[1:], order=3, mode="edge", anti_aliasing=False, clip=False)
+    assert ringing.max() > 1.05 and slices[0].max() == 1.0  # clip=True clips the ringing to the slice's own 0..1
+    z = (np.arange(shape[0]) + 0.5) * x.shape[1] / shape[0] - 0.5  # nnU-Net's map_coordinates along z
+    expected = ndimage.map_coordinates(slices, np.meshgrid(z, *map(np.arange, shape[1:]), indexing="ij"), order=order_z,
+                                       mode="nearest")
+    out = resample_data(x, shape, scheme)[0]
+    np.testing.assert_allclose(out, expected, atol=1e-3)
+    assert out[0].max() == 1.0  # the first output slice is the dim slice's alone: within its 0..1
 
 
 def test_nearest_neighbour_resampling_is_scipys_and_the_same_slab_by_slab() -> None:

@@ -29,11 +29,13 @@ SPLINE_PAD = 12  # edge padding before the spline prefilter (scipy uses the same
 
 @dataclass(frozen=True)
 class ResamplingScheme:
-    """How to move between two grids: the orders and, if any, the axis resampled on its own."""
+    """How to move between two grids: the orders, if any, the axis resampled on its own, and whether image
+    slices along it are clipped each to its own range after the in-plane spline (``resample_data``)."""
 
     order: int
     order_z: int
     separate_axis: int | None
+    clip_slices: bool = False
 
 
 def new_shape(shape: Shape, old_spacing: Sequence[float], new_spacing: Sequence[float]) -> tuple[int, ...]:
@@ -67,14 +69,14 @@ def scheme_for(
     The separate axis is decided from the case's spacing and the configuration's target spacing in that
     order (``planning.rules.separate_z_axis``), whichever direction is resampled, so the inverse uses
     the same axis as the forward pass. 2D configurations resample each slice in-plane only: axis 0 is
-    always separated (and unchanged).
+    always separated (and unchanged). Slices are clipped one by one where nnU-Net separates an axis (it
+    resizes each slice on its own then), so a 2D configuration of isotropic data clips whole channels.
     """
     order = int(resampling["image_order" if kind == "image" else "label_order"])
     order_z = int(resampling["order_z"])
-    if spatial_dims == 2:
-        return ResamplingScheme(order, order_z, 0)
     threshold = float(resampling["separate_z_anisotropy_threshold"])
-    return ResamplingScheme(order, order_z, separate_z_axis(case_spacing, target_spacing, threshold))
+    axis = separate_z_axis(case_spacing, target_spacing, threshold)
+    return ResamplingScheme(order, order_z, 0 if spatial_dims == 2 else axis, clip_slices=axis is not None)
 
 
 def _affine(x: np.ndarray, matrix: Sequence[float], offset: Sequence[float], shape: Shape, order: int) -> np.ndarray:
@@ -221,17 +223,34 @@ def resample_array(x: np.ndarray, shape: Shape, scheme: ResamplingScheme, order:
 def resample_data(data: np.ndarray, shape: Shape, scheme: ResamplingScheme) -> np.ndarray:
     """Resample image data (C, *spatial) channel by channel into one new float32 array.
 
-    A spline above order 1 overshoots at sharp edges (ringing: air next to bone in CT); each channel is
-    clipped to its own input range, as nnU-Net's ``skimage.transform.resize`` (``clip=True``) does, so no
-    resampled intensity lies outside what the scanner recorded."""
+    A spline above order 1 overshoots at sharp edges (ringing: air next to bone in CT); the result is clipped
+    to its input's range, as nnU-Net's ``skimage.transform.resize`` (``clip=True``) does, so no resampled
+    intensity lies outside what the scanner recorded: each channel, or with ``scheme.clip_slices`` each slice
+    after the in-plane pass (nnU-Net resizes slice by slice then; its order 0 or 1 along the separate axis
+    cannot overshoot, and a higher ``order_z`` is clipped to the channel's range)."""
     if tuple(data.shape[1:]) == tuple(shape):
         return data
     out = np.empty((data.shape[0], *shape), dtype=np.float32)
     for c in range(data.shape[0]):
-        out[c] = resample_array(data[c], shape, scheme)
-        if max(scheme.order, scheme.order_z) > 1 and data[c].size:
+        channel = data[c]
+        if scheme.clip_slices and scheme.separate_axis is not None and scheme.order > 1 and channel.size:
+            channel = _in_plane_clipped(channel, shape, scheme)
+        out[c] = resample_array(channel, shape, scheme)
+        if (scheme.order_z if scheme.clip_slices else max(scheme.order, scheme.order_z)) > 1 and data[c].size:
             np.clip(out[c], data[c].min(), data[c].max(), out=out[c])
     return out
+
+
+def _in_plane_clipped(channel: np.ndarray, shape: Shape, scheme: ResamplingScheme) -> np.ndarray:
+    """``channel`` resampled in-plane only (its separate axis kept), each slice clipped to its own input range:
+    clipping the whole channel after both passes let a slice next to a brighter one keep its overshoot."""
+    axis = scheme.separate_axis
+    assert axis is not None
+    in_plane = [n if a == axis else s for a, (n, s) in enumerate(zip(channel.shape, shape))]
+    resampled = resample_array(channel, in_plane, scheme)
+    plane = tuple(a for a in range(channel.ndim) if a != axis)
+    low, high = channel.min(axis=plane, keepdims=True), channel.max(axis=plane, keepdims=True)
+    return np.clip(resampled, low, high, out=resampled if resampled is not channel else None)
 
 
 def _bbox(mask: np.ndarray, margin: int) -> list[slice]:
