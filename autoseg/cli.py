@@ -537,43 +537,12 @@ def report(
 
 
 def expand_multi_value_options(args: list[str]) -> list[str]:
-    """Accept nnU-Net's ``-f 0 1 2 3 4`` and ``-i DIR DIR``: repeat the flag for each value.
+    """Accept nnU-Net's ``-f 0 1 2 3 4`` and ``-i DIR DIR`` (``autoseg.cli_lists``)."""
+    from autoseg.cli_lists import expand_lists
 
-    Click takes one value per occurrence of a list option; the values that follow such a flag (up to
-    the next token starting with ``-``) become ``-f 0 -f 1 ...``. The last such values that the command's
-    positional arguments still lack are theirs: ``find-best -f 0 1 2 Dataset004`` was refused as
-    'Missing argument dataset' (Dataset004 taken for a fold).
-    """
     commands = getattr(typer.main.get_command(app), "commands", {})
     command = commands.get(args[0]) if args else None
-    if command is None:
-        return args
-    params = getattr(command, "params", [])
-    flags = {name for p in params if getattr(p, "multiple", False) for name in getattr(p, "opts", [])}
-    valued = {name for p in params if p.param_type_name == "option" and not p.is_flag and not p.count
-              for name in p.opts + p.secondary_opts}
-    out, index, positionals = [args[0]], 1, 0
-    repeats: list[int] = []  # where the last list's repeated flags stand in ``out``
-    while index < len(args):
-        token = args[index]
-        out.append(token)
-        index += 1
-        if token in valued and index < len(args):
-            out.append(args[index])  # the flag's own value
-            index += 1
-            if token in flags:
-                run = []
-                while index < len(args) and not args[index].startswith("-"):
-                    run.append(len(out))
-                    out.extend([token, args[index]])
-                    index += 1
-                repeats = run or repeats
-        elif not token.startswith("-"):
-            positionals += 1
-    lacking = sum(1 for p in params if p.param_type_name == "argument" and p.required) - positionals
-    for flag_at in reversed(repeats[-lacking:] if lacking > 0 else []):
-        del out[flag_at]  # its value becomes a positional argument
-    return out
+    return args if command is None else expand_lists(getattr(command, "params", []), args)
 
 
 def main() -> None:

@@ -51,10 +51,31 @@ def test_every_stage_has_help(stage: str) -> None:
     (["find-best", "-f", "0", "1", "2", "Dataset004"], ["find-best", "-f", "0", "-f", "1", "-f", "2", "Dataset004"]),
     (["find-best", "-f", "0", "1", "4", "-np", "1"], ["find-best", "-f", "0", "-f", "1", "4", "-np", "1"]),
     (["train", "--set", "a=1", "b=2", "D", "2d", "0"], ["train", "--set", "a=1", "--set", "b=2", "D", "2d", "0"]),
+    (["find-best", "-c", "2d", "-f", "0", "1", "4"], ["find-best", "-c", "2d", "-f", "0", "-f", "1", "4"]),
     ([], []),
 ])
 def test_nnunet_style_lists(args: list[str], expected: list[str]) -> None:
     assert expand_multi_value_options(args) == expected
+
+
+@pytest.mark.parametrize("args", [
+    ["-f", "0", "1", "2", "-c", "3d_fullres", "2d", "Dataset004"],
+    ["-c", "3d_fullres", "2d", "-f", "0", "1", "2", "Dataset004"],
+    ["-f", "0", "1", "2", "Dataset004", "-c", "3d_fullres", "2d"],
+    ["-c", "3d_fullres", "2d", "Dataset004", "-f", "0", "1", "2"],
+    ["Dataset004", "-c", "3d_fullres", "2d", "-f", "0", "1", "2"],
+])
+def test_several_nnunet_style_lists_in_any_order(args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the last list gave its values back to the positional argument: ``find-best -f 0 1 2 Dataset004 -c
+    3d_fullres 2d`` took 2d for the dataset and Dataset004 for a fold."""
+    import autoseg.evaluation.selection as selection
+
+    calls: list[tuple[object, ...]] = []
+    monkeypatch.setattr(selection, "find_best", lambda *given: calls.append(given) or {})
+    monkeypatch.setattr(selection, "instructions_text", lambda instructions: "")
+    result = runner.invoke(app, expand_multi_value_options(["find-best", *args]))
+    assert result.exit_code == 0, result.output
+    assert calls == [("Dataset004", ["0", "1", "2"], ["3d_fullres", "2d"], True, None)]
 
 
 @pytest.mark.parametrize(("args", "message"), [
