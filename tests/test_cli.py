@@ -431,3 +431,33 @@ def test_the_demo_plans_the_configuration_of_its_datasets_dimensionality(
     with pytest.raises(Stop):
         run_demo(tmp_path / "demo", 60.0, say=lambda line: None)
     assert asked == [[configuration]]
+
+
+# A child that gets Ctrl-C (SIGINT) while the command line imports typer, as a user's early Ctrl-C lands.
+_CTRL_C_WHILE_IMPORTING = """
+import os, signal, sys
+
+class CtrlCOnTyper:
+    def find_spec(self, name, path=None, target=None):
+        if name == "typer":
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, CtrlCOnTyper())
+sys.argv = ["autoseg", "networks"]
+from autoseg.__main__ import main
+main()
+"""
+
+
+def test_ctrl_c_while_the_command_line_imports_is_one_line() -> None:
+    """Ctrl-C within about 0.2 s of starting autoseg (typer and torch still importing) printed a KeyboardInterrupt
+    traceback; the console script's entry point takes it over first, as the stages do: one line, exit 130."""
+    import subprocess
+    import sys
+    import tomllib
+
+    process = subprocess.run([sys.executable, "-c", _CTRL_C_WHILE_IMPORTING], capture_output=True, text=True, timeout=120)
+    assert (process.returncode, process.stderr, process.stdout) == (130, "autoseg: error: interrupted\n", "")
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert pyproject["project"]["scripts"]["autoseg"] == "autoseg.__main__:main"
