@@ -146,6 +146,30 @@ def test_any_byte_changed_in_a_files_header_is_named_or_harmless(store: Path) ->
             assert np.array_equal(values, expected), offset
 
 
+@pytest.mark.parametrize("suffix", [".b2nd", "_seg.b2nd"])
+def test_a_store_written_before_chunk_checksums_is_refused_and_redone(store: Path, suffix: str) -> None:
+    """An array stored before the checksums (no ``chunk_crc32`` record) was read unchecked, for good: damage
+    inside it decompressed into wrong values without a word. It is refused naming the fix, and preprocess
+    redoes its case (as stale, not as damaged)."""
+    import blosc2
+
+    old = store / f"{CASE}{suffix}"
+    before = load_case(store, CASE, mmap=False)
+    array = blosc2.open(str(old), mode="a")
+    del array.schunk.vlmeta["chunk_crc32"]
+    del array
+    with pytest.raises(PreprocessingError) as info:
+        load_case(store, CASE)
+    assert str(info.value) == (f"{old}: was stored by an older autoseg, without the checksums of its chunks that every "
+                               f"read now checks; {FIX} with the -c and --plans-name that made {store.name}; it redoes "
+                               "this case")
+    out = preprocess_dataset(DATASET, ["3d_fullres"], num_workers=1).outputs[0]
+    assert out.processed == [CASE] and out.damaged == [] and len(out.skipped) == 3
+    after = load_case(store, CASE, mmap=False)
+    np.testing.assert_array_equal(after[0], before[0])
+    np.testing.assert_array_equal(after[1], before[1])
+
+
 def _spec(store: Path, case_ids: list[str]) -> SamplingSpec:
     """Cases decompressed whole on first use (a cache of 1 GiB), so every chunk is read."""
     return SamplingSpec(folder=store, case_ids=case_ids, patch_size=PATCH, sample_size=PATCH, batch_size=2,

@@ -182,12 +182,14 @@ def input_fingerprint(case: Case, plans: dict[str, Any], config: dict[str, Any])
 
 def stored_state(folder: Path, case_id: str, fingerprint: str) -> str:
     """``done`` (skip it), ``absent`` (never stored, or killed before its marker), ``stale`` (other plan
-    parameters or input files) or ``damaged`` (fails ``store.open_case``'s checks: cut short, emptied by a
-    power loss, overwritten; or its labels are missing)."""
+    parameters or input files, or stored without chunk checksums) or ``damaged`` (fails ``store.open_case``'s
+    checks: cut short, emptied by a power loss, overwritten; or its labels are missing)."""
     if not store.case_paths(folder, case_id)[2].exists():
         return "absent"
     try:
         _, seg, properties = store.open_case(folder, case_id)
+    except store.OutdatedStore:
+        return "stale"
     except PreprocessingError:
         return "damaged"
     if seg is None:

@@ -113,15 +113,23 @@ def save_case(
 def _damage_note(folder: Path, delete: bool = False) -> str:
     """What a damaged case means and its fix: ``preprocess`` redoes a case that fails ``open_case``'s
     checks; damage inside a file passes them, so that file must be deleted first (``delete``)."""
-    rerun = (f"re-run `autoseg preprocess {folder.parent.name}` with the -c and --plans-name that made "
-             f"{folder.name}; it redoes this case")
+    rerun = _rerun_advice(folder)
     fix = f"delete the file, then {rerun}" if delete else rerun
     return f"the preprocessed case is damaged (a power loss, a full disk or an interrupted copy?): {fix}"
+
+
+def _rerun_advice(folder: Path) -> str:
+    return (f"re-run `autoseg preprocess {folder.parent.name}` with the -c and --plans-name that made "
+            f"{folder.name}; it redoes this case")
 
 
 def damaged(path: Path, problem: str, delete: bool = False) -> PreprocessingError:
     """The error for a stored file that cannot be used: the file, what is wrong with it and the fix."""
     return PreprocessingError(f"{path}: {problem}; {_damage_note(path.parent, delete)}")
+
+
+class OutdatedStore(PreprocessingError):
+    """A stored array written before the chunk checksums (``preprocess`` redoes its case as stale)."""
 
 
 def _require_file(path: Path) -> None:
@@ -147,9 +155,9 @@ class StoredArray:
     """A stored array's blosc2 handle whose reads name the file when a chunk cannot be decompressed (damage
     inside the file, which opening cannot see: it reads only the header and trailer)."""
 
-    def __init__(self, path: Path, array: blosc2.NDArray, checksums: list[int] | None = None) -> None:
+    def __init__(self, path: Path, array: blosc2.NDArray, checksums: list[int]) -> None:
         self.path, self.array, self.checksums = path, array, checksums
-        self._verified = checksums is None  # stores written before the checksums: nothing to compare
+        self._verified = False
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -176,7 +184,7 @@ class StoredArray:
     def verify_chunks(self) -> None:
         """Compare each compressed chunk with the CRC-32 written with it (once per handle: a read of the
         compressed file, measured at 0.15-0.4x decompressing it whole; docs/preprocessing.md)."""
-        found, recorded = chunk_checksums(self.array.schunk), self.checksums or []
+        found, recorded = chunk_checksums(self.array.schunk), self.checksums
         changed = [i for i, (a, b) in enumerate(zip(found, recorded)) if a != b]
         if changed or len(found) != len(recorded):
             raise damaged(self.path, f"chunk(s) {', '.join(map(str, changed or [len(recorded)]))} of {len(found)} "
@@ -188,7 +196,9 @@ class StoredArray:
 def open_array(path: Path, dtype: np.dtype, spatial_shape: Sequence[int] | None) -> StoredArray:
     """Open a stored array and check it cheaply, without decompressing it: blosc2 reads the header and
     trailer (a file cut short or overwritten fails there), the header's compressed size must fit in the
-    file, and dtype and spatial shape must be those of its properties (``None``: not recorded)."""
+    file, and dtype and spatial shape must be those of its properties (``None``: not recorded). An array
+    without its chunks' checksums (stored by autoseg before them) is refused as ``OutdatedStore``: read
+    unchecked, damage inside it would decompress into wrong values without a word, for good."""
     _require_file(path)
     try:
         array = blosc2.open(str(path), mode="r", mmap_mode="r")
@@ -208,6 +218,9 @@ def open_array(path: Path, dtype: np.dtype, spatial_shape: Sequence[int] | None)
     if spatial_shape is not None and list(array.shape[1:]) != list(spatial_shape):
         raise damaged(path, f"holds an array of shape {tuple(array.shape)}, where its properties say "
                             f"{list(spatial_shape)} voxels (shape_after_resampling)")
+    if checksums is None:
+        raise OutdatedStore(f"{path}: was stored by an older autoseg, without the checksums of its chunks that every "
+                            f"read now checks; {_rerun_advice(path.parent)}")
     return StoredArray(path, array, checksums)
 
 
