@@ -4,6 +4,7 @@ refused by ``import-model`` (and ``predict -m model.zip``) before anything is wr
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import shutil
@@ -227,6 +228,7 @@ def test_predict_builds_each_folds_network_once(model_zip: Path, tmp_path: Path,
     spec = registry.get_network_spec("unet")
     built = []
 
+    @functools.wraps(spec.builder)  # the registry reads the builder's options from its signature
     def counting_builder(*args, **kwargs):
         built.append(args)
         return spec.builder(*args, **kwargs)
