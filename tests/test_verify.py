@@ -298,6 +298,15 @@ def test_a_2d_case_among_3d_cases_is_refused_by_verify_and_fingerprint(small_dat
     assert result.exit_code == 0, result.output
 
 
+def test_a_volume_with_a_huge_spacing_is_not_called_a_2d_image(small_dataset: Path, roots: dict[str, Path]) -> None:
+    """A volume of 36 slices whose header is in microns (1000 mm voxels) was refused as '2D image(s) (one slice, no
+    slice thickness)': the slice count was never looked at. It verifies; plan names its header's voxel size."""
+    for path in (image(small_dataset, PLAIN_CASE), label(small_dataset, PLAIN_CASE)):
+        edit_image(path, with_spacing((1000.0, 1000.0, 1000.0)))
+    result = runner.invoke(app, ["verify", str(small_dataset), "-np", "1"])
+    assert result.exit_code == 0 and "2D image" not in result.output, result.output
+
+
 def test_images_named_as_their_labels_are_named_as_lacking_the_channel_suffix(
     small_dataset: Path, roots: dict[str, Path]
 ) -> None:

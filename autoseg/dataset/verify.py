@@ -126,8 +126,9 @@ def mixed_2d_problem(cases: Sequence[Case], grids: Sequence[tuple[Sequence[float
     """The problem of 2D training cases (one slice, read with nnU-Net's slice spacing of 999 mm) among 3D ones
     of several slices, each case with its (spacing, shape) (None: unread). nnU-Net accepts them silently, and
     preprocessing stretched such a slice over hundreds of slices of the 3D target spacing: training data that no
-    scan looks like. One-slice 3D files beside 2D ones are a 2D dataset, as before."""
-    flat = [c for c, g in zip(cases, grids) if g is not None and g[0][0] >= SLICE_SPACING_2D]
+    scan looks like. One-slice 3D files beside 2D ones are a 2D dataset, as before. A volume of several slices
+    with a huge spacing (a header in microns) is no 2D image: it was called one, where plan names its header."""
+    flat = [c for c, g in zip(cases, grids) if g is not None and g[0][0] >= SLICE_SPACING_2D and g[1][0] == 1]
     volumes = sum(1 for g in grids if g is not None and g[0][0] < SLICE_SPACING_2D and g[1][0] > 1)
     if not flat or not volumes:
         return None
