@@ -228,21 +228,33 @@ GEOMETRY_2D = Geometry(spacing=(999.0, 0.5, 0.25), origin=(10.0, 20.0), directio
 PNG_GEOMETRY = Geometry(spacing=(999.0, 1.0, 1.0), origin=(0.0, 0.0), direction=(1.0, 0.0, 0.0, 1.0))  # as PNGs read
 
 
-@pytest.mark.parametrize(("geometry", "lost"), [
-    (GEOMETRY_2D, r"spacing \(999, 0.5, 0.25\) vs \(999, 1, 1\); origin \(10, 20\) vs \(0, 0\)"),
-    (GEOMETRY, "3D vs 2D"),
+@pytest.mark.parametrize(("ending", "geometry", "lost"), [
+    (".png", GEOMETRY_2D, r"spacing \(999, 0.5, 0.25\) vs \(999, 1, 1\); origin \(10, 20\) vs \(0, 0\)"),
+    (".png", GEOMETRY, "3D vs 2D"),
+    (".tif", GEOMETRY, r"origin \(1, 2, 3\) vs \(0, 0, 0\)"),  # a 3D TIFF keeps the spacing only
 ])
-def test_a_png_ending_that_would_drop_the_geometry_is_refused_before_any_case(tmp_path, geometry, lost):
+def test_a_picture_ending_that_would_drop_the_geometry_is_refused_before_any_case(tmp_path, ending, geometry, lost):
     """``--file-ending .png`` over 2D NIfTI predictions of 0.5 x 0.25 mm pixels wrote PNGs read back as 1 mm pixels
-    at the origin, in silence (3D predictions failed case by case)."""
+    at the origin, in silence (3D predictions failed case by case, and so did a 3D TIFF of a shifted volume)."""
     rng = np.random.default_rng(0)
     dirs = [tmp_path / "m0", tmp_path / "m1"]
     for folder in dirs:
         _save(folder, "x", _softmax(rng, shape=(1, 4, 5)), geometry=geometry)
-    with pytest.raises(EvaluationError, match=rf"--file-ending .png: stores no voxel spacing, origin or direction, and "
-                                              rf"case x has them \(case vs file: {lost}.*\); give --file-ending .nii.gz"):
-        ensemble_folders(dirs, tmp_path / "out", num_workers=1, file_ending=".png")
+    with pytest.raises(EvaluationError, match=rf"--file-ending {ending}: cannot hold the voxel spacing, origin or direction "
+                                              rf"of case x \(case vs file: {lost}.*\); give --file-ending .nii.gz"):
+        ensemble_folders(dirs, tmp_path / "out", num_workers=1, file_ending=ending)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_3d_tiff_ending_is_written_for_upright_volumes_at_the_origin(tmp_path):
+    rng = np.random.default_rng(0)
+    dirs = [tmp_path / "m0", tmp_path / "m1"]
+    upright = Geometry(spacing=(3.0, 0.5, 0.7), origin=(0.0, 0.0, 0.0), direction=tuple(np.eye(3).ravel()))
+    for folder in dirs:
+        _save(folder, "x", _softmax(rng), geometry=upright)
+    ensemble_folders(dirs, tmp_path / "out", num_workers=1, file_ending=".tif")
+    seg, geometry = read_image(tmp_path / "out" / "x.tif")
+    assert seg.shape == SHAPE and np.allclose(geometry.spacing, upright.spacing)
 
 
 def test_a_png_ending_is_written_for_predictions_of_pngs(tmp_path):

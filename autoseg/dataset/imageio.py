@@ -1451,6 +1451,18 @@ def _geometry_lost_in(ending: str, geometry: Geometry) -> list[str]:
     return geometry_differences(geometry, kept)
 
 
+def geometry_lost_in(ending: str, geometry: Geometry) -> list[str]:
+    """What of ``geometry`` a file of ``ending`` (lower case) drops, pictures included: a PNG, BMP or 2D TIFF keeps
+    one slice of 1 x 1 pixels at the origin. ``write_image`` writes pictures all the same (a natural image has no
+    geometry to lose) and refuses only what ``_geometry_lost_in`` finds; a command writing cases of known geometry
+    in an ending the user chose (ensemble's ``--file-ending``) asks this before the first case."""
+    if ending not in NATURAL_2D_ENDINGS or (ending in TIFF_ENDINGS and not geometry.is_2d):
+        return _geometry_lost_in(ending, geometry)
+    if not geometry.is_2d:
+        return ["3D vs 2D"]
+    return geometry_differences(geometry, Geometry((geometry.spacing[0], 1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0)))
+
+
 def write_image(array: np.ndarray, geometry: Geometry, path: str | Path) -> None:
     """Write a 3D array (z, y, x) in ``geometry`` atomically; 2D geometries write one slice as 2D."""
     path = Path(path)

@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from autoseg.dataset.imageio import (
-    NATURAL_2D_ENDINGS, SUPPORTED_ENDINGS, TIFF_ENDINGS, Geometry, geometry_differences, image_ending, spelled_ending,
+    NATURAL_2D_ENDINGS, SUPPORTED_ENDINGS, Geometry, geometry_differences, geometry_lost_in, image_ending, spelled_ending,
     write_image,
 )
 from autoseg.errors import EvaluationError
@@ -123,21 +123,18 @@ def _check_file_ending(ending: str) -> str:
 
 
 def _refuse_geometry_lost(folder: Path, cases: Sequence[str], ending: str) -> None:
-    """Refuse, before any case, a natural 2D ending (PNG, BMP, a 2D TIFF), which stores no spacing, origin or
-    direction, for a case whose geometry (from ``folder``'s sidecars) holds any: ``--file-ending .png`` over 2D
-    NIfTI predictions of 0.5 mm pixels wrote label maps read back as 1 mm pixels at the origin, in silence."""
+    """Refuse, before any case, a picture ending (PNG, BMP, a TIFF) that cannot hold the geometry of a case (from
+    ``folder``'s sidecars): ``--file-ending .png`` over 2D NIfTI predictions of 0.5 mm pixels wrote label maps read
+    back as 1 mm pixels at the origin, in silence, and a 3D TIFF of a shifted volume was refused case by case."""
     if ending.lower() not in NATURAL_2D_ENDINGS:
         return
     for case in cases:
         geometry = _sidecar_geometry(probability_paths(folder, case).sidecar, read_sidecar(folder, case, EvaluationError), case)
-        if not geometry.is_2d and ending.lower() in TIFF_ENDINGS:
-            continue  # a 3D TIFF keeps its spacing; the writer refuses what it would drop
-        kept = Geometry((geometry.spacing[0], 1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0))
-        lost = geometry_differences(geometry, kept) if geometry.is_2d else ["3D vs 2D"]
+        lost = geometry_lost_in(ending.lower(), geometry)
         if lost:
             raise EvaluationError(
-                f"--file-ending {ending}: stores no voxel spacing, origin or direction, and case {case} has them "
-                f"(case vs file: {'; '.join(lost)}); give --file-ending .nii.gz or .nrrd, which keep them, or leave it out"
+                f"--file-ending {ending}: cannot hold the voxel spacing, origin or direction of case {case} (case vs file: "
+                f"{'; '.join(lost)}); give --file-ending .nii.gz or .nrrd, which keep them, or leave it out"
             )
 
 
