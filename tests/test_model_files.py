@@ -13,11 +13,13 @@ import torch
 
 from autoseg import __version__
 from autoseg.errors import EvaluationError, ModelFileError
+import autoseg.evaluation.model_files as model_files
 from autoseg.evaluation.model_files import (
     MODEL_ZIP_FORMAT_VERSION,
     MANIFEST,
     export_model,
     import_model,
+    unpacked_model,
 )
 from autoseg.networks import Topology, create_network
 from autoseg.utils.weights_file import load_weights, save_weights, weights_from_bytes, weights_to_bytes
@@ -226,6 +228,32 @@ def test_export_refuses_a_damaged_postprocessing_decision(decision: str, tmp_pat
     message = " ".join(autoseg_fails("export-model", "-m", folder, "-o", tmp_path / "m.zip", "-f", 0).split())
     assert f"{folder / 'postprocessing.json'}: " in message and "re-run autoseg postprocess determine" in message
     assert not (tmp_path / "m.zip").exists()
+
+
+def test_a_cascade_stage_is_neither_exported_nor_predicted_without_its_lowres_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cascade exported alone was written, imported and unpacked without a word; predict then said the
+    low-resolution stage had to be trained."""
+    from test_inference_predict import make_model
+
+    lowres = make_model(tmp_path / "results", "3d_lowres", folds=("0",))
+    cascade = make_model(tmp_path / "results", "3d_cascade_fullres", folds=("0",), in_channels=3)
+    problem = (f"{cascade.name} is a cascade stage, which predicts from the labels of {lowres.name}, and {lowres.name} "
+               "is not in the file; ")
+    with pytest.raises(ModelFileError) as caught:
+        export_model(cascade, tmp_path / "cascade.zip", folds=(0,))
+    assert str(caught.value).startswith(f"export-model: {problem}export both: autoseg export-model -m "
+                                        f"<results>/<Dataset>/{lowres.name} -m <results>/<Dataset>/{cascade.name}")
+    assert not (tmp_path / "cascade.zip").exists()
+    with unpacked_model(export_model([lowres, cascade], tmp_path / "both.zip", folds=(0,))) as folder:
+        assert folder.name == cascade.name
+    monkeypatch.setattr(model_files, "_check_cascades_complete", lambda *args: None)  # a zip of an older export
+    alone = export_model(cascade, tmp_path / "cascade.zip", folds=(0,))
+    monkeypatch.undo()
+    with pytest.raises(ModelFileError, match=re.escape(f"{alone}: {problem}re-export it with both models")):
+        with unpacked_model(alone):
+            pass
 
 
 def test_export_takes_a_model_folder_given_as_dot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

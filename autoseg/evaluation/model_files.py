@@ -42,6 +42,7 @@ from autoseg.errors import AutosegError, EvaluationError, InferenceError, ModelF
 from autoseg.evaluation.selection import ENSEMBLES_FOLDER, POSTPROCESSING_JSON, ensemble_model_names
 from autoseg.inference.model import build_network, check_fold_of_model, named_folder
 from autoseg.paths import check_model_folder_name, results_root as default_results_root
+from autoseg.planning.plans import get_configuration, load_plans
 from autoseg.utils.atomic import atomic_write_bytes, folder_lock, remove_stale_temporaries, staging_folder
 from autoseg.utils.checksummed_zip import (
     MANIFEST, MODEL_ZIP_FORMAT, ONNX_ZIP_FORMAT, check_entries, check_zip_checkpoint, read_member,
@@ -89,6 +90,20 @@ def _checkpoint_weights(path: Path, model_name: str) -> bytes:
         return network_checkpoint_bytes(checkpoint)
     except TypeError as exc:
         raise ModelFileError(f"{path}: {exc}; only plain tensors and JSON metadata can be exported") from None
+
+
+def _check_cascades_complete(plans_files: Mapping[str, Path], where: str, fix: str) -> None:
+    """Every cascade stage among the models (name -> its plans.json) must come with the low-resolution model
+    whose labels it predicts from: a cascade exported alone was written, imported and unpacked without a word,
+    and ``predict -m`` then said the low-resolution stage had to be trained. ``fix`` may name ``{stage}`` (the
+    missing model) and ``{model}``."""
+    for model, plans_file in plans_files.items():
+        network, plans_name, configuration = model.split("__")
+        previous = get_configuration(load_plans(plans_file), configuration).get("previous_stage")
+        stage = f"{network}__{plans_name}__{previous}"
+        if previous and stage not in plans_files:
+            raise ModelFileError(f"{where}: {model} is a cascade stage, which predicts from the labels of {stage}, "
+                                 f"and {stage} is not in the file; {fix.format(stage=stage, model=model)}")
 
 
 def check_output_not_in_model(output_zip: Path, folders: Sequence[Path]) -> None:
@@ -180,6 +195,9 @@ def export_model(
                                 "give the folder autoseg train wrote, under its name (import-model and predict read "
                                 "the configuration from it)")
         members.update(model_members(folder, folds, checkpoint))
+    _check_cascades_complete({f.name: f / "plans.json" for f in folders}, "export-model",
+                             "export both: autoseg export-model -m <results>/<Dataset>/{stage} -m "
+                             "<results>/<Dataset>/{model} -o model.zip")
     decisions = ensemble_members(folders[0].resolve().parent, [f.name for f in folders])
     members.update(decisions)
     manifest = {
@@ -216,7 +234,7 @@ def _check_description_files(members: Mapping[str, bytes], models: Sequence[str]
     """plans.json and dataset.json must pass the checks ``load_model`` makes, so predict can use them;
     returns each model's parsed dataset description."""
     from autoseg.dataset.description import parse_description
-    from autoseg.planning.plans import check_plans_match_dataset, get_configuration, validate_plans
+    from autoseg.planning.plans import check_plans_match_dataset, validate_plans
 
     descriptions = {}
     for model in models:
@@ -543,6 +561,9 @@ def unpacked_model(zip_path: str | Path, folds: Sequence[int | str] | str | None
         if len(chosen) != 1:
             raise ModelFileError(f"{zip_path}: holds {len(folders)} models ({', '.join(f.name for f in folders)}); "
                                  "install it with autoseg import-model and choose one with -m")
+        _check_cascades_complete({f.name: f / "plans.json" for f in folders}, str(zip_path),
+                                 "re-export it with both models (autoseg export-model -m {stage} -m {model}), or "
+                                 "import it where {stage} is trained and predict from there")
         with _members_named_in(Path(zip_path), Path(tmp) / installed.manifest["dataset_name"]):
             yield chosen[0]
 
