@@ -81,6 +81,7 @@ def test_ignore_label_is_one_integer_in_no_region(labels: dict, order: list[int]
     ({"labels": {"background": 0, "a": "one"}}, "label 'a' has value 'one'"),
     ({"labels": {"background": 0, "a": 1.5}}, "label 'a' has value 1.5"),
     ({"numTraining": -1}, "numTraining must be a non-negative integer"),
+    ({"numTraining": True}, "numTraining must be a non-negative integer, got True"),  # was 'numTraining is True but 4 ...'
     ({"file_ending": "nii.gz"}, "file_ending must start with '.'"),
     ({"channel_names": {"1": "CT"}}, "channel_names keys must be 0, 1, 2"),
     ({"dataset": []}, r'"dataset" must map each case id to its files, like .* \(got a list\)'),

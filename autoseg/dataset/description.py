@@ -136,7 +136,8 @@ def parse_description(data: dict[str, Any], path: Path) -> DatasetDescription:
         if not ok:
             raise DatasetError(f"{path}: label '{name}' has value {value!r}; use a non-negative integer or a list of positive integers (region)")
     num_training = _require(data, "numTraining", path, "add the number of training cases")
-    if not isinstance(num_training, int) or num_training < 0:
+    # JSON true is a Python int: it passed here and verify said 'numTraining is True but 4 case(s) were found'
+    if not isinstance(num_training, int) or isinstance(num_training, bool) or num_training < 0:
         raise DatasetError(f"{path}: numTraining must be a non-negative integer, got {num_training!r}")
     file_ending = _require(data, "file_ending", path, 'add e.g. "file_ending": ".nii.gz"')
     if not isinstance(file_ending, str) or not file_ending.startswith("."):
