@@ -397,3 +397,17 @@ def test_a_read_only_output_folder_is_refused_before_any_case(folders, tmp_path,
         evaluate_folders(pred_dir, ref_dir, LABELS, tmp_path / output, num_workers=1, file_ending=".nii.gz")
     assert raised.value.errno == errno.EROFS and raised.value.filename == str(tmp_path / "out")
     assert not (tmp_path / "out" / "new").exists()
+
+
+@pytest.mark.parametrize("output", ["ref", "ref/eval", None])
+def test_an_output_folder_among_the_references_is_refused(folders, tmp_path, output):
+    """``-o labelsTr`` (or ``-p`` and ``-r`` the same folder, no ``-o``) wrote summary.json and summary.csv among a
+    dataset's label maps, and verify then refused the dataset for them."""
+    pred_dir, ref_dir = folders
+    before = sorted(p.name for p in ref_dir.iterdir())
+    pred = ref_dir if output is None else pred_dir
+    out = None if output is None else tmp_path / output
+    with pytest.raises(EvaluationError, match=r"ref(/eval)?: lies in the reference folder .*ref; summary.json and summary.csv would "
+                                              r"stand among the reference label maps .*; give -o a folder outside it"):
+        evaluate_folders(pred, ref_dir, LABELS, out, num_workers=1, file_ending=".nii.gz")
+    assert sorted(p.name for p in ref_dir.iterdir()) == before

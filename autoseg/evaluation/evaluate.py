@@ -270,6 +270,16 @@ def raise_failures(failures: Sequence[Failure], total: int, action: str) -> None
         raise EvaluationError(f"{len(failures)} of {total} cases could not be {action}: {lines}")
 
 
+def _refuse_output_among_references(output: Path, ref_dir: Path) -> None:
+    """Refuse an output folder that is the reference folder or lies in it (``-o labelsTr``, or ``-p`` and ``-r`` the
+    same folder): summary.json and summary.csv were written among a dataset's label maps, which verify then refused."""
+    if output.resolve().is_relative_to(ref_dir.resolve()):
+        raise EvaluationError(
+            f"{output}: lies in the reference folder {ref_dir}; summary.json and summary.csv would stand among the reference "
+            "label maps (a dataset's labelsTr would then fail verify); give -o a folder outside it"
+        )
+
+
 def evaluate_folders(
     pred_dir: str | Path,
     ref_dir: str | Path,
@@ -298,6 +308,7 @@ def evaluate_folders(
     check_tolerance(tolerance_mm)
     out = Path(output_dir) if output_dir is not None else pred_dir
     check_output_folder(out, EvaluationError)
+    _refuse_output_among_references(out, ref_dir)
     # A folder that cannot be written (read-only, no permission) was refused only after every metric was
     # computed; for a new folder, the nearest one above it that exists is asked (nothing is made yet).
     require_writable(next(folder for folder in (out, *out.parents) if folder.is_dir()))
