@@ -205,6 +205,23 @@ def test_a_fold_whose_metadata_does_not_fit_its_weights_names_the_first_mismatch
                                         "torch.Size([8, 1, 3, 3, 3]))"), caught.value
 
 
+@pytest.mark.parametrize("key, value", [("patch_size", [16, 16, 16]), ("mirror_axes", [0])])
+def test_folds_trained_with_another_patch_or_mirroring_are_not_ensembled_in_one_window(key: str, value: list,
+                                                                                      model_3d: Path) -> None:
+    """Fold 1 trained with --set patch_size=... ran silently at fold 0's patch and test-time mirroring."""
+    path = model_3d / "fold_1" / "checkpoint_final.safetensors"
+    checkpoint = load_weights(path, InferenceError)
+    trained = checkpoint["metadata"][key]
+    checkpoint["metadata"][key] = value
+    save_weights(path, checkpoint)
+    with pytest.raises(InferenceError) as caught:
+        load_model(model_3d)
+    assert str(caught.value).startswith(
+        f"{path}: was trained with {key} {value}, {model_3d / 'fold_0' / 'checkpoint_final.safetensors'} with "
+        f"{trained}; the folds of one prediction share one sliding window: predict them separately (-f)"), caught.value
+    assert list(getattr(load_model(model_3d, folds=[1]), key)) == value
+
+
 def test_pickled_legacy_checkpoint_is_refused(model_3d: Path) -> None:
     """A checkpoint_final.pt of autoseg before safetensors is read with weights_only=True: no pickled code."""
     path = model_3d / "fold_0" / "checkpoint_final.safetensors"

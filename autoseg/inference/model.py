@@ -152,6 +152,23 @@ def weights_digest(weights: Mapping[str, torch.Tensor]) -> bytes:
     return digest.digest()
 
 
+FOLD_WIDE_SETTINGS = ("patch_size", "mirror_axes")  # the sliding window runs every fold with fold 0's
+
+
+def _check_folds_agree(metadata: Sequence[Mapping[str, Any]], paths: Sequence[Path]) -> None:
+    """The folds ensembled in one sliding window must have been trained with the same patch and mirror axes
+    (``--set patch_size=...`` given to one fold's training): the others ran silently at the first fold's
+    patch and test-time mirroring, which they were not trained with."""
+    for key in FOLD_WIDE_SETTINGS:
+        for meta, path in zip(metadata[1:], paths[1:]):
+            if meta.get(key) != metadata[0].get(key):
+                raise InferenceError(
+                    f"{path}: was trained with {key} {meta.get(key)}, {paths[0]} with {metadata[0].get(key)}; the folds "
+                    "of one prediction share one sliding window: predict them separately (-f) with "
+                    "--save-probabilities and combine the folders with autoseg ensemble, or retrain the fold"
+                )
+
+
 def load_model(
     folder: str | Path,
     folds: Sequence[int | str] | str | None = None,
@@ -196,6 +213,7 @@ def load_model(
         networks.append(build_network(loaded, path, torch_device))
         metas.append(loaded["metadata"])
         digest.update(weights_digest(loaded["network_weights"]))
+    _check_folds_agree(metas, [folder / f"fold_{fold}" / checkpoint_file_name for fold in fold_names])
     meta = metas[0]
     previous = None
     if configuration.get("previous_stage"):
