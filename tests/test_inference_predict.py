@@ -790,6 +790,27 @@ def test_a_model_retrained_under_the_same_name_does_not_continue_the_old_ones_ou
     assert json.loads((out / PREDICT_INFO).read_text())["weights_sha256"] != load_model(model_3d, folds=[0]).weights_sha256
 
 
+def test_a_cascade_whose_lowres_stage_was_retrained_does_not_continue_the_old_outputs(tmp_path: Path) -> None:
+    """The run record compared the cascade stage's weights only: with its 3d_lowres model trained again (whose
+    labels are the cascade's input), --continue skipped the cases the old pipeline had predicted."""
+    results, inputs, out = tmp_path / "results", tmp_path / "in", tmp_path / "out"
+    lowres = make_model(results, "3d_lowres", folds=("0",))
+    cascade = make_model(results, "3d_cascade_fullres", folds=("0",), in_channels=3)
+    inputs.mkdir()
+    shutil.copy(HIPPOCAMPUS / "imagesTr" / "hippocampus_001_0000.nii.gz", inputs / "c1_0000.nii.gz")
+    predict_folder(inputs, out, cascade, tta=False)
+    assert predict_folder(inputs, out, cascade, tta=False, continue_=True).skipped == ["c1"]
+    checkpoint = lowres / "fold_0" / "checkpoint_final.safetensors"
+    saved = load_weights(checkpoint, InferenceError)
+    saved["network_weights"] = {k: v + 1 if v.is_floating_point() else v for k, v in saved["network_weights"].items()}
+    save_weights(checkpoint, saved)
+    with pytest.raises(InferenceError, match=r"another model or settings \(low-resolution stage weights '[0-9a-f]{16}' vs"):
+        predict_folder(inputs, out, cascade, tta=False, continue_=True)
+    with pytest.raises(InferenceError, match=r"another model or settings \(model 'unet__autosegPlans__3d_cascade_fullres' "
+                                             r"vs 'unet__autosegPlans__3d_lowres'; .*low-resolution stage weights"):
+        predict_folder(inputs, out, lowres, tta=False, continue_=True)  # a record of a cascade, a model without stage
+
+
 def test_names_that_are_not_utf8_are_named_not_a_process_abort(model_3d: Path, tmp_path: Path) -> None:
     """SimpleITK aborted the whole process (exit 134, 'terminate called ... std::logic_error') on an input
     or output path whose bytes are not UTF-8; the case now fails by name and the others complete. Run in a

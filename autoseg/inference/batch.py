@@ -469,6 +469,10 @@ def _run_identity(info: dict[str, Any]) -> dict[str, Any]:
     # A model retrained under the same folder name: --continue skipped the old model's outputs as done.
     if "weights_sha256" in info:
         identity["weights (sha256 of the networks' tensors)"] = (info["weights_sha256"] or "none")[:16]
+    # A cascade's low-resolution stage retrained under its folder name: its labels are the cascade's input.
+    previous = info.get("previous_stage")
+    if isinstance(previous, dict) and "weights_sha256" in previous:
+        identity["low-resolution stage weights"] = (previous["weights_sha256"] or "none")[:16]
     return identity
 
 
@@ -485,7 +489,7 @@ def check_output_claim(output: Path, info: dict[str, Any], outputs: Sequence[Pat
         refuse_outputs_not_ours(output, outputs, "autoseg predict", PREDICT_INFO, "predicting", InferenceError)
     if isinstance(previous, dict):
         old, new = _run_identity(previous), _run_identity(info)
-        differences = [f"{k} {old[k]!r} vs {new[k]!r}" for k in old if old[k] != new[k]]
+        differences = [f"{k} {old[k]!r} vs {new.get(k)!r}" for k in old if old[k] != new.get(k)]
         if differences:
             raise InferenceError(
                 f"{path}: this folder holds predictions of another model or settings ({'; '.join(differences)}); "
