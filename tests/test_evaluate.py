@@ -411,3 +411,13 @@ def test_an_output_folder_among_the_references_is_refused(folders, tmp_path, out
                                               r"stand among the reference label maps .*; give -o a folder outside it"):
         evaluate_folders(pred, ref_dir, LABELS, out, num_workers=1, file_ending=".nii.gz")
     assert sorted(p.name for p in ref_dir.iterdir()) == before
+
+
+@pytest.mark.parametrize("name", ["results.json", "scores.CSV"])
+def test_an_output_named_as_a_summary_file_is_refused(folders, tmp_path, name):
+    """``-o results.json`` (nnU-Net's ``-o`` is the summary file) made a folder results.json/ holding summary.json."""
+    pred_dir, ref_dir = folders
+    with pytest.raises(EvaluationError, match=rf"{name}: -o names the folder for summary.json and summary.csv, not a file; "
+                                              rf"give a folder, e.g. .*{Path(name).stem}$"):
+        evaluate_folders(pred_dir, ref_dir, LABELS, tmp_path / name, num_workers=1, file_ending=".nii.gz")
+    assert not (tmp_path / name).exists()

@@ -270,6 +270,16 @@ def raise_failures(failures: Sequence[Failure], total: int, action: str) -> None
         raise EvaluationError(f"{len(failures)} of {total} cases could not be {action}: {lines}")
 
 
+def _refuse_summary_file_as_folder(output: Path) -> None:
+    """Refuse a new output folder named as a summary file (``-o results.json``, nnU-Net's ``-o`` being the summary
+    file): it was made a folder ``results.json/`` holding summary.json and summary.csv."""
+    if not output.exists() and output.suffix.lower() in (".json", ".csv"):
+        raise EvaluationError(
+            f"{output}: -o names the folder for summary.json and summary.csv, not a file; give a folder, e.g. "
+            f"{output.with_suffix('')}"
+        )
+
+
 def _refuse_output_among_references(output: Path, ref_dir: Path) -> None:
     """Refuse an output folder that is the reference folder or lies in it (``-o labelsTr``, or ``-p`` and ``-r`` the
     same folder): summary.json and summary.csv were written among a dataset's label maps, which verify then refused."""
@@ -308,6 +318,7 @@ def evaluate_folders(
     check_tolerance(tolerance_mm)
     out = Path(output_dir) if output_dir is not None else pred_dir
     check_output_folder(out, EvaluationError)
+    _refuse_summary_file_as_folder(out)
     _refuse_output_among_references(out, ref_dir)
     # A folder that cannot be written (read-only, no permission) was refused only after every metric was
     # computed; for a new folder, the nearest one above it that exists is asked (nothing is made yet).
