@@ -307,6 +307,27 @@ def test_a_volume_with_a_huge_spacing_is_not_called_a_2d_image(small_dataset: Pa
     assert result.exit_code == 0 and "2D image" not in result.output, result.output
 
 
+def test_a_voxel_size_no_image_has_is_refused_before_its_volumes_overflow(small_dataset: Path, roots: dict[str, Path]) -> None:
+    """1e200 mm voxels (a MetaImage header holds doubles) verified; fingerprint.json got Infinity for the case's
+    class volumes and structure thickness, and plan stopped with an internal OverflowError."""
+    for folder in (small_dataset / "imagesTr", small_dataset / "labelsTr"):
+        for path in sorted(folder.glob("*.nii.gz")):
+            sitk.WriteImage(sitk.ReadImage(str(path)), str(folder / path.name.replace(".nii.gz", ".mha")))
+            path.unlink()
+    description = json.loads((small_dataset / "dataset.json").read_text())
+    (small_dataset / "dataset.json").write_text(json.dumps(description | {"file_ending": ".mha"}))
+    huge = small_dataset / "imagesTr" / f"{PLAIN_CASE}_0000.mha"
+    for path in (huge, small_dataset / "labelsTr" / f"{PLAIN_CASE}.mha"):
+        edit_image(path, with_spacing((1e200, 1e200, 1e200)))
+    expected = (f"{huge}: voxel spacing (1e+200, 1e+200, 1e+200) mm is beyond 100000 mm, no real voxel size (a header "
+                "in other units?); fix the header's voxel size")
+    result = runner.invoke(app, ["verify", str(small_dataset), "-np", "1"])
+    assert result.exit_code == 2 and f"ERROR {expected}" in result.output.splitlines(), result.output
+    result = runner.invoke(app, ["fingerprint", str(small_dataset), "-np", "1"])
+    assert result.exit_code == 2 and f"  {expected}" in result.output.splitlines(), result.output
+    assert not list(roots["preprocessed"].rglob("fingerprint.json"))
+
+
 def test_images_named_as_their_labels_are_named_as_lacking_the_channel_suffix(
     small_dataset: Path, roots: dict[str, Path]
 ) -> None:

@@ -31,6 +31,10 @@ from autoseg.paths import DatasetLocation, DatasetSpec, resolve_dataset
 from autoseg.utils.progress import default_workers, parallel_map
 
 MAX_LISTED_VALUES = 8
+# A voxel side no image has (100 m): 1e200 mm made voxel and class volumes, and structure thickness, overflow to
+# Infinity in fingerprint.json, and plan stop with an internal OverflowError. Far above a header in microns among
+# millimetres (1000x: 5000 for a 5 mm slice), which plan names with its own fix.
+MAX_SPACING_MM = 1e5
 
 
 @dataclass
@@ -73,6 +77,10 @@ def check_case(case: Case, desc: DatasetDescription, keep_arrays: bool = False) 
             overflow = float32_overflow_problem(path, array)
             if overflow:
                 result.problems.append(overflow)
+        if max(geometry.spacing) > MAX_SPACING_MM:
+            result.problems.append(f"{path}: voxel spacing {tuple(geometry.spacing)} mm is beyond "
+                                   f"{MAX_SPACING_MM:g} mm, no real voxel size (a header in other units?); fix the "
+                                   "header's voxel size")
         result.warnings.extend(_blank_channel_warnings(case.case_id, path, array, alpha, sum(a.shape[0] for _, a in arrays)))
         if arrays and array.shape[1:] != arrays[0][1].shape[1:]:
             result.problems.append(
