@@ -443,6 +443,28 @@ def test_existing_model_folder_is_kept_unless_overwrite(exported: tuple[Path, Pa
     assert sorted(p.name for p in target.parent.iterdir()) == [MODEL]
 
 
+@pytest.mark.parametrize("kind", ["file", "link"])
+def test_overwrite_replaces_a_file_or_link_at_the_models_place_without_leaving_it_behind(
+    kind: str, exported: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The replaced file, or link to a model folder elsewhere, was kept as a hidden ``.<model>.replaced``
+    (rmtree refuses both); a link's folder must stay untouched."""
+    _, zip_path = exported
+    target = tmp_path / "clean" / DATASET / MODEL
+    target.parent.mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("mine")
+    if kind == "file":
+        target.write_text("not a model")
+    else:
+        target.symlink_to(elsewhere, target_is_directory=True)
+    import_model(zip_path, tmp_path / "clean", overwrite=True)
+    assert target.is_dir() and not target.is_symlink() and (target / "fold_0" / "checkpoint_final.safetensors").is_file()
+    assert sorted(p.name for p in target.parent.iterdir()) == [MODEL]
+    assert (elsewhere / "keep.txt").read_text() == "mine"
+
+
 def test_an_import_waits_for_one_running_and_then_finds_its_folder(exported: tuple[Path, Path], tmp_path: Path) -> None:
     """Two imports at once both passed the 'already exists' check and the second replaced the first's
     folder unasked: the check and the install now run under the dataset folder's lock."""

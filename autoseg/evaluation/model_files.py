@@ -526,7 +526,16 @@ def _replace_folder(source: Path, target: Path) -> None:
         raise
     if backup is not None:
         with contextlib.suppress(OSError):
-            shutil.rmtree(backup)
+            _remove(backup)
+
+
+def _remove(path: Path) -> None:
+    """Delete a folder with its files, or a file or symbolic link: what ``--overwrite`` replaced may be either
+    (rmtree refused a file, or a link to a model folder, and left it behind as ``.<model>.replaced``)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
 
 
 def _check_zip_holds(manifest: Mapping[str, Any], zip_path: Path, folds: Sequence[int | str] | str | None,
