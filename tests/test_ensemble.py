@@ -314,3 +314,10 @@ def test_the_same_ensemble_rerun_after_a_kill_resumes(tmp_path):
     (tmp_path / "out" / "y.nii.gz").unlink()  # the case a killed run did not reach
     assert ensemble_folders(dirs[::-1], tmp_path / "out", num_workers=1) == ["x", "y"]  # -i in another order: the same
     assert _folder_bytes(tmp_path / "out") == expected
+
+
+def test_a_file_given_for_an_input_folder_is_named_as_a_file(tmp_path):
+    m0, m1 = _two_models(tmp_path)
+    with pytest.raises(EvaluationError, match=r"m0/x\.npz: is a file, not a folder; give the folder that holds the predictions "
+                                              r"and their saved probabilities"):
+        ensemble_folders([m0 / "x.npz", m1], tmp_path / "out", num_workers=1)

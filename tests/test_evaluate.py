@@ -421,3 +421,13 @@ def test_an_output_named_as_a_summary_file_is_refused(folders, tmp_path, name):
                                               rf"give a folder, e.g. .*{Path(name).stem}$"):
         evaluate_folders(pred_dir, ref_dir, LABELS, tmp_path / name, num_workers=1, file_ending=".nii.gz")
     assert not (tmp_path / name).exists()
+
+
+def test_a_file_given_for_a_folder_is_named_as_a_file(folders, tmp_path):
+    """``-p case.nii.gz`` or ``-r case.nii.gz`` (one case's file) was refused as 'folder not found', of a path that is there."""
+    pred_dir, ref_dir = folders
+    for pred, ref, which in ((pred_dir / "c1.nii.gz", ref_dir, "pred"), (pred_dir, ref_dir / "c1.nii.gz", "ref")):
+        with pytest.raises(EvaluationError, match=rf"{which}/c1\.nii\.gz: is a file, not a folder; give the folder that holds the "):
+            evaluate_folders(pred, ref, LABELS, tmp_path / "out", num_workers=1, file_ending=".nii.gz")
+        output = autoseg_fails("evaluate", "-p", pred, "-r", ref, "-o", tmp_path / "out")
+        assert f"{which}/c1.nii.gz: is a file, not a folder" in output

@@ -20,7 +20,7 @@ from autoseg.dataset.imageio import (
     write_image,
 )
 from autoseg.errors import EvaluationError
-from autoseg.evaluation.evaluate import raise_failures
+from autoseg.evaluation.evaluate import raise_failures, require_folder
 from autoseg.evaluation.metrics import evaluation_classes
 from autoseg.utils.probability_files import (
     PROBABILITIES_SUFFIX, probability_paths, read_probabilities, read_sidecar, write_probability_files,
@@ -106,8 +106,7 @@ def ensemble_case(case: str, input_dirs: Sequence[Path], output_dir: Path, file_
 
 
 def _probability_cases(folder: Path) -> set[str]:
-    if not folder.is_dir():
-        raise EvaluationError(f"{folder}: folder not found")
+    require_folder(folder, "predictions and their saved probabilities")
     return {p.name[: -len(PROBABILITIES_SUFFIX)] for p in folder.glob(f"*{PROBABILITIES_SUFFIX}") if not p.name.startswith(".")}
 
 

@@ -75,12 +75,20 @@ def label_mapping(values: Sequence[int]) -> dict[str, Any]:
     return {"background": 0, **{str(v): int(v) for v in values}}
 
 
+def require_folder(folder: Path, holds: str = "label maps", name: str = "folder") -> None:
+    """Refuse ``folder`` (``name`` in the message) unless it is an existing folder; a file given in its place (one
+    case's label map) is named as such: it was reported as 'folder not found', of a path that is there."""
+    if folder.is_file():
+        raise EvaluationError(f"{folder}: is a file, not a folder; give the folder that holds the {holds}")
+    if not folder.is_dir():
+        raise EvaluationError(f"{folder}: {name} not found")
+
+
 def label_file_ending(folder: Path) -> str:
     """The one image file ending of the label files in ``folder`` as they spell it (for evaluation without
     a dataset.json); before, ``.NII.GZ`` references were looked for as ``.nii.gz``, found none and were
     reported as holding only background."""
-    if not folder.is_dir():
-        raise EvaluationError(f"{folder}: folder not found")
+    require_folder(folder, "reference label maps")
     endings = {spelled_ending(p) for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")} - {""}
     if not endings:
         raise EvaluationError(
@@ -174,8 +182,7 @@ def resolve_file_ending(description_or_labels: DatasetDescription | Mapping[str,
 
 def list_cases(folder: Path, file_ending: str) -> dict[str, Path]:
     """Case id -> file for every ``<case><file_ending>`` in ``folder`` (hidden files skipped)."""
-    if not folder.is_dir():
-        raise EvaluationError(f"{folder}: folder not found")
+    require_folder(folder)
     return {
         p.name[: -len(file_ending)]: p
         for p in sorted(folder.iterdir())
@@ -366,8 +373,7 @@ def match_cases(
 ) -> dict[str, tuple[Path, Path]]:
     """Case id -> (prediction, reference); every case needs both (default cases: all predictions)."""
     predictions = list_cases(pred_dir, file_ending)
-    if not ref_dir.is_dir():  # named as such, not as the first case's missing reference
-        raise EvaluationError(f"{ref_dir}: reference folder not found")
+    require_folder(ref_dir, "reference label maps", "reference folder")  # not the first case's missing reference
     cases = sorted(predictions) if case_ids is None else list(case_ids)
     if not cases:
         raise EvaluationError(f"{pred_dir}: no predictions ending in {file_ending!r} to evaluate")
