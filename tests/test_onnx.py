@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 import sys
 import zipfile
 from pathlib import Path
@@ -142,6 +143,14 @@ def test_the_onnxruntime_engine_given_a_model_folder_or_torch_zip_says_what_it_t
     with pytest.raises(ModelFileError, match="a model zip for the torch engine .*; drop --engine onnxruntime to predict with it"):
         load_onnx_model(export_model_zip(folder, tmp_path))
     assert not (tmp_path / "out").exists()
+
+
+def test_an_empty_fold_list_is_refused_as_load_model_refuses_it(onnx_export: tuple[Path, Path]) -> None:
+    """``load_onnx_model(zip, [])`` loaded no network; every case then failed with 'sliding_window_predict needs
+    at least one network'."""
+    _, zip_path = onnx_export
+    with pytest.raises(ModelFileError, match=re.escape(f"{zip_path}: empty fold list; give folds of the file (0), or none")):
+        load_onnx_model(zip_path, [])
 
 
 def test_a_checkpoint_other_than_the_exported_one_is_refused(onnx_export: tuple[Path, Path], tmp_path: Path) -> None:

@@ -255,6 +255,9 @@ def load_onnx_model(
         check_zip_checkpoint(zip_path, str(manifest["checkpoint"]), checkpoint)
     plans, deploy, dataset = _deploy_settings(members, zip_path)
     names = manifest["folds"] if folds is None else [str(f) for f in ([folds] if isinstance(folds, (str, int)) else folds)]
+    if not names:  # loaded no network, and every case then failed inside the sliding window
+        raise ModelFileError(f"{zip_path}: empty fold list; give folds of the file ({', '.join(manifest['folds'])}), "
+                             "or none for all of them")
     missing = [f for f in names if f"fold_{f}/{GRAPH}" not in members]
     if missing:
         raise ModelFileError(f"{zip_path}: fold(s) {', '.join(missing)} not in the file (present: {', '.join(manifest['folds'])}); choose present folds with -f")
