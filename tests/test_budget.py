@@ -678,6 +678,38 @@ def test_past_the_deadline_the_schedule_ends_at_the_current_iteration():
     assert state.total_iterations == 150
 
 
+@pytest.mark.parametrize("done, total", [(0, 1), (40, 40)])
+def test_a_budget_spent_before_training_sets_the_schedule_before_the_first_step(done, total):
+    """--budget below the startup time: the probe trained its warm-up and timed iterations on the plan's
+    schedule (11 of a 1255-iteration plan on Hippocampus, the last at 0.993 of the initial learning rate)
+    and ended the schedule there, undecayed. Now the spent budget sets the total (at least one iteration)
+    before the first step: poly over what is trained, 0 at its end."""
+    from autoseg.training.schedule import TrainingState, learning_rate
+
+    replanner, log = _replanner(budget=10.0, deadline_in=-1.0)
+    replanner.passes = 8  # 10 tiles x 8 mirrorings x 0.1 s: more of the budget than validation may take
+    state = TrainingState(total_iterations=1255, iteration=done)
+    replanner.start(state)
+    assert state.total_iterations == total and "spent before training began" in log[-1]
+    assert not replanner.mirroring  # decided as the probe's re-plan decided it
+    config = {"lr_schedule": {"name": "poly", "exponent": EXPONENT}, "optimizer": {"lr": LR}}
+    assert learning_rate(config, state) == (LR if done == 0 else 0.0)  # poly's first step, or the end
+    ahead, quiet = _replanner(deadline_in=10.0)
+    state = TrainingState(total_iterations=1255, iteration=done)
+    ahead.start(state)
+    assert state.total_iterations == 1255 and not quiet
+
+
+def test_train_under_a_budget_spent_by_its_startup_trains_one_poly_step(results, data_roots):
+    from autoseg.training import train_fold
+
+    options = dict(workers=0, overrides=["iterations_per_epoch=5", "val_iterations_per_epoch=1", "mixed_precision=off"])
+    summary = train_fold(DATASET, "3d_fullres", 0, budget_seconds=0.01, **options)  # less than any startup
+    log = (Path(summary["model_folder"]) / "fold_0" / "training_log.txt").read_text()
+    assert summary["iterations"] == 1
+    assert "spent before training began; schedule set to 1 iterations" in log
+
+
 def test_an_epoch_s_pace_is_trusted_after_10_iterations_and_5_percent_of_the_budget():
     from autoseg.training.budget import pace_known
 

@@ -136,6 +136,21 @@ class BudgetReplanner:
             )
         retarget(self.config, state, total)
 
+    def start(self, state: TrainingState) -> None:
+        """Before the first step: a budget the startup already spent affords no iteration beyond those done
+        (at least one, as ``affordable_total``), and the schedule is set to that now, so the poly rule holds
+        over what is trained. The probe used to find it out: its warm-up and timed iterations trained on the
+        plan's schedule, the learning rate undecayed, and the schedule then ended where they stopped. The
+        final validation's mirroring is decided as the probe's re-plan decides it."""
+        left = self.deadline - time.monotonic()
+        total = broadcast_value(max(state.iteration, 1) if left <= 0 else None, self.context)
+        if total is None:
+            return
+        self.validation_estimate = self._validation_reserve()
+        self.log(f"time budget: the {self.budget_seconds:.0f} s budget was spent before training began; schedule "
+                 f"set to {total} iterations (was {state.total_iterations})")
+        retarget(self.config, state, total)
+
     def keep_pace(self, state: TrainingState, seconds_per_iteration: float | None, epoch_end: int) -> None:
         """Within an epoch: re-set the schedule now when ``seconds_per_iteration`` (this epoch's speed,
         pseudo-validation share included; None while too little is timed) says the epoch end's re-plan

@@ -278,6 +278,8 @@ class Trainer:
         for note in classes_missing_from_training(fingerprint, run.description.class_names, run.train_cases, run.val_cases):
             self.monitor.log(note)
         self.replanner = self.budget_replanner()
+        if self.replanner is not None:
+            self.replanner.start(self.state)
         stream, val_stream = self.training_stream(workers), self.validation_stream(workers)
         self.monitor.start(self.state.total_iterations, self.state.iteration)
         watchdog = IterationWatchdog.for_plan(self.run.configuration, self.monitor.log)
