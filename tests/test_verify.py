@@ -357,6 +357,8 @@ def test_a_file_saved_with_another_image_ending_is_named_with_its_fix(small_data
     nrrd = label(small_dataset, UINT8_IMAGE_CASE).with_name(f"{UINT8_IMAGE_CASE}.nrrd")
     sitk.WriteImage(sitk.ReadImage(str(label(small_dataset, UINT8_IMAGE_CASE))), str(nrrd))
     label(small_dataset, UINT8_IMAGE_CASE).unlink()
+    misnamed = image(small_dataset, "hippocampus_006").with_suffix("")  # compressed, named .nii: a rename fixes it
+    image(small_dataset, "hippocampus_006").rename(misnamed)
     result = runner.invoke(app, ["verify", str(small_dataset), "-np", "1"])
     assert result.exit_code == 2, result.output
     fix = "or set file_ending to '.nii' with every image and label uncompressed"
@@ -364,6 +366,8 @@ def test_a_file_saved_with_another_image_ending_is_named_with_its_fix(small_data
         f"ERROR {image(small_dataset, FLOAT_LABEL_CASE)}"[: -len(".gz")] + f": is an uncompressed NIfTI ('.nii') but "
         f"dataset.json's file_ending is '.nii.gz'; compress it (gzip {FLOAT_LABEL_CASE}_0000.nii makes "
         f"{FLOAT_LABEL_CASE}_0000.nii.gz), {fix}",
+        f"ERROR {misnamed}: is a gzip-compressed NIfTI named '.nii' but dataset.json's file_ending is '.nii.gz'; "
+        "rename it to hippocampus_006_0000.nii.gz",
         f"ERROR {nrrd}: ends in '.nrrd' but dataset.json's file_ending is '.nii.gz' (all images and labels share one); "
         f"save it as {UINT8_IMAGE_CASE}.nii.gz, or set file_ending to '.nrrd' with every file saved so",
         f"ERROR {label(small_dataset, PLAIN_CASE)}"[: -len(".gz")] + f": is an uncompressed NIfTI ('.nii') but "

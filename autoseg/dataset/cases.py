@@ -15,6 +15,7 @@ from autoseg.dataset.imageio import (
     TIFF_ENDINGS,
     detached_data_files,
     image_ending,
+    is_gzip,
     spelled_ending,
     undecodable_path_problem,
 )
@@ -72,17 +73,26 @@ def _files_by_stem(folder: Path, ending: str, problems: list[str], other_ending_
 def _other_ending_file_problem(path: Path, found: str, ending: str) -> str:
     """The problem of an image saved with another supported ending than ``file_ending``, with its fix: an
     uncompressed ``.nii`` in a ``.nii.gz`` dataset was reported as a wrong ending, and its case as a missing
-    label (or a label without images), never saying that the file is there, only not compressed."""
+    label (or a label without images), never saying that the file is there, only not compressed. A NIfTI's
+    content is looked at: one already compressed as the dataset's ending says needs renaming only."""
     stem = path.name[: -len(found)]
     declared = f"dataset.json's file_ending is {ending!r}"
-    if (found.lower(), ending.lower()) == (".nii", ".nii.gz"):
-        return (f"{path}: is an uncompressed NIfTI ({found!r}) but {declared}; compress it (gzip {path.name} makes "
-                f"{stem}{ending}), or set file_ending to {found!r} with every image and label uncompressed")
-    if (found.lower(), ending.lower()) == (".nii.gz", ".nii"):
+    generic = (f"{path}: ends in {found!r} but {declared} (all images and labels share one); save it as "
+               f"{stem}{ending}, or set file_ending to {found!r} with every file saved so")
+    if {found.lower(), ending.lower()} != {".nii", ".nii.gz"}:
+        return generic
+    try:
+        compressed = is_gzip(path)
+    except OSError:  # a folder or an unreadable file: its name is all there is to go by
+        return generic
+    if compressed == (ending.lower() == ".nii.gz"):
+        kind = "a gzip-compressed" if compressed else "an uncompressed"
+        return f"{path}: is {kind} NIfTI named {found!r} but {declared}; rename it to {stem}{ending}"
+    if compressed:
         return (f"{path}: is a compressed NIfTI ({found!r}) but {declared}; decompress it (gunzip {path.name} makes "
                 f"{stem}{ending}), or set file_ending to {found!r} with every image and label compressed")
-    return (f"{path}: ends in {found!r} but {declared} (all images and labels share one); save it as {stem}{ending}, "
-            f"or set file_ending to {found!r} with every file saved so")
+    return (f"{path}: is an uncompressed NIfTI ({found!r}) but {declared}; compress it (gzip {path.name} makes "
+            f"{stem}{ending}), or set file_ending to {found!r} with every image and label uncompressed")
 
 
 LOSSY_ENDINGS = (".jpg", ".jpeg")

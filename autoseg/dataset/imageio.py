@@ -203,7 +203,7 @@ def read_image(path: str | Path) -> tuple[np.ndarray, Geometry]:
                 f"{path}: ITK, the image reader, does not read the ending '{spelled}' in this case; rename the files "
                 f"to end in '{ending}' (and set dataset.json's file_ending to '{ending}')"
             ) from None
-        if ending == ".nii" and _is_gzip(path):  # ITK picks its reader by the name alone
+        if ending == ".nii" and is_gzip(path):  # ITK picks its reader by the name alone
             raise DatasetError(f"{path}: is gzip-compressed but named .nii, which ITK cannot read; rename it to "
                                f"{path.name}.gz (and set dataset.json's file_ending to '.nii.gz')") from None
         raise DatasetError(_unreadable_problem(path, exc)) from None
@@ -291,7 +291,7 @@ def nifti_nonfinite_counts(path: str | Path, read: np.ndarray | None = None) -> 
     ending = image_ending(path)
     if ending not in (".nii", ".nii.gz"):
         return None
-    opener = gzip.open if _is_gzip(path) else open
+    opener = gzip.open if is_gzip(path) else open
     with opener(path, "rb") as f:
         raw = f.read(540)
         fields = _nifti_header(raw)
@@ -328,7 +328,7 @@ def case_nonfinite_voxels(files: Sequence[Path], data: np.ndarray) -> tuple[str,
     return None
 
 
-def _is_gzip(path: Path) -> bool:
+def is_gzip(path: Path) -> bool:
     """Whether the file starts with gzip's magic bytes: ITK (and so nnU-Net) reads an uncompressed NIfTI named
     .nii.gz (renamed by hand to match file_ending) as it is, which was refused as 'truncated'."""
     with open(path, "rb") as f:
@@ -365,7 +365,7 @@ def _is_truncated(path: Path, expected_size: Callable[[bytes], int | None], unre
     540 bytes) needs; ``unrecognised`` when the header is not recognised (a file just written must have one)."""
     import gzip
 
-    if not _is_gzip(path):  # .nii, .gipl, or an uncompressed one named .nii.gz
+    if not is_gzip(path):  # .nii, .gipl, or an uncompressed one named .nii.gz
         with open(path, "rb") as f:
             expected = expected_size(f.read(540))
         return unrecognised if expected is None else path.stat().st_size < expected
