@@ -1085,6 +1085,17 @@ def test_a_multi_page_tiff_is_named_by_its_pages_not_as_colours(tmp_path: Path, 
         assert str(info.value) == problem
 
 
+def test_a_spacing_file_without_spacing_is_named_as_such_not_as_missing(tmp_path: Path) -> None:
+    """stack.json holding no "spacing" (another tool's metadata): the refusal said a 3D TIFF needs stack.json,
+    a file that is there."""
+    path = _multi_page_tiff(tmp_path / "stack_0000.tif", 5)
+    (tmp_path / "stack.json").write_text(json.dumps({"unit": "mm"}))
+    with pytest.raises(DatasetError) as info:
+        read_image(path)
+    assert (f'needs {tmp_path / "stack.json"} holding {{"spacing": [z, y, x]}} in mm (it exists, with no "spacing" in '
+            "it) (nnU-Net's Tiff3DIO convention)") in str(info.value)
+
+
 @pytest.mark.parametrize("compression", ["tiff_lzw", "jpeg"])
 def test_lzw_and_jpeg_compressed_tiffs_are_read(tmp_path: Path, compression: str) -> None:
     """tifffile decodes LZW and JPEG only with the optional imagecodecs package: such a TIFF (common from

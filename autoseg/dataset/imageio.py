@@ -682,7 +682,7 @@ def _refuse_multi_page_tiff(path: Path) -> None:
     if pages > 1:
         raise DatasetError(
             f"{path}: is a multi-page TIFF ({pages} pages) without its spacing; a 3D TIFF needs "
-            f'{tiff_spacing_files(path)[-1]} holding {{"spacing": [z, y, x]}} in mm (nnU-Net\'s Tiff3DIO '
+            f"{_spacing_file_wanted(path)} (nnU-Net's Tiff3DIO "
             "convention). Or save the volume as .nii.gz (or .nrrd/.mha), or each page as its own channel file "
             "(<case>_0000.tif, <case>_0001.tif, ...)"
         )
@@ -698,6 +698,14 @@ def tiff_spacing_files(path: Path) -> list[Path]:
     return files
 
 
+def _spacing_file_wanted(path: Path) -> str:
+    """The spacing file a TIFF read without spacing wants, for its fix: one that exists holds no "spacing" (it
+    was named as if it were missing, to be added)."""
+    sidecar = tiff_spacing_files(path)[-1]
+    wanted = f'{sidecar} holding {{"spacing": [z, y, x]}} in mm'
+    return wanted + (' (it exists, with no "spacing" in it)' if sidecar.is_file() else "")
+
+
 def missing_spacing_file_problem(path: Path, geometry: Geometry, other: Path, other_geometry: Geometry) -> str | None:
     """The problem of two files of one case where one is a one-page TIFF read as 2D for want of its spacing
     file while the other is a 3D TIFF volume, else None. Without this a label whose ``<case>.json`` was
@@ -707,8 +715,8 @@ def missing_spacing_file_problem(path: Path, geometry: Geometry, other: Path, ot
         if flat_geometry.is_2d and not volume_geometry.is_2d and flat.suffix.lower() in TIFF_ENDINGS \
                 and is_tiff_volume(volume):
             return (f"{flat}: a one-page TIFF without its spacing file, so read as a 2D image, while {volume.name} is a "
-                    f'3D volume; add {tiff_spacing_files(flat)[-1]} holding {{"spacing": [z, y, x]}} in mm (the '
-                    f"spacing of {volume.name}: {list(volume_geometry.spacing)})")
+                    f"3D volume; add {_spacing_file_wanted(flat)} (the spacing of {volume.name}: "
+                    f"{list(volume_geometry.spacing)})")
     return None
 
 
