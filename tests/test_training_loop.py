@@ -104,6 +104,22 @@ def test_continue_extends_a_finished_run(results: Path) -> None:
     assert (_fold(results) / "checkpoint_final.safetensors").read_bytes() == final
 
 
+def test_continue_to_n_epochs_keeps_the_trained_epochs_and_gives_the_rest_the_new_length(results: Path) -> None:
+    """--continue --epochs N --set iterations_per_epoch=M after epochs of another length (docs/stages.md):
+    N x M iterations ended after another number of epochs (2 of 5, then N=4 of 3: 12 iterations in 3 epochs)
+    or refused an N above the epochs trained (N=3: 9 < 10 iterations). Now the trained iterations + (N -
+    epochs trained) x M."""
+    train_fold(DATASET, "3d_fullres", "all", epochs=2, workers=0, overrides=["iterations_per_epoch=5", *FAST])
+    summary = train_fold(DATASET, "3d_fullres", "all", epochs=3, continue_=True, workers=0,
+                         overrides=["iterations_per_epoch=3", *FAST])
+    assert (summary["epochs"], summary["iterations"]) == (3, 13)
+    summary = train_fold(DATASET, "3d_fullres", "all", epochs=5, continue_=True, workers=0,
+                         overrides=["iterations_per_epoch=3", *FAST])
+    assert (summary["epochs"], summary["iterations"]) == (5, 19)
+    with pytest.raises(TrainingError, match=r"--epochs 4: the run already trained 5 epochs \(19 iterations\)"):
+        train_fold(DATASET, "3d_fullres", "all", epochs=4, continue_=True, workers=0, overrides=["iterations_per_epoch=3", *FAST])
+
+
 def test_a_setting_out_of_range_is_refused_before_anything_is_written(results: Path) -> None:
     for setting, message in (("num_workers=-1", r"--set num_workers=-1: must be >= 0 or auto"),
                              ("case_cache_mb=-1", r"--set case_cache_mb=-1: must be >= 0 or auto"),

@@ -38,6 +38,7 @@ from autoseg.training.fold_run import FoldRun
 from autoseg.training.math_threads import applied, choose_math_threads
 from autoseg.training.model_setup import amp_dtype, check_network_builds
 from autoseg.training.plan_device import check_plan_device
+from autoseg.training.schedule import extended_total
 from autoseg.training.pretrained import load_pretrained
 from autoseg.training.splits import FOLD_ALL, canonical_fold, fold_cases
 from autoseg.training.trainer import Trainer, describe_best, network_request
@@ -400,13 +401,7 @@ def _restore(trainer: Trainer, run: FoldRun) -> None:
     _warn_changed_settings(trainer, run)
     state = trainer.state
     if run.epochs is not None:
-        total = run.epochs * trainer.iterations_per_epoch
-        if total < state.iteration:
-            raise TrainingError(
-                f"--epochs {run.epochs}: the run already trained {state.epoch} epochs ({state.iteration} "
-                "iterations); give a larger number to extend it"
-            )
-        state.total_iterations = total
+        state.total_iterations = extended_total(state, run.epochs, trainer.iterations_per_epoch)
     trainer.monitor.log(f"resumed from {latest} at epoch {state.epoch}, iteration {state.iteration} of {state.total_iterations}")
     if state.iteration >= state.total_iterations:
         _finished_run(trainer, run)

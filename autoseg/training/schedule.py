@@ -91,6 +91,18 @@ def planned_total(config: dict[str, Any], plan: dict[str, Any], epochs: int | No
     return int(config["num_epochs"]) * per_epoch
 
 
+def extended_total(state: TrainingState, epochs: int, per_epoch: int) -> int:
+    """Iterations of a run ``--continue``d to ``epochs`` epochs: those trained keep their length, each epoch
+    still to come has ``per_epoch`` (``epochs x per_epoch`` ended a run whose earlier epochs had another
+    iterations_per_epoch after another number of epochs, and refused a larger N when fewer iterations)."""
+    if epochs < state.epoch:
+        raise TrainingError(
+            f"--epochs {epochs}: the run already trained {state.epoch} epochs ({state.iteration} iterations); "
+            "give a larger number to extend it"
+        )
+    return state.iteration + (epochs - state.epoch) * per_epoch
+
+
 # lr_schedule.name: the schedules learning_rate follows (config_rules refuses any other name).
 LR_SCHEDULES = ("poly", "constant")
 
