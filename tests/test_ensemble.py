@@ -321,3 +321,15 @@ def test_a_file_given_for_an_input_folder_is_named_as_a_file(tmp_path):
     with pytest.raises(EvaluationError, match=r"m0/x\.npz: is a file, not a folder; give the folder that holds the predictions "
                                               r"and their saved probabilities"):
         ensemble_folders([m0 / "x.npz", m1], tmp_path / "out", num_workers=1)
+
+
+def test_predict_into_an_ensembles_folder_is_refused(tmp_path):
+    """predict of other cases into an ensemble's folder put its label maps beside the ensemble's, under a
+    predict_info.json that then described them all."""
+    from autoseg.errors import InferenceError
+    from autoseg.inference.batch import check_output_claim
+
+    ensemble_folders(_two_folders_of_case_x(tmp_path), tmp_path / "out", num_workers=1)
+    with pytest.raises(InferenceError, match=r"out: holds the outputs of autoseg ensemble \(\.autoseg_outputs\.json\); "
+                                             r"predicting would put its own among them\. Choose another output folder"):
+        check_output_claim(tmp_path / "out", {"model_folder": "m"}, [tmp_path / "out" / "other.nii.gz"])

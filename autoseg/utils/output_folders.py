@@ -65,7 +65,14 @@ def refuse_outputs_not_ours(
     output: Path, outputs: Sequence[Path], writer: str, record: str, replacing: str, error: type[Exception]
 ) -> None:
     """Raise ``error`` if ``output``, which lacks ``writer``'s ``record``, already holds some of ``outputs``:
-    files another tool (or the user) put there, which ``replacing`` would overwrite."""
+    files another tool (or the user) put there, which ``replacing`` would overwrite; or if another autoseg command
+    marked it (predict into an ensemble's folder put its label maps beside the ensemble's, under its own record)."""
+    other = _read_record(output / OUTPUT_MARKER)
+    if other is not None:
+        raise error(
+            f"{output}: holds the outputs of {other.get('written_by')} ({OUTPUT_MARKER}); {replacing} would put its own "
+            "among them. Choose another output folder, or delete this one to replace them"
+        )
     existing = [path.name for path in outputs if path.exists()]
     if existing:
         more = f" and {len(existing) - 1} more of its output names" if len(existing) > 1 else ""
