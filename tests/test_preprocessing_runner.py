@@ -88,6 +88,26 @@ def test_a_detached_header_label_is_copied_with_its_data_file(tmp_path: Path) ->
     np.testing.assert_array_equal(read_image(target)[0], read_image(label)[0])
 
 
+def test_detached_header_labels_of_the_same_name_keep_their_own_data_files(tmp_path: Path) -> None:
+    """Cases listed from folders of their own (p1/seg.mhd, p2/seg.mhd) all wrote gt_segmentations/seg.raw, each
+    over the last: every ground truth but the last read another case's voxels. Each data file is now named
+    after its case, and the header's copy names it."""
+    import SimpleITK as sitk
+
+    labels = []
+    for index, patient in enumerate(("p1", "p2")):
+        (tmp_path / patient).mkdir()
+        labels.append(tmp_path / patient / "seg.mhd")
+        sitk.WriteImage(sitk.GetImageFromArray(np.full((2, 3, 4 + index), index + 1, np.uint8)), str(labels[-1]))
+    targets = [tmp_path / "gt" / "case_a.mhd", tmp_path / "gt" / "case_b.mhd"]
+    for label, target in zip(labels, targets):
+        assert copy_ground_truth(label, target)
+    for label, target in zip(labels, targets):
+        np.testing.assert_array_equal(read_image(target)[0], read_image(label)[0])
+        assert not copy_ground_truth(label, target)  # identical copies: unchanged
+    assert sorted(p.name for p in (tmp_path / "gt").iterdir()) == ["case_a.mhd", "case_a.raw", "case_b.mhd", "case_b.raw"]
+
+
 def test_editing_a_detached_headers_data_file_redoes_the_case(tmp_path: Path) -> None:
     """Was: only the .mhd was hashed, so a .raw edited after preprocessing kept its stale stored copy."""
     import os

@@ -1534,22 +1534,37 @@ def _refuse_cut_short_write(written: Path, target: Path) -> None:
 def detached_data_files(header: Path) -> list[str]:
     """The names of the data files in its own folder that a detached header (``.mhd``, ``.nhdr``) refers to;
     [] for other files, unreadable headers, data kept in the header itself (``LOCAL``) and file lists."""
-    ending = image_ending(header)
-    keys = DETACHED_HEADER_KEYS.get(ending)
-    if keys is None:
+    if image_ending(header) not in DETACHED_HEADER_KEYS:
         return []
     try:
         with open(header, "rb") as f:
             text = f.read(1 << 16).decode("latin-1")
     except OSError:
         return []
-    names = []
-    for line in text.splitlines():
+    return [name for _, name in _data_file_lines(text.splitlines(), image_ending(header))]
+
+
+def _data_file_lines(lines: Sequence[str], ending: str) -> list[tuple[int, str]]:
+    """(line index, name) of each data file beside it that a detached header's ``lines`` name."""
+    keys = DETACHED_HEADER_KEYS[ending]
+    found = []
+    for index, line in enumerate(lines):
         key, sep, value = line.partition("=" if ending == ".mhd" else ":")
         value = value.strip()
         if sep and key.strip().lower() in keys and value.upper() not in ("", "LOCAL", "LIST") and Path(value).parent == Path("."):
-            names.append(Path(value).name)  # "c0.raw" or "./c0.raw" (3D Slicer): beside the header
-    return names
+            found.append((index, Path(value).name))  # "c0.raw" or "./c0.raw" (3D Slicer): beside the header
+    return found
+
+
+def header_with_data_files_renamed(header: Path, names: Mapping[str, str]) -> bytes:
+    """A detached header's bytes with the data files it names renamed (``names``: old -> new name), for a copy
+    whose data files are saved under other names."""
+    lines = header.read_bytes().decode("latin-1").splitlines(keepends=True)
+    separator = "=" if image_ending(header) == ".mhd" else ":"
+    for index, name in _data_file_lines(lines, image_ending(header)):
+        key, _, value = lines[index].partition(separator)
+        lines[index] = key + separator + value.replace(name, names.get(name, name), 1)
+    return "".join(lines).encode("latin-1")
 
 
 def _write_detached(image: sitk.Image, path: Path, compress: bool) -> None:

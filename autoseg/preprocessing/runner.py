@@ -27,8 +27,10 @@ from autoseg.dataset.imageio import (
     TIFF_ENDINGS,
     case_nonfinite_voxels,
     detached_data_files,
+    header_with_data_files_renamed,
     read_case_images,
     read_image,
+    spelled_ending,
 )
 from autoseg.dataset.verify import label_geometry_problem, label_value_problem, nonfinite_problem
 from autoseg.errors import DatasetError, PreprocessingError
@@ -231,18 +233,37 @@ def preprocess_one(
 
 def copy_ground_truth(label: Path, target: Path) -> bool:
     """Copy a raw label for evaluation, atomically, with a 3D TIFF's spacing sidecar or a detached header's
-    data file (``.mhd`` + ``.raw``: under the name the header refers to), copied first: the label marks
-    completion; False when identical copies are already there."""
-    pairs = [(source, target.with_suffix(".json") if source == label.with_suffix(".json") else target.parent / source.name)
-             for source in companion_files(label)]
+    data file, copied first: the label marks completion; False when identical copies are already there."""
     copied = False
-    for source, destination in [*pairs, (label, target)]:
-        if destination.is_file() and filecmp.cmp(source, destination, shallow=False):
+    for source, destination, content in _ground_truth_files(label, target):
+        if destination.is_file() and (filecmp.cmp(source, destination, shallow=False) if content is None
+                                      else destination.read_bytes() == content):
             continue
         with atomic_path(destination, durable=False) as tmp:  # compared byte for byte on every run
-            shutil.copyfile(source, tmp)
+            if content is None:
+                shutil.copyfile(source, tmp)
+            else:
+                tmp.write_bytes(content)
         copied = True
     return copied
+
+
+def _ground_truth_files(label: Path, target: Path) -> list[tuple[Path, Path, bytes | None]]:
+    """(source, destination, the bytes to write instead of a copy) of a label's ground-truth files, the label last.
+
+    A detached header's data files are named after the target (``p1/seg.mhd``'s ``seg.raw`` -> ``<case>.raw``)
+    and its copy names them so: cases listed in dataset.json from folders of their own (``p1/seg.mhd``,
+    ``p2/seg.mhd``) all wrote ``gt_segmentations/seg.raw``, each over the last, and every header but the
+    last read another case's voxels (cut short or zero-filled)."""
+    label_stem, target_stem = label.name[: -len(spelled_ending(label))], target.name[: -len(spelled_ending(target))]
+    renamed = {name: target_stem + name[len(label_stem):] if name.startswith(label_stem) else f"{target_stem}_{name}"
+               for name in detached_data_files(label)}
+    files: list[tuple[Path, Path, bytes | None]] = [
+        (source, target.with_suffix(".json") if source == label.with_suffix(".json")
+         else target.parent / renamed.get(source.name, source.name), None)
+        for source in companion_files(label)]
+    changed = any(old != new for old, new in renamed.items())
+    return [*files, (label, target, header_with_data_files_renamed(label, renamed) if changed else None)]
 
 
 def _group_by_identifier(plans: dict[str, Any], names: Sequence[str]) -> dict[str, list[str]]:
