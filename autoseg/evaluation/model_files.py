@@ -38,7 +38,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 
 from autoseg import __version__
-from autoseg.errors import AutosegError, EvaluationError, InferenceError, ModelFileError
+from autoseg.errors import AutosegError, EvaluationError, InferenceError, ModelFileError, PlanError
 from autoseg.evaluation.selection import ENSEMBLES_FOLDER, POSTPROCESSING_JSON, ensemble_model_names
 from autoseg.inference.model import build_network, check_fold_of_model, named_folder
 from autoseg.paths import check_model_folder_name, results_root as default_results_root
@@ -99,11 +99,20 @@ def _check_cascades_complete(plans_files: Mapping[str, Path], where: str, fix: s
     missing model) and ``{model}``."""
     for model, plans_file in plans_files.items():
         network, plans_name, configuration = model.split("__")
-        previous = get_configuration(load_plans(plans_file), configuration).get("previous_stage")
+        previous = _previous_stage(plans_file, configuration)
         stage = f"{network}__{plans_name}__{previous}"
         if previous and stage not in plans_files:
             raise ModelFileError(f"{where}: {model} is a cascade stage, which predicts from the labels of {stage}, "
                                  f"and {stage} is not in the file; {fix.format(stage=stage, model=model)}")
+
+
+def _previous_stage(plans_file: Path, configuration: str) -> str | None:
+    """The configuration's previous stage by its plans; None for a plans file that is no plan: export-model
+    packs the description files as they are, and import-model refuses such a one."""
+    try:
+        return get_configuration(load_plans(plans_file), configuration).get("previous_stage")
+    except PlanError:
+        return None
 
 
 def check_output_not_in_model(output_zip: Path, folders: Sequence[Path]) -> None:
