@@ -333,3 +333,14 @@ def test_predict_into_an_ensembles_folder_is_refused(tmp_path):
     with pytest.raises(InferenceError, match=r"out: holds the outputs of autoseg ensemble \(\.autoseg_outputs\.json\); "
                                              r"predicting would put its own among them\. Choose another output folder"):
         check_output_claim(tmp_path / "out", {"model_folder": "m"}, [tmp_path / "out" / "other.nii.gz"])
+
+
+def test_a_case_id_with_pattern_characters_keeps_its_file_ending(tmp_path):
+    """The label file ending of case ``scan[1]`` was looked for with ``scan[1].*`` as a pattern: no file matched and
+    the ensemble was refused ('cannot tell the label file ending')."""
+    rng = np.random.default_rng(0)
+    dirs = [tmp_path / "m0", tmp_path / "m1"]
+    for folder in dirs:
+        _save(folder, "scan[1]", _softmax(rng))
+    assert ensemble_folders(dirs, tmp_path / "out", num_workers=1) == ["scan[1]"]
+    assert read_image(tmp_path / "out" / "scan[1].nii.gz")[0].shape == SHAPE

@@ -8,6 +8,7 @@ sidecar's geometry: argmax for classes, thresholding in ``regions_class_order`` 
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 from pathlib import Path
@@ -138,8 +139,9 @@ def _refuse_geometry_lost(folder: Path, cases: Sequence[str], ending: str) -> No
 
 
 def _infer_file_ending(folder: Path, case: str) -> str:
-    """The label files' ending as they spell it (``.NII.GZ`` stays so), for outputs named like the inputs."""
-    endings = {spelled_ending(p) for p in folder.glob(f"{case}.*")} - {""}
+    """The label files' ending as they spell it (``.NII.GZ`` stays so), for outputs named like the inputs. The case
+    id is escaped: ``scan[1]`` was read as a pattern, matched no file and was refused."""
+    endings = {spelled_ending(p) for p in folder.glob(f"{glob.escape(case)}.*")} - {""}
     if len(endings) != 1:
         raise EvaluationError(
             f"{folder}: cannot tell the label file ending from the files of case {case}; give it explicitly (e.g. .nii.gz)"
