@@ -116,7 +116,9 @@ def _read_record(path: Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
-def _refuse_another_run(output: Path, previous: Mapping[str, Any] | None, record: Mapping[str, Any], error: type[Exception]) -> None:
+def _refuse_another_run(
+    output: Path, previous: Mapping[str, Any] | None, record: Mapping[str, Any], error: type[Exception]
+) -> None:
     """Raise ``error`` if ``output`` holds a predict run's label maps or those of ``record``'s command over other
     inputs (other folders, or the same folders with other contents): the new outputs would stand beside stale
     ones of the cases the new inputs lack, and ``evaluate`` would score the mix. A mark written before inputs
@@ -145,7 +147,8 @@ def _refuse_another_run(output: Path, previous: Mapping[str, Any] | None, record
 def _other_inputs(before: Any, now: Sequence[Mapping[str, Any]]) -> str:
     """How the inputs a folder's outputs were made of differ from ``now``: other folders, or the same ones
     whose contents changed since."""
-    folders_before = [str(entry.get("folder")) for entry in before if isinstance(entry, Mapping)] if isinstance(before, list) else []
+    entries = before if isinstance(before, list) else []
+    folders_before = [str(entry.get("folder")) for entry in entries if isinstance(entry, Mapping)]
     folders_now = [str(entry["folder"]) for entry in now]
     if folders_before == folders_now:
         return f"over {', '.join(folders_now)} before their contents changed"
