@@ -46,7 +46,7 @@ from autoseg.preprocessing.pipeline import preprocess_case
 from autoseg.utils.atomic import atomic_path, atomic_write_json, remove_stale_temporaries
 from autoseg.utils.progress import Failure, default_workers, parallel_map
 
-FORMAT_VERSION = 1  # bump when preprocessing changes its output for the same plan and input
+FORMAT_VERSION = 2  # bump when preprocessing changes its output for the same plan and input (2: 333a523, slices clipped)
 TIMING_SUFFIX = "_preprocess_timing.json"
 
 
