@@ -319,3 +319,20 @@ def test_a_results_root_without_its_raw_data_still_reports(roots: dict[str, Path
     (empty / DATASET).mkdir()
     with pytest.raises(DatasetError, match="dataset id 777 is ambiguous"):
         build_report("777", num_workers=1)
+
+
+def test_an_output_among_the_cases_autoseg_reads_is_refused(roots: dict[str, Path]) -> None:
+    """``-o <raw>/<Dataset>/labelsTr/report.html`` (or imagesTr, gt_segmentations, a merged cross-validation) put the
+    report and its PNG figures among the cases: verify then refused the dataset, and in a PNG dataset they read as
+    cases. The dataset folder itself and a model folder still take a report."""
+    make_results(roots, probabilities_for=())
+    instructions = find_best(DATASET, num_workers=1)
+    raw = roots["raw"] / DATASET
+    crossval = Path(instructions["candidates"][0]["crossval_folder"])
+    for folder in (raw / "labelsTr", raw / "imagesTr", roots["preprocessed"] / DATASET / "gt_segmentations", crossval):
+        before = sorted(p.name for p in folder.iterdir())
+        with pytest.raises(EvaluationError, match=rf"{re.escape(str(folder / 'r.html'))}: lies in .*, among the cases "
+                                                  r"autoseg reads.*; write it elsewhere"):
+            build_report(DATASET, folder / "r.html", num_workers=1)
+        assert sorted(p.name for p in folder.iterdir()) == before
+    assert build_report(DATASET, raw / "report.html", num_workers=1).is_file()

@@ -393,6 +393,18 @@ def _check_output_not_read(output: Path, files: Sequence[Path], folders: Sequenc
                               "replace; give a new file name, e.g. report.html")
 
 
+def _check_output_beside_no_cases(output: Path, datasets: Sequence[Path], crossvals: Sequence[Path]) -> None:
+    """Refuse an ``-o`` in a folder of cases that autoseg reads: below the raw or preprocessed dataset folder
+    (``imagesTr``, ``labelsTr``, ``gt_segmentations``, ...) or in a merged cross-validation. The report's PNG
+    figures stood among the cases there: verify then refused the dataset, and in a PNG dataset they read as cases."""
+    parent = output.resolve().parent
+    inside = [d for d in datasets if parent != d.resolve() and parent.is_relative_to(d.resolve())]
+    inside += [c for c in crossvals if parent.is_relative_to(c.resolve())]
+    if inside:
+        raise EvaluationError(f"{output}: lies in {inside[0]}, among the cases autoseg reads, where the report's figures "
+                              "would stand among them; write it elsewhere (default: <results>/<Dataset>/report.html)")
+
+
 def report_dataset(dataset_spec: str | os.PathLike[str]) -> DatasetLocation:
     """The dataset to report on. Its raw folder gives only the overlays' images, so a results root copied to
     a machine without the raw data (the dataset not in its raw root) is found by its name in the results
@@ -436,9 +448,11 @@ def build_report(dataset_spec: str | os.PathLike[str], output_html: str | Path |
     for name, summary in summaries.items():
         _check_summary_classes(summary, summary_files[name], class_names, dataset.name)
     output = Path(output_html) if output_html is not None else dataset_results / "report.html"
-    read_folders = [dataset.raw_dir, preprocessed_root() / dataset.name, *map(Path, model_folders_of(instructions)),
-                    *(path.parent for path in summary_files.values())]
+    dataset_folders = [dataset.raw_dir, preprocessed_root() / dataset.name]
+    crossval_folders = [path.parent for path in summary_files.values()]
+    read_folders = [*dataset_folders, *map(Path, model_folders_of(instructions)), *crossval_folders]
     _check_output_not_read(output, [instructions_file, dataset_results / INSTRUCTIONS_TXT], read_folders)
+    _check_output_beside_no_cases(output, dataset_folders, crossval_folders)
     figures = _Figures(output)
 
     sections = [
