@@ -132,6 +132,28 @@ def test_editing_a_detached_headers_data_file_redoes_the_case(tmp_path: Path) ->
         before = input_fingerprint(case, plans, plans["configurations"]["3d_fullres"])
 
 
+def test_editing_a_3d_tiff_images_spacing_file_redoes_the_case(tmp_path: Path) -> None:
+    """A channel file <case>_0000.tif takes its spacing from <case>.json, which was not hashed (only the label's
+    <case>.json beside it in labelsTr): an image spacing edited after preprocessing left the case 'already done'."""
+    import tifffile
+
+    from autoseg.dataset.cases import Case
+    from autoseg.preprocessing.runner import input_fingerprint
+
+    (tmp_path / "imagesTr").mkdir()
+    (tmp_path / "labelsTr").mkdir()
+    image, label = tmp_path / "imagesTr" / "c_0000.tif", tmp_path / "labelsTr" / "c.tif"
+    tifffile.imwrite(image, np.zeros((3, 4, 5), np.float32), photometric="minisblack")
+    tifffile.imwrite(label, np.zeros((3, 4, 5), np.uint8), photometric="minisblack")
+    for folder in ("imagesTr", "labelsTr"):
+        (tmp_path / folder / "c.json").write_text('{"spacing": [2.0, 1.0, 1.0]}')
+    plans = make_plans({"3d_fullres": make_configuration((1.0, 1.0, 1.0))})
+    case = Case("c", [image], label)
+    before = input_fingerprint(case, plans, plans["configurations"]["3d_fullres"])
+    (tmp_path / "imagesTr" / "c.json").write_text('{"spacing": [3.0, 1.0, 1.0]}')
+    assert input_fingerprint(case, plans, plans["configurations"]["3d_fullres"]) != before
+
+
 def test_plans_labels_that_are_not_dataset_jsons_are_refused_before_any_case(roots: dict[str, Path], small_dataset: Path) -> None:
     """Was: a hand-edited list of labels failed every case with an internal AttributeError and removed the
     copies stored before; a class added to dataset.json after planning was preprocessed without its locations."""

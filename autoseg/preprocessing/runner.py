@@ -31,6 +31,7 @@ from autoseg.dataset.imageio import (
     read_case_images,
     read_image,
     spelled_ending,
+    tiff_spacing_files,
 )
 from autoseg.dataset.verify import label_geometry_problem, label_value_problem, nonfinite_problem
 from autoseg.errors import DatasetError, PreprocessingError
@@ -165,6 +166,14 @@ def companion_files(image: Path) -> list[Path]:
     return files + [image.parent / name for name in detached_data_files(image) if (image.parent / name).is_file()]
 
 
+def _files_read_with(path: Path) -> list[Path]:
+    """The files read with an input: its ``companion_files`` and every spacing file of a TIFF that exists. A
+    channel file ``<case>_0000.tif`` takes its spacing from ``<case>.json``, which ``companion_files`` (fit for
+    a label's copy) does not name: an image's spacing edited after preprocessing left its case 'already done'."""
+    spacing = [f for f in tiff_spacing_files(path) if f.is_file()] if path.suffix.lower() in TIFF_ENDINGS else []
+    return list(dict.fromkeys([*companion_files(path), *spacing]))
+
+
 def input_fingerprint(case: Case, plans: dict[str, Any], config: dict[str, Any]) -> str:
     """Hash of everything a stored case depends on: plan parameters and the input files' size, mtime
     and first 64 KiB (fast, and any rewrite of a file changes its mtime), their companion files included
@@ -177,7 +186,7 @@ def input_fingerprint(case: Case, plans: dict[str, Any], config: dict[str, Any])
         "labels": plans["labels"],
         "ignore_label": plans.get("ignore_label"),
         "configuration": {k: config.get(k) for k in FINGERPRINT_KEYS},
-        "files": [_file_signature(p) for p in inputs for p in (p, *companion_files(p))],
+        "files": [_file_signature(p) for p in inputs for p in (p, *_files_read_with(p))],
     }
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
