@@ -1303,3 +1303,26 @@ def test_png_labels_above_255_are_written_as_16_bit(tmp_path: Path) -> None:
     np.testing.assert_array_equal(back, labels)
     with pytest.raises(ValueError, match="integer values in 0..65535"):
         write_image(-labels, Geometry.default((1, 1, 3)), tmp_path / "negative.png")
+
+
+@pytest.mark.parametrize("pixdim", [0.0, float("nan")])
+@pytest.mark.parametrize("ending", [".nii", ".nii.gz"])
+def test_a_nifti_without_a_voxel_size_is_refused_not_read_as_1_mm(tmp_path: Path, pixdim: float, ending: str) -> None:
+    """pixdim 0 (or NaN): ITK read that side as 1 mm without a word (whatever the sform says), and every stage
+    planned, resampled and predicted at a voxel size made up."""
+    import struct
+
+    image = sitk.GetImageFromArray(np.arange(120, dtype=np.int16).reshape(4, 5, 6))
+    image.SetSpacing((2.0, 0.5, 3.0))
+    path = tmp_path / f"c{ending}"
+    sitk.WriteImage(image, str(tmp_path / "c.nii"))
+    header = bytearray((tmp_path / "c.nii").read_bytes())
+    header[84:88] = struct.pack("<f", pixdim)  # pixdim[2]: the y side
+    for codes in ((1, 1), (1, 0), (0, 0)):  # (qform_code, sform_code)
+        header[252:256] = struct.pack("<hh", *codes)
+        data = bytes(header)
+        path.write_bytes(gzip.compress(data) if ending == ".nii.gz" else data)
+        with pytest.raises(DatasetError) as info:
+            read_image(path)
+        assert str(info.value) == (f"{path}: its header gives no voxel size (pixdim[2] = {pixdim:g}), which ITK would read "
+                                   "as 1 mm; write the image's true voxel size into its header (export it again)")

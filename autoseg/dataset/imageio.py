@@ -189,6 +189,8 @@ def read_image(path: str | Path) -> tuple[np.ndarray, Geometry]:
         raise DatasetError(f"{path}: its gzip compression is damaged ({exc}); copy or export it again") from None
     if truncated:
         raise DatasetError(f"{path}: file is truncated (its voxel data ends early); copy or export it again")
+    if ending in (".nii", ".nii.gz") and (problem := _unset_voxel_size_problem(path)) is not None:
+        raise DatasetError(problem)
     if (problem := _claimed_data_problem(path)) is not None:
         raise DatasetError(problem)
     try:
@@ -238,6 +240,7 @@ class _NiftiHeader:
     dims: tuple[int, ...]
     vox_offset: float
     scl_inter: float  # what ITK's reader turns a NaN voxel into (0 * slope + inter)
+    pixdim: tuple[float, ...]
 
 
 def _nifti_header(header: bytes) -> _NiftiHeader | None:
@@ -248,12 +251,34 @@ def _nifti_header(header: bytes) -> _NiftiHeader | None:
         if len(header) >= 348 and struct.unpack(order + "i", header[:4])[0] == 348:
             return _NiftiHeader(order, struct.unpack(order + "h", header[70:72])[0], struct.unpack(order + "h", header[72:74])[0],
                                 struct.unpack(order + "8h", header[40:56]), struct.unpack(order + "f", header[108:112])[0],
-                                struct.unpack(order + "f", header[116:120])[0])
+                                struct.unpack(order + "f", header[116:120])[0], struct.unpack(order + "8f", header[76:108]))
         if len(header) >= 540 and struct.unpack(order + "i", header[:4])[0] == 540:
             return _NiftiHeader(order, struct.unpack(order + "h", header[12:14])[0], struct.unpack(order + "h", header[14:16])[0],
                                 struct.unpack(order + "8q", header[16:80]), struct.unpack(order + "q", header[168:176])[0],
-                                struct.unpack(order + "d", header[184:192])[0])
+                                struct.unpack(order + "d", header[184:192])[0], struct.unpack(order + "8d", header[104:168]))
     return None
+
+
+def _unset_voxel_size_problem(path: Path) -> str | None:
+    """The problem of a NIfTI whose voxel size the header leaves at 0 or NaN (pixdim) along an axis of more than
+    one voxel, else None: ITK reads such a side as 1 mm without a word (an sform's own scale notwithstanding; as
+    nnU-Net then does), so the image was planned, resampled and predicted at a voxel size made up."""
+    import gzip
+
+    try:
+        with (gzip.open if is_gzip(path) else open)(path, "rb") as f:
+            fields = _nifti_header(f.read(540))
+    except (OSError, EOFError, zlib.error):  # the reader names damaged files
+        return None
+    if fields is None:
+        return None
+    axes = range(1, max(0, min(int(fields.dims[0]), 3)) + 1)
+    unset = [i for i in axes if fields.dims[i] > 1 and not (math.isfinite(fields.pixdim[i]) and fields.pixdim[i] != 0)]
+    if not unset:
+        return None
+    shown = ", ".join(f"pixdim[{i}] = {fields.pixdim[i]:g}" for i in unset)
+    return (f"{path}: its header gives no voxel size ({shown}), which ITK would read as 1 mm; write the image's "
+            "true voxel size into its header (export it again)")
 
 
 def _nifti_expected_size(header: bytes) -> int | None:
