@@ -431,3 +431,15 @@ def test_a_file_given_for_a_folder_is_named_as_a_file(folders, tmp_path):
             evaluate_folders(pred, ref, LABELS, tmp_path / "out", num_workers=1, file_ending=".nii.gz")
         output = autoseg_fails("evaluate", "-p", pred, "-r", ref, "-o", tmp_path / "out")
         assert f"{which}/c1.nii.gz: is a file, not a folder" in output
+
+
+def test_a_2d_prediction_of_a_one_slice_3d_reference_is_named_as_such(tmp_path):
+    """A 2D NIfTI prediction of a one-slice 3D reference was refused for a spacing of 999 mm (the 2D placeholder)
+    against the slice's 3 mm, which neither file holds."""
+    seg = np.zeros((1, 6, 8), np.uint8)
+    seg[0, 1:4, 2:6] = 1
+    _write(tmp_path / "pred", "c1", seg, Geometry((999.0, 0.5, 0.5), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0)))
+    _write(tmp_path / "ref", "c1", seg, Geometry((3.0, 0.5, 0.5), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel())))
+    with pytest.raises(EvaluationError, match=r"pred/c1\.nii\.gz: 2D \(no slice axis\) vs 3D: save both as 2D or both as 3D "
+                                              r"\(prediction vs the reference .*ref/c1\.nii\.gz\)"):
+        evaluate_folders(tmp_path / "pred", tmp_path / "ref", LABELS, tmp_path / "out", num_workers=1, file_ending=".nii.gz")

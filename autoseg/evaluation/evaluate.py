@@ -204,6 +204,10 @@ def read_pair(pred_path: Path, ref_path: Path) -> tuple[np.ndarray, np.ndarray, 
             f"{pred_path}: shape {pred.shape} differs from the reference {ref_path} {ref.shape}; "
             "predictions must be in the reference's geometry (autoseg predict writes them so)"
         )
+    if pred_geometry.is_2d != ref_geometry.is_2d:  # not as a spacing of 999 mm, the 2D placeholder, vs the slice's
+        raise EvaluationError(
+            f"{pred_path}: {geometry_differences(pred_geometry, ref_geometry)[0]} (prediction vs the reference {ref_path})"
+        )
     if not np.allclose(pred_geometry.spacing, ref_geometry.spacing, rtol=SPACING_TOLERANCE, atol=SPACING_TOLERANCE):
         raise EvaluationError(
             f"{pred_path}: spacing {pred_geometry.spacing} differs from the reference {ref_path} "
