@@ -1326,3 +1326,20 @@ def test_a_nifti_without_a_voxel_size_is_refused_not_read_as_1_mm(tmp_path: Path
             read_image(path)
         assert str(info.value) == (f"{path}: its header gives no voxel size (pixdim[2] = {pixdim:g}), which ITK would read "
                                    "as 1 mm; write the image's true voxel size into its header (export it again)")
+
+
+def test_a_nrrd_of_unknown_spacing_is_refused_not_read_as_1_mm(tmp_path: Path) -> None:
+    """NRRD writes an unknown spacing as NaN ('spacings: nan 1 1'): ITK read it as 1 mm without a word. An axis of
+    one voxel may leave it unknown."""
+    voxels = np.arange(120, dtype=np.int16).tobytes()
+    path = tmp_path / "c.nrrd"
+    for sizes, spacings, refused in (("6 5 4", "nan 0.5 2", True), ("6 5 1", "0.7 0.5 nan", False)):
+        path.write_bytes(f"NRRD0004\ntype: short\ndimension: 3\nsizes: {sizes}\nspacings: {spacings}\nencoding: raw\n"
+                         f"endian: little\n\n".encode() + voxels[: 2 * math.prod(map(int, sizes.split()))])
+        if not refused:
+            assert read_image(path)[1].spacing[1:] == (0.5, 0.7)
+            continue
+        with pytest.raises(DatasetError) as info:
+            read_image(path)
+        assert str(info.value) == (f"{path}: its header gives no voxel size (spacings: {spacings}), which ITK would read "
+                                   "as 1 mm; write the image's true voxel size into its header (export it again)")

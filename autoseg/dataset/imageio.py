@@ -189,7 +189,7 @@ def read_image(path: str | Path) -> tuple[np.ndarray, Geometry]:
         raise DatasetError(f"{path}: its gzip compression is damaged ({exc}); copy or export it again") from None
     if truncated:
         raise DatasetError(f"{path}: file is truncated (its voxel data ends early); copy or export it again")
-    if ending in (".nii", ".nii.gz") and (problem := _unset_voxel_size_problem(path)) is not None:
+    if (problem := _unset_voxel_size_problem(path, ending)) is not None:
         raise DatasetError(problem)
     if (problem := _claimed_data_problem(path)) is not None:
         raise DatasetError(problem)
@@ -259,26 +259,43 @@ def _nifti_header(header: bytes) -> _NiftiHeader | None:
     return None
 
 
-def _unset_voxel_size_problem(path: Path) -> str | None:
-    """The problem of a NIfTI whose voxel size the header leaves at 0 or NaN (pixdim) along an axis of more than
-    one voxel, else None: ITK reads such a side as 1 mm without a word (an sform's own scale notwithstanding; as
-    nnU-Net then does), so the image was planned, resampled and predicted at a voxel size made up."""
+def _unset_voxel_size_problem(path: Path, ending: str) -> str | None:
+    """The problem of a NIfTI or NRRD whose header leaves the voxel size of an axis of more than one voxel unset
+    (NIfTI pixdim 0 or NaN; NRRD spacing NaN, the format's 'unknown'), else None: ITK reads such a side as 1 mm
+    without a word (a NIfTI sform's own scale notwithstanding; as nnU-Net then does), so the image was planned,
+    resampled and predicted at a voxel size made up."""
+    unset = (_nifti_unset_voxel_sides(path) if ending in (".nii", ".nii.gz")
+             else _nrrd_unset_voxel_sides(path) if ending in (".nrrd", ".nhdr") else [])
+    if not unset:
+        return None
+    return (f"{path}: its header gives no voxel size ({', '.join(unset)}), which ITK would read as 1 mm; write the "
+            "image's true voxel size into its header (export it again)")
+
+
+def _nifti_unset_voxel_sides(path: Path) -> list[str]:
+    """``pixdim[i] = v`` of each axis of more than one voxel whose pixdim is 0 or NaN."""
     import gzip
 
     try:
         with (gzip.open if is_gzip(path) else open)(path, "rb") as f:
             fields = _nifti_header(f.read(540))
     except (OSError, EOFError, zlib.error):  # the reader names damaged files
-        return None
+        return []
     if fields is None:
-        return None
+        return []
     axes = range(1, max(0, min(int(fields.dims[0]), 3)) + 1)
-    unset = [i for i in axes if fields.dims[i] > 1 and not (math.isfinite(fields.pixdim[i]) and fields.pixdim[i] != 0)]
-    if not unset:
-        return None
-    shown = ", ".join(f"pixdim[{i}] = {fields.pixdim[i]:g}" for i in unset)
-    return (f"{path}: its header gives no voxel size ({shown}), which ITK would read as 1 mm; write the image's "
-            "true voxel size into its header (export it again)")
+    return [f"pixdim[{i}] = {fields.pixdim[i]:g}" for i in axes
+            if fields.dims[i] > 1 and not (math.isfinite(fields.pixdim[i]) and fields.pixdim[i] != 0)]
+
+
+def _nrrd_unset_voxel_sides(path: Path) -> list[str]:
+    """``spacings: ...`` when a NRRD gives an axis of more than one voxel the spacing NaN (and no space directions)."""
+    parsed = _header_fields(path, ":", None)
+    if parsed is None or "space directions" in parsed[0]:
+        return []
+    spacings, sizes = parsed[0].get("spacings", "").split(), parsed[0].get("sizes", "").split()
+    unset = any(v.lower() == "nan" and n != "1" for v, n in zip(spacings, sizes))
+    return [f"spacings: {' '.join(spacings)}"] if unset else []
 
 
 def _nifti_expected_size(header: bytes) -> int | None:
