@@ -375,6 +375,16 @@ def test_a_file_saved_with_another_image_ending_is_named_with_its_fix(small_data
     ], result.output
 
 
+def test_a_second_copy_of_a_file_with_another_ending_is_named_as_such(small_dataset: Path, roots: dict[str, Path]) -> None:
+    """hippocampus_004.nii beside hippocampus_004.nii.gz was told to be compressed (gzip makes .nii.gz: the other one)."""
+    copy = label(small_dataset, PLAIN_CASE).with_suffix("")
+    sitk.WriteImage(sitk.ReadImage(str(label(small_dataset, PLAIN_CASE))), str(copy))
+    result = runner.invoke(app, ["verify", str(small_dataset), "-np", "1"])
+    assert result.exit_code == 2, result.output
+    assert [line for line in result.output.splitlines() if line.startswith("ERROR")] == [
+        f"ERROR {copy}: a second copy of {PLAIN_CASE}.nii.gz beside it, saved as '.nii'; remove one of the two"]
+
+
 def test_a_listed_case_id_that_is_no_plain_file_name_is_refused(small_dataset: Path, roots: dict[str, Path]) -> None:
     """Case ids of dataset.json's "dataset" list name every stage's files: '../../x' wrote preprocessed data outside
     the preprocessed folder and 'sub/a' made subfolders; both verified clean."""

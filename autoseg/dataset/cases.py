@@ -76,6 +76,8 @@ def _other_ending_file_problem(path: Path, found: str, ending: str) -> str:
     label (or a label without images), never saying that the file is there, only not compressed. A NIfTI's
     content is looked at: one already compressed as the dataset's ending says needs renaming only."""
     stem = path.name[: -len(found)]
+    if (path.parent / f"{stem}{ending}").exists():  # the advice to compress or save it would overwrite that one
+        return f"{path}: a second copy of {stem}{ending} beside it, saved as {found!r}; remove one of the two"
     declared = f"dataset.json's file_ending is {ending!r}"
     generic = (f"{path}: ends in {found!r} but {declared} (all images and labels share one); save it as "
                f"{stem}{ending}, or set file_ending to {found!r} with every file saved so")
