@@ -8,6 +8,7 @@ import pytest
 
 from autoseg.errors import TrainingError
 from autoseg.planning import constants as C
+from autoseg.planning import memory
 from autoseg.training.plan_device import check_plan_device, modelled_memory
 
 GIB = 2**30
@@ -107,6 +108,22 @@ def test_another_network_than_planned_is_not_memory_checked():
     with pytest.raises(TrainingError):
         check_plan_device(plans, "3d_fullres", "cuda", 4 * GIB, PATCH, 5, network="unet")
     assert check_plan_device(plans, "3d_fullres", "cuda", 4 * GIB, PATCH, 5, network="segresnet") == []
+
+
+def test_a_cpu_step_beyond_the_machine_s_ram_is_refused_with_the_fix(monkeypatch):
+    """--set patch_size=[512,512,512] on the CPU (177 GiB modelled on a 23.5 GiB machine) ran into the
+    kernel's out-of-memory killer without a word, or under a memory limit into an internal error. By hand,
+    on 8 GiB: batch 5 needs 5.75 GiB, batch 8 8.75; 25% of the RAM leaves (2 - 0.75) // 1 = 1 sample."""
+    monkeypatch.setattr(memory, "machine_ram_bytes", lambda: 8 * GIB)
+    assert check(plans_for("cpu", None), "cpu", None) == []
+    with pytest.raises(TrainingError) as info:
+        check(plans_for("cpu", None), "cpu", None, batch=8)
+    assert ("3d_fullres at patch [10, 256, 224], batch 8 needs about 8.8 GiB (modelled), more than this machine's "
+            "8.0 GiB of RAM; train with --set batch_size=1, or plan for this machine with `autoseg plan "
+            "Dataset027_ACDC --budget 12h --plans-name autosegPlans_new`") == str(info.value)
+    # two processes of batch 4 need 2 x 4.75 GiB; 1 GiB each leaves no sample: a smaller patch
+    with pytest.raises(TrainingError, match=r"in each of 2 processes, more than .* a smaller --set patch_size"):
+        check(plans_for("cpu", None), "cpu", None, batch=4, processes=2)
 
 
 def test_unknown_device_memory_checks_only_the_kind():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -53,6 +54,11 @@ class MemoryModel:
     def max_batch(self, patch_size: Sequence[int], budget_bytes: float) -> int:
         """The largest batch whose prediction fits ``budget_bytes`` (0 if not even one sample)."""
         return max(0, int((budget_bytes - self.static_bytes) // self.activation_bytes(patch_size)))
+
+
+def machine_ram_bytes() -> int:
+    """The machine's physical RAM, which training on the CPU shares with data workers and the system."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def saved_activation_bytes(network: nn.Module, inputs: torch.Tensor) -> int:

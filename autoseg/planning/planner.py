@@ -28,7 +28,7 @@ from autoseg.planning import accounting as A
 from autoseg.planning import constants as C
 from autoseg.planning import compute_budget as T
 from autoseg.planning import mirroring, rules, short_schedule
-from autoseg.planning.memory import MemoryModel, calibrate_memory
+from autoseg.planning.memory import MemoryModel, calibrate_memory, machine_ram_bytes
 from autoseg.planning.plans import format_plan_table, plans_path, write_plans
 from autoseg.planning.topology import divisible_patch, features_per_stage, plan_topology, shrink_patch
 from autoseg.preprocessing.resampling import implausible_resampling, resampling_work, scheme_for
@@ -188,8 +188,7 @@ def memory_budget(device: torch.device, gpu_memory_gb: float | None) -> tuple[fl
     total = device_memory_bytes(device)
     if total is not None:
         return total * C.GPU_MEMORY_USABLE_FRACTION, round(total / 2**30, 2)
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return ram * C.CPU_MEMORY_USABLE_FRACTION, None
+    return machine_ram_bytes() * C.CPU_MEMORY_USABLE_FRACTION, None
 
 
 # ------------------------------------------------------------------------------ patch searching

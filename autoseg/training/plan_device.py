@@ -2,8 +2,9 @@
 
 Plans are often made on another machine (``autoseg plan --gpu-memory 8`` on a laptop, then training
 on a GPU node), so training compares the configuration's ``planned_for`` record with the device it
-found: it refuses, with the fix, when the modelled memory cannot fit the GPU, and warns when a GPU
-plan runs on the CPU, a CPU plan on a GPU, or a plan leaves most of a larger GPU unused.
+found: it refuses, with the fix, when the modelled memory cannot fit the GPU (on the CPU: the machine's
+RAM), and warns when a GPU plan runs on the CPU, a CPU plan on a GPU, or a plan leaves most of a larger
+GPU unused.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any, Sequence
 
 from autoseg.errors import TrainingError
 from autoseg.planning import constants as C
+from autoseg.planning import memory
 from autoseg.planning.memory import MemoryModel
 
 GIB = 2**30
@@ -79,10 +81,14 @@ def check_plan_device(
         )
     other_network = network is not None and network != plan.get("network", {}).get("name", network)
     needed = None if other_network else modelled_memory(plan, patch_size, batch_size, optimizer)
-    if device_type != "cuda" or device_memory_bytes is None or needed is None:
+    if needed is None:
+        return warnings
+    what = f"{configuration} at patch {list(patch_size)}, batch {batch_size} needs about {needed / GIB:.1f} GiB (modelled)"
+    if device_type == "cpu":
+        _refuse_beyond_ram(plans, plan, what, needed, patch_size, processes, optimizer)
+    if device_type != "cuda" or device_memory_bytes is None:
         return warnings
     have = device_memory_bytes / GIB
-    what = f"{configuration} at patch {list(patch_size)}, batch {batch_size} needs about {needed / GIB:.1f} GiB (modelled)"
     if needed > device_memory_bytes:
         raise TrainingError(f"{what}, more than this GPU's {have:.1f} GiB; {_fit_fix(plans, plan, patch_size, device_memory_bytes, processes, optimizer)}")
     if needed > device_memory_bytes * C.GPU_MEMORY_USABLE_FRACTION:
@@ -97,6 +103,24 @@ def check_plan_device(
             f"{_replan(plans, f'--gpu-memory {math.floor(have)}')}"
         )
     return warnings
+
+
+def _refuse_beyond_ram(plans: dict[str, Any], plan: dict[str, Any], what: str, needed: int, patch_size: Sequence[int],
+                       processes: int, optimizer: str) -> None:
+    """On the CPU, refuse a step (of every process) whose modelled memory exceeds the machine's RAM: a
+    ``--set patch_size`` or ``batch_size`` too large for it was ended by the kernel's out-of-memory killer
+    without a word, or under a memory limit by torch's allocator as an internal error."""
+    ram = memory.machine_ram_bytes()
+    if needed * processes <= ram:
+        return
+    usable = ram * C.CPU_MEMORY_USABLE_FRACTION / processes
+    fits = _memory_model(plan, optimizer).max_batch(patch_size, usable) if plan.get("memory_model") else 0
+    smaller = f"--set batch_size={fits * processes}" if fits >= 1 else "a smaller --set patch_size=[...] and --set batch_size=2"
+    each = f" in each of {processes} processes" if processes > 1 else ""
+    raise TrainingError(
+        f"{what}{each}, more than this machine's {ram / GIB:.1f} GiB of RAM; train with {smaller}, or plan for this "
+        f"machine with {_replan(plans, '--budget 12h')}"
+    )
 
 
 def _fit_fix(plans: dict[str, Any], plan: dict[str, Any], patch_size: Sequence[int], device_memory_bytes: int,
