@@ -362,6 +362,19 @@ def test_cascade_mask_corruption_draws_a_real_radius_and_a_ball_of_it(ndim: int,
         assert dilated.sum() == structure.sum()  # the dilated point is the structure itself
 
 
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_cascade_component_removal_counts_diagonal_neighbours_as_one_component(ndim: int) -> None:
+    # nnU-Net (RemoveRandomConnectedComponentFromOneHotEncodingTransform) labels with skimage's default full
+    # connectivity: two blocks that touch only at a corner are one component, removed whole; scipy's default
+    # (faces only) made them two, and a removal left one of them.
+    mask = np.zeros((1, 2, *(20,) * ndim), np.float32)
+    mask[(0, 1, *(slice(4, 6),) * ndim)] = 1
+    mask[(0, 1, *(slice(6, 8),) * ndim)] = 1
+    with seeded_global_rng(0):
+        out = CorruptMasks([1], 0.0, 8, 1.0, 0.15)(data=mask.copy())["data"][0, 1]
+    assert not out.any()
+
+
 def test_cascade_mask_corruption_takes_the_world_beyond_the_patch_for_the_mask() -> None:
     # nnU-Net's skimage erosion pads with foreground; scipy's default (background) ate a mask that touches
     # the patch border up to the radius from that border, in erosion, opening and even closing. A mask of
