@@ -531,6 +531,17 @@ def test_sharding_splits_cases_disjointly(tmp_path: Path) -> None:
         shard(cases, 2, 2)
 
 
+@pytest.mark.parametrize("case_id", ["scan[1]", "a*b?", "x[!y]"])
+def test_one_file_whose_name_holds_glob_characters_is_its_case(tmp_path: Path, case_id: str) -> None:
+    """``-i scan[1]_0000.nii.gz`` found 'no images' (the name was read as a glob pattern); ``a*b?_0000`` also
+    took other cases' files (``aXXbY_0000``) as cases of the run."""
+    for name in (f"{case_id}_0000.nii.gz", f"{case_id}_0001.nii.gz", "aXXbY_0000.nii.gz", "scan1_0000.nii.gz",
+                 "xz_0000.nii.gz"):
+        (tmp_path / name).write_bytes(b"")
+    cases = discover_cases(tmp_path / f"{case_id}_0000.nii.gz")
+    assert [(c.case_id, sorted(c.channels)) for c in cases] == [(case_id, [0, 1])]
+
+
 def test_colour_2d_cases_need_no_file_per_channel_and_keep_their_format(tmp_path: Path) -> None:
     """An RGB PNG case is one file (its colours are the channels); 2D images come back in their own format."""
     for name in ("rgb_0000.png", "grey_0000.tif", "grey_0001.tif", "gap_0000.png", "gap_0002.png", "vol_0000.nrrd"):

@@ -9,6 +9,7 @@ whose outputs exist (every output is written atomically, so an existing file is 
 from __future__ import annotations
 
 import functools
+import glob
 import json
 import math
 import os
@@ -157,6 +158,15 @@ def _add(cases: dict[str, InputCase], path: Path, stem: str) -> None:
     channels[channel] = path
 
 
+def _channel_siblings(path: Path, case_id: str, ending: str) -> list[Path]:
+    """The channel files of ``path``'s case beside it, ``path`` included.
+
+    The case id is escaped for the pattern: a name holding ``[``, ``*`` or ``?`` (``scan[1]_0000.nii.gz``)
+    found nothing, or other cases' files, when read as glob syntax.
+    """
+    return sorted(path.parent.glob(f"{glob.escape(case_id)}_[0-9][0-9][0-9][0-9]{glob.escape(ending)}"))
+
+
 def discover_cases(input_path: str | Path) -> list[InputCase]:
     """Cases in a folder (``<case>_XXXX<ending>`` files, DICOM series subfolders), one file, or one DICOM folder.
 
@@ -182,7 +192,7 @@ def discover_cases(input_path: str | Path) -> list[InputCase]:
             raise InferenceError(f"{path}: unsupported file type; use one of {', '.join(SUPPORTED_ENDINGS)}")
         stem = path.name[: -len(ending)]
         match = CHANNEL_SUFFIX.match(stem)
-        siblings = sorted(path.parent.glob(f"{match['case']}_[0-9][0-9][0-9][0-9]{ending}")) if match else [path]
+        siblings = _channel_siblings(path, match["case"], ending) if match else [path]
         for sibling in siblings:
             _add(cases, sibling, sibling.name[: -len(ending)])
     elif _is_dicom_folder(path):
