@@ -191,7 +191,8 @@ def test_apply_refuses_the_input_folder_or_a_file_as_output(tmp_path):
 
 def test_apply_does_not_overwrite_label_maps_autoseg_did_not_write(tmp_path):
     """``-o`` on the references replaced them with the postprocessed predictions without a word; a rerun into
-    apply's own output folder (or a folder predict wrote) still replaces its outputs."""
+    apply's own output folder still replaces its outputs; a folder predict wrote is refused (its label maps
+    and apply's would stand side by side under predict's record)."""
     preds, refs = _make_cv_folders(tmp_path)
     determine_postprocessing(preds, refs, LABELS, num_workers=1, file_ending=".nii.gz")
     before = {p.name: p.read_bytes() for p in refs.iterdir()}
@@ -204,4 +205,41 @@ def test_apply_does_not_overwrite_label_maps_autoseg_did_not_write(tmp_path):
     copy = tmp_path / "predicted"
     shutil.copytree(refs, copy)
     (copy / "predict_info.json").write_text("{}")  # predict's record marks the folder as autoseg's
-    assert apply_to_folder(preds, copy, preds / "postprocessing.json", num_workers=1)
+    with pytest.raises(EvaluationError, match=r"predicted: holds the label maps of an autoseg predict run \(predict_info\.json\); "
+                                              r"autoseg postprocess apply would mix its own with them"):
+        apply_to_folder(preds, copy, preds / "postprocessing.json", num_workers=1)
+
+
+def _folder_bytes(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_apply_of_other_inputs_into_a_filled_folder_is_refused(tmp_path):
+    """apply over A (3 cases) into OUT, then over B holding only case0 into OUT left 1 new and 2 stale label
+    maps under one mark, and evaluate scored the mix; so did A again after its label maps, or the steps, changed."""
+    preds, refs = _make_cv_folders(tmp_path)
+    decision = determine_postprocessing(preds, refs, LABELS, num_workers=1, file_ending=".nii.gz")
+    apply_to_folder(preds, tmp_path / "out", decision, num_workers=1)
+    before = _folder_bytes(tmp_path / "out")
+    only_case0 = tmp_path / "b"
+    only_case0.mkdir()
+    shutil.copy(refs / "case0.nii.gz", only_case0)
+    with pytest.raises(EvaluationError, match=r"out: holds the outputs of autoseg postprocess apply over .*/cv, not over "
+                                              r".*/b \(\.autoseg_outputs\.json\); the new outputs would stand beside stale ones"):
+        apply_to_folder(only_case0, tmp_path / "out", decision, num_workers=1)
+    with pytest.raises(EvaluationError, match=r"over .*/cv with other postprocessing steps"):
+        apply_to_folder(preds, tmp_path / "out", {**decision, "steps": decision["steps"][:1]}, num_workers=1)
+    shutil.copy(refs / "case1.nii.gz", preds / "case1.nii.gz")  # predicted anew
+    with pytest.raises(EvaluationError, match=r"over .*/cv before their contents changed"):
+        apply_to_folder(preds, tmp_path / "out", decision, num_workers=1)
+    assert _folder_bytes(tmp_path / "out") == before
+
+
+def test_the_same_apply_rerun_after_a_kill_resumes(tmp_path):
+    preds, refs = _make_cv_folders(tmp_path)
+    determine_postprocessing(preds, refs, LABELS, num_workers=1, file_ending=".nii.gz")
+    apply_to_folder(preds, tmp_path / "out", preds / "postprocessing.json", num_workers=1)
+    expected = _folder_bytes(tmp_path / "out")
+    (tmp_path / "out" / "case2.nii.gz").unlink()  # the case a killed run did not reach
+    assert len(apply_to_folder(preds, tmp_path / "out", preds / "postprocessing.json", num_workers=1)) == 3
+    assert _folder_bytes(tmp_path / "out") == expected

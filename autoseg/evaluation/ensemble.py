@@ -9,7 +9,6 @@ sidecar's geometry: argmax for classes, thresholding in ``regions_class_order`` 
 from __future__ import annotations
 
 import glob
-import hashlib
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -27,7 +26,7 @@ from autoseg.utils.probability_files import (
     PROBABILITIES_SUFFIX, probability_paths, read_probabilities, read_sidecar, write_probability_files,
 )
 from autoseg.utils.atomic import remove_stale_temporaries
-from autoseg.utils.output_folders import check_output_folder, claim_output_files
+from autoseg.utils.output_folders import check_output_folder, claim_output_files, files_digest
 from autoseg.utils.progress import default_workers, parallel_map
 
 REGION_THRESHOLD = 0.5  # a voxel belongs to a region when its sigmoid probability exceeds this (§1.1)
@@ -153,15 +152,8 @@ def _input_record(folder: Path, cases: Sequence[str]) -> dict[str, Any]:
     """An input folder as the output folder's mark records it: its path and a digest of the probability files
     of ``cases``, so that a rerun over the same folders (a resume) is told from one over other folders, or over
     the same folders predicted anew, whose outputs must not join the earlier ones."""
-    digest = hashlib.sha256()
-    for case in cases:
-        for path in probability_paths(folder, case):
-            if not path.is_file():
-                continue  # a missing sidecar: refused for its case by read_sidecar, naming it
-            digest.update(path.name.encode())
-            with path.open("rb") as file:
-                digest.update(hashlib.file_digest(file, "sha256").digest())
-    return {"folder": str(folder.resolve()), "cases": len(cases), "sha256": digest.hexdigest()}
+    digest = files_digest([path for case in cases for path in probability_paths(folder, case)])
+    return {"folder": str(folder.resolve()), "cases": len(cases), "sha256": digest}
 
 
 def ensemble_folders(

@@ -17,6 +17,8 @@ reference; a class with no such case at all counts as Dice 1 (nothing predicted,
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -33,7 +35,7 @@ from autoseg.evaluation.evaluate import (
 from autoseg.evaluation.metrics import SegClass, case_metrics, evaluation_classes
 from autoseg.postprocessing.connected_components import component_volumes_mm3, keep_largest, remove_small
 from autoseg.utils.atomic import atomic_write_json, remove_stale_temporaries
-from autoseg.utils.output_folders import check_output_file, check_output_folder, claim_output_files
+from autoseg.utils.output_folders import check_output_file, check_output_folder, claim_output_files, files_digest
 from autoseg.utils.progress import default_workers, parallel_map
 
 DECISION_VERSION = 1
@@ -271,6 +273,18 @@ def _apply_file(source: Path, target: Path, decision: Mapping[str, Any]) -> None
     write_image(apply_postprocessing(decision, seg, geometry.spacing), geometry, target)
 
 
+def _input_record(input_dir: Path, files: Mapping[str, Path], decision: Mapping[str, Any]) -> dict[str, Any]:
+    """What ``apply_to_folder``'s outputs are made of, as the output folder's mark records it: the input folder,
+    a digest of its label maps and one of the decision's steps. Applying another folder (or the same one with
+    other label maps or steps) into a folder an earlier apply filled left new label maps beside stale ones of
+    the cases the new input lacks, and ``evaluate`` scored the mix; a rerun of the same apply (a resume) matches."""
+    steps = json.dumps(decision["steps"], sort_keys=True).encode()
+    return {
+        "folder": str(input_dir.resolve()), "cases": len(files), "sha256": files_digest(list(files.values())),
+        "steps_sha256": hashlib.sha256(steps).hexdigest(),
+    }
+
+
 def apply_to_folder(
     input_dir: str | Path,
     output_dir: str | Path,
@@ -284,7 +298,8 @@ def apply_to_folder(
     if not files:
         raise EvaluationError(f"{input_dir}: no label maps ending in {decision['file_ending']!r} to postprocess")
     check_output_folder(output_dir, EvaluationError, [input_dir])
-    claim_output_files(output_dir, [output_dir / path.name for path in files.values()], "postprocess apply", EvaluationError)
+    outputs = [output_dir / path.name for path in files.values()]
+    claim_output_files(output_dir, outputs, "postprocess apply", EvaluationError, [_input_record(input_dir, files, decision)])
     remove_stale_temporaries(output_dir)  # what a killed run left half-written
     items = [(case, (path, output_dir / path.name, decision)) for case, path in files.items()]
     workers = default_workers() if num_workers is None else num_workers

@@ -8,6 +8,7 @@ front gives the user the path and the fix instead of an ``mkdir`` error.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -144,12 +145,27 @@ def _refuse_another_run(
         )
 
 
+def files_digest(paths: Sequence[Path]) -> str:
+    """SHA-256 over the names and contents of ``paths`` (in the order given; missing files are skipped): the
+    identity of an input folder's content that an output folder's mark records."""
+    digest = hashlib.sha256()
+    for path in paths:
+        if not path.is_file():
+            continue  # refused for its case by the command's own reading, naming it
+        digest.update(path.name.encode())
+        with path.open("rb") as file:
+            digest.update(hashlib.file_digest(file, "sha256").digest())
+    return digest.hexdigest()
+
+
 def _other_inputs(before: Any, now: Sequence[Mapping[str, Any]]) -> str:
     """How the inputs a folder's outputs were made of differ from ``now``: other folders, or the same ones
-    whose contents changed since."""
-    entries = before if isinstance(before, list) else []
-    folders_before = [str(entry.get("folder")) for entry in entries if isinstance(entry, Mapping)]
+    whose contents (or, for postprocess apply, whose steps: ``steps_sha256``) changed since."""
+    entries = [entry for entry in before if isinstance(entry, Mapping)] if isinstance(before, list) else []
+    folders_before = [str(entry.get("folder")) for entry in entries]
     folders_now = [str(entry["folder"]) for entry in now]
-    if folders_before == folders_now:
-        return f"over {', '.join(folders_now)} before their contents changed"
-    return f"over {', '.join(folders_before) or 'other inputs'}, not over {', '.join(folders_now)}"
+    if folders_before != folders_now:
+        return f"over {', '.join(folders_before) or 'other inputs'}, not over {', '.join(folders_now)}"
+    if any(old.get("steps_sha256") != new.get("steps_sha256") for old, new in zip(entries, now)):
+        return f"over {', '.join(folders_now)} with other postprocessing steps"
+    return f"over {', '.join(folders_now)} before their contents changed"
