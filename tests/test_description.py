@@ -112,6 +112,16 @@ def test_missing_file(tmp_path: Path) -> None:
         load_description(tmp_path)
 
 
+@pytest.mark.parametrize(("encoding", "saved_as"), [("utf-8-sig", r"UTF-8 with a byte-order mark \(BOM\)"),
+                                                    ("utf-16", "UTF-16")])
+def test_a_byte_order_mark_is_named_with_how_to_save_the_file(tmp_path: Path, encoding: str, saved_as: str) -> None:
+    """A Windows editor's BOM was refused as 'is not valid JSON (...); fix the syntax', though the syntax was right."""
+    (tmp_path / "dataset.json").write_text(json.dumps(BASE), encoding=encoding)
+    with pytest.raises(DatasetError, match=rf"^{tmp_path / 'dataset.json'}: saved as {saved_as}, which JSON readers "
+                                           r"\(nnU-Net's too\) refuse; save it as UTF-8 without BOM"):
+        load_description(tmp_path)
+
+
 def test_explicit_case_list(tmp_path: Path) -> None:
     (tmp_path / "imgs").mkdir()
     for name in ("x_ct.nii.gz", "x_pet.nii.gz", "x_seg.nii.gz"):

@@ -2,19 +2,42 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 from pathlib import Path
 from typing import Any
 
 from autoseg.errors import AutosegError
 
+# Byte-order marks a text editor puts before the text: Windows Notepad's "UTF-8 with BOM" and "Unicode".
+_BYTE_ORDER_MARKS = {codecs.BOM_UTF8: "UTF-8 with a byte-order mark (BOM)", codecs.BOM_UTF16_LE: "UTF-16",
+                     codecs.BOM_UTF16_BE: "UTF-16"}
+
+
+def _encoding_problem(data: bytes) -> str | None:
+    """What a file starting with a byte-order mark was saved as; None otherwise.
+
+    JSON is UTF-8 without BOM (RFC 8259); nnU-Net's ``json.load`` refuses a BOM too, so autoseg does not
+    accept one either (a copy would travel into model folders nnU-Net cannot read). It was refused with
+    "fix the syntax", though the text itself was valid.
+    """
+    for mark, saved_as in _BYTE_ORDER_MARKS.items():
+        if data.startswith(mark):
+            return (f"saved as {saved_as}, which JSON readers (nnU-Net's too) refuse; save it as "
+                    "UTF-8 without BOM (in Notepad: Save As, Encoding 'UTF-8')")
+    return None
+
 
 def read_json(path: str | Path, error: type[AutosegError], missing: str, invalid: str) -> Any:
     """Parse ``path``; raise ``error`` with ``missing`` or ``invalid`` (the fix) when it cannot be read."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        data = path.read_bytes()
     except (FileNotFoundError, IsADirectoryError):
         raise error(f"{path}: {missing}") from None
+    if problem := _encoding_problem(data):
+        raise error(f"{path}: {problem}")
+    try:
+        return json.loads(data.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise error(f"{path}: is not valid JSON ({exc}); {invalid}") from None
