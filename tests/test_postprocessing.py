@@ -210,6 +210,24 @@ def test_apply_does_not_overwrite_label_maps_autoseg_did_not_write(tmp_path):
         apply_to_folder(preds, copy, preds / "postprocessing.json", num_workers=1)
 
 
+def test_apply_refuses_an_image_given_as_a_label_map(tmp_path):
+    """``-i imagesTs`` (or probabilities saved as label maps) wrote the images back with the voxels of the steps'
+    values edited, as if they were label maps; integer-valued float label maps (Hippocampus has two) still pass."""
+    preds, refs = _make_cv_folders(tmp_path)
+    decision = determine_postprocessing(preds, refs, LABELS, num_workers=1, file_ending=".nii.gz")
+    images = tmp_path / "images"
+    images.mkdir()
+    image = np.zeros((6, 6, 6), np.float32)
+    image[:2, :2, :2], image[4:, 4:, 4:] = 1.0, 0.7
+    write_image(image, GEOMETRY, images / "scan.nii.gz")
+    write_image(read_image(preds / "case0.nii.gz")[0].astype(np.float32), GEOMETRY, images / "float_labels.nii.gz")
+    with pytest.raises(EvaluationError, match=r"1 of 2 cases could not be postprocessed: scan: .*scan\.nii\.gz: holds "
+                                              r"non-integer values; a label map holds one class number per voxel"):
+        apply_to_folder(images, tmp_path / "out", decision, num_workers=1)
+    assert not (tmp_path / "out" / "scan.nii.gz").exists()
+    assert np.array_equal(read_image(tmp_path / "out" / "float_labels.nii.gz")[0], read_image(refs / "case0.nii.gz")[0])
+
+
 def _folder_bytes(folder):
     return {p.name: p.read_bytes() for p in folder.iterdir()}
 

@@ -30,7 +30,8 @@ from autoseg.dataset.description import DatasetDescription
 from autoseg.dataset.imageio import read_image, write_image
 from autoseg.errors import EvaluationError
 from autoseg.evaluation.evaluate import (
-    declared_values, list_cases, match_cases, raise_failures, read_checked_pair, resolve_file_ending,
+    check_integer_labels, declared_values, list_cases, match_cases, raise_failures, read_checked_pair,
+    resolve_file_ending,
 )
 from autoseg.evaluation.metrics import SegClass, case_metrics, evaluation_classes
 from autoseg.postprocessing.connected_components import component_volumes_mm3, keep_largest, remove_small
@@ -269,7 +270,11 @@ def check_decision(decision: Any, where: str) -> dict[str, Any]:
 
 
 def _apply_file(source: Path, target: Path, decision: Mapping[str, Any]) -> None:
+    """Postprocess one label map. One holding non-integer values (a probability map or float image given in
+    its place) is refused as ``evaluate`` refuses it: it was written back with its voxels of the steps' values
+    edited, as if it were a label map."""
     seg, geometry = read_image(source)
+    check_integer_labels(source, seg)
     write_image(apply_postprocessing(decision, seg, geometry.spacing), geometry, target)
 
 
