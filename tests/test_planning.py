@@ -308,6 +308,25 @@ def test_fingerprint_errors_are_clear():
         build_plans([], memory_budget_bytes=GIB)
 
 
+@pytest.mark.parametrize("spacing", [[1e200, 1e200, 1.0], [float("inf"), 1.0, 1.0]])
+def test_a_fingerprint_spacing_verify_refuses_names_the_fingerprint(spacing):
+    """A hand-edited fingerprint.json with a 1e200 mm voxel side planned into an internal OverflowError
+    (and a spacing no header can give blamed the case's header): the fingerprint is named, to re-run."""
+    fp = fingerprint([[1.0, 1.0, 1.0]] * 3 + [spacing], [[24, 32, 32]] * 4)
+    fp["case_ids"] = [f"case{i}" for i in range(4)]
+    with pytest.raises(FingerprintError, match=r"^fp\.json: case case3 has voxel spacing .* mm, beyond the 100000 mm "
+                                               r"`autoseg verify` accepts .*; delete it and re-run `autoseg fingerprint`$"):
+        plan(fp, source="fp.json")
+
+
+def test_a_resampled_size_beyond_any_float_is_refused_in_words():
+    """A case at 1e5 mm (what verify accepts) among cases at 1e-100 mm resamples to 2.46e+319 voxels,
+    which f"{count:.3g}" could not write (OverflowError)."""
+    fp = fingerprint([[1e-100] * 3] * 5 + [[1e5] * 3], [[24, 32, 32]] * 6)
+    with pytest.raises(PlanError, match=r"case 5 has voxel spacing .* would resample to 2\.46e\+319 voxels; fix that case's header"):
+        plan(fp)
+
+
 def test_planning_errors_are_clear():
     with pytest.raises(PlanError, match="unknown configuration"):
         plan(MRI_SMALL, configs=["3d_highres"])

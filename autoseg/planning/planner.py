@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+from decimal import Decimal
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
@@ -22,6 +23,7 @@ import torch
 
 from autoseg import __version__
 from autoseg.dataset.imageio import NATURAL_2D_ENDINGS
+from autoseg.dataset.verify import MAX_SPACING_MM
 from autoseg.errors import FingerprintError, PlanError
 from autoseg.networks import Topology, default_network, get_network_spec
 from autoseg.planning import accounting as A
@@ -149,17 +151,35 @@ def check_fingerprint(fingerprint: Any, source: str) -> dict[str, Any]:
     try:
         spacing_array = np.asarray(spacings, dtype=float)
         shape_array = np.asarray(shapes, dtype=float)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond any float
         raise FingerprintError(f"{source}: spacings and shapes must be lists of 3 numbers per case; {fix}") from None
     if spacing_array.ndim != 2 or spacing_array.shape[1] != 3 or shape_array.shape != spacing_array.shape:
         raise FingerprintError(f"{source}: spacings and shapes must be lists of 3 numbers per case; {fix}")
     if not (np.all(spacing_array > 0) and np.all(shape_array >= 1)):
         raise FingerprintError(f"{source}: spacings must be > 0 and shapes >= 1 in every case; {fix}")
+    _check_spacings_verifiable(fingerprint, spacing_array, source)
     channels = fingerprint["channel_names"]
     absent = [c for c in channels if c not in fingerprint["foreground_intensity_properties_per_channel"]]
     if absent:
         raise FingerprintError(f"{source}: no intensity statistics for channel(s) {', '.join(absent)}; {fix}")
     return fingerprint
+
+
+def _check_spacings_verifiable(fingerprint: dict[str, Any], spacing_array: np.ndarray, source: str) -> None:
+    """Refuse a voxel side that ``autoseg verify`` refuses (beyond ``MAX_SPACING_MM``, or infinite): no
+    fingerprint computed by autoseg holds one, so the file was edited by hand. 1e200 mm planned into an
+    internal OverflowError, and the case's header was blamed where the fingerprint was wrong."""
+    beyond = np.argwhere(~(spacing_array <= MAX_SPACING_MM))
+    if beyond.size == 0:
+        return
+    index = int(beyond[0][0])
+    case_ids = fingerprint.get("case_ids") or []
+    case = case_ids[index] if index < len(case_ids) else f"number {index}"
+    shown = " x ".join(f"{v:g}" for v in spacing_array[index])
+    raise FingerprintError(
+        f"{source}: case {case} has voxel spacing {shown} mm, beyond the {MAX_SPACING_MM:g} mm `autoseg verify` "
+        "accepts (a fingerprint edited by hand?); delete it and re-run `autoseg fingerprint`"
+    )
 
 
 def fingerprint_digest(fingerprint: dict[str, Any]) -> str:
@@ -922,6 +942,16 @@ def _flat_3d_patch_notes(configurations: dict[str, dict[str, Any]], budget_secon
     return notes
 
 
+def _voxel_count(count: int) -> str:
+    """``count`` in 3 significant digits; through ``Decimal`` because a product of resampled sizes can pass
+    the largest float (a case at 1e5 mm among cases at 1e-100 mm), where ``f"{count:.3g}"`` raises
+    OverflowError (``Decimal`` writes "e+9" where float writes "e+09", hence only then)."""
+    try:
+        return f"{count:.3g}"
+    except OverflowError:
+        return f"{Decimal(count):.3g}"
+
+
 def _check_resampled_sizes(fingerprint: dict[str, Any], target: Sequence[float]) -> None:
     """Refuse a case whose voxel size would resample it to more voxels than any machine holds, or to a
     few voxels (more than ``MAX_CASE_DOWNSAMPLING`` times coarser along an axis).
@@ -935,7 +965,7 @@ def _check_resampled_sizes(fingerprint: dict[str, Any], target: Sequence[float])
     for case, shape, spacing in zip(case_ids, fingerprint["shapes_after_crop"], fingerprint["spacings"]):
         if math.prod(shape) > C.MAX_RESAMPLED_VOXELS:  # huge as stored: no header fix can help (it was advised)
             raise PlanError(
-                f"{fingerprint.get('dataset_name', 'dataset')}: case {case} holds {shown(shape)} = {math.prod(shape):.3g} "
+                f"{fingerprint.get('dataset_name', 'dataset')}: case {case} holds {shown(shape)} = {_voxel_count(math.prod(shape))} "
                 f"voxels after cropping, more than one case may hold ({C.MAX_RESAMPLED_VOXELS:.3g}, 8 GiB per float32 "
                 "channel); crop it to the region of interest or resample it coarser, then re-run `autoseg fingerprint` and `autoseg plan`"
             )
@@ -944,7 +974,7 @@ def _check_resampled_sizes(fingerprint: dict[str, Any], target: Sequence[float])
             continue
         kind, resampled = found
         if kind == "voxels":
-            outcome, units = f"{math.prod(resampled):.3g} voxels", "microns or cm instead of mm?"
+            outcome, units = f"{_voxel_count(math.prod(resampled))} voxels", "microns or cm instead of mm?"
         else:
             outcome, units = f"{shown(resampled)}", "metres or cm instead of mm?"
         raise PlanError(
