@@ -531,14 +531,16 @@ def test_sharding_splits_cases_disjointly(tmp_path: Path) -> None:
         shard(cases, 2, 2)
 
 
-@pytest.mark.parametrize("case_id", ["scan[1]", "a*b?", "x[!y]"])
-def test_one_file_whose_name_holds_glob_characters_is_its_case(tmp_path: Path, case_id: str) -> None:
+@pytest.mark.parametrize(("case_id", "ending"), [("scan[1]", ".nii.gz"), ("a*b?", ".nii.gz"), ("x[!y]", ".nii.gz"),
+                                                ("CT", ".NII.GZ"), ("ct", ".nii.GZ")])
+def test_one_file_whose_name_holds_glob_characters_is_its_case(tmp_path: Path, case_id: str, ending: str) -> None:
     """``-i scan[1]_0000.nii.gz`` found 'no images' (the name was read as a glob pattern); ``a*b?_0000`` also
-    took other cases' files (``aXXbY_0000``) as cases of the run."""
-    for name in (f"{case_id}_0000.nii.gz", f"{case_id}_0001.nii.gz", "aXXbY_0000.nii.gz", "scan1_0000.nii.gz",
-                 "xz_0000.nii.gz"):
+    took other cases' files (``aXXbY_0000``) as cases of the run; ``-i CT_0000.NII.GZ`` found 'no images'
+    (looked for as ``.nii.gz``), though the folder holding it worked."""
+    for name in (f"{case_id}_0000{ending}", f"{case_id}_0001.nii.gz", "aXXbY_0000.nii.gz", "scan1_0000.nii.gz",
+                 "xz_0000.nii.gz", f"{case_id}_0002.nrrd", f"{case_id}_01.nii.gz"):
         (tmp_path / name).write_bytes(b"")
-    cases = discover_cases(tmp_path / f"{case_id}_0000.nii.gz")
+    cases = discover_cases(tmp_path / f"{case_id}_0000{ending}")
     assert [(c.case_id, sorted(c.channels)) for c in cases] == [(case_id, [0, 1])]
 
 

@@ -9,7 +9,6 @@ whose outputs exist (every output is written atomically, so an existing file is 
 from __future__ import annotations
 
 import functools
-import glob
 import json
 import math
 import os
@@ -159,12 +158,17 @@ def _add(cases: dict[str, InputCase], path: Path, stem: str) -> None:
 
 
 def _channel_siblings(path: Path, case_id: str, ending: str) -> list[Path]:
-    """The channel files of ``path``'s case beside it, ``path`` included.
+    """The channel files (``<case_id>_XXXX<ending>``, ``ending`` in any case) beside ``path``, ``path`` included.
 
-    The case id is escaped for the pattern: a name holding ``[``, ``*`` or ``?`` (``scan[1]_0000.nii.gz``)
-    found nothing, or other cases' files, when read as glob syntax.
+    Names are compared, not globbed: a name holding ``[``, ``*`` or ``?`` (``scan[1]_0000.nii.gz``) found
+    nothing, or other cases' files, as a glob pattern, and ``CT_0000.NII.GZ`` was looked for as ``.nii.gz``.
     """
-    return sorted(path.parent.glob(f"{glob.escape(case_id)}_[0-9][0-9][0-9][0-9]{glob.escape(ending)}"))
+    siblings = []
+    for entry in sorted(path.parent.iterdir()):
+        match = CHANNEL_SUFFIX.match(entry.name[: -len(ending)]) if image_ending(entry) == ending else None
+        if match and match["case"] == case_id and entry.is_file():
+            siblings.append(entry)
+    return siblings
 
 
 def discover_cases(input_path: str | Path) -> list[InputCase]:
