@@ -26,7 +26,7 @@ import pytest
 import torch
 
 from autoseg.dataset.description import load_description
-from autoseg.dataset.imageio import read_image
+from autoseg.dataset.imageio import read_image, write_image
 from autoseg.errors import TrainingError
 from autoseg.inference.batch import PREDICT_INFO, predict_folder
 from autoseg.inference.model import load_model
@@ -273,9 +273,47 @@ def test_cascade_without_lowres_predictions_names_the_fix(
     predictions = tmp_path / "results" / DATASET / LOWRES_MODEL / NEXT_STAGE_FOLDER
     message = (
         f"{predictions}: previous-stage predictions missing for {len(CASES)} case(s) "
-        f"({', '.join(sorted(CASES)[:5])}...); train all 5 folds of the previous stage first"
+        f"({', '.join(sorted(CASES)[:5])}...); train fold(s) 0, 1, 2, 3, 4 of the previous stage first (of 5 in "
+        f"{trained['preprocessed'] / 'splits_final.json'}; each writes its validation cases there)"
     )
     with pytest.raises(TrainingError, match=f"^{re.escape(message)}"):
         train_fold(DATASET, CASCADE, 0, epochs=1, overrides=TRAIN_SETTINGS, workers=0, device="cpu")
     assert not (tmp_path / "results" / DATASET / CASCADE_MODEL / "fold_0").exists()
 
+
+
+def test_missing_predictions_name_the_folds_of_the_splits_file(tmp_path: Path) -> None:
+    """The fix said "train all 5 folds" whatever splits_final.json held: a 3-fold file with fold 1
+    trained, and a case in no fold's validation set (no fold ever predicts it)."""
+    predictions, preprocessed = tmp_path / NEXT_STAGE_FOLDER, tmp_path / "preprocessed"
+    predictions.mkdir()
+    preprocessed.mkdir()
+    (predictions / "b.nii.gz").write_bytes(b"")  # fold 1's validation case: trained
+    splits = [{"train": ["b", "c", "d"], "val": ["a"]}, {"train": ["a", "c", "d"], "val": ["b"]},
+              {"train": ["a", "b", "d"], "val": ["c"]}]
+    (preprocessed / "splits_final.json").write_text(json.dumps(splits))
+    message = (f"{predictions}: previous-stage predictions missing for 3 case(s) (a, c, d); train fold(s) 0, 2 of the "
+               f"previous stage first (of 3 in {preprocessed / 'splits_final.json'}; each writes its validation cases "
+               f"there); d in no fold's 'val' of {preprocessed / 'splits_final.json'}, so no fold predicts them: add "
+               "each to one fold's 'val' and train that fold")
+    with pytest.raises(TrainingError, match=f"^{re.escape(message)}$"):
+        prepare_previous_stage(predictions, tmp_path / CACHE_FOLDER, preprocessed / FULLRES_STORE, ["a", "b", "c", "d"],
+                               cascade_plans(), CASCADE, ".nii.gz")
+
+
+def test_a_previous_stage_prediction_with_labels_the_dataset_lacks_is_refused(trained: dict[str, Path],
+                                                                              tmp_path: Path) -> None:
+    """Another dataset's (or a hand-made) 3d_lowres prediction holding label 7 trained the cascade in silence,
+    its one-hot input dropping the 7s; it is named with its values, before any cache of it is written."""
+    predictions = tmp_path / NEXT_STAGE_FOLDER
+    shutil.copytree(trained["lowres"] / NEXT_STAGE_FOLDER, predictions)
+    case = CASES[0]
+    labels, geometry = read_image(predictions / f"{case}.nii.gz")
+    labels[0, 0, 0] = 7
+    write_image(labels, geometry, predictions / f"{case}.nii.gz")
+    with pytest.raises(TrainingError, match=rf"^{re.escape(str(predictions / case))}\.nii\.gz: previous-stage prediction "
+                                            r"holds label values 7, not among this dataset's labels \(0, 1, 2\); "
+                                            r"it is not a prediction of this dataset's previous stage"):
+        prepare_previous_stage(predictions, tmp_path / CACHE_FOLDER, trained["preprocessed"] / FULLRES_STORE, [case],
+                               load_plans(plans_path(trained["preprocessed"])), CASCADE, ".nii.gz")
+    assert not (tmp_path / CACHE_FOLDER / f"{case}.npy").exists()

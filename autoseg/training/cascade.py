@@ -16,7 +16,9 @@ import numpy as np
 from autoseg.dataset.imageio import read_image
 from autoseg.errors import TrainingError
 from autoseg.preprocessing.inverse import label_to_preprocessed_grid
+from autoseg.preprocessing.runner import declared_label_values
 from autoseg.preprocessing.store import case_paths, load_properties
+from autoseg.training.splits import SPLITS_FILE, read_splits
 from autoseg.utils.atomic import atomic_path
 
 NEXT_STAGE_FOLDER = "predicted_next_stage"
@@ -41,8 +43,8 @@ def prepare_previous_stage(
     if missing:
         raise TrainingError(
             f"{predictions}: previous-stage predictions missing for {len(missing)} case(s) "
-            f"({', '.join(missing[:5])}{'...' if len(missing) > 5 else ''}); train all 5 folds of the "
-            "previous stage first (each writes its validation cases there)"
+            f"({', '.join(missing[:5])}{'...' if len(missing) > 5 else ''}); "
+            f"{_folds_to_train(missing, store.parent / SPLITS_FILE)}"
         )
     cache.mkdir(parents=True, exist_ok=True)
     for case_id in case_ids:
@@ -54,7 +56,40 @@ def prepare_previous_stage(
         if target.is_file() and target.stat().st_mtime >= made_from:
             continue
         labels, _ = read_image(source)
+        _check_previous_stage_values(source, labels, plans)
         on_grid = label_to_preprocessed_grid(labels, load_properties(store, case_id), plans, configuration)
         with atomic_path(target) as tmp:
             np.save(tmp, np.asarray(on_grid, dtype=np.int16)[None], allow_pickle=False)
     return cache
+
+
+def _folds_to_train(missing: Sequence[str], splits_path: Path) -> str:
+    """The fix for missing previous-stage predictions: the folds of ``splits_path`` whose validation sets
+    hold them (each fold writes its validation cases). It said "train all 5 folds" whatever the splits
+    file held, and nothing of a case in no fold's validation set, which no fold ever predicts."""
+    if not splits_path.is_file():
+        return "train every fold of the previous stage first (each writes its validation cases there)"
+    splits = read_splits(splits_path)
+    folds = sorted({i for i, split in enumerate(splits) if set(split["val"]) & set(missing)})
+    unvalidated = [c for c in missing if not any(c in split["val"] for split in splits)]
+    fixes = [f"train fold(s) {', '.join(map(str, folds))} of the previous stage first (of {len(splits)} in "
+             f"{splits_path}; each writes its validation cases there)"] if folds else []
+    if unvalidated:
+        fixes.append(f"{', '.join(unvalidated[:5])}{'...' if len(unvalidated) > 5 else ''} in no fold's 'val' of "
+                     f"{splits_path}, so no fold predicts them: add each to one fold's 'val' and train that fold")
+    return "; ".join(fixes)
+
+
+def _check_previous_stage_values(source: Path, labels: np.ndarray, plans: dict[str, Any]) -> None:
+    """Refuse a previous-stage label map holding values outside the dataset's labels: the one-hot input
+    silently dropped them (another dataset's or a hand-made 3d_lowres prediction trained the cascade on
+    a wrong input). Its own model never writes them, so no real case is refused."""
+    declared = declared_label_values(plans)
+    unknown = [v for v in np.unique(labels).tolist() if v not in declared]  # 0.5 of a float map, too
+    if unknown:
+        raise TrainingError(
+            f"{source}: previous-stage prediction holds label values {', '.join(f'{v:g}' for v in unknown[:8])}"
+            f"{'...' if len(unknown) > 8 else ''}, not among this dataset's labels ({', '.join(map(str, sorted(declared)))}); "
+            "it is not a prediction of this dataset's previous stage: delete it and train the previous stage's "
+            "fold that validates this case again"
+        )
