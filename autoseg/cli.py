@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from autoseg.errors import AutosegError
+from autoseg.errors import AutosegError, out_of_memory_message
 from autoseg.utils.termination import TERMINATED_EXIT_CODE, Terminated, sigterm_as_interrupt
 
 app = typer.Typer(
@@ -103,8 +103,6 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             _fail("interrupted", 130)
         except typer.Exit:
             raise
-        except MemoryError:
-            _fail("out of memory (RAM); use fewer worker processes (-np) or a machine with more RAM", 2)
         except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
             if isinstance(exc, BrokenPipeError) and _stdout_closed():  # `autoseg ... | head`: the reader left
                 raise typer.Exit(SIGPIPE_EXIT_CODE) from None  # stop quietly (another pipe breaking is a bug)
@@ -113,13 +111,9 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             environment = environment_error_message(exc) if isinstance(exc, OSError) else None
             if environment is not None:
                 _fail(environment, 2)
-            if type(exc).__name__ == "OutOfMemoryError":  # torch's CUDA/MPS out-of-memory error
-                first = (str(exc).strip().splitlines() or [""])[0]
-                _fail(
-                    f"out of GPU memory ({first}); re-plan with a smaller --gpu-memory (smaller patch/batch) "
-                    "or use a GPU with more memory",
-                    2,
-                )
+            out_of_memory = out_of_memory_message(exc, func.__name__)
+            if out_of_memory is not None:
+                _fail(out_of_memory, 2)
             _fail(
                 f"internal error ({type(exc).__name__}: {exc}); this is a bug in autoseg, please report it "
                 "with the command you ran (AUTOSEG_DEBUG=1 prints the traceback)",

@@ -52,3 +52,44 @@ class ModelFileError(AutosegError):
 
 class UsageError(AutosegError):
     """A command-line value is malformed (a duration, a fold, an override)."""
+
+
+# torch's CPU allocator reports a failed allocation as a RuntimeError, not a MemoryError:
+# "[enforce fail at alloc_cpu.cpp:127] ... DefaultCPUAllocator: can't allocate memory: you tried to allocate N bytes".
+CPU_ALLOCATION_FAILURE = "can't allocate memory"
+GPU_MEMORY_FIX = "re-plan with a smaller --gpu-memory (smaller patch/batch) or use a GPU with more memory"
+# How a command that ran out of RAM needs less; the others spread their work over worker processes.
+RAM_FIXES = {
+    "train": "train with a smaller --set batch_size=N or --set patch_size=[...], fewer data workers (--workers), or "
+             "plan for this machine with autoseg plan ... --budget",
+    "predict": "predict on a machine with more RAM, or with --no-tta / fewer folds",
+    "demo": "run the demo on a machine with more RAM",
+}
+RAM_FIX = "use fewer worker processes (-np) or a machine with more RAM"
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says memory ran out: a MemoryError (Python, numpy), torch's OutOfMemoryError
+    (CUDA/MPS) or torch's CPU allocator failing, which raises a plain RuntimeError."""
+    return (isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+            or (isinstance(exc, RuntimeError) and CPU_ALLOCATION_FAILURE in str(exc)))
+
+
+def memory_error_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message; torch's CPU allocator's from its complaint on, past the source
+    location it starts with ("[enforce fail at alloc_cpu.cpp:127] err == 0.")."""
+    first = (str(exc).strip().splitlines() or [""])[0]
+    start = first.find(CPU_ALLOCATION_FAILURE) if first.startswith("[enforce fail") else -1
+    return first[start:] if start >= 0 else first
+
+
+def out_of_memory_message(exc: BaseException, command: str) -> str | None:
+    """One line for memory running out in ``command``, which is no bug: what ran out and how to need less;
+    None for any other error. torch's CPU allocator failing ended as 'internal error ... this is a bug'."""
+    if not is_out_of_memory(exc):
+        return None
+    first = memory_error_line(exc)
+    detail = f" ({first})" if first else ""
+    if type(exc).__name__ == "OutOfMemoryError":  # torch's CUDA/MPS out-of-memory error
+        return f"out of GPU memory{detail}; {GPU_MEMORY_FIX}"
+    return f"out of memory (RAM){detail}; {RAM_FIXES.get(command, RAM_FIX)}"

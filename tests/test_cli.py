@@ -6,6 +6,7 @@ import os
 import time
 import types
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -330,6 +331,42 @@ def test_file_system_refusals_the_user_can_fix_are_not_reported_as_bugs(raised: 
     result = runner.invoke(single, [])
     assert result.exit_code == 2, result.output
     assert f"autoseg: error: {expected}" in result.output and "internal error" not in result.output
+
+
+ALLOCATION_FAILURE = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+                      "tried to allocate 905969664 bytes. Error code 12 (Cannot allocate memory)")
+TRAIN_RAM_FIX = ("train with a smaller --set batch_size=N or --set patch_size=[...], fewer data workers (--workers), or "
+                 "plan for this machine with autoseg plan ... --budget")
+
+
+@pytest.mark.parametrize(("stage", "raised", "expected"), [
+    ("train", RuntimeError(ALLOCATION_FAILURE), "out of memory (RAM) (can't allocate memory: you tried to allocate "
+     f"905969664 bytes. Error code 12 (Cannot allocate memory)); {TRAIN_RAM_FIX}"),
+    ("train", MemoryError(), f"out of memory (RAM); {TRAIN_RAM_FIX}"),
+    ("preprocess", MemoryError(), "out of memory (RAM); use fewer worker processes (-np) or a machine with more RAM"),
+    ("train", "OutOfMemoryError", "out of GPU memory (CUDA out of memory. Tried to allocate 2.00 GiB); re-plan with a "
+     "smaller --gpu-memory"),
+])
+def test_memory_running_out_is_one_line_with_the_fix_not_a_bug(stage: str, raised: Any, expected: str) -> None:
+    """torch's CPU allocator failing (a RuntimeError: 'can't allocate memory') ended as 'internal error ...
+    this is a bug in autoseg' with exit code 1; a MemoryError in train was told to use -np, which train lacks."""
+    import torch
+    import typer
+
+    from autoseg.cli import user_errors
+
+    single = typer.Typer()
+    error = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB") if raised == "OutOfMemoryError" else raised
+
+    def work() -> None:
+        raise error
+
+    work.__name__ = stage
+    single.command()(user_errors(work))
+    result = runner.invoke(single, [])
+    assert result.exit_code == 2, result.output
+    assert f"autoseg: error: {expected}" in result.output, result.output
+    assert "internal error" not in result.output and "Traceback" not in result.output
 
 
 def test_a_file_where_a_root_folder_is_needed_names_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -58,6 +58,22 @@ def test_probe_reports_a_crashed_or_hung_child(code: str, timeout: float, messag
     assert re.search(message, why), why
 
 
+ALLOCATION_FAILURE = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+                      "tried to allocate 452984832 bytes. Error code 12 (Cannot allocate memory)")
+
+
+@pytest.mark.parametrize(("code", "message"), [
+    (f"import autoseg.networks.bf16_guard as guard\ndef step(*args):\n    raise RuntimeError({ALLOCATION_FAILURE!r})\n"
+     "guard.bf16_steps = step\nguard.main()", r"in a child process: can't allocate memory: you tried to allocate 452984832"),
+    ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", "killed by SIGKILL, most often the out-of-memory killer"),
+])
+def test_probe_running_out_of_memory_is_no_bf16_crash(code: str, message: str) -> None:
+    """Under a memory limit torch's allocator failing in the probe ('can't allocate memory', a RuntimeError)
+    was reported as a oneDNN bf16 crash, and training fell back to float32, which needs more memory."""
+    with pytest.raises(MemoryError, match=r"a bf16 training step of unet at patch \[16, 16, 16\], batch 2 .*" + message):
+        bf16_step_survives(TINY_SPEC, command=[sys.executable, "-c", code], timeout=120)
+
+
 def test_training_falls_back_to_float32_when_the_probe_dies(results: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seen = []
 

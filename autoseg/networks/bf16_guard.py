@@ -7,23 +7,30 @@ convolutions: on a Xeon with AMX, 32->32 channels with a 1x3x3, 3x3x1 or 1x1x1 k
 are a kernel-selection matter, not a rule the planner could avoid; docs/troubleshooting.md). A crash
 there kills the trainer, a corrupted heap may hang it instead; so the plan's network (with its aux heads,
 and Vox2Vox's discriminator) takes two bf16 steps at the training patch and batch in a child process
-first, and training falls back to float32 when the child does not finish cleanly.
+first, and training falls back to float32 when the child does not finish cleanly. A child that runs out
+of memory is no bf16 crash (float32 would need more): that is raised as a MemoryError.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from typing import Any, Sequence
 
 import torch
 
+from autoseg.errors import is_out_of_memory, memory_error_line
+
 # Two steps: the first backward of the crashing shapes already dies; the second catches a corruption
 # that only shows when the allocator reuses the damaged block.
 PROBE_STEPS = 2
 # Seconds the child may take (torch import, network build, two steps) before it counts as hung.
 PROBE_TIMEOUT_SECONDS = 180.0
+# The child's exit code when its steps ran out of memory (ENOMEM's number); SIGKILL, the kernel's
+# out-of-memory killer's signal, says the same (a oneDNN crash aborts or segfaults).
+OUT_OF_MEMORY_EXIT_CODE = 12
 
 
 def probe_command() -> list[str]:
@@ -41,7 +48,9 @@ def step_spec(network: str, topology: dict[str, Any], in_channels: int, n_output
 
 def bf16_step_survives(spec: dict[str, Any], command: Sequence[str] | None = None,
                        timeout: float = PROBE_TIMEOUT_SECONDS) -> tuple[bool, str]:
-    """(True, "") when the child finished ``spec``'s bf16 steps; else (False, what happened)."""
+    """(True, "") when the child finished ``spec``'s bf16 steps; else (False, what happened). Raises
+    MemoryError when the child ran out of memory: an allocation failure was taken for a oneDNN crash,
+    and training fell back to float32, which needs more memory still."""
     try:
         done = subprocess.run(list(command or probe_command()), input=json.dumps(spec), capture_output=True,
                               text=True, timeout=timeout, check=False)
@@ -51,6 +60,10 @@ def bf16_step_survives(spec: dict[str, Any], command: Sequence[str] | None = Non
         return True, ""
     why = f"killed by signal {-done.returncode}" if done.returncode < 0 else f"exit code {done.returncode}"
     last = (done.stderr.strip().splitlines() or [""])[-1]
+    out_of_memory = {OUT_OF_MEMORY_EXIT_CODE: last, -signal.SIGKILL: "killed by SIGKILL, most often the out-of-memory killer"}
+    if done.returncode in out_of_memory:
+        raise MemoryError(f"a bf16 training step of {spec['network']} at patch {spec['patch']}, batch {spec['batch']} "
+                          f"in a child process: {out_of_memory[done.returncode]}")
     return False, f"a bf16 step crashed ({why}{': ' + last if last else ''})"
 
 
@@ -96,5 +109,17 @@ def _run_probe(spec: dict[str, Any]) -> None:
     bf16_steps(network, discriminator, torch.randn(int(spec["batch"]), spec["in_channels"], *spec["patch"]))
 
 
+def main() -> None:
+    """The child's entry point: the spec from stdin; out of memory exits with ``OUT_OF_MEMORY_EXIT_CODE``
+    after printing the error's first line, which the parent reports."""
+    try:
+        _run_probe(json.loads(sys.stdin.read()))
+    except Exception as exc:  # noqa: BLE001 - only memory running out is told apart
+        if not is_out_of_memory(exc):
+            raise
+        print(memory_error_line(exc) or type(exc).__name__, file=sys.stderr)
+        sys.exit(OUT_OF_MEMORY_EXIT_CODE)
+
+
 if __name__ == "__main__":
-    _run_probe(json.loads(sys.stdin.read()))
+    main()
