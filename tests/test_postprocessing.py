@@ -177,6 +177,20 @@ def test_a_hand_edited_step_is_refused_naming_the_decision_file(tmp_path, step, 
     assert not (tmp_path / "post").exists()
 
 
+@pytest.mark.parametrize("ending", ["", "nii.gz", ".txt"])
+def test_a_hand_edited_file_ending_is_refused_naming_the_decision_file(tmp_path, ending):
+    """An empty file_ending took every file of the folder as one case named '' (the label maps collapsed into
+    one case, the decision file), and failed on the decision file as 'unsupported file type'."""
+    preds, refs = _make_cv_folders(tmp_path)
+    decision = determine_postprocessing(preds, refs, LABELS, num_workers=1, file_ending=".nii.gz")
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps({**decision, "file_ending": ending}))
+    with pytest.raises(EvaluationError, match=rf"edited\.json: file_ending {re.escape(repr(ending))} is not an image file "
+                                              r"ending \(one of \.nii\.gz, .*\); re-run autoseg postprocess determine"):
+        apply_to_folder(preds, tmp_path / "post", path, num_workers=1)
+    assert not (tmp_path / "post").exists()
+
+
 def test_apply_refuses_the_input_folder_or_a_file_as_output(tmp_path):
     preds, refs = _make_cv_folders(tmp_path)
     determine_postprocessing(preds, refs, LABELS, num_workers=1, file_ending=".nii.gz")

@@ -27,7 +27,7 @@ import numpy as np
 
 from autoseg.utils.jsonio import read_json
 from autoseg.dataset.description import DatasetDescription
-from autoseg.dataset.imageio import read_image, write_image
+from autoseg.dataset.imageio import SUPPORTED_ENDINGS, image_ending, read_image, write_image
 from autoseg.errors import EvaluationError
 from autoseg.evaluation.evaluate import (
     check_integer_labels, declared_values, list_cases, match_cases, raise_failures, read_checked_pair,
@@ -242,6 +242,14 @@ def _step_problem(step: Any) -> str | None:
     return None
 
 
+def _file_ending_problem(ending: str) -> str | None:
+    """Why a stored ``file_ending`` names no image files (``None`` when it does): an empty one took every file
+    of the folder, all as the case '' (the label maps collapsed into one case, the decision file that case)."""
+    if ending.startswith(".") and image_ending(f"case{ending}") == ending.lower():
+        return None
+    return f"file_ending {ending!r} is not an image file ending (one of {', '.join(SUPPORTED_ENDINGS)})"
+
+
 def load_decision(path: str | Path) -> dict[str, Any]:
     """Read a ``postprocessing.json``; raise ``EvaluationError`` naming the file if it is not one.
 
@@ -263,7 +271,8 @@ def check_decision(decision: Any, where: str) -> dict[str, Any]:
         or not isinstance(decision.get("steps"), list) or not isinstance(decision.get("file_ending"), str)
     ):
         raise EvaluationError(f"{where}: is not a postprocessing decision (version {DECISION_VERSION}); re-run postprocess determine")
-    problem = next((p for p in map(_step_problem, decision["steps"]) if p is not None), None)
+    problem = _file_ending_problem(decision["file_ending"])
+    problem = problem or next((p for p in map(_step_problem, decision["steps"]) if p is not None), None)
     if problem is not None:
         raise EvaluationError(f"{where}: {problem}; re-run autoseg postprocess determine")
     return decision
