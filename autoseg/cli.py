@@ -66,6 +66,8 @@ ENVIRONMENT_ERRNO_FIXES = {
     errno.EROFS: "the file system is read-only; choose a writable folder",
     errno.ENOSPC: "the disk is full; free space or choose a folder on another disk",
     errno.EDQUOT: "the disk quota is exhausted; free space or choose a folder on another disk",
+    errno.ENAMETOOLONG: "a file or folder name there is longer than the file system allows (most take 255 "
+                        "bytes a name); choose shorter names",
 }
 
 

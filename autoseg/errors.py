@@ -7,6 +7,8 @@ ever reaches the user as a traceback.
 
 from __future__ import annotations
 
+import errno
+
 
 class AutosegError(Exception):
     """Base class of all errors caused by user input or environment; exit code 2."""
@@ -70,9 +72,11 @@ RAM_FIX = "use fewer worker processes (-np) or a machine with more RAM"
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """Whether ``exc`` says memory ran out: a MemoryError (Python, numpy), torch's OutOfMemoryError
-    (CUDA/MPS) or torch's CPU allocator failing, which raises a plain RuntimeError."""
+    (CUDA/MPS), torch's CPU allocator failing, which raises a plain RuntimeError, or the system refusing
+    memory to a call (ENOMEM, e.g. starting worker processes: an OSError)."""
     return (isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
-            or (isinstance(exc, RuntimeError) and CPU_ALLOCATION_FAILURE in str(exc)))
+            or (isinstance(exc, RuntimeError) and CPU_ALLOCATION_FAILURE in str(exc))
+            or (isinstance(exc, OSError) and exc.errno == errno.ENOMEM))
 
 
 def memory_error_line(exc: BaseException) -> str:

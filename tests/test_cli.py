@@ -313,6 +313,9 @@ def test_predict_refusals_are_the_inference_packages_for_python_callers_too(aske
      "/data/results/x.json: Permission denied; no permission there; choose a folder you can write to"),
     (OSError(28, "No space left on device", "/data/pre/a.b2nd"),
      "/data/pre/a.b2nd: No space left on device; the disk is full"),
+    # -o with a name over 255 bytes: 'internal error (OSError: [Errno 36] File name too long ...)'
+    (OSError(36, "File name too long", "/data/" + "x" * 300),
+     f"/data/{'x' * 300}: File name too long; a file or folder name there is longer than the file system allows"),
 ])
 def test_file_system_refusals_the_user_can_fix_are_not_reported_as_bugs(raised: OSError, expected: str) -> None:
     """AUTOSEG_PREPROCESSED below a file, a folder without write permission or a full disk printed
@@ -344,6 +347,9 @@ TRAIN_RAM_FIX = ("train with a smaller --set batch_size=N or --set patch_size=[.
      f"905969664 bytes. Error code 12 (Cannot allocate memory)); {TRAIN_RAM_FIX}"),
     ("train", MemoryError(), f"out of memory (RAM); {TRAIN_RAM_FIX}"),
     ("preprocess", MemoryError(), "out of memory (RAM); use fewer worker processes (-np) or a machine with more RAM"),
+    # starting worker processes: fork refused by the system, an OSError, not a MemoryError
+    ("preprocess", OSError(12, "Cannot allocate memory"), "out of memory (RAM) ([Errno 12] Cannot allocate memory); "
+     "use fewer worker processes (-np)"),
     ("train", "OutOfMemoryError", "out of GPU memory (CUDA out of memory. Tried to allocate 2.00 GiB); re-plan with a "
      "smaller --gpu-memory"),
 ])
