@@ -267,6 +267,30 @@ def test_apply_of_other_inputs_into_a_filled_folder_is_refused(tmp_path):
     assert _folder_bytes(tmp_path / "out") == before
 
 
+def test_a_folder_emptied_with_rm_takes_another_run(tmp_path):
+    """``rm OUT/*`` leaves the hidden mark: apply of another folder (or predict) into the emptied folder was
+    refused as 'holds the outputs of autoseg postprocess apply', though it held none."""
+    from autoseg.errors import InferenceError
+    from autoseg.inference.batch import check_output_claim
+
+    preds, refs = _make_cv_folders(tmp_path)
+    decision = determine_postprocessing(preds, refs, LABELS, num_workers=1, file_ending=".nii.gz")
+    out = tmp_path / "out"
+    apply_to_folder(preds, out, decision, num_workers=1)
+    with pytest.raises(InferenceError, match=r"out: holds the outputs of autoseg postprocess apply"):
+        check_output_claim(out, {"model_folder": "m"}, [out / "other.nii.gz"])
+    for path in out.glob("*.nii.gz"):
+        path.unlink()
+    check_output_claim(out, {"model_folder": "m"}, [out / "other.nii.gz"])
+    only_case0 = tmp_path / "b"
+    only_case0.mkdir()
+    shutil.copy(refs / "case0.nii.gz", only_case0)
+    apply_to_folder(only_case0, out, decision, num_workers=1)
+    assert sorted(p.name for p in out.iterdir()) == [".autoseg_outputs.json", "case0.nii.gz"]
+    with pytest.raises(EvaluationError, match=r"over .*/b, not over .*/cv"):  # the mark now names the new input
+        apply_to_folder(preds, out, decision, num_workers=1)
+
+
 def test_the_same_apply_rerun_after_a_kill_resumes(tmp_path):
     preds, refs = _make_cv_folders(tmp_path)
     determine_postprocessing(preds, refs, LABELS, num_workers=1, file_ending=".nii.gz")

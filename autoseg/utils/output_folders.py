@@ -69,7 +69,7 @@ def refuse_outputs_not_ours(
     files another tool (or the user) put there, which ``replacing`` would overwrite; or if another autoseg command
     marked it (predict into an ensemble's folder put its label maps beside the ensemble's, under its own record)."""
     other = _read_record(output / OUTPUT_MARKER)
-    if other is not None:
+    if other is not None and _holds_visible_files(output):
         raise error(
             f"{output}: holds the outputs of {other.get('written_by')} ({OUTPUT_MARKER}); {replacing} would put its own "
             "among them. Choose another output folder, or delete this one to replace them"
@@ -108,6 +108,12 @@ def claim_output_files(
             atomic_write_json(output / OUTPUT_MARKER, record)
 
 
+def _holds_visible_files(folder: Path) -> bool:
+    """Whether ``folder`` holds anything but hidden files (the mark, a lock, killed writers' temporaries): a
+    folder emptied with ``rm OUT/*`` keeps its hidden mark, and was refused as holding another run's outputs."""
+    return any(not entry.name.startswith(".") for entry in folder.iterdir())
+
+
 def _read_record(path: Path) -> dict[str, Any] | None:
     """The output folder's mark, or None when there is none (or a killed writer's unreadable one)."""
     try:
@@ -130,7 +136,9 @@ def _refuse_another_run(
             f"{output}: holds the label maps of an autoseg predict run ({PREDICT_RECORD}); {command} would mix its "
             "own with them. Choose another output folder, or delete this one to replace them"
         )
-    if previous is None or (previous.get("written_by") == command and "inputs" not in previous):
+    if previous is None or not _holds_visible_files(output):
+        return  # emptied (``rm OUT/*`` leaves the hidden mark): no outputs to mix with
+    if previous.get("written_by") == command and "inputs" not in previous:
         return
     if previous.get("written_by") != command:
         raise error(
