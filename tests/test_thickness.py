@@ -36,6 +36,17 @@ def test_an_image_one_pixel_wide_bounds_its_structure_to_one_pixel():
     assert structure_thickness_mm(np.ones((1, 1, 1), bool), (999.0, 0.5, 0.5)) == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("order", [(1, 2, 0), (1, 0, 2), (0, 1, 2)])  # sagittal (z, y, 1), coronal, axial
+def test_a_single_slice_is_measured_in_its_plane_whichever_axis_it_lies_along(order):
+    """A single sagittal slice stored (z, y, 1), which the planner plans as 2D, was bounded to one voxel
+    across x: every structure measured 2 mm at 1 mm, and its 2D plan kept a resolution it did not need."""
+    mask = np.zeros((1, 40, 50), bool)
+    mask[0, 10:20, 10:30] = True
+    in_plane = structure_thickness_mm(mask, (1.0, 1.0, 1.0))
+    assert in_plane > 4.0  # a 10 x 20 px rectangle
+    assert structure_thickness_mm(mask.transpose(order), (1.0, 1.0, 1.0)) == pytest.approx(in_plane)
+
+
 def test_absent_structures_have_no_thickness():
     assert structure_thickness_mm(np.zeros((4, 5, 6), bool), (1, 1, 1)) is None
     assert median_thickness({"a": [None, 2.0, 4.0, None, 3.0], "b": [None, None]}) == {"a": 3.0, "b": None}

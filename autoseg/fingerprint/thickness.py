@@ -5,8 +5,9 @@ voxels to the nearest voxel outside it, counted between voxel centres: a slab n 
 n/2 + 1 voxels (3 for 4, 2 for a one-voxel line), a ball of diameter d about d/2. A coarse measure of
 width, but monotonic and robust to a ragged outline. The distance transform runs on the structure's
 bounding box padded by one background voxel (so a structure touching the image border ends there) and
-skips the slice axis when it has size one (a 2D image is measured in its plane); an in-plane axis of size
-one (an image one pixel wide) bounds the structure to one pixel, as any border does.
+skips the slice axis, the first of size one (a 2D image, or a single sagittal or coronal slice, is measured
+in its plane); another axis of size one (an image one pixel wide) bounds the structure to one pixel, as any
+border does.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ def structure_thickness_mm(mask: np.ndarray, spacing: Sequence[float]) -> float 
     """Twice the mean distance (mm) of the mask's voxels to the nearest voxel outside it; None if empty."""
     if not mask.any():
         return None
-    # Only the slice axis (the first) is skipped at size one: skipping a one-pixel-wide image's x axis too
-    # measured its structure along y, its length (16 for a 30 px run one pixel wide), not its width.
-    keep = [a for a in range(mask.ndim) if mask.shape[a] > 1 or a > 0]
+    # Only the slice axis is skipped: skipping a one-pixel-wide image's x axis too measured its structure
+    # along y, its length (16 for a 30 px run one pixel wide), not its width.
+    slice_axis = _slice_axis(mask.shape)
+    keep = [a for a in range(mask.ndim) if a != slice_axis]
     if not keep:  # a single voxel of a 1D array: no extent to measure
         return None
     mask = mask.reshape([mask.shape[a] for a in keep])
@@ -33,6 +35,14 @@ def structure_thickness_mm(mask: np.ndarray, spacing: Sequence[float]) -> float 
     padded = np.pad(mask[box], 1, constant_values=False)
     distance = ndimage.distance_transform_edt(padded, sampling=sampling)
     return float(2.0 * distance[padded].mean())
+
+
+def _slice_axis(shape: Sequence[int]) -> int | None:
+    """The first axis of size one, as ``planning.rules.single_slice_axis`` finds the slice axis of a dataset
+    of single slices: only the first was skipped, so a sagittal slice stored (z, y, 1) bounded every
+    structure to one voxel across x (2 mm at 1 mm), and its 2D plan kept a resolution the structures did
+    not need."""
+    return next((a for a, n in enumerate(shape) if n == 1), None)
 
 
 def case_thickness(label: np.ndarray, spacing: Sequence[float], targets: dict[str, list[int]]) -> dict[str, float | None]:
