@@ -174,6 +174,9 @@ def test_a_hand_edited_step_is_refused_naming_the_decision_file(tmp_path, step, 
     path.write_text(json.dumps({**decision, "steps": [step]}))
     with pytest.raises(EvaluationError, match=rf"edited\.json: {re.escape(expected)}.*; re-run autoseg postprocess determine"):
         apply_to_folder(preds, tmp_path / "post", path, num_workers=1)
+    # The same decision given to the Python API as a mapping: refused alike (was a KeyError in every case).
+    with pytest.raises(EvaluationError, match=rf"decision_json \(the decision given\): {re.escape(expected)}"):
+        apply_to_folder(preds, tmp_path / "post", {**decision, "steps": [step]}, num_workers=1)
     assert not (tmp_path / "post").exists()
 
 

@@ -305,9 +305,15 @@ def apply_to_folder(
     decision_json: str | Path | Mapping[str, Any],
     num_workers: int | None = None,
 ) -> list[Path]:
-    """Postprocess every label map in ``input_dir`` into ``output_dir``; returns the written files."""
+    """Postprocess every label map in ``input_dir`` into ``output_dir``; returns the written files.
+
+    A decision given as a mapping is checked as a file is (``check_decision``): a malformed one failed in every
+    case with a bare ``KeyError``, or raised one, after marking the output folder."""
     input_dir, output_dir = Path(input_dir), Path(output_dir)
-    decision = decision_json if isinstance(decision_json, Mapping) else load_decision(decision_json)
+    if isinstance(decision_json, Mapping):
+        decision = check_decision(dict(decision_json), "decision_json (the decision given)")
+    else:
+        decision = load_decision(decision_json)
     files = list_cases(input_dir, decision["file_ending"])
     if not files:
         raise EvaluationError(f"{input_dir}: no label maps ending in {decision['file_ending']!r} to postprocess")
