@@ -107,6 +107,17 @@ def test_label_values_are_read_as_nnunet_reads_them() -> None:
     assert regions.regions == [("whole", [1, 2]), ("core", [2])]
 
 
+def test_regions_class_order_of_class_labels_is_ignored_as_nnunet_ignores_it() -> None:
+    """Plain class labels with a stray regions_class_order were planned as region-based (vox2vox refused),
+    trained with softmax and predicted with sigmoid regions: 'IndexError: list index out of range'."""
+    classes = parse_description(BASE | {"labels": {"background": 0, "a": 1, "b": 2}, "regions_class_order": [1, 2]},
+                                Path("d.json"))
+    assert classes.regions_class_order is None and not classes.has_regions
+    one_value_regions = parse_description(BASE | {"labels": {"background": 0, "a": [1], "b": [2]},
+                                                  "regions_class_order": [1, 2]}, Path("d.json"))
+    assert one_value_regions.regions_class_order == [1, 2] and one_value_regions.has_regions
+
+
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match=r"dataset\.json: not found"):
         load_description(tmp_path)

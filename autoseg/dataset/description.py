@@ -158,6 +158,10 @@ def parse_description(data: dict[str, Any], path: Path) -> DatasetDescription:
         name=str(data.get("name", "")),
         raw=data,
     )
+    if not desc.has_regions:
+        # As nnU-Net's LabelManager, which reads it only for regions: kept for classes, the plans recorded it,
+        # and prediction of the softmax-trained model took it for sigmoid regions and failed (IndexError).
+        desc.regions_class_order = None
     _check_label_values(desc, path)
     return desc
 
