@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import inspect
 import os
 import select
 import sys
@@ -113,7 +114,7 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             environment = environment_error_message(exc) if isinstance(exc, OSError) else None
             if environment is not None:
                 _fail(environment, 2)
-            out_of_memory = out_of_memory_message(exc, func.__name__)
+            out_of_memory = out_of_memory_message(exc, func.__name__, "num_workers" in inspect.signature(func).parameters)
             if out_of_memory is not None:
                 _fail(out_of_memory, 2)
             _fail(

@@ -60,14 +60,15 @@ class UsageError(AutosegError):
 # "[enforce fail at alloc_cpu.cpp:127] ... DefaultCPUAllocator: can't allocate memory: you tried to allocate N bytes".
 CPU_ALLOCATION_FAILURE = "can't allocate memory"
 GPU_MEMORY_FIX = "re-plan with a smaller --gpu-memory (smaller patch/batch) or use a GPU with more memory"
-# How a command that ran out of RAM needs less; the others spread their work over worker processes.
+# How a command that ran out of RAM needs less; the others take fewer worker processes (-np) where they
+# have them, else a machine with more RAM.
 RAM_FIXES = {
     "train": "train with a smaller --set batch_size=N or --set patch_size=[...], fewer data workers (--workers), or "
              "plan for this machine with autoseg plan ... --budget",
     "predict": "predict on a machine with more RAM, or with --no-tta / fewer folds",
-    "demo": "run the demo on a machine with more RAM",
 }
-RAM_FIX = "use fewer worker processes (-np) or a machine with more RAM"
+WORKERS_RAM_FIX = "use fewer worker processes (-np) or a machine with more RAM"
+MORE_RAM_FIX = "use a machine with more RAM"
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -87,13 +88,15 @@ def memory_error_line(exc: BaseException) -> str:
     return first[start:] if start >= 0 else first
 
 
-def out_of_memory_message(exc: BaseException, command: str) -> str | None:
-    """One line for memory running out in ``command``, which is no bug: what ran out and how to need less;
-    None for any other error. torch's CPU allocator failing ended as 'internal error ... this is a bug'."""
+def out_of_memory_message(exc: BaseException, command: str, takes_workers: bool) -> str | None:
+    """One line for memory running out in ``command`` (with a -np option when ``takes_workers``), which is
+    no bug: what ran out and how to need less; None for any other error. torch's CPU allocator failing
+    ended as 'internal error ... this is a bug', and export-model was told to use -np, which it lacks."""
     if not is_out_of_memory(exc):
         return None
     first = memory_error_line(exc)
     detail = f" ({first})" if first else ""
     if type(exc).__name__ == "OutOfMemoryError":  # torch's CUDA/MPS out-of-memory error
         return f"out of GPU memory{detail}; {GPU_MEMORY_FIX}"
-    return f"out of memory (RAM){detail}; {RAM_FIXES.get(command, RAM_FIX)}"
+    fix = RAM_FIXES.get(command, WORKERS_RAM_FIX if takes_workers else MORE_RAM_FIX)
+    return f"out of memory (RAM){detail}; {fix}"

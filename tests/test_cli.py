@@ -6,7 +6,7 @@ import os
 import time
 import types
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pytest
 from typer.testing import CliRunner
@@ -352,10 +352,12 @@ TRAIN_RAM_FIX = ("train with a smaller --set batch_size=N or --set patch_size=[.
      "use fewer worker processes (-np)"),
     ("train", "OutOfMemoryError", "out of GPU memory (CUDA out of memory. Tried to allocate 2.00 GiB); re-plan with a "
      "smaller --gpu-memory"),
+    ("export_model", MemoryError(), "out of memory (RAM); use a machine with more RAM"),
 ])
 def test_memory_running_out_is_one_line_with_the_fix_not_a_bug(stage: str, raised: Any, expected: str) -> None:
     """torch's CPU allocator failing (a RuntimeError: 'can't allocate memory') ended as 'internal error ...
-    this is a bug in autoseg' with exit code 1; a MemoryError in train was told to use -np, which train lacks."""
+    this is a bug in autoseg' with exit code 1; a MemoryError in train or export-model was told to use
+    -np, which they lack."""
     import torch
     import typer
 
@@ -367,6 +369,10 @@ def test_memory_running_out_is_one_line_with_the_fix_not_a_bug(stage: str, raise
     def work() -> None:
         raise error
 
+    def work_with_workers(num_workers: Optional[int] = typer.Option(None, "-np")) -> None:
+        raise error
+
+    work = work_with_workers if stage == "preprocess" else work
     work.__name__ = stage
     single.command()(user_errors(work))
     result = runner.invoke(single, [])
