@@ -53,6 +53,7 @@ from autoseg.utils.checkpoint_format import (
     network_checkpoint_bytes, read_checkpoint,
 )
 from autoseg.utils.output_folders import check_output_file
+from autoseg.utils.names import string_list
 from autoseg.utils.weights_file import SUFFIX
 
 FORMAT_NAME = MODEL_ZIP_FORMAT
@@ -172,10 +173,10 @@ def ensemble_members(dataset_results: Path, models: Sequence[str]) -> dict[str, 
 def export_model(
     model_folders: str | Path | Sequence[str | Path],
     output_zip: str | Path,
-    folds: Sequence[int | str] = DEFAULT_FOLDS,
+    folds: int | str | Sequence[int | str] = DEFAULT_FOLDS,
     checkpoint: str = DEFAULT_CHECKPOINT,
 ) -> Path:
-    """Write the weights of ``folds`` (from ``checkpoint``) and the description files of one or more
+    """Write the weights of ``folds`` (a sequence or one fold; from ``checkpoint``) and the description files of one or more
     model folders of the same dataset (``<results>/<Dataset>/<network>__<plans>__<config>``) into
     ``output_zip``, with a manifest of checksums. ``checkpoint`` is ``final``, ``best``, ``latest`` or a
     file name such as ``checkpoint_final.safetensors``. Returns the zip's path."""
@@ -183,6 +184,7 @@ def export_model(
     folders = [named_folder(Path(f)) for f in given]
     if not folders:
         raise ModelFileError("export-model: give at least one model folder")
+    folds = string_list(folds)
     if not folds:
         raise ModelFileError("export-model: give at least one fold")
     check_output_file(Path(output_zip), ModelFileError)

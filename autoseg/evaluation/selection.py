@@ -29,6 +29,7 @@ from autoseg.paths import DatasetSpec, preprocessed_root, resolve_dataset, resul
 from autoseg.postprocessing.determine import determine_postprocessing
 from autoseg.training.splits import SPLITS_FILE, read_splits
 from autoseg.utils.atomic import atomic_write_json, atomic_write_text, folder_lock, remove_stale_temporaries, staging_folder
+from autoseg.utils.names import string_list
 from autoseg.utils.probability_files import probability_paths
 
 INSTRUCTIONS_VERSION = 2  # 2: candidate paths relative to <results>/<Dataset>/ (1: absolute)
@@ -299,8 +300,8 @@ def check_fold_names(folds: Sequence[str]) -> None:
 
 def find_best(
     dataset_spec: DatasetSpec,
-    folds: Sequence[int | str] = DEFAULT_FOLDS,
-    configurations: Sequence[str] | None = None,
+    folds: int | str | Sequence[int | str] = DEFAULT_FOLDS,
+    configurations: str | Sequence[str] | None = None,
     allow_ensembles: bool = True,
     num_workers: int | None = None,
 ) -> dict[str, Any]:
@@ -309,10 +310,11 @@ def find_best(
     its paths resolved (``resolve_instructions``).
 
     Args:
-        configurations: only consider model folders of these configurations (e.g. ``3d_fullres``).
+        folds: the folds to merge, a sequence or one fold.
+        configurations: only consider model folders of these configurations (e.g. ``3d_fullres``, or a list).
         allow_ensembles: also evaluate pairwise ensembles of candidates that saved probabilities.
     """
-    folds = [str(f) for f in folds]
+    folds = string_list(folds)
     check_fold_names(folds)
     repeated = next((f for f in folds if folds.count(f) > 1), None)
     if repeated is not None:
@@ -329,6 +331,7 @@ def find_best(
     description = load_description(probe if probe is not None else dataset.raw_dir)
     folders, skipped = trained_model_folders(dataset_results, folds, description.file_ending, split_val_cases(dataset.name, folds))
     if configurations is not None:
+        configurations = string_list(configurations)
         check_configurations(dataset_results, configurations)
         folders = [f for f in folders if f.name.split("__")[2] in configurations]
     if not folders:

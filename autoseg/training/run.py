@@ -46,6 +46,7 @@ from autoseg.training.validation import GT_FOLDER, VALIDATION_FOLDER, validate_f
 from autoseg.utils.atomic import atomic_path, atomic_write_json, atomic_write_text, remove_stale_temporaries
 from autoseg.utils.jsonio import read_json
 from autoseg.utils.mappings import flatten
+from autoseg.utils.names import string_list
 from autoseg.utils.device import choose_device as shared_choose_device
 from autoseg.utils.device import device_memory_bytes
 
@@ -81,7 +82,7 @@ def train_fold(
     device: str | None = None,
     seed: int = 0,
     deterministic: bool = False,
-    overrides: Sequence[str] = (),
+    overrides: str | Sequence[str] = (),
     save_probabilities: bool = False,
     workers: int | None = None,
     pretrained_weights: str | Path | None = None,
@@ -96,20 +97,20 @@ def train_fold(
         budget_seconds: wall time for the whole fold including final validation; the iteration count
             follows from the measured speed. Default: the plan's compute budget, if it has one.
         continue_: resume from ``checkpoint_latest.safetensors`` exactly where it stopped.
-        overrides: ``key=value`` training config overrides (``--set``).
+        overrides: ``key=value`` training config overrides (``--set``), a sequence or one.
         workers: data loading processes (0 = in-process); default from the config (``auto``).
         pretrained_weights: start from this checkpoint, model folder or model zip (``training/pretrained.py``).
 
     Returns:
         ``{"model_folder", "fold", "epochs", "iterations", "best_pseudo_dice_ema", "seconds",
-        "validation", "pretrained"}`` where ``validation`` is the evaluation summary (None for fold
+        "validation", "pretrained", "time_accounting"}`` where ``validation`` is the evaluation summary (None for fold
         ``all``) and ``pretrained`` what ``pretrained_weights`` loaded (None without).
     """
     start = time.monotonic()
     _check_options(epochs, budget_seconds, continue_, pretrained_weights)
     _check_seed(seed)
     run = resolve_fold_run(
-        dataset_spec, configuration, canonical_fold(fold), network, plans_name, overrides, device, seed=seed,
+        dataset_spec, configuration, canonical_fold(fold), network, plans_name, string_list(overrides), device, seed=seed,
         deterministic=deterministic, num_workers=workers, epochs=epochs, budget_seconds=budget_seconds,
         resume=continue_, start_time=start,
     )

@@ -1,0 +1,179 @@
+"""The Python API of docs/stages.md, driven as a notebook would: every stage called by its documented
+name and arguments on real Hippocampus cases, each result checked (returned values, files, geometry).
+A documented function renamed, an argument renamed or a return value changed fails here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+
+from autoseg.dataset.description import load_description
+from autoseg.dataset.imageio import read_case_images, read_image
+from autoseg.dataset.verify import VerifyReport, require_valid, verify_dataset
+from autoseg.errors import AutosegError, EvaluationError, TrainingError
+from autoseg.evaluation.ensemble import ensemble_folders
+from autoseg.evaluation.evaluate import evaluate_folders
+from autoseg.evaluation.model_files import export_model, import_model, validate_model_file
+from autoseg.evaluation.report import build_report
+from autoseg.evaluation.selection import find_best
+from autoseg.fingerprint.extract import extract_fingerprint
+from autoseg.fingerprint.file import fingerprint_path, load_fingerprint
+from autoseg.inference import PredictReport, PredictRequest, check_predict_request, load_model, predict_array, predict_folder
+from autoseg.paths import resolve_dataset
+from autoseg.planning.planner import plan_dataset
+from autoseg.planning.plans import get_configuration, load_plans, plans_path
+from autoseg.postprocessing.determine import apply_postprocessing, apply_to_folder, determine_postprocessing
+from autoseg.preprocessing import PreprocessReport, preprocess_case, preprocess_dataset
+from autoseg.training import train_fold
+from conftest import HIPPOCAMPUS, make_hippocampus_subset
+from preprocessing_helpers import make_configuration, make_plans
+from training_helpers import CASES, PATCH, TINY_TOPOLOGY
+
+DATASET = "Dataset989_PythonApi"
+MODEL = "unet__autosegPlans__3d_fullres"
+HELD_OUT = "hippocampus_017"
+TRAIN = ["iterations_per_epoch=2", "val_iterations_per_epoch=1", "mixed_precision=off"]
+
+
+def write_tiny_plans(preprocessed: Path) -> None:
+    """The training tests' tiny plan (1 mm, 8-16-32 UNet, 16^3 patch): seconds per fold on 2 cores."""
+    configuration = make_configuration([1.0, 1.0, 1.0], patch_size=PATCH)
+    configuration["network"]["topology"] = TINY_TOPOLOGY
+    plans = make_plans({"3d_fullres": configuration})
+    plans["dataset_name"] = DATASET
+    (preprocessed / DATASET).mkdir(parents=True, exist_ok=True)
+    (preprocessed / DATASET / "autosegPlans.json").write_text(json.dumps(plans))
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """verify -> fingerprint -> plan -> preprocess -> train folds 0 and 1 -> predict, all from Python."""
+    root = tmp_path_factory.mktemp("api")
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("raw", "preprocessed", "results"):
+            (root / name).mkdir()
+            patch.setenv(f"AUTOSEG_{name.upper()}", str(root / name))
+        for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+            patch.delenv(var, raising=False)
+        raw = make_hippocampus_subset(root / "raw", CASES, DATASET)
+        state: dict[str, Any] = {"root": root, "raw": raw, "location": resolve_dataset(DATASET)}
+        state["verify"] = verify_dataset(DATASET, num_workers=1)
+        state["fingerprint"] = extract_fingerprint(state["location"], num_workers=1)
+        # plan_dataset's own plan (memory modelled for an 8 GB GPU: no timing) under another name; the
+        # folds train the hand-made tiny plan, as a 40x56x40 patch would take minutes here.
+        state["plan"] = plan_dataset(DATASET, gpu_memory_gb=8, configs="3d_fullres", plans_name="gpuPlans")
+        write_tiny_plans(root / "preprocessed")
+        state["preprocess"] = preprocess_dataset(DATASET, num_workers=1)
+        state["folds"] = [
+            train_fold(DATASET, "3d_fullres", fold, epochs=1, overrides=TRAIN, workers=0, save_probabilities=True)
+            for fold in (0, "1")
+        ]
+        state["model"] = root / "results" / DATASET / MODEL
+        images = root / "images"
+        images.mkdir()
+        (images / f"{HELD_OUT}_0000.nii.gz").write_bytes((HIPPOCAMPUS / "imagesTr" / f"{HELD_OUT}_0000.nii.gz").read_bytes())
+        state["images"] = images
+        state["predictions"] = {
+            fold: predict_folder(images, root / f"pred_fold{fold}", state["model"], folds=[fold], save_probabilities=True)
+            for fold in (0, 1)
+        }
+        yield state
+
+
+def test_verify_fingerprint_and_plan_return_what_the_docs_say(pipeline: dict[str, Any]) -> None:
+    report = pipeline["verify"]
+    assert isinstance(report, VerifyReport) and report.ok and report.num_cases == len(CASES)
+    assert report.dataset == DATASET and report.problems == []
+    require_valid(pipeline["location"])  # a clean dataset raises nothing
+    fingerprint = pipeline["fingerprint"]
+    assert fingerprint == load_fingerprint(DATASET) == json.loads(fingerprint_path(DATASET).read_text())
+    plans, table = pipeline["plan"]
+    assert isinstance(table, str) and "3d_fullres" in table
+    stored = load_plans(plans_path(pipeline["location"].preprocessed_dir, "gpuPlans"))
+    assert stored == plans and get_configuration(plans, "3d_fullres")["patch_size"]
+
+
+def test_preprocess_returns_a_report_and_preprocess_case_matches_the_store(pipeline: dict[str, Any]) -> None:
+    report = pipeline["preprocess"]
+    assert isinstance(report, PreprocessReport) and f"{len(CASES)} preprocessed" in report.summary()
+    case = CASES[0]
+    data, geometry = read_case_images([pipeline["raw"] / "imagesTr" / f"{case}_0000.nii.gz"])
+    seg, _ = read_image(pipeline["raw"] / "labelsTr" / f"{case}.nii.gz")
+    plans = load_plans(plans_path(pipeline["location"].preprocessed_dir))
+    image, labels, properties = preprocess_case(data, geometry, plans, "3d_fullres", seg=seg)
+    assert image.shape[1:] == labels.shape[1:] and properties["shape_original"] == list(data.shape[1:])
+
+
+def test_train_fold_returns_its_summary(pipeline: dict[str, Any]) -> None:
+    for fold, summary in zip(("0", "1"), pipeline["folds"]):
+        assert summary["fold"] == fold and summary["iterations"] == 2
+        assert Path(summary["model_folder"]) == pipeline["model"]
+        assert (pipeline["model"] / f"fold_{fold}" / "checkpoint_final.safetensors").is_file()
+        assert 0.0 <= summary["validation"]["foreground_mean"]["dice"] <= 1.0
+
+
+def test_predict_folder_and_predict_array_agree_in_the_input_geometry(pipeline: dict[str, Any]) -> None:
+    report = pipeline["predictions"][0]
+    assert isinstance(report, PredictReport) and report.predicted == [HELD_OUT] and not report.failed
+    image = pipeline["images"] / f"{HELD_OUT}_0000.nii.gz"
+    written, written_geometry = read_image(report.output_folder / f"{HELD_OUT}.nii.gz")
+    data, geometry = read_case_images([image])
+    prediction = predict_array(load_model(pipeline["model"], folds=[0]), data, geometry, return_probabilities=True)
+    assert np.array_equal(prediction.labels, written) and written_geometry == geometry
+    assert prediction.probabilities.shape == (3, *data.shape[1:])
+    check_predict_request(PredictRequest(model_folder=pipeline["model"]))
+    with pytest.raises(AutosegError, match="--step 0.05"):
+        check_predict_request(PredictRequest(model_folder=pipeline["model"], step=0.05))
+
+
+def test_evaluate_postprocess_and_ensemble_chain(pipeline: dict[str, Any]) -> None:
+    root, labels = pipeline["root"], pipeline["raw"] / "labelsTr"
+    validation = pipeline["model"] / "fold_0" / "validation"
+    summary = evaluate_folders(validation, labels, load_description(pipeline["raw"]), output_dir=root / "evaluation")
+    assert json.loads((root / "evaluation" / "summary.json").read_text()) == summary
+    decision = determine_postprocessing(validation, labels, load_description(pipeline["raw"]), output_json=root / "pp.json")
+    assert set(decision) >= {"steps", "dice_before", "dice_after"}
+    written = apply_to_folder(validation, root / "postprocessed", root / "pp.json")
+    seg, geometry = read_image(validation / written[0].name)
+    assert np.array_equal(read_image(written[0])[0], apply_postprocessing(decision, seg, geometry.spacing))
+    cases = ensemble_folders([root / "pred_fold0", root / "pred_fold1"], root / "ensemble")
+    assert cases == [HELD_OUT] and (root / "ensemble" / f"{HELD_OUT}.nii.gz").is_file()
+
+
+@pytest.mark.parametrize("folds, configurations", [(("0", "1"), None), ([0, 1], "3d_fullres"), ((0, 1), ["3d_fullres"])])
+def test_find_best_takes_one_configuration_name(pipeline: dict[str, Any], folds: Any, configurations: Any) -> None:
+    """A lone configuration name is one configuration (it was read letter by letter: '3, d, _, f, ...')."""
+    instructions = find_best(DATASET, folds=folds, configurations=configurations, num_workers=1)
+    assert instructions["folds"] == ["0", "1"] and instructions["best"]
+
+
+def test_find_best_takes_one_fold_and_refuses_all_by_name(pipeline: dict[str, Any]) -> None:
+    """``folds=0`` is fold 0 (a bare TypeError before); ``folds="all"`` is named, not its letter 'a'."""
+    with pytest.raises(EvaluationError, match="fold 'all'"):
+        find_best(DATASET, folds="all")
+    with pytest.raises(EvaluationError) as refused:
+        find_best(DATASET, folds=2)  # a fold not trained: refused by name
+    assert "fold(s) 2" in str(refused.value)
+
+
+def test_report_export_and_import(pipeline: dict[str, Any]) -> None:
+    root = pipeline["root"]
+    find_best(DATASET, folds=("0", "1"), num_workers=1)
+    html = build_report(DATASET, num_workers=1)
+    assert html == root / "results" / DATASET / "report.html" and html.read_text().startswith("<!DOCTYPE html>")
+    zip_path = export_model(pipeline["model"], root / "model.zip", folds=0, checkpoint="final")
+    manifest, _ = validate_model_file(zip_path)
+    assert manifest["folds"] == ["0"]
+    (installed,) = import_model(zip_path, results_root=root / "elsewhere")
+    assert installed == root / "elsewhere" / DATASET / MODEL
+    assert (installed / "fold_0" / "checkpoint_final.safetensors").is_file()
+
+
+def test_train_fold_takes_one_override(pipeline: dict[str, Any]) -> None:
+    """A lone ``key=value`` is one override (it was read letter by letter: "--set 'n': expected key=value")."""
+    with pytest.raises(TrainingError, match="--set 'nonsense=1': unknown configuration key 'nonsense'"):
+        train_fold(DATASET, "3d_fullres", 2, epochs=1, overrides="nonsense=1", workers=0)
