@@ -317,3 +317,25 @@ def test_a_previous_stage_prediction_with_labels_the_dataset_lacks_is_refused(tr
         prepare_previous_stage(predictions, tmp_path / CACHE_FOLDER, trained["preprocessed"] / FULLRES_STORE, [case],
                                load_plans(plans_path(trained["preprocessed"])), CASCADE, ".nii.gz")
     assert not (tmp_path / CACHE_FOLDER / f"{case}.npy").exists()
+
+
+@pytest.mark.parametrize("change", ["size", "origin"])
+def test_a_previous_stage_prediction_on_another_grid_is_refused(trained: dict[str, Path], tmp_path: Path,
+                                                                change: str) -> None:
+    """A prediction of another size (another dataset's case of the same name) was resampled onto the case's
+    grid, stretched, and one shifted by 5 cm was used as it was: both trained the cascade on a wrong input."""
+    predictions = tmp_path / NEXT_STAGE_FOLDER
+    shutil.copytree(trained["lowres"] / NEXT_STAGE_FOLDER, predictions)
+    case = CASES[0]
+    labels, geometry = read_image(predictions / f"{case}.nii.gz")
+    if change == "size":
+        labels = np.pad(labels, 2)
+    else:
+        geometry = dataclasses.replace(geometry, origin=tuple(o + 50.0 for o in geometry.origin))
+    write_image(labels, geometry, predictions / f"{case}.nii.gz")
+    expected = "size" if change == "size" else "origin"
+    with pytest.raises(TrainingError, match=rf"^{re.escape(str(predictions / case))}\.nii\.gz: previous-stage prediction "
+                                            rf"lies on another grid than the case's image \(.*{expected}.*\); it is not"):
+        prepare_previous_stage(predictions, tmp_path / CACHE_FOLDER, trained["preprocessed"] / FULLRES_STORE, [case],
+                               load_plans(plans_path(trained["preprocessed"])), CASCADE, ".nii.gz")
+    assert not (tmp_path / CACHE_FOLDER / f"{case}.npy").exists()

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from autoseg.dataset.imageio import read_image
+from autoseg.dataset.imageio import Geometry, geometry_differences, read_image
 from autoseg.errors import TrainingError
 from autoseg.preprocessing.inverse import label_to_preprocessed_grid
 from autoseg.preprocessing.runner import declared_label_values
@@ -55,9 +55,14 @@ def prepare_previous_stage(
         made_from = max(source.stat().st_mtime, case_paths(store, case_id)[2].stat().st_mtime)
         if target.is_file() and target.stat().st_mtime >= made_from:
             continue
-        labels, _ = read_image(source)
-        _check_previous_stage_values(source, labels, plans)
-        on_grid = label_to_preprocessed_grid(labels, load_properties(store, case_id), plans, configuration)
+        labels, geometry = read_image(source)
+        properties = load_properties(store, case_id)
+        if problem := _previous_stage_problem(labels, geometry, properties, plans):
+            raise TrainingError(
+                f"{source}: previous-stage prediction {problem}; it is not a prediction of this dataset's previous "
+                "stage for this case: delete it and train the previous stage's fold that validates this case again"
+            )
+        on_grid = label_to_preprocessed_grid(labels, properties, plans, configuration)
         with atomic_path(target) as tmp:
             np.save(tmp, np.asarray(on_grid, dtype=np.int16)[None], allow_pickle=False)
     return cache
@@ -80,16 +85,20 @@ def _folds_to_train(missing: Sequence[str], splits_path: Path) -> str:
     return "; ".join(fixes)
 
 
-def _check_previous_stage_values(source: Path, labels: np.ndarray, plans: dict[str, Any]) -> None:
-    """Refuse a previous-stage label map holding values outside the dataset's labels: the one-hot input
-    silently dropped them (another dataset's or a hand-made 3d_lowres prediction trained the cascade on
-    a wrong input). Its own model never writes them, so no real case is refused."""
+def _previous_stage_problem(labels: np.ndarray, geometry: Geometry, properties: dict[str, Any],
+                           plans: dict[str, Any]) -> str | None:
+    """What makes a previous-stage label map no prediction of this case: values outside the dataset's labels
+    (its one-hot input silently dropped them), or another grid than the case's image (it was resampled
+    onto the case's grid, shifted or stretched, without a word). Another dataset's or a hand-made 3d_lowres
+    prediction did both; the case's own model writes neither."""
     declared = declared_label_values(plans)
     unknown = [v for v in np.unique(labels).tolist() if v not in declared]  # 0.5 of a float map, too
     if unknown:
-        raise TrainingError(
-            f"{source}: previous-stage prediction holds label values {', '.join(f'{v:g}' for v in unknown[:8])}"
-            f"{'...' if len(unknown) > 8 else ''}, not among this dataset's labels ({', '.join(map(str, sorted(declared)))}); "
-            "it is not a prediction of this dataset's previous stage: delete it and train the previous stage's "
-            "fold that validates this case again"
-        )
+        return (f"holds label values {', '.join(f'{v:g}' for v in unknown[:8])}{'...' if len(unknown) > 8 else ''}, "
+                f"not among this dataset's labels ({', '.join(map(str, sorted(declared)))})")
+    expected = tuple(properties["shape_original"])
+    differences = [] if labels.shape[-len(expected):] == expected else [f"size {labels.shape[-len(expected):]} vs {expected}"]
+    differences += geometry_differences(geometry, Geometry.from_dict(properties["geometry"]))
+    if differences:
+        return f"lies on another grid than the case's image ({'; '.join(differences)})"
+    return None
