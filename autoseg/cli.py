@@ -69,6 +69,8 @@ ENVIRONMENT_ERRNO_FIXES = {
     errno.EDQUOT: "the disk quota is exhausted; free space or choose a folder on another disk",
     errno.ENAMETOOLONG: "a file or folder name there is longer than the file system allows (most take 255 "
                         "bytes a name); choose shorter names",
+    errno.EMFILE: "this process's limit of open files is reached; raise it (ulimit -n 4096) or use fewer worker "
+                  "processes (-np)",
 }
 
 

@@ -316,6 +316,9 @@ def test_predict_refusals_are_the_inference_packages_for_python_callers_too(aske
     # -o with a name over 255 bytes: 'internal error (OSError: [Errno 36] File name too long ...)'
     (OSError(36, "File name too long", "/data/" + "x" * 300),
      f"/data/{'x' * 300}: File name too long; a file or folder name there is longer than the file system allows"),
+    # evaluate -np 2 under `ulimit -n 12`: 'internal error (OSError: [Errno 24] Too many open files)'
+    (OSError(24, "Too many open files"), "Too many open files; this process's limit of open files is reached; raise it "
+     "(ulimit -n 4096)"),
 ])
 def test_file_system_refusals_the_user_can_fix_are_not_reported_as_bugs(raised: OSError, expected: str) -> None:
     """AUTOSEG_PREPROCESSED below a file, a folder without write permission or a full disk printed
