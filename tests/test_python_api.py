@@ -177,3 +177,16 @@ def test_train_fold_takes_one_override(pipeline: dict[str, Any]) -> None:
     """A lone ``key=value`` is one override (it was read letter by letter: "--set 'n': expected key=value")."""
     with pytest.raises(TrainingError, match="--set 'nonsense=1': unknown configuration key 'nonsense'"):
         train_fold(DATASET, "3d_fullres", 2, epochs=1, overrides="nonsense=1", workers=0)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"epochs": 1.5}, r"--epochs 1.5: must be a whole number of epochs"),  # trained 1.5 epochs, reported as 1
+    ({"epochs": "1"}, r"--epochs '1': must be a whole number of epochs"),  # a bare TypeError
+    ({"budget_seconds": "30m"}, r"--budget '30m': .*parse_duration\('30m'\)"),  # a bare TypeError
+    ({"epochs": 1, "seed": 0.5}, r"--seed 0.5: must be a whole number"),
+])
+def test_train_fold_refuses_option_values_of_another_type(pipeline: dict[str, Any], options: dict[str, Any],
+                                                          message: str) -> None:
+    with pytest.raises(TrainingError, match=message):
+        train_fold(DATASET, "3d_fullres", 2, workers=0, **options)
+    assert not (pipeline["model"] / "fold_2").exists()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import shutil
 import time
 from pathlib import Path
@@ -138,22 +139,34 @@ def train_fold(
     }
 
 
+def _is_whole(value: Any) -> bool:
+    """An integer, numpy's included (not a bool, not 1.5 or "1"): from Python such values passed the range checks."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _check_options(epochs: int | None, budget_seconds: float | None, continue_: bool, pretrained: Any) -> None:
+    """Refuse option values before anything is written. From Python ``epochs=1.5`` trained a fractional epoch
+    (reported as 1), and ``epochs="1"`` or ``budget_seconds="30m"`` raised a bare TypeError."""
     if epochs is not None and budget_seconds is not None:
         raise TrainingError("give --epochs or --budget, not both")
+    if epochs is not None and not _is_whole(epochs):
+        raise TrainingError(f"--epochs {epochs!r}: must be a whole number of epochs, at least 1")
     if epochs is not None and epochs < 1:
         raise TrainingError(f"--epochs {epochs}: must be at least 1")
-    if budget_seconds is not None and not (math.isfinite(budget_seconds) and budget_seconds > 0):
+    numeric = isinstance(budget_seconds, numbers.Real) and not isinstance(budget_seconds, bool)
+    if budget_seconds is not None and not (numeric and math.isfinite(budget_seconds) and budget_seconds > 0):
         # NaN passed a plain ``<= 0`` test and crashed mid-training, leaving a checkpointed half run
-        raise TrainingError(f"--budget {budget_seconds}: must be a finite number of seconds > 0, e.g. 30m or 1800")
+        raise TrainingError(f"--budget {budget_seconds!r}: must be a finite number of seconds > 0, e.g. 30m or 1800 "
+                            "(from Python: autoseg.utils.duration.parse_duration('30m') converts a duration)")
     if pretrained is not None and continue_:
         raise TrainingError("--pretrained-weights starts a fold, --continue resumes one from its own checkpoint; drop one of them")
 
 
 def _check_seed(seed: int) -> None:
-    """numpy's global seed takes 0 to 2**32 - 1; another --seed crashed with an internal ValueError."""
-    if not 0 <= seed <= MAX_SEED:
-        raise TrainingError(f"--seed {seed}: must be a whole number from 0 to {MAX_SEED} (2**32 - 1)")
+    """numpy's global seed takes 0 to 2**32 - 1; another --seed crashed with an internal ValueError (and from
+    Python a float or string seed with a TypeError)."""
+    if not (_is_whole(seed) and 0 <= seed <= MAX_SEED):
+        raise TrainingError(f"--seed {seed!r}: must be a whole number from 0 to {MAX_SEED} (2**32 - 1)")
 
 
 def resolve_fold_run(dataset_spec: str, configuration: str, fold: str, network: str | None, plans_name: str,
