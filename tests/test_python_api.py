@@ -190,3 +190,15 @@ def test_train_fold_refuses_option_values_of_another_type(pipeline: dict[str, An
     with pytest.raises(TrainingError, match=message):
         train_fold(DATASET, "3d_fullres", 2, workers=0, **options)
     assert not (pipeline["model"] / "fold_2").exists()
+
+
+@pytest.mark.parametrize("labels", [DATASET, [1, 2]])
+def test_evaluate_folders_names_what_labels_it_takes(pipeline: dict[str, Any], labels: Any) -> None:
+    """A dataset name was told to come with a file ending as if it were a labels mapping; a list of values
+    (the CLI's -l) raised an AttributeError. Both are refused naming load_description and the mapping."""
+    validation, output = pipeline["model"] / "fold_0" / "validation", pipeline["root"] / "refused"
+    with pytest.raises(EvaluationError, match=r"labels .*: give the dataset's description, .*load_description"):
+        evaluate_folders(validation, pipeline["raw"] / "labelsTr", labels, output_dir=output, file_ending=".nii.gz")
+    with pytest.raises(EvaluationError, match=r"load_description"):
+        determine_postprocessing(validation, pipeline["raw"] / "labelsTr", labels, output_json=output / "pp.json")
+    assert not output.exists()

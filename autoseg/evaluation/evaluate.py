@@ -172,7 +172,18 @@ def classes_absent_everywhere(summary: Mapping[str, Any]) -> list[str]:
 
 
 def resolve_file_ending(description_or_labels: DatasetDescription | Mapping[str, Any], file_ending: str | None) -> str:
-    """``file_ending`` if given, else the description's (a bare labels mapping has none)."""
+    """``file_ending`` if given, else the description's (a bare labels mapping has none).
+
+    Anything else is refused first: from Python a dataset name (``"Dataset004"``, as ``-d`` takes it) was
+    told to come with a file ending as if it were a labels mapping, and a list of label values (``-l 1 2``)
+    raised an AttributeError.
+    """
+    if not isinstance(description_or_labels, (DatasetDescription, Mapping)):
+        raise EvaluationError(
+            f"labels {description_or_labels!r}: give the dataset's description, "
+            "autoseg.dataset.description.load_description(dataset folder), or a labels mapping such as "
+            "{'background': 0, 'Anterior': 1} with its file_ending"
+        )
     if file_ending is not None:
         return file_ending
     if not isinstance(description_or_labels, DatasetDescription):
