@@ -35,7 +35,7 @@ from autoseg.dataset.imageio import (
 )
 from autoseg.dataset.verify import label_geometry_problem, label_value_problem, nonfinite_problem
 from autoseg.errors import DatasetError, PreprocessingError
-from autoseg.paths import resolve_dataset
+from autoseg.paths import DatasetSpec, resolve_dataset
 from autoseg.planning.plans import (
     check_plans_follow_dataset,
     get_configuration,
@@ -284,7 +284,7 @@ def _group_by_identifier(plans: dict[str, Any], names: Sequence[str]) -> dict[st
 
 
 def preprocess_dataset(
-    dataset_spec: str,
+    dataset_spec: DatasetSpec,
     configurations: str | Sequence[str] | None = None,
     num_workers: int | None = None,
     plans_name: str = "autosegPlans",

@@ -21,7 +21,7 @@ import yaml
 from autoseg.dataset.description import load_description
 from autoseg.errors import NetworkError, PlanError, TrainingError
 from autoseg.networks import get_network_spec
-from autoseg.paths import resolve_dataset
+from autoseg.paths import DatasetSpec, resolve_dataset
 from autoseg.planning.accounting import PARTS
 from autoseg.planning.plans import (
     check_plans_follow_dataset,
@@ -72,7 +72,7 @@ def _model_folder_files(model_folder: Path, plans: dict[str, Any], raw_dir: Path
 
 
 def train_fold(
-    dataset_spec: str,
+    dataset_spec: DatasetSpec,
     configuration: str,
     fold: int | str,
     network: str | None = None,
@@ -91,7 +91,7 @@ def train_fold(
     """Train one fold (0-4 or ``all``) and validate it; returns a summary of the run.
 
     Args:
-        dataset_spec: ``Dataset004``, ``4``, the full name or the raw dataset folder.
+        dataset_spec: ``Dataset004``, ``4``, the full name, the raw dataset folder or its ``DatasetLocation``.
         configuration: a configuration of the plan (``2d``, ``3d_fullres``, ...).
         network: a registered network; default the plan's.
         epochs: train this many epochs (with ``continue_``: extend a run to this many).
@@ -169,7 +169,7 @@ def _check_seed(seed: int) -> None:
         raise TrainingError(f"--seed {seed!r}: must be a whole number from 0 to {MAX_SEED} (2**32 - 1)")
 
 
-def resolve_fold_run(dataset_spec: str, configuration: str, fold: str, network: str | None, plans_name: str,
+def resolve_fold_run(dataset_spec: DatasetSpec, configuration: str, fold: str, network: str | None, plans_name: str,
                      overrides: Sequence[str], device: str | None, **limits: Any) -> FoldRun:
     """Dataset, plan, network, resolved config, split, model folder and device of a fold; ``limits``
     are FoldRun's seed, workers, epochs, budget, resume and start fields (the plan's budget applies
