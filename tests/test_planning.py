@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -307,6 +308,27 @@ def test_fingerprint_errors_are_clear():
     with pytest.raises(FingerprintError, match="must be a JSON object"):
         build_plans([], memory_budget_bytes=GIB)
 
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda fp: fp.update(labels=[0, 1, 2]), "labels must be a JSON object"),
+    (lambda fp: fp.update(median_relative_size_after_crop=None), "median_relative_size_after_crop must be a number"),
+    (lambda fp: fp.update(spacings=[["1", "1", "1"]] * 4), "spacings and shapes must be lists of 3 numbers per case"),
+    (lambda fp: fp["foreground_intensity_properties_per_channel"].update({"0": 5}),
+     "the intensity statistics of channel 0 must be a JSON object"),
+    (lambda fp: fp["foreground_intensity_properties_per_channel"]["0"].pop("percentile_00_5"),
+     "the intensity statistics of CT channel 0 need a finite number for each of percentile_00_5, percentile_99_5, mean, std"),
+    (lambda fp: fp["foreground_intensity_properties_per_channel"]["0"].update(mean=float("nan")),
+     "the intensity statistics of CT channel 0 need a finite number"),
+])
+def test_a_fingerprint_field_of_the_wrong_type_is_named(change, message):
+    """Hand-edited fingerprints stopped planning with an internal AttributeError, TypeError, KeyError or
+    ValueError (labels as a list, a null relative size, "1" for a spacing, a CT channel without its
+    percentiles), and a NaN CT mean planned a normalization into NaN."""
+    fp = fingerprint([[1.0, 1.0, 1.0]] * 4, [[30, 40, 30]] * 4, channels={"0": "CT"})
+    change(fp)
+    with pytest.raises(FingerprintError, match=rf"^fp\.json: {re.escape(message)}.*; delete it and re-run `autoseg fingerprint`$"):
+        plan(fp, source="fp.json")
 
 @pytest.mark.parametrize("spacing", [[1e200, 1e200, 1.0], [float("inf"), 1.0, 1.0]])
 def test_a_fingerprint_spacing_verify_refuses_names_the_fingerprint(spacing):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import numbers
 import os
 from decimal import Decimal
 from dataclasses import asdict, dataclass, field, replace
@@ -49,6 +50,7 @@ _FINGERPRINT_KEYS = (
     "dataset_name", "channel_names", "labels", "file_ending", "spacings", "shapes_after_crop",
     "median_relative_size_after_crop", "foreground_intensity_properties_per_channel", "is_2d",
 )
+_CT_INTENSITY_KEYS = ("percentile_00_5", "percentile_99_5", "mean", "std")  # what CT normalization reads (rules.py)
 _MAX_LOWRES_STEPS = 500
 TimingFactory = Callable[[int, int, str], T.TimingModel]  # (spatial_dims, width, mixed_precision) -> timing model
 Bf16Check = Callable[[dict[str, Any]], bool]  # a bf16 guard spec -> whether its bf16 steps survive
@@ -158,11 +160,38 @@ def check_fingerprint(fingerprint: Any, source: str) -> dict[str, Any]:
     if not (np.all(spacing_array > 0) and np.all(shape_array >= 1)):
         raise FingerprintError(f"{source}: spacings must be > 0 and shapes >= 1 in every case; {fix}")
     _check_spacings_verifiable(fingerprint, spacing_array, source)
-    channels = fingerprint["channel_names"]
-    absent = [c for c in channels if c not in fingerprint["foreground_intensity_properties_per_channel"]]
+    if not all(_is_number(v) for row in [*spacings, *shapes] for v in row):  # "1" was converted, then failed
+        raise FingerprintError(f"{source}: spacings and shapes must be lists of 3 numbers per case; {fix}")
+    _check_field_types(fingerprint, source, fix)
+    return fingerprint
+
+
+def _is_number(value: Any) -> bool:
+    """A finite number (not a string, a boolean or null); NumPy's too, for fingerprints built in Python."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_field_types(fingerprint: dict[str, Any], source: str, fix: str) -> None:
+    """The types of the other fields planning reads: a hand-edited fingerprint with labels as a list, a
+    relative size of null or a CT channel without its percentiles stopped planning with an internal
+    AttributeError, TypeError or KeyError, and a NaN mean planned a normalization into NaN."""
+    for key in ("labels", "channel_names", "foreground_intensity_properties_per_channel"):
+        if not isinstance(fingerprint[key], dict):
+            raise FingerprintError(f"{source}: {key} must be a JSON object; {fix}")
+    if not _is_number(fingerprint["median_relative_size_after_crop"]):
+        raise FingerprintError(f"{source}: median_relative_size_after_crop must be a number; {fix}")
+    statistics = fingerprint["foreground_intensity_properties_per_channel"]
+    absent = [c for c in fingerprint["channel_names"] if c not in statistics]
     if absent:
         raise FingerprintError(f"{source}: no intensity statistics for channel(s) {', '.join(absent)}; {fix}")
-    return fingerprint
+    for channel, name in fingerprint["channel_names"].items():
+        props = statistics[channel]
+        if not isinstance(props, dict):
+            raise FingerprintError(f"{source}: the intensity statistics of channel {channel} must be a JSON object; {fix}")
+        is_ct = str(name).strip().lower() == C.CT_CHANNEL_NAME
+        if is_ct and not all(_is_number(props.get(key)) for key in _CT_INTENSITY_KEYS):
+            raise FingerprintError(f"{source}: the intensity statistics of CT channel {channel} need a finite number "
+                                   f"for each of {', '.join(_CT_INTENSITY_KEYS)}; {fix}")
 
 
 def _check_spacings_verifiable(fingerprint: dict[str, Any], spacing_array: np.ndarray, source: str) -> None:
