@@ -17,7 +17,7 @@ from autoseg.dataset.verify import VerifyReport, require_valid, verify_dataset
 from autoseg.errors import AutosegError, EvaluationError, TrainingError
 from autoseg.evaluation.ensemble import ensemble_folders
 from autoseg.evaluation.evaluate import evaluate_folders
-from autoseg.evaluation.model_files import export_model, import_model, validate_model_file
+from autoseg.evaluation.model_files import export_model, import_model, unpacked_model, validate_model_file
 from autoseg.evaluation.report import build_report
 from autoseg.evaluation.selection import find_best
 from autoseg.fingerprint.extract import extract_fingerprint
@@ -168,6 +168,8 @@ def test_report_export_and_import(pipeline: dict[str, Any]) -> None:
     zip_path = export_model(pipeline["model"], root / "model.zip", folds=0, checkpoint="final")
     manifest, _ = validate_model_file(zip_path)
     assert manifest["folds"] == ["0"]
+    with unpacked_model(zip_path) as folder:  # what predict -m model.zip does (docs/stages.md)
+        assert predict_folder(pipeline["images"], root / "from_zip", folder).predicted == [HELD_OUT]
     (installed,) = import_model(zip_path, results_root=root / "elsewhere")
     assert installed == root / "elsewhere" / DATASET / MODEL
     assert (installed / "fold_0" / "checkpoint_final.safetensors").is_file()
