@@ -7,11 +7,12 @@ only read.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from autoseg.errors import DatasetError, UsageError
 from autoseg.utils.duration import format_duration
@@ -72,10 +73,22 @@ def demo_configuration(fingerprint: dict[str, Any]) -> str:
     return "2d" if fingerprint["is_2d"] else CONFIGURATION
 
 
-def _use_roots(workdir: Path) -> None:
-    """Point preprocessed and results roots into ``workdir`` for this process."""
-    os.environ["AUTOSEG_PREPROCESSED"] = str(workdir / "preprocessed")
-    os.environ["AUTOSEG_RESULTS"] = str(workdir / "results")
+@contextlib.contextmanager
+def _roots_in(workdir: Path) -> Iterator[None]:
+    """Point the preprocessed and results roots into ``workdir`` while the demo runs, then restore them:
+    ``run_demo`` called from Python (a notebook) left them set, and every later stage of the session read
+    and wrote the demo's run folder instead of the roots the user had set."""
+    roots = {"AUTOSEG_PREPROCESSED": workdir / "preprocessed", "AUTOSEG_RESULTS": workdir / "results"}
+    saved = {name: os.environ.get(name) for name in roots}
+    os.environ.update({name: str(folder) for name, folder in roots.items()})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def check_held_out(dataset: Path) -> None:
@@ -112,25 +125,16 @@ def new_run_folder(parent: Path) -> Path:
 
 
 def run_demo(
-    workdir: Path,
+    workdir: str | os.PathLike[str],
     budget_seconds: float = 10 * 60,
-    dataset: Path = EXAMPLE_DATASET,
+    dataset: str | os.PathLike[str] = EXAMPLE_DATASET,
     device: str | None = None,
     say: Callable[[str], None] = print,
 ) -> DemoResult:
-    """Run every stage on ``dataset`` (which needs imagesTs/ and labelsTs/ for the held-out check)."""
-    from autoseg.dataset.verify import require_valid
-    from autoseg.evaluation.evaluate import evaluate_folders
-    from autoseg.evaluation.report import build_report
-    from autoseg.evaluation.selection import find_best
-    from autoseg.fingerprint.extract import extract_fingerprint
-    from autoseg.inference.batch import predict_folder
-    from autoseg.planning.planner import plan_dataset
-    from autoseg.preprocessing.runner import preprocess_dataset
-    from autoseg.paths import resolve_dataset
-    from autoseg.training.run import train_fold
-
+    """Run every stage on ``dataset`` (which needs imagesTs/ and labelsTs/ for the held-out check) into a new
+    run folder under ``workdir``; the roots of this process are as they were when it returns or raises."""
     start = time.perf_counter()
+    workdir, dataset = Path(workdir), Path(dataset)
     check_budget(budget_seconds)
     if not (dataset / "imagesTs").is_dir() or not (dataset / "labelsTs").is_dir():
         raise DatasetError(
@@ -148,7 +152,25 @@ def run_demo(
     choose_device(device, UsageError)
     # Every run gets its own folder, so the demo can be run again and again into the same --output.
     workdir = new_run_folder(workdir)
-    _use_roots(workdir)
+    with _roots_in(workdir):
+        return _run_stages(workdir, dataset, budget_seconds, device, say, start)
+
+
+def _run_stages(workdir: Path, dataset: Path, budget_seconds: float, device: str | None,
+                say: Callable[[str], None], start: float) -> DemoResult:
+    """The demo's seven stages, in ``workdir`` (a new run folder whose roots are in force)."""
+    from autoseg.dataset.verify import require_valid
+    from autoseg.evaluation.evaluate import evaluate_folders
+    from autoseg.evaluation.report import build_report
+    from autoseg.evaluation.selection import find_best
+    from autoseg.fingerprint.extract import extract_fingerprint
+    from autoseg.inference.batch import predict_folder
+    from autoseg.inference.model import find_model_folder
+    from autoseg.planning.planner import plan_dataset
+    from autoseg.preprocessing.runner import preprocess_dataset
+    from autoseg.paths import resolve_dataset
+    from autoseg.training.run import train_fold
+
     location = resolve_dataset(str(dataset))
     say(f"[1/7] verify {location.name}")
     require_valid(location)
@@ -171,7 +193,6 @@ def run_demo(
     train_fold(str(dataset), configuration, 0, budget_seconds=train_budget, device=device, save_probabilities=True)
     say("[6/7] predict the held-out imagesTs cases and evaluate them against labelsTs")
     predictions = workdir / "predictions"
-    from autoseg.inference.model import find_model_folder
 
     model = find_model_folder(str(location.raw_dir), configuration)  # the folder: its name need not be DatasetNNN_...
     predict_folder(dataset / "imagesTs", predictions, model, folds=[0], device=device)

@@ -204,3 +204,35 @@ def test_evaluate_folders_names_what_labels_it_takes(pipeline: dict[str, Any], l
     with pytest.raises(EvaluationError, match=r"load_description"):
         determine_postprocessing(validation, pipeline["raw"] / "labelsTr", labels, output_json=output / "pp.json")
     assert not output.exists()
+
+
+def test_run_demo_gives_the_roots_back(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """run_demo pointed AUTOSEG_PREPROCESSED / AUTOSEG_RESULTS into its run folder and left them there: every
+    later stage of a notebook read and wrote the demo's run. It also took only Path objects, not strings."""
+    import os
+
+    import autoseg.dataset.verify
+    import autoseg.fingerprint.extract
+    import autoseg.planning.planner
+    from autoseg.demo import run_demo
+
+    class Stop(Exception):
+        pass
+
+    during: dict[str, str | None] = {}
+
+    def plan(*args: object, **kwargs: object) -> None:
+        during.update({name: os.environ.get(name) for name in ("AUTOSEG_PREPROCESSED", "AUTOSEG_RESULTS")})
+        raise Stop
+
+    monkeypatch.setattr(autoseg.dataset.verify, "require_valid", lambda location: None)
+    monkeypatch.setattr(autoseg.fingerprint.extract, "extract_fingerprint", lambda location: {"is_2d": False})
+    monkeypatch.setattr(autoseg.planning.planner, "plan_dataset", plan)
+    monkeypatch.setenv("AUTOSEG_RESULTS", str(tmp_path / "my_results"))
+    monkeypatch.delenv("AUTOSEG_PREPROCESSED", raising=False)
+    with pytest.raises(Stop):
+        run_demo(str(tmp_path / "demo"), 60.0, say=lambda line: None)
+    (run,) = (tmp_path / "demo").iterdir()
+    assert during == {"AUTOSEG_PREPROCESSED": str(run / "preprocessed"), "AUTOSEG_RESULTS": str(run / "results")}
+    assert os.environ["AUTOSEG_RESULTS"] == str(tmp_path / "my_results")
+    assert "AUTOSEG_PREPROCESSED" not in os.environ
