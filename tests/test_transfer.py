@@ -194,6 +194,24 @@ def test_a_cascade_stage_fed_other_labels_is_not_transferred(tmp_path: Path) -> 
     assert "3d_cascade_fullres" in same["configurations"]
 
 
+def test_a_configuration_the_source_lacks_is_noted_as_not_transferred(tmp_path: Path) -> None:
+    """A 3D target transferred from a 2D-only source lost 3d_fullres without a word and kept the target's
+    notes on its recipe ('3d_fullres: ... patch [12, 16, 12]: 1025 iterations') for a configuration it no
+    longer held."""
+    from autoseg.planning.transfer import read_source_plans, transfer_plans
+
+    source = make_plans({"2d": make_configuration([1.0, 1.0, 1.0], patch_size=[16, 16], spatial_dims=2)})
+    (tmp_path / "plans.json").write_text(json.dumps(source))
+    target = make_plans({"2d": make_configuration([1.0, 1.0, 1.0], patch_size=[24, 24], spatial_dims=2),
+                         "3d_fullres": make_configuration([1.0, 1.0, 1.0], patch_size=PATCH)})
+    target["notes"] = ["3d_fullres: planned at 2x2x2 mm instead of 1x1x1 mm", "2d: planned at 1.41x1.41 mm instead of 1x1 mm"]
+    plans = transfer_plans(target, *read_source_plans(tmp_path))
+    assert sorted(plans["configurations"]) == ["2d"]
+    assert plans["notes"] == ["2d: planned at 1.41x1.41 mm instead of 1x1 mm",
+                              f"3d_fullres: not transferred: {tmp_path / 'plans.json'} has no 3d_fullres to start it from; "
+                              "plan it without --transfer-plans-from"]
+
+
 def test_cli_refuses_pretrained_weights_with_continue(roots: dict[str, Path], tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["train", "4", "3d_fullres", "0", "--continue", "--pretrained-weights", str(tmp_path)])
     assert result.exit_code == 2

@@ -69,11 +69,25 @@ def transfer_plans(target: dict[str, Any], source: dict[str, Any], source_name: 
             if config[link] not in configurations:
                 config[link] = None
     plans["configurations"] = {n: c for n, c in configurations.items() if not (n.startswith("3d_cascade") and c["previous_stage"] is None)}
+    _note_untransferred(plans, target, source, source_name)
     plans["transferred_from"] = {
         "plans": source_name, "dataset_name": source.get("dataset_name"), "plans_name": source.get("plans_name"),
         "configurations": sorted(plans["configurations"]), "keys": list(TRANSFERRED_KEYS),
     }
     return plans
+
+
+def _note_untransferred(plans: dict[str, Any], target: dict[str, Any], source: dict[str, Any], source_name: str) -> None:
+    """The target's notes on configurations the transfer dropped give way to one saying why: a 3D target
+    transferred from a 2D-only source kept '3d_fullres: planned at 2x2x2 mm ... (patch [12, 16, 12]: 1025
+    iterations)' for a configuration the plan no longer held, and nothing said it was dropped."""
+    dropped = [name for name in target["configurations"] if name not in plans["configurations"]]
+    prefixes = tuple(f"{name}: " for name in dropped)
+    stale = {note for note in target.get("notes", []) if prefixes and note.startswith(prefixes)}
+    plans["notes"] = [note for note in plans.get("notes", []) if note not in stale] + [
+        f"{name}: not transferred: {source_name} has no {name} to start it from; plan it without --transfer-plans-from"
+        for name in dropped if name not in source["configurations"]
+    ]
 
 
 def _check_channels(target: dict[str, Any], source: dict[str, Any], source_name: str) -> None:
