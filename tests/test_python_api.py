@@ -236,3 +236,14 @@ def test_run_demo_gives_the_roots_back(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert during == {"AUTOSEG_PREPROCESSED": str(run / "preprocessed"), "AUTOSEG_RESULTS": str(run / "results")}
     assert os.environ["AUTOSEG_RESULTS"] == str(tmp_path / "my_results")
     assert "AUTOSEG_PREPROCESSED" not in os.environ
+
+
+def test_a_deterministic_fold_gives_torch_its_determinism_settings_back(pipeline: dict[str, Any]) -> None:
+    """train_fold(deterministic=True) left torch's deterministic algorithms on (cuDNN benchmarking off) for
+    the rest of a notebook session: a later deterministic=False run was deterministic too."""
+    import torch
+
+    assert not torch.are_deterministic_algorithms_enabled()
+    train_fold(DATASET, "3d_fullres", 3, epochs=1, overrides=TRAIN + ["val_iterations_per_epoch=0"], workers=0,
+               deterministic=True)
+    assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.deterministic

@@ -3,10 +3,11 @@ memory format, ``torch.compile``, the DDP wrap, the optimiser, and the precision
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -35,6 +36,20 @@ def seed_everything(seed: int, deterministic: bool, device: torch.device) -> Non
         torch.backends.cudnn.deterministic = True
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed patch size: let cuDNN pick the fastest kernels
+
+
+@contextlib.contextmanager
+def determinism_restored() -> Iterator[None]:
+    """Give back torch's determinism switches, which ``seed_everything`` sets for a run: ``train_fold(...,
+    deterministic=True)`` called from Python left deterministic algorithms on and cuDNN benchmarking off for
+    the rest of the session, so a later ``deterministic=False`` run (or prediction) was deterministic too."""
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2], saved[3]
 
 
 def network_topology(plan: dict[str, Any], network: str, patch_size: list[int], log: Any) -> dict[str, Any]:

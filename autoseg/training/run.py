@@ -37,7 +37,7 @@ from autoseg.training.config import dump_config, resolve_training_config
 from autoseg.training.distributed import DistributedContext, barrier, init_distributed, rank_batch_size, shutdown
 from autoseg.training.fold_run import FoldRun
 from autoseg.training.math_threads import applied, choose_math_threads
-from autoseg.training.model_setup import amp_dtype, check_network_builds
+from autoseg.training.model_setup import amp_dtype, check_network_builds, determinism_restored
 from autoseg.training.plan_device import check_plan_device
 from autoseg.training.schedule import extended_total
 from autoseg.training.pretrained import load_pretrained
@@ -120,7 +120,7 @@ def train_fold(
     if context.enabled and run.device.type == "cuda":
         run.device = torch.device("cuda", context.local_rank)
     try:
-        with applied(run.math_threads):
+        with applied(run.math_threads), determinism_restored():
             trainer, pretrained = _train(run, context, pretrained_weights)
             validation, validation_seconds = _final_validation(trainer, run, context, save_probabilities)
         accounting = _kept_accounting(trainer, run)
