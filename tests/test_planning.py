@@ -313,6 +313,7 @@ def test_fingerprint_errors_are_clear():
 @pytest.mark.parametrize(("change", "message"), [
     (lambda fp: fp.update(labels=[0, 1, 2]), "labels must be a JSON object"),
     (lambda fp: fp.update(median_relative_size_after_crop=None), "median_relative_size_after_crop must be a number"),
+    (lambda fp: fp.update(case_ids=["case0"]), "case_ids must list one id per case (4)"),
     (lambda fp: fp.update(spacings=[["1", "1", "1"]] * 4), "spacings and shapes must be lists of 3 numbers per case"),
     (lambda fp: fp["foreground_intensity_properties_per_channel"].update({"0": 5}),
      "the intensity statistics of channel 0 must be a JSON object"),

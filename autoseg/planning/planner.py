@@ -178,6 +178,10 @@ def _check_field_types(fingerprint: dict[str, Any], source: str, fix: str) -> No
     for key in ("labels", "channel_names", "foreground_intensity_properties_per_channel"):
         if not isinstance(fingerprint[key], dict):
             raise FingerprintError(f"{source}: {key} must be a JSON object; {fix}")
+    case_ids = fingerprint.get("case_ids")
+    if case_ids is not None and (not isinstance(case_ids, list) or len(case_ids) != len(fingerprint["spacings"])):
+        # the size check walks cases and ids together: 1 id for 4 cases checked only the first case
+        raise FingerprintError(f"{source}: case_ids must list one id per case ({len(fingerprint['spacings'])}); {fix}")
     if not _is_number(fingerprint["median_relative_size_after_crop"]):
         raise FingerprintError(f"{source}: median_relative_size_after_crop must be a number; {fix}")
     statistics = fingerprint["foreground_intensity_properties_per_channel"]
