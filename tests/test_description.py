@@ -133,6 +133,16 @@ def test_a_byte_order_mark_is_named_with_how_to_save_the_file(tmp_path: Path, en
         load_description(tmp_path)
 
 
+def test_a_dataset_json_in_latin_1_is_named_as_not_utf_8(tmp_path: Path) -> None:
+    """A label name with an accent saved as Latin-1 was refused as 'is not valid JSON (...); fix the syntax'."""
+    (tmp_path / "dataset.json").write_bytes(json.dumps(BASE | {"name": "Lésion"}, ensure_ascii=False).encode("latin-1"))
+    offset = json.dumps(BASE | {"name": "L"}).index('"L"') + 2
+    with pytest.raises(DatasetError, match=rf"^{tmp_path / 'dataset.json'}: is not UTF-8 text \(byte 0xe9 at offset {offset}\): "
+                                           r"save it as UTF-8 if an editor wrote it in another encoding \(Latin-1, "
+                                           r"Windows-1252\); else fix the syntax$"):
+        load_description(tmp_path)
+
+
 def test_explicit_case_list(tmp_path: Path) -> None:
     (tmp_path / "imgs").mkdir()
     for name in ("x_ct.nii.gz", "x_pet.nii.gz", "x_seg.nii.gz"):

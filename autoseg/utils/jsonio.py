@@ -38,6 +38,11 @@ def read_json(path: str | Path, error: type[AutosegError], missing: str, invalid
     if problem := _encoding_problem(data):
         raise error(f"{path}: {problem}")
     try:
-        return json.loads(data.decode("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:  # was "is not valid JSON (...); fix the syntax": the syntax may be right
+        raise error(f"{path}: is not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start}): save it as UTF-8 if "
+                    f"an editor wrote it in another encoding (Latin-1, Windows-1252); else {invalid}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
         raise error(f"{path}: is not valid JSON ({exc}); {invalid}") from None
