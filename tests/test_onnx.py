@@ -229,6 +229,17 @@ def test_an_onnx_zip_declaring_more_than_any_model_is_refused_before_inflating(
         load_onnx_model(onnx_export[1])
 
 
+def test_onnx_export_does_not_reseed_the_callers_random_state(tmp_path: Path) -> None:
+    """export_onnx_model seeded torch's global generator (manual_seed(0)) for its example inputs, so a
+    notebook's later torch.rand calls gave the same numbers after every export, whatever its own seed."""
+    folder = make_family_model(tmp_path / "results", "unet")
+    after = []
+    for seed, name in ((1, "a"), (2, "b")):
+        torch.manual_seed(seed)
+        export_onnx_model(folder, tmp_path / f"{name}.onnx.zip", folds=[0])
+        after.append(torch.rand(3))
+    assert not torch.equal(*after)
+
 def test_onnx_export_refuses_to_write_over_a_file_of_the_model(onnx_export: tuple[Path, Path]) -> None:
     """``--format onnx -o MODEL/plans.json`` replaced the model's plans with the zip."""
     folder = onnx_export[0]

@@ -94,9 +94,9 @@ def _fold_graph(network: nn.Module, in_channels: int, patch: Sequence[int]) -> t
 
     from autoseg.networks.onnx_export import check_onnx, export_onnx
 
-    torch.manual_seed(0)
-    example = torch.randn(1, in_channels, *patch)
-    larger = torch.randn(2, in_channels, *patch[:-1], 2 * patch[-1])
+    generator = torch.Generator().manual_seed(0)  # its own stream: the caller's global one is not reseeded
+    example = torch.randn(1, in_channels, *patch, generator=generator)
+    larger = torch.randn(2, in_channels, *patch[:-1], 2 * patch[-1], generator=generator)
     graph = export_onnx(network, example, dynamic_spatial=True)
     try:
         check_onnx(network, graph, [example, larger])
