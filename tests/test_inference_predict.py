@@ -338,6 +338,28 @@ def test_wrong_channel_count_and_dimensionality(model_3d: Path) -> None:
 
 
 
+
+@pytest.mark.parametrize("options, message", [
+    ({"step": 0}, r"step 0: must be in \(0, 1\]"),
+    ({"step": 2}, r"step 2: must be in \(0, 1\]"),
+    ({"batch_tiles": 0}, "batch_tiles 0: give a whole number"),
+    ({"batch_tiles": 1.5}, "batch_tiles 1.5: give a whole number"),
+])
+def test_predict_array_refuses_window_settings_as_predict_folder_does(model_3d: Path, tmp_path: Path,
+                                                                       options: dict, message: str) -> None:
+    """From Python, predict_array gave step 0 or 2 and batch_tiles 0 a bare ValueError from inside the sliding
+    window, where predict_folder gave the same step an InferenceError (and took batch_tiles 0 into every case)."""
+    model = load_model(model_3d, folds=[0])
+    data, geometry = hippocampus_case()
+    with pytest.raises(InferenceError, match=message):
+        predict_array(model, data, geometry, **options)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(HIPPOCAMPUS / "imagesTr" / "hippocampus_001_0000.nii.gz", inputs)
+    with pytest.raises(InferenceError, match=message):
+        predict_folder(inputs, tmp_path / "out", model, **options)
+    assert not (tmp_path / "out").exists()
+
 @pytest.mark.parametrize("spacing, origin, direction", [
     ((1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0)),  # a 2D image's spacing without the slice axis
     ((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1.0, 0.0, 0.0, 1.0)),  # a 3D origin with a 2D direction

@@ -38,7 +38,7 @@ from autoseg.dataset.imageio import (
 from autoseg.errors import AutosegError, InferenceError
 from autoseg.inference.engine import LoadedModel, require_torch
 from autoseg.inference.predictor import Prediction, predict_array
-from autoseg.inference.tiling import DEFAULT_STEP, check_step
+from autoseg.inference.tiling import DEFAULT_STEP, check_batch_tiles, check_step
 from autoseg.utils.atomic import atomic_write_json, folder_lock, remove_stale_temporaries, require_writable
 from autoseg.utils.output_folders import PREDICT_RECORD, check_output_folder, refuse_outputs_not_ours
 from autoseg.utils.probability_files import probability_paths, write_probability_files
@@ -391,6 +391,7 @@ def predict_folder(
     """
     start = time.perf_counter()
     check_step(step, InferenceError)  # every case would fail in its sliding window, or run for days
+    check_batch_tiles(batch_tiles, InferenceError)
     input_path, output = Path(input_path), Path(output_folder)
     check_output_folder(output, InferenceError, [input_path], reads_subfolders=True)
     cases = shard(discover_cases(input_path), num_parts, part_id)

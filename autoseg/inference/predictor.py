@@ -17,7 +17,7 @@ from autoseg.dataset.description import channel_list
 from autoseg.dataset.imageio import Geometry
 from autoseg.errors import InferenceError
 from autoseg.inference.engine import LoadedModel
-from autoseg.inference.tiling import DEFAULT_STEP, Network, numpy_sliding_window_slabs
+from autoseg.inference.tiling import DEFAULT_STEP, Network, check_batch_tiles, check_step, numpy_sliding_window_slabs
 from autoseg.preprocessing.inverse import ProbabilityExport, label_to_preprocessed_grid
 from autoseg.preprocessing.pipeline import configuration_dict, preprocess_case, target_spacing, transposed
 from autoseg.preprocessing.resampling import implausible_resampling
@@ -243,6 +243,8 @@ def predict_array(
         overwrite_input: let preprocessing normalize a float32 ``data`` in place, saving one image-sized
             copy, for callers that no longer need it (``predict_folder``); ``data`` is then garbage.
     """
+    check_step(step, InferenceError)
+    check_batch_tiles(batch_tiles, InferenceError)
     check_input(model, data, geometry)
     options = dict(step=step, tta=tta, batch_tiles=batch_tiles, mixed_precision=mixed_precision)
     lowres_labels = None

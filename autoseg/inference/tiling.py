@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import numbers
 from typing import Any, Callable, Iterator, Literal, Sequence
 
 import numpy as np
@@ -44,6 +45,13 @@ def check_step(step: float, error: Callable[[str], Exception] = ValueError, name
             f"each axis: {per_axis:.3g}x the tiles of the default {DEFAULT_STEP} per axis, {per_axis ** 3:.3g}x in 3D; "
             f"give a step from {MIN_STEP} to 1"
         )
+
+
+def check_batch_tiles(batch_tiles: int | None, error: Callable[[str], Exception] = ValueError) -> None:
+    """Raise ``error`` for tiles per forward pass (``None``: the default from the patch) that are not a whole
+    number of at least 1; callers check it before the first case, not inside every sliding window."""
+    if batch_tiles is not None and (isinstance(batch_tiles, bool) or not isinstance(batch_tiles, numbers.Integral) or batch_tiles < 1):
+        raise error(f"batch_tiles {batch_tiles!r}: give a whole number of tiles per forward pass, at least 1 (or None for the default)")
 
 
 Activation = Literal["softmax", "sigmoid", "none"]
@@ -183,8 +191,7 @@ def check_arguments(networks: Sequence[Network], spatial_dims: int, patch_size: 
         raise ValueError(f"patch size {tuple(patch_size)} does not match the data's {spatial_dims} spatial axes")
     if any(a < 0 or a >= spatial_dims for a in mirror_axes):
         raise ValueError(f"mirror axes {tuple(mirror_axes)} out of range for {spatial_dims} spatial axes")
-    if batch_tiles < 1:
-        raise ValueError(f"batch_tiles must be >= 1, got {batch_tiles}")
+    check_batch_tiles(batch_tiles)
 
 
 class ArrayOps:
