@@ -277,6 +277,15 @@ def test_clean_dataset_verifies(small_dataset: Path, roots: dict[str, Path]) -> 
     assert "Dataset999_Test: 4 case(s) checked, no problems found" in result.output
 
 
+def assert_verify_and_fingerprint_refuse(dataset: Path, expected: str, roots: dict[str, Path]) -> None:
+    """verify reports ``expected`` as an ERROR line, fingerprint lists it and writes no fingerprint.json."""
+    result = runner.invoke(app, ["verify", str(dataset), "-np", "1"])
+    assert result.exit_code == 2 and f"ERROR {expected}" in result.output.splitlines(), result.output
+    result = runner.invoke(app, ["fingerprint", str(dataset), "-np", "1"])
+    assert result.exit_code == 2 and f"  {expected}" in result.output.splitlines(), result.output
+    assert not list(roots["preprocessed"].rglob("fingerprint.json"))
+
+
 def test_a_2d_case_among_3d_cases_is_refused_by_verify_and_fingerprint(small_dataset: Path, roots: dict[str, Path]) -> None:
     """One slice saved as a 2D NIfTI among 3D volumes was read with the 2D slice spacing of 999 mm: it verified and
     fingerprinted, and preprocessing stretched it over 500 slices of the 3D target spacing."""
@@ -286,11 +295,7 @@ def test_a_2d_case_among_3d_cases_is_refused_by_verify_and_fingerprint(small_dat
         edit_image(path, lambda volume: volume[:, :, volume.GetSize()[2] // 2])
     expected = (f"{image}: 2D image(s) (one slice, no slice thickness) among 3 3D case(s); save each as a 3D volume of "
                 "one slice with its slice thickness (as the other cases' files are), or remove it")
-    result = runner.invoke(app, ["verify", str(small_dataset), "-np", "1"])
-    assert result.exit_code == 2 and f"ERROR {expected}" in result.output.splitlines(), result.output
-    result = runner.invoke(app, ["fingerprint", str(small_dataset), "-np", "1"])
-    assert result.exit_code == 2 and f"  {expected}" in result.output.splitlines(), result.output
-    assert not list(roots["preprocessed"].rglob("fingerprint.json"))
+    assert_verify_and_fingerprint_refuse(small_dataset, expected, roots)
     for other in sorted((small_dataset / "imagesTr").glob("*_0000.nii.gz"))[1:]:  # one-slice 3D files: a 2D dataset
         for path in (other, small_dataset / "labelsTr" / other.name.replace("_0000", "")):
             edit_image(path, lambda volume: volume[:, :, :1])
@@ -321,11 +326,7 @@ def test_a_voxel_size_no_image_has_is_refused_before_its_volumes_overflow(small_
         edit_image(path, with_spacing((1e200, 1e200, 1e200)))
     expected = (f"{huge}: voxel spacing (1e+200, 1e+200, 1e+200) mm is beyond 100000 mm, no real voxel size (a header "
                 "in other units?); fix the header's voxel size")
-    result = runner.invoke(app, ["verify", str(small_dataset), "-np", "1"])
-    assert result.exit_code == 2 and f"ERROR {expected}" in result.output.splitlines(), result.output
-    result = runner.invoke(app, ["fingerprint", str(small_dataset), "-np", "1"])
-    assert result.exit_code == 2 and f"  {expected}" in result.output.splitlines(), result.output
-    assert not list(roots["preprocessed"].rglob("fingerprint.json"))
+    assert_verify_and_fingerprint_refuse(small_dataset, expected, roots)
 
 
 def test_images_named_as_their_labels_are_named_as_lacking_the_channel_suffix(
