@@ -59,6 +59,10 @@ class UsageError(AutosegError):
 # torch's CPU allocator reports a failed allocation as a RuntimeError, not a MemoryError:
 # "[enforce fail at alloc_cpu.cpp:127] ... DefaultCPUAllocator: can't allocate memory: you tried to allocate N bytes".
 CPU_ALLOCATION_FAILURE = "can't allocate memory"
+# GPU memory running out that torch raises as a plain RuntimeError, not its OutOfMemoryError: a CUDA kernel
+# or the caching allocator failing ("CUDA error: out of memory"), the MPS backend ("MPS backend out of memory"),
+# and torch before 2.x ("CUDA out of memory. Tried to allocate ...").
+GPU_ALLOCATION_FAILURES = ("CUDA error: out of memory", "MPS backend out of memory", "CUDA out of memory")
 GPU_MEMORY_FIX = "re-plan with a smaller --gpu-memory (smaller patch/batch) or use a GPU with more memory"
 # How a command that ran out of RAM needs less; the others take fewer worker processes (-np) where they
 # have them, else a machine with more RAM.
@@ -71,11 +75,18 @@ WORKERS_RAM_FIX = "use fewer worker processes (-np) or a machine with more RAM"
 MORE_RAM_FIX = "use a machine with more RAM"
 
 
+def is_gpu_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says GPU memory ran out: torch's OutOfMemoryError, or a plain RuntimeError with CUDA's
+    or MPS's out-of-memory wording (which were reported as internal errors)."""
+    return type(exc).__name__ == "OutOfMemoryError" or (
+        isinstance(exc, RuntimeError) and any(failure in str(exc) for failure in GPU_ALLOCATION_FAILURES))
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
-    """Whether ``exc`` says memory ran out: a MemoryError (Python, numpy), torch's OutOfMemoryError
-    (CUDA/MPS), torch's CPU allocator failing, which raises a plain RuntimeError, or the system refusing
-    memory to a call (ENOMEM, e.g. starting worker processes: an OSError)."""
-    return (isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+    """Whether ``exc`` says memory ran out: a MemoryError (Python, numpy), GPU memory running out (see
+    ``is_gpu_out_of_memory``), torch's CPU allocator failing, which raises a plain RuntimeError, or the system
+    refusing memory to a call (ENOMEM, e.g. starting worker processes: an OSError)."""
+    return (isinstance(exc, MemoryError) or is_gpu_out_of_memory(exc)
             or (isinstance(exc, RuntimeError) and CPU_ALLOCATION_FAILURE in str(exc))
             or (isinstance(exc, OSError) and exc.errno == errno.ENOMEM))
 
@@ -96,7 +107,7 @@ def out_of_memory_message(exc: BaseException, command: str, takes_workers: bool)
         return None
     first = memory_error_line(exc)
     detail = f" ({first})" if first else ""
-    if type(exc).__name__ == "OutOfMemoryError":  # torch's CUDA/MPS out-of-memory error
+    if is_gpu_out_of_memory(exc):
         return f"out of GPU memory{detail}; {GPU_MEMORY_FIX}"
     fix = RAM_FIXES.get(command, WORKERS_RAM_FIX if takes_workers else MORE_RAM_FIX)
     return f"out of memory (RAM){detail}; {fix}"

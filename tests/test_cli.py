@@ -356,6 +356,12 @@ TRAIN_RAM_FIX = ("train with a smaller --set batch_size=N or --set patch_size=[.
     ("train", "OutOfMemoryError", "out of GPU memory (CUDA out of memory. Tried to allocate 2.00 GiB); re-plan with a "
      "smaller --gpu-memory"),
     ("export_model", MemoryError(), "out of memory (RAM); use a machine with more RAM"),
+    # GPU memory running out as a plain RuntimeError, not torch's OutOfMemoryError
+    ("train", RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported"),
+     "out of GPU memory (CUDA error: out of memory); re-plan with a smaller --gpu-memory"),
+    ("predict", RuntimeError("MPS backend out of memory (MPS allocated: 8.00 GB, other allocations: 1.00 GB)"),
+     "out of GPU memory (MPS backend out of memory (MPS allocated: 8.00 GB, other allocations: 1.00 GB)); re-plan "
+     "with a smaller --gpu-memory"),
 ])
 def test_memory_running_out_is_one_line_with_the_fix_not_a_bug(stage: str, raised: Any, expected: str) -> None:
     """torch's CPU allocator failing (a RuntimeError: 'can't allocate memory') ended as 'internal error ...
