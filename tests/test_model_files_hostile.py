@@ -3,6 +3,7 @@ refused by ``import-model`` (and ``predict -m model.zip``) before anything is wr
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import functools
 import hashlib
@@ -131,8 +132,15 @@ def _configuration(**changes: object) -> dict:
     return plans
 
 
+ACCENTED_DATASET = {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "a": 1}, "numTraining": 2,
+                    "file_ending": ".nii.gz", "description": "hippocampe, tête"}
 WRONG_TYPES = {
-    "plans not JSON": ("plans.json", b"{'version': 1", "member '{model}/plans.json' is not valid JSON ("),
+    "plans not JSON": ("plans.json", b"{'version': 1", "member '{model}/plans.json': is not valid JSON ("),
+    # an editor's re-save: the JSON is right, its encoding is not (was "is not valid JSON", the file reader names it)
+    "dataset with a BOM": ("dataset.json", codecs.BOM_UTF8 + json.dumps(ACCENTED_DATASET).encode(),
+                           "member '{model}/dataset.json': saved as UTF-8 with a byte-order mark (BOM)"),
+    "dataset in Latin-1": ("dataset.json", json.dumps(ACCENTED_DATASET, ensure_ascii=False).encode("latin-1"),
+                           "member '{model}/dataset.json': is not UTF-8 text (byte 0xea at offset"),
     "plans a list": ("plans.json", [1, 2], "{model}/plans.json: a plans file must hold a JSON object"),
     "plans version a string": ("plans.json", {**PLANS, "version": "1"}, "{model}/plans.json: plans version '1' but this autoseg reads"),
     "configurations a list": ("plans.json", {**PLANS, "configurations": ["3d_fullres"]}, "{model}/plans.json: 'configurations' is empty"),

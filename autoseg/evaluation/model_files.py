@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -53,6 +52,7 @@ from autoseg.utils.checkpoint_format import (
     network_checkpoint_bytes, read_checkpoint,
 )
 from autoseg.utils.output_folders import check_output_file
+from autoseg.utils.jsonio import parse_json_bytes
 from autoseg.utils.names import string_list
 from autoseg.utils.weights_file import SUFFIX
 
@@ -65,6 +65,8 @@ REQUIRED_FILES = ("plans.json", "dataset.json")
 IMPORT_STAGING = "import"  # import-model builds its folders in a hidden staging folder named after this
 OPTIONAL_FILES = ("training_config.yaml", "postprocessing.json")
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # one path component, no '..', no separators
+# The fix for a JSON member that does not parse: a zip export-model wrote holds valid UTF-8 JSON.
+_CHANGED_AFTER_EXPORT = "the zip was changed after autoseg export-model wrote it; export the model again"
 FOLD_DIR = re.compile(r"^fold_(\d+|all)$")
 CHECKPOINT_NAME = re.compile(r"^checkpoint_[A-Za-z0-9_]+\.safetensors$")
 
@@ -254,7 +256,7 @@ def _check_description_files(members: Mapping[str, bytes], models: Sequence[str]
         for file in REQUIRED_FILES:
             name = f"{model}/{file}"
             try:
-                data = json.loads(members[name].decode("utf-8"))
+                data = parse_json_bytes(members[name], f"member {name!r}", ModelFileError, _CHANGED_AFTER_EXPORT)
                 if file == "dataset.json":
                     if not isinstance(data, dict):
                         raise ModelFileError(f"{name}: must hold a JSON object")
@@ -262,8 +264,6 @@ def _check_description_files(members: Mapping[str, bytes], models: Sequence[str]
                 else:
                     plans = validate_plans(data, name)
                     _check_network_name(get_configuration(plans, configuration), name)
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise ModelFileError(f"{refuse}: member {name!r} is not valid JSON ({exc})") from None
             except AutosegError as exc:
                 raise ModelFileError(f"{refuse}: {exc}") from None
             except (TypeError, ValueError, KeyError, AttributeError) as exc:
@@ -285,11 +285,10 @@ def _check_network_name(config: Mapping[str, Any], name: str) -> None:
 def _read_manifest(archive: zipfile.ZipFile, zip_path: Path) -> dict[str, Any]:
     refuse = f"{zip_path}: refusing to import"
     try:
-        manifest = json.loads(read_member(archive, archive.getinfo(MANIFEST), refuse).decode("utf-8"))
+        data = read_member(archive, archive.getinfo(MANIFEST), refuse)
     except KeyError:
         raise ModelFileError(f"{refuse}: no {MANIFEST}; the file was not written by autoseg export-model") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFileError(f"{refuse}: {MANIFEST} is not valid JSON ({exc})") from None
+    manifest = parse_json_bytes(data, f"{refuse}: {MANIFEST}", ModelFileError, _CHANGED_AFTER_EXPORT)
     if isinstance(manifest, dict) and manifest.get("format") == ONNX_ZIP_FORMAT:
         raise ModelFileError(_onnx_file_problem(zip_path))
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
@@ -362,10 +361,9 @@ def _check_decisions(members: Mapping[str, bytes], refuse: str) -> None:
     from autoseg.postprocessing.determine import check_decision
 
     for name in sorted(n for n in members if PurePosixPath(n).name == POSTPROCESSING_JSON):
+        where = f"{refuse}: member {name!r}"
         try:
-            check_decision(json.loads(members[name].decode("utf-8")), f"{refuse}: member {name!r}")
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ModelFileError(f"{refuse}: member {name!r} is not valid JSON ({exc})") from None
+            check_decision(parse_json_bytes(members[name], where, ModelFileError, _CHANGED_AFTER_EXPORT), where)
         except EvaluationError as exc:
             raise ModelFileError(str(exc)) from None
 

@@ -35,14 +35,23 @@ def read_json(path: str | Path, error: type[AutosegError], missing: str, invalid
         data = path.read_bytes()
     except (FileNotFoundError, IsADirectoryError):
         raise error(f"{path}: {missing}") from None
+    return parse_json_bytes(data, str(path), error, invalid)
+
+
+def parse_json_bytes(data: bytes, where: str, error: type[AutosegError], invalid: str) -> Any:
+    """Parse JSON ``data`` read from ``where`` (a file, a zip member); raise ``error`` naming ``where`` and what is
+    wrong: a byte-order mark, another encoding than UTF-8, or the syntax (then ``invalid`` is the fix).
+
+    One decoder for files and zip members alike: import-model called a member with a BOM "not valid JSON".
+    """
     if problem := _encoding_problem(data):
-        raise error(f"{path}: {problem}")
+        raise error(f"{where}: {problem}")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:  # was "is not valid JSON (...); fix the syntax": the syntax may be right
-        raise error(f"{path}: is not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start}): save it as UTF-8 if "
+        raise error(f"{where}: is not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start}): save it as UTF-8 if "
                     f"an editor wrote it in another encoding (Latin-1, Windows-1252); else {invalid}") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise error(f"{path}: is not valid JSON ({exc}); {invalid}") from None
+        raise error(f"{where}: is not valid JSON ({exc}); {invalid}") from None
