@@ -394,6 +394,22 @@ def test_a_budget_that_is_not_a_positive_number_of_seconds_is_refused(budget):
         build_plans(MRI_SMALL, memory_budget_bytes=GIB, budget_seconds=budget, timing_factory=fake_timing)
 
 
+@pytest.mark.parametrize(("arguments", "expected"), [
+    ({"gpu_memory_gb": "8"}, r"--gpu-memory must be a positive, finite number of GB, got '8'"),
+    ({"gpu_memory_gb": True}, r"--gpu-memory must be a positive, finite number of GB, got True"),
+    ({"budget_seconds": "30m"}, r"--budget must be a positive, finite number of seconds, got '30m'"),
+])
+def test_plan_dataset_refuses_numbers_that_are_not_numbers_before_fingerprinting(small_dataset, roots, arguments,
+                                                                                  expected):
+    """From Python, plan_dataset(gpu_memory_gb="8") raised a bare TypeError ("can't multiply sequence ...") after
+    fingerprinting, and True planned for a 1 GB GPU."""
+    from autoseg.planning.planner import plan_dataset
+
+    with pytest.raises(PlanError, match=expected):
+        plan_dataset("Dataset999", num_workers=1, **arguments)
+    assert not any(roots["preprocessed"].rglob("*.json"))  # refused before fingerprinting
+
+
 def test_one_configuration_name_is_one_configuration_not_its_letters():
     """configs='3d_fullres' was read letter by letter: 'unknown configuration(s) 3, _, d, e, ...'."""
     assert list(plan(MRI_SMALL, configs="3d_fullres")["configurations"]) == ["3d_fullres"]

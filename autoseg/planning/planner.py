@@ -229,15 +229,28 @@ def output_channels(labels: dict[str, Any]) -> tuple[int, int]:
     return len(entries) + 1, len(values)
 
 
+def check_gpu_memory(gpu_memory_gb: Any) -> None:
+    """Refuse a GPU memory that is not a positive, finite number of GB: NaN passed `<= 0`, infinity (or 1e300
+    GB, infinite in bytes) planned on, ending in int() of the usable bytes, and from Python "8" raised a bare
+    TypeError (True planned as 1 GB)."""
+    if gpu_memory_gb is not None and not (
+            _is_number(gpu_memory_gb) and gpu_memory_gb > 0 and math.isfinite(gpu_memory_gb * 2.0**30)):
+        raise PlanError(f"--gpu-memory must be a positive, finite number of GB, got {gpu_memory_gb!r}; e.g. --gpu-memory 8")
+
+
+def check_budget(budget_seconds: Any) -> None:
+    """Refuse a budget that is not a positive, finite number of seconds; from Python a duration such as
+    "30m" is easily passed as is: name the converter."""
+    if budget_seconds is not None and not (_is_number(budget_seconds) and budget_seconds > 0):
+        raise PlanError(f"--budget must be a positive, finite number of seconds, got {budget_seconds!r}; "
+                        "autoseg.utils.duration.parse_duration('30m') converts a duration")
+
+
 def memory_budget(device: torch.device, gpu_memory_gb: float | None) -> tuple[float, float | None]:
     """(usable bytes, nominal GB): the given or detected GPU memory, else a share of the RAM."""
     if gpu_memory_gb is not None:
-        # NaN passed `<= 0`, and infinity (or 1e300 GB, infinite in bytes) planned on, all ending in int() of
-        # the usable bytes (a traceback).
-        usable = gpu_memory_gb * 2**30 * C.GPU_MEMORY_USABLE_FRACTION
-        if not (math.isfinite(usable) and gpu_memory_gb > 0):
-            raise PlanError(f"--gpu-memory must be a positive, finite number of GB, got {gpu_memory_gb}; e.g. --gpu-memory 8")
-        return usable, float(gpu_memory_gb)
+        check_gpu_memory(gpu_memory_gb)
+        return gpu_memory_gb * 2**30 * C.GPU_MEMORY_USABLE_FRACTION, float(gpu_memory_gb)
     total = device_memory_bytes(device)
     if total is not None:
         return total * C.GPU_MEMORY_USABLE_FRACTION, round(total / 2**30, 2)
@@ -896,11 +909,7 @@ def _planning_context(fingerprint: dict[str, Any], network: str, memory_budget_b
                       record: dict[str, Any], device_present: bool) -> _Context:
     """What every configuration is planned with: the options checked, the timing (measured on this
     machine unless replaced; none for a device it lacks) and the bf16 check where training would use bf16."""
-    numeric = isinstance(budget_seconds, (int, float)) and not isinstance(budget_seconds, bool)
-    if budget_seconds is not None and not (numeric and math.isfinite(budget_seconds) and budget_seconds > 0):
-        # From Python a duration such as "30m" is easily passed as is: name the converter.
-        raise PlanError(f"--budget must be a positive, finite number of seconds, got {budget_seconds!r}; "
-                        "autoseg.utils.duration.parse_duration('30m') converts a duration")
+    check_budget(budget_seconds)
     if budget_seconds is not None and not device_present and timing_factory is None:
         raise PlanError("--budget times training on this machine, which lacks the device planned for; "
                         "plan for the GPU with --gpu-memory alone, or drop --gpu-memory to plan for this machine")
@@ -1089,7 +1098,9 @@ def plan_dataset(
     from autoseg.fingerprint.file import fingerprint_is_stale, fingerprint_path, load_fingerprint
     from autoseg.paths import resolve_dataset
 
-    spec = get_network_spec(network or default_network())  # a typo fails before fingerprinting
+    check_gpu_memory(gpu_memory_gb)  # a bad number, a typo or a wrong label kind fail before fingerprinting
+    check_budget(budget_seconds)
+    spec = get_network_spec(network or default_network())
     network = spec.name
     location = resolve_dataset(dataset_spec)
     spec.check_label_kind(load_description(location.raw_dir).regions_class_order is not None)
