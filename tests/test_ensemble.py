@@ -323,6 +323,22 @@ def test_a_file_given_for_an_input_folder_is_named_as_a_file(tmp_path):
         ensemble_folders([m0 / "x.npz", m1], tmp_path / "out", num_workers=1)
 
 
+def test_a_symbolic_link_loop_given_for_a_folder_is_named_as_such(tmp_path):
+    """``-i loop1`` (loop1 -> loop2 -> loop1) raised RuntimeError('Symlink loop') from Path.resolve, an internal error;
+    ``-o loop1`` said loop1 points to 'loop2, which does not exist'."""
+    m0, m1 = _two_models(tmp_path)
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    with pytest.raises(EvaluationError, match=r"loop1: a symbolic link loop \(.*\), which leads to no folder; point the link at "
+                                              r"the folder that holds the predictions .*, or give another input folder \(-i/--input\)$"):
+        ensemble_folders([tmp_path / "loop1", m1], tmp_path / "out", num_workers=1)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "loop1").symlink_to("loop1")  # a link to itself
+    with pytest.raises(EvaluationError, match=r"out/loop1: a symbolic link loop .*; point the link at a folder, or give another "
+                                              r"folder for the outputs$"):
+        ensemble_folders([m0, m1], tmp_path / "out" / "loop1" / "run", num_workers=1)
+
+
 def test_predict_into_an_ensembles_folder_is_refused(tmp_path):
     """predict of other cases into an ensemble's folder put its label maps beside the ensemble's, under a
     predict_info.json that then described them all."""

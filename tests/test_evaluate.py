@@ -87,7 +87,7 @@ def test_missing_reference_is_named(folders):
 
 def test_a_missing_reference_folder_is_named_as_a_folder(folders, tmp_path):
     pred_dir, _ = folders
-    with pytest.raises(EvaluationError, match=r"nowhere: reference folder not found$"):
+    with pytest.raises(EvaluationError, match=r"nowhere: reference folder \(-r/--ref\) not found$"):
         evaluate_folders(pred_dir, tmp_path / "nowhere", LABELS, num_workers=1, file_ending=".nii.gz")
 
 
@@ -431,6 +431,21 @@ def test_a_file_given_for_a_folder_is_named_as_a_file(folders, tmp_path):
             evaluate_folders(pred, ref, LABELS, tmp_path / "out", num_workers=1, file_ending=".nii.gz")
         output = autoseg_fails("evaluate", "-p", pred, "-r", ref, "-o", tmp_path / "out")
         assert f"{which}/c1.nii.gz: is a file, not a folder" in output
+
+
+def test_a_symbolic_link_loop_is_named_with_its_option(folders, tmp_path):
+    """``-p loop1/x`` (loop1 -> loop2 -> loop1) said 'loop2, which does not exist ... give another folder for the
+    outputs': neither the loop nor -p; ``-r loop1`` said 'folder not found'."""
+    pred_dir, ref_dir = folders
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    loop = rf"{tmp_path}/loop1 is a symbolic link loop \({tmp_path}/loop1 -> {tmp_path}/loop2 -> \.\.\. -> {tmp_path}/loop1\)"
+    for pred, ref, option in ((tmp_path / "loop1" / "x", ref_dir, "prediction folder \\(-p/--pred\\)"),
+                              (pred_dir, tmp_path / "loop1" / "x", "reference folder \\(-r/--ref\\)")):
+        with pytest.raises(EvaluationError, match=rf"^{tmp_path}/loop1/x: {loop}, which leads to no folder; .*give another {option}$"):
+            evaluate_folders(pred, ref, LABELS, num_workers=1, file_ending=".nii.gz")
+    output = autoseg_fails("evaluate", "-p", tmp_path / "loop1", "-r", ref_dir)
+    assert "loop1: a symbolic link loop" in output and "give another prediction folder (-p/--pred)" in " ".join(output.split())
 
 
 def test_a_2d_prediction_of_a_one_slice_3d_reference_is_named_as_such(tmp_path):

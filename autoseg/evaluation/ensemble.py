@@ -106,7 +106,7 @@ def ensemble_case(case: str, input_dirs: Sequence[Path], output_dir: Path, file_
 
 
 def _probability_cases(folder: Path) -> set[str]:
-    require_folder(folder, "predictions and their saved probabilities")
+    require_folder(folder, "predictions and their saved probabilities", "input folder (-i/--input)")
     return {p.name[: -len(PROBABILITIES_SUFFIX)] for p in folder.glob(f"*{PROBABILITIES_SUFFIX}") if not p.name.startswith(".")}
 
 
@@ -173,6 +173,7 @@ def ensemble_folders(
     dirs = [Path(d) for d in input_dirs]
     if len(dirs) < 2:
         raise EvaluationError(f"ensemble needs at least two prediction folders, got {len(dirs)}")
+    cases = {d: _probability_cases(d) for d in dirs}  # each a folder before resolve(), which raised on a symbolic link loop
     resolved = [d.resolve() for d in dirs]
     repeated = next((d for d, r in zip(dirs, resolved) if resolved.count(r) > 1), None)
     if repeated is not None:
@@ -181,7 +182,6 @@ def ensemble_folders(
         )
     out = Path(output_dir)
     check_output_folder(out, EvaluationError, dirs)
-    cases = {d: _probability_cases(d) for d in dirs}
     all_cases = set().union(*cases.values())
     if not all_cases:
         raise EvaluationError(f"{dirs[0]}: no <case>.npz probabilities; predict with --save-probabilities")

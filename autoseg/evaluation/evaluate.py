@@ -32,11 +32,14 @@ from autoseg.evaluation.metrics import (
     mean_metrics,
 )
 from autoseg.utils.atomic import atomic_write_json, atomic_write_text, require_writable
-from autoseg.utils.output_folders import check_output_folder
+from autoseg.utils.output_folders import check_output_folder, describe_symlink_loop, symlink_loop
 from autoseg.utils.progress import Failure, default_workers, parallel_map
 
 SUMMARY_VERSION = 1
 SPACING_TOLERANCE = 1e-3  # relative and absolute (mm): float32 headers round spacings
+# The folders evaluate reads, named with their command-line options in messages about them.
+PREDICTION_FOLDER = "prediction folder (-p/--pred)"
+REFERENCE_FOLDER = "reference folder (-r/--ref)"
 
 
 def find_description(pred_dir: Path, ref_dir: Path) -> DatasetDescription:
@@ -76,10 +79,14 @@ def label_mapping(values: Sequence[int]) -> dict[str, Any]:
 
 
 def require_folder(folder: Path, holds: str = "label maps", name: str = "folder") -> None:
-    """Refuse ``folder`` (``name`` in the message) unless it is an existing folder; a file given in its place (one
-    case's label map) is named as such: it was reported as 'folder not found', of a path that is there."""
+    """Refuse ``folder`` (``name`` in the message: the option it was given to) unless it is an existing folder; a
+    file given in its place (one case's label map) is named as such: it was reported as 'folder not found', of a
+    path that is there. So is a symbolic link loop on its way, reported as 'not found' or as a missing output folder."""
     if folder.is_file():
         raise EvaluationError(f"{folder}: is a file, not a folder; give the folder that holds the {holds}")
+    if (loop := symlink_loop(folder)) is not None:
+        raise EvaluationError(f"{describe_symlink_loop(folder, loop)}; point the link at the folder that holds the "
+                              f"{holds}, or give another {name}")
     if not folder.is_dir():
         raise EvaluationError(f"{folder}: {name} not found")
 
@@ -88,7 +95,7 @@ def label_file_ending(folder: Path) -> str:
     """The one image file ending of the label files in ``folder`` as they spell it (for evaluation without
     a dataset.json); before, ``.NII.GZ`` references were looked for as ``.nii.gz``, found none and were
     reported as holding only background."""
-    require_folder(folder, "reference label maps")
+    require_folder(folder, "reference label maps", REFERENCE_FOLDER)
     endings = {spelled_ending(p) for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")} - {""}
     if not endings:
         raise EvaluationError(
@@ -339,6 +346,8 @@ def evaluate_folders(
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
     check_tolerance(tolerance_mm)
     out = Path(output_dir) if output_dir is not None else pred_dir
+    require_folder(pred_dir, "predicted label maps", PREDICTION_FOLDER)  # before the output check: -o defaults to it
+    require_folder(ref_dir, "reference label maps", REFERENCE_FOLDER)
     check_output_folder(out, EvaluationError)
     _refuse_summary_file_as_folder(out)
     _refuse_output_among_references(out, ref_dir)
@@ -388,7 +397,7 @@ def match_cases(
 ) -> dict[str, tuple[Path, Path]]:
     """Case id -> (prediction, reference); every case needs both (default cases: all predictions)."""
     predictions = list_cases(pred_dir, file_ending)
-    require_folder(ref_dir, "reference label maps", "reference folder")  # not the first case's missing reference
+    require_folder(ref_dir, "reference label maps", REFERENCE_FOLDER)  # not the first case's missing reference
     cases = sorted(predictions) if case_ids is None else list(case_ids)
     if not cases:
         raise EvaluationError(f"{pred_dir}: no predictions ending in {file_ending!r} to evaluate")

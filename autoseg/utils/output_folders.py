@@ -8,8 +8,10 @@ front gives the user the path and the fix instead of an ``mkdir`` error.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -19,11 +21,33 @@ OUTPUT_MARKER = ".autoseg_outputs.json"
 PREDICT_RECORD = "predict_info.json"  # inference/batch.py's PREDICT_INFO
 
 
+def symlink_loop(path: Path) -> Path | None:
+    """The outermost of ``path`` and its parents that is a symbolic link leading round in a loop (``ln -s b a;
+    ln -s a b``), else None: such a path is neither there nor missing, and was reported as a link to a folder
+    "which does not exist" (the other link of the loop) or as "not found"."""
+    for candidate in reversed((path, *path.parents)):
+        if candidate.is_symlink():
+            try:
+                os.stat(candidate)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    return candidate
+    return None
+
+
+def describe_symlink_loop(path: Path, loop: Path) -> str:
+    """The words an error message about ``path`` starts with, ``loop`` being its ``symlink_loop``."""
+    link = "a symbolic link loop" if loop == path else f"{loop} is a symbolic link loop"
+    return f"{path}: {link} ({loop} -> {loop.readlink()} -> ... -> {loop}), which leads to no folder"
+
+
 def _refuse_file_among(*folders: Path, error: type[Exception]) -> None:
     """Raise ``error`` naming the first of ``folders`` (the output folder or folders it would be made in)
     that is an existing file (``-o notes.txt/run1`` failed in mkdir as an internal error) or a symbolic
     link to nothing (mkdir fails on it too)."""
     for path in folders:
+        if symlink_loop(path) == path:
+            raise error(f"{describe_symlink_loop(path, path)}; point the link at a folder, or give another folder for the outputs")
         if path.exists() and not path.is_dir():
             raise error(f"{path}: exists and is not a folder; give a folder (new or existing) for the outputs")
         if path.is_symlink() and not path.exists():  # mkdir: FileExistsError, after predict had computed a case
