@@ -164,6 +164,15 @@ def test_a_file_given_as_model_folder_is_named_as_a_file(tmp_path: Path) -> None
         load_model(renamed, device="cpu")
 
 
+def test_a_model_zip_given_to_load_model_says_how_to_unpack_it(tmp_path: Path) -> None:
+    """A zip from Python was told to be given 'under a name ending in .zip', which it was; only the CLI unpacks."""
+    zipped = tmp_path / "m.zip"
+    zipped.write_bytes(b"PK")
+    with pytest.raises(InferenceError, match=r"m.zip: is a file, not a model folder; .*unpacked_model\(zip_path\)") as caught:
+        predict_folder(HIPPOCAMPUS / "imagesTr", tmp_path / "out", zipped)
+    assert "name ending in .zip" not in str(caught.value)
+
+
 def test_missing_fold_checkpoint_and_folder_errors(model_3d: Path) -> None:
     with pytest.raises(InferenceError, match=r"fold\(s\) 3 not found \(present: 0, 1\); train them or choose"):
         load_model(model_3d, folds=[0, 3])
@@ -488,6 +497,47 @@ def test_a_bad_case_among_good_ones(model_3d: Path, tmp_path: Path) -> None:
     assert report.predicted == ["a_good", "z_good"]
     assert sorted(f.key for f in report.failed) == ["broken", "fourd", "twochan"]
     assert sorted(p.name for p in out.iterdir()) == ["a_good.nii.gz", PREDICT_INFO, "z_good.nii.gz"]
+
+
+@pytest.mark.parametrize("settings", [{"folds": [1]}, {"checkpoint": "best"}, {"device": "meta"}])
+def test_settings_other_than_a_loaded_models_are_refused(settings: dict[str, Any], model_3d: Path, tmp_path: Path) -> None:
+    """predict_folder(..., load_model(M, folds=[0]), folds=[1]) predicted with fold 0 without a word."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(HIPPOCAMPUS / "imagesTr" / "hippocampus_001_0000.nii.gz", inputs)
+    model = load_model(model_3d, folds=[0], device="cpu")
+    name = next(iter(settings))
+    with pytest.raises(InferenceError, match=rf"loaded with other settings than {name} .*load_model again"):
+        predict_folder(inputs, tmp_path / "out", model, tta=False, **settings)
+    assert not (tmp_path / "out").exists()
+    predict_folder(inputs, tmp_path / "same", model, folds=["0"], checkpoint="final", device="cpu", tta=False)
+
+
+def test_a_full_disk_stops_predict_at_the_first_case_with_one_line(model_3d: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSPC was recorded per case (each predicted in full first), the same bare OSError once per case."""
+    import errno
+
+    import autoseg.inference.batch as batch
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for case in ("a", "b", "c"):
+        shutil.copy(HIPPOCAMPUS / "imagesTr" / "hippocampus_001_0000.nii.gz", inputs / f"{case}_0000.nii.gz")
+    written: list[Path] = []
+
+    def full_disk(labels: np.ndarray, geometry: Geometry, path: Path) -> None:
+        written.append(path)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"{path}.tmp")
+
+    monkeypatch.setattr(batch, "write_image", full_disk)
+    out = tmp_path / "out"
+    with pytest.raises(InferenceError) as caught:
+        predict_folder(inputs, out, model_3d, folds=[0], tta=False)
+    message = str(caught.value)
+    assert message.startswith(f"{out}: the disk of the output folder is full")
+    assert "writing case a;" in message and "free space or choose another -o" in message
+    assert "\n" not in message and [p.name for p in written] == ["a.nii.gz"]
 
 
 @pytest.mark.parametrize("value", [0.0, 7.5])

@@ -39,7 +39,9 @@ from autoseg.errors import AutosegError, InferenceError
 from autoseg.inference.engine import LoadedModel, require_torch
 from autoseg.inference.predictor import Prediction, predict_array
 from autoseg.inference.tiling import DEFAULT_STEP, check_batch_tiles, check_step
-from autoseg.utils.atomic import atomic_write_json, folder_lock, remove_stale_temporaries, require_writable
+from autoseg.utils.atomic import (
+    atomic_write_json, disk_full_error, folder_lock, remove_stale_temporaries, require_writable,
+)
 from autoseg.utils.output_folders import PREDICT_RECORD, check_output_folder, refuse_outputs_not_ours
 from autoseg.utils.probability_files import probability_paths, write_probability_files
 from autoseg.utils.progress import Failure, track
@@ -342,6 +344,7 @@ def _resolve_model(
     device: str | torch.device | None,
 ) -> LoadedModel:
     if isinstance(model, LoadedModel):
+        refuse_other_settings(model, folds, checkpoint, device)
         return model
     if not isinstance(model, (str, os.PathLike, tuple)):
         raise InferenceError(f"model={model!r}: give a model folder, a (dataset, configuration) pair or a model "
@@ -351,6 +354,38 @@ def _resolve_model(
 
     folder = find_model_folder(*model) if isinstance(model, tuple) else Path(model)
     return load_model(folder, folds, checkpoint, device)
+
+
+def refuse_other_settings(
+    model: LoadedModel, folds: Sequence[int | str] | str | None, checkpoint: str, device: str | torch.device | None
+) -> None:
+    """Refuse ``folds``, ``checkpoint`` or ``device`` given beside a loaded model that differ from its own:
+    the loaded ones were used without a word (``folds=[1]`` predicted with the loaded fold 0)."""
+    problems = []
+    if folds is not None:
+        asked = sorted({str(f) for f in ([folds] if isinstance(folds, (str, int)) else folds)})
+        if asked != sorted(model.folds):
+            problems.append(f"folds {asked} (the model holds folds {model.folds})")
+    if checkpoint != "final" and checkpoint != model.checkpoint:
+        problems.append(f"checkpoint {checkpoint!r} (the model holds {model.checkpoint!r})")
+    if device is not None and str(device) != "auto" and not _same_device(device, model.device):
+        problems.append(f"device {str(device)!r} (the model is on {str(model.device)!r})")
+    if problems:
+        raise InferenceError(
+            f"model {model.folder} was loaded with other settings than {'; '.join(problems)}; leave them out "
+            "(a loaded model predicts with its own), or load_model again with them"
+        )
+
+
+def _same_device(asked: str | torch.device, loaded: str | torch.device) -> bool:
+    """Whether ``asked`` names ``loaded``'s device (``cuda`` names ``cuda:0``); torch is asked only then (the
+    onnxruntime engine runs on ``cpu`` without it)."""
+    if str(asked) == str(loaded):
+        return True
+    import torch
+
+    want, have = torch.device(asked), torch.device(loaded)
+    return want.type == have.type and want.index in (None, have.index)
 
 
 def predict_folder(
@@ -378,7 +413,8 @@ def predict_folder(
         output_folder: receives ``<case><ending>`` label maps (+ ``.npz``/``.json`` probabilities) and
             ``predict_info.json``.
         model: a model folder, ``(dataset, configuration)`` to look it up in the results root, or a
-            model already loaded (then ``folds``, ``checkpoint``, ``device`` are the loaded ones).
+            model already loaded (then ``folds``, ``checkpoint``, ``device`` are the loaded ones: other
+            values given are refused).
         folds, checkpoint, device: see ``load_model``.
         step, tta, mixed_precision, batch_tiles: see ``predict_array``.
         save_probabilities: also write float16 probabilities with a JSON sidecar.
@@ -470,7 +506,21 @@ def _predict_cases(
             write_image(prediction.labels, geometry, files[-1])
             report.predicted.append(case.case_id)
         except Exception as exc:  # noqa: BLE001 - one case failing must not stop the others
+            refuse_full_disk(exc, output, case.case_id, report)
             report.failed.append(Failure(case.case_id, _describe(exc)))
+
+
+def refuse_full_disk(exc: Exception, output: Path, case_id: str, report: PredictReport) -> None:
+    """Stop the run when writing ``case_id`` failed on a full disk: every later case would fail the same way,
+    each after its whole prediction, with the same bare 'No space left on device' once per case."""
+    full = disk_full_error(exc, output / case_id)
+    if full is None:
+        return
+    raise InferenceError(
+        f"{output}: the disk of the output folder is full ({full.strerror}, writing case {case_id}; "
+        f"{len(report.predicted)} case(s) written before it); free space or choose another -o, then rerun with "
+        "--continue"
+    ) from None
 
 
 def _run_identity(info: dict[str, Any]) -> dict[str, Any]:

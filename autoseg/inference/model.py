@@ -169,6 +169,16 @@ def _check_folds_agree(metadata: Sequence[Mapping[str, Any]], paths: Sequence[Pa
                 )
 
 
+def _model_file_fix(path: Path) -> str:
+    """How to predict from the file ``path`` given as a model: a zip asked to be named ``.zip``, which it
+    was (only ``autoseg predict`` unpacks zips; from Python, ``unpacked_model`` does)."""
+    if path.suffix.lower() == ".zip":
+        return ("a model zip is unpacked by autoseg predict -m; from Python, unpack it first: "
+                "with autoseg.evaluation.model_files.unpacked_model(zip_path) as folder: load_model(folder) "
+                "(or predict_folder(..., folder))")
+    return "give a model folder, or a model zip from autoseg export-model under a name ending in .zip"
+
+
 def load_model(
     folder: str | Path,
     folds: Sequence[int | str] | str | None = None,
@@ -182,8 +192,7 @@ def load_model(
     """
     folder = named_folder(Path(folder))
     if folder.is_file():  # was 'model folder not found', of a file that is there (a model zip renamed)
-        raise InferenceError(f"{folder}: is a file, not a model folder; give a model folder, or a model zip from "
-                             "autoseg export-model under a name ending in .zip")
+        raise InferenceError(f"{folder}: is a file, not a model folder; {_model_file_fix(folder)}")
     if not folder.is_dir():
         raise InferenceError(f"{folder}: model folder not found; give <results>/<Dataset>/<network>__<plans>__<configuration>")
     checkpoint_file_name = checkpoint_file(checkpoint, InferenceError)
