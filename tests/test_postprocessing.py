@@ -138,6 +138,15 @@ def test_gain_below_epsilon_is_rejected(tmp_path):
     assert load_decision(tmp_path / "pp.json")["steps"] == decision["steps"]
 
 
+def test_a_decision_path_ending_in_a_separator_is_a_folder_for_postprocessing_json(tmp_path):
+    """``-o d3/`` (a folder not made yet) wrote a file named d3; an existing folder is refused by name."""
+    preds, refs = _make_cv_folders(tmp_path)
+    determine_postprocessing(preds, refs, LABELS, f"{tmp_path / 'd3'}/", num_workers=1, file_ending=".nii.gz")
+    assert load_decision(tmp_path / "d3" / "postprocessing.json")["steps"]
+    with pytest.raises(EvaluationError, match=r"d3: is a folder; give a file name"):
+        determine_postprocessing(preds, refs, LABELS, tmp_path / "d3", num_workers=1, file_ending=".nii.gz")
+
+
 def test_apply_is_deterministic_and_matches_the_reference(tmp_path):
     preds, refs = _make_cv_folders(tmp_path)
     decision = determine_postprocessing(preds, refs, LABELS, num_workers=1, file_ending=".nii.gz")

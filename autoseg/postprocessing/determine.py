@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -40,6 +41,7 @@ from autoseg.utils.output_folders import check_output_file, check_output_folder,
 from autoseg.utils.progress import default_workers, parallel_map
 
 DECISION_VERSION = 1
+DECISION_FILE = "postprocessing.json"  # determine's decision, in the folder it was asked for
 DEFAULT_EPSILON = 1e-3  # smallest mean Dice gain (and largest per-class loss) that counts, see module doc
 SMALL_COMPONENT_FRACTION = 0.5  # "small" = below half of the smallest true component ever seen
 RULE = (
@@ -150,6 +152,17 @@ def check_epsilon(epsilon: float) -> None:
         )
 
 
+def decision_path(pred_dir: Path, output_json: str | Path | None) -> Path:
+    """Where ``determine_postprocessing`` writes its decision: ``output_json``, or ``DECISION_FILE`` in
+    ``pred_dir`` or in a folder named with a trailing separator (``"d3/"``, which wrote a file named ``d3``)."""
+    if output_json is None:
+        return pred_dir / DECISION_FILE
+    text = os.fspath(output_json)
+    if text.endswith(("/", os.sep)):
+        return Path(text) / DECISION_FILE
+    return Path(text)
+
+
 def determine_postprocessing(
     pred_dir: str | Path,
     ref_dir: str | Path,
@@ -161,14 +174,15 @@ def determine_postprocessing(
 ) -> dict[str, Any]:
     """Decide the postprocessing on cross-validation predictions (all folds in ``pred_dir``).
 
-    Returns the decision (also written to ``output_json``, default ``pred_dir/postprocessing.json``):
+    Returns the decision (also written to ``output_json``, default ``pred_dir/postprocessing.json``; a name
+    ending in a separator is a folder to write ``postprocessing.json`` in):
     ``steps`` (the accepted operations, replayed by ``apply_postprocessing``), every ``candidate`` with
     its class Dice before and after, and the class Dice of the predictions before and after all steps.
     """
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
     check_epsilon(epsilon)
-    if output_json is not None:
-        check_output_file(Path(output_json), EvaluationError)
+    decision_file = decision_path(pred_dir, output_json)
+    check_output_file(decision_file, EvaluationError)
     file_ending = resolve_file_ending(description_or_labels, file_ending)
     classes, ignore_label = evaluation_classes(description_or_labels)
     pairs = match_cases(pred_dir, ref_dir, file_ending, None)
@@ -223,7 +237,7 @@ def determine_postprocessing(
         "dice_after": {**final, "foreground_mean": float(np.mean(list(final.values())))},
         "candidates": records,
     }
-    atomic_write_json(Path(output_json) if output_json is not None else pred_dir / "postprocessing.json", decision)
+    atomic_write_json(decision_file, decision)
     return decision
 
 
