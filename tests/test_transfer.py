@@ -207,9 +207,25 @@ def test_a_configuration_the_source_lacks_is_noted_as_not_transferred(tmp_path: 
     target["notes"] = ["3d_fullres: planned at 2x2x2 mm instead of 1x1x1 mm", "2d: planned at 1.41x1.41 mm instead of 1x1 mm"]
     plans = transfer_plans(target, *read_source_plans(tmp_path))
     assert sorted(plans["configurations"]) == ["2d"]
-    assert plans["notes"] == ["2d: planned at 1.41x1.41 mm instead of 1x1 mm",
+    assert plans["notes"] == [f"2d: transferred from {tmp_path / 'plans.json'}: its network 'unet', patch [16, 16] and "
+                              "batch 2, at this dataset's spacing 1x1 mm",
                               f"3d_fullres: not transferred: {tmp_path / 'plans.json'} has no 3d_fullres to start it from; "
                               "plan it without --transfer-plans-from"]
+
+
+def test_notes_on_a_transferred_configuration_describe_what_was_written(tmp_path: Path) -> None:
+    """The target's own notes on a transferred configuration stayed: the plan held the source's patch [16, 16]
+    and a note still said '2d: ... (patch [24, 24]: 1458 iterations)'; notes on no configuration stay."""
+    from autoseg.planning.transfer import read_source_plans, transfer_plans
+
+    (tmp_path / "plans.json").write_text(json.dumps(make_plans({"2d": make_configuration([1.0, 1.0, 1.0], patch_size=[16, 16], spatial_dims=2)})))
+    target = make_plans({"2d": {**make_configuration([1.0, 0.5, 0.5], patch_size=[24, 24], spatial_dims=2), "num_iterations": 1458}})
+    target["notes"] = ["2d: not coarser than 0.5x0.5 mm ... (patch [24, 24]: 1458 iterations at the reference speed)",
+                       "mirroring: every axis"]
+    plans = transfer_plans(target, *read_source_plans(tmp_path))
+    assert plans["notes"] == ["mirroring: every axis",
+                              f"2d: transferred from {tmp_path / 'plans.json'}: its network 'unet', patch [16, 16] and "
+                              "batch 2, at this dataset's spacing 0.5x0.5 mm; 1458 iterations"]
 
 
 def test_cli_refuses_pretrained_weights_with_continue(roots: dict[str, Path], tmp_path: Path) -> None:

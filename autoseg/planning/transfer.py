@@ -43,6 +43,7 @@ def transfer_plans(target: dict[str, Any], source: dict[str, Any], source_name: 
     configurations the source lacks are dropped (there are no weights to start them from)."""
     _check_channels(target, source, source_name)
     plans = copy.deepcopy(target)
+    plans["notes"] = _notes_on_no_configuration(target)
     shared = [name for name in target["configurations"] if name in source["configurations"]]
     if not shared:
         raise PlanError(
@@ -63,13 +64,13 @@ def transfer_plans(target: dict[str, Any], source: dict[str, Any], source_name: 
             config["recipe_seconds_per_iteration"] = donor.get("recipe_seconds_per_iteration") or seconds
             _refit_schedule(config, budget, seconds, config["recipe_seconds_per_iteration"], parts)
         configurations[name] = config
-    _replan_training(plans, configurations, target)
+    _replan_training(plans, configurations)
     for config in configurations.values():  # a stage whose partner was dropped stands alone
         for link in ("previous_stage", "next_stage"):
             if config[link] not in configurations:
                 config[link] = None
     plans["configurations"] = {n: c for n, c in configurations.items() if not (n.startswith("3d_cascade") and c["previous_stage"] is None)}
-    _note_untransferred(plans, target, source, source_name)
+    _note_transfer(plans, target, source, source_name)
     plans["transferred_from"] = {
         "plans": source_name, "dataset_name": source.get("dataset_name"), "plans_name": source.get("plans_name"),
         "configurations": sorted(plans["configurations"]), "keys": list(TRANSFERRED_KEYS),
@@ -77,16 +78,28 @@ def transfer_plans(target: dict[str, Any], source: dict[str, Any], source_name: 
     return plans
 
 
-def _note_untransferred(plans: dict[str, Any], target: dict[str, Any], source: dict[str, Any], source_name: str) -> None:
-    """The target's notes on configurations the transfer dropped give way to one saying why: a 3D target
-    transferred from a 2D-only source kept '3d_fullres: planned at 2x2x2 mm ... (patch [12, 16, 12]: 1025
-    iterations)' for a configuration the plan no longer held, and nothing said it was dropped."""
-    dropped = [name for name in target["configurations"] if name not in plans["configurations"]]
-    prefixes = tuple(f"{name}: " for name in dropped)
-    stale = {note for note in target.get("notes", []) if prefixes and note.startswith(prefixes)}
-    plans["notes"] = [note for note in plans.get("notes", []) if note not in stale] + [
+def _notes_on_no_configuration(target: dict[str, Any]) -> list[str]:
+    """The target's notes less those on one of its configurations ('2d: ... (patch [18, 12]: 1458
+    iterations)'): each is transferred or dropped, so they described a patch, batch or schedule the plan no
+    longer holds (``_note_transfer`` says what it holds)."""
+    prefixes = tuple(f"{name}: " for name in target["configurations"])
+    return [note for note in target.get("notes", []) if not (prefixes and note.startswith(prefixes))]
+
+
+def _note_transfer(plans: dict[str, Any], target: dict[str, Any], source: dict[str, Any], source_name: str) -> None:
+    """A note per configuration on what the plan holds for it: transferred (the source's patch and batch at
+    this dataset's spacing), or not transferred as the source has none (a 3D target from a 2D-only source
+    lost 3d_fullres without a word)."""
+    for name, config in plans["configurations"].items():
+        spacing = config["spacing"][len(config["spacing"]) - config["spatial_dims"]:]
+        iterations = f"; {config['num_iterations']} iterations" if config.get("num_iterations") else ""
+        plans["notes"].append(
+            f"{name}: transferred from {source_name}: its network {config['network']['name']!r}, patch "
+            f"{config['patch_size']} and batch {config['batch_size']}, at this dataset's spacing "
+            f"{'x'.join(f'{v:.3g}' for v in spacing)} mm{iterations}")
+    plans["notes"] += [
         f"{name}: not transferred: {source_name} has no {name} to start it from; plan it without --transfer-plans-from"
-        for name in dropped if name not in source["configurations"]
+        for name in target["configurations"] if name not in plans["configurations"] and name not in source["configurations"]
     ]
 
 
@@ -134,12 +147,10 @@ def _check_family(donor: dict[str, Any], name: str, source_name: str) -> None:
         raise PlanError(f"{source_name}: configuration {name!r}: {exc}; transfer from a plans file autoseg wrote") from None
 
 
-def _replan_training(plans: dict[str, Any], configurations: dict[str, dict[str, Any]], target: dict[str, Any]) -> None:
-    """Each configuration's training settings for the source's family and the refitted schedule, the
-    target's own notes on them replaced."""
-    stale = {short_schedule.describe(name, config) for name, config in target["configurations"].items()}
-    notes = short_schedule.apply(configurations, (plans.get("budget") or {}).get("seconds"))
-    plans["notes"] = [note for note in plans.get("notes", []) if note not in stale] + notes
+def _replan_training(plans: dict[str, Any], configurations: dict[str, dict[str, Any]]) -> None:
+    """Each configuration's training settings for the source's family and the refitted schedule, noted
+    (the target's own notes on them are gone: ``_notes_on_no_configuration``)."""
+    plans["notes"] += short_schedule.apply(configurations, (plans.get("budget") or {}).get("seconds"))
 
 
 def _refit_schedule(config: dict[str, Any], budget: float, seconds: float, recipe_seconds: float,
