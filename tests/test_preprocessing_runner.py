@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +18,8 @@ from autoseg.dataset.imageio import Geometry, read_image, write_image
 from autoseg.errors import PreprocessingError
 from autoseg.planning.plans import write_plans
 from autoseg.preprocessing import list_cases, load_case, preprocess_dataset, restore_label
-from autoseg.preprocessing.runner import TIMING_SUFFIX, copy_ground_truth
+from autoseg.preprocessing import store
+from autoseg.preprocessing.runner import TIMING_SUFFIX, copy_ground_truth, timing_path
 from autoseg.utils.atomic import HOST_TAG
 
 DATASET = "Dataset999_Test"
@@ -251,6 +254,30 @@ def test_unreadable_case_is_named_while_the_others_complete(roots: dict[str, Pat
     out = roots["preprocessed"] / DATASET / IDENTIFIER
     assert list_cases(out) == ["hippocampus_001", "hippocampus_003", "hippocampus_004"]
     assert info.value.report.outputs[0].failed[0].key == "hippocampus_006"
+
+
+def test_a_full_disk_stops_at_the_first_case_it_hits(roots: dict[str, Path], small_dataset: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk failed every later case too, then the timing record, and the error named only
+    ``..._preprocess_timing.json``: now one line names the store, the full disk and how to resume."""
+    _write_plans(roots)
+    out = roots["preprocessed"] / DATASET / IDENTIFIER
+    save_case, tried = store.save_case, []
+
+    def save_until_full(folder: Path, case_id: str, *args: object, **kwargs: object) -> None:
+        tried.append(case_id)
+        if len(tried) > 1:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder / f"{case_id}.b2nd"))
+        save_case(folder, case_id, *args, **kwargs)
+
+    monkeypatch.setattr(store, "save_case", save_until_full)
+    with pytest.raises(PreprocessingError, match=rf"^{out}: the disk is full \(case \w+ could not be written\); free space there "
+                                                 r"and re-run `autoseg preprocess`: the cases stored so far are kept and skipped$") as info:
+        preprocess_dataset(DATASET, "3d_fullres", num_workers=1)
+    assert len(tried) == 2 and tried[1] in str(info.value)  # stopped at the case that hit it: no later case tried
+    assert list_cases(out) == tried[:1] and not timing_path(out).exists()
+    monkeypatch.setattr(store, "save_case", save_case)  # space freed
+    assert preprocess_dataset(DATASET, "3d_fullres", num_workers=1).outputs[0].skipped == tried[:1]
 
 
 @pytest.mark.parametrize(("edit", "problem"), [

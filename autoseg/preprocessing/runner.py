@@ -9,6 +9,8 @@ deleted except the temporary files of killed runs (``remove_stale_temporaries``)
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import filecmp
 import hashlib
 import json
@@ -17,7 +19,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -191,6 +193,24 @@ def input_fingerprint(case: Case, plans: dict[str, Any], config: dict[str, Any])
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
+class DiskFullError(PreprocessingError):
+    """The disk (or quota) of a folder preprocess writes to is full: every later case would fail too."""
+
+
+@contextlib.contextmanager
+def stop_on_full_disk(folder: Path, what: str) -> Iterator[None]:
+    """Turn a full disk while writing ``what`` into ``folder`` into one ``DiskFullError`` naming the folder and how to
+    resume: each case failed with it in turn, and then the timing record, whose error alone reached the user."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        full = "the disk is full" if exc.errno == errno.ENOSPC else "the disk quota is exhausted"
+        raise DiskFullError(f"{folder}: {full} ({what} could not be written); free space there and re-run "
+                            "`autoseg preprocess`: the cases stored so far are kept and skipped") from None
+
+
 def stored_state(folder: Path, case_id: str, fingerprint: str) -> str:
     """``done`` (skip it), ``absent`` (never stored, or killed before its marker), ``stale`` (other plan
     parameters or input files, or stored without chunk checksums) or ``damaged`` (fails ``store.open_case``'s
@@ -236,7 +256,8 @@ def preprocess_one(
     properties["case_id"] = case_id
     properties["input_fingerprint"] = fingerprint
     properties["class_locations"] = store.class_locations(seg_pp, foreground_labels(plans), store.case_seed(case_id))
-    store.save_case(folder, case_id, data_pp, seg_pp, properties, patch_size=config.get("patch_size"))
+    with stop_on_full_disk(folder, f"case {case_id}"):
+        store.save_case(folder, case_id, data_pp, seg_pp, properties, patch_size=config.get("patch_size"))
     return {"shape": list(data_pp.shape), "annotation_kept": kept}
 
 
@@ -326,7 +347,7 @@ def preprocess_dataset(
         remove_stale_temporaries(timing.parent, timing.name)
         started = time.perf_counter()
         results, out.failed = parallel_map(
-            preprocess_one, items, min(workers, max(1, len(items))), f"preprocess {identifier}"
+            preprocess_one, items, min(workers, max(1, len(items))), f"preprocess {identifier}", stop_on=(DiskFullError,)
         )
         out.processed = sorted(results)
         out.thinned = {case: result["annotation_kept"] for case, result in results.items()
@@ -334,14 +355,17 @@ def preprocess_dataset(
         # A case that fails now keeps no copy stored from earlier inputs: training would use it without a word.
         out.removed = sorted(f.key for f in out.failed if store.remove_case(out.output_dir, f.key))
         if out.processed:  # what `autoseg train` reports against the plan's predicted preparation time
-            atomic_write_json(timing, {"seconds": time.perf_counter() - started,
-                                       "cases": len(out.processed), "workers": workers})
+            with stop_on_full_disk(timing.parent, f"the timing record {timing.name}"):
+                atomic_write_json(timing, {"seconds": time.perf_counter() - started,
+                                           "cases": len(out.processed), "workers": workers})
         report.outputs.append(out)
     gt_dir = location.preprocessed_dir / GT_FOLDER
     remove_stale_temporaries(gt_dir)
     for case in cases:
         assert case.label is not None
-        if copy_ground_truth(case.label, gt_dir / f"{case.case_id}{description.file_ending}"):
+        with stop_on_full_disk(gt_dir, f"the ground truth of case {case.case_id}"):
+            copied = copy_ground_truth(case.label, gt_dir / f"{case.case_id}{description.file_ending}")
+        if copied:
             report.gt_copied += 1
         else:
             report.gt_unchanged += 1

@@ -100,12 +100,15 @@ def parallel_map(
     items: Sequence[tuple[str, tuple[Any, ...]]],
     num_workers: int,
     description: str,
+    stop_on: tuple[type[Exception], ...] = (),
 ) -> tuple[dict[str, Any], list[Failure]]:
     """Run ``func(*args)`` for every ``(key, args)`` and return ``({key: result}, failures)``.
 
     With ``num_workers <= 1`` everything runs in this process (easy debugging). Failures never stop
-    the other cases. If a worker is killed, the cases it may have held are re-run one at a time in a
-    fresh single-worker pool so the one that kills its worker is named exactly.
+    the other cases, except an error of a type in ``stop_on`` (a full disk fails every later case too),
+    which is raised at once, the cases not yet started left undone. If a worker is killed, the cases it
+    may have held are re-run one at a time in a fresh single-worker pool so the one that kills its worker
+    is named exactly.
     """
     results: dict[str, Any] = {}
     failures: list[Failure] = []
@@ -117,13 +120,15 @@ def parallel_map(
             for key, args in items:
                 try:
                     results[key] = func(*args)
+                except stop_on:
+                    raise
                 except Exception as exc:  # noqa: BLE001 - reported per case
                     failures.append(Failure(key, _describe(exc)))
                 bar.advance(task)
             return results, failures
-        suspects = _run_pool(func, items, num_workers, results, failures, lambda: bar.advance(task))
+        suspects = _run_pool(func, items, num_workers, results, failures, lambda: bar.advance(task), stop_on)
         for key, args in suspects:  # isolate the case(s) that kill their worker
-            _run_pool(func, [(key, args)], 1, results, failures, lambda: bar.advance(task), isolate=True)
+            _run_pool(func, [(key, args)], 1, results, failures, lambda: bar.advance(task), stop_on, isolate=True)
     return results, failures
 
 
@@ -134,6 +139,7 @@ def _run_pool(
     results: dict[str, Any],
     failures: list[Failure],
     advance: Callable[[], None],
+    stop_on: tuple[type[Exception], ...] = (),
     isolate: bool = False,
 ) -> list[tuple[str, tuple[Any, ...]]]:
     """Run items in a pool; return the items lost to a dead worker (empty when ``isolate``)."""
@@ -167,6 +173,10 @@ def _run_pool(
                     else:
                         lost.append((key, args))
                     continue
+                except stop_on:
+                    for queued in futures:  # the running ones finish before the pool closes
+                        queued.cancel()
+                    raise
                 except Exception as exc:  # noqa: BLE001 - reported per case
                     failures.append(Failure(key, _describe(exc)))
                 advance()
