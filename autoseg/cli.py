@@ -8,6 +8,7 @@ import functools
 import inspect
 import os
 import select
+import stat
 import sys
 import traceback
 from pathlib import Path
@@ -52,9 +53,30 @@ def _stdout_closed() -> bool:
     except (AttributeError, OSError, ValueError):  # no fileno (captured output) or no poll (Windows)
         return False
     if closed:
-        with contextlib.suppress(OSError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+        _silence_stdout(fd)
     return closed
+
+
+def _silence_stdout(fd: int) -> None:
+    """Point standard output (``fd``) at /dev/null, so that the exit's flush of what it could not take is quiet."""
+    with contextlib.suppress(OSError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+
+
+def _stdout_full() -> bool:
+    """Whether standard output leads to a full device: /dev/full, or a file on a disk without free blocks;
+    if so, silence it. A failed write to it carries no file name, so `autoseg networks > /dev/full` printed
+    'No space left on device; the disk is full ...' without saying which output it was."""
+    try:
+        fd = sys.stdout.fileno()
+        status = os.fstat(fd)
+        full = (status.st_rdev == os.stat("/dev/full").st_rdev if stat.S_ISCHR(status.st_mode)
+                else stat.S_ISREG(status.st_mode) and os.fstatvfs(fd).f_bavail == 0)
+    except (AttributeError, OSError, ValueError):  # no fileno (captured output), no /dev/full (Windows)
+        return False
+    if full:
+        _silence_stdout(fd)
+    return full
 
 
 # File-system refusals caused by where the user points autoseg (a root or -o below a file, a folder
@@ -113,6 +135,10 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
                 raise typer.Exit(SIGPIPE_EXIT_CODE) from None  # stop quietly (another pipe breaking is a bug)
             if os.environ.get("AUTOSEG_DEBUG"):
                 traceback.print_exc()
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT) and exc.filename is None \
+                    and _stdout_full():
+                _fail(f"standard output could not be written ({exc.strerror}): the disk or device it is redirected to "
+                      "is full; free space or redirect it elsewhere", 2)
             environment = environment_error_message(exc) if isinstance(exc, OSError) else None
             if environment is not None:
                 _fail(environment, 2)

@@ -156,6 +156,21 @@ def test_a_reader_that_leaves_stops_the_command_quietly() -> None:
     assert (process.returncode, process.stderr) == (141, "")
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_full_standard_output_is_named_as_such() -> None:
+    """`autoseg networks > /dev/full` printed 'No space left on device; the disk is full ...' without saying
+    that it was standard output that could not be written."""
+    import subprocess
+    import sys
+
+    with open("/dev/full", "w") as full:
+        process = subprocess.run([sys.executable, "-c", "from autoseg.cli import main; main()", "networks"],
+                                 stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert process.returncode == 2, process.stderr
+    assert process.stderr == ("autoseg: error: standard output could not be written (No space left on device): the disk "
+                              "or device it is redirected to is full; free space or redirect it elsewhere\n")
+
+
 def test_a_broken_pipe_elsewhere_is_still_an_internal_error() -> None:
     """Only standard output's reader leaving is quiet: a worker's pipe breaking is a bug to report."""
     import typer
