@@ -170,6 +170,13 @@ def nonempty_path(value: str | os.PathLike[str]) -> Path:
         raise typer.BadParameter(str(exc)) from None
 
 
+def nonempty_path_text(value: str | os.PathLike[str]) -> str:
+    """``nonempty_path`` as text that keeps a trailing separator: ``-o d3/`` names a folder to write into,
+    which ``Path`` drops (a file named ``d3`` was written)."""
+    text = os.fspath(nonempty_path(value))
+    return text + os.sep if os.fspath(value).endswith(("/", os.sep)) else text
+
+
 path_option = functools.partial(typer.Option, parser=nonempty_path, metavar="<path>")  # every path-valued option
 path_argument = functools.partial(typer.Argument, parser=nonempty_path)
 
@@ -441,19 +448,21 @@ def postprocess_determine(
     pred: Path = path_option(..., "-p", "--pred", help="cross-validation predictions (all folds in one folder)"),
     ref: Path = path_option(..., "-r", "--ref", help="reference label maps"),
     dataset: Optional[str] = typer.Option(None, "-d", "--dataset", help="dataset for labels (default: dataset.json beside the references)"),
-    output: Optional[Path] = path_option(None, "-o", "--output", help="decision file (default: PRED/postprocessing.json)"),
+    output: Optional[str] = typer.Option(None, "-o", "--output", parser=nonempty_path_text, metavar="<path>",
+                                         help="decision file, or a folder ending in / for postprocessing.json in it "
+                                              "(default: PRED/postprocessing.json)"),
     epsilon: float = typer.Option(1e-3, help="a step must raise the mean Dice by more than this and lower no class by more"),
     num_workers: Optional[int] = typer.Option(None, "-np", "--num-workers", min=0, help=WORKERS_HELP),
 ) -> None:
     """Decide which connected-component steps help on the cross-validation and store them as JSON."""
     from autoseg.evaluation.evaluate import find_description
-    from autoseg.postprocessing.determine import determine_postprocessing
+    from autoseg.postprocessing.determine import decision_path, determine_postprocessing
 
     description = _description(dataset) or find_description(pred, ref)
     decision = determine_postprocessing(pred, ref, description, output, num_workers, epsilon)
     accepted = [step for step in decision["steps"]]
     typer.echo(f"accepted steps: {accepted if accepted else 'none'}")
-    typer.echo(f"written: {output or pred / 'postprocessing.json'}")
+    typer.echo(f"written: {decision_path(pred, output)}")
 
 
 @postprocess_app.command("apply")

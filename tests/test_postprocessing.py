@@ -147,6 +147,23 @@ def test_a_decision_path_ending_in_a_separator_is_a_folder_for_postprocessing_js
         determine_postprocessing(preds, refs, LABELS, tmp_path / "d3", num_workers=1, file_ending=".nii.gz")
 
 
+
+def test_determine_from_the_command_line_keeps_the_trailing_separator_of_its_output(tmp_path):
+    """The CLI's path parser made ``-o d4/`` a Path, dropping the separator, so a file named d4 was written."""
+    from typer.testing import CliRunner
+
+    from autoseg.cli import app
+
+    preds, refs = _make_cv_folders(tmp_path)
+    (tmp_path / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": LABELS,
+                                                        "numTraining": 3, "file_ending": ".nii.gz"}))
+    result = CliRunner().invoke(app, ["postprocess", "determine", "-p", str(preds), "-r", str(refs), "-np", "1",
+                                      "-o", f"{tmp_path / 'd4'}/"])
+    assert result.exit_code == 0, result.output
+    assert load_decision(tmp_path / "d4" / "postprocessing.json")["steps"]
+    assert f"written: {tmp_path / 'd4' / 'postprocessing.json'}" in result.output
+
+
 def test_apply_is_deterministic_and_matches_the_reference(tmp_path):
     preds, refs = _make_cv_folders(tmp_path)
     decision = determine_postprocessing(preds, refs, LABELS, num_workers=1, file_ending=".nii.gz")
