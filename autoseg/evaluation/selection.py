@@ -26,7 +26,7 @@ from autoseg.errors import EvaluationError
 from autoseg.evaluation.ensemble import ensemble_folders
 from autoseg.evaluation.evaluate import evaluate_folders, list_cases
 from autoseg.paths import DatasetSpec, preprocessed_root, resolve_dataset, results_root
-from autoseg.postprocessing.determine import determine_postprocessing
+from autoseg.postprocessing.determine import DECISION_FILE, determine_postprocessing
 from autoseg.training.splits import SPLITS_FILE, read_splits
 from autoseg.utils.atomic import atomic_write_json, atomic_write_text, folder_lock, remove_stale_temporaries, staging_folder
 from autoseg.utils.names import string_list
@@ -35,7 +35,7 @@ from autoseg.utils.probability_files import probability_paths
 INSTRUCTIONS_VERSION = 2  # 2: candidate paths relative to <results>/<Dataset>/ (1: absolute)
 INSTRUCTIONS_JSON = "inference_instructions.json"
 INSTRUCTIONS_TXT = "inference_instructions.txt"
-POSTPROCESSING_JSON = "postprocessing.json"
+POSTPROCESSING_JSON = DECISION_FILE  # the decision find-best keeps beside each model (re-exported for model files)
 ENSEMBLES_FOLDER = "ensembles"
 ENSEMBLE_PREFIX = "ensemble___"
 ENSEMBLE_SEPARATOR = "___"  # between members (model folder names hold "__")
