@@ -39,6 +39,8 @@ def set_options(settings: list[str]) -> list[str]:
 def workers_asked(monkeypatch: Any, module: Any) -> list[int]:
     """The ``num_workers`` each ``parallel_map`` call of ``module`` is given, with ``default_workers()`` at 2 (so
     a ``-np 0`` read as unset shows as 2)."""
+    import autoseg.utils.progress as progress
+
     asked: list[int] = []
     real = module.parallel_map
 
@@ -47,5 +49,5 @@ def workers_asked(monkeypatch: Any, module: Any) -> list[int]:
         return real(func, items, num_workers, description)
 
     monkeypatch.setattr(module, "parallel_map", parallel_map)
-    monkeypatch.setattr(module, "default_workers", lambda: 2)
+    monkeypatch.setattr(progress, "default_workers", lambda: 2)  # what stage_workers reads for None
     return asked

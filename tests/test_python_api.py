@@ -206,6 +206,26 @@ def test_evaluate_folders_names_what_labels_it_takes(pipeline: dict[str, Any], l
     assert not output.exists()
 
 
+@pytest.mark.parametrize("workers", [-1, 1.5, True])
+def test_a_worker_count_no_stage_takes_is_refused_not_run_in_one_process(pipeline: dict[str, Any], workers: Any) -> None:
+    """joblib's -1 ('every core') or a fraction ran each stage in this process without a word (the CLI's -np
+    refuses them); each stage now raises its own error naming the value."""
+    validation, output = pipeline["model"] / "fold_0" / "validation", pipeline["root"] / "refused_workers"
+    description = load_description(pipeline["location"].raw_dir)
+    expected = rf"num_workers {workers!r}: give a whole number from 0"
+    with pytest.raises(AutosegError, match=expected):
+        verify_dataset(DATASET, num_workers=workers)
+    with pytest.raises(AutosegError, match=expected):
+        extract_fingerprint(pipeline["location"], num_workers=workers)
+    with pytest.raises(AutosegError, match=expected):
+        preprocess_dataset(DATASET, num_workers=workers)
+    with pytest.raises(EvaluationError, match=expected):
+        evaluate_folders(validation, pipeline["raw"] / "labelsTr", description, output_dir=output, num_workers=workers)
+    with pytest.raises(EvaluationError, match=expected):
+        determine_postprocessing(validation, pipeline["raw"] / "labelsTr", description, output_json=output / "pp.json",
+                                 num_workers=workers)
+    assert not output.exists()
+
 def test_run_demo_gives_the_roots_back(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """run_demo pointed AUTOSEG_PREPROCESSED / AUTOSEG_RESULTS into its run folder and left them there: every
     later stage of a notebook read and wrote the demo's run. It also took only Path objects, not strings."""

@@ -28,7 +28,7 @@ from autoseg.dataset.imageio import (
 )
 from autoseg.errors import DatasetError
 from autoseg.paths import DatasetLocation, DatasetSpec, resolve_dataset
-from autoseg.utils.progress import default_workers, parallel_map
+from autoseg.utils.progress import parallel_map, stage_workers
 
 MAX_LISTED_VALUES = 8
 # A voxel side no image has (100 m): 1e200 mm made voxel and class volumes, and structure thickness, overflow to
@@ -310,8 +310,7 @@ def verify_dataset(location: DatasetSpec, num_workers: int | None = None) -> Ver
         problems.extend(scan.problems)
         test_cases = scan.cases
     jobs = [(c.case_id, (c, desc)) for c in [*cases, *test_cases]]
-    # -np 0 means "in this process" (the option's help): ``num_workers or default_workers()`` read it as unset
-    workers = default_workers() if num_workers is None else num_workers
+    workers = stage_workers(num_workers, DatasetError)
     results, failures = parallel_map(_check_case_problems, jobs, workers, "verify")
     warnings: list[str] = []
     for case_id, _ in jobs:

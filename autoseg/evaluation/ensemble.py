@@ -27,7 +27,7 @@ from autoseg.utils.probability_files import (
 )
 from autoseg.utils.atomic import remove_stale_temporaries
 from autoseg.utils.output_folders import check_output_folder, claim_output_files, files_digest
-from autoseg.utils.progress import default_workers, parallel_map
+from autoseg.utils.progress import parallel_map, stage_workers
 
 REGION_THRESHOLD = 0.5  # a voxel belongs to a region when its sigmoid probability exceeds this (§1.1)
 
@@ -203,7 +203,7 @@ def ensemble_folders(
     claim_output_files(out, outputs, "ensemble", EvaluationError, inputs)
     remove_stale_temporaries(out)  # what a killed run left half-written
     items = [(case, (case, dirs, out, ending, save_probabilities)) for case in ordered]
-    workers = default_workers() if num_workers is None else num_workers
+    workers = stage_workers(num_workers, EvaluationError)
     _, failures = parallel_map(ensemble_case, items, min(workers, len(items)), "ensembling")
     raise_failures(failures, len(items), "ensembled")
     return ordered

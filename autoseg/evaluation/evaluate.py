@@ -33,7 +33,7 @@ from autoseg.evaluation.metrics import (
 )
 from autoseg.utils.atomic import atomic_write_json, atomic_write_text, require_writable
 from autoseg.utils.output_folders import check_output_folder, describe_symlink_loop, symlink_loop
-from autoseg.utils.progress import Failure, default_workers, parallel_map
+from autoseg.utils.progress import Failure, parallel_map, stage_workers
 
 SUMMARY_VERSION = 1
 SPACING_TOLERANCE = 1e-3  # relative and absolute (mm): float32 headers round spacings
@@ -127,7 +127,7 @@ def _label_values(path: Path) -> list[int]:
 def labels_in_references(ref_dir: Path, file_ending: str, num_workers: int | None = None) -> list[int]:
     """Every non-zero value of the reference label maps, sorted."""
     items = [(case, (path,)) for case, path in list_cases(ref_dir, file_ending).items()]
-    workers = default_workers() if num_workers is None else num_workers
+    workers = stage_workers(num_workers, EvaluationError)
     results, failures = parallel_map(_label_values, items, min(workers, max(1, len(items))), "reading references")
     raise_failures(failures, len(items), "read")
     values = sorted({v for found in results.values() for v in found} - {0})
@@ -361,7 +361,7 @@ def evaluate_folders(
     declared = declared_values(description_or_labels)
     pairs = match_cases(pred_dir, ref_dir, file_ending, case_ids)
     items = [(case, (pred, ref, classes, ignore_label, tolerance_mm, declared)) for case, (pred, ref) in pairs.items()]
-    workers = default_workers() if num_workers is None else num_workers
+    workers = stage_workers(num_workers, EvaluationError)
     results, failures = parallel_map(evaluate_case, items, min(workers, len(items)), "evaluating")
     raise_failures(failures, len(items), "evaluated")
     per_case = [

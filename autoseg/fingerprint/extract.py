@@ -24,7 +24,7 @@ from autoseg.fingerprint.label_layout import class_centroids
 from autoseg.fingerprint.thickness import case_thickness, median_thickness
 from autoseg.paths import DatasetLocation, DatasetSpec, resolve_dataset
 from autoseg.utils.atomic import atomic_write_json
-from autoseg.utils.progress import default_workers, parallel_map
+from autoseg.utils.progress import parallel_map, stage_workers
 
 # nnU-Net pools 1e8 foreground samples (reference §1.2); 1e7 gives the same percentiles to well below
 # the precision normalization needs, at a tenth of the memory.
@@ -118,8 +118,7 @@ def extract_fingerprint(
         raise DatasetError(f"{location.raw_dir}: no training cases found; put images in imagesTr and labels in labelsTr")
     samples_per_case = max(1, FOREGROUND_SAMPLES_TOTAL // len(cases))
     jobs = [(c.case_id, (c, desc, samples_per_case, seed)) for c in cases]
-    # -np 0 means "in this process", as for every stage: ``num_workers or default_workers()`` read it as unset
-    workers = default_workers() if num_workers is None else num_workers
+    workers = stage_workers(num_workers, DatasetError)
     results, failures = parallel_map(case_statistics, jobs, workers, "fingerprint")
     if failures:
         lines = [_naming_the_case(f.key, line) for f in failures for line in f.message.split(" | ")]

@@ -38,7 +38,7 @@ from autoseg.evaluation.metrics import SegClass, case_metrics, evaluation_classe
 from autoseg.postprocessing.connected_components import component_volumes_mm3, keep_largest, remove_small
 from autoseg.utils.atomic import atomic_write_json, remove_stale_temporaries
 from autoseg.utils.output_folders import check_output_file, check_output_folder, claim_output_files, files_digest
-from autoseg.utils.progress import default_workers, parallel_map
+from autoseg.utils.progress import parallel_map, stage_workers
 
 DECISION_VERSION = 1
 DECISION_FILE = "postprocessing.json"  # determine's decision, in the folder it was asked for
@@ -186,7 +186,7 @@ def determine_postprocessing(
     file_ending = resolve_file_ending(description_or_labels, file_ending)
     classes, ignore_label = evaluation_classes(description_or_labels)
     pairs = match_cases(pred_dir, ref_dir, file_ending, None)
-    workers = default_workers() if num_workers is None else num_workers
+    workers = stage_workers(num_workers, EvaluationError)
     names = [name for name, _ in classes]
     foreground = sorted({v for _, values in classes for v in values})
 
@@ -336,7 +336,7 @@ def apply_to_folder(
     claim_output_files(output_dir, outputs, "postprocess apply", EvaluationError, [_input_record(input_dir, files, decision)])
     remove_stale_temporaries(output_dir)  # what a killed run left half-written
     items = [(case, (path, output_dir / path.name, decision)) for case, path in files.items()]
-    workers = default_workers() if num_workers is None else num_workers
+    workers = stage_workers(num_workers, EvaluationError)
     _, failures = parallel_map(_apply_file, items, min(workers, len(items)), "postprocessing")
     raise_failures(failures, len(items), "postprocessed")
     return [output_dir / path.name for path in files.values()]

@@ -47,7 +47,7 @@ from autoseg.planning.plans import (
 from autoseg.preprocessing import store
 from autoseg.preprocessing.pipeline import preprocess_case
 from autoseg.utils.atomic import atomic_path, atomic_write_json, remove_stale_temporaries
-from autoseg.utils.progress import Failure, default_workers, parallel_map
+from autoseg.utils.progress import Failure, parallel_map, stage_workers
 
 FORMAT_VERSION = 2  # bump when preprocessing changes its output for the same plan and input (2: 333a523, slices clipped)
 TIMING_SUFFIX = "_preprocess_timing.json"
@@ -325,7 +325,7 @@ def preprocess_dataset(
     if isinstance(configurations, str):  # one name, not its letters ("configuration '3' is not in plans")
         configurations = [configurations]
     names = list(dict.fromkeys(configurations)) if configurations else list(plans["configurations"])  # each once
-    workers = default_workers() if num_workers is None else max(1, int(num_workers))
+    workers = max(1, stage_workers(num_workers, PreprocessingError))
     report = PreprocessReport(location.name, plans_name, [])
     for identifier, group in _group_by_identifier(plans, names).items():
         config = get_configuration(plans, group[0])

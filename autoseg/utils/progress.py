@@ -9,6 +9,7 @@ case still queued.
 from __future__ import annotations
 
 import multiprocessing
+import numbers
 import os
 import sys
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -87,6 +88,18 @@ def _describe(exc: BaseException) -> str:
 def default_workers() -> int:
     """Worker processes by default: the CPU cores available to this process."""
     return available_cores()
+
+
+def stage_workers(num_workers: int | None, error: Callable[[str], Exception]) -> int:
+    """Worker processes for a stage's ``num_workers``: None is every core available, 0 and 1 run in this
+    process. From Python a negative count (joblib's -1 for 'every core') or a fraction ran in one process
+    without a word (the CLI refuses them); ``error`` is the stage's error type."""
+    if num_workers is None:
+        return default_workers()
+    if isinstance(num_workers, bool) or not isinstance(num_workers, numbers.Integral) or num_workers < 0:
+        raise error(f"num_workers {num_workers!r}: give a whole number from 0 (0 or 1: in this process), or None for "
+                    "every core available")
+    return int(num_workers)
 
 
 def _mp_context() -> multiprocessing.context.BaseContext:
