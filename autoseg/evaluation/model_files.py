@@ -554,7 +554,7 @@ def _check_zip_holds(manifest: Mapping[str, Any], zip_path: Path, folds: Sequenc
     fix 'finish training this fold'."""
     checkpoint_file(checkpoint, ModelFileError)  # an unknown name is refused as such
     check_zip_checkpoint(zip_path, manifest["checkpoint"], checkpoint)
-    asked = [] if folds is None else ["all"] if folds == "all" else [str(f) for f in folds]
+    asked = [] if folds is None else string_list(folds)
     missing = [f for f in asked if f not in manifest["folds"]]
     if missing:
         raise ModelFileError(f"{zip_path}: holds fold(s) {', '.join(manifest['folds'])}, not {', '.join(missing)}; "

@@ -42,6 +42,7 @@ from autoseg.inference.tiling import DEFAULT_STEP, check_batch_tiles, check_step
 from autoseg.utils.atomic import (
     atomic_write_json, disk_full_error, folder_lock, remove_stale_temporaries, require_writable,
 )
+from autoseg.utils.names import string_list
 from autoseg.utils.output_folders import PREDICT_RECORD, check_output_folder, refuse_outputs_not_ours
 from autoseg.utils.probability_files import probability_paths, write_probability_files
 from autoseg.utils.progress import Failure, track
@@ -363,7 +364,7 @@ def refuse_other_settings(
     the loaded ones were used without a word (``folds=[1]`` predicted with the loaded fold 0)."""
     problems = []
     if folds is not None:
-        asked = sorted({str(f) for f in ([folds] if isinstance(folds, (str, int)) else folds)})
+        asked = sorted(set(string_list(folds)))
         if asked != sorted(model.folds):
             problems.append(f"folds {asked} (the model holds folds {model.folds})")
     if checkpoint != "final" and checkpoint != model.checkpoint:

@@ -39,6 +39,7 @@ from autoseg.networks.bf16_guard import bf16_step_survives, step_spec
 from autoseg.networks.registry import TopologyConstraints
 from autoseg.utils.cpu_load import applied, idle_thread_choice
 from autoseg.utils.device import autocast_dtype, choose_device, device_memory_bytes
+from autoseg.utils.names import string_list
 from autoseg.utils.progress import default_workers
 
 if TYPE_CHECKING:
@@ -1028,8 +1029,8 @@ def _check_resampled_sizes(fingerprint: dict[str, Any], target: Sequence[float])
 
 def _wanted_configurations(configs: str | Sequence[str] | None, is_2d: bool, family_dims: tuple[int, ...],
                            ctx: _Context) -> set[str]:
-    if isinstance(configs, str):  # one name, not its letters ("unknown configuration(s) 3, _, d, ...")
-        configs = [configs]
+    if configs is not None:  # one name, not its letters ("unknown configuration(s) 3, _, d, ...")
+        configs = string_list(configs)
     unknown = sorted(set(configs or ()) - set(ALL_CONFIGURATIONS))
     if unknown:
         raise PlanError(f"unknown configuration(s) {', '.join(unknown)}; choose from {', '.join(ALL_CONFIGURATIONS)}")

@@ -47,6 +47,7 @@ from autoseg.planning.plans import (
 from autoseg.preprocessing import store
 from autoseg.preprocessing.pipeline import preprocess_case
 from autoseg.utils.atomic import atomic_path, atomic_write_json, remove_stale_temporaries
+from autoseg.utils.names import string_list
 from autoseg.utils.progress import Failure, parallel_map, stage_workers
 
 FORMAT_VERSION = 2  # bump when preprocessing changes its output for the same plan and input (2: 333a523, slices clipped)
@@ -322,8 +323,8 @@ def preprocess_dataset(
     plans = load_plans(plans_path(location.preprocessed_dir, plans_name))
     check_plans_follow_dataset(plans, description, plans_path(location.preprocessed_dir, plans_name),
                                location.raw_dir / "dataset.json", location.name, plans_name)
-    if isinstance(configurations, str):  # one name, not its letters ("configuration '3' is not in plans")
-        configurations = [configurations]
+    if configurations is not None:  # one name, not its letters ("configuration '3' is not in plans")
+        configurations = string_list(configurations)
     names = list(dict.fromkeys(configurations)) if configurations else list(plans["configurations"])  # each once
     workers = max(1, stage_workers(num_workers, PreprocessingError))
     report = PreprocessReport(location.name, plans_name, [])
