@@ -209,10 +209,11 @@ def load_model(
     )
     fold_names = _resolve_folds(folder, folds)
     torch_device = pick_device(device)
-    networks, metas = [], []
+    networks, metas, paths = [], [], []
     digest = hashlib.sha256()
     for fold in fold_names:
         path = folder / f"fold_{fold}" / checkpoint_file_name
+        paths.append(path)
         loaded = _load_checkpoint(path, torch_device)
         check_outputs_match_labels(loaded["metadata"], description.num_output_channels, str(path),
                                    str(folder / "dataset.json"), InferenceError)
@@ -222,7 +223,7 @@ def load_model(
         networks.append(build_network(loaded, path, torch_device))
         metas.append(loaded["metadata"])
         digest.update(weights_digest(loaded["network_weights"]))
-    _check_folds_agree(metas, [folder / f"fold_{fold}" / checkpoint_file_name for fold in fold_names])
+    _check_folds_agree(metas, paths)
     meta = metas[0]
     previous = None
     if configuration.get("previous_stage"):

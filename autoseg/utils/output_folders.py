@@ -108,27 +108,25 @@ def refuse_outputs_not_ours(
 
 
 def claim_output_files(
-    output: Path, outputs: Sequence[Path], command: str, error: type[Exception],
-    inputs: Sequence[Mapping[str, Any]] | None = None,
+    output: Path, outputs: Sequence[Path], command: str, error: type[Exception], inputs: Sequence[Mapping[str, Any]],
 ) -> None:
     """Refuse an output folder that holds some of ``outputs`` but was not written by autoseg (``-o`` on a
     dataset's labelsTr or the references replaced them without a word); otherwise mark it as autoseg's.
 
-    With ``inputs`` (what the outputs are made of: each a ``folder`` and its content's identity), the mark
-    records them, and a folder holding another run's outputs is refused (``_refuse_another_run``); a rerun
-    over the same inputs (a killed run resumed) is let through."""
+    The mark records ``inputs`` (what the outputs are made of: each a ``folder`` and its content's identity),
+    and a folder holding another run's outputs is refused (``_refuse_another_run``); a rerun over the same
+    inputs (a killed run resumed) is let through."""
     from autoseg.utils.atomic import atomic_write_json, folder_lock, require_writable
 
     if not any((output / marker).exists() for marker in (OUTPUT_MARKER, PREDICT_RECORD)):
         refuse_outputs_not_ours(output, outputs, "autoseg", OUTPUT_MARKER, f"autoseg {command}", error)
     output.mkdir(parents=True, exist_ok=True)
     require_writable(output)  # a read-only folder already marked: refused before any case, not in each
-    record = {"written_by": f"autoseg {command}", **({"inputs": list(inputs)} if inputs is not None else {})}
+    record = {"written_by": f"autoseg {command}", "inputs": list(inputs)}
     with folder_lock(output):  # two runs at once: one of them is refused, not both let through
         previous = _read_record(output / OUTPUT_MARKER)
-        if inputs is not None:
-            _refuse_another_run(output, previous, record, error)
-        if previous is None or (inputs is not None and previous != record):
+        _refuse_another_run(output, previous, record, error)
+        if previous != record:
             atomic_write_json(output / OUTPUT_MARKER, record)
 
 
