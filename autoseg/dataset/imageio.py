@@ -98,6 +98,12 @@ def image_ending(path: str | Path) -> str:
     return ""
 
 
+def is_image_ending(ending: str) -> bool:
+    """Whether ``ending`` is a supported file ending as a dataset's ``file_ending`` is written: leading dot
+    included, any case (``nii.gz`` and ``''`` are not: an empty one took every file of a folder as one case)."""
+    return ending.startswith(".") and image_ending(f"case{ending}") == ending.lower()
+
+
 def spelled_ending(path: Path) -> str:
     """The supported image ending of ``path`` as its name spells it ('' if none): cases are matched by
     exact file name, so ``c1.NII.GZ`` must be looked for as ``.NII.GZ``, not ``.nii.gz``."""

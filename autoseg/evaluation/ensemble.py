@@ -16,8 +16,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from autoseg.dataset.imageio import (
-    NATURAL_2D_ENDINGS, SUPPORTED_ENDINGS, Geometry, geometry_differences, geometry_lost_in, image_ending, spelled_ending,
-    write_image,
+    NATURAL_2D_ENDINGS, SUPPORTED_ENDINGS, Geometry, geometry_differences, geometry_lost_in, is_image_ending,
+    spelled_ending, write_image,
 )
 from autoseg.errors import EvaluationError
 from autoseg.evaluation.evaluate import raise_failures, require_folder
@@ -113,7 +113,7 @@ def _probability_cases(folder: Path) -> set[str]:
 def _check_file_ending(ending: str) -> str:
     """An explicit ``--file-ending`` must be one the writer knows, dot included: checked before any case
     is read (``nii.gz`` without its dot failed in every case, one message each)."""
-    if not ending.startswith(".") or image_ending(f"case{ending}") != ending.lower():
+    if not is_image_ending(ending):
         raise EvaluationError(
             f"--file-ending {ending!r}: not an image file ending; give one of {', '.join(SUPPORTED_ENDINGS)} "
             "(with its leading dot)"

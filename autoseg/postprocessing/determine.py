@@ -28,7 +28,7 @@ import numpy as np
 
 from autoseg.utils.jsonio import read_json
 from autoseg.dataset.description import DatasetDescription
-from autoseg.dataset.imageio import SUPPORTED_ENDINGS, image_ending, read_image, write_image
+from autoseg.dataset.imageio import SUPPORTED_ENDINGS, is_image_ending, read_image, write_image
 from autoseg.errors import EvaluationError
 from autoseg.evaluation.evaluate import (
     check_integer_labels, declared_values, list_cases, match_cases, raise_failures, read_checked_pair,
@@ -259,7 +259,7 @@ def _step_problem(step: Any) -> str | None:
 def _file_ending_problem(ending: str) -> str | None:
     """Why a stored ``file_ending`` names no image files (``None`` when it does): an empty one took every file
     of the folder, all as the case '' (the label maps collapsed into one case, the decision file that case)."""
-    if ending.startswith(".") and image_ending(f"case{ending}") == ending.lower():
+    if is_image_ending(ending):
         return None
     return f"file_ending {ending!r} is not an image file ending (one of {', '.join(SUPPORTED_ENDINGS)})"
 
