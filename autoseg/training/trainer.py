@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ from autoseg.training.data_loading import (
 )
 from autoseg.training.distributed import DistributedContext, all_reduce_sum, rank_batch_size, wrap_model
 from autoseg.training.fold_run import FoldRun
-from autoseg.training.model_setup import NetworkRequest, build_model, seed_everything
+from autoseg.training.model_setup import ModelSetup, NetworkRequest, build_model, seed_everything
 from autoseg.training.math_threads import recount_at_epoch_end
 from autoseg.training.monitor import Monitor, WarmTimer
 from autoseg.training.part_times import PartTimes
@@ -161,6 +162,20 @@ def epoch_row(state: TrainingState, train_loss: float, result: PseudoValidationR
     }
 
 
+def log_fold_start(run: FoldRun, setup: ModelSetup, world_size: int, workers: int, log: Callable[[str], None]) -> None:
+    """The training log's first lines: what trains where, and the classes some fold never sees."""
+    threads = f", {run.math_threads.describe()}" if run.math_threads else ""
+    log(
+        f"training {run.network_name} {run.configuration_name} fold {run.fold} of {run.dataset_name} on {run.device} "
+        f"(world size {world_size}, {workers} data workers{threads}, patch {run.patch_size}, batch "
+        f"{run.global_batch}, memory format {str(setup.memory_format).removeprefix('torch.')}, mixed precision "
+        f"{setup.amp_dtype}); {len(run.train_cases)} training / {len(run.val_cases)} validation cases"
+    )
+    fingerprint = read_fingerprint_quietly(run.preprocessed_dir / FINGERPRINT_FILE)
+    for note in classes_missing_from_training(fingerprint, run.description.class_names, run.train_cases, run.val_cases):
+        log(note)
+
+
 class Trainer:
     """Trains one fold; ``fit()`` runs (or resumes) the schedule and writes the final checkpoint."""
 
@@ -267,16 +282,7 @@ class Trainer:
         self.trained = True
         self.times.start_fit(run.start_time)
         workers = self.workers()
-        threads = f", {run.math_threads.describe()}" if run.math_threads else ""
-        self.monitor.log(
-            f"training {run.network_name} {run.configuration_name} fold {run.fold} of {run.dataset_name} on {self.device} "
-            f"(world size {self.context.world_size}, {workers} data workers{threads}, patch {self.patch_size}, batch "
-            f"{self.global_batch}, memory format {str(self.setup.memory_format).removeprefix('torch.')}, mixed precision {self.setup.amp_dtype}); {len(run.train_cases)} training / "
-            f"{len(run.val_cases)} validation cases"
-        )
-        fingerprint = read_fingerprint_quietly(run.preprocessed_dir / FINGERPRINT_FILE)
-        for note in classes_missing_from_training(fingerprint, run.description.class_names, run.train_cases, run.val_cases):
-            self.monitor.log(note)
+        log_fold_start(run, self.setup, self.context.world_size, workers, self.monitor.log)
         self.replanner = self.budget_replanner()
         if self.replanner is not None:
             self.replanner.start(self.state)
