@@ -513,6 +513,19 @@ def test_settings_other_than_a_loaded_models_are_refused(settings: dict[str, Any
     predict_folder(inputs, tmp_path / "same", model, folds=["0"], checkpoint="final", device="cpu", tta=False)
 
 
+def test_the_default_checkpoint_named_beside_a_model_loaded_with_another_is_refused(model_3d: Path, tmp_path: Path) -> None:
+    """checkpoint='final' beside a model loaded with 'best' was taken for the default and predicted with 'best'."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(HIPPOCAMPUS / "imagesTr" / "hippocampus_001_0000.nii.gz", inputs)
+    shutil.copy(model_3d / "fold_0" / "checkpoint_final.safetensors", model_3d / "fold_0" / "checkpoint_best.safetensors")
+    model = load_model(model_3d, folds=[0], checkpoint="best", device="cpu")
+    with pytest.raises(InferenceError, match=r"other settings than checkpoint 'final' \(the model holds 'best'\)"):
+        predict_folder(inputs, tmp_path / "out", model, checkpoint="final", tta=False)
+    assert not (tmp_path / "out").exists()
+    assert predict_folder(inputs, tmp_path / "own", model, tta=False).predicted == ["hippocampus_001"]
+
+
 def test_a_full_disk_stops_predict_at_the_first_case_with_one_line(model_3d: Path, tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """ENOSPC was recorded per case (each predicted in full first), the same bare OSError once per case."""

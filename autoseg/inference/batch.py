@@ -36,7 +36,7 @@ from autoseg.dataset.imageio import (
     write_image,
 )
 from autoseg.errors import AutosegError, InferenceError
-from autoseg.inference.engine import LoadedModel, require_torch
+from autoseg.inference.engine import DEFAULT_CHECKPOINT, LoadedModel, require_torch
 from autoseg.inference.predictor import Prediction, predict_array
 from autoseg.inference.tiling import DEFAULT_STEP, check_batch_tiles, check_step
 from autoseg.utils.atomic import (
@@ -341,7 +341,7 @@ def _describe(exc: BaseException) -> str:
 def _resolve_model(
     model: LoadedModel | str | Path | tuple[str, str],
     folds: Sequence[int | str] | str | None,
-    checkpoint: str,
+    checkpoint: str | None,
     device: str | torch.device | None,
 ) -> LoadedModel:
     if isinstance(model, LoadedModel):
@@ -354,20 +354,21 @@ def _resolve_model(
     from autoseg.inference.model import find_model_folder, load_model
 
     folder = find_model_folder(*model) if isinstance(model, tuple) else Path(model)
-    return load_model(folder, folds, checkpoint, device)
+    return load_model(folder, folds, DEFAULT_CHECKPOINT if checkpoint is None else checkpoint, device)
 
 
 def refuse_other_settings(
-    model: LoadedModel, folds: Sequence[int | str] | str | None, checkpoint: str, device: str | torch.device | None
+    model: LoadedModel, folds: Sequence[int | str] | str | None, checkpoint: str | None, device: str | torch.device | None
 ) -> None:
     """Refuse ``folds``, ``checkpoint`` or ``device`` given beside a loaded model that differ from its own:
-    the loaded ones were used without a word (``folds=[1]`` predicted with the loaded fold 0)."""
+    the loaded ones were used without a word (``folds=[1]`` predicted with the loaded fold 0). ``None`` is
+    "not given": ``checkpoint='final'`` beside a model loaded with 'best' was taken for the default and let through."""
     problems = []
     if folds is not None:
         asked = sorted(set(string_list(folds)))
         if asked != sorted(model.folds):
             problems.append(f"folds {asked} (the model holds folds {model.folds})")
-    if checkpoint != "final" and checkpoint != model.checkpoint:
+    if checkpoint is not None and checkpoint != model.checkpoint:
         problems.append(f"checkpoint {checkpoint!r} (the model holds {model.checkpoint!r})")
     if device is not None and str(device) != "auto" and not _same_device(device, model.device):
         problems.append(f"device {str(device)!r} (the model is on {str(model.device)!r})")
@@ -394,7 +395,7 @@ def predict_folder(
     output_folder: str | Path,
     model: LoadedModel | str | Path | tuple[str, str],
     folds: Sequence[int | str] | str | None = None,
-    checkpoint: str = "final",
+    checkpoint: str | None = None,
     step: float = DEFAULT_STEP,
     tta: bool = True,
     save_probabilities: bool = False,
@@ -416,7 +417,7 @@ def predict_folder(
         model: a model folder, ``(dataset, configuration)`` to look it up in the results root, or a
             model already loaded (then ``folds``, ``checkpoint``, ``device`` are the loaded ones: other
             values given are refused).
-        folds, checkpoint, device: see ``load_model``.
+        folds, checkpoint, device: see ``load_model`` (``checkpoint`` None: ``final``, or a loaded model's own).
         step, tta, mixed_precision, batch_tiles: see ``predict_array``.
         save_probabilities: also write float16 probabilities with a JSON sidecar.
         num_parts, part_id: predict only this part of the sorted cases.

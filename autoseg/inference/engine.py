@@ -15,6 +15,7 @@ from autoseg.dataset.description import DatasetDescription
 from autoseg.errors import InferenceError
 
 ENGINES = ("torch", "onnxruntime")
+DEFAULT_CHECKPOINT = "final"  # what load_model and predict_folder load when no checkpoint is named
 
 
 def require_torch() -> None:

@@ -21,7 +21,7 @@ from torch import nn
 from autoseg.utils.device import choose_device
 from autoseg.dataset.description import DatasetDescription, channel_list, parse_description
 from autoseg.errors import InferenceError, NetworkError
-from autoseg.inference.engine import LoadedModel, canonical_folds
+from autoseg.inference.engine import DEFAULT_CHECKPOINT, LoadedModel, canonical_folds
 from autoseg.networks import create_network
 from autoseg.paths import check_model_folder_name, dataset_folders, expand_home, parse_dataset_id, results_root
 from autoseg.planning.plans import check_plans_match_dataset, get_configuration, load_plans
@@ -182,7 +182,7 @@ def _model_file_fix(path: Path) -> str:
 def load_model(
     folder: str | Path,
     folds: Sequence[int | str] | str | None = None,
-    checkpoint: str = "final",
+    checkpoint: str = DEFAULT_CHECKPOINT,
     device: str | torch.device | None = None,
 ) -> LoadedModel:
     """Load the model folder with the given folds (``None``: every numeric fold present, else ``all``).
