@@ -40,11 +40,44 @@ def expand_home(text: str, where: str) -> Path:
         raise DatasetError(f"{where} {text!r}: the home folder of {whose} is unknown; give the path without '~'") from None
 
 
+def undecodable_path_problem(path: Path) -> str | None:
+    """The problem of a path whose bytes are not UTF-8 (``caf\\xe9_0000.nii.gz`` from a Latin-1 system), else None.
+
+    SimpleITK cannot take such a name: given one it aborts the whole process (``terminate called ...
+    std::logic_error``, exit 134) with no word of which file; blosc2 raises UnicodeEncodeError. The path is shown
+    with its odd bytes escaped (printing them raw would fail too), and the fix names the folder to rename when the
+    odd bytes are in a folder's name, not the file's."""
+    if _is_utf8(path):
+        return None
+    first_odd = next(p for p in reversed([path, *path.parents]) if not _is_utf8(p))
+    what = "it" if first_odd == path else f"the folder {_escaped(first_odd)}"
+    return f"{_escaped(path)}: name is not valid UTF-8 (bytes shown as \\x..); rename {what} with UTF-8 (or ASCII) characters"
+
+
+def _is_utf8(path: Path) -> bool:
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _escaped(path: Path) -> str:
+    """``path`` printable as UTF-8: its undecodable bytes written as ``\\xff``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def _root(kind: str) -> Path:
+    """The root folder of ``kind``; one named with bytes that are not UTF-8 is refused here, once: every file
+    below it was refused alone (verify asked to rename each image), or, for the preprocessed root, every case
+    failed with blosc2's internal UnicodeEncodeError after fingerprint and plan had written there."""
     for var in _ROOTS[kind]:
         value = os.environ.get(var)
         if value:
-            return expand_home(value, var)
+            path = expand_home(value, var)
+            if (problem := undecodable_path_problem(path)) is not None:
+                raise DatasetError(f"{var}: {problem}, or set {var} to another folder")
+            return path
     path = Path.cwd() / DEFAULT_BASE / kind
     if kind not in _announced:
         _announced.add(kind)
@@ -93,6 +126,13 @@ def resolve_dataset(spec: DatasetSpec) -> DatasetLocation:
     """
     if isinstance(spec, DatasetLocation):
         return spec
+    location = _find_dataset(spec)
+    if (problem := undecodable_path_problem(location.raw_dir)) is not None:
+        raise DatasetError(problem)  # named once, not as a problem of each file in it
+    return location
+
+
+def _find_dataset(spec: str | int | os.PathLike[str]) -> DatasetLocation:
     text = str(spec)
     candidate = expand_home(text, "dataset")
     if candidate.is_dir() and (candidate / "dataset.json").is_file():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -69,3 +70,25 @@ def test_a_tilde_of_an_unknown_user_is_a_clear_error(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("AUTOSEG_RAW", "~/raw")
     assert paths.raw_root() == tmp_path / "raw"
+
+
+def test_a_root_or_dataset_folder_not_named_in_utf8_is_refused_once(
+    small_dataset: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A preprocessed root named in Latin-1 (``pre\\xff``) let fingerprint and plan write there, then failed every case
+    of preprocess with blosc2's internal UnicodeEncodeError; a dataset folder so named had each of its files refused,
+    with the advice to rename the file. Each is refused once now, naming the folder to rename."""
+    odd_root = Path(os.fsdecode(os.fsencode(tmp_path) + b"/pre\xff"))
+    monkeypatch.setenv("AUTOSEG_PREPROCESSED", str(odd_root))
+    with pytest.raises(DatasetError) as refused:
+        paths.preprocessed_root()
+    assert str(refused.value) == (f"AUTOSEG_PREPROCESSED: {tmp_path}/pre\\xff: name is not valid UTF-8 (bytes shown as "
+                                  "\\x..); rename it with UTF-8 (or ASCII) characters, or set AUTOSEG_PREPROCESSED to "
+                                  "another folder")
+    odd_dataset = Path(os.fsdecode(os.fsencode(small_dataset) + b"\xe9"))
+    small_dataset.rename(odd_dataset)
+    with pytest.raises(DatasetError, match=r"Dataset999_Test\\xe9: name is not valid UTF-8 .*; rename it with UTF-8"):
+        paths.resolve_dataset("999")
+    assert paths.undecodable_path_problem(odd_dataset / "imagesTr" / "a.nii.gz") == (
+        f"{small_dataset}\\xe9/imagesTr/a.nii.gz: name is not valid UTF-8 (bytes shown as \\x..); rename the folder "
+        f"{small_dataset}\\xe9 with UTF-8 (or ASCII) characters")

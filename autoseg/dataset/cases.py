@@ -17,9 +17,9 @@ from autoseg.dataset.imageio import (
     image_ending,
     is_gzip,
     spelled_ending,
-    undecodable_path_problem,
 )
 from autoseg.errors import DatasetError
+from autoseg.paths import undecodable_path_problem
 
 CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 

@@ -36,6 +36,7 @@ import SimpleITK as sitk
 
 from autoseg.dataset.description import channel_list
 from autoseg.errors import DatasetError
+from autoseg.paths import undecodable_path_problem
 from autoseg.utils.atomic import atomic_path, disk_full_error, staging_folder
 
 # ITK prints warnings straight to stderr (for example while scanning a folder for DICOM); autoseg reports
@@ -141,20 +142,6 @@ def _dimensionality(geometry: Geometry) -> str:
 
 def _fmt(values: Sequence[float], digits: int = 4) -> str:
     return "(" + ", ".join(f"{v:.{digits}g}" for v in values) + ")"
-
-
-def undecodable_path_problem(path: Path) -> str | None:
-    """The problem of a path whose bytes are not UTF-8 (``caf\\xe9_0000.nii.gz`` from a Latin-1 system), else None.
-
-    SimpleITK cannot take such a name: given one it aborts the whole process (``terminate called ...
-    std::logic_error``, exit 134) with no word of which file, so verify, fingerprint and preprocess died.
-    The path is shown with its odd bytes escaped (printing them raw would fail too)."""
-    try:
-        str(path).encode("utf-8")
-    except UnicodeEncodeError:
-        shown = os.fsencode(path).decode("utf-8", "backslashreplace")
-        return f"{shown}: name is not valid UTF-8 (bytes shown as \\x..); rename it with UTF-8 (or ASCII) characters"
-    return None
 
 
 def _check_utf8_path(path: Path) -> None:
