@@ -3,6 +3,7 @@ logits on a real Hippocampus case, and `predict --engine onnxruntime` writes tor
 
 from __future__ import annotations
 
+import codecs
 import copy
 import hashlib
 import json
@@ -192,6 +193,9 @@ def _rewritten(zip_path: Path, target: Path, change: str) -> Path:
         manifest["files"] = list(manifest["files"])
     elif change == "no deploy.json":
         del members[DEPLOY], manifest["files"][DEPLOY]
+    elif change == "deploy.json with a BOM":  # an editor's re-save; its checksum made to match
+        members[DEPLOY] = codecs.BOM_UTF8 + members[DEPLOY]
+        manifest["files"][DEPLOY] = hashlib.sha256(members[DEPLOY]).hexdigest()
     else:
         members[{"plans without keys": "plans.json", "deploy without keys": DEPLOY, "damaged graph": f"fold_0/{GRAPH}"}[change]] = b"{}"
         manifest["files"] = {n: hashlib.sha256(d).hexdigest() for n, d in members.items()}
@@ -208,6 +212,7 @@ def _rewritten(zip_path: Path, target: Path, change: str) -> Path:
     ("no deploy.json", "member 'deploy.json' is not listed in manifest.json"),
     ("plans without keys", "plans.json: missing version"),
     ("deploy without keys", "deploy.json lacks or has malformed configuration"),
+    ("deploy.json with a BOM", "member 'deploy.json': saved as UTF-8 with a byte-order mark (BOM), which JSON readers"),
     ("damaged graph", "fold_0/network.onnx: not a graph onnxruntime can load"),
 ])
 def test_an_onnx_zip_with_a_malformed_manifest_or_member_is_refused_by_name(

@@ -32,6 +32,7 @@ from autoseg.utils.checksummed_zip import (
     MANIFEST, MODEL_ZIP_FORMAT, ONNX_ZIP_FORMAT, check_entries, check_zip_checkpoint, read_member,
     write_checksummed_zip,
 )
+from autoseg.utils.jsonio import parse_json_bytes
 from autoseg.utils.output_folders import check_output_file
 from autoseg.utils.onnx_runtime import INPUT, OUTPUT, onnx_session, run_onnx
 
@@ -212,10 +213,10 @@ def _json_member(archive: zipfile.ZipFile, name: str, refuse: str) -> Any:
 
 
 def _decode_json(data: bytes, name: str, refuse: str) -> Any:
-    try:
-        return json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFileError(f"{refuse}: member {name!r} is not valid JSON ({exc})") from None
+    """Member ``name`` decoded by the reader of every autoseg JSON file: a member with a byte-order mark or in
+    another encoding than UTF-8 is named as such (it was 'is not valid JSON', as import-model once said too)."""
+    return parse_json_bytes(data, f"{refuse}: member {name!r}", ModelFileError,
+                            "re-export it with `autoseg export-model --format onnx`")
 
 
 def _deploy_settings(members: dict[str, bytes], zip_path: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
