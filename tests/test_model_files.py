@@ -230,6 +230,22 @@ def test_export_refuses_a_damaged_postprocessing_decision(decision: str, tmp_pat
     assert not (tmp_path / "m.zip").exists()
 
 
+def test_export_and_unpacking_read_each_description_file_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Export read postprocessing.json twice (once to check it, once to pack it: an edit between the two was packed
+    unchecked) and plans.json twice (to pack it, then to check the cascade); ``predict -m model.zip`` read the
+    unpacked plans.json again for that check after the zip's own had been parsed. Each is read once now."""
+    folder = make_model_folder(tmp_path / "results")
+    reads: list[str] = []
+    read_bytes = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: reads.append(self.name) or read_bytes(self))
+    zip_path = export_model(folder, tmp_path / "model.zip", folds=(0,))
+    assert sorted(n for n in reads if n.endswith(".json")) == ["dataset.json", "plans.json", "postprocessing.json"]
+    reads.clear()
+    with unpacked_model(zip_path, folds=(0,)) as unpacked:
+        assert unpacked.name == MODEL
+    assert not [n for n in reads if n.endswith(".json")]  # the zip's members, read from the zip, are all there is
+
+
 def test_a_cascade_stage_is_neither_exported_nor_predicted_without_its_lowres_model(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

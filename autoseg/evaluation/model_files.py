@@ -41,7 +41,7 @@ from autoseg.errors import AutosegError, EvaluationError, InferenceError, ModelF
 from autoseg.evaluation.selection import ENSEMBLES_FOLDER, POSTPROCESSING_JSON, ensemble_model_names
 from autoseg.inference.model import build_network, check_fold_of_model, named_folder
 from autoseg.paths import check_model_folder_name, results_root as default_results_root
-from autoseg.planning.plans import get_configuration, load_plans
+from autoseg.planning.plans import get_configuration, validate_plans
 from autoseg.utils.atomic import atomic_write_bytes, folder_lock, remove_stale_temporaries, staging_folder
 from autoseg.utils.checksummed_zip import (
     MANIFEST, MODEL_ZIP_FORMAT, ONNX_ZIP_FORMAT, check_entries, check_zip_checkpoint, read_member,
@@ -95,25 +95,34 @@ def _checkpoint_weights(path: Path, model_name: str) -> bytes:
         raise ModelFileError(f"{path}: {exc}; only plain tensors and JSON metadata can be exported") from None
 
 
-def _check_cascades_complete(plans_files: Mapping[str, Path], where: str, fix: str) -> None:
-    """Every cascade stage among the models (name -> its plans.json) must come with the low-resolution model
-    whose labels it predicts from: a cascade exported alone was written, imported and unpacked without a word,
-    and ``predict -m`` then said the low-resolution stage had to be trained. ``fix`` may name ``{stage}`` (the
-    missing model) and ``{model}``."""
-    for model, plans_file in plans_files.items():
+def _check_cascades_complete(plans: Mapping[str, dict[str, Any] | None], where: str, fix: str) -> None:
+    """Every cascade stage among the models (name -> its parsed plans, None for no plan) must come with the
+    low-resolution model whose labels it predicts from: a cascade exported alone was written, imported and
+    unpacked without a word, and ``predict -m`` then said the low-resolution stage had to be trained. ``fix``
+    may name ``{stage}`` (the missing model) and ``{model}``. The plans are those already read for the zip:
+    reading each plans.json again from disk cost a parse each and could see another file than the one packed."""
+    for model, model_plans in plans.items():
         network, plans_name, configuration = model.split("__")
-        previous = _previous_stage(plans_file, configuration)
+        previous = _previous_stage(model_plans, configuration)
         stage = f"{network}__{plans_name}__{previous}"
-        if previous and stage not in plans_files:
+        if previous and stage not in plans:
             raise ModelFileError(f"{where}: {model} is a cascade stage, which predicts from the labels of {stage}, "
                                  f"and {stage} is not in the file; {fix.format(stage=stage, model=model)}")
 
 
-def _previous_stage(plans_file: Path, configuration: str) -> str | None:
+def _previous_stage(plans: dict[str, Any] | None, configuration: str) -> str | None:
     """The configuration's previous stage by its plans; None for a plans file that is no plan: export-model
     packs the description files as they are, and import-model refuses such a one."""
     try:
-        return get_configuration(load_plans(plans_file), configuration).get("previous_stage")
+        return None if plans is None else get_configuration(plans, configuration).get("previous_stage")
+    except PlanError:
+        return None
+
+
+def _exported_plans(data: bytes, where: str) -> dict[str, Any] | None:
+    """The plans of a plans.json packed for export (``data``, its bytes as packed), None when they are no plan."""
+    try:
+        return validate_plans(parse_json_bytes(data, where, PlanError, "re-run `autoseg plan`"), where)
     except PlanError:
         return None
 
@@ -153,11 +162,13 @@ def model_members(model_folder: Path, folds: Sequence[int | str], checkpoint: st
 
 def _decision_bytes(path: Path) -> bytes:
     """A postprocessing decision to export, checked as import-model checks it: a damaged one was exported and
-    refused only by import-model."""
-    from autoseg.postprocessing.determine import load_decision
+    refused only by import-model. The bytes checked are the bytes exported, read once (the file was read twice:
+    once to check, once to pack, so an edit between the two was packed unchecked)."""
+    from autoseg.postprocessing.determine import check_decision
 
-    load_decision(path)
-    return path.read_bytes()
+    data = path.read_bytes()
+    check_decision(parse_json_bytes(data, str(path), EvaluationError, "re-run autoseg postprocess determine"), str(path))
+    return data
 
 
 def ensemble_members(dataset_results: Path, models: Sequence[str]) -> dict[str, bytes]:
@@ -208,7 +219,8 @@ def export_model(
                                 "give the folder autoseg train wrote, under its name (import-model and predict read "
                                 "the configuration from it)")
         members.update(model_members(folder, folds, checkpoint))
-    _check_cascades_complete({f.name: f / "plans.json" for f in folders}, "export-model",
+    _check_cascades_complete({f.name: _exported_plans(members[f"{f.name}/plans.json"], str(f / "plans.json"))
+                              for f in folders}, "export-model",
                              "export both: autoseg export-model -m <results>/<Dataset>/{stage} -m "
                              "<results>/<Dataset>/{model} -o model.zip")
     decisions = ensemble_members(folders[0].resolve().parent, [f.name for f in folders])
@@ -243,13 +255,21 @@ def _is_safe_member(name: str) -> bool:
     )
 
 
-def _check_description_files(members: Mapping[str, bytes], models: Sequence[str], refuse: str) -> dict[str, Any]:
-    """plans.json and dataset.json must pass the checks ``load_model`` makes, so predict can use them;
-    returns each model's parsed dataset description."""
-    from autoseg.dataset.description import parse_description
-    from autoseg.planning.plans import check_plans_match_dataset, validate_plans
+@dataclass(frozen=True)
+class _Descriptions:
+    """Each model's parsed dataset.json and plans.json, as checked in the zip (read once, passed along)."""
 
-    descriptions = {}
+    datasets: dict[str, Any]
+    plans: dict[str, dict[str, Any]]
+
+
+def _check_description_files(members: Mapping[str, bytes], models: Sequence[str], refuse: str) -> _Descriptions:
+    """plans.json and dataset.json must pass the checks ``load_model`` makes, so predict can use them;
+    returns each model's parsed dataset description and plans."""
+    from autoseg.dataset.description import parse_description
+    from autoseg.planning.plans import check_plans_match_dataset
+
+    descriptions, all_plans = {}, {}
     for model in models:
         configuration = _model_name_parts(model, refuse)[2]
         plans: dict[str, Any] = {}
@@ -273,7 +293,8 @@ def _check_description_files(members: Mapping[str, bytes], models: Sequence[str]
                                       "the model was trained on a dataset.json edited after planning; train it again")
         except AutosegError as exc:
             raise ModelFileError(f"{refuse}: {exc}") from None
-    return descriptions
+        all_plans[model] = plans
+    return _Descriptions(descriptions, all_plans)
 
 
 def _check_network_name(config: Mapping[str, Any], name: str) -> None:
@@ -379,7 +400,12 @@ def validate_model_file(zip_path: str | Path, build_networks: bool = True) -> tu
     already decoded once so a bad header is caught here). Raises ``ModelFileError`` for anything that
     export-model would not have written. ``build_networks=False`` leaves loading each fold's weights into its
     network to the caller that loads them anyway (``unpacked_model``: predict's ``load_model``)."""
-    zip_path = Path(zip_path)
+    manifest, members, _ = _validated_model_file(Path(zip_path), build_networks)
+    return manifest, members
+
+
+def _validated_model_file(zip_path: Path, build_networks: bool) -> tuple[dict[str, Any], dict[str, bytes], _Descriptions]:
+    """``validate_model_file``, also returning the description files it parsed."""
     refuse = f"{zip_path}: refusing to import"
     try:
         archive = zipfile.ZipFile(zip_path)
@@ -413,9 +439,9 @@ def validate_model_file(zip_path: str | Path, build_networks: bool = True) -> tu
     for name, meta in metadata.items():
         model = name.split("/", 1)[0]
         check_fold_of_model(meta, model, f"{refuse}: member {name!r}", ModelFileError)
-        check_outputs_match_labels(meta, descriptions[model].num_output_channels, f"{refuse}: member {name!r}",
+        check_outputs_match_labels(meta, descriptions.datasets[model].num_output_channels, f"{refuse}: member {name!r}",
                                    f"{model}/dataset.json", ModelFileError)
-    return manifest, members
+    return manifest, members, descriptions
 
 
 def _check_weights(data: bytes, where: str, build: bool = True) -> dict[str, Any]:
@@ -449,6 +475,7 @@ class Installed:
     models: list[Path]  # the model folders
     decisions: list[Path] = field(default_factory=list)  # ensembles' postprocessing.json
     manifest: dict[str, Any] = field(default_factory=dict)  # the zip's manifest.json
+    plans: dict[str, dict[str, Any]] = field(default_factory=dict)  # model name -> its plans.json, as checked
 
 
 def import_model(zip_path: str | Path, results_root: str | Path | None = None, overwrite: bool = False) -> list[Path]:
@@ -463,7 +490,7 @@ def install_model_file(zip_path: str | Path, results_root: str | Path | None = N
     """``import_model``, also reporting the ensembles' postprocessing decisions it installed
     (``<Dataset>/ensembles/<ensemble>/postprocessing.json``, where find-best keeps them); ``build_networks``
     as in ``validate_model_file``."""
-    manifest, members = validate_model_file(zip_path, build_networks)
+    manifest, members, descriptions = _validated_model_file(Path(zip_path), build_networks)
     root = Path(results_root) if results_root is not None else default_results_root()
     dataset_dir = root / manifest["dataset_name"]
     targets = [dataset_dir / model for model in manifest["models"]]
@@ -488,7 +515,7 @@ def install_model_file(zip_path: str | Path, results_root: str | Path | None = N
                 os.replace(staging / decision.relative_to(dataset_dir), decision)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    return Installed(targets, decisions, manifest)
+    return Installed(targets, decisions, manifest, descriptions.plans)
 
 
 def _refuse_replacing_the_zip(zip_path: Path, replaced: Sequence[Path]) -> None:
@@ -579,7 +606,7 @@ def unpacked_model(zip_path: str | Path, folds: Sequence[int | str] | str | None
         if len(chosen) != 1:
             raise ModelFileError(f"{zip_path}: holds {len(folders)} models ({', '.join(f.name for f in folders)}); "
                                  "install it with autoseg import-model and choose one with -m")
-        _check_cascades_complete({f.name: f / "plans.json" for f in folders}, str(zip_path),
+        _check_cascades_complete(installed.plans, str(zip_path),
                                  "re-export it with both models (autoseg export-model -m {stage} -m {model}), or "
                                  "import it where {stage} is trained and predict from there")
         with _members_named_in(Path(zip_path), Path(tmp) / installed.manifest["dataset_name"]):
