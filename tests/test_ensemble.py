@@ -11,7 +11,7 @@ import pytest
 from autoseg.dataset.imageio import Geometry, read_image, write_image
 from autoseg.errors import EvaluationError
 from autoseg.evaluation.ensemble import ensemble_folders, probabilities_to_labels
-from autoseg.utils.probability_files import write_probability_files
+from autoseg.utils.probability_files import probability_paths, write_probability_files
 
 from test_atomic import refuse_writes_in
 
@@ -204,8 +204,9 @@ def test_a_folder_of_label_maps_autoseg_did_not_write_is_not_overwritten(tmp_pat
     references = tmp_path / "labelsTr"
     write_image(np.zeros(SHAPE, np.uint8), GEOMETRY, references / "x.nii.gz")
     before = (references / "x.nii.gz").read_bytes()
-    with pytest.raises(EvaluationError, match=r"labelsTr: holds x\.nii\.gz, not written by autoseg .*autoseg ensemble would "
-                                              r"replace them\. Choose another output folder"):
+    with pytest.raises(EvaluationError, match=r"labelsTr: holds 1 label map\(s\) not written by autoseg ensemble \(x\.nii\.gz; "
+                                              r".*autoseg ensemble would put its own among them, replacing 1 of the same "
+                                              r"name\(s\), and evaluate would score the mix\. Choose an empty or new output folder"):
         ensemble_folders(dirs, references, num_workers=1)
     assert (references / "x.nii.gz").read_bytes() == before
     ensemble_folders(dirs, tmp_path / "out", num_workers=1)
@@ -291,10 +292,27 @@ def test_an_ensemble_of_other_inputs_into_a_filled_folder_is_refused(tmp_path):
                                               r"stale ones\. Choose another output folder, or delete this one"):
         ensemble_folders(other, tmp_path / "out", num_workers=1)
     _ensemble_inputs(tmp_path, ["a"], [f"case{i}" for i in range(6)], seed=2)  # a predicted anew
-    with pytest.raises(EvaluationError, match=r"out: holds the outputs of autoseg ensemble over .*/a, .*/b before their "
-                                              r"contents changed"):
+    with pytest.raises(EvaluationError, match=r"out: holds the outputs of autoseg ensemble over .*/a, .*/b before some of "
+                                              r"their files changed or were removed"):
         ensemble_folders(first, tmp_path / "out", num_workers=1)
     assert _folder_bytes(tmp_path / "out") == before
+
+
+def test_an_ensemble_rerun_over_its_folders_with_cases_added_extends_its_folder(tmp_path):
+    """A+B over 2 cases into OUT, then the same A+B with 2 more cases predicted into them: refused as another run's
+    folder, though the new outputs are the same kind over a superset. A case removed from the inputs is still
+    refused (its output would stand stale)."""
+    dirs = _ensemble_inputs(tmp_path, ["a", "b"], ["case0", "case1"], seed=0)
+    ensemble_folders(dirs, tmp_path / "out", num_workers=1)
+    kept = (tmp_path / "out" / "case0.nii.gz").read_bytes()
+    _ensemble_inputs(tmp_path, ["a", "b"], ["case2", "case3"], seed=1)
+    assert ensemble_folders(dirs, tmp_path / "out", num_workers=1) == ["case0", "case1", "case2", "case3"]
+    assert (tmp_path / "out" / "case0.nii.gz").read_bytes() == kept
+    for folder in dirs:
+        for path in probability_paths(folder, "case3"):
+            path.unlink()
+    with pytest.raises(EvaluationError, match=r"before some of their files changed or were removed"):
+        ensemble_folders(dirs, tmp_path / "out", num_workers=1)
 
 
 def test_an_ensemble_into_a_folder_of_predict_is_refused(tmp_path):
@@ -347,7 +365,7 @@ def test_predict_into_an_ensembles_folder_is_refused(tmp_path):
 
     ensemble_folders(_two_folders_of_case_x(tmp_path), tmp_path / "out", num_workers=1)
     with pytest.raises(InferenceError, match=r"out: holds the outputs of autoseg ensemble \(\.autoseg_outputs\.json\); "
-                                             r"predicting would put its own among them\. Choose another output folder"):
+                                             r"autoseg predict would mix its own with them\. Choose another output folder"):
         check_output_claim(tmp_path / "out", {"model_folder": "m"}, [tmp_path / "out" / "other.nii.gz"])
 
 

@@ -856,8 +856,8 @@ def test_a_folder_of_files_predict_did_not_write_is_not_overwritten(model_3d: Pa
     shutil.copy(HIPPOCAMPUS / "labelsTr" / "hippocampus_001.nii.gz", labels / "c2.nii.gz")
     (labels / "notes.txt").write_text("mine")
     reference = (labels / "c2.nii.gz").read_bytes()
-    with pytest.raises(InferenceError, match=r"labelsTr: holds c2\.nii\.gz, not written by autoseg predict \(the folder has "
-                       r"no predict_info\.json\); predicting would replace them"):
+    with pytest.raises(InferenceError, match=r"labelsTr: holds 1 label map\(s\) not written by autoseg predict \(c2\.nii\.gz; the "
+                       r"folder has no predict_info\.json\); autoseg predict would put its own among them, replacing 1"):
         predict_folder(inputs, labels, model_3d, folds=[0], tta=False)
     assert (labels / "c2.nii.gz").read_bytes() == reference
     assert sorted(p.name for p in labels.iterdir()) == ["c2.nii.gz", "notes.txt"]
@@ -865,6 +865,21 @@ def test_a_folder_of_files_predict_did_not_write_is_not_overwritten(model_3d: Pa
     (labels / "c2.nii.gz").unlink()
     assert predict_folder(inputs, labels, model_3d, folds=[0], tta=False).predicted == ["c1", "c2"]
     assert predict_folder(inputs, labels, model_3d, folds=[0], tta=False).predicted == ["c1", "c2"]
+
+
+def test_a_folder_of_another_tools_label_maps_is_refused_before_any_case(model_3d: Path, tmp_path: Path) -> None:
+    """Label maps of other names than predict's outputs (another tool's predictions of other cases) got predict's
+    beside them without a word, and evaluate later scored the mix."""
+    inputs, theirs = tmp_path / "in", tmp_path / "theirs"
+    inputs.mkdir()
+    theirs.mkdir()
+    shutil.copy(HIPPOCAMPUS / "imagesTr" / "hippocampus_001_0000.nii.gz", inputs / "c1_0000.nii.gz")
+    shutil.copy(HIPPOCAMPUS / "labelsTr" / "hippocampus_001.nii.gz", theirs / "other_case.nii.gz")
+    with pytest.raises(InferenceError, match=r"theirs: holds 1 label map\(s\) not written by autoseg predict \(other_case\.nii\.gz; "
+                                             r"the folder has no predict_info\.json\); autoseg predict would put its own "
+                                             r"among them, and evaluate would score the mix\. Choose an empty or new output folder$"):
+        predict_folder(inputs, theirs, model_3d, folds=[0], tta=False)
+    assert [p.name for p in theirs.iterdir()] == ["other_case.nii.gz"]
 
 
 def test_a_model_retrained_under_the_same_name_does_not_continue_the_old_ones_outputs(model_3d: Path, tmp_path: Path) -> None:

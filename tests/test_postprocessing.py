@@ -239,8 +239,8 @@ def test_apply_does_not_overwrite_label_maps_autoseg_did_not_write(tmp_path):
     preds, refs = _make_cv_folders(tmp_path)
     determine_postprocessing(preds, refs, LABELS, num_workers=1, file_ending=".nii.gz")
     before = {p.name: p.read_bytes() for p in refs.iterdir()}
-    with pytest.raises(EvaluationError, match=r"holds case0\.nii\.gz and 2 more of its output names, not written by autoseg "
-                                              r".*autoseg postprocess apply would replace them"):
+    with pytest.raises(EvaluationError, match=r"holds 3 label map\(s\) not written by autoseg postprocess apply \(case0\.nii\.gz, "
+                                              r"case1\.nii\.gz, case2\.nii\.gz; .*replacing 3 of the same name\(s\)"):
         apply_to_folder(preds, refs, preds / "postprocessing.json", num_workers=1)
     assert {p.name: p.read_bytes() for p in refs.iterdir()} == before
     apply_to_folder(preds, tmp_path / "post", preds / "postprocessing.json", num_workers=1)
@@ -291,9 +291,46 @@ def test_apply_of_other_inputs_into_a_filled_folder_is_refused(tmp_path):
     with pytest.raises(EvaluationError, match=r"over .*/cv with other postprocessing steps"):
         apply_to_folder(preds, tmp_path / "out", {**decision, "steps": decision["steps"][:1]}, num_workers=1)
     shutil.copy(refs / "case1.nii.gz", preds / "case1.nii.gz")  # predicted anew
-    with pytest.raises(EvaluationError, match=r"over .*/cv before their contents changed"):
+    with pytest.raises(EvaluationError, match=r"over .*/cv before some of their files changed or were removed"):
         apply_to_folder(preds, tmp_path / "out", decision, num_workers=1)
     assert _folder_bytes(tmp_path / "out") == before
+
+
+def test_apply_rerun_over_its_input_with_cases_added_extends_its_folder(tmp_path):
+    """apply over 3 cases into OUT, then 2 new cases added to the input: the rerun was refused as another run's
+    folder; it now writes the new cases beside the earlier ones. A case removed from the input is still refused."""
+    preds, refs = _make_cv_folders(tmp_path)
+    decision = determine_postprocessing(preds, refs, LABELS, num_workers=1, file_ending=".nii.gz")
+    apply_to_folder(preds, tmp_path / "out", decision, num_workers=1)
+    for case in ("case3", "case4"):
+        shutil.copy(refs / "case0.nii.gz", preds / f"{case}.nii.gz")
+    assert len(apply_to_folder(preds, tmp_path / "out", decision, num_workers=1)) == 5
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.nii.gz")) == [f"case{i}.nii.gz" for i in range(5)]
+    (preds / "case4.nii.gz").unlink()
+    with pytest.raises(EvaluationError, match=r"over .*/cv before some of their files changed or were removed"):
+        apply_to_folder(preds, tmp_path / "out", decision, num_workers=1)
+
+
+def test_apply_into_a_folder_of_other_label_maps_is_refused_before_any_case(tmp_path):
+    """A folder of another tool's predictions (other names than the outputs') got apply's label maps beside them
+    without a word, and evaluate scored the mix; a README or a plot in the folder is no label map and does not block."""
+    preds, refs = _make_cv_folders(tmp_path)
+    decision = determine_postprocessing(preds, refs, LABELS, num_workers=1, file_ending=".nii.gz")
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    for name in ("p1", "p2", "p3", "p4"):
+        shutil.copy(refs / "case0.nii.gz", theirs / f"{name}.nii.gz")
+    with pytest.raises(EvaluationError, match=r"theirs: holds 4 label map\(s\) not written by autoseg postprocess apply "
+                                              r"\(p1\.nii\.gz, p2\.nii\.gz, p3\.nii\.gz and 1 more; the folder has no "
+                                              r"\.autoseg_outputs\.json\); autoseg postprocess apply would put its own among "
+                                              r"them, and evaluate would score the mix\. Choose an empty or new output folder$"):
+        apply_to_folder(preds, theirs, decision, num_workers=1)
+    assert sorted(p.name for p in theirs.iterdir()) == ["p1.nii.gz", "p2.nii.gz", "p3.nii.gz", "p4.nii.gz"]
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "README.md").write_text("mine")
+    (notes / "dice.png").write_bytes(b"plot")
+    assert len(apply_to_folder(preds, notes, decision, num_workers=1)) == 3
 
 
 def test_a_folder_emptied_with_rm_takes_another_run(tmp_path):

@@ -26,7 +26,7 @@ from autoseg.utils.probability_files import (
     PROBABILITIES_SUFFIX, probability_paths, read_probabilities, read_sidecar, write_probability_files,
 )
 from autoseg.utils.atomic import remove_stale_temporaries
-from autoseg.utils.output_folders import check_output_folder, claim_output_files, files_digest
+from autoseg.utils.output_folders import check_output_folder, claim_output_files, input_entry
 from autoseg.utils.progress import parallel_map, stage_workers
 
 REGION_THRESHOLD = 0.5  # a voxel belongs to a region when its sigmoid probability exceeds this (§1.1)
@@ -149,11 +149,10 @@ def _infer_file_ending(folder: Path, case: str) -> str:
 
 
 def _input_record(folder: Path, cases: Sequence[str]) -> dict[str, Any]:
-    """An input folder as the output folder's mark records it: its path and a digest of the probability files
-    of ``cases``, so that a rerun over the same folders (a resume) is told from one over other folders, or over
-    the same folders predicted anew, whose outputs must not join the earlier ones."""
-    digest = files_digest([path for case in cases for path in probability_paths(folder, case)])
-    return {"folder": str(folder.resolve()), "cases": len(cases), "sha256": digest}
+    """An input folder as the output folder's mark records it: its path and the identities of the probability
+    files of ``cases``, so that a rerun over the same folders (a resume, or with cases added) is told from one
+    over other folders, or over the same folders predicted anew, whose outputs must not join the earlier ones."""
+    return input_entry(folder, [path for case in cases for path in probability_paths(folder, case)])
 
 
 def ensemble_folders(

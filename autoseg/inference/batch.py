@@ -545,15 +545,15 @@ def _run_identity(info: dict[str, Any]) -> dict[str, Any]:
 
 def check_output_claim(output: Path, info: dict[str, Any], outputs: Sequence[Path] = ()) -> None:
     """Refuse a folder holding another model's predictions (by its ``predict_info.json``), or, without a
-    record, holding some of this run's ``outputs``: files predict did not write (a dataset's ``labelsTr``,
-    another tool's predictions), refused rather than replaced. Writes nothing; the folder need not exist."""
+    record, label maps of this run's ``outputs``' endings: files predict did not write (a dataset's ``labelsTr``,
+    another tool's predictions), refused rather than replaced or joined. Writes nothing; the folder need not exist."""
     path = output / PREDICT_INFO
     try:
         previous = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
     except (OSError, ValueError):
         previous = None  # unreadable: a killed writer's, replaced by the claim
     if not path.exists():
-        refuse_outputs_not_ours(output, outputs, "autoseg predict", PREDICT_INFO, "predicting", InferenceError)
+        refuse_outputs_not_ours(output, outputs, "autoseg predict", PREDICT_INFO, InferenceError)
     if isinstance(previous, dict):
         old, new = _run_identity(previous), _run_identity(info)
         differences = [f"{k} {old[k]!r} vs {new.get(k)!r}" for k in old if old[k] != new.get(k)]

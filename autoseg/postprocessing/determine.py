@@ -37,7 +37,7 @@ from autoseg.evaluation.evaluate import (
 from autoseg.evaluation.metrics import SegClass, case_metrics, evaluation_classes
 from autoseg.postprocessing.connected_components import component_volumes_mm3, keep_largest, remove_small
 from autoseg.utils.atomic import atomic_write_json, remove_stale_temporaries
-from autoseg.utils.output_folders import check_output_file, check_output_folder, claim_output_files, files_digest
+from autoseg.utils.output_folders import check_output_file, check_output_folder, claim_output_files, input_entry
 from autoseg.utils.progress import parallel_map, stage_workers
 
 DECISION_VERSION = 1
@@ -303,14 +303,12 @@ def _apply_file(source: Path, target: Path, decision: Mapping[str, Any]) -> None
 
 def _input_record(input_dir: Path, files: Mapping[str, Path], decision: Mapping[str, Any]) -> dict[str, Any]:
     """What ``apply_to_folder``'s outputs are made of, as the output folder's mark records it: the input folder,
-    a digest of its label maps and one of the decision's steps. Applying another folder (or the same one with
-    other label maps or steps) into a folder an earlier apply filled left new label maps beside stale ones of
-    the cases the new input lacks, and ``evaluate`` scored the mix; a rerun of the same apply (a resume) matches."""
+    the identities of its label maps and a digest of the decision's steps. Applying another folder (or the same
+    one with other label maps or steps) into a folder an earlier apply filled left new label maps beside stale
+    ones of the cases the new input lacks, and ``evaluate`` scored the mix; a rerun of the same apply (a resume,
+    or with cases added to the input) matches."""
     steps = json.dumps(decision["steps"], sort_keys=True).encode()
-    return {
-        "folder": str(input_dir.resolve()), "cases": len(files), "sha256": files_digest(list(files.values())),
-        "steps_sha256": hashlib.sha256(steps).hexdigest(),
-    }
+    return input_entry(input_dir, list(files.values()), steps_sha256=hashlib.sha256(steps).hexdigest())
 
 
 def apply_to_folder(

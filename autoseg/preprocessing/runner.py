@@ -47,6 +47,7 @@ from autoseg.planning.plans import (
 from autoseg.preprocessing import store
 from autoseg.preprocessing.pipeline import preprocess_case
 from autoseg.utils.atomic import atomic_path, atomic_write_json, remove_stale_temporaries
+from autoseg.utils.file_identity import file_signature
 from autoseg.utils.names import string_list
 from autoseg.utils.progress import Failure, parallel_map, stage_workers
 
@@ -57,7 +58,8 @@ TIMING_SUFFIX = "_preprocess_timing.json"
 def timing_path(store: Path) -> Path:
     """Where ``preprocess`` records how long it took for a store: beside the store (which holds cases only)."""
     return store.parent / f"{store.name}{TIMING_SUFFIX}"
-HEADER_BYTES = 64 * 1024  # hashed from each input file (with size and mtime) for the fingerprint
+
+
 GT_FOLDER = "gt_segmentations"
 # Configuration keys that change preprocessed values; others (batch size, network...) do not.
 FINGERPRINT_KEYS = ("spatial_dims", "spacing", "normalization", "resampling")
@@ -154,13 +156,6 @@ def annotation_kept(seg: np.ndarray, seg_pp: np.ndarray, ignore_label: int | Non
     raise DatasetError(f"{label}: {lost if before else f'holds only the ignore label {ignore_label}: nothing to learn; annotate it or leave it out'}")
 
 
-def _file_signature(path: Path) -> list[Any]:
-    stat = path.stat()
-    with path.open("rb") as f:
-        head = hashlib.sha256(f.read(HEADER_BYTES)).hexdigest()
-    return [path.name, stat.st_size, stat.st_mtime_ns, head]
-
-
 def companion_files(image: Path) -> list[Path]:
     """The files read with an image that hold part of it: a 3D TIFF's spacing sidecar (``.json``) and a
     detached header's data files (``.mhd`` + ``.raw``, ``.nhdr`` + ``.raw.gz``), where they exist."""
@@ -189,7 +184,7 @@ def input_fingerprint(case: Case, plans: dict[str, Any], config: dict[str, Any])
         "labels": plans["labels"],
         "ignore_label": plans.get("ignore_label"),
         "configuration": {k: config.get(k) for k in FINGERPRINT_KEYS},
-        "files": [_file_signature(p) for p in inputs for p in (p, *_files_read_with(p))],
+        "files": [file_signature(p) for p in inputs for p in (p, *_files_read_with(p))],
     }
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 

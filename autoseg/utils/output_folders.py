@@ -9,11 +9,13 @@ front gives the user the path and the fix instead of an ``mkdir`` error.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+
+from autoseg.dataset.imageio import image_ending
+from autoseg.utils.file_identity import file_signature
 
 # A hidden file that marks a folder as written by ensemble / postprocess apply (predict's own record,
 # predict_info.json, marks its folders): files of the output names in a folder without either are not ours.
@@ -87,39 +89,52 @@ def check_output_file(output: Path, error: type[Exception]) -> None:
 
 
 def refuse_outputs_not_ours(
-    output: Path, outputs: Sequence[Path], writer: str, record: str, replacing: str, error: type[Exception]
+    output: Path, outputs: Sequence[Path], writer: str, record: str, error: type[Exception]
 ) -> None:
-    """Raise ``error`` if ``output``, which lacks ``writer``'s ``record``, already holds some of ``outputs``:
-    files another tool (or the user) put there, which ``replacing`` would overwrite; or if another autoseg command
-    marked it (predict into an ensemble's folder put its label maps beside the ensemble's, under its own record)."""
+    """Raise ``error`` if ``output``, which lacks ``writer``'s ``record``, was marked by another autoseg command
+    (predict into an ensemble's folder put its label maps beside the ensemble's, under its own record), or
+    holds label maps of the ``outputs``' endings: another tool's predictions or the user's masks, which the
+    outputs would replace (same names) or stand beside (other names; ``evaluate`` then scored the mix).
+    Other files (a README, a plot) are no label maps of the outputs and do not count."""
     other = _read_record(output / OUTPUT_MARKER)
-    if other is not None and _holds_visible_files(output):
+    if other is not None:
+        _refuse_other_command(output, other, writer, error)
+    foreign = _label_maps_among(output, outputs)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        replaced = sum(path.name in foreign for path in outputs)
+        replacing = f", replacing {replaced} of the same name(s)" if replaced else ""
         raise error(
-            f"{output}: holds the outputs of {other.get('written_by')} ({OUTPUT_MARKER}); {replacing} would put its own "
-            "among them. Choose another output folder, or delete this one to replace them"
+            f"{output}: holds {len(foreign)} label map(s) not written by {writer} ({shown}; the folder has no "
+            f"{record}); {writer} would put its own among them{replacing}, and evaluate would score the mix. "
+            "Choose an empty or new output folder"
         )
-    existing = [path.name for path in outputs if path.exists()]
-    if existing:
-        more = f" and {len(existing) - 1} more of its output names" if len(existing) > 1 else ""
-        raise error(
-            f"{output}: holds {existing[0]}{more}, not written by {writer} (the folder has no {record}); {replacing} "
-            "would replace them. Choose another output folder, or delete those files to replace them"
-        )
+
+
+def _label_maps_among(folder: Path, outputs: Sequence[Path]) -> list[str]:
+    """The names of the files in ``folder`` (hidden ones aside) ending as the label maps among ``outputs`` do."""
+    endings = {image_ending(path) for path in outputs} - {""}
+    if not endings or not folder.is_dir():
+        return []
+    return sorted(
+        entry.name for entry in folder.iterdir()
+        if not entry.name.startswith(".") and image_ending(entry) in endings and entry.is_file()
+    )
 
 
 def claim_output_files(
     output: Path, outputs: Sequence[Path], command: str, error: type[Exception], inputs: Sequence[Mapping[str, Any]],
 ) -> None:
-    """Refuse an output folder that holds some of ``outputs`` but was not written by autoseg (``-o`` on a
-    dataset's labelsTr or the references replaced them without a word); otherwise mark it as autoseg's.
+    """Refuse an output folder that holds label maps of the ``outputs``' endings not written by autoseg (``-o`` on
+    a dataset's labelsTr or the references replaced them without a word); otherwise mark it as autoseg's.
 
-    The mark records ``inputs`` (what the outputs are made of: each a ``folder`` and its content's identity),
-    and a folder holding another run's outputs is refused (``_refuse_another_run``); a rerun over the same
-    inputs (a killed run resumed) is let through."""
+    The mark records ``inputs`` (what the outputs are made of: each an ``input_entry``), and a folder holding
+    another run's outputs is refused (``_refuse_another_run``); a rerun over the same inputs (a killed run
+    resumed), or over the same inputs with cases added, is let through."""
     from autoseg.utils.atomic import atomic_write_json, folder_lock, require_writable
 
     if not any((output / marker).exists() for marker in (OUTPUT_MARKER, PREDICT_RECORD)):
-        refuse_outputs_not_ours(output, outputs, "autoseg", OUTPUT_MARKER, f"autoseg {command}", error)
+        refuse_outputs_not_ours(output, outputs, f"autoseg {command}", OUTPUT_MARKER, error)
     output.mkdir(parents=True, exist_ok=True)
     require_writable(output)  # a read-only folder already marked: refused before any case, not in each
     record = {"written_by": f"autoseg {command}", "inputs": list(inputs)}
@@ -149,8 +164,8 @@ def _refuse_another_run(
     output: Path, previous: Mapping[str, Any] | None, record: Mapping[str, Any], error: type[Exception]
 ) -> None:
     """Raise ``error`` if ``output`` holds a predict run's label maps or those of ``record``'s command over other
-    inputs (other folders, or the same folders with other contents): the new outputs would stand beside stale
-    ones of the cases the new inputs lack, and ``evaluate`` would score the mix. A mark written before inputs
+    inputs (other folders or steps, or the same folders with files changed or removed: ``_inputs_extend``): the
+    new outputs would stand beside stale ones of the cases the new inputs lack, and ``evaluate`` would score the mix. A mark written before inputs
     were recorded is compared without them, as predict compares its older records."""
     command = record["written_by"]
     if (output / PREDICT_RECORD).exists():
@@ -162,12 +177,8 @@ def _refuse_another_run(
         return  # emptied (``rm OUT/*`` leaves the hidden mark): no outputs to mix with
     if previous.get("written_by") == command and "inputs" not in previous:
         return
-    if previous.get("written_by") != command:
-        raise error(
-            f"{output}: holds the outputs of {previous.get('written_by')} ({OUTPUT_MARKER}); {command} would mix its "
-            "own with them. Choose another output folder, or delete this one to replace them"
-        )
-    if previous["inputs"] != record["inputs"]:
+    _refuse_other_command(output, previous, command, error)
+    if not _inputs_extend(previous["inputs"], record["inputs"]):
         raise error(
             f"{output}: holds the outputs of {command} {_other_inputs(previous['inputs'], record['inputs'])} "
             f"({OUTPUT_MARKER}); the new outputs would stand beside stale ones. Choose another output folder, or "
@@ -175,17 +186,47 @@ def _refuse_another_run(
         )
 
 
-def files_digest(paths: Sequence[Path]) -> str:
-    """SHA-256 over the names and contents of ``paths`` (in the order given; missing files are skipped): the
-    identity of an input folder's content that an output folder's mark records."""
-    digest = hashlib.sha256()
-    for path in paths:
-        if not path.is_file():
-            continue  # refused for its case by the command's own reading, naming it
-        digest.update(path.name.encode())
-        with path.open("rb") as file:
-            digest.update(hashlib.file_digest(file, "sha256").digest())
-    return digest.hexdigest()
+def _refuse_other_command(output: Path, previous: Mapping[str, Any], command: str, error: type[Exception]) -> None:
+    """Raise ``error`` if ``output``'s mark ``previous`` is another command's and the folder holds its outputs
+    (``rm OUT/*`` keeps the hidden mark): ``command``'s would stand among them."""
+    if previous.get("written_by") != command and _holds_visible_files(output):
+        raise error(
+            f"{output}: holds the outputs of {previous.get('written_by')} ({OUTPUT_MARKER}); {command} would mix its "
+            "own with them. Choose another output folder, or delete this one to replace them"
+        )
+
+
+def _inputs_extend(before: Any, now: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether inputs ``now`` are those a folder's outputs were made of (``before``), or more of them: the same
+    folders (and steps), every file recorded before still there unchanged, new files (cases added to the input
+    since; their outputs are written beside the earlier ones, which the run writes again) allowed. A changed or
+    removed file is not: its old output would stand beside the new ones (a case that fails in the rerun keeps
+    it) under a mark that claims the new inputs."""
+    if not isinstance(before, list) or len(before) != len(now):
+        return False
+    return all(
+        isinstance(old, Mapping) and _settings(old) == _settings(new) and _files(old) <= _files(new)
+        for old, new in zip(before, now)
+    )
+
+
+def _settings(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """An input entry less its files: its folder and, for postprocess apply, its steps."""
+    return {key: value for key, value in entry.items() if key not in ("files", "cases")}
+
+
+def _files(entry: Mapping[str, Any]) -> set[tuple[Any, ...]]:
+    """An input entry's file identities (``file_signature``s), comparable as a set."""
+    files = entry.get("files")
+    return {tuple(signature) for signature in files if isinstance(signature, list)} if isinstance(files, list) else set()
+
+
+def input_entry(folder: Path, paths: Sequence[Path], **settings: Any) -> dict[str, Any]:
+    """An input folder as an output folder's mark records it: its path, ``settings`` (postprocess apply's steps)
+    and the identities of the ``paths`` read from it (``file_signature``; missing files are skipped, refused for
+    their case by the command's own reading)."""
+    files = [file_signature(path) for path in paths if path.is_file()]
+    return {"folder": str(folder.resolve()), **settings, "files": files}
 
 
 def _other_inputs(before: Any, now: Sequence[Mapping[str, Any]]) -> str:
@@ -198,4 +239,4 @@ def _other_inputs(before: Any, now: Sequence[Mapping[str, Any]]) -> str:
         return f"over {', '.join(folders_before) or 'other inputs'}, not over {', '.join(folders_now)}"
     if any(old.get("steps_sha256") != new.get("steps_sha256") for old, new in zip(entries, now)):
         return f"over {', '.join(folders_now)} with other postprocessing steps"
-    return f"over {', '.join(folders_now)} before their contents changed"
+    return f"over {', '.join(folders_now)} before some of their files changed or were removed"
