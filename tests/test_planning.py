@@ -18,6 +18,7 @@ from autoseg.planning.compute_budget import TimingModel, schedule
 from autoseg.planning.planner import build_plans, memory_budget, output_channels
 from autoseg.planning.plans import format_plan_table, get_configuration, load_plans, plans_path, write_plans
 from autoseg.planning.topology import divisible_patch, features_per_stage, plan_topology, shrink_patch
+from autoseg.utils.shapes import single_slice_axis
 
 # FLOP counts of the planner's candidates are counted once per session (see conftest.memoize_gflop).
 pytestmark = pytest.mark.usefixtures("memoized_gflop")
@@ -583,8 +584,8 @@ def test_single_slice_volumes_slice_along_their_single_slice_axis_whichever_it_i
     assert plans["transpose_forward"] == [2, 0, 1] and plans["transpose_backward"] == [1, 2, 0]
     config = plans["configurations"]["2d"]
     assert config["spacing"][1:] == [0.9, 0.9] and config["patch_size"] == [40, 48]
-    assert rules.single_slice_axis([[40, 44, 1], [38, 50, 1]]) == 2
-    assert rules.single_slice_axis([[40, 44, 1], [1, 50, 3]]) is None
+    assert single_slice_axis([[40, 44, 1], [38, 50, 1]]) == 2
+    assert single_slice_axis([[40, 44, 1], [1, 50, 3]]) is None
 
 
 def test_the_spacing_ladder_lands_on_whole_multiples() -> None:

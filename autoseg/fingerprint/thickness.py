@@ -17,6 +17,8 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
+from autoseg.utils.shapes import single_slice_axis
+
 
 def structure_thickness_mm(mask: np.ndarray, spacing: Sequence[float]) -> float | None:
     """Twice the mean distance (mm) of the mask's voxels to the nearest voxel outside it; None if empty."""
@@ -24,7 +26,7 @@ def structure_thickness_mm(mask: np.ndarray, spacing: Sequence[float]) -> float 
         return None
     # Only the slice axis is skipped: skipping a one-pixel-wide image's x axis too measured its structure
     # along y, its length (16 for a 30 px run one pixel wide), not its width.
-    slice_axis = _slice_axis(mask.shape)
+    slice_axis = single_slice_axis([mask.shape])
     keep = [a for a in range(mask.ndim) if a != slice_axis]
     if not keep:  # a single voxel of a 1D array: no extent to measure
         return None
@@ -35,14 +37,6 @@ def structure_thickness_mm(mask: np.ndarray, spacing: Sequence[float]) -> float 
     padded = np.pad(mask[box], 1, constant_values=False)
     distance = ndimage.distance_transform_edt(padded, sampling=sampling)
     return float(2.0 * distance[padded].mean())
-
-
-def _slice_axis(shape: Sequence[int]) -> int | None:
-    """The first axis of size one, as ``planning.rules.single_slice_axis`` finds the slice axis of a dataset
-    of single slices: only the first was skipped, so a sagittal slice stored (z, y, 1) bounded every
-    structure to one voxel across x (2 mm at 1 mm), and its 2D plan kept a resolution the structures did
-    not need."""
-    return next((a for a, n in enumerate(shape) if n == 1), None)
 
 
 def case_thickness(label: np.ndarray, spacing: Sequence[float], targets: dict[str, list[int]]) -> dict[str, float | None]:

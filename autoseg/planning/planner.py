@@ -40,6 +40,7 @@ from autoseg.networks.registry import TopologyConstraints
 from autoseg.utils.cpu_load import applied, idle_thread_choice
 from autoseg.utils.device import autocast_dtype, choose_device, device_memory_bytes
 from autoseg.utils.names import string_list
+from autoseg.utils.shapes import single_slice_axis
 from autoseg.utils.progress import default_workers
 
 if TYPE_CHECKING:
@@ -863,7 +864,7 @@ def build_plans(
                             timing_factory, bf16_check, timed_thread_share, record, device_present)
     target = rules.target_spacing(fingerprint["spacings"], fingerprint["shapes_after_crop"])
     _check_resampled_sizes(fingerprint, target)
-    slice_axis = rules.single_slice_axis(fingerprint["shapes_after_crop"])
+    slice_axis = single_slice_axis(fingerprint["shapes_after_crop"])
     is_2d = bool(fingerprint["is_2d"]) or slice_axis is not None
     forward, backward = rules.transpose_axes(target, first=slice_axis)
     spacing = [target[a] for a in forward]

@@ -48,17 +48,6 @@ def transpose_axes(spacing: Sequence[float], first: int | None = None) -> tuple[
     return forward, backward
 
 
-def single_slice_axis(shapes_after_crop: Sequence[Sequence[int]]) -> int | None:
-    """The array axis holding one voxel in every case, None when there is none.
-
-    Such a dataset is 2D whichever axis that is: a single sagittal slice stored in RAS orientation holds
-    it last, not first. The ``2d`` configuration slices along the plan's first axis, so this axis goes
-    first (trained along another axis it sees strips one voxel wide).
-    """
-    ones = np.all(np.asarray(shapes_after_crop) == 1, axis=0)
-    return int(np.argmax(ones)) if ones.any() else None
-
-
 def normalization_schemes(fingerprint: dict[str, Any]) -> list[dict[str, Any]]:
     """One normalization entry per channel, chosen by channel name (reference §1.3).
 
