@@ -271,6 +271,23 @@ def test_apply_refuses_an_image_given_as_a_label_map(tmp_path):
     assert np.array_equal(read_image(tmp_path / "out" / "float_labels.nii.gz")[0], read_image(refs / "case0.nii.gz")[0])
 
 
+def test_apply_refuses_a_mask_of_values_the_dataset_does_not_have(tmp_path):
+    """A folder of 0/255 binary masks was passed through without a word (predict never writes such values); now
+    each is refused naming the file, its values and the dataset's, and a label map of the dataset's values passes."""
+    preds, refs = _make_cv_folders(tmp_path)
+    decision = determine_postprocessing(preds, refs, LABELS, num_workers=1, file_ending=".nii.gz")
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    mask = np.zeros((6, 6, 6), np.uint8)
+    mask[:2, :2, :2] = 255
+    write_image(mask, GEOMETRY, masks / "binary.nii.gz")
+    shutil.copy(preds / "case0.nii.gz", masks / "good.nii.gz")
+    with pytest.raises(EvaluationError, match=r"1 of 2 cases could not be postprocessed: binary: .*binary\.nii\.gz: label values "
+                                              r"255 are not declared in dataset\.json labels \(declared: 0, 1, 2\) \(a 0/255 mask"):
+        apply_to_folder(masks, tmp_path / "out", decision, num_workers=1)
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.nii.gz")) == ["good.nii.gz"]
+
+
 def _folder_bytes(folder):
     return {p.name: p.read_bytes() for p in folder.iterdir()}
 

@@ -29,6 +29,7 @@ import numpy as np
 from autoseg.utils.jsonio import read_json
 from autoseg.dataset.description import DatasetDescription
 from autoseg.dataset.imageio import SUPPORTED_ENDINGS, is_image_ending, read_image, write_image
+from autoseg.dataset.verify import label_value_problem
 from autoseg.errors import EvaluationError
 from autoseg.evaluation.evaluate import (
     check_integer_labels, declared_values, list_cases, match_cases, raise_failures, read_checked_pair,
@@ -292,12 +293,27 @@ def check_decision(decision: Any, where: str) -> dict[str, Any]:
     return decision
 
 
-def _apply_file(source: Path, target: Path, decision: Mapping[str, Any]) -> None:
+def decision_label_values(decision: Mapping[str, Any]) -> frozenset[int] | None:
+    """The label values of the dataset ``decision`` was determined on: background and those of its first
+    candidate, which keeps the largest component of every foreground class; None for a decision without it."""
+    candidates = decision.get("candidates")
+    first = candidates[0] if isinstance(candidates, list) and candidates else None
+    values = first.get("label_values") if isinstance(first, dict) and first.get("target") == "foreground" else None
+    if not (isinstance(values, list) and all(type(value) is int for value in values)):
+        return None
+    return frozenset({0, *values})
+
+
+def _apply_file(source: Path, target: Path, decision: Mapping[str, Any], declared: frozenset[int] | None) -> None:
     """Postprocess one label map. One holding non-integer values (a probability map or float image given in
     its place) is refused as ``evaluate`` refuses it: it was written back with its voxels of the steps' values
-    edited, as if it were a label map."""
+    edited, as if it were a label map. So is one holding values the dataset does not have (``declared``; a
+    0/255 mask), which predict never writes: it was passed through without a word."""
     seg, geometry = read_image(source)
     check_integer_labels(source, seg)
+    problem = None if declared is None else label_value_problem(source, seg, declared)
+    if problem is not None:
+        raise EvaluationError(problem)
     write_image(apply_postprocessing(decision, seg, geometry.spacing), geometry, target)
 
 
@@ -333,7 +349,8 @@ def apply_to_folder(
     outputs = [output_dir / path.name for path in files.values()]
     claim_output_files(output_dir, outputs, "postprocess apply", EvaluationError, [_input_record(input_dir, files, decision)])
     remove_stale_temporaries(output_dir)  # what a killed run left half-written
-    items = [(case, (path, output_dir / path.name, decision)) for case, path in files.items()]
+    declared = decision_label_values(decision)
+    items = [(case, (path, output_dir / path.name, decision, declared)) for case, path in files.items()]
     workers = stage_workers(num_workers, EvaluationError)
     _, failures = parallel_map(_apply_file, items, min(workers, len(items)), "postprocessing")
     raise_failures(failures, len(items), "postprocessed")
