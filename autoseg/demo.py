@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from autoseg.errors import DatasetError, UsageError
-from autoseg.utils.duration import format_duration
+from autoseg.utils.duration import check_budget_seconds, format_duration
 from autoseg.utils.output_folders import check_output_folder
 
 EXAMPLE_DATASET = Path(__file__).resolve().parents[1] / "examples" / "Dataset904_HippocampusMini"
@@ -45,7 +45,9 @@ class DemoResult:
 
 
 def check_budget(budget_seconds: float) -> None:
-    """Refuse a budget the stages other than training leave no training time in."""
+    """Refuse a budget that is no number of seconds (from Python NaN passed the minimum and the demo ran on;
+    "30m" raised a bare TypeError), or one the stages other than training leave no training time in."""
+    check_budget_seconds(budget_seconds, UsageError)
     if budget_seconds < MIN_BUDGET_SECONDS:
         raise UsageError(
             f"--budget {format_duration(budget_seconds)}: the demo's stages other than training take about "

@@ -975,6 +975,18 @@ def test_a_best_pseudo_dice_of_zero_is_reported_as_such():
     assert "no checkpoint_best" in format_training_summary(summary)
 
 
+def test_a_preprocessing_record_of_seconds_beyond_any_float_is_refused(tmp_path):
+    """A hand-edited record of 401 digits stopped training with an internal OverflowError (math.isfinite)."""
+    from autoseg.errors import TrainingError
+    from autoseg.preprocessing.runner import timing_path
+    from autoseg.training.run import _preprocess_seconds
+
+    store = tmp_path / "autosegPlans_3d_fullres"
+    timing_path(store).write_text('{"seconds": ' + "9" * 400 + "}")
+    with pytest.raises(TrainingError, match="has no number of seconds the preprocessing took"):
+        _preprocess_seconds(store)
+
+
 def test_a_preprocessing_record_without_seconds_is_refused_before_training(results, data_roots):
     """A timing record without its seconds crashed as an internal KeyError after the training and validation,
     the fold's time_accounting.json never written."""

@@ -478,6 +478,17 @@ def test_a_demo_budget_without_time_to_train_is_refused_before_any_run_folder(tm
     assert not (tmp_path / "demo").exists()
 
 
+@pytest.mark.parametrize("budget", [float("nan"), float("inf"), "30m", None])
+def test_a_demo_budget_that_is_no_number_of_seconds_is_refused(budget: Any) -> None:
+    """From Python, run_demo(budget_seconds=nan) passed the minimum-budget test and ran on (inf too: a demo
+    without end), and "30m" raised a bare TypeError."""
+    from autoseg.demo import check_budget
+    from autoseg.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"--budget must be a positive, finite number of seconds, got .*parse_duration"):
+        check_budget(budget)
+
+
 @pytest.mark.parametrize(("is_2d", "configuration"), [(True, "2d"), (False, "3d_fullres")])
 def test_the_demo_plans_the_configuration_of_its_datasets_dimensionality(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, is_2d: bool, configuration: str

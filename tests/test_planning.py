@@ -314,6 +314,9 @@ def test_fingerprint_errors_are_clear():
 @pytest.mark.parametrize(("change", "message"), [
     (lambda fp: fp.update(labels=[0, 1, 2]), "labels must be a JSON object"),
     (lambda fp: fp.update(median_relative_size_after_crop=None), "median_relative_size_after_crop must be a number"),
+    (lambda fp: fp.update(median_relative_size_after_crop=10**400), "median_relative_size_after_crop must be a number"),
+    (lambda fp: fp["foreground_intensity_properties_per_channel"]["0"].update(mean=10**400),
+     "the intensity statistics of CT channel 0 need a finite number"),
     (lambda fp: fp.update(case_ids=["case0"]), "case_ids must list one id per case (4)"),
     (lambda fp: fp.update(spacings=[["1", "1", "1"]] * 4), "spacings and shapes must be lists of 3 numbers per case"),
     (lambda fp: fp["foreground_intensity_properties_per_channel"].update({"0": 5}),
@@ -388,7 +391,7 @@ def test_gpu_memory_that_is_not_a_positive_finite_number_is_refused(gpu_memory):
         memory_budget(torch.device("cpu"), gpu_memory)
 
 
-@pytest.mark.parametrize("budget", ["30m", float("nan"), float("inf"), True, 0])
+@pytest.mark.parametrize("budget", ["30m", float("nan"), float("inf"), True, 0, pytest.param(10**400, id="401-digits")])
 def test_a_budget_that_is_not_a_positive_number_of_seconds_is_refused(budget):
     """From Python, budget_seconds='30m' raised TypeError and NaN planned as if no budget were given."""
     with pytest.raises(PlanError, match=r"--budget must be a positive, finite number of seconds, got .*parse_duration"):
@@ -476,6 +479,11 @@ def test_load_plans_errors(tmp_path):
     ("patch_size", [41, 56, 40], r"configuration '3d_fullres': patch_size \[41, 56, 40\] is not a multiple of \[8, 8, 8\], which network 'unet' needs"),
     ("patch_size", [0, 56, 40], r"configuration patch_size \[0, 56, 40\] is not a list of 3 positive numbers \(whole voxels"),
     ("batch_size", 0, r"configuration '3d_fullres': batch_size 0 is not a positive integer"),
+    # integers beyond any float (a JSON number of 401 digits) raised an internal OverflowError
+    pytest.param("batch_size", 10**400, r"configuration '3d_fullres': batch_size 10+ is not a positive integer",
+                 id="batch-of-401-digits"),
+    pytest.param("spacing", [10**400, 1.0, 1.0], r"configuration spacing \[10+, 1.0, 1.0\] is not a list of 3 positive numbers",
+                 id="spacing-of-401-digits"),
     ("normalization", [{"scheme": "zcore"}], r"configuration '3d_fullres': normalization\[0\] scheme 'zcore' is not one of ct, zscore"),
     ("normalization", [{"scheme": "ct", "clip": [-100.0, 200.0], "mean": 10.0, "std": None}],
      r"configuration '3d_fullres': normalization\[0\] \(ct\) needs clip \[low, high\] with low <= high, a finite mean and std >= 0, got .* std None"),

@@ -126,10 +126,11 @@ def test_numeric_series_plots_every_numeric_key() -> None:
 
 
 def test_records_whose_epoch_is_no_number_are_skipped() -> None:
-    """An edited metrics.jsonl line (``"epoch": "a"``, ``null``, ``true``) stopped the report with an internal
-    error (ValueError in float); it is skipped as a line cut by a crash is."""
+    """An edited metrics.jsonl line (``"epoch": "a"``, ``null``, ``true``, an integer of 401 digits) stopped the
+    report with an internal error (ValueError or OverflowError in float); it is skipped as a line cut by a crash is."""
     records = [{"epoch": 0, "train_loss": 1.0}, {"epoch": "a", "train_loss": 9.0}, {"epoch": None, "train_loss": 9.0},
-               {"epoch": True, "train_loss": 9.0}, {"epoch": 2, "train_loss": 0.5}]
+               {"epoch": True, "train_loss": 9.0}, {"epoch": 10**400, "train_loss": 9.0},
+               {"epoch": 2, "train_loss": 0.5, "lr": 10**400}]
     assert numeric_series(records) == {"train_loss": ([0.0, 2.0], [1.0, 0.5])}
 
 

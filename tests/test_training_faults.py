@@ -167,7 +167,7 @@ def test_a_budget_that_is_not_a_finite_time_is_refused_before_training(budget: s
     """Was: --budget nan trained, crashed with an internal ValueError after its first checkpoint and left the half run."""
     with pytest.raises(UsageError, match=rf"duration '{budget}' is not a finite time"):
         parse_duration(budget)
-    with pytest.raises(TrainingError, match=r"--budget .*: must be a finite number of seconds > 0"):
+    with pytest.raises(TrainingError, match=r"--budget must be a positive, finite number of seconds, got .*parse_duration"):
         train_fold(DATASET, "3d_fullres", 0, budget_seconds=float(budget), device="cpu")
     assert not results.exists()
 

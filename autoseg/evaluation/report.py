@@ -35,6 +35,7 @@ from autoseg.evaluation.selection import (
 )
 from autoseg.paths import DatasetLocation, dataset_folders, preprocessed_root, raw_root, resolve_dataset, results_root
 from autoseg.utils.atomic import atomic_write_bytes, atomic_write_text
+from autoseg.utils.finite import is_finite_number
 from autoseg.utils.jsonio import read_json
 from autoseg.utils.output_folders import check_output_file
 
@@ -127,23 +128,18 @@ def numeric_series(records: Sequence[dict[str, Any]]) -> dict[str, tuple[list[fl
     series: dict[str, tuple[list[float], list[float]]] = {}
     for index, record in enumerate(records):
         epoch = record.get("epoch", index)
-        if not _is_number(epoch):
+        if not is_finite_number(epoch):
             continue
         for key, value in record.items():
             if key in NOT_PLOTTED:
                 continue
             if isinstance(value, list) and value and all(isinstance(v, (int, float)) for v in value):
                 key, value = f"{key} (mean of {len(value)})", float(np.mean(value))
-            if _is_number(value):
+            if is_finite_number(value):
                 xs, ys = series.setdefault(key, ([], []))
                 xs.append(float(epoch))
                 ys.append(float(value))
     return series
-
-
-def _is_number(value: Any) -> bool:
-    """A finite JSON number (not a bool)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def training_curves(model_folder: Path) -> Figure | None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import numbers
 import os
 from decimal import Decimal
 from dataclasses import asdict, dataclass, field, replace
@@ -39,6 +38,8 @@ from autoseg.networks.bf16_guard import bf16_step_survives, step_spec
 from autoseg.networks.registry import TopologyConstraints
 from autoseg.utils.cpu_load import applied, idle_thread_choice
 from autoseg.utils.device import autocast_dtype, choose_device, device_memory_bytes
+from autoseg.utils.duration import check_budget_seconds
+from autoseg.utils.finite import is_finite_number
 from autoseg.utils.names import string_list
 from autoseg.utils.shapes import single_slice_axis
 from autoseg.utils.progress import default_workers
@@ -162,15 +163,10 @@ def check_fingerprint(fingerprint: Any, source: str) -> dict[str, Any]:
     if not (np.all(spacing_array > 0) and np.all(shape_array >= 1)):
         raise FingerprintError(f"{source}: spacings must be > 0 and shapes >= 1 in every case; {fix}")
     _check_spacings_verifiable(fingerprint, spacing_array, source)
-    if not all(_is_number(v) for row in [*spacings, *shapes] for v in row):  # "1" was converted, then failed
+    if not all(is_finite_number(v) for row in [*spacings, *shapes] for v in row):  # "1" was converted, then failed
         raise FingerprintError(f"{source}: spacings and shapes must be lists of 3 numbers per case; {fix}")
     _check_field_types(fingerprint, source, fix)
     return fingerprint
-
-
-def _is_number(value: Any) -> bool:
-    """A finite number (not a string, a boolean or null); NumPy's too, for fingerprints built in Python."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _check_field_types(fingerprint: dict[str, Any], source: str, fix: str) -> None:
@@ -184,7 +180,7 @@ def _check_field_types(fingerprint: dict[str, Any], source: str, fix: str) -> No
     if case_ids is not None and (not isinstance(case_ids, list) or len(case_ids) != len(fingerprint["spacings"])):
         # the size check walks cases and ids together: 1 id for 4 cases checked only the first case
         raise FingerprintError(f"{source}: case_ids must list one id per case ({len(fingerprint['spacings'])}); {fix}")
-    if not _is_number(fingerprint["median_relative_size_after_crop"]):
+    if not is_finite_number(fingerprint["median_relative_size_after_crop"]):
         raise FingerprintError(f"{source}: median_relative_size_after_crop must be a number; {fix}")
     statistics = fingerprint["foreground_intensity_properties_per_channel"]
     absent = [c for c in fingerprint["channel_names"] if c not in statistics]
@@ -195,7 +191,7 @@ def _check_field_types(fingerprint: dict[str, Any], source: str, fix: str) -> No
         if not isinstance(props, dict):
             raise FingerprintError(f"{source}: the intensity statistics of channel {channel} must be a JSON object; {fix}")
         is_ct = str(name).strip().lower() == C.CT_CHANNEL_NAME
-        if is_ct and not all(_is_number(props.get(key)) for key in _CT_INTENSITY_KEYS):
+        if is_ct and not all(is_finite_number(props.get(key)) for key in _CT_INTENSITY_KEYS):
             raise FingerprintError(f"{source}: the intensity statistics of CT channel {channel} need a finite number "
                                    f"for each of {', '.join(_CT_INTENSITY_KEYS)}; {fix}")
 
@@ -236,16 +232,8 @@ def check_gpu_memory(gpu_memory_gb: Any) -> None:
     GB, infinite in bytes) planned on, ending in int() of the usable bytes, and from Python "8" raised a bare
     TypeError (True planned as 1 GB)."""
     if gpu_memory_gb is not None and not (
-            _is_number(gpu_memory_gb) and gpu_memory_gb > 0 and math.isfinite(gpu_memory_gb * 2.0**30)):
+            is_finite_number(gpu_memory_gb) and gpu_memory_gb > 0 and math.isfinite(gpu_memory_gb * 2.0**30)):
         raise PlanError(f"--gpu-memory must be a positive, finite number of GB, got {gpu_memory_gb!r}; e.g. --gpu-memory 8")
-
-
-def check_budget(budget_seconds: Any) -> None:
-    """Refuse a budget that is not a positive, finite number of seconds; from Python a duration such as
-    "30m" is easily passed as is: name the converter."""
-    if budget_seconds is not None and not (_is_number(budget_seconds) and budget_seconds > 0):
-        raise PlanError(f"--budget must be a positive, finite number of seconds, got {budget_seconds!r}; "
-                        "autoseg.utils.duration.parse_duration('30m') converts a duration")
 
 
 def memory_budget(device: torch.device, gpu_memory_gb: float | None) -> tuple[float, float | None]:
@@ -911,7 +899,8 @@ def _planning_context(fingerprint: dict[str, Any], network: str, memory_budget_b
                       record: dict[str, Any], device_present: bool) -> _Context:
     """What every configuration is planned with: the options checked, the timing (measured on this
     machine unless replaced; none for a device it lacks) and the bf16 check where training would use bf16."""
-    check_budget(budget_seconds)
+    if budget_seconds is not None:
+        check_budget_seconds(budget_seconds, PlanError)
     if budget_seconds is not None and not device_present and timing_factory is None:
         raise PlanError("--budget times training on this machine, which lacks the device planned for; "
                         "plan for the GPU with --gpu-memory alone, or drop --gpu-memory to plan for this machine")
@@ -1101,7 +1090,8 @@ def plan_dataset(
     from autoseg.paths import resolve_dataset
 
     check_gpu_memory(gpu_memory_gb)  # a bad number, a typo or a wrong label kind fail before fingerprinting
-    check_budget(budget_seconds)
+    if budget_seconds is not None:
+        check_budget_seconds(budget_seconds, PlanError)
     spec = get_network_spec(network or default_network())
     network = spec.name
     location = resolve_dataset(dataset_spec)

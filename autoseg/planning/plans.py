@@ -8,7 +8,6 @@ because preprocessed data and trained models of the old plan depend on it.
 from __future__ import annotations
 
 import json
-import math
 import re
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from autoseg.fingerprint.file import FINGERPRINT_FILE
 from autoseg.networks.topology import REPLAN, Topology
 from autoseg.planning import constants as C
 from autoseg.utils.atomic import atomic_write_json, folder_lock
+from autoseg.utils.finite import is_finite_number
 
 REQUIRED_TOP_LEVEL = (
     "version", "plans_name", "dataset_name", "channel_names", "labels", "file_ending",
@@ -101,20 +101,14 @@ def _check_channels_and_labels(plans: dict[str, Any], source: str, fix: str) -> 
         raise PlanError(f"{source}: channel_names {channels!r} must map channel indices to names, e.g. {{\"0\": \"MRI\"}}; {fix}")
     values = labels.values() if isinstance(labels, dict) else []
     if (not isinstance(labels, dict) or labels.get("background") != 0
-            or not all(_finite(v, True) or isinstance(v, list) and v and all(_finite(x, True) for x in v) for v in values)):
+            or not all(is_finite_number(v, True) or isinstance(v, list) and v and all(is_finite_number(x, True) for x in v) for v in values)):
         raise PlanError(f"{source}: labels {labels!r} must map names to label values (whole numbers, or lists of them "
                         f"for regions), \"background\" to 0; {fix}")
 
 
-def _finite(value: Any, integer: bool = False) -> bool:
-    """A finite number (an integer if asked); JSON's true/false do not count."""
-    kinds = (int,) if integer else (int, float)
-    return isinstance(value, kinds) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _positive(value: Any, integer: bool) -> bool:
     """A positive finite number (an integer if asked)."""
-    return _finite(value, integer) and value > 0
+    return is_finite_number(value, integer) and value > 0
 
 
 def _check_grid(config: dict[str, Any], source: str, name: str, fix: str) -> None:
@@ -158,14 +152,14 @@ def _check_preprocessing(config: dict[str, Any], n_channels: int, where: str, fi
         if scheme not in SCHEMES:
             raise PlanError(f"{where}: normalization[{c}] scheme {scheme!r} is not one of {', '.join(SCHEMES)}; {fix}")
         clip = entry.get("clip")
-        if scheme == "ct" and not (isinstance(clip, list) and len(clip) == 2 and all(_finite(v) for v in clip)
-                                   and clip[0] <= clip[1] and _finite(entry.get("mean")) and _finite(entry.get("std")) and entry["std"] >= 0):
+        if scheme == "ct" and not (isinstance(clip, list) and len(clip) == 2 and all(is_finite_number(v) for v in clip)
+                                   and clip[0] <= clip[1] and is_finite_number(entry.get("mean")) and is_finite_number(entry.get("std")) and entry["std"] >= 0):
             raise PlanError(f"{where}: normalization[{c}] (ct) needs clip [low, high] with low <= high, a finite mean "
                             f"and std >= 0, got clip {clip!r}, mean {entry.get('mean')!r}, std {entry.get('std')!r}; {fix}")
     resampling = config["resampling"]
     orders = [resampling.get(k) if isinstance(resampling, dict) else None for k in ("image_order", "label_order", "order_z")]
     threshold = resampling.get("separate_z_anisotropy_threshold") if isinstance(resampling, dict) else None
-    if not all(_finite(o, integer=True) and 0 <= o <= 5 for o in orders) or not _positive(threshold, False):
+    if not all(is_finite_number(o, integer=True) and 0 <= o <= 5 for o in orders) or not _positive(threshold, False):
         raise PlanError(f"{where}: resampling {resampling!r} needs image_order, label_order and order_z in 0..5 and a "
                         f"positive separate_z_anisotropy_threshold; {fix}")
 

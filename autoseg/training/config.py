@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -61,6 +62,15 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
+def _as_float(value: int | float) -> float:
+    """``value`` as a float, infinite for an integer beyond any float: ``--set optimizer.lr=<400 digits>`` raised
+    an internal OverflowError; infinite, the rules refuse it as they refuse ``.inf``."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
 def _coerce(key: str, value: Any, default: Any, origin: str = "the default") -> Any:
     """``value`` converted to the type of ``default`` (``origin`` says whose value that is) where that is
     lossless, else a TrainingError."""
@@ -76,7 +86,7 @@ def _coerce(key: str, value: Any, default: Any, origin: str = "the default") -> 
         return value
     elif isinstance(default, float):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            return _as_float(value)
         if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
             try:
                 return float(value)

@@ -18,6 +18,7 @@ from autoseg.training.model_setup import OPTIMIZERS
 from autoseg.training.schedule import LR_SCHEDULES
 from autoseg.training.steps import DICE_DENOMINATORS
 from autoseg.utils.device import MIXED_PRECISION_SETTINGS
+from autoseg.utils.finite import is_finite_number
 
 
 @dataclass(frozen=True)
@@ -52,9 +53,7 @@ class Rule:
 
     def _fits(self, value: Any) -> bool:
         """Finite numbers only: an infinite learning rate or timeout passed '> 0' and trained NaN."""
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or self.whole and not isinstance(value, int):
-            return False
-        return math.isfinite(value) and bool(self.test(value))
+        return is_finite_number(value, integer=self.whole) and bool(self.test(value))
 
     def _kind(self) -> str:
         return "whole numbers" if self.whole else "numbers"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import numbers
 import shutil
 import time
 from pathlib import Path
@@ -50,6 +49,8 @@ from autoseg.utils.mappings import flatten
 from autoseg.utils.names import string_list
 from autoseg.utils.device import choose_device as shared_choose_device
 from autoseg.utils.device import device_memory_bytes
+from autoseg.utils.duration import check_budget_seconds
+from autoseg.utils.finite import is_finite_number
 
 DEFAULT_PLANS_NAME = "autosegPlans"
 CONFIG_FILE = "training_config.yaml"
@@ -139,25 +140,17 @@ def train_fold(
     }
 
 
-def _is_whole(value: Any) -> bool:
-    """An integer, numpy's included (not a bool, not 1.5 or "1"): from Python such values passed the range checks."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def _check_options(epochs: int | None, budget_seconds: float | None, continue_: bool, pretrained: Any) -> None:
     """Refuse option values before anything is written. From Python ``epochs=1.5`` trained a fractional epoch
     (reported as 1), and ``epochs="1"`` or ``budget_seconds="30m"`` raised a bare TypeError."""
     if epochs is not None and budget_seconds is not None:
         raise TrainingError("give --epochs or --budget, not both")
-    if epochs is not None and not _is_whole(epochs):
+    if epochs is not None and not is_finite_number(epochs, integer=True):
         raise TrainingError(f"--epochs {epochs!r}: must be a whole number of epochs, at least 1")
     if epochs is not None and epochs < 1:
         raise TrainingError(f"--epochs {epochs}: must be at least 1")
-    numeric = isinstance(budget_seconds, numbers.Real) and not isinstance(budget_seconds, bool)
-    if budget_seconds is not None and not (numeric and math.isfinite(budget_seconds) and budget_seconds > 0):
-        # NaN passed a plain ``<= 0`` test and crashed mid-training, leaving a checkpointed half run
-        raise TrainingError(f"--budget {budget_seconds!r}: must be a finite number of seconds > 0, e.g. 30m or 1800 "
-                            "(from Python: autoseg.utils.duration.parse_duration('30m') converts a duration)")
+    if budget_seconds is not None:
+        check_budget_seconds(budget_seconds, TrainingError)
     if pretrained is not None and continue_:
         raise TrainingError("--pretrained-weights starts a fold, --continue resumes one from its own checkpoint; drop one of them")
 
@@ -165,7 +158,7 @@ def _check_options(epochs: int | None, budget_seconds: float | None, continue_: 
 def _check_seed(seed: int) -> None:
     """numpy's global seed takes 0 to 2**32 - 1; another --seed crashed with an internal ValueError (and from
     Python a float or string seed with a TypeError)."""
-    if not (_is_whole(seed) and 0 <= seed <= MAX_SEED):
+    if not (is_finite_number(seed, integer=True) and 0 <= seed <= MAX_SEED):
         raise TrainingError(f"--seed {seed!r}: must be a whole number from 0 to {MAX_SEED} (2**32 - 1)")
 
 
@@ -281,7 +274,7 @@ def _preprocess_seconds(store: Path) -> float | None:
         return None
     record = read_json(path, TrainingError, "missing", "delete it or re-run `autoseg preprocess`")
     seconds = record.get("seconds") if isinstance(record, dict) else None
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds < 0:
+    if not is_finite_number(seconds) or seconds < 0:
         # a record without a number of seconds crashed as an internal KeyError, after the training and validation
         raise TrainingError(f"{path}: has no number of seconds the preprocessing took ('seconds': {seconds!r}); "
                             "delete it or re-run `autoseg preprocess`")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 import re
+from typing import Any
 
 from autoseg.errors import UsageError
+from autoseg.utils.finite import is_finite_number
 
 _PART = re.compile(r"(\d+(?:\.\d+)?)\s*([dhms])")
 _SECONDS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
@@ -26,6 +28,15 @@ def parse_duration(text: str) -> float:
     if seconds <= 0:
         raise UsageError(f"duration {text!r} must be positive")
     return seconds
+
+
+def check_budget_seconds(seconds: Any, error: type[Exception]) -> None:
+    """Refuse, with the stage's own ``error``, a budget that is not a positive, finite number of seconds: from
+    Python a duration such as "30m" is easily passed as is (so the converter is named), and NaN passed a plain
+    ``<= 0`` test (the demo ran on with it, training planned and crashed mid-run with it)."""
+    if not (is_finite_number(seconds) and seconds > 0):
+        raise error(f"--budget must be a positive, finite number of seconds, got {seconds!r}; e.g. 30m or 1800 "
+                    "(from Python: autoseg.utils.duration.parse_duration('30m') converts a duration)")
 
 
 def format_duration(seconds: float) -> str:
