@@ -224,10 +224,18 @@ def label_value_problem(path: Path, label: np.ndarray, declared: Iterable[int]) 
     return None
 
 
+def only_ignore_problem(path: Path, label: np.ndarray, ignore_label: int | None) -> str | None:
+    """The problem of a label map that is the ignore label everywhere: it verified and fingerprinted, and
+    preprocessing then refused it after storing every other case."""
+    if ignore_label is None or label.size == 0 or np.any(label != ignore_label):
+        return None
+    return f"{path}: holds only the ignore label {ignore_label}: nothing to learn; annotate it or leave it out"
+
+
 def _check_label_values(
     path: Path, label: np.ndarray, desc: DatasetDescription, problems: list[str]
 ) -> np.ndarray | None:
-    problem = label_value_problem(path, label, desc.label_values)
+    problem = label_value_problem(path, label, desc.label_values) or only_ignore_problem(path, label, desc.ignore_label)
     if problem:
         problems.append(problem)
         return None
