@@ -288,6 +288,18 @@ def test_apply_refuses_a_mask_of_values_the_dataset_does_not_have(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").glob("*.nii.gz")) == ["good.nii.gz"]
 
 
+def test_a_folder_given_as_the_decision_is_named_as_a_folder(tmp_path):
+    """``--decision CV_PRED`` (the folder determine wrote postprocessing.json in) was refused as 'not found'."""
+    preds, refs = _make_cv_folders(tmp_path)
+    determine_postprocessing(preds, refs, LABELS, num_workers=1, file_ending=".nii.gz")
+    with pytest.raises(EvaluationError, match=r"cv: is a folder, not a decision file; give .*cv/postprocessing\.json$"):
+        apply_to_folder(preds, tmp_path / "out", preds, num_workers=1)
+    with pytest.raises(EvaluationError, match=r"gt: is a folder, not a decision file; give the decision file autoseg "
+                                              r"postprocess determine wrote$"):
+        apply_to_folder(preds, tmp_path / "out", refs, num_workers=1)
+    assert not (tmp_path / "out").exists()
+
+
 def _folder_bytes(folder):
     return {p.name: p.read_bytes() for p in folder.iterdir()}
 

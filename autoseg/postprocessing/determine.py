@@ -270,7 +270,12 @@ def load_decision(path: str | Path) -> dict[str, Any]:
 
     Every step is checked before any label map is touched: a hand-edited step (a missing or mistyped key)
     otherwise failed in every case with a bare ``KeyError: 'label_values'`` that named neither file nor fix.
+    A folder given (the one ``determine`` wrote its decision in) was called "not found"; it is named as a folder.
     """
+    if Path(path).is_dir():
+        inside = Path(path) / DECISION_FILE
+        fix = f"give {inside}" if inside.is_file() else "give the decision file autoseg postprocess determine wrote"
+        raise EvaluationError(f"{path}: is a folder, not a decision file; {fix}")
     decision = read_json(
         path, EvaluationError, "not found; run autoseg postprocess determine first",
         "re-run autoseg postprocess determine",
