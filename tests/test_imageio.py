@@ -1328,6 +1328,16 @@ def test_a_nifti_without_a_voxel_size_is_refused_not_read_as_1_mm(tmp_path: Path
                                    "as 1 mm; write the image's true voxel size into its header (export it again)")
 
 
+def test_a_nifti_header_is_decompressed_once_per_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The truncation check and the voxel-size check each opened and decompressed a .nii.gz's header: the second
+    cost 3-7% of reading a Hippocampus case. The header read for the first is passed to the second."""
+    opened: list[str] = []
+    gzip_open = gzip.open
+    monkeypatch.setattr(gzip, "open", lambda path, *args, **kwargs: opened.append(path) or gzip_open(path, *args, **kwargs))
+    image, _ = read_image(HIPPOCAMPUS / "imagesTr" / "hippocampus_001_0000.nii.gz")
+    assert len(opened) == 1 and image.shape == (35, 51, 35)
+
+
 def test_a_nrrd_of_unknown_spacing_is_refused_not_read_as_1_mm(tmp_path: Path) -> None:
     """NRRD writes an unknown spacing as NaN ('spacings: nan 1 1'): ITK read it as 1 mm without a word. An axis of
     one voxel may leave it unknown."""
