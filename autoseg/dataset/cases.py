@@ -40,13 +40,14 @@ class CaseScan:
     cases: list[Case] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     num_declared_cases: int = 0  # case ids found (with or without problems), for numTraining
-    # names (without ending) of images found with another supported ending, each reported once as such
-    other_ending_stems: set[str] = field(default_factory=set)
+    # names (without ending) of images reported for their file name alone (another supported ending, bytes that are
+    # not UTF-8): each is reported once as such, and counted as a case
+    reported_stems: set[str] = field(default_factory=set)
 
 
-def _files_by_stem(folder: Path, ending: str, problems: list[str], other_ending_stems: set[str]) -> dict[str, Path]:
+def _files_by_stem(folder: Path, ending: str, problems: list[str], reported_stems: set[str]) -> dict[str, Path]:
     """``{name without ending: path}`` of a folder's visible files; others are reported in ``problems``, and
-    the names of images with another supported ending also added to ``other_ending_stems``."""
+    the names of images with another supported ending or a name that is not UTF-8 also added to ``reported_stems``."""
     files = {}
     paths = sorted(folder.iterdir())
     # the voxels of a detached header (.mhd, .nhdr) lie in the data file it names (.raw, .zraw), read with it
@@ -56,12 +57,14 @@ def _files_by_stem(folder: Path, ending: str, problems: list[str], other_ending_
             continue
         if (problem := undecodable_path_problem(path)) is not None:
             problems.append(problem)
+            if path.name.endswith(ending):  # a case, once renamed: numTraining's count was one short of it
+                reported_stems.add(path.name[: -len(ending)])
             continue
         if ending.lower() in TIFF_ENDINGS and path.name.endswith(".json"):
             continue  # a 3D TIFF's spacing sidecar (nnU-Net's Tiff3DIO), read with its image
         if not path.name.endswith(ending):
             if found := spelled_ending(path):
-                other_ending_stems.add(path.name[: -len(found)])
+                reported_stems.add(path.name[: -len(found)])
                 problems.append(_other_ending_file_problem(path, found, ending))
             else:
                 problems.append(f"{path}: file ending is not {ending!r} (dataset.json file_ending); rename or remove it")
@@ -139,7 +142,7 @@ def scan_images(folder: Path, desc: DatasetDescription, unsuffixed: frozenset[st
         scan.problems.append(f"{folder}: folder not found; put the images in {folder.name}/<case>_0000{desc.file_ending}")
         return scan
     channels: dict[str, dict[int, Path]] = {}
-    for stem, path in _files_by_stem(folder, desc.file_ending, scan.problems, scan.other_ending_stems).items():
+    for stem, path in _files_by_stem(folder, desc.file_ending, scan.problems, scan.reported_stems).items():
         match = None if stem in unsuffixed else CHANNEL_SUFFIX.match(stem)
         if match is None:
             scan.problems.append(f"{path}: name lacks the 4-digit channel suffix; rename to {stem}_0000{desc.file_ending}")
@@ -149,8 +152,8 @@ def scan_images(folder: Path, desc: DatasetDescription, unsuffixed: frozenset[st
     for case_id, files in sorted(channels.items()):
         missing, extra = channel_file_gaps(files, desc.num_channels, desc.file_ending)
         for c in missing:
-            if f"{case_id}_{c:04d}" in scan.other_ending_stems:
-                continue  # reported as saved with another ending
+            if f"{case_id}_{c:04d}" in scan.reported_stems:
+                continue  # reported for its name (another ending, not UTF-8)
             scan.problems.append(f"{folder / f'{case_id}_{c:04d}{desc.file_ending}'}: missing channel {c} ({desc.channel_names[str(c)]}) of case {case_id}")
         for c in extra:
             scan.problems.append(f"{files[c]}: channel {c} is not declared in dataset.json channel_names; remove it or declare the channel")
@@ -192,22 +195,22 @@ def scan_training_cases(dataset_dir: Path, desc: DatasetDescription) -> CaseScan
     labels_dir = dataset_dir / "labelsTr"
     label_problems: list[str] = []
     label_files: dict[str, Path] = {}
-    other_ending_labels: set[str] = set()
+    reported_labels: set[str] = set()
     if not labels_dir.is_dir():
         label_problems.append(f"{labels_dir}: folder not found; put one label file per case in labelsTr/<case>{desc.file_ending}")
     else:
-        label_files = _files_by_stem(labels_dir, desc.file_ending, label_problems, other_ending_labels)
+        label_files = _files_by_stem(labels_dir, desc.file_ending, label_problems, reported_labels)
     unsuffixed = unsuffixed_images(dataset_dir / "imagesTr", set(label_files), desc.file_ending)
     scan = scan_images(dataset_dir / "imagesTr", desc, unsuffixed)
     scan.problems.extend(label_problems)
     image_ids = {c.case_id for c in scan.cases}
-    other_ending_images = {m["case"] for stem in scan.other_ending_stems if (m := CHANNEL_SUFFIX.match(stem))}
-    scan.num_declared_cases = len(image_ids | set(label_files) | other_ending_images | other_ending_labels)
+    reported_images = {m["case"] for stem in scan.reported_stems if (m := CHANNEL_SUFFIX.match(stem))}
+    scan.num_declared_cases = len(image_ids | set(label_files) | reported_images | reported_labels)
     for case in scan.cases:
         case.label = label_files.get(case.case_id)
-        if case.label is None and labels_dir.is_dir() and case.case_id not in other_ending_labels:
+        if case.label is None and labels_dir.is_dir() and case.case_id not in reported_labels:
             scan.problems.append(f"{labels_dir / (case.case_id + desc.file_ending)}: missing label of case {case.case_id}")
-    with_images = image_ids | other_ending_images
+    with_images = image_ids | reported_images
     for stem, path in label_files.items():
         if stem in unsuffixed:  # its image, named as the label, is reported as lacking the channel suffix
             continue
