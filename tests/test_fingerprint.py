@@ -153,10 +153,14 @@ def test_ignore_voxels_are_not_sampled_as_foreground_intensities(roots: dict[str
     description = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "vessel": 1, "ignore": 2},
                    "numTraining": 1, "file_ending": ".nii.gz"}
     (dataset / "dataset.json").write_text(json.dumps(description))
-    stats = extract_fingerprint(resolve_dataset("Dataset998"), num_workers=0)["foreground_intensity_properties_per_channel"]["0"]
+    fingerprint = extract_fingerprint(resolve_dataset("Dataset998"), num_workers=0)
+    stats = fingerprint["foreground_intensity_properties_per_channel"]["0"]
     scribble = image[label == 1]  # 122, 123, 124, 125: every one drawn among the 1e7 samples
     assert (stats["min"], stats["max"]) == (scribble.min(), scribble.max()) == (122.0, 125.0)
     assert stats["mean"] == pytest.approx(123.5, abs=0.01) and stats["std"] == pytest.approx(scribble.std(), abs=0.01)
+    # Ignored voxels are not outside the scribble either (it measured 2.0 mm, a line): the nearest outside is the
+    # image border beyond x = 1, 2, 3, 4 at 2, 3, 3, 2 mm (z and y: 3 mm; the background voxel: over 3.6 mm).
+    assert fingerprint["structure_thickness_mm"] == {"vessel": [pytest.approx(2 * 2.5)]}
 
 
 def test_a_case_that_runs_out_of_memory_is_named(

@@ -47,6 +47,21 @@ def test_a_single_slice_is_measured_in_its_plane_whichever_axis_it_lies_along(or
     assert structure_thickness_mm(mask.transpose(order), (1.0, 1.0, 1.0)) == pytest.approx(in_plane)
 
 
+def test_ignored_rows_are_not_outside_the_structure():
+    """Ignored voxels counted as outside: a band annotated on every other row measured as one-pixel lines
+    (2.0), and the budget planner kept a resolution the structure did not need (EM membranes with half the
+    rows ignored: 2.45 mm instead of 8.8, planned at 1 mm instead of 4 mm)."""
+    label = np.zeros((1, 20, 20), np.uint8)
+    label[0, 5:15] = 1  # a band of rows 5-14 across the whole image
+    label[0, 6:15:2] = 2  # rows 6, 8, ..., 14 ignored
+    rows, columns = np.nonzero(label[0] == 1)
+    # the outside is the half-planes y <= 4, y >= 15 and the padded border x = -1, x = 20
+    expected = 2 * np.minimum.reduce([rows - 4, 15 - rows, columns + 1, 20 - columns]).mean()
+    assert case_thickness(label, (999.0, 1.0, 1.0), {"band": [1]}, ignore_label=2) == {"band": pytest.approx(expected)}
+    assert expected > 4.0
+    assert case_thickness(label, (999.0, 1.0, 1.0), {"band": [1]}) == {"band": pytest.approx(2.0)}  # no ignore label
+
+
 def test_absent_structures_have_no_thickness():
     assert structure_thickness_mm(np.zeros((4, 5, 6), bool), (1, 1, 1)) is None
     assert median_thickness({"a": [None, 2.0, 4.0, None, 3.0], "b": [None, None]}) == {"a": 3.0, "b": None}

@@ -67,7 +67,7 @@ def case_statistics(case: Case, desc: DatasetDescription, samples_per_case: int,
         "samples": samples,
         "class_voxel_counts": class_counts,
         "class_volumes_mm3": {k: v * voxel_mm3 for k, v in class_counts.items()},
-        "structure_thickness_mm": case_thickness(label, spacing, dict(desc.regions)),
+        "structure_thickness_mm": case_thickness(label, spacing, dict(desc.regions), desc.ignore_label),
         "class_centroids": class_centroids(label, desc.foreground_labels),
     }
 
