@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import functools
 import inspect
 import os
@@ -581,7 +582,16 @@ def expand_multi_value_options(args: list[str]) -> list[str]:
 
 def main() -> None:
     """Console-script entry point."""
+    _print_paths_as_given()
     app(args=expand_multi_value_options(sys.argv[1:]), prog_name="autoseg")
+
+
+def _print_paths_as_given() -> None:
+    """Print a path whose bytes are not UTF-8 (``-o out\\xff``, held as a surrogate) as its own bytes, as Python
+    does under the C locale: with a strict UTF-8 standard output (any ``en_US.UTF-8`` terminal), ``evaluate -o
+    out\\xff`` wrote its files, then failed printing where they are, as an 'internal error', exit 1."""
+    if isinstance(sys.stdout, io.TextIOWrapper) and sys.stdout.errors == "strict":
+        sys.stdout.reconfigure(errors="surrogateescape")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -156,6 +156,29 @@ def test_a_reader_that_leaves_stops_the_command_quietly() -> None:
     assert (process.returncode, process.stderr) == (141, "")
 
 
+def test_an_output_path_that_is_not_utf8_is_printed_as_given(tmp_path: Path) -> None:
+    """With a strict UTF-8 standard output (an en_US.UTF-8 terminal; PYTHONIOENCODING=utf-8 here), `evaluate -o
+    out\\xff` wrote its summary, then failed printing its path as an 'internal error', exit 1; the path is printed
+    as its own bytes now."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from autoseg.dataset.imageio import Geometry, write_image
+
+    for folder in ("pred", "ref"):
+        write_image(np.eye(3, dtype=np.uint8)[None], Geometry.default((1, 3, 3)), tmp_path / folder / "a.nii.gz")
+    output = os.fsencode(tmp_path) + b"/out\xff"
+    process = subprocess.run(
+        [sys.executable, "-c", "from autoseg.cli import main; main()", "evaluate", "-p", tmp_path / "pred", "-r",
+         tmp_path / "ref", "-l", "1", "-o", output, "-np", "1"],
+        capture_output=True, timeout=120, env=os.environ | {"PYTHONIOENCODING": "utf-8"},
+    )
+    assert process.returncode == 0, process.stderr
+    assert b"written: " + output + b"/summary.json" in process.stdout and os.path.isfile(output + b"/summary.json")
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
 def test_a_full_standard_output_is_named_as_such() -> None:
     """`autoseg networks > /dev/full` printed 'No space left on device; the disk is full ...' without saying
