@@ -66,7 +66,7 @@ def test_report_is_self_contained_with_the_table_and_figures(report: tuple[Path,
 
 def test_overlay_best_and_worst_cases(roots: dict[str, Path]) -> None:
     """Without probabilities GOOD is best with the same Dice on every case, so the best/worst tie is
-    broken by case id; the overlay shows the slice with the most labelled voxels."""
+    broken by case id; the overlay shows the slice with the most class voxels (not ignore ones)."""
     make_results(roots, probabilities_for=())
     path = build_report(DATASET, num_workers=1)
     assert path == roots["results"] / DATASET / "report.html"
@@ -78,7 +78,11 @@ def test_overlay_best_and_worst_cases(roots: dict[str, Path]) -> None:
     reference[1, :2, :2] = 1
     prediction = np.zeros_like(reference)
     prediction[2, :3, :3] = 1
-    assert overlay_slice(reference, prediction) == 2
+    assert overlay_slice(reference, prediction, [1]) == 2
+    reference[3] = 3  # a slice of the ignore label alone outnumbers the class voxels of slices 1 and 2
+    assert overlay_slice(reference, prediction, [1]) == 2
+    figure = overlay(np.ones((4, 5, 5)), reference, prediction, (1.0, 1.0, 1.0), [("a", (1,))], "case")
+    assert figure.axes[0].get_title() == "case (slice 2)"
 
 
 def test_figures_of_an_earlier_report_are_not_left_beside_it(roots: dict[str, Path]) -> None:

@@ -172,10 +172,12 @@ def training_curves(model_folder: Path) -> Figure | None:
     return figure
 
 
-def overlay_slice(reference: np.ndarray, prediction: np.ndarray) -> int:
-    """The slice (first axis) with the most voxels labelled in reference or prediction."""
-    counts = ((reference > 0) | (prediction > 0)).reshape(reference.shape[0], -1).sum(axis=1)
-    return int(np.argmax(counts))
+def overlay_slice(reference: np.ndarray, prediction: np.ndarray, class_values: Sequence[int]) -> int:
+    """The slice (first axis) with the most voxels of a class in reference or prediction. Only class values
+    count: with ``label > 0`` the ignore label counted too, and a reference with whole slices ignored showed
+    a slice of ignore alone, no reference contour on it."""
+    labelled = np.isin(reference, class_values) | np.isin(prediction, class_values)
+    return int(np.argmax(labelled.reshape(reference.shape[0], -1).sum(axis=1)))
 
 
 def overlay(image: np.ndarray, reference: np.ndarray, prediction: np.ndarray, spacing: Sequence[float],
@@ -184,7 +186,7 @@ def overlay(image: np.ndarray, reference: np.ndarray, prediction: np.ndarray, sp
 
     ``image`` is (z, y, x) grey, or (C, z, y, x) with C >= 3 for a colour image shown in its colours (R, G, B).
     """
-    index = overlay_slice(reference, prediction)
+    index = overlay_slice(reference, prediction, [v for _, values in classes for v in values])
     colour = image.ndim == 4
     picture = np.moveaxis(image[:3, index], 0, -1).astype(np.float32) if colour else image[index].astype(np.float32)
     low, high = np.percentile(picture, IMAGE_WINDOW_PERCENTILES)
