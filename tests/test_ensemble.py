@@ -204,13 +204,27 @@ def test_a_folder_of_label_maps_autoseg_did_not_write_is_not_overwritten(tmp_pat
     references = tmp_path / "labelsTr"
     write_image(np.zeros(SHAPE, np.uint8), GEOMETRY, references / "x.nii.gz")
     before = (references / "x.nii.gz").read_bytes()
-    with pytest.raises(EvaluationError, match=r"labelsTr: holds 1 label map\(s\) not written by autoseg ensemble \(x\.nii\.gz; "
+    with pytest.raises(EvaluationError, match=r"labelsTr: holds 1 file\(s\) not written by autoseg ensemble \(x\.nii\.gz; "
                                               r".*autoseg ensemble would put its own among them, replacing 1 of the same "
                                               r"name\(s\), and evaluate would score the mix\. Choose an empty or new output folder"):
         ensemble_folders(dirs, references, num_workers=1)
     assert (references / "x.nii.gz").read_bytes() == before
     ensemble_folders(dirs, tmp_path / "out", num_workers=1)
     ensemble_folders(dirs, tmp_path / "out", num_workers=1)  # its own folder: rerun allowed
+
+
+def test_probabilities_autoseg_did_not_write_are_not_overwritten(tmp_path):
+    """A folder holding another tool's x.npz (no label maps): --save-probabilities would replace it; a README does
+    not block."""
+    dirs = _two_folders_of_case_x(tmp_path)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "x.npz").write_bytes(b"their probabilities")
+    (theirs / "README.md").write_text("mine")
+    with pytest.raises(EvaluationError, match=r"theirs: holds 1 file\(s\) not written by autoseg ensemble \(x\.npz; .*replacing 1"):
+        ensemble_folders(dirs, theirs, save_probabilities=True, num_workers=1)
+    assert (theirs / "x.npz").read_bytes() == b"their probabilities"
+    assert ensemble_folders(dirs, theirs, num_workers=1) == ["x"]  # without probabilities no name is taken
 
 
 

@@ -856,7 +856,7 @@ def test_a_folder_of_files_predict_did_not_write_is_not_overwritten(model_3d: Pa
     shutil.copy(HIPPOCAMPUS / "labelsTr" / "hippocampus_001.nii.gz", labels / "c2.nii.gz")
     (labels / "notes.txt").write_text("mine")
     reference = (labels / "c2.nii.gz").read_bytes()
-    with pytest.raises(InferenceError, match=r"labelsTr: holds 1 label map\(s\) not written by autoseg predict \(c2\.nii\.gz; the "
+    with pytest.raises(InferenceError, match=r"labelsTr: holds 1 file\(s\) not written by autoseg predict \(c2\.nii\.gz; the "
                        r"folder has no predict_info\.json\); autoseg predict would put its own among them, replacing 1"):
         predict_folder(inputs, labels, model_3d, folds=[0], tta=False)
     assert (labels / "c2.nii.gz").read_bytes() == reference
@@ -875,7 +875,7 @@ def test_a_folder_of_another_tools_label_maps_is_refused_before_any_case(model_3
     theirs.mkdir()
     shutil.copy(HIPPOCAMPUS / "imagesTr" / "hippocampus_001_0000.nii.gz", inputs / "c1_0000.nii.gz")
     shutil.copy(HIPPOCAMPUS / "labelsTr" / "hippocampus_001.nii.gz", theirs / "other_case.nii.gz")
-    with pytest.raises(InferenceError, match=r"theirs: holds 1 label map\(s\) not written by autoseg predict \(other_case\.nii\.gz; "
+    with pytest.raises(InferenceError, match=r"theirs: holds 1 file\(s\) not written by autoseg predict \(other_case\.nii\.gz; "
                                              r"the folder has no predict_info\.json\); autoseg predict would put its own "
                                              r"among them, and evaluate would score the mix\. Choose an empty or new output folder$"):
         predict_folder(inputs, theirs, model_3d, folds=[0], tta=False)

@@ -239,7 +239,7 @@ def test_apply_does_not_overwrite_label_maps_autoseg_did_not_write(tmp_path):
     preds, refs = _make_cv_folders(tmp_path)
     determine_postprocessing(preds, refs, LABELS, num_workers=1, file_ending=".nii.gz")
     before = {p.name: p.read_bytes() for p in refs.iterdir()}
-    with pytest.raises(EvaluationError, match=r"holds 3 label map\(s\) not written by autoseg postprocess apply \(case0\.nii\.gz, "
+    with pytest.raises(EvaluationError, match=r"holds 3 file\(s\) not written by autoseg postprocess apply \(case0\.nii\.gz, "
                                               r"case1\.nii\.gz, case2\.nii\.gz; .*replacing 3 of the same name\(s\)"):
         apply_to_folder(preds, refs, preds / "postprocessing.json", num_workers=1)
     assert {p.name: p.read_bytes() for p in refs.iterdir()} == before
@@ -349,7 +349,7 @@ def test_apply_into_a_folder_of_other_label_maps_is_refused_before_any_case(tmp_
     theirs.mkdir()
     for name in ("p1", "p2", "p3", "p4"):
         shutil.copy(refs / "case0.nii.gz", theirs / f"{name}.nii.gz")
-    with pytest.raises(EvaluationError, match=r"theirs: holds 4 label map\(s\) not written by autoseg postprocess apply "
+    with pytest.raises(EvaluationError, match=r"theirs: holds 4 file\(s\) not written by autoseg postprocess apply "
                                               r"\(p1\.nii\.gz, p2\.nii\.gz, p3\.nii\.gz and 1 more; the folder has no "
                                               r"\.autoseg_outputs\.json\); autoseg postprocess apply would put its own among "
                                               r"them, and evaluate would score the mix\. Choose an empty or new output folder$"):

@@ -95,30 +95,33 @@ def refuse_outputs_not_ours(
     (predict into an ensemble's folder put its label maps beside the ensemble's, under its own record), or
     holds label maps of the ``outputs``' endings: another tool's predictions or the user's masks, which the
     outputs would replace (same names) or stand beside (other names; ``evaluate`` then scored the mix).
-    Other files (a README, a plot) are no label maps of the outputs and do not count."""
+    Other files (a README, a plot) are no label maps of the outputs and do not count, unless the outputs (saved
+    probabilities too) would replace them."""
     other = _read_record(output / OUTPUT_MARKER)
     if other is not None:
         _refuse_other_command(output, other, writer, error)
-    foreign = _label_maps_among(output, outputs)
+    foreign = _files_not_ours(output, outputs)
     if foreign:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
         replaced = sum(path.name in foreign for path in outputs)
         replacing = f", replacing {replaced} of the same name(s)" if replaced else ""
         raise error(
-            f"{output}: holds {len(foreign)} label map(s) not written by {writer} ({shown}; the folder has no "
+            f"{output}: holds {len(foreign)} file(s) not written by {writer} ({shown}; the folder has no "
             f"{record}); {writer} would put its own among them{replacing}, and evaluate would score the mix. "
             "Choose an empty or new output folder"
         )
 
 
-def _label_maps_among(folder: Path, outputs: Sequence[Path]) -> list[str]:
-    """The names of the files in ``folder`` (hidden ones aside) ending as the label maps among ``outputs`` do."""
-    endings = {image_ending(path) for path in outputs} - {""}
-    if not endings or not folder.is_dir():
+def _files_not_ours(folder: Path, outputs: Sequence[Path]) -> list[str]:
+    """The names of the files in ``folder`` (hidden ones aside) that ``outputs`` would replace, or that end as
+    the label maps among them do."""
+    if not folder.is_dir():
         return []
+    endings = {image_ending(path) for path in outputs} - {""}
+    names = {path.name for path in outputs}
     return sorted(
         entry.name for entry in folder.iterdir()
-        if not entry.name.startswith(".") and image_ending(entry) in endings and entry.is_file()
+        if not entry.name.startswith(".") and (entry.name in names or image_ending(entry) in endings) and entry.is_file()
     )
 
 
