@@ -315,6 +315,12 @@ def test_fingerprint_errors_are_clear():
     (lambda fp: fp.update(labels=[0, 1, 2]), "labels must be a JSON object"),
     (lambda fp: fp.update(median_relative_size_after_crop=None), "median_relative_size_after_crop must be a number"),
     (lambda fp: fp.update(median_relative_size_after_crop=10**400), "median_relative_size_after_crop must be a number"),
+    (lambda fp: fp.update(median_relative_size_after_crop=-3), "median_relative_size_after_crop must be a number > 0 and <= 1"),
+    (lambda fp: fp.update(channel_names={}), "channel_names must name at least one channel"),
+    (lambda fp: fp.update(median_structure_thickness_mm=[3.2]), "median_structure_thickness_mm must map each target"),
+    (lambda fp: fp.update(median_structure_thickness_mm={"a": "3"}), "median_structure_thickness_mm must map each target"),
+    (lambda fp: fp.update(median_structure_thickness_mm={"a": -5.0, "b": None}),
+     "median_structure_thickness_mm must map each target to its thickness in mm, a number > 0"),
     (lambda fp: fp["foreground_intensity_properties_per_channel"]["0"].update(mean=10**400),
      "the intensity statistics of CT channel 0 need a finite number"),
     (lambda fp: fp.update(case_ids=["case0"]), "case_ids must list one id per case (4)"),
@@ -329,7 +335,8 @@ def test_fingerprint_errors_are_clear():
 def test_a_fingerprint_field_of_the_wrong_type_is_named(change, message):
     """Hand-edited fingerprints stopped planning with an internal AttributeError, TypeError, KeyError or
     ValueError (labels as a list, a null relative size, "1" for a spacing, a CT channel without its
-    percentiles), and a NaN CT mean planned a normalization into NaN."""
+    percentiles, thicknesses as a list or "3"), a NaN CT mean planned a normalization into NaN, a relative size
+    of -3 or a thickness of -5 mm planned on, and no channel at all failed in the network's words."""
     fp = fingerprint([[1.0, 1.0, 1.0]] * 4, [[30, 40, 30]] * 4, channels={"0": "CT"})
     change(fp)
     with pytest.raises(FingerprintError, match=rf"^fp\.json: {re.escape(message)}.*; delete it and re-run `autoseg fingerprint`$"):

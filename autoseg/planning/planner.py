@@ -180,8 +180,12 @@ def _check_field_types(fingerprint: dict[str, Any], source: str, fix: str) -> No
     if case_ids is not None and (not isinstance(case_ids, list) or len(case_ids) != len(fingerprint["spacings"])):
         # the size check walks cases and ids together: 1 id for 4 cases checked only the first case
         raise FingerprintError(f"{source}: case_ids must list one id per case ({len(fingerprint['spacings'])}); {fix}")
-    if not is_finite_number(fingerprint["median_relative_size_after_crop"]):
-        raise FingerprintError(f"{source}: median_relative_size_after_crop must be a number; {fix}")
+    if not fingerprint["channel_names"]:
+        raise FingerprintError(f"{source}: channel_names must name at least one channel; {fix}")
+    relative_size = fingerprint["median_relative_size_after_crop"]
+    if not (is_finite_number(relative_size) and 0 < relative_size <= 1):  # -3 chose the nonzero mask without a word
+        raise FingerprintError(f"{source}: median_relative_size_after_crop must be a number > 0 and <= 1 (the median "
+                               f"share of an image its crop to the nonzero region keeps), got {relative_size!r}; {fix}")
     statistics = fingerprint["foreground_intensity_properties_per_channel"]
     absent = [c for c in fingerprint["channel_names"] if c not in statistics]
     if absent:
@@ -194,6 +198,19 @@ def _check_field_types(fingerprint: dict[str, Any], source: str, fix: str) -> No
         if is_ct and not all(is_finite_number(props.get(key)) for key in _CT_INTENSITY_KEYS):
             raise FingerprintError(f"{source}: the intensity statistics of CT channel {channel} need a finite number "
                                    f"for each of {', '.join(_CT_INTENSITY_KEYS)}; {fix}")
+    _check_thickness(fingerprint, source, fix)
+
+
+def _check_thickness(fingerprint: dict[str, Any], source: str, fix: str) -> None:
+    """The typical structure's statistics, which fingerprints written before autoseg measured them lack: a
+    hand-edited list or "3" stopped planning with an internal AttributeError or TypeError, and a thickness of
+    0, below 0 or NaN planned as if no coarser spacing could draw the structure ("-5 mm thick" in its notes)."""
+    thickness = fingerprint.get("median_structure_thickness_mm")
+    if thickness is None:
+        return
+    if not isinstance(thickness, dict) or not all(v is None or is_finite_number(v) and v > 0 for v in thickness.values()):
+        raise FingerprintError(f"{source}: median_structure_thickness_mm must map each target to its thickness in mm, "
+                               f"a number > 0 (null where no case holds it), got {thickness!r}; {fix}")
 
 
 def _check_spacings_verifiable(fingerprint: dict[str, Any], spacing_array: np.ndarray, source: str) -> None:
