@@ -136,6 +136,12 @@ ACCENTED_DATASET = {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "
                     "file_ending": ".nii.gz", "description": "hippocampe, tête"}
 WRONG_TYPES = {
     "plans not JSON": ("plans.json", b"{'version': 1", "member '{model}/plans.json': is not valid JSON ("),
+    # a hostile member beyond Python's JSON reader: an internal RecursionError, and a ValueError called "a field of the
+    # wrong type" with the advice to call sys.set_int_max_str_digits()
+    "plans nested too deep": ("plans.json", b"[" * 100_000 + b"]" * 100_000,
+                              "member '{model}/plans.json': nests arrays or objects deeper than a JSON reader follows"),
+    "plans with a 5000-digit number": ("plans.json", b'{"version": ' + b"1" * 5000 + b"}",
+                                       "member '{model}/plans.json': holds an integer of more than 4300 digits"),
     # an editor's re-save: the JSON is right, its encoding is not (was "is not valid JSON", the file reader names it)
     "dataset with a BOM": ("dataset.json", codecs.BOM_UTF8 + json.dumps(ACCENTED_DATASET).encode(),
                            "member '{model}/dataset.json': saved as UTF-8 with a byte-order mark (BOM)"),

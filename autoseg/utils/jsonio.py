@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -55,3 +56,9 @@ def parse_json_bytes(data: bytes, where: str, error: type[AutosegError], invalid
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise error(f"{where}: is not valid JSON ({exc}); {invalid}") from None
+    except RecursionError:  # was an internal error (import-model of a zip with such a member)
+        raise error(f"{where}: nests arrays or objects deeper than a JSON reader follows (no file autoseg or nnU-Net "
+                    f"writes); {invalid}") from None
+    except ValueError:  # Python's limit on converting long integer literals; was "a field of the wrong type"
+        raise error(f"{where}: holds an integer of more than {sys.get_int_max_str_digits()} digits (no file autoseg "
+                    f"or nnU-Net writes); {invalid}") from None
