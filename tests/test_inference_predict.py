@@ -524,6 +524,8 @@ def test_the_default_checkpoint_named_beside_a_model_loaded_with_another_is_refu
         predict_folder(inputs, tmp_path / "out", model, checkpoint="final", tta=False)
     assert not (tmp_path / "out").exists()
     assert predict_folder(inputs, tmp_path / "own", model, tta=False).predicted == ["hippocampus_001"]
+    by_file_name = load_model(model_3d, folds=[0], checkpoint="checkpoint_best.safetensors", device="cpu")
+    assert predict_folder(inputs, tmp_path / "named", by_file_name, checkpoint="best", tta=False).predicted == ["hippocampus_001"]
 
 
 def test_a_full_disk_stops_predict_at_the_first_case_with_one_line(model_3d: Path, tmp_path: Path,

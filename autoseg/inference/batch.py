@@ -42,6 +42,7 @@ from autoseg.inference.tiling import DEFAULT_STEP, check_batch_tiles, check_step
 from autoseg.utils.atomic import (
     atomic_write_json, disk_full_error, folder_lock, remove_stale_temporaries, require_writable,
 )
+from autoseg.utils.checksummed_zip import checkpoint_kind
 from autoseg.utils.names import string_list
 from autoseg.utils.output_folders import PREDICT_RECORD, check_output_folder, refuse_outputs_not_ours
 from autoseg.utils.probability_files import probability_paths, write_probability_files
@@ -362,13 +363,14 @@ def refuse_other_settings(
 ) -> None:
     """Refuse ``folds``, ``checkpoint`` or ``device`` given beside a loaded model that differ from its own:
     the loaded ones were used without a word (``folds=[1]`` predicted with the loaded fold 0). ``None`` is
-    "not given": ``checkpoint='final'`` beside a model loaded with 'best' was taken for the default and let through."""
+    "not given": ``checkpoint='final'`` beside a model loaded with 'best' was taken for the default and let through.
+    Checkpoints are compared by kind: ``final`` names the model loaded as ``checkpoint_final.safetensors``."""
     problems = []
     if folds is not None:
         asked = sorted(set(string_list(folds)))
         if asked != sorted(model.folds):
             problems.append(f"folds {asked} (the model holds folds {model.folds})")
-    if checkpoint is not None and checkpoint != model.checkpoint:
+    if checkpoint is not None and checkpoint_kind(checkpoint) != checkpoint_kind(model.checkpoint):
         problems.append(f"checkpoint {checkpoint!r} (the model holds {model.checkpoint!r})")
     if device is not None and str(device) != "auto" and not _same_device(device, model.device):
         problems.append(f"device {str(device)!r} (the model is on {str(model.device)!r})")
