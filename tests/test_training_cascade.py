@@ -311,8 +311,8 @@ def test_a_previous_stage_prediction_with_labels_the_dataset_lacks_is_refused(tr
     labels, geometry = read_image(predictions / f"{case}.nii.gz")
     labels[0, 0, 0] = 7
     write_image(labels, geometry, predictions / f"{case}.nii.gz")
-    with pytest.raises(TrainingError, match=rf"^{re.escape(str(predictions / case))}\.nii\.gz: previous-stage prediction "
-                                            r"holds label values 7, not among this dataset's labels \(0, 1, 2\); "
+    with pytest.raises(TrainingError, match=rf"^{re.escape(str(predictions / case))}\.nii\.gz: label values 7 are not "
+                                            r"declared in dataset.json labels \(declared: 0, 1, 2\); "
                                             r"it is not a prediction of this dataset's previous stage"):
         prepare_previous_stage(predictions, tmp_path / CACHE_FOLDER, trained["preprocessed"] / FULLRES_STORE, [case],
                                load_plans(plans_path(trained["preprocessed"])), CASCADE, ".nii.gz")

@@ -201,16 +201,17 @@ def mask_255_hint(present: Iterable[Any], declared: Iterable[int]) -> str:
         return " (a 0/255 mask: divide the label by 255 so the object is 1)"
     return ""
 
-def label_value_problem(path: Path, label: np.ndarray, declared: Iterable[int]) -> str | None:
+def label_value_problem(path: Path, label: np.ndarray, declared: Iterable[int], fix: str | None = None) -> str | None:
     """The problem of a label map holding non-integer values or values not ``declared``, None when clean.
-    Shared with preprocessing, which also reads labels added or edited after verify and plan."""
+    Shared with preprocessing, which also reads labels added or edited after verify and plan, and with the
+    cascade, whose previous-stage predictions take their own ``fix`` (no one edits them or declares classes)."""
     if not is_integer_valued(label):
         finite = label[np.isfinite(label)] if label.dtype.kind == "f" else label
         fractional = np.unique(finite[finite != np.round(finite)])[:3] if finite.size else []
         return (
             f"{path}: label values must be integers; found non-integer values such as "
-            f"{', '.join(np.format_float_positional(v, trim='-') for v in fractional) or 'NaN/Inf'}; resample labels "
-            "with nearest neighbour and save them as integers"
+            f"{', '.join(np.format_float_positional(v, trim='-') for v in fractional) or 'NaN/Inf'}; "
+            f"{fix or 'resample labels with nearest neighbour and save them as integers'}"
         )
     values = np.unique(label)
     allowed = set(declared)
@@ -219,7 +220,7 @@ def label_value_problem(path: Path, label: np.ndarray, declared: Iterable[int]) 
         hint = mask_255_hint(values, allowed)
         return (
             f"{path}: label values {_listing(unknown)} are not declared in dataset.json labels "
-            f"(declared: {_listing(sorted(allowed))}){hint}; fix the label file or declare the classes"
+            f"(declared: {_listing(sorted(allowed))}){hint}; {fix or 'fix the label file or declare the classes'}"
         )
     return None
 

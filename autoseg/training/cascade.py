@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from autoseg.dataset.imageio import Geometry, geometry_differences, read_image
+from autoseg.dataset.verify import label_value_problem
 from autoseg.errors import TrainingError
 from autoseg.preprocessing.inverse import label_to_preprocessed_grid
 from autoseg.preprocessing.runner import declared_label_values
@@ -23,6 +24,8 @@ from autoseg.utils.atomic import atomic_path
 
 NEXT_STAGE_FOLDER = "predicted_next_stage"
 CACHE_FOLDER = "previous_stage_on_grid"
+_NOT_THIS_PREDICTION = ("it is not a prediction of this dataset's previous stage for this case: delete it and train the "
+                        "previous stage's fold that validates this case again")
 
 
 def previous_stage_predictions(results_dir: Path, network: str, plans_name: str, previous: str) -> Path:
@@ -57,11 +60,10 @@ def prepare_previous_stage(
             continue
         labels, geometry = read_image(source)
         properties = load_properties(store, case_id)
-        if problem := _previous_stage_problem(labels, geometry, properties, plans):
-            raise TrainingError(
-                f"{source}: previous-stage prediction {problem}; it is not a prediction of this dataset's previous "
-                "stage for this case: delete it and train the previous stage's fold that validates this case again"
-            )
+        if problem := label_value_problem(source, labels, declared_label_values(plans), fix=_NOT_THIS_PREDICTION):
+            raise TrainingError(problem)
+        if problem := _grid_problem(labels, geometry, properties):
+            raise TrainingError(f"{source}: previous-stage prediction {problem}; {_NOT_THIS_PREDICTION}")
         on_grid = label_to_preprocessed_grid(labels, properties, plans, configuration)
         with atomic_path(target) as tmp:
             np.save(tmp, np.asarray(on_grid, dtype=np.int16)[None], allow_pickle=False)
@@ -85,17 +87,11 @@ def _folds_to_train(missing: Sequence[str], splits_path: Path) -> str:
     return "; ".join(fixes)
 
 
-def _previous_stage_problem(labels: np.ndarray, geometry: Geometry, properties: dict[str, Any],
-                           plans: dict[str, Any]) -> str | None:
-    """What makes a previous-stage label map no prediction of this case: values outside the dataset's labels
-    (its one-hot input silently dropped them), or another grid than the case's image (it was resampled
-    onto the case's grid, shifted or stretched, without a word). Another dataset's or a hand-made 3d_lowres
-    prediction did both; the case's own model writes neither."""
-    declared = declared_label_values(plans)
-    unknown = [v for v in np.unique(labels).tolist() if v not in declared]  # 0.5 of a float map, too
-    if unknown:
-        return (f"holds label values {', '.join(f'{v:g}' for v in unknown[:8])}{'...' if len(unknown) > 8 else ''}, "
-                f"not among this dataset's labels ({', '.join(map(str, sorted(declared)))})")
+def _grid_problem(labels: np.ndarray, geometry: Geometry, properties: dict[str, Any]) -> str | None:
+    """What makes a previous-stage label map of the dataset's labels no prediction of this case: another grid
+    than the case's image (it was resampled onto the case's grid, shifted or stretched, without a word). Another
+    dataset's or a hand-made 3d_lowres prediction did so, and held labels the dataset lacks (its one-hot input
+    silently dropped them; ``label_value_problem`` refuses those); the case's own model writes neither."""
     expected = tuple(properties["shape_original"])
     differences = [] if labels.shape[-len(expected):] == expected else [f"size {labels.shape[-len(expected):]} vs {expected}"]
     differences += geometry_differences(geometry, Geometry.from_dict(properties["geometry"]))
