@@ -25,6 +25,7 @@ from autoseg.fingerprint.thickness import case_thickness, median_thickness
 from autoseg.paths import DatasetLocation, DatasetSpec, resolve_dataset
 from autoseg.utils.atomic import atomic_write_json
 from autoseg.utils.progress import parallel_map, stage_workers
+from autoseg.utils.shapes import single_slice_axis
 
 # nnU-Net pools 1e8 foreground samples (reference §1.2); 1e7 gives the same percentiles to well below
 # the precision normalization needs, at a tenth of the memory.
@@ -196,6 +197,6 @@ def _pool(
         "median_spacing": median_spacing.tolist(),
         "median_shape_after_crop": np.median(shapes_after, axis=0).tolist(),
         "anisotropy_ratio": float(finite.max() / finite.min()) if finite.size else 1.0,
-        "is_2d": bool(np.all(shapes_after == 1, axis=0).any()),  # whichever axis holds the single slice
+        "is_2d": single_slice_axis(shapes_after) is not None,  # whichever axis holds the single slice
         "sampling_seed": seed,
     }
