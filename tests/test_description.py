@@ -79,6 +79,9 @@ def test_ignore_label_is_one_integer_in_no_region(labels: dict, order: list[int]
     ({"labels": {"background": 0, "a": 2}}, r"consecutive integers 0..1, got \[0, 2\]"),
     ({"labels": {"background": 0, "ignore": 1, "a": 2, "b": 3}}, "the 'ignore' label must have the highest value; it is 1"),
     ({"labels": {"background": 0, "a": "one"}}, "label 'a' has value 'one'"),
+    # no class at all: verified, and fingerprint said 'no label map holds any of the classes ()'
+    ({"labels": {"background": 0}}, r"labels declare no class, only background; declare the classes"),
+    ({"labels": {"background": 0, "ignore": 1}}, r"labels declare no class, only background and the ignore label;"),
     ({"labels": {"background": 0, "a": 1.5}}, "label 'a' has value 1.5"),
     ({"numTraining": -1}, "numTraining must be a non-negative integer"),
     ({"numTraining": True}, "numTraining must be a non-negative integer, got True"),  # was 'numTraining is True but 4 ...'

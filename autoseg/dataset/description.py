@@ -167,6 +167,11 @@ def parse_description(data: dict[str, Any], path: Path) -> DatasetDescription:
 
 
 def _check_label_values(desc: DatasetDescription, path: Path) -> None:
+    if not desc.regions:
+        # passed verify, and fingerprint then blamed the label maps: 'no label map holds any of the classes ()'
+        declared = " and the ignore label" if desc.ignore_label is not None else ""
+        raise DatasetError(f"{path}: labels declare no class, only background{declared}; declare the classes the "
+                           'label maps hold, e.g. "labels": {"background": 0, "tumor": 1}')
     ints = sorted(v for k, v in desc.labels.items() if isinstance(v, int))
     if len(set(ints)) != len(ints):
         raise DatasetError(f"{path}: two labels share a value ({ints}); give each class its own integer")
