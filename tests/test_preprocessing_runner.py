@@ -351,6 +351,31 @@ def test_sparse_annotations_lost_at_a_coarser_spacing_are_refused_or_named(roots
     assert warning in info.value.report.summary() and warning in str(info.value)  # the CLI prints the error alone
 
 
+def test_background_cropped_with_an_image_zero_border_is_not_named_as_lost(roots: dict[str, Path]) -> None:
+    """An image with a zero border (skull-stripped) and sparse annotations, planned at its own 1 mm: the
+    background cropped away with the border counted as annotation lost to resampling ('keep 2%')."""
+    labels = {"background": 0, "vessel": 1, "ignore": 2}
+    raw = roots["raw"] / DATASET
+    (raw / "imagesTr").mkdir(parents=True)
+    (raw / "labelsTr").mkdir()
+    (raw / "dataset.json").write_text(json.dumps({"channel_names": {"0": "MRI"}, "labels": labels, "numTraining": 1,
+                                                  "file_ending": ".nii.gz"}))
+    image = np.zeros((16, 16, 16), np.float32)
+    image[4:12, 4:12, 4:12] = np.random.default_rng(0).normal(100, 10, (8, 8, 8))
+    label = np.zeros((16, 16, 16), np.uint8)  # background outside the image's nonzero box
+    label[4:12, 4:12, 4:12] = 2
+    label[6:10, 6:10, 6:10] = 1  # the 64 voxels annotated inside it
+    geometry = Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()))
+    write_image(image, geometry, raw / "imagesTr" / "stripped_000_0000.nii.gz")
+    write_image(label, geometry, raw / "labelsTr" / "stripped_000.nii.gz")
+    plans = {**make_plans({"3d_fullres": make_configuration((1.0, 1.0, 1.0))}, labels=labels), "ignore_label": 2}
+    write_plans(plans, roots["preprocessed"] / DATASET / "autosegPlans.json", overwrite=True)
+    report = preprocess_dataset(DATASET, num_workers=1)
+    assert report.outputs[0].thinned == {} and "keep less than half" not in report.summary()
+    stored = load_case(roots["preprocessed"] / DATASET / IDENTIFIER, "stripped_000", mmap=False)[1]
+    assert stored.shape == (1, 8, 8, 8) and np.count_nonzero(stored == 1) == 64
+
+
 def test_a_nifti_image_with_nan_written_after_planning_is_refused(roots: dict[str, Path], small_dataset: Path) -> None:
     """ITK reads a NIfTI's NaN as 0, so the array alone passed it (predict and verify read the file's bytes):
     preprocessing finds it the same way."""
