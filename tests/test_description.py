@@ -77,7 +77,8 @@ def test_ignore_label_is_one_integer_in_no_region(labels: dict, order: list[int]
      r'syntax\); write each name with its value: \{"background": 0, "a": 1, "b": 2, ...\}'),
     ({"labels": {"background": 0, "a": 1, "ignore": 1}}, "two labels share a value"),
     ({"labels": {"background": 0, "a": 2}}, r"consecutive integers 0..1, got \[0, 2\]"),
-    ({"labels": {"background": 0, "ignore": 1, "a": 2, "b": 3}}, "the 'ignore' label must have the highest value; it is 1"),
+    ({"labels": {"background": 0, "ignore": 1, "a": 2, "b": 3}}, "the 'ignore' label must have the highest value; it is 1, "
+     "below 3: give it 3 and renumber the classes above it down by one, in dataset.json and the label files"),
     ({"labels": {"background": 0, "a": "one"}}, "label 'a' has value 'one'"),
     # no class at all: verified, and fingerprint said 'no label map holds any of the classes ()'
     ({"labels": {"background": 0}}, r"labels declare no class, only background; declare the classes"),

@@ -210,7 +210,10 @@ def _check_ignore_label(desc: DatasetDescription, path: Path) -> None:
     if not isinstance(value, int):
         raise DatasetError(f"{path}: the 'ignore' label is {value!r}; give it one integer, e.g. \"ignore\": {max(desc.label_values)}")
     if value != max(desc.label_values):
-        raise DatasetError(f"{path}: the 'ignore' label must have the highest value; it is {value}")
+        # the message named no fix; nnU-Net v2 requires the same (its LabelManager asserts it)
+        highest = max(desc.label_values)
+        raise DatasetError(f"{path}: the 'ignore' label must have the highest value; it is {value}, below {highest}: give "
+                           f"it {highest} and renumber the classes above it down by one, in dataset.json and the label files")
     holding = [name for name, values in desc.regions if value in values]
     if holding:
         raise DatasetError(
