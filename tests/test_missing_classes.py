@@ -31,6 +31,12 @@ def test_no_note_when_training_holds_every_class_or_for_fold_all() -> None:
 def test_a_fingerprint_of_other_cases_or_none_gives_no_note(tmp_path: Path) -> None:
     assert classes_missing_from_training(FINGERPRINT, NAMES, ["a", "x"], ["c"]) == []
     assert classes_missing_from_training({}, NAMES, ["a"], ["c"]) == []
+    # hand-edited fields stopped the fold's start with an internal AttributeError, ValueError or TypeError
+    for edit in ({"class_voxel_counts": [1, 2]}, {"class_voxel_counts": {"x": [0, 0, 1, 0]}},
+                 {"class_voxel_counts": {"2": 5}}, {"class_voxel_counts": {"2": None}}, {"case_ids": 5},
+                 {"case_ids": [["a"], "b", "c", "d"]}):
+        assert classes_missing_from_training({**FINGERPRINT, **edit}, NAMES, ["a", "b", "d"], ["c"]) == []
+    assert classes_missing_from_training({**FINGERPRINT, "case_ids": "abcd"}, NAMES, ["a", "b", "d"], ["c"]) == []
     assert read_fingerprint_quietly(tmp_path / "missing.json") == {}
     (tmp_path / "broken.json").write_text("{")
     assert read_fingerprint_quietly(tmp_path / "broken.json") == {}

@@ -166,24 +166,35 @@ def classes_missing_from_training(
     reason the scores alone do not show. Uses the fingerprint's voxel counts per case (nothing is read
     again); an unusable fingerprint gives no notes.
     """
-    case_ids = fingerprint.get("case_ids") or []
-    counts = fingerprint.get("class_voxel_counts") or {}
+    case_ids, counts = _usable_voxel_counts(fingerprint)
     index = {case: i for i, case in enumerate(case_ids)}
     if set(train) == set(val) or not all(c in index for c in [*train, *val]):
         return []
     notes = []
-    for label, per_case in sorted(counts.items(), key=lambda item: int(item[0])):
-        if len(per_case) != len(case_ids) or any(per_case[index[c]] for c in train):
+    for label, per_case in sorted(counts.items()):
+        if any(per_case[index[c]] for c in train):
             continue
         holders = [c for c in val if per_case[index[c]]]
         if holders:
-            name = class_names.get(int(label))
+            name = class_names.get(label)
             notes.append(
                 f"note: class {label}{f' ({name})' if name else ''} is in no training case of this fold, only in "
                 f"validation case(s) {', '.join(holders[:5])}{'...' if len(holders) > 5 else ''}: the fold cannot "
                 "learn it and scores 0 for it; train fold 'all', or move such a case into training in splits_final.json"
             )
     return notes
+
+
+def _usable_voxel_counts(fingerprint: dict[str, Any]) -> tuple[list[str], dict[int, list[Any]]]:
+    """The fingerprint's case ids and the classes' voxel counts with one entry per case, as far as they are
+    usable: a hand-edited fingerprint (counts as a list, a class "x", a count of 5 or null for every case, ids
+    as a string) stopped the fold's start with an internal AttributeError, ValueError or TypeError, for notes
+    that are only advice."""
+    case_ids, counts = fingerprint.get("case_ids"), fingerprint.get("class_voxel_counts")
+    if not (isinstance(case_ids, list) and all(isinstance(c, str) for c in case_ids) and isinstance(counts, dict)):
+        return [], {}
+    return case_ids, {int(label): per_case for label, per_case in counts.items()
+                      if str(label).isdecimal() and isinstance(per_case, list) and len(per_case) == len(case_ids)}
 
 
 def read_fingerprint_quietly(path: Path) -> dict[str, Any]:
