@@ -88,6 +88,9 @@ def test_ignore_label_is_one_integer_in_no_region(labels: dict, order: list[int]
     ({"numTraining": True}, "numTraining must be a non-negative integer, got True"),  # was 'numTraining is True but 4 ...'
     ({"file_ending": "nii.gz"}, "file_ending must start with '.'"),
     ({"channel_names": {"1": "CT"}}, "channel_names keys must be 0, 1, 2"),
+    # a name that is no string was read as its repr ("['CT']") and normalised by z-score, never as CT
+    ({"channel_names": {"0": ["CT"]}}, r"""channel_names\["0"\] is \['CT'\], not a name; write the modality as a string"""),
+    ({"channel_names": {"0": "CT", "1": None}}, r'channel_names\["1"\] is None, not a name'),
     ({"dataset": []}, r'"dataset" must map each case id to its files, like .* \(got a list\)'),
     # a superscript digit passes str.isdigit() but not int(): both ended in an internal ValueError
     ({"labels": {"background": 0, "a": "\u00b9"}}, "label 'a' has value '\u00b9'"),

@@ -118,6 +118,10 @@ def parse_description(data: dict[str, Any], path: Path) -> DatasetDescription:
     keys = sorted(channels, key=lambda k: int(k) if str(k).isdecimal() else -1)
     if [str(k) for k in keys] != [str(i) for i in range(len(keys))]:
         raise DatasetError(f"{path}: channel_names keys must be 0, 1, 2, ... in order; got {list(channels)}")
+    unnamed = next((key for key in keys if not isinstance(channels[key], str)), None)
+    if unnamed is not None:  # ["CT"] was read as the name "['CT']" and normalised by z-score, not as CT
+        raise DatasetError(f'{path}: channel_names["{unnamed}"] is {channels[unnamed]!r}, not a name; write the modality '
+                           'as a string, e.g. "CT" (which selects CT normalisation) or "MRI"')
     labels = _require(data, "labels", path, 'add e.g. "labels": {"background": 0, "tumor": 1}')
     if isinstance(labels, dict):
         labels = {name: _integer(value) for name, value in labels.items()}
