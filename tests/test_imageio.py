@@ -899,6 +899,12 @@ def test_case_channels_must_share_grid(tmp_path: Path) -> None:
     write_image(np.zeros((2, 3, 5), np.float32), GEOMETRY, tmp_path / "c_0001.nii.gz")
     with pytest.raises(DatasetError, match=r"c_0001\.nii\.gz: shape \(2, 3, 5\) differs"):
         read_case_images([tmp_path / "c_0000.nii.gz", tmp_path / "c_0001.nii.gz"])
+    shifted = Geometry(GEOMETRY.spacing, tuple(v + 5 for v in GEOMETRY.origin), GEOMETRY.direction)
+    write_image(np.zeros((2, 3, 4), np.float32), shifted, tmp_path / "c_0001.nii.gz")
+    with pytest.raises(DatasetError, match=r"c_0001\.nii\.gz: geometry differs from .*c_0000\.nii\.gz: origin .*; all "
+                                           r"channels of a case must be on the same grid \(resample them onto one grid, "
+                                           r"or fix the header\)$"):  # predict named no fix
+        read_case_images([tmp_path / "c_0000.nii.gz", tmp_path / "c_0001.nii.gz"])
     write_image(np.ones((2, 3, 4), np.float32), GEOMETRY, tmp_path / "c_0001.nii.gz")
     data, _ = read_case_images([tmp_path / "c_0000.nii.gz", tmp_path / "c_0001.nii.gz"])
     assert data.shape == (2, 2, 3, 4) and data.dtype == np.float32 and data[1].min() == 1

@@ -1709,7 +1709,8 @@ def _check_same_grid(
         )
     diff = geometry_differences(geometry, first)
     if diff:
-        raise DatasetError(f"{path}: geometry differs from {first_path}: {'; '.join(diff)}")
+        raise DatasetError(f"{path}: geometry differs from {first_path}: {'; '.join(diff)}; all channels of a case must be "
+                           "on the same grid (resample them onto one grid, or fix the header)")  # was: no fix at all
 
 
 def _read_natural_case(
