@@ -358,6 +358,28 @@ def test_labels_option_keeps_the_ignore_label_of_the_dataset_beside_the_referenc
             "leave it out") in output
 
 
+def test_a_folds_validation_takes_the_dataset_json_of_its_model_folder(tmp_path):
+    """fold_0/validation against the preprocessed gt_segmentations (no dataset.json beside either): the values
+    found in the references were scored, the ignore label 3 as a class and its voxels as background in class 1."""
+    model = tmp_path / "results" / "unet__autosegPlans__3d_fullres"
+    pred_dir, ref_dir = model / "fold_0" / "validation", tmp_path / "preprocessed" / "gt_segmentations"
+    (model / "fold_0").mkdir(parents=True)
+    (model / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "MRI"}, "labels": {**LABELS, "ignore": 3}, "numTraining": 1, "file_ending": ".nii.gz",
+    }))
+    ref = np.zeros((4, 6, 8), np.uint8)
+    ref[1:3, 1:4, 1:5] = 1
+    pred = ref.copy()
+    ref[0] = 3  # an ignored slice, predicted as class a
+    pred[0] = 1
+    _write(ref_dir, "c1", ref)
+    _write(pred_dir, "c1", pred)
+    autoseg("evaluate", "-p", pred_dir, "-r", ref_dir, "-np", 1)
+    summary = json.loads((pred_dir / "summary.json").read_text())
+    assert summary["ignore_label"] == 3 and summary["classes"] == {"a": [1], "b": [2]}
+    assert summary["metric_per_case"][0]["metrics"]["a"]["dice"] == 1.0
+
+
 @pytest.mark.parametrize("tolerance", ["-1", "0", "nan", "inf"])
 def test_tolerance_must_be_a_positive_distance(folders, tolerance):
     pred_dir, ref_dir = folders

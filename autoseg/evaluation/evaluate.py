@@ -43,10 +43,15 @@ REFERENCE_FOLDER = "reference folder (-r/--ref)"
 
 
 def find_description(pred_dir: Path, ref_dir: Path) -> DatasetDescription:
-    """The ``dataset.json`` beside the references (raw ``labelsTr/..`` or preprocessed
-    ``gt_segmentations/..``), in the prediction folder or its parent (a model folder holds one beside
-    its ``crossval_folds_*/``), for when none is given."""
-    for folder in (ref_dir.parent, ref_dir, pred_dir, pred_dir.parent):
+    """The ``dataset.json`` beside the references (raw ``labelsTr/..``), in the prediction folder or its
+    parent (a model folder holds one beside its ``crossval_folds_*/``), or in the model folder of a fold's
+    ``validation/``, for when none is given. The preprocessed ``gt_segmentations/..`` holds none: a fold's
+    validation evaluated against it took the references' values as classes, the ignore label scored as
+    one and its voxels as background in the others."""
+    folders = [ref_dir.parent, ref_dir, pred_dir, pred_dir.parent]
+    if pred_dir.parent.name.startswith("fold_"):
+        folders.append(pred_dir.parent.parent)
+    for folder in folders:
         if (folder / "dataset.json").is_file():
             return load_description(folder)
     raise EvaluationError(
