@@ -1193,6 +1193,12 @@ def test_a_one_page_tiff_with_a_spacing_sidecar_is_a_one_slice_volume(tmp_path: 
     tifffile.imwrite(tmp_path / "c_0000.tif", np.zeros((4, 6, 3), np.uint8), photometric="rgb")
     with pytest.raises(DatasetError, match=r"a 3D TIFF must hold grey pages \(pages, y, x\); it has shape \(1, 4, 6, 3\)"):
         read_image(tmp_path / "c_0000.tif")
+    # tifffile's default for a volume of 3 slices: one RGB page of 3 planes (was refused as 'shape (1, 3, 4, 6)')
+    tifffile.imwrite(tmp_path / "c_0000.tif", np.zeros((3, 4, 6), np.uint16), photometric="rgb", planarconfig="separate")
+    with pytest.raises(DatasetError, match=r"c_0000\.tif: holds one colour page of 3 planes, not 3 slices \(tifffile\.imwrite "
+                                           r"stores a \(3, y, x\) array so unless told otherwise\); a volume: write it "
+                                           r"again with tifffile\.imwrite\(\.\.\., photometric='minisblack'\)"):
+        read_image(tmp_path / "c_0000.tif")
 
 
 def test_a_written_3d_tiff_carries_its_spacing_and_ignores_a_probability_sidecar(tmp_path: Path) -> None:

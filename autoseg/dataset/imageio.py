@@ -832,6 +832,7 @@ def _read_tiff_volume(path: Path, where: str, written: Any) -> tuple[np.ndarray,
 
     spacing = _checked_spacing(path, where, written)
     pages: list[Any] = []
+    planar_colour = False  # one page of colour planes (samples first: tifffile's 'SYX')
     try:
         try:
             with tifffile.TiffFile(path) as tiff:
@@ -842,6 +843,7 @@ def _read_tiff_volume(path: Path, where: str, written: Any) -> tuple[np.ndarray,
                 pages = [page for page in tiff.pages if not int(page.subfiletype) & _TIFF_EXTRA_PAGE_BITS]
                 series = tiff.series[0]
                 array = series.asarray() if len(series.pages) >= len(pages) else np.stack([p.asarray() for p in pages])
+                planar_colour = len(pages) == 1 and series.axes.startswith("S")
         except ValueError as exc:
             if "imagecodecs" not in str(exc):
                 raise
@@ -851,6 +853,11 @@ def _read_tiff_volume(path: Path, where: str, written: Any) -> tuple[np.ndarray,
     _refuse_complex(path, array)
     if len(pages) == 1 and array.shape[:1] != (1,):  # one page, grey (y, x) or colour (y, x, 3): one slice
         array = array[None]
+    if planar_colour:  # what tifffile.imwrite makes of a volume of 3 or 4 slices by default: was 'shape (1, 3, y, x)'
+        raise DatasetError(f"{path}: holds one colour page of {array.shape[1]} planes, not {array.shape[1]} slices "
+                           f"(tifffile.imwrite stores a ({array.shape[1]}, y, x) array so unless told otherwise); a volume: "
+                           "write it again with tifffile.imwrite(..., photometric='minisblack'); colour: save each colour "
+                           "as its own channel file")
     if array.ndim != 3:
         raise DatasetError(f"{path}: a 3D TIFF must hold grey pages (pages, y, x); it has shape {array.shape}. "
                            "Save each colour as its own channel file")
