@@ -510,6 +510,24 @@ def test_hand_edited_spacing_or_patch_is_refused_naming_file_and_key(tmp_path, k
         load_plans(bad)
 
 
+@pytest.mark.parametrize("budget", [{"seconds": "600"}, [600], {"seconds": float("nan")}, {"seconds": -5}])
+def test_a_hand_edited_plan_budget_is_refused_naming_the_file(tmp_path, budget):
+    """Training takes the plan's budget when given neither --epochs nor --budget: "600" or [600] stopped it with an
+    internal TypeError or AttributeError, and NaN trained towards a deadline of NaN."""
+    plans = plan(MRI_SMALL, configs=["3d_fullres"], budget_seconds=600)
+    assert load_plans(_written(tmp_path, plans))["budget"]["seconds"] == 600
+    plans["budget"] = budget
+    with pytest.raises(PlanError, match=r"edited.json: budget .* must be a JSON object whose \"seconds\" is a number > 0, "
+                                        r"or null for no budget; re-run `autoseg plan`"):
+        load_plans(_written(tmp_path, plans))
+
+
+def _written(folder, plans):
+    path = folder / "edited.json"
+    path.write_text(json.dumps(plans))
+    return path
+
+
 def test_a_fractional_width_in_a_plans_file_gives_its_advice_once(tmp_path):
     plans = plan(MRI_SMALL, configs=["3d_fullres"])
     plans["configurations"]["3d_fullres"]["network"]["topology"]["features_per_stage"][0] = 32.5

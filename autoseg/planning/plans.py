@@ -75,6 +75,7 @@ def validate_plans(plans: Any, source: str) -> dict[str, Any]:
         raise PlanError(f"{source}: transpose_forward {forward!r} and transpose_backward {backward!r} must be "
                         f"permutations of 0, 1, 2 and each other's inverse; {fix}")
     _check_channels_and_labels(plans, source, fix)
+    _check_budget(plans, source, fix)
     configurations = plans["configurations"]
     if not isinstance(configurations, dict) or not configurations:
         raise PlanError(f"{source}: 'configurations' is empty; {fix}")
@@ -104,6 +105,19 @@ def _check_channels_and_labels(plans: dict[str, Any], source: str, fix: str) -> 
             or not all(is_finite_number(v, True) or isinstance(v, list) and v and all(is_finite_number(x, True) for x in v) for v in values)):
         raise PlanError(f"{source}: labels {labels!r} must map names to label values (whole numbers, or lists of them "
                         f"for regions), \"background\" to 0; {fix}")
+
+
+def _check_budget(plans: dict[str, Any], source: str, fix: str) -> None:
+    """The plan's compute budget, which training takes when neither --epochs nor --budget is given: a hand-edited
+    "600" or [600] stopped training with an internal TypeError or AttributeError after the data loaders had
+    started, and NaN trained towards a deadline of NaN."""
+    budget = plans.get("budget")
+    if budget is None:
+        return
+    seconds = budget.get("seconds") if isinstance(budget, dict) else None
+    if not isinstance(budget, dict) or seconds is not None and not _positive(seconds, False):
+        raise PlanError(f"{source}: budget {budget!r} must be a JSON object whose \"seconds\" is a number > 0, or null "
+                        f"for no budget; {fix}")
 
 
 def _positive(value: Any, integer: bool) -> bool:
