@@ -87,3 +87,19 @@ def test_an_output_folder_at_a_dangling_link_is_refused_naming_it(below: bool, t
                                              "create that folder, or give another folder"):
         predict_folder(tmp_path / "in", output, tmp_path / "model")
     assert not (tmp_path / "gone").exists()
+
+
+def test_an_output_folder_named_as_an_image_file_is_refused(tmp_path: Path) -> None:
+    """``predict -i case_0000.nii.gz -o case_seg.nii.gz`` made a folder named case_seg.nii.gz holding case.nii.gz; an
+    existing folder of such a name is still written into."""
+    from autoseg.errors import InferenceError
+    from autoseg.inference.batch import predict_folder
+
+    (tmp_path / "in").mkdir()
+    with pytest.raises(InferenceError, match=r"case_seg\.nii\.gz: is named as an image file \(\.nii\.gz\), but the outputs are "
+                                             r"written into a folder, one <case><ending> file each; give a folder, e\.g\. .*/case_seg$"):
+        predict_folder(tmp_path / "in", tmp_path / "case_seg.nii.gz", tmp_path / "model")
+    assert not (tmp_path / "case_seg.nii.gz").exists()
+    (tmp_path / "old.nii.gz").mkdir()
+    with pytest.raises(InferenceError, match=r"in: no images"):
+        predict_folder(tmp_path / "in", tmp_path / "old.nii.gz", tmp_path / "model")

@@ -67,6 +67,7 @@ def check_output_folder(
     refused as the output).
     """
     _refuse_file_among(output, *output.parents, error=error)
+    _refuse_image_file_name(output, error)
     target = output.resolve()
     for given in inputs:
         folder = (given if given.is_dir() else given.parent).resolve()
@@ -77,6 +78,18 @@ def check_output_folder(
                 f"{output}: output folder lies inside the input folder {given} (its files would be read as "
                 "inputs next time); choose a folder outside it"
             )
+
+
+def _refuse_image_file_name(output: Path, error: type[Exception]) -> None:
+    """Raise ``error`` if ``output``, a folder still to make, is named as an image file (``-o case_seg.nii.gz``, as
+    for one output file): a folder of that name was made, holding ``<case><ending>``, which a viewer or the next
+    command then failed to open as the image its name promised."""
+    ending = image_ending(output)
+    if ending and not output.exists():
+        raise error(
+            f"{output}: is named as an image file ({ending}), but the outputs are written into a folder, one "
+            f"<case><ending> file each; give a folder, e.g. {output.parent / output.name[: -len(ending)]}"
+        )
 
 
 def check_output_file(output: Path, error: type[Exception]) -> None:
