@@ -18,7 +18,8 @@ from autoseg.dataset.imageio import image_ending
 from autoseg.utils.file_identity import file_signature
 
 # A hidden file that marks a folder as written by ensemble / postprocess apply (predict's own record,
-# predict_info.json, marks its folders): files of the output names in a folder without either are not ours.
+# predict_info.json, marks its folders): in a folder without either, label maps of the outputs' ending and
+# files of their names are not ours.
 OUTPUT_MARKER = ".autoseg_outputs.json"
 PREDICT_RECORD = "predict_info.json"  # inference/batch.py's PREDICT_INFO
 
@@ -141,8 +142,9 @@ def _files_not_ours(folder: Path, outputs: Sequence[Path]) -> list[str]:
 def claim_output_files(
     output: Path, outputs: Sequence[Path], command: str, error: type[Exception], inputs: Sequence[Mapping[str, Any]],
 ) -> None:
-    """Refuse an output folder that holds label maps of the ``outputs``' endings not written by autoseg (``-o`` on
-    a dataset's labelsTr or the references replaced them without a word); otherwise mark it as autoseg's.
+    """Refuse an output folder that holds label maps of the ``outputs``' endings, or files of their names, not
+    written by autoseg (``-o`` on a dataset's labelsTr or the references replaced them without a word, and
+    another tool's predictions got ours beside them); otherwise mark it as autoseg's.
 
     The mark records ``inputs`` (what the outputs are made of: each an ``input_entry``), and a folder holding
     another run's outputs is refused (``_refuse_another_run``); a rerun over the same inputs (a killed run
@@ -181,8 +183,9 @@ def _refuse_another_run(
 ) -> None:
     """Raise ``error`` if ``output`` holds a predict run's label maps or those of ``record``'s command over other
     inputs (other folders or steps, or the same folders with files changed or removed: ``_inputs_extend``): the
-    new outputs would stand beside stale ones of the cases the new inputs lack, and ``evaluate`` would score the mix. A mark written before inputs
-    were recorded is compared without them, as predict compares its older records."""
+    new outputs would stand beside stale ones of the cases the new inputs lack, and ``evaluate`` would score the
+    mix. A mark written before inputs were recorded is compared without them, as predict compares its older
+    records."""
     command = record["written_by"]
     if (output / PREDICT_RECORD).exists():
         raise error(
