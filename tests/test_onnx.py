@@ -182,6 +182,11 @@ def test_tampered_onnx_zip_and_missing_fold_are_refused(tmp_path: Path) -> None:
         load_onnx_model(_foreign_zip(tmp_path))
 
 
+# each failed every case with an internal ValueError, or (the configuration) named neither the zip nor a fix
+DEPLOY_EDITS = {"patch of strings": {"patch_size": ["a", "b", "c"]}, "mirror axis out of range": {"mirror_axes": [7]},
+                "configuration not planned": {"configuration": "2d_nope"}}
+
+
 def _rewritten(zip_path: Path, target: Path, change: str) -> Path:
     """``zip_path`` with one hostile change, checksums recomputed so that only the change is wrong."""
     with zipfile.ZipFile(zip_path) as archive:
@@ -195,6 +200,9 @@ def _rewritten(zip_path: Path, target: Path, change: str) -> Path:
         del members[DEPLOY], manifest["files"][DEPLOY]
     elif change == "deploy.json with a BOM":  # an editor's re-save; its checksum made to match
         members[DEPLOY] = codecs.BOM_UTF8 + members[DEPLOY]
+        manifest["files"][DEPLOY] = hashlib.sha256(members[DEPLOY]).hexdigest()
+    elif change in DEPLOY_EDITS:
+        members[DEPLOY] = json.dumps(json.loads(members[DEPLOY]) | DEPLOY_EDITS[change]).encode()
         manifest["files"][DEPLOY] = hashlib.sha256(members[DEPLOY]).hexdigest()
     else:
         members[{"plans without keys": "plans.json", "deploy without keys": DEPLOY, "damaged graph": f"fold_0/{GRAPH}"}[change]] = b"{}"
@@ -213,6 +221,9 @@ def _rewritten(zip_path: Path, target: Path, change: str) -> Path:
     ("plans without keys", "plans.json: missing version"),
     ("deploy without keys", "deploy.json lacks or has malformed configuration"),
     ("deploy.json with a BOM", "member 'deploy.json': saved as UTF-8 with a byte-order mark (BOM), which JSON readers"),
+    ("patch of strings", "deploy.json's patch_size ['a', 'b', 'c'] and mirror_axes [0, 1, 2] must be 3 positive sizes"),
+    ("mirror axis out of range", "mirror_axes [7] must be 3 positive sizes and axes among 0..2; re-export it"),
+    ("configuration not planned", "deploy.json: configuration '2d_nope' is not in plans"),
     ("damaged graph", "fold_0/network.onnx: not a graph onnxruntime can load"),
 ])
 def test_an_onnx_zip_with_a_malformed_manifest_or_member_is_refused_by_name(

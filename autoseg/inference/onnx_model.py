@@ -25,7 +25,7 @@ import numpy as np
 
 from autoseg import __version__
 from autoseg.dataset.description import parse_description
-from autoseg.errors import ModelFileError
+from autoseg.errors import ModelFileError, PlanError
 from autoseg.inference.engine import LoadedModel, canonical_folds
 from autoseg.planning.plans import get_configuration, validate_plans
 from autoseg.utils.checksummed_zip import (
@@ -229,7 +229,24 @@ def _deploy_settings(members: dict[str, bytes], zip_path: Path) -> tuple[dict[st
     if not isinstance(deploy, dict) or any(not isinstance(deploy.get(key), kind) for key, kind in kinds.items()):
         raise ModelFileError(f"{refuse}: {DEPLOY} lacks or has malformed {', '.join(kinds)}; re-export it with "
                              "`autoseg export-model --format onnx`")
+    _check_deploy_grid(deploy, plans, refuse)
     return plans, deploy, _decode_json(members["dataset.json"], "dataset.json", refuse)
+
+
+def _check_deploy_grid(deploy: dict[str, Any], plans: dict[str, Any], refuse: str) -> None:
+    """deploy.json's configuration must be planned, its patch one positive size per axis and its mirror axes among
+    them: a configuration missing from plans.json was refused naming neither the zip nor a fix, and a patch size of
+    strings or a mirror axis out of range failed every case with an internal ValueError."""
+    fix = "re-export it with `autoseg export-model --format onnx`"
+    try:
+        axes = len(get_configuration(plans, deploy["configuration"])["patch_size"])
+    except PlanError as exc:
+        raise ModelFileError(f"{refuse}: {DEPLOY}: {exc}; {fix}") from None
+    patch, mirror = deploy["patch_size"], deploy["mirror_axes"]
+    if len(patch) != axes or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in patch) or \
+            not all(isinstance(a, int) and not isinstance(a, bool) and 0 <= a < axes for a in mirror):
+        raise ModelFileError(f"{refuse}: {DEPLOY}'s patch_size {patch!r} and mirror_axes {mirror!r} must be {axes} "
+                             f"positive sizes and axes among 0..{axes - 1}; {fix}")
 
 
 def _fold_network(graph: bytes, where: str) -> OnnxNetwork:
