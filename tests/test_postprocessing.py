@@ -300,6 +300,21 @@ def test_a_folder_given_as_the_decision_is_named_as_a_folder(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_apply_postprocesses_label_maps_of_another_ending_too(tmp_path):
+    """predict writes a case NIfTI cannot hold (a sheared one) as .nrrd beside the dataset's .nii.gz: apply of a
+    .nii.gz decision left it out without a word. Two files of one case are refused."""
+    preds, refs = _make_cv_folders(tmp_path)
+    decision = determine_postprocessing(preds, refs, LABELS, num_workers=1, file_ending=".nii.gz")
+    seg, geometry = read_image(preds / "case0.nii.gz")
+    write_image(seg, geometry, preds / "sheared.nrrd")
+    written = apply_to_folder(preds, tmp_path / "out", decision, num_workers=1)
+    assert sorted(p.name for p in written) == ["case0.nii.gz", "case1.nii.gz", "case2.nii.gz", "sheared.nrrd"]
+    assert np.array_equal(read_image(tmp_path / "out" / "sheared.nrrd")[0], read_image(tmp_path / "out" / "case0.nii.gz")[0])
+    write_image(seg, geometry, preds / "case0.nrrd")
+    with pytest.raises(EvaluationError, match=r"cv: case0\.nii\.gz and case0\.nrrd are two label maps of case case0; keep one"):
+        apply_to_folder(preds, tmp_path / "out2", decision, num_workers=1)
+
+
 def _folder_bytes(folder):
     return {p.name: p.read_bytes() for p in folder.iterdir()}
 
