@@ -757,6 +757,24 @@ def test_jpeg_dataset_is_refused_once_with_the_reason(drive_dataset: Path, roots
     ]
 
 
+@pytest.mark.parametrize("slope, found", [(1.5, "label values must be integers; found non-integer values such as 1.5"),
+                                          (2.0, "label values 4 are not declared in dataset.json labels (declared: 0, 1, 2)")])
+def test_a_label_whose_header_scales_its_values_is_named_as_such(slope: float, found: str, small_dataset: Path) -> None:
+    """A label of 0, 1, 2 saved with scl_slope 1.5 reads as 0, 1.5, 3 (ITK and nnU-Net apply it): verify said to
+    resample it with nearest neighbour, or (slope 2) to declare class 4, never that the header scales it."""
+    import gzip
+    import struct
+
+    path = label(small_dataset, PLAIN_CASE)
+    header = bytearray(gzip.decompress(path.read_bytes()))
+    header[112:116] = struct.pack("<f", slope)  # scl_slope
+    path.write_bytes(gzip.compress(bytes(header)))
+    result = runner.invoke(app, ["verify", str(small_dataset), "-np", "1"])
+    assert result.exit_code == 2
+    assert f"ERROR {path}: {found}; its header scales the stored values (scl_slope {slope:g}, scl_inter 0), as every NIfTI " \
+           "reader applies them; save the label with scl_slope 1 and scl_inter 0\n" in result.output, result.output
+
+
 def test_a_file_name_that_is_not_utf8_is_reported_not_an_abort(small_dataset: Path, roots: dict[str, Path]) -> None:
     """SimpleITK aborted the process (exit 134, no message) when handed a Latin-1 file name. Its case counts
     towards numTraining (it was left out: 'set numTraining to 3', wrong once the files are renamed)."""

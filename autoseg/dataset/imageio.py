@@ -236,6 +236,7 @@ class _NiftiHeader:
     vox_offset: float
     scl_inter: float  # what ITK's reader turns a NaN voxel into (0 * slope + inter)
     pixdim: tuple[float, ...]
+    scl_slope: float
 
 
 def _nifti_header(header: bytes) -> _NiftiHeader | None:
@@ -246,12 +247,35 @@ def _nifti_header(header: bytes) -> _NiftiHeader | None:
         if len(header) >= 348 and struct.unpack(order + "i", header[:4])[0] == 348:
             return _NiftiHeader(order, struct.unpack(order + "h", header[70:72])[0], struct.unpack(order + "h", header[72:74])[0],
                                 struct.unpack(order + "8h", header[40:56]), struct.unpack(order + "f", header[108:112])[0],
-                                struct.unpack(order + "f", header[116:120])[0], struct.unpack(order + "8f", header[76:108]))
+                                struct.unpack(order + "f", header[116:120])[0], struct.unpack(order + "8f", header[76:108]),
+                                struct.unpack(order + "f", header[112:116])[0])
         if len(header) >= 540 and struct.unpack(order + "i", header[:4])[0] == 540:
             return _NiftiHeader(order, struct.unpack(order + "h", header[12:14])[0], struct.unpack(order + "h", header[14:16])[0],
                                 struct.unpack(order + "8q", header[16:80]), struct.unpack(order + "q", header[168:176])[0],
-                                struct.unpack(order + "d", header[184:192])[0], struct.unpack(order + "8d", header[104:168]))
+                                struct.unpack(order + "d", header[184:192])[0], struct.unpack(order + "8d", header[104:168]),
+                                struct.unpack(order + "d", header[176:184])[0])
     return None
+
+
+def nifti_value_scaling(path: str | Path) -> tuple[float, float] | None:
+    """(scl_slope, scl_inter) of a NIfTI whose header scales its stored values (ITK, and so nnU-Net, reads
+    ``stored * slope + inter``), None for other files and unscaled ones (slope 0, 1 with inter 0, or not finite).
+
+    A label map of 0, 1, 2 saved with a slope (nibabel picks one when an array is saved as another type) reads as
+    0, 1.5, 3: verify said to resample it with nearest neighbour, the header is what needs fixing."""
+    path = Path(path)
+    if image_ending(path) not in (".nii", ".nii.gz"):
+        return None
+    try:
+        start = _file_start(path)
+    except (OSError, zlib.error):  # the reader names damaged files
+        return None
+    fields = _nifti_header(start.data) if start is not None else None
+    if fields is None or not (math.isfinite(fields.scl_slope) and math.isfinite(fields.scl_inter)):
+        return None
+    if fields.scl_slope == 0 or (fields.scl_slope == 1 and fields.scl_inter == 0):
+        return None
+    return fields.scl_slope, fields.scl_inter
 
 
 def _unset_voxel_size_problem(path: Path, ending: str, start: bytes) -> str | None:

@@ -22,6 +22,7 @@ from autoseg.dataset.imageio import (
     is_integer_valued,
     missing_spacing_file_problem,
     nifti_nonfinite_counts,
+    nifti_value_scaling,
     read_image,
     read_image_channels,
     select_channels,
@@ -206,6 +207,7 @@ def label_value_problem(path: Path, label: np.ndarray, declared: Iterable[int], 
     Shared with preprocessing, which also reads labels added or edited after verify and plan, and with the
     cascade, whose previous-stage predictions take their own ``fix`` (no one edits them or declares classes)."""
     if not is_integer_valued(label):
+        fix = fix or _header_scaling_fix(path)  # the header is read only for a label refused
         finite = label[np.isfinite(label)] if label.dtype.kind == "f" else label
         fractional = np.unique(finite[finite != np.round(finite)])[:3] if finite.size else []
         return (
@@ -218,11 +220,22 @@ def label_value_problem(path: Path, label: np.ndarray, declared: Iterable[int], 
     unknown = [int(v) for v in values if int(v) not in allowed]
     if unknown:
         hint = mask_255_hint(values, allowed)
+        fix = fix or _header_scaling_fix(path)
         return (
             f"{path}: label values {_listing(unknown)} are not declared in dataset.json labels "
             f"(declared: {_listing(sorted(allowed))}){hint}; {fix or 'fix the label file or declare the classes'}"
         )
     return None
+
+
+def _header_scaling_fix(path: Path) -> str | None:
+    """The fix for a NIfTI label whose header scales its stored values (0, 1, 2 stored, 0, 1.5, 3 read): verify
+    said to resample it with nearest neighbour, or to declare classes it does not hold."""
+    scaling = nifti_value_scaling(path)
+    if scaling is None:
+        return None
+    return (f"its header scales the stored values (scl_slope {scaling[0]:g}, scl_inter {scaling[1]:g}), as every "
+            "NIfTI reader applies them; save the label with scl_slope 1 and scl_inter 0")
 
 
 def only_ignore_problem(path: Path, label: np.ndarray, ignore_label: int | None) -> str | None:
