@@ -71,15 +71,11 @@ def _root(kind: str) -> Path:
     """The root folder of ``kind``; one named with bytes that are not UTF-8 is refused here, once: every file
     below it was refused alone (verify asked to rename each image), or, for the preprocessed root, every case
     failed with blosc2's internal UnicodeEncodeError after fingerprint and plan had written there."""
-    for var in _ROOTS[kind]:
-        value = os.environ.get(var)
-        if value:
-            path = expand_home(value, var)
-            if (problem := undecodable_path_problem(path)) is not None:
-                raise DatasetError(f"{var}: {problem}, or set {var} to another folder")
-            return path
-    path = Path.cwd() / DEFAULT_BASE / kind
-    if kind not in _announced:
+    var = next((v for v in _ROOTS[kind] if os.environ.get(v)), None)
+    path = expand_home(os.environ[var], var) if var else Path.cwd() / DEFAULT_BASE / kind
+    if (problem := undecodable_path_problem(path)) is not None:  # the current folder's too, when no variable is set
+        raise DatasetError(f"{var or _ROOTS[kind][0]}: {problem}, or set {var or _ROOTS[kind][0]} to another folder")
+    if var is None and kind not in _announced:
         _announced.add(kind)
         print(f"autoseg: {_ROOTS[kind][0]} is not set; using {path}", file=sys.stderr)
     return path

@@ -85,6 +85,13 @@ def test_a_root_or_dataset_folder_not_named_in_utf8_is_refused_once(
     assert str(refused.value) == (f"AUTOSEG_PREPROCESSED: {tmp_path}/pre\\xff: name is not valid UTF-8 (bytes shown as "
                                   "\\x..); rename it with UTF-8 (or ASCII) characters, or set AUTOSEG_PREPROCESSED to "
                                   "another folder")
+    odd_root.mkdir()  # the current folder gives the roots when no variable is set
+    monkeypatch.chdir(odd_root)
+    for var in ("AUTOSEG_RESULTS", "nnUNet_results"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(DatasetError, match=r"AUTOSEG_RESULTS: .*/pre\\xff/autoseg_data/results: name is not valid UTF-8 "
+                                           r".*; rename the folder .*/pre\\xff with UTF-8 \(or ASCII\) characters"):
+        paths.results_root()
     odd_dataset = Path(os.fsdecode(os.fsencode(small_dataset) + b"\xe9"))
     small_dataset.rename(odd_dataset)
     with pytest.raises(DatasetError, match=r"Dataset999_Test\\xe9: name is not valid UTF-8 .*; rename it with UTF-8"):
