@@ -272,6 +272,22 @@ def test_a_3d_tiff_ending_is_written_for_upright_volumes_at_the_origin(tmp_path)
     assert seg.shape == SHAPE and np.allclose(geometry.spacing, upright.spacing)
 
 
+def test_each_case_keeps_the_ending_predict_gave_it(tmp_path):
+    """predict writes a sheared case as .nrrd (NIfTI holds rotations only) beside .nii.gz cases; ensemble wrote every
+    case in the first case's ending, the sheared one as NIfTI with its direction turned into a rotation."""
+    sheared = Geometry(spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0),
+                       direction=(1.0, 0.2873, 0.0, 0.0, 0.9578, 0.0, 0.0, 0.0, 1.0))
+    rng = np.random.default_rng(0)
+    dirs = [tmp_path / "m0", tmp_path / "m1"]
+    for folder in dirs:
+        _save(folder, "a_plain", _softmax(rng))
+        write_probability_files(folder, "sheared", _softmax(rng), sheared, LABELS, None)
+        write_image(np.zeros(SHAPE, np.uint8), sheared, folder / "sheared.nrrd")
+    assert ensemble_folders(dirs, tmp_path / "out", num_workers=1) == ["a_plain", "sheared"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")) == ["a_plain.nii.gz", "sheared.nrrd"]
+    assert np.allclose(read_image(tmp_path / "out" / "sheared.nrrd")[1].direction, sheared.direction, atol=1e-3)
+
+
 def test_a_png_ending_is_written_for_predictions_of_pngs(tmp_path):
     rng = np.random.default_rng(0)
     dirs = [tmp_path / "m0", tmp_path / "m1"]

@@ -8,7 +8,6 @@ sidecar's geometry: argmax for classes, thresholding in ``regions_class_order`` 
 
 from __future__ import annotations
 
-import glob
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -137,15 +136,22 @@ def _refuse_geometry_lost(folder: Path, cases: Sequence[str], ending: str) -> No
             )
 
 
-def _infer_file_ending(folder: Path, case: str) -> str:
-    """The label files' ending as they spell it (``.NII.GZ`` stays so), for outputs named like the inputs. The case
-    id is escaped: ``scan[1]`` was read as a pattern, matched no file and was refused."""
-    endings = {spelled_ending(p) for p in folder.glob(f"{glob.escape(case)}.*")} - {""}
-    if len(endings) != 1:
-        raise EvaluationError(
-            f"{folder}: cannot tell the label file ending from the files of case {case}; give it explicitly (e.g. .nii.gz)"
-        )
-    return endings.pop()
+def _label_endings(folder: Path, cases: Sequence[str]) -> dict[str, str]:
+    """Each case's label file ending in ``folder`` as spelled there (``.NII.GZ`` stays so), for outputs named like
+    the inputs. Per case: predict writes a case NIfTI cannot hold (a sheared one) as ``.nrrd`` beside ``.nii.gz``
+    ones, and the first case's ending, used for all, wrote it as NIfTI with its direction turned to a rotation."""
+    found: dict[str, set[str]] = {}
+    for path in folder.iterdir():
+        if (ending := spelled_ending(path)):
+            found.setdefault(path.name[: -len(ending)], set()).add(ending)
+    endings = {}
+    for case in cases:
+        if len(found.get(case, ())) != 1:
+            raise EvaluationError(
+                f"{folder}: cannot tell the label file ending from the files of case {case}; give it explicitly (e.g. .nii.gz)"
+            )
+        endings[case] = next(iter(found[case]))
+    return endings
 
 
 def _input_record(folder: Path, cases: Sequence[str]) -> dict[str, Any]:
@@ -164,8 +170,8 @@ def ensemble_folders(
 ) -> list[str]:
     """Ensemble the probabilities of the same cases in ``input_dirs`` into ``output_dir``.
 
-    Every folder must hold the same cases. ``file_ending`` of the written label maps defaults to that of
-    the label maps in the first folder. Returns the ensembled case ids.
+    Every folder must hold the same cases. ``file_ending`` of the written label maps defaults to each case's
+    own in the first folder (predict writes a case NIfTI cannot hold as ``.nrrd``). Returns the ensembled case ids.
     """
     if isinstance(input_dirs, (str, os.PathLike)):  # one folder, not the characters of its path
         raise EvaluationError(f"{input_dirs}: give a list of at least two prediction folders to ensemble, not one path")
@@ -193,15 +199,18 @@ def ensemble_folders(
                 f"{', '.join(others)}; {len(missing)} case(s) missing in all); every folder must hold the same cases"
             )
     ordered = sorted(all_cases)
-    ending = _check_file_ending(file_ending) if file_ending else _infer_file_ending(dirs[0], ordered[0])
-    _refuse_geometry_lost(dirs[0], ordered, ending)
-    outputs = [out / f"{case}{ending}" for case in ordered]
+    if file_ending:
+        _refuse_geometry_lost(dirs[0], ordered, _check_file_ending(file_ending))
+        endings = dict.fromkeys(ordered, file_ending)
+    else:
+        endings = _label_endings(dirs[0], ordered)
+    outputs = [out / f"{case}{endings[case]}" for case in ordered]
     if save_probabilities:
         outputs += [path for case in ordered for path in probability_paths(out, case)]
     inputs = sorted((_input_record(d, ordered) for d in dirs), key=lambda record: record["folder"])
     claim_output_files(out, outputs, "ensemble", EvaluationError, inputs)
     remove_stale_temporaries(out)  # what a killed run left half-written
-    items = [(case, (case, dirs, out, ending, save_probabilities)) for case in ordered]
+    items = [(case, (case, dirs, out, endings[case], save_probabilities)) for case in ordered]
     workers = stage_workers(num_workers, EvaluationError)
     _, failures = parallel_map(ensemble_case, items, min(workers, len(items)), "ensembling")
     raise_failures(failures, len(items), "ensembled")
