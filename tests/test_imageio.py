@@ -841,6 +841,10 @@ def test_unsupported_ending_and_missing_file(tmp_path: Path) -> None:
         read_image(tmp_path / "a.jpg2")
     with pytest.raises(DatasetError, match=r"nope\.nii\.gz: file not found"):
         read_image(tmp_path / "nope.nii.gz")
+    (tmp_path / "linked.nii.gz").symlink_to(tmp_path / "moved" / "a.nii.gz")  # listed by ls, its target gone
+    with pytest.raises(DatasetError, match=r"linked\.nii\.gz: is a symbolic link to .*moved/a\.nii\.gz, which does not exist "
+                                           r"\(moved or deleted\?\); restore its target, or replace the link with the file"):
+        read_image(tmp_path / "linked.nii.gz")
 
 
 @pytest.mark.parametrize("spelled", [".MHA", ".Nii.gz", ".GIPL"])

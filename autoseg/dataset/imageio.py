@@ -157,7 +157,7 @@ def read_image(path: str | Path) -> tuple[np.ndarray, Geometry]:
     if path.is_dir():
         return _read_dicom_series(path)
     if not path.exists():
-        raise DatasetError(f"{path}: file not found")
+        raise DatasetError(_missing_file_problem(path))
     ending = image_ending(path)
     if ending not in NATURAL_2D_ENDINGS and ending not in SITK_ENDINGS:
         raise DatasetError(
@@ -205,6 +205,15 @@ def read_image(path: str | Path) -> tuple[np.ndarray, Geometry]:
                                f"{path.name}.gz (and set dataset.json's file_ending to '.nii.gz')") from None
         raise DatasetError(_unreadable_problem(path, exc)) from None
     return _from_sitk(image, path)
+
+
+def _missing_file_problem(path: Path) -> str:
+    """Why ``path`` cannot be opened although a listing may show it: a symbolic link whose target is gone (a dataset
+    linked to a store that moved) was reported as 'file not found', beside an ``ls`` that lists it."""
+    if path.is_symlink():
+        return (f"{path}: is a symbolic link to {os.readlink(path)}, which does not exist (moved or deleted?); "
+                "restore its target, or replace the link with the file")
+    return f"{path}: file not found"
 
 
 def _unreadable_problem(path: Path, exc: RuntimeError) -> str:
