@@ -491,6 +491,11 @@ def test_load_plans_errors(tmp_path):
                  id="batch-of-401-digits"),
     pytest.param("spacing", [10**400, 1.0, 1.0], r"configuration spacing \[10+, 1.0, 1.0\] is not a list of 3 positive numbers",
                  id="spacing-of-401-digits"),
+    # the costs --transfer-plans-from refits a schedule with: internal TypeError/ValueError, or 1 iteration for -1
+    ("predicted_seconds_per_iteration", "fast", r"configuration '3d_fullres': predicted_seconds_per_iteration 'fast' is not a number >= 0 \(or null\)"),
+    ("predicted_seconds_per_iteration", float("nan"), r"configuration '3d_fullres': predicted_seconds_per_iteration nan is not a number >= 0"),
+    ("recipe_seconds_per_iteration", -1.0, r"configuration '3d_fullres': recipe_seconds_per_iteration -1.0 is not a number >= 0"),
+    ("memory_model", 5, r"configuration '3d_fullres': memory_model 5 is not a JSON object \(or null\)"),
     ("normalization", [{"scheme": "zcore"}], r"configuration '3d_fullres': normalization\[0\] scheme 'zcore' is not one of ct, zscore"),
     ("normalization", [{"scheme": "ct", "clip": [-100.0, 200.0], "mean": 10.0, "std": None}],
      r"configuration '3d_fullres': normalization\[0\] \(ct\) needs clip \[low, high\] with low <= high, a finite mean and std >= 0, got .* std None"),

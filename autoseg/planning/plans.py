@@ -87,6 +87,7 @@ def validate_plans(plans: Any, source: str) -> dict[str, Any]:
         if dims not in (2, 3) or len(config["patch_size"]) != dims:
             raise PlanError(f"{source}: configuration {name!r} has patch_size {config['patch_size']} for {dims}-D; {fix}")
         _check_grid(config, source, name, fix)
+        _check_costs(config, f"{source}: configuration {name!r}", fix)
         _check_preprocessing(config, len(plans["channel_names"]), f"{source}: configuration {name!r}", fix)
         for link in ("previous_stage", "next_stage"):
             if config[link] is not None and config[link] not in configurations:
@@ -123,6 +124,19 @@ def _check_budget(plans: dict[str, Any], source: str, fix: str) -> None:
 def _positive(value: Any, integer: bool) -> bool:
     """A positive finite number (an integer if asked)."""
     return is_finite_number(value, integer) and value > 0
+
+
+def _check_costs(config: dict[str, Any], where: str, fix: str) -> None:
+    """The predicted costs that ``--transfer-plans-from`` takes from a source plan (a file or model zip made
+    elsewhere) to refit the target's schedule: "fast" or NaN seconds per iteration stopped plan with an internal
+    TypeError or ValueError, -1 planned 1 iteration without a word, a memory model of 5 a TypeError. Null where
+    nothing was measured (a plan for a device this machine lacks)."""
+    for key in ("predicted_seconds_per_iteration", "recipe_seconds_per_iteration"):
+        value = config.get(key)
+        if value is not None and not (is_finite_number(value) and value >= 0):  # 0: rounded, a step under 0.1 ms
+            raise PlanError(f"{where}: {key} {value!r} is not a number >= 0 (or null); {fix}")
+    if config.get("memory_model") is not None and not isinstance(config["memory_model"], dict):
+        raise PlanError(f"{where}: memory_model {config['memory_model']!r} is not a JSON object (or null); {fix}")
 
 
 def _check_grid(config: dict[str, Any], source: str, name: str, fix: str) -> None:
