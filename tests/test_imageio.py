@@ -1184,6 +1184,20 @@ def test_a_3d_tiff_with_nnunets_spacing_sidecar_is_a_volume(tmp_path: Path) -> N
         read_image(tmp_path / "c.tif")
 
 
+def test_a_3d_tiff_of_pages_of_several_sizes_is_named_as_such(tmp_path: Path) -> None:
+    """Pages written one by one in two sizes (an unmarked overview) were refused with numpy's 'all input arrays must
+    have the same shape'."""
+    import tifffile
+
+    with tifffile.TiffWriter(tmp_path / "c_0000.tif") as writer:
+        writer.write(np.zeros((4, 5), np.uint8))
+        writer.write(np.zeros((6, 7), np.uint8))
+    (tmp_path / "c.json").write_text(json.dumps({"spacing": [2.0, 0.5, 0.5]}))
+    with pytest.raises(DatasetError, match=r"c_0000\.tif: its pages differ in size \(4x5, 6x7\), so they are no slices of one "
+                                           r"volume; remove the other pages \(an overview or thumbnail\?\), or save"):
+        read_image(tmp_path / "c_0000.tif")
+
+
 def test_a_one_page_tiff_with_a_spacing_sidecar_is_a_one_slice_volume(tmp_path: Path) -> None:
     """A stack of one slice in a 3D TIFF dataset was read as a 2D image (spacing 999 x 1 x 1, its sidecar
     ignored), so preprocessing resampled its one slice to hundreds; a colour page is no volume."""

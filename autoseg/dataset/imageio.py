@@ -875,12 +875,14 @@ def _read_tiff_volume(path: Path, where: str, written: Any) -> tuple[np.ndarray,
                 # them all keeps its own shape (an ImageJ hyperstack's (z, c, y, x) is refused below, not mixed).
                 pages = [page for page in tiff.pages if not int(page.subfiletype) & _TIFF_EXTRA_PAGE_BITS]
                 series = tiff.series[0]
-                array = series.asarray() if len(series.pages) >= len(pages) else np.stack([p.asarray() for p in pages])
+                array = series.asarray() if len(series.pages) >= len(pages) else _stacked_pages(path, [p.asarray() for p in pages])
                 planar_colour = len(pages) == 1 and series.axes.startswith("S")
         except ValueError as exc:
             if "imagecodecs" not in str(exc):
                 raise
-            array = np.stack(_pil_tiff_pages(path))
+            array = _stacked_pages(path, _pil_tiff_pages(path))
+    except DatasetError:
+        raise
     except Exception as exc:  # noqa: BLE001 - any decoder error means an unreadable file
         raise DatasetError(f"{path}: cannot be read as a TIFF volume: {_first_line(exc)}") from None
     _refuse_complex(path, array)
@@ -895,6 +897,17 @@ def _read_tiff_volume(path: Path, where: str, written: Any) -> tuple[np.ndarray,
         raise DatasetError(f"{path}: a 3D TIFF must hold grey pages (pages, y, x); it has shape {array.shape}. "
                            "Save each colour as its own channel file")
     return array, Geometry(spacing=spacing, origin=(0.0, 0.0, 0.0), direction=tuple(float(v) for v in np.eye(3).ravel()))
+
+
+def _stacked_pages(path: Path, pages: Sequence[np.ndarray]) -> np.ndarray:
+    """A TIFF's pages as one volume; pages of several sizes (an overview or thumbnail not marked as one) are refused
+    naming them: it was 'cannot be read as a TIFF volume: all input arrays must have the same shape'."""
+    sizes = list(dict.fromkeys(page.shape for page in pages))
+    if len(sizes) > 1:
+        shown = ", ".join("x".join(map(str, size)) for size in sizes)
+        raise DatasetError(f"{path}: its pages differ in size ({shown}), so they are no slices of one volume; remove the "
+                           "other pages (an overview or thumbnail?), or save the volume as .nii.gz")
+    return np.stack(pages)
 
 
 def _write_tiff_volume(array: np.ndarray, geometry: Geometry, path: Path) -> None:
