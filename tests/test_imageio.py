@@ -845,6 +845,10 @@ def test_unsupported_ending_and_missing_file(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match=r"linked\.nii\.gz: is a symbolic link to .*moved/a\.nii\.gz, which does not exist "
                                            r"\(moved or deleted\?\); restore its target, or replace the link with the file"):
         read_image(tmp_path / "linked.nii.gz")
+    os.mkfifo(tmp_path / "pipe.nii.gz")  # was 'file is empty (0 bytes; an interrupted copy or export?)'
+    with pytest.raises(DatasetError, match=r"pipe\.nii\.gz: is not a regular file \(a named pipe, socket or device\); put the "
+                                           r"image file there"):
+        read_image(tmp_path / "pipe.nii.gz")
 
 
 @pytest.mark.parametrize("spelled", [".MHA", ".Nii.gz", ".GIPL"])

@@ -163,6 +163,8 @@ def read_image(path: str | Path) -> tuple[np.ndarray, Geometry]:
         raise DatasetError(
             f"{path}: unsupported file type; use one of {', '.join(SUPPORTED_ENDINGS)} or a DICOM folder"
         )
+    if not path.is_file():  # a named pipe was called 'empty (0 bytes; an interrupted copy?)'; read, it would block
+        raise DatasetError(f"{path}: is not a regular file (a named pipe, socket or device); put the image file there")
     if path.stat().st_size == 0:
         raise DatasetError(f"{path}: file is empty (0 bytes; an interrupted copy or export?); copy or export it again")
     volume_spacing = _volume_spacing_source(path)
