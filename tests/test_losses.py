@@ -137,6 +137,32 @@ def test_target_downsampling_nearest_and_max() -> None:
         downsample_target(dot, (2, 2), "area")  # type: ignore[arg-type]
 
 
+def test_region_ignore_mask_is_sampled_not_pooled_at_low_resolution() -> None:
+    # every other slice ignored (label 3), a region of labels 1-2 on the annotated ones
+    labels = torch.zeros(1, 1, 8, 4, 4, dtype=torch.long)
+    labels[:, :, 1::2] = 3
+    labels[:, :, 0::2, :2] = 1
+    target = labels_to_regions(labels, [[1, 2]], ignore_label=3)
+    coarse = downsample_target(target, (2, 1, 1), "max", ignore_last=True)
+    # the region keeps its max pooling; the mask is nearest-sampled as nnU-Net's label downsampling does:
+    # max pooling it ignored every coarse voxel, so the 1/4 output learnt nothing
+    torch.testing.assert_close(coarse[:, 0], torch.ones(1, 2, 1, 1))
+    # (nearest-exact picks slices 2 and 6, both annotated)
+    assert coarse[:, 1].sum() == 0
+    assert downsample_target(target, (2, 1, 1), "max")[:, 1].mean() == 1.0
+
+    seen: list[torch.Tensor] = []
+
+    class Recording(RegionDiceBCELoss):
+        def forward(self, logits: torch.Tensor, resized: torch.Tensor) -> torch.Tensor:
+            seen.append(resized)
+            return super().forward(logits, resized)
+
+    outputs = [torch.zeros(1, 1, 8, 4, 4), torch.zeros(1, 1, 2, 1, 1)]
+    DeepSupervisionLoss(Recording(has_ignore=True), target_downsampling="max")(outputs, target)
+    assert seen[1][:, 1].sum() == 0
+
+
 def test_deep_supervision_loss_weights_each_output_against_its_resized_target() -> None:
     torch.manual_seed(0)
     labels = torch.randint(0, 3, (2, 1, 8, 8))

@@ -137,11 +137,16 @@ def deep_supervision_weights(n_outputs: int) -> list[float]:
     return [w / total for w in weights]
 
 
-def downsample_target(target: torch.Tensor, size: Sequence[int], mode: TargetDownsampling = "nearest") -> torch.Tensor:
+def downsample_target(
+    target: torch.Tensor, size: Sequence[int], mode: TargetDownsampling = "nearest", ignore_last: bool = False
+) -> torch.Tensor:
     """Resize a ``(B, C, *)`` target to spatial ``size``.
 
     ``nearest`` (nnU-Net's, 'nearest-exact' sampling) suits integer labels; ``max`` pools binary
     channels (region targets), so a region thinner than the stride is not lost at low resolution.
+    With ``ignore_last`` (region targets with an ignore mask, :func:`labels_to_regions`) the mask is
+    sampled as nnU-Net samples it, nearest: max pooling it ignored a coarse voxel if any voxel under it
+    was, so with every other slice ignored the 1/4 and coarser outputs were ignored everywhere.
     """
     size = list(size)
     if list(target.shape[2:]) == size:
@@ -150,6 +155,10 @@ def downsample_target(target: torch.Tensor, size: Sequence[int], mode: TargetDow
         return F.interpolate(target.float(), size=size, mode="nearest-exact").to(target.dtype)
     if mode == "max":
         pool = F.adaptive_max_pool2d if target.ndim == 4 else F.adaptive_max_pool3d
+        if ignore_last:
+            regions = pool(target[:, :-1].float(), size)
+            ignored = F.interpolate(target[:, -1:].float(), size=size, mode="nearest-exact")
+            return torch.cat([regions, ignored], dim=1).to(target.dtype)
         return pool(target.float(), size).to(target.dtype)
     raise ValueError(f"target downsampling mode must be 'nearest' or 'max', got {mode!r}")
 
@@ -175,6 +184,8 @@ class DeepSupervisionLoss(nn.Module):
             raise ValueError(f"target_downsampling must be 'nearest' or 'max', got {target_downsampling!r}")
         self.loss = loss
         self.target_downsampling = target_downsampling
+        # region targets' ignore mask (the last channel) is sampled, not pooled: see downsample_target
+        self.ignore_last = bool(getattr(loss, "has_ignore", False))
         self.weights = list(weights) if weights is not None else None
 
     def forward(self, outputs: Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
@@ -188,6 +199,6 @@ class DeepSupervisionLoss(nn.Module):
         # training requires every parameter to take part in backward.
         total = outputs[0].new_zeros(())
         for weight, logits in zip(weights, outputs):
-            resized = downsample_target(target, logits.shape[2:], self.target_downsampling)
+            resized = downsample_target(target, logits.shape[2:], self.target_downsampling, self.ignore_last)
             total = total + weight * self.loss(logits, resized)
         return total
