@@ -309,6 +309,12 @@ def decision_label_values(decision: Mapping[str, Any]) -> frozenset[int] | None:
     return frozenset({0, *values})
 
 
+# What apply's refusal of undeclared values advises: its inputs are predictions, which hold the dataset's classes
+# only (never the ignore label, which a reference may hold), not label maps to declare classes for.
+APPLY_LABEL_FIX = ("postprocess apply takes predictions of the dataset's classes, as autoseg predict writes them "
+                   "(never its ignore label); give it the predictions, not references or masks")
+
+
 def _apply_file(source: Path, target: Path, decision: Mapping[str, Any], declared: frozenset[int] | None) -> None:
     """Postprocess one label map. One holding non-integer values (a probability map or float image given in
     its place) is refused as ``evaluate`` refuses it: it was written back with its voxels of the steps' values
@@ -316,7 +322,7 @@ def _apply_file(source: Path, target: Path, decision: Mapping[str, Any], declare
     0/255 mask), which predict never writes: it was passed through without a word."""
     seg, geometry = read_image(source)
     check_integer_labels(source, seg)
-    problem = None if declared is None else label_value_problem(source, seg, declared)
+    problem = None if declared is None else label_value_problem(source, seg, declared, APPLY_LABEL_FIX)
     if problem is not None:
         raise EvaluationError(problem)
     write_image(apply_postprocessing(decision, seg, geometry.spacing), geometry, target)
