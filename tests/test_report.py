@@ -19,7 +19,7 @@ from matplotlib.image import imread
 
 from autoseg.dataset.imageio import read_image, write_image
 from autoseg.errors import DatasetError, EvaluationError
-from autoseg.evaluation.report import build_report, numeric_series, overlay, overlay_slice
+from autoseg.evaluation.report import build_report, numeric_series, overlay, overlay_slice, read_metrics_log
 from autoseg.evaluation.selection import find_best
 from conftest import drive_crop
 from test_selection import BAD, BAD_FOREGROUND, CASES, DATASET, GOOD, GOOD_FOREGROUND, GOOD_LEFT, make_results
@@ -136,6 +136,15 @@ def test_records_whose_epoch_is_no_number_are_skipped() -> None:
                {"epoch": True, "train_loss": 9.0}, {"epoch": 10**400, "train_loss": 9.0},
                {"epoch": 2, "train_loss": 0.5, "lr": 10**400}]
     assert numeric_series(records) == {"train_loss": ([0.0, 2.0], [1.0, 0.5])}
+
+
+def test_metrics_log_lines_python_cannot_read_are_skipped(tmp_path: Path) -> None:
+    """A metrics.jsonl line in Latin-1 (an edited note), with an integer of 5000 digits, or nested 100000 deep stopped
+    the report with an internal UnicodeDecodeError (for the whole file), ValueError or RecursionError."""
+    log = tmp_path / "metrics.jsonl"
+    log.write_bytes(b'{"epoch": 0, "train_loss": 1.0}\n{"epoch": 1, "note": "t\xeate"}\n{"epoch": ' + b"1" * 5000 + b"}\n"
+                    + b"[" * 100_000 + b"\n" + b'{"epoch": 2, "train_loss": 0.5}\n')
+    assert read_metrics_log(log) == [{"epoch": 0, "train_loss": 1.0}, {"epoch": 2, "train_loss": 0.5}]
 
 
 @pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"), reason="chromium not installed (CI installs it)")

@@ -109,12 +109,14 @@ def dice_boxplot(summaries: dict[str, dict[str, Any]], class_names: Sequence[str
 
 
 def read_metrics_log(path: Path) -> list[dict[str, Any]]:
-    """Epoch records of ``metrics.jsonl``; a line cut by a crash mid-write is skipped."""
+    """Epoch records of ``metrics.jsonl``; a line cut by a crash mid-write is skipped, as is an edited line Python's
+    JSON reader refuses otherwise (bytes that are not UTF-8, an integer of over 4300 digits, deep nesting), which
+    stopped the report with an internal error (the first even for every line of the file)."""
     records = []
-    for line in path.read_text().splitlines():
+    for line in path.read_bytes().splitlines():
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             continue
         if isinstance(record, dict):
             records.append(record)
