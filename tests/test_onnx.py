@@ -201,6 +201,9 @@ def _rewritten(zip_path: Path, target: Path, change: str) -> Path:
     elif change == "deploy.json with a BOM":  # an editor's re-save; its checksum made to match
         members[DEPLOY] = codecs.BOM_UTF8 + members[DEPLOY]
         manifest["files"][DEPLOY] = hashlib.sha256(members[DEPLOY]).hexdigest()
+    elif change == "dataset.json a list":
+        members["dataset.json"] = b'["MRI"]'
+        manifest["files"]["dataset.json"] = hashlib.sha256(members["dataset.json"]).hexdigest()
     elif change in DEPLOY_EDITS:
         members[DEPLOY] = json.dumps(json.loads(members[DEPLOY]) | DEPLOY_EDITS[change]).encode()
         manifest["files"][DEPLOY] = hashlib.sha256(members[DEPLOY]).hexdigest()
@@ -225,6 +228,7 @@ def _rewritten(zip_path: Path, target: Path, change: str) -> Path:
     ("mirror axis out of range", "mirror_axes [7] must be 3 positive sizes and axes among 0..2; re-export it"),
     ("configuration not planned", "deploy.json: configuration '2d_nope' is not in plans"),
     ("damaged graph", "fold_0/network.onnx: not a graph onnxruntime can load"),
+    ("dataset.json a list", "dataset.json: must hold a JSON object"),
 ])
 def test_an_onnx_zip_with_a_malformed_manifest_or_member_is_refused_by_name(
         change: str, message: str, onnx_export: tuple[Path, Path], tmp_path: Path) -> None:

@@ -109,7 +109,12 @@ def _as_nnunet_reads(labels: dict[str, Any], has_order: bool) -> dict[str, Any]:
 
 
 def parse_description(data: dict[str, Any], path: Path) -> DatasetDescription:
-    """Validate a loaded ``dataset.json``; every problem names the file and the fix."""
+    """Validate a loaded ``dataset.json``; every problem names the file and the fix.
+
+    The object check is here, not only in ``load_description``: a dataset.json of a model zip that held a list
+    was refused as "missing key 'channel_names'"."""
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path}: must hold a JSON object")
     if "modality" in data and "channel_names" not in data:
         raise DatasetError(f"{path}: 'modality' is nnU-Net v1 syntax; rename it to 'channel_names'")
     channels = _require(data, "channel_names", path, 'add e.g. "channel_names": {"0": "CT"}')
@@ -255,8 +260,6 @@ def load_description(dataset_dir: str | Path) -> DatasetDescription:
         path, DatasetError, "not found; every dataset folder needs a dataset.json (see docs/dataset-format.md)",
         "fix the syntax",
     )
-    if not isinstance(data, dict):
-        raise DatasetError(f"{path}: must hold a JSON object")
     return parse_description(data, path)
 
 
