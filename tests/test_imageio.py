@@ -1058,7 +1058,10 @@ def test_real_drive_crop_reads_as_r_g_b() -> None:
      "G and B are equal: a grey image stored as colour), or declare 3 channels in channel_names"),
     (np.zeros((4, 5), np.uint8), 3, "found 1 channel(s) (grey), dataset.json channel_names declares 3; give the case "
      "3 channels (one RGB file holds 3, a grey file 1; files _0000, _0001, ...), or declare 1 in channel_names"),
-], ids=["rgb_for_one", "grey_stored_as_rgb", "grey_for_three"])
+    (np.zeros((4, 5, 2), np.uint8), 3, "found 2 channel(s) (grey + alpha), dataset.json channel_names declares 3; give "
+     "the case 3 channels (one RGB file holds 3, a grey file 1; files _0000, _0001, ...), or declare 2 (or 1, "
+     "dropping alpha) in channel_names"),
+], ids=["rgb_for_one", "grey_stored_as_rgb", "grey_for_three", "grey_alpha_for_three"])
 def test_channel_count_mismatch_names_the_file_both_counts_and_the_fix(
     tmp_path: Path, pixels: np.ndarray, declared: int, problem: str
 ) -> None:

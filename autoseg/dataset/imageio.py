@@ -1059,14 +1059,21 @@ def _channel_count_problem(
             # A grey image saved with a lookup table (Fiji/ImageJ's LUTs) is a palette file, read as its colours.
             grey = (" (it is a palette (indexed-colour) image, read as its colours: if its indices are the "
                     "intensities, as in an image saved with a lookup table, save them without the palette)")
-        fix, declare = f"save the image as grey (one channel){grey}", f"{found} channels"
+        fix, declare = f"save the image as grey (one channel){grey}", f"{_declarable(found, alphas)} channels"
     elif found < expected:
         fix = f"give the case {expected} channels (one RGB file holds 3, a grey file 1; files _0000, _0001, ...)"
-        declare = str(found)
+        declare = _declarable(found, alphas)
     else:
-        fix, declare = f"save the case with {expected} channel(s)", str(found)
+        fix, declare = f"save the case with {expected} channel(s)", _declarable(found, alphas)
     problem = f"{where}: found {found} channel(s) ({kinds}), {_expected_channels(expected, model_channels)}; {fix}"
     return problem if model_channels is not None else f"{problem}, or declare {declare} in channel_names"
+
+
+def _declarable(found: int, alphas: Sequence[bool]) -> str:
+    """The channel counts a dataset may declare for files of ``found`` channels: with alpha, also the count
+    without it (alpha is then dropped); a grey + alpha PNG was told to declare 2, though 1 reads it too."""
+    without_alpha = found - sum(alphas)
+    return str(found) if without_alpha == found else f"{found} (or {without_alpha}, dropping alpha)"
 
 
 def _expected_channels(expected: int, model_channels: Mapping[str, str] | None) -> str:
