@@ -324,6 +324,9 @@ def test_fingerprint_errors_are_clear():
     (lambda fp: fp["foreground_intensity_properties_per_channel"]["0"].update(mean=10**400),
      "the intensity statistics of CT channel 0 need a finite number"),
     (lambda fp: fp.update(case_ids=["case0"]), "case_ids must list one id per case (4)"),
+    (lambda fp: fp["shapes_after_crop"][1].__setitem__(0, 36.5), "shapes_after_crop must hold whole voxel counts, got 36.5"),
+    (lambda fp: fp.update(is_2d="yes"), "is_2d must be true or false, got 'yes'"),
+    (lambda fp: fp.update(file_ending=5), "file_ending must be one of .nii.gz"),
     (lambda fp: fp.update(spacings=[["1", "1", "1"]] * 4), "spacings and shapes must be lists of 3 numbers per case"),
     (lambda fp: fp["foreground_intensity_properties_per_channel"].update({"0": 5}),
      "the intensity statistics of channel 0 must be a JSON object"),
@@ -336,7 +339,8 @@ def test_a_fingerprint_field_of_the_wrong_type_is_named(change, message):
     """Hand-edited fingerprints stopped planning with an internal AttributeError, TypeError, KeyError or
     ValueError (labels as a list, a null relative size, "1" for a spacing, a CT channel without its
     percentiles, thicknesses as a list or "3"), a NaN CT mean planned a normalization into NaN, a relative size
-    of -3 or a thickness of -5 mm planned on, and no channel at all failed in the network's words."""
+    of -3 or a thickness of -5 mm planned on, and no channel at all failed in the network's words; a shape
+    of 36.5, is_2d "yes" and a file_ending of 5 were planned on without a word."""
     fp = fingerprint([[1.0, 1.0, 1.0]] * 4, [[30, 40, 30]] * 4, channels={"0": "CT"})
     change(fp)
     with pytest.raises(FingerprintError, match=rf"^fp\.json: {re.escape(message)}.*; delete it and re-run `autoseg fingerprint`$"):

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from autoseg import __version__
-from autoseg.dataset.imageio import NATURAL_2D_ENDINGS
+from autoseg.dataset.imageio import NATURAL_2D_ENDINGS, SUPPORTED_ENDINGS
 from autoseg.dataset.verify import MAX_SPACING_MM
 from autoseg.errors import FingerprintError, PlanError
 from autoseg.networks import Topology, default_network, get_network_spec
@@ -165,6 +165,8 @@ def check_fingerprint(fingerprint: Any, source: str) -> dict[str, Any]:
     _check_spacings_verifiable(fingerprint, spacing_array, source)
     if not all(is_finite_number(v) for row in [*spacings, *shapes] for v in row):  # "1" was converted, then failed
         raise FingerprintError(f"{source}: spacings and shapes must be lists of 3 numbers per case; {fix}")
+    if not all(is_finite_number(v, integer=True) for row in shapes for v in row):  # 36.5 voxels planned on
+        raise FingerprintError(f"{source}: shapes_after_crop must hold whole voxel counts, got {_first_fractional(shapes)!r}; {fix}")
     _check_field_types(fingerprint, source, fix)
     return fingerprint
 
@@ -182,6 +184,11 @@ def _check_field_types(fingerprint: dict[str, Any], source: str, fix: str) -> No
         raise FingerprintError(f"{source}: case_ids must list one id per case ({len(fingerprint['spacings'])}); {fix}")
     if not fingerprint["channel_names"]:
         raise FingerprintError(f"{source}: channel_names must name at least one channel; {fix}")
+    if not isinstance(fingerprint["is_2d"], bool):  # "yes" was taken as true, "" as false
+        raise FingerprintError(f"{source}: is_2d must be true or false, got {fingerprint['is_2d']!r}; {fix}")
+    if fingerprint["file_ending"] not in SUPPORTED_ENDINGS:  # 5 was planned on and written into the plans
+        raise FingerprintError(f"{source}: file_ending must be one of {', '.join(SUPPORTED_ENDINGS)}, "
+                               f"got {fingerprint['file_ending']!r}; {fix}")
     relative_size = fingerprint["median_relative_size_after_crop"]
     if not (is_finite_number(relative_size) and 0 < relative_size <= 1):  # -3 chose the nonzero mask without a word
         raise FingerprintError(f"{source}: median_relative_size_after_crop must be a number > 0 and <= 1 (the median "
@@ -199,6 +206,11 @@ def _check_field_types(fingerprint: dict[str, Any], source: str, fix: str) -> No
             raise FingerprintError(f"{source}: the intensity statistics of CT channel {channel} need a finite number "
                                    f"for each of {', '.join(_CT_INTENSITY_KEYS)}; {fix}")
     _check_thickness(fingerprint, source, fix)
+
+
+def _first_fractional(shapes: list[list[Any]]) -> Any:
+    """The first size in ``shapes`` that is not a whole number, to name in the refusal."""
+    return next(v for row in shapes for v in row if not is_finite_number(v, integer=True))
 
 
 def _check_thickness(fingerprint: dict[str, Any], source: str, fix: str) -> None:
