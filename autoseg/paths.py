@@ -50,8 +50,8 @@ def undecodable_path_problem(path: Path) -> str | None:
     if _is_utf8(path):
         return None
     first_odd = next(p for p in reversed([path, *path.parents]) if not _is_utf8(p))
-    what = "it" if first_odd == path else f"the folder {_escaped(first_odd)}"
-    return f"{_escaped(path)}: name is not valid UTF-8 (bytes shown as \\x..); rename {what} with UTF-8 (or ASCII) characters"
+    what = "it" if first_odd == path else f"the folder {printable_path(first_odd)}"
+    return f"{printable_path(path)}: name is not valid UTF-8 (bytes shown as \\x..); rename {what} with UTF-8 (or ASCII) characters"
 
 
 def _is_utf8(path: Path) -> bool:
@@ -62,8 +62,9 @@ def _is_utf8(path: Path) -> bool:
     return True
 
 
-def _escaped(path: Path) -> str:
-    """``path`` printable as UTF-8: its undecodable bytes written as ``\\xff``."""
+def printable_path(path: str | Path) -> str:
+    """``path`` (or a case id taken from a file name) printable as UTF-8: its undecodable bytes written as
+    ``\\xff``, as the path is shown in the same message."""
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 

@@ -6,6 +6,7 @@ import csv
 import errno
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -83,6 +84,17 @@ def test_missing_reference_is_named(folders):
     (ref_dir / "c2.nii.gz").unlink()
     with pytest.raises(EvaluationError, match=r"ref/c2\.nii\.gz: reference of case c2 not found \(prediction .*pred/c2\.nii\.gz\)"):
         evaluate_folders(pred_dir, ref_dir, LABELS, num_workers=1, file_ending=".nii.gz")
+
+
+def test_a_case_id_that_is_not_utf8_is_shown_as_its_path_is(folders):
+    """A file name in Latin-1 (``odd\\xff``) is refused naming the path with ``\\xff``; the case id before it
+    was shown as ``odd\\udcff``, which names no file."""
+    pred_dir, ref_dir = folders
+    for folder in folders:
+        shutil.copy(folder / "c1.nii.gz", os.fsdecode(os.fsencode(folder) + b"/odd\xff.nii.gz"))
+    with pytest.raises(EvaluationError) as info:
+        evaluate_folders(pred_dir, ref_dir, LABELS, num_workers=1, file_ending=".nii.gz")
+    assert "1 of 3 cases could not be evaluated: odd\\xff: " in str(info.value) and "udcff" not in str(info.value)
 
 
 def test_a_missing_reference_folder_is_named_as_a_folder(folders, tmp_path):

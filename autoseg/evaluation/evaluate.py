@@ -22,6 +22,7 @@ from autoseg.dataset.imageio import (
 )
 from autoseg.dataset.verify import mask_255_hint
 from autoseg.errors import EvaluationError
+from autoseg.paths import printable_path
 from autoseg.evaluation.metrics import (
     DEFAULT_TOLERANCE_MM,
     FLAG_KEYS,
@@ -298,9 +299,10 @@ def check_tolerance(tolerance_mm: float) -> None:
 
 
 def raise_failures(failures: Sequence[Failure], total: int, action: str) -> None:
-    """One ``EvaluationError`` naming every failed case and why, if any failed."""
+    """One ``EvaluationError`` naming every failed case and why, if any failed; a case id from a file name that
+    is not UTF-8 is shown as its path is (``odd\\xff``, not ``odd\\udcff``)."""
     if failures:
-        lines = "; ".join(f"{f.key}: {f.message}" for f in failures)
+        lines = "; ".join(f"{printable_path(f.key)}: {f.message}" for f in failures)
         raise EvaluationError(f"{len(failures)} of {total} cases could not be {action}: {lines}")
 
 
