@@ -325,14 +325,15 @@ def test_sparse_annotations_lost_at_a_coarser_spacing_are_refused_or_named(roots
     raw = roots["raw"] / DATASET
     (raw / "imagesTr").mkdir(parents=True)
     (raw / "labelsTr").mkdir()
-    (raw / "dataset.json").write_text(json.dumps({"channel_names": {"0": "MRI"}, "labels": labels, "numTraining": 2,
+    (raw / "dataset.json").write_text(json.dumps({"channel_names": {"0": "MRI"}, "labels": labels, "numTraining": 3,
                                                   "file_ending": ".nii.gz"}))
     line, kept = np.full((16, 16, 16), 3, np.uint8), np.full((16, 16, 16), 3, np.uint8)
     line[8, 8, 4:12] = 1  # 8 voxels a voxel thick: no 2 mm voxel keeps them
     kept[8:10, 8:10, 8:10] = 1  # one 2 mm voxel (8 mm3) kept of 8 + 16 = 24 mm3 annotated
     kept[4, 2, :] = 2
     geometry = Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()))
-    for case, label in (("scribble_000", line), ("scribble_001", kept)):
+    nothing = np.full((16, 16, 16), 3, np.uint8)  # the ignore label everywhere (refused before resampling)
+    for case, label in (("scribble_000", line), ("scribble_001", kept), ("scribble_002", nothing)):
         write_image(np.random.default_rng(0).normal(100, 10, (16, 16, 16)).astype(np.float32), geometry, raw / "imagesTr" / f"{case}_0000.nii.gz")
         write_image(label, geometry, raw / "labelsTr" / f"{case}.nii.gz")
     plans = {**make_plans({"3d_fullres": make_configuration((2.0, 2.0, 2.0))}, labels=labels), "ignore_label": 3}
@@ -340,9 +341,11 @@ def test_sparse_annotations_lost_at_a_coarser_spacing_are_refused_or_named(roots
     with pytest.raises(PreprocessingError) as info:
         preprocess_dataset(DATASET, num_workers=1)
     assert str(info.value).startswith(
-        f"1 case(s) failed to preprocess: scribble_000 ({IDENTIFIER}): {raw / 'labelsTr' / 'scribble_000.nii.gz'}: resampled "
+        f"2 case(s) failed to preprocess: scribble_000 ({IDENTIFIER}): {raw / 'labelsTr' / 'scribble_000.nii.gz'}: resampled "
         "from 1x1x1 mm to the planned 2x2x2 mm, its 8 annotated voxel(s) all became the ignore label 3: the annotation is "
         "thinner than a voxel at that spacing; plan so that the configuration keeps the annotation's spacing")
+    assert (f"scribble_002 ({IDENTIFIER}): {raw / 'labelsTr' / 'scribble_002.nii.gz'}: holds only the ignore label 3: "
+            "nothing to learn; annotate it or leave it out") in str(info.value)
     assert list_cases(roots["preprocessed"] / DATASET / IDENTIFIER) == ["scribble_001"]
     stored = load_case(roots["preprocessed"] / DATASET / IDENTIFIER, "scribble_001", mmap=False)[1]
     assert stored.shape == (1, 8, 8, 8) and np.count_nonzero(stored != 3) == 1 and stored[0, 4, 4, 4] == 1

@@ -35,7 +35,7 @@ from autoseg.dataset.imageio import (
     spelled_ending,
     tiff_spacing_files,
 )
-from autoseg.dataset.verify import label_geometry_problem, label_value_problem, nonfinite_problem
+from autoseg.dataset.verify import label_geometry_problem, label_value_problem, nonfinite_problem, only_ignore_problem
 from autoseg.errors import DatasetError, PreprocessingError
 from autoseg.fingerprint.cropping import crop_slices
 from autoseg.paths import DatasetSpec, resolve_dataset
@@ -157,7 +157,9 @@ def annotation_kept(seg: np.ndarray, seg_pp: np.ndarray, ignore_label: int | Non
             "the annotation is thinner than a voxel at that spacing; plan so that the configuration keeps the "
             "annotation's spacing (a larger --budget; docs/planning.md, 'Choosing resolution'), preprocess and train "
             "another configuration (-c; 3d_lowres is coarser by design), or annotate thicker")
-    raise DatasetError(f"{label}: {lost if before else f'holds only the ignore label {ignore_label}: nothing to learn; annotate it or leave it out'}")
+    # a label of the ignore label only is refused before (only_ignore_problem); here, one annotated outside the crop only
+    outside = "annotates no voxel inside its image's nonzero region (the crop): nothing to learn; annotate it or leave it out"
+    raise DatasetError(f"{label}: {lost if before else outside}")
 
 
 def companion_files(image: Path) -> list[Path]:
@@ -246,7 +248,8 @@ def preprocess_one(
     if problem := label_geometry_problem(label, label_geometry, Path(images[0]), geometry):  # saved off its image since plan
         raise DatasetError(problem)
     # a case added or a label edited after verify and plan (a 0/255 mask) was stored and trained on
-    problem = label_value_problem(label, seg, declared_label_values(plans))
+    problem = (label_value_problem(label, seg, declared_label_values(plans))
+               or only_ignore_problem(label, seg, plans.get("ignore_label")))
     if problem:
         raise DatasetError(problem)
     config = get_configuration(plans, configuration)
