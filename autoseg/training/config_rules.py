@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from autoseg.errors import TrainingError
+from autoseg.training.math_threads import MAX_MATH_THREADS_PER_CORE, most_math_threads
 from autoseg.training.model_setup import OPTIMIZERS
 from autoseg.training.schedule import LR_SCHEDULES
 from autoseg.training.steps import DICE_DENOMINATORS
@@ -100,7 +101,8 @@ RULES: dict[str, Rule | Choice] = {
     "pseudo_dice_ema": BELOW_ONE,
     "mixed_precision": Choice(MIXED_PRECISION_SETTINGS),
     "num_workers": Rule(lambda v: v >= 0, ">= 0 or auto (0: batches built in the training process)", whole=True),
-    "math_threads": Rule(lambda v: v >= 1, ">= 1 or auto", whole=True),
+    "math_threads": Rule(lambda v: 1 <= v <= most_math_threads(), f">= 1 and at most {most_math_threads()} "
+                         f"({MAX_MATH_THREADS_PER_CORE} per core of this machine) or auto", whole=True),
     "prefetch_batches": AT_LEAST_1,
     "worker_timeout_seconds": POSITIVE,
     "case_cache_mb": Rule(lambda v: v >= 0, ">= 0 or auto (0: every crop read from the store)"),

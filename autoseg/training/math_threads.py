@@ -12,9 +12,12 @@ from typing import Any
 import torch
 
 from autoseg.errors import TrainingError
-from autoseg.utils.cpu_load import ThreadChoice, applied, idle_thread_choice
+from autoseg.utils.cpu_load import ThreadChoice, applied, available_cores, idle_thread_choice
 
-__all__ = ["ThreadChoice", "applied", "choose_math_threads", "recount_at_epoch_end"]
+__all__ = ["ThreadChoice", "applied", "choose_math_threads", "most_math_threads", "recount_at_epoch_end"]
+
+# A set number may oversubscribe the cores (3 threads on 2 is taken as set), up to this many per core.
+MAX_MATH_THREADS_PER_CORE = 4
 
 # Epochs shorter than this are not paused to count idle cores again (the count takes 0.5-1 s).
 RECOUNT_MIN_EPOCH_SECONDS = 20.0
@@ -36,6 +39,13 @@ def choose_math_threads(setting: Any, device: torch.device, deterministic: bool)
     if deterministic:
         return ThreadChoice(limit, limit)
     return idle_thread_choice()
+
+
+def most_math_threads() -> int:
+    """The most threads ``math_threads`` may set on this machine. Beyond it nothing trains faster (OpenMP
+    threads wait for each other at every barrier) and the count was not refused at all: 100000 hung the
+    first matrix multiply, 2147483648 stopped training with torch's internal 'Overflow when unpacking long'."""
+    return MAX_MATH_THREADS_PER_CORE * available_cores()
 
 
 def recount_at_epoch_end(start: ThreadChoice | None, epoch_seconds: float) -> ThreadChoice | None:
