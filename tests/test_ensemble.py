@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import re
 
 import numpy as np
 import pytest
@@ -239,6 +240,8 @@ def test_a_read_only_output_folder_is_refused_before_any_case(tmp_path, monkeypa
         ensemble_folders(dirs, tmp_path / "out", num_workers=1)
     assert raised.value.errno == errno.EROFS and raised.value.filename == str(tmp_path / "out")
 
+SHEARED = Geometry(spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0),
+                   direction=(1.0, 0.2873, 0.0, 0.0, 0.9578, 0.0, 0.0, 0.0, 1.0))  # x sheared along y: no rotation
 GEOMETRY_2D = Geometry(spacing=(999.0, 0.5, 0.25), origin=(10.0, 20.0), direction=(1.0, 0.0, 0.0, 1.0))
 PNG_GEOMETRY = Geometry(spacing=(999.0, 1.0, 1.0), origin=(0.0, 0.0), direction=(1.0, 0.0, 0.0, 1.0))  # as PNGs read
 
@@ -275,8 +278,7 @@ def test_a_3d_tiff_ending_is_written_for_upright_volumes_at_the_origin(tmp_path)
 def test_each_case_keeps_the_ending_predict_gave_it(tmp_path):
     """predict writes a sheared case as .nrrd (NIfTI holds rotations only) beside .nii.gz cases; ensemble wrote every
     case in the first case's ending, the sheared one as NIfTI with its direction turned into a rotation."""
-    sheared = Geometry(spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0),
-                       direction=(1.0, 0.2873, 0.0, 0.0, 0.9578, 0.0, 0.0, 0.0, 1.0))
+    sheared = SHEARED
     rng = np.random.default_rng(0)
     dirs = [tmp_path / "m0", tmp_path / "m1"]
     for folder in dirs:
@@ -286,6 +288,22 @@ def test_each_case_keeps_the_ending_predict_gave_it(tmp_path):
     assert ensemble_folders(dirs, tmp_path / "out", num_workers=1) == ["a_plain", "sheared"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")) == ["a_plain.nii.gz", "sheared.nrrd"]
     assert np.allclose(read_image(tmp_path / "out" / "sheared.nrrd")[1].direction, sheared.direction, atol=1e-3)
+
+
+@pytest.mark.parametrize("ending", [".nii.gz", ".NII.GZ", ".nii"])
+def test_a_nifti_ending_for_a_sheared_case_is_refused_before_any_case(tmp_path, ending):
+    """NIfTI stores rotations only: ``--file-ending .nii.gz`` wrote a sheared case with its direction turned into a
+    rotation, in silence; it is refused as predict avoids it (predict writes such a case as .nrrd)."""
+    rng = np.random.default_rng(0)
+    dirs = [tmp_path / "m0", tmp_path / "m1"]
+    for folder in dirs:
+        _save(folder, "a_plain", _softmax(rng))
+        write_probability_files(folder, "sheared", _softmax(rng), SHEARED, LABELS, None)
+    with pytest.raises(EvaluationError, match=rf"--file-ending {re.escape(ending)}: cannot hold .* of case sheared "
+                                              r"\(case vs file: direction .* is sheared, not a rotation.*\); give "
+                                              r"--file-ending \.nrrd or \.mha, which keep them, or leave it out"):
+        ensemble_folders(dirs, tmp_path / "out", num_workers=1, file_ending=ending)
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_png_ending_is_written_for_predictions_of_pngs(tmp_path):

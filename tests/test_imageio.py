@@ -22,6 +22,8 @@ from autoseg.dataset.imageio import Geometry, read_case_images, read_image, read
 from autoseg.errors import DatasetError
 from conftest import DRIVE, DRIVE_CROP, HIPPOCAMPUS, SHARED_DATA, drive_crop
 
+SHEARED = Geometry(spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0),
+                   direction=(1.0, 0.2873, 0.0, 0.0, 0.9578, 0.0, 0.0, 0.0, 1.0))  # x sheared along y: no rotation
 GEOMETRY = Geometry(
     spacing=(3.0, 0.7, 0.8),
     origin=(10.5, -20.25, 3.0),
@@ -732,6 +734,10 @@ def test_a_nrrd_or_metaimage_compressed_a_thousandfold_is_read(tmp_path: Path, e
                                           r"-1\) vs \(1, 0, 0, 0, 1, 0, 0, 0, 1\) as written\); use \.nii\.gz, \.nrrd or \.mha"),
     ("shifted.tif", (2, 3, 4), np.uint8, r"\.tif cannot hold this image's geometry \(direction .*; origin \(10\.5, "
                                          r"-20\.25, 3\) vs \(0, 0, 0\)"),
+    # NIfTI stores rotations only: ITK wrote a sheared direction as its nearest rotation
+    ("sheared.nii.gz", (2, 3, 4), np.uint8, r"\.nii\.gz cannot hold this image's geometry \(direction \(1, 0\.2873, 0, 0, "
+                                            r"0\.9578, 0, 0, 0, 1\) is sheared, not a rotation, which NIfTI cannot store "
+                                            r"as written\); use \.nrrd or \.mha"),
 ])
 def test_an_image_its_format_cannot_hold_is_refused_with_the_format_to_use(
     tmp_path: Path, name: str, shape: tuple[int, ...], dtype: type, expected: str
@@ -742,7 +748,8 @@ def test_an_image_its_format_cannot_hold_is_refused_with_the_format_to_use(
     from autoseg.dataset.imageio import unwritable_problem
 
     path = tmp_path / name
-    geometry = GEOMETRY if name.startswith(("rotated", "shifted")) else Geometry.default(shape)
+    geometry = GEOMETRY if name.startswith(("rotated", "shifted")) else SHEARED if name.startswith("sheared") \
+        else Geometry.default(shape)
     assert unwritable_problem(path, shape, dtype, geometry) is not None
     with pytest.raises(DatasetError, match=re.escape(str(path)) + ": .*" + expected):
         write_image(np.zeros(shape, dtype), geometry, path)

@@ -46,6 +46,7 @@ sitk.ProcessObject_SetGlobalWarningDisplay(False)
 # stderr beside autoseg's own line naming the file; its errors still reach autoseg as exceptions.
 logging.getLogger("tifffile").setLevel(logging.CRITICAL)
 
+NIFTI_ENDINGS = (".nii.gz", ".nii")
 SITK_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".gipl", ".gipl.gz")
 # A header whose voxels lie in a separate data file that it names (MetaImage ElementDataFile, NRRD "data file").
 DETACHED_HEADER_KEYS = {".mhd": ("elementdatafile",), ".nhdr": ("data file", "datafile")}
@@ -1550,15 +1551,31 @@ def unwritable_problem(
         return (f"{path}: {np.dtype(dtype)} voxels cannot be written as {ending} (GIPL holds no 32- or 64-bit "
                 "integers); use .nii.gz, .nrrd or .mha")
     if geometry is not None and (lost := _geometry_lost_in(ending, geometry)):
-        return (f"{path}: {ending} cannot hold this image's geometry ({'; '.join(lost)} as written); use .nii.gz, "
-                ".nrrd or .mha, which keep it")
+        return (f"{path}: {ending} cannot hold this image's geometry ({'; '.join(lost)} as written); use "
+                f"{endings_keeping_geometry(ending)}, which keep it")
     return None
+
+
+def endings_keeping_geometry(ending: str) -> str:
+    """The endings to name instead of ``ending`` for an image it cannot hold the geometry of: NIfTI keeps what GIPL
+    and TIFF lose, but no sheared direction, which only NRRD and MetaImage keep."""
+    return ".nrrd or .mha" if ending in NIFTI_ENDINGS else ".nii.gz, .nrrd or .mha"
+
+
+def is_orthonormal(direction: Sequence[float]) -> bool:
+    """Whether a flattened square direction matrix is a rotation (or reflection), to ``GEOMETRY_TOLERANCE``."""
+    size = math.isqrt(len(direction))
+    matrix = np.asarray(direction, dtype=np.float64).reshape(size, size)
+    return bool(np.abs(matrix.T @ matrix - np.eye(size)).max() <= GEOMETRY_TOLERANCE)
 
 
 def _geometry_lost_in(ending: str, geometry: Geometry) -> list[str]:
     """What of a 3D ``geometry`` a file of ``ending`` would drop, as ``geometry_differences`` words it: GIPL stores no
     direction and a 3D TIFF only its spacing, so a rotated or shifted image was written in silence as an upright one
-    at the origin (read back, its labels lay elsewhere than its image's)."""
+    at the origin (read back, its labels lay elsewhere than its image's). NIfTI stores rotations only: ITK wrote a
+    sheared direction as its nearest rotation, in silence (predict writes such a case as .nrrd)."""
+    if ending in NIFTI_ENDINGS and not is_orthonormal(geometry.direction):
+        return [f"direction {_fmt(geometry.direction)} is sheared, not a rotation, which NIfTI cannot store"]
     if geometry.is_2d or ending not in (".gipl", ".gipl.gz", *TIFF_ENDINGS):
         return []
     origin = geometry.origin if ending in (".gipl", ".gipl.gz") else (0.0,) * len(geometry.origin)

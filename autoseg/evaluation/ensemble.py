@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from autoseg.dataset.imageio import (
-    NATURAL_2D_ENDINGS, SUPPORTED_ENDINGS, Geometry, geometry_differences, geometry_lost_in, is_image_ending,
+    SUPPORTED_ENDINGS, Geometry, endings_keeping_geometry, geometry_differences, geometry_lost_in, is_image_ending,
     spelled_ending, write_image,
 )
 from autoseg.errors import EvaluationError
@@ -123,16 +123,16 @@ def _check_file_ending(ending: str) -> str:
 def _refuse_geometry_lost(folder: Path, cases: Sequence[str], ending: str) -> None:
     """Refuse, before any case, a picture ending (PNG, BMP, a TIFF) that cannot hold the geometry of a case (from
     ``folder``'s sidecars): ``--file-ending .png`` over 2D NIfTI predictions of 0.5 mm pixels wrote label maps read
-    back as 1 mm pixels at the origin, in silence, and a 3D TIFF of a shifted volume was refused case by case."""
-    if ending.lower() not in NATURAL_2D_ENDINGS:
-        return
+    back as 1 mm pixels at the origin, in silence, and a 3D TIFF of a shifted volume was refused case by case; so is
+    NIfTI for a sheared case, which it wrote with the direction turned into a rotation (predict writes it as .nrrd)."""
     for case in cases:
         geometry = _sidecar_geometry(probability_paths(folder, case).sidecar, read_sidecar(folder, case, EvaluationError), case)
         lost = geometry_lost_in(ending.lower(), geometry)
         if lost:
             raise EvaluationError(
                 f"--file-ending {ending}: cannot hold the voxel spacing, origin or direction of case {case} (case vs file: "
-                f"{'; '.join(lost)}); give --file-ending .nii.gz or .nrrd, which keep them, or leave it out"
+                f"{'; '.join(lost)}); give --file-ending {endings_keeping_geometry(ending.lower())}, which keep them, or "
+                "leave it out (each case then keeps the ending predict gave it)"
             )
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import sys
 import time
@@ -24,13 +23,13 @@ import SimpleITK as sitk
 from autoseg.dataset.cases import CHANNEL_SUFFIX, channel_file_gaps
 from autoseg.dataset.description import DatasetDescription, channel_list
 from autoseg.dataset.imageio import (
-    GEOMETRY_TOLERANCE,
     NATURAL_2D_ENDINGS,
     SUPPORTED_ENDINGS,
     Geometry,
     case_nonfinite_voxels,
     damaged_dicom_refusal,
     image_ending,
+    is_orthonormal,
     read_case_images,
     unwritable_problem,
     write_image,
@@ -270,11 +269,7 @@ def _nifti_holds(path: Path) -> bool:
         reader.ReadImageInformation()
     except RuntimeError:
         return True
-    direction = np.asarray(reader.GetDirection(), dtype=np.float64)
-    n = math.isqrt(direction.size)
-    matrix = direction.reshape(n, n)
-    orthonormal = bool(np.abs(matrix.T @ matrix - np.eye(n)).max() <= GEOMETRY_TOLERANCE)
-    return orthonormal and unwritable_problem(Path(f"label{DEFAULT_OUTPUT_ENDING}"), reader.GetSize(), np.uint8) is None
+    return is_orthonormal(reader.GetDirection()) and unwritable_problem(Path(f"label{DEFAULT_OUTPUT_ENDING}"), reader.GetSize(), np.uint8) is None
 
 
 def output_ending(case: InputCase, dataset_ending: str) -> str:
