@@ -500,6 +500,11 @@ def test_load_plans_errors(tmp_path):
     ("predicted_seconds_per_iteration", float("nan"), r"configuration '3d_fullres': predicted_seconds_per_iteration nan is not a number >= 0"),
     ("recipe_seconds_per_iteration", -1.0, r"configuration '3d_fullres': recipe_seconds_per_iteration -1.0 is not a number >= 0"),
     ("memory_model", 5, r"configuration '3d_fullres': memory_model 5 is not a JSON object \(or null\)"),
+    # other keys, or a count that is no number, stopped training with an internal TypeError
+    ("memory_model", {"bytes": 5}, r"configuration '3d_fullres': memory_model \{'bytes': 5\} is not a JSON object \(or null\) "
+                                   r"holding numbers >= 0 for parameter_bytes, activation_intercept, activation_per_voxel"),
+    ("memory_model", {"parameter_bytes": "5", "activation_intercept": 0.0, "activation_per_voxel": 1.0},
+     r"configuration '3d_fullres': memory_model .* holding numbers >= 0"),
     ("normalization", [{"scheme": "zcore"}], r"configuration '3d_fullres': normalization\[0\] scheme 'zcore' is not one of ct, zscore"),
     ("normalization", [{"scheme": "ct", "clip": [-100.0, 200.0], "mean": 10.0, "std": None}],
      r"configuration '3d_fullres': normalization\[0\] \(ct\) needs clip \[low, high\] with low <= high, a finite mean and std >= 0, got .* std None"),

@@ -126,6 +126,10 @@ def _positive(value: Any, integer: bool) -> bool:
     return is_finite_number(value, integer) and value > 0
 
 
+# The fields of planning/memory.py's MemoryModel a plan must hold (optimizer_buffers has a default).
+_MEMORY_MODEL_KEYS = ("parameter_bytes", "activation_intercept", "activation_per_voxel")
+
+
 def _check_costs(config: dict[str, Any], where: str, fix: str) -> None:
     """The predicted costs that ``--transfer-plans-from`` takes from a source plan (a file or model zip made
     elsewhere) to refit the target's schedule: "fast" or NaN seconds per iteration stopped plan with an internal
@@ -135,8 +139,20 @@ def _check_costs(config: dict[str, Any], where: str, fix: str) -> None:
         value = config.get(key)
         if value is not None and not (is_finite_number(value) and value >= 0):  # 0: rounded, a step under 0.1 ms
             raise PlanError(f"{where}: {key} {value!r} is not a number >= 0 (or null); {fix}")
-    if config.get("memory_model") is not None and not isinstance(config["memory_model"], dict):
-        raise PlanError(f"{where}: memory_model {config['memory_model']!r} is not a JSON object (or null); {fix}")
+    _check_memory_model(config.get("memory_model"), where, fix)
+
+
+def _check_memory_model(model: Any, where: str, fix: str) -> None:
+    """A memory model of ``planning/memory.py: MemoryModel``'s fields (or null): an object with other keys
+    stopped training (and plan's refit) with an internal TypeError, a count of "5" or NaN mispredicted the memory.
+    Plain keys here, so that reading a plans file needs no torch."""
+    if model is None:
+        return
+    keys = set(model) if isinstance(model, dict) else set()
+    if not isinstance(model, dict) or not set(_MEMORY_MODEL_KEYS) <= keys <= {*_MEMORY_MODEL_KEYS, "optimizer_buffers"} \
+            or not all(is_finite_number(v) and v >= 0 for v in model.values()):
+        raise PlanError(f"{where}: memory_model {model!r} is not a JSON object (or null) holding numbers >= 0 for "
+                        f"{', '.join(_MEMORY_MODEL_KEYS)} (and optionally optimizer_buffers); {fix}")
 
 
 def _check_grid(config: dict[str, Any], source: str, name: str, fix: str) -> None:
