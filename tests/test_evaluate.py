@@ -86,6 +86,26 @@ def test_missing_reference_is_named(folders):
         evaluate_folders(pred_dir, ref_dir, LABELS, num_workers=1, file_ending=".nii.gz")
 
 
+def test_predictions_of_another_ending_are_matched(folders):
+    """predict writes a case NIfTI cannot hold (a sheared one) as .nrrd beside the dataset's .nii.gz: evaluate left
+    it out without a word. It is scored against a reference of its ending or the dataset's; two files of one case
+    are refused."""
+    pred_dir, ref_dir = folders
+    seg, geometry = read_image(pred_dir / "c1.nii.gz")
+    (pred_dir / "c1.nii.gz").unlink()
+    write_image(seg, geometry, pred_dir / "c1.nrrd")
+    summary = evaluate_folders(pred_dir, ref_dir, LABELS, num_workers=1, file_ending=".nii.gz")
+    assert [(row["case_id"], Path(row["prediction_file"]).name, Path(row["reference_file"]).name)
+            for row in summary["metric_per_case"]] == [("c1", "c1.nrrd", "c1.nii.gz"), ("c2", "c2.nii.gz", "c2.nii.gz")]
+    assert summary["metric_per_case"][0]["metrics"]["a"]["dice"] == pytest.approx(2 * 20 / 44)
+    write_image(*read_image(ref_dir / "c1.nii.gz"), ref_dir / "c1.nrrd")
+    summary = evaluate_folders(pred_dir, ref_dir, LABELS, num_workers=1, file_ending=".nii.gz")
+    assert Path(summary["metric_per_case"][0]["reference_file"]).name == "c1.nrrd"
+    write_image(seg, geometry, pred_dir / "c1.nii.gz")
+    with pytest.raises(EvaluationError, match=r"pred: c1\.nii\.gz and c1\.nrrd are two label maps of case c1; keep one"):
+        evaluate_folders(pred_dir, ref_dir, LABELS, num_workers=1, file_ending=".nii.gz")
+
+
 def test_a_case_id_that_is_not_utf8_is_shown_as_its_path_is(folders):
     """A file name in Latin-1 (``odd\\xff``) is refused naming the path with ``\\xff``; the case id before it
     was shown as ``odd\\udcff``, which names no file."""

@@ -316,6 +316,18 @@ def test_apply_postprocesses_label_maps_of_another_ending_too(tmp_path):
         apply_to_folder(preds, tmp_path / "out2", decision, num_workers=1)
 
 
+def test_determine_scores_predictions_of_another_ending_too(tmp_path):
+    """A .nrrd prediction (predict's output for a case NIfTI cannot hold) of a .nii.gz dataset was left out of
+    determine without a word: its Dice did not count. It is scored against its reference of the dataset's ending."""
+    preds, refs = _make_cv_folders(tmp_path)
+    expected = determine_postprocessing(preds, refs, LABELS, num_workers=1, file_ending=".nii.gz", output_json=tmp_path / "a.json")
+    seg, geometry = read_image(preds / "case0.nii.gz")
+    (preds / "case0.nii.gz").unlink()
+    write_image(seg, geometry, preds / "case0.nrrd")
+    decision = determine_postprocessing(preds, refs, LABELS, num_workers=1, file_ending=".nii.gz")
+    assert decision["dice_before"] == expected["dice_before"] and decision["steps"] == expected["steps"]
+
+
 def _folder_bytes(folder):
     return {p.name: p.read_bytes() for p in folder.iterdir()}
 

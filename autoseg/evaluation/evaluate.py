@@ -399,22 +399,44 @@ def unpredicted_references(summary: Mapping[str, Any], file_ending: str) -> list
     return sorted(set(list_cases(Path(summary["reference_folder"]), file_ending)) - scored)
 
 
+def label_maps(folder: Path) -> dict[str, Path]:
+    """Case id -> label map for every image file of ``folder``, of the dataset's ending or another: predict writes a
+    case NIfTI cannot hold (a sheared one) as ``.nrrd`` beside the dataset's ``.nii.gz``, and evaluate, postprocess
+    determine and apply left it out without a word. Two files of one case are refused (which one is the case's?)."""
+    require_folder(folder)
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        ending = spelled_ending(path)
+        if not ending or path.name.startswith(".") or not path.is_file():
+            continue
+        case = path.name[: -len(ending)]
+        if case in found:
+            raise EvaluationError(f"{folder}: {found[case].name} and {path.name} are two label maps of case {case}; "
+                                  "keep one (move the other out)")
+        found[case] = path
+    return found
+
+
 def match_cases(
     pred_dir: Path, ref_dir: Path, file_ending: str, case_ids: Sequence[str] | None = None
 ) -> dict[str, tuple[Path, Path]]:
-    """Case id -> (prediction, reference); every case needs both (default cases: all predictions)."""
-    predictions = list_cases(pred_dir, file_ending)
+    """Case id -> (prediction, reference); every case needs both (default cases: all predictions, of any image
+    ending). A prediction's reference has its ending, or the dataset's (a .nrrd prediction of a .nii.gz reference)."""
+    predictions = label_maps(pred_dir)
     require_folder(ref_dir, "reference label maps", REFERENCE_FOLDER)  # not the first case's missing reference
     cases = sorted(predictions) if case_ids is None else list(case_ids)
     if not cases:
         raise EvaluationError(f"{pred_dir}: no predictions ending in {file_ending!r} to evaluate")
     pairs = {}
     for case in cases:
-        pred, ref = pred_dir / f"{case}{file_ending}", ref_dir / f"{case}{file_ending}"
+        pred = predictions.get(case, pred_dir / f"{case}{file_ending}")
         if not pred.is_file():
             raise EvaluationError(f"{pred}: prediction of case {case} not found; predict it or leave it out")
-        if not ref.is_file():
-            raise EvaluationError(f"{ref}: reference of case {case} not found (prediction {pred}); add it or remove the prediction")
+        references = [ref_dir / f"{case}{ending}" for ending in dict.fromkeys((spelled_ending(pred), file_ending))]
+        ref = next((path for path in references if path.is_file()), None)
+        if ref is None:
+            raise EvaluationError(f"{references[-1]}: reference of case {case} not found (prediction {pred}); add it or "
+                                  "remove the prediction")
         pairs[case] = (pred, ref)
     return pairs
 

@@ -28,11 +28,11 @@ import numpy as np
 
 from autoseg.utils.jsonio import read_json
 from autoseg.dataset.description import DatasetDescription
-from autoseg.dataset.imageio import SUPPORTED_ENDINGS, is_image_ending, read_image, spelled_ending, write_image
+from autoseg.dataset.imageio import SUPPORTED_ENDINGS, is_image_ending, read_image, write_image
 from autoseg.dataset.verify import label_value_problem
 from autoseg.errors import EvaluationError
 from autoseg.evaluation.evaluate import (
-    check_integer_labels, declared_values, match_cases, raise_failures, read_checked_pair, require_folder,
+    check_integer_labels, declared_values, label_maps, match_cases, raise_failures, read_checked_pair, require_folder,
     resolve_file_ending,
 )
 from autoseg.evaluation.metrics import SegClass, case_metrics, evaluation_classes
@@ -338,24 +338,6 @@ def _input_record(input_dir: Path, files: Mapping[str, Path], decision: Mapping[
     return input_entry(input_dir, list(files.values()), steps_sha256=hashlib.sha256(steps).hexdigest())
 
 
-def _label_maps(folder: Path) -> dict[str, Path]:
-    """Case id -> label map for every image file of ``folder``, of the decision's ending or another: predict writes a
-    case NIfTI cannot hold (a sheared one) as ``.nrrd`` beside the dataset's ``.nii.gz``, and apply left it out
-    without a word. Two files of one case are refused (their outputs would be two label maps of it)."""
-    require_folder(folder)
-    found: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        ending = spelled_ending(path)
-        if not ending or path.name.startswith(".") or not path.is_file():
-            continue
-        case = path.name[: -len(ending)]
-        if case in found:
-            raise EvaluationError(f"{folder}: {found[case].name} and {path.name} are two label maps of case {case}; "
-                                  "keep one (move the other out)")
-        found[case] = path
-    return found
-
-
 def apply_to_folder(
     input_dir: str | Path,
     output_dir: str | Path,
@@ -371,7 +353,7 @@ def apply_to_folder(
         decision = check_decision(dict(decision_json), "decision_json (the decision given)")
     else:
         decision = load_decision(decision_json)
-    files = _label_maps(input_dir)
+    files = label_maps(input_dir)
     if not files:
         raise EvaluationError(f"{input_dir}: no label maps (e.g. <case>{decision['file_ending']}) to postprocess")
     check_output_folder(output_dir, EvaluationError, [input_dir])
