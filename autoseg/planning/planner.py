@@ -361,6 +361,12 @@ class _Candidate:
     iterations: int
     validation_fits: bool = True
 
+    @property
+    def planned_iterations(self) -> int:
+        """The measured ``iterations`` rounded to whole epochs (``schedule``), as the plan's ``num_iterations``
+        and its table hold them: the notes named the unrounded count (1219 beside the table's 1216)."""
+        return T.schedule(self.iterations)[0]
+
 
 @dataclass
 class _Costs:
@@ -573,7 +579,7 @@ def _below_floor_note(ctx: _Context, name: str, best: _Candidate) -> str:
     said = (f"{name}: at the reference speed recipes are chosen at, the budget of {ctx.budget_seconds:.0f} s affords "
             f"no recipe with {C.ITERATION_FLOOR} iterations and enough context at any spacing; planned the one with "
             f"the most (patch {best.patch}: {best.recipe_iterations} iterations at the reference speed, "
-            f"{best.iterations} at this machine's measured speed)")
+            f"{best.planned_iterations} at this machine's measured speed)")
     if best.iterations >= C.ITERATION_FLOOR:
         return said + "; a slower machine would train fewer, so give a larger --budget where the plan is reused"
     return said + "; expect a weak model or give a larger --budget"
@@ -609,7 +615,7 @@ def _coarsest_drawn(ctx: _Context, name: str, fingerprint: dict[str, Any], forwa
         if (recipe.spacing, recipe.patch, recipe.width) != (chosen.spacing, chosen.patch, chosen.width):
             ctx.notes.append(
                 f"{name}: planned at {_mm(spacing)} mm with the patch {recipe.patch} that trains the most iterations "
-                f"({recipe.iterations}, against {chosen.iterations} for {chosen.patch} at {_mm(chosen.spacing)} mm): "
+                f"({recipe.planned_iterations}, against {chosen.planned_iterations} for {chosen.patch} at {_mm(chosen.spacing)} mm): "
                 f"the typical structure ({structure_mm:.3g} mm thick) keeps {C.COARSE_STRUCTURE_VOXELS:g} voxels across")
         return recipe
     return chosen
@@ -666,7 +672,7 @@ def _most_iterations_drawn(ctx: _Context, name: str, fingerprint: dict[str, Any]
         f"{name}: not coarser than {_mm(drawn[1:])} mm, where the typical structure ({structure_mm:.3g} mm thick) "
         f"keeps {C.MIN_STRUCTURE_VOXELS:g} voxels across; no patch there reaches {C.ITERATION_FLOOR} iterations at "
         f"the reference speed, so the one with the most within the context rule (patch {best.patch}: "
-        f"{best.recipe_iterations} iterations at the reference speed, {best.iterations} at this machine's measured "
+        f"{best.recipe_iterations} iterations at the reference speed, {best.planned_iterations} at this machine's measured "
         "speed); expect a weak model or give a larger --budget")
     return best
 
