@@ -739,6 +739,25 @@ def test_dicom_folder_given_as_dot_is_named_by_its_folder(tmp_path: Path, monkey
     assert [case.case_id for case in discover_cases(tmp_path / "patient42")] == ["patient42"]
 
 
+def test_a_subfolder_without_dicom_files_is_skipped_with_a_note(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``IN/notes/x.txt`` beside ``IN/a_0000.nii.gz`` was predicted as a DICOM series: ITK printed some 20 lines of
+    HDF5 diagnostics and the case failed. A subfolder of DICOM files, even damaged ones, is still a case."""
+    (tmp_path / "a_0000.nii.gz").write_bytes(b"")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "x.txt").write_text("not DICOM")
+    shutil.copytree(DICOM_SERIES, tmp_path / "series")
+    (tmp_path / "damaged").mkdir()
+    first = sorted(DICOM_SERIES.iterdir())[0]
+    (tmp_path / "damaged" / first.name).write_bytes(first.read_bytes()[:300])  # cut short: GDCM reads no series
+    assert [case.case_id for case in discover_cases(tmp_path)] == ["a", "damaged", "series"]
+    assert capsys.readouterr().err == (f"note: {tmp_path}: skipped subfolder(s) notes: no DICOM files in them (a DICOM "
+                                       "series is read from a folder of its slice files)\n")
+    for name in ("a_0000.nii.gz", "series", "damaged"):
+        shutil.rmtree(tmp_path / name) if (tmp_path / name).is_dir() else (tmp_path / name).unlink()
+    with pytest.raises(InferenceError, match=r"no images found \(not images: notes\); expected <case>_0000<ending>"):
+        discover_cases(tmp_path)
+
+
 def test_overwrite_input_gives_the_same_prediction_and_only_then_changes_the_input(model_3d: Path) -> None:
     model = load_model(model_3d, folds=[0])
     data, geometry = hippocampus_case()

@@ -125,6 +125,13 @@ def _is_dicom_folder(folder: Path) -> bool:
         return False
 
 
+def _holds_dicom_files(folder: Path) -> bool:
+    """Whether ``folder`` holds a DICOM file, readable or damaged (``damaged_dicom_refusal`` names those): a subfolder
+    of notes beside the case files was predicted as a DICOM series and failed, ITK printing HDF5 diagnostics."""
+    files = (p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file())
+    return any(_is_dicom_file(p) for p in files) or damaged_dicom_refusal(folder) is not None
+
+
 def _is_dicom_file(path: Path) -> bool:
     """Whether GDCM reads file ``path`` (DICOM files often have no ending, so it is asked, not the name)."""
     return sitk.ImageFileReader().GetImageIOFromFileName(str(path)) == "GDCMImageIO"
@@ -208,13 +215,19 @@ def discover_cases(input_path: str | Path) -> list[InputCase]:
         _add(cases, path, Path(os.path.abspath(path)).name)
     else:
         _refuse_loose_dicom_files(path)
+        not_series = []
         for entry in sorted(path.iterdir()):
             if entry.name.startswith("."):
                 continue
-            if entry.is_dir():
+            if entry.is_dir() and not _holds_dicom_files(entry):
+                not_series.append(entry.name)
+            elif entry.is_dir():
                 _add(cases, entry, entry.name)
             elif (ending := image_ending(entry)):
                 _add(cases, entry, entry.name[: -len(ending)])
+        if cases and not_series:
+            print(f"note: {path}: skipped subfolder(s) {', '.join(not_series)}: no DICOM files in them (a DICOM series "
+                  "is read from a folder of its slice files)", file=sys.stderr)
     if not cases:
         if path.is_dir() and (problem := damaged_dicom_refusal(path)):  # was 'no images found (not images: 1.dcm)'
             raise InferenceError(problem)
