@@ -512,3 +512,26 @@ def test_a_2d_prediction_of_a_one_slice_3d_reference_is_named_as_such(tmp_path):
     with pytest.raises(EvaluationError, match=r"pred/c1\.nii\.gz: 2D \(no slice axis\) vs 3D: save both as 2D or both as 3D "
                                               r"\(prediction vs the reference .*ref/c1\.nii\.gz\)"):
         evaluate_folders(tmp_path / "pred", tmp_path / "ref", LABELS, tmp_path / "out", num_workers=1, file_ending=".nii.gz")
+
+
+def test_predictions_of_a_test_folder_take_the_dataset_json_of_their_model(tmp_path, monkeypatch):
+    """A test folder's references have no dataset.json beside them: the labels were taken from the values found
+    in them (the ignore label scored as a class), and predict_info.json held the model folder as typed (relative),
+    so it could not be found from another folder. The record now holds the absolute path, and evaluate takes the
+    dataset.json of the model it names."""
+    from test_inference_predict import make_model
+
+    make_model(tmp_path / "models", "3d_fullres", folds=("0",))
+    (tmp_path / "in").mkdir()
+    shutil.copy(HIPPOCAMPUS / "imagesTr" / "hippocampus_001_0000.nii.gz", tmp_path / "in")
+    (tmp_path / "test_labels").mkdir()
+    shutil.copy(HIPPOCAMPUS / "labelsTr" / "hippocampus_001.nii.gz", tmp_path / "test_labels")
+    monkeypatch.chdir(tmp_path)
+    autoseg("predict", "-i", "in", "-o", "pred", "-m", "models/Dataset999_Test/unet__autosegPlans__3d_fullres", "--no-tta")
+    record = json.loads((tmp_path / "pred" / "predict_info.json").read_text())
+    assert record["model_folder"] == str(tmp_path.resolve() / "models" / "Dataset999_Test" / "unet__autosegPlans__3d_fullres")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    autoseg("evaluate", "-p", tmp_path / "pred", "-r", tmp_path / "test_labels", "-np", 1)
+    summary = json.loads((tmp_path / "pred" / "summary.json").read_text())
+    assert summary["classes"] == {"Anterior": [1], "Posterior": [2]}

@@ -33,7 +33,7 @@ from autoseg.evaluation.metrics import (
     mean_metrics,
 )
 from autoseg.utils.atomic import atomic_write_json, atomic_write_text, require_writable
-from autoseg.utils.output_folders import check_output_folder, describe_symlink_loop, symlink_loop
+from autoseg.utils.output_folders import check_output_folder, describe_symlink_loop, predicting_model_folder, symlink_loop
 from autoseg.utils.progress import Failure, parallel_map, stage_workers
 
 SUMMARY_VERSION = 1
@@ -46,12 +46,16 @@ REFERENCE_FOLDER = "reference folder (-r/--ref)"
 def find_description(pred_dir: Path, ref_dir: Path) -> DatasetDescription:
     """The ``dataset.json`` beside the references (raw ``labelsTr/..``), in the prediction folder or its
     parent (a model folder holds one beside its ``crossval_folds_*/``), or in the model folder of a fold's
-    ``validation/``, for when none is given. The preprocessed ``gt_segmentations/..`` holds none: a fold's
+    ``validation/``, or in the model folder the predictions' ``predict_info.json`` names, for when none is
+    given. The preprocessed ``gt_segmentations/..`` holds none: a fold's
     validation evaluated against it took the references' values as classes, the ignore label scored as
     one and its voxels as background in the others."""
     folders = [ref_dir.parent, ref_dir, pred_dir, pred_dir.parent]
     if pred_dir.parent.name.startswith("fold_"):
         folders.append(pred_dir.parent.parent)
+    model = predicting_model_folder(pred_dir)  # a test folder's predictions: the dataset.json of their model
+    if model is not None:
+        folders.append(model)
     for folder in folders:
         if (folder / "dataset.json").is_file():
             return load_description(folder)

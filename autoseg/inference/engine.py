@@ -94,7 +94,7 @@ class LoadedModel:
     def info(self) -> dict[str, Any]:
         """What ``predict_info.json`` records about the model."""
         return {
-            "model_folder": str(self.folder),
+            "model_folder": str(self.folder.absolute()),  # as typed (relative), later commands elsewhere could not find it
             "dataset_name": self.plans.get("dataset_name"),
             "configuration": self.configuration_name,
             "plans_name": self.plans.get("plans_name"),

@@ -178,6 +178,18 @@ def _read_record(path: Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
+def predicting_model_folder(pred_dir: Path) -> Path | None:
+    """The model folder the ``predict_info.json`` of ``pred_dir`` names, if it is still a folder: where
+    ``evaluate`` finds the dataset.json of predictions of a test folder that has none beside it (the ignore
+    label was scored as a class). Records written before predict stored the absolute path hold it as typed,
+    relative to where predict ran, and are taken from the current folder."""
+    record = _read_record(pred_dir / PREDICT_RECORD)
+    folder = record.get("model_folder") if record is not None else None
+    if not isinstance(folder, str) or not folder:
+        return None
+    return Path(folder) if Path(folder).is_dir() else None
+
+
 def _refuse_another_run(
     output: Path, previous: Mapping[str, Any] | None, record: Mapping[str, Any], error: type[Exception]
 ) -> None:
