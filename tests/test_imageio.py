@@ -859,13 +859,17 @@ def test_unsupported_ending_and_missing_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("spelled", [".MHA", ".Nii.gz", ".GIPL"])
-def test_an_ending_itk_reads_in_no_such_case_is_named_with_the_fix(tmp_path: Path, spelled: str) -> None:
-    """ITK reads .NII.GZ but not .MHA or .Nii.gz: say so (was: 'cannot be read (truncated or corrupt file?)')."""
+def test_an_ending_itk_reads_in_no_such_case_is_named_with_the_fix(
+        tmp_path: Path, spelled: str, capfd: pytest.CaptureFixture[str]) -> None:
+    """ITK reads .NII.GZ but not .MHA or .Nii.gz: say so (was: 'cannot be read (truncated or corrupt file?)'), and
+    before ITK is asked, which printed '** mixed case extension '.Nii.gz' is not valid' four times."""
     write_image(np.zeros((2, 3, 4), np.uint8), Geometry.default((2, 3, 4)), tmp_path / f"a{spelled.lower()}")
     (tmp_path / f"a{spelled.lower()}").rename(tmp_path / f"a{spelled}")
+    capfd.readouterr()
     with pytest.raises(DatasetError, match=rf"a{spelled}: ITK, the image reader, does not read the ending '{spelled}' in "
                                           rf"this case; rename the files to end in '{spelled.lower()}'"):
         read_image(tmp_path / f"a{spelled}")
+    assert capfd.readouterr().err == ""
     write_image(np.zeros((2, 3, 4), np.uint8), Geometry.default((2, 3, 4)), tmp_path / "b.NII.GZ")
     assert read_image(tmp_path / "b.NII.GZ")[0].shape == (2, 3, 4)
 

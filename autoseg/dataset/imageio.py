@@ -173,6 +173,10 @@ def read_image(path: str | Path) -> tuple[np.ndarray, Geometry]:
         return _read_tiff_volume(path, *volume_spacing)
     if ending in NATURAL_2D_ENDINGS:
         return _read_natural_2d(path)
+    if not itk_reads_spelling(path):  # asked first: ITK printed '** mixed case extension ... is not valid' 4 times
+        spelled = path.name[-len(ending):]
+        raise DatasetError(f"{path}: ITK, the image reader, does not read the ending '{spelled}' in this case; rename "
+                           f"the files to end in '{ending}' (and set dataset.json's file_ending to '{ending}')")
     try:
         # Before ITK reads: it zero-fills the missing part of a truncated NIfTI without any error, after allocating
         # what the header claims (a 400-byte file claiming 1000^3 voxels took 4 GB and 15 s, a larger claim more
@@ -197,12 +201,6 @@ def read_image(path: str | Path) -> tuple[np.ndarray, Geometry]:
         if "Refusing to change spacing" in str(exc):  # ITK's words for a zero or NaN voxel size
             raise DatasetError(f"{path}: voxel spacing is zero or not a number ({_first_line(exc)}); fix the header's "
                                "voxel size") from None
-        spelled = path.name[-len(ending):]
-        if spelled != ending:  # ITK reads .NII.GZ and .NRRD, but neither .MHA nor mixed case such as .Nii.gz
-            raise DatasetError(
-                f"{path}: ITK, the image reader, does not read the ending '{spelled}' in this case; rename the files "
-                f"to end in '{ending}' (and set dataset.json's file_ending to '{ending}')"
-            ) from None
         if ending == ".nii" and is_gzip(path):  # ITK picks its reader by the name alone
             raise DatasetError(f"{path}: is gzip-compressed but named .nii, which ITK cannot read; rename it to "
                                f"{path.name}.gz (and set dataset.json's file_ending to '.nii.gz')") from None
