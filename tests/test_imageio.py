@@ -1353,6 +1353,19 @@ def test_png_labels_above_255_are_written_as_16_bit(tmp_path: Path) -> None:
         write_image(-labels, Geometry.default((1, 1, 3)), tmp_path / "negative.png")
 
 
+def test_bmp_labels_are_written_as_8_bit_and_labels_above_255_refused(tmp_path: Path) -> None:
+    """A uint16 label map (an ensemble's labels above 255, or uint16 labels of small values) failed in Pillow with
+    'cannot write mode I;16 as BMP', an internal error; BMP holds 8-bit values."""
+    picture = Geometry((999.0, 1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0))
+    labels = np.array([[[0, 2, 255]]], np.uint16)
+    write_image(labels, picture, tmp_path / "l.bmp")
+    np.testing.assert_array_equal(read_image(tmp_path / "l.bmp")[0], labels)
+    with pytest.raises(DatasetError, match=r"big\.bmp: label value 300 cannot be written as \.bmp, which holds 8-bit "
+                                           r"values \(0\.\.255\); use \.png or \.tif"):
+        write_image(labels + 45, picture, tmp_path / "big.bmp")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["l.bmp"]
+
+
 @pytest.mark.parametrize("pixdim", [0.0, float("nan")])
 @pytest.mark.parametrize("ending", [".nii", ".nii.gz"])
 def test_a_nifti_without_a_voxel_size_is_refused_not_read_as_1_mm(tmp_path: Path, pixdim: float, ending: str) -> None:

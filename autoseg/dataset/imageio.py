@@ -1725,6 +1725,8 @@ def _write_natural_2d(array: np.ndarray, path: Path) -> None:
         if not is_integer_valued(image) or image.min(initial=0) < 0 or image.max(initial=0) > 65535:
             raise ValueError(f"{path}: PNG/TIF outputs need integer values in 0..65535")
         image = image.astype(np.uint16 if image.max(initial=0) > 255 else np.uint8)
+    if image_ending(path) == ".bmp":
+        image = _bmp_pixels(image, path)
     with atomic_path(path) as tmp:
         if image_ending(path) in TIFF_ENDINGS:
             # One grey page, said so: left to guess, tifffile took an image 3 or 4 pixels wide for RGB(A) samples
@@ -1734,6 +1736,15 @@ def _write_natural_2d(array: np.ndarray, path: Path) -> None:
             tifffile.imwrite(tmp, image, photometric="minisblack")
         else:
             skio.imsave(str(tmp), image, check_contrast=False)
+
+
+def _bmp_pixels(image: np.ndarray, path: Path) -> np.ndarray:
+    """``image`` as the 8-bit grey a BMP holds: a label map of 16-bit values (labels above 255, or uint16 ones of
+    any value) failed in Pillow with 'cannot write mode I;16 as BMP', an internal error after the prediction."""
+    if image.max(initial=0) > 255:
+        raise DatasetError(f"{path}: label value {image.max()} cannot be written as .bmp, which holds 8-bit values "
+                           "(0..255); use .png or .tif, which hold 16-bit ones")
+    return image.astype(np.uint8)
 
 
 def read_case_images(
