@@ -192,6 +192,16 @@ def test_an_explicit_file_ending_that_is_no_image_ending_is_refused_before_any_c
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("ending", [".Nii.gz", ".MHA"])
+def test_an_explicit_file_ending_itk_cannot_read_back_is_refused_before_any_case(tmp_path, ending):
+    """``--file-ending .Nii.gz`` failed in every case ('ITK ... cannot read the ending') and left a marked empty folder."""
+    dirs = _two_folders_of_case_x(tmp_path)
+    with pytest.raises(EvaluationError, match=rf"--file-ending '{re.escape(ending)}': ITK, the image reader, cannot read "
+                                              rf"this spelling back; give '{re.escape(ending.lower())}'"):
+        ensemble_folders(dirs, tmp_path / "out", num_workers=1, file_ending=ending)
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_explicit_file_ending_is_used_as_spelled(tmp_path):
     dirs = _two_folders_of_case_x(tmp_path)
     ensemble_folders(dirs, tmp_path / "out", num_workers=1, file_ending=".NRRD")

@@ -16,7 +16,7 @@ import numpy as np
 
 from autoseg.dataset.imageio import (
     SUPPORTED_ENDINGS, Geometry, endings_keeping_geometry, geometry_differences, geometry_lost_in, is_image_ending,
-    spelled_ending, write_image,
+    itk_reads_spelling, spelled_ending, write_image,
 )
 from autoseg.errors import EvaluationError
 from autoseg.evaluation.evaluate import raise_failures, require_folder
@@ -110,13 +110,17 @@ def _probability_cases(folder: Path) -> set[str]:
 
 
 def _check_file_ending(ending: str) -> str:
-    """An explicit ``--file-ending`` must be one the writer knows, dot included: checked before any case
-    is read (``nii.gz`` without its dot failed in every case, one message each)."""
+    """An explicit ``--file-ending`` must be one the writer knows, dot included, spelled so that ITK reads it back:
+    checked before any case is read (``nii.gz`` without its dot, or ``.Nii.gz`` and ``.MHA``, failed in every case,
+    one message each, and left a marked, empty output folder)."""
     if not is_image_ending(ending):
         raise EvaluationError(
             f"--file-ending {ending!r}: not an image file ending; give one of {', '.join(SUPPORTED_ENDINGS)} "
             "(with its leading dot)"
         )
+    if not itk_reads_spelling(f"case{ending}"):
+        raise EvaluationError(f"--file-ending {ending!r}: ITK, the image reader, cannot read this spelling back; give "
+                              f"{ending.lower()!r}")
     return ending
 
 
