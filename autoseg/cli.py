@@ -368,10 +368,10 @@ def predict(
         refuse_name_clashes(input, output, save_probabilities)
     with contextlib.ExitStack() as stack:
         if model_folder is not None and model_folder.suffix.lower() == ".zip" and model_folder.is_file() and engine == "torch":
-            from autoseg.evaluation.model_files import unpacked_model
+            from autoseg.evaluation.model_files import loaded_model_zip
 
-            model_folder = stack.enter_context(unpacked_model(model_folder, _folds(folds), checkpoint))
-        if model_folder is not None:
+            model = stack.enter_context(loaded_model_zip(model_folder, _folds(folds), checkpoint, device))
+        elif model_folder is not None:
             model = model_folder
         else:
             from autoseg.inference.model import find_model_folder

@@ -246,6 +246,25 @@ def test_export_and_unpacking_read_each_description_file_once(tmp_path: Path, mo
     assert not [n for n in reads if n.endswith(".json")]  # the zip's members, read from the zip, are all there is
 
 
+def test_predict_from_a_model_zip_loads_the_plans_and_dataset_json_the_zip_check_parsed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``predict -m model.zip``: load_model read and checked the unpacked plans.json and dataset.json a second
+    time after the zip's check had parsed them; it now takes the parsed ones (and still checks they agree)."""
+    import autoseg.inference.model as model_module
+    from conftest import HIPPOCAMPUS
+
+    zip_path = export_model(make_model_folder(tmp_path / "results"), tmp_path / "model.zip", folds=(0,))
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "case_0000.nii.gz").write_bytes((HIPPOCAMPUS / "imagesTr" / "hippocampus_001_0000.nii.gz").read_bytes())
+    read: list[object] = []
+    load_plans, read_json = model_module.load_plans, model_module._read_json
+    monkeypatch.setattr(model_module, "load_plans", lambda path: read.append(path) or load_plans(path))
+    monkeypatch.setattr(model_module, "_read_json", lambda path: read.append(path) or read_json(path))
+    autoseg("predict", "-i", tmp_path / "in", "-o", tmp_path / "out", "-m", zip_path, "-f", 0, "--no-tta")
+    assert (tmp_path / "out" / "case.nii.gz").is_file() and read == []
+
+
 def test_a_cascade_stage_is_neither_exported_nor_predicted_without_its_lowres_model(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -39,7 +39,8 @@ import torch
 from autoseg import __version__
 from autoseg.errors import AutosegError, EvaluationError, InferenceError, ModelFileError, PlanError
 from autoseg.evaluation.selection import ENSEMBLES_FOLDER, POSTPROCESSING_JSON, ensemble_model_names
-from autoseg.inference.model import build_network, check_fold_of_model, named_folder
+from autoseg.inference.engine import LoadedModel
+from autoseg.inference.model import ModelFiles, build_network, check_fold_of_model, load_model, named_folder
 from autoseg.paths import check_model_folder_name, results_root as default_results_root
 from autoseg.planning.plans import get_configuration, validate_plans
 from autoseg.utils.atomic import atomic_write_bytes, folder_lock, remove_stale_temporaries, staging_folder
@@ -476,6 +477,7 @@ class Installed:
     decisions: list[Path] = field(default_factory=list)  # ensembles' postprocessing.json
     manifest: dict[str, Any] = field(default_factory=dict)  # the zip's manifest.json
     plans: dict[str, dict[str, Any]] = field(default_factory=dict)  # model name -> its plans.json, as checked
+    datasets: dict[str, Any] = field(default_factory=dict)  # model name -> its parsed dataset.json, as checked
 
 
 def import_model(zip_path: str | Path, results_root: str | Path | None = None, overwrite: bool = False) -> list[Path]:
@@ -515,7 +517,7 @@ def install_model_file(zip_path: str | Path, results_root: str | Path | None = N
                 os.replace(staging / decision.relative_to(dataset_dir), decision)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    return Installed(targets, decisions, manifest, descriptions.plans)
+    return Installed(targets, decisions, manifest, descriptions.plans, descriptions.datasets)
 
 
 def _refuse_replacing_the_zip(zip_path: Path, replaced: Sequence[Path]) -> None:
@@ -598,6 +600,24 @@ def unpacked_model(zip_path: str | Path, folds: Sequence[int | str] | str | None
     The weights are loaded into their networks once, by predict's ``load_model`` inside the ``with`` block
     (import-model's check built every fold's network a second time); a refusal of a file of the unpacked
     folder names the zip member, not the temporary folder, gone by the time it is read."""
+    with _unpacked(zip_path, folds, checkpoint) as (folder, _):
+        yield folder
+
+
+@contextlib.contextmanager
+def loaded_model_zip(zip_path: str | Path, folds: Sequence[int | str] | str | None, checkpoint: str,
+                     device: str | torch.device | None) -> Iterator[LoadedModel]:
+    """``predict -m model.zip``: the model of ``unpacked_model`` loaded with the plans and dataset.json the
+    zip's check parsed (``load_model`` read and checked them a second time from the unpacked folder)."""
+    with _unpacked(zip_path, folds, checkpoint) as (folder, installed):
+        parsed = {name: ModelFiles(plans, installed.datasets[name]) for name, plans in installed.plans.items()}
+        yield load_model(folder, folds, checkpoint, device, parsed)
+
+
+@contextlib.contextmanager
+def _unpacked(zip_path: str | Path, folds: Sequence[int | str] | str | None,
+              checkpoint: str) -> Iterator[tuple[Path, Installed]]:
+    """``unpacked_model``'s folder, with what its check parsed."""
     with tempfile.TemporaryDirectory(prefix="autoseg-model-") as tmp:
         installed = install_model_file(zip_path, tmp, build_networks=False)
         _check_zip_holds(installed.manifest, Path(zip_path), folds, checkpoint)
@@ -610,7 +630,7 @@ def unpacked_model(zip_path: str | Path, folds: Sequence[int | str] | str | None
                                  "re-export it with both models (autoseg export-model -m {stage} -m {model}), or "
                                  "import it where {stage} is trained and predict from there")
         with _members_named_in(Path(zip_path), Path(tmp) / installed.manifest["dataset_name"]):
-            yield chosen[0]
+            yield chosen[0], installed
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -179,16 +180,34 @@ def _model_file_fix(path: Path) -> str:
     return "give a model folder, or a model zip from autoseg export-model under a name ending in .zip"
 
 
+@dataclass(frozen=True)
+class ModelFiles:
+    """A model folder's plans.json and dataset.json, parsed and checked."""
+
+    plans: dict[str, Any]
+    description: DatasetDescription
+
+
+def _read_model_files(folder: Path) -> ModelFiles:
+    """The plans.json and dataset.json of ``folder``, read and checked."""
+    if not (folder / "plans.json").is_file():
+        raise InferenceError(f"{folder / 'plans.json'}: not found; a model folder needs the plans it was trained with")
+    return ModelFiles(load_plans(folder / "plans.json"), parse_description(_read_json(folder / "dataset.json"), folder / "dataset.json"))
+
+
 def load_model(
     folder: str | Path,
     folds: Sequence[int | str] | str | None = None,
     checkpoint: str = DEFAULT_CHECKPOINT,
     device: str | torch.device | None = None,
+    parsed: Mapping[str, ModelFiles] | None = None,
 ) -> LoadedModel:
     """Load the model folder with the given folds (``None``: every numeric fold present, else ``all``).
 
     Raises ``InferenceError`` naming the missing file or fold and the fix. For a cascade configuration
     the ``previous_stage`` model is loaded from the sibling folder with the same folds and checkpoint.
+    ``parsed``: model folder name -> its files as a model zip's reader parsed and checked them (predict -m
+    model.zip), taken instead of reading the unpacked files a second time.
     """
     folder = named_folder(Path(folder))
     if folder.is_file():  # was 'model folder not found', of a file that is there (a model zip renamed)
@@ -197,11 +216,9 @@ def load_model(
         raise InferenceError(f"{folder}: model folder not found; give <results>/<Dataset>/<network>__<plans>__<configuration>")
     checkpoint_file_name = checkpoint_file(checkpoint, InferenceError)
     configuration_name = _configuration_from_folder(folder)
-    if not (folder / "plans.json").is_file():
-        raise InferenceError(f"{folder / 'plans.json'}: not found; a model folder needs the plans it was trained with")
-    plans = load_plans(folder / "plans.json")
+    files = (parsed or {}).get(folder.name) or _read_model_files(folder)
+    plans, description = files.plans, files.description
     configuration = get_configuration(plans, configuration_name)
-    description = parse_description(_read_json(folder / "dataset.json"), folder / "dataset.json")
     check_plans_match_dataset(
         plans, description, folder / "plans.json", folder / "dataset.json",
         "the model was trained on a dataset.json edited after planning: re-plan (autoseg plan --overwrite), "
@@ -227,7 +244,7 @@ def load_model(
     meta = metas[0]
     previous = None
     if configuration.get("previous_stage"):
-        previous = _load_previous_stage(folder, configuration["previous_stage"], fold_names, checkpoint, torch_device)
+        previous = _load_previous_stage(folder, configuration["previous_stage"], fold_names, checkpoint, torch_device, parsed)
     return LoadedModel(
         folder=folder,
         plans=plans,
@@ -246,7 +263,8 @@ def load_model(
 
 
 def _load_previous_stage(
-    folder: Path, stage: str, folds: list[str], checkpoint: str, device: torch.device
+    folder: Path, stage: str, folds: list[str], checkpoint: str, device: torch.device,
+    parsed: Mapping[str, ModelFiles] | None,
 ) -> LoadedModel:
     network, plans_name, _ = folder.name.split("__")
     sibling = folder.parent / f"{network}__{plans_name}__{stage}"
@@ -255,7 +273,7 @@ def _load_previous_stage(
             f"{sibling}: not found; the cascade needs its {stage} stage trained (same folds) before predicting "
             f"with {folder.name}"
         )
-    return load_model(sibling, folds, checkpoint, device)
+    return load_model(sibling, folds, checkpoint, device, parsed)
 
 
 def find_model_folder(
