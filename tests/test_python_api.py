@@ -184,7 +184,7 @@ def test_train_fold_takes_one_override(pipeline: dict[str, Any]) -> None:
 @pytest.mark.parametrize("options, message", [
     ({"epochs": 1.5}, r"--epochs 1.5: must be a whole number of epochs"),  # trained 1.5 epochs, reported as 1
     ({"epochs": "1"}, r"--epochs '1': must be a whole number of epochs"),  # a bare TypeError
-    ({"budget_seconds": "30m"}, r"--budget '30m': .*parse_duration\('30m'\)"),  # a bare TypeError
+    ({"budget_seconds": "30m"}, r"--budget must be a positive, finite number of seconds, got '30m'; .*parse_duration\('30m'\)"),  # a bare TypeError
     ({"epochs": 1, "seed": 0.5}, r"--seed 0.5: must be a whole number"),
 ])
 def test_train_fold_refuses_option_values_of_another_type(pipeline: dict[str, Any], options: dict[str, Any],
