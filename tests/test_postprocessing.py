@@ -282,8 +282,8 @@ def test_apply_refuses_a_mask_of_values_the_dataset_does_not_have(tmp_path):
     mask[:2, :2, :2] = 255
     write_image(mask, GEOMETRY, masks / "binary.nii.gz")
     shutil.copy(preds / "case0.nii.gz", masks / "good.nii.gz")
-    with pytest.raises(EvaluationError, match=r"1 of 2 cases could not be postprocessed: binary: .*binary\.nii\.gz: label values "
-                                              r"255 are not declared in dataset\.json labels \(declared: 0, 1, 2\) \(a 0/255 mask.*; "
+    with pytest.raises(EvaluationError, match=r"1 of 2 cases could not be postprocessed: binary: .*binary\.nii\.gz: "
+                                              r"holds label value\(s\) 255 that the dataset does not declare \(it declares 0, 1, 2\) \(a 0/255 mask.*; "
                                               r"postprocess apply takes predictions of the dataset's classes"):
         apply_to_folder(masks, tmp_path / "out", decision, num_workers=1)
     assert sorted(p.name for p in (tmp_path / "out").glob("*.nii.gz")) == ["good.nii.gz"]

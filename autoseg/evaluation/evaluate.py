@@ -260,16 +260,17 @@ def declared_values(description_or_labels: DatasetDescription | Mapping[str, Any
     return frozenset({0, *(v for _, values in classes for v in values), *([] if ignore_label is None else [ignore_label])})
 
 
-def check_declared(path: Path, seg: np.ndarray, declared: frozenset[int]) -> None:
-    """Refuse a label map holding values the dataset does not declare: they would count as background."""
+def check_declared(path: Path, seg: np.ndarray, declared: frozenset[int], fix: str | None = None) -> None:
+    """Refuse a label map holding values the dataset does not declare: they would count as background.
+    ``fix`` replaces evaluate's advice (postprocess apply gives its own)."""
     unknown = seg[~np.isin(seg, sorted(declared))]
     if unknown.size:
         values = [v.item() for v in np.unique(unknown)]
         hint = mask_255_hint(np.unique(seg), declared)
         raise EvaluationError(
             f"{path}: holds label value(s) {', '.join(map(str, values[:5]))}{' ...' if len(values) > 5 else ''} that the "
-            f"dataset does not declare (it declares {', '.join(map(str, sorted(declared)))}){hint}; fix the file (to score "
-            "other values, `autoseg evaluate --labels` takes them instead of the dataset)"
+            f"dataset does not declare (it declares {', '.join(map(str, sorted(declared)))}){hint}; "
+            f"{fix or 'fix the file (to score other values, `autoseg evaluate --labels` takes them instead of the dataset)'}"
         )
 
 

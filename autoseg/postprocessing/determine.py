@@ -29,10 +29,9 @@ import numpy as np
 from autoseg.utils.jsonio import read_json
 from autoseg.dataset.description import DatasetDescription
 from autoseg.dataset.imageio import SUPPORTED_ENDINGS, is_image_ending, read_image, write_image
-from autoseg.dataset.verify import label_value_problem
 from autoseg.errors import EvaluationError
 from autoseg.evaluation.evaluate import (
-    check_integer_labels, declared_values, label_maps, match_cases, raise_failures, read_checked_pair, require_folder,
+    check_declared, check_integer_labels, declared_values, label_maps, match_cases, raise_failures, read_checked_pair, require_folder,
     resolve_file_ending,
 )
 from autoseg.evaluation.metrics import SegClass, case_metrics, evaluation_classes
@@ -322,9 +321,8 @@ def _apply_file(source: Path, target: Path, decision: Mapping[str, Any], declare
     0/255 mask), which predict never writes: it was passed through without a word."""
     seg, geometry = read_image(source)
     check_integer_labels(source, seg)
-    problem = None if declared is None else label_value_problem(source, seg, declared, APPLY_LABEL_FIX)
-    if problem is not None:
-        raise EvaluationError(problem)
+    if declared is not None:
+        check_declared(source, seg, declared, APPLY_LABEL_FIX)
     write_image(apply_postprocessing(decision, seg, geometry.spacing), geometry, target)
 
 
