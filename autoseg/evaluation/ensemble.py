@@ -19,7 +19,7 @@ from autoseg.dataset.imageio import (
     itk_reads_spelling, spelled_ending, write_image,
 )
 from autoseg.errors import EvaluationError
-from autoseg.evaluation.evaluate import raise_failures, require_folder
+from autoseg.evaluation.evaluate import label_maps, raise_failures, require_folder
 from autoseg.evaluation.metrics import evaluation_classes
 from autoseg.utils.probability_files import (
     PROBABILITIES_SUFFIX, probability_paths, read_probabilities, read_sidecar, write_probability_files,
@@ -144,18 +144,13 @@ def _label_endings(folder: Path, cases: Sequence[str]) -> dict[str, str]:
     """Each case's label file ending in ``folder`` as spelled there (``.NII.GZ`` stays so), for outputs named like
     the inputs. Per case: predict writes a case NIfTI cannot hold (a sheared one) as ``.nrrd`` beside ``.nii.gz``
     ones, and the first case's ending, used for all, wrote it as NIfTI with its direction turned to a rotation."""
-    found: dict[str, set[str]] = {}
-    for path in folder.iterdir():
-        if (ending := spelled_ending(path)):
-            found.setdefault(path.name[: -len(ending)], set()).add(ending)
-    endings = {}
-    for case in cases:
-        if len(found.get(case, ())) != 1:
-            raise EvaluationError(
-                f"{folder}: cannot tell the label file ending from the files of case {case}; give it explicitly (e.g. .nii.gz)"
-            )
-        endings[case] = next(iter(found[case]))
-    return endings
+    maps = label_maps(folder)  # two label maps of one case are refused there
+    missing = [case for case in cases if case not in maps]
+    if missing:
+        raise EvaluationError(
+            f"{folder}: cannot tell the label file ending from the files of case {missing[0]}; give it explicitly (e.g. .nii.gz)"
+        )
+    return {case: spelled_ending(maps[case]) for case in cases}
 
 
 def _input_record(folder: Path, cases: Sequence[str]) -> dict[str, Any]:
