@@ -39,6 +39,8 @@ def test_the_defaults_and_every_familys_defaults_keep_the_rules() -> None:
     ("case_cache_mb=-1", r"--set case_cache_mb=-1: must be >= 0 or auto"),
     ("math_threads=0", r"--set math_threads=0: must be >= 1 and at most \d+ \(4 per core of this machine\) or auto"),
     # 100000 hung the first matrix multiply, 2**31 stopped with torch's internal "Overflow when unpacking long"
+    # a queue of 2**31 batches stopped training with an internal OverflowError
+    ("prefetch_batches=2147483648", r"--set prefetch_batches=2147483648: must be from 1 to 250 \(batches each worker"),
     ("math_threads=100000", r"--set math_threads=100000: must be >= 1 and at most \d+ \(4 per core"),
     ("math_threads=2147483648", r"--set math_threads=2147483648: must be >= 1 and at most"),
     ("num_epochs=0", r"--set num_epochs=0: must be >= 1; the default is 1000"),
@@ -62,7 +64,7 @@ def test_the_defaults_and_every_familys_defaults_keep_the_rules() -> None:
     ("grad_clip=-1", r"must be >= 0 \(0: no clipping\)"),
     ("oversample_foreground=1.2", r"must be between 0 and 1"),
     ("pseudo_dice_ema=1", r"must be >= 0 and < 1"),
-    ("prefetch_batches=0", r"must be >= 1"),
+    ("prefetch_batches=0", r"must be from 1 to 250"),
     ("worker_timeout_seconds=0", r"must be > 0"),
     ("augmentation.rotation.p=1.5", r"--set augmentation.rotation.p=1.5: must be between 0 and 1; the default is 0.2"),
     ("augmentation.gaussian_blur.p_per_channel=-0.1", r"must be between 0 and 1"),

@@ -70,6 +70,8 @@ class Choice:
         return None if value in self.names else f"choose {', '.join(self.names[:-1])} or {self.names[-1]}"
 
 
+# More batches ready than an epoch of nnU-Net's 250 iterations uses only holds memory.
+MAX_PREFETCH_BATCHES = 250
 AT_LEAST_1 = Rule(lambda v: v >= 1, ">= 1", whole=True)
 NON_NEGATIVE = Rule(lambda v: v >= 0, ">= 0")
 POSITIVE = Rule(lambda v: v > 0, "> 0")
@@ -103,7 +105,9 @@ RULES: dict[str, Rule | Choice] = {
     "num_workers": Rule(lambda v: v >= 0, ">= 0 or auto (0: batches built in the training process)", whole=True),
     "math_threads": Rule(lambda v: 1 <= v <= most_math_threads(), f">= 1 and at most {most_math_threads()} "
                          f"({MAX_MATH_THREADS_PER_CORE} per core of this machine) or auto", whole=True),
-    "prefetch_batches": AT_LEAST_1,
+    # each worker's queue holds them (a semaphore: 2**31 stopped training with an internal OverflowError)
+    "prefetch_batches": Rule(lambda v: 1 <= v <= MAX_PREFETCH_BATCHES, f"from 1 to {MAX_PREFETCH_BATCHES} (batches each "
+                             "worker holds ready in memory)", whole=True),
     "worker_timeout_seconds": POSITIVE,
     "case_cache_mb": Rule(lambda v: v >= 0, ">= 0 or auto (0: every crop read from the store)"),
     "augmentation.anisotropy_threshold": Rule(lambda v: v >= 1, ">= 1 (a ratio of the patch's extents)"),
