@@ -34,8 +34,10 @@ def read_json(path: str | Path, error: type[AutosegError], missing: str, invalid
     path = Path(path)
     try:
         data = path.read_bytes()
-    except (FileNotFoundError, IsADirectoryError):
+    except FileNotFoundError:
         raise error(f"{path}: {missing}") from None
+    except IsADirectoryError:  # was "not found", though it is there: a folder given for the file
+        raise error(f"{path}: is a folder, not a JSON file; give the file itself") from None
     return parse_json_bytes(data, str(path), error, invalid)
 
 
