@@ -32,6 +32,7 @@ from autoseg.utils.checksummed_zip import (
     MANIFEST, MODEL_ZIP_FORMAT, ONNX_ZIP_FORMAT, check_entries, check_zip_checkpoint, read_member,
     write_checksummed_zip,
 )
+from autoseg.utils.finite import is_finite_number
 from autoseg.utils.jsonio import parse_json_bytes
 from autoseg.utils.output_folders import check_output_file
 from autoseg.utils.onnx_runtime import INPUT, OUTPUT, onnx_session, run_onnx
@@ -243,8 +244,8 @@ def _check_deploy_grid(deploy: dict[str, Any], plans: dict[str, Any], refuse: st
     except PlanError as exc:
         raise ModelFileError(f"{refuse}: {DEPLOY}: {exc}; {fix}") from None
     patch, mirror = deploy["patch_size"], deploy["mirror_axes"]
-    if len(patch) != axes or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in patch) or \
-            not all(isinstance(a, int) and not isinstance(a, bool) and 0 <= a < axes for a in mirror):
+    if len(patch) != axes or not all(is_finite_number(v, integer=True) and v > 0 for v in patch) or \
+            not all(is_finite_number(a, integer=True) and 0 <= a < axes for a in mirror):
         raise ModelFileError(f"{refuse}: {DEPLOY}'s patch_size {patch!r} and mirror_axes {mirror!r} must be {axes} "
                              f"positive sizes and axes among 0..{axes - 1}; {fix}")
 
