@@ -183,8 +183,7 @@ def read_image(path: str | Path) -> tuple[np.ndarray, Geometry]:
         # memory than there is).
         expected_size = _expected_size_reader(path)
         start = _file_start(path) if expected_size is not None else None
-        truncated = expected_size is not None and (start is None or _is_truncated(path, expected_size(start.data),
-                                                                                  start.compressed))
+        truncated = expected_size is not None and _is_truncated(path, expected_size, start)
     except ValueError as exc:
         raise DatasetError(f"{path}: invalid NIfTI header ({exc}); export the image again") from None
     except zlib.error as exc:  # a damaged gzip stream (its trailer's length or checksum), seen while measuring it
@@ -448,9 +447,14 @@ def _file_start(path: Path) -> _FileStart | None:
             return None
 
 
-def _is_truncated(path: Path, expected: int | None, compressed: bool, unrecognised: bool = False) -> bool:
-    """Whether the file, gzip-``compressed`` or not, holds fewer bytes than its header needs (``expected``, from
-    ``_file_start``); ``unrecognised`` when the header is not recognised, None (a file just written must have one)."""
+def _is_truncated(path: Path, expected_size: Callable[[bytes], int | None], start: _FileStart | None,
+                  unrecognised: bool = False) -> bool:
+    """Whether the file holds fewer bytes than its header (its ``start``, None when its gzip stream breaks within
+    it) needs, as ``expected_size`` reads the header; ``unrecognised`` when the header is not recognised (a file
+    just written must have one)."""
+    if start is None:
+        return True
+    expected, compressed = expected_size(start.data), start.compressed
     if expected is None:
         return unrecognised
     if not compressed:
@@ -1646,8 +1650,7 @@ def _refuse_cut_short_write(written: Path, target: Path) -> None:
         return
     try:
         start = _file_start(written)
-        whole = start is not None and not _is_truncated(written, expected_size(start.data), start.compressed,
-                                                         unrecognised=True)
+        whole = not _is_truncated(written, expected_size, start, unrecognised=True)
     except (OSError, EOFError, zlib.error):  # a gzip stream cut inside its first bytes
         whole = False
     if not whole:
