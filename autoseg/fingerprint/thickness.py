@@ -43,14 +43,14 @@ def structure_thickness_mm(mask: np.ndarray, spacing: Sequence[float], unknown: 
         return None
     shape = [mask.shape[a] for a in keep]
     mask = mask.reshape(shape)
-    not_outside = mask if unknown is None else mask | unknown.reshape(shape)
     sampling = [float(spacing[a]) for a in keep]
     where = np.nonzero(mask)
     margin = 0 if unknown is None else UNKNOWN_SEARCH_MARGIN
     box = tuple(slice(max(int(c.min()) - margin, 0), int(c.max()) + 1 + margin) for c in where)
-    padded = np.pad(not_outside[box], 1, constant_values=False)
-    distance = ndimage.distance_transform_edt(padded, sampling=sampling)
-    return float(2.0 * distance[np.pad(mask[box], 1, constant_values=False)].mean())
+    inside = np.pad(mask[box], 1, constant_values=False)
+    not_outside = inside if unknown is None else np.pad(mask[box] | unknown.reshape(shape)[box], 1, constant_values=False)
+    distance = ndimage.distance_transform_edt(not_outside, sampling=sampling)
+    return float(2.0 * distance[inside].mean())
 
 
 def case_thickness(label: np.ndarray, spacing: Sequence[float], targets: dict[str, list[int]],
@@ -58,6 +58,8 @@ def case_thickness(label: np.ndarray, spacing: Sequence[float], targets: dict[st
     """Each target's thickness in one case (None where the case does not contain it), the ignore label's
     voxels neither inside nor outside any target."""
     unknown = None if ignore_label is None else label == ignore_label
+    if unknown is not None and not unknown.any():
+        unknown = None  # no ignored voxel: no search margin beyond each structure's box
     return {name: structure_thickness_mm(np.isin(label, values), spacing, unknown) for name, values in targets.items()}
 
 
