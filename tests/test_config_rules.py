@@ -35,7 +35,7 @@ def test_the_defaults_and_every_familys_defaults_keep_the_rules() -> None:
 
 
 @pytest.mark.parametrize("override, message", [
-    ("num_workers=-1", r"--set num_workers=-1: must be >= 0 or auto \(0: batches built in the training process\); the default is 'auto'"),
+    ("num_workers=-1", r"--set num_workers=-1: must be >= 0 and at most \d+ \(4 per core of this machine\) or auto \(0: batches built in the training process\); the default is 'auto'"),
     ("case_cache_mb=-1", r"--set case_cache_mb=-1: must be >= 0 or auto"),
     ("math_threads=0", r"--set math_threads=0: must be >= 1 and at most \d+ \(4 per core of this machine\) or auto"),
     # 100000 hung the first matrix multiply, 2**31 stopped with torch's internal "Overflow when unpacking long"
@@ -43,6 +43,7 @@ def test_the_defaults_and_every_familys_defaults_keep_the_rules() -> None:
     ("prefetch_batches=2147483648", r"--set prefetch_batches=2147483648: must be from 1 to 250 \(batches each worker"),
     ("math_threads=100000", r"--set math_threads=100000: must be >= 1 and at most \d+ \(4 per core"),
     ("math_threads=2147483648", r"--set math_threads=2147483648: must be >= 1 and at most"),
+    ("num_workers=1000000000000000000000000000000", r"--set num_workers=1000000000000000000000000000000: must be >= 0 and at most \d+ \(4 per core"),
     ("num_epochs=0", r"--set num_epochs=0: must be >= 1; the default is 1000"),
     ("batch_size=0", r"--set batch_size=0: must be >= 1; the default is null \(chosen by the plan or for the machine\)"),
     ("val_iterations_per_epoch=-1", r"must be >= 0 \(0: no pseudo-validation\)"),

@@ -119,8 +119,11 @@ def test_workers_batches_are_pinned_in_a_background_thread(monkeypatch: pytest.M
 def test_worker_count_takes_a_number_or_auto_and_rejects_a_negative_one() -> None:
     assert worker_count(3, "cpu") == 3 and worker_count("0", "cpu") == 0
     assert worker_count("auto", "cpu") >= 1
-    with pytest.raises(TrainingError, match="num_workers must be >= 0 or 'auto', got -1"):
+    with pytest.raises(TrainingError, match=r"num_workers must be >= 0 and at most \d+ \(4 per core of this machine\) or 'auto', got -1"):
         worker_count(-1, "cpu")
+    # --workers 10**30 passed and started processes until memory ran out
+    with pytest.raises(TrainingError, match=r"num_workers must be >= 0 and at most \d+ .*got 10{30}"):
+        worker_count(10**30, "cpu")
 
 
 def test_validation_batches_come_from_half_the_workers() -> None:

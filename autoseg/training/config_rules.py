@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from autoseg.errors import TrainingError
+from autoseg.training.data_loading import MAX_WORKERS_PER_CORE, most_workers
 from autoseg.training.math_threads import MAX_MATH_THREADS_PER_CORE, most_math_threads
 from autoseg.training.model_setup import OPTIMIZERS
 from autoseg.training.schedule import LR_SCHEDULES
@@ -102,7 +103,8 @@ RULES: dict[str, Rule | Choice] = {
     "oversample_foreground": SHARE,
     "pseudo_dice_ema": BELOW_ONE,
     "mixed_precision": Choice(MIXED_PRECISION_SETTINGS),
-    "num_workers": Rule(lambda v: v >= 0, ">= 0 or auto (0: batches built in the training process)", whole=True),
+    "num_workers": Rule(lambda v: 0 <= v <= most_workers(), f">= 0 and at most {most_workers()} ({MAX_WORKERS_PER_CORE} "
+                        "per core of this machine) or auto (0: batches built in the training process)", whole=True),
     "math_threads": Rule(lambda v: 1 <= v <= most_math_threads(), f">= 1 and at most {most_math_threads()} "
                          f"({MAX_MATH_THREADS_PER_CORE} per core of this machine) or auto", whole=True),
     # each worker's queue holds them (a semaphore: 2**31 stopped training with an internal OverflowError)
