@@ -502,9 +502,11 @@ def test_load_plans_errors(tmp_path):
     ("memory_model", 5, r"configuration '3d_fullres': memory_model 5 is not a JSON object \(or null\)"),
     # other keys, or a count that is no number, stopped training with an internal TypeError
     ("memory_model", {"bytes": 5}, r"configuration '3d_fullres': memory_model \{'bytes': 5\} is not a JSON object \(or null\) "
-                                   r"holding numbers >= 0 for parameter_bytes, activation_intercept, activation_per_voxel"),
+                                   r"holding numbers for parameter_bytes, activation_intercept, activation_per_voxel"),
     ("memory_model", {"parameter_bytes": "5", "activation_intercept": 0.0, "activation_per_voxel": 1.0},
-     r"configuration '3d_fullres': memory_model .* holding numbers >= 0"),
+     r"configuration '3d_fullres': memory_model .* holding numbers for"),
+    ("memory_model", {"parameter_bytes": 5, "activation_intercept": 0.0, "activation_per_voxel": -1.0},
+     r"configuration '3d_fullres': memory_model .* >= 0 except the intercept"),
     ("normalization", [{"scheme": "zcore"}], r"configuration '3d_fullres': normalization\[0\] scheme 'zcore' is not one of ct, zscore"),
     ("normalization", [{"scheme": "ct", "clip": [-100.0, 200.0], "mean": 10.0, "std": None}],
      r"configuration '3d_fullres': normalization\[0\] \(ct\) needs clip \[low, high\] with low <= high, a finite mean and std >= 0, got .* std None"),
@@ -522,6 +524,15 @@ def test_hand_edited_spacing_or_patch_is_refused_naming_file_and_key(tmp_path, k
     bad.write_text(json.dumps(plans))
     with pytest.raises(PlanError, match=rf"edited.json: {problem}.*re-run `autoseg plan`"):
         load_plans(bad)
+
+
+def test_a_negative_memory_model_intercept_is_a_plan(tmp_path):
+    """The fitted activation line's intercept may be negative (nnFormer's plan: -5632 bytes); the memory model
+    check took it for a hand edit and refused every nnFormer model zip at import."""
+    plans = plan(MRI_SMALL, configs=["3d_fullres"])
+    plans["configurations"]["3d_fullres"]["memory_model"] = {
+        "parameter_bytes": 974204, "activation_intercept": -5632.0, "activation_per_voxel": 205.5, "optimizer_buffers": 1}
+    assert load_plans(_written(tmp_path, plans))["configurations"]["3d_fullres"]["memory_model"]["activation_intercept"] == -5632.0
 
 
 @pytest.mark.parametrize("budget", [{"seconds": "600"}, [600], {"seconds": float("nan")}, {"seconds": -5}])

@@ -150,9 +150,11 @@ def _check_memory_model(model: Any, where: str, fix: str) -> None:
         return
     keys = set(model) if isinstance(model, dict) else set()
     if not isinstance(model, dict) or not set(_MEMORY_MODEL_KEYS) <= keys <= {*_MEMORY_MODEL_KEYS, "optimizer_buffers"} \
-            or not all(is_finite_number(v) and v >= 0 for v in model.values()):
-        raise PlanError(f"{where}: memory_model {model!r} is not a JSON object (or null) holding numbers >= 0 for "
-                        f"{', '.join(_MEMORY_MODEL_KEYS)} (and optionally optimizer_buffers); {fix}")
+            or not all(is_finite_number(v) and (v >= 0 or key == "activation_intercept") for key, v in model.items()):
+        # the intercept of the fitted activation line may be negative (nnFormer's: -5632 bytes)
+        raise PlanError(f"{where}: memory_model {model!r} is not a JSON object (or null) holding numbers for "
+                        f"{', '.join(_MEMORY_MODEL_KEYS)} (and optionally optimizer_buffers), >= 0 except the "
+                        f"intercept; {fix}")
 
 
 def _check_grid(config: dict[str, Any], source: str, name: str, fix: str) -> None:
