@@ -246,7 +246,7 @@ def test_below_the_floor_the_recipe_with_the_most_iterations_wins(cache, monkeyp
     assert min(c.spacing[1] for c in half) < best.spacing[1]
     assert any(c.spacing == best.spacing and np.prod(c.patch) > np.prod(best.patch) for c in half)
     [note] = [n for n in plans["notes"] if f"affords no recipe with {C.ITERATION_FLOOR} iterations" in n]
-    assert f"{best.recipe_iterations} iterations at the reference speed, {best.iterations} at this machine's" in note
+    assert f"{best.recipe_iterations} iterations at the reference speed, {best.planned_iterations} at this machine's" in note
     assert note.endswith("expect a weak model or give a larger --budget")
 
 

@@ -121,7 +121,7 @@ def test_continue_to_n_epochs_keeps_the_trained_epochs_and_gives_the_rest_the_ne
 
 
 def test_a_setting_out_of_range_is_refused_before_anything_is_written(results: Path) -> None:
-    for setting, message in (("num_workers=-1", r"--set num_workers=-1: must be >= 0 or auto"),
+    for setting, message in (("num_workers=-1", r"--set num_workers=-1: must be >= 0 and at most \d+ \(4 per core of this machine\) or auto"),
                              ("case_cache_mb=-1", r"--set case_cache_mb=-1: must be >= 0 or auto"),
                              ("augmentation.rotation.p=1.5", r"--set augmentation.rotation.p=1.5: must be between 0 and 1"),
                              ("mixed_precision=fp16", r"mixed_precision=fp16 needs CUDA \(device is cpu\)")):
