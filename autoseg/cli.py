@@ -36,7 +36,11 @@ app = typer.Typer(
 
 
 def _fail(message: str, code: int) -> None:
-    typer.echo(f"autoseg: error: {message}", err=True)
+    """Print ``message`` as one error line, with the undecodable bytes of the file names it holds shown as
+    ``\\xff`` (as ``printable_path`` does), never as ``\\udcff``, and exit with ``code``."""
+    from autoseg.paths import printable_text
+
+    typer.echo(f"autoseg: error: {printable_text(message)}", err=True)
     raise typer.Exit(code)
 
 

@@ -65,7 +65,23 @@ def _is_utf8(path: Path) -> bool:
 def printable_path(path: str | Path) -> str:
     """``path`` (or a case id taken from a file name) printable as UTF-8: its undecodable bytes written as
     ``\\xff``, as the path is shown in the same message."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+    return printable_text(os.fspath(path))
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def printable_text(text: str) -> str:
+    """``text`` (a message naming paths, or one) printable as UTF-8: an undecodable byte of a file name
+    (surrogate escape ``\\udcff``) written as ``\\xff``, any other lone surrogate (``"\\ud800"`` from a JSON
+    escape) as ``\\ud800``. ``os.fsencode`` raises UnicodeEncodeError on the latter, and printing either to a
+    strict UTF-8 output fails."""
+    return _SURROGATE.sub(_escaped_surrogate, text)
+
+
+def _escaped_surrogate(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
 
 
 def _root(kind: str) -> Path:

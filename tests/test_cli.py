@@ -179,6 +179,41 @@ def test_an_output_path_that_is_not_utf8_is_printed_as_given(tmp_path: Path) -> 
     assert b"written: " + output + b"/summary.json" in process.stdout and os.path.isfile(output + b"/summary.json")
 
 
+def test_error_messages_show_undecodable_bytes_of_file_names_as_hex(tmp_path: Path) -> None:
+    """Messages naming a file with a byte that is not UTF-8 (``caf\\xff.nii.gz``) printed it as ``caf\\udcff``,
+    a name no file has; every error line shows the byte as ``\\xff`` now."""
+    import shutil
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from autoseg.dataset.imageio import Geometry, write_image
+
+    for folder in ("pred", "ref"):
+        write_image(np.eye(3, dtype=np.uint8)[None], Geometry.default((1, 3, 3)), tmp_path / folder / "a.nii.gz")
+    shutil.copy(tmp_path / "pred" / "a.nii.gz", os.fsdecode(os.fsencode(tmp_path) + b"/pred/caf\xff.nii.gz"))
+    process = subprocess.run(
+        [sys.executable, "-c", "from autoseg.cli import main; main()", "evaluate", "-p", tmp_path / "pred", "-r",
+         tmp_path / "ref", "-l", "1", "-o", tmp_path / "out", "-np", "1"],
+        capture_output=True, timeout=120, env=os.environ | {"PYTHONIOENCODING": "utf-8"},
+    )
+    assert process.returncode == 2, process.stderr
+    assert b"reference of case caf\\xff not found (prediction " in process.stderr and b"udcff" not in process.stderr
+
+
+def test_an_error_message_with_a_lone_surrogate_is_printed(capsys: pytest.CaptureFixture[str]) -> None:
+    """A lone surrogate that names no byte (``"\\ud800"``, a JSON escape) is shown escaped, not raised while
+    printing the error."""
+    import typer
+
+    from autoseg.cli import _fail
+
+    with pytest.raises(typer.Exit):
+        _fail("label '\ud800' and case caf\udcff", 2)
+    assert capsys.readouterr().err == "autoseg: error: label '\\ud800' and case caf\\xff\n"
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
 def test_a_full_standard_output_is_named_as_such() -> None:
     """`autoseg networks > /dev/full` printed 'No space left on device; the disk is full ...' without saying
