@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import re
+import struct
 import sys
 import zlib
 from pathlib import Path
@@ -269,6 +270,35 @@ def test_dicom_slice_orientations_compare_within_tolerance(tmp_path: Path) -> No
     tilted = {2: {"0020|0037": "1\\0\\0\\0\\0.98481\\0.17365"}}
     with pytest.raises(DatasetError, match=r"tilted: DICOM slices differ in orientation \(ImageOrientationPatient\)"):
         read_image(_dicom_series(tmp_path / "tilted", positions, slice_tags=tilted))
+
+
+def _with_orientation(folder: Path, orientation: str) -> Path:
+    """``folder``'s slices with ImageOrientationPatient set to ``orientation``, which ITK's writer refuses to write
+    unless the two directions are perpendicular (implicit VR, as ``_dicom_series`` writes: tag, length, value)."""
+    tag, written = b"\x20\x00\x37\x00", b"1\\0\\0\\0\\1\\0 "
+    value = orientation.encode() + b" " * (len(orientation) % 2)
+    for file in folder.iterdir():
+        data = file.read_bytes()
+        assert data.count(tag + struct.pack("<I", len(written)) + written) == 1
+        file.write_bytes(data.replace(tag + struct.pack("<I", len(written)) + written, tag + struct.pack("<I", len(value)) + value))
+    return folder
+
+
+@pytest.mark.parametrize(("orientation", "problem"), [
+    ("1\\0\\0\\0.05\\0.99875\\0", "row and column directions 2.87 degrees off perpendicular"),
+    ("0\\0\\0\\0\\1\\0", "a zero row or column direction"),
+])
+def test_dicom_orientation_of_skewed_directions_is_refused(tmp_path: Path, orientation: str, problem: str) -> None:
+    """GDCM reads row and column cosines that are not perpendicular as the identity direction: such a series was
+    predicted and written as an unrotated image without a word. Cosines off by rounding (and not of unit length) are
+    read as GDCM orthonormalises them."""
+    positions = [(0, 0, z) for z in range(3)]
+    with pytest.raises(DatasetError, match=rf"skewed: 1\.dcm's ImageOrientationPatient \({re.escape(orientation)}\) has "
+                                           rf"{problem}, which ITK reads as an unrotated image; correct the tag"):
+        read_image(_with_orientation(_dicom_series(tmp_path / "skewed", positions), orientation))
+    rounded = "0.87\\0.5\\0\\-0.5\\0.87\\0"  # a 30 degree rotation written with two decimals
+    _, geometry = read_image(_with_orientation(_dicom_series(tmp_path / "rounded", positions), rounded))
+    assert np.allclose(geometry.direction, (0.867, -0.498, 0, 0.498, 0.867, 0, 0, 0, 1), atol=1e-3)
 
 
 def test_folder_of_two_dicom_series_says_which_files_are_which(tmp_path: Path) -> None:

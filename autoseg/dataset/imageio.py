@@ -1114,6 +1114,7 @@ def _read_dicom_series(folder: Path) -> tuple[np.ndarray, Geometry]:
     try:
         headers = [_dicom_header(file) for file in files]
         _refuse_pixel_claims_beyond_files(folder, files, headers)
+        _refuse_skewed_orientation(folder, files[0], headers[0])
         if len(files) == 1:
             # One (multi-frame) file: ImageSeriesReader would stack its volume as a 4D image of one slice.
             image = sitk.ReadImage(files[0])
@@ -1453,6 +1454,32 @@ def _refuse_unstackable_files(folder: Path, files: Sequence[str], headers: Seque
         raise DatasetError(f"{folder}: DICOM slices differ in pixel spacing ({Path(files[0]).name} {_fmt(spacings[0])} mm, "
                            f"{odd[0]} {_fmt(other)} mm; {len(odd)} of {len(files)} files differ from the first); "
                            "put each acquisition in its own folder")
+
+
+def _refuse_skewed_orientation(folder: Path, file: str, header: sitk.ImageFileReader) -> None:
+    """Refuse a series whose ImageOrientationPatient row and column cosines are not perpendicular (to
+    ``GEOMETRY_TOLERANCE``, after scaling each to unit length) or one of them is zero: GDCM then takes the identity
+    direction, so a sheared or broken orientation was read, predicted and written as an unrotated image in
+    silence. The other slices must agree with this one (``_check_slice_positions``). A file without the tag (an
+    enhanced multi-frame file keeps it in a functional group) is left to ITK."""
+    if not header.HasMetaDataKey("0020|0037"):
+        return
+    value = header.GetMetaData("0020|0037").strip()
+    try:
+        cosines = np.array([float(v) for v in value.split("\\")], dtype=np.float64)
+    except ValueError:
+        return
+    if cosines.size != 6:
+        return
+    row, column = cosines[:3], cosines[3:]
+    lengths = float(np.linalg.norm(row)) * float(np.linalg.norm(column))
+    skew = abs(float(row @ column)) / lengths if lengths > 0 else 1.0
+    if skew >= GEOMETRY_TOLERANCE:
+        problem = (f"row and column directions {math.degrees(math.asin(min(1.0, skew))):.2f} degrees off perpendicular"
+                   if lengths > 0 else "a zero row or column direction")
+        raise DatasetError(f"{folder}: {Path(file).name}'s ImageOrientationPatient ({value}) has {problem}, which ITK "
+                           "reads as an unrotated image; correct the tag (export the series again) so that the two "
+                           "directions are perpendicular unit vectors")
 
 
 def _check_slice_positions(folder: Path, files: Sequence[str], headers: Sequence[sitk.ImageFileReader]) -> None:
