@@ -671,6 +671,16 @@ def test_an_image_longer_than_nifti_holds_keeps_a_format_that_holds_it(tmp_path:
     assert endings == [".nrrd", ".mha", ".nrrd", ".nii.gz"]
 
 
+def test_a_dicom_series_gets_nifti_without_diagnostics_on_stderr(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """Choosing a DICOM case's ending probed its folder with ITK's file reader, whose HDF5 reader printed some 50
+    lines of diagnostics ('Is a directory') per DICOM case; a series folder is not probed (GDCM's directions are
+    rotations: .nii.gz holds them)."""
+    shutil.copytree(DICOM_SERIES, tmp_path / "series")
+    (case,) = discover_cases(tmp_path)
+    assert output_ending(case, ".nii.gz") == ".nii.gz"
+    assert capfd.readouterr().err == ""
+
+
 def test_sharded_run_predicts_only_its_part(model_3d: Path, tmp_path: Path) -> None:
     inputs = tmp_path / "in"
     inputs.mkdir()

@@ -275,7 +275,11 @@ def _nifti_holds(path: Path) -> bool:
     """Whether NIfTI holds the image of ``path`` as its header describes it: an orthonormal direction matrix
     (to ``GEOMETRY_TOLERANCE``; ITK writes a sheared one as its nearest rotation) and at most 32767 voxels a
     side (an NRRD of 8x2x40000 was predicted in full and then refused at the write). An unreadable header
-    counts as held; reading the case reports it."""
+    counts as held; reading the case reports it. So does a DICOM series folder, unprobed (ImageFileReader on a
+    folder printed HDF5 diagnostics for every DICOM case): its direction is a rotation, as GDCM reads it or
+    refused (``read_image``), and no series comes near 32767 voxels a side."""
+    if path.is_dir():
+        return True
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
