@@ -106,6 +106,18 @@ def test_predictions_of_another_ending_are_matched(folders):
         evaluate_folders(pred_dir, ref_dir, LABELS, num_workers=1, file_ending=".nii.gz")
 
 
+def test_a_stray_image_of_another_ending_without_reference_is_skipped_with_a_note(folders, capsys):
+    """A PNG snapshot among .nii.gz predictions was refused as a case without reference (since every image file
+    counted as a case), where nnU-Net ignores files not of the dataset's ending; it is skipped, with one note."""
+    pred_dir, ref_dir = folders
+    for name in ("snapshot_a.png", "snapshot_b.png"):
+        write_image(np.zeros((1, 4, 4), np.uint8), Geometry.default((1, 4, 4)), pred_dir / name)
+    summary = evaluate_folders(pred_dir, ref_dir, LABELS, num_workers=1, file_ending=".nii.gz")
+    assert [row["case_id"] for row in summary["metric_per_case"]] == ["c1", "c2"]
+    assert capsys.readouterr().err == (f"note: {pred_dir}: skipped 2 image file(s) that are not <case>.nii.gz and have no "
+                                       "reference of their case, e.g. snapshot_a.png\n")
+
+
 def test_a_case_id_that_is_not_utf8_is_shown_as_its_path_is(folders):
     """A file name in Latin-1 (``odd\\xff``) is refused naming the path with ``\\xff``; the case id before it
     was shown as ``odd\\udcff``, which names no file."""
@@ -270,7 +282,8 @@ def _renamed_reference(pred: Path, ref: Path) -> str:
 def _no_predictions(pred: Path, ref: Path) -> str:
     for path in pred.iterdir():
         path.unlink()
-    return f"{pred}: no predictions ending in '.png' to evaluate"
+    return (f"{pred}: no predictions to evaluate: no <case>.png files, and no label maps of another image ending whose "
+            f"case has a reference in {ref}")
 
 
 def _mixed_reference_types(pred: Path, ref: Path) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -425,25 +426,49 @@ def label_maps(folder: Path) -> dict[str, Path]:
 def match_cases(
     pred_dir: Path, ref_dir: Path, file_ending: str, case_ids: Sequence[str] | None = None
 ) -> dict[str, tuple[Path, Path]]:
-    """Case id -> (prediction, reference); every case needs both (default cases: all predictions, of any image
-    ending). A prediction's reference has its ending, or the dataset's (a .nrrd prediction of a .nii.gz reference)."""
-    predictions = label_maps(pred_dir)
+    """Case id -> (prediction, reference); every case needs both (default cases: ``prediction_cases``). A
+    prediction's reference has its ending, or the dataset's (a .nrrd prediction of a .nii.gz reference)."""
     require_folder(ref_dir, "reference label maps", REFERENCE_FOLDER)  # not the first case's missing reference
+    predictions = prediction_cases(pred_dir, ref_dir, file_ending)
     cases = sorted(predictions) if case_ids is None else list(case_ids)
     if not cases:
-        raise EvaluationError(f"{pred_dir}: no predictions ending in {file_ending!r} to evaluate")
+        raise EvaluationError(f"{pred_dir}: no predictions to evaluate: no <case>{file_ending} files, and no label maps of "
+                              f"another image ending whose case has a reference in {ref_dir}")
     pairs = {}
     for case in cases:
         pred = predictions.get(case, pred_dir / f"{case}{file_ending}")
         if not pred.is_file():
             raise EvaluationError(f"{pred}: prediction of case {case} not found; predict it or leave it out")
-        references = [ref_dir / f"{case}{ending}" for ending in dict.fromkeys((spelled_ending(pred), file_ending))]
+        references = _reference_candidates(ref_dir, case, pred, file_ending)
         ref = next((path for path in references if path.is_file()), None)
         if ref is None:
             raise EvaluationError(f"{references[-1]}: reference of case {case} not found (prediction {pred}); add it or "
                                   "remove the prediction")
         pairs[case] = (pred, ref)
     return pairs
+
+
+def prediction_cases(pred_dir: Path, ref_dir: Path, file_ending: str) -> dict[str, Path]:
+    """Case id -> prediction for the label maps of ``pred_dir`` that are cases: those of the dataset's ending, and
+    those of another image ending whose case has a reference (predict's .nrrd of a sheared case). Every image file
+    was a case, so a stray one (a .png snapshot among .nii.gz predictions) was refused as a case without reference,
+    where nnU-Net ignores it; such files are skipped with one note."""
+    cases, skipped = {}, []
+    for case, path in label_maps(pred_dir).items():
+        has_reference = any(ref.is_file() for ref in _reference_candidates(ref_dir, case, path, file_ending))
+        if path.name.endswith(file_ending) or has_reference:
+            cases[case] = path
+        else:
+            skipped.append(path.name)
+    if skipped:
+        print(f"note: {printable_path(pred_dir)}: skipped {len(skipped)} image file(s) that are not <case>{file_ending} and "
+              f"have no reference of their case, e.g. {printable_path(skipped[0])}", file=sys.stderr)
+    return cases
+
+
+def _reference_candidates(ref_dir: Path, case: str, pred: Path, file_ending: str) -> list[Path]:
+    """Where the reference of ``case`` may be: of its prediction's ending, then of the dataset's."""
+    return [ref_dir / f"{case}{ending}" for ending in dict.fromkeys((spelled_ending(pred), file_ending))]
 
 
 CSV_COLUMNS = ("case_id", "class", "label_values", *METRIC_KEYS, *FLAG_KEYS, "n_cases", "n_empty_in_both")
