@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import re
 import zipfile
@@ -114,6 +115,14 @@ def test_round_trip_restores_weights_metadata_and_files(exported: tuple[Path, Pa
         network = create_network("unet", TOPOLOGY, 1, 2)
         network.load_state_dict(loaded["network_weights"])  # the imported checkpoint builds the network
     assert [p.name for p in (tmp_path / "clean" / DATASET).iterdir()] == [MODEL]  # no staging left behind
+
+
+def test_the_default_checkpoint_of_export_is_named_as_a_file() -> None:
+    """model_files.DEFAULT_CHECKPOINT was a file name while inference.engine.DEFAULT_CHECKPOINT, spelled the same,
+    is a kind ('final'): one name, two meanings. export_model's default names the file it packs."""
+    assert model_files.DEFAULT_CHECKPOINT_FILE == "checkpoint_final.safetensors"
+    assert inspect.signature(export_model).parameters["checkpoint"].default == model_files.DEFAULT_CHECKPOINT_FILE
+    assert not hasattr(model_files, "DEFAULT_CHECKPOINT")
 
 
 def test_legacy_pt_checkpoints_are_exported_as_safetensors(tmp_path: Path) -> None:

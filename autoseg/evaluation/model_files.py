@@ -61,7 +61,8 @@ FORMAT_NAME = MODEL_ZIP_FORMAT
 # Version of the zip (manifest and member layout), not of the checkpoints inside it (utils/checkpoint_format.py).
 MODEL_ZIP_FORMAT_VERSION = 2  # 2: weights as safetensors; 1: autoseg's own layout (refused with a re-export hint)
 DEFAULT_FOLDS = (0, 1, 2, 3, 4)
-DEFAULT_CHECKPOINT = checkpoint_name("final")
+# A file name, unlike inference.engine's default checkpoint, a kind ('final'): export_model names the file it packs.
+DEFAULT_CHECKPOINT_FILE = checkpoint_name("final")
 REQUIRED_FILES = ("plans.json", "dataset.json")
 IMPORT_STAGING = "import"  # import-model builds its folders in a hidden staging folder named after this
 OPTIONAL_FILES = ("training_config.yaml", "postprocessing.json")
@@ -188,7 +189,7 @@ def export_model(
     model_folders: str | Path | Sequence[str | Path],
     output_zip: str | Path,
     folds: int | str | Sequence[int | str] = DEFAULT_FOLDS,
-    checkpoint: str = DEFAULT_CHECKPOINT,
+    checkpoint: str = DEFAULT_CHECKPOINT_FILE,
 ) -> Path:
     """Write the weights of ``folds`` (a sequence or one fold; from ``checkpoint``) and the description files of one or more
     model folders of the same dataset (``<results>/<Dataset>/<network>__<plans>__<config>``) into
