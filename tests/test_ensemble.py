@@ -356,6 +356,20 @@ def test_an_ensemble_of_other_inputs_into_a_filled_folder_is_refused(tmp_path):
     assert _folder_bytes(tmp_path / "out") == before
 
 
+def test_the_refusal_of_an_ensemble_sharing_a_folder_with_the_earlier_one_names_each_folder_once(tmp_path):
+    """A+B into OUT, then A+C into OUT was refused as 'over .../a, .../b, not over .../a, .../c': A named twice, as if
+    the new run did not read it either; only the folders that differ are set against each other now."""
+    a, b, c = _ensemble_inputs(tmp_path, ["a", "b", "c"], ["case0"], seed=0)
+    ensemble_folders([a, b], tmp_path / "out", num_workers=1)
+    with pytest.raises(EvaluationError) as refused:
+        ensemble_folders([a, c], tmp_path / "out", num_workers=1)
+    assert f"holds the outputs of autoseg ensemble over {a}, {b}, not over {c} (" in str(refused.value)
+    ensemble_folders([a, b, c], tmp_path / "out3", num_workers=1)
+    with pytest.raises(EvaluationError) as refused:
+        ensemble_folders([a, b], tmp_path / "out3", num_workers=1)
+    assert f"ensemble over {a}, {b} and also {c}, which this run does not read (" in str(refused.value)
+
+
 def test_an_ensemble_rerun_over_its_folders_with_cases_added_extends_its_folder(tmp_path):
     """A+B over 2 cases into OUT, then the same A+B with 2 more cases predicted into them: refused as another run's
     folder, though the new outputs are the same kind over a superset. A case removed from the inputs is still

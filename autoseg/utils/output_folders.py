@@ -267,7 +267,20 @@ def _other_inputs(before: Any, now: Sequence[Mapping[str, Any]]) -> str:
     folders_before = [str(entry.get("folder")) for entry in entries]
     folders_now = [str(entry["folder"]) for entry in now]
     if folders_before != folders_now:
-        return f"over {', '.join(folders_before) or 'other inputs'}, not over {', '.join(folders_now)}"
+        return _other_folders(folders_before, folders_now)
     if any(old.get("steps_sha256") != new.get("steps_sha256") for old, new in zip(entries, now)):
         return f"over {', '.join(folders_now)} with other postprocessing steps"
     return f"over {', '.join(folders_now)} before some of their files changed or were removed"
+
+
+def _other_folders(before: list[str], now: list[str]) -> str:
+    """How the input folders of a folder's outputs (``before``) differ from this run's (``now``), each folder named
+    once: an ensemble over A, B, then over A, C was refused as 'over A, B, not over A, C'."""
+    added = [folder for folder in now if folder not in before]
+    if added or not before:
+        return f"over {', '.join(before) or 'other inputs'}, not over {', '.join(added or now)}"
+    left_out = [folder for folder in before if folder not in now]
+    if not left_out:
+        return f"over {', '.join(before)} in another order"
+    kept = [folder for folder in before if folder in now]
+    return f"over {', '.join(kept)} and also {', '.join(left_out)}, which this run does not read"
