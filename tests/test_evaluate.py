@@ -118,6 +118,22 @@ def test_a_stray_image_of_another_ending_without_reference_is_skipped_with_a_not
                                        "reference of their case, e.g. snapshot_a.png\n")
 
 
+def test_a_summary_that_would_replace_a_cases_probability_sidecar_is_refused(folders, tmp_path):
+    """A case named ``summary`` predicted with --save-probabilities has ``summary.json`` beside ``summary.npz``:
+    evaluate wrote its summary over it, and the case could no longer be ensembled. Refused before any metric."""
+    pred_dir, ref_dir = folders
+    for folder in (pred_dir, ref_dir):
+        shutil.copy(folder / "c1.nii.gz", folder / "summary.nii.gz")
+    np.savez(pred_dir / "summary.npz", probabilities=np.zeros((3, 4, 6, 8), np.float16))
+    (pred_dir / "summary.json").write_text('{"case_id": "summary"}')
+    with pytest.raises(EvaluationError, match=r"pred/summary\.json: is the probabilities' sidecar of case summary "
+                                              r"\(summary\.npz beside it\), which this output would replace; write"):
+        evaluate_folders(pred_dir, ref_dir, LABELS, num_workers=1, file_ending=".nii.gz")
+    assert (pred_dir / "summary.json").read_text() == '{"case_id": "summary"}' and not (pred_dir / "summary.csv").exists()
+    summary = evaluate_folders(pred_dir, ref_dir, LABELS, tmp_path / "out", num_workers=1, file_ending=".nii.gz")
+    assert [row["case_id"] for row in summary["metric_per_case"]] == ["c1", "c2", "summary"]
+
+
 def test_a_case_id_that_is_not_utf8_is_shown_as_its_path_is(folders):
     """A file name in Latin-1 (``odd\\xff``) is refused naming the path with ``\\xff``; the case id before it
     was shown as ``odd\\udcff``, which names no file."""

@@ -33,6 +33,18 @@ def test_postprocess_determine_refuses_a_folder_as_the_decision(tmp_path: Path) 
                                  file_ending=".nii.gz")
 
 
+def test_postprocess_determine_refuses_a_decision_that_is_a_cases_probability_sidecar(tmp_path: Path) -> None:
+    """A case named ``postprocessing`` predicted with --save-probabilities has ``postprocessing.json`` beside
+    ``postprocessing.npz``; determine's default decision file replaced it, and the case could no longer be ensembled."""
+    (tmp_path / "cv").mkdir()
+    (tmp_path / "cv" / "postprocessing.npz").write_bytes(b"probabilities")
+    (tmp_path / "cv" / "postprocessing.json").write_text("{}")
+    with pytest.raises(EvaluationError, match=r"cv/postprocessing\.json: is the probabilities' sidecar of case "
+                                              r"postprocessing \(postprocessing\.npz beside it\), which this output would replace"):
+        determine_postprocessing(tmp_path / "cv", tmp_path / "gt", {"background": 0, "a": 1}, file_ending=".nii.gz")
+    assert (tmp_path / "cv" / "postprocessing.json").read_text() == "{}"
+
+
 def test_report_refuses_a_folder_before_writing_its_figures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AUTOSEG_RAW", str(SHARED_DATA))
     monkeypatch.setenv("AUTOSEG_RESULTS", str(tmp_path / "results"))

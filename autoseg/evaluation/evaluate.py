@@ -34,7 +34,9 @@ from autoseg.evaluation.metrics import (
     mean_metrics,
 )
 from autoseg.utils.atomic import atomic_write_json, atomic_write_text, require_writable
-from autoseg.utils.output_folders import check_output_folder, describe_symlink_loop, predicting_model_folder, symlink_loop
+from autoseg.utils.output_folders import (
+    check_output_folder, describe_symlink_loop, predicting_model_folder, refuse_probability_sidecar, symlink_loop,
+)
 from autoseg.utils.progress import Failure, parallel_map, stage_workers
 
 SUMMARY_VERSION = 1
@@ -362,6 +364,7 @@ def evaluate_folders(
     require_folder(pred_dir, "predicted label maps", PREDICTION_FOLDER)  # before the output check: -o defaults to it
     require_folder(ref_dir, "reference label maps", REFERENCE_FOLDER)
     check_output_folder(out, EvaluationError)
+    refuse_probability_sidecar(out / "summary.json", EvaluationError)
     _refuse_summary_file_as_folder(out)
     _refuse_output_among_references(out, ref_dir)
     # A folder that cannot be written (read-only, no permission) was refused only after every metric was

@@ -16,6 +16,7 @@ from typing import Any, Mapping, Sequence
 
 from autoseg.dataset.imageio import image_ending
 from autoseg.utils.file_identity import file_signature
+from autoseg.utils.probability_files import SIDECAR_SUFFIX, probability_paths
 
 # A hidden file that marks a folder as written by ensemble / postprocess apply (predict's own record,
 # predict_info.json, marks its folders): in a folder without either, label maps of the outputs' ending and
@@ -100,6 +101,21 @@ def check_output_file(output: Path, error: type[Exception]) -> None:
     if output.is_dir():
         raise error(f"{output}: is a folder; give a file name to write (a new file, or one to replace)")
     _refuse_file_among(*output.parents, error=error)
+    refuse_probability_sidecar(output, error)
+
+
+def refuse_probability_sidecar(output: Path, error: type[Exception]) -> None:
+    """Raise ``error`` if ``output``, a file to write, is the probabilities' sidecar of a case beside it: a case named
+    ``summary`` (or ``postprocessing``) predicted with --save-probabilities has ``summary.json`` beside
+    ``summary.npz``, which evaluate's summary (determine's decision) replaced, and the case could no longer be
+    ensembled."""
+    case_id = output.name.removesuffix(SIDECAR_SUFFIX)
+    probabilities = probability_paths(output.parent, case_id).probabilities
+    if output.name.endswith(SIDECAR_SUFFIX) and probabilities.is_file():
+        raise error(
+            f"{output}: is the probabilities' sidecar of case {case_id} ({probabilities.name} beside it), which this "
+            "output would replace; write the output into another folder (-o), or rename that case's input files"
+        )
 
 
 def refuse_outputs_not_ours(
