@@ -138,6 +138,14 @@ def test_records_whose_epoch_is_no_number_are_skipped() -> None:
     assert numeric_series(records) == {"train_loss": ([0.0, 2.0], [1.0, 0.5])}
 
 
+def test_a_list_holding_a_value_no_float_holds_is_skipped() -> None:
+    """An edited per-class list with an integer of 401 digits (JSON reads it) stopped the report with an internal
+    OverflowError in the mean; a boolean counted as 1. The list is skipped, the record's other keys are kept."""
+    records = [{"epoch": 0, "pseudo_dice": [10**400, 0.5], "train_loss": 1.0}, {"epoch": 1, "pseudo_dice": [True, 0.5]},
+               {"epoch": 2, "pseudo_dice": [0.25, 0.75]}]
+    assert numeric_series(records) == {"train_loss": ([0.0], [1.0]), "pseudo_dice (mean of 2)": ([2.0], [0.5])}
+
+
 def test_metrics_log_lines_python_cannot_read_are_skipped(tmp_path: Path) -> None:
     """A metrics.jsonl line in Latin-1 (an edited note), with an integer of 5000 digits, or nested 100000 deep stopped
     the report with an internal UnicodeDecodeError (for the whole file), ValueError or RecursionError."""

@@ -124,9 +124,10 @@ def read_metrics_log(path: Path) -> list[dict[str, Any]]:
 
 
 def numeric_series(records: Sequence[dict[str, Any]]) -> dict[str, tuple[list[float], list[float]]]:
-    """Key -> (epochs, values) for every numeric key; lists (per-class pseudo-Dice) give their mean. A record
-    whose epoch is no number (an edited line: ``"epoch": "a"`` or ``null`` stopped the report with an
-    internal error) is skipped, as a line cut by a crash is."""
+    """Key -> (epochs, values) for every numeric key; lists (per-class pseudo-Dice) of finite numbers give their
+    mean. A record whose epoch is no number (an edited line: ``"epoch": "a"`` or ``null`` stopped the report with
+    an internal error) is skipped, as a line cut by a crash is, and so is a list holding a value no float holds
+    (an edited ``[1e400-as-an-integer, 0.5]`` stopped it with an internal OverflowError in the mean)."""
     series: dict[str, tuple[list[float], list[float]]] = {}
     for index, record in enumerate(records):
         epoch = record.get("epoch", index)
@@ -135,7 +136,7 @@ def numeric_series(records: Sequence[dict[str, Any]]) -> dict[str, tuple[list[fl
         for key, value in record.items():
             if key in NOT_PLOTTED:
                 continue
-            if isinstance(value, list) and value and all(isinstance(v, (int, float)) for v in value):
+            if isinstance(value, list) and value and all(is_finite_number(v) for v in value):
                 key, value = f"{key} (mean of {len(value)})", float(np.mean(value))
             if is_finite_number(value):
                 xs, ys = series.setdefault(key, ([], []))
