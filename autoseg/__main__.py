@@ -1,24 +1,29 @@
 """``python -m autoseg`` and the ``autoseg`` console script (also what ``torchrun -m autoseg train ...`` runs).
 
-The entry point imports nothing but ``sys`` before it takes over Ctrl-C: typer and a stage's modules (torch)
-take seconds to import, and Ctrl-C then printed a KeyboardInterrupt traceback instead of the stages' one line.
+The entry point imports nothing but ``sys`` and ``signal`` before it takes over Ctrl-C: typer and a stage's modules
+(torch) take seconds to import, and Ctrl-C then printed a KeyboardInterrupt traceback instead of the stages' one line.
 """
 
+import signal
 import sys
 
 INTERRUPTED_EXIT_CODE = 130  # what a shell reports for a command stopped by Ctrl-C (128 + SIGINT)
 
 
-def main() -> None:
-    """Run the command line; Ctrl-C before a stage handles it itself (while importing, parsing) ends as the
-    stages end it: ``autoseg: error: interrupted``, exit code 130."""
-    try:
-        from autoseg.cli import main as run_command_line
+def _exit_interrupted(signum: int, frame: object) -> None:
+    """Ctrl-C outside a stage (importing, parsing the command line): one line, exit 130, as the stages end. Raised
+    as KeyboardInterrupt, typer turned it into exit 130 without a word while it parsed the command line."""
+    sys.stderr.write("autoseg: error: interrupted\n")
+    raise SystemExit(INTERRUPTED_EXIT_CODE)
 
-        run_command_line()
-    except KeyboardInterrupt:
-        sys.stderr.write("autoseg: error: interrupted\n")
-        raise SystemExit(INTERRUPTED_EXIT_CODE) from None
+
+def main() -> None:
+    """Run the command line; a stage raises Ctrl-C as KeyboardInterrupt for its cleanup while it runs
+    (``autoseg.utils.termination.signals_as_interrupts``)."""
+    signal.signal(signal.SIGINT, _exit_interrupted)
+    from autoseg.cli import main as run_command_line
+
+    run_command_line()
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional
 import typer
 
 from autoseg.errors import AutosegError, out_of_memory_message
-from autoseg.utils.termination import TERMINATED_EXIT_CODE, Terminated, sigterm_as_interrupt
+from autoseg.utils.termination import TERMINATED_EXIT_CODE, Terminated, signals_as_interrupts
 
 app = typer.Typer(
     add_completion=False,
@@ -123,7 +123,7 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            with sigterm_as_interrupt():
+            with signals_as_interrupts():
                 return func(*args, **kwargs)
         except AutosegError as exc:
             if os.environ.get("AUTOSEG_DEBUG"):

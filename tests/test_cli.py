@@ -276,6 +276,44 @@ def test_sigterm_ends_a_command_as_an_interrupt_with_its_cleanup(tmp_path: Path)
     assert signal.getsignal(signal.SIGTERM) is before  # the test process's own handler is back
 
 
+def test_ctrl_c_in_a_command_is_an_interrupt_with_its_cleanup_whatever_the_entry_point_set(tmp_path: Path) -> None:
+    """The entry point (autoseg.__main__) ends Ctrl-C at once, with one line, until a stage runs; within it Ctrl-C
+    raises KeyboardInterrupt, as the stages' cleanup expects (the half-written file's temporary is removed); the entry
+    point's handler is back after."""
+    import signal
+    import time
+
+    import typer
+
+    from autoseg.__main__ import _exit_interrupted
+    from autoseg.cli import user_errors
+    from autoseg.utils.atomic import atomic_path
+
+    single = typer.Typer()
+    raised: list[str] = []
+
+    @single.command()
+    @user_errors
+    def work() -> None:
+        with atomic_path(tmp_path / "result.json") as tmp:
+            tmp.write_text('{"half": ')
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)  # the handler interrupts this
+            except BaseException as exc:
+                raised.append(type(exc).__name__)
+                raise
+
+    before = signal.signal(signal.SIGINT, _exit_interrupted)
+    try:
+        result = runner.invoke(single, [])
+        assert signal.getsignal(signal.SIGINT) is _exit_interrupted
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert (result.exit_code, result.output, raised) == (130, "autoseg: error: interrupted\n", ["KeyboardInterrupt"])
+    assert list(tmp_path.iterdir()) == []  # neither the result nor its temporary
+
+
 def test_demo_names_the_classes_of_the_dataset_it_evaluated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """``demo --dataset`` with another dataset printed 'held-out mean Dice (Anterior, Posterior)' whatever its classes."""
     import autoseg.demo
@@ -603,3 +641,32 @@ def test_ctrl_c_while_the_command_line_imports_is_one_line() -> None:
     assert (process.returncode, process.stderr, process.stdout) == (130, "autoseg: error: interrupted\n", "")
     pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
     assert pyproject["project"]["scripts"]["autoseg"] == "autoseg.__main__:main"
+
+
+# A child that gets Ctrl-C while typer parses the command line (after its imports, before the stage runs).
+_CTRL_C_WHILE_PARSING = """
+import os, signal, sys
+import typer.core
+
+make_context = typer.core.TyperGroup.make_context
+
+def interrupted_make_context(self, *args, **kwargs):
+    os.kill(os.getpid(), signal.SIGINT)
+    return make_context(self, *args, **kwargs)
+
+typer.core.TyperGroup.make_context = interrupted_make_context
+sys.argv = ["autoseg", "networks"]
+from autoseg.__main__ import main
+main()
+"""
+
+
+def test_ctrl_c_while_the_command_line_is_parsed_is_one_line() -> None:
+    """typer turns a KeyboardInterrupt while it parses the command line into exit 130 without a word (about 0.1 to
+    0.2 s after the start); the entry point's own Ctrl-C handler says why it stopped. A stage raises Ctrl-C as
+    KeyboardInterrupt again, for its cleanup (test_kill_resume)."""
+    import subprocess
+    import sys
+
+    process = subprocess.run([sys.executable, "-c", _CTRL_C_WHILE_PARSING], capture_output=True, text=True, timeout=120)
+    assert (process.returncode, process.stderr, process.stdout) == (130, "autoseg: error: interrupted\n", "")

@@ -26,14 +26,17 @@ def _raise_terminated(signum: int, frame: FrameType | None) -> None:
 
 
 @contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block (main thread only: Python delivers signals there), SIGTERM raises ``Terminated``;
-    the previous handler is restored after it."""
+def signals_as_interrupts() -> Iterator[None]:
+    """Within the block (main thread only: Python delivers signals there), SIGTERM raises ``Terminated`` and
+    Ctrl-C (SIGINT) ``KeyboardInterrupt``, whatever the entry point set for them (``autoseg.__main__`` exits at
+    once, with one line); the previous handlers are restored after it."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous_term = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
+        signal.signal(signal.SIGTERM, previous_term)
