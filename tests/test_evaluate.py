@@ -134,6 +134,18 @@ def test_a_summary_that_would_replace_a_cases_probability_sidecar_is_refused(fol
     assert [row["case_id"] for row in summary["metric_per_case"]] == ["c1", "c2", "summary"]
 
 
+@pytest.mark.parametrize("name", ["summary.json", "summary.csv"])
+def test_a_folder_where_a_summary_file_goes_is_refused_before_any_metric(folders, tmp_path, name):
+    """A folder named summary.csv (or summary.json) in the output folder was an internal error (IsADirectoryError)
+    after every metric was computed, and summary.json had been written beside it: half an output."""
+    pred_dir, ref_dir = folders
+    (tmp_path / "out" / name).mkdir(parents=True)
+    with pytest.raises(EvaluationError, match=rf"out/{name}: is a folder where evaluate writes its {name}; move or "
+                                              "rename that folder, or give -o another folder"):
+        evaluate_folders(pred_dir, ref_dir, LABELS, tmp_path / "out", num_workers=1, file_ending=".nii.gz")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [name]
+
+
 def test_a_case_id_that_is_not_utf8_is_shown_as_its_path_is(folders):
     """A file name in Latin-1 (``odd\\xff``) is refused naming the path with ``\\xff``; the case id before it
     was shown as ``odd\\udcff``, which names no file."""

@@ -40,6 +40,7 @@ from autoseg.utils.output_folders import (
 from autoseg.utils.progress import Failure, parallel_map, stage_workers
 
 SUMMARY_VERSION = 1
+SUMMARY_JSON, SUMMARY_CSV = "summary.json", "summary.csv"  # what evaluate writes into its output folder
 SPACING_TOLERANCE = 1e-3  # relative and absolute (mm): float32 headers round spacings
 # The folders evaluate reads, named with their command-line options in messages about them.
 PREDICTION_FOLDER = "prediction folder (-p/--pred)"
@@ -324,6 +325,18 @@ def _refuse_summary_file_as_folder(output: Path) -> None:
         )
 
 
+def _check_summary_paths(output: Path) -> None:
+    """Refuse a summary file's path in ``output`` that evaluate must not write: a folder of that name (the metrics
+    were computed, then the final rename failed as an internal error, after summary.json had been written beside a
+    summary.csv folder), or a case's probabilities' sidecar (``refuse_probability_sidecar``)."""
+    for name in (SUMMARY_JSON, SUMMARY_CSV):
+        path = output / name
+        if path.is_dir():
+            raise EvaluationError(f"{path}: is a folder where evaluate writes its {name}; move or rename that folder, or "
+                                  "give -o another folder")
+        refuse_probability_sidecar(path, EvaluationError)
+
+
 def _refuse_output_among_references(output: Path, ref_dir: Path) -> None:
     """Refuse an output folder that is the reference folder or lies in it (``-o labelsTr``, or ``-p`` and ``-r`` the
     same folder): summary.json and summary.csv were written among a dataset's label maps, which verify then refused."""
@@ -364,7 +377,7 @@ def evaluate_folders(
     require_folder(pred_dir, "predicted label maps", PREDICTION_FOLDER)  # before the output check: -o defaults to it
     require_folder(ref_dir, "reference label maps", REFERENCE_FOLDER)
     check_output_folder(out, EvaluationError)
-    refuse_probability_sidecar(out / "summary.json", EvaluationError)
+    _check_summary_paths(out)
     _refuse_summary_file_as_folder(out)
     _refuse_output_among_references(out, ref_dir)
     # A folder that cannot be written (read-only, no permission) was refused only after every metric was
@@ -396,8 +409,8 @@ def evaluate_folders(
         "metric_per_case": per_case,
         **(extra or {}),
     }
-    atomic_write_json(out / "summary.json", summary)
-    atomic_write_text(out / "summary.csv", summary_csv(summary))
+    atomic_write_json(out / SUMMARY_JSON, summary)
+    atomic_write_text(out / SUMMARY_CSV, summary_csv(summary))
     return summary
 
 
