@@ -119,6 +119,21 @@ def test_statistics_never_replace_another_cases_probabilities(tmp_path: Path) ->
     assert {"x_statistics.json", "x_statistics_statistics.json"} <= {p.name for p in (tmp_path / "labels").iterdir()}
 
 
+@pytest.mark.parametrize("name", [SUMMARY_CSV, "a_statistics.json"])
+def test_a_folder_where_a_statistics_file_goes_is_refused_before_predicting(tmp_path: Path, name: str) -> None:
+    """A folder named statistics.csv (or <case>_statistics.json) in the output folder was an internal error
+    (IsADirectoryError) after every case was predicted."""
+    from autoseg.evaluation.statistics import refuse_name_clashes
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "a_0000.nii.gz").write_bytes((HIPPOCAMPUS / "imagesTr" / "hippocampus_001_0000.nii.gz").read_bytes())
+    (tmp_path / "out" / name).mkdir(parents=True)
+    with pytest.raises(InferenceError, match=rf"out/{name}: is a folder where predict --statistics writes a file; move "
+                                             "or rename that folder, or give -o another folder"):
+        refuse_name_clashes(inputs, tmp_path / "out", save_probabilities=False)
+
+
 def test_parts_sharing_a_folder_give_one_csv_over_all_their_cases(tmp_path: Path) -> None:
     """``--num-parts 2 --statistics``: each part wrote statistics.csv of its own cases over the other's,
     so the folder's CSV held only the part that finished last."""

@@ -100,6 +100,7 @@ def refuse_name_clashes(input_path: str | Path, output_folder: str | Path, save_
     Every case of the input counts, not only this part's: ``--num-parts`` runs share the folder."""
     output = Path(output_folder)
     cases = {case.case_id for case in discover_cases(input_path)}
+    _refuse_folders_at([output / SUMMARY_CSV, *(statistics_path(output, case_id) for case_id in sorted(cases))])
     for case_id in sorted(cases):
         path = statistics_path(output, case_id)
         owner = path.name.removesuffix(SIDECAR_SUFFIX)  # the case whose sidecar has this name
@@ -109,6 +110,15 @@ def refuse_name_clashes(input_path: str | Path, output_folder: str | Path, save_
                 f"would both be {path}; rename the input files of case {owner} (e.g. {case_id}_stats_0000...), or "
                 "leave out --statistics or --save-probabilities"
             )
+
+
+def _refuse_folders_at(paths: Sequence[Path]) -> None:
+    """Refuse a folder where a statistics file goes: every case was predicted, then writing the file failed as
+    an internal error (IsADirectoryError), with the statistics written up to there."""
+    for path in paths:
+        if path.is_dir():
+            raise InferenceError(f"{path}: is a folder where predict --statistics writes a file; move or rename that "
+                                 "folder, or give -o another folder")
 
 
 def _case_statistics_from_files(case: InputCase, output: Path, description: DatasetDescription) -> dict[str, Any]:
