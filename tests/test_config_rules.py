@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import pytest
 
+from autoseg.planning.memory import machine_ram_bytes
+
 from autoseg.errors import TrainingError
 from autoseg.networks import get_network_spec, list_networks
-from autoseg.training.config import flatten, load_defaults, resolve_config
+from autoseg.training.config import flatten, load_defaults, resolve_config, resolve_training_config
 from autoseg.training.config_rules import check_value, rule_for
 
 
@@ -128,3 +130,53 @@ def test_a_loss_needs_a_term() -> None:
     assert resolve_config("unet", ["loss.weight_dice=0"])["loss"]["weight_ce"] == 1.0
     with pytest.raises(TrainingError, match=r"loss.weight_ce=0 and loss.weight_dice=0 leave no loss to train on"):
         resolve_config("unet", ["loss.weight_ce=0", "loss.weight_dice=0"])
+
+
+def test_a_float_yaml_reads_as_a_string_is_taken_in_a_list_and_an_open_setting_too() -> None:
+    """YAML 1.1 reads ``1e-3`` (no dot) as a string: taken for ``optimizer.lr`` (docs/configuration.md), it was refused
+    inside a list (``must be two numbers``) and for settings that also take ``auto`` (``expected int or float``)."""
+    config = resolve_config("unet", ["optimizer.betas=[0.9, 1e-3]", "augmentation.scaling.range=[5e-1, 2e0]",
+                                     "case_cache_mb=1e3", "augmentation.rotation.degrees_2d=1e1"])
+    assert config["optimizer"]["betas"] == [0.9, 0.001] and config["augmentation"]["scaling"]["range"] == [0.5, 2.0]
+    assert (config["case_cache_mb"], config["augmentation"]["rotation"]["degrees_2d"]) == (1000.0, 10.0)
+    with pytest.raises(TrainingError, match=r"--set optimizer.betas=\[0.9, inf\]: must be two numbers >= 0 and < 1"):
+        resolve_config("unet", ["optimizer.betas=[0.9, 1e400]"])
+    with pytest.raises(TrainingError, match=r"--set patch_size=\['1e1', 16, 16\]: must be a list of whole numbers"):
+        resolve_config("unet", ["patch_size=[1e1, 16, 16]"])  # a patch is whole voxels: no floats read there
+
+
+def _plan(patch: list[int]) -> dict[str, object]:
+    """The parts of a plan's configuration that resolve_training_config reads."""
+    return {"network": {"name": "unet"}, "patch_size": patch, "batch_size": 2, "mirror_axes": list(range(len(patch))),
+            "normalization": [{"scheme": "zscore", "use_mask": False}, {"scheme": "zscore", "use_mask": True}]}
+
+
+@pytest.mark.parametrize("override, patch, message", [
+    # [] was taken as null: the run trained the plan's patch without a word
+    ("patch_size=[]", [16, 16, 16], r"--set patch_size=\[\]: this configuration is 3D; give 3 values \(the plan's patch is \[16, 16, 16\]\)"),
+    ("patch_size=[16, 16]", [16, 16, 16], r"this configuration is 3D; give 3 values"),
+    ("patch_size=[16, 16, 16]", [16, 16], r"this configuration is 2D; give 2 values"),
+    ("augmentation.mirror.axes=[1, 2, 3]", [16, 16, 16], r"augmentation.mirror.axes=\[1, 2, 3\]: give distinct spatial axes of the 3D patch, from 0 to 2"),
+    ("augmentation.mirror.axes=[0, 0]", [16, 16, 16], r"give distinct spatial axes"),
+    ("augmentation.mirror.axes=[2]", [16, 16], r"axes of the 2D patch, from 0 to 1"),
+    ("augmentation.mirror.axes=[-1]", [16, 16, 16], r"must be a list of whole numbers >= 0 \(spatial axes of the patch\)"),
+    ("augmentation.mask_channels=[5]", [16, 16, 16], r"mask_channels=\[5\]: channels \[5\] do not exist \(the plan has 2\)"),
+])
+def test_a_patch_axis_or_channel_the_plan_lacks_is_refused(override: str, patch: list[int], message: str) -> None:
+    with pytest.raises(TrainingError, match=message):
+        resolve_training_config("unet", [override], _plan(patch))
+
+
+def test_a_batch_whose_input_alone_exceeds_the_machines_ram_is_refused() -> None:
+    """--set batch_size=10**30 passed the rules; for a family the plan's memory model does not describe, training
+    started, wrote the run's files and stopped with an internal ValueError from numpy."""
+    plan = _plan([16, 16, 16])
+    fits = machine_ram_bytes() // (2 * 16**3 * 4)  # 2 channels of float32
+    assert resolve_training_config("unet", [f"batch_size={fits}"], plan)["batch_size"] == fits
+    for batch in (fits + 1, 10**30):
+        with pytest.raises(TrainingError, match=rf"^--set batch_size={batch}: {batch} patches \[16, 16, 16\] of 2 channel\(s\) "
+                           r"are .* GiB of float32 input alone, more than this machine's .* GiB of RAM; give a smaller "
+                           r"batch_size \(null: the plan's 2\)$"):
+            resolve_training_config("segresnet", [f"batch_size={batch}"], plan)
+    with pytest.raises(TrainingError, match=r"^the plan's batch_size=1000000000000000000000000000000: "):
+        resolve_training_config("unet", [], {**plan, "batch_size": 10**30})

@@ -12,16 +12,19 @@ import copy
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
 from autoseg.errors import TrainingError
 from autoseg.networks import get_network_spec
+from autoseg.planning.memory import machine_ram_bytes
 from autoseg.training.config_rules import check_together, check_value, described
 from autoseg.utils.mappings import deep_merge, flatten
 
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("default_config.yaml")
+# Bytes of one input voxel of a batch (float32): the least memory a training step needs, whatever its network.
+_INPUT_BYTES_PER_VOXEL = 4
 # Keys whose default is null or "auto" and the value types they accept besides it.
 _OPEN_TYPES: dict[str, tuple[type, ...]] = {
     "iterations_per_epoch": (int,),
@@ -71,12 +74,35 @@ def _as_float(value: int | float) -> float:
         return math.inf if value > 0 else -math.inf
 
 
+def _read_float(value: Any) -> Any:
+    """A string Python reads as a float (YAML 1.1 reads ``1e-3``, without a dot, as a string) as that float;
+    any other value as it is."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _read_floats(value: Any, default: Any, allowed: tuple[type, ...]) -> Any:
+    """``value`` with :func:`_read_float` applied where a float is expected: the value itself for a float setting,
+    each item for a list of floats (``optimizer.betas=[0.9, 1e-3]`` was refused as not two numbers, though
+    ``optimizer.lr=1e-3`` is taken)."""
+    if isinstance(default, float) or float in allowed:
+        return _read_float(value)
+    if isinstance(default, list) and isinstance(value, list) and any(isinstance(d, float) for d in default):
+        return [_read_float(v) for v in value]
+    return value
+
+
 def _coerce(key: str, value: Any, default: Any, origin: str = "the default") -> Any:
     """``value`` converted to the type of ``default`` (``origin`` says whose value that is) where that is
     lossless, else a TrainingError."""
     allowed = _OPEN_TYPES.get(key, ())
     if value is None and key in _OPEN_TYPES and default is None or value == "auto" == default:
         return value
+    value = _read_floats(value, default, allowed)
     if isinstance(value, allowed) and (bool in allowed or not isinstance(value, bool)):
         return value
     if isinstance(default, bool):
@@ -87,11 +113,6 @@ def _coerce(key: str, value: Any, default: Any, origin: str = "the default") -> 
     elif isinstance(default, float):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return _as_float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
     elif isinstance(default, str) and key not in _OPEN_TYPES and isinstance(value, str):
         return value
     elif isinstance(default, list) and isinstance(value, list):
@@ -177,6 +198,22 @@ def _apply_planned(config: Mapping[str, Any], planned: Mapping[str, Any]) -> dic
         ) from exc
 
 
+def _check_batch_fits_ram(batch_setting: int | None, plan_batch: int, patch: Sequence[int], channels: int) -> None:
+    """Refuse a batch whose float32 input alone exceeds this machine's RAM, the least any network needs: where no
+    memory model applies (another family than the plan's) ``--set batch_size=10**30`` passed the rules and stopped
+    training with an internal ValueError from numpy after the run's files were written."""
+    batch = plan_batch if batch_setting is None else batch_setting
+    sample_bytes = channels * math.prod(patch) * _INPUT_BYTES_PER_VOXEL
+    ram = machine_ram_bytes()
+    if batch * sample_bytes > ram:
+        given = "the plan's batch_size" if batch_setting is None else "--set batch_size"
+        raise TrainingError(
+            f"{given}={batch}: {batch} patches {list(patch)} of {channels} channel(s) are {batch * sample_bytes / 2**30:.3g} "
+            f"GiB of float32 input alone, more than this machine's {ram / 2**30:.1f} GiB of RAM; give a smaller batch_size "
+            f"(null: the plan's {plan_batch})"
+        )
+
+
 def dump_config(config: Mapping[str, Any]) -> str:
     return yaml.safe_dump(dict(config), sort_keys=False, default_flow_style=None)
 
@@ -191,12 +228,13 @@ def resolve_training_config(network: str, overrides: Iterable[str], plan: Mappin
     overrides = list(overrides)
     planned = plan.get("training") if network == plan["network"]["name"] else None
     config = resolve_config(network, overrides, planned=planned)
-    patch = config["patch_size"] or plan["patch_size"]
+    patch = plan["patch_size"] if config["patch_size"] is None else config["patch_size"]  # [] is no patch: refused
     if len(patch) != len(plan["patch_size"]):
         raise TrainingError(
             f"--set patch_size={list(patch)}: this configuration is {len(plan['patch_size'])}D; give "
             f"{len(plan['patch_size'])} values (the plan's patch is {list(plan['patch_size'])})"
         )
+    _check_batch_fits_ram(config["batch_size"], plan["batch_size"], patch, len(plan["normalization"]))
     config["augmentation"] = resolve_augmentation(config["augmentation"], patch, plan["normalization"],
                                                   plan.get("mirror_axes"))
     if any(parse_override(text)[0] == "num_epochs" for text in overrides):
