@@ -370,6 +370,18 @@ def test_the_refusal_of_an_ensemble_sharing_a_folder_with_the_earlier_one_names_
     assert f"ensemble over {a}, {b} and also {c}, which this run does not read (" in str(refused.value)
 
 
+@pytest.mark.parametrize("name", ["case1.nii.gz", "case1.npz"])
+def test_a_folder_where_an_ensemble_output_goes_is_refused_before_any_case(tmp_path, name):
+    """A folder named as one case's output (case1.nii.gz, or its probabilities) in the output folder: every other
+    case was written, then that one failed with a bare IsADirectoryError."""
+    inputs = _ensemble_inputs(tmp_path, ["a", "b"], ["case0", "case1"], seed=0)
+    (tmp_path / "out" / name).mkdir(parents=True)
+    with pytest.raises(EvaluationError, match=rf"out/{name}: is a folder where autoseg ensemble writes an output; move "
+                                              "or rename that folder, or give -o another folder"):
+        ensemble_folders(inputs, tmp_path / "out", num_workers=1, save_probabilities=True)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [name]
+
+
 def test_an_ensemble_rerun_over_its_folders_with_cases_added_extends_its_folder(tmp_path):
     """A+B over 2 cases into OUT, then the same A+B with 2 more cases predicted into them: refused as another run's
     folder, though the new outputs are the same kind over a superset. A case removed from the inputs is still
