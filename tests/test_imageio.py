@@ -101,16 +101,21 @@ def test_a_detached_headers_data_files_are_the_ones_beside_it_that_it_names(
 
 
 @pytest.mark.parametrize("ending", [".mhd", ".nhdr"])
-def test_a_detached_header_without_its_data_file_names_the_data_file(tmp_path: Path, ending: str) -> None:
+def test_a_detached_header_without_its_data_file_names_the_data_file(
+    tmp_path: Path, ending: str, capfd: pytest.CaptureFixture[str]
+) -> None:
     """Copied without its .raw, a .mhd was 'cannot be read (truncated or corrupt file?): Reason: No such file or
-    directory', naming neither the missing file nor the fix."""
+    directory', naming neither the missing file nor the fix; ITK's own 'MetaImage: Read: Cannot open data file'
+    on stderr came before autoseg's line."""
     path = tmp_path / f"img{ending}"
     write_image(np.ones((2, 3, 4), np.int16), GEOMETRY, path)
     (tmp_path / "img.raw").unlink()
+    capfd.readouterr()
     with pytest.raises(DatasetError) as info:
         read_image(path)
     assert str(info.value) == (f"{path}: its data file img.raw (named in the header) is not beside it; copy the "
                                "header and its data file together")
+    assert capfd.readouterr().err == ""
 
 
 def test_a_nifti_with_a_sheared_orientation_is_named_as_such(tmp_path: Path) -> None:

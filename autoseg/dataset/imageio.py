@@ -192,7 +192,7 @@ def read_image(path: str | Path) -> tuple[np.ndarray, Geometry]:
         raise DatasetError(f"{path}: file is truncated (its voxel data ends early); copy or export it again")
     if (problem := _unset_voxel_size_problem(path, ending, start.data if start else b"")) is not None:
         raise DatasetError(problem)
-    if (problem := _claimed_data_problem(path)) is not None:
+    if (problem := _missing_data_file_problem(path) or _claimed_data_problem(path)) is not None:
         raise DatasetError(problem)
     try:
         image = sitk.ReadImage(str(path))
@@ -216,15 +216,21 @@ def _missing_file_problem(path: Path) -> str:
     return f"{path}: file not found"
 
 
-def _unreadable_problem(path: Path, exc: RuntimeError) -> str:
-    """Why ITK could not read existing file ``path``. A detached header (.mhd, .nhdr) whose data file is not
-    beside it is named with that file; a sheared orientation is named as such (it was 'truncated or corrupt
-    file?' with ITK's words, and no fix); the MetaImage reader's stale 'Reason: No such file or directory' (its
-    short read of voxel data left errno at ENOENT) is dropped: it told the user a file that exists was missing."""
+def _missing_data_file_problem(path: Path) -> str | None:
+    """The data file a detached header (.mhd, .nhdr) names that is not beside it, named; asked before ITK reads,
+    whose MetaImage reader printed its own 'MetaImage: Read: Cannot open data file' on stderr first."""
     missing = [name for name in detached_data_files(path) if not (path.parent / name).is_file()]
-    if missing:
-        return (f"{path}: its data file {missing[0]} (named in the header) is not beside it; copy the header and its "
-                "data file together")
+    if not missing:
+        return None
+    return (f"{path}: its data file {missing[0]} (named in the header) is not beside it; copy the header and its "
+            "data file together")
+
+
+def _unreadable_problem(path: Path, exc: RuntimeError) -> str:
+    """Why ITK could not read existing file ``path``. A sheared orientation is named as such (it was 'truncated
+    or corrupt file?' with ITK's words, and no fix); the MetaImage reader's stale 'Reason: No such file or
+    directory' (its short read of voxel data left errno at ENOENT) is dropped: it told the user a file that exists
+    was missing."""
     if "only supports orthonormal direction cosines" in str(exc):
         return (f"{path}: its orientation (the header's sform/qform matrix) is sheared or degenerate, not a rotation, "
                 "which ITK cannot read; resample the image onto an unsheared grid, or fix the header's orientation")
@@ -564,7 +570,7 @@ def _data_claim(path: Path) -> _DataClaim | None:
             return None
         offset, data_path = 0, path.parent / data_file
         if not data_path.is_file():
-            return None  # named as missing by _unreadable_problem
+            return None  # named as missing by _missing_data_file_problem
     else:
         data_path = path
     return _DataClaim(math.prod(int(s) for s in sizes), value_bytes, encoding, data_path, offset)
