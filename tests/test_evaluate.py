@@ -325,6 +325,15 @@ def _only_background(pred: Path, ref: Path) -> str:
     return f"{ref}: the references hold only background (0); give the labels to evaluate with --labels"
 
 
+def test_a_missing_prediction_folder_is_the_only_line(png_folders):
+    """Without a dataset or --labels, every reference was read and 'no dataset.json or --labels: evaluating the
+    labels found in the references: ...' printed before the error that -p names no folder."""
+    pred_dir, ref_dir = png_folders
+    shutil.rmtree(pred_dir)
+    result = runner.invoke(app, ["evaluate", "-p", str(pred_dir), "-r", str(ref_dir), "-np", "1"])
+    assert (result.exit_code, result.output) == (2, f"autoseg: error: {pred_dir}: prediction folder (-p/--pred) not found\n")
+
+
 @pytest.mark.parametrize("breakage", [_empty_references, _renamed_reference, _no_predictions, _mixed_reference_types, _only_background])
 def test_bad_folders_without_dataset_give_one_line(png_folders, breakage):
     pred_dir, ref_dir = png_folders

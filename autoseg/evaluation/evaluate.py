@@ -157,7 +157,11 @@ def choose_labels(
     label_values: Sequence[int] | None = None, num_workers: int | None = None,
 ) -> LabelChoice:
     """The dataset's labels if given; else ``label_values`` (``--labels``); else the ``dataset.json``
-    beside the references; else every value found in the references (nnU-Net's simple evaluation)."""
+    beside the references; else every value found in the references (nnU-Net's simple evaluation).
+
+    A missing prediction folder is refused first: every reference was read for its values, and the command printed
+    which labels it would evaluate, before it said that ``-p`` names no folder."""
+    require_folder(pred_dir, "predicted label maps", PREDICTION_FOLDER)
     if description is not None and label_values:
         raise EvaluationError("give either a dataset (-d) or --labels, not both")
     if description is not None:
