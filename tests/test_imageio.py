@@ -769,6 +769,8 @@ def test_a_nrrd_or_metaimage_compressed_a_thousandfold_is_read(tmp_path: Path, e
                                           r"-1\) vs \(1, 0, 0, 0, 1, 0, 0, 0, 1\) as written\); use \.nii\.gz, \.nrrd or \.mha"),
     ("shifted.tif", (2, 3, 4), np.uint8, r"\.tif cannot hold this image's geometry \(direction .*; origin \(10\.5, "
                                          r"-20\.25, 3\) vs \(0, 0, 0\)"),
+    ("sheared.gipl", (2, 3, 4), np.uint8, r"\.gipl cannot hold this image's geometry \(direction \(1, 0\.2873, .* as "
+                                          r"written\); use \.nrrd or \.mha, which keep it"),  # not .nii.gz: no shear
     # NIfTI stores rotations only: ITK wrote a sheared direction as its nearest rotation
     ("sheared.nii.gz", (2, 3, 4), np.uint8, r"\.nii\.gz cannot hold this image's geometry \(direction \(1, 0\.2873, 0, 0, "
                                             r"0\.9578, 0, 0, 0, 1\) is sheared, not a rotation, which NIfTI cannot store "

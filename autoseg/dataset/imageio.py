@@ -1587,14 +1587,16 @@ def unwritable_problem(
                 "integers); use .nii.gz, .nrrd or .mha")
     if geometry is not None and (lost := _geometry_lost_in(ending, geometry)):
         return (f"{path}: {ending} cannot hold this image's geometry ({'; '.join(lost)} as written); use "
-                f"{endings_keeping_geometry(ending)}, which keep it")
+                f"{endings_keeping_geometry(ending, geometry)}, which keep it")
     return None
 
 
-def endings_keeping_geometry(ending: str) -> str:
-    """The endings to name instead of ``ending`` for an image it cannot hold the geometry of: NIfTI keeps what GIPL
-    and TIFF lose, but no sheared direction, which only NRRD and MetaImage keep."""
-    return ".nrrd or .mha" if ending in NIFTI_ENDINGS else ".nii.gz, .nrrd or .mha"
+def endings_keeping_geometry(ending: str, geometry: Geometry) -> str:
+    """The endings to name instead of ``ending`` for an image of ``geometry`` it cannot hold: NIfTI keeps what GIPL
+    and TIFF lose, but no sheared direction, which only NRRD and MetaImage keep (a sheared image refused as .gipl
+    was told to use .nii.gz, which refused it next)."""
+    sheared = ending in NIFTI_ENDINGS or not is_orthonormal(geometry.direction)
+    return ".nrrd or .mha" if sheared else ".nii.gz, .nrrd or .mha"
 
 
 def is_orthonormal(direction: Sequence[float]) -> bool:

@@ -133,9 +133,10 @@ def _refuse_geometry_lost(folder: Path, cases: Sequence[str], ending: str) -> No
         geometry = _sidecar_geometry(probability_paths(folder, case).sidecar, read_sidecar(folder, case, EvaluationError), case)
         lost = geometry_lost_in(ending.lower(), geometry)
         if lost:
+            keeping = endings_keeping_geometry(ending.lower(), geometry)
             raise EvaluationError(
                 f"--file-ending {ending}: cannot hold the voxel spacing, origin or direction of case {case} (case vs file: "
-                f"{'; '.join(lost)}); give --file-ending {endings_keeping_geometry(ending.lower())}, which keep them, or "
+                f"{'; '.join(lost)}); give --file-ending {keeping}, which keep them, or "
                 "leave it out (each case then keeps the ending predict gave it)"
             )
 
