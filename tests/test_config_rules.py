@@ -85,7 +85,11 @@ def test_the_defaults_and_every_familys_defaults_keep_the_rules() -> None:
     ("augmentation.anisotropy_threshold=0.5", r"must be >= 1"),
     ("augmentation.mask_channels=[-1]", r"must be a list of whole numbers >= 0 \(image channel indices\)"),
     ("augmentation.mask_channels=[0.5]", r"must be a list of whole numbers"),
-    ("augmentation.cascade_binary_operation.max_size=0", r"must be >= 1"),
+    ("augmentation.cascade_binary_operation.max_size=0", r"must be from 1 to 12 \(voxels of a ball's radius\)"),
+    # 32 ran out of memory in scipy's erosion mid-training, 10**12 stopped numpy there (the array is too big)
+    ("augmentation.cascade_binary_operation.max_size=32", r"--set augmentation.cascade_binary_operation.max_size=32: must be "
+                                                          r"from 1 to 12 \(voxels of a ball's radius\); the default is 8"),
+    ("augmentation.cascade_binary_operation.max_size=1000000000000", r"must be from 1 to 12"),
     ("augmentation.cascade_remove_component.max_fraction=0", r"must be > 0 and <= 1"),
     ("patch_size=[0, 64, 64]", r"--set patch_size=\[0, 64, 64\]: must be a list of whole numbers >= 1 \(voxels per axis\)"),
     ("patch_size=[16.5, 64, 64]", r"must be a list of whole numbers"),
@@ -120,7 +124,7 @@ def test_a_familys_own_settings_have_rules_too() -> None:
     "optimizer.momentum=0", "optimizer.betas=[0.999, 0.9]", "augmentation.rotation.p=0", "augmentation.rotation.p=1",
     "augmentation.scaling.range=[1, 1]", "augmentation.elastic.alpha=[0, 0]", "augmentation.low_resolution.zoom=[1, 1]",
     "augmentation.rotation.degrees_3d=180", "augmentation.spatial_order_seg=0", "augmentation.mask_channels=[]",
-    "oversample_foreground=1", "batch_size=null", "num_workers=auto", "loss.weight_ce=0",
+    "oversample_foreground=1", "batch_size=null", "augmentation.cascade_binary_operation.max_size=12", "num_workers=auto", "loss.weight_ce=0",
 ])
 def test_the_edges_of_each_range_are_accepted(override: str) -> None:
     resolve_config("unet", [override])
