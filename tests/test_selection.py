@@ -162,6 +162,21 @@ def test_best_single_configuration_gets_its_postprocessing(roots: dict[str, Path
     ]
 
 
+def test_what_is_left_out_of_the_ranking_is_said(roots: dict[str, Path]) -> None:
+    """A configuration with folds missing, and one left out of every ensemble for lack of saved probabilities,
+    were recorded in the JSON at most: the printed ranking showed fewer candidates and no reason."""
+    results = make_results(roots, probabilities_for=(GOOD,))
+    instructions = find_best(DATASET, num_workers=1)
+    partial = f"{PARTIAL}: no validation predictions for fold(s) 1, 2, 3, 4"
+    no_ensemble = (f"{BAD}: in no ensemble: the validation of fold(s) 0, 1, 2, 3, 4 saved no probabilities; validate "
+                   "each again with autoseg train DATASET 2d 0 --continue --save-probabilities")
+    assert instructions["skipped"] == [partial, no_ensemble]
+    text = (results / INSTRUCTIONS_TXT).read_text()
+    assert f"# note: {partial}" in text and f"# note: {no_ensemble}" in text
+    # -c 2d asks nothing of 3d_lowres: its folds are not reported missing
+    assert find_best(DATASET, configurations=["2d"], num_workers=1)["skipped"] == []
+
+
 def test_a_rerun_stopped_half_way_leaves_no_stale_instructions(roots: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     """The instructions name the merged folders and summaries a rerun rebuilds: a rerun killed after
     rebuilding some left the old ranking beside new summaries for report to show."""

@@ -81,10 +81,17 @@ def is_model_folder(path: Path) -> bool:
     return path.is_dir() and not path.name.startswith(".") and len(path.name.split("__")) == 3
 
 
+def configuration_of(model_folder: Path) -> str:
+    """The configuration a ``<network>__<plans>__<config>`` folder holds."""
+    return model_folder.name.split("__")[2]
+
+
 def trained_model_folders(
-    dataset_results: Path, folds: Sequence[str], file_ending: str, val_cases: Mapping[str, Sequence[str]] | None = None
+    dataset_results: Path, folds: Sequence[str], file_ending: str, val_cases: Mapping[str, Sequence[str]] | None = None,
+    configurations: Sequence[str] | None = None,
 ) -> tuple[list[Path], list[str]]:
-    """Model folders with validation predictions for every fold, and why each other one was skipped.
+    """Model folders (of ``configurations``, default all) with validation predictions for every fold, and why
+    each other one was skipped.
 
     ``val_cases`` (fold -> its validation cases, from the split file) also skips a folder whose fold
     lacks some of them: its cross-validation would be scored on fewer cases without a word.
@@ -93,6 +100,8 @@ def trained_model_folders(
         raise EvaluationError(f"{dataset_results}: no results folder; train the 5 folds of a configuration first (autoseg train)")
     complete, skipped = [], []
     for folder in sorted(p for p in dataset_results.iterdir() if is_model_folder(p)):
+        if configurations is not None and configuration_of(folder) not in configurations:
+            continue
         predicted = {f: list_cases_or_empty(folder / f"fold_{f}" / "validation", file_ending) for f in folds}
         missing = [f for f in folds if not predicted[f]]
         incomplete = {f: sorted(set(val_cases[f]) - set(predicted[f])) for f in folds if predicted[f] and f in (val_cases or {})}
@@ -104,7 +113,7 @@ def trained_model_folders(
             skipped.append(
                 f"{folder.name}: fold {fold}'s validation lacks {len(cases)} of its split's case(s) ({', '.join(cases[:3])}"
                 f"{' ...' if len(cases) > 3 else ''}; a validation stopped midway or files removed): re-run it with "
-                f"autoseg train DATASET {folder.name.split('__')[2]} {fold} --continue"
+                f"autoseg train DATASET {configuration_of(folder)} {fold} --continue"
             )
         else:
             complete.append(folder)
@@ -114,7 +123,7 @@ def trained_model_folders(
 def check_configurations(dataset_results: Path, configurations: Sequence[str]) -> None:
     """Every ``-c`` configuration must have a model folder: a misspelt one (``3d_fullrez``) was reported
     as "no configuration has validation predictions", sending the user to train what was trained."""
-    trained = sorted({p.name.split("__")[2] for p in dataset_results.iterdir() if is_model_folder(p)})
+    trained = sorted({configuration_of(p) for p in dataset_results.iterdir() if is_model_folder(p)})
     unknown = [c for c in configurations if c not in trained]
     if unknown:
         raise EvaluationError(
@@ -171,9 +180,13 @@ def merge_crossval(model_folder: Path, folds: Sequence[str], file_ending: str) -
     return target
 
 
-def has_probabilities(crossval_dir: Path, file_ending: str) -> bool:
-    cases = list_cases(crossval_dir, file_ending)
-    return bool(cases) and all(probability_paths(crossval_dir, case).probabilities.is_file() for case in cases)
+def folds_without_probabilities(model_folder: Path, folds: Sequence[str], file_ending: str) -> list[str]:
+    """The folds whose validation saved no probabilities for some of its cases (trained without
+    ``--save-probabilities``): the model can join no ensemble."""
+    def lacking(validation: Path) -> bool:
+        cases = list_cases(validation, file_ending)
+        return not all(probability_paths(validation, case).probabilities.is_file() for case in cases)
+    return [fold for fold in folds if lacking(model_folder / f"fold_{fold}" / "validation")]
 
 
 def _evaluate(candidate: Candidate, gt_dir: Path, description: DatasetDescription, num_workers: int | None) -> Candidate:
@@ -197,10 +210,21 @@ def _check_same_cases(candidates: Sequence[Candidate], file_ending: str) -> None
 def ensemble_candidates(
     singles: Sequence[Candidate], dataset_results: Path, folds: Sequence[str], description: DatasetDescription,
     num_workers: int | None,
-) -> list[Candidate]:
-    """Every pair of candidates that saved probabilities, ensembled over the merged cross-validation."""
+) -> tuple[list[Candidate], list[str]]:
+    """Every pair of candidates that saved probabilities, ensembled over the merged cross-validation, and why
+    each other candidate joins none (it was left out without a word, so no ensemble was ranked and none said why)."""
     ending = description.file_ending
-    with_probabilities = [c for c in singles if has_probabilities(c.crossval_dir, ending)]
+    with_probabilities, notes = [], []
+    for candidate in singles:
+        lacking = folds_without_probabilities(candidate.model_folders[0], folds, ending)
+        if not lacking:
+            with_probabilities.append(candidate)
+            continue
+        configuration = configuration_of(candidate.model_folders[0])
+        notes.append(
+            f"{candidate.name}: in no ensemble: the validation of fold(s) {', '.join(lacking)} saved no probabilities; "
+            f"validate each again with autoseg train DATASET {configuration} {lacking[0]} --continue --save-probabilities"
+        )
     pairs = []
     for a, b in itertools.combinations(with_probabilities, 2):
         name = ensemble_name((a.name, b.name))
@@ -208,7 +232,7 @@ def ensemble_candidates(
         shutil.rmtree(output, ignore_errors=True)  # never evaluate stale cases of an earlier run
         ensemble_folders([a.crossval_dir, b.crossval_dir], output, num_workers=num_workers, file_ending=ending)
         pairs.append(Candidate(name, a.model_folders + b.model_folders, output))
-    return pairs
+    return pairs, notes if len(singles) > 1 else []
 
 
 def rank(candidates: Sequence[Candidate]) -> list[Candidate]:
@@ -329,11 +353,11 @@ def find_best(
         raise EvaluationError(f"{gt_dir}: reference segmentations not found; run autoseg preprocess {dataset.name} first")
     probe = next((p for p in sorted(dataset_results.glob("*__*__*")) if (p / "dataset.json").is_file()), None)
     description = load_description(probe if probe is not None else dataset.raw_dir)
-    folders, skipped = trained_model_folders(dataset_results, folds, description.file_ending, split_val_cases(dataset.name, folds))
+    configurations = None if configurations is None else string_list(configurations)
+    folders, skipped = trained_model_folders(dataset_results, folds, description.file_ending,
+                                             split_val_cases(dataset.name, folds), configurations)
     if configurations is not None:
-        configurations = string_list(configurations)
         check_configurations(dataset_results, configurations)
-        folders = [f for f in folders if f.name.split("__")[2] in configurations]
     if not folders:
         reasons = f" ({'; '.join(skipped)})" if skipped else ""
         raise EvaluationError(
@@ -359,7 +383,10 @@ def _select_and_write(
         (dataset_results / name).unlink(missing_ok=True)
     singles = [Candidate(f.name, (f,), merge_crossval(f, folds, description.file_ending)) for f in folders]
     _check_same_cases(singles, description.file_ending)
-    ensembles = ensemble_candidates(singles, dataset_results, folds, description, num_workers) if allow_ensembles else []
+    ensembles: list[Candidate] = []
+    if allow_ensembles:
+        ensembles, not_ensembled = ensemble_candidates(singles, dataset_results, folds, description, num_workers)
+        skipped = skipped + not_ensembled
     ranked = rank([_evaluate(c, gt_dir, description, num_workers) for c in singles + ensembles])
     best = ranked[0]
     decision_file = postprocessing_path(best)
@@ -397,6 +424,7 @@ def instructions_text(instructions: dict[str, Any]) -> str:
     ]
     for position, candidate in enumerate(instructions["candidates"], 1):
         lines.append(f"#  {position}. {candidate['name']}: {candidate['foreground_dice']:.4f}")
+    lines += [f"# note: {reason}" for reason in instructions["skipped"]]
     lines.append(
         f"# chosen: {best['name']} (with postprocessing: {best['foreground_dice_postprocessed']:.4f}, "
         f"{len(best['postprocessing_steps'])} step(s), decision in {best['postprocessing_file']})"
