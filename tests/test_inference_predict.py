@@ -671,6 +671,19 @@ def test_an_image_longer_than_nifti_holds_keeps_a_format_that_holds_it(tmp_path:
     assert endings == [".nrrd", ".mha", ".nrrd", ".nii.gz"]
 
 
+def test_images_of_a_format_autoseg_does_not_read_are_named_in_a_note(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A JPEG or an Analyze .hdr/.img pair beside NIfTI cases was left out without a word: the run reported the other
+    cases as all there was. Notes and JSON (a TIFF's spacing) stay unremarked."""
+    for name in ("a_0000.nii.gz", "b_0000.jpg", "c_0000.hdr", "c_0000.img", "notes.txt", "d.json"):
+        (tmp_path / name).write_bytes(b"")
+    assert [case.case_id for case in discover_cases(tmp_path)] == ["a"]
+    assert capsys.readouterr().err == (f"note: {tmp_path}: skipped b_0000.jpg, c_0000.hdr, c_0000.img: images in a "
+                                       "format autoseg does not read; to predict them, convert them to one of .nii.gz, "
+                                       ".nii, .nrrd, .nhdr, .mha, .mhd, .gipl, .gipl.gz, .png, .bmp, .tif, .tiff\n")
+
+
 def test_a_dicom_series_gets_nifti_without_diagnostics_on_stderr(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     """Choosing a DICOM case's ending probed its folder with ITK's file reader, whose HDF5 reader printed some 50
     lines of diagnostics ('Is a directory') per DICOM case; a series folder is not probed (GDCM's directions are

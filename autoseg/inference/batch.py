@@ -53,6 +53,8 @@ if TYPE_CHECKING:  # the onnxruntime engine runs without torch: the torch engine
 DEFAULT_OUTPUT_ENDING = ".nii.gz"
 # Formats whose header stores any direction matrix; NIfTI's stores a rotation only.
 ANY_DIRECTION_ENDINGS = (".mha", ".mhd", ".nrrd", ".nhdr")
+# Images autoseg does not read, met in input folders (photographs, Analyze 7.5, FreeSurfer, arrays): noted when skipped.
+UNREAD_IMAGE_ENDINGS = (".jpg", ".jpeg", ".gif", ".webp", ".jp2", ".hdr", ".img", ".mgh", ".mgz", ".vtk", ".npy")
 PREDICT_INFO = PREDICT_RECORD  # also what marks a folder as autoseg's for ensemble and postprocess apply
 # predict_info.json keys that must agree for two runs to share an output folder.
 SAME_RUN_KEYS = ("configuration", "plans_name", "folds", "checkpoint", "step", "tta", "autocast_dtype")
@@ -185,7 +187,7 @@ def discover_cases(input_path: str | Path) -> list[InputCase]:
     """Cases in a folder (``<case>_XXXX<ending>`` files, DICOM series subfolders), one file, or one DICOM folder.
 
     Names without a ``_XXXX`` channel suffix are single-channel cases. Files of other types (notes,
-    JSON) are ignored. Sorted by case id.
+    JSON) are ignored, images of a format autoseg does not read with a note. Sorted by case id.
     """
     path = Path(input_path)
     if not path.exists():
@@ -215,7 +217,7 @@ def discover_cases(input_path: str | Path) -> list[InputCase]:
         _add(cases, path, Path(os.path.abspath(path)).name)
     else:
         _refuse_loose_dicom_files(path)
-        not_series = []
+        not_series, other_formats = [], []
         for entry in sorted(path.iterdir()):
             if entry.name.startswith("."):
                 continue
@@ -225,9 +227,13 @@ def discover_cases(input_path: str | Path) -> list[InputCase]:
                 _add(cases, entry, entry.name)
             elif (ending := image_ending(entry)):
                 _add(cases, entry, entry.name[: -len(ending)])
+            elif entry.suffix.lower() in UNREAD_IMAGE_ENDINGS:
+                other_formats.append(entry.name)
         if cases and not_series:
             print(f"note: {path}: skipped subfolder(s) {', '.join(not_series)}: no DICOM files in them (a DICOM series "
                   "is read from a folder of its slice files)", file=sys.stderr)
+        if cases and other_formats:
+            _note_other_formats(path, other_formats)
     if not cases:
         if path.is_dir() and (problem := damaged_dicom_refusal(path)):  # was 'no images found (not images: 1.dcm)'
             raise InferenceError(problem)
@@ -237,6 +243,14 @@ def discover_cases(input_path: str | Path) -> list[InputCase]:
             f"<case>_0000<ending> files ({', '.join(SUPPORTED_ENDINGS)}) or DICOM series folders"
         )
     return [cases[k] for k in sorted(cases)]
+
+
+def _note_other_formats(folder: Path, names: Sequence[str]) -> None:
+    """Say which images of a format autoseg does not read (a JPEG, an Analyze .hdr/.img pair) were left out: the run
+    reported its other cases as all there was, and such a case went missing without a word."""
+    shown = ", ".join(names[:5]) + (f" (+ {len(names) - 5} more)" if len(names) > 5 else "")
+    print(f"note: {folder}: skipped {shown}: images in a format autoseg does not read; to predict them, convert them "
+          f"to one of {', '.join(SUPPORTED_ENDINGS)}", file=sys.stderr)
 
 
 def channel_files(case: InputCase, channel_names: Mapping[str, str]) -> list[Path]:
