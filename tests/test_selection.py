@@ -250,6 +250,27 @@ def test_a_fold_missing_some_of_its_validation_cases_is_not_scored(roots: dict[s
         find_best(DATASET, configurations=["2d"], num_workers=1)
 
 
+def test_folds_the_split_file_lacks_are_named_with_those_it_holds(roots: dict[str, Path]) -> None:
+    """A split file of your own with 3 folds: the default folds 0-4 were reported as lacking validation
+    predictions, 'train folds 0-4 first', which training refuses (fold 3 does not exist)."""
+    results = make_results(roots)
+    splits = [{"train": [c for c in CASES if FOLD_OF[c] % 3 != k], "val": [c for c in CASES if FOLD_OF[c] % 3 == k]}
+              for k in range(3)]
+    path = roots["preprocessed"] / DATASET / "splits_final.json"
+    path.write_text(json.dumps(splits))
+    with pytest.raises(EvaluationError) as info:
+        find_best(DATASET, num_workers=1)
+    assert str(info.value) == (f"{path}: the split file holds folds 0, 1, 2, not fold(s) 3, 4 (find-best's default is "
+                               "0-4); give the folds trained with it: -f 0 -f 1 -f 2")
+    for config in (GOOD, BAD):  # the 3 folds trained with it: fold k validates folds k and k + 3 of FOLD_OF
+        for fold in ("3", "4"):
+            source = results / config / f"fold_{fold}" / "validation"
+            for path_in_fold in source.iterdir():
+                path_in_fold.rename(results / config / f"fold_{int(fold) - 3}" / "validation" / path_in_fold.name)
+    instructions = find_best(DATASET, folds=["0", "1", "2"], num_workers=1)
+    assert instructions["num_cases"] == 10
+
+
 def test_a_fold_given_twice_is_named(roots: dict[str, Path]) -> None:
     make_results(roots)
     with pytest.raises(EvaluationError, match=r"fold 0 is given twice; give each fold once"):

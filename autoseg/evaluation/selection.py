@@ -133,12 +133,23 @@ def check_configurations(dataset_results: Path, configurations: Sequence[str]) -
 
 
 def split_val_cases(dataset_name: str, folds: Sequence[str]) -> dict[str, list[str]]:
-    """Each numeric fold's validation cases from the split file training used (none without the file)."""
+    """Each fold's validation cases from the split file training used (none without the file).
+
+    A fold the file does not hold is refused naming the folds it does: with a split file of your own of 3 folds,
+    the default folds 0-4 were reported as missing validation predictions, "train folds 0-4 first", which training
+    refuses (fold 3 does not exist)."""
     path = preprocessed_root() / dataset_name / SPLITS_FILE
     if not path.is_file():
         return {}
     splits = read_splits(path)
-    return {f: list(splits[int(f)]["val"]) for f in folds if f.isdecimal() and int(f) < len(splits)}
+    absent = [f for f in folds if int(f) >= len(splits)]
+    if absent:
+        held = [str(k) for k in range(len(splits))]
+        raise EvaluationError(
+            f"{path}: the split file holds folds {', '.join(held)}, not fold(s) {', '.join(absent)} (find-best's default "
+            f"is 0-4); give the folds trained with it: -f {' -f '.join(held)}"
+        )
+    return {f: list(splits[int(f)]["val"]) for f in folds}
 
 
 def list_cases_or_empty(folder: Path, file_ending: str) -> dict[str, Path]:
