@@ -325,6 +325,21 @@ def _only_background(pred: Path, ref: Path) -> str:
     return f"{ref}: the references hold only background (0); give the labels to evaluate with --labels"
 
 
+def test_a_negative_value_in_the_references_is_not_taken_for_a_class(folders):
+    """Without a dataset or --labels, a reference holding -1 was scored as a class named '-1', though --labels -1
+    is refused and no dataset.json may declare it; it is refused naming the file, and --labels evaluates the rest."""
+    pred_dir, ref_dir = folders
+    seg, geometry = read_image(ref_dir / "c1.nii.gz")
+    seg = seg.astype(np.int16)
+    seg[0, 0, 0] = -1
+    write_image(seg, geometry, ref_dir / "c1.nii.gz")
+    message = autoseg_fails("evaluate", "-p", pred_dir, "-r", ref_dir, "-np", "1")
+    assert f"c1: {ref_dir / 'c1.nii.gz'}: holds the negative value -1; label maps hold 0 (background) and positive " \
+           "class numbers: give the labels to evaluate with --labels" in message
+    autoseg("evaluate", "-p", pred_dir, "-r", ref_dir, "-l", 1, "-np", "1")
+    assert json.loads((pred_dir / "summary.json").read_text())["classes"] == {"1": [1]}
+
+
 def test_a_missing_prediction_folder_is_the_only_line(png_folders):
     """Without a dataset or --labels, every reference was read and 'no dataset.json or --labels: evaluating the
     labels found in the references: ...' printed before the error that -p names no folder."""

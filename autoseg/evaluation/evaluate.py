@@ -133,9 +133,15 @@ def check_integer_labels(path: Path, seg: np.ndarray) -> None:
 
 
 def _label_values(path: Path) -> list[int]:
+    """The values of a reference label map, for evaluation without a dataset or --labels. A negative one is
+    refused: it was scored as a class named '-1', which ``--labels -1`` refuses and no dataset.json may declare."""
     labels, _ = read_image(path)
     check_integer_labels(path, labels)
-    return [int(v) for v in np.unique(labels)]
+    values = [int(v) for v in np.unique(labels)]
+    if values and values[0] < 0:
+        raise EvaluationError(f"{path}: holds the negative value {values[0]}; label maps hold 0 (background) and "
+                              "positive class numbers: give the labels to evaluate with --labels")
+    return values
 
 
 def labels_in_references(ref_dir: Path, file_ending: str, num_workers: int | None = None) -> list[int]:
