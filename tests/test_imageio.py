@@ -1286,6 +1286,24 @@ def test_a_written_3d_tiff_carries_its_spacing_and_ignores_a_probability_sidecar
         assert np.array_equal(array, labels) and geometry.spacing == (2.5, 1.0, 0.5) and not geometry.is_2d
 
 
+@pytest.mark.parametrize(("unit", "spacing_mm"), [("um", (0.002, 0.0005, 0.0005)), ("\u00b5m", (0.002, 0.0005, 0.0005)),
+                                                  ("mm", (2.0, 0.5, 0.5)), ("cm", (20.0, 5.0, 5.0))])
+def test_a_3d_tiffs_spacing_is_read_in_the_unit_its_description_names(
+    tmp_path: Path, unit: str, spacing_mm: tuple[float, ...]
+) -> None:
+    """A volume written with tifffile's metadata={"spacing": [2, 0.5, 0.5], "unit": "um"} (a microscope's) was read
+    as 2 x 0.5 x 0.5 mm, 1000 times too coarse, in silence; a unit of no length is refused."""
+    import tifffile
+
+    volume = np.zeros((4, 5, 6), np.uint8)
+    tifffile.imwrite(tmp_path / "v.tif", volume, metadata={"spacing": [2, 0.5, 0.5], "unit": unit}, photometric="minisblack")
+    assert read_image(tmp_path / "v.tif")[1].spacing == pytest.approx(spacing_mm)
+    tifffile.imwrite(tmp_path / "p.tif", volume, metadata={"spacing": [2, 0.5, 0.5], "unit": "pixel"}, photometric="minisblack")
+    with pytest.raises(DatasetError, match=r"p\.tif: its description gives the spacing in 'pixel', no length unit autoseg "
+                                           r"knows \(mm, .*\); write the spacing in mm"):
+        read_image(tmp_path / "p.tif")
+
+
 @pytest.mark.parametrize("metadata", [{"spacing": 0.5, "unit": "um"}, {"spacing": [1.0, 0.5, 0.5]}])
 def test_a_2d_tiff_with_another_tools_spacing_metadata_stays_a_2d_image(tmp_path: Path, metadata: dict) -> None:
     """tifffile's metadata={"spacing": 0.5, "unit": "um"} on a 2D microscopy image was taken for autoseg's

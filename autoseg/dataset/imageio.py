@@ -843,7 +843,24 @@ def _written_spacing(path: Path) -> Any:
         return None
     if not metadata or not isinstance(metadata[0].get("shape"), list) or len(metadata[0]["shape"]) != 3:
         return None
-    return metadata[0].get("spacing")
+    return _spacing_in_mm(path, metadata[0].get("spacing"), metadata[0].get("unit", "mm"))
+
+
+# Millimetres per length unit as tools write it beside a TIFF description's spacing (tifffile: metadata={"unit": "um"}).
+_MM_PER_UNIT = {"mm": 1.0, "millimeter": 1.0, "um": 1e-3, "\u00b5m": 1e-3, "\u03bcm": 1e-3, "micron": 1e-3, "micrometer": 1e-3,
+                "nm": 1e-6, "nanometer": 1e-6, "cm": 10.0, "centimeter": 10.0, "m": 1e3, "meter": 1e3}
+
+
+def _spacing_in_mm(path: Path, spacing: Any, unit: Any) -> Any:
+    """A TIFF description's ``spacing`` in mm: a microscope's volume written with ``"unit": "um"`` was read as
+    millimetres, 1000 times too coarse, in silence. A spacing that is no list of numbers is left to
+    ``_checked_spacing``; a unit of no known length is refused."""
+    factor = _MM_PER_UNIT.get(unit.lower()) if isinstance(unit, str) else None
+    if factor is None:
+        raise DatasetError(f"{path}: its description gives the spacing in {unit!r}, no length unit autoseg knows "
+                           f"({', '.join(_MM_PER_UNIT)}); write the spacing in mm")
+    numbers = isinstance(spacing, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in spacing)
+    return [v * factor for v in spacing] if numbers and factor != 1.0 else spacing
 
 
 def _sidecar_spacing(path: Path) -> tuple[Path, Any] | None:
