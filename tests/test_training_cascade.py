@@ -27,7 +27,7 @@ import torch
 
 from autoseg.dataset.description import load_description
 from autoseg.dataset.imageio import read_image, write_image
-from autoseg.errors import TrainingError
+from autoseg.errors import InferenceError, TrainingError
 from autoseg.inference.batch import PREDICT_INFO, predict_folder
 from autoseg.inference.model import load_model
 from autoseg.planning.plans import load_plans, plans_path, validate_plans
@@ -39,7 +39,7 @@ from autoseg.training.data_loading import TRAIN_STREAM, VAL_STREAM, BatchSource
 from autoseg.training.run import train_fold
 from autoseg.training.splits import fold_cases
 from autoseg.training.trainer import FoldRun, Trainer
-from cli_helpers import TRAIN_SETTINGS, autoseg, set_options
+from cli_helpers import TRAIN_SETTINGS, autoseg, autoseg_fails, set_options
 from conftest import HIPPOCAMPUS, make_hippocampus_subset
 from preprocessing_helpers import make_configuration, make_plans
 from training_helpers import CASES, PATCH, TINY_TOPOLOGY
@@ -181,6 +181,28 @@ def test_the_previous_stage_cache_follows_a_case_preprocessed_again(trained: dic
     finally:
         os.utime(stored, ns=(original.st_atime_ns, original.st_mtime_ns))
     np.testing.assert_array_equal(np.load(cache / f"{case}.npy"), expected)
+
+
+def test_a_previous_stage_trained_on_other_labels_is_refused(
+    trained: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cascade takes one input channel per label of its own dataset.json: a lowres model of other labels (its
+    dataset.json edited between the stages) trained the cascade and predicted through it without a word (or failed
+    with the network's internal channel-count error); both refuse it, naming both files."""
+    results = tmp_path / "results"
+    for folder in (trained["lowres"], trained["cascade"]):
+        shutil.copytree(folder, results / DATASET / folder.name)
+    lowres_json = results / DATASET / LOWRES_MODEL / "dataset.json"
+    description = json.loads(lowres_json.read_text())
+    description["labels"] = {"background": 0, "Posterior": 1, "Anterior": 2}  # the classes renumbered
+    lowres_json.write_text(json.dumps(description))
+    monkeypatch.setenv("AUTOSEG_RESULTS", str(results))
+    problem = (f"{lowres_json}: the previous stage's labels {description['labels']} differ from "
+               f"{load_description(trained['raw']).labels} of ")
+    assert problem in " ".join(autoseg_fails(*train_args(CASCADE, "1")).split())
+    with pytest.raises(InferenceError) as info:
+        load_model(results / DATASET / CASCADE_MODEL, folds=[0], device="cpu")
+    assert str(info.value).startswith(problem + str(results / DATASET / CASCADE_MODEL / "dataset.json"))
 
 
 def cascade_trainer(trained: dict[str, Path], scratch: Path) -> Trainer:

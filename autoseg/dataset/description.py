@@ -267,3 +267,19 @@ def channel_list(channel_names: Mapping[str, str]) -> str:
     """``{"0": "T2", "1": "ADC"}`` -> ``0000: T2, 0001: ADC``: each channel's file suffix and name, for
     messages that tell a user which files to supply."""
     return ", ".join(f"{int(key):04d}: {name}" for key, name in channel_names.items())
+
+
+def previous_stage_label_problem(
+    previous: DatasetDescription, previous_path: Path, cascade: DatasetDescription, cascade_path: Path | str
+) -> str | None:
+    """Why a cascade stage cannot take its previous stage's labels as input (``None`` when it can): its input
+    holds one one-hot channel per label of its own dataset.json, so a previous stage trained on other labels (the
+    dataset.json edited between the two stages: classes renumbered, added or removed) fed it channels of other
+    classes without a word, or failed with the network's internal channel-count error."""
+    if previous.labels == cascade.labels:
+        return None
+    return (
+        f"{previous_path}: the previous stage's labels {previous.labels} differ from {cascade.labels} of "
+        f"{cascade_path}, whose model takes one input channel per label of its own: the two stages were trained on "
+        "different versions of the dataset; train both with the same dataset.json"
+    )

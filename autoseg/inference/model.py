@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from autoseg.utils.device import choose_device
-from autoseg.dataset.description import DatasetDescription, channel_list, parse_description
+from autoseg.dataset.description import DatasetDescription, channel_list, parse_description, previous_stage_label_problem
 from autoseg.errors import InferenceError, NetworkError
 from autoseg.inference.engine import DEFAULT_CHECKPOINT, LoadedModel, canonical_folds
 from autoseg.networks import create_network
@@ -245,6 +245,9 @@ def load_model(
     previous = None
     if configuration.get("previous_stage"):
         previous = _load_previous_stage(folder, configuration["previous_stage"], fold_names, checkpoint, torch_device, parsed)
+        if problem := previous_stage_label_problem(previous.dataset, previous.folder / "dataset.json", description,
+                                                   folder / "dataset.json"):
+            raise InferenceError(problem)
     return LoadedModel(
         folder=folder,
         plans=plans,

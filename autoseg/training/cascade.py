@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from autoseg.dataset.description import DatasetDescription, load_description, previous_stage_label_problem
 from autoseg.dataset.imageio import Geometry, geometry_differences, read_image
 from autoseg.dataset.verify import label_value_problem
 from autoseg.errors import TrainingError
@@ -30,6 +31,18 @@ _NOT_THIS_PREDICTION = ("it is not a prediction of this dataset's previous stage
 
 def previous_stage_predictions(results_dir: Path, network: str, plans_name: str, previous: str) -> Path:
     return results_dir / f"{network}__{plans_name}__{previous}" / NEXT_STAGE_FOLDER
+
+
+def check_previous_stage_labels(predictions: Path, description: DatasetDescription, dataset_json: Path | str) -> None:
+    """Refuse previous-stage predictions of a model trained on other labels than ``description``'s (its model
+    folder's dataset.json): their label maps passed the value check, and the cascade trained on input channels of
+    other classes (renumbered ones, or one always empty). A folder without dataset.json is left to the checks of
+    each file."""
+    previous_json = predictions.parent / "dataset.json"
+    if not previous_json.is_file():
+        return
+    if problem := previous_stage_label_problem(load_description(predictions.parent), previous_json, description, dataset_json):
+        raise TrainingError(problem)
 
 
 def prepare_previous_stage(

@@ -30,7 +30,9 @@ from autoseg.planning.plans import (
 )
 from autoseg.preprocessing.runner import timing_path
 from autoseg.preprocessing.store import list_cases
-from autoseg.training.cascade import CACHE_FOLDER, prepare_previous_stage, previous_stage_predictions
+from autoseg.training.cascade import (
+    CACHE_FOLDER, check_previous_stage_labels, prepare_previous_stage, previous_stage_predictions,
+)
 from autoseg.training.checkpoints import FINAL, LATEST
 from autoseg.training.config import dump_config, resolve_training_config
 from autoseg.training.distributed import DistributedContext, barrier, init_distributed, rank_batch_size, shutdown
@@ -220,6 +222,8 @@ def _prepare_folders(run: FoldRun) -> None:
     if run.previous_stage_cache is not None:
         predictions = previous_stage_predictions(run.model_folder.parent, run.network_name, run.plans_name,
                                                  run.configuration["previous_stage"])
+        dataset_json = run.raw_dir / "dataset.json" if run.raw_dir is not None else "the dataset's dataset.json"
+        check_previous_stage_labels(predictions, run.description, dataset_json)
         prepare_previous_stage(predictions, run.previous_stage_cache, run.store, list_cases(run.store), run.plans,
                                run.configuration_name, run.description.file_ending)
     for folder in (run.model_folder, run.fold_folder, run.fold_folder / VALIDATION_FOLDER):
