@@ -431,9 +431,10 @@ def test_one_configuration_name_is_one_configuration_not_its_letters():
 
 
 # ------------------------------------------------------------------------------------- plans file
-@pytest.mark.parametrize("name", ["../evil", "a/b", "", ".hidden", "my__plans", "a\\b"])
+@pytest.mark.parametrize("name", ["../evil", "a/b", "", ".hidden", "my__plans", "a\\b", "myPlans_"])
 def test_plans_names_that_are_not_plain_file_names_are_refused(tmp_path, name):
-    """'../evil' wrote the plans file outside the dataset folder; '__' would split a model folder's name wrongly."""
+    """'../evil' wrote the plans file outside the dataset folder; '__' would split a model folder's name wrongly,
+    and so did a trailing '_' (unet__myPlans___3d_fullres read as plans 'myPlans', configuration '_3d_fullres')."""
     with pytest.raises(PlanError, match=r"--plans-name .*: give a plain name \(letters, digits, _ \. \+ -"):
         plans_path(tmp_path, name)
     assert plans_path(tmp_path, "gpu8Plans_v2.1").name == "gpu8Plans_v2.1.json"

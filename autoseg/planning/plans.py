@@ -35,8 +35,10 @@ REQUIRED_CONFIGURATION = (
 
 
 # A plans name becomes a file name and the middle of a model folder's <network>__<plans>__<config>:
-# no path separators or '..' (it wrote outside the dataset folder), no leading dot, no '__'.
-PLANS_NAME = re.compile(r"^(?!.*__)[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+# no path separators or '..' (it wrote outside the dataset folder), no leading dot, no '__', and no trailing '_'
+# ('P_' made unet__P___3d_fullres, read back as plans 'P' and configuration '_3d_fullres': training failed at its
+# final validation, and predict, find-best and export-model never found the configuration).
+PLANS_NAME = re.compile(r"^(?!.*__)(?!.*_$)[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
 def plans_path(preprocessed_dir: str | Path, plans_name: str = C.DEFAULT_PLANS_NAME) -> Path:
@@ -47,7 +49,7 @@ def plans_path(preprocessed_dir: str | Path, plans_name: str = C.DEFAULT_PLANS_N
     if not PLANS_NAME.match(plans_name):
         raise PlanError(
             f"--plans-name {plans_name!r}: give a plain name (letters, digits, _ . + -; not starting with a dot, "
-            "no '__', which separates the parts of a model folder's name), e.g. autosegPlans_small"
+            "no '__' and not ending in '_': '__' separates the parts of a model folder's name), e.g. autosegPlans_small"
         )
     if f"{plans_name}.json".lower() in (FINGERPRINT_FILE, SPLITS_FILE):
         raise PlanError(f"--plans-name {plans_name!r}: {plans_name}.json is the dataset's {plans_name.lower()} file, "
