@@ -306,6 +306,23 @@ def test_dicom_orientation_of_skewed_directions_is_refused(tmp_path: Path, orien
     assert np.allclose(geometry.direction, (0.867, -0.498, 0, 0.498, 0.867, 0, 0, 0, 1), atol=1e-3)
 
 
+def test_dicom_slices_without_a_pixel_spacing_are_refused(tmp_path: Path) -> None:
+    """Slices written from arrays without PixelSpacing (nor a radiograph's or secondary capture's spacing) were read
+    as 1 x 1 mm pixels without a word, as an unset NIfTI voxel size is refused for."""
+    folder = _dicom_series(tmp_path / "series", [(0, 0, z) for z in range(3)])
+    # GDCM writes the spacing as PixelSpacing or as NominalScannedPixelSpacing: renamed to a neighbouring tag
+    renamed = {b"\x28\x00\x30\x00": b"\x28\x00\x31\x00", b"\x18\x00\x10\x20": b"\x18\x00\x12\x20"}
+    for file in folder.iterdir():
+        data = file.read_bytes()
+        assert sum(data.count(tag) for tag in renamed) == 1
+        for tag, other in renamed.items():
+            data = data.replace(tag, other)
+        file.write_bytes(data)
+    with pytest.raises(DatasetError, match=r"series: 1\.dcm gives no pixel spacing \(PixelSpacing, 0028,0030\), which "
+                                           r"ITK would read as 1 mm; write the slices' true pixel spacing"):
+        read_image(folder)
+
+
 def test_folder_of_two_dicom_series_says_which_files_are_which(tmp_path: Path) -> None:
     """The refusal named only the two SeriesInstanceUIDs, not which of the folder's files to move."""
     folder = _dicom_series(tmp_path / "series", [(0, 0, z) for z in range(3)])

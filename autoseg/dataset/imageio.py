@@ -1143,6 +1143,7 @@ def _read_dicom_series(folder: Path) -> tuple[np.ndarray, Geometry]:
             image = sitk.ReadImage(files[0])
         else:
             _refuse_unstackable_files(folder, files, headers)
+            _refuse_unset_pixel_spacing(folder, files[0], headers[0])
             _check_slice_positions(folder, files, headers)
             if len({header.GetPixelID() for header in headers}) > 1:
                 # Slices rescaled differently (per-slice RescaleSlope, as PET has): ITK casts every slice to the
@@ -1477,6 +1478,22 @@ def _refuse_unstackable_files(folder: Path, files: Sequence[str], headers: Seque
         raise DatasetError(f"{folder}: DICOM slices differ in pixel spacing ({Path(files[0]).name} {_fmt(spacings[0])} mm, "
                            f"{odd[0]} {_fmt(other)} mm; {len(odd)} of {len(files)} files differ from the first); "
                            "put each acquisition in its own folder")
+
+
+# Where a slice's pixel spacing is: PixelSpacing (CT, MR), ImagerPixelSpacing (radiographs), NominalScannedPixelSpacing
+# (secondary captures); GDCM reads the first the file's kind has, or 1 mm.
+_DICOM_PIXEL_SPACING_TAGS = ("0028|0030", "0018|1164", "0018|2010")
+
+
+def _refuse_unset_pixel_spacing(folder: Path, file: str, header: sitk.ImageFileReader) -> None:
+    """Refuse a series of slices that give no pixel spacing (DICOM written from arrays without PixelSpacing): GDCM
+    reads 1 x 1 mm pixels without a word, so the series was resampled and predicted at a made-up voxel size, as an
+    unset NIfTI or NRRD voxel size was (``_unset_voxel_size_problem``). A multi-frame file keeps its spacing in a
+    functional group and is not asked."""
+    if not any(header.HasMetaDataKey(tag) for tag in _DICOM_PIXEL_SPACING_TAGS):
+        raise DatasetError(f"{folder}: {Path(file).name} gives no pixel spacing (PixelSpacing, 0028,0030), which ITK "
+                           "would read as 1 mm; write the slices' true pixel spacing into the files (export the series "
+                           "again)")
 
 
 def _refuse_skewed_orientation(folder: Path, file: str, header: sitk.ImageFileReader) -> None:
