@@ -271,6 +271,20 @@ def test_folds_the_split_file_lacks_are_named_with_those_it_holds(roots: dict[st
     assert instructions["num_cases"] == 10
 
 
+def test_a_damaged_validation_file_is_traced_to_its_fold(roots: dict[str, Path]) -> None:
+    """The merged cross-validation links the folds' files: a cut-short one was named there with the reader's fix
+    ('copy or export it again'), so rerunning find-best met it again; the fold's validation is the fix."""
+    results = make_results(roots, probabilities_for=())
+    damaged = results / GOOD / "fold_1" / "validation" / "case_006.nii.gz"
+    damaged.write_bytes(damaged.read_bytes()[:60])
+    with pytest.raises(EvaluationError) as info:
+        find_best(DATASET, num_workers=1)
+    assert "crossval_folds_0_1_2_3_4/case_006.nii.gz" in str(info.value)
+    assert str(info.value).endswith(
+        f"; crossval_folds_0_1_2_3_4 gathers {results / GOOD}/fold_<k>/validation/: validate the fold holding each case "
+        "again (autoseg train DATASET 3d_fullres <k> --continue), then run find-best again")
+
+
 def test_a_fold_given_twice_is_named(roots: dict[str, Path]) -> None:
     make_results(roots)
     with pytest.raises(EvaluationError, match=r"fold 0 is given twice; give each fold once"):

@@ -201,7 +201,19 @@ def folds_without_probabilities(model_folder: Path, folds: Sequence[str], file_e
 
 
 def _evaluate(candidate: Candidate, gt_dir: Path, description: DatasetDescription, num_workers: int | None) -> Candidate:
-    candidate.summary = evaluate_folders(candidate.crossval_dir, gt_dir, description, num_workers=num_workers)
+    """The candidate with its cross-validation summary. A merged prediction that cannot be scored (cut short, or of
+    labels the dataset lacks) is a link to a fold's validation file, which is named and remade by validating that
+    fold again: the reader's own fix ("copy or export it again") left the user rerunning find-best on it."""
+    try:
+        candidate.summary = evaluate_folders(candidate.crossval_dir, gt_dir, description, num_workers=num_workers)
+    except EvaluationError as exc:
+        if len(candidate.model_folders) > 1:
+            raise
+        folder = candidate.model_folders[0]
+        raise EvaluationError(
+            f"{exc}; {candidate.crossval_dir.name} gathers {folder}/fold_<k>/validation/: validate the fold holding each "
+            f"case again (autoseg train DATASET {configuration_of(folder)} <k> --continue), then run find-best again"
+        ) from None
     return candidate
 
 
