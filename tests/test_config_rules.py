@@ -75,7 +75,10 @@ def test_the_defaults_and_every_familys_defaults_keep_the_rules() -> None:
     ("augmentation.rotation.degrees_3d=200", r"must be between 0 and 180"),
     ("augmentation.rotation.degrees_2d=-5", r"must be between 0 and 180"),
     ("augmentation.scaling.range=[1.4, 0.7]", r"--set augmentation.scaling.range=\[1.4, 0.7\]: must be a \[low, high\] pair with low <= high"),
-    ("augmentation.scaling.range=[0, 1.4]", r"must be a \[low, high\] pair of numbers > 0"),
+    ("augmentation.scaling.range=[0, 1.4]", r"must be a \[low, high\] pair of numbers > 0 and <= 10"),
+    # the region cropped for a scale of 1e300 overflowed: an internal ValueError mid-training
+    ("augmentation.scaling.range=[0.7, 1e300]", r"--set augmentation.scaling.range=\[0.7, 1e\+300\]: must be a \[low, high\] "
+                                               r"pair of numbers > 0 and <= 10; the default is \[0.7, 1.4\]"),
     ("augmentation.scaling.range=[0.7, 1.0, 1.4]", r"must be a \[low, high\] pair"),
     ("augmentation.scaling.range=[0.7, big]", r"must be a \[low, high\] pair"),
     ("augmentation.low_resolution.zoom=[0.5, 1.5]", r"must be a \[low, high\] pair of numbers > 0 and <= 1"),
@@ -122,7 +125,7 @@ def test_a_familys_own_settings_have_rules_too() -> None:
 @pytest.mark.parametrize("override", [
     "num_workers=0", "case_cache_mb=0", "case_cache_mb=2.5", "val_iterations_per_epoch=0", "grad_clip=0",
     "optimizer.momentum=0", "optimizer.betas=[0.999, 0.9]", "augmentation.rotation.p=0", "augmentation.rotation.p=1",
-    "augmentation.scaling.range=[1, 1]", "augmentation.elastic.alpha=[0, 0]", "augmentation.low_resolution.zoom=[1, 1]",
+    "augmentation.scaling.range=[1, 1]", "augmentation.scaling.range=[0.7, 10]", "augmentation.elastic.alpha=[0, 0]", "augmentation.low_resolution.zoom=[1, 1]",
     "augmentation.rotation.degrees_3d=180", "augmentation.spatial_order_seg=0", "augmentation.mask_channels=[]",
     "oversample_foreground=1", "batch_size=null", "augmentation.cascade_binary_operation.max_size=12", "num_workers=auto", "loss.weight_ce=0",
 ])
@@ -173,14 +176,29 @@ def test_a_patch_axis_or_channel_the_plan_lacks_is_refused(override: str, patch:
 
 def test_a_batch_whose_input_alone_exceeds_the_machines_ram_is_refused() -> None:
     """--set batch_size=10**30 passed the rules; for a family the plan's memory model does not describe, training
-    started, wrote the run's files and stopped with an internal ValueError from numpy."""
-    plan = _plan([16, 16, 16])
+    started, wrote the run's files and stopped with an internal ValueError from numpy. A sample is cropped with room
+    for its scaling: augmentation.scaling.range=[0.7, 1000] ran out of memory building the first batch."""
+    plan, still = _plan([16, 16, 16]), ["augmentation.rotation.p=0", "augmentation.scaling.p=0"]
     fits = machine_ram_bytes() // (2 * 16**3 * 4)  # 2 channels of float32
-    assert resolve_training_config("unet", [f"batch_size={fits}"], plan)["batch_size"] == fits
+    assert resolve_training_config("unet", [f"batch_size={fits}", *still], plan)["batch_size"] == fits
     for batch in (fits + 1, 10**30):
-        with pytest.raises(TrainingError, match=rf"^--set batch_size={batch}: {batch} patches \[16, 16, 16\] of 2 channel\(s\) "
-                           r"are .* GiB of float32 input alone, more than this machine's .* GiB of RAM; give a smaller "
-                           r"batch_size \(null: the plan's 2\)$"):
-            resolve_training_config("segresnet", [f"batch_size={batch}"], plan)
+        with pytest.raises(TrainingError, match=rf"^--set batch_size={batch}: {batch} samples of \[16, 16, 16\] voxels \(the "
+                           r"patch \[16, 16, 16\] and the room its rotation and scaling take\) of 2 channel\(s\) are .* GiB "
+                           r"of float32 input alone, more than this machine's .* GiB of RAM; give a smaller batch_size "
+                           r"\(null: the plan's 2\) or augmentation.scaling.range$"):
+            resolve_training_config("segresnet", [f"batch_size={batch}", *still], plan)
+    zoomed_out = ["augmentation.rotation.p=0", "augmentation.scaling.range=[1, 10]"]  # crops of 160^3 voxels
+    with pytest.raises(TrainingError, match=r"samples of \[160, 160, 160\] voxels \(the patch \[16, 16, 16\] and"):
+        resolve_training_config("unet", [f"batch_size={fits // 1000 + 1}", *zoomed_out], plan)
     with pytest.raises(TrainingError, match=r"^the plan's batch_size=1000000000000000000000000000000: "):
         resolve_training_config("unet", [], {**plan, "batch_size": 10**30})
+
+
+def test_a_zoom_that_leaves_the_patch_no_voxel_is_refused() -> None:
+    """The low-resolution simulation rounds extent x zoom: at 0 voxels its resize stopped training with an internal
+    ValueError (NaN to integer). The in-plane patch of a 2.5D plan is not shrunk along its first axis."""
+    with pytest.raises(TrainingError, match=r"^augmentation.low_resolution.zoom=\[0.03125, 1\]: a zoom of 0.03125 leaves "
+                       r"the patch's 16-voxel axis no voxel; give a lowest zoom above 0.03125$"):
+        resolve_training_config("unet", ["augmentation.low_resolution.zoom=[0.03125, 1]"], _plan([16, 24, 16]))
+    resolve_training_config("unet", ["augmentation.low_resolution.zoom=[0.0313, 1]"], _plan([16, 24, 16]))
+    resolve_training_config("unet", ["augmentation.low_resolution.zoom=[0.01, 1]"], _plan([4, 64, 64]))

@@ -92,6 +92,7 @@ def resolve_augmentation(
             f"augmentation.mirror.axes={axes}: give distinct spatial axes of the {len(patch_size)}D patch, from 0 "
             f"to {len(patch_size) - 1}, [] (no mirroring) or auto (the plan's mirror_axes)"
         )
+    _check_low_resolution_zoom(resolved, patch_size)
     if resolved["mask_channels"] == AUTO:
         resolved["mask_channels"] = [c for c, scheme in enumerate(normalization) if scheme.get("use_mask")]
     bad = [c for c in resolved["mask_channels"] if not isinstance(c, int) or not 0 <= c < len(normalization)]
@@ -101,6 +102,19 @@ def resolve_augmentation(
             f"{len(normalization)}); give channel indices from 0 to {len(normalization) - 1}, [] or auto"
         )
     return resolved
+
+
+def _check_low_resolution_zoom(aug: Mapping[str, Any], patch_size: Sequence[int]) -> None:
+    """Refuse a lowest zoom that leaves an axis the low-resolution simulation shrinks without a voxel: batchgenerators
+    rounds ``extent x zoom`` to 0 there and its resize stopped training with an internal ValueError (NaN to integer)."""
+    low = aug["low_resolution"]["zoom"][0]
+    shrunk = patch_size[1:] if is_anisotropic_patch(patch_size, aug["anisotropy_threshold"]) else patch_size
+    shortest = min(shrunk)
+    if np.round(shortest * low) < 1:
+        raise TrainingError(
+            f"augmentation.low_resolution.zoom={list(aug['low_resolution']['zoom'])}: a zoom of {low:g} leaves the "
+            f"patch's {shortest}-voxel axis no voxel; give a lowest zoom above {0.5 / shortest:g}"
+        )
 
 
 def rotation_ranges(patch_size: Sequence[int], aug: Mapping[str, Any]) -> list[float]:

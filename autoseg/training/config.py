@@ -198,19 +198,23 @@ def _apply_planned(config: Mapping[str, Any], planned: Mapping[str, Any]) -> dic
         ) from exc
 
 
-def _check_batch_fits_ram(batch_setting: int | None, plan_batch: int, patch: Sequence[int], channels: int) -> None:
-    """Refuse a batch whose float32 input alone exceeds this machine's RAM, the least any network needs: where no
+def _check_batch_fits_ram(batch_setting: int | None, plan_batch: int, patch: Sequence[int], sample: Sequence[int],
+                          channels: int) -> None:
+    """Refuse a batch whose float32 input alone exceeds this machine's RAM, the least any network needs: each sample is
+    cropped at ``sample`` (the patch and the room its rotation and scaling take) before the spatial transform. Where no
     memory model applies (another family than the plan's) ``--set batch_size=10**30`` passed the rules and stopped
-    training with an internal ValueError from numpy after the run's files were written."""
+    training with an internal ValueError from numpy after the run's files were written, and
+    ``augmentation.scaling.range=[0.7, 1000]`` ran out of memory building the first batch."""
     batch = plan_batch if batch_setting is None else batch_setting
-    sample_bytes = channels * math.prod(patch) * _INPUT_BYTES_PER_VOXEL
+    sample_bytes = channels * math.prod(sample) * _INPUT_BYTES_PER_VOXEL
     ram = machine_ram_bytes()
     if batch * sample_bytes > ram:
         given = "the plan's batch_size" if batch_setting is None else "--set batch_size"
         raise TrainingError(
-            f"{given}={batch}: {batch} patches {list(patch)} of {channels} channel(s) are {batch * sample_bytes / 2**30:.3g} "
-            f"GiB of float32 input alone, more than this machine's {ram / 2**30:.1f} GiB of RAM; give a smaller batch_size "
-            f"(null: the plan's {plan_batch})"
+            f"{given}={batch}: {batch} samples of {list(sample)} voxels (the patch {list(patch)} and the room its rotation "
+            f"and scaling take) of {channels} channel(s) are {batch * sample_bytes / 2**30:.3g} GiB of float32 input "
+            f"alone, more than this machine's {ram / 2**30:.1f} GiB of RAM; give a smaller batch_size (null: the plan's "
+            f"{plan_batch}) or augmentation.scaling.range"
         )
 
 
@@ -223,7 +227,7 @@ def resolve_training_config(network: str, overrides: Iterable[str], plan: Mappin
     the plan's family: another ``network`` trains without them), the augmentation resolved for the
     patch and the plan's normalization, and an explicit ``--set num_epochs`` winning over the plan's
     schedule."""
-    from autoseg.training.augmentation import resolve_augmentation  # batchgenerators: only when training
+    from autoseg.training.augmentation import resolve_augmentation, sampling_size  # batchgenerators: only when training
 
     overrides = list(overrides)
     planned = plan.get("training") if network == plan["network"]["name"] else None
@@ -234,9 +238,10 @@ def resolve_training_config(network: str, overrides: Iterable[str], plan: Mappin
             f"--set patch_size={list(patch)}: this configuration is {len(plan['patch_size'])}D; give "
             f"{len(plan['patch_size'])} values (the plan's patch is {list(plan['patch_size'])})"
         )
-    _check_batch_fits_ram(config["batch_size"], plan["batch_size"], patch, len(plan["normalization"]))
     config["augmentation"] = resolve_augmentation(config["augmentation"], patch, plan["normalization"],
                                                   plan.get("mirror_axes"))
+    _check_batch_fits_ram(config["batch_size"], plan["batch_size"], patch, sampling_size(patch, config["augmentation"]),
+                          len(plan["normalization"]))
     if any(parse_override(text)[0] == "num_epochs" for text in overrides):
         config["use_plan_schedule"] = False
     return config

@@ -77,6 +77,9 @@ MAX_PREFETCH_BATCHES = 250
 # the radius to the 6th power: on a 64^3 patch radius 8 (nnU-Net's) took 79 MB and 0.4 s per operation, 12 0.85 GB
 # and 3.4 s, 16 4.7 GB and 10 s, 32 ran out of memory, and 10**12 stopped numpy (both mid-training, in a data worker).
 MAX_CASCADE_BALL_RADIUS = 12
+# A patch sampled from more than 10x its extent per axis shows structures at a tenth of their size (nnU-Net: at most
+# 1.4x); the size of the region cropped for it overflowed at 1e300 (an internal ValueError mid-training).
+MAX_SCALING = 10.0
 AT_LEAST_1 = Rule(lambda v: v >= 1, ">= 1", whole=True)
 NON_NEGATIVE = Rule(lambda v: v >= 0, ">= 0")
 POSITIVE = Rule(lambda v: v > 0, "> 0")
@@ -119,7 +122,7 @@ RULES: dict[str, Rule | Choice] = {
     "augmentation.anisotropy_threshold": Rule(lambda v: v >= 1, ">= 1 (a ratio of the patch's extents)"),
     "augmentation.rotation.degrees_3d": DEGREES,
     "augmentation.rotation.degrees_2d": DEGREES,
-    "augmentation.scaling.range": Rule(lambda v: v > 0, "> 0", pair=True),
+    "augmentation.scaling.range": Rule(lambda v: 0 < v <= MAX_SCALING, f"> 0 and <= {MAX_SCALING:g}", pair=True),
     "augmentation.elastic.alpha": Rule(lambda v: v >= 0, ">= 0", pair=True),
     "augmentation.elastic.sigma": Rule(lambda v: v >= 0, ">= 0", pair=True),
     "augmentation.spatial_order_data": Rule(lambda v: 0 <= v <= 5, "from 0 to 5 (a spline order)", whole=True),
