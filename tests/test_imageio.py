@@ -323,6 +323,27 @@ def test_dicom_slices_without_a_pixel_spacing_are_refused(tmp_path: Path) -> Non
         read_image(folder)
 
 
+@pytest.mark.parametrize(("tag", "slices", "message"), [
+    (b"\x20\x00\x32\x00", ["2.dcm"], r"1 of 3 DICOM slices \(2\.dcm\) give no ImagePositionPatient \(0020,0032\), which "
+                                      r"ITK would replace by slices 1 mm apart"),
+    (b"\x20\x00\x37\x00", ["1.dcm", "2.dcm", "3.dcm"], r"3 of 3 DICOM slices \(1\.dcm, 2\.dcm, 3\.dcm\) give no "
+                                                      r"ImageOrientationPatient \(0020,0037\), which ITK would replace by an "
+                                                      r"upright orientation"),
+])
+def test_dicom_slices_that_do_not_say_where_they_lie_are_refused(
+    tmp_path: Path, tag: bytes, slices: list[str], message: str
+) -> None:
+    """Slices written from arrays without ImagePositionPatient were stacked 1 mm apart whatever their thickness, and
+    without ImageOrientationPatient upright, in silence."""
+    folder = _dicom_series(tmp_path / "series", [(0, 0, 2.5 * z) for z in range(3)])
+    for name in slices:
+        data = (folder / name).read_bytes()
+        assert data.count(tag) == 1
+        (folder / name).write_bytes(data.replace(tag, tag[:2] + bytes([tag[2] + 1]) + tag[3:]))  # the next tag
+    with pytest.raises(DatasetError, match=rf"series: {message}; write each slice's position and orientation"):
+        read_image(folder)
+
+
 def test_folder_of_two_dicom_series_says_which_files_are_which(tmp_path: Path) -> None:
     """The refusal named only the two SeriesInstanceUIDs, not which of the folder's files to move."""
     folder = _dicom_series(tmp_path / "series", [(0, 0, z) for z in range(3)])

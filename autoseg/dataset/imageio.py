@@ -1522,19 +1522,32 @@ def _refuse_skewed_orientation(folder: Path, file: str, header: sitk.ImageFileRe
                            "directions are perpendicular unit vectors")
 
 
+def _refuse_slices_without_position(folder: Path, files: Sequence[str], headers: Sequence[sitk.ImageFileReader]) -> None:
+    """Refuse slices that do not say where they lie (DICOM written from arrays without ImagePositionPatient or
+    ImageOrientationPatient): ITK stacked them 1 mm apart and upright, whatever their thickness, in silence."""
+    for tag, name, made_up in (("0020|0032", "ImagePositionPatient", "slices 1 mm apart"),
+                               ("0020|0037", "ImageOrientationPatient", "an upright orientation")):
+        lacking = [Path(f).name for f, header in zip(files, headers) if not header.HasMetaDataKey(tag)]
+        if lacking:
+            raise DatasetError(f"{folder}: {len(lacking)} of {len(files)} DICOM slices ({', '.join(lacking[:3])}"
+                               f"{', ...' if len(lacking) > 3 else ''}) give no {name} ({tag.replace('|', ',')}), "
+                               f"which ITK would replace by {made_up}; write each slice's position and orientation "
+                               "into the files (export the series again)")
+
+
 def _check_slice_positions(folder: Path, files: Sequence[str], headers: Sequence[sitk.ImageFileReader]) -> None:
     """Refuse a series whose slices (in GDCM's order) do not lie on one even grid along the slice normal.
 
     ITK reads such a series silently with the mean slice step as spacing (missing slices, uneven spacing,
     duplicated positions) or as if untilted (gantry tilt shifts each slice in-plane), so the label map would
     lie in a wrong geometry. Positions may stray from the even grid by ``DICOM_SLICE_TOLERANCE`` of a
-    slice step. Files without ImagePositionPatient / ImageOrientationPatient are left to ITK.
+    slice step. Slices without ImagePositionPatient or ImageOrientationPatient are refused: ITK stacked them
+    1 mm apart, or upright, without a word. Malformed values are left to ITK.
     """
+    _refuse_slices_without_position(folder, files, headers)
     positions: list[list[float]] = []
     orientations: list[list[float]] = []
     for info in headers:
-        if not (info.HasMetaDataKey("0020|0032") and info.HasMetaDataKey("0020|0037")):
-            return
         try:
             positions.append([float(v) for v in info.GetMetaData("0020|0032").split("\\")])
             orientations.append([float(v) for v in info.GetMetaData("0020|0037").split("\\")])
