@@ -84,6 +84,11 @@ def test_the_defaults_and_every_familys_defaults_keep_the_rules() -> None:
     ("augmentation.low_resolution.zoom=[0.5, 1.5]", r"must be a \[low, high\] pair of numbers > 0 and <= 1"),
     ("augmentation.gamma.range=[0, 1.5]", r"> 0"),
     ("augmentation.gaussian_noise.variance=[-0.1, 0.1]", r">= 0"),
+    # 1e300 stopped numpy mid-training (a filter or coordinates too large); 1e5 blurred for 6 s a sample
+    ("augmentation.gaussian_blur.sigma=[0.5, 1e5]", r"--set augmentation.gaussian_blur.sigma=\[0.5, 100000.0\]: must be a "
+                                                    r"\[low, high\] pair of numbers >= 0 and <= 1000 \(voxels\)"),
+    ("augmentation.elastic.sigma=[9, 1e300]", r"must be a \[low, high\] pair of numbers >= 0 and <= 1000 \(voxels\)"),
+    ("augmentation.elastic.alpha=[0, 1e300]", r"must be a \[low, high\] pair of numbers >= 0 and <= 1e\+06"),
     ("augmentation.spatial_order_data=6", r"must be from 0 to 5 \(a spline order\)"),
     ("augmentation.anisotropy_threshold=0.5", r"must be >= 1"),
     ("augmentation.mask_channels=[-1]", r"must be a list of whole numbers >= 0 \(image channel indices\)"),
@@ -125,7 +130,8 @@ def test_a_familys_own_settings_have_rules_too() -> None:
 @pytest.mark.parametrize("override", [
     "num_workers=0", "case_cache_mb=0", "case_cache_mb=2.5", "val_iterations_per_epoch=0", "grad_clip=0",
     "optimizer.momentum=0", "optimizer.betas=[0.999, 0.9]", "augmentation.rotation.p=0", "augmentation.rotation.p=1",
-    "augmentation.scaling.range=[1, 1]", "augmentation.scaling.range=[0.7, 10]", "augmentation.elastic.alpha=[0, 0]", "augmentation.low_resolution.zoom=[1, 1]",
+    "augmentation.scaling.range=[1, 1]", "augmentation.scaling.range=[0.7, 10]", "augmentation.elastic.alpha=[0, 0]", "augmentation.elastic.alpha=[0, 1e6]",
+    "augmentation.elastic.sigma=[0, 1000]", "augmentation.gaussian_blur.sigma=[1000, 1000]", "augmentation.low_resolution.zoom=[1, 1]",
     "augmentation.rotation.degrees_3d=180", "augmentation.spatial_order_seg=0", "augmentation.mask_channels=[]",
     "oversample_foreground=1", "batch_size=null", "augmentation.cascade_binary_operation.max_size=12", "num_workers=auto", "loss.weight_ce=0",
 ])

@@ -80,12 +80,19 @@ MAX_CASCADE_BALL_RADIUS = 12
 # A patch sampled from more than 10x its extent per axis shows structures at a tenth of their size (nnU-Net: at most
 # 1.4x); the size of the region cropped for it overflowed at 1e300 (an internal ValueError mid-training).
 MAX_SCALING = 10.0
+# Gaussian filters (blur, the elastic field's smoothing) cost time in proportion to sigma: on a 16x24x16 patch a sigma
+# of 1000 voxels took 0.06-0.4 s per sample, 1e5 6 s, and 1e300 stopped numpy mid-training (an internal ValueError).
+MAX_SIGMA_VOXELS = 1000.0
+# The elastic field moves a voxel by up to alpha voxels (sigma 0): beyond a million it leaves any image; at 1e300 the
+# sampling coordinates overflowed (an internal IndexError mid-training).
+MAX_ELASTIC_ALPHA = 1e6
 AT_LEAST_1 = Rule(lambda v: v >= 1, ">= 1", whole=True)
 NON_NEGATIVE = Rule(lambda v: v >= 0, ">= 0")
 POSITIVE = Rule(lambda v: v > 0, "> 0")
 SHARE = Rule(lambda v: 0 <= v <= 1, "between 0 and 1")
 BELOW_ONE = Rule(lambda v: 0 <= v < 1, ">= 0 and < 1")
 BETAS = Rule(lambda v: 0 <= v < 1, ">= 0 and < 1", pair=True, ordered=False)
+SIGMA = Rule(lambda v: 0 <= v <= MAX_SIGMA_VOXELS, f">= 0 and <= {MAX_SIGMA_VOXELS:g} (voxels)", pair=True)
 DEGREES = Rule(lambda v: 0 <= v <= 180, "between 0 and 180 (degrees)")
 
 RULES: dict[str, Rule | Choice] = {
@@ -123,12 +130,12 @@ RULES: dict[str, Rule | Choice] = {
     "augmentation.rotation.degrees_3d": DEGREES,
     "augmentation.rotation.degrees_2d": DEGREES,
     "augmentation.scaling.range": Rule(lambda v: 0 < v <= MAX_SCALING, f"> 0 and <= {MAX_SCALING:g}", pair=True),
-    "augmentation.elastic.alpha": Rule(lambda v: v >= 0, ">= 0", pair=True),
-    "augmentation.elastic.sigma": Rule(lambda v: v >= 0, ">= 0", pair=True),
+    "augmentation.elastic.alpha": Rule(lambda v: 0 <= v <= MAX_ELASTIC_ALPHA, f">= 0 and <= {MAX_ELASTIC_ALPHA:g}", pair=True),
+    "augmentation.elastic.sigma": SIGMA,
     "augmentation.spatial_order_data": Rule(lambda v: 0 <= v <= 5, "from 0 to 5 (a spline order)", whole=True),
     "augmentation.spatial_order_seg": Rule(lambda v: 0 <= v <= 5, "from 0 to 5 (a spline order)", whole=True),
     "augmentation.gaussian_noise.variance": Rule(lambda v: v >= 0, ">= 0", pair=True),
-    "augmentation.gaussian_blur.sigma": Rule(lambda v: v >= 0, ">= 0", pair=True),
+    "augmentation.gaussian_blur.sigma": SIGMA,
     "augmentation.brightness.range": Rule(lambda v: v >= 0, ">= 0 (multipliers)", pair=True),
     "augmentation.contrast.range": Rule(lambda v: v >= 0, ">= 0 (multipliers)", pair=True),
     "augmentation.low_resolution.zoom": Rule(lambda v: 0 < v <= 1, "> 0 and <= 1", pair=True),
