@@ -4,6 +4,7 @@ ranking and the inference commands, all checked against hand-computed Dice value
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -283,6 +284,24 @@ def test_a_damaged_validation_file_is_traced_to_its_fold(roots: dict[str, Path])
     assert str(info.value).endswith(
         f"; crossval_folds_0_1_2_3_4 gathers {results / GOOD}/fold_<k>/validation/: validate the fold holding each case "
         "again (autoseg train DATASET 3d_fullres <k> --continue), then run find-best again")
+
+
+def test_a_cascade_without_its_previous_stage_is_not_chosen(roots: dict[str, Path]) -> None:
+    """Predict runs a cascade's lowres folder with the same folds first: a results root without them (the cascade
+    copied alone) ranked the cascade, chose it, and printed commands that failed."""
+    results = make_results(roots, probabilities_for=())
+    cascade = results / "unet__autosegPlans__3d_cascade_fullres"
+    shutil.copytree(results / GOOD, cascade)
+    (cascade / "plans.json").write_text(json.dumps({"configurations": {"3d_cascade_fullres": {"previous_stage": "3d_lowres"}}}))
+    for fold in range(5):  # the lowres folder holds fold 0's final checkpoint only
+        (results / PARTIAL / f"fold_{fold}").mkdir(exist_ok=True)
+    (results / PARTIAL / "fold_0" / "checkpoint_final.safetensors").write_bytes(b"")
+    instructions = find_best(DATASET, configurations=["3d_cascade_fullres", "3d_fullres"], num_workers=1)
+    assert [c["name"] for c in instructions["candidates"]] == [GOOD]
+    assert instructions["skipped"] == [
+        f"{cascade.name}: a cascade stage, which predicts from the labels of {PARTIAL}, and {results / PARTIAL} has no "
+        "final checkpoint of fold(s) 1, 2, 3, 4; train (or copy) those folds of 3d_lowres first"
+    ]
 
 
 def test_a_fold_given_twice_is_named(roots: dict[str, Path]) -> None:

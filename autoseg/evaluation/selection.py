@@ -28,6 +28,8 @@ from autoseg.evaluation.evaluate import evaluate_folders, list_cases
 from autoseg.paths import DatasetSpec, preprocessed_root, resolve_dataset, results_root
 from autoseg.postprocessing.determine import DECISION_FILE, determine_postprocessing
 from autoseg.training.splits import SPLITS_FILE, read_splits
+from autoseg.utils.checkpoint_format import checkpoint_exists, checkpoint_name
+from autoseg.utils.jsonio import read_json
 from autoseg.utils.atomic import atomic_write_json, atomic_write_text, folder_lock, remove_stale_temporaries, staging_folder
 from autoseg.utils.names import string_list
 from autoseg.utils.probability_files import probability_paths
@@ -115,9 +117,31 @@ def trained_model_folders(
                 f"{' ...' if len(cases) > 3 else ''}; a validation stopped midway or files removed): re-run it with "
                 f"autoseg train DATASET {configuration_of(folder)} {fold} --continue"
             )
+        elif problem := previous_stage_problem(folder, folds):
+            skipped.append(f"{folder.name}: {problem}")
         else:
             complete.append(folder)
     return complete, skipped
+
+
+def previous_stage_problem(model_folder: Path, folds: Sequence[str]) -> str | None:
+    """Why a cascade stage cannot predict the folds (``None`` when it can, or is no cascade): predict runs its
+    previous stage's folder with the same folds first, and a results root without it (deleted, or not copied with
+    the cascade) ranked the cascade, chose it and printed commands that failed."""
+    plans_file = model_folder / "plans.json"
+    plans = read_json(plans_file, EvaluationError, "not found", "restore it") if plans_file.is_file() else None
+    configurations = plans.get("configurations") if isinstance(plans, dict) else None
+    configuration = configurations.get(configuration_of(model_folder)) if isinstance(configurations, dict) else None
+    previous = configuration.get("previous_stage") if isinstance(configuration, dict) else None
+    if not isinstance(previous, str):
+        return None
+    network, plans_name, _ = model_folder.name.split("__")
+    sibling = model_folder.parent / f"{network}__{plans_name}__{previous}"
+    lacking = [f for f in folds if not checkpoint_exists(sibling / f"fold_{f}" / checkpoint_name(PREDICT_CHECKPOINT))]
+    if not lacking:
+        return None
+    return (f"a cascade stage, which predicts from the labels of {sibling.name}, and {sibling} has no {PREDICT_CHECKPOINT} "
+            f"checkpoint of fold(s) {', '.join(lacking)}; train (or copy) those folds of {previous} first")
 
 
 def check_configurations(dataset_results: Path, configurations: Sequence[str]) -> None:
