@@ -207,6 +207,27 @@ def test_2d_nifti_round_trip_keeps_2d_geometry(tmp_path: Path) -> None:
     assert out.GetDimension() == 2 and out.GetSpacing() == (0.5, 0.25) and out.GetOrigin() == (1.0, 2.0)
 
 
+LFS_POINTER = b"version https://git-lfs.github.com/spec/v1\noid sha256:4d7a2146\nsize 12345\n"
+
+
+@pytest.mark.parametrize("name", ["a_0000.nii.gz", "a_0000.nrrd", "a_0000.png", "a_0000.tif"])
+@pytest.mark.parametrize(("content", "message"), [
+    (LFS_POINTER, r"is a Git LFS pointer, not the image \(a repository cloned without its large files\?\); fetch the "
+                  r"image \(git lfs pull\), then run the command again"),
+    (b"/annex/objects/SHA256E-s26214--0a4b8d7c.nii.gz\n", r"is a git-annex pointer, not the image .*\(git annex get, or "
+                                                          r"datalad get\)"),
+    (b"", r"file is empty \(0 bytes; an interrupted copy or export\?\); copy or export it again"),
+])
+def test_a_file_holding_no_image_says_what_it_is(tmp_path: Path, name: str, content: bytes, message: str) -> None:
+    """A repository cloned without its large files leaves pointers in the images' place: they were 'cannot be read
+    (truncated or corrupt file?): Unable to determine ImageIO reader'; an empty PNG said the same (empty NIfTI files
+    were named as empty)."""
+    (tmp_path / name).write_bytes(content)
+    for read in (read_image, read_image_channels):
+        with pytest.raises(DatasetError, match=rf"{re.escape(str(tmp_path / name))}: {message}"):
+            read(tmp_path / name)
+
+
 def test_dicom_series_folder_reads_as_one_image() -> None:
     folder = SHARED_DATA / "dicom_examples" / "Study1" / "13_HCropVolume"
     array, geometry = read_image(folder)

@@ -166,8 +166,7 @@ def read_image(path: str | Path) -> tuple[np.ndarray, Geometry]:
         )
     if not path.is_file():  # a named pipe was called 'empty (0 bytes; an interrupted copy?)'; read, it would block
         raise DatasetError(f"{path}: is not a regular file (a named pipe, socket or device); put the image file there")
-    if path.stat().st_size == 0:
-        raise DatasetError(f"{path}: file is empty (0 bytes; an interrupted copy or export?); copy or export it again")
+    _refuse_contentless_file(path)
     volume_spacing = _volume_spacing_source(path)
     if volume_spacing is not None:
         return _read_tiff_volume(path, *volume_spacing)
@@ -205,6 +204,29 @@ def read_image(path: str | Path) -> tuple[np.ndarray, Geometry]:
                                f"{path.name}.gz (and set dataset.json's file_ending to '.nii.gz')") from None
         raise DatasetError(_unreadable_problem(path, exc)) from None
     return _from_sitk(image, path)
+
+
+# The first bytes of a file that stands for an image kept elsewhere (a repository cloned without its large files):
+# what it is, and the command that fetches the image.
+_POINTER_STARTS = {b"version https://git-lfs.github.com/spec/": ("a Git LFS pointer", "git lfs pull"),
+                   b"/annex/objects/": ("a git-annex pointer", "git annex get, or datalad get")}
+
+
+def _refuse_contentless_file(path: Path) -> None:
+    """Refuse a regular file that holds no image at all: an empty one, or the pointer a repository cloned without
+    its large files leaves in the image's place (was 'cannot be read (truncated or corrupt file?): Unable to
+    determine ImageIO reader', and an empty PNG the same, while an empty NIfTI was named as empty)."""
+    if path.stat().st_size == 0:
+        raise DatasetError(f"{path}: file is empty (0 bytes; an interrupted copy or export?); copy or export it again")
+    try:
+        with open(path, "rb") as file:
+            start = file.read(64)
+    except OSError:
+        return  # the reader names what keeps the file from being read
+    for prefix, (kind, fetch) in _POINTER_STARTS.items():
+        if start.startswith(prefix):
+            raise DatasetError(f"{path}: is {kind}, not the image (a repository cloned without its large files?); "
+                               f"fetch the image ({fetch}), then run the command again")
 
 
 def _missing_file_problem(path: Path) -> str:
@@ -1017,6 +1039,7 @@ def read_image_channels(path: str | Path) -> tuple[np.ndarray, Geometry, bool]:
     path = Path(path)
     _check_utf8_path(path)
     if path.is_file() and image_ending(path) in NATURAL_2D_ENDINGS and not is_tiff_volume(path):
+        _refuse_contentless_file(path)
         array = _read_natural_2d_pixels(path)
         if array.ndim == 2:
             return array[None, None], _natural_2d_geometry(), False
