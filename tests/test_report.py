@@ -19,7 +19,7 @@ from matplotlib.image import imread
 
 from autoseg.dataset.imageio import read_image, write_image
 from autoseg.errors import DatasetError, EvaluationError
-from autoseg.evaluation.report import build_report, numeric_series, overlay, overlay_slice, read_metrics_log
+from autoseg.evaluation.report import build_report, numeric_series, overlay, overlay_slice, read_metrics_log, training_curves
 from autoseg.evaluation.selection import find_best
 from conftest import drive_crop
 from test_selection import BAD, BAD_FOREGROUND, CASES, DATASET, GOOD, GOOD_FOREGROUND, GOOD_LEFT, make_results
@@ -144,6 +144,19 @@ def test_a_list_holding_a_value_no_float_holds_is_skipped() -> None:
     records = [{"epoch": 0, "pseudo_dice": [10**400, 0.5], "train_loss": 1.0}, {"epoch": 1, "pseudo_dice": [True, 0.5]},
                {"epoch": 2, "pseudo_dice": [0.25, 0.75]}]
     assert numeric_series(records) == {"train_loss": ([0.0], [1.0]), "pseudo_dice (mean of 2)": ([2.0], [0.5])}
+
+
+def test_values_beyond_what_training_logs_are_skipped_and_the_curves_draw(tmp_path: Path) -> None:
+    """An edited metrics.jsonl with train_loss 1e308 and then -1e308 overflowed the axis span: the report stopped with
+    an internal ValueError (matplotlib's "arange: cannot compute length"). Values beyond float32, which training logs
+    in, are skipped; float32's own extremes still draw."""
+    fold = tmp_path / "model" / "fold_0"
+    fold.mkdir(parents=True)
+    records = [{"epoch": 0, "train_loss": 1e308, "val_loss": 3.4e38}, {"epoch": 1, "train_loss": -1e308, "val_loss": -3.4e38},
+               {"epoch": 2, "train_loss": 0.5, "val_loss": 0.25}]
+    (fold / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert numeric_series(records) == {"train_loss": ([2.0], [0.5]), "val_loss": ([0.0, 1.0, 2.0], [3.4e38, -3.4e38, 0.25])}
+    training_curves(tmp_path / "model").savefig(io.BytesIO(), format="png")
 
 
 def test_metrics_log_lines_python_cannot_read_are_skipped(tmp_path: Path) -> None:

@@ -123,11 +123,17 @@ def read_metrics_log(path: Path) -> list[dict[str, Any]]:
     return records
 
 
+# The largest magnitude a training run logs (its losses and metrics are float32): an edited line's -1e308 beside 1e308
+# overflowed the curve's axis span and stopped the report (matplotlib: "arange: cannot compute length").
+LARGEST_LOGGED_VALUE = float(np.finfo(np.float32).max)
+
+
 def numeric_series(records: Sequence[dict[str, Any]]) -> dict[str, tuple[list[float], list[float]]]:
     """Key -> (epochs, values) for every numeric key; lists (per-class pseudo-Dice) of finite numbers give their
     mean. A record whose epoch is no number (an edited line: ``"epoch": "a"`` or ``null`` stopped the report with
     an internal error) is skipped, as a line cut by a crash is, and so is a list holding a value no float holds
-    (an edited ``[1e400-as-an-integer, 0.5]`` stopped it with an internal OverflowError in the mean)."""
+    (an edited ``[1e400-as-an-integer, 0.5]`` stopped it with an internal OverflowError in the mean), or a value
+    beyond :data:`LARGEST_LOGGED_VALUE`."""
     series: dict[str, tuple[list[float], list[float]]] = {}
     for index, record in enumerate(records):
         epoch = record.get("epoch", index)
@@ -138,7 +144,7 @@ def numeric_series(records: Sequence[dict[str, Any]]) -> dict[str, tuple[list[fl
                 continue
             if isinstance(value, list) and value and all(is_finite_number(v) for v in value):
                 key, value = f"{key} (mean of {len(value)})", float(np.mean(value))
-            if is_finite_number(value):
+            if is_finite_number(value) and abs(value) <= LARGEST_LOGGED_VALUE:
                 xs, ys = series.setdefault(key, ([], []))
                 xs.append(float(epoch))
                 ys.append(float(value))
