@@ -181,3 +181,19 @@ def test_shared_brats_regions_and_drive_colour_channels_are_read_as_declared() -
     scan = scan_training_cases(drive_dir, drive)
     assert not scan.problems and len(scan.cases) == 20 and drive.num_channels == 3
     assert all(case.images == [drive_dir / "imagesTr" / f"{case.case_id}_0000.png"] for case in scan.cases)
+
+
+@pytest.mark.parametrize(("text", "location"), [
+    ('"labels": {"background": 0, "\\ud800x": 1, "b": 2}', r'labels\["\\ud800x"\] \(the key\)'),
+    ('"labels": {"background": 0, "a": 1, "b": 2}, "name": "x\\udfff"', r"name"),
+])
+def test_a_lone_surrogate_escape_is_refused_naming_the_file_and_key(tmp_path: Path, text: str, location: str) -> None:
+    """Such a label name passed verify, then evaluate wrote summary.json and failed with an internal
+    UnicodeEncodeError (no UTF-8 text holds half of a UTF-16 pair)."""
+    (tmp_path / "dataset.json").write_text('{"channel_names": {"0": "CT"}, "numTraining": 2, "file_ending": ".nii.gz", '
+                                           f"{text}}}")
+    with pytest.raises(DatasetError, match=rf"dataset\.json: {location} holds a lone surrogate escape"):
+        load_description(tmp_path)
+    pair = '"labels": {"background": 0, "\\ud83d\\ude00": 1}'  # a whole surrogate pair is one character
+    (tmp_path / "dataset.json").write_text(f'{{"channel_names": {{"0": "CT"}}, "numTraining": 2, "file_ending": ".nii.gz", {pair}}}')
+    assert load_description(tmp_path).class_names == {1: "\U0001f600"}

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from autoseg.utils.jsonio import read_json
+from autoseg.utils.jsonio import lone_surrogate_location, read_json
 from autoseg.errors import DatasetError
 
 IGNORE_LABEL_NAME = "ignore"
@@ -115,6 +115,9 @@ def parse_description(data: dict[str, Any], path: Path) -> DatasetDescription:
     was refused as "missing key 'channel_names'"."""
     if not isinstance(data, dict):
         raise DatasetError(f"{path}: must hold a JSON object")
+    if (location := lone_surrogate_location(data)) is not None:
+        raise DatasetError(f"{path}: {location} holds a lone surrogate escape (\\ud800 to \\udfff: half of a UTF-16 pair, "
+                           "no character); write the text with whole characters (or a \\ud83d\\ude00-style pair)")
     if "modality" in data and "channel_names" not in data:
         raise DatasetError(f"{path}: 'modality' is nnU-Net v1 syntax; rename it to 'channel_names'")
     channels = _require(data, "channel_names", path, 'add e.g. "channel_names": {"0": "CT"}')
