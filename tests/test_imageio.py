@@ -1425,6 +1425,17 @@ def test_a_16_bit_colour_png_is_refused_not_cut_to_8_bits(tmp_path: Path, colour
     np.testing.assert_array_equal(back[0], grey)
 
 
+def test_an_rgb_tiff_with_another_tools_pixel_size_stays_a_2d_colour_image(tmp_path: Path) -> None:
+    """tifffile's metadata={"spacing": 0.5, "unit": "um"} on an RGB microscopy image (shape (y, x, 3), 3 long as a
+    volume's) was refused as a volume: 'spacing of c.tif must be {"spacing": [z, y, x]} ... (got 0.5)'."""
+    import tifffile
+
+    pixels = np.random.default_rng(0).integers(0, 255, (32, 40, 3)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "c.tif", pixels, metadata={"spacing": 0.5, "unit": "um"})
+    channels, geometry, alpha = read_image_channels(tmp_path / "c.tif")
+    assert np.array_equal(np.moveaxis(channels[:, 0], 0, -1), pixels) and geometry.is_2d and not alpha
+
+
 def test_a_palette_tiff_is_read_as_its_colours_as_a_palette_png_is(tmp_path: Path) -> None:
     """A palette TIFF was read as its indices (one grey channel), the same picture as PNG as RGB."""
     from PIL import Image

@@ -852,10 +852,10 @@ def _volume_spacing_source(path: Path) -> tuple[str, Any] | None:
 
 
 def _written_spacing(path: Path) -> Any:
-    """The spacing autoseg wrote into a TIFF's description (tifffile's shaped metadata) with a 3D array,
-    None without. Other tools write a "spacing" there too (tifffile's ``metadata={"spacing": 0.5, "unit":
-    "um"}`` of a 2D image): without a 3D shape beside it, it does not make a 2D image a volume (was refused
-    as 'spacing of x.tif must be [z, y, x]')."""
+    """The spacing autoseg wrote into a TIFF's description (tifffile's shaped metadata): three numbers beside a
+    3D shape, else None. Other tools write a "spacing" there too (tifffile's ``metadata={"spacing": 0.5, "unit":
+    "um"}`` of a 2D grey or RGB image, whose shape (y, x, 3) is 3 long): it does not make the image a volume
+    (was refused as 'spacing of x.tif must be [z, y, x]')."""
     import tifffile
 
     try:
@@ -865,7 +865,10 @@ def _written_spacing(path: Path) -> Any:
         return None
     if not metadata or not isinstance(metadata[0].get("shape"), list) or len(metadata[0]["shape"]) != 3:
         return None
-    return _spacing_in_mm(path, metadata[0].get("spacing"), metadata[0].get("unit", "mm"))
+    spacing = metadata[0].get("spacing")
+    if not isinstance(spacing, list) or len(spacing) != 3:
+        return None  # a pixel size (an RGB image's shape is 3 long too: it was refused as a volume of bad spacing)
+    return _spacing_in_mm(path, spacing, metadata[0].get("unit", "mm"))
 
 
 # Millimetres per length unit as tools write it beside a TIFF description's spacing (tifffile: metadata={"unit": "um"}).
@@ -873,15 +876,15 @@ _MM_PER_UNIT = {"mm": 1.0, "millimeter": 1.0, "um": 1e-3, "\u00b5m": 1e-3, "\u03
                 "nm": 1e-6, "nanometer": 1e-6, "cm": 10.0, "centimeter": 10.0, "m": 1e3, "meter": 1e3}
 
 
-def _spacing_in_mm(path: Path, spacing: Any, unit: Any) -> Any:
+def _spacing_in_mm(path: Path, spacing: list[Any], unit: Any) -> list[Any]:
     """A TIFF description's ``spacing`` in mm: a microscope's volume written with ``"unit": "um"`` was read as
-    millimetres, 1000 times too coarse, in silence. A spacing that is no list of numbers is left to
+    millimetres, 1000 times too coarse, in silence. A spacing of other than numbers is left to
     ``_checked_spacing``; a unit of no known length is refused."""
     factor = _MM_PER_UNIT.get(unit.lower()) if isinstance(unit, str) else None
     if factor is None:
         raise DatasetError(f"{path}: its description gives the spacing in {unit!r}, no length unit autoseg knows "
                            f"({', '.join(_MM_PER_UNIT)}); write the spacing in mm")
-    numbers = isinstance(spacing, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in spacing)
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in spacing)
     return [v * factor for v in spacing] if numbers and factor != 1.0 else spacing
 
 
