@@ -208,3 +208,12 @@ def test_a_zoom_that_leaves_the_patch_no_voxel_is_refused() -> None:
         resolve_training_config("unet", ["augmentation.low_resolution.zoom=[0.03125, 1]"], _plan([16, 24, 16]))
     resolve_training_config("unet", ["augmentation.low_resolution.zoom=[0.0313, 1]"], _plan([16, 24, 16]))
     resolve_training_config("unet", ["augmentation.low_resolution.zoom=[0.01, 1]"], _plan([4, 64, 64]))
+
+
+@pytest.mark.parametrize("override, problem", [
+    ("optimizer.lr=[0.1", "ParserError"),
+    ("optimizer.lr=" + "[" * 2000 + "]" * 2000, "RecursionError"),  # was an internal RecursionError
+])
+def test_a_value_yaml_cannot_read_is_refused_as_such(override: str, problem: str) -> None:
+    with pytest.raises(TrainingError, match=rf"^--set 'optimizer.lr=\[.*: the value is not valid YAML \({problem}\)$"):
+        resolve_config("unet", [override])

@@ -51,15 +51,17 @@ FREE_FORM_SECTIONS = ("network_options",)
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """``"optimizer.lr=1e-3"`` -> ``("optimizer.lr", 0.001)``; the value is read as YAML."""
+    """``"optimizer.lr=1e-3"`` -> ``("optimizer.lr", 0.001)``; the value is read as YAML. A value nested deeper than
+    Python's recursion limit (``[[[...]]]``, 2000 deep) stopped the command with an internal RecursionError: it is
+    refused as YAML the reader cannot take."""
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key:
         raise TrainingError(f"--set {text!r}: expected key=value, e.g. --set optimizer.lr=0.003")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as exc:
-        raise TrainingError(f"--set {text!r}: the value is not valid YAML ({exc.__class__.__name__})") from exc
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise TrainingError(f"--set {text[:80]!r}: the value is not valid YAML ({exc.__class__.__name__})") from exc
     if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
         value = raw.strip()  # YAML 1.1 reads on/off/yes/no as booleans; keep the word the user wrote
     return key, value
