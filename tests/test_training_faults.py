@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -14,7 +15,9 @@ import torch
 
 import autoseg.training.model_setup as model_setup_module
 from autoseg.errors import NetworkError, PlanError, TrainingError, UsageError
+from autoseg.preprocessing.store import list_cases
 from autoseg.training import train_fold
+from autoseg.training.splits import kfold_splits
 from autoseg.networks.bf16_guard import bf16_step_survives, bf16_steps, probe_modules, step_spec
 from autoseg.training.watchdog import IterationWatchdog
 from autoseg.utils.duration import parse_duration
@@ -207,3 +210,26 @@ def test_continue_names_the_settings_it_changes_from_the_run_it_resumes(results:
     log = (Path(summary["model_folder"]) / "fold_0" / "training_log.txt").read_text()
     assert re.search(r"warning: --continue trains with other settings than the run it resumes \(iterations_per_epoch 2 -> 3; "
                      r"from .*fold_0/training_config.yaml\); repeat that run's --set", log), log
+
+
+@pytest.mark.parametrize(("name", "writer"), [("summary", "evaluate's summary in the fold's validation/"),
+                                              ("postprocessing", "find-best's postprocessing decision")])
+def test_a_case_named_like_a_summary_is_refused_before_training_with_save_probabilities(
+    data_roots: dict[str, Path], results: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, writer: str
+) -> None:
+    """Its sidecar <name>.json is where evaluate (find-best) writes: evaluate refused it only after training and
+    predicting the validation, advising an -o that train has not."""
+    preprocessed = tmp_path / "preprocessed"
+    shutil.copytree(data_roots["preprocessed"], preprocessed)
+    store = preprocessed / DATASET / "autosegPlans_3d_fullres"
+    for path in store.glob("hippocampus_001*"):
+        path.rename(store / path.name.replace("hippocampus_001", name))
+    (preprocessed / DATASET / "splits_final.json").unlink(missing_ok=True)
+    monkeypatch.setenv("AUTOSEG_PREPROCESSED", str(preprocessed))
+    fold = next(i for i, split in enumerate(kfold_splits(list_cases(store))) if name in split["val"])
+    with pytest.raises(TrainingError, match=rf"case {name}: with --save-probabilities its probabilities' sidecar {name}\.json "
+                                            rf"would be replaced by {writer}.*; rename the case's files in .*{DATASET} "
+                                            rf"\(e\.g\. to {name}_case\) and preprocess again, or train without"):
+        train_fold(DATASET, "3d_fullres", fold, epochs=1, workers=0, save_probabilities=True, device="cpu",
+                   overrides=["iterations_per_epoch=2", "val_iterations_per_epoch=1"])
+    assert not results.exists()

@@ -19,6 +19,7 @@ import yaml
 
 from autoseg.dataset.description import load_description
 from autoseg.errors import NetworkError, PlanError, TrainingError
+from autoseg.evaluation.evaluate import SUMMARY_JSON
 from autoseg.networks import get_network_spec
 from autoseg.paths import DatasetSpec, resolve_dataset
 from autoseg.planning.accounting import PARTS
@@ -28,6 +29,7 @@ from autoseg.planning.plans import (
     load_plans,
     plans_path,
 )
+from autoseg.postprocessing.determine import DECISION_FILE
 from autoseg.preprocessing.runner import timing_path
 from autoseg.preprocessing.store import list_cases
 from autoseg.training.cascade import (
@@ -49,6 +51,7 @@ from autoseg.utils.atomic import atomic_path, atomic_write_json, atomic_write_te
 from autoseg.utils.jsonio import read_json
 from autoseg.utils.mappings import flatten
 from autoseg.utils.names import string_list
+from autoseg.utils.probability_files import probability_paths
 from autoseg.utils.device import choose_device as shared_choose_device
 from autoseg.utils.device import device_memory_bytes
 from autoseg.utils.duration import check_budget_seconds
@@ -118,6 +121,7 @@ def train_fold(
         deterministic=deterministic, num_workers=workers, epochs=epochs, budget_seconds=budget_seconds,
         resume=continue_, start_time=start,
     )
+    _refuse_cases_named_like_summaries(run, save_probabilities)
     prepared = _preprocess_seconds(run.store)  # read before training: a damaged record is refused before, not after it
     context = init_distributed(run.device.type)
     if context.enabled and run.device.type == "cuda":
@@ -155,6 +159,25 @@ def _check_options(epochs: int | None, budget_seconds: float | None, continue_: 
         check_budget_seconds(budget_seconds, TrainingError)
     if pretrained is not None and continue_:
         raise TrainingError("--pretrained-weights starts a fold, --continue resumes one from its own checkpoint; drop one of them")
+
+
+def _refuse_cases_named_like_summaries(run: FoldRun, save_probabilities: bool) -> None:
+    """With --save-probabilities a validation case's sidecar is ``<case>.json`` in ``validation/`` and, gathered by
+    find-best, in ``crossval_folds_*/``, where evaluate writes summary.json and find-best postprocessing.json: a
+    case named ``summary`` or ``postprocessing`` was refused only once training was over, by evaluate, with advice
+    about an ``-o`` train has not. Every case of the split counts, as find-best gathers every fold."""
+    if not save_probabilities or run.fold == FOLD_ALL:
+        return
+    written = {SUMMARY_JSON: f"evaluate's summary in the fold's {VALIDATION_FOLDER}/ and in crossval_folds_*/",
+               DECISION_FILE: "find-best's postprocessing decision in crossval_folds_*/"}
+    for case_id in sorted({*run.train_cases, *run.val_cases}):
+        sidecar = probability_paths(run.fold_folder, case_id).sidecar.name
+        if sidecar in written:
+            raise TrainingError(
+                f"case {case_id}: with --save-probabilities its probabilities' sidecar {sidecar} would be replaced by "
+                f"{written[sidecar]}; rename the case's files in {run.raw_dir} (e.g. to {case_id}_case) and preprocess "
+                "again, or train without --save-probabilities"
+            )
 
 
 def _check_seed(seed: int) -> None:
