@@ -129,7 +129,7 @@ def test_a_familys_own_settings_have_rules_too() -> None:
 
 @pytest.mark.parametrize("override", [
     "num_workers=0", "case_cache_mb=0", "case_cache_mb=2.5", "val_iterations_per_epoch=0", "grad_clip=0",
-    "optimizer.momentum=0", "optimizer.betas=[0.999, 0.9]", "augmentation.rotation.p=0", "augmentation.rotation.p=1",
+    "optimizer.betas=[0.999, 0.9]", "augmentation.rotation.p=0", "augmentation.rotation.p=1",
     "augmentation.scaling.range=[1, 1]", "augmentation.scaling.range=[0.7, 10]", "augmentation.elastic.alpha=[0, 0]", "augmentation.elastic.alpha=[0, 1e6]",
     "augmentation.elastic.sigma=[0, 1000]", "augmentation.gaussian_blur.sigma=[1000, 1000]", "augmentation.low_resolution.zoom=[1, 1]",
     "augmentation.rotation.degrees_3d=180", "augmentation.spatial_order_seg=0", "augmentation.mask_channels=[]",
@@ -143,6 +143,16 @@ def test_a_loss_needs_a_term() -> None:
     assert resolve_config("unet", ["loss.weight_dice=0"])["loss"]["weight_ce"] == 1.0
     with pytest.raises(TrainingError, match=r"loss.weight_ce=0 and loss.weight_dice=0 leave no loss to train on"):
         resolve_config("unet", ["loss.weight_ce=0", "loss.weight_dice=0"])
+
+
+def test_sgd_without_momentum_needs_nesterov_off() -> None:
+    """--set optimizer.momentum=0 (plain SGD) with the default nesterov: true stopped training with torch's internal
+    ValueError; Adam ignores both settings."""
+    with pytest.raises(TrainingError, match=r"^--set optimizer.momentum=0 with optimizer.nesterov=true: a Nesterov step "
+                                            r"needs momentum; add --set optimizer.nesterov=false for plain SGD"):
+        resolve_config("unet", ["optimizer.momentum=0"])
+    resolve_config("unet", ["optimizer.momentum=0", "optimizer.nesterov=false"])
+    resolve_config("unet", ["optimizer.momentum=0", "optimizer.name=adam"])
 
 
 def test_a_float_yaml_reads_as_a_string_is_taken_in_a_list_and_an_open_setting_too() -> None:

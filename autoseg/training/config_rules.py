@@ -180,7 +180,12 @@ def described(default: Any, origin: str = "the default") -> str:
 
 
 def check_together(config: Mapping[str, Any]) -> None:
-    """Rules across settings: a loss with at least one term."""
+    """Rules across settings: a loss with at least one term; SGD's Nesterov step needs momentum (torch refused
+    ``--set optimizer.momentum=0`` with the default ``nesterov: true`` as an internal ValueError)."""
     loss = config["loss"]
     if loss["weight_ce"] == 0 and loss["weight_dice"] == 0:
         raise TrainingError("--set loss.weight_ce=0 and loss.weight_dice=0 leave no loss to train on; keep one above 0")
+    optimizer = config["optimizer"]
+    if optimizer["name"] == "sgd" and optimizer["nesterov"] and optimizer["momentum"] == 0:
+        raise TrainingError("--set optimizer.momentum=0 with optimizer.nesterov=true: a Nesterov step needs momentum; "
+                            "add --set optimizer.nesterov=false for plain SGD, or keep a momentum above 0")
