@@ -421,9 +421,11 @@ def evaluate(
 ) -> None:
     """Dice, IoU, HD95, ASSD, surface Dice, precision, recall and volumes per case and class."""
     from autoseg.evaluation.evaluate import (
-        choose_labels, classes_absent_everywhere, evaluate_folders, format_table, unpredicted_references,
+        check_evaluation_output, choose_labels, classes_absent_everywhere, evaluate_folders, format_table,
+        unpredicted_references,
     )
 
+    check_evaluation_output(pred, ref, output, tolerance_mm)
     choice = choose_labels(pred, ref, _description(dataset), labels, num_workers)
     if choice.source == "references":
         typer.echo(f"no dataset.json or --labels: evaluating the labels found in the references: {', '.join(list(choice.labels)[1:])}")

@@ -7,6 +7,7 @@ import errno
 import json
 import math
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -600,3 +601,32 @@ def test_predictions_of_a_test_folder_take_the_dataset_json_of_their_model(tmp_p
     autoseg("evaluate", "-p", tmp_path / "pred", "-r", tmp_path / "test_labels", "-np", 1)
     summary = json.loads((tmp_path / "pred" / "summary.json").read_text())
     assert summary["classes"] == {"Anterior": [1], "Posterior": [2]}
+
+
+def _refuse_reading(path: Path) -> None:
+    raise AssertionError(f"read {path} before the arguments were checked")
+
+
+def test_the_output_is_checked_before_the_references_are_read_for_their_labels(folders, tmp_path, monkeypatch):
+    """Without -d or --labels every reference was read for its values, and 'evaluating the labels found ...' printed,
+    before ``-o out.json`` was refused."""
+    pred_dir, ref_dir = folders
+    monkeypatch.setattr("autoseg.evaluation.evaluate.read_image", _refuse_reading)
+    output = autoseg_fails("evaluate", "-p", pred_dir, "-r", ref_dir, "-o", tmp_path / "out.json", "-np", 1)
+    assert output.startswith("autoseg: error: ") and "-o names the folder for summary.json" in output
+    assert "evaluating the labels found" not in output
+
+
+def test_an_images_folder_given_as_references_is_named_before_any_is_read(folders, tmp_path, monkeypatch):
+    """``-r imagesTr`` read every image for its label values, then refused each for its non-integer values."""
+    pred_dir, _ = folders
+    images = tmp_path / "imagesTr"
+    images.mkdir()
+    for case in ("c1", "c2"):
+        shutil.copy(pred_dir / f"{case}.nii.gz", images / f"{case}_0000.nii.gz")
+    monkeypatch.setattr("autoseg.evaluation.evaluate.read_image", _refuse_reading)
+    output = autoseg_fails("evaluate", "-p", pred_dir, "-r", images, "-np", 1)
+    assert re.search(r"imagesTr/c1\.nii\.gz: reference of case c1 not found \(prediction .*; .*imagesTr holds "
+                     r"c1_0000\.nii\.gz, the case's image \(channel 0000\): give -r the folder of the reference label maps",
+                     " ".join(output.split()))
+    assert "evaluating the labels found" not in output

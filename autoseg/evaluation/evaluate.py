@@ -194,6 +194,7 @@ def choose_labels(
     except EvaluationError:
         pass
     ending = label_file_ending(ref_dir)
+    match_cases(pred_dir, ref_dir, ending, quiet=True)  # -r imagesTr: refused by name, not after reading every image
     return LabelChoice(label_mapping(labels_in_references(ref_dir, ending, num_workers)), ending, "references")
 
 
@@ -357,6 +358,26 @@ def _refuse_output_among_references(output: Path, ref_dir: Path) -> None:
         )
 
 
+def check_evaluation_output(
+    pred_dir: Path, ref_dir: Path, output_dir: str | Path | None, tolerance_mm: float = DEFAULT_TOLERANCE_MM
+) -> Path:
+    """Every check of evaluate's folders, tolerance and output that reads no label map; returns the output folder
+    (default: ``pred_dir``). ``autoseg evaluate`` runs them before reading the references for their labels: it
+    printed which labels it would evaluate, having read every reference, before refusing ``-o out.json``."""
+    check_tolerance(tolerance_mm)
+    out = Path(output_dir) if output_dir is not None else pred_dir
+    require_folder(pred_dir, "predicted label maps", PREDICTION_FOLDER)  # before the output check: -o defaults to it
+    require_folder(ref_dir, "reference label maps", REFERENCE_FOLDER)
+    check_output_folder(out, EvaluationError)
+    _check_summary_paths(out)
+    _refuse_summary_file_as_folder(out)
+    _refuse_output_among_references(out, ref_dir)
+    # A folder that cannot be written (read-only, no permission) was refused only after every metric was
+    # computed; for a new folder, the nearest one above it that exists is asked (nothing is made yet).
+    require_writable(next(folder for folder in (out, *out.parents) if folder.is_dir()))
+    return out
+
+
 def evaluate_folders(
     pred_dir: str | Path,
     ref_dir: str | Path,
@@ -382,17 +403,7 @@ def evaluate_folders(
         The summary written to ``summary.json``.
     """
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
-    check_tolerance(tolerance_mm)
-    out = Path(output_dir) if output_dir is not None else pred_dir
-    require_folder(pred_dir, "predicted label maps", PREDICTION_FOLDER)  # before the output check: -o defaults to it
-    require_folder(ref_dir, "reference label maps", REFERENCE_FOLDER)
-    check_output_folder(out, EvaluationError)
-    _check_summary_paths(out)
-    _refuse_summary_file_as_folder(out)
-    _refuse_output_among_references(out, ref_dir)
-    # A folder that cannot be written (read-only, no permission) was refused only after every metric was
-    # computed; for a new folder, the nearest one above it that exists is asked (nothing is made yet).
-    require_writable(next(folder for folder in (out, *out.parents) if folder.is_dir()))
+    out = check_evaluation_output(pred_dir, ref_dir, output_dir, tolerance_mm)
     if description_or_labels is None:
         description_or_labels = find_description(pred_dir, ref_dir)
     file_ending = resolve_file_ending(description_or_labels, file_ending)
@@ -450,12 +461,13 @@ def label_maps(folder: Path) -> dict[str, Path]:
 
 
 def match_cases(
-    pred_dir: Path, ref_dir: Path, file_ending: str, case_ids: Sequence[str] | None = None
+    pred_dir: Path, ref_dir: Path, file_ending: str, case_ids: Sequence[str] | None = None, quiet: bool = False
 ) -> dict[str, tuple[Path, Path]]:
-    """Case id -> (prediction, reference); every case needs both (default cases: ``prediction_cases``). A
-    prediction's reference has its ending, or the dataset's (a .nrrd prediction of a .nii.gz reference)."""
+    """Case id -> (prediction, reference); every case needs both (default cases: ``prediction_cases``, ``quiet``
+    leaves out its note, for a check before the evaluation that notes it). A prediction's reference has its
+    ending, or the dataset's (a .nrrd prediction of a .nii.gz reference)."""
     require_folder(ref_dir, "reference label maps", REFERENCE_FOLDER)  # not the first case's missing reference
-    predictions = prediction_cases(pred_dir, ref_dir, file_ending)
+    predictions = prediction_cases(pred_dir, ref_dir, file_ending, quiet)
     cases = sorted(predictions) if case_ids is None else list(case_ids)
     if not cases:
         raise EvaluationError(f"{pred_dir}: no predictions to evaluate: no <case>{file_ending} files, and no label maps of "
@@ -468,13 +480,22 @@ def match_cases(
         references = _reference_candidates(ref_dir, case, pred, file_ending)
         ref = next((path for path in references if path.is_file()), None)
         if ref is None:
-            raise EvaluationError(f"{references[-1]}: reference of case {case} not found (prediction {pred}); add it or "
-                                  "remove the prediction")
+            raise EvaluationError(f"{references[-1]}: reference of case {case} not found (prediction {pred}); "
+                                  f"{_images_given_as_references(ref_dir, case, file_ending) or 'add it or remove the prediction'}")
         pairs[case] = (pred, ref)
     return pairs
 
 
-def prediction_cases(pred_dir: Path, ref_dir: Path, file_ending: str) -> dict[str, Path]:
+def _images_given_as_references(ref_dir: Path, case: str, file_ending: str) -> str | None:
+    """The fix when ``ref_dir`` holds the case's image instead (``-r imagesTr``), else None."""
+    image = ref_dir / f"{case}_0000{file_ending}"
+    if not image.is_file():
+        return None
+    return (f"{ref_dir} holds {image.name}, the case's image (channel 0000): give -r the folder of the reference label "
+            "maps (a dataset's labelsTr), not the images")
+
+
+def prediction_cases(pred_dir: Path, ref_dir: Path, file_ending: str, quiet: bool = False) -> dict[str, Path]:
     """Case id -> prediction for the label maps of ``pred_dir`` that are cases: those of the dataset's ending, and
     those of another image ending whose case has a reference (predict's .nrrd of a sheared case). Every image file
     was a case, so a stray one (a .png snapshot among .nii.gz predictions) was refused as a case without reference,
@@ -486,7 +507,7 @@ def prediction_cases(pred_dir: Path, ref_dir: Path, file_ending: str) -> dict[st
             cases[case] = path
         else:
             skipped.append(path.name)
-    if skipped:
+    if skipped and not quiet:
         print(f"note: {printable_path(pred_dir)}: skipped {len(skipped)} image file(s) that are not <case>{file_ending} and "
               f"have no reference of their case, e.g. {printable_path(skipped[0])}", file=sys.stderr)
     return cases
