@@ -284,5 +284,6 @@ def previous_stage_label_problem(
     return (
         f"{previous_path}: the previous stage's labels {previous.labels} differ from {cascade.labels} of "
         f"{cascade_path}, whose model takes one input channel per label of its own: the two stages were trained on "
-        "different versions of the dataset; train both with the same dataset.json"
+        "different versions of the dataset; train both with the same dataset.json (where only label names were "
+        "changed, give both model folders' dataset.json the same labels)"
     )
