@@ -75,6 +75,17 @@ def _two_series(folder: Path) -> None:
         shutil.copy(file, folder / "bad" / f"second_{file.name}")
 
 
+def _skewed_series(folder: Path) -> None:
+    """A DICOM series whose ImageOrientationPatient is no pair of perpendicular directions (GDCM read it upright)."""
+    (folder / "bad").mkdir()
+    tag, upright, skewed = b" \x007\x00DS", b"1\\0\\0\\0\\1\\0 ", b"1\\0\\0\\0.05\\0.99875\\0"
+    element = tag + struct.pack("<H", len(upright)) + upright
+    for file in (DICOM / "Study1" / "13_HCropVolume").iterdir():
+        data = file.read_bytes()
+        assert data.count(element) == 1  # explicit VR: tag, VR, 2-byte length, value
+        (folder / "bad" / file.name).write_bytes(data.replace(element, tag + struct.pack("<H", len(skewed)) + skewed))
+
+
 def _png_rgb(path: Path) -> None:
     """A colour photograph where the model takes one grey channel."""
     from skimage import io as skio
@@ -116,6 +127,8 @@ BAD_CASES: dict[str, tuple[Callable[[Path], None], str]] = {
     "truncated NIfTI": (lambda f: _truncated_nifti(f / "bad_0000.nii"),
                         "bad_0000.nii: file is truncated (its voxel data ends early); copy or export it again"),
     "DICOM folder holding two series": (_two_series, "bad: holds 2 DICOM series ("),
+    "DICOM series of skewed orientation": (_skewed_series, "bad: 1.dcm's ImageOrientationPatient (1\\0\\0\\0.05\\0.99875\\0) "
+                                                           "has row and column directions 2.87 degrees off perpendicular"),
     "spacing 0": (lambda f: _mha_header(f, (b"ElementSpacing = 1 1 1", b"ElementSpacing = 0 1 1")),
                   "bad_0000.mha: voxel spacing is zero or not a number (Refusing to change spacing"),
     "spacing 1e6": (lambda f: _array(_hippocampus(), f / "bad_0000.nii.gz", (1e6, 1.0, 1.0)),
