@@ -422,7 +422,7 @@ def evaluate(
     """Dice, IoU, HD95, ASSD, surface Dice, precision, recall and volumes per case and class."""
     from autoseg.evaluation.evaluate import (
         check_evaluation_output, choose_labels, classes_absent_everywhere, evaluate_folders, format_table,
-        unpredicted_references,
+        no_common_label_note, unpredicted_references,
     )
 
     check_evaluation_output(pred, ref, output, tolerance_mm)
@@ -435,6 +435,8 @@ def evaluate(
     typer.echo(format_table(summary))
     for name in classes_absent_everywhere(summary):
         typer.echo(f"note: label {name} is in no reference and no prediction; its metrics are NaN")
+    if choice.source != "dataset" and (note := no_common_label_note(summary)):  # a dataset refuses other values
+        typer.echo(note)
     unpredicted = unpredicted_references(summary, choice.file_ending)
     if unpredicted:
         typer.echo(f"note: {len(unpredicted)} reference case(s) have no prediction and are not scored: "

@@ -630,3 +630,21 @@ def test_an_images_folder_given_as_references_is_named_before_any_is_read(folder
                      r"c1_0000\.nii\.gz, the case's image \(channel 0000\): give -r the folder of the reference label maps",
                      " ".join(output.split()))
     assert "evaluating the labels found" not in output
+
+
+@pytest.mark.parametrize("labels", [[], ["--labels", "1"]])
+def test_a_0_255_reference_of_a_0_1_prediction_gets_a_note(tmp_path, labels):
+    """Scored Dice 0 (the references' 255 missed, or --labels 1 in no reference) without a word of the likely cause."""
+    ref = np.zeros((4, 6, 8), np.uint8)
+    ref[1:3, 1:4, 1:5] = 255
+    _write(tmp_path / "ref", "c1", ref)
+    _write(tmp_path / "pred", "c1", (ref > 0).astype(np.uint8))
+    output = autoseg("evaluate", "-p", tmp_path / "pred", "-r", tmp_path / "ref", "-np", 1, *labels)
+    summary = json.loads((tmp_path / "pred" / "summary.json").read_text())
+    assert summary["foreground_mean"]["dice"] == 0.0
+    assert ("note: case c1: the prediction holds label(s) 1 and the reference 255, no foreground label in common, so it "
+            "scores Dice 0; if one of them was saved with other values (a 0/255 mask beside a 0/1 one), make them the "
+            "same (divide a 0/255 mask by 255)") in " ".join(output.split())
+    _write(tmp_path / "pred", "c1", np.zeros_like(ref))  # nothing predicted: a model's miss, no hint
+    assert "no foreground label in common" not in autoseg("evaluate", "-p", tmp_path / "pred", "-r", tmp_path / "ref",
+                                                          "-np", 1, *labels)

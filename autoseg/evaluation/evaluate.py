@@ -203,6 +203,29 @@ def classes_absent_everywhere(summary: Mapping[str, Any]) -> list[str]:
     return [name for name, metrics in summary["mean"].items() if metrics["n_empty_in_both"] == summary["num_cases"]]
 
 
+def _foreground_values(path: Path, ignore_label: int | None) -> set[int]:
+    labels, _ = read_image(path)
+    return {int(v) for v in np.unique(labels)} - {0, ignore_label}
+
+
+def no_common_label_note(summary: Mapping[str, Any]) -> str | None:
+    """A note on the first case that no class scores in both files, when its prediction and reference hold
+    foreground labels, but none in common: found in the references (or chosen with ``--labels``), a 0/255
+    reference of a 0/1 prediction scored Dice 0 without a word. Only that case's files are read again."""
+    missed = (row for row in summary["metric_per_case"]
+              if not any(m["volume_pred_mm3"] > 0 and m["volume_ref_mm3"] > 0 for m in row["metrics"].values()))
+    row = next(missed, None)
+    if row is None:
+        return None
+    pred, ref = (_foreground_values(Path(row[key]), summary["ignore_label"]) for key in ("prediction_file", "reference_file"))
+    if not pred or not ref or pred & ref:
+        return None
+    return (f"note: case {row['case_id']}: the prediction holds label(s) {', '.join(map(str, sorted(pred)))} and the "
+            f"reference {', '.join(map(str, sorted(ref)))}, no foreground label in common, so it scores Dice 0; if one "
+            "of them was saved with other values (a 0/255 mask beside a 0/1 one), make them the same (divide a 0/255 "
+            "mask by 255)")
+
+
 def resolve_file_ending(description_or_labels: DatasetDescription | Mapping[str, Any], file_ending: str | None) -> str:
     """``file_ending`` if given, else the description's (a bare labels mapping has none).
 
