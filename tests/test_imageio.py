@@ -1209,6 +1209,18 @@ def test_a_multi_page_tiff_is_named_by_its_pages_not_as_colours(tmp_path: Path, 
         assert str(info.value) == problem
 
 
+def test_a_fiji_stack_is_told_that_its_imagej_spacing_is_not_read(tmp_path: Path) -> None:
+    """A stack Fiji saved with its slice spacing in the ImageJ description was refused as 'without its spacing'."""
+    import tifffile
+
+    path = tmp_path / "stack_0000.tif"
+    tifffile.imwrite(path, np.zeros((6, 4, 5), np.uint8), imagej=True, metadata={"spacing": 2.5, "unit": "micron"})
+    with pytest.raises(DatasetError, match=rf"{re.escape(str(path))}: is a multi-page TIFF \(6 pages\) without its spacing "
+                                           r"\(ImageJ's slice spacing in its description, 2\.5 micron, is not read\); a 3D "
+                                           r"TIFF needs .*stack\.json holding"):
+        read_image(path)
+
+
 def test_a_spacing_file_without_spacing_is_named_as_such_not_as_missing(tmp_path: Path) -> None:
     """stack.json holding no "spacing" (another tool's metadata): the refusal said a 3D TIFF needs stack.json,
     a file that is there."""

@@ -791,12 +791,28 @@ def _refuse_multi_page_tiff(path: Path) -> None:
         return
     pages = _tiff_pages(path)
     if pages > 1:
+        imagej = _imagej_slice_spacing(path)
+        unread = f" (ImageJ's slice spacing in its description, {imagej}, is not read)" if imagej else ""
         raise DatasetError(
-            f"{path}: is a multi-page TIFF ({pages} pages) without its spacing; a 3D TIFF needs "
+            f"{path}: is a multi-page TIFF ({pages} pages) without its spacing{unread}; a 3D TIFF needs "
             f"{_spacing_file_wanted(path)} (nnU-Net's Tiff3DIO "
             "convention). Or save the volume as .nii.gz (or .nrrd/.mha), or each page as its own channel file "
             "(<case>_0000.tif, <case>_0001.tif, ...)"
         )
+
+
+def _imagej_slice_spacing(path: Path) -> str | None:
+    """The slice spacing a Fiji/ImageJ stack's description gives ('1.5 micron'), None without: a stack saved by
+    Fiji was refused as 'without its spacing', though Fiji had written one (autoseg reads a spacing file)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tiff:
+            metadata = tiff.imagej_metadata or {}
+    except Exception:  # noqa: BLE001 - the reader itself reports unreadable files
+        return None
+    spacing = metadata.get("spacing")
+    return None if spacing is None else f"{spacing} {metadata.get('unit', '')}".strip()
 
 
 def tiff_spacing_files(path: Path) -> list[Path]:
