@@ -180,6 +180,21 @@ def test_plans_labels_that_are_not_dataset_jsons_are_refused_before_any_case(roo
     assert _tree_hashes(out) == stored
 
 
+def test_cases_x_and_x_seg_are_refused_before_any_is_stored(roots: dict[str, Path], small_dataset: Path) -> None:
+    """x_seg's stored image and x's stored label map are both x_seg.b2nd: the one preprocessed last replaced the
+    other, reported as '5 preprocessed, 0 failed', and training read an image as a label map (or refused it)."""
+    _write_plans(roots)
+    for folder, suffix in (("imagesTr", "_0000.nii.gz"), ("labelsTr", ".nii.gz")):
+        (small_dataset / folder / f"hippocampus_006{suffix}").rename(small_dataset / folder / f"hippocampus_001_seg{suffix}")
+    with pytest.raises(PreprocessingError, match=r"Dataset999_Test: cases hippocampus_001 and hippocampus_001_seg cannot "
+                                                 r"both be preprocessed: the stored image of hippocampus_001_seg and the "
+                                                 r"stored label map of hippocampus_001 are both hippocampus_001_seg\.b2nd; "
+                                                 r"rename the files of case hippocampus_001_seg \(e\.g\. to hippocampus_001-seg\)"):
+        preprocess_dataset(DATASET, "3d_fullres", num_workers=1)
+    assert not (roots["preprocessed"] / DATASET / IDENTIFIER).exists()
+    assert store.clashing_case_ids(["a", "a_seg_seg", "b_seg"]) is None
+
+
 def test_one_configuration_given_as_a_string_is_one_name(roots: dict[str, Path], small_dataset: Path) -> None:
     """Python callers write configurations="3d_fullres" (was read letter by letter: "configuration '3' ...")."""
     _write_plans(roots)

@@ -307,6 +307,19 @@ def _group_by_identifier(plans: dict[str, Any], names: Sequence[str]) -> dict[st
     return groups
 
 
+def _refuse_clashing_case_ids(raw_dir: Path, cases: Sequence[Case]) -> None:
+    """Refuse cases ``x`` and ``x_seg`` before any is stored (``store.clashing_case_ids``): each run stored the
+    one preprocessed last in the other's file, and training read an image as a label map or refused it as damaged."""
+    clash = store.clashing_case_ids(case.case_id for case in cases)
+    if clash is not None:
+        case, other = clash
+        raise PreprocessingError(
+            f"{raw_dir}: cases {case} and {other} cannot both be preprocessed: the stored image of {other} and the "
+            f"stored label map of {case} are both {other}{store.DATA_SUFFIX}; rename the files of case {other} "
+            f"(e.g. to {case}-seg) and run preprocess again"
+        )
+
+
 def preprocess_dataset(
     dataset_spec: DatasetSpec,
     configurations: str | Sequence[str] | None = None,
@@ -322,6 +335,7 @@ def preprocess_dataset(
     location = resolve_dataset(dataset_spec)
     description = load_description(location.raw_dir)
     cases = training_cases(location.raw_dir, description)
+    _refuse_clashing_case_ids(location.raw_dir, cases)
     plans = load_plans(plans_path(location.preprocessed_dir, plans_name))
     check_plans_follow_dataset(plans, description, plans_path(location.preprocessed_dir, plans_name),
                                location.raw_dir / "dataset.json", location.name, plans_name)

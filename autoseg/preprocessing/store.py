@@ -20,7 +20,7 @@ import hashlib
 import math
 import zlib
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import blosc2
 import numpy as np
@@ -44,6 +44,14 @@ LOCATIONS_FRACTION = 0.01
 
 def case_paths(folder: Path, case_id: str) -> tuple[Path, Path, Path]:
     return folder / f"{case_id}{DATA_SUFFIX}", folder / f"{case_id}{SEG_SUFFIX}", folder / f"{case_id}{PROPERTIES_SUFFIX}"
+
+
+def clashing_case_ids(case_ids: Iterable[str]) -> tuple[str, str] | None:
+    """The first pair of case ids ``(x, x_seg)``: ``x_seg``'s stored image and ``x``'s stored label map are both
+    ``x_seg.b2nd``, so preprocessing one overwrote the other without a word (and removing one deleted the other's)."""
+    ids = set(case_ids)
+    seg_tag = SEG_SUFFIX.removesuffix(DATA_SUFFIX)
+    return next(((case, case + seg_tag) for case in sorted(ids) if case + seg_tag in ids), None)
 
 
 def remove_case(folder: Path, case_id: str) -> bool:
