@@ -304,6 +304,21 @@ def test_a_cascade_without_its_previous_stage_is_not_chosen(roots: dict[str, Pat
     ]
 
 
+def test_a_model_folder_copied_under_another_name_is_not_ranked(roots: dict[str, Path]) -> None:
+    """predict reads the configuration from the folder's name: a backup copy (``cp -r MODEL MODEL.bak``) was
+    ranked as configuration '3d_fullres.bak', ensembled with its original and chosen; predict refused it."""
+    results = make_results(roots)
+    (results / GOOD / "plans.json").write_text(json.dumps({"configurations": {"3d_fullres": {"previous_stage": None}}}))
+    shutil.copytree(results / GOOD, results / f"{GOOD}.bak")
+    instructions = find_best(DATASET, num_workers=1)
+    assert sorted(c["name"] for c in instructions["candidates"]) == sorted([GOOD, BAD, f"ensemble___{BAD}___{GOOD}"])
+    assert instructions["skipped"][0] == (
+        f"{GOOD}.bak: configuration '3d_fullres.bak' (read from the folder's name, as predict reads it) is not in its "
+        f"plans.json (3d_fullres): a copy under another name? rename it <network>__<plans>__<configuration> or move it "
+        f"out of {results}"
+    )
+
+
 def test_a_fold_given_twice_is_named(roots: dict[str, Path]) -> None:
     make_results(roots)
     with pytest.raises(EvaluationError, match=r"fold 0 is given twice; give each fold once"):

@@ -117,22 +117,30 @@ def trained_model_folders(
                 f"{' ...' if len(cases) > 3 else ''}; a validation stopped midway or files removed): re-run it with "
                 f"autoseg train DATASET {configuration_of(folder)} {fold} --continue"
             )
-        elif problem := previous_stage_problem(folder, folds):
+        elif problem := prediction_problem(folder, folds):
             skipped.append(f"{folder.name}: {problem}")
         else:
             complete.append(folder)
     return complete, skipped
 
 
-def previous_stage_problem(model_folder: Path, folds: Sequence[str]) -> str | None:
-    """Why a cascade stage cannot predict the folds (``None`` when it can, or is no cascade): predict runs its
-    previous stage's folder with the same folds first, and a results root without it (deleted, or not copied with
-    the cascade) ranked the cascade, chose it and printed commands that failed."""
+def prediction_problem(model_folder: Path, folds: Sequence[str]) -> str | None:
+    """Why find-best's commands could not predict the folds with ``model_folder`` (``None`` when they can, or its
+    plans.json lists no configurations): predict reads the configuration from the folder's name, so a copy under
+    another name (``cp -r MODEL MODEL.bak``: configuration '3d_fullres.bak') was ranked, ensembled with its own
+    original and chosen; and a cascade stage runs its previous stage's folder with the same folds first, so one
+    without it (deleted, or the cascade copied alone) was chosen too. Their commands failed."""
     plans_file = model_folder / "plans.json"
     plans = read_json(plans_file, EvaluationError, "not found", "restore it") if plans_file.is_file() else None
     configurations = plans.get("configurations") if isinstance(plans, dict) else None
-    configuration = configurations.get(configuration_of(model_folder)) if isinstance(configurations, dict) else None
-    previous = configuration.get("previous_stage") if isinstance(configuration, dict) else None
+    if not isinstance(configurations, dict):
+        return None
+    name = configuration_of(model_folder)
+    if name not in configurations:
+        return (f"configuration {name!r} (read from the folder's name, as predict reads it) is not in its plans.json "
+                f"({', '.join(configurations)}): a copy under another name? rename it <network>__<plans>__<configuration> "
+                f"or move it out of {model_folder.parent}")
+    previous = configurations[name].get("previous_stage") if isinstance(configurations[name], dict) else None
     if not isinstance(previous, str):
         return None
     network, plans_name, _ = model_folder.name.split("__")
