@@ -365,6 +365,20 @@ def test_dicom_slices_that_do_not_say_where_they_lie_are_refused(
         read_image(folder)
 
 
+def test_one_dicom_slice_without_a_pixel_spacing_is_refused(tmp_path: Path) -> None:
+    """A folder of one slice (one .dcm case) without PixelSpacing was read as 1 x 1 mm pixels without a word, while
+    a series of such slices was refused."""
+    folder = _dicom_series(tmp_path / "one", [(0, 0, 0)])
+    file = folder / "1.dcm"
+    file.write_bytes(file.read_bytes().replace(b"\x28\x00\x30\x00", b"\x28\x00\x31\x00")
+                     .replace(b"\x18\x00\x10\x20", b"\x18\x00\x12\x20"))
+    with pytest.raises(DatasetError, match=r"one: 1\.dcm gives no pixel spacing \(PixelSpacing, 0028,0030\), which ITK "
+                                           r"would read as 1 mm"):
+        read_image(folder)
+    _, geometry = read_image(_dicom_series(tmp_path / "kept", [(0, 0, 0)]))
+    assert geometry.spacing[1:] == pytest.approx((0.5, 0.5))
+
+
 def test_folder_of_two_dicom_series_says_which_files_are_which(tmp_path: Path) -> None:
     """The refusal named only the two SeriesInstanceUIDs, not which of the folder's files to move."""
     folder = _dicom_series(tmp_path / "series", [(0, 0, z) for z in range(3)])

@@ -1180,12 +1180,12 @@ def _read_dicom_series(folder: Path) -> tuple[np.ndarray, Geometry]:
         headers = [_dicom_header(file) for file in files]
         _refuse_pixel_claims_beyond_files(folder, files, headers)
         _refuse_skewed_orientation(folder, files[0], headers[0])
+        _refuse_unset_pixel_spacing(folder, files[0], headers[0])
         if len(files) == 1:
             # One (multi-frame) file: ImageSeriesReader would stack its volume as a 4D image of one slice.
             image = sitk.ReadImage(files[0])
         else:
             _refuse_unstackable_files(folder, files, headers)
-            _refuse_unset_pixel_spacing(folder, files[0], headers[0])
             _check_slice_positions(folder, files, headers)
             if len({header.GetPixelID() for header in headers}) > 1:
                 # Slices rescaled differently (per-slice RescaleSlope, as PET has): ITK casts every slice to the
@@ -1492,6 +1492,11 @@ def _dicom_header(file: str) -> sitk.ImageFileReader:
     return header
 
 
+def _is_multi_frame(header: sitk.ImageFileReader) -> bool:
+    """Whether a DICOM file's header describes a volume of several frames rather than one slice."""
+    return len(header.GetSize()) > 2 and header.GetSize()[2] > 1
+
+
 def _refuse_unstackable_files(folder: Path, files: Sequence[str], headers: Sequence[sitk.ImageFileReader]) -> None:
     """Files of one series that are no stack of equal slices, named.
 
@@ -1499,7 +1504,7 @@ def _refuse_unstackable_files(folder: Path, files: Sequence[str], headers: Seque
     files ('split into channels'). Slices of another size (a localizer in the series): ITK's 'Size mismatch!'.
     Slices of another pixel spacing: read silently in the first slice's.
     """
-    volumes = [Path(f).name for f, header in zip(files, headers) if len(header.GetSize()) > 2 and header.GetSize()[2] > 1]
+    volumes = [Path(f).name for f, header in zip(files, headers) if _is_multi_frame(header)]
     if volumes:
         raise DatasetError(f"{folder}: holds {len(volumes)} multi-frame DICOM file(s) ({', '.join(volumes[:3])}"
                            f"{', ...' if len(volumes) > 3 else ''}) among {len(files)} files of one series; each "
@@ -1530,8 +1535,11 @@ _DICOM_PIXEL_SPACING_TAGS = ("0028|0030", "0018|1164", "0018|2010")
 def _refuse_unset_pixel_spacing(folder: Path, file: str, header: sitk.ImageFileReader) -> None:
     """Refuse a series of slices that give no pixel spacing (DICOM written from arrays without PixelSpacing): GDCM
     reads 1 x 1 mm pixels without a word, so the series was resampled and predicted at a made-up voxel size, as an
-    unset NIfTI or NRRD voxel size was (``_unset_voxel_size_problem``). A multi-frame file keeps its spacing in a
-    functional group and is not asked."""
+    unset NIfTI or NRRD voxel size was (``_unset_voxel_size_problem``). A folder of one single-frame file is asked
+    too (it was read as 1 mm pixels in silence); a multi-frame file keeps its spacing in a functional group and is
+    not asked."""
+    if _is_multi_frame(header):
+        return
     if not any(header.HasMetaDataKey(tag) for tag in _DICOM_PIXEL_SPACING_TAGS):
         raise DatasetError(f"{folder}: {Path(file).name} gives no pixel spacing (PixelSpacing, 0028,0030), which ITK "
                            "would read as 1 mm; write the slices' true pixel spacing into the files (export the series "
