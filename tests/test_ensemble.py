@@ -102,13 +102,18 @@ def test_probabilities_not_matching_the_sidecar_are_refused(tmp_path):
         ensemble_folders([tmp_path / "m0", tmp_path / "m1"], tmp_path / "out", num_workers=1)
 
 
-def test_missing_case_is_named(tmp_path):
+def test_missing_case_is_named_with_the_count_of_that_folder(tmp_path):
+    """The count is of the cases that folder lacks: it read '2 case(s) missing in all', though m0 held both."""
     rng = np.random.default_rng(4)
-    _save(tmp_path / "m0", "x", _softmax(rng))
-    _save(tmp_path / "m0", "y", _softmax(rng))
+    for case in ("x", "y", "z"):
+        _save(tmp_path / "m0", case, _softmax(rng))
     _save(tmp_path / "m1", "x", _softmax(rng))
-    with pytest.raises(EvaluationError, match=r"m1/y\.npz: probabilities of case y missing \(present in .*m0; 1 case\(s\) missing in all\)"):
+    with pytest.raises(EvaluationError) as info:
         ensemble_folders([tmp_path / "m0", tmp_path / "m1"], tmp_path / "out", num_workers=1)
+    assert str(info.value) == (
+        f"{tmp_path / 'm1' / 'y.npz'}: probabilities of case y missing (present in {tmp_path / 'm0'}); {tmp_path / 'm1'} "
+        "lacks 2 case(s) that other folders hold; every folder must hold the same cases"
+    )
 
 
 def test_one_folder_is_not_an_ensemble(tmp_path):

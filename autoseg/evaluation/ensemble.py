@@ -161,6 +161,19 @@ def _input_record(folder: Path, cases: Sequence[str]) -> dict[str, Any]:
     return input_entry(folder, [path for case in cases for path in probability_paths(folder, case)])
 
 
+def _refuse_missing_cases(folder: Path, missing: Sequence[str], cases: Mapping[Path, set[str]]) -> None:
+    """Refuse ``folder`` lacking the ``missing`` cases other input folders hold. The count is this folder's: it
+    read 'N case(s) missing in all', as if no folder held them."""
+    if not missing:
+        return
+    others = [str(d) for d, held in cases.items() if missing[0] in held]
+    raise EvaluationError(
+        f"{probability_paths(folder, missing[0]).probabilities}: probabilities of case {missing[0]} missing (present in "
+        f"{', '.join(others)}); {folder} lacks {len(missing)} case(s) that other folders hold; every folder must hold "
+        "the same cases"
+    )
+
+
 def ensemble_folders(
     input_dirs: Sequence[str | os.PathLike[str]],
     output_dir: str | Path,
@@ -191,13 +204,7 @@ def ensemble_folders(
     if not all_cases:
         raise EvaluationError(f"{dirs[0]}: no <case>.npz probabilities; predict with --save-probabilities")
     for folder, found in cases.items():
-        missing = sorted(all_cases - found)
-        if missing:
-            others = [str(d) for d in dirs if missing[0] in cases[d]]
-            raise EvaluationError(
-                f"{probability_paths(folder, missing[0]).probabilities}: probabilities of case {missing[0]} missing (present in "
-                f"{', '.join(others)}; {len(missing)} case(s) missing in all); every folder must hold the same cases"
-            )
+        _refuse_missing_cases(folder, sorted(all_cases - found), cases)
     ordered = sorted(all_cases)
     if file_ending:
         _refuse_geometry_lost(dirs[0], ordered, _check_file_ending(file_ending))
