@@ -9,10 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from autoseg.dataset.imageio import Geometry, write_image
 from autoseg.errors import EvaluationError
 from autoseg.evaluation.selection import INSTRUCTIONS_JSON, INSTRUCTIONS_TXT, find_best, resolve_instructions
+from autoseg.utils.checkpoint_format import CHECKPOINT_FORMAT_VERSION, checkpoint_name, write_checkpoint
 from autoseg.utils.probability_files import write_probability_files
 
 DATASET = "Dataset777_Synth"
@@ -71,6 +73,14 @@ def write_prediction(folder: Path, case: str, seg: np.ndarray, probs: np.ndarray
         write_probability_files(folder, case, probs, GEOMETRY, LABELS, None)
 
 
+def write_final_checkpoint(fold_dir: Path, model: str) -> None:
+    """A small real final checkpoint of ``model``'s fold: find-best leaves out a fold its predict command finds none of."""
+    network, plans_name, configuration = model.split("__")
+    metadata = {"format_version": CHECKPOINT_FORMAT_VERSION, "network": network, "plans_name": plans_name,
+                "configuration": configuration}
+    write_checkpoint(fold_dir / checkpoint_name("final"), {"network_weights": {"weight": torch.zeros(2)}, "metadata": metadata})
+
+
 def make_results(roots: dict[str, Path], probabilities_for: tuple[str, ...] = (GOOD, BAD)) -> Path:
     """Raw dataset (dataset.json + images), preprocessed gt_segmentations, and 5-fold results of GOOD
     and BAD (plus a PARTIAL configuration with one fold), in the documented layouts."""
@@ -98,6 +108,7 @@ def make_results(roots: dict[str, Path], probabilities_for: tuple[str, ...] = (G
                 continue
             seg, probs = prediction(config, reference(index))
             write_prediction(folder / f"fold_{fold}" / "validation", case, seg, probs if config in probabilities_for else None)
+            write_final_checkpoint(folder / f"fold_{fold}", config)
         for fold in range(5):
             lines = [json.dumps({"epoch": e, "train_loss": 1.0 / (e + 1), "val_loss": 1.2 / (e + 1), "pseudo_dice": [0.5 + 0.1 * e, 0.4 + 0.1 * e],
                                  "ema_pseudo_dice": 0.4 + 0.1 * e, "lr": 0.01 * (1 - e / 4), "epoch_time_s": 2.0 + fold}) for e in range(4)]
@@ -293,9 +304,8 @@ def test_a_cascade_without_its_previous_stage_is_not_chosen(roots: dict[str, Pat
     cascade = results / "unet__autosegPlans__3d_cascade_fullres"
     shutil.copytree(results / GOOD, cascade)
     (cascade / "plans.json").write_text(json.dumps({"configurations": {"3d_cascade_fullres": {"previous_stage": "3d_lowres"}}}))
-    for fold in range(5):  # the lowres folder holds fold 0's final checkpoint only
+    for fold in range(5):  # the lowres folder holds fold 0's final checkpoint only (make_results)
         (results / PARTIAL / f"fold_{fold}").mkdir(exist_ok=True)
-    (results / PARTIAL / "fold_0" / "checkpoint_final.safetensors").write_bytes(b"")
     instructions = find_best(DATASET, configurations=["3d_cascade_fullres", "3d_fullres"], num_workers=1)
     assert [c["name"] for c in instructions["candidates"]] == [GOOD]
     assert instructions["skipped"] == [
@@ -317,6 +327,21 @@ def test_a_model_folder_copied_under_another_name_is_not_ranked(roots: dict[str,
         f"plans.json (3d_fullres): a copy under another name? rename it <network>__<plans>__<configuration> or move it "
         f"out of {results}"
     )
+
+
+def test_a_model_without_the_final_checkpoints_of_its_folds_is_not_chosen(roots: dict[str, Path]) -> None:
+    """Predict loads each fold's final checkpoint: a model folder whose checkpoints were deleted (validation kept)
+    was ranked, chosen, and its printed predict command failed."""
+    results = make_results(roots, probabilities_for=())
+    for fold in (1, 3):
+        (results / GOOD / f"fold_{fold}" / "checkpoint_final.safetensors").unlink()
+    instructions = find_best(DATASET, num_workers=1)
+    assert [c["name"] for c in instructions["candidates"]] == [BAD]
+    assert instructions["skipped"][0] == (
+        f"{GOOD}: no final checkpoint of fold(s) 1, 3 (deleted or moved?), which the predict command needs; restore "
+        "them, or train those folds of 3d_fullres again"
+    )
+    assert instructions["commands"][0].startswith(f"autoseg predict -i INPUT_FOLDER -o OUTPUT_FOLDER -m {results / BAD} ")
 
 
 def test_a_fold_given_twice_is_named(roots: dict[str, Path]) -> None:

@@ -125,11 +125,16 @@ def trained_model_folders(
 
 
 def prediction_problem(model_folder: Path, folds: Sequence[str]) -> str | None:
-    """Why find-best's commands could not predict the folds with ``model_folder`` (``None`` when they can, or its
-    plans.json lists no configurations): predict reads the configuration from the folder's name, so a copy under
+    """Why find-best's commands could not predict the folds with ``model_folder`` (``None`` when they can, or when
+    its folds have their checkpoints and its plans.json lists no configurations): predict reads the configuration from the folder's name, so a copy under
     another name (``cp -r MODEL MODEL.bak``: configuration '3d_fullres.bak') was ranked, ensembled with its own
-    original and chosen; and a cascade stage runs its previous stage's folder with the same folds first, so one
-    without it (deleted, or the cascade copied alone) was chosen too. Their commands failed."""
+    original and chosen; a folder whose folds' final checkpoints were deleted (validation predictions kept) was
+    chosen too; and a cascade stage runs its previous stage's folder with the same folds first, so one without it
+    (deleted, or the cascade copied alone) was chosen as well. Their commands failed."""
+    lacking = folds_without_checkpoint(model_folder, folds)
+    if lacking:
+        return (f"no {PREDICT_CHECKPOINT} checkpoint of fold(s) {', '.join(lacking)} (deleted or moved?), which the "
+                f"predict command needs; restore them, or train those folds of {configuration_of(model_folder)} again")
     plans_file = model_folder / "plans.json"
     plans = read_json(plans_file, EvaluationError, "not found", "restore it") if plans_file.is_file() else None
     configurations = plans.get("configurations") if isinstance(plans, dict) else None
@@ -145,11 +150,16 @@ def prediction_problem(model_folder: Path, folds: Sequence[str]) -> str | None:
         return None
     network, plans_name, _ = model_folder.name.split("__")
     sibling = model_folder.parent / f"{network}__{plans_name}__{previous}"
-    lacking = [f for f in folds if not checkpoint_exists(sibling / f"fold_{f}" / checkpoint_name(PREDICT_CHECKPOINT))]
+    lacking = folds_without_checkpoint(sibling, folds)
     if not lacking:
         return None
     return (f"a cascade stage, which predicts from the labels of {sibling.name}, and {sibling} has no {PREDICT_CHECKPOINT} "
             f"checkpoint of fold(s) {', '.join(lacking)}; train (or copy) those folds of {previous} first")
+
+
+def folds_without_checkpoint(model_folder: Path, folds: Sequence[str]) -> list[str]:
+    """The folds of ``model_folder`` without the checkpoint find-best's predict commands load."""
+    return [f for f in folds if not checkpoint_exists(model_folder / f"fold_{f}" / checkpoint_name(PREDICT_CHECKPOINT))]
 
 
 def check_configurations(dataset_results: Path, configurations: Sequence[str]) -> None:
