@@ -55,7 +55,8 @@ def test_the_defaults_and_every_familys_defaults_keep_the_rules() -> None:
     ("optimizer.lr=.nan", r"--set optimizer.lr=nan: must be a finite number > 0"),
     pytest.param("optimizer.lr=" + "9" * 400, r"--set optimizer.lr=inf: must be a finite number > 0",
                  id="lr-of-400-digits"),  # was an internal OverflowError
-    pytest.param("num_epochs=" + "9" * 400, r"--set num_epochs=9+: must be >= 1", id="epochs-of-400-digits"),
+    pytest.param("num_epochs=" + "9" * 400, r"--set num_epochs=9+: is beyond any float \(1.8e\+308\); it must be >= 1; the "
+                 "default is 1000", id="epochs-of-400-digits"),  # was told it "must be >= 1"
     ("augmentation.scaling.range=[0.7, .inf]", r"must be a \[low, high\] pair of numbers"),
     ("optimizer.momentum=1", r"--set optimizer.momentum=1.0: must be >= 0 and < 1"),
     ("optimizer.betas=[0.9, 1.0]", r"--set optimizer.betas=\[0.9, 1.0\]: must be two numbers >= 0 and < 1"),

@@ -9,6 +9,7 @@ setting, the value and what it may be instead of an error from deep inside the t
 from __future__ import annotations
 
 import math
+import sys
 
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -51,6 +52,9 @@ class Rule:
             return None
         if isinstance(value, float) and not math.isfinite(value):
             return f"must be a finite number {self.words}"
+        if isinstance(value, int) and not isinstance(value, bool) and not is_finite_number(value):
+            # an integer of 400 digits was told it "must be >= 1"
+            return f"is beyond any float ({sys.float_info.max:.3g}); it must be {self.words}"
         return None if self._fits(value) else f"must be {self.words}"
 
     def _fits(self, value: Any) -> bool:
