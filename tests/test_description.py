@@ -197,3 +197,20 @@ def test_a_lone_surrogate_escape_is_refused_naming_the_file_and_key(tmp_path: Pa
     pair = '"labels": {"background": 0, "\\ud83d\\ude00": 1}'  # a whole surrogate pair is one character
     (tmp_path / "dataset.json").write_text(f'{{"channel_names": {{"0": "CT"}}, "numTraining": 2, "file_ending": ".nii.gz", {pair}}}')
     assert load_description(tmp_path).class_names == {1: "\U0001f600"}
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('"channel_names": {"0": "CT", "0": "MRI"}, "labels": {"background": 0, "a": 1}',
+     r'gives the key "0" twice in one object, as "CT" and "MRI"'),
+    ('"channel_names": {"0": "CT"}, "labels": {"background": 0, "tumor": 1, "tumor": 2}',
+     r'gives the key "tumor" twice in one object, as 1 and 2'),
+])
+def test_a_key_given_two_values_is_refused_naming_both(tmp_path: Path, text: str, message: str) -> None:
+    """JSON readers keep the last value: one channel was silently lost (read as MRI, not CT), and a class pasted
+    twice was refused as 'label values must be consecutive integers 0..1, got [0, 2]', of a file that holds 1."""
+    (tmp_path / "dataset.json").write_text(f'{{{text}, "numTraining": 2, "file_ending": ".nii.gz"}}')
+    with pytest.raises(DatasetError, match=rf"dataset\.json: {message}; a JSON reader keeps only the last: remove or rename one$"):
+        load_description(tmp_path)
+    (tmp_path / "dataset.json").write_text('{"channel_names": {"0": "CT"}, "labels": {"background": 0, "a": 1, "a": 1}, '
+                                           '"numTraining": 2, "file_ending": ".nii.gz"}')
+    assert load_description(tmp_path).labels == {"background": 0, "a": 1}  # the same value twice loses nothing

@@ -261,7 +261,7 @@ def load_description(dataset_dir: str | Path) -> DatasetDescription:
     path = Path(dataset_dir) / "dataset.json"
     data = read_json(
         path, DatasetError, "not found; every dataset folder needs a dataset.json (see docs/dataset-format.md)",
-        "fix the syntax",
+        "fix the syntax", unique_keys=True,
     )
     return parse_description(data, path)
 

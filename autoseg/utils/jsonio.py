@@ -29,8 +29,9 @@ def _encoding_problem(data: bytes) -> str | None:
     return None
 
 
-def read_json(path: str | Path, error: type[AutosegError], missing: str, invalid: str) -> Any:
-    """Parse ``path``; raise ``error`` with ``missing`` or ``invalid`` (the fix) when it cannot be read."""
+def read_json(path: str | Path, error: type[AutosegError], missing: str, invalid: str, unique_keys: bool = False) -> Any:
+    """Parse ``path``; raise ``error`` with ``missing`` or ``invalid`` (the fix) when it cannot be read, or, with
+    ``unique_keys``, when an object gives one key two values (``_refuse_conflicting_keys``)."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -38,10 +39,31 @@ def read_json(path: str | Path, error: type[AutosegError], missing: str, invalid
         raise error(f"{path}: {missing}") from None
     except IsADirectoryError:  # was "not found", though it is there: a folder given for the file
         raise error(f"{path}: is a folder, not a JSON file; give the file itself") from None
-    return parse_json_bytes(data, str(path), error, invalid)
+    return parse_json_bytes(data, str(path), error, invalid, unique_keys)
 
 
-def parse_json_bytes(data: bytes, where: str, error: type[AutosegError], invalid: str) -> Any:
+class _ConflictingKey(ValueError):
+    """An object of the JSON text gives ``key`` two different values."""
+
+    def __init__(self, key: str, first: Any, last: Any) -> None:
+        super().__init__(key)
+        self.key, self.first, self.last = key, first, last
+
+
+def _refuse_conflicting_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads``' object hook: JSON readers keep a repeated key's last value without a word, so a dataset.json
+    with ``"tumor": 1, "tumor": 2`` (a class pasted twice) or two ``"0"`` channels lost one of them, and was refused
+    for what remained (``label values must be consecutive ... got [0, 2]``) or read as the other modality.
+    A key repeated with the same value loses nothing and is let be."""
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found and found[key] != value:
+            raise _ConflictingKey(key, found[key], value)
+        found[key] = value
+    return found
+
+
+def parse_json_bytes(data: bytes, where: str, error: type[AutosegError], invalid: str, unique_keys: bool = False) -> Any:
     """Parse JSON ``data`` read from ``where`` (a file, a zip member); raise ``error`` naming ``where`` and what is
     wrong: a byte-order mark, another encoding than UTF-8, or the syntax (then ``invalid`` is the fix).
 
@@ -55,7 +77,11 @@ def parse_json_bytes(data: bytes, where: str, error: type[AutosegError], invalid
         raise error(f"{where}: is not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start}): save it as UTF-8 if "
                     f"an editor wrote it in another encoding (Latin-1, Windows-1252); else {invalid}") from None
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_refuse_conflicting_keys if unique_keys else None)
+    except _ConflictingKey as exc:
+        first, last = (json.dumps(value)[:60] for value in (exc.first, exc.last))
+        raise error(f"{where}: gives the key {json.dumps(exc.key)} twice in one object, as {first} and {last}; a JSON "
+                    "reader keeps only the last: remove or rename one") from None
     except json.JSONDecodeError as exc:
         raise error(f"{where}: is not valid JSON ({exc}); {invalid}") from None
     except RecursionError:  # was an internal error (import-model of a zip with such a member)
