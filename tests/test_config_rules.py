@@ -228,3 +228,12 @@ def test_a_zoom_that_leaves_the_patch_no_voxel_is_refused() -> None:
 def test_a_value_yaml_cannot_read_is_refused_as_such(override: str, problem: str) -> None:
     with pytest.raises(TrainingError, match=rf"^--set 'optimizer.lr=\[.*: the value is not valid YAML \({problem}\)$"):
         resolve_config("unet", [override])
+
+
+@pytest.mark.parametrize("value", ["{1: 2}", "{null: 2}", "{deep_supervision: false, 3.5: 1}"])
+def test_network_options_need_names_for_keys(value: str) -> None:
+    """YAML reads {1: 2} with an integer key; the network builder took it as a keyword and stopped with an internal
+    TypeError (keywords must be strings)."""
+    with pytest.raises(TrainingError, match=r"^--set network_options=\{.*\}: option names must be words, not \["):
+        resolve_config("unet", [f"network_options={value}"])
+    assert resolve_config("unet", ["network_options={deep_supervision: false}"])["network_options"] == {"deep_supervision": False}

@@ -120,11 +120,21 @@ def _coerce(key: str, value: Any, default: Any, origin: str = "the default") -> 
     elif isinstance(default, list) and isinstance(value, list):
         return value
     elif isinstance(default, dict) and isinstance(value, dict):
+        _check_option_names(key, value)
         return value
     expected = _type_names(default, allowed)
     raise TrainingError(
         f"--set {key}={value!r}: expected {expected}, got {type(value).__name__}; {described(default, origin)}"
     )
+
+
+def _check_option_names(key: str, options: Mapping[Any, Any]) -> None:
+    """Refuse a mapping whose keys are not option names: YAML reads ``{1: 2}`` or ``{null: 2}`` with such a key, and
+    the network builder, taking the options as keyword arguments, stopped with an internal TypeError."""
+    odd = [name for name in options if not isinstance(name, str)]
+    if odd:
+        raise TrainingError(f"--set {key}={options!r}: option names must be words, not {odd!r}; e.g. --set "
+                            f"'{key}={{deep_supervision: false}}'")
 
 
 def _type_names(default: Any, allowed: tuple[type, ...]) -> str:
