@@ -34,7 +34,7 @@ DATASET = "Dataset123_Tiny"
 MODEL = "unet__autosegPlans__3d_fullres"
 TOPOLOGY = Topology(3, [2, 4], [[3, 3, 3]] * 2, [[1, 1, 1], [2, 2, 2]])
 FOLDS = (0, 1)
-PLANS = make_plans({"3d_fullres": make_configuration([1.0, 1.0, 1.0], patch_size=[8, 8, 8])})
+PLANS = {**make_plans({"3d_fullres": make_configuration([1.0, 1.0, 1.0], patch_size=[8, 8, 8])}), "dataset_name": DATASET}
 DATASET_JSON = {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "a": 1}, "numTraining": 2, "file_ending": ".nii.gz"}
 
 
@@ -580,6 +580,38 @@ def two_models(results: Path) -> tuple[Path, Path]:
         target = second / path.relative_to(first)
         target.mkdir() if path.is_dir() else target.write_bytes(path.read_bytes())
     return first, second
+
+
+def test_a_zip_holding_a_model_of_another_dataset_is_refused_naming_both(tmp_path: Path) -> None:
+    """A zip (checksums updated) whose second model's plans.json is of Dataset005_Prostate was installed under the
+    manifest's Dataset123_Tiny, where predict then wrote its label maps as Dataset005's."""
+    first, second = two_models(tmp_path / "results")
+    zip_path = export_model([first, second], tmp_path / "model.zip", folds=FOLDS)
+    foreign = json.dumps({**PLANS, "dataset_name": "Dataset005_Prostate"}).encode()
+    bad = rewrite_zip(zip_path, tmp_path / "bad.zip", _add_listed_member(f"{second.name}/plans.json", foreign))
+    with pytest.raises(ModelFileError) as info:
+        import_model(bad, tmp_path / "clean")
+    assert str(info.value) == (
+        f"{bad}: refusing to import: member '{second.name}/plans.json' plans dataset Dataset005_Prostate, but the file "
+        f"installs its models under {DATASET} (its manifest.json); a model of another dataset was packed in: export "
+        "each dataset's models into a file of its own"
+    )
+    assert files_under(tmp_path / "clean") == []
+
+
+def test_export_refuses_a_model_folder_under_another_datasets_results(tmp_path: Path) -> None:
+    """The zip installs its models under the name of the folder they lie in: one moved there from another dataset's
+    results was exported, and installed as a model of the wrong dataset."""
+    folder = make_model_folder(tmp_path / "results")
+    (folder / "plans.json").write_text(json.dumps({**PLANS, "dataset_name": "Dataset005_Prostate"}))
+    with pytest.raises(ModelFileError) as info:
+        export_model(folder, tmp_path / "model.zip", folds=FOLDS)
+    assert str(info.value) == (
+        f"{folder / 'plans.json'}: plans dataset Dataset005_Prostate, but the model folder lies in {DATASET}'s results "
+        f"folder ({folder.parent}), under whose name the zip would install it; move it to "
+        f"{tmp_path / 'results' / 'Dataset005_Prostate'} and export it from there"
+    )
+    assert not (tmp_path / "model.zip").exists()
 
 
 def test_an_ensembles_postprocessing_travels_with_its_models(tmp_path: Path) -> None:

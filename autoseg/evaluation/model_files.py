@@ -129,6 +129,25 @@ def _exported_plans(data: bytes, where: str) -> dict[str, Any] | None:
         return None
 
 
+@dataclass(frozen=True)
+class _ForeignModel:
+    """A model whose plans.json names another dataset (``planned``) than the one it is exported or installed under."""
+
+    model: str
+    planned: str
+
+
+def _model_of_another_dataset(plans: Mapping[str, Mapping[str, Any] | None], dataset_name: str) -> _ForeignModel | None:
+    """The first of the models (name -> its parsed plans, None for no plan) whose plans.json is of another dataset than
+    ``dataset_name``: a zip (checksums updated) holding a Dataset005 model was installed under Dataset004, whose
+    predictions it then wrote as Dataset005's."""
+    for model, model_plans in plans.items():
+        planned = None if model_plans is None else model_plans.get("dataset_name")
+        if isinstance(planned, str) and planned != dataset_name:
+            return _ForeignModel(model, planned)
+    return None
+
+
 def check_output_not_in_model(output_zip: Path, folders: Sequence[Path]) -> None:
     """Refuse an output that is an existing file of a model folder being exported (its description files,
     anything in a fold folder): ``-o MODEL/plans.json`` replaced the model's plans with the zip. A new file
@@ -221,10 +240,15 @@ def export_model(
                                 "give the folder autoseg train wrote, under its name (import-model and predict read "
                                 "the configuration from it)")
         members.update(model_members(folder, folds, checkpoint))
-    _check_cascades_complete({f.name: _exported_plans(members[f"{f.name}/plans.json"], str(f / "plans.json"))
-                              for f in folders}, "export-model",
+    exported_plans = {f.name: _exported_plans(members[f"{f.name}/plans.json"], str(f / "plans.json")) for f in folders}
+    _check_cascades_complete(exported_plans, "export-model",
                              "export both: autoseg export-model -m <results>/<Dataset>/{stage} -m "
                              "<results>/<Dataset>/{model} -o model.zip")
+    if foreign := _model_of_another_dataset(exported_plans, dataset_name):
+        folder = next(f for f in folders if f.name == foreign.model)
+        raise ModelFileError(f"{folder / 'plans.json'}: plans dataset {foreign.planned}, but the model folder lies in "
+                             f"{dataset_name}'s results folder ({folder.parent}), under whose name the zip would install "
+                             f"it; move it to {folder.parent.parent / foreign.planned} and export it from there")
     decisions = ensemble_members(folders[0].resolve().parent, [f.name for f in folders])
     members.update(decisions)
     manifest = {
@@ -437,6 +461,10 @@ def _validated_model_file(zip_path: Path, build_networks: bool) -> tuple[dict[st
                 metadata[name] = _check_weights(data, f"{refuse}: member {name!r}", build_networks)
             members[name] = data
     descriptions = _check_description_files(members, manifest["models"], refuse)
+    if foreign := _model_of_another_dataset(descriptions.plans, manifest["dataset_name"]):
+        raise ModelFileError(f"{refuse}: member '{foreign.model}/plans.json' plans dataset {foreign.planned}, but the file "
+                             f"installs its models under {manifest['dataset_name']} (its {MANIFEST}); a model of another "
+                             "dataset was packed in: export each dataset's models into a file of its own")
     _check_decisions(members, refuse)
     for name, meta in metadata.items():
         model = name.split("/", 1)[0]
