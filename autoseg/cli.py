@@ -17,10 +17,12 @@ from typing import Any, Callable, Optional
 
 import typer
 
+from autoseg.cli_usage import OneLineUsageGroup
 from autoseg.errors import AutosegError, out_of_memory_message
 from autoseg.utils.termination import TERMINATED_EXIT_CODE, Terminated, signals_as_interrupts
 
 app = typer.Typer(
+    cls=OneLineUsageGroup,
     add_completion=False,
     no_args_is_help=True,
     rich_markup_mode=None,

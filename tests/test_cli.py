@@ -104,6 +104,40 @@ def test_bad_arguments_are_one_line_and_exit_2(args: list[str], message: str, ro
     assert not (Path("out")).exists()
 
 
+@pytest.mark.parametrize(("args", "line"), [
+    # -chk is click's -c hk: 'Got unexpected extra argument(s) (best)' in four lines of click's, without a hint
+    (["predict", "-i", "in", "-o", "out", "-m", "m", "-chk", "best"],
+     "autoseg: error: predict: Got unexpected extra argument(s) (best); -chk is nnU-Net's spelling: use --checkpoint; "
+     "see 'root predict --help'"),
+    (["train", "4", "2d", "0", "-tr", "nnUNetTrainer_5epochs"],
+     "autoseg: error: train: No such option: -t; -tr is nnU-Net's spelling: use --network (nnU-Net's trainer variants "
+     "are --network, --epochs and --set here); see 'root train --help'"),
+    (["plan", "4", "-p", "nnUNetResEncPlans", "-device", "cpu"],
+     "autoseg: error: plan: No such option: -p; -p is nnU-Net's spelling: use --plans-name; -device is nnU-Net's "
+     "spelling: use --device; see 'root plan --help'"),
+    (["preprocess", "-d", "4"], "autoseg: error: preprocess: No such option: -d; -d is nnU-Net's spelling: use the "
+     "dataset as the first argument, without -d; see 'root preprocess --help'"),
+    (["evaluate", "-p", "p", "-r", "r", "--bogus"], "autoseg: error: evaluate: No such option: --bogus; see 'root "
+     "evaluate --help'"),  # evaluate's own -p: no hint
+    (["train", "4"], "autoseg: error: train: Missing argument 'configuration'; see 'root train --help'"),
+    (["verify", "4", "5"], "autoseg: error: verify: Got unexpected extra argument(s) (5); see 'root verify --help'"),
+    (["postprocess", "apply", "--x"], "autoseg: error: postprocess apply: No such option: --x; see 'root postprocess "
+     "apply --help'"),
+    (["nosuch"], "autoseg: error: No such command 'nosuch'; see 'root --help'"),
+])
+def test_usage_errors_are_one_line_with_hints_for_nnunet_spellings(args: list[str], line: str) -> None:
+    """Usage errors were click's four lines (Usage, Try, a blank, 'Error: ...') unlike every other error, and
+    nnU-Net's spellings got no hint."""
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert result.output.splitlines() == [line]
+
+
+def test_a_bare_command_group_still_shows_its_help() -> None:
+    result = runner.invoke(app, ["postprocess"])
+    assert result.exit_code == 2 and "Usage:" in result.output and "determine" in result.output
+
+
 @pytest.mark.parametrize("args", [
     ["predict", "-i", "in", "-o", "", "-m", "model"],
     ["predict", "-i", "", "-o", "out", "-m", "model"],
