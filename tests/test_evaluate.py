@@ -648,3 +648,18 @@ def test_a_0_255_reference_of_a_0_1_prediction_gets_a_note(tmp_path, labels):
     _write(tmp_path / "pred", "c1", np.zeros_like(ref))  # nothing predicted: a model's miss, no hint
     assert "no foreground label in common" not in autoseg("evaluate", "-p", tmp_path / "pred", "-r", tmp_path / "ref",
                                                           "-np", 1, *labels)
+
+
+def test_an_unreadable_dataset_json_beside_the_references_is_noted_with_labels_and_refused_with_the_way_round(folders):
+    """The Decathlon's nnU-Net v1 dataset.json above its labelsTr refused even ``--labels 1``, which needs none,
+    asking to edit it; without --labels the refusal named no way to evaluate without it."""
+    pred_dir, ref_dir = folders
+    (ref_dir.parent / "dataset.json").write_text(json.dumps({"modality": {"0": "MRI"}, "labels": {"0": "background", "1": "a"}}))
+    result = runner.invoke(app, ["evaluate", "-p", str(pred_dir), "-r", str(ref_dir), "-l", "1", "-np", "1"])
+    assert result.exit_code == 0, result.output
+    assert ("dataset.json: 'modality' is nnU-Net v1 syntax; rename it to 'channel_names': not read for an ignore label "
+            "(--labels gives the classes)") in " ".join(result.stderr.split())
+    assert json.loads((pred_dir / "summary.json").read_text())["mean"]["1"]["dice"] == pytest.approx((40 / 44 + 1) / 2)
+    output = autoseg_fails("evaluate", "-p", pred_dir, "-r", ref_dir, "-np", 1)
+    assert ("'modality' is nnU-Net v1 syntax; rename it to 'channel_names' (a dataset.json found beside the references or "
+            "predictions; to evaluate without it, give the labels with --labels, or the dataset with -d)") in " ".join(output.split())

@@ -22,7 +22,7 @@ from autoseg.dataset.imageio import (
     SUPPORTED_ENDINGS, Geometry, geometry_differences, image_ending, is_integer_valued, read_image, spelled_ending,
 )
 from autoseg.dataset.verify import mask_255_hint
-from autoseg.errors import EvaluationError
+from autoseg.errors import DatasetError, EvaluationError
 from autoseg.paths import printable_path
 from autoseg.evaluation.metrics import (
     DEFAULT_TOLERANCE_MM,
@@ -71,11 +71,28 @@ def find_description(pred_dir: Path, ref_dir: Path) -> DatasetDescription:
 
 def _ignore_label_beside(pred_dir: Path, ref_dir: Path) -> int | None:
     """The ignore label of the dataset.json beside the references, if there is one: ``--labels`` picks
-    the classes, but ignored voxels must stay out of every metric (they counted as background)."""
+    the classes, but ignored voxels must stay out of every metric (they counted as background). One that cannot
+    be read (the Decathlon's nnU-Net v1 dataset.json above its labelsTr) is noted, not refused: --labels needs
+    none, and its refusal asked to edit a file of the user's data."""
     try:
         return find_description(pred_dir, ref_dir).ignore_label
     except EvaluationError:
         return None
+    except DatasetError as exc:
+        print(f"note: {exc}: not read for an ignore label (--labels gives the classes)", file=sys.stderr)
+        return None
+
+
+def _description_beside(pred_dir: Path, ref_dir: Path) -> DatasetDescription | None:
+    """``find_description``, None when there is none; one that cannot be read is refused with the ways round it, as
+    a dataset.json found beside the references may be another tool's (the Decathlon's nnU-Net v1 file)."""
+    try:
+        return find_description(pred_dir, ref_dir)
+    except EvaluationError:
+        return None
+    except DatasetError as exc:
+        raise EvaluationError(f"{exc} (a dataset.json found beside the references or predictions; to evaluate without "
+                              "it, give the labels with --labels, or the dataset with -d)") from None
 
 
 @dataclass
@@ -188,11 +205,9 @@ def choose_labels(
                 )
             mapping[IGNORE_LABEL_NAME] = ignore
         return LabelChoice(mapping, label_file_ending(ref_dir), "--labels")
-    try:
-        found = find_description(pred_dir, ref_dir)
+    found = _description_beside(pred_dir, ref_dir)
+    if found is not None:
         return LabelChoice(found, found.file_ending, "dataset")
-    except EvaluationError:
-        pass
     ending = label_file_ending(ref_dir)
     match_cases(pred_dir, ref_dir, ending, quiet=True)  # -r imagesTr: refused by name, not after reading every image
     return LabelChoice(label_mapping(labels_in_references(ref_dir, ending, num_workers)), ending, "references")
