@@ -19,7 +19,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from autoseg.dataset.imageio import Geometry, read_case_images, read_image, read_image_channels, write_image
+from autoseg.dataset.imageio import (
+    Geometry, read_case_images, read_image, read_image_channels, space_units_warning, write_image,
+)
 from autoseg.errors import DatasetError
 from conftest import DRIVE, DRIVE_CROP, HIPPOCAMPUS, SHARED_DATA, drive_crop
 
@@ -377,6 +379,29 @@ def test_one_dicom_slice_without_a_pixel_spacing_is_refused(tmp_path: Path) -> N
         read_image(folder)
     _, geometry = read_image(_dicom_series(tmp_path / "kept", [(0, 0, 0)]))
     assert geometry.spacing[1:] == pytest.approx((0.5, 0.5))
+
+
+def nrrd_in_units(path: Path, unit: str) -> Path:
+    """A NRRD of 0.1 x 0.2 x 0.3 voxels whose header gives ``unit`` as its space units (ITK writes none)."""
+    image = sitk.GetImageFromArray(np.zeros((3, 4, 5), np.int16))
+    image.SetSpacing((0.1, 0.2, 0.3))
+    sitk.WriteImage(image, str(path), False)
+    header, _, data = path.read_bytes().partition(b"\n\n")
+    path.write_bytes(header + f'\nspace units: "{unit}" "{unit}" "{unit}"\n\n'.encode() + data)
+    return path
+
+
+def test_nrrd_space_units_other_than_mm_are_read_as_mm_with_one_warning(tmp_path: Path) -> None:
+    """ITK ignores NRRD's space units: a spacing given in cm or microns was read as mm in silence. It is still read
+    as mm (as SimpleITK, so nnU-Net, reads it), with one warning naming the files and their units."""
+    files = [nrrd_in_units(tmp_path / "cm.nrrd", "cm"), nrrd_in_units(tmp_path / "um.nrrd", "microns"),
+             nrrd_in_units(tmp_path / "mm.nrrd", "mm"), nrrd_in_units(tmp_path / "MM.nrrd", "Millimeters")]
+    assert read_image(files[0])[1].spacing == pytest.approx((0.3, 0.2, 0.1))
+    assert space_units_warning(files) == (
+        f"2 NRRD file(s) give their spacing in cm, microns (their header's space units): {files[0]}, {files[1]}; they "
+        "are read as mm, as SimpleITK and nnU-Net read them; to use their true size, rewrite the spacing in mm (space "
+        'directions or spacings, and space units "mm")')
+    assert space_units_warning(files[2:] + [tmp_path / "missing.nrrd", HIPPOCAMPUS]) is None
 
 
 def test_folder_of_two_dicom_series_says_which_files_are_which(tmp_path: Path) -> None:

@@ -156,6 +156,25 @@ def test_a_bad_case_is_named_and_the_good_one_predicted(kind: str, model: Path, 
     assert sorted(p.name for p in output.iterdir()) == ["good.nii.gz", PREDICT_INFO]
 
 
+def test_nrrd_inputs_in_cm_are_predicted_with_one_warning(model: Path, tmp_path: Path) -> None:
+    """NRRD inputs whose spacing is in cm (space units, which ITK ignores) were predicted as mm in silence; they still
+    are (as nnU-Net predicts them), with one warning for the run naming the files."""
+    inputs, output = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    for case in ("a", "b"):
+        path = inputs / f"{case}_0000.nrrd"
+        sitk.WriteImage(sitk.ReadImage(str(SOURCE)), str(path), False)
+        header, _, data = path.read_bytes().partition(b"\n\n")
+        path.write_bytes(header + b'\nspace units: "cm" "cm" "cm"\n\n' + data)
+    code, text = _predict(inputs, output, model)
+    assert code == 0, text
+    assert [line for line in text.splitlines() if line.startswith("WARNING")] == [
+        f"WARNING 2 NRRD file(s) give their spacing in cm (their header's space units): {inputs / 'a_0000.nrrd'}, "
+        f"{inputs / 'b_0000.nrrd'}; they are read as mm, as SimpleITK and nnU-Net read them; to use their true size, "
+        'rewrite the spacing in mm (space directions or spacings, and space units "mm")']
+    assert read_image(output / "a.nii.gz")[1].spacing == pytest.approx(read_image(SOURCE)[1].spacing)
+
+
 @pytest.mark.parametrize("name", ["patient 01", "müller", "患者_7", "a b c (copy)"])
 def test_case_names_with_spaces_and_non_ascii_just_work(name: str, model: Path, tmp_path: Path) -> None:
     inputs, output = tmp_path / f"in {name}", tmp_path / f"out {name}"

@@ -564,6 +564,29 @@ def test_a_blank_image_channel_is_warned_about_by_case_and_channel(small_dataset
     assert tree_digest(small_dataset) == before
 
 
+def test_nrrd_spacing_in_cm_is_one_warning_of_verify_and_fingerprint(small_dataset: Path, roots: dict[str, Path]) -> None:
+    """A NRRD dataset whose headers give the spacing in cm (space units, which ITK ignores) was read as mm in silence;
+    it still is (as nnU-Net reads it), with one warning a command naming the files, not one a file."""
+    description = json.loads((small_dataset / "dataset.json").read_text())
+    (small_dataset / "dataset.json").write_text(json.dumps({**description, "file_ending": ".nrrd"}))
+    in_cm = []
+    for path in sorted(small_dataset.glob("*Tr/*.nii.gz")):
+        nrrd = path.with_name(path.name[: -len(".nii.gz")] + ".nrrd")
+        sitk.WriteImage(sitk.ReadImage(str(path)), str(nrrd))
+        path.unlink()
+        if PLAIN_CASE in nrrd.name:
+            header, _, data = nrrd.read_bytes().partition(b"\n\n")
+            nrrd.write_bytes(header + b'\nspace units: "cm" "cm" "cm"\n\n' + data)
+            in_cm.append(nrrd)
+    warning = (f"WARNING 2 NRRD file(s) give their spacing in cm (their header's space units): {in_cm[0]}, {in_cm[1]}; "
+               "they are read as mm, as SimpleITK and nnU-Net read them; to use their true size, rewrite the spacing in "
+               'mm (space directions or spacings, and space units "mm")')
+    for command in ("verify", "fingerprint"):
+        result = runner.invoke(app, [command, str(small_dataset), "-np", "1"])
+        assert result.exit_code == 0, result.output
+        assert [line for line in result.output.splitlines() if line.startswith("WARNING")] == [warning], command
+
+
 def test_origins_rounded_by_headers_far_from_zero_are_accepted(small_dataset: Path, roots: dict[str, Path]) -> None:
     _both_at((-1500.0, -1500.0, -1500.0), small_dataset)  # 0.01 mm apart: float32 rounding, not a shift
     edit_image(label(small_dataset, PLAIN_CASE), lambda img: (img.SetOrigin((-1500.01, -1500.0, -1499.99)), img)[1])

@@ -349,6 +349,37 @@ def _nrrd_unset_voxel_sides(path: Path) -> list[str]:
     return [f"spacings: {' '.join(spacings)}"] if unset else []
 
 
+# NRRD "space units" spellings of millimetres; ITK ignores the field and reads every spacing as mm.
+_NRRD_MM_UNITS = ("mm", "millimeter", "millimeters", "millimetre", "millimetres")
+
+
+def nrrd_space_units(path: Path) -> list[str]:
+    """The length units other than mm that a NRRD header (.nrrd, .nhdr) names in its ``space units`` field."""
+    if image_ending(path) not in (".nrrd", ".nhdr") or not path.is_file():
+        return []
+    try:
+        parsed = _header_fields(path, ":", None)
+    except OSError:  # an unreadable file: reading it says why
+        return []
+    units = re.findall(r'"([^"]*)"', parsed[0].get("space units", "")) if parsed is not None else []
+    return sorted({unit.strip() for unit in units if unit.strip() and unit.strip().lower() not in _NRRD_MM_UNITS})
+
+
+def space_units_warning(paths: Sequence[Path]) -> str | None:
+    """One warning line for the NRRD files among ``paths`` whose spacing is given in another unit than mm (``space
+    units: "cm"``, ``"microns"``), else None. ITK ignores the unit, so SimpleITK, nnU-Net and autoseg read such a
+    spacing as mm; converting it would have a model see another spacing than the same file gives in nnU-Net, so
+    the files are read as they are, with this warning (they were read so in silence)."""
+    found = {path: units for path in paths if (units := nrrd_space_units(path))}
+    if not found:
+        return None
+    units = sorted({unit for file_units in found.values() for unit in file_units})
+    named = ", ".join(map(str, list(found)[:3])) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+    return (f"{len(found)} NRRD file(s) give their spacing in {', '.join(units)} (their header's space units): {named}; "
+            "they are read as mm, as SimpleITK and nnU-Net read them; to use their true size, rewrite the spacing in mm "
+            "(space directions or spacings, and space units \"mm\")")
+
+
 def _nifti_expected_size(header: bytes) -> int | None:
     """vox_offset + voxel bytes from a NIfTI-1 or NIfTI-2 header (None if the header is not NIfTI)."""
     fields = _nifti_header(header)

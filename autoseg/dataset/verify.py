@@ -26,6 +26,7 @@ from autoseg.dataset.imageio import (
     read_image,
     read_image_channels,
     select_channels,
+    space_units_warning,
 )
 from autoseg.errors import DatasetError
 from autoseg.paths import DatasetLocation, DatasetSpec, resolve_dataset
@@ -342,7 +343,21 @@ def verify_dataset(location: DatasetSpec, num_workers: int | None = None) -> Ver
     if mixed := mixed_2d_problem(cases, [results.get(c.case_id, ([], [], None))[2] for c in cases]):
         problems.append(mixed)
     problems.extend(f"case {f.key}: {f.message}" for f in failures)
+    if units := cases_space_units_warning([*cases, *test_cases]):
+        warnings.append(units)
     return VerifyReport(location.name, len(cases) + len(test_cases), problems, warnings)
+
+
+def cases_space_units_warning(cases: Sequence[Case]) -> str | None:
+    """The one warning for the NRRD files of ``cases`` (images and labels) that give their spacing in another unit
+    than mm (``imageio.space_units_warning``)."""
+    return space_units_warning([path for case in cases for path in [*case.images, case.label] if path is not None])
+
+
+def dataset_space_units_warning(location: DatasetSpec) -> str | None:
+    """``cases_space_units_warning`` for the training cases of a dataset, for the stages after verify (fingerprint)."""
+    location = resolve_dataset(location)
+    return cases_space_units_warning(scan_training_cases(location.raw_dir, load_description(location.raw_dir)).cases)
 
 
 def require_valid(location: DatasetSpec, num_workers: int | None = None) -> None:

@@ -31,6 +31,7 @@ from autoseg.dataset.imageio import (
     image_ending,
     is_orthonormal,
     read_case_images,
+    space_units_warning,
     unwritable_problem,
     write_image,
 )
@@ -481,6 +482,8 @@ def predict_folder(
         require_writable(output)  # an existing folder that cannot be written is refused before predicting too
     remove_stale_temporaries(output)  # what a killed run left half-written
     report = PredictReport(output, dataset=loaded.dataset)
+    if units := space_units_warning([path for case in cases for path in case.channels.values()]):
+        report.warn(units)
     claim = functools.partial(claim_output_folder, output, info, outputs)
     _predict_cases(cases, planned, loaded, report, step, tta, save_probabilities, mixed_precision, batch_tiles, continue_, claim)
     report.seconds = time.perf_counter() - start
