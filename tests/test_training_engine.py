@@ -184,6 +184,25 @@ def test_another_folds_checkpoint_is_not_resumed(tmp_path: Path) -> None:
                                        torch.device("cpu"), "1") == state
 
 
+def test_a_checkpoint_of_another_plans_is_not_resumed(tmp_path: Path) -> None:
+    """A checkpoint copied from unet__otherPlans__2d into this plans' fold was resumed without a word, and the final
+    checkpoint then named this run's plans (predict refuses the copied checkpoint itself)."""
+    setup, state = _setup(), TrainingState(total_iterations=9, iteration=4, epoch=2)
+    meta = {"network": "unet", "configuration": "2d", "optimizer": "sgd", "fold": "0", "plans_name": "otherPlans"}
+    write_checkpoint(tmp_path / "c.safetensors", training_checkpoint(setup, {"grad_scaler": None}, state, meta))
+    with pytest.raises(TrainingError) as info:
+        restore_training_checkpoint(tmp_path / "c.safetensors", _setup(), _Step(), "unet", "2d", "sgd", torch.device("cpu"),
+                                    "0", plans_name="autosegPlans")
+    assert str(info.value) == (
+        f"{tmp_path / 'c.safetensors'}: was trained with plans 'otherPlans', this run with 'autosegPlans' (copied from "
+        "the unet__otherPlans__2d folder?): continuing would pass that model off as one of plans 'autosegPlans'; put "
+        "this fold's own checkpoint back, continue in that folder (--plans-name otherPlans), or delete the fold folder "
+        "to start over"
+    )
+    assert restore_training_checkpoint(tmp_path / "c.safetensors", _setup(), _Step(), "unet", "2d", "sgd",
+                                       torch.device("cpu"), "0", plans_name="otherPlans") == state
+
+
 def test_a_checkpoint_of_another_split_is_not_resumed(tmp_path: Path) -> None:
     """splits_final.json edited after training: --continue validated on cases the fold had trained on."""
     from autoseg.training.checkpoints import split_digest

@@ -103,13 +103,14 @@ def split_digest(train_cases: Sequence[str], val_cases: Sequence[str]) -> str:
 
 def restore_training_checkpoint(path: Path, setup: ModelSetup, step: Any, network: str, configuration: str,
                                 optimizer: str, device: torch.device, fold: str | None = None,
-                                split: str | None = None) -> TrainingState:
+                                split: str | None = None, plans_name: str | None = None) -> TrainingState:
     """Load ``path`` into the network, optimiser, step and RNGs; returns where the run stood. The run
-    must continue as it was trained: the same fold, network, configuration and optimiser (another
+    must continue as it was trained: the same fold, plans, network, configuration and optimiser (another
     optimiser's state would not fit, or would load silently into the wrong slots; another fold's
     checkpoint, copied over, resumed a model that had trained on this fold's validation cases)."""
     checkpoint = load_checkpoint(path, map_location=device)
     meta = checkpoint["metadata"]
+    _refuse_another_plans(path, meta, plans_name)
     if fold is not None and meta.get("fold") is not None and str(meta["fold"]) != str(fold):
         raise TrainingError(
             f"{path}: is the checkpoint of fold {meta['fold']}, not of fold {fold} (copied from another fold?): it has "
@@ -154,3 +155,17 @@ def restore_training_checkpoint(path: Path, setup: ModelSetup, step: Any, networ
     restore_rng_state(checkpoint["rng_state"])
     return TrainingState.from_dict(checkpoint["trainer_state"])
 
+
+def _refuse_another_plans(path: Path, meta: dict[str, Any], plans_name: str | None) -> None:
+    """A checkpoint copied from another plans' model folder (same network and configuration) was resumed, and
+    the run's final checkpoint then named this run's plans: predict, which refuses the copied checkpoint itself,
+    took the model trained on the other plan's data as this plan's. Metadata without plans passes."""
+    trained = meta.get("plans_name")
+    if plans_name is None or trained is None or trained == plans_name:
+        return
+    raise TrainingError(
+        f"{path}: was trained with plans {trained!r}, this run with {plans_name!r} (copied from the "
+        f"{meta.get('network')}__{trained}__{meta.get('configuration')} folder?): continuing would pass that model off "
+        f"as one of plans {plans_name!r}; put this fold's own checkpoint back, continue in that folder (--plans-name "
+        f"{trained}), or delete the fold folder to start over"
+    )
