@@ -342,3 +342,18 @@ def test_another_familys_patch_refusal_suggests_a_patch_that_holds() -> None:
     assert all(s >= p for s, p in zip(suggested, [12, 20, 16]))
     topology = network_topology(plan, "nnformer", suggested, lambda *_: None)
     assert topology["features_per_stage"]
+
+
+def test_a_split_file_not_utf8_or_a_folder_in_its_place_is_refused_by_name(tmp_path: Path) -> None:
+    """Was: an internal UnicodeDecodeError (a case id with an accent saved as Latin-1), and an internal
+    IsADirectoryError when the new split file was renamed onto a folder of its name."""
+    (tmp_path / SPLITS_FILE).write_bytes('[{"train": ["c00"], "val": ["café"]}]'.encode("latin-1"))
+    with pytest.raises(TrainingError, match=r"splits_final\.json: is not UTF-8 text \(byte 0xe9 at offset 32\): save it as "
+                                            r"UTF-8 .*; else fix or delete it to recreate it$"):
+        fold_cases(tmp_path, CASES, 0)
+    (tmp_path / SPLITS_FILE).unlink()
+    (tmp_path / SPLITS_FILE).mkdir()
+    with pytest.raises(TrainingError, match=r"splits_final\.json: is a folder where the split file goes; move or rename "
+                                            r"that folder"):
+        fold_cases(tmp_path, CASES, 0)
+    assert [p.name for p in tmp_path.iterdir() if p.name != f"{SPLITS_FILE}.lock"] == [SPLITS_FILE]

@@ -18,6 +18,7 @@ from filelock import FileLock
 
 from autoseg.errors import TrainingError
 from autoseg.utils.atomic import atomic_write_json
+from autoseg.utils.jsonio import read_json
 
 # reference.md §1.5
 NUM_FOLDS = 5
@@ -58,6 +59,9 @@ def kfold_splits(case_ids: Sequence[str], n_folds: int = NUM_FOLDS, seed: int = 
 def load_or_create_splits(folder: Path, case_ids: Sequence[str]) -> list[dict[str, list[str]]]:
     """The splits in ``folder/splits_final.json``, created first if absent (a user's file wins)."""
     path = Path(folder) / SPLITS_FILE
+    if path.is_dir():  # the new split file was renamed onto it: an internal IsADirectoryError
+        raise TrainingError(f"{path}: is a folder where the split file goes; move or rename that folder (train then "
+                            "writes the split file), or put your own split file in its place")
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(path) + ".lock"):
@@ -67,10 +71,11 @@ def load_or_create_splits(folder: Path, case_ids: Sequence[str]) -> list[dict[st
 
 
 def read_splits(path: Path) -> list[dict[str, list[str]]]:
-    try:
-        splits = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise TrainingError(f"{path}: cannot read the split file ({exc}); fix or delete it to recreate it") from exc
+    """The folds of a split file, checked. Read as every JSON file is (``read_json``): one saved in another encoding
+    than UTF-8 (a case id with an accent, from a Windows editor) stopped train, find-best and the cascade with an
+    internal UnicodeDecodeError."""
+    splits = read_json(path, TrainingError, "not found; `autoseg train` writes it (or write your own)",
+                       "fix or delete it to recreate it")
     if not isinstance(splits, list) or not all(
         isinstance(s, dict) and isinstance(s.get("train"), list) and isinstance(s.get("val"), list) for s in splits
     ):
