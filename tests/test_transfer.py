@@ -132,6 +132,32 @@ def test_pretrained_weights_of_another_channel_count_are_refused_as_such(tmp_pat
         load_pretrained(create_network("unet", TINY_TOPOLOGY, 2, 3), path, "unet")
 
 
+@pytest.mark.parametrize("spoil, problem", [
+    (lambda t: t.to(torch.int32), "holds torch.int32 values, the network torch.float32"),
+    (lambda t: t.bool(), "holds torch.bool values, the network torch.float32"),
+    (lambda t: t * float("nan"), "holds NaN or infinite values"),
+])
+def test_pretrained_weights_of_integer_or_non_finite_values_are_refused(spoil, problem: str, tmp_path: Path) -> None:
+    """Integer or boolean weights were cast to 0/1 floats without a word, and NaN weights (a diverged source) were
+    loaded, training then stopping as diverged with the advice to lower the learning rate."""
+    from autoseg.utils.checkpoint_format import CHECKPOINT_FORMAT_VERSION
+    from autoseg.utils.weights_file import save_weights
+
+    weights = {k: spoil(v) if v.is_floating_point() else v for k, v in create_network("unet", TINY_TOPOLOGY, 1, 3).state_dict().items()}
+    path = tmp_path / CHECKPOINT
+    save_weights(path, {"network_weights": weights, "metadata": {"network": "unet", "format_version": CHECKPOINT_FORMAT_VERSION}})
+    target = create_network("unet", TINY_TOPOLOGY, 1, 3)
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    first = next(k for k, v in weights.items() if v.dtype != torch.int64)
+    with pytest.raises(TrainingError) as info:
+        load_pretrained(target, path, "unet")
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and f"({first} {problem};" in message
+    assert message.endswith("fine-tune from another checkpoint of it (its checkpoint_best, or an earlier run), or train "
+                            "without --pretrained-weights")
+    assert all(torch.equal(v, before[k]) for k, v in target.state_dict().items())  # nothing loaded
+
+
 def test_a_source_plan_of_another_channel_count_is_refused_at_plan_time(tmp_path: Path) -> None:
     """Was: planned without a word; only train --pretrained-weights refused the weights, after preprocessing."""
     from autoseg.errors import PlanError

@@ -100,6 +100,20 @@ def _input_channels(state: dict[str, torch.Tensor], weights: dict[str, torch.Ten
     return None
 
 
+def _unusable_values(state: dict[str, torch.Tensor], weights: dict[str, torch.Tensor], names: list[str]) -> list[str]:
+    """The tensors among ``names`` whose values would load as other weights than the source's: integer or boolean
+    ones for a floating-point tensor (``load_state_dict`` casts them without a word, to 0/1 weights), and NaN or
+    infinite ones (a diverged source: training then stopped as diverged, advising a lower learning rate)."""
+    problems = []
+    for name in names:
+        source, target = weights[name], state[name]
+        if target.is_floating_point() and not source.is_floating_point():
+            problems.append(f"{name} holds {source.dtype} values, the network {target.dtype}")
+        elif source.is_floating_point() and not bool(torch.isfinite(source).all()):
+            problems.append(f"{name} holds NaN or infinite values")
+    return problems
+
+
 def load_pretrained(
     network: nn.Module, source: str | Path, network_name: str, log: Callable[[str], None] = print
 ) -> PretrainedReport:
@@ -135,6 +149,13 @@ def load_pretrained(
         raise TrainingError(
             f"{where}: does not fit this network: {problem}; plan this dataset with "
             "`autoseg plan DATASET --transfer-plans-from SOURCE_PLANS` so topology and patch match the pretrained model"
+        )
+    unusable = _unusable_values(state, weights, report.loaded)
+    if unusable:
+        raise TrainingError(
+            f"{where}: {len(unusable)} tensor(s) hold values no network was trained to ({'; '.join(unusable[:3])}): the "
+            "source model diverged, or its file was not written by training; fine-tune from another checkpoint of it "
+            "(its checkpoint_best, or an earlier run), or train without --pretrained-weights"
         )
     network.load_state_dict({**state, **{name: weights[name] for name in report.loaded}})
     for line in report.lines():
