@@ -132,6 +132,27 @@ def test_pretrained_weights_of_another_channel_count_are_refused_as_such(tmp_pat
         load_pretrained(create_network("unet", TINY_TOPOLOGY, 2, 3), path, "unet")
 
 
+def test_a_zip_of_several_models_is_refused_naming_them(tmp_path: Path) -> None:
+    """The weights of the model whose name sorts first were taken without a word (a cascade zip's 3d_cascade_fullres,
+    then refused as of other input channels, though its 3d_lowres would have fitted)."""
+    from autoseg.utils.checkpoint_format import CHECKPOINT_FORMAT_VERSION
+    from autoseg.utils.weights_file import save_weights
+
+    folders = [tmp_path / "Dataset001_X" / f"unet__autosegPlans__{c}" for c in ("3d_lowres", "3d_fullres")]
+    for folder in folders:
+        metadata = {"network": "unet", "format_version": CHECKPOINT_FORMAT_VERSION}
+        save_weights(folder / "fold_0" / CHECKPOINT, {"network_weights": create_network("unet", TINY_TOPOLOGY, 1, 3).state_dict(),
+                                                      "metadata": metadata})
+        (folder / "plans.json").write_text("{}"), (folder / "dataset.json").write_text("{}")
+    zip_path = export_model(folders, tmp_path / "model.zip", folds=[0])
+    with pytest.raises(TrainingError) as info:
+        load_pretrained(create_network("unet", TINY_TOPOLOGY, 1, 3), zip_path, "unet")
+    assert str(info.value) == (
+        f"{zip_path}: holds 2 models (unet__autosegPlans__3d_fullres, unet__autosegPlans__3d_lowres); give one: install "
+        "the zip with autoseg import-model and give that model's folder, or export that model alone"
+    )
+
+
 @pytest.mark.parametrize("spoil, problem", [
     (lambda t: t.to(torch.int32), "holds torch.int32 values, the network torch.float32"),
     (lambda t: t.bool(), "holds torch.bool values, the network torch.float32"),

@@ -63,10 +63,23 @@ def _read_zip(path: Path) -> tuple[dict[str, Any], str]:
             members = sorted(n for n in archive.namelist() if n.endswith(SUFFIX))
             if not members:
                 raise TrainingError(f"{path}: holds no weights; give a zip written by `autoseg export-model` (not --format onnx)")
+            _refuse_several_models(path, members)
             where = f"{path}:{members[0]}"
             return checkpoint_from_bytes(archive.read(members[0]), where, TrainingError, PRETRAINED_FIX), where
     except (zipfile.BadZipFile, OSError) as exc:
         raise TrainingError(f"{path}: not a readable zip ({exc}); give a zip written by `autoseg export-model`") from None
+
+
+def _refuse_several_models(path: Path, members: list[str]) -> None:
+    """A zip of several models (a cascade's two stages, 2d with 3d_fullres) gave the weights of whichever model's
+    name sorts first, without a word, and then refused them as of other input channels or shapes when another
+    model of the zip would have fitted; ``--transfer-plans-from`` refuses such a zip too."""
+    models = sorted({member.split("/", 1)[0] for member in members})
+    if len(models) > 1:
+        raise TrainingError(
+            f"{path}: holds {len(models)} models ({', '.join(models)}); give one: install the zip with autoseg "
+            "import-model and give that model's folder, or export that model alone"
+        )
 
 
 def read_pretrained(source: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], str]:
