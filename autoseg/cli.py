@@ -191,6 +191,23 @@ DATASET_HELP = "Dataset004, 4, Dataset004_Hippocampus or the dataset folder's pa
 WORKERS_HELP = "worker processes, 0 or 1: all in this process (default: the CPU cores available)"
 
 
+def _print_version(requested: bool) -> None:
+    """``autoseg --version``: which autoseg ran (it was 'No such option: --version'), for bug reports."""
+    if requested:
+        from autoseg import __version__
+
+        typer.echo(f"autoseg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                 help="print autoseg's version and exit"),
+) -> None:
+    """Options of ``autoseg`` itself, before the command."""
+
+
 @app.command()
 @user_errors
 def verify(

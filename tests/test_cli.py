@@ -133,6 +133,14 @@ def test_usage_errors_are_one_line_with_hints_for_nnunet_spellings(args: list[st
     assert result.output.splitlines() == [line]
 
 
+def test_version_is_printed() -> None:
+    """``autoseg --version`` was 'No such option: --version'."""
+    from autoseg import __version__
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output == f"autoseg {__version__}\n"
+
+
 def test_a_bare_command_group_still_shows_its_help() -> None:
     result = runner.invoke(app, ["postprocess"])
     assert result.exit_code == 2 and "Usage:" in result.output and "determine" in result.output
