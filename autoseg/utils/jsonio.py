@@ -65,7 +65,8 @@ def _refuse_conflicting_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def parse_json_bytes(data: bytes, where: str, error: type[AutosegError], invalid: str, unique_keys: bool = False) -> Any:
     """Parse JSON ``data`` read from ``where`` (a file, a zip member); raise ``error`` naming ``where`` and what is
-    wrong: a byte-order mark, another encoding than UTF-8, or the syntax (then ``invalid`` is the fix).
+    wrong: a byte-order mark, another encoding than UTF-8, or the syntax (then ``invalid`` is the fix); with
+    ``unique_keys``, also an object giving one key two values (``_refuse_conflicting_keys``).
 
     One decoder for files and zip members alike: import-model called a member with a BOM "not valid JSON".
     """
@@ -102,7 +103,7 @@ def lone_surrogate_location(data: Any, where: str = "") -> str | None:
     escape, but no such text can be written as UTF-8: a label name holding one passed verify, then failed
     evaluate with an internal error after summary.json was written."""
     if isinstance(data, str):
-        return where or "the top level" if _has_lone_surrogate(data) else None
+        return (where or "the top level") if _has_lone_surrogate(data) else None
     if isinstance(data, list):
         found = (lone_surrogate_location(value, f"{where}[{index}]") for index, value in enumerate(data))
     elif isinstance(data, dict):
