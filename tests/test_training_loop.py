@@ -104,6 +104,19 @@ def test_continue_extends_a_finished_run(results: Path) -> None:
     assert (_fold(results) / "checkpoint_final.safetensors").read_bytes() == final
 
 
+def test_the_written_config_is_the_one_that_ran(results: Path) -> None:
+    """--epochs 1 --workers 0 were written as ``num_epochs: 1000``, ``use_plan_schedule: true`` and ``num_workers:
+    auto``; a --continue without --epochs (which trains to the checkpoint's schedule) rewrote 1000 and warned of it
+    as a change. ``overrides=None`` (no overrides) raised a bare TypeError."""
+    train_fold(DATASET, "3d_fullres", "all", epochs=1, workers=0, overrides=None)
+    written = lambda folder: yaml.safe_load((folder / "training_config.yaml").read_text())  # noqa: E731
+    for config in (written(_fold(results)), written(_fold(results).parent)):
+        assert (config["num_epochs"], config["use_plan_schedule"], config["num_workers"]) == (1, False, 0)
+    train_fold(DATASET, "3d_fullres", "all", continue_=True, overrides=None)
+    assert (written(_fold(results))["num_epochs"], written(_fold(results))["num_workers"]) == (1, "auto")
+    assert "num_epochs" not in (_fold(results) / "training_log.txt").read_text()
+
+
 def test_continue_to_n_epochs_keeps_the_trained_epochs_and_gives_the_rest_the_new_length(results: Path) -> None:
     """--continue --epochs N --set iterations_per_epoch=M after epochs of another length (docs/stages.md):
     N x M iterations ended after another number of epochs (2 of 5, then N=4 of 3: 12 iterations in 3 epochs)

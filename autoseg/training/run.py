@@ -89,7 +89,7 @@ def train_fold(
     device: str | None = None,
     seed: int = 0,
     deterministic: bool = False,
-    overrides: str | Sequence[str] = (),
+    overrides: str | Sequence[str] | None = (),
     save_probabilities: bool = False,
     workers: int | None = None,
     pretrained_weights: str | Path | None = None,
@@ -104,7 +104,7 @@ def train_fold(
         budget_seconds: wall time for the whole fold including final validation; the iteration count
             follows from the measured speed. Default: the plan's compute budget, if it has one.
         continue_: resume from ``checkpoint_latest.safetensors`` exactly where it stopped.
-        overrides: ``key=value`` training config overrides (``--set``), a sequence or one.
+        overrides: ``key=value`` training config overrides (``--set``), a sequence or one (None: none).
         workers: data loading processes (0 = in-process); default from the config (``auto``).
         pretrained_weights: start from this checkpoint, model folder or model zip (``training/pretrained.py``).
 
@@ -117,7 +117,7 @@ def train_fold(
     _check_options(epochs, budget_seconds, continue_, pretrained_weights)
     _check_seed(seed)
     run = resolve_fold_run(
-        dataset_spec, configuration, canonical_fold(fold), network, plans_name, string_list(overrides), device, seed=seed,
+        dataset_spec, configuration, canonical_fold(fold), network, plans_name, string_list(overrides or ()), device, seed=seed,
         deterministic=deterministic, num_workers=workers, epochs=epochs, budget_seconds=budget_seconds,
         resume=continue_, start_time=start,
     )
@@ -206,7 +206,8 @@ def resolve_fold_run(dataset_spec: DatasetSpec, configuration: str, fold: str, n
             raise
         raise NetworkError(f"{plans_path(location.preprocessed_dir, plans_name)}: configuration {configuration}: {exc}; "
                            "fix the plans file's network name, or re-plan") from None
-    config = resolve_training_config(network_name, overrides, plan)
+    config = _with_command_options(resolve_training_config(network_name, overrides, plan), limits["epochs"],
+                                   limits["num_workers"])
     store = location.preprocessed_dir / plan["data_identifier"]
     case_ids = list_cases(store)
     if not case_ids:
@@ -227,6 +228,16 @@ def resolve_fold_run(dataset_spec: DatasetSpec, configuration: str, fold: str, n
         math_threads=choose_math_threads(config["math_threads"], chosen_device, bool(limits.get("deterministic"))),
         previous_stage_cache=model_folder / CACHE_FOLDER if plan.get("previous_stage") else None, **limits,
     )
+
+
+def _with_command_options(config: dict[str, Any], epochs: int | None, workers: int | None) -> dict[str, Any]:
+    """The resolved config with train's --epochs and --workers in it, as the run uses them: the fold's
+    training_config.yaml said ``num_epochs: 1000`` and ``use_plan_schedule: true`` of a run of --epochs 2."""
+    if epochs is not None:
+        config["num_epochs"], config["use_plan_schedule"] = epochs, False
+    if workers is not None:
+        config["num_workers"] = workers
+    return config
 
 
 def _plan_budget(plans: dict[str, Any], plan: dict[str, Any], store: Path) -> float | None:
@@ -432,7 +443,10 @@ def _restore(trainer: Trainer, run: FoldRun) -> None:
         trainer.monitor.log(f"{latest}: no checkpoint to continue from yet; training the fold from the start")
         return
     trainer.load(latest)
-    _warn_changed_settings(trainer, run)
+    earlier = _earlier_config(run)
+    if run.epochs is None:
+        _keep_schedule(run.config, earlier)
+    _warn_changed_settings(trainer, run, earlier)
     state = trainer.state
     if run.epochs is not None:
         state.total_iterations = extended_total(state, run.epochs, trainer.iterations_per_epoch)
@@ -457,16 +471,33 @@ def _finished_run(trainer: Trainer, run: FoldRun) -> None:
     trainer.monitor.log(f"nothing left to train: {done}; validating it again ({extend})")
 
 
-def _warn_changed_settings(trainer: Trainer, run: FoldRun) -> None:
-    """--continue resolves the config afresh from the defaults, the plan and this command's --set; settings
-    the interrupted run was given (its fold's training_config.yaml) and this command leaves out silently
-    changed the resumed run (an earlier ``--set iterations_per_epoch=5`` dropped: epochs of 250)."""
+def _earlier_config(run: FoldRun) -> dict[str, Any]:
+    """The flattened training_config.yaml of the run a --continue resumes; empty where missing or hand-damaged."""
     try:
-        before = flatten(yaml.safe_load((run.fold_folder / CONFIG_FILE).read_text()) or {})
+        return flatten(yaml.safe_load((run.fold_folder / CONFIG_FILE).read_text()) or {})
     except (OSError, yaml.YAMLError, AttributeError):
-        return  # missing or hand-damaged: nothing to compare with
+        return {}
+
+
+# What sets a run's schedule; resumed without --epochs, the checkpoint's schedule goes on whatever they now say.
+SCHEDULE_KEYS = ("num_epochs", "use_plan_schedule")
+
+
+def _keep_schedule(config: dict[str, Any], earlier: dict[str, Any]) -> None:
+    """--continue without --epochs trains to the checkpoint's total: the run's config keeps the schedule the earlier
+    run recorded (a resumed --epochs 2 run was written as ``num_epochs: 1000``, and warned of it as a change)."""
+    for key in SCHEDULE_KEYS:
+        if key in earlier:
+            config[key] = earlier[key]
+
+
+def _warn_changed_settings(trainer: Trainer, run: FoldRun, before: dict[str, Any]) -> None:
+    """--continue resolves the config afresh from the defaults, the plan and this command's --set; settings
+    the interrupted run was given (its fold's training_config.yaml, ``before``) and this command leaves out
+    silently changed the resumed run (an earlier ``--set iterations_per_epoch=5`` dropped: epochs of 250)."""
     now = flatten(run.config)
-    changed = [f"{key} {before[key]!r} -> {now[key]!r}" for key in now if key in before and before[key] != now[key]]
+    changed = [f"{key} {before[key]!r} -> {now[key]!r}" for key in now
+               if key in before and before[key] != now[key] and key not in SCHEDULE_KEYS]  # --epochs says it
     if changed:
         trainer.monitor.log(
             f"warning: --continue trains with other settings than the run it resumes ({'; '.join(changed[:5])}"
