@@ -48,7 +48,19 @@ def test_the_defaults_and_every_familys_defaults_keep_the_rules() -> None:
     ("num_workers=1000000000000000000000000000000", r"--set num_workers=1000000000000000000000000000000: must be >= 0 and at most \d+ \(4 per core"),
     ("num_epochs=0", r"--set num_epochs=0: must be >= 1; the default is 1000"),
     ("batch_size=0", r"--set batch_size=0: must be >= 1; the default is null \(chosen by the plan or for the machine\)"),
-    ("val_iterations_per_epoch=-1", r"must be >= 0 \(0: no pseudo-validation\)"),
+    ("val_iterations_per_epoch=-1", r"must be from 0 to 10000 \(0: no pseudo-validation\)"),
+    # validated forever after the first epoch, without an error
+    ("val_iterations_per_epoch=10000000000000000000000", r"--set val_iterations_per_epoch=10000000000000000000000: must be "
+                                                         r"from 0 to 10000 \(0: no pseudo-validation\); the default is 50"),
+    # these overflowed float32 mid-training and stopped it as "diverged ... lower the learning rate"
+    ("loss.weight_ce=1e308", r"--set loss.weight_ce=1e\+308: must be >= 0 and <= 1000; the default is 1.0"),
+    ("loss.weight_dice=1001", r"--set loss.weight_dice=1001.0: must be >= 0 and <= 1000"),
+    ("augmentation.brightness.range=[0.75, 1e300]", r"--set augmentation.brightness.range=\[0.75, 1e\+300\]: must be a "
+                                                    r"\[low, high\] pair of numbers >= 0 and <= 100 \(multipliers\)"),
+    ("augmentation.contrast.range=[0.75, 1e300]", r"must be a \[low, high\] pair of numbers >= 0 and <= 100 \(multipliers\)"),
+    ("augmentation.gaussian_noise.variance=[0, 1e300]", r"--set augmentation.gaussian_noise.variance=\[0, 1e\+300\]: must be "
+                                                        r"a \[low, high\] pair of numbers >= 0 and <= 100"),
+    ("worker_timeout_seconds=true", r"--set worker_timeout_seconds=True: expected float, got bool"),
     ("optimizer.lr=0", r"--set optimizer.lr=0.0: must be > 0; the default is 0.01"),
     ("optimizer.lr=-1e-3", r"--set optimizer.lr=-0.001: must be > 0"),
     ("optimizer.lr=.inf", r"--set optimizer.lr=inf: must be a finite number > 0"),  # trained NaN, saved as best
@@ -134,7 +146,9 @@ def test_a_familys_own_settings_have_rules_too() -> None:
     "augmentation.scaling.range=[1, 1]", "augmentation.scaling.range=[0.7, 10]", "augmentation.elastic.alpha=[0, 0]", "augmentation.elastic.alpha=[0, 1e6]",
     "augmentation.elastic.sigma=[0, 1000]", "augmentation.gaussian_blur.sigma=[1000, 1000]", "augmentation.low_resolution.zoom=[1, 1]",
     "augmentation.rotation.degrees_3d=180", "augmentation.spatial_order_seg=0", "augmentation.mask_channels=[]",
-    "oversample_foreground=1", "batch_size=null", "augmentation.cascade_binary_operation.max_size=12", "num_workers=auto", "loss.weight_ce=0",
+    "oversample_foreground=1", "batch_size=null", "val_iterations_per_epoch=10000", "loss.weight_ce=1000",
+    "augmentation.brightness.range=[0, 100]", "augmentation.gaussian_noise.variance=[0, 100]",
+    "worker_timeout_seconds=0.5",  # was refused as "expected int" though its rule said "> 0" "augmentation.cascade_binary_operation.max_size=12", "num_workers=auto", "loss.weight_ce=0",
 ])
 def test_the_edges_of_each_range_are_accepted(override: str) -> None:
     resolve_config("unet", [override])
@@ -142,16 +156,21 @@ def test_the_edges_of_each_range_are_accepted(override: str) -> None:
 
 def test_a_loss_needs_a_term() -> None:
     assert resolve_config("unet", ["loss.weight_dice=0"])["loss"]["weight_ce"] == 1.0
-    with pytest.raises(TrainingError, match=r"loss.weight_ce=0 and loss.weight_dice=0 leave no loss to train on"):
+    with pytest.raises(TrainingError, match=r"^--set loss.weight_ce=0.0 and --set loss.weight_dice=0.0 leave no loss to train on"):
         resolve_config("unet", ["loss.weight_ce=0", "loss.weight_dice=0"])
 
 
 def test_sgd_without_momentum_needs_nesterov_off() -> None:
     """--set optimizer.momentum=0 (plain SGD) with the default nesterov: true stopped training with torch's internal
     ValueError; Adam ignores both settings."""
-    with pytest.raises(TrainingError, match=r"^--set optimizer.momentum=0 with optimizer.nesterov=true: a Nesterov step "
+    with pytest.raises(TrainingError, match=r"^--set optimizer.momentum=0.0 with optimizer.nesterov=true: a Nesterov step "
                                             r"needs momentum; add --set optimizer.nesterov=false for plain SGD"):
         resolve_config("unet", ["optimizer.momentum=0"])
+    # the plans file's value was refused as a --set the user never gave
+    with pytest.raises(TrainingError, match=r"^optimizer.momentum=0.0 \(the plans file's training settings\) with "):
+        resolve_config("unet", planned={"optimizer": {"momentum": 0}})
+    with pytest.raises(TrainingError, match=r"^--set loss.weight_ce=0.0 and loss.weight_dice=0.0 \(the plans file's "):
+        resolve_config("unet", ["loss.weight_ce=0"], planned={"loss": {"weight_dice": 0}})
     resolve_config("unet", ["optimizer.momentum=0", "optimizer.nesterov=false"])
     resolve_config("unet", ["optimizer.momentum=0", "optimizer.name=adam"])
 
@@ -209,6 +228,10 @@ def test_a_batch_whose_input_alone_exceeds_the_machines_ram_is_refused() -> None
         resolve_training_config("unet", [f"batch_size={fits // 1000 + 1}", *zoomed_out], plan)
     with pytest.raises(TrainingError, match=r"^the plan's batch_size=1000000000000000000000000000000: "):
         resolve_training_config("unet", [], {**plan, "batch_size": 10**30})
+    # a batch of the plan's training settings was refused as a --set the user never gave
+    with pytest.raises(TrainingError, match=r"^batch_size=1000000000000000000000000000000 \(the plans file's training "
+                                            r"settings\): "):
+        resolve_training_config("unet", [], {**plan, "training": {"batch_size": 10**30}})
 
 
 def test_a_zoom_that_leaves_the_patch_no_voxel_is_refused() -> None:

@@ -19,7 +19,7 @@ import yaml
 from autoseg.errors import TrainingError
 from autoseg.networks import get_network_spec
 from autoseg.planning.memory import machine_ram_bytes
-from autoseg.training.config_rules import check_together, check_value, described
+from autoseg.training.config_rules import check_together, check_value, described, named_setting
 from autoseg.utils.mappings import deep_merge, flatten
 
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("default_config.yaml")
@@ -188,9 +188,22 @@ def resolve_config(
     merged = deep_merge(base, get_network_spec(network).training_defaults)
     planned = {} if planned is None else planned
     merged = _apply_planned(merged, planned)
+    overrides = list(overrides)
     config = apply_overrides(merged, overrides, flatten(planned) if isinstance(planned, Mapping) else ())
-    check_together(config)
+    check_together(config, setting_sources(overrides, planned))
     return config
+
+
+PLANNED_SOURCE = "the plans file's training settings"
+
+
+def setting_sources(overrides: Iterable[str], planned: Mapping[str, Any] | None) -> dict[str, str]:
+    """Where each setting not at its default came from, for the refusals that name it: ``--set`` or the plans file
+    (a value of the plans file was refused as if given with ``--set``, sending the user to a command line they never
+    typed)."""
+    sources = dict.fromkeys(flatten(planned), PLANNED_SOURCE) if isinstance(planned, Mapping) else {}
+    sources.update(dict.fromkeys((parse_override(text)[0] for text in overrides), "--set"))
+    return sources
 
 
 def _apply_planned(config: Mapping[str, Any], planned: Mapping[str, Any]) -> dict[str, Any]:
@@ -211,7 +224,7 @@ def _apply_planned(config: Mapping[str, Any], planned: Mapping[str, Any]) -> dic
 
 
 def _check_batch_fits_ram(batch_setting: int | None, plan_batch: int, patch: Sequence[int], sample: Sequence[int],
-                          channels: int) -> None:
+                          channels: int, sources: Mapping[str, str]) -> None:
     """Refuse a batch whose float32 input alone exceeds this machine's RAM, the least any network needs: each sample is
     cropped at ``sample`` (the patch and the room its rotation and scaling take) before the spatial transform. Where no
     memory model applies (another family than the plan's) ``--set batch_size=10**30`` passed the rules and stopped
@@ -221,9 +234,9 @@ def _check_batch_fits_ram(batch_setting: int | None, plan_batch: int, patch: Seq
     sample_bytes = channels * math.prod(sample) * _INPUT_BYTES_PER_VOXEL
     ram = machine_ram_bytes()
     if batch * sample_bytes > ram:
-        given = "the plan's batch_size" if batch_setting is None else "--set batch_size"
+        given = f"the plan's batch_size={batch}" if batch_setting is None else named_setting("batch_size", batch, sources)
         raise TrainingError(
-            f"{given}={batch}: {batch} samples of {list(sample)} voxels (the patch {list(patch)} and the room its rotation "
+            f"{given}: {batch} samples of {list(sample)} voxels (the patch {list(patch)} and the room its rotation "
             f"and scaling take) of {channels} channel(s) are {batch * sample_bytes / 2**30:.3g} GiB of float32 input "
             f"alone, more than this machine's {ram / 2**30:.1f} GiB of RAM; give a smaller batch_size (null: the plan's "
             f"{plan_batch}) or augmentation.scaling.range"
@@ -253,7 +266,7 @@ def resolve_training_config(network: str, overrides: Iterable[str], plan: Mappin
     config["augmentation"] = resolve_augmentation(config["augmentation"], patch, plan["normalization"],
                                                   plan.get("mirror_axes"))
     _check_batch_fits_ram(config["batch_size"], plan["batch_size"], patch, sampling_size(patch, config["augmentation"]),
-                          len(plan["normalization"]))
+                          len(plan["normalization"]), setting_sources(overrides, planned))
     if any(parse_override(text)[0] == "num_epochs" for text in overrides):
         config["use_plan_schedule"] = False
     return config

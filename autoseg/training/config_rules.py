@@ -90,6 +90,16 @@ MAX_SIGMA_VOXELS = 1000.0
 # The elastic field moves a voxel by up to alpha voxels (sigma 0): beyond a million it leaves any image; at 1e300 the
 # sampling coordinates overflowed (an internal IndexError mid-training).
 MAX_ELASTIC_ALPHA = 1e6
+# Pseudo-validation batches per epoch (nnU-Net: 50): 10**22 validated forever after the first epoch, no error, no end.
+MAX_VAL_ITERATIONS_PER_EPOCH = 10_000
+# A loss term weighted beyond this (nnU-Net: 1) overflows float32 with its gradient (1e308 stopped training as
+# "diverged ... lower the learning rate", naming the wrong setting).
+MAX_LOSS_WEIGHT = 1000.0
+# Intensity multipliers (brightness, contrast; nnU-Net: 0.75-1.25) and the noise variance (nnU-Net: at most 0.1) act on
+# normalized intensities of about unit spread: beyond these the patch is no image, and 1e300 overflowed float32 into a
+# loss of inf, reported as a divergence of the learning rate.
+MAX_INTENSITY_FACTOR = 100.0
+MAX_NOISE_VARIANCE = 100.0
 AT_LEAST_1 = Rule(lambda v: v >= 1, ">= 1", whole=True)
 NON_NEGATIVE = Rule(lambda v: v >= 0, ">= 0")
 POSITIVE = Rule(lambda v: v > 0, "> 0")
@@ -97,12 +107,16 @@ SHARE = Rule(lambda v: 0 <= v <= 1, "between 0 and 1")
 BELOW_ONE = Rule(lambda v: 0 <= v < 1, ">= 0 and < 1")
 BETAS = Rule(lambda v: 0 <= v < 1, ">= 0 and < 1", pair=True, ordered=False)
 SIGMA = Rule(lambda v: 0 <= v <= MAX_SIGMA_VOXELS, f">= 0 and <= {MAX_SIGMA_VOXELS:g} (voxels)", pair=True)
+LOSS_WEIGHT = Rule(lambda v: 0 <= v <= MAX_LOSS_WEIGHT, f">= 0 and <= {MAX_LOSS_WEIGHT:g}")
+INTENSITY_FACTORS = Rule(lambda v: 0 <= v <= MAX_INTENSITY_FACTOR, f">= 0 and <= {MAX_INTENSITY_FACTOR:g} (multipliers)",
+                         pair=True)
 DEGREES = Rule(lambda v: 0 <= v <= 180, "between 0 and 180 (degrees)")
 
 RULES: dict[str, Rule | Choice] = {
     "num_epochs": AT_LEAST_1,
     "iterations_per_epoch": AT_LEAST_1,
-    "val_iterations_per_epoch": Rule(lambda v: v >= 0, ">= 0 (0: no pseudo-validation)", whole=True),
+    "val_iterations_per_epoch": Rule(lambda v: 0 <= v <= MAX_VAL_ITERATIONS_PER_EPOCH, f"from 0 to "
+                                     f"{MAX_VAL_ITERATIONS_PER_EPOCH} (0: no pseudo-validation)", whole=True),
     "batch_size": AT_LEAST_1,
     "patch_size": Rule(lambda v: v >= 1, ">= 1 (voxels per axis)", whole=True, items=True),
     "budget_probe_iterations": AT_LEAST_1,
@@ -115,8 +129,8 @@ RULES: dict[str, Rule | Choice] = {
     "lr_schedule.name": Choice(LR_SCHEDULES),
     "lr_schedule.exponent": POSITIVE,
     "grad_clip": Rule(lambda v: v >= 0, ">= 0 (0: no clipping)"),
-    "loss.weight_ce": NON_NEGATIVE,
-    "loss.weight_dice": NON_NEGATIVE,
+    "loss.weight_ce": LOSS_WEIGHT,
+    "loss.weight_dice": LOSS_WEIGHT,
     "loss.dice_denominator": Choice(tuple(DICE_DENOMINATORS)),
     "oversample_foreground": SHARE,
     "pseudo_dice_ema": BELOW_ONE,
@@ -128,7 +142,7 @@ RULES: dict[str, Rule | Choice] = {
     # each worker's queue holds them (a semaphore: 2**31 stopped training with an internal OverflowError)
     "prefetch_batches": Rule(lambda v: 1 <= v <= MAX_PREFETCH_BATCHES, f"from 1 to {MAX_PREFETCH_BATCHES} (batches each "
                              "worker holds ready in memory)", whole=True),
-    "worker_timeout_seconds": POSITIVE,
+    "worker_timeout_seconds": Rule(lambda v: v > 0, "> 0 (seconds; fractions too)"),
     "case_cache_mb": Rule(lambda v: v >= 0, ">= 0 or auto (0: every crop read from the store)"),
     "augmentation.anisotropy_threshold": Rule(lambda v: v >= 1, ">= 1 (a ratio of the patch's extents)"),
     "augmentation.rotation.degrees_3d": DEGREES,
@@ -138,10 +152,11 @@ RULES: dict[str, Rule | Choice] = {
     "augmentation.elastic.sigma": SIGMA,
     "augmentation.spatial_order_data": Rule(lambda v: 0 <= v <= 5, "from 0 to 5 (a spline order)", whole=True),
     "augmentation.spatial_order_seg": Rule(lambda v: 0 <= v <= 5, "from 0 to 5 (a spline order)", whole=True),
-    "augmentation.gaussian_noise.variance": Rule(lambda v: v >= 0, ">= 0", pair=True),
+    "augmentation.gaussian_noise.variance": Rule(lambda v: 0 <= v <= MAX_NOISE_VARIANCE, f">= 0 and <= "
+                                                 f"{MAX_NOISE_VARIANCE:g}", pair=True),
     "augmentation.gaussian_blur.sigma": SIGMA,
-    "augmentation.brightness.range": Rule(lambda v: v >= 0, ">= 0 (multipliers)", pair=True),
-    "augmentation.contrast.range": Rule(lambda v: v >= 0, ">= 0 (multipliers)", pair=True),
+    "augmentation.brightness.range": INTENSITY_FACTORS,
+    "augmentation.contrast.range": INTENSITY_FACTORS,
     "augmentation.low_resolution.zoom": Rule(lambda v: 0 < v <= 1, "> 0 and <= 1", pair=True),
     "augmentation.gamma_inverted.range": Rule(lambda v: v > 0, "> 0", pair=True),
     "augmentation.gamma.range": Rule(lambda v: v > 0, "> 0", pair=True),
@@ -183,13 +198,25 @@ def described(default: Any, origin: str = "the default") -> str:
     return f"{origin} is {default!r}"
 
 
-def check_together(config: Mapping[str, Any]) -> None:
+def named_setting(key: str, value: Any, sources: Mapping[str, str]) -> str:
+    """A setting and its value as a refusal names them: ``--set key=value`` where the user gave it, else with where
+    it came from (``sources``: dotted key to its origin; a value of the plans file was called ``--set``)."""
+    source = sources.get(key, "the default")
+    return f"--set {key}={value!r}" if source == "--set" else f"{key}={value!r} ({source})"
+
+
+def check_together(config: Mapping[str, Any], sources: Mapping[str, str]) -> None:
     """Rules across settings: a loss with at least one term; SGD's Nesterov step needs momentum (torch refused
-    ``--set optimizer.momentum=0`` with the default ``nesterov: true`` as an internal ValueError)."""
-    loss = config["loss"]
+    ``--set optimizer.momentum=0`` with the default ``nesterov: true`` as an internal ValueError). ``sources``:
+    where each setting not at its default came from (:func:`named_setting`)."""
+    loss, optimizer = config["loss"], config["optimizer"]
+
+    def named(section: str, key: str) -> str:
+        return named_setting(f"{section}.{key}", config[section][key], sources)
+
     if loss["weight_ce"] == 0 and loss["weight_dice"] == 0:
-        raise TrainingError("--set loss.weight_ce=0 and loss.weight_dice=0 leave no loss to train on; keep one above 0")
-    optimizer = config["optimizer"]
+        raise TrainingError(f"{named('loss', 'weight_ce')} and {named('loss', 'weight_dice')} leave no loss to train on; "
+                            "keep one above 0")
     if optimizer["name"] == "sgd" and optimizer["nesterov"] and optimizer["momentum"] == 0:
-        raise TrainingError("--set optimizer.momentum=0 with optimizer.nesterov=true: a Nesterov step needs momentum; "
-                            "add --set optimizer.nesterov=false for plain SGD, or keep a momentum above 0")
+        raise TrainingError(f"{named('optimizer', 'momentum')} with optimizer.nesterov=true: a Nesterov step needs "
+                            "momentum; add --set optimizer.nesterov=false for plain SGD, or keep a momentum above 0")
