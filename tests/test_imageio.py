@@ -381,6 +381,22 @@ def test_one_dicom_slice_without_a_pixel_spacing_is_refused(tmp_path: Path) -> N
     assert geometry.spacing[1:] == pytest.approx((0.5, 0.5))
 
 
+def test_a_multi_frame_dicom_file_without_a_pixel_spacing_is_refused(tmp_path: Path) -> None:
+    """A multi-frame file keeps its PixelSpacing in a functional group, which ITK's tags do not show; without one
+    it was read as 1 x 1 x 1 mm voxels in silence."""
+    volume = sitk.GetImageFromArray(np.full((3, 4, 5), 7, np.uint16))
+    volume.SetSpacing((0.5, 0.6, 2.0))
+    for name in ("kept", "lacking"):
+        (tmp_path / name).mkdir()
+        sitk.WriteImage(volume, str(tmp_path / name / "1.dcm"))
+    assert read_image(tmp_path / "kept")[1].spacing == pytest.approx((2.0, 0.6, 0.5))
+    file = tmp_path / "lacking" / "1.dcm"
+    assert file.read_bytes().count(b"\x28\x00\x30\x00") == 1  # in the functional group
+    file.write_bytes(file.read_bytes().replace(b"\x28\x00\x30\x00", b"\x28\x00\x31\x00"))
+    with pytest.raises(DatasetError, match=r"lacking: 1\.dcm gives no pixel spacing \(PixelSpacing, 0028,0030\)"):
+        read_image(tmp_path / "lacking")
+
+
 def nrrd_in_units(path: Path, unit: str) -> Path:
     """A NRRD of 0.1 x 0.2 x 0.3 voxels whose header gives ``unit`` as its space units (ITK writes none)."""
     image = sitk.GetImageFromArray(np.zeros((3, 4, 5), np.int16))

@@ -1567,14 +1567,37 @@ def _refuse_unset_pixel_spacing(folder: Path, file: str, header: sitk.ImageFileR
     """Refuse a series of slices that give no pixel spacing (DICOM written from arrays without PixelSpacing): GDCM
     reads 1 x 1 mm pixels without a word, so the series was resampled and predicted at a made-up voxel size, as an
     unset NIfTI or NRRD voxel size was (``_unset_voxel_size_problem``). A folder of one single-frame file is asked
-    too (it was read as 1 mm pixels in silence); a multi-frame file keeps its spacing in a functional group and is
-    not asked."""
-    if _is_multi_frame(header):
+    too (it was read as 1 mm pixels in silence), and a multi-frame file, which keeps its spacing in a functional
+    group that ITK's tags do not show, by its bytes (``_multi_frame_names_pixel_spacing``)."""
+    if _is_multi_frame(header) and _multi_frame_names_pixel_spacing(file):
         return
     if not any(header.HasMetaDataKey(tag) for tag in _DICOM_PIXEL_SPACING_TAGS):
         raise DatasetError(f"{folder}: {Path(file).name} gives no pixel spacing (PixelSpacing, 0028,0030), which ITK "
                            "would read as 1 mm; write the slices' true pixel spacing into the files (export the series "
                            "again)")
+
+
+# The pixel spacing tags as a little-endian file holds them (group, element), top-level or nested.
+_DICOM_PIXEL_SPACING_TAG_BYTES = tuple(bytes.fromhex(tag[2:4] + tag[:2] + tag[7:9] + tag[5:7])
+                                       for tag in _DICOM_PIXEL_SPACING_TAGS)
+_DICOM_BYTES_NOT_SEARCHABLE = (b"1.2.840.10008.1.2.2", b"1.2.840.10008.1.2.1.99")  # big endian, deflated
+
+
+def _multi_frame_names_pixel_spacing(file: str) -> bool:
+    """Whether a multi-frame DICOM file holds a pixel spacing tag anywhere, nested in its functional groups too (a
+    file without one was read as 1 x 1 x 1 mm voxels in silence). Searched as bytes, chunk by chunk until found; a
+    file whose tags are not stored as little-endian bytes (big endian, deflated) counts as holding one."""
+    if _dicom_transfer_syntax(file) in _DICOM_BYTES_NOT_SEARCHABLE:
+        return True
+    overlap = max(map(len, _DICOM_PIXEL_SPACING_TAG_BYTES)) - 1
+    tail = b""
+    with open(file, "rb") as stream:
+        while chunk := stream.read(1 << 20):
+            data = tail + chunk
+            if any(tag in data for tag in _DICOM_PIXEL_SPACING_TAG_BYTES):
+                return True
+            tail = data[-overlap:]
+    return False
 
 
 def _refuse_skewed_orientation(folder: Path, file: str, header: sitk.ImageFileReader) -> None:
