@@ -212,13 +212,12 @@ def test_continue_names_the_settings_it_changes_from_the_run_it_resumes(results:
                      r"from .*fold_0/training_config.yaml\); repeat that run's --set", log), log
 
 
-@pytest.mark.parametrize(("name", "writer"), [("summary", "evaluate's summary in the fold's validation/"),
-                                              ("postprocessing", "find-best's postprocessing decision")])
-def test_a_case_named_like_a_summary_is_refused_before_training_with_save_probabilities(
-    data_roots: dict[str, Path], results: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, writer: str
+def test_a_case_named_summary_is_refused_before_training_with_save_probabilities(
+    data_roots: dict[str, Path], results: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Its sidecar <name>.json is where evaluate (find-best) writes: evaluate refused it only after training and
-    predicting the validation, advising an -o that train has not."""
+    """Its sidecar summary.json is where evaluate writes: evaluate refused it only after training and predicting
+    the validation, advising an -o that train has not."""
+    name = "summary"
     preprocessed = tmp_path / "preprocessed"
     shutil.copytree(data_roots["preprocessed"], preprocessed)
     store = preprocessed / DATASET / "autosegPlans_3d_fullres"
@@ -228,7 +227,8 @@ def test_a_case_named_like_a_summary_is_refused_before_training_with_save_probab
     monkeypatch.setenv("AUTOSEG_PREPROCESSED", str(preprocessed))
     fold = next(i for i, split in enumerate(kfold_splits(list_cases(store))) if name in split["val"])
     with pytest.raises(TrainingError, match=rf"case {name}: with --save-probabilities its probabilities' sidecar {name}\.json "
-                                            rf"would be replaced by {writer}.*; rename the case's files in .*{DATASET} "
+                                            rf"would be replaced by evaluate's summary in the fold's validation/ and in "
+                                            rf"crossval_folds_\*/; rename the case's files in .*{DATASET} "
                                             rf"\(e\.g\. to {name}_case\) and preprocess again, or train without"):
         train_fold(DATASET, "3d_fullres", fold, epochs=1, workers=0, save_probabilities=True, device="cpu",
                    overrides=["iterations_per_epoch=2", "val_iterations_per_epoch=1"])

@@ -29,7 +29,6 @@ from autoseg.planning.plans import (
     load_plans,
     plans_path,
 )
-from autoseg.postprocessing.determine import DECISION_FILE
 from autoseg.preprocessing.runner import timing_path
 from autoseg.preprocessing.store import list_cases
 from autoseg.training.cascade import (
@@ -121,7 +120,7 @@ def train_fold(
         deterministic=deterministic, num_workers=workers, epochs=epochs, budget_seconds=budget_seconds,
         resume=continue_, start_time=start,
     )
-    _refuse_cases_named_like_summaries(run, save_probabilities)
+    _refuse_a_case_named_summary(run, save_probabilities)
     prepared = _preprocess_seconds(run.store)  # read before training: a damaged record is refused before, not after it
     context = init_distributed(run.device.type)
     if context.enabled and run.device.type == "cuda":
@@ -161,22 +160,21 @@ def _check_options(epochs: int | None, budget_seconds: float | None, continue_: 
         raise TrainingError("--pretrained-weights starts a fold, --continue resumes one from its own checkpoint; drop one of them")
 
 
-def _refuse_cases_named_like_summaries(run: FoldRun, save_probabilities: bool) -> None:
+def _refuse_a_case_named_summary(run: FoldRun, save_probabilities: bool) -> None:
     """With --save-probabilities a validation case's sidecar is ``<case>.json`` in ``validation/`` and, gathered by
-    find-best, in ``crossval_folds_*/``, where evaluate writes summary.json and find-best postprocessing.json: a
-    case named ``summary`` or ``postprocessing`` was refused only once training was over, by evaluate, with advice
-    about an ``-o`` train has not. Every case of the split counts, as find-best gathers every fold."""
+    find-best, in ``crossval_folds_*/``, where evaluate writes summary.json: a case named ``summary`` was refused
+    only once training was over, by evaluate, with advice about an ``-o`` train has not. Every case of the split
+    counts, as find-best gathers every fold. (find-best keeps its postprocessing.json in the model folder.)"""
     if not save_probabilities or run.fold == FOLD_ALL:
         return
-    written = {SUMMARY_JSON: f"evaluate's summary in the fold's {VALIDATION_FOLDER}/ and in crossval_folds_*/",
-               DECISION_FILE: "find-best's postprocessing decision in crossval_folds_*/"}
     for case_id in sorted({*run.train_cases, *run.val_cases}):
         sidecar = probability_paths(run.fold_folder, case_id).sidecar.name
-        if sidecar in written:
+        if sidecar == SUMMARY_JSON:
             raise TrainingError(
                 f"case {case_id}: with --save-probabilities its probabilities' sidecar {sidecar} would be replaced by "
-                f"{written[sidecar]}; rename the case's files in {run.raw_dir} (e.g. to {case_id}_case) and preprocess "
-                "again, or train without --save-probabilities"
+                f"evaluate's summary in the fold's {VALIDATION_FOLDER}/ and in crossval_folds_*/; rename the case's "
+                f"files in {run.raw_dir} (e.g. to {case_id}_case) and preprocess again, or train without "
+                "--save-probabilities"
             )
 
 
