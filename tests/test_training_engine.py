@@ -203,6 +203,25 @@ def test_a_checkpoint_of_another_plans_is_not_resumed(tmp_path: Path) -> None:
                                        torch.device("cpu"), "0", plans_name="otherPlans") == state
 
 
+def test_a_checkpoint_of_weights_only_is_named_as_such(tmp_path: Path) -> None:
+    """An imported model's checkpoint (weights and metadata) put in as checkpoint_latest was refused as an optimiser
+    state not fitting the optimizer settings (KeyError: 'optimizer_state'), with the fix to change them."""
+    from autoseg.utils.checkpoint_format import network_checkpoint_bytes
+    from autoseg.utils.weights_file import weights_from_bytes
+
+    state = TrainingState(total_iterations=9, iteration=4, epoch=2)
+    meta = {"network": "unet", "configuration": "2d", "optimizer": "sgd", "fold": "0"}
+    full = training_checkpoint(_setup(), {"grad_scaler": None}, state, meta)
+    write_checkpoint(tmp_path / "c.safetensors", weights_from_bytes(network_checkpoint_bytes(full), "c", TrainingError))
+    with pytest.raises(TrainingError) as info:
+        restore_training_checkpoint(tmp_path / "c.safetensors", _setup(), _Step(), "unet", "2d", "sgd", torch.device("cpu"), "0")
+    assert str(info.value) == (
+        f"{tmp_path / 'c.safetensors'}: holds network weights only, no training state (optimizer_state, rng_state, "
+        "trainer_state): the checkpoint of an exported or imported model, which cannot be continued; put the fold's own "
+        "checkpoint back, or fine-tune from it in a new fold or results folder (--pretrained-weights, without --continue)"
+    )
+
+
 def test_a_checkpoint_of_another_split_is_not_resumed(tmp_path: Path) -> None:
     """splits_final.json edited after training: --continue validated on cases the fold had trained on."""
     from autoseg.training.checkpoints import split_digest

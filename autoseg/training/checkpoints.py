@@ -110,6 +110,7 @@ def restore_training_checkpoint(path: Path, setup: ModelSetup, step: Any, networ
     checkpoint, copied over, resumed a model that had trained on this fold's validation cases)."""
     checkpoint = load_checkpoint(path, map_location=device)
     meta = checkpoint["metadata"]
+    _refuse_weights_only(path, checkpoint)
     _refuse_another_plans(path, meta, plans_name)
     if fold is not None and meta.get("fold") is not None and str(meta["fold"]) != str(fold):
         raise TrainingError(
@@ -154,6 +155,22 @@ def restore_training_checkpoint(path: Path, setup: ModelSetup, step: Any, networ
     step.load_state_dict({"grad_scaler": checkpoint.get("grad_scaler_state"), **checkpoint.get("extra_state", {})})
     restore_rng_state(checkpoint["rng_state"])
     return TrainingState.from_dict(checkpoint["trainer_state"])
+
+
+# What a training checkpoint holds beyond the network weights and metadata every checkpoint has.
+TRAINING_STATE_KEYS = ("optimizer_state", "rng_state", "trainer_state")
+
+
+def _refuse_weights_only(path: Path, checkpoint: dict[str, Any]) -> None:
+    """A checkpoint of network weights alone (an exported or imported model's, put in as ``checkpoint_latest``) was
+    refused as an optimiser state that 'does not fit' the optimizer settings, sending the user to change them."""
+    missing = [key for key in TRAINING_STATE_KEYS if key not in checkpoint]
+    if missing:
+        raise TrainingError(
+            f"{path}: holds network weights only, no training state ({', '.join(missing)}): the checkpoint of an "
+            "exported or imported model, which cannot be continued; put the fold's own checkpoint back, or fine-tune "
+            "from it in a new fold or results folder (--pretrained-weights, without --continue)"
+        )
 
 
 def _refuse_another_plans(path: Path, meta: dict[str, Any], plans_name: str | None) -> None:
