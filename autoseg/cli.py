@@ -314,7 +314,7 @@ def train(
     deterministic: bool = typer.Option(False, "--deterministic", help="bit-reproducible runs (slower)"),
     overrides: Optional[list[str]] = typer.Option(None, "--set", help="override a training config value, e.g. --set optimizer.lr=0.005 (repeatable; an unknown key, a wrong type or a value out of the setting's range is refused before anything is written; docs/configuration.md lists every key)"),
     save_probabilities: bool = typer.Option(False, "--save-probabilities", help="keep validation probabilities (for ensembling and postprocessing)"),
-    workers: Optional[int] = typer.Option(None, "--workers", help="data-loading worker processes (0: in-process, for debugging)"),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="data-loading worker processes (0: in-process, for debugging)"),
     pretrained_weights: Optional[Path] = path_option(None, "--pretrained-weights", help="start from a checkpoint, model folder or export-model zip: loads every tensor that matches, reports the rest (output heads for other classes)"),
 ) -> None:
     """Train one cross-validation fold; checkpoints every epoch, validates with sliding window at the end."""

@@ -96,6 +96,8 @@ def test_several_nnunet_style_lists_in_any_order(args: list[str], monkeypatch: p
      "--mixed-precision=fp16 needs CUDA (device is cpu); use bf16 or off"),
     (["preprocess", "Dataset004", "-np", "-2"], "Invalid value for '-np' / '--num-workers'"),  # was: one worker, quietly
     (["evaluate", "-p", "p", "-r", "r", "--num-workers", "-1"], "Invalid value for '-np' / '--num-workers'"),
+    # was 'num_workers must be >= 0 ...', naming the config key, not the option given
+    (["train", "Dataset004", "2d", "0", "--workers", "-1"], "Invalid value for '--workers': Input should be greater"),
 ])
 def test_bad_arguments_are_one_line_and_exit_2(args: list[str], message: str, roots: dict[str, Path]) -> None:
     result = runner.invoke(app, args)
