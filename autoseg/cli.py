@@ -23,6 +23,7 @@ from autoseg.utils.termination import TERMINATED_EXIT_CODE, Terminated, signals_
 
 app = typer.Typer(
     cls=OneLineUsageGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},  # nnU-Net's commands (argparse) take -h too
     add_completion=False,
     no_args_is_help=True,
     rich_markup_mode=None,

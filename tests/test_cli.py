@@ -36,8 +36,9 @@ def test_help_lists_every_stage_with_a_line() -> None:
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_every_stage_has_help(stage: str) -> None:
-    result = runner.invoke(app, [stage, "--help"])
+@pytest.mark.parametrize("flag", ["--help", "-h"])  # -h, which nnU-Net's commands take, was 'No such option: -h'
+def test_every_stage_has_help(stage: str, flag: str) -> None:
+    result = runner.invoke(app, [stage, flag])
     assert result.exit_code == 0 and "Usage:" in result.output
 
 
