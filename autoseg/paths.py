@@ -162,13 +162,21 @@ def _find_dataset(spec: str | int | os.PathLike[str]) -> DatasetLocation:
     matches = dataset_folders(root, text)
     if not matches:
         raise DatasetError(
-            f"dataset '{text}' not found in the raw root {root}; set AUTOSEG_RAW (or nnUNet_raw) to the folder "
-            "holding DatasetXXX_Name folders, or pass the dataset folder's path"
+            f"dataset '{text}' not found in the raw root {root}{_missing_root_note(root)}; set AUTOSEG_RAW (or "
+            "nnUNet_raw) to the folder holding DatasetXXX_Name folders, or pass the dataset folder's path"
         )
     if len(matches) > 1:
         names = ", ".join(p.name for p in matches)
         raise DatasetError(f"dataset id {dataset_id:03d} is ambiguous in {root}: {names}; give the full name")
     return DatasetLocation(matches[0].name, matches[0])
+
+
+def _missing_root_note(root: Path) -> str:
+    """Why a root holds no dataset when it is no folder: ``AUTOSEG_RAW`` naming a file, or a folder that does not
+    exist (a typo), was told only that the dataset is not in it."""
+    if root.is_dir():
+        return ""
+    return " (a file, not a folder)" if root.exists() else " (which does not exist)"
 
 
 def dataset_folders(root: Path, text: str) -> list[Path]:

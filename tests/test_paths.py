@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+from typing import Callable, Optional
 
 import pytest
 
@@ -27,6 +29,18 @@ def test_folder_path_is_used_as_is(small_dataset: Path, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match="folder has no dataset.json"):
         paths.resolve_dataset(str(tmp_path / "empty"))
+
+
+@pytest.mark.parametrize(("make", "note"), [(Path.touch, "(a file, not a folder)"), (None, "(which does not exist)")])
+def test_a_raw_root_that_is_no_folder_is_named_as_such(make: Optional[Callable[[Path], None]], note: str, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """AUTOSEG_RAW naming a file (or a mistyped folder) was told only that the dataset is not in it."""
+    root = tmp_path / "raw"
+    if make is not None:
+        make(root)
+    monkeypatch.setenv("AUTOSEG_RAW", str(root))
+    with pytest.raises(DatasetError, match=re.escape(f"dataset '4' not found in the raw root {root} {note}; set AUTOSEG_RAW")):
+        paths.resolve_dataset("4")
 
 
 def test_unknown_and_ambiguous_names(small_dataset: Path, roots: dict[str, Path]) -> None:
