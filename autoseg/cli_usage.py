@@ -52,21 +52,34 @@ class OneLineUsageError(UsageError):
         typer.echo(f"autoseg: error: {printable_text(self.message)}", file=file, err=True)
 
 
-def one_line_usage_error(error: UsageError, args: Sequence[str]) -> UsageError:
+def one_line_usage_error(error: UsageError, args: Sequence[str], group_ctx: typer.Context | None = None) -> UsageError:
     """``error`` as one line naming the command, with a hint for each nnU-Net spelling among ``args``, and where
-    to read the command's options; click's request for help on a bare command (``autoseg``) is left as it is."""
+    to read the command's options; click's request for help on a bare command (``autoseg``) is left as it is.
+    ``group_ctx``: the context of the group that ran the failing command (for errors that carry none)."""
     if isinstance(error, (OneLineUsageError, NO_ARGS_IS_HELP)):
         return error
-    ctx = error.ctx
-    command = ctx.command_path if ctx is not None else "autoseg"
-    subcommand = command.split(" ", 1)[1] if " " in command else ""
-    hints = nnunet_spelling_hints(ctx.command if ctx is not None else None, args)
+    command_path, command = _failing_command(error, group_ctx)
+    subcommand = command_path.split(" ", 1)[1] if " " in command_path else ""
+    hints = nnunet_spelling_hints(command, args)
     problem = error.format_message().rstrip(".")
     where = f"{subcommand}: " if subcommand else ""
-    line = f"{where}{problem}{''.join(f'; {hint}' for hint in hints)}; see '{command} --help'"
-    wrapped = OneLineUsageError(line, ctx)
+    line = f"{where}{problem}{''.join(f'; {hint}' for hint in hints)}; see '{command_path} --help'"
+    wrapped = OneLineUsageError(line, error.ctx)
     wrapped.exit_code = error.exit_code
     return wrapped
+
+
+def _failing_command(error: UsageError, group_ctx: typer.Context | None) -> tuple[str, Any]:
+    """(command path, command) of the command a usage error is about: its own context's, else the subcommand the
+    group was running (click raises 'Option -f requires an argument' without a context: it was named as autoseg's)."""
+    if error.ctx is not None:
+        return error.ctx.command_path, error.ctx.command
+    if group_ctx is None:
+        return "autoseg", None
+    name = group_ctx.invoked_subcommand
+    if name is None:
+        return group_ctx.command_path, group_ctx.command
+    return f"{group_ctx.command_path} {name}", group_ctx.command.get_command(group_ctx, name)
 
 
 def nnunet_spelling_hints(command: Any, args: Sequence[str]) -> list[str]:
@@ -86,12 +99,12 @@ _ARGS_KEY = "autoseg.args"  # the command line as given (in the context's meta),
 
 
 @contextlib.contextmanager
-def _one_line_usage_errors(args: Sequence[str]) -> Iterator[None]:
+def _one_line_usage_errors(args: Sequence[str], group_ctx: typer.Context | None = None) -> Iterator[None]:
     """Re-raise a usage error of what runs inside as one line with nnU-Net spelling hints."""
     try:
         yield
     except UsageError as exc:
-        raise one_line_usage_error(exc, args) from None
+        raise one_line_usage_error(exc, args, group_ctx) from None
 
 
 class OneLineUsageGroup(typer.core.TyperGroup):
@@ -105,5 +118,5 @@ class OneLineUsageGroup(typer.core.TyperGroup):
         return ctx
 
     def invoke(self, ctx: typer.Context) -> Any:
-        with _one_line_usage_errors(ctx.meta.get(_ARGS_KEY, [])):
+        with _one_line_usage_errors(ctx.meta.get(_ARGS_KEY, []), ctx):
             return super().invoke(ctx)

@@ -127,6 +127,9 @@ def test_bad_arguments_are_one_line_and_exit_2(args: list[str], message: str, ro
     (["postprocess", "apply", "--x"], "autoseg: error: postprocess apply: No such option: --x; see 'root postprocess "
      "apply --help'"),
     (["nosuch"], "autoseg: error: No such command 'nosuch'; see 'root --help'"),
+    # click raises it without a context: it was named as the group's ('see root --help')
+    (["predict", "-i", "in", "-o", "out", "-f"], "autoseg: error: predict: Option '-f' requires an argument; see 'root "
+     "predict --help'"),
 ])
 def test_usage_errors_are_one_line_with_hints_for_nnunet_spellings(args: list[str], line: str) -> None:
     """Usage errors were click's four lines (Usage, Try, a blank, 'Error: ...') unlike every other error, and
