@@ -54,6 +54,17 @@ READERS = [
 ]
 
 
+def test_pretrained_weights_read_a_legacy_pt_checkpoint_given_as_a_file(tmp_path: Path) -> None:
+    """A model folder holding only autoseg's pre-safetensors checkpoint_final.pt was read, the file itself was refused
+    as 'not a readable safetensors file ... not written by autoseg'; neither runs code from it."""
+    legacy = tmp_path / "fold_0" / "checkpoint_final.pt"
+    legacy.parent.mkdir()
+    torch.save(_checkpoint(), legacy)
+    weights, metadata, where = read_pretrained(legacy)
+    assert torch.equal(weights["conv.weight"], torch.arange(6.0).view(2, 3)) and where == str(legacy.with_suffix(".safetensors"))
+    assert read_pretrained(tmp_path)[0].keys() == weights.keys()  # as its model folder gives it
+
+
 @pytest.mark.parametrize("read, error, fix", READERS)
 def test_every_reader_refuses_another_version_with_its_fix(tmp_path: Path, read, error, fix) -> None:
     path = tmp_path / FINAL

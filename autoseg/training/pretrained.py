@@ -22,7 +22,7 @@ from torch import nn
 
 from autoseg.errors import TrainingError
 from autoseg.utils.checkpoint_format import checkpoint_exists, checkpoint_from_bytes, checkpoint_name, read_checkpoint
-from autoseg.utils.weights_file import SUFFIX
+from autoseg.utils.weights_file import LEGACY_SUFFIX, SUFFIX
 
 
 PRETRAINED_FIX = "give a checkpoint written by this autoseg"
@@ -87,6 +87,10 @@ def read_pretrained(source: str | Path) -> tuple[dict[str, torch.Tensor], dict[s
     path = Path(source)
     if path.is_dir():
         path = _first_fold_checkpoint(path)
+    if path.suffix == LEGACY_SUFFIX and path.is_file() and not path.with_suffix(SUFFIX).exists():
+        # autoseg's checkpoint before safetensors, read (weights only) as a model folder holding it is: given as a
+        # file, it was refused as 'not a readable safetensors file ... not written by autoseg'
+        path = path.with_suffix(SUFFIX)
     if path.suffix == ".zip" and path.is_file():
         tree, where = _read_zip(path)
     else:
