@@ -582,6 +582,34 @@ def two_models(results: Path) -> tuple[Path, Path]:
     return first, second
 
 
+def test_a_fold_holding_another_folds_checkpoint_is_refused_by_export_and_import(tmp_path: Path) -> None:
+    """fold_0's checkpoint copied into fold_1 was exported and imported as fold 1: predict averaged fold 0 twice."""
+    folder = make_model_folder(tmp_path / "results")
+    for fold in FOLDS:
+        path = folder / f"fold_{fold}" / "checkpoint_final.safetensors"
+        checkpoint = load(path)
+        save_weights(path, {**checkpoint, "metadata": {**checkpoint["metadata"], "fold": 0}})
+    path = folder / "fold_1" / "checkpoint_final.safetensors"
+    with pytest.raises(ModelFileError) as info:
+        export_model(folder, tmp_path / "model.zip", folds=FOLDS)
+    assert str(info.value) == (f"{path}: is the checkpoint of fold 0, not of fold_1 (copied from fold_0?); predict would "
+                               "count fold 0 twice: export each fold's own checkpoint, or leave fold_1 out (-f)")
+    good = export_model(folder, tmp_path / "good.zip", folds=[0])
+    name = f"{MODEL}/fold_0/checkpoint_final.safetensors"
+    renamed = f"{MODEL}/fold_1/checkpoint_final.safetensors"
+
+    def as_fold_1(members: dict) -> dict:
+        manifest = json.loads(members[MANIFEST])
+        manifest["folds"] = ["1"]
+        manifest["files"][renamed] = manifest["files"].pop(name)
+        return {**{renamed if k == name else k: v for k, v in members.items()}, MANIFEST: json.dumps(manifest).encode()}
+
+    bad = rewrite_zip(good, tmp_path / "bad.zip", as_fold_1)
+    with pytest.raises(ModelFileError, match=rf"refusing to import: member '{renamed}': is the checkpoint of fold 0, not of fold_1"):
+        import_model(bad, tmp_path / "clean")
+    assert files_under(tmp_path / "clean") == []
+
+
 def test_a_zip_holding_a_model_of_another_dataset_is_refused_naming_both(tmp_path: Path) -> None:
     """A zip (checksums updated) whose second model's plans.json is of Dataset005_Prostate was installed under the
     manifest's Dataset123_Tiny, where predict then wrote its label maps as Dataset005's."""

@@ -91,10 +91,21 @@ def _checkpoint_weights(path: Path, model_name: str) -> bytes:
         fix="export a checkpoint written by this autoseg",
     )
     check_fold_of_model(checkpoint["metadata"], model_name, path, ModelFileError)
+    _check_fold_number(checkpoint["metadata"], path.parent.name, str(path))
     try:
         return network_checkpoint_bytes(checkpoint)
     except TypeError as exc:
         raise ModelFileError(f"{path}: {exc}; only plain tensors and JSON metadata can be exported") from None
+
+
+def _check_fold_number(metadata: Mapping[str, Any], fold_dir: str, where: str) -> None:
+    """A fold's checkpoint must be of that fold: fold_0's copied into fold_1 was exported, imported and predicted as a
+    second fold, fold 0 counting twice in predict's average. Metadata without a fold passes."""
+    trained = metadata.get("fold")
+    if trained is not None and f"fold_{trained}" != fold_dir:
+        raise ModelFileError(f"{where}: is the checkpoint of fold {trained}, not of {fold_dir} (copied from fold_{trained}?); "
+                             f"predict would count fold {trained} twice: export each fold's own checkpoint, or leave "
+                             f"{fold_dir} out (-f)")
 
 
 def _check_cascades_complete(plans: Mapping[str, dict[str, Any] | None], where: str, fix: str) -> None:
@@ -469,6 +480,7 @@ def _validated_model_file(zip_path: Path, build_networks: bool) -> tuple[dict[st
     for name, meta in metadata.items():
         model = name.split("/", 1)[0]
         check_fold_of_model(meta, model, f"{refuse}: member {name!r}", ModelFileError)
+        _check_fold_number(meta, PurePosixPath(name).parent.name, f"{refuse}: member {name!r}")
         check_outputs_match_labels(meta, descriptions.datasets[model].num_output_channels, f"{refuse}: member {name!r}",
                                    f"{model}/dataset.json", ModelFileError)
     return manifest, members, descriptions
