@@ -148,6 +148,22 @@ def test_a_fold_copied_from_another_configuration_is_refused_by_name(model_3d: P
         load_model(model_3d, folds=[0], device="cpu")
 
 
+def test_a_fold_holding_another_folds_checkpoint_is_refused_naming_both(model_3d: Path, tmp_path: Path) -> None:
+    """fold_0's checkpoint copied into a fold_2 folder loaded as fold 2: ``-f 0 -f 2`` averaged fold 0 twice, as a
+    2-fold ensemble (export-model and import-model refuse such a fold)."""
+    path = model_3d / "fold_0" / "checkpoint_final.safetensors"
+    checkpoint = load_weights(path, InferenceError)
+    save_weights(path, {**checkpoint, "metadata": {**checkpoint["metadata"], "fold": "0"}})
+    (model_3d / "fold_2").mkdir()
+    shutil.copy(path, model_3d / "fold_2")
+    copied = model_3d / "fold_2" / "checkpoint_final.safetensors"
+    with pytest.raises(InferenceError) as caught:
+        load_model(model_3d, folds=[0, 2], device="cpu")
+    assert str(caught.value) == (f"{copied}: is the checkpoint of fold 0, not of fold_2 (copied from fold_0?); predict "
+                                 "would count fold 0 twice: put fold_2's own checkpoint back, or leave fold_2 out (-f)")
+    assert load_model(model_3d, folds=[0, 1], device="cpu").folds == ["0", "1"]
+
+
 def test_a_model_folder_given_as_dot_or_dotdot_loads(model_3d: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``-m .`` inside the model folder (``..`` inside a fold) was refused as not named <network>__<plans>__<configuration>."""
     monkeypatch.chdir(model_3d)

@@ -40,7 +40,9 @@ from autoseg import __version__
 from autoseg.errors import AutosegError, EvaluationError, InferenceError, ModelFileError, PlanError
 from autoseg.evaluation.selection import ENSEMBLES_FOLDER, POSTPROCESSING_JSON, ensemble_model_names
 from autoseg.inference.engine import LoadedModel
-from autoseg.inference.model import ModelFiles, build_network, check_fold_of_model, load_model, named_folder
+from autoseg.inference.model import (
+    ModelFiles, build_network, check_fold_number, check_fold_of_model, load_model, named_folder,
+)
 from autoseg.paths import check_model_folder_name, results_root as default_results_root
 from autoseg.planning.plans import get_configuration, validate_plans
 from autoseg.utils.atomic import atomic_write_bytes, folder_lock, remove_stale_temporaries, staging_folder
@@ -71,6 +73,7 @@ SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # one path component, 
 _CHANGED_AFTER_EXPORT = "the zip was changed after autoseg export-model wrote it; export the model again"
 FOLD_DIR = re.compile(r"^fold_(\d+|all)$")
 CHECKPOINT_NAME = re.compile(r"^checkpoint_[A-Za-z0-9_]+\.safetensors$")
+_OWN_CHECKPOINT_FIX = "export each fold's own checkpoint"  # of a fold holding another fold's checkpoint
 
 
 # ---------------------------------------------------------------------------------------------- export
@@ -91,21 +94,11 @@ def _checkpoint_weights(path: Path, model_name: str) -> bytes:
         fix="export a checkpoint written by this autoseg",
     )
     check_fold_of_model(checkpoint["metadata"], model_name, path, ModelFileError)
-    _check_fold_number(checkpoint["metadata"], path.parent.name, str(path))
+    check_fold_number(checkpoint["metadata"], path.parent.name, path, _OWN_CHECKPOINT_FIX, ModelFileError)
     try:
         return network_checkpoint_bytes(checkpoint)
     except TypeError as exc:
         raise ModelFileError(f"{path}: {exc}; only plain tensors and JSON metadata can be exported") from None
-
-
-def _check_fold_number(metadata: Mapping[str, Any], fold_dir: str, where: str) -> None:
-    """A fold's checkpoint must be of that fold: fold_0's copied into fold_1 was exported, imported and predicted as a
-    second fold, fold 0 counting twice in predict's average. Metadata without a fold passes."""
-    trained = metadata.get("fold")
-    if trained is not None and f"fold_{trained}" != fold_dir:
-        raise ModelFileError(f"{where}: is the checkpoint of fold {trained}, not of {fold_dir} (copied from fold_{trained}?); "
-                             f"predict would count fold {trained} twice: export each fold's own checkpoint, or leave "
-                             f"{fold_dir} out (-f)")
 
 
 def _check_cascades_complete(plans: Mapping[str, dict[str, Any] | None], where: str, fix: str) -> None:
@@ -480,7 +473,8 @@ def _validated_model_file(zip_path: Path, build_networks: bool) -> tuple[dict[st
     for name, meta in metadata.items():
         model = name.split("/", 1)[0]
         check_fold_of_model(meta, model, f"{refuse}: member {name!r}", ModelFileError)
-        _check_fold_number(meta, PurePosixPath(name).parent.name, f"{refuse}: member {name!r}")
+        check_fold_number(meta, PurePosixPath(name).parent.name, f"{refuse}: member {name!r}", _OWN_CHECKPOINT_FIX,
+                          ModelFileError)
         check_outputs_match_labels(meta, descriptions.datasets[model].num_output_channels, f"{refuse}: member {name!r}",
                                    f"{model}/dataset.json", ModelFileError)
     return manifest, members, descriptions

@@ -125,6 +125,17 @@ def check_fold_of_model(metadata: Mapping[str, Any], model_name: str, path: Path
         )
 
 
+def check_fold_number(metadata: Mapping[str, Any], fold_dir: str, where: str | Path, fix: str,
+                      error: type[Exception] = InferenceError) -> None:
+    """A fold's checkpoint must be of that fold (``fold_dir``, its folder's name): fold_0's copied into fold_1 was
+    exported, imported and predicted as a second fold, fold 0 counting twice in predict's average. ``fix`` says
+    how to give the fold its own checkpoint. Metadata without a fold passes."""
+    trained = metadata.get("fold")
+    if trained is not None and f"fold_{trained}" != fold_dir:
+        raise error(f"{where}: is the checkpoint of fold {trained}, not of {fold_dir} (copied from fold_{trained}?); "
+                    f"predict would count fold {trained} twice: {fix}, or leave {fold_dir} out (-f)")
+
+
 def _check_inputs_match_channels(
     metadata: dict[str, Any], description: DatasetDescription, cascade: bool, path: Path, dataset_json: Path
 ) -> None:
@@ -235,6 +246,7 @@ def load_model(
         check_outputs_match_labels(loaded["metadata"], description.num_output_channels, str(path),
                                    str(folder / "dataset.json"), InferenceError)
         check_fold_of_model(loaded["metadata"], folder.name, path)
+        check_fold_number(loaded["metadata"], path.parent.name, path, f"put {path.parent.name}'s own checkpoint back")
         _check_inputs_match_channels(loaded["metadata"], description, bool(configuration.get("previous_stage")), path,
                                      folder / "dataset.json")
         networks.append(build_network(loaded, path, torch_device))
