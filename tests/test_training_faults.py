@@ -212,6 +212,20 @@ def test_continue_names_the_settings_it_changes_from_the_run_it_resumes(results:
                      r"from .*fold_0/training_config.yaml\); repeat that run's --set", log), log
 
 
+@pytest.mark.parametrize("damaged", ['{"mean": {}', '{"mean": {}, "foreground_mean": {}, "metric_per_case": []}'])
+def test_continue_of_a_finished_fold_validates_again_over_a_summary_that_is_none(results: Path, damaged: str) -> None:
+    """Was: a --continue of a finished fold reused its validation/summary.json unread: a damaged one stopped it with an
+    internal JSONDecodeError, ``[]`` or a summary of other cases was reported as the fold's validation."""
+    overrides = ["iterations_per_epoch=1", "val_iterations_per_epoch=1"]
+    first = train_fold(DATASET, "3d_fullres", 0, epochs=1, workers=0, overrides=overrides, device="cpu")
+    path = Path(first["model_folder"]) / "fold_0" / "validation" / "summary.json"
+    path.write_text(damaged)
+    again = train_fold(DATASET, "3d_fullres", 0, continue_=True, workers=0, overrides=overrides, device="cpu")
+    assert again["validation"]["num_cases"] == first["validation"]["num_cases"] >= 1
+    assert json.loads(path.read_text())["foreground_mean"] == first["validation"]["foreground_mean"]
+    assert "not a summary of this fold's" in (path.parent.parent / "training_log.txt").read_text()
+
+
 def test_a_case_named_summary_is_refused_before_training_with_save_probabilities(
     data_roots: dict[str, Path], results: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -527,7 +527,10 @@ def _validation(trainer: Trainer, run: FoldRun, save_probabilities: bool) -> dic
     summary_path = run.fold_folder / VALIDATION_FOLDER / "summary.json"
     final = run.fold_folder / FINAL
     if summary_path.is_file() and summary_path.stat().st_mtime >= final.stat().st_mtime and not save_probabilities:
-        return json.loads(summary_path.read_text())
+        kept = _summary_of_cases(summary_path, run.val_cases)
+        if kept is not None:
+            return kept
+        trainer.monitor.log(f"{summary_path}: not a summary of this fold's {len(run.val_cases)} validation cases; validating again")
     started = time.monotonic()
     summary = validate_fold(
         run.model_folder, run.fold, run.store, run.preprocessed_dir / GT_FOLDER, run.val_cases, run.description,
@@ -543,6 +546,19 @@ def _validation(trainer: Trainer, run: FoldRun, save_probabilities: bool) -> dic
         f"validation of {len(run.val_cases)} cases in {time.monotonic() - started:.0f} s: mean Dice {foreground} ({per_class})"
     )
     return summary
+
+
+def _summary_of_cases(path: Path, case_ids: Sequence[str]) -> dict[str, Any] | None:
+    """The validation summary at ``path`` if it scores exactly ``case_ids``, else None. A damaged summary.json stopped
+    a --continue of a finished fold with an internal JSONDecodeError, and one that was no summary (``[]``, another
+    evaluate's) was reported as the fold's validation."""
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+        scored = sorted(row["case_id"] for row in summary["metric_per_case"])
+        has_means = isinstance(summary["mean"], dict) and isinstance(summary["foreground_mean"], dict)
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        return None
+    return summary if has_means and scored == sorted(case_ids) else None
 
 
 def _best_ema(value: float | None) -> float:
