@@ -115,6 +115,9 @@ def test_the_written_config_is_the_one_that_ran(results: Path) -> None:
     train_fold(DATASET, "3d_fullres", "all", continue_=True, overrides=None)
     assert (written(_fold(results))["num_epochs"], written(_fold(results))["num_workers"]) == (1, "auto")
     assert "num_epochs" not in (_fold(results) / "training_log.txt").read_text()
+    (_fold(results) / "training_config.yaml").write_bytes(b"num_epochs: \xff\n")  # damaged: was a UnicodeDecodeError
+    train_fold(DATASET, "3d_fullres", "all", continue_=True, overrides=None)
+    assert written(_fold(results))["num_epochs"] == 1000
 
 
 def test_continue_to_n_epochs_keeps_the_trained_epochs_and_gives_the_rest_the_new_length(results: Path) -> None:

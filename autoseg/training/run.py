@@ -480,10 +480,11 @@ def _finished_run(trainer: Trainer, run: FoldRun) -> None:
 
 
 def _earlier_config(run: FoldRun) -> dict[str, Any]:
-    """The flattened training_config.yaml of the run a --continue resumes; empty where missing or hand-damaged."""
+    """The flattened training_config.yaml of the run a --continue resumes; empty where missing or hand-damaged (one
+    not UTF-8 stopped the --continue with an internal UnicodeDecodeError)."""
     try:
-        return flatten(yaml.safe_load((run.fold_folder / CONFIG_FILE).read_text()) or {})
-    except (OSError, yaml.YAMLError, AttributeError):
+        return flatten(yaml.safe_load((run.fold_folder / CONFIG_FILE).read_text(encoding="utf-8")) or {})
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError):
         return {}
 
 
@@ -495,7 +496,7 @@ def _keep_schedule(config: dict[str, Any], earlier: dict[str, Any]) -> None:
     """--continue without --epochs trains to the checkpoint's total: the run's config keeps the schedule the earlier
     run recorded (a resumed --epochs 2 run was written as ``num_epochs: 1000``, and warned of it as a change)."""
     for key in SCHEDULE_KEYS:
-        if key in earlier:
+        if type(earlier.get(key)) is type(config[key]):  # a hand-edited value of another type is not the schedule
             config[key] = earlier[key]
 
 
