@@ -139,6 +139,25 @@ def test_usage_errors_are_one_line_with_hints_for_nnunet_spellings(args: list[st
     assert result.output.splitlines() == [line]
 
 
+def test_more_workers_than_cases_start_one_worker_a_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    """verify -np 100000 on 3 cases started a pool of 100000 processes (fork starts them all at once): thousands of
+    processes before the machine refused more."""
+    from autoseg.utils import progress
+
+    started: list[int] = []
+    real_pool = progress.ProcessPoolExecutor
+
+    def pool(max_workers: int, **options: Any) -> Any:
+        started.append(max_workers)
+        if max_workers > 3:
+            raise RuntimeError(f"would start {max_workers} processes for 3 cases")
+        return real_pool(max_workers=max_workers, **options)
+
+    monkeypatch.setattr(progress, "ProcessPoolExecutor", pool)
+    results, failures = progress.parallel_map(abs, [(str(i), (-i,)) for i in range(3)], 100000, "cases")
+    assert results == {"0": 0, "1": 1, "2": 2} and not failures and started == [3]
+
+
 def test_version_is_printed() -> None:
     """``autoseg --version`` was 'No such option: --version'."""
     from autoseg import __version__

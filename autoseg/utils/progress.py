@@ -127,6 +127,9 @@ def parallel_map(
     failures: list[Failure] = []
     if not items:
         return results, failures
+    # No more workers than cases: a fork pool starts them all at once, and verify -np 100000 on 3 cases started
+    # thousands of processes before the machine refused more.
+    num_workers = min(num_workers, len(items))
     with progress_bar() as bar:
         task = bar.add_task(description, total=len(items))
         if num_workers <= 1:
