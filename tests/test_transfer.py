@@ -17,7 +17,7 @@ from autoseg.dataset.imageio import read_image, write_image
 from autoseg.errors import TrainingError
 from autoseg.evaluation.model_files import export_model
 from autoseg.networks import create_network
-from autoseg.training.pretrained import load_pretrained
+from autoseg.training.pretrained import load_pretrained, read_pretrained
 from autoseg.utils.weights_file import load_weights
 from cli_helpers import TRAIN_SETTINGS, autoseg, autoseg_fails, set_options
 from conftest import make_hippocampus_subset
@@ -151,6 +151,39 @@ def test_a_zip_of_several_models_is_refused_naming_them(tmp_path: Path) -> None:
         f"{zip_path}: holds 2 models (unet__autosegPlans__3d_fullres, unet__autosegPlans__3d_lowres); give one: install "
         "the zip with autoseg import-model and give that model's folder, or export that model alone"
     )
+
+
+@pytest.mark.parametrize("save, kind", [
+    (torch.save, "a PyTorch pickle (torch.save's zip format, as nnU-Net's checkpoint_final.pth)"),
+    (lambda tree, path: torch.save(tree, path, _use_new_zipfile_serialization=False),
+     "a pickle (torch.save's legacy format, or pickle.dump)"),
+])
+def test_a_pickled_checkpoint_such_as_nnunets_is_named_as_a_pickle(save, kind: str, tmp_path: Path) -> None:
+    """nnU-Net's checkpoint_final.pth was refused as 'not a readable safetensors file (... header too large)'."""
+    path = tmp_path / "checkpoint_final.pth"
+    save({"network_weights": create_network("unet", TINY_TOPOLOGY, 1, 3).state_dict(), "trainer_name": "nnUNetTrainer"}, path)
+    with pytest.raises(TrainingError) as info:
+        load_pretrained(create_network("unet", TINY_TOPOLOGY, 1, 3), path, "unet")
+    assert str(info.value) == (
+        f"{path}: is {kind}, not an autoseg checkpoint; --pretrained-weights reads no pickles (unpickling can run code) "
+        "and nnU-Net's weights do not fit autoseg's networks (other tensor names): give an autoseg model folder, its "
+        "fold_<k>/checkpoint_final.safetensors or an export-model zip, or train the source model with autoseg"
+    )
+
+
+def test_a_checkpoint_whose_header_length_starts_as_a_pickle_does_is_read(tmp_path: Path) -> None:
+    """A safetensors header 640 bytes long starts the file with the bytes of pickle protocol 2 (0x80 0x02)."""
+    from autoseg.utils.checkpoint_format import CHECKPOINT_FORMAT_VERSION
+    from autoseg.utils.weights_file import save_weights
+
+    path = tmp_path / CHECKPOINT
+    for padding in range(640):
+        metadata = {"network": "unet", "format_version": CHECKPOINT_FORMAT_VERSION, "note": "x" * padding}
+        save_weights(path, {"network_weights": {"w": torch.ones(1)}, "metadata": metadata})
+        if path.read_bytes()[:2] == b"\x80\x02":
+            break
+    assert path.read_bytes()[:2] == b"\x80\x02"
+    assert torch.equal(read_pretrained(path)[0]["w"], torch.ones(1))
 
 
 @pytest.mark.parametrize("spoil, problem", [

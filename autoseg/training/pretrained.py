@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
 import torch
@@ -26,6 +26,10 @@ from autoseg.utils.weights_file import LEGACY_SUFFIX, SUFFIX
 
 
 PRETRAINED_FIX = "give a checkpoint written by this autoseg"
+TORCH_ZIP_PICKLE = "data.pkl"  # the pickle in every torch.save file of torch's zip format (<name>/data.pkl)
+PICKLE_PROTOCOLS = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")  # PROTO opcode: torch's legacy format, pickle
+# A safetensors file starts with its header's length (8 bytes, which can begin as PICKLE_PROTOCOLS do), then the header.
+SAFETENSORS_HEADER_START = (8, b"{")
 
 
 @dataclass
@@ -82,6 +86,37 @@ def _refuse_several_models(path: Path, members: list[str]) -> None:
         )
 
 
+def _pickle_kind(path: Path) -> str | None:
+    """What pickle the file ``path`` is (torch.save's zip, as nnU-Net's ``checkpoint_final.pth``; torch's legacy
+    format or a plain pickle), else None: such a file was refused as 'not a readable safetensors file (... header
+    too large)', which named neither what it is nor what to give instead."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(SAFETENSORS_HEADER_START[0] + 1)
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+            torch_zip = any(PurePosixPath(name).name == TORCH_ZIP_PICKLE for name in names)
+            return "a PyTorch pickle (torch.save's zip format, as nnU-Net's checkpoint_final.pth)" if torch_zip else None
+    except (OSError, zipfile.BadZipFile):
+        return None  # the reader that follows names the file's problem
+    offset, brace = SAFETENSORS_HEADER_START
+    if head[:2] not in PICKLE_PROTOCOLS or head[offset:offset + 1] == brace:
+        return None
+    return "a pickle (torch.save's legacy format, or pickle.dump)"
+
+
+def _refuse_pickle(path: Path) -> None:
+    """A pickle is never unpickled for pretrained weights (loading one can run code) and nnU-Net's networks name their
+    tensors otherwise than autoseg's; autoseg's own pre-safetensors ``.pt`` is read before this (weights only)."""
+    if kind := _pickle_kind(path):
+        raise TrainingError(
+            f"{path}: is {kind}, not an autoseg checkpoint; --pretrained-weights reads no pickles (unpickling can run "
+            "code) and nnU-Net's weights do not fit autoseg's networks (other tensor names): give an autoseg model "
+            "folder, its fold_<k>/checkpoint_final.safetensors or an export-model zip, or train the source model with autoseg"
+        )
+
+
 def read_pretrained(source: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], str]:
     """(network weights, checkpoint metadata, description) from a checkpoint, model folder or model zip."""
     path = Path(source)
@@ -91,6 +126,8 @@ def read_pretrained(source: str | Path) -> tuple[dict[str, torch.Tensor], dict[s
         # autoseg's checkpoint before safetensors, read (weights only) as a model folder holding it is: given as a
         # file, it was refused as 'not a readable safetensors file ... not written by autoseg'
         path = path.with_suffix(SUFFIX)
+    if path.is_file():
+        _refuse_pickle(path)
     if path.suffix == ".zip" and path.is_file():
         tree, where = _read_zip(path)
     else:
