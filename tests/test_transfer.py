@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from autoseg.cli import app
 from autoseg.dataset.imageio import read_image, write_image
-from autoseg.errors import TrainingError
+from autoseg.errors import ModelFileError, TrainingError
 from autoseg.evaluation.model_files import export_model
 from autoseg.networks import create_network
 from autoseg.training.pretrained import load_pretrained, read_pretrained
@@ -88,10 +88,18 @@ def test_transferred_plan_and_pretrained_fine_tuning_from_the_cli(roots: dict[st
     assert "trained 2 iterations in 1 epochs" in output
 
 
+def write_model_description(model: Path) -> None:
+    """The plans.json and dataset.json a model folder of Dataset999_Test (one channel, three classes) holds."""
+    plans = make_plans({"3d_fullres": make_configuration([1.0, 1.0, 1.0], patch_size=PATCH)})
+    (model / "plans.json").write_text(json.dumps(plans))
+    (model / "dataset.json").write_text(json.dumps({"channel_names": plans["channel_names"], "labels": plans["labels"],
+                                                    "numTraining": 2, "file_ending": ".nii.gz"}))
+
+
 def test_pretrained_loading_keeps_heads_fresh_and_refuses_other_topologies(tmp_path: Path) -> None:
     torch.manual_seed(0)
     source = create_network("unet", TINY_TOPOLOGY, 1, 3)
-    model = tmp_path / "unet__autosegPlans__3d_fullres"  # named as training names it: export-model takes no other name
+    model = tmp_path / "Dataset999_Test" / "unet__autosegPlans__3d_fullres"  # as training names it: export-model takes no other
     path = model / "fold_0" / CHECKPOINT
     from autoseg.utils.checkpoint_format import CHECKPOINT_FORMAT_VERSION
     from autoseg.utils.weights_file import save_weights
@@ -104,7 +112,7 @@ def test_pretrained_loading_keeps_heads_fresh_and_refuses_other_topologies(tmp_p
     for name, tensor in target.state_dict().items():
         expected = fresh[name] if name in report.heads else source.state_dict()[name]
         assert torch.equal(tensor, expected), name
-    (model / "plans.json").write_text("{}"), (model / "dataset.json").write_text("{}")
+    write_model_description(model)
     zip_path = export_model(model, tmp_path / "model.zip", folds=[0])  # an export-model zip: its first fold
     again = create_network("unet", TINY_TOPOLOGY, 1, 2)
     assert load_pretrained(again, zip_path, "unet", log=lambda _: None).loaded == report.loaded
@@ -130,6 +138,36 @@ def test_pretrained_weights_of_another_channel_count_are_refused_as_such(tmp_pat
     with pytest.raises(TrainingError, match=r"the pretrained model takes 1 input channel\(s\), this network 2 \(the dataset's "
                                             r"channel_names\); pretrained weights need the same input channels"):
         load_pretrained(create_network("unet", TINY_TOPOLOGY, 2, 3), path, "unet")
+
+
+def test_a_model_zip_whose_weights_were_altered_after_export_is_refused(tmp_path: Path) -> None:
+    """Only the zip's own CRCs were checked: weights changed after export (the manifest's sha256 no longer theirs, the
+    zip rewritten) were fine-tuned from, where import-model and --transfer-plans-from refuse the zip."""
+    import zipfile
+
+    from autoseg.utils.checkpoint_format import CHECKPOINT_FORMAT_VERSION
+    from autoseg.utils.weights_file import save_weights, weights_from_bytes, weights_to_bytes
+
+    model = tmp_path / "Dataset999_Test" / "unet__autosegPlans__3d_fullres"
+    metadata = {"network": "unet", "format_version": CHECKPOINT_FORMAT_VERSION}
+    save_weights(model / "fold_0" / CHECKPOINT, {"network_weights": create_network("unet", TINY_TOPOLOGY, 1, 3).state_dict(),
+                                                 "metadata": metadata})
+    write_model_description(model)
+    exported = export_model(model, tmp_path / "model.zip", folds=[0])
+    member = f"{model.name}/fold_0/{CHECKPOINT}"
+    with zipfile.ZipFile(exported) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    tree = weights_from_bytes(members[member], member, TrainingError)
+    tree["network_weights"] = {name: torch.full_like(tensor, 7) for name, tensor in tree["network_weights"].items()}
+    altered = tmp_path / "altered.zip"
+    with zipfile.ZipFile(altered, "w") as archive:
+        for name, data in {**members, member: weights_to_bytes(tree)}.items():
+            archive.writestr(name, data)
+    with pytest.raises(ModelFileError) as info:
+        load_pretrained(create_network("unet", TINY_TOPOLOGY, 1, 3), altered, "unet")
+    assert str(info.value) == (f"{altered}: refusing to import: member '{member}' does not match its sha256 in "
+                               "manifest.json; the file was altered or damaged")
+    assert load_pretrained(create_network("unet", TINY_TOPOLOGY, 1, 3), exported, "unet", log=lambda _: None).loaded
 
 
 def test_a_zip_of_several_models_is_refused_naming_them(tmp_path: Path) -> None:

@@ -61,17 +61,21 @@ def _first_fold_checkpoint(folder: Path) -> Path:
 
 
 def _read_zip(path: Path) -> tuple[dict[str, Any], str]:
-    """The first fold's weights of an ``export-model`` zip."""
+    """The first fold's weights of an ``export-model`` zip, checked as import-model checks it: only the zip's own
+    CRCs were, so weights altered after export (the manifest's sha256 no longer theirs) were fine-tuned from."""
+    from autoseg.evaluation.model_files import validate_model_file  # a model zip's one checked reader
+
     try:
         with zipfile.ZipFile(path) as archive:
             members = sorted(n for n in archive.namelist() if n.endswith(SUFFIX))
-            if not members:
-                raise TrainingError(f"{path}: holds no weights; give a zip written by `autoseg export-model` (not --format onnx)")
-            _refuse_several_models(path, members)
-            where = f"{path}:{members[0]}"
-            return checkpoint_from_bytes(archive.read(members[0]), where, TrainingError, PRETRAINED_FIX), where
     except (zipfile.BadZipFile, OSError) as exc:
         raise TrainingError(f"{path}: not a readable zip ({exc}); give a zip written by `autoseg export-model`") from None
+    if not members:
+        raise TrainingError(f"{path}: holds no weights; give a zip written by `autoseg export-model` (not --format onnx)")
+    _refuse_several_models(path, members)
+    verified = validate_model_file(path, build_networks=False)[1]
+    where = f"{path}:{members[0]}"
+    return checkpoint_from_bytes(verified[members[0]], where, TrainingError, PRETRAINED_FIX), where
 
 
 def _refuse_several_models(path: Path, members: list[str]) -> None:
