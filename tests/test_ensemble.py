@@ -381,7 +381,7 @@ def test_a_folder_where_an_ensemble_output_goes_is_refused_before_any_case(tmp_p
     case was written, then that one failed with a bare IsADirectoryError."""
     inputs = _ensemble_inputs(tmp_path, ["a", "b"], ["case0", "case1"], seed=0)
     (tmp_path / "out" / name).mkdir(parents=True)
-    with pytest.raises(EvaluationError, match=rf"out/{name}: is a folder where autoseg ensemble writes an output; move "
+    with pytest.raises(EvaluationError, match=rf"out/{name}: is a folder where autoseg ensemble writes a file; move "
                                               "or rename that folder, or give -o another folder"):
         ensemble_folders(inputs, tmp_path / "out", num_workers=1, save_probabilities=True)
     assert [p.name for p in (tmp_path / "out").iterdir()] == [name]

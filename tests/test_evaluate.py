@@ -141,7 +141,7 @@ def test_a_folder_where_a_summary_file_goes_is_refused_before_any_metric(folders
     after every metric was computed, and summary.json had been written beside it: half an output."""
     pred_dir, ref_dir = folders
     (tmp_path / "out" / name).mkdir(parents=True)
-    with pytest.raises(EvaluationError, match=rf"out/{name}: is a folder where evaluate writes its {name}; move or "
+    with pytest.raises(EvaluationError, match=rf"out/{name}: is a folder where autoseg evaluate writes a file; move or "
                                               "rename that folder, or give -o another folder"):
         evaluate_folders(pred_dir, ref_dir, LABELS, tmp_path / "out", num_workers=1, file_ending=".nii.gz")
     assert [p.name for p in (tmp_path / "out").iterdir()] == [name]

@@ -129,8 +129,8 @@ def test_a_folder_where_a_statistics_file_goes_is_refused_before_predicting(tmp_
     inputs.mkdir()
     (inputs / "a_0000.nii.gz").write_bytes((HIPPOCAMPUS / "imagesTr" / "hippocampus_001_0000.nii.gz").read_bytes())
     (tmp_path / "out" / name).mkdir(parents=True)
-    with pytest.raises(InferenceError, match=rf"out/{name}: is a folder where predict --statistics writes a file; move "
-                                             "or rename that folder, or give -o another folder"):
+    with pytest.raises(InferenceError, match=rf"out/{name}: is a folder where autoseg predict --statistics writes a file; "
+                                             "move or rename that folder, or give -o another folder"):
         refuse_name_clashes(inputs, tmp_path / "out", save_probabilities=False)
 
 

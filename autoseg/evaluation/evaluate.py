@@ -35,7 +35,8 @@ from autoseg.evaluation.metrics import (
 )
 from autoseg.utils.atomic import atomic_write_json, atomic_write_text, require_writable
 from autoseg.utils.output_folders import (
-    check_output_folder, describe_symlink_loop, predicting_model_folder, refuse_probability_sidecar, symlink_loop,
+    check_output_folder, describe_symlink_loop, predicting_model_folder, refuse_folder_among, refuse_probability_sidecar,
+    symlink_loop,
 )
 from autoseg.utils.progress import Failure, parallel_map, stage_workers
 
@@ -378,11 +379,9 @@ def _check_summary_paths(output: Path) -> None:
     """Refuse a summary file's path in ``output`` that evaluate must not write: a folder of that name (the metrics
     were computed, then the final rename failed as an internal error, after summary.json had been written beside a
     summary.csv folder), or a case's probabilities' sidecar (``refuse_probability_sidecar``)."""
-    for name in (SUMMARY_JSON, SUMMARY_CSV):
-        path = output / name
-        if path.is_dir():
-            raise EvaluationError(f"{path}: is a folder where evaluate writes its {name}; move or rename that folder, or "
-                                  "give -o another folder")
+    paths = [output / SUMMARY_JSON, output / SUMMARY_CSV]
+    refuse_folder_among(paths, "autoseg evaluate", EvaluationError)
+    for path in paths:
         refuse_probability_sidecar(path, EvaluationError)
 
 

@@ -25,6 +25,7 @@ from autoseg.evaluation.metrics import voxel_volume_mm3
 from autoseg.inference.batch import InputCase, channel_files, discover_cases, output_ending
 from autoseg.utils.atomic import atomic_write_json, atomic_write_text, folder_lock
 from autoseg.utils.jsonio import read_json
+from autoseg.utils.output_folders import refuse_folder_among
 from autoseg.utils.probability_files import SIDECAR_SUFFIX, probability_paths
 
 PERCENTILES = (5, 25, 50, 75, 95)
@@ -100,7 +101,9 @@ def refuse_name_clashes(input_path: str | Path, output_folder: str | Path, save_
     Every case of the input counts, not only this part's: ``--num-parts`` runs share the folder."""
     output = Path(output_folder)
     cases = {case.case_id for case in discover_cases(input_path)}
-    _refuse_folders_at([output / SUMMARY_CSV, *(statistics_path(output, case_id) for case_id in sorted(cases))])
+    # A folder where a statistics file goes: every case was predicted, then writing the file failed.
+    refuse_folder_among([output / SUMMARY_CSV, *(statistics_path(output, case_id) for case_id in sorted(cases))],
+                        "autoseg predict --statistics", InferenceError)
     for case_id in sorted(cases):
         path = statistics_path(output, case_id)
         owner = path.name.removesuffix(SIDECAR_SUFFIX)  # the case whose sidecar has this name
@@ -110,15 +113,6 @@ def refuse_name_clashes(input_path: str | Path, output_folder: str | Path, save_
                 f"would both be {path}; rename the input files of case {owner} (e.g. {case_id}_stats_0000...), or "
                 "leave out --statistics or --save-probabilities"
             )
-
-
-def _refuse_folders_at(paths: Sequence[Path]) -> None:
-    """Refuse a folder where a statistics file goes: every case was predicted, then writing the file failed as
-    an internal error (IsADirectoryError), with the statistics written up to there."""
-    for path in paths:
-        if path.is_dir():
-            raise InferenceError(f"{path}: is a folder where predict --statistics writes a file; move or rename that "
-                                 "folder, or give -o another folder")
 
 
 def _case_statistics_from_files(case: InputCase, output: Path, description: DatasetDescription) -> dict[str, Any]:

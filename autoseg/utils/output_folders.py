@@ -167,7 +167,7 @@ def claim_output_files(
     resumed), or over the same inputs with cases added, is let through."""
     from autoseg.utils.atomic import atomic_write_json, folder_lock, require_writable
 
-    _refuse_folder_among(outputs, command, error)
+    refuse_folder_among(outputs, f"autoseg {command}", error)
     if not any((output / marker).exists() for marker in (OUTPUT_MARKER, PREDICT_RECORD)):
         refuse_outputs_not_ours(output, outputs, f"autoseg {command}", OUTPUT_MARKER, error)
     output.mkdir(parents=True, exist_ok=True)
@@ -180,13 +180,14 @@ def claim_output_files(
             atomic_write_json(output / OUTPUT_MARKER, record)
 
 
-def _refuse_folder_among(outputs: Sequence[Path], command: str, error: type[Exception]) -> None:
-    """Raise ``error`` naming the first of ``outputs`` that is a folder: every other case was written, then that
-    case failed with a bare IsADirectoryError."""
+def refuse_folder_among(outputs: Sequence[Path], writer: str, error: type[Exception]) -> None:
+    """Raise ``error`` naming the first of ``outputs`` (files ``writer``, e.g. ``autoseg evaluate``, writes) that is a
+    folder: checked before any work, as the write failed with a bare IsADirectoryError after every other output was
+    written (a case's label map, a summary, a statistics file)."""
     folder = next((path for path in outputs if path.is_dir()), None)
     if folder is not None:
-        raise error(f"{folder}: is a folder where autoseg {command} writes an output; move or rename that folder, or "
-                    "give -o another folder")
+        raise error(f"{folder}: is a folder where {writer} writes a file; move or rename that folder, or give -o "
+                    "another folder")
 
 
 def _holds_visible_files(folder: Path) -> bool:
