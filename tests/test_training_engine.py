@@ -192,15 +192,14 @@ def test_a_checkpoint_of_another_plans_is_not_resumed(tmp_path: Path) -> None:
     write_checkpoint(tmp_path / "c.safetensors", training_checkpoint(setup, {"grad_scaler": None}, state, meta))
     with pytest.raises(TrainingError) as info:
         restore_training_checkpoint(tmp_path / "c.safetensors", _setup(), _Step(), "unet", "2d", "sgd", torch.device("cpu"),
-                                    "0", plans_name="autosegPlans")
+                                    "0", model_name="unet__autosegPlans__2d")
     assert str(info.value) == (
-        f"{tmp_path / 'c.safetensors'}: was trained with plans 'otherPlans', this run with 'autosegPlans' (copied from "
-        "the unet__otherPlans__2d folder?): continuing would pass that model off as one of plans 'autosegPlans'; put "
-        "this fold's own checkpoint back, continue in that folder (--plans-name otherPlans), or delete the fold folder "
-        "to start over"
+        f"{tmp_path / 'c.safetensors'}: is a checkpoint of unet__otherPlans__2d, but its model folder is "
+        "unet__autosegPlans__2d (a fold copied from another model folder, or the folder renamed?); put this model's own "
+        "fold back, or use the checkpoint from a unet__otherPlans__2d folder"
     )
     assert restore_training_checkpoint(tmp_path / "c.safetensors", _setup(), _Step(), "unet", "2d", "sgd",
-                                       torch.device("cpu"), "0", plans_name="otherPlans") == state
+                                       torch.device("cpu"), "0", model_name="unet__otherPlans__2d") == state
 
 
 def test_a_checkpoint_of_weights_only_is_named_as_such(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from autoseg.errors import TrainingError
+from autoseg.inference.model import check_fold_of_model
 from autoseg.training.model_setup import ModelSetup
 from autoseg.training.schedule import TrainingState
 from autoseg.utils.checkpoint_format import CHECKPOINT_FORMAT_VERSION, checkpoint_name, first_mismatch, read_checkpoint
@@ -103,15 +104,15 @@ def split_digest(train_cases: Sequence[str], val_cases: Sequence[str]) -> str:
 
 def restore_training_checkpoint(path: Path, setup: ModelSetup, step: Any, network: str, configuration: str,
                                 optimizer: str, device: torch.device, fold: str | None = None,
-                                split: str | None = None, plans_name: str | None = None) -> TrainingState:
+                                split: str | None = None, model_name: str | None = None) -> TrainingState:
     """Load ``path`` into the network, optimiser, step and RNGs; returns where the run stood. The run
     must continue as it was trained: the same fold, plans, network, configuration and optimiser (another
     optimiser's state would not fit, or would load silently into the wrong slots; another fold's
-    checkpoint, copied over, resumed a model that had trained on this fold's validation cases)."""
+    checkpoint, copied over, resumed a model that had trained on this fold's validation cases). ``model_name``, the
+    model folder's name, refuses a checkpoint copied from another plans' folder, which predict refuses too."""
     checkpoint = load_checkpoint(path, map_location=device)
     meta = checkpoint["metadata"]
     _refuse_weights_only(path, checkpoint)
-    _refuse_another_plans(path, meta, plans_name)
     if fold is not None and meta.get("fold") is not None and str(meta["fold"]) != str(fold):
         raise TrainingError(
             f"{path}: is the checkpoint of fold {meta['fold']}, not of fold {fold} (copied from another fold?): it has "
@@ -129,6 +130,8 @@ def restore_training_checkpoint(path: Path, setup: ModelSetup, step: Any, networ
             f"{path}: was trained as {meta.get('network')}/{meta.get('configuration')}, not "
             f"{network}/{configuration}; use another results folder or drop --continue"
         )
+    if model_name is not None:
+        check_fold_of_model(meta, model_name, path, TrainingError)
     trained_with = meta.get("optimizer")  # absent in checkpoints written before it was recorded
     if trained_with is not None and trained_with != optimizer:
         raise TrainingError(
@@ -171,18 +174,3 @@ def _refuse_weights_only(path: Path, checkpoint: dict[str, Any]) -> None:
             "exported or imported model, which cannot be continued; put the fold's own checkpoint back, or fine-tune "
             "from it in a new fold or results folder (--pretrained-weights, without --continue)"
         )
-
-
-def _refuse_another_plans(path: Path, meta: dict[str, Any], plans_name: str | None) -> None:
-    """A checkpoint copied from another plans' model folder (same network and configuration) was resumed, and
-    the run's final checkpoint then named this run's plans: predict, which refuses the copied checkpoint itself,
-    took the model trained on the other plan's data as this plan's. Metadata without plans passes."""
-    trained = meta.get("plans_name")
-    if plans_name is None or trained is None or trained == plans_name:
-        return
-    raise TrainingError(
-        f"{path}: was trained with plans {trained!r}, this run with {plans_name!r} (copied from the "
-        f"{meta.get('network')}__{trained}__{meta.get('configuration')} folder?): continuing would pass that model off "
-        f"as one of plans {plans_name!r}; put this fold's own checkpoint back, continue in that folder (--plans-name "
-        f"{trained}), or delete the fold folder to start over"
-    )

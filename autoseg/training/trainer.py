@@ -236,7 +236,7 @@ class Trainer:
         run = self.run
         self.state = restore_training_checkpoint(path, self.setup, self.step, run.network_name, run.configuration_name,
                                                  run.config["optimizer"]["name"], self.device, str(run.fold),
-                                                 split_digest(run.train_cases, run.val_cases), run.plans_name)
+                                                 split_digest(run.train_cases, run.val_cases), run.model_folder.name)
         self.times.earlier = dict(self.state.spent_seconds)
 
     def validation_tta(self) -> bool:
