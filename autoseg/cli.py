@@ -239,16 +239,16 @@ def fingerprint(
     num_workers: Optional[int] = typer.Option(None, "-np", "--num-workers", min=0, help=WORKERS_HELP),
 ) -> None:
     """Verify the dataset and write its fingerprint.json (spacings, shapes, intensities, class sizes and thickness)."""
-    from autoseg.dataset.verify import dataset_space_units_warning
     from autoseg.fingerprint.extract import extract_fingerprint
     from autoseg.fingerprint.file import fingerprint_path
     from autoseg.fingerprint.summary import format_fingerprint
     from autoseg.paths import resolve_dataset
 
     location = resolve_dataset(dataset)
-    result = extract_fingerprint(location, num_workers)
+    warnings: list[str] = []
+    result = extract_fingerprint(location, num_workers, warn=warnings.append)
     typer.echo(format_fingerprint(result))
-    if warning := dataset_space_units_warning(location):
+    for warning in warnings:
         typer.echo(f"WARNING {warning}", err=True)
     typer.echo(f"written: {fingerprint_path(location)}")
 

@@ -354,12 +354,6 @@ def cases_space_units_warning(cases: Sequence[Case]) -> str | None:
     return space_units_warning([path for case in cases for path in [*case.images, case.label] if path is not None])
 
 
-def dataset_space_units_warning(location: DatasetSpec) -> str | None:
-    """``cases_space_units_warning`` for the training cases of a dataset, for the stages after verify (fingerprint)."""
-    location = resolve_dataset(location)
-    return cases_space_units_warning(scan_training_cases(location.raw_dir, load_description(location.raw_dir)).cases)
-
-
 def require_valid(location: DatasetSpec, num_workers: int | None = None) -> None:
     """Raise ``DatasetError`` listing all problems when the dataset does not verify."""
     location = resolve_dataset(location)

@@ -7,6 +7,7 @@ statistics, so fingerprinting never runs on a broken dataset and never writes a 
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from autoseg import __version__
 from autoseg.dataset.cases import Case
 from autoseg.dataset.description import DatasetDescription, load_description
 from autoseg.dataset.imageio import physical_volume_mm3
-from autoseg.dataset.verify import check_case, dataset_level_problems, mixed_2d_problem
+from autoseg.dataset.verify import cases_space_units_warning, check_case, dataset_level_problems, mixed_2d_problem
 from autoseg.errors import DatasetError
 from autoseg.fingerprint.cropping import crop_to_nonzero
 from autoseg.fingerprint.file import FINGERPRINT_VERSION, dataset_json_digest, fingerprint_path
@@ -105,10 +106,12 @@ def extract_fingerprint(
     num_workers: int | None = None,
     seed: int = SAMPLING_SEED,
     output: Path | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Verify and fingerprint every training case; write ``fingerprint.json`` atomically.
 
-    Raises ``DatasetError`` listing every problem (nothing is written then).
+    Raises ``DatasetError`` listing every problem (nothing is written then). ``warn``, when given, gets the
+    space-units warning of the cases listed here (so a command need not list them again).
     """
     location = resolve_dataset(location)
     desc = load_description(location.raw_dir)
@@ -130,6 +133,8 @@ def extract_fingerprint(
         raise DatasetError(_problem_listing(location, [_no_foreground_problem(location, desc)]))
     fingerprint = _pool(location, desc, cases, results, seed)
     atomic_write_json(output or fingerprint_path(location), fingerprint)
+    if warn is not None and (units := cases_space_units_warning(cases)):
+        warn(units)
     return fingerprint
 
 
