@@ -539,8 +539,7 @@ def prediction_cases(pred_dir: Path, ref_dir: Path, file_ending: str, quiet: boo
     where nnU-Net ignores it; such files are skipped with one note."""
     cases, skipped = {}, []
     for case, path in label_maps(pred_dir).items():
-        has_reference = any(ref.is_file() for ref in _reference_candidates(ref_dir, case, path, file_ending))
-        if path.name.endswith(file_ending) or has_reference:
+        if path.name.endswith(file_ending) or any(ref.is_file() for ref in _reference_candidates(ref_dir, case, path, file_ending)):
             cases[case] = path
         else:
             skipped.append(path.name)
