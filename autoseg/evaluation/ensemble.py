@@ -219,6 +219,6 @@ def ensemble_folders(
     remove_stale_temporaries(out)  # what a killed run left half-written
     items = [(case, (case, dirs, out, endings[case], save_probabilities)) for case in ordered]
     workers = stage_workers(num_workers, EvaluationError)
-    _, failures = parallel_map(ensemble_case, items, min(workers, len(items)), "ensembling")
+    _, failures = parallel_map(ensemble_case, items, workers, "ensembling")
     raise_failures(failures, len(items), "ensembled")
     return ordered

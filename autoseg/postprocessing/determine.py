@@ -131,7 +131,7 @@ def _run_pass(
     items = [
         (case, (pred, ref, accepted, candidates, classes, ignore_label, declared)) for case, (pred, ref) in pairs.items()
     ]
-    results, failures = parallel_map(_evaluate_candidates, items, min(num_workers, len(items)), description)
+    results, failures = parallel_map(_evaluate_candidates, items, num_workers, description)
     raise_failures(failures, len(items), "evaluated")
     rows = [results[case] for case in pairs]
     base = _class_means([r["base"] for r in rows], classes)
@@ -361,6 +361,6 @@ def apply_to_folder(
     declared = decision_label_values(decision)
     items = [(case, (path, output_dir / path.name, decision, declared)) for case, path in files.items()]
     workers = stage_workers(num_workers, EvaluationError)
-    _, failures = parallel_map(_apply_file, items, min(workers, len(items)), "postprocessing")
+    _, failures = parallel_map(_apply_file, items, workers, "postprocessing")
     raise_failures(failures, len(items), "postprocessed")
     return [output_dir / path.name for path in files.values()]
