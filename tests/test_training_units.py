@@ -353,7 +353,6 @@ def test_a_split_file_not_utf8_or_a_folder_in_its_place_is_refused_by_name(tmp_p
         fold_cases(tmp_path, CASES, 0)
     (tmp_path / SPLITS_FILE).unlink()
     (tmp_path / SPLITS_FILE).mkdir()
-    with pytest.raises(TrainingError, match=r"splits_final\.json: is a folder where the split file goes; move or rename "
-                                            r"that folder"):
+    with pytest.raises(TrainingError, match=r"splits_final\.json: is a folder, not a JSON file; give the file itself"):
         fold_cases(tmp_path, CASES, 0)
     assert [p.name for p in tmp_path.iterdir() if p.name != f"{SPLITS_FILE}.lock"] == [SPLITS_FILE]

@@ -59,13 +59,10 @@ def kfold_splits(case_ids: Sequence[str], n_folds: int = NUM_FOLDS, seed: int = 
 def load_or_create_splits(folder: Path, case_ids: Sequence[str]) -> list[dict[str, list[str]]]:
     """The splits in ``folder/splits_final.json``, created first if absent (a user's file wins)."""
     path = Path(folder) / SPLITS_FILE
-    if path.is_dir():  # the new split file was renamed onto it: an internal IsADirectoryError
-        raise TrainingError(f"{path}: is a folder where the split file goes; move or rename that folder (train then "
-                            "writes the split file), or put your own split file in its place")
-    if not path.is_file():
+    if not path.exists():  # a folder in its place is left to read_splits to refuse
         path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(path) + ".lock"):
-            if not path.is_file():  # another job may have written it while we waited
+            if not path.exists():  # another job may have written it while we waited
                 atomic_write_json(path, kfold_splits(case_ids))
     return read_splits(path)
 
