@@ -70,28 +70,19 @@ def find_description(pred_dir: Path, ref_dir: Path) -> DatasetDescription:
     )
 
 
-def _ignore_label_beside(pred_dir: Path, ref_dir: Path) -> int | None:
-    """The ignore label of the dataset.json beside the references, if there is one: ``--labels`` picks
-    the classes, but ignored voxels must stay out of every metric (they counted as background). One that cannot
-    be read (the Decathlon's nnU-Net v1 dataset.json above its labelsTr) is noted, not refused: --labels needs
-    none, and its refusal asked to edit a file of the user's data."""
-    try:
-        return find_description(pred_dir, ref_dir).ignore_label
-    except EvaluationError:
-        return None
-    except DatasetError as exc:
-        print(f"note: {exc}: not read for an ignore label (--labels gives the classes)", file=sys.stderr)
-        return None
-
-
-def _description_beside(pred_dir: Path, ref_dir: Path) -> DatasetDescription | None:
-    """``find_description``, None when there is none; one that cannot be read is refused with the ways round it, as
-    a dataset.json found beside the references may be another tool's (the Decathlon's nnU-Net v1 file)."""
+def _description_beside(pred_dir: Path, ref_dir: Path, labels_given: bool = False) -> DatasetDescription | None:
+    """``find_description``, None when there is none. One that cannot be read (the Decathlon's nnU-Net v1 dataset.json
+    above its labelsTr) is refused with the ways round it; with ``labels_given`` (``--labels``, which wants only its
+    ignore label: ignored voxels stay out of every metric) it is noted instead, as --labels needs none and the refusal
+    asked to edit a file of the user's data."""
     try:
         return find_description(pred_dir, ref_dir)
     except EvaluationError:
         return None
     except DatasetError as exc:
+        if labels_given:
+            print(f"note: {exc}: not read for an ignore label (--labels gives the classes)", file=sys.stderr)
+            return None
         raise EvaluationError(f"{exc} (a dataset.json found beside the references or predictions; to evaluate without "
                               "it, give the labels with --labels, or the dataset with -d)") from None
 
@@ -183,9 +174,8 @@ def choose_labels(
     """The dataset's labels if given; else ``label_values`` (``--labels``); else the ``dataset.json``
     beside the references; else every value found in the references (nnU-Net's simple evaluation).
 
-    A missing prediction folder is refused first: every reference was read for its values, and the command printed
-    which labels it would evaluate, before it said that ``-p`` names no folder."""
-    require_folder(pred_dir, "predicted label maps", PREDICTION_FOLDER)
+    Run after ``check_evaluation_output``, which refuses a missing prediction folder: every reference was read for
+    its values, and the command printed which labels it would evaluate, before it said that ``-p`` names no folder."""
     if description is not None and label_values:
         raise EvaluationError("give either a dataset (-d) or --labels, not both")
     if description is not None:
@@ -197,7 +187,8 @@ def choose_labels(
                 f"--labels {' '.join(map(str, label_values))}: give distinct positive label values (0 is background)"
             )
         mapping = label_mapping(sorted(label_values))
-        ignore = _ignore_label_beside(pred_dir, ref_dir)
+        beside = _description_beside(pred_dir, ref_dir, labels_given=True)
+        ignore = beside.ignore_label if beside is not None else None
         if ignore is not None:
             if ignore in label_values:
                 raise EvaluationError(
