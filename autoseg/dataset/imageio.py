@@ -1568,10 +1568,10 @@ def _refuse_unset_pixel_spacing(folder: Path, file: str, header: sitk.ImageFileR
     reads 1 x 1 mm pixels without a word, so the series was resampled and predicted at a made-up voxel size, as an
     unset NIfTI or NRRD voxel size was (``_unset_voxel_size_problem``). A folder of one single-frame file is asked
     too (it was read as 1 mm pixels in silence), and a multi-frame file, which keeps its spacing in a functional
-    group that ITK's tags do not show, by its bytes (``_multi_frame_names_pixel_spacing``)."""
-    if _is_multi_frame(header) and _multi_frame_names_pixel_spacing(file):
+    group that ITK's tags do not show, by its bytes (``_multi_frame_names_pixel_spacing``) when the tags lack it."""
+    if any(header.HasMetaDataKey(tag) for tag in _DICOM_PIXEL_SPACING_TAGS):
         return
-    if not any(header.HasMetaDataKey(tag) for tag in _DICOM_PIXEL_SPACING_TAGS):
+    if not (_is_multi_frame(header) and _multi_frame_names_pixel_spacing(file)):
         raise DatasetError(f"{folder}: {Path(file).name} gives no pixel spacing (PixelSpacing, 0028,0030), which ITK "
                            "would read as 1 mm; write the slices' true pixel spacing into the files (export the series "
                            "again)")
