@@ -146,8 +146,9 @@ def test_a_setting_out_of_range_is_refused_before_anything_is_written(results: P
         assert not (results / DATASET).exists()
     # --workers 1000 was refused as num_workers once the trainer was built, leaving the fold's log; 2.5 trained with 2
     for workers in (1000, -1, 2.5, True):
-        with pytest.raises(TrainingError, match=rf"^--workers {workers!r}: must be a whole number from 0 \(batches built "
-                                                r"in the training process\) to \d+ \(4 per core of this machine\)$"):
+        with pytest.raises(TrainingError, match=rf"^--workers {workers!r}: must be >= 0 and at most \d+ \(4 per core of "
+                                                r"this machine\) or auto \(0: batches built in the training process\); "
+                                                r"without --workers it is auto$"):
             train_fold(DATASET, "3d_fullres", "all", epochs=1, workers=workers, device="cpu", overrides=FAST)
         assert not (results / DATASET).exists()
 

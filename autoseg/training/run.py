@@ -36,7 +36,7 @@ from autoseg.training.cascade import (
 )
 from autoseg.training.checkpoints import FINAL, LATEST
 from autoseg.training.config import dump_config, resolve_training_config
-from autoseg.training.data_loading import MAX_WORKERS_PER_CORE, most_workers
+from autoseg.training.config_rules import RULES
 from autoseg.training.distributed import DistributedContext, barrier, init_distributed, rank_batch_size, shutdown
 from autoseg.training.fold_run import FoldRun
 from autoseg.training.math_threads import applied, choose_math_threads
@@ -182,10 +182,11 @@ def _refuse_a_case_named_summary(run: FoldRun, save_probabilities: bool) -> None
 
 def _check_workers(workers: int | None) -> None:
     """Refuse a --workers count before anything is written: 1000 was refused only once the trainer was built, naming
-    num_workers and leaving the fold's training_log.txt behind, and from Python ``workers=2.5`` trained with 2."""
-    if workers is not None and not (is_finite_number(workers, integer=True) and 0 <= workers <= most_workers()):
-        raise TrainingError(f"--workers {workers!r}: must be a whole number from 0 (batches built in the training process) "
-                            f"to {most_workers()} ({MAX_WORKERS_PER_CORE} per core of this machine)")
+    num_workers and leaving the fold's training_log.txt behind, and from Python ``workers=2.5`` trained with 2. The
+    bound is ``num_workers``' rule."""
+    problem = None if workers is None else RULES["num_workers"].problem(workers)
+    if problem is not None:
+        raise TrainingError(f"--workers {workers!r}: {problem}; without --workers it is auto")
 
 
 def _check_seed(seed: int) -> None:
