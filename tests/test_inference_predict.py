@@ -201,6 +201,22 @@ def test_missing_fold_checkpoint_and_folder_errors(model_3d: Path) -> None:
         load_model(model_3d)
 
 
+def test_a_fold_without_the_checkpoint_is_refused_naming_the_folds_that_have_it(model_3d: Path) -> None:
+    """A fold folder of an interrupted training (no checkpoint, or only best), which the default folds include, was
+    refused with 'finish training this fold or choose another --checkpoint' only: never the -f that predicts."""
+    (model_3d / "fold_1" / "checkpoint_final.safetensors").rename(model_3d / "fold_1" / "checkpoint_best.safetensors")
+    (model_3d / "fold_2").mkdir()
+    with pytest.raises(InferenceError) as caught:
+        load_model(model_3d, device="cpu")
+    assert str(caught.value) == (f"{model_3d / 'fold_1' / 'checkpoint_final.safetensors'}: not found (present: best); "
+                                 "finish training this fold or choose another --checkpoint, or predict with the folds "
+                                 "that hold it (-f 0)")
+    with pytest.raises(InferenceError, match=r"fold_2/checkpoint_best.safetensors: not found \(present: none\); finish "
+                                             r"training this fold or choose another --checkpoint, or predict with the "
+                                             r"folds that hold it \(-f 1\)$"):
+        load_model(model_3d, checkpoint="best", folds=[1, 2], device="cpu")
+
+
 def test_a_dataset_json_whose_channels_are_not_the_networks_is_refused(model_3d: Path) -> None:
     """A model folder whose dataset.json (and plans) name two channels for a one-channel network loaded, and
     every case then failed with torch's 'expected input ... to have 1 channels, but got 2'."""

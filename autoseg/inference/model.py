@@ -27,10 +27,11 @@ from autoseg.networks import create_network
 from autoseg.paths import check_model_folder_name, dataset_folders, expand_home, parse_dataset_id, results_root
 from autoseg.planning.plans import check_plans_match_dataset, get_configuration, load_plans
 from autoseg.utils.checkpoint_format import (
-    check_outputs_match_labels, checkpoint_file, first_mismatch, missing_checkpoint, read_checkpoint,
+    check_outputs_match_labels, checkpoint_exists, checkpoint_file, first_mismatch, missing_checkpoint, read_checkpoint,
 )
 
 FOLD_DIR = re.compile(r"^fold_(\d+|all)$")
+MISSING_CHECKPOINT_FIX = "finish training this fold or choose another --checkpoint"
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
@@ -74,9 +75,18 @@ def _resolve_folds(folder: Path, folds: Sequence[int | str] | str | None) -> lis
     return canonical_folds(names, present)
 
 
-def _load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
-    missing = missing_checkpoint(path, "finish training this fold or choose another --checkpoint")
+def _load_checkpoint(path: Path, device: torch.device, missing_fix: str = MISSING_CHECKPOINT_FIX) -> dict[str, Any]:
+    missing = missing_checkpoint(path, missing_fix)
     return read_checkpoint(path, InferenceError, missing, fix="use a matching autoseg version or retrain", device=device)
+
+
+def _missing_checkpoint_fix(folder: Path, folds: Sequence[str], file_name: str) -> str:
+    """What to do about a chosen fold lacking the checkpoint: the fix named only 'choose another --checkpoint', also
+    for a fold holding none (an interrupted training's fold_<k>, which the default folds include), never the folds
+    that could predict."""
+    ready = [fold for fold in folds if checkpoint_exists(folder / f"fold_{fold}" / file_name)]
+    with_ready = f", or predict with the folds that hold it (-f {' -f '.join(ready)})" if ready else ""
+    return MISSING_CHECKPOINT_FIX + with_ready
 
 
 def build_network(checkpoint: dict[str, Any], path: Path | str, device: torch.device) -> nn.Module:
@@ -239,10 +249,11 @@ def load_model(
     torch_device = pick_device(device)
     networks, metas, paths = [], [], []
     digest = hashlib.sha256()
+    missing_fix = _missing_checkpoint_fix(folder, fold_names, checkpoint_file_name)
     for fold in fold_names:
         path = folder / f"fold_{fold}" / checkpoint_file_name
         paths.append(path)
-        loaded = _load_checkpoint(path, torch_device)
+        loaded = _load_checkpoint(path, torch_device, missing_fix)
         check_outputs_match_labels(loaded["metadata"], description.num_output_channels, str(path),
                                    str(folder / "dataset.json"), InferenceError)
         check_fold_of_model(loaded["metadata"], folder.name, path)
