@@ -99,6 +99,26 @@ def test_cli_predict_statistics_measure_the_written_labels(tmp_path: Path) -> No
             assert entry["intensity"]["0:MRI"]["mean"] == pytest.approx(float(image[mask].mean()), rel=1e-5)
 
 
+def test_cli_predict_statistics_notes_skipped_images_once(tmp_path: Path) -> None:
+    """predict --statistics discovers the input three times (the name check, predict, the statistics): an image of a
+    format autoseg does not read beside the case was noted three times."""
+    from cli_helpers import runner
+    from test_inference_predict import make_model
+
+    from autoseg.cli import app
+
+    model = make_model(tmp_path / "models", "3d_fullres", folds=("0",))
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "hippocampus_001_0000.nii.gz").write_bytes((HIPPOCAMPUS / "imagesTr" / "hippocampus_001_0000.nii.gz").read_bytes())
+    (inputs / "snapshot.jpg").write_bytes(b"")
+    result = runner.invoke(app, ["predict", "-i", str(inputs), "-o", str(tmp_path / "out"), "-m", str(model), "--no-tta",
+                                 "--statistics"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count("skipped snapshot.jpg: images in a format autoseg does not read") == 1
+    assert (tmp_path / "out" / "hippocampus_001_statistics.json").is_file()
+
+
 def test_statistics_never_replace_another_cases_probabilities(tmp_path: Path) -> None:
     """Case x's x_statistics.json is also the probabilities' sidecar of a case named x_statistics: it was
     overwritten (the sidecar lost, ensemble refused the case). Refused before anything is predicted."""

@@ -100,7 +100,7 @@ def refuse_name_clashes(input_path: str | Path, output_folder: str | Path, save_
     (``predict --save-probabilities --statistics``, or saved by an earlier run), which was overwritten.
     Every case of the input counts, not only this part's: ``--num-parts`` runs share the folder."""
     output = Path(output_folder)
-    cases = {case.case_id for case in discover_cases(input_path)}
+    cases = {case.case_id for case in discover_cases(input_path, quiet=True)}  # predict_folder notes skipped files
     # A folder where a statistics file goes: every case was predicted, then writing the file failed.
     refuse_folder_among([output / SUMMARY_CSV, *(statistics_path(output, case_id) for case_id in sorted(cases))],
                         "autoseg predict --statistics", InferenceError)
@@ -135,7 +135,7 @@ def write_statistics(
     CSV of its own part over the others'. It is written under the folder's lock, so the part that writes
     last (whichever it is) sees every other part's files."""
     output = Path(output_folder)
-    cases = discover_cases(input_path)
+    cases = discover_cases(input_path, quiet=True)  # the predictions' input: predict_folder noted its skipped files
     chosen = cases if case_ids is None else [c for c in cases if c.case_id in set(case_ids)]
     for case in chosen:
         stats = {"case_id": case.case_id, **_case_statistics_from_files(case, output, description)}

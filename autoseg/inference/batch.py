@@ -184,11 +184,13 @@ def _channel_siblings(path: Path, case_id: str, ending: str) -> list[Path]:
     return siblings
 
 
-def discover_cases(input_path: str | Path) -> list[InputCase]:
+def discover_cases(input_path: str | Path, quiet: bool = False) -> list[InputCase]:
     """Cases in a folder (``<case>_XXXX<ending>`` files, DICOM series subfolders), one file, or one DICOM folder.
 
     Names without a ``_XXXX`` channel suffix are single-channel cases. Files of other types (notes,
-    JSON) are ignored, images of a format autoseg does not read with a note. Sorted by case id.
+    JSON) are ignored, images of a format autoseg does not read and subfolders without DICOM files with a
+    note; ``quiet`` leaves the notes out, for a discovery the command has noted already (predict --statistics
+    discovers the input three times, and said each note three times). Sorted by case id.
     """
     path = Path(input_path)
     if not path.exists():
@@ -230,10 +232,10 @@ def discover_cases(input_path: str | Path) -> list[InputCase]:
                 _add(cases, entry, entry.name[: -len(ending)])
             elif entry.suffix.lower() in UNREAD_IMAGE_ENDINGS:
                 other_formats.append(entry.name)
-        if cases and not_series:
+        if cases and not_series and not quiet:
             print(f"note: {path}: skipped subfolder(s) {', '.join(not_series)}: no DICOM files in them (a DICOM series "
                   "is read from a folder of its slice files)", file=sys.stderr)
-        if cases and other_formats:
+        if cases and other_formats and not quiet:
             _note_other_formats(path, other_formats)
     if not cases:
         if path.is_dir() and (problem := damaged_dicom_refusal(path)):  # was 'no images found (not images: 1.dcm)'
