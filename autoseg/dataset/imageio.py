@@ -191,7 +191,7 @@ def read_image(path: str | Path) -> tuple[np.ndarray, Geometry]:
         raise DatasetError(f"{path}: file is truncated (its voxel data ends early); copy or export it again")
     if (problem := _unset_voxel_size_problem(path, ending, start.data if start else b"")) is not None:
         raise DatasetError(problem)
-    if (problem := _missing_data_file_problem(path) or _claimed_data_problem(path)) is not None:
+    if (problem := _claimed_data_problem(path)) is not None:
         raise DatasetError(problem)
     try:
         image = sitk.ReadImage(str(path))
@@ -239,8 +239,9 @@ def _missing_file_problem(path: Path) -> str:
 
 
 def _missing_data_file_problem(path: Path) -> str | None:
-    """The data file a detached header (.mhd, .nhdr) names that is not beside it, named; asked before ITK reads,
-    whose MetaImage reader printed its own 'MetaImage: Read: Cannot open data file' on stderr first."""
+    """The data file a detached header (.mhd, .nhdr) names that is not beside it, named; asked before ITK reads (by
+    ``_claimed_data_problem``), whose MetaImage reader printed its own 'MetaImage: Read: Cannot open data file' on
+    stderr first."""
     missing = [name for name in detached_data_files(path) if not (path.parent / name).is_file()]
     if not missing:
         return None
@@ -636,11 +637,13 @@ def _claimed_data_problem(path: Path) -> str | None:
     took 4 GB and 3 s to fail as 'fread got only 100 4-sized things', and a larger claim could exhaust the memory.
     The data's stored bytes bound what it can hold: all of the claimed bytes when raw, one byte a voxel value at
     least as text (one character a value), half as hex, and for gzip or zlib data at most ``_DEFLATE_MAX_RATIO``
-    times the compressed size. Only the sizes of files are looked at: nothing is read or decompressed.
+    times the compressed size. Only the sizes of files are looked at: nothing is read or decompressed. A header
+    this check does not follow (its data file missing among the reasons) is asked only for a missing data file,
+    so a header that is followed is read once.
     """
     claim = _data_claim(path)
     if claim is None:
-        return None
+        return _missing_data_file_problem(path)
     if claim.encoding == "bzip2":  # ITK's NrrdIO has no bzip2: it allocated the claimed image, then refused
         return (f"{path}: its voxel data is bzip2-compressed, which ITK, the image reader, cannot read; save it again "
                 "with gzip (or raw) encoding")
