@@ -350,12 +350,9 @@ def _nrrd_unset_voxel_sides(path: Path) -> list[str]:
     return [f"spacings: {' '.join(spacings)}"] if unset else []
 
 
-# NRRD "space units" spellings of millimetres; ITK ignores the field and reads every spacing as mm.
-_NRRD_MM_UNITS = ("mm", "millimeter", "millimeters", "millimetre", "millimetres")
-
-
 def nrrd_space_units(path: Path) -> list[str]:
-    """The length units other than mm that a NRRD header (.nrrd, .nhdr) names in its ``space units`` field."""
+    """The length units other than mm that a NRRD header (.nrrd, .nhdr) names in its ``space units`` field (ITK
+    ignores the field and reads every spacing as mm); a spelling of mm is one of factor 1 in ``_MM_PER_UNIT``."""
     if image_ending(path) not in (".nrrd", ".nhdr") or not path.is_file():
         return []
     try:
@@ -363,7 +360,7 @@ def nrrd_space_units(path: Path) -> list[str]:
     except OSError:  # an unreadable file: reading it says why
         return []
     units = re.findall(r'"([^"]*)"', parsed[0].get("space units", "")) if parsed is not None else []
-    return sorted({unit.strip() for unit in units if unit.strip() and unit.strip().lower() not in _NRRD_MM_UNITS})
+    return sorted({unit.strip() for unit in units if unit.strip() and _MM_PER_UNIT.get(unit.strip().lower()) != 1.0})
 
 
 def space_units_warning(paths: Sequence[Path]) -> str | None:
@@ -921,9 +918,12 @@ def _written_spacing(path: Path) -> Any:
     return _spacing_in_mm(path, spacing, metadata[0].get("unit", "mm"))
 
 
-# Millimetres per length unit as tools write it beside a TIFF description's spacing (tifffile: metadata={"unit": "um"}).
-_MM_PER_UNIT = {"mm": 1.0, "millimeter": 1.0, "um": 1e-3, "\u00b5m": 1e-3, "\u03bcm": 1e-3, "micron": 1e-3, "micrometer": 1e-3,
-                "nm": 1e-6, "nanometer": 1e-6, "cm": 10.0, "centimeter": 10.0, "m": 1e3, "meter": 1e3}
+# Millimetres per length unit as tools write it beside a TIFF description's spacing (tifffile: metadata={"unit": "um"})
+# or in a NRRD header's space units.
+_MM_PER_UNIT = {"mm": 1.0, "millimeter": 1.0, "millimeters": 1.0, "millimetre": 1.0, "millimetres": 1.0,
+                "um": 1e-3, "\u00b5m": 1e-3, "\u03bcm": 1e-3, "micron": 1e-3, "microns": 1e-3, "micrometer": 1e-3,
+                "micrometers": 1e-3, "nm": 1e-6, "nanometer": 1e-6, "nanometers": 1e-6, "cm": 10.0, "centimeter": 10.0,
+                "centimeters": 10.0, "m": 1e3, "meter": 1e3, "meters": 1e3}
 
 
 def _spacing_in_mm(path: Path, spacing: list[Any], unit: Any) -> list[Any]:
