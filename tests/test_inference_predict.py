@@ -217,6 +217,18 @@ def test_a_fold_without_the_checkpoint_is_refused_naming_the_folds_that_have_it(
         load_model(model_3d, checkpoint="best", folds=[1, 2], device="cpu")
 
 
+def test_a_plans_json_without_the_models_configuration_is_refused_naming_it(model_3d: Path) -> None:
+    """The refusal ('configuration ... is not in plans ...') named neither the model's plans.json nor the fix."""
+    plans = json.loads((model_3d / "plans.json").read_text())
+    del plans["configurations"]["3d_fullres"]
+    (model_3d / "plans.json").write_text(json.dumps(plans))
+    with pytest.raises(InferenceError) as caught:
+        load_model(model_3d, device="cpu")
+    assert str(caught.value) == (f"{model_3d / 'plans.json'}: configuration '3d_fullres' is not in plans 'autosegPlans' of "
+                                 f"{DATASET}; planned: 2d, 3d_lowres, 3d_cascade_fullres; restore the plans.json the model "
+                                 "was trained with (its folder is named after 3d_fullres)")
+
+
 def test_a_dataset_json_whose_channels_are_not_the_networks_is_refused(model_3d: Path) -> None:
     """A model folder whose dataset.json (and plans) name two channels for a one-channel network loaded, and
     every case then failed with torch's 'expected input ... to have 1 channels, but got 2'."""

@@ -21,7 +21,7 @@ from torch import nn
 
 from autoseg.utils.device import choose_device
 from autoseg.dataset.description import DatasetDescription, channel_list, parse_description, previous_stage_label_problem
-from autoseg.errors import InferenceError, NetworkError
+from autoseg.errors import InferenceError, NetworkError, PlanError
 from autoseg.inference.engine import DEFAULT_CHECKPOINT, LoadedModel, canonical_folds
 from autoseg.networks import create_network
 from autoseg.paths import check_model_folder_name, dataset_folders, expand_home, parse_dataset_id, results_root
@@ -201,6 +201,16 @@ def _model_file_fix(path: Path) -> str:
     return "give a model folder, or a model zip from autoseg export-model under a name ending in .zip"
 
 
+def _model_configuration(plans: dict[str, Any], name: str, plans_file: Path) -> dict[str, Any]:
+    """The configuration the model folder is named after, from its plans.json: one lacking it (edited, or another
+    plans file copied in) was refused naming neither that file nor the fix."""
+    try:
+        return get_configuration(plans, name)
+    except PlanError as exc:
+        raise InferenceError(f"{plans_file}: {exc}; restore the plans.json the model was trained with (its folder is "
+                             f"named after {name})") from None
+
+
 @dataclass(frozen=True)
 class ModelFiles:
     """A model folder's plans.json and dataset.json, parsed and checked."""
@@ -239,7 +249,7 @@ def load_model(
     configuration_name = _configuration_from_folder(folder)
     files = (parsed or {}).get(folder.name) or _read_model_files(folder)
     plans, description = files.plans, files.description
-    configuration = get_configuration(plans, configuration_name)
+    configuration = _model_configuration(plans, configuration_name, folder / "plans.json")
     check_plans_match_dataset(
         plans, description, folder / "plans.json", folder / "dataset.json",
         "the model was trained on a dataset.json edited after planning: re-plan (autoseg plan --overwrite), "
