@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from autoseg.cli_usage import OneLineUsageGroup
+from autoseg.cli_usage import OneLineUsageGroup, echo_error
 from autoseg.errors import AutosegError, out_of_memory_message
 from autoseg.utils.termination import TERMINATED_EXIT_CODE, Terminated, signals_as_interrupts
 
@@ -39,11 +39,8 @@ app = typer.Typer(
 
 
 def _fail(message: str, code: int) -> None:
-    """Print ``message`` as one error line, with the undecodable bytes of the file names it holds shown as
-    ``\\xff`` (as ``printable_path`` does), never as ``\\udcff``, and exit with ``code``."""
-    from autoseg.paths import printable_text
-
-    typer.echo(f"autoseg: error: {printable_text(message)}", err=True)
+    """Print ``message`` as one error line (``echo_error``) and exit with ``code``."""
+    echo_error(message)
     raise typer.Exit(code)
 
 

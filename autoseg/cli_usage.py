@@ -43,13 +43,19 @@ NNUNET_SPELLINGS: dict[str, tuple[str, str]] = {
 }
 
 
+def echo_error(message: str, file: IO[Any] | None = None) -> None:
+    """Print ``message`` as autoseg's one error line (on stderr unless ``file``), with the undecodable bytes of the
+    file names it holds shown as ``\\xff`` (as ``printable_path`` does), never as ``\\udcff``."""
+    from autoseg.paths import printable_text
+
+    typer.echo(f"autoseg: error: {printable_text(message)}", file=file, err=True)
+
+
 class OneLineUsageError(UsageError):
     """A usage error shown as autoseg's other errors are: ``autoseg: error: <command>: <problem>; see '... --help'``."""
 
     def show(self, file: IO[Any] | None = None) -> None:
-        from autoseg.paths import printable_text
-
-        typer.echo(f"autoseg: error: {printable_text(self.message)}", file=file, err=True)
+        echo_error(self.message, file)
 
 
 def one_line_usage_error(error: UsageError, args: Sequence[str], group_ctx: typer.Context | None = None) -> UsageError:
