@@ -79,6 +79,12 @@ def printable_text(text: str) -> str:
     return _SURROGATE.sub(_escaped_surrogate, text)
 
 
+def has_lone_surrogate(text: str) -> bool:
+    """Whether ``text`` holds a surrogate (an undecodable file name byte, or half of a UTF-16 pair), which no
+    UTF-8 output or file takes."""
+    return _SURROGATE.search(text) is not None
+
+
 def _escaped_surrogate(match: re.Match[str]) -> str:
     code = ord(match.group())
     return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from autoseg.errors import AutosegError
+from autoseg.paths import has_lone_surrogate
 
 # Byte-order marks a text editor puts before the text: Windows Notepad's "UTF-8 with BOM" and "Unicode".
 _BYTE_ORDER_MARKS = {codecs.BOM_UTF8: "UTF-8 with a byte-order mark (BOM)", codecs.BOM_UTF16_LE: "UTF-16",
@@ -93,21 +94,17 @@ def parse_json_bytes(data: bytes, where: str, error: type[AutosegError], invalid
                     f"or nnU-Net writes); {invalid}") from None
 
 
-def _has_lone_surrogate(text: str) -> bool:
-    return any(0xD800 <= ord(char) <= 0xDFFF for char in text)
-
-
 def lone_surrogate_location(data: Any, where: str = "") -> str | None:
     """Where parsed JSON holds a string (key or value) with a lone surrogate (``"\\ud800"``: half of a UTF-16
     pair, which encodes no character), as ``labels["\\ud800x"]``; None if nowhere. JSON's syntax allows the
     escape, but no such text can be written as UTF-8: a label name holding one passed verify, then failed
     evaluate with an internal error after summary.json was written."""
     if isinstance(data, str):
-        return (where or "the top level") if _has_lone_surrogate(data) else None
+        return (where or "the top level") if has_lone_surrogate(data) else None
     if isinstance(data, list):
         found = (lone_surrogate_location(value, f"{where}[{index}]") for index, value in enumerate(data))
     elif isinstance(data, dict):
-        found = (f"{where}[{json.dumps(key)}] (the key)" if _has_lone_surrogate(key)
+        found = (f"{where}[{json.dumps(key)}] (the key)" if has_lone_surrogate(key)
                  else lone_surrogate_location(value, f"{where}[{json.dumps(key)}]" if where else key)
                  for key, value in data.items())
     else:
