@@ -116,6 +116,8 @@ def test_pretrained_loading_keeps_heads_fresh_and_refuses_other_topologies(tmp_p
     zip_path = export_model(model, tmp_path / "model.zip", folds=[0])  # an export-model zip: its first fold
     again = create_network("unet", TINY_TOPOLOGY, 1, 2)
     assert load_pretrained(again, zip_path, "unet", log=lambda _: None).loaded == report.loaded
+    renamed = zip_path.rename(tmp_path / "model.bin")  # was read as a safetensors file: 'not a readable safetensors file'
+    assert load_pretrained(again, renamed, "unet", log=lambda _: None).loaded == report.loaded
     assert all(torch.equal(again.state_dict()[k], target.state_dict()[k]) for k in report.loaded)
     (tmp_path / "broken.zip").write_bytes(b"PK not a zip")
     with pytest.raises(TrainingError, match=r"broken.zip: not a readable zip \(.*\); give a zip written by `autoseg export-model`"):

@@ -26,6 +26,7 @@ from autoseg.utils.weights_file import LEGACY_SUFFIX, SUFFIX
 
 
 PRETRAINED_FIX = "give a checkpoint written by this autoseg"
+ZIP_MAGIC = b"PK"  # a zip's first bytes, also of one cut short (the zip reader then names its damage)
 TORCH_ZIP_PICKLE = "data.pkl"  # the pickle in every torch.save file of torch's zip format (<name>/data.pkl)
 PICKLE_PROTOCOLS = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")  # PROTO opcode: torch's legacy format, pickle
 # A safetensors file starts with its header's length (8 bytes, which can begin as PICKLE_PROTOCOLS do), then the header.
@@ -90,6 +91,16 @@ def _refuse_several_models(path: Path, members: list[str]) -> None:
         )
 
 
+def _starts_as_zip(path: Path) -> bool:
+    """A model zip is known by its first bytes, as --transfer-plans-from knows it: one renamed without .zip
+    (model.bin) was read as a safetensors file and refused as 'not a readable safetensors file'."""
+    try:
+        with path.open("rb") as handle:
+            return handle.read(len(ZIP_MAGIC)) == ZIP_MAGIC
+    except OSError:
+        return False  # the checkpoint reader that follows names the file's problem
+
+
 def _pickle_kind(path: Path) -> str | None:
     """What pickle the file ``path`` is (torch.save's zip, as nnU-Net's ``checkpoint_final.pth``; torch's legacy
     format or a plain pickle), else None: such a file was refused as 'not a readable safetensors file (... header
@@ -132,7 +143,7 @@ def read_pretrained(source: str | Path) -> tuple[dict[str, torch.Tensor], dict[s
         path = path.with_suffix(SUFFIX)
     if path.is_file():
         _refuse_pickle(path)
-    if path.suffix == ".zip" and path.is_file():
+    if path.is_file() and _starts_as_zip(path):
         tree, where = _read_zip(path)
     else:
         missing = "not found; give a checkpoint file, a trained model folder or a model zip from export-model"
