@@ -157,7 +157,7 @@ def labels_in_references(ref_dir: Path, file_ending: str, num_workers: int | Non
     """Every non-zero value of the reference label maps, sorted."""
     items = [(case, (path,)) for case, path in list_cases(ref_dir, file_ending).items()]
     workers = stage_workers(num_workers, EvaluationError)
-    results, failures = parallel_map(_label_values, items, min(workers, max(1, len(items))), "reading references")
+    results, failures = parallel_map(_label_values, items, workers, "reading references")
     raise_failures(failures, len(items), "read")
     values = sorted({v for found in results.values() for v in found} - {0})
     if not values:
@@ -440,7 +440,7 @@ def evaluate_folders(
     pairs = match_cases(pred_dir, ref_dir, file_ending, case_ids)
     items = [(case, (pred, ref, classes, ignore_label, tolerance_mm, declared)) for case, (pred, ref) in pairs.items()]
     workers = stage_workers(num_workers, EvaluationError)
-    results, failures = parallel_map(evaluate_case, items, min(workers, len(items)), "evaluating")
+    results, failures = parallel_map(evaluate_case, items, workers, "evaluating")
     raise_failures(failures, len(items), "evaluated")
     per_case = [
         {"case_id": case, "prediction_file": str(pred), "reference_file": str(ref), "metrics": results[case]}
