@@ -62,12 +62,11 @@ def test_fixed_seed_run_reproduces_the_numbers_recorded_before_the_split(results
 # ----------------------------------------------------------------------------------- schedule
 
 
-def test_planned_total_follows_epochs_then_plan_then_config() -> None:
+def test_planned_total_follows_the_plan_then_the_config() -> None:
     config = {"use_plan_schedule": True, "num_epochs": 10}
-    assert planned_total(config, {"num_iterations": 77}, epochs=3, per_epoch=5) == 15
-    assert planned_total(config, {"num_iterations": 77}, epochs=None, per_epoch=5) == 77
-    assert planned_total({**config, "use_plan_schedule": False}, {"num_iterations": 77}, None, 5) == 50
-    assert planned_total(config, {}, None, 5) == 50
+    assert planned_total(config, {"num_iterations": 77}, per_epoch=5) == 77
+    assert planned_total({**config, "use_plan_schedule": False}, {"num_iterations": 77}, 5) == 50
+    assert planned_total(config, {}, 5) == 50
 
 
 def test_learning_rate_stays_continuous_when_the_total_is_retargeted() -> None:

@@ -33,7 +33,6 @@ class FoldRun:
     device: torch.device
     seed: int = 0
     deterministic: bool = False
-    num_workers: int | None = None
     budget_seconds: float | None = None
     budget_source: str | None = None  # whose budget_seconds is: "plan" (its predictions are for it) or "train --budget"
     epochs: int | None = None

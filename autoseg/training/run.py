@@ -119,7 +119,7 @@ def train_fold(
     _check_seed(seed)
     run = resolve_fold_run(
         dataset_spec, configuration, canonical_fold(fold), network, plans_name, string_list(overrides or ()), device, seed=seed,
-        deterministic=deterministic, num_workers=workers, epochs=epochs, budget_seconds=budget_seconds,
+        deterministic=deterministic, workers=workers, epochs=epochs, budget_seconds=budget_seconds,
         resume=continue_, start_time=start,
     )
     _refuse_a_case_named_summary(run, save_probabilities)
@@ -197,10 +197,11 @@ def _check_seed(seed: int) -> None:
 
 
 def resolve_fold_run(dataset_spec: DatasetSpec, configuration: str, fold: str, network: str | None, plans_name: str,
-                     overrides: Sequence[str], device: str | None, **limits: Any) -> FoldRun:
+                     overrides: Sequence[str], device: str | None, workers: int | None = None,
+                     **limits: Any) -> FoldRun:
     """Dataset, plan, network, resolved config, split, model folder and device of a fold; ``limits``
-    are FoldRun's seed, workers, epochs, budget, resume and start fields (the plan's budget applies
-    when neither --epochs nor --budget is given)."""
+    are FoldRun's seed, epochs, budget, resume and start fields (the plan's budget applies
+    when neither --epochs nor --budget is given); ``workers`` (--workers) goes into the config."""
     location = resolve_dataset(dataset_spec)
     plans = load_plans(plans_path(location.preprocessed_dir, plans_name))
     plan = get_configuration(plans, configuration)
@@ -215,8 +216,7 @@ def resolve_fold_run(dataset_spec: DatasetSpec, configuration: str, fold: str, n
             raise
         raise NetworkError(f"{plans_path(location.preprocessed_dir, plans_name)}: configuration {configuration}: {exc}; "
                            "fix the plans file's network name, or re-plan") from None
-    config = _with_command_options(resolve_training_config(network_name, overrides, plan), limits["epochs"],
-                                   limits["num_workers"])
+    config = _with_command_options(resolve_training_config(network_name, overrides, plan), limits["epochs"], workers)
     store = location.preprocessed_dir / plan["data_identifier"]
     case_ids = list_cases(store)
     if not case_ids:

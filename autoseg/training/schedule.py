@@ -81,11 +81,9 @@ def iterations_per_epoch(config: dict[str, Any], plan: dict[str, Any]) -> int:
     return int(config["iterations_per_epoch"] or plan.get("iterations_per_epoch") or DEFAULT_ITERATIONS_PER_EPOCH)
 
 
-def planned_total(config: dict[str, Any], plan: dict[str, Any], epochs: int | None, per_epoch: int) -> int:
-    """Iterations of the schedule before any time budget: ``epochs`` (--epochs), else the plan's budgeted
-    count (when ``use_plan_schedule``), else ``num_epochs`` x iterations per epoch."""
-    if epochs is not None:
-        return int(epochs) * per_epoch
+def planned_total(config: dict[str, Any], plan: dict[str, Any], per_epoch: int) -> int:
+    """Iterations of the schedule before any time budget: the plan's budgeted count (when ``use_plan_schedule``;
+    --epochs turns it off and sets ``num_epochs``), else ``num_epochs`` x iterations per epoch."""
     if config["use_plan_schedule"] and plan.get("num_iterations"):
         return int(plan["num_iterations"])
     return int(config["num_epochs"]) * per_epoch

@@ -201,7 +201,7 @@ class Trainer:
         case_cache = case_cache_bytes(cfg["case_cache_mb"], self.workers(), self.context.world_size)
         self.train_spec, self.val_spec, aug = sampling_specs(run, self.batch_size, case_cache, self.context)
         self.mirror_axes = list(aug["mirror"]["axes"]) if aug["mirror"]["p"] > 0 else []
-        self.state = TrainingState(planned_total(cfg, plan, run.epochs, self.iterations_per_epoch))
+        self.state = TrainingState(planned_total(cfg, plan, self.iterations_per_epoch))
         self.times = PartTimes()  # wall time per part, for predicted-against-actual accounting
         self.replanner: BudgetReplanner | None = None
         # Whether this process trained (ran fit()): a --continue of a finished schedule does not.
@@ -251,9 +251,8 @@ class Trainer:
     # ------------------------------------------------------------------ loop
 
     def workers(self) -> int:
-        """Data loading processes: ``--workers``, else the config's ``num_workers`` (``auto``: by device)."""
-        chosen = self.run.num_workers if self.run.num_workers is not None else self.run.config["num_workers"]
-        return worker_count(chosen, self.device.type, self.context.world_size)
+        """Data loading processes: the config's ``num_workers``, which holds ``--workers`` (``auto``: by device)."""
+        return worker_count(self.run.config["num_workers"], self.device.type, self.context.world_size)
 
     def budget_replanner(self) -> BudgetReplanner | None:
         """The re-planner of a run with a time budget (None without one)."""
