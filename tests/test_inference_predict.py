@@ -164,6 +164,17 @@ def test_a_fold_holding_another_folds_checkpoint_is_refused_naming_both(model_3d
     assert load_model(model_3d, folds=[0, 1], device="cpu").folds == ["0", "1"]
 
 
+def test_a_fold_holding_the_same_weights_as_another_is_refused(model_3d: Path) -> None:
+    """A checkpoint recording no fold, copied into another fold folder, was averaged twice as a 2-fold ensemble."""
+    shutil.copy(model_3d / "fold_0" / "checkpoint_final.safetensors", model_3d / "fold_1")
+    with pytest.raises(InferenceError) as caught:
+        load_model(model_3d, device="cpu")
+    assert str(caught.value) == (f"{model_3d / 'fold_1' / 'checkpoint_final.safetensors'}: holds the same weights as "
+                                 f"{model_3d / 'fold_0' / 'checkpoint_final.safetensors'} (copied?); predict would count "
+                                 "that fold twice: put fold_1's own checkpoint back, or leave fold_1 out (-f)")
+    assert load_model(model_3d, folds=[1], device="cpu").folds == ["1"]
+
+
 def test_a_model_folder_given_as_dot_or_dotdot_loads(model_3d: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``-m .`` inside the model folder (``..`` inside a fold) was refused as not named <network>__<plans>__<configuration>."""
     monkeypatch.chdir(model_3d)

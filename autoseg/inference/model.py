@@ -174,6 +174,18 @@ def weights_digest(weights: Mapping[str, torch.Tensor]) -> bytes:
     return digest.digest()
 
 
+def _check_folds_differ(digests: Sequence[bytes], paths: Sequence[Path]) -> None:
+    """Folds of one ensemble must hold different weights (``digests``: each fold's ``weights_digest``): a checkpoint
+    copied into another fold folder that records no fold (``check_fold_number`` needs one) was averaged twice."""
+    first_with: dict[bytes, Path] = {}
+    for digest, path in zip(digests, paths):
+        if digest in first_with:
+            fold_dir = path.parent.name
+            raise InferenceError(f"{path}: holds the same weights as {first_with[digest]} (copied?); predict would count "
+                                 f"that fold twice: put {fold_dir}'s own checkpoint back, or leave {fold_dir} out (-f)")
+        first_with[digest] = path
+
+
 FOLD_WIDE_SETTINGS = ("patch_size", "mirror_axes")  # the sliding window runs every fold with fold 0's
 
 
@@ -257,7 +269,7 @@ def load_model(
     )
     fold_names = _resolve_folds(folder, folds)
     torch_device = pick_device(device)
-    networks, metas, paths = [], [], []
+    networks, metas, paths, fold_digests = [], [], [], []
     digest = hashlib.sha256()
     missing_fix = _missing_checkpoint_fix(folder, fold_names, checkpoint_file_name)
     for fold in fold_names:
@@ -272,7 +284,9 @@ def load_model(
                                      folder / "dataset.json")
         networks.append(build_network(loaded, path, torch_device))
         metas.append(loaded["metadata"])
-        digest.update(weights_digest(loaded["network_weights"]))
+        fold_digests.append(weights_digest(loaded["network_weights"]))
+        digest.update(fold_digests[-1])
+    _check_folds_differ(fold_digests, paths)
     _check_folds_agree(metas, paths)
     meta = metas[0]
     previous = None
