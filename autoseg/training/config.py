@@ -184,14 +184,20 @@ def resolve_config(
     """Defaults, then the family's ``training_defaults`` from the registry, then the plan's training
     settings (``planned``: a short budgeted schedule's, planning/short_schedule.py), then the user's
     overrides."""
+    return _resolve_with_sources(network, list(overrides), defaults, planned)[0]
+
+
+def _resolve_with_sources(network: str, overrides: Sequence[str], defaults: Mapping[str, Any] | None,
+                          planned: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, str]]:
+    """:func:`resolve_config` and its :func:`setting_sources`, built once for the checks after it too."""
     base = dict(defaults if defaults is not None else load_defaults())
     merged = deep_merge(base, get_network_spec(network).training_defaults)
     planned = {} if planned is None else planned
     merged = _apply_planned(merged, planned)
-    overrides = list(overrides)
     config = apply_overrides(merged, overrides, flatten(planned) if isinstance(planned, Mapping) else ())
-    check_together(config, setting_sources(overrides, planned))
-    return config
+    sources = setting_sources(overrides, planned)
+    check_together(config, sources)
+    return config, sources
 
 
 PLANNED_SOURCE = "the plans file's training settings"
@@ -254,9 +260,8 @@ def resolve_training_config(network: str, overrides: Iterable[str], plan: Mappin
     schedule."""
     from autoseg.training.augmentation import resolve_augmentation, sampling_size  # batchgenerators: only when training
 
-    overrides = list(overrides)
     planned = plan.get("training") if network == plan["network"]["name"] else None
-    config = resolve_config(network, overrides, planned=planned)
+    config, sources = _resolve_with_sources(network, list(overrides), None, planned)
     patch = plan["patch_size"] if config["patch_size"] is None else config["patch_size"]  # [] is no patch: refused
     if len(patch) != len(plan["patch_size"]):
         raise TrainingError(
@@ -266,7 +271,7 @@ def resolve_training_config(network: str, overrides: Iterable[str], plan: Mappin
     config["augmentation"] = resolve_augmentation(config["augmentation"], patch, plan["normalization"],
                                                   plan.get("mirror_axes"))
     _check_batch_fits_ram(config["batch_size"], plan["batch_size"], patch, sampling_size(patch, config["augmentation"]),
-                          len(plan["normalization"]), setting_sources(overrides, planned))
-    if any(parse_override(text)[0] == "num_epochs" for text in overrides):
+                          len(plan["normalization"]), sources)
+    if sources.get("num_epochs") == "--set":
         config["use_plan_schedule"] = False
     return config
