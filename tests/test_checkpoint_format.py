@@ -63,6 +63,12 @@ def test_pretrained_weights_read_a_legacy_pt_checkpoint_given_as_a_file(tmp_path
     weights, metadata, where = read_pretrained(legacy)
     assert torch.equal(weights["conv.weight"], torch.arange(6.0).view(2, 3)) and where == str(legacy.with_suffix(".safetensors"))
     assert read_pretrained(tmp_path)[0].keys() == weights.keys()  # as its model folder gives it
+    write_checkpoint(legacy.with_suffix(".safetensors"), _checkpoint())  # was named a pickle, no autoseg checkpoint
+    with pytest.raises(TrainingError) as caught:
+        read_pretrained(legacy)
+    assert str(caught.value) == (f"{legacy}: autoseg's checkpoint before safetensors, with {legacy.with_suffix('.safetensors')} "
+                                 "beside it, which autoseg reads in its place; give that file (or move it away to "
+                                 "fine-tune from this one)")
 
 
 @pytest.mark.parametrize("read, error, fix", READERS)

@@ -132,15 +132,25 @@ def _refuse_pickle(path: Path) -> None:
         )
 
 
+def _legacy_checkpoint(path: Path) -> Path:
+    """autoseg's checkpoint before safetensors (``.pt``) given as a file, under the name it is read by (weights only),
+    as a model folder holding it is read: it was refused as 'not a readable safetensors file ... not written by
+    autoseg'. Refused, naming it, where a ``.safetensors`` file beside it replaced it (it was named a pickle that is
+    no autoseg checkpoint)."""
+    current = path.with_suffix(SUFFIX)
+    if current.exists():
+        raise TrainingError(f"{path}: autoseg's checkpoint before safetensors, with {current} beside it, which autoseg "
+                            "reads in its place; give that file (or move it away to fine-tune from this one)")
+    return current
+
+
 def read_pretrained(source: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], str]:
     """(network weights, checkpoint metadata, description) from a checkpoint, model folder or model zip."""
     path = Path(source)
     if path.is_dir():
         path = _first_fold_checkpoint(path)
-    if path.suffix == LEGACY_SUFFIX and path.is_file() and not path.with_suffix(SUFFIX).exists():
-        # autoseg's checkpoint before safetensors, read (weights only) as a model folder holding it is: given as a
-        # file, it was refused as 'not a readable safetensors file ... not written by autoseg'
-        path = path.with_suffix(SUFFIX)
+    if path.suffix == LEGACY_SUFFIX and path.is_file():
+        path = _legacy_checkpoint(path)
     if path.is_file():
         _refuse_pickle(path)
     if path.is_file() and _starts_as_zip(path):
