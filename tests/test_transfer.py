@@ -202,6 +202,12 @@ def test_a_pickled_checkpoint_such_as_nnunets_is_named_as_a_pickle(save, kind: s
     """nnU-Net's checkpoint_final.pth was refused as 'not a readable safetensors file (... header too large)'."""
     path = tmp_path / "checkpoint_final.pth"
     save({"network_weights": create_network("unet", TINY_TOPOLOGY, 1, 3).state_dict(), "trainer_name": "nnUNetTrainer"}, path)
+    folder = tmp_path / "nnUNetTrainer__nnUNetPlans__3d_fullres"  # an nnU-Net model folder: was 'holds no fold_<k>/...'
+    (folder / "fold_0").mkdir(parents=True)
+    path = path.rename(folder / "fold_0" / path.name)
+    with pytest.raises(TrainingError) as info:
+        load_pretrained(create_network("unet", TINY_TOPOLOGY, 1, 3), folder, "unet")
+    assert str(info.value).startswith(f"{path}: is {kind}, not an autoseg checkpoint;")
     with pytest.raises(TrainingError) as info:
         load_pretrained(create_network("unet", TINY_TOPOLOGY, 1, 3), path, "unet")
     assert str(info.value) == (

@@ -26,6 +26,7 @@ from autoseg.utils.weights_file import LEGACY_SUFFIX, SUFFIX
 
 
 PRETRAINED_FIX = "give a checkpoint written by this autoseg"
+NNUNET_CHECKPOINT = "checkpoint_final.pth"  # what an nnU-Net model folder's fold_<k> holds
 ZIP_MAGIC = b"PK"  # a zip's first bytes, also of one cut short (the zip reader then names its damage)
 TORCH_ZIP_PICKLE = "data.pkl"  # the pickle in every torch.save file of torch's zip format (<name>/data.pkl)
 PICKLE_PROTOCOLS = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")  # PROTO opcode: torch's legacy format, pickle
@@ -57,6 +58,8 @@ class PretrainedReport:
 def _first_fold_checkpoint(folder: Path) -> Path:
     folds = sorted(p for p in folder.glob("fold_*") if checkpoint_exists(p / checkpoint_name("final")))
     if not folds:
+        for pickled in sorted(folder.glob(f"fold_*/{NNUNET_CHECKPOINT}")):  # an nnU-Net model folder: say so, not 'no folds'
+            _refuse_pickle(pickled)
         raise TrainingError(f"{folder}: holds no fold_<k>/{checkpoint_name('final')}; give a checkpoint file or a trained model folder")
     return folds[0] / checkpoint_name("final")
 
