@@ -184,8 +184,8 @@ def test_a_float_yaml_reads_as_a_string_is_taken_in_a_list_and_an_open_setting_t
     assert (config["case_cache_mb"], config["augmentation"]["rotation"]["degrees_2d"]) == (1000.0, 10.0)
     with pytest.raises(TrainingError, match=r"--set optimizer.betas=\[0.9, inf\]: must be two numbers >= 0 and < 1"):
         resolve_config("unet", ["optimizer.betas=[0.9, 1e400]"])
-    with pytest.raises(TrainingError, match=r"--set patch_size=\['1e1', 16, 16\]: must be a list of whole numbers"):
-        resolve_config("unet", ["patch_size=[1e1, 16, 16]"])  # a patch is whole voxels: no floats read there
+    with pytest.raises(TrainingError, match=r"--set patch_size=\[10.0, 16, 16\]: must be a list of whole numbers"):
+        resolve_config("unet", ["patch_size=[1e1, 16, 16]"])  # a patch is whole voxels: a float is refused
 
 
 def _plan(patch: list[int]) -> dict[str, object]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -50,6 +51,18 @@ def load_defaults(path: Path = DEFAULT_CONFIG_PATH) -> dict[str, Any]:
 FREE_FORM_SECTIONS = ("network_options",)
 
 
+class _OverrideLoader(yaml.SafeLoader):
+    """YAML 1.1 reads a float with an exponent but no dot or no exponent sign (``1e-3``, ``1.0e3``) as a string; read
+    here as the float it is in YAML 1.2 and Python, as a setting, in a list or nested: ``optimizer.betas=[0.9, 1e-3]``
+    was refused as not two numbers, though ``optimizer.lr=1e-3`` was taken."""
+
+
+_OverrideLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """``"optimizer.lr=1e-3"`` -> ``("optimizer.lr", 0.001)``; the value is read as YAML. A value nested deeper than
     Python's recursion limit (``[[[...]]]``, 2000 deep) stopped the command with an internal RecursionError: it is
@@ -59,7 +72,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key:
         raise TrainingError(f"--set {text!r}: expected key=value, e.g. --set optimizer.lr=0.003")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = yaml.load(raw, Loader=_OverrideLoader) if raw.strip() else None
     except (yaml.YAMLError, RecursionError) as exc:
         raise TrainingError(f"--set {text[:80]!r}: the value is not valid YAML ({exc.__class__.__name__})") from exc
     if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
@@ -76,35 +89,12 @@ def _as_float(value: int | float) -> float:
         return math.inf if value > 0 else -math.inf
 
 
-def _read_float(value: Any) -> Any:
-    """A string Python reads as a float (YAML 1.1 reads ``1e-3``, without a dot, as a string) as that float;
-    any other value as it is."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    return value
-
-
-def _read_floats(value: Any, default: Any, allowed: tuple[type, ...]) -> Any:
-    """``value`` with :func:`_read_float` applied where a float is expected: the value itself for a float setting,
-    each item for a list of floats (``optimizer.betas=[0.9, 1e-3]`` was refused as not two numbers, though
-    ``optimizer.lr=1e-3`` is taken)."""
-    if isinstance(default, float) or float in allowed:
-        return _read_float(value)
-    if isinstance(default, list) and isinstance(value, list) and any(isinstance(d, float) for d in default):
-        return [_read_float(v) for v in value]
-    return value
-
-
 def _coerce(key: str, value: Any, default: Any, origin: str = "the default") -> Any:
     """``value`` converted to the type of ``default`` (``origin`` says whose value that is) where that is
     lossless, else a TrainingError."""
     allowed = _OPEN_TYPES.get(key, ())
     if value is None and key in _OPEN_TYPES and default is None or value == "auto" == default:
         return value
-    value = _read_floats(value, default, allowed)
     if isinstance(value, allowed) and (bool in allowed or not isinstance(value, bool)):
         return value
     if isinstance(default, bool):
