@@ -135,16 +135,14 @@ def _refuse_pickle(path: Path) -> None:
         )
 
 
-def _legacy_checkpoint(path: Path) -> Path:
-    """autoseg's checkpoint before safetensors (``.pt``) given as a file, under the name it is read by (weights only),
-    as a model folder holding it is read: it was refused as 'not a readable safetensors file ... not written by
-    autoseg'. Refused, naming it, where a ``.safetensors`` file beside it replaced it (it was named a pickle that is
-    no autoseg checkpoint)."""
+def _refuse_replaced_legacy(path: Path) -> None:
+    """autoseg's checkpoint before safetensors (``.pt``) given as a file is read (weights only), as a model folder
+    holding it is; refused, naming it, where a ``.safetensors`` file beside it replaced it (it was named a pickle
+    that is no autoseg checkpoint)."""
     current = path.with_suffix(SUFFIX)
     if current.exists():
         raise TrainingError(f"{path}: autoseg's checkpoint before safetensors, with {current} beside it, which autoseg "
                             "reads in its place; give that file (or move it away to fine-tune from this one)")
-    return current
 
 
 def read_pretrained(source: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], str]:
@@ -153,15 +151,15 @@ def read_pretrained(source: str | Path) -> tuple[dict[str, torch.Tensor], dict[s
     if path.is_dir():
         path = _first_fold_checkpoint(path)
     if path.suffix == LEGACY_SUFFIX and path.is_file():
-        path = _legacy_checkpoint(path)
-    if path.is_file():
+        _refuse_replaced_legacy(path)  # a torch zip, read as a checkpoint: neither a pickle refused nor a model zip
+    elif path.is_file():
         _refuse_pickle(path)
-    if path.is_file() and _starts_as_zip(path):
-        tree, where = _read_zip(path)
-    else:
-        missing = "not found; give a checkpoint file, a trained model folder or a model zip from export-model"
-        tree, where = read_checkpoint(path, TrainingError, missing, PRETRAINED_FIX), str(path)
-    return tree["network_weights"], tree["metadata"], where
+        if _starts_as_zip(path):
+            tree, where = _read_zip(path)
+            return tree["network_weights"], tree["metadata"], where
+    missing = "not found; give a checkpoint file, a trained model folder or a model zip from export-model"
+    tree = read_checkpoint(path, TrainingError, missing, PRETRAINED_FIX)
+    return tree["network_weights"], tree["metadata"], str(path)
 
 
 def _is_head(target: torch.Size, source: torch.Size) -> bool:

@@ -106,10 +106,12 @@ def save_weights(path: Path, tree: dict[str, Any]) -> None:
 
 
 def load_weights(path: Path, error: ErrorType, device: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a weight file written by ``save_weights`` (or a legacy ``.pt`` beside a missing one)."""
+    """Read a weight file written by ``save_weights``, or a legacy ``.pt`` (given, or beside a missing one)."""
     path = Path(path)
     if not path.is_file() and weights_exist(path):
-        return _load_legacy(path.with_suffix(LEGACY_SUFFIX), error, device)
+        path = path.with_suffix(LEGACY_SUFFIX)
+    if path.suffix == LEGACY_SUFFIX:
+        return _load_legacy(path, error, device)
     try:
         tensors = safetensors.torch.load_file(path, device=str(device))
         with safetensors.safe_open(path, "pt") as handle:
