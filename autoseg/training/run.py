@@ -51,7 +51,7 @@ from autoseg.utils.atomic import atomic_path, atomic_write_json, atomic_write_te
 from autoseg.utils.jsonio import read_json
 from autoseg.utils.mappings import flatten
 from autoseg.utils.names import string_list
-from autoseg.utils.probability_files import probability_paths
+from autoseg.utils.probability_files import SIDECAR_SUFFIX
 from autoseg.utils.device import choose_device as shared_choose_device
 from autoseg.utils.device import device_memory_bytes
 from autoseg.utils.duration import check_budget_seconds
@@ -167,17 +167,14 @@ def _refuse_a_case_named_summary(run: FoldRun, save_probabilities: bool) -> None
     find-best, in ``crossval_folds_*/``, where evaluate writes summary.json: a case named ``summary`` was refused
     only once training was over, by evaluate, with advice about an ``-o`` train has not. Every case of the split
     counts, as find-best gathers every fold. (find-best keeps its postprocessing.json in the model folder.)"""
-    if not save_probabilities or run.fold == FOLD_ALL:
-        return
-    for case_id in sorted({*run.train_cases, *run.val_cases}):
-        sidecar = probability_paths(run.fold_folder, case_id).sidecar.name
-        if sidecar == SUMMARY_JSON:
-            raise TrainingError(
-                f"case {case_id}: with --save-probabilities its probabilities' sidecar {sidecar} would be replaced by "
-                f"evaluate's summary in the fold's {VALIDATION_FOLDER}/ and in crossval_folds_*/; rename the case's "
-                f"files in {run.raw_dir} (e.g. to {case_id}_case) and preprocess again, or train without "
-                "--save-probabilities"
-            )
+    case_id = SUMMARY_JSON.removesuffix(SIDECAR_SUFFIX)  # the one case whose sidecar is summary.json
+    if save_probabilities and run.fold != FOLD_ALL and case_id in {*run.train_cases, *run.val_cases}:
+        raise TrainingError(
+            f"case {case_id}: with --save-probabilities its probabilities' sidecar {SUMMARY_JSON} would be replaced by "
+            f"evaluate's summary in the fold's {VALIDATION_FOLDER}/ and in crossval_folds_*/; rename the case's "
+            f"files in {run.raw_dir} (e.g. to {case_id}_case) and preprocess again, or train without "
+            "--save-probabilities"
+        )
 
 
 def _check_workers(workers: int | None) -> None:
