@@ -55,6 +55,12 @@ def is_anisotropic_patch(patch_size: Sequence[int], threshold: float) -> bool:
     return len(patch_size) == 3 and max(patch_size) / patch_size[0] > threshold
 
 
+def spatial_extents(patch_size: Sequence[int], aug: Mapping[str, Any]) -> Sequence[int]:
+    """The patch's extents the spatial transform and the low-resolution simulation act on: a dummy-2D patch's
+    in-plane ones (its first axis is left as it is), else all of them."""
+    return patch_size[1:] if is_anisotropic_patch(patch_size, aug["anisotropy_threshold"]) else patch_size
+
+
 def auto_degrees_2d(patch_size: Sequence[int], plan_mirror_axes: Sequence[int] | None = None) -> float:
     """The 2D and in-plane rotation range for this patch: nnU-Net v2's 15 deg for elongated 2D patches,
     else 180, at most 30 where ``plan_mirror_axes`` leaves out an in-plane axis (the last two)."""
@@ -108,8 +114,7 @@ def _check_low_resolution_zoom(aug: Mapping[str, Any], patch_size: Sequence[int]
     """Refuse a lowest zoom that leaves an axis the low-resolution simulation shrinks without a voxel: batchgenerators
     rounds ``extent x zoom`` to 0 there and its resize stopped training with an internal ValueError (NaN to integer)."""
     low = aug["low_resolution"]["zoom"][0]
-    shrunk = patch_size[1:] if is_anisotropic_patch(patch_size, aug["anisotropy_threshold"]) else patch_size
-    shortest = min(shrunk)
+    shortest = min(spatial_extents(patch_size, aug))
     if np.round(shortest * low) < 1:
         raise TrainingError(
             f"augmentation.low_resolution.zoom={list(aug['low_resolution']['zoom'])}: a zoom of {low:g} leaves the "
@@ -134,8 +139,8 @@ def sampling_size(patch_size: Sequence[int], aug: Mapping[str, Any]) -> list[int
     patch = np.asarray(patch_size, dtype=float)
     if aug["rotation"]["p"] <= 0 and aug["scaling"]["p"] <= 0:
         return [int(p) for p in patch]
-    in_plane = len(patch) == 3 and is_anisotropic_patch(patch_size, aug["anisotropy_threshold"])
-    plane = patch[1:] if in_plane else patch
+    plane = np.asarray(spatial_extents(patch_size, aug), dtype=float)
+    in_plane = len(plane) < len(patch)
     limits = rotation_ranges(patch_size, aug) if aug["rotation"]["p"] > 0 else [0.0] * (1 if len(plane) == 2 else 3)
     corners = np.array(list(itertools.product(*[(-s / 2, s / 2) for s in plane])))
     extent = np.zeros(len(plane))
@@ -372,8 +377,8 @@ def training_transforms(
     if AUTO in (aug["mask_channels"], aug["mirror"]["axes"]):
         raise TrainingError("augmentation.mask_channels or mirror.axes is 'auto': resolve the config with "
                             "resolve_augmentation first")
-    in_plane = is_anisotropic_patch(patch, aug["anisotropy_threshold"])
-    spatial_patch = patch[1:] if in_plane else patch
+    spatial_patch = spatial_extents(patch, aug)
+    in_plane = len(spatial_patch) < len(patch)
     transforms: list[AbstractTransform] = []
     if in_plane:
         transforms.append(SlicesAsChannels(to_2d=True))
