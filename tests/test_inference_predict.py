@@ -175,6 +175,17 @@ def test_a_fold_holding_the_same_weights_as_another_is_refused(model_3d: Path) -
     assert load_model(model_3d, folds=[1], device="cpu").folds == ["1"]
 
 
+def test_folds_recording_their_own_folds_may_hold_the_same_weights(model_3d: Path) -> None:
+    """Two folds of a run of a few iterations can draw the same batches and end with the same weights (the end-to-end
+    test's folds 2 and 3 did): each checkpoint records its own fold, so they are two folds, not a copy."""
+    weights = load_weights(model_3d / "fold_0" / "checkpoint_final.safetensors", InferenceError)
+    for fold in ("0", "1"):
+        (model_3d / f"fold_{fold}").mkdir(exist_ok=True)
+        save_weights(model_3d / f"fold_{fold}" / "checkpoint_final.safetensors",
+                     {**weights, "metadata": {**weights["metadata"], "fold": fold}})
+    assert load_model(model_3d, folds=[0, 1], device="cpu").folds == ["0", "1"]
+
+
 def test_a_model_folder_given_as_dot_or_dotdot_loads(model_3d: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``-m .`` inside the model folder (``..`` inside a fold) was refused as not named <network>__<plans>__<configuration>."""
     monkeypatch.chdir(model_3d)

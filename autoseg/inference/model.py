@@ -174,16 +174,18 @@ def weights_digest(weights: Mapping[str, torch.Tensor]) -> bytes:
     return digest.digest()
 
 
-def _check_folds_differ(digests: Sequence[bytes], paths: Sequence[Path]) -> None:
-    """Folds of one ensemble must hold different weights (``digests``: each fold's ``weights_digest``): a checkpoint
-    copied into another fold folder that records no fold (``check_fold_number`` needs one) was averaged twice."""
+def _check_folds_differ(digests: Sequence[bytes], metas: Sequence[Mapping[str, Any]], paths: Sequence[Path]) -> None:
+    """Folds of one ensemble whose checkpoints record no fold (``check_fold_number`` needs one) must hold different
+    weights (``digests``: each fold's ``weights_digest``): such a checkpoint copied into another fold folder was
+    averaged twice. Checkpoints that record their own folds may agree: a run of a few iterations can draw the same
+    batches in two folds and end with the same weights, which average to themselves."""
     first_with: dict[bytes, Path] = {}
-    for digest, path in zip(digests, paths):
-        if digest in first_with:
+    for digest, meta, path in zip(digests, metas, paths):
+        if digest in first_with and meta.get("fold") is None:
             fold_dir = path.parent.name
             raise InferenceError(f"{path}: holds the same weights as {first_with[digest]} (copied?); predict would count "
                                  f"that fold twice: put {fold_dir}'s own checkpoint back, or leave {fold_dir} out (-f)")
-        first_with[digest] = path
+        first_with.setdefault(digest, path)
 
 
 FOLD_WIDE_SETTINGS = ("patch_size", "mirror_axes")  # the sliding window runs every fold with fold 0's
@@ -286,7 +288,7 @@ def load_model(
         metas.append(loaded["metadata"])
         fold_digests.append(weights_digest(loaded["network_weights"]))
         digest.update(fold_digests[-1])
-    _check_folds_differ(fold_digests, paths)
+    _check_folds_differ(fold_digests, metas, paths)
     _check_folds_agree(metas, paths)
     meta = metas[0]
     previous = None
