@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -245,3 +246,14 @@ def test_with_regions_a_forced_patch_picks_a_region_then_one_of_its_voxels(tmp_p
         train_cases=["case"], val_cases=["case"], previous_stage_cache=None,
     )
     assert all(spec.regions == [[1, 2], [2]] for spec in sampling_specs(run, 2)[:2])
+
+
+def _silent(index: int) -> dict[str, np.ndarray]:
+    time.sleep(30)
+    return _batch(index)
+
+
+def test_a_fractional_worker_timeout_is_reported_as_given() -> None:
+    with BatchStream(_silent, num_workers=1, timeout_seconds=0.5, name="timeout test") as stream:
+        with pytest.raises(TrainingError, match=r"produced no batch in 0\.5 s;"):
+            next(stream)

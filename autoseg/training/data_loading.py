@@ -527,7 +527,7 @@ class BatchStream:
                     ) from None
                 if time.monotonic() > deadline:
                     raise TrainingError(
-                        f"{self.name} worker {w} (pid {process.pid}) produced no batch in {self.timeout:.0f} s; "
+                        f"{self.name} worker {w} (pid {process.pid}) produced no batch in {self.timeout:g} s; "
                         "it may be stuck reading the data (raise worker_timeout_seconds for very large patches)"
                     ) from None
                 continue
