@@ -813,3 +813,14 @@ def test_a_file_name_that_is_not_utf8_is_reported_not_an_abort(small_dataset: Pa
     result = runner.invoke(app, ["fingerprint", str(small_dataset), "-np", "1"])
     assert result.exit_code == 2 and "name is not valid UTF-8" in result.output, result.output
     assert {os.fsencode(p): p.read_bytes() for p in small_dataset.rglob("*") if p.is_file()} == before
+
+
+def test_verify_refuses_more_processes_than_four_per_core(small_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """-np had no upper bound: -np 100000 started one process per case; it is refused as training's num_workers is."""
+    from autoseg.utils import progress
+
+    monkeypatch.setattr(progress, "available_cores", lambda: 2)
+    result = runner.invoke(app, ["verify", str(small_dataset), "-np", "9"])
+    assert result.exit_code == 2
+    assert "num_workers (-np) 9: give at most 8 (4 per core of this machine)" in result.output
+    assert runner.invoke(app, ["verify", str(small_dataset), "-np", "8"]).exit_code == 0
