@@ -100,8 +100,15 @@ def _root(kind: str) -> Path:
         raise DatasetError(f"{var or _ROOTS[kind][0]}: {problem}, or set {var or _ROOTS[kind][0]} to another folder")
     if var is None and kind not in _announced:
         _announced.add(kind)
-        print(f"autoseg: {_ROOTS[kind][0]} is not set; using {path}", file=sys.stderr)
+        print(f"autoseg: {_unset_root_note(kind)}; using {path}", file=sys.stderr)
     return path
+
+
+def _unset_root_note(kind: str) -> str:
+    """Why no variable gives ``kind``'s root: ``AUTOSEG_RAW=""`` was reported as 'not set', which sent users
+    looking for a missing export instead of an empty value."""
+    empty = next((v for v in _ROOTS[kind] if os.environ.get(v) == ""), None)
+    return f"{empty} is empty" if empty else f"{_ROOTS[kind][0]} is not set"
 
 
 def raw_root() -> Path:

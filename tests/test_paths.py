@@ -67,6 +67,10 @@ def test_root_precedence_and_default(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     assert paths.results_root() == tmp_path / "autoseg_data" / "results"
     assert paths.results_root() == tmp_path / "autoseg_data" / "results"
     assert capsys.readouterr().err.count("AUTOSEG_RESULTS is not set") == 1  # printed once
+    monkeypatch.setattr(paths, "_announced", set())
+    monkeypatch.setenv("AUTOSEG_RESULTS", "")  # empty is not unset: say which it is
+    assert paths.results_root() == tmp_path / "autoseg_data" / "results"
+    assert "AUTOSEG_RESULTS is empty; using" in capsys.readouterr().err
     monkeypatch.setenv("nnUNet_results", str(tmp_path / "nn"))
     assert paths.results_root() == tmp_path / "nn"
     monkeypatch.setenv("AUTOSEG_RESULTS", str(tmp_path / "auto"))
