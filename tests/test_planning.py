@@ -378,10 +378,15 @@ def test_images_too_small_to_downsample_are_named_as_such_not_as_memory():
     """6x6-pixel images under 8 GB: 'does not fit in 6.40 GiB usable memory ... give more memory', a fix
     that cannot help; no patch of theirs can be pooled even once."""
     tiny = fingerprint([(999.0, 1.0, 1.0)] * 5, [(1, 6, 6)] * 5)
-    with pytest.raises(PlanError, match=r"the median image, 6x6 voxels at the planned spacing, is too small for network "
-                       r"'unet' to downsample once \(a pooling step needs 8 voxels along two axes, 12 along one\); "
-                       r"pad the images or resample them finer"):
+    with pytest.raises(PlanError, match=r"the median image, 6x6 voxels per slice at the planned spacing, is too small "
+                       r"for network 'unet' to downsample once \(a pooling step needs 8 voxels along two axes, 12 "
+                       r"along one\); pad the images or resample them finer"):
         plan(tiny, configs=["2d"])
+    cubes = fingerprint([(1.0, 1.0, 1.0)] * 5, [(3, 3, 3)] * 5)  # a 3D size was printed with two numbers
+    with pytest.raises(PlanError, match=r"the median image, 3x3 voxels per slice at the planned"):
+        plan(cubes, configs=["2d"])
+    with pytest.raises(PlanError, match=r"the median image, 3x3x3 voxels at the planned"):
+        plan(cubes, configs=["3d_fullres"])
 
 
 @pytest.mark.parametrize("network, config, shape", [("swinunet", "2d", (1, 12, 12)), ("nnformer", "3d_fullres", (12, 12, 12))])

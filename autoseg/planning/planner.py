@@ -297,6 +297,13 @@ def _patch_candidates(
         raw = smaller
 
 
+def _median_extent(median_shape: Sequence[float]) -> str:
+    """The median image's size along the planned axes; a 2D configuration's is per slice (the refusal of
+    3x3x3 images read "the median image, 3x3 voxels")."""
+    per_slice = " per slice" if len(median_shape) == 2 else ""
+    return f"the median image, {'x'.join(f'{s:g}' for s in median_shape)} voxels{per_slice}"
+
+
 def _fit_memory(ctx: _Context, spacing: Sequence[float], median_shape: Sequence[float]
                 ) -> tuple[list[int], Topology, MemoryModel]:
     start = rules.initial_patch_size(spacing, median_shape)
@@ -308,7 +315,7 @@ def _fit_memory(ctx: _Context, spacing: Sequence[float], median_shape: Sequence[
             return patch, topology, model
     if not candidates:  # not memory: even the median image's own size is too small to downsample once
         raise PlanError(
-            f"the median image, {'x'.join(f'{s:g}' for s in median_shape)} voxels at the planned spacing, is too small "
+            f"{_median_extent(median_shape)} at the planned spacing, is too small "
             f"for network {ctx.network!r} to downsample once ({_downsampling_need(ctx.constraints)}); pad the images or "
             "resample them finer"
         )
