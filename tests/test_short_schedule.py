@@ -85,14 +85,22 @@ def test_training_applies_the_plans_settings_under_the_users_overrides():
 
 
 @pytest.mark.parametrize("training, message", [
-    ({"optimizer": {"name": "sgdd"}}, r"the plan's 'training' settings are refused: --set optimizer.name='sgdd': choose sgd, adam or adamw"),
-    ({"optimizer": {"lr": -1}}, r"the plan's 'training' settings are refused: --set optimizer.lr=-1(\.0)?: "),
-    ({"optimiser": {"lr": 0.1}}, r"the plan's 'training' settings are refused: .*unknown configuration key 'optimiser.lr'"),
-    (["adamw"], r"the plan's 'training' settings must be a mapping of setting to value, got list"),
+    ({"optimizer": {"name": "sgdd"}}, r"^the plans file: its 'training' settings are refused: optimizer.name='sgdd': choose sgd, adam or adamw"),
+    ({"optimizer": {"lr": -1}}, r"^the plans file: its 'training' settings are refused: optimizer.lr=-1(\.0)?: "),
+    ({"optimiser": {"lr": 0.1}}, r"^the plans file: its 'training' settings are refused: .*unknown configuration key 'optimiser.lr'"),
+    (["adamw"], r"^the plans file: its 'training' settings must be a mapping of setting to value, got list"),
 ])
 def test_a_hand_edited_plan_setting_is_refused_like_a_set(training, message):
-    with pytest.raises(TrainingError, match=message):
+    with pytest.raises(TrainingError, match=message) as refused:
         resolve_config("unet", planned=training)
+    assert "--set" not in str(refused.value)  # the user typed no --set: the plans file is the source
+
+
+def test_a_refused_plan_setting_names_the_plans_file_training_reads():
+    plan_config = make_configuration([1.0, 1.0, 1.0], patch_size=(16, 16, 16))
+    plan_config["training"] = {"optimizer": {"name": "sgdd"}}
+    with pytest.raises(TrainingError, match=r"^/p/plans\.json: its 'training' settings are refused: optimizer.name="):
+        resolve_training_config("unet", [], plan_config, "/p/plans.json")
 
 
 def test_a_transferred_plan_takes_the_settings_of_the_source_family():

@@ -49,6 +49,8 @@ def load_defaults(path: Path = DEFAULT_CONFIG_PATH) -> dict[str, Any]:
 # Sections whose keys are not fixed by the defaults: network_options.<name> is passed to the network
 # builder, which rejects options its family does not take.
 FREE_FORM_SECTIONS = ("network_options",)
+# How a refusal of the plans file's training settings names the file where the caller knows no path.
+PLANS_FILE = "the plans file"
 
 
 class _OverrideLoader(yaml.SafeLoader):
@@ -178,12 +180,14 @@ def resolve_config(
 
 
 def _resolve_with_sources(network: str, overrides: Sequence[str], defaults: Mapping[str, Any] | None,
-                          planned: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, str]]:
-    """:func:`resolve_config` and its :func:`setting_sources`, built once for the checks after it too."""
+                          planned: Mapping[str, Any] | None, plans_file: str = PLANS_FILE
+                          ) -> tuple[dict[str, Any], dict[str, str]]:
+    """:func:`resolve_config` and its :func:`setting_sources`, built once for the checks after it too;
+    ``plans_file`` names the file ``planned`` came from in a refusal."""
     base = dict(defaults if defaults is not None else load_defaults())
     merged = deep_merge(base, get_network_spec(network).training_defaults)
     planned = {} if planned is None else planned
-    merged = _apply_planned(merged, planned)
+    merged = _apply_planned(merged, planned, plans_file)
     config = apply_overrides(merged, overrides, flatten(planned) if isinstance(planned, Mapping) else ())
     sources = setting_sources(overrides, planned)
     check_together(config, sources)
@@ -202,20 +206,22 @@ def setting_sources(overrides: Iterable[str], planned: Mapping[str, Any] | None)
     return sources
 
 
-def _apply_planned(config: Mapping[str, Any], planned: Mapping[str, Any]) -> dict[str, Any]:
-    """The plan's settings, checked by the same rules as ``--set`` (a hand-edited plans file is input too)."""
+def _apply_planned(config: Mapping[str, Any], planned: Mapping[str, Any], plans_file: str = PLANS_FILE) -> dict[str, Any]:
+    """The plan's settings, checked by the same rules as ``--set`` (a hand-edited plans file is input too);
+    a refusal names ``plans_file`` as the source, not the ``--set`` the user never typed."""
     if not isinstance(planned, Mapping):
         raise TrainingError(
-            f"the plan's 'training' settings must be a mapping of setting to value, got {type(planned).__name__}; "
-            "correct or remove them in the plans file, or re-run `autoseg plan`"
+            f"{plans_file}: its 'training' settings must be a mapping of setting to value, got "
+            f"{type(planned).__name__}; correct or remove them in the plans file, or re-run `autoseg plan`"
         )
     texts = [f"{key}={json.dumps(value)}" for key, value in flatten(planned).items()]
     try:
         return apply_overrides(config, texts)
     except TrainingError as exc:
+        refusal = str(exc).removeprefix("--set ")  # the rules word every refusal for the command line
         raise TrainingError(
-            f"the plan's 'training' settings are refused: {exc}; correct or remove them in the plans file, "
-            "or re-run `autoseg plan`"
+            f"{plans_file}: its 'training' settings are refused: {refusal}; correct or remove them in the plans "
+            "file, or re-run `autoseg plan`"
         ) from exc
 
 
@@ -243,15 +249,16 @@ def dump_config(config: Mapping[str, Any]) -> str:
     return yaml.safe_dump(dict(config), sort_keys=False, default_flow_style=None)
 
 
-def resolve_training_config(network: str, overrides: Iterable[str], plan: Mapping[str, Any]) -> dict[str, Any]:
+def resolve_training_config(network: str, overrides: Iterable[str], plan: Mapping[str, Any],
+                            plans_file: str = PLANS_FILE) -> dict[str, Any]:
     """The config a fold trains with: ``resolve_config`` with the plan's training settings (chosen for
-    the plan's family: another ``network`` trains without them), the augmentation resolved for the
-    patch and the plan's normalization, and an explicit ``--set num_epochs`` winning over the plan's
-    schedule."""
+    the plan's family: another ``network`` trains without them; ``plans_file`` names their file in a
+    refusal), the augmentation resolved for the patch and the plan's normalization, and an explicit
+    ``--set num_epochs`` winning over the plan's schedule."""
     from autoseg.training.augmentation import resolve_augmentation, sampling_size  # batchgenerators: only when training
 
     planned = plan.get("training") if network == plan["network"]["name"] else None
-    config, sources = _resolve_with_sources(network, list(overrides), None, planned)
+    config, sources = _resolve_with_sources(network, list(overrides), None, planned, plans_file)
     patch = plan["patch_size"] if config["patch_size"] is None else config["patch_size"]  # [] is no patch: refused
     if len(patch) != len(plan["patch_size"]):
         raise TrainingError(

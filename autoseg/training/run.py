@@ -200,10 +200,11 @@ def resolve_fold_run(dataset_spec: DatasetSpec, configuration: str, fold: str, n
     are FoldRun's seed, epochs, budget, resume and start fields (the plan's budget applies
     when neither --epochs nor --budget is given); ``workers`` (--workers) goes into the config."""
     location = resolve_dataset(dataset_spec)
-    plans = load_plans(plans_path(location.preprocessed_dir, plans_name))
+    plans_file = plans_path(location.preprocessed_dir, plans_name)
+    plans = load_plans(plans_file)
     plan = get_configuration(plans, configuration)
     description = load_description(location.raw_dir)
-    check_plans_follow_dataset(plans, description, plans_path(location.preprocessed_dir, plans_name),
+    check_plans_follow_dataset(plans, description, plans_file,
                                location.raw_dir / "dataset.json", location.name, plans_name)
     network_name = network or plan["network"]["name"]
     try:
@@ -211,9 +212,10 @@ def resolve_fold_run(dataset_spec: DatasetSpec, configuration: str, fold: str, n
     except NetworkError as exc:  # a hand-edited plan names no registered network: say where the name came from
         if network is not None:
             raise
-        raise NetworkError(f"{plans_path(location.preprocessed_dir, plans_name)}: configuration {configuration}: {exc}; "
+        raise NetworkError(f"{plans_file}: configuration {configuration}: {exc}; "
                            "fix the plans file's network name, or re-plan") from None
-    config = _with_command_options(resolve_training_config(network_name, overrides, plan), limits["epochs"], workers)
+    config = _with_command_options(resolve_training_config(network_name, overrides, plan, str(plans_file)),
+                                   limits["epochs"], workers)
     store = location.preprocessed_dir / plan["data_identifier"]
     case_ids = list_cases(store)
     if not case_ids:
