@@ -145,7 +145,7 @@ def scan_images(folder: Path, desc: DatasetDescription, unsuffixed: frozenset[st
     for stem, path in _files_by_stem(folder, desc.file_ending, scan.problems, scan.reported_stems).items():
         match = None if stem in unsuffixed else CHANNEL_SUFFIX.match(stem)
         if match is None:
-            scan.problems.append(f"{path}: name lacks the 4-digit channel suffix; rename to {stem}_0000{desc.file_ending}")
+            scan.problems.append(f"{path}: {_unsuffixed_name_problem(stem, desc.file_ending)}")
             continue
         channel = int(match["channel"])
         channels.setdefault(match["case"], {})[channel] = path
@@ -160,6 +160,14 @@ def scan_images(folder: Path, desc: DatasetDescription, unsuffixed: frozenset[st
         if not missing:
             scan.cases.append(Case(case_id, [files[c] for c in sorted(files) if c < desc.num_channels]))
     return scan
+
+
+def _unsuffixed_name_problem(stem: str, ending: str) -> str:
+    """What is wrong with an image name ``stem`` that holds no case id before a channel suffix, and its fix:
+    ``_0000.nii.gz`` (the case id left out) was told to become ``_0000_0000.nii.gz``."""
+    if re.fullmatch(r"_\d{4}", stem):
+        return f"the case id before {stem} is empty; name it <case>{stem}{ending} (for example case1{stem}{ending})"
+    return f"name lacks the 4-digit channel suffix; rename to {stem}_0000{ending}"
 
 
 def unsuffixed_images(images: Path, label_stems: set[str], ending: str) -> frozenset[str]:
