@@ -96,6 +96,9 @@ def test_ignore_label_is_one_integer_in_no_region(labels: dict, order: list[int]
     ({"labels": {"background": 0, "a": "\u00b9"}}, "label 'a' has value '\u00b9'"),
     ({"channel_names": {"0": "CT", "\u00b9": "MR"}}, "channel_names keys must be 0, 1, 2"),
     ({"dataset": "cases.json"}, r'"dataset" must map each case id to its files, like .* \(got a str\)'),
+    # a newline in a name broke evaluate's terminal table
+    ({"labels": {"background": 0, "left\nlung": 1}}, r"label name 'left\\nlung' holds a control character"),
+    ({"channel_names": {"0": "CT\t"}}, r"""channel_names\["0"\] 'CT\\t' holds a control character \(a newline, tab or"""),
 ])
 def test_bad_descriptions(change: dict, message: str) -> None:
     with pytest.raises(DatasetError, match=message):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -174,8 +175,20 @@ def parse_description(data: dict[str, Any], path: Path) -> DatasetDescription:
         # As nnU-Net's LabelManager, which reads it only for regions: kept for classes, the plans recorded it,
         # and prediction of the softmax-trained model took it for sigmoid regions and failed (IndexError).
         desc.regions_class_order = None
+    _check_names(desc, path)
     _check_label_values(desc, path)
     return desc
+
+
+def _check_names(desc: DatasetDescription, path: Path) -> None:
+    """Label and channel names hold no control characters: a newline in a label name broke evaluate's terminal
+    table (and every other one-line message naming the class)."""
+    named = [(f"label name {name!r}", name) for name in desc.labels]
+    named += [(f'channel_names["{key}"] {name!r}', name) for key, name in desc.channel_names.items()]
+    for where, name in named:
+        if any(unicodedata.category(c) == "Cc" for c in name):
+            raise DatasetError(f"{path}: {where} holds a control character (a newline, tab or the like); "
+                               "write the name on one line without them")
 
 
 def _check_label_values(desc: DatasetDescription, path: Path) -> None:
