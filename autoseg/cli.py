@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from autoseg.cli_usage import OneLineUsageGroup, echo_error
+from autoseg.cli_usage import OneLineUsageGroup, echo_error, with_spelling_hints
 from autoseg.errors import AutosegError, out_of_memory_message
 from autoseg.utils.termination import TERMINATED_EXIT_CODE, Terminated, signals_as_interrupts
 
@@ -128,7 +128,7 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except AutosegError as exc:
             if os.environ.get("AUTOSEG_DEBUG"):
                 traceback.print_exc()
-            _fail(str(exc), exc.exit_code)
+            _fail(with_spelling_hints(str(exc)), exc.exit_code)
         except Terminated:
             _fail("terminated (SIGTERM); rerun the command (or add --continue where the stage has it)", TERMINATED_EXIT_CODE)
         except KeyboardInterrupt:

@@ -9,6 +9,7 @@ every other autoseg error, and nnU-Net's spellings got no hint: ``predict -chk b
 from __future__ import annotations
 
 import contextlib
+import importlib
 import sys
 from typing import IO, Any, Iterator, Optional, Sequence
 
@@ -19,6 +20,7 @@ import typer.core
 # other classes, so that the stock click's do not catch them.
 _PARSER_EXCEPTIONS = sys.modules[typer.BadParameter.__module__]
 UsageError = _PARSER_EXCEPTIONS.UsageError
+_get_current_context = importlib.import_module(_PARSER_EXCEPTIONS.__name__.rsplit(".", 1)[0] + ".globals").get_current_context
 NO_ARGS_IS_HELP = getattr(_PARSER_EXCEPTIONS, "NoArgsIsHelpError", ())  # click < 8.2 prints that help without an error
 
 # nnU-Net v2's option spellings -> (autoseg's parameter that takes the value, how to name it in the hint). The hint
@@ -102,6 +104,16 @@ def nnunet_spelling_hints(command: Any, args: Sequence[str]) -> list[str]:
 
 
 _ARGS_KEY = "autoseg.args"  # the command line as given (in the context's meta), for the hints of a usage error
+
+
+def with_spelling_hints(message: str) -> str:
+    """``message`` of an autoseg error with a hint for each nnU-Net spelling on the running command's line: click
+    reads ``predict -m M -chk`` as ``-c hk``, and the refusal that -c would be ignored named no cause."""
+    ctx = _get_current_context(silent=True)
+    if ctx is None:
+        return message
+    hints = nnunet_spelling_hints(ctx.command, ctx.meta.get(_ARGS_KEY, []))
+    return message + "".join(f"; {hint}" for hint in hints)
 
 
 @contextlib.contextmanager

@@ -112,6 +112,10 @@ def test_bad_arguments_are_one_line_and_exit_2(args: list[str], message: str, ro
     (["predict", "-i", "in", "-o", "out", "-m", "m", "-chk", "best"],
      "autoseg: error: predict: Got unexpected extra argument(s) (best); -chk is nnU-Net's spelling: use --checkpoint; "
      "see 'root predict --help'"),
+    # without a value -chk is -c hk, refused by predict itself: that refusal got no hint
+    (["predict", "-i", "in", "-o", "out", "-m", "m", "-chk"],
+     "autoseg: error: -m names the model; -c would be ignored: leave it out, or name the model with -d DATASET -c "
+     "CONFIGURATION instead of -m; -chk is nnU-Net's spelling: use --checkpoint"),
     (["train", "4", "2d", "0", "-tr", "nnUNetTrainer_5epochs"],
      "autoseg: error: train: No such option: -t; -tr is nnU-Net's spelling: use --network (nnU-Net's trainer variants "
      "are --network, --epochs and --set here); see 'root train --help'"),
