@@ -348,6 +348,9 @@ def test_a_best_checkpoint_refused_by_a_full_disk_is_written_by_the_rerun(result
     monkeypatch.setattr(trainer_module, "write_checkpoint", full_disk)
     with pytest.raises(OSError, match="No space left"):
         train_fold(DATASET, "3d_fullres", "all", epochs=1, workers=0, overrides=FAST)
+    last_line = (_fold(results) / "training_log.txt").read_text().splitlines()[-1]
+    assert last_line.endswith("  stopped by an error: OSError: [Errno 28] No space left on device: "
+                              f"'{_fold(results) / 'checkpoint_best.safetensors'}'")  # was: the log just ended
     monkeypatch.setattr(trainer_module, "write_checkpoint", write_checkpoint)
     train_fold(DATASET, "3d_fullres", "all", epochs=1, continue_=True, workers=0, overrides=FAST)
     assert (_fold(results) / "checkpoint_best.safetensors").is_file()

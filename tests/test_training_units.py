@@ -327,6 +327,26 @@ def test_an_epoch_with_a_nan_or_infinite_loss_keeps_metrics_standard_json(tmp_pa
     json.loads(line, parse_constant=lambda token: pytest.fail(f"not standard JSON: {token}"))
 
 
+def test_the_error_that_stops_a_run_ends_its_log_unless_the_log_cannot_take_it(tmp_path: Path) -> None:
+    """The log's last line names the error (it went to stderr only); a log the disk refuses too, or a run that logged
+    nothing yet (refused before it started), leaves the error itself to reach the caller unchanged."""
+    from autoseg.training.monitor import LOG_FILE, Monitor
+
+    untouched = Monitor(tmp_path / "refused")
+    with pytest.raises(TrainingError, match="^refused$"), untouched.stop_logged():
+        raise TrainingError("refused")
+    assert not (tmp_path / "refused").exists()
+    monitor = Monitor(tmp_path)
+    monitor.log("epoch 1")
+    with pytest.raises(TrainingError, match="^worker died$"), monitor.stop_logged():
+        raise TrainingError("worker died")
+    assert (tmp_path / LOG_FILE).read_text().splitlines()[-1].endswith("  stopped by an error: TrainingError: worker died")
+    (tmp_path / LOG_FILE).unlink()
+    (tmp_path / LOG_FILE).mkdir()  # the log cannot be opened now, as on a full disk
+    with pytest.raises(OSError, match="No space left"), monitor.stop_logged():
+        raise OSError(28, "No space left on device")
+
+
 def test_another_familys_patch_refusal_suggests_a_patch_that_holds() -> None:
     """nnformer's windows are chosen per patch: the advice 'a multiple of [4, 12, 16]' for [12, 20, 16] led to
     [12, 24, 16], refused again for [4, 16, 16]. The suggested patch now holds."""

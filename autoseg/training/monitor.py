@@ -6,13 +6,14 @@ it every epoch (atomically), so after a resume they hold exactly the epochs the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -36,20 +37,41 @@ class Monitor:
     def __init__(self, folder: Path, active: bool = True) -> None:
         self.folder = Path(folder)
         self.active = active
+        self.logged = False  # whether this run wrote a line into the log yet
         self._progress: Progress | None = None
         self._task: Any = None
 
     def log(self, message: str) -> None:
         if not self.active:
             return
-        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')}  {message}"
-        self.folder.mkdir(parents=True, exist_ok=True)  # on first use: a refused run leaves no folder
-        with open(self.folder / LOG_FILE, "a", encoding="utf-8") as handle:
-            handle.write(line + "\n")
+        line = self._append(message)
         if self._progress is not None and self._progress.live.is_started:
             self._progress.console.print(line)
         else:
             print(line, file=sys.stderr, flush=True)
+
+    def _append(self, message: str) -> str:
+        """Append ``message``, time-stamped, to the log; returns the line."""
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')}  {message}"
+        self.folder.mkdir(parents=True, exist_ok=True)  # on first use: a refused run leaves no folder
+        with open(self.folder / LOG_FILE, "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+        self.logged = True
+        return line
+
+    @contextlib.contextmanager
+    def stop_logged(self) -> Iterator[None]:
+        """Write the error that stops the run as the log's last line, then let it go on: it reached stderr only,
+        and the log of a run stopped by a full disk or a dead worker just ended after its last epoch. Only once
+        this run has logged (a refusal before it leaves no log), not echoed (the CLI prints the error), and best
+        effort: the full disk that stopped the run may refuse this line too, which must not mask the error."""
+        try:
+            yield
+        except BaseException as exc:
+            if self.active and self.logged:
+                with contextlib.suppress(OSError, ValueError):
+                    self._append(f"stopped by an error: {type(exc).__name__}: {exc}")
+            raise
 
     def start(self, total_iterations: int, done: int) -> None:
         """Start the bar: loss, pseudo-Dice, iterations per second and ETA over the whole run."""

@@ -129,13 +129,15 @@ def train_fold(
         run.device = torch.device("cuda", context.local_rank)
     try:
         with applied(run.math_threads), determinism_restored():
-            trainer, pretrained = _train(run, context, pretrained_weights)
-            validation, validation_seconds = _final_validation(trainer, run, context, save_probabilities)
-        accounting = _kept_accounting(trainer, run)
-        if accounting is None:
-            accounting = time_accounting(trainer, run, validation_seconds, time.monotonic() - start, prepared)
-            if context.is_main:
-                atomic_write_json(run.fold_folder / ACCOUNTING_FILE, accounting)
+            trainer, device_warnings = _start(run, context)
+            with trainer.monitor.stop_logged():
+                pretrained = _train(trainer, run, context, pretrained_weights, device_warnings)
+                validation, validation_seconds = _final_validation(trainer, run, context, save_probabilities)
+                accounting = _kept_accounting(trainer, run)
+                if accounting is None:
+                    accounting = time_accounting(trainer, run, validation_seconds, time.monotonic() - start, prepared)
+                    if context.is_main:
+                        atomic_write_json(run.fold_folder / ACCOUNTING_FILE, accounting)
         barrier(context)
     finally:
         shutdown(context)
@@ -280,8 +282,9 @@ def _write_run_files(run: FoldRun) -> None:
     atomic_write_text(run.fold_folder / CONFIG_FILE, dump_config(run.config))
 
 
-def _train(run: FoldRun, context: DistributedContext, pretrained_weights: str | Path | None) -> tuple[Trainer, Any]:
-    """Prepare the folders, build the trainer, resume or load pretrained weights, train what is left."""
+def _start(run: FoldRun, context: DistributedContext) -> tuple[Trainer, list[str]]:
+    """Refuse what cannot train before anything is written, prepare the folders and build the trainer;
+    returns it with the warnings about the plan on this device."""
     rank_batch = rank_batch_size(run.global_batch, context)
     device_warnings = check_plan_device(
         run.plans, run.configuration_name, run.device.type, device_memory_bytes(run.device), run.patch_size,
@@ -294,7 +297,12 @@ def _train(run: FoldRun, context: DistributedContext, pretrained_weights: str | 
     if context.is_main:
         _prepare_folders(run)
     barrier(context)
-    trainer = Trainer(run, context)
+    return Trainer(run, context), device_warnings
+
+
+def _train(trainer: Trainer, run: FoldRun, context: DistributedContext, pretrained_weights: str | Path | None,
+           device_warnings: Sequence[str]) -> Any:
+    """Resume or load pretrained weights, train what is left; returns what the pretrained weights loaded."""
     _restore(trainer, run)
     pretrained = None
     if pretrained_weights is not None:
@@ -310,7 +318,7 @@ def _train(run: FoldRun, context: DistributedContext, pretrained_weights: str | 
         if not (run.fold_folder / FINAL).is_file():
             trainer.save(FINAL)
     barrier(context)
-    return trainer, pretrained
+    return pretrained
 
 
 def _preprocess_seconds(store: Path) -> float | None:
