@@ -186,7 +186,9 @@ def _find_dataset(spec: str | int | os.PathLike[str]) -> DatasetLocation:
 
 def _missing_root_note(root: Path) -> str:
     """Why a root holds no dataset when it is no folder: ``AUTOSEG_RAW`` naming a file, or a folder that does not
-    exist (a typo), was told only that the dataset is not in it."""
+    exist (a typo), was told only that the dataset is not in it; so was one naming a dataset folder itself."""
+    if (root / "dataset.json").is_file():
+        return f" (itself a dataset folder, holding dataset.json: the raw root is its parent, {root.parent})"
     if root.is_dir():
         return ""
     return " (a file, not a folder)" if root.exists() else " (which does not exist)"

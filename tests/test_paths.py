@@ -43,6 +43,14 @@ def test_a_raw_root_that_is_no_folder_is_named_as_such(make: Optional[Callable[[
         paths.resolve_dataset("4")
 
 
+def test_a_raw_root_that_is_a_dataset_folder_names_its_parent(small_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """AUTOSEG_RAW set to the dataset folder itself (a common slip) was told only that the dataset is not in it."""
+    monkeypatch.setenv("AUTOSEG_RAW", str(small_dataset))
+    with pytest.raises(DatasetError, match=re.escape(f"raw root {small_dataset} (itself a dataset folder, holding "
+                                                     f"dataset.json: the raw root is its parent, {small_dataset.parent})")):
+        paths.resolve_dataset("999")
+
+
 def test_unknown_and_ambiguous_names(small_dataset: Path, roots: dict[str, Path]) -> None:
     with pytest.raises(DatasetError, match="dataset 'Dataset123' not found in the raw root"):
         paths.resolve_dataset("Dataset123")
