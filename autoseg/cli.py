@@ -189,6 +189,18 @@ DATASET_HELP = "Dataset004, 4, Dataset004_Hippocampus or the dataset folder's pa
 WORKERS_HELP = "worker processes, 0 or 1: all in this process (default: the CPU cores available)"
 
 
+def checked_workers(value: Optional[int]) -> Optional[int]:
+    """``-np`` refused when the command starts, not when its first pool does: ensemble had claimed its output
+    folder before the count was refused."""
+    from autoseg.utils.progress import stage_workers
+
+    return None if value is None else stage_workers(value, typer.BadParameter)
+
+
+workers_option = functools.partial(typer.Option, None, "-np", "--num-workers", min=0, help=WORKERS_HELP,
+                                   callback=checked_workers)  # every stage's -np
+
+
 def _print_version(requested: bool) -> None:
     """``autoseg --version``: which autoseg ran (it was 'No such option: --version'), for bug reports."""
     if requested:
@@ -210,7 +222,7 @@ def _options(
 @user_errors
 def verify(
     dataset: str = typer.Argument(..., help=DATASET_HELP),
-    num_workers: Optional[int] = typer.Option(None, "-np", "--num-workers", min=0, help=WORKERS_HELP),
+    num_workers: Optional[int] = workers_option(),
 ) -> None:
     """Check a raw dataset and list every problem, one line each (exit 0 when clean, 2 otherwise)."""
     from autoseg.dataset.verify import verify_dataset
@@ -233,7 +245,7 @@ def verify(
 @user_errors
 def fingerprint(
     dataset: str = typer.Argument(..., help=DATASET_HELP),
-    num_workers: Optional[int] = typer.Option(None, "-np", "--num-workers", min=0, help=WORKERS_HELP),
+    num_workers: Optional[int] = workers_option(),
 ) -> None:
     """Verify the dataset and write its fingerprint.json (spacings, shapes, intensities, class sizes and thickness)."""
     from autoseg.fingerprint.extract import extract_fingerprint
@@ -261,7 +273,7 @@ def plan(
     plans_name: str = typer.Option("autosegPlans", "--plans-name", help="name of the plans file; a new name never touches earlier plans"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing plans file of this name that differs"),
     device: Optional[str] = typer.Option(None, "--device", help="device to plan for: cpu, cuda or mps (default: cuda when present)"),
-    num_workers: Optional[int] = typer.Option(None, "-np", "--num-workers", min=0, help=WORKERS_HELP),
+    num_workers: Optional[int] = workers_option(),
     transfer_from: Optional[Path] = path_option(None, "--transfer-plans-from", help="a plans file, trained model folder or model zip from export-model: keep its network, patch and batch (to fine-tune its weights with train --pretrained-weights), with this dataset's own spacing and normalization"),
 ) -> None:
     """Choose spacing, normalization, configurations, topology, patch, batch and mirrored axes; write the plans file."""
@@ -287,7 +299,7 @@ def networks() -> None:
 def preprocess(
     dataset: str = typer.Argument(..., help=DATASET_HELP),
     configurations: Optional[list[str]] = typer.Option(None, "-c", "--configuration", help="configurations to preprocess (default: all planned)"),
-    num_workers: Optional[int] = typer.Option(None, "-np", "--num-workers", min=0, help=WORKERS_HELP),
+    num_workers: Optional[int] = workers_option(),
     plans_name: str = typer.Option("autosegPlans", "--plans-name", help="plans file to follow"),
 ) -> None:
     """Crop, normalize, resample and store every training case; resumable, never deletes anything."""
@@ -437,7 +449,7 @@ def evaluate(
     labels: Optional[list[int]] = typer.Option(None, "-l", "--labels", help="label values to evaluate without a dataset, e.g. --labels 1 2 (default: dataset.json beside the references, else every value found in them)"),
     output: Optional[Path] = path_option(None, "-o", "--output", help="folder for summary.json / summary.csv (default: PRED)"),
     tolerance_mm: float = typer.Option(1.0, help="tolerance of the normalised surface Dice, in mm"),
-    num_workers: Optional[int] = typer.Option(None, "-np", "--num-workers", min=0, help=WORKERS_HELP),
+    num_workers: Optional[int] = workers_option(),
 ) -> None:
     """Dice, IoU, HD95, ASSD, surface Dice, precision, recall and volumes per case and class."""
     from autoseg.evaluation.evaluate import (
@@ -481,7 +493,7 @@ def postprocess_determine(
                                          help="decision file, or a folder ending in / for postprocessing.json in it "
                                               "(default: PRED/postprocessing.json)"),
     epsilon: float = typer.Option(1e-3, help="a step must raise the mean Dice by more than this and lower no class by more"),
-    num_workers: Optional[int] = typer.Option(None, "-np", "--num-workers", min=0, help=WORKERS_HELP),
+    num_workers: Optional[int] = workers_option(),
 ) -> None:
     """Decide which connected-component steps help on the cross-validation and store them as JSON."""
     from autoseg.evaluation.evaluate import find_description
@@ -500,7 +512,7 @@ def postprocess_apply(
     input: Path = path_option(..., "-i", "--input", help="folder of label maps"),
     output: Path = path_option(..., "-o", "--output", help="new folder for the postprocessed label maps"),
     decision: Path = path_option(..., "--decision", help="postprocessing.json from `postprocess determine`"),
-    num_workers: Optional[int] = typer.Option(None, "-np", "--num-workers", min=0, help=WORKERS_HELP),
+    num_workers: Optional[int] = workers_option(),
 ) -> None:
     """Apply a postprocessing decision to every label map of a folder (deterministic)."""
     from autoseg.postprocessing.determine import apply_to_folder
@@ -516,7 +528,7 @@ def ensemble(
     output: Path = path_option(..., "-o", "--output", help="folder for the ensembled label maps"),
     save_probabilities: bool = typer.Option(False, help="also write the averaged probabilities"),
     file_ending: Optional[str] = typer.Option(None, help="ending of the written label maps, dot included, e.g. .nii.gz (default: as in the first folder)"),
-    num_workers: Optional[int] = typer.Option(None, "-np", "--num-workers", min=0, help=WORKERS_HELP),
+    num_workers: Optional[int] = workers_option(),
 ) -> None:
     """Average the saved probabilities of several configurations (or models) case by case."""
     from autoseg.evaluation.ensemble import ensemble_folders
@@ -535,7 +547,7 @@ def find_best(
     folds: list[str] = typer.Option(["0", "1", "2", "3", "4"], "-f", "--fold", help=FOLDS_HELP),
     configurations: Optional[list[str]] = typer.Option(None, "-c", "--configuration", help="only these configurations (default: all trained)"),
     no_ensembles: bool = typer.Option(False, "--no-ensembles", help="do not try pairwise ensembles"),
-    num_workers: Optional[int] = typer.Option(None, "-np", "--num-workers", min=0, help=WORKERS_HELP),
+    num_workers: Optional[int] = workers_option(),
 ) -> None:
     """Rank every trained configuration and pairwise ensemble by cross-validation Dice; print how to predict."""
     from autoseg.evaluation.selection import find_best as run, instructions_text
@@ -591,7 +603,7 @@ def import_model(
 def report(
     dataset: str = typer.Argument(..., help=DATASET_HELP),
     output: Optional[Path] = path_option(None, "-o", "--output", help="HTML file (default: <results>/<Dataset>/report.html)"),
-    num_workers: Optional[int] = typer.Option(None, "-np", "--num-workers", min=0, help=WORKERS_HELP),
+    num_workers: Optional[int] = workers_option(),
 ) -> None:
     """Self-contained HTML report: cross-validation table, Dice box plots, training curves, overlays."""
     from autoseg.evaluation.report import build_report
