@@ -99,6 +99,12 @@ def _empty_case_id(d: Path) -> str:
             "(for example case1_0000.nii.gz)")
 
 
+def _label_without_case_id(d: Path) -> str:
+    label(d, PLAIN_CASE).rename(d / "labelsTr" / "_0000.nii.gz")  # was told only that imagesTr/_0000_0000 is missing
+    return (f"{d / 'labelsTr' / '_0000.nii.gz'}: label without images; its case id is empty: name it <case>.nii.gz, "
+            "its images <case>_0000.nii.gz")
+
+
 def _num_training(d: Path) -> str:
     description = json.loads((d / "dataset.json").read_text())
     description["numTraining"] = 7
@@ -277,7 +283,7 @@ def _non_consecutive_labels(d: Path) -> str:
 
 
 BREAKAGES = {f.__name__[1:]: f for f in [
-    _missing_channel, _channel_geometry, _missing_label, _label_without_image, _no_channel_suffix, _empty_case_id,
+    _missing_channel, _channel_geometry, _missing_label, _label_without_image, _no_channel_suffix, _empty_case_id, _label_without_case_id,
     _num_training, _num_training_of_listed_cases, _label_spacing, _label_origin, _label_size, _mask_0_255, _undeclared_label,
     _only_ignore_label, _fractional_label, _nan_image, _nan_image_with_intercept, _four_d, _truncated, _case_clash, _bad_json, _missing_key,
     _non_consecutive_labels, _label_shifted_far_from_zero, _near_integer_label, _beyond_float32_image,

@@ -162,10 +162,15 @@ def scan_images(folder: Path, desc: DatasetDescription, unsuffixed: frozenset[st
     return scan
 
 
+def _lacks_case_id(stem: str) -> bool:
+    """Whether a file name (without ending) is a channel suffix alone, ``_0000``: a case id left out."""
+    return re.fullmatch(r"_\d{4}", stem) is not None
+
+
 def _unsuffixed_name_problem(stem: str, ending: str) -> str:
     """What is wrong with an image name ``stem`` that holds no case id before a channel suffix, and its fix:
     ``_0000.nii.gz`` (the case id left out) was told to become ``_0000_0000.nii.gz``."""
-    if re.fullmatch(r"_\d{4}", stem):
+    if _lacks_case_id(stem):
         return f"the case id before {stem} is empty; name it <case>{stem}{ending} (for example case1{stem}{ending})"
     return f"name lacks the 4-digit channel suffix; rename to {stem}_0000{ending}"
 
@@ -223,6 +228,10 @@ def scan_training_cases(dataset_dir: Path, desc: DatasetDescription) -> CaseScan
         if stem in unsuffixed:  # its image, named as the label, is reported as lacking the channel suffix
             continue
         if stem not in with_images and not (dataset_dir / "imagesTr" / f"{stem}_0000{desc.file_ending}").exists():
+            if _lacks_case_id(stem):  # was told only that imagesTr/_0000_0000 is missing
+                scan.problems.append(f"{path}: label without images; its case id is empty: name it <case>"
+                                     f"{desc.file_ending}, its images <case>_0000{desc.file_ending}")
+                continue
             hint = " (labels have no channel suffix; rename it without _XXXX)" if CHANNEL_SUFFIX.match(stem) else ""
             scan.problems.append(f"{path}: label without images (no imagesTr/{stem}_0000{desc.file_ending}){hint}")
     scan.cases = [c for c in scan.cases if c.label is not None]
