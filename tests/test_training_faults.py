@@ -212,6 +212,32 @@ def test_continue_names_the_settings_it_changes_from_the_run_it_resumes(results:
                      r"from .*fold_0/training_config.yaml\); repeat that run's --set", log), log
 
 
+def test_a_fold_trained_again_without_continue_starts_its_own_log_and_validation(
+    data_roots: dict[str, Path], results: Path
+) -> None:
+    """Was: after its checkpoints were deleted, a fold trained again appended to the earlier run's training_log.txt (two
+    runs in one log) and left the validation of cases no longer in the split beside the new one (find-best merged
+    them). The earlier log is kept under another name; the earlier validation goes; the user's own files stay."""
+    overrides = ["iterations_per_epoch=1", "val_iterations_per_epoch=1"]
+    first = train_fold(DATASET, "3d_fullres", 0, epochs=1, workers=0, overrides=overrides, device="cpu")
+    fold = Path(first["model_folder"]) / "fold_0"
+    validation, val_cases = fold / "validation", sorted(c["case_id"] for c in first["validation"]["metric_per_case"])
+    earlier_log = (fold / "training_log.txt").read_text()
+    train_case = next(c for c in list_cases(data_roots["preprocessed"] / DATASET / "autosegPlans_3d_fullres")
+                      if c not in val_cases)
+    for checkpoint in fold.glob("checkpoint_*.safetensors"):
+        checkpoint.unlink()
+    # a validation case of an earlier split, trained on in this one
+    shutil.copyfile(validation / f"{val_cases[0]}.nii.gz", validation / f"{train_case}.nii.gz")
+    (validation / "my_notes.txt").write_text("mine")
+    train_fold(DATASET, "3d_fullres", 0, epochs=1, workers=0, overrides=overrides, device="cpu")
+    [kept] = fold.glob("training_log.*.txt")
+    assert kept.read_text() == earlier_log and re.fullmatch(r"training_log\.\d{8}-\d{6}\.txt", kept.name)
+    assert (fold / "training_log.txt").read_text().count("training finished") == 1
+    assert sorted(p.name for p in validation.iterdir()) == sorted(
+        [f"{c}.nii.gz" for c in val_cases] + ["my_notes.txt", "summary.csv", "summary.json"])
+
+
 @pytest.mark.parametrize("damaged", ['{"mean": {}', '{"mean": {}, "foreground_mean": {}, "metric_per_case": []}'])
 def test_continue_of_a_finished_fold_validates_again_over_a_summary_that_is_none(results: Path, damaged: str) -> None:
     """Was: a --continue of a finished fold reused its validation/summary.json unread: a damaged one stopped it with an

@@ -31,6 +31,21 @@ def _bar_enabled() -> bool:
     return sys.stderr.isatty() or os.environ.get("AUTOSEG_PROGRESS") == "1"
 
 
+def set_aside_log(folder: Path) -> Path | None:
+    """Rename an earlier run's log in ``folder`` to ``training_log.<its last write>.txt`` (``-2``, ... where that
+    name is taken) so that a new run starts its own: appended to, it mixed the two runs. Returns the new name."""
+    log = Path(folder) / LOG_FILE
+    if not log.is_file():
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(log.stat().st_mtime))
+    kept, n = log.with_name(f"{log.stem}.{stamp}{log.suffix}"), 1
+    while kept.exists():
+        n += 1
+        kept = log.with_name(f"{log.stem}.{stamp}-{n}{log.suffix}")
+    log.rename(kept)
+    return kept
+
+
 class Monitor:
     """Rank 0's window on training; every method is a no-op on other ranks (``active=False``)."""
 

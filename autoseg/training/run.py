@@ -19,7 +19,7 @@ import yaml
 
 from autoseg.dataset.description import load_description
 from autoseg.errors import NetworkError, PlanError, TrainingError
-from autoseg.evaluation.evaluate import SUMMARY_JSON
+from autoseg.evaluation.evaluate import SUMMARY_CSV, SUMMARY_JSON
 from autoseg.networks import get_network_spec
 from autoseg.paths import DatasetSpec, resolve_dataset
 from autoseg.planning.accounting import PARTS
@@ -41,6 +41,7 @@ from autoseg.training.distributed import DistributedContext, barrier, init_distr
 from autoseg.training.fold_run import FoldRun
 from autoseg.training.math_threads import applied, choose_math_threads
 from autoseg.training.model_setup import amp_dtype, check_network_builds, determinism_restored
+from autoseg.training.monitor import METRICS_FILE, PLOT_FILE, set_aside_log
 from autoseg.training.plan_device import check_plan_device
 from autoseg.training.schedule import extended_total
 from autoseg.training.pretrained import load_pretrained
@@ -51,7 +52,7 @@ from autoseg.utils.atomic import atomic_path, atomic_write_json, atomic_write_te
 from autoseg.utils.jsonio import read_json
 from autoseg.utils.mappings import flatten
 from autoseg.utils.names import string_list
-from autoseg.utils.probability_files import SIDECAR_SUFFIX
+from autoseg.utils.probability_files import SIDECAR_SUFFIX, probability_paths
 from autoseg.utils.device import choose_device as shared_choose_device
 from autoseg.utils.device import device_memory_bytes
 from autoseg.utils.duration import check_budget_seconds
@@ -272,6 +273,25 @@ def _prepare_folders(run: FoldRun) -> None:
                                run.configuration_name, run.description.file_ending)
     for folder in (run.model_folder, run.fold_folder, run.fold_folder / VALIDATION_FOLDER):
         remove_stale_temporaries(folder)  # what a killed run left half-written
+    if not run.resume:
+        _clear_earlier_run(run)
+
+
+def _clear_earlier_run(run: FoldRun) -> None:
+    """A run without --continue (the fold's checkpoints deleted, or a run killed before its first) starts its own
+    record: the earlier training_log.txt is kept under another name (``set_aside_log``), and the earlier run's
+    metrics, plot, time accounting and validation (the label maps and probabilities of the store's cases, the
+    summary) are removed. Appended to, the log mixed two runs; left, the validation of cases no longer in the split
+    stood beside the new one (find-best merged both) and the records described a model that is gone. Other files
+    in validation/ are not autoseg's and stay."""
+    set_aside_log(run.fold_folder)
+    validation = run.fold_folder / VALIDATION_FOLDER
+    earlier = [run.fold_folder / name for name in (METRICS_FILE, PLOT_FILE, ACCOUNTING_FILE)]
+    earlier += [validation / name for name in (SUMMARY_JSON, SUMMARY_CSV)]
+    for case_id in list_cases(run.store):
+        earlier += [validation / f"{case_id}{run.description.file_ending}", *probability_paths(validation, case_id)]
+    for path in earlier:
+        path.unlink(missing_ok=True)
 
 
 def _write_run_files(run: FoldRun) -> None:
