@@ -175,13 +175,21 @@ def _find_dataset(spec: str | int | os.PathLike[str]) -> DatasetLocation:
     matches = dataset_folders(root, text)
     if not matches:
         raise DatasetError(
-            f"dataset '{text}' not found in the raw root {root}{_missing_root_note(root)}; set AUTOSEG_RAW (or "
+            f"dataset '{text}' not found in the raw root {root}{_missing_root_note(root)}{_same_id_note(root, text)}; "
+            "set AUTOSEG_RAW (or "
             "nnUNet_raw) to the folder holding DatasetXXX_Name folders, or pass the dataset folder's path"
         )
     if len(matches) > 1:
         names = ", ".join(p.name for p in matches)
         raise DatasetError(f"dataset id {dataset_id:03d} is ambiguous in {root}: {names}; give the full name")
     return DatasetLocation(matches[0].name, matches[0])
+
+
+def _same_id_note(root: Path, name: str) -> str:
+    """The folders of ``root`` with the id of a full dataset name found under none (a renamed dataset or a typo:
+    ``Dataset004_Hipocampus`` was told only that it is not there)."""
+    others = dataset_folders(root, f"Dataset{parse_dataset_id(name):03d}") if DATASET_NAME.match(name) else []
+    return f" (it holds {', '.join(p.name for p in others)} with that id)" if others else ""
 
 
 def _missing_root_note(root: Path) -> str:

@@ -51,6 +51,13 @@ def test_a_raw_root_that_is_a_dataset_folder_names_its_parent(small_dataset: Pat
         paths.resolve_dataset("999")
 
 
+def test_a_misspelt_dataset_name_names_the_folder_of_its_id(small_dataset: Path, roots: dict[str, Path]) -> None:
+    """Dataset999_Tset (a typo or a renamed dataset) was told only that it is not in the raw root."""
+    with pytest.raises(DatasetError, match=re.escape(f"not found in the raw root {roots['raw']} (it holds "
+                                                     "Dataset999_Test with that id); set AUTOSEG_RAW")):
+        paths.resolve_dataset("Dataset999_Tset")
+
+
 def test_unknown_and_ambiguous_names(small_dataset: Path, roots: dict[str, Path]) -> None:
     with pytest.raises(DatasetError, match="dataset 'Dataset123' not found in the raw root"):
         paths.resolve_dataset("Dataset123")
