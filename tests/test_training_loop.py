@@ -323,6 +323,19 @@ def test_without_pseudo_validation_metrics_stay_json_and_no_best_is_kept(results
     assert "no pseudo-Dice (val_iterations_per_epoch=0" in (_fold(results) / "training_log.txt").read_text()
 
 
+def test_a_fold_holding_only_an_earlier_best_checkpoint_is_refused_without_continue(results: Path) -> None:
+    """Was: with checkpoint_latest and _final deleted, a run without pseudo-validation trained beside the earlier run's
+    checkpoint_best.safetensors, which `predict --checkpoint best` then took for this run's best model."""
+    train_fold(DATASET, "3d_fullres", "all", epochs=1, workers=0, overrides=FAST)
+    best = _fold(results) / "checkpoint_best.safetensors"
+    earlier = best.read_bytes()
+    for name in ("checkpoint_latest.safetensors", "checkpoint_final.safetensors"):
+        (_fold(results) / name).unlink()
+    with pytest.raises(TrainingError, match=r"fold_all: this fold already has checkpoints"):
+        train_fold(DATASET, "3d_fullres", "all", epochs=1, workers=0, overrides=["val_iterations_per_epoch=0"])
+    assert best.read_bytes() == earlier
+
+
 def test_a_diverged_run_stops_and_keeps_the_last_good_checkpoint(results: Path) -> None:
     train_fold(DATASET, "3d_fullres", "all", epochs=1, workers=0, overrides=FAST)
     good = (_fold(results) / "checkpoint_latest.safetensors").read_bytes()

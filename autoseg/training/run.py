@@ -34,7 +34,7 @@ from autoseg.preprocessing.store import list_cases
 from autoseg.training.cascade import (
     CACHE_FOLDER, check_previous_stage_labels, prepare_previous_stage, previous_stage_predictions,
 )
-from autoseg.training.checkpoints import FINAL, LATEST
+from autoseg.training.checkpoints import BEST, FINAL, LATEST
 from autoseg.training.config import dump_config, resolve_training_config
 from autoseg.training.config_rules import RULES
 from autoseg.training.distributed import DistributedContext, barrier, init_distributed, rank_batch_size, shutdown
@@ -416,11 +416,17 @@ def _refuse_overwrite(run: FoldRun) -> None:
     beside them (its training_config.yaml still describes the run that made them). With --continue,
     refuse a fold holding a final model but no training state: an imported model (or one whose
     checkpoint_latest was deleted) cannot be continued, and starting over would replace it."""
-    has = {name: (run.fold_folder / name).is_file() for name in (LATEST, FINAL)}
-    if not run.resume and any(has.values()):
+    has = {name: (run.fold_folder / name).is_file() for name in (LATEST, FINAL, BEST)}
+    if not run.resume and (has[LATEST] or has[FINAL]):
         raise TrainingError(
             f"{run.fold_folder}: this fold already has checkpoints; add --continue to resume or extend it "
             "(with --epochs), or delete the folder to start over"
+        )
+    if not run.resume and has[BEST]:  # left, a run without pseudo-validation writes no best: predict took it as its own
+        raise TrainingError(
+            f"{run.fold_folder}: this fold already has checkpoints ({BEST} of an earlier run, whose {LATEST} and "
+            f"{FINAL} are gone); delete it, or the folder, to start over, or add --continue if that run was killed "
+            "in its first epoch"
         )
     _refuse_another_plan(run)
     if run.resume and has[FINAL] and not has[LATEST]:
