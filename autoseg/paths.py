@@ -173,6 +173,8 @@ def _find_dataset(spec: str | int | os.PathLike[str]) -> DatasetLocation:
             "Dataset004_Hippocampus or a path to the folder holding dataset.json"
         )
     matches = dataset_folders(root, text)
+    if not matches and (problem := _short_id_problem(root, text)) is not None:
+        raise DatasetError(problem)
     if not matches:
         raise DatasetError(
             f"dataset '{text}' not found in the raw root {root}{_missing_root_note(root)}{_same_id_note(root, text)}; "
@@ -190,6 +192,16 @@ def _same_id_note(root: Path, name: str) -> str:
     ``Dataset004_Hipocampus`` was told only that it is not there)."""
     others = dataset_folders(root, f"Dataset{parse_dataset_id(name):03d}") if DATASET_NAME.match(name) else []
     return f" (it holds {', '.join(p.name for p in others)} with that id)" if others else ""
+
+
+def _short_id_problem(root: Path, name: str) -> str | None:
+    """Why folder ``name`` of ``root`` is no dataset name when its id has fewer than 3 digits, else None:
+    ``Dataset06_DRIVE`` was said not to be in the raw root that holds it."""
+    short_id = re.match(r"^Dataset(\d{1,2})_(.+)$", name)
+    if short_id is None or not (root / name).is_dir():
+        return None
+    return (f"{root / name}: a dataset folder's name has a 3-digit id (DatasetXXX_Name); rename it "
+            f"Dataset{int(short_id[1]):03d}_{short_id[2]}")
 
 
 def _missing_root_note(root: Path) -> str:

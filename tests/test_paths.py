@@ -58,6 +58,14 @@ def test_a_misspelt_dataset_name_names_the_folder_of_its_id(small_dataset: Path,
         paths.resolve_dataset("Dataset999_Tset")
 
 
+def test_a_dataset_folder_with_a_short_id_is_told_to_take_three_digits(roots: dict[str, Path]) -> None:
+    """Dataset06_DRIVE, a folder of the raw root, was said not to be found in it."""
+    (roots["raw"] / "Dataset06_DRIVE").mkdir()
+    with pytest.raises(DatasetError, match=re.escape(f"{roots['raw'] / 'Dataset06_DRIVE'}: a dataset folder's name has "
+                                                     "a 3-digit id (DatasetXXX_Name); rename it Dataset006_DRIVE")):
+        paths.resolve_dataset("Dataset06_DRIVE")
+
+
 def test_unknown_and_ambiguous_names(small_dataset: Path, roots: dict[str, Path]) -> None:
     with pytest.raises(DatasetError, match="dataset 'Dataset123' not found in the raw root"):
         paths.resolve_dataset("Dataset123")
