@@ -347,6 +347,15 @@ def test_the_error_that_stops_a_run_ends_its_log_unless_the_log_cannot_take_it(t
         raise OSError(28, "No space left on device")
 
 
+def test_a_log_line_naming_a_path_of_non_utf8_bytes_is_written_escaped(tmp_path: Path) -> None:
+    """A folder named in Latin-1 (``caf\\xe9``) reaches Python as a surrogate escape; the log refused it with an
+    internal UnicodeEncodeError that stopped training."""
+    from autoseg.training.monitor import LOG_FILE, Monitor
+
+    Monitor(tmp_path).log("resumed from /data/caf\udce9/fold_0")
+    assert (tmp_path / LOG_FILE).read_text(encoding="utf-8").endswith("resumed from /data/caf\\udce9/fold_0\n")
+
+
 def test_another_familys_patch_refusal_suggests_a_patch_that_holds() -> None:
     """nnformer's windows are chosen per patch: the advice 'a multiple of [4, 12, 16]' for [12, 20, 16] led to
     [12, 24, 16], refused again for [4, 16, 16]. The suggested patch now holds."""

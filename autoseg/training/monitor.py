@@ -66,10 +66,12 @@ class Monitor:
             print(line, file=sys.stderr, flush=True)
 
     def _append(self, message: str) -> str:
-        """Append ``message``, time-stamped, to the log; returns the line."""
+        """Append ``message``, time-stamped, to the log; returns the line. A path of bytes that are not UTF-8 (a folder
+        named in Latin-1) is written escaped, as stderr shows it: strict UTF-8 stopped training with an internal
+        UnicodeEncodeError at the first line naming it."""
         line = f"{time.strftime('%Y-%m-%d %H:%M:%S')}  {message}"
         self.folder.mkdir(parents=True, exist_ok=True)  # on first use: a refused run leaves no folder
-        with open(self.folder / LOG_FILE, "a", encoding="utf-8") as handle:
+        with open(self.folder / LOG_FILE, "a", encoding="utf-8", errors="backslashreplace") as handle:
             handle.write(line + "\n")
         self.logged = True
         return line
