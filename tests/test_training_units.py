@@ -341,6 +341,9 @@ def test_the_error_that_stops_a_run_ends_its_log_unless_the_log_cannot_take_it(t
     with pytest.raises(TrainingError, match="^worker died$"), monitor.stop_logged():
         raise TrainingError("worker died")
     assert (tmp_path / LOG_FILE).read_text().splitlines()[-1].endswith("  stopped by an error: TrainingError: worker died")
+    with pytest.raises(KeyboardInterrupt), monitor.stop_logged():
+        raise KeyboardInterrupt
+    assert (tmp_path / LOG_FILE).read_text().splitlines()[-1].endswith("  stopped by an error: KeyboardInterrupt")
     (tmp_path / LOG_FILE).unlink()
     (tmp_path / LOG_FILE).mkdir()  # the log cannot be opened now, as on a full disk
     with pytest.raises(OSError, match="No space left"), monitor.stop_logged():

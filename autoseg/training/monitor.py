@@ -87,7 +87,7 @@ class Monitor:
         except BaseException as exc:
             if self.active and self.logged:
                 with contextlib.suppress(OSError, ValueError):
-                    self._append(f"stopped by an error: {type(exc).__name__}: {exc}")
+                    self._append(f"stopped by an error: {_named(exc)}")
             raise
 
     def start(self, total_iterations: int, done: int) -> None:
@@ -131,6 +131,11 @@ class Monitor:
         self.folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.folder / METRICS_FILE, "".join(json.dumps(row) + "\n" for row in history))
         plot_progress(history, self.folder / PLOT_FILE)
+
+
+def _named(exc: BaseException) -> str:
+    """An exception as the log names it: its type, then its message where it has one (an interrupt has none)."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _shown(value: float | None) -> str:
