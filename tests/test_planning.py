@@ -617,6 +617,14 @@ def test_plan_table_lists_every_configuration():
     assert lines[-1].startswith("note: 3d_lowres: not needed")
 
 
+def test_plan_table_gives_a_small_memory_in_mib() -> None:
+    """A small network on a small patch showed 'memory 0.00 GiB'."""
+    plans = plan(MRI_SMALL)
+    plans["configurations"]["3d_fullres"]["predicted_memory_bytes"] = 3 * 2**20
+    row = format_plan_table(plans).splitlines()[4]
+    assert row.startswith("3d_fullres") and "  3 MiB  " in row
+
+
 def test_a_3d_patch_one_voxel_thick_is_noted() -> None:
     """Two-slice volumes: 3d_fullres was planned with a [1, y, x] patch, a 2D model at 3D cost, without a word."""
     from autoseg.planning.planner import _flat_3d_patch_notes

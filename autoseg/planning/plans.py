@@ -315,6 +315,11 @@ def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.3g}"
 
 
+def _memory(size: float) -> str:
+    """A predicted memory size for the table: below 0.1 GiB in MiB (small networks on small patches read 0.00 GiB)."""
+    return f"{size / 2**30:.2f} GiB" if size >= 2**30 / 10 else f"{size / 2**20:.0f} MiB"
+
+
 def _numbers(values: list[float], digits: int = 2) -> str:
     texts = [f"{v:.{digits}f}" for v in values]
     return "x".join(t.rstrip("0").rstrip(".") if "." in t else t for t in texts)
@@ -337,7 +342,7 @@ def format_plan_table(plans: dict[str, Any]) -> str:
             config["network"]["name"],
             str(len(features)),
             f"{features[0]}-{features[-1]}",
-            f"{config['predicted_memory_bytes'] / 2**30:.2f} GiB",
+            _memory(config["predicted_memory_bytes"]),
             _seconds(config["predicted_seconds_per_iteration"]),
             str(config["num_iterations"]),
             _duration(config.get("predicted_total_seconds")),
