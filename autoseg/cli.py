@@ -190,11 +190,17 @@ WORKERS_HELP = "worker processes, 0 or 1: all in this process (default: the CPU 
 
 
 def checked_workers(value: Optional[int]) -> Optional[int]:
-    """``-np`` refused when the command starts, not when its first pool does: ensemble had claimed its output
-    folder before the count was refused."""
-    from autoseg.utils.progress import stage_workers
+    """``-np`` checked when the command starts, not when its first pool does (ensemble had claimed its output
+    folder before a count was refused); a count beyond the machine's limit is lowered to it, with a note."""
+    from autoseg.utils.progress import MAX_STAGE_WORKERS_PER_CORE, stage_workers
 
-    return None if value is None else stage_workers(value, typer.BadParameter)
+    if value is None:
+        return None
+    workers = stage_workers(value, typer.BadParameter)
+    if workers < value:
+        typer.echo(f"note: -np {value} is more than {MAX_STAGE_WORKERS_PER_CORE} worker processes per core of this "
+                   f"machine; {workers} are used", err=True)
+    return workers
 
 
 workers_option = functools.partial(typer.Option, None, "-np", "--num-workers", min=0, help=WORKERS_HELP,

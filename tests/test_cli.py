@@ -162,19 +162,14 @@ def test_more_workers_than_cases_start_one_worker_a_case(monkeypatch: pytest.Mon
     assert results == {"0": 0, "1": 1, "2": 2} and not failures and started == [3]
 
 
-def test_too_many_workers_are_refused_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """-np was refused only when a stage's first pool started: ensemble had claimed its output folder by then."""
+def test_too_many_workers_are_lowered_when_the_command_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """-np was checked only when a stage's first pool started (ensemble had claimed its output folder by then); a
+    count beyond 4 per core is lowered when the command line is read, with one note."""
+    from autoseg.cli import checked_workers
     from autoseg.utils import progress
 
     monkeypatch.setattr(progress, "available_cores", lambda: 2)
-    inputs = [tmp_path / "a", tmp_path / "b"]
-    for folder in inputs:
-        folder.mkdir()
-    result = runner.invoke(app, ["ensemble", "-i", *map(str, inputs), "-o", str(tmp_path / "out"), "-np", "9"])
-    assert result.exit_code == 2 and not (tmp_path / "out").exists()
-    assert result.output.splitlines() == [
-        "autoseg: error: ensemble: Invalid value for '-np' / '--num-workers': num_workers (-np) 9: give at most 8 (4 per "
-        "core of this machine), or leave it out for every core available; see 'root ensemble --help'"]
+    assert checked_workers(9) == 8 and checked_workers(8) == 8 and checked_workers(None) is None
 
 
 def test_version_is_printed() -> None:

@@ -827,12 +827,17 @@ def test_a_file_name_that_is_not_utf8_is_reported_not_an_abort(small_dataset: Pa
     assert {os.fsencode(p): p.read_bytes() for p in small_dataset.rglob("*") if p.is_file()} == before
 
 
-def test_verify_refuses_more_processes_than_four_per_core(small_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """-np had no upper bound: -np 100000 started one process per case; it is refused as training's num_workers is."""
+def test_verify_lowers_more_processes_than_four_per_core(small_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """-np had no upper bound: -np 100000 started one process per case; beyond 4 per core it is lowered, with a note
+    (refusing it stopped nnU-Net's habitual -np 8 on a one-core machine)."""
     from autoseg.utils import progress
 
+    started = []
+    real_pool = progress.ProcessPoolExecutor
     monkeypatch.setattr(progress, "available_cores", lambda: 2)
+    monkeypatch.setattr(progress, "ProcessPoolExecutor",
+                        lambda max_workers, **kw: started.append(max_workers) or real_pool(max_workers, **kw))
     result = runner.invoke(app, ["verify", str(small_dataset), "-np", "9"])
-    assert result.exit_code == 2
-    assert "num_workers (-np) 9: give at most 8 (4 per core of this machine)" in result.output
-    assert runner.invoke(app, ["verify", str(small_dataset), "-np", "8"]).exit_code == 0
+    assert result.exit_code == 0, result.output
+    assert "note: -np 9 is more than 4 worker processes per core of this machine; 8 are used" in result.output
+    assert progress.stage_workers(100000, ValueError) == 8 and all(n <= 8 for n in started)

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from autoseg.errors import TrainingError
-from autoseg.training.data_loading import MAX_WORKERS_PER_CORE, most_workers
 from autoseg.training.math_threads import MAX_MATH_THREADS_PER_CORE, most_math_threads
 from autoseg.training.model_setup import OPTIMIZERS
 from autoseg.training.schedule import LR_SCHEDULES
 from autoseg.training.steps import DICE_DENOMINATORS
 from autoseg.utils.device import MIXED_PRECISION_SETTINGS
 from autoseg.utils.finite import is_finite_number
+from autoseg.utils.progress import MAX_STAGE_WORKERS_PER_CORE, most_stage_workers
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,7 @@ RULES: dict[str, Rule | Choice] = {
     "oversample_foreground": SHARE,
     "pseudo_dice_ema": BELOW_ONE,
     "mixed_precision": Choice(MIXED_PRECISION_SETTINGS),
-    "num_workers": Rule(lambda v: 0 <= v <= most_workers(), f">= 0 and at most {most_workers()} ({MAX_WORKERS_PER_CORE} "
+    "num_workers": Rule(lambda v: 0 <= v <= most_stage_workers(), f">= 0 and at most {most_stage_workers()} ({MAX_STAGE_WORKERS_PER_CORE} "
                         "per core of this machine) or auto (0: batches built in the training process)", whole=True),
     "math_threads": Rule(lambda v: 1 <= v <= most_math_threads(), f">= 1 and at most {most_math_threads()} "
                          f"({MAX_MATH_THREADS_PER_CORE} per core of this machine) or auto", whole=True),

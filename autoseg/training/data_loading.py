@@ -29,6 +29,7 @@ import numpy as np
 from autoseg.errors import AutosegError, TrainingError
 from autoseg.training.augmentation import OUTSIDE_MASK_LABEL, training_transforms, validation_transforms
 from autoseg.utils.cpu_load import available_cores
+from autoseg.utils.progress import MAX_STAGE_WORKERS_PER_CORE, most_stage_workers
 from autoseg.utils.worker_exit import exit_with_parent
 
 TRAIN_STREAM = 0
@@ -77,22 +78,12 @@ def auto_workers(device_type: str, world_size: int = 1) -> int:
     return max(1, min(cores // _CORES_PER_CPU_WORKER, _MAX_WORKERS_CPU))
 
 
-MAX_WORKERS_PER_CORE = 4  # data loading processes per core ``num_workers`` may ask for
-
-
-def most_workers() -> int:
-    """The most data loading processes ``num_workers`` (or ``--workers``) may start on this machine: a count
-    beyond any machine (10**30) passed and started processes until memory ran out; more than a few per core
-    only wait for each other."""
-    return MAX_WORKERS_PER_CORE * available_cores()
-
-
 def worker_count(chosen: int | str, device_type: str, world_size: int = 1) -> int:
     """Workers per rank for a ``num_workers`` setting: ``auto`` (see ``auto_workers``) or a count >= 0."""
     if chosen == "auto":
         return auto_workers(device_type, world_size)
-    if not 0 <= int(chosen) <= most_workers():
-        raise TrainingError(f"num_workers must be >= 0 and at most {most_workers()} ({MAX_WORKERS_PER_CORE} per core "
+    if not 0 <= int(chosen) <= most_stage_workers():
+        raise TrainingError(f"num_workers must be >= 0 and at most {most_stage_workers()} ({MAX_STAGE_WORKERS_PER_CORE} per core "
                             f"of this machine) or 'auto', got {chosen}")
     return int(chosen)
 

@@ -103,16 +103,14 @@ def stage_workers(num_workers: int | None, error: Callable[[str], Exception]) ->
     """Worker processes for a stage's ``num_workers``: None is every core available, 0 and 1 run in this
     process. From Python a negative count (joblib's -1 for 'every core') or a fraction ran in one process
     without a word (the CLI refuses them); ``error`` is the stage's error type. A count beyond
-    ``most_stage_workers`` is refused, as training refuses such a ``num_workers``."""
+    ``most_stage_workers`` is lowered to it: ``-np 100000`` started one process per case, while nnU-Net's habitual
+    ``-np 8`` on a one-core machine should still run (the CLI says so in a note)."""
     if num_workers is None:
         return default_workers()
     if isinstance(num_workers, bool) or not isinstance(num_workers, numbers.Integral) or num_workers < 0:
         raise error(f"num_workers {num_workers!r}: give a whole number from 0 (0 or 1: in this process), or None for "
                     "every core available")
-    if num_workers > most_stage_workers():
-        raise error(f"num_workers (-np) {num_workers}: give at most {most_stage_workers()} ({MAX_STAGE_WORKERS_PER_CORE} "
-                    "per core of this machine), or leave it out for every core available")
-    return int(num_workers)
+    return min(int(num_workers), most_stage_workers())
 
 
 def _mp_context() -> multiprocessing.context.BaseContext:
