@@ -49,7 +49,7 @@ def probe(dataset: str, configuration: str, batches: int) -> dict[str, object]:
     from common import augmentation_cpu_seconds
 
     run = resolve_fold_run(dataset, configuration, "0", None, DEFAULT_PLANS_NAME, [], "cpu", seed=0, deterministic=False,
-                           num_workers=None, epochs=1, budget_seconds=None, resume=False, start_time=time.monotonic())
+                           workers=None, epochs=1, budget_seconds=None, resume=False, start_time=time.monotonic())
     plan = run.configuration
     specs = (run, list(plan["patch_size"]), int(plan["batch_size"]), [])
     if "case_cache" in inspect.signature(sampling_specs).parameters:  # the trainer's, for one worker (earlier code: none)

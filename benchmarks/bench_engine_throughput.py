@@ -271,7 +271,7 @@ def interleaved_rounds(env: dict[str, str], rounds: int, iterations: int) -> Int
     timing). One model for all three, so the blocks differ only in what feeds the step."""
     os.environ.update({k: env[k] for k in ("AUTOSEG_RAW", "AUTOSEG_PREPROCESSED", "AUTOSEG_RESULTS")})
     run = resolve_fold_run("Dataset004", CONFIGURATION, FOLD, None, DEFAULT_PLANS_NAME, [], "cpu", seed=0,
-                           deterministic=False, num_workers=None, epochs=1000, budget_seconds=None, resume=False,
+                           deterministic=False, workers=None, epochs=1000, budget_seconds=None, resume=False,
                            start_time=time.monotonic())
     trainer = Trainer(run)
     device, layout, workers = trainer.device, trainer.setup.memory_format, trainer.workers()
