@@ -86,6 +86,10 @@ def test_ignore_label_is_one_integer_in_no_region(labels: dict, order: list[int]
     ({"labels": {"background": 0, "a": 1.5}}, "label 'a' has value 1.5"),
     ({"numTraining": -1}, "numTraining must be a non-negative integer"),
     ({"numTraining": True}, "numTraining must be a non-negative integer, got True"),  # was 'numTraining is True but 4 ...'
+    ({"numTraining": 3.5}, r'numTraining must be a non-negative integer, got 3.5; write the number of training cases '
+     r'without quotes or a fraction, e.g. "numTraining": 4'),
+    ({"numTraining": "3"}, "numTraining must be a non-negative integer, got '3'"),
+    ({"numTraining": float("nan")}, "numTraining must be a non-negative integer, got nan"),
     ({"file_ending": "nii.gz"}, "file_ending must start with '.'"),
     ({"channel_names": {"1": "CT"}}, "channel_names keys must be 0, 1, 2"),
     # a name that is no string was read as its repr ("['CT']") and normalised by z-score, never as CT
@@ -103,6 +107,12 @@ def test_ignore_label_is_one_integer_in_no_region(labels: dict, order: list[int]
 def test_bad_descriptions(change: dict, message: str) -> None:
     with pytest.raises(DatasetError, match=message):
         parse_description(BASE | change, Path("d.json"))
+
+
+def test_whole_float_num_training_is_accepted() -> None:
+    """nnU-Net accepts "numTraining": 3.0 (as some JSON writers emit it); it was refused as not an integer."""
+    desc = parse_description(BASE | {"numTraining": 3.0}, Path("d.json"))
+    assert desc.num_training == 3 and type(desc.num_training) is int
 
 
 def test_label_values_are_read_as_nnunet_reads_them() -> None:

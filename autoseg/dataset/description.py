@@ -109,6 +109,17 @@ def _as_nnunet_reads(labels: dict[str, Any], has_order: bool) -> dict[str, Any]:
     return {name: v[0] if isinstance(v, list) and len(v) == 1 else v for name, v in labels.items()}
 
 
+def _num_training(value: Any, path: Path) -> int:
+    """``numTraining`` as a count: a whole float (``3.0``, as some writers emit and nnU-Net accepts) is that
+    integer; JSON true (a Python int) passed once and verify said 'numTraining is True but 4 case(s) were found'."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise DatasetError(f"{path}: numTraining must be a non-negative integer, got {value!r}; write the number of "
+                           'training cases without quotes or a fraction, e.g. "numTraining": 4')
+    return value
+
+
 def parse_description(data: dict[str, Any], path: Path) -> DatasetDescription:
     """Validate a loaded ``dataset.json``; every problem names the file and the fix.
 
@@ -148,10 +159,7 @@ def parse_description(data: dict[str, Any], path: Path) -> DatasetDescription:
         ok = ok or (isinstance(value, list) and value and all(isinstance(v, int) and v > 0 for v in value))
         if not ok:
             raise DatasetError(f"{path}: label '{name}' has value {value!r}; use a non-negative integer or a list of positive integers (region)")
-    num_training = _require(data, "numTraining", path, "add the number of training cases")
-    # JSON true is a Python int: it passed here and verify said 'numTraining is True but 4 case(s) were found'
-    if not isinstance(num_training, int) or isinstance(num_training, bool) or num_training < 0:
-        raise DatasetError(f"{path}: numTraining must be a non-negative integer, got {num_training!r}")
+    num_training = _num_training(_require(data, "numTraining", path, "add the number of training cases"), path)
     file_ending = _require(data, "file_ending", path, 'add e.g. "file_ending": ".nii.gz"')
     if not isinstance(file_ending, str) or not file_ending.startswith("."):
         raise DatasetError(f"{path}: file_ending must start with '.', got {file_ending!r}")
