@@ -90,6 +90,10 @@ def test_ignore_label_is_one_integer_in_no_region(labels: dict, order: list[int]
      r'without quotes or a fraction, e.g. "numTraining": 4'),
     ({"numTraining": "3"}, "numTraining must be a non-negative integer, got '3'"),
     ({"numTraining": float("nan")}, "numTraining must be a non-negative integer, got nan"),
+    # an empty name passed verify: reports and evaluate's table showed a class or channel with no name
+    ({"labels": {"background": 0, "": 1}}, r"""d.json: the label of value 1 has an empty name ''; give it a name, e.g. "tumor": 1$"""),
+    ({"labels": {"background": 0, "a": 1, " ": 2}}, r"the label of value 2 has an empty name ' '"),
+    ({"channel_names": {"0": "CT", "1": ""}}, r"""d.json: channel_names\["1"\] is empty \(''\); give it a name, e.g. "1": "CT"$"""),
     ({"file_ending": "nii.gz"}, "file_ending must start with '.'"),
     ({"channel_names": {"1": "CT"}}, "channel_names keys must be 0, 1, 2"),
     # a name that is no string was read as its repr ("['CT']") and normalised by z-score, never as CT

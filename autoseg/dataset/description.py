@@ -189,10 +189,16 @@ def parse_description(data: dict[str, Any], path: Path) -> DatasetDescription:
 
 
 def _check_names(desc: DatasetDescription, path: Path) -> None:
-    """Label and channel names hold no control characters: a newline in a label name broke evaluate's terminal
-    table (and every other one-line message naming the class)."""
+    """Label and channel names are not empty and hold no control characters: a newline in a label name broke
+    evaluate's terminal table (and every other one-line message naming the class)."""
     named = [(f"label name {name!r}", name) for name in desc.labels]
     named += [(f'channel_names["{key}"] {name!r}', name) for key, name in desc.channel_names.items()]
+    blank = [(f"the label of value {value} has an empty name {name!r}", f'e.g. "tumor": {value}')
+             for name, value in desc.labels.items() if not name.strip()]
+    blank += [(f'channel_names["{key}"] is empty ({name!r})', f'e.g. "{key}": "CT"')
+              for key, name in desc.channel_names.items() if not name.strip()]
+    if blank:  # passed verify, and reports and evaluate's table showed a class or channel with no name
+        raise DatasetError(f"{path}: {blank[0][0]}; give it a name, {blank[0][1]}")
     for where, name in named:
         if any(unicodedata.category(c) == "Cc" for c in name):
             raise DatasetError(f"{path}: {where} holds a control character (a newline, tab or the like); "
