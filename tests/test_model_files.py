@@ -759,3 +759,20 @@ def test_a_full_disk_during_import_names_the_results_folder_and_leaves_nothing(
     with pytest.raises(OSError):
         import_model(zip_path, tmp_path / "kept")
     assert list((tmp_path / "kept").iterdir()) == []
+
+
+def test_export_accepts_a_model_of_its_dataset_renamed_after_planning(tmp_path: Path, capsys) -> None:
+    """The plans name Dataset123_Old, the results folder Dataset123_Tiny (the dataset renamed, same id): the model was
+    refused as another dataset's; it is exported and imported with a note, and another id is still refused."""
+    folder = make_model_folder(tmp_path / "results")
+    (folder / "plans.json").write_text(json.dumps({**PLANS, "dataset_name": "Dataset123_Old"}))
+    zip_path = export_model(folder, tmp_path / "model.zip", folds=FOLDS)
+    installed = import_model(zip_path, tmp_path / "clean")
+    assert installed == [tmp_path / "clean" / DATASET / MODEL]
+    assert capsys.readouterr().err.splitlines()[0] == (
+        f"note: {MODEL}: planned as Dataset123_Old, exported and installed as {DATASET} (the same dataset id 123, "
+        "renamed after planning)"
+    )
+    (folder / "plans.json").write_text(json.dumps({**PLANS, "dataset_name": "Dataset124_Tiny"}))
+    with pytest.raises(ModelFileError, match="plans dataset Dataset124_Tiny, but the model folder lies in"):
+        export_model(folder, tmp_path / "other.zip", folds=FOLDS)

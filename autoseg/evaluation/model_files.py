@@ -27,6 +27,7 @@ import hashlib
 import os
 import re
 import shutil
+import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
@@ -43,7 +44,7 @@ from autoseg.inference.engine import LoadedModel
 from autoseg.inference.model import (
     ModelFiles, build_network, check_fold_number, check_fold_of_model, load_model, named_folder,
 )
-from autoseg.paths import check_model_folder_name, results_root as default_results_root
+from autoseg.paths import check_model_folder_name, parse_dataset_id, results_root as default_results_root
 from autoseg.planning.plans import get_configuration, validate_plans
 from autoseg.utils.atomic import atomic_write_bytes, folder_lock, remove_stale_temporaries, staging_folder
 from autoseg.utils.checksummed_zip import (
@@ -144,11 +145,17 @@ class _ForeignModel:
 def _model_of_another_dataset(plans: Mapping[str, Mapping[str, Any] | None], dataset_name: str) -> _ForeignModel | None:
     """The first of the models (name -> its parsed plans, None for no plan) whose plans.json is of another dataset than
     ``dataset_name``: a zip (checksums updated) holding a Dataset005 model was installed under Dataset004, whose
-    predictions it then wrote as Dataset005's."""
+    predictions it then wrote as Dataset005's. A plans name of the same dataset id is the same dataset renamed after
+    planning (Dataset004_Hippo -> Dataset004_Hippocampus), which was refused as another one; it is noted instead."""
     for model, model_plans in plans.items():
         planned = None if model_plans is None else model_plans.get("dataset_name")
-        if isinstance(planned, str) and planned != dataset_name:
+        if not isinstance(planned, str) or planned == dataset_name:
+            continue
+        planned_id = parse_dataset_id(planned)
+        if planned_id is None or planned_id != parse_dataset_id(dataset_name):
             return _ForeignModel(model, planned)
+        print(f"note: {model}: planned as {planned}, exported and installed as {dataset_name} (the same dataset id "
+              f"{planned_id:03d}, renamed after planning)", file=sys.stderr)
     return None
 
 
