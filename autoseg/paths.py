@@ -68,6 +68,14 @@ def printable_path(path: str | Path) -> str:
     return printable_text(os.fspath(path))
 
 
+def shown_path(path: str | Path) -> str:
+    """``path`` for a message: printable (``printable_path``) and in quotes when a part of it begins or ends with
+    white space, which unquoted cannot be seen (``AUTOSEG_RAW="raw "`` was shown as ``raw root raw  (which does
+    not exist)``)."""
+    text = printable_path(path)
+    return f"'{text}'" if any(part != part.strip() for part in Path(text).parts) else text
+
+
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -100,7 +108,7 @@ def _root(kind: str) -> Path:
         raise DatasetError(f"{var or _ROOTS[kind][0]}: {problem}, or set {var or _ROOTS[kind][0]} to another folder")
     if var is None and kind not in _announced:
         _announced.add(kind)
-        print(f"autoseg: {_unset_root_note(kind)}; using {path}", file=sys.stderr)
+        print(f"autoseg: {_unset_root_note(kind)}; using {shown_path(path)}", file=sys.stderr)
     return path
 
 
@@ -164,7 +172,7 @@ def _find_dataset(spec: str | int | os.PathLike[str]) -> DatasetLocation:
     if candidate.is_dir() and (candidate / "dataset.json").is_file():
         return DatasetLocation(candidate.resolve().name, candidate.resolve())
     if candidate.is_dir() and os.sep in text:
-        raise DatasetError(f"{candidate}: folder has no dataset.json; is it the dataset folder (with imagesTr/, labelsTr/)?")
+        raise DatasetError(f"{shown_path(candidate)}: folder has no dataset.json; is it the dataset folder (with imagesTr/, labelsTr/)?")
     dataset_id = parse_dataset_id(text)
     root = raw_root()
     if dataset_id is None:
@@ -177,13 +185,13 @@ def _find_dataset(spec: str | int | os.PathLike[str]) -> DatasetLocation:
         raise DatasetError(problem)
     if not matches:
         raise DatasetError(
-            f"dataset '{text}' not found in the raw root {root}{_missing_root_note(root)}{_same_id_note(root, text)}; "
+            f"dataset '{text}' not found in the raw root {shown_path(root)}{_missing_root_note(root)}{_same_id_note(root, text)}; "
             "set AUTOSEG_RAW (or "
             "nnUNet_raw) to the folder holding DatasetXXX_Name folders, or pass the dataset folder's path"
         )
     if len(matches) > 1:
         names = ", ".join(p.name for p in matches)
-        raise DatasetError(f"dataset id {dataset_id:03d} is ambiguous in {root}: {names}; give the full name")
+        raise DatasetError(f"dataset id {dataset_id:03d} is ambiguous in {shown_path(root)}: {names}; give the full name")
     return DatasetLocation(matches[0].name, matches[0])
 
 
@@ -200,7 +208,7 @@ def _short_id_problem(root: Path, name: str) -> str | None:
     short_id = re.match(r"^Dataset(\d{1,2})_(.+)$", name)
     if short_id is None or not (root / name).is_dir():
         return None
-    return (f"{root / name}: a dataset folder's name has a 3-digit id (DatasetXXX_Name); rename it "
+    return (f"{shown_path(root / name)}: a dataset folder's name has a 3-digit id (DatasetXXX_Name); rename it "
             f"Dataset{int(short_id[1]):03d}_{short_id[2]}")
 
 
@@ -208,10 +216,15 @@ def _missing_root_note(root: Path) -> str:
     """Why a root holds no dataset when it is no folder: ``AUTOSEG_RAW`` naming a file, or a folder that does not
     exist (a typo), was told only that the dataset is not in it; so was one naming a dataset folder itself."""
     if (root / "dataset.json").is_file():
-        return f" (itself a dataset folder, holding dataset.json: the raw root is its parent, {root.parent})"
+        return f" (itself a dataset folder, holding dataset.json: the raw root is its parent, {shown_path(root.parent)})"
     if root.is_dir():
         return ""
-    return " (a file, not a folder)" if root.exists() else " (which does not exist)"
+    if root.exists():
+        return " (a file, not a folder)"
+    trimmed = Path(*(part.strip() for part in Path(str(root).strip()).parts))
+    if trimmed != root and trimmed.is_dir():  # a space pasted at the end of AUTOSEG_RAW
+        return f" (which does not exist; {shown_path(trimmed)} does: remove the white space from the variable)"
+    return " (which does not exist)"
 
 
 def dataset_folders(root: Path, text: str) -> list[Path]:

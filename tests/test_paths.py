@@ -43,6 +43,22 @@ def test_a_raw_root_that_is_no_folder_is_named_as_such(make: Optional[Callable[[
         paths.resolve_dataset("4")
 
 
+@pytest.mark.parametrize("value", ["{root} ", " {root}"])
+def test_white_space_around_the_raw_root_is_shown(value: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """AUTOSEG_RAW="raw " was shown as 'raw root raw  (which does not exist)': the space could not be seen."""
+    root = tmp_path / "raw"
+    root.mkdir()
+    monkeypatch.setenv("AUTOSEG_RAW", value.format(root=root))
+    with pytest.raises(DatasetError, match=re.escape(f"dataset '4' not found in the raw root '{value.format(root=root)}' "
+                                                     f"(which does not exist; {root} does: remove the white space")):
+        paths.resolve_dataset("4")
+    (tmp_path / "raw ").mkdir()
+    monkeypatch.setenv("AUTOSEG_RAW", f"{root} ")
+    with pytest.raises(DatasetError, match=re.escape(f"not found in the raw root '{root} '; set AUTOSEG_RAW")):
+        paths.resolve_dataset("4")
+    assert paths.shown_path(root) == str(root) and paths.shown_path(tmp_path / " a" / "b") == f"'{tmp_path}/ a/b'"
+
+
 def test_a_raw_root_that_is_a_dataset_folder_names_its_parent(small_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """AUTOSEG_RAW set to the dataset folder itself (a common slip) was told only that the dataset is not in it."""
     monkeypatch.setenv("AUTOSEG_RAW", str(small_dataset))
