@@ -359,3 +359,26 @@ def test_a_fold_that_is_no_fold_number_is_named_before_the_dataset(roots: dict[s
     predictions for fold(s) 0,1,2', after the dataset checks."""
     with pytest.raises(EvaluationError, match=message):
         find_best(DATASET, folds=folds, num_workers=1)
+
+
+def test_candidates_equal_to_four_decimals_tie_and_the_tie_rule_chooses(tmp_path: Path) -> None:
+    """Dice 0.8813001 (3d_fullres) beat 0.8812999 (2d) and the ensemble of both by float noise; to 4 decimals they
+    tie, the single configuration before the ensemble, then by name, and the output says so."""
+    from autoseg.evaluation.selection import Candidate, instructions_text, rank, tie_note
+
+    def candidate(name: str, models: int, dice: float) -> Candidate:
+        return Candidate(name, tuple(tmp_path / f"m{i}" for i in range(models)), tmp_path / name,
+                         {"foreground_mean": {"dice": dice}})
+
+    ranked = rank([candidate("ensemble___a___b", 2, 0.8813004), candidate("unet__P__3d_fullres", 1, 0.8813001),
+                   candidate("unet__P__2d", 1, 0.8812999), candidate("unet__P__3d_lowres", 1, 0.87)])
+    assert [c.name for c in ranked] == ["unet__P__2d", "unet__P__3d_fullres", "ensemble___a___b", "unet__P__3d_lowres"]
+    note = tie_note(ranked)
+    assert note == ("unet__P__2d ties with unet__P__3d_fullres, ensemble___a___b at 0.8813 (Dice compared to 4 decimals); "
+                    "chosen by the tie rule: fewer models (a single configuration before an ensemble: cheaper to "
+                    "predict), then the name, alphabetically")
+    assert tie_note(ranked[2:]) is None
+    text = instructions_text({"dataset_name": "D", "candidates": [], "rank_metric": "m", "num_cases": 1, "skipped": [],
+                              "tie": note, "commands": [], "best": {"name": "unet__P__2d",
+                              "foreground_dice_postprocessed": 0.9, "postprocessing_steps": [], "postprocessing_file": "f"}})
+    assert f"# tie: {note}" in text.splitlines()

@@ -43,6 +43,8 @@ ENSEMBLE_PREFIX = "ensemble___"
 ENSEMBLE_SEPARATOR = "___"  # between members (model folder names hold "__")
 DEFAULT_FOLDS = ("0", "1", "2", "3", "4")  # 5-fold cross-validation (reference §1.5)
 RANK_METRIC = "dice"  # mean foreground Dice over the merged cross-validation (reference §1.7)
+RANK_DECIMALS = 4  # Dice compared to this precision (the one printed); closer scores are a tie
+TIE_RULE = "fewer models (a single configuration before an ensemble: cheaper to predict), then the name, alphabetically"
 PREDICT_CHECKPOINT = "final"  # training validates its final checkpoint, so that is what CV measured
 
 
@@ -300,12 +302,25 @@ def ensemble_candidates(
     return pairs, notes if len(singles) > 1 else []
 
 
+def ranked_dice(candidate: Candidate) -> float:
+    """The candidate's mean foreground Dice to ``RANK_DECIMALS`` decimals, what ranking compares: the float noise
+    of a merged evaluation (0.8812999 vs 0.8813001) decided between candidates that score the same; NaN as -inf."""
+    dice = candidate.foreground_dice
+    return round(dice, RANK_DECIMALS) if math.isfinite(dice) else -math.inf
+
+
 def rank(candidates: Sequence[Candidate]) -> list[Candidate]:
-    """Best first: highest mean foreground Dice; on a tie fewer models (cheaper), then by name."""
-    def key(c: Candidate) -> tuple[float, int, str]:
-        dice = c.foreground_dice
-        return (-dice if math.isfinite(dice) else math.inf, len(c.model_folders), c.name)
-    return sorted(candidates, key=key)
+    """Best first: highest mean foreground Dice to ``RANK_DECIMALS`` decimals; on a tie ``TIE_RULE``."""
+    return sorted(candidates, key=lambda c: (-ranked_dice(c), len(c.model_folders), c.name))
+
+
+def tie_note(ranked: Sequence[Candidate]) -> str | None:
+    """A note naming the candidates that tie with the winner, and the rule that chose among them; None without a tie."""
+    tied = [c.name for c in ranked[1:] if ranked_dice(c) == ranked_dice(ranked[0])]
+    if not tied or not math.isfinite(ranked_dice(ranked[0])):
+        return None
+    return (f"{ranked[0].name} ties with {', '.join(tied)} at {ranked_dice(ranked[0]):.{RANK_DECIMALS}f} "
+            f"(Dice compared to {RANK_DECIMALS} decimals); chosen by the tie rule: {TIE_RULE}")
 
 
 def postprocessing_path(best: Candidate) -> Path:
@@ -462,7 +477,9 @@ def _select_and_write(
         "dataset_name": dataset_name,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "folds": folds,
-        "rank_metric": "mean foreground Dice over the merged cross-validation (reference §1.7)",
+        "rank_metric": f"mean foreground Dice over the merged cross-validation (reference §1.7), to {RANK_DECIMALS} decimals",
+        "tie_rule": TIE_RULE,
+        "tie": tie_note(ranked),
         "reference_folder": str(gt_dir),
         "num_cases": best.summary["num_cases"],
         "candidates": [_candidate_record(c) for c in ranked],
@@ -490,6 +507,8 @@ def instructions_text(instructions: dict[str, Any]) -> str:
     for position, candidate in enumerate(instructions["candidates"], 1):
         lines.append(f"#  {position}. {candidate['name']}: {candidate['foreground_dice']:.4f}")
     lines += [f"# note: {reason}" for reason in instructions["skipped"]]
+    if instructions.get("tie"):  # absent from instructions written before ties were rounded
+        lines.append(f"# tie: {instructions['tie']}")
     lines.append(
         f"# chosen: {best['name']} (with postprocessing: {best['foreground_dice_postprocessed']:.4f}, "
         f"{len(best['postprocessing_steps'])} step(s), decision in {best['postprocessing_file']})"
