@@ -398,7 +398,7 @@ def test_an_ensemble_rerun_over_its_folders_with_cases_added_extends_its_folder(
     assert ensemble_folders(dirs, tmp_path / "out", num_workers=1) == ["case0", "case1", "case2", "case3"]
     assert (tmp_path / "out" / "case0.nii.gz").read_bytes() == kept
     for folder in dirs:
-        for path in probability_paths(folder, "case3"):
+        for path in [*probability_paths(folder, "case3"), folder / "case3.nii.gz"]:
             path.unlink()
     with pytest.raises(EvaluationError, match=r"before some of their files changed or were removed"):
         ensemble_folders(dirs, tmp_path / "out", num_workers=1)
@@ -467,3 +467,19 @@ def test_a_case_id_with_pattern_characters_keeps_its_file_ending(tmp_path):
         _save(folder, "scan[1]", _softmax(rng))
     assert ensemble_folders(dirs, tmp_path / "out", num_workers=1) == ["scan[1]"]
     assert read_image(tmp_path / "out" / "scan[1].nii.gz")[0].shape == SHAPE
+
+
+def test_case_whose_probabilities_all_folders_lack_is_refused_not_dropped(tmp_path):
+    """Both folders hold label maps of x and y but probabilities of x only: y was left out of the ensemble without a
+    word (the output held x alone); it is refused, naming the missing file, before the output folder is made."""
+    rng = np.random.default_rng(0)
+    dirs = [tmp_path / "m0", tmp_path / "m1"]
+    for folder in dirs:
+        _save(folder, "x", _softmax(rng))
+        _save(folder, "y", _softmax(rng))
+        for path in probability_paths(folder, "y"):
+            path.unlink()
+    expected = re.escape(f"{dirs[0] / 'y.npz'}: probabilities of case y not found beside its label map (1 case(s) of ")
+    with pytest.raises(EvaluationError, match=expected + ".*re-run predict with --save-probabilities"):
+        ensemble_folders(dirs, tmp_path / "out", num_workers=1)
+    assert not (tmp_path / "out").exists()

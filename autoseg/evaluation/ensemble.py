@@ -174,6 +174,19 @@ def _refuse_missing_cases(folder: Path, missing: Sequence[str], cases: Mapping[P
     )
 
 
+def _refuse_label_maps_without_probabilities(folder: Path, found: set[str]) -> None:
+    """Refuse ``folder`` holding a case's label map but not its probabilities: when every folder lacked them
+    (predicted without --save-probabilities, or the npz deleted), the case was left out of the ensemble without a
+    word, and evaluating the output scored fewer cases than were predicted."""
+    lacking = sorted(case for case in label_maps(folder) if case not in found)
+    if lacking:
+        raise EvaluationError(
+            f"{probability_paths(folder, lacking[0]).probabilities}: probabilities of case {lacking[0]} not found beside "
+            f"its label map ({len(lacking)} case(s) of {folder} lack them); re-run predict with --save-probabilities "
+            "for them, or move their label maps out"
+        )
+
+
 def ensemble_folders(
     input_dirs: Sequence[str | os.PathLike[str]],
     output_dir: str | Path,
@@ -205,6 +218,7 @@ def ensemble_folders(
         raise EvaluationError(f"{dirs[0]}: no <case>.npz probabilities; predict with --save-probabilities")
     for folder, found in cases.items():
         _refuse_missing_cases(folder, sorted(all_cases - found), cases)
+        _refuse_label_maps_without_probabilities(folder, found)
     ordered = sorted(all_cases)
     if file_ending:
         _refuse_geometry_lost(dirs[0], ordered, _check_file_ending(file_ending))
