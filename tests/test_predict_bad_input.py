@@ -175,6 +175,19 @@ def test_nrrd_inputs_in_cm_are_predicted_with_one_warning(model: Path, tmp_path:
     assert read_image(output / "a.nii.gz")[1].spacing == pytest.approx(read_image(SOURCE)[1].spacing)
 
 
+def test_one_file_finds_its_case_channels_of_another_format(model: Path, tmp_path: Path) -> None:
+    """``-i bad_0000.nii.gz`` left ``bad_0001.nrrd`` beside it out and predicted the case from one channel, where
+    ``-i`` of the folder found both: the single file now finds the case's channels of any ending, as the folder does."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(SOURCE, inputs / "bad_0000.nii.gz")
+    sitk.WriteImage(sitk.ReadImage(str(SOURCE)), str(inputs / "bad_0001.nrrd"))
+    for index, given in enumerate((inputs / "bad_0000.nii.gz", inputs)):
+        code, text = _predict(given, tmp_path / f"out{index}", model)
+        assert code == 2 and "case bad: has channel(s) 0000, 0001, the model expects 1 (0000: MRI)" in " ".join(text.split()), text
+        assert not (tmp_path / f"out{index}" / "bad.nii.gz").exists()
+
+
 @pytest.mark.parametrize("name", ["patient 01", "müller", "患者_7", "a b c (copy)"])
 def test_case_names_with_spaces_and_non_ascii_just_work(name: str, model: Path, tmp_path: Path) -> None:
     inputs, output = tmp_path / f"in {name}", tmp_path / f"out {name}"

@@ -170,15 +170,18 @@ def _add(cases: dict[str, InputCase], path: Path, stem: str) -> None:
     channels[channel] = path
 
 
-def _channel_siblings(path: Path, case_id: str, ending: str) -> list[Path]:
-    """The channel files (``<case_id>_XXXX<ending>``, ``ending`` in any case) beside ``path``, ``path`` included.
+def _channel_siblings(path: Path, case_id: str) -> list[Path]:
+    """The channel files (``<case_id>_XXXX<ending>``, any image ending in any case) beside ``path``, ``path`` included:
+    the channels the folder holding it gives the case.
 
     Names are compared, not globbed: a name holding ``[``, ``*`` or ``?`` (``scan[1]_0000.nii.gz``) found
     nothing, or other cases' files, as a glob pattern, and ``CT_0000.NII.GZ`` was looked for as ``.nii.gz``.
+    Only ``path``'s own ending was looked for once: ``-i case_0000.nii.gz`` left ``case_0001.nrrd`` out without a
+    word, where ``-i`` of the folder read both.
     """
     siblings = []
     for entry in sorted(path.parent.iterdir()):
-        match = CHANNEL_SUFFIX.match(entry.name[: -len(ending)]) if image_ending(entry) == ending else None
+        match = CHANNEL_SUFFIX.match(entry.name[: -len(ending)]) if (ending := image_ending(entry)) else None
         if match and match["case"] == case_id and entry.is_file():
             siblings.append(entry)
     return siblings
@@ -211,9 +214,9 @@ def discover_cases(input_path: str | Path, quiet: bool = False) -> list[InputCas
             raise InferenceError(f"{path}: unsupported file type; use one of {', '.join(SUPPORTED_ENDINGS)}")
         stem = path.name[: -len(ending)]
         match = CHANNEL_SUFFIX.match(stem)
-        siblings = _channel_siblings(path, match["case"], ending) if match else [path]
+        siblings = _channel_siblings(path, match["case"]) if match else [path]
         for sibling in siblings:
-            _add(cases, sibling, sibling.name[: -len(ending)])
+            _add(cases, sibling, sibling.name[: -len(image_ending(sibling))])
     elif _is_dicom_folder(path):
         # The folder's own name, also for `-i .` or `-i ..` (whose name, '' or '..', named the output '.nii.gz'); a
         # symbolic link keeps its own name (abspath, unlike resolve, follows no links).
