@@ -191,6 +191,10 @@ def test_bad_decision_files_are_refused(tmp_path):
     ({"operation": "remove_small", "label_values": [2], "min_volume_mm3": "big"}, "step remove_small has min_volume_mm3 'big', not a volume"),
     ({"operation": "remove_small", "label_values": [2]}, "step remove_small has min_volume_mm3 None, not a volume"),
     ("keep_largest", "step 'keep_largest' is not an object whose operation is one of keep_largest, remove_small"),
+    # A value the dataset lacks changed no voxel: apply wrote the label maps unchanged without a word.
+    ({"operation": "keep_largest", "target": "organ", "label_values": [1, 7]},
+     "step keep_largest names label value(s) [7] that the dataset it was determined on does not have (its foreground "
+     "values: [1, 2])"),
 ])
 def test_a_hand_edited_step_is_refused_naming_the_decision_file(tmp_path, step, expected):
     """Before: every case failed with a bare KeyError / TypeError naming neither the file nor the fix."""

@@ -292,6 +292,7 @@ def check_decision(decision: Any, where: str) -> dict[str, Any]:
         raise EvaluationError(f"{where}: is not a postprocessing decision (version {DECISION_VERSION}); re-run postprocess determine")
     problem = _file_ending_problem(decision["file_ending"])
     problem = problem or next((p for p in map(_step_problem, decision["steps"]) if p is not None), None)
+    problem = problem or _unknown_values_problem(decision)
     if problem is not None:
         raise EvaluationError(f"{where}: {problem}; re-run autoseg postprocess determine")
     return decision
@@ -306,6 +307,20 @@ def decision_label_values(decision: Mapping[str, Any]) -> frozenset[int] | None:
     if not (isinstance(values, list) and all(type(value) is int for value in values)):
         return None
     return frozenset({0, *values})
+
+
+def _unknown_values_problem(decision: Mapping[str, Any]) -> str | None:
+    """Why a step names label values the dataset lacks (``None`` when none does, or the values are unknown): a step
+    edited to ``[7]`` in a dataset of 1 and 2 changed no voxel, and apply wrote the label maps unchanged without a word."""
+    known = decision_label_values(decision)
+    if known is None:
+        return None
+    for step in decision["steps"]:
+        unknown = sorted(set(step["label_values"]) - known)
+        if unknown:
+            return (f"step {step['operation']} names label value(s) {unknown} that the dataset it was determined on does not "
+                    f"have (its foreground values: {sorted(known - {0})})")
+    return None
 
 
 # What apply's refusal of undeclared values advises: its inputs are predictions, which hold the dataset's classes
