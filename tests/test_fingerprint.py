@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from autoseg.cli import app
 from autoseg.errors import FingerprintError
+from autoseg.fingerprint.axis_order import axis_order_warning
 from autoseg.fingerprint.cropping import OUTSIDE_NONZERO, bounding_box, crop_to_nonzero
 from autoseg.fingerprint.extract import extract_fingerprint
 from autoseg.fingerprint.file import load_fingerprint
@@ -254,3 +255,24 @@ def test_summary_says_how_many_cases_hold_a_class_missing_from_some() -> None:
         "  class 4 (d): median volume 0.0 mm^3, in no case: no model can learn it (check the labels, or remove the class "
         "from dataset.json and renumber those after it)",
     ]
+
+
+
+def test_cases_stored_in_another_axis_order_are_named(small_dataset: Path, roots: dict[str, Path]) -> None:
+    """Two cases of (1, 1, 3) mm and two with the axes stored the other way round, (3, 1, 1) mm, got a median
+    spacing of (2, 1, 2) mm, which no case has, without a word; like nnU-Net, nothing is reoriented, but the
+    fingerprint names the cases stored in the other order."""
+    files = sorted([*(small_dataset / "imagesTr").iterdir(), *(small_dataset / "labelsTr").iterdir()])
+    odd_cases = sorted({path.name.split("_0000")[0].removesuffix(".nii.gz") for path in files})[2:]
+    for path in files:
+        odd = path.name.startswith(tuple(odd_cases))
+        image = sitk.GetImageFromArray(_read(path).transpose(2, 1, 0).copy() if odd else _read(path))
+        image.SetSpacing((3.0, 1.0, 1.0) if odd else (1.0, 1.0, 3.0))  # x, y, z: array spacing (1, 1, 3) or (3, 1, 1)
+        sitk.WriteImage(image, str(path))
+    result = runner.invoke(app, ["fingerprint", "999", "-np", "1"])
+    assert result.exit_code == 0, result.output
+    assert (f"WARNING 2 case(s) have their coarsest spacing on another array axis than the 2 of 4 that have it on axis 0: "
+            f"{odd_cases[0]} (1, 1, 3) mm, {odd_cases[1]} (1, 1, 3) mm; their axes are stored in another order, and the "
+            "median spacing (2, 1, 2) mm mixes the orders. autoseg, like nnU-Net, does not reorient images: rewrite those "
+            "cases (images and labels) in the other cases' axis order") in " ".join(result.output.split())
+    assert axis_order_warning(["a", "b"], [(3.0, 1.0, 1.0), (1.2, 1.0, 1.0)], (2.1, 1.0, 1.0)) is None  # near-isotropic b

@@ -19,6 +19,7 @@ from autoseg.dataset.description import DatasetDescription, load_description
 from autoseg.dataset.imageio import physical_volume_mm3
 from autoseg.dataset.verify import cases_space_units_warning, check_case, dataset_level_problems, mixed_2d_problem
 from autoseg.errors import DatasetError
+from autoseg.fingerprint.axis_order import axis_order_warning
 from autoseg.fingerprint.cropping import crop_to_nonzero
 from autoseg.fingerprint.file import FINGERPRINT_VERSION, dataset_json_digest, fingerprint_path
 from autoseg.fingerprint.label_layout import class_centroids
@@ -111,7 +112,8 @@ def extract_fingerprint(
     """Verify and fingerprint every training case; write ``fingerprint.json`` atomically.
 
     Raises ``DatasetError`` listing every problem (nothing is written then). ``warn``, when given, gets the
-    space-units warning of the cases listed here (so a command need not list them again).
+    space-units warning of the cases listed here (so a command need not list them again) and the warning naming
+    cases stored in another axis order (``axis_order``).
     """
     location = resolve_dataset(location)
     desc = load_description(location.raw_dir)
@@ -135,6 +137,9 @@ def extract_fingerprint(
     atomic_write_json(output or fingerprint_path(location), fingerprint)
     if warn is not None and (units := cases_space_units_warning(cases)):
         warn(units)
+    order = axis_order_warning(fingerprint["case_ids"], fingerprint["spacings"], fingerprint["median_spacing"])
+    if warn is not None and order:
+        warn(order)
     return fingerprint
 
 
