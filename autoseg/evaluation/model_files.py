@@ -42,7 +42,8 @@ from autoseg.errors import AutosegError, EvaluationError, InferenceError, ModelF
 from autoseg.evaluation.selection import ENSEMBLES_FOLDER, POSTPROCESSING_JSON, ensemble_model_names
 from autoseg.inference.engine import LoadedModel
 from autoseg.inference.model import (
-    ModelFiles, build_network, check_fold_number, check_fold_of_model, load_model, named_folder,
+    ModelFiles, build_network, check_fold_number, check_fold_of_model, check_plans_of_checkpoint, load_model,
+    named_folder,
 )
 from autoseg.paths import check_model_folder_name, parse_dataset_id, results_root as default_results_root
 from autoseg.planning.plans import get_configuration, validate_plans
@@ -87,15 +88,18 @@ def _fold_dir(fold: int | str) -> str:
     return name
 
 
-def _checkpoint_weights(path: Path, model_name: str) -> bytes:
+def _checkpoint_weights(path: Path, model_name: str, plans: Mapping[str, Any] | None) -> bytes:
     """The network weights and metadata of a checkpoint (no optimizer state) as safetensors bytes; the
-    checkpoint must be of its model folder (``model_name``)."""
+    checkpoint must be of its model folder (``model_name``) and, where they are a plan, of its ``plans``."""
     checkpoint = read_checkpoint(
         path, ModelFileError, missing=missing_checkpoint(path, "train this fold first or choose other folds/--checkpoint"),
         fix="export a checkpoint written by this autoseg",
     )
     check_fold_of_model(checkpoint["metadata"], model_name, path, ModelFileError)
     check_fold_number(checkpoint["metadata"], path.parent.name, path, _OWN_CHECKPOINT_FIX, ModelFileError)
+    if plans is not None:
+        check_plans_of_checkpoint(checkpoint["metadata"], plans, model_name.split("__")[-1], path,
+                                  path.parent.parent / "plans.json", ModelFileError)
     try:
         return network_checkpoint_bytes(checkpoint)
     except TypeError as exc:
@@ -186,9 +190,10 @@ def model_members(model_folder: Path, folds: Sequence[int | str], checkpoint: st
         elif file in REQUIRED_FILES:
             raise ModelFileError(f"{path}: not found; {model_folder} is not a trained model folder (plans.json and dataset.json are written by autoseg train)")
     stem = Path(checkpoint).stem
+    plans = _exported_plans(members[f"{name}/plans.json"], str(model_folder / "plans.json"))
     for fold in folds:
         fold_dir = _fold_dir(fold)
-        members[f"{name}/{fold_dir}/{stem}{SUFFIX}"] = _checkpoint_weights(model_folder / fold_dir / checkpoint, name)
+        members[f"{name}/{fold_dir}/{stem}{SUFFIX}"] = _checkpoint_weights(model_folder / fold_dir / checkpoint, name, plans)
     return members
 
 

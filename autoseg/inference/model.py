@@ -146,6 +146,38 @@ def check_fold_number(metadata: Mapping[str, Any], fold_dir: str, where: str | P
                     f"predict would count fold {trained} twice: {fix}, or leave {fold_dir} out (-f)")
 
 
+# What predict reads from the plans besides the checkpoint: the axis order, grid, intensities and resampling it
+# predicts at (the patch and mirror axes it takes from the checkpoint). Recorded in every checkpoint's metadata.
+PREDICTION_PLANS_KEYS = ("transpose_forward", "transpose_backward")
+PREDICTION_CONFIGURATION_KEYS = ("spatial_dims", "spacing", "normalization", "resampling")
+PREDICTION_PLAN = "prediction_plan"  # the metadata key of the record
+
+
+def prediction_plan(plans: Mapping[str, Any], configuration_name: str) -> dict[str, Any]:
+    """The plans' values predict depends on for ``configuration_name``, as JSON (what a checkpoint records)."""
+    configuration = (plans.get("configurations") or {}).get(configuration_name) or {}
+    record = {**{key: plans.get(key) for key in PREDICTION_PLANS_KEYS},
+              **{key: configuration.get(key) for key in PREDICTION_CONFIGURATION_KEYS}}
+    return json.loads(json.dumps(record))
+
+
+def check_plans_of_checkpoint(metadata: Mapping[str, Any], plans: Mapping[str, Any], configuration_name: str,
+                              path: Path | str, plans_file: Path | str, error: type[Exception] = InferenceError) -> None:
+    """The plans.json must still hold what the checkpoint was trained with: a configuration's spacing or the
+    transpose edited after training changed every prediction without a word. Checkpoints written before the
+    record (no ``prediction_plan``) pass."""
+    trained = metadata.get(PREDICTION_PLAN)
+    if not isinstance(trained, Mapping):
+        return
+    now = prediction_plan(plans, configuration_name)
+    for key, value in trained.items():
+        if key in now and now[key] != value:
+            field = key if key in PREDICTION_PLANS_KEYS else f"configuration {configuration_name}'s {key}"
+            raise error(f"{plans_file}: {field} is {json.dumps(now[key])}, but {path} was trained with "
+                        f"{json.dumps(value)} (the plans were edited after training); restore the plans.json the model "
+                        "was trained with, or train the model again with these plans")
+
+
 def _check_inputs_match_channels(
     metadata: dict[str, Any], description: DatasetDescription, cascade: bool, path: Path, dataset_json: Path
 ) -> None:
@@ -282,6 +314,7 @@ def load_model(
                                    str(folder / "dataset.json"), InferenceError)
         check_fold_of_model(loaded["metadata"], folder.name, path)
         check_fold_number(loaded["metadata"], path.parent.name, path, f"put {path.parent.name}'s own checkpoint back")
+        check_plans_of_checkpoint(loaded["metadata"], plans, configuration_name, path, folder / "plans.json")
         _check_inputs_match_channels(loaded["metadata"], description, bool(configuration.get("previous_stage")), path,
                                      folder / "dataset.json")
         networks.append(build_network(loaded, path, torch_device))

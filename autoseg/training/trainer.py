@@ -210,7 +210,10 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def metadata(self) -> dict[str, Any]:
-        """What inference needs to rebuild the network, and where the run stood."""
+        """What inference needs to rebuild the network and check its plans (``prediction_plan``), and where the run
+        stood."""
+        from autoseg.inference.model import PREDICTION_PLAN, prediction_plan
+
         run = self.run
         return {
             "network": run.network_name, "network_options": self.setup.network_options, "topology": self.setup.topology,
@@ -220,6 +223,7 @@ class Trainer:
             "optimizer": run.config["optimizer"]["name"],
             "mirror_axes": self.mirror_axes, "patch_size": self.patch_size, "epoch": self.state.epoch,
             "iteration": self.state.iteration, "total_iterations": self.state.total_iterations,
+            PREDICTION_PLAN: prediction_plan(run.plans, run.configuration_name),
         }
 
     def save(self, name: str) -> None:
