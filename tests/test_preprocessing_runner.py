@@ -437,3 +437,22 @@ def test_lowres_configuration_is_resampled(roots: dict[str, Path], small_dataset
     data, seg, props = load_case(roots["preprocessed"] / DATASET / "autosegPlans_3d_lowres", "hippocampus_001")
     assert props["target_spacing"] == [2.0, 2.0, 2.0]
     assert list(data.shape[1:]) == [round(s / 2) for s in props["shape_after_crop"]] == list(seg.shape[1:])
+
+
+def test_a_case_taken_out_of_the_dataset_leaves_the_store_and_the_ground_truth(roots: dict[str, Path], small_dataset: Path) -> None:
+    """A case removed from imagesTr/labelsTr after preprocessing stayed in the store, and training (which takes every
+    stored case) trained on it; nnU-Net deletes its output folder before preprocessing. Its ground truth went too."""
+    _write_plans(roots)
+    preprocess_dataset(DATASET, ["3d_fullres"], num_workers=1)
+    for path in [small_dataset / "imagesTr" / "hippocampus_006_0000.nii.gz", small_dataset / "labelsTr" / "hippocampus_006.nii.gz"]:
+        path.unlink()
+    description = json.loads((small_dataset / "dataset.json").read_text())
+    (small_dataset / "dataset.json").write_text(json.dumps({**description, "numTraining": 3}))
+    report = preprocess_dataset(DATASET, ["3d_fullres"], num_workers=1)
+    out = roots["preprocessed"] / DATASET / IDENTIFIER
+    assert list_cases(out) == ["hippocampus_001", "hippocampus_003", "hippocampus_004"]
+    assert not any(p.name.startswith("hippocampus_006") for p in out.iterdir())
+    gt = roots["preprocessed"] / DATASET / "gt_segmentations"
+    assert sorted(p.name for p in gt.iterdir()) == ["hippocampus_001.nii.gz", "hippocampus_003.nii.gz", "hippocampus_004.nii.gz"]
+    assert report.outputs[0].dropped == ["hippocampus_006"] and report.outputs[0].skipped == list_cases(out)
+    assert "3 already done, 0 failed; removed, no longer in the dataset: hippocampus_006" in report.summary()

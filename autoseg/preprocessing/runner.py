@@ -4,7 +4,8 @@ Parallel over cases; a failing case is named with its reason while the others co
 case whose stored properties carry the same input fingerprint (plan parameters + input files) and whose
 files pass the store's cheap checks (``store.open_case``) is skipped; a case killed mid-write has no
 properties JSON, and one cut short or emptied later fails the checks, so both are redone. Nothing is
-deleted except the temporary files of killed runs (``remove_stale_temporaries``), and raw data is only read.
+deleted except the temporary files of killed runs (``remove_stale_temporaries``), the stored copies of cases that
+failed now or that the dataset no longer lists, and raw data is only read.
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ class ConfigurationReport:
     failed: list[Failure] = field(default_factory=list)
     damaged: list[str] = field(default_factory=list)  # found stored but damaged, hence redone
     removed: list[str] = field(default_factory=list)  # failed now: their earlier stored copies deleted
+    dropped: list[str] = field(default_factory=list)  # stored earlier, no longer in the dataset: deleted
     thinned: dict[str, float] = field(default_factory=dict)  # case -> share of its annotated volume kept
 
     def thinned_warning(self) -> str | None:
@@ -107,9 +109,10 @@ class PreprocessReport:
         lines = []
         for out in self.outputs:
             damaged = f"; found damaged, hence redone: {', '.join(out.damaged)}" if out.damaged else ""
+            dropped = f"; removed, no longer in the dataset: {', '.join(out.dropped)}" if out.dropped else ""
             lines.append(
                 f"{', '.join(out.configurations)} -> {out.output_dir}: {len(out.processed)} preprocessed, "
-                f"{len(out.skipped)} already done, {len(out.failed)} failed{damaged}"
+                f"{len(out.skipped)} already done, {len(out.failed)} failed{damaged}{dropped}"
             )
             if warning := out.thinned_warning():
                 lines.append(warning)
@@ -320,6 +323,27 @@ def _refuse_clashing_case_ids(raw_dir: Path, cases: Sequence[Case]) -> None:
         )
 
 
+def drop_cases_not_in(folder: Path, case_ids: set[str]) -> list[str]:
+    """Delete the stored cases of ``folder`` that the dataset no longer lists; returns them. Training takes every
+    case of the store: a case removed from imagesTr/labelsTr (a bad scan taken out) was still trained on, as nnU-Net,
+    which deletes the whole output folder before preprocessing, never does."""
+    dropped = [case for case in store.list_cases(folder) if case not in case_ids]
+    for case in dropped:
+        store.remove_case(folder, case)
+    return dropped
+
+
+def drop_ground_truth_not_in(gt_dir: Path, case_ids: set[str]) -> None:
+    """Delete the ground-truth copies (and their companion files) of cases the dataset no longer lists: a removed
+    case's reference stayed beside the others for evaluation and the report."""
+    labels = [path for path in (gt_dir.iterdir() if gt_dir.is_dir() else ()) if spelled_ending(path) and path.is_file()]
+    for path in labels:
+        if path.name[: -len(spelled_ending(path))] not in case_ids:
+            for companion in companion_files(path):
+                companion.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
+
+
 def preprocess_dataset(
     dataset_spec: DatasetSpec,
     configurations: str | Sequence[str] | None = None,
@@ -360,6 +384,7 @@ def preprocess_dataset(
                 items.append((case.case_id, args))
         out.output_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(out.output_dir)  # a killed run's; a concurrent run's are left alone
+        out.dropped = drop_cases_not_in(out.output_dir, {case.case_id for case in cases})
         timing = timing_path(out.output_dir)
         remove_stale_temporaries(timing.parent, timing.name)
         started = time.perf_counter()
@@ -378,6 +403,7 @@ def preprocess_dataset(
         report.outputs.append(out)
     gt_dir = location.preprocessed_dir / GT_FOLDER
     remove_stale_temporaries(gt_dir)
+    drop_ground_truth_not_in(gt_dir, {case.case_id for case in cases})
     for case in cases:
         assert case.label is not None
         with stop_on_full_disk(gt_dir, f"the ground truth of case {case.case_id}"):
