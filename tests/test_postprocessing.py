@@ -426,3 +426,21 @@ def test_the_same_apply_rerun_after_a_kill_resumes(tmp_path):
     (tmp_path / "out" / "case2.nii.gz").unlink()  # the case a killed run did not reach
     assert len(apply_to_folder(preds, tmp_path / "out", preds / "postprocessing.json", num_workers=1)) == 3
     assert _folder_bytes(tmp_path / "out") == expected
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("cv/case0.nii.gz", "a decision file is JSON, not a label map, and would be read as one"),
+    ("cv/new.nii.gz", "a decision file is JSON, not a label map, and would be read as one"),
+    ("gt/dataset.json", "exists and is not a postprocessing decision, which this run would replace"),
+])
+def test_a_decision_file_never_replaces_a_label_map_or_another_file(tmp_path, name, expected):
+    """-o cv/case0.nii.gz replaced that prediction with the decision's JSON (and -o gt/dataset.json the dataset's
+    description); a new cv/new.nii.gz failed every later evaluate and apply of the folder as an unreadable label map."""
+    preds, refs = _make_cv_folders(tmp_path)
+    (refs / "dataset.json").write_text(json.dumps({"labels": LABELS}))
+    before = {p: p.read_bytes() for folder in (preds, refs) for p in folder.iterdir()}
+    with pytest.raises(EvaluationError, match=rf"{re.escape(name)}: {re.escape(expected)}; give -o a new \.json file name"):
+        determine_postprocessing(preds, refs, LABELS, tmp_path / name, num_workers=1, file_ending=".nii.gz")
+    assert {p: p.read_bytes() for folder in (preds, refs) for p in folder.iterdir()} == before
+    determine_postprocessing(preds, refs, LABELS, tmp_path / "pp.json", num_workers=1, file_ending=".nii.gz")
+    assert determine_postprocessing(preds, refs, LABELS, tmp_path / "pp.json", num_workers=1, file_ending=".nii.gz")["steps"]

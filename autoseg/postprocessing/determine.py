@@ -28,7 +28,7 @@ import numpy as np
 
 from autoseg.utils.jsonio import read_json
 from autoseg.dataset.description import DatasetDescription
-from autoseg.dataset.imageio import SUPPORTED_ENDINGS, is_image_ending, read_image, write_image
+from autoseg.dataset.imageio import SUPPORTED_ENDINGS, is_image_ending, read_image, spelled_ending, write_image
 from autoseg.errors import EvaluationError
 from autoseg.evaluation.evaluate import (
     check_declared, check_integer_labels, declared_values, label_maps, match_cases, raise_failures, read_checked_pair, require_folder,
@@ -163,6 +163,24 @@ def decision_path(pred_dir: Path, output_json: str | Path | None) -> Path:
     return Path(text)
 
 
+def check_decision_target(decision_file: Path) -> None:
+    """Refuse a decision file that would replace a file not a decision, or be taken for a label map: ``-o`` naming a
+    prediction (``case1.nii.gz``), a reference or ``dataset.json`` replaced it with the decision's JSON, and a new
+    ``x.nii.gz`` in the predictions folder failed every later evaluate and apply there as an unreadable label map."""
+    check_output_file(decision_file, EvaluationError)
+    fix = f"give -o a new .json file name (or a folder ending in / for {DECISION_FILE} in it)"
+    if spelled_ending(decision_file):
+        raise EvaluationError(f"{decision_file}: a decision file is JSON, not a label map, and would be read as one; {fix}")
+    if decision_file.is_file():
+        try:
+            earlier = json.loads(decision_file.read_bytes())
+        except (ValueError, UnicodeDecodeError):
+            earlier = None
+        if not (isinstance(earlier, dict) and earlier.get("version") == DECISION_VERSION and "steps" in earlier):
+            raise EvaluationError(f"{decision_file}: exists and is not a postprocessing decision, which this run would "
+                                  f"replace; {fix}")
+
+
 def determine_postprocessing(
     pred_dir: str | Path,
     ref_dir: str | Path,
@@ -182,7 +200,7 @@ def determine_postprocessing(
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
     check_epsilon(epsilon)
     decision_file = decision_path(pred_dir, output_json)
-    check_output_file(decision_file, EvaluationError)
+    check_decision_target(decision_file)
     file_ending = resolve_file_ending(description_or_labels, file_ending)
     classes, ignore_label = evaluation_classes(description_or_labels)
     pairs = match_cases(pred_dir, ref_dir, file_ending, None)
