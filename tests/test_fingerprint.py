@@ -257,6 +257,26 @@ def test_summary_says_how_many_cases_hold_a_class_missing_from_some() -> None:
     ]
 
 
+def test_summary_learns_a_region_label_missing_from_cases_through_its_region() -> None:
+    """BraTS-style label 1, in no case while its regions are in every case through labels 2 and 4, was said to be
+    in no case: 'no model can learn it'; a region in one case only still gets the warning."""
+    fingerprint = {
+        "dataset_name": "Dataset905_BraTS2015Mini", "num_cases": 3, "channel_names": {"0": "FLAIR"},
+        "median_spacing": [1.0, 1.0, 1.0], "anisotropy_ratio": 1.0, "median_shape_after_crop": [4, 4, 4],
+        "median_relative_size_after_crop": 1.0, "foreground_intensity_properties_per_channel": {},
+        "labels": {"background": 0, "whole_tumor": [1, 2, 3, 4], "tumor_core": [1, 3, 4], "enhancing_tumor": [4]},
+        "class_volumes_mm3": {"1": [0.0] * 3, "2": [5.0] * 3, "3": [0.0, 2.0, 0.0], "4": [3.0, 0.0, 0.0]},
+    }
+    assert format_fingerprint(fingerprint).splitlines()[-4:] == [
+        "  class 1 (in whole_tumor, tumor_core): median volume 0.0 mm^3, in no case (each region holding it is in at "
+        "least 2 of 3 cases)",
+        "  class 2 (in whole_tumor): median volume 5.0 mm^3",
+        "  class 3 (in whole_tumor, tumor_core): median volume 0.0 mm^3, in 1 of 3 cases (each region holding it is in "
+        "at least 2 of 3 cases)",
+        "  class 4 (in whole_tumor, tumor_core, enhancing_tumor): median volume 0.0 mm^3, in 1 of 3 cases: the fold "
+        "validating that case cannot learn it",
+    ]
+
 
 def test_cases_stored_in_another_axis_order_are_named(small_dataset: Path, roots: dict[str, Path]) -> None:
     """Two cases of (1, 1, 3) mm and two with the axes stored the other way round, (3, 1, 1) mm, got a median

@@ -30,7 +30,7 @@ def format_fingerprint(fp: dict[str, Any]) -> str:
     unit = "mm^2" if size == "area" else "mm^3"
     for label, volumes in fp["class_volumes_mm3"].items():
         lines.append(f"  class {label} ({_label_name(fp['labels'], int(label))}): median {size} {np.median(volumes):.1f} {unit}"
-                     f"{_presence(volumes)}")
+                     f"{_presence(volumes, _region_cases(fp, int(label)))}")
     thickness = fp.get("median_structure_thickness_mm") or {}
     if thickness:
         values = ", ".join(f"{name} {v:.3g}" if v is not None else f"{name} absent" for name, v in thickness.items())
@@ -38,11 +38,26 @@ def format_fingerprint(fp: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _presence(volumes: list[float]) -> str:
-    """How many cases hold a class, when not all: a median volume of 0 alone hides a class in one case or none."""
+def _region_cases(fp: dict[str, Any], value: int) -> int | None:
+    """For a label value of regions, the number of cases holding the least present region containing it (a region
+    is learnt from any of its values); ``None`` for a plain class."""
+    regions = [declared for declared in fp["labels"].values() if isinstance(declared, list) and value in declared]
+    volumes = fp["class_volumes_mm3"]
+    counts = [sum(1 for case in zip(*(volumes[str(v)] for v in region if str(v) in volumes)) if any(case))
+              for region in regions]
+    return min(counts) if counts else None
+
+
+def _presence(volumes: list[float], region_cases: int | None = None) -> str:
+    """How many cases hold a class, when not all: a median volume of 0 alone hides a class in one case or none.
+    A region's label value missing from cases is learnt through the region's other values: BraTS-style labels
+    absent from every case were said to be unlearnable, though every region holding them was in every case."""
     present = sum(1 for v in volumes if v)
     if present == len(volumes):
         return ""
+    if region_cases is not None and region_cases > 1:
+        held = f"{present} of {len(volumes)} cases" if present else "no case"
+        return f", in {held} (each region holding it is in at least {region_cases} of {len(volumes)} cases)"
     if present == 0:
         return ", in no case: no model can learn it (check the labels, or remove the class from dataset.json and renumber those after it)"
     if present == 1:
