@@ -663,3 +663,26 @@ def test_an_unreadable_dataset_json_beside_the_references_is_noted_with_labels_a
     output = autoseg_fails("evaluate", "-p", pred_dir, "-r", ref_dir, "-np", 1)
     assert ("'modality' is nnU-Net v1 syntax; rename it to 'channel_names' (a dataset.json found beside the references or "
             "predictions; to evaluate without it, give the labels with --labels, or the dataset with -d)") in " ".join(output.split())
+
+
+@pytest.mark.parametrize("option", [["-l", "1"], []])
+def test_a_reference_marking_ignored_voxels_with_another_value_is_refused(folders, option):
+    """The dataset.json beside the references declares ignore 2 (as ``-d`` would); a reference marking voxels not to
+    score with 255 had them scored as background without a word under --labels, and was refused under the dataset
+    without naming its ignore label."""
+    pred_dir, ref_dir = folders
+    (ref_dir.parent / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "MRI"}, "labels": {"background": 0, "a": 1, "ignore": 2}, "numTraining": 2,
+        "file_ending": ".nii.gz",
+    }))
+    path = ref_dir / "c2.nii.gz"
+    seg, geometry = read_image(path)
+    seg[0, 0, :3] = 255
+    write_image(seg.astype(np.uint8), geometry, path)
+    result = runner.invoke(app, ["evaluate", "-p", str(pred_dir), "-r", str(ref_dir), *option, "-np", "1"])
+    assert result.exit_code == 2, result.output
+    fix = ("fix the file (the dataset is the dataset.json beside the references, which gives --labels its ignore label)"
+           if option else "fix the file (to score other values, `autoseg evaluate --labels` takes them instead of the dataset)")
+    assert (f"c2: {path}: holds label value(s) 255 that the dataset does not declare (it declares 0, 1, 2) (2 is its "
+            f"ignore label: voxels not to score hold 2); {fix}") in result.output
+    assert not (pred_dir / "summary.json").exists()

@@ -305,13 +305,17 @@ def declared_values(description_or_labels: DatasetDescription | Mapping[str, Any
     return frozenset({0, *(v for _, values in classes for v in values), *([] if ignore_label is None else [ignore_label])})
 
 
-def check_declared(path: Path, seg: np.ndarray, declared: frozenset[int], fix: str | None = None) -> None:
+def check_declared(path: Path, seg: np.ndarray, declared: frozenset[int], fix: str | None = None,
+                   ignore_label: int | None = None) -> None:
     """Refuse a label map holding values the dataset does not declare: they would count as background.
-    ``fix`` replaces evaluate's advice (postprocess apply gives its own)."""
+    ``fix`` replaces evaluate's advice (postprocess apply gives its own); ``ignore_label``, the dataset's, is
+    named as the value for voxels not to score (a reference marking them with another value, 255 say)."""
     unknown = seg[~np.isin(seg, sorted(declared))]
     if unknown.size:
         values = [v.item() for v in np.unique(unknown)]
         hint = mask_255_hint(np.unique(seg), declared)
+        if not hint and ignore_label is not None:
+            hint = f" ({ignore_label} is its ignore label: voxels not to score hold {ignore_label})"
         raise EvaluationError(
             f"{path}: holds label value(s) {', '.join(map(str, values[:5]))}{' ...' if len(values) > 5 else ''} that the "
             f"dataset does not declare (it declares {', '.join(map(str, sorted(declared)))}){hint}; "
@@ -320,25 +324,28 @@ def check_declared(path: Path, seg: np.ndarray, declared: frozenset[int], fix: s
 
 
 def read_checked_pair(
-    pred_path: Path, ref_path: Path, declared: frozenset[int] | None = None
+    pred_path: Path, ref_path: Path, declared: frozenset[int] | None = None, ignore_label: int | None = None,
+    fix: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray, Geometry]:
     """``read_pair``, then both files must hold integer labels and, with ``declared``, only those values:
-    what every comparison of a prediction with its reference (evaluate, postprocess determine) may trust."""
+    what every comparison of a prediction with its reference (evaluate, postprocess determine) may trust.
+    ``ignore_label`` and ``fix`` as in ``check_declared``."""
     pred, ref, geometry = read_pair(pred_path, ref_path)
     check_integer_labels(pred_path, pred)
     check_integer_labels(ref_path, ref)
     if declared is not None:
-        check_declared(pred_path, pred, declared)
-        check_declared(ref_path, ref, declared)
+        check_declared(pred_path, pred, declared, fix, ignore_label)
+        check_declared(ref_path, ref, declared, fix, ignore_label)
     return pred, ref, geometry
 
 
 def evaluate_case(
     pred_path: Path, ref_path: Path, classes: Sequence[SegClass], ignore_label: int | None, tolerance_mm: float,
-    declared: frozenset[int] | None = None,
+    declared: frozenset[int] | None = None, fix: str | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Metrics of one case (``{class name: {metric: value}}``); with ``declared``, both files may hold only those values."""
-    pred, ref, geometry = read_checked_pair(pred_path, ref_path, declared)
+    """Metrics of one case (``{class name: {metric: value}}``); with ``declared``, both files may hold only those
+    values (``fix``: what to do about another, as in ``check_declared``)."""
+    pred, ref, geometry = read_checked_pair(pred_path, ref_path, declared, ignore_label, fix)
     return case_metrics(pred, ref, geometry.spacing, classes, ignore_label, tolerance_mm)
 
 
@@ -436,9 +443,11 @@ def evaluate_folders(
         description_or_labels = find_description(pred_dir, ref_dir)
     file_ending = resolve_file_ending(description_or_labels, file_ending)
     classes, ignore_label = evaluation_classes(description_or_labels)
-    declared = declared_values(description_or_labels)
+    declared, fix = declared_values(description_or_labels), None
+    if declared is None and ignore_label is not None:
+        declared, fix = _declared_beside(pred_dir, ref_dir, ignore_label, {v for _, values in classes for v in values})
     pairs = match_cases(pred_dir, ref_dir, file_ending, case_ids)
-    items = [(case, (pred, ref, classes, ignore_label, tolerance_mm, declared)) for case, (pred, ref) in pairs.items()]
+    items = [(case, (pred, ref, classes, ignore_label, tolerance_mm, declared, fix)) for case, (pred, ref) in pairs.items()]
     workers = stage_workers(num_workers, EvaluationError)
     results, failures = parallel_map(evaluate_case, items, workers, "evaluating")
     raise_failures(failures, len(items), "evaluated")
@@ -461,6 +470,22 @@ def evaluate_folders(
     atomic_write_json(out / SUMMARY_JSON, summary)
     atomic_write_text(out / SUMMARY_CSV, summary_csv(summary))
     return summary
+
+
+def _declared_beside(pred_dir: Path, ref_dir: Path, ignore_label: int,
+                     chosen: set[int]) -> tuple[frozenset[int] | None, str | None]:
+    """With ``--labels`` (the ``chosen`` values) and the ignore label of the dataset.json beside the references, the
+    values that dataset declares and the chosen ones, and the fix for another: a reference marking voxels not to
+    score with another value (255 for the dataset's 2) had them scored as background without a word. (None, None)
+    without that dataset.json."""
+    try:
+        beside = find_description(pred_dir, ref_dir)
+    except (EvaluationError, DatasetError):
+        return None, None
+    if beside.ignore_label != ignore_label:
+        return None, None
+    return (declared_values(beside) or frozenset()) | chosen, (
+        "fix the file (the dataset is the dataset.json beside the references, which gives --labels its ignore label)")
 
 
 def unpredicted_references(summary: Mapping[str, Any], file_ending: str) -> list[str]:
