@@ -81,7 +81,7 @@ def test_mismatched_shapes_are_refused_naming_the_case(tmp_path):
     rng = np.random.default_rng(1)
     _save(tmp_path / "m0", "x", _softmax(rng))
     _save(tmp_path / "m1", "x", _softmax(rng, shape=(2, 4, 6)))
-    with pytest.raises(EvaluationError, match=r"could not be ensembled: x: .*m1/x\.json: shape \[3, 2, 4, 6\] differs from .*m0/x\.json \[3, 2, 4, 5\] for case x"):
+    with pytest.raises(EvaluationError, match=r"^\S*m1/x\.json: shape \[3, 2, 4, 6\] differs from .*m0/x\.json \[3, 2, 4, 5\] for case x"):
         ensemble_folders([tmp_path / "m0", tmp_path / "m1"], tmp_path / "out", num_workers=1)
 
 
@@ -166,7 +166,7 @@ def test_a_malformed_sidecar_geometry_names_the_file(tmp_path, which, geometry):
     _two_models(tmp_path)
     sidecar = tmp_path / which / "x.json"
     sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "geometry": geometry}))
-    with pytest.raises(EvaluationError, match=rf"x: .*{which}/x\.json: geometry of case x is malformed \(.*\); re-run predict"):
+    with pytest.raises(EvaluationError, match=rf"^\S*{which}/x\.json: geometry of case x is malformed \(.*\); re-run predict"):
         ensemble_folders([tmp_path / "m0", tmp_path / "m1"], tmp_path / "out", num_workers=1)
 
 
@@ -482,4 +482,17 @@ def test_case_whose_probabilities_all_folders_lack_is_refused_not_dropped(tmp_pa
     expected = re.escape(f"{dirs[0] / 'y.npz'}: probabilities of case y not found beside its label map (1 case(s) of ")
     with pytest.raises(EvaluationError, match=expected + ".*re-run predict with --save-probabilities"):
         ensemble_folders(dirs, tmp_path / "out", num_workers=1)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("edit", [{"geometry": Geometry((2.0, 2.0, 2.0), GEOMETRY.origin, GEOMETRY.direction).to_dict()},
+                                  {"labels": {"background": 0, "a": 1, "c": 2}}])
+def test_a_case_whose_folders_disagree_is_refused_before_any_case_is_written(tmp_path, edit):
+    """Case y's sidecars disagree (geometry, labels): x and z were ensembled and written, y failed, and the output
+    folder held a partial ensemble; every case's sidecars are checked before the output folder is made."""
+    dirs = _ensemble_inputs(tmp_path, ["m0", "m1"], ["x", "y", "z"], seed=4)
+    sidecar = probability_paths(dirs[1], "y").sidecar
+    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), **edit}))
+    with pytest.raises(EvaluationError, match=rf"^{re.escape(str(sidecar))}: \w+ .*differs from {re.escape(str(dirs[0]))}/y\.json"):
+        ensemble_folders(dirs, tmp_path / "out", num_workers=2)
     assert not (tmp_path / "out").exists()

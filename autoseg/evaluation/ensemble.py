@@ -74,13 +74,13 @@ def _sidecar_geometry(path: Path, sidecar: Mapping[str, Any], case: str) -> Geom
         ) from None
 
 
-def ensemble_case(case: str, input_dirs: Sequence[Path], output_dir: Path, file_ending: str, save_probabilities: bool) -> None:
-    """Average one case's probabilities over ``input_dirs`` and write its label map (and probabilities)."""
+def agreeing_sidecars(case: str, input_dirs: Sequence[Path]) -> tuple[list[dict[str, Any]], Geometry]:
+    """The sidecars of ``case`` in ``input_dirs`` and their geometry, refused unless all give the same labels,
+    regions, shape and geometry. ``ensemble_folders`` checks every case so before writing any: a mismatch found
+    case by case left the other cases' label maps in the output folder, a partial ensemble."""
     sidecars = [read_sidecar(folder, case, EvaluationError) for folder in input_dirs]
-    first_dir, reference = input_dirs[0], sidecars[0]
-    first_sidecar = probability_paths(first_dir, case).sidecar
+    reference, first_sidecar = sidecars[0], probability_paths(input_dirs[0], case).sidecar
     geometry = _sidecar_geometry(first_sidecar, reference, case)
-    total = None
     for folder, sidecar in zip(input_dirs, sidecars):
         path = probability_paths(folder, case).sidecar
         for key in ("labels", "regions_class_order", "shape"):
@@ -92,6 +92,15 @@ def ensemble_case(case: str, input_dirs: Sequence[Path], output_dir: Path, file_
         diff = geometry_differences(_sidecar_geometry(path, sidecar, case), geometry)
         if diff:
             raise EvaluationError(f"{path}: geometry differs from {first_sidecar} for case {case}: {'; '.join(diff)}")
+    return sidecars, geometry
+
+
+def ensemble_case(case: str, input_dirs: Sequence[Path], output_dir: Path, file_ending: str, save_probabilities: bool) -> None:
+    """Average one case's probabilities over ``input_dirs`` and write its label map (and probabilities)."""
+    sidecars, geometry = agreeing_sidecars(case, input_dirs)
+    first_dir, reference = input_dirs[0], sidecars[0]
+    total = None
+    for folder, sidecar in zip(input_dirs, sidecars):
         probabilities = read_probabilities(folder, case, sidecar, EvaluationError)
         total = probabilities.astype(np.float32) if total is None else total + probabilities
     mean = total / len(input_dirs)
@@ -220,6 +229,8 @@ def ensemble_folders(
         _refuse_missing_cases(folder, sorted(all_cases - found), cases)
         _refuse_label_maps_without_probabilities(folder, found)
     ordered = sorted(all_cases)
+    for case in ordered:
+        agreeing_sidecars(case, dirs)
     if file_ending:
         _refuse_geometry_lost(dirs[0], ordered, _check_file_ending(file_ending))
         endings = dict.fromkeys(ordered, file_ending)
