@@ -308,7 +308,7 @@ def preprocess(
     num_workers: Optional[int] = workers_option(),
     plans_name: str = typer.Option("autosegPlans", "--plans-name", help="plans file to follow"),
 ) -> None:
-    """Crop, normalize, resample and store every training case; resumable, never deletes anything."""
+    """Crop, normalize, resample and store every training case; resumable; drops stored cases the dataset no longer lists."""
     from autoseg.preprocessing.runner import preprocess_dataset
 
     typer.echo(preprocess_dataset(dataset, configurations or None, num_workers, plans_name).summary())
