@@ -253,6 +253,13 @@ INTERLEAVED_BLOCKS = ("compute", "stream + step", "trainer loop")
 PAUSE_S = 1.0  # between blocks: the worker refills its queue, as it does during an epoch's end
 
 
+def rotated(names: tuple[str, ...], round_index: int) -> list[str]:
+    """The blocks' order in round ``round_index``: each starts every third round, so no block always runs
+    first after the pause (its worker queue full) or last (the core warmest)."""
+    shift = round_index % len(names)
+    return [*names[shift:], *names[:shift]]
+
+
 @dataclass
 class Interleaved:
     """The rounds ({block: (wall, this process's CPU) seconds per iteration}), the trainer's setup, and
@@ -301,9 +308,10 @@ def interleaved_rounds(env: dict[str, str], rounds: int, iterations: int) -> Int
     results = []
     try:
         compute()  # warm-up: allocation and kernel selection
-        for _ in range(rounds):
+        for index in range(rounds):
             row = {}
-            for name, block in blocks.items():
+            for name in rotated(INTERLEAVED_BLOCKS, index):
+                block = blocks[name]
                 time.sleep(PAUSE_S)
                 wall, cpu = time.perf_counter(), time.process_time()
                 block()
@@ -336,7 +344,8 @@ plan and store of `autoseg plan Dataset004 --budget 30m -c {CONFIGURATION} --dev
 
 The fold's trainer (patch {setup['patch']}, batch {setup['batch']}, mixed precision {setup['dtype']}, memory format
 {setup['layout']}, {setup['workers']} data worker(s)) built in one process,
-then {args.interleaved} rounds of three blocks of {args.iterations} iterations each, one after the other: the pure compute of its
+then {args.interleaved} rounds of three blocks of {args.iterations} iterations each, one after the other (the order rotated
+each round, so each block runs first, second and third equally often): the pure compute of its
 step on one batch in memory, the step fed by its data worker, and the trainer's own epoch loop (learning
 rate, watchdog, progress bar, timing) fed by the same worker.
 

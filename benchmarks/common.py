@@ -132,6 +132,7 @@ def augmentation_cpu_seconds(spec: Any, batches: int, on_batch: Callable[[dict[s
     ``SamplingSpec``), in this process on one thread, every training case opened before timing (a long
     run's steady state). ``on_batch`` sees each batch outside the timed part."""
     import torch
+    from threadpoolctl import threadpool_limits
 
     from autoseg.training.data_loading import TRAIN_STREAM, BatchSource
 
@@ -141,16 +142,23 @@ def augmentation_cpu_seconds(spec: Any, batches: int, on_batch: Callable[[dict[s
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        spent = 0.0
-        for index in range(batches):
-            start = time.process_time()
-            batch = source(index)
-            spent += time.process_time() - start
-            if on_batch is not None:
-                on_batch(batch)
-        return spent / batches
+        # as in a data worker (training/data_loading.py: _worker_main): one torch and one BLAS thread
+        with threadpool_limits(1):
+            return _mean_batch_cpu(source, batches, on_batch)
     finally:
         torch.set_num_threads(threads)
+
+
+def _mean_batch_cpu(source: Any, batches: int, on_batch: Callable[[dict[str, Any]], None] | None) -> float:
+    """Mean process CPU seconds per batch of ``source``'s first ``batches`` batches."""
+    spent = 0.0
+    for index in range(batches):
+        start = time.process_time()
+        batch = source(index)
+        spent += time.process_time() - start
+        if on_batch is not None:
+            on_batch(batch)
+    return spent / batches
 
 
 # ----------------------------------------------------------------------------------- timed processes
