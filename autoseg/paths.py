@@ -221,10 +221,16 @@ def _missing_root_note(root: Path) -> str:
         return ""
     if root.exists():
         return " (a file, not a folder)"
-    trimmed = Path(*(part.strip() for part in Path(str(root).strip()).parts))
-    if trimmed != root and trimmed.is_dir():  # a space pasted at the end of AUTOSEG_RAW
-        return f" (which does not exist; {shown_path(trimmed)} does: remove the white space from the variable)"
-    return " (which does not exist)"
+    return f" (which does not exist{trimmed_path_note(root, 'the variable')})"
+
+
+def trimmed_path_note(path: Path, source: str) -> str:
+    """``; raw does: remove the white space from SOURCE`` when ``path`` does not exist but does without the white
+    space at its parts' edges (a space pasted at the end of AUTOSEG_RAW or of ``-i``), else ``""``."""
+    trimmed = Path(*(part.strip() for part in Path(str(path).strip()).parts))
+    if trimmed == path or not trimmed.exists():
+        return ""
+    return f"; {shown_path(trimmed)} does: remove the white space from {source}"
 
 
 def dataset_folders(root: Path, text: str) -> list[Path]:

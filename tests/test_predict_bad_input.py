@@ -3,6 +3,7 @@ exit code 2, no traceback, and the good case beside it is still predicted."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import struct
 from pathlib import Path
@@ -14,7 +15,8 @@ import SimpleITK as sitk
 
 from autoseg.cli import app
 from autoseg.dataset.imageio import read_image
-from autoseg.inference.batch import PREDICT_INFO
+from autoseg.errors import InferenceError
+from autoseg.inference.batch import PREDICT_INFO, discover_cases
 
 from cli_helpers import runner
 from conftest import HIPPOCAMPUS, SHARED_DATA
@@ -186,6 +188,15 @@ def test_one_file_finds_its_case_channels_of_another_format(model: Path, tmp_pat
         code, text = _predict(given, tmp_path / f"out{index}", model)
         assert code == 2 and "case bad: has channel(s) 0000, 0001, the model expects 1 (0000: MRI)" in " ".join(text.split()), text
         assert not (tmp_path / f"out{index}" / "bad.nii.gz").exists()
+
+
+def test_an_input_with_a_trailing_space_is_shown_quoted(tmp_path: Path) -> None:
+    """``-i "in "`` was refused as 'in : input not found', the space unseen; the path is now quoted, and the folder
+    without the space named."""
+    (tmp_path / "in").mkdir()
+    with pytest.raises(InferenceError, match=re.escape(f"'{tmp_path}/in ': input not found; {tmp_path}/in does: remove "
+                                                       "the white space from -i; give a folder of images")):
+        discover_cases(tmp_path / "in ")
 
 
 @pytest.mark.parametrize("name", ["patient 01", "müller", "患者_7", "a b c (copy)"])

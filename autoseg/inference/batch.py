@@ -39,6 +39,7 @@ from autoseg.errors import AutosegError, InferenceError
 from autoseg.inference.engine import DEFAULT_CHECKPOINT, LoadedModel, require_torch
 from autoseg.inference.predictor import Prediction, predict_array
 from autoseg.inference.tiling import DEFAULT_STEP, check_batch_tiles, check_step
+from autoseg.paths import shown_path, trimmed_path_note
 from autoseg.utils.atomic import (
     atomic_write_json, disk_full_error, folder_lock, remove_stale_temporaries, require_writable,
 )
@@ -197,7 +198,8 @@ def discover_cases(input_path: str | Path, quiet: bool = False) -> list[InputCas
     """
     path = Path(input_path)
     if not path.exists():
-        raise InferenceError(f"{path}: input not found; give a folder of images, an image file or a DICOM folder")
+        raise InferenceError(f"{shown_path(path)}: input not found{trimmed_path_note(path, '-i')}; give a folder of "
+                             "images, an image file or a DICOM folder")
     if path.is_dir() and (path / "dataset.json").is_file() and (path / "imagesTr").is_dir():
         # Its imagesTr and labelsTr were taken for two DICOM series folders and failed as such.
         suggestion = path / ("imagesTs" if (path / "imagesTs").is_dir() else "imagesTr")
