@@ -113,6 +113,16 @@ def test_bad_descriptions(change: dict, message: str) -> None:
         parse_description(BASE | change, Path("d.json"))
 
 
+def test_regions_class_order_is_read_as_integers() -> None:
+    """[1.0, 2.0] was kept as floats (recorded in the plans, shown in reports as 1.0, 2.0) and [true, 2] passed as
+    [1, 2]: whole floats are now integers and true is refused."""
+    regions = BASE | {"labels": {"background": 0, "a": [1, 2], "b": [2]}}
+    order = parse_description(regions | {"regions_class_order": [1.0, 2.0]}, Path("d.json")).regions_class_order
+    assert order == [1, 2] and all(type(value) is int for value in order)
+    with pytest.raises(DatasetError, match="d.json: regions_class_order gives region 'a' the value True, not one of its labels"):
+        parse_description(regions | {"regions_class_order": [True, 2]}, Path("d.json"))
+
+
 def test_whole_float_num_training_is_accepted() -> None:
     """nnU-Net accepts "numTraining": 3.0 (as some JSON writers emit it); it was refused as not an integer."""
     desc = parse_description(BASE | {"numTraining": 3.0}, Path("d.json"))

@@ -101,6 +101,14 @@ def _integer(value: Any) -> Any:
     return value
 
 
+def _whole_floats_as_int(order: Any) -> Any:
+    """``regions_class_order`` with whole floats as integers: ``[1.0, 2.0]`` passed and was recorded in the plans and
+    shown in reports as written; anything else is returned unchanged for the checks to name."""
+    if not isinstance(order, list):
+        return order
+    return [int(v) if isinstance(v, float) and v.is_integer() else v for v in order]
+
+
 def _as_nnunet_reads(labels: dict[str, Any], has_order: bool) -> dict[str, Any]:
     """nnU-Net v2 treats a dataset as region-based only when a label lists several values; one-value lists
     alone (``"a": [1]``) are plain classes. Kept as regions where ``regions_class_order`` says so."""
@@ -174,7 +182,7 @@ def parse_description(data: dict[str, Any], path: Path) -> DatasetDescription:
         labels=labels,
         num_training=num_training,
         file_ending=file_ending,
-        regions_class_order=data.get("regions_class_order"),
+        regions_class_order=_whole_floats_as_int(data.get("regions_class_order")),
         cases=cases,
         name=str(data.get("name", "")),
         raw=data,
@@ -230,7 +238,7 @@ def _check_label_values(desc: DatasetDescription, path: Path) -> None:
         for value, (name, values) in zip(order, desc.regions):
             # Export writes this value where the region is predicted: any other value would not count as
             # the region when the label map is read back (evaluation, postprocessing, the cascade).
-            if value not in values:
+            if isinstance(value, bool) or value not in values:  # true passed as 1 (true == 1 in Python)
                 raise DatasetError(
                     f"{path}: regions_class_order gives region '{name}' the value {value!r}, not one of its labels "
                     f"{values}; give each region one of its own labels, in the regions' order"
