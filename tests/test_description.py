@@ -84,6 +84,8 @@ def test_ignore_label_is_one_integer_in_no_region(labels: dict, order: list[int]
     ({"labels": {"background": 0}}, r"labels declare no class, only background; declare the classes"),
     ({"labels": {"background": 0, "ignore": 1}}, r"labels declare no class, only background and the ignore label;"),
     ({"labels": {"background": 0, "a": 1.5}}, "label 'a' has value 1.5"),
+    ({"labels": {"background": 0, "a": [True, 2], "b": [2]}, "regions_class_order": [1, 2]},
+     r"label 'a' has value \[True, 2\]; use a non-negative integer or a list of positive integers"),  # passed as [1, 2]
     ({"numTraining": -1}, "numTraining must be a non-negative integer"),
     ({"numTraining": True}, "numTraining must be a non-negative integer, got True"),  # was 'numTraining is True but 4 ...'
     ({"numTraining": 3.5}, r'numTraining must be a non-negative integer, got 3.5; write the number of training cases '

@@ -164,7 +164,8 @@ def parse_description(data: dict[str, Any], path: Path) -> DatasetDescription:
     labels = _as_nnunet_reads(labels, "regions_class_order" in data)
     for name, value in labels.items():
         ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
-        ok = ok or (isinstance(value, list) and value and all(isinstance(v, int) and v > 0 for v in value))
+        # JSON true is a Python int (1): [true, 2] passed as a region
+        ok = ok or (isinstance(value, list) and value and all(type(v) is int and v > 0 for v in value))
         if not ok:
             raise DatasetError(f"{path}: label '{name}' has value {value!r}; use a non-negative integer or a list of positive integers (region)")
     num_training = _num_training(_require(data, "numTraining", path, "add the number of training cases"), path)
