@@ -296,3 +296,6 @@ def test_cases_stored_in_another_axis_order_are_named(small_dataset: Path, roots
             "median spacing (2, 1, 2) mm mixes the orders. autoseg, like nnU-Net, does not reorient images: rewrite those "
             "cases (images and labels) in the other cases' axis order") in " ".join(result.output.split())
     assert axis_order_warning(["a", "b"], [(3.0, 1.0, 1.0), (1.2, 1.0, 1.0)], (2.1, 1.0, 1.0)) is None  # near-isotropic b
+    verified = runner.invoke(app, ["verify", "999", "-np", "1"])  # verify passed it without a word
+    assert verified.exit_code == 0 and verified.output.count("have their coarsest spacing on another array axis") == 1
+    assert f"{odd_cases[0]} (1, 1, 3) mm, {odd_cases[1]} (1, 1, 3) mm;" in " ".join(verified.output.split())
