@@ -41,7 +41,7 @@ from autoseg.training.distributed import DistributedContext, barrier, init_distr
 from autoseg.training.fold_run import FoldRun
 from autoseg.training.math_threads import applied, choose_math_threads
 from autoseg.training.model_setup import amp_dtype, check_network_builds, determinism_restored
-from autoseg.training.monitor import METRICS_FILE, PLOT_FILE, set_aside_log
+from autoseg.training.monitor import LOG_FILE, METRICS_FILE, PLOT_FILE, set_aside_log
 from autoseg.training.plan_device import check_plan_device
 from autoseg.training.schedule import extended_total
 from autoseg.training.pretrained import load_pretrained
@@ -416,6 +416,7 @@ def _refuse_overwrite(run: FoldRun) -> None:
     beside them (its training_config.yaml still describes the run that made them). With --continue,
     refuse a fold holding a final model but no training state: an imported model (or one whose
     checkpoint_latest was deleted) cannot be continued, and starting over would replace it."""
+    _refuse_folders_named_as_files(run)
     has = {name: (run.fold_folder / name).is_file() for name in (LATEST, FINAL, BEST)}
     if not run.resume and (has[LATEST] or has[FINAL]):
         raise TrainingError(
@@ -435,6 +436,20 @@ def _refuse_overwrite(run: FoldRun) -> None:
             "from (an imported model?); --continue would train the fold from the start and replace it. Train "
             "into another results root, or delete the folder to start over"
         )
+
+
+# The files a fold's run writes in its folder.
+FOLD_FILES = (LOG_FILE, CONFIG_FILE, METRICS_FILE, PLOT_FILE, ACCOUNTING_FILE, LATEST, BEST, FINAL)
+
+
+def _refuse_folders_named_as_files(run: FoldRun) -> None:
+    """A folder where the run writes one of its files (``training_log.txt`` made a folder by hand) stopped the run
+    with an internal IsADirectoryError, at its first log line or after an epoch of training."""
+    for name in FOLD_FILES:
+        path = run.fold_folder / name
+        if path.is_dir():
+            raise TrainingError(f"{path}: is a folder, where training writes the fold's {name}; move or rename "
+                                "that folder, then train again")
 
 
 # What a trained fold's checkpoint depends on: the grid, patch, network and intensities it was trained
