@@ -30,6 +30,20 @@ def _listing(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def test_continue_without_latest_and_final_resumes_from_best_and_says_so(results: Path) -> None:
+    """Was: a fold holding only checkpoint_best (latest and final deleted) was trained from the start in silence."""
+    fold = Path(_train(0, epochs=1)["model_folder"]) / "fold_0"
+    (fold / "checkpoint_final.safetensors").unlink()
+    (fold / "checkpoint_latest.safetensors").replace(fold / "checkpoint_best.safetensors")  # the best of epoch 1
+    summary = _train(0, epochs=2, continue_=True)
+    log = (fold / "training_log.txt").read_text()
+    assert re.search(r"checkpoint_latest.safetensors and checkpoint_final.safetensors are missing: resuming from "
+                     r"checkpoint_best.safetensors at epoch 1, so the epochs after it are trained again", log), log
+    assert re.search(r"resumed from .*checkpoint_best.safetensors at epoch 1, iteration 1 of 2", log), log
+    assert "no checkpoint to continue from yet" not in log
+    assert (summary["epochs"], summary["iterations"]) == (2, 2)
+
+
 @pytest.mark.parametrize("continue_", [False, True])
 def test_a_folder_named_as_the_training_log_is_refused_before_any_work(results: Path, continue_: bool) -> None:
     """Was: an internal IsADirectoryError once the run wrote its first log line."""

@@ -426,8 +426,8 @@ def _refuse_overwrite(run: FoldRun) -> None:
     if not run.resume and has[BEST]:  # left, a run without pseudo-validation writes no best: predict took it as its own
         raise TrainingError(
             f"{run.fold_folder}: this fold already has checkpoints ({BEST} of an earlier run, whose {LATEST} and "
-            f"{FINAL} are gone); delete it, or the folder, to start over, or add --continue if that run was killed "
-            "in its first epoch"
+            f"{FINAL} are gone); delete it, or the folder, to start over, or add --continue to resume from it (the "
+            "epochs after it are trained again)"
         )
     _refuse_another_plan(run)
     if run.resume and has[FINAL] and not has[LATEST]:
@@ -492,14 +492,19 @@ def _refuse_another_plan(run: FoldRun) -> None:
 
 
 def _restore(trainer: Trainer, run: FoldRun) -> None:
-    """With --continue load the latest checkpoint (and extend with --epochs)."""
-    latest = run.fold_folder / LATEST
+    """With --continue load the latest checkpoint, else the best (as nnU-Net's --c falls back to it), and extend
+    with --epochs. A fold holding only checkpoint_best (latest deleted) was trained from the start without a word."""
+    latest, best = run.fold_folder / LATEST, run.fold_folder / BEST
     if not run.resume:
         return
-    if not latest.is_file():  # killed before its first checkpoint (as nnU-Net's --c): start the fold
+    if not latest.is_file() and not best.is_file():  # killed before its first checkpoint (as nnU-Net's --c): start the fold
         trainer.monitor.log(f"{latest}: no checkpoint to continue from yet; training the fold from the start")
         return
-    trainer.load(latest)
+    source = latest if latest.is_file() else best
+    trainer.load(source)
+    if source == best:
+        trainer.monitor.log(f"{latest} and {FINAL} are missing: resuming from {BEST} at epoch {trainer.state.epoch}, "
+                            "so the epochs after it are trained again")
     earlier = _earlier_config(run)
     if run.epochs is None:
         _keep_schedule(run.config, earlier)
@@ -507,7 +512,7 @@ def _restore(trainer: Trainer, run: FoldRun) -> None:
     state = trainer.state
     if run.epochs is not None:
         state.total_iterations = extended_total(state, run.epochs, trainer.iterations_per_epoch)
-    trainer.monitor.log(f"resumed from {latest} at epoch {state.epoch}, iteration {state.iteration} of {state.total_iterations}")
+    trainer.monitor.log(f"resumed from {source} at epoch {state.epoch}, iteration {state.iteration} of {state.total_iterations}")
     if state.iteration >= state.total_iterations:
         _finished_run(trainer, run)
 
