@@ -190,6 +190,18 @@ def test_one_file_finds_its_case_channels_of_another_format(model: Path, tmp_pat
         assert not (tmp_path / f"out{index}" / "bad.nii.gz").exists()
 
 
+@pytest.mark.parametrize("given", ["scan.nii.gz", "scan_0001.nrrd"])
+def test_one_file_without_a_channel_suffix_is_channel_0000_as_in_its_folder(given: str, tmp_path: Path) -> None:
+    """``-i scan.nii.gz`` was a case of one channel, and ``-i scan_0001.nrrd`` left scan.nii.gz out, where the folder
+    holding them gave case scan both channels."""
+    for name in ("scan.nii.gz", "scan_0001.nrrd", "scan2_0000.nii.gz", "scanner.nii.gz"):
+        (tmp_path / name).write_bytes(b"")
+    (case,) = discover_cases(tmp_path / given)
+    expected = {0: tmp_path / "scan.nii.gz", 1: tmp_path / "scan_0001.nrrd"}
+    assert case.case_id == "scan" and case.channels == expected
+    assert next(c for c in discover_cases(tmp_path) if c.case_id == "scan").channels == expected
+
+
 def test_an_input_with_a_trailing_space_is_shown_quoted(tmp_path: Path) -> None:
     """``-i "in "`` was refused as 'in : input not found', the space unseen; the path is now quoted, and the folder
     without the space named."""

@@ -172,18 +172,22 @@ def _add(cases: dict[str, InputCase], path: Path, stem: str) -> None:
 
 
 def _channel_siblings(path: Path, case_id: str) -> list[Path]:
-    """The channel files (``<case_id>_XXXX<ending>``, any image ending in any case) beside ``path``, ``path`` included:
-    the channels the folder holding it gives the case.
+    """The files beside ``path`` (``path`` included) that its folder gives case ``case_id``: ``<case_id>_XXXX`` and
+    ``<case_id>`` (channel 0000) with any image ending, in any case.
 
     Names are compared, not globbed: a name holding ``[``, ``*`` or ``?`` (``scan[1]_0000.nii.gz``) found
     nothing, or other cases' files, as a glob pattern, and ``CT_0000.NII.GZ`` was looked for as ``.nii.gz``.
-    Only ``path``'s own ending was looked for once: ``-i case_0000.nii.gz`` left ``case_0001.nrrd`` out without a
-    word, where ``-i`` of the folder read both.
+    Only ``path``'s own ending and suffixed names were looked for once: ``-i case_0000.nii.gz`` left
+    ``case_0001.nrrd`` out, and ``-i scan.nii.gz`` left ``scan_0001.nii.gz`` out, without a word, where ``-i`` of
+    the folder read both.
     """
     siblings = []
     for entry in sorted(path.parent.iterdir()):
-        match = CHANNEL_SUFFIX.match(entry.name[: -len(ending)]) if (ending := image_ending(entry)) else None
-        if match and match["case"] == case_id and entry.is_file():
+        if not (ending := image_ending(entry)) or not entry.is_file():
+            continue
+        stem = entry.name[: -len(ending)]
+        match = CHANNEL_SUFFIX.match(stem)
+        if (match["case"] if match else stem) == case_id:
             siblings.append(entry)
     return siblings
 
@@ -216,7 +220,7 @@ def discover_cases(input_path: str | Path, quiet: bool = False) -> list[InputCas
             raise InferenceError(f"{path}: unsupported file type; use one of {', '.join(SUPPORTED_ENDINGS)}")
         stem = path.name[: -len(ending)]
         match = CHANNEL_SUFFIX.match(stem)
-        siblings = _channel_siblings(path, match["case"]) if match else [path]
+        siblings = _channel_siblings(path, match["case"] if match else stem)
         for sibling in siblings:
             _add(cases, sibling, sibling.name[: -len(image_ending(sibling))])
     elif _is_dicom_folder(path):
