@@ -371,3 +371,22 @@ def test_an_output_among_the_cases_autoseg_reads_is_refused(roots: dict[str, Pat
             build_report(DATASET, folder / "r.html", num_workers=1)
         assert sorted(p.name for p in folder.iterdir()) == before
     assert build_report(DATASET, raw / "report.html", num_workers=1).is_file()
+
+
+def test_an_output_that_is_a_users_file_or_an_image_name_is_refused(roots: dict[str, Path], tmp_path: Path) -> None:
+    """``-o scans/case_0000.nii.gz`` (outside every folder autoseg reads) replaced the user's scan with the HTML, and
+    ``-o notes.txt`` the notes; a new ``x.nii.gz`` in a predictions folder was then read there as a label map."""
+    make_results(roots, probabilities_for=())
+    find_best(DATASET, num_workers=1)
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    (scans / "case_0000.nii.gz").write_bytes(b"scan")
+    (scans / "notes.txt").write_text("notes")
+    refusals = {"case_0000.nii.gz": "the report is HTML, not an image, and would be read as one there; give a .html file name",
+                "new.nii.gz": "the report is HTML, not an image, and would be read as one there; give a .html file name",
+                "notes.txt": "exists and is not an HTML report, which the report would replace; give a new file name"}
+    for name, expected in refusals.items():
+        with pytest.raises(EvaluationError, match=rf"{re.escape(str(scans / name))}: {re.escape(expected)}"):
+            build_report(DATASET, scans / name, num_workers=1)
+    assert sorted(p.name for p in scans.iterdir()) == ["case_0000.nii.gz", "notes.txt"]
+    assert (scans / "case_0000.nii.gz").read_bytes() == b"scan"

@@ -27,7 +27,7 @@ from matplotlib.figure import Figure
 
 from autoseg import __version__
 from autoseg.dataset.description import DatasetDescription, load_description
-from autoseg.dataset.imageio import read_image, read_image_channels
+from autoseg.dataset.imageio import read_image, read_image_channels, spelled_ending
 from autoseg.errors import DatasetError, EvaluationError
 from autoseg.evaluation.metrics import evaluation_classes
 from autoseg.evaluation.selection import (
@@ -391,13 +391,20 @@ def _check_output_not_read(output: Path, files: Sequence[Path], folders: Sequenc
     """Refuse an ``-o`` that is an existing file among ``files`` (find-best's instructions) or in ``folders``
     (raw and preprocessed data, model and cross-validation folders): ``-o <results>/<Dataset>/
     inference_instructions.json`` replaced find-best's instructions with the HTML. A new file anywhere, or an
-    earlier report (``.html``), is fine."""
+    earlier report (``.html``), is fine; so was any other existing file, and a name of an image ending: ``-o
+    images/case_0000.nii.gz`` replaced the user's scan with the HTML (and a new one in a predictions folder was read
+    as a label map there)."""
+    if spelled_ending(output):
+        raise EvaluationError(f"{output}: the report is HTML, not an image, and would be read as one there; "
+                              "give a .html file name, e.g. report.html")
     target = output.resolve()
     if not target.is_file() or target.suffix.lower() in (".html", ".htm"):
         return
     if target in {f.resolve() for f in files} or any(target.is_relative_to(f.resolve()) for f in folders):
         raise EvaluationError(f"{output}: is a file of find-best, a model or the dataset, which the report would "
                               "replace; give a new file name, e.g. report.html")
+    raise EvaluationError(f"{output}: exists and is not an HTML report, which the report would replace; give a new "
+                          "file name, e.g. report.html")
 
 
 def _check_output_beside_no_cases(output: Path, datasets: Sequence[Path], crossvals: Sequence[Path]) -> None:
