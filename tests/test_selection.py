@@ -215,9 +215,12 @@ def test_configuration_filter_and_missing_results(roots: dict[str, Path]) -> Non
         find_best(DATASET, configurations=["3d_lowres"], num_workers=1)
     assert str(info.value) == (
         f"{roots['results'] / DATASET}: no configuration has validation predictions for folds 0, 1, 2, 3, 4 "
-        f"({PARTIAL}: no validation predictions for fold(s) 1, 2, 3, 4); train folds 0-4 first "
-        "(autoseg train DATASET CONFIG 0, ... 4; fold 'all' has no validation)"
+        f"({PARTIAL}: no validation predictions for fold(s) 1, 2, 3, 4); train fold(s) 0, 1, 2, 3, 4 first "
+        "(autoseg train DATASET CONFIG FOLD, once per fold; fold 'all' has no validation)"
     )
+    # Of other folds than the default, those folds: it said 'train folds 0-4' to find-best -f 1 -f 2.
+    with pytest.raises(EvaluationError, match=r"for folds 1, 2 \(.*\); train fold\(s\) 1, 2 first \(autoseg train"):
+        find_best(DATASET, folds=["1", "2"], configurations=["3d_lowres"], num_workers=1)
 
 
 def test_a_configuration_without_model_folder_is_named(roots: dict[str, Path]) -> None:

@@ -442,7 +442,8 @@ def find_best(
         reasons = f" ({'; '.join(skipped)})" if skipped else ""
         raise EvaluationError(
             f"{dataset_results}: no configuration has validation predictions for folds {', '.join(folds)}{reasons}; "
-            "train folds 0-4 first (autoseg train DATASET CONFIG 0, ... 4; fold 'all' has no validation)"
+            f"train fold(s) {', '.join(folds)} first (autoseg train DATASET CONFIG FOLD, once per fold; fold 'all' has no "
+            "validation)"
         )
     # One find-best of a dataset at a time: each rebuilds the merged folders (deleting the previous
     # ones), ensembles and summaries that the other would be reading (a second run waits here).
