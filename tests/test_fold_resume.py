@@ -53,3 +53,25 @@ def test_a_folder_named_as_the_training_log_is_refused_before_any_work(results: 
                                             r"training_log.txt; move or rename that folder, then train again$"):
         _train(0, epochs=1, continue_=continue_)
     assert [p.name for p in folder.parent.iterdir()] == ["training_log.txt"] and not any(folder.iterdir())
+
+
+def test_continue_refuses_a_checkpoint_of_another_patch_size(
+    data_roots: dict[str, Path], results: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Was: a fold copied from another results root (no plans.json beside it to compare) and continued after a
+    re-plan to another patch size trained on, its weights fitting any patch, without a word."""
+    fold = Path(_train(0, epochs=1)["model_folder"]) / "fold_0"
+    (fold.parent / "plans.json").unlink()
+    preprocessed = tmp_path / "preprocessed"
+    shutil.copytree(data_roots["preprocessed"], preprocessed)
+    plans_file = preprocessed / DATASET / "autosegPlans.json"
+    plans = json.loads(plans_file.read_text())
+    plans["configurations"]["3d_fullres"]["patch_size"] = [16, 16, 24]
+    plans_file.write_text(json.dumps(plans))
+    monkeypatch.setenv("AUTOSEG_PREPROCESSED", str(preprocessed))
+    before = _listing(fold)
+    with pytest.raises(TrainingError, match=r"checkpoint_latest.safetensors: was trained with another plan than this "
+                                            r"run's \(patch_size \[16, 16, 16\] \(checkpoint\) vs \[16, 16, 24\] \(this "
+                                            r"run\)\): .*or delete the fold folder to start over"):
+        _train(0, epochs=2, continue_=True)
+    assert _listing(fold) == before

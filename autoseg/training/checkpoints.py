@@ -132,6 +132,7 @@ def restore_training_checkpoint(path: Path, setup: ModelSetup, step: Any, networ
         )
     if model_name is not None:
         check_fold_of_model(meta, model_name, path, TrainingError)
+    _refuse_another_network(path, meta, setup)
     trained_with = meta.get("optimizer")  # absent in checkpoints written before it was recorded
     if trained_with is not None and trained_with != optimizer:
         raise TrainingError(
@@ -173,4 +174,32 @@ def _refuse_weights_only(path: Path, checkpoint: dict[str, Any]) -> None:
             f"{path}: holds network weights only, no training state ({', '.join(missing)}): the checkpoint of an "
             "exported or imported model, which cannot be continued; put the fold's own checkpoint back, or fine-tune "
             "from it in a new fold or results folder (--pretrained-weights, without --continue)"
+        )
+
+
+def _network_definition(patch_size: Any, topology: dict[str, Any], options: Any) -> dict[str, Any]:
+    """What defines a fold's network beyond its family, as JSON holds it (a checkpoint's metadata is JSON)."""
+    extra = {k: v for k, v in (topology.get("extra") or {}).items() if k != "patch_size"}
+    parts = {"patch_size": patch_size, **{f"topology.{k}": v for k, v in topology.items() if k != "extra"},
+             **{f"topology.extra.{k}": v for k, v in extra.items()}, "network_options": options}
+    return json.loads(json.dumps(parts))
+
+
+def _refuse_another_network(path: Path, meta: dict[str, Any], setup: ModelSetup) -> None:
+    """A checkpoint of the same network and configuration made with another plan (copied from another results root,
+    or the model re-planned and its plans.json replaced): another patch size loaded into the same weights without a
+    word, and trained on patches the checkpoint never saw; another topology was refused only as a tensor that 'does
+    not fit'. Every value that differs is named, the checkpoint's and this run's (older checkpoints lack some)."""
+    if not isinstance(meta.get("topology"), dict):
+        return
+    before = _network_definition(meta.get("patch_size"), meta["topology"], meta.get("network_options"))
+    now = _network_definition(setup.topology.get("extra", {}).get("patch_size"), setup.topology, setup.network_options)
+    changed = [f"{key} {before[key]} (checkpoint) vs {now.get(key)} (this run)" for key in before
+               if before[key] is not None and before[key] != now.get(key)]
+    if changed:
+        raise TrainingError(
+            f"{path}: was trained with another plan than this run's ({'; '.join(changed[:3])}{'; ...' if len(changed) > 3 else ''}): "
+            "the fold comes from another results root or the model was re-planned; continue with the plan and --set "
+            "the fold was trained with (the plans.json and training_config.yaml of the model folder it came from), "
+            "or delete the fold folder to start over"
         )
