@@ -361,3 +361,29 @@ def test_a_previous_stage_prediction_on_another_grid_is_refused(trained: dict[st
         prepare_previous_stage(predictions, tmp_path / CACHE_FOLDER, trained["preprocessed"] / FULLRES_STORE, [case],
                                load_plans(plans_path(trained["preprocessed"])), CASCADE, ".nii.gz")
     assert not (tmp_path / CACHE_FOLDER / f"{case}.npy").exists()
+
+
+def test_a_lowres_fold_trained_afresh_takes_back_what_its_earlier_run_handed_on(
+    trained: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Was: a 3d_lowres fold retrained (another split) left the predictions its earlier run had handed to
+    predicted_next_stage/ for cases it no longer validates, and the cascade trained on them. Only copies of the
+    fold's own earlier validation go: a case another fold has predicted since stays."""
+    results = tmp_path / "results"
+    lowres = results / DATASET / LOWRES_MODEL
+    shutil.copytree(trained["lowres"], lowres)
+    fold, handed = lowres / "fold_0", lowres / NEXT_STAGE_FOLDER
+    _, val_cases = fold_cases(trained["preprocessed"], CASES, 0)
+    moved, predicted_since = [c for c in CASES if c not in val_cases][:2]
+    # the earlier run (an earlier split) validated both and handed them on; another fold has predicted the second since
+    shutil.copyfile(fold / "validation" / f"{val_cases[0]}.nii.gz", fold / "validation" / f"{moved}.nii.gz")
+    shutil.copyfile(fold / "validation" / f"{moved}.nii.gz", handed / f"{moved}.nii.gz")
+    shutil.copyfile(fold / "validation" / f"{val_cases[0]}.nii.gz", fold / "validation" / f"{predicted_since}.nii.gz")
+    since = (handed / f"{predicted_since}.nii.gz").read_bytes()
+    for checkpoint in fold.glob("checkpoint_*.safetensors"):
+        checkpoint.unlink()
+    monkeypatch.setenv("AUTOSEG_RESULTS", str(results))
+    train_fold(DATASET, LOWRES, 0, epochs=1, workers=0, overrides=TRAIN_SETTINGS, device="cpu")
+    assert not (handed / f"{moved}.nii.gz").exists()
+    assert (handed / f"{predicted_since}.nii.gz").read_bytes() == since
+    assert all((handed / f"{case}.nii.gz").is_file() for case in val_cases)

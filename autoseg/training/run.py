@@ -7,6 +7,7 @@ group itself (the environment says so), and only rank 0 writes files.
 
 from __future__ import annotations
 
+import filecmp
 import json
 import math
 import shutil
@@ -32,7 +33,7 @@ from autoseg.planning.plans import (
 from autoseg.preprocessing.runner import timing_path
 from autoseg.preprocessing.store import list_cases
 from autoseg.training.cascade import (
-    CACHE_FOLDER, check_previous_stage_labels, prepare_previous_stage, previous_stage_predictions,
+    CACHE_FOLDER, NEXT_STAGE_FOLDER, check_previous_stage_labels, prepare_previous_stage, previous_stage_predictions,
 )
 from autoseg.training.checkpoints import BEST, FINAL, LATEST
 from autoseg.training.config import dump_config, resolve_training_config
@@ -286,12 +287,28 @@ def _clear_earlier_run(run: FoldRun) -> None:
     in validation/ are not autoseg's and stay."""
     set_aside_log(run.fold_folder)
     validation = run.fold_folder / VALIDATION_FOLDER
+    _clear_handed_to_next_stage(run, validation)
     earlier = [run.fold_folder / name for name in (METRICS_FILE, PLOT_FILE, ACCOUNTING_FILE)]
     earlier += [validation / name for name in (SUMMARY_JSON, SUMMARY_CSV)]
     for case_id in list_cases(run.store):
         earlier += [validation / f"{case_id}{run.description.file_ending}", *probability_paths(validation, case_id)]
     for path in earlier:
         path.unlink(missing_ok=True)
+
+
+def _clear_handed_to_next_stage(run: FoldRun, validation: Path) -> None:
+    """A 3d_lowres fold trained afresh removes what its earlier run handed to the cascade: the cases of
+    ``predicted_next_stage/`` that are still copies of its earlier validation's label maps. Left, a case that moved to
+    another fold's validation (another split) kept the outdated prediction, which the cascade then trained on. A case
+    another fold has predicted since differs from this fold's copy and stays."""
+    if not run.configuration.get("next_stage"):
+        return
+    handed = run.model_folder / NEXT_STAGE_FOLDER
+    for case_id in list_cases(run.store):
+        name = f"{case_id}{run.description.file_ending}"
+        mine, given = validation / name, handed / name
+        if mine.is_file() and given.is_file() and filecmp.cmp(mine, given, shallow=False):
+            given.unlink()
 
 
 def _write_run_files(run: FoldRun) -> None:
