@@ -456,3 +456,21 @@ def test_a_case_taken_out_of_the_dataset_leaves_the_store_and_the_ground_truth(r
     assert sorted(p.name for p in gt.iterdir()) == ["hippocampus_001.nii.gz", "hippocampus_003.nii.gz", "hippocampus_004.nii.gz"]
     assert report.outputs[0].dropped == ["hippocampus_006"] and report.outputs[0].skipped == list_cases(out)
     assert "3 already done, 0 failed; removed, no longer in the dataset: hippocampus_006" in report.summary()
+
+
+def test_a_dataset_converted_to_another_file_ending_keeps_one_ground_truth_per_case(
+    roots: dict[str, Path], small_dataset: Path
+) -> None:
+    """Converted from .nii.gz to .nrrd after preprocessing, every case kept its .nii.gz ground truth beside the new
+    .nrrd, two references of one case for evaluate; only the dataset's own ending stays."""
+    _write_plans(roots)
+    preprocess_dataset(DATASET, ["3d_fullres"], num_workers=1)
+    for path in [*small_dataset.glob("*/*.nii.gz")]:
+        write_image(*read_image(path), path.with_name(path.name.replace(".nii.gz", ".nrrd")))
+        path.unlink()
+    description = json.loads((small_dataset / "dataset.json").read_text())
+    (small_dataset / "dataset.json").write_text(json.dumps({**description, "file_ending": ".nrrd"}))
+    preprocess_dataset(DATASET, ["3d_fullres"], num_workers=1)
+    gt = roots["preprocessed"] / DATASET / "gt_segmentations"
+    cases = ["hippocampus_001", "hippocampus_003", "hippocampus_004", "hippocampus_006"]
+    assert sorted(p.name for p in gt.iterdir()) == [f"{case}.nrrd" for case in cases]

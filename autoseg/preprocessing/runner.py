@@ -333,12 +333,13 @@ def drop_cases_not_in(folder: Path, case_ids: set[str]) -> list[str]:
     return dropped
 
 
-def drop_ground_truth_not_in(gt_dir: Path, case_ids: set[str]) -> None:
-    """Delete the ground-truth copies (and their companion files) of cases the dataset no longer lists: a removed
-    case's reference stayed beside the others for evaluation and the report."""
+def drop_ground_truth_not_in(gt_dir: Path, names: set[str]) -> None:
+    """Delete the ground-truth label maps (and their companion files) other than ``names``, the dataset's
+    ``<case><file_ending>``: a removed case's reference stayed beside the others for evaluation and the report, and
+    so did every copy of a dataset converted to another file ending (``case.nii.gz`` beside ``case.nrrd``)."""
     labels = [path for path in (gt_dir.iterdir() if gt_dir.is_dir() else ()) if spelled_ending(path) and path.is_file()]
     for path in labels:
-        if path.name[: -len(spelled_ending(path))] not in case_ids:
+        if path.name not in names:
             for companion in companion_files(path):
                 companion.unlink(missing_ok=True)
             path.unlink(missing_ok=True)
@@ -403,7 +404,7 @@ def preprocess_dataset(
         report.outputs.append(out)
     gt_dir = location.preprocessed_dir / GT_FOLDER
     remove_stale_temporaries(gt_dir)
-    drop_ground_truth_not_in(gt_dir, {case.case_id for case in cases})
+    drop_ground_truth_not_in(gt_dir, {f"{case.case_id}{description.file_ending}" for case in cases})
     for case in cases:
         assert case.label is not None
         with stop_on_full_disk(gt_dir, f"the ground truth of case {case.case_id}"):
