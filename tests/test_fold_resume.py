@@ -55,6 +55,36 @@ def test_a_folder_named_as_the_training_log_is_refused_before_any_work(results: 
     assert [p.name for p in folder.parent.iterdir()] == ["training_log.txt"] and not any(folder.iterdir())
 
 
+def _other_shapes(final: Path, target: Path) -> Path:
+    """A copy of ``final`` whose decoder's last convolution has another kernel: a checkpoint of another topology."""
+    checkpoint = load_checkpoint(final)
+    weights = checkpoint["network_weights"]
+    name = next(n for n in reversed(list(weights)) if weights[n].ndim == 5 and weights[n].shape[-1] == 3)
+    weights[name] = weights[name][..., :2].contiguous()
+    write_checkpoint(target, checkpoint)
+    return target
+
+
+@pytest.mark.parametrize("source", ["not a checkpoint", "other shapes"])
+def test_a_refused_pretrained_source_leaves_the_earlier_runs_files(results: Path, tmp_path: Path, source: str) -> None:
+    """Was: a fold trained again with --pretrained-weights set the earlier log aside and deleted the earlier
+    validation before the weights were refused: nothing trained, the records gone."""
+    fold = Path(_train(0, epochs=1)["model_folder"]) / "fold_0"
+    if source == "other shapes":
+        weights = _other_shapes(fold / "checkpoint_final.safetensors", tmp_path / "other.safetensors")
+        expected = r"other.safetensors: does not fit this network: 1 tensor\(s\) have other shapes"
+    else:
+        weights = tmp_path / "weights.safetensors"
+        weights.write_text("not a checkpoint")
+        expected = r"weights.safetensors: .*give a checkpoint written by this autoseg"
+    for checkpoint in fold.glob("checkpoint_*.safetensors"):
+        checkpoint.unlink()
+    before = _listing(fold)
+    with pytest.raises(TrainingError, match=expected):
+        _train(0, epochs=1, pretrained_weights=weights)
+    assert _listing(fold) == before
+
+
 def test_continue_refuses_a_checkpoint_of_another_patch_size(
     data_roots: dict[str, Path], results: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

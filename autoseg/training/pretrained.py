@@ -194,17 +194,19 @@ def _unusable_values(state: dict[str, torch.Tensor], weights: dict[str, torch.Te
     return problems
 
 
-def load_pretrained(
-    network: nn.Module, source: str | Path, network_name: str, log: Callable[[str], None] = print
-) -> PretrainedReport:
-    """Load every matching tensor of ``source`` into ``network``; refuse incompatible shapes."""
-    weights, metadata, where = read_pretrained(source)
+# What ``read_pretrained`` gives: network weights, checkpoint metadata, where they came from.
+PretrainedSource = tuple[dict[str, torch.Tensor], dict[str, Any], str]
+
+
+def check_pretrained(state: dict[str, torch.Tensor], source: PretrainedSource, network_name: str) -> PretrainedReport:
+    """Which tensors of ``source`` load into a network of ``state`` (its state dict: shapes and dtypes are enough, so
+    a meta-device network checks before anything is written); refuse incompatible ones."""
+    weights, metadata, where = source
     if metadata.get("network") not in (None, network_name):
         raise TrainingError(
             f"{where}: was trained as network {metadata['network']!r}, this run trains {network_name!r}; "
             f"add --network {metadata['network']} (and plan with --transfer-plans-from the source plans)"
         )
-    state = network.state_dict()
     report = PretrainedReport(where)
     incompatible = []
     for name, tensor in state.items():
@@ -237,7 +239,18 @@ def load_pretrained(
             "source model diverged, or its file was not written by training; fine-tune from another checkpoint of it "
             "(its checkpoint_best, or an earlier run), or train without --pretrained-weights"
         )
-    network.load_state_dict({**state, **{name: weights[name] for name in report.loaded}})
+    return report
+
+
+def load_pretrained(
+    network: nn.Module, source: str | Path | PretrainedSource, network_name: str, log: Callable[[str], None] = print,
+) -> PretrainedReport:
+    """Load every matching tensor of ``source`` (a path, or what ``read_pretrained`` gave) into ``network``;
+    refuse incompatible shapes."""
+    read = source if isinstance(source, tuple) else read_pretrained(source)
+    state = network.state_dict()
+    report = check_pretrained(state, read, network_name)
+    network.load_state_dict({**state, **{name: read[0][name] for name in report.loaded}})
     for line in report.lines():
         log(line)
     return report

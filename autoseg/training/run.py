@@ -21,7 +21,7 @@ import yaml
 from autoseg.dataset.description import load_description
 from autoseg.errors import NetworkError, PlanError, TrainingError
 from autoseg.evaluation.evaluate import SUMMARY_CSV, SUMMARY_JSON
-from autoseg.networks import get_network_spec
+from autoseg.networks import create_network, get_network_spec
 from autoseg.paths import DatasetSpec, resolve_dataset
 from autoseg.planning.accounting import PARTS
 from autoseg.planning.plans import (
@@ -41,11 +41,11 @@ from autoseg.training.config_rules import RULES
 from autoseg.training.distributed import DistributedContext, barrier, init_distributed, rank_batch_size, shutdown
 from autoseg.training.fold_run import FoldRun
 from autoseg.training.math_threads import applied, choose_math_threads
-from autoseg.training.model_setup import amp_dtype, check_network_builds, determinism_restored
+from autoseg.training.model_setup import _topology_and_options, amp_dtype, check_network_builds, determinism_restored
 from autoseg.training.monitor import LOG_FILE, METRICS_FILE, PLOT_FILE, set_aside_log
 from autoseg.training.plan_device import check_plan_device
 from autoseg.training.schedule import extended_total
-from autoseg.training.pretrained import load_pretrained
+from autoseg.training.pretrained import PretrainedSource, check_pretrained, load_pretrained, read_pretrained
 from autoseg.training.splits import FOLD_ALL, canonical_fold, fold_cases
 from autoseg.training.trainer import Trainer, describe_best, network_request
 from autoseg.training.validation import GT_FOLDER, VALIDATION_FOLDER, validate_fold
@@ -131,9 +131,9 @@ def train_fold(
         run.device = torch.device("cuda", context.local_rank)
     try:
         with applied(run.math_threads), determinism_restored():
-            trainer, device_warnings = _start(run, context)
+            trainer, device_warnings, source = _start(run, context, pretrained_weights)
             with trainer.monitor.stop_logged():
-                pretrained = _train(trainer, run, context, pretrained_weights, device_warnings)
+                pretrained = _train(trainer, run, context, source, device_warnings)
                 validation, validation_seconds = _final_validation(trainer, run, context, save_probabilities)
                 accounting = _kept_accounting(trainer, run)
                 if accounting is None:
@@ -319,9 +319,10 @@ def _write_run_files(run: FoldRun) -> None:
     atomic_write_text(run.fold_folder / CONFIG_FILE, dump_config(run.config))
 
 
-def _start(run: FoldRun, context: DistributedContext) -> tuple[Trainer, list[str]]:
+def _start(run: FoldRun, context: DistributedContext,
+           pretrained_weights: str | Path | None) -> tuple[Trainer, list[str], PretrainedSource | None]:
     """Refuse what cannot train before anything is written, prepare the folders and build the trainer;
-    returns it with the warnings about the plan on this device."""
+    returns it with the warnings about the plan on this device and the pretrained weights, read and checked."""
     rank_batch = rank_batch_size(run.global_batch, context)
     device_warnings = check_plan_device(
         run.plans, run.configuration_name, run.device.type, device_memory_bytes(run.device), run.patch_size,
@@ -331,19 +332,38 @@ def _start(run: FoldRun, context: DistributedContext) -> tuple[Trainer, list[str
     amp_dtype(run.config["mixed_precision"], run.device)
     check_network_builds(network_request(run, rank_batch), run.config)
     _refuse_overwrite(run)
+    source = _checked_pretrained(run, rank_batch, pretrained_weights)
     if context.is_main:
         _prepare_folders(run)
     barrier(context)
-    return Trainer(run, context), device_warnings
+    return Trainer(run, context), device_warnings, source
 
 
-def _train(trainer: Trainer, run: FoldRun, context: DistributedContext, pretrained_weights: str | Path | None,
+def _checked_pretrained(run: FoldRun, rank_batch: int, pretrained_weights: str | Path | None) -> PretrainedSource | None:
+    """The pretrained weights, read and matched to the fold's network built on the meta device (shapes only), before
+    a fresh start sets the fold's earlier log aside and deletes its validation: a refused file or shape left the
+    folder so although nothing trained. A network the meta device cannot build is matched when it is loaded."""
+    if pretrained_weights is None:
+        return None
+    source = read_pretrained(pretrained_weights)
+    request = network_request(run, rank_batch)
+    topology, options = _topology_and_options(request, run.config, lambda _message: None)
+    try:
+        with torch.device("meta"):
+            state = create_network(request.name, topology, request.in_channels, request.n_outputs, **options).state_dict()
+    except (NotImplementedError, RuntimeError):
+        return source
+    check_pretrained(state, source, run.network_name)
+    return source
+
+
+def _train(trainer: Trainer, run: FoldRun, context: DistributedContext, source: PretrainedSource | None,
            device_warnings: Sequence[str]) -> Any:
     """Resume or load pretrained weights, train what is left; returns what the pretrained weights loaded."""
     _restore(trainer, run)
     pretrained = None
-    if pretrained_weights is not None:
-        pretrained = load_pretrained(trainer.setup.network, pretrained_weights, run.network_name, trainer.monitor.log)
+    if source is not None:
+        pretrained = load_pretrained(trainer.setup.network, source, run.network_name, trainer.monitor.log)
     if context.is_main:
         _write_run_files(run)
     for warning in device_warnings:
