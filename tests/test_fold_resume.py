@@ -105,3 +105,16 @@ def test_continue_refuses_a_checkpoint_of_another_patch_size(
                                             r"run\)\): .*or delete the fold folder to start over"):
         _train(0, epochs=2, continue_=True)
     assert _listing(fold) == before
+
+
+def test_fine_tuning_from_another_fold_of_the_same_dataset_warns_of_optimistic_validation(results: Path) -> None:
+    """Was: fold 0 fine-tuned from fold 1 of the same dataset, whose training cases are fold 0's validation cases,
+    reported its validation Dice without a word of it being optimistic."""
+    source = Path(_train(1, epochs=1)["model_folder"]) / "fold_1" / "checkpoint_final.safetensors"
+    torch.manual_seed(0)
+    summary = _train(0, epochs=1, pretrained_weights=source)
+    warning = (f"warning: {source}: was trained on fold 1 of {DATASET}, whose training cases include fold 0's validation "
+               "cases, so fold 0's validation Dice will be optimistic; for an honest cross-validation fine-tune from a "
+               "model of another dataset, or from this dataset's fold 0")
+    assert summary["pretrained"][-1] == warning
+    assert warning in (source.parent.parent / "fold_0" / "training_log.txt").read_text()

@@ -43,6 +43,7 @@ class PretrainedReport:
     heads: list[str] = field(default_factory=list)  # fresh: another number of output channels
     missing: list[str] = field(default_factory=list)  # in the network, not in the source
     unused: list[str] = field(default_factory=list)  # in the source, not in the network
+    warnings: list[str] = field(default_factory=list)  # e.g. weights that saw this fold's validation cases
 
     def lines(self) -> list[str]:
         out = [f"pretrained weights from {self.source}: {len(self.loaded)} tensors loaded"]
@@ -52,7 +53,7 @@ class PretrainedReport:
             out.append(f"  not in the pretrained model (kept fresh): {', '.join(self.missing)}")
         if self.unused:
             out.append(f"  in the pretrained model but not in this network (ignored): {', '.join(self.unused)}")
-        return out
+        return out + self.warnings
 
 
 def _first_fold_checkpoint(folder: Path) -> Path:
@@ -242,14 +243,34 @@ def check_pretrained(state: dict[str, torch.Tensor], source: PretrainedSource, n
     return report
 
 
+def optimistic_validation_warning(metadata: dict[str, Any], where: str, dataset_name: str | None,
+                                  fold: str | None) -> str | None:
+    """The warning for weights of a model of this dataset trained on another fold (or on all cases): they saw
+    this fold's validation cases, so its cross-validation Dice is optimistic (nnU-Net says nothing of it)."""
+    trained_on = metadata.get("fold")
+    if dataset_name is None or fold in (None, "all") or trained_on is None or metadata.get("dataset_name") != dataset_name:
+        return None
+    if str(trained_on) == str(fold):
+        return None
+    if str(trained_on) == "all":
+        seen = f"was trained on every case of {dataset_name} (fold all), fold {fold}'s validation cases included"
+    else:
+        seen = f"was trained on fold {trained_on} of {dataset_name}, whose training cases include fold {fold}'s validation cases"
+    return (f"warning: {where}: {seen}, so fold {fold}'s validation Dice will be optimistic; for an honest "
+            f"cross-validation fine-tune from a model of another dataset, or from this dataset's fold {fold}")
+
+
 def load_pretrained(
     network: nn.Module, source: str | Path | PretrainedSource, network_name: str, log: Callable[[str], None] = print,
+    dataset_name: str | None = None, fold: str | None = None,
 ) -> PretrainedReport:
     """Load every matching tensor of ``source`` (a path, or what ``read_pretrained`` gave) into ``network``;
-    refuse incompatible shapes."""
+    refuse incompatible shapes, and warn of weights that saw fold ``fold`` of ``dataset_name``'s validation cases."""
     read = source if isinstance(source, tuple) else read_pretrained(source)
     state = network.state_dict()
     report = check_pretrained(state, read, network_name)
+    warning = optimistic_validation_warning(read[1], read[2], dataset_name, fold)
+    report.warnings = [warning] if warning else []
     network.load_state_dict({**state, **{name: read[0][name] for name in report.loaded}})
     for line in report.lines():
         log(line)

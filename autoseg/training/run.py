@@ -363,7 +363,8 @@ def _train(trainer: Trainer, run: FoldRun, context: DistributedContext, source: 
     _restore(trainer, run)
     pretrained = None
     if source is not None:
-        pretrained = load_pretrained(trainer.setup.network, source, run.network_name, trainer.monitor.log)
+        pretrained = load_pretrained(trainer.setup.network, source, run.network_name, trainer.monitor.log,
+                                     run.dataset_name, run.fold)
     if context.is_main:
         _write_run_files(run)
     for warning in device_warnings:
