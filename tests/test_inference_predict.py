@@ -689,12 +689,13 @@ def test_sharding_splits_cases_disjointly(tmp_path: Path) -> None:
 def test_one_file_whose_name_holds_glob_characters_is_its_case(tmp_path: Path, case_id: str, ending: str) -> None:
     """``-i scan[1]_0000.nii.gz`` found 'no images' (the name was read as a glob pattern); ``a*b?_0000`` also
     took other cases' files (``aXXbY_0000``) as cases of the run; ``-i CT_0000.NII.GZ`` found 'no images'
-    (looked for as ``.nii.gz``), though the folder holding it worked."""
+    (looked for as ``.nii.gz``), though the folder holding it worked. The case's channels are the folder mode's,
+    whatever their ending (``_0002.nrrd`` too)."""
     for name in (f"{case_id}_0000{ending}", f"{case_id}_0001.nii.gz", "aXXbY_0000.nii.gz", "scan1_0000.nii.gz",
                  "xz_0000.nii.gz", f"{case_id}_0002.nrrd", f"{case_id}_01.nii.gz"):
         (tmp_path / name).write_bytes(b"")
     cases = discover_cases(tmp_path / f"{case_id}_0000{ending}")
-    assert [(c.case_id, sorted(c.channels)) for c in cases] == [(case_id, [0, 1])]
+    assert [(c.case_id, sorted(c.channels)) for c in cases] == [(case_id, [0, 1, 2])]
 
 
 def test_colour_2d_cases_need_no_file_per_channel_and_keep_their_format(tmp_path: Path) -> None:
