@@ -431,16 +431,31 @@ def test_the_same_apply_rerun_after_a_kill_resumes(tmp_path):
 @pytest.mark.parametrize(("name", "expected"), [
     ("cv/case0.nii.gz", "a decision file is JSON, not a label map, and would be read as one"),
     ("cv/new.nii.gz", "a decision file is JSON, not a label map, and would be read as one"),
-    ("gt/dataset.json", "exists and is not a postprocessing decision, which this run would replace"),
+    ("notes.json", "exists and is not a postprocessing decision, which this run would replace"),
 ])
 def test_a_decision_file_never_replaces_a_label_map_or_another_file(tmp_path, name, expected):
-    """-o cv/case0.nii.gz replaced that prediction with the decision's JSON (and -o gt/dataset.json the dataset's
-    description); a new cv/new.nii.gz failed every later evaluate and apply of the folder as an unreadable label map."""
+    """-o cv/case0.nii.gz replaced that prediction with the decision's JSON (and -o notes.json the user's notes); a
+    new cv/new.nii.gz failed every later evaluate and apply of the folder as an unreadable label map."""
     preds, refs = _make_cv_folders(tmp_path)
-    (refs / "dataset.json").write_text(json.dumps({"labels": LABELS}))
-    before = {p: p.read_bytes() for folder in (preds, refs) for p in folder.iterdir()}
+    (tmp_path / "notes.json").write_text(json.dumps({"labels": LABELS}))
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     with pytest.raises(EvaluationError, match=rf"{re.escape(name)}: {re.escape(expected)}; give -o a new \.json file name"):
         determine_postprocessing(preds, refs, LABELS, tmp_path / name, num_workers=1, file_ending=".nii.gz")
-    assert {p: p.read_bytes() for folder in (preds, refs) for p in folder.iterdir()} == before
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
     determine_postprocessing(preds, refs, LABELS, tmp_path / "pp.json", num_workers=1, file_ending=".nii.gz")
     assert determine_postprocessing(preds, refs, LABELS, tmp_path / "pp.json", num_workers=1, file_ending=".nii.gz")["steps"]
+
+
+def test_references_given_as_predictions_or_holding_the_decision_are_refused(tmp_path):
+    """-p gt -r gt scored every case 1, so nothing was accepted, and wrote postprocessing.json among the references;
+    -o gt/pp.json did so too (a dataset's labelsTr then failed verify)."""
+    _, refs = _make_cv_folders(tmp_path)
+    preds = tmp_path / "cv"
+    before = sorted(p.name for p in refs.iterdir())
+    with pytest.raises(EvaluationError, match=rf"^{re.escape(str(refs))}: is both the predictions \(-p\) and the "
+                                              r"references \(-r\) folder, which would score every case perfect"):
+        determine_postprocessing(refs, refs, LABELS, num_workers=1, file_ending=".nii.gz")
+    with pytest.raises(EvaluationError, match=rf"^{re.escape(str(refs / 'pp.json'))}: lies in the reference folder "
+                                              rf"{re.escape(str(refs))}, among the reference label maps"):
+        determine_postprocessing(preds, refs, LABELS, refs / "pp.json", num_workers=1, file_ending=".nii.gz")
+    assert sorted(p.name for p in refs.iterdir()) == before
