@@ -24,6 +24,7 @@ import torch
 from autoseg.dataset.description import DatasetDescription
 from autoseg.errors import TrainingError
 from autoseg.fingerprint.file import FINGERPRINT_FILE
+from autoseg.inference.model import PREDICTION_PLAN, prediction_plan
 from autoseg.training import budget as budget_rules
 from autoseg.training.augmentation import resolve_augmentation, sampling_size
 from autoseg.training.checkpoints import (
@@ -212,8 +213,6 @@ class Trainer:
     def metadata(self) -> dict[str, Any]:
         """What inference needs to rebuild the network and check its plans (``prediction_plan``), and where the run
         stood."""
-        from autoseg.inference.model import PREDICTION_PLAN, prediction_plan
-
         run = self.run
         return {
             "network": run.network_name, "network_options": self.setup.network_options, "topology": self.setup.topology,
