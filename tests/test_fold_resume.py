@@ -118,3 +118,16 @@ def test_fine_tuning_from_another_fold_of_the_same_dataset_warns_of_optimistic_v
                "model of another dataset, or from this dataset's fold 0")
     assert summary["pretrained"][-1] == warning
     assert warning in (source.parent.parent / "fold_0" / "training_log.txt").read_text()
+
+
+@pytest.mark.parametrize("name", ["fold_0", "fold_0/validation"])
+def test_a_file_where_training_makes_a_folder_is_refused_before_any_work(results: Path, name: str) -> None:
+    """Was: a file named fold_0 or fold_0/validation stopped train with an internal NotADirectoryError naming a file
+    inside it (metrics.jsonl, summary.json)."""
+    path = results / DATASET / "unet__autosegPlans__3d_fullres" / name
+    path.parent.mkdir(parents=True)
+    path.write_text("mine")
+    with pytest.raises(TrainingError, match=rf"{name}: is a file, where training makes a folder; move or rename that "
+                                            r"file, then train again$"):
+        _train(0, epochs=1)
+    assert path.read_text() == "mine" and sorted(p.name for p in path.parent.iterdir()) == [path.name]

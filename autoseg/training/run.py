@@ -482,7 +482,12 @@ FOLD_FILES = (LOG_FILE, CONFIG_FILE, METRICS_FILE, PLOT_FILE, ACCOUNTING_FILE, L
 
 def _refuse_folders_named_as_files(run: FoldRun) -> None:
     """A folder where the run writes one of its files (``training_log.txt`` made a folder by hand) stopped the run
-    with an internal IsADirectoryError, at its first log line or after an epoch of training."""
+    with an internal IsADirectoryError, at its first log line or after an epoch of training; a file where it makes a
+    folder (the fold's, its ``validation``) with an internal NotADirectoryError."""
+    for path in (run.model_folder, run.fold_folder, run.fold_folder / VALIDATION_FOLDER):
+        if path.exists() and not path.is_dir():
+            raise TrainingError(f"{path}: is a file, where training makes a folder; move or rename that file, then "
+                                "train again")
     for name in FOLD_FILES:
         path = run.fold_folder / name
         if path.is_dir():
