@@ -297,6 +297,27 @@ def test_folds_trained_with_another_patch_or_mirroring_are_not_ensembled_in_one_
     assert list(getattr(load_model(model_3d, folds=[1]), key)) == value
 
 
+def test_folds_trained_with_other_mirror_axes_predict_together_without_tta(model_3d: Path, tmp_path: Path) -> None:
+    """predict --no-tta refused folds with other mirror_axes, though nothing is mirrored then; with TTA on they
+    are still refused."""
+    path = model_3d / "fold_1" / "checkpoint_final.safetensors"
+    checkpoint = load_weights(path, InferenceError)
+    checkpoint["metadata"]["mirror_axes"] = [0]
+    save_weights(path, checkpoint)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(HIPPOCAMPUS / "imagesTr" / "hippocampus_001_0000.nii.gz", inputs / "c1_0000.nii.gz")
+    report = predict_folder(inputs, tmp_path / "out", model_3d, tta=False)
+    assert report.predicted == ["c1"]
+    info = json.loads((tmp_path / "out" / PREDICT_INFO).read_text())
+    assert info["folds"] == ["0", "1"] and info["tta"] is False and info["mirror_axes"] == []
+    assert load_model(model_3d, tta=False).mirror_axes == ()
+    with pytest.raises(InferenceError) as caught:
+        predict_folder(inputs, tmp_path / "out_tta", model_3d, tta=True)
+    assert str(caught.value).startswith(f"{path}: was trained with mirror_axes [0], "), caught.value
+    assert not (tmp_path / "out_tta").exists()
+
+
 def test_pickled_legacy_checkpoint_is_refused(model_3d: Path) -> None:
     """A checkpoint_final.pt of autoseg before safetensors is read with weights_only=True: no pickled code."""
     path = model_3d / "fold_0" / "checkpoint_final.safetensors"

@@ -382,7 +382,10 @@ def _resolve_model(
     folds: Sequence[int | str] | str | None,
     checkpoint: str | None,
     device: str | torch.device | None,
+    tta: bool,
 ) -> LoadedModel:
+    """The model predict_folder runs; ``tta`` says whether it mirrors (folds trained with other mirror axes
+    are refused only then)."""
     if isinstance(model, LoadedModel):
         refuse_other_settings(model, folds, checkpoint, device)
         return model
@@ -393,7 +396,7 @@ def _resolve_model(
     from autoseg.inference.model import find_model_folder, load_model
 
     folder = find_model_folder(*model) if isinstance(model, tuple) else Path(model)
-    return load_model(folder, folds, DEFAULT_CHECKPOINT if checkpoint is None else checkpoint, device)
+    return load_model(folder, folds, DEFAULT_CHECKPOINT if checkpoint is None else checkpoint, device, tta=tta)
 
 
 def refuse_other_settings(
@@ -473,7 +476,7 @@ def predict_folder(
     input_path, output = Path(input_path), Path(output_folder)
     check_output_folder(output, InferenceError, [input_path], reads_subfolders=True)
     cases = shard(discover_cases(input_path), num_parts, part_id)
-    loaded = _resolve_model(model, folds, checkpoint, device)
+    loaded = _resolve_model(model, folds, checkpoint, device, tta)
     info = _predict_info(loaded, step, tta, save_probabilities, mixed_precision)  # checks the settings first
     if compile_networks:
         if loaded.engine != "torch":

@@ -223,11 +223,12 @@ def _check_folds_differ(digests: Sequence[bytes], metas: Sequence[Mapping[str, A
 FOLD_WIDE_SETTINGS = ("patch_size", "mirror_axes")  # the sliding window runs every fold with fold 0's
 
 
-def _check_folds_agree(metadata: Sequence[Mapping[str, Any]], paths: Sequence[Path]) -> None:
+def _check_folds_agree(metadata: Sequence[Mapping[str, Any]], paths: Sequence[Path], tta: bool = True) -> None:
     """The folds ensembled in one sliding window must have been trained with the same patch and mirror axes
     (``--set patch_size=...`` given to one fold's training): the others ran silently at the first fold's
-    patch and test-time mirroring, which they were not trained with."""
-    for key in FOLD_WIDE_SETTINGS:
+    patch and test-time mirroring, which they were not trained with. Without TTA nothing is mirrored, so only
+    the patch must agree."""
+    for key in FOLD_WIDE_SETTINGS if tta else ("patch_size",):
         for meta, path in zip(metadata[1:], paths[1:]):
             if meta.get(key) != metadata[0].get(key):
                 raise InferenceError(
@@ -278,13 +279,16 @@ def load_model(
     checkpoint: str = DEFAULT_CHECKPOINT,
     device: str | torch.device | None = None,
     parsed: Mapping[str, ModelFiles] | None = None,
+    tta: bool = True,
 ) -> LoadedModel:
     """Load the model folder with the given folds (``None``: every numeric fold present, else ``all``).
 
     Raises ``InferenceError`` naming the missing file or fold and the fix. For a cascade configuration
     the ``previous_stage`` model is loaded from the sibling folder with the same folds and checkpoint.
     ``parsed``: model folder name -> its files as a model zip's reader parsed and checked them (predict -m
-    model.zip), taken instead of reading the unpacked files a second time.
+    model.zip), taken instead of reading the unpacked files a second time. ``tta=False`` (predicting
+    without mirroring) lets folds trained with different ``mirror_axes`` load together; the model then has no
+    mirror axes, as no axis is one its folds share.
     """
     folder = named_folder(Path(folder))
     if folder.is_file():  # was 'model folder not found', of a file that is there (a model zip renamed)
@@ -322,11 +326,15 @@ def load_model(
         fold_digests.append(weights_digest(loaded["network_weights"]))
         digest.update(fold_digests[-1])
     _check_folds_differ(fold_digests, metas, paths)
-    _check_folds_agree(metas, paths)
+    _check_folds_agree(metas, paths, tta)
     meta = metas[0]
+    mirror_axes = tuple(int(a) for a in meta.get("mirror_axes", ()))
+    if any(m.get("mirror_axes") != meta.get("mirror_axes") for m in metas):
+        mirror_axes = ()
     previous = None
     if configuration.get("previous_stage"):
-        previous = _load_previous_stage(folder, configuration["previous_stage"], fold_names, checkpoint, torch_device, parsed)
+        previous = _load_previous_stage(folder, configuration["previous_stage"], fold_names, checkpoint, torch_device,
+                                        parsed, tta)
         if problem := previous_stage_label_problem(previous.dataset, previous.folder / "dataset.json", description,
                                                    folder / "dataset.json"):
             raise InferenceError(problem)
@@ -339,7 +347,7 @@ def load_model(
         folds=fold_names,
         checkpoint=checkpoint,
         networks=networks,
-        mirror_axes=tuple(int(a) for a in meta.get("mirror_axes", ())),
+        mirror_axes=mirror_axes,
         patch_size=tuple(int(p) for p in (meta.get("patch_size") or configuration["patch_size"])),
         device=torch_device,
         previous_stage=previous,
@@ -349,7 +357,7 @@ def load_model(
 
 def _load_previous_stage(
     folder: Path, stage: str, folds: list[str], checkpoint: str, device: torch.device,
-    parsed: Mapping[str, ModelFiles] | None,
+    parsed: Mapping[str, ModelFiles] | None, tta: bool,
 ) -> LoadedModel:
     network, plans_name, _ = folder.name.split("__")
     sibling = folder.parent / f"{network}__{plans_name}__{stage}"
@@ -358,7 +366,7 @@ def _load_previous_stage(
             f"{sibling}: not found; the cascade needs its {stage} stage trained (same folds) before predicting "
             f"with {folder.name}"
         )
-    return load_model(sibling, folds, checkpoint, device, parsed)
+    return load_model(sibling, folds, checkpoint, device, parsed, tta)
 
 
 def find_model_folder(
