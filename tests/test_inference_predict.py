@@ -20,7 +20,7 @@ import torch
 from autoseg.dataset.imageio import Geometry, read_case_images, read_image, write_image
 from autoseg.errors import InferenceError, PlanError
 from autoseg.evaluation.ensemble import ensemble_folders
-from autoseg.inference.batch import PREDICT_INFO, channel_files, discover_cases, output_ending, predict_folder, shard
+from autoseg.inference.batch import PREDICT_INFO, blank_image_warning, channel_files, discover_cases, output_ending, predict_folder, shard
 from autoseg.inference.model import find_model_folder, load_model
 from autoseg.inference.predictor import append_previous_stage, predict_array, predict_preprocessed
 from autoseg.inference.sliding_window import sliding_window_predict
@@ -662,6 +662,33 @@ def test_a_blank_image_is_predicted_with_a_warning_naming_its_file(value: float,
     printed = capsys.readouterr().err
     assert printed.count("WARNING") == 1 and f"WARNING {expected}\n" in printed
     assert (tmp_path / "out" / "blank.nii.gz").is_file()
+
+
+def test_a_blank_integer_image_names_its_value_exactly(model_3d: Path, tmp_path: Path) -> None:
+    """A uint64 file of 2**64-1 was reported as holding 18446744073709552000: the value went through float."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    image = sitk.ReadImage(str(HIPPOCAMPUS / "imagesTr" / "hippocampus_001_0000.nii.gz"))
+    blank = sitk.GetImageFromArray(np.full(sitk.GetArrayViewFromImage(image).shape, 2**64 - 1, np.uint64))
+    blank.CopyInformation(image)
+    sitk.WriteImage(blank, str(inputs / "big_0000.nii.gz"))
+    report = predict_folder(inputs, tmp_path / "out", model_3d, folds=[0], tta=False)
+    assert report.warnings == [f"case big: {inputs / 'big_0000.nii.gz'} holds 18446744073709551615 in every voxel (a "
+                               "blank image: a failed export or conversion?); its label map is predicted from no image "
+                               "content and means nothing: check the file"]
+    assert blank_image_warning("c", [Path("c_0000.nrrd")], np.full((1, 1, 2, 2), 2**63 - 1, np.int64)).startswith(
+        "case c: c_0000.nrrd holds 9223372036854775807 in every voxel")
+
+
+def test_blank_colour_files_say_holds_for_one_file_and_hold_for_several(tmp_path: Path) -> None:
+    """The warning said 'hold(s)' whatever the number of files."""
+    one = tmp_path / "c_0000.png"
+    sitk.WriteImage(sitk.GetImageFromArray(np.full((4, 5, 3), 9, np.uint8), isVector=True), str(one))
+    data, _ = read_case_images([one])
+    assert blank_image_warning("c", [one], data).startswith(f"case c: {one} holds (9, 9, 9) in every voxel")
+    two = [tmp_path / "d_0000.png", tmp_path / "d_0001.png"]
+    both = np.concatenate([data, data[:1]])
+    assert blank_image_warning("d", two, both).startswith(f"case d: {two[0]}, {two[1]} hold (9, 9, 9, 9) in every voxel")
 
 
 def test_every_case_failing_says_none_was_predicted_and_a_wrong_model_type_is_named(model_3d: Path, tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ from autoseg.dataset.imageio import (
     image_ending,
     is_orthonormal,
     read_case_images,
+    read_image,
     space_units_warning,
     unwritable_problem,
     write_image,
@@ -102,10 +103,10 @@ def blank_image_warning(case_id: str, files: Sequence[Path], data: np.ndarray) -
     each of them is. Predicted all the same, as verify only warns of such training images."""
     constant = [bool(channel.size) and channel.min() == channel.max() for channel in data]
     if len(files) == len(data):
-        blank = [f"{path} holds {_number(channel.flat[0])}" for path, channel, flat in zip(files, data, constant) if flat]
+        blank = [f"{path} holds {_file_value(path, channel)}" for path, channel, flat in zip(files, data, constant) if flat]
     elif all(constant):  # colour file(s): one value per channel
         values = ", ".join(_number(channel.flat[0]) for channel in data)
-        blank = [f"{', '.join(map(str, files))} hold(s) ({values})"]
+        blank = [f"{', '.join(map(str, files))} {'holds' if len(files) == 1 else 'hold'} ({values})"]
     else:
         blank = []
     if not blank:
@@ -114,7 +115,23 @@ def blank_image_warning(case_id: str, files: Sequence[Path], data: np.ndarray) -
             "map is predicted from no image content and means nothing: check the file")
 
 
+FLOAT32_EXACT_INTEGERS = 2**24  # float32 holds every whole number up to this; a larger one may be rounded
+
+
+def _file_value(path: Path, channel: np.ndarray) -> str:
+    """The value a blank file holds as the file stores it: cases are read as float32, which rounds integers
+    beyond 2**24 (a uint64 file of 2**64-1 was shown as 18446744073709552000), so such a file is read again
+    in its own dtype (only a blank file, and only then)."""
+    value = channel.flat[0]
+    if np.issubdtype(channel.dtype, np.floating) and float(value).is_integer() and abs(value) > FLOAT32_EXACT_INTEGERS:
+        value = read_image(path)[0].flat[0]
+    return _number(value)
+
+
 def _number(value: Any) -> str:
+    """An integer exactly (through float, 2**64-1 became 18446744073709552000), a float without trailing zeros."""
+    if np.issubdtype(np.asarray(value).dtype, np.integer):
+        return str(int(value))
     return np.format_float_positional(float(value), trim="-")
 
 
