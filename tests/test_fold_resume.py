@@ -131,3 +131,15 @@ def test_a_file_where_training_makes_a_folder_is_refused_before_any_work(results
                                             r"file, then train again$"):
         _train(0, epochs=1)
     assert path.read_text() == "mine" and sorted(p.name for p in path.parent.iterdir()) == [path.name]
+
+
+def test_a_damaged_latest_beside_a_best_checkpoint_says_continue_resumes_from_the_best(tmp_path: Path) -> None:
+    """Was: 'delete it to train the fold from the start', yet with checkpoint_best beside it a fresh start is refused
+    and --continue resumes from the best."""
+    latest = tmp_path / "checkpoint_latest.safetensors"
+    latest.write_bytes(b"not a checkpoint")
+    (tmp_path / "checkpoint_best.safetensors").write_bytes(b"")
+    with pytest.raises(TrainingError, match=r"checkpoint_latest.safetensors: not a readable safetensors file .*; delete it: "
+                                            r"--continue then resumes from the fold's checkpoint_best.safetensors \(the "
+                                            r"epochs after it are trained again\)$"):
+        load_checkpoint(latest)

@@ -72,11 +72,15 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
 def damaged_checkpoint_fix(path: Path) -> str:
     """What to do about a damaged checkpoint: deleting it restarts the fold only while no final model lies
     beside it; with ``checkpoint_final`` there, ``--continue`` then refuses a final model without training
-    state, so "delete it to restart the fold" sent the user into that refusal."""
+    state, so "delete it to restart the fold" sent the user into that refusal. With ``checkpoint_best`` beside a
+    damaged latest, a fresh start is refused and --continue resumes from the best: "train the fold from the start"
+    was neither."""
     final = path.parent / FINAL
     if path.name != FINAL and final.is_file():
         return (f"the fold's {FINAL} is kept for prediction, but without a readable {path.name} the fold cannot be "
                 f"continued or extended: delete the folder {path.parent} to train the fold again")
+    if path.name == LATEST and (path.parent / BEST).is_file():  # a fresh start is refused beside it, --continue takes it
+        return f"delete it: --continue then resumes from the fold's {BEST} (the epochs after it are trained again)"
     return "delete it to train the fold from the start"
 
 
