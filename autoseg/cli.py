@@ -608,7 +608,9 @@ def import_model(
 @user_errors
 def report(
     dataset: str = typer.Argument(..., help=DATASET_HELP),
-    output: Optional[Path] = path_option(None, "-o", "--output", help="HTML file (default: <results>/<Dataset>/report.html)"),
+    output: Optional[str] = typer.Option(None, "-o", "--output", parser=nonempty_path_text, metavar="<path>",
+                                         help="HTML file, or a folder ending in / for report.html in it "
+                                              "(default: <results>/<Dataset>/report.html)"),
     num_workers: Optional[int] = workers_option(),
 ) -> None:
     """Self-contained HTML report: cross-validation table, Dice box plots, training curves, overlays."""

@@ -390,3 +390,16 @@ def test_an_output_that_is_a_users_file_or_an_image_name_is_refused(roots: dict[
             build_report(DATASET, scans / name, num_workers=1)
     assert sorted(p.name for p in scans.iterdir()) == ["case_0000.nii.gz", "notes.txt"]
     assert (scans / "case_0000.nii.gz").read_bytes() == b"scan"
+
+
+def test_an_output_ending_in_a_separator_is_a_folder_for_report_html(roots: dict[str, Path], tmp_path: Path) -> None:
+    """``-o reports/`` wrote a file named ``reports`` (no .html) with ``reports_*.png`` beside it: the command line's
+    path dropped the separator. It names a folder to write report.html in, as postprocess determine's -o does."""
+    from cli_helpers import autoseg
+
+    make_results(roots, probabilities_for=())
+    find_best(DATASET, num_workers=1)
+    assert build_report(DATASET, f"{tmp_path / 'api'}/", num_workers=1) == tmp_path / "api" / "report.html"
+    assert autoseg("report", DATASET, "-o", f"{tmp_path / 'cli'}/", "-np", 1).strip() == f"written: {tmp_path / 'cli' / 'report.html'}"
+    for folder in ("api", "cli"):
+        assert (tmp_path / folder).is_dir() and (tmp_path / folder / "report_dice_boxplot.png").is_file()

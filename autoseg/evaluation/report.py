@@ -419,6 +419,9 @@ def _check_output_beside_no_cases(output: Path, datasets: Sequence[Path], crossv
                               "would stand among them; write it elsewhere (default: <results>/<Dataset>/report.html)")
 
 
+REPORT_FILE = "report.html"
+
+
 def report_dataset(dataset_spec: str | os.PathLike[str]) -> DatasetLocation:
     """The dataset to report on. Its raw folder gives only the overlays' images, so a results root copied to
     a machine without the raw data (the dataset not in its raw root) is found by its name in the results
@@ -432,15 +435,25 @@ def report_dataset(dataset_spec: str | os.PathLike[str]) -> DatasetLocation:
         return DatasetLocation(found[0].name, raw_root() / found[0].name)
 
 
-def build_report(dataset_spec: str | os.PathLike[str], output_html: str | Path | None = None,
+def report_path(dataset_results: Path, output_html: str | os.PathLike[str] | None) -> Path:
+    """Where the report goes: ``output_html``, or ``REPORT_FILE`` in ``dataset_results`` or in a folder named with a
+    trailing separator (``-o reports/`` wrote a file named ``reports``, without .html, its figures beside it)."""
+    if output_html is None:
+        return dataset_results / REPORT_FILE
+    text = os.fspath(output_html)
+    return Path(text) / REPORT_FILE if text.endswith(("/", os.sep)) else Path(text)
+
+
+def build_report(dataset_spec: str | os.PathLike[str], output_html: str | os.PathLike[str] | None = None,
                  num_workers: int | None = None) -> Path:
-    """Write the report (default ``<results>/<Dataset>/report.html``) and its PNGs; returns the HTML path.
+    """Write the report (default ``<results>/<Dataset>/report.html``; a name ending in a separator is a folder to write
+    ``report.html`` in) and its PNGs; returns the HTML path.
 
     Uses ``inference_instructions.json`` from ``find-best`` and runs it first when it is missing."""
     dataset = report_dataset(dataset_spec)
     dataset_results = results_root() / dataset.name
-    if output_html is not None:
-        check_output_file(Path(output_html), EvaluationError)  # before its figures are written beside it
+    output = report_path(dataset_results, output_html)
+    check_output_file(output, EvaluationError)  # before its figures are written beside it
     instructions_file = dataset_results / INSTRUCTIONS_JSON
     if instructions_file.is_file():
         stored = _read_find_best_json(instructions_file, INSTRUCTIONS_KEYS, dataset.name)
@@ -461,7 +474,6 @@ def build_report(dataset_spec: str | os.PathLike[str], output_html: str | Path |
     class_names = [name for name, _ in classes]
     for name, summary in summaries.items():
         _check_summary_classes(summary, summary_files[name], class_names, dataset.name)
-    output = Path(output_html) if output_html is not None else dataset_results / "report.html"
     dataset_folders = [dataset.raw_dir, preprocessed_root() / dataset.name]
     crossval_folders = [path.parent for path in summary_files.values()]
     read_folders = [*dataset_folders, *map(Path, model_folders_of(instructions)), *crossval_folders]
