@@ -677,3 +677,27 @@ def test_a_budget_the_fixed_parts_use_up_is_refused():
                                         r"parts \(startup, preprocessing, checkpoints, final validation\) take about 1\d s"):
         plan(MRI_SMALL, configs=["3d_fullres"], budget_seconds=5.0)
     assert plan(MRI_SMALL, configs=["3d_fullres"], budget_seconds=60.0)["configurations"]["3d_fullres"]["num_iterations"] > 0
+
+
+def test_plan_that_fingerprints_prints_the_fingerprint_warnings_once(small_dataset, roots, capsys):
+    """autoseg plan run on a dataset not yet fingerprinted fingerprinted it without its warnings (cases stored in
+    another axis order): a user who ran plan directly never saw them. Reading an existing fingerprint.json prints
+    none (autoseg fingerprint, or the plan that wrote it, warned then)."""
+    import SimpleITK as sitk
+
+    from autoseg.planning.planner import plan_dataset
+
+    for path in [*(small_dataset / "imagesTr").iterdir(), *(small_dataset / "labelsTr").iterdir()]:
+        odd = path.name.startswith("hippocampus_006")
+        array = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+        image = sitk.GetImageFromArray(array.transpose(2, 1, 0).copy() if odd else array)
+        image.SetSpacing((3.0, 1.0, 1.0) if odd else (1.0, 1.0, 3.0))  # x, y, z: array spacing (1, 1, 3) or (3, 1, 1)
+        sitk.WriteImage(image, str(path))
+    plan_dataset("Dataset999", gpu_memory_gb=8, configs=["2d"], num_workers=1)
+    printed = capsys.readouterr().err
+    assert printed.count("WARNING") == 1, printed
+    assert printed.startswith("WARNING 1 case(s) have their coarsest spacing on another array axis than the 3 of 4 "
+                              "that have it on axis 0: hippocampus_006 (1, 1, 3) mm;"), printed
+    assert printed.endswith("in the other cases' axis order, then fingerprint again\n"), printed
+    plan_dataset("Dataset999", gpu_memory_gb=8, configs=["2d"], num_workers=1, plans_name="againPlans")
+    assert "WARNING" not in capsys.readouterr().err

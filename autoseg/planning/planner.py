@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 from decimal import Decimal
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -1106,6 +1107,11 @@ def target_device(device: str | torch.device | None, gpu_memory_gb: float | None
     return choose_device(device, PlanError), True
 
 
+def _print_warning(warning: str) -> None:
+    """One warning of the fingerprint plan runs, on stderr beside the plan table as ``autoseg fingerprint`` prints it."""
+    print(f"WARNING {warning}", file=sys.stderr, flush=True)
+
+
 def plan_dataset(
     dataset_spec: DatasetSpec,
     gpu_memory_gb: float | None = None,
@@ -1147,7 +1153,9 @@ def plan_dataset(
     if not fingerprint_path(location).is_file() or fingerprint_is_stale(location):
         from autoseg.fingerprint.extract import extract_fingerprint  # SimpleITK and scipy: only when needed
 
-        extract_fingerprint(location, num_workers)
+        # Its warnings (axis order, NRRD space units) are printed here, as autoseg fingerprint prints them; a
+        # fingerprint.json already written was warned of when it was made, so reading it prints nothing.
+        extract_fingerprint(location, num_workers, warn=_print_warning)
     fingerprint = load_fingerprint(location)
     chosen, present = target_device(device, gpu_memory_gb, budget_seconds)
     usable, nominal = memory_budget(chosen, gpu_memory_gb)
