@@ -143,3 +143,20 @@ def test_a_damaged_latest_beside_a_best_checkpoint_says_continue_resumes_from_th
                                             r"--continue then resumes from the fold's checkpoint_best.safetensors \(the "
                                             r"epochs after it are trained again\)$"):
         load_checkpoint(latest)
+
+
+def test_a_fold_holding_only_its_best_checkpoint_keeps_the_plan_it_was_trained_with(results: Path) -> None:
+    """Was: a fold with only checkpoint_best (which --continue resumes) was not counted as trained, so another fold
+    trained after a re-plan replaced the plans.json that fold needs."""
+    fold = Path(_train(0, epochs=1)["model_folder"]) / "fold_0"
+    (fold / "checkpoint_final.safetensors").unlink()
+    (fold / "checkpoint_latest.safetensors").replace(fold / "checkpoint_best.safetensors")
+    stored = fold.parent / "plans.json"
+    plans = json.loads(stored.read_text())
+    plans["configurations"]["3d_fullres"]["spacing"] = [s * 2 for s in plans["configurations"]["3d_fullres"]["spacing"]]
+    stored.write_text(json.dumps(plans))  # the plan fold 0 was trained with, before the re-plan
+    before = stored.read_bytes()
+    with pytest.raises(TrainingError, match=r"plans.json: fold_0 of this model were trained with another plan than "
+                                            r".*autosegPlans.json \(it differs in spacing; re-planned with --overwrite\?\)"):
+        _train(1, epochs=1)
+    assert stored.read_bytes() == before and not (fold.parent / "fold_1").exists()

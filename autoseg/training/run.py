@@ -514,7 +514,7 @@ def _refuse_another_plan(run: FoldRun) -> None:
     stored = run.model_folder / "plans.json"
     trained = sorted(
         folder.name for folder in run.model_folder.glob("fold_*")
-        if any((folder / name).is_file() for name in (LATEST, FINAL))
+        if any((folder / name).is_file() for name in (LATEST, FINAL, BEST))  # best alone: --continue resumes it
     )
     if not trained or not stored.is_file():
         return
