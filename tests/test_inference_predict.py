@@ -896,6 +896,21 @@ def test_a_subfolder_without_dicom_files_is_skipped_with_a_note(tmp_path: Path, 
         discover_cases(tmp_path)
 
 
+def test_one_file_given_brings_in_its_case_s_dicom_series_subfolder(tmp_path: Path) -> None:
+    """-i case_0000.nii.gz left out the DICOM series subfolder case_0001 beside it (a case of one channel), where -i
+    of the folder gave case both; a subfolder of another case, or without DICOM files, still stays out."""
+    (tmp_path / "case_0000.nii.gz").write_bytes(b"")
+    shutil.copytree(DICOM_SERIES, tmp_path / "case_0001")
+    shutil.copytree(DICOM_SERIES, tmp_path / "other_0001")
+    (tmp_path / "case_0002").mkdir()
+    (tmp_path / "case_0002" / "notes.txt").write_text("not DICOM")
+    from_folder = discover_cases(tmp_path, quiet=True)
+    from_file = discover_cases(tmp_path / "case_0000.nii.gz")
+    expected = {0: tmp_path / "case_0000.nii.gz", 1: tmp_path / "case_0001"}
+    assert [(c.case_id, c.channels) for c in from_file] == [("case", expected)]
+    assert [(c.case_id, c.channels) for c in from_folder if c.case_id == "case"] == [("case", expected)]
+
+
 def test_overwrite_input_gives_the_same_prediction_and_only_then_changes_the_input(model_3d: Path) -> None:
     model = load_model(model_3d, folds=[0])
     data, geometry = hippocampus_case()

@@ -188,24 +188,27 @@ def _add(cases: dict[str, InputCase], path: Path, stem: str) -> None:
     channels[channel] = path
 
 
-def _channel_siblings(path: Path, case_id: str) -> list[Path]:
-    """The files beside ``path`` (``path`` included) that its folder gives case ``case_id``: ``<case_id>_XXXX`` and
-    ``<case_id>`` (channel 0000) with any image ending, in any case.
+def _channel_siblings(path: Path, case_id: str) -> list[tuple[Path, str]]:
+    """The files and DICOM series subfolders beside ``path`` (``path`` included) that its folder gives case
+    ``case_id``, each with its name without the image ending: ``<case_id>_XXXX`` and ``<case_id>`` (channel 0000)
+    with any image ending, in any case, or as a subfolder holding DICOM files.
 
     Names are compared, not globbed: a name holding ``[``, ``*`` or ``?`` (``scan[1]_0000.nii.gz``) found
     nothing, or other cases' files, as a glob pattern, and ``CT_0000.NII.GZ`` was looked for as ``.nii.gz``.
     Only ``path``'s own ending and suffixed names were looked for once: ``-i case_0000.nii.gz`` left
     ``case_0001.nrrd`` out, and ``-i scan.nii.gz`` left ``scan_0001.nii.gz`` out, without a word, where ``-i`` of
-    the folder read both.
+    the folder read both; it also left out a DICOM series subfolder ``case_0001``, which the folder reads.
     """
     siblings = []
     for entry in sorted(path.parent.iterdir()):
-        if not (ending := image_ending(entry)) or not entry.is_file():
+        folder = entry.is_dir() and not entry.name.startswith(".")  # skipped by the folder mode too
+        ending = "" if folder or not entry.is_file() else image_ending(entry)
+        if not (folder or ending):
             continue
-        stem = entry.name[: -len(ending)]
+        stem = entry.name[: -len(ending)] if ending else entry.name
         match = CHANNEL_SUFFIX.match(stem)
-        if (match["case"] if match else stem) == case_id:
-            siblings.append(entry)
+        if (match["case"] if match else stem) == case_id and (ending or _holds_dicom_files(entry)):
+            siblings.append((entry, stem))
     return siblings
 
 
@@ -237,9 +240,8 @@ def discover_cases(input_path: str | Path, quiet: bool = False) -> list[InputCas
             raise InferenceError(f"{path}: unsupported file type; use one of {', '.join(SUPPORTED_ENDINGS)}")
         stem = path.name[: -len(ending)]
         match = CHANNEL_SUFFIX.match(stem)
-        siblings = _channel_siblings(path, match["case"] if match else stem)
-        for sibling in siblings:
-            _add(cases, sibling, sibling.name[: -len(image_ending(sibling))])
+        for sibling, sibling_stem in _channel_siblings(path, match["case"] if match else stem):
+            _add(cases, sibling, sibling_stem)
     elif _is_dicom_folder(path):
         # The folder's own name, also for `-i .` or `-i ..` (whose name, '' or '..', named the output '.nii.gz'); a
         # symbolic link keeps its own name (abspath, unlike resolve, follows no links).
