@@ -911,6 +911,16 @@ def test_one_file_given_brings_in_its_case_s_dicom_series_subfolder(tmp_path: Pa
     assert [(c.case_id, c.channels) for c in from_folder if c.case_id == "case"] == [("case", expected)]
 
 
+def test_one_file_given_keeps_a_channel_that_is_a_dangling_link_as_the_folder_does(tmp_path: Path) -> None:
+    """-i case_0000.nii.gz dropped case_0001.nii.gz, a link to a moved file, without a word (the case read as one
+    channel short), where -i of the folder kept it and reading it named the link and its missing target."""
+    (tmp_path / "case_0000.nii.gz").write_bytes(b"")
+    (tmp_path / "case_0001.nii.gz").symlink_to(tmp_path / "moved.nii.gz")
+    expected = [("case", {0: tmp_path / "case_0000.nii.gz", 1: tmp_path / "case_0001.nii.gz"})]
+    assert [(c.case_id, c.channels) for c in discover_cases(tmp_path / "case_0000.nii.gz")] == expected
+    assert [(c.case_id, c.channels) for c in discover_cases(tmp_path)] == expected
+
+
 def test_overwrite_input_gives_the_same_prediction_and_only_then_changes_the_input(model_3d: Path) -> None:
     model = load_model(model_3d, folds=[0])
     data, geometry = hippocampus_case()

@@ -202,7 +202,8 @@ def _channel_siblings(path: Path, case_id: str) -> list[tuple[Path, str]]:
     siblings = []
     for entry in sorted(path.parent.iterdir()):
         folder = entry.is_dir() and not entry.name.startswith(".")  # skipped by the folder mode too
-        ending = "" if folder or not entry.is_file() else image_ending(entry)
+        # Not only regular files: a link to a missing file is a channel there too, refused by name when read.
+        ending = "" if entry.is_dir() else image_ending(entry)
         if not (folder or ending):
             continue
         stem = entry.name[: -len(ending)] if ending else entry.name
