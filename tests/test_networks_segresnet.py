@@ -128,6 +128,28 @@ def test_vae_input_size_of_the_wrong_form_is_refused(input_size: object) -> None
         create_network("segresnet", TOPOLOGIES["3d"], 1, 2, vae=True, input_size=input_size)
 
 
+def test_vae_input_size_other_than_the_training_patch_is_refused_before_training() -> None:
+    """--set network_options.input_size=[...] unlike the patch built a VAE that refused the first training
+    patch, after train had set up the fold; now the build (train's meta-device check) refuses it."""
+    from autoseg.training.config import resolve_config
+    from autoseg.training.model_setup import NetworkRequest, check_network_builds
+
+    topology = TOPOLOGIES["3d"]
+    plan = {"network": {"name": "segresnet", "topology": topology.to_dict()}, "patch_size": [16, 16, 16]}
+    request = NetworkRequest("segresnet", plan, 1, 2, [16, 16, 16], 2)
+    config = resolve_config("segresnet", ["network_options={vae: true, input_size: [8, 8, 12]}"])
+    with pytest.raises(NetworkError) as err:
+        check_network_builds(request, config)
+    assert str(err.value) == (
+        "segresnet: option input_size [8, 8, 12] differs from the training patch size [16, 16, 16]; the VAE's dense "
+        "layers take the training patch only: leave --set network_options.input_size out or set it to the patch size"
+    )
+    same = resolve_config("segresnet", ["network_options={vae: true, input_size: [16, 16, 16]}"])
+    check_network_builds(request, same)
+    planned = Topology(**{**topology.to_dict(), "extra": {"patch_size": [16, 16, 16]}})
+    assert create_network("segresnet", planned, 1, 2, vae=True, input_size=[16, 16, 16]).input_size == [16, 16, 16]
+
+
 def test_vae_input_size_must_fit_the_total_stride() -> None:
     with pytest.raises(NetworkError, match="not divisible by the network's total stride"):
         create_network("segresnet", TOPOLOGIES["3d"], 1, 2, vae=True, input_size=[6, 8, 12])

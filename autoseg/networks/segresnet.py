@@ -299,8 +299,16 @@ def build_segresnet(
     dropout: float = INITIAL_DROPOUT,
 ) -> nn.Module:
     """``input_size`` defaults to the plan's ``topology.extra['patch_size']`` (needed only with ``vae``)."""
+    planned = topology.extra.get("patch_size")
     if input_size is None:
-        input_size = topology.extra.get("patch_size")
+        input_size = planned
+    elif vae and planned is not None and _checked_input_size(input_size, topology.spatial_dims) != list(planned):
+        # Else the VAE built for input_size refused the first training patch, after train had set up the fold.
+        raise NetworkError(
+            f"segresnet: option input_size {list(input_size)} differs from the training patch size {list(planned)}; "
+            "the VAE's dense layers take the training patch only: leave --set network_options.input_size out "
+            "or set it to the patch size"
+        )
     return SegResNet(
         topology, in_channels, n_classes, deep_supervision=deep_supervision, vae=vae, input_size=input_size,
         dropout=dropout,
