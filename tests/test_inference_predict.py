@@ -921,6 +921,18 @@ def test_one_file_given_keeps_a_channel_that_is_a_dangling_link_as_the_folder_do
     assert [(c.case_id, c.channels) for c in discover_cases(tmp_path)] == expected
 
 
+def test_one_named_pipe_given_is_a_case_as_in_its_folder_not_an_internal_error(tmp_path: Path) -> None:
+    """-i x_0000.nii.gz naming a named pipe failed with 'Not a directory; a file stands where a folder is needed',
+    where -i of its folder made it a case whose reading names it as no regular file."""
+    os.mkfifo(tmp_path / "x_0000.nii.gz")
+    expected = [("x", {0: tmp_path / "x_0000.nii.gz"})]
+    assert [(c.case_id, c.channels) for c in discover_cases(tmp_path / "x_0000.nii.gz")] == expected
+    assert [(c.case_id, c.channels) for c in discover_cases(tmp_path)] == expected
+    os.mkfifo(tmp_path / "notes")
+    with pytest.raises(InferenceError, match=r"notes: unsupported file type; use one of \.nii\.gz"):
+        discover_cases(tmp_path / "notes")
+
+
 def test_overwrite_input_gives_the_same_prediction_and_only_then_changes_the_input(model_3d: Path) -> None:
     model = load_model(model_3d, folds=[0])
     data, geometry = hippocampus_case()

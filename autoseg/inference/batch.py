@@ -231,10 +231,10 @@ def discover_cases(input_path: str | Path, quiet: bool = False) -> list[InputCas
         raise InferenceError(f"{path}: is a dataset folder (dataset.json, imagesTr); give the folder of the images to "
                              f"predict, e.g. -i {suggestion}")
     cases: dict[str, InputCase] = {}
-    if path.is_file():
+    if not path.is_dir():  # a file, or a named pipe or device: refused by name when read, as in a folder
         ending = image_ending(path)
         if not ending:
-            if _is_dicom_file(path):
+            if path.is_file() and _is_dicom_file(path):  # asked of a regular file only: reading a pipe blocks
                 # One slice of a series: DICOM is read by folder (_is_dicom_folder).
                 raise InferenceError(f"{path}: a DICOM file; give the folder of its series (-i {path.parent}), which "
                                      "is read as one image")
