@@ -141,10 +141,13 @@ class ModelSetup:
 
 def _topology_and_options(request: NetworkRequest, config: dict[str, Any],
                           log: Callable[[str], None]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The topology at the run's patch and the builder's options (the plan's, then ``--set network_options``)."""
+    """The topology at the run's patch and the builder's options (the plan's, then ``--set network_options``).
+    The plan's options are its family's builder's: ``--network`` with another family (a ``vae`` of a segresnet
+    plan given to unet) was refused as the user's unknown option, so they apply to the plan's family only."""
     topology = network_topology(request.plan, request.name, request.patch_size, log)
     topology["extra"] = {**topology.get("extra", {}), "patch_size": request.patch_size}
-    options = {**request.plan["network"].get("options", {}), **config["network_options"]}
+    planned = request.plan["network"].get("options", {}) if request.name == request.plan["network"]["name"] else {}
+    options = {**planned, **config["network_options"]}
     options.setdefault("deep_supervision", config["loss"]["deep_supervision"])
     return topology, options
 
