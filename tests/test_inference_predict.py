@@ -933,6 +933,34 @@ def test_one_named_pipe_given_is_a_case_as_in_its_folder_not_an_internal_error(t
         discover_cases(tmp_path / "notes")
 
 
+def test_a_named_pipe_among_the_cases_fails_by_name_without_waiting_on_it(model_3d: Path, tmp_path: Path) -> None:
+    """A named pipe pipe_0000.nrrd among .nii.gz cases hung predict for ever: choosing its output ending, ITK opened
+    the pipe to read its header and waited for a writer. It now fails as a case, named, and the others complete."""
+    import threading
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(HIPPOCAMPUS / "imagesTr" / "hippocampus_001_0000.nii.gz", inputs / "good_0000.nii.gz")
+    os.mkfifo(inputs / "pipe_0000.nrrd")
+    raised: list[InferenceError] = []
+
+    def run() -> None:
+        with pytest.raises(InferenceError) as caught:
+            predict_folder(inputs, tmp_path / "out", model_3d, folds=[0], tta=False)
+        raised.append(caught.value)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(90)
+    waited = thread.is_alive()
+    if waited:  # open the pipe's other end, so that the reader waiting on it goes on
+        os.close(os.open(inputs / "pipe_0000.nrrd", os.O_WRONLY | os.O_NONBLOCK))
+    assert not waited, "predict waited on the named pipe"
+    assert str(raised[0]).startswith(f"1 of 2 case(s) failed (pipe: {inputs / 'pipe_0000.nrrd'}: is not a regular "
+                                     "file (a named pipe, socket or device)"), raised[0]
+    assert (tmp_path / "out" / "good.nii.gz").is_file()
+
+
 def test_overwrite_input_gives_the_same_prediction_and_only_then_changes_the_input(model_3d: Path) -> None:
     model = load_model(model_3d, folds=[0])
     data, geometry = hippocampus_case()

@@ -323,8 +323,9 @@ def _nifti_holds(path: Path) -> bool:
     side (an NRRD of 8x2x40000 was predicted in full and then refused at the write). An unreadable header
     counts as held; reading the case reports it. So does a DICOM series folder, unprobed (ImageFileReader on a
     folder printed HDF5 diagnostics for every DICOM case): its direction is a rotation, as GDCM reads it or
-    refused (``read_image``), and no series comes near 32767 voxels a side."""
-    if path.is_dir():
+    refused (``read_image``), and no series comes near 32767 voxels a side. A named pipe or device, unprobed too
+    (ITK waited on it for ever), is refused by name when the case is read."""
+    if not path.is_file():
         return True
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
