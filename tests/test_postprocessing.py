@@ -446,6 +446,18 @@ def test_a_decision_file_never_replaces_a_label_map_or_another_file(tmp_path, na
     assert determine_postprocessing(preds, refs, LABELS, tmp_path / "pp.json", num_workers=1, file_ending=".nii.gz")["steps"]
 
 
+def test_a_damaged_postprocessing_json_is_determined_again(tmp_path):
+    """A truncated postprocessing.json (apply: 're-run autoseg postprocess determine') was refused by that determine as
+    'exists and is not a postprocessing decision' (find-best's, beside a model, alike); a file of that name is replaced."""
+    preds, refs = _make_cv_folders(tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    for target in (preds / "postprocessing.json", tmp_path / "elsewhere" / "postprocessing.json"):
+        target.write_text('{"version": 1, "steps": [')
+        given = None if target.parent == preds else target
+        decision = determine_postprocessing(preds, refs, LABELS, given, num_workers=1, file_ending=".nii.gz")
+        assert load_decision(target) == json.loads(json.dumps(decision))
+
+
 def test_references_given_as_predictions_or_holding_the_decision_are_refused(tmp_path):
     """-p gt -r gt scored every case 1, so nothing was accepted, and wrote postprocessing.json among the references;
     -o gt/pp.json did so too (a dataset's labelsTr then failed verify)."""

@@ -177,12 +177,14 @@ def check_folders(pred_dir: Path, ref_dir: Path, decision_file: Path) -> None:
 def check_decision_target(decision_file: Path) -> None:
     """Refuse a decision file that would replace a file not a decision, or be taken for a label map: ``-o`` naming a
     prediction (``case1.nii.gz``), a reference or ``dataset.json`` replaced it with the decision's JSON, and a new
-    ``x.nii.gz`` in the predictions folder failed every later evaluate and apply there as an unreadable label map."""
+    ``x.nii.gz`` in the predictions folder failed every later evaluate and apply there as an unreadable label map.
+    A file named ``DECISION_FILE`` (the default, and find-best's) is always replaced: a damaged one (a truncated
+    write) is what apply asks to determine again, and refusing it left no way to."""
     check_output_file(decision_file, EvaluationError)
     fix = f"give -o a new .json file name (or a folder ending in / for {DECISION_FILE} in it)"
     if spelled_ending(decision_file):
         raise EvaluationError(f"{decision_file}: a decision file is JSON, not a label map, and would be read as one; {fix}")
-    if decision_file.is_file():
+    if decision_file.is_file() and decision_file.name != DECISION_FILE:
         try:
             earlier = json.loads(decision_file.read_bytes())
         except (ValueError, UnicodeDecodeError):
