@@ -118,7 +118,7 @@ def test_two_dimensional_plans_are_refused() -> None:
     with pytest.raises(NetworkError) as err:
         create_network("conresnet", topology, 1, 2)
     assert str(err.value) == (
-        "network 'conresnet' supports (3,)-D inputs only, the plan asks for 2-D; "
+        "network 'conresnet' supports 3D inputs only, the plan asks for 2D; "
         "choose another network or configuration"
     )
 

@@ -64,7 +64,7 @@ def test_registry_and_errors() -> None:
     assert stem_strides([1, 2, 4]) == ([1, 2, 2], [1, 1, 2])
     with pytest.raises(NetworkError, match=r"stem stride \[3, 4, 4\] must be 1, 2 or 4 per axis"):
         stem_strides([3, 4, 4])
-    with pytest.raises(NetworkError, match="supports \\(3,\\)-D inputs only"):
+    with pytest.raises(NetworkError, match="supports 3D inputs only"):
         create_network("nnformer", Topology(2, [8, 8], [[3, 3]] * 2, [[1, 1], [4, 4]]), 1, 2)
 
 

@@ -57,7 +57,7 @@ def test_planner_chooses_patch_embedding_and_windows() -> None:
 
 
 def test_errors_are_clear() -> None:
-    with pytest.raises(NetworkError, match="supports \\(2,\\)-D inputs only"):
+    with pytest.raises(NetworkError, match="supports 2D inputs only"):
         create_network("swinunet", Topology(3, [8, 8], [[3, 3, 3]] * 2, [[1, 1, 1], [4, 4, 4]]), 1, 2)
     with pytest.raises(NetworkError, match="no window_sizes; plan it with `autoseg plan --network swinunet`"):
         create_network("swinunet", Topology(2, [8, 8], [[3, 3]] * 2, [[1, 1], [4, 4]]), 1, 2)

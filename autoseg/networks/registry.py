@@ -329,8 +329,8 @@ def create_network(
         topology = Topology.from_dict(topology)
     if topology.spatial_dims not in spec.constraints.spatial_dims:
         raise NetworkError(
-            f"network {name!r} supports {spec.constraints.spatial_dims}-D inputs only, "
-            f"the plan asks for {topology.spatial_dims}-D; choose another network or configuration"
+            f"network {name!r} supports {' and '.join(f'{d}D' for d in sorted(spec.constraints.spatial_dims))} inputs "
+            f"only, the plan asks for {topology.spatial_dims}D; choose another network or configuration"
         )
     if in_channels < 1 or n_classes < 1:
         raise NetworkError(f"network {name!r}: in_channels and n_classes must be >= 1")
