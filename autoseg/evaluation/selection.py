@@ -43,7 +43,7 @@ ENSEMBLE_PREFIX = "ensemble___"
 ENSEMBLE_SEPARATOR = "___"  # between members (model folder names hold "__")
 DEFAULT_FOLDS = ("0", "1", "2", "3", "4")  # 5-fold cross-validation (reference §1.5)
 RANK_METRIC = "dice"  # mean foreground Dice over the merged cross-validation (reference §1.7)
-RANK_DECIMALS = 4  # Dice compared to this precision (the one printed); closer scores are a tie
+RANK_TOLERANCE = 1e-4  # candidates whose Dice lies this close to the best raw Dice tie (float noise decides nothing)
 TIE_RULE = "fewer models (a single configuration before an ensemble: cheaper to predict), then the name, alphabetically"
 PREDICT_CHECKPOINT = "final"  # training validates its final checkpoint, so that is what CV measured
 
@@ -303,24 +303,36 @@ def ensemble_candidates(
 
 
 def ranked_dice(candidate: Candidate) -> float:
-    """The candidate's mean foreground Dice to ``RANK_DECIMALS`` decimals, what ranking compares: the float noise
-    of a merged evaluation (0.8812999 vs 0.8813001) decided between candidates that score the same; NaN as -inf."""
+    """The candidate's mean foreground Dice as ranking compares it (raw, not rounded); NaN as -inf."""
     dice = candidate.foreground_dice
-    return round(dice, RANK_DECIMALS) if math.isfinite(dice) else -math.inf
+    return dice if math.isfinite(dice) else -math.inf
+
+
+def tied_with_best(candidates: Sequence[Candidate]) -> list[Candidate]:
+    """The candidates within ``RANK_TOLERANCE`` of the best raw Dice (the best included; none when no Dice is finite).
+    Rounding both to 4 decimals still let float noise decide at a rounding boundary (0.88125001 vs 0.88124999)."""
+    best = max(map(ranked_dice, candidates), default=-math.inf)
+    if not math.isfinite(best):
+        return []
+    return [c for c in candidates if best - ranked_dice(c) <= RANK_TOLERANCE]
 
 
 def rank(candidates: Sequence[Candidate]) -> list[Candidate]:
-    """Best first: highest mean foreground Dice to ``RANK_DECIMALS`` decimals; on a tie ``TIE_RULE``."""
-    return sorted(candidates, key=lambda c: (-ranked_dice(c), len(c.model_folders), c.name))
+    """Best first: those tied with the best Dice (``tied_with_best``) ordered by ``TIE_RULE``, then the others by Dice."""
+    tied = tied_with_best(candidates)
+    rest = [c for c in candidates if c not in tied]
+    return (sorted(tied, key=lambda c: (len(c.model_folders), c.name))
+            + sorted(rest, key=lambda c: (-ranked_dice(c), len(c.model_folders), c.name)))
 
 
 def tie_note(ranked: Sequence[Candidate]) -> str | None:
     """A note naming the candidates that tie with the winner, and the rule that chose among them; None without a tie."""
-    tied = [c.name for c in ranked[1:] if ranked_dice(c) == ranked_dice(ranked[0])]
-    if not tied or not math.isfinite(ranked_dice(ranked[0])):
+    tied = [c.name for c in tied_with_best(ranked) if c is not ranked[0]]
+    if not tied:
         return None
-    return (f"{ranked[0].name} ties with {', '.join(tied)} at {ranked_dice(ranked[0]):.{RANK_DECIMALS}f} "
-            f"(Dice compared to {RANK_DECIMALS} decimals); chosen by the tie rule: {TIE_RULE}")
+    best = max(map(ranked_dice, ranked))
+    return (f"{ranked[0].name} ties with {', '.join(tied)} at {best:.4f} (mean foreground Dice within {RANK_TOLERANCE:g} "
+            f"of the best); chosen by the tie rule: {TIE_RULE}")
 
 
 def postprocessing_path(best: Candidate) -> Path:
@@ -478,7 +490,7 @@ def _select_and_write(
         "dataset_name": dataset_name,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "folds": folds,
-        "rank_metric": f"mean foreground Dice over the merged cross-validation (reference §1.7), to {RANK_DECIMALS} decimals",
+        "rank_metric": f"mean foreground Dice over the merged cross-validation (reference §1.7), ties within {RANK_TOLERANCE:g} of the best",
         "tie_rule": TIE_RULE,
         "tie": tie_note(ranked),
         "reference_folder": str(gt_dir),
@@ -508,7 +520,7 @@ def instructions_text(instructions: dict[str, Any]) -> str:
     for position, candidate in enumerate(instructions["candidates"], 1):
         lines.append(f"#  {position}. {candidate['name']}: {candidate['foreground_dice']:.4f}")
     lines += [f"# note: {reason}" for reason in instructions["skipped"]]
-    if instructions.get("tie"):  # absent from instructions written before ties were rounded
+    if instructions.get("tie"):  # absent from instructions written before ties were noted
         lines.append(f"# tie: {instructions['tie']}")
     lines.append(
         f"# chosen: {best['name']} (with postprocessing: {best['foreground_dice_postprocessed']:.4f}, "
