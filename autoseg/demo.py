@@ -177,7 +177,8 @@ def _run_stages(workdir: Path, dataset: Path, budget_seconds: float, device: str
     say(f"[1/7] verify {location.name}")
     require_valid(location)
     say("[2/7] fingerprint")
-    configuration = demo_configuration(extract_fingerprint(location))
+    # its warnings (cases in another axis order, NRRD space units) are shown, as autoseg plan shows them
+    configuration = demo_configuration(extract_fingerprint(location, warn=lambda warning: say(f"WARNING {warning}")))
     # what training will get if the plan (its timing probe) and preprocessing take their usual time
     plan_budget = training_seconds(budget_seconds, max(time.perf_counter() - start, BEFORE_TRAINING_SECONDS))
     say(f"[3/7] plan for a training budget of {format_duration(plan_budget)} on this machine")
