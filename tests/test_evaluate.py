@@ -519,18 +519,28 @@ def test_a_read_only_output_folder_is_refused_before_any_case(folders, tmp_path,
     assert not (tmp_path / "out" / "new").exists()
 
 
-@pytest.mark.parametrize("output", ["ref", "ref/eval", None])
+@pytest.mark.parametrize("output", ["ref", "ref/eval"])
 def test_an_output_folder_among_the_references_is_refused(folders, tmp_path, output):
-    """``-o labelsTr`` (or ``-p`` and ``-r`` the same folder, no ``-o``) wrote summary.json and summary.csv among a
-    dataset's label maps, and verify then refused the dataset for them."""
+    """``-o labelsTr`` wrote summary.json and summary.csv among a dataset's label maps, and verify then refused the
+    dataset for them."""
     pred_dir, ref_dir = folders
     before = sorted(p.name for p in ref_dir.iterdir())
-    pred = ref_dir if output is None else pred_dir
-    out = None if output is None else tmp_path / output
     with pytest.raises(EvaluationError, match=r"ref(/eval)?: lies in the reference folder .*ref; summary.json and summary.csv would "
                                               r"stand among the reference label maps .*; give -o a folder outside it"):
-        evaluate_folders(pred, ref_dir, LABELS, out, num_workers=1, file_ending=".nii.gz")
+        evaluate_folders(pred_dir, ref_dir, LABELS, tmp_path / output, num_workers=1, file_ending=".nii.gz")
     assert sorted(p.name for p in ref_dir.iterdir()) == before
+
+
+@pytest.mark.parametrize("output", ["out", None])
+def test_the_references_given_as_predictions_are_refused(folders, tmp_path, output):
+    """``evaluate -p gt -r gt -o out`` was accepted and scored Dice 1 everywhere (determine refused the same -p/-r)."""
+    _, ref_dir = folders
+    out = None if output is None else tmp_path / output
+    with pytest.raises(EvaluationError, match=rf"^{re.escape(str(ref_dir))}: is both the predictions \(-p\) and the "
+                                              r"references \(-r\) folder, which would score every case perfect; give "
+                                              r"the predictions to score as -p$"):
+        evaluate_folders(ref_dir, ref_dir, LABELS, out, num_workers=1, file_ending=".nii.gz")
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("name", ["results.json", "scores.CSV"])

@@ -468,6 +468,7 @@ def test_references_given_as_predictions_or_holding_the_decision_are_refused(tmp
                                               r"references \(-r\) folder, which would score every case perfect"):
         determine_postprocessing(refs, refs, LABELS, num_workers=1, file_ending=".nii.gz")
     with pytest.raises(EvaluationError, match=rf"^{re.escape(str(refs / 'pp.json'))}: lies in the reference folder "
-                                              rf"{re.escape(str(refs))}, among the reference label maps"):
+                                              rf"{re.escape(str(refs))}; the decision file would stand among the "
+                                              r"reference label maps .*; give -o a file outside it$"):
         determine_postprocessing(preds, refs, LABELS, refs / "pp.json", num_workers=1, file_ending=".nii.gz")
     assert sorted(p.name for p in refs.iterdir()) == before

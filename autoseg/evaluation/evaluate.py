@@ -383,13 +383,17 @@ def _check_summary_paths(output: Path) -> None:
         refuse_probability_sidecar(path, EvaluationError)
 
 
-def _refuse_output_among_references(output: Path, ref_dir: Path) -> None:
-    """Refuse an output folder that is the reference folder or lies in it (``-o labelsTr``, or ``-p`` and ``-r`` the
-    same folder): summary.json and summary.csv were written among a dataset's label maps, which verify then refused."""
+def refuse_references_misused(pred_dir: Path, ref_dir: Path, output: Path, written: str, kind: str) -> None:
+    """Refuse ``-p`` and ``-r`` naming one folder (every case scored perfect: evaluate reported Dice 1 everywhere and
+    determine accepted nothing), or an ``output`` (``written``, a ``kind``) that is the reference folder or lies in it
+    (a dataset's labelsTr then failed verify). Shared by evaluate and postprocess determine."""
+    if pred_dir.resolve() == ref_dir.resolve():
+        raise EvaluationError(f"{pred_dir}: is both the predictions (-p) and the references (-r) folder, which would "
+                              "score every case perfect; give the predictions to score as -p")
     if output.resolve().is_relative_to(ref_dir.resolve()):
         raise EvaluationError(
-            f"{output}: lies in the reference folder {ref_dir}; summary.json and summary.csv would stand among the reference "
-            "label maps (a dataset's labelsTr would then fail verify); give -o a folder outside it"
+            f"{output}: lies in the reference folder {ref_dir}; {written} would stand among the reference label maps "
+            f"(a dataset's labelsTr would then fail verify); give -o a {kind} outside it"
         )
 
 
@@ -406,7 +410,7 @@ def check_evaluation_output(
     check_output_folder(out, EvaluationError)
     _check_summary_paths(out)
     _refuse_summary_file_as_folder(out)
-    _refuse_output_among_references(out, ref_dir)
+    refuse_references_misused(pred_dir, ref_dir, out, "summary.json and summary.csv", "folder")
     # A folder that cannot be written (read-only, no permission) was refused only after every metric was
     # computed; for a new folder, the nearest one above it that exists is asked (nothing is made yet).
     require_writable(next(folder for folder in (out, *out.parents) if folder.is_dir()))

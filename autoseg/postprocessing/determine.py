@@ -31,8 +31,8 @@ from autoseg.dataset.description import DatasetDescription
 from autoseg.dataset.imageio import SUPPORTED_ENDINGS, is_image_ending, read_image, spelled_ending, write_image
 from autoseg.errors import EvaluationError
 from autoseg.evaluation.evaluate import (
-    check_declared, check_integer_labels, declared_values, label_maps, match_cases, raise_failures, read_checked_pair, require_folder,
-    resolve_file_ending,
+    check_declared, check_integer_labels, declared_values, label_maps, match_cases, raise_failures, read_checked_pair,
+    refuse_references_misused, require_folder, resolve_file_ending,
 )
 from autoseg.evaluation.metrics import SegClass, case_metrics, evaluation_classes
 from autoseg.postprocessing.connected_components import component_volumes_mm3, keep_largest, remove_small
@@ -163,17 +163,6 @@ def decision_path(pred_dir: Path, output_json: str | Path | None) -> Path:
     return Path(text)
 
 
-def check_folders(pred_dir: Path, ref_dir: Path, decision_file: Path) -> None:
-    """Refuse ``-p`` and ``-r`` naming one folder (every Dice was 1, so nothing was ever accepted, and the decision was
-    written among the references), or a decision file among the references (a dataset's labelsTr then failed verify)."""
-    if pred_dir.resolve() == ref_dir.resolve():
-        raise EvaluationError(f"{pred_dir}: is both the predictions (-p) and the references (-r) folder, which would "
-                              "score every case perfect; give the cross-validation predictions as -p")
-    if decision_file.parent.resolve().is_relative_to(ref_dir.resolve()):
-        raise EvaluationError(f"{decision_file}: lies in the reference folder {ref_dir}, among the reference label maps "
-                              "(a dataset's labelsTr would then fail verify); give -o a file outside it")
-
-
 def check_decision_target(decision_file: Path) -> None:
     """Refuse a decision file that would replace a file not a decision, or be taken for a label map: ``-o`` naming a
     prediction (``case1.nii.gz``), a reference or ``dataset.json`` replaced it with the decision's JSON, and a new
@@ -213,7 +202,7 @@ def determine_postprocessing(
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
     check_epsilon(epsilon)
     decision_file = decision_path(pred_dir, output_json)
-    check_folders(pred_dir, ref_dir, decision_file)
+    refuse_references_misused(pred_dir, ref_dir, decision_file, "the decision file", "file")
     check_decision_target(decision_file)
     file_ending = resolve_file_ending(description_or_labels, file_ending)
     classes, ignore_label = evaluation_classes(description_or_labels)
