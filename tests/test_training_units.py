@@ -403,3 +403,23 @@ def test_the_progress_bar_redraws_twice_a_second_not_rich_s_ten(tmp_path: Path, 
         assert monitor._progress.live.refresh_per_second == BAR_REFRESH_PER_SECOND == 2
     finally:
         monitor.stop()
+
+
+def test_optimistic_validation_warning_follows_the_dataset_id_and_the_split() -> None:
+    """Was: no warning for weights of this dataset renamed since (same id), nor for the same fold number trained on
+    another split (splits_final.json changed); the same fold of the same split is a resume and gets none."""
+    from autoseg.training.checkpoints import split_digest
+    from autoseg.training.pretrained import optimistic_validation_warning
+
+    before, now = split_digest(["a", "b"], ["c"]), split_digest(["a", "c"], ["b"])
+    renamed = {"dataset_name": "Dataset998_Old", "fold": "1", "split_sha256": before}
+    assert optimistic_validation_warning(renamed, "w", "Dataset998_New", "0", now).startswith(
+        "warning: w: was trained on fold 1 of Dataset998_New, whose training cases include fold 0's validation cases")
+    assert optimistic_validation_warning({**renamed, "dataset_name": "Dataset997_New"}, "w", "Dataset998_New", "0") is None
+    same_fold = {"dataset_name": "Dataset998_New", "fold": "0", "split_sha256": before}
+    assert optimistic_validation_warning(same_fold, "w", "Dataset998_New", "0", now) == (
+        "warning: w: was trained on fold 0 of Dataset998_New in another split of its cases (splits_final.json changed "
+        "since), whose training cases include the validation cases fold 0 has now, so fold 0's validation Dice will be "
+        "optimistic; for an honest cross-validation fine-tune from a model of another dataset, or from this dataset's "
+        "fold 0 of this split")
+    assert optimistic_validation_warning(same_fold, "w", "Dataset998_New", "0", before) is None

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from autoseg.errors import TrainingError
+from autoseg.paths import parse_dataset_id
 from autoseg.utils.checkpoint_format import checkpoint_exists, checkpoint_from_bytes, checkpoint_name, read_checkpoint
 from autoseg.utils.weights_file import LEGACY_SUFFIX, SUFFIX
 
@@ -243,33 +244,49 @@ def check_pretrained(state: dict[str, torch.Tensor], source: PretrainedSource, n
     return report
 
 
+def _same_dataset(trained: Any, dataset_name: str) -> bool:
+    """The source model's dataset is this one: the same id (a dataset renamed since keeps it), or the same name."""
+    if not isinstance(trained, str):
+        return False
+    ids = parse_dataset_id(trained), parse_dataset_id(dataset_name)
+    return ids[0] == ids[1] if None not in ids else trained == dataset_name
+
+
 def optimistic_validation_warning(metadata: dict[str, Any], where: str, dataset_name: str | None,
-                                  fold: str | None) -> str | None:
-    """The warning for weights of a model of this dataset trained on another fold (or on all cases): they saw
-    this fold's validation cases, so its cross-validation Dice is optimistic (nnU-Net says nothing of it)."""
+                                  fold: str | None, split: str | None = None) -> str | None:
+    """The warning for weights of a model of this dataset trained on another fold, on all cases, or on fold ``fold``
+    of another split (``split``: this fold's ``split_digest``): they saw this fold's validation cases, so its
+    cross-validation Dice is optimistic (nnU-Net says nothing of it). The same fold of the same split is a resume."""
     trained_on = metadata.get("fold")
-    if dataset_name is None or fold in (None, "all") or trained_on is None or metadata.get("dataset_name") != dataset_name:
+    if dataset_name is None or fold in (None, "all") or trained_on is None or not _same_dataset(metadata.get("dataset_name"), dataset_name):
         return None
-    if str(trained_on) == str(fold):
-        return None
+    trained_split = metadata.get("split_sha256")
+    other_split = split is not None and trained_split is not None and trained_split != split
     if str(trained_on) == "all":
         seen = f"was trained on every case of {dataset_name} (fold all), fold {fold}'s validation cases included"
-    else:
+    elif str(trained_on) != str(fold):
         seen = f"was trained on fold {trained_on} of {dataset_name}, whose training cases include fold {fold}'s validation cases"
+    elif other_split:
+        seen = (f"was trained on fold {fold} of {dataset_name} in another split of its cases (splits_final.json changed "
+                f"since), whose training cases include the validation cases fold {fold} has now")
+    else:
+        return None
     return (f"warning: {where}: {seen}, so fold {fold}'s validation Dice will be optimistic; for an honest "
-            f"cross-validation fine-tune from a model of another dataset, or from this dataset's fold {fold}")
+            f"cross-validation fine-tune from a model of another dataset, or from this dataset's fold {fold}"
+            f"{' of this split' if other_split else ''}")
 
 
 def load_pretrained(
     network: nn.Module, source: str | Path | PretrainedSource, network_name: str, log: Callable[[str], None] = print,
-    dataset_name: str | None = None, fold: str | None = None,
+    dataset_name: str | None = None, fold: str | None = None, split: str | None = None,
 ) -> PretrainedReport:
     """Load every matching tensor of ``source`` (a path, or what ``read_pretrained`` gave) into ``network``;
-    refuse incompatible shapes, and warn of weights that saw fold ``fold`` of ``dataset_name``'s validation cases."""
+    refuse incompatible shapes, and warn of weights that saw fold ``fold`` of ``dataset_name``'s validation cases
+    (``split``: the fold's ``split_digest``)."""
     read = source if isinstance(source, tuple) else read_pretrained(source)
     state = network.state_dict()
     report = check_pretrained(state, read, network_name)
-    warning = optimistic_validation_warning(read[1], read[2], dataset_name, fold)
+    warning = optimistic_validation_warning(read[1], read[2], dataset_name, fold, split)
     report.warnings = [warning] if warning else []
     network.load_state_dict({**state, **{name: read[0][name] for name in report.loaded}})
     for line in report.lines():

@@ -35,7 +35,7 @@ from autoseg.preprocessing.store import list_cases
 from autoseg.training.cascade import (
     CACHE_FOLDER, NEXT_STAGE_FOLDER, check_previous_stage_labels, prepare_previous_stage, previous_stage_predictions,
 )
-from autoseg.training.checkpoints import BEST, FINAL, LATEST
+from autoseg.training.checkpoints import BEST, FINAL, LATEST, split_digest
 from autoseg.training.config import dump_config, resolve_training_config
 from autoseg.training.config_rules import RULES
 from autoseg.training.distributed import DistributedContext, barrier, init_distributed, rank_batch_size, shutdown
@@ -364,7 +364,7 @@ def _train(trainer: Trainer, run: FoldRun, context: DistributedContext, source: 
     pretrained = None
     if source is not None:
         pretrained = load_pretrained(trainer.setup.network, source, run.network_name, trainer.monitor.log,
-                                     run.dataset_name, run.fold)
+                                     run.dataset_name, run.fold, split_digest(run.train_cases, run.val_cases))
     if context.is_main:
         _write_run_files(run)
     for warning in device_warnings:
