@@ -503,13 +503,14 @@ def postprocess_determine(
 ) -> None:
     """Decide which connected-component steps help on the cross-validation and store them as JSON."""
     from autoseg.evaluation.evaluate import find_description
-    from autoseg.postprocessing.determine import decision_path, determine_postprocessing
+    from autoseg.postprocessing.determine import DECISION_FILE, determine_postprocessing
+    from autoseg.utils.output_folders import output_file
 
     description = _description(dataset) or find_description(pred, ref)
     decision = determine_postprocessing(pred, ref, description, output, num_workers, epsilon)
     accepted = [step for step in decision["steps"]]
     typer.echo(f"accepted steps: {accepted if accepted else 'none'}")
-    typer.echo(f"written: {decision_path(pred, output)}")
+    typer.echo(f"written: {output_file(pred, output, DECISION_FILE)}")
 
 
 @postprocess_app.command("apply")

@@ -37,7 +37,7 @@ from autoseg.paths import DatasetLocation, dataset_folders, preprocessed_root, r
 from autoseg.utils.atomic import atomic_write_bytes, atomic_write_text
 from autoseg.utils.finite import is_finite_number
 from autoseg.utils.jsonio import read_json
-from autoseg.utils.output_folders import check_output_file
+from autoseg.utils.output_folders import check_output_file, output_file
 
 FIGURE_DPI = 110
 # Names of the figures saved beside the HTML (after ``<stem>_``): the box plot, a model folder's curves
@@ -435,15 +435,6 @@ def report_dataset(dataset_spec: str | os.PathLike[str]) -> DatasetLocation:
         return DatasetLocation(found[0].name, raw_root() / found[0].name)
 
 
-def report_path(dataset_results: Path, output_html: str | os.PathLike[str] | None) -> Path:
-    """Where the report goes: ``output_html``, or ``REPORT_FILE`` in ``dataset_results`` or in a folder named with a
-    trailing separator (``-o reports/`` wrote a file named ``reports``, without .html, its figures beside it)."""
-    if output_html is None:
-        return dataset_results / REPORT_FILE
-    text = os.fspath(output_html)
-    return Path(text) / REPORT_FILE if text.endswith(("/", os.sep)) else Path(text)
-
-
 def build_report(dataset_spec: str | os.PathLike[str], output_html: str | os.PathLike[str] | None = None,
                  num_workers: int | None = None) -> Path:
     """Write the report (default ``<results>/<Dataset>/report.html``; a name ending in a separator is a folder to write
@@ -452,7 +443,7 @@ def build_report(dataset_spec: str | os.PathLike[str], output_html: str | os.Pat
     Uses ``inference_instructions.json`` from ``find-best`` and runs it first when it is missing."""
     dataset = report_dataset(dataset_spec)
     dataset_results = results_root() / dataset.name
-    output = report_path(dataset_results, output_html)
+    output = output_file(dataset_results, output_html, REPORT_FILE)
     check_output_file(output, EvaluationError)  # before its figures are written beside it
     instructions_file = dataset_results / INSTRUCTIONS_JSON
     if instructions_file.is_file():

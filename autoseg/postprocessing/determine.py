@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -37,7 +36,9 @@ from autoseg.evaluation.evaluate import (
 from autoseg.evaluation.metrics import SegClass, case_metrics, evaluation_classes
 from autoseg.postprocessing.connected_components import component_volumes_mm3, keep_largest, remove_small
 from autoseg.utils.atomic import atomic_write_json, remove_stale_temporaries
-from autoseg.utils.output_folders import check_output_file, check_output_folder, claim_output_files, input_entry
+from autoseg.utils.output_folders import (
+    check_output_file, check_output_folder, claim_output_files, input_entry, output_file,
+)
 from autoseg.utils.progress import parallel_map, stage_workers
 
 DECISION_VERSION = 1
@@ -152,17 +153,6 @@ def check_epsilon(epsilon: float) -> None:
         )
 
 
-def decision_path(pred_dir: Path, output_json: str | Path | None) -> Path:
-    """Where ``determine_postprocessing`` writes its decision: ``output_json``, or ``DECISION_FILE`` in
-    ``pred_dir`` or in a folder named with a trailing separator (``"d3/"``, which wrote a file named ``d3``)."""
-    if output_json is None:
-        return pred_dir / DECISION_FILE
-    text = os.fspath(output_json)
-    if text.endswith(("/", os.sep)):
-        return Path(text) / DECISION_FILE
-    return Path(text)
-
-
 def check_decision_target(decision_file: Path) -> None:
     """Refuse a decision file that would replace a file not a decision, or be taken for a label map: ``-o`` naming a
     prediction (``case1.nii.gz``), a reference or ``dataset.json`` replaced it with the decision's JSON, and a new
@@ -183,6 +173,43 @@ def check_decision_target(decision_file: Path) -> None:
                                   f"replace; {fix}")
 
 
+def _with_mean(dice: Mapping[str, float]) -> dict[str, float]:
+    """Class Dice with their mean, as the decision records it."""
+    return {**dice, "foreground_mean": float(np.mean(list(dice.values())))}
+
+
+def _class_candidates(classes: Sequence[SegClass], rows: Sequence[Mapping[str, Any]]) -> list[Step]:
+    """Step 2's candidates: per class, keep its largest component, or remove its components below
+    ``SMALL_COMPONENT_FRACTION`` x its smallest reference component (when any reference holds it)."""
+    candidates: list[Step] = []
+    for name, values in classes:
+        candidates.append({"operation": "keep_largest", "target": name, "label_values": list(values)})
+        smallest = min(r["smallest_reference_mm3"][name] for r in rows)
+        if math.isfinite(smallest):
+            candidates.append({
+                "operation": "remove_small", "target": name, "label_values": list(values),
+                "min_volume_mm3": SMALL_COMPONENT_FRACTION * smallest,
+            })
+    return candidates
+
+
+def _choose_per_class(
+    candidates: Sequence[Step], after: Sequence[Mapping[str, float]], current: Mapping[str, float],
+    names: Sequence[str], epsilon: float, accepted: list[Step],
+) -> list[dict[str, Any]]:
+    """Per class, the passing candidate of higher Dice (on a tie the gentler removal, listed last) is appended to
+    ``accepted``; returns every candidate's record."""
+    records = []
+    for name in names:
+        options = [(c, a) for c, a in zip(candidates, after) if c["target"] == name]
+        passing = [(c, a) for c, a in options if _accepts(current, a, [name], epsilon)]
+        best = max(passing, key=lambda ca: (ca[1][name], ca[0]["operation"] == "remove_small"), default=None)
+        records.extend(_record(c, current, a, best is not None and c is best[0]) for c, a in options)
+        if best is not None:
+            accepted.append(best[0])
+    return records
+
+
 def determine_postprocessing(
     pred_dir: str | Path,
     ref_dir: str | Path,
@@ -201,7 +228,7 @@ def determine_postprocessing(
     """
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
     check_epsilon(epsilon)
-    decision_file = decision_path(pred_dir, output_json)
+    decision_file = output_file(pred_dir, output_json, DECISION_FILE)
     refuse_references_misused(pred_dir, ref_dir, decision_file, "the decision file", "file")
     check_decision_target(decision_file)
     file_ending = resolve_file_ending(description_or_labels, file_ending)
@@ -224,39 +251,18 @@ def determine_postprocessing(
     current = fg_after if fg_ok else initial
 
     # Step 2: per class, keep largest or remove small components (one pass for all candidates).
-    candidates: list[Step] = []
-    for name, values in classes:
-        candidates.append({"operation": "keep_largest", "target": name, "label_values": list(values)})
-        smallest = min(r["smallest_reference_mm3"][name] for r in rows)
-        if math.isfinite(smallest):
-            candidates.append({
-                "operation": "remove_small", "target": name, "label_values": list(values),
-                "min_volume_mm3": SMALL_COMPONENT_FRACTION * smallest,
-            })
+    candidates = _class_candidates(classes, rows)
     if candidates:
         _, after, _ = _run_pass(pairs, accepted, candidates, classes, ignore_label, workers, "postprocessing: per class")
-        for name in names:
-            options = [(c, a) for c, a in zip(candidates, after) if c["target"] == name]
-            passing = [(c, a) for c, a in options if _accepts(current, a, [name], epsilon)]
-            # Higher Dice wins; on a tie the gentler removal (listed last) is kept.
-            best = max(passing, key=lambda ca: (ca[1][name], ca[0]["operation"] == "remove_small"), default=None)
-            records.extend(_record(c, current, a, best is not None and c is best[0]) for c, a in options)
-            if best is not None:
-                accepted.append(best[0])
+        records.extend(_choose_per_class(candidates, after, current, names, epsilon, accepted))
 
     final = current
     if len(accepted) > (1 if fg_ok else 0):
         final, _, _ = _run_pass(pairs, accepted, [], classes, ignore_label, workers, "postprocessing: final")
     decision = {
-        "version": DECISION_VERSION,
-        "rule": RULE,
-        "epsilon": epsilon,
-        "file_ending": file_ending,
-        "num_cases": len(pairs),
-        "steps": accepted,
-        "dice_before": {**initial, "foreground_mean": float(np.mean(list(initial.values())))},
-        "dice_after": {**final, "foreground_mean": float(np.mean(list(final.values())))},
-        "candidates": records,
+        "version": DECISION_VERSION, "rule": RULE, "epsilon": epsilon, "file_ending": file_ending,
+        "num_cases": len(pairs), "steps": accepted,
+        "dice_before": _with_mean(initial), "dice_after": _with_mean(final), "candidates": records,
     }
     atomic_write_json(decision_file, decision)
     return decision

@@ -94,6 +94,15 @@ def _refuse_image_file_name(output: Path, error: type[Exception]) -> None:
         )
 
 
+def output_file(default_dir: Path, given: str | os.PathLike[str] | None, name: str) -> Path:
+    """Where a command writes its one output file: ``given``, or ``name`` in ``default_dir`` (none given) or in a folder
+    given with a trailing separator (``-o reports/`` wrote a file named ``reports``, as the path dropped the separator)."""
+    if given is None:
+        return default_dir / name
+    text = os.fspath(given)
+    return Path(text) / name if text.endswith(("/", os.sep)) else Path(text)
+
+
 def check_output_file(output: Path, error: type[Exception]) -> None:
     """Raise ``error`` if ``output``, a file to write (a zip, a report, a decision), is an existing folder,
     or a folder it would be written in is an existing file (``-o notes.txt/report.html`` failed in mkdir
