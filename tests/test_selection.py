@@ -215,7 +215,7 @@ def test_configuration_filter_and_missing_results(roots: dict[str, Path]) -> Non
         find_best(DATASET, configurations=["3d_lowres"], num_workers=1)
     assert str(info.value) == (
         f"{roots['results'] / DATASET}: no configuration has validation predictions for folds 0, 1, 2, 3, 4 "
-        f"({PARTIAL}: no validation predictions for fold(s) 1, 2, 3, 4); train fold(s) 0, 1, 2, 3, 4 first "
+        f"({PARTIAL}: no validation predictions for fold(s) 1, 2, 3, 4); train fold(s) 1, 2, 3, 4 first "
         "(autoseg train DATASET CONFIG FOLD, once per fold; fold 'all' has no validation)"
     )
     # Of other folds than the default, those folds: it said 'train folds 0-4' to find-best -f 1 -f 2.
@@ -345,6 +345,19 @@ def test_a_model_without_the_final_checkpoints_of_its_folds_is_not_chosen(roots:
         "them, or train those folds of 3d_fullres again"
     )
     assert instructions["commands"][0].startswith(f"autoseg predict -i INPUT_FOLDER -o OUTPUT_FOLDER -m {results / BAD} ")
+
+
+def test_with_every_fold_validated_find_best_does_not_say_to_train_them(roots: dict[str, Path]) -> None:
+    """A model folder skipped for its checkpoints, its folds all validated, was told 'train fold(s) 0, 1, 2, 3, 4'."""
+    results = make_results(roots)
+    (results / GOOD / "fold_1" / "checkpoint_final.safetensors").unlink()
+    with pytest.raises(EvaluationError) as info:
+        find_best(DATASET, configurations=["3d_fullres"], num_workers=1)
+    assert str(info.value) == (
+        f"{results}: no configuration can be ranked over folds 0, 1, 2, 3, 4 ({GOOD}: no final checkpoint of fold(s) 1 "
+        "(deleted or moved?), which the predict command needs; restore them, or train those folds of 3d_fullres "
+        "again); fix what is named for each"
+    )
 
 
 def test_a_fold_given_twice_is_named(roots: dict[str, Path]) -> None:

@@ -106,7 +106,7 @@ def trained_model_folders(
     for folder in sorted(p for p in dataset_results.iterdir() if is_model_folder(p)):
         if configurations is not None and configuration_of(folder) not in configurations:
             continue
-        predicted = {f: list_cases_or_empty(folder / f"fold_{f}" / "validation", file_ending) for f in folds}
+        predicted = validation_predictions(folder, folds, file_ending)
         missing = [f for f in folds if not predicted[f]]
         incomplete = {f: sorted(set(val_cases[f]) - set(predicted[f])) for f in folds if predicted[f] and f in (val_cases or {})}
         incomplete = {f: cases for f, cases in incomplete.items() if cases}
@@ -124,6 +124,32 @@ def trained_model_folders(
         else:
             complete.append(folder)
     return complete, skipped
+
+
+def validation_predictions(model_folder: Path, folds: Sequence[str], file_ending: str) -> dict[str, dict[str, Path]]:
+    """Each fold's validation predictions in ``model_folder`` (empty for a fold without any)."""
+    return {f: list_cases_or_empty(model_folder / f"fold_{f}" / "validation", file_ending) for f in folds}
+
+
+def no_candidate_error(
+    dataset_results: Path, folds: Sequence[str], file_ending: str, skipped: Sequence[str],
+    configurations: Sequence[str] | None,
+) -> EvaluationError:
+    """The error for no rankable model folder, telling to train only the folds that some model folder (of
+    ``configurations``) lacks validation for: it said 'train fold(s) 0, 1, 2, 3, 4' with fold 0 trained."""
+    folders = [p for p in sorted(dataset_results.iterdir()) if is_model_folder(p)
+               and (configurations is None or configuration_of(p) in configurations)]
+    predicted = [validation_predictions(folder, folds, file_ending) for folder in folders]
+    lacking = [f for f in folds if not folders or any(not cases[f] for cases in predicted)]
+    reasons = f" ({'; '.join(skipped)})" if skipped else ""
+    if not lacking:
+        return EvaluationError(f"{dataset_results}: no configuration can be ranked over folds {', '.join(folds)}{reasons}; "
+                               "fix what is named for each")
+    return EvaluationError(
+        f"{dataset_results}: no configuration has validation predictions for folds {', '.join(folds)}{reasons}; "
+        f"train fold(s) {', '.join(lacking)} first (autoseg train DATASET CONFIG FOLD, once per fold; fold 'all' has no "
+        "validation)"
+    )
 
 
 def prediction_problem(model_folder: Path, folds: Sequence[str]) -> str | None:
@@ -451,12 +477,7 @@ def find_best(
     if configurations is not None:
         check_configurations(dataset_results, configurations)
     if not folders:
-        reasons = f" ({'; '.join(skipped)})" if skipped else ""
-        raise EvaluationError(
-            f"{dataset_results}: no configuration has validation predictions for folds {', '.join(folds)}{reasons}; "
-            f"train fold(s) {', '.join(folds)} first (autoseg train DATASET CONFIG FOLD, once per fold; fold 'all' has no "
-            "validation)"
-        )
+        raise no_candidate_error(dataset_results, folds, description.file_ending, skipped, configurations)
     # One find-best of a dataset at a time: each rebuilds the merged folders (deleting the previous
     # ones), ensembles and summaries that the other would be reading (a second run waits here).
     with folder_lock(dataset_results):
