@@ -226,9 +226,10 @@ def _missing_root_note(root: Path) -> str:
 
 def trimmed_path_note(path: Path, source: str) -> str:
     """``; raw does: remove the white space from SOURCE`` when ``path`` does not exist but does without the white
-    space at its parts' edges (a space pasted at the end of AUTOSEG_RAW or of ``-i``), else ``""``."""
+    space at its parts' edges (a space pasted at the end of AUTOSEG_RAW or of ``-i``), else ``""``. A path of white
+    space alone trims to the current folder, which exists: ``-i " "`` was told '. does: remove the white space'."""
     trimmed = Path(*(part.strip() for part in Path(str(path).strip()).parts))
-    if trimmed == path or not trimmed.exists():
+    if trimmed == path or trimmed == Path(".") or not trimmed.exists():
         return ""
     return f"; {shown_path(trimmed)} does: remove the white space from {source}"
 

@@ -156,3 +156,12 @@ def test_a_root_or_dataset_folder_not_named_in_utf8_is_refused_once(
     assert paths.undecodable_path_problem(odd_dataset / "imagesTr" / "a.nii.gz") == (
         f"{small_dataset}\\xe9/imagesTr/a.nii.gz: name is not valid UTF-8 (bytes shown as \\x..); rename the folder "
         f"{small_dataset}\\xe9 with UTF-8 (or ASCII) characters")
+
+
+@pytest.mark.parametrize("value", [" ", "  \t", "./ "])
+def test_a_path_of_white_space_alone_gets_no_trim_note(value: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """predict -i " " said "' ': input not found; . does: remove the white space" (" ".strip() is the current folder)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "raw").mkdir()
+    assert paths.trimmed_path_note(Path(value), "-i") == ""
+    assert paths.trimmed_path_note(Path("raw "), "-i") == "; raw does: remove the white space from -i"
