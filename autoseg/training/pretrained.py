@@ -261,7 +261,7 @@ def optimistic_validation_warning(metadata: dict[str, Any], where: str, dataset_
     if dataset_name is None or fold in (None, "all") or trained_on is None or not _same_dataset(metadata.get("dataset_name"), dataset_name):
         return None
     trained_split = metadata.get("split_sha256")
-    other_split = split is not None and trained_split is not None and trained_split != split
+    other_split = str(trained_on) == str(fold) and None not in (split, trained_split) and trained_split != split
     if str(trained_on) == "all":
         seen = f"was trained on every case of {dataset_name} (fold all), fold {fold}'s validation cases included"
     elif str(trained_on) != str(fold):
