@@ -89,6 +89,11 @@ def _require(data: dict[str, Any], key: str, path: Path, hint: str) -> Any:
     return data[key]
 
 
+def _whole_number(value: Any) -> Any:
+    """A whole float (``3.0``, as some JSON writers emit) as that integer; anything else unchanged for the checks."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 def _integer(value: Any) -> Any:
     """A label value as nnU-Net v2 reads it (``int(value)``): ``"1"`` and ``1.0`` are 1, in lists too;
     anything else is returned unchanged for the checks to name."""
@@ -96,9 +101,7 @@ def _integer(value: Any) -> Any:
         return [_integer(v) for v in value]
     if isinstance(value, str) and value.strip().isdecimal():
         return int(value)
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
+    return _whole_number(value)
 
 
 def _whole_floats_as_int(order: Any) -> Any:
@@ -106,7 +109,7 @@ def _whole_floats_as_int(order: Any) -> Any:
     shown in reports as written; anything else is returned unchanged for the checks to name."""
     if not isinstance(order, list):
         return order
-    return [int(v) if isinstance(v, float) and v.is_integer() else v for v in order]
+    return [_whole_number(v) for v in order]
 
 
 def _as_nnunet_reads(labels: dict[str, Any], has_order: bool) -> dict[str, Any]:
@@ -120,8 +123,7 @@ def _as_nnunet_reads(labels: dict[str, Any], has_order: bool) -> dict[str, Any]:
 def _num_training(value: Any, path: Path) -> int:
     """``numTraining`` as a count: a whole float (``3.0``, as some writers emit and nnU-Net accepts) is that
     integer; JSON true (a Python int) passed once and verify said 'numTraining is True but 4 case(s) were found'."""
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
+    value = _whole_number(value)
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise DatasetError(f"{path}: numTraining must be a non-negative integer, got {value!r}; write the number of "
                            'training cases without quotes or a fraction, e.g. "numTraining": 4')
