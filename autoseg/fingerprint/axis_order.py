@@ -29,20 +29,32 @@ def coarse_axis(spacing: Sequence[float]) -> int | None:
 
 def axis_order_warning(case_ids: Sequence[str], spacings: Sequence[Sequence[float]],
                        median_spacing: Sequence[float]) -> str | None:
-    """One warning naming the cases whose coarse axis is not the one most cases have, else ``None``."""
+    """One warning naming the cases whose coarse axis is not the one most cases have, else ``None``. When the axes are
+    split evenly, which group is "the other" would depend on case order, so every group is named instead."""
     axes = {case_id: coarse_axis(spacing) for case_id, spacing in zip(case_ids, spacings)}
     counts = Counter(axis for axis in axes.values() if axis is not None)
     if len(counts) < 2:
         return None
-    usual, num_usual = counts.most_common(1)[0]
-    odd = [(case_id, spacing) for (case_id, axis), spacing in zip(axes.items(), spacings)
-           if axis is not None and axis != usual]
-    shown = ", ".join(f"{case_id} {_mm(spacing)}" for case_id, spacing in odd[:SHOWN_CASES])
-    more = f" (+ {len(odd) - SHOWN_CASES} more)" if len(odd) > SHOWN_CASES else ""
+    groups = {axis: [(case_id, spacing) for (case_id, a), spacing in zip(axes.items(), spacings) if a == axis]
+              for axis in sorted(counts)}
+    fix = (f"the median spacing {_mm(median_spacing)} mixes the orders. autoseg, like nnU-Net, does not reorient images: "
+           "rewrite")
+    (usual, num_usual), (_, num_next) = counts.most_common(2)
+    if num_usual == num_next:
+        named = " and ".join(f"axis {axis} in {len(cases)} case(s) ({_shown(cases)})" for axis, cases in groups.items())
+        return (f"the {sum(counts.values())} cases with a coarsest spacing axis are split evenly between array axes: "
+                f"{named}; their axes are stored in different orders, and {fix} one group's cases (images and labels) "
+                "in the other's axis order, then fingerprint again")
+    odd = [case for axis, cases in groups.items() if axis != usual for case in cases]
     return (f"{len(odd)} case(s) have their coarsest spacing on another array axis than the {num_usual} of "
-            f"{len(case_ids)} that have it on axis {usual}: {shown}{more}; their axes are stored in another order, "
-            f"and the median spacing {_mm(median_spacing)} mixes the orders. autoseg, like nnU-Net, does not reorient "
-            "images: rewrite those cases (images and labels) in the other cases' axis order, then fingerprint again")
+            f"{len(case_ids)} that have it on axis {usual}: {_shown(odd)}; their axes are stored in another order, "
+            f"and {fix} those cases (images and labels) in the other cases' axis order, then fingerprint again")
+
+
+def _shown(cases: Sequence[tuple[str, Sequence[float]]]) -> str:
+    """Up to ``SHOWN_CASES`` cases with their spacing, and how many more."""
+    shown = ", ".join(f"{case_id} {_mm(spacing)}" for case_id, spacing in cases[:SHOWN_CASES])
+    return shown + (f" (+ {len(cases) - SHOWN_CASES} more)" if len(cases) > SHOWN_CASES else "")
 
 
 def _mm(spacing: Sequence[float]) -> str:
