@@ -160,3 +160,18 @@ def test_a_fold_holding_only_its_best_checkpoint_keeps_the_plan_it_was_trained_w
                                             r".*autosegPlans.json \(it differs in spacing; re-planned with --overwrite\?\)"):
         _train(1, epochs=1)
     assert stored.read_bytes() == before and not (fold.parent / "fold_1").exists()
+
+
+def test_continue_with_other_network_options_of_the_same_shapes_loads_with_the_warning(results: Path) -> None:
+    """Was: --continue of a checkpoint whose network options differ in a value that changes no shape (here one written
+    before deep_supervision was put into the options) was refused as 'trained with another plan'; it loads, as the
+    state dict fits, and training_config.yaml's changes are warned of as before."""
+    fold = Path(_train(0, epochs=1)["model_folder"]) / "fold_0"
+    latest = fold / "checkpoint_latest.safetensors"
+    checkpoint = load_checkpoint(latest)
+    assert checkpoint["metadata"]["network_options"] == {"deep_supervision": True}
+    checkpoint["metadata"]["network_options"] = {}
+    write_checkpoint(latest, checkpoint)
+    summary = _train(0, epochs=2, continue_=True)
+    assert summary["epochs"] == 2
+    assert "resumed from" in (fold / "training_log.txt").read_text()

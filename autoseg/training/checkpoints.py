@@ -181,11 +181,13 @@ def _refuse_weights_only(path: Path, checkpoint: dict[str, Any]) -> None:
         )
 
 
-def _network_definition(patch_size: Any, topology: dict[str, Any], options: Any) -> dict[str, Any]:
-    """What defines a fold's network beyond its family, as JSON holds it (a checkpoint's metadata is JSON)."""
+def _network_definition(patch_size: Any, topology: dict[str, Any]) -> dict[str, Any]:
+    """What defines a fold's network structure beyond its family, as JSON holds it (a checkpoint's metadata is JSON).
+    Network options are left out: one that changes no shape (dropout, deep supervision) loads with
+    ``_warn_changed_settings``' warning, and one that does is refused by the state dict's shapes."""
     extra = {k: v for k, v in (topology.get("extra") or {}).items() if k != "patch_size"}
     parts = {"patch_size": patch_size, **{f"topology.{k}": v for k, v in topology.items() if k != "extra"},
-             **{f"topology.extra.{k}": v for k, v in extra.items()}, "network_options": options}
+             **{f"topology.extra.{k}": v for k, v in extra.items()}}
     return json.loads(json.dumps(parts))
 
 
@@ -196,8 +198,8 @@ def _refuse_another_network(path: Path, meta: dict[str, Any], setup: ModelSetup)
     not fit'. Every value that differs is named, the checkpoint's and this run's (older checkpoints lack some)."""
     if not isinstance(meta.get("topology"), dict):
         return
-    before = _network_definition(meta.get("patch_size"), meta["topology"], meta.get("network_options"))
-    now = _network_definition(setup.topology.get("extra", {}).get("patch_size"), setup.topology, setup.network_options)
+    before = _network_definition(meta.get("patch_size"), meta["topology"])
+    now = _network_definition(setup.topology.get("extra", {}).get("patch_size"), setup.topology)
     changed = [f"{key} {before[key]} (checkpoint) vs {now.get(key)} (this run)" for key in before
                if before[key] is not None and before[key] != now.get(key)]
     if changed:
