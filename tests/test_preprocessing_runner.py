@@ -458,6 +458,30 @@ def test_a_case_taken_out_of_the_dataset_leaves_the_store_and_the_ground_truth(r
     assert "3 already done, 0 failed; removed, no longer in the dataset: hippocampus_006" in report.summary()
 
 
+def test_a_case_taken_out_leaves_the_stores_of_configurations_not_preprocessed_now(
+    roots: dict[str, Path], small_dataset: Path
+) -> None:
+    """preprocess 3d_fullres and 3d_lowres, a case taken out, then preprocess -c 3d_fullres: the 3d_lowres store still
+    held the case and training 3d_lowres used it; the dropped ground truth was not named in the summary."""
+    _write_plans(roots)
+    preprocess_dataset(DATASET, ["3d_fullres", "3d_lowres"], num_workers=1)
+    for path in [small_dataset / "imagesTr" / "hippocampus_006_0000.nii.gz", small_dataset / "labelsTr" / "hippocampus_006.nii.gz"]:
+        path.unlink()
+    description = json.loads((small_dataset / "dataset.json").read_text())
+    (small_dataset / "dataset.json").write_text(json.dumps({**description, "numTraining": 3}))
+    report = preprocess_dataset(DATASET, ["3d_fullres"], num_workers=1)
+    lowres = roots["preprocessed"] / DATASET / "autosegPlans_3d_lowres"
+    assert list_cases(lowres) == ["hippocampus_001", "hippocampus_003", "hippocampus_004"]
+    assert not any(p.name.startswith("hippocampus_006") for p in lowres.iterdir())
+    assert report.dropped_elsewhere == {"autosegPlans_3d_lowres": ["hippocampus_006"]}
+    assert report.gt_dropped == ["hippocampus_006.nii.gz"]
+    summary = report.summary().splitlines()
+    assert ("autosegPlans_3d_lowres (not preprocessed in this run): removed, no longer in the dataset: hippocampus_006"
+            in summary)
+    assert summary[-1].startswith("ground truth: 0 copied, 3 unchanged; removed, of no case of the dataset (or of "
+                                  "another file ending): hippocampus_006.nii.gz; ")
+
+
 def test_a_dataset_converted_to_another_file_ending_keeps_one_ground_truth_per_case(
     roots: dict[str, Path], small_dataset: Path
 ) -> None:

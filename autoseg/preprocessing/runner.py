@@ -103,6 +103,9 @@ class PreprocessReport:
     outputs: list[ConfigurationReport]
     gt_copied: int = 0
     gt_unchanged: int = 0
+    gt_dropped: list[str] = field(default_factory=list)  # ground-truth label maps of no listed case: deleted
+    # stores of the plan not preprocessed in this run -> their cases no longer in the dataset, deleted
+    dropped_elsewhere: dict[str, list[str]] = field(default_factory=dict)
     seconds: float = 0.0
 
     def summary(self) -> str:
@@ -116,7 +119,11 @@ class PreprocessReport:
             )
             if warning := out.thinned_warning():
                 lines.append(warning)
-        lines.append(f"ground truth: {self.gt_copied} copied, {self.gt_unchanged} unchanged; {self.seconds:.1f} s")
+        lines.extend(f"{identifier} (not preprocessed in this run): removed, no longer in the dataset: {', '.join(cases)}"
+                     for identifier, cases in self.dropped_elsewhere.items())
+        dropped = (f"; removed, of no case of the dataset (or of another file ending): {', '.join(self.gt_dropped)}"
+                   if self.gt_dropped else "")
+        lines.append(f"ground truth: {self.gt_copied} copied, {self.gt_unchanged} unchanged{dropped}; {self.seconds:.1f} s")
         return "\n".join(lines)
 
 
@@ -333,16 +340,86 @@ def drop_cases_not_in(folder: Path, case_ids: set[str]) -> list[str]:
     return dropped
 
 
-def drop_ground_truth_not_in(gt_dir: Path, names: set[str]) -> None:
+def drop_stale_cases_elsewhere(plans: dict[str, Any], preprocessed_dir: Path, done: Sequence[str],
+                               case_ids: set[str]) -> dict[str, list[str]]:
+    """Delete the cases the dataset no longer lists from the plan's other stores on disk (data identifiers not in
+    ``done``); returns identifier -> deleted cases. ``preprocess -c 3d_fullres`` after a case was taken out left it in
+    the 3d_lowres store, and training 3d_lowres still used it."""
+    identifiers = {get_configuration(plans, name)["data_identifier"] for name in plans["configurations"]}
+    dropped = {}
+    for identifier in sorted(identifiers - set(done)):
+        folder = preprocessed_dir / identifier
+        if folder.is_dir() and (cases := drop_cases_not_in(folder, case_ids)):
+            dropped[identifier] = cases
+    return dropped
+
+
+def drop_ground_truth_not_in(gt_dir: Path, names: set[str]) -> list[str]:
     """Delete the ground-truth label maps (and their companion files) other than ``names``, the dataset's
-    ``<case><file_ending>``: a removed case's reference stayed beside the others for evaluation and the report, and
-    so did every copy of a dataset converted to another file ending (``case.nii.gz`` beside ``case.nrrd``)."""
+    ``<case><file_ending>``; returns the deleted label maps' names. A removed case's reference stayed beside the others
+    for evaluation and the report, and so did every copy of a dataset converted to another file ending
+    (``case.nii.gz`` beside ``case.nrrd``)."""
     labels = [path for path in (gt_dir.iterdir() if gt_dir.is_dir() else ()) if spelled_ending(path) and path.is_file()]
-    for path in labels:
-        if path.name not in names:
-            for companion in companion_files(path):
-                companion.unlink(missing_ok=True)
-            path.unlink(missing_ok=True)
+    dropped = sorted(path.name for path in labels if path.name not in names)
+    for name in dropped:
+        for companion in companion_files(gt_dir / name):
+            companion.unlink(missing_ok=True)
+        (gt_dir / name).unlink(missing_ok=True)
+    return dropped
+
+
+def copy_ground_truths(report: PreprocessReport, gt_dir: Path, cases: Sequence[Case], file_ending: str) -> None:
+    """Copy every case's raw label into ``gt_dir`` for evaluation and delete the copies of cases no longer listed,
+    counting both in ``report``."""
+    remove_stale_temporaries(gt_dir)
+    report.gt_dropped = drop_ground_truth_not_in(gt_dir, {f"{case.case_id}{file_ending}" for case in cases})
+    for case in cases:
+        assert case.label is not None
+        with stop_on_full_disk(gt_dir, f"the ground truth of case {case.case_id}"):
+            copied = copy_ground_truth(case.label, gt_dir / f"{case.case_id}{file_ending}")
+        if copied:
+            report.gt_copied += 1
+        else:
+            report.gt_unchanged += 1
+
+
+def _preprocess_store(out: ConfigurationReport, plans: dict[str, Any], cases: Sequence[Case], workers: int
+                      ) -> ConfigurationReport:
+    """Preprocess the cases not stored yet into one data identifier's store (``out``), deleting the cases the dataset
+    no longer lists and the earlier copies of those that fail now; returns ``out``, filled in."""
+    name = out.configurations[0]
+    config = get_configuration(plans, name)
+    items = []
+    for case in cases:
+        fingerprint = input_fingerprint(case, plans, config)
+        state = stored_state(out.output_dir, case.case_id, fingerprint)
+        if state == "done":
+            out.skipped.append(case.case_id)
+        else:
+            if state == "damaged":
+                out.damaged.append(case.case_id)
+            args = (case.case_id, case.images, case.label, plans, name, out.output_dir, fingerprint)
+            items.append((case.case_id, args))
+    out.output_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out.output_dir)  # a killed run's; a concurrent run's are left alone
+    out.dropped = drop_cases_not_in(out.output_dir, {case.case_id for case in cases})
+    timing = timing_path(out.output_dir)
+    remove_stale_temporaries(timing.parent, timing.name)
+    started = time.perf_counter()
+    results, out.failed = parallel_map(
+        preprocess_one, items, min(workers, max(1, len(items))), f"preprocess {out.data_identifier}",
+        stop_on=(DiskFullError,),
+    )
+    out.processed = sorted(results)
+    out.thinned = {case: result["annotation_kept"] for case, result in results.items()
+                   if (result["annotation_kept"] or 1.0) < ANNOTATION_KEPT_WARNING}
+    # A case that fails now keeps no copy stored from earlier inputs: training would use it without a word.
+    out.removed = sorted(f.key for f in out.failed if store.remove_case(out.output_dir, f.key))
+    if out.processed:  # what `autoseg train` reports against the plan's predicted preparation time
+        with stop_on_full_disk(timing.parent, f"the timing record {timing.name}"):
+            atomic_write_json(timing, {"seconds": time.perf_counter() - started,
+                                       "cases": len(out.processed), "workers": workers})
+    return out
 
 
 def preprocess_dataset(
@@ -370,49 +447,11 @@ def preprocess_dataset(
     workers = max(1, stage_workers(num_workers, PreprocessingError))
     report = PreprocessReport(location.name, plans_name, [])
     for identifier, group in _group_by_identifier(plans, names).items():
-        config = get_configuration(plans, group[0])
         out = ConfigurationReport(group, identifier, location.preprocessed_dir / identifier)
-        items = []
-        for case in cases:
-            fingerprint = input_fingerprint(case, plans, config)
-            state = stored_state(out.output_dir, case.case_id, fingerprint)
-            if state == "done":
-                out.skipped.append(case.case_id)
-            else:
-                if state == "damaged":
-                    out.damaged.append(case.case_id)
-                args = (case.case_id, case.images, case.label, plans, group[0], out.output_dir, fingerprint)
-                items.append((case.case_id, args))
-        out.output_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(out.output_dir)  # a killed run's; a concurrent run's are left alone
-        out.dropped = drop_cases_not_in(out.output_dir, {case.case_id for case in cases})
-        timing = timing_path(out.output_dir)
-        remove_stale_temporaries(timing.parent, timing.name)
-        started = time.perf_counter()
-        results, out.failed = parallel_map(
-            preprocess_one, items, min(workers, max(1, len(items))), f"preprocess {identifier}", stop_on=(DiskFullError,)
-        )
-        out.processed = sorted(results)
-        out.thinned = {case: result["annotation_kept"] for case, result in results.items()
-                       if (result["annotation_kept"] or 1.0) < ANNOTATION_KEPT_WARNING}
-        # A case that fails now keeps no copy stored from earlier inputs: training would use it without a word.
-        out.removed = sorted(f.key for f in out.failed if store.remove_case(out.output_dir, f.key))
-        if out.processed:  # what `autoseg train` reports against the plan's predicted preparation time
-            with stop_on_full_disk(timing.parent, f"the timing record {timing.name}"):
-                atomic_write_json(timing, {"seconds": time.perf_counter() - started,
-                                           "cases": len(out.processed), "workers": workers})
-        report.outputs.append(out)
-    gt_dir = location.preprocessed_dir / GT_FOLDER
-    remove_stale_temporaries(gt_dir)
-    drop_ground_truth_not_in(gt_dir, {f"{case.case_id}{description.file_ending}" for case in cases})
-    for case in cases:
-        assert case.label is not None
-        with stop_on_full_disk(gt_dir, f"the ground truth of case {case.case_id}"):
-            copied = copy_ground_truth(case.label, gt_dir / f"{case.case_id}{description.file_ending}")
-        if copied:
-            report.gt_copied += 1
-        else:
-            report.gt_unchanged += 1
+        report.outputs.append(_preprocess_store(out, plans, cases, workers))
+    report.dropped_elsewhere = drop_stale_cases_elsewhere(
+        plans, location.preprocessed_dir, [out.data_identifier for out in report.outputs], {c.case_id for c in cases})
+    copy_ground_truths(report, location.preprocessed_dir / GT_FOLDER, cases, description.file_ending)
     report.seconds = time.perf_counter() - start
     failures = [(out, f) for out in report.outputs for f in out.failed]
     if failures:
