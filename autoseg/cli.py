@@ -324,7 +324,8 @@ def train(
     plans_name: str = typer.Option("autosegPlans", "--plans-name", help="plans file to follow"),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="number of epochs; with --continue it extends a finished run"),
     budget: Optional[str] = typer.Option(None, "--budget", help="train for this long, e.g. 30m (iterations from measured speed; the LR schedule completes)"),
-    continue_: bool = typer.Option(False, "--continue", help="resume from the latest checkpoint (also after kill -9)"),
+    continue_: bool = typer.Option(False, "--continue", help="resume from the latest checkpoint (also after kill -9; "
+                                   "else from checkpoint_best, with a note)"),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N or mps (default: cuda when present)"),
     seed: int = typer.Option(0, "--seed", help="random seed"),
     deterministic: bool = typer.Option(False, "--deterministic", help="bit-reproducible runs (slower)"),

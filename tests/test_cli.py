@@ -751,3 +751,11 @@ def test_ctrl_c_while_the_command_line_is_parsed_is_one_line() -> None:
 
     process = subprocess.run([sys.executable, "-c", _CTRL_C_WHILE_PARSING], capture_output=True, text=True, timeout=120)
     assert (process.returncode, process.stderr, process.stdout) == (130, "autoseg: error: interrupted\n", "")
+
+
+def test_train_continue_help_says_it_falls_back_to_checkpoint_best() -> None:
+    """--continue's help said only 'resume from the latest checkpoint', though a fold with checkpoint_best alone resumes
+    from that, with a note."""
+    result = runner.invoke(app, ["train", "--help"], terminal_width=400)
+    line = next(line for line in result.output.splitlines() if line.strip().startswith("--continue"))
+    assert "resume from the latest checkpoint (also after kill -9; else from checkpoint_best, with a note)" in line
