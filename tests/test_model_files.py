@@ -776,3 +776,22 @@ def test_export_accepts_a_model_of_its_dataset_renamed_after_planning(tmp_path: 
     (folder / "plans.json").write_text(json.dumps({**PLANS, "dataset_name": "Dataset124_Tiny"}))
     with pytest.raises(ModelFileError, match="plans dataset Dataset124_Tiny, but the model folder lies in"):
         export_model(folder, tmp_path / "other.zip", folds=FOLDS)
+
+
+def test_the_renamed_dataset_note_is_printed_only_by_export_and_import(tmp_path: Path, capsys) -> None:
+    """Was: the note 'exported and installed as ...' was printed by every check of the zip, so predict -m model.zip
+    and --pretrained-weights model.zip said it though nothing was exported or installed."""
+    from autoseg.evaluation.model_files import validate_model_file
+
+    folder = make_model_folder(tmp_path / "results")
+    (folder / "plans.json").write_text(json.dumps({**PLANS, "dataset_name": "Dataset123_Old"}))
+    note = (f"note: {MODEL}: planned as Dataset123_Old, exported and installed as {DATASET} (the same dataset id 123, "
+            "renamed after planning)")
+    zip_path = export_model(folder, tmp_path / "model.zip", folds=FOLDS)
+    assert capsys.readouterr().err.splitlines() == [note]
+    validate_model_file(zip_path, build_networks=False)
+    with unpacked_model(zip_path, FOLDS):
+        pass
+    assert capsys.readouterr().err == ""
+    import_model(zip_path, tmp_path / "clean")
+    assert capsys.readouterr().err.splitlines() == [note]

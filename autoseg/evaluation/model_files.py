@@ -30,7 +30,7 @@ import shutil
 import sys
 import tempfile
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator, Mapping, Sequence
@@ -146,21 +146,30 @@ class _ForeignModel:
     planned: str
 
 
-def _model_of_another_dataset(plans: Mapping[str, Mapping[str, Any] | None], dataset_name: str) -> _ForeignModel | None:
+def _model_of_another_dataset(plans: Mapping[str, Mapping[str, Any] | None],
+                              dataset_name: str) -> tuple[_ForeignModel | None, list[str]]:
     """The first of the models (name -> its parsed plans, None for no plan) whose plans.json is of another dataset than
     ``dataset_name``: a zip (checksums updated) holding a Dataset005 model was installed under Dataset004, whose
     predictions it then wrote as Dataset005's. A plans name of the same dataset id is the same dataset renamed after
-    planning (Dataset004_Hippo -> Dataset004_Hippocampus), which was refused as another one; it is noted instead."""
+    planning (Dataset004_Hippo -> Dataset004_Hippocampus), which was refused as another one: a note for each such
+    model comes second, for export_model and install_model_file to print once they have exported or installed it
+    (printed here, it was said by predict -m and --pretrained-weights too, which install nothing)."""
+    notes = []
     for model, model_plans in plans.items():
         planned = None if model_plans is None else model_plans.get("dataset_name")
         if not isinstance(planned, str) or planned == dataset_name:
             continue
         planned_id = parse_dataset_id(planned)
         if planned_id is None or planned_id != parse_dataset_id(dataset_name):
-            return _ForeignModel(model, planned)
-        print(f"note: {model}: planned as {planned}, exported and installed as {dataset_name} (the same dataset id "
-              f"{planned_id:03d}, renamed after planning)", file=sys.stderr)
-    return None
+            return _ForeignModel(model, planned), notes
+        notes.append(f"note: {model}: planned as {planned}, exported and installed as {dataset_name} (the same dataset "
+                     f"id {planned_id:03d}, renamed after planning)")
+    return None, notes
+
+
+def _print_notes(notes: Sequence[str]) -> None:
+    for note in notes:
+        print(note, file=sys.stderr)
 
 
 def check_output_not_in_model(output_zip: Path, folders: Sequence[Path]) -> None:
@@ -260,7 +269,8 @@ def export_model(
     _check_cascades_complete(exported_plans, "export-model",
                              "export both: autoseg export-model -m <results>/<Dataset>/{stage} -m "
                              "<results>/<Dataset>/{model} -o model.zip")
-    if foreign := _model_of_another_dataset(exported_plans, dataset_name):
+    foreign, notes = _model_of_another_dataset(exported_plans, dataset_name)
+    if foreign:
         folder = next(f for f in folders if f.name == foreign.model)
         raise ModelFileError(f"{folder / 'plans.json'}: plans dataset {foreign.planned}, but the model folder lies in "
                              f"{dataset_name}'s results folder ({folder.parent}), under whose name the zip would install "
@@ -280,7 +290,9 @@ def export_model(
     }
     output_zip = Path(output_zip)
     remove_stale_temporaries(output_zip.parent, output_zip.name)  # what a killed export left half-written
-    return write_checksummed_zip(output_zip, manifest, members)
+    written = write_checksummed_zip(output_zip, manifest, members)
+    _print_notes(notes)
+    return written
 
 
 # ---------------------------------------------------------------------------------------------- import
@@ -303,6 +315,7 @@ class _Descriptions:
 
     datasets: dict[str, Any]
     plans: dict[str, dict[str, Any]]
+    renamed: list[str] = field(default_factory=list)  # notes on models of this dataset planned under its old name
 
 
 def _check_description_files(members: Mapping[str, bytes], models: Sequence[str], refuse: str) -> _Descriptions:
@@ -477,7 +490,9 @@ def _validated_model_file(zip_path: Path, build_networks: bool) -> tuple[dict[st
                 metadata[name] = _check_weights(data, f"{refuse}: member {name!r}", build_networks)
             members[name] = data
     descriptions = _check_description_files(members, manifest["models"], refuse)
-    if foreign := _model_of_another_dataset(descriptions.plans, manifest["dataset_name"]):
+    foreign, renamed = _model_of_another_dataset(descriptions.plans, manifest["dataset_name"])
+    descriptions = replace(descriptions, renamed=renamed)
+    if foreign:
         raise ModelFileError(f"{refuse}: member '{foreign.model}/plans.json' plans dataset {foreign.planned}, but the file "
                              f"installs its models under {manifest['dataset_name']} (its {MANIFEST}); a model of another "
                              "dataset was packed in: export each dataset's models into a file of its own")
@@ -535,10 +550,11 @@ def import_model(zip_path: str | Path, results_root: str | Path | None = None, o
 
 
 def install_model_file(zip_path: str | Path, results_root: str | Path | None = None, overwrite: bool = False,
-                       build_networks: bool = True) -> Installed:
+                       build_networks: bool = True, notes: bool = True) -> Installed:
     """``import_model``, also reporting the ensembles' postprocessing decisions it installed
     (``<Dataset>/ensembles/<ensemble>/postprocessing.json``, where find-best keeps them); ``build_networks``
-    as in ``validate_model_file``."""
+    as in ``validate_model_file``; ``notes``: print the renamed-dataset notes once installed (not for
+    predict's temporary unpacking)."""
     manifest, members, descriptions = _validated_model_file(Path(zip_path), build_networks)
     root = Path(results_root) if results_root is not None else default_results_root()
     dataset_dir = root / manifest["dataset_name"]
@@ -564,6 +580,8 @@ def install_model_file(zip_path: str | Path, results_root: str | Path | None = N
                 os.replace(staging / decision.relative_to(dataset_dir), decision)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+    if notes:
+        _print_notes(descriptions.renamed)
     return Installed(targets, decisions, manifest, descriptions.plans, descriptions.datasets)
 
 
@@ -666,7 +684,7 @@ def _unpacked(zip_path: str | Path, folds: Sequence[int | str] | str | None,
               checkpoint: str) -> Iterator[tuple[Path, Installed]]:
     """``unpacked_model``'s folder, with what its check parsed."""
     with tempfile.TemporaryDirectory(prefix="autoseg-model-") as tmp:
-        installed = install_model_file(zip_path, tmp, build_networks=False)
+        installed = install_model_file(zip_path, tmp, build_networks=False, notes=False)
         _check_zip_holds(installed.manifest, Path(zip_path), folds, checkpoint)
         folders = installed.models
         chosen = [f for f in folders if f.name.endswith("__3d_cascade_fullres")] if len(folders) > 1 else folders
