@@ -671,12 +671,13 @@ def unpacked_model(zip_path: str | Path, folds: Sequence[int | str] | str | None
 
 @contextlib.contextmanager
 def loaded_model_zip(zip_path: str | Path, folds: Sequence[int | str] | str | None, checkpoint: str,
-                     device: str | torch.device | None) -> Iterator[LoadedModel]:
+                     device: str | torch.device | None, tta: bool = True) -> Iterator[LoadedModel]:
     """``predict -m model.zip``: the model of ``unpacked_model`` loaded with the plans and dataset.json the
-    zip's check parsed (``load_model`` read and checked them a second time from the unpacked folder)."""
+    zip's check parsed (``load_model`` read and checked them a second time from the unpacked folder); ``tta`` as
+    ``load_model``'s (--no-tta loads folds trained with different mirror axes)."""
     with _unpacked(zip_path, folds, checkpoint) as (folder, installed):
         parsed = {name: ModelFiles(plans, installed.datasets[name]) for name, plans in installed.plans.items()}
-        yield load_model(folder, folds, checkpoint, device, parsed)
+        yield load_model(folder, folds, checkpoint, device, parsed, tta)
 
 
 @contextlib.contextmanager
@@ -701,7 +702,8 @@ def _unpacked(zip_path: str | Path, folds: Sequence[int | str] | str | None,
 @contextlib.contextmanager
 def _members_named_in(zip_path: Path, unpacked: Path) -> Iterator[None]:
     """Re-raise an ``InferenceError`` that starts with a file under ``unpacked`` (where ``zip_path`` was
-    unpacked) as a ``ModelFileError`` naming that file as the zip's member."""
+    unpacked) as a ``ModelFileError`` naming that file, and any other under ``unpacked`` it names, as the zip's
+    member (the temporary folder is gone by the time the message is read)."""
     try:
         yield
     except InferenceError as exc:
@@ -709,4 +711,5 @@ def _members_named_in(zip_path: Path, unpacked: Path) -> Iterator[None]:
         if not str(exc).startswith(prefix):
             raise
         member, _, problem = str(exc).removeprefix(prefix).partition(": ")
+        problem = re.sub(re.escape(prefix) + r"(\S+)", lambda m: f"member {Path(m.group(1)).as_posix()!r}", problem)
         raise ModelFileError(f"{zip_path}: member {Path(member).as_posix()!r}: {problem}") from None

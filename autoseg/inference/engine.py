@@ -60,6 +60,7 @@ class LoadedModel:
         engine: ``torch`` or ``onnxruntime``: which sliding window runs the networks.
         weights_sha256: the folds' network tensors (onnxruntime: graphs) hashed together, which tells
             a retrained model from one of the same folder name.
+        mirror_axes_differ: the folds were trained with different mirror axes (loaded without TTA; TTA is refused).
     """
 
     folder: Path
@@ -76,6 +77,19 @@ class LoadedModel:
     previous_stage: "LoadedModel | None" = None
     engine: str = "torch"
     weights_sha256: str | None = None
+    mirror_axes_differ: bool = False
+
+    def tta_mirror_axes(self, tta: bool) -> tuple[int, ...]:
+        """The axes test-time augmentation mirrors (none without TTA). Folds trained with different mirror axes,
+        loaded together with ``load_model(..., tta=False)``, share none: given ``tta=True`` later they predicted
+        without mirroring in silence, so TTA is refused for them."""
+        if tta and self.mirror_axes_differ:
+            raise InferenceError(
+                f"model {self.folder}: its folds {', '.join(self.folds)} were trained with different mirror_axes and "
+                "were loaded with tta=False, so they have no mirror axes to predict with TTA; predict with tta=False "
+                "(--no-tta), or each fold separately with TTA (-f) and combine them with autoseg ensemble"
+            )
+        return tuple(self.mirror_axes) if tta else ()
 
     @property
     def num_image_channels(self) -> int:

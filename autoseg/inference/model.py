@@ -223,11 +223,11 @@ def _check_folds_differ(digests: Sequence[bytes], metas: Sequence[Mapping[str, A
 FOLD_WIDE_SETTINGS = ("patch_size", "mirror_axes")  # the sliding window runs every fold with fold 0's
 
 
-def _check_folds_agree(metadata: Sequence[Mapping[str, Any]], paths: Sequence[Path], tta: bool = True) -> None:
+def _check_folds_agree(metadata: Sequence[Mapping[str, Any]], paths: Sequence[Path], tta: bool = True) -> tuple[int, ...] | None:
     """The folds ensembled in one sliding window must have been trained with the same patch and mirror axes
     (``--set patch_size=...`` given to one fold's training): the others ran silently at the first fold's
     patch and test-time mirroring, which they were not trained with. Without TTA nothing is mirrored, so only
-    the patch must agree."""
+    the patch must agree. Returns the folds' shared mirror axes, None where they differ (only without TTA)."""
     for key in FOLD_WIDE_SETTINGS if tta else ("patch_size",):
         for meta, path in zip(metadata[1:], paths[1:]):
             if meta.get(key) != metadata[0].get(key):
@@ -236,6 +236,9 @@ def _check_folds_agree(metadata: Sequence[Mapping[str, Any]], paths: Sequence[Pa
                     "of one prediction share one sliding window: predict them separately (-f) with "
                     "--save-probabilities and combine the folders with autoseg ensemble, or retrain the fold"
                 )
+    if any(meta.get("mirror_axes") != metadata[0].get("mirror_axes") for meta in metadata[1:]):
+        return None
+    return tuple(int(a) for a in metadata[0].get("mirror_axes") or ())
 
 
 def _model_file_fix(path: Path) -> str:
@@ -273,6 +276,33 @@ def _read_model_files(folder: Path) -> ModelFiles:
     return ModelFiles(load_plans(folder / "plans.json"), parse_description(_read_json(folder / "dataset.json"), folder / "dataset.json"))
 
 
+def _load_folds(folder: Path, fold_names: Sequence[str], file_name: str, files: ModelFiles, configuration_name: str,
+                device: torch.device) -> tuple[list[nn.Module], list[dict[str, Any]], list[Path], Any]:
+    """Each fold's checkpoint read, checked against the model's files and built: its networks, metadata and paths,
+    and the hash of all their weights (``weights_sha256``)."""
+    description = files.description
+    cascade = bool(files.plans["configurations"][configuration_name].get("previous_stage"))
+    networks, metas, paths, fold_digests = [], [], [], []
+    digest = hashlib.sha256()
+    missing_fix = _missing_checkpoint_fix(folder, fold_names, file_name)
+    for fold in fold_names:
+        path = folder / f"fold_{fold}" / file_name
+        paths.append(path)
+        loaded = _load_checkpoint(path, device, missing_fix)
+        check_outputs_match_labels(loaded["metadata"], description.num_output_channels, str(path),
+                                   str(folder / "dataset.json"), InferenceError)
+        check_fold_of_model(loaded["metadata"], folder.name, path)
+        check_fold_number(loaded["metadata"], path.parent.name, path, f"put {path.parent.name}'s own checkpoint back")
+        check_plans_of_checkpoint(loaded["metadata"], files.plans, configuration_name, path, folder / "plans.json")
+        _check_inputs_match_channels(loaded["metadata"], description, cascade, path, folder / "dataset.json")
+        networks.append(build_network(loaded, path, device))
+        metas.append(loaded["metadata"])
+        fold_digests.append(weights_digest(loaded["network_weights"]))
+        digest.update(fold_digests[-1])
+    _check_folds_differ(fold_digests, metas, paths)
+    return networks, metas, paths, digest
+
+
 def load_model(
     folder: str | Path,
     folds: Sequence[int | str] | str | None = None,
@@ -288,7 +318,7 @@ def load_model(
     ``parsed``: model folder name -> its files as a model zip's reader parsed and checked them (predict -m
     model.zip), taken instead of reading the unpacked files a second time. ``tta=False`` (predicting
     without mirroring) lets folds trained with different ``mirror_axes`` load together; the model then has no
-    mirror axes, as no axis is one its folds share.
+    mirror axes, as no axis is one its folds share, and refuses to predict with TTA (``mirror_axes_differ``).
     """
     folder = named_folder(Path(folder))
     if folder.is_file():  # was 'model folder not found', of a file that is there (a model zip renamed)
@@ -307,30 +337,9 @@ def load_model(
     )
     fold_names = _resolve_folds(folder, folds)
     torch_device = pick_device(device)
-    networks, metas, paths, fold_digests = [], [], [], []
-    digest = hashlib.sha256()
-    missing_fix = _missing_checkpoint_fix(folder, fold_names, checkpoint_file_name)
-    for fold in fold_names:
-        path = folder / f"fold_{fold}" / checkpoint_file_name
-        paths.append(path)
-        loaded = _load_checkpoint(path, torch_device, missing_fix)
-        check_outputs_match_labels(loaded["metadata"], description.num_output_channels, str(path),
-                                   str(folder / "dataset.json"), InferenceError)
-        check_fold_of_model(loaded["metadata"], folder.name, path)
-        check_fold_number(loaded["metadata"], path.parent.name, path, f"put {path.parent.name}'s own checkpoint back")
-        check_plans_of_checkpoint(loaded["metadata"], plans, configuration_name, path, folder / "plans.json")
-        _check_inputs_match_channels(loaded["metadata"], description, bool(configuration.get("previous_stage")), path,
-                                     folder / "dataset.json")
-        networks.append(build_network(loaded, path, torch_device))
-        metas.append(loaded["metadata"])
-        fold_digests.append(weights_digest(loaded["network_weights"]))
-        digest.update(fold_digests[-1])
-    _check_folds_differ(fold_digests, metas, paths)
-    _check_folds_agree(metas, paths, tta)
-    meta = metas[0]
-    mirror_axes = tuple(int(a) for a in meta.get("mirror_axes", ()))
-    if any(m.get("mirror_axes") != meta.get("mirror_axes") for m in metas):
-        mirror_axes = ()
+    networks, metas, paths, digest = _load_folds(folder, fold_names, checkpoint_file_name, files, configuration_name,
+                                                 torch_device)
+    mirror_axes = _check_folds_agree(metas, paths, tta)
     previous = None
     if configuration.get("previous_stage"):
         previous = _load_previous_stage(folder, configuration["previous_stage"], fold_names, checkpoint, torch_device,
@@ -339,19 +348,11 @@ def load_model(
                                                    folder / "dataset.json"):
             raise InferenceError(problem)
     return LoadedModel(
-        folder=folder,
-        plans=plans,
-        configuration_name=configuration_name,
-        configuration=configuration,
-        dataset=description,
-        folds=fold_names,
-        checkpoint=checkpoint,
-        networks=networks,
-        mirror_axes=mirror_axes,
-        patch_size=tuple(int(p) for p in (meta.get("patch_size") or configuration["patch_size"])),
-        device=torch_device,
-        previous_stage=previous,
-        weights_sha256=digest.hexdigest(),
+        folder=folder, plans=plans, configuration_name=configuration_name, configuration=configuration,
+        dataset=description, folds=fold_names, checkpoint=checkpoint, networks=networks,
+        mirror_axes=mirror_axes or (), mirror_axes_differ=mirror_axes is None,
+        patch_size=tuple(int(p) for p in (metas[0].get("patch_size") or configuration["patch_size"])),
+        device=torch_device, previous_stage=previous, weights_sha256=digest.hexdigest(),
     )
 
 
