@@ -37,8 +37,8 @@ def test_continue_without_latest_and_final_resumes_from_best_and_says_so(results
     (fold / "checkpoint_latest.safetensors").replace(fold / "checkpoint_best.safetensors")  # the best of epoch 1
     summary = _train(0, epochs=2, continue_=True)
     log = (fold / "training_log.txt").read_text()
-    assert re.search(r"checkpoint_latest.safetensors and checkpoint_final.safetensors are missing: resuming from "
-                     r"checkpoint_best.safetensors at epoch 1, so the epochs after it are trained again", log), log
+    assert f"{fold / 'checkpoint_latest.safetensors'} and {fold / 'checkpoint_final.safetensors'} are missing: resuming " \
+           "from checkpoint_best.safetensors at epoch 1, so the epochs after it are trained again" in log, log
     assert re.search(r"resumed from .*checkpoint_best.safetensors at epoch 1, iteration 1 of 2", log), log
     assert "no checkpoint to continue from yet" not in log
     assert (summary["epochs"], summary["iterations"]) == (2, 2)
@@ -175,3 +175,17 @@ def test_continue_with_other_network_options_of_the_same_shapes_loads_with_the_w
     summary = _train(0, epochs=2, continue_=True)
     assert summary["epochs"] == 2
     assert "resumed from" in (fold / "training_log.txt").read_text()
+
+
+def test_continue_resumes_from_the_checkpoint_best_training_wrote(results: Path) -> None:
+    """The tests above make a 'best' by renaming latest; here the checkpoint_best a run of 2 epochs wrote itself is
+    resumed, at its own epoch, once latest and final are gone."""
+    fold = Path(_train(0, epochs=2)["model_folder"]) / "fold_0"
+    best = load_checkpoint(fold / "checkpoint_best.safetensors")["trainer_state"]
+    for name in ("checkpoint_latest.safetensors", "checkpoint_final.safetensors"):
+        (fold / name).unlink()
+    summary = _train(0, epochs=3, continue_=True)
+    log = (fold / "training_log.txt").read_text()
+    assert f"resuming from checkpoint_best.safetensors at epoch {best['epoch']}, so the epochs after it" in log, log
+    assert f"resumed from {fold / 'checkpoint_best.safetensors'} at epoch {best['epoch']}, iteration {best['iteration']} of" in log
+    assert (summary["epochs"], summary["iterations"]) == (3, 3)

@@ -546,7 +546,8 @@ def _restore(trainer: Trainer, run: FoldRun) -> None:
     source = latest if latest.is_file() else best
     trainer.load(source)
     if source == best:
-        trainer.monitor.log(f"{latest} and {FINAL} are missing: resuming from {BEST} at epoch {trainer.state.epoch}, "
+        trainer.monitor.log(f"{latest} and {run.fold_folder / FINAL} are missing: resuming from {BEST} at epoch "
+                            f"{trainer.state.epoch}, "
                             "so the epochs after it are trained again")
     earlier = _earlier_config(run)
     if run.epochs is None:
