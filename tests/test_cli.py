@@ -614,7 +614,7 @@ def test_demos_started_in_the_same_second_get_their_own_folders_and_short_budget
     clock = types.SimpleNamespace(strftime=lambda fmt: "run-20260101-120000", perf_counter=time.perf_counter)
     monkeypatch.setattr(autoseg.demo, "time", clock)  # the demo's clock only: both runs start in one second
     monkeypatch.setattr(autoseg.dataset.verify, "require_valid", lambda location: None)
-    monkeypatch.setattr(autoseg.fingerprint.extract, "extract_fingerprint", lambda location: {"is_2d": False})
+    monkeypatch.setattr(autoseg.fingerprint.extract, "extract_fingerprint", lambda location, warn=None: {"is_2d": False})
     monkeypatch.setattr(autoseg.planning.planner, "plan_dataset", stop)
     said: list[str] = []
     for _ in range(2):
@@ -687,7 +687,7 @@ def test_the_demo_plans_the_configuration_of_its_datasets_dimensionality(
         raise Stop
 
     monkeypatch.setattr(autoseg.dataset.verify, "require_valid", lambda location: None)
-    monkeypatch.setattr(autoseg.fingerprint.extract, "extract_fingerprint", lambda location: {"is_2d": is_2d})
+    monkeypatch.setattr(autoseg.fingerprint.extract, "extract_fingerprint", lambda location, warn=None: {"is_2d": is_2d})
     monkeypatch.setattr(autoseg.planning.planner, "plan_dataset", plan)
     with pytest.raises(Stop):
         run_demo(tmp_path / "demo", 60.0, say=lambda line: None)
