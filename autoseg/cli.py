@@ -413,7 +413,9 @@ def predict(
         if model_folder is not None and model_folder.suffix.lower() == ".zip" and model_folder.is_file() and engine == "torch":
             from autoseg.evaluation.model_files import loaded_model_zip
 
-            model = stack.enter_context(loaded_model_zip(model_folder, _folds(folds), checkpoint, device))
+            # without TTA, folds trained with other mirror axes load (nothing is mirrored)
+            model = stack.enter_context(
+                loaded_model_zip(model_folder, _folds(folds), checkpoint, device, tta=not no_tta))
         elif model_folder is not None:
             model = model_folder
         else:
