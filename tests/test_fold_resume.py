@@ -189,3 +189,31 @@ def test_continue_resumes_from_the_checkpoint_best_training_wrote(results: Path)
     assert f"resuming from checkpoint_best.safetensors at epoch {best['epoch']}, so the epochs after it" in log, log
     assert f"resumed from {fold / 'checkpoint_best.safetensors'} at epoch {best['epoch']}, iteration {best['iteration']} of" in log
     assert (summary["epochs"], summary["iterations"]) == (3, 3)
+
+
+@pytest.mark.parametrize("name, what", [("plans.json", "the model folder's plans.json"),
+                                        ("fold_0/validation/summary.json", "the fold's validation/summary.json")])
+def test_a_folder_where_training_writes_a_model_or_validation_file_is_refused_before_any_work(
+        results: Path, name: str, what: str) -> None:
+    """Was: an internal IsADirectoryError, from atomic_write_json once training had started (plans.json) or from the
+    fresh start's clearing of the earlier validation (summary.json), after the earlier training_log.txt was set aside."""
+    model = results / DATASET / "unet__autosegPlans__3d_fullres"
+    (model / name).mkdir(parents=True)
+    (model / "fold_0").mkdir(exist_ok=True)
+    (model / "fold_0" / "training_log.txt").write_text("earlier run")
+    before = sorted(str(p.relative_to(model)) for p in model.rglob("*"))
+    with pytest.raises(TrainingError, match=rf"{re.escape(name)}: is a folder, where training writes {what}; move or "
+                                            r"rename that folder, then train again$"):
+        _train(0, epochs=1)
+    assert sorted(str(p.relative_to(model)) for p in model.rglob("*")) == before
+    assert (model / "fold_0" / "training_log.txt").read_text() == "earlier run"
+
+
+def test_a_file_named_as_the_dataset_results_folder_is_refused_before_any_work(results: Path) -> None:
+    """Was: an internal NotADirectoryError."""
+    results.mkdir()
+    (results / DATASET).write_text("mine")
+    with pytest.raises(TrainingError, match=rf"{DATASET}: is a file, where training makes a folder; move or rename "
+                                            r"that file, then train again$"):
+        _train(0, epochs=1)
+    assert (results / DATASET).read_text() == "mine"

@@ -288,10 +288,7 @@ def _clear_earlier_run(run: FoldRun) -> None:
     set_aside_log(run.fold_folder)
     validation = run.fold_folder / VALIDATION_FOLDER
     _clear_handed_to_next_stage(run, validation)
-    earlier = [run.fold_folder / name for name in (METRICS_FILE, PLOT_FILE, ACCOUNTING_FILE)]
-    earlier += [validation / name for name in (SUMMARY_JSON, SUMMARY_CSV)]
-    for case_id in list_cases(run.store):
-        earlier += [validation / f"{case_id}{run.description.file_ending}", *probability_paths(validation, case_id)]
+    earlier = [*(run.fold_folder / name for name in (METRICS_FILE, PLOT_FILE, ACCOUNTING_FILE)), *_validation_files(run)]
     for path in earlier:
         path.unlink(missing_ok=True)
 
@@ -476,23 +473,41 @@ def _refuse_overwrite(run: FoldRun) -> None:
         )
 
 
-# The files a fold's run writes in its folder.
+# The files a fold's run writes in its folder, and in the model folder (``_model_folder_files``).
 FOLD_FILES = (LOG_FILE, CONFIG_FILE, METRICS_FILE, PLOT_FILE, ACCOUNTING_FILE, LATEST, BEST, FINAL)
+MODEL_FILES = ("plans.json", "dataset.json", CONFIG_FILE)
 
 
 def _refuse_folders_named_as_files(run: FoldRun) -> None:
-    """A folder where the run writes one of its files (``training_log.txt`` made a folder by hand) stopped the run
-    with an internal IsADirectoryError, at its first log line or after an epoch of training; a file where it makes a
-    folder (the fold's, its ``validation``) with an internal NotADirectoryError."""
-    for path in (run.model_folder, run.fold_folder, run.fold_folder / VALIDATION_FOLDER):
+    """A folder where the run writes or removes one of its files (``training_log.txt``, ``plans.json`` or
+    ``validation/summary.json`` made a folder by hand) stopped the run with an internal IsADirectoryError, some after
+    the earlier log was set aside or an epoch trained; a file where it makes a folder (the dataset's results folder,
+    the fold's, its ``validation``, the cascade's folders) with an internal NotADirectoryError. All are checked
+    before anything changes."""
+    folders = [*reversed(run.fold_folder.parents[:3]), run.fold_folder, run.fold_folder / VALIDATION_FOLDER]
+    folders += [run.model_folder / NEXT_STAGE_FOLDER] if run.configuration.get("next_stage") else []
+    folders += [run.previous_stage_cache] if run.previous_stage_cache is not None else []
+    for path in folders:
         if path.exists() and not path.is_dir():
             raise TrainingError(f"{path}: is a file, where training makes a folder; move or rename that file, then "
                                 "train again")
-    for name in FOLD_FILES:
-        path = run.fold_folder / name
+    files = {**{run.fold_folder / name: f"the fold's {name}" for name in FOLD_FILES},
+             **{run.model_folder / name: f"the model folder's {name}" for name in MODEL_FILES},
+             **{path: f"the fold's {VALIDATION_FOLDER}/{path.name}" for path in _validation_files(run)}}
+    for path, what in files.items():
         if path.is_dir():
-            raise TrainingError(f"{path}: is a folder, where training writes the fold's {name}; move or rename "
-                                "that folder, then train again")
+            raise TrainingError(f"{path}: is a folder, where training writes {what}; move or rename that folder, then "
+                                "train again")
+
+
+def _validation_files(run: FoldRun) -> list[Path]:
+    """What the fold's validation writes, and a fresh start removes: the summary, and each case's label map and
+    probabilities."""
+    validation = run.fold_folder / VALIDATION_FOLDER
+    paths = [validation / name for name in (SUMMARY_JSON, SUMMARY_CSV)]
+    for case_id in list_cases(run.store):
+        paths += [validation / f"{case_id}{run.description.file_ending}", *probability_paths(validation, case_id)]
+    return paths
 
 
 # What a trained fold's checkpoint depends on: the grid, patch, network and intensities it was trained
