@@ -31,7 +31,7 @@ from autoseg.dataset.imageio import SUPPORTED_ENDINGS, is_image_ending, read_ima
 from autoseg.errors import EvaluationError
 from autoseg.evaluation.evaluate import (
     check_declared, check_integer_labels, declared_values, label_maps, match_cases, raise_failures, read_checked_pair,
-    refuse_references_misused, require_folder, resolve_file_ending,
+    refuse_references_misused, resolve_file_ending,
 )
 from autoseg.evaluation.metrics import SegClass, case_metrics, evaluation_classes
 from autoseg.postprocessing.connected_components import component_volumes_mm3, keep_largest, remove_small
