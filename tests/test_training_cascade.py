@@ -32,7 +32,7 @@ from autoseg.inference.batch import PREDICT_INFO, predict_folder
 from autoseg.inference.model import load_model
 from autoseg.planning.plans import load_plans, plans_path, validate_plans
 from autoseg.preprocessing.store import case_paths, list_cases, load_case
-from autoseg.training.cascade import CACHE_FOLDER, NEXT_STAGE_FOLDER, prepare_previous_stage
+from autoseg.training.cascade import CACHE_FOLDER, NEXT_STAGE_FOLDER, prepare_previous_stage, record_handed_on
 from autoseg.training.checkpoints import load_checkpoint
 from autoseg.training.config import resolve_config
 from autoseg.training.data_loading import TRAIN_STREAM, VAL_STREAM, BatchSource
@@ -131,7 +131,11 @@ def test_lowres_folds_hand_every_case_to_the_next_stage(trained: dict[str, Path]
     }
     expected = sorted(f"{case}.nii.gz" for case in CASES)
     assert sorted(validated) == expected  # the folds partition the cases
-    assert sorted(p.name for p in (lowres / NEXT_STAGE_FOLDER).iterdir()) == expected
+    assert sorted(p.name for p in (lowres / NEXT_STAGE_FOLDER).glob("*.nii.gz")) == expected
+    for fold in FOLDS:  # beside each copy, the fold and split that handed it on
+        for case in fold_cases(trained["preprocessed"], CASES, fold)[1]:
+            record = json.loads((lowres / NEXT_STAGE_FOLDER / f"{case}.handed_by.json").read_text())
+            assert record["fold"] == fold and len(record["split_sha256"]) == 64
     for case in CASES:
         labels, geometry = read_image(lowres / NEXT_STAGE_FOLDER / f"{case}.nii.gz")
         image, image_geometry = read_image(trained["raw"] / "imagesTr" / f"{case}_0000.nii.gz")
@@ -328,7 +332,7 @@ def test_a_previous_stage_prediction_with_labels_the_dataset_lacks_is_refused(tr
     """Another dataset's (or a hand-made) 3d_lowres prediction holding label 7 trained the cascade in silence,
     its one-hot input dropping the 7s; it is named with its values, before any cache of it is written."""
     predictions = tmp_path / NEXT_STAGE_FOLDER
-    shutil.copytree(trained["lowres"] / NEXT_STAGE_FOLDER, predictions)
+    shutil.copytree(trained["lowres"] / NEXT_STAGE_FOLDER, predictions, ignore=shutil.ignore_patterns("*.handed_by.json"))
     case = CASES[0]
     labels, geometry = read_image(predictions / f"{case}.nii.gz")
     labels[0, 0, 0] = 7
@@ -347,7 +351,7 @@ def test_a_previous_stage_prediction_on_another_grid_is_refused(trained: dict[st
     """A prediction of another size (another dataset's case of the same name) was resampled onto the case's
     grid, stretched, and one shifted by 5 cm was used as it was: both trained the cascade on a wrong input."""
     predictions = tmp_path / NEXT_STAGE_FOLDER
-    shutil.copytree(trained["lowres"] / NEXT_STAGE_FOLDER, predictions)
+    shutil.copytree(trained["lowres"] / NEXT_STAGE_FOLDER, predictions, ignore=shutil.ignore_patterns("*.handed_by.json"))
     case = CASES[0]
     labels, geometry = read_image(predictions / f"{case}.nii.gz")
     if change == "size":
@@ -378,6 +382,7 @@ def test_a_lowres_fold_trained_afresh_takes_back_what_its_earlier_run_handed_on(
     # the earlier run (an earlier split) validated both and handed them on; another fold has predicted the second since
     shutil.copyfile(fold / "validation" / f"{val_cases[0]}.nii.gz", fold / "validation" / f"{moved}.nii.gz")
     shutil.copyfile(fold / "validation" / f"{moved}.nii.gz", handed / f"{moved}.nii.gz")
+    record_handed_on(handed, moved, "0", "the earlier split's digest")
     shutil.copyfile(fold / "validation" / f"{val_cases[0]}.nii.gz", fold / "validation" / f"{predicted_since}.nii.gz")
     since = (handed / f"{predicted_since}.nii.gz").read_bytes()
     for checkpoint in fold.glob("checkpoint_*.safetensors"):
@@ -387,3 +392,47 @@ def test_a_lowres_fold_trained_afresh_takes_back_what_its_earlier_run_handed_on(
     assert not (handed / f"{moved}.nii.gz").exists()
     assert (handed / f"{predicted_since}.nii.gz").read_bytes() == since
     assert all((handed / f"{case}.nii.gz").is_file() for case in val_cases)
+
+
+def test_the_cascade_refuses_a_handed_on_case_whose_fold_no_longer_validates_it(
+    trained: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Was: predicted_next_stage/ copies were taken back only while fold_k/validation/<case> existed: with the fold
+    folder deleted (as the refusal to retrain says) they stayed and the cascade trained on them; and a byte-identical
+    prediction another fold handed on (an all-background map) was removed with the fold's own. Each copy now records
+    the fold and split that handed it on."""
+    results = tmp_path / "results"
+    lowres = results / DATASET / LOWRES_MODEL
+    shutil.copytree(trained["lowres"], lowres)
+    handed, preprocessed = lowres / NEXT_STAGE_FOLDER, tmp_path / "preprocessed" / DATASET
+    shutil.copytree(trained["preprocessed"], preprocessed)
+    _, val_0 = fold_cases(preprocessed, CASES, 0)
+    _, val_1 = fold_cases(preprocessed, CASES, 1)
+    assert json.loads((handed / f"{val_1[0]}.handed_by.json").read_text())["fold"] == "1"
+
+    def prepare() -> Path:
+        return prepare_previous_stage(handed, tmp_path / CACHE_FOLDER, preprocessed / FULLRES_STORE, CASES,
+                                      load_plans(plans_path(preprocessed)), CASCADE, ".nii.gz")
+
+    shutil.rmtree(lowres / "fold_0")
+    with pytest.raises(TrainingError, match=rf"{val_0[0]}.nii.gz: previous-stage prediction of a fold that no longer "
+                                            rf"validates this case \(fold 0 handed it on, but .*fold_0/validation/"
+                                            rf"{val_0[0]}.nii.gz is gone"):
+        prepare()
+    # fold 0 trained afresh: its own copies go and come back, fold 1's byte-identical copy of its validation stays
+    (lowres / "fold_0" / "validation").mkdir(parents=True)
+    shutil.copyfile(handed / f"{val_1[0]}.nii.gz", lowres / "fold_0" / "validation" / f"{val_1[0]}.nii.gz")
+    monkeypatch.setenv("AUTOSEG_RESULTS", str(results))
+    monkeypatch.setenv("AUTOSEG_PREPROCESSED", str(preprocessed.parent))
+    train_fold(DATASET, LOWRES, 0, epochs=1, workers=0, overrides=TRAIN_SETTINGS, device="cpu")
+    assert (handed / f"{val_1[0]}.nii.gz").is_file()
+    assert json.loads((handed / f"{val_0[0]}.handed_by.json").read_text())["fold"] == "0"
+    assert prepare() == tmp_path / CACHE_FOLDER
+    # splits_final.json edited: fold 1 now validates other cases than those it handed on
+    splits_file = preprocessed / "splits_final.json"
+    splits = json.loads(splits_file.read_text())
+    splits[1]["val"], splits[1]["train"] = splits[1]["val"][1:], [*splits[1]["train"], splits[1]["val"][0]]
+    splits_file.write_text(json.dumps(splits))
+    with pytest.raises(TrainingError, match=rf"{val_1[0]}.nii.gz: previous-stage prediction of a fold that no longer "
+                                            r"validates this case \(fold 1 handed it on when trained on another split"):
+        prepare()

@@ -19,12 +19,15 @@ from autoseg.dataset.verify import label_value_problem
 from autoseg.errors import TrainingError
 from autoseg.preprocessing.inverse import label_to_preprocessed_grid
 from autoseg.preprocessing.runner import declared_label_values
-from autoseg.preprocessing.store import case_paths, load_properties
-from autoseg.training.splits import SPLITS_FILE, read_splits
-from autoseg.utils.atomic import atomic_path
+from autoseg.preprocessing.store import case_paths, list_cases, load_properties
+from autoseg.training.checkpoints import split_digest
+from autoseg.training.splits import SPLITS_FILE, fold_cases, read_splits
+from autoseg.utils.atomic import atomic_path, atomic_write_json
+from autoseg.utils.jsonio import read_json
 
 NEXT_STAGE_FOLDER = "predicted_next_stage"
 CACHE_FOLDER = "previous_stage_on_grid"
+HANDED_BY_SUFFIX = ".handed_by.json"  # beside each copy: the fold and split (split_sha256) that handed it on
 _NOT_THIS_PREDICTION = ("it is not a prediction of this dataset's previous stage for this case: delete it and train the "
                         "previous stage's fold that validates this case again")
 
@@ -45,6 +48,52 @@ def check_previous_stage_labels(predictions: Path, description: DatasetDescripti
         raise TrainingError(problem)
 
 
+def handed_by_path(predictions: Path, case_id: str) -> Path:
+    return predictions / f"{case_id}{HANDED_BY_SUFFIX}"
+
+
+def record_handed_on(predictions: Path, case_id: str, fold: str, split: str) -> None:
+    """Record which fold, trained on which split, handed ``case_id``'s prediction on (written atomically, after the
+    copy): the cascade then knows a copy whose fold no longer validates the case (retrained on another split, or its
+    folder deleted), which it trained on without a word."""
+    atomic_write_json(handed_by_path(predictions, case_id), {"fold": fold, "split_sha256": split})
+
+
+def _handed_record(predictions: Path, case_id: str) -> dict[str, Any] | None:
+    """The record of the fold that handed ``case_id`` on; None without one (an earlier autoseg's copy)."""
+    path = handed_by_path(predictions, case_id)
+    if not path.is_file():
+        return None
+    record = read_json(path, TrainingError, "missing", "delete it and train the previous stage's fold that validates "
+                       "this case again")
+    return record if isinstance(record, dict) and "fold" in record else None
+
+
+def handing_fold(predictions: Path, case_id: str) -> str | None:
+    """The fold that handed ``case_id`` on, per its record; None without one."""
+    record = _handed_record(predictions, case_id)
+    return None if record is None else str(record["fold"])
+
+
+def _stale_handing(predictions: Path, case_id: str, store: Path, file_ending: str) -> str | None:
+    """Why the fold that handed ``case_id`` on no longer validates it in the current split, else None: its folder
+    or validation of the case is gone, or the split file gives it other cases than it was trained on."""
+    record = _handed_record(predictions, case_id)
+    if record is None:
+        return None
+    fold = str(record["fold"])
+    validated = predictions.parent / f"fold_{fold}" / "validation" / f"{case_id}{file_ending}"
+    if not validated.is_file():
+        return f"fold {fold} handed it on, but {validated} is gone (the fold deleted, or being trained again)"
+    try:
+        train, val = fold_cases(store.parent, list_cases(store), fold)  # every case, as the fold was trained
+    except TrainingError:
+        train, val = [], []
+    if case_id not in val or record.get("split_sha256") not in (None, split_digest(train, val)):
+        return f"fold {fold} handed it on when trained on another split than {store.parent / SPLITS_FILE} gives it now"
+    return None
+
+
 def prepare_previous_stage(
     predictions: Path,
     cache: Path,
@@ -62,6 +111,10 @@ def prepare_previous_stage(
             f"({', '.join(missing[:5])}{'...' if len(missing) > 5 else ''}); "
             f"{_folds_to_train(missing, store.parent / SPLITS_FILE)}"
         )
+    for case_id in case_ids:
+        if problem := _stale_handing(predictions, case_id, store, file_ending):
+            raise TrainingError(f"{predictions / f'{case_id}{file_ending}'}: previous-stage prediction of a fold that no "
+                                f"longer validates this case ({problem}); {_folds_to_train([case_id], store.parent / SPLITS_FILE)}")
     cache.mkdir(parents=True, exist_ok=True)
     for case_id in case_ids:
         target = cache / f"{case_id}.npy"

@@ -33,7 +33,8 @@ from autoseg.planning.plans import (
 from autoseg.preprocessing.runner import timing_path
 from autoseg.preprocessing.store import list_cases
 from autoseg.training.cascade import (
-    CACHE_FOLDER, NEXT_STAGE_FOLDER, check_previous_stage_labels, prepare_previous_stage, previous_stage_predictions,
+    CACHE_FOLDER, NEXT_STAGE_FOLDER, check_previous_stage_labels, handed_by_path, handing_fold, prepare_previous_stage,
+    previous_stage_predictions,
 )
 from autoseg.training.checkpoints import BEST, FINAL, LATEST, split_digest
 from autoseg.training.config import dump_config, resolve_training_config
@@ -295,17 +296,20 @@ def _clear_earlier_run(run: FoldRun) -> None:
 
 def _clear_handed_to_next_stage(run: FoldRun, validation: Path) -> None:
     """A 3d_lowres fold trained afresh removes what its earlier run handed to the cascade: the cases of
-    ``predicted_next_stage/`` that are still copies of its earlier validation's label maps. Left, a case that moved to
-    another fold's validation (another split) kept the outdated prediction, which the cascade then trained on. A case
-    another fold has predicted since differs from this fold's copy and stays."""
+    ``predicted_next_stage/`` whose record names this fold. Left, a case that moved to another fold's validation
+    (another split) kept the outdated prediction, which the cascade then trained on. A case another fold has handed
+    on since stays, even a byte-identical one (an all-background map). Copies without a record (an earlier autoseg's)
+    are removed where they still equal this fold's validation."""
     if not run.configuration.get("next_stage"):
         return
     handed = run.model_folder / NEXT_STAGE_FOLDER
     for case_id in list_cases(run.store):
         name = f"{case_id}{run.description.file_ending}"
         mine, given = validation / name, handed / name
-        if mine.is_file() and given.is_file() and filecmp.cmp(mine, given, shallow=False):
-            given.unlink()
+        fold = handing_fold(handed, case_id)
+        if fold == run.fold or (fold is None and mine.is_file() and given.is_file() and filecmp.cmp(mine, given, shallow=False)):
+            given.unlink(missing_ok=True)
+            handed_by_path(handed, case_id).unlink(missing_ok=True)
 
 
 def _write_run_files(run: FoldRun) -> None:
@@ -649,7 +653,8 @@ def _validation(trainer: Trainer, run: FoldRun, save_probabilities: bool) -> dic
     summary = validate_fold(
         run.model_folder, run.fold, run.store, run.preprocessed_dir / GT_FOLDER, run.val_cases, run.description,
         str(run.device), save_probabilities=save_probabilities, previous_stage_cache=run.previous_stage_cache,
-        hand_to_next_stage=bool(run.configuration.get("next_stage")), mixed_precision=trainer.mixed_precision, log=trainer.monitor.log,
+        hand_to_next_stage=bool(run.configuration.get("next_stage")), split=split_digest(run.train_cases, run.val_cases),
+        mixed_precision=trainer.mixed_precision, log=trainer.monitor.log,
         tta=trainer.validation_tta(),
         deadline=None if run.budget_seconds is None else run.start_time + run.budget_seconds,
     )

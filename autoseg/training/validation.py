@@ -27,7 +27,7 @@ from autoseg.inference.model import load_model
 from autoseg.inference.predictor import append_previous_stage, export_preprocessed
 from autoseg.planning.accounting import tiles_per_case
 from autoseg.preprocessing.store import load_case, load_properties
-from autoseg.training.cascade import NEXT_STAGE_FOLDER
+from autoseg.training.cascade import NEXT_STAGE_FOLDER, record_handed_on
 from autoseg.utils.atomic import atomic_path
 from autoseg.utils.probability_files import probability_paths
 
@@ -70,6 +70,7 @@ def validate_fold(
     save_probabilities: bool = False,
     previous_stage_cache: Path | None = None,
     hand_to_next_stage: bool = False,
+    split: str = "",
     mixed_precision: str = "auto",
     log: Callable[[str], None] = print,
     tta: bool = True,
@@ -77,7 +78,8 @@ def validate_fold(
 ) -> dict[str, Any]:
     """Predict ``case_ids`` with the fold's final checkpoint and evaluate them; returns the summary.
     ``tta``: mirroring test-time augmentation (a budgeted plan may turn it off to fit validation);
-    ``deadline``: when mirrored cases would end after it (``time.monotonic()``), the rest are not mirrored."""
+    ``deadline``: when mirrored cases would end after it (``time.monotonic()``), the rest are not mirrored;
+    ``split``: the fold's ``split_digest``, recorded beside each case handed to the next stage."""
     model = load_model(model_folder, folds=[fold], checkpoint="final", device=device)
     paced = tta and deadline is not None
     tiles = [tiles_per_case(load_properties(store, c)["shape_after_resampling"], model.patch_size) for c in case_ids] if paced else []
@@ -106,6 +108,7 @@ def validate_fold(
         if next_stage is not None:
             with atomic_path(next_stage / f"{case_id}{ending}") as tmp:
                 shutil.copyfile(output / f"{case_id}{ending}", tmp)
+            record_handed_on(next_stage, case_id, fold, split)
         log(f"validation: predicted {case_id} ({i + 1}/{len(case_ids)})")
     mirrored = 0 if not tta else len(case_ids) if pace.dropped_at is None else pace.dropped_at
     return evaluate_folders(output, gt_folder, description, output_dir=output, case_ids=list(case_ids), num_workers=1,
