@@ -101,8 +101,8 @@ def test_continue_refuses_a_checkpoint_of_another_patch_size(
     monkeypatch.setenv("AUTOSEG_PREPROCESSED", str(preprocessed))
     before = _listing(fold)
     with pytest.raises(TrainingError, match=r"checkpoint_latest.safetensors: was trained with another plan than this "
-                                            r"run's \(patch_size \[16, 16, 16\] \(checkpoint\) vs \[16, 16, 24\] \(this "
-                                            r"run\)\): .*or delete the fold folder to start over"):
+                                            r"run's \(patch_size \[16, 16, 16\] \(trained\) vs \[16, 16, 24\] \(now\)\): "
+                                            r".*or delete the fold folder to start over"):
         _train(0, epochs=2, continue_=True)
     assert _listing(fold) == before
 
@@ -157,7 +157,8 @@ def test_a_fold_holding_only_its_best_checkpoint_keeps_the_plan_it_was_trained_w
     stored.write_text(json.dumps(plans))  # the plan fold 0 was trained with, before the re-plan
     before = stored.read_bytes()
     with pytest.raises(TrainingError, match=r"plans.json: fold_0 of this model were trained with another plan than "
-                                            r".*autosegPlans.json \(it differs in spacing; re-planned with --overwrite\?\)"):
+                                            r".*autosegPlans.json \(spacing \[.*\] \(trained\) vs \[.*\] \(now\); "
+                                            r"re-planned with --overwrite\?\)"):
         _train(1, epochs=1)
     assert stored.read_bytes() == before and not (fold.parent / "fold_1").exists()
 

@@ -47,17 +47,19 @@ def test_plans_edited_after_training_are_refused_at_predict_and_export(trained: 
     with pytest.raises(InferenceError) as info:
         load_model(trained, [0], "final", "cpu")
     assert str(info.value) == (
-        f"{plans_file}: configuration 3d_fullres's spacing is [2.0, 1.0, 1.0], but {checkpoint} was trained with "
-        "[1.0, 1.0, 1.0] (the plans were edited after training); restore the plans.json the model was trained with, "
-        "or train the model again with these plans"
+        f"{plans_file}: {checkpoint} was trained with another plan (configuration 3d_fullres: spacing [1.0, 1.0, 1.0] "
+        "(trained) vs [2.0, 1.0, 1.0] (now); the plans were edited after training); restore the plans.json the model "
+        "was trained with, or train the model again with these plans"
     )
-    with pytest.raises(ModelFileError, match=r"configuration 3d_fullres's spacing is \[2.0, 1.0, 1.0\], but "):
+    with pytest.raises(ModelFileError, match=r"configuration 3d_fullres: spacing \[1.0, 1.0, 1.0\] \(trained\) vs "
+                                             r"\[2.0, 1.0, 1.0\] \(now\)"):
         export_model(trained, tmp_path / "model.zip", folds=[0])
     assert not (tmp_path / "model.zip").exists()
     _edit_plans(trained, lambda p: (p["configurations"]["3d_fullres"].update(spacing=[1.0, 1.0, 1.0]),
                                     p.update(transpose_forward=[2, 1, 0], transpose_backward=[2, 1, 0])))
-    with pytest.raises(InferenceError, match=r"plans.json: transpose_forward is \[2, 1, 0\], but .* was trained with "
-                                             r"\[0, 1, 2\]"):
+    with pytest.raises(InferenceError, match=r"plans.json: .* was trained with another plan \(configuration 3d_fullres: "
+                                             r"transpose_forward \[0, 1, 2\] \(trained\) vs \[2, 1, 0\] \(now\); "
+                                             r"transpose_backward \[0, 1, 2\] \(trained\) vs \[2, 1, 0\] \(now\); the"):
         load_model(trained, [0], "final", "cpu")
 
 

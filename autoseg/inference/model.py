@@ -161,6 +161,19 @@ def prediction_plan(plans: Mapping[str, Any], configuration_name: str) -> dict[s
     return json.loads(json.dumps(record))
 
 
+def plan_differences(before: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """Each value of ``before`` (what a model was trained with) that ``now`` holds otherwise, as
+    ``key X (trained) vs Y (now)``: the one wording of "trained with another plan" for train (the model folder's
+    plans.json), --continue (the checkpoint's network) and predict (the checkpoint's prediction plan)."""
+    return [f"{key} {json.dumps(value)} (trained) vs {json.dumps(now.get(key))} (now)"
+            for key, value in before.items() if now.get(key) != value]
+
+
+def listed_differences(differences: Sequence[str]) -> str:
+    """The first three of ``plan_differences``, then '...' for the rest."""
+    return "; ".join(differences[:3]) + ("; ..." if len(differences) > 3 else "")
+
+
 def check_plans_of_checkpoint(metadata: Mapping[str, Any], plans: Mapping[str, Any], configuration_name: str,
                               path: Path | str, plans_file: Path | str, error: type[Exception] = InferenceError) -> None:
     """The plans.json must still hold what the checkpoint was trained with: a configuration's spacing or the
@@ -169,13 +182,10 @@ def check_plans_of_checkpoint(metadata: Mapping[str, Any], plans: Mapping[str, A
     trained = metadata.get(PREDICTION_PLAN)
     if not isinstance(trained, Mapping):
         return
-    now = prediction_plan(plans, configuration_name)
-    for key, value in trained.items():
-        if key in now and now[key] != value:
-            field = key if key in PREDICTION_PLANS_KEYS else f"configuration {configuration_name}'s {key}"
-            raise error(f"{plans_file}: {field} is {json.dumps(now[key])}, but {path} was trained with "
-                        f"{json.dumps(value)} (the plans were edited after training); restore the plans.json the model "
-                        "was trained with, or train the model again with these plans")
+    if changed := plan_differences(trained, prediction_plan(plans, configuration_name)):
+        raise error(f"{plans_file}: {path} was trained with another plan (configuration {configuration_name}: "
+                    f"{listed_differences(changed)}; the plans were edited after training); restore the plans.json "
+                    "the model was trained with, or train the model again with these plans")
 
 
 def _check_inputs_match_channels(

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from autoseg.errors import TrainingError
-from autoseg.inference.model import check_fold_of_model
+from autoseg.inference.model import check_fold_of_model, listed_differences, plan_differences
 from autoseg.training.model_setup import ModelSetup
 from autoseg.training.schedule import TrainingState
 from autoseg.utils.checkpoint_format import CHECKPOINT_FORMAT_VERSION, checkpoint_name, first_mismatch, read_checkpoint
@@ -198,13 +198,12 @@ def _refuse_another_network(path: Path, meta: dict[str, Any], setup: ModelSetup)
     not fit'. Every value that differs is named, the checkpoint's and this run's (older checkpoints lack some)."""
     if not isinstance(meta.get("topology"), dict):
         return
-    before = _network_definition(meta.get("patch_size"), meta["topology"])
+    recorded = _network_definition(meta.get("patch_size"), meta["topology"])
+    before = {key: value for key, value in recorded.items() if value is not None}  # older checkpoints lack some
     now = _network_definition(setup.topology.get("extra", {}).get("patch_size"), setup.topology)
-    changed = [f"{key} {before[key]} (checkpoint) vs {now.get(key)} (this run)" for key in before
-               if before[key] is not None and before[key] != now.get(key)]
-    if changed:
+    if changed := plan_differences(before, now):
         raise TrainingError(
-            f"{path}: was trained with another plan than this run's ({'; '.join(changed[:3])}{'; ...' if len(changed) > 3 else ''}): "
+            f"{path}: was trained with another plan than this run's ({listed_differences(changed)}): "
             "the fold comes from another results root or the model was re-planned; continue with the plan and --set "
             "the fold was trained with (the plans.json and training_config.yaml of the model folder it came from), "
             "or delete the fold folder to start over"

@@ -21,6 +21,7 @@ import yaml
 from autoseg.dataset.description import load_description
 from autoseg.errors import NetworkError, PlanError, TrainingError
 from autoseg.evaluation.evaluate import SUMMARY_CSV, SUMMARY_JSON
+from autoseg.inference.model import listed_differences, plan_differences
 from autoseg.networks import create_network, get_network_spec
 from autoseg.paths import DatasetSpec, resolve_dataset
 from autoseg.planning.accounting import PARTS
@@ -541,12 +542,10 @@ def _refuse_another_plan(run: FoldRun) -> None:
         before = _model_parts(load_plans(stored), run.configuration_name)
     except PlanError:
         return  # unreadable: nothing trustworthy to protect; the run rewrites it
-    now = _model_parts(run.plans, run.configuration_name)
-    changed = [key for key in now if now[key] != before[key]]
-    if changed:
+    if changed := plan_differences(before, _model_parts(run.plans, run.configuration_name)):
         raise TrainingError(
             f"{stored}: {', '.join(trained)} of this model were trained with another plan than "
-            f"{plans_path(run.preprocessed_dir, run.plans_name)} (it differs in {', '.join(changed)}; re-planned with "
+            f"{plans_path(run.preprocessed_dir, run.plans_name)} ({listed_differences(changed)}; re-planned with "
             f"--overwrite?); training here would replace the plan those folds need. Plan under a new name "
             f"(autoseg plan --plans-name NAME, then preprocess and train with --plans-name NAME), or delete those folds "
             "to retrain them all with this plan"
