@@ -152,17 +152,22 @@ def _topology_and_options(request: NetworkRequest, config: dict[str, Any],
     return topology, options
 
 
-def check_network_builds(request: NetworkRequest, config: dict[str, Any]) -> None:
-    """Build the network on the meta device (shapes only: no memory, no weights, milliseconds), so a
-    network option the family refuses or a patch its topology cannot take stops ``train`` before it
-    writes anything. A builder step that needs real values (``.item()`` on a meta tensor) is left to
-    the real build, which raises the same errors."""
+def meta_state_dict(request: NetworkRequest, config: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+    """The network's state dict built on the meta device (shapes only: no memory, no weights, milliseconds): a
+    network option the family refuses or a patch its topology cannot take raises here, before ``train`` writes
+    anything, and pretrained weights are matched to it. None where a builder step needs real values (``.item()`` on
+    a meta tensor): the real build raises the same errors."""
     topology, options = _topology_and_options(request, config, lambda _message: None)
     try:
         with torch.device("meta"):
-            create_network(request.name, topology, request.in_channels, request.n_outputs, **options)
+            return create_network(request.name, topology, request.in_channels, request.n_outputs, **options).state_dict()
     except (NotImplementedError, RuntimeError):
-        return
+        return None
+
+
+def check_network_builds(request: NetworkRequest, config: dict[str, Any]) -> None:
+    """Refuse, before anything is written, a network the family will not build (``meta_state_dict``)."""
+    meta_state_dict(request, config)
 
 
 def build_model(request: NetworkRequest, config: dict[str, Any], device: torch.device,

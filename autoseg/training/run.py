@@ -22,7 +22,7 @@ from autoseg.dataset.description import load_description
 from autoseg.errors import NetworkError, PlanError, TrainingError
 from autoseg.evaluation.evaluate import SUMMARY_CSV, SUMMARY_JSON
 from autoseg.inference.model import listed_differences, plan_differences
-from autoseg.networks import create_network, get_network_spec
+from autoseg.networks import get_network_spec
 from autoseg.paths import DatasetSpec, resolve_dataset
 from autoseg.planning.accounting import PARTS
 from autoseg.planning.plans import (
@@ -43,7 +43,7 @@ from autoseg.training.config_rules import RULES
 from autoseg.training.distributed import DistributedContext, barrier, init_distributed, rank_batch_size, shutdown
 from autoseg.training.fold_run import FoldRun
 from autoseg.training.math_threads import applied, choose_math_threads
-from autoseg.training.model_setup import _topology_and_options, amp_dtype, check_network_builds, determinism_restored
+from autoseg.training.model_setup import amp_dtype, determinism_restored, meta_state_dict
 from autoseg.training.monitor import LOG_FILE, METRICS_FILE, PLOT_FILE, set_aside_log
 from autoseg.training.plan_device import check_plan_device
 from autoseg.training.schedule import extended_total
@@ -332,30 +332,26 @@ def _start(run: FoldRun, context: DistributedContext,
     )
     # Refused before anything is written: fp16 off CUDA, a network option or patch the family refuses.
     amp_dtype(run.config["mixed_precision"], run.device)
-    check_network_builds(network_request(run, rank_batch), run.config)
+    state = meta_state_dict(network_request(run, rank_batch), run.config)
     _refuse_overwrite(run)
-    source = _checked_pretrained(run, rank_batch, pretrained_weights)
+    source = _checked_pretrained(run, state, pretrained_weights)
     if context.is_main:
         _prepare_folders(run)
     barrier(context)
     return Trainer(run, context), device_warnings, source
 
 
-def _checked_pretrained(run: FoldRun, rank_batch: int, pretrained_weights: str | Path | None) -> PretrainedSource | None:
-    """The pretrained weights, read and matched to the fold's network built on the meta device (shapes only), before
-    a fresh start sets the fold's earlier log aside and deletes its validation: a refused file or shape left the
-    folder so although nothing trained. A network the meta device cannot build is matched when it is loaded."""
+def _checked_pretrained(run: FoldRun, state: dict[str, torch.Tensor] | None,
+                        pretrained_weights: str | Path | None) -> PretrainedSource | None:
+    """The pretrained weights, read and matched to the fold's network built on the meta device (``state``: shapes
+    only), before a fresh start sets the fold's earlier log aside and deletes its validation: a refused file or shape
+    left the folder so although nothing trained. A network the meta device cannot build (None) is matched when it is
+    loaded."""
     if pretrained_weights is None:
         return None
     source = read_pretrained(pretrained_weights)
-    request = network_request(run, rank_batch)
-    topology, options = _topology_and_options(request, run.config, lambda _message: None)
-    try:
-        with torch.device("meta"):
-            state = create_network(request.name, topology, request.in_channels, request.n_outputs, **options).state_dict()
-    except (NotImplementedError, RuntimeError):
-        return source
-    check_pretrained(state, source, run.network_name)
+    if state is not None:
+        check_pretrained(state, source, run.network_name)
     return source
 
 
