@@ -52,7 +52,7 @@ def handed_by_path(predictions: Path, case_id: str) -> Path:
     return predictions / f"{case_id}{HANDED_BY_SUFFIX}"
 
 
-def record_handed_on(predictions: Path, case_id: str, fold: str, split: str) -> None:
+def record_handed_on(predictions: Path, case_id: str, fold: str, split: str | None) -> None:
     """Record which fold, trained on which split, handed ``case_id``'s prediction on (written atomically, after the
     copy): the cascade then knows a copy whose fold no longer validates the case (retrained on another split, or its
     folder deleted), which it trained on without a word."""

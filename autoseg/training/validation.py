@@ -70,7 +70,7 @@ def validate_fold(
     save_probabilities: bool = False,
     previous_stage_cache: Path | None = None,
     hand_to_next_stage: bool = False,
-    split: str = "",
+    split: str | None = None,
     mixed_precision: str = "auto",
     log: Callable[[str], None] = print,
     tta: bool = True,
