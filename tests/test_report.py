@@ -392,6 +392,20 @@ def test_an_output_that_is_a_users_file_or_an_image_name_is_refused(roots: dict[
     assert (scans / "case_0000.nii.gz").read_bytes() == b"scan"
 
 
+def test_a_refused_output_leaves_find_best_unrun(roots: dict[str, Path], tmp_path: Path) -> None:
+    """Without find-best's instructions, ``report -o notes.txt`` (or ``-o x.nii.gz``) ran find-best, wrote its
+    instructions, and only then refused the output: the refusal now comes first and nothing is written."""
+    make_results(roots, probabilities_for=())
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("notes")
+    for output in (mine / "notes.txt", mine / "x.nii.gz"):
+        with pytest.raises(EvaluationError, match=re.escape(str(output))):
+            build_report(DATASET, output, num_workers=1)
+    assert not (roots["results"] / DATASET / "inference_instructions.json").exists()
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+
+
 def test_an_output_ending_in_a_separator_is_a_folder_for_report_html(roots: dict[str, Path], tmp_path: Path) -> None:
     """``-o reports/`` wrote a file named ``reports`` (no .html) with ``reports_*.png`` beside it: the command line's
     path dropped the separator. It names a folder to write report.html in, as postprocess determine's -o does."""

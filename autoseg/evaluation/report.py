@@ -31,7 +31,7 @@ from autoseg.dataset.imageio import read_image, read_image_channels, spelled_end
 from autoseg.errors import DatasetError, EvaluationError
 from autoseg.evaluation.metrics import evaluation_classes
 from autoseg.evaluation.selection import (
-    INSTRUCTIONS_JSON, INSTRUCTIONS_TXT, find_best, inference_commands, resolve_instructions,
+    INSTRUCTIONS_JSON, find_best, inference_commands, resolve_instructions,
 )
 from autoseg.paths import DatasetLocation, dataset_folders, preprocessed_root, raw_root, resolve_dataset, results_root
 from autoseg.utils.atomic import atomic_write_bytes, atomic_write_text
@@ -387,20 +387,20 @@ def model_folders_of(instructions: dict[str, Any]) -> list[str]:
     return list(dict.fromkeys(f for c in instructions["candidates"] for f in c["model_folders"]))
 
 
-def _check_output_not_read(output: Path, files: Sequence[Path], folders: Sequence[Path]) -> None:
-    """Refuse an ``-o`` that is an existing file among ``files`` (find-best's instructions) or in ``folders``
-    (raw and preprocessed data, model and cross-validation folders): ``-o <results>/<Dataset>/
-    inference_instructions.json`` replaced find-best's instructions with the HTML. A new file anywhere, or an
-    earlier report (``.html``), is fine; so was any other existing file, and a name of an image ending: ``-o
-    images/case_0000.nii.gz`` replaced the user's scan with the HTML (and a new one in a predictions folder was read
-    as a label map there)."""
+def _check_output_not_read(output: Path, folders: Sequence[Path]) -> None:
+    """Refuse an ``-o`` of an image ending, or an existing file that is not an earlier report (``.html``): in
+    ``folders`` (the dataset's raw and preprocessed folders, its results: find-best's instructions, models,
+    cross-validations) ``-o <results>/<Dataset>/inference_instructions.json`` replaced find-best's instructions
+    with the HTML; elsewhere ``-o images/case_0000.nii.gz`` replaced the user's scan (and a new one in a
+    predictions folder was read as a label map there). Checked before find-best runs, which a missing
+    instructions file starts: a refusal after it left its files written for a report that never came."""
     if spelled_ending(output):
         raise EvaluationError(f"{output}: the report is HTML, not an image, and would be read as one there; "
                               "give a .html file name, e.g. report.html")
     target = output.resolve()
     if not target.is_file() or target.suffix.lower() in (".html", ".htm"):
         return
-    if target in {f.resolve() for f in files} or any(target.is_relative_to(f.resolve()) for f in folders):
+    if any(target.is_relative_to(f.resolve()) for f in folders):
         raise EvaluationError(f"{output}: is a file of find-best, a model or the dataset, which the report would "
                               "replace; give a new file name, e.g. report.html")
     raise EvaluationError(f"{output}: exists and is not an HTML report, which the report would replace; give a new "
@@ -445,6 +445,8 @@ def build_report(dataset_spec: str | os.PathLike[str], output_html: str | os.Pat
     dataset_results = results_root() / dataset.name
     output = output_file(dataset_results, output_html, REPORT_FILE)
     check_output_file(output, EvaluationError)  # before its figures are written beside it
+    dataset_folders = [dataset.raw_dir, preprocessed_root() / dataset.name]
+    _check_output_not_read(output, [*dataset_folders, dataset_results])
     instructions_file = dataset_results / INSTRUCTIONS_JSON
     if instructions_file.is_file():
         stored = _read_find_best_json(instructions_file, INSTRUCTIONS_KEYS, dataset.name)
@@ -465,11 +467,7 @@ def build_report(dataset_spec: str | os.PathLike[str], output_html: str | os.Pat
     class_names = [name for name, _ in classes]
     for name, summary in summaries.items():
         _check_summary_classes(summary, summary_files[name], class_names, dataset.name)
-    dataset_folders = [dataset.raw_dir, preprocessed_root() / dataset.name]
-    crossval_folders = [path.parent for path in summary_files.values()]
-    read_folders = [*dataset_folders, *map(Path, model_folders_of(instructions)), *crossval_folders]
-    _check_output_not_read(output, [instructions_file, dataset_results / INSTRUCTIONS_TXT], read_folders)
-    _check_output_beside_no_cases(output, dataset_folders, crossval_folders)
+    _check_output_beside_no_cases(output, dataset_folders, [path.parent for path in summary_files.values()])
     figures = _Figures(output)
 
     sections = [
