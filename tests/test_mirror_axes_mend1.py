@@ -51,3 +51,23 @@ def test_a_model_loaded_without_tta_refuses_tta_when_its_folds_mirror_differentl
         loaded.tta_mirror_axes(True)
     agreeing = load_model(model, folds=[0], tta=False)
     assert not agreeing.mirror_axes_differ and agreeing.tta_mirror_axes(True) == (0, 1, 2)
+
+
+def test_predict_folder_refuses_tta_for_such_a_model_before_any_output(tmp_path: Path) -> None:
+    """Was: predict_folder(inputs, out, load_model(folder, tta=False), tta=True) predicted without mirroring and
+    recorded tta: true, mirror_axes: [] in predict_info.json."""
+    import shutil
+
+    from autoseg.inference.batch import predict_folder
+
+    from test_inference_predict import HIPPOCAMPUS
+
+    model = _fold_1_mirrors_axis_0_only(tmp_path)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(HIPPOCAMPUS / "imagesTr" / "hippocampus_001_0000.nii.gz", inputs / "c1_0000.nii.gz")
+    loaded = load_model(model, tta=False)
+    with pytest.raises(InferenceError, match="were trained with different mirror_axes and were loaded with tta=False"):
+        predict_folder(inputs, tmp_path / "out", loaded, tta=True)
+    assert not (tmp_path / "out").exists()
+    assert predict_folder(inputs, tmp_path / "out", loaded, tta=False).predicted == ["c1"]

@@ -409,6 +409,7 @@ def _resolve_model(
     are refused only then)."""
     if isinstance(model, LoadedModel):
         refuse_other_settings(model, folds, checkpoint, device)
+        model.tta_mirror_axes(tta)  # refused before any output where its folds share no mirror axes
         return model
     if not isinstance(model, (str, os.PathLike, tuple)):
         raise InferenceError(f"model={model!r}: give a model folder, a (dataset, configuration) pair or a model "

@@ -125,7 +125,7 @@ def _window_options(model: LoadedModel, tta: bool, mixed_precision: str, **optio
     """Arguments of the sliding window for ``model``: its folds, patch and mirror axes (2D models run as
     3D with a one-slice patch) and its activation; for the torch engine also its device and autocast dtype."""
     patch = tuple(model.patch_size)
-    mirror_axes = tuple(model.mirror_axes) if tta else ()
+    mirror_axes = model.tta_mirror_axes(tta)
     networks: list[Network] = list(model.networks)
     if model.spatial_dims == 2:
         networks = [SliceNetwork(n) for n in networks]
