@@ -196,7 +196,7 @@ def test_a_fold_trained_with_another_plan_than_the_models_folds_is_refused(resul
     stored.write_text(json.dumps(plans))  # the plan fold 0 was trained with, before the re-plan
     before = stored.read_bytes()
     with pytest.raises(TrainingError, match=r"plans.json: fold_0 of this model were trained with another plan than .*autosegPlans.json "
-                                            r"\(it differs in spacing; re-planned with --overwrite\?\)"):
+                                            r"\(spacing \[.*\] \(trained\) vs \[.*\] \(now\); re-planned with --overwrite\?\)"):
         train_fold(DATASET, "3d_fullres", 1, epochs=1, workers=0, overrides=overrides, device="cpu")
     assert stored.read_bytes() == before and not (stored.parent / "fold_1").exists()
 
