@@ -246,7 +246,7 @@ def test_run_demo_gives_the_roots_back(monkeypatch: pytest.MonkeyPatch, tmp_path
         raise Stop
 
     monkeypatch.setattr(autoseg.dataset.verify, "require_valid", lambda location: None)
-    monkeypatch.setattr(autoseg.fingerprint.extract, "extract_fingerprint", lambda location: {"is_2d": False})
+    monkeypatch.setattr(autoseg.fingerprint.extract, "extract_fingerprint", lambda location, **_: {"is_2d": False})
     monkeypatch.setattr(autoseg.planning.planner, "plan_dataset", plan)
     monkeypatch.setenv("AUTOSEG_RESULTS", str(tmp_path / "my_results"))
     monkeypatch.delenv("AUTOSEG_PREPROCESSED", raising=False)
