@@ -58,3 +58,16 @@ def stored_files(root: Path) -> dict[str, bytes]:
 
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
             if p.is_file() and not p.name.endswith(TIMING_SUFFIX)}
+
+
+def store_hippocampus_006_in_another_axis_order(dataset: Path) -> None:
+    """Rewrite a Hippocampus dataset's files: hippocampus_006 with its array axes reversed (array spacing
+    (3, 1, 1) mm), every other case at (1, 1, 3) mm, as a dataset mixing two axis orders stores them."""
+    import SimpleITK as sitk
+
+    for path in [*(dataset / "imagesTr").iterdir(), *(dataset / "labelsTr").iterdir()]:
+        odd = path.name.startswith("hippocampus_006")
+        array = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+        image = sitk.GetImageFromArray(array.transpose(2, 1, 0).copy() if odd else array)
+        image.SetSpacing((3.0, 1.0, 1.0) if odd else (1.0, 1.0, 3.0))  # x, y, z: array spacing (1, 1, 3) or (3, 1, 1)
+        sitk.WriteImage(image, str(path))

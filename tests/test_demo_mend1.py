@@ -10,19 +10,13 @@ import pytest
 
 def test_demo_prints_the_fingerprint_warnings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The demo fingerprinted without ``warn``: a case stored in another axis order was not mentioned."""
-    import SimpleITK as sitk
-
     import autoseg.planning.planner
     from autoseg.demo import EXAMPLE_DATASET, run_demo
+    from preprocessing_helpers import store_hippocampus_006_in_another_axis_order
 
     dataset = tmp_path / "Dataset904_HippocampusMini"
     shutil.copytree(EXAMPLE_DATASET, dataset)
-    for path in [*(dataset / "imagesTr").iterdir(), *(dataset / "labelsTr").iterdir()]:
-        odd = path.name.startswith("hippocampus_006")
-        array = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
-        image = sitk.GetImageFromArray(array.transpose(2, 1, 0).copy() if odd else array)
-        image.SetSpacing((3.0, 1.0, 1.0) if odd else (1.0, 1.0, 3.0))  # x, y, z: array spacing (1, 1, 3) or (3, 1, 1)
-        sitk.WriteImage(image, str(path))
+    store_hippocampus_006_in_another_axis_order(dataset)
 
     class Stop(Exception):
         pass

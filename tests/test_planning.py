@@ -683,16 +683,10 @@ def test_plan_that_fingerprints_prints_the_fingerprint_warnings_once(small_datas
     """autoseg plan run on a dataset not yet fingerprinted fingerprinted it without its warnings (cases stored in
     another axis order): a user who ran plan directly never saw them. Reading an existing fingerprint.json prints
     none (autoseg fingerprint, or the plan that wrote it, warned then)."""
-    import SimpleITK as sitk
-
     from autoseg.planning.planner import plan_dataset
+    from preprocessing_helpers import store_hippocampus_006_in_another_axis_order
 
-    for path in [*(small_dataset / "imagesTr").iterdir(), *(small_dataset / "labelsTr").iterdir()]:
-        odd = path.name.startswith("hippocampus_006")
-        array = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
-        image = sitk.GetImageFromArray(array.transpose(2, 1, 0).copy() if odd else array)
-        image.SetSpacing((3.0, 1.0, 1.0) if odd else (1.0, 1.0, 3.0))  # x, y, z: array spacing (1, 1, 3) or (3, 1, 1)
-        sitk.WriteImage(image, str(path))
+    store_hippocampus_006_in_another_axis_order(small_dataset)
     plan_dataset("Dataset999", gpu_memory_gb=8, configs=["2d"], num_workers=1)
     printed = capsys.readouterr().err
     assert printed.count("WARNING") == 1, printed
