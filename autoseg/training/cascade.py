@@ -8,8 +8,9 @@ each is moved onto the fullres grid with the labels' own transpose, crop and res
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -75,9 +76,11 @@ def handing_fold(predictions: Path, case_id: str) -> str | None:
     return None if record is None else str(record["fold"])
 
 
-def _stale_handing(predictions: Path, case_id: str, store: Path, file_ending: str) -> str | None:
+def _stale_handing(predictions: Path, case_id: str, store: Path, file_ending: str,
+                   split_of: Callable[[str], tuple[list[str], list[str]]]) -> str | None:
     """Why the fold that handed ``case_id`` on no longer validates it in the current split, else None: its folder
-    or validation of the case is gone, or the split file gives it other cases than it was trained on."""
+    or validation of the case is gone, or the split file (``split_of(fold)``) gives it other cases than it was
+    trained on."""
     record = _handed_record(predictions, case_id)
     if record is None:
         return None
@@ -85,13 +88,23 @@ def _stale_handing(predictions: Path, case_id: str, store: Path, file_ending: st
     validated = predictions.parent / f"fold_{fold}" / "validation" / f"{case_id}{file_ending}"
     if not validated.is_file():
         return f"fold {fold} handed it on, but {validated} is gone (the fold deleted, or being trained again)"
-    try:
-        train, val = fold_cases(store.parent, list_cases(store), fold)  # every case, as the fold was trained
-    except TrainingError:
-        train, val = [], []
+    train, val = split_of(fold)
     if case_id not in val or record.get("split_sha256") not in (None, split_digest(train, val)):
         return f"fold {fold} handed it on when trained on another split than {store.parent / SPLITS_FILE} gives it now"
     return None
+
+
+def _fold_splits(store: Path) -> Callable[[str], tuple[list[str], list[str]]]:
+    """``fold -> (train, val)`` over every stored case, as the fold was trained (none where the split file cannot
+    give it), each fold read once: per case, the split file was parsed and the store listed again."""
+    @functools.cache
+    def split_of(fold: str) -> tuple[list[str], list[str]]:
+        try:
+            return fold_cases(store.parent, list_cases(store), fold)
+        except TrainingError:
+            return [], []
+
+    return split_of
 
 
 def prepare_previous_stage(
@@ -111,8 +124,9 @@ def prepare_previous_stage(
             f"({', '.join(missing[:5])}{'...' if len(missing) > 5 else ''}); "
             f"{_folds_to_train(missing, store.parent / SPLITS_FILE)}"
         )
+    split_of = _fold_splits(store)
     for case_id in case_ids:
-        if problem := _stale_handing(predictions, case_id, store, file_ending):
+        if problem := _stale_handing(predictions, case_id, store, file_ending, split_of):
             raise TrainingError(f"{predictions / f'{case_id}{file_ending}'}: previous-stage prediction of a fold that no "
                                 f"longer validates this case ({problem}); {_folds_to_train([case_id], store.parent / SPLITS_FILE)}")
     cache.mkdir(parents=True, exist_ok=True)
