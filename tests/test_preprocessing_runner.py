@@ -19,7 +19,7 @@ from autoseg.errors import PreprocessingError
 from autoseg.planning.plans import write_plans
 from autoseg.preprocessing import list_cases, load_case, preprocess_dataset, restore_label
 from autoseg.preprocessing import store
-from autoseg.preprocessing.runner import TIMING_SUFFIX, copy_ground_truth, timing_path
+from autoseg.preprocessing.runner import TIMING_SUFFIX, copy_ground_truth, drop_ground_truth_not_in, timing_path
 from autoseg.utils.atomic import HOST_TAG
 
 DATASET = "Dataset999_Test"
@@ -498,3 +498,14 @@ def test_a_dataset_converted_to_another_file_ending_keeps_one_ground_truth_per_c
     gt = roots["preprocessed"] / DATASET / "gt_segmentations"
     cases = ["hippocampus_001", "hippocampus_003", "hippocampus_004", "hippocampus_006"]
     assert sorted(p.name for p in gt.iterdir()) == [f"{case}.nrrd" for case in cases]
+
+
+def test_dropping_stale_ground_truth_leaves_a_concurrent_run_s_temporary(tmp_path: Path) -> None:
+    """Two preprocess runs at once: one deleted the other's half-copied ground truth (a hidden temporary with a
+    label's ending) as a file of no case, and the other failed on its rename (CI, test_concurrency)."""
+    live = tmp_path / f".hippocampus_015.nii.gz.{HOST_TAG}-{os.getpid()}-{'0' * 16}.tmp.nii.gz"
+    live.write_bytes(b"half written")
+    (tmp_path / "hippocampus_015.nii.gz").write_bytes(b"kept")
+    (tmp_path / "gone.nii.gz").write_bytes(b"stale")
+    assert drop_ground_truth_not_in(tmp_path, {"hippocampus_015.nii.gz"}) == ["gone.nii.gz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "hippocampus_015.nii.gz"])

@@ -358,8 +358,10 @@ def drop_ground_truth_not_in(gt_dir: Path, names: set[str]) -> list[str]:
     """Delete the ground-truth label maps (and their companion files) other than ``names``, the dataset's
     ``<case><file_ending>``; returns the deleted label maps' names. A removed case's reference stayed beside the others
     for evaluation and the report, and so did every copy of a dataset converted to another file ending
-    (``case.nii.gz`` beside ``case.nrrd``)."""
-    labels = [path for path in (gt_dir.iterdir() if gt_dir.is_dir() else ()) if spelled_ending(path) and path.is_file()]
+    (``case.nii.gz`` beside ``case.nrrd``). Hidden files are left alone: a concurrent preprocess's temporary
+    (``.<case>.nii.gz.<host>-<pid>-<random>.tmp.nii.gz``) was deleted under it, and that run failed on its rename."""
+    labels = [path for path in (gt_dir.iterdir() if gt_dir.is_dir() else ())
+              if not path.name.startswith(".") and spelled_ending(path) and path.is_file()]
     dropped = sorted(path.name for path in labels if path.name not in names)
     for name in dropped:
         for companion in companion_files(gt_dir / name):
