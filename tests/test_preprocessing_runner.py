@@ -509,3 +509,41 @@ def test_dropping_stale_ground_truth_leaves_a_concurrent_run_s_temporary(tmp_pat
     (tmp_path / "gone.nii.gz").write_bytes(b"stale")
     assert drop_ground_truth_not_in(tmp_path, {"hippocampus_015.nii.gz"}) == ["gone.nii.gz"]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "hippocampus_015.nii.gz"])
+
+
+def test_a_case_that_fails_gets_no_ground_truth_and_loses_its_earlier_one(roots: dict[str, Path], small_dataset: Path) -> None:
+    """A case that failed to preprocess still had its label copied into gt_segmentations (counted as copied), so
+    evaluate and report compared against a reference of a case with no stored data; its copy from an earlier
+    successful run stayed too."""
+    _write_plans(roots)
+    gt = roots["preprocessed"] / DATASET / "gt_segmentations"
+    broken = small_dataset / "imagesTr" / "hippocampus_006_0000.nii.gz"
+    intact = broken.read_bytes()
+    broken.write_bytes(intact[:200])  # truncated file
+    with pytest.raises(PreprocessingError) as info:
+        preprocess_dataset(DATASET, ["3d_fullres"], num_workers=1)
+    assert sorted(p.name for p in gt.iterdir()) == ["hippocampus_001.nii.gz", "hippocampus_003.nii.gz", "hippocampus_004.nii.gz"]
+    report = info.value.report
+    assert report.gt_copied == 3 and report.gt_failed == ["hippocampus_006"]
+    assert "ground truth: 3 copied, 0 unchanged; not copied, failed to preprocess: hippocampus_006; " in report.summary()
+    broken.write_bytes(intact)
+    preprocess_dataset(DATASET, ["3d_fullres", "3d_lowres"], num_workers=1)
+    assert (gt / "hippocampus_006.nii.gz").is_file()
+    broken.write_bytes(intact[:200])  # fails in 3d_fullres and 3d_lowres: no store holds it any more
+    with pytest.raises(PreprocessingError) as info:
+        preprocess_dataset(DATASET, ["3d_fullres", "3d_lowres"], num_workers=1)
+    assert not (gt / "hippocampus_006.nii.gz").exists() and info.value.report.gt_dropped == ["hippocampus_006.nii.gz"]
+
+
+def test_a_failed_case_keeps_its_ground_truth_while_another_store_holds_it(roots: dict[str, Path], small_dataset: Path) -> None:
+    """Failed in the store preprocessed now but still held by one of an earlier run: that store's reference stays."""
+    _write_plans(roots)
+    preprocess_dataset(DATASET, ["3d_lowres"], num_workers=1)
+    gt = roots["preprocessed"] / DATASET / "gt_segmentations" / "hippocampus_006.nii.gz"
+    reference = gt.read_bytes()
+    broken = small_dataset / "imagesTr" / "hippocampus_006_0000.nii.gz"
+    broken.write_bytes(broken.read_bytes()[:200])
+    with pytest.raises(PreprocessingError) as info:
+        preprocess_dataset(DATASET, ["3d_fullres"], num_workers=1)
+    assert gt.read_bytes() == reference and info.value.report.gt_failed == ["hippocampus_006"]
+    assert info.value.report.gt_dropped == []

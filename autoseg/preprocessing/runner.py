@@ -5,7 +5,8 @@ case whose stored properties carry the same input fingerprint (plan parameters +
 files pass the store's cheap checks (``store.open_case``) is skipped; a case killed mid-write has no
 properties JSON, and one cut short or emptied later fails the checks, so both are redone. Nothing is
 deleted except the temporary files of killed runs (``remove_stale_temporaries``), the stored copies of cases that
-failed now or that the dataset no longer lists, and raw data is only read.
+failed now or that the dataset no longer lists (and their ground truth once no store holds them), and raw data is
+only read. A case stored in no store of the run gets no ground-truth copy.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import AbstractSet as Set, Any, Iterator, Sequence
 
 import numpy as np
 
@@ -104,6 +105,7 @@ class PreprocessReport:
     gt_copied: int = 0
     gt_unchanged: int = 0
     gt_dropped: list[str] = field(default_factory=list)  # ground-truth label maps of no listed case: deleted
+    gt_failed: list[str] = field(default_factory=list)  # cases stored in no store of this run: ground truth not copied
     # stores of the plan not preprocessed in this run -> their cases no longer in the dataset, deleted
     dropped_elsewhere: dict[str, list[str]] = field(default_factory=dict)
     seconds: float = 0.0
@@ -123,7 +125,9 @@ class PreprocessReport:
                      for identifier, cases in self.dropped_elsewhere.items())
         dropped = (f"; removed, of no case of the dataset (or of another file ending): {', '.join(self.gt_dropped)}"
                    if self.gt_dropped else "")
-        lines.append(f"ground truth: {self.gt_copied} copied, {self.gt_unchanged} unchanged{dropped}; {self.seconds:.1f} s")
+        failed = f"; not copied, failed to preprocess: {', '.join(self.gt_failed)}" if self.gt_failed else ""
+        lines.append(f"ground truth: {self.gt_copied} copied, {self.gt_unchanged} unchanged{dropped}{failed}; "
+                     f"{self.seconds:.1f} s")
         return "\n".join(lines)
 
 
@@ -354,6 +358,13 @@ def drop_stale_cases_elsewhere(plans: dict[str, Any], preprocessed_dir: Path, do
     return dropped
 
 
+def stored_in_any(plans: dict[str, Any], preprocessed_dir: Path, case_id: str) -> bool:
+    """Whether a store of the plan on disk still holds ``case_id`` (one preprocessed in an earlier run, e.g. by
+    ``-c 3d_lowres`` when this run's ``-c 3d_fullres`` failed it): its ground truth is still that store's reference."""
+    identifiers = {get_configuration(plans, name)["data_identifier"] for name in plans["configurations"]}
+    return any(store.case_paths(preprocessed_dir / identifier, case_id)[2].is_file() for identifier in identifiers)
+
+
 def drop_ground_truth_not_in(gt_dir: Path, names: set[str]) -> list[str]:
     """Delete the ground-truth label maps (and their companion files) other than ``names``, the dataset's
     ``<case><file_ending>``; returns the deleted label maps' names. A removed case's reference stayed beside the others
@@ -370,13 +381,20 @@ def drop_ground_truth_not_in(gt_dir: Path, names: set[str]) -> list[str]:
     return dropped
 
 
-def copy_ground_truths(report: PreprocessReport, gt_dir: Path, cases: Sequence[Case], file_ending: str) -> None:
-    """Copy every case's raw label into ``gt_dir`` for evaluation and delete the copies of cases no longer listed,
-    counting both in ``report``."""
+def copy_ground_truths(report: PreprocessReport, gt_dir: Path, cases: Sequence[Case], file_ending: str,
+                       failed: Set[str] = frozenset(), orphaned: Set[str] = frozenset()) -> None:
+    """Copy the raw label of every case but the ``failed`` ones (stored in no store of this run) into ``gt_dir`` for
+    evaluation and delete the copies of cases no longer listed or ``orphaned`` (failed, and no store of the plan holds
+    them), counting them in ``report``. A failed case's label was copied and counted as if stored, and evaluation
+    compared against a reference of a case with no stored data."""
     remove_stale_temporaries(gt_dir)
-    report.gt_dropped = drop_ground_truth_not_in(gt_dir, {f"{case.case_id}{file_ending}" for case in cases})
+    kept = {case.case_id for case in cases} - orphaned
+    report.gt_dropped = drop_ground_truth_not_in(gt_dir, {f"{case_id}{file_ending}" for case_id in kept})
+    report.gt_failed = sorted(failed)
     for case in cases:
         assert case.label is not None
+        if case.case_id in failed:
+            continue
         with stop_on_full_disk(gt_dir, f"the ground truth of case {case.case_id}"):
             copied = copy_ground_truth(case.label, gt_dir / f"{case.case_id}{file_ending}")
         if copied:
@@ -453,7 +471,9 @@ def preprocess_dataset(
         report.outputs.append(_preprocess_store(out, plans, cases, workers))
     report.dropped_elsewhere = drop_stale_cases_elsewhere(
         plans, location.preprocessed_dir, [out.data_identifier for out in report.outputs], {c.case_id for c in cases})
-    copy_ground_truths(report, location.preprocessed_dir / GT_FOLDER, cases, description.file_ending)
+    failed = {case.case_id for case in cases} - {c for out in report.outputs for c in (*out.processed, *out.skipped)}
+    copy_ground_truths(report, location.preprocessed_dir / GT_FOLDER, cases, description.file_ending, failed,
+                       {case for case in failed if not stored_in_any(plans, location.preprocessed_dir, case)})
     report.seconds = time.perf_counter() - start
     failures = [(out, f) for out in report.outputs for f in out.failed]
     if failures:
