@@ -26,6 +26,8 @@ from autoseg.postprocessing.determine import (
     load_decision,
 )
 
+from cli_helpers import autoseg_fails
+
 LABELS = {"background": 0, "organ": 1, "nodule": 2}
 SPACING = (1.0, 1.0, 2.0)  # voxel = 2 mm^3
 GEOMETRY = Geometry(spacing=SPACING, origin=(0.0, 0.0, 0.0), direction=tuple(np.eye(3).ravel()))
@@ -472,3 +474,22 @@ def test_references_given_as_predictions_or_holding_the_decision_are_refused(tmp
                                               r"reference label maps .*; give -o a file outside it$"):
         determine_postprocessing(preds, refs, LABELS, refs / "pp.json", num_workers=1, file_ending=".nii.gz")
     assert sorted(p.name for p in refs.iterdir()) == before
+
+
+def test_apply_with_a_failing_case_names_it_and_where_the_others_are(tmp_path):
+    """One case that cannot be postprocessed fails the command (exit 2) naming it, leaves no file of it, and, as
+    predict says, where the other cases' label maps are; the message named the failure only."""
+    preds, refs = _make_cv_folders(tmp_path)
+    determine_postprocessing(preds, refs, LABELS, num_workers=1, file_ending=".nii.gz")
+    write_image(np.full((4, 4, 4), 0.5, np.float32), GEOMETRY, preds / "zz_bad.nii.gz")
+    output = autoseg_fails("postprocess", "apply", "-i", preds, "-o", tmp_path / "out",
+                           "--decision", preds / "postprocessing.json", "-np", 1)
+    assert re.search(r"error: 1 of 4 cases could not be postprocessed: zz_bad: .*zz_bad\.nii\.gz: holds non-integer "
+                     r"values.*; the other 3 label map\(s\) are in .*out$", output.strip()), output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        ".autoseg_outputs.json", "case0.nii.gz", "case1.nii.gz", "case2.nii.gz"]
+    only_bad = tmp_path / "only_bad"
+    only_bad.mkdir()
+    shutil.copy(preds / "zz_bad.nii.gz", only_bad)
+    with pytest.raises(EvaluationError, match=r"1 of 1 cases could not be postprocessed: .*; no label map was written$"):
+        apply_to_folder(only_bad, tmp_path / "out2", preds / "postprocessing.json", num_workers=1)
