@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -495,4 +496,57 @@ def test_a_case_whose_folders_disagree_is_refused_before_any_case_is_written(tmp
     sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), **edit}))
     with pytest.raises(EvaluationError, match=rf"^{re.escape(str(sidecar))}: \w+ .*differs from {re.escape(str(dirs[0]))}/y\.json"):
         ensemble_folders(dirs, tmp_path / "out", num_workers=2)
+    assert not (tmp_path / "out").exists()
+
+
+def _models_with_dataset_json(tmp_path, descriptions):
+    """Cross-validation folders ``model<i>/crossval_folds_0`` of case ``x``, each model folder holding the dataset.json
+    ``descriptions[i]`` (as find-best ensembles them)."""
+    rng = np.random.default_rng(5)
+    dirs = []
+    for i, description in enumerate(descriptions):
+        folder = tmp_path / f"model{i}" / "crossval_folds_0"
+        _save(folder, "x", _softmax(rng))
+        (folder.parent / "dataset.json").write_text(json.dumps(description))
+        dirs.append(folder)
+    return dirs
+
+
+DATASET = {"channel_names": {"0": "MRI"}, "labels": LABELS, "numTraining": 1, "file_ending": ".nii.gz", "name": "D"}
+
+
+def test_the_ensemble_writes_the_dataset_json_of_its_inputs(tmp_path):
+    """The output held no dataset.json (nnU-Net copies the first input's), so postprocess determine on it, with
+    references that have none beside them, was refused for want of -d; now it finds the one the ensemble wrote."""
+    from cli_helpers import autoseg
+
+    dirs = _models_with_dataset_json(tmp_path, [DATASET, {**DATASET, "name": "other name, same labels"}])
+    ensemble_folders(dirs, tmp_path / "out", num_workers=1)
+    assert json.loads((tmp_path / "out" / "dataset.json").read_text()) == DATASET
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    shutil.copy(tmp_path / "out" / "x.nii.gz", refs)
+    autoseg("postprocess", "determine", "-p", tmp_path / "out", "-r", refs, "-np", 1)
+    assert json.loads((tmp_path / "out" / "postprocessing.json").read_text())["file_ending"] == ".nii.gz"
+
+
+@pytest.mark.parametrize(("edit", "key"), [
+    ({"labels": {"background": 0, "a": 1, "c": 2}}, "labels"),
+    ({"file_ending": ".nrrd"}, "file_ending"),
+])
+def test_inputs_whose_dataset_json_disagree_are_refused_before_any_case(tmp_path, edit, key):
+    dirs = _models_with_dataset_json(tmp_path, [DATASET, {**DATASET, **edit}])
+    with pytest.raises(EvaluationError, match=rf"^{re.escape(str(dirs[1].parent))}/dataset\.json: {key} .* differs from .* in "
+                                              rf"{re.escape(str(dirs[0].parent))}/dataset\.json; ensemble only predictions of one dataset"):
+        ensemble_folders(dirs, tmp_path / "out", num_workers=1)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_dataset_json_that_is_not_the_predictions_one_is_refused(tmp_path):
+    """Both inputs agree, but their dataset.json names classes the probabilities were not predicted with."""
+    other = {**DATASET, "labels": {"background": 0, "a": 1, "b": 2, "c": 3}}
+    dirs = _models_with_dataset_json(tmp_path, [other, other])
+    with pytest.raises(EvaluationError, match=rf"^{re.escape(str(dirs[0].parent))}/dataset\.json: labels .* differs from .* of "
+                                              r"the probabilities .*model0/crossval_folds_0/x\.json; that dataset\.json is not"):
+        ensemble_folders(dirs, tmp_path / "out", num_workers=1)
     assert not (tmp_path / "out").exists()

@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from autoseg.dataset.description import DatasetDescription, load_description
 from autoseg.dataset.imageio import (
     SUPPORTED_ENDINGS, Geometry, endings_keeping_geometry, geometry_differences, geometry_lost_in, is_image_ending,
     itk_reads_spelling, spelled_ending, write_image,
@@ -24,8 +25,8 @@ from autoseg.evaluation.metrics import evaluation_classes
 from autoseg.utils.probability_files import (
     PROBABILITIES_SUFFIX, probability_paths, read_probabilities, read_sidecar, write_probability_files,
 )
-from autoseg.utils.atomic import remove_stale_temporaries
-from autoseg.utils.output_folders import check_output_folder, claim_output_files, input_entry
+from autoseg.utils.atomic import atomic_write_json, remove_stale_temporaries
+from autoseg.utils.output_folders import check_output_folder, claim_output_files, input_entry, predicting_model_folder
 from autoseg.utils.progress import parallel_map, stage_workers
 
 REGION_THRESHOLD = 0.5  # a voxel belongs to a region when its sigmoid probability exceeds this (§1.1)
@@ -93,6 +94,48 @@ def agreeing_sidecars(case: str, input_dirs: Sequence[Path]) -> tuple[list[dict[
         if diff:
             raise EvaluationError(f"{path}: geometry differs from {first_sidecar} for case {case}: {'; '.join(diff)}")
     return sidecars, geometry
+
+
+DESCRIPTION_KEYS = ("labels", "regions_class_order", "file_ending")  # what the ensemble's label maps depend on
+
+
+def dataset_json_of(folder: Path) -> Path | None:
+    """The ``dataset.json`` of a prediction folder: in it, beside it (a model folder holds one beside its
+    ``crossval_folds_*/``), in the model folder of a fold's ``validation/``, or in the model folder its
+    ``predict_info.json`` names (a predict run's output); None when there is none."""
+    places = [folder, folder.parent]
+    if folder.parent.name.startswith("fold_"):
+        places.append(folder.parent.parent)
+    model = predicting_model_folder(folder)
+    places += [model] if model is not None else []
+    return next((place / "dataset.json" for place in places if (place / "dataset.json").is_file()), None)
+
+
+def inputs_description(input_dirs: Sequence[Path], case: str) -> DatasetDescription | None:
+    """The dataset.json the inputs agree on (the first found), for the output folder: nnU-Net copies the first
+    input's, and without one ``postprocess determine`` and ``evaluate`` on the ensemble wanted ``-d``. One that
+    disagrees with another input's in labels, regions or file ending, or with the probabilities of ``case`` (read
+    as predicted with other labels), is refused: the output would describe label maps it does not hold."""
+    found = [(path, load_description(path.parent)) for path in map(dataset_json_of, input_dirs) if path is not None]
+    if not found:
+        return None
+    first_path, first = found[0]
+    for path, description in found[1:]:
+        key = next((key for key in DESCRIPTION_KEYS if getattr(description, key) != getattr(first, key)), None)
+        if key is not None:
+            raise EvaluationError(
+                f"{path}: {key} {getattr(description, key)!r} differs from {getattr(first, key)!r} in {first_path}; "
+                "ensemble only predictions of one dataset (or fix the dataset.json that is not theirs)"
+            )
+    sidecar = read_sidecar(input_dirs[0], case, EvaluationError)
+    for key in ("labels", "regions_class_order"):
+        if sidecar[key] != getattr(first, key):
+            raise EvaluationError(
+                f"{first_path}: {key} {getattr(first, key)!r} differs from {sidecar[key]!r} of the probabilities "
+                f"{probability_paths(input_dirs[0], case).sidecar}; that dataset.json is not the one they were "
+                "predicted with: move it out of the way, or ensemble the predictions of its dataset"
+            )
+    return first
 
 
 def ensemble_case(case: str, input_dirs: Sequence[Path], output_dir: Path, file_ending: str, save_probabilities: bool) -> None:
@@ -237,11 +280,16 @@ def ensemble_folders(
     else:
         endings = _label_endings(dirs[0], ordered)
     outputs = [out / f"{case}{endings[case]}" for case in ordered]
+    description = inputs_description(dirs, ordered[0])
+    if description is not None:
+        outputs.append(out / "dataset.json")
     if save_probabilities:
         outputs += [path for case in ordered for path in probability_paths(out, case)]
     inputs = sorted((_input_record(d, ordered) for d in dirs), key=lambda record: record["folder"])
     claim_output_files(out, outputs, "ensemble", EvaluationError, inputs)
     remove_stale_temporaries(out)  # what a killed run left half-written
+    if description is not None:
+        atomic_write_json(out / "dataset.json", description.raw)
     items = [(case, (case, dirs, out, endings[case], save_probabilities)) for case in ordered]
     workers = stage_workers(num_workers, EvaluationError)
     _, failures = parallel_map(ensemble_case, items, workers, "ensembling")
