@@ -436,3 +436,19 @@ def test_the_cascade_refuses_a_handed_on_case_whose_fold_no_longer_validates_it(
     with pytest.raises(TrainingError, match=rf"{val_1[0]}.nii.gz: previous-stage prediction of a fold that no longer "
                                             r"validates this case \(fold 1 handed it on when trained on another split"):
         prepare()
+
+
+def test_the_stale_copy_check_never_writes_a_split_file(trained: dict[str, Path], tmp_path: Path) -> None:
+    """Was: the cascade's check of which fold handed each case on read the split through fold_cases, which creates a
+    split file where there is none: a splits_final.json the user had deleted came back, written by a check."""
+    lowres = tmp_path / "results" / DATASET / LOWRES_MODEL
+    shutil.copytree(trained["lowres"], lowres)
+    preprocessed = tmp_path / "preprocessed" / DATASET
+    shutil.copytree(trained["preprocessed"], preprocessed)
+    (preprocessed / "splits_final.json").unlink()
+    (preprocessed / "splits_final.json.lock").unlink(missing_ok=True)
+    cache = prepare_previous_stage(lowres / NEXT_STAGE_FOLDER, tmp_path / CACHE_FOLDER, preprocessed / FULLRES_STORE,
+                                   CASES, load_plans(plans_path(preprocessed)), CASCADE, ".nii.gz")
+    assert sorted(p.name for p in cache.iterdir()) == [f"{case}.npy" for case in CASES]
+    assert not (preprocessed / "splits_final.json").exists()
+    assert not (preprocessed / "splits_final.json.lock").exists()

@@ -22,7 +22,7 @@ from autoseg.preprocessing.inverse import label_to_preprocessed_grid
 from autoseg.preprocessing.runner import declared_label_values
 from autoseg.preprocessing.store import case_paths, list_cases, load_properties
 from autoseg.training.checkpoints import split_digest
-from autoseg.training.splits import SPLITS_FILE, fold_cases, read_splits
+from autoseg.training.splits import FOLD_ALL, SPLITS_FILE, canonical_fold, fold_cases, read_splits
 from autoseg.utils.atomic import atomic_path, atomic_write_json
 from autoseg.utils.jsonio import read_json
 
@@ -77,10 +77,10 @@ def handing_fold(predictions: Path, case_id: str) -> str | None:
 
 
 def _stale_handing(predictions: Path, case_id: str, store: Path, file_ending: str,
-                   split_of: Callable[[str], tuple[list[str], list[str]]]) -> str | None:
+                   split_of: Callable[[str], tuple[list[str], list[str]] | None]) -> str | None:
     """Why the fold that handed ``case_id`` on no longer validates it in the current split, else None: its folder
     or validation of the case is gone, or the split file (``split_of(fold)``) gives it other cases than it was
-    trained on."""
+    trained on (with no split file yet, there is no current split to differ from)."""
     record = _handed_record(predictions, case_id)
     if record is None:
         return None
@@ -88,19 +88,25 @@ def _stale_handing(predictions: Path, case_id: str, store: Path, file_ending: st
     validated = predictions.parent / f"fold_{fold}" / "validation" / f"{case_id}{file_ending}"
     if not validated.is_file():
         return f"fold {fold} handed it on, but {validated} is gone (the fold deleted, or being trained again)"
-    train, val = split_of(fold)
+    split = split_of(fold)
+    if split is None:  # no split yet (the file deleted): nothing to compare the fold's split with
+        return None
+    train, val = split
     if case_id not in val or record.get("split_sha256") not in (None, split_digest(train, val)):
         return f"fold {fold} handed it on when trained on another split than {store.parent / SPLITS_FILE} gives it now"
     return None
 
 
-def _fold_splits(store: Path) -> Callable[[str], tuple[list[str], list[str]]]:
+def _fold_splits(store: Path) -> Callable[[str], tuple[list[str], list[str]] | None]:
     """``fold -> (train, val)`` over every stored case, as the fold was trained (none where the split file cannot
-    give it), each fold read once: per case, the split file was parsed and the store listed again."""
+    give it; None where there is no split file yet), each fold read once: per case, the split file was parsed and the
+    store listed again. It only reads: it wrote a fresh split file where the user had deleted theirs."""
     @functools.cache
-    def split_of(fold: str) -> tuple[list[str], list[str]]:
+    def split_of(fold: str) -> tuple[list[str], list[str]] | None:
         try:
-            return fold_cases(store.parent, list_cases(store), fold)
+            if canonical_fold(fold) != FOLD_ALL and not (store.parent / SPLITS_FILE).exists():
+                return None
+            return fold_cases(store.parent, list_cases(store), fold, create=False)
         except TrainingError:
             return [], []
 

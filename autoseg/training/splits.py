@@ -109,17 +109,18 @@ def canonical_fold(fold: int | str) -> str:
 
 
 def fold_cases(
-    folder: Path, case_ids: Sequence[str], fold: int | str
+    folder: Path, case_ids: Sequence[str], fold: int | str, create: bool = True
 ) -> tuple[list[str], list[str]]:
-    """``(train, val)`` case ids of ``fold`` (0.. or ``all``), checked against the available cases."""
+    """``(train, val)`` case ids of ``fold`` (0.. or ``all``), checked against the available cases. Without
+    ``create`` a missing split file is refused (``read_splits``) instead of written: a check must never write one."""
     available = set(case_ids)
     name = canonical_fold(fold)
     if name == FOLD_ALL:
         everything = sorted(available)
         return everything, everything
     index = int(name)
-    splits = load_or_create_splits(folder, case_ids)
     path = Path(folder) / SPLITS_FILE
+    splits = load_or_create_splits(folder, case_ids) if create else read_splits(path)
     if not 0 <= index < len(splits):
         raise TrainingError(f"fold {index} does not exist: {path} holds folds 0-{len(splits) - 1} (or use '{FOLD_ALL}')")
     train, val = list(splits[index]["train"]), list(splits[index]["val"])
