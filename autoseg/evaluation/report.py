@@ -20,7 +20,7 @@ import os
 import re
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -447,20 +447,8 @@ def build_report(dataset_spec: str | os.PathLike[str], output_html: str | os.Pat
     check_output_file(output, EvaluationError)  # before its figures are written beside it
     dataset_folders = [dataset.raw_dir, preprocessed_root() / dataset.name]
     _check_output_not_read(output, [*dataset_folders, dataset_results])
-    instructions_file = dataset_results / INSTRUCTIONS_JSON
-    if instructions_file.is_file():
-        stored = _read_find_best_json(instructions_file, INSTRUCTIONS_KEYS, dataset.name)
-        _check_instructions(stored, instructions_file, dataset.name)
-        instructions = resolve_instructions(stored, dataset_results.absolute())
-    else:
-        instructions = find_best(dataset, num_workers=num_workers)
-    summaries, summary_files = {}, {}
-    for candidate in instructions["candidates"]:
-        path = Path(candidate["summary_file"])
-        if not path.is_file():
-            raise EvaluationError(f"{path}: cross-validation summary missing; run autoseg find-best {dataset.name} again")
-        summaries[candidate["name"]] = _read_find_best_json(path, SUMMARY_KEYS, dataset.name)
-        summary_files[candidate["name"]] = path
+    instructions = _instructions(dataset, dataset_results, num_workers)
+    summaries, summary_files = _summaries(instructions, dataset.name)
     best = instructions["best"]
     description = load_description(Path(best["model_folders"][0]))
     classes, _ = evaluation_classes(description)
@@ -469,9 +457,52 @@ def build_report(dataset_spec: str | os.PathLike[str], output_html: str | os.Pat
         _check_summary_classes(summary, summary_files[name], class_names, dataset.name)
     _check_output_beside_no_cases(output, dataset_folders, [path.parent for path in summary_files.values()])
     figures = _Figures(output)
-
     sections = [
-        f"<h1>autoseg cross-validation report: {html.escape(dataset.name)}</h1>",
+        *_cross_validation_sections(dataset.name, instructions, summaries, class_names, description),
+        f"<h2>Per-{'region' if description.has_regions else 'class'} Dice</h2>",
+        figures.add("dice_boxplot", dice_boxplot(summaries, class_names), "Dice per case and class (triangles: means)"),
+        *_training_sections(figures, instructions),
+        f"<h2>Best and worst case of {html.escape(short_name(best['name']))}</h2>",
+    ]
+    folders = (summary_files[best["name"]].parent, preprocessed_root() / dataset.name / "gt_segmentations")
+    sections += _overlay_sections(figures, summaries[best["name"]], folders, dataset.raw_dir, description, classes)
+    document = ("<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
+                f"<title>autoseg report {html.escape(dataset.name)}</title><style>{CSS}</style></head><body>"
+                + "\n".join(sections) + "</body></html>\n")
+    figures.save()
+    atomic_write_text(output, document)
+    figures.remove_stale()
+    return output
+
+
+def _instructions(dataset: DatasetLocation, dataset_results: Path, num_workers: int | None) -> dict[str, Any]:
+    """find-best's stored instructions, checked and with their paths resolved; find-best is run when there are none."""
+    instructions_file = dataset_results / INSTRUCTIONS_JSON
+    if not instructions_file.is_file():
+        return find_best(dataset, num_workers=num_workers)
+    stored = _read_find_best_json(instructions_file, INSTRUCTIONS_KEYS, dataset.name)
+    _check_instructions(stored, instructions_file, dataset.name)
+    return resolve_instructions(stored, dataset_results.absolute())
+
+
+def _summaries(instructions: Mapping[str, Any], dataset_name: str) -> tuple[dict[str, Any], dict[str, Path]]:
+    """Each candidate's cross-validation summary and its file, by candidate name; a missing one is refused."""
+    summaries, summary_files = {}, {}
+    for candidate in instructions["candidates"]:
+        path = Path(candidate["summary_file"])
+        if not path.is_file():
+            raise EvaluationError(f"{path}: cross-validation summary missing; run autoseg find-best {dataset_name} again")
+        summaries[candidate["name"]] = _read_find_best_json(path, SUMMARY_KEYS, dataset_name)
+        summary_files[candidate["name"]] = path
+    return summaries, summary_files
+
+
+def _cross_validation_sections(dataset_name: str, instructions: Mapping[str, Any], summaries: Mapping[str, Any],
+                               class_names: Sequence[str], description: DatasetDescription) -> list[str]:
+    """The title, the ranking table, the chosen candidate and the commands that predict with it."""
+    best = instructions["best"]
+    return [
+        f"<h1>autoseg cross-validation report: {html.escape(dataset_name)}</h1>",
         f"<p class=note>Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} by autoseg {__version__}; "
         f"folds {', '.join(instructions['folds'])}; {instructions['num_cases']} cases; ranked by "
         f"{html.escape(instructions['rank_metric'])}.</p>",
@@ -484,26 +515,19 @@ def build_report(dataset_spec: str | os.PathLike[str], output_html: str | os.Pat
         "cases where a class is empty in both prediction and reference are left out of its mean.</p>",
         _regions_note(description),
         "<pre>" + html.escape("\n".join(_commands(instructions))) + "</pre>",
-        f"<h2>Per-{'region' if description.has_regions else 'class'} Dice</h2>",
-        figures.add("dice_boxplot", dice_boxplot(summaries, class_names), "Dice per case and class (triangles: means)"),
-        "<h2>Training curves</h2>",
     ]
+
+
+def _training_sections(figures: _Figures, instructions: Mapping[str, Any]) -> list[str]:
+    """One figure of training curves per model folder (a note for a folder without metrics.jsonl)."""
+    sections = ["<h2>Training curves</h2>"]
     for folder in model_folders_of(instructions):
         figure = training_curves(Path(folder))
         if figure is None:
             sections.append(f"<p class=note>{html.escape(Path(folder).name)}: no metrics.jsonl found.</p>")
         else:
             sections.append(figures.add(f"training_{_safe(Path(folder).name)}", figure, f"{Path(folder).name}: one line per fold"))
-    sections.append(f"<h2>Best and worst case of {html.escape(short_name(best['name']))}</h2>")
-    folders = (summary_files[best["name"]].parent, preprocessed_root() / dataset.name / "gt_segmentations")
-    sections += _overlay_sections(figures, summaries[best["name"]], folders, dataset.raw_dir, description, classes)
-    document = ("<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
-                f"<title>autoseg report {html.escape(dataset.name)}</title><style>{CSS}</style></head><body>"
-                + "\n".join(sections) + "</body></html>\n")
-    figures.save()
-    atomic_write_text(output, document)
-    figures.remove_stale()
-    return output
+    return sections
 
 
 def _overlay_sections(figures: _Figures, summary: dict[str, Any], folders: tuple[Path, Path], raw_dir: Path,
