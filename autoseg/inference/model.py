@@ -182,10 +182,16 @@ def check_plans_of_checkpoint(metadata: Mapping[str, Any], plans: Mapping[str, A
     trained = metadata.get(PREDICTION_PLAN)
     if not isinstance(trained, Mapping):
         return
-    if changed := plan_differences(trained, prediction_plan(plans, configuration_name)):
-        raise error(f"{plans_file}: {path} was trained with another plan (configuration {configuration_name}: "
-                    f"{listed_differences(changed)}; the plans were edited after training); restore the plans.json "
-                    "the model was trained with, or train the model again with these plans")
+    now = prediction_plan(plans, configuration_name)
+    plan_wide = plan_differences({k: v for k, v in trained.items() if k in PREDICTION_PLANS_KEYS}, now)
+    own = plan_differences({k: v for k, v in trained.items() if k not in PREDICTION_PLANS_KEYS}, now)
+    # keys of the whole plan (the transpose) were named as the configuration's, where the user looked for them in vain
+    parts = ([f"plan-wide: {listed_differences(plan_wide)}"] if plan_wide else []) + (
+        [f"configuration {configuration_name}: {listed_differences(own)}"] if own else [])
+    if parts:
+        raise error(f"{plans_file}: {path} was trained with another plan ({'; '.join(parts)}; the plans were edited "
+                    "after training); restore the plans.json the model was trained with, or train the model again with "
+                    "these plans")
 
 
 def _check_inputs_match_channels(
