@@ -22,6 +22,7 @@ from autoseg.postprocessing.connected_components import (
 from autoseg.postprocessing.determine import (
     apply_postprocessing,
     apply_to_folder,
+    describe_steps,
     determine_postprocessing,
     load_decision,
 )
@@ -493,3 +494,24 @@ def test_apply_with_a_failing_case_names_it_and_where_the_others_are(tmp_path):
     shutil.copy(preds / "zz_bad.nii.gz", only_bad)
     with pytest.raises(EvaluationError, match=r"1 of 1 cases could not be postprocessed: .*; no label map was written$"):
         apply_to_folder(only_bad, tmp_path / "out2", preds / "postprocessing.json", num_workers=1)
+
+
+def test_the_accepted_steps_are_described_as_a_person_reads_them(tmp_path):
+    """determine printed the accepted steps as raw Python dicts, without the Dice that made them pass; each is now
+    one line: its class or region with the label values, the operation, and the Dice before and after it."""
+    preds, refs = _make_cv_folders(tmp_path)
+    decision = determine_postprocessing(preds, refs, LABELS, num_workers=1, file_ending=".nii.gz")
+    assert describe_steps(decision) == [
+        "1. organ (label 1): keep the largest component: Dice 0.7619 -> 1.0000",
+        "2. nodule (label 2): remove components below 8 mm^3: Dice 0.9953 -> 1.0000",
+    ]
+    whole = {"operation": "keep_largest", "target": "foreground", "label_values": [1, 2, 3]}
+    region = {"operation": "remove_small", "target": "tumor_core", "label_values": [2, 3], "min_volume_mm3": 12.25}
+    records = [{**whole, "accepted": True, "dice_before": {"whole": 0.5, "tumor_core": 0.7}, "dice_after": {"whole": 0.7, "tumor_core": 0.8}},
+               {**region, "accepted": False, "dice_before": {"tumor_core": 0.8}, "dice_after": {"tumor_core": 0.1}},
+               {**region, "accepted": True, "dice_before": {"tumor_core": 0.8}, "dice_after": {"tumor_core": 0.9}}]
+    assert describe_steps({"steps": [whole, region], "candidates": records}) == [
+        "1. foreground (labels 1, 2, 3): keep the largest component: Dice 0.6000 -> 0.7500",
+        "2. tumor_core (region of labels 2, 3): remove components below 12.25 mm^3: Dice 0.8000 -> 0.9000",
+    ]
+    assert describe_steps({**decision, "steps": [], "candidates": records[1:2]}) == []

@@ -268,6 +268,32 @@ def determine_postprocessing(
     return decision
 
 
+def _values_text(values: Sequence[int]) -> str:
+    return f"label{'s' if len(values) > 1 else ''} {', '.join(map(str, values))}"
+
+
+def _step_text(step: Mapping[str, Any]) -> str:
+    """One step as a person reads it: its target (with the label values, a region's all of them) and its operation."""
+    values = _values_text(step["label_values"])
+    target = (f"foreground ({values})" if step["target"] == "foreground"
+              else f"{step['target']} ({'region of ' if len(step['label_values']) > 1 else ''}{values})")
+    if step["operation"] == "keep_largest":
+        return f"{target}: keep the largest component"
+    return f"{target}: remove components below {step['min_volume_mm3']:.4g} mm^3"
+
+
+def describe_steps(decision: Mapping[str, Any]) -> list[str]:
+    """The accepted steps, one line each, with the mean Dice of the classes each targets before and after it (what
+    the rule compares): the command printed the raw step dicts, without their Dice."""
+    accepted = [c for c in decision.get("candidates", []) if c.get("accepted")]
+    lines = []
+    for number, record in enumerate(accepted, 1):
+        targets = list(record["dice_before"]) if record["target"] == "foreground" else [record["target"]]
+        before, after = (float(np.mean([dice[t] for t in targets])) for dice in (record["dice_before"], record["dice_after"]))
+        lines.append(f"{number}. {_step_text(record)}: Dice {before:.4f} -> {after:.4f}")
+    return lines
+
+
 def _step_problem(step: Any) -> str | None:
     """Why one stored step cannot be replayed (``None`` when it can)."""
     if not isinstance(step, dict) or step.get("operation") not in OPERATIONS:
