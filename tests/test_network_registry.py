@@ -167,6 +167,16 @@ def _builder(topology, in_channels, n_classes, *, deep_supervision=True):
             {"adversary": registry.Adversary(lambda c, k: nn.Identity(), torch.sub, torch.add), "training_defaults": {}},
             r"an adversary needs training_defaults\['adversarial'\] with \['discriminator_lr', 'discriminator_betas'\]",
         ),
+        (
+            _builder,
+            {"constraints": registry.TopologyConstraints(default_blocks_per_stage=(2,), block_settings=())},
+            "network 'newcomer': default_blocks_per_stage is set but block_settings lacks 'blocks_per_stage'",
+        ),
+        (
+            _builder,
+            {"constraints": registry.TopologyConstraints(block_settings=("blocks",))},
+            r"network 'newcomer': block_settings \['blocks'\] are none of \('blocks_per_stage', 'decoder_blocks_per_stage'\)",
+        ),
     ],
 )
 def test_registration_checks_the_family_contract(scratch_registry, builder, kwargs, message):

@@ -136,10 +136,6 @@ def test_single_stage_topology_is_refused() -> None:
         create_network("unet", Topology(2, [4], [[3, 3]], [[1, 1]]), 1, 2)
 
 
-def test_bad_block_count_is_refused() -> None:
-    topology = Topology(2, [4, 8], [[3, 3]] * 2, [[1, 1], [2, 2]], blocks_per_stage=[0, 2])
-    with pytest.raises(NetworkError, match=r"every entry of blocks_per_stage must be >= 1, got \[0, 2\]"):
-        create_network("unet", topology, 1, 2)
 
 
 def test_even_kernel_in_a_hand_edited_plan_is_refused() -> None:

@@ -170,7 +170,7 @@ class ConResNet(nn.Module):
         feats, kernels, strides, n = (
             topology.features_per_stage, topology.kernel_sizes, topology.strides, topology.n_stages
         )
-        blocks = blocks_per_stage(topology.blocks_per_stage, PAPER_BLOCKS, n, "blocks_per_stage")
+        blocks = blocks_per_stage(topology.blocks_per_stage, PAPER_BLOCKS, n)
         self.stem = ws_conv(in_channels, feats[0], kernels[0])
         self.stages = nn.ModuleList()
         for i in range(n):
@@ -317,6 +317,7 @@ def residual_auxiliary_loss(
         fixed_features=PAPER_FEATURES,
         default_blocks_per_stage=PAPER_BLOCKS,
         kernel_size=3,
+        block_settings=("blocks_per_stage",),
     ),
     auxiliary_loss=residual_auxiliary_loss,
 )

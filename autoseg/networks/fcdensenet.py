@@ -190,7 +190,8 @@ class FCDenseNet(nn.Module):
     paper=PAPER,
     description="FC-DenseNet (Tiramisu) 56/67/103: dense blocks, transitions down/up, only new maps upsampled",
     constraints=TopologyConstraints(
-        max_stages=len(VARIANTS[DEFAULT_VARIANT].down) + 1, stage_features=default_stage_widths, kernel_size=3
+        max_stages=len(VARIANTS[DEFAULT_VARIANT].down) + 1, stage_features=default_stage_widths, kernel_size=3,
+        block_settings=(),
     ),
 )
 def build_fcdensenet(

@@ -76,7 +76,7 @@ class FCN(nn.Module):
         require_stages(topology, "fcn")
         self.topology = topology
         dims, n, feats = topology.spatial_dims, topology.n_stages, topology.features_per_stage
-        convs = blocks_per_stage(topology.blocks_per_stage, VGG16_CONVS_PER_STAGE, n, "blocks_per_stage")
+        convs = blocks_per_stage(topology.blocks_per_stage, VGG16_CONVS_PER_STAGE, n)
         self.stages = nn.ModuleList()
         channels = in_channels
         for i in range(n):
@@ -119,7 +119,9 @@ class FCN(nn.Module):
     "fcn",
     paper=PAPER,
     description="FCN-8s: VGG-style conv encoder, class scores at 3 depths, bilinear-initialised transposed convs, additive fusion",
-    constraints=TopologyConstraints(default_blocks_per_stage=VGG16_CONVS_PER_STAGE, kernel_size=3),
+    constraints=TopologyConstraints(
+        default_blocks_per_stage=VGG16_CONVS_PER_STAGE, kernel_size=3, block_settings=("blocks_per_stage",),
+    ),
 )
 def build_fcn(topology: Topology, in_channels: int, n_classes: int, *, deep_supervision: bool = True) -> nn.Module:
     return FCN(topology, in_channels, n_classes, deep_supervision=deep_supervision)

@@ -77,8 +77,8 @@ class NnFormer(nn.Module):
             raise NetworkError("nnformer: the topology has no window_sizes; plan it with `autoseg plan --network nnformer`")
         self.topology = topology
         n, feats, windows, strides = topology.n_stages, topology.features_per_stage, topology.window_sizes, topology.strides
-        depth = blocks_per_stage(topology.blocks_per_stage, BLOCKS_PER_STAGE, n, "blocks_per_stage")
-        up_depth = blocks_per_stage(topology.decoder_blocks_per_stage, BLOCKS_PER_STAGE, n - 1, "decoder_blocks_per_stage")
+        depth = blocks_per_stage(topology.blocks_per_stage, BLOCKS_PER_STAGE, n)
+        up_depth = blocks_per_stage(topology.decoder_blocks_per_stage, BLOCKS_PER_STAGE, n - 1)
         first, second = stem_strides(strides[1])
         self.stem1 = ConvLayerNorm(in_channels, feats[1] // 2, first)
         self.stem2 = ConvLayerNorm(feats[1] // 2, feats[1], second)

@@ -40,6 +40,8 @@ _SCALAR_TYPES = (bool, int, float, str)
 ADVERSARIAL_CONFIG_KEYS = ("discriminator_lr", "discriminator_betas")
 # Options every family uses as a probability (torch's dropout layers take [0, 1] only).
 _PROBABILITY_OPTIONS = ("dropout",)
+# The topology's block counts (``Topology`` fields) a family may read; one it does not read is refused.
+BLOCK_SETTINGS = ("blocks_per_stage", "decoder_blocks_per_stage")
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,8 @@ class TopologyConstraints:
         window_size: largest attention window per axis (shifted-window families); the planner
             writes the windows into the topology and only chooses patches they tile.
         global_last_stage: the deepest stage attends globally (nnFormer's bottleneck): no window.
+        block_settings: the topology's block counts (of ``BLOCK_SETTINGS``) the builder reads; a plan that
+            sets another one is refused, since the network would not change (``check_block_settings``).
     """
 
     spatial_dims: tuple[int, ...] = (2, 3)
@@ -77,6 +81,7 @@ class TopologyConstraints:
     stem_stride: int | None = None
     window_size: int | None = None
     global_last_stage: bool = False
+    block_settings: tuple[str, ...] = BLOCK_SETTINGS
 
     @property
     def fixed_width(self) -> bool:
@@ -172,6 +177,15 @@ def _check_training(name: str, training_defaults: Mapping[str, Any], adversary: 
         raise ValueError(f"network {name!r}: an adversary needs training_defaults['adversarial'] with {missing}")
 
 
+def _check_constraints(name: str, constraints: TopologyConstraints) -> None:
+    """A family prescribing blocks per stage (which the planner writes into the plan) must read them."""
+    unknown = sorted(set(constraints.block_settings) - set(BLOCK_SETTINGS))
+    if unknown:
+        raise ValueError(f"network {name!r}: block_settings {unknown} are none of {BLOCK_SETTINGS}")
+    if constraints.default_blocks_per_stage is not None and "blocks_per_stage" not in constraints.block_settings:
+        raise ValueError(f"network {name!r}: default_blocks_per_stage is set but block_settings lacks 'blocks_per_stage'")
+
+
 def register_network(
     name: str,
     *,
@@ -210,6 +224,7 @@ def register_network(
             raise ValueError(f"network {name!r}: another family is already the default")
         _check_builder(name, builder)
         _check_training(name, training_defaults or {}, adversary)
+        _check_constraints(name, constraints or TopologyConstraints())
         _REGISTRY[name] = NetworkSpec(
             name=name,
             builder=builder,
@@ -334,7 +349,25 @@ def create_network(
         )
     if in_channels < 1 or n_classes < 1:
         raise NetworkError(f"network {name!r}: in_channels and n_classes must be >= 1")
-    return spec.builder(topology, in_channels, n_classes, **checked_options(name, options))
+    checked = checked_options(name, options)
+    check_block_settings(name, topology)
+    return spec.builder(topology, in_channels, n_classes, **checked)
+
+
+def check_block_settings(name: str, topology: Topology) -> None:
+    """Refuse a block count the family does not read: fcdensenet took ``blocks_per_stage`` (and several
+    families ``decoder_blocks_per_stage``) and built the same network, so a hand edit did nothing in silence."""
+    readable = get_network_spec(name).constraints.block_settings
+    for setting in BLOCK_SETTINGS:
+        value = getattr(topology, setting)
+        if value is None or setting in readable:
+            continue
+        readers = [n for n in list_networks() if setting in _REGISTRY[n].constraints.block_settings]
+        raise NetworkError(
+            f"network {name!r} does not read the topology's {setting} {value} (its design fixes them), so it would "
+            f"change nothing; remove {setting} from the plan's network.topology (or set it to null), or choose a "
+            f"network that reads it: {', '.join(readers)}"
+        )
 
 
 def format_network_table() -> str:

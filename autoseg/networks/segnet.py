@@ -71,7 +71,7 @@ class SegNet(nn.Module):
         require_stages(topology, "segnet")
         self.topology = topology
         dims, n, feats, kernels = topology.spatial_dims, topology.n_stages, topology.features_per_stage, topology.kernel_sizes
-        convs = blocks_per_stage(topology.blocks_per_stage, VGG16_CONVS_PER_STAGE, n, "blocks_per_stage")
+        convs = blocks_per_stage(topology.blocks_per_stage, VGG16_CONVS_PER_STAGE, n)
         self.pools = nn.ModuleList(max_pool_op(dims)(list(s), return_indices=True) for s in topology.strides[1:])
         self.unpools = nn.ModuleList(MaxUnpool(list(s)) for s in topology.strides[1:])
         self.encoder = nn.ModuleList(
@@ -107,7 +107,9 @@ class SegNet(nn.Module):
     "segnet",
     paper=PAPER,
     description="SegNet: VGG-style encoder, decoder upsampling with the encoder's max-pool indices, no skip features",
-    constraints=TopologyConstraints(default_blocks_per_stage=VGG16_CONVS_PER_STAGE, kernel_size=3),
+    constraints=TopologyConstraints(
+        default_blocks_per_stage=VGG16_CONVS_PER_STAGE, kernel_size=3, block_settings=("blocks_per_stage",),
+    ),
 )
 def build_segnet(topology: Topology, in_channels: int, n_classes: int, *, deep_supervision: bool = True) -> nn.Module:
     return SegNet(topology, in_channels, n_classes, deep_supervision=deep_supervision)

@@ -179,9 +179,9 @@ class SegResNet(nn.Module):
         super().__init__()
         dims, feats, n = topology.spatial_dims, topology.features_per_stage, topology.n_stages
         conv = conv_op(dims)
-        blocks = blocks_per_stage(topology.blocks_per_stage, PAPER_BLOCKS, n, "blocks_per_stage")
+        blocks = blocks_per_stage(topology.blocks_per_stage, PAPER_BLOCKS, n)
         up_blocks = blocks_per_stage(
-            topology.decoder_blocks_per_stage, (DECODER_BLOCKS,), n - 1, "decoder_blocks_per_stage"
+            topology.decoder_blocks_per_stage, (DECODER_BLOCKS,), n - 1
         )
         kernels, strides = topology.kernel_sizes, topology.strides
         self.stem = nn.Sequential(

@@ -88,8 +88,8 @@ class SwinUNet(nn.Module):
             raise NetworkError("swinunet: the topology has no window_sizes; plan it with `autoseg plan --network swinunet`")
         self.topology = topology
         n, feats, windows, strides = topology.n_stages, topology.features_per_stage, topology.window_sizes, topology.strides
-        depth = blocks_per_stage(topology.blocks_per_stage, BLOCKS_PER_STAGE, n, "blocks_per_stage")
-        up_depth = blocks_per_stage(topology.decoder_blocks_per_stage, BLOCKS_PER_STAGE, n - 1, "decoder_blocks_per_stage")
+        depth = blocks_per_stage(topology.blocks_per_stage, BLOCKS_PER_STAGE, n)
+        up_depth = blocks_per_stage(topology.decoder_blocks_per_stage, BLOCKS_PER_STAGE, n - 1)
         self.embed = conv_op(2)(in_channels, feats[1], list(strides[1]), list(strides[1]))
         self.embed_norm = nn.LayerNorm(feats[1])
         self.merges = nn.ModuleList(PatchMerging(feats[i - 1], feats[i], strides[i]) for i in range(2, n))

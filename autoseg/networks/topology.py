@@ -95,15 +95,22 @@ class Topology:
         self._check_odd_kernels()
         if any(s != 1 for s in self.strides[0]):
             raise NetworkError(f"topology: strides[0] must be all ones, got {self.strides[0]}")
-        for name in ("blocks_per_stage",):
+        self._check_block_counts(n)
+
+    def _check_block_counts(self, n: int) -> None:
+        """Block counts: one per encoder stage, one per decoder stage, each >= 1. A family that did not read a
+        count took a 0 or -1 in silence (the registry now refuses a count its family ignores)."""
+        for name, expected in (("blocks_per_stage", n), ("decoder_blocks_per_stage", n - 1)):
             values = getattr(self, name)
-            if values is not None and len(values) != n:
-                raise NetworkError(f"topology: {name} has {len(values)} entries, expected {n}")
-        if self.decoder_blocks_per_stage is not None and len(self.decoder_blocks_per_stage) != n - 1:
-            raise NetworkError(
-                f"topology: decoder_blocks_per_stage has {len(self.decoder_blocks_per_stage)} "
-                f"entries, expected {n - 1}"
-            )
+            if values is None:
+                continue
+            if len(values) != expected:
+                raise NetworkError(f"topology: {name} has {len(values)} entries, expected {expected}")
+            if any(int(v) < 1 for v in values):
+                raise NetworkError(
+                    f"topology: every entry of {name} must be >= 1, got {list(values)}; fix the plan's "
+                    f"network.topology.{name} (or set it to null for the family's default)"
+                )
 
     def _check_odd_kernels(self) -> None:
         """Every family pads its convs by ``k // 2`` to keep sizes ("same" padding), which only an odd

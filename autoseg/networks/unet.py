@@ -100,11 +100,10 @@ def transposed_up(dims: int) -> UpFactory:
     return make
 
 
-def blocks_per_stage(values: Sequence[int] | None, default: Sequence[int], n: int, what: str) -> list[int]:
-    """The plan's block counts, or the family default repeated with its last value to ``n`` stages."""
+def blocks_per_stage(values: Sequence[int] | None, default: Sequence[int], n: int) -> list[int]:
+    """The plan's block counts (``Topology.validate`` checked them), or the family default repeated with its
+    last value to ``n`` stages."""
     counts = list(values) if values is not None else list(default[:n]) + [default[-1]] * max(0, n - len(default))
-    if any(int(c) < 1 for c in counts):
-        raise NetworkError(f"topology: every entry of {what} must be >= 1, got {counts}")
     return [int(c) for c in counts]
 
 
@@ -207,7 +206,7 @@ class UNet(nn.Module):
         dims, n = topology.spatial_dims, topology.n_stages
         self.encoder = self._build_encoder(topology, in_channels)
         decoder_convs = blocks_per_stage(
-            topology.decoder_blocks_per_stage, self._default_decoder_convs(), n - 1, "decoder_blocks_per_stage"
+            topology.decoder_blocks_per_stage, self._default_decoder_convs(), n - 1
         )
 
         def make_stage(level: int, stage_in: int) -> tuple[nn.Module, int]:
@@ -225,7 +224,7 @@ class UNet(nn.Module):
 
     def _build_encoder(self, topology: Topology, in_channels: int) -> nn.Module:
         n, dims = topology.n_stages, topology.spatial_dims
-        counts = blocks_per_stage(topology.blocks_per_stage, UNET_CONVS_PER_STAGE, n, "blocks_per_stage")
+        counts = blocks_per_stage(topology.blocks_per_stage, UNET_CONVS_PER_STAGE, n)
         stages = []
         channels = in_channels
         for i, features in enumerate(topology.features_per_stage):
@@ -295,7 +294,7 @@ class ResEncUNet(UNet):
 
     def _build_encoder(self, topology: Topology, in_channels: int) -> nn.Module:
         n, dims = topology.n_stages, topology.spatial_dims
-        counts = blocks_per_stage(topology.blocks_per_stage, RESENC_BLOCKS_PER_STAGE, n, "blocks_per_stage")
+        counts = blocks_per_stage(topology.blocks_per_stage, RESENC_BLOCKS_PER_STAGE, n)
         stem = ConvNormAct(dims, in_channels, topology.features_per_stage[0], topology.kernel_sizes[0])
         stages = []
         channels = topology.features_per_stage[0]

@@ -126,10 +126,10 @@ class VNet(nn.Module):
         dims, n = topology.spatial_dims, topology.n_stages
         features = topology.features_per_stage
         kernels = [vnet_kernel(k) for k in topology.kernel_sizes]
-        convs = blocks_per_stage(topology.blocks_per_stage, VNET_CONVS_PER_STAGE, n, "blocks_per_stage")
+        convs = blocks_per_stage(topology.blocks_per_stage, VNET_CONVS_PER_STAGE, n)
         # Decoder mirrors the encoder: the stage at level i has the encoder's conv count of level i.
         decoder_convs = blocks_per_stage(
-            topology.decoder_blocks_per_stage, convs[-2::-1], n - 1, "decoder_blocks_per_stage"
+            topology.decoder_blocks_per_stage, convs[-2::-1], n - 1
         )
 
         def act_norm(channels: int) -> list[nn.Module]:
