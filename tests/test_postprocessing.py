@@ -515,3 +515,19 @@ def test_the_accepted_steps_are_described_as_a_person_reads_them(tmp_path):
         "2. tumor_core (region of labels 2, 3): remove components below 12.25 mm^3: Dice 0.8000 -> 0.9000",
     ]
     assert describe_steps({**decision, "steps": [], "candidates": records[1:2]}) == []
+
+
+def test_without_a_description_the_arguments_are_checked_before_the_dataset_json_is_looked_for(tmp_path):
+    """``-p X -r X`` without ``-d`` was refused for want of a dataset.json; fixing that (``-d``) only led to the real
+    fault. The same folder, a missing folder, then a missing dataset.json, in that order; one beside the references is
+    found (None took no description at all: 'labels None')."""
+    preds, refs = _make_cv_folders(tmp_path)
+    with pytest.raises(EvaluationError, match=r"cv: is both the predictions \(-p\) and the references \(-r\) folder"):
+        determine_postprocessing(preds, preds, None, num_workers=1)
+    with pytest.raises(EvaluationError, match=r"nope: prediction folder \(-p/--pred\) not found$"):
+        determine_postprocessing(tmp_path / "nope", refs, None, num_workers=1)
+    with pytest.raises(EvaluationError, match=r"gt: no dataset.json found beside the references .*name the dataset \(-d"):
+        determine_postprocessing(preds, refs, None, num_workers=1)
+    (tmp_path / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": LABELS,
+                                                        "numTraining": 3, "file_ending": ".nii.gz"}))
+    assert determine_postprocessing(preds, refs, None, num_workers=1)["steps"][0]["target"] == "organ"

@@ -30,8 +30,9 @@ from autoseg.dataset.description import DatasetDescription
 from autoseg.dataset.imageio import SUPPORTED_ENDINGS, is_image_ending, read_image, spelled_ending, write_image
 from autoseg.errors import EvaluationError
 from autoseg.evaluation.evaluate import (
-    check_declared, check_integer_labels, declared_values, label_maps, match_cases, raise_failures, read_checked_pair,
-    refuse_references_misused, resolve_file_ending,
+    PREDICTION_FOLDER, REFERENCE_FOLDER, check_declared, check_integer_labels, declared_values, find_description,
+    label_maps, match_cases, raise_failures, read_checked_pair, refuse_references_misused, require_folder,
+    resolve_file_ending,
 )
 from autoseg.evaluation.metrics import SegClass, case_metrics, evaluation_classes
 from autoseg.postprocessing.connected_components import component_volumes_mm3, keep_largest, remove_small
@@ -210,10 +211,23 @@ def _choose_per_class(
     return records
 
 
+def check_determine_arguments(pred_dir: Path, ref_dir: Path, output_json: str | Path | None, epsilon: float) -> Path:
+    """Every check of determine's arguments that reads no file, in the order whose fix helps most (the folders, then
+    the decision file); returns the decision file. Run before the dataset.json is looked for: ``-p X -r X`` was
+    refused for want of a dataset.json, and fixing that (``-d``) only led to the real fault, one folder given twice."""
+    check_epsilon(epsilon)
+    require_folder(pred_dir, "predicted label maps", PREDICTION_FOLDER)
+    require_folder(ref_dir, "reference label maps", REFERENCE_FOLDER)
+    decision_file = output_file(pred_dir, output_json, DECISION_FILE)
+    refuse_references_misused(pred_dir, ref_dir, decision_file, "the decision file", "file")
+    check_decision_target(decision_file)
+    return decision_file
+
+
 def determine_postprocessing(
     pred_dir: str | Path,
     ref_dir: str | Path,
-    description_or_labels: DatasetDescription | Mapping[str, Any],
+    description_or_labels: DatasetDescription | Mapping[str, Any] | None,
     output_json: str | Path | None = None,
     num_workers: int | None = None,
     epsilon: float = DEFAULT_EPSILON,
@@ -221,16 +235,17 @@ def determine_postprocessing(
 ) -> dict[str, Any]:
     """Decide the postprocessing on cross-validation predictions (all folds in ``pred_dir``).
 
+    ``description_or_labels`` None looks for the dataset.json as ``evaluate`` does (beside the references, in or
+    beside the predictions), once the arguments are checked.
     Returns the decision (also written to ``output_json``, default ``pred_dir/postprocessing.json``; a name
     ending in a separator is a folder to write ``postprocessing.json`` in):
     ``steps`` (the accepted operations, replayed by ``apply_postprocessing``), every ``candidate`` with
     its class Dice before and after, and the class Dice of the predictions before and after all steps.
     """
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
-    check_epsilon(epsilon)
-    decision_file = output_file(pred_dir, output_json, DECISION_FILE)
-    refuse_references_misused(pred_dir, ref_dir, decision_file, "the decision file", "file")
-    check_decision_target(decision_file)
+    decision_file = check_determine_arguments(pred_dir, ref_dir, output_json, epsilon)
+    if description_or_labels is None:
+        description_or_labels = find_description(pred_dir, ref_dir)
     file_ending = resolve_file_ending(description_or_labels, file_ending)
     classes, ignore_label = evaluation_classes(description_or_labels)
     pairs = match_cases(pred_dir, ref_dir, file_ending, None)
