@@ -129,6 +129,29 @@ def test_bad_slice_axis_is_refused() -> None:
     assert str(err.value) == "conresnet: slice_axis must be a spatial axis index 0, 1 or 2, got 3"
 
 
+ONE_SLICE = "conresnet: the patch {patch} has 1 slice along slice_axis {axis}, so its inter-slice context residual is " \
+    "zero and its auxiliary loss teaches nothing; use a patch of at least 2 slices on that axis, another --set " \
+    "network_options.slice_axis, or another network (e.g. --network unet)"
+
+
+def test_a_patch_of_one_slice_along_the_slice_axis_is_refused() -> None:
+    """A 2D-like 3D patch (1 x H x W) made the residual target ``label[s] XOR label[s-1]`` zero everywhere: the
+    auxiliary loss only taught the residual decoder to output 0. Refused where the network is built for training
+    (the patch in ``topology.extra``), and by ``forward_with_aux`` in training for a network built without it."""
+    in_plane = Topology(3, [8, 16, 16], [[1, 3, 3]] * 3, [[1, 1, 1], [1, 2, 2], [1, 2, 2]])
+    topology = Topology.from_dict({**in_plane.to_dict(), "extra": {"patch_size": [1, 8, 12]}})
+    with pytest.raises(NetworkError) as err:
+        create_network("conresnet", topology, 1, 2)
+    assert str(err.value) == ONE_SLICE.format(patch=[1, 8, 12], axis=0)
+    model = create_network("conresnet", topology, 1, 2, slice_axis=1).train()  # 8 slices along axis 1: trains
+    assert sorted(model.forward_with_aux(torch.randn(1, 1, 1, 8, 12))[1]) == ["residual_0", "residual_1"]
+    model = create_network("conresnet", in_plane, 1, 2).train()
+    with pytest.raises(NetworkError) as err:
+        model.forward_with_aux(torch.randn(1, 1, 1, 8, 12))
+    assert str(err.value) == ONE_SLICE.format(patch=[1, 8, 12], axis=0)
+    assert model.eval()(torch.randn(1, 1, 1, 8, 12)).shape == (1, 2, 1, 8, 12)  # prediction of a thin slab is fine
+
+
 def test_topology_without_downsampling_is_refused() -> None:
     topology = Topology(3, [8, 8], [[3, 3, 3]] * 2, [[1, 1, 1], [1, 1, 1]])
     with pytest.raises(NetworkError, match="conresnet needs at least one downsampling stage"):

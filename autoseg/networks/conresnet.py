@@ -110,6 +110,17 @@ class ContextResidualModule(nn.Module):
         return f * (1 + torch.sigmoid(o_res)), o_res
 
 
+def check_slices(shape: Sequence[int], slice_axis: int) -> None:
+    """Refuse a patch of one slice along the slice axis (a 2D-like 3D patch): its inter-slice residual, the
+    target of the auxiliary loss, is zero everywhere, so that loss only taught the residual decoder to say 0."""
+    if int(shape[slice_axis]) < 2:
+        raise NetworkError(
+            f"conresnet: the patch {list(shape)} has 1 slice along slice_axis {slice_axis}, so its inter-slice context "
+            "residual is zero and its auxiliary loss teaches nothing; use a patch of at least 2 slices on that axis, "
+            "another --set network_options.slice_axis, or another network (e.g. --network unet)"
+        )
+
+
 def decoder_stages(strides: Sequence[Sequence[int]]) -> list[int]:
     """Encoder stages whose output is a skip: the last stage of every resolution below the bottom.
 
@@ -229,6 +240,8 @@ class ConResNet(nn.Module):
 
     def forward_with_aux(self, x: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
         """Training outputs plus residual logits ``residual_<k>`` (k = 0 at full resolution)."""
+        if self.training:
+            check_slices(x.shape[2:], self.slice_axis)
         h, residuals = self._decode(x)
         logits = [self.seg_head(h)]
         if not self.training:
@@ -333,4 +346,7 @@ def build_conresnet(
     """``deep_supervision`` is accepted for the common builder signature; ConResNet's design has no
     segmentation deep supervision, so training always returns one logits tensor in a list."""
     del deep_supervision
-    return ConResNet(topology, in_channels, n_classes, slice_axis=slice_axis, dropout=dropout)
+    network = ConResNet(topology, in_channels, n_classes, slice_axis=slice_axis, dropout=dropout)
+    if "patch_size" in topology.extra:  # the training patch: refused before training starts
+        check_slices(topology.extra["patch_size"], slice_axis)
+    return network
