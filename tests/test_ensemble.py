@@ -550,3 +550,19 @@ def test_a_dataset_json_that_is_not_the_predictions_one_is_refused(tmp_path):
                                               r"the probabilities .*model0/crossval_folds_0/x\.json; that dataset\.json is not"):
         ensemble_folders(dirs, tmp_path / "out", num_workers=1)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_predict_runs_model_dataset_json_comes_before_one_above_its_output(tmp_path):
+    """Predictions of test images lie anywhere: the dataset.json of the model their predict_info.json names is theirs,
+    not one of another dataset in the folder above them, which was taken first and refused as not theirs."""
+    rng = np.random.default_rng(6)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "dataset.json").write_text(json.dumps(DATASET))
+    (tmp_path / "dataset.json").write_text(json.dumps({**DATASET, "labels": {"background": 0, "other": 1}}))
+    dirs = [tmp_path / "pred_a", tmp_path / "pred_b"]
+    for folder in dirs:
+        _save(folder, "x", _softmax(rng))
+        (folder / "predict_info.json").write_text(json.dumps({"model_folder": str(model)}))
+    ensemble_folders(dirs, tmp_path / "out", num_workers=1)
+    assert json.loads((tmp_path / "out" / "dataset.json").read_text()) == DATASET

@@ -100,14 +100,15 @@ DESCRIPTION_KEYS = ("labels", "regions_class_order", "file_ending")  # what the 
 
 
 def dataset_json_of(folder: Path) -> Path | None:
-    """The ``dataset.json`` of a prediction folder: in it, beside it (a model folder holds one beside its
-    ``crossval_folds_*/``), in the model folder of a fold's ``validation/``, or in the model folder its
-    ``predict_info.json`` names (a predict run's output); None when there is none."""
-    places = [folder, folder.parent]
+    """The ``dataset.json`` of a prediction folder, the most specific first: in it, in the model folder its
+    ``predict_info.json`` names (a predict run's output), in the model folder of a fold's ``validation/``, or beside it
+    (a model folder holds one beside its ``crossval_folds_*/``); None when there is none. The parent comes last: a
+    predict run's output folder may lie in any folder, one of another dataset's files included."""
+    model = predicting_model_folder(folder)
+    places = [folder, *([model] if model is not None else [])]
     if folder.parent.name.startswith("fold_"):
         places.append(folder.parent.parent)
-    model = predicting_model_folder(folder)
-    places += [model] if model is not None else []
+    places.append(folder.parent)
     return next((place / "dataset.json" for place in places if (place / "dataset.json").is_file()), None)
 
 
