@@ -191,7 +191,7 @@ class FCDenseNet(nn.Module):
     description="FC-DenseNet (Tiramisu) 56/67/103: dense blocks, transitions down/up, only new maps upsampled",
     constraints=TopologyConstraints(
         max_stages=len(VARIANTS[DEFAULT_VARIANT].down) + 1, stage_features=default_stage_widths, kernel_size=3,
-        block_settings=(),
+        block_settings=(), instance_norm=True,
     ),
 )
 def build_fcdensenet(

@@ -121,6 +121,7 @@ class FCN(nn.Module):
     description="FCN-8s: VGG-style conv encoder, class scores at 3 depths, bilinear-initialised transposed convs, additive fusion",
     constraints=TopologyConstraints(
         default_blocks_per_stage=VGG16_CONVS_PER_STAGE, kernel_size=3, block_settings=("blocks_per_stage",),
+        instance_norm=True,
     ),
 )
 def build_fcn(topology: Topology, in_channels: int, n_classes: int, *, deep_supervision: bool = True) -> nn.Module:

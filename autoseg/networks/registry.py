@@ -68,6 +68,10 @@ class TopologyConstraints:
         global_last_stage: the deepest stage attends globally (nnFormer's bottleneck): no window.
         block_settings: the topology's block counts (of ``BLOCK_SETTINGS``) the builder reads; a plan that
             sets another one is refused, since the network would not change (``check_block_settings``).
+        instance_norm: the design normalises each sample's channels over the voxels of every stage
+            (InstanceNorm), which one voxel cannot feed: a patch equal to the total stride is refused
+            (``check_deepest_stage``). GroupNorm over several channels and LayerNorm cope.
+        norm_option: the builder's boolean option that switches that norm off (V-Net's ``norm``).
     """
 
     spatial_dims: tuple[int, ...] = (2, 3)
@@ -82,6 +86,8 @@ class TopologyConstraints:
     window_size: int | None = None
     global_last_stage: bool = False
     block_settings: tuple[str, ...] = BLOCK_SETTINGS
+    instance_norm: bool = False
+    norm_option: str | None = None
 
     @property
     def fixed_width(self) -> bool:
@@ -351,6 +357,7 @@ def create_network(
         raise NetworkError(f"network {name!r}: in_channels and n_classes must be >= 1")
     checked = checked_options(name, options)
     check_block_settings(name, topology)
+    check_deepest_stage(name, topology, checked)
     return spec.builder(topology, in_channels, n_classes, **checked)
 
 
@@ -368,6 +375,26 @@ def check_block_settings(name: str, topology: Topology) -> None:
             f"change nothing; remove {setting} from the plan's network.topology (or set it to null), or choose a "
             f"network that reads it: {', '.join(readers)}"
         )
+
+
+def check_deepest_stage(name: str, topology: Topology, options: Mapping[str, Any]) -> None:
+    """Refuse a training patch (``topology.extra['patch_size']``) equal to the total stride for a family whose
+    every stage is instance-normalised: its deepest stage is one voxel, which torch's ``instance_norm`` refuses
+    ("Expected more than 1 spatial element when training", on GPU) and the CPU's group norm turns into zeros."""
+    constraints = get_network_spec(name).constraints
+    patch = topology.extra.get("patch_size")
+    if not constraints.instance_norm or patch is None or [int(p) for p in patch] != topology.total_stride:
+        return
+    if constraints.norm_option is not None and options.get(constraints.norm_option) is False:
+        return
+    larger = list(topology.total_stride)
+    larger[larger.index(max(larger))] *= 2
+    raise NetworkError(
+        f"network {name!r}: patch_size {list(patch)} equals the total stride of the strides {topology.strides}, so "
+        f"the deepest of its {topology.n_stages} stages is one voxel, which its instance norm cannot normalise; "
+        f"use a larger patch (e.g. {larger}, --set patch_size=[...] or the plan's patch_size) or fewer stages (one "
+        "entry less in every per-stage list of the plan's network.topology), or re-plan"
+    )
 
 
 def format_network_table() -> str:

@@ -109,6 +109,7 @@ class SegNet(nn.Module):
     description="SegNet: VGG-style encoder, decoder upsampling with the encoder's max-pool indices, no skip features",
     constraints=TopologyConstraints(
         default_blocks_per_stage=VGG16_CONVS_PER_STAGE, kernel_size=3, block_settings=("blocks_per_stage",),
+        instance_norm=True,
     ),
 )
 def build_segnet(topology: Topology, in_channels: int, n_classes: int, *, deep_supervision: bool = True) -> nn.Module:

@@ -316,7 +316,7 @@ UNET_SHORT_SCHEDULE_TRAINING = {"optimizer": {"name": "adamw", "lr": 1.0e-3}}
     "unet",
     paper="Isensee et al., nnU-Net, Nature Methods 2021, https://doi.org/10.1038/s41592-020-01008-z",
     description="nnU-Net's plain U-Net: 2 conv-IN-LeakyReLU per stage, deep supervision",
-    constraints=TopologyConstraints(default_blocks_per_stage=UNET_CONVS_PER_STAGE, kernel_size=3),
+    constraints=TopologyConstraints(default_blocks_per_stage=UNET_CONVS_PER_STAGE, kernel_size=3, instance_norm=True),
     short_schedule_training=UNET_SHORT_SCHEDULE_TRAINING,
     default=True,
 )
@@ -330,7 +330,9 @@ def build_unet(
     "resenc",
     paper="Isensee et al., nnU-Net Revisited, MICCAI 2024, https://arxiv.org/abs/2404.09556",
     description="U-Net with a residual encoder (1,3,4,6,6,6 blocks) and a 1-conv decoder",
-    constraints=TopologyConstraints(default_blocks_per_stage=RESENC_BLOCKS_PER_STAGE, kernel_size=3),
+    constraints=TopologyConstraints(
+        default_blocks_per_stage=RESENC_BLOCKS_PER_STAGE, kernel_size=3, instance_norm=True
+    ),
 )
 def build_resenc(
     topology: Topology, in_channels: int, n_classes: int, *, deep_supervision: bool = True

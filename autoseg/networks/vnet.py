@@ -169,6 +169,8 @@ class VNet(nn.Module):
         max_stages=len(VNET_FEATURES),
         default_blocks_per_stage=VNET_CONVS_PER_STAGE,
         kernel_size=VNET_KERNEL_SIZE,
+        instance_norm=True,
+        norm_option="norm",
     ),
 )
 def build_vnet(

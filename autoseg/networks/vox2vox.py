@@ -245,7 +245,7 @@ def vox2vox_generator_loss(fake_scores: torch.Tensor, logits: torch.Tensor, targ
     paper=PAPER,
     description="Vox2Vox: 3D U-Net generator trained against a 3D PatchGAN (LSGAN + 5 x generalised Dice)",
     constraints=TopologyConstraints(
-        spatial_dims=(3,), kernel_size=3, max_features=MAX_FEATURES, block_settings=()
+        spatial_dims=(3,), kernel_size=3, max_features=MAX_FEATURES, block_settings=(), instance_norm=True
     ),
     training_defaults=TRAINING_DEFAULTS,
     adversary=Adversary(build_discriminator, lsgan_discriminator_loss, vox2vox_generator_loss),
