@@ -566,3 +566,12 @@ def test_a_predict_runs_model_dataset_json_comes_before_one_above_its_output(tmp
         (folder / "predict_info.json").write_text(json.dumps({"model_folder": str(model)}))
     ensemble_folders(dirs, tmp_path / "out", num_workers=1)
     assert json.loads((tmp_path / "out" / "dataset.json").read_text()) == DATASET
+
+
+def test_an_unreadable_dataset_json_of_an_input_is_named_with_why_ensemble_reads_it(tmp_path):
+    dirs = _models_with_dataset_json(tmp_path, [DATASET, DATASET])
+    (dirs[1].parent / "dataset.json").write_text('{"labels": ')
+    with pytest.raises(EvaluationError, match=rf"^{re.escape(str(dirs[1].parent))}/dataset\.json: .*\(the dataset\.json of the "
+                                              rf"input {re.escape(str(dirs[1]))}, which ensemble copies to its output\); fix it"):
+        ensemble_folders(dirs, tmp_path / "out", num_workers=1)
+    assert not (tmp_path / "out").exists()

@@ -19,7 +19,7 @@ from autoseg.dataset.imageio import (
     SUPPORTED_ENDINGS, Geometry, endings_keeping_geometry, geometry_differences, geometry_lost_in, is_image_ending,
     itk_reads_spelling, spelled_ending, write_image,
 )
-from autoseg.errors import EvaluationError
+from autoseg.errors import DatasetError, EvaluationError
 from autoseg.evaluation.evaluate import label_maps, raise_failures, require_folder
 from autoseg.evaluation.metrics import evaluation_classes
 from autoseg.utils.probability_files import (
@@ -112,12 +112,22 @@ def dataset_json_of(folder: Path) -> Path | None:
     return next((place / "dataset.json" for place in places if (place / "dataset.json").is_file()), None)
 
 
+def _input_description(path: Path, folder: Path) -> DatasetDescription:
+    """The dataset.json ``path`` found for the input ``folder``, read; one that cannot be read is refused saying why
+    ensemble reads it (it did not before it copied one to its output)."""
+    try:
+        return load_description(path.parent)
+    except DatasetError as exc:
+        raise EvaluationError(f"{exc} (the dataset.json of the input {folder}, which ensemble copies to its output); "
+                              "fix it, or move it out of the way") from None
+
+
 def inputs_description(input_dirs: Sequence[Path], case: str) -> DatasetDescription | None:
     """The dataset.json the inputs agree on (the first found), for the output folder: nnU-Net copies the first
     input's, and without one ``postprocess determine`` and ``evaluate`` on the ensemble wanted ``-d``. One that
     disagrees with another input's in labels, regions or file ending, or with the probabilities of ``case`` (read
     as predicted with other labels), is refused: the output would describe label maps it does not hold."""
-    found = [(path, load_description(path.parent)) for path in map(dataset_json_of, input_dirs) if path is not None]
+    found = [(path, _input_description(path, folder)) for folder in input_dirs if (path := dataset_json_of(folder))]
     if not found:
         return None
     first_path, first = found[0]
