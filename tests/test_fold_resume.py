@@ -218,3 +218,32 @@ def test_a_file_named_as_the_dataset_results_folder_is_refused_before_any_work(r
                                             r"that file, then train again$"):
         _train(0, epochs=1)
     assert (results / DATASET).read_text() == "mine"
+
+
+@pytest.mark.parametrize("kept", ["checkpoint_best.safetensors", "checkpoint_latest.safetensors"])
+def test_continue_without_plans_json_refuses_a_checkpoint_of_another_spacing(
+    data_roots: dict[str, Path], results: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kept: str
+) -> None:
+    """Was: a fold holding only checkpoint_best (or latest), with no plans.json beside its model folder to compare,
+    continued after a re-plan to another spacing (same patch and network) without a word, on a grid it never saw;
+    the checkpoint's prediction_plan records the spacing, and it is refused as the other re-plan checks refuse."""
+    fold = Path(_train(0, epochs=1)["model_folder"]) / "fold_0"
+    (fold / "checkpoint_final.safetensors").unlink()
+    (fold / "checkpoint_latest.safetensors").replace(fold / kept)
+    (fold.parent / "plans.json").unlink()
+    preprocessed = tmp_path / "preprocessed"
+    shutil.copytree(data_roots["preprocessed"], preprocessed)
+    plans_file = preprocessed / DATASET / "autosegPlans.json"
+    plans = json.loads(plans_file.read_text())
+    spacing = plans["configurations"]["3d_fullres"]["spacing"]
+    plans["configurations"]["3d_fullres"]["spacing"] = [s * 2 for s in spacing]
+    plans_file.write_text(json.dumps(plans))
+    monkeypatch.setenv("AUTOSEG_PREPROCESSED", str(preprocessed))
+    before = _listing(fold)
+    trained, now = json.dumps(spacing), json.dumps([s * 2 for s in spacing])
+    with pytest.raises(TrainingError, match=rf"{kept}: was trained with another plan than this run's \(spacing "
+                                            rf"{re.escape(trained)} \(trained\) vs {re.escape(now)} \(now\)\): "
+                                            r"the fold comes from another results root or the model was re-planned; "
+                                            r".*or delete the fold folder to start over$"):
+        _train(0, epochs=2, continue_=True)
+    assert _listing(fold) == before and not (fold.parent / "plans.json").exists()

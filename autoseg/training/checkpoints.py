@@ -13,13 +13,19 @@ import hashlib
 import json
 import random
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from autoseg.errors import TrainingError
-from autoseg.inference.model import check_fold_of_model, listed_differences, plan_differences
+from autoseg.inference.model import (
+    PREDICTION_PLAN,
+    check_fold_of_model,
+    listed_differences,
+    plan_differences,
+    prediction_plan,
+)
 from autoseg.training.model_setup import ModelSetup
 from autoseg.training.schedule import TrainingState
 from autoseg.utils.checkpoint_format import CHECKPOINT_FORMAT_VERSION, checkpoint_name, first_mismatch, read_checkpoint
@@ -201,6 +207,11 @@ def _refuse_another_network(path: Path, meta: dict[str, Any], setup: ModelSetup)
     recorded = _network_definition(meta.get("patch_size"), meta["topology"])
     before = {key: value for key, value in recorded.items() if value is not None}  # older checkpoints lack some
     now = _network_definition(setup.topology.get("extra", {}).get("patch_size"), setup.topology)
+    refuse_another_plan(path, before, now)
+
+
+def refuse_another_plan(path: Path, before: Mapping[str, Any], now: Mapping[str, Any]) -> None:
+    """The one refusal of a checkpoint to continue whose recorded plan values (``before``) differ from this run's."""
     if changed := plan_differences(before, now):
         raise TrainingError(
             f"{path}: was trained with another plan than this run's ({listed_differences(changed)}): "
@@ -208,3 +219,12 @@ def _refuse_another_network(path: Path, meta: dict[str, Any], setup: ModelSetup)
             "the fold was trained with (the plans.json and training_config.yaml of the model folder it came from), "
             "or delete the fold folder to start over"
         )
+
+
+def refuse_another_prediction_plan(path: Path, plans: Mapping[str, Any], configuration: str) -> None:
+    """A checkpoint to continue must record this plan's grid (its ``prediction_plan``: spacing, transpose,
+    normalization, resampling). With no plans.json beside the model folder to compare, a fold re-planned to another
+    spacing (the same patch and network) went on training on another grid without a word. Older checkpoints pass."""
+    trained = load_checkpoint(path)["metadata"].get(PREDICTION_PLAN)
+    if isinstance(trained, Mapping):
+        refuse_another_plan(path, trained, prediction_plan(plans, configuration))

@@ -37,7 +37,7 @@ from autoseg.training.cascade import (
     CACHE_FOLDER, NEXT_STAGE_FOLDER, check_previous_stage_labels, handed_by_path, handing_fold, prepare_previous_stage,
     previous_stage_predictions,
 )
-from autoseg.training.checkpoints import BEST, FINAL, LATEST, split_digest
+from autoseg.training.checkpoints import BEST, FINAL, LATEST, refuse_another_prediction_plan, split_digest
 from autoseg.training.config import dump_config, resolve_training_config
 from autoseg.training.config_rules import RULES
 from autoseg.training.distributed import DistributedContext, barrier, init_distributed, rank_batch_size, shutdown
@@ -532,6 +532,8 @@ def _refuse_another_plan(run: FoldRun) -> None:
         folder.name for folder in run.model_folder.glob("fold_*")
         if any((folder / name).is_file() for name in (LATEST, FINAL, BEST))  # best alone: --continue resumes it
     )
+    if not stored.is_file() and run.resume:
+        _refuse_checkpoint_of_another_plan(run)
     if not trained or not stored.is_file():
         return
     try:
@@ -546,6 +548,15 @@ def _refuse_another_plan(run: FoldRun) -> None:
             f"(autoseg plan --plans-name NAME, then preprocess and train with --plans-name NAME), or delete those folds "
             "to retrain them all with this plan"
         )
+
+
+def _refuse_checkpoint_of_another_plan(run: FoldRun) -> None:
+    """--continue with no plans.json beside the model folder: the checkpoint it takes (latest, else best) must record
+    this plan's grid; a re-plan to another spacing with the same patch and network was continued without a word."""
+    latest = run.fold_folder / LATEST
+    source = latest if latest.is_file() else run.fold_folder / BEST
+    if source.is_file():
+        refuse_another_prediction_plan(source, run.plans, run.configuration_name)
 
 
 def _restore(trainer: Trainer, run: FoldRun) -> None:
