@@ -505,14 +505,13 @@ def postprocess_determine(
     num_workers: Optional[int] = workers_option(),
 ) -> None:
     """Decide which connected-component steps help on the cross-validation and store them as JSON."""
-    from autoseg.evaluation.evaluate import find_description
-    from autoseg.postprocessing.determine import DECISION_FILE, determine_postprocessing
+    from autoseg.postprocessing.determine import DECISION_FILE, describe_steps, determine_postprocessing
     from autoseg.utils.output_folders import output_file
 
-    description = _description(dataset) or find_description(pred, ref)
-    decision = determine_postprocessing(pred, ref, description, output, num_workers, epsilon)
-    accepted = [step for step in decision["steps"]]
-    typer.echo(f"accepted steps: {accepted if accepted else 'none'}")
+    # without -d the dataset.json is looked for once the folders are checked (-p X -r X is the fault to name first)
+    decision = determine_postprocessing(pred, ref, _description(dataset), output, num_workers, epsilon)
+    accepted = describe_steps(decision)
+    typer.echo("accepted steps:" + "".join(f"\n  {line}" for line in accepted) if accepted else "accepted steps: none")
     typer.echo(f"written: {output_file(pred, output, DECISION_FILE)}")
 
 

@@ -165,6 +165,21 @@ def test_determine_from_the_command_line_keeps_the_trailing_separator_of_its_out
     assert result.exit_code == 0, result.output
     assert load_decision(tmp_path / "d4" / "postprocessing.json")["steps"]
     assert f"written: {tmp_path / 'd4' / 'postprocessing.json'}" in result.output
+    # the accepted steps as a person reads them (the command printed raw Python dicts)
+    assert ("accepted steps:\n  1. organ (label 1): keep the largest component: Dice 0.7619 -> 1.0000\n"
+            "  2. nodule (label 2): remove components below 8 mm^3: Dice 0.9953 -> 1.0000\n") in result.output
+
+
+def test_determine_from_the_command_line_names_one_folder_given_twice_before_a_missing_dataset_json(tmp_path):
+    """``postprocess determine -p X -r X`` without -d was refused for want of a dataset.json, hiding the real fault."""
+    from typer.testing import CliRunner
+
+    from autoseg.cli import app
+
+    preds, _ = _make_cv_folders(tmp_path)
+    result = CliRunner().invoke(app, ["postprocess", "determine", "-p", str(preds), "-r", str(preds), "-np", "1"])
+    assert result.exit_code != 0
+    assert "is both the predictions (-p) and the references (-r) folder" in result.output, result.output
 
 
 def test_apply_is_deterministic_and_matches_the_reference(tmp_path):
