@@ -632,6 +632,19 @@ def test_jitter_leaves_the_schedule_alone(speed):
     assert state.total_iterations == planned and len(log) == lines
 
 
+def test_a_steady_slowdown_under_the_pace_ratio_that_would_overrun_shortens_the_schedule():
+    """A 2-minute plan trains one epoch, so its last epoch is the whole run: a steady 1.2x slowdown (other
+    processes on the cores) stayed under the 1.25x ratio, was never cut, and the run ended 10-12% over its
+    budget (Dataset952/953 of 20x20x8 and 32x32x24 images, 132 and 134 s of 120). An overrun beyond
+    PACE_TOLERANCE of the budget now shortens the schedule whatever the ratio."""
+    replanner, log, state = _replanned()  # about 99 s left at 0.1 s per iteration
+    planned, state.iteration = state.total_iterations, 100
+    replanner.keep_pace(state, 0.12, planned)  # the rest takes about 107 s of the 98 s left: 9 s over
+    assert state.total_iterations < planned and "would overrun the deadline" in log[-1]
+    left = replanner.deadline - time.monotonic() - replanner.validation_estimate * 1.2
+    assert (state.total_iterations - 100) * 0.12 <= left < (state.total_iterations - 100 + 1) * 0.12
+
+
 def test_a_last_epoch_that_runs_faster_lengthens_the_schedule_and_keeps_the_lr_continuous():
     """The load that slowed an earlier epoch (and shortened the schedule) went away in the last one:
     without a later re-plan the run would end 40 s early of a 100 s budget."""

@@ -19,14 +19,15 @@ FORWARD_SHARE_OF_ITERATION = 1.0 / 3.0
 # 3-minute budget.
 PROBE_MAX_SHARE = 0.05
 # In the last epoch the schedule is shortened at once (not at the epoch's end) when this epoch's speed
-# says the rest would take PACE_SLOWDOWN times the time left and overrun the deadline by more than
-# PACE_TOLERANCE of the budget: another process took the cores after the last estimate (an earlier
+# says the rest would overrun the deadline by more than PACE_TOLERANCE of the budget, however small the
+# slowdown (a 2-minute plan trains one epoch: a steady 1.2x, under PACE_SLOWDOWN, ended 12% late), e.g.
+# another process took the cores after the last estimate (an earlier
 # epoch waits for its end's re-plan unless that end itself lies past the deadline). A 5-minute
 # Hippocampus run whose last epoch slowed 4x (0.87 s per iteration, planned about 0.2) waited for the
 # epoch's end and ended 37 s late (+13%). It is lengthened by the mirror rule (the time left is
 # PACE_SLOWDOWN times what the rest takes, and more than PACE_TOLERANCE of the budget would go unused):
 # a run whose middle slowed 7x for 90 s, and whose schedule was cut for it, ended at 209 of 300 s. The
-# two thresholds keep ordinary jitter (+-10% between epochs) from bending the learning-rate schedule;
+# thresholds keep ordinary jitter (+-10% between epochs) from bending the learning-rate schedule;
 # the epoch end still re-plans both ways.
 PACE_SLOWDOWN = 1.25
 PACE_TOLERANCE = 0.05
