@@ -212,15 +212,15 @@ def _choose_per_class(
 
 
 def check_determine_arguments(pred_dir: Path, ref_dir: Path, output_json: str | Path | None, epsilon: float) -> Path:
-    """Every check of determine's arguments that reads no file, in the order whose fix helps most (the folders, then
-    the decision file); returns the decision file. Run before the dataset.json is looked for: ``-p X -r X`` was
-    refused for want of a dataset.json, and fixing that (``-d``) only led to the real fault, one folder given twice."""
+    """Every check of determine's arguments that reads no label map (the epsilon, the decision file, one folder given
+    twice, then each folder there); returns the decision file. Run before the dataset.json is looked for: ``-p X -r X``
+    was refused for want of a dataset.json, and fixing that (``-d``) only led to the real fault, one folder given twice."""
     check_epsilon(epsilon)
-    require_folder(pred_dir, "predicted label maps", PREDICTION_FOLDER)
-    require_folder(ref_dir, "reference label maps", REFERENCE_FOLDER)
     decision_file = output_file(pred_dir, output_json, DECISION_FILE)
     refuse_references_misused(pred_dir, ref_dir, decision_file, "the decision file", "file")
     check_decision_target(decision_file)
+    require_folder(pred_dir, "predicted label maps", PREDICTION_FOLDER)
+    require_folder(ref_dir, "reference label maps", REFERENCE_FOLDER)
     return decision_file
 
 
