@@ -575,3 +575,15 @@ def test_an_unreadable_dataset_json_of_an_input_is_named_with_why_ensemble_reads
                                               rf"input {re.escape(str(dirs[1]))}, which ensemble copies to its output\); fix it"):
         ensemble_folders(dirs, tmp_path / "out", num_workers=1)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_case_that_fails_is_named_with_where_the_others_are(tmp_path):
+    """A case whose probabilities cannot be read fails the ensemble naming it; the message named the failure only,
+    leaving the user to guess whether the other cases were written (predict says where they are)."""
+    dirs = _ensemble_inputs(tmp_path, ["m0", "m1"], ["x", "y"], seed=7)
+    data = (dirs[1] / "y.npz").read_bytes()
+    (dirs[1] / "y.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(EvaluationError, match=r"^1 of 2 cases could not be ensembled: y: .*m1/y\.npz: probabilities of case y "
+                                              rf"cannot be read .*; the other 1 label map\(s\) are in {re.escape(str(tmp_path / 'out'))}$"):
+        ensemble_folders(dirs, tmp_path / "out", num_workers=1)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")) == ["x.nii.gz"]

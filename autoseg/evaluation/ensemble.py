@@ -20,8 +20,9 @@ from autoseg.dataset.imageio import (
     itk_reads_spelling, spelled_ending, write_image,
 )
 from autoseg.errors import DatasetError, EvaluationError
-from autoseg.evaluation.evaluate import label_maps, raise_failures, require_folder
+from autoseg.evaluation.evaluate import label_maps, require_folder
 from autoseg.evaluation.metrics import evaluation_classes
+from autoseg.postprocessing.determine import raise_case_failures
 from autoseg.utils.probability_files import (
     PROBABILITIES_SUFFIX, probability_paths, read_probabilities, read_sidecar, write_probability_files,
 )
@@ -304,5 +305,5 @@ def ensemble_folders(
     items = [(case, (case, dirs, out, endings[case], save_probabilities)) for case in ordered]
     workers = stage_workers(num_workers, EvaluationError)
     _, failures = parallel_map(ensemble_case, items, workers, "ensembling")
-    raise_failures(failures, len(items), "ensembled")
+    raise_case_failures(failures, len(items), "ensembled", out)
     return ordered

@@ -445,16 +445,16 @@ def apply_to_folder(
     items = [(case, (path, output_dir / path.name, decision, declared)) for case, path in files.items()]
     workers = stage_workers(num_workers, EvaluationError)
     _, failures = parallel_map(_apply_file, items, workers, "postprocessing")
-    _raise_apply_failures(failures, len(items), output_dir)
+    raise_case_failures(failures, len(items), "postprocessed", output_dir)
     return [output_dir / path.name for path in files.values()]
 
 
-def _raise_apply_failures(failures: Sequence[Failure], total: int, output_dir: Path) -> None:
-    """Name every failed case and, as ``predict`` does, where the others went: each case is its own file (written
-    atomically, so a failed one leaves none), and the message named the failures only, leaving the user to guess
-    whether the label maps beside them were written."""
+def raise_case_failures(failures: Sequence[Failure], total: int, action: str, output_dir: Path) -> None:
+    """Name every failed case and, as ``predict`` does, where the others went (``apply`` and ``ensemble``): each
+    case is its own file (written atomically, so a failed one leaves none), and the message named the failures only,
+    leaving the user to guess whether the label maps beside them were written."""
     try:
-        raise_failures(failures, total, "postprocessed")
+        raise_failures(failures, total, action)
     except EvaluationError as exc:
         done = total - len(failures)
         rest = f"the other {done} label map(s) are in {output_dir}" if done else "no label map was written"
