@@ -261,7 +261,8 @@ def ensemble_folders(
     """Ensemble the probabilities of the same cases in ``input_dirs`` into ``output_dir``.
 
     Every folder must hold the same cases. ``file_ending`` of the written label maps defaults to each case's
-    own in the first folder (predict writes a case NIfTI cannot hold as ``.nrrd``). Returns the ensembled case ids.
+    own in the first folder (predict writes a case NIfTI cannot hold as ``.nrrd``). The inputs' dataset.json, if they
+    have one (``inputs_description``), is written beside the label maps. Returns the ensembled case ids.
     """
     if isinstance(input_dirs, (str, os.PathLike)):  # one folder, not the characters of its path
         raise EvaluationError(f"{input_dirs}: give a list of at least two prediction folders to ensemble, not one path")
