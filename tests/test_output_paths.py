@@ -28,9 +28,33 @@ def test_export_model_refuses_a_folder_as_the_zip(tmp_path: Path) -> None:
 
 
 def test_postprocess_determine_refuses_a_folder_as_the_decision(tmp_path: Path) -> None:
-    with pytest.raises(EvaluationError, match=MESSAGE):
+    """``-o EXISTING_FOLDER`` was told to give a file name only, though ``-o EXISTING_FOLDER/`` (a folder for
+    postprocessing.json, as --help says) is what the user meant: the refusal now offers it."""
+    with pytest.raises(EvaluationError, match=rf"^{tmp_path}/{MESSAGE}, or {tmp_path}/outdir/ to write postprocessing\.json in it$"):
         determine_postprocessing(tmp_path / "cv", tmp_path / "gt", {"background": 0, "a": 1}, _folder(tmp_path),
                                  file_ending=".nii.gz")
+
+
+def test_postprocess_determine_cli_offers_the_folder_with_a_separator(tmp_path: Path) -> None:
+    """The command line's refusal of ``-o EXISTING_FOLDER``: one line offering ``EXISTING_FOLDER/``, exit 2, no file."""
+    from typer.testing import CliRunner
+
+    from autoseg.cli import app
+
+    for name in ("cv", "gt"):
+        (tmp_path / name).mkdir()
+    out = _folder(tmp_path)
+    result = CliRunner().invoke(app, ["postprocess", "determine", "-p", str(tmp_path / "cv"), "-r", str(tmp_path / "gt"),
+                                      "-o", str(out)])
+    assert result.exit_code == 2, result.output
+    assert f"or {out}/ to write postprocessing.json in it" in " ".join(result.output.split())
+    assert "Traceback" not in result.output and list(out.iterdir()) == []
+
+
+def test_export_model_offers_no_folder_it_cannot_write_into(tmp_path: Path) -> None:
+    """export-model's -o is the zip itself (no folder form): its refusal offers no ``outdir/``."""
+    with pytest.raises(ModelFileError, match=rf"{MESSAGE}$"):
+        export_model([tmp_path / "results" / "Dataset004_X" / "unet__autosegPlans__3d_fullres"], _folder(tmp_path), ["0"])
 
 
 def test_postprocess_determine_refuses_a_decision_that_is_a_cases_probability_sidecar(tmp_path: Path) -> None:

@@ -160,7 +160,7 @@ def check_decision_target(decision_file: Path) -> None:
     ``x.nii.gz`` in the predictions folder failed every later evaluate and apply there as an unreadable label map.
     A file named ``DECISION_FILE`` (the default, and find-best's) is always replaced: a damaged one (a truncated
     write) is what apply asks to determine again, and refusing it left no way to."""
-    check_output_file(decision_file, EvaluationError)
+    check_output_file(decision_file, EvaluationError, DECISION_FILE)
     fix = f"give -o a new .json file name (or a folder ending in / for {DECISION_FILE} in it)"
     if spelled_ending(decision_file):
         raise EvaluationError(f"{decision_file}: a decision file is JSON, not a label map, and would be read as one; {fix}")

@@ -103,12 +103,14 @@ def output_file(default_dir: Path, given: str | os.PathLike[str] | None, name: s
     return Path(text) / name if text.endswith(("/", os.sep)) else Path(text)
 
 
-def check_output_file(output: Path, error: type[Exception]) -> None:
+def check_output_file(output: Path, error: type[Exception], default_name: str | None = None) -> None:
     """Raise ``error`` if ``output``, a file to write (a zip, a report, a decision), is an existing folder,
     or a folder it would be written in is an existing file (``-o notes.txt/report.html`` failed in mkdir
-    as an internal error)."""
+    as an internal error). ``default_name``: the file a command whose ``-o`` takes a folder ending in a separator
+    (``output_file``) writes there; the refusal offers that spelling, which ``-o FOLDER`` users were not told."""
     if output.is_dir():
-        raise error(f"{output}: is a folder; give a file name to write (a new file, or one to replace)")
+        into = f", or {output}{os.sep} to write {default_name} in it" if default_name else ""
+        raise error(f"{output}: is a folder; give a file name to write (a new file, or one to replace){into}")
     _refuse_file_among(*output.parents, error=error)
     refuse_probability_sidecar(output, error)
 
