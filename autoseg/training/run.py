@@ -7,13 +7,14 @@ group itself (the environment says so), and only rank 0 writes files.
 
 from __future__ import annotations
 
+import contextlib
 import filecmp
 import json
 import math
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 import yaml
@@ -51,7 +52,9 @@ from autoseg.training.pretrained import PretrainedSource, check_pretrained, load
 from autoseg.training.splits import FOLD_ALL, canonical_fold, fold_cases
 from autoseg.training.trainer import Trainer, describe_best, network_request
 from autoseg.training.validation import GT_FOLDER, VALIDATION_FOLDER, validate_fold
-from autoseg.utils.atomic import atomic_path, atomic_write_json, atomic_write_text, remove_stale_temporaries
+from autoseg.utils.atomic import (
+    FolderLocked, atomic_path, atomic_write_json, atomic_write_text, folder_lock, remove_stale_temporaries,
+)
 from autoseg.utils.jsonio import read_json
 from autoseg.utils.mappings import flatten
 from autoseg.utils.names import string_list
@@ -132,7 +135,7 @@ def train_fold(
     if context.enabled and run.device.type == "cuda":
         run.device = torch.device("cuda", context.local_rank)
     try:
-        with applied(run.math_threads), determinism_restored():
+        with _fold_held(run, context), applied(run.math_threads), determinism_restored():
             trainer, device_warnings, source = _start(run, context, pretrained_weights)
             with trainer.monitor.stop_logged():
                 pretrained = _train(trainer, run, context, source, device_warnings)
@@ -151,6 +154,34 @@ def train_fold(
         "seconds": time.monotonic() - start, "validation": validation,
         "pretrained": pretrained.lines() if pretrained else None, "time_accounting": accounting,
     }
+
+
+@contextlib.contextmanager
+def _fold_held(run: FoldRun, context: DistributedContext) -> Iterator[None]:
+    """Rank 0 holds the fold folder for the whole run: two ``autoseg train`` of one fold at once (two terminals, a
+    re-submitted cluster job) both wrote its checkpoints, log and validation. The second is refused, naming the
+    process; the kernel drops the lock of a killed run. Folders made only to be locked go again if left empty."""
+    if not context.is_main:
+        yield
+        return
+    made = [folder for folder in (run.model_folder, run.fold_folder) if not folder.exists()]
+    run.fold_folder.mkdir(parents=True, exist_ok=True)
+    try:
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(folder_lock(run.fold_folder, wait=False))
+            except FolderLocked as exc:
+                holder = f"process {exc.pid}" if exc.pid else "another process"
+                raise TrainingError(
+                    f"{run.fold_folder}: fold {run.fold} is being trained by {holder} right now; two runs of one fold "
+                    "write over each other's checkpoints, log and validation: wait for that run to end (or stop it and "
+                    "resume it with --continue)"
+                ) from None
+            yield
+    finally:
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty: the refused run wrote nothing there
 
 
 def _check_options(epochs: int | None, budget_seconds: float | None, continue_: bool, pretrained: Any) -> None:

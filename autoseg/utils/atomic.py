@@ -218,20 +218,74 @@ def remove_stale_temporaries(folder: str | os.PathLike[str], target_name: str | 
     return removed
 
 
+class FolderLocked(Exception):
+    """``folder_lock(wait=False)`` found ``folder`` locked by another process: ``pid`` (None where unknown)."""
+
+    def __init__(self, folder: Path, pid: int | None) -> None:
+        super().__init__(f"{folder}: locked by {'process ' + str(pid) if pid else 'another process'}")
+        self.folder, self.pid = folder, pid
+
+
+# Descriptors of the locks this process holds: a forked child (a data loading worker) shares them, and a child
+# outliving its parent (killed) kept the lock held; children close their copies (the parent keeps the lock).
+_HELD_LOCKS: set[int] = set()
+
+
+def _close_inherited_locks() -> None:
+    for fd in _HELD_LOCKS:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited_locks)
+
+
+def lock_holder(folder: str | os.PathLike[str]) -> int | None:
+    """The process holding a ``flock`` on ``folder``, read from ``/proc/locks`` (Linux); None where unknown."""
+    try:
+        info = os.stat(folder)
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return None
+    where = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == where and fields[4].isdigit() and int(fields[4]) > 0:
+            return int(fields[4])
+    return None
+
+
 @contextlib.contextmanager
-def folder_lock(folder: str | os.PathLike[str]) -> Iterator[None]:
+def folder_lock(folder: str | os.PathLike[str], wait: bool = True) -> Iterator[None]:
     """Exclusive lock on a folder itself (``flock`` on its descriptor: no lock file left among the
-    results, released by the kernel when a holder is killed); off POSIX, no lock."""
+    results, released by the kernel when a holder is killed); off POSIX, no lock. ``wait=False`` raises
+    ``FolderLocked`` (naming the holder) instead of waiting for another process's lock. A folder removed and
+    made anew while we waited is locked again: a lock on the removed one excluded nobody."""
     try:
         import fcntl
     except ImportError:
         yield
         return
-    fd = os.open(folder, os.O_RDONLY)
+    while True:
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.path.samestat(os.fstat(fd), os.stat(folder)):
+                break
+        except BlockingIOError:
+            os.close(fd)
+            raise FolderLocked(Path(folder), lock_holder(folder)) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    _HELD_LOCKS.add(fd)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
+        _HELD_LOCKS.discard(fd)
         os.close(fd)  # closing releases the lock
 
 

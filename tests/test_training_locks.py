@@ -1,0 +1,75 @@
+"""Two runs at once on one fold or one shared folder: the second ``autoseg train`` of a fold is refused, naming
+the process that holds it; a killed holder leaves no lock behind (the kernel drops a ``flock``)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from autoseg.errors import TrainingError
+from autoseg.training import train_fold
+
+from training_helpers import DATASET, data_roots, results  # noqa: F401 - fixtures
+
+FAST = ["val_iterations_per_epoch=2", "mixed_precision=off"]
+MODEL = "unet__autosegPlans__3d_fullres"
+HOLD = ("import sys; from autoseg.utils.atomic import folder_lock\n"
+        "with folder_lock(sys.argv[1]):\n    print('held', flush=True); sys.stdin.read()")
+
+
+def _holder(folder: Path) -> subprocess.Popen[str]:
+    """Another process holding ``folder``'s lock until its stdin closes (or it is killed); returns once it holds it."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline() == "held\n"
+    return proc
+
+
+def test_a_second_run_of_a_fold_is_refused_and_a_killed_one_leaves_no_lock(results: Path) -> None:  # noqa: F811
+    fold = results / DATASET / MODEL / "fold_0"
+    fold.mkdir(parents=True)
+    proc = _holder(fold)
+    try:
+        with pytest.raises(TrainingError) as info:
+            train_fold(DATASET, "3d_fullres", 0, epochs=1, workers=0, overrides=FAST)
+        assert str(info.value) == (
+            f"{fold}: fold 0 is being trained by process {proc.pid} right now; two runs of one fold write over each "
+            "other's checkpoints, log and validation: wait for that run to end (or stop it and resume it with "
+            "--continue)"
+        )
+        assert list(fold.iterdir()) == []  # the refused run wrote nothing
+    finally:
+        proc.kill()  # kill -9: nothing releases the lock but the kernel
+        proc.wait()
+    train_fold(DATASET, "3d_fullres", 0, epochs=1, workers=0, overrides=FAST)
+    assert (fold / "checkpoint_final.safetensors").is_file()
+    assert not [p.name for p in fold.iterdir() if "lock" in p.name.lower()]
+
+
+def test_a_forked_child_does_not_keep_its_parents_lock(tmp_path: Path) -> None:
+    """A data loading worker (forked while the fold was held) outliving the run kept the fold locked: the next run
+    of the fold was refused though none was training."""
+    import multiprocessing
+
+    from autoseg.utils.atomic import FolderLocked, folder_lock
+
+    context = multiprocessing.get_context("fork")
+    release = context.Event()
+    with folder_lock(tmp_path):
+        child = context.Process(target=release.wait)
+        child.start()
+    try:
+        assert child.is_alive()
+        with folder_lock(tmp_path, wait=False):
+            pass
+        with folder_lock(tmp_path), pytest.raises(FolderLocked) as info:
+            with folder_lock(tmp_path, wait=False):
+                pass
+        assert info.value.pid == os.getpid() and str(info.value) == f"{tmp_path}: locked by process {info.value.pid}"
+    finally:
+        release.set()
+        child.join()
