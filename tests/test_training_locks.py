@@ -73,3 +73,37 @@ def test_a_forked_child_does_not_keep_its_parents_lock(tmp_path: Path) -> None:
     finally:
         release.set()
         child.join()
+
+
+def test_handing_on_and_clearing_hold_the_next_stage_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between a fold's copy into predicted_next_stage/ and its record, another fold starting afresh read the old
+    record (naming itself) and deleted the new copy; both now run under the folder's lock, which another process
+    sees held by this one at those moments."""
+    from autoseg.training import cascade
+    from autoseg.utils.atomic import lock_holder
+
+    handed, validation = tmp_path / cascade.NEXT_STAGE_FOLDER, tmp_path / "fold_0" / "validation"
+    validation.mkdir(parents=True)
+    (validation / "a.nii.gz").write_bytes(b"fold 0's map")
+    handed.mkdir()
+    (handed / "a.nii.gz").write_bytes(b"fold 1's old map")
+    cascade.record_handed_on(handed, "a", "1", None)
+    seen: list[tuple[str, int | None, bytes]] = []
+    record, fold_of = cascade.record_handed_on, cascade.handing_fold
+
+    def recording(predictions: Path, case_id: str, fold: str, split: str | None) -> None:
+        seen.append(("record", lock_holder(predictions), (predictions / f"{case_id}.nii.gz").read_bytes()))
+        record(predictions, case_id, fold, split)
+
+    def reading(predictions: Path, case_id: str) -> str | None:
+        seen.append(("read", lock_holder(predictions), b""))
+        return fold_of(predictions, case_id)
+
+    monkeypatch.setattr(cascade, "record_handed_on", recording)
+    monkeypatch.setattr(cascade, "handing_fold", reading)
+    cascade.hand_on(handed, validation / "a.nii.gz", "a", "0", "digest")
+    cascade.clear_handed_on(handed, ["a"], "1", tmp_path / "fold_1" / "validation", ".nii.gz")  # fold 1 afresh
+    assert seen == [("record", os.getpid(), b"fold 0's map"), ("read", os.getpid(), b"")]
+    assert (handed / "a.nii.gz").read_bytes() == b"fold 0's map"  # fold 0's copy stays: its record names fold 0
+    cascade.clear_handed_on(handed, ["a"], "0", validation, ".nii.gz")  # fold 0 afresh removes its own
+    assert sorted(p.name for p in handed.iterdir()) == []

@@ -8,7 +8,9 @@ each is moved onto the fullres grid with the labels' own transpose, crop and res
 
 from __future__ import annotations
 
+import filecmp
 import functools
+import shutil
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -23,7 +25,7 @@ from autoseg.preprocessing.runner import declared_label_values
 from autoseg.preprocessing.store import case_paths, list_cases, load_properties
 from autoseg.training.checkpoints import split_digest
 from autoseg.training.splits import FOLD_ALL, SPLITS_FILE, canonical_fold, fold_cases, read_splits
-from autoseg.utils.atomic import atomic_path, atomic_write_json
+from autoseg.utils.atomic import atomic_path, atomic_write_json, folder_lock
 from autoseg.utils.jsonio import read_json
 
 NEXT_STAGE_FOLDER = "predicted_next_stage"
@@ -58,6 +60,34 @@ def record_handed_on(predictions: Path, case_id: str, fold: str, split: str | No
     copy): the cascade then knows a copy whose fold no longer validates the case (retrained on another split, or its
     folder deleted), which it trained on without a word."""
     atomic_write_json(handed_by_path(predictions, case_id), {"fold": fold, "split_sha256": split})
+
+
+def hand_on(predictions: Path, label_map: Path, case_id: str, fold: str, split: str | None) -> None:
+    """Copy a fold's validation ``label_map`` of ``case_id`` to ``predictions`` (``predicted_next_stage/``) and record
+    the fold, under the folder's lock: between the copy and its record, another fold starting afresh
+    (``clear_handed_on``) read the old record, named itself, and deleted the new copy."""
+    predictions.mkdir(parents=True, exist_ok=True)
+    with folder_lock(predictions):
+        with atomic_path(predictions / label_map.name) as tmp:
+            shutil.copyfile(label_map, tmp)
+        record_handed_on(predictions, case_id, fold, split)
+
+
+def clear_handed_on(predictions: Path, case_ids: Sequence[str], fold: str, validation: Path, file_ending: str) -> None:
+    """Remove the copies of ``case_ids`` in ``predictions`` that ``fold`` handed on (its record names it; a copy
+    without a record where it equals the fold's ``validation``), each with its record, under the folder's lock
+    (``hand_on``). A case another fold has handed on since stays, even a byte-identical one."""
+    if not predictions.is_dir():
+        return
+    with folder_lock(predictions):
+        for case_id in case_ids:
+            name = f"{case_id}{file_ending}"
+            mine, given = validation / name, predictions / name
+            handed = handing_fold(predictions, case_id)
+            if handed == fold or (handed is None and mine.is_file() and given.is_file()
+                                  and filecmp.cmp(mine, given, shallow=False)):
+                given.unlink(missing_ok=True)
+                handed_by_path(predictions, case_id).unlink(missing_ok=True)
 
 
 def _handed_record(predictions: Path, case_id: str) -> dict[str, Any] | None:

@@ -8,7 +8,6 @@ group itself (the environment says so), and only rank 0 writes files.
 from __future__ import annotations
 
 import contextlib
-import filecmp
 import json
 import math
 import shutil
@@ -35,7 +34,7 @@ from autoseg.planning.plans import (
 from autoseg.preprocessing.runner import timing_path
 from autoseg.preprocessing.store import list_cases
 from autoseg.training.cascade import (
-    CACHE_FOLDER, NEXT_STAGE_FOLDER, check_previous_stage_labels, handed_by_path, handing_fold, prepare_previous_stage,
+    CACHE_FOLDER, NEXT_STAGE_FOLDER, check_previous_stage_labels, clear_handed_on, prepare_previous_stage,
     previous_stage_predictions,
 )
 from autoseg.training.checkpoints import BEST, FINAL, LATEST, refuse_another_prediction_plan, split_digest
@@ -329,19 +328,10 @@ def _clear_earlier_run(run: FoldRun) -> None:
 def _clear_handed_to_next_stage(run: FoldRun, validation: Path) -> None:
     """A 3d_lowres fold trained afresh removes what its earlier run handed to the cascade: the cases of
     ``predicted_next_stage/`` whose record names this fold. Left, a case that moved to another fold's validation
-    (another split) kept the outdated prediction, which the cascade then trained on. A case another fold has handed
-    on since stays, even a byte-identical one (an all-background map). Copies without a record (an earlier autoseg's)
-    are removed where they still equal this fold's validation."""
-    if not run.configuration.get("next_stage"):
-        return
-    handed = run.model_folder / NEXT_STAGE_FOLDER
-    for case_id in list_cases(run.store):
-        name = f"{case_id}{run.description.file_ending}"
-        mine, given = validation / name, handed / name
-        fold = handing_fold(handed, case_id)
-        if fold == run.fold or (fold is None and mine.is_file() and given.is_file() and filecmp.cmp(mine, given, shallow=False)):
-            given.unlink(missing_ok=True)
-            handed_by_path(handed, case_id).unlink(missing_ok=True)
+    (another split) kept the outdated prediction, which the cascade then trained on (``clear_handed_on``)."""
+    if run.configuration.get("next_stage"):
+        clear_handed_on(run.model_folder / NEXT_STAGE_FOLDER, list_cases(run.store), run.fold, validation,
+                        run.description.file_ending)
 
 
 def _write_run_files(run: FoldRun) -> None:

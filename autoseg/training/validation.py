@@ -12,7 +12,6 @@ the mirrored prediction of the cases left would end after it, they are predicted
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -27,8 +26,7 @@ from autoseg.inference.model import load_model
 from autoseg.inference.predictor import append_previous_stage, export_preprocessed
 from autoseg.planning.accounting import tiles_per_case
 from autoseg.preprocessing.store import load_case, load_properties
-from autoseg.training.cascade import NEXT_STAGE_FOLDER, record_handed_on
-from autoseg.utils.atomic import atomic_path
+from autoseg.training.cascade import NEXT_STAGE_FOLDER, hand_on
 from autoseg.utils.probability_files import probability_paths
 
 VALIDATION_FOLDER = "validation"
@@ -106,9 +104,7 @@ def validate_fold(
             _remove_stale_probabilities(output, case_id)
         write_image(prediction.labels, geometry, output / f"{case_id}{ending}")
         if next_stage is not None:
-            with atomic_path(next_stage / f"{case_id}{ending}") as tmp:
-                shutil.copyfile(output / f"{case_id}{ending}", tmp)
-            record_handed_on(next_stage, case_id, fold, split)
+            hand_on(next_stage, output / f"{case_id}{ending}", case_id, fold, split)
         log(f"validation: predicted {case_id} ({i + 1}/{len(case_ids)})")
     mirrored = 0 if not tta else len(case_ids) if pace.dropped_at is None else pace.dropped_at
     return evaluate_folders(output, gt_folder, description, output_dir=output, case_ids=list(case_ids), num_workers=1,
