@@ -20,16 +20,18 @@ from autoseg.dataset.imageio import (
     itk_reads_spelling, spelled_ending, write_image,
 )
 from autoseg.errors import DatasetError, EvaluationError
-from autoseg.evaluation.evaluate import label_maps, require_folder
+from autoseg.evaluation.evaluate import DiskFullError, label_maps, require_folder
 from autoseg.evaluation.metrics import evaluation_classes
 from autoseg.postprocessing.determine import raise_case_failures
 from autoseg.utils.probability_files import (
     PROBABILITIES_SUFFIX, probability_paths, read_probabilities, read_sidecar, write_probability_files,
 )
 from autoseg.utils.atomic import atomic_write_json, remove_stale_temporaries
+from autoseg.utils.disk import stop_on_full_disk
 from autoseg.utils.output_folders import check_output_folder, claim_output_files, input_entry, predicting_model_folder
 from autoseg.utils.progress import parallel_map, stage_workers
 
+ENSEMBLE_RERUN = "the same `autoseg ensemble`, which writes every case again"
 REGION_THRESHOLD = 0.5  # a voxel belongs to a region when its sigmoid probability exceeds this (§1.1)
 
 
@@ -163,9 +165,10 @@ def ensemble_case(case: str, input_dirs: Sequence[Path], output_dir: Path, file_
         seg = probabilities_to_labels(mean, reference["labels"], reference["regions_class_order"])
     except ValueError as exc:
         raise EvaluationError(f"{probability_paths(first_dir, case).probabilities}: {exc} (case {case})") from None
-    write_image(seg, geometry, output_dir / f"{case}{file_ending}")
-    if save_probabilities:
-        write_probability_files(output_dir, case, mean, geometry, reference["labels"], reference["regions_class_order"])
+    with stop_on_full_disk(output_dir, f"the label map of case {case}", DiskFullError, ENSEMBLE_RERUN):
+        write_image(seg, geometry, output_dir / f"{case}{file_ending}")
+        if save_probabilities:
+            write_probability_files(output_dir, case, mean, geometry, reference["labels"], reference["regions_class_order"])
 
 
 def _probability_cases(folder: Path) -> set[str]:
@@ -302,9 +305,10 @@ def ensemble_folders(
     claim_output_files(out, outputs, "ensemble", EvaluationError, inputs)
     remove_stale_temporaries(out)  # what a killed run left half-written
     if description is not None:
-        atomic_write_json(out / "dataset.json", description.raw)
+        with stop_on_full_disk(out, "dataset.json", DiskFullError, ENSEMBLE_RERUN):
+            atomic_write_json(out / "dataset.json", description.raw)
     items = [(case, (case, dirs, out, endings[case], save_probabilities)) for case in ordered]
     workers = stage_workers(num_workers, EvaluationError)
-    _, failures = parallel_map(ensemble_case, items, workers, "ensembling")
+    _, failures = parallel_map(ensemble_case, items, workers, "ensembling", stop_on=(DiskFullError,))
     raise_case_failures(failures, len(items), "ensembled", out)
     return ordered

@@ -355,6 +355,11 @@ def check_tolerance(tolerance_mm: float) -> None:
         raise EvaluationError(f"--tolerance-mm {tolerance_mm}: give a positive distance in mm (default {DEFAULT_TOLERANCE_MM})")
 
 
+class DiskFullError(EvaluationError):
+    """The disk (or quota) of the output folder of postprocess apply or ensemble is full: every later case would fail
+    too, so the run stops at once (``parallel_map``'s ``stop_on``), as predict and preprocess do."""
+
+
 def raise_failures(failures: Sequence[Failure], total: int, action: str) -> None:
     """One ``EvaluationError`` naming every failed case and why, if any failed; a case id from a file name that
     is not UTF-8 is shown as its path is (``odd\\xff``, not ``odd\\udcff``)."""

@@ -30,13 +30,14 @@ from autoseg.dataset.description import DatasetDescription
 from autoseg.dataset.imageio import SUPPORTED_ENDINGS, is_image_ending, read_image, spelled_ending, write_image
 from autoseg.errors import EvaluationError
 from autoseg.evaluation.evaluate import (
-    PREDICTION_FOLDER, REFERENCE_FOLDER, check_declared, check_integer_labels, declared_values, find_description,
+    PREDICTION_FOLDER, DiskFullError, REFERENCE_FOLDER, check_declared, check_integer_labels, declared_values, find_description,
     label_maps, match_cases, raise_failures, read_checked_pair, refuse_references_misused, require_folder,
     resolve_file_ending,
 )
 from autoseg.evaluation.metrics import SegClass, case_metrics, evaluation_classes
 from autoseg.postprocessing.connected_components import component_volumes_mm3, keep_largest, remove_small
 from autoseg.utils.atomic import atomic_write_json, remove_stale_temporaries
+from autoseg.utils.disk import stop_on_full_disk
 from autoseg.utils.output_folders import (
     check_output_file, check_output_folder, claim_output_files, input_entry, output_file,
 )
@@ -397,6 +398,9 @@ APPLY_LABEL_FIX = ("postprocess apply takes predictions of the dataset's classes
                    "(never its ignore label); give it the predictions, not references or masks")
 
 
+APPLY_RERUN = "the same `autoseg postprocess apply`, which writes every case again"
+
+
 def _apply_file(source: Path, target: Path, decision: Mapping[str, Any], declared: frozenset[int] | None) -> None:
     """Postprocess one label map. One holding non-integer values (a probability map or float image given in
     its place) is refused as ``evaluate`` refuses it: it was written back with its voxels of the steps' values
@@ -406,7 +410,8 @@ def _apply_file(source: Path, target: Path, decision: Mapping[str, Any], declare
     check_integer_labels(source, seg)
     if declared is not None:
         check_declared(source, seg, declared, APPLY_LABEL_FIX)
-    write_image(apply_postprocessing(decision, seg, geometry.spacing), geometry, target)
+    with stop_on_full_disk(target.parent, f"the label map {target.name}", DiskFullError, APPLY_RERUN):
+        write_image(apply_postprocessing(decision, seg, geometry.spacing), geometry, target)
 
 
 def _input_record(input_dir: Path, files: Mapping[str, Path], decision: Mapping[str, Any]) -> dict[str, Any]:
@@ -444,7 +449,7 @@ def apply_to_folder(
     declared = decision_label_values(decision)
     items = [(case, (path, output_dir / path.name, decision, declared)) for case, path in files.items()]
     workers = stage_workers(num_workers, EvaluationError)
-    _, failures = parallel_map(_apply_file, items, workers, "postprocessing")
+    _, failures = parallel_map(_apply_file, items, workers, "postprocessing", stop_on=(DiskFullError,))
     raise_case_failures(failures, len(items), "postprocessed", output_dir)
     return [output_dir / path.name for path in files.values()]
 

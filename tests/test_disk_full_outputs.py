@@ -1,0 +1,74 @@
+"""A full disk stops postprocess apply and ensemble at the first case it hits, as predict and preprocess stop:
+every later case failed the same way, each after its work was done, and the message listed the same
+'No space left on device' once per case."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import autoseg.evaluation.ensemble as ensemble
+import autoseg.postprocessing.determine as determine
+from autoseg.errors import EvaluationError
+
+from cli_helpers import autoseg_fails
+from test_ensemble import _ensemble_inputs
+from test_postprocessing import LABELS, _make_cv_folders
+
+
+def _full_disk(monkeypatch: pytest.MonkeyPatch, module: Any) -> list[Path]:
+    """Make ``module``'s label map writer fail as a full disk does; returns the paths it was asked to write."""
+    asked: list[Path] = []
+
+    def write_image(seg: Any, geometry: Any, path: Path) -> None:
+        asked.append(path)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"{path}.tmp")
+
+    monkeypatch.setattr(module, "write_image", write_image)
+    return asked
+
+
+def test_a_full_disk_stops_postprocess_apply_at_the_first_case(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    preds, refs = _make_cv_folders(tmp_path)
+    determine.determine_postprocessing(preds, refs, LABELS, num_workers=1, file_ending=".nii.gz")
+    asked = _full_disk(monkeypatch, determine)
+    out = tmp_path / "out"
+    output = autoseg_fails("postprocess", "apply", "-i", preds, "-o", out, "--decision", preds / "postprocessing.json",
+                           "-np", 1)
+    assert " ".join(output.split()) == (
+        f"autoseg: error: {out}: the disk is full (the label map case0.nii.gz could not be written); free space there and "
+        "re-run the same `autoseg postprocess apply`, which writes every case again")
+    assert [path.name for path in asked] == ["case0.nii.gz"]
+    assert [p.name for p in out.iterdir() if not p.name.startswith(".")] == []
+
+
+def test_a_full_disk_stops_ensemble_at_the_first_case(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dirs = _ensemble_inputs(tmp_path, ["m0", "m1"], ["x", "y", "z"], seed=3)
+    asked = _full_disk(monkeypatch, ensemble)
+    out = tmp_path / "out"
+    with pytest.raises(EvaluationError, match=rf"^{re.escape(str(out))}: the disk is full \(the label map of case x could not "
+                                              r"be written\); free space there and re-run the same `autoseg ensemble`, "
+                                              r"which writes every case again$"):
+        ensemble.ensemble_folders(dirs, out, num_workers=1)
+    assert [path.name for path in asked] == ["x.nii.gz"]
+    assert [p.name for p in out.iterdir() if not p.name.startswith(".")] == []
+
+
+def test_other_write_errors_still_fail_case_by_case(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a full disk stops the run: another error of one case (a permission) leaves the others to go on."""
+    dirs = _ensemble_inputs(tmp_path, ["m0", "m1"], ["x", "y"], seed=4)
+    asked: list[Path] = []
+
+    def write_image(seg: Any, geometry: Any, path: Path) -> None:
+        asked.append(path)
+        raise OSError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+    monkeypatch.setattr(ensemble, "write_image", write_image)
+    with pytest.raises(EvaluationError, match=r"^2 of 2 cases could not be ensembled: x: .*; no label map was written$"):
+        ensemble.ensemble_folders(dirs, tmp_path / "out", num_workers=1)
+    assert [path.name for path in asked] == ["x.nii.gz", "y.nii.gz"]
