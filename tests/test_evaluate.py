@@ -696,3 +696,43 @@ def test_a_reference_marking_ignored_voxels_with_another_value_is_refused(folder
     assert (f"c2: {path}: holds label value(s) 255 that the dataset does not declare (it declares 0, 1, 2) (2 is its "
             f"ignore label: voxels not to score hold 2); {fix}") in result.output
     assert not (pred_dir / "summary.json").exists()
+
+
+def _described(folder, labels):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "MRI"}, "labels": labels, "numTraining": 1, "file_ending": ".nii.gz"}))
+
+
+def _one_case_with_an_ignored_slice(pred_dir, ref_dir):
+    ref = np.zeros((4, 6, 8), np.uint8)
+    ref[1:3, 1:4, 1:5] = 1
+    pred = ref.copy()
+    ref[0], pred[0] = 3, 1  # an ignored slice, predicted as class a
+    _write(ref_dir, "c1", ref)
+    _write(pred_dir, "c1", pred)
+
+
+def test_a_predict_runs_model_dataset_json_comes_before_one_above_its_output(tmp_path):
+    """Predictions lie anywhere: the dataset.json of the model their predict_info.json names is theirs, not another
+    dataset's in the folder above them, which evaluate took first (ensemble already looked in this order)."""
+    model, pred_dir, ref_dir = tmp_path / "model", tmp_path / "outputs" / "pred", tmp_path / "test" / "labels"
+    _described(model, {**LABELS, "ignore": 3})
+    _described(pred_dir.parent, {"background": 0, "other": 1})
+    _one_case_with_an_ignored_slice(pred_dir, ref_dir)
+    (pred_dir / "predict_info.json").write_text(json.dumps({"model_folder": str(model)}))
+    autoseg("evaluate", "-p", pred_dir, "-r", ref_dir, "-np", 1)
+    summary = json.loads((pred_dir / "summary.json").read_text())
+    assert summary["ignore_label"] == 3 and summary["classes"] == {"a": [1], "b": [2]}
+
+
+def test_the_references_own_dataset_json_comes_before_the_one_above_them(tmp_path):
+    """The most specific place first: a folder of references holding its dataset.json, kept among another dataset's
+    files, was described by the dataset.json above it."""
+    pred_dir, ref_dir = tmp_path / "pred", tmp_path / "other_dataset" / "labels"
+    _described(ref_dir.parent, {"background": 0, "other": 1})
+    _described(ref_dir, {**LABELS, "ignore": 3})
+    _one_case_with_an_ignored_slice(pred_dir, ref_dir)
+    autoseg("evaluate", "-p", pred_dir, "-r", ref_dir, "-np", 1)
+    summary = json.loads((pred_dir / "summary.json").read_text())
+    assert summary["ignore_label"] == 3 and summary["classes"] == {"a": [1], "b": [2]}

@@ -20,15 +20,14 @@ from autoseg.dataset.imageio import (
     itk_reads_spelling, spelled_ending, write_image,
 )
 from autoseg.errors import DatasetError, EvaluationError
-from autoseg.evaluation.evaluate import DiskFullError, label_maps, require_folder
+from autoseg.evaluation.evaluate import DiskFullError, dataset_json_of, label_maps, raise_failures, require_folder
 from autoseg.evaluation.metrics import evaluation_classes
-from autoseg.postprocessing.determine import raise_case_failures
 from autoseg.utils.probability_files import (
     PROBABILITIES_SUFFIX, probability_paths, read_probabilities, read_sidecar, write_probability_files,
 )
 from autoseg.utils.atomic import atomic_write_json, remove_stale_temporaries
 from autoseg.utils.disk import stop_on_full_disk
-from autoseg.utils.output_folders import check_output_folder, claim_output_files, input_entry, predicting_model_folder
+from autoseg.utils.output_folders import check_output_folder, claim_output_files, input_entry
 from autoseg.utils.progress import parallel_map, stage_workers
 
 ENSEMBLE_RERUN = "the same `autoseg ensemble`, which writes every case again"
@@ -100,19 +99,6 @@ def agreeing_sidecars(case: str, input_dirs: Sequence[Path]) -> tuple[list[dict[
 
 
 DESCRIPTION_KEYS = ("labels", "regions_class_order", "file_ending")  # what the ensemble's label maps depend on
-
-
-def dataset_json_of(folder: Path) -> Path | None:
-    """The ``dataset.json`` of a prediction folder, the most specific first: in it, in the model folder its
-    ``predict_info.json`` names (a predict run's output), in the model folder of a fold's ``validation/``, or beside it
-    (a model folder holds one beside its ``crossval_folds_*/``); None when there is none. The parent comes last: a
-    predict run's output folder may lie in any folder, one of another dataset's files included."""
-    model = predicting_model_folder(folder)
-    places = [folder, *([model] if model is not None else [])]
-    if folder.parent.name.startswith("fold_"):
-        places.append(folder.parent.parent)
-    places.append(folder.parent)
-    return next((place / "dataset.json" for place in places if (place / "dataset.json").is_file()), None)
 
 
 def _input_description(path: Path, folder: Path) -> DatasetDescription:
@@ -310,5 +296,5 @@ def ensemble_folders(
     items = [(case, (case, dirs, out, endings[case], save_probabilities)) for case in ordered]
     workers = stage_workers(num_workers, EvaluationError)
     _, failures = parallel_map(ensemble_case, items, workers, "ensembling", stop_on=(DiskFullError,))
-    raise_case_failures(failures, len(items), "ensembled", out)
+    raise_failures(failures, len(items), "ensembled", out)
     return ordered

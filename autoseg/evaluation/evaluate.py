@@ -48,26 +48,33 @@ PREDICTION_FOLDER = "prediction folder (-p/--pred)"
 REFERENCE_FOLDER = "reference folder (-r/--ref)"
 
 
-def find_description(pred_dir: Path, ref_dir: Path) -> DatasetDescription:
-    """The ``dataset.json`` beside the references (raw ``labelsTr/..``), in the prediction folder or its
-    parent (a model folder holds one beside its ``crossval_folds_*/``), or in the model folder of a fold's
-    ``validation/``, or in the model folder the predictions' ``predict_info.json`` names, for when none is
-    given. The preprocessed ``gt_segmentations/..`` holds none: a fold's
-    validation evaluated against it took the references' values as classes, the ignore label scored as
-    one and its voxels as background in the others."""
-    folders = [ref_dir.parent, ref_dir, pred_dir, pred_dir.parent]
+def dataset_json_of(pred_dir: Path, ref_dir: Path | None = None) -> Path | None:
+    """The ``dataset.json`` that describes predictions (and, with ``ref_dir``, their references), the most specific
+    place first: in the references' folder or beside it (a raw ``labelsTr/..``), in the prediction folder, in the
+    model folder its ``predict_info.json`` names (a predict run's output), in the model folder of a fold's
+    ``validation/``, or beside it (a model folder holds one beside its ``crossval_folds_*/``); None when there is none.
+    The prediction folder's parent comes last: a predict run's output may lie in any folder, one holding another
+    dataset's dataset.json included. Shared by evaluate, postprocess determine and ensemble."""
+    places = [ref_dir, ref_dir.parent] if ref_dir is not None else []
+    model = predicting_model_folder(pred_dir)
+    places += [pred_dir, *([model] if model is not None else [])]
     if pred_dir.parent.name.startswith("fold_"):
-        folders.append(pred_dir.parent.parent)
-    model = predicting_model_folder(pred_dir)  # a test folder's predictions: the dataset.json of their model
-    if model is not None:
-        folders.append(model)
-    for folder in folders:
-        if (folder / "dataset.json").is_file():
-            return load_description(folder)
-    raise EvaluationError(
-        f"{ref_dir}: no dataset.json found beside the references or in {pred_dir}; "
-        "name the dataset (-d DATASET) so the labels are known"
-    )
+        places.append(pred_dir.parent.parent)
+    places.append(pred_dir.parent)
+    return next((place / "dataset.json" for place in places if (place / "dataset.json").is_file()), None)
+
+
+def find_description(pred_dir: Path, ref_dir: Path) -> DatasetDescription:
+    """The dataset.json ``dataset_json_of`` finds for ``pred_dir`` and ``ref_dir``, read, for when none is given. The
+    preprocessed ``gt_segmentations/..`` holds none: a fold's validation evaluated against it took the references'
+    values as classes, the ignore label scored as one and its voxels as background in the others."""
+    found = dataset_json_of(pred_dir, ref_dir)
+    if found is None:
+        raise EvaluationError(
+            f"{ref_dir}: no dataset.json found beside the references or in {pred_dir}; "
+            "name the dataset (-d DATASET) so the labels are known"
+        )
+    return load_description(found.parent)
 
 
 def _description_beside(pred_dir: Path, ref_dir: Path, labels_given: bool = False) -> DatasetDescription | None:
@@ -360,12 +367,19 @@ class DiskFullError(EvaluationError):
     too, so the run stops at once (``parallel_map``'s ``stop_on``), as predict and preprocess do."""
 
 
-def raise_failures(failures: Sequence[Failure], total: int, action: str) -> None:
+def raise_failures(failures: Sequence[Failure], total: int, action: str, output_dir: Path | None = None) -> None:
     """One ``EvaluationError`` naming every failed case and why, if any failed; a case id from a file name that
-    is not UTF-8 is shown as its path is (``odd\\xff``, not ``odd\\udcff``)."""
-    if failures:
-        lines = "; ".join(f"{printable_path(f.key)}: {f.message}" for f in failures)
-        raise EvaluationError(f"{len(failures)} of {total} cases could not be {action}: {lines}")
+    is not UTF-8 is shown as its path is (``odd\\xff``, not ``odd\\udcff``). With ``output_dir`` (commands writing
+    one label map per case: postprocess apply, ensemble) it also says, as ``predict`` does, where the others went:
+    each is written atomically, so a failed case leaves none, and the message named the failures only."""
+    if not failures:
+        return
+    lines = "; ".join(f"{printable_path(f.key)}: {f.message}" for f in failures)
+    rest = ""
+    if output_dir is not None:
+        done = total - len(failures)
+        rest = f"; the other {done} label map(s) are in {output_dir}" if done else "; no label map was written"
+    raise EvaluationError(f"{len(failures)} of {total} cases could not be {action}: {lines}{rest}")
 
 
 def _refuse_summary_file_as_folder(output: Path) -> None:

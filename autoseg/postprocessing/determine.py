@@ -41,7 +41,7 @@ from autoseg.utils.disk import stop_on_full_disk
 from autoseg.utils.output_folders import (
     check_output_file, check_output_folder, claim_output_files, input_entry, output_file,
 )
-from autoseg.utils.progress import Failure, parallel_map, stage_workers
+from autoseg.utils.progress import parallel_map, stage_workers
 
 DECISION_VERSION = 1
 DECISION_FILE = "postprocessing.json"  # determine's decision, in the folder it was asked for
@@ -450,17 +450,6 @@ def apply_to_folder(
     items = [(case, (path, output_dir / path.name, decision, declared)) for case, path in files.items()]
     workers = stage_workers(num_workers, EvaluationError)
     _, failures = parallel_map(_apply_file, items, workers, "postprocessing", stop_on=(DiskFullError,))
-    raise_case_failures(failures, len(items), "postprocessed", output_dir)
+    raise_failures(failures, len(items), "postprocessed", output_dir)
     return [output_dir / path.name for path in files.values()]
 
-
-def raise_case_failures(failures: Sequence[Failure], total: int, action: str, output_dir: Path) -> None:
-    """Name every failed case and, as ``predict`` does, where the others went (``apply`` and ``ensemble``): each
-    case is its own file (written atomically, so a failed one leaves none), and the message named the failures only,
-    leaving the user to guess whether the label maps beside them were written."""
-    try:
-        raise_failures(failures, total, action)
-    except EvaluationError as exc:
-        done = total - len(failures)
-        rest = f"the other {done} label map(s) are in {output_dir}" if done else "no label map was written"
-        raise EvaluationError(f"{exc}; {rest}") from None
