@@ -26,7 +26,7 @@ import blosc2
 import numpy as np
 
 from autoseg.errors import PreprocessingError
-from autoseg.utils.atomic import atomic_path, atomic_write_json
+from autoseg.utils.atomic import atomic_path, atomic_write_json, folder_lock
 from autoseg.utils.jsonio import read_json
 
 DATA_SUFFIX = ".b2nd"
@@ -106,16 +106,18 @@ def save_case(
 ) -> None:
     """Store one case atomically: arrays first, properties JSON (the completion marker) last.
 
-    A previous marker is removed first, so arrays and marker never disagree after a kill.
+    A previous marker is removed first, so arrays and marker never disagree after a kill. Written under a
+    shared lock of the folder (writers of other cases share it), which ``check_stored`` waits for.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     data_path, seg_path, json_path = case_paths(folder, case_id)
-    json_path.unlink(missing_ok=True)
-    write_array(data_path, data.astype(np.float32, copy=False), patch_size)
-    if seg is not None:
-        write_array(seg_path, seg.astype(np.int16, copy=False), patch_size)
-    atomic_write_json(json_path, properties, indent=None, durable=False)  # compact: class locations are large
+    with folder_lock(folder, shared=True):
+        json_path.unlink(missing_ok=True)
+        write_array(data_path, data.astype(np.float32, copy=False), patch_size)
+        if seg is not None:
+            write_array(seg_path, seg.astype(np.int16, copy=False), patch_size)
+        atomic_write_json(json_path, properties, indent=None, durable=False)  # compact: class locations are large
 
 
 def _damage_note(folder: Path, delete: bool = False) -> str:
@@ -245,8 +247,20 @@ def open_arrays(
 def check_stored(folder: str | Path, case_id: str) -> None:
     """``open_case``'s checks but the parsing of the properties (large: class locations), for a training
     case (labels required), so that training can check every case before its first batch: a damaged
-    case stops it at the start, not hours later."""
-    for path in case_paths(Path(folder), case_id):
+    case stops it at the start, not hours later. A case that fails is checked again once no ``save_case`` is
+    writing into the folder: a preprocess run re-storing it (marker removed, arrays replaced) made a training
+    started meanwhile report it as damaged."""
+    try:
+        _check_stored_once(Path(folder), case_id)
+    except PreprocessingError:
+        if not Path(folder).is_dir():
+            raise
+        with folder_lock(folder):
+            _check_stored_once(Path(folder), case_id)
+
+
+def _check_stored_once(folder: Path, case_id: str) -> None:
+    for path in case_paths(folder, case_id):
         _require_file(path)
     open_arrays(folder, case_id)
 

@@ -258,9 +258,10 @@ def lock_holder(folder: str | os.PathLike[str]) -> int | None:
 
 
 @contextlib.contextmanager
-def folder_lock(folder: str | os.PathLike[str], wait: bool = True) -> Iterator[None]:
+def folder_lock(folder: str | os.PathLike[str], wait: bool = True, shared: bool = False) -> Iterator[None]:
     """Exclusive lock on a folder itself (``flock`` on its descriptor: no lock file left among the
-    results, released by the kernel when a holder is killed); off POSIX, no lock. ``wait=False`` raises
+    results, released by the kernel when a holder is killed); off POSIX, no lock. ``shared``: a lock many
+    holders share, which excludes only the exclusive one (writers of separate files). ``wait=False`` raises
     ``FolderLocked`` (naming the holder) instead of waiting for another process's lock. A folder removed and
     made anew while we waited is locked again: a lock on the removed one excluded nobody."""
     try:
@@ -271,7 +272,7 @@ def folder_lock(folder: str | os.PathLike[str], wait: bool = True) -> Iterator[N
     while True:
         fd = os.open(folder, os.O_RDONLY)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB))
             if os.path.samestat(os.fstat(fd), os.stat(folder)):
                 break
         except BlockingIOError:

@@ -1,0 +1,67 @@
+"""A preprocess run re-storing a case while ``train`` checks the store: the check waits for the writer instead of
+reporting the case as damaged (its marker removed, its arrays being replaced)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autoseg.errors import PreprocessingError
+from autoseg.preprocessing.store import case_paths, check_stored, save_case
+
+# A writer in the middle of save_case: the folder's shared lock held, the case's marker (properties JSON) removed.
+REWRITE = ("import sys; from pathlib import Path; from autoseg.utils.atomic import folder_lock\n"
+           "marker = Path(sys.argv[1]); text = marker.read_text()\n"
+           "with folder_lock(marker.parent, shared=True):\n"
+           "    marker.unlink(); print('rewriting', flush=True); sys.stdin.read(); marker.write_text(text)")
+
+
+def _waiting_on(folder: Path) -> bool:
+    """Whether a process waits for a lock of ``folder`` (``/proc/locks`` lists blocked requests with '->')."""
+    info = os.stat(folder)
+    where = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    return any("->" in line and where in line.split() for line in Path("/proc/locks").read_text().splitlines())
+
+
+@pytest.mark.skipif(not Path("/proc/locks").is_file(), reason="needs Linux's /proc/locks to see the waiting check")
+def test_the_store_check_waits_for_a_case_being_stored_again(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    save_case(store, "a", np.zeros((1, 4, 4, 4), np.float32), np.zeros((1, 4, 4, 4), np.int16), {"shape": [4, 4, 4]})
+    check_stored(store, "a")
+    writer = subprocess.Popen([sys.executable, "-c", REWRITE, str(case_paths(store, "a")[2])], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    outcome: list[BaseException | None] = []
+
+    def check() -> None:
+        try:
+            check_stored(store, "a")
+            outcome.append(None)
+        except PreprocessingError as exc:
+            outcome.append(exc)
+
+    try:
+        assert writer.stdout.readline() == "rewriting\n"
+        thread = threading.Thread(target=check)
+        thread.start()
+        while thread.is_alive() and not _waiting_on(store):  # until the check has failed once and waits
+            time.sleep(0.01)
+    finally:
+        writer.communicate("")  # the writer stores the marker and releases the folder
+    thread.join()
+    assert writer.returncode == 0 and outcome == [None]
+
+
+def test_a_case_missing_its_marker_is_still_named(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    save_case(store, "a", np.zeros((1, 4, 4, 4), np.float32), np.zeros((1, 4, 4, 4), np.int16), {"shape": [4, 4, 4]})
+    marker = case_paths(store, "a")[2]
+    marker.unlink()
+    with pytest.raises(PreprocessingError, match=rf"^{marker}: is missing; the preprocessed case is damaged"):
+        check_stored(store, "a")
