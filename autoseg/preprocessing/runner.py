@@ -21,7 +21,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AbstractSet as Set, Any, Iterator, Sequence
+from typing import AbstractSet as Set, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -49,7 +49,7 @@ from autoseg.planning.plans import (
 )
 from autoseg.preprocessing import store
 from autoseg.preprocessing.pipeline import preprocess_case
-from autoseg.utils.atomic import atomic_path, atomic_write_json, remove_stale_temporaries
+from autoseg.utils.atomic import atomic_path, atomic_write_json, folder_lock, remove_stale_temporaries
 from autoseg.utils.file_identity import file_signature
 from autoseg.utils.names import string_list
 from autoseg.utils.progress import Failure, parallel_map, stage_workers
@@ -382,25 +382,30 @@ def drop_ground_truth_not_in(gt_dir: Path, names: set[str]) -> list[str]:
 
 
 def copy_ground_truths(report: PreprocessReport, gt_dir: Path, cases: Sequence[Case], file_ending: str,
-                       failed: Set[str] = frozenset(), orphaned: Set[str] = frozenset()) -> None:
+                       failed: Set[str] = frozenset(), still_stored: Callable[[str], bool] = lambda case_id: True
+                       ) -> None:
     """Copy the raw label of every case but the ``failed`` ones (stored in no store of this run) into ``gt_dir`` for
-    evaluation and delete the copies of cases no longer listed or ``orphaned`` (failed, and no store of the plan holds
-    them), counting them in ``report``. A failed case's label was copied and counted as if stored, and evaluation
-    compared against a reference of a case with no stored data."""
-    remove_stale_temporaries(gt_dir)
-    kept = {case.case_id for case in cases} - orphaned
-    report.gt_dropped = drop_ground_truth_not_in(gt_dir, {f"{case_id}{file_ending}" for case_id in kept})
-    report.gt_failed = sorted(failed)
-    for case in cases:
-        assert case.label is not None
-        if case.case_id in failed:
-            continue
-        with stop_on_full_disk(gt_dir, f"the ground truth of case {case.case_id}"):
-            copied = copy_ground_truth(case.label, gt_dir / f"{case.case_id}{file_ending}")
-        if copied:
-            report.gt_copied += 1
-        else:
-            report.gt_unchanged += 1
+    evaluation and delete the copies of cases no longer listed or orphaned (failed, and not ``still_stored`` in a
+    store of the plan), counting them in ``report``. A failed case's label was copied and counted as if stored, and
+    evaluation compared against a reference of a case with no stored data. Under ``gt_dir``'s lock, the orphans
+    decided inside it: a run failing a case deleted the reference another run had just stored and copied."""
+    gt_dir.mkdir(parents=True, exist_ok=True)
+    with folder_lock(gt_dir):
+        remove_stale_temporaries(gt_dir)
+        orphaned = {case_id for case_id in failed if not still_stored(case_id)}
+        kept = {case.case_id for case in cases} - orphaned
+        report.gt_dropped = drop_ground_truth_not_in(gt_dir, {f"{case_id}{file_ending}" for case_id in kept})
+        report.gt_failed = sorted(failed)
+        for case in cases:
+            assert case.label is not None
+            if case.case_id in failed:
+                continue
+            with stop_on_full_disk(gt_dir, f"the ground truth of case {case.case_id}"):
+                copied = copy_ground_truth(case.label, gt_dir / f"{case.case_id}{file_ending}")
+            if copied:
+                report.gt_copied += 1
+            else:
+                report.gt_unchanged += 1
 
 
 def _preprocess_store(out: ConfigurationReport, plans: dict[str, Any], cases: Sequence[Case], workers: int
@@ -473,7 +478,7 @@ def preprocess_dataset(
         plans, location.preprocessed_dir, [out.data_identifier for out in report.outputs], {c.case_id for c in cases})
     failed = {case.case_id for case in cases} - {c for out in report.outputs for c in (*out.processed, *out.skipped)}
     copy_ground_truths(report, location.preprocessed_dir / GT_FOLDER, cases, description.file_ending, failed,
-                       {case for case in failed if not stored_in_any(plans, location.preprocessed_dir, case)})
+                       lambda case_id: stored_in_any(plans, location.preprocessed_dir, case_id))
     report.seconds = time.perf_counter() - start
     failures = [(out, f) for out in report.outputs for f in out.failed]
     if failures:
