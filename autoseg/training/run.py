@@ -163,6 +163,7 @@ def _fold_held(run: FoldRun, context: DistributedContext) -> Iterator[None]:
     if not context.is_main:
         yield
         return
+    _refuse_folders_named_as_files(run)  # a file where the fold folder is made: named, not a raw FileExistsError
     made = [folder for folder in (run.model_folder, run.fold_folder) if not folder.exists()]
     run.fold_folder.mkdir(parents=True, exist_ok=True)
     try:
