@@ -417,3 +417,13 @@ def test_an_output_ending_in_a_separator_is_a_folder_for_report_html(roots: dict
     assert autoseg("report", DATASET, "-o", f"{tmp_path / 'cli'}/", "-np", 1).strip() == f"written: {tmp_path / 'cli' / 'report.html'}"
     for folder in ("api", "cli"):
         assert (tmp_path / folder).is_dir() and (tmp_path / folder / "report_dice_boxplot.png").is_file()
+
+
+def test_an_existing_folder_as_output_is_refused_offering_it_with_a_separator(roots: dict[str, Path], tmp_path: Path) -> None:
+    """``report -o reports`` (an existing folder, no separator) was refused with 'give a file name' only, though
+    --help offers ``-o reports/`` for report.html in it."""
+    make_results(roots, probabilities_for=())
+    (tmp_path / "reports").mkdir()
+    with pytest.raises(EvaluationError, match=re.escape(f"or {tmp_path / 'reports'}{os.sep} to write report.html in it")):
+        build_report(DATASET, tmp_path / "reports", num_workers=1)
+    assert not any((tmp_path / "reports").iterdir())

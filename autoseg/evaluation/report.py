@@ -444,7 +444,7 @@ def build_report(dataset_spec: str | os.PathLike[str], output_html: str | os.Pat
     dataset = report_dataset(dataset_spec)
     dataset_results = results_root() / dataset.name
     output = output_file(dataset_results, output_html, REPORT_FILE)
-    check_output_file(output, EvaluationError)  # before its figures are written beside it
+    check_output_file(output, EvaluationError, REPORT_FILE)  # before its figures are written beside it
     dataset_folders = [dataset.raw_dir, preprocessed_root() / dataset.name]
     _check_output_not_read(output, [*dataset_folders, dataset_results])
     instructions = _instructions(dataset, dataset_results, num_workers)
