@@ -135,7 +135,8 @@ def _expected_parts(fp: dict, config: dict) -> dict[str, float]:
         case += channels * (prefilter * C.PREFILTER_SECONDS_PER_VOXEL + taps * C.INTERPOLATION_SECONDS_PER_TAP)
         case += math.prod(new_shape) * (label_values - 1) * C.RESAMPLE_LABEL_SECONDS_PER_VOXEL_LABEL
     preprocess = n * case / min(default_workers(), n)
-    # final validation: a fifth of the cases, tiles half a patch apart, 2^3 or 1 passes, forward = 1/3 step
+    # final validation: the largest fold's cases (ceil(n / 5)), tiles half a patch apart, 2^3 or 1 passes,
+    # forward = 1/3 step
     patch = config["patch_size"]
     tiles = math.prod(math.ceil(max(s - p, 0) / (p / 2)) + 1 if s > p else 1 for s, p in zip(new_shape, patch))
     topology = Topology.from_dict(config["network"]["topology"])
@@ -143,7 +144,7 @@ def _expected_parts(fp: dict, config: dict) -> dict[str, float]:
     passes = 8 if config["validation_tta"] else 1
     restore = C.EXPORT_SECONDS_PER_VOXEL_CHANNEL + (C.EXPORT_RESAMPLE_SECONDS_PER_VOXEL_CHANNEL if resampled else 0)
     export = C.EXPORT_SECONDS_PER_CASE + voxels * (C.EXPORT_SECONDS_PER_VOXEL + restore * n_outputs)
-    validation = n / 5 * (tiles * passes * forward_gflop * _reference_rate() + export)
+    validation = math.ceil(n / 5) * (tiles * passes * forward_gflop * _reference_rate() + export)
     iterations = config["num_iterations"]
     training = iterations * config["predicted_seconds_per_iteration"] * C.VALIDATION_COST_FACTOR
     parameters = T.parameter_count("unet", topology, channels, n_outputs)
