@@ -58,11 +58,17 @@ def test_a_forked_child_does_not_keep_its_parents_lock(tmp_path: Path) -> None:
     from autoseg.utils.atomic import FolderLocked, folder_lock
 
     context = multiprocessing.get_context("fork")
-    release = context.Event()
+    started, release = context.Event(), context.Event()
+
+    def worker() -> None:  # runs after the fork's handlers
+        started.set()
+        release.wait()
+
     with folder_lock(tmp_path):
-        child = context.Process(target=release.wait)
+        child = context.Process(target=worker)
         child.start()
     try:
+        started.wait()
         assert child.is_alive()
         with folder_lock(tmp_path, wait=False):
             pass
@@ -107,3 +113,22 @@ def test_handing_on_and_clearing_hold_the_next_stage_folder(tmp_path: Path, monk
     assert (handed / "a.nii.gz").read_bytes() == b"fold 0's map"  # fold 0's copy stays: its record names fold 0
     cascade.clear_handed_on(handed, ["a"], "0", validation, ".nii.gz")  # fold 0 afresh removes its own
     assert sorted(p.name for p in handed.iterdir()) == []
+
+
+def test_a_child_forked_inside_a_lock_leaves_it_without_closing_another_file(tmp_path: Path) -> None:
+    """A child forked inside ``folder_lock`` has closed its copy of the lock at the fork; leaving the block it closed
+    that descriptor number again, which by then named another of its files."""
+    from autoseg.utils.atomic import folder_lock
+
+    with folder_lock(tmp_path):
+        pid = os.fork()
+        if pid == 0:
+            other = os.open(os.devnull, os.O_RDONLY)  # takes the lowest free number: the lock's, closed at the fork
+    if pid == 0:  # the child never returns into pytest
+        code = 1
+        try:
+            os.fstat(other)
+            code = 0
+        finally:
+            os._exit(code)
+    assert os.waitpid(pid, 0)[1] == 0

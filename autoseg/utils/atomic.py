@@ -283,11 +283,13 @@ def folder_lock(folder: str | os.PathLike[str], wait: bool = True, shared: bool 
             raise
         os.close(fd)
     _HELD_LOCKS.add(fd)
+    holder = os.getpid()
     try:
         yield
     finally:
-        _HELD_LOCKS.discard(fd)
-        os.close(fd)  # closing releases the lock
+        if os.getpid() == holder:  # a forked child leaving the block closed its copy at the fork
+            _HELD_LOCKS.discard(fd)
+            os.close(fd)  # closing releases the lock
 
 
 def _fsync(path: Path) -> None:
