@@ -132,3 +132,25 @@ def test_a_child_forked_inside_a_lock_leaves_it_without_closing_another_file(tmp
         finally:
             os._exit(code)
     assert os.waitpid(pid, 0)[1] == 0
+
+
+def test_the_cascade_reads_each_handed_on_copy_with_its_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cascade fold starting while a lowres fold hands a case on saw the new copy with the old record (another
+    fold's, on another split) and refused the case as stale; it now checks under predicted_next_stage/'s lock."""
+    from autoseg.training import cascade
+    from autoseg.utils.atomic import lock_holder
+
+    handed = tmp_path / cascade.NEXT_STAGE_FOLDER
+    handed.mkdir()
+    (handed / "a.nii.gz").write_bytes(b"a map")
+    holders: list[int | None] = []
+
+    def stale(predictions: Path, *args: object) -> str:
+        holders.append(lock_holder(predictions))
+        return "checked"
+
+    monkeypatch.setattr(cascade, "_stale_handing", stale)
+    with pytest.raises(TrainingError, match=r"a\.nii\.gz: previous-stage prediction of a fold that no longer validates "
+                                            r"this case \(checked\)"):
+        cascade.prepare_previous_stage(handed, tmp_path / "cache", tmp_path / "store", ["a"], {}, "3d_fullres", ".nii.gz")
+    assert holders == [os.getpid()]

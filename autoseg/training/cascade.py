@@ -8,6 +8,7 @@ each is moved onto the fullres grid with the labels' own transpose, crop and res
 
 from __future__ import annotations
 
+import contextlib
 import filecmp
 import functools
 import shutil
@@ -161,10 +162,12 @@ def prepare_previous_stage(
             f"{_folds_to_train(missing, store.parent / SPLITS_FILE)}"
         )
     split_of = _fold_splits(store)
-    for case_id in case_ids:
-        if problem := _stale_handing(predictions, case_id, store, file_ending, split_of):
-            raise TrainingError(f"{predictions / f'{case_id}{file_ending}'}: previous-stage prediction of a fold that no "
-                                f"longer validates this case ({problem}); {_folds_to_train([case_id], store.parent / SPLITS_FILE)}")
+    with folder_lock(predictions) if case_ids else contextlib.nullcontext():  # each copy with its record (hand_on)
+        for case_id in case_ids:
+            if problem := _stale_handing(predictions, case_id, store, file_ending, split_of):
+                raise TrainingError(
+                    f"{predictions / f'{case_id}{file_ending}'}: previous-stage prediction of a fold that no longer "
+                    f"validates this case ({problem}); {_folds_to_train([case_id], store.parent / SPLITS_FILE)}")
     cache.mkdir(parents=True, exist_ok=True)
     for case_id in case_ids:
         target = cache / f"{case_id}.npy"
