@@ -4,6 +4,7 @@ from the final rename, and the report had already written its figures beside it)
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -29,10 +30,13 @@ def test_export_model_refuses_a_folder_as_the_zip(tmp_path: Path) -> None:
 
 def test_postprocess_determine_refuses_a_folder_as_the_decision(tmp_path: Path) -> None:
     """``-o EXISTING_FOLDER`` was told to give a file name only, though ``-o EXISTING_FOLDER/`` (a folder for
-    postprocessing.json, as --help says) is what the user meant: the refusal now offers it."""
-    with pytest.raises(EvaluationError, match=rf"^{tmp_path}/{MESSAGE}, or {tmp_path}/outdir/ to write postprocessing\.json in it$"):
-        determine_postprocessing(tmp_path / "cv", tmp_path / "gt", {"background": 0, "a": 1}, _folder(tmp_path),
-                                 file_ending=".nii.gz")
+    postprocessing.json, as --help says) is what the user meant: the refusal now offers it. The folder's name holds
+    regular-expression characters: the path is matched escaped, as any path a user may have."""
+    base = tmp_path / "run+1 (copy)"
+    base.mkdir()
+    where = re.escape(str(base))
+    with pytest.raises(EvaluationError, match=rf"^{where}/{MESSAGE}, or {where}/outdir/ to write postprocessing\.json in it$"):
+        determine_postprocessing(base / "cv", base / "gt", {"background": 0, "a": 1}, _folder(base), file_ending=".nii.gz")
 
 
 def test_postprocess_determine_cli_offers_the_folder_with_a_separator(tmp_path: Path) -> None:
