@@ -532,6 +532,22 @@ def test_the_accepted_steps_are_described_as_a_person_reads_them(tmp_path):
     assert describe_steps({**decision, "steps": [], "candidates": records[1:2]}) == []
 
 
+def test_steps_without_candidate_records_are_described_without_their_dice():
+    """describe_steps built its lines from the accepted candidates and never read ``steps``: a decision with steps but
+    no candidates (written by hand or another tool, which apply replays) printed 'accepted steps: none'."""
+    whole = {"operation": "keep_largest", "target": "foreground", "label_values": [1, 2]}
+    small = {"operation": "remove_small", "target": "nodule", "label_values": [2], "min_volume_mm3": 8.0}
+    assert describe_steps({"steps": [whole, small]}) == [
+        "1. foreground (labels 1, 2): keep the largest component",
+        "2. nodule (label 2): remove components below 8 mm^3",
+    ]
+    recorded = {**small, "accepted": True, "dice_before": {"nodule": 0.5}, "dice_after": {"nodule": 0.75}}
+    assert describe_steps({"steps": [whole, small], "candidates": [recorded]}) == [
+        "1. foreground (labels 1, 2): keep the largest component",
+        "2. nodule (label 2): remove components below 8 mm^3: Dice 0.5000 -> 0.7500",
+    ]
+
+
 def test_without_a_description_the_arguments_are_checked_before_the_dataset_json_is_looked_for(tmp_path):
     """``-p X -r X`` without ``-d`` was refused for want of a dataset.json; fixing that (``-d``) only led to the real
     fault. The same folder, a missing folder, then a missing dataset.json, in that order; one beside the references is

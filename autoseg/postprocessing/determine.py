@@ -298,15 +298,27 @@ def _step_text(step: Mapping[str, Any]) -> str:
     return f"{target}: remove components below {step['min_volume_mm3']:.4g} mm^3"
 
 
+def _recorded_dice(step: Mapping[str, Any], candidates: Any) -> tuple[float, float] | None:
+    """The mean Dice of the classes ``step`` targets before and after it, from its accepted candidate record; None
+    when ``candidates`` records none (a decision written by hand or by another tool)."""
+    records = candidates if isinstance(candidates, list) else []
+    record = next((c for c in records if isinstance(c, dict) and c.get("accepted")
+                   and {key: c.get(key) for key in step} == dict(step)), None)
+    if record is None:
+        return None
+    targets = list(record["dice_before"]) if record["target"] == "foreground" else [record["target"]]
+    before, after = (float(np.mean([dice[t] for t in targets])) for dice in (record["dice_before"], record["dice_after"]))
+    return before, after
+
+
 def describe_steps(decision: Mapping[str, Any]) -> list[str]:
-    """The accepted steps, one line each, with the mean Dice of the classes each targets before and after it (what
-    the rule compares): the command printed the raw step dicts, without their Dice."""
-    accepted = [c for c in decision.get("candidates", []) if c.get("accepted")]
+    """The steps apply replays (``decision["steps"]``), one line each, with the mean Dice of the classes each targets
+    before and after it (what the rule compares) where the candidates record it: the command printed the raw step
+    dicts, without their Dice, and a decision with steps but no candidates printed none."""
     lines = []
-    for number, record in enumerate(accepted, 1):
-        targets = list(record["dice_before"]) if record["target"] == "foreground" else [record["target"]]
-        before, after = (float(np.mean([dice[t] for t in targets])) for dice in (record["dice_before"], record["dice_after"]))
-        lines.append(f"{number}. {_step_text(record)}: Dice {before:.4f} -> {after:.4f}")
+    for number, step in enumerate(decision["steps"], 1):
+        dice = _recorded_dice(step, decision.get("candidates"))
+        lines.append(f"{number}. {_step_text(step)}" + (f": Dice {dice[0]:.4f} -> {dice[1]:.4f}" if dice else ""))
     return lines
 
 
