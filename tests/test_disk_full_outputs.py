@@ -72,3 +72,40 @@ def test_other_write_errors_still_fail_case_by_case(tmp_path: Path, monkeypatch:
     with pytest.raises(EvaluationError, match=r"^2 of 2 cases could not be ensembled: x: .*; no label map was written$"):
         ensemble.ensemble_folders(dirs, tmp_path / "out", num_workers=1)
     assert [path.name for path in asked] == ["x.nii.gz", "y.nii.gz"]
+
+
+def test_a_failing_postprocessing_step_on_a_nearly_full_disk_is_not_called_a_full_disk(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The steps ran inside the full-disk guard, which takes any error on a nearly full disk for a full disk: a step
+    that failed (here a ValueError) stopped apply with 'the label map ... could not be written'. Only the write is
+    guarded now; the step's own error is the case's failure."""
+    import autoseg.utils.atomic as atomic
+
+    preds, refs = _make_cv_folders(tmp_path)
+    determine.determine_postprocessing(preds, refs, LABELS, num_workers=1, file_ending=".nii.gz")
+
+    def failing_step(*args: Any) -> Any:
+        raise ValueError("the step failed")
+
+    decision = determine.load_decision(preds / "postprocessing.json")
+    monkeypatch.setattr(atomic, "_space_left", lambda folder: 0)
+    monkeypatch.setattr(determine, "apply_postprocessing", failing_step)
+    with pytest.raises(ValueError, match="^the step failed$"):
+        determine._apply_file(preds / "case0.nii.gz", tmp_path / "case0.nii.gz", decision, None)
+    assert not (tmp_path / "case0.nii.gz").exists()
+
+
+def test_a_full_disk_writing_the_probabilities_names_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk while ensemble wrote a case's probabilities said its label map could not be written, after the
+    label map was written; the probabilities are named now."""
+    dirs = _ensemble_inputs(tmp_path, ["m0", "m1"], ["x", "y"], seed=5)
+
+    def write_probability_files(folder: Path, case: str, *args: Any) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder / f"{case}.npz.tmp"))
+
+    monkeypatch.setattr(ensemble, "write_probability_files", write_probability_files)
+    out = tmp_path / "out"
+    with pytest.raises(EvaluationError, match=rf"^{re.escape(str(out))}: the disk is full \(the probabilities of case x could "
+                                              r"not be written\); free space there and re-run the same `autoseg ensemble`"):
+        ensemble.ensemble_folders(dirs, out, save_probabilities=True, num_workers=1)
+    assert (out / "x.nii.gz").is_file()

@@ -153,7 +153,8 @@ def ensemble_case(case: str, input_dirs: Sequence[Path], output_dir: Path, file_
         raise EvaluationError(f"{probability_paths(first_dir, case).probabilities}: {exc} (case {case})") from None
     with stop_on_full_disk(output_dir, f"the label map of case {case}", DiskFullError, ENSEMBLE_RERUN):
         write_image(seg, geometry, output_dir / f"{case}{file_ending}")
-        if save_probabilities:
+    if save_probabilities:  # named apart: a full disk here came after the label map was written
+        with stop_on_full_disk(output_dir, f"the probabilities of case {case}", DiskFullError, ENSEMBLE_RERUN):
             write_probability_files(output_dir, case, mean, geometry, reference["labels"], reference["regions_class_order"])
 
 

@@ -422,8 +422,9 @@ def _apply_file(source: Path, target: Path, decision: Mapping[str, Any], declare
     check_integer_labels(source, seg)
     if declared is not None:
         check_declared(source, seg, declared, APPLY_LABEL_FIX)
+    processed = apply_postprocessing(decision, seg, geometry.spacing)  # outside: only a write can meet a full disk
     with stop_on_full_disk(target.parent, f"the label map {target.name}", DiskFullError, APPLY_RERUN):
-        write_image(apply_postprocessing(decision, seg, geometry.spacing), geometry, target)
+        write_image(processed, geometry, target)
 
 
 def _input_record(input_dir: Path, files: Mapping[str, Path], decision: Mapping[str, Any]) -> dict[str, Any]:
