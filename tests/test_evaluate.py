@@ -671,8 +671,9 @@ def test_an_unreadable_dataset_json_beside_the_references_is_noted_with_labels_a
             "(--labels gives the classes)") in " ".join(result.stderr.split())
     assert json.loads((pred_dir / "summary.json").read_text())["mean"]["1"]["dice"] == pytest.approx((40 / 44 + 1) / 2)
     output = autoseg_fails("evaluate", "-p", pred_dir, "-r", ref_dir, "-np", 1)
-    assert ("'modality' is nnU-Net v1 syntax; rename it to 'channel_names' (a dataset.json found beside the references or "
-            "predictions; to evaluate without it, give the labels with --labels, or the dataset with -d)") in " ".join(output.split())
+    assert (f"'modality' is nnU-Net v1 syntax; rename it to 'channel_names' (the dataset.json found for the references "
+            f"{ref_dir} and predictions {pred_dir}; to evaluate without it, give the labels with --labels, or the dataset "
+            "with -d)") in " ".join(output.split())
 
 
 @pytest.mark.parametrize("option", [["-l", "1"], []])

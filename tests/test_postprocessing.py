@@ -548,6 +548,20 @@ def test_steps_without_candidate_records_are_described_without_their_dice():
     ]
 
 
+def test_an_unreadable_dataset_json_found_for_determine_names_the_way_round(tmp_path):
+    """An nnU-Net v1 dataset.json above the references stopped determine with the bare parse error, no way round it
+    (evaluate named -d); both now say which folders it was found for and to give -d."""
+    preds, refs = _make_cv_folders(tmp_path)
+    (tmp_path / "dataset.json").write_text(json.dumps({"modality": {"0": "MRI"}, "labels": {"0": "background", "1": "a"}}))
+    output = autoseg_fails("postprocess", "determine", "-p", preds, "-r", refs, "-np", 1)
+    assert " ".join(output.split()) == (
+        f"autoseg: error: {tmp_path}/dataset.json: 'modality' is nnU-Net v1 syntax; rename it to 'channel_names' (the "
+        f"dataset.json found for the references {refs} and predictions {preds}; to determine without it, give the "
+        "dataset with -d)")
+    assert not (preds / "postprocessing.json").exists()
+    assert determine_postprocessing(preds, refs, LABELS, num_workers=1, file_ending=".nii.gz")["steps"]
+
+
 def test_without_a_description_the_arguments_are_checked_before_the_dataset_json_is_looked_for(tmp_path):
     """``-p X -r X`` without ``-d`` was refused for want of a dataset.json; fixing that (``-d``) only led to the real
     fault. The same folder, a missing folder, then a missing dataset.json, in that order; one beside the references is
@@ -557,7 +571,8 @@ def test_without_a_description_the_arguments_are_checked_before_the_dataset_json
         determine_postprocessing(preds, preds, None, num_workers=1)
     with pytest.raises(EvaluationError, match=r"nope: prediction folder \(-p/--pred\) not found$"):
         determine_postprocessing(tmp_path / "nope", refs, None, num_workers=1)
-    with pytest.raises(EvaluationError, match=r"gt: no dataset.json found beside the references .*name the dataset \(-d"):
+    with pytest.raises(EvaluationError, match=rf"^{re.escape(str(refs))}: no dataset\.json found \(looked in "
+                                              rf"{re.escape(f'{refs}, {tmp_path}, {preds}')}\); name the dataset \(-d"):
         determine_postprocessing(preds, refs, None, num_workers=1)
     (tmp_path / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": LABELS,
                                                         "numTraining": 3, "file_ending": ".nii.gz"}))

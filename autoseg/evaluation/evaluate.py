@@ -48,19 +48,27 @@ PREDICTION_FOLDER = "prediction folder (-p/--pred)"
 REFERENCE_FOLDER = "reference folder (-r/--ref)"
 
 
-def dataset_json_of(pred_dir: Path, ref_dir: Path | None = None) -> Path | None:
-    """The ``dataset.json`` that describes predictions (and, with ``ref_dir``, their references), the most specific
-    place first: in the references' folder or beside it (a raw ``labelsTr/..``), in the prediction folder, in the
-    model folder its ``predict_info.json`` names (a predict run's output), in the model folder of a fold's
-    ``validation/``, or beside it (a model folder holds one beside its ``crossval_folds_*/``); None when there is none.
-    The prediction folder's parent comes last: a predict run's output may lie in any folder, one holding another
-    dataset's dataset.json included. Shared by evaluate, postprocess determine and ensemble."""
+def dataset_json_places(pred_dir: Path, ref_dir: Path | None = None, any_parent: bool = True) -> list[Path]:
+    """The folders a ``dataset.json`` describing predictions (and, with ``ref_dir``, their references) is looked for in,
+    the most specific first: the references' folder and the one above it (a raw ``labelsTr/..``), the prediction
+    folder, the model folder its ``predict_info.json`` names (a predict run's output), the model folder of a fold's
+    ``validation/``, and last the prediction folder's parent (a model folder holds one beside its ``crossval_folds_*/``).
+    A predict run's output may lie in any folder, one holding another dataset's dataset.json included: without
+    ``any_parent`` (ensemble, which needs none) the parent is a place only for a ``crossval_folds_*`` folder."""
     places = [ref_dir, ref_dir.parent] if ref_dir is not None else []
     model = predicting_model_folder(pred_dir)
     places += [pred_dir, *([model] if model is not None else [])]
     if pred_dir.parent.name.startswith("fold_"):
         places.append(pred_dir.parent.parent)
-    places.append(pred_dir.parent)
+    if any_parent or pred_dir.name.startswith("crossval_folds_"):
+        places.append(pred_dir.parent)
+    return list(dict.fromkeys(places))
+
+
+def dataset_json_of(pred_dir: Path, ref_dir: Path | None = None, any_parent: bool = True) -> Path | None:
+    """The first ``dataset.json`` in ``dataset_json_places``; None when there is none. Shared by evaluate, postprocess
+    determine and ensemble."""
+    places = dataset_json_places(pred_dir, ref_dir, any_parent)
     return next((place / "dataset.json" for place in places if (place / "dataset.json").is_file()), None)
 
 
@@ -70,28 +78,40 @@ def find_description(pred_dir: Path, ref_dir: Path) -> DatasetDescription:
     values as classes, the ignore label scored as one and its voxels as background in the others."""
     found = dataset_json_of(pred_dir, ref_dir)
     if found is None:
+        searched = ", ".join(map(str, dataset_json_places(pred_dir, ref_dir)))
         raise EvaluationError(
-            f"{ref_dir}: no dataset.json found beside the references or in {pred_dir}; "
-            "name the dataset (-d DATASET) so the labels are known"
+            f"{ref_dir}: no dataset.json found (looked in {searched}); name the dataset (-d DATASET) so the labels are known"
         )
     return load_description(found.parent)
 
 
-def _description_beside(pred_dir: Path, ref_dir: Path, labels_given: bool = False) -> DatasetDescription | None:
-    """``find_description``, None when there is none. One that cannot be read (the Decathlon's nnU-Net v1 dataset.json
-    above its labelsTr) is refused with the ways round it; with ``labels_given`` (``--labels``, which wants only its
-    ignore label: ignored voxels stay out of every metric) it is noted instead, as --labels needs none and the refusal
-    asked to edit a file of the user's data."""
+def readable_description(pred_dir: Path, ref_dir: Path, ways_round: str) -> DatasetDescription:
+    """``find_description``, one that cannot be read (the Decathlon's nnU-Net v1 dataset.json above its labelsTr)
+    refused with ``ways_round`` it: evaluate and postprocess determine read it only for want of -d (determine gave
+    the bare parse error, with no way round it)."""
     try:
         return find_description(pred_dir, ref_dir)
-    except EvaluationError:
-        return None
     except DatasetError as exc:
-        if labels_given:
-            print(f"note: {exc}: not read for an ignore label (--labels gives the classes)", file=sys.stderr)
-            return None
-        raise EvaluationError(f"{exc} (a dataset.json found beside the references or predictions; to evaluate without "
-                              "it, give the labels with --labels, or the dataset with -d)") from None
+        raise EvaluationError(f"{exc} (the dataset.json found for the references {ref_dir} and predictions {pred_dir}; "
+                              f"{ways_round})") from None
+
+
+EVALUATE_WAYS_ROUND = "to evaluate without it, give the labels with --labels, or the dataset with -d"
+
+
+def _description_beside(pred_dir: Path, ref_dir: Path, labels_given: bool = False) -> DatasetDescription | None:
+    """``readable_description``, None when there is none. With ``labels_given`` (``--labels``, which wants only its
+    ignore label: ignored voxels stay out of every metric) one that cannot be read is noted instead, as --labels needs
+    none and the refusal asked to edit a file of the user's data."""
+    if dataset_json_of(pred_dir, ref_dir) is None:
+        return None
+    if not labels_given:
+        return readable_description(pred_dir, ref_dir, EVALUATE_WAYS_ROUND)
+    try:
+        return find_description(pred_dir, ref_dir)
+    except DatasetError as exc:
+        print(f"note: {exc}: not read for an ignore label (--labels gives the classes)", file=sys.stderr)
+        return None
 
 
 @dataclass
@@ -463,7 +483,7 @@ def evaluate_folders(
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
     out = check_evaluation_output(pred_dir, ref_dir, output_dir, tolerance_mm)
     if description_or_labels is None:
-        description_or_labels = find_description(pred_dir, ref_dir)
+        description_or_labels = readable_description(pred_dir, ref_dir, "give the dataset's labels instead")
     file_ending = resolve_file_ending(description_or_labels, file_ending)
     classes, ignore_label = evaluation_classes(description_or_labels)
     declared, fix = declared_values(description_or_labels), None

@@ -30,9 +30,9 @@ from autoseg.dataset.description import DatasetDescription
 from autoseg.dataset.imageio import SUPPORTED_ENDINGS, is_image_ending, read_image, spelled_ending, write_image
 from autoseg.errors import EvaluationError
 from autoseg.evaluation.evaluate import (
-    PREDICTION_FOLDER, DiskFullError, REFERENCE_FOLDER, check_declared, check_integer_labels, declared_values, find_description,
+    PREDICTION_FOLDER, DiskFullError, REFERENCE_FOLDER, check_declared, check_integer_labels, declared_values,
     label_maps, match_cases, raise_failures, read_checked_pair, refuse_references_misused, require_folder,
-    resolve_file_ending,
+    readable_description, resolve_file_ending,
 )
 from autoseg.evaluation.metrics import SegClass, case_metrics, evaluation_classes
 from autoseg.postprocessing.connected_components import component_volumes_mm3, keep_largest, remove_small
@@ -246,7 +246,7 @@ def determine_postprocessing(
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
     decision_file = check_determine_arguments(pred_dir, ref_dir, output_json, epsilon)
     if description_or_labels is None:
-        description_or_labels = find_description(pred_dir, ref_dir)
+        description_or_labels = readable_description(pred_dir, ref_dir, "to determine without it, give the dataset with -d")
     file_ending = resolve_file_ending(description_or_labels, file_ending)
     classes, ignore_label = evaluation_classes(description_or_labels)
     pairs = match_cases(pred_dir, ref_dir, file_ending, None)
