@@ -129,7 +129,7 @@ def test_train_refuses_a_hand_edited_patch_equal_to_the_total_stride(data_roots:
         output = autoseg_fails("train", DATASET, "3d_fullres", "0", "--epochs", "1", "--plans-name", edited.stem)
     finally:
         edited.unlink()
-    assert "network 'unet': patch_size [4, 4, 4] equals the total stride of the strides [[1, 1, 1], [2, 2, 2], " \
+    assert f"{edited}: configuration 3d_fullres: network 'unet': patch_size [4, 4, 4] equals the total stride of the strides [[1, 1, 1], [2, 2, 2], " \
            "[2, 2, 2]], so the deepest of its 3 stages is one voxel" in output
     assert len(output.strip().splitlines()) == 1
     assert not results.exists() or not any(results.rglob("*"))

@@ -164,7 +164,7 @@ def _fold_held(run: FoldRun, context: DistributedContext) -> Iterator[None]:
         yield
         return
     _refuse_folders_named_as_files(run)  # a file where the fold folder is made: named, not a raw FileExistsError
-    made = [folder for folder in (run.model_folder, run.fold_folder) if not folder.exists()]
+    made = [folder for folder in (run.fold_folder, *run.fold_folder.parents) if not folder.exists()]
     run.fold_folder.mkdir(parents=True, exist_ok=True)
     try:
         with contextlib.ExitStack() as stack:
@@ -179,7 +179,7 @@ def _fold_held(run: FoldRun, context: DistributedContext) -> Iterator[None]:
                 ) from None
             yield
     finally:
-        for folder in reversed(made):
+        for folder in made:  # the fold folder first, then each parent made for it (the results root included)
             with contextlib.suppress(OSError):
                 folder.rmdir()  # only if empty: the refused run wrote nothing there
 
@@ -354,13 +354,23 @@ def _start(run: FoldRun, context: DistributedContext,
     )
     # Refused before anything is written: fp16 off CUDA, a network option or patch the family refuses.
     amp_dtype(run.config["mixed_precision"], run.device)
-    state = meta_state_dict(network_request(run, rank_batch), run.config)
+    state = _checked_network(run, rank_batch)
     _refuse_overwrite(run)
     source = _checked_pretrained(run, state, pretrained_weights)
     if context.is_main:
         _prepare_folders(run)
     barrier(context)
     return Trainer(run, context), device_warnings, source
+
+
+def _checked_network(run: FoldRun, rank_batch: int) -> dict[str, torch.Tensor] | None:
+    """``meta_state_dict``, with a refusal of the plan's topology (a hand-edited patch whose deepest stage is one
+    voxel, a block count the family does not read) naming the plans file and configuration it came from."""
+    try:
+        return meta_state_dict(network_request(run, rank_batch), run.config)
+    except NetworkError as exc:
+        raise NetworkError(f"{plans_path(run.preprocessed_dir, run.plans_name)}: configuration "
+                           f"{run.configuration_name}: {exc}") from None
 
 
 def _checked_pretrained(run: FoldRun, state: dict[str, torch.Tensor] | None,
