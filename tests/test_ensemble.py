@@ -530,26 +530,48 @@ def test_the_ensemble_writes_the_dataset_json_of_its_inputs(tmp_path):
     assert json.loads((tmp_path / "out" / "postprocessing.json").read_text())["file_ending"] == ".nii.gz"
 
 
-@pytest.mark.parametrize(("edit", "key"), [
-    ({"labels": {"background": 0, "a": 1, "c": 2}}, "labels"),
-    ({"file_ending": ".nrrd"}, "file_ending"),
-])
-def test_inputs_whose_dataset_json_disagree_are_refused_before_any_case(tmp_path, edit, key):
-    dirs = _models_with_dataset_json(tmp_path, [DATASET, {**DATASET, **edit}])
-    with pytest.raises(EvaluationError, match=rf"^{re.escape(str(dirs[1].parent))}/dataset\.json: {key} .* differs from .* in "
-                                              rf"{re.escape(str(dirs[0].parent))}/dataset\.json; ensemble only predictions of one dataset"):
-        ensemble_folders(dirs, tmp_path / "out", num_workers=1)
-    assert not (tmp_path / "out").exists()
+def test_inputs_whose_dataset_json_differ_in_file_ending_only_are_ensembled_with_the_firsts(tmp_path, capsys):
+    """Inputs whose dataset.json differ in file_ending only were refused, though each case keeps its own ending: the
+    first's is copied."""
+    dirs = _models_with_dataset_json(tmp_path, [DATASET, {**DATASET, "file_ending": ".nrrd"}])
+    ensemble_folders(dirs, tmp_path / "out", num_workers=1)
+    assert json.loads((tmp_path / "out" / "dataset.json").read_text()) == DATASET
+    assert (tmp_path / "out" / "x.nii.gz").is_file()
+    assert "note:" not in capsys.readouterr().err
 
 
-def test_a_dataset_json_that_is_not_the_predictions_one_is_refused(tmp_path):
-    """Both inputs agree, but their dataset.json names classes the probabilities were not predicted with."""
+def test_a_dataset_json_that_is_not_the_predictions_one_is_skipped_with_a_note(tmp_path, capsys):
+    """The probabilities' labels are the authority: a dataset.json naming other classes refused the ensemble, which
+    needs none; it is skipped with a note, another input's that agrees with them is copied, and none when none does."""
     other = {**DATASET, "labels": {"background": 0, "a": 1, "b": 2, "c": 3}}
-    dirs = _models_with_dataset_json(tmp_path, [other, other])
-    with pytest.raises(EvaluationError, match=rf"^{re.escape(str(dirs[0].parent))}/dataset\.json: labels .* differs from .* of "
-                                              r"the probabilities .*model0/crossval_folds_0/x\.json; that dataset\.json is not"):
-        ensemble_folders(dirs, tmp_path / "out", num_workers=1)
-    assert not (tmp_path / "out").exists()
+    dirs = _models_with_dataset_json(tmp_path, [other, DATASET])
+    ensemble_folders(dirs, tmp_path / "out", num_workers=1)
+    assert json.loads((tmp_path / "out" / "dataset.json").read_text()) == DATASET
+    assert capsys.readouterr().err == (
+        f"note: {dirs[0].parent}/dataset.json: labels {other['labels']!r} differs from {LABELS!r} of the probabilities "
+        f"{dirs[0]}/x.json; not copied to the ensemble's output (ensemble uses the labels the probabilities were "
+        "predicted with)\n")
+    (dirs[1].parent / "dataset.json").write_text(json.dumps(other))
+    ensemble_folders(dirs, tmp_path / "out2", num_workers=1)
+    assert sorted(p.name for p in (tmp_path / "out2").iterdir() if not p.name.startswith(".")) == ["x.nii.gz"]
+    assert capsys.readouterr().err.count("note: ") == 2
+
+
+@pytest.mark.parametrize("content", [
+    {**DATASET, "labels": {"background": 0, "liver": 1}},  # another dataset's
+    {"name": "Task01", "modality": {"0": "MRI"}, "labels": {"0": "background", "1": "a", "2": "b"}, "numTraining": 1},
+])
+def test_a_dataset_json_above_prediction_folders_is_not_theirs(tmp_path, capsys, content):
+    """Two predict outputs in a folder holding another dataset's (or an nnU-Net v1) dataset.json were refused since the
+    ensemble looked for one in any input's parent; only a crossval_folds_* folder's parent (its model folder) is theirs."""
+    rng = np.random.default_rng(8)
+    (tmp_path / "dataset.json").write_text(json.dumps(content))
+    dirs = [tmp_path / "predA", tmp_path / "predB"]
+    for folder in dirs:
+        _save(folder, "x", _softmax(rng))
+    ensemble_folders(dirs, tmp_path / "out", num_workers=1)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")) == ["x.nii.gz"]
+    assert capsys.readouterr().err == ""
 
 
 def test_a_predict_runs_model_dataset_json_comes_before_one_above_its_output(tmp_path):
@@ -568,13 +590,15 @@ def test_a_predict_runs_model_dataset_json_comes_before_one_above_its_output(tmp
     assert json.loads((tmp_path / "out" / "dataset.json").read_text()) == DATASET
 
 
-def test_an_unreadable_dataset_json_of_an_input_is_named_with_why_ensemble_reads_it(tmp_path):
+def test_an_unreadable_dataset_json_of_an_input_is_skipped_with_a_note(tmp_path, capsys):
+    """An input's dataset.json that cannot be read refused the ensemble, which needs none: it is noted and skipped."""
     dirs = _models_with_dataset_json(tmp_path, [DATASET, DATASET])
-    (dirs[1].parent / "dataset.json").write_text('{"labels": ')
-    with pytest.raises(EvaluationError, match=rf"^{re.escape(str(dirs[1].parent))}/dataset\.json: .*\(the dataset\.json of the "
-                                              rf"input {re.escape(str(dirs[1]))}, which ensemble copies to its output\); fix it"):
-        ensemble_folders(dirs, tmp_path / "out", num_workers=1)
-    assert not (tmp_path / "out").exists()
+    (dirs[0].parent / "dataset.json").write_text('{"labels": ')
+    ensemble_folders(dirs, tmp_path / "out", num_workers=1)
+    assert json.loads((tmp_path / "out" / "dataset.json").read_text()) == DATASET
+    err = capsys.readouterr().err
+    assert re.fullmatch(rf"note: {re.escape(str(dirs[0].parent))}/dataset\.json: .*; not copied to the ensemble's output "
+                        r"\(ensemble uses the labels the probabilities were predicted with\)\n", err), err
 
 
 def test_a_case_that_fails_is_named_with_where_the_others_are(tmp_path):

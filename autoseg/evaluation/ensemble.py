@@ -9,6 +9,7 @@ sidecar's geometry: argmax for classes, thresholding in ``regions_class_order`` 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -98,44 +99,43 @@ def agreeing_sidecars(case: str, input_dirs: Sequence[Path]) -> tuple[list[dict[
     return sidecars, geometry
 
 
-DESCRIPTION_KEYS = ("labels", "regions_class_order", "file_ending")  # what the ensemble's label maps depend on
-
-
-def _input_description(path: Path, folder: Path) -> DatasetDescription:
-    """The dataset.json ``path`` found for the input ``folder``, read; one that cannot be read is refused saying why
-    ensemble reads it (it did not before it copied one to its output)."""
+def _input_description(folder: Path, sidecar: Mapping[str, Any], sidecar_path: Path) -> DatasetDescription | None:
+    """The dataset.json found for the input ``folder`` (its parent only for a ``crossval_folds_*`` folder), if it can
+    be read and gives the labels and regions of the probabilities' ``sidecar``; else None, with a one-line note on one
+    skipped. The sidecar is the authority: ensemble needs no dataset.json, and one above the inputs (another
+    dataset's, an nnU-Net v1 one) refused ensembles that worked without it."""
+    path = dataset_json_of(folder, any_parent=False)
+    if path is None:
+        return None
     try:
-        return load_description(path.parent)
+        description = load_description(path.parent)
     except DatasetError as exc:
-        raise EvaluationError(f"{exc} (the dataset.json of the input {folder}, which ensemble copies to its output); "
-                              "fix it, or move it out of the way") from None
+        _skip_note(f"{exc}")
+        return None
+    key = next((key for key in ("labels", "regions_class_order") if getattr(description, key) != sidecar[key]), None)
+    if key is not None:
+        _skip_note(f"{path}: {key} {getattr(description, key)!r} differs from {sidecar[key]!r} of the probabilities "
+                   f"{sidecar_path}")
+        return None
+    return description
+
+
+def _skip_note(problem: str) -> None:
+    print(f"note: {problem}; not copied to the ensemble's output (ensemble uses the labels the probabilities were "
+          "predicted with)", file=sys.stderr)
 
 
 def inputs_description(input_dirs: Sequence[Path], case: str) -> DatasetDescription | None:
-    """The dataset.json the inputs agree on (the first found), for the output folder: nnU-Net copies the first
-    input's, and without one ``postprocess determine`` and ``evaluate`` on the ensemble wanted ``-d``. One that
-    disagrees with another input's in labels, regions or file ending, or with the probabilities of ``case`` (read
-    as predicted with other labels), is refused: the output would describe label maps it does not hold."""
-    found = [(path, _input_description(path, folder)) for folder in input_dirs if (path := dataset_json_of(folder))]
-    if not found:
-        return None
-    first_path, first = found[0]
-    for path, description in found[1:]:
-        key = next((key for key in DESCRIPTION_KEYS if getattr(description, key) != getattr(first, key)), None)
-        if key is not None:
-            raise EvaluationError(
-                f"{path}: {key} {getattr(description, key)!r} differs from {getattr(first, key)!r} in {first_path}; "
-                "ensemble only predictions of one dataset (or fix the dataset.json that is not theirs)"
-            )
-    sidecar = read_sidecar(input_dirs[0], case, EvaluationError)
-    for key in ("labels", "regions_class_order"):
-        if sidecar[key] != getattr(first, key):
-            raise EvaluationError(
-                f"{first_path}: {key} {getattr(first, key)!r} differs from {sidecar[key]!r} of the probabilities "
-                f"{probability_paths(input_dirs[0], case).sidecar}; that dataset.json is not the one they were "
-                "predicted with: move it out of the way, or ensemble the predictions of its dataset"
-            )
-    return first
+    """The first input's dataset.json that gives the labels and regions its probabilities of ``case`` were predicted
+    with (``_input_description``), for the output folder: nnU-Net copies the first input's, and without one
+    ``postprocess determine`` and ``evaluate`` on the ensemble wanted ``-d``. Ones differing in ``file_ending`` only
+    are not refused: each case keeps its own ending or ``--file-ending``."""
+    for folder in input_dirs:
+        description = _input_description(folder, read_sidecar(folder, case, EvaluationError),
+                                         probability_paths(folder, case).sidecar)
+        if description is not None:
+            return description
+    return None
 
 
 def ensemble_case(case: str, input_dirs: Sequence[Path], output_dir: Path, file_ending: str, save_probabilities: bool) -> None:
