@@ -454,8 +454,8 @@ def _description(dataset: Optional[str]) -> Any:
 def evaluate(
     pred: Path = path_option(..., "-p", "--pred", help="folder of predicted label maps"),
     ref: Path = path_option(..., "-r", "--ref", help="folder of reference label maps (same file names)"),
-    dataset: Optional[str] = typer.Option(None, "-d", "--dataset", help="dataset for labels/regions (default: dataset.json beside the references)"),
-    labels: Optional[list[int]] = typer.Option(None, "-l", "--labels", help="label values to evaluate without a dataset, e.g. --labels 1 2 (default: dataset.json beside the references, else every value found in them)"),
+    dataset: Optional[str] = typer.Option(None, "-d", "--dataset", help="dataset for labels/regions (default: the first dataset.json in REF, REF's parent, PRED, the model PRED's predict_info.json names, a fold's model folder or PRED's parent)"),
+    labels: Optional[list[int]] = typer.Option(None, "-l", "--labels", help="label values to evaluate without a dataset, e.g. --labels 1 2 (default: the labels of the dataset.json -d defaults to, else every value found in the references)"),
     output: Optional[Path] = path_option(None, "-o", "--output", help="folder for summary.json / summary.csv (default: PRED)"),
     tolerance_mm: float = typer.Option(1.0, help="tolerance of the normalised surface Dice, in mm"),
     num_workers: Optional[int] = workers_option(),
@@ -497,7 +497,7 @@ app.add_typer(postprocess_app, name="postprocess")
 def postprocess_determine(
     pred: Path = path_option(..., "-p", "--pred", help="cross-validation predictions (all folds in one folder)"),
     ref: Path = path_option(..., "-r", "--ref", help="reference label maps"),
-    dataset: Optional[str] = typer.Option(None, "-d", "--dataset", help="dataset for labels (default: dataset.json beside the references)"),
+    dataset: Optional[str] = typer.Option(None, "-d", "--dataset", help="dataset for labels (default: the first dataset.json in REF, REF's parent, PRED, the model PRED's predict_info.json names, a fold's model folder or PRED's parent)"),
     output: Optional[str] = typer.Option(None, "-o", "--output", parser=nonempty_path_text, metavar="<path>",
                                          help="decision file, or a folder ending in / for postprocessing.json in it "
                                               "(default: PRED/postprocessing.json)"),

@@ -452,8 +452,8 @@ def test_labels_option_keeps_the_ignore_label_of_the_dataset_beside_the_referenc
     assert summary["ignore_label"] == 3 and summary["classes"] == {"1": [1]}
     assert summary["metric_per_case"][1]["metrics"]["1"]["dice"] == 1.0
     output = autoseg_fails("evaluate", "-p", pred_dir, "-r", ref_dir, "-np", 1, "--labels", 1, 3)
-    assert ("--labels 1 3: 3 is the ignore label of the dataset.json beside the references (its voxels are not scored); "
-            "leave it out") in output
+    assert (f"--labels 1 3: 3 is the ignore label of {ref_dir.parent / 'dataset.json'} (its voxels are not scored); "
+            "leave it out") in " ".join(output.split())
 
 
 def test_a_folds_validation_takes_the_dataset_json_of_its_model_folder(tmp_path):
@@ -692,10 +692,10 @@ def test_a_reference_marking_ignored_voxels_with_another_value_is_refused(folder
     write_image(seg.astype(np.uint8), geometry, path)
     result = runner.invoke(app, ["evaluate", "-p", str(pred_dir), "-r", str(ref_dir), *option, "-np", "1"])
     assert result.exit_code == 2, result.output
-    fix = ("fix the file (the dataset is the dataset.json beside the references, which gives --labels its ignore label)"
+    fix = (f"fix the file (the dataset is {ref_dir.parent / 'dataset.json'}, which gives --labels its ignore label)"
            if option else "fix the file (to score other values, `autoseg evaluate --labels` takes them instead of the dataset)")
     assert (f"c2: {path}: holds label value(s) 255 that the dataset does not declare (it declares 0, 1, 2) (2 is its "
-            f"ignore label: voxels not to score hold 2); {fix}") in result.output
+            f"ignore label: voxels not to score hold 2); {fix}") in " ".join(result.output.split())
     assert not (pred_dir / "summary.json").exists()
 
 
@@ -737,3 +737,15 @@ def test_the_references_own_dataset_json_comes_before_the_one_above_them(tmp_pat
     autoseg("evaluate", "-p", pred_dir, "-r", ref_dir, "-np", 1)
     summary = json.loads((pred_dir / "summary.json").read_text())
     assert summary["ignore_label"] == 3 and summary["classes"] == {"a": [1], "b": [2]}
+
+
+@pytest.mark.parametrize("command", [["evaluate"], ["postprocess", "determine"]])
+def test_the_help_says_where_the_dataset_json_is_looked_for(command):
+    """-d's help said 'default: dataset.json beside the references', though the references' folder, the predictions',
+    their model's and the predictions' parent are searched too (dataset_json_places)."""
+    result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "200", "NO_COLOR": "1"})
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.replace("│", " ").split())
+    assert ("(default: the first dataset.json in REF, REF's parent, PRED, the model PRED's predict_info.json names, a "
+            "fold's model folder or PRED's parent)") in text
+    assert "beside the references" not in text

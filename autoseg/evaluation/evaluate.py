@@ -219,8 +219,8 @@ def choose_labels(
         if ignore is not None:
             if ignore in label_values:
                 raise EvaluationError(
-                    f"--labels {' '.join(map(str, label_values))}: {ignore} is the ignore label of the dataset.json "
-                    "beside the references (its voxels are not scored); leave it out"
+                    f"--labels {' '.join(map(str, label_values))}: {ignore} is the ignore label of "
+                    f"{dataset_json_of(pred_dir, ref_dir)} (its voxels are not scored); leave it out"
                 )
             mapping[IGNORE_LABEL_NAME] = ignore
         return LabelChoice(mapping, label_file_ending(ref_dir), "--labels")
@@ -517,7 +517,7 @@ def evaluate_folders(
 
 def _declared_beside(pred_dir: Path, ref_dir: Path, ignore_label: int,
                      chosen: set[int]) -> tuple[frozenset[int] | None, str | None]:
-    """With ``--labels`` (the ``chosen`` values) and the ignore label of the dataset.json beside the references, the
+    """With ``--labels`` (the ``chosen`` values) and the ignore label of the dataset.json found for them, the
     values that dataset declares and the chosen ones, and the fix for another: a reference marking voxels not to
     score with another value (255 for the dataset's 2) had them scored as background without a word. (None, None)
     without that dataset.json."""
@@ -528,7 +528,7 @@ def _declared_beside(pred_dir: Path, ref_dir: Path, ignore_label: int,
     if beside.ignore_label != ignore_label:
         return None, None
     return (declared_values(beside) or frozenset()) | chosen, (
-        "fix the file (the dataset is the dataset.json beside the references, which gives --labels its ignore label)")
+        f"fix the file (the dataset is {dataset_json_of(pred_dir, ref_dir)}, which gives --labels its ignore label)")
 
 
 def unpredicted_references(summary: Mapping[str, Any], file_ending: str) -> list[str]:
