@@ -539,7 +539,10 @@ def ensemble(
     file_ending: Optional[str] = typer.Option(None, help="ending of the written label maps, dot included, e.g. .nii.gz (default: as in the first folder)"),
     num_workers: Optional[int] = workers_option(),
 ) -> None:
-    """Average the saved probabilities of several configurations (or models) case by case."""
+    """Average the saved probabilities of several configurations (or models) case by case.
+
+    The inputs' dataset.json (the first that gives the labels the probabilities were predicted with) is written
+    beside the label maps, so `evaluate` and `postprocess determine` on the output need no -d."""
     from autoseg.evaluation.ensemble import ensemble_folders
 
     cases = ensemble_folders(inputs, output, save_probabilities, num_workers, file_ending)
