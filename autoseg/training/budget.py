@@ -24,9 +24,10 @@ PROBE_MAX_SHARE = 0.05
 # another process took the cores after the last estimate (an earlier
 # epoch waits for its end's re-plan unless that end itself lies past the deadline). A 5-minute
 # Hippocampus run whose last epoch slowed 4x (0.87 s per iteration, planned about 0.2) waited for the
-# epoch's end and ended 37 s late (+13%). It is lengthened by the mirror rule (the time left is
-# PACE_SLOWDOWN times what the rest takes, and more than PACE_TOLERANCE of the budget would go unused):
-# a run whose middle slowed 7x for 90 s, and whose schedule was cut for it, ended at 209 of 300 s. The
+# epoch's end and ended 37 s late (+13%). It is lengthened only when the time left is PACE_SLOWDOWN
+# times what the rest takes and more than PACE_TOLERANCE of the budget would go unused (no mirror of the
+# cut, which needs the overrun alone: a 1.1x spell early in the last epoch is cut and never lengthened
+# back): a run whose middle slowed 7x for 90 s, and whose schedule was cut for it, ended at 209 of 300 s. The
 # thresholds keep ordinary jitter (+-10% between epochs) from bending the learning-rate schedule;
 # the epoch end still re-plans both ways.
 PACE_SLOWDOWN = 1.25
