@@ -100,8 +100,6 @@ CPU_LOOP_OVERHEAD = 1.15
 CPU_LOOP_SECONDS = 0.03
 
 # --- the whole run in the budget (autoseg; docs/planning.md, "The whole run fits the budget") ------
-# Cross-validation folds (reference §1.5): a fold validates a fifth of the cases, the first n % 5 folds one more.
-NUM_FOLDS = 5
 # Share of the budget kept free for jitter (the training config's budget_safety_fraction).
 BUDGET_SAFETY_FRACTION = 0.03
 # Start-up of `autoseg train`: imports, network, data workers, the first iterations' allocations

@@ -35,6 +35,7 @@ from autoseg.planning.memory import MemoryModel, calibrate_memory, machine_ram_b
 from autoseg.planning.plans import format_plan_table, plans_path, write_plans
 from autoseg.planning.topology import divisible_patch, features_per_stage, plan_topology, shrink_patch
 from autoseg.preprocessing.resampling import implausible_resampling, resampling_work, scheme_for
+from autoseg.training.splits import fold_sizes
 from autoseg.networks.bf16_guard import bf16_step_survives, step_spec
 from autoseg.networks.registry import TopologyConstraints
 from autoseg.utils.cpu_load import applied, idle_thread_choice
@@ -391,10 +392,10 @@ class _Costs:
 
 
 def largest_fold_share(cases: int) -> float:
-    """The share of the cases the largest fold validates: the first ``cases % 5`` folds take one more
-    (training/splits.py), and fold 0, the one a budget is tried on, is one of them. A fifth, the mean
+    """The share of the cases the largest fold validates (``splits.fold_sizes``: the first ``cases % 5``
+    folds take one more), and fold 0, the one a budget is tried on, is one of them. A fifth, the mean
     fold, priced 6 CT crops' fold 0 (2 cases) at 1.2 cases: 5 s of final validation where it took 22."""
-    return math.ceil(cases / C.NUM_FOLDS) / max(cases, 1)
+    return max(fold_sizes(cases)) / max(cases, 1)
 
 
 def _costs(ctx: _Context, fingerprint: dict[str, Any], forward: list[int], spacing: Sequence[float],

@@ -27,6 +27,12 @@ SPLITS_FILE = "splits_final.json"
 FOLD_ALL = "all"
 
 
+def fold_sizes(cases: int, n_folds: int = NUM_FOLDS) -> list[int]:
+    """How many cases each fold of ``kfold_splits`` validates: the first ``cases % n_folds`` folds one more
+    (scikit-learn's KFold). The planner prices the final validation of the largest (fold 0) from it."""
+    return [cases // n_folds + (1 if fold < cases % n_folds else 0) for fold in range(n_folds)]
+
+
 def kfold_splits(case_ids: Sequence[str], n_folds: int = NUM_FOLDS, seed: int = SPLIT_SEED) -> list[dict[str, list[str]]]:
     """Shuffled k-fold over sorted case ids: scikit-learn's ``KFold(n_folds, shuffle=True, random_state=seed)``.
 
@@ -43,8 +49,7 @@ def kfold_splits(case_ids: Sequence[str], n_folds: int = NUM_FOLDS, seed: int = 
         )
     order = np.arange(len(keys))
     np.random.RandomState(seed).shuffle(order)
-    sizes = np.full(n_folds, len(keys) // n_folds)
-    sizes[: len(keys) % n_folds] += 1
+    sizes = fold_sizes(len(keys), n_folds)
     splits = []
     start = 0
     for size in sizes:
