@@ -11,8 +11,6 @@ only read. A case stored in no store of the run gets no ground-truth copy.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import filecmp
 import hashlib
 import json
@@ -21,7 +19,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AbstractSet as Set, Any, Callable, Iterator, Sequence
+from typing import AbstractSet as Set, Any, Callable, Sequence
 
 import numpy as np
 
@@ -50,6 +48,7 @@ from autoseg.planning.plans import (
 from autoseg.preprocessing import store
 from autoseg.preprocessing.pipeline import preprocess_case
 from autoseg.utils.atomic import atomic_path, atomic_write_json, folder_lock, remove_stale_temporaries
+from autoseg.utils.disk import stop_on_full_disk
 from autoseg.utils.file_identity import file_signature
 from autoseg.utils.names import string_list
 from autoseg.utils.progress import Failure, parallel_map, stage_workers
@@ -213,18 +212,9 @@ class DiskFullError(PreprocessingError):
     """The disk (or quota) of a folder preprocess writes to is full: every later case would fail too."""
 
 
-@contextlib.contextmanager
-def stop_on_full_disk(folder: Path, what: str) -> Iterator[None]:
-    """Turn a full disk while writing ``what`` into ``folder`` into one ``DiskFullError`` naming the folder and how to
-    resume: each case failed with it in turn, and then the timing record, whose error alone reached the user."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        full = "the disk is full" if exc.errno == errno.ENOSPC else "the disk quota is exhausted"
-        raise DiskFullError(f"{folder}: {full} ({what} could not be written); free space there and re-run "
-                            "`autoseg preprocess`: the cases stored so far are kept and skipped") from None
+# How to resume once space is freed, in utils.disk.stop_on_full_disk's one-line refusal (which also takes a full disk
+# that blosc2 or SimpleITK report as a RuntimeError, unlike the OSError-only copy this module kept).
+PREPROCESS_RERUN = "`autoseg preprocess`: the cases stored so far are kept and skipped"
 
 
 def stored_state(folder: Path, case_id: str, fingerprint: str) -> str:
@@ -273,7 +263,7 @@ def preprocess_one(
     properties["case_id"] = case_id
     properties["input_fingerprint"] = fingerprint
     properties["class_locations"] = store.class_locations(seg_pp, foreground_labels(plans), store.case_seed(case_id))
-    with stop_on_full_disk(folder, f"case {case_id}"):
+    with stop_on_full_disk(folder, f"case {case_id}", DiskFullError, PREPROCESS_RERUN):
         store.save_case(folder, case_id, data_pp, seg_pp, properties, patch_size=config.get("patch_size"))
     return {"shape": list(data_pp.shape), "annotation_kept": kept}
 
@@ -400,7 +390,7 @@ def copy_ground_truths(report: PreprocessReport, gt_dir: Path, cases: Sequence[C
             assert case.label is not None
             if case.case_id in failed:
                 continue
-            with stop_on_full_disk(gt_dir, f"the ground truth of case {case.case_id}"):
+            with stop_on_full_disk(gt_dir, f"the ground truth of case {case.case_id}", DiskFullError, PREPROCESS_RERUN):
                 copied = copy_ground_truth(case.label, gt_dir / f"{case.case_id}{file_ending}")
             if copied:
                 report.gt_copied += 1
@@ -441,7 +431,7 @@ def _preprocess_store(out: ConfigurationReport, plans: dict[str, Any], cases: Se
     # A case that fails now keeps no copy stored from earlier inputs: training would use it without a word.
     out.removed = sorted(f.key for f in out.failed if store.remove_case(out.output_dir, f.key))
     if out.processed:  # what `autoseg train` reports against the plan's predicted preparation time
-        with stop_on_full_disk(timing.parent, f"the timing record {timing.name}"):
+        with stop_on_full_disk(timing.parent, f"the timing record {timing.name}", DiskFullError, PREPROCESS_RERUN):
             atomic_write_json(timing, {"seconds": time.perf_counter() - started,
                                        "cases": len(out.processed), "workers": workers})
     return out
