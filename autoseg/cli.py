@@ -462,8 +462,8 @@ def evaluate(
 ) -> None:
     """Dice, IoU, HD95, ASSD, surface Dice, precision, recall and volumes per case and class."""
     from autoseg.evaluation.evaluate import (
-        check_evaluation_output, choose_labels, classes_absent_everywhere, evaluate_folders, format_table,
-        no_common_label_note, unpredicted_references,
+        check_evaluation_output, choose_labels, classes_absent_everywhere, dataset_json_of, evaluate_folders,
+        format_table, no_common_label_note, unpredicted_references,
     )
 
     check_evaluation_output(pred, ref, output, tolerance_mm)
@@ -471,7 +471,7 @@ def evaluate(
     if choice.source == "references":
         typer.echo(f"no dataset.json or --labels: evaluating the labels found in the references: {', '.join(list(choice.labels)[1:])}")
     elif choice.source == "--labels" and "ignore" in choice.labels:
-        typer.echo(f"ignore label {choice.labels['ignore']} of the dataset.json beside the references: its voxels are not scored")
+        typer.echo(f"ignore label {choice.labels['ignore']} of {dataset_json_of(pred, ref)}: its voxels are not scored")
     summary = evaluate_folders(pred, ref, choice.labels, output, num_workers, tolerance_mm, choice.file_ending)
     typer.echo(format_table(summary))
     for name in classes_absent_everywhere(summary):
