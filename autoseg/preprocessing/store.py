@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import sys
+import time
 import zlib
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -26,7 +28,7 @@ import blosc2
 import numpy as np
 
 from autoseg.errors import PreprocessingError
-from autoseg.utils.atomic import atomic_path, atomic_write_json, folder_lock
+from autoseg.utils.atomic import FolderLocked, atomic_path, atomic_write_json, folder_lock
 from autoseg.utils.jsonio import read_json
 
 DATA_SUFFIX = ".b2nd"
@@ -40,6 +42,10 @@ BLOCK_BYTES = 32 * 1024  # blosc2 block (the unit decompressed per access) ~ L1/
 # Foreground oversampling (reference §1.4): per class max(min(10000, n), ceil(0.01 n)) stored voxels.
 LOCATIONS_MIN = 10000
 LOCATIONS_FRACTION = 0.01
+# How long train's store check waits for a preprocess run writing into the store (a case it stores again fails
+# the check meanwhile), polling the exclusive lock: a blocking wait could last the whole run (check_stored).
+STORE_WAIT_SECONDS = 30.0
+STORE_POLL_SECONDS = 0.2
 
 
 def case_paths(folder: Path, case_id: str) -> tuple[Path, Path, Path]:
@@ -255,8 +261,30 @@ def check_stored(folder: str | Path, case_id: str) -> None:
     except PreprocessingError:
         if not Path(folder).is_dir():
             raise
-        with folder_lock(folder):
-            _check_stored_once(Path(folder), case_id)
+        _check_without_writers(Path(folder), case_id)
+
+
+def _check_without_writers(folder: Path, case_id: str) -> None:
+    """Check the case again under the folder's exclusive lock, polled for at most ``STORE_WAIT_SECONDS``: Linux
+    grants new shared locks while an exclusive one waits, so a blocking wait lasted a whole ``preprocess -np 2``
+    run, the training silent meanwhile. Past the bound the case is refused, naming the writing run."""
+    deadline = None
+    while True:
+        try:
+            with folder_lock(folder, wait=False):
+                _check_stored_once(folder, case_id)
+                return
+        except FolderLocked as locked:
+            if deadline is None:
+                deadline = time.monotonic() + STORE_WAIT_SECONDS
+                print(f"waiting for a preprocess run writing into {folder}", file=sys.stderr, flush=True)
+            elif time.monotonic() >= deadline:
+                writer = f"process {locked.pid}" if locked.pid else "another process"
+                raise PreprocessingError(
+                    f"{folder}: case {case_id} fails its check while a preprocess run ({writer}) has been writing "
+                    f"into this folder for over {STORE_WAIT_SECONDS:.0f} s, probably storing the case again; start "
+                    "train again once that run has finished") from None
+            time.sleep(STORE_POLL_SECONDS)
 
 
 def _check_stored_once(folder: Path, case_id: str) -> None:
