@@ -241,8 +241,8 @@ def test_continue_without_plans_json_refuses_a_checkpoint_of_another_spacing(
     monkeypatch.setenv("AUTOSEG_PREPROCESSED", str(preprocessed))
     before = _listing(fold)
     trained, now = json.dumps(spacing), json.dumps([s * 2 for s in spacing])
-    with pytest.raises(TrainingError, match=rf"{kept}: was trained with another plan than this run's \(spacing "
-                                            rf"{re.escape(trained)} \(trained\) vs {re.escape(now)} \(now\)\): "
+    with pytest.raises(TrainingError, match=rf"{kept}: was trained with another plan than this run's \(configuration "
+                                            rf"3d_fullres: spacing {re.escape(trained)} \(trained\) vs {re.escape(now)} \(now\)\): "
                                             r"the fold comes from another results root or the model was re-planned; "
                                             r".*or delete the fold folder to start over$"):
         _train(0, epochs=2, continue_=True)

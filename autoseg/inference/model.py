@@ -179,19 +179,25 @@ def check_plans_of_checkpoint(metadata: Mapping[str, Any], plans: Mapping[str, A
     """The plans.json must still hold what the checkpoint was trained with: a configuration's spacing or the
     transpose edited after training changed every prediction without a word. Checkpoints written before the
     record (no ``prediction_plan``) pass."""
+    if differences := prediction_plan_differences(metadata, plans, configuration_name):
+        raise error(f"{plans_file}: {path} was trained with another plan ({differences}; the plans were edited "
+                    "after training); restore the plans.json the model was trained with, or train the model again with "
+                    "these plans")
+
+
+def prediction_plan_differences(metadata: Mapping[str, Any], plans: Mapping[str, Any], configuration_name: str) -> str:
+    """How the checkpoint's recorded prediction plan differs from ``plans``' (``plan-wide: ...; configuration C:
+    ...``), '' when it agrees or was not recorded (older checkpoints): predict and train's --continue name them alike.
+    Keys of the whole plan (the transpose) were named as the configuration's, where the user looked for them in vain."""
     trained = metadata.get(PREDICTION_PLAN)
     if not isinstance(trained, Mapping):
-        return
+        return ""
     now = prediction_plan(plans, configuration_name)
     plan_wide = plan_differences({k: v for k, v in trained.items() if k in PREDICTION_PLANS_KEYS}, now)
     own = plan_differences({k: v for k, v in trained.items() if k not in PREDICTION_PLANS_KEYS}, now)
-    # keys of the whole plan (the transpose) were named as the configuration's, where the user looked for them in vain
     parts = ([f"plan-wide: {listed_differences(plan_wide)}"] if plan_wide else []) + (
         [f"configuration {configuration_name}: {listed_differences(own)}"] if own else [])
-    if parts:
-        raise error(f"{plans_file}: {path} was trained with another plan ({'; '.join(parts)}; the plans were edited "
-                    "after training); restore the plans.json the model was trained with, or train the model again with "
-                    "these plans")
+    return "; ".join(parts)
 
 
 def _check_inputs_match_channels(

@@ -20,15 +20,21 @@ import torch
 
 from autoseg.errors import TrainingError
 from autoseg.inference.model import (
-    PREDICTION_PLAN,
     check_fold_of_model,
     listed_differences,
     plan_differences,
-    prediction_plan,
+    prediction_plan_differences,
 )
 from autoseg.training.model_setup import ModelSetup
 from autoseg.training.schedule import TrainingState
-from autoseg.utils.checkpoint_format import CHECKPOINT_FORMAT_VERSION, checkpoint_name, first_mismatch, read_checkpoint
+from autoseg.utils.checkpoint_format import (
+    CHECKPOINT_FORMAT_VERSION,
+    check_checkpoint,
+    checkpoint_name,
+    first_mismatch,
+    read_checkpoint,
+)
+from autoseg.utils.weights_file import load_weights_skeleton, weights_exist
 
 LATEST = checkpoint_name("latest")
 BEST = checkpoint_name("best")
@@ -67,12 +73,13 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
+CHECKPOINT_MISSING = "checkpoint not found; train first (without --continue) or check the fold"
+
+
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a training checkpoint (no code runs from the file)."""
-    return read_checkpoint(
-        path, TrainingError, missing="checkpoint not found; train first (without --continue) or check the fold",
-        fix=damaged_checkpoint_fix(path), device=map_location,
-    )
+    return read_checkpoint(path, TrainingError, missing=CHECKPOINT_MISSING, fix=damaged_checkpoint_fix(path),
+                           device=map_location)
 
 
 def damaged_checkpoint_fix(path: Path) -> str:
@@ -211,20 +218,37 @@ def _refuse_another_network(path: Path, meta: dict[str, Any], setup: ModelSetup)
 
 
 def refuse_another_plan(path: Path, before: Mapping[str, Any], now: Mapping[str, Any]) -> None:
-    """The one refusal of a checkpoint to continue whose recorded plan values (``before``) differ from this run's."""
+    """A checkpoint to continue whose recorded plan values (``before``) differ from this run's is refused."""
     if changed := plan_differences(before, now):
-        raise TrainingError(
-            f"{path}: was trained with another plan than this run's ({listed_differences(changed)}): "
-            "the fold comes from another results root or the model was re-planned; continue with the plan and --set "
-            "the fold was trained with (the plans.json and training_config.yaml of the model folder it came from), "
-            "or delete the fold folder to start over"
-        )
+        _refuse_plan(path, listed_differences(changed))
+
+
+def _refuse_plan(path: Path, differences: str) -> None:
+    """The one refusal of a checkpoint to continue trained with another plan (``differences`` says how)."""
+    raise TrainingError(
+        f"{path}: was trained with another plan than this run's ({differences}): "
+        "the fold comes from another results root or the model was re-planned; continue with the plan and --set "
+        "the fold was trained with (the plans.json and training_config.yaml of the model folder it came from), "
+        "or delete the fold folder to start over"
+    )
 
 
 def refuse_another_prediction_plan(path: Path, plans: Mapping[str, Any], configuration: str) -> None:
     """A checkpoint to continue must record this plan's grid (its ``prediction_plan``: spacing, transpose,
     normalization, resampling). With no plans.json beside the model folder to compare, a fold re-planned to another
-    spacing (the same patch and network) went on training on another grid without a word. Older checkpoints pass."""
-    trained = load_checkpoint(path)["metadata"].get(PREDICTION_PLAN)
-    if isinstance(trained, Mapping):
-        refuse_another_plan(path, trained, prediction_plan(plans, configuration))
+    spacing (the same patch and network) went on training on another grid without a word. Older checkpoints pass.
+    Only the metadata is read (every rank checks; ``_restore`` then loads the weights)."""
+    if differences := prediction_plan_differences(checkpoint_metadata(path), plans, configuration):
+        _refuse_plan(path, differences)
+
+
+def checkpoint_metadata(path: Path) -> dict[str, Any]:
+    """A training checkpoint's metadata, checked as ``load_checkpoint`` checks it, without reading its tensors
+    (the weights and optimizer state: gigabytes for a large network)."""
+    path = Path(path)
+    if not weights_exist(path):
+        raise TrainingError(f"{path}: {CHECKPOINT_MISSING}")
+    fix = damaged_checkpoint_fix(path)
+    checkpoint = load_weights_skeleton(path, lambda message: TrainingError(f"{message}; {fix}"))
+    check_checkpoint(checkpoint, str(path), TrainingError, fix)
+    return checkpoint["metadata"]

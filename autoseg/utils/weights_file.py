@@ -121,6 +121,30 @@ def load_weights(path: Path, error: ErrorType, device: str | torch.device = "cpu
     return _join(tensors, metadata, str(path), error)
 
 
+class _NoTensors(dict):
+    """The tensors of a tree read without them (``load_weights_skeleton``): each is None."""
+
+    def __missing__(self, key: str) -> None:
+        return None
+
+
+def load_weights_skeleton(path: Path, error: ErrorType) -> dict[str, Any]:
+    """A weight file's tree with every tensor None, read from the safetensors header alone (``safe_open``'s
+    metadata): a check of a checkpoint's metadata read its weights and optimizer state too. A legacy ``.pt``
+    (given, or beside a missing file) has no header to read apart: it is loaded whole."""
+    path = Path(path)
+    if not path.is_file() and weights_exist(path):
+        path = path.with_suffix(LEGACY_SUFFIX)
+    if path.suffix == LEGACY_SUFFIX:
+        return _load_legacy(path, error, "cpu")
+    try:
+        with safetensors.safe_open(path, "pt") as handle:
+            metadata = handle.metadata()
+    except (safetensors.SafetensorError, OSError, ValueError) as exc:
+        raise error(f"{path}: not a readable safetensors file ({exc}); it is damaged or not written by autoseg") from None
+    return _join(_NoTensors(), metadata, str(path), error)
+
+
 def _load_legacy(path: Path, error: ErrorType, device: str | torch.device) -> dict[str, Any]:
     try:
         return torch.load(path, map_location=device, weights_only=True)
