@@ -3,7 +3,6 @@ reporting the case as damaged (its marker removed, its arrays being replaced).""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
@@ -15,6 +14,7 @@ import pytest
 
 from autoseg.errors import PreprocessingError
 from autoseg.preprocessing.store import case_paths, check_stored, save_case
+from autoseg.utils.atomic import LOCK_FILE, lock_key
 
 # A writer in the middle of save_case: the folder's shared lock held, the case's marker (properties JSON) removed.
 REWRITE = ("import sys; from pathlib import Path; from autoseg.utils.atomic import folder_lock\n"
@@ -25,13 +25,12 @@ REWRITE = ("import sys; from pathlib import Path; from autoseg.utils.atomic impo
 
 def _waiting_on(folder: Path) -> bool:
     """Whether a process waits for a lock of ``folder`` (``/proc/locks`` lists blocked requests with '->')."""
-    info = os.stat(folder)
-    where = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    where = lock_key(folder / LOCK_FILE)
     return any("->" in line and where in line.split() for line in Path("/proc/locks").read_text().splitlines())
 
 
-@pytest.mark.skipif(not Path("/proc/locks").is_file(), reason="needs Linux's /proc/locks to see the waiting check")
-def test_the_store_check_waits_for_a_case_being_stored_again(tmp_path: Path) -> None:
+@pytest.mark.skipif(sys.platform == "win32", reason="needs POSIX flock")
+def test_the_store_check_waits_for_a_case_being_stored_again(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     store = tmp_path / "store"
     save_case(store, "a", np.zeros((1, 4, 4, 4), np.float32), np.zeros((1, 4, 4, 4), np.int16), {"shape": [4, 4, 4]})
     check_stored(store, "a")
@@ -50,7 +49,9 @@ def test_the_store_check_waits_for_a_case_being_stored_again(tmp_path: Path) -> 
         assert writer.stdout.readline() == "rewriting\n"
         thread = threading.Thread(target=check)
         thread.start()
-        while thread.is_alive() and not _waiting_on(store):  # until the check has failed once and waits
+        said = ""
+        while thread.is_alive() and "waiting for a preprocess run" not in said:  # until the check failed once and polls
+            said += capsys.readouterr().err
             time.sleep(0.01)
     finally:
         writer.communicate("")  # the writer stores the marker and releases the folder

@@ -47,7 +47,8 @@ from autoseg.inference.model import (
 )
 from autoseg.paths import check_model_folder_name, parse_dataset_id, results_root as default_results_root
 from autoseg.planning.plans import get_configuration, validate_plans
-from autoseg.utils.atomic import atomic_write_bytes, folder_lock, remove_stale_temporaries, staging_folder
+from autoseg.utils.atomic import atomic_write_bytes, remove_stale_temporaries, staging_folder
+from autoseg.utils.folders import locked_new_folder
 from autoseg.utils.checksummed_zip import (
     MANIFEST, MODEL_ZIP_FORMAT, ONNX_ZIP_FORMAT, check_entries, check_zip_checkpoint, read_member,
     write_checksummed_zip,
@@ -562,7 +563,7 @@ def install_model_file(zip_path: str | Path, results_root: str | Path | None = N
     decisions = [dataset_dir / ENSEMBLES_FOLDER / name / POSTPROCESSING_JSON for name in manifest["ensembles"]]
     # Checked and installed under the dataset folder's lock (find-best's too): of two imports at once the
     # second finds the first's folders instead of replacing them unasked.
-    with _made_for_the_import(dataset_dir), folder_lock(dataset_dir):
+    with locked_new_folder(dataset_dir):  # made for the import: gone again if it fails
         existing = [t for t in targets + decisions if t.exists()]
         if existing and not overwrite:
             what = "model folder" if existing[0] in targets else "ensemble postprocessing decision"
@@ -593,25 +594,6 @@ def _refuse_replacing_the_zip(zip_path: Path, replaced: Sequence[Path]) -> None:
     if inside is not None:
         raise ModelFileError(f"{zip_path}: lies in {inside}, which --overwrite would replace (deleting the zip); move "
                              "the zip out of it first")
-
-
-@contextlib.contextmanager
-def _made_for_the_import(folder: Path) -> Iterator[None]:
-    """Create ``folder`` (and missing parents); if the import fails, remove the ones it created that are
-    still empty: a refused or failed import left an empty ``<results>/<Dataset>/`` behind."""
-    created: list[Path] = []
-    for path in (folder, *folder.parents):
-        if path.exists():
-            break
-        created.append(path)
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        yield
-    except BaseException:
-        for path in created:  # deepest first
-            with contextlib.suppress(OSError):  # not empty: another import's files arrived meanwhile
-                path.rmdir()
-        raise
 
 
 def _replace_folder(source: Path, target: Path) -> None:

@@ -40,7 +40,9 @@ from autoseg.training.cascade import (
 from autoseg.training.checkpoints import BEST, FINAL, LATEST, refuse_another_prediction_plan, split_digest
 from autoseg.training.config import dump_config, resolve_training_config
 from autoseg.training.config_rules import RULES
-from autoseg.training.distributed import DistributedContext, barrier, init_distributed, rank_batch_size, shutdown
+from autoseg.training.distributed import (
+    DistributedContext, barrier, broadcast_value, init_distributed, rank_batch_size, shutdown,
+)
 from autoseg.training.fold_run import FoldRun
 from autoseg.training.math_threads import applied, choose_math_threads
 from autoseg.training.model_setup import amp_dtype, determinism_restored, meta_state_dict
@@ -52,8 +54,9 @@ from autoseg.training.splits import FOLD_ALL, canonical_fold, fold_cases
 from autoseg.training.trainer import Trainer, describe_best, network_request
 from autoseg.training.validation import GT_FOLDER, VALIDATION_FOLDER, validate_fold
 from autoseg.utils.atomic import (
-    FolderLocked, atomic_path, atomic_write_json, atomic_write_text, folder_lock, remove_stale_temporaries,
+    FolderLocked, atomic_path, atomic_write_json, atomic_write_text, remove_stale_temporaries,
 )
+from autoseg.utils.folders import locked_new_folder
 from autoseg.utils.jsonio import read_json
 from autoseg.utils.mappings import flatten
 from autoseg.utils.names import string_list
@@ -164,24 +167,20 @@ def _fold_held(run: FoldRun, context: DistributedContext) -> Iterator[None]:
         yield
         return
     _refuse_folders_named_as_files(run)  # a file where the fold folder is made: named, not a raw FileExistsError
-    made = [folder for folder in (run.fold_folder, *run.fold_folder.parents) if not folder.exists()]
-    run.fold_folder.mkdir(parents=True, exist_ok=True)
+    held = False
     try:
-        with contextlib.ExitStack() as stack:
-            try:
-                stack.enter_context(folder_lock(run.fold_folder, wait=False))
-            except FolderLocked as exc:
-                holder = f"process {exc.pid}" if exc.pid else "another process"
-                raise TrainingError(
-                    f"{run.fold_folder}: fold {run.fold} is being trained by {holder} right now; two runs of one fold "
-                    "write over each other's checkpoints, log and validation: wait for that run to end (or stop it and "
-                    "resume it with --continue)"
-                ) from None
+        with locked_new_folder(run.fold_folder, wait=False):
+            held = True
             yield
-    finally:
-        for folder in made:  # the fold folder first, then each parent made for it (the results root included)
-            with contextlib.suppress(OSError):
-                folder.rmdir()  # only if empty: the refused run wrote nothing there
+    except FolderLocked as exc:
+        if held:  # the training's own, not the fold's
+            raise
+        holder = f"process {exc.pid}" if exc.pid else "another process"
+        raise TrainingError(
+            f"{run.fold_folder}: fold {run.fold} is being trained by {holder} right now; two runs of one fold "
+            "write over each other's checkpoints, log and validation: wait for that run to end (or stop it and "
+            "resume it with --continue)"
+        ) from None
 
 
 def _check_options(epochs: int | None, budget_seconds: float | None, continue_: bool, pretrained: Any) -> None:

@@ -27,6 +27,7 @@ import secrets
 import shutil
 import socket
 import stat
+import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -242,14 +243,23 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_close_inherited_locks)
 
 
+LOCK_FILE = ".autoseg.lock"  # hidden: every listing of results, store and predictions skips dot files
+
+
+def lock_key(path: str | os.PathLike[str]) -> str:
+    """``path``'s ``<major>:<minor>:<inode>`` as ``/proc/locks`` names a locked file (its sixth field)."""
+    info = os.stat(path)
+    return f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+
+
 def lock_holder(folder: str | os.PathLike[str]) -> int | None:
-    """The process holding a ``flock`` on ``folder``, read from ``/proc/locks`` (Linux); None where unknown."""
+    """The process holding the ``flock`` on ``folder``'s lock file, read from ``/proc/locks`` (Linux); None where
+    unknown."""
     try:
-        info = os.stat(folder)
+        where = lock_key(Path(folder) / LOCK_FILE)
         lines = Path("/proc/locks").read_text().splitlines()
     except OSError:
         return None
-    where = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
     for line in lines:
         fields = line.split()
         if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == where and fields[4].isdigit() and int(fields[4]) > 0:
@@ -257,31 +267,78 @@ def lock_holder(folder: str | os.PathLike[str]) -> int | None:
     return None
 
 
+_warned_no_lock: set[int] = set()  # errnos already warned about: one warning per kind, not one per saved case
+
+
+def _warn_unlocked(folder: str | os.PathLike[str], exc: OSError) -> None:
+    """Say once that a file system without ``flock`` (ENOLCK, ENOSYS, EOPNOTSUPP) runs this process unlocked."""
+    if exc.errno not in _warned_no_lock:
+        _warned_no_lock.add(exc.errno)
+        print(f"warning: {folder}: its file system cannot lock files ({exc.strerror}); going on without the lock "
+              "that keeps two runs from writing there at once", file=sys.stderr, flush=True)
+
+
+def _open_lock_file(path: Path) -> int | None:
+    """A descriptor of the lock file ``path``, made if missing. In a folder this process may only read (a
+    read-only store), an existing one is opened to read (``flock`` needs no write access); with none there,
+    None: no lock, as none can have been taken there by anyone who could not make it either."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+    try:
+        return os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+
+
+def _locked_file(folder: str | os.PathLike[str], operation: int) -> int | None:
+    """A descriptor of ``folder``'s lock file locked with ``operation``, or None where the file system has no
+    ``flock``. A lock file removed (or replaced) while we waited is locked again: a lock on it excluded nobody."""
+    import fcntl
+
+    path = Path(folder) / LOCK_FILE
+    while True:
+        fd = _open_lock_file(path)
+        if fd is None:
+            return None
+        try:
+            fcntl.flock(fd, operation)
+            with contextlib.suppress(FileNotFoundError):
+                if os.path.samestat(os.fstat(fd), os.stat(path)):
+                    return fd
+        except BlockingIOError:
+            os.close(fd)
+            raise FolderLocked(Path(folder), lock_holder(folder)) from None
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP):
+                _warn_unlocked(folder, exc)
+                return None
+            raise
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def folder_lock(folder: str | os.PathLike[str], wait: bool = True, shared: bool = False) -> Iterator[None]:
-    """Exclusive lock on a folder itself (``flock`` on its descriptor: no lock file left among the
-    results, released by the kernel when a holder is killed); off POSIX, no lock. ``shared``: a lock many
-    holders share, which excludes only the exclusive one (writers of separate files). ``wait=False`` raises
-    ``FolderLocked`` (naming the holder) instead of waiting for another process's lock. A folder removed and
-    made anew while we waited is locked again: a lock on the removed one excluded nobody."""
+    """Exclusive lock on a folder: ``flock`` on its hidden regular file ``LOCK_FILE``, which stays (a folder's
+    own descriptor cannot be flocked over NFS, where folds of one model train on several hosts); released by
+    the kernel when a holder is killed. Off POSIX, or on a file system without ``flock`` (one warning), no lock.
+    ``shared``: a lock many holders share, which excludes only the exclusive one (writers of separate files).
+    ``wait=False`` raises ``FolderLocked`` (naming the holder) instead of waiting for another process's lock."""
     try:
         import fcntl
     except ImportError:
         yield
         return
-    while True:
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB))
-            if os.path.samestat(os.fstat(fd), os.stat(folder)):
-                break
-        except BlockingIOError:
-            os.close(fd)
-            raise FolderLocked(Path(folder), lock_holder(folder)) from None
-        except BaseException:
-            os.close(fd)
-            raise
-        os.close(fd)
+    fd = _locked_file(folder, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB))
+    if fd is None:
+        yield
+        return
     _HELD_LOCKS.add(fd)
     holder = os.getpid()
     try:
