@@ -162,25 +162,25 @@ def train_fold(
 def _fold_held(run: FoldRun, context: DistributedContext) -> Iterator[None]:
     """Rank 0 holds the fold folder for the whole run: two ``autoseg train`` of one fold at once (two terminals, a
     re-submitted cluster job) both wrote its checkpoints, log and validation. The second is refused, naming the
-    process; the kernel drops the lock of a killed run. Folders made only to be locked go again if left empty."""
-    if not context.is_main:
+    process; the kernel drops the lock of a killed run. Folders made only to be locked go again if left empty.
+    Rank 0's refusal reaches every rank before any barrier: the others waited there for it (6 h under NCCL)."""
+    refusal = None
+    with contextlib.ExitStack() as stack:
+        if context.is_main:
+            try:
+                _refuse_folders_named_as_files(run)  # a file where the fold folder is made: named, not a raw error
+                stack.enter_context(locked_new_folder(run.fold_folder, wait=False))
+            except FolderLocked as exc:
+                holder = f"process {exc.pid}" if exc.pid else "another process"
+                refusal = (f"{run.fold_folder}: fold {run.fold} is being trained by {holder} right now; two runs of "
+                           "one fold write over each other's checkpoints, log and validation: wait for that run to end "
+                           "(or stop it and resume it with --continue)")
+            except TrainingError as exc:
+                refusal = str(exc)
+        refusal = broadcast_value(refusal, context)
+        if refusal is not None:
+            raise TrainingError(refusal)
         yield
-        return
-    _refuse_folders_named_as_files(run)  # a file where the fold folder is made: named, not a raw FileExistsError
-    held = False
-    try:
-        with locked_new_folder(run.fold_folder, wait=False):
-            held = True
-            yield
-    except FolderLocked as exc:
-        if held:  # the training's own, not the fold's
-            raise
-        holder = f"process {exc.pid}" if exc.pid else "another process"
-        raise TrainingError(
-            f"{run.fold_folder}: fold {run.fold} is being trained by {holder} right now; two runs of one fold "
-            "write over each other's checkpoints, log and validation: wait for that run to end (or stop it and "
-            "resume it with --continue)"
-        ) from None
 
 
 def _check_options(epochs: int | None, budget_seconds: float | None, continue_: bool, pretrained: Any) -> None:
