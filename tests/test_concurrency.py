@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 
 from autoseg.cli import app
-from autoseg.utils.atomic import LOCK_FILE
 from autoseg.utils.output_folders import OUTPUT_MARKER
 
 from cli_helpers import TRAIN_SETTINGS, runner, set_options
@@ -136,7 +135,7 @@ def test_two_predict_runs_into_one_folder(predict_inputs: tuple[Path, Path], tmp
     finish([start([*args, "-o", tmp_path / "shared"], {}) for _ in range(2)])
     in_process(*args, "-o", tmp_path / "alone")
     assert stored_files(tmp_path / "shared") == stored_files(tmp_path / "alone")
-    assert sorted(stored_files(tmp_path / "shared")) == sorted([f"{c}.nii.gz" for c in CASES[:4]] + ["predict_info.json", LOCK_FILE])
+    assert sorted(stored_files(tmp_path / "shared")) == sorted([f"{c}.nii.gz" for c in CASES[:4]] + ["predict_info.json"])
 
 
 def test_a_run_with_another_model_or_settings_is_refused(predict_inputs: tuple[Path, Path], tmp_path: Path) -> None:
@@ -178,7 +177,7 @@ def test_another_models_run_claiming_the_folder_meanwhile_ends_this_run_once(
                                  "--mixed-precision", "off"])
     text = " ".join(result.output.split())
     assert result.exit_code == 2 and text.count("this folder holds predictions of another model or settings") == 1, text
-    assert len(predicted) == 1 and sorted(p.name for p in output.iterdir()) == [LOCK_FILE, batch.PREDICT_INFO]
+    assert len(predicted) == 1 and sorted(p.name for p in output.iterdir()) == [batch.PREDICT_INFO]
 
 def test_two_plans_written_at_once_one_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two ``autoseg plan`` runs finishing together with different plans (each measures this machine's
@@ -260,5 +259,5 @@ def test_two_find_best_runs_at_once_run_one_after_the_other(roots: dict[str, Pat
     first = events[0][0]
     assert [name for name, _ in events] == sorted((name for name, _ in events), key=lambda n: n != first), events
     names = [[c["name"] for c in o["candidates"]] for o in outcomes.values()]
-    # no temporaries left (the ensembles' folders keep their mark, .autoseg_outputs.json, and the locks' files)
-    assert names[0] == names[1] and not [p for p in results.rglob(".*") if p.name not in (OUTPUT_MARKER, LOCK_FILE)]
+    # no temporaries left (the ensembles' folders keep their mark, .autoseg_outputs.json)
+    assert names[0] == names[1] and not [p for p in results.rglob(".*") if p.name != OUTPUT_MARKER]

@@ -5,6 +5,7 @@ without ``flock``, and the folders made only to hold the lock go again when left
 from __future__ import annotations
 
 import errno
+import os
 import re
 import subprocess
 import sys
@@ -21,7 +22,7 @@ HOLD = ("import sys; from autoseg.utils.atomic import folder_lock\n"
         "with folder_lock(sys.argv[1]):\n    print('held', flush=True); sys.stdin.read()")
 
 
-def test_the_lock_is_taken_on_a_hidden_regular_file_that_stays(tmp_path: Path) -> None:
+def test_the_lock_is_taken_on_a_hidden_regular_file(tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             text=True)
     try:
@@ -36,9 +37,7 @@ def test_the_lock_is_taken_on_a_hidden_regular_file_that_stays(tmp_path: Path) -
                 pass
     finally:
         proc.communicate("")
-    with folder_lock(tmp_path, wait=False):
-        pass
-    assert [p.name for p in tmp_path.iterdir()] == [LOCK_FILE]
+    assert list(tmp_path.iterdir()) == []  # an exclusive holder removes it as it leaves: no result folder keeps it
 
 
 @pytest.mark.parametrize("code", [errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP])
@@ -75,14 +74,20 @@ def test_folders_made_for_the_lock_go_again_when_left_empty(tmp_path: Path) -> N
     assert list(tmp_path.iterdir()) == []
     with locked_new_folder(tmp_path / "results" / "fold_0"):
         (tmp_path / "results" / "fold_0" / "checkpoint").write_text("x")
-    assert sorted(p.name for p in (tmp_path / "results" / "fold_0").iterdir()) == [LOCK_FILE, "checkpoint"]
+    assert [p.name for p in (tmp_path / "results" / "fold_0").iterdir()] == ["checkpoint"]
 
 
-def test_a_folder_that_existed_keeps_its_lock_file(tmp_path: Path) -> None:
-    with locked_new_folder(tmp_path / "fold_0"):
+def test_a_shared_lock_leaves_its_file_and_a_waiter_locks_a_new_one(tmp_path: Path) -> None:
+    with folder_lock(tmp_path, shared=True):
         pass
-    assert not (tmp_path / "fold_0").exists()
-    (tmp_path / "fold_0").mkdir()
-    with locked_new_folder(tmp_path / "fold_0"):
-        pass
-    assert [p.name for p in (tmp_path / "fold_0").iterdir()] == [LOCK_FILE]
+    assert [p.name for p in tmp_path.iterdir()] == [LOCK_FILE]  # other sharers may hold it: it stays
+    stale = os.open(tmp_path / LOCK_FILE, os.O_RDONLY)  # a waiter that opened the file its holder then removed
+    try:
+        with folder_lock(tmp_path):
+            pass
+        assert not (tmp_path / LOCK_FILE).exists()
+        fcntl.flock(stale, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the removed file: locking it excludes nobody, so
+        with folder_lock(tmp_path, wait=False):  # the next holder locks a new one
+            assert (tmp_path / LOCK_FILE).is_file()
+    finally:
+        os.close(stale)

@@ -243,7 +243,8 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_close_inherited_locks)
 
 
-LOCK_FILE = ".autoseg.lock"  # hidden: every listing of results, store and predictions skips dot files
+# Hidden (every listing of results, store and predictions skips dot files); an exclusive holder removes it on leaving.
+LOCK_FILE = ".autoseg.lock"
 
 
 def lock_key(path: str | os.PathLike[str]) -> str:
@@ -316,7 +317,9 @@ def _locked_file(folder: str | os.PathLike[str], operation: int) -> int | None:
             if exc.errno in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP):
                 _warn_unlocked(folder, exc)
                 return None
-            raise
+            if exc.errno != errno.ESTALE:  # ESTALE: removed by its holder on another NFS client; lock a new one
+                raise
+            continue
         except BaseException:
             os.close(fd)
             raise
@@ -325,8 +328,8 @@ def _locked_file(folder: str | os.PathLike[str], operation: int) -> int | None:
 
 @contextlib.contextmanager
 def folder_lock(folder: str | os.PathLike[str], wait: bool = True, shared: bool = False) -> Iterator[None]:
-    """Exclusive lock on a folder: ``flock`` on its hidden regular file ``LOCK_FILE``, which stays (a folder's
-    own descriptor cannot be flocked over NFS, where folds of one model train on several hosts); released by
+    """Exclusive lock on a folder: ``flock`` on its hidden regular file ``LOCK_FILE``, removed by an exclusive holder
+    as it leaves (a folder's own descriptor cannot be flocked over NFS, where folds train on several hosts); released by
     the kernel when a holder is killed. Off POSIX, or on a file system without ``flock`` (one warning), no lock.
     ``shared``: a lock many holders share, which excludes only the exclusive one (writers of separate files).
     ``wait=False`` raises ``FolderLocked`` (naming the holder) instead of waiting for another process's lock."""
@@ -346,7 +349,18 @@ def folder_lock(folder: str | os.PathLike[str], wait: bool = True, shared: bool 
     finally:
         if os.getpid() == holder:  # a forked child leaving the block closed its copy at the fork
             _HELD_LOCKS.discard(fd)
+            if not shared:
+                _remove_lock_file(folder, fd)
             os.close(fd)  # closing releases the lock
+
+
+def _remove_lock_file(folder: str | os.PathLike[str], fd: int) -> None:
+    """Remove the lock file while its exclusive lock is still held, so that no folder a run wrote into (predictions,
+    a fold) keeps it: a process waiting on it then finds it gone and locks a new one (``_locked_file``)."""
+    path = Path(folder) / LOCK_FILE
+    with contextlib.suppress(OSError):
+        if os.path.samestat(os.fstat(fd), os.stat(path)):
+            path.unlink()
 
 
 def _fsync(path: Path) -> None:
