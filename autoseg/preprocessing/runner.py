@@ -349,10 +349,13 @@ def drop_stale_cases_elsewhere(plans: dict[str, Any], preprocessed_dir: Path, do
 
 
 def stored_in_any(plans: dict[str, Any], preprocessed_dir: Path, case_id: str) -> bool:
-    """Whether a store of the plan on disk still holds ``case_id`` (one preprocessed in an earlier run, e.g. by
-    ``-c 3d_lowres`` when this run's ``-c 3d_fullres`` failed it): its ground truth is still that store's reference."""
-    identifiers = {get_configuration(plans, name)["data_identifier"] for name in plans["configurations"]}
-    return any(store.case_paths(preprocessed_dir / identifier, case_id)[2].is_file() for identifier in identifiers)
+    """Whether a store in the dataset's ``preprocessed_dir`` still holds ``case_id`` (one preprocessed in an earlier
+    run, e.g. by ``-c 3d_lowres`` when this run's ``-c 3d_fullres`` failed it): its ground truth is still that store's
+    reference. Every store counts, not only those of ``plans`` (this run's, not consulted): gt_segmentations/ is
+    shared by every plans name, and a run of one failing a case deleted the reference another's store still used."""
+    folders = (path for path in (preprocessed_dir.iterdir() if preprocessed_dir.is_dir() else ())
+               if path.is_dir() and not path.name.startswith(".") and path.name != GT_FOLDER)
+    return any(store.case_paths(folder, case_id)[2].is_file() for folder in folders)
 
 
 def drop_ground_truth_not_in(gt_dir: Path, names: set[str]) -> list[str]:
