@@ -11,9 +11,6 @@ from autoseg.dataset.cases import Case
 from autoseg.preprocessing.runner import GT_FOLDER, PreprocessReport, copy_ground_truths, stored_in_any
 from autoseg.preprocessing.store import save_case
 
-OTHER_PLANS = {"plans_name": "OtherPlans", "configurations": {"3d_fullres": {"data_identifier": "OtherPlans_3d_fullres"}}}
-
-
 def _dataset(tmp_path: Path) -> Path:
     """A dataset's preprocessed folder whose store of plans autosegPlans holds case x, x's reference copied."""
     preprocessed = tmp_path / "Dataset001_X"
@@ -26,8 +23,8 @@ def _dataset(tmp_path: Path) -> Path:
 
 def test_a_case_stored_by_another_plans_file_is_stored(tmp_path: Path) -> None:
     preprocessed = _dataset(tmp_path)
-    assert stored_in_any(OTHER_PLANS, preprocessed, "x")
-    assert not stored_in_any(OTHER_PLANS, preprocessed, "y")
+    assert stored_in_any(preprocessed, "x")
+    assert not stored_in_any(preprocessed, "y")
 
 
 def test_failing_a_case_keeps_its_reference_while_another_plans_store_holds_it(tmp_path: Path) -> None:
@@ -38,6 +35,6 @@ def test_failing_a_case_keeps_its_reference_while_another_plans_store_holds_it(t
     label.write_bytes(b"x's new label")
     report = PreprocessReport("Dataset001_X", "OtherPlans", [])
     copy_ground_truths(report, preprocessed / GT_FOLDER, [Case("x", [], label)], ".nii.gz", {"x"},
-                       lambda case_id: stored_in_any(OTHER_PLANS, preprocessed, case_id))
+                       lambda case_id: stored_in_any(preprocessed, case_id))
     assert report.gt_dropped == [] and report.gt_failed == ["x"]
     assert (preprocessed / GT_FOLDER / "x.nii.gz").read_bytes() == b"x's reference"

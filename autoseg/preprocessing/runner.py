@@ -348,11 +348,11 @@ def drop_stale_cases_elsewhere(plans: dict[str, Any], preprocessed_dir: Path, do
     return dropped
 
 
-def stored_in_any(plans: dict[str, Any], preprocessed_dir: Path, case_id: str) -> bool:
+def stored_in_any(preprocessed_dir: Path, case_id: str) -> bool:
     """Whether a store in the dataset's ``preprocessed_dir`` still holds ``case_id`` (one preprocessed in an earlier
     run, e.g. by ``-c 3d_lowres`` when this run's ``-c 3d_fullres`` failed it): its ground truth is still that store's
-    reference. Every store counts, not only those of ``plans`` (this run's, not consulted): gt_segmentations/ is
-    shared by every plans name, and a run of one failing a case deleted the reference another's store still used."""
+    reference. Every store counts, not only those of this run's plans: gt_segmentations/ is shared by every plans
+    name, and a run of one failing a case deleted the reference another's store still used."""
     folders = (path for path in (preprocessed_dir.iterdir() if preprocessed_dir.is_dir() else ())
                if path.is_dir() and not path.name.startswith(".") and path.name != GT_FOLDER)
     return any(store.case_paths(folder, case_id)[2].is_file() for folder in folders)
@@ -378,8 +378,8 @@ def copy_ground_truths(report: PreprocessReport, gt_dir: Path, cases: Sequence[C
                        failed: Set[str] = frozenset(), still_stored: Callable[[str], bool] = lambda case_id: True
                        ) -> None:
     """Copy the raw label of every case but the ``failed`` ones (stored in no store of this run) into ``gt_dir`` for
-    evaluation and delete the copies of cases no longer listed or orphaned (failed, and not ``still_stored`` in a
-    store of the plan), counting them in ``report``. A failed case's label was copied and counted as if stored, and
+    evaluation and delete the copies of cases no longer listed or orphaned (failed, and not ``still_stored`` in any
+    store of the dataset), counting them in ``report``. A failed case's label was copied and counted as if stored, and
     evaluation compared against a reference of a case with no stored data. Under ``gt_dir``'s lock, the orphans
     decided inside it: a run failing a case deleted the reference another run had just stored and copied."""
     gt_dir.mkdir(parents=True, exist_ok=True)
@@ -471,7 +471,7 @@ def preprocess_dataset(
         plans, location.preprocessed_dir, [out.data_identifier for out in report.outputs], {c.case_id for c in cases})
     failed = {case.case_id for case in cases} - {c for out in report.outputs for c in (*out.processed, *out.skipped)}
     copy_ground_truths(report, location.preprocessed_dir / GT_FOLDER, cases, description.file_ending, failed,
-                       lambda case_id: stored_in_any(plans, location.preprocessed_dir, case_id))
+                       lambda case_id: stored_in_any(location.preprocessed_dir, case_id))
     report.seconds = time.perf_counter() - start
     failures = [(out, f) for out in report.outputs for f in out.failed]
     if failures:
