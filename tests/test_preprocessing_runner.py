@@ -6,9 +6,11 @@ import errno
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,7 +21,9 @@ from autoseg.errors import PreprocessingError
 from autoseg.planning.plans import write_plans
 from autoseg.preprocessing import list_cases, load_case, preprocess_dataset, restore_label
 from autoseg.preprocessing import store
-from autoseg.preprocessing.runner import TIMING_SUFFIX, copy_ground_truth, drop_ground_truth_not_in, timing_path
+from autoseg.preprocessing.runner import (
+    TIMING_SUFFIX, DiskFullError, copy_ground_truth, drop_ground_truth_not_in, timing_path,
+)
 from autoseg.utils.atomic import HOST_TAG
 
 DATASET = "Dataset999_Test"
@@ -271,8 +275,13 @@ def test_unreadable_case_is_named_while_the_others_complete(roots: dict[str, Pat
     assert info.value.report.outputs[0].failed[0].key == "hippocampus_006"
 
 
+@pytest.mark.parametrize("full", [
+    lambda folder, case_id: OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder / f"{case_id}.b2nd")),
+    # blosc2 and SimpleITK report it as a RuntimeError: runner's own guard knew OSError only (ce543fb)
+    lambda folder, case_id: RuntimeError("blosc2: could not write a chunk: No space left on device"),
+], ids=["oserror", "runtimeerror"])
 def test_a_full_disk_stops_at_the_first_case_it_hits(roots: dict[str, Path], small_dataset: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+                                                     monkeypatch: pytest.MonkeyPatch, full: Any) -> None:
     """A full disk failed every later case too, then the timing record, and the error named only
     ``..._preprocess_timing.json``: now one line names the store, the full disk and how to resume."""
     _write_plans(roots)
@@ -282,11 +291,11 @@ def test_a_full_disk_stops_at_the_first_case_it_hits(roots: dict[str, Path], sma
     def save_until_full(folder: Path, case_id: str, *args: object, **kwargs: object) -> None:
         tried.append(case_id)
         if len(tried) > 1:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder / f"{case_id}.b2nd"))
+            raise full(folder, case_id)
         save_case(folder, case_id, *args, **kwargs)
 
     monkeypatch.setattr(store, "save_case", save_until_full)
-    with pytest.raises(PreprocessingError, match=rf"^{out}: the disk is full \(case \w+ could not be written\); free space there "
+    with pytest.raises(DiskFullError, match=rf"^{re.escape(str(out))}: the disk is full \(case \w+ could not be written\); free space there "
                                                  r"and re-run `autoseg preprocess`: the cases stored so far are kept and skipped$") as info:
         preprocess_dataset(DATASET, "3d_fullres", num_workers=1)
     assert len(tried) == 2 and tried[1] in str(info.value)  # stopped at the case that hit it: no later case tried
