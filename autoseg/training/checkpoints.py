@@ -214,11 +214,6 @@ def _refuse_another_network(path: Path, meta: dict[str, Any], setup: ModelSetup)
     recorded = _network_definition(meta.get("patch_size"), meta["topology"])
     before = {key: value for key, value in recorded.items() if value is not None}  # older checkpoints lack some
     now = _network_definition(setup.topology.get("extra", {}).get("patch_size"), setup.topology)
-    refuse_another_plan(path, before, now)
-
-
-def refuse_another_plan(path: Path, before: Mapping[str, Any], now: Mapping[str, Any]) -> None:
-    """A checkpoint to continue whose recorded plan values (``before``) differ from this run's is refused."""
     if changed := plan_differences(before, now):
         _refuse_plan(path, listed_differences(changed))
 
