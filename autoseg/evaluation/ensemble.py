@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -118,6 +118,16 @@ def _input_description(folder: Path, sidecar: Mapping[str, Any], sidecar_path: P
                    f"{sidecar_path}")
         return None
     return description
+
+
+def _described_as_written(description: DatasetDescription, endings: Iterable[str]) -> dict[str, Any]:
+    """The inputs' dataset.json with the ``file_ending`` the label maps are written with, when they share one:
+    ``--file-ending .nrrd`` wrote .nrrd label maps beside a dataset.json saying ``.nii.gz``. Mixed endings (predict's
+    .nrrd of a sheared case beside the dataset's) keep the inputs' ``file_ending``."""
+    written = set(endings)
+    if len(written) != 1:
+        return dict(description.raw)
+    return {**description.raw, "file_ending": written.pop()}
 
 
 def _skip_note(problem: str) -> None:
@@ -293,7 +303,7 @@ def ensemble_folders(
     remove_stale_temporaries(out)  # what a killed run left half-written
     if description is not None:
         with stop_on_full_disk(out, "dataset.json", DiskFullError, ENSEMBLE_RERUN):
-            atomic_write_json(out / "dataset.json", description.raw)
+            atomic_write_json(out / "dataset.json", _described_as_written(description, endings.values()))
     items = [(case, (case, dirs, out, endings[case], save_probabilities)) for case in ordered]
     workers = stage_workers(num_workers, EvaluationError)
     _, failures = parallel_map(ensemble_case, items, workers, "ensembling", stop_on=(DiskFullError,))

@@ -533,9 +533,12 @@ def _declared_beside(pred_dir: Path, ref_dir: Path, ignore_label: int,
 
 def unpredicted_references(summary: Mapping[str, Any], file_ending: str) -> list[str]:
     """Reference cases the summary did not score (``evaluate`` scores the predicted cases, so a reference
-    without a prediction is left out)."""
+    without a prediction is left out): those of ``file_ending`` and of the scored references' endings (references
+    of their own ending, other than the dataset.json's, went unnoted)."""
     scored = {row["case_id"] for row in summary["metric_per_case"]}
-    return sorted(set(list_cases(Path(summary["reference_folder"]), file_ending)) - scored)
+    endings = {file_ending, *(spelled_ending(Path(row["reference_file"])) for row in summary["metric_per_case"])}
+    folder = Path(summary["reference_folder"])
+    return sorted({case for ending in endings for case in list_cases(folder, ending)} - scored)
 
 
 def label_maps(folder: Path) -> dict[str, Path]:
@@ -568,18 +571,43 @@ def match_cases(
     if not cases:
         raise EvaluationError(f"{pred_dir}: no predictions to evaluate: no <case>{file_ending} files, and no label maps of "
                               f"another image ending whose case has a reference in {ref_dir}")
-    pairs = {}
+    pairs, listed = {}, references_by_case(ref_dir)
     for case in cases:
         pred = predictions.get(case, pred_dir / f"{case}{file_ending}")
         if not pred.is_file():
             raise EvaluationError(f"{pred}: prediction of case {case} not found; predict it or leave it out")
-        references = _reference_candidates(ref_dir, case, pred, file_ending)
-        ref = next((path for path in references if path.is_file()), None)
-        if ref is None:
-            raise EvaluationError(f"{references[-1]}: reference of case {case} not found (prediction {pred}); "
-                                  f"{_images_given_as_references(ref_dir, case, file_ending) or 'add it or remove the prediction'}")
-        pairs[case] = (pred, ref)
+        pairs[case] = (pred, _find_reference(ref_dir, case, pred, file_ending, listed))
     return pairs
+
+
+def references_by_case(ref_dir: Path) -> dict[str, list[Path]]:
+    """Case id -> the entries of ``ref_dir`` named ``<case><an image ending>`` (hidden ones skipped),
+    listed once: a reference is found by its own ending, whatever the predictions' (an ensemble written as .nrrd,
+    whose dataset.json says so, of .nii.gz references) or the dataset's."""
+    listed: dict[str, list[Path]] = {}
+    for path in sorted(ref_dir.iterdir()):
+        ending = spelled_ending(path)
+        if ending and not path.name.startswith("."):
+            listed.setdefault(path.name[: -len(ending)], []).append(path)
+    return listed
+
+
+def _find_reference(ref_dir: Path, case: str, pred: Path, file_ending: str, listed: Mapping[str, list[Path]]) -> Path:
+    """The reference of ``case``: of its prediction's ending, else of the dataset's, else the one label map of the
+    case in ``ref_dir`` (``listed``) of another ending."""
+    candidates = _reference_candidates(ref_dir, case, pred, file_ending)
+    ref = next((path for path in candidates if path.is_file()), None)
+    if ref is not None:
+        return ref
+    own = listed.get(case, [])
+    files = [path for path in own if path.is_file()]
+    if len(files) > 1:
+        raise EvaluationError(f"{ref_dir}: {files[0].name} and {files[1].name} are two label maps of case {case}, "
+                              f"neither of the prediction's ending ({pred.name}); keep one (move the other out)")
+    if files:
+        return files[0]
+    raise EvaluationError(f"{candidates[-1]}: reference of case {case} not found (prediction {pred}); "
+                          f"{_images_given_as_references(ref_dir, case, file_ending) or 'add it or remove the prediction'}")
 
 
 def _images_given_as_references(ref_dir: Path, case: str, file_ending: str) -> str | None:
@@ -596,9 +624,9 @@ def prediction_cases(pred_dir: Path, ref_dir: Path, file_ending: str, quiet: boo
     those of another image ending whose case has a reference (predict's .nrrd of a sheared case). Every image file
     was a case, so a stray one (a .png snapshot among .nii.gz predictions) was refused as a case without reference,
     where nnU-Net ignores it; such files are skipped with one note."""
-    cases, skipped = {}, []
+    cases, skipped, listed = {}, [], references_by_case(ref_dir)
     for case, path in label_maps(pred_dir).items():
-        if path.name.endswith(file_ending) or any(ref.is_file() for ref in _reference_candidates(ref_dir, case, path, file_ending)):
+        if path.name.endswith(file_ending) or any(ref.is_file() for ref in listed.get(case, [])):
             cases[case] = path
         else:
             skipped.append(path.name)

@@ -1,0 +1,57 @@
+"""Outputs of ``autoseg ensemble``, ``evaluate`` and ``postprocess apply`` read back by the next stage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autoseg.dataset.imageio import read_image, write_image
+from autoseg.evaluation.ensemble import ensemble_folders
+
+from cli_helpers import autoseg
+from test_ensemble import DATASET, _models_with_dataset_json
+
+
+def _references_of(out: Path, refs: Path, cases: list[str]) -> None:
+    """``refs`` holding ``cases`` of the ensemble ``out`` (its .nrrd label maps) as .nii.gz reference label maps."""
+    refs.mkdir(parents=True)
+    seg, geometry = read_image(out / "x.nrrd")
+    for case in cases:
+        write_image(seg, geometry, refs / f"{case}.nii.gz")
+
+
+@pytest.mark.parametrize("with_dataset", [True, False], ids=["dataset-json-above-references", "references-alone"])
+def test_an_ensemble_written_with_another_ending_describes_it_and_is_evaluated(tmp_path, with_dataset):
+    """``--file-ending .nrrd`` wrote .nrrd label maps beside a copied dataset.json saying .nii.gz. It now says .nrrd,
+    and evaluating the output against .nii.gz references finds each reference by its own ending, whether the
+    references' dataset.json (.nii.gz) or the ensemble's (.nrrd) gives the labels; the reference without a
+    prediction is noted."""
+    dirs = _models_with_dataset_json(tmp_path, [DATASET, DATASET])
+    out = tmp_path / "out"
+    autoseg("ensemble", "-i", dirs[0], "-i", dirs[1], "-o", out, "--file-ending", ".nrrd", "-np", 1)
+    assert json.loads((out / "dataset.json").read_text()) == {**DATASET, "file_ending": ".nrrd"}
+    refs = tmp_path / "raw" / "labelsTr"
+    _references_of(out, refs, ["x", "y"])
+    if with_dataset:
+        (refs.parent / "dataset.json").write_text(json.dumps(DATASET))
+    printed = autoseg("evaluate", "-p", out, "-r", refs, "-o", tmp_path / "eval", "-np", 1)
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert [(Path(r["prediction_file"]).name, Path(r["reference_file"]).name) for r in summary["metric_per_case"]] == [
+        ("x.nrrd", "x.nii.gz")]
+    assert summary["mean"]["a"]["dice"] == 1.0
+    assert "note: 1 reference case(s) have no prediction and are not scored: y" in printed
+
+
+def test_an_ensemble_of_mixed_endings_keeps_the_inputs_file_ending(tmp_path):
+    """Each case keeps its own ending without --file-ending: with two endings among them the dataset.json's stays."""
+    dirs = _models_with_dataset_json(tmp_path, [DATASET, DATASET])
+    for folder in dirs:
+        write_image(*read_image(folder / "x.nii.gz"), folder / "y.nrrd")
+        for name in ("y.npz", "y.json"):
+            (folder / name).write_bytes((folder / name.replace("y", "x")).read_bytes())
+    ensemble_folders(dirs, tmp_path / "out", num_workers=1)
+    assert sorted(p.name for p in (tmp_path / "out").glob("[xy].*")) == ["x.nii.gz", "y.nrrd"]
+    assert json.loads((tmp_path / "out" / "dataset.json").read_text()) == DATASET
