@@ -87,6 +87,21 @@ def test_missing_reference_is_named(folders):
         evaluate_folders(pred_dir, ref_dir, LABELS, num_workers=1, file_ending=".nii.gz")
 
 
+def test_a_folder_named_as_a_reference_is_named_as_a_folder(folders):
+    """A folder ``c2.nii.gz/`` among the references was reported as 'reference of case c2 not found', of a path
+    that is there; it is named as a folder, with the fix, from the command line too (no summary written)."""
+    pred_dir, ref_dir = folders
+    (ref_dir / "c2.nii.gz").unlink()
+    (ref_dir / "c2.nii.gz").mkdir()
+    expected = (f"{ref_dir / 'c2.nii.gz'}: is a folder, not a label map file, so case c2 has no reference (prediction "
+                f"{pred_dir / 'c2.nii.gz'}); put the case's reference label map there in its place")
+    with pytest.raises(EvaluationError) as info:
+        evaluate_folders(pred_dir, ref_dir, LABELS, num_workers=1, file_ending=".nii.gz")
+    assert str(info.value) == expected
+    assert autoseg_fails("evaluate", "-p", pred_dir, "-r", ref_dir, "-l", 1, "-np", 1).strip().endswith(expected)
+    assert not (pred_dir / "summary.json").exists()
+
+
 def test_predictions_of_another_ending_are_matched(folders):
     """predict writes a case NIfTI cannot hold (a sheared one) as .nrrd beside the dataset's .nii.gz: evaluate left
     it out without a word. It is scored against a reference of its ending or the dataset's; two files of one case

@@ -581,7 +581,7 @@ def match_cases(
 
 
 def references_by_case(ref_dir: Path) -> dict[str, list[Path]]:
-    """Case id -> the entries of ``ref_dir`` named ``<case><an image ending>`` (hidden ones skipped),
+    """Case id -> the entries of ``ref_dir`` named ``<case><an image ending>`` (folders too, hidden ones skipped),
     listed once: a reference is found by its own ending, whatever the predictions' (an ensemble written as .nrrd,
     whose dataset.json says so, of .nii.gz references) or the dataset's."""
     listed: dict[str, list[Path]] = {}
@@ -594,7 +594,8 @@ def references_by_case(ref_dir: Path) -> dict[str, list[Path]]:
 
 def _find_reference(ref_dir: Path, case: str, pred: Path, file_ending: str, listed: Mapping[str, list[Path]]) -> Path:
     """The reference of ``case``: of its prediction's ending, else of the dataset's, else the one label map of the
-    case in ``ref_dir`` (``listed``) of another ending."""
+    case in ``ref_dir`` (``listed``) of another ending. A folder named as a label map (``case_001.nii.gz/``) is named as
+    such: it was reported as a reference not found, of a path that is there."""
     candidates = _reference_candidates(ref_dir, case, pred, file_ending)
     ref = next((path for path in candidates if path.is_file()), None)
     if ref is not None:
@@ -606,6 +607,10 @@ def _find_reference(ref_dir: Path, case: str, pred: Path, file_ending: str, list
                               f"neither of the prediction's ending ({pred.name}); keep one (move the other out)")
     if files:
         return files[0]
+    folder = next((path for path in (*candidates, *own) if path.is_dir()), None)
+    if folder is not None:
+        raise EvaluationError(f"{folder}: is a folder, not a label map file, so case {case} has no reference (prediction "
+                              f"{pred}); put the case's reference label map there in its place")
     raise EvaluationError(f"{candidates[-1]}: reference of case {case} not found (prediction {pred}); "
                           f"{_images_given_as_references(ref_dir, case, file_ending) or 'add it or remove the prediction'}")
 
