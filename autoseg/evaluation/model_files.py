@@ -55,7 +55,7 @@ from autoseg.utils.checksummed_zip import (
 )
 from autoseg.utils.checkpoint_format import (
     check_outputs_match_labels, checkpoint_file, checkpoint_from_bytes, checkpoint_name, missing_checkpoint,
-    network_checkpoint_bytes, read_checkpoint,
+    network_checkpoint_bytes, read_checkpoint, warn_if_training,
 )
 from autoseg.utils.output_folders import check_output_file
 from autoseg.utils.jsonio import parse_json_bytes
@@ -96,6 +96,7 @@ def _checkpoint_weights(path: Path, model_name: str, plans: Mapping[str, Any] | 
         path, ModelFileError, missing=missing_checkpoint(path, "train this fold first or choose other folds/--checkpoint"),
         fix="export a checkpoint written by this autoseg",
     )
+    warn_if_training(path)
     check_fold_of_model(checkpoint["metadata"], model_name, path, ModelFileError)
     check_fold_number(checkpoint["metadata"], path.parent.name, path, _OWN_CHECKPOINT_FIX, ModelFileError)
     if plans is not None:

@@ -28,6 +28,7 @@ from autoseg.paths import check_model_folder_name, dataset_folders, expand_home,
 from autoseg.planning.plans import check_plans_match_dataset, get_configuration, load_plans
 from autoseg.utils.checkpoint_format import (
     check_outputs_match_labels, checkpoint_exists, checkpoint_file, first_mismatch, missing_checkpoint, read_checkpoint,
+    warn_if_training,
 )
 
 FOLD_DIR = re.compile(r"^fold_(\d+|all)$")
@@ -77,7 +78,9 @@ def _resolve_folds(folder: Path, folds: Sequence[int | str] | str | None) -> lis
 
 def _load_checkpoint(path: Path, device: torch.device, missing_fix: str = MISSING_CHECKPOINT_FIX) -> dict[str, Any]:
     missing = missing_checkpoint(path, missing_fix)
-    return read_checkpoint(path, InferenceError, missing, fix="use a matching autoseg version or retrain", device=device)
+    checkpoint = read_checkpoint(path, InferenceError, missing, fix="use a matching autoseg version or retrain", device=device)
+    warn_if_training(path)
+    return checkpoint
 
 
 def _missing_checkpoint_fix(folder: Path, folds: Sequence[str], file_name: str) -> str:

@@ -9,12 +9,17 @@ optimiser, grad scaler, RNG and trainer state in training checkpoints only (docs
 
 from __future__ import annotations
 
+import errno
+import os
+import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from autoseg.utils.weights_file import SUFFIX, load_weights, save_weights, weights_exist, weights_from_bytes, weights_to_bytes
+from autoseg.utils import atomic
+from autoseg.utils.weights_file import LEGACY_SUFFIX, SUFFIX, load_weights, save_weights, weights_exist, weights_from_bytes, weights_to_bytes
 
 CHECKPOINT_FORMAT_VERSION = 1  # of the checkpoint dict's layout (metadata["format_version"])
 CHECKPOINT_KINDS = ("final", "best", "latest")
@@ -46,6 +51,53 @@ def missing_checkpoint(path: Path, fix: str) -> str:
 def checkpoint_exists(path: Path) -> bool:
     """The checkpoint at ``path`` (or the legacy ``.pt`` of autoseg before safetensors) exists."""
     return weights_exist(path)
+
+
+def _held_here(lock_file: Path) -> bool:
+    """This process holds ``lock_file``'s lock itself (training's own validation loads its fold's checkpoint)."""
+    for fd in list(atomic._HELD_LOCKS):
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(lock_file)):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def fold_trainer(fold: Path) -> int | None:
+    """The pid of another process training ``fold`` now (holding its ``folder_lock``), 0 where its pid is unknown,
+    None where nobody else holds it. Tested with a shared lock on the existing lock file opened read-only, so
+    nothing is written into the fold."""
+    import fcntl
+
+    lock_file = Path(fold) / atomic.LOCK_FILE
+    try:
+        fd = os.open(lock_file, os.O_RDONLY)
+    except OSError:  # no lock file: nobody holds the fold (an exclusive holder removes it on leaving)
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None  # closing the descriptor below releases it
+    except OSError as exc:
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN) or _held_here(lock_file):
+            return None
+        holder = atomic.lock_holder(fold)
+        return None if holder == os.getpid() else holder or 0
+    finally:
+        os.close(fd)
+
+
+def warn_if_training(path: Path) -> None:
+    """One warning line when the fold of checkpoint ``path`` is being trained right now: predict and export-model took
+    the previous run's checkpoint of that fold in silence, while a newer one was on its way."""
+    path = Path(path)
+    if os.name != "posix" or (holder := fold_trainer(path.parent)) is None:
+        return
+    found = path if path.is_file() else path.with_suffix(LEGACY_SUFFIX)
+    written = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(found.stat().st_mtime)) if found.is_file() else "unknown"
+    print(f"warning: {path.parent}: is being trained right now by {f'process {holder}' if holder else 'another process'}; "
+          f"using {found.name} written {written} by an earlier run (wait for the training to end for its new one)",
+          file=sys.stderr, flush=True)
 
 
 def write_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
