@@ -714,6 +714,24 @@ def test_a_reference_marking_ignored_voxels_with_another_value_is_refused(folder
     assert not (pred_dir / "summary.json").exists()
 
 
+@pytest.mark.parametrize("option", [[], ["-l", "1"]])
+def test_a_prediction_holding_the_ignore_label_is_refused(folders, option):
+    """A network never predicts the ignore label: a prediction holding it (references given as -p) was scored with
+    those voxels as background without a word. It is refused, as an undeclared value is, with the dataset's labels
+    and with --labels (which keeps the dataset's ignore label)."""
+    pred_dir, ref_dir = folders
+    _described(ref_dir.parent, {**LABELS, "ignore": 3})
+    path = pred_dir / "c2.nii.gz"
+    seg, geometry = read_image(path)
+    seg[0, 0, :3] = 3
+    write_image(seg, geometry, path)
+    output = " ".join(autoseg_fails("evaluate", "-p", pred_dir, "-r", ref_dir, *option, "-np", 1).split())
+    assert (f"c2: {path}: holds the ignore label 3 in 3 voxel(s), a value that marks reference voxels not to score and "
+            "that no network predicts (it would be scored as background); give -p the folder of predicted label maps, "
+            "not references or other label maps") in output
+    assert not (pred_dir / "summary.json").exists()
+
+
 def _described(folder, labels):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "dataset.json").write_text(json.dumps({

@@ -124,6 +124,19 @@ def test_determine_refuses_what_evaluate_refuses(tmp_path, folder, value, expect
     assert not (preds / "postprocessing.json").exists()
 
 
+def test_determine_refuses_a_prediction_holding_the_ignore_label(tmp_path):
+    """A prediction holding the dataset's ignore label (which no network predicts) was scored as background when
+    deciding the postprocessing, while evaluate refuses it."""
+    preds, refs = _make_cv_folders(tmp_path)
+    path = preds / "case1.nii.gz"
+    seg, geometry = read_image(path)
+    seg[13, 13, 13] = 4
+    write_image(seg, geometry, path)
+    with pytest.raises(EvaluationError, match=rf"case1: {re.escape(str(path))}: holds the ignore label 4 in 1 voxel\(s\)"):
+        determine_postprocessing(preds, refs, {**LABELS, "ignore": 4}, num_workers=1, file_ending=".nii.gz")
+    assert not (preds / "postprocessing.json").exists()
+
+
 @pytest.mark.parametrize("epsilon", [math.nan, -0.5, 1.0, math.inf])
 def test_an_epsilon_that_is_no_dice_difference_is_refused(tmp_path, epsilon):
     """NaN accepted nothing, -0.5 demanded every class improve by 0.5: decisions written without a word."""

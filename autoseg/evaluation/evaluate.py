@@ -350,16 +350,31 @@ def check_declared(path: Path, seg: np.ndarray, declared: frozenset[int], fix: s
         )
 
 
+def refuse_predicted_ignore_label(path: Path, pred: np.ndarray, ignore_label: int) -> None:
+    """Refuse a prediction holding the dataset's ignore label, which marks reference voxels not to score and which no
+    network predicts: it was scored as background without a word, when it meant references (or other label maps)
+    given as the predictions. Refused as a value the dataset does not declare is."""
+    count = int(np.count_nonzero(pred == ignore_label))
+    if count:
+        raise EvaluationError(
+            f"{path}: holds the ignore label {ignore_label} in {count} voxel(s), a value that marks reference voxels not "
+            "to score and that no network predicts (it would be scored as background); give -p the folder of predicted "
+            "label maps, not references or other label maps"
+        )
+
+
 def read_checked_pair(
     pred_path: Path, ref_path: Path, declared: frozenset[int] | None = None, ignore_label: int | None = None,
     fix: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray, Geometry]:
-    """``read_pair``, then both files must hold integer labels and, with ``declared``, only those values:
-    what every comparison of a prediction with its reference (evaluate, postprocess determine) may trust.
-    ``ignore_label`` and ``fix`` as in ``check_declared``."""
+    """``read_pair``, then both files must hold integer labels and, with ``declared``, only those values, the
+    prediction never ``ignore_label``: what every comparison of a prediction with its reference (evaluate,
+    postprocess determine) may trust. ``ignore_label`` and ``fix`` as in ``check_declared``."""
     pred, ref, geometry = read_pair(pred_path, ref_path)
     check_integer_labels(pred_path, pred)
     check_integer_labels(ref_path, ref)
+    if ignore_label is not None:
+        refuse_predicted_ignore_label(pred_path, pred, ignore_label)
     if declared is not None:
         check_declared(pred_path, pred, declared, fix, ignore_label)
         check_declared(ref_path, ref, declared, fix, ignore_label)

@@ -84,9 +84,9 @@ def _evaluate_candidates(
 ) -> dict[str, Any]:
     """Per class Dice of one case after ``accepted`` and after each candidate on top of it, and the
     smallest reference component volume per class. The files are checked as ``evaluate`` checks them
-    (with ``declared``, the dataset's label values only): a 0/255 reference otherwise had no foreground
-    and the decision was taken on it without a word."""
-    pred, ref, geometry = read_checked_pair(pred_path, ref_path, declared)
+    (with ``declared``, the dataset's label values only; the prediction never ``ignore_label``): a 0/255 reference
+    otherwise had no foreground and the decision was taken on it without a word."""
+    pred, ref, geometry = read_checked_pair(pred_path, ref_path, declared, ignore_label)
     spacing = geometry.spacing
     base = _apply_steps(accepted, pred, spacing)
 
