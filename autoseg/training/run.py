@@ -163,8 +163,10 @@ def _fold_held(run: FoldRun, context: DistributedContext) -> Iterator[None]:
     """Rank 0 holds the fold folder for the whole run: two ``autoseg train`` of one fold at once (two terminals, a
     re-submitted cluster job) both wrote its checkpoints, log and validation. The second is refused, naming the
     process; the kernel drops the lock of a killed run. Folders made only to be locked go again if left empty.
-    Rank 0's refusal reaches every rank before any barrier: the others waited there for it (6 h under NCCL)."""
-    refusal = None
+    Rank 0's refusal reaches every rank before any barrier: the others waited there for it (6 h under NCCL). So does
+    an ``OSError`` making the folder (no permission, a read-only disk), raised again on every rank: the others
+    waited for the broadcast while rank 0 alone stopped."""
+    refusal: str | list[Any] | None = None
     with contextlib.ExitStack() as stack:
         if context.is_main:
             try:
@@ -177,7 +179,11 @@ def _fold_held(run: FoldRun, context: DistributedContext) -> Iterator[None]:
                            "(or stop it and resume it with --continue)")
             except TrainingError as exc:
                 refusal = str(exc)
+            except OSError as exc:  # as a list (JSON-like): OSError() gives back its subclass (PermissionError...)
+                refusal = [exc.errno, exc.strerror, exc.filename]
         refusal = broadcast_value(refusal, context)
+        if isinstance(refusal, list):
+            raise OSError(*refusal)
         if refusal is not None:
             raise TrainingError(refusal)
         yield
