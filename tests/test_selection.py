@@ -347,6 +347,28 @@ def test_a_model_without_the_final_checkpoints_of_its_folds_is_not_chosen(roots:
     assert instructions["commands"][0].startswith(f"autoseg predict -i INPUT_FOLDER -o OUTPUT_FOLDER -m {results / BAD} ")
 
 
+def test_a_configuration_whose_fold_is_being_trained_is_left_out_naming_the_training(roots: dict[str, Path]) -> None:
+    """find-best during ``train --continue`` of a fold ranked that fold by its earlier run's validation (the new final
+    checkpoint written, the new validation not yet); the training run holds the fold's lock (here another process)."""
+    from test_training_locks import _holder
+
+    results = make_results(roots, probabilities_for=(GOOD,))
+    fold = results / GOOD / "fold_3"
+    holder = _holder(fold)
+    try:
+        instructions = find_best(DATASET, num_workers=1)
+    finally:
+        holder.communicate("")
+    trainer = f"process {holder.pid}" if Path("/proc/locks").is_file() else "another process"
+    training = (f"{GOOD}: fold 3 is being trained by {trainer} right now, so its validation predictions may be an "
+                "earlier run's; run find-best again once that training has ended")
+    assert [c["name"] for c in instructions["candidates"]] == [BAD]
+    assert instructions["skipped"] == [training, f"{PARTIAL}: no validation predictions for fold(s) 1, 2, 3, 4"]
+    assert f"# note: {training}\n" in (results / INSTRUCTIONS_TXT).read_text()
+    assert not list(results.rglob(".autoseg.lock"))  # the folds were asked without leaving a lock file in any
+    assert find_best(DATASET, num_workers=1)["best"]["name"] == GOOD  # the training over, it is ranked again
+
+
 def test_with_every_fold_validated_find_best_does_not_say_to_train_them(roots: dict[str, Path]) -> None:
     """A model folder skipped for its checkpoints, its folds all validated, was told 'train fold(s) 0, 1, 2, 3, 4'."""
     results = make_results(roots)

@@ -28,7 +28,7 @@ from autoseg.evaluation.evaluate import evaluate_folders, list_cases
 from autoseg.paths import DatasetSpec, preprocessed_root, resolve_dataset, results_root
 from autoseg.postprocessing.determine import DECISION_FILE, determine_postprocessing
 from autoseg.training.splits import SPLITS_FILE, read_splits
-from autoseg.utils.checkpoint_format import checkpoint_exists, checkpoint_name
+from autoseg.utils.checkpoint_format import checkpoint_exists, checkpoint_name, fold_trainer
 from autoseg.utils.jsonio import read_json
 from autoseg.utils.atomic import atomic_write_json, atomic_write_text, folder_lock, remove_stale_temporaries, staging_folder
 from autoseg.utils.names import string_list
@@ -110,7 +110,9 @@ def trained_model_folders(
         missing = [f for f in folds if not predicted[f]]
         incomplete = {f: sorted(set(val_cases[f]) - set(predicted[f])) for f in folds if predicted[f] and f in (val_cases or {})}
         incomplete = {f: cases for f, cases in incomplete.items() if cases}
-        if missing:
+        if training := fold_in_training(folder, folds):
+            skipped.append(training)
+        elif missing:
             skipped.append(f"{folder.name}: no validation predictions for fold(s) {', '.join(missing)}")
         elif incomplete:
             fold, cases = next(iter(incomplete.items()))
@@ -124,6 +126,21 @@ def trained_model_folders(
         else:
             complete.append(folder)
     return complete, skipped
+
+
+def fold_in_training(model_folder: Path, folds: Sequence[str]) -> str | None:
+    """Why ``model_folder`` is left out while ``autoseg train`` runs one of its folds (holds its lock), else None:
+    ``train --continue`` writes the fold's new final checkpoint, then its new validation, so find-best ranked the
+    fold by its earlier run's validation in silence."""
+    if os.name != "posix":  # no fold lock to ask (folder_lock locks nothing there)
+        return None
+    for fold in folds:
+        holder = fold_trainer(model_folder / f"fold_{fold}")
+        if holder is not None:
+            trainer = f"process {holder}" if holder else "another process"
+            return (f"{model_folder.name}: fold {fold} is being trained by {trainer} right now, so its validation "
+                    f"predictions may be an earlier run's; run find-best again once that training has ended")
+    return None
 
 
 def validation_predictions(model_folder: Path, folds: Sequence[str], file_ending: str) -> dict[str, dict[str, Path]]:
