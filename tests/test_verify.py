@@ -192,6 +192,13 @@ def _fractional_label(d: Path) -> str:
     return f"{label(d, PLAIN_CASE)}: label values must be integers; found non-integer values such as 1.5"
 
 
+def _nan_label(d: Path) -> str:
+    """ITK reads a NIfTI label's NaN as 0: the voxels passed as background (an NRRD's NaN was refused)."""
+    set_array(label(d, PLAIN_CASE), lambda a: np.where(np.arange(a.size).reshape(a.shape) < 2, np.nan, a).astype(np.float32))
+    return (f"{label(d, PLAIN_CASE)}: label holds 2 NaN and 0 Inf voxel(s) (NIfTI readers turn NaN into 0, background); "
+            "set them to a declared class and save the label as integers")
+
+
 def _nan_image(d: Path) -> str:
     def poke(a: np.ndarray) -> np.ndarray:
         a = a.astype(np.float32)
@@ -285,7 +292,7 @@ def _non_consecutive_labels(d: Path) -> str:
 BREAKAGES = {f.__name__[1:]: f for f in [
     _missing_channel, _channel_geometry, _missing_label, _label_without_image, _no_channel_suffix, _empty_case_id, _label_without_case_id,
     _num_training, _num_training_of_listed_cases, _label_spacing, _label_origin, _label_size, _mask_0_255, _undeclared_label,
-    _only_ignore_label, _fractional_label, _nan_image, _nan_image_with_intercept, _four_d, _truncated, _case_clash, _bad_json, _missing_key,
+    _only_ignore_label, _fractional_label, _nan_label, _nan_image, _nan_image_with_intercept, _four_d, _truncated, _case_clash, _bad_json, _missing_key,
     _non_consecutive_labels, _label_shifted_far_from_zero, _near_integer_label, _beyond_float32_image,
     _file_ending_of_no_file, _no_cases, _one_slice_3d_label_of_a_2d_image,
 ]}
@@ -530,7 +537,7 @@ def test_python_entry_points_take_a_dataset_name_or_path_as_the_others_do(small_
 
 # fingerprint shares verify's checks (one read per case); a few breakages show it refuses too.
 CASES = [("verify", b) for b in sorted(BREAKAGES)] + [
-    ("fingerprint", b) for b in ("label_spacing", "nan_image", "missing_label", "bad_json", "mask_0_255", "beyond_float32_image",
+    ("fingerprint", b) for b in ("label_spacing", "nan_image", "nan_label", "missing_label", "bad_json", "mask_0_255", "beyond_float32_image",
                                  "only_ignore_label")
 ]
 

@@ -208,6 +208,8 @@ def label_value_problem(path: Path, label: np.ndarray, declared: Iterable[int], 
     """The problem of a label map holding non-integer values or values not ``declared``, None when clean.
     Shared with preprocessing, which also reads labels added or edited after verify and plan, and with the
     cascade, whose previous-stage predictions take their own ``fix`` (no one edits them or declares classes)."""
+    if problem := _nifti_nonfinite_label_problem(path, label, fix):
+        return problem
     if not is_integer_valued(label):
         fix = fix or _header_scaling_fix(path)  # the header is read only for a label refused
         finite = label[np.isfinite(label)] if label.dtype.kind == "f" else label
@@ -228,6 +230,16 @@ def label_value_problem(path: Path, label: np.ndarray, declared: Iterable[int], 
             f"(declared: {_listing(sorted(allowed))}){hint}; {fix or 'fix the label file or declare the classes'}"
         )
     return None
+
+
+def _nifti_nonfinite_label_problem(path: Path, label: np.ndarray, fix: str | None) -> str | None:
+    """The problem of a float NIfTI label holding NaN or Inf: ITK reads NaN as 0, so such voxels passed as
+    background (a NaN in an NRRD label was refused as a non-integer value); the file's own bytes tell."""
+    counts = nifti_nonfinite_counts(path, label) if label.dtype.kind == "f" else None
+    if counts is None or not any(counts):
+        return None
+    return (f"{path}: label holds {counts[0]} NaN and {counts[1]} Inf voxel(s) (NIfTI readers turn NaN into 0, "
+            f"background); {fix or 'set them to a declared class and save the label as integers'}")
 
 
 def _header_scaling_fix(path: Path) -> str | None:
