@@ -336,6 +336,49 @@ def test_a_folder_given_as_the_decision_is_named_as_a_folder(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+DATASET_JSON = {"channel_names": {"0": "CT"}, "labels": {**LABELS, "ignore": 3}, "numTraining": 3,
+                "file_ending": ".nii.gz"}
+
+
+@pytest.mark.parametrize("where", ["input", "model"])
+def test_apply_copies_the_dataset_json_and_plans_json_of_its_input(tmp_path, where):
+    """apply wrote neither (nnU-Net's copies both), so evaluate of its output against references without a
+    dataset.json scored the values found in them, named by number, its ignore label as a class. They are copied from
+    the input folder, or from the model a predict run's predict_info.json names, and evaluate takes the dataset's."""
+    from cli_helpers import autoseg
+
+    preds, refs = _make_cv_folders(tmp_path)
+    decision = determine_postprocessing(preds, refs, LABELS, num_workers=1, file_ending=".nii.gz")
+    source = preds if where == "input" else tmp_path / "model"
+    source.mkdir(exist_ok=True)
+    (source / "dataset.json").write_text(json.dumps(DATASET_JSON))
+    (source / "plans.json").write_text('{"plans_name": "autosegPlans"}\n')
+    if where == "model":
+        (preds / "predict_info.json").write_text(json.dumps({"model_folder": str(source)}))
+    out = tmp_path / "out"
+    autoseg("postprocess", "apply", "-i", preds, "-o", out, "--decision", preds / "postprocessing.json", "-np", 1)
+    for name in ("dataset.json", "plans.json"):
+        assert (out / name).read_bytes() == (source / name).read_bytes()
+    autoseg("evaluate", "-p", out, "-r", refs, "-o", tmp_path / "eval", "-np", 1)
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert summary["classes"] == {"organ": [1], "nodule": [2]} and summary["ignore_label"] == 3
+    assert summary["mean"]["organ"]["dice"] == decision["dice_after"]["organ"] == 1.0
+
+
+def test_apply_refuses_a_folder_holding_another_dataset_json_before_any_case(tmp_path):
+    """The copy never replaces a dataset.json that apply did not write: the output folder is refused, untouched."""
+    preds, refs = _make_cv_folders(tmp_path)
+    determine_postprocessing(preds, refs, LABELS, num_workers=1, file_ending=".nii.gz")
+    (preds / "dataset.json").write_text(json.dumps(DATASET_JSON))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "dataset.json").write_text("{}")
+    with pytest.raises(EvaluationError, match=r"out: holds 1 file\(s\) not written by autoseg postprocess apply "
+                                              r"\(dataset\.json; .*replacing 1 of the same name"):
+        apply_to_folder(preds, out, preds / "postprocessing.json", num_workers=1)
+    assert [p.name for p in out.iterdir()] == ["dataset.json"] and (out / "dataset.json").read_text() == "{}"
+
+
 def test_apply_postprocesses_label_maps_of_another_ending_too(tmp_path):
     """predict writes a case NIfTI cannot hold (a sheared one) as .nrrd beside the dataset's .nii.gz: apply of a
     .nii.gz decision left it out without a word. Two files of one case are refused."""

@@ -36,10 +36,10 @@ from autoseg.evaluation.evaluate import (
 )
 from autoseg.evaluation.metrics import SegClass, case_metrics, evaluation_classes
 from autoseg.postprocessing.connected_components import component_volumes_mm3, keep_largest, remove_small
-from autoseg.utils.atomic import atomic_write_json, remove_stale_temporaries
+from autoseg.utils.atomic import atomic_write_bytes, atomic_write_json, remove_stale_temporaries
 from autoseg.utils.disk import stop_on_full_disk
 from autoseg.utils.output_folders import (
-    check_output_file, check_output_folder, claim_output_files, input_entry, output_file,
+    check_output_file, check_output_folder, claim_output_files, input_entry, output_file, predicting_model_folder,
 )
 from autoseg.utils.progress import parallel_map, stage_workers
 
@@ -437,13 +437,37 @@ def _input_record(input_dir: Path, files: Mapping[str, Path], decision: Mapping[
     return input_entry(input_dir, list(files.values()), steps_sha256=hashlib.sha256(steps).hexdigest())
 
 
+DESCRIBING_FILES = ("dataset.json", "plans.json")  # what apply copies beside its label maps, as nnU-Net's does
+
+
+def _describing_files(input_dir: Path) -> dict[str, bytes]:
+    """Name -> content of the dataset.json and plans.json of ``input_dir``, else of the model its ``predict_info.json``
+    names (predict writes none beside its label maps), read before any output: apply wrote neither, so evaluate,
+    ensemble or determine on its output wanted -d where the input needed none."""
+    for folder in (input_dir, predicting_model_folder(input_dir)):
+        found = [folder / name for name in DESCRIBING_FILES if folder is not None and (folder / name).is_file()]
+        if found:
+            return {source.name: _read_describing_file(source) for source in found}
+    return {}
+
+
+def _read_describing_file(source: Path) -> bytes:
+    """The bytes of ``source``; one that cannot be read is refused by name, before any output is written."""
+    try:
+        return source.read_bytes()
+    except OSError as exc:
+        raise EvaluationError(f"{source}: cannot be read ({exc.strerror or exc}); make it readable, or move it out so "
+                              f"that {source.name} is not copied beside the postprocessed label maps") from None
+
+
 def apply_to_folder(
     input_dir: str | Path,
     output_dir: str | Path,
     decision_json: str | Path | Mapping[str, Any],
     num_workers: int | None = None,
 ) -> list[Path]:
-    """Postprocess every label map in ``input_dir`` into ``output_dir``; returns the written files.
+    """Postprocess every label map in ``input_dir`` into ``output_dir``; returns the written label maps. The input's
+    dataset.json and plans.json (``_describing_files``) are copied beside them.
 
     A decision given as a mapping is checked as a file is (``check_decision``): a malformed one failed in every
     case with a bare ``KeyError``, or raised one, after marking the output folder."""
@@ -456,9 +480,13 @@ def apply_to_folder(
     if not files:
         raise EvaluationError(f"{input_dir}: no label maps (e.g. <case>{decision['file_ending']}) to postprocess")
     check_output_folder(output_dir, EvaluationError, [input_dir])
-    outputs = [output_dir / path.name for path in files.values()]
+    described = _describing_files(input_dir)
+    outputs = [output_dir / name for name in (*(path.name for path in files.values()), *described)]
     claim_output_files(output_dir, outputs, "postprocess apply", EvaluationError, [_input_record(input_dir, files, decision)])
     remove_stale_temporaries(output_dir)  # what a killed run left half-written
+    for name, data in described.items():  # each atomically, as nnU-Net's apply copies them
+        with stop_on_full_disk(output_dir, name, DiskFullError, APPLY_RERUN):
+            atomic_write_bytes(output_dir / name, data)
     declared = decision_label_values(decision)
     items = [(case, (path, output_dir / path.name, decision, declared)) for case, path in files.items()]
     workers = stage_workers(num_workers, EvaluationError)
