@@ -71,7 +71,12 @@ def test_ignore_label_is_one_integer_in_no_region(labels: dict, order: list[int]
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    ({"labels": {"background": 1, "a": 0}}, 'labels must map "background" to 0'),
+    ({"labels": {"background": 1, "a": 0}}, 'labels must map "background" to 0: got 1; renumber the labels so '
+     r'background is 0 and the classes 1, 2, ... \(in dataset.json and the label files\)$'),
+    # labels written from 1, or background under another name: both said only '(got None)'
+    ({"labels": {"a": 1, "b": 2}}, r'labels must map "background" to 0: it has no "background" entry; add "background": 0 '
+     r"\(the label files' value for no structure\)$"),
+    ({"labels": {"bg": 0, "a": 1}}, r"""labels must map "background" to 0: value 0 is named 'bg'; rename it "background"$"""),
     # nnU-Net v1's value -> name mapping: was 'labels must map "background" to 0 (got None)'
     ({"labels": {"0": "background", "1": "a", "2": "b", "3": "c"}}, r'labels maps values to names \(nnU-Net v1 '
      r'syntax\); write each name with its value: \{"background": 0, "a": 1, "b": 2, ...\}'),
@@ -96,7 +101,8 @@ def test_ignore_label_is_one_integer_in_no_region(labels: dict, order: list[int]
     ({"labels": {"background": 0, "": 1}}, r"""d.json: the label of value 1 has an empty name ''; give it a name, e.g. "tumor": 1$"""),
     ({"labels": {"background": 0, "a": 1, " ": 2}}, r"the label of value 2 has an empty name ' '"),
     ({"channel_names": {"0": "CT", "1": ""}}, r"""d.json: channel_names\["1"\] is empty \(''\); give it a name, e.g. "1": "CT"$"""),
-    ({"file_ending": "nii.gz"}, "file_ending must start with '.'"),
+    ({"file_ending": "nii.gz"}, """file_ending must start with '.', got 'nii.gz'; write "file_ending": ".nii.gz"$"""),
+    ({"file_ending": None}, """file_ending must start with '.', got None; write "file_ending": ".nii.gz"$"""),
     ({"channel_names": {"1": "CT"}}, "channel_names keys must be 0, 1, 2"),
     # a name that is no string was read as its repr ("['CT']") and normalised by z-score, never as CT
     ({"channel_names": {"0": ["CT"]}}, r"""channel_names\["0"\] is \['CT'\], not a name; write the modality as a string"""),

@@ -104,6 +104,22 @@ def _integer(value: Any) -> Any:
     return _whole_number(value)
 
 
+def _background_problem(labels: Any) -> str | None:
+    """Why ``labels`` lacks nnU-Net's ``"background": 0``, with the fix (None when it has it): the line said only
+    '(got None)' for labels written from 1 without a background entry, or with background under another name."""
+    if not isinstance(labels, dict):
+        return f'got {labels!r}; write each name with its value, e.g. {{"background": 0, "tumor": 1}}'
+    if "background" in labels:
+        if labels["background"] == 0:
+            return None
+        return (f"got {labels['background']!r}; renumber the labels so background is 0 and the classes 1, 2, ... "
+                "(in dataset.json and the label files)")
+    zero = next((name for name, value in labels.items() if value == 0 and not isinstance(value, bool)), None)
+    if zero is not None:
+        return f"value 0 is named {zero!r}; rename it \"background\""
+    return 'it has no "background" entry; add "background": 0 (the label files\' value for no structure)'
+
+
 def _whole_floats_as_int(order: Any) -> Any:
     """``regions_class_order`` with whole floats as integers: ``[1.0, 2.0]`` passed and was recorded in the plans and
     shown in reports as written; anything else is returned unchanged for the checks to name."""
@@ -161,8 +177,8 @@ def parse_description(data: dict[str, Any], path: Path) -> DatasetDescription:
         swapped = ", ".join(f'"{name}": {value}' for value, name in list(labels.items())[:3])
         raise DatasetError(f"{path}: labels maps values to names (nnU-Net v1 syntax); write each name with its value: "
                            f"{{{swapped}{', ...' if len(labels) > 3 else ''}}}")
-    if not isinstance(labels, dict) or labels.get("background") != 0:
-        raise DatasetError(f'{path}: labels must map "background" to 0 (got {labels.get("background") if isinstance(labels, dict) else labels!r})')
+    if problem := _background_problem(labels):
+        raise DatasetError(f'{path}: labels must map "background" to 0: {problem}')
     labels = _as_nnunet_reads(labels, "regions_class_order" in data)
     for name, value in labels.items():
         ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
@@ -173,7 +189,9 @@ def parse_description(data: dict[str, Any], path: Path) -> DatasetDescription:
     num_training = _num_training(_require(data, "numTraining", path, "add the number of training cases"), path)
     file_ending = _require(data, "file_ending", path, 'add e.g. "file_ending": ".nii.gz"')
     if not isinstance(file_ending, str) or not file_ending.startswith("."):
-        raise DatasetError(f"{path}: file_ending must start with '.', got {file_ending!r}")
+        example = f".{file_ending}" if isinstance(file_ending, str) and file_ending.strip() else ".nii.gz"
+        raise DatasetError(f"{path}: file_ending must start with '.', got {file_ending!r}; write "
+                           f'"file_ending": "{example}"')
     cases = data.get("dataset")
     if cases is not None and not isinstance(cases, dict):
         # every case lookup ran into AttributeError ('list' object has no attribute 'items'): an internal error
