@@ -135,7 +135,7 @@ def _expected_parts(fp: dict, config: dict) -> dict[str, float]:
             prefilter, taps = math.prod(pad) * 3, math.prod(new_shape) * 64
         case += channels * (prefilter * C.PREFILTER_SECONDS_PER_VOXEL + taps * C.INTERPOLATION_SECONDS_PER_TAP)
         case += math.prod(new_shape) * (label_values - 1) * C.RESAMPLE_LABEL_SECONDS_PER_VOXEL_LABEL
-    preprocess = n * case / min(default_workers(), n)
+    preprocess = C.PREPROCESS_STARTUP_SECONDS + n * case / min(default_workers(), n)
     # final validation: the largest fold's cases (ceil(n / 5)), tiles half a patch apart, 2^3 or 1 passes,
     # forward = 1/3 step
     patch = config["patch_size"]

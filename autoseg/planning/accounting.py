@@ -96,8 +96,9 @@ def preprocess_case_seconds(input_voxels: float, channels: int, image_work: Resa
 
 
 def preprocess_seconds(case_seconds: Sequence[float], workers: int) -> float:
-    """Preparing every case once (shared by the folds), the cases spread over ``workers`` processes."""
-    return sum(case_seconds) / max(1, min(workers, len(case_seconds)))
+    """Preparing every case once (shared by the folds), the cases spread over ``workers`` processes, plus
+    the command's fixed start-up, which on a tiny dataset is most of its time (``PREPROCESS_STARTUP_SECONDS``)."""
+    return C.PREPROCESS_STARTUP_SECONDS + sum(case_seconds) / max(1, min(workers, len(case_seconds)))
 
 
 def checkpoint_bytes(parameters: int, optimizer: str = "sgd") -> int:

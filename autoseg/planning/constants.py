@@ -147,6 +147,13 @@ PREPROCESS_SECONDS_PER_VOXEL_CHANNEL = 3e-8
 PREFILTER_SECONDS_PER_VOXEL = 5e-9
 INTERPOLATION_SECONDS_PER_TAP = 8e-9
 RESAMPLE_LABEL_SECONDS_PER_VOXEL_LABEL = 2.3e-8
+# The fixed start-up of `autoseg preprocess`, paid once however few the cases: the interpreter and its
+# imports (SimpleITK, scipy, torch), reading dataset.json and the plans, checking the stored cases and
+# ground truths, and starting the process pool. Unmodelled, 5 Hippocampus cases were predicted at 0.1 s
+# where the command took 4.6-9.4 s (seven runs of 2026-12-07, 2-core AMD EPYC shared with other work,
+# load average 6.3-6.8; its own timing record, pool and cases only, 0.5-1.2 s); with every case already
+# stored it took 4.8-6.1 s (1.6-2.1 s of CPU), the imports alone 2.4-3.2 s.
+PREPROCESS_STARTUP_SECONDS = 5.0
 # Checkpoints: a fixed cost per file plus the fp32 weights and momentum at this disk speed; at each
 # epoch end the latest checkpoint and, about every other epoch, a new best one are written.
 CHECKPOINT_SECONDS_PER_FILE = 0.05
