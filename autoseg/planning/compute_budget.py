@@ -5,7 +5,8 @@ transposed convolutions, matrix products and attention, at the real patch and ba
 device; backward = 2x forward) and converted to seconds with a timing model
 ``seconds = GFLOP / rate``, the rate measured from a few real forward+backward+SGD steps of one probe
 network of the same family on the actual device. Timings are cached (keyed by device, threads,
-family, channels), so re-planning on one machine is deterministic.
+family, channels), so re-planning on one machine is deterministic; a probe taken while other
+processes held the CPU is not cached (``probed_quietly``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from autoseg.networks.registry import TopologyConstraints
 from autoseg.planning import constants as C
 from autoseg.planning.memory import build_training_network, read_cache, write_cache
 from autoseg.planning.topology import divisible_patch, plan_topology
+from autoseg.utils.cpu_load import LoadWhile
 from autoseg.utils.device import autocast_dtype, training_memory_format
 
 # forward + backward (gradients w.r.t. inputs and weights, each about one forward)
@@ -264,13 +266,23 @@ def measure_timing(
     patch = divisible_patch([size] * spatial_dims, topology)
     inputs = torch.randn((C.MIN_BATCH_SIZE, in_channels, *patch), device=device)
     gflop = training_gflop(network_name, topology, in_channels, n_classes, patch, C.MIN_BATCH_SIZE, options)
-    step = _time_steps(network.to(memory_format=layout), inputs.contiguous(memory_format=layout), device, mixed_precision)
-    forward = _time_forward(network.to(memory_format=torch.contiguous_format), inputs, device, mixed_precision)
+    with LoadWhile() as load:
+        step = _time_steps(network.to(memory_format=layout), inputs.contiguous(memory_format=layout), device,
+                           mixed_precision)
+        forward = _time_forward(network.to(memory_format=torch.contiguous_format), inputs, device, mixed_precision)
     forward_gflop = gflop / _TRAINING_FLOPS_PER_FORWARD
     model = TimingModel(name, 0.0, step.wall / gflop, forward.wall / forward_gflop,
                         step.undisturbed / gflop, forward.undisturbed / forward_gflop)
-    write_cache(cache_dir, key, asdict(model))
+    if probed_quietly(load.busy_elsewhere):
+        write_cache(cache_dir, key, asdict(model))
     return model
+
+
+def probed_quietly(busy_elsewhere: float | None) -> bool:
+    """Whether a probe may be cached: other processes kept at most ``PROBE_QUIET_MAX_BUSY_CORES`` busy while it
+    ran (unknown load, where ``/proc/stat`` cannot be read, caches as before). A loaded probe is used for
+    this plan only, so the next one measures again instead of reusing it as if the machine had been quiet."""
+    return busy_elsewhere is None or busy_elsewhere <= C.PROBE_QUIET_MAX_BUSY_CORES
 
 
 def seconds_per_iteration(compute_seconds: float, device: torch.device) -> float:
