@@ -183,6 +183,53 @@ def test_with_an_ignore_label_every_patch_holds_annotated_voxels(tmp_path: Path)
     assert not np.all((targets != 2).reshape(len(targets), -1).any(1))
 
 
+@pytest.mark.skipif(not Path("/proc/locks").is_file(), reason="needs Linux's /proc/locks")
+def test_a_case_stored_again_while_training_is_loaded_once_the_writer_is_done(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cases open lazily: one that ``autoseg preprocess`` stored again after the store check failed its first load
+    as damaged ('case_0.json: is missing') while the writer was inside ``save_case``. The load now waits for the
+    writer as the store check does, then loads the case."""
+    import subprocess
+    import sys
+
+    from autoseg.preprocessing import store
+    from test_store_wait_mend3 import WRITER
+
+    monkeypatch.setattr(store, "STORE_WAIT_SECONDS", 3600.0)
+    folder = tmp_path / "store"
+    _sparse_store(folder)
+    spec = SamplingSpec(folder=folder, case_ids=["case_0"], patch_size=[8, 8, 8], sample_size=[8, 8, 8], batch_size=2,
+                        oversample_foreground=0.5, foreground_labels=[1])
+    expected = BatchSource(spec, seed=0, stream=TRAIN_STREAM)(0)
+    source = BatchSource(spec, seed=0, stream=TRAIN_STREAM)  # checked its case before the writer came
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(store.case_paths(folder, "case_0")[2])],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    outcome: list[object] = []
+    thread = threading.Thread(target=lambda: outcome.append(_outcome(source, 0)))
+    err = ""
+    try:
+        assert writer.stdout.readline() == "storing\n"
+        capfd.readouterr()
+        thread.start()
+        while thread.is_alive() and "waiting for" not in err:  # the writer finishes once the load waits for it
+            time.sleep(0.01)
+            err += capfd.readouterr().err
+    finally:
+        writer.communicate("")
+    thread.join()
+    assert len(outcome) == 1 and isinstance(outcome[0], dict), outcome
+    assert writer.returncode == 0 and err + capfd.readouterr().err == f"waiting for a preprocess run writing into {folder}\n"
+    assert all(np.array_equal(outcome[0][key], expected[key]) for key in ("data", "target"))
+
+
+def _outcome(source: BatchSource, index: int) -> object:
+    """The source's batch ``index``, or the exception building it raised."""
+    try:
+        return source(index)
+    except Exception as exc:  # noqa: BLE001 - compared by the caller
+        return exc
+
+
 def test_a_batch_split_over_ranks_forces_the_samples_one_process_would() -> None:
     # Each rank applied the 33% to its own share: 2 of 4 samples forced on 2 ranks, none with one sample
     # per rank; the forced samples are counted in the global batch instead (reference.md §1.5).
