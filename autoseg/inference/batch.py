@@ -366,19 +366,29 @@ def _outputs(case: InputCase, output: Path, ending: str, save_probabilities: boo
     return files + [output / f"{case.case_id}{ending}"]
 
 
+# File names of a predictions folder that mean something else than a case's probabilities' sidecar: the run record, and
+# the description evaluate, postprocess and ensemble look for beside the predictions (a case named 'dataset' saved
+# with --save-probabilities left its sidecar there, and evaluate refused the folder as holding a broken dataset.json).
+RESERVED_OUTPUT_NAMES = {
+    PREDICT_INFO: "the file that records this run's model and settings",
+    "dataset.json": "the name evaluate, postprocess and ensemble read as the predictions' dataset description",
+}
+
+
 def check_output_names(case: InputCase, files: Sequence[Path]) -> None:
-    """Refuse a case whose output would replace the run's ``predict_info.json`` (the sidecar of a case named
-    ``predict_info``): the run record would be lost and every later run into the folder refused. Refuse
+    """Refuse a case whose output would be one of ``RESERVED_OUTPUT_NAMES`` (the sidecar of a case named
+    ``predict_info`` or ``dataset``): the run record would be lost and every later run into the folder refused, or
+    the sidecar read as the dataset's description. Refuse
     one whose output name is taken by a folder (it failed after its prediction with a bare
     IsADirectoryError, and ``--continue`` took the folder for a finished case)."""
     folders = [f for f in files if f.is_dir()]
     if folders:
         raise InferenceError(f"case {case.case_id}: its output {folders[0]} is a folder; move or rename that folder")
-    clash = [f for f in files if f.name == PREDICT_INFO]
+    clash = [f for f in files if f.name in RESERVED_OUTPUT_NAMES]
     if clash:
         raise InferenceError(
-            f"case {case.case_id}: its probabilities' sidecar would be {clash[0]}, the file that records this "
-            "run's model and settings; rename the case's input files (e.g. "
+            f"case {case.case_id}: its probabilities' sidecar would be {clash[0]}, "
+            f"{RESERVED_OUTPUT_NAMES[clash[0].name]}; rename the case's input files (e.g. "
             f"{case.case_id}_1_0000{case.ending})"
         )
 

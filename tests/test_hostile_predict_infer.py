@@ -1,0 +1,48 @@
+"""``autoseg predict`` with hostile input found by the infer hunt: each refusal names the file, what is wrong and the
+fix, exits 2 with no traceback, and leaves the user's files as they were."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from autoseg.cli import app
+
+from cli_helpers import runner
+from conftest import HIPPOCAMPUS
+from test_inference_predict import make_model
+
+CASE = HIPPOCAMPUS / "imagesTr" / "hippocampus_001_0000.nii.gz"
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_model(tmp_path_factory.mktemp("models"), "3d_fullres", folds=("0",))
+
+
+def _predict(inputs: Path, output: Path, model: Path, *options: str) -> tuple[int, str]:
+    result = runner.invoke(app, ["predict", "-i", str(inputs), "-o", str(output), "-m", str(model), "--no-tta",
+                                 "--mixed-precision", "off", *options])
+    assert "Traceback" not in result.output
+    return result.exit_code, " ".join(result.output.split())
+
+
+def test_a_case_named_dataset_leaves_no_dataset_json_among_the_predictions(model: Path, tmp_path: Path) -> None:
+    """Its probabilities' sidecar was written as OUT/dataset.json, which evaluate (and postprocess, ensemble) then read
+    as the predictions' dataset description and refused ("missing key 'channel_names'")."""
+    inputs, output = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    for case in ("dataset", "plain"):
+        shutil.copy(CASE, inputs / f"{case}_0000.nii.gz")
+    code, text = _predict(inputs, output, model, "--save-probabilities")
+    assert code == 2, text
+    assert (f"case dataset: its probabilities' sidecar would be {output / 'dataset.json'}, the name evaluate, "
+            "postprocess and ensemble read as the predictions' dataset description; rename the case's input files "
+            "(e.g. dataset_1_0000.nii.gz)") in text
+    assert sorted(p.name for p in output.iterdir()) == ["plain.json", "plain.nii.gz", "plain.npz", "predict_info.json"]
+    # Without probabilities the case writes dataset.nii.gz only, which is no clash.
+    code, text = _predict(inputs, tmp_path / "labels", model)
+    assert code == 0 and sorted(p.name for p in (tmp_path / "labels").iterdir()) == [
+        "dataset.nii.gz", "plain.nii.gz", "predict_info.json"], text
