@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from autoseg.dataset.imageio import read_image, write_image
+from autoseg.errors import EvaluationError
 from autoseg.evaluation.ensemble import ensemble_folders
 
 from cli_helpers import autoseg
-from test_ensemble import DATASET, _models_with_dataset_json
+from test_ensemble import DATASET, _ensemble_inputs, _models_with_dataset_json
 
 
 def _references_of(out: Path, refs: Path, cases: list[str]) -> None:
@@ -55,3 +56,16 @@ def test_an_ensemble_of_mixed_endings_keeps_the_inputs_file_ending(tmp_path):
     ensemble_folders(dirs, tmp_path / "out", num_workers=1)
     assert sorted(p.name for p in (tmp_path / "out").glob("[xy].*")) == ["x.nii.gz", "y.nrrd"]
     assert json.loads((tmp_path / "out" / "dataset.json").read_text()) == DATASET
+
+
+def test_a_folder_named_as_a_cases_probabilities_is_refused_before_any_output(tmp_path):
+    """A folder ``y.npz/`` among the inputs failed case y with a bare IsADirectoryError, after case x's label map was
+    written: it is refused by name, with the fix, before the output folder is made."""
+    dirs = _ensemble_inputs(tmp_path, ["m0", "m1"], ["x", "y"], seed=3)
+    (dirs[1] / "y.npz").unlink()
+    (dirs[1] / "y.npz").mkdir()
+    with pytest.raises(EvaluationError) as info:
+        ensemble_folders(dirs, tmp_path / "out", num_workers=1)
+    assert str(info.value) == (f"{dirs[1] / 'y.npz'}: is a folder, not the saved probabilities of case y; move it out of "
+                               f"{dirs[1]} (predict --save-probabilities writes <case>.npz files)")
+    assert not (tmp_path / "out").exists()

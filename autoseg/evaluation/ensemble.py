@@ -169,8 +169,16 @@ def ensemble_case(case: str, input_dirs: Sequence[Path], output_dir: Path, file_
 
 
 def _probability_cases(folder: Path) -> set[str]:
+    """The cases whose probabilities ``folder`` holds. An entry named as them that is no file (a folder ``x.npz/``)
+    is refused before any output: it failed as its case's IsADirectoryError after the other cases were written."""
     require_folder(folder, "predictions and their saved probabilities", "input folder (-i/--input)")
-    return {p.name[: -len(PROBABILITIES_SUFFIX)] for p in folder.glob(f"*{PROBABILITIES_SUFFIX}") if not p.name.startswith(".")}
+    found = sorted(p for p in folder.glob(f"*{PROBABILITIES_SUFFIX}") if not p.name.startswith("."))
+    odd = next((p for p in found if not p.is_file()), None)
+    if odd is not None:
+        what = "a folder" if odd.is_dir() else "not a file (a broken link?)"
+        raise EvaluationError(f"{odd}: is {what}, not the saved probabilities of case {odd.name[: -len(PROBABILITIES_SUFFIX)]}; "
+                              f"move it out of {folder} (predict --save-probabilities writes <case>{PROBABILITIES_SUFFIX} files)")
+    return {p.name[: -len(PROBABILITIES_SUFFIX)] for p in found}
 
 
 def _check_file_ending(ending: str) -> str:
