@@ -13,7 +13,7 @@ from autoseg.errors import EvaluationError
 from autoseg.evaluation.ensemble import ensemble_folders
 
 from cli_helpers import autoseg
-from test_ensemble import DATASET, _ensemble_inputs, _models_with_dataset_json
+from test_ensemble import DATASET, _ensemble_inputs, _models_with_dataset_json, _save, _softmax
 
 
 def _references_of(out: Path, refs: Path, cases: list[str]) -> None:
@@ -68,4 +68,38 @@ def test_a_folder_named_as_a_cases_probabilities_is_refused_before_any_output(tm
         ensemble_folders(dirs, tmp_path / "out", num_workers=1)
     assert str(info.value) == (f"{dirs[1] / 'y.npz'}: is a folder, not the saved probabilities of case y; move it out of "
                                f"{dirs[1]} (predict --save-probabilities writes <case>.npz files)")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("channels", "regions_class_order", "problem"), [
+    (4, None, "4 probability channels for 3 labels (background included)"),
+    (3, [1, 2], "3 probability channels for 2 regions and 2 entries in regions_class_order"),
+])
+def test_probabilities_whose_channels_are_not_their_labels_are_refused_before_any_output(
+        tmp_path, channels, regions_class_order, problem):
+    """Case y's probabilities (and sidecar shape) of another channel count than its labels give failed that case after
+    case x's label map was written, a partial ensemble; the sidecar is now refused by name before any output."""
+    rng = np.random.default_rng(4)
+    labels = {"background": 0, "whole": [1, 2], "core": [2]} if regions_class_order else {"background": 0, "a": 1, "b": 2}
+    dirs = [tmp_path / "m0", tmp_path / "m1"]
+    for folder in dirs:
+        _save(folder, "x", _softmax(rng, channels=2 if regions_class_order else 3), labels, regions_class_order)
+        _save(folder, "y", _softmax(rng, channels=channels), labels, regions_class_order)
+    with pytest.raises(EvaluationError) as info:
+        ensemble_folders(dirs, tmp_path / "out", num_workers=1)
+    assert str(info.value) == (f"{dirs[0] / 'y.json'}: {problem} (case y); re-run predict with --save-probabilities "
+                               "for case y")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_hand_edited_sidecar_shape_is_refused_before_any_output(tmp_path):
+    """A sidecar shape that is no list of sizes (edited by hand) is named, not met as a case's failure."""
+    dirs = _ensemble_inputs(tmp_path, ["m0", "m1"], ["x", "y"], seed=5)
+    for folder in dirs:
+        sidecar = json.loads((folder / "y.json").read_text())
+        (folder / "y.json").write_text(json.dumps({**sidecar, "shape": "3x2x4x5"}))
+    with pytest.raises(EvaluationError) as info:
+        ensemble_folders(dirs, tmp_path / "out", num_workers=1)
+    assert str(info.value) == (f"{dirs[0] / 'y.json'}: shape '3x2x4x5' of case y is not the channels and image axes; "
+                               "re-run predict with --save-probabilities for case y")
     assert not (tmp_path / "out").exists()

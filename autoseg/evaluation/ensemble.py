@@ -44,22 +44,35 @@ def probabilities_to_labels(
     excluded), the label is the argmax. Regions: channel ``i`` is the ``i``-th region in ``labels`` order;
     voxels above ``REGION_THRESHOLD`` get ``regions_class_order[i]``, later regions overwriting earlier.
     """
-    classes, _ = evaluation_classes(labels)
+    problem = channel_count_problem(probabilities.shape[0], labels, regions_class_order)
+    if problem is not None:
+        raise ValueError(problem)
     if regions_class_order is not None:
-        if len(regions_class_order) != probabilities.shape[0] or len(classes) != probabilities.shape[0]:
-            raise ValueError(
-                f"{probabilities.shape[0]} probability channels for {len(classes)} regions and "
-                f"{len(regions_class_order)} entries in regions_class_order"
-            )
         seg = np.zeros(probabilities.shape[1:], dtype=_label_dtype(max(regions_class_order, default=0)))
         for channel, value in zip(probabilities, regions_class_order):
             seg[channel > REGION_THRESHOLD] = value
         return seg
-    values = [0, *sorted(v for _, vs in classes for v in vs)]
-    if len(values) != probabilities.shape[0]:
-        raise ValueError(f"{probabilities.shape[0]} probability channels for {len(values)} labels (background included)")
+    values = _class_values(labels)
     lookup = np.asarray(values, dtype=_label_dtype(max(values)))
     return lookup[np.argmax(probabilities, axis=0)]
+
+
+def _class_values(labels: Mapping[str, Any]) -> list[int]:
+    """The label value of each class channel, background first (ignore excluded)."""
+    classes, _ = evaluation_classes(labels)
+    return [0, *sorted(v for _, vs in classes for v in vs)]
+
+
+def channel_count_problem(channels: int, labels: Mapping[str, Any], regions_class_order: Sequence[int] | None) -> str | None:
+    """Why ``channels`` probability channels do not fit ``labels`` and ``regions_class_order`` (None when they do)."""
+    if regions_class_order is not None:
+        regions = len(evaluation_classes(labels)[0])
+        if len(regions_class_order) != channels or regions != channels:
+            return (f"{channels} probability channels for {regions} regions and {len(regions_class_order)} entries in "
+                    "regions_class_order")
+        return None
+    values = _class_values(labels)
+    return None if len(values) == channels else f"{channels} probability channels for {len(values)} labels (background included)"
 
 
 def _label_dtype(max_value: int) -> type:
@@ -96,7 +109,22 @@ def agreeing_sidecars(case: str, input_dirs: Sequence[Path]) -> tuple[list[dict[
         diff = geometry_differences(_sidecar_geometry(path, sidecar, case), geometry)
         if diff:
             raise EvaluationError(f"{path}: geometry differs from {first_sidecar} for case {case}: {'; '.join(diff)}")
+    _refuse_channels_unlike_labels(first_sidecar, reference, case)
     return sidecars, geometry
+
+
+def _refuse_channels_unlike_labels(path: Path, sidecar: Mapping[str, Any], case: str) -> None:
+    """Refuse a sidecar whose ``shape`` gives a channel count its labels (and regions) do not have, before any case
+    is written: the case failed on its own after the others' label maps were written, a partial ensemble."""
+    shape, fix = sidecar["shape"], f"re-run predict with --save-probabilities for case {case}"
+    if not (isinstance(shape, list) and len(shape) > 1 and all(type(n) is int and n > 0 for n in shape)):
+        raise EvaluationError(f"{path}: shape {shape!r} of case {case} is not the channels and image axes; {fix}")
+    try:
+        problem = channel_count_problem(shape[0], sidecar["labels"], sidecar["regions_class_order"])
+    except (AttributeError, TypeError, ValueError) as exc:
+        problem = f"labels {sidecar['labels']!r} or regions_class_order are malformed ({type(exc).__name__}: {exc})"
+    if problem is not None:
+        raise EvaluationError(f"{path}: {problem} (case {case}); {fix}")
 
 
 def _input_description(folder: Path, sidecar: Mapping[str, Any], sidecar_path: Path) -> DatasetDescription | None:
