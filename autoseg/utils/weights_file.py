@@ -117,8 +117,41 @@ def load_weights(path: Path, error: ErrorType, device: str | torch.device = "cpu
         with safetensors.safe_open(path, "pt") as handle:
             metadata = handle.metadata()
     except (safetensors.SafetensorError, OSError, ValueError) as exc:
-        raise error(f"{path}: not a readable safetensors file ({exc}); it is damaged or not written by autoseg") from None
+        raise _unreadable(path, exc, error) from None
     return _join(tensors, metadata, str(path), error)
+
+
+MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on a header
+
+
+def _truncation(path: Path) -> str | None:
+    """'N of the M bytes ...' where ``path`` starts as a safetensors file (header length, then JSON) but ends before
+    its header or the tensors it describes do: a checkpoint cut short by an interrupted copy, download or full disk
+    was called 'damaged or not written by autoseg', which sent users to another autoseg version. Else None."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as file:
+            head = file.read(8)
+            (length,) = struct.unpack("<Q", head) if len(head) == 8 else (0,)
+            if not 1 < length <= MAX_HEADER_BYTES:
+                return None
+            text = file.read(length)
+        if not text.startswith(b"{"):
+            return None
+        if len(text) < length:
+            return f"{size} bytes, fewer than its {8 + length}-byte header"
+        header = json.loads(text)
+        end = max((int(entry["data_offsets"][1]) for key, entry in header.items() if key != "__metadata__"), default=0)
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+        return None
+    return f"{size} of the {8 + length + end} bytes its header describes" if size < 8 + length + end else None
+
+
+def _unreadable(path: Path, exc: Exception, error: ErrorType) -> Exception:
+    """The error for a weight file safetensors could not read: its truncation where it was cut short, else the reason."""
+    if cut := _truncation(path):
+        return error(f"{path}: is truncated ({cut}: an interrupted copy, download or write?); copy it again whole")
+    return error(f"{path}: not a readable safetensors file ({exc}); it is damaged or not written by autoseg")
 
 
 class _NoTensors(dict):
@@ -141,7 +174,7 @@ def load_weights_skeleton(path: Path, error: ErrorType) -> dict[str, Any]:
         with safetensors.safe_open(path, "pt") as handle:
             metadata = handle.metadata()
     except (safetensors.SafetensorError, OSError, ValueError) as exc:
-        raise error(f"{path}: not a readable safetensors file ({exc}); it is damaged or not written by autoseg") from None
+        raise _unreadable(path, exc, error) from None
     return _join(_NoTensors(), metadata, str(path), error)
 
 
