@@ -369,6 +369,41 @@ def test_a_configuration_whose_fold_is_being_trained_is_left_out_naming_the_trai
     assert find_best(DATASET, num_workers=1)["best"]["name"] == GOOD  # the training over, it is ranked again
 
 
+def test_a_run_waiting_for_another_chooses_its_candidates_once_it_runs(roots: dict[str, Path]) -> None:
+    """A find-best waiting for another one of the dataset had chosen its candidates before it waited: a fold that a
+    training took up meanwhile was ranked by its earlier validation."""
+    import threading
+    import time
+
+    from test_store_wait_mend3 import _blocked_here
+    from test_training_locks import _holder
+
+    results = make_results(roots, probabilities_for=(GOOD,))
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(find_best(DATASET, num_workers=1))
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            outcome.append(exc)
+
+    first = _holder(results)  # another find-best of the dataset, running
+    thread, trainer = threading.Thread(target=run), None
+    try:
+        thread.start()
+        while thread.is_alive() and not _blocked_here():  # this run waits for the other one's lock
+            time.sleep(0.01)
+        trainer = _holder(results / GOOD / "fold_3")  # meanwhile a training of fold 3 starts
+    finally:
+        first.communicate("")
+        thread.join()
+        if trainer is not None:
+            trainer.communicate("")
+    assert len(outcome) == 1 and isinstance(outcome[0], dict), outcome
+    assert [c["name"] for c in outcome[0]["candidates"]] == [BAD]
+    assert outcome[0]["skipped"][0].startswith(f"{GOOD}: fold 3 is being trained by ")
+
+
 def test_with_every_fold_validated_find_best_does_not_say_to_train_them(roots: dict[str, Path]) -> None:
     """A model folder skipped for its checkpoints, its folds all validated, was told 'train fold(s) 0, 1, 2, 3, 4'."""
     results = make_results(roots)

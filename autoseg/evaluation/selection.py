@@ -11,6 +11,7 @@ and ``inference_instructions.json`` / ``inference_instructions.txt`` say how to 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import os
@@ -489,15 +490,17 @@ def find_best(
     probe = next((p for p in sorted(dataset_results.glob("*__*__*")) if (p / "dataset.json").is_file()), None)
     description = load_description(probe if probe is not None else dataset.raw_dir)
     configurations = None if configurations is None else string_list(configurations)
-    folders, skipped = trained_model_folders(dataset_results, folds, description.file_ending,
-                                             split_val_cases(dataset.name, folds), configurations)
-    if configurations is not None:
-        check_configurations(dataset_results, configurations)
-    if not folders:
-        raise no_candidate_error(dataset_results, folds, description.file_ending, skipped, configurations)
     # One find-best of a dataset at a time: each rebuilds the merged folders (deleting the previous
-    # ones), ensembles and summaries that the other would be reading (a second run waits here).
-    with folder_lock(dataset_results):
+    # ones), ensembles and summaries that the other would be reading (a second run waits here). The
+    # candidates are chosen once the lock is held: chosen before the wait, a fold that a training took up
+    # meanwhile was ranked by its earlier validation. (No results folder: trained_model_folders says so.)
+    with folder_lock(dataset_results) if dataset_results.is_dir() else contextlib.nullcontext():
+        folders, skipped = trained_model_folders(dataset_results, folds, description.file_ending,
+                                                 split_val_cases(dataset.name, folds), configurations)
+        if configurations is not None:
+            check_configurations(dataset_results, configurations)
+        if not folders:
+            raise no_candidate_error(dataset_results, folds, description.file_ending, skipped, configurations)
         return _select_and_write(dataset.name, dataset_results, folders, skipped, folds, gt_dir, description,
                                  allow_ensembles, num_workers)
 
