@@ -239,6 +239,20 @@ def test_summary_gives_2d_images_classes_an_area() -> None:
     assert format_fingerprint(fingerprint).splitlines()[-1] == "  class 1 (vessel): median area 30000.0 mm^2"
 
 
+def test_summary_shows_tiny_and_huge_volumes_in_significant_digits() -> None:
+    """A stack of 1e-4 mm voxels printed 'median volume 0.0 mm^3' for classes present in every case."""
+    fingerprint = {
+        "dataset_name": "Dataset999_Test", "num_cases": 2, "channel_names": {"0": "EM"},
+        "median_spacing": [1e-4, 1e-4, 1e-4], "anisotropy_ratio": 1.0, "median_shape_after_crop": [4, 4, 4],
+        "median_relative_size_after_crop": 1.0, "foreground_intensity_properties_per_channel": {},
+        "labels": {"background": 0, "a": 1, "b": 2}, "class_volumes_mm3": {"1": [1.691e-9, 1.7e-9], "2": [2e12, 2e12]},
+    }
+    assert format_fingerprint(fingerprint).splitlines()[-2:] == [
+        "  class 1 (a): median volume 1.7e-09 mm^3",
+        "  class 2 (b): median volume 2e+12 mm^3",
+    ]
+
+
 def test_summary_says_how_many_cases_hold_a_class_missing_from_some() -> None:
     """'median volume 0.0 mm^3' alone hid a class in one case only, or in none at all."""
     fingerprint = {

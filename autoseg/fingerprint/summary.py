@@ -29,13 +29,19 @@ def format_fingerprint(fp: dict[str, Any]) -> str:
     size = "area" if fp["median_spacing"][0] == SLICE_SPACING_2D else "volume"
     unit = "mm^2" if size == "area" else "mm^3"
     for label, volumes in fp["class_volumes_mm3"].items():
-        lines.append(f"  class {label} ({_label_name(fp['labels'], int(label))}): median {size} {np.median(volumes):.1f} {unit}"
+        lines.append(f"  class {label} ({_label_name(fp['labels'], int(label))}): median {size} {_amount(float(np.median(volumes)))} {unit}"
                      f"{_presence(volumes, _region_cases(fp, int(label)))}")
     thickness = fp.get("median_structure_thickness_mm") or {}
     if thickness:
         values = ", ".join(f"{name} {v:.3g}" if v is not None else f"{name} absent" for name, v in thickness.items())
         lines.append(f"  median structure thickness (mm, 2x mean distance to the outside): {values}")
     return "\n".join(lines)
+
+
+def _amount(value: float) -> str:
+    """A volume or area to one decimal, or to three significant digits where one decimal hides it: a microscopy
+    stack in mm (1e-4 mm voxels) printed 'median volume 0.0 mm^3' for a class in every case."""
+    return f"{value:.1f}" if value == 0 or 0.1 <= abs(value) < 1e9 else f"{value:.3g}"
 
 
 def _region_cases(fp: dict[str, Any], value: int) -> int | None:
