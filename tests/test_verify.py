@@ -93,6 +93,13 @@ def _no_channel_suffix(d: Path) -> str:
     return f"{d / 'imagesTr' / (PLAIN_CASE + '.nii.gz')}: name lacks the 4-digit channel suffix; rename to {PLAIN_CASE}_0000.nii.gz"
 
 
+def _label_copied_into_images(d: Path) -> str:
+    """The fix said 'rename to <case>_0000.nii.gz', the name of the case's own image beside it."""
+    shutil.copy(label(d, PLAIN_CASE), d / "imagesTr" / f"{PLAIN_CASE}.nii.gz")
+    return (f"{d / 'imagesTr' / (PLAIN_CASE + '.nii.gz')}: name lacks the 4-digit channel suffix, and {PLAIN_CASE}_0000.nii.gz "
+            "is already there (a label copied into imagesTr?); move it to labelsTr or remove it")
+
+
 def _empty_case_id(d: Path) -> str:
     image(d, PLAIN_CASE).rename(d / "imagesTr" / "_0000.nii.gz")  # was told to become _0000_0000.nii.gz
     return (f"{d / 'imagesTr' / '_0000.nii.gz'}: the case id before _0000 is empty; name it <case>_0000.nii.gz "
@@ -290,7 +297,7 @@ def _non_consecutive_labels(d: Path) -> str:
 
 
 BREAKAGES = {f.__name__[1:]: f for f in [
-    _missing_channel, _channel_geometry, _missing_label, _label_without_image, _no_channel_suffix, _empty_case_id, _label_without_case_id,
+    _missing_channel, _channel_geometry, _missing_label, _label_without_image, _no_channel_suffix, _label_copied_into_images, _empty_case_id, _label_without_case_id,
     _num_training, _num_training_of_listed_cases, _label_spacing, _label_origin, _label_size, _mask_0_255, _undeclared_label,
     _only_ignore_label, _fractional_label, _nan_label, _nan_image, _nan_image_with_intercept, _four_d, _truncated, _case_clash, _bad_json, _missing_key,
     _non_consecutive_labels, _label_shifted_far_from_zero, _near_integer_label, _beyond_float32_image,

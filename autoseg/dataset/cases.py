@@ -145,7 +145,7 @@ def scan_images(folder: Path, desc: DatasetDescription, unsuffixed: frozenset[st
     for stem, path in _files_by_stem(folder, desc.file_ending, scan.problems, scan.reported_stems).items():
         match = None if stem in unsuffixed else CHANNEL_SUFFIX.match(stem)
         if match is None:
-            scan.problems.append(f"{path}: {_unsuffixed_name_problem(stem, desc.file_ending)}")
+            scan.problems.append(f"{path}: {_unsuffixed_name_problem(folder, stem, desc.file_ending)}")
             continue
         channel = int(match["channel"])
         channels.setdefault(match["case"], {})[channel] = path
@@ -167,11 +167,15 @@ def _lacks_case_id(stem: str) -> bool:
     return re.fullmatch(r"_\d{4}", stem) is not None
 
 
-def _unsuffixed_name_problem(stem: str, ending: str) -> str:
-    """What is wrong with an image name ``stem`` that holds no case id before a channel suffix, and its fix:
-    ``_0000.nii.gz`` (the case id left out) was told to become ``_0000_0000.nii.gz``."""
+def _unsuffixed_name_problem(folder: Path, stem: str, ending: str) -> str:
+    """What is wrong with an image name ``stem`` in ``folder`` that holds no case id before a channel suffix, and
+    its fix: ``_0000.nii.gz`` (the case id left out) was told to become ``_0000_0000.nii.gz``, and a label copied
+    into imagesTr beside its case's image was told to take that image's name (the rename overwrites it)."""
     if _lacks_case_id(stem):
         return f"the case id before {stem} is empty; name it <case>{stem}{ending} (for example case1{stem}{ending})"
+    if (folder / f"{stem}_0000{ending}").exists():
+        return (f"name lacks the 4-digit channel suffix, and {stem}_0000{ending} is already there (a label copied into "
+                f"{folder.name}?); move it to labelsTr or remove it")
     return f"name lacks the 4-digit channel suffix; rename to {stem}_0000{ending}"
 
 
