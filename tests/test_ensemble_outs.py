@@ -103,3 +103,21 @@ def test_a_hand_edited_sidecar_shape_is_refused_before_any_output(tmp_path):
     assert str(info.value) == (f"{dirs[0] / 'y.json'}: shape '3x2x4x5' of case y is not the channels and image axes; "
                                "re-run predict with --save-probabilities for case y")
     assert not (tmp_path / "out").exists()
+
+
+def test_an_ensemble_rerun_with_another_ending_is_refused_before_writing(tmp_path):
+    """The same ensemble rerun with ``--file-ending .nrrd`` into its folder passed as a resume and left x.nii.gz beside
+    x.nrrd for every case, which evaluate then refused as two label maps of one case; it is refused, the folder kept."""
+    dirs = _ensemble_inputs(tmp_path, ["m0", "m1"], ["x", "y"], seed=6)
+    out = tmp_path / "out"
+    ensemble_folders(dirs, out, num_workers=1)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(EvaluationError) as info:
+        ensemble_folders(dirs, out, num_workers=1, file_ending=".nrrd")
+    assert str(info.value) == (
+        f"{out / 'x.nii.gz'}: a label map of case x of another ending than this run's .nrrd; both would stand in {out} "
+        "(evaluate refuses two label maps of one case). Give the ending it has (--file-ending .nii.gz), or choose "
+        "another output folder")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    ensemble_folders(dirs, out, num_workers=1, file_ending=".nii.gz")
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["x.nii.gz", "y.nii.gz"]

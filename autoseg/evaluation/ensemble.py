@@ -254,6 +254,21 @@ def _label_endings(folder: Path, cases: Sequence[str]) -> dict[str, str]:
     return {case: spelled_ending(maps[case]) for case in cases}
 
 
+def _refuse_other_endings(out: Path, endings: Mapping[str, str]) -> None:
+    """Refuse an output folder holding a case's label map of another ending than this run writes it with (an earlier
+    ensemble there without --file-ending, rerun with ``--file-ending .nrrd``): the rerun was let through as a resume,
+    and left two label maps of every case, which evaluate and postprocess refuse."""
+    for path in sorted(out.iterdir()):
+        ending = spelled_ending(path)
+        case = path.name[: -len(ending)] if ending else None
+        if case in endings and ending != endings[case] and not path.name.startswith("."):
+            raise EvaluationError(
+                f"{path}: a label map of case {case} of another ending than this run's {endings[case]}; both would "
+                f"stand in {out} (evaluate refuses two label maps of one case). Give the ending it has (--file-ending "
+                f"{ending}), or choose another output folder"
+            )
+
+
 def _input_record(folder: Path, cases: Sequence[str]) -> dict[str, Any]:
     """An input folder as the output folder's mark records it: its path and the identities of the probability
     files of ``cases``, so that a rerun over the same folders (a resume, or with cases added) is told from one
@@ -335,7 +350,8 @@ def ensemble_folders(
     if save_probabilities:
         outputs += [path for case in ordered for path in probability_paths(out, case)]
     inputs = sorted((_input_record(d, ordered) for d in dirs), key=lambda record: record["folder"])
-    claim_output_files(out, outputs, "ensemble", EvaluationError, inputs)
+    claim_output_files(out, outputs, "ensemble", EvaluationError, inputs)  # another tool's label maps: refused there
+    _refuse_other_endings(out, endings)
     remove_stale_temporaries(out)  # what a killed run left half-written
     if description is not None:
         with stop_on_full_disk(out, "dataset.json", DiskFullError, ENSEMBLE_RERUN):
