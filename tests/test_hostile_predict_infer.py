@@ -46,3 +46,20 @@ def test_a_case_named_dataset_leaves_no_dataset_json_among_the_predictions(model
     code, text = _predict(inputs, tmp_path / "labels", model)
     assert code == 0 and sorted(p.name for p in (tmp_path / "labels").iterdir()) == [
         "dataset.nii.gz", "plain.nii.gz", "predict_info.json"], text
+
+
+@pytest.mark.parametrize("inside", ["", "fold_0", "fold_0/predictions"])
+def test_an_output_folder_in_the_model_folder_is_refused(inside: str, model: Path, tmp_path: Path) -> None:
+    """``-o`` naming the ``-m`` folder (or a folder in it) put label maps and predict_info.json among its plans and
+    checkpoints."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(CASE, inputs / "case_0000.nii.gz")
+    before = sorted(str(p.relative_to(model)) for p in model.rglob("*"))
+    output = model / inside if inside else model
+    code, text = _predict(inputs, output, model)
+    where = "is the model folder" if not inside else f"lies in the model folder {model}"
+    assert code == 2 and (f"{output}: {where}; predictions there would sit among the model's plans and checkpoints: "
+                          "choose an output folder outside it") in text, text
+    assert sorted(str(p.relative_to(model)) for p in model.rglob("*")) == before
+    assert _predict(inputs, tmp_path / "out", model)[0] == 0  # beside it is fine

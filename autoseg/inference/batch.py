@@ -431,6 +431,21 @@ def _resolve_model(
     return load_model(folder, folds, DEFAULT_CHECKPOINT if checkpoint is None else checkpoint, device, tta=tta)
 
 
+def refuse_output_in_model(output: Path, model: LoadedModel) -> None:
+    """Refuse an output folder that is the model folder (a cascade's stage's too) or lies in it: ``-o`` given the
+    ``-m`` folder, or a fold of it, put label maps and a predict_info.json among the model's plans and checkpoints,
+    which export-model, find-best and the next predict read."""
+    target = output.resolve()
+    stage: LoadedModel | None = model
+    while stage is not None:
+        folder = stage.folder.resolve()
+        if target.is_relative_to(folder):
+            where = "is the model folder" if target == folder else f"lies in the model folder {stage.folder}"
+            raise InferenceError(f"{output}: {where}; predictions there would sit among the model's plans and "
+                                 "checkpoints: choose an output folder outside it")
+        stage = stage.previous_stage
+
+
 def refuse_other_settings(
     model: LoadedModel, folds: Sequence[int | str] | str | None, checkpoint: str | None, device: str | torch.device | None
 ) -> None:
@@ -509,6 +524,7 @@ def predict_folder(
     check_output_folder(output, InferenceError, [input_path], reads_subfolders=True)
     cases = shard(discover_cases(input_path), num_parts, part_id)
     loaded = _resolve_model(model, folds, checkpoint, device, tta)
+    refuse_output_in_model(output, loaded)
     info = _predict_info(loaded, step, tta, save_probabilities, mixed_precision)  # checks the settings first
     if compile_networks:
         if loaded.engine != "torch":
