@@ -10,13 +10,15 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from autoseg.errors import TrainingError
+from autoseg.errors import AutosegError, TrainingError
+
+T = TypeVar("T")
 
 # Final validation on rank 0 may take long; the other ranks wait at a barrier meanwhile.
 _PROCESS_GROUP_TIMEOUT = datetime.timedelta(hours=6)
@@ -104,6 +106,24 @@ def broadcast_value(value: Any, context: DistributedContext) -> Any:
     holder = [value]
     dist.broadcast_object_list(holder, src=0)
     return holder[0]
+
+
+def on_main(action: Callable[[], T], context: DistributedContext) -> T | None:
+    """``action()`` on rank 0 alone (its result there, None elsewhere), the ranks leaving together. Its user error
+    (``AutosegError``, ``OSError``: a refused fold, no permission, a damaged case) is raised on every rank: raised on
+    rank 0 alone, it stopped rank 0 while the others waited for it at their next collective (6 h under NCCL)."""
+    if not context.enabled:
+        return action()
+    result, failure = None, None
+    if context.is_main:
+        try:
+            result = action()
+        except (AutosegError, OSError) as exc:
+            failure = exc
+    failure = broadcast_value(failure, context)
+    if failure is not None:
+        raise failure
+    return result
 
 
 def barrier(context: DistributedContext) -> None:

@@ -41,7 +41,7 @@ from autoseg.training.checkpoints import BEST, FINAL, LATEST, refuse_another_pre
 from autoseg.training.config import dump_config, resolve_training_config
 from autoseg.training.config_rules import RULES
 from autoseg.training.distributed import (
-    DistributedContext, barrier, broadcast_value, init_distributed, rank_batch_size, shutdown,
+    DistributedContext, barrier, init_distributed, on_main, rank_batch_size, shutdown,
 )
 from autoseg.training.fold_run import FoldRun
 from autoseg.training.math_threads import applied, choose_math_threads
@@ -163,30 +163,23 @@ def _fold_held(run: FoldRun, context: DistributedContext) -> Iterator[None]:
     """Rank 0 holds the fold folder for the whole run: two ``autoseg train`` of one fold at once (two terminals, a
     re-submitted cluster job) both wrote its checkpoints, log and validation. The second is refused, naming the
     process; the kernel drops the lock of a killed run. Folders made only to be locked go again if left empty.
-    Rank 0's refusal reaches every rank before any barrier: the others waited there for it (6 h under NCCL). So does
-    an ``OSError`` making the folder (no permission, a read-only disk), raised again on every rank: the others
-    waited for the broadcast while rank 0 alone stopped."""
-    refusal: str | list[Any] | None = None
+    Rank 0's refusal, or its ``OSError`` making the folder (no permission, a read-only disk), reaches every rank
+    before any barrier (``on_main``): the others waited there for it (6 h under NCCL)."""
     with contextlib.ExitStack() as stack:
-        if context.is_main:
-            try:
-                _refuse_folders_named_as_files(run)  # a file where the fold folder is made: named, not a raw error
-                stack.enter_context(locked_new_folder(run.fold_folder, wait=False))
-            except FolderLocked as exc:
-                holder = f"process {exc.pid}" if exc.pid else "another process"
-                refusal = (f"{run.fold_folder}: fold {run.fold} is being trained by {holder} right now; two runs of "
-                           "one fold write over each other's checkpoints, log and validation: wait for that run to end "
-                           "(or stop it and resume it with --continue)")
-            except TrainingError as exc:
-                refusal = str(exc)
-            except OSError as exc:  # as a list (JSON-like): OSError() gives back its subclass (PermissionError...)
-                refusal = [exc.errno, exc.strerror, exc.filename]
-        refusal = broadcast_value(refusal, context)
-        if isinstance(refusal, list):
-            raise OSError(*refusal)
-        if refusal is not None:
-            raise TrainingError(refusal)
+        on_main(lambda: _hold_fold(run, stack), context)
         yield
+
+
+def _hold_fold(run: FoldRun, stack: contextlib.ExitStack) -> None:
+    """Make and lock the fold folder into ``stack``; a fold another process holds is refused, naming it."""
+    _refuse_folders_named_as_files(run)  # a file where the fold folder is made: named, not a raw error
+    try:
+        stack.enter_context(locked_new_folder(run.fold_folder, wait=False))
+    except FolderLocked as exc:
+        holder = f"process {exc.pid}" if exc.pid else "another process"
+        raise TrainingError(f"{run.fold_folder}: fold {run.fold} is being trained by {holder} right now; two runs of "
+                            "one fold write over each other's checkpoints, log and validation: wait for that run to "
+                            "end (or stop it and resume it with --continue)") from None
 
 
 def _check_options(epochs: int | None, budget_seconds: float | None, continue_: bool, pretrained: Any) -> None:
@@ -362,9 +355,7 @@ def _start(run: FoldRun, context: DistributedContext,
     state = _checked_network(run, rank_batch)
     _refuse_overwrite(run)
     source = _checked_pretrained(run, state, pretrained_weights)
-    if context.is_main:
-        _prepare_folders(run)
-    barrier(context)
+    on_main(lambda: _prepare_folders(run), context)  # the others wait for it (the cascade's cache)
     return Trainer(run, context), device_warnings, source
 
 
@@ -400,8 +391,7 @@ def _train(trainer: Trainer, run: FoldRun, context: DistributedContext, source: 
     if source is not None:
         pretrained = load_pretrained(trainer.setup.network, source, run.network_name, trainer.monitor.log,
                                      run.dataset_name, run.fold, split_digest(run.train_cases, run.val_cases))
-    if context.is_main:
-        _write_run_files(run)
+    on_main(lambda: _write_run_files(run), context)
     for warning in device_warnings:
         trainer.monitor.log(f"warning: {warning}")
     if trainer.state.iteration < trainer.state.total_iterations:
@@ -676,11 +666,13 @@ def _warn_changed_settings(trainer: Trainer, run: FoldRun, before: dict[str, Any
 
 def _final_validation(trainer: Trainer, run: FoldRun, context: DistributedContext,
                       save_probabilities: bool) -> tuple[dict[str, Any] | None, float]:
-    """Rank 0 validates a held-out fold (fold ``all`` has none): the summary and its seconds."""
-    if not context.is_main or run.fold == FOLD_ALL:
+    """Rank 0 validates a held-out fold (fold ``all`` has none): the summary and its seconds (None and 0 on the other
+    ranks, which wait for it and stop with its error)."""
+    if run.fold == FOLD_ALL:
         return None, 0.0
     started = time.monotonic()
-    return _validation(trainer, run, save_probabilities), time.monotonic() - started
+    summary = on_main(lambda: _validation(trainer, run, save_probabilities), context)
+    return summary, time.monotonic() - started if context.is_main else 0.0
 
 
 def _validation(trainer: Trainer, run: FoldRun, save_probabilities: bool) -> dict[str, Any]:

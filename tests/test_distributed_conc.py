@@ -1,0 +1,49 @@
+"""Under ``torchrun`` rank 0 alone prepares the fold's folders, writes the run files and validates; an error there
+(a reference segmentation missing, a full disk, a cascade without its previous stage's predictions) stopped rank 0
+alone while the other ranks waited for it at their next collective (6 h under NCCL). Every rank now stops with rank
+0's error."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from test_fold_lock_ranks_mend2 import REPO
+from test_training_locks import FAST
+from training_helpers import DATASET, data_roots  # noqa: F401 - fixture
+
+# Each rank trains fold 0 for one epoch and records how the run ended (the line the command line prints for it).
+RANKS = """
+import os, sys
+from pathlib import Path
+import torch
+torch.set_num_threads(1)
+from autoseg.errors import AutosegError
+from autoseg.training import train_fold
+try:
+    train_fold(sys.argv[2], "3d_fullres", 0, epochs=1, workers=0, overrides=sys.argv[3:])
+    outcome = "trained"
+except AutosegError as exc:
+    outcome = str(exc)
+(Path(sys.argv[1]) / f"rank{os.environ['RANK']}.txt").write_text(outcome)
+"""
+
+
+def test_every_rank_stops_with_rank_0s_validation_error(data_roots: dict[str, Path], tmp_path: Path) -> None:  # noqa: F811
+    preprocessed = tmp_path / "preprocessed"
+    shutil.copytree(data_roots["preprocessed"], preprocessed)
+    gt = preprocessed / DATASET / "gt_segmentations"
+    shutil.rmtree(gt)  # rank 0's final validation cannot score its predictions
+    script = tmp_path / "ranks.py"
+    script.write_text(RANKS)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--log-dir",
+               str(tmp_path / "torchelastic"), str(script), str(tmp_path), DATASET, *FAST]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO, "AUTOSEG_RAW": str(data_roots["raw"]),
+           "AUTOSEG_PREPROCESSED": str(preprocessed), "AUTOSEG_RESULTS": str(tmp_path / "results")}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    outcomes = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
+    assert outcomes[0] == outcomes[1] and outcomes[0].startswith(f"{gt}: "), outcomes
