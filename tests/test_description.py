@@ -197,12 +197,21 @@ def test_explicit_case_list(tmp_path: Path) -> None:
     assert len(scan.problems) == 3 and "y_ct.nii.gz: file listed for case y in dataset.json does not exist" in scan.problems[0]
 
 
-def test_an_explicit_case_whose_images_are_one_path_string_is_named_as_not_a_list(tmp_path: Path) -> None:
-    """"images": "imgs/x_ct.nii.gz" was iterated letter by letter: 'case x lists 16 images, channel_names has 2'."""
-    cases = {"x": {"images": "imgs/x_ct.nii.gz", "label": "imgs/x_seg.nii.gz"}}
-    (tmp_path / "dataset.json").write_text(json.dumps(BASE | {"dataset": cases}))
+@pytest.mark.parametrize(("entry", "problem"), [
+    # was iterated letter by letter: 'case x lists 16 images, channel_names has 2'
+    ({"images": "imgs/x_ct.nii.gz", "label": "imgs/x_seg.nii.gz"}, "'images' is a str, not a list of paths"),
+    # these said only "needs 'images' (list) and 'label'", not which was missing or wrong
+    ({"images": ["imgs/x_ct.nii.gz"]}, "it has no 'label'"),
+    ({}, "it has no 'images' and no 'label'"),
+    (["imgs/x_ct.nii.gz"], "it is a list, not an object"),
+    # an empty label path named the dataset folder itself, which exists
+    ({"images": ["imgs/x_ct.nii.gz"], "label": ""}, "each path must be a non-empty string"),
+])
+def test_an_explicit_case_entry_names_what_is_wrong(tmp_path: Path, entry: object, problem: str) -> None:
+    (tmp_path / "dataset.json").write_text(json.dumps(BASE | {"dataset": {"x": entry}}))
     scan = scan_training_cases(tmp_path, load_description(tmp_path))
-    assert scan.problems == [f"{tmp_path / 'dataset.json'}: entry 'dataset.x' needs 'images' (list) and 'label'"]
+    assert scan.problems == [f"{tmp_path / 'dataset.json'}: entry 'dataset.x' needs 'images' (list) and 'label': {problem}; "
+                             'write e.g. {"images": ["imagesTr/x_0000.nii.gz"], "label": "labelsTr/x.nii.gz"}']
 
 
 def test_shared_brats_regions_and_drive_colour_channels_are_read_as_declared() -> None:

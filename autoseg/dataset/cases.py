@@ -6,7 +6,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 from autoseg.dataset.description import DatasetDescription
 from autoseg.dataset.imageio import (
@@ -252,6 +252,22 @@ def case_id_problem(case_id: str) -> str | None:
     return None
 
 
+def _entry_problem(entry: Any) -> str | None:
+    """What is wrong with one case entry of dataset.json's "dataset", else None: the line said only that it
+    needs 'images' (list) and 'label', not which was missing or of what type."""
+    if not isinstance(entry, dict):
+        return f"it is a {type(entry).__name__}, not an object"
+    missing = [key for key in ("images", "label") if key not in entry]
+    if missing:
+        return f"it has no {' and no '.join(repr(key) for key in missing)}"
+    images = entry["images"]
+    if not isinstance(images, list):  # a path string was iterated letter by letter ('lists 20 images')
+        return f"'images' is a {type(images).__name__}, not a list of paths"
+    if not all(isinstance(p, str) and p for p in [*images, entry["label"]]):
+        return "each path must be a non-empty string"
+    return None
+
+
 def _explicit_cases(dataset_dir: Path, desc: DatasetDescription) -> CaseScan:
     assert desc.cases is not None
     scan = CaseScan(num_declared_cases=len(desc.cases))
@@ -259,14 +275,13 @@ def _explicit_cases(dataset_dir: Path, desc: DatasetDescription) -> CaseScan:
         if (problem := case_id_problem(case_id)) is not None:
             scan.problems.append(f"{dataset_dir / 'dataset.json'}: case id {case_id!r} in \"dataset\" {problem}")
             continue
-        try:
-            if not isinstance(entry["images"], list):  # a path string was iterated letter by letter ('lists 20 images')
-                raise TypeError("images is not a list")
-            images = [dataset_dir / p for p in entry["images"]]
-            label = dataset_dir / entry["label"]
-        except (KeyError, TypeError):
-            scan.problems.append(f"{dataset_dir / 'dataset.json'}: entry 'dataset.{case_id}' needs 'images' (list) and 'label'")
+        if (problem := _entry_problem(entry)) is not None:
+            example = (f'{{"images": ["imagesTr/{case_id}_0000{desc.file_ending}"], '
+                       f'"label": "labelsTr/{case_id}{desc.file_ending}"}}')
+            scan.problems.append(f"{dataset_dir / 'dataset.json'}: entry 'dataset.{case_id}' needs 'images' (list) and "
+                                 f"'label': {problem}; write e.g. {example}")
             continue
+        images, label = [dataset_dir / p for p in entry["images"]], dataset_dir / entry["label"]
         if any(channel_file_gaps(range(len(images)), desc.num_channels, desc.file_ending)):
             scan.problems.append(f"{dataset_dir / 'dataset.json'}: case {case_id} lists {len(images)} images, channel_names has {desc.num_channels}")
             continue
