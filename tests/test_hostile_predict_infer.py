@@ -63,3 +63,25 @@ def test_an_output_folder_in_the_model_folder_is_refused(inside: str, model: Pat
                           "choose an output folder outside it") in text, text
     assert sorted(str(p.relative_to(model)) for p in model.rglob("*")) == before
     assert _predict(inputs, tmp_path / "out", model)[0] == 0  # beside it is fine
+
+
+def test_a_case_predicted_again_without_probabilities_loses_its_old_ones(model: Path, tmp_path: Path) -> None:
+    """A rerun without --save-probabilities of a case whose image changed left the earlier run's .npz and sidecar
+    beside the new label map, and autoseg ensemble averaged the old image's probabilities. Files of those names
+    that predict did not write (a user's notes.json) stay."""
+    inputs, output = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    for case in ("changed", "kept"):
+        shutil.copy(CASE, inputs / f"{case}_0000.nii.gz")
+    assert _predict(inputs, output, model, "--save-probabilities")[0] == 0
+    (inputs / "kept_0000.nii.gz").unlink()
+    shutil.copy(HIPPOCAMPUS / "imagesTr" / "hippocampus_003_0000.nii.gz", inputs / "changed_0000.nii.gz")
+    shutil.copy(CASE, inputs / "notes_0000.nii.gz")
+    (output / "notes.json").write_text('{"case_id": "someone else"}')
+    (output / "notes.npz").write_bytes(b"mine")
+    code, text = _predict(inputs, output, model)
+    assert code == 0, text
+    assert sorted(p.name for p in output.iterdir()) == [
+        "changed.nii.gz", "kept.json", "kept.nii.gz", "kept.npz", "notes.json", "notes.nii.gz", "notes.npz",
+        "predict_info.json"]
+    assert (output / "notes.npz").read_bytes() == b"mine"

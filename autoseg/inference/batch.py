@@ -598,11 +598,29 @@ def _predict_cases(
         try:
             if save_probabilities:
                 write_probabilities(prediction, geometry, loaded, case.case_id, output)
+            else:
+                remove_superseded_probabilities(output, case.case_id)
             write_image(prediction.labels, geometry, files[-1])
             report.predicted.append(case.case_id)
         except Exception as exc:  # noqa: BLE001 - one case failing must not stop the others
             refuse_full_disk(exc, output, case.case_id, report)
             report.failed.append(Failure(case.case_id, _describe(exc)))
+
+
+def remove_superseded_probabilities(output: Path, case_id: str) -> None:
+    """Remove the probabilities an earlier --save-probabilities run into ``output`` wrote for ``case_id``, now predicted
+    again without them: they stayed beside the new label map, and ensemble averaged the old image's probabilities.
+    Only a pair predict writes goes (the ``.npz`` with a sidecar of this case): a file of another kind stays."""
+    paths = probability_paths(output, case_id)
+    if not paths.probabilities.is_file():
+        return
+    try:
+        sidecar = json.loads(paths.sidecar.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if isinstance(sidecar, dict) and sidecar.get("case_id") == case_id:
+        paths.probabilities.unlink(missing_ok=True)
+        paths.sidecar.unlink(missing_ok=True)
 
 
 def refuse_full_disk(exc: Exception, output: Path, case_id: str, report: PredictReport) -> None:
