@@ -369,9 +369,10 @@ def test_a_configuration_whose_fold_is_being_trained_is_left_out_naming_the_trai
     assert find_best(DATASET, num_workers=1)["best"]["name"] == GOOD  # the training over, it is ranked again
 
 
-def test_a_run_waiting_for_another_chooses_its_candidates_once_it_runs(roots: dict[str, Path]) -> None:
+def test_a_run_waiting_for_another_says_so_and_chooses_its_candidates_once_it_runs(
+        roots: dict[str, Path], capfd: pytest.CaptureFixture[str]) -> None:
     """A find-best waiting for another one of the dataset had chosen its candidates before it waited: a fold that a
-    training took up meanwhile was ranked by its earlier validation."""
+    training took up meanwhile was ranked by its earlier validation. It also waited without a word (minutes)."""
     import threading
     import time
 
@@ -402,6 +403,9 @@ def test_a_run_waiting_for_another_chooses_its_candidates_once_it_runs(roots: di
     assert len(outcome) == 1 and isinstance(outcome[0], dict), outcome
     assert [c["name"] for c in outcome[0]["candidates"]] == [BAD]
     assert outcome[0]["skipped"][0].startswith(f"{GOOD}: fold 3 is being trained by ")
+    holder = f"process {first.pid}" if Path("/proc/locks").is_file() else "another process"
+    assert capfd.readouterr().err == (f"waiting for {holder} (another find-best or an import-model of this dataset) "
+                                      f"to release {results}\n")
 
 
 def test_with_every_fold_validated_find_best_does_not_say_to_train_them(roots: dict[str, Path]) -> None:

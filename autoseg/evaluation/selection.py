@@ -31,7 +31,9 @@ from autoseg.postprocessing.determine import DECISION_FILE, determine_postproces
 from autoseg.training.splits import SPLITS_FILE, read_splits
 from autoseg.utils.checkpoint_format import checkpoint_exists, checkpoint_name, fold_trainer
 from autoseg.utils.jsonio import read_json
-from autoseg.utils.atomic import atomic_write_json, atomic_write_text, folder_lock, remove_stale_temporaries, staging_folder
+from autoseg.utils.atomic import (
+    atomic_write_json, atomic_write_text, folder_lock_saying_waits, remove_stale_temporaries, staging_folder,
+)
 from autoseg.utils.names import string_list
 from autoseg.utils.probability_files import probability_paths
 
@@ -494,7 +496,8 @@ def find_best(
     # ones), ensembles and summaries that the other would be reading (a second run waits here). The
     # candidates are chosen once the lock is held: chosen before the wait, a fold that a training took up
     # meanwhile was ranked by its earlier validation. (No results folder: trained_model_folders says so.)
-    with folder_lock(dataset_results) if dataset_results.is_dir() else contextlib.nullcontext():
+    holders = "another find-best or an import-model of this dataset"
+    with folder_lock_saying_waits(dataset_results, holders) if dataset_results.is_dir() else contextlib.nullcontext():
         folders, skipped = trained_model_folders(dataset_results, folds, description.file_ending,
                                                  split_val_cases(dataset.name, folds), configurations)
         if configurations is not None:

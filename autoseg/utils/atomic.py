@@ -354,6 +354,21 @@ def folder_lock(folder: str | os.PathLike[str], wait: bool = True, shared: bool 
             os.close(fd)  # closing releases the lock
 
 
+@contextlib.contextmanager
+def folder_lock_saying_waits(folder: str | os.PathLike[str], holders: str) -> Iterator[None]:
+    """``folder_lock(folder)``, saying once on stderr, naming the holder, when another process holds it: a silent
+    wait of minutes (for ``holders``, what takes that lock, e.g. ``another find-best of the dataset``) looked like
+    a hang."""
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(folder_lock(folder, wait=False))
+        except FolderLocked as locked:
+            holder = f"process {locked.pid}" if locked.pid else "another process"
+            print(f"waiting for {holder} ({holders}) to release {folder}", file=sys.stderr, flush=True)
+            stack.enter_context(folder_lock(folder))
+        yield
+
+
 def _remove_lock_file(folder: str | os.PathLike[str], fd: int) -> None:
     """Remove the lock file while its exclusive lock is still held, so that no folder a run wrote into (predictions,
     a fold) keeps it: a process waiting on it then finds it gone and locks a new one (``_locked_file``)."""
