@@ -54,9 +54,9 @@ def test_a_fold_being_trained_is_used_with_one_warning(command: str, model: Path
         holder.wait()
     assert result.exit_code == 0, result.output
     warnings = [line for line in result.output.splitlines() if line.startswith("warning:")]
-    assert warnings == [f"warning: {fold}: is being trained right now by process {holder.pid}; using "
-                        "checkpoint_final.safetensors written 2026-01-02 03:04:05 by an earlier run (wait for the "
-                        "training to end for its new one)"], result.output
+    assert warnings == [f"warning: {fold}: is being trained right now by process {holder.pid}; using its "
+                        "checkpoint_final.safetensors of 2026-01-02 03:04:05, which that run will replace (run again "
+                        "once it has ended for the new one)"], result.output
     if command == "predict":
         assert (tmp_path / "out" / "case.nii.gz").is_file()
     else:

@@ -96,7 +96,7 @@ def warn_if_training(path: Path) -> None:
     found = path if path.is_file() else path.with_suffix(LEGACY_SUFFIX)
     written = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(found.stat().st_mtime)) if found.is_file() else "unknown"
     print(f"warning: {path.parent}: is being trained right now by {f'process {holder}' if holder else 'another process'}; "
-          f"using {found.name} written {written} by an earlier run (wait for the training to end for its new one)",
+          f"using its {found.name} of {written}, which that run will replace (run again once it has ended for the new one)",
           file=sys.stderr, flush=True)
 
 
