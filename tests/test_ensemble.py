@@ -611,3 +611,19 @@ def test_a_case_that_fails_is_named_with_where_the_others_are(tmp_path):
                                               rf"cannot be read .*; the other 1 label map\(s\) are in {re.escape(str(tmp_path / 'out'))}$"):
         ensemble_folders(dirs, tmp_path / "out", num_workers=1)
     assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")) == ["x.nii.gz"]
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("which", [0, 1])
+def test_probabilities_holding_nan_or_infinity_are_refused_naming_the_file_and_the_count(tmp_path, bad, which):
+    """NaN probabilities (a diverged model's) were averaged and their argmax written as labels without a word."""
+    dirs = _ensemble_inputs(tmp_path, ["m0", "m1"], ["x", "y"], seed=3)
+    probabilities = _softmax(np.random.default_rng(4))
+    probabilities[1, 0, :2, :3] = bad
+    write_probability_files(dirs[which], "y", probabilities, GEOMETRY, LABELS, None)
+    with pytest.raises(EvaluationError, match=rf"^1 of 2 cases could not be ensembled: y: .*m{which}/y\.npz: probabilities of case "
+                                              r"y hold 6 NaN or infinite value\(s\) of 120; re-run predict with "
+                                              r"--save-probabilities for this case; the other 1 label map\(s\) are in "):
+        ensemble_folders(dirs, tmp_path / "out", num_workers=1)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")) == ["x.nii.gz"]
+

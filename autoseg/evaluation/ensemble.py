@@ -24,7 +24,7 @@ from autoseg.errors import DatasetError, EvaluationError
 from autoseg.evaluation.evaluate import DiskFullError, dataset_json_of, label_maps, raise_failures, require_folder
 from autoseg.evaluation.metrics import evaluation_classes
 from autoseg.utils.probability_files import (
-    PROBABILITIES_SUFFIX, probability_paths, read_probabilities, read_sidecar, write_probability_files,
+    PROBABILITIES_SUFFIX, probability_paths, read_probabilities, read_sidecar, refuse_non_finite, write_probability_files,
 )
 from autoseg.utils.atomic import atomic_write_json, remove_stale_temporaries
 from autoseg.utils.disk import stop_on_full_disk
@@ -183,7 +183,12 @@ def ensemble_case(case: str, input_dirs: Sequence[Path], output_dir: Path, file_
     total = None
     for folder, sidecar in zip(input_dirs, sidecars):
         probabilities = read_probabilities(folder, case, sidecar, EvaluationError)
-        total = probabilities.astype(np.float32) if total is None else total + probabilities
+        if total is None:
+            total = probabilities.astype(np.float32)
+        else:
+            total += probabilities
+        # checked on the total (finite so far), which holds this file's NaN or infinities, before any output
+        refuse_non_finite(probability_paths(folder, case).probabilities, case, total, EvaluationError)
     mean = total / len(input_dirs)
     try:
         seg = probabilities_to_labels(mean, reference["labels"], reference["regions_class_order"])

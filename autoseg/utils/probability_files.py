@@ -89,3 +89,16 @@ def read_probabilities(folder: Path, case: str, sidecar: Mapping[str, Any], erro
             f"{sidecar['shape']} (the sidecar's); re-run predict with --save-probabilities for this case"
         )
     return probabilities
+
+
+def refuse_non_finite(path: Path, case: str, values: np.ndarray, error: type[AutosegError]) -> None:
+    """Refuse NaN or infinite probabilities of ``path`` (a diverged model's, a damaged file's): the argmax took NaN
+    as the largest value and the ensemble wrote arbitrary labels without a word. ``values`` may be a float32 sum of
+    them onto finite ones (the ensemble's running total; the file's non-finite values stay so there, as many): the
+    check on float16 took a seventh of the time of reading the file, on the float32 sum it takes a thirtieth."""
+    finite = np.isfinite(values)
+    if not finite.all():
+        raise error(
+            f"{path}: probabilities of case {case} hold {finite.size - np.count_nonzero(finite)} NaN or infinite "
+            f"value(s) of {finite.size}; re-run predict with --save-probabilities for this case"
+        )
