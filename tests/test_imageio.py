@@ -1043,8 +1043,13 @@ def test_complex_images_are_refused(tmp_path: Path, ending: str) -> None:
 
 def test_4d_and_vector_images_rejected(tmp_path: Path) -> None:
     sitk.WriteImage(sitk.Image([3, 3, 3, 2], sitk.sitkFloat32), str(tmp_path / "four.nii.gz"))
-    with pytest.raises(DatasetError, match=r"four\.nii\.gz: is 4D"):
+    with pytest.raises(DatasetError, match=r"four\.nii\.gz: is 4D; autoseg reads 2D or 3D images. Split 4D series"):
         read_image(tmp_path / "four.nii.gz")
+    # a 3D label with a leading axis of size 1 was told to split a 4D series into channels
+    sitk.WriteImage(sitk.Image([1, 3, 3, 3], sitk.sitkUInt8), str(tmp_path / "extra.nii.gz"))
+    with pytest.raises(DatasetError, match=r"extra\.nii\.gz: is 4D of size 1x3x3x3, with an axis of size 1; autoseg reads "
+                                           r"2D or 3D images: save it without that axis$"):
+        read_image(tmp_path / "extra.nii.gz")
     sitk.WriteImage(sitk.Image([3, 3, 3], sitk.sitkVectorUInt8, 3), str(tmp_path / "rgb.nrrd"))
     with pytest.raises(DatasetError, match=r"rgb\.nrrd: has 3 components per voxel"):
         read_image(tmp_path / "rgb.nrrd")

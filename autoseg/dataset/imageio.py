@@ -697,6 +697,12 @@ def _from_sitk(image: sitk.Image, path: Path) -> tuple[np.ndarray, Geometry]:
             "image); save each channel as its own _XXXX file, and labels as one integer value per voxel"
         )
     dim = image.GetDimension()
+    if dim not in (2, 3) and 1 in image.GetSize():
+        # a 3D label saved with an extra axis of size 1 was told to split a 4D series into channels
+        raise DatasetError(
+            f"{path}: is {dim}D of size {'x'.join(map(str, image.GetSize()))}, with an axis of size 1; autoseg reads "
+            "2D or 3D images: save it without that axis"
+        )
     if dim not in (2, 3):
         raise DatasetError(
             f"{path}: is {dim}D; autoseg reads 2D or 3D images. Split 4D series into channels (_0000, _0001, ...)"
