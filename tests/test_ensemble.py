@@ -627,3 +627,17 @@ def test_probabilities_holding_nan_or_infinity_are_refused_naming_the_file_and_t
         ensemble_folders(dirs, tmp_path / "out", num_workers=1)
     assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")) == ["x.nii.gz"]
 
+
+def test_an_ensemble_whose_every_case_fails_writes_no_dataset_json(tmp_path):
+    """The dataset.json was written before the cases: an ensemble whose every case failed left it alone in the output
+    folder, a partial output; it is written once a case is, and the rerun after the fix writes it."""
+    dirs = _models_with_dataset_json(tmp_path, [DATASET, DATASET])
+    good = (dirs[1] / "x.npz").read_bytes()
+    (dirs[1] / "x.npz").write_bytes(good[: len(good) // 2])
+    with pytest.raises(EvaluationError, match=r"^1 of 1 cases could not be ensembled: x: .*; no label map was written$"):
+        ensemble_folders(dirs, tmp_path / "out", num_workers=1)
+    assert [p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")] == []
+    (dirs[1] / "x.npz").write_bytes(good)
+    ensemble_folders(dirs, tmp_path / "out", num_workers=1)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")) == ["dataset.json", "x.nii.gz"]
+    assert json.loads((tmp_path / "out" / "dataset.json").read_text()) == DATASET

@@ -365,6 +365,28 @@ def test_apply_copies_the_dataset_json_and_plans_json_of_its_input(tmp_path, whe
     assert summary["mean"]["organ"]["dice"] == decision["dice_after"]["organ"] == 1.0
 
 
+def test_apply_whose_every_case_fails_writes_no_dataset_json_or_plans_json(tmp_path):
+    """The dataset.json and plans.json were copied before the cases: an apply whose every case failed left them alone
+    in the output folder, a partial output; they are copied once a case is written, and the rerun after the fix does."""
+    preds, refs = _make_cv_folders(tmp_path)
+    determine_postprocessing(preds, refs, LABELS, num_workers=1, file_ending=".nii.gz")
+    (preds / "dataset.json").write_text(json.dumps(DATASET_JSON))
+    (preds / "plans.json").write_text('{"plans_name": "autosegPlans"}\n')
+    good = {p.name: read_image(p)[0] for p in sorted(preds.glob("*.nii.gz"))}
+    for name, seg in good.items():
+        write_image(np.where(seg > 0, 255, 0).astype(np.uint8), GEOMETRY, preds / name)  # a 0/255 mask each
+    out = tmp_path / "out"
+    with pytest.raises(EvaluationError, match=r"^3 of 3 cases could not be postprocessed: .*; no label map was written$"):
+        apply_to_folder(preds, out, preds / "postprocessing.json", num_workers=1)
+    assert [p.name for p in out.iterdir() if not p.name.startswith(".")] == []
+    for name, seg in good.items():
+        write_image(seg, GEOMETRY, preds / name)
+    apply_to_folder(preds, out, preds / "postprocessing.json", num_workers=1)
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "case0.nii.gz", "case1.nii.gz", "case2.nii.gz", "dataset.json", "plans.json"]
+    assert (out / "dataset.json").read_bytes() == (preds / "dataset.json").read_bytes()
+
+
 def test_apply_refuses_a_folder_holding_another_dataset_json_before_any_case(tmp_path):
     """The copy never replaces a dataset.json that apply did not write: the output folder is refused, untouched."""
     preds, refs = _make_cv_folders(tmp_path)

@@ -358,11 +358,12 @@ def ensemble_folders(
     claim_output_files(out, outputs, "ensemble", EvaluationError, inputs)  # another tool's label maps: refused there
     _refuse_other_endings(out, endings)
     remove_stale_temporaries(out)  # what a killed run left half-written
-    if description is not None:
-        with stop_on_full_disk(out, "dataset.json", DiskFullError, ENSEMBLE_RERUN):
-            atomic_write_json(out / "dataset.json", _described_as_written(description, endings.values()))
     items = [(case, (case, dirs, out, endings[case], save_probabilities)) for case in ordered]
     workers = stage_workers(num_workers, EvaluationError)
     _, failures = parallel_map(ensemble_case, items, workers, "ensembling", stop_on=(DiskFullError,))
+    # After the cases, and only beside one: written first, it was all a run whose every case failed left there.
+    if description is not None and len(failures) < len(items):
+        with stop_on_full_disk(out, "dataset.json", DiskFullError, ENSEMBLE_RERUN):
+            atomic_write_json(out / "dataset.json", _described_as_written(description, endings.values()))
     raise_failures(failures, len(items), "ensembled", out)
     return ordered

@@ -484,13 +484,15 @@ def apply_to_folder(
     outputs = [output_dir / name for name in (*(path.name for path in files.values()), *described)]
     claim_output_files(output_dir, outputs, "postprocess apply", EvaluationError, [_input_record(input_dir, files, decision)])
     remove_stale_temporaries(output_dir)  # what a killed run left half-written
-    for name, data in described.items():  # each atomically, as nnU-Net's apply copies them
-        with stop_on_full_disk(output_dir, name, DiskFullError, APPLY_RERUN):
-            atomic_write_bytes(output_dir / name, data)
     declared = decision_label_values(decision)
     items = [(case, (path, output_dir / path.name, decision, declared)) for case, path in files.items()]
     workers = stage_workers(num_workers, EvaluationError)
     _, failures = parallel_map(_apply_file, items, workers, "postprocessing", stop_on=(DiskFullError,))
+    # After the cases, and only beside one: written first, they were all a run whose every case failed left there.
+    for name, data in described.items():  # each atomically, as nnU-Net's apply copies them
+        if len(failures) < len(items):
+            with stop_on_full_disk(output_dir, name, DiskFullError, APPLY_RERUN):
+                atomic_write_bytes(output_dir / name, data)
     raise_failures(failures, len(items), "postprocessed", output_dir)
     return [output_dir / path.name for path in files.values()]
 
