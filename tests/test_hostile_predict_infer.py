@@ -85,3 +85,21 @@ def test_a_case_predicted_again_without_probabilities_loses_its_old_ones(model: 
         "changed.nii.gz", "kept.json", "kept.nii.gz", "kept.npz", "notes.json", "notes.nii.gz", "notes.npz",
         "predict_info.json"]
     assert (output / "notes.npz").read_bytes() == b"mine"
+
+
+def test_a_folder_whose_images_lie_in_a_subfolder_names_it(model: Path, tmp_path: Path) -> None:
+    """``-i`` given the folder above the images (a test set's ``imagesTs`` inside) was refused as holding 'not images:
+    imagesTs', and beside other images such a subfolder was skipped as one without DICOM files only."""
+    (tmp_path / "in" / "imagesTs").mkdir(parents=True)
+    shutil.copy(CASE, tmp_path / "in" / "imagesTs" / "case_0000.nii.gz")
+    (tmp_path / "in" / "empty").mkdir()
+    code, text = _predict(tmp_path / "in", tmp_path / "out", model)
+    assert code == 2 and (f"{tmp_path / 'in'}: no images found in it, but its subfolder(s) imagesTs hold images, which "
+                          f"predict does not look into; give that folder, e.g. -i {tmp_path / 'in' / 'imagesTs'}") in text
+    assert not (tmp_path / "out").exists()
+    shutil.copy(CASE, tmp_path / "in" / "top_0000.nii.gz")
+    code, text = _predict(tmp_path / "in", tmp_path / "out", model)
+    assert code == 0 and (f"skipped subfolder(s) empty, imagesTs: no DICOM files in them (a DICOM series is read from "
+                          f"a folder of its slice files); imagesTs hold(s) images: predict them with -i "
+                          f"{tmp_path / 'in' / 'imagesTs'}") in text, text
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["predict_info.json", "top.nii.gz"]

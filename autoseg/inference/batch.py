@@ -261,9 +261,15 @@ def discover_cases(input_path: str | Path, quiet: bool = False) -> list[InputCas
                 _add(cases, entry, entry.name[: -len(ending)])
             elif entry.suffix.lower() in UNREAD_IMAGE_ENDINGS:
                 other_formats.append(entry.name)
+        with_images = _holding_images(path, not_series)
+        if not cases and with_images:
+            raise InferenceError(f"{path}: no images found in it, but its subfolder(s) {', '.join(with_images)} hold "
+                                 f"images, which predict does not look into; give that folder, e.g. -i {path / with_images[0]}")
         if cases and not_series and not quiet:
+            images = (f"; {', '.join(with_images)} hold(s) images: predict them with -i {path / with_images[0]}"
+                      if with_images else "")
             print(f"note: {path}: skipped subfolder(s) {', '.join(not_series)}: no DICOM files in them (a DICOM series "
-                  "is read from a folder of its slice files)", file=sys.stderr)
+                  f"is read from a folder of its slice files){images}", file=sys.stderr)
         if cases and other_formats and not quiet:
             _note_other_formats(path, other_formats)
     if not cases:
@@ -275,6 +281,18 @@ def discover_cases(input_path: str | Path, quiet: bool = False) -> list[InputCas
             f"<case>_0000<ending> files ({', '.join(SUPPORTED_ENDINGS)}) or DICOM series folders"
         )
     return [cases[k] for k in sorted(cases)]
+
+
+def _holding_images(folder: Path, subfolders: Sequence[str]) -> list[str]:
+    """Those of ``subfolders`` holding image files: ``-i`` given the parent of the image folder (a dataset's
+    ``imagesTs`` inside it) was refused as holding 'not images: imagesTs', the folder of the very images wanted."""
+    def holds_images(subfolder: Path) -> bool:
+        try:
+            return any(image_ending(entry) and entry.is_file() for entry in subfolder.iterdir())
+        except OSError:  # unreadable: no images predict could read either
+            return False
+
+    return [name for name in subfolders if holds_images(folder / name)]
 
 
 def _note_other_formats(folder: Path, names: Sequence[str]) -> None:
