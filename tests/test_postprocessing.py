@@ -610,6 +610,31 @@ def test_the_accepted_steps_are_described_as_a_person_reads_them(tmp_path):
     assert describe_steps({**decision, "steps": [], "candidates": records[1:2]}) == []
 
 
+def test_a_2d_datasets_component_sizes_are_areas_in_mm2(tmp_path):
+    """determine on 2D PNG predictions printed 'remove components below 2 mm^3' of a size that is an area; the
+    decision records its size_unit, mm^2, and the command says it."""
+    from cli_helpers import autoseg
+
+    refs, preds = tmp_path / "gt", tmp_path / "cv"
+    refs.mkdir()
+    preds.mkdir()
+    png = Geometry(spacing=(999.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction=tuple(np.eye(3).ravel()))
+    for i in range(3):
+        ref = np.zeros((1, 12, 12), np.uint8)
+        ref[0, :4, :4] = 1  # organ, 16 mm^2
+        ref[0, 8:11, 8:11] = 2  # nodule, 9 mm^2
+        ref[0, 8:10, :2] = 2  # second nodule, 4 mm^2
+        pred = ref.copy()
+        if i == 0:
+            pred[0, 11, 5] = 2  # spurious 1 mm^2 nodule, below half the smallest true one
+        write_image(ref, png, refs / f"case{i}.png")
+        write_image(pred, png, preds / f"case{i}.png")
+    (tmp_path / "dataset.json").write_text(json.dumps({**DATASET_JSON, "labels": LABELS, "file_ending": ".png"}))
+    out = autoseg("postprocess", "determine", "-p", preds, "-r", refs, "-np", 1)
+    assert "  1. nodule (label 2): remove components below 2 mm^2: Dice " in out, out
+    assert json.loads((preds / "postprocessing.json").read_text())["size_unit"] == "mm^2"
+
+
 def test_steps_without_candidate_records_are_described_without_their_dice():
     """describe_steps built its lines from the accepted candidates and never read ``steps``: a decision with steps but
     no candidates (written by hand or another tool, which apply replays) printed 'accepted steps: none'."""

@@ -155,6 +155,12 @@ def voxel_volume_mm3(shape: Sequence[int], spacing: Sequence[float]) -> float:
     return physical_volume_mm3([s for s, n in zip(spacing, shape) if n > 1])
 
 
+def size_unit(shape: Sequence[int]) -> str:
+    """The unit of ``voxel_volume_mm3`` for an image of ``shape``: ``mm^2`` when fewer than three axes are longer
+    than 1 (a 2D image's sizes are areas), else ``mm^3``."""
+    return "mm^3" if sum(n > 1 for n in shape) >= 3 else "mm^2"
+
+
 def _surface_metrics(
     pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], tolerance_mm: float, n_pred: int, n_ref: int
 ) -> dict[str, float]:

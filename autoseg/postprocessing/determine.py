@@ -34,7 +34,7 @@ from autoseg.evaluation.evaluate import (
     label_maps, match_cases, raise_failures, read_checked_pair, refuse_references_misused, require_folder,
     readable_description, resolve_file_ending,
 )
-from autoseg.evaluation.metrics import SegClass, case_metrics, evaluation_classes
+from autoseg.evaluation.metrics import SegClass, case_metrics, evaluation_classes, size_unit
 from autoseg.postprocessing.connected_components import component_volumes_mm3, keep_largest, remove_small
 from autoseg.utils.atomic import atomic_write_bytes, atomic_write_json, remove_stale_temporaries
 from autoseg.utils.disk import stop_on_full_disk
@@ -102,6 +102,7 @@ def _evaluate_candidates(
         "base": dice(base),
         "candidates": [dice(_apply_steps([c], base, spacing)) for c in candidates],
         "smallest_reference_mm3": smallest,
+        "size_unit": size_unit(ref.shape),
     }
 
 
@@ -277,25 +278,33 @@ def determine_postprocessing(
         final, _, _ = _run_pass(pairs, accepted, [], classes, ignore_label, workers, "postprocessing: final")
     decision = {
         "version": DECISION_VERSION, "rule": RULE, "epsilon": epsilon, "file_ending": file_ending,
-        "num_cases": len(pairs), "steps": accepted,
+        "num_cases": len(pairs), "size_unit": _decision_size_unit(rows), "steps": accepted,
         "dice_before": _with_mean(initial), "dice_after": _with_mean(final), "candidates": records,
     }
     atomic_write_json(decision_file, decision)
     return decision
 
 
+def _decision_size_unit(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The unit of the decision's ``min_volume_mm3`` (the key keeps its name for the decisions already written):
+    ``mm^2`` when every reference is a 2D image, whose component sizes are areas; 2D datasets were told of
+    'components below 4.5 mm^3'."""
+    return "mm^2" if all(row["size_unit"] == "mm^2" for row in rows) else "mm^3"
+
+
 def _values_text(values: Sequence[int]) -> str:
     return f"label{'s' if len(values) > 1 else ''} {', '.join(map(str, values))}"
 
 
-def _step_text(step: Mapping[str, Any]) -> str:
-    """One step as a person reads it: its target (with the label values, a region's all of them) and its operation."""
+def _step_text(step: Mapping[str, Any], unit: str) -> str:
+    """One step as a person reads it: its target (with the label values, a region's all of them) and its operation,
+    a removal's size in ``unit`` (the decision's ``size_unit``)."""
     values = _values_text(step["label_values"])
     target = (f"foreground ({values})" if step["target"] == "foreground"
               else f"{step['target']} ({'region of ' if len(step['label_values']) > 1 else ''}{values})")
     if step["operation"] == "keep_largest":
         return f"{target}: keep the largest component"
-    return f"{target}: remove components below {step['min_volume_mm3']:.4g} mm^3"
+    return f"{target}: remove components below {step['min_volume_mm3']:.4g} {unit}"
 
 
 def _recorded_dice(step: Mapping[str, Any], candidates: Any) -> tuple[float, float] | None:
@@ -315,10 +324,10 @@ def describe_steps(decision: Mapping[str, Any]) -> list[str]:
     """The steps apply replays (``decision["steps"]``), one line each, with the mean Dice of the classes each targets
     before and after it (what the rule compares) where the candidates record it: the command printed the raw step
     dicts, without their Dice, and a decision with steps but no candidates printed none."""
-    lines = []
+    lines, unit = [], decision.get("size_unit", "mm^3")  # decisions written before size_unit: 3D ones
     for number, step in enumerate(decision["steps"], 1):
         dice = _recorded_dice(step, decision.get("candidates"))
-        lines.append(f"{number}. {_step_text(step)}" + (f": Dice {dice[0]:.4f} -> {dice[1]:.4f}" if dice else ""))
+        lines.append(f"{number}. {_step_text(step, unit)}" + (f": Dice {dice[0]:.4f} -> {dice[1]:.4f}" if dice else ""))
     return lines
 
 
