@@ -19,7 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from autoseg.dataset.description import DatasetDescription
-from autoseg.dataset.imageio import Geometry, read_case_images, read_image
+from autoseg.dataset.imageio import Geometry, geometry_differences, read_case_images, read_image
 from autoseg.errors import InferenceError
 from autoseg.evaluation.metrics import voxel_volume_mm3
 from autoseg.inference.batch import InputCase, channel_files, discover_cases, output_ending
@@ -116,12 +116,27 @@ def refuse_name_clashes(input_path: str | Path, output_folder: str | Path, save_
 
 
 def _case_statistics_from_files(case: InputCase, output: Path, description: DatasetDescription) -> dict[str, Any]:
-    data, geometry = read_case_images(channel_files(case, description.channel_names))
+    files = channel_files(case, description.channel_names)
+    data, geometry = read_case_images(files)
     label_file = output / f"{case.case_id}{output_ending(case, description.file_ending)}"
     if not label_file.is_file():
         raise InferenceError(f"{label_file}: prediction not found; predict case {case.case_id} first")
-    labels, _ = read_image(label_file)
+    labels, label_geometry = read_image(label_file)
+    _refuse_other_geometry(label_file, label_geometry, files[0], geometry, case.case_id)
     return case_statistics(labels, data, geometry, description)
+
+
+def _refuse_other_geometry(label_file: Path, label_geometry: Geometry, image: Path, geometry: Geometry, case_id: str) -> None:
+    """Refuse a label map not on its image's grid: ``predict --continue --statistics`` over images whose spacing or
+    origin was corrected since kept the earlier label map, and its volumes were computed with the new image's spacing
+    (and its intensities read at other places) without a word; predict writes each label map on its image's grid."""
+    differences = geometry_differences(label_geometry, geometry)
+    if differences:
+        raise InferenceError(
+            f"{label_file}: the label map is not on the grid of its image {image} (label map vs image: "
+            f"{'; '.join(differences)}); it was predicted from other images: predict case {case_id} again (without "
+            "--continue)"
+        )
 
 
 def write_statistics(

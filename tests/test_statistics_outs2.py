@@ -1,0 +1,37 @@
+"""``predict --statistics`` of a label map left from other images: refused, not measured with the image's spacing."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from autoseg.dataset.description import parse_description
+from autoseg.dataset.imageio import Geometry, write_image
+from autoseg.errors import InferenceError
+from autoseg.evaluation.statistics import write_statistics
+
+from test_statistics import CLASSES, GEOMETRY, synthetic_case
+
+
+@pytest.mark.parametrize("label_geometry, difference", [
+    (Geometry((1.0, 0.5, 1.5), (0.0, 0.0, 0.0), GEOMETRY.direction), r"spacing \(1, 0\.5, 1\.5\) vs \(2, 0\.5, 1\.5\)"),
+    (Geometry(GEOMETRY.spacing, (0.0, 0.0, 30.0), GEOMETRY.direction), r"origin \(0, 0, 30\) vs \(0, 0, 0\) "),
+])
+def test_a_label_map_off_its_images_grid_is_refused_naming_both_files(tmp_path: Path, label_geometry, difference) -> None:
+    """``predict --continue --statistics`` after the images' spacing (or origin) was corrected kept the earlier label
+    map, whose liver of 9 voxels was reported as 13.5 mm3 (the image's 1.5 mm3 voxels, not its own 0.75 mm3) and
+    whose intensities were read at other places; it is refused, and nothing is written."""
+    labels, data = synthetic_case()
+    inputs, output = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir(), output.mkdir()
+    for channel in (0, 1):
+        write_image(data[channel], GEOMETRY, inputs / f"a_000{channel}.nii.gz")
+    write_image(labels, label_geometry, output / "a.nii.gz")
+    message = (rf"^{re.escape(str(output / 'a.nii.gz'))}: the label map is not on the grid of its image "
+               rf"{re.escape(str(inputs / 'a_0000.nii.gz'))} \(label map vs image: {difference}.*\); it was predicted "
+               r"from other images: predict case a again \(without --continue\)$")
+    with pytest.raises(InferenceError, match=message):
+        write_statistics(inputs, output, parse_description(CLASSES, Path("dataset.json")))
+    assert sorted(p.name for p in output.iterdir()) == ["a.nii.gz"]
