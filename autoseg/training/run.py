@@ -354,6 +354,7 @@ def _start(run: FoldRun, context: DistributedContext,
     amp_dtype(run.config["mixed_precision"], run.device)
     state = _checked_network(run, rank_batch)
     _refuse_overwrite(run)
+    _refuse_missing_references(run)
     source = _checked_pretrained(run, state, pretrained_weights)
     on_main(lambda: _prepare_folders(run), context)  # the others wait for it (the cascade's cache)
     return Trainer(run, context), device_warnings, source
@@ -472,6 +473,17 @@ def format_time_accounting(accounting: dict[str, Any]) -> str:
         lines.append(f"  no budget for this run (--epochs, --continue or use_plan_schedule=false); the predictions "
                      f"are the plan's, for its budget of {plan_budget:.0f} s")
     return "\n".join(lines)
+
+
+def _refuse_missing_references(run: FoldRun) -> None:
+    """A fold with validation needs the references preprocess copies into ``gt_segmentations/``: without the folder
+    (deleted, or a store copied without it) the fold trained its whole schedule, then failed in its validation with
+    evaluate's 'reference folder (-r/--ref) not found', an option train has not."""
+    references = run.preprocessed_dir / GT_FOLDER
+    if run.fold != FOLD_ALL and not references.is_dir():
+        raise TrainingError(f"{references}: not found; the fold's validation scores its predictions against these "
+                            f"references: re-run `autoseg preprocess {run.dataset_name} -c {run.configuration_name}` "
+                            "(it copies them), then train again")
 
 
 def _refuse_overwrite(run: FoldRun) -> None:
