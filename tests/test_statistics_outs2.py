@@ -35,3 +35,18 @@ def test_a_label_map_off_its_images_grid_is_refused_naming_both_files(tmp_path: 
     with pytest.raises(InferenceError, match=message):
         write_statistics(inputs, output, parse_description(CLASSES, Path("dataset.json")))
     assert sorted(p.name for p in output.iterdir()) == ["a.nii.gz"]
+
+
+def test_a_label_map_of_another_shape_is_refused_naming_both_files(tmp_path: Path) -> None:
+    """A label map left from images of another shape was refused as 'labels of shape ... do not match the input's',
+    naming neither file."""
+    labels, data = synthetic_case()
+    inputs, output = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir(), output.mkdir()
+    for channel in (0, 1):
+        write_image(data[channel], GEOMETRY, inputs / f"a_000{channel}.nii.gz")
+    write_image(labels[:3], GEOMETRY, output / "a.nii.gz")
+    with pytest.raises(InferenceError, match=rf"^{re.escape(str(output / 'a.nii.gz'))}: the label map is not on the grid "
+                                             rf"of its image .*a_0000\.nii\.gz \(label map vs image: shape \(3, 5, 6\) vs "
+                                             r"\(4, 5, 6\)\); it was predicted from other images: predict case a again"):
+        write_statistics(inputs, output, parse_description(CLASSES, Path("dataset.json")))

@@ -122,18 +122,25 @@ def _case_statistics_from_files(case: InputCase, output: Path, description: Data
     if not label_file.is_file():
         raise InferenceError(f"{label_file}: prediction not found; predict case {case.case_id} first")
     labels, label_geometry = read_image(label_file)
-    _refuse_other_geometry(label_file, label_geometry, files[0], geometry, case.case_id)
+    _refuse_other_grid((label_file, labels.shape, label_geometry), (files[0], data.shape[1:], geometry), case.case_id)
     return case_statistics(labels, data, geometry, description)
 
 
-def _refuse_other_geometry(label_file: Path, label_geometry: Geometry, image: Path, geometry: Geometry, case_id: str) -> None:
+Grid = tuple[Path, Sequence[int], Geometry]  # a file, its (spatial) shape and geometry
+
+
+def _refuse_other_grid(label_map: Grid, image: Grid, case_id: str) -> None:
     """Refuse a label map not on its image's grid: ``predict --continue --statistics`` over images whose spacing or
     origin was corrected since kept the earlier label map, and its volumes were computed with the new image's spacing
-    (and its intensities read at other places) without a word; predict writes each label map on its image's grid."""
+    (and its intensities read at other places) without a word; predict writes each label map on its image's grid.
+    A shape differing too was refused naming neither file."""
+    (label_file, label_shape, label_geometry), (image_file, image_shape, geometry) = label_map, image
     differences = geometry_differences(label_geometry, geometry)
+    if tuple(label_shape) != tuple(image_shape):
+        differences.insert(0, f"shape {tuple(label_shape)} vs {tuple(image_shape)}")
     if differences:
         raise InferenceError(
-            f"{label_file}: the label map is not on the grid of its image {image} (label map vs image: "
+            f"{label_file}: the label map is not on the grid of its image {image_file} (label map vs image: "
             f"{'; '.join(differences)}); it was predicted from other images: predict case {case_id} again (without "
             "--continue)"
         )
