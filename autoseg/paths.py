@@ -171,8 +171,8 @@ def _find_dataset(spec: str | int | os.PathLike[str]) -> DatasetLocation:
     candidate = expand_home(text, "dataset")
     if candidate.is_dir() and (candidate / "dataset.json").is_file():
         return DatasetLocation(candidate.resolve().name, candidate.resolve())
-    if candidate.is_dir() and os.sep in text:
-        raise DatasetError(f"{shown_path(candidate)}: folder has no dataset.json; is it the dataset folder (with imagesTr/, labelsTr/)?")
+    if candidate.is_dir() and (os.sep in text or parse_dataset_id(text) is None):
+        raise DatasetError(_no_description_problem(candidate))
     dataset_id = parse_dataset_id(text)
     root = raw_root()
     if dataset_id is None:
@@ -193,6 +193,16 @@ def _find_dataset(spec: str | int | os.PathLike[str]) -> DatasetLocation:
         names = ", ".join(p.name for p in matches)
         raise DatasetError(f"dataset id {dataset_id:03d} is ambiguous in {shown_path(root)}: {names}; give the full name")
     return DatasetLocation(matches[0].name, matches[0])
+
+
+def _no_description_problem(folder: Path) -> str:
+    """Why ``folder`` is no dataset folder. ``verify Dataset004_X/imagesTr`` (or ``.`` from inside imagesTr) was
+    told only that the folder has no dataset.json (or that '.' is no dataset name) when its parent is the dataset."""
+    parent = Path(os.path.abspath(folder)).parent
+    if (parent / "dataset.json").is_file():
+        return (f"{shown_path(folder)}: folder has no dataset.json, but its parent {shown_path(parent)} has one; "
+                "give that dataset folder (the one holding imagesTr/, labelsTr/ and dataset.json)")
+    return f"{shown_path(folder)}: folder has no dataset.json; is it the dataset folder (with imagesTr/, labelsTr/)?"
 
 
 def _same_id_note(root: Path, name: str) -> str:

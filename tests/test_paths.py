@@ -31,6 +31,21 @@ def test_folder_path_is_used_as_is(small_dataset: Path, tmp_path: Path) -> None:
         paths.resolve_dataset(str(tmp_path / "empty"))
 
 
+@pytest.mark.parametrize("sub", ["imagesTr", "labelsTr"])
+def test_a_subfolder_of_a_dataset_names_its_parent(sub: str, small_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`autoseg verify Dataset004_X/imagesTr` (or `.` from inside it) was told only that the folder has no
+    dataset.json, or that '.' is no dataset name; the error now names the parent holding dataset.json."""
+    fix = f"folder has no dataset.json, but its parent {small_dataset} has one; give that dataset folder"
+    with pytest.raises(DatasetError, match=re.escape(f"{small_dataset / sub}: {fix}")):
+        paths.resolve_dataset(str(small_dataset / sub))
+    monkeypatch.chdir(small_dataset / sub)
+    with pytest.raises(DatasetError, match=re.escape(f".: {fix}")):
+        paths.resolve_dataset(".")
+    monkeypatch.chdir(small_dataset)
+    with pytest.raises(DatasetError, match=re.escape(f"{sub}: {fix}")):
+        paths.resolve_dataset(sub)
+
+
 @pytest.mark.parametrize(("make", "note"), [(Path.touch, "(a file, not a folder)"), (None, "(which does not exist)")])
 def test_a_raw_root_that_is_no_folder_is_named_as_such(make: Optional[Callable[[Path], None]], note: str, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
