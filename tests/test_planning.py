@@ -674,7 +674,7 @@ def test_the_spacing_ladder_lands_on_whole_multiples() -> None:
 def test_a_budget_the_fixed_parts_use_up_is_refused():
     """Was: --budget 5s planned the largest network at 0 iterations (one step, 13 s) with only a note."""
     with pytest.raises(PlanError, match=r"3d_fullres: --budget 5 s leaves no time to train on this machine: a fold's fixed "
-                                        r"parts \(startup, preprocessing, checkpoints, final validation\) take about 1\d s"):
+                                        r"parts \(startup, preprocessing, checkpoints, final validation\) take about 2\d s"):
         plan(MRI_SMALL, configs=["3d_fullres"], budget_seconds=5.0)
     assert plan(MRI_SMALL, configs=["3d_fullres"], budget_seconds=60.0)["configurations"]["3d_fullres"]["num_iterations"] > 0
 
