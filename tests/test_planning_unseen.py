@@ -29,3 +29,50 @@ def test_the_preprocessing_prediction_includes_the_commands_fixed_start_up():
     assert A.preprocess_seconds([case] * 5, 2) == pytest.approx(C.PREPROCESS_STARTUP_SECONDS + 2.5 * case)
     assert A.preprocess_seconds([case], 8) == pytest.approx(C.PREPROCESS_STARTUP_SECONDS + case)
     assert C.PREPROCESS_STARTUP_SECONDS >= 4.0  # the start-up measured alone (every case stored): 4.8-6.1 s
+
+
+def _thin_slab_context(n_cases: int, budget: float, cache_dir):
+    """A budget search over 3-slice volumes (160x160x3 at 0.8x0.8x5 mm, ``n_cases`` of them), timed at the
+    reference speed, at 1.6 mm in-plane: the fixed costs, the median image there and the planner's context."""
+    import torch
+
+    from autoseg.planning import compute_budget as T
+    from autoseg.planning import planner as P
+
+    stats = {"mean": 0.0, "median": 0.0, "std": 1.0, "min": -5.0, "max": 5.0, "percentile_00_5": -3.0,
+             "percentile_99_5": 3.0, "num_samples": 100}
+    fingerprint = {"version": 1, "dataset_name": "Dataset990_Slabs", "channel_names": {"0": "MRI"},
+                   "labels": {"background": 0, "a": 1}, "file_ending": ".nii.gz",
+                   "spacings": [[5.0, 0.8, 0.8]] * n_cases, "shapes_after_crop": [[3, 160, 160]] * n_cases,
+                   "median_relative_size_after_crop": 1.0, "is_2d": False,
+                   "foreground_intensity_properties_per_channel": {"0": stats}}
+    rate = T.reference_seconds_per_gflop(torch.device("cpu"))
+    ctx = P._planning_context(fingerprint, "unet", 4 * 2**30, budget, torch.device("cpu"), cache_dir,
+                              lambda dims, width, mixed_precision="auto": T.TimingModel("fake cpu", 0.0, rate, rate),
+                              None, 1.0, {}, True)
+    spacing = [5.0, 1.6, 1.6]
+    costs = P._costs(ctx, fingerprint, [0, 1, 2], spacing, 3)
+    return ctx, costs, spacing, P._transposed_median(fingerprint, spacing, [0, 1, 2])
+
+
+def test_a_patch_axis_just_short_of_the_image_grows_to_it_where_that_is_cheaper_overall(tmp_path, monkeypatch):
+    """3-slice volumes (160x160x3) got 2-slice patches, which need two validation tiles along that axis at
+    every position. With 1,500 cases at 1.6 mm a 2x64x64 patch's tiles took its final validation past its
+    share of a 5-minute budget (not viable, so the search went on to coarser spacings), where a patch grown
+    to the full extent along an axis it fell just short of, half the tiles, fits it: the search now takes
+    that one. Where the short patch stays cheaper overall (10 cases: its extra tiles cost about 1 s, its
+    training saves about 90), it stays."""
+    from autoseg.planning import planner as P
+
+    def patches(n_cases: int) -> list:
+        ctx, costs, spacing, median = _thin_slab_context(n_cases, 300.0, tmp_path)
+        return P._evaluate_spacing(ctx, costs, spacing, median, 3, stop_at_preferred=False)[1]
+
+    grown = patches(1500)
+    assert [2, 64, 64] in [c.patch for c in patches(10)]
+    monkeypatch.setattr(P, "_full_extent_if_cheaper", lambda ctx, costs, candidate, median: candidate)
+    before = patches(1500)
+    at = [c.patch for c in before].index([2, 64, 64])
+    assert not before[at].validation_fits  # the tiles the short patch costs: over the validation's share
+    assert [c.patch for c in grown[:at]] == [c.patch for c in before[:at]]
+    assert grown[at].patch in ([3, 64, 64], [2, 80, 64], [2, 64, 80]) and grown[at].validation_fits

@@ -475,10 +475,28 @@ def _evaluate_spacing(ctx: _Context, costs: _Costs, spacing: list[float], median
     for patch, topology, width in _budget_candidates(ctx, fitted, fitted_topology, axes_spacing, axes_median):
         if require_context and not context_ok(patch, axes_median):
             break  # smaller patches only lose more context
-        evaluated.append(_evaluate(ctx, costs, spacing, median, patch, topology, width))
+        evaluated.append(_full_extent_if_cheaper(ctx, costs, _evaluate(ctx, costs, spacing, median, patch, topology, width),
+                                                 axes_median))
         if stop_at_preferred and _viable(evaluated[-1], C.MIN_BUDGET_ITERATIONS):
             break  # chosen whatever the floor
     return fitted, evaluated
+
+
+def _full_extent_if_cheaper(ctx: _Context, costs: _Costs, candidate: _Candidate, median: Sequence[float]) -> _Candidate:
+    """The candidate, or the same network with an axis that falls just short of the median image (one size
+    step more covers it: a 2-slice patch of 3-slice volumes) grown to cover it, when that is cheaper overall:
+    it needs fewer validation tiles (half along that axis), and the whole run, training and the priced final
+    validation (``_affordable``), affords at least as many iterations (ranked as below the floor)."""
+    grown = []
+    for axis, (size, step, extent) in enumerate(zip(candidate.patch, candidate.topology.size_multiple, median)):
+        patch = [p + step if a == axis else p for a, p in enumerate(candidate.patch)]
+        if (size < extent <= size + step and costs.tiles(patch) < costs.tiles(candidate.patch)
+                and ctx.memory(candidate.topology).predict(patch, C.MIN_BATCH_SIZE) <= ctx.memory_budget_bytes):
+            grown.append(_evaluate(ctx, costs, candidate.spacing, candidate.median_shape, patch, candidate.topology,
+                                   candidate.width))
+    rank = lambda c: (c.validation_fits, c.recipe_iterations)  # noqa: E731
+    full = max(grown, key=rank, default=None)  # the first axis on a tie
+    return full if full is not None and rank(full) >= rank(candidate) else candidate
 
 
 def _choose(fitted: list[int], evaluated: list[_Candidate]) -> _Candidate | None:
