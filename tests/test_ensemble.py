@@ -641,3 +641,23 @@ def test_an_ensemble_whose_every_case_fails_writes_no_dataset_json(tmp_path):
     ensemble_folders(dirs, tmp_path / "out", num_workers=1)
     assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")) == ["dataset.json", "x.nii.gz"]
     assert json.loads((tmp_path / "out" / "dataset.json").read_text()) == DATASET
+
+
+@pytest.mark.parametrize("edit, problem", [
+    ({"spacing": [0.0, 0.5, 0.7]}, r"spacing \[0\.0, 0\.5, 0\.7\] is not positive and finite"),
+    ({"spacing": [3.0, -0.5, 0.7]}, r"spacing \[3\.0, -0\.5, 0\.7\] is not positive and finite"),
+    ({"spacing": [3.0, float("nan"), 0.7]}, r"spacing \[3\.0, nan, 0\.7\] is not positive and finite"),
+    ({"origin": [1.0, float("inf"), 3.0]}, r"origin \[1\.0, inf, 3\.0\] or direction \[.*\] holds a value that is not finite"),
+])
+def test_a_sidecar_geometry_that_cannot_be_written_is_refused_before_any_case(tmp_path, edit, problem):
+    """A spacing of 0 in both folders' sidecars (edited by hand or another tool) failed its case with ITK's bare
+    'Exception thrown in SimpleITK Image_SetSpacing' after the other cases' label maps were written."""
+    dirs = _ensemble_inputs(tmp_path, ["m0", "m1"], ["x", "y"], seed=2)
+    for folder in dirs:
+        sidecar = folder / "y.json"
+        content = json.loads(sidecar.read_text())
+        sidecar.write_text(json.dumps({**content, "geometry": {**content["geometry"], **edit}}))
+    with pytest.raises(EvaluationError, match=rf"^\S*m0/y\.json: geometry of case y is malformed \({problem}\); re-run "
+                                              r"predict with --save-probabilities for this case$"):
+        ensemble_folders(dirs, tmp_path / "out", num_workers=1)
+    assert not (tmp_path / "out").exists()

@@ -8,6 +8,7 @@ sidecar's geometry: argmax for classes, thresholding in ``regions_class_order`` 
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
@@ -82,13 +83,25 @@ def _label_dtype(max_value: int) -> type:
 def _sidecar_geometry(path: Path, sidecar: Mapping[str, Any], case: str) -> Geometry:
     """The geometry a sidecar records, refused naming the sidecar when it is malformed (edited by hand or
     by another tool): it failed as a bare ``KeyError: 'spacing'`` that named no file."""
+    fix = "re-run predict with --save-probabilities for this case"
     try:
-        return Geometry.from_dict(sidecar["geometry"])
+        geometry = Geometry.from_dict(sidecar["geometry"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise EvaluationError(
-            f"{path}: geometry of case {case} is malformed ({type(exc).__name__}: {exc}); re-run predict with "
-            "--save-probabilities for this case"
-        ) from None
+        raise EvaluationError(f"{path}: geometry of case {case} is malformed ({type(exc).__name__}: {exc}); {fix}") from None
+    problem = _geometry_value_problem(geometry)
+    if problem is not None:
+        raise EvaluationError(f"{path}: geometry of case {case} is malformed ({problem}); {fix}")
+    return geometry
+
+
+def _geometry_value_problem(geometry: Geometry) -> str | None:
+    """Why a sidecar's geometry cannot be written (``None`` when it can): a spacing of 0 failed its case with ITK's
+    bare 'Exception thrown in SimpleITK Image_SetSpacing' after the other cases' label maps were written."""
+    if not all(math.isfinite(v) and v > 0 for v in geometry.spacing):
+        return f"spacing {list(geometry.spacing)} is not positive and finite"
+    if not all(math.isfinite(v) for v in (*geometry.origin, *geometry.direction)):
+        return f"origin {list(geometry.origin)} or direction {list(geometry.direction)} holds a value that is not finite"
+    return None
 
 
 def agreeing_sidecars(case: str, input_dirs: Sequence[Path]) -> tuple[list[dict[str, Any]], Geometry]:
