@@ -31,6 +31,35 @@ def test_regions_need_class_order() -> None:
         parse_description(BASE | {"labels": regions}, Path("d.json"))
 
 
+WHY_ORDER = "each region's value is a label of its own that no later region lists, as later regions overwrite earlier ones"
+
+
+@pytest.mark.parametrize(("regions", "order", "fix"), [
+    ({"whole": [1, 2, 3, 4], "core": [1, 3, 4], "enhancing": [4]}, None,
+     f'(3 regions); add "regions_class_order": [2, 1, 4] ({WHY_ORDER})'),
+    ({"whole": [1, 2], "core": [2]}, [1], f'(2 regions, got [1]); add "regions_class_order": [1, 2] ({WHY_ORDER})'),
+    # nnU-Net's rule: regions largest first, so that each nested region overwrites the one containing it
+    ({"enhancing": 4, "whole": [1, 2, 3, 4], "core": [1, 3, 4]}, None,
+     '(3 regions); list the regions in labels largest first (whole, core, enhancing) and add "regions_class_order": '
+     f"[2, 1, 4] ({WHY_ORDER})"),
+    ({"left": [1, 2], "right": [2, 3]}, None,
+     "(2 regions); no order writes these regions as one label map: they overlap without nesting; make each region "
+     "hold or exclude every other"),
+])
+def test_a_missing_region_order_is_suggested(regions: dict, order: list[int] | None, fix: str) -> None:
+    """The line said only that regions need 'regions_class_order' with one value per region, not which order."""
+    given = {} if order is None else {"regions_class_order": order}
+    with pytest.raises(DatasetError) as raised:
+        parse_description(BASE | {"labels": {"background": 0, **regions}} | given, Path("d.json"))
+    assert str(raised.value) == f"d.json: region-based labels need 'regions_class_order' with one label value per region {fix}"
+    if "add" in fix:  # the suggestion itself passes
+        suggested = json.loads(fix.split('"regions_class_order": ')[1].split(" (")[0])
+        listed = dict(sorted(regions.items(), key=lambda item: -len(item[1]) if isinstance(item[1], list) else -1))
+        labels = listed if "largest first" in fix else regions
+        desc = parse_description(BASE | {"labels": {"background": 0, **labels}, "regions_class_order": suggested}, Path("d.json"))
+        assert desc.regions_class_order == suggested
+
+
 def test_each_region_writes_one_of_its_own_labels() -> None:
     """[1, 3, 2] would export tumor core as 3 and enhancing as 2: read back, label 2 is not enhancing."""
     regions = {"background": 0, "whole": [1, 2, 3], "core": [2, 3], "enhancing": [3]}

@@ -252,9 +252,10 @@ def _check_label_values(desc: DatasetDescription, path: Path) -> None:
     if desc.has_regions:
         order = desc.regions_class_order
         if not isinstance(order, list) or len(order) != len(desc.regions):
+            got = "" if order is None else f", got {order!r}"
             raise DatasetError(
                 f"{path}: region-based labels need 'regions_class_order' with one label value per region "
-                f"({len(desc.regions)} regions)"
+                f"({len(desc.regions)} regions{got}); {_order_suggestion(desc.regions)}"
             )
         for value, (name, values) in zip(order, desc.regions):
             # Export writes this value where the region is predicted: any other value would not count as
@@ -290,26 +291,64 @@ def _check_ignore_label(desc: DatasetDescription, path: Path) -> None:
         )
 
 
+Regions = list[tuple[str, list[int]]]
+
+
+def _members(regions: Regions, value: int) -> list[str]:
+    return [name for name, values in regions if value in values]
+
+
+def _misread_label(regions: Regions, order: list[int]) -> tuple[int, int] | None:
+    """The first label whose voxels export (writing ``order``, later regions overwriting earlier ones) as a value
+    that reads back as other regions, with that value: ``(label, written)``; None when every label reads back."""
+    for label in sorted({v for _, values in regions for v in values}):
+        last = max(i for i, (_, values) in enumerate(regions) if label in values)
+        if _members(regions, order[last]) != _members(regions, label):
+            return label, order[last]
+    return None
+
+
 def _check_regions_read_back(desc: DatasetDescription, path: Path) -> None:
     """Export writes each region's value in ``regions_class_order``, later regions overwriting earlier ones:
     every label's voxels must read back as the same regions, else a region is silently lost from every label
     map (a nested region listed before the one containing it; regions that overlap without nesting)."""
     order = desc.regions_class_order or []
+    misread = _misread_label(desc.regions, order)
+    if misread is not None:
+        label, written = misread
+        raise DatasetError(
+            f"{path}: with regions_class_order {order}, voxels of label {label} (regions "
+            f"{', '.join(_members(desc.regions, label))}) are exported as {written}, which reads back as region(s) "
+            f"{', '.join(_members(desc.regions, written))}; list each region after every region containing it (largest "
+            "first, as in nnU-Net's BraTS: whole tumor, tumor core, enhancing tumor); "
+            "regions that overlap without nesting cannot be written as one label map"
+        )
 
-    def members(value: int) -> list[str]:
-        return [name for name, values in desc.regions if value in values]
 
-    for label in sorted({v for _, values in desc.regions for v in values}):
-        last = max(i for i, (_, values) in enumerate(desc.regions) if label in values)
-        written = order[last]
-        if members(written) != members(label):
-            raise DatasetError(
-                f"{path}: with regions_class_order {order}, voxels of label {label} (regions "
-                f"{', '.join(members(label))}) are exported as {written}, which reads back as region(s) "
-                f"{', '.join(members(written))}; list each region after every region containing it (largest first, "
-                "as in nnU-Net's BraTS: whole tumor, tumor core, enhancing tumor); "
-                "regions that overlap without nesting cannot be written as one label map"
-            )
+def _region_order(regions: Regions) -> list[int] | None:
+    """A ``regions_class_order`` for ``regions`` listed in this order: each region writes its smallest label that
+    no later region lists (a later region overwrites it); None when a region has no such label or a label would
+    read back as other regions."""
+    order = []
+    for i, (_, values) in enumerate(regions):
+        own = [v for v in values if not any(v in later for _, later in regions[i + 1:])]
+        if not own:
+            return None
+        order.append(min(own))
+    return None if _misread_label(regions, order) is not None else order
+
+
+def _order_suggestion(regions: Regions) -> str:
+    """The fix for a missing or miscounted ``regions_class_order``: a valid order to write, for the regions as
+    listed or, failing that, listed largest first (nnU-Net's rule); the line named no order at all."""
+    why = "each region's value is a label of its own that no later region lists, as later regions overwrite earlier ones"
+    if (order := _region_order(regions)) is not None:
+        return f'add "regions_class_order": {order} ({why})'
+    largest_first = sorted(regions, key=lambda region: -len(region[1]))
+    if (order := _region_order(largest_first)) is not None:
+        names = ", ".join(name for name, _ in largest_first)
+        return f'list the regions in labels largest first ({names}) and add "regions_class_order": {order} ({why})'
+    return "no order writes these regions as one label map: they overlap without nesting; make each region hold or exclude every other"
 
 
 def load_description(dataset_dir: str | Path) -> DatasetDescription:
