@@ -50,3 +50,18 @@ def test_a_label_map_of_another_shape_is_refused_naming_both_files(tmp_path: Pat
                                              rf"of its image .*a_0000\.nii\.gz \(label map vs image: shape \(3, 5, 6\) vs "
                                              r"\(4, 5, 6\)\); it was predicted from other images: predict case a again"):
         write_statistics(inputs, output, parse_description(CLASSES, Path("dataset.json")))
+
+
+def test_a_refused_case_leaves_no_statistics_of_the_others(tmp_path: Path) -> None:
+    """The cases before a refused one had their statistics written, without a statistics.csv: a partial output."""
+    labels, data = synthetic_case()
+    inputs, output = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir(), output.mkdir()
+    for case in ("a", "b"):
+        for channel in (0, 1):
+            write_image(data[channel], GEOMETRY, inputs / f"{case}_000{channel}.nii.gz")
+    write_image(labels, GEOMETRY, output / "a.nii.gz")
+    write_image(labels[:3], GEOMETRY, output / "b.nii.gz")
+    with pytest.raises(InferenceError, match=r"b\.nii\.gz: the label map is not on the grid of its image "):
+        write_statistics(inputs, output, parse_description(CLASSES, Path("dataset.json")))
+    assert sorted(p.name for p in output.iterdir()) == ["a.nii.gz", "b.nii.gz"]

@@ -159,9 +159,11 @@ def write_statistics(
     output = Path(output_folder)
     cases = discover_cases(input_path, quiet=True)  # the predictions' input: predict_folder noted its skipped files
     chosen = cases if case_ids is None else [c for c in cases if c.case_id in set(case_ids)]
-    for case in chosen:
-        stats = {"case_id": case.case_id, **_case_statistics_from_files(case, output, description)}
-        atomic_write_json(statistics_path(output, case.case_id), stats)
+    # every case computed before any is written: a case refused (a label map off its image's grid) after others
+    # were written left their statistics without a statistics.csv, a partial output
+    computed = {case.case_id: _case_statistics_from_files(case, output, description) for case in chosen}
+    for case_id, stats in computed.items():
+        atomic_write_json(statistics_path(output, case_id), {"case_id": case_id, **stats})
     rows = []
     with folder_lock(output):
         for case in cases:
