@@ -10,7 +10,7 @@ import pytest
 from autoseg.dataset.description import parse_description
 from autoseg.dataset.imageio import Geometry, write_image
 from autoseg.errors import InferenceError
-from autoseg.evaluation.statistics import write_statistics
+from autoseg.evaluation.statistics import case_statistics, write_statistics
 
 from test_statistics import CLASSES, GEOMETRY, synthetic_case
 
@@ -65,3 +65,14 @@ def test_a_refused_case_leaves_no_statistics_of_the_others(tmp_path: Path) -> No
     with pytest.raises(InferenceError, match=r"b\.nii\.gz: the label map is not on the grid of its image "):
         write_statistics(inputs, output, parse_description(CLASSES, Path("dataset.json")))
     assert sorted(p.name for p in output.iterdir()) == ["a.nii.gz", "b.nii.gz"]
+
+
+def test_the_statistics_say_a_2d_images_sizes_are_areas() -> None:
+    """A 2D image's volume_mm3 are areas in mm^2, which nothing in the statistics said; size_unit says it."""
+    labels, data = synthetic_case()
+    description = parse_description(CLASSES, Path("dataset.json"))
+    png = Geometry((999.0, 0.5, 1.5), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0))
+    flat = case_statistics(labels[:1], data[:, :1], png, description)
+    assert flat["size_unit"] == "mm^2" and flat["voxel_volume_mm3"] == 0.75
+    assert flat["structures"]["liver"]["volume_mm3"] == 4 * 0.75
+    assert case_statistics(labels, data, GEOMETRY, description)["size_unit"] == "mm^3"

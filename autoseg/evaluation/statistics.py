@@ -21,7 +21,7 @@ from scipy import ndimage
 from autoseg.dataset.description import DatasetDescription
 from autoseg.dataset.imageio import Geometry, geometry_differences, read_case_images, read_image
 from autoseg.errors import InferenceError
-from autoseg.evaluation.metrics import voxel_volume_mm3
+from autoseg.evaluation.metrics import size_unit, voxel_volume_mm3
 from autoseg.inference.batch import InputCase, channel_files, discover_cases, output_ending
 from autoseg.utils.atomic import atomic_write_json, atomic_write_text, folder_lock
 from autoseg.utils.jsonio import read_json
@@ -65,8 +65,9 @@ def case_statistics(
             "components": _components(mask),
             "intensity": {f"{c}:{channel}": _intensities(data[c][mask]) for c, channel in enumerate(channels)},
         }
-    return {"spacing": list(geometry.spacing), "voxel_volume_mm3": voxel_mm3, "percentiles": list(PERCENTILES),
-            "structures": structures}
+    # size_unit: a 2D image's volume_mm3 are areas (mm^2), which the keys' names do not say
+    return {"spacing": list(geometry.spacing), "voxel_volume_mm3": voxel_mm3, "size_unit": size_unit(labels.shape),
+            "percentiles": list(PERCENTILES), "structures": structures}
 
 
 def _csv_rows(case_id: str, stats: dict[str, Any]) -> list[dict[str, Any]]:
