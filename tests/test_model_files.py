@@ -321,8 +321,14 @@ def test_overwrite_refuses_to_replace_the_folder_holding_the_zip(tmp_path: Path)
     assert import_model(outside, tmp_path / "results", overwrite=True) == [folder] and outside.is_file()
 
 
-def test_export_names_a_missing_checkpoint(tmp_path: Path) -> None:
+def test_export_names_a_missing_fold_and_a_missing_checkpoint(tmp_path: Path) -> None:
+    """A fold the model lacks was named as its missing checkpoint file ('fold_2/checkpoint_final.safetensors: not
+    found (present: none)'), where predict names the missing and the present folds; both now say it alike."""
     folder = make_model_folder(tmp_path / "results")
+    with pytest.raises(ModelFileError) as info:
+        export_model(folder, tmp_path / "m.zip", folds=[0, 2, 3])
+    assert str(info.value) == f"{folder}: fold(s) 2, 3 not found (present: 0, 1); train them or choose present folds with -f"
+    (folder / "fold_2").mkdir()  # an interrupted training's fold, without the checkpoint
     missing = folder / "fold_2" / "checkpoint_final.safetensors"
     with pytest.raises(ModelFileError) as info:
         export_model(folder, tmp_path / "m.zip", folds=[0, 2])

@@ -42,8 +42,8 @@ from autoseg.errors import AutosegError, EvaluationError, InferenceError, ModelF
 from autoseg.evaluation.selection import ENSEMBLES_FOLDER, POSTPROCESSING_JSON, ensemble_model_names
 from autoseg.inference.engine import LoadedModel
 from autoseg.inference.model import (
-    ModelFiles, build_network, check_fold_number, check_fold_of_model, check_plans_of_checkpoint, load_model,
-    named_folder,
+    ModelFiles, build_network, check_fold_number, check_fold_of_model, check_folds_present, check_plans_of_checkpoint,
+    load_model, named_folder,
 )
 from autoseg.paths import check_model_folder_name, parse_dataset_id, results_root as default_results_root
 from autoseg.planning.plans import get_configuration, validate_plans
@@ -202,6 +202,7 @@ def model_members(model_folder: Path, folds: Sequence[int | str], checkpoint: st
             raise ModelFileError(f"{path}: not found; {model_folder} is not a trained model folder (plans.json and dataset.json are written by autoseg train)")
     stem = Path(checkpoint).stem
     plans = _exported_plans(members[f"{name}/plans.json"], str(model_folder / "plans.json"))
+    check_folds_present(model_folder, [_fold_dir(fold).removeprefix("fold_") for fold in folds], ModelFileError)
     for fold in folds:
         fold_dir = _fold_dir(fold)
         members[f"{name}/{fold_dir}/{stem}{SUFFIX}"] = _checkpoint_weights(model_folder / fold_dir / checkpoint, name, plans)

@@ -67,13 +67,17 @@ def _resolve_folds(folder: Path, folds: Sequence[int | str] | str | None) -> lis
     names = [str(f) for f in ([folds] if isinstance(folds, (str, int)) else folds)]
     if not names:
         raise InferenceError(f"{folder}: empty fold list; give folds like 0 1 2 3 4 or all")
+    check_folds_present(folder, names, InferenceError)
+    return canonical_folds(names, present)
+
+
+def check_folds_present(folder: Path, names: Sequence[str], error: type[Exception]) -> None:
+    """Raise ``error`` naming the folds of ``names`` that ``folder`` lacks, and those it holds (predict, export-model)."""
+    present = available_folds(folder)
     missing = [f for f in names if f not in present]
     if missing:
-        raise InferenceError(
-            f"{folder}: fold(s) {', '.join(missing)} not found (present: {', '.join(present) or 'none'}); "
-            "train them or choose present folds with -f"
-        )
-    return canonical_folds(names, present)
+        raise error(f"{folder}: fold(s) {', '.join(missing)} not found (present: {', '.join(present) or 'none'}); "
+                    "train them or choose present folds with -f")
 
 
 def _load_checkpoint(path: Path, device: torch.device, missing_fix: str = MISSING_CHECKPOINT_FIX) -> dict[str, Any]:
