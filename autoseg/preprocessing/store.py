@@ -317,6 +317,21 @@ def load_case(
     return data[...], (None if seg is None else seg[...]), properties
 
 
+def load_case_waiting(
+    folder: str | Path, case_id: str, mmap: bool = True
+) -> tuple[Any, Any | None, dict[str, Any]]:
+    """``load_case``, retried once after ``check_stored``'s (bounded) wait for writers: a case that ``autoseg
+    preprocess`` stores again while training, the final validation or the cascade reads it (marker removed, arrays
+    replaced) was reported as damaged. A case still failing is named by the check or the retry."""
+    try:
+        return load_case(folder, case_id, mmap)
+    except PreprocessingError:
+        if not Path(folder).is_dir():
+            raise
+    check_stored(folder, case_id)
+    return load_case(folder, case_id, mmap)
+
+
 def list_cases(folder: str | Path) -> list[str]:
     """Case ids whose storing completed in ``folder`` (the properties JSON, written last, is there), sorted.
 

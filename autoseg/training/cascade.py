@@ -23,7 +23,7 @@ from autoseg.dataset.verify import label_value_problem
 from autoseg.errors import TrainingError
 from autoseg.preprocessing.inverse import label_to_preprocessed_grid
 from autoseg.preprocessing.runner import declared_label_values
-from autoseg.preprocessing.store import case_paths, list_cases, load_properties
+from autoseg.preprocessing.store import case_paths, list_cases, load_case_waiting
 from autoseg.training.checkpoints import split_digest
 from autoseg.training.splits import FOLD_ALL, SPLITS_FILE, canonical_fold, fold_cases, read_splits
 from autoseg.utils.atomic import atomic_path, atomic_write_json, folder_lock
@@ -174,11 +174,11 @@ def prepare_previous_stage(
         source = predictions / f"{case_id}{file_ending}"
         # The grid is the stored case's: a case preprocessed again (a new plan) after the cache was made
         # gets a new cache, not the old grid's labels (shifted, or of another shape).
-        made_from = max(source.stat().st_mtime, case_paths(store, case_id)[2].stat().st_mtime)
+        made_from = max(source.stat().st_mtime, _stored_time(store, case_id))
         if target.is_file() and target.stat().st_mtime >= made_from:
             continue
         labels, geometry = read_image(source)
-        properties = load_properties(store, case_id)
+        properties = load_case_waiting(store, case_id)[2]  # waits for a preprocess storing the case again
         if problem := label_value_problem(source, labels, declared_label_values(plans), fix=_NOT_THIS_PREDICTION):
             raise TrainingError(problem)
         if problem := _grid_problem(labels, geometry, properties):
@@ -187,6 +187,16 @@ def prepare_previous_stage(
         with atomic_path(target) as tmp:
             np.save(tmp, np.asarray(on_grid, dtype=np.int16)[None], allow_pickle=False)
     return cache
+
+
+def _stored_time(store: Path, case_id: str) -> float:
+    """When the case was stored (its properties file's time); a case that ``autoseg preprocess`` is storing again
+    (its properties file removed meanwhile) is waited for, not a FileNotFoundError traceback."""
+    try:
+        return case_paths(store, case_id)[2].stat().st_mtime
+    except FileNotFoundError:
+        load_case_waiting(store, case_id)  # waits (bounded) for the writer; a case still missing is named
+    return case_paths(store, case_id)[2].stat().st_mtime
 
 
 def _folds_to_train(missing: Sequence[str], splits_path: Path) -> str:

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from autoseg.errors import AutosegError, PreprocessingError, TrainingError
+from autoseg.errors import AutosegError, TrainingError
 from autoseg.training.augmentation import OUTSIDE_MASK_LABEL, training_transforms, validation_transforms
 from autoseg.utils.cpu_load import available_cores
 from autoseg.utils.progress import MAX_STAGE_WORKERS_PER_CORE, most_stage_workers
@@ -184,21 +184,6 @@ def _check_cases(folder: Path, case_ids: Sequence[str]) -> None:
         check_stored(folder, case_id)
 
 
-def _load_case(folder: Path, case_id: str) -> tuple[Any, Any, dict[str, Any]]:
-    """``load_case``, retried once after the store check's wait for writers (``check_stored``): cases open lazily,
-    so one that ``autoseg preprocess`` stores again after training started (marker removed, arrays replaced) failed
-    mid-training as damaged while the rewrite was under way. A case still failing is named by the check or the retry."""
-    from autoseg.preprocessing.store import check_stored, load_case
-
-    try:
-        return load_case(folder, case_id)
-    except PreprocessingError:
-        if not folder.is_dir():
-            raise
-    check_stored(folder, case_id)  # waits (bounded) for a preprocess run writing into the store
-    return load_case(folder, case_id)
-
-
 class BatchSource:
     """Callable ``index -> {"data": float32 (B, C, *patch), "target": int16 (B, 1, *patch)}``."""
 
@@ -236,7 +221,9 @@ class BatchSource:
 
     def _case(self, case_id: str) -> tuple[Any, Any, dict[str, list[np.ndarray]], Any]:
         if case_id not in self._cases:
-            data, seg, properties = _load_case(Path(self.spec.folder), case_id)
+            from autoseg.preprocessing.store import load_case_waiting  # waits for a preprocess storing it again
+
+            data, seg, properties = load_case_waiting(Path(self.spec.folder), case_id)
             data, seg = self._decompressed(data, seg)
             locations = {
                 str(label): np.asarray(points, dtype=np.int64)

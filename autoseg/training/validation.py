@@ -25,7 +25,7 @@ from autoseg.inference.batch import write_probabilities
 from autoseg.inference.model import load_model
 from autoseg.inference.predictor import append_previous_stage, export_preprocessed
 from autoseg.planning.accounting import tiles_per_case
-from autoseg.preprocessing.store import load_case, load_properties
+from autoseg.preprocessing.store import load_case_waiting
 from autoseg.training.cascade import NEXT_STAGE_FOLDER, hand_on
 from autoseg.utils.probability_files import probability_paths
 
@@ -80,14 +80,14 @@ def validate_fold(
     ``split``: the fold's ``split_digest``, recorded beside each case handed to the next stage."""
     model = load_model(model_folder, folds=[fold], checkpoint="final", device=device)
     paced = tta and deadline is not None
-    tiles = [tiles_per_case(load_properties(store, c)["shape_after_resampling"], model.patch_size) for c in case_ids] if paced else []
+    tiles = [tiles_per_case(load_case_waiting(store, c)[2]["shape_after_resampling"], model.patch_size) for c in case_ids] if paced else []
     pace = MirroringPace(deadline if paced else None, tiles)
     output = model_folder / f"fold_{fold}" / VALIDATION_FOLDER
     output.mkdir(parents=True, exist_ok=True)
     next_stage = model_folder / NEXT_STAGE_FOLDER if hand_to_next_stage else None
     ending = description.file_ending
     for i, case_id in enumerate(case_ids):
-        data, _, properties = load_case(store, case_id, mmap=False)
+        data, _, properties = load_case_waiting(store, case_id, mmap=False)  # waits for a preprocess storing it again
         if previous_stage_cache is not None:
             previous = np.load(previous_stage_cache / f"{case_id}.npy", allow_pickle=False)[0]
             data = append_previous_stage(data, previous, description.foreground_labels)
