@@ -40,7 +40,7 @@ def test_a_truncated_checkpoint_is_named_as_truncated(command: str, keep: int | 
     inputs.mkdir()
     shutil.copy(HIPPOCAMPUS / "imagesTr" / "hippocampus_001_0000.nii.gz", inputs / "case_0000.nii.gz")
     argv = {"predict": ["predict", "-i", inputs, "-o", tmp_path / "out", "-m", checkpoint.parents[1], "--no-tta"],
-            "export-model": ["export-model", "-m", checkpoint.parents[1], "-o", tmp_path / "model.zip"]}[command]
+            "export-model": ["export-model", "-m", checkpoint.parents[1], "-o", tmp_path / "model.zip", "-f", "0"]}[command]
     result = runner.invoke(app, [str(arg) for arg in argv])
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     cut = f"{size // 2} of the {size} bytes its header describes" if keep is None else f"100 bytes, fewer than its {header}-byte header"
