@@ -30,6 +30,7 @@ from autoseg.dataset.imageio import (
 )
 from autoseg.errors import DatasetError
 from autoseg.fingerprint.axis_order import axis_order_warning
+from autoseg.fingerprint.spacing_outliers import spacing_outlier_warnings
 from autoseg.paths import DatasetLocation, DatasetSpec, resolve_dataset
 from autoseg.utils.progress import parallel_map, stage_workers
 
@@ -358,19 +359,22 @@ def verify_dataset(location: DatasetSpec, num_workers: int | None = None) -> Ver
     problems.extend(f"case {f.key}: {f.message}" for f in failures)
     if units := cases_space_units_warning([*cases, *test_cases]):
         warnings.append(units)
-    if order := _axis_order_warning(cases, results):
-        warnings.append(order)
+    warnings.extend(_spacing_warnings(cases, results))
     return VerifyReport(location.name, len(cases) + len(test_cases), problems, warnings)
 
 
-def _axis_order_warning(cases: Sequence[Case], results: dict[str, Any]) -> str | None:
-    """The fingerprint's warning naming training cases stored in another axis order (``fingerprint.axis_order``),
-    from the spacings verify read: ``verify`` passed such a dataset without a word."""
+def _spacing_warnings(cases: Sequence[Case], results: dict[str, Any]) -> list[str]:
+    """The fingerprint's warnings naming training cases stored in another axis order (``fingerprint.axis_order``)
+    and cases whose spacing is far off the median (``fingerprint.spacing_outliers``), from the spacings verify read:
+    ``verify`` passed such datasets without a word."""
     read = [(c.case_id, grid[0]) for c in cases if (grid := results.get(c.case_id, ([], [], None))[2]) is not None]
     if not read:
-        return None
+        return []
+    case_ids = [case_id for case_id, _ in read]
     spacings = [list(spacing) for _, spacing in read]
-    return axis_order_warning([case_id for case_id, _ in read], spacings, np.median(spacings, axis=0).tolist())
+    median = np.median(spacings, axis=0).tolist()
+    order = axis_order_warning(case_ids, spacings, median)
+    return ([order] if order else []) + spacing_outlier_warnings(case_ids, spacings, median)
 
 
 def cases_space_units_warning(cases: Sequence[Case]) -> str | None:

@@ -37,8 +37,8 @@ def axis_order_warning(case_ids: Sequence[str], spacings: Sequence[Sequence[floa
         return None
     groups = {axis: [(case_id, spacing) for (case_id, a), spacing in zip(axes.items(), spacings) if a == axis]
               for axis in sorted(counts)}
-    fix = (f"the median spacing {_mm(median_spacing)} mixes the orders. autoseg, like nnU-Net, does not reorient images: "
-           "rewrite")
+    fix = (f"the median spacing {spacing_text(median_spacing)} mixes the orders. autoseg, like nnU-Net, does not "
+           "reorient images: rewrite")
     (usual, num_usual), (_, num_next) = counts.most_common(2)
     if num_usual == num_next:
         named = " and ".join(f"axis {axis} in {len(cases)} case(s) ({_shown(cases)})" for axis, cases in groups.items())
@@ -53,9 +53,10 @@ def axis_order_warning(case_ids: Sequence[str], spacings: Sequence[Sequence[floa
 
 def _shown(cases: Sequence[tuple[str, Sequence[float]]]) -> str:
     """Up to ``SHOWN_CASES`` cases with their spacing, and how many more."""
-    shown = ", ".join(f"{case_id} {_mm(spacing)}" for case_id, spacing in cases[:SHOWN_CASES])
+    shown = ", ".join(f"{case_id} {spacing_text(spacing)}" for case_id, spacing in cases[:SHOWN_CASES])
     return shown + (f" (+ {len(cases) - SHOWN_CASES} more)" if len(cases) > SHOWN_CASES else "")
 
 
-def _mm(spacing: Sequence[float]) -> str:
+def spacing_text(spacing: Sequence[float]) -> str:
+    """``(1, 1, 3) mm``: a spacing as the warnings show it."""
     return "(" + ", ".join(f"{value:g}" for value in spacing) + ") mm"

@@ -23,6 +23,7 @@ from autoseg.fingerprint.axis_order import axis_order_warning
 from autoseg.fingerprint.cropping import crop_to_nonzero
 from autoseg.fingerprint.file import FINGERPRINT_VERSION, dataset_json_digest, fingerprint_path
 from autoseg.fingerprint.label_layout import class_centroids
+from autoseg.fingerprint.spacing_outliers import spacing_outlier_warnings
 from autoseg.fingerprint.thickness import case_thickness, median_thickness
 from autoseg.paths import DatasetLocation, DatasetSpec, resolve_dataset
 from autoseg.utils.atomic import atomic_write_json
@@ -112,8 +113,9 @@ def extract_fingerprint(
     """Verify and fingerprint every training case; write ``fingerprint.json`` atomically.
 
     Raises ``DatasetError`` listing every problem (nothing is written then). ``warn``, when given, gets the
-    space-units warning of the cases listed here (so a command need not list them again) and the warning naming
-    cases stored in another axis order (``axis_order``).
+    space-units warning of the cases listed here (so a command need not list them again), the warning naming
+    cases stored in another axis order (``axis_order``) and one per case of a spacing far off the median
+    (``spacing_outliers``).
     """
     location = resolve_dataset(location)
     desc = load_description(location.raw_dir)
@@ -137,9 +139,11 @@ def extract_fingerprint(
     atomic_write_json(output or fingerprint_path(location), fingerprint)
     if warn is not None and (units := cases_space_units_warning(cases)):
         warn(units)
-    order = axis_order_warning(fingerprint["case_ids"], fingerprint["spacings"], fingerprint["median_spacing"])
-    if warn is not None and order:
-        warn(order)
+    grid = (fingerprint["case_ids"], fingerprint["spacings"], fingerprint["median_spacing"])
+    order = axis_order_warning(*grid)
+    for line in ([order] if order else []) + spacing_outlier_warnings(*grid):
+        if warn is not None:
+            warn(line)
     return fingerprint
 
 
