@@ -76,3 +76,24 @@ def test_a_patch_axis_just_short_of_the_image_grows_to_it_where_that_is_cheaper_
     assert not before[at].validation_fits  # the tiles the short patch costs: over the validation's share
     assert [c.patch for c in grown[:at]] == [c.patch for c in before[:at]]
     assert grown[at].patch in ([3, 64, 64], [2, 80, 64], [2, 64, 80]) and grown[at].validation_fits
+
+
+@pytest.mark.parametrize(("cases", "noted"), [(1, True), (4, True), (5, False)])
+def test_a_plan_for_fewer_cases_than_folds_says_folds_0_to_4_cannot_train(cases, noted, tmp_path):
+    """A one-case dataset was planned (its budget pricing fold 0's final validation) without a word, and
+    `autoseg train D 3d_fullres 0` then refused: 1 case cannot be split into 5 folds. The plan now says so."""
+    from autoseg.planning.planner import build_plans
+
+    stats = {"mean": 0.0, "median": 0.0, "std": 1.0, "min": -5.0, "max": 5.0, "percentile_00_5": -3.0,
+             "percentile_99_5": 3.0, "num_samples": 100}
+    fingerprint = {"version": 1, "dataset_name": "Dataset981_OneCase", "channel_names": {"0": "MRI"},
+                   "labels": {"background": 0, "a": 1}, "file_ending": ".nii.gz",
+                   "spacings": [[1.0, 1.0, 1.0]] * cases, "shapes_after_crop": [[20, 48, 48]] * cases,
+                   "median_relative_size_after_crop": 1.0, "is_2d": False,
+                   "foreground_intensity_properties_per_channel": {"0": stats}}
+    plans = build_plans(fingerprint, memory_budget_bytes=6 * 2**30, device="cuda", device_present=False,
+                        configs=["3d_fullres"], cache_dir=tmp_path)
+    expected = (f"{cases} training case(s) cannot be split into 5 folds, so `autoseg train` refuses folds 0-4: add "
+                "cases, train fold 'all' (no final validation), or write splits_final.json with fewer folds into the "
+                "dataset's preprocessed folder")
+    assert (expected in plans["notes"]) == noted

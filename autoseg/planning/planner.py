@@ -35,7 +35,7 @@ from autoseg.planning.memory import MemoryModel, calibrate_memory, machine_ram_b
 from autoseg.planning.plans import format_plan_table, plans_path, write_plans
 from autoseg.planning.topology import divisible_patch, features_per_stage, plan_topology, shrink_patch
 from autoseg.preprocessing.resampling import implausible_resampling, resampling_work, scheme_for
-from autoseg.training.splits import fold_sizes
+from autoseg.training.splits import NUM_FOLDS, fold_sizes
 from autoseg.networks.bf16_guard import bf16_step_survives, step_spec
 from autoseg.networks.registry import TopologyConstraints
 from autoseg.utils.cpu_load import applied, idle_thread_choice
@@ -938,6 +938,7 @@ def build_plans(
     if wanted & {CONFIG_FULLRES, CONFIG_LOWRES, CONFIG_CASCADE}:
         configurations.update(_plan_3d(ctx, wanted, spacing, forward, fingerprint, plans_name, explicit=configs is not None))
     ctx.notes.extend(_flat_3d_patch_notes(configurations, budget_seconds))
+    ctx.notes.extend(_too_few_cases_notes(len(fingerprint["spacings"])))
     ctx.notes.extend(short_schedule.apply(configurations, budget_seconds))
     ctx.notes.extend(mirroring.mirroring_notes(fingerprint, ctx.fixed_orders))
     return {
@@ -1042,6 +1043,16 @@ def _flat_3d_patch_notes(configurations: dict[str, dict[str, Any]], budget_secon
                 f"{', or give a larger --budget' if budget_seconds else ''}"
             )
     return notes
+
+
+def _too_few_cases_notes(cases: int) -> list[str]:
+    """Why folds 0-4 of this plan cannot train: with fewer cases than folds ``autoseg train`` refuses them, and
+    the plan (whose budget prices a final validation of fold 0) gave no hint of it."""
+    if cases >= NUM_FOLDS:
+        return []
+    return [f"{cases} training case(s) cannot be split into {NUM_FOLDS} folds, so `autoseg train` refuses folds "
+            f"0-{NUM_FOLDS - 1}: add cases, train fold 'all' (no final validation), or write splits_final.json with "
+            "fewer folds into the dataset's preprocessed folder"]
 
 
 def _voxel_count(count: int) -> str:
