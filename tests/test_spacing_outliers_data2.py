@@ -62,6 +62,20 @@ def test_slice_thicknesses_within_5x_and_datasets_of_two_cases_pass() -> None:
     assert spacing_outlier_warnings(["a", "b"], [(1.0, 1.0, 1.0), (10.0, 10.0, 10.0)], (5.5, 5.5, 5.5)) == []
 
 
+def test_a_case_refused_for_its_spacing_gets_no_warning_too(small_dataset: Path) -> None:
+    """Spacing 1e38 mm was refused and then also warned about, as '99,999,996,802,856,924,...x the median'."""
+    odd = sorted(path.name for path in (small_dataset / "labelsTr").iterdir())[0].removesuffix(".nii.gz")
+    for path in [small_dataset / "imagesTr" / f"{odd}_0000.nii.gz", small_dataset / "labelsTr" / f"{odd}.nii.gz"]:
+        image = sitk.ReadImage(str(path))
+        image.SetSpacing((1.0, 1.0, 1e38))
+        sitk.WriteImage(image, str(path))
+    verified = runner.invoke(app, ["verify", "999", "-np", "1"])
+    assert verified.exit_code == 2 and "is beyond 100000 mm" in verified.output
+    assert "WARNING" not in verified.output, verified.output
+    line = spacing_outlier_warnings(["a", "b", "c"], [(1.0, 1.0, 1.0), (1.0, 1.0, 1.0), (1.0, 1.0, 1e7)], (1.0, 1.0, 1.0))
+    assert line[0].startswith("case c: spacing (1, 1, 1e+07) mm is 1e+07x the dataset's median (1, 1, 1) mm")
+
+
 def test_many_odd_cases_are_counted_after_the_first_lines() -> None:
     ids = [f"case{i:02d}" for i in range(30)]
     spacings = [(10.0, 10.0, 10.0) if i < SHOWN_CASES + 3 else (1.0, 1.0, 1.0) for i in range(30)]

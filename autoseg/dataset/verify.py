@@ -366,8 +366,9 @@ def verify_dataset(location: DatasetSpec, num_workers: int | None = None) -> Ver
 def _spacing_warnings(cases: Sequence[Case], results: dict[str, Any]) -> list[str]:
     """The fingerprint's warnings naming training cases stored in another axis order (``fingerprint.axis_order``)
     and cases whose spacing is far off the median (``fingerprint.spacing_outliers``), from the spacings verify read:
-    ``verify`` passed such datasets without a word."""
-    read = [(c.case_id, grid[0]) for c in cases if (grid := results.get(c.case_id, ([], [], None))[2]) is not None]
+    ``verify`` passed such datasets without a word. A case refused already (a spacing beyond 100000 mm) is left out."""
+    read = [(c.case_id, result[2][0]) for c in cases
+            if (result := results.get(c.case_id, ([], [], None)))[2] is not None and not result[0]]
     if not read:
         return []
     case_ids = [case_id for case_id, _ in read]

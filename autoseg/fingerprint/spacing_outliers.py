@@ -62,8 +62,8 @@ def _factor(ratio: float) -> str:
 
 
 def _number(value: float) -> str:
-    """Three significant digits, large values in full with thousands separators (``1,000``, not ``1e+03``)."""
-    return f"{value:.3g}" if value < 1000 else f"{value:,.0f}"
+    """Three significant digits, up to a million in full with thousands separators (``1,000``, not ``1e+03``)."""
+    return f"{value:,.0f}" if 1000 <= value < 1e6 else f"{value:.3g}"
 
 
 def _cause(ratio: float) -> str:
