@@ -1586,6 +1586,32 @@ def test_a_nifti_without_a_voxel_size_is_refused_not_read_as_1_mm(tmp_path: Path
                                    "as 1 mm; write the image's true voxel size into its header (export it again)")
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_nifti_placed_nowhere_is_refused_before_itk_prints_its_matrix(tmp_path: Path, value: float,
+                                                                        capfd: pytest.CaptureFixture[str]) -> None:
+    """A NaN origin passed verify, and ITK's reader printed its SVD's 4x4 matrix to stderr four times per read."""
+    import struct
+
+    image = sitk.GetImageFromArray(np.arange(120, dtype=np.int16).reshape(4, 5, 6))
+    sitk.WriteImage(image, str(tmp_path / "c.nii"))
+    header = bytearray((tmp_path / "c.nii").read_bytes())
+    header[268:272] = struct.pack("<f", value)  # qoffset_x
+    header[292:296] = struct.pack("<f", value)  # srow_x[3]
+    path = tmp_path / "placed.nii.gz"
+    path.write_bytes(gzip.compress(bytes(header)))
+    capfd.readouterr()
+    with pytest.raises(DatasetError) as info:
+        read_image(path)
+    assert str(info.value) == (f"{path}: its header's position and orientation hold no number (qoffset_x = {value}, "
+                               f"srow_x[3] = {value}), so the image has no place in space; export it again with a "
+                               "finite origin and orientation")
+    assert capfd.readouterr().err == ""
+    header[252:256] = struct.pack("<hh", 1, 0)  # the sform unused: its NaN is not read
+    header[268:272] = struct.pack("<f", 2.5)
+    path.write_bytes(gzip.compress(bytes(header)))
+    assert read_image(path)[1].origin[0] == -2.5
+
+
 def test_a_nifti_header_is_decompressed_once_per_read(monkeypatch: pytest.MonkeyPatch) -> None:
     """The truncation check and the voxel-size check each opened and decompressed a .nii.gz's header: the second
     cost 3-7% of reading a Hippocampus case. The header read for the first is passed to the second."""

@@ -191,6 +191,8 @@ def read_image(path: str | Path) -> tuple[np.ndarray, Geometry]:
         raise DatasetError(f"{path}: file is truncated (its voxel data ends early); copy or export it again")
     if (problem := _unset_voxel_size_problem(path, ending, start.data if start else b"")) is not None:
         raise DatasetError(problem)
+    if ending in NIFTI_ENDINGS and (problem := _nonfinite_placement_problem(path, start.data if start else b"")):
+        raise DatasetError(problem)
     if (problem := _claimed_data_problem(path)) is not None:
         raise DatasetError(problem)
     try:
@@ -338,6 +340,35 @@ def _nifti_unset_voxel_sides(header: bytes) -> list[str]:
     axes = range(1, max(0, min(int(fields.dims[0]), 3)) + 1)
     return [f"pixdim[{i}] = {fields.pixdim[i]:g}" for i in axes
             if fields.dims[i] > 1 and not (math.isfinite(fields.pixdim[i]) and fields.pixdim[i] != 0)]
+
+
+# Where a NIfTI-1 / NIfTI-2 header keeps (qform_code, sform_code) and the quaternion with its offset, then the
+# sform's rows: (offset, struct format) of each.
+_NIFTI_PLACEMENT = {348: ((252, "2h"), (256, "6f"), (280, "12f")), 540: ((344, "2i"), (352, "6d"), (400, "12d"))}
+_QFORM_NAMES = ("quatern_b", "quatern_c", "quatern_d", "qoffset_x", "qoffset_y", "qoffset_z")
+
+
+def _nonfinite_placement_problem(path: Path, header: bytes) -> str | None:
+    """The problem of a NIfTI whose qform or sform in use holds NaN or infinity, else None: the image has no
+    position in space, ITK printed its SVD's matrix to stderr (four times per read, many lines each) and read it
+    without an error, and verify passed it; predictions would be written with that NaN origin."""
+    import struct
+
+    fields = _nifti_header(header)
+    if fields is None:
+        return None
+    header_size = struct.unpack(fields.order + "i", header[:4])[0]  # 348 or 540, as _nifti_header found it
+    (codes_at, codes), (quat_at, quat), (srow_at, srow) = _NIFTI_PLACEMENT[header_size]
+    qform_code, sform_code = struct.unpack_from(fields.order + codes, header, codes_at)
+    named = list(zip(_QFORM_NAMES, struct.unpack_from(fields.order + quat, header, quat_at))) if qform_code > 0 else []
+    if sform_code > 0:
+        rows = struct.unpack_from(fields.order + srow, header, srow_at)
+        named += [(f"srow_{'xyz'[i // 4]}[{i % 4}]", value) for i, value in enumerate(rows)]
+    bad = [f"{name} = {value}" for name, value in named if not math.isfinite(value)]
+    if not bad:
+        return None
+    return (f"{path}: its header's position and orientation hold no number ({', '.join(bad[:3])}), so the image has "
+            "no place in space; export it again with a finite origin and orientation")
 
 
 def _nrrd_unset_voxel_sides(path: Path) -> list[str]:
