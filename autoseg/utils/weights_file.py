@@ -127,16 +127,19 @@ MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on a header
 def _truncation(path: Path) -> str | None:
     """'N of the M bytes ...' where ``path`` starts as a safetensors file (header length, then JSON) but ends before
     its header or the tensors it describes do: a checkpoint cut short by an interrupted copy, download or full disk
-    was called 'damaged or not written by autoseg', which sent users to another autoseg version. Else None."""
+    was called 'damaged or not written by autoseg', which sent users to another autoseg version. A file shorter
+    than the 8-byte header length, or ending right after it, is cut short too (it was called 'header too small'). Else None."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as file:
             head = file.read(8)
-            (length,) = struct.unpack("<Q", head) if len(head) == 8 else (0,)
+            if len(head) < 8:  # cut before its header length: every safetensors file starts with those 8 bytes
+                return f"{size} bytes, fewer than the 8 bytes of its header length"
+            (length,) = struct.unpack("<Q", head)
             if not 1 < length <= MAX_HEADER_BYTES:
                 return None
             text = file.read(length)
-        if not text.startswith(b"{"):
+        if text and not text.startswith(b"{"):  # no bytes after the length: cut right after it
             return None
         if len(text) < length:
             return f"{size} bytes, fewer than its {8 + length}-byte header"
