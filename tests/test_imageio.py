@@ -1612,6 +1612,25 @@ def test_a_nifti_placed_nowhere_is_refused_before_itk_prints_its_matrix(tmp_path
     assert read_image(path)[1].origin[0] == -2.5
 
 
+@pytest.mark.parametrize(("line", "ending"), [("Offset = nan 0 0", ".mha"), ("TransformMatrix = 1 0 0 0 1 0 0 0 inf", ".mhd")])
+def test_a_metaimage_placed_nowhere_is_refused(tmp_path: Path, line: str, ending: str) -> None:
+    """ITK read 'Offset = nan 0 0' as the origin (0, 0, 0) without a word, and verify passed the case."""
+    image = sitk.GetImageFromArray(np.arange(120, dtype=np.int16).reshape(4, 5, 6))
+    image.SetOrigin((3.0, 4.0, 5.0))
+    path = tmp_path / f"c{ending}"
+    sitk.WriteImage(image, str(path))
+    assert read_image(path)[1].origin == (3.0, 4.0, 5.0)
+    key = line.split(" = ")[0]
+    text = path.read_bytes().decode("latin-1")
+    start = text.index(f"{key} = ")
+    path.write_bytes((text[:start] + line + text[text.index("\n", start):]).encode("latin-1"))
+    with pytest.raises(DatasetError) as info:
+        read_image(path)
+    assert str(info.value) == (f"{path}: its header's {key.lower()} '{line.split(' = ')[1]}' is not all finite numbers "
+                               "(ITK would read another origin or direction without a word); export it again with a "
+                               "finite origin and orientation")
+
+
 def test_a_nifti_header_is_decompressed_once_per_read(monkeypatch: pytest.MonkeyPatch) -> None:
     """The truncation check and the voxel-size check each opened and decompressed a .nii.gz's header: the second
     cost 3-7% of reading a Hippocampus case. The header read for the first is passed to the second."""

@@ -193,6 +193,8 @@ def read_image(path: str | Path) -> tuple[np.ndarray, Geometry]:
         raise DatasetError(problem)
     if ending in NIFTI_ENDINGS and (problem := _nonfinite_placement_problem(path, start.data if start else b"")):
         raise DatasetError(problem)
+    if ending in (".mha", ".mhd") and (problem := _metaimage_placement_problem(path)):
+        raise DatasetError(problem)
     if (problem := _claimed_data_problem(path)) is not None:
         raise DatasetError(problem)
     try:
@@ -369,6 +371,28 @@ def _nonfinite_placement_problem(path: Path, header: bytes) -> str | None:
         return None
     return (f"{path}: its header's position and orientation hold no number ({', '.join(bad[:3])}), so the image has "
             "no place in space; export it again with a finite origin and orientation")
+
+
+_METAIMAGE_PLACEMENT_KEYS = ("offset", "position", "origin", "transformmatrix", "rotation", "orientation")
+
+
+def _metaimage_placement_problem(path: Path) -> str | None:
+    """The problem of a MetaImage whose origin or direction field holds something other than finite numbers, else
+    None: ITK read ``Offset = nan 0 0`` as the origin (0, 0, 0) without a word, and verify passed it."""
+    parsed = _header_fields(path, "=", "elementdatafile")
+    fields = parsed[0] if parsed is not None else {}
+    for key in _METAIMAGE_PLACEMENT_KEYS:
+        if key in fields and not all(_is_finite_number(token) for token in fields[key].split()):
+            return (f"{path}: its header's {key} '{fields[key]}' is not all finite numbers (ITK would read another "
+                    "origin or direction without a word); export it again with a finite origin and orientation")
+    return None
+
+
+def _is_finite_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
 
 
 def _nrrd_unset_voxel_sides(path: Path) -> list[str]:
