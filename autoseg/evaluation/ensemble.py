@@ -8,7 +8,6 @@ sidecar's geometry: argmax for classes, thresholding in ``regions_class_order`` 
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 from pathlib import Path
@@ -29,6 +28,7 @@ from autoseg.utils.probability_files import (
 )
 from autoseg.utils.atomic import atomic_write_json, remove_stale_temporaries
 from autoseg.utils.disk import stop_on_full_disk
+from autoseg.utils.grid_check import geometry_problem
 from autoseg.utils.output_folders import check_output_folder, claim_output_files, input_entry
 from autoseg.utils.progress import parallel_map, stage_workers
 
@@ -82,26 +82,17 @@ def _label_dtype(max_value: int) -> type:
 
 def _sidecar_geometry(path: Path, sidecar: Mapping[str, Any], case: str) -> Geometry:
     """The geometry a sidecar records, refused naming the sidecar when it is malformed (edited by hand or
-    by another tool): it failed as a bare ``KeyError: 'spacing'`` that named no file."""
+    by another tool) or cannot place its ``shape``: it failed as a bare ``KeyError: 'spacing'`` that named no file,
+    or in ITK after the other cases' label maps were written."""
     fix = "re-run predict with --save-probabilities for this case"
     try:
         geometry = Geometry.from_dict(sidecar["geometry"])
     except (KeyError, TypeError, ValueError) as exc:
         raise EvaluationError(f"{path}: geometry of case {case} is malformed ({type(exc).__name__}: {exc}); {fix}") from None
-    problem = _geometry_value_problem(geometry)
+    problem = geometry_problem(geometry, sidecar["shape"][1:])  # the shape is checked first (agreeing_sidecars)
     if problem is not None:
         raise EvaluationError(f"{path}: geometry of case {case} is malformed ({problem}); {fix}")
     return geometry
-
-
-def _geometry_value_problem(geometry: Geometry) -> str | None:
-    """Why a sidecar's geometry cannot be written (``None`` when it can): a spacing of 0 failed its case with ITK's
-    bare 'Exception thrown in SimpleITK Image_SetSpacing' after the other cases' label maps were written."""
-    if not all(math.isfinite(v) and v > 0 for v in geometry.spacing):
-        return f"spacing {list(geometry.spacing)} is not positive and finite"
-    if not all(math.isfinite(v) for v in (*geometry.origin, *geometry.direction)):
-        return f"origin {list(geometry.origin)} or direction {list(geometry.direction)} holds a value that is not finite"
-    return None
 
 
 def agreeing_sidecars(case: str, input_dirs: Sequence[Path]) -> tuple[list[dict[str, Any]], Geometry]:
@@ -110,6 +101,7 @@ def agreeing_sidecars(case: str, input_dirs: Sequence[Path]) -> tuple[list[dict[
     case by case left the other cases' label maps in the output folder, a partial ensemble."""
     sidecars = [read_sidecar(folder, case, EvaluationError) for folder in input_dirs]
     reference, first_sidecar = sidecars[0], probability_paths(input_dirs[0], case).sidecar
+    _refuse_channels_unlike_labels(first_sidecar, reference, case)  # a valid shape, which the geometry must fit
     geometry = _sidecar_geometry(first_sidecar, reference, case)
     for folder, sidecar in zip(input_dirs, sidecars):
         path = probability_paths(folder, case).sidecar
@@ -122,7 +114,6 @@ def agreeing_sidecars(case: str, input_dirs: Sequence[Path]) -> tuple[list[dict[
         diff = geometry_differences(_sidecar_geometry(path, sidecar, case), geometry)
         if diff:
             raise EvaluationError(f"{path}: geometry differs from {first_sidecar} for case {case}: {'; '.join(diff)}")
-    _refuse_channels_unlike_labels(first_sidecar, reference, case)
     return sidecars, geometry
 
 
