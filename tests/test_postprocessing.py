@@ -387,6 +387,24 @@ def test_apply_whose_every_case_fails_writes_no_dataset_json_or_plans_json(tmp_p
     assert (out / "dataset.json").read_bytes() == (preds / "dataset.json").read_bytes()
 
 
+def test_apply_takes_no_probabilities_sidecar_of_a_case_named_plans_for_the_plans(tmp_path):
+    """A predict folder with a case named plans saved with --save-probabilities holds plans.json, that case's sidecar,
+    beside plans.npz: apply copied it as the plans and left the model's dataset.json out. Each name is looked up on
+    its own and the sidecar skipped, so both come from the model."""
+    preds, _ = _make_cv_folders(tmp_path)
+    determine_postprocessing(preds, _, LABELS, num_workers=1, file_ending=".nii.gz")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "dataset.json").write_text(json.dumps(DATASET_JSON))
+    (model / "plans.json").write_text('{"plans_name": "autosegPlans"}\n')
+    (preds / "predict_info.json").write_text(json.dumps({"model_folder": str(model)}))
+    (preds / "plans.json").write_text('{"case_id": "plans", "shape": [2, 1, 4, 4]}')
+    (preds / "plans.npz").write_bytes(b"saved probabilities")
+    apply_to_folder(preds, tmp_path / "out", preds / "postprocessing.json", num_workers=1)
+    for name in ("dataset.json", "plans.json"):
+        assert (tmp_path / "out" / name).read_bytes() == (model / name).read_bytes()
+
+
 def test_apply_refuses_a_folder_holding_another_dataset_json_before_any_case(tmp_path):
     """The copy never replaces a dataset.json that apply did not write: the output folder is refused, untouched."""
     preds, refs = _make_cv_folders(tmp_path)

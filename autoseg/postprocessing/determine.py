@@ -41,6 +41,7 @@ from autoseg.utils.disk import stop_on_full_disk
 from autoseg.utils.output_folders import (
     check_output_file, check_output_folder, claim_output_files, input_entry, output_file, predicting_model_folder,
 )
+from autoseg.utils.probability_files import is_probability_sidecar
 from autoseg.utils.progress import parallel_map, stage_workers
 
 DECISION_VERSION = 1
@@ -452,12 +453,17 @@ DESCRIBING_FILES = ("dataset.json", "plans.json")  # what apply copies beside it
 def _describing_files(input_dir: Path) -> dict[str, bytes]:
     """Name -> content of the dataset.json and plans.json of ``input_dir``, else of the model its ``predict_info.json``
     names (predict writes none beside its label maps), read before any output: apply wrote neither, so evaluate,
-    ensemble or determine on its output wanted -d where the input needed none."""
-    for folder in (input_dir, predicting_model_folder(input_dir)):
-        found = [folder / name for name in DESCRIBING_FILES if folder is not None and (folder / name).is_file()]
-        if found:
-            return {source.name: _read_describing_file(source) for source in found}
-    return {}
+    ensemble or determine on its output wanted -d where the input needed none. Each name is looked up on its own, and
+    a case's probabilities sidecar (a case named ``plans``) is none: it was copied as the plans, the model's
+    dataset.json left out."""
+    folders = [folder for folder in (input_dir, predicting_model_folder(input_dir)) if folder is not None]
+    found = {}
+    for name in DESCRIBING_FILES:
+        source = next((folder / name for folder in folders
+                       if (folder / name).is_file() and not is_probability_sidecar(folder / name)), None)
+        if source is not None:
+            found[name] = _read_describing_file(source)
+    return found
 
 
 def _read_describing_file(source: Path) -> bytes:

@@ -41,6 +41,13 @@ def probability_paths(folder: Path, case_id: str) -> ProbabilityPaths:
     return ProbabilityPaths(folder / f"{case_id}{PROBABILITIES_SUFFIX}", folder / f"{case_id}{SIDECAR_SUFFIX}")
 
 
+def is_probability_sidecar(path: Path) -> bool:
+    """Whether ``path`` is the sidecar of a case's saved probabilities (``<case>.npz`` beside it): a case named
+    ``plans`` or ``dataset`` predicted with --save-probabilities has a ``plans.json`` that is no plans."""
+    case_id = path.name.removesuffix(SIDECAR_SUFFIX)
+    return path.name.endswith(SIDECAR_SUFFIX) and probability_paths(path.parent, case_id).probabilities.is_file()
+
+
 def write_probability_files(
     folder: Path, case_id: str, probabilities: np.ndarray, geometry: Geometry, labels: Mapping[str, Any],
     regions_class_order: Sequence[int] | None,
