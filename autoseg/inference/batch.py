@@ -426,26 +426,37 @@ def _describe(exc: BaseException) -> str:
     return text if isinstance(exc, AutosegError) else f"{type(exc).__name__}: {text}"
 
 
+def _model_folder(model: LoadedModel | str | Path | tuple[str, str]) -> Path | None:
+    """The folder of a model given by its path or ``(dataset, configuration)``, found without reading it; None for a
+    model already loaded."""
+    if isinstance(model, LoadedModel):
+        return None
+    if not isinstance(model, (str, os.PathLike, tuple)):
+        raise InferenceError(f"model={model!r}: give a model folder, a (dataset, configuration) pair or a model "
+                             "from load_model")
+    require_torch()
+    from autoseg.inference.model import find_model_folder, named_folder
+
+    return find_model_folder(*model) if isinstance(model, tuple) else named_folder(Path(model))
+
+
 def _resolve_model(
     model: LoadedModel | str | Path | tuple[str, str],
+    folder: Path | None,
     folds: Sequence[int | str] | str | None,
     checkpoint: str | None,
     device: str | torch.device | None,
     tta: bool,
 ) -> LoadedModel:
-    """The model predict_folder runs; ``tta`` says whether it mirrors (folds trained with other mirror axes
-    are refused only then)."""
+    """The model predict_folder runs (``folder``: ``_model_folder(model)``); ``tta`` says whether it mirrors (folds
+    trained with other mirror axes are refused only then)."""
     if isinstance(model, LoadedModel):
         refuse_other_settings(model, folds, checkpoint, device)
         model.tta_mirror_axes(tta)  # refused before any output where its folds share no mirror axes
         return model
-    if not isinstance(model, (str, os.PathLike, tuple)):
-        raise InferenceError(f"model={model!r}: give a model folder, a (dataset, configuration) pair or a model "
-                             "from load_model")
-    require_torch()
-    from autoseg.inference.model import find_model_folder, load_model
+    from autoseg.inference.model import load_model
 
-    folder = find_model_folder(*model) if isinstance(model, tuple) else Path(model)
+    assert folder is not None
     return load_model(folder, folds, DEFAULT_CHECKPOINT if checkpoint is None else checkpoint, device, tta=tta)
 
 
@@ -453,15 +464,20 @@ def refuse_output_in_model(output: Path, model: LoadedModel) -> None:
     """Refuse an output folder that is the model folder (a cascade's stage's too) or lies in it: ``-o`` given the
     ``-m`` folder, or a fold of it, put label maps and a predict_info.json among the model's plans and checkpoints,
     which export-model, find-best and the next predict read."""
-    target = output.resolve()
     stage: LoadedModel | None = model
     while stage is not None:
-        folder = stage.folder.resolve()
-        if target.is_relative_to(folder):
-            where = "is the model folder" if target == folder else f"lies in the model folder {stage.folder}"
-            raise InferenceError(f"{output}: {where}; predictions there would sit among the model's plans and "
-                                 "checkpoints: choose an output folder outside it")
+        refuse_output_in_folder(output, stage.folder)
         stage = stage.previous_stage
+
+
+def refuse_output_in_folder(output: Path, folder: Path) -> None:
+    """``refuse_output_in_model`` for one model ``folder``, which need not be loaded: checked before its weights are
+    read (every fold's were loaded, for minutes on a large model, before the refusal)."""
+    target, resolved = output.resolve(), folder.resolve()
+    if target.is_relative_to(resolved):
+        where = "is the model folder" if target == resolved else f"lies in the model folder {folder}"
+        raise InferenceError(f"{output}: {where}; predictions there would sit among the model's plans and "
+                             "checkpoints: choose an output folder outside it")
 
 
 def refuse_other_settings(
@@ -541,8 +557,11 @@ def predict_folder(
     input_path, output = Path(input_path), Path(output_folder)
     check_output_folder(output, InferenceError, [input_path], reads_subfolders=True)
     cases = shard(discover_cases(input_path), num_parts, part_id)
-    loaded = _resolve_model(model, folds, checkpoint, device, tta)
-    refuse_output_in_model(output, loaded)
+    folder = _model_folder(model)
+    if folder is not None:
+        refuse_output_in_folder(output, folder)  # before any weights are read
+    loaded = _resolve_model(model, folder, folds, checkpoint, device, tta)
+    refuse_output_in_model(output, loaded)  # a loaded model's folder, a cascade's low-resolution stage's
     info = _predict_info(loaded, step, tta, save_probabilities, mixed_precision)  # checks the settings first
     if compile_networks:
         if loaded.engine != "torch":
