@@ -523,7 +523,11 @@ def postprocess_apply(
     decision: Path = path_option(..., "--decision", help="postprocessing.json from `postprocess determine`"),
     num_workers: Optional[int] = workers_option(),
 ) -> None:
-    """Apply a postprocessing decision to every label map of a folder (deterministic)."""
+    """Apply a postprocessing decision to every label map of a folder (deterministic).
+
+    The input folder's dataset.json and plans.json (or, for a predict output without them, those of the model
+    its predict_info.json names) are copied beside the label maps once a case is written, so `evaluate` and
+    `ensemble` on the output need no -d."""
     from autoseg.postprocessing.determine import apply_to_folder
 
     written = apply_to_folder(input, output, decision, num_workers)
@@ -541,8 +545,9 @@ def ensemble(
 ) -> None:
     """Average the saved probabilities of several configurations (or models) case by case.
 
-    The inputs' dataset.json (the first that gives the labels the probabilities were predicted with) is written
-    beside the label maps, so `evaluate` and `postprocess determine` on the output need no -d."""
+    The inputs' dataset.json (the first that gives the labels the probabilities were predicted with), its
+    file_ending set to the one the written label maps share, is written beside them after the cases (when one was written), so
+    `evaluate` and `postprocess determine` on the output need no -d."""
     from autoseg.evaluation.ensemble import ensemble_folders
 
     cases = ensemble_folders(inputs, output, save_probabilities, num_workers, file_ending)
