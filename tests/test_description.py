@@ -31,7 +31,8 @@ def test_regions_need_class_order() -> None:
         parse_description(BASE | {"labels": regions}, Path("d.json"))
 
 
-WHY_ORDER = "each region's value is a label of its own that no later region lists, as later regions overwrite earlier ones"
+WHY_ORDER = ("each region's value is its smallest label that no later region lists, or any of its labels where later "
+             "regions list them all, as later regions overwrite earlier ones")
 
 
 @pytest.mark.parametrize(("regions", "order", "fix"), [
@@ -42,6 +43,10 @@ WHY_ORDER = "each region's value is a label of its own that no later region list
     ({"enhancing": 4, "whole": [1, 2, 3, 4], "core": [1, 3, 4]}, None,
      '(3 regions); list the regions in labels largest first (whole, core, enhancing) and add "regions_class_order": '
      f"[2, 1, 4] ({WHY_ORDER})"),
+    # whole has no label no later region lists: always overwritten, any of its labels will do (was refused as
+    # 'they overlap without nesting' though [1, 2, 3, 1] passes)
+    ({"whole": [1, 2, 3], "core": [2, 3], "enh": [3], "ncr": [1]}, None,
+     f'(4 regions); add "regions_class_order": [1, 2, 3, 1] ({WHY_ORDER})'),
     ({"left": [1, 2], "right": [2, 3]}, None,
      "(2 regions); no order writes these regions as one label map: they overlap without nesting; make each region "
      "hold or exclude every other"),

@@ -327,21 +327,21 @@ def _check_regions_read_back(desc: DatasetDescription, path: Path) -> None:
 
 def _region_order(regions: Regions) -> list[int] | None:
     """A ``regions_class_order`` for ``regions`` listed in this order: each region writes its smallest label that
-    no later region lists (a later region overwrites it); None when a region has no such label or a label would
-    read back as other regions."""
+    no later region lists (a later region overwrites it); a region whose every label a later region lists is
+    always overwritten, so any of its labels will do (its smallest). None when a label would read back as other
+    regions (regions that overlap without nesting)."""
     order = []
     for i, (_, values) in enumerate(regions):
         own = [v for v in values if not any(v in later for _, later in regions[i + 1:])]
-        if not own:
-            return None
-        order.append(min(own))
+        order.append(min(own or values))
     return None if _misread_label(regions, order) is not None else order
 
 
 def _order_suggestion(regions: Regions) -> str:
     """The fix for a missing or miscounted ``regions_class_order``: a valid order to write, for the regions as
     listed or, failing that, listed largest first (nnU-Net's rule); the line named no order at all."""
-    why = "each region's value is a label of its own that no later region lists, as later regions overwrite earlier ones"
+    why = ("each region's value is its smallest label that no later region lists, or any of its labels where later "
+           "regions list them all, as later regions overwrite earlier ones")
     if (order := _region_order(regions)) is not None:
         return f'add "regions_class_order": {order} ({why})'
     largest_first = sorted(regions, key=lambda region: -len(region[1]))
