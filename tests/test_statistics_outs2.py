@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import re
 from pathlib import Path
 
@@ -76,3 +77,20 @@ def test_the_statistics_say_a_2d_images_sizes_are_areas() -> None:
     assert flat["size_unit"] == "mm^2" and flat["voxel_volume_mm3"] == 0.75
     assert flat["structures"]["liver"]["volume_mm3"] == 4 * 0.75
     assert case_statistics(labels, data, GEOMETRY, description)["size_unit"] == "mm^3"
+
+
+def test_statistics_csv_gives_the_unit_of_each_rows_sizes(tmp_path: Path) -> None:
+    """statistics.csv listed a 2D image's areas under volume_mm3 with nothing saying so; its size_unit column does."""
+    labels, data = synthetic_case()
+    png = Geometry((999.0, 0.5, 1.5), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0))
+    inputs, output = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir(), output.mkdir()
+    for case, array, geometry, label_map in (("flat", data[:, :1], png, labels[:1]), ("vol", data, GEOMETRY, labels)):
+        for channel in (0, 1):
+            write_image(array[channel], geometry, inputs / f"{case}_000{channel}.nii.gz")
+        write_image(label_map, geometry, output / f"{case}.nii.gz")
+    csv_path = write_statistics(inputs, output, parse_description(CLASSES, Path("dataset.json")))
+    rows = list(csv.DictReader(csv_path.open()))
+    assert list(rows[0])[:6] == ["case", "structure", "voxels", "volume_mm3", "size_unit", "components"]
+    assert [(r["case"], r["structure"], r["volume_mm3"], r["size_unit"]) for r in rows if r["structure"] == "liver"] == [
+        ("flat", "liver", "3.0", "mm^2"), ("vol", "liver", "13.5", "mm^3")]

@@ -73,8 +73,10 @@ def case_statistics(
 def _csv_rows(case_id: str, stats: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for name, entry in stats["structures"].items():
+        # size_unit: a 2D image's volume_mm3 are areas, which the column's name does not say (statistics
+        # files of earlier versions record none: left empty)
         row = {"case": case_id, "structure": name, "voxels": entry["voxels"], "volume_mm3": entry["volume_mm3"],
-               "components": entry["components"]}
+               "size_unit": stats.get("size_unit", ""), "components": entry["components"]}
         for channel, values in entry["intensity"].items():
             row.update({f"{channel}:{key}": "" if value is None else value for key, value in values.items()})
         rows.append(row)
