@@ -11,6 +11,7 @@ from scipy import ndimage
 
 from autoseg.evaluation.metrics import (
     binary_metrics,
+    size_unit,
     case_metrics,
     evaluation_classes,
     mean_metrics,
@@ -213,3 +214,10 @@ def test_agrees_with_simpleitk_maurer_distance(seed):
         got = binary_metrics(pred, ref, spacing, tolerance_mm=tolerance)
         for key, value in expected.items():
             assert got[key] == pytest.approx(value, rel=1e-6, abs=1e-6), key
+
+
+@pytest.mark.parametrize("shape, unit", [((4, 5, 6), "mm^3"), ((1, 5, 6), "mm^2"), ((5, 1, 6), "mm^2"),
+                                         ((1, 1, 6), "mm"), ((1, 6, 1), "mm"), ((1, 1, 1), "voxels")])
+def test_size_unit_follows_the_axes_longer_than_one(shape, unit):
+    """A line of voxels (1, 1, N), whose sizes are lengths, was said to measure mm^2."""
+    assert size_unit(shape) == unit

@@ -155,10 +155,14 @@ def voxel_volume_mm3(shape: Sequence[int], spacing: Sequence[float]) -> float:
     return physical_volume_mm3([s for s, n in zip(spacing, shape) if n > 1])
 
 
+SIZE_UNITS = ("voxels", "mm", "mm^2", "mm^3")  # by the number of axes longer than 1
+
+
 def size_unit(shape: Sequence[int]) -> str:
-    """The unit of ``voxel_volume_mm3`` for an image of ``shape``: ``mm^2`` when fewer than three axes are longer
-    than 1 (a 2D image's sizes are areas), else ``mm^3``."""
-    return "mm^3" if sum(n > 1 for n in shape) >= 3 else "mm^2"
+    """The unit of ``voxel_volume_mm3`` for an image of ``shape``, by its axes longer than 1: ``mm^3`` for three,
+    ``mm^2`` for two (a 2D image's sizes are areas), ``mm`` for one (a line of voxels: lengths, once called mm^2)
+    and ``voxels`` for a single voxel, whose size counts as 1."""
+    return SIZE_UNITS[min(sum(n > 1 for n in shape), len(SIZE_UNITS) - 1)]
 
 
 def _surface_metrics(
