@@ -49,3 +49,42 @@ def test_every_rank_stops_with_rank_0s_validation_error(data_roots: dict[str, Pa
     outcomes = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
     assert outcomes[0] == outcomes[1] and outcomes[0].startswith(f"{gt}/"), outcomes
 
+
+
+# As RANKS, with rank 0's checkpoint writes failing as on a full disk.
+FULL_DISK_RANKS = """
+import errno, os, sys
+from pathlib import Path
+import torch
+torch.set_num_threads(1)
+from autoseg.errors import AutosegError
+from autoseg.training import train_fold, trainer
+
+def full(path, checkpoint):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+trainer.write_checkpoint = full
+try:
+    train_fold(sys.argv[2], "3d_fullres", 0, epochs=1, workers=0, overrides=sys.argv[3:])
+    outcome = "trained"
+except (AutosegError, OSError) as exc:
+    outcome = f"{type(exc).__name__}: {exc}"
+(Path(sys.argv[1]) / f"rank{os.environ['RANK']}.txt").write_text(outcome)
+"""
+
+
+def test_every_rank_stops_with_rank_0s_checkpoint_error(data_roots: dict[str, Path], tmp_path: Path) -> None:  # noqa: F811
+    """Was: rank 0 failing to write a checkpoint (a full disk) stopped alone; rank 1 died in its next collective
+    with a gloo traceback. Both now stop with rank 0's error."""
+    script = tmp_path / "ranks.py"
+    script.write_text(FULL_DISK_RANKS)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--log-dir",
+               str(tmp_path / "torchelastic"), str(script), str(tmp_path), DATASET, *FAST]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO, "AUTOSEG_RAW": str(data_roots["raw"]),
+           "AUTOSEG_PREPROCESSED": str(data_roots["preprocessed"]), "AUTOSEG_RESULTS": str(tmp_path / "results")}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    outcomes = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
+    fold = tmp_path / "results" / DATASET / "unet__autosegPlans__3d_fullres" / "fold_0"
+    assert outcomes[0] == outcomes[1], outcomes
+    assert outcomes[0].startswith("OSError: [Errno 28] No space left on device: ") and str(fold) in outcomes[0], outcomes

@@ -399,8 +399,7 @@ def _train(trainer: Trainer, run: FoldRun, context: DistributedContext, source: 
         trainer.fit()
     else:  # nothing left to train (killed in the final validation): the time so far is this run's startup
         trainer.times.mine["startup"] = time.monotonic() - run.start_time
-        if not (run.fold_folder / FINAL).is_file():
-            trainer.save(FINAL)
+        trainer.save(FINAL, missing_only=True)  # rank 0 decides: other hosts may not see the fold's files
     barrier(context)
     return pretrained
 

@@ -46,7 +46,7 @@ from autoseg.training.data_loading import (
     validation_workers,
     worker_count,
 )
-from autoseg.training.distributed import DistributedContext, all_reduce_sum, rank_batch_size, wrap_model
+from autoseg.training.distributed import DistributedContext, all_reduce_sum, on_main, rank_batch_size, wrap_model
 from autoseg.training.fold_run import FoldRun
 from autoseg.training.model_setup import ModelSetup, NetworkRequest, build_model, seed_everything
 from autoseg.training.math_threads import recount_at_epoch_end
@@ -225,15 +225,22 @@ class Trainer:
             PREDICTION_PLAN: prediction_plan(run.plans, run.configuration_name),
         }
 
-    def save(self, name: str) -> None:
+    def save(self, name: str, missing_only: bool = False) -> None:
+        """Checkpoint ``name`` (``missing_only``: unless rank 0 finds it written), on every rank alike: rank 0 writes
+        it through ``on_main``, so its error (a full disk, no permission) stops every rank with the same line; raised
+        on rank 0 alone, the others waited for it at their next collective (6 h under NCCL)."""
+        path = self.run.fold_folder / name
+        on_main(lambda: None if missing_only and path.is_file() else self._write_checkpoint(name), self.context)
+
+    def _write_checkpoint(self, name: str) -> None:
+        """Rank 0: the checkpoint ``name`` of the state so far (with the time spent, the mirroring decided)."""
         if self.replanner is not None:
             self.state.validation_tta = self.replanner.mirroring
         self.state.spent_seconds = self.times.spent()
-        if self.context.is_main:
-            started = time.monotonic()
-            checkpoint = training_checkpoint(self.setup, self.step.state_dict(), self.state, self.metadata())
-            write_checkpoint(self.run.fold_folder / name, checkpoint)
-            self.times.add_checkpoint(time.monotonic() - started)
+        started = time.monotonic()
+        checkpoint = training_checkpoint(self.setup, self.step.state_dict(), self.state, self.metadata())
+        write_checkpoint(self.run.fold_folder / name, checkpoint)
+        self.times.add_checkpoint(time.monotonic() - started)
 
     def load(self, path: Path) -> None:
         run = self.run
@@ -300,9 +307,9 @@ class Trainer:
             val_stream.close()
             self.monitor.stop()
         self.times.end_fit()
-        self.save(FINAL)
-        self.monitor.log(f"training finished: {self.state.iteration} iterations, {self.state.epoch} epochs, "
-                         f"{describe_best(self.state.best_ema)}")
+        done = (f"training finished: {self.state.iteration} iterations, {self.state.epoch} epochs, "
+                f"{describe_best(self.state.best_ema)}")
+        on_main(lambda: (self._write_checkpoint(FINAL), self.monitor.log(done)), self.context)
 
     def _train(self, stream: BatchStream, val_stream: BatchStream, watchdog: IterationWatchdog) -> None:
         """Epochs until the total; under a budget the total is re-planned after each epoch."""
@@ -366,11 +373,16 @@ class Trainer:
         row = epoch_row(state, train_loss, result, self.output_names, self.setup.optimizer.param_groups[0]["lr"],
                         epoch_start, iteration_seconds, self.device)
         state.history.append(row)
-        # The best checkpoint before the latest, which commits the epoch: a full disk refusing the best one
-        # after the latest had left an epoch --continue took as done, never redone, so the rerun finished
-        # without checkpoint_best. The metrics follow the latest (what a reader of them may resume from).
+        # Rank 0 writes through on_main: its error (a full disk) stops every rank with the same line.
+        on_main(lambda: self._write_epoch(row, improved), self.context)
+
+    def _write_epoch(self, row: dict[str, Any], improved: bool) -> None:
+        """Rank 0: the epoch's checkpoints, metrics and log lines. The best checkpoint before the latest, which commits
+        the epoch: a full disk refusing the best one after the latest had left an epoch --continue took as done, never
+        redone, so the rerun finished without checkpoint_best. The metrics follow the latest (what a reader of them
+        may resume from)."""
         if improved:
-            self.save(BEST)
-        self.save(LATEST)
-        self.monitor.write_history(state.history)
-        self.monitor.log_epoch(row, improved, state.total_iterations, "region" if self.labels.regions else "class")
+            self._write_checkpoint(BEST)
+        self._write_checkpoint(LATEST)
+        self.monitor.write_history(self.state.history)
+        self.monitor.log_epoch(row, improved, self.state.total_iterations, "region" if self.labels.regions else "class")
