@@ -107,6 +107,12 @@ def test_ignore_label_is_one_integer_in_no_region(labels: dict, order: list[int]
 @pytest.mark.parametrize(("change", "message"), [
     ({"labels": {"background": 1, "a": 0}}, 'labels must map "background" to 0: got 1; renumber the labels so '
      r'background is 0 and the classes 1, 2, ... \(in dataset.json and the label files\)$'),
+    # a list (or other non-integer) was told to 'renumber the labels so background is 0'
+    ({"labels": {"background": [0], "a": 1}}, r'labels must map "background" to 0: got \[0\]; it must be the integer 0, '
+     r'not a list: write "background": 0$'),
+    ({"labels": {"background": False, "a": 1}}, r'labels must map "background" to 0: got false; it must be the integer 0, '
+     r'not true or false: write "background": 0$'),
+    ({"labels": {"background": None, "a": 1}}, r'to 0: got null; it must be the integer 0, not null: write "background": 0$'),
     # labels written from 1, or background under another name: both said only '(got None)'
     ({"labels": {"a": 1, "b": 2}}, r'labels must map "background" to 0: it has no "background" entry; add "background": 0 '
      r"\(the label files' value for no structure\)$"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,14 +105,22 @@ def _integer(value: Any) -> Any:
     return _whole_number(value)
 
 
+_JSON_KINDS = {list: "a list", str: "a string", bool: "true or false", float: "a fraction", dict: "a mapping",
+               type(None): "null"}
+
+
 def _background_problem(labels: Any) -> str | None:
     """Why ``labels`` lacks nnU-Net's ``"background": 0``, with the fix (None when it has it): the line said only
     '(got None)' for labels written from 1 without a background entry, or with background under another name."""
     if not isinstance(labels, dict):
         return f'got {labels!r}; write each name with its value, e.g. {{"background": 0, "tumor": 1}}'
     if "background" in labels:
-        if labels["background"] == 0:
+        value = labels["background"]
+        if type(value) is int and value == 0:
             return None
+        if type(value) is not int:  # [0] was told to 'renumber the labels so background is 0'
+            kind = _JSON_KINDS.get(type(value), type(value).__name__)
+            return f'got {json.dumps(value)}; it must be the integer 0, not {kind}: write "background": 0'
         return (f"got {labels['background']!r}; renumber the labels so background is 0 and the classes 1, 2, ... "
                 "(in dataset.json and the label files)")
     zero = next((name for name, value in labels.items() if value == 0 and not isinstance(value, bool)), None)
