@@ -54,7 +54,7 @@ from autoseg.training.splits import FOLD_ALL, canonical_fold, fold_cases
 from autoseg.training.trainer import Trainer, describe_best, network_request
 from autoseg.training.validation import GT_FOLDER, VALIDATION_FOLDER, validate_fold
 from autoseg.utils.atomic import (
-    FolderLocked, atomic_path, atomic_write_json, atomic_write_text, remove_stale_temporaries,
+    FolderLocked, atomic_path, atomic_write_json, atomic_write_text, exclusive_holder, remove_stale_temporaries,
 )
 from autoseg.utils.folders import locked_new_folder
 from autoseg.utils.jsonio import read_json
@@ -70,6 +70,7 @@ DEFAULT_PLANS_NAME = "autosegPlans"
 CONFIG_FILE = "training_config.yaml"
 MAX_SEED = 2**32 - 1  # numpy's legacy seeding (np.random.seed) takes no larger seed
 ACCOUNTING_FILE = "time_accounting.json"
+FOLD_LOCK_POLL_SECONDS = 0.05  # how often a train waiting for a check's shared lock on the fold (an instant) retries
 
 
 def choose_device(name: str | None) -> torch.device:
@@ -174,12 +175,27 @@ def _hold_fold(run: FoldRun, stack: contextlib.ExitStack) -> None:
     """Make and lock the fold folder into ``stack``; a fold another process holds is refused, naming it."""
     _refuse_folders_named_as_files(run)  # a file where the fold folder is made: named, not a raw error
     try:
-        stack.enter_context(locked_new_folder(run.fold_folder, wait=False))
+        _lock_fold_folder(run.fold_folder, stack)
     except FolderLocked as exc:
         holder = f"process {exc.pid}" if exc.pid else "another process"
         raise TrainingError(f"{run.fold_folder}: fold {run.fold} is being trained by {holder} right now; two runs of "
                             "one fold write over each other's checkpoints, log and validation: wait for that run to "
                             "end (or stop it and resume it with --continue)") from None
+
+
+def _lock_fold_folder(folder: Path, stack: contextlib.ExitStack) -> None:
+    """Make and lock ``folder`` into ``stack`` (``locked_new_folder``), ``FolderLocked`` naming the process training
+    it. A lock held only shared is waited for: a check of whether the fold is being trained (predict, export-model,
+    find-best) holds one for an instant, and a train starting then was refused as trained by the checker."""
+    while True:
+        try:
+            stack.enter_context(locked_new_folder(folder, wait=False))
+            return
+        except FolderLocked:
+            holder = exclusive_holder(folder)
+            if holder is not None:
+                raise FolderLocked(folder, holder or None) from None
+        time.sleep(FOLD_LOCK_POLL_SECONDS)
 
 
 def _check_options(epochs: int | None, budget_seconds: float | None, continue_: bool, pretrained: Any) -> None:

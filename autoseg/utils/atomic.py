@@ -268,6 +268,50 @@ def lock_holder(folder: str | os.PathLike[str]) -> int | None:
     return None
 
 
+def exclusive_holder(folder: str | os.PathLike[str]) -> int | None:
+    """The pid of the process holding ``folder``'s lock exclusively (0 where unknown), None where none does. Shared
+    holders do not count: a check of whether a fold is being trained takes a shared lock for an instant, and a
+    ``train`` starting then was refused as 'being trained by' the checker. Read from ``/proc/locks`` (Linux), which
+    locks nothing; elsewhere a shared lock is tried, which only an exclusive holder refuses."""
+    path = Path(folder) / LOCK_FILE
+    holders = _flock_holders(path)
+    if holders is None:
+        return _refuses_shared_lock(path)
+    return next((pid for kind, pid in holders if kind == "WRITE"), None)
+
+
+def _flock_holders(path: Path) -> list[tuple[str, int]] | None:
+    """``(READ or WRITE, pid or 0)`` of each ``flock`` granted on the file ``path`` (none where it is missing), read from
+    ``/proc/locks``; None where that cannot be read."""
+    try:
+        where = lock_key(path)
+    except OSError:  # no lock file: nobody holds the lock (an exclusive holder removes it on leaving)
+        return []
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return None
+    return [(fields[3], int(fields[4]) if fields[4].isdigit() else 0) for fields in map(str.split, lines)
+            if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == where]
+
+
+def _refuses_shared_lock(path: Path) -> int | None:
+    """0 where the lock file ``path`` refuses a shared ``flock`` (an exclusive holder), else None."""
+    try:
+        import fcntl
+
+        fd = os.open(path, os.O_RDONLY)
+    except (ImportError, OSError):
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None  # closing the descriptor releases it
+    except OSError as exc:
+        return 0 if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN) else None
+    finally:
+        os.close(fd)
+
+
 _warned_no_lock: set[int] = set()  # errnos already warned about: one warning per kind, not one per saved case
 
 
