@@ -782,3 +782,21 @@ def test_the_help_says_where_the_dataset_json_is_looked_for(command):
     assert ("(default: the first dataset.json in REF, REF's parent, PRED, the model PRED's predict_info.json names, a "
             "fold's model folder or PRED's parent)") in text
     assert "beside the references" not in text
+
+
+def test_one_listing_of_label_maps_by_case_serves_label_maps_and_the_references(tmp_path):
+    """label_maps, evaluate's references and ensemble's output check each repeated the loop (iterdir, spelled
+    ending, hidden entries skipped); entries_by_case is the one listing: folders kept (named as such by the callers),
+    hidden entries and other files left out, each ending as spelled."""
+    from autoseg.evaluation.evaluate import entries_by_case, label_maps
+
+    for name in ("c1.nii.gz", "c1.NRRD", "c2.mha", ".c3.nii.gz", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "c4.nii.gz").mkdir()
+    assert entries_by_case(tmp_path) == {"c1": [tmp_path / "c1.NRRD", tmp_path / "c1.nii.gz"], "c2": [tmp_path / "c2.mha"],
+                                         "c4": [tmp_path / "c4.nii.gz"]}
+    with pytest.raises(EvaluationError, match=r"^\S+: c1\.NRRD and c1\.nii\.gz are two label maps of case c1; keep one "
+                                              r"\(move the other out\)$"):
+        label_maps(tmp_path)
+    (tmp_path / "c1.NRRD").unlink()
+    assert label_maps(tmp_path) == {"c1": tmp_path / "c1.nii.gz", "c2": tmp_path / "c2.mha"}

@@ -21,7 +21,9 @@ from autoseg.dataset.imageio import (
     itk_reads_spelling, spelled_ending, write_image,
 )
 from autoseg.errors import DatasetError, EvaluationError
-from autoseg.evaluation.evaluate import DiskFullError, dataset_json_of, label_maps, raise_failures, require_folder
+from autoseg.evaluation.evaluate import (
+    DiskFullError, dataset_json_of, entries_by_case, label_maps, raise_failures, require_folder,
+)
 from autoseg.evaluation.metrics import evaluation_classes
 from autoseg.utils.probability_files import (
     PROBABILITIES_SUFFIX, probability_paths, read_probabilities, read_sidecar, refuse_non_finite, write_probability_files,
@@ -267,10 +269,11 @@ def _refuse_other_endings(out: Path, endings: Mapping[str, str]) -> None:
     """Refuse an output folder holding a case's label map of another ending than this run writes it with (an earlier
     ensemble there without --file-ending, rerun with ``--file-ending .nrrd``): the rerun was let through as a resume,
     and left two label maps of every case, which evaluate and postprocess refuse."""
-    for path in sorted(out.iterdir()):
-        ending = spelled_ending(path)
-        case = path.name[: -len(ending)] if ending else None
-        if case in endings and ending != endings[case] and not path.name.startswith("."):
+    listed = entries_by_case(out)
+    for case in endings:
+        path = next((path for path in listed.get(case, []) if spelled_ending(path) != endings[case]), None)
+        if path is not None:
+            ending = spelled_ending(path)
             raise EvaluationError(
                 f"{path}: a label map of case {case} of another ending than this run's {endings[case]}; both would "
                 f"stand in {out} (evaluate refuses two label maps of one case). Give the ending it has (--file-ending "

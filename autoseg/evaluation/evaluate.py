@@ -562,16 +562,31 @@ def label_maps(folder: Path) -> dict[str, Path]:
     determine and apply left it out without a word. Two files of one case are refused (which one is the case's?)."""
     require_folder(folder)
     found: dict[str, Path] = {}
+    for case, entries in entries_by_case(folder).items():
+        files = [path for path in entries if path.is_file()]
+        if len(files) > 1:
+            raise two_label_maps_error(folder, case, files)
+        if files:
+            found[case] = files[0]
+    return found
+
+
+def entries_by_case(folder: Path) -> dict[str, list[Path]]:
+    """Case id -> the entries of ``folder`` named ``<case><an image ending>`` as spelled there (folders too, hidden
+    ones skipped), in name order: the one listing of a folder's label maps by case, which ``label_maps``, evaluate's
+    references and ensemble's output check each repeated."""
+    listed: dict[str, list[Path]] = {}
     for path in sorted(folder.iterdir()):
         ending = spelled_ending(path)
-        if not ending or path.name.startswith(".") or not path.is_file():
-            continue
-        case = path.name[: -len(ending)]
-        if case in found:
-            raise EvaluationError(f"{folder}: {found[case].name} and {path.name} are two label maps of case {case}; "
-                                  "keep one (move the other out)")
-        found[case] = path
-    return found
+        if ending and not path.name.startswith("."):
+            listed.setdefault(path.name[: -len(ending)], []).append(path)
+    return listed
+
+
+def two_label_maps_error(folder: Path, case: str, files: Sequence[Path], detail: str = "") -> EvaluationError:
+    """The error for ``files`` (two or more) of ``folder`` each a label map of ``case``, ``detail`` said of them."""
+    return EvaluationError(f"{folder}: {files[0].name} and {files[1].name} are two label maps of case {case}{detail}; "
+                           "keep one (move the other out)")
 
 
 def match_cases(
@@ -586,25 +601,13 @@ def match_cases(
     if not cases:
         raise EvaluationError(f"{pred_dir}: no predictions to evaluate: no <case>{file_ending} files, and no label maps of "
                               f"another image ending whose case has a reference in {ref_dir}")
-    pairs, listed = {}, references_by_case(ref_dir)
+    pairs, listed = {}, entries_by_case(ref_dir)
     for case in cases:
         pred = predictions.get(case, pred_dir / f"{case}{file_ending}")
         if not pred.is_file():
             raise EvaluationError(f"{pred}: prediction of case {case} not found; predict it or leave it out")
         pairs[case] = (pred, _find_reference(ref_dir, case, pred, file_ending, listed))
     return pairs
-
-
-def references_by_case(ref_dir: Path) -> dict[str, list[Path]]:
-    """Case id -> the entries of ``ref_dir`` named ``<case><an image ending>`` (folders too, hidden ones skipped),
-    listed once: a reference is found by its own ending, whatever the predictions' (an ensemble written as .nrrd,
-    whose dataset.json says so, of .nii.gz references) or the dataset's."""
-    listed: dict[str, list[Path]] = {}
-    for path in sorted(ref_dir.iterdir()):
-        ending = spelled_ending(path)
-        if ending and not path.name.startswith("."):
-            listed.setdefault(path.name[: -len(ending)], []).append(path)
-    return listed
 
 
 def _find_reference(ref_dir: Path, case: str, pred: Path, file_ending: str, listed: Mapping[str, list[Path]]) -> Path:
@@ -618,8 +621,7 @@ def _find_reference(ref_dir: Path, case: str, pred: Path, file_ending: str, list
     own = listed.get(case, [])
     files = [path for path in own if path.is_file()]
     if len(files) > 1:
-        raise EvaluationError(f"{ref_dir}: {files[0].name} and {files[1].name} are two label maps of case {case}, "
-                              f"neither of the prediction's ending ({pred.name}); keep one (move the other out)")
+        raise two_label_maps_error(ref_dir, case, files, f", neither of the prediction's ending ({pred.name})")
     if files:
         return files[0]
     folder = next((path for path in (*candidates, *own) if path.is_dir()), None)
@@ -644,7 +646,7 @@ def prediction_cases(pred_dir: Path, ref_dir: Path, file_ending: str, quiet: boo
     those of another image ending whose case has a reference (predict's .nrrd of a sheared case). Every image file
     was a case, so a stray one (a .png snapshot among .nii.gz predictions) was refused as a case without reference,
     where nnU-Net ignores it; such files are skipped with one note."""
-    cases, skipped, listed = {}, [], references_by_case(ref_dir)
+    cases, skipped, listed = {}, [], entries_by_case(ref_dir)
     for case, path in label_maps(pred_dir).items():
         if path.name.endswith(file_ending) or any(ref.is_file() for ref in listed.get(case, [])):
             cases[case] = path
