@@ -1050,6 +1050,11 @@ def test_4d_and_vector_images_rejected(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match=r"extra\.nii\.gz: is 4D of size 1x3x3x3, with an axis of size 1; autoseg reads "
                                            r"2D or 3D images: save it without that axis$"):
         read_image(tmp_path / "extra.nii.gz")
+    # a 2D slice of 4 channels was told to drop its axis of size 1, which gives a 4-slice volume
+    sitk.WriteImage(sitk.Image([8, 8, 1, 4], sitk.sitkFloat32), str(tmp_path / "slice.nii.gz"))
+    with pytest.raises(DatasetError, match=r"slice\.nii\.gz: is 4D; autoseg reads 2D or 3D images. Split 4D series into "
+                                           r"channels \(_0000, _0001, \.\.\.\)$"):
+        read_image(tmp_path / "slice.nii.gz")
     sitk.WriteImage(sitk.Image([3, 3, 3], sitk.sitkVectorUInt8, 3), str(tmp_path / "rgb.nrrd"))
     with pytest.raises(DatasetError, match=r"rgb\.nrrd: has 3 components per voxel"):
         read_image(tmp_path / "rgb.nrrd")

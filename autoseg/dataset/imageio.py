@@ -752,10 +752,13 @@ def _from_sitk(image: sitk.Image, path: Path) -> tuple[np.ndarray, Geometry]:
             "image); save each channel as its own _XXXX file, and labels as one integer value per voxel"
         )
     dim = image.GetDimension()
-    if dim not in (2, 3) and 1 in image.GetSize():
-        # a 3D label saved with an extra axis of size 1 was told to split a 4D series into channels
+    size = image.GetSize()
+    # a 3D label saved with an extra axis of size 1 (x, y, z, 1, or a numpy axis read as x: 1, y, z, t) was told to
+    # split a 4D series into channels; a 2D slice of 4 channels (64x64x1x4) was told to drop its axis of size 1,
+    # which gives a 4-slice volume
+    if dim not in (2, 3) and (all(s == 1 for s in size[3:]) or 1 in size[:2]):
         raise DatasetError(
-            f"{path}: is {dim}D of size {'x'.join(map(str, image.GetSize()))}, with an axis of size 1; autoseg reads "
+            f"{path}: is {dim}D of size {'x'.join(map(str, size))}, with an axis of size 1; autoseg reads "
             "2D or 3D images: save it without that axis"
         )
     if dim not in (2, 3):
