@@ -50,11 +50,12 @@ from autoseg.training.monitor import LOG_FILE, METRICS_FILE, PLOT_FILE, set_asid
 from autoseg.training.plan_device import check_plan_device
 from autoseg.training.schedule import extended_total
 from autoseg.training.pretrained import PretrainedSource, check_pretrained, load_pretrained, read_pretrained
-from autoseg.training.splits import FOLD_ALL, canonical_fold, fold_cases
+from autoseg.training.splits import FOLD_ALL, SPLITS_FILE, canonical_fold, fold_cases
 from autoseg.training.trainer import Trainer, describe_best, network_request
 from autoseg.training.validation import GT_FOLDER, VALIDATION_FOLDER, validate_fold
 from autoseg.utils.atomic import (
     FolderLocked, atomic_path, atomic_write_json, atomic_write_text, exclusive_holder, remove_stale_temporaries,
+    shared_holder,
 )
 from autoseg.utils.folders import locked_new_folder
 from autoseg.utils.jsonio import read_json
@@ -268,6 +269,7 @@ def resolve_fold_run(dataset_spec: DatasetSpec, configuration: str, fold: str, n
     config = _with_command_options(resolve_training_config(network_name, overrides, plan, str(plans_file)),
                                    limits["epochs"], workers)
     store = location.preprocessed_dir / plan["data_identifier"]
+    _refuse_store_being_written(store, location.preprocessed_dir, fold)
     case_ids = list_cases(store)
     if not case_ids:
         raise TrainingError(f"{store}: no preprocessed cases; run `autoseg preprocess {location.name} -c {configuration}` first")
@@ -287,6 +289,19 @@ def resolve_fold_run(dataset_spec: DatasetSpec, configuration: str, fold: str, n
         math_threads=choose_math_threads(config["math_threads"], chosen_device, bool(limits.get("deterministic"))),
         previous_stage_cache=model_folder / CACHE_FOLDER if plan.get("previous_stage") else None, **limits,
     )
+
+
+def _refuse_store_being_written(store: Path, preprocessed_dir: Path, fold: str) -> None:
+    """Refuse to pick the fold's cases (a new splits_final.json, or fold 'all') while a preprocess run writes into the
+    store (``save_case``'s shared lock): a train started during the dataset's first preprocess split only the cases
+    stored so far, and those stored later were in no fold, without a word."""
+    if canonical_fold(fold) != FOLD_ALL and (preprocessed_dir / SPLITS_FILE).exists():
+        return  # the folds are set: a case they name that is missing is refused by fold_cases
+    if (writer := shared_holder(store)) is not None:
+        raise TrainingError(
+            f"{store}: `autoseg preprocess` ({f'process {writer}' if writer else 'another process'}) is storing cases "
+            f"into this folder right now, and fold {fold}'s cases would be only those stored so far; start train again "
+            "once that preprocess has finished")
 
 
 def _with_command_options(config: dict[str, Any], epochs: int | None, workers: int | None) -> dict[str, Any]:

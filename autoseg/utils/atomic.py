@@ -280,6 +280,13 @@ def exclusive_holder(folder: str | os.PathLike[str]) -> int | None:
     return next((pid for kind, pid in holders if kind == "WRITE"), None)
 
 
+def shared_holder(folder: str | os.PathLike[str]) -> int | None:
+    """The pid of a process holding ``folder``'s lock shared (0 where unknown; ``save_case`` writing a case into a
+    store does), None where none does or where ``/proc/locks`` cannot tell (off Linux): asked without locking."""
+    holders = _flock_holders(Path(folder) / LOCK_FILE) or []
+    return next((pid for kind, pid in holders if kind == "READ"), None)
+
+
 def _flock_holders(path: Path) -> list[tuple[str, int]] | None:
     """``(READ or WRITE, pid or 0)`` of each ``flock`` granted on the file ``path`` (none where it is missing), read from
     ``/proc/locks``; None where that cannot be read."""
