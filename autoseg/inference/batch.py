@@ -248,30 +248,7 @@ def discover_cases(input_path: str | Path, quiet: bool = False) -> list[InputCas
         # symbolic link keeps its own name (abspath, unlike resolve, follows no links).
         _add(cases, path, Path(os.path.abspath(path)).name)
     else:
-        _refuse_loose_dicom_files(path)
-        not_series, other_formats = [], []
-        for entry in sorted(path.iterdir()):
-            if entry.name.startswith("."):
-                continue
-            if entry.is_dir() and not _holds_dicom_files(entry):
-                not_series.append(entry.name)
-            elif entry.is_dir():
-                _add(cases, entry, entry.name)
-            elif (ending := image_ending(entry)):
-                _add(cases, entry, entry.name[: -len(ending)])
-            elif entry.suffix.lower() in UNREAD_IMAGE_ENDINGS:
-                other_formats.append(entry.name)
-        with_images = _holding_images(path, not_series)
-        if not cases and with_images:
-            raise InferenceError(f"{path}: no images found in it, but its subfolder(s) {', '.join(with_images)} hold "
-                                 f"images, which predict does not look into; give that folder, e.g. -i {path / with_images[0]}")
-        if cases and not_series and not quiet:
-            images = (f"; {', '.join(with_images)} hold(s) images: predict them with -i {path / with_images[0]}"
-                      if with_images else "")
-            print(f"note: {path}: skipped subfolder(s) {', '.join(not_series)}: no DICOM files in them (a DICOM series "
-                  f"is read from a folder of its slice files){images}", file=sys.stderr)
-        if cases and other_formats and not quiet:
-            _note_other_formats(path, other_formats)
+        _add_folder_cases(cases, path, quiet)
     if not cases:
         if path.is_dir() and (problem := damaged_dicom_refusal(path)):  # was 'no images found (not images: 1.dcm)'
             raise InferenceError(problem)
@@ -283,16 +260,49 @@ def discover_cases(input_path: str | Path, quiet: bool = False) -> list[InputCas
     return [cases[k] for k in sorted(cases)]
 
 
+def _add_folder_cases(cases: dict[str, InputCase], path: Path, quiet: bool) -> None:
+    """``discover_cases`` of a folder of case files and DICOM series subfolders, into ``cases``; other subfolders and
+    images of formats autoseg does not read are noted (unless ``quiet``), or named when the folder holds no case."""
+    _refuse_loose_dicom_files(path)
+    not_series, other_formats = [], []
+    for entry in sorted(path.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir() and not _holds_dicom_files(entry):
+            not_series.append(entry.name)
+        elif entry.is_dir():
+            _add(cases, entry, entry.name)
+        elif (ending := image_ending(entry)):
+            _add(cases, entry, entry.name[: -len(ending)])
+        elif entry.suffix.lower() in UNREAD_IMAGE_ENDINGS:
+            other_formats.append(entry.name)
+    with_images = _holding_images(path, not_series)
+    if not cases and with_images:
+        raise InferenceError(f"{path}: no images found in it, but its subfolder(s) {', '.join(with_images)} hold "
+                             f"images, which predict does not look into; give that folder, e.g. -i {path / with_images[0]}")
+    if cases and not_series and not quiet:
+        images = (f"; {', '.join(with_images)} hold(s) images: predict them with -i {path / with_images[0]}"
+                  if with_images else "")
+        print(f"note: {path}: skipped subfolder(s) {', '.join(not_series)}: no DICOM files in them (a DICOM series "
+              f"is read from a folder of its slice files){images}", file=sys.stderr)
+    if cases and other_formats and not quiet:
+        _note_other_formats(path, other_formats)
+
+
 def _holding_images(folder: Path, subfolders: Sequence[str]) -> list[str]:
     """Those of ``subfolders`` holding image files: ``-i`` given the parent of the image folder (a dataset's
-    ``imagesTs`` inside it) was refused as holding 'not images: imagesTs', the folder of the very images wanted."""
+    ``imagesTs`` inside it) was refused as holding 'not images: imagesTs', the folder of the very images wanted.
+    ``imagesTs`` comes first, the test images predict is for (``-i`` of a dataset folder is pointed there too), and
+    ``labels*`` folders are left out: their label maps are no images to predict (``-i .../imagesTr`` was suggested
+    first, as the first alphabetically, and ``labelsTr`` offered beside it)."""
     def holds_images(subfolder: Path) -> bool:
         try:
             return any(image_ending(entry) and entry.is_file() for entry in subfolder.iterdir())
         except OSError:  # unreadable: no images predict could read either
             return False
 
-    return [name for name in subfolders if holds_images(folder / name)]
+    found = [name for name in subfolders if not name.lower().startswith("labels") and holds_images(folder / name)]
+    return sorted(found, key=lambda name: name != "imagesTs")
 
 
 def _note_other_formats(folder: Path, names: Sequence[str]) -> None:
