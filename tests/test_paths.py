@@ -36,13 +36,14 @@ def test_a_subfolder_of_a_dataset_names_its_parent(sub: str, small_dataset: Path
     """`autoseg verify Dataset004_X/imagesTr` (or `.` from inside it) was told only that the folder has no
     dataset.json, or that '.' is no dataset name; the error now names the parent holding dataset.json."""
     fix = f"folder has no dataset.json, but its parent {small_dataset} has one; give that dataset folder"
-    with pytest.raises(DatasetError, match=re.escape(f"{small_dataset / sub}: {fix}")):
+    # anchored: unanchored, the last two also passed on a message naming the folder by its absolute path
+    with pytest.raises(DatasetError, match="^" + re.escape(f"{small_dataset / sub}: {fix}")):
         paths.resolve_dataset(str(small_dataset / sub))
     monkeypatch.chdir(small_dataset / sub)
-    with pytest.raises(DatasetError, match=re.escape(f".: {fix}")):
+    with pytest.raises(DatasetError, match="^" + re.escape(f".: {fix}")):
         paths.resolve_dataset(".")
     monkeypatch.chdir(small_dataset)
-    with pytest.raises(DatasetError, match=re.escape(f"{sub}: {fix}")):
+    with pytest.raises(DatasetError, match="^" + re.escape(f"{sub}: {fix}")):
         paths.resolve_dataset(sub)
 
 
