@@ -800,3 +800,29 @@ def test_one_listing_of_label_maps_by_case_serves_label_maps_and_the_references(
         label_maps(tmp_path)
     (tmp_path / "c1.NRRD").unlink()
     assert label_maps(tmp_path) == {"c1": tmp_path / "c1.nii.gz", "c2": tmp_path / "c2.mha"}
+
+
+def test_a_failed_summary_csv_leaves_the_earlier_summary_pair(folders, tmp_path, monkeypatch):
+    """summary.json was written, then summary.csv: a CSV write failing (a full disk) left the new JSON beside the
+    old CSV. Both are new or neither is: the earlier pair stays, and a first run leaves neither."""
+    import errno
+
+    import autoseg.evaluation.evaluate as evaluate_module
+
+    pred_dir, ref_dir = folders
+    out, first = tmp_path / "out", tmp_path / "first"
+    evaluate_folders(pred_dir, ref_dir, LABELS, out, num_workers=1, file_ending=".nii.gz")
+    before = {name: (out / name).read_bytes() for name in ("summary.json", "summary.csv")}
+    write_text = evaluate_module.atomic_write_text
+
+    def full_disk(path, text, durable=True):
+        write_text(path, text[: len(text) // 2], durable)
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(evaluate_module, "atomic_write_text", full_disk)
+    (pred_dir / "c2.nii.gz").unlink()  # the new summary would score one case
+    for folder in (out, first):
+        with pytest.raises(OSError, match="No space left on device"):
+            evaluate_folders(pred_dir, ref_dir, LABELS, folder, num_workers=1, file_ending=".nii.gz")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in first.iterdir()) == []  # no temporaries either

@@ -33,7 +33,7 @@ from autoseg.evaluation.metrics import (
     evaluation_classes,
     mean_metrics,
 )
-from autoseg.utils.atomic import atomic_write_json, atomic_write_text, require_writable
+from autoseg.utils.atomic import atomic_path, atomic_write_json, atomic_write_text, require_writable
 from autoseg.utils.output_folders import (
     check_output_folder, describe_symlink_loop, predicting_model_folder, refuse_folder_among, refuse_probability_sidecar,
     symlink_loop,
@@ -525,9 +525,25 @@ def evaluate_folders(
         "metric_per_case": per_case,
         **(extra or {}),
     }
-    atomic_write_json(out / SUMMARY_JSON, summary)
-    atomic_write_text(out / SUMMARY_CSV, summary_csv(summary))
+    write_summary_pair(out, summary)
     return summary
+
+
+def write_summary_pair(out: Path, summary: Mapping[str, Any]) -> None:
+    """summary.json and summary.csv in ``out``, both new or neither: written one after the other, a failed CSV (a full
+    disk) left the new JSON beside the old CSV. Both are made whole as temporaries first; summary.json, which the other
+    commands read, is renamed last, and the new CSV removed should that rename fail."""
+    csv_renamed = False
+    try:
+        with atomic_path(out / SUMMARY_JSON) as json_tmp:
+            with atomic_path(out / SUMMARY_CSV) as csv_tmp:
+                atomic_write_json(json_tmp, summary, durable=False)  # made durable by atomic_path
+                atomic_write_text(csv_tmp, summary_csv(summary), durable=False)
+            csv_renamed = True
+    except BaseException:
+        if csv_renamed:
+            (out / SUMMARY_CSV).unlink(missing_ok=True)
+        raise
 
 
 def _declared_beside(pred_dir: Path, ref_dir: Path, ignore_label: int,
