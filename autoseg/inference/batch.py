@@ -24,10 +24,13 @@ from autoseg.dataset.cases import CHANNEL_SUFFIX, channel_file_gaps
 from autoseg.dataset.description import DatasetDescription, channel_list
 from autoseg.dataset.imageio import (
     NATURAL_2D_ENDINGS,
+    SITK_ENDINGS,
+    SLICE_SPACING_2D,
     SUPPORTED_ENDINGS,
     Geometry,
     case_nonfinite_voxels,
     damaged_dicom_refusal,
+    geometry_differences,
     image_ending,
     is_orthonormal,
     read_case_images,
@@ -623,7 +626,7 @@ def _predict_cases(
         files = planned[case.case_id]
         try:
             check_output_names(case, files)
-            if continue_ and all(f.exists() for f in files):
+            if continue_ and _finished(case, files):
                 report.skipped.append(case.case_id)
                 continue
             channels = loaded.dataset.channel_names
@@ -652,6 +655,52 @@ def _predict_cases(
         except Exception as exc:  # noqa: BLE001 - one case failing must not stop the others
             refuse_full_disk(exc, output, case.case_id, report)
             report.failed.append(Failure(case.case_id, _describe(exc)))
+
+
+def _finished(case: InputCase, files: Sequence[Path]) -> bool:
+    """Whether ``--continue`` keeps ``case``'s ``files``: all there and its label map (the last) on the grid of its
+    image. One whose image's spacing or origin was corrected since was kept, off its image (and its superseded
+    probabilities with it): it is predicted again, with a note saying why."""
+    if not all(f.exists() for f in files):
+        return False
+    image = case.channels[min(case.channels)]
+    differences = grid_differences(files[-1], image)
+    if differences:
+        print(f"note: case {case.case_id}: its label map {files[-1]} is not on the grid of its image {image} (label map "
+              f"vs image: {'; '.join(differences)}); predicting it again", file=sys.stderr, flush=True)
+    return not differences
+
+
+def grid_differences(label_file: Path, image_file: Path) -> list[str]:
+    """How ``label_file``'s grid (shape, spacing, origin, direction) differs from ``image_file``'s, from their headers
+    alone; none where a header cannot tell (a DICOM series, a 2D picture, an unreadable header)."""
+    label, image = _header_grid(label_file), _header_grid(image_file)
+    if label is None or image is None:
+        return []
+    differences = geometry_differences(label[1], image[1])
+    if label[0] != image[0]:
+        differences.insert(0, f"shape {label[0]} vs {image[0]}")
+    return differences
+
+
+def _header_grid(path: Path) -> tuple[tuple[int, ...], Geometry] | None:
+    """The (z, y, x) shape and geometry ``read_image`` gives ``path``, read from its header alone (ITK's formats);
+    None for other files, or a header ITK cannot read."""
+    if image_ending(path) not in SITK_ENDINGS or not path.is_file():
+        return None
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    size, spacing = reader.GetSize(), tuple(float(s) for s in reversed(reader.GetSpacing()))
+    if len(size) not in (2, 3):
+        return None
+    if len(size) == 2:
+        size, spacing = (*size, 1), (SLICE_SPACING_2D, *spacing)
+    origin, direction = tuple(map(float, reader.GetOrigin())), tuple(map(float, reader.GetDirection()))
+    return tuple(reversed(size)), Geometry(spacing=spacing, origin=origin, direction=direction)
 
 
 def remove_superseded_probabilities(output: Path, case_id: str) -> None:
