@@ -648,10 +648,11 @@ def test_an_ensemble_whose_every_case_fails_writes_no_dataset_json(tmp_path):
     ({"spacing": [3.0, -0.5, 0.7]}, r"spacing \[3\.0, -0\.5, 0\.7\] is not positive and finite"),
     ({"spacing": [3.0, float("nan"), 0.7]}, r"spacing \[3\.0, nan, 0\.7\] is not positive and finite"),
     ({"origin": [1.0, float("inf"), 3.0]}, r"origin \[1\.0, inf, 3\.0\] or direction \[.*\] holds a value that is not finite"),
-    ({"spacing": [1.0, 1.0]}, r"spacing \[1\.0, 1\.0\] has 2 values for an array of 3 axes \(2, 4, 5\); give one per "
-                              r"axis in array order \(z, y, x\)"),
-    ({"direction": [1.0, 0.0, 0.0, 1.0]}, r"origin of 3 values and direction of 4 values; give an ITK origin and direction "
-                                          r"of 2 or 3 axes \(2 and 4, or 3 and 9 values\)"),
+    ({"spacing": [1.0, 1.0]}, r"spacing \[1\.0, 1\.0\], origin \[.*\] and direction of 9 values for an array of 3 "
+                              r"spatial axes; give 3 spacings in array order \(z, y, x; 999 on the slice axis of a 2D "
+                              r"image\) and an ITK origin and direction of 2 or 3 axes \(4 or 9 values\)"),
+    ({"direction": [1.0, 0.0, 0.0, 1.0]}, r"spacing \[.*\], origin \[.*\] and direction of 4 values for an array of 3 "
+                                          r"spatial axes; give 3 spacings .*"),
     ({"origin": [0.0, 0.0], "direction": [1.0, 0.0, 0.0, 1.0]},
      r"origin \[0\.0, 0\.0\] and direction of a 2D image for an array of 2 slices; give a 3D origin \(3 values\) "
      r"and direction \(9 values\)"),

@@ -18,8 +18,8 @@ def test_a_geometry_that_places_its_array_passes(geometry, shape):
 
 
 @pytest.mark.parametrize("geometry, shape, problem", [
-    (Geometry((1.0, 1.0), (0.0, 0.0, 0.0), EYE3), (2, 4, 5), "spacing [1.0, 1.0] has 2 values for an array of 3 axes"),
-    (Geometry((1.0,) * 3, (0.0,) * 4, EYE3), (2, 4, 5), "origin of 4 values and direction of 9 values"),
+    (Geometry((1.0, 1.0), (0.0, 0.0, 0.0), EYE3), (2, 4, 5), "spacing [1.0, 1.0], origin [0.0, 0.0, 0.0] and direction of 9 values for an array of 3 spatial axes"),
+    (Geometry((1.0,) * 3, (0.0,) * 4, EYE3), (2, 4, 5), "origin [0.0, 0.0, 0.0, 0.0] and direction of 9 values for an array of 3 spatial axes"),
     (Geometry((1.0,) * 3, (0.0, 0.0), (1.0, 0.0, 0.0, 1.0)), (3, 4, 5), "direction of a 2D image for an array of 3 slices"),
     (Geometry((1.0, 0.0, 1.0), (0.0,) * 3, EYE3), (2, 4, 5), "spacing [1.0, 0.0, 1.0] is not positive and finite"),
     (Geometry((1.0,) * 3, (0.0,) * 3, (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1e-9)), (2, 4, 5),

@@ -20,14 +20,12 @@ MIN_DIRECTION_DETERMINANT = 1e-6
 
 def _axes_problem(geometry: Geometry, spatial_shape: Sequence[int]) -> str | None:
     """Why the numbers of spacing, origin and direction values do not fit an array of ``spatial_shape``."""
-    axes = len(spatial_shape)
-    if len(geometry.spacing) != axes:
-        return (f"spacing {list(geometry.spacing)} has {len(geometry.spacing)} values for an array of {axes} axes "
-                f"{tuple(spatial_shape)}; give one per axis in array order (z, y, x)")
-    dims = len(geometry.origin)
-    if dims not in (2, 3) or len(geometry.direction) != dims * dims:
-        return (f"origin of {dims} values and direction of {len(geometry.direction)} values; give an ITK origin and "
-                "direction of 2 or 3 axes (2 and 4, or 3 and 9 values)")
+    axes, dims = len(spatial_shape), len(geometry.origin)
+    if len(geometry.spacing) != axes or dims not in (2, 3) or len(geometry.direction) != dims * dims:
+        return (f"spacing {list(geometry.spacing)}, origin {list(geometry.origin)} and direction of "
+                f"{len(geometry.direction)} values for an array of {axes} spatial axes; give {axes} spacings in array "
+                "order (z, y, x; 999 on the slice axis of a 2D image) and an ITK origin and direction of 2 or 3 axes "
+                "(4 or 9 values)")
     if dims == 2 and spatial_shape[0] != 1:
         return (f"origin {list(geometry.origin)} and direction of a 2D image for an array of {spatial_shape[0]} slices; "
                 "give a 3D origin (3 values) and direction (9 values)")
