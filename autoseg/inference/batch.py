@@ -600,12 +600,23 @@ def predict_folder(
     _predict_cases(cases, planned, loaded, report, step, tta, save_probabilities, mixed_precision, batch_tiles, continue_, claim)
     report.seconds = time.perf_counter() - start
     if report.failed:
-        details = "; ".join(f"{f.key}: {f.message}" for f in report.failed)
-        rest = f"the others are in {output}" if report.predicted or report.skipped else "no case was predicted"
-        error = InferenceError(f"{len(report.failed)} of {len(cases)} case(s) failed ({details}); {rest}")
-        error.report = report  # type: ignore[attr-defined]
-        raise error
+        raise _failed_cases_error(report, len(cases), planned)
     return report
+
+
+def _failed_cases_error(report: PredictReport, count: int, planned: Mapping[str, Sequence[Path]]) -> InferenceError:
+    """The error of a run whose cases ``report.failed``, carrying the report. A failed case's label map that exists is
+    an earlier run's, of the input as it was then: named as such, since 'the others are in OUT' let it pass for this
+    run's result (it is left in place: the failure may be passing, and the earlier result the one wanted)."""
+    details = "; ".join(f"{f.key}: {f.message}" for f in report.failed)
+    rest = f"the others are in {report.output_folder}" if report.predicted or report.skipped else "no case was predicted"
+    stale = [str(planned[f.key][-1]) for f in report.failed if f.key in planned and planned[f.key][-1].is_file()]
+    if stale:
+        rest += (f"; {', '.join(stale)} {'is' if len(stale) == 1 else 'are'} left from an earlier run, not predicted from "
+                 "the current input: fix the case and predict it again, or delete it")
+    error = InferenceError(f"{len(report.failed)} of {count} case(s) failed ({details}); {rest}")
+    error.report = report  # type: ignore[attr-defined]
+    return error
 
 
 def _predict_cases(
