@@ -271,7 +271,9 @@ def test_predict_uses_a_model_zip_without_installing_it(model_zip: Path, tmp_pat
 def test_predict_refuses_a_hostile_zip_before_writing(model_zip: Path, tmp_path: Path, roots: dict[str, Path]) -> None:
     bad = rewrite_zip(model_zip, tmp_path / "bad.zip", lambda m: {**m, "../evil.txt": b"x"})
     code, text, output = _predict_with(bad, tmp_path)
-    assert code == 2 and "refusing to import: member '../evil.txt' has an unsafe path" in text, text
+    # predict installs nothing: its refusal was worded for import-model ('refusing to import')
+    assert code == 2 and f"{bad}: refusing to predict with it: member '../evil.txt' has an unsafe path" in text, text
+    assert "import" not in text
     assert not output.exists() and not (tmp_path.parent / "evil.txt").exists() and files_under(roots["results"]) == []
 
 

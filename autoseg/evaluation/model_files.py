@@ -361,8 +361,7 @@ def _check_network_name(config: Mapping[str, Any], name: str) -> None:
         raise ModelFileError(f"{name}: configuration network {config['network']!r} lacks a network name")
 
 
-def _read_manifest(archive: zipfile.ZipFile, zip_path: Path) -> dict[str, Any]:
-    refuse = f"{zip_path}: refusing to import"
+def _read_manifest(archive: zipfile.ZipFile, zip_path: Path, refuse: str) -> dict[str, Any]:
     try:
         data = read_member(archive, archive.getinfo(MANIFEST), refuse)
     except KeyError:
@@ -409,9 +408,8 @@ def _model_name_parts(model: str, refuse: str) -> tuple[str, str, str]:
                                    "the file was not written by autoseg export-model")
 
 
-def _expected_members(manifest: Mapping[str, Any], zip_path: Path) -> tuple[set[str], set[str]]:
+def _expected_members(manifest: Mapping[str, Any], refuse: str) -> tuple[set[str], set[str]]:
     """(required, allowed) member names implied by the manifest's models, folds and checkpoint."""
-    refuse = f"{zip_path}: refusing to import"
     names = [manifest["dataset_name"], *manifest["models"], manifest["checkpoint"]]
     unsafe = not all(isinstance(n, str) and SAFE_NAME.match(n) for n in names)
     unsafe = unsafe or len(set(manifest["models"])) != len(manifest["models"])
@@ -462,9 +460,15 @@ def validate_model_file(zip_path: str | Path, build_networks: bool = True) -> tu
     return manifest, members
 
 
-def _validated_model_file(zip_path: Path, build_networks: bool) -> tuple[dict[str, Any], dict[str, bytes], _Descriptions]:
-    """``validate_model_file``, also returning the description files it parsed."""
-    refuse = f"{zip_path}: refusing to import"
+IMPORT_REFUSAL = "refusing to import"
+PREDICT_REFUSAL = "refusing to predict with it"  # predict -m model.zip unpacks the zip into a temporary folder only
+
+
+def _validated_model_file(zip_path: Path, build_networks: bool,
+                          refusal: str = IMPORT_REFUSAL) -> tuple[dict[str, Any], dict[str, bytes], _Descriptions]:
+    """``validate_model_file``, also returning the description files it parsed; ``refusal`` words its refusals for
+    the command (predict installs nothing, and was refused as 'refusing to import')."""
+    refuse = f"{zip_path}: {refusal}"
     try:
         archive = zipfile.ZipFile(zip_path)
     except FileNotFoundError:
@@ -477,11 +481,11 @@ def _validated_model_file(zip_path: Path, build_networks: bool) -> tuple[dict[st
         _refuse_first([n for n in names if not _is_safe_member(n)], refuse + ": member {name!r} has an unsafe path (absolute, '..' or unusual characters)")
         _refuse_first([n for n in set(names) if names.count(n) > 1], refuse + ": member {name!r} appears twice")
         check_entries(archive.infolist(), refuse)
-        manifest = _read_manifest(archive, zip_path)
+        manifest = _read_manifest(archive, zip_path, refuse)
         listed, present = manifest["files"], set(names) - {MANIFEST}
         _refuse_first(list(present - set(listed)), refuse + ": member {name!r} is not listed in " + MANIFEST + "; the file was altered after export")
         _refuse_first(list(set(listed) - present), refuse + ": member {name!r} listed in " + MANIFEST + " is missing; the file is incomplete")
-        required, allowed = _expected_members(manifest, zip_path)
+        required, allowed = _expected_members(manifest, refuse)
         _refuse_first(list(present - allowed), refuse + ": member {name!r} is not part of an autoseg model file")
         _refuse_first(list(required - present), refuse + ": required member {name!r} is missing; the file is incomplete")
         members, metadata = {}, {}
@@ -553,12 +557,13 @@ def import_model(zip_path: str | Path, results_root: str | Path | None = None, o
 
 
 def install_model_file(zip_path: str | Path, results_root: str | Path | None = None, overwrite: bool = False,
-                       build_networks: bool = True, notes: bool = True) -> Installed:
+                       build_networks: bool = True, notes: bool = True, refusal: str = IMPORT_REFUSAL) -> Installed:
     """``import_model``, also reporting the ensembles' postprocessing decisions it installed
     (``<Dataset>/ensembles/<ensemble>/postprocessing.json``, where find-best keeps them); ``build_networks``
     as in ``validate_model_file``; ``notes``: print the renamed-dataset notes once installed (not for
-    predict's temporary unpacking)."""
-    manifest, members, descriptions = _validated_model_file(Path(zip_path), build_networks)
+    predict's temporary unpacking); ``refusal``: how its refusals start after the zip's path (``PREDICT_REFUSAL``
+    there)."""
+    manifest, members, descriptions = _validated_model_file(Path(zip_path), build_networks, refusal)
     root = Path(results_root) if results_root is not None else default_results_root()
     dataset_dir = root / manifest["dataset_name"]
     targets = [dataset_dir / model for model in manifest["models"]]
@@ -669,7 +674,7 @@ def _unpacked(zip_path: str | Path, folds: Sequence[int | str] | str | None,
               checkpoint: str) -> Iterator[tuple[Path, Installed]]:
     """``unpacked_model``'s folder, with what its check parsed."""
     with tempfile.TemporaryDirectory(prefix="autoseg-model-") as tmp:
-        installed = install_model_file(zip_path, tmp, build_networks=False, notes=False)
+        installed = install_model_file(zip_path, tmp, build_networks=False, notes=False, refusal=PREDICT_REFUSAL)
         _check_zip_holds(installed.manifest, Path(zip_path), folds, checkpoint)
         folders = installed.models
         chosen = [f for f in folders if f.name.endswith("__3d_cascade_fullres")] if len(folders) > 1 else folders
