@@ -573,9 +573,7 @@ def install_model_file(zip_path: str | Path, results_root: str | Path | None = N
     with locked_new_folder(dataset_dir):  # made for the import: gone again if it fails
         existing = [t for t in targets + decisions if t.exists()]
         if existing and not overwrite:
-            what = "model folder" if existing[0] in targets else "ensemble postprocessing decision"
-            raise ModelFileError(f"{existing[0]}: {what} already exists; pass --overwrite to replace it, or import "
-                                 "into another results folder")
+            raise ModelFileError(_existing_problem(existing[0], existing[0] in targets))
         _refuse_replacing_the_zip(Path(zip_path), existing)
         remove_stale_temporaries(dataset_dir, IMPORT_STAGING)  # a killed import's staging folder
         staging = staging_folder(dataset_dir / IMPORT_STAGING)
@@ -591,6 +589,16 @@ def install_model_file(zip_path: str | Path, results_root: str | Path | None = N
     if notes:
         _print_notes(descriptions.renamed)
     return Installed(targets, decisions, manifest, descriptions.plans, descriptions.datasets)
+
+
+def _existing_problem(path: Path, model_folder: bool) -> str:
+    """The refusal of an import whose ``path`` (a ``model_folder``, else an ensemble's decision) exists: a file where
+    the model folder goes was called 'model folder already exists'."""
+    if model_folder and not path.is_dir():
+        return (f"{path}: is a file where the imported model folder goes; move or remove it, pass --overwrite to replace "
+                "it, or import into another results folder")
+    what = "model folder" if model_folder else "ensemble postprocessing decision"
+    return f"{path}: {what} already exists; pass --overwrite to replace it, or import into another results folder"
 
 
 def _refuse_replacing_the_zip(zip_path: Path, replaced: Sequence[Path]) -> None:
