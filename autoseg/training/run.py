@@ -506,14 +506,24 @@ def format_time_accounting(accounting: dict[str, Any]) -> str:
 
 
 def _refuse_missing_references(run: FoldRun) -> None:
-    """A fold with validation needs the references preprocess copies into ``gt_segmentations/``: without the folder
-    (deleted, or a store copied without it) the fold trained its whole schedule, then failed in its validation with
-    evaluate's 'reference folder (-r/--ref) not found', an option train has not."""
+    """A fold with validation needs the reference of each validation case, which preprocess copies into
+    ``gt_segmentations/``: without the folder (deleted, or a store copied without it) or with some of its files gone,
+    the fold trained its whole schedule, then failed in its validation."""
+    if run.fold == FOLD_ALL:
+        return
     references = run.preprocessed_dir / GT_FOLDER
-    if run.fold != FOLD_ALL and not references.is_dir():
+    fix = (f"re-run `autoseg preprocess {run.dataset_name} -c {run.configuration_name}` (it copies them), then train "
+           "again")
+    if not references.is_dir():
         raise TrainingError(f"{references}: not found; the fold's validation scores its predictions against these "
-                            f"references: re-run `autoseg preprocess {run.dataset_name} -c {run.configuration_name}` "
-                            "(it copies them), then train again")
+                            f"references: {fix}")
+    ending = run.description.file_ending
+    missing = [case for case in run.val_cases if not (references / f"{case}{ending}").is_file()]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise TrainingError(f"{references}: no reference ({ending}) of {len(missing)} of fold {run.fold}'s "
+                            f"{len(run.val_cases)} validation case(s) ({', '.join(missing[:3])}{more}); the fold's "
+                            f"validation scores its predictions against them: {fix}")
 
 
 def _refuse_overwrite(run: FoldRun) -> None:
