@@ -32,7 +32,7 @@ from autoseg.training.splits import SPLITS_FILE, read_splits
 from autoseg.utils.checkpoint_format import checkpoint_exists, checkpoint_name, fold_trainer
 from autoseg.utils.jsonio import read_json
 from autoseg.utils.atomic import (
-    atomic_write_json, atomic_write_text, folder_lock_saying_waits, remove_stale_temporaries, staging_folder,
+    atomic_write_json, atomic_write_text, folder_lock_saying_waits, holder_text, remove_stale_temporaries, staging_folder,
 )
 from autoseg.utils.names import string_list
 from autoseg.utils.probability_files import probability_paths
@@ -135,14 +135,11 @@ def fold_in_training(model_folder: Path, folds: Sequence[str]) -> str | None:
     """Why ``model_folder`` is left out while ``autoseg train`` runs one of its folds (holds its lock), else None:
     ``train --continue`` writes the fold's new final checkpoint, then its new validation, so find-best ranked the
     fold by its earlier run's validation in silence."""
-    if os.name != "posix":  # no fold lock to ask (folder_lock locks nothing there)
-        return None
     for fold in folds:
         holder = fold_trainer(model_folder / f"fold_{fold}")
         if holder is not None:
-            trainer = f"process {holder}" if holder else "another process"
-            return (f"{model_folder.name}: fold {fold} is being trained by {trainer} right now, so its validation "
-                    f"predictions may be an earlier run's; run find-best again once that training has ended")
+            return (f"{model_folder.name}: fold {fold} is being trained by {holder_text(holder)} right now, so its "
+                    f"validation predictions may be an earlier run's; run find-best again once that training has ended")
     return None
 
 

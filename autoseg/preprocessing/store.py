@@ -28,7 +28,7 @@ import blosc2
 import numpy as np
 
 from autoseg.errors import PreprocessingError
-from autoseg.utils.atomic import FolderLocked, atomic_path, atomic_write_json, folder_lock
+from autoseg.utils.atomic import FolderLocked, atomic_path, atomic_write_json, folder_lock, holder_text
 from autoseg.utils.jsonio import read_json
 
 DATA_SUFFIX = ".b2nd"
@@ -279,11 +279,10 @@ def _check_without_writers(folder: Path, case_id: str) -> None:
                 deadline = time.monotonic() + STORE_WAIT_SECONDS
                 print(f"waiting for a preprocess run writing into {folder}", file=sys.stderr, flush=True)
             elif time.monotonic() >= deadline:
-                writer = f"process {locked.pid}" if locked.pid else "another process"
                 raise PreprocessingError(
-                    f"{folder}: case {case_id} fails its check while a preprocess run ({writer}) has been writing "
-                    f"into this folder for over {STORE_WAIT_SECONDS:.0f} s, probably storing the case again; start "
-                    "train again once that run has finished") from None
+                    f"{folder}: case {case_id} fails its check while a preprocess run ({holder_text(locked.pid)}) has "
+                    f"been writing into this folder for over {STORE_WAIT_SECONDS:.0f} s, probably storing the case "
+                    "again; start train again once that run has finished") from None
             time.sleep(STORE_POLL_SECONDS)
 
 

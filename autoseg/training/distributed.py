@@ -100,7 +100,7 @@ def all_reduce_sum(tensor: torch.Tensor, context: DistributedContext) -> torch.T
 
 
 def broadcast_value(value: Any, context: DistributedContext) -> Any:
-    """Rank 0's ``value`` on every rank (JSON-like values)."""
+    """Rank 0's ``value`` on every rank: any picklable object (``on_main`` sends rank 0's exception)."""
     if not context.enabled:
         return value
     holder = [value]

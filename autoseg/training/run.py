@@ -55,7 +55,7 @@ from autoseg.training.trainer import Trainer, describe_best, network_request
 from autoseg.training.validation import GT_FOLDER, VALIDATION_FOLDER, validate_fold
 from autoseg.utils.atomic import (
     FolderLocked, atomic_path, atomic_write_json, atomic_write_text, exclusive_holder, remove_stale_temporaries,
-    shared_holder,
+    holder_text, shared_holder,
 )
 from autoseg.utils.folders import locked_new_folder
 from autoseg.utils.jsonio import read_json
@@ -178,10 +178,9 @@ def _hold_fold(run: FoldRun, stack: contextlib.ExitStack) -> None:
     try:
         _lock_fold_folder(run.fold_folder, stack)
     except FolderLocked as exc:
-        holder = f"process {exc.pid}" if exc.pid else "another process"
-        raise TrainingError(f"{run.fold_folder}: fold {run.fold} is being trained by {holder} right now; two runs of "
-                            "one fold write over each other's checkpoints, log and validation: wait for that run to "
-                            "end (or stop it and resume it with --continue)") from None
+        raise TrainingError(f"{run.fold_folder}: fold {run.fold} is being trained by {holder_text(exc.pid)} right "
+                            "now; two runs of one fold write over each other's checkpoints, log and validation: wait "
+                            "for that run to end (or stop it and resume it with --continue)") from None
 
 
 def _lock_fold_folder(folder: Path, stack: contextlib.ExitStack) -> None:

@@ -219,11 +219,16 @@ def remove_stale_temporaries(folder: str | os.PathLike[str], target_name: str | 
     return removed
 
 
+def holder_text(pid: int | None) -> str:
+    """A lock holder as messages name it: ``process <pid>``, or ``another process`` where its pid is unknown (0, None)."""
+    return f"process {pid}" if pid else "another process"
+
+
 class FolderLocked(Exception):
     """``folder_lock(wait=False)`` found ``folder`` locked by another process: ``pid`` (None where unknown)."""
 
     def __init__(self, folder: Path, pid: int | None) -> None:
-        super().__init__(f"{folder}: locked by {'process ' + str(pid) if pid else 'another process'}")
+        super().__init__(f"{folder}: locked by {holder_text(pid)}")
         self.folder, self.pid = folder, pid
 
 
@@ -241,6 +246,20 @@ def _close_inherited_locks() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_close_inherited_locks)
+
+
+def holds_lock(folder: str | os.PathLike[str]) -> bool:
+    """This process holds ``folder``'s lock itself (training's own validation loads its fold's checkpoint): a check of
+    who holds it must not name this process as another."""
+    try:
+        lock_file = os.stat(Path(folder) / LOCK_FILE)
+    except OSError:
+        return False
+    for fd in list(_HELD_LOCKS):
+        with contextlib.suppress(OSError):
+            if os.path.samestat(os.fstat(fd), lock_file):
+                return True
+    return False
 
 
 # Hidden (every listing of results, store and predictions skips dot files); an exclusive holder removes it on leaving.
@@ -414,8 +433,7 @@ def folder_lock_saying_waits(folder: str | os.PathLike[str], holders: str) -> It
         try:
             stack.enter_context(folder_lock(folder, wait=False))
         except FolderLocked as locked:
-            holder = f"process {locked.pid}" if locked.pid else "another process"
-            print(f"waiting for {holder} ({holders}) to release {folder}", file=sys.stderr, flush=True)
+            print(f"waiting for {holder_text(locked.pid)} ({holders}) to release {folder}", file=sys.stderr, flush=True)
             stack.enter_context(folder_lock(folder))
         yield
 

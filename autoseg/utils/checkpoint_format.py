@@ -53,21 +53,12 @@ def checkpoint_exists(path: Path) -> bool:
     return weights_exist(path)
 
 
-def _held_here(lock_file: Path) -> bool:
-    """This process holds ``lock_file``'s lock itself (training's own validation loads its fold's checkpoint)."""
-    for fd in list(atomic._HELD_LOCKS):
-        try:
-            if os.path.samestat(os.fstat(fd), os.stat(lock_file)):
-                return True
-        except OSError:
-            continue
-    return False
-
-
 def fold_trainer(fold: Path) -> int | None:
     """The pid of another process training ``fold`` now (holding its ``folder_lock``), 0 where its pid is unknown,
     None where nobody else holds it. Tested with a shared lock on the existing lock file opened read-only, so
-    nothing is written into the fold."""
+    nothing is written into the fold. None off POSIX, where ``folder_lock`` locks nothing."""
+    if os.name != "posix":
+        return None
     import fcntl
 
     lock_file = Path(fold) / atomic.LOCK_FILE
@@ -79,7 +70,7 @@ def fold_trainer(fold: Path) -> int | None:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         return None  # closing the descriptor below releases it
     except OSError as exc:
-        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN) or _held_here(lock_file):
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN) or atomic.holds_lock(fold):
             return None
         holder = atomic.lock_holder(fold)
         return None if holder == os.getpid() else holder or 0
@@ -91,11 +82,11 @@ def warn_if_training(path: Path) -> None:
     """One warning line when the fold of checkpoint ``path`` is being trained right now: predict and export-model took
     the previous run's checkpoint of that fold in silence, while a newer one was on its way."""
     path = Path(path)
-    if os.name != "posix" or (holder := fold_trainer(path.parent)) is None:
+    if (holder := fold_trainer(path.parent)) is None:
         return
     found = path if path.is_file() else path.with_suffix(LEGACY_SUFFIX)
     written = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(found.stat().st_mtime)) if found.is_file() else "unknown"
-    print(f"warning: {path.parent}: is being trained right now by {f'process {holder}' if holder else 'another process'}; "
+    print(f"warning: {path.parent}: is being trained right now by {atomic.holder_text(holder)}; "
           f"using its {found.name} of {written}, which that run will replace (run again once it has ended for the new one)",
           file=sys.stderr, flush=True)
 
