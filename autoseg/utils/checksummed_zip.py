@@ -24,6 +24,7 @@ ONNX_ZIP_FORMAT = "autoseg-onnx-model"  # export-model --format onnx: predict -m
 # fit many times over; a bigger declaration is a zip bomb, refused before anything is inflated.
 MAX_UNCOMPRESSED_BYTES = 16 * 1024**3
 LOCAL_HEADER = struct.Struct("<4s5H3I2H")  # zip local file header (APPNOTE 4.3.7), 30 bytes
+INFLATE_CHUNK = 1024**2  # what a member inflating past its declared size is read on in, counted and dropped
 
 
 def write_checksummed_zip(output_zip: str | Path, manifest: Mapping[str, Any], members: Mapping[str, bytes]) -> Path:
@@ -87,9 +88,30 @@ def read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, refuse: str) ->
         except zlib.error as exc:
             raise ModelFileError(f"{where} cannot be read (damaged compressed data: {exc})") from None
         if len(data) > info.file_size or inflater.unconsumed_tail:
-            raise ModelFileError(f"{where} inflates beyond its declared size of {info.file_size} bytes (a zip bomb?)")
+            raise ModelFileError(_overflow_problem(where, inflater, data, info))
     else:
         data = raw
     if len(data) != info.file_size or zlib.crc32(data) != info.CRC:
         raise ModelFileError(f"{where} cannot be read (its size or CRC-32 does not match the zip's directory; truncated or damaged)")
     return data
+
+
+def _overflow_problem(where: str, inflater: Any, head: bytes, info: zipfile.ZipInfo) -> str:
+    """Why a deflated member inflated past its declared size, ``head`` being its first ``file_size + 1`` bytes: a
+    bit flipped in its data (a damaged copy) often decodes to a few bytes more, and was called 'a zip bomb?'. The
+    rest is inflated in chunks that are counted, not kept, up to twice the declared size: a stream that breaks, or
+    ends there with another CRC-32 than the directory's, is damaged; one inflating further (or to the content its
+    CRC-32 names, under a smaller size) is a bomb."""
+    crc, total, cap = zlib.crc32(head), len(head), 2 * info.file_size + INFLATE_CHUNK
+    try:
+        while not inflater.eof and total <= cap:
+            chunk = inflater.decompress(inflater.unconsumed_tail, INFLATE_CHUNK)
+            if not chunk:
+                break
+            crc, total = zlib.crc32(chunk, crc), total + len(chunk)
+    except zlib.error as exc:
+        return f"{where} cannot be read (damaged compressed data: {exc}); get the file again"
+    if total <= cap and crc != info.CRC:
+        return (f"{where} cannot be read (damaged compressed data: it inflates to {total} bytes, not its declared "
+                f"{info.file_size}, and its CRC-32 does not match the zip's directory); get the file again")
+    return f"{where} inflates beyond its declared size of {info.file_size} bytes (a zip bomb?)"
