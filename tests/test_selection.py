@@ -369,6 +369,38 @@ def test_a_configuration_whose_fold_is_being_trained_is_left_out_naming_the_trai
     assert find_best(DATASET, num_workers=1)["best"]["name"] == GOOD  # the training over, it is ranked again
 
 
+def test_a_training_started_while_find_best_ranks_leaves_no_best_named(
+        roots: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The folds were asked once, when the candidates were chosen: a training starting during the merges, ensembles
+    and postprocessing (minutes) still got its fold ranked by its earlier run's validation, and a best was named."""
+    import autoseg.evaluation.selection as selection
+    from autoseg.utils.atomic import holder_text
+    from test_training_locks import _holder
+
+    results = make_results(roots, probabilities_for=(GOOD,))
+    determine, trainers = selection.determine_postprocessing, []
+
+    def training_starts(*args: object, **kwargs: object) -> object:
+        trainers.append(_holder(results / GOOD / "fold_2"))  # returns once the other process holds the fold
+        return determine(*args, **kwargs)
+
+    monkeypatch.setattr(selection, "determine_postprocessing", training_starts)
+    try:
+        with pytest.raises(EvaluationError) as info:
+            find_best(DATASET, num_workers=1)
+    finally:
+        for trainer in trainers:
+            trainer.communicate("")
+    pid = trainers[0].pid if Path("/proc/locks").is_file() else None
+    assert str(info.value) == (
+        f"{results}: a training started while find-best ranked the models, so none is named best: {GOOD}: fold 2 is "
+        f"being trained by {holder_text(pid)} right now, so its validation predictions may be an earlier run's; run "
+        "find-best again once that training has ended")
+    assert not (results / INSTRUCTIONS_JSON).exists() and not (results / INSTRUCTIONS_TXT).exists()
+    monkeypatch.setattr(selection, "determine_postprocessing", determine)
+    assert find_best(DATASET, num_workers=1)["best"]["name"] == GOOD  # the training over, a best is named again
+
+
 def test_a_run_waiting_for_another_says_so_and_chooses_its_candidates_once_it_runs(
         roots: dict[str, Path], capfd: pytest.CaptureFixture[str]) -> None:
     """A find-best waiting for another one of the dataset had chosen its candidates before it waited: a fold that a

@@ -526,6 +526,7 @@ def _select_and_write(
     decision_file = postprocessing_path(best)
     decision = determine_postprocessing(best.crossval_dir, gt_dir, description, output_json=decision_file, num_workers=num_workers)
     commands = inference_commands(best.model_folders, folds, decision, decision_file)
+    _refuse_taken_up(dataset_results, folders, folds)
     instructions = {
         "version": INSTRUCTIONS_VERSION,
         "dataset_name": dataset_name,
@@ -549,6 +550,15 @@ def _select_and_write(
     atomic_write_json(dataset_results / INSTRUCTIONS_JSON, portable_instructions(instructions, dataset_results))
     atomic_write_text(dataset_results / INSTRUCTIONS_TXT, instructions_text(instructions))
     return instructions
+
+
+def _refuse_taken_up(dataset_results: Path, folders: Sequence[Path], folds: Sequence[str]) -> None:
+    """Ask the chosen folders again once their merges, ensembles and postprocessing are done (minutes): a training
+    that started meanwhile got its fold ranked by its earlier run's validation, so no best model is named."""
+    for folder in folders:
+        if training := fold_in_training(folder, folds):
+            raise EvaluationError(f"{dataset_results}: a training started while find-best ranked the models, so none "
+                                  f"is named best: {training}")
 
 
 def instructions_text(instructions: dict[str, Any]) -> str:
