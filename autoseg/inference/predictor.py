@@ -21,6 +21,7 @@ from autoseg.inference.tiling import DEFAULT_STEP, Network, check_batch_tiles, c
 from autoseg.preprocessing.inverse import ProbabilityExport, label_to_preprocessed_grid
 from autoseg.preprocessing.pipeline import configuration_dict, preprocess_case, target_spacing, transposed
 from autoseg.preprocessing.resampling import implausible_resampling
+from autoseg.utils.grid_check import geometry_problem
 
 if TYPE_CHECKING:  # torch is imported where the torch engine runs: the onnxruntime engine runs without it
     import torch
@@ -58,7 +59,7 @@ def check_input(model: LoadedModel, data: np.ndarray, geometry: Geometry) -> Non
     """Raise ``InferenceError`` for data the model cannot take (channel count, dimensionality)."""
     if data.ndim != 4:
         raise InferenceError(f"input has shape {data.shape}; expected (channels, z, y, x)")
-    _check_geometry_axes(data.ndim - 1, geometry)
+    _check_geometry(data.shape[1:], geometry)
     expected = model.num_image_channels
     if data.shape[0] != expected:
         raise InferenceError(
@@ -75,27 +76,21 @@ def check_input(model: LoadedModel, data: np.ndarray, geometry: Geometry) -> Non
     _check_grid(model, data.shape[1:], geometry)
 
 
-def _check_geometry_axes(spatial_axes: int, geometry: Geometry) -> None:
-    """Refuse a geometry whose axes do not fit the array (a hand-made one given to ``predict_array``), which
-    failed with an IndexError deep in preprocessing or was written with a mismatched header."""
-    spacing_ok = len(geometry.spacing) == spatial_axes
-    header_ok = len(geometry.origin) in (2, 3) and len(geometry.direction) == len(geometry.origin) ** 2
-    if not (spacing_ok and header_ok):
-        raise InferenceError(
-            f"geometry: spacing {tuple(geometry.spacing)}, origin {tuple(geometry.origin)} and direction of "
-            f"{len(geometry.direction)} values for an array of {spatial_axes} spatial axes; give {spatial_axes} "
-            "spacings in array order (z, y, x; 999 on the slice axis of a 2D image) and an ITK origin and direction "
-            "of 2 or 3 axes (4 or 9 values), as read_case_images returns them"
-        )
+def _check_geometry(shape: Sequence[int], geometry: Geometry) -> None:
+    """Refuse a geometry that cannot place an array of spatial ``shape``, by the check ensemble runs on a sidecar
+    (``geometry_problem``): a hand-made one given to ``predict_array`` failed with an IndexError deep in
+    preprocessing, and a singular direction only when its label map was written."""
+    problem = geometry_problem(geometry, shape)
+    if problem is not None:
+        raise InferenceError(f"geometry: {problem}; fix the image header, or give predict_array the geometry "
+                             "read_case_images returns")
 
 
 def _check_grid(model: LoadedModel, shape: Sequence[int], geometry: Geometry) -> None:
     """Refuse empty images and voxel sizes that cannot be resampled to the model's spacing."""
     if 0 in shape:
         raise InferenceError(f"input has shape {tuple(shape)}: the image holds no voxels; export it again")
-    spacing = ", ".join(f"{s:g}" for s in geometry.spacing)
-    if not all(math.isfinite(s) and s > 0 for s in geometry.spacing):
-        raise InferenceError(f"voxel spacing ({spacing}) mm: must be positive and finite; fix the image header's voxel size")
+    spacing = ", ".join(f"{s:g}" for s in geometry.spacing)  # positive and finite: _check_geometry
     order = [int(a) for a in model.plans.get("transpose_forward", range(len(shape)))]
     config = configuration_dict(model.plans, model.configuration_name)
     case_spacing = transposed(geometry.spacing, order)
