@@ -399,17 +399,19 @@ def _outputs(case: InputCase, output: Path, ending: str, save_probabilities: boo
 
 # File names of a predictions folder that mean something else than a case's probabilities' sidecar: the run record, and
 # the description evaluate, postprocess and ensemble look for beside the predictions (a case named 'dataset' saved
-# with --save-probabilities left its sidecar there, and evaluate refused the folder as holding a broken dataset.json).
+# with --save-probabilities left its sidecar there, and evaluate refused the folder as holding a broken dataset.json;
+# one named 'plans' left a plans.json that postprocess apply took for the model's).
 RESERVED_OUTPUT_NAMES = {
     PREDICT_INFO: "the file that records this run's model and settings",
     "dataset.json": "the name evaluate, postprocess and ensemble read as the predictions' dataset description",
+    "plans.json": "the name postprocess apply copies beside its label maps as the model's plans",
 }
 
 
 def check_output_names(case: InputCase, files: Sequence[Path]) -> None:
     """Refuse a case whose output would be one of ``RESERVED_OUTPUT_NAMES`` (the sidecar of a case named
-    ``predict_info`` or ``dataset``): the run record would be lost and every later run into the folder refused, or
-    the sidecar read as the dataset's description. Refuse
+    ``predict_info``, ``dataset`` or ``plans``): the run record would be lost and every later run into the folder
+    refused, or the sidecar read as the dataset's description (or copied as the plans). Refuse
     one whose output name is taken by a folder (it failed after its prediction with a bare
     IsADirectoryError, and ``--continue`` took the folder for a finished case)."""
     folders = [f for f in files if f.is_dir()]
