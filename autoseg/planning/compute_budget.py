@@ -259,8 +259,9 @@ def measure_timing(
     if layout is not torch.contiguous_format:
         key["layout"] = "channels_last"
     cached = read_cache(cache_dir, key)
-    if cached is not None:
-        return TimingModel(**cached)
+    kept = _cached_probe(cached)
+    if kept is not None and probed_quietly(kept[1]):
+        return kept[0]
     topology = plan_topology([size] * spatial_dims, [1.0] * spatial_dims, constraints, C.TIMING_PROBE_WIDTH)
     network = build_training_network(network_name, topology, in_channels, n_classes, dict(options or {}), device)
     patch = divisible_patch([size] * spatial_dims, topology)
@@ -273,15 +274,33 @@ def measure_timing(
     forward_gflop = gflop / _TRAINING_FLOPS_PER_FORWARD
     model = TimingModel(name, 0.0, step.wall / gflop, forward.wall / forward_gflop,
                         step.undisturbed / gflop, forward.undisturbed / forward_gflop)
-    if probed_quietly(load.busy_elsewhere):
-        write_cache(cache_dir, key, asdict(model))
+    if kept is not None and not _quieter(load.busy_elsewhere, kept[1]):
+        return kept[0]  # the quietest probe seen: plans on a machine that is always busy agree
+    write_cache(cache_dir, key, {**asdict(model), "busy_elsewhere": load.busy_elsewhere})
     return model
 
 
+def _cached_probe(cached: dict[str, Any] | None) -> tuple[TimingModel, float | None] | None:
+    """A cached probe's model and the load it was taken under (None: unknown, or cached before loads were kept,
+    when only quiet probes were)."""
+    if cached is None:
+        return None
+    busy = cached.get("busy_elsewhere")
+    return TimingModel(**{k: v for k, v in cached.items() if k != "busy_elsewhere"}), busy
+
+
+def _quieter(busy: float | None, than: float | None) -> bool:
+    """Whether a probe taken with ``busy`` cores held elsewhere replaces one taken with ``than`` (unknown load
+    counts as quiet, as it always has)."""
+    return busy is None or (than is not None and busy < than)
+
+
 def probed_quietly(busy_elsewhere: float | None) -> bool:
-    """Whether a probe may be cached: other processes kept at most ``PROBE_QUIET_MAX_BUSY_CORES`` busy while it
-    ran (unknown load, where ``/proc/stat`` cannot be read, caches as before). A loaded probe is used for
-    this plan only, so the next one measures again instead of reusing it as if the machine had been quiet."""
+    """Whether a cached probe is used without probing again: other processes kept at most
+    ``PROBE_QUIET_MAX_BUSY_CORES`` busy while it ran (unknown load, where ``/proc/stat`` cannot be read, counts as
+    quiet, as before). A loaded probe was reused by every later plan as if the machine had been quiet; then, never
+    cached, each plan on a machine that is always busy probed again and planned from another rate. A loaded probe
+    is now cached with its load and each plan probes again, keeping (and planning from) the quieter of the two."""
     return busy_elsewhere is None or busy_elsewhere <= C.PROBE_QUIET_MAX_BUSY_CORES
 
 
