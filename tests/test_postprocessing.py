@@ -698,3 +698,12 @@ def test_without_a_description_the_arguments_are_checked_before_the_dataset_json
     (tmp_path / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": LABELS,
                                                         "numTraining": 3, "file_ending": ".nii.gz"}))
     assert determine_postprocessing(preds, refs, None, num_workers=1)["steps"][0]["target"] == "organ"
+
+
+@pytest.mark.parametrize("units, unit", [(["mm^2", "mm"], "mm^2"), (["mm^3", "mm^2"], "mm^3"), (["mm", "mm"], "mm"),
+                                         (["mm^2", "mm^2"], "mm^2")])
+def test_the_decisions_size_unit_is_that_of_the_references_of_most_axes(units, unit):
+    """A 2D dataset holding a 1 x N image (whose sizes are lengths, in mm) had its decision's sizes called mm^3."""
+    from autoseg.postprocessing.determine import _decision_size_unit
+
+    assert _decision_size_unit([{"size_unit": u} for u in units]) == unit

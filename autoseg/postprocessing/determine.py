@@ -34,7 +34,7 @@ from autoseg.evaluation.evaluate import (
     label_maps, match_cases, raise_failures, read_checked_pair, refuse_references_misused, require_folder,
     readable_description, resolve_file_ending,
 )
-from autoseg.evaluation.metrics import SegClass, case_metrics, evaluation_classes, size_unit
+from autoseg.evaluation.metrics import SIZE_UNITS, SegClass, case_metrics, evaluation_classes, size_unit
 from autoseg.postprocessing.connected_components import component_volumes_mm3, keep_largest, remove_small
 from autoseg.utils.atomic import atomic_write_bytes, atomic_write_json, remove_stale_temporaries
 from autoseg.utils.disk import stop_on_full_disk
@@ -289,8 +289,9 @@ def determine_postprocessing(
 def _decision_size_unit(rows: Sequence[Mapping[str, Any]]) -> str:
     """The unit of the decision's ``min_volume_mm3`` (the key keeps its name for the decisions already written):
     ``mm^2`` when every reference is a 2D image, whose component sizes are areas; 2D datasets were told of
-    'components below 4.5 mm^3'."""
-    return "mm^2" if all(row["size_unit"] == "mm^2" for row in rows) else "mm^3"
+    'components below 4.5 mm^3'. A reference of fewer axes among them (a 1 x N image, in mm, beside 2D ones) does not
+    change it: the unit of the references of the most axes."""
+    return max((row["size_unit"] for row in rows), key=SIZE_UNITS.index, default="mm^3")
 
 
 def _values_text(values: Sequence[int]) -> str:
