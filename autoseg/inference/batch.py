@@ -457,22 +457,27 @@ def _model_folder(model: LoadedModel | str | Path | tuple[str, str]) -> Path | N
 
 def _resolve_model(
     model: LoadedModel | str | Path | tuple[str, str],
-    folder: Path | None,
+    output: Path,
     folds: Sequence[int | str] | str | None,
     checkpoint: str | None,
     device: str | torch.device | None,
     tta: bool,
 ) -> LoadedModel:
-    """The model predict_folder runs (``folder``: ``_model_folder(model)``); ``tta`` says whether it mirrors (folds
-    trained with other mirror axes are refused only then)."""
-    if isinstance(model, LoadedModel):
+    """The model predict_folder runs into ``output``, refused where it is the model folder (before a model folder's
+    weights are read); ``tta`` says whether it mirrors (folds trained with other mirror axes are refused only then)."""
+    folder = _model_folder(model)
+    if folder is None:
+        assert isinstance(model, LoadedModel)
         refuse_other_settings(model, folds, checkpoint, device)
         model.tta_mirror_axes(tta)  # refused before any output where its folds share no mirror axes
-        return model
-    from autoseg.inference.model import load_model
+        loaded = model
+    else:
+        from autoseg.inference.model import load_model
 
-    assert folder is not None
-    return load_model(folder, folds, DEFAULT_CHECKPOINT if checkpoint is None else checkpoint, device, tta=tta)
+        refuse_output_in_folder(output, folder)  # before any weights are read
+        loaded = load_model(folder, folds, DEFAULT_CHECKPOINT if checkpoint is None else checkpoint, device, tta=tta)
+    refuse_output_in_model(output, loaded)  # a loaded model's folder, a cascade's low-resolution stage's
+    return loaded
 
 
 def refuse_output_in_model(output: Path, model: LoadedModel) -> None:
@@ -572,11 +577,7 @@ def predict_folder(
     input_path, output = Path(input_path), Path(output_folder)
     check_output_folder(output, InferenceError, [input_path], reads_subfolders=True)
     cases = shard(discover_cases(input_path), num_parts, part_id)
-    folder = _model_folder(model)
-    if folder is not None:
-        refuse_output_in_folder(output, folder)  # before any weights are read
-    loaded = _resolve_model(model, folder, folds, checkpoint, device, tta)
-    refuse_output_in_model(output, loaded)  # a loaded model's folder, a cascade's low-resolution stage's
+    loaded = _resolve_model(model, output, folds, checkpoint, device, tta)
     info = _predict_info(loaded, step, tta, save_probabilities, mixed_precision)  # checks the settings first
     if compile_networks:
         if loaded.engine != "torch":
