@@ -22,7 +22,7 @@ import torch
 from autoseg.inference.tiling import default_batch_tiles
 from autoseg.planning import accounting
 from autoseg.planning.constants import VALIDATION_MAX_SHARE
-from autoseg.preprocessing.store import load_properties
+from autoseg.preprocessing.store import load_case_waiting
 from autoseg.training import budget as budget_rules
 from autoseg.training.distributed import DistributedContext, broadcast_value
 from autoseg.training.model_setup import ModelSetup
@@ -58,7 +58,7 @@ def validation_reserve_inputs(store: Any, fold: str, val_cases: list[str], patch
     if fold == FOLD_ALL:
         return tiles, export
     for case_id in val_cases:
-        properties = load_properties(store, case_id)
+        properties = load_case_waiting(store, case_id)[2]  # waits for a preprocess storing it again
         tiles.append(accounting.tiles_per_case(properties["shape_after_resampling"], patch_size))
         resampled = list(properties["shape_after_resampling"]) != list(properties["shape_after_crop"])
         export.append(accounting.export_seconds(math.prod(properties["shape_original"]), n_outputs, resampled))
