@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 
 from autoseg.dataset.imageio import image_ending
 from autoseg.utils.file_identity import file_signature
-from autoseg.utils.probability_files import SIDECAR_SUFFIX, probability_paths
+from autoseg.utils.probability_files import SIDECAR_SUFFIX, is_probability_sidecar, probability_paths
 
 # A hidden file that marks a folder as written by ensemble / postprocess apply (predict's own record,
 # predict_info.json, marks its folders): in a folder without either, label maps of the outputs' ending and
@@ -120,9 +120,9 @@ def refuse_probability_sidecar(output: Path, error: type[Exception]) -> None:
     ``summary`` (or ``postprocessing``) predicted with --save-probabilities has ``summary.json`` beside
     ``summary.npz``, which evaluate's summary (determine's decision) replaced, and the case could no longer be
     ensembled."""
-    case_id = output.name.removesuffix(SIDECAR_SUFFIX)
-    probabilities = probability_paths(output.parent, case_id).probabilities
-    if output.name.endswith(SIDECAR_SUFFIX) and probabilities.is_file():
+    if is_probability_sidecar(output):
+        case_id = output.name.removesuffix(SIDECAR_SUFFIX)
+        probabilities = probability_paths(output.parent, case_id).probabilities
         raise error(
             f"{output}: is the probabilities' sidecar of case {case_id} ({probabilities.name} beside it), which this "
             "output would replace; write the output into another folder (-o), or rename that case's input files"
