@@ -298,7 +298,7 @@ def _refuse_store_being_written(store: Path, preprocessed_dir: Path, fold: str) 
         return  # the folds are set: a case they name that is missing is refused by fold_cases
     if (writer := shared_holder(store)) is not None:
         raise TrainingError(
-            f"{store}: `autoseg preprocess` ({f'process {writer}' if writer else 'another process'}) is storing cases "
+            f"{store}: `autoseg preprocess` ({holder_text(writer)}) is storing cases "
             f"into this folder right now, and fold {fold}'s cases would be only those stored so far; start train again "
             "once that preprocess has finished")
 
