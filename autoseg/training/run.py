@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from autoseg.dataset.description import load_description
-from autoseg.errors import NetworkError, PlanError, TrainingError
+from autoseg.errors import NetworkError, PlanError, PreprocessingError, TrainingError
 from autoseg.evaluation.evaluate import SUMMARY_CSV, SUMMARY_JSON
 from autoseg.inference.model import listed_differences, plan_differences
 from autoseg.networks import get_network_spec
@@ -32,7 +32,7 @@ from autoseg.planning.plans import (
     plans_path,
 )
 from autoseg.preprocessing.runner import timing_path
-from autoseg.preprocessing.store import list_cases
+from autoseg.preprocessing.store import check_stored, list_cases
 from autoseg.training.cascade import (
     CACHE_FOLDER, NEXT_STAGE_FOLDER, check_previous_stage_labels, clear_handed_on, prepare_previous_stage,
     previous_stage_predictions,
@@ -50,7 +50,7 @@ from autoseg.training.monitor import LOG_FILE, METRICS_FILE, PLOT_FILE, set_asid
 from autoseg.training.plan_device import check_plan_device
 from autoseg.training.schedule import extended_total
 from autoseg.training.pretrained import PretrainedSource, check_pretrained, load_pretrained, read_pretrained
-from autoseg.training.splits import FOLD_ALL, SPLITS_FILE, canonical_fold, fold_cases
+from autoseg.training.splits import FOLD_ALL, SPLITS_FILE, canonical_fold, fold_cases, read_splits
 from autoseg.training.trainer import Trainer, describe_best, network_request
 from autoseg.training.validation import GT_FOLDER, VALIDATION_FOLDER, validate_fold
 from autoseg.utils.atomic import (
@@ -268,8 +268,7 @@ def resolve_fold_run(dataset_spec: DatasetSpec, configuration: str, fold: str, n
     config = _with_command_options(resolve_training_config(network_name, overrides, plan, str(plans_file)),
                                    limits["epochs"], workers)
     store = location.preprocessed_dir / plan["data_identifier"]
-    _refuse_store_being_written(store, location.preprocessed_dir, fold)
-    case_ids = list_cases(store)
+    case_ids = _stored_cases(store, location.preprocessed_dir, fold)
     if not case_ids:
         raise TrainingError(f"{store}: no preprocessed cases; run `autoseg preprocess {location.name} -c {configuration}` first")
     train_cases, val_cases = fold_cases(location.preprocessed_dir, case_ids, fold)
@@ -288,6 +287,29 @@ def resolve_fold_run(dataset_spec: DatasetSpec, configuration: str, fold: str, n
         math_threads=choose_math_threads(config["math_threads"], chosen_device, bool(limits.get("deterministic"))),
         previous_stage_cache=model_folder / CACHE_FOLDER if plan.get("previous_stage") else None, **limits,
     )
+
+
+def _stored_cases(store: Path, preprocessed_dir: Path, fold: str) -> list[str]:
+    """``list_cases``, refused while a preprocess run writes the store the fold's cases would be picked from (asked
+    before and after listing), and with each case the split file's fold names but the listing lacks waited for while
+    a preprocess run stores it again (its marker is removed meanwhile): train stopped with 'fold k names 1 case(s)
+    missing from the preprocessed data'. A case still missing once the writers are gone is named by ``fold_cases``."""
+    _refuse_store_being_written(store, preprocessed_dir, fold)
+    case_ids = list_cases(store)
+    _refuse_store_being_written(store, preprocessed_dir, fold)
+    path, name = preprocessed_dir / SPLITS_FILE, canonical_fold(fold)
+    if name == FOLD_ALL or not path.is_file():
+        return case_ids
+    splits = read_splits(path)
+    named = [c for part in splits[int(name)].values() for c in part] if int(name) < len(splits) else []
+    missing = sorted(set(named) - set(case_ids))
+    if not missing:
+        return case_ids
+    if shared_holder(store) is not None:
+        for case_id in missing:
+            with contextlib.suppress(PreprocessingError):  # still missing: fold_cases names every such case at once
+                check_stored(store, case_id)  # waits (bounded) for the preprocess run writing into the store
+    return list_cases(store)
 
 
 def _refuse_store_being_written(store: Path, preprocessed_dir: Path, fold: str) -> None:
