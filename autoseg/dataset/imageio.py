@@ -197,8 +197,6 @@ def read_image(path: str | Path) -> tuple[np.ndarray, Geometry]:
         raise DatasetError(problem)
     if (problem := _claimed_data_problem(path)) is not None:
         raise DatasetError(problem)
-    if ending in NIFTI_ENDINGS and start is not None and (image := _read_float_nifti(path, start.data)) is not None:
-        return _from_sitk(image, path)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
@@ -455,58 +453,6 @@ def _vox_offset(value: float) -> int:
     return int(value)
 
 
-# (NaN, Inf) counts of the float NIfTIs read_image read, by file identity (``_file_identity``): the NaN check
-# after a read then needs no second decompression of the voxels. The last few files only.
-_NONFINITE_READ: dict[tuple[str, int, int, int], tuple[int, int]] = {}
-_NONFINITE_READ_KEPT = 64
-
-
-def _file_identity(path: Path) -> tuple[str, int, int, int]:
-    """What tells a file's content apart without reading it: where it is, its inode, size and change time."""
-    stat = path.stat()
-    return str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns
-
-
-def _read_float_nifti(path: Path, header: bytes) -> sitk.Image | None:
-    """A float NIfTI of unscaled voxels read from one decompression of its bytes, as ITK reads it (NaN and Inf
-    as 0), its NaN and Inf counts kept for ``nifti_nonfinite_counts``: a float label was decompressed twice, by
-    ITK and for the NaN check (a NaN reads as 0, the background), 0.41 s + 0.57 s for 240x240x155. None (read
-    it with ITK) for any other file: scaled, integer, vector or not 2D/3D."""
-    fields = _nifti_header(header)
-    if (fields is None or fields.datatype not in _NIFTI_FLOAT_TYPES or fields.scl_slope not in (0.0, 1.0)
-            or fields.scl_inter != 0 or not math.isfinite(fields.vox_offset)):
-        return None
-    info = sitk.ImageFileReader()
-    info.SetFileName(str(path))
-    try:
-        info.ReadImageInformation()
-    except RuntimeError:
-        return None
-    size = info.GetSize()
-    if len(size) not in (2, 3) or info.GetNumberOfComponents() != 1 or 0 in size:
-        return None
-    dtype = np.dtype(fields.order + _NIFTI_FLOAT_TYPES[fields.datatype])
-    data = path.read_bytes()
-    raw = zlib.decompress(data, wbits=31) if data[:2] == b"\x1f\x8b" else data
-    try:
-        voxels = np.frombuffer(raw, dtype=dtype, count=math.prod(size), offset=int(fields.vox_offset))
-    except ValueError:  # fewer bytes than the header needs: ITK's read reports it
-        return None
-    counts = int(np.isnan(voxels).sum()), int(np.isinf(voxels).sum())
-    array = voxels.astype(dtype.newbyteorder("="))
-    del data, raw, voxels  # two copies at most in memory, as ITK's read and its array
-    if any(counts):
-        array[~np.isfinite(array)] = 0
-    image = sitk.GetImageFromArray(array.reshape(size[::-1]))
-    image.SetSpacing(info.GetSpacing())
-    image.SetOrigin(info.GetOrigin())
-    image.SetDirection(info.GetDirection())
-    while len(_NONFINITE_READ) >= _NONFINITE_READ_KEPT:
-        _NONFINITE_READ.pop(next(iter(_NONFINITE_READ)))
-    _NONFINITE_READ[_file_identity(path)] = counts
-    return image
-
-
 def nifti_nonfinite_counts(path: str | Path, read: np.ndarray | None = None) -> tuple[int, int] | None:
     """(NaN, Inf) counts in a floating-point NIfTI's stored voxels; None for other files, and when ``read``
     (the array ITK read from it) tells as much: it holds no voxel of the value a NaN turns into.
@@ -522,8 +468,6 @@ def nifti_nonfinite_counts(path: str | Path, read: np.ndarray | None = None) -> 
     ending = image_ending(path)
     if ending not in (".nii", ".nii.gz"):
         return None
-    if (counts := _NONFINITE_READ.get(_file_identity(path))) is not None:
-        return counts
     opener = gzip.open if is_gzip(path) else open
     with opener(path, "rb") as f:
         raw = f.read(540)
