@@ -6,6 +6,7 @@ The entry point imports nothing but ``sys`` and ``signal`` before it takes over 
 
 import signal
 import sys
+import time
 
 INTERRUPTED_EXIT_CODE = 130  # what a shell reports for a command stopped by Ctrl-C (128 + SIGINT)
 
@@ -20,10 +21,11 @@ def _exit_interrupted(signum: int, frame: object) -> None:
 def main() -> None:
     """Run the command line; a stage raises Ctrl-C as KeyboardInterrupt for its cleanup while it runs
     (``autoseg.utils.termination.signals_as_interrupts``)."""
+    started = time.time()  # before the imports, which the plan's preprocessing price includes
     signal.signal(signal.SIGINT, _exit_interrupted)
     from autoseg.cli import main as run_command_line
 
-    run_command_line()
+    run_command_line(started)
 
 
 if __name__ == "__main__":
