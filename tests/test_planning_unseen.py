@@ -31,6 +31,17 @@ def test_the_preprocessing_prediction_includes_the_commands_fixed_start_up():
     assert C.PREPROCESS_STARTUP_SECONDS >= 4.0  # the start-up measured alone (every case stored): 4.8-6.1 s
 
 
+def _one_channel_fingerprint(name: str, spacing: list[float], shape: list[int], n_cases: int) -> dict:
+    """A fingerprint of ``n_cases`` alike one-channel MRI cases with one foreground class."""
+    stats = {"mean": 0.0, "median": 0.0, "std": 1.0, "min": -5.0, "max": 5.0, "percentile_00_5": -3.0,
+             "percentile_99_5": 3.0, "num_samples": 100}
+    return {"version": 1, "dataset_name": name, "channel_names": {"0": "MRI"},
+            "labels": {"background": 0, "a": 1}, "file_ending": ".nii.gz",
+            "spacings": [spacing] * n_cases, "shapes_after_crop": [shape] * n_cases,
+            "median_relative_size_after_crop": 1.0, "is_2d": False,
+            "foreground_intensity_properties_per_channel": {"0": stats}}
+
+
 def _thin_slab_context(n_cases: int, budget: float, cache_dir):
     """A budget search over 3-slice volumes (160x160x3 at 0.8x0.8x5 mm, ``n_cases`` of them), timed at the
     reference speed, at 1.6 mm in-plane: the fixed costs, the median image there and the planner's context."""
@@ -39,13 +50,7 @@ def _thin_slab_context(n_cases: int, budget: float, cache_dir):
     from autoseg.planning import compute_budget as T
     from autoseg.planning import planner as P
 
-    stats = {"mean": 0.0, "median": 0.0, "std": 1.0, "min": -5.0, "max": 5.0, "percentile_00_5": -3.0,
-             "percentile_99_5": 3.0, "num_samples": 100}
-    fingerprint = {"version": 1, "dataset_name": "Dataset990_Slabs", "channel_names": {"0": "MRI"},
-                   "labels": {"background": 0, "a": 1}, "file_ending": ".nii.gz",
-                   "spacings": [[5.0, 0.8, 0.8]] * n_cases, "shapes_after_crop": [[3, 160, 160]] * n_cases,
-                   "median_relative_size_after_crop": 1.0, "is_2d": False,
-                   "foreground_intensity_properties_per_channel": {"0": stats}}
+    fingerprint = _one_channel_fingerprint("Dataset990_Slabs", [5.0, 0.8, 0.8], [3, 160, 160], n_cases)
     rate = T.reference_seconds_per_gflop(torch.device("cpu"))
     ctx = P._planning_context(fingerprint, "unet", 4 * 2**30, budget, torch.device("cpu"), cache_dir,
                               lambda dims, width, mixed_precision="auto": T.TimingModel("fake cpu", 0.0, rate, rate),
@@ -62,7 +67,12 @@ def test_a_patch_axis_just_short_of_the_image_grows_to_it_where_that_is_cheaper_
     to the full extent along an axis it fell just short of, half the tiles, fits it: the search now takes
     that one. Where the short patch stays cheaper overall (10 cases: its extra tiles cost about 1 s, its
     training saves about 90), it stays."""
+    import torch
+
     from autoseg.planning import planner as P
+
+    # The reference speed is per math thread: the same two threads under pytest-xdist (one thread per worker)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
 
     def patches(n_cases: int) -> list:
         ctx, costs, spacing, median = _thin_slab_context(n_cases, 300.0, tmp_path)
@@ -84,13 +94,7 @@ def test_a_plan_for_fewer_cases_than_folds_says_folds_0_to_4_cannot_train(cases,
     `autoseg train D 3d_fullres 0` then refused: 1 case cannot be split into 5 folds. The plan now says so."""
     from autoseg.planning.planner import build_plans
 
-    stats = {"mean": 0.0, "median": 0.0, "std": 1.0, "min": -5.0, "max": 5.0, "percentile_00_5": -3.0,
-             "percentile_99_5": 3.0, "num_samples": 100}
-    fingerprint = {"version": 1, "dataset_name": "Dataset981_OneCase", "channel_names": {"0": "MRI"},
-                   "labels": {"background": 0, "a": 1}, "file_ending": ".nii.gz",
-                   "spacings": [[1.0, 1.0, 1.0]] * cases, "shapes_after_crop": [[20, 48, 48]] * cases,
-                   "median_relative_size_after_crop": 1.0, "is_2d": False,
-                   "foreground_intensity_properties_per_channel": {"0": stats}}
+    fingerprint = _one_channel_fingerprint("Dataset981_OneCase", [1.0, 1.0, 1.0], [20, 48, 48], cases)
     plans = build_plans(fingerprint, memory_budget_bytes=6 * 2**30, device="cuda", device_present=False,
                         configs=["3d_fullres"], cache_dir=tmp_path)
     expected = (f"{cases} training case(s) cannot be split into 5 folds, so `autoseg train` refuses folds 0-4: add "
