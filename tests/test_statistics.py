@@ -35,6 +35,17 @@ def synthetic_case() -> tuple[np.ndarray, np.ndarray]:
     return labels, data
 
 
+def images_of(cases: tuple[str, ...], tmp_path: Path) -> tuple[np.ndarray, Path, Path]:
+    """The synthetic case's labels, and the folders in/ (its two channels written for each of ``cases``) and out/."""
+    labels, data = synthetic_case()
+    inputs, output = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir(), output.mkdir()
+    for case in cases:
+        for channel in (0, 1):
+            write_image(data[channel], GEOMETRY, inputs / f"{case}_000{channel}.nii.gz")
+    return labels, inputs, output
+
+
 def test_volumes_components_and_intensities_match_hand_computed_values() -> None:
     labels, data = synthetic_case()
     stats = case_statistics(labels, data, GEOMETRY, parse_description(CLASSES, Path("dataset.json")))
@@ -61,12 +72,8 @@ def test_a_region_is_the_union_of_its_label_values() -> None:
 
 
 def test_files_give_one_json_per_case_and_a_summary_csv(tmp_path: Path) -> None:
-    labels, data = synthetic_case()
-    inputs, output = tmp_path / "in", tmp_path / "out"
-    inputs.mkdir(), output.mkdir()
+    labels, inputs, output = images_of(("a", "b"), tmp_path)
     for case, shift in (("a", 0), ("b", 1)):
-        for channel in (0, 1):
-            write_image(data[channel], GEOMETRY, inputs / f"{case}_000{channel}.nii.gz")
         write_image(np.roll(labels, shift, axis=0), GEOMETRY, output / f"{case}.nii.gz")
     csv_path = write_statistics(inputs, output, parse_description(CLASSES, Path("dataset.json")))
     assert csv_path == output / SUMMARY_CSV
@@ -157,12 +164,7 @@ def test_a_folder_where_a_statistics_file_goes_is_refused_before_predicting(tmp_
 def test_parts_sharing_a_folder_give_one_csv_over_all_their_cases(tmp_path: Path) -> None:
     """``--num-parts 2 --statistics``: each part wrote statistics.csv of its own cases over the other's,
     so the folder's CSV held only the part that finished last."""
-    labels, data = synthetic_case()
-    inputs, output = tmp_path / "in", tmp_path / "out"
-    inputs.mkdir(), output.mkdir()
-    for case in ("a", "b", "c"):
-        for channel in (0, 1):
-            write_image(data[channel], GEOMETRY, inputs / f"{case}_000{channel}.nii.gz")
+    labels, inputs, output = images_of(("a", "b", "c"), tmp_path)
     for case in ("a", "b"):
         write_image(labels, GEOMETRY, output / f"{case}.nii.gz")
     description = parse_description(CLASSES, Path("dataset.json"))
@@ -176,12 +178,7 @@ def test_parts_sharing_a_folder_give_one_csv_over_all_their_cases(tmp_path: Path
 def test_a_foreign_file_under_a_statistics_name_is_named(tmp_path: Path) -> None:
     """The CSV is made from the folder's <case>_statistics.json files: one that is not (a case x_statistics's
     probabilities' sidecar) failed with an internal KeyError."""
-    labels, data = synthetic_case()
-    inputs, output = tmp_path / "in", tmp_path / "out"
-    inputs.mkdir(), output.mkdir()
-    for case in ("a", "b"):
-        for channel in (0, 1):
-            write_image(data[channel], GEOMETRY, inputs / f"{case}_000{channel}.nii.gz")
+    labels, inputs, output = images_of(("a", "b"), tmp_path)
     write_image(labels, GEOMETRY, output / "a.nii.gz")
     (output / "b_statistics.json").write_text(json.dumps({"case_id": "b_statistics", "shape": [3, 4, 5, 6]}))
     with pytest.raises(InferenceError, match=r"b_statistics\.json: not a statistics file"):

@@ -13,7 +13,7 @@ from autoseg.dataset.imageio import Geometry, write_image
 from autoseg.errors import InferenceError
 from autoseg.evaluation.statistics import case_statistics, write_statistics
 
-from test_statistics import CLASSES, GEOMETRY, synthetic_case
+from test_statistics import CLASSES, GEOMETRY, images_of, synthetic_case
 
 
 @pytest.mark.parametrize("label_geometry, difference", [
@@ -24,11 +24,7 @@ def test_a_label_map_off_its_images_grid_is_refused_naming_both_files(tmp_path: 
     """``predict --continue --statistics`` after the images' spacing (or origin) was corrected kept the earlier label
     map, whose liver of 9 voxels was reported as 13.5 mm3 (the image's 1.5 mm3 voxels, not its own 0.75 mm3) and
     whose intensities were read at other places; it is refused, and nothing is written."""
-    labels, data = synthetic_case()
-    inputs, output = tmp_path / "in", tmp_path / "out"
-    inputs.mkdir(), output.mkdir()
-    for channel in (0, 1):
-        write_image(data[channel], GEOMETRY, inputs / f"a_000{channel}.nii.gz")
+    labels, inputs, output = images_of(("a",), tmp_path)
     write_image(labels, label_geometry, output / "a.nii.gz")
     message = (rf"^{re.escape(str(output / 'a.nii.gz'))}: the label map is not on the grid of its image "
                rf"{re.escape(str(inputs / 'a_0000.nii.gz'))} \(label map vs image: {difference}.*\); it was predicted "
@@ -41,11 +37,7 @@ def test_a_label_map_off_its_images_grid_is_refused_naming_both_files(tmp_path: 
 def test_a_label_map_of_another_shape_is_refused_naming_both_files(tmp_path: Path) -> None:
     """A label map left from images of another shape was refused as 'labels of shape ... do not match the input's',
     naming neither file."""
-    labels, data = synthetic_case()
-    inputs, output = tmp_path / "in", tmp_path / "out"
-    inputs.mkdir(), output.mkdir()
-    for channel in (0, 1):
-        write_image(data[channel], GEOMETRY, inputs / f"a_000{channel}.nii.gz")
+    labels, inputs, output = images_of(("a",), tmp_path)
     write_image(labels[:3], GEOMETRY, output / "a.nii.gz")
     with pytest.raises(InferenceError, match=rf"^{re.escape(str(output / 'a.nii.gz'))}: the label map is not on the grid "
                                              rf"of its image .*a_0000\.nii\.gz \(label map vs image: shape \(3, 5, 6\) vs "
@@ -55,12 +47,7 @@ def test_a_label_map_of_another_shape_is_refused_naming_both_files(tmp_path: Pat
 
 def test_a_refused_case_leaves_no_statistics_of_the_others(tmp_path: Path) -> None:
     """The cases before a refused one had their statistics written, without a statistics.csv: a partial output."""
-    labels, data = synthetic_case()
-    inputs, output = tmp_path / "in", tmp_path / "out"
-    inputs.mkdir(), output.mkdir()
-    for case in ("a", "b"):
-        for channel in (0, 1):
-            write_image(data[channel], GEOMETRY, inputs / f"{case}_000{channel}.nii.gz")
+    labels, inputs, output = images_of(("a", "b"), tmp_path)
     write_image(labels, GEOMETRY, output / "a.nii.gz")
     write_image(labels[:3], GEOMETRY, output / "b.nii.gz")
     with pytest.raises(InferenceError, match=r"b\.nii\.gz: the label map is not on the grid of its image "):
