@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -131,68 +130,7 @@ def test_training_gflop_falls_back_to_a_scaled_cpu_probe_without_meta_kernels(mo
     assert training_gflop("reads_values", FLOP_TOPOLOGY, 2, 3, [16, 8], 2) == pytest.approx(2 * 128 * 12 * 3 / 1e9)
 
 
-def _load_reading(monkeypatch, busy_elsewhere: float | None) -> None:
-    """The probe's load reading faked: ``busy_elsewhere`` cores held by other processes while it ran (the
-    machine's real load, four test runs sharing 2 cores, must not decide what these tests see)."""
-
-    class Reading(cpu_load.LoadWhile):
-        def __exit__(self, *exc: object) -> None:
-            self.busy_elsewhere = busy_elsewhere
-
-    monkeypatch.setattr(compute_budget, "LoadWhile", Reading)
-
-
-def _steps_counted(monkeypatch) -> list[str]:
-    """Probe steps replaced by fixed timings (no real timing), each call recorded."""
-    calls: list[str] = []
-
-    def timed(kind):
-        return lambda *a: calls.append(kind) or compute_budget.StepTime(1.0, 1.0)
-
-    monkeypatch.setattr(compute_budget, "_time_steps", timed("step"))
-    monkeypatch.setattr(compute_budget, "_time_forward", timed("forward"))
-    return calls
-
-
-@pytest.mark.parametrize(("busy_elsewhere", "cached"), [(1.5, False), (0.3, False), (0.2, True), (None, True)])
-def test_a_probe_taken_under_load_is_not_cached_as_if_quiet(busy_elsewhere, cached, tmp_path, monkeypatch):
-    """A probe taken while other processes held the CPU was written to planning_cache and reused by every
-    later plan. Now only a quiet probe (or one whose load cannot be read) is reused as it is: a loaded one is
-    cached with its load, and the next plan probes again (tests/test_planning_mend3.py: the quieter is kept)."""
-    _load_reading(monkeypatch, busy_elsewhere)
-    calls = _steps_counted(monkeypatch)
-    spec = get_network_spec("unet")
-    for _ in range(2):
-        measure_timing("unet", spec.constraints, 2, 1, 2, width=4, device=torch.device("cpu"), cache_dir=tmp_path)
-    assert calls == ["step", "forward"] * (1 if cached else 2)
-    (entry,) = tmp_path.glob("timing_*.json")
-    assert json.loads(entry.read_text())["value"]["busy_elsewhere"] == busy_elsewhere
-
-
-def test_the_probe_reads_the_load_of_other_processes_from_proc_stat(monkeypatch):
-    """``LoadWhile`` takes the busy CPUs of two /proc/stat readings less this process's own CPU time."""
-    readings = iter([BEFORE_STAT, AFTER_STAT])
-    monkeypatch.setattr(cpu_load, "_read_stat", lambda: next(readings))
-    monkeypatch.setattr(cpu_load, "_affinity", lambda: {0, 1})
-    cpu, wall = iter([10.0, 10.5, 11.0, 11.0]), iter([100.0, 101.0, 102.0, 103.0])
-    monkeypatch.setattr(cpu_load, "time", SimpleNamespace(process_time=lambda: next(cpu), perf_counter=lambda: next(wall)))
-    with cpu_load.LoadWhile() as load:
-        pass
-    # busy 0.25 + 0.75 of the two CPUs; this process used 0.5 CPU seconds over 1 s: 0.5 cores elsewhere
-    assert load.busy_elsewhere == pytest.approx(0.5)
-    monkeypatch.setattr(cpu_load, "_read_stat", lambda: None)
-    with cpu_load.LoadWhile() as unknown:
-        pass
-    assert unknown.busy_elsewhere is None
-
-
-#               user nice system idle iowait irq softirq steal
-BEFORE_STAT = "cpu0 100 0 0 100 0 0 0 0\ncpu1 100 0 0 100 0 0 0 0\n"
-AFTER_STAT = "cpu0 125 0 0 175 0 0 0 0\ncpu1 175 0 0 125 0 0 0 0\n"
-
-
 def test_measured_timing_is_cached_and_predicts_more_for_more_work(tmp_path, monkeypatch):
-    _load_reading(monkeypatch, 0.0)  # a quiet probe, whatever else runs on the machine now
     spec = get_network_spec("unet")
     timing = measure_timing("unet", spec.constraints, 2, 1, 2, width=4, device=torch.device("cpu"), cache_dir=tmp_path)
     assert timing.device.startswith("cpu") and timing.seconds_per_gflop > 0 and timing.seconds_intercept >= 0
@@ -225,7 +163,6 @@ def test_probe_times_training_in_the_layout_training_uses(dims, mixed_precision,
 
     monkeypatch.setattr(compute_budget, "_time_steps", recorder("step"))
     monkeypatch.setattr(compute_budget, "_time_forward", recorder("forward"))
-    _load_reading(monkeypatch, 0.0)
     spec = get_network_spec("unet")
     measure_timing("unet", spec.constraints, dims, 2, 2, width=4, device=torch.device("cpu"), cache_dir=tmp_path,
                    mixed_precision=mixed_precision)

@@ -5,8 +5,7 @@ transposed convolutions, matrix products and attention, at the real patch and ba
 device; backward = 2x forward) and converted to seconds with a timing model
 ``seconds = GFLOP / rate``, the rate measured from a few real forward+backward+SGD steps of one probe
 network of the same family on the actual device. Timings are cached (keyed by device, threads,
-family, channels), so re-planning on one machine is deterministic; a probe taken while other
-processes held the CPU is not cached (``probed_quietly``).
+family, channels), so re-planning on one machine is deterministic.
 """
 
 from __future__ import annotations
@@ -27,7 +26,6 @@ from autoseg.networks.registry import TopologyConstraints
 from autoseg.planning import constants as C
 from autoseg.planning.memory import build_training_network, read_cache, write_cache
 from autoseg.planning.topology import divisible_patch, plan_topology
-from autoseg.utils.cpu_load import LoadWhile
 from autoseg.utils.device import autocast_dtype, training_memory_format
 
 # forward + backward (gradients w.r.t. inputs and weights, each about one forward)
@@ -259,49 +257,20 @@ def measure_timing(
     if layout is not torch.contiguous_format:
         key["layout"] = "channels_last"
     cached = read_cache(cache_dir, key)
-    kept = _cached_probe(cached)
-    if kept is not None and probed_quietly(kept[1]):
-        return kept[0]
+    if cached is not None:
+        return TimingModel(**cached)
     topology = plan_topology([size] * spatial_dims, [1.0] * spatial_dims, constraints, C.TIMING_PROBE_WIDTH)
     network = build_training_network(network_name, topology, in_channels, n_classes, dict(options or {}), device)
     patch = divisible_patch([size] * spatial_dims, topology)
     inputs = torch.randn((C.MIN_BATCH_SIZE, in_channels, *patch), device=device)
     gflop = training_gflop(network_name, topology, in_channels, n_classes, patch, C.MIN_BATCH_SIZE, options)
-    with LoadWhile() as load:
-        step = _time_steps(network.to(memory_format=layout), inputs.contiguous(memory_format=layout), device,
-                           mixed_precision)
-        forward = _time_forward(network.to(memory_format=torch.contiguous_format), inputs, device, mixed_precision)
+    step = _time_steps(network.to(memory_format=layout), inputs.contiguous(memory_format=layout), device, mixed_precision)
+    forward = _time_forward(network.to(memory_format=torch.contiguous_format), inputs, device, mixed_precision)
     forward_gflop = gflop / _TRAINING_FLOPS_PER_FORWARD
     model = TimingModel(name, 0.0, step.wall / gflop, forward.wall / forward_gflop,
                         step.undisturbed / gflop, forward.undisturbed / forward_gflop)
-    if kept is not None and not _quieter(load.busy_elsewhere, kept[1]):
-        return kept[0]  # the quietest probe seen: plans on a machine that is always busy agree
-    write_cache(cache_dir, key, {**asdict(model), "busy_elsewhere": load.busy_elsewhere})
+    write_cache(cache_dir, key, asdict(model))
     return model
-
-
-def _cached_probe(cached: dict[str, Any] | None) -> tuple[TimingModel, float | None] | None:
-    """A cached probe's model and the load it was taken under (None: unknown, or cached before loads were kept,
-    when only quiet probes were)."""
-    if cached is None:
-        return None
-    busy = cached.get("busy_elsewhere")
-    return TimingModel(**{k: v for k, v in cached.items() if k != "busy_elsewhere"}), busy
-
-
-def _quieter(busy: float | None, than: float | None) -> bool:
-    """Whether a probe taken with ``busy`` cores held elsewhere replaces one taken with ``than`` (unknown load
-    counts as quiet, as it always has)."""
-    return busy is None or (than is not None and busy < than)
-
-
-def probed_quietly(busy_elsewhere: float | None) -> bool:
-    """Whether a cached probe is used without probing again: other processes kept at most
-    ``PROBE_QUIET_MAX_BUSY_CORES`` busy while it ran (unknown load, where ``/proc/stat`` cannot be read, counts as
-    quiet, as before). A loaded probe was reused by every later plan as if the machine had been quiet; then, never
-    cached, each plan on a machine that is always busy probed again and planned from another rate. A loaded probe
-    is now cached with its load and each plan probes again, keeping (and planning from) the quieter of the two."""
-    return busy_elsewhere is None or busy_elsewhere <= C.PROBE_QUIET_MAX_BUSY_CORES
 
 
 def seconds_per_iteration(compute_seconds: float, device: torch.device) -> float:

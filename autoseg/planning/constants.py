@@ -245,10 +245,6 @@ TIMING_PROBE_WIDTH = 16
 TIMING_WARMUP_STEPS = 1
 # The fastest of 5 steps (the least disturbed by other load) gives the rate.
 TIMING_MEASURED_STEPS = 5
-# A probe during which other processes kept more than this many cores busy on average (beyond the probe's
-# own threads, utils/cpu_load.py) is not written to planning_cache: it was reused as if quiet by every
-# later plan on the machine. The next plan probes again and caches the first quiet measurement.
-PROBE_QUIET_MAX_BUSY_CORES = 0.25
 
 # A case that would hold more voxels than this at the planned spacing (8 GiB per float32 channel) has a
 # voxel size that cannot be real (microns or 1e6 mm in a header): plan and predict refuse it instead of

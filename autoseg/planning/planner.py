@@ -978,16 +978,9 @@ def _planning_context(fingerprint: dict[str, Any], network: str, memory_budget_b
     n_classes, n_foreground = output_channels(fingerprint["labels"])
     in_channels = len(fingerprint["channel_names"])
 
-    probes: dict[tuple[int, str], T.TimingModel] = {}
-
     def measured(dims: int, width: int, mixed_precision: str) -> T.TimingModel:
-        # One probe serves every width: with a loaded probe not kept as final in the cache, each width probed again
-        # and one plan priced its widths at two rates.
-        if (dims, mixed_precision) not in probes:
-            probes[dims, mixed_precision] = T.measure_timing(network, spec.constraints, dims, in_channels, n_classes,
-                                                             width, device, cache_dir=cache_dir,
-                                                             mixed_precision=mixed_precision)
-        return probes[dims, mixed_precision]
+        return T.measure_timing(network, spec.constraints, dims, in_channels, n_classes, width, device,
+                                cache_dir=cache_dir, mixed_precision=mixed_precision)
 
     if (bf16_check is None and device_present and timing_factory is None and device.type == "cpu"
             and autocast_dtype("auto", device) == torch.bfloat16):

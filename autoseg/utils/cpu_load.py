@@ -50,8 +50,9 @@ def _cpu_times(text: str) -> dict[int, tuple[int, int]]:
     return times
 
 
-def _idle_and_seen(before: str, after: str, cpus: set[int] | None) -> tuple[float, int]:
-    """(sum of idle shares, CPUs that reported time) between two ``/proc/stat`` readings, over ``cpus``."""
+def idle_cores_between(before: str, after: str, cpus: set[int] | None = None) -> float | None:
+    """Idle logical CPUs (a sum of idle shares) between two ``/proc/stat`` readings, over ``cpus``
+    (default every CPU listed); None when the readings say nothing (no CPU lines, no time passed)."""
     first, second = _cpu_times(before), _cpu_times(after)
     idle, seen = 0.0, 0
     for cpu in sorted(set(first) & set(second)):
@@ -62,59 +63,19 @@ def _idle_and_seen(before: str, after: str, cpus: set[int] | None) -> tuple[floa
             continue
         idle += min(1.0, max(0.0, (second[cpu][0] - first[cpu][0]) / total))
         seen += 1
-    return idle, seen
-
-
-def idle_cores_between(before: str, after: str, cpus: set[int] | None = None) -> float | None:
-    """Idle logical CPUs (a sum of idle shares) between two ``/proc/stat`` readings, over ``cpus``
-    (default every CPU listed); None when the readings say nothing (no CPU lines, no time passed)."""
-    idle, seen = _idle_and_seen(before, after, cpus)
     return idle if seen else None
-
-
-def busy_elsewhere_between(before: str, after: str, own_cpu_seconds: float, wall_seconds: float,
-                           cpus: set[int] | None = None) -> float | None:
-    """Logical CPUs that other processes kept busy between two ``/proc/stat`` readings: the busy ones less
-    this process's own use (its CPU seconds over the wall seconds, all its threads); None when unknown."""
-    idle, seen = _idle_and_seen(before, after, cpus)
-    if not seen or wall_seconds <= 0:
-        return None
-    return max(0.0, seen - idle - own_cpu_seconds / wall_seconds)
 
 
 def idle_cores(sample_seconds: float = IDLE_SAMPLE_SECONDS) -> float | None:
     """Idle logical CPUs of this process's affinity mask over ``sample_seconds`` (None where
     ``/proc/stat`` cannot be read, e.g. macOS and Windows)."""
-    before = _read_stat()
-    time.sleep(sample_seconds)
-    after = _read_stat()
-    if before is None or after is None:
-        return None
-    return idle_cores_between(before, after, _affinity())
-
-
-class LoadWhile:
-    """Cores other processes kept busy while the ``with`` block ran (``busy_elsewhere``; None where
-    ``/proc/stat`` cannot be read): a timing taken while they held the CPU says little about a quiet one."""
-
-    busy_elsewhere: float | None = None
-
-    def __enter__(self) -> "LoadWhile":
-        self._before = _read_stat()
-        self._cpu, self._wall = time.process_time(), time.perf_counter()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        cpu, wall, after = time.process_time() - self._cpu, time.perf_counter() - self._wall, _read_stat()
-        if self._before is not None and after is not None:
-            self.busy_elsewhere = busy_elsewhere_between(self._before, after, cpu, wall, _affinity())
-
-
-def _read_stat() -> str | None:
     try:
-        return PROC_STAT.read_text()
+        before = PROC_STAT.read_text()
+        time.sleep(sample_seconds)
+        after = PROC_STAT.read_text()
     except OSError:
         return None
+    return idle_cores_between(before, after, _affinity())
 
 
 def threads_for_idle_cores(max_threads: int, idle: float | None, logical: int) -> int:
