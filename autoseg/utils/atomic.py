@@ -275,16 +275,8 @@ def lock_key(path: str | os.PathLike[str]) -> str:
 def lock_holder(folder: str | os.PathLike[str]) -> int | None:
     """The process holding the ``flock`` on ``folder``'s lock file, read from ``/proc/locks`` (Linux); None where
     unknown."""
-    try:
-        where = lock_key(Path(folder) / LOCK_FILE)
-        lines = Path("/proc/locks").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        fields = line.split()
-        if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == where and fields[4].isdigit() and int(fields[4]) > 0:
-            return int(fields[4])
-    return None
+    holders = _flock_holders(Path(folder) / LOCK_FILE) or []
+    return next((pid for _, pid in holders if pid > 0), None)
 
 
 def exclusive_holder(folder: str | os.PathLike[str]) -> int | None:
