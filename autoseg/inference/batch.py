@@ -348,6 +348,17 @@ def read_finite_case(files: Sequence[Path], channel_names: Mapping[str, str]) ->
     return data, geometry
 
 
+def _header_reader(path: Path) -> sitk.ImageFileReader | None:
+    """ITK's reader of ``path`` with its header read (no voxels), None where ITK cannot read the header."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    return reader
+
+
 def _nifti_holds(path: Path) -> bool:
     """Whether NIfTI holds the image of ``path`` as its header describes it: an orthonormal direction matrix
     (to ``GEOMETRY_TOLERANCE``; ITK writes a sheared one as its nearest rotation) and at most 32767 voxels a
@@ -356,13 +367,7 @@ def _nifti_holds(path: Path) -> bool:
     folder printed HDF5 diagnostics for every DICOM case): its direction is a rotation, as GDCM reads it or
     refused (``read_image``), and no series comes near 32767 voxels a side. A named pipe or device, unprobed too
     (ITK waited on it for ever), is refused by name when the case is read."""
-    if not path.is_file():
-        return True
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
+    if not path.is_file() or (reader := _header_reader(path)) is None:
         return True
     return is_orthonormal(reader.GetDirection()) and unwritable_problem(Path(f"label{DEFAULT_OUTPUT_ENDING}"), reader.GetSize(), np.uint8) is None
 
@@ -700,13 +705,7 @@ def grid_differences(label_file: Path, image_file: Path) -> list[str]:
 def _header_grid(path: Path) -> tuple[tuple[int, ...], Geometry] | None:
     """The (z, y, x) shape and geometry ``read_image`` gives ``path``, read from its header alone (ITK's formats);
     None for other files, or a header ITK cannot read."""
-    if image_ending(path) not in SITK_ENDINGS or not path.is_file():
-        return None
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
+    if image_ending(path) not in SITK_ENDINGS or not path.is_file() or (reader := _header_reader(path)) is None:
         return None
     size, spacing = reader.GetSize(), tuple(float(s) for s in reversed(reader.GetSpacing()))
     if len(size) not in (2, 3):
