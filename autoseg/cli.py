@@ -374,6 +374,28 @@ def _folds(folds: Optional[list[str]]) -> Any:
     return "all" if folds == ["all"] else folds
 
 
+def _prediction_model(stack: contextlib.ExitStack, request: Any, folds: Any, checkpoint: str, tta: bool) -> Any:
+    """What ``predict_folder`` runs: a model folder (``-m`` or found from ``-d``/``-c``), a model zip unpacked
+    for the run's duration (``stack``), or the ONNX folds of an export for onnxruntime."""
+    model_folder, engine = request.model_folder, request.engine
+    if model_folder is not None and model_folder.suffix.lower() == ".zip" and model_folder.is_file() and engine == "torch":
+        from autoseg.evaluation.model_files import loaded_model_zip
+
+        # without TTA, folds trained with other mirror axes load (nothing is mirrored)
+        return stack.enter_context(loaded_model_zip(model_folder, folds, checkpoint, request.device, tta=tta))
+    if model_folder is not None:
+        model = model_folder
+    else:
+        from autoseg.inference.model import find_model_folder
+
+        model = find_model_folder(request.dataset, request.configuration, request.network, request.plans_name)
+    if engine == "onnxruntime":
+        from autoseg.inference.onnx_model import load_onnx_model
+
+        return load_onnx_model(model, folds, checkpoint)
+    return model
+
+
 @app.command()
 @user_errors
 def predict(
@@ -402,31 +424,19 @@ def predict(
     from autoseg.inference.batch import predict_folder
     from autoseg.inference.request import PredictRequest, check_predict_request
 
-    check_predict_request(PredictRequest(
+    request = PredictRequest(
         model_folder=model_folder, dataset=dataset, configuration=configuration, network=network, plans_name=plans_name,
         engine=engine, device=device, mixed_precision=mixed_precision, step=step,
-    ))
+    )
+    check_predict_request(request)
     if statistics:
         from autoseg.evaluation.statistics import refuse_name_clashes
 
         refuse_name_clashes(input, output, save_probabilities)
     with contextlib.ExitStack() as stack:
-        if model_folder is not None and model_folder.suffix.lower() == ".zip" and model_folder.is_file() and engine == "torch":
-            from autoseg.evaluation.model_files import loaded_model_zip
-
-            # without TTA, folds trained with other mirror axes load (nothing is mirrored)
-            model = stack.enter_context(
-                loaded_model_zip(model_folder, _folds(folds), checkpoint, device, tta=not no_tta))
-        elif model_folder is not None:
-            model = model_folder
-        else:
-            from autoseg.inference.model import find_model_folder
-
-            model = find_model_folder(dataset, configuration, network, plans_name)
+        model = _prediction_model(stack, request, _folds(folds), checkpoint, tta=not no_tta)
         if engine == "onnxruntime":
-            from autoseg.inference.onnx_model import load_onnx_model
-
-            model, mixed_precision = load_onnx_model(model, _folds(folds), checkpoint), "off"
+            mixed_precision = "off"
         report = predict_folder(
             input, output, model, _folds(folds), checkpoint, step, not no_tta, save_probabilities, device,
             num_parts, part_id, continue_, mixed_precision, compile_networks=compile_,
