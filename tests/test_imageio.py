@@ -1661,3 +1661,34 @@ def test_a_nrrd_of_unknown_spacing_is_refused_not_read_as_1_mm(tmp_path: Path) -
             read_image(path)
         assert str(info.value) == (f"{path}: its header gives no voxel size (spacings: {spacings}), which ITK would read "
                                    "as 1 mm; write the image's true voxel size into its header (export it again)")
+
+
+@pytest.mark.parametrize(("origin", "spacing", "ending"), [((1e30, -5.0, 3.0), 1.0, ".nii.gz"),
+                                                           ((0.0, -2e13, 0.0), 1.0, ".mha"),
+                                                           ((3e12, 0.0, 0.0), 0.01, ".nrrd")])
+def test_an_origin_too_far_for_float_positions_is_refused(tmp_path: Path, origin: tuple[float, ...], spacing: float,
+                                                          ending: str) -> None:
+    """An origin of 1e30 (a damaged header) passed verify, fingerprint, plan and preprocess without a word."""
+    image = sitk.GetImageFromArray(np.arange(24, dtype=np.int16).reshape(2, 3, 4))
+    image.SetOrigin(origin)
+    image.SetSpacing((spacing,) * 3)
+    path = tmp_path / f"far{ending}"
+    sitk.WriteImage(image, str(path))
+    read_origin = sitk.ReadImage(str(path)).GetOrigin()  # NIfTI keeps float32: 1e30 reads back as 1.0000000150e30
+    step = float(np.spacing(max(abs(v) for v in read_origin)))
+    with pytest.raises(DatasetError) as info:
+        read_image(path)
+    assert str(info.value) == (f"{path}: its origin ({', '.join(f'{v:.4g}' for v in read_origin)}) lies so far from 0 "
+                               f"that positions there are exact to only {step:.3g} mm, coarser than a thousandth of its "
+                               f"{spacing:g} mm voxel side (a damaged header?); export it again with the image's true "
+                               "origin")
+
+
+@pytest.mark.parametrize("origin", [(-250.5, 312.25, -1000.0), (0.0, 0.0, 0.0), (90000.0, -12345.678, 5e5)])
+def test_real_world_origins_pass(tmp_path: Path, origin: tuple[float, ...]) -> None:
+    """Scanner origins (hundreds of mm, negative too; microscopy stages further) are far inside the bound."""
+    image = sitk.GetImageFromArray(np.arange(24, dtype=np.int16).reshape(2, 3, 4))
+    image.SetOrigin(origin)
+    image.SetSpacing((0.001, 0.5, 0.5))
+    sitk.WriteImage(image, str(tmp_path / "near.mha"))
+    assert read_image(tmp_path / "near.mha")[1].origin == origin

@@ -781,7 +781,28 @@ def _from_sitk(image: sitk.Image, path: Path) -> tuple[np.ndarray, Geometry]:
         origin=tuple(float(v) for v in image.GetOrigin()),
         direction=tuple(float(v) for v in image.GetDirection()),
     )
+    if (problem := far_origin_problem(path, geometry)) is not None:
+        raise DatasetError(problem)
     return array, geometry
+
+
+# Positions must stay exact to this fraction of the smallest voxel side: image and label origins are compared to a
+# tenth of a voxel (ORIGIN_TOLERANCE_VOXELS), which needs digits to spare. Real origins (hundreds of mm) pass by
+# a factor of a billion; at 1 mm voxels the bound lies near 4.5e12 mm.
+ORIGIN_PRECISION_VOXELS = 1e-3
+
+
+def far_origin_problem(path: Path, geometry: Geometry) -> str | None:
+    """The problem of an origin so far from 0 (1e30 from a damaged header) that float64 positions near it are
+    coarser than a thousandth of a voxel, else None: verify passed it, and no two origins could be compared."""
+    farthest = max((abs(v) for v in geometry.origin), default=0.0)
+    step = float(np.spacing(farthest))
+    smallest = min(geometry.spacing)
+    if step <= ORIGIN_PRECISION_VOXELS * smallest:
+        return None
+    return (f"{path}: its origin {_fmt(geometry.origin)} lies so far from 0 that positions there are exact to only "
+            f"{step:.3g} mm, coarser than a thousandth of its {smallest:g} mm voxel side (a damaged header?); export "
+            "it again with the image's true origin")
 
 
 COLOUR_KINDS = {1: "grey", 2: "grey + alpha", 3: "RGB", 4: "RGBA"}  # channels -> kind; alpha is last
