@@ -304,3 +304,26 @@ def test_a_read_only_output_folder_is_refused_before_any_case(model: Path, tmp_p
     result = runner.invoke(app, ["predict", "-i", str(inputs), "-o", str(output), "-m", str(model), "--no-tta",
                                  "--mixed-precision", "off", "--continue"])
     assert result.exit_code == 0 and "1 skipped" in result.output, result.output
+
+
+def test_continue_into_a_read_only_folder_refuses_up_front_a_case_to_predict_again(
+    model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With every output there, --continue skipped the writable check; a case whose label map was off its image's
+    grid was then predicted in full and refused at the run record (naming predict_info.json, not the folder)."""
+    inputs, output = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    for case in ("kept", "moved"):
+        shutil.copy(SOURCE, inputs / f"{case}_0000.nii.gz")
+    assert _predict(inputs, output, model)[0] == 0
+    image = sitk.ReadImage(str(inputs / "moved_0000.nii.gz"))
+    image.SetSpacing((2.0, 1.0, 1.0))
+    sitk.WriteImage(image, str(inputs / "moved_0000.nii.gz"))
+    before = {p.name: p.read_bytes() for p in output.iterdir()}
+    refuse_writes_in(output, monkeypatch)
+    monkeypatch.setattr("autoseg.inference.batch.predict_array", lambda *args, **kwargs: pytest.fail("a case was predicted"))
+    result = runner.invoke(app, ["predict", "-i", str(inputs), "-o", str(output), "-m", str(model), "--no-tta",
+                                 "--mixed-precision", "off", "--continue"])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert f"error: {output}: Read-only file system; the file system is read-only; choose a writable folder" in result.output
+    assert {p.name: p.read_bytes() for p in output.iterdir()} == before

@@ -598,14 +598,15 @@ def predict_folder(
     outputs = [f for files in planned.values() for f in files]
     check_output_claim(output, info, outputs)  # refused before predicting; the record waits for the first case
     output.mkdir(parents=True, exist_ok=True)  # an unwritable place is refused before predicting, too
-    if not (continue_ and all(f.exists() for f in outputs)):  # a finished folder, archived read-only, is no error
+    finished = _finished_cases(cases, planned) if continue_ else set()
+    if not (continue_ and len(finished) == len(cases)):  # a finished folder, archived read-only, is no error
         require_writable(output)  # an existing folder that cannot be written is refused before predicting too
     remove_stale_temporaries(output)  # what a killed run left half-written
     report = PredictReport(output, dataset=loaded.dataset)
     if units := space_units_warning([path for case in cases for path in case.channels.values()]):
         report.warn(units)
     claim = functools.partial(claim_output_folder, output, info, outputs)
-    _predict_cases(cases, planned, loaded, report, step, tta, save_probabilities, mixed_precision, batch_tiles, continue_, claim)
+    _predict_cases(cases, planned, loaded, report, step, tta, save_probabilities, mixed_precision, batch_tiles, finished, claim)
     report.seconds = time.perf_counter() - start
     if report.failed:
         raise _failed_cases_error(report, len(cases), planned)
@@ -629,10 +630,11 @@ def _failed_cases_error(report: PredictReport, count: int, planned: Mapping[str,
 
 def _predict_cases(
     cases: Sequence[InputCase], planned: Mapping[str, Sequence[Path]], loaded: LoadedModel, report: PredictReport,
-    step: float, tta: bool, save_probabilities: bool, mixed_precision: str, batch_tiles: int | None, continue_: bool,
-    claim: Callable[[], None],
+    step: float, tta: bool, save_probabilities: bool, mixed_precision: str, batch_tiles: int | None,
+    finished: set[str], claim: Callable[[], None],
 ) -> None:
-    """Predict ``cases`` into their ``planned`` files, recording each in ``report``; a case that fails is
+    """Predict ``cases`` into their ``planned`` files, recording each in ``report``, skipping the ``finished`` ones
+    (``_finished_cases``); a case that fails is
     recorded with its reason and the others go on. ``claim`` (``claim_output_folder``) makes the folder and
     writes the run record before the first case's files: a run that writes no case (every case refused)
     left a record of a model whose predictions the folder does not hold, and a rerun with another model or
@@ -645,7 +647,7 @@ def _predict_cases(
         files = planned[case.case_id]
         try:
             check_output_names(case, files)
-            if continue_ and _finished(case, files):
+            if case.case_id in finished:
                 report.skipped.append(case.case_id)
                 continue
             channels = loaded.dataset.channel_names
@@ -674,6 +676,13 @@ def _predict_cases(
         except Exception as exc:  # noqa: BLE001 - one case failing must not stop the others
             refuse_full_disk(exc, output, case.case_id, report)
             report.failed.append(Failure(case.case_id, _describe(exc)))
+
+
+def _finished_cases(cases: Sequence[InputCase], planned: Mapping[str, Sequence[Path]]) -> set[str]:
+    """The cases ``--continue`` keeps (``_finished``), decided before any case is predicted: a folder that cannot
+    be written is then refused up front when any case is to be written again (a read-only folder holding a label
+    map off its image's grid: that case was predicted in full, then refused as the run record was written)."""
+    return {case.case_id for case in cases if _finished(case, planned[case.case_id])}
 
 
 def _finished(case: InputCase, files: Sequence[Path]) -> bool:
