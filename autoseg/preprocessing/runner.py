@@ -421,17 +421,20 @@ def _preprocess_store(out: ConfigurationReport, plans: dict[str, Any], cases: Se
             args = (case.case_id, case.images, case.label, plans, name, out.output_dir, fingerprint)
             items.append((case.case_id, args))
     out.output_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out.output_dir)  # a killed run's; a concurrent run's are left alone
-    out.dropped = drop_cases_not_in(out.output_dir, {case.case_id for case in cases})
-    results, out.failed = parallel_map(
-        preprocess_one, items, min(workers, max(1, len(items))), f"preprocess {out.data_identifier}",
-        stop_on=(DiskFullError,),
-    )
+    # The store's shared lock for the whole storing, not only around each case (save_case's): a train started
+    # between two cases of the dataset's first run found no writer and split the cases stored so far.
+    with folder_lock(out.output_dir, shared=True):
+        remove_stale_temporaries(out.output_dir)  # a killed run's; a concurrent run's are left alone
+        out.dropped = drop_cases_not_in(out.output_dir, {case.case_id for case in cases})
+        results, out.failed = parallel_map(
+            preprocess_one, items, min(workers, max(1, len(items))), f"preprocess {out.data_identifier}",
+            stop_on=(DiskFullError,),
+        )
+        # A case that fails now keeps no copy stored from earlier inputs: training would use it without a word.
+        out.removed = sorted(f.key for f in out.failed if store.remove_case(out.output_dir, f.key))
     out.processed = sorted(results)
     out.thinned = {case: result["annotation_kept"] for case, result in results.items()
                    if (result["annotation_kept"] or 1.0) < ANNOTATION_KEPT_WARNING}
-    # A case that fails now keeps no copy stored from earlier inputs: training would use it without a word.
-    out.removed = sorted(f.key for f in out.failed if store.remove_case(out.output_dir, f.key))
     out.seconds = time.perf_counter() - started
     return out
 

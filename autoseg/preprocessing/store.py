@@ -16,6 +16,7 @@ the measurement in ``docs/preprocessing.md`` (``benchmarks/store_codecs.py``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import sys
@@ -267,7 +268,9 @@ def check_stored(folder: str | Path, case_id: str) -> None:
 def _check_without_writers(folder: Path, case_id: str) -> None:
     """Check the case again under the folder's exclusive lock, polled for at most ``STORE_WAIT_SECONDS``: Linux
     grants new shared locks while an exclusive one waits, so a blocking wait lasted a whole ``preprocess -np 2``
-    run, the training silent meanwhile. Past the bound the case is refused, naming the writing run."""
+    run, the training silent meanwhile. While a run holds the folder (for its whole storing), the case passing its
+    check once stored again ends the wait: it waited for the run's other cases. Past the bound the case is refused,
+    naming the writing run."""
     deadline = None
     while True:
         try:
@@ -275,6 +278,9 @@ def _check_without_writers(folder: Path, case_id: str) -> None:
                 _check_stored_once(folder, case_id)
                 return
         except FolderLocked as locked:
+            with contextlib.suppress(PreprocessingError):
+                _check_stored_once(folder, case_id)
+                return
             if deadline is None:
                 deadline = time.monotonic() + STORE_WAIT_SECONDS
                 print(f"waiting for a preprocess run writing into {folder}", file=sys.stderr, flush=True)

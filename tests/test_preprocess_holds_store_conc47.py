@@ -1,0 +1,125 @@
+"""``autoseg preprocess`` holds a store's shared lock for the whole storing of a configuration, not only while it
+writes each case: a train started between two cases of the dataset's first run found no writer and split the cases
+stored so far, those stored later in no fold. A store's check still waits for the one case it needs, not for the
+whole run, and preprocess runs of other stores go on beside it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autoseg.errors import TrainingError
+from autoseg.preprocessing import store
+from autoseg.preprocessing.runner import preprocess_dataset
+from autoseg.preprocessing.store import case_paths, check_stored, list_cases, save_case
+from autoseg.training import train_fold
+from autoseg.training.splits import SPLITS_FILE
+from autoseg.utils.atomic import shared_holder
+
+from training_helpers import CASES, DATASET, data_roots  # noqa: F401 - fixture
+
+pytestmark = pytest.mark.skipif(not Path("/proc/locks").is_file(), reason="needs Linux's /proc/locks")
+
+# A real preprocess run (one worker, in its process) that stops after its first case until its stdin closes.
+PAUSED = """
+import sys
+from autoseg.preprocessing import runner
+real, stored = runner.preprocess_one, []
+def paused(*args):
+    result = real(*args)
+    stored.append(args[0])
+    if len(stored) == 1:
+        print("between cases", flush=True)
+        sys.stdin.read()
+    return result
+runner.preprocess_one = paused
+runner.preprocess_dataset(sys.argv[1], ["3d_fullres"], num_workers=1)
+"""
+
+
+def _first_run(data_roots: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:  # noqa: F811
+    """A copy of the preprocessed dataset before its first preprocess run (no store, no split file)."""
+    preprocessed = tmp_path / "preprocessed"
+    shutil.copytree(data_roots["preprocessed"], preprocessed)
+    shutil.rmtree(preprocessed / DATASET / "autosegPlans_3d_fullres")
+    (preprocessed / DATASET / SPLITS_FILE).unlink(missing_ok=True)
+    monkeypatch.setenv("AUTOSEG_PREPROCESSED", str(preprocessed))
+    monkeypatch.setenv("AUTOSEG_RESULTS", str(tmp_path / "results"))
+    return preprocessed / DATASET
+
+
+def test_a_train_between_two_cases_of_the_first_preprocess_is_refused_and_other_stores_go_on(
+        data_roots: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    dataset = _first_run(data_roots, tmp_path, monkeypatch)
+    plans = json.loads((dataset / "autosegPlans.json").read_text())
+    plans["configurations"]["other"] = {**plans["configurations"]["3d_fullres"], "data_identifier": "autosegPlans_other"}
+    (dataset / "autosegPlans.json").write_text(json.dumps(plans))
+    store_folder = dataset / "autosegPlans_3d_fullres"
+    writer = subprocess.Popen([sys.executable, "-c", PAUSED, DATASET], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert writer.stdout.readline() == "between cases\n"
+        assert len(list_cases(store_folder)) == 1 and shared_holder(store_folder) == writer.pid
+        with pytest.raises(TrainingError) as refused:
+            train_fold(DATASET, "3d_fullres", "all", epochs=1, workers=0)
+        other = preprocess_dataset(DATASET, ["other"], num_workers=1)  # another store: not held up by the writer
+    finally:
+        writer.communicate("")
+    assert str(refused.value) == (
+        f"{store_folder}: `autoseg preprocess` (process {writer.pid}) is storing cases into this folder right now, and "
+        "fold all's cases would be only those stored so far; start train again once that preprocess has finished")
+    assert writer.returncode == 0 and list_cases(store_folder) == sorted(CASES) and shared_holder(store_folder) is None
+    assert other.outputs[0].processed == sorted(CASES)
+    assert not (dataset / SPLITS_FILE).exists() and not (tmp_path / "results").exists()
+
+
+# A preprocess run storing case a again: the store's shared lock held the whole run, the marker removed until a line
+# comes on stdin, then put back while the run goes on (other cases) until stdin closes.
+RESTORING = ("import sys; from pathlib import Path; from autoseg.utils.atomic import folder_lock\n"
+             "marker = Path(sys.argv[1]); text = marker.read_text()\n"
+             "with folder_lock(marker.parent, shared=True):\n"
+             "    marker.unlink(); print('storing', flush=True); sys.stdin.readline()\n"
+             "    marker.write_text(text); print('stored', flush=True); sys.stdin.read()")
+
+
+def test_the_store_check_takes_a_case_stored_again_while_the_run_goes_on(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store, "STORE_WAIT_SECONDS", 3600.0)  # only the case's return may end the wait
+    folder = tmp_path / "store"
+    save_case(folder, "a", np.zeros((1, 4, 4, 4), np.float32), np.zeros((1, 4, 4, 4), np.int16), {"shape": [4, 4, 4]})
+    writer = subprocess.Popen([sys.executable, "-c", RESTORING, str(case_paths(folder, "a")[2])],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    outcome: list[BaseException | None] = []
+
+    def check() -> None:
+        try:
+            check_stored(folder, "a")
+            outcome.append(None)
+        except Exception as exc:  # noqa: BLE001 - the test reports it
+            outcome.append(exc)
+
+    try:
+        assert writer.stdout.readline() == "storing\n"
+        capfd.readouterr()
+        thread = threading.Thread(target=check, daemon=True)
+        thread.start()
+        err = ""
+        while "waiting for" not in err and thread.is_alive():
+            thread.join(0.05)
+            err += capfd.readouterr().err
+        writer.stdin.write("go\n")
+        writer.stdin.flush()
+        assert writer.stdout.readline() == "stored\n"
+        thread.join(120)  # ends as soon as the case is back; before, it waited for the whole run
+        held = shared_holder(folder)
+    finally:
+        writer.communicate("")
+    assert outcome == [None] and held == writer.pid
+    assert err == f"waiting for a preprocess run writing into {folder}\n"
