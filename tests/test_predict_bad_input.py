@@ -327,3 +327,19 @@ def test_continue_into_a_read_only_folder_refuses_up_front_a_case_to_predict_aga
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     assert f"error: {output}: Read-only file system; the file system is read-only; choose a writable folder" in result.output
     assert {p.name: p.read_bytes() for p in output.iterdir()} == before
+
+
+def test_a_file_whose_ending_itk_does_not_read_as_spelled_is_refused_without_itk_noise(
+    model: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Choosing its output's ending (and --continue's grid check) probed a ``.Nii`` input's header with ITK, which
+    printed '** mixed case extension '.Nii' is not valid' four times before the case was refused by name."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(SOURCE, inputs / "good_0000.nii.gz")
+    sitk.WriteImage(sitk.ReadImage(str(SOURCE)), str(inputs / "odd_0000.nii"))
+    (inputs / "odd_0000.nii").rename(inputs / "odd_0000.Nii")
+    code, text = _predict(inputs, tmp_path / "out", model)
+    assert code == 2 and "ITK, the image reader, does not read the ending '.Nii' in this case" in text, text
+    assert (tmp_path / "out" / "good.nii.gz").is_file()
+    assert "mixed case extension" not in "".join(capfd.readouterr())

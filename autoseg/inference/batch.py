@@ -33,6 +33,7 @@ from autoseg.dataset.imageio import (
     geometry_differences,
     image_ending,
     is_orthonormal,
+    itk_reads_spelling,
     read_case_images,
     read_image,
     space_units_warning,
@@ -349,7 +350,11 @@ def read_finite_case(files: Sequence[Path], channel_names: Mapping[str, str]) ->
 
 
 def _header_reader(path: Path) -> sitk.ImageFileReader | None:
-    """ITK's reader of ``path`` with its header read (no voxels), None where ITK cannot read the header."""
+    """ITK's reader of ``path`` with its header read (no voxels), None where ITK cannot read the header, or the file
+    by its ending as spelled (``itk_reads_spelling``: ITK printed '** mixed case extension '.Nii.gz' is not valid'
+    four times for each probe of such a file, before ``read_image`` refused it by name)."""
+    if not itk_reads_spelling(path):
+        return None
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
