@@ -855,3 +855,35 @@ def test_verify_lowers_more_processes_than_four_per_core(small_dataset: Path, mo
     assert result.exit_code == 0, result.output
     assert "note: -np 9 is more than 4 worker processes per core of this machine; 8 are used" in result.output
     assert progress.stage_workers(100000, ValueError) == 8 and all(n <= 8 for n in started)
+
+
+def _shear_sform(path: Path, codes: tuple[int, int] = (1, 1), shear: float = 0.5, z_shift: float = 0.0) -> None:
+    """Keep the qform of the NIfTI ``path``; give it an sform (``codes``: qform_code, sform_code) sheared by
+    ``shear`` (x along y) and moved by ``z_shift`` mm."""
+    import gzip
+    import struct
+
+    header = bytearray(gzip.decompress(path.read_bytes()))
+    struct.pack_into("<hh", header, 252, *codes)
+    rows = list(struct.unpack_from("<12f", header, 280))
+    rows[1] += shear
+    rows[11] += z_shift
+    struct.pack_into("<12f", header, 280, *rows)
+    path.write_bytes(gzip.compress(bytes(header)))
+
+
+def test_an_ignored_sform_is_one_warning_of_verify_and_fingerprint(small_dataset: Path, roots: dict[str, Path]) -> None:
+    """A NIfTI whose sform was sheared but whose qform was valid was read (by ITK, as nnU-Net reads it) through the
+    qform in silence; it still is, with one warning a command naming the files."""
+    sheared, moved = image(small_dataset, PLAIN_CASE), label(small_dataset, "hippocampus_006")
+    _shear_sform(sheared)
+    _shear_sform(moved, codes=(1, 2), shear=0.0, z_shift=5.0)  # an aligned sform (code 2) ITK passes over
+    _shear_sform(image(small_dataset, "hippocampus_006"), shear=1e-7)  # float32 rounding: no warning
+    warning = (f"WARNING 2 NIfTI file(s) hold an sform (srow_x/y/z) that places them elsewhere than the qform ITK reads "
+               f"them by (a sheared sform, or one whose sform_code is not 1): {sheared}, {moved}; they are read by the "
+               "qform, as SimpleITK and nnU-Net read them, while nibabel and most viewers show the sform; if the sform "
+               "is the true placement, export them again with qform and sform equal (resampled where it is sheared)")
+    for command in ("verify", "fingerprint"):
+        result = runner.invoke(app, [command, str(small_dataset), "-np", "1"])
+        assert result.exit_code == 0, result.output
+        assert [line for line in result.output.splitlines() if line.startswith("WARNING")] == [warning], command

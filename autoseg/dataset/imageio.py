@@ -350,10 +350,9 @@ _NIFTI_PLACEMENT = {348: ((252, "2h"), (256, "6f"), (280, "12f")), 540: ((344, "
 _QFORM_NAMES = ("quatern_b", "quatern_c", "quatern_d", "qoffset_x", "qoffset_y", "qoffset_z")
 
 
-def _nonfinite_placement_problem(path: Path, header: bytes) -> str | None:
-    """The problem of a NIfTI whose qform or sform in use holds NaN or infinity, else None: the image has no
-    position in space, ITK printed its SVD's matrix to stderr (four times per read, many lines each) and read it
-    without an error, and verify passed it; predictions would be written with that NaN origin."""
+def _nifti_forms(header: bytes) -> tuple[int, int, tuple[float, ...], tuple[float, ...]] | None:
+    """(qform_code, sform_code, the quaternion with its offset, the sform's 12 values row by row) of a NIfTI
+    header's start, None for other bytes."""
     import struct
 
     fields = _nifti_header(header)
@@ -362,15 +361,80 @@ def _nonfinite_placement_problem(path: Path, header: bytes) -> str | None:
     header_size = struct.unpack(fields.order + "i", header[:4])[0]  # 348 or 540, as _nifti_header found it
     (codes_at, codes), (quat_at, quat), (srow_at, srow) = _NIFTI_PLACEMENT[header_size]
     qform_code, sform_code = struct.unpack_from(fields.order + codes, header, codes_at)
-    named = list(zip(_QFORM_NAMES, struct.unpack_from(fields.order + quat, header, quat_at))) if qform_code > 0 else []
+    return (qform_code, sform_code, struct.unpack_from(fields.order + quat, header, quat_at),
+            struct.unpack_from(fields.order + srow, header, srow_at))
+
+
+def _nonfinite_placement_problem(path: Path, header: bytes) -> str | None:
+    """The problem of a NIfTI whose qform or sform in use holds NaN or infinity, else None: the image has no
+    position in space, ITK printed its SVD's matrix to stderr (four times per read, many lines each) and read it
+    without an error, and verify passed it; predictions would be written with that NaN origin."""
+    forms = _nifti_forms(header)
+    if forms is None:
+        return None
+    qform_code, sform_code, quaternion, rows = forms
+    named = list(zip(_QFORM_NAMES, quaternion)) if qform_code > 0 else []
     if sform_code > 0:
-        rows = struct.unpack_from(fields.order + srow, header, srow_at)
         named += [(f"srow_{'xyz'[i // 4]}[{i % 4}]", value) for i, value in enumerate(rows)]
     bad = [f"{name} = {value}" for name, value in named if not math.isfinite(value)]
     if not bad:
         return None
     return (f"{path}: its header's position and orientation hold no number ({', '.join(bad[:3])}), so the image has "
             "no place in space; export it again with a finite origin and orientation")
+
+
+def _sform_geometry(rows: Sequence[float]) -> Geometry:
+    """The placement an sform's rows give, as ITK spells a geometry (LPS, spacing in array order): a sheared sform
+    keeps its non-orthogonal axes in ``direction``, so that it differs from any rotation."""
+    matrix = np.asarray(rows, dtype=np.float64).reshape(3, 4) * np.array([[-1.0], [-1.0], [1.0]])  # RAS -> LPS
+    sides = np.linalg.norm(matrix[:, :3], axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):  # an axis of length 0 gives NaN: it differs from anything
+        direction = matrix[:, :3] / sides
+    return Geometry(tuple(float(v) for v in sides[::-1]), tuple(float(v) for v in matrix[:, 3]),
+                    tuple(float(v) for v in direction.ravel()))
+
+
+def nifti_sform_ignored(path: Path) -> bool:
+    """Whether ITK placed the 3D NIfTI ``path`` by its qform while the sform it holds too (sform_code > 0) places
+    it elsewhere beyond rounding (``geometry_differences``). ITK 5.4 takes the qform where the sform is sheared or
+    its code is not 1 (scanner): SimpleITK, so nnU-Net, reads such a file by its qform without a word, while
+    nibabel and most viewers show it by its sform."""
+    if image_ending(path) not in NIFTI_ENDINGS:
+        return False
+    try:
+        start = _file_start(path)
+    except (OSError, zlib.error):  # an unreadable file: reading it says why
+        return False
+    forms = _nifti_forms(start.data) if start is not None else None
+    if forms is None or forms[0] <= 0 or forms[1] <= 0:
+        return False
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return False
+    if reader.GetDimension() != 3:
+        return False
+    read = Geometry(tuple(reversed(reader.GetSpacing())), reader.GetOrigin(), reader.GetDirection())
+    return bool(geometry_differences(read, _sform_geometry(forms[3])))
+
+
+def ignored_sform_warning(paths: Sequence[Path]) -> str | None:
+    """One warning line for the NIfTI files among ``paths`` read by their qform while their sform places them
+    elsewhere (``nifti_sform_ignored``), else None: they were read so in silence."""
+    found = [path for path in paths if nifti_sform_ignored(path)]
+    if not found:
+        return None
+    return (f"{len(found)} NIfTI file(s) hold an sform (srow_x/y/z) that places them elsewhere than the qform ITK "
+            f"reads them by (a sheared sform, or one whose sform_code is not 1): {_some_files(found)}; they are read "
+            "by the qform, as SimpleITK and nnU-Net read them, while nibabel and most viewers show the sform; if the "
+            "sform is the true placement, export them again with qform and sform equal (resampled where it is sheared)")
+
+
+def _some_files(paths: Sequence[Path]) -> str:
+    """The first three of ``paths`` and how many more, for a warning about many files."""
+    return ", ".join(map(str, paths[:3])) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
 
 
 _METAIMAGE_PLACEMENT_KEYS = ("offset", "position", "origin", "transformmatrix", "rotation", "orientation")
@@ -427,8 +491,8 @@ def space_units_warning(paths: Sequence[Path]) -> str | None:
     if not found:
         return None
     units = sorted({unit for file_units in found.values() for unit in file_units})
-    named = ", ".join(map(str, list(found)[:3])) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
-    return (f"{len(found)} NRRD file(s) give their spacing in {', '.join(units)} (their header's space units): {named}; "
+    return (f"{len(found)} NRRD file(s) give their spacing in {', '.join(units)} (their header's space units): "
+            f"{_some_files(list(found))}; "
             "they are read as mm, as SimpleITK and nnU-Net read them; to use their true size, rewrite the spacing in mm "
             "(space directions or spacings, and space units \"mm\")")
 

@@ -19,6 +19,7 @@ from autoseg.dataset.imageio import (
     Geometry,
     float32_overflow_problem,
     geometry_differences,
+    ignored_sform_warning,
     is_integer_valued,
     missing_spacing_file_problem,
     nifti_nonfinite_counts,
@@ -357,8 +358,7 @@ def verify_dataset(location: DatasetSpec, num_workers: int | None = None) -> Ver
     if mixed := mixed_2d_problem(cases, [results.get(c.case_id, ([], [], None))[2] for c in cases]):
         problems.append(mixed)
     problems.extend(f"case {f.key}: {f.message}" for f in failures)
-    if units := cases_space_units_warning([*cases, *test_cases]):
-        warnings.append(units)
+    warnings.extend(cases_header_warnings([*cases, *test_cases]))
     warnings.extend(_spacing_warnings(cases, results))
     return VerifyReport(location.name, len(cases) + len(test_cases), problems, warnings)
 
@@ -378,10 +378,12 @@ def _spacing_warnings(cases: Sequence[Case], results: dict[str, Any]) -> list[st
     return ([order] if order else []) + spacing_outlier_warnings(case_ids, spacings, median)
 
 
-def cases_space_units_warning(cases: Sequence[Case]) -> str | None:
-    """The one warning for the NRRD files of ``cases`` (images and labels) that give their spacing in another unit
-    than mm (``imageio.space_units_warning``)."""
-    return space_units_warning([path for case in cases for path in [*case.images, case.label] if path is not None])
+def cases_header_warnings(cases: Sequence[Case]) -> list[str]:
+    """The warnings about the headers of the files of ``cases`` (images and labels), one line each: NRRD files that
+    give their spacing in another unit than mm (``imageio.space_units_warning``), NIfTI files read by their qform
+    while their sform places them elsewhere (``imageio.ignored_sform_warning``)."""
+    paths = [path for case in cases for path in [*case.images, case.label] if path is not None]
+    return [line for line in (space_units_warning(paths), ignored_sform_warning(paths)) if line is not None]
 
 
 def require_valid(location: DatasetSpec, num_workers: int | None = None) -> None:

@@ -17,7 +17,7 @@ from autoseg import __version__
 from autoseg.dataset.cases import Case
 from autoseg.dataset.description import DatasetDescription, load_description
 from autoseg.dataset.imageio import physical_volume_mm3
-from autoseg.dataset.verify import cases_space_units_warning, check_case, dataset_level_problems, mixed_2d_problem
+from autoseg.dataset.verify import cases_header_warnings, check_case, dataset_level_problems, mixed_2d_problem
 from autoseg.errors import DatasetError
 from autoseg.fingerprint.axis_order import axis_order_warning
 from autoseg.fingerprint.cropping import crop_to_nonzero
@@ -113,9 +113,9 @@ def extract_fingerprint(
     """Verify and fingerprint every training case; write ``fingerprint.json`` atomically.
 
     Raises ``DatasetError`` listing every problem (nothing is written then). ``warn``, when given, gets the
-    space-units warning of the cases listed here (so a command need not list them again), the warning naming
-    cases stored in another axis order (``axis_order``) and one per case of a spacing far off the median
-    (``spacing_outliers``).
+    header warnings of the cases listed here (``verify.cases_header_warnings``: space units, an ignored sform; so
+    a command need not list them again), the warning naming cases stored in another axis order (``axis_order``)
+    and one per case of a spacing far off the median (``spacing_outliers``).
     """
     location = resolve_dataset(location)
     desc = load_description(location.raw_dir)
@@ -137,8 +137,8 @@ def extract_fingerprint(
         raise DatasetError(_problem_listing(location, [_no_foreground_problem(location, desc)]))
     fingerprint = _pool(location, desc, cases, results, seed)
     atomic_write_json(output or fingerprint_path(location), fingerprint)
-    if warn is not None and (units := cases_space_units_warning(cases)):
-        warn(units)
+    for line in cases_header_warnings(cases) if warn is not None else []:
+        warn(line)
     grid = (fingerprint["case_ids"], fingerprint["spacings"], fingerprint["median_spacing"])
     order = axis_order_warning(*grid)
     for line in ([order] if order else []) + spacing_outlier_warnings(*grid):
