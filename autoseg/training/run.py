@@ -50,7 +50,7 @@ from autoseg.training.monitor import LOG_FILE, METRICS_FILE, PLOT_FILE, set_asid
 from autoseg.training.plan_device import check_plan_device
 from autoseg.training.schedule import extended_total
 from autoseg.training.pretrained import PretrainedSource, check_pretrained, load_pretrained, read_pretrained
-from autoseg.training.splits import FOLD_ALL, SPLITS_FILE, canonical_fold, fold_cases, read_splits
+from autoseg.training.splits import FOLD_ALL, SPLITS_FILE, canonical_fold, fold_cases, named_fold_cases
 from autoseg.training.trainer import Trainer, describe_best, network_request
 from autoseg.training.validation import GT_FOLDER, VALIDATION_FOLDER, validate_fold
 from autoseg.utils.atomic import (
@@ -300,9 +300,8 @@ def _stored_cases(store: Path, preprocessed_dir: Path, fold: str) -> list[str]:
     path, name = preprocessed_dir / SPLITS_FILE, canonical_fold(fold)
     if name == FOLD_ALL or not path.is_file():
         return case_ids
-    splits = read_splits(path)
-    named = [c for part in splits[int(name)].values() for c in part] if int(name) < len(splits) else []
-    missing = sorted(set(named) - set(case_ids))
+    train, val = named_fold_cases(preprocessed_dir, int(name))
+    missing = sorted(set(train + val) - set(case_ids))
     if not missing:
         return case_ids
     if shared_holder(store) is not None:

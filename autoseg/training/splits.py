@@ -125,10 +125,7 @@ def fold_cases(
         return everything, everything
     index = int(name)
     path = Path(folder) / SPLITS_FILE
-    splits = load_or_create_splits(folder, case_ids) if create else read_splits(path)
-    if not 0 <= index < len(splits):
-        raise TrainingError(f"fold {index} does not exist: {path} holds folds 0-{len(splits) - 1} (or use '{FOLD_ALL}')")
-    train, val = list(splits[index]["train"]), list(splits[index]["val"])
+    train, val = named_fold_cases(folder, index, load_or_create_splits(folder, case_ids) if create else None)
     missing = sorted(set(train + val) - available)
     if missing:
         raise TrainingError(
@@ -139,6 +136,17 @@ def fold_cases(
         raise TrainingError(f"{path}: fold {index} has an empty train or val list")
     _refuse_repeated_cases(path, index, train, val)
     return train, val
+
+
+def named_fold_cases(folder: Path, index: int, splits: Sequence[dict[str, list[str]]] | None = None
+                     ) -> tuple[list[str], list[str]]:
+    """``(train, val)`` of fold ``index`` as ``folder``'s split file lists them (``splits``: its folds, read already),
+    unchecked against the stored cases: what train's listing waits for before ``fold_cases`` checks them."""
+    path = Path(folder) / SPLITS_FILE
+    splits = read_splits(path) if splits is None else splits
+    if not 0 <= index < len(splits):
+        raise TrainingError(f"fold {index} does not exist: {path} holds folds 0-{len(splits) - 1} (or use '{FOLD_ALL}')")
+    return list(splits[index]["train"]), list(splits[index]["val"])
 
 
 def _refuse_repeated_cases(path: Path, index: int, train: Sequence[str], val: Sequence[str]) -> None:
