@@ -601,16 +601,17 @@ def test_an_unreadable_dataset_json_of_an_input_is_skipped_with_a_note(tmp_path,
                         r"\(ensemble uses the labels the probabilities were predicted with\)\n", err), err
 
 
-def test_a_case_that_fails_is_named_with_where_the_others_are(tmp_path):
-    """A case whose probabilities cannot be read fails the ensemble naming it; the message named the failure only,
-    leaving the user to guess whether the other cases were written (predict says where they are)."""
-    dirs = _ensemble_inputs(tmp_path, ["m0", "m1"], ["x", "y"], seed=7)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_case_that_fails_is_named_and_no_case_is_written(tmp_path, workers):
+    """A case whose probabilities cannot be read fails the ensemble naming it, before any case is written: it failed
+    after the other cases' label maps were written, a partial ensemble."""
+    dirs = _ensemble_inputs(tmp_path, ["m0", "m1"], ["x", "y", "z"], seed=7)
     data = (dirs[1] / "y.npz").read_bytes()
     (dirs[1] / "y.npz").write_bytes(data[: len(data) // 2])
-    with pytest.raises(EvaluationError, match=r"^1 of 2 cases could not be ensembled: y: .*m1/y\.npz: probabilities of case y "
-                                              rf"cannot be read .*; the other 1 label map\(s\) are in {re.escape(str(tmp_path / 'out'))}$"):
-        ensemble_folders(dirs, tmp_path / "out", num_workers=1)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")) == ["x.nii.gz"]
+    with pytest.raises(EvaluationError, match=r"^1 of 3 cases could not be ensembled: y: .*m1/y\.npz: probabilities of case y "
+                                              r"cannot be read .*; no label map was written$"):
+        ensemble_folders(dirs, tmp_path / "out", num_workers=workers)
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
@@ -623,9 +624,9 @@ def test_probabilities_holding_nan_or_infinity_are_refused_naming_the_file_and_t
     write_probability_files(dirs[which], "y", probabilities, GEOMETRY, LABELS, None)
     with pytest.raises(EvaluationError, match=rf"^1 of 2 cases could not be ensembled: y: .*m{which}/y\.npz: probabilities of case "
                                               r"y hold 6 NaN or infinite value\(s\) of 120; re-run predict with "
-                                              r"--save-probabilities for this case; the other 1 label map\(s\) are in "):
+                                              r"--save-probabilities for this case; no label map was written$"):
         ensemble_folders(dirs, tmp_path / "out", num_workers=1)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")) == ["x.nii.gz"]
+    assert not (tmp_path / "out").exists()  # case x, before y, was written: a partial ensemble
 
 
 def test_an_ensemble_whose_every_case_fails_writes_no_dataset_json(tmp_path):
@@ -636,7 +637,7 @@ def test_an_ensemble_whose_every_case_fails_writes_no_dataset_json(tmp_path):
     (dirs[1] / "x.npz").write_bytes(good[: len(good) // 2])
     with pytest.raises(EvaluationError, match=r"^1 of 1 cases could not be ensembled: x: .*; no label map was written$"):
         ensemble_folders(dirs, tmp_path / "out", num_workers=1)
-    assert [p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")] == []
+    assert not (tmp_path / "out").exists()
     (dirs[1] / "x.npz").write_bytes(good)
     ensemble_folders(dirs, tmp_path / "out", num_workers=1)
     assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")) == ["dataset.json", "x.nii.gz"]

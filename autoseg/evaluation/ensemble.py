@@ -207,6 +207,15 @@ def ensemble_case(case: str, input_dirs: Sequence[Path], output_dir: Path, file_
             write_probability_files(output_dir, case, mean, geometry, reference["labels"], reference["regions_class_order"])
 
 
+def check_case_probabilities(case: str, input_dirs: Sequence[Path]) -> None:
+    """Read ``case``'s probabilities in each of ``input_dirs``, one file at a time (the memory of one), and refuse one
+    that cannot be read, is not of its sidecar's shape, or holds NaN or infinities: ``ensemble_folders`` checks every
+    case so before writing any, as a case refused in ``ensemble_case`` left the others' label maps, a partial ensemble."""
+    for folder in input_dirs:
+        probabilities = read_probabilities(folder, case, read_sidecar(folder, case, EvaluationError), EvaluationError)
+        refuse_non_finite(probability_paths(folder, case).probabilities, case, probabilities, EvaluationError)
+
+
 def _probability_cases(folder: Path) -> set[str]:
     """The cases whose probabilities ``folder`` holds. An entry named as them that is no file (a folder ``x.npz/``)
     is refused before any output: it failed as its case's IsADirectoryError after the other cases were written."""
@@ -362,11 +371,14 @@ def ensemble_folders(
     if save_probabilities:
         outputs += [path for case in ordered for path in probability_paths(out, case)]
     inputs = sorted((_input_record(d, ordered) for d in dirs), key=lambda record: record["folder"])
+    workers = stage_workers(num_workers, EvaluationError)
+    _, unusable = parallel_map(check_case_probabilities, [(case, (case, dirs)) for case in ordered], workers,
+                               "checking probabilities")
+    raise_failures(unusable, len(ordered), "ensembled", out, written=False)
     claim_output_files(out, outputs, "ensemble", EvaluationError, inputs)  # another tool's label maps: refused there
     _refuse_other_endings(out, endings)
     remove_stale_temporaries(out)  # what a killed run left half-written
     items = [(case, (case, dirs, out, endings[case], save_probabilities)) for case in ordered]
-    workers = stage_workers(num_workers, EvaluationError)
     _, failures = parallel_map(ensemble_case, items, workers, "ensembling", stop_on=(DiskFullError,))
     # After the cases, and only beside one: written first, it was all a run whose every case failed left there.
     if description is not None and len(failures) < len(items):

@@ -402,17 +402,20 @@ class DiskFullError(EvaluationError):
     too, so the run stops at once (``parallel_map``'s ``stop_on``), as predict and preprocess do."""
 
 
-def raise_failures(failures: Sequence[Failure], total: int, action: str, output_dir: Path | None = None) -> None:
+def raise_failures(
+    failures: Sequence[Failure], total: int, action: str, output_dir: Path | None = None, written: bool = True
+) -> None:
     """One ``EvaluationError`` naming every failed case and why, if any failed; a case id from a file name that
     is not UTF-8 is shown as its path is (``odd\\xff``, not ``odd\\udcff``). With ``output_dir`` (commands writing
     one label map per case: postprocess apply, ensemble) it also says, as ``predict`` does, where the others went:
-    each is written atomically, so a failed case leaves none, and the message named the failures only."""
+    each is written atomically, so a failed case leaves none, and the message named the failures only; ``written``
+    False: the cases failed a check before any was written (ensemble's), and none was."""
     if not failures:
         return
     lines = "; ".join(f"{printable_path(f.key)}: {f.message}" for f in failures)
     rest = ""
     if output_dir is not None:
-        done = total - len(failures)
+        done = total - len(failures) if written else 0
         rest = f"; the other {done} label map(s) are in {output_dir}" if done else "; no label map was written"
     raise EvaluationError(f"{len(failures)} of {total} cases could not be {action}: {lines}{rest}")
 
