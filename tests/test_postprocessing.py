@@ -628,15 +628,14 @@ def test_the_accepted_steps_are_described_as_a_person_reads_them(tmp_path):
     assert describe_steps({**decision, "steps": [], "candidates": records[1:2]}) == []
 
 
-def test_a_2d_datasets_component_sizes_are_areas_in_mm2(tmp_path):
-    """determine on 2D PNG predictions printed 'remove components below 2 mm^3' of a size that is an area; the
-    decision records its size_unit, mm^2, and the command says it."""
-    from cli_helpers import autoseg
+PNG = Geometry(spacing=(999.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction=tuple(np.eye(3).ravel()))
 
+
+def _make_2d_cv_folders(tmp_path):
+    """PNG predictions and references (with their dataset.json) on which determine removes a spurious 1 mm^2 nodule."""
     refs, preds = tmp_path / "gt", tmp_path / "cv"
     refs.mkdir()
     preds.mkdir()
-    png = Geometry(spacing=(999.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction=tuple(np.eye(3).ravel()))
     for i in range(3):
         ref = np.zeros((1, 12, 12), np.uint8)
         ref[0, :4, :4] = 1  # organ, 16 mm^2
@@ -645,9 +644,18 @@ def test_a_2d_datasets_component_sizes_are_areas_in_mm2(tmp_path):
         pred = ref.copy()
         if i == 0:
             pred[0, 11, 5] = 2  # spurious 1 mm^2 nodule, below half the smallest true one
-        write_image(ref, png, refs / f"case{i}.png")
-        write_image(pred, png, preds / f"case{i}.png")
+        write_image(ref, PNG, refs / f"case{i}.png")
+        write_image(pred, PNG, preds / f"case{i}.png")
     (tmp_path / "dataset.json").write_text(json.dumps({**DATASET_JSON, "labels": LABELS, "file_ending": ".png"}))
+    return preds, refs
+
+
+def test_a_2d_datasets_component_sizes_are_areas_in_mm2(tmp_path):
+    """determine on 2D PNG predictions printed 'remove components below 2 mm^3' of a size that is an area; the
+    decision records its size_unit, mm^2, and the command says it."""
+    from cli_helpers import autoseg
+
+    preds, refs = _make_2d_cv_folders(tmp_path)
     out = autoseg("postprocess", "determine", "-p", preds, "-r", refs, "-np", 1)
     assert "  1. nodule (label 2): remove components below 2 mm^2: Dice " in out, out
     assert json.loads((preds / "postprocessing.json").read_text())["size_unit"] == "mm^2"
@@ -707,3 +715,35 @@ def test_the_decisions_size_unit_is_that_of_the_references_of_most_axes(units, u
     from autoseg.postprocessing.determine import _decision_size_unit
 
     assert _decision_size_unit([{"size_unit": u} for u in units]) == unit
+
+
+def test_a_decision_measured_in_other_units_than_the_label_maps_is_refused_before_any_output(tmp_path):
+    """A decision determined on 2D label maps (removal sizes in mm^2) was applied to 3D ones, their components
+    measured in mm^3 (and the reverse), without a word."""
+    (tmp_path / "2d").mkdir()
+    (tmp_path / "3d").mkdir()
+    preds_2d, refs_2d = _make_2d_cv_folders(tmp_path / "2d")
+    decision_2d = determine_postprocessing(preds_2d, refs_2d, LABELS, num_workers=1, file_ending=".png")
+    preds_3d, refs_3d = _make_cv_folders(tmp_path / "3d")
+    decision_3d = determine_postprocessing(preds_3d, refs_3d, LABELS, num_workers=1, file_ending=".nii.gz")
+    assert (decision_2d["size_unit"], decision_3d["size_unit"]) == ("mm^2", "mm^3")
+    output = autoseg_fails("postprocess", "apply", "-i", preds_3d, "-o", tmp_path / "out",
+                           "--decision", preds_2d / "postprocessing.json", "-np", 1)
+    assert (f"error: {preds_3d / 'case0.nii.gz'}: a 3D label map, whose component sizes are in mm^3, but the decision "
+            "was determined on 2D label maps and removes components by their size in mm^2; apply a decision determined "
+            "on 3D predictions like these (autoseg postprocess determine), or give the 2D label maps this decision is "
+            "for") in " ".join(output.split()), output
+    with pytest.raises(EvaluationError, match=r"case0\.png: a 2D label map, whose component sizes are in mm\^2, but the "
+                                              r"decision was determined on 3D label maps .* in mm\^3; apply a decision"):
+        apply_to_folder(preds_2d, tmp_path / "out", decision_3d, num_workers=1)
+    assert not (tmp_path / "out").exists()
+    # one label map of the other kind among the right ones fails its case, named, as other bad label maps do
+    write_image(np.zeros((1, 12, 12), np.uint8), PNG, preds_3d / "zz_flat.png")
+    with pytest.raises(EvaluationError, match=r"^1 of 4 cases could not be postprocessed: zz_flat: .*zz_flat\.png: a 2D "
+                                              r"label map, whose component sizes are in mm\^2, but the decision was "
+                                              r"determined on 3D label maps"):
+        apply_to_folder(preds_3d, tmp_path / "out", decision_3d, num_workers=1)
+    # steps that measure nothing (keep the largest component) apply to either kind
+    keep_only = {**decision_3d, "steps": [step for step in decision_3d["steps"] if step["operation"] == "keep_largest"]}
+    assert [p.name for p in apply_to_folder(preds_2d, tmp_path / "kept", keep_only, num_workers=1)] == [
+        "case0.png", "case1.png", "case2.png"]

@@ -28,7 +28,7 @@ import numpy as np
 from autoseg.utils.jsonio import read_json
 from autoseg.dataset.description import DatasetDescription
 from autoseg.dataset.imageio import SUPPORTED_ENDINGS, is_image_ending, read_image, spelled_ending, write_image
-from autoseg.errors import EvaluationError
+from autoseg.errors import AutosegError, EvaluationError
 from autoseg.evaluation.evaluate import (
     PREDICTION_FOLDER, DiskFullError, REFERENCE_FOLDER, check_declared, check_integer_labels, declared_values,
     label_maps, match_cases, raise_failures, read_checked_pair, refuse_references_misused, require_folder,
@@ -424,6 +424,49 @@ APPLY_LABEL_FIX = ("postprocess apply takes predictions of the dataset's classes
 APPLY_RERUN = "the same `autoseg postprocess apply`, which writes every case again"
 
 
+def _dimensions(unit: str) -> str:
+    return "3D" if unit == "mm^3" else "2D"
+
+
+def _removal_unit(decision: Mapping[str, Any]) -> str | None:
+    """The unit of ``decision``'s ``remove_small`` sizes; None without such a step or a recorded ``size_unit``."""
+    unit = decision.get("size_unit")
+    if unit not in SIZE_UNITS or not any(step["operation"] == "remove_small" for step in decision["steps"]):
+        return None
+    return unit
+
+
+def size_unit_problem(path: Path, shape: Sequence[int], decision: Mapping[str, Any]) -> str | None:
+    """Why ``decision``'s removal sizes do not measure the components of the label map ``path`` of ``shape`` (None
+    when they do): a decision determined on 2D label maps (sizes in mm^2) removed components of 3D ones by their
+    volume in mm^3 (or the reverse) without a word. Only ``remove_small`` steps measure; a decision without
+    ``size_unit`` (written before it was recorded) is not checked."""
+    unit = _removal_unit(decision)
+    if unit is None:
+        return None
+    found = size_unit(shape)
+    if (found == "mm^3") == (unit == "mm^3"):
+        return None
+    return (f"{path}: a {_dimensions(found)} label map, whose component sizes are in {found}, but the decision was "
+            f"determined on {_dimensions(unit)} label maps and removes components by their size in {unit}; apply a "
+            f"decision determined on {_dimensions(found)} predictions like these (autoseg postprocess determine), or "
+            f"give the {_dimensions(unit)} label maps this decision is for")
+
+
+def _refuse_other_size_unit(path: Path, decision: Mapping[str, Any]) -> None:
+    """``size_unit_problem`` of the first label map, before any output: a folder of them all of the other kind failed
+    case by case, each naming the same problem, and left a marked, empty output folder. One that cannot be read is
+    left to its case, which names why."""
+    if _removal_unit(decision) is None:
+        return
+    try:
+        seg, _ = read_image(path)
+    except AutosegError:
+        return
+    if (problem := size_unit_problem(path, seg.shape, decision)) is not None:
+        raise EvaluationError(problem)
+
+
 def _apply_file(source: Path, target: Path, decision: Mapping[str, Any], declared: frozenset[int] | None) -> None:
     """Postprocess one label map. One holding non-integer values (a probability map or float image given in
     its place) is refused as ``evaluate`` refuses it: it was written back with its voxels of the steps' values
@@ -433,6 +476,8 @@ def _apply_file(source: Path, target: Path, decision: Mapping[str, Any], declare
     check_integer_labels(source, seg)
     if declared is not None:
         check_declared(source, seg, declared, APPLY_LABEL_FIX)
+    if (problem := size_unit_problem(source, seg.shape, decision)) is not None:
+        raise EvaluationError(problem)
     processed = apply_postprocessing(decision, seg, geometry.spacing)  # outside: only a write can meet a full disk
     with stop_on_full_disk(target.parent, f"the label map {target.name}", DiskFullError, APPLY_RERUN):
         write_image(processed, geometry, target)
@@ -496,6 +541,7 @@ def apply_to_folder(
     if not files:
         raise EvaluationError(f"{input_dir}: no label maps (e.g. <case>{decision['file_ending']}) to postprocess")
     check_output_folder(output_dir, EvaluationError, [input_dir])
+    _refuse_other_size_unit(next(iter(files.values())), decision)
     described = _describing_files(input_dir)
     outputs = [output_dir / name for name in (*(path.name for path in files.values()), *described)]
     claim_output_files(output_dir, outputs, "postprocess apply", EvaluationError, [_input_record(input_dir, files, decision)])
