@@ -19,7 +19,7 @@ import numpy as np
 
 from autoseg.dataset.description import IGNORE_LABEL_NAME, DatasetDescription, load_description
 from autoseg.dataset.imageio import (
-    SUPPORTED_ENDINGS, Geometry, geometry_differences, image_ending, is_integer_valued, read_image, spelled_ending,
+    SUPPORTED_ENDINGS, Geometry, geometry_differences, is_integer_valued, read_image, spelled_ending,
 )
 from autoseg.dataset.verify import mask_255_hint
 from autoseg.errors import DatasetError, EvaluationError
