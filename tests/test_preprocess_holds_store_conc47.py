@@ -11,6 +11,8 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -19,7 +21,10 @@ from autoseg.errors import TrainingError
 from autoseg.preprocessing import store
 from autoseg.preprocessing.runner import preprocess_dataset
 from autoseg.preprocessing.store import case_paths, check_stored, list_cases, save_case
-from autoseg.training import train_fold
+from autoseg.training import cascade, train_fold
+from autoseg.training import run as run_module
+from autoseg.training.cascade import NEXT_STAGE_FOLDER
+from autoseg.training.checkpoints import split_digest
 from autoseg.training.splits import SPLITS_FILE
 from autoseg.utils.atomic import shared_holder
 
@@ -89,26 +94,25 @@ RESTORING = ("import sys; from pathlib import Path; from autoseg.utils.atomic im
              "    marker.write_text(text); print('stored', flush=True); sys.stdin.read()")
 
 
-def test_the_store_check_takes_a_case_stored_again_while_the_run_goes_on(
-        tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(store, "STORE_WAIT_SECONDS", 3600.0)  # only the case's return may end the wait
-    folder = tmp_path / "store"
-    save_case(folder, "a", np.zeros((1, 4, 4, 4), np.float32), np.zeros((1, 4, 4, 4), np.int16), {"shape": [4, 4, 4]})
-    writer = subprocess.Popen([sys.executable, "-c", RESTORING, str(case_paths(folder, "a")[2])],
+def while_stored_again(folder: Path, case_id: str, action: Callable[[], Any], capfd: pytest.CaptureFixture[str],
+                       ) -> tuple[list[Any], bool, str]:
+    """Run ``action`` in a thread while a writer process (``RESTORING``) stores ``case_id`` of ``folder`` again; once
+    ``action`` says it waits, the case is put back while the writer still holds the store. ``action``'s result (or
+    error), whether the writer still held the store when it ended, and its stderr."""
+    writer = subprocess.Popen([sys.executable, "-c", RESTORING, str(case_paths(folder, case_id)[2])],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    outcome: list[BaseException | None] = []
+    outcome: list[Any] = []
 
-    def check() -> None:
+    def run() -> None:
         try:
-            check_stored(folder, "a")
-            outcome.append(None)
+            outcome.append(action())
         except Exception as exc:  # noqa: BLE001 - the test reports it
             outcome.append(exc)
 
     try:
         assert writer.stdout.readline() == "storing\n"
         capfd.readouterr()
-        thread = threading.Thread(target=check, daemon=True)
+        thread = threading.Thread(target=run, daemon=True)
         thread.start()
         err = ""
         while "waiting for" not in err and thread.is_alive():
@@ -121,5 +125,60 @@ def test_the_store_check_takes_a_case_stored_again_while_the_run_goes_on(
         held = shared_holder(folder)
     finally:
         writer.communicate("")
-    assert outcome == [None] and held == writer.pid
+    return outcome, held == writer.pid, err + capfd.readouterr().err
+
+
+def _tiny_case(folder: Path, case_id: str) -> None:
+    save_case(folder, case_id, np.zeros((1, 4, 4, 4), np.float32), np.zeros((1, 4, 4, 4), np.int16),
+              {"shape": [4, 4, 4]})
+
+
+def test_the_store_check_takes_a_case_stored_again_while_the_run_goes_on(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store, "STORE_WAIT_SECONDS", 3600.0)  # only the case's return may end the wait
+    folder = tmp_path / "store"
+    _tiny_case(folder, "a")
+    outcome, held, err = while_stored_again(folder, "a", lambda: check_stored(folder, "a"), capfd)
+    assert outcome == [None] and held  # the writer still held the store
     assert err == f"waiting for a preprocess run writing into {folder}\n"
+
+
+def _split_store(tmp_path: Path) -> Path:
+    """A store of cases a and b whose split file's fold 0 validates a, fold 1 b."""
+    folder = tmp_path / "preprocessed" / "store"
+    for case_id in ("a", "b"):
+        _tiny_case(folder, case_id)
+    splits = [{"train": ["b"], "val": ["a"]}, {"train": ["a"], "val": ["b"]}]
+    (folder.parent / SPLITS_FILE).write_text(json.dumps(splits))
+    return folder
+
+
+def test_the_cascade_waits_for_a_case_stored_again_before_judging_a_handed_on_prediction(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A case of fold 0's training being stored again while the cascade checked fold 0's handed-on prediction of
+    case a: fold 0 was read as trained on another split, and the cascade refused the prediction."""
+    monkeypatch.setattr(store, "STORE_WAIT_SECONDS", 3600.0)
+    folder = _split_store(tmp_path)
+    predictions = tmp_path / "results" / NEXT_STAGE_FOLDER
+    (tmp_path / "results" / "fold_0" / "validation").mkdir(parents=True)
+    (tmp_path / "results" / "fold_0" / "validation" / "a.nii.gz").write_bytes(b"label map")
+    predictions.mkdir()
+    (predictions / "a.nii.gz").write_bytes(b"label map")
+    cascade.record_handed_on(predictions, "a", "0", split_digest(["b"], ["a"]))
+    outcome, held, err = while_stored_again(
+        folder, "b", lambda: cascade._stale_handing(predictions, "a", folder, ".nii.gz", cascade._fold_splits(folder)),
+        capfd)
+    assert outcome == [None] and held
+    assert err == f"waiting for a preprocess run writing into {folder}\n"
+
+
+def test_a_fresh_start_lists_the_validation_of_a_case_stored_again(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh start removes the fold's earlier validation files, and refuses a folder in their place, from the store's
+    listing: a validation case being stored again then was left out of both."""
+    monkeypatch.setattr(store, "STORE_WAIT_SECONDS", 3600.0)
+    folder = _split_store(tmp_path)
+    fold = SimpleNamespace(fold_folder=tmp_path / "fold_0", store=folder, fold="0",
+                           description=SimpleNamespace(file_ending=".nii.gz"))
+    outcome, held, _ = while_stored_again(folder, "a", lambda: run_module._validation_files(fold), capfd)
+    assert held and tmp_path / "fold_0" / "validation" / "a.nii.gz" in outcome[0]

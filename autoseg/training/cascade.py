@@ -23,9 +23,9 @@ from autoseg.dataset.verify import label_value_problem
 from autoseg.errors import TrainingError
 from autoseg.preprocessing.inverse import label_to_preprocessed_grid
 from autoseg.preprocessing.runner import declared_label_values
-from autoseg.preprocessing.store import case_paths, list_cases, load_case_waiting
+from autoseg.preprocessing.store import case_paths, load_case_waiting
 from autoseg.training.checkpoints import split_digest
-from autoseg.training.splits import FOLD_ALL, SPLITS_FILE, canonical_fold, fold_cases, read_splits
+from autoseg.training.splits import FOLD_ALL, SPLITS_FILE, canonical_fold, fold_cases, read_splits, stored_cases
 from autoseg.utils.atomic import atomic_path, atomic_write_json, folder_lock
 from autoseg.utils.jsonio import read_json
 
@@ -137,7 +137,7 @@ def _fold_splits(store: Path) -> Callable[[str], tuple[list[str], list[str]] | N
         try:
             if canonical_fold(fold) != FOLD_ALL and not (store.parent / SPLITS_FILE).exists():
                 return None
-            return fold_cases(store.parent, list_cases(store), fold, create=False)
+            return fold_cases(store.parent, stored_cases(store, fold), fold, create=False)  # a case stored again waited for
         except TrainingError:
             return [], []
 

@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from autoseg.dataset.description import load_description
-from autoseg.errors import NetworkError, PlanError, PreprocessingError, TrainingError
+from autoseg.errors import NetworkError, PlanError, TrainingError
 from autoseg.evaluation.evaluate import SUMMARY_CSV, SUMMARY_JSON
 from autoseg.inference.model import listed_differences, plan_differences
 from autoseg.networks import get_network_spec
@@ -32,7 +32,6 @@ from autoseg.planning.plans import (
     plans_path,
 )
 from autoseg.preprocessing.runner import timing_path
-from autoseg.preprocessing.store import check_stored, list_cases
 from autoseg.training.cascade import (
     CACHE_FOLDER, NEXT_STAGE_FOLDER, check_previous_stage_labels, clear_handed_on, prepare_previous_stage,
     previous_stage_predictions,
@@ -50,12 +49,12 @@ from autoseg.training.monitor import LOG_FILE, METRICS_FILE, PLOT_FILE, set_asid
 from autoseg.training.plan_device import check_plan_device
 from autoseg.training.schedule import extended_total
 from autoseg.training.pretrained import PretrainedSource, check_pretrained, load_pretrained, read_pretrained
-from autoseg.training.splits import FOLD_ALL, SPLITS_FILE, canonical_fold, fold_cases, named_fold_cases
+from autoseg.training.splits import FOLD_ALL, canonical_fold, fold_cases, stored_cases
 from autoseg.training.trainer import Trainer, describe_best, network_request
 from autoseg.training.validation import GT_FOLDER, VALIDATION_FOLDER, validate_fold
 from autoseg.utils.atomic import (
     FolderLocked, atomic_path, atomic_write_json, atomic_write_text, exclusive_holder, remove_stale_temporaries,
-    holder_text, shared_holder,
+    holder_text,
 )
 from autoseg.utils.folders import locked_new_folder
 from autoseg.utils.jsonio import read_json
@@ -268,7 +267,7 @@ def resolve_fold_run(dataset_spec: DatasetSpec, configuration: str, fold: str, n
     config = _with_command_options(resolve_training_config(network_name, overrides, plan, str(plans_file)),
                                    limits["epochs"], workers)
     store = location.preprocessed_dir / plan["data_identifier"]
-    case_ids = _stored_cases(store, location.preprocessed_dir, fold)
+    case_ids = stored_cases(store, fold)
     if not case_ids:
         raise TrainingError(f"{store}: no preprocessed cases; run `autoseg preprocess {location.name} -c {configuration}` first")
     train_cases, val_cases = fold_cases(location.preprocessed_dir, case_ids, fold)
@@ -287,41 +286,6 @@ def resolve_fold_run(dataset_spec: DatasetSpec, configuration: str, fold: str, n
         math_threads=choose_math_threads(config["math_threads"], chosen_device, bool(limits.get("deterministic"))),
         previous_stage_cache=model_folder / CACHE_FOLDER if plan.get("previous_stage") else None, **limits,
     )
-
-
-def _stored_cases(store: Path, preprocessed_dir: Path, fold: str) -> list[str]:
-    """``list_cases``, refused while a preprocess run writes the store the fold's cases would be picked from (asked
-    before and after listing), and with each case the split file's fold names but the listing lacks waited for while
-    a preprocess run stores it again (its marker is removed meanwhile): train stopped with 'fold k names 1 case(s)
-    missing from the preprocessed data'. A case still missing once the writers are gone is named by ``fold_cases``."""
-    _refuse_store_being_written(store, preprocessed_dir, fold)
-    case_ids = list_cases(store)
-    _refuse_store_being_written(store, preprocessed_dir, fold)
-    path, name = preprocessed_dir / SPLITS_FILE, canonical_fold(fold)
-    if name == FOLD_ALL or not path.is_file():
-        return case_ids
-    train, val = named_fold_cases(preprocessed_dir, int(name))
-    missing = sorted(set(train + val) - set(case_ids))
-    if not missing:
-        return case_ids
-    if shared_holder(store) is not None:
-        for case_id in missing:
-            with contextlib.suppress(PreprocessingError):  # still missing: fold_cases names every such case at once
-                check_stored(store, case_id)  # waits (bounded) for the preprocess run writing into the store
-    return list_cases(store)
-
-
-def _refuse_store_being_written(store: Path, preprocessed_dir: Path, fold: str) -> None:
-    """Refuse to pick the fold's cases (a new splits_final.json, or fold 'all') while a preprocess run writes into the
-    store (``save_case``'s shared lock): a train started during the dataset's first preprocess split only the cases
-    stored so far, and those stored later were in no fold, without a word."""
-    if canonical_fold(fold) != FOLD_ALL and (preprocessed_dir / SPLITS_FILE).exists():
-        return  # the folds are set: a case they name that is missing is refused by fold_cases
-    if (writer := shared_holder(store)) is not None:
-        raise TrainingError(
-            f"{store}: `autoseg preprocess` ({holder_text(writer)}) is storing cases "
-            f"into this folder right now, and fold {fold}'s cases would be only those stored so far; start train again "
-            "once that preprocess has finished")
 
 
 def _with_command_options(config: dict[str, Any], epochs: int | None, workers: int | None) -> dict[str, Any]:
@@ -352,7 +316,7 @@ def _prepare_folders(run: FoldRun) -> None:
                                                  run.configuration["previous_stage"])
         dataset_json = run.raw_dir / "dataset.json" if run.raw_dir is not None else "the dataset's dataset.json"
         check_previous_stage_labels(predictions, run.description, dataset_json)
-        prepare_previous_stage(predictions, run.previous_stage_cache, run.store, list_cases(run.store), run.plans,
+        prepare_previous_stage(predictions, run.previous_stage_cache, run.store, stored_cases(run.store, run.fold), run.plans,
                                run.configuration_name, run.description.file_ending)
     for folder in (run.model_folder, run.fold_folder, run.fold_folder / VALIDATION_FOLDER):
         remove_stale_temporaries(folder)  # what a killed run left half-written
@@ -380,7 +344,7 @@ def _clear_handed_to_next_stage(run: FoldRun, validation: Path) -> None:
     ``predicted_next_stage/`` whose record names this fold. Left, a case that moved to another fold's validation
     (another split) kept the outdated prediction, which the cascade then trained on (``clear_handed_on``)."""
     if run.configuration.get("next_stage"):
-        clear_handed_on(run.model_folder / NEXT_STAGE_FOLDER, list_cases(run.store), run.fold, validation,
+        clear_handed_on(run.model_folder / NEXT_STAGE_FOLDER, stored_cases(run.store, run.fold), run.fold, validation,
                         run.description.file_ending)
 
 
@@ -605,7 +569,7 @@ def _validation_files(run: FoldRun) -> list[Path]:
     probabilities."""
     validation = run.fold_folder / VALIDATION_FOLDER
     paths = [validation / name for name in (SUMMARY_JSON, SUMMARY_CSV)]
-    for case_id in list_cases(run.store):
+    for case_id in stored_cases(run.store, run.fold):  # a case being stored again is waited for, not left out
         paths += [validation / f"{case_id}{run.description.file_ending}", *probability_paths(validation, case_id)]
     return paths
 

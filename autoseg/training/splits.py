@@ -8,6 +8,7 @@ lock and write it atomically: none can read a half-written file (reference.md §
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import Counter
 from pathlib import Path
@@ -16,8 +17,9 @@ from typing import Any, Sequence
 import numpy as np
 from filelock import FileLock
 
-from autoseg.errors import TrainingError
-from autoseg.utils.atomic import atomic_write_json
+from autoseg.errors import PreprocessingError, TrainingError
+from autoseg.preprocessing.store import check_stored, list_cases
+from autoseg.utils.atomic import atomic_write_json, holder_text, shared_holder
 from autoseg.utils.jsonio import read_json
 
 # reference.md §1.5
@@ -147,6 +149,42 @@ def named_fold_cases(folder: Path, index: int, splits: Sequence[dict[str, list[s
     if not 0 <= index < len(splits):
         raise TrainingError(f"fold {index} does not exist: {path} holds folds 0-{len(splits) - 1} (or use '{FOLD_ALL}')")
     return list(splits[index]["train"]), list(splits[index]["val"])
+
+
+def stored_cases(store: Path, fold: int | str) -> list[str]:
+    """The cases stored in ``store`` (``list_cases``), as train picks a fold's cases from them: refused while a
+    preprocess run writes the store and the fold's cases would be picked from it (no split file yet, or fold 'all';
+    asked before and after listing), and each case the split file's fold names but the listing lacks waited for while
+    a preprocess run stores it again (its marker is removed meanwhile): train stopped with 'fold k names 1 case(s)
+    missing from the preprocessed data'. A case still missing once the writers are gone is named by ``fold_cases``."""
+    folder, name = Path(store).parent, canonical_fold(fold)
+    _refuse_store_being_written(store, name)
+    case_ids = list_cases(store)
+    _refuse_store_being_written(store, name)
+    if name == FOLD_ALL or not (folder / SPLITS_FILE).is_file():
+        return case_ids
+    train, val = named_fold_cases(folder, int(name))
+    missing = sorted(set(train + val) - set(case_ids))
+    if not missing:
+        return case_ids
+    if shared_holder(store) is not None:
+        for case_id in missing:
+            with contextlib.suppress(PreprocessingError):  # still missing: fold_cases names every such case at once
+                check_stored(store, case_id)  # waits (bounded) for the preprocess run writing into the store
+    return list_cases(store)
+
+
+def _refuse_store_being_written(store: Path, fold: str) -> None:
+    """Refuse to pick the fold's cases (a new splits_final.json, or fold 'all') while a preprocess run writes into the
+    store (its shared lock): a train started during the dataset's first preprocess split only the cases stored so
+    far, and those stored later were in no fold, without a word."""
+    if fold != FOLD_ALL and (Path(store).parent / SPLITS_FILE).exists():
+        return  # the folds are set: a case they name that is missing is refused by fold_cases
+    if (writer := shared_holder(store)) is not None:
+        raise TrainingError(
+            f"{store}: `autoseg preprocess` ({holder_text(writer)}) is storing cases "
+            f"into this folder right now, and fold {fold}'s cases would be only those stored so far; start train again "
+            "once that preprocess has finished")
 
 
 def _refuse_repeated_cases(path: Path, index: int, train: Sequence[str], val: Sequence[str]) -> None:
