@@ -887,3 +887,20 @@ def test_an_ignored_sform_is_one_warning_of_verify_and_fingerprint(small_dataset
         result = runner.invoke(app, [command, str(small_dataset), "-np", "1"])
         assert result.exit_code == 0, result.output
         assert [line for line in result.output.splitlines() if line.startswith("WARNING")] == [warning], command
+
+
+def test_a_label_named_in_another_unicode_form_is_named_as_such(small_dataset: Path, roots: dict[str, Path]) -> None:
+    """A label named 'café' with e + a combining accent (NFD) beside images named with é (NFC) was reported as a
+    missing label and a label without images, each naming a file that was plainly there, and numTraining as wrong."""
+    import unicodedata
+
+    composed = unicodedata.normalize("NFC", "café_001")
+    image(small_dataset, PLAIN_CASE).rename(image(small_dataset, PLAIN_CASE).with_name(f"{composed}_0000.nii.gz"))
+    decomposed = label(small_dataset, PLAIN_CASE).with_name(unicodedata.normalize("NFD", f"{composed}.nii.gz"))
+    label(small_dataset, PLAIN_CASE).rename(decomposed)
+    result = runner.invoke(app, ["verify", str(small_dataset), "-np", "1"])
+    assert result.exit_code == 2
+    assert [line for line in result.output.splitlines() if line.startswith("ERROR")] == [
+        f"ERROR {decomposed}: its name spells the case id {composed!r} with other Unicode characters than the images of "
+        f"case {composed} do (decomposed (NFD) vs composed (NFC): alike on screen, other names on disk), so they do not "
+        "match; rename the label or the images so both use the same (composed, NFC) characters"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -221,14 +222,18 @@ def scan_training_cases(dataset_dir: Path, desc: DatasetDescription) -> CaseScan
     scan.problems.extend(label_problems)
     image_ids = {c.case_id for c in scan.cases}
     reported_images = {m["case"] for stem in scan.reported_stems if (m := CHANNEL_SUFFIX.match(stem))}
-    scan.num_declared_cases = len(image_ids | set(label_files) | reported_images | reported_labels)
+    with_images = image_ids | reported_images
+    twins = _unicode_twins(with_images - set(label_files), set(label_files) - with_images)
+    scan.num_declared_cases = len(image_ids | set(label_files) | reported_images | reported_labels) - len(twins)
     for case in scan.cases:
         case.label = label_files.get(case.case_id)
-        if case.label is None and labels_dir.is_dir() and case.case_id not in reported_labels:
+        if case.label is None and labels_dir.is_dir() and case.case_id not in reported_labels | set(twins.values()):
             scan.problems.append(f"{labels_dir / (case.case_id + desc.file_ending)}: missing label of case {case.case_id}")
-    with_images = image_ids | reported_images
     for stem, path in label_files.items():
         if stem in unsuffixed:  # its image, named as the label, is reported as lacking the channel suffix
+            continue
+        if stem in twins:
+            scan.problems.append(_unicode_twin_problem(path, twins[stem]))
             continue
         if stem not in with_images and not (dataset_dir / "imagesTr" / f"{stem}_0000{desc.file_ending}").exists():
             if _lacks_case_id(stem):  # was told only that imagesTr/_0000_0000 is missing
@@ -239,6 +244,24 @@ def scan_training_cases(dataset_dir: Path, desc: DatasetDescription) -> CaseScan
             scan.problems.append(f"{path}: label without images (no imagesTr/{stem}_0000{desc.file_ending}){hint}")
     scan.cases = [c for c in scan.cases if c.label is not None]
     return scan
+
+
+def _unicode_twins(image_ids: set[str], label_stems: set[str]) -> dict[str, str]:
+    """{label name: case id of the images} of labels named as a case's images only once both are in one Unicode
+    form (NFC): 'café' typed on one system (é one character) and copied from another (e + a combining accent) look
+    alike but are other names, and were reported as a missing label and a label without images, both naming the
+    file that was plainly there (and counted twice for numTraining)."""
+    by_form = {unicodedata.normalize("NFC", case_id): case_id for case_id in image_ids}
+    return {stem: by_form[form] for stem in label_stems if (form := unicodedata.normalize("NFC", stem)) in by_form}
+
+
+def _unicode_twin_problem(label: Path, case_id: str) -> str:
+    """The one line for a label named as case ``case_id``'s images in another Unicode form (``_unicode_twins``)."""
+    forms = {name: "composed (NFC)" if unicodedata.is_normalized("NFC", name) else "decomposed (NFD)"
+             for name in (label.name, case_id)}
+    return (f"{label}: its name spells the case id {case_id!r} with other Unicode characters than the images of "
+            f"case {case_id} do ({forms[label.name]} vs {forms[case_id]}: alike on screen, other names on disk), so "
+            "they do not match; rename the label or the images so both use the same (composed, NFC) characters")
 
 
 def case_id_problem(case_id: str) -> str | None:
