@@ -167,6 +167,13 @@ def test_shrink_takes_one_step_from_the_axis_largest_relative_to_median():
     assert shrink_patch([16, 16, 16], [10, 10, 10], topo) is None
 
 
+def test_shrink_breaks_a_tie_toward_the_first_axis():
+    # docs/planning.md: on a tie the first tied axis shrinks (nnU-Net v2's argsort would take the last)
+    topo = plan_topology([64, 64, 64], [1.0, 1.0, 1.0], UNET)
+    assert shrink_patch([64, 64, 64], [64, 64, 64], topo) == [48, 64, 64]
+    assert shrink_patch([32, 64, 64], [64, 64, 64], topo) == [32, 48, 64]
+
+
 # ---------------------------------------------------------------------------------- configurations
 def test_isotropic_small_mri_patch_covers_median_image():
     plans = plan(MRI_SMALL)
