@@ -1692,3 +1692,19 @@ def test_real_world_origins_pass(tmp_path: Path, origin: tuple[float, ...]) -> N
     image.SetSpacing((0.001, 0.5, 0.5))
     sitk.WriteImage(image, str(tmp_path / "near.mha"))
     assert read_image(tmp_path / "near.mha")[1].origin == origin
+
+
+def test_a_pixel_size_sidecar_beside_a_2d_tiff_gets_the_fix(tmp_path: Path) -> None:
+    """A 2D TIFF with {"spacing": [y, x]} beside it (a pixel size) was told only that three numbers were needed."""
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "c_0000.tif", np.arange(24, dtype=np.uint8).reshape(4, 6))
+    (tmp_path / "c.json").write_text(json.dumps({"spacing": [0.5, 0.5]}))
+    with pytest.raises(DatasetError) as info:
+        read_image(tmp_path / "c_0000.tif")
+    assert str(info.value) == (f'{tmp_path / "c.json"}: spacing of c_0000.tif must be {{"spacing": [z, y, x]}}: three '
+                               "positive numbers in mm (got [0.5, 0.5]) (a 2D image's pixel size? give its slice "
+                               "thickness too, [z, y, x], or remove the .json to read it as a 2D image of 1 per pixel)")
+    (tmp_path / "c.json").unlink()
+    array, geometry = read_image(tmp_path / "c_0000.tif")
+    assert array.shape == (1, 4, 6) and geometry.is_2d

@@ -1105,8 +1105,11 @@ def _checked_spacing(path: Path, where: str, spacing: Any) -> tuple[float, float
     valid = isinstance(spacing, list) and len(spacing) == 3 and all(
         isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in spacing)
     if not valid:
+        # a 2D image's pixel size [y, x] beside a one-page TIFF was told only that three numbers were needed
+        plane = (" (a 2D image's pixel size? give its slice thickness too, [z, y, x], or remove the .json to read it "
+                 "as a 2D image of 1 per pixel)" if isinstance(spacing, list) and len(spacing) == 2 else "")
         raise DatasetError(f'{where}: spacing of {path.name} must be {{"spacing": [z, y, x]}}: three positive '
-                           f"numbers in mm (got {spacing!r})")
+                           f"numbers in mm (got {spacing!r}){plane}")
     return (float(spacing[0]), float(spacing[1]), float(spacing[2]))
 
 
