@@ -144,6 +144,10 @@ def test_ignore_label_is_one_integer_in_no_region(labels: dict, order: list[int]
     ({"file_ending": "nii.gz"}, """file_ending must start with '.', got 'nii.gz'; write "file_ending": ".nii.gz"$"""),
     ({"file_ending": None}, """file_ending must start with '.', got None; write "file_ending": ".nii.gz"$"""),
     ({"channel_names": {"1": "CT"}}, "channel_names keys must be 0, 1, 2"),
+    # files _0000 and _0002 declared as such were told the keys must be 0, 1, 2 'in order', with no fix
+    ({"channel_names": {"0": "CT", "2": "PET"}}, r"""d.json: channel_names keys must be 0, 1, 2, ... without gaps \(channel """
+     r"""k is the files' _000k suffix\); got \['0', '2'\]: number the 2 channel\(s\) "0", "1" and rename the image files' """
+     "suffixes to match$"),
     # a name that is no string was read as its repr ("['CT']") and normalised by z-score, never as CT
     ({"channel_names": {"0": ["CT"]}}, r"""channel_names\["0"\] is \['CT'\], not a name; write the modality as a string"""),
     ({"channel_names": {"0": "CT", "1": None}}, r'channel_names\["1"\] is None, not a name'),

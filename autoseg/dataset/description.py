@@ -172,7 +172,11 @@ def parse_description(data: dict[str, Any], path: Path) -> DatasetDescription:
         raise DatasetError(f'{path}: channel_names must be a non-empty mapping like {{"0": "CT"}}')
     keys = sorted(channels, key=lambda k: int(k) if str(k).isdecimal() else -1)
     if [str(k) for k in keys] != [str(i) for i in range(len(keys))]:
-        raise DatasetError(f"{path}: channel_names keys must be 0, 1, 2, ... in order; got {list(channels)}")
+        # 'in order' and no fix: {"1": "CT"} or {"0": ..., "2": ...} (files _0000 and _0002) left the user guessing
+        wanted = ", ".join(f'"{i}"' for i in range(len(keys)))
+        raise DatasetError(f"{path}: channel_names keys must be 0, 1, 2, ... without gaps (channel k is the files' _000k "
+                           f"suffix); got {list(channels)}: number the {len(keys)} channel(s) {wanted} and rename the "
+                           "image files' suffixes to match")
     unnamed = next((key for key in keys if not isinstance(channels[key], str)), None)
     if unnamed is not None:  # ["CT"] was read as the name "['CT']" and normalised by z-score, not as CT
         raise DatasetError(f'{path}: channel_names["{unnamed}"] is {channels[unnamed]!r}, not a name; write the modality '
