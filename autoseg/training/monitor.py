@@ -56,13 +56,22 @@ class Monitor:
         self.folder = Path(folder)
         self.active = active
         self.logged = False  # whether this run wrote a line into the log yet
+        self.kept: OSError | None = None  # the first failed write of a log line, until raise_kept
         self._progress: Progress | None = None
         self._task: Any = None
 
     def log(self, message: str) -> None:
+        """Show ``message`` and append it to the log. A failed write (a full disk) is kept, the line still shown, and
+        raised by ``raise_kept`` at the next point where the ranks meet: raised here, in the middle of an epoch (a
+        budget re-plan, the watchdog's thread), it stopped rank 0 alone while the others waited for it in their next
+        collective (6 h under NCCL)."""
         if not self.active:
             return
-        line = self._append(message)
+        try:
+            line = self._append(message)
+        except OSError as exc:
+            self.kept = self.kept or exc
+            line = _stamped(message)
         if self._progress is not None and self._progress.live.is_started:
             self._progress.console.print(line)
         else:
@@ -72,12 +81,19 @@ class Monitor:
         """Append ``message``, time-stamped, to the log; returns the line. A path of bytes that are not UTF-8 (a folder
         named in Latin-1) is written escaped, as stderr shows it: strict UTF-8 stopped training with an internal
         UnicodeEncodeError at the first line naming it."""
-        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')}  {message}"
+        line = _stamped(message)
         self.folder.mkdir(parents=True, exist_ok=True)  # on first use: a refused run leaves no folder
         with open(self.folder / LOG_FILE, "a", encoding="utf-8", errors="backslashreplace") as handle:
             handle.write(line + "\n")
         self.logged = True
         return line
+
+    def raise_kept(self) -> None:
+        """Raise the kept failure of a log line's write, once: called on rank 0 inside ``on_main`` (the epoch's
+        writes, the end of training, the final validation), so that every rank stops with it."""
+        kept, self.kept = self.kept, None
+        if kept is not None:
+            raise kept
 
     @contextlib.contextmanager
     def stop_logged(self) -> Iterator[None]:
@@ -127,6 +143,7 @@ class Monitor:
         )
         self.log(f"epoch {row['epoch']}: pseudo-Dice per {kind}: "
                  + ", ".join(f"{name} {_shown(value)}" for name, value in row["pseudo_dice_per_class"].items()))
+        self.raise_kept()  # written inside the epoch's on_main: this epoch's failed lines stop every rank here
 
     def write_history(self, history: Sequence[dict[str, Any]]) -> None:
         """``metrics.jsonl`` (one JSON object per epoch) and ``progress.png``."""
@@ -135,6 +152,11 @@ class Monitor:
         self.folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.folder / METRICS_FILE, "".join(json.dumps(row) + "\n" for row in history))
         plot_progress(history, self.folder / PLOT_FILE)
+
+
+def _stamped(message: str) -> str:
+    """A log line: the local time, then ``message``."""
+    return f"{time.strftime('%Y-%m-%d %H:%M:%S')}  {message}"
 
 
 def _named(exc: BaseException) -> str:

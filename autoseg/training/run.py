@@ -415,6 +415,7 @@ def _train(trainer: Trainer, run: FoldRun, context: DistributedContext, source: 
     else:  # nothing left to train (killed in the final validation): the time so far is this run's startup
         trainer.times.mine["startup"] = time.monotonic() - run.start_time
         trainer.save(FINAL, missing_only=True)  # rank 0 decides: other hosts may not see the fold's files
+    on_main(trainer.monitor.raise_kept, context)  # a log line rank 0 failed to write since the last epoch stops all
     barrier(context)
     return pretrained
 
@@ -735,6 +736,7 @@ def _validation(trainer: Trainer, run: FoldRun, save_probabilities: bool) -> dic
     trainer.monitor.log(
         f"validation of {len(run.val_cases)} cases in {time.monotonic() - started:.0f} s: mean Dice {foreground} ({per_class})"
     )
+    trainer.monitor.raise_kept()  # inside on_main: a log line of the validation that failed stops every rank
     return summary
 
 

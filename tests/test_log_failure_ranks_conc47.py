@@ -1,0 +1,76 @@
+"""Under ``torchrun`` rank 0 alone writes the training log. A line it failed to write in the middle of an epoch (a
+budget re-plan, the watchdog's note; a full disk) stopped rank 0 alone while rank 1 died in its next collective with
+a gloo traceback (or waited 6 h under NCCL). The failure is now kept and raised at the epoch's ``on_main``, on every
+rank, as the epoch's own writes are."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from autoseg.training.monitor import LOG_FILE, Monitor
+
+from test_fold_lock_ranks_mend2 import REPO
+from test_training_locks import FAST
+from training_helpers import DATASET, data_roots  # noqa: F401 - fixture
+
+# Each rank trains fold 0 for one epoch; at the epoch's start rank 0's log file is replaced by a folder, so the
+# line it logs there (as a re-plan would) cannot be written. Each rank records how its run ended.
+RANKS = """
+import os, sys
+from pathlib import Path
+import torch
+torch.set_num_threads(1)
+from autoseg.errors import AutosegError
+from autoseg.training import train_fold, trainer
+
+real_epoch = trainer.Trainer.train_epoch
+
+def train_epoch(self, *args):
+    if self.context.is_main:
+        log = self.run.fold_folder / "training_log.txt"
+        log.rename(log.with_name("kept.txt"))
+        log.mkdir()
+        self.monitor.log("time budget: a line in the middle of the epoch")
+    return real_epoch(self, *args)
+
+trainer.Trainer.train_epoch = train_epoch
+try:
+    train_fold(sys.argv[2], "3d_fullres", 0, epochs=1, workers=0, overrides=sys.argv[3:])
+    outcome = "trained"
+except (AutosegError, OSError) as exc:
+    outcome = f"{type(exc).__name__}: {exc}"
+(Path(sys.argv[1]) / f"rank{os.environ['RANK']}.txt").write_text(outcome)
+"""
+
+
+def test_every_rank_stops_with_rank_0s_failed_log_line(data_roots: dict[str, Path], tmp_path: Path) -> None:  # noqa: F811
+    script = tmp_path / "ranks.py"
+    script.write_text(RANKS)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--log-dir",
+               str(tmp_path / "torchelastic"), str(script), str(tmp_path), DATASET, *FAST]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO, "AUTOSEG_RAW": str(data_roots["raw"]),
+           "AUTOSEG_PREPROCESSED": str(data_roots["preprocessed"]), "AUTOSEG_RESULTS": str(tmp_path / "results")}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    outcomes = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
+    fold = tmp_path / "results" / DATASET / "unet__autosegPlans__3d_fullres" / "fold_0"
+    assert outcomes == [f"IsADirectoryError: [Errno 21] Is a directory: '{fold / LOG_FILE}'"] * 2, outcomes
+    assert "time budget: a line in the middle of the epoch" in done.stderr  # shown, though not written
+
+
+def test_a_failed_log_line_is_shown_kept_and_raised_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Off torchrun too: the line reaches stderr, the run goes on to the next meeting point, which raises it."""
+    monitor = Monitor(tmp_path / "fold")
+    (tmp_path / "fold" / LOG_FILE).mkdir(parents=True)
+    monitor.log("first")
+    monitor.log("second")
+    assert [line.split("  ", 1)[1] for line in capsys.readouterr().err.splitlines()] == ["first", "second"]
+    with pytest.raises(IsADirectoryError) as kept:
+        monitor.raise_kept()
+    assert kept.value.filename == str(tmp_path / "fold" / LOG_FILE)
+    monitor.raise_kept()  # once
