@@ -302,3 +302,22 @@ def test_a_key_given_two_values_is_refused_naming_both(tmp_path: Path, text: str
     (tmp_path / "dataset.json").write_text('{"channel_names": {"0": "CT"}, "labels": {"background": 0, "a": 1, "a": 1}, '
                                            '"numTraining": 2, "file_ending": ".nii.gz"}')
     assert load_description(tmp_path).labels == {"background": 0, "a": 1}  # the same value twice loses nothing
+
+
+@pytest.mark.parametrize(("labels", "named", "value"), [
+    ({"background": 0, "a": [1, 4000000000], "b": [4000000000]}, "a", 4000000000),
+    ({"background": 0, "a": [1, 2], "b": [2], "ignore": 40000}, "ignore", 40000),
+])
+def test_a_label_value_beyond_16_bits_is_refused(tmp_path: Path, labels: dict, named: str, value: int) -> None:
+    """A region of value 4000000000 passed verify, and fingerprint ran out of memory counting voxels per value up to
+    it ('retry with fewer workers'); a value beyond 32767 would wrap around in the 16-bit preprocessed label maps."""
+    data = {"channel_names": {"0": "MRI"}, "labels": labels, "numTraining": 4, "file_ending": ".nii.gz",
+            "regions_class_order": [1, 2]}
+    with pytest.raises(DatasetError) as info:
+        parse_description(data, tmp_path / "dataset.json")
+    assert str(info.value) == (f"{tmp_path / 'dataset.json'}: label '{named}' holds the value {value}, beyond 32767 "
+                               "(preprocessed label maps are 16-bit integers); renumber it, in dataset.json and the "
+                               "label files, to a small integer")
+    labels_at_the_bound = {"background": 0, "a": [1, 32767], "b": [32767]}
+    assert parse_description({**data, "labels": labels_at_the_bound, "regions_class_order": [1, 32767]},
+                             tmp_path / "dataset.json").regions == [("a", [1, 32767]), ("b", [32767])]

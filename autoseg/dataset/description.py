@@ -253,6 +253,7 @@ def _check_label_values(desc: DatasetDescription, path: Path) -> None:
         declared = " and the ignore label" if desc.ignore_label is not None else ""
         raise DatasetError(f"{path}: labels declare no class, only background{declared}; declare the classes the "
                            'label maps hold, e.g. "labels": {"background": 0, "tumor": 1}')
+    _check_label_range(desc, path)
     ints = sorted(v for k, v in desc.labels.items() if isinstance(v, int))
     if len(set(ints)) != len(ints):
         raise DatasetError(f"{path}: two labels share a value ({ints}); give each class its own integer")
@@ -279,6 +280,20 @@ def _check_label_values(desc: DatasetDescription, path: Path) -> None:
                     f"{values}; give each region one of its own labels, in the regions' order"
                 )
         _check_regions_read_back(desc, path)
+
+
+# The preprocessed label maps are int16 (-1 outside the nonzero mask, store.py): a larger value would wrap around.
+MAX_LABEL_VALUE = 2**15 - 1
+
+
+def _check_label_range(desc: DatasetDescription, path: Path) -> None:
+    """Refuse a label value beyond ``MAX_LABEL_VALUE``: a region of 4000000000 passed verify, and fingerprint ran
+    out of memory counting voxels per value up to it (reported as 'retry with fewer workers')."""
+    named = [(name, v) for name, value in desc.labels.items() for v in (value if isinstance(value, list) else [value])]
+    name, value = max(named, key=lambda item: item[1])
+    if value > MAX_LABEL_VALUE:
+        raise DatasetError(f"{path}: label '{name}' holds the value {value}, beyond {MAX_LABEL_VALUE} (preprocessed label "
+                           "maps are 16-bit integers); renumber it, in dataset.json and the label files, to a small integer")
 
 
 def _check_ignore_label(desc: DatasetDescription, path: Path) -> None:
