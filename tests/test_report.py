@@ -427,3 +427,21 @@ def test_an_existing_folder_as_output_is_refused_offering_it_with_a_separator(ro
     with pytest.raises(EvaluationError, match=re.escape(f"or {tmp_path / 'reports'}{os.sep} to write report.html in it")):
         build_report(DATASET, tmp_path / "reports", num_workers=1)
     assert not any((tmp_path / "reports").iterdir())
+
+
+def test_a_report_of_fewer_folds_than_find_bests_defaults_says_how_to_choose_them(roots: dict[str, Path]) -> None:
+    """Without find-best's instructions the report runs find-best with its default folds 0-4: over a model of one fold
+    it was told only to train folds 1 to 4, though ``find-best -f 0`` run first (the report has no -f) reports fold 0."""
+    make_results(roots)
+    for config in (GOOD, BAD):
+        for fold in (1, 2, 3, 4):
+            shutil.rmtree(roots["results"] / DATASET / config / f"fold_{fold}")
+    with pytest.raises(EvaluationError) as refused:
+        build_report(DATASET, num_workers=1)
+    instructions = roots["results"] / DATASET / "inference_instructions.json"
+    assert str(refused.value).endswith(
+        f"(the report ran autoseg find-best with its defaults, as {instructions} does not exist; to choose the folds (-f) "
+        f"or configurations (-c), run autoseg find-best {DATASET} with them first)"), refused.value
+    assert "no configuration has validation predictions for folds 0, 1, 2, 3, 4" in str(refused.value)
+    find_best(DATASET, folds=["0"], num_workers=1)
+    assert "folds 0; " in build_report(DATASET, num_workers=1).read_text()

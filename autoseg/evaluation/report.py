@@ -476,10 +476,18 @@ def build_report(dataset_spec: str | os.PathLike[str], output_html: str | os.Pat
 
 
 def _instructions(dataset: DatasetLocation, dataset_results: Path, num_workers: int | None) -> dict[str, Any]:
-    """find-best's stored instructions, checked and with their paths resolved; find-best is run when there are none."""
+    """find-best's stored instructions, checked and with their paths resolved; find-best is run when there are none,
+    with its default folds and configurations. Its refusal then says so: a model of fewer folds (one fold trained)
+    was told to train folds 1 to 4, the report having no -f, and not that ``find-best -f 0`` run first sets them."""
     instructions_file = dataset_results / INSTRUCTIONS_JSON
     if not instructions_file.is_file():
-        return find_best(dataset, num_workers=num_workers)
+        try:
+            return find_best(dataset, num_workers=num_workers)
+        except EvaluationError as exc:
+            raise EvaluationError(
+                f"{exc} (the report ran autoseg find-best with its defaults, as {instructions_file} does not exist; to "
+                f"choose the folds (-f) or configurations (-c), run autoseg find-best {dataset.name} with them first)"
+            ) from None
     stored = _read_find_best_json(instructions_file, INSTRUCTIONS_KEYS, dataset.name)
     _check_instructions(stored, instructions_file, dataset.name)
     return resolve_instructions(stored, dataset_results.absolute())
