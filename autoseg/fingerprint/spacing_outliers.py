@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from autoseg.dataset.imageio import SLICE_SPACING_2D
 from autoseg.fingerprint.axis_order import spacing_text
 
 # A case is named when its spacing along some axis is at least this many times the dataset's median, or at most
@@ -38,17 +39,24 @@ def spacing_outlier_warnings(case_ids: Sequence[str], spacings: Sequence[Sequenc
     return lines
 
 
+def _resampled_axes(median: Sequence[float]) -> list[int]:
+    """The axes resampling changes: all but a 2D dataset's slice axis (median spacing 999), along which no case is
+    resampled. A one-slice volume of slice thickness 1 mm among 2D images was named as 1/999 of the median along it
+    ('1/3,996 of its voxels', 'a header in m or micrometres'), none of which was true."""
+    return [axis for axis, middle in enumerate(median) if middle < SLICE_SPACING_2D]
+
+
 def _outlier_axes(spacing: Sequence[float], median: Sequence[float]) -> list[int]:
-    """The axes along which ``spacing`` is ``OUTLIER_FACTOR`` or more off ``median`` (either way)."""
-    return [axis for axis, (value, middle) in enumerate(zip(spacing, median))
-            if value > 0 and middle > 0 and max(value / middle, middle / value) >= OUTLIER_FACTOR]
+    """The resampled axes along which ``spacing`` is ``OUTLIER_FACTOR`` or more off ``median`` (either way)."""
+    return [axis for axis in _resampled_axes(median) if (value := spacing[axis]) > 0 and (middle := median[axis]) > 0
+            and max(value / middle, middle / value) >= OUTLIER_FACTOR]
 
 
 def _warning(case_id: str, spacing: Sequence[float], median: Sequence[float]) -> str:
     """The line naming one case: how far off, along which axes, the likely cause and what resampling makes of it."""
     axes = _outlier_axes(spacing, median)
     ratio = max((spacing[axis] / median[axis] for axis in axes), key=lambda r: abs(math.log(r)))
-    voxels = math.prod(value / middle for value, middle in zip(spacing, median))
+    voxels = math.prod(spacing[axis] / median[axis] for axis in _resampled_axes(median))
     resampled = f"{_number(voxels)} times its voxels" if voxels >= 1 else f"1/{_number(1 / voxels)} of its voxels"
     where = f"axis {axes[0]}" if len(axes) == 1 else f"axes {', '.join(map(str, axes))}"
     return (f"case {case_id}: spacing {spacing_text(spacing)} is {_factor(ratio)} the dataset's median "
