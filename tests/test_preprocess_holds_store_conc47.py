@@ -1,6 +1,6 @@
-"""``autoseg preprocess`` holds a store's shared lock for the whole storing of a configuration, not only while it
-writes each case: a train started between two cases of the dataset's first run found no writer and split the cases
-stored so far, those stored later in no fold. A store's check still waits for the one case it needs, not for the
+"""``autoseg preprocess`` holds a store's shared lock for its whole run, not only while it writes each case: a train
+started between two cases of the dataset's first run found no writer and split the cases stored so far, those stored
+later in no fold; one started before the references were copied was refused for references missing. A store's check still waits for the one case it needs, not for the
 whole run, and preprocess runs of other stores go on beside it."""
 
 from __future__ import annotations
@@ -32,19 +32,20 @@ from training_helpers import CASES, DATASET, data_roots  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.skipif(not Path("/proc/locks").is_file(), reason="needs Linux's /proc/locks")
 
-# A real preprocess run (one worker, in its process) that stops after its first case until its stdin closes.
+# A real preprocess run (one worker, in its process) that stops before call number argv[3] (from 0) of the runner's
+# function argv[2] (a case's preprocessing, a reference's copy) until its stdin closes.
 PAUSED = """
 import sys
 from autoseg.preprocessing import runner
-real, stored = runner.preprocess_one, []
+name, before = sys.argv[2], int(sys.argv[3])
+real, calls = getattr(runner, name), []
 def paused(*args):
-    result = real(*args)
-    stored.append(args[0])
-    if len(stored) == 1:
-        print("between cases", flush=True)
+    if len(calls) == before:
+        print("paused", flush=True)
         sys.stdin.read()
-    return result
-runner.preprocess_one = paused
+    calls.append(args[0])
+    return real(*args)
+setattr(runner, name, paused)
 runner.preprocess_dataset(sys.argv[1], ["3d_fullres"], num_workers=1)
 """
 
@@ -60,28 +61,33 @@ def _first_run(data_roots: dict[str, Path], tmp_path: Path, monkeypatch: pytest.
     return preprocessed / DATASET
 
 
-def test_a_train_between_two_cases_of_the_first_preprocess_is_refused_and_other_stores_go_on(
-        data_roots: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+@pytest.mark.parametrize(("paused", "before", "fold", "stored", "other"), [
+    ("preprocess_one", 1, "all", 1, ["other"]),  # between two cases; another store's preprocess goes on meanwhile
+    ("copy_ground_truth", 0, "0", len(CASES), []),  # every case stored, no reference copied yet (under their lock)
+])
+def test_a_train_during_the_first_preprocess_is_refused_and_other_stores_go_on(
+        data_roots: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+        paused: str, before: int, fold: str, stored: int, other: list[str]) -> None:
     dataset = _first_run(data_roots, tmp_path, monkeypatch)
     plans = json.loads((dataset / "autosegPlans.json").read_text())
     plans["configurations"]["other"] = {**plans["configurations"]["3d_fullres"], "data_identifier": "autosegPlans_other"}
     (dataset / "autosegPlans.json").write_text(json.dumps(plans))
     store_folder = dataset / "autosegPlans_3d_fullres"
-    writer = subprocess.Popen([sys.executable, "-c", PAUSED, DATASET], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True)
+    writer = subprocess.Popen([sys.executable, "-c", PAUSED, DATASET, paused, str(before)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
     try:
-        assert writer.stdout.readline() == "between cases\n"
-        assert len(list_cases(store_folder)) == 1 and shared_holder(store_folder) == writer.pid
+        assert writer.stdout.readline() == "paused\n"
+        assert len(list_cases(store_folder)) == stored and shared_holder(store_folder) == writer.pid
         with pytest.raises(TrainingError) as refused:
-            train_fold(DATASET, "3d_fullres", "all", epochs=1, workers=0)
-        other = preprocess_dataset(DATASET, ["other"], num_workers=1)  # another store: not held up by the writer
+            train_fold(DATASET, "3d_fullres", fold, epochs=1, workers=0)
+        beside = [preprocess_dataset(DATASET, [name], num_workers=1) for name in other]  # not held up by the writer
     finally:
         writer.communicate("")
     assert str(refused.value) == (
         f"{store_folder}: `autoseg preprocess` (process {writer.pid}) is storing cases into this folder right now, and "
-        "fold all's cases would be only those stored so far; start train again once that preprocess has finished")
+        f"fold {fold}'s cases would be only those stored so far; start train again once that preprocess has finished")
     assert writer.returncode == 0 and list_cases(store_folder) == sorted(CASES) and shared_holder(store_folder) is None
-    assert other.outputs[0].processed == sorted(CASES)
+    assert [report.outputs[0].processed for report in beside] == [sorted(CASES)] * len(other)
     assert not (dataset / SPLITS_FILE).exists() and not (tmp_path / "results").exists()
 
 

@@ -11,6 +11,7 @@ only read. A case stored in no store of the run gets no ground-truth copy.
 
 from __future__ import annotations
 
+import contextlib
 import filecmp
 import hashlib
 import json
@@ -402,10 +403,11 @@ def copy_ground_truths(report: PreprocessReport, gt_dir: Path, cases: Sequence[C
                 report.gt_unchanged += 1
 
 
-def _preprocess_store(out: ConfigurationReport, plans: dict[str, Any], cases: Sequence[Case], workers: int
-                      ) -> ConfigurationReport:
+def _preprocess_store(out: ConfigurationReport, plans: dict[str, Any], cases: Sequence[Case], workers: int,
+                      held: contextlib.ExitStack) -> ConfigurationReport:
     """Preprocess the cases not stored yet into one data identifier's store (``out``), deleting the cases the dataset
-    no longer lists and the earlier copies of those that fail now; returns ``out``, filled in."""
+    no longer lists and the earlier copies of those that fail now; returns ``out``, filled in. The store's shared lock
+    is entered into ``held``: the caller keeps it until the references are copied too."""
     started = time.perf_counter()
     name = out.configurations[0]
     config = get_configuration(plans, name)
@@ -421,17 +423,18 @@ def _preprocess_store(out: ConfigurationReport, plans: dict[str, Any], cases: Se
             args = (case.case_id, case.images, case.label, plans, name, out.output_dir, fingerprint)
             items.append((case.case_id, args))
     out.output_dir.mkdir(parents=True, exist_ok=True)
-    # The store's shared lock for the whole storing, not only around each case (save_case's): a train started
-    # between two cases of the dataset's first run found no writer and split the cases stored so far.
-    with folder_lock(out.output_dir, shared=True):
-        remove_stale_temporaries(out.output_dir)  # a killed run's; a concurrent run's are left alone
-        out.dropped = drop_cases_not_in(out.output_dir, {case.case_id for case in cases})
-        results, out.failed = parallel_map(
-            preprocess_one, items, min(workers, max(1, len(items))), f"preprocess {out.data_identifier}",
-            stop_on=(DiskFullError,),
-        )
-        # A case that fails now keeps no copy stored from earlier inputs: training would use it without a word.
-        out.removed = sorted(f.key for f in out.failed if store.remove_case(out.output_dir, f.key))
+    # The store's shared lock for the whole run, not only around each case (save_case's): a train started between
+    # two cases of the dataset's first run (or before its references were copied) found no writer and split the
+    # cases stored so far (or was refused for references missing).
+    held.enter_context(folder_lock(out.output_dir, shared=True))
+    remove_stale_temporaries(out.output_dir)  # a killed run's; a concurrent run's are left alone
+    out.dropped = drop_cases_not_in(out.output_dir, {case.case_id for case in cases})
+    results, out.failed = parallel_map(
+        preprocess_one, items, min(workers, max(1, len(items))), f"preprocess {out.data_identifier}",
+        stop_on=(DiskFullError,),
+    )
+    # A case that fails now keeps no copy stored from earlier inputs: training would use it without a word.
+    out.removed = sorted(f.key for f in out.failed if store.remove_case(out.output_dir, f.key))
     out.processed = sorted(results)
     out.thinned = {case: result["annotation_kept"] for case, result in results.items()
                    if (result["annotation_kept"] or 1.0) < ANNOTATION_KEPT_WARNING}
@@ -484,14 +487,15 @@ def preprocess_dataset(
     names = list(dict.fromkeys(configurations)) if configurations else list(plans["configurations"])  # each once
     workers = max(1, stage_workers(num_workers, PreprocessingError))
     report = PreprocessReport(location.name, plans_name, [])
-    for identifier, group in _group_by_identifier(plans, names).items():
-        out = ConfigurationReport(group, identifier, location.preprocessed_dir / identifier)
-        report.outputs.append(_preprocess_store(out, plans, cases, workers))
-    report.dropped_elsewhere = drop_stale_cases_elsewhere(
-        plans, location.preprocessed_dir, [out.data_identifier for out in report.outputs], {c.case_id for c in cases})
-    failed = {case.case_id for case in cases} - {c for out in report.outputs for c in (*out.processed, *out.skipped)}
-    copy_ground_truths(report, location.preprocessed_dir / GT_FOLDER, cases, description.file_ending, failed,
-                       lambda case_id: stored_in_any(location.preprocessed_dir, case_id))
+    with contextlib.ExitStack() as held:  # each store's shared lock, until its cases' references are copied
+        for identifier, group in _group_by_identifier(plans, names).items():
+            out = ConfigurationReport(group, identifier, location.preprocessed_dir / identifier)
+            report.outputs.append(_preprocess_store(out, plans, cases, workers, held))
+        report.dropped_elsewhere = drop_stale_cases_elsewhere(
+            plans, location.preprocessed_dir, [out.data_identifier for out in report.outputs], {c.case_id for c in cases})
+        failed = {case.case_id for case in cases} - {c for out in report.outputs for c in (*out.processed, *out.skipped)}
+        copy_ground_truths(report, location.preprocessed_dir / GT_FOLDER, cases, description.file_ending, failed,
+                           lambda case_id: stored_in_any(location.preprocessed_dir, case_id))
     report.seconds = time.perf_counter() - start
     _record_timings(report.outputs, before + report.seconds, workers)
     failures = [(out, f) for out in report.outputs for f in out.failed]
