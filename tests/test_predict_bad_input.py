@@ -343,3 +343,30 @@ def test_a_file_whose_ending_itk_does_not_read_as_spelled_is_refused_without_itk
     assert code == 2 and "ITK, the image reader, does not read the ending '.Nii' in this case" in text, text
     assert (tmp_path / "out" / "good.nii.gz").is_file()
     assert "mixed case extension" not in "".join(capfd.readouterr())
+
+
+def test_continue_predicts_again_an_empty_or_damaged_label_map(
+    model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--continue kept a label map emptied or cut short since it was written (an interrupted copy) as a finished case,
+    which evaluate then refused; such a case is predicted again, with a note saying why."""
+    inputs, output = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    for case in ("empty", "cut", "kept"):
+        shutil.copy(SOURCE, inputs / f"{case}_0000.nii.gz")
+    assert _predict(inputs, output, model)[0] == 0
+    kept = (output / "kept.nii.gz").read_bytes()
+    (output / "empty.nii.gz").write_bytes(b"")
+    (output / "cut.nii.gz").write_bytes(kept[:100])
+    capsys.readouterr()
+    result = runner.invoke(app, ["predict", "-i", str(inputs), "-o", str(output), "-m", str(model), "--no-tta",
+                                 "--mixed-precision", "off", "--continue"])
+    assert result.exit_code == 0 and "2 case(s) predicted, 1 skipped" in result.output, result.output
+    notes = [line for line in result.output.splitlines() if line.startswith("note:")]
+    assert notes == [
+        f"note: case cut: its label map {output / 'cut.nii.gz'} has a header ITK cannot read (damaged or cut short); "
+        "predicting it again",
+        f"note: case empty: its label map {output / 'empty.nii.gz'} is empty (0 bytes); predicting it again",
+    ], result.output
+    assert read_image(output / "empty.nii.gz")[0].shape == read_image(output / "cut.nii.gz")[0].shape
+    assert (output / "kept.nii.gz").read_bytes() == kept

@@ -696,12 +696,27 @@ def _finished(case: InputCase, files: Sequence[Path]) -> bool:
     probabilities with it): it is predicted again, with a note saying why."""
     if not all(f.exists() for f in files):
         return False
+    if (damage := _damaged_label_map(files[-1])) is not None:
+        print(f"note: case {case.case_id}: its label map {files[-1]} {damage}; predicting it again", file=sys.stderr,
+              flush=True)
+        return False
     image = case.channels[min(case.channels)]
     differences = grid_differences(files[-1], image)
     if differences:
         print(f"note: case {case.case_id}: its label map {files[-1]} is not on the grid of its image {image} (label map "
               f"vs image: {'; '.join(differences)}); predicting it again", file=sys.stderr, flush=True)
     return not differences
+
+
+def _damaged_label_map(path: Path) -> str | None:
+    """Why the label map ``path`` that ``--continue`` found is no finished output, from its size and header alone (None
+    when they pass): predict writes each atomically, but one emptied or cut short since (a copy interrupted, a full
+    disk of a backup restored) was kept as a finished case, and evaluate then refused it."""
+    if path.is_file() and path.stat().st_size == 0:
+        return "is empty (0 bytes)"
+    if image_ending(path) in SITK_ENDINGS and path.is_file() and _header_reader(path) is None:
+        return "has a header ITK cannot read (damaged or cut short)"
+    return None
 
 
 def grid_differences(label_file: Path, image_file: Path) -> list[str]:
