@@ -904,3 +904,14 @@ def test_a_label_named_in_another_unicode_form_is_named_as_such(small_dataset: P
         f"ERROR {decomposed}: its name spells the case id {composed!r} with other Unicode characters than the images of "
         f"case {composed} do (decomposed (NFD) vs composed (NFC): alike on screen, other names on disk), so they do not "
         "match; rename the label or the images so both use the same (composed, NFC) characters"]
+
+
+def test_a_single_voxel_case_is_named_as_such(small_dataset: Path, roots: dict[str, Path]) -> None:
+    """A case cut down to one voxel was warned about as 'every voxel holds 87 (a blank image...)'."""
+    for path in (image(small_dataset, PLAIN_CASE), label(small_dataset, PLAIN_CASE)):
+        edit_image(path, lambda img: img[10:11, 10:11, 10:11])
+    result = runner.invoke(app, ["verify", str(small_dataset), "-np", "1"])
+    assert result.exit_code == 0, result.output
+    assert [line for line in result.output.splitlines() if line.startswith("WARNING")] == [
+        f"WARNING {image(small_dataset, PLAIN_CASE)}: case {PLAIN_CASE}: the image is a single voxel, too small to hold "
+        "a scan (a failed export or crop?); check the file, or remove the case"]

@@ -6,6 +6,7 @@ same read it takes its statistics from.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -166,7 +167,11 @@ def _blank_channel_warnings(case_id: str, path: Path, channels: np.ndarray, alph
     """A warning for each channel of file ``path`` (the case's channels ``first``, ``first + 1``, ...) that holds
     one value in every voxel: an all-zero image (a failed export or conversion) passed verify without a word,
     as it does in nnU-Net, and the case trained on an input with nothing in it. Not refused, since nnU-Net
-    accepts it; an alpha channel (fully opaque) is left out."""
+    accepts it; an alpha channel (fully opaque) is left out. A file of a single voxel is named as such: it was
+    called 'a blank image' holding its one value."""
+    if math.prod(channels.shape[1:]) == 1:
+        return [f"{path}: case {case_id}: the image is a single voxel, too small to hold a scan (a failed export or "
+                "crop?); check the file, or remove the case"]
     warnings = []
     for index, channel in enumerate(channels[:-1] if alpha else channels):
         if channel.size and channel.min() == channel.max():
