@@ -1708,3 +1708,9 @@ def test_a_pixel_size_sidecar_beside_a_2d_tiff_gets_the_fix(tmp_path: Path) -> N
     (tmp_path / "c.json").unlink()
     array, geometry = read_image(tmp_path / "c_0000.tif")
     assert array.shape == (1, 4, 6) and geometry.is_2d
+    tifffile.imwrite(tmp_path / "c_0000.tif", np.zeros((3, 4, 6), np.uint8))  # a stack: removing the .json is no fix
+    (tmp_path / "c.json").write_text(json.dumps({"spacing": [0.5, 0.5]}))
+    with pytest.raises(DatasetError) as info:
+        read_image(tmp_path / "c_0000.tif")
+    assert str(info.value) == (f'{tmp_path / "c.json"}: spacing of c_0000.tif must be {{"spacing": [z, y, x]}}: three '
+                               "positive numbers in mm (got [0.5, 0.5])")

@@ -1107,7 +1107,8 @@ def _checked_spacing(path: Path, where: str, spacing: Any) -> tuple[float, float
     if not valid:
         # a 2D image's pixel size [y, x] beside a one-page TIFF was told only that three numbers were needed
         plane = (" (a 2D image's pixel size? give its slice thickness too, [z, y, x], or remove the .json to read it "
-                 "as a 2D image of 1 per pixel)" if isinstance(spacing, list) and len(spacing) == 2 else "")
+                 "as a 2D image of 1 per pixel)" if isinstance(spacing, list) and len(spacing) == 2
+                 and _tiff_pages(path) == 1 else "")
         raise DatasetError(f'{where}: spacing of {path.name} must be {{"spacing": [z, y, x]}}: three positive '
                            f"numbers in mm (got {spacing!r}){plane}")
     return (float(spacing[0]), float(spacing[1]), float(spacing[2]))
