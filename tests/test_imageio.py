@@ -1708,7 +1708,7 @@ def test_a_pixel_size_sidecar_beside_a_2d_tiff_gets_the_fix(tmp_path: Path) -> N
     (tmp_path / "c.json").unlink()
     array, geometry = read_image(tmp_path / "c_0000.tif")
     assert array.shape == (1, 4, 6) and geometry.is_2d
-    tifffile.imwrite(tmp_path / "c_0000.tif", np.zeros((3, 4, 6), np.uint8))  # a stack: removing the .json is no fix
+    tifffile.imwrite(tmp_path / "c_0000.tif", np.zeros((5, 4, 6), np.uint8), photometric="minisblack")  # a stack
     (tmp_path / "c.json").write_text(json.dumps({"spacing": [0.5, 0.5]}))
     with pytest.raises(DatasetError) as info:
         read_image(tmp_path / "c_0000.tif")
