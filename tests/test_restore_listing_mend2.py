@@ -46,7 +46,7 @@ def test_fold_all_listed_while_a_case_is_stored_again_is_refused(data_roots: dic
     import sys
 
     from autoseg.errors import TrainingError
-    from autoseg.training import run as run_module
+    from autoseg.training import splits as splits_module
     from test_store_wait_mend3 import WRITER
 
     preprocessed = tmp_path / "preprocessed"
@@ -54,7 +54,7 @@ def test_fold_all_listed_while_a_case_is_stored_again_is_refused(data_roots: dic
     monkeypatch.setenv("AUTOSEG_PREPROCESSED", str(preprocessed))
     monkeypatch.setenv("AUTOSEG_RESULTS", str(tmp_path / "results"))
     store = preprocessed / DATASET / "autosegPlans_3d_fullres"
-    listing, writers = run_module.list_cases, []
+    listing, writers = splits_module.list_cases, []
 
     def listed_while_storing(folder: Path) -> list[str]:
         writers.append(subprocess.Popen([sys.executable, "-c", WRITER, str(store_module.case_paths(store, CASES[7])[2])],
@@ -62,7 +62,7 @@ def test_fold_all_listed_while_a_case_is_stored_again_is_refused(data_roots: dic
         assert writers[0].stdout.readline() == "storing\n"  # the marker is removed, the store's lock held
         return listing(folder)
 
-    monkeypatch.setattr(run_module, "list_cases", listed_while_storing)
+    monkeypatch.setattr(splits_module, "list_cases", listed_while_storing)
     try:
         with pytest.raises(TrainingError) as refused:
             resolve_fold_run(DATASET, "3d_fullres", "all", None, "autosegPlans", [], "cpu", epochs=1,
