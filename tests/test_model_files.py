@@ -198,6 +198,19 @@ def test_export_refuses_to_write_over_a_file_of_the_model(member: str, tmp_path:
         assert export_model(folder, folder / "model.zip", folds=[0]).is_file()
 
 
+@pytest.mark.parametrize("format_", ["autoseg", "onnx"])
+@pytest.mark.parametrize("name", ["model.nii.gz", "labels/case_1.nrrd", "model.PNG"])
+def test_export_refuses_an_output_named_as_an_image(format_: str, name: str, tmp_path: Path) -> None:
+    """``-o model.nii.gz`` wrote the zip under an image's name, which a folder of label maps (predictions, labelsTr)
+    then read as a case's label map, or a viewer failed to open; refused before any weights are read."""
+    folder = make_model_folder(tmp_path / "results")
+    target = tmp_path / name
+    message = " ".join(autoseg_fails("export-model", "-m", folder, "-o", target, "-f", 0, "--format", format_).split())
+    assert (f"error: {target}: the model file is a zip, not an image, and would be read as one there; give a .zip file "
+            "name, e.g. model.zip") in message, message
+    assert not target.exists() and not any(target.parent.glob(".*"))
+
+
 def _as_configuration(path: Path, configuration: str) -> None:
     """Rewrite a fold's checkpoint as if trained for another configuration (a fold copied from its folder)."""
     checkpoint = load_weights(path, ModelFileError)

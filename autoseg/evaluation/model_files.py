@@ -57,7 +57,7 @@ from autoseg.utils.checkpoint_format import (
     check_outputs_match_labels, checkpoint_file, checkpoint_from_bytes, checkpoint_name, missing_checkpoint,
     network_checkpoint_bytes, read_checkpoint, warn_if_training,
 )
-from autoseg.utils.output_folders import check_output_file
+from autoseg.utils.output_folders import check_output_file, refuse_image_name
 from autoseg.utils.jsonio import parse_json_bytes
 from autoseg.utils.names import string_list
 from autoseg.utils.weights_file import SUFFIX
@@ -174,6 +174,15 @@ def _print_notes(notes: Sequence[str]) -> None:
         print(note, file=sys.stderr)
 
 
+def check_model_zip_output(output_zip: Path, folders: Sequence[Path]) -> None:
+    """Every check of export-model's ``-o`` (both formats), before any weights are read: a file to write (not a
+    folder), not named as an image (``-o model.nii.gz`` was written, a zip that a folder of label maps then read as
+    one), and no file of the model ``folders`` exported."""
+    check_output_file(output_zip, ModelFileError)
+    refuse_image_name(output_zip, "the model file is a zip", "give a .zip file name, e.g. model.zip", ModelFileError)
+    check_output_not_in_model(output_zip, folders)
+
+
 def check_output_not_in_model(output_zip: Path, folders: Sequence[Path]) -> None:
     """Refuse an output that is an existing file of a model folder being exported (its description files,
     anything in a fold folder): ``-o MODEL/plans.json`` replaced the model's plans with the zip. A new file
@@ -249,8 +258,7 @@ def export_model(
     folds = string_list(folds)
     if not folds:
         raise ModelFileError("export-model: give at least one fold")
-    check_output_file(Path(output_zip), ModelFileError)
-    check_output_not_in_model(Path(output_zip), folders)
+    check_model_zip_output(Path(output_zip), folders)
     datasets = {f.resolve().parent.name for f in folders}
     if len(datasets) != 1:
         raise ModelFileError(f"export-model: model folders belong to different datasets ({', '.join(sorted(datasets))}); export one dataset per file")

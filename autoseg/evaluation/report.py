@@ -27,7 +27,7 @@ from matplotlib.figure import Figure
 
 from autoseg import __version__
 from autoseg.dataset.description import DatasetDescription, load_description
-from autoseg.dataset.imageio import read_image, read_image_channels, spelled_ending
+from autoseg.dataset.imageio import read_image, read_image_channels
 from autoseg.errors import DatasetError, EvaluationError
 from autoseg.evaluation.metrics import evaluation_classes
 from autoseg.evaluation.selection import (
@@ -37,7 +37,7 @@ from autoseg.paths import DatasetLocation, dataset_folders, preprocessed_root, r
 from autoseg.utils.atomic import atomic_write_bytes, atomic_write_text
 from autoseg.utils.finite import is_finite_number
 from autoseg.utils.jsonio import read_json
-from autoseg.utils.output_folders import check_output_file, output_file
+from autoseg.utils.output_folders import check_output_file, output_file, refuse_image_name
 
 FIGURE_DPI = 110
 # Names of the figures saved beside the HTML (after ``<stem>_``): the box plot, a model folder's curves
@@ -394,9 +394,7 @@ def _check_output_not_read(output: Path, folders: Sequence[Path]) -> None:
     with the HTML; elsewhere ``-o images/case_0000.nii.gz`` replaced the user's scan (and a new one in a
     predictions folder was read as a label map there). Checked before find-best runs, which a missing
     instructions file starts: a refusal after it left its files written for a report that never came."""
-    if spelled_ending(output):
-        raise EvaluationError(f"{output}: the report is HTML, not an image, and would be read as one there; "
-                              "give a .html file name, e.g. report.html")
+    refuse_image_name(output, "the report is HTML", "give a .html file name, e.g. report.html", EvaluationError)
     target = output.resolve()
     if not target.is_file() or target.suffix.lower() in (".html", ".htm"):
         return

@@ -34,7 +34,6 @@ from autoseg.utils.checksummed_zip import (
 )
 from autoseg.utils.finite import is_finite_number
 from autoseg.utils.jsonio import parse_json_bytes
-from autoseg.utils.output_folders import check_output_file
 from autoseg.utils.onnx_runtime import INPUT, OUTPUT, onnx_session, run_onnx
 
 if TYPE_CHECKING:  # export only: loading and predicting run without torch
@@ -113,13 +112,12 @@ def export_onnx_model(
     model_folder: str | Path, output_zip: str | Path, folds: Sequence[int | str] | None = None, checkpoint: str = "final"
 ) -> Path:
     """Write the ONNX model zip of ``model_folder``'s ``folds`` (default: every trained fold)."""
-    from autoseg.evaluation.model_files import check_output_not_in_model
+    from autoseg.evaluation.model_files import check_model_zip_output
     from autoseg.inference.model import load_model, named_folder
     from autoseg.postprocessing.determine import load_decision
 
     folder = named_folder(Path(model_folder))
-    check_output_file(Path(output_zip), ModelFileError)
-    check_output_not_in_model(Path(output_zip), [folder])
+    check_model_zip_output(Path(output_zip), [folder])
     model = load_model(folder, folds, checkpoint, "cpu")
     if model.previous_stage is not None:
         raise ModelFileError(

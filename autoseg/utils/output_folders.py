@@ -115,6 +115,13 @@ def check_output_file(output: Path, error: type[Exception], default_name: str | 
     refuse_probability_sidecar(output, error)
 
 
+def refuse_image_name(output: Path, what: str, fix: str, error: type[Exception]) -> None:
+    """Raise ``error`` if ``output``, a file to write that is no image (``what``: 'the report is HTML'), is named as one
+    (``-o case_0000.nii.gz``): it replaced the user's scan, and a new one among label maps was read as one there."""
+    if image_ending(output):
+        raise error(f"{output}: {what}, not an image, and would be read as one there; {fix}")
+
+
 def refuse_probability_sidecar(output: Path, error: type[Exception]) -> None:
     """Raise ``error`` if ``output``, a file to write, is the probabilities' sidecar of a case beside it: a case named
     ``summary`` (or ``postprocessing``) predicted with --save-probabilities has ``summary.json`` beside
