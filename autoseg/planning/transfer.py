@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from autoseg.errors import NetworkError, PlanError
+from autoseg.paths import check_model_folder_name, model_folder_parts
 from autoseg.networks import get_network_spec
 from autoseg.planning import accounting as A
 from autoseg.planning import compute_budget as T
@@ -174,7 +175,27 @@ def read_source_plans(source: str | Path) -> tuple[dict[str, Any], str]:
     path = source_plans_file(source)
     with path.open("rb") as handle:
         zipped = handle.read(2) == b"PK"  # a cut-short zip too: import-model's checks name its damage
-    return _zip_plans(path) if zipped else (load_plans(path), str(path))
+    if zipped:
+        return _zip_plans(path)
+    model = model_folder_parts(Path(source).name) if Path(source).is_dir() else None
+    plans = load_plans(path)
+    return (_model_configurations(plans, model[2], str(path)) if model else plans), str(path)
+
+
+def _model_configurations(plans: dict[str, Any], configuration: str, source_name: str) -> dict[str, Any]:
+    """The plans of one trained model: its own configuration (and a cascade stage's previous stages,
+    which it cannot run without). A model folder's plans.json holds every configuration of its plans,
+    but weights only for the folder's: a 3d_fullres model transferred a 2d plan too, which
+    ``train --pretrained-weights`` then started from nothing (no 2D tensor fits)."""
+    configurations = plans["configurations"]
+    if configuration not in configurations:
+        raise PlanError(f"{source_name}: its model folder is named for {configuration!r}, which the plans lack "
+                        f"(they hold {', '.join(configurations)}); give the model folder that was trained")
+    kept, name = {}, configuration
+    while name is not None and name in configurations and name not in kept:
+        kept[name] = configurations[name]
+        name = configurations[name].get("previous_stage")
+    return {**plans, "configurations": {n: c for n, c in configurations.items() if n in kept}}
 
 
 def fitting_source_plans(dataset_name: str, channel_names: dict[str, str], source: str | Path) -> tuple[dict[str, Any], str]:
@@ -196,4 +217,5 @@ def _zip_plans(path: Path) -> tuple[dict[str, Any], str]:
         raise PlanError(f"{path}: holds {len(models)} models ({', '.join(models)}); install it with autoseg import-model "
                         "and give the model folder to transfer from")
     name = f"{path}:{models[0]}/plans.json"
-    return validate_plans(json.loads(members[f"{models[0]}/plans.json"]), name), name
+    plans = validate_plans(json.loads(members[f"{models[0]}/plans.json"]), name)
+    return _model_configurations(plans, check_model_folder_name(models[0], name, PlanError, "export it again")[2], name), name
