@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
+from autoseg.errors import PlanError
 from autoseg.planning.transfer import read_source_plans, transfer_plans
 from preprocessing_helpers import make_configuration, make_plans
 
@@ -34,3 +37,18 @@ def test_a_plans_file_still_transfers_every_shared_configuration(tmp_path: Path)
     plans = transfer_plans(two_configurations([24, 24]), *read_source_plans(tmp_path / "autosegPlans.json"))
     assert sorted(plans["configurations"]) == ["2d", "3d_fullres"]
     assert plans["configurations"]["2d"]["patch_size"] == [16, 16]
+
+
+def test_a_2d_target_and_a_3d_only_source_are_refused_with_advice_that_fits_a_2d_dataset(tmp_path: Path) -> None:
+    """Was: '(plan the target with -c 3d_fullres)' only, which a 2D dataset then refused ('cannot be planned for
+    this 2D dataset')."""
+    model = tmp_path / "unet__autosegPlans__3d_fullres"
+    model.mkdir()
+    (model / "plans.json").write_text(json.dumps(two_configurations([16, 16])))
+    target = make_plans({"2d": make_configuration([1.0, 0.5, 0.5], patch_size=[24, 24], spatial_dims=2)})
+    with pytest.raises(PlanError) as refused:
+        transfer_plans(target, *read_source_plans(model))
+    assert str(refused.value) == (
+        f"{model / 'plans.json'}: has configurations 3d_fullres, the target plans 2d; none in common to transfer "
+        "(plan the target with -c 3d_fullres if its cases are volumes; a 2D dataset (one slice per case) needs a "
+        "source with a 2d configuration)")

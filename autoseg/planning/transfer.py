@@ -49,7 +49,7 @@ def transfer_plans(target: dict[str, Any], source: dict[str, Any], source_name: 
     if not shared:
         raise PlanError(
             f"{source_name}: has configurations {', '.join(source['configurations'])}, the target plans "
-            f"{', '.join(target['configurations'])}; none in common to transfer (plan the target with -c {next(iter(source['configurations']))})"
+            f"{', '.join(target['configurations'])}; none in common to transfer ({_no_shared_advice(target, source)})"
         )
     configurations = {}
     for name in _without_unfitting_cascade(shared, plans, source, source_name):
@@ -77,6 +77,16 @@ def transfer_plans(target: dict[str, Any], source: dict[str, Any], source_name: 
         "configurations": sorted(plans["configurations"]), "keys": list(TRANSFERRED_KEYS),
     }
     return plans
+
+
+def _no_shared_advice(target: dict[str, Any], source: dict[str, Any]) -> str:
+    """What to do when no configuration is shared. '-c 3d_fullres' alone sent the user of a 2D dataset (one slice
+    per case), whose plan holds only 2d, to a plan that refuses 3D configurations there."""
+    advice = f"plan the target with -c {next(iter(source['configurations']))}"
+    dims = lambda plans: {int(c["spatial_dims"]) for c in plans["configurations"].values()}  # noqa: E731
+    if dims(target) == {2} and 2 not in dims(source):
+        advice += " if its cases are volumes; a 2D dataset (one slice per case) needs a source with a 2d configuration"
+    return advice
 
 
 def _notes_on_no_configuration(target: dict[str, Any]) -> list[str]:
