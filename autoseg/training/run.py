@@ -143,17 +143,14 @@ def train_fold(
             with trainer.monitor.stop_logged():
                 pretrained = _train(trainer, run, context, source, device_warnings)
                 validation, validation_seconds = _final_validation(trainer, run, context, save_probabilities)
-                accounting = _kept_accounting(trainer, run)
-                if accounting is None:
-                    accounting = time_accounting(trainer, run, validation_seconds, time.monotonic() - start, prepared)
-                    if context.is_main:
-                        atomic_write_json(run.fold_folder / ACCOUNTING_FILE, accounting)
+                accounting = _recorded_accounting(trainer, run, context, validation_seconds, start, prepared)
         barrier(context)
     finally:
         shutdown(context)
+    best = trainer.state.best_ema
     return {
         "model_folder": str(run.model_folder), "fold": run.fold, "epochs": trainer.state.epoch,
-        "iterations": trainer.state.iteration, "best_pseudo_dice_ema": trainer.state.best_ema if math.isfinite(trainer.state.best_ema) else None,
+        "iterations": trainer.state.iteration, "best_pseudo_dice_ema": best if math.isfinite(best) else None,
         "seconds": time.monotonic() - start, "validation": validation,
         "pretrained": pretrained.lines() if pretrained else None, "time_accounting": accounting,
     }
@@ -452,6 +449,17 @@ def time_accounting(trainer: Trainer, run: FoldRun, validation_seconds: float, r
         "actual": actual,
         "iterations": {"planned": plan.get("num_iterations"), "trained": trainer.state.iteration},
     }
+
+
+def _recorded_accounting(trainer: Trainer, run: FoldRun, context: DistributedContext, validation_seconds: float,
+                         start: float, prepared: float | None) -> dict[str, Any]:
+    """The fold's time accounting, written to its results by rank 0 (kept as it was when this run trained nothing)."""
+    accounting = _kept_accounting(trainer, run)
+    if accounting is None:
+        accounting = time_accounting(trainer, run, validation_seconds, time.monotonic() - start, prepared)
+        if context.is_main:
+            atomic_write_json(run.fold_folder / ACCOUNTING_FILE, accounting)
+    return accounting
 
 
 def _kept_accounting(trainer: Trainer, run: FoldRun) -> dict[str, Any] | None:

@@ -177,6 +177,22 @@ def log_fold_start(run: FoldRun, setup: ModelSetup, world_size: int, workers: in
         log(note)
 
 
+def checkpoint_metadata(run: FoldRun, setup: ModelSetup, labels: LabelSpec, state: TrainingState,
+                        mirror_axes: list[int]) -> dict[str, Any]:
+    """What inference needs to rebuild the network and check its plans (``prediction_plan``), and where the run
+    stood."""
+    return {
+        "network": run.network_name, "network_options": setup.network_options, "topology": setup.topology,
+        "in_channels": run.in_channels, "num_outputs": labels.n_outputs, "configuration": run.configuration_name,
+        "plans_name": run.plans_name, "dataset_name": run.dataset_name, "fold": run.fold,
+        "split_sha256": split_digest(run.train_cases, run.val_cases),
+        "optimizer": run.config["optimizer"]["name"],
+        "mirror_axes": mirror_axes, "patch_size": run.patch_size, "epoch": state.epoch,
+        "iteration": state.iteration, "total_iterations": state.total_iterations,
+        PREDICTION_PLAN: prediction_plan(run.plans, run.configuration_name),
+    }
+
+
 class Trainer:
     """Trains one fold; ``fit()`` runs (or resumes) the schedule and writes the final checkpoint."""
 
@@ -210,21 +226,6 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def metadata(self) -> dict[str, Any]:
-        """What inference needs to rebuild the network and check its plans (``prediction_plan``), and where the run
-        stood."""
-        run = self.run
-        return {
-            "network": run.network_name, "network_options": self.setup.network_options, "topology": self.setup.topology,
-            "in_channels": self.in_channels, "num_outputs": self.labels.n_outputs, "configuration": run.configuration_name,
-            "plans_name": run.plans_name, "dataset_name": run.dataset_name, "fold": run.fold,
-            "split_sha256": split_digest(run.train_cases, run.val_cases),
-            "optimizer": run.config["optimizer"]["name"],
-            "mirror_axes": self.mirror_axes, "patch_size": self.patch_size, "epoch": self.state.epoch,
-            "iteration": self.state.iteration, "total_iterations": self.state.total_iterations,
-            PREDICTION_PLAN: prediction_plan(run.plans, run.configuration_name),
-        }
-
     def save(self, name: str, missing_only: bool = False) -> None:
         """Checkpoint ``name`` (``missing_only``: unless rank 0 finds it written), on every rank alike: rank 0 writes
         it through ``on_main``, so its error (a full disk, no permission) stops every rank with the same line; raised
@@ -238,7 +239,8 @@ class Trainer:
             self.state.validation_tta = self.replanner.mirroring
         self.state.spent_seconds = self.times.spent()
         started = time.monotonic()
-        checkpoint = training_checkpoint(self.setup, self.step.state_dict(), self.state, self.metadata())
+        metadata = checkpoint_metadata(self.run, self.setup, self.labels, self.state, self.mirror_axes)
+        checkpoint = training_checkpoint(self.setup, self.step.state_dict(), self.state, metadata)
         write_checkpoint(self.run.fold_folder / name, checkpoint)
         self.times.add_checkpoint(time.monotonic() - started)
 
