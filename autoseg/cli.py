@@ -485,8 +485,12 @@ def evaluate(
         typer.echo(f"ignore label {choice.labels['ignore']} of {dataset_json_of(pred, ref)}: its voxels are not scored")
     summary = evaluate_folders(pred, ref, choice.labels, output, num_workers, tolerance_mm, choice.file_ending)
     typer.echo(format_table(summary))
-    for name in classes_absent_everywhere(summary):
-        typer.echo(f"note: label {name} is in no reference and no prediction; its metrics are NaN")
+    absent = classes_absent_everywhere(summary)  # one line: a 41-label CT's crops printed a note per label
+    if len(absent) == 1:
+        typer.echo(f"note: label {absent[0]} is in no reference and no prediction; its metrics are NaN")
+    elif absent:
+        typer.echo(f"note: {len(absent)} labels are in no reference and no prediction ({', '.join(absent)}); "
+                   "their metrics are NaN")
     if choice.source != "dataset" and (note := no_common_label_note(summary)):  # a dataset refuses other values
         typer.echo(note)
     unpredicted = unpredicted_references(summary, choice.file_ending)

@@ -312,6 +312,14 @@ def test_a_label_in_no_reference_and_no_prediction_is_noted(png_folders):
     assert summary["mean"]["1"]["dice"] == pytest.approx((expected_png_dice()["1"] + 1) / 2)
 
 
+def test_labels_in_no_reference_and_no_prediction_are_noted_on_one_line(png_folders):
+    """A dataset of many labels, few of them in the cases (a 41-label CT cropped), printed one note per label."""
+    pred_dir, ref_dir = png_folders
+    output = autoseg("evaluate", "-p", pred_dir, "-r", ref_dir, "-np", 1, "-l", 1, 3, 4, 7)
+    notes = [line for line in output.splitlines() if "in no reference and no prediction" in line]
+    assert notes == ["note: 3 labels are in no reference and no prediction (3, 4, 7); their metrics are NaN"]
+
+
 def _empty_references(pred: Path, ref: Path) -> str:
     for path in ref.iterdir():
         path.unlink()
