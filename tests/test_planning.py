@@ -174,6 +174,16 @@ def test_shrink_breaks_a_tie_toward_the_first_axis():
     assert shrink_patch([32, 64, 64], [64, 64, 64], topo) == [32, 48, 64]
 
 
+def test_shrink_and_rounding_keep_a_family_s_min_slices():
+    # ConResNet (min_slices 2) was planned a [1, 32, 24] patch that its builder then refused at train time
+    topo = plan_topology([3, 32, 24], [10.0, 1.5625, 1.5625], UNET)  # axis 0 never pooled: step 1
+    assert shrink_patch([2, 32, 24], [9, 256, 216], topo) == [1, 32, 24]
+    assert shrink_patch([2, 32, 24], [9, 256, 216], topo, min_slices=2) == [2, 28, 24]
+    _, y, x = topo.size_multiple  # [1, 4, 4]
+    assert shrink_patch([2, y, x], [9, 256, 216], topo, min_slices=2) is None
+    assert divisible_patch([1, 30, 24], topo, min_slices=2) == [2, 32, 24]
+
+
 # ---------------------------------------------------------------------------------- configurations
 def test_isotropic_small_mri_patch_covers_median_image():
     plans = plan(MRI_SMALL)

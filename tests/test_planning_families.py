@@ -113,3 +113,18 @@ def test_attention_windows_keep_the_patch_near_small_images(network: str) -> Non
     topology = Topology.from_dict(plan["network"]["topology"])
     assert all(p % m == 0 for p, m in zip(plan["patch_size"], topology.size_multiple))
     assert all(p <= s * C.WINDOW_ROUNDING_MAX_RATIO for p, s in zip(plan["patch_size"], shape[3 - dims:])), plan["patch_size"]
+
+
+def test_conresnet_plan_keeps_the_two_slices_its_builder_needs() -> None:
+    """Was: ACDC-sized images at 0.25 GB planned conresnet a [1, 32, 24] patch, which train then refused in
+    check_slices ('has 1 slice along slice_axis 0'); the planner keeps the registry's min_slices now."""
+    from test_planning import fingerprint
+
+    acdc = fingerprint([[10.0, 1.5625, 1.5625]] * 20, [[9, 256, 216]] * 20)
+    plans = build_plans(acdc, network="conresnet", memory_budget_bytes=0.25 * 2**30 * C.GPU_MEMORY_USABLE_FRACTION,
+                        timing_factory=fake_timing, configs=["3d_fullres"])
+    plan = plans["configurations"]["3d_fullres"]
+    assert plan["patch_size"] == [2, 32, 24]
+    topology = Topology.from_dict({**plan["network"]["topology"], "extra": {"patch_size": plan["patch_size"]}})
+    with torch.device("meta"):  # the build-time checks train runs (check_slices) pass
+        create_network("conresnet", topology, 1, 4)

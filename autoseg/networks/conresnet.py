@@ -27,6 +27,8 @@ LAST_STAGE_DILATION = 2
 FUSION_DROPOUT = 0.1
 # reference.md §2.3: full-resolution residual loss weight 1, lambda 0.5 for the 1/2 and 1/4 outputs.
 CONRES_LOWRES_WEIGHT = 0.5
+# A patch needs 2 slices along slice_axis for a nonzero inter-slice residual (check_slices; the planner keeps them).
+MIN_SLICES = 2
 # Keeps weight standardisation finite for constant filters (the authors use 1e-12).
 WS_EPS = 1e-8
 
@@ -113,7 +115,7 @@ class ContextResidualModule(nn.Module):
 def check_slices(shape: Sequence[int], slice_axis: int) -> None:
     """Refuse a patch of one slice along the slice axis (a 2D-like 3D patch): its inter-slice residual, the
     target of the auxiliary loss, is zero everywhere, so that loss only taught the residual decoder to say 0."""
-    if int(shape[slice_axis]) < 2:
+    if int(shape[slice_axis]) < MIN_SLICES:
         raise NetworkError(
             f"conresnet: the patch {list(shape)} has 1 slice along slice_axis {slice_axis}, so its inter-slice context "
             "residual is zero and its auxiliary loss teaches nothing; use a patch of at least 2 slices on that axis, "
@@ -331,6 +333,7 @@ def residual_auxiliary_loss(
         default_blocks_per_stage=PAPER_BLOCKS,
         kernel_size=3,
         block_settings=("blocks_per_stage",),
+        min_slices=MIN_SLICES,
     ),
     auxiliary_loss=residual_auxiliary_loss,
 )

@@ -72,6 +72,9 @@ class TopologyConstraints:
             (InstanceNorm), which one voxel cannot feed: a patch equal to the total stride is refused
             (``check_deepest_stage``). GroupNorm over several channels and LayerNorm cope.
         norm_option: the builder's boolean option that switches that norm off (V-Net's ``norm``).
+        min_slices: the fewest voxels a training patch may have along any axis: the planner never shrinks
+            an axis below it, so a patch the builder would refuse is never planned (ConResNet: 2, since its
+            inter-slice residual along ``slice_axis``, any axis, is zero on one slice).
     """
 
     spatial_dims: tuple[int, ...] = (2, 3)
@@ -88,6 +91,7 @@ class TopologyConstraints:
     block_settings: tuple[str, ...] = BLOCK_SETTINGS
     instance_norm: bool = False
     norm_option: str | None = None
+    min_slices: int = 1
 
     @property
     def fixed_width(self) -> bool:

@@ -289,11 +289,11 @@ def _patch_candidates(
         topology = plan_topology(raw, spacing, ctx.constraints, width)
         if topology.n_stages < 2:
             return
-        patch = divisible_patch(raw, topology)
+        patch = divisible_patch(raw, topology, ctx.constraints.min_slices)
         if np.prod(patch) < previous:
             previous = float(np.prod(patch))
             yield patch, topology
-        smaller = shrink_patch(patch, median_shape, topology)
+        smaller = shrink_patch(patch, median_shape, topology, ctx.constraints.min_slices)
         if smaller is None:
             return
         raw = smaller

@@ -151,16 +151,18 @@ def _fitting_window(size: float, windowed: Sequence[int], total_stride: int, lar
     return min(range(math.ceil(largest / 2), largest + 1), key=lambda w: (rounded(w), -w))
 
 
-def divisible_patch(patch_size: Sequence[float], topology: Topology) -> list[int]:
-    """Round every axis up to a multiple of the topology's size multiple (at least one multiple)."""
-    return [max(t, int(math.ceil(p / t)) * t) for p, t in zip(patch_size, topology.size_multiple)]
+def divisible_patch(patch_size: Sequence[float], topology: Topology, min_slices: int = 1) -> list[int]:
+    """Round every axis up to a multiple of the topology's size multiple, and to at least ``min_slices``
+    voxels (the family's ``TopologyConstraints.min_slices``: ConResNet refuses a 1-slice patch)."""
+    return [max(t, int(math.ceil(max(p, min_slices) / t)) * t) for p, t in zip(patch_size, topology.size_multiple)]
 
 
-def shrink_patch(patch_size: Sequence[int], median_shape: Sequence[float], topology: Topology) -> list[int] | None:
+def shrink_patch(patch_size: Sequence[int], median_shape: Sequence[float], topology: Topology,
+                 min_slices: int = 1) -> list[int] | None:
     """One step down: the axis with the largest patch / median-shape ratio loses one divisibility
-    step (reference §1.3). ``None`` when no axis can shrink any more."""
+    step (reference §1.3), never below ``min_slices`` voxels. ``None`` when no axis can shrink any more."""
     steps = topology.size_multiple
-    candidates = [a for a, (p, s) in enumerate(zip(patch_size, steps)) if p - s >= s]
+    candidates = [a for a, (p, s) in enumerate(zip(patch_size, steps)) if p - s >= max(s, min_slices)]
     if not candidates:
         return None
     axis = max(candidates, key=lambda a: (patch_size[a] / median_shape[a], -a))
