@@ -1684,6 +1684,28 @@ def test_an_origin_too_far_for_float_positions_is_refused(tmp_path: Path, origin
                                "origin")
 
 
+@pytest.mark.parametrize("ending", [".nii.gz", ".mha", ".nrrd"])
+def test_a_damaged_voxel_size_is_named_with_the_origin_before_the_voxels_are_read(
+        tmp_path: Path, ending: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A voxel side of 1e-12 mm at origin -100 was blamed on the origin alone ('export it again with the image's
+    true origin'), after its voxels were read."""
+    image = sitk.GetImageFromArray(np.arange(24, dtype=np.int16).reshape(2, 3, 4))
+    image.SetOrigin((-100.0, 20.0, 5.0))
+    image.SetSpacing((1e-12,) * 3)
+    path = tmp_path / f"tiny{ending}"
+    sitk.WriteImage(image, str(path))
+    header = sitk.ReadImage(str(path))
+    step, side = float(np.spacing(100.0)), min(header.GetSpacing())  # NIfTI keeps float32: 9.9999998e-13
+    read: list[object] = []
+    monkeypatch.setattr(sitk, "GetArrayFromImage", lambda *args: read.append(args))
+    with pytest.raises(DatasetError) as info:
+        read_image(path)
+    assert str(info.value) == (f"{path}: its voxel side {side:g} mm is so small (a damaged header?) that positions at "
+                               f"its origin (-100, 20, 5) are exact to only {step:.3g} mm, coarser than a thousandth "
+                               "of a voxel; export it again with the image's true origin or voxel size")
+    assert read == []
+
+
 @pytest.mark.parametrize("origin", [(-250.5, 312.25, -1000.0), (0.0, 0.0, 0.0), (90000.0, -12345.678, 5e5)])
 def test_real_world_origins_pass(tmp_path: Path, origin: tuple[float, ...]) -> None:
     """Scanner origins (hundreds of mm, negative too; microscopy stages further) are far inside the bound."""

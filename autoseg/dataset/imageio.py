@@ -831,39 +831,44 @@ def _from_sitk(image: sitk.Image, path: Path) -> tuple[np.ndarray, Geometry]:
         )
     if 0 in image.GetSize():
         raise DatasetError(f"{path}: has size {'x'.join(map(str, image.GetSize()))}: the image holds no voxels; export it again")
+    spacing = tuple(float(s) for s in reversed(image.GetSpacing()))
+    geometry = Geometry(
+        spacing=(SLICE_SPACING_2D, *spacing) if dim == 2 else spacing,
+        origin=tuple(float(v) for v in image.GetOrigin()),
+        direction=tuple(float(v) for v in image.GetDirection()),
+    )
+    if (problem := far_origin_problem(path, geometry)) is not None:  # the header alone: refused before the voxels
+        raise DatasetError(problem)
     try:
         array = sitk.GetArrayFromImage(image)
     except RuntimeError as exc:
         raise DatasetError(f"{path}: pixel data cannot be read (truncated file?): {_first_line(exc)}") from None
     _refuse_complex(path, array)
-    spacing = tuple(float(s) for s in reversed(image.GetSpacing()))
-    if dim == 2:
-        array = array[None]
-        spacing = (SLICE_SPACING_2D, *spacing)
-    geometry = Geometry(
-        spacing=spacing,
-        origin=tuple(float(v) for v in image.GetOrigin()),
-        direction=tuple(float(v) for v in image.GetDirection()),
-    )
-    if (problem := far_origin_problem(path, geometry)) is not None:
-        raise DatasetError(problem)
-    return array, geometry
+    return (array[None] if dim == 2 else array), geometry
 
 
 # Positions must stay exact to this fraction of the smallest voxel side: image and label origins are compared to a
 # tenth of a voxel (ORIGIN_TOLERANCE_VOXELS), which needs digits to spare. Real origins (hundreds of mm) pass by
 # a factor of a billion; at 1 mm voxels the bound lies near 4.5e12 mm.
 ORIGIN_PRECISION_VOXELS = 1e-3
+# The smallest voxel side a real image has (1 nm: electron microscopy). An origin that would place such voxels
+# exactly is no damaged origin: a voxel side below it (1e-12 mm at origin -100) is the damaged value.
+SMALLEST_REAL_VOXEL_MM = 1e-6
 
 
 def far_origin_problem(path: Path, geometry: Geometry) -> str | None:
-    """The problem of an origin so far from 0 (1e30 from a damaged header) that float64 positions near it are
-    coarser than a thousandth of a voxel, else None: verify passed it, and no two origins could be compared."""
+    """The problem of an origin so far from 0 (1e30 from a damaged header), or a voxel side so small (1e-12 mm),
+    that float64 positions near the origin are coarser than a thousandth of a voxel, else None: verify passed it,
+    and no two origins could be compared."""
     farthest = max((abs(v) for v in geometry.origin), default=0.0)
     step = float(np.spacing(farthest))
     smallest = min(geometry.spacing)
     if step <= ORIGIN_PRECISION_VOXELS * smallest:
         return None
+    if step <= ORIGIN_PRECISION_VOXELS * SMALLEST_REAL_VOXEL_MM:  # the origin would do for any real voxel
+        return (f"{path}: its voxel side {smallest:g} mm is so small (a damaged header?) that positions at its origin "
+                f"{_fmt(geometry.origin)} are exact to only {step:.3g} mm, coarser than a thousandth of a voxel; "
+                "export it again with the image's true origin or voxel size")
     return (f"{path}: its origin {_fmt(geometry.origin)} lies so far from 0 that positions there are exact to only "
             f"{step:.3g} mm, coarser than a thousandth of its {smallest:g} mm voxel side (a damaged header?); export "
             "it again with the image's true origin")
