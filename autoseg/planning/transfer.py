@@ -15,10 +15,10 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from autoseg.errors import NetworkError, PlanError
-from autoseg.paths import check_model_folder_name, model_folder_parts
+from autoseg.paths import MODEL_FOLDER_NAME, check_model_folder_name, model_folder_parts
 from autoseg.networks import get_network_spec
 from autoseg.planning import accounting as A
 from autoseg.planning import compute_budget as T
@@ -39,9 +39,11 @@ def source_plans_file(source: str | Path) -> Path:
     return path
 
 
-def transfer_plans(target: dict[str, Any], source: dict[str, Any], source_name: str) -> dict[str, Any]:
+def transfer_plans(target: dict[str, Any], source: dict[str, Any], source_name: str,
+                   source_notes: Sequence[str] = ()) -> dict[str, Any]:
     """``target`` with each shared configuration's network, patch and batch taken from ``source``;
-    configurations the source lacks are dropped (there are no weights to start them from)."""
+    configurations the source lacks are dropped (there are no weights to start them from). ``source_notes``
+    (``read_source_plans``: what a model folder holds no weights for) are added to the plan's notes."""
     _check_channels(target, source, source_name)
     plans = copy.deepcopy(target)
     plans["notes"] = _notes_on_no_configuration(target)
@@ -72,6 +74,7 @@ def transfer_plans(target: dict[str, Any], source: dict[str, Any], source_name: 
                 config[link] = None
     plans["configurations"] = {n: c for n, c in configurations.items() if not (n.startswith("3d_cascade") and c["previous_stage"] is None)}
     _note_transfer(plans, target, source, source_name)
+    plans["notes"] += source_notes
     plans["transferred_from"] = {
         "plans": source_name, "dataset_name": source.get("dataset_name"), "plans_name": source.get("plans_name"),
         "configurations": sorted(plans["configurations"]), "keys": list(TRANSFERRED_KEYS),
@@ -83,10 +86,14 @@ def _no_shared_advice(target: dict[str, Any], source: dict[str, Any]) -> str:
     """What to do when no configuration is shared. '-c 3d_fullres' alone sent the user of a 2D dataset (one slice
     per case), whose plan holds only 2d, to a plan that refuses 3D configurations there."""
     advice = f"plan the target with -c {next(iter(source['configurations']))}"
-    dims = lambda plans: {int(c["spatial_dims"]) for c in plans["configurations"].values()}  # noqa: E731
-    if dims(target) == {2} and 2 not in dims(source):
+    if _dimensionalities(target) == {2} and 2 not in _dimensionalities(source):
         advice += " if its cases are volumes; a 2D dataset (one slice per case) needs a source with a 2d configuration"
     return advice
+
+
+def _dimensionalities(plans: dict[str, Any]) -> set[int]:
+    """The spatial dimensionalities of the plans' configurations (2, 3)."""
+    return {int(c["spatial_dims"]) for c in plans["configurations"].values()}
 
 
 def _notes_on_no_configuration(target: dict[str, Any]) -> list[str]:
@@ -179,24 +186,40 @@ def _refit_schedule(config: dict[str, Any], budget: float, seconds: float, recip
     config["predicted_seconds"], config["predicted_total_seconds"] = refit.to_dict(), round(refit.total, 1)
 
 
-def read_source_plans(source: str | Path) -> tuple[dict[str, Any], str]:
-    """The plans of a plans file, a trained model folder or a model zip from export-model, and the name
-    that cites them."""
+def read_source_plans(source: str | Path) -> tuple[dict[str, Any], str, list[str]]:
+    """The plans of a plans file, a trained model folder or a model zip from export-model, the name
+    that cites them, and notes on what a model holds no weights for (``transfer_plans``' ``source_notes``)."""
     path = source_plans_file(source)
     with path.open("rb") as handle:
         zipped = handle.read(2) == b"PK"  # a cut-short zip too: import-model's checks name its damage
     if zipped:
         return _zip_plans(path)
-    model = model_folder_parts(Path(source).name) if Path(source).is_dir() else None
     plans = load_plans(path)
-    return (_model_configurations(plans, model[2], str(path)) if model else plans), str(path)
+    if not Path(source).is_dir():
+        return plans, str(path), []
+    model = model_folder_parts(Path(source).name)
+    if model is None:  # its plans of one configuration leave no doubt
+        return plans, str(path), [_unnamed_model_note(Path(source), plans)] if len(plans["configurations"]) > 1 else []
+    kept, notes = _model_configurations(plans, model[2], str(path))
+    return kept, str(path), notes
 
 
-def _model_configurations(plans: dict[str, Any], configuration: str, source_name: str) -> dict[str, Any]:
+def _unnamed_model_note(folder: Path, plans: dict[str, Any]) -> str:
+    """A model folder renamed away from its pattern tells no configuration: every one of its plans.json is
+    transferred, though its weights fit one only (the others train from nothing with --pretrained-weights)."""
+    names = ", ".join(_model_folder(plans, n) for n in plans["configurations"])
+    return (f"{folder}: its name is not {MODEL_FOLDER_NAME}, so the configuration its weights are for is unknown and "
+            "every configuration of its plans.json that this dataset plans was transferred; only the one it was "
+            f"trained for fits its weights: give the folder its name back (one of {names}) or plan that configuration "
+            "alone (-c)")
+
+
+def _model_configurations(plans: dict[str, Any], configuration: str, source_name: str) -> tuple[dict[str, Any], list[str]]:
     """The plans of one trained model: its own configuration (and a cascade stage's previous stages,
-    which it cannot run without). A model folder's plans.json holds every configuration of its plans,
-    but weights only for the folder's: a 3d_fullres model transferred a 2d plan too, which
-    ``train --pretrained-weights`` then started from nothing (no 2D tensor fits)."""
+    which it cannot run without), and a note on each previous stage, whose weights lie in its own folder.
+    A model folder's plans.json holds every configuration of its plans, but weights only for the folder's:
+    a 3d_fullres model transferred a 2d plan too, which ``train --pretrained-weights`` then started from
+    nothing (no 2D tensor fits)."""
     configurations = plans["configurations"]
     if configuration not in configurations:
         raise PlanError(f"{source_name}: its model folder is named for {configuration!r}, which the plans lack "
@@ -205,18 +228,29 @@ def _model_configurations(plans: dict[str, Any], configuration: str, source_name
     while name is not None and name in configurations and name not in kept:
         kept[name] = configurations[name]
         name = configurations[name].get("previous_stage")
-    return {**plans, "configurations": {n: c for n, c in configurations.items() if n in kept}}
+    notes = [f"{stage}: transferred from {source_name} only as {configuration}'s previous stage: that model holds no "
+             f"weights for {stage} (its own model, {_model_folder(plans, stage)}, does); train {stage} with "
+             "--pretrained-weights from that model, or without them" for stage in kept if stage != configuration]
+    return {**plans, "configurations": {n: c for n, c in configurations.items() if n in kept}}, notes
 
 
-def fitting_source_plans(dataset_name: str, channel_names: dict[str, str], source: str | Path) -> tuple[dict[str, Any], str]:
+def _model_folder(plans: dict[str, Any], configuration: str) -> str:
+    """The name of the model folder ``train`` writes for one configuration of ``plans`` (MODEL_FOLDER_NAME)."""
+    network = plans["configurations"][configuration].get("network")
+    name = network.get("name") if isinstance(network, dict) else None
+    return f"{name or '<network>'}__{plans.get('plans_name') or '<plans>'}__{configuration}"
+
+
+def fitting_source_plans(dataset_name: str, channel_names: dict[str, str], source: str | Path
+                         ) -> tuple[dict[str, Any], str, list[str]]:
     """``read_source_plans``, refused when the source's channels do not fit the target dataset's: checked
     before planning, whose timing probe took ~20 s before the refusal came."""
-    plans, name = read_source_plans(source)
+    plans, name, notes = read_source_plans(source)
     _check_channels({"dataset_name": dataset_name, "channel_names": channel_names}, plans, name)
-    return plans, name
+    return plans, name, notes
 
 
-def _zip_plans(path: Path) -> tuple[dict[str, Any], str]:
+def _zip_plans(path: Path) -> tuple[dict[str, Any], str, list[str]]:
     """The plans of the one model a model zip holds, checked as import-model checks it: ``--pretrained-weights``
     takes such a zip, and ``--transfer-plans-from`` read it as a broken JSON file ("re-run autoseg plan")."""
     from autoseg.evaluation.model_files import validate_model_file
@@ -228,4 +262,6 @@ def _zip_plans(path: Path) -> tuple[dict[str, Any], str]:
                         "and give the model folder to transfer from")
     name = f"{path}:{models[0]}/plans.json"
     plans = validate_plans(json.loads(members[f"{models[0]}/plans.json"]), name)
-    return _model_configurations(plans, check_model_folder_name(models[0], name, PlanError, "export it again")[2], name), name
+    configuration = check_model_folder_name(models[0], name, PlanError, "export it again")[2]
+    kept, notes = _model_configurations(plans, configuration, name)
+    return kept, name, notes
