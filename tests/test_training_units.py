@@ -423,3 +423,12 @@ def test_optimistic_validation_warning_follows_the_dataset_id_and_the_split() ->
         "optimistic; for an honest cross-validation fine-tune from a model of another dataset, or from this dataset's "
         "fold 0 of this split")
     assert optimistic_validation_warning(same_fold, "w", "Dataset998_New", "0", before) is None
+
+
+def test_patch_advice_keeps_a_family_s_min_slices():
+    """A --set patch_size not divisible by ConResNet's stride was answered with a 1-slice patch (anisotropic
+    spacing), which its builder then refuses (check_slices); the advice keeps the family's min_slices."""
+    from autoseg.training.model_setup import _divisible_patch_for
+
+    assert _divisible_patch_for("conresnet", [1, 30, 24], [10.0, 1.5, 1.5], 32) == [2, 32, 24]
+    assert _divisible_patch_for("unet", [1, 30, 24], [10.0, 1.5, 1.5], 32) == [1, 32, 24]

@@ -84,12 +84,13 @@ def _divisible_patch_for(network: str, patch_size: Sequence[int], spacing: Seque
 
     The topology (depth, attention windows) is chosen per patch, so the stride of ``patch_size`` rounded up
     can differ again: the advice 'a multiple of [4, 12, 16]' for nnformer led to [12, 24, 16], refused for
-    [4, 16, 16]. Rounding is repeated until the patch holds (a few steps)."""
+    [4, 16, 16]. Rounding is repeated until the patch holds (a few steps), keeping the family's ``min_slices``
+    (ConResNet was advised a 1-slice patch its builder refuses)."""
     from autoseg.planning.topology import divisible_patch, plan_topology
 
     constraints, candidate = get_network_spec(network).constraints, list(patch_size)
     for _ in range(8):
-        rounded = divisible_patch(candidate, plan_topology(candidate, spacing, constraints, width))
+        rounded = divisible_patch(candidate, plan_topology(candidate, spacing, constraints, width), constraints.min_slices)
         if rounded == candidate:
             return candidate
         candidate = rounded
