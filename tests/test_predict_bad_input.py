@@ -22,6 +22,7 @@ from cli_helpers import runner
 from conftest import HIPPOCAMPUS, SHARED_DATA
 from test_atomic import refuse_writes_in
 from test_inference_predict import make_model
+from test_verify import _shear_sform
 
 SOURCE = HIPPOCAMPUS / "imagesTr" / "hippocampus_001_0000.nii.gz"
 DICOM = SHARED_DATA / "dicom_examples"
@@ -175,6 +176,26 @@ def test_nrrd_inputs_in_cm_are_predicted_with_one_warning(model: Path, tmp_path:
         f"{inputs / 'b_0000.nrrd'}; they are read as mm, as SimpleITK and nnU-Net read them; to use their true size, "
         'rewrite the spacing in mm (space directions or spacings, and space units "mm")']
     assert read_image(output / "a.nii.gz")[1].spacing == pytest.approx(read_image(SOURCE)[1].spacing)
+
+
+def test_nifti_inputs_read_by_their_qform_are_predicted_with_one_warning(model: Path, tmp_path: Path) -> None:
+    """A NIfTI whose sheared sform ITK ignores (it reads the qform, as nnU-Net does) was predicted in silence, though
+    verify and fingerprint warn of it; predict now prints the same warning once for the run, naming the files."""
+    inputs, output = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    for case in ("a", "b", "plain"):
+        shutil.copy(SOURCE, inputs / f"{case}_0000.nii.gz")
+    for case in ("a", "b"):
+        _shear_sform(inputs / f"{case}_0000.nii.gz")
+    code, text = _predict(inputs, output, model)
+    assert code == 0, text
+    assert [line for line in text.splitlines() if line.startswith("WARNING")] == [
+        f"WARNING 2 NIfTI file(s) hold an sform (srow_x/y/z) that places them elsewhere than the qform ITK reads them "
+        f"by (a sheared sform, or one whose sform_code is not 1): {inputs / 'a_0000.nii.gz'}, {inputs / 'b_0000.nii.gz'}; "
+        "they are read by the qform, as SimpleITK and nnU-Net read them, while nibabel and most viewers show the sform; "
+        "if the sform is the true placement, export them again with qform and sform equal (resampled where it is "
+        "sheared)"]
+    assert sorted(p.name for p in output.iterdir()) == ["a.nii.gz", "b.nii.gz", "plain.nii.gz", PREDICT_INFO]
 
 
 def test_one_file_finds_its_case_channels_of_another_format(model: Path, tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ from autoseg.dataset.imageio import (
     case_nonfinite_voxels,
     damaged_dicom_refusal,
     geometry_differences,
+    ignored_sform_warning,
     image_ending,
     is_orthonormal,
     itk_reads_spelling,
@@ -608,14 +609,22 @@ def predict_folder(
         require_writable(output)  # an existing folder that cannot be written is refused before predicting too
     remove_stale_temporaries(output)  # what a killed run left half-written
     report = PredictReport(output, dataset=loaded.dataset)
-    if units := space_units_warning([path for case in cases for path in case.channels.values()]):
-        report.warn(units)
+    for warning in input_header_warnings(cases):
+        report.warn(warning)
     claim = functools.partial(claim_output_folder, output, info, outputs)
     _predict_cases(cases, planned, loaded, report, step, tta, save_probabilities, mixed_precision, batch_tiles, finished, claim)
     report.seconds = time.perf_counter() - start
     if report.failed:
         raise _failed_cases_error(report, len(cases), planned)
     return report
+
+
+def input_header_warnings(cases: Sequence[InputCase]) -> list[str]:
+    """The run's warnings about its input files' headers, one line each for all cases (not one per case): NRRD
+    spacing in another unit than mm (``space_units_warning``) and NIfTI files ITK places by their qform while their
+    sform places them elsewhere (``ignored_sform_warning``), both read as nnU-Net reads them, as verify warns."""
+    paths = [path for case in cases for path in case.channels.values()]
+    return [line for line in (space_units_warning(paths), ignored_sform_warning(paths)) if line is not None]
 
 
 def _failed_cases_error(report: PredictReport, count: int, planned: Mapping[str, Sequence[Path]]) -> InferenceError:
