@@ -56,3 +56,24 @@ def test_predict_array_refuses_a_geometry_that_cannot_place_its_array(model: Pat
     with pytest.raises(InferenceError, match=rf"^geometry: {problem}.*; fix the image header, or give predict_array "
                                              r"the geometry read_case_images returns$"):
         predict_array(load_model(model, folds=[0]), data, geometry)
+
+
+FIX = "fix the image header, or give predict_array the geometry read_case_images returns"
+
+
+@pytest.mark.parametrize("spacing, origin, problem", [
+    ((1.0, 1.0, 1.0), (1e30, -5.0, 3.0), "its origin (1e+30, -5, 3) lies so far from 0 that positions there are exact "
+                                         "to only 1.41e+14 mm, coarser than a thousandth of its 1 mm voxel side (a "
+                                         "damaged header?)"),
+    ((1e-12, 1.0, 1.0), (-100.0, 20.0, 5.0), "its voxel side 1e-12 mm is so small (a damaged header?) that positions "
+                                             "at its origin (-100, 20, 5) are exact to only 1.42e-14 mm, coarser than "
+                                             "a thousandth of a voxel"),
+])
+def test_predict_array_refuses_an_origin_every_file_reader_refuses(model: Path, spacing: tuple[float, ...],
+                                                                   origin: tuple[float, ...], problem: str) -> None:
+    """An origin of 1e30 (or a voxel side of 1e-12 mm) was predicted by predict_array though every file reader
+    refuses it (imageio.far_origin_problem): it is now refused in the readers' words, naming the argument."""
+    data, _ = hippocampus_case()
+    with pytest.raises(InferenceError) as info:
+        predict_array(load_model(model, folds=[0]), data, Geometry(spacing, origin, EYE3))
+    assert str(info.value) == f"geometry: {problem}; {FIX}"
