@@ -19,7 +19,7 @@ import pytest
 
 from autoseg.errors import TrainingError
 from autoseg.preprocessing import store
-from autoseg.preprocessing.runner import preprocess_dataset
+from autoseg.preprocessing.runner import GT_FOLDER, preprocess_dataset
 from autoseg.preprocessing.store import case_paths, check_stored, list_cases, save_case
 from autoseg.training import cascade, train_fold
 from autoseg.training import run as run_module
@@ -51,10 +51,11 @@ runner.preprocess_dataset(sys.argv[1], ["3d_fullres"], num_workers=1)
 
 
 def _first_run(data_roots: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:  # noqa: F811
-    """A copy of the preprocessed dataset before its first preprocess run (no store, no split file)."""
+    """A copy of the preprocessed dataset before its first preprocess run (no store, no references, no split file)."""
     preprocessed = tmp_path / "preprocessed"
     shutil.copytree(data_roots["preprocessed"], preprocessed)
     shutil.rmtree(preprocessed / DATASET / "autosegPlans_3d_fullres")
+    shutil.rmtree(preprocessed / DATASET / GT_FOLDER, ignore_errors=True)
     (preprocessed / DATASET / SPLITS_FILE).unlink(missing_ok=True)
     monkeypatch.setenv("AUTOSEG_PREPROCESSED", str(preprocessed))
     monkeypatch.setenv("AUTOSEG_RESULTS", str(tmp_path / "results"))
@@ -78,14 +79,19 @@ def test_a_train_during_the_first_preprocess_is_refused_and_other_stores_go_on(
     try:
         assert writer.stdout.readline() == "paused\n"
         assert len(list_cases(store_folder)) == stored and shared_holder(store_folder) == writer.pid
+        unstored = sorted(set(CASES) - set(list_cases(store_folder)))
         with pytest.raises(TrainingError) as refused:
             train_fold(DATASET, "3d_fullres", fold, epochs=1, workers=0)
         beside = [preprocess_dataset(DATASET, [name], num_workers=1) for name in other]  # not held up by the writer
     finally:
         writer.communicate("")
+    pending = (f"7 of the dataset's 8 training case(s) are not stored yet ({', '.join(unstored[:5])}...), so fold all's "
+               "cases would be only those stored so far" if fold == "all" else
+               f"the references of 8 case(s) ({', '.join(sorted(CASES)[:5])}...), which fold 0's validation scores "
+               f"against, are not copied into {dataset / GT_FOLDER} yet")
     assert str(refused.value) == (
         f"{store_folder}: `autoseg preprocess` (process {writer.pid}) is storing cases into this folder right now, and "
-        f"fold {fold}'s cases would be only those stored so far; start train again once that preprocess has finished")
+        f"{pending}; start train again once that preprocess has finished")
     assert writer.returncode == 0 and list_cases(store_folder) == sorted(CASES) and shared_holder(store_folder) is None
     assert [report.outputs[0].processed for report in beside] == [sorted(CASES)] * len(other)
     assert not (dataset / SPLITS_FILE).exists() and not (tmp_path / "results").exists()

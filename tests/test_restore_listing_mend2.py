@@ -57,12 +57,15 @@ def test_fold_all_listed_while_a_case_is_stored_again_is_refused(data_roots: dic
     listing, writers = splits_module.list_cases, []
 
     def listed_while_storing(folder: Path) -> list[str]:
+        if writers:  # listed again once the wait ended: the run still stores the case
+            return listing(folder)
         writers.append(subprocess.Popen([sys.executable, "-c", WRITER, str(store_module.case_paths(store, CASES[7])[2])],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
         assert writers[0].stdout.readline() == "storing\n"  # the marker is removed, the store's lock held
         return listing(folder)
 
     monkeypatch.setattr(splits_module, "list_cases", listed_while_storing)
+    monkeypatch.setattr(store_module, "STORE_WAIT_SECONDS", 0.5)  # the case is waited for, in vain: it stays out
     try:
         with pytest.raises(TrainingError) as refused:
             resolve_fold_run(DATASET, "3d_fullres", "all", None, "autosegPlans", [], "cpu", epochs=1,
@@ -72,4 +75,5 @@ def test_fold_all_listed_while_a_case_is_stored_again_is_refused(data_roots: dic
             writer.communicate("")
     assert str(refused.value) == (
         f"{store}: `autoseg preprocess` (process {writers[0].pid}) is storing cases into this folder right now, and "
-        "fold all's cases would be only those stored so far; start train again once that preprocess has finished")
+        f"1 of the dataset's 8 training case(s) are not stored yet ({CASES[7]}), so fold all's cases would be only "
+        "those stored so far; start train again once that preprocess has finished")

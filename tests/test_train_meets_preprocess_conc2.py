@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from autoseg.errors import TrainingError
+from autoseg.preprocessing.store import remove_case
 from autoseg.training import train_fold
 from autoseg.training.splits import SPLITS_FILE
 
-from training_helpers import DATASET, data_roots  # noqa: F401 - fixture
+from training_helpers import CASES, DATASET, data_roots  # noqa: F401 - fixture
 
 # Holds the store's shared lock, as save_case does while preprocess writes a case, until its stdin closes.
 WRITER = ("import sys; from autoseg.utils.atomic import folder_lock\n"
@@ -32,6 +33,8 @@ def test_a_train_while_preprocess_stores_cases_is_refused_before_picking_its_cas
     monkeypatch.setenv("AUTOSEG_PREPROCESSED", str(preprocessed))
     monkeypatch.setenv("AUTOSEG_RESULTS", str(tmp_path / "results"))
     store = preprocessed / DATASET / "autosegPlans_3d_fullres"
+    last = sorted(CASES)[-1]
+    remove_case(store, last)  # not stored yet (a complete store's run holds up no train)
     writer = subprocess.Popen([sys.executable, "-c", WRITER, str(store)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               text=True)
     try:
@@ -41,6 +44,7 @@ def test_a_train_while_preprocess_stores_cases_is_refused_before_picking_its_cas
     finally:
         writer.communicate("")
     assert str(refused.value) == (
-        f"{store}: `autoseg preprocess` (process {writer.pid}) is storing cases into this folder right now, and fold "
-        f"{fold}'s cases would be only those stored so far; start train again once that preprocess has finished")
+        f"{store}: `autoseg preprocess` (process {writer.pid}) is storing cases into this folder right now, and 1 of "
+        f"the dataset's {len(CASES)} training case(s) are not stored yet ({last}), so fold {fold}'s cases would be only "
+        "those stored so far; start train again once that preprocess has finished")
     assert not (preprocessed / DATASET / SPLITS_FILE).exists() and not (tmp_path / "results").exists()

@@ -254,41 +254,64 @@ def open_arrays(
 def check_stored(folder: str | Path, case_id: str) -> None:
     """``open_case``'s checks but the parsing of the properties (large: class locations), for a training
     case (labels required), so that training can check every case before its first batch: a damaged
-    case stops it at the start, not hours later. A case that fails is checked again once no ``save_case`` is
-    writing into the folder: a preprocess run re-storing it (marker removed, arrays replaced) made a training
-    started meanwhile report it as damaged."""
-    try:
-        _check_stored_once(Path(folder), case_id)
-    except PreprocessingError:
-        if not Path(folder).is_dir():
-            raise
-        _check_without_writers(Path(folder), case_id)
+    case stops it at the start, not hours later. A case that fails is checked again until it passes, or no
+    preprocess run holds the folder (the store's shared lock, held for the run's whole storing), for at most
+    ``STORE_WAIT_SECONDS``: a preprocess run re-storing it (marker removed, arrays replaced) made a training started
+    meanwhile report it as damaged."""
+    check_stored_cases(folder, [case_id])
 
 
-def _check_without_writers(folder: Path, case_id: str) -> None:
-    """Check the case again under the folder's exclusive lock, polled for at most ``STORE_WAIT_SECONDS``: Linux
+def check_stored_cases(folder: str | Path, case_ids: Sequence[str]) -> None:
+    """``check_stored`` of each case, with one bounded wait for them all: a wait of ``STORE_WAIT_SECONDS`` each made a
+    train whose split names 200 cases a preprocess run was storing wait 100 minutes before refusing them."""
+    folder = Path(folder)
+    failing = _failing_cases(folder, case_ids)
+    if failing and not folder.is_dir():
+        _check_stored_once(folder, failing[0])  # raises: names the first case's missing file
+    if failing:
+        _check_without_writers(folder, failing)
+
+
+def _failing_cases(folder: Path, case_ids: Sequence[str]) -> list[str]:
+    """The cases of ``case_ids`` that fail their check now."""
+    failing = []
+    for case_id in case_ids:
+        try:
+            _check_stored_once(folder, case_id)
+        except PreprocessingError:
+            failing.append(case_id)
+    return failing
+
+
+def _check_without_writers(folder: Path, case_ids: Sequence[str]) -> None:
+    """Check the cases again under the folder's exclusive lock, polled for at most ``STORE_WAIT_SECONDS``: Linux
     grants new shared locks while an exclusive one waits, so a blocking wait lasted a whole ``preprocess -np 2``
-    run, the training silent meanwhile. While a run holds the folder (for its whole storing), the case passing its
-    check once stored again ends the wait: it waited for the run's other cases. Past the bound the case is refused,
+    run, the training silent meanwhile. While a run holds the folder (for its whole storing), the cases passing their
+    check once stored again ends the wait: it waited for the run's other cases. Past the bound the cases are refused,
     naming the writing run."""
-    deadline = None
+    deadline, pending = None, list(case_ids)
     while True:
         try:
             with folder_lock(folder, wait=False):
-                _check_stored_once(folder, case_id)
+                for case_id in pending:
+                    _check_stored_once(folder, case_id)
                 return
         except FolderLocked as locked:
-            with contextlib.suppress(PreprocessingError):
-                _check_stored_once(folder, case_id)
+            pending = _failing_cases(folder, pending)
+            if not pending:
                 return
             if deadline is None:
                 deadline = time.monotonic() + STORE_WAIT_SECONDS
                 print(f"waiting for a preprocess run writing into {folder}", file=sys.stderr, flush=True)
             elif time.monotonic() >= deadline:
+                failing = (f"case {pending[0]} fails its check" if len(pending) == 1 else
+                           f"{len(pending)} cases ({', '.join(pending[:5])}{'...' if len(pending) > 5 else ''}) fail "
+                           "their check")
                 raise PreprocessingError(
-                    f"{folder}: case {case_id} fails its check while a preprocess run ({holder_text(locked.pid)}) has "
-                    f"been writing into this folder for over {STORE_WAIT_SECONDS:.0f} s, probably storing the case "
-                    "again; start train again once that run has finished") from None
+                    f"{folder}: {failing} while a preprocess run ({holder_text(locked.pid)}) has been writing into "
+                    f"this folder for over {STORE_WAIT_SECONDS:.0f} s, probably storing "
+                    f"{'the case' if len(pending) == 1 else 'them'} again; start train again once that run has "
+                    "finished") from None
             time.sleep(STORE_POLL_SECONDS)
 
 

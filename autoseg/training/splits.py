@@ -17,8 +17,12 @@ from typing import Any, Sequence
 import numpy as np
 from filelock import FileLock
 
-from autoseg.errors import PreprocessingError, TrainingError
-from autoseg.preprocessing.store import check_stored, list_cases
+from autoseg.dataset.cases import training_cases
+from autoseg.dataset.description import load_description
+from autoseg.errors import DatasetError, PreprocessingError, TrainingError
+from autoseg.paths import resolve_dataset
+from autoseg.preprocessing.runner import GT_FOLDER
+from autoseg.preprocessing.store import case_paths, check_stored_cases, list_cases
 from autoseg.utils.atomic import atomic_write_json, holder_text, shared_holder
 from autoseg.utils.jsonio import read_json
 
@@ -152,39 +156,88 @@ def named_fold_cases(folder: Path, index: int, splits: Sequence[dict[str, list[s
 
 
 def stored_cases(store: Path, fold: int | str) -> list[str]:
-    """The cases stored in ``store`` (``list_cases``), as train picks a fold's cases from them: refused while a
-    preprocess run writes the store and the fold's cases would be picked from it (no split file yet, or fold 'all';
-    asked before and after listing), and each case the split file's fold names but the listing lacks waited for while
-    a preprocess run stores it again (its marker is removed meanwhile): train stopped with 'fold k names 1 case(s)
-    missing from the preprocessed data'. A case still missing once the writers are gone is named by ``fold_cases``."""
+    """The cases stored in ``store`` (``list_cases``), as train picks a fold's cases from them. While a preprocess run
+    holds the store (its shared lock, held for its whole run), the cases the fold needs (the split file's fold; with no
+    split file yet, or for fold 'all', every training case of the raw dataset) that the listing lacks are waited for
+    (one bounded wait) where their arrays are there (being stored again: the marker is removed meanwhile), and refused,
+    naming them, where they are not or are still missing: train split only the cases stored so far, or stopped with
+    'fold k names 1 case(s) missing from the preprocessed data'. Refused too, for a fold with validation, while the
+    references of its cases are not copied yet. A run re-storing a complete store holds up no train."""
     folder, name = Path(store).parent, canonical_fold(fold)
-    _refuse_store_being_written(store, name)
+    writer = shared_holder(store)
     case_ids = list_cases(store)
-    _refuse_store_being_written(store, name)
-    if name == FOLD_ALL or not (folder / SPLITS_FILE).is_file():
+    writer = shared_holder(store) if writer is None else writer  # asked before and after listing
+    if writer is None:
         return case_ids
-    train, val = named_fold_cases(folder, int(name))
-    missing = sorted(set(train + val) - set(case_ids))
+    dataset = _dataset_cases(folder)
+    split = name != FOLD_ALL and (folder / SPLITS_FILE).is_file()
+    if split:
+        train, val = named_fold_cases(folder, int(name))
+        wanted, scored = train + val, val
+    elif dataset is None:  # the cases the fold needs are unknown: they would be only those stored so far
+        raise _being_written(store, writer, f"fold {name}'s cases would be only those stored so far")
+    else:
+        wanted, scored = dataset[0], ([] if name == FOLD_ALL else dataset[0])
+    case_ids = _wait_for_missing(store, name, wanted, case_ids, not split)
+    if dataset is not None:
+        _refuse_references_missing(store, name, scored, dataset[1])
+    return case_ids
+
+
+def _wait_for_missing(store: Path, fold: str, wanted: Sequence[str], case_ids: list[str], whole_dataset: bool
+                      ) -> list[str]:
+    """The store's listing once the ``wanted`` cases it lacks are stored, waited for (``check_stored_cases``: one
+    bounded wait for all) only where their arrays are there; refused, naming them, where some are still missing while
+    a preprocess run holds the store. ``whole_dataset``: ``wanted`` is every training case, not a fold's."""
+    missing = sorted(set(wanted) - set(case_ids))
     if not missing:
         return case_ids
-    if shared_holder(store) is not None:
-        for case_id in missing:
-            with contextlib.suppress(PreprocessingError):  # still missing: fold_cases names every such case at once
-                check_stored(store, case_id)  # waits (bounded) for the preprocess run writing into the store
-    return list_cases(store)
+    if all(case_paths(store, case_id)[0].exists() for case_id in missing):  # none is stored for the first time
+        with contextlib.suppress(PreprocessingError):  # still missing: refused below, or named by fold_cases
+            check_stored_cases(store, missing)
+        case_ids = list_cases(store)
+        missing = sorted(set(wanted) - set(case_ids))
+    if missing and (writer := shared_holder(store)) is not None:
+        pending = (f"{len(missing)} of the dataset's {len(set(wanted))} training case(s) are not stored yet "
+                   f"({_some(missing)}), so fold {fold}'s cases would be only those stored so far" if whole_dataset else
+                   f"{len(missing)} case(s) of fold {fold} are not stored yet ({_some(missing)})")
+        raise _being_written(store, writer, pending)
+    return case_ids
 
 
-def _refuse_store_being_written(store: Path, fold: str) -> None:
-    """Refuse to pick the fold's cases (a new splits_final.json, or fold 'all') while a preprocess run writes into the
-    store (its shared lock): a train started during the dataset's first preprocess split only the cases stored so
-    far, and those stored later were in no fold, without a word."""
-    if fold != FOLD_ALL and (Path(store).parent / SPLITS_FILE).exists():
-        return  # the folds are set: a case they name that is missing is refused by fold_cases
-    if (writer := shared_holder(store)) is not None:
-        raise TrainingError(
-            f"{store}: `autoseg preprocess` ({holder_text(writer)}) is storing cases "
-            f"into this folder right now, and fold {fold}'s cases would be only those stored so far; start train again "
-            "once that preprocess has finished")
+def _refuse_references_missing(store: Path, fold: str, scored: Sequence[str], file_ending: str) -> None:
+    """Refuse a fold whose validation cases (``scored``) lack the references preprocess copies last, while its run
+    holds the store: train went on, then refused them with 're-run autoseg preprocess', the very run going on."""
+    references = store.parent / GT_FOLDER
+    missing = sorted(case for case in set(scored) if not (references / f"{case}{file_ending}").is_file())
+    if missing and (writer := shared_holder(store)) is not None:
+        raise _being_written(store, writer, f"the references of {len(missing)} case(s) ({_some(missing)}), which "
+                                            f"fold {fold}'s validation scores against, are not copied into {references} "
+                                            "yet")
+
+
+def _being_written(store: Path, writer: int, pending: str) -> TrainingError:
+    """The refusal of a fold's cases while a preprocess run holds the store, saying what is ``pending``."""
+    return TrainingError(f"{store}: `autoseg preprocess` ({holder_text(writer)}) is storing cases into this folder "
+                         f"right now, and {pending}; start train again once that preprocess has finished")
+
+
+def _dataset_cases(folder: Path) -> tuple[list[str], str] | None:
+    """The training case ids of the raw dataset whose preprocessed folder is ``folder``, as preprocess lists them, and
+    its file ending; None where they cannot be listed (no such raw dataset, a broken dataset.json)."""
+    try:
+        location = resolve_dataset(folder.name)
+        if location.preprocessed_dir.resolve() != folder.resolve():
+            return None
+        description = load_description(location.raw_dir)
+        return [case.case_id for case in training_cases(location.raw_dir, description)], description.file_ending
+    except (DatasetError, OSError):
+        return None
+
+
+def _some(cases: Sequence[str]) -> str:
+    """The first five of ``cases`` for a message, '...' after them where there are more."""
+    return f"{', '.join(cases[:5])}{'...' if len(cases) > 5 else ''}"
 
 
 def _refuse_repeated_cases(path: Path, index: int, train: Sequence[str], val: Sequence[str]) -> None:
