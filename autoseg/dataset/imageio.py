@@ -857,21 +857,31 @@ SMALLEST_REAL_VOXEL_MM = 1e-6
 
 
 def far_origin_problem(path: Path, geometry: Geometry) -> str | None:
-    """The problem of an origin so far from 0 (1e30 from a damaged header), or a voxel side so small (1e-12 mm),
+    """The problem of the file's origin so far from 0 (1e30 from a damaged header), or voxel side so small (1e-12 mm),
     that float64 positions near the origin are coarser than a thousandth of a voxel, else None: verify passed it,
     and no two origins could be compared."""
+    found = far_origin_reason(geometry)
+    if found is None:
+        return None
+    reason, cause = found
+    return f"{path}: {reason}; export it again with the image's true {cause}"
+
+
+def far_origin_reason(geometry: Geometry) -> tuple[str, str] | None:
+    """Why positions at ``geometry``'s origin are coarser than a thousandth of a voxel, and which header value to
+    correct ("origin" or "origin or voxel size"); None when they are not. For geometries given without a file
+    (``predict_array``) and for ``far_origin_problem``."""
     farthest = max((abs(v) for v in geometry.origin), default=0.0)
     step = float(np.spacing(farthest))
     smallest = min(geometry.spacing)
     if step <= ORIGIN_PRECISION_VOXELS * smallest:
         return None
     if step <= ORIGIN_PRECISION_VOXELS * SMALLEST_REAL_VOXEL_MM:  # the origin would do for any real voxel
-        return (f"{path}: its voxel side {smallest:g} mm is so small (a damaged header?) that positions at its origin "
-                f"{_fmt(geometry.origin)} are exact to only {step:.3g} mm, coarser than a thousandth of a voxel; "
-                "export it again with the image's true origin or voxel size")
-    return (f"{path}: its origin {_fmt(geometry.origin)} lies so far from 0 that positions there are exact to only "
-            f"{step:.3g} mm, coarser than a thousandth of its {smallest:g} mm voxel side (a damaged header?); export "
-            "it again with the image's true origin")
+        return (f"its voxel side {smallest:g} mm is so small (a damaged header?) that positions at its origin "
+                f"{_fmt(geometry.origin)} are exact to only {step:.3g} mm, coarser than a thousandth of a voxel",
+                "origin or voxel size")
+    return (f"its origin {_fmt(geometry.origin)} lies so far from 0 that positions there are exact to only "
+            f"{step:.3g} mm, coarser than a thousandth of its {smallest:g} mm voxel side (a damaged header?)", "origin")
 
 
 COLOUR_KINDS = {1: "grey", 2: "grey + alpha", 3: "RGB", 4: "RGBA"}  # channels -> kind; alpha is last

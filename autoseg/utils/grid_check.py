@@ -8,12 +8,11 @@ geometry but array has 2 slices', an all-zero direction as 'sheared', each after
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from autoseg.dataset.imageio import Geometry, far_origin_problem
+from autoseg.dataset.imageio import Geometry, far_origin_reason
 
 # Below this |det(direction)| the direction maps the grid onto (nearly) a plane or line: no orientation ITK inverts.
 MIN_DIRECTION_DETERMINANT = 1e-6
@@ -36,7 +35,7 @@ def _axes_problem(geometry: Geometry, spatial_shape: Sequence[int]) -> str | Non
 def geometry_problem(geometry: Geometry, spatial_shape: Sequence[int]) -> str | None:
     """Why ``geometry`` cannot place (and be written with) an array of ``spatial_shape`` (z, y, x); ``None`` when it
     can: value counts matching the axes, a positive finite spacing, a finite origin near enough to 0 for positions
-    there to be exact (``far_origin_problem``, as every file reader refuses it) and a non-singular direction."""
+    there to be exact (``far_origin_reason``, as every file reader refuses it) and a non-singular direction."""
     problem = _axes_problem(geometry, spatial_shape)
     if problem is not None:
         return problem
@@ -44,8 +43,8 @@ def geometry_problem(geometry: Geometry, spatial_shape: Sequence[int]) -> str | 
         return f"spacing {list(geometry.spacing)} is not positive and finite"
     if not all(math.isfinite(v) for v in (*geometry.origin, *geometry.direction)):
         return f"origin {list(geometry.origin)} or direction {list(geometry.direction)} holds a value that is not finite"
-    if (far := _far_origin_problem(geometry)) is not None:
-        return far
+    if (far := far_origin_reason(geometry)) is not None:
+        return far[0]
     dims = len(geometry.origin)
     determinant = float(np.linalg.det(np.asarray(geometry.direction, dtype=np.float64).reshape(dims, dims)))
     if abs(determinant) <= MIN_DIRECTION_DETERMINANT:
@@ -53,10 +52,3 @@ def geometry_problem(geometry: Geometry, spatial_shape: Sequence[int]) -> str | 
                 "span the space, so it is no orientation")
     return None
 
-
-def _far_origin_problem(geometry: Geometry) -> str | None:
-    """``imageio.far_origin_problem`` of a geometry given without a file (an origin of 1e30, or a voxel side of
-    1e-12 mm), in the readers' words less the file's name they begin with and their fix ('export it again'): the
-    caller names its argument and gives its own fix."""
-    problem = far_origin_problem(Path(), geometry)
-    return None if problem is None else problem.split(": ", 1)[1].split("; export it again", 1)[0]
