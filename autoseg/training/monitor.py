@@ -11,12 +11,14 @@ import json
 import math
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from autoseg.training.distributed import launched_by_torchrun
 from autoseg.utils.atomic import atomic_path, atomic_write_text
 
 LOG_FILE = "training_log.txt"
@@ -61,10 +63,12 @@ class Monitor:
         self._task: Any = None
 
     def log(self, message: str) -> None:
-        """Show ``message`` and append it to the log. A failed write (a full disk) is kept, the line still shown, and
-        raised by ``raise_kept`` at the next point where the ranks meet: raised here, in the middle of an epoch (a
-        budget re-plan, the watchdog's thread), it stopped rank 0 alone while the others waited for it in their next
-        collective (6 h under NCCL)."""
+        """Show ``message`` and append it to the log. A failed write (a full disk) is shown and raised at once in a
+        run of one process; under torchrun it is kept, the line still shown, and raised by ``raise_kept`` at the next
+        point where the ranks meet: raised here, in the middle of an epoch (a budget re-plan, the watchdog's thread),
+        it stopped rank 0 alone while the others waited for it in their next collective (6 h under NCCL). Kept in one
+        process, the run trained on to the end of the epoch (hours) with its log unwritable; a line of another thread
+        (the watchdog's) is kept there too, as raised in it, it would stop that thread, not the run."""
         if not self.active:
             return
         try:
@@ -76,6 +80,8 @@ class Monitor:
             self._progress.console.print(line)
         else:
             print(line, file=sys.stderr, flush=True)
+        if not launched_by_torchrun() and threading.current_thread() is threading.main_thread():
+            self.raise_kept()  # a thread's (the watchdog's) is raised by the run's next raise_kept
 
     def _append(self, message: str) -> str:
         """Append ``message``, time-stamped, to the log; returns the line. A path of bytes that are not UTF-8 (a folder
