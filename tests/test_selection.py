@@ -216,7 +216,8 @@ def test_configuration_filter_and_missing_results(roots: dict[str, Path]) -> Non
     assert str(info.value) == (
         f"{roots['results'] / DATASET}: no configuration has validation predictions for folds 0, 1, 2, 3, 4 "
         f"({PARTIAL}: no validation predictions for fold(s) 1, 2, 3, 4); train fold(s) 1, 2, 3, 4 first "
-        "(autoseg train DATASET CONFIG FOLD, once per fold; fold 'all' has no validation)"
+        "(autoseg train DATASET CONFIG FOLD, once per fold; fold 'all' has no validation), or rank a model meant to have "
+        f"fewer folds over the folds trained (autoseg find-best {DATASET} -f 0)"
     )
     # Of other folds than the default, those folds: it said 'train folds 0-4' to find-best -f 1 -f 2.
     with pytest.raises(EvaluationError, match=r"for folds 1, 2 \(.*\); train fold\(s\) 1, 2 first \(autoseg train"):

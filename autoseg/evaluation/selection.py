@@ -153,7 +153,8 @@ def no_candidate_error(
     configurations: Sequence[str] | None,
 ) -> EvaluationError:
     """The error for no rankable model folder, telling to train only the folds that some model folder (of
-    ``configurations``) lacks validation for: it said 'train fold(s) 0, 1, 2, 3, 4' with fold 0 trained."""
+    ``configurations``) lacks validation for: it said 'train fold(s) 0, 1, 2, 3, 4' with fold 0 trained. It names
+    ``-f`` with the folds trained too: a model meant to have fewer folds was only told to train the others."""
     folders = [p for p in sorted(dataset_results.iterdir()) if is_model_folder(p)
                and (configurations is None or configuration_of(p) in configurations)]
     predicted = [validation_predictions(folder, folds, file_ending) for folder in folders]
@@ -162,10 +163,13 @@ def no_candidate_error(
     if not lacking:
         return EvaluationError(f"{dataset_results}: no configuration can be ranked over folds {', '.join(folds)}{reasons}; "
                                "fix what is named for each")
+    trained = [f for f in folds if f not in lacking]
+    fewer = (f", or rank a model meant to have fewer folds over the folds trained (autoseg find-best "
+             f"{dataset_results.name} {' '.join(f'-f {f}' for f in trained)})" if trained else "")
     return EvaluationError(
         f"{dataset_results}: no configuration has validation predictions for folds {', '.join(folds)}{reasons}; "
         f"train fold(s) {', '.join(lacking)} first (autoseg train DATASET CONFIG FOLD, once per fold; fold 'all' has no "
-        "validation)"
+        f"validation){fewer}"
     )
 
 
