@@ -20,7 +20,7 @@ from filelock import FileLock
 from autoseg.dataset.cases import training_cases
 from autoseg.dataset.description import load_description
 from autoseg.errors import DatasetError, PreprocessingError, TrainingError
-from autoseg.paths import resolve_dataset
+from autoseg.paths import parse_dataset_id, resolve_dataset
 from autoseg.preprocessing.runner import GT_FOLDER
 from autoseg.preprocessing.store import case_paths, check_stored_cases, list_cases
 from autoseg.utils.atomic import atomic_write_json, holder_text, shared_holder
@@ -224,7 +224,10 @@ def _being_written(store: Path, writer: int, pending: str) -> TrainingError:
 
 def _dataset_cases(folder: Path) -> tuple[list[str], str] | None:
     """The training case ids of the raw dataset whose preprocessed folder is ``folder``, as preprocess lists them, and
-    its file ending; None where they cannot be listed (no such raw dataset, a broken dataset.json)."""
+    its file ending; None where they cannot be listed (no such raw dataset, a broken dataset.json), or where
+    ``folder`` is named like no dataset (a store outside the preprocessed root: nothing to resolve)."""
+    if parse_dataset_id(folder.name) is None:
+        return None
     try:
         location = resolve_dataset(folder.name)
         if location.preprocessed_dir.resolve() != folder.resolve():
