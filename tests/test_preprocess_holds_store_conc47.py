@@ -106,6 +106,9 @@ RESTORING = ("import sys; from pathlib import Path; from autoseg.utils.atomic im
              "    marker.write_text(text); print('stored', flush=True); sys.stdin.read()")
 
 
+WAIT_BOUND = 120.0  # seconds: far above the few polls (STORE_POLL_SECONDS) the wait takes once the case is back
+
+
 def while_stored_again(folder: Path, case_id: str, action: Callable[[], Any], capfd: pytest.CaptureFixture[str],
                        ) -> tuple[list[Any], bool, str]:
     """Run ``action`` in a thread while a writer process (``RESTORING``) stores ``case_id`` of ``folder`` again; once
@@ -114,12 +117,15 @@ def while_stored_again(folder: Path, case_id: str, action: Callable[[], Any], ca
     writer = subprocess.Popen([sys.executable, "-c", RESTORING, str(case_paths(folder, case_id)[2])],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     outcome: list[Any] = []
+    ended = threading.Event()
 
     def run() -> None:
         try:
             outcome.append(action())
         except Exception as exc:  # noqa: BLE001 - the test reports it
             outcome.append(exc)
+        finally:
+            ended.set()
 
     try:
         assert writer.stdout.readline() == "storing\n"
@@ -133,7 +139,9 @@ def while_stored_again(folder: Path, case_id: str, action: Callable[[], Any], ca
         writer.stdin.write("go\n")
         writer.stdin.flush()
         assert writer.stdout.readline() == "stored\n"
-        thread.join(120)  # ends as soon as the case is back; before, it waited for the whole run
+        # Ends as soon as the case is back, the writer still holding the store; before, it waited for the whole run
+        # (STORE_WAIT_SECONDS is an hour): the bound only keeps a regression from hanging, never reached otherwise.
+        assert ended.wait(WAIT_BOUND), f"{action} still waits with the case back (the writer holds the store)"
         held = shared_holder(folder)
     finally:
         writer.communicate("")
