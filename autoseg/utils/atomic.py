@@ -292,8 +292,9 @@ def exclusive_holder(folder: str | os.PathLike[str]) -> int | None:
 
 
 def shared_holder(folder: str | os.PathLike[str]) -> int | None:
-    """The pid of a process holding ``folder``'s lock shared (0 where unknown; ``save_case`` writing a case into a
-    store does), None where none does or where ``/proc/locks`` cannot tell (off Linux): asked without locking."""
+    """The pid of a process holding ``folder``'s lock shared (0 where unknown; ``autoseg preprocess`` holds a store's
+    for its whole run, until the references are copied), None where none does or where ``/proc/locks`` cannot tell
+    (off Linux): asked without locking."""
     holders = _flock_holders(Path(folder) / LOCK_FILE) or []
     return next((pid for kind, pid in holders if kind == "READ"), None)
 
