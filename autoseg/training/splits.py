@@ -211,9 +211,9 @@ def _refuse_references_missing(store: Path, fold: str, scored: Sequence[str], fi
     references = store.parent / GT_FOLDER
     missing = sorted(case for case in set(scored) if not (references / f"{case}{file_ending}").is_file())
     if missing and (writer := shared_holder(store)) is not None:
-        raise _being_written(store, writer, f"the references of {len(missing)} case(s) ({_some(missing)}), which "
-                                            f"fold {fold}'s validation scores against, are not copied into {references} "
-                                            "yet")
+        pending = (f"the references of {len(missing)} case(s) ({_some(missing)}), which fold {fold}'s validation "
+                   f"scores against, are not copied into {references} yet")
+        raise _being_written(store, writer, pending)
 
 
 def _being_written(store: Path, writer: int, pending: str) -> TrainingError:
