@@ -398,8 +398,10 @@ def nifti_sform_ignored(path: Path) -> bool:
     """Whether ITK placed the 3D NIfTI ``path`` by its qform while the sform it holds too (sform_code > 0) places
     it elsewhere beyond rounding (``geometry_differences``). ITK 5.4 takes the qform where the sform is sheared or
     its code is not 1 (scanner): SimpleITK, so nnU-Net, reads such a file by its qform without a word, while
-    nibabel and most viewers show it by its sform."""
-    if image_ending(path) not in NIFTI_ENDINGS:
+    nibabel and most viewers show it by its sform. Only regular files ITK reads as spelled are opened: a named
+    pipe among predict's inputs blocked the probe forever, and a ``.Nii.gz`` made ITK print its spelling complaint;
+    reading them refuses both by name."""
+    if image_ending(path) not in NIFTI_ENDINGS or not path.is_file() or not itk_reads_spelling(path):
         return False
     try:
         start = _file_start(path)
