@@ -16,7 +16,6 @@ the measurement in ``docs/preprocessing.md`` (``benchmarks/store_codecs.py``).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
 import sys
