@@ -63,8 +63,12 @@ def test_every_rank_stops_with_rank_0s_failed_log_line(data_roots: dict[str, Pat
     assert "time budget: a line in the middle of the epoch" in done.stderr  # shown, though not written
 
 
-def test_a_failed_log_line_is_shown_kept_and_raised_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Off torchrun too: the line reaches stderr, the run goes on to the next meeting point, which raises it."""
+def test_a_failed_log_line_is_shown_kept_and_raised_once(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rank 0 under torchrun: the line reaches stderr, the run goes on to the ranks' next meeting point, which raises
+    it (a run of one process raises it at once: test_monitor_log_mend47a.py)."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
     monitor = Monitor(tmp_path / "fold")
     (tmp_path / "fold" / LOG_FILE).mkdir(parents=True)
     monitor.log("first")
