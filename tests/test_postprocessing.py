@@ -729,21 +729,48 @@ def test_a_decision_measured_in_other_units_than_the_label_maps_is_refused_befor
     assert (decision_2d["size_unit"], decision_3d["size_unit"]) == ("mm^2", "mm^3")
     output = autoseg_fails("postprocess", "apply", "-i", preds_3d, "-o", tmp_path / "out",
                            "--decision", preds_2d / "postprocessing.json", "-np", 1)
-    assert (f"error: {preds_3d / 'case0.nii.gz'}: a 3D label map, whose component sizes are in mm^3, but the decision "
-            "was determined on 2D label maps and removes components by their size in mm^2; apply a decision determined "
-            "on 3D predictions like these (autoseg postprocess determine), or give the 2D label maps this decision is "
-            "for") in " ".join(output.split()), output
-    with pytest.raises(EvaluationError, match=r"case0\.png: a 2D label map, whose component sizes are in mm\^2, but the "
-                                              r"decision was determined on 3D label maps .* in mm\^3; apply a decision"):
+    assert (f"error: {preds_3d}: its label maps are 3D (e.g. case0.nii.gz), whose component sizes are in mm^3, but "
+            "the decision was determined on 2D label maps and removes components by their size in mm^2; apply a "
+            "decision determined on 3D predictions like these (autoseg postprocess determine), or give the 2D label "
+            "maps this decision is for") in " ".join(output.split()), output
+    with pytest.raises(EvaluationError, match=r"2d/cv: its label maps are 2D \(e\.g\. case0\.png\), whose component "
+                                              r"sizes are in mm\^2, but the decision was determined on 3D label maps .* "
+                                              r"in mm\^3; apply a decision"):
         apply_to_folder(preds_2d, tmp_path / "out", decision_3d, num_workers=1)
     assert not (tmp_path / "out").exists()
-    # one label map of the other kind among the right ones fails its case, named, as other bad label maps do
-    write_image(np.zeros((1, 12, 12), np.uint8), PNG, preds_3d / "zz_flat.png")
-    with pytest.raises(EvaluationError, match=r"^1 of 4 cases could not be postprocessed: zz_flat: .*zz_flat\.png: a 2D "
-                                              r"label map, whose component sizes are in mm\^2, but the decision was "
-                                              r"determined on 3D label maps"):
-        apply_to_folder(preds_3d, tmp_path / "out", decision_3d, num_workers=1)
     # steps that measure nothing (keep the largest component) apply to either kind
     keep_only = {**decision_3d, "steps": [step for step in decision_3d["steps"] if step["operation"] == "keep_largest"]}
     assert [p.name for p in apply_to_folder(preds_2d, tmp_path / "kept", keep_only, num_workers=1)] == [
         "case0.png", "case1.png", "case2.png"]
+
+
+@pytest.mark.parametrize("thin_case", ["a_thin", "zz_thin"])
+def test_a_decision_applies_to_the_folder_it_was_determined_on_holding_a_one_slice_case(tmp_path, thin_case):
+    """A 3D dataset with one one-slice case gets an mm^3 decision (the unit of its label maps of most axes); applying it
+    to that very folder was refused outright when the one-slice case sorted first (its unit, mm^2, taken for the
+    folder's), and otherwise failed that case."""
+    preds, refs = _make_cv_folders(tmp_path)
+    thin = np.zeros((1, 14, 14), np.uint8)
+    thin[0, :4, :4] = 1
+    thin[0, 9:12, 9:12] = 2
+    for folder in (preds, refs):
+        write_image(thin, GEOMETRY, folder / f"{thin_case}.nii.gz")
+    decision = determine_postprocessing(preds, refs, LABELS, num_workers=1, file_ending=".nii.gz")
+    assert decision["size_unit"] == "mm^3"
+    assert any(step["operation"] == "remove_small" for step in decision["steps"])
+    written = apply_to_folder(preds, tmp_path / "out", preds / "postprocessing.json", num_workers=1)
+    assert sorted(p.name for p in written) == sorted(p.name for p in preds.glob("*.nii.gz"))
+    assert np.array_equal(read_image(tmp_path / "out" / f"{thin_case}.nii.gz")[0],
+                          apply_postprocessing(decision, thin, GEOMETRY.spacing))
+
+
+def test_a_decision_in_mm_is_named_for_label_maps_one_voxel_wide(tmp_path):
+    """A decision whose sizes are lengths (mm: determined on 1 x N label maps) was said to be for '2D label maps'."""
+    preds, refs = _make_cv_folders(tmp_path)
+    decision = determine_postprocessing(preds, refs, LABELS, num_workers=1, file_ending=".nii.gz")
+    with pytest.raises(EvaluationError, match=r"its label maps are 3D \(e\.g\. case0\.nii\.gz\), whose component sizes "
+                                              r"are in mm\^3, but the decision was determined on 1D \(one voxel wide\) "
+                                              r"label maps and removes components by their size in mm; .* or give the "
+                                              r"1D \(one voxel wide\) label maps this decision is for$"):
+        apply_to_folder(preds, tmp_path / "out", {**decision, "size_unit": "mm"}, num_workers=1)
+    assert not (tmp_path / "out").exists()

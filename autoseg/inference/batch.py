@@ -731,7 +731,7 @@ def _damaged_label_map(path: Path) -> str | None:
 def grid_differences(label_file: Path, image_file: Path) -> list[str]:
     """How ``label_file``'s grid (shape, spacing, origin, direction) differs from ``image_file``'s, from their headers
     alone; none where a header cannot tell (a DICOM series, a 2D picture, an unreadable header)."""
-    label, image = _header_grid(label_file), _header_grid(image_file)
+    label, image = header_grid(label_file), header_grid(image_file)
     if label is None or image is None:
         return []
     differences = geometry_differences(label[1], image[1])
@@ -740,7 +740,7 @@ def grid_differences(label_file: Path, image_file: Path) -> list[str]:
     return differences
 
 
-def _header_grid(path: Path) -> tuple[tuple[int, ...], Geometry] | None:
+def header_grid(path: Path) -> tuple[tuple[int, ...], Geometry] | None:
     """The (z, y, x) shape and geometry ``read_image`` gives ``path``, read from its header alone (ITK's formats);
     None for other files, or a header ITK cannot read."""
     if image_ending(path) not in SITK_ENDINGS or not path.is_file() or (reader := _header_reader(path)) is None:

@@ -424,8 +424,12 @@ APPLY_LABEL_FIX = ("postprocess apply takes predictions of the dataset's classes
 APPLY_RERUN = "the same `autoseg postprocess apply`, which writes every case again"
 
 
+_DIMENSIONS = {"mm^3": "3D", "mm^2": "2D", "mm": "1D (one voxel wide)", "voxels": "single-voxel"}
+
+
 def _dimensions(unit: str) -> str:
-    return "3D" if unit == "mm^3" else "2D"
+    """The kind of label map whose component sizes are in ``unit`` (a line of voxels, in mm, was called 2D)."""
+    return _DIMENSIONS[unit]
 
 
 def _removal_unit(decision: Mapping[str, Any]) -> str | None:
@@ -436,35 +440,40 @@ def _removal_unit(decision: Mapping[str, Any]) -> str | None:
     return unit
 
 
-def size_unit_problem(path: Path, shape: Sequence[int], decision: Mapping[str, Any]) -> str | None:
-    """Why ``decision``'s removal sizes do not measure the components of the label map ``path`` of ``shape`` (None
-    when they do): a decision determined on 2D label maps (sizes in mm^2) removed components of 3D ones by their
-    volume in mm^3 (or the reverse) without a word. Only ``remove_small`` steps measure; a decision without
-    ``size_unit`` (written before it was recorded) is not checked."""
+def _label_map_shape(path: Path) -> tuple[int, ...] | None:
+    """The (z, y, x) shape of the label map ``path``: from its header for ITK's formats (``header_grid``), else (a 2D
+    picture, a TIFF volume) as read; None for one that cannot be read, left to its case, which names why."""
+    from autoseg.inference.batch import header_grid  # local: the inference package is not needed otherwise
+
+    if (grid := header_grid(path)) is not None:
+        return grid[0]
+    try:
+        return read_image(path)[0].shape
+    except AutosegError:
+        return None
+
+
+def size_unit_problem(input_dir: Path, files: Sequence[Path], decision: Mapping[str, Any]) -> str | None:
+    """Why ``decision``'s removal sizes do not measure the components of the label maps ``files`` of ``input_dir``
+    (None when they do): a decision determined on 2D label maps (sizes in mm^2) removed components of 3D ones by
+    their volume in mm^3 (or the reverse) without a word. The folder's unit is that of its label maps of the most axes,
+    as determine's (``_decision_size_unit``): a one-slice case among 3D ones is measured in mm^3 there, and refusing
+    it here refused applying a decision to the very folder it was determined on. Only ``remove_small`` steps
+    measure; a decision without ``size_unit`` (written before it was recorded) is not checked."""
     unit = _removal_unit(decision)
     if unit is None:
         return None
-    found = size_unit(shape)
-    if (found == "mm^3") == (unit == "mm^3"):
+    shapes = {path: shape for path in files if (shape := _label_map_shape(path)) is not None}
+    if not shapes:
         return None
-    return (f"{path}: a {_dimensions(found)} label map, whose component sizes are in {found}, but the decision was "
-            f"determined on {_dimensions(unit)} label maps and removes components by their size in {unit}; apply a "
-            f"decision determined on {_dimensions(found)} predictions like these (autoseg postprocess determine), or "
-            f"give the {_dimensions(unit)} label maps this decision is for")
-
-
-def _refuse_other_size_unit(path: Path, decision: Mapping[str, Any]) -> None:
-    """``size_unit_problem`` of the first label map, before any output: a folder of them all of the other kind failed
-    case by case, each naming the same problem, and left a marked, empty output folder. One that cannot be read is
-    left to its case, which names why."""
-    if _removal_unit(decision) is None:
-        return
-    try:
-        seg, _ = read_image(path)
-    except AutosegError:
-        return
-    if (problem := size_unit_problem(path, seg.shape, decision)) is not None:
-        raise EvaluationError(problem)
+    example, found = max(((path, size_unit(shape)) for path, shape in shapes.items()),
+                         key=lambda item: SIZE_UNITS.index(item[1]))
+    if found == unit:
+        return None
+    return (f"{input_dir}: its label maps are {_dimensions(found)} (e.g. {example.name}), whose component sizes are "
+            f"in {found}, but the decision was determined on {_dimensions(unit)} label maps and removes components by "
+            f"their size in {unit}; apply a decision determined on {_dimensions(found)} predictions like these (autoseg "
+            f"postprocess determine), or give the {_dimensions(unit)} label maps this decision is for")
 
 
 def _apply_file(source: Path, target: Path, decision: Mapping[str, Any], declared: frozenset[int] | None) -> None:
@@ -476,8 +485,6 @@ def _apply_file(source: Path, target: Path, decision: Mapping[str, Any], declare
     check_integer_labels(source, seg)
     if declared is not None:
         check_declared(source, seg, declared, APPLY_LABEL_FIX)
-    if (problem := size_unit_problem(source, seg.shape, decision)) is not None:
-        raise EvaluationError(problem)
     processed = apply_postprocessing(decision, seg, geometry.spacing)  # outside: only a write can meet a full disk
     with stop_on_full_disk(target.parent, f"the label map {target.name}", DiskFullError, APPLY_RERUN):
         write_image(processed, geometry, target)
@@ -541,7 +548,8 @@ def apply_to_folder(
     if not files:
         raise EvaluationError(f"{input_dir}: no label maps (e.g. <case>{decision['file_ending']}) to postprocess")
     check_output_folder(output_dir, EvaluationError, [input_dir])
-    _refuse_other_size_unit(next(iter(files.values())), decision)
+    if (problem := size_unit_problem(input_dir, list(files.values()), decision)) is not None:
+        raise EvaluationError(problem)
     described = _describing_files(input_dir)
     outputs = [output_dir / name for name in (*(path.name for path in files.values()), *described)]
     claim_output_files(output_dir, outputs, "postprocess apply", EvaluationError, [_input_record(input_dir, files, decision)])
