@@ -374,15 +374,16 @@ def _folds(folds: Optional[list[str]]) -> Any:
     return "all" if folds == ["all"] else folds
 
 
-def _prediction_model(stack: contextlib.ExitStack, request: Any, folds: Any, checkpoint: str, tta: bool) -> Any:
+def _prediction_model(stack: contextlib.ExitStack, request: Any, folds: Any, checkpoint: str, tta: bool) -> tuple[Any, str]:
     """What ``predict_folder`` runs: a model folder (``-m`` or found from ``-d``/``-c``), a model zip unpacked
-    for the run's duration (``stack``), or the ONNX folds of an export for onnxruntime."""
+    for the run's duration (``stack``), or the ONNX folds of an export for onnxruntime (float32: mixed precision
+    off), and the mixed precision to run it in."""
     model_folder, engine = request.model_folder, request.engine
     if model_folder is not None and model_folder.suffix.lower() == ".zip" and model_folder.is_file() and engine == "torch":
         from autoseg.evaluation.model_files import loaded_model_zip
 
         # without TTA, folds trained with other mirror axes load (nothing is mirrored)
-        return stack.enter_context(loaded_model_zip(model_folder, folds, checkpoint, request.device, tta=tta))
+        return stack.enter_context(loaded_model_zip(model_folder, folds, checkpoint, request.device, tta=tta)), request.mixed_precision
     if model_folder is not None:
         model = model_folder
     else:
@@ -392,8 +393,8 @@ def _prediction_model(stack: contextlib.ExitStack, request: Any, folds: Any, che
     if engine == "onnxruntime":
         from autoseg.inference.onnx_model import load_onnx_model
 
-        return load_onnx_model(model, folds, checkpoint)
-    return model
+        return load_onnx_model(model, folds, checkpoint), "off"
+    return model, request.mixed_precision
 
 
 @app.command()
@@ -434,9 +435,7 @@ def predict(
 
         refuse_name_clashes(input, output, save_probabilities)
     with contextlib.ExitStack() as stack:
-        model = _prediction_model(stack, request, _folds(folds), checkpoint, tta=not no_tta)
-        if engine == "onnxruntime":
-            mixed_precision = "off"
+        model, mixed_precision = _prediction_model(stack, request, _folds(folds), checkpoint, tta=not no_tta)
         report = predict_folder(
             input, output, model, _folds(folds), checkpoint, step, not no_tta, save_probabilities, device,
             num_parts, part_id, continue_, mixed_precision, compile_networks=compile_,
@@ -473,7 +472,7 @@ def evaluate(
 ) -> None:
     """Dice, IoU, HD95, ASSD, surface Dice, precision, recall and volumes per case and class."""
     from autoseg.evaluation.evaluate import (
-        check_evaluation_output, choose_labels, classes_absent_everywhere, dataset_json_of, evaluate_folders,
+        absent_labels_note, check_evaluation_output, choose_labels, dataset_json_of, evaluate_folders,
         format_table, no_common_label_note, unpredicted_references,
     )
 
@@ -485,12 +484,8 @@ def evaluate(
         typer.echo(f"ignore label {choice.labels['ignore']} of {dataset_json_of(pred, ref)}: its voxels are not scored")
     summary = evaluate_folders(pred, ref, choice.labels, output, num_workers, tolerance_mm, choice.file_ending)
     typer.echo(format_table(summary))
-    absent = classes_absent_everywhere(summary)  # one line: a 41-label CT's crops printed a note per label
-    if len(absent) == 1:
-        typer.echo(f"note: label {absent[0]} is in no reference and no prediction; its metrics are NaN")
-    elif absent:
-        typer.echo(f"note: {len(absent)} labels are in no reference and no prediction ({', '.join(absent)}); "
-                   "their metrics are NaN")
+    if note := absent_labels_note(summary):
+        typer.echo(note)
     if choice.source != "dataset" and (note := no_common_label_note(summary)):  # a dataset refuses other values
         typer.echo(note)
     unpredicted = unpredicted_references(summary, choice.file_ending)

@@ -237,6 +237,18 @@ def classes_absent_everywhere(summary: Mapping[str, Any]) -> list[str]:
     return [name for name, metrics in summary["mean"].items() if metrics["n_empty_in_both"] == summary["num_cases"]]
 
 
+def absent_labels_note(summary: Mapping[str, Any]) -> str | None:
+    """One note naming the labels in no reference and no prediction (``classes_absent_everywhere``), else None: a
+    41-label CT's crops printed a note per label below the table."""
+    absent = classes_absent_everywhere(summary)
+    if len(absent) == 1:
+        return f"note: label {absent[0]} is in no reference and no prediction; its metrics are NaN"
+    if absent:
+        return (f"note: {len(absent)} labels are in no reference and no prediction ({', '.join(absent)}); "
+                "their metrics are NaN")
+    return None
+
+
 def _foreground_values(path: Path, ignore_label: int | None) -> set[int]:
     labels, _ = read_image(path)
     return {int(v) for v in np.unique(labels)} - {0, ignore_label}
