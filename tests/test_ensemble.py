@@ -672,3 +672,35 @@ def test_a_sidecar_geometry_that_cannot_be_written_is_refused_before_any_case(tm
                                               r"predict with --save-probabilities for this case$"):
         ensemble_folders(dirs, tmp_path / "out", num_workers=1)
     assert not (tmp_path / "out").exists()
+
+
+def _cut_in_half(path):
+    """``path`` truncated to half its bytes, as an interrupted copy leaves it."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_the_output_folders_refusals_come_before_any_probabilities_are_read(tmp_path, monkeypatch):
+    """``-o`` holding another tool's label maps (or this ensemble's of another ending) was refused only after every
+    .npz was read: a damaged one was named instead, and a large ensemble read all its probabilities first."""
+    import autoseg.evaluation.ensemble as ensemble
+
+    dirs = _two_folders_of_case_x(tmp_path)
+    ensemble_folders(dirs, tmp_path / "out", num_workers=1)
+    read = []
+    checked = ensemble.check_case_probabilities  # counts the cases whose probabilities are read
+    monkeypatch.setattr(ensemble, "check_case_probabilities",
+                        lambda case, folders: read.append(case) or checked(case, folders))
+    with pytest.raises(EvaluationError, match=r"out/x\.nii\.gz: a label map of case x of another ending than this run's "
+                                              r"\.nrrd; .* Give the ending it has \(--file-ending \.nii\.gz\)"):
+        ensemble_folders(dirs, tmp_path / "out", num_workers=1, file_ending=".nrrd")
+    assert read == []
+    references = tmp_path / "labelsTr"
+    write_image(np.zeros(SHAPE, np.uint8), GEOMETRY, references / "x.nii.gz")
+    _cut_in_half(dirs[1] / "x.npz")
+    with pytest.raises(EvaluationError, match=r"labelsTr: holds 1 file\(s\) not written by autoseg ensemble \(x\.nii\.gz"):
+        ensemble_folders(dirs, references, num_workers=1)
+    assert read == []
+    with pytest.raises(EvaluationError, match=r"m1/x\.npz: probabilities of case x cannot be read"):
+        ensemble_folders(dirs, tmp_path / "new", num_workers=1)
+    assert read == ["x"] and not (tmp_path / "new").exists()

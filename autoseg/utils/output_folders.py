@@ -173,6 +173,28 @@ def _files_not_ours(folder: Path, outputs: Sequence[Path]) -> list[str]:
     )
 
 
+def check_output_claim(
+    output: Path, outputs: Sequence[Path], command: str, error: type[Exception], inputs: Sequence[Mapping[str, Any]],
+) -> None:
+    """Raise ``error`` where ``claim_output_files`` would refuse ``output``, writing nothing: a command whose checks
+    of its inputs are costly (ensemble reads every .npz) runs this first, and an ``-o`` holding another tool's label
+    maps was refused only after all of them were read. ``claim_output_files`` checks again under the folder's lock."""
+    _refuse_files_not_ours(output, outputs, command, error)
+    _refuse_another_run(output, _read_record(output / OUTPUT_MARKER), _claim_record(command, inputs), error)
+
+
+def _refuse_files_not_ours(output: Path, outputs: Sequence[Path], command: str, error: type[Exception]) -> None:
+    """Raise ``error`` if one of ``outputs`` is a folder, or ``output`` (unmarked) holds files they would replace."""
+    refuse_folder_among(outputs, f"autoseg {command}", error)
+    if not any((output / marker).exists() for marker in (OUTPUT_MARKER, PREDICT_RECORD)):
+        refuse_outputs_not_ours(output, outputs, f"autoseg {command}", OUTPUT_MARKER, error)
+
+
+def _claim_record(command: str, inputs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The output folder's mark for ``command`` over ``inputs``."""
+    return {"written_by": f"autoseg {command}", "inputs": list(inputs)}
+
+
 def claim_output_files(
     output: Path, outputs: Sequence[Path], command: str, error: type[Exception], inputs: Sequence[Mapping[str, Any]],
 ) -> None:
@@ -185,12 +207,10 @@ def claim_output_files(
     resumed), or over the same inputs with cases added, is let through."""
     from autoseg.utils.atomic import atomic_write_json, folder_lock, require_writable
 
-    refuse_folder_among(outputs, f"autoseg {command}", error)
-    if not any((output / marker).exists() for marker in (OUTPUT_MARKER, PREDICT_RECORD)):
-        refuse_outputs_not_ours(output, outputs, f"autoseg {command}", OUTPUT_MARKER, error)
+    _refuse_files_not_ours(output, outputs, command, error)
     output.mkdir(parents=True, exist_ok=True)
     require_writable(output)  # a read-only folder already marked: refused before any case, not in each
-    record = {"written_by": f"autoseg {command}", "inputs": list(inputs)}
+    record = _claim_record(command, inputs)
     with folder_lock(output):  # two runs at once: one of them is refused, not both let through
         previous = _read_record(output / OUTPUT_MARKER)
         _refuse_another_run(output, previous, record, error)
