@@ -5,29 +5,18 @@ rank, as the epoch's own writes are."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from autoseg.training.monitor import LOG_FILE, Monitor
 
-from test_fold_lock_ranks_mend2 import REPO
-from test_training_locks import FAST
+from test_distributed_conc import two_ranks
 from training_helpers import DATASET, data_roots  # noqa: F401 - fixture
 
 # Each rank trains fold 0 for one epoch; at the epoch's start rank 0's log file is replaced by a folder, so the
 # line it logs there (as a re-plan would) cannot be written. Each rank records how its run ended.
-RANKS = """
-import os, sys
-from pathlib import Path
-import torch
-torch.set_num_threads(1)
-from autoseg.errors import AutosegError
-from autoseg.training import train_fold, trainer
-
+LOG_FOLDER_FAULT = """
 real_epoch = trainer.Trainer.train_epoch
 
 def train_epoch(self, *args):
@@ -39,28 +28,14 @@ def train_epoch(self, *args):
     return real_epoch(self, *args)
 
 trainer.Trainer.train_epoch = train_epoch
-try:
-    train_fold(sys.argv[2], "3d_fullres", 0, epochs=1, workers=0, overrides=sys.argv[3:])
-    outcome = "trained"
-except (AutosegError, OSError) as exc:
-    outcome = f"{type(exc).__name__}: {exc}"
-(Path(sys.argv[1]) / f"rank{os.environ['RANK']}.txt").write_text(outcome)
 """
 
 
 def test_every_rank_stops_with_rank_0s_failed_log_line(data_roots: dict[str, Path], tmp_path: Path) -> None:  # noqa: F811
-    script = tmp_path / "ranks.py"
-    script.write_text(RANKS)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--log-dir",
-               str(tmp_path / "torchelastic"), str(script), str(tmp_path), DATASET, *FAST]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO, "AUTOSEG_RAW": str(data_roots["raw"]),
-           "AUTOSEG_PREPROCESSED": str(data_roots["preprocessed"]), "AUTOSEG_RESULTS": str(tmp_path / "results")}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400)
-    assert done.returncode == 0, done.stderr[-3000:]
-    outcomes = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
+    outcomes, stderr = two_ranks(LOG_FOLDER_FAULT, tmp_path, data_roots["raw"], data_roots["preprocessed"])
     fold = tmp_path / "results" / DATASET / "unet__autosegPlans__3d_fullres" / "fold_0"
     assert outcomes == [f"IsADirectoryError: [Errno 21] Is a directory: '{fold / LOG_FILE}'"] * 2, outcomes
-    assert "time budget: a line in the middle of the epoch" in done.stderr  # shown, though not written
+    assert "time budget: a line in the middle of the epoch" in stderr  # shown, though not written
 
 
 def test_a_failed_log_line_is_shown_kept_and_raised_once(tmp_path: Path, capsys: pytest.CaptureFixture[str],

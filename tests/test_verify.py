@@ -590,6 +590,14 @@ def test_a_blank_image_channel_is_warned_about_by_case_and_channel(small_dataset
     assert tree_digest(small_dataset) == before
 
 
+def _assert_one_warning_of_verify_and_fingerprint(dataset: Path, warning: str) -> None:
+    """verify and fingerprint of ``dataset`` both pass, each printing ``warning`` as its only WARNING line."""
+    for command in ("verify", "fingerprint"):
+        result = runner.invoke(app, [command, str(dataset), "-np", "1"])
+        assert result.exit_code == 0, result.output
+        assert [line for line in result.output.splitlines() if line.startswith("WARNING")] == [warning], command
+
+
 def test_nrrd_spacing_in_cm_is_one_warning_of_verify_and_fingerprint(small_dataset: Path, roots: dict[str, Path]) -> None:
     """A NRRD dataset whose headers give the spacing in cm (space units, which ITK ignores) was read as mm in silence;
     it still is (as nnU-Net reads it), with one warning a command naming the files, not one a file."""
@@ -607,10 +615,7 @@ def test_nrrd_spacing_in_cm_is_one_warning_of_verify_and_fingerprint(small_datas
     warning = (f"WARNING 2 NRRD file(s) give their spacing in cm (their header's space units): {in_cm[0]}, {in_cm[1]}; "
                "they are read as mm, as SimpleITK and nnU-Net read them; to use their true size, rewrite the spacing in "
                'mm (space directions or spacings, and space units "mm")')
-    for command in ("verify", "fingerprint"):
-        result = runner.invoke(app, [command, str(small_dataset), "-np", "1"])
-        assert result.exit_code == 0, result.output
-        assert [line for line in result.output.splitlines() if line.startswith("WARNING")] == [warning], command
+    _assert_one_warning_of_verify_and_fingerprint(small_dataset, warning)
 
 
 def test_origins_rounded_by_headers_far_from_zero_are_accepted(small_dataset: Path, roots: dict[str, Path]) -> None:
@@ -883,10 +888,7 @@ def test_an_ignored_sform_is_one_warning_of_verify_and_fingerprint(small_dataset
                f"them by (a sheared sform, or one whose sform_code is not 1): {sheared}, {moved}; they are read by the "
                "qform, as SimpleITK and nnU-Net read them, while nibabel and most viewers show the sform; if the sform "
                "is the true placement, export them again with qform and sform equal (resampled where it is sheared)")
-    for command in ("verify", "fingerprint"):
-        result = runner.invoke(app, [command, str(small_dataset), "-np", "1"])
-        assert result.exit_code == 0, result.output
-        assert [line for line in result.output.splitlines() if line.startswith("WARNING")] == [warning], command
+    _assert_one_warning_of_verify_and_fingerprint(small_dataset, warning)
 
 
 def test_a_label_named_in_another_unicode_form_is_named_as_such(small_dataset: Path, roots: dict[str, Path]) -> None:
