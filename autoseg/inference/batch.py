@@ -13,6 +13,8 @@ import json
 import os
 import sys
 import time
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
@@ -52,7 +54,7 @@ from autoseg.utils.atomic import (
 from autoseg.utils.checksummed_zip import checkpoint_kind
 from autoseg.utils.names import string_list
 from autoseg.utils.output_folders import PREDICT_RECORD, check_output_folder, refuse_outputs_not_ours
-from autoseg.utils.probability_files import probability_paths, write_probability_files
+from autoseg.utils.probability_files import PROBABILITIES_KEY, probability_paths, read_sidecar, write_probability_files
 from autoseg.utils.progress import Failure, track
 
 if TYPE_CHECKING:  # the onnxruntime engine runs without torch: the torch engine imports it where it runs
@@ -700,38 +702,102 @@ def _finished_cases(cases: Sequence[InputCase], planned: Mapping[str, Sequence[P
 
 
 def _finished(case: InputCase, files: Sequence[Path]) -> bool:
-    """Whether ``--continue`` keeps ``case``'s ``files``: all there and its label map (the last) on the grid of its
-    image. One whose image's spacing or origin was corrected since was kept, off its image (and its superseded
+    """Whether ``--continue`` keeps ``case``'s ``files``: all there and whole, and its label map (the last) on the grid
+    of its image. One whose image's spacing or origin was corrected since was kept, off its image (and its superseded
     probabilities with it): it is predicted again, with a note saying why."""
     if not all(f.exists() for f in files):
         return False
-    if (damage := _damaged_label_map(files[-1])) is not None:
-        print(f"note: case {case.case_id}: its label map {files[-1]} {damage}; predicting it again", file=sys.stderr,
-              flush=True)
+    grid, damage = _label_map_grid(files[-1])
+    damage = damage or _damaged_probabilities(case.case_id, files[:-1])
+    if damage is not None:
+        print(f"note: case {case.case_id}: {damage}; predicting it again", file=sys.stderr, flush=True)
         return False
     image = case.channels[min(case.channels)]
-    differences = grid_differences(files[-1], image)
+    differences = grid_differences(grid, image)
     if differences:
         print(f"note: case {case.case_id}: its label map {files[-1]} is not on the grid of its image {image} (label map "
               f"vs image: {'; '.join(differences)}); predicting it again", file=sys.stderr, flush=True)
     return not differences
 
 
-def _damaged_label_map(path: Path) -> str | None:
-    """Why the label map ``path`` that ``--continue`` found is no finished output, from its size and header alone (None
-    when they pass): predict writes each atomically, but one emptied or cut short since (a copy interrupted, a full
-    disk of a backup restored) was kept as a finished case, and evaluate then refused it."""
+def _label_map_grid(path: Path) -> tuple[tuple[tuple[int, ...], Geometry] | None, str | None]:
+    """(``header_grid`` of the label map ``path`` that ``--continue`` found, why it is no finished output or None), from
+    one read of its header: predict writes each atomically, but one emptied or cut short since (a copy interrupted, a
+    full disk of a backup restored) was kept as a finished case, and evaluate then refused it. Its voxel data is
+    measured as ``read_image`` measures it (a header intact, the voxels cut short, was kept)."""
     if path.is_file() and path.stat().st_size == 0:
-        return "is empty (0 bytes)"
-    if image_ending(path) in SITK_ENDINGS and path.is_file() and _header_reader(path) is None:
-        return "has a header ITK cannot read (damaged or cut short)"
+        return None, f"its label map {path} is empty (0 bytes)"
+    if image_ending(path) not in SITK_ENDINGS or not path.is_file():
+        return None, None
+    if not itk_reads_spelling(path):
+        spelled = path.name[-len(image_ending(path)):]
+        return None, (f"its label map {path} ends in '{spelled}', a spelling of {image_ending(path)} that ITK, the "
+                      "image reader, does not read")
+    if (reader := _header_reader(path)) is None:
+        return None, f"its label map {path} has a header ITK cannot read (damaged or cut short)"
+    if _voxels_cut_short(path):
+        return None, f"its label map {path} is cut short (its voxel data ends before its header says)"
+    return _reader_grid(reader), None
+
+
+def _voxels_cut_short(path: Path) -> bool:
+    """Whether the ITK-format file ``path`` holds fewer voxel bytes than its header claims: NIfTI and GIPL as
+    ``read_image`` tells it before ITK reads (which zero-fills a cut file), NRRD and MetaImage from their headers'
+    claims (a compressed one decompressed, in pieces). A check that fails on the file's bytes counts as cut short."""
+    from autoseg.dataset.imageio import _data_claim, _expected_size_reader, _file_start, _is_truncated  # not public yet
+
+    try:
+        if (expected_size := _expected_size_reader(path)) is not None:
+            return _is_truncated(path, expected_size, _file_start(path))
+        if (claim := _data_claim(path)) is None or claim.encoding not in ("raw", "deflate"):
+            return False  # a header or encoding predict does not write: ITK's reader judges it when it is read
+        claimed = claim.values * claim.value_bytes
+        if claim.encoding == "raw":
+            return claim.data_file.stat().st_size - claim.offset < claimed
+        return _inflated_size(claim.data_file, claim.offset, claimed) < claimed
+    except (OSError, ValueError, zlib.error):
+        return True
+
+
+def _inflated_size(path: Path, offset: int, wanted: int) -> int:
+    """How many bytes the zlib or gzip stream from byte ``offset`` of ``path`` decompresses to (at most ``wanted``, and
+    less when it ends early), in pieces of at most 16 MB whatever the compression ratio."""
+    size, decompressor = 0, zlib.decompressobj(wbits=47)  # 32 + 15: a zlib or a gzip header, told by its first bytes
+    with open(path, "rb") as f:
+        f.seek(offset)
+        while size < wanted and not decompressor.eof and (chunk := f.read(1 << 20)):
+            while chunk and size < wanted and not decompressor.eof:
+                size += len(decompressor.decompress(chunk, 1 << 24))
+                chunk = decompressor.unconsumed_tail
+    return size
+
+
+def _damaged_probabilities(case_id: str, files: Sequence[Path]) -> str | None:
+    """Why the probabilities ``files`` (the .npz and its sidecar, none without --save-probabilities) that ``--continue``
+    found are no finished output, or None: an emptied or cut-short .npz was kept, and ensemble refused it. A cut zip
+    fails to open cheaply (its directory is at its end); nothing is decompressed."""
+    if not files:
+        return None
+    paths = probability_paths(files[0].parent, case_id)
+    try:
+        with zipfile.ZipFile(paths.probabilities) as archive:
+            whole = f"{PROBABILITIES_KEY}.npy" in archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        whole = False
+    if not whole:
+        return f"its probabilities {paths.probabilities} cannot be opened as a .npz (emptied, damaged or cut short)"
+    try:
+        read_sidecar(paths.probabilities.parent, case_id, InferenceError)
+    except InferenceError as exc:
+        return f"its probabilities' sidecar cannot be used ({exc})"
     return None
 
 
-def grid_differences(label_file: Path, image_file: Path) -> list[str]:
-    """How ``label_file``'s grid (shape, spacing, origin, direction) differs from ``image_file``'s, from their headers
-    alone; none where a header cannot tell (a DICOM series, a 2D picture, an unreadable header)."""
-    label, image = header_grid(label_file), header_grid(image_file)
+def grid_differences(label: tuple[tuple[int, ...], Geometry] | None, image_file: Path) -> list[str]:
+    """How a label map's grid ``label`` (shape and geometry, ``header_grid``) differs from ``image_file``'s (shape,
+    spacing, origin, direction), from headers alone; none where a header cannot tell (a DICOM series, a 2D picture, an
+    unreadable header)."""
+    image = header_grid(image_file)
     if label is None or image is None:
         return []
     differences = geometry_differences(label[1], image[1])
@@ -745,6 +811,11 @@ def header_grid(path: Path) -> tuple[tuple[int, ...], Geometry] | None:
     None for other files, or a header ITK cannot read."""
     if image_ending(path) not in SITK_ENDINGS or not path.is_file() or (reader := _header_reader(path)) is None:
         return None
+    return _reader_grid(reader)
+
+
+def _reader_grid(reader: sitk.ImageFileReader) -> tuple[tuple[int, ...], Geometry] | None:
+    """``header_grid`` from an ITK reader whose header is read; None for an image of other than 2 or 3 axes."""
     size, spacing = reader.GetSize(), tuple(float(s) for s in reversed(reader.GetSpacing()))
     if len(size) not in (2, 3):
         return None
