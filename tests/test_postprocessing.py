@@ -543,8 +543,9 @@ def test_the_same_apply_rerun_after_a_kill_resumes(tmp_path):
 
 
 @pytest.mark.parametrize(("name", "expected"), [
-    ("cv/case0.nii.gz", "a decision file is JSON, not a label map, and would be read as one"),
-    ("cv/new.nii.gz", "a decision file is JSON, not a label map, and would be read as one"),
+    ("cv/case0.nii.gz", "a decision file is JSON, not an image, and would be read as one there"),
+    ("cv/new.nii.gz", "a decision file is JSON, not an image, and would be read as one there"),
+    ("cv/NEW.NII.GZ", "a decision file is JSON, not an image, and would be read as one there"),
     ("notes.json", "exists and is not a postprocessing decision, which this run would replace"),
 ])
 def test_a_decision_file_never_replaces_a_label_map_or_another_file(tmp_path, name, expected):

@@ -27,7 +27,7 @@ import numpy as np
 
 from autoseg.utils.jsonio import read_json
 from autoseg.dataset.description import DatasetDescription
-from autoseg.dataset.imageio import SUPPORTED_ENDINGS, is_image_ending, read_image, spelled_ending, write_image
+from autoseg.dataset.imageio import SUPPORTED_ENDINGS, is_image_ending, read_image, write_image
 from autoseg.errors import AutosegError, EvaluationError
 from autoseg.evaluation.evaluate import (
     PREDICTION_FOLDER, DiskFullError, REFERENCE_FOLDER, check_declared, check_integer_labels, declared_values,
@@ -40,6 +40,7 @@ from autoseg.utils.atomic import atomic_write_bytes, atomic_write_json, remove_s
 from autoseg.utils.disk import stop_on_full_disk
 from autoseg.utils.output_folders import (
     check_output_file, check_output_folder, claim_output_files, input_entry, output_file, predicting_model_folder,
+    refuse_image_name,
 )
 from autoseg.utils.probability_files import is_probability_sidecar
 from autoseg.utils.progress import parallel_map, stage_workers
@@ -165,8 +166,7 @@ def check_decision_target(decision_file: Path) -> None:
     write) is what apply asks to determine again, and refusing it left no way to."""
     check_output_file(decision_file, EvaluationError, DECISION_FILE)
     fix = f"give -o a new .json file name (or a folder ending in / for {DECISION_FILE} in it)"
-    if spelled_ending(decision_file):
-        raise EvaluationError(f"{decision_file}: a decision file is JSON, not a label map, and would be read as one; {fix}")
+    refuse_image_name(decision_file, "a decision file is JSON", fix, EvaluationError)
     if decision_file.is_file() and decision_file.name != DECISION_FILE:
         try:
             earlier = json.loads(decision_file.read_bytes())
