@@ -173,7 +173,7 @@ def _files_not_ours(folder: Path, outputs: Sequence[Path]) -> list[str]:
     )
 
 
-def check_output_claim(
+def check_output_files_claim(
     output: Path, outputs: Sequence[Path], command: str, error: type[Exception], inputs: Sequence[Mapping[str, Any]],
 ) -> None:
     """Raise ``error`` where ``claim_output_files`` would refuse ``output``, writing nothing: a command whose checks
