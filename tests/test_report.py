@@ -19,10 +19,12 @@ from matplotlib.image import imread
 
 from autoseg.dataset.imageio import read_image, write_image
 from autoseg.errors import DatasetError, EvaluationError
+from autoseg.evaluation.evaluate import DiskFullError
 from autoseg.evaluation.report import build_report, numeric_series, overlay, overlay_slice, read_metrics_log, training_curves
 from autoseg.evaluation.selection import find_best
+from autoseg.utils.checkpoint_format import checkpoint_name
 from conftest import drive_crop
-from test_selection import BAD, BAD_FOREGROUND, CASES, DATASET, GOOD, GOOD_FOREGROUND, GOOD_LEFT, make_results
+from test_selection import BAD, BAD_FOREGROUND, CASES, DATASET, GOOD, GOOD_FOREGROUND, GOOD_LEFT, PARTIAL, make_results
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -440,8 +442,42 @@ def test_a_report_of_fewer_folds_than_find_bests_defaults_says_how_to_choose_the
         build_report(DATASET, num_workers=1)
     instructions = roots["results"] / DATASET / "inference_instructions.json"
     assert str(refused.value).endswith(
-        f"(the report ran autoseg find-best with its defaults, as {instructions} does not exist; to choose the folds (-f) "
-        f"or configurations (-c), run autoseg find-best {DATASET} with them first)"), refused.value
+        f"(autoseg find-best {DATASET} -f 0) (the report ran autoseg find-best with its default folds, as {instructions} "
+        "does not exist; it reports the folds of the find-best run written there)"), refused.value
     assert "no configuration has validation predictions for folds 0, 1, 2, 3, 4" in str(refused.value)
+    assert str(refused.value).count("autoseg find-best") == 2, refused.value  # the -f advice once, not repeated
     find_best(DATASET, folds=["0"], num_workers=1)
     assert "folds 0; " in build_report(DATASET, num_workers=1).read_text()
+
+
+def test_a_report_refused_as_find_best_refuses_a_ranking_gets_no_fold_advice(roots: dict[str, Path]) -> None:
+    """The report's note on find-best's defaults was added to every find-best refusal: 'no configuration can be ranked'
+    (every model folder's checkpoints deleted) was told to choose the folds, which changes nothing."""
+    results = make_results(roots)
+    shutil.rmtree(results / PARTIAL)
+    for checkpoint in results.glob(f"*/fold_*/{checkpoint_name('final')}"):
+        checkpoint.unlink()
+    with pytest.raises(EvaluationError) as refused:
+        build_report(DATASET, num_workers=1)
+    with pytest.raises(EvaluationError) as by_find_best:
+        find_best(DATASET, num_workers=1)
+    assert "no configuration can be ranked over folds 0, 1, 2, 3, 4" in str(refused.value), refused.value
+    assert str(refused.value) == str(by_find_best.value)
+
+
+def test_a_report_keeps_the_type_and_text_of_find_bests_other_errors(roots: dict[str, Path],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every EvaluationError of find-best was raised again as a plain EvaluationError with the note on its defaults: a
+    full disk (DiskFullError, which callers tell apart) lost its type."""
+    import autoseg.evaluation.report as report
+
+    make_results(roots)
+    full = DiskFullError("/results: the disk of the output folder is full; free space, then run the same command again")
+
+    def fail(*args: Any, **kwargs: Any) -> None:
+        raise full
+
+    monkeypatch.setattr(report, "find_best", fail)
+    with pytest.raises(DiskFullError) as refused:
+        build_report(DATASET, num_workers=1)
+    assert refused.value is full

@@ -31,7 +31,7 @@ from autoseg.dataset.imageio import read_image, read_image_channels
 from autoseg.errors import DatasetError, EvaluationError
 from autoseg.evaluation.metrics import evaluation_classes
 from autoseg.evaluation.selection import (
-    INSTRUCTIONS_JSON, find_best, inference_commands, resolve_instructions,
+    INSTRUCTIONS_JSON, MissingFoldsError, find_best, inference_commands, resolve_instructions,
 )
 from autoseg.paths import DatasetLocation, dataset_folders, preprocessed_root, raw_root, resolve_dataset, results_root
 from autoseg.utils.atomic import atomic_write_bytes, atomic_write_text
@@ -475,16 +475,17 @@ def build_report(dataset_spec: str | os.PathLike[str], output_html: str | os.Pat
 
 def _instructions(dataset: DatasetLocation, dataset_results: Path, num_workers: int | None) -> dict[str, Any]:
     """find-best's stored instructions, checked and with their paths resolved; find-best is run when there are none,
-    with its default folds and configurations. Its refusal then says so: a model of fewer folds (one fold trained)
-    was told to train folds 1 to 4, the report having no -f, and not that ``find-best -f 0`` run first sets them."""
+    with its default folds and configurations. Its refusal for folds not trained (``MissingFoldsError``) then says
+    why folds 0 to 4 were asked for, the report having no -f; its other errors (a full disk's ``DiskFullError``, no
+    configuration that can be ranked) are raised as find-best raised them, whose advice on folds did not apply."""
     instructions_file = dataset_results / INSTRUCTIONS_JSON
     if not instructions_file.is_file():
         try:
             return find_best(dataset, num_workers=num_workers)
-        except EvaluationError as exc:
-            raise EvaluationError(
-                f"{exc} (the report ran autoseg find-best with its defaults, as {instructions_file} does not exist; to "
-                f"choose the folds (-f) or configurations (-c), run autoseg find-best {dataset.name} with them first)"
+        except MissingFoldsError as exc:  # it names the find-best -f that ranks the folds trained; other errors as raised
+            raise MissingFoldsError(
+                f"{exc} (the report ran autoseg find-best with its default folds, as {instructions_file} does not exist; "
+                "it reports the folds of the find-best run written there)"
             ) from None
     stored = _read_find_best_json(instructions_file, INSTRUCTIONS_KEYS, dataset.name)
     _check_instructions(stored, instructions_file, dataset.name)

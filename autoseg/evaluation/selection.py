@@ -148,6 +148,11 @@ def validation_predictions(model_folder: Path, folds: Sequence[str], file_ending
     return {f: list_cases_or_empty(model_folder / f"fold_{f}" / "validation", file_ending) for f in folds}
 
 
+class MissingFoldsError(EvaluationError):
+    """find-best's refusal when model folders lack validation predictions of folds it ranks over: the report, which
+    runs find-best with its default folds, adds why those folds were asked for to this refusal alone."""
+
+
 def no_candidate_error(
     dataset_results: Path, folds: Sequence[str], file_ending: str, skipped: Sequence[str],
     configurations: Sequence[str] | None,
@@ -166,7 +171,7 @@ def no_candidate_error(
     trained = [f for f in folds if f not in lacking]
     fewer = (f", or rank a model meant to have fewer folds over the folds trained (autoseg find-best "
              f"{dataset_results.name} {' '.join(f'-f {f}' for f in trained)})" if trained else "")
-    return EvaluationError(
+    return MissingFoldsError(
         f"{dataset_results}: no configuration has validation predictions for folds {', '.join(folds)}{reasons}; "
         f"train fold(s) {', '.join(lacking)} first (autoseg train DATASET CONFIG FOLD, once per fold; fold 'all' has no "
         f"validation){fewer}"
