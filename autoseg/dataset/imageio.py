@@ -777,6 +777,37 @@ def _claimed_data_problem(path: Path) -> str | None:
             "export it again")
 
 
+def voxel_data_cut_short(path: Path) -> bool:
+    """Whether the ITK-format file ``path`` holds fewer voxel bytes than its header claims: NIfTI and GIPL as
+    ``read_image`` tells it before ITK reads (which zero-fills a cut file), NRRD and MetaImage from their headers'
+    claims (a compressed one decompressed, in pieces). A check that fails on the file's bytes counts as cut short.
+    For ``predict --continue``, which keeps a label map it finds whole."""
+    try:
+        if (expected_size := _expected_size_reader(path)) is not None:
+            return _is_truncated(path, expected_size, _file_start(path))
+        if (claim := _data_claim(path)) is None or claim.encoding not in ("raw", "deflate"):
+            return False  # a header or encoding predict does not write: ITK's reader judges it when it is read
+        claimed = claim.values * claim.value_bytes
+        if claim.encoding == "raw":
+            return claim.data_file.stat().st_size - claim.offset < claimed
+        return _inflated_size(claim.data_file, claim.offset, claimed) < claimed
+    except (OSError, ValueError, zlib.error):
+        return True
+
+
+def _inflated_size(path: Path, offset: int, wanted: int) -> int:
+    """How many bytes the zlib or gzip stream from byte ``offset`` of ``path`` decompresses to (at most ``wanted``, and
+    less when it ends early), in pieces of at most 16 MB whatever the compression ratio."""
+    size, decompressor = 0, zlib.decompressobj(wbits=47)  # 32 + 15: a zlib or a gzip header, told by its first bytes
+    with open(path, "rb") as f:
+        f.seek(offset)
+        while size < wanted and not decompressor.eof and (chunk := f.read(1 << 20)):
+            while chunk and size < wanted and not decompressor.eof:
+                size += len(decompressor.decompress(chunk, 1 << 24))
+                chunk = decompressor.unconsumed_tail
+    return size
+
+
 def _gzip_content_size(path: Path) -> tuple[int, bool]:
     """(decompressed bytes, whether the stream ends whole) of a gzip file of one or more members; bytes after
     the last member that are no gzip member are ignored, as zlib's reader (ITK's) ignores them. Decompressed in
