@@ -4,6 +4,8 @@ reading the input refuses by name (a named pipe, an ending ITK does not read as 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -49,3 +51,14 @@ def test_a_named_pipe_is_not_opened(tmp_path: Path) -> None:
         if probe.is_alive():  # release the blocked open so the test process can end
             with open(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK), "wb"):
                 pass
+
+
+def test_a_name_that_is_not_utf8_is_not_probed(tmp_path: Path) -> None:
+    """SimpleITK aborts the whole process on a name that is not UTF-8 (caf\\xe9 from a Latin-1 system): the probe took
+    predict down with it where predict names such a case and predicts the others."""
+    odd = Path(os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9_0000.nii.gz"))
+    _sheared_nifti(tmp_path / "case_0000.nii.gz").rename(odd)
+    code = "import sys; from pathlib import Path; from autoseg.dataset.imageio import nifti_sform_ignored\n" \
+           "print(nifti_sform_ignored(Path(sys.argv[1])))"
+    done = subprocess.run([sys.executable, "-c", code, os.fsencode(odd)], capture_output=True, text=True, timeout=300)
+    assert (done.returncode, done.stdout) == (0, "False\n"), done.stderr[-2000:]

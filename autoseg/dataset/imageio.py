@@ -398,10 +398,12 @@ def nifti_sform_ignored(path: Path) -> bool:
     """Whether ITK placed the 3D NIfTI ``path`` by its qform while the sform it holds too (sform_code > 0) places
     it elsewhere beyond rounding (``geometry_differences``). ITK 5.4 takes the qform where the sform is sheared or
     its code is not 1 (scanner): SimpleITK, so nnU-Net, reads such a file by its qform without a word, while
-    nibabel and most viewers show it by its sform. Only regular files ITK reads as spelled are opened: a named
-    pipe among predict's inputs blocked the probe forever, and a ``.Nii.gz`` made ITK print its spelling complaint;
-    reading them refuses both by name."""
+    nibabel and most viewers show it by its sform. Only regular files ITK can be handed are opened: a named pipe
+    among predict's inputs blocked the probe forever, a ``.Nii.gz`` made ITK print its spelling complaint, and a name
+    that is not UTF-8 aborted the process; reading them refuses each by name."""
     if image_ending(path) not in NIFTI_ENDINGS or not path.is_file() or not itk_reads_spelling(path):
+        return False
+    if undecodable_path_problem(path) is not None:
         return False
     try:
         start = _file_start(path)
