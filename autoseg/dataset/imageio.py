@@ -412,16 +412,26 @@ def nifti_sform_ignored(path: Path) -> bool:
     forms = _nifti_forms(start.data) if start is not None else None
     if forms is None or forms[0] <= 0 or forms[1] <= 0:
         return False
+    reader = itk_header_reader(path)
+    if reader is None or reader.GetDimension() != 3:
+        return False
+    read = Geometry(tuple(reversed(reader.GetSpacing())), reader.GetOrigin(), reader.GetDirection())
+    return bool(geometry_differences(read, _sform_geometry(forms[3])))
+
+
+def itk_header_reader(path: Path) -> sitk.ImageFileReader | None:
+    """ITK's reader of ``path`` with its header read (no voxels), None where ITK cannot read the header, or the file
+    by its ending as spelled (``itk_reads_spelling``: ITK printed '** mixed case extension '.Nii.gz' is not valid'
+    four times for each probe of such a file, before ``read_image`` refused it by name)."""
+    if not itk_reads_spelling(path):
+        return None
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
     except RuntimeError:
-        return False
-    if reader.GetDimension() != 3:
-        return False
-    read = Geometry(tuple(reversed(reader.GetSpacing())), reader.GetOrigin(), reader.GetDirection())
-    return bool(geometry_differences(read, _sform_geometry(forms[3])))
+        return None
+    return reader
 
 
 def ignored_sform_warning(paths: Sequence[Path]) -> str | None:

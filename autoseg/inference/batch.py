@@ -35,6 +35,7 @@ from autoseg.dataset.imageio import (
     ignored_sform_warning,
     image_ending,
     is_orthonormal,
+    itk_header_reader,
     itk_reads_spelling,
     read_case_images,
     read_image,
@@ -352,21 +353,6 @@ def read_finite_case(files: Sequence[Path], channel_names: Mapping[str, str]) ->
     return data, geometry
 
 
-def _header_reader(path: Path) -> sitk.ImageFileReader | None:
-    """ITK's reader of ``path`` with its header read (no voxels), None where ITK cannot read the header, or the file
-    by its ending as spelled (``itk_reads_spelling``: ITK printed '** mixed case extension '.Nii.gz' is not valid'
-    four times for each probe of such a file, before ``read_image`` refused it by name)."""
-    if not itk_reads_spelling(path):
-        return None
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        return None
-    return reader
-
-
 def _nifti_holds(path: Path) -> bool:
     """Whether NIfTI holds the image of ``path`` as its header describes it: an orthonormal direction matrix
     (to ``GEOMETRY_TOLERANCE``; ITK writes a sheared one as its nearest rotation) and at most 32767 voxels a
@@ -375,7 +361,7 @@ def _nifti_holds(path: Path) -> bool:
     folder printed HDF5 diagnostics for every DICOM case): its direction is a rotation, as GDCM reads it or
     refused (``read_image``), and no series comes near 32767 voxels a side. A named pipe or device, unprobed too
     (ITK waited on it for ever), is refused by name when the case is read."""
-    if not path.is_file() or (reader := _header_reader(path)) is None:
+    if not path.is_file() or (reader := itk_header_reader(path)) is None:
         return True
     return is_orthonormal(reader.GetDirection()) and unwritable_problem(Path(f"label{DEFAULT_OUTPUT_ENDING}"), reader.GetSize(), np.uint8) is None
 
@@ -733,7 +719,7 @@ def _label_map_grid(path: Path) -> tuple[tuple[tuple[int, ...], Geometry] | None
         spelled = path.name[-len(image_ending(path)):]
         return None, (f"its label map {path} ends in '{spelled}', a spelling of {image_ending(path)} that ITK, the "
                       "image reader, does not read")
-    if (reader := _header_reader(path)) is None:
+    if (reader := itk_header_reader(path)) is None:
         return None, f"its label map {path} has a header ITK cannot read (damaged or cut short)"
     if voxel_data_cut_short(path):
         return None, f"its label map {path} is cut short (its voxel data ends before its header says)"
@@ -777,7 +763,7 @@ def grid_differences(label: tuple[tuple[int, ...], Geometry] | None, image_file:
 def header_grid(path: Path) -> tuple[tuple[int, ...], Geometry] | None:
     """The (z, y, x) shape and geometry ``read_image`` gives ``path``, read from its header alone (ITK's formats);
     None for other files, or a header ITK cannot read."""
-    if image_ending(path) not in SITK_ENDINGS or not path.is_file() or (reader := _header_reader(path)) is None:
+    if image_ending(path) not in SITK_ENDINGS or not path.is_file() or (reader := itk_header_reader(path)) is None:
         return None
     return _reader_grid(reader)
 
