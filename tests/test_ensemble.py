@@ -451,12 +451,12 @@ def test_predict_into_an_ensembles_folder_is_refused(tmp_path):
     """predict of other cases into an ensemble's folder put its label maps beside the ensemble's, under a
     predict_info.json that then described them all."""
     from autoseg.errors import InferenceError
-    from autoseg.inference.batch import check_output_claim
+    from autoseg.inference.batch import check_predict_record
 
     ensemble_folders(_two_folders_of_case_x(tmp_path), tmp_path / "out", num_workers=1)
     with pytest.raises(InferenceError, match=r"out: holds the outputs of autoseg ensemble \(\.autoseg_outputs\.json\); "
                                              r"autoseg predict would mix its own with them\. Choose another output folder"):
-        check_output_claim(tmp_path / "out", {"model_folder": "m"}, [tmp_path / "out" / "other.nii.gz"])
+        check_predict_record(tmp_path / "out", {"model_folder": "m"}, [tmp_path / "out" / "other.nii.gz"])
 
 
 def test_a_case_id_with_pattern_characters_keeps_its_file_ending(tmp_path):

@@ -512,17 +512,17 @@ def test_a_folder_emptied_with_rm_takes_another_run(tmp_path):
     """``rm OUT/*`` leaves the hidden mark: apply of another folder (or predict) into the emptied folder was
     refused as 'holds the outputs of autoseg postprocess apply', though it held none."""
     from autoseg.errors import InferenceError
-    from autoseg.inference.batch import check_output_claim
+    from autoseg.inference.batch import check_predict_record
 
     preds, refs = _make_cv_folders(tmp_path)
     decision = determine_postprocessing(preds, refs, LABELS, num_workers=1, file_ending=".nii.gz")
     out = tmp_path / "out"
     apply_to_folder(preds, out, decision, num_workers=1)
     with pytest.raises(InferenceError, match=r"out: holds the outputs of autoseg postprocess apply"):
-        check_output_claim(out, {"model_folder": "m"}, [out / "other.nii.gz"])
+        check_predict_record(out, {"model_folder": "m"}, [out / "other.nii.gz"])
     for path in out.glob("*.nii.gz"):
         path.unlink()
-    check_output_claim(out, {"model_folder": "m"}, [out / "other.nii.gz"])
+    check_predict_record(out, {"model_folder": "m"}, [out / "other.nii.gz"])
     only_case0 = tmp_path / "b"
     only_case0.mkdir()
     shutil.copy(refs / "case0.nii.gz", only_case0)

@@ -31,7 +31,7 @@ from autoseg.utils.probability_files import (
 from autoseg.utils.atomic import atomic_write_json, remove_stale_temporaries
 from autoseg.utils.disk import stop_on_full_disk
 from autoseg.utils.grid_check import geometry_problem
-from autoseg.utils.output_folders import check_output_files_claim, check_output_folder, claim_output_files, input_entry
+from autoseg.utils.output_folders import check_output_folder, check_output_marker, claim_output_files, input_entry
 from autoseg.utils.progress import parallel_map, stage_workers
 
 ENSEMBLE_RERUN = "the same `autoseg ensemble`, which writes every case again"
@@ -373,7 +373,7 @@ def ensemble_folders(
     inputs = sorted((_input_record(d, ordered) for d in dirs), key=lambda record: record["folder"])
     workers = stage_workers(num_workers, EvaluationError)
     # The output folder's refusals (another tool's label maps) read no .npz: before the probabilities are read.
-    check_output_files_claim(out, outputs, "ensemble", EvaluationError, inputs)
+    check_output_marker(out, outputs, "ensemble", EvaluationError, inputs)
     if out.is_dir():
         _refuse_other_endings(out, endings)
     _, unusable = parallel_map(check_case_probabilities, [(case, (case, dirs)) for case in ordered], workers,

@@ -590,7 +590,7 @@ def predict_folder(
         for case in cases
     }
     outputs = [f for files in planned.values() for f in files]
-    check_output_claim(output, info, outputs)  # refused before predicting; the record waits for the first case
+    check_predict_record(output, info, outputs)  # refused before predicting; the record waits for the first case
     output.mkdir(parents=True, exist_ok=True)  # an unwritable place is refused before predicting, too
     finished = _finished_cases(cases, planned) if continue_ else set()
     if not (continue_ and len(finished) == len(cases)):  # a finished folder, archived read-only, is no error
@@ -826,8 +826,8 @@ def _run_identity(info: dict[str, Any]) -> dict[str, Any]:
     return identity
 
 
-def check_output_claim(output: Path, info: dict[str, Any], outputs: Sequence[Path] = ()) -> None:
-    """Refuse a folder holding another model's predictions (by its ``predict_info.json``), or, without a
+def check_predict_record(output: Path, info: dict[str, Any], outputs: Sequence[Path] = ()) -> None:
+    """Refuse a folder whose ``predict_info.json`` records another model or settings than ``info``, or, without a
     record, label maps of this run's ``outputs``' endings: files predict did not write (a dataset's ``labelsTr``,
     another tool's predictions), refused rather than replaced or joined. Writes nothing; the folder need not exist."""
     path = output / PREDICT_INFO
@@ -848,7 +848,7 @@ def check_output_claim(output: Path, info: dict[str, Any], outputs: Sequence[Pat
 
 
 def claim_output_folder(output: Path, info: dict[str, Any], outputs: Sequence[Path] = ()) -> None:
-    """Make the folder and record this run in ``predict_info.json``, after ``check_output_claim``.
+    """Make the folder and record this run in ``predict_info.json``, after ``check_predict_record``.
 
     Runs with the same model and settings may share a folder (``--num-parts`` shards, a rerun, two runs
     at once: each output is written atomically and the same); a run with others would mix label maps
@@ -856,7 +856,7 @@ def claim_output_folder(output: Path, info: dict[str, Any], outputs: Sequence[Pa
     pass the check."""
     output.mkdir(parents=True, exist_ok=True)
     with folder_lock(output):
-        check_output_claim(output, info, outputs)
+        check_predict_record(output, info, outputs)
         atomic_write_json(output / PREDICT_INFO, info)
 
 

@@ -173,10 +173,12 @@ def _files_not_ours(folder: Path, outputs: Sequence[Path]) -> list[str]:
     )
 
 
-def check_output_files_claim(
+def check_output_marker(
     output: Path, outputs: Sequence[Path], command: str, error: type[Exception], inputs: Sequence[Mapping[str, Any]],
 ) -> None:
-    """Raise ``error`` where ``claim_output_files`` would refuse ``output``, writing nothing: a command whose checks
+    """Raise ``error`` where ``claim_output_files`` would refuse ``output`` (files not ours, or a mark,
+    ``OUTPUT_MARKER``, of another command or other inputs), writing nothing (predict's own record is checked by
+    ``inference.batch.check_predict_record``): a command whose checks
     of its inputs are costly (ensemble reads every .npz) runs this first, and an ``-o`` holding another tool's label
     maps was refused only after all of them were read. ``claim_output_files`` checks again under the folder's lock."""
     _refuse_files_not_ours(output, outputs, command, error)
