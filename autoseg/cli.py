@@ -436,18 +436,22 @@ def predict(
         refuse_name_clashes(input, output, save_probabilities)
     with contextlib.ExitStack() as stack:
         model, mixed_precision = _prediction_model(stack, request, _folds(folds), checkpoint, tta=not no_tta)
-        report = predict_folder(
-            input, output, model, _folds(folds), checkpoint, step, not no_tta, save_probabilities, device,
-            num_parts, part_id, continue_, mixed_precision, compile_networks=compile_,
+        run = functools.partial(
+            predict_folder, input, output, model, _folds(folds), checkpoint, step, not no_tta, save_probabilities,
+            device, num_parts, part_id, continue_, mixed_precision, compile_networks=compile_,
         )
+        if statistics:
+            from autoseg.evaluation.statistics import predict_with_statistics
+
+            report, table = predict_with_statistics(run, input, output)
+        else:
+            report, table = run(), None
     typer.echo(
         f"{len(report.predicted)} case(s) predicted, {len(report.skipped)} skipped, into {report.output_folder} "
         f"({report.seconds:.1f} s)"
     )
-    if statistics and (report.predicted or report.skipped):  # a --num-parts part without cases has none to add
-        from autoseg.evaluation.statistics import write_statistics
-
-        typer.echo(f"statistics: {write_statistics(input, output, report.dataset, report.predicted + report.skipped)}")
+    if table is not None:
+        typer.echo(f"statistics: {table}")
 
 
 def _description(dataset: Optional[str]) -> Any:

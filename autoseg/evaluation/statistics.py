@@ -13,16 +13,16 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from scipy import ndimage
 
 from autoseg.dataset.description import DatasetDescription
 from autoseg.dataset.imageio import Geometry, geometry_differences, read_case_images, read_image
-from autoseg.errors import InferenceError
+from autoseg.errors import AutosegError, InferenceError
 from autoseg.evaluation.metrics import size_unit, voxel_volume_mm3
-from autoseg.inference.batch import InputCase, channel_files, discover_cases, output_ending
+from autoseg.inference.batch import InputCase, PredictReport, channel_files, discover_cases, output_ending
 from autoseg.utils.atomic import atomic_write_json, atomic_write_text, folder_lock
 from autoseg.utils.jsonio import read_json
 from autoseg.utils.output_folders import refuse_folder_among
@@ -180,3 +180,42 @@ def write_statistics(
                 rows += _csv_rows(case.case_id, stats)
         atomic_write_text(output / SUMMARY_CSV, summary_csv(rows))
     return output / SUMMARY_CSV
+
+
+def predict_with_statistics(
+    predict: Callable[[], PredictReport], input_path: str | Path, output_folder: str | Path
+) -> tuple[PredictReport, Path | None]:
+    """``predict()`` (``predict_folder`` of ``input_path`` into ``output_folder``), then ``write_statistics`` of every
+    case it wrote or kept; the CSV's path is None for a ``--num-parts`` part without cases. Where cases failed, the
+    others' statistics are written before the run's error is raised, naming them: the error was raised first, and the
+    cases predicted got none."""
+    try:
+        report = predict()
+    except InferenceError as exc:
+        failed_run = getattr(exc, "report", None)
+        if not isinstance(failed_run, PredictReport) or not (failed_run.predicted or failed_run.skipped):
+            raise
+        raise _with_statistics_note(exc, failed_run, input_path, output_folder) from None
+    return report, _run_statistics(report, input_path, output_folder)
+
+
+def _run_statistics(report: PredictReport, input_path: str | Path, output_folder: str | Path) -> Path | None:
+    """``write_statistics`` of the cases ``report`` predicted or skipped, None where there are none."""
+    done = report.predicted + report.skipped
+    if not done or report.dataset is None:
+        return None
+    return write_statistics(input_path, output_folder, report.dataset, done)
+
+
+def _with_statistics_note(
+    exc: InferenceError, report: PredictReport, input_path: str | Path, output_folder: str | Path
+) -> InferenceError:
+    """The failed run's error ``exc`` with where the statistics of its other cases went (or why they did not)."""
+    try:
+        note = f"statistics of the {len(report.predicted) + len(report.skipped)} other case(s): " \
+               f"{_run_statistics(report, input_path, output_folder)}"
+    except AutosegError as problem:
+        note = f"statistics not written: {problem}"
+    error = InferenceError(f"{exc}; {note}")
+    error.report = report  # type: ignore[attr-defined]
+    return error
