@@ -186,6 +186,35 @@ def test_registration_checks_the_family_contract(scratch_registry, builder, kwar
     assert "newcomer" not in scratch_registry._REGISTRY
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("min_slices", 0, r"TopologyConstraints.min_slices must be a whole number >= 1, not 0"),
+        ("min_slices", -2, r"TopologyConstraints.min_slices must be a whole number >= 1, not -2"),
+        ("kernel_size", 0, r"TopologyConstraints.kernel_size must be a whole number >= 1, not 0"),
+        ("max_stages", 0, r"TopologyConstraints.max_stages must be a whole number >= 1, not 0"),
+        ("stem_stride", -4, r"TopologyConstraints.stem_stride must be a whole number >= 1, not -4"),
+        ("window_size", 2.5, r"TopologyConstraints.window_size must be a whole number >= 1, not 2.5"),
+        ("max_features", True, r"TopologyConstraints.max_features must be a whole number >= 1, not True"),
+        ("fixed_features", (32, 0), r"TopologyConstraints.fixed_features must be whole numbers >= 1, at least one, not \(32, 0\)"),
+        ("default_blocks_per_stage", (), r"TopologyConstraints.default_blocks_per_stage must be whole numbers >= 1, at least one, not \(\)"),
+        ("spatial_dims", (1, 3), r"TopologyConstraints.spatial_dims must hold 2, 3 or both, not \(1, 3\)"),
+    ],
+)
+def test_senseless_constraints_are_refused_at_registration(scratch_registry, field, value, message):
+    constraints = registry.TopologyConstraints(**{field: value})
+    with pytest.raises(ValueError, match=f"^network 'newcomer': {message}$"):
+        scratch_registry.register_network("newcomer", paper="-", description="-", constraints=constraints)(_builder)
+    assert "newcomer" not in scratch_registry._REGISTRY
+
+
+def test_sensible_constraints_still_register(scratch_registry):
+    constraints = registry.TopologyConstraints(min_slices=2, kernel_size=5, max_stages=4, fixed_features=(16, 32),
+                                               window_size=7, stem_stride=4, spatial_dims=(3,))
+    scratch_registry.register_network("newcomer", paper="-", description="-", constraints=constraints)(_builder)
+    assert scratch_registry._REGISTRY["newcomer"].constraints.min_slices == 2
+
+
 # ----------------------------------------------------------------------------------- training hooks
 
 

@@ -187,8 +187,35 @@ def _check_training(name: str, training_defaults: Mapping[str, Any], adversary: 
         raise ValueError(f"network {name!r}: an adversary needs training_defaults['adversarial'] with {missing}")
 
 
+_POSITIVE_COUNTS = ("max_stages", "kernel_size", "max_features", "stem_stride", "window_size", "min_slices")
+_POSITIVE_SEQUENCES = ("fixed_features", "default_blocks_per_stage")
+
+
+def _is_positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _check_constraint_values(name: str, constraints: TopologyConstraints) -> None:
+    """Counts, sizes and strides that a plan divides by or shrinks to must be positive whole numbers: a
+    ``min_slices`` of 0 let the planner shrink an axis to no voxel, which only the builder refused, at training."""
+    for field_name in _POSITIVE_COUNTS:
+        value = getattr(constraints, field_name)
+        if value is not None and not _is_positive_int(value):
+            raise ValueError(f"network {name!r}: TopologyConstraints.{field_name} must be a whole number >= 1, not {value!r}")
+    for field_name in _POSITIVE_SEQUENCES:
+        values = getattr(constraints, field_name)
+        if values is not None and (not values or not all(_is_positive_int(v) for v in values)):
+            raise ValueError(f"network {name!r}: TopologyConstraints.{field_name} must be whole numbers >= 1, "
+                             f"at least one, not {values!r}")
+    if not constraints.spatial_dims or not set(constraints.spatial_dims) <= {2, 3}:
+        raise ValueError(f"network {name!r}: TopologyConstraints.spatial_dims must hold 2, 3 or both, "
+                         f"not {constraints.spatial_dims!r}")
+
+
 def _check_constraints(name: str, constraints: TopologyConstraints) -> None:
-    """A family prescribing blocks per stage (which the planner writes into the plan) must read them."""
+    """A family prescribing blocks per stage (which the planner writes into the plan) must read them, and
+    every numeric constraint must make sense (``_check_constraint_values``)."""
+    _check_constraint_values(name, constraints)
     unknown = sorted(set(constraints.block_settings) - set(BLOCK_SETTINGS))
     if unknown:
         raise ValueError(f"network {name!r}: block_settings {unknown} are none of {BLOCK_SETTINGS}")
