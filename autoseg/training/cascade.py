@@ -144,6 +144,17 @@ def _fold_splits(store: Path) -> Callable[[str], tuple[list[str], list[str]] | N
     return split_of
 
 
+def _read_splits_unlocked(predictions: Path, case_ids: Sequence[str],
+                          split_of: Callable[[str], tuple[list[str], list[str]] | None]) -> None:
+    """Read (into ``split_of``'s cache) the split of each fold that handed a case on, before the predictions' lock:
+    the store's listing waits up to 30 s for a case being stored again, and every lowres fold handing a case on waited
+    that long behind the lock. A record changed meanwhile names a fold read under the lock, as before."""
+    for case_id in case_ids:
+        with contextlib.suppress(TrainingError):  # removed meanwhile, or unreadable: told under the lock
+            if (fold := handing_fold(predictions, case_id)) is not None:
+                split_of(fold)
+
+
 def prepare_previous_stage(
     predictions: Path,
     cache: Path,
@@ -162,6 +173,7 @@ def prepare_previous_stage(
             f"{_folds_to_train(missing, store.parent / SPLITS_FILE)}"
         )
     split_of = _fold_splits(store)
+    _read_splits_unlocked(predictions, case_ids, split_of)
     with folder_lock(predictions) if case_ids else contextlib.nullcontext():  # each copy with its record (hand_on)
         for case_id in case_ids:
             if problem := _stale_handing(predictions, case_id, store, file_ending, split_of):
