@@ -6,10 +6,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+import pytest
+
+from autoseg.dataset.imageio import Geometry, read_image, write_image
+from autoseg.errors import DatasetError
+from autoseg.evaluation.statistics import SUMMARY_CSV
+from autoseg.inference.batch import InputCase, _finished
 from cli_helpers import autoseg_fails
 from conftest import HIPPOCAMPUS
 
-from autoseg.evaluation.statistics import SUMMARY_CSV
+GEOMETRY_2D = Geometry(spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction=tuple(np.eye(3).ravel()))
 
 
 def test_statistics_of_the_written_cases_when_another_case_fails(tmp_path: Path) -> None:
@@ -30,3 +37,29 @@ def test_statistics_of_the_written_cases_when_another_case_fails(tmp_path: Path)
     rows = (out / SUMMARY_CSV).read_text().splitlines()
     assert [row.split(",")[:2] for row in rows[1:]] == [["good", "Anterior"], ["good", "Posterior"]]
     assert not (out / "broken_statistics.json").exists()
+
+
+def _png_case(folder: Path, ending: str) -> tuple[InputCase, list[Path]]:
+    """A 2D case ``c`` (its image) and the label map a finished predict run wrote for it in ``folder``."""
+    folder.mkdir()
+    write_image(np.random.default_rng(0).normal(size=(1, 40, 40)).astype(np.float32), GEOMETRY_2D, folder / "c_0000.nii.gz")
+    label_map = folder / f"c{ending}"
+    write_image(np.random.default_rng(1).integers(0, 3, (1, 40, 40)).astype(np.uint8), GEOMETRY_2D, label_map)
+    return InputCase("c", {0: folder / "c_0000.nii.gz"}), [label_map]
+
+
+@pytest.mark.parametrize("ending", [".png", ".tif", ".tiff", ".bmp"])
+@pytest.mark.parametrize("damage", ["cut in half", "not an image"])
+def test_continue_predicts_again_a_png_or_tiff_label_map_cut_short(tmp_path, capsys, ending, damage):
+    """--continue checked the label maps of ITK's formats and .npz only: a PNG/TIFF label map cut short (an interrupted
+    copy) or overwritten was kept as finished, and evaluate then refused it."""
+    case, files = _png_case(tmp_path / "out", ending)
+    assert _finished(case, files)
+    data = files[-1].read_bytes()
+    files[-1].write_bytes(data[: len(data) // 2] if damage == "cut in half" else b"<html>not found</html>")
+    with pytest.raises(DatasetError):
+        read_image(files[-1])
+    capsys.readouterr()
+    assert not _finished(case, files)
+    assert capsys.readouterr().err == (f"note: case c: its label map {files[-1]} cannot be decoded (damaged or cut "
+                                       "short); predicting it again\n")

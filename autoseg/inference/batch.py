@@ -44,7 +44,7 @@ from autoseg.dataset.imageio import (
     voxel_data_cut_short,
     write_image,
 )
-from autoseg.errors import AutosegError, InferenceError
+from autoseg.errors import AutosegError, DatasetError, InferenceError
 from autoseg.inference.engine import DEFAULT_CHECKPOINT, LoadedModel, require_torch
 from autoseg.inference.predictor import Prediction, predict_array
 from autoseg.inference.tiling import DEFAULT_STEP, check_batch_tiles, check_step
@@ -714,7 +714,7 @@ def _label_map_grid(path: Path) -> tuple[tuple[tuple[int, ...], Geometry] | None
     if path.is_file() and path.stat().st_size == 0:
         return None, f"its label map {path} is empty (0 bytes)"
     if image_ending(path) not in SITK_ENDINGS or not path.is_file():
-        return None, None
+        return None, _undecodable_label_map(path)
     if not itk_reads_spelling(path):
         spelled = path.name[-len(image_ending(path)):]
         return None, (f"its label map {path} ends in '{spelled}', a spelling of {image_ending(path)} that ITK, the "
@@ -724,6 +724,19 @@ def _label_map_grid(path: Path) -> tuple[tuple[tuple[int, ...], Geometry] | None
     if voxel_data_cut_short(path):
         return None, f"its label map {path} is cut short (its voxel data ends before its header says)"
     return _reader_grid(reader), None
+
+
+def _undecodable_label_map(path: Path) -> str | None:
+    """Why the label map ``path`` of a format ITK does not read (PNG, BMP, TIFF) is no finished output, or None: one
+    cut short or damaged since was kept by ``--continue``. These formats have no header that says how long their
+    data is (a PNG's ends in chunks, a TIFF's in strips anywhere in the file), so the image is decoded, as read."""
+    if not path.is_file():
+        return None
+    try:
+        read_image(path)
+    except DatasetError:
+        return f"its label map {path} cannot be decoded (damaged or cut short)"
+    return None
 
 
 def _damaged_probabilities(case_id: str, files: Sequence[Path]) -> str | None:
