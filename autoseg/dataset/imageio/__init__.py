@@ -35,6 +35,18 @@ import numpy as np
 import SimpleITK as sitk
 
 from autoseg.dataset.description import channel_list
+from autoseg.dataset.imageio.endings import (  # noqa: F401 - re-exported
+    DETACHED_HEADER_KEYS,
+    NATURAL_2D_ENDINGS,
+    NIFTI_ENDINGS,
+    SITK_ENDINGS,
+    SUPPORTED_ENDINGS,
+    TIFF_ENDINGS,
+    image_ending,
+    is_image_ending,
+    itk_reads_spelling,
+    spelled_ending,
+)
 from autoseg.dataset.imageio.geometry import (  # noqa: F401 - re-exported
     GEOMETRY_TOLERANCE,
     ORIGIN_PRECISION_VOXELS,
@@ -60,37 +72,6 @@ sitk.ProcessObject_SetGlobalWarningDisplay(False)
 # tifffile logs each oddity of a damaged TIFF ('incorrect StripByteCounts count (1 != 10000)', several times) to
 # stderr beside autoseg's own line naming the file; its errors still reach autoseg as exceptions.
 logging.getLogger("tifffile").setLevel(logging.CRITICAL)
-
-
-NIFTI_ENDINGS = (".nii.gz", ".nii")
-SITK_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".gipl", ".gipl.gz")
-# A header whose voxels lie in a separate data file that it names (MetaImage ElementDataFile, NRRD "data file").
-DETACHED_HEADER_KEYS = {".mhd": ("elementdatafile",), ".nhdr": ("data file", "datafile")}
-NATURAL_2D_ENDINGS = (".png", ".bmp", ".tif", ".tiff")
-TIFF_ENDINGS = (".tif", ".tiff")  # a 2D image, or a 3D volume when its spacing is known (is_tiff_volume)
-SUPPORTED_ENDINGS = SITK_ENDINGS + NATURAL_2D_ENDINGS
-
-
-def image_ending(path: str | Path) -> str:
-    """The supported file ending of ``path`` ('' for a folder, which is read as a DICOM series)."""
-    name = Path(path).name.lower()
-    for ending in sorted(SUPPORTED_ENDINGS, key=len, reverse=True):
-        if name.endswith(ending):
-            return ending
-    return ""
-
-
-def is_image_ending(ending: str) -> bool:
-    """Whether ``ending`` is a supported file ending as a dataset's ``file_ending`` is written: leading dot
-    included, any case (``nii.gz`` and ``''`` are not: an empty one took every file of a folder as one case)."""
-    return ending.startswith(".") and image_ending(f"case{ending}") == ending.lower()
-
-
-def spelled_ending(path: Path) -> str:
-    """The supported image ending of ``path`` as its name spells it ('' if none): cases are matched by
-    exact file name, so ``c1.NII.GZ`` must be looked for as ``.NII.GZ``, not ``.nii.gz``."""
-    ending = image_ending(path)
-    return path.name[-len(ending):] if ending else ""
 
 
 def _check_utf8_path(path: Path) -> None:
@@ -1817,21 +1798,6 @@ def _check_slice_positions(folder: Path, files: Sequence[str], headers: Sequence
 # no 32- or 64-bit integers.
 _MAX_SIDE = {".nii": 32767, ".nii.gz": 32767, ".gipl": 65535, ".gipl.gz": 65535}
 _GIPL_UNWRITABLE_KINDS = (np.int32, np.uint32, np.int64, np.uint64)
-
-
-# The spellings of an ending, other than lower case, that ITK reads: NRRD in any case, NIfTI in upper case only.
-_ITK_OTHER_SPELLINGS = {".nii.gz": (".NII.GZ",), ".nii": (".NII",), ".nrrd": None, ".nhdr": None}
-
-
-def itk_reads_spelling(path: str | Path) -> bool:
-    """Whether ITK reads a file named ``path`` by its ending as spelled (``.NII.GZ`` yes, ``.MHA``, ``.Nii.gz`` no);
-    True for endings ITK does not read (natural 2D images)."""
-    ending = image_ending(path)
-    spelled = Path(path).name[-len(ending):] if ending else ""
-    if ending not in SITK_ENDINGS or spelled == ending:
-        return True
-    others = _ITK_OTHER_SPELLINGS.get(ending, ())
-    return others is None or spelled in others
 
 
 def unwritable_problem(
