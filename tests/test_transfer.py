@@ -358,3 +358,35 @@ def test_cli_refuses_pretrained_weights_with_continue(roots: dict[str, Path], tm
     result = CliRunner().invoke(app, ["train", "4", "3d_fullres", "0", "--continue", "--pretrained-weights", str(tmp_path)])
     assert result.exit_code == 2
     assert "--pretrained-weights starts a fold, --continue resumes one from its own checkpoint; drop one of them" in result.output
+
+
+@pytest.mark.parametrize(("asked", "plannable"), [(["-c", "3d_fullres"], "3d_fullres"), ([], "2d")])
+def test_plan_refuses_a_source_with_no_shared_configuration_before_timing(
+        roots: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, asked: list[str], plannable: str) -> None:
+    """Was: refused only after the timing probe (and fingerprinting, where -c already told) planned the target.
+    A source of 2d alone meets -c 3d_fullres before fingerprinting; a 3D source meets a 2D dataset (a single
+    slice per case) once its fingerprint is read, before timing."""
+    import autoseg.fingerprint.extract as extract
+    import autoseg.planning.compute_budget as compute_budget
+
+    def reached(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the timing probe ran before the configuration check")
+
+    monkeypatch.setattr(compute_budget, "measure_timing", reached)
+    if asked:
+        monkeypatch.setattr(extract, "extract_fingerprint", reached)
+    one_class_target(roots)
+    fingerprint = roots["preprocessed"] / TARGET / "fingerprint.json"
+    if not asked:  # the target's cases as single slices: a 2D dataset, told by its fingerprint
+        autoseg("fingerprint", TARGET)
+        written = json.loads(fingerprint.read_text())
+        written["shapes_after_crop"] = [[1, *shape[1:]] for shape in written["shapes_after_crop"]]
+        fingerprint.write_text(json.dumps(written))
+    theirs = "2d" if asked else "3d_fullres"
+    dims = 2 if asked else 3
+    source = {**make_plans({theirs: make_configuration(SOURCE_SPACING, patch_size=PATCH[:dims], spatial_dims=dims)}),
+              "dataset_name": SOURCE}
+    (tmp_path / "plans.json").write_text(json.dumps(source))
+    output = " ".join(autoseg_fails("plan", TARGET, "--device", "cpu", *asked, "--transfer-plans-from", tmp_path).split())
+    assert f"plans.json: has configurations {theirs}, the target can plan only {plannable}; none in common to transfer" in output
+    assert not (roots["preprocessed"] / TARGET / "autosegPlans.json").exists()

@@ -922,7 +922,7 @@ def build_plans(
     target = rules.target_spacing(fingerprint["spacings"], fingerprint["shapes_after_crop"])
     _check_resampled_sizes(fingerprint, target)
     slice_axis = single_slice_axis(fingerprint["shapes_after_crop"])
-    is_2d = bool(fingerprint["is_2d"]) or slice_axis is not None
+    is_2d = dataset_is_2d(fingerprint)
     forward, backward = rules.transpose_axes(target, first=slice_axis)
     spacing = [target[a] for a in forward]
     ctx.forward, ctx.fixed_orders = forward, mirroring.fixed_orders(fingerprint)
@@ -1097,13 +1097,36 @@ def _check_resampled_sizes(fingerprint: dict[str, Any], target: Sequence[float])
         )
 
 
-def _wanted_configurations(configs: str | Sequence[str] | None, is_2d: bool, family_dims: tuple[int, ...],
-                           ctx: _Context) -> set[str]:
+def _checked_configs(configs: str | Sequence[str] | None) -> list[str] | None:
+    """The configurations asked for (None: all that apply), refused when one is unknown."""
     if configs is not None:  # one name, not its letters ("unknown configuration(s) 3, _, d, ...")
         configs = string_list(configs)
     unknown = sorted(set(configs or ()) - set(ALL_CONFIGURATIONS))
     if unknown:
         raise PlanError(f"unknown configuration(s) {', '.join(unknown)}; choose from {', '.join(ALL_CONFIGURATIONS)}")
+    return configs
+
+
+def plannable_configurations(configs: str | Sequence[str] | None, family_dims: tuple[int, ...],
+                             is_2d: bool | None = None) -> set[str]:
+    """The configurations a plan can hold at most: those asked for (all without ``configs``) that the
+    family's dimensionalities build and, once the fingerprint tells (``is_2d``), the dataset's."""
+    possible = set(_checked_configs(configs) or ALL_CONFIGURATIONS)
+    if 2 not in family_dims or is_2d is False:
+        possible.discard(CONFIG_2D)
+    if 3 not in family_dims or is_2d:
+        possible -= {CONFIG_FULLRES, CONFIG_LOWRES, CONFIG_CASCADE}
+    return possible
+
+
+def dataset_is_2d(fingerprint: dict[str, Any]) -> bool:
+    """A 2D dataset: 2D images, or volumes whose cases all hold one slice after cropping."""
+    return bool(fingerprint["is_2d"]) or single_slice_axis(fingerprint["shapes_after_crop"]) is not None
+
+
+def _wanted_configurations(configs: str | Sequence[str] | None, is_2d: bool, family_dims: tuple[int, ...],
+                           ctx: _Context) -> set[str]:
+    configs = _checked_configs(configs)
     possible = {CONFIG_2D} if is_2d else set(ALL_CONFIGURATIONS)
     if 2 not in family_dims:
         possible.discard(CONFIG_2D)
@@ -1183,10 +1206,11 @@ def plan_dataset(
     spec.check_label_kind(load_description(location.raw_dir).regions_class_order is not None)
     plans_path(location.preprocessed_dir, plans_name)  # so does a plans name that is not a file name
     donor = None
-    if transfer_from is not None:  # a source of other channels fails before fingerprinting and timing
+    if transfer_from is not None:  # a source of other channels or configurations fails before fingerprinting and timing
         from autoseg.planning.transfer import fitting_source_plans
 
-        donor = fitting_source_plans(location.name, load_description(location.raw_dir).channel_names, transfer_from)
+        donor = fitting_source_plans(location.name, load_description(location.raw_dir).channel_names, transfer_from,
+                                     plannable_configurations(configs, spec.constraints.spatial_dims))
     if not fingerprint_path(location).is_file() or fingerprint_is_stale(location):
         from autoseg.fingerprint.extract import extract_fingerprint  # SimpleITK and scipy: only when needed
 
@@ -1194,6 +1218,11 @@ def plan_dataset(
         # fingerprint.json already written was warned of when it was made, so reading it prints nothing.
         extract_fingerprint(location, num_workers, warn=_print_warning)
     fingerprint = load_fingerprint(location)
+    if donor is not None:  # a 2D dataset's plan holds 2d only: known before the timing probe
+        from autoseg.planning.transfer import refuse_without_shared
+
+        is_2d = dataset_is_2d(check_fingerprint(fingerprint, str(fingerprint_path(location))))
+        refuse_without_shared(donor[0], donor[1], plannable_configurations(configs, spec.constraints.spatial_dims, is_2d))
     chosen, present = target_device(device, gpu_memory_gb, budget_seconds)
     usable, nominal = memory_budget(chosen, gpu_memory_gb)
     if budget_seconds is None and chosen.type == "cpu":

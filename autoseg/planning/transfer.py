@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 from autoseg.errors import NetworkError, PlanError
 from autoseg.paths import MODEL_FOLDER_NAME, check_model_folder_name, model_folder_parts
@@ -127,13 +127,17 @@ def _check_channels(target: dict[str, Any], source: dict[str, Any], source_name:
     mine, theirs = target.get("channel_names") or {}, source.get("channel_names")
     if not isinstance(theirs, dict) or len(theirs) == len(mine):
         return
-    listed = lambda names: ", ".join(f"{k}: {v}" for k, v in names.items())  # noqa: E731
     raise PlanError(
         f"{source_name}: its dataset {source.get('dataset_name') or '(unnamed)'} has {len(theirs)} input channel(s) "
-        f"({listed(theirs)}), {target.get('dataset_name')} has {len(mine)} ({listed(mine)}); pretrained weights need "
+        f"({_listed(theirs)}), {target.get('dataset_name')} has {len(mine)} ({_listed(mine)}); pretrained weights need "
         "the same input channels: transfer from a model trained on this dataset's channels, or plan without "
         "--transfer-plans-from"
     )
+
+
+def _listed(channel_names: dict[str, Any]) -> str:
+    """Channel names as the refusals show them: '0: FLAIR, 1: T1w'."""
+    return ", ".join(f"{k}: {v}" for k, v in channel_names.items())
 
 
 def _without_unfitting_cascade(shared: list[str], plans: dict[str, Any], source: dict[str, Any], source_name: str) -> list[str]:
@@ -178,7 +182,10 @@ def _refit_schedule(config: dict[str, Any], budget: float, seconds: float, recip
     measured speed, and at its recipe speed (``recipe_iterations``, which the training settings follow)."""
     per_checkpoint = parts["checkpoints"] / A.checkpoint_files(config["num_iterations"], config["iterations_per_epoch"])
     step = seconds * C.VALIDATION_COST_FACTOR
-    split = lambda s: A.split_budget(budget, parts["preprocess"], parts["final_validation"], s, per_checkpoint)[0]  # noqa: E731
+    def split(step_seconds: float) -> int:
+        """The iterations the budget leaves at this many seconds a step."""
+        return A.split_budget(budget, parts["preprocess"], parts["final_validation"], step_seconds, per_checkpoint)[0]
+
     iterations, config["recipe_iterations"] = split(step), split(recipe_seconds * C.VALIDATION_COST_FACTOR)
     config["num_iterations"], config["iterations_per_epoch"] = T.schedule(iterations)
     refit = A.parts_for(config["num_iterations"], parts["preprocess"], parts["final_validation"], step, per_checkpoint,
@@ -241,13 +248,28 @@ def _model_folder(plans: dict[str, Any], configuration: str) -> str:
     return f"{name or '<network>'}__{plans.get('plans_name') or '<plans>'}__{configuration}"
 
 
-def fitting_source_plans(dataset_name: str, channel_names: dict[str, str], source: str | Path
-                         ) -> tuple[dict[str, Any], str, list[str]]:
-    """``read_source_plans``, refused when the source's channels do not fit the target dataset's: checked
-    before planning, whose timing probe took ~20 s before the refusal came."""
+def fitting_source_plans(dataset_name: str, channel_names: dict[str, str], source: str | Path,
+                         plannable: Collection[str]) -> tuple[dict[str, Any], str, list[str]]:
+    """``read_source_plans``, refused when the source's channels do not fit the target dataset's, or when it
+    has none of the configurations the target can plan (``plannable``: those asked for with -c that the
+    network family builds): checked before planning, whose fingerprint and timing probe took ~20 s before
+    the refusal came."""
     plans, name, notes = read_source_plans(source)
     _check_channels({"dataset_name": dataset_name, "channel_names": channel_names}, plans, name)
+    refuse_without_shared(plans, name, plannable)
     return plans, name, notes
+
+
+def refuse_without_shared(source: dict[str, Any], source_name: str, plannable: Collection[str]) -> None:
+    """Refuse a source with none of the configurations the target can plan, before any costly step: the
+    same refusal ``transfer_plans`` gives once the target is planned."""
+    if set(source["configurations"]) & set(plannable):
+        return
+    target = {"configurations": {name: {"spatial_dims": 2 if name == "2d" else 3} for name in sorted(plannable)}}
+    raise PlanError(
+        f"{source_name}: has configurations {', '.join(source['configurations'])}, the target can plan only "
+        f"{', '.join(sorted(plannable))}; none in common to transfer ({_no_shared_advice(target, source)})"
+    )
 
 
 def _zip_plans(path: Path) -> tuple[dict[str, Any], str, list[str]]:
