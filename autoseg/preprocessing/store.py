@@ -272,14 +272,36 @@ def check_stored_cases(folder: str | Path, case_ids: Sequence[str]) -> None:
 
 
 def _failing_cases(folder: Path, case_ids: Sequence[str]) -> list[str]:
-    """The cases of ``case_ids`` that fail their check now."""
-    failing = []
-    for case_id in case_ids:
-        try:
-            _check_stored_once(folder, case_id)
-        except PreprocessingError:
-            failing.append(case_id)
-    return failing
+    """The cases of ``case_ids`` that fail their check now and may be being stored again; a case that is damaged
+    for certain (``_check_settled``) is refused at once."""
+    return [case_id for case_id in case_ids if not _check_settled(folder, case_id)]
+
+
+def _check_settled(folder: Path, case_id: str) -> bool:
+    """Whether the case passes its check; the check's ``PreprocessingError`` where it fails with its marker there and
+    unchanged throughout: a writer removes the marker before it touches the arrays (``save_case``, ``remove_case``)
+    and renames every file into place whole, so no writer is in the middle of that case, and its damage (an array
+    that cannot be opened, cut short, missing) is told at once with its fix, not as 'probably being stored again'
+    after the writers' wait."""
+    marker = case_paths(folder, case_id)[2]
+    before = _file_state(marker)
+    try:
+        _check_stored_once(folder, case_id)
+    except PreprocessingError:
+        if before is not None and _file_state(marker) == before:
+            raise
+        return False
+    return True
+
+
+def _file_state(path: Path) -> tuple[int, int, int, int] | None:
+    """``path``'s inode, size and times (None where it is missing): equal before and after a read, nobody replaced
+    or removed it meanwhile."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return None
+    return info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns
 
 
 def _check_without_writers(folder: Path, case_ids: Sequence[str]) -> None:
