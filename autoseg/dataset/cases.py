@@ -22,6 +22,7 @@ from autoseg.errors import DatasetError
 from autoseg.paths import undecodable_path_problem
 
 CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+ALIKE_ON_SCREEN = "alike on screen, other names on disk"  # why names in two Unicode forms are told apart
 
 
 @dataclass
@@ -149,6 +150,7 @@ def scan_images(folder: Path, desc: DatasetDescription, unsuffixed: frozenset[st
             continue
         channel = int(match["channel"])
         channels.setdefault(match["case"], {})[channel] = path
+    _report_mixed_forms(channels, scan)
     for case_id, files in sorted(channels.items()):
         missing, extra = channel_file_gaps(files, desc.num_channels, desc.file_ending)
         for c in missing:
@@ -160,6 +162,20 @@ def scan_images(folder: Path, desc: DatasetDescription, unsuffixed: frozenset[st
         if not missing:
             scan.cases.append(Case(case_id, [files[c] for c in sorted(files) if c < desc.num_channels]))
     return scan
+
+
+def _report_mixed_forms(channels: dict[str, dict[int, Path]], scan: CaseScan) -> None:
+    """Report, and take out of ``channels``, each case whose channel files spell its id in several Unicode forms
+    ('café_0000' composed, 'café_0001' with a combining accent): read as one case per spelling, each was reported as
+    missing the other's channels, naming files that were there. Their names join ``scan.reported_stems`` (a case,
+    once renamed: counted for numTraining, its label not reported as one without images)."""
+    spellings: dict[str, list[str]] = {}
+    for case_id in channels:
+        spellings.setdefault(_composed(case_id), []).append(case_id)
+    for case_ids in (sorted(ids) for ids in spellings.values() if len(ids) > 1):
+        files = {f"{case_id}_{c:04d}": path for case_id in case_ids for c, path in channels.pop(case_id).items()}
+        scan.reported_stems.update(files)
+        scan.problems.append(_mixed_forms_problem(sorted(files.values())))
 
 
 def _lacks_case_id(stem: str) -> bool:
@@ -224,7 +240,8 @@ def scan_training_cases(dataset_dir: Path, desc: DatasetDescription) -> CaseScan
     reported_images = {m["case"] for stem in scan.reported_stems if (m := CHANNEL_SUFFIX.match(stem))}
     with_images = image_ids | reported_images
     twins = _unicode_twins(with_images - set(label_files), set(label_files) - with_images)
-    scan.num_declared_cases = len(image_ids | set(label_files) | reported_images | reported_labels) - len(twins)
+    named = image_ids | set(label_files) | reported_images | reported_labels
+    scan.num_declared_cases = len({_composed(case_id) for case_id in named})  # a case in two forms once
     for case in scan.cases:
         case.label = label_files.get(case.case_id)
         if case.label is None and labels_dir.is_dir() and case.case_id not in reported_labels | set(twins.values()):
@@ -251,17 +268,33 @@ def _unicode_twins(image_ids: set[str], label_stems: set[str]) -> dict[str, str]
     form (NFC): 'café' typed on one system (é one character) and copied from another (e + a combining accent) look
     alike but are other names, and were reported as a missing label and a label without images, both naming the
     file that was plainly there (and counted twice for numTraining)."""
-    by_form = {unicodedata.normalize("NFC", case_id): case_id for case_id in image_ids}
-    return {stem: by_form[form] for stem in label_stems if (form := unicodedata.normalize("NFC", stem)) in by_form}
+    by_form = {_composed(case_id): case_id for case_id in image_ids}
+    return {stem: by_form[form] for stem in label_stems if (form := _composed(stem)) in by_form}
+
+
+def _composed(name: str) -> str:
+    """``name`` in the composed Unicode form (NFC) by which two spellings of one name are found alike."""
+    return unicodedata.normalize("NFC", name)
 
 
 def _unicode_twin_problem(label: Path, case_id: str) -> str:
     """The one line for a label named as case ``case_id``'s images in another Unicode form (``_unicode_twins``)."""
-    forms = {name: "composed (NFC)" if unicodedata.is_normalized("NFC", name) else "decomposed (NFD)"
-             for name in (label.name, case_id)}
     return (f"{label}: its name spells the case id {case_id!r} with other Unicode characters than the images of "
-            f"case {case_id} do ({forms[label.name]} vs {forms[case_id]}: alike on screen, other names on disk), so "
+            f"case {case_id} do ({_unicode_form(label.name)} vs {_unicode_form(case_id)}: {ALIKE_ON_SCREEN}), so "
             "they do not match; rename the label or the images so both use the same (composed, NFC) characters")
+
+
+def _mixed_forms_problem(paths: list[Path]) -> str:
+    """The one line for a case whose channel files spell its id in several Unicode forms (``_report_mixed_forms``)."""
+    spelled = ", ".join(f"{path.name} {_unicode_form(path.name)}" for path in paths)
+    return (f"{paths[0]}: the channel files of one case spell its case id in different Unicode forms ({spelled}: "
+            f"{ALIKE_ON_SCREEN}), so they were read as separate cases each missing channels; rename them so all use the "
+            "same (composed, NFC) characters")
+
+
+def _unicode_form(name: str) -> str:
+    """How ``name`` writes its accented letters: composed (é one character, NFC) or decomposed (e and an accent)."""
+    return "composed (NFC)" if unicodedata.is_normalized("NFC", name) else "decomposed (NFD)"
 
 
 def case_id_problem(case_id: str) -> str | None:
