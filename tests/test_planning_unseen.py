@@ -9,7 +9,7 @@ from autoseg.planning import constants as C
 from autoseg.planning.planner import _Costs, largest_fold_share
 
 
-@pytest.mark.parametrize(("cases", "largest"), [(5, 1), (6, 2), (8, 2), (10, 2), (11, 3), (208, 42)])
+@pytest.mark.parametrize(("cases", "largest"), [(1, 0), (4, 0), (5, 1), (6, 2), (8, 2), (10, 2), (11, 3), (208, 42)])
 def test_the_budget_prices_the_final_validation_of_the_largest_fold(cases, largest):
     """Six CT crops planned a fifth of their tiles (1.2 cases) for the final validation, but fold 0, which
     ``autoseg train D 3d_fullres 0`` runs, validates 2 (the first cases % 5 folds take one more): predicted
@@ -98,6 +98,27 @@ def test_a_plan_for_fewer_cases_than_folds_says_folds_0_to_4_cannot_train(cases,
     plans = build_plans(fingerprint, memory_budget_bytes=6 * 2**30, device="cuda", device_present=False,
                         configs=["3d_fullres"], cache_dir=tmp_path)
     expected = (f"{cases} training case(s) cannot be split into 5 folds, so `autoseg train` refuses folds 0-4: add "
-                "cases, train fold 'all' (no final validation), or write splits_final.json with fewer folds into the "
-                "dataset's preprocessed folder")
+                "cases, train fold 'all' (no final validation, so the plan reserves no time for one), or write "
+                "splits_final.json with fewer folds into the dataset's preprocessed folder (training then keeps its "
+                "final validation's time from the iterations)")
     assert (expected in plans["notes"]) == noted
+
+
+@pytest.mark.parametrize("cases", [1, 4, 5])
+def test_a_budget_for_fewer_cases_than_folds_reserves_no_final_validation(cases, tmp_path):
+    """With fewer cases than folds only fold 'all' trains, which has no final validation (training reserves
+    none for it), but the plan kept the largest fold's validation time free: a quarter of 4 cases' tiles and
+    exports, never used. It prices none now; 5 cases still price fold 0's one case."""
+    import torch
+
+    from autoseg.planning import compute_budget as T
+    from autoseg.planning.planner import build_plans
+
+    rate = T.reference_seconds_per_gflop(torch.device("cpu"))
+    fingerprint = _one_channel_fingerprint("Dataset982_FewCases", [1.0, 1.0, 1.0], [40, 56, 40], cases)
+    plans = build_plans(fingerprint, memory_budget_bytes=4 * 2**30, budget_seconds=600.0, configs=["3d_fullres"],
+                        timing_factory=lambda dims, width, mixed_precision="auto": T.TimingModel("fake cpu", 0.0, rate, rate),
+                        cache_dir=tmp_path)
+    parts = plans["configurations"]["3d_fullres"]["predicted_seconds"]
+    assert (parts["final_validation"] == 0.0) == (cases < 5)
+    assert parts["final_validation"] >= 0.0 and parts["total"] == pytest.approx(sum(v for k, v in parts.items() if k != "total"), abs=0.2)

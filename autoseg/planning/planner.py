@@ -394,8 +394,13 @@ class _Costs:
 def largest_fold_share(cases: int) -> float:
     """The share of the cases the largest fold validates (``splits.fold_sizes``: the first ``cases % 5``
     folds take one more), and fold 0, the one a budget is tried on, is one of them. A fifth, the mean
-    fold, priced 6 CT crops' fold 0 (2 cases) at 1.2 cases: 5 s of final validation where it took 22."""
-    return max(fold_sizes(cases)) / max(cases, 1)
+    fold, priced 6 CT crops' fold 0 (2 cases) at 1.2 cases: 5 s of final validation where it took 22.
+    With fewer cases than folds, ``train`` refuses folds 0-4 and fold ``all`` trains, which has no final
+    validation (training reserves none: training/replanning.py), so none is priced: a 4-case plan kept
+    a quarter of its cases' validation free, time the run never used."""
+    if cases < NUM_FOLDS:
+        return 0.0
+    return max(fold_sizes(cases)) / cases
 
 
 def _costs(ctx: _Context, fingerprint: dict[str, Any], forward: list[int], spacing: Sequence[float],
@@ -1051,8 +1056,9 @@ def _too_few_cases_notes(cases: int) -> list[str]:
     if cases >= NUM_FOLDS:
         return []
     return [f"{cases} training case(s) cannot be split into {NUM_FOLDS} folds, so `autoseg train` refuses folds "
-            f"0-{NUM_FOLDS - 1}: add cases, train fold 'all' (no final validation), or write splits_final.json with "
-            "fewer folds into the dataset's preprocessed folder"]
+            f"0-{NUM_FOLDS - 1}: add cases, train fold 'all' (no final validation, so the plan reserves no time for "
+            "one), or write splits_final.json with fewer folds into the dataset's preprocessed folder (training then "
+            "keeps its final validation's time from the iterations)"]
 
 
 def _voxel_count(count: int) -> str:
