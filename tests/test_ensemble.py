@@ -688,9 +688,8 @@ def test_the_output_folders_refusals_come_before_any_probabilities_are_read(tmp_
     dirs = _two_folders_of_case_x(tmp_path)
     ensemble_folders(dirs, tmp_path / "out", num_workers=1)
     read = []
-    checked = ensemble.check_case_probabilities  # counts the cases whose probabilities are read
-    monkeypatch.setattr(ensemble, "check_case_probabilities",
-                        lambda case, folders: read.append(case) or checked(case, folders))
+    averaged = ensemble.ensemble_case  # counts the cases whose probabilities are read
+    monkeypatch.setattr(ensemble, "ensemble_case", lambda case, *args: read.append(case) or averaged(case, *args))
     with pytest.raises(EvaluationError, match=r"out/x\.nii\.gz: a label map of case x of another ending than this run's "
                                               r"\.nrrd; .* Give the ending it has \(--file-ending \.nii\.gz\)"):
         ensemble_folders(dirs, tmp_path / "out", num_workers=1, file_ending=".nrrd")

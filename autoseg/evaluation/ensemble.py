@@ -9,6 +9,7 @@ sidecar's geometry: argmax for classes, thresholding in ``regions_class_order`` 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -28,7 +29,7 @@ from autoseg.evaluation.metrics import evaluation_classes
 from autoseg.utils.probability_files import (
     PROBABILITIES_SUFFIX, probability_paths, read_probabilities, read_sidecar, refuse_non_finite, write_probability_files,
 )
-from autoseg.utils.atomic import atomic_write_json, remove_stale_temporaries
+from autoseg.utils.atomic import atomic_write_json, remove_stale_temporaries, require_writable, staging_folder
 from autoseg.utils.disk import stop_on_full_disk
 from autoseg.utils.grid_check import geometry_problem
 from autoseg.utils.output_folders import check_output_folder, check_output_marker, claim_output_files, input_entry
@@ -182,9 +183,16 @@ def inputs_description(input_dirs: Sequence[Path], case: str) -> DatasetDescript
     return None
 
 
-def ensemble_case(case: str, input_dirs: Sequence[Path], output_dir: Path, file_ending: str, save_probabilities: bool) -> None:
-    """Average one case's probabilities over ``input_dirs`` and write its label map (and probabilities)."""
+def ensemble_case(
+    case: str, input_dirs: Sequence[Path], output_dir: Path, file_ending: str, save_probabilities: bool,
+    staging: Path | None = None,
+) -> None:
+    """Average one case's probabilities over ``input_dirs`` and write its label map (and probabilities) into
+    ``output_dir``, or into ``staging`` for ``ensemble_folders`` to move there once every case is done (messages name
+    ``output_dir``). Each .npz is read once, refused here if unreadable, of another shape than its sidecar's, or
+    holding NaN or infinities, before this case's outputs are written."""
     sidecars, geometry = agreeing_sidecars(case, input_dirs)
+    target = output_dir if staging is None else staging
     first_dir, reference = input_dirs[0], sidecars[0]
     total = None
     for folder, sidecar in zip(input_dirs, sidecars):
@@ -201,19 +209,38 @@ def ensemble_case(case: str, input_dirs: Sequence[Path], output_dir: Path, file_
     except ValueError as exc:
         raise EvaluationError(f"{probability_paths(first_dir, case).probabilities}: {exc} (case {case})") from None
     with stop_on_full_disk(output_dir, f"the label map of case {case}", DiskFullError, ENSEMBLE_RERUN):
-        write_image(seg, geometry, output_dir / f"{case}{file_ending}")
+        write_image(seg, geometry, target / f"{case}{file_ending}")
     if save_probabilities:  # named apart: a full disk here came after the label map was written
         with stop_on_full_disk(output_dir, f"the probabilities of case {case}", DiskFullError, ENSEMBLE_RERUN):
-            write_probability_files(output_dir, case, mean, geometry, reference["labels"], reference["regions_class_order"])
+            write_probability_files(target, case, mean, geometry, reference["labels"], reference["regions_class_order"])
 
 
-def check_case_probabilities(case: str, input_dirs: Sequence[Path]) -> None:
-    """Read ``case``'s probabilities in each of ``input_dirs``, one file at a time (the memory of one), and refuse one
-    that cannot be read, is not of its sidecar's shape, or holds NaN or infinities: ``ensemble_folders`` checks every
-    case so before writing any, as a case refused in ``ensemble_case`` left the others' label maps, a partial ensemble."""
-    for folder in input_dirs:
-        probabilities = read_probabilities(folder, case, read_sidecar(folder, case, EvaluationError), EvaluationError)
-        refuse_non_finite(probability_paths(folder, case).probabilities, case, probabilities, EvaluationError)
+def _new_staging(out: Path) -> Path:
+    """A hidden folder on ``out``'s file system where the cases are ensembled before any is moved into ``out``: inside
+    ``out`` when it exists (a mount point), else beside it, so that ``out`` is not made for a run that fails. A killed
+    run's is removed as a stale temporary."""
+    if out.is_dir():
+        require_writable(out)  # a read-only folder: refused before any case is averaged
+        remove_stale_temporaries(out)  # what a killed run left half-written
+        return staging_folder(out / "ensemble")
+    remove_stale_temporaries(out.parent, out.name)
+    return staging_folder(out)
+
+
+def _ensemble_staged(out: Path, dirs: Sequence[Path], endings: Mapping[str, str], save_probabilities: bool,
+                     workers: int, staging: Path) -> None:
+    """Every case of ``endings`` ensembled into ``staging``, refused (nothing in ``out``) when any case fails: the
+    probabilities are read once, checked as they are averaged (they were all read twice, once to check them before
+    any case was written, a partial ensemble otherwise)."""
+    items = [(case, (case, dirs, out, ending, save_probabilities, staging)) for case, ending in endings.items()]
+    _, failures = parallel_map(ensemble_case, items, workers, "ensembling", stop_on=(DiskFullError,))
+    raise_failures(failures, len(items), "ensembled", out, written=False)
+
+
+def _move_staged(staging: Path, out: Path) -> None:
+    """Move the ensembled files from ``staging`` into ``out`` (renames on one file system: nothing is copied)."""
+    for path in sorted(staging.iterdir()):
+        os.replace(path, out / path.name)
 
 
 def _probability_cases(folder: Path) -> set[str]:
@@ -376,16 +403,15 @@ def ensemble_folders(
     check_output_marker(out, outputs, "ensemble", EvaluationError, inputs)
     if out.is_dir():
         _refuse_other_endings(out, endings)
-    _, unusable = parallel_map(check_case_probabilities, [(case, (case, dirs)) for case in ordered], workers,
-                               "checking probabilities")
-    raise_failures(unusable, len(ordered), "ensembled", out, written=False)
-    claim_output_files(out, outputs, "ensemble", EvaluationError, inputs)
-    remove_stale_temporaries(out)  # what a killed run left half-written
-    items = [(case, (case, dirs, out, endings[case], save_probabilities)) for case in ordered]
-    _, failures = parallel_map(ensemble_case, items, workers, "ensembling", stop_on=(DiskFullError,))
-    # After the cases, and only beside one: written first, it was all a run whose every case failed left there.
-    if description is not None and len(failures) < len(items):
+    staging = _new_staging(out)
+    try:
+        _ensemble_staged(out, dirs, endings, save_probabilities, workers, staging)
+        claim_output_files(out, outputs, "ensemble", EvaluationError, inputs)
+        _move_staged(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    # After the cases: written first, it was all a run whose every case failed left there.
+    if description is not None:
         with stop_on_full_disk(out, "dataset.json", DiskFullError, ENSEMBLE_RERUN):
             atomic_write_json(out / "dataset.json", _described_as_written(description, endings.values()))
-    raise_failures(failures, len(items), "ensembled", out)
     return ordered
