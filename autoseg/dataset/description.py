@@ -160,11 +160,41 @@ def parse_description(data: dict[str, Any], path: Path) -> DatasetDescription:
 
     The object check is here, not only in ``load_description``: a dataset.json of a model zip that held a list
     was refused as "missing key 'channel_names'"."""
+    _check_object(data, path)
+    channels = _channel_names(data, path)
+    labels = _labels(data, path)
+    num_training = _num_training(_require(data, "numTraining", path, "add the number of training cases"), path)
+    file_ending = _file_ending(data, path)
+    desc = DatasetDescription(
+        channel_names={str(k): str(v) for k, v in channels.items()},
+        labels=labels,
+        num_training=num_training,
+        file_ending=file_ending,
+        regions_class_order=_whole_floats_as_int(data.get("regions_class_order")),
+        cases=_case_list(data, path, file_ending),
+        name=str(data.get("name", "")),
+        raw=data,
+    )
+    if not desc.has_regions:
+        # As nnU-Net's LabelManager, which reads it only for regions: kept for classes, the plans recorded it,
+        # and prediction of the softmax-trained model took it for sigmoid regions and failed (IndexError).
+        desc.regions_class_order = None
+    _check_names(desc, path)
+    _check_label_values(desc, path)
+    return desc
+
+
+def _check_object(data: Any, path: Path) -> None:
+    """dataset.json holds an object with whole characters (no lone surrogate escape)."""
     if not isinstance(data, dict):
         raise DatasetError(f"{path}: must hold a JSON object")
     if (location := lone_surrogate_location(data)) is not None:
         raise DatasetError(f"{path}: {location} holds a lone surrogate escape (\\ud800 to \\udfff: half of a UTF-16 pair, "
                            "no character); write the text with whole characters (or a \\ud83d\\ude00-style pair)")
+
+
+def _channel_names(data: dict[str, Any], path: Path) -> dict[Any, Any]:
+    """``channel_names``, checked: a non-empty mapping numbered 0, 1, 2, ... of names."""
     if "modality" in data and "channel_names" not in data:
         raise DatasetError(f"{path}: 'modality' is nnU-Net v1 syntax; rename it to 'channel_names'")
     channels = _require(data, "channel_names", path, 'add e.g. "channel_names": {"0": "CT"}')
@@ -181,6 +211,11 @@ def parse_description(data: dict[str, Any], path: Path) -> DatasetDescription:
     if unnamed is not None:  # ["CT"] was read as the name "['CT']" and normalised by z-score, not as CT
         raise DatasetError(f'{path}: channel_names["{unnamed}"] is {channels[unnamed]!r}, not a name; write the modality '
                            'as a string, e.g. "CT" (which selects CT normalisation) or "MRI"')
+    return channels
+
+
+def _labels(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``labels`` as nnU-Net reads them, checked: background 0, each value an integer or a region's list."""
     labels = _require(data, "labels", path, 'add e.g. "labels": {"background": 0, "tumor": 1}')
     if isinstance(labels, dict):
         labels = {name: _integer(value) for name, value in labels.items()}
@@ -199,35 +234,28 @@ def parse_description(data: dict[str, Any], path: Path) -> DatasetDescription:
         ok = ok or (isinstance(value, list) and value and all(type(v) is int and v > 0 for v in value))
         if not ok:
             raise DatasetError(f"{path}: label '{name}' has value {value!r}; use a non-negative integer or a list of positive integers (region)")
-    num_training = _num_training(_require(data, "numTraining", path, "add the number of training cases"), path)
+    return labels
+
+
+def _file_ending(data: dict[str, Any], path: Path) -> str:
+    """``file_ending``, checked: a string starting with '.'."""
     file_ending = _require(data, "file_ending", path, 'add e.g. "file_ending": ".nii.gz"')
     if not isinstance(file_ending, str) or not file_ending.startswith("."):
         example = f".{file_ending}" if isinstance(file_ending, str) and file_ending.strip() else ".nii.gz"
         raise DatasetError(f"{path}: file_ending must start with '.', got {file_ending!r}; write "
                            f'"file_ending": "{example}"')
+    return file_ending
+
+
+def _case_list(data: dict[str, Any], path: Path, file_ending: str) -> dict[str, dict[str, Any]] | None:
+    """The optional ``dataset`` mapping of case ids to their files (None without one)."""
     cases = data.get("dataset")
     if cases is not None and not isinstance(cases, dict):
         # every case lookup ran into AttributeError ('list' object has no attribute 'items'): an internal error
         raise DatasetError(f'{path}: "dataset" must map each case id to its files, like {{"case1": {{"images": '
                            f'["imagesTr/case1_0000{file_ending}"], "label": "labelsTr/case1{file_ending}"}}}} '
                            f"(got a {type(cases).__name__}); or remove it to find the cases in imagesTr/labelsTr")
-    desc = DatasetDescription(
-        channel_names={str(k): str(v) for k, v in channels.items()},
-        labels=labels,
-        num_training=num_training,
-        file_ending=file_ending,
-        regions_class_order=_whole_floats_as_int(data.get("regions_class_order")),
-        cases=cases,
-        name=str(data.get("name", "")),
-        raw=data,
-    )
-    if not desc.has_regions:
-        # As nnU-Net's LabelManager, which reads it only for regions: kept for classes, the plans recorded it,
-        # and prediction of the softmax-trained model took it for sigmoid regions and failed (IndexError).
-        desc.regions_class_order = None
-    _check_names(desc, path)
-    _check_label_values(desc, path)
-    return desc
+    return cases
 
 
 def _check_names(desc: DatasetDescription, path: Path) -> None:
