@@ -152,6 +152,28 @@ def mixed_2d_problem(cases: Sequence[Case], grids: Sequence[tuple[Sequence[float
             "volume of one slice with its slice thickness (as the other cases' files are), or remove it")
 
 
+SHOWN_SLICE_CASES = 5  # single-slice cases named in their warning's one line; the rest are counted
+
+
+def single_slice_warning(cases: Sequence[Case], grids: Sequence[tuple[Sequence[float], Sequence[int]] | None]
+                         ) -> str | None:
+    """The one warning naming the cases of one voxel along an axis (but not along all: ``_blank_channel_warnings``
+    names a single voxel) in a 3D dataset (some case has several voxels along every axis), each case with its
+    (spacing, shape) (None: unread); 2D images (slice spacing 999 mm) are ``mixed_2d_problem``'s. nnU-Net accepts such
+    a case, so verify passed it without a word, though a 3D model sees nothing around it along that axis."""
+    read = [(c, g[1]) for c, g in zip(cases, grids) if g is not None and g[0][0] < SLICE_SPACING_2D]
+    if not any(min(shape) > 1 for _, shape in read):
+        return None
+    thin = [(case, shape) for case, shape in read if min(shape) == 1 < max(shape)]
+    if not thin:
+        return None
+    named = ", ".join(f"{case.case_id} (size {tuple(shape[::-1])})" for case, shape in thin[:SHOWN_SLICE_CASES])
+    more = f" and {len(thin) - SHOWN_SLICE_CASES} more" if len(thin) > SHOWN_SLICE_CASES else ""
+    return (f"{len(thin)} case(s) are one voxel thick along an axis in a 3D dataset: {named}{more}; a 3D model sees "
+            "no context along that axis in them (nnU-Net accepts them): if the dataset is of such slices, the 2d "
+            "configuration may suit it, else check those files' export or crop")
+
+
 def label_geometry_problem(label: Path, label_geometry: Geometry, image: Path, image_geometry: Geometry) -> str | None:
     """The problem of a label not in its image's geometry (a missing 3D TIFF spacing file named as such), None
     when they agree. Shared with preprocessing, which also reads labels saved off their image after verify."""
@@ -365,6 +387,9 @@ def verify_dataset(location: DatasetSpec, num_workers: int | None = None) -> Ver
     problems.extend(f"case {f.key}: {f.message}" for f in failures)
     warnings.extend(cases_header_warnings([*cases, *test_cases]))
     warnings.extend(_spacing_warnings(cases, results))
+    checked = [*cases, *test_cases]
+    if thin := single_slice_warning(checked, [results.get(c.case_id, ([], [], None))[2] for c in checked]):
+        warnings.append(thin)
     return VerifyReport(location.name, len(cases) + len(test_cases), problems, warnings)
 
 
