@@ -66,74 +66,95 @@ def check_case(case: Case, desc: DatasetDescription, keep_arrays: bool = False) 
     """Read one case and report every problem (unreadable files, channel count, geometry, NaN, labels)."""
     result = CaseCheck(case.case_id)
     arrays: list[tuple[Path, np.ndarray]] = []  # (file, its channels (C, z, y, x))
-    geometries, alphas = [], []
+    geometries: list[Geometry] = []
+    alphas: list[bool] = []
     for path in case.images:
         try:
             array, geometry, alpha = read_image_channels(path)
         except DatasetError as exc:
             result.problems.append(str(exc))
             continue
-        if array.dtype.kind == "f":
-            # ITK's NIfTI reader turns NaN into a number: the file's bytes are read when the array holds it.
-            counts = nifti_nonfinite_counts(path, array)
-            if counts is None:
-                counts = int(np.isnan(array).sum()), int(np.isinf(array).sum())
-            if problem := nonfinite_problem(path, *counts):
-                result.problems.append(problem)
-            overflow = float32_overflow_problem(path, array)
-            if overflow:
-                result.problems.append(overflow)
-        if max(geometry.spacing) > MAX_SPACING_MM:
-            result.problems.append(f"{path}: voxel spacing {tuple(geometry.spacing)} mm is beyond "
-                                   f"{MAX_SPACING_MM:g} mm, no real voxel size (a header in other units?); fix the "
-                                   "header's voxel size")
-        result.warnings.extend(_blank_channel_warnings(case.case_id, path, array, alpha, sum(a.shape[0] for _, a in arrays)))
-        if arrays and array.shape[1:] != arrays[0][1].shape[1:]:
-            result.problems.append(
-                f"{path}: size {array.shape[:0:-1]} differs from {arrays[0][0].name} {arrays[0][1].shape[:0:-1]}; "
-                "all channels of a case must be on the same grid (resample them onto one grid)"
-            )
-        elif arrays:
-            diff = geometry_differences(geometry, geometries[0])
-            if diff:
-                result.problems.append(
-                    f"{path}: geometry differs from {arrays[0][0].name}: {'; '.join(diff)}; resample the "
-                    "channels onto one grid or fix the header"
-                )
+        _check_channel_file(result, path, array, geometry, alpha, arrays, geometries)
         arrays.append((path, array))
         geometries.append(geometry)
         alphas.append(alpha)
     channels = None
     if arrays and len(arrays) == len(case.images):
-        try:
-            channels = select_channels([p for p, _ in arrays], [a for _, a in arrays], alphas, desc.num_channels)
-        except DatasetError as exc:
-            result.problems.append(str(exc))
-        else:
-            result.problems.extend(_rgb_range_problems([p for p, _ in arrays], channels, desc))
-    label = None
-    if case.label is not None:
-        try:
-            label, label_geometry = read_image(case.label)
-        except DatasetError as exc:
-            result.problems.append(str(exc))
-        else:
-            if arrays:
-                ref_path, ref = arrays[0]
-                if label.shape != ref.shape[1:]:
-                    result.problems.append(
-                        f"{case.label}: size {label.shape[::-1]} differs from image {ref_path.name} "
-                        f"{ref.shape[:0:-1]}; the label must be on the image's grid"
-                    )
-                elif problem := label_geometry_problem(case.label, label_geometry, ref_path, geometries[0]):
-                    result.problems.append(problem)
-            label = _check_label_values(case.label, label, desc, result.problems)
+        channels = _selected_channels(result, arrays, alphas, desc)
+    label = None if case.label is None else _checked_label(result, case.label, arrays, geometries, desc)
     if geometries:
         result.spacing, result.shape = geometries[0].spacing, arrays[0][1].shape[1:]
     if keep_arrays and not result.problems and channels is not None:
         result.data = np.concatenate([a.astype(np.float32, copy=False) for a in channels])
         result.label = label
     return result
+
+
+def _check_channel_file(result: CaseCheck, path: Path, array: np.ndarray, geometry: Geometry, alpha: bool,
+                        arrays: list[tuple[Path, np.ndarray]], geometries: list[Geometry]) -> None:
+    """Add to ``result`` the problems and warnings of one read image file of the case: non-finite or overflowing
+    values, an impossible spacing, a blank channel, a grid other than the case's files read before (``arrays``)."""
+    if array.dtype.kind == "f":
+        # ITK's NIfTI reader turns NaN into a number: the file's bytes are read when the array holds it.
+        counts = nifti_nonfinite_counts(path, array)
+        if counts is None:
+            counts = int(np.isnan(array).sum()), int(np.isinf(array).sum())
+        if problem := nonfinite_problem(path, *counts):
+            result.problems.append(problem)
+        overflow = float32_overflow_problem(path, array)
+        if overflow:
+            result.problems.append(overflow)
+    if max(geometry.spacing) > MAX_SPACING_MM:
+        result.problems.append(f"{path}: voxel spacing {tuple(geometry.spacing)} mm is beyond "
+                               f"{MAX_SPACING_MM:g} mm, no real voxel size (a header in other units?); fix the "
+                               "header's voxel size")
+    result.warnings.extend(_blank_channel_warnings(result.case_id, path, array, alpha,
+                                                   sum(a.shape[0] for _, a in arrays)))
+    if arrays and array.shape[1:] != arrays[0][1].shape[1:]:
+        result.problems.append(
+            f"{path}: size {array.shape[:0:-1]} differs from {arrays[0][0].name} {arrays[0][1].shape[:0:-1]}; "
+            "all channels of a case must be on the same grid (resample them onto one grid)"
+        )
+    elif arrays:
+        diff = geometry_differences(geometry, geometries[0])
+        if diff:
+            result.problems.append(
+                f"{path}: geometry differs from {arrays[0][0].name}: {'; '.join(diff)}; resample the "
+                "channels onto one grid or fix the header"
+            )
+
+
+def _selected_channels(result: CaseCheck, arrays: list[tuple[Path, np.ndarray]], alphas: list[bool],
+                       desc: DatasetDescription) -> list[np.ndarray] | None:
+    """The case's declared channels from its read files (None where they do not give them, told in ``result``)."""
+    try:
+        channels = select_channels([p for p, _ in arrays], [a for _, a in arrays], alphas, desc.num_channels)
+    except DatasetError as exc:
+        result.problems.append(str(exc))
+        return None
+    result.problems.extend(_rgb_range_problems([p for p, _ in arrays], channels, desc))
+    return channels
+
+
+def _checked_label(result: CaseCheck, label_path: Path, arrays: list[tuple[Path, np.ndarray]],
+                   geometries: list[Geometry], desc: DatasetDescription) -> np.ndarray | None:
+    """The case's label map, read and checked against its first image's grid and the declared labels (problems
+    told in ``result``); None where it cannot be read."""
+    try:
+        label, label_geometry = read_image(label_path)
+    except DatasetError as exc:
+        result.problems.append(str(exc))
+        return None
+    if arrays:
+        ref_path, ref = arrays[0]
+        if label.shape != ref.shape[1:]:
+            result.problems.append(
+                f"{label_path}: size {label.shape[::-1]} differs from image {ref_path.name} "
+                f"{ref.shape[:0:-1]}; the label must be on the image's grid"
+            )
+        elif problem := label_geometry_problem(label_path, label_geometry, ref_path, geometries[0]):
+            result.problems.append(problem)
+    return _check_label_values(label_path, label, desc, result.problems)
 
 
 def mixed_2d_problem(cases: Sequence[Case], grids: Sequence[tuple[Sequence[float], Sequence[int]] | None]) -> str | None:
