@@ -1044,3 +1044,27 @@ def test_a_preprocessing_record_without_seconds_is_refused_before_training(resul
         record.write_text(original)
     assert str(record) in str(caught.value) and "re-run `autoseg preprocess`" in str(caught.value)
     assert not list(results.rglob("checkpoint_*"))
+
+
+def test_a_budget_that_coarsens_the_spacing_names_the_small_classes_it_may_lose(cache) -> None:
+    """ACDC at 330 s is planned coarser than its target; a class whose smallest case holds 20 voxels at the
+    target (10 x 1.5625 x 1.5625 mm) keeps under 8 there. The plan only said the spacing changed; it now names
+    the class, its voxels there and in the fingerprint, and what to do. A large class is not named."""
+    small, large = [20.0, 30.0, 40.0] * 53 + [25.0], [20000.0] * 160
+    voxel_mm3 = 10.0 * 1.5625 * 1.5625
+    counts = {"1": small, "2": large, "3": large}
+    fingerprint = {**ACDC, "class_voxel_counts": counts,
+                   "class_volumes_mm3": {k: [v * voxel_mm3 for v in c] for k, c in counts.items()}}
+    plans = build_plans(fingerprint, memory_budget_bytes=4 * GIB, budget_seconds=330.0, configs=["3d_fullres"],
+                        timing_factory=_timing(), cache_dir=cache)
+    config = plans["configurations"]["3d_fullres"]
+    assert config["spacing"] != plans["target_spacing"]
+    coarse = [v * voxel_mm3 / math.prod(config["spacing"]) for v in small]
+    [note] = [n for n in plans["notes"] if "may be lost" in n]
+    spacing = "x".join(f"{v:.3g}" for v in config["spacing"])
+    assert note == (f"3d_fullres: at {spacing} mm some cases hold fewer than 8 voxels of 'RV' (median "
+                    f"{np.median(coarse):.3g}, smallest {min(coarse):.3g} voxels there; 30 and 20 at the fingerprint's "
+                    "spacing), which may be lost; give a larger --budget to keep the target spacing 10x1.56x1.56 mm")
+    unchanged = build_plans(fingerprint, memory_budget_bytes=4 * GIB, budget_seconds=None, configs=["3d_fullres"],
+                            device="cuda", device_present=False, cache_dir=cache)
+    assert not [n for n in unchanged["notes"] if "may be lost" in n]  # at the target spacing nothing is said

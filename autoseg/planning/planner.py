@@ -735,6 +735,41 @@ def _note_spacing(ctx: _Context, name: str, chosen: Sequence[float], target: Seq
         )
 
 
+def _class_voxels(fingerprint: dict[str, Any], values: list[int]) -> list[float]:
+    """Per case, the voxels of the label values (a region's, summed) at the fingerprint's spacing."""
+    counts = fingerprint.get("class_voxel_counts") or {}
+    per_value = [counts[str(v)] for v in values if str(v) in counts]
+    return [float(sum(case)) for case in zip(*per_value)]
+
+
+def _small_class_notes(name: str, fingerprint: dict[str, Any], chosen: Sequence[float], target: Sequence[float],
+                       dims: int) -> list[str]:
+    """Which classes may vanish at the coarser spacing a budget chose: each class (or region) whose smallest
+    case holds fewer than ``MIN_STRUCTURE_VOXELS ** dims`` voxels there, by name, with its median and
+    smallest voxel counts there and in the fingerprint. The typical-structure rule judges the median
+    target only, so a small class beside large ones was lost without its name being said."""
+    if list(chosen) == list(target) or not fingerprint.get("class_volumes_mm3"):
+        return []
+    voxel_mm3 = float(np.prod(chosen))
+    at_risk = []
+    for label, value in fingerprint["labels"].items():
+        values = value if isinstance(value, list) else [value]
+        if label in ("background", "ignore") or not values or values == [0]:
+            continue
+        native = [v for v in _class_voxels(fingerprint, values) if v > 0]
+        volumes = [sum(case) for case in zip(*(fingerprint["class_volumes_mm3"].get(str(v), []) for v in values))]
+        coarse = [v / voxel_mm3 for v in volumes if v > 0]
+        if coarse and min(coarse) < C.MIN_STRUCTURE_VOXELS ** dims:
+            at_risk.append(f"'{label}' (median {np.median(coarse):.3g}, smallest {min(coarse):.3g} voxels there; "
+                           f"{np.median(native):.3g} and {min(native):.3g} at the fingerprint's spacing)" if native else
+                           f"'{label}' (median {np.median(coarse):.3g}, smallest {min(coarse):.3g} voxels there)")
+    if not at_risk:
+        return []
+    return [f"{name}: at {_mm(chosen[3 - dims:])} mm some cases hold fewer than {C.MIN_STRUCTURE_VOXELS ** dims:g} "
+            f"voxels of {', '.join(at_risk)}, which may be lost; give a larger --budget to keep the target spacing "
+            f"{_mm(target[3 - dims:])} mm"]
+
+
 def _mm(values: Sequence[float]) -> str:
     return "x".join(f"{v:.3g}" for v in values)
 
@@ -781,6 +816,7 @@ def _plan_configuration(ctx: _Context, name: str, spacing: Sequence[float], dims
             seconds, recipe = chosen.seconds, chosen.recipe_seconds
             model = ctx.memory(topology)
             iterations, parts, recipe_iterations = chosen.iterations, chosen.parts, chosen.recipe_iterations
+            ctx.notes.extend(_small_class_notes(name, fingerprint, chosen_spacing, spacing, dims))
     num_iterations, per_epoch = T.schedule(iterations)
     if parts is not None:
         parts = A.parts_for(num_iterations, parts.preprocess, parts.final_validation, seconds * C.VALIDATION_COST_FACTOR,
