@@ -222,15 +222,17 @@ PREPROCESS_RERUN = "`autoseg preprocess`: the cases stored so far are kept and s
 def stored_state(folder: Path, case_id: str, fingerprint: str) -> str:
     """``done`` (skip it), ``absent`` (never stored, or killed before its marker), ``stale`` (other plan
     parameters or input files, or stored without chunk checksums) or ``damaged`` (fails ``store.open_case``'s
-    checks: cut short, emptied by a power loss, overwritten; or its labels are missing)."""
-    if not store.case_paths(folder, case_id)[2].exists():
+    checks: cut short, emptied by a power loss, overwritten; or its labels are missing). A case that another
+    preprocess run of the dataset starts storing again during the check (its marker removed) is ``absent``: it was
+    reported as found damaged."""
+    if (marker := store.marker_state(folder, case_id)) is None:
         return "absent"
     try:
         _, seg, properties = store.open_case(folder, case_id)
     except store.OutdatedStore:
         return "stale"
     except PreprocessingError:
-        return "damaged"
+        return "damaged" if store.marker_state(folder, case_id) == marker else "absent"
     if seg is None:
         return "damaged"
     return "done" if properties.get("input_fingerprint") == fingerprint else "stale"

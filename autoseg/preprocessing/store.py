@@ -283,22 +283,21 @@ def _check_settled(folder: Path, case_id: str) -> bool:
     and renames every file into place whole, so no writer is in the middle of that case, and its damage (an array
     that cannot be opened, cut short, missing) is told at once with its fix, not as 'probably being stored again'
     after the writers' wait."""
-    marker = case_paths(folder, case_id)[2]
-    before = _file_state(marker)
+    before = marker_state(folder, case_id)
     try:
         _check_stored_once(folder, case_id)
     except PreprocessingError:
-        if before is not None and _file_state(marker) == before:
+        if before is not None and marker_state(folder, case_id) == before:
             raise
         return False
     return True
 
 
-def _file_state(path: Path) -> tuple[int, int, int, int] | None:
-    """``path``'s inode, size and times (None where it is missing): equal before and after a read, nobody replaced
-    or removed it meanwhile."""
+def marker_state(folder: Path, case_id: str) -> tuple[int, int, int, int] | None:
+    """The case's marker (properties file): its inode, size and times, None where it is missing. Equal before and
+    after a failing check of the case, no writer touched the case meanwhile (each removes the marker first)."""
     try:
-        info = path.stat()
+        info = case_paths(folder, case_id)[2].stat()
     except FileNotFoundError:
         return None
     return info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns
