@@ -578,24 +578,12 @@ def predict_folder(
     cases = shard(discover_cases(input_path), num_parts, part_id)
     loaded = _resolve_model(model, output, folds, checkpoint, device, tta)
     info = _predict_info(loaded, step, tta, save_probabilities, mixed_precision)  # checks the settings first
-    if compile_networks:
-        if loaded.engine != "torch":
-            raise InferenceError(f"--compile applies to the torch engine, not {loaded.engine}; leave it out")
-        import torch
-
-        loaded.networks = [torch.compile(network) for network in loaded.networks]
+    _compile(loaded, compile_networks)
     info["compiled"] = compile_networks
-    planned = {
-        case.case_id: _outputs(case, output, output_ending(case, loaded.dataset.file_ending), save_probabilities)
-        for case in cases
-    }
+    planned = {case.case_id: _outputs(case, output, output_ending(case, loaded.dataset.file_ending), save_probabilities)
+               for case in cases}
     outputs = [f for files in planned.values() for f in files]
-    check_predict_record(output, info, outputs)  # refused before predicting; the record waits for the first case
-    output.mkdir(parents=True, exist_ok=True)  # an unwritable place is refused before predicting, too
-    finished = _finished_cases(cases, planned) if continue_ else set()
-    if not (continue_ and len(finished) == len(cases)):  # a finished folder, archived read-only, is no error
-        require_writable(output)  # an existing folder that cannot be written is refused before predicting too
-    remove_stale_temporaries(output)  # what a killed run left half-written
+    finished = _prepare_output(output, info, outputs, cases, planned, continue_)
     report = PredictReport(output, dataset=loaded.dataset)
     for warning in input_header_warnings(cases):
         report.warn(warning)
@@ -605,6 +593,32 @@ def predict_folder(
     if report.failed:
         raise _failed_cases_error(report, len(cases), planned)
     return report
+
+
+def _compile(loaded: LoadedModel, compile_networks: bool) -> None:
+    """Put ``loaded``'s networks through ``torch.compile`` when asked; the onnxruntime engine has none to compile."""
+    if not compile_networks:
+        return
+    if loaded.engine != "torch":
+        raise InferenceError(f"--compile applies to the torch engine, not {loaded.engine}; leave it out")
+    import torch
+
+    loaded.networks = [torch.compile(network) for network in loaded.networks]
+
+
+def _prepare_output(
+    output: Path, info: dict[str, Any], outputs: Sequence[Path], cases: Sequence[InputCase],
+    planned: Mapping[str, Sequence[Path]], continue_: bool,
+) -> set[str]:
+    """Refuse ``output`` before any case is predicted (another run's folder, one that cannot be made or written),
+    make it and clear a killed run's temporaries; returns the cases ``--continue`` keeps (``_finished_cases``)."""
+    check_predict_record(output, info, outputs)  # refused before predicting; the record waits for the first case
+    output.mkdir(parents=True, exist_ok=True)  # an unwritable place is refused before predicting, too
+    finished = _finished_cases(cases, planned) if continue_ else set()
+    if not (continue_ and len(finished) == len(cases)):  # a finished folder, archived read-only, is no error
+        require_writable(output)  # an existing folder that cannot be written is refused before predicting too
+    remove_stale_temporaries(output)  # what a killed run left half-written
+    return finished
 
 
 def input_header_warnings(cases: Sequence[InputCase]) -> list[str]:
