@@ -251,41 +251,14 @@ def export_model(
     model folders of the same dataset (``<results>/<Dataset>/<network>__<plans>__<config>``) into
     ``output_zip``, with a manifest of checksums. ``checkpoint`` is ``final``, ``best``, ``latest`` or a
     file name such as ``checkpoint_final.safetensors``. Returns the zip's path."""
-    given = [model_folders] if isinstance(model_folders, (str, Path)) else model_folders
-    folders = [named_folder(Path(f)) for f in given]
-    if not folders:
-        raise ModelFileError("export-model: give at least one model folder")
-    folds = string_list(folds)
-    if not folds:
-        raise ModelFileError("export-model: give at least one fold")
-    check_model_zip_output(Path(output_zip), folders)
-    datasets = {f.resolve().parent.name for f in folders}
-    if len(datasets) != 1:
-        raise ModelFileError(f"export-model: model folders belong to different datasets ({', '.join(sorted(datasets))}); export one dataset per file")
-    if len({f.name for f in folders}) != len(folders):
-        raise ModelFileError("export-model: the same model folder is given twice")
-    dataset_name = datasets.pop()
-    if not SAFE_NAME.match(dataset_name):
-        raise ModelFileError(f"{folders[0].parent}: dataset folder name {dataset_name!r} cannot be stored; rename it")
+    folders, folds, dataset_name = _export_arguments(model_folders, output_zip, folds)
     checkpoint = checkpoint_file(checkpoint, ModelFileError)
-    members: dict[str, bytes] = {}
-    for folder in folders:
-        if not folder.is_dir():
-            raise ModelFileError(f"{folder}: model folder not found")
-        check_model_folder_name(folder.name, str(folder), ModelFileError,
-                                "give the folder autoseg train wrote, under its name (import-model and predict read "
-                                "the configuration from it)")
-        members.update(model_members(folder, folds, checkpoint))
+    members = _folder_members(folders, folds, checkpoint)
     exported_plans = {f.name: _exported_plans(members[f"{f.name}/plans.json"], str(f / "plans.json")) for f in folders}
     _check_cascades_complete(exported_plans, "export-model",
                              "export both: autoseg export-model -m <results>/<Dataset>/{stage} -m "
                              "<results>/<Dataset>/{model} -o model.zip")
-    foreign, notes = _model_of_another_dataset(exported_plans, dataset_name)
-    if foreign:
-        folder = next(f for f in folders if f.name == foreign.model)
-        raise ModelFileError(f"{folder / 'plans.json'}: plans dataset {foreign.planned}, but the model folder lies in "
-                             f"{dataset_name}'s results folder ({folder.parent}), under whose name the zip would install "
-                             f"it; move it to {folder.parent.parent / foreign.planned} and export it from there")
+    notes = _refuse_model_of_another_dataset(folders, exported_plans, dataset_name)
     decisions = ensemble_members(folders[0].resolve().parent, [f.name for f in folders])
     members.update(decisions)
     manifest = {
@@ -304,6 +277,59 @@ def export_model(
     written = write_checksummed_zip(output_zip, manifest, members)
     _print_notes(notes)
     return written
+
+
+def _export_arguments(
+    model_folders: str | Path | Sequence[str | Path], output_zip: str | Path, folds: int | str | Sequence[int | str]
+) -> tuple[list[Path], list[str], str]:
+    """``export_model``'s model folders, folds and their dataset's name, refused before anything is read: none given,
+    folders of several datasets or one given twice, a dataset name the zip cannot store, or an output that cannot be
+    the zip."""
+    given = [model_folders] if isinstance(model_folders, (str, Path)) else model_folders
+    folders = [named_folder(Path(f)) for f in given]
+    if not folders:
+        raise ModelFileError("export-model: give at least one model folder")
+    fold_names = string_list(folds)
+    if not fold_names:
+        raise ModelFileError("export-model: give at least one fold")
+    check_model_zip_output(Path(output_zip), folders)
+    datasets = {f.resolve().parent.name for f in folders}
+    if len(datasets) != 1:
+        raise ModelFileError(f"export-model: model folders belong to different datasets ({', '.join(sorted(datasets))}); export one dataset per file")
+    if len({f.name for f in folders}) != len(folders):
+        raise ModelFileError("export-model: the same model folder is given twice")
+    dataset_name = datasets.pop()
+    if not SAFE_NAME.match(dataset_name):
+        raise ModelFileError(f"{folders[0].parent}: dataset folder name {dataset_name!r} cannot be stored; rename it")
+    return folders, fold_names, dataset_name
+
+
+def _folder_members(folders: Sequence[Path], folds: Sequence[str], checkpoint: str) -> dict[str, bytes]:
+    """The zip's members of every model folder (``model_members``), each folder refused when missing or not named
+    as autoseg train names it."""
+    members: dict[str, bytes] = {}
+    for folder in folders:
+        if not folder.is_dir():
+            raise ModelFileError(f"{folder}: model folder not found")
+        check_model_folder_name(folder.name, str(folder), ModelFileError,
+                                "give the folder autoseg train wrote, under its name (import-model and predict read "
+                                "the configuration from it)")
+        members.update(model_members(folder, folds, checkpoint))
+    return members
+
+
+def _refuse_model_of_another_dataset(
+    folders: Sequence[Path], exported_plans: Mapping[str, Any], dataset_name: str
+) -> list[str]:
+    """Refuse a model whose plans name another dataset than the results folder it lies in (the zip would install it
+    under that folder's name); returns the notes ``_model_of_another_dataset`` has for the others."""
+    foreign, notes = _model_of_another_dataset(exported_plans, dataset_name)
+    if foreign:
+        folder = next(f for f in folders if f.name == foreign.model)
+        raise ModelFileError(f"{folder / 'plans.json'}: plans dataset {foreign.planned}, but the model folder lies in "
+                             f"{dataset_name}'s results folder ({folder.parent}), under whose name the zip would install "
+                             f"it; move it to {folder.parent.parent / foreign.planned} and export it from there")
+    return notes
 
 
 # ---------------------------------------------------------------------------------------------- import
