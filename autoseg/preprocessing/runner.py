@@ -342,13 +342,18 @@ def drop_stale_cases_elsewhere(plans: dict[str, Any], preprocessed_dir: Path, do
                                case_ids: set[str]) -> dict[str, list[str]]:
     """Delete the cases the dataset no longer lists from the plan's other stores on disk (data identifiers not in
     ``done``); returns identifier -> deleted cases. ``preprocess -c 3d_fullres`` after a case was taken out left it in
-    the 3d_lowres store, and training 3d_lowres still used it."""
+    the 3d_lowres store, and training 3d_lowres still used it. Each store is changed under its shared lock, as by
+    its own preprocess run: a train starting meanwhile listed it with no writer in sight and split cases being
+    deleted."""
     identifiers = {get_configuration(plans, name)["data_identifier"] for name in plans["configurations"]}
     dropped = {}
     for identifier in sorted(identifiers - set(done)):
         folder = preprocessed_dir / identifier
-        if folder.is_dir() and (cases := drop_cases_not_in(folder, case_ids)):
-            dropped[identifier] = cases
+        if not folder.is_dir():
+            continue
+        with folder_lock(folder, shared=True):
+            if cases := drop_cases_not_in(folder, case_ids):
+                dropped[identifier] = cases
     return dropped
 
 
