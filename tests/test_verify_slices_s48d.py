@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from autoseg.cli import app
 from autoseg.dataset import verify
 
-from conftest import PLAIN_CASE, UINT8_IMAGE_CASE, small_dataset  # noqa: F401 - fixture
+from conftest import PLAIN_CASE, UINT8_IMAGE_CASE
 
 runner = CliRunner()
 
@@ -29,7 +29,7 @@ def _warnings(dataset: Path) -> list[str]:
     return [line for line in result.output.splitlines() if line.startswith("WARNING")]
 
 
-def test_a_single_slice_case_is_one_warning(small_dataset: Path) -> None:  # noqa: F811
+def test_a_single_slice_case_is_one_warning(small_dataset: Path) -> None:
     _cut(small_dataset, PLAIN_CASE, (slice(None), slice(None), slice(10, 11)))
     size = sitk.ReadImage(str(small_dataset / "labelsTr" / f"{PLAIN_CASE}.nii.gz")).GetSize()
     assert size[2] == 1 and min(size[:2]) > 1
@@ -39,7 +39,7 @@ def test_a_single_slice_case_is_one_warning(small_dataset: Path) -> None:  # noq
         "configuration may suit it, else check those files' export or crop"]
 
 
-def test_many_single_slice_cases_are_one_line_naming_a_few(small_dataset: Path,  # noqa: F811
+def test_many_single_slice_cases_are_one_line_naming_a_few(small_dataset: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(verify, "SHOWN_SLICE_CASES", 1)
     _cut(small_dataset, PLAIN_CASE, (slice(None), slice(3, 4), slice(None)))
@@ -50,5 +50,5 @@ def test_many_single_slice_cases_are_one_line_naming_a_few(small_dataset: Path, 
                               f"(size {shown}) and 1 more; a 3D model sees no context")
 
 
-def test_a_dataset_of_volumes_gets_no_such_warning(small_dataset: Path) -> None:  # noqa: F811
+def test_a_dataset_of_volumes_gets_no_such_warning(small_dataset: Path) -> None:
     assert not [line for line in _warnings(small_dataset) if "one voxel thick" in line]
