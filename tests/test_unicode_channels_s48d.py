@@ -47,3 +47,13 @@ def test_test_images_in_two_unicode_forms_are_one_problem(tmp_path: Path) -> Non
     dataset = _dataset(tmp_path, {"imagesTs": [f"{COMPOSED}_0000.nii.gz", f"{DECOMPOSED}_0001.nii.gz"]})
     scan = scan_images(dataset / "imagesTs", load_description(dataset))
     assert scan.problems == [_problem(dataset / "imagesTs")] and scan.cases == []
+
+
+def test_one_channel_in_both_forms_is_named_as_copies(tmp_path: Path) -> None:
+    """Both spellings of one channel: renaming one onto the other would overwrite it on most file systems."""
+    names = [f"{COMPOSED}_0000.nii.gz", f"{COMPOSED}_0001.nii.gz", f"{DECOMPOSED}_0000.nii.gz"]
+    dataset = _dataset(tmp_path, {"imagesTs": names})
+    (problem,) = scan_images(dataset / "imagesTs", load_description(dataset)).problems
+    assert problem.endswith("so they were read as separate cases with a channel given twice; keep one file "
+                            "per channel, named in the composed (NFC) form")
+    assert all(name in problem for name in names)

@@ -175,7 +175,8 @@ def _report_mixed_forms(channels: dict[str, dict[int, Path]], scan: CaseScan) ->
     for case_ids in (sorted(ids) for ids in spellings.values() if len(ids) > 1):
         files = {f"{case_id}_{c:04d}": path for case_id in case_ids for c, path in channels.pop(case_id).items()}
         scan.reported_stems.update(files)
-        scan.problems.append(_mixed_forms_problem(sorted(files.values())))
+        twice = len({stem[-4:] for stem in files}) < len(files)  # one channel in two spellings: duplicates
+        scan.problems.append(_mixed_forms_problem(sorted(files.values()), twice))
 
 
 def _lacks_case_id(stem: str) -> bool:
@@ -284,12 +285,14 @@ def _unicode_twin_problem(label: Path, case_id: str) -> str:
             "they do not match; rename the label or the images so both use the same (composed, NFC) characters")
 
 
-def _mixed_forms_problem(paths: list[Path]) -> str:
-    """The one line for a case whose channel files spell its id in several Unicode forms (``_report_mixed_forms``)."""
+def _mixed_forms_problem(paths: list[Path], twice: bool) -> str:
+    """The one line for a case whose channel files spell its id in several Unicode forms (``_report_mixed_forms``);
+    ``twice``: some channel has a file in each form (copies: one is to go, not renamed over the other)."""
     spelled = ", ".join(f"{path.name} {_unicode_form(path.name)}" for path in paths)
+    read_as, fix = (("with a channel given twice", "keep one file per channel, named in the composed (NFC) form")
+                    if twice else ("each missing channels", "rename them so all use the same (composed, NFC) characters"))
     return (f"{paths[0]}: the channel files of one case spell its case id in different Unicode forms ({spelled}: "
-            f"{ALIKE_ON_SCREEN}), so they were read as separate cases each missing channels; rename them so all use the "
-            "same (composed, NFC) characters")
+            f"{ALIKE_ON_SCREEN}), so they were read as separate cases {read_as}; {fix}")
 
 
 def _unicode_form(name: str) -> str:
