@@ -4,6 +4,9 @@ staging folder and moved into -o only once every case succeeded, so a bad .npz s
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -57,3 +60,25 @@ def test_a_bad_npz_of_a_later_case_leaves_an_existing_output_folder_as_it_was(tm
                                               r"y hold 2 NaN or infinite value\(s\) of 120; .*; no label map was written$"):
         ensemble_folders(dirs, tmp_path / "out", num_workers=1)
     assert list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.skipif(os.name != "posix", reason="stale temporaries are recognised on POSIX only")
+@pytest.mark.parametrize("out_exists", [False, True])
+def test_a_killed_runs_staging_folder_is_removed_by_the_next_run(tmp_path, out_exists):
+    """A killed ensemble leaves its staging folder (beside a new -o, or inside an existing one): the next run removes
+    it, as it removes a killed run's temporary files."""
+    from autoseg.utils.atomic import HOST_TAG
+
+    dirs = _ensemble_inputs(tmp_path, ["m0", "m1"], ["x"], seed=8)
+    out = tmp_path / "out"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    if out_exists:
+        out.mkdir()
+    where, target = (out, "ensemble") if out_exists else (tmp_path, "out")
+    staging = where / f".{target}.{HOST_TAG}-{int(dead.stdout)}-{'0' * 16}.tmp"
+    staging.mkdir()
+    (staging / "x.nii.gz").write_bytes(b"half")
+    assert ensemble_folders(dirs, out, num_workers=1) == ["x"]
+    assert not staging.exists()
+    assert sorted(p.name for p in out.iterdir()) == [".autoseg_outputs.json", "x.nii.gz"]
