@@ -63,3 +63,32 @@ def test_continue_predicts_again_a_png_or_tiff_label_map_cut_short(tmp_path, cap
     assert not _finished(case, files)
     assert capsys.readouterr().err == (f"note: case c: its label map {files[-1]} cannot be decoded (damaged or cut "
                                        "short); predicting it again\n")
+
+
+def test_a_failed_run_whose_statistics_cannot_be_written_says_why(tmp_path: Path) -> None:
+    """Where the other cases' statistics fail too (a label map gone meanwhile), the run's error still names the failed
+    case, and says why no statistics were written, in one line."""
+    from autoseg.dataset.description import load_description
+    from autoseg.errors import InferenceError
+    from autoseg.evaluation.statistics import predict_with_statistics
+    from autoseg.inference.batch import PredictReport
+    from autoseg.utils.progress import Failure
+
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    out.mkdir()
+    (inputs / "good_0000.nii.gz").write_bytes((HIPPOCAMPUS / "imagesTr" / "hippocampus_001_0000.nii.gz").read_bytes())
+    report = PredictReport(out, dataset=load_description(HIPPOCAMPUS), predicted=["good"],
+                           failed=[Failure("broken", "cannot be read")])
+
+    def failing_run() -> PredictReport:
+        error = InferenceError("1 of 2 case(s) failed (broken: cannot be read); the others are in out")
+        error.report = report  # type: ignore[attr-defined]
+        raise error
+
+    with pytest.raises(InferenceError) as raised:
+        predict_with_statistics(failing_run, inputs, out)
+    assert str(raised.value) == ("1 of 2 case(s) failed (broken: cannot be read); the others are in out; statistics not "
+                                 f"written: {out / 'good.nii.gz'}: prediction not found; predict case good first")
+    assert raised.value.report is report  # type: ignore[attr-defined]
+    assert list(out.iterdir()) == []

@@ -193,7 +193,7 @@ def predict_with_statistics(
         report = predict()
     except InferenceError as exc:
         failed_run = getattr(exc, "report", None)
-        if not isinstance(failed_run, PredictReport) or not (failed_run.predicted or failed_run.skipped):
+        if not isinstance(failed_run, PredictReport) or _run_statistics_missing(failed_run):
             raise
         raise _with_statistics_note(exc, failed_run, input_path, output_folder) from None
     return report, _run_statistics(report, input_path, output_folder)
@@ -201,19 +201,25 @@ def predict_with_statistics(
 
 def _run_statistics(report: PredictReport, input_path: str | Path, output_folder: str | Path) -> Path | None:
     """``write_statistics`` of the cases ``report`` predicted or skipped, None where there are none."""
-    done = report.predicted + report.skipped
-    if not done or report.dataset is None:
+    if _run_statistics_missing(report):
         return None
-    return write_statistics(input_path, output_folder, report.dataset, done)
+    assert report.dataset is not None
+    return write_statistics(input_path, output_folder, report.dataset, report.predicted + report.skipped)
+
+
+def _run_statistics_missing(report: PredictReport) -> bool:
+    """Whether ``report``'s run has no statistics to write: no case written or kept (a ``--num-parts`` part without
+    cases), or no dataset description to name the structures."""
+    return not (report.predicted or report.skipped) or report.dataset is None
 
 
 def _with_statistics_note(
     exc: InferenceError, report: PredictReport, input_path: str | Path, output_folder: str | Path
 ) -> InferenceError:
     """The failed run's error ``exc`` with where the statistics of its other cases went (or why they did not)."""
+    count = len(report.predicted) + len(report.skipped)
     try:
-        note = f"statistics of the {len(report.predicted) + len(report.skipped)} other case(s): " \
-               f"{_run_statistics(report, input_path, output_folder)}"
+        note = f"statistics of the {count} other case(s): {_run_statistics(report, input_path, output_folder)}"
     except AutosegError as problem:
         note = f"statistics not written: {problem}"
     error = InferenceError(f"{exc}; {note}")
