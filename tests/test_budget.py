@@ -72,7 +72,8 @@ from autoseg.networks import Topology  # noqa: E402
 from autoseg.planning import accounting as A  # noqa: E402
 from autoseg.planning import compute_budget as T  # noqa: E402
 from autoseg.planning import constants as C  # noqa: E402
-from autoseg.planning.planner import build_plans, context_ok  # noqa: E402
+from autoseg.planning.planner import build_plans  # noqa: E402
+from autoseg.planning.recipes import context_ok  # noqa: E402
 from autoseg.utils.progress import default_workers  # noqa: E402
 
 GIB = 2**30
@@ -232,11 +233,12 @@ def test_below_the_floor_the_recipe_with_the_most_iterations_wins(cache, monkeyp
     """No recipe at any spacing reaches ITERATION_FLOOR: the candidate with the most iterations is
     planned, not the finest spacing viable at a halved floor nor the largest patch there (Dataset027 at
     10 minutes: 3.125 mm with 712 planned iterations reached Dice 0.14)."""
-    from autoseg.planning import planner as P
+    from autoseg.planning import budget_search, recipes
 
     seen: list = []  # every candidate the search evaluated
-    evaluate = P._evaluate_spacing
-    monkeypatch.setattr(P, "_evaluate_spacing", lambda *a: (lambda r: seen.extend(r[1]) or r)(evaluate(*a)))
+    evaluate = recipes.evaluate_spacing
+    for module in (budget_search, recipes):  # the search's own calls and candidates_at's
+        monkeypatch.setattr(module, "evaluate_spacing", lambda *a: (lambda r: seen.extend(r[1]) or r)(evaluate(*a)))
     plans = build_plans(ACDC, memory_budget_bytes=4 * GIB, budget_seconds=330.0, configs=["3d_fullres"],
                         timing_factory=_timing(), cache_dir=cache)
     config = plans["configurations"]["3d_fullres"]
@@ -301,13 +303,13 @@ def test_a_recipe_whose_bf16_steps_crash_is_planned_at_float32_speed(cache, floa
 
 
 def test_the_bf16_check_runs_only_where_training_would_use_bf16_on_a_cpu(cache, monkeypatch):
-    from autoseg.planning import planner as P
+    from autoseg.planning import context
 
     checked: list = []
     monkeypatch.setattr(T, "measure_timing", lambda *a, **k: _precision_timing(1.0)(3, 16, k["mixed_precision"]))
-    monkeypatch.setattr(P, "_bf16_survives", lambda spec: checked.append(spec) or True)
+    monkeypatch.setattr(context, "_bf16_survives", lambda spec: checked.append(spec) or True)
     for dtype, expected in ((None, 0), (torch.bfloat16, 1)):
-        monkeypatch.setattr(P, "autocast_dtype", lambda setting, device, dtype=dtype: dtype)
+        monkeypatch.setattr(context, "autocast_dtype", lambda setting, device, dtype=dtype: dtype)
         checked.clear()
         build_plans(ACDC, memory_budget_bytes=4 * GIB, budget_seconds=600.0, configs=["3d_fullres"], cache_dir=cache)
         assert len(checked) == expected

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from autoseg.planning.planner import largest_fold_share
+from autoseg.planning.recipes import largest_fold_share
 from autoseg.training.splits import NUM_FOLDS, fold_sizes, kfold_splits
 
 

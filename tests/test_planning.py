@@ -15,7 +15,8 @@ from autoseg.networks.registry import TopologyConstraints
 from autoseg.planning import constants as C
 from autoseg.planning import rules
 from autoseg.planning.compute_budget import TimingModel, schedule
-from autoseg.planning.planner import build_plans, memory_budget, output_channels
+from autoseg.planning.context import memory_budget, output_channels
+from autoseg.planning.planner import build_plans
 from autoseg.planning.plans import format_plan_table, get_configuration, load_plans, plans_path, write_plans
 from autoseg.planning.topology import divisible_patch, features_per_stage, plan_topology, shrink_patch
 from autoseg.utils.shapes import single_slice_axis
@@ -275,7 +276,7 @@ def test_compute_budget_narrows_and_shortens_to_fit():
 
 def test_budget_sweep_never_trades_resolution_for_more_time():
     """More budget never makes the spacing coarser, and every plan keeps the context rule."""
-    from autoseg.planning.planner import context_ok
+    from autoseg.planning.recipes import context_ok
 
     previous = None
     for budget in (120.0, 600.0, 3000.0, 15000.0):
@@ -680,7 +681,7 @@ def test_single_slice_volumes_slice_along_their_single_slice_axis_whichever_it_i
 def test_the_spacing_ladder_lands_on_whole_multiples() -> None:
     """Was: two sqrt(2) steps gave 2.0000000000000004 mm, so a 35-voxel axis at 1 mm was resampled to 17 voxels
     (35 / 2.0000000000000004 rounds down) where 2 mm gives nnU-Net's 18."""
-    from autoseg.planning.planner import spacing_ladder
+    from autoseg.planning.budget_search import spacing_ladder
     from autoseg.preprocessing.resampling import new_shape
 
     ladder = spacing_ladder([1.0, 1.0, 1.0], lambda spacing: [100.0] * 3, 3)

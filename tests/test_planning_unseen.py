@@ -6,7 +6,7 @@ import pytest
 
 from autoseg.planning import accounting as A
 from autoseg.planning import constants as C
-from autoseg.planning.planner import _Costs, largest_fold_share
+from autoseg.planning.recipes import Costs, largest_fold_share
 
 
 @pytest.mark.parametrize(("cases", "largest"), [(1, 0), (4, 0), (5, 1), (6, 2), (8, 2), (10, 2), (11, 3), (208, 42)])
@@ -15,7 +15,7 @@ def test_the_budget_prices_the_final_validation_of_the_largest_fold(cases, large
     ``autoseg train D 3d_fullres 0`` runs, validates 2 (the first cases % 5 folds take one more): predicted
     5 s, took 22, and the 2-minute run ended at 145 s. The plan now prices the largest fold."""
     assert largest_fold_share(cases) * cases == pytest.approx(largest)
-    costs = _Costs(preprocess=0.0, shapes=[[12, 48, 48]] * cases, export=[])
+    costs = Costs(preprocess=0.0, shapes=[[12, 48, 48]] * cases, export=[])
     assert costs.tiles([12, 48, 48]) == pytest.approx(largest)  # one tile per case
     assert costs.tiles([12, 32, 32]) == pytest.approx(4 * largest)  # 2 x 2 tiles in-plane
 
@@ -48,16 +48,16 @@ def _thin_slab_context(n_cases: int, budget: float, cache_dir):
     import torch
 
     from autoseg.planning import compute_budget as T
-    from autoseg.planning import planner as P
+    from autoseg.planning import context, recipes
 
     fingerprint = _one_channel_fingerprint("Dataset990_Slabs", [5.0, 0.8, 0.8], [3, 160, 160], n_cases)
     rate = T.reference_seconds_per_gflop(torch.device("cpu"))
-    ctx = P._planning_context(fingerprint, "unet", 4 * 2**30, budget, torch.device("cpu"), cache_dir,
+    ctx = context.planning_context(fingerprint, "unet", 4 * 2**30, budget, torch.device("cpu"), cache_dir,
                               lambda dims, width, mixed_precision="auto": T.TimingModel("fake cpu", 0.0, rate, rate),
                               None, 1.0, {}, True)
     spacing = [5.0, 1.6, 1.6]
-    costs = P._costs(ctx, fingerprint, [0, 1, 2], spacing, 3)
-    return ctx, costs, spacing, P._transposed_median(fingerprint, spacing, [0, 1, 2])
+    costs = recipes.costs_at(ctx, fingerprint, [0, 1, 2], spacing, 3)
+    return ctx, costs, spacing, recipes.transposed_median(fingerprint, spacing, [0, 1, 2])
 
 
 def test_a_patch_axis_just_short_of_the_image_grows_to_it_where_that_is_cheaper_overall(tmp_path, monkeypatch):
@@ -69,18 +69,18 @@ def test_a_patch_axis_just_short_of_the_image_grows_to_it_where_that_is_cheaper_
     training saves about 90), it stays."""
     import torch
 
-    from autoseg.planning import planner as P
+    from autoseg.planning import recipes
 
     # The reference speed is per math thread: the same two threads under pytest-xdist (one thread per worker)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
 
     def patches(n_cases: int) -> list:
         ctx, costs, spacing, median = _thin_slab_context(n_cases, 300.0, tmp_path)
-        return P._evaluate_spacing(ctx, costs, spacing, median, 3, stop_at_preferred=False)[1]
+        return recipes.evaluate_spacing(ctx, costs, spacing, median, 3, stop_at_preferred=False)[1]
 
     grown = patches(1500)
     assert [2, 64, 64] in [c.patch for c in patches(10)]
-    monkeypatch.setattr(P, "_full_extent_if_cheaper", lambda ctx, costs, candidate, median: candidate)
+    monkeypatch.setattr(recipes, "_full_extent_if_cheaper", lambda ctx, costs, candidate, median: candidate)
     before = patches(1500)
     at = [c.patch for c in before].index([2, 64, 64])
     assert not before[at].validation_fits  # the tiles the short patch costs: over the validation's share

@@ -10,7 +10,7 @@ from scipy import ndimage
 from autoseg.dataset.description import DatasetDescription
 from autoseg.fingerprint.thickness import case_thickness, median_thickness, structure_thickness_mm
 from autoseg.planning import constants as C
-from autoseg.planning.planner import draws_structures, typical_structure_mm
+from autoseg.planning.budget_search import draws_structures, typical_structure_mm
 
 
 def test_a_slab_four_voxels_across_at_half_a_millimetre():
@@ -163,7 +163,7 @@ def test_a_short_budget_keeps_thin_vessels_drawable(tmp_path):
     """DRIVE at 5 minutes: the context rule alone coarsened 4x (vessel Dice 0.648 against 0.752 at the
     native spacing, docs/benchmarks.md); with the vessels' thickness the plan keeps 2 voxels across
     them, and a patch that reaches the iteration floor there covers less of the image."""
-    from autoseg.planning.planner import context_ok
+    from autoseg.planning.recipes import context_ok
 
     before = _plan(_drive_like(None), "2d", tmp_path)
     coarse = before["configurations"]["2d"]
@@ -182,7 +182,7 @@ def test_a_budget_below_the_floor_still_draws_thin_vessels_in_2d(tmp_path):
     spacing, and the plan took the most iterations, 4x coarser (vessels half a pixel across), where it
     reached vessel Dice 0.22 and 0.37 on two folds against 0.58 and 0.63 for the native spacing's
     context-keeping patch in the same minute. That patch is now planned, with the weak-model warning."""
-    from autoseg.planning.planner import context_ok
+    from autoseg.planning.recipes import context_ok
 
     fp = _fingerprint([999.0, 1.0, 1.0], [1, 128, 128], 8, 3, 2.23)
     plans = _plan(fp, "2d", tmp_path, budget_seconds=60.0)
@@ -213,7 +213,7 @@ def test_a_3d_plan_short_of_iterations_goes_as_coarse_as_its_structures_allow(tm
     most iterations there. On an 8x faster machine the target spacing itself is viable but short of
     iterations, and the rule moves it the same way (the recipe taken at the measured speed: no tolerance
     band, which would plan an 8x faster machine as the reference)."""
-    from autoseg.planning.planner import context_ok
+    from autoseg.planning.recipes import context_ok
 
     monkeypatch.setattr(C, "RECIPE_SPEED_TOLERANCE_SLOWER", 1.0)
     monkeypatch.setattr(C, "RECIPE_SPEED_TOLERANCE_FASTER", 1.0)

@@ -177,14 +177,14 @@ SPACING_LADDER_MIN_EDGE = 16
 # The ladder's spacings are rounded to this many decimals (to a 1e-10 mm grid): repeated sqrt(2) steps left
 # float noise (2.0000000000000004 mm) that moved resampled shapes at exact halves by a voxel.
 SPACING_DECIMALS = 10
-# Thin structures (planner._keep_thin_structures): a 2D budget recipe keeps the typical structure's
+# Thin structures (budget_search._keep_thin_structures): a 2D budget recipe keeps the typical structure's
 # thickness (fingerprint/thickness.py; the median over the targets, so one thin target among thick ones
 # does not force every model to full resolution) at least this many voxels across every coarsened axis,
 # about two samples per width (Nyquist); a 3D recipe only notes it. On DRIVE (vessels 3.2 px) the 5-minute
 # plan coarsened 4x for context and reached vessel Dice 0.653 where the rule's 1.41 mm reached 0.757 and
 # the native spacing 0.777 (one run each, docs/benchmarks.md).
 MIN_STRUCTURE_VOXELS = 2.0
-# Iterations before resolution (planner._coarsest_drawn): when the chosen 3D budget recipe affords
+# Iterations before resolution (budget_search._coarsest_drawn): when the chosen 3D budget recipe affords
 # fewer than MIN_BUDGET_ITERATIONS, the planner goes on to the coarsest spacing of the ladder at which
 # the typical structure keeps this many voxels across and takes there the patch (within the context
 # rule) that trains the most iterations. On ACDC (typical structure 12.9 mm; one run each, same host, docs/benchmarks.md):
@@ -197,7 +197,7 @@ MIN_STRUCTURE_VOXELS = 2.0
 COARSE_STRUCTURE_VOXELS = 2.5
 # A class is at risk of vanishing at a spacing a budget coarsened to when its smallest case there holds fewer
 # voxels than a structure MIN_STRUCTURE_VOXELS across every axis (8 in 3D, 4 in 2D): the plan names each such
-# class (planner._small_class_notes); the typical structure's rule above judges the median target only.
+# class (budget_search.small_class_notes); the typical structure's rule above judges the median target only.
 # Robust recipes: the recipe (spacing, patch, network, batch) is chosen at the *recipe speed*: a
 # measured speed up to 2.83x slower or 8x faster than a reference speed counts as the reference, and
 # one beyond counts as what exceeds that factor (continuous, no jump at the edge); only the iteration

@@ -145,7 +145,7 @@ def _without_unfitting_cascade(shared: list[str], plans: dict[str, Any], source:
     the previous stage's labels as one-hot input channels, so its stem would not fit the source's weights
     (train --pretrained-weights refused them as "another number of input channels", naming channel_names).
     The plan notes it; fine-tuning to other classes keeps every other configuration."""
-    from autoseg.planning.planner import output_channels
+    from autoseg.planning.context import output_channels
 
     theirs, mine = output_channels(source.get("labels") or {})[1], output_channels(plans["labels"])[1]
     dropped = [n for n in shared if plans["configurations"][n].get("previous_stage") and theirs != mine]
