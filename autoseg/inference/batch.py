@@ -21,16 +21,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
-import SimpleITK as sitk
 
 from autoseg.dataset.description import DatasetDescription
 from autoseg.dataset.imageio import (
     NATURAL_2D_ENDINGS,
     SITK_ENDINGS,
-    SLICE_SPACING_2D,
     Geometry,
     case_nonfinite_voxels,
     geometry_differences,
+    header_grid,
     ignored_sform_warning,
     image_ending,
     is_orthonormal,
@@ -38,6 +37,7 @@ from autoseg.dataset.imageio import (
     itk_reads_spelling,
     read_case_images,
     read_image,
+    reader_grid,
     space_units_warning,
     unwritable_problem,
     voxel_data_cut_short,
@@ -525,7 +525,7 @@ def _label_map_grid(path: Path) -> tuple[tuple[tuple[int, ...], Geometry] | None
         return None, f"its label map {path} has a header ITK cannot read (damaged or cut short)"
     if voxel_data_cut_short(path):
         return None, f"its label map {path} is cut short (its voxel data ends before its header says)"
-    return _reader_grid(reader), None
+    return reader_grid(reader), None
 
 
 def _undecodable_label_map(path: Path) -> str | None:
@@ -573,25 +573,6 @@ def grid_differences(label: tuple[tuple[int, ...], Geometry] | None, image_file:
     if label[0] != image[0]:
         differences.insert(0, f"shape {label[0]} vs {image[0]}")
     return differences
-
-
-def header_grid(path: Path) -> tuple[tuple[int, ...], Geometry] | None:
-    """The (z, y, x) shape and geometry ``read_image`` gives ``path``, read from its header alone (ITK's formats);
-    None for other files, or a header ITK cannot read."""
-    if image_ending(path) not in SITK_ENDINGS or not path.is_file() or (reader := itk_header_reader(path)) is None:
-        return None
-    return _reader_grid(reader)
-
-
-def _reader_grid(reader: sitk.ImageFileReader) -> tuple[tuple[int, ...], Geometry] | None:
-    """``header_grid`` from an ITK reader whose header is read; None for an image of other than 2 or 3 axes."""
-    size, spacing = reader.GetSize(), tuple(float(s) for s in reversed(reader.GetSpacing()))
-    if len(size) not in (2, 3):
-        return None
-    if len(size) == 2:
-        size, spacing = (*size, 1), (SLICE_SPACING_2D, *spacing)
-    origin, direction = tuple(map(float, reader.GetOrigin())), tuple(map(float, reader.GetDirection()))
-    return tuple(reversed(size)), Geometry(spacing=spacing, origin=origin, direction=direction)
 
 
 def remove_superseded_probabilities(output: Path, case_id: str) -> None:

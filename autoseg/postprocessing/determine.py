@@ -27,7 +27,9 @@ import numpy as np
 
 from autoseg.utils.jsonio import read_json
 from autoseg.dataset.description import DatasetDescription
-from autoseg.dataset.imageio import SUPPORTED_ENDINGS, Geometry, is_image_ending, read_image, write_image
+from autoseg.dataset.imageio import (
+    SUPPORTED_ENDINGS, Geometry, header_grid, is_image_ending, read_image, write_image,
+)
 from autoseg.errors import AutosegError, EvaluationError
 from autoseg.evaluation.evaluate import (
     PREDICTION_FOLDER, DiskFullError, REFERENCE_FOLDER, check_declared, check_integer_labels, declared_values,
@@ -447,8 +449,6 @@ def _label_map_shape(path: Path, decoded: dict[Path, LabelMap]) -> tuple[int, ..
     """The (z, y, x) shape of the label map ``path``: from its header for ITK's formats (``header_grid``), else (a 2D
     picture, a TIFF volume) as read, the read kept in ``decoded`` for the postprocessing (such a file was decoded
     twice); None for one that cannot be read, left to its case, which names why."""
-    from autoseg.inference.batch import header_grid  # local: the inference package is not needed otherwise
-
     if (grid := header_grid(path)) is not None:
         return grid[0]
     try:

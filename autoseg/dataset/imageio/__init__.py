@@ -57,6 +57,7 @@ from autoseg.dataset.imageio.geometry import (  # noqa: F401 - re-exported
 from autoseg.dataset.imageio.headers import (  # noqa: F401 - re-exported
     case_nonfinite_voxels,
     detached_data_files,
+    header_grid,
     header_with_data_files_renamed,
     ignored_sform_warning,
     itk_header_reader,
@@ -64,6 +65,7 @@ from autoseg.dataset.imageio.headers import (  # noqa: F401 - re-exported
     nifti_sform_ignored,
     nifti_value_scaling,
     nrrd_space_units,
+    reader_grid,
     space_units_warning,
 )
 from autoseg.dataset.imageio.natural2d import COLOUR_KINDS  # noqa: F401 - re-exported

@@ -14,8 +14,14 @@ from typing import Mapping, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from autoseg.dataset.imageio.endings import DETACHED_HEADER_KEYS, NIFTI_ENDINGS, image_ending, itk_reads_spelling
-from autoseg.dataset.imageio.geometry import _MM_PER_UNIT, Geometry, geometry_differences
+from autoseg.dataset.imageio.endings import (
+    DETACHED_HEADER_KEYS,
+    NIFTI_ENDINGS,
+    SITK_ENDINGS,
+    image_ending,
+    itk_reads_spelling,
+)
+from autoseg.dataset.imageio.geometry import _MM_PER_UNIT, SLICE_SPACING_2D, Geometry, geometry_differences
 from autoseg.dataset.imageio.rawfile import _file_start, _header_fields, is_gzip
 from autoseg.paths import undecodable_path_problem
 
@@ -185,6 +191,25 @@ def itk_header_reader(path: Path) -> sitk.ImageFileReader | None:
     except RuntimeError:
         return None
     return reader
+
+
+def header_grid(path: Path) -> tuple[tuple[int, ...], Geometry] | None:
+    """The (z, y, x) shape and geometry ``read_image`` gives ``path``, read from its header alone (ITK's formats);
+    None for other files, or a header ITK cannot read."""
+    if image_ending(path) not in SITK_ENDINGS or not path.is_file() or (reader := itk_header_reader(path)) is None:
+        return None
+    return reader_grid(reader)
+
+
+def reader_grid(reader: sitk.ImageFileReader) -> tuple[tuple[int, ...], Geometry] | None:
+    """``header_grid`` from an ITK reader whose header is read; None for an image of other than 2 or 3 axes."""
+    size, spacing = reader.GetSize(), tuple(float(s) for s in reversed(reader.GetSpacing()))
+    if len(size) not in (2, 3):
+        return None
+    if len(size) == 2:
+        size, spacing = (*size, 1), (SLICE_SPACING_2D, *spacing)
+    origin, direction = tuple(map(float, reader.GetOrigin())), tuple(map(float, reader.GetDirection()))
+    return tuple(reversed(size)), Geometry(spacing=spacing, origin=origin, direction=direction)
 
 
 def ignored_sform_warning(paths: Sequence[Path]) -> str | None:
