@@ -997,7 +997,9 @@ def test_unsupported_ending_and_missing_file(tmp_path: Path) -> None:
     (tmp_path / "a.jpg2").write_bytes(b"")
     with pytest.raises(DatasetError, match=r"a\.jpg2: unsupported file type"):
         read_image(tmp_path / "a.jpg2")
-    with pytest.raises(DatasetError, match=r"nope\.nii\.gz: file not found"):
+    # Also what a file deleted between a command's listing and its reading gives: say so, and what to do.
+    with pytest.raises(DatasetError, match=r"nope\.nii\.gz: file not found \(a wrong path, or the file was moved or "
+                                           r"deleted after it was listed\); check the path, and run the command again"):
         read_image(tmp_path / "nope.nii.gz")
     (tmp_path / "linked.nii.gz").symlink_to(tmp_path / "moved" / "a.nii.gz")  # listed by ls, its target gone
     with pytest.raises(DatasetError, match=r"linked\.nii\.gz: is a symbolic link to .*moved/a\.nii\.gz, which does not exist "

@@ -109,7 +109,8 @@ def _missing_file_problem(path: Path) -> str:
     if path.is_symlink():
         return (f"{path}: is a symbolic link to {os.readlink(path)}, which does not exist (moved or deleted?); "
                 "restore its target, or replace the link with the file")
-    return f"{path}: file not found"
+    return (f"{path}: file not found (a wrong path, or the file was moved or deleted after it was listed); check the "
+            "path, and run the command again once the dataset is complete")
 
 
 def _unreadable_problem(path: Path, exc: RuntimeError) -> str:
