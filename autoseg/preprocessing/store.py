@@ -256,7 +256,9 @@ def check_stored(folder: str | Path, case_id: str) -> None:
     case stops it at the start, not hours later. A case that fails is checked again until it passes, or no
     preprocess run holds the folder (the store's shared lock, held for the run's whole storing), for at most
     ``STORE_WAIT_SECONDS``: a preprocess run re-storing it (marker removed, arrays replaced) made a training started
-    meanwhile report it as damaged."""
+    meanwhile report it as damaged, and the run holding the folder may be the re-run that a damaged or outdated case's
+    message advises, redoing it. Past the wait a damaged case is refused naming its file and fix; without a run
+    holding the folder, at once."""
     check_stored_cases(folder, [case_id])
 
 
@@ -264,33 +266,26 @@ def check_stored_cases(folder: str | Path, case_ids: Sequence[str]) -> None:
     """``check_stored`` of each case, with one bounded wait for them all: a wait of ``STORE_WAIT_SECONDS`` each made a
     train whose split names 200 cases a preprocess run was storing wait 100 minutes before refusing them."""
     folder = Path(folder)
-    failing = _failing_cases(folder, case_ids)
+    failing = _failures(folder, case_ids)
     if failing and not folder.is_dir():
-        _check_stored_once(folder, failing[0])  # raises: names the first case's missing file
+        _check_stored_once(folder, next(iter(failing)))  # raises: names the first case's missing file
     if failing:
         _check_without_writers(folder, failing)
 
 
-def _failing_cases(folder: Path, case_ids: Sequence[str]) -> list[str]:
-    """The cases of ``case_ids`` that fail their check now and may be being stored again; a case that is damaged
-    for certain (``_check_settled``) is refused at once."""
-    return [case_id for case_id in case_ids if not _check_settled(folder, case_id)]
-
-
-def _check_settled(folder: Path, case_id: str) -> bool:
-    """Whether the case passes its check; the check's ``PreprocessingError`` where it fails with its marker there and
-    unchanged throughout: a writer removes the marker before it touches the arrays (``save_case``, ``remove_case``)
-    and renames every file into place whole, so no writer is in the middle of that case, and its damage (an array
-    that cannot be opened, cut short, missing) is told at once with its fix, not as 'probably being stored again'
-    after the writers' wait."""
-    before = marker_state(folder, case_id)
-    try:
-        _check_stored_once(folder, case_id)
-    except PreprocessingError:
-        if before is not None and marker_state(folder, case_id) == before:
-            raise
-        return False
-    return True
+def _failures(folder: Path, case_ids: Iterable[str]) -> dict[str, PreprocessingError | None]:
+    """The cases of ``case_ids`` failing their check now, each with the check's error where its marker stayed there
+    unchanged throughout (a writer removes the marker before it touches the arrays, ``save_case`` and
+    ``remove_case``, and renames every file into place whole: the case is damaged or outdated, unless a run redoes
+    it later), None where a writer is storing it again (marker gone or replaced)."""
+    failures: dict[str, PreprocessingError | None] = {}
+    for case_id in case_ids:
+        before = marker_state(folder, case_id)
+        try:
+            _check_stored_once(folder, case_id)
+        except PreprocessingError as exc:
+            failures[case_id] = exc if before is not None and marker_state(folder, case_id) == before else None
+    return failures
 
 
 def marker_state(folder: Path, case_id: str) -> tuple[int, int, int, int] | None:
@@ -303,13 +298,13 @@ def marker_state(folder: Path, case_id: str) -> tuple[int, int, int, int] | None
     return info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns
 
 
-def _check_without_writers(folder: Path, case_ids: Sequence[str]) -> None:
+def _check_without_writers(folder: Path, failing: dict[str, PreprocessingError | None]) -> None:
     """Check the cases again under the folder's exclusive lock, polled for at most ``STORE_WAIT_SECONDS``: Linux
     grants new shared locks while an exclusive one waits, so a blocking wait lasted a whole ``preprocess -np 2``
     run, the training silent meanwhile. While a run holds the folder (for its whole storing), the cases passing their
     check once stored again ends the wait: it waited for the run's other cases. Past the bound the cases are refused,
-    naming the writing run."""
-    deadline, pending = None, list(case_ids)
+    naming the writing run (``_refused_while_written``)."""
+    deadline, pending = None, failing
     while True:
         try:
             with folder_lock(folder, wait=False):
@@ -317,22 +312,37 @@ def _check_without_writers(folder: Path, case_ids: Sequence[str]) -> None:
                     _check_stored_once(folder, case_id)
                 return
         except FolderLocked as locked:
-            pending = _failing_cases(folder, pending)
+            pending = _failures(folder, pending)
             if not pending:
                 return
             if deadline is None:
                 deadline = time.monotonic() + STORE_WAIT_SECONDS
                 print(f"waiting for a preprocess run writing into {folder}", file=sys.stderr, flush=True)
             elif time.monotonic() >= deadline:
-                failing = (f"case {pending[0]} fails its check" if len(pending) == 1 else
-                           f"{len(pending)} cases ({', '.join(pending[:5])}{'...' if len(pending) > 5 else ''}) fail "
-                           "their check")
-                raise PreprocessingError(
-                    f"{folder}: {failing} while a preprocess run ({holder_text(locked.pid)}) has been writing into "
-                    f"this folder for over {STORE_WAIT_SECONDS:.0f} s, probably storing "
-                    f"{'the case' if len(pending) == 1 else 'them'} again; start train again once that run has "
-                    "finished") from None
+                raise _refused_while_written(folder, pending, locked.pid) from None
             time.sleep(STORE_POLL_SECONDS)
+
+
+def _refused_while_written(folder: Path, pending: dict[str, PreprocessingError | None], pid: int | None,
+                           ) -> PreprocessingError:
+    """The refusal of the cases still failing past the writers' wait: a case whose marker stayed unchanged is named
+    with its damage and fix (its file, the re-run), the others counted; without one, the cases are probably being
+    stored again."""
+    damage = next((exc for exc in pending.values() if exc is not None), None)
+    if damage is not None:
+        others = len(pending) - 1
+        counted = f"; {others} other case{' fails its' if others == 1 else 's fail their'} check too" if others else ""
+        return type(damage)(
+            f"{damage}{counted}; a preprocess run ({holder_text(pid)}) still holds this folder and did not store the "
+            f"case again in the {STORE_WAIT_SECONDS:.0f} s waited for it: if it is that re-run, start train again once "
+            "it has finished")
+    ids = list(pending)
+    failing = (f"case {ids[0]} fails its check" if len(ids) == 1 else
+               f"{len(ids)} cases ({', '.join(ids[:5])}{'...' if len(ids) > 5 else ''}) fail their check")
+    return PreprocessingError(
+        f"{folder}: {failing} while a preprocess run ({holder_text(pid)}) has been writing into this folder for over "
+        f"{STORE_WAIT_SECONDS:.0f} s, probably storing {'the case' if len(ids) == 1 else 'them'} again; start train "
+        "again once that run has finished")
 
 
 def _check_stored_once(folder: Path, case_id: str) -> None:
