@@ -83,9 +83,9 @@ DATASETS = [
                 (1, 64, 64), "2d", is_2d=True),
     RealDataset("Dataset907_EMMembrane", ("em_00", "em_01", "em_02", "em_03", "em_04", "em_05"), (1, 64, 64), "2d",
                 is_2d=True),
-    RealDataset("Dataset950_TotalSegCT", tuple(f"case_{i:03d}" for i in range(6)), (24, 64, 80), "3d_fullres",
+    RealDataset("Dataset950_TotalSegCT", tuple(f"case_{i:03d}" for i in range(6)), (16, 48, 64), "3d_fullres",
                 one_scan=OneScan("example_ct_sm.nii.gz", "example_seg.nii.gz", "CT")),
-    RealDataset("Dataset951_TotalSegMR", tuple(f"case_{i:03d}" for i in range(6)), (14, 56, 72), "3d_fullres",
+    RealDataset("Dataset951_TotalSegMR", tuple(f"case_{i:03d}" for i in range(6)), (12, 40, 48), "3d_fullres",
                 one_scan=OneScan("example_mr_sm.nii.gz", "example_seg_mr.nii.gz", "MR")),
 ]
 BRATS = next(d for d in DATASETS if d.name == "Dataset905_BraTS2015Mini")
