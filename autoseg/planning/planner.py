@@ -37,6 +37,9 @@ from autoseg.planning.context import (
 )
 from autoseg.planning.fingerprint_checks import check_fingerprint, check_resampled_sizes, fingerprint_digest
 
+# The 3D configurations: -c 3d_lowres or the cascade plans all three (3d_fullres: the cascade's full-resolution stage).
+CONFIGS_3D = (CONFIG_FULLRES, CONFIG_LOWRES, CONFIG_CASCADE)
+
 if TYPE_CHECKING:
     from autoseg.dataset.description import DatasetDescription
     from autoseg.networks.registry import NetworkSpec
@@ -120,7 +123,7 @@ def _plan_wanted(ctx: PlanningContext, fingerprint: dict[str, Any], spacing: lis
     if CONFIG_2D in wanted:
         configurations[CONFIG_2D] = plan_configuration(ctx, CONFIG_2D, spacing, 2, fingerprint, ctx.forward,
                                                        f"{plans_name}_{CONFIG_2D}")
-    if wanted & {CONFIG_FULLRES, CONFIG_LOWRES, CONFIG_CASCADE}:
+    if wanted & set(CONFIGS_3D):
         configurations.update(plan_3d(ctx, wanted, spacing, ctx.forward, fingerprint, plans_name,
                                       explicit=configs is not None))
     return configurations
@@ -162,15 +165,31 @@ def _checked_configs(configs: str | Sequence[str] | None) -> list[str] | None:
     return configs
 
 
-def plannable_configurations(configs: str | Sequence[str] | None, family_dims: tuple[int, ...],
-                             is_2d: bool | None = None) -> set[str]:
-    """The configurations a plan can hold at most: those asked for (all without ``configs``) that the
-    family's dimensionalities build and, once the fingerprint tells (``is_2d``), the dataset's."""
-    possible = set(_checked_configs(configs) or ALL_CONFIGURATIONS)
-    if 2 not in family_dims or is_2d is False:
+def plannable_configurations(configs: str | Sequence[str] | None, family_dims: tuple[int, ...], network: str,
+                             is_2d: bool | None = None) -> set[str] | None:
+    """The configurations a plan can hold at most: those asked for (all that apply without ``configs``) that
+    the family builds for the dataset, with the cascade's other stages (-c 3d_lowres plans 3d_fullres too).
+    Before the fingerprint tells the dataset's dimensionality (``is_2d`` None) only an explicit -c that the
+    family builds decides; otherwise None (known once the fingerprint is read, refused then as planning
+    refuses it)."""
+    if is_2d is None:
+        configs = _checked_configs(configs)
+        if configs is None or not set(configs) <= _possible_configurations(family_dims, None):
+            return None
+        wanted = set(configs)
+    else:
+        wanted = _asked_and_possible(configs, is_2d, family_dims, network)
+    return wanted | set(CONFIGS_3D) if wanted & {CONFIG_LOWRES, CONFIG_CASCADE} else wanted
+
+
+def _possible_configurations(family_dims: tuple[int, ...], is_2d: bool | None) -> set[str]:
+    """What the family's dimensionalities build and the dataset's (``is_2d``; None: not known yet) allows:
+    2d is planned on volumes too, the 3D configurations on volumes only."""
+    possible = set(ALL_CONFIGURATIONS)
+    if 2 not in family_dims:
         possible.discard(CONFIG_2D)
     if 3 not in family_dims or is_2d:
-        possible -= {CONFIG_FULLRES, CONFIG_LOWRES, CONFIG_CASCADE}
+        possible -= set(CONFIGS_3D)
     return possible
 
 
@@ -181,24 +200,28 @@ def dataset_is_2d(fingerprint: dict[str, Any]) -> bool:
 
 def _wanted_configurations(configs: str | Sequence[str] | None, is_2d: bool, family_dims: tuple[int, ...],
                            ctx: PlanningContext) -> set[str]:
-    configs = _checked_configs(configs)
-    possible = {CONFIG_2D} if is_2d else set(ALL_CONFIGURATIONS)
+    """The configurations to plan, with a note when the family skips 2d."""
     if 2 not in family_dims:
-        possible.discard(CONFIG_2D)
         ctx.notes.append(f"{CONFIG_2D}: skipped, network {ctx.network!r} is 3D only")
-    if 3 not in family_dims:
-        possible -= {CONFIG_FULLRES, CONFIG_LOWRES, CONFIG_CASCADE}
+    return _asked_and_possible(configs, is_2d, family_dims, ctx.network)
+
+
+def _asked_and_possible(configs: str | Sequence[str] | None, is_2d: bool, family_dims: tuple[int, ...],
+                        network: str) -> set[str]:
+    """The configurations asked for (all that apply without ``configs``), refused when the family cannot
+    build the dataset's dimensionality or one asked for cannot be planned for this dataset."""
+    configs = _checked_configs(configs)
+    possible = _possible_configurations(family_dims, is_2d)
+    dims = "2D" if is_2d else "3D"
     if not possible:  # the family lacks the dataset's dimensionality: no -c choice can help
-        dims = "2D" if is_2d else "3D"
-        raise PlanError(f"network {ctx.network!r} builds {'/'.join(f'{d}D' for d in family_dims)} networks only and this "
+        raise PlanError(f"network {network!r} builds {'/'.join(f'{d}D' for d in family_dims)} networks only and this "
                         f"dataset is {dims}: nothing can be planned; choose a family with {dims} in `autoseg networks`")
     wanted = set(configs) if configs is not None else possible
     impossible = sorted(wanted - possible)
     if impossible or not wanted:
-        kind = "2D" if is_2d else "3D"
         raise PlanError(
-            f"configuration(s) {', '.join(impossible) or '(none)'} cannot be planned for this {kind} dataset with "
-            f"network {ctx.network!r}; possible: {', '.join(sorted(possible)) or 'none (choose another network)'}"
+            f"configuration(s) {', '.join(impossible) or '(none)'} cannot be planned for this {dims} dataset with "
+            f"network {network!r}; possible: {', '.join(sorted(possible)) or 'none (choose another network)'}"
         )
     return wanted
 
@@ -238,7 +261,8 @@ def plan_dataset(
         from autoseg.planning.transfer import refuse_without_shared
 
         is_2d = dataset_is_2d(check_fingerprint(fingerprint, str(fingerprint_path(location))))
-        refuse_without_shared(donor[0], donor[1], plannable_configurations(configs, spec.constraints.spatial_dims, is_2d))
+        refuse_without_shared(donor[0], donor[1],
+                              plannable_configurations(configs, spec.constraints.spatial_dims, spec.name, is_2d))
     chosen, present = target_device(device, gpu_memory_gb, budget_seconds)
     usable, nominal = memory_budget(chosen, gpu_memory_gb)
     if budget_seconds is None and chosen.type == "cpu":
@@ -294,7 +318,7 @@ def _checked_request(dataset_spec: DatasetSpec, gpu_memory_gb: float | None, bud
     from autoseg.planning.transfer import fitting_source_plans
 
     donor = fitting_source_plans(location.name, description.channel_names, transfer_from,
-                                 plannable_configurations(configs, spec.constraints.spatial_dims))
+                                 plannable_configurations(configs, spec.constraints.spatial_dims, spec.name))
     return spec, location, description, donor
 
 

@@ -49,9 +49,10 @@ def transfer_plans(target: dict[str, Any], source: dict[str, Any], source_name: 
     plans["notes"] = _notes_on_no_configuration(target)
     shared = [name for name in target["configurations"] if name in source["configurations"]]
     if not shared:
+        advice = _no_shared_advice(_dimensionalities(target), source)
         raise PlanError(
             f"{source_name}: has configurations {', '.join(source['configurations'])}, the target plans "
-            f"{', '.join(target['configurations'])}; none in common to transfer ({_no_shared_advice(target, source)})"
+            f"{', '.join(target['configurations'])}; none in common to transfer ({advice})"
         )
     configurations = {}
     for name in _without_unfitting_cascade(shared, plans, source, source_name):
@@ -82,11 +83,12 @@ def transfer_plans(target: dict[str, Any], source: dict[str, Any], source_name: 
     return plans
 
 
-def _no_shared_advice(target: dict[str, Any], source: dict[str, Any]) -> str:
-    """What to do when no configuration is shared. '-c 3d_fullres' alone sent the user of a 2D dataset (one slice
-    per case), whose plan holds only 2d, to a plan that refuses 3D configurations there."""
+def _no_shared_advice(target_dims: set[int], source: dict[str, Any]) -> str:
+    """What to do when no configuration is shared with a target of these spatial dimensionalities. '-c 3d_fullres'
+    alone sent the user of a 2D dataset (one slice per case), whose plan holds only 2d, to a plan that refuses
+    3D configurations there."""
     advice = f"plan the target with -c {next(iter(source['configurations']))}"
-    if _dimensionalities(target) == {2} and 2 not in _dimensionalities(source):
+    if target_dims == {2} and 2 not in _dimensionalities(source):
         advice += " if its cases are volumes; a 2D dataset (one slice per case) needs a source with a 2d configuration"
     return advice
 
@@ -249,14 +251,15 @@ def _model_folder(plans: dict[str, Any], configuration: str) -> str:
 
 
 def fitting_source_plans(dataset_name: str, channel_names: dict[str, str], source: str | Path,
-                         plannable: Collection[str]) -> tuple[dict[str, Any], str, list[str]]:
+                         plannable: Collection[str] | None) -> tuple[dict[str, Any], str, list[str]]:
     """``read_source_plans``, refused when the source's channels do not fit the target dataset's, or when it
     has none of the configurations the target can plan (``plannable``: those asked for with -c that the
-    network family builds): checked before planning, whose fingerprint and timing probe took ~20 s before
-    the refusal came."""
+    network family builds; None: not known before the fingerprint): checked before planning, whose
+    fingerprint and timing probe took ~20 s before the refusal came."""
     plans, name, notes = read_source_plans(source)
     _check_channels({"dataset_name": dataset_name, "channel_names": channel_names}, plans, name)
-    refuse_without_shared(plans, name, plannable)
+    if plannable is not None:
+        refuse_without_shared(plans, name, plannable)
     return plans, name, notes
 
 
@@ -265,10 +268,10 @@ def refuse_without_shared(source: dict[str, Any], source_name: str, plannable: C
     same refusal ``transfer_plans`` gives once the target is planned."""
     if set(source["configurations"]) & set(plannable):
         return
-    target = {"configurations": {name: {"spatial_dims": 2 if name == "2d" else 3} for name in sorted(plannable)}}
+    dims = {2 if name == "2d" else 3 for name in plannable}
     raise PlanError(
         f"{source_name}: has configurations {', '.join(source['configurations'])}, the target can plan only "
-        f"{', '.join(sorted(plannable))}; none in common to transfer ({_no_shared_advice(target, source)})"
+        f"{', '.join(sorted(plannable))}; none in common to transfer ({_no_shared_advice(dims, source)})"
     )
 
 
