@@ -24,6 +24,10 @@ from autoseg.utils.duration import parse_duration
 
 from training_helpers import DATASET, TINY_TOPOLOGY, data_roots, results  # noqa: F401 - fixtures
 
+# Trainings whose validation is not what a test checks: no mirroring, so the final validation predicts each
+# tile once, not 8 times (2/3 of such a run's time; mirrored validation: test_training_engine.py, test_mirroring.py).
+UNMIRRORED = "augmentation.mirror.axes=[]"
+
 TINY_SPEC = dict(network="unet", topology=TINY_TOPOLOGY, in_channels=1, n_outputs=3,
                  options={"deep_supervision": True}, patch=[16, 16, 16], batch=2, threads=1)
 
@@ -186,7 +190,7 @@ def test_a_seed_numpy_cannot_take_is_refused_before_training(seed: int, results:
 def test_a_fold_trained_with_another_plan_than_the_models_folds_is_refused(results: Path) -> None:
     """Was: after `plan --overwrite` a new fold replaced the model folder's plans.json, so the folds trained
     before were predicted at the new spacing (or failed inside torch when ensembled)."""
-    overrides = ["iterations_per_epoch=2", "val_iterations_per_epoch=1"]
+    overrides = ["iterations_per_epoch=2", "val_iterations_per_epoch=1", UNMIRRORED]
     summary = train_fold(DATASET, "3d_fullres", 0, epochs=1, workers=0, overrides=overrides, device="cpu")
     log = (Path(summary["model_folder"]) / "fold_0" / "training_log.txt").read_text()
     assert re.search(r"validation of \d+ cases in \d+ s: mean Dice (\d\.\d{4}|nan|none \(no foreground class scored\)) \(", log)
@@ -203,7 +207,7 @@ def test_a_fold_trained_with_another_plan_than_the_models_folds_is_refused(resul
 
 def test_continue_names_the_settings_it_changes_from_the_run_it_resumes(results: Path) -> None:
     """Was: --continue without the interrupted run's --set silently trained the rest with other settings."""
-    common = ["val_iterations_per_epoch=1"]
+    common = ["val_iterations_per_epoch=1", UNMIRRORED]
     summary = train_fold(DATASET, "3d_fullres", 0, epochs=1, workers=0, overrides=["iterations_per_epoch=2", *common], device="cpu")
     train_fold(DATASET, "3d_fullres", 0, epochs=2, workers=0, overrides=["iterations_per_epoch=3", *common], device="cpu",
                continue_=True)
@@ -218,7 +222,7 @@ def test_a_fold_trained_again_without_continue_starts_its_own_log_and_validation
     """Was: after its checkpoints were deleted, a fold trained again appended to the earlier run's training_log.txt (two
     runs in one log) and left the validation of cases no longer in the split beside the new one (find-best merged
     them). The earlier log is kept under another name; the earlier validation goes; the user's own files stay."""
-    overrides = ["iterations_per_epoch=1", "val_iterations_per_epoch=1"]
+    overrides = ["iterations_per_epoch=1", "val_iterations_per_epoch=1", UNMIRRORED]
     first = train_fold(DATASET, "3d_fullres", 0, epochs=1, workers=0, overrides=overrides, device="cpu")
     fold = Path(first["model_folder"]) / "fold_0"
     validation, val_cases = fold / "validation", sorted(c["case_id"] for c in first["validation"]["metric_per_case"])
@@ -242,7 +246,7 @@ def test_a_fold_trained_again_without_continue_starts_its_own_log_and_validation
 def test_continue_of_a_finished_fold_validates_again_over_a_summary_that_is_none(results: Path, damaged: str) -> None:
     """Was: a --continue of a finished fold reused its validation/summary.json unread: a damaged one stopped it with an
     internal JSONDecodeError, ``[]`` or a summary of other cases was reported as the fold's validation."""
-    overrides = ["iterations_per_epoch=1", "val_iterations_per_epoch=1"]
+    overrides = ["iterations_per_epoch=1", "val_iterations_per_epoch=1", UNMIRRORED]
     first = train_fold(DATASET, "3d_fullres", 0, epochs=1, workers=0, overrides=overrides, device="cpu")
     path = Path(first["model_folder"]) / "fold_0" / "validation" / "summary.json"
     path.write_text(damaged)
