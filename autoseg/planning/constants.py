@@ -196,8 +196,9 @@ MIN_STRUCTURE_VOXELS = 2.0
 # context, were what ACDC lacked.
 COARSE_STRUCTURE_VOXELS = 2.5
 # A class is at risk of vanishing at a spacing a budget coarsened to when its smallest case there holds fewer
-# voxels than a structure MIN_STRUCTURE_VOXELS across every axis (8 in 3D, 4 in 2D): the plan names each such
-# class (budget_search.small_class_notes); the typical structure's rule above judges the median target only.
+# voxels than a structure MIN_STRUCTURE_VOXELS across every axis (8 in 3D, 4 in 2D), or when its median thickness
+# is under MIN_STRUCTURE_VOXELS voxels at the finest axis there: the plan names each such class
+# (budget_search.small_class_notes); the typical structure's rule above judges the median target only.
 # Robust recipes: the recipe (spacing, patch, network, batch) is chosen at the *recipe speed*: a
 # measured speed up to 2.83x slower or 8x faster than a reference speed counts as the reference, and
 # one beyond counts as what exceeds that factor (continuous, no jump at the edge); only the iteration
