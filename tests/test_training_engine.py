@@ -28,7 +28,7 @@ from autoseg.training.steps import LabelSpec
 from autoseg.training.validation import MirroringPace
 from autoseg.utils.checkpoint_format import CHECKPOINT_FORMAT_VERSION, write_checkpoint
 
-from training_helpers import DATASET, data_roots, results  # noqa: F401 - fixtures
+from training_helpers import DATASET, UNMIRRORED, data_roots, results  # noqa: F401 - fixtures
 
 SGD = {"name": "sgd", "lr": 0.01, "momentum": 0.99, "nesterov": True, "weight_decay": 3e-5}
 POLY = {"lr_schedule": {"name": "poly", "exponent": 0.9}, "optimizer": SGD}
@@ -361,7 +361,7 @@ def test_a_validation_behind_its_deadline_predicts_the_rest_unmirrored(results: 
 def test_an_extended_fold_validated_without_probabilities_drops_the_older_models(results: Path) -> None:
     """Was: --continue --epochs rewrote the label maps and kept the first run's --save-probabilities files,
     which find-best and ensemble would then average as this fold's though they came from another model."""
-    overrides = ["iterations_per_epoch=2", "val_iterations_per_epoch=1"]
+    overrides = ["iterations_per_epoch=2", "val_iterations_per_epoch=1", UNMIRRORED]
     first = train_fold(DATASET, "3d_fullres", 0, epochs=1, workers=0, overrides=overrides, save_probabilities=True)
     validation = Path(first["model_folder"]) / "fold_0" / "validation"
     cases = [row["case_id"] for row in first["validation"]["metric_per_case"]]

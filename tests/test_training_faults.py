@@ -22,11 +22,7 @@ from autoseg.networks.bf16_guard import bf16_step_survives, bf16_steps, probe_mo
 from autoseg.training.watchdog import IterationWatchdog
 from autoseg.utils.duration import parse_duration
 
-from training_helpers import DATASET, TINY_TOPOLOGY, data_roots, results  # noqa: F401 - fixtures
-
-# Trainings whose validation is not what a test checks: no mirroring, so the final validation predicts each
-# tile once, not 8 times (2/3 of such a run's time; mirrored validation: test_training_engine.py, test_mirroring.py).
-UNMIRRORED = "augmentation.mirror.axes=[]"
+from training_helpers import DATASET, TINY_TOPOLOGY, UNMIRRORED, data_roots, results  # noqa: F401 - fixtures
 
 TINY_SPEC = dict(network="unet", topology=TINY_TOPOLOGY, in_channels=1, n_outputs=3,
                  options={"deep_supervision": True}, patch=[16, 16, 16], batch=2, threads=1)

@@ -17,6 +17,9 @@ from conftest import make_hippocampus_subset
 DATASET = "Dataset998_TrainTest"
 CASES = [f"hippocampus_{i:03d}" for i in (1, 3, 4, 6, 8, 11, 14, 15)]
 PATCH = [16, 16, 16]
+# For trainings whose validation a test does not check: no mirroring, so the final validation predicts each
+# tile once, not 8 times (2/3 of such a run's time); mirrored validation: test_training_engine.py, test_mirroring.py.
+UNMIRRORED = "augmentation.mirror.axes=[]"
 # 3 stages of 8-16-32 features (GroupNorm(8) networks need multiples of 8): small enough for many CPU
 # iterations per second.
 TINY_TOPOLOGY: dict[str, Any] = {
