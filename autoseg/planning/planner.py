@@ -146,7 +146,7 @@ def _flat_3d_patch_notes(configurations: dict[str, dict[str, Any]], budget_secon
 
 def _too_few_cases_notes(cases: int) -> list[str]:
     """Why folds 0-4 of this plan cannot train: with fewer cases than folds ``autoseg train`` refuses them, and
-    the plan (whose budget prices a final validation of fold 0) gave no hint of it."""
+    the plan gave no hint of it (nor of why its budget prices no final validation)."""
     if cases >= NUM_FOLDS:
         return []
     return [f"{cases} training case(s) cannot be split into {NUM_FOLDS} folds, so `autoseg train` refuses folds "
