@@ -560,42 +560,52 @@ def _replanner(budget: float = 100.0, deadline_in: float = 100.0, context=None, 
     return replanner, log
 
 
-def _pace_on_rank(rank: int, speeds: list[float], init_file: str, out_dir: str) -> None:
-    """One rank of a 2-process gloo group: re-plan at 0.1 s per iteration, then keep pace at this
-    rank's own measured speed in the last epoch; writes the planned and the resulting totals."""
+# Rank 0's and rank 1's measured seconds per iteration against the planned 0.1 s: rank 0 slower (shorten),
+# on pace while rank 1 is slower (keep), and faster (lengthen).
+PACES = [[0.4, 0.1], [0.1, 0.4], [0.05, 0.1]]
+
+
+def _pace_on_rank(rank: int, paces: list[list[float]], init_file: str, out_dir: str) -> None:
+    """One rank of a 2-process gloo group: for each pair of speeds, re-plan at 0.1 s per iteration, then
+    keep pace at this rank's own measured speed in the last epoch; writes the planned and resulting totals."""
     import json
 
     import torch.distributed as dist
 
     from autoseg.training.distributed import DistributedContext
 
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=len(speeds))
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:
-        replanner, _, state = _replanned(context=DistributedContext(rank=rank, world_size=len(speeds)))
-        planned, state.iteration = state.total_iterations, 100  # a multiple of 10: a collective
-        replanner.keep_pace(state, speeds[rank], planned)
-        (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps([planned, state.total_iterations]))
+        totals = []
+        for speeds in paces:
+            replanner, _, state = _replanned(context=DistributedContext(rank=rank, world_size=2))
+            planned, state.iteration = state.total_iterations, 100  # a multiple of 10: a collective
+            replanner.keep_pace(state, speeds[rank], planned)
+            totals.append([planned, state.total_iterations])
+        (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(totals))
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("speeds", [[0.4, 0.1], [0.1, 0.4], [0.05, 0.1]])
-def test_ranks_that_measure_different_paces_follow_rank_0(tmp_path, speeds):
+def test_ranks_that_measure_different_paces_follow_rank_0(tmp_path):
     """DDP ranks that left the schedule at different totals would wait for each other's collectives
-    forever: rank 0's decision (shorten, keep, lengthen) is every rank's."""
+    forever: rank 0's decision (shorten, keep, lengthen) is every rank's. The three cases run in one
+    process group (a group of two processes takes ~10 s to start on 2 cores)."""
     import json
 
     import torch.multiprocessing as mp
 
-    mp.spawn(_pace_on_rank, args=(speeds, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
-    (planned0, total0), (planned1, total1) = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
-    assert planned0 == planned1 and total0 == total1
-    if speeds[0] == 0.4:
-        assert total0 < planned0
-    elif speeds[0] == 0.05:
-        assert total0 > planned0
-    else:
-        assert total0 == planned0
+    mp.spawn(_pace_on_rank, args=(PACES, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert len(rank0) == len(rank1) == len(PACES)
+    for speeds, (planned0, total0), (planned1, total1) in zip(PACES, rank0, rank1):
+        assert planned0 == planned1 and total0 == total1, speeds
+        if speeds[0] == 0.4:
+            assert total0 < planned0
+        elif speeds[0] == 0.05:
+            assert total0 > planned0
+        else:
+            assert total0 == planned0
 
 
 def test_a_slowdown_within_an_epoch_shortens_the_schedule_at_once_and_keeps_the_lr_continuous():
