@@ -431,7 +431,7 @@ def predict(
     )
     check_predict_request(request)
     if statistics:
-        from autoseg.evaluation.statistics import refuse_name_clashes
+        from autoseg.evaluation.statistics import predict_with_statistics_on_failure, refuse_name_clashes, run_statistics
 
         refuse_name_clashes(input, output, save_probabilities)
     with contextlib.ExitStack() as stack:
@@ -440,17 +440,12 @@ def predict(
             predict_folder, input, output, model, _folds(folds), checkpoint, step, not no_tta, save_probabilities,
             device, num_parts, part_id, continue_, mixed_precision, compile_networks=compile_,
         )
-        if statistics:
-            from autoseg.evaluation.statistics import predict_with_statistics
-
-            report, table = predict_with_statistics(run, input, output)
-        else:
-            report, table = run(), None
+        report = predict_with_statistics_on_failure(run, input, output) if statistics else run()
     typer.echo(
         f"{len(report.predicted)} case(s) predicted, {len(report.skipped)} skipped, into {report.output_folder} "
         f"({report.seconds:.1f} s)"
     )
-    if table is not None:
+    if statistics and (table := run_statistics(report, input, output)) is not None:
         typer.echo(f"statistics: {table}")
 
 

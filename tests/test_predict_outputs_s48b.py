@@ -70,7 +70,7 @@ def test_a_failed_run_whose_statistics_cannot_be_written_says_why(tmp_path: Path
     case, and says why no statistics were written, in one line."""
     from autoseg.dataset.description import load_description
     from autoseg.errors import InferenceError
-    from autoseg.evaluation.statistics import predict_with_statistics
+    from autoseg.evaluation.statistics import predict_with_statistics_on_failure
     from autoseg.inference.batch import PredictReport
     from autoseg.utils.progress import Failure
 
@@ -87,7 +87,7 @@ def test_a_failed_run_whose_statistics_cannot_be_written_says_why(tmp_path: Path
         raise error
 
     with pytest.raises(InferenceError) as raised:
-        predict_with_statistics(failing_run, inputs, out)
+        predict_with_statistics_on_failure(failing_run, inputs, out)
     assert str(raised.value) == ("1 of 2 case(s) failed (broken: cannot be read); the others are in out; statistics not "
                                  f"written: {out / 'good.nii.gz'}: prediction not found; predict case good first")
     assert raised.value.report is report  # type: ignore[attr-defined]

@@ -182,24 +182,23 @@ def write_statistics(
     return output / SUMMARY_CSV
 
 
-def predict_with_statistics(
+def predict_with_statistics_on_failure(
     predict: Callable[[], PredictReport], input_path: str | Path, output_folder: str | Path
-) -> tuple[PredictReport, Path | None]:
-    """``predict()`` (``predict_folder`` of ``input_path`` into ``output_folder``), then ``write_statistics`` of every
-    case it wrote or kept; the CSV's path is None for a ``--num-parts`` part without cases. Where cases failed, the
-    others' statistics are written before the run's error is raised, naming them: the error was raised first, and the
-    cases predicted got none."""
+) -> PredictReport:
+    """``predict()`` (``predict_folder`` of ``input_path`` into ``output_folder``); where cases failed, the statistics
+    of the others are written (``run_statistics``) before the run's error is raised, naming them: the error was raised
+    first, and the cases predicted got none. A run that succeeds writes none here: the caller reports what was
+    predicted first, then writes them, so a failure of the statistics (a full disk) does not hide that line."""
     try:
-        report = predict()
+        return predict()
     except InferenceError as exc:
         failed_run = getattr(exc, "report", None)
         if not isinstance(failed_run, PredictReport) or _run_statistics_missing(failed_run):
             raise
         raise _with_statistics_note(exc, failed_run, input_path, output_folder) from None
-    return report, _run_statistics(report, input_path, output_folder)
 
 
-def _run_statistics(report: PredictReport, input_path: str | Path, output_folder: str | Path) -> Path | None:
+def run_statistics(report: PredictReport, input_path: str | Path, output_folder: str | Path) -> Path | None:
     """``write_statistics`` of the cases ``report`` predicted or skipped, None where there are none."""
     if _run_statistics_missing(report):
         return None
@@ -219,7 +218,7 @@ def _with_statistics_note(
     """The failed run's error ``exc`` with where the statistics of its other cases went (or why they did not)."""
     count = len(report.predicted) + len(report.skipped)
     try:
-        note = f"statistics of the {count} other case(s): {_run_statistics(report, input_path, output_folder)}"
+        note = f"statistics of the {count} other case(s): {run_statistics(report, input_path, output_folder)}"
     except AutosegError as problem:
         note = f"statistics not written: {problem}"
     error = InferenceError(f"{exc}; {note}")
