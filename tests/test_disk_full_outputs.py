@@ -61,7 +61,8 @@ def test_a_full_disk_stops_ensemble_at_the_first_case(tmp_path: Path, monkeypatc
 
 
 def test_other_write_errors_still_fail_case_by_case(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Only a full disk stops the run: another error of one case (a permission) leaves the others to go on."""
+    """Only a full disk stops the run: another error of one case (a permission) fails that case and the others are
+    still tried, each failure named; the ensemble, all or nothing, then writes no label map."""
     dirs = _ensemble_inputs(tmp_path, ["m0", "m1"], ["x", "y"], seed=4)
     asked: list[Path] = []
 

@@ -29,7 +29,9 @@ from autoseg.evaluation.metrics import evaluation_classes
 from autoseg.utils.probability_files import (
     PROBABILITIES_SUFFIX, probability_paths, read_probabilities, read_sidecar, refuse_non_finite, write_probability_files,
 )
-from autoseg.utils.atomic import atomic_write_json, remove_stale_temporaries, require_writable, staging_folder
+from autoseg.utils.atomic import (
+    TEMP_NAME, atomic_write_json, remove_stale_temporaries, require_writable, staging_folder,
+)
 from autoseg.utils.disk import stop_on_full_disk
 from autoseg.utils.grid_check import geometry_problem
 from autoseg.utils.output_folders import check_output_folder, check_output_marker, claim_output_files, input_entry
@@ -217,14 +219,15 @@ def ensemble_case(
 
 def _new_staging(out: Path) -> Path:
     """A hidden folder on ``out``'s file system where the cases are ensembled before any is moved into ``out``: inside
-    ``out`` when it exists (a mount point), else beside it, so that ``out`` is not made for a run that fails. A killed
-    run's is removed as a stale temporary."""
+    ``out`` when it exists (a mount point), else in its nearest existing ancestor, so that neither ``out`` nor its
+    missing parents are made for a run that fails. A killed run's is removed as a stale temporary."""
     if out.is_dir():
         require_writable(out)  # a read-only folder: refused before any case is averaged
         remove_stale_temporaries(out)  # what a killed run left half-written
         return staging_folder(out / "ensemble")
-    remove_stale_temporaries(out.parent, out.name)
-    return staging_folder(out)
+    ancestor = next(folder for folder in out.absolute().parents if folder.is_dir())
+    remove_stale_temporaries(ancestor, out.name)
+    return staging_folder(ancestor / out.name)
 
 
 def _ensemble_staged(out: Path, dirs: Sequence[Path], endings: Mapping[str, str], save_probabilities: bool,
@@ -238,9 +241,12 @@ def _ensemble_staged(out: Path, dirs: Sequence[Path], endings: Mapping[str, str]
 
 
 def _move_staged(staging: Path, out: Path) -> None:
-    """Move the ensembled files from ``staging`` into ``out`` (renames on one file system: nothing is copied)."""
+    """Move the ensembled files from ``staging`` into ``out`` (renames on one file system: nothing is copied). A
+    temporary that a worker killed mid-write left there (its case, run again, was written whole) is not moved."""
+    out.mkdir(parents=True, exist_ok=True)
     for path in sorted(staging.iterdir()):
-        os.replace(path, out / path.name)
+        if TEMP_NAME.match(path.name) is None:
+            os.replace(path, out / path.name)
 
 
 def _probability_cases(folder: Path) -> set[str]:
