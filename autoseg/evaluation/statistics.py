@@ -22,7 +22,8 @@ from autoseg.dataset.description import DatasetDescription
 from autoseg.dataset.imageio import Geometry, geometry_differences, read_case_images, read_image
 from autoseg.errors import AutosegError, InferenceError
 from autoseg.evaluation.metrics import size_unit, voxel_volume_mm3
-from autoseg.inference.batch import InputCase, PredictReport, channel_files, discover_cases, output_ending
+from autoseg.inference.batch import PredictReport, output_ending
+from autoseg.inference.input_cases import InputCase, channel_files, discover_cases
 from autoseg.utils.atomic import atomic_write_json, atomic_write_text, folder_lock
 from autoseg.utils.jsonio import read_json
 from autoseg.utils.output_folders import refuse_folder_among
