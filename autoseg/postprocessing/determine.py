@@ -28,9 +28,10 @@ import numpy as np
 from autoseg.utils.jsonio import read_json
 from autoseg.dataset.description import DatasetDescription
 from autoseg.dataset.imageio import (
-    SUPPORTED_ENDINGS, Geometry, header_grid, is_image_ending, read_image, write_image,
+    SUPPORTED_ENDINGS, TIFF_ENDINGS, header_grid, image_ending, is_image_ending, is_tiff_volume, read_image, write_image,
 )
-from autoseg.errors import AutosegError, EvaluationError
+from autoseg.dataset.imageio.tiff_volume import _TIFF_EXTRA_PAGE_BITS  # the thumbnails and masks the reader skips
+from autoseg.errors import EvaluationError
 from autoseg.evaluation.evaluate import (
     PREDICTION_FOLDER, DiskFullError, REFERENCE_FOLDER, check_declared, check_integer_labels, declared_values,
     label_maps, match_cases, raise_failures, read_checked_pair, refuse_references_misused, require_folder,
@@ -442,37 +443,52 @@ def _removal_unit(decision: Mapping[str, Any]) -> str | None:
     return unit
 
 
-LabelMap = tuple[np.ndarray, Geometry]  # a label map as read_image gives it
-
-
-def _label_map_shape(path: Path, decoded: dict[Path, LabelMap]) -> tuple[int, ...] | None:
-    """The (z, y, x) shape of the label map ``path``: from its header for ITK's formats (``header_grid``), else (a 2D
-    picture, a TIFF volume) as read, the read kept in ``decoded`` for the postprocessing (such a file was decoded
-    twice); None for one that cannot be read, left to its case, which names why."""
+def _label_map_shape(path: Path) -> tuple[int, ...] | None:
+    """The (z, y, x) shape ``read_image`` gives the label map ``path``, from its header alone, nothing decoded (a PNG
+    or TIFF was decoded whole for its shape, and again to postprocess it); None for one that cannot be read or is no
+    label map (colour, a stack without spacing), left to its case, which names why."""
     if (grid := header_grid(path)) is not None:
         return grid[0]
     try:
-        decoded[path] = read_image(path)
-    except AutosegError:
+        return _tiff_shape(path) if image_ending(path) in TIFF_ENDINGS else _picture_shape(path)
+    except Exception:  # noqa: BLE001 - any decoder error: the case's read names it
         return None
-    return decoded[path][0].shape
 
 
-def size_unit_problem(
-    input_dir: Path, files: Sequence[Path], decision: Mapping[str, Any], decoded: dict[Path, LabelMap] | None = None
-) -> str | None:
+def _tiff_shape(path: Path) -> tuple[int, ...] | None:
+    """A TIFF's (pages, y, x) as read: a volume (``is_tiff_volume``) of grey pages, else one grey page (1, y, x)."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tiff:
+        pages = [page for page in tiff.pages if not int(page.subfiletype) & _TIFF_EXTRA_PAGE_BITS]  # as read
+        first = pages[0]
+        grey = first.samplesperpixel == 1 and first.photometric != tifffile.PHOTOMETRIC.PALETTE
+        if not grey or (len(pages) > 1 and not is_tiff_volume(path)):
+            return None
+        return len(pages), first.imagelength, first.imagewidth
+
+
+def _picture_shape(path: Path) -> tuple[int, ...] | None:
+    """A 2D picture's (1, y, x), None for a colour or palette one (refused as a label map when read)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        if len(image.getbands()) > 1 or image.mode in ("P", "PA"):
+            return None
+        return 1, image.height, image.width
+
+
+def size_unit_problem(input_dir: Path, files: Sequence[Path], decision: Mapping[str, Any]) -> str | None:
     """Why ``decision``'s removal sizes do not measure the components of the label maps ``files`` of ``input_dir``
     (None when they do): a decision determined on 2D label maps (sizes in mm^2) removed components of 3D ones by
     their volume in mm^3 (or the reverse) without a word. The folder's unit is that of its label maps of the most axes,
     as determine's (``_decision_size_unit``): a one-slice case among 3D ones is measured in mm^3 there, and refusing
     it here refused applying a decision to the very folder it was determined on. Only ``remove_small`` steps
-    measure; a decision without ``size_unit`` (written before it was recorded) is not checked. Label maps that had to
-    be read whole to learn their shape (PNG, TIFF) are put in ``decoded``, for the caller to use rather than read."""
+    measure; a decision without ``size_unit`` (written before it was recorded) is not checked."""
     unit = _removal_unit(decision)
     if unit is None:
         return None
-    decoded = {} if decoded is None else decoded
-    shapes = {path: shape for path in files if (shape := _label_map_shape(path, decoded)) is not None}
+    shapes = {path: shape for path in files if (shape := _label_map_shape(path)) is not None}
     if not shapes:
         return None
     example, found = max(((path, size_unit(shape)) for path, shape in shapes.items()),
@@ -485,14 +501,12 @@ def size_unit_problem(
             f"postprocess determine), or give the {_dimensions(unit)} label maps this decision is for")
 
 
-def _apply_file(
-    source: Path, target: Path, decision: Mapping[str, Any], declared: frozenset[int] | None, read: LabelMap | None = None
-) -> None:
-    """Postprocess one label map (``read`` already, or read here). One holding non-integer values (a probability map
-    or float image given in its place) is refused as ``evaluate`` refuses it: it was written back with its voxels of
-    the steps' values edited, as if it were a label map. So is one holding values the dataset does not have
-    (``declared``; a 0/255 mask), which predict never writes: it was passed through without a word."""
-    seg, geometry = read_image(source) if read is None else read
+def _apply_file(source: Path, target: Path, decision: Mapping[str, Any], declared: frozenset[int] | None) -> None:
+    """Postprocess one label map. One holding non-integer values (a probability map or float image given in
+    its place) is refused as ``evaluate`` refuses it: it was written back with its voxels of the steps' values
+    edited, as if it were a label map. So is one holding values the dataset does not have (``declared``; a
+    0/255 mask), which predict never writes: it was passed through without a word."""
+    seg, geometry = read_image(source)
     check_integer_labels(source, seg)
     if declared is not None:
         check_declared(source, seg, declared, APPLY_LABEL_FIX)
@@ -559,16 +573,14 @@ def apply_to_folder(
     if not files:
         raise EvaluationError(f"{input_dir}: no label maps (e.g. <case>{decision['file_ending']}) to postprocess")
     check_output_folder(output_dir, EvaluationError, [input_dir])
-    decoded: dict[Path, LabelMap] = {}  # PNG/TIFF label maps the check read whole: not read again
-    if (problem := size_unit_problem(input_dir, list(files.values()), decision, decoded)) is not None:
+    if (problem := size_unit_problem(input_dir, list(files.values()), decision)) is not None:
         raise EvaluationError(problem)
     described = _describing_files(input_dir)
     outputs = [output_dir / name for name in (*(path.name for path in files.values()), *described)]
     claim_output_files(output_dir, outputs, "postprocess apply", EvaluationError, [_input_record(input_dir, files, decision)])
     remove_stale_temporaries(output_dir)  # what a killed run left half-written
     declared = decision_label_values(decision)
-    items = [(case, (path, output_dir / path.name, decision, declared, decoded.pop(path, None)))
-             for case, path in files.items()]
+    items = [(case, (path, output_dir / path.name, decision, declared)) for case, path in files.items()]
     workers = stage_workers(num_workers, EvaluationError)
     _, failures = parallel_map(_apply_file, items, workers, "postprocessing", stop_on=(DiskFullError,))
     # After the cases, and only beside one: written first, they were all a run whose every case failed left there.
