@@ -356,6 +356,29 @@ def _refuse_label_maps_without_probabilities(folder: Path, found: set[str]) -> N
         )
 
 
+def _checked_cases(dirs: Sequence[Path], cases: Mapping[Path, set[str]]) -> list[str]:
+    """The cases to ensemble, sorted, once every folder holds each of them with its probabilities and their sidecars
+    agree across the folders; refused before any probabilities are read."""
+    all_cases = set().union(*cases.values())
+    if not all_cases:
+        raise EvaluationError(f"{dirs[0]}: no <case>.npz probabilities; predict with --save-probabilities")
+    for folder, found in cases.items():
+        _refuse_missing_cases(folder, sorted(all_cases - found), cases)
+        _refuse_label_maps_without_probabilities(folder, found)
+    ordered = sorted(all_cases)
+    for case in ordered:
+        agreeing_sidecars(case, dirs)
+    return ordered
+
+
+def _written_endings(first_dir: Path, ordered: Sequence[str], file_ending: str | None) -> dict[str, str]:
+    """Case -> the ending its label map is written with: ``file_ending`` (checked), else its own in ``first_dir``."""
+    if file_ending:
+        _refuse_geometry_lost(first_dir, ordered, _check_file_ending(file_ending))
+        return dict.fromkeys(ordered, file_ending)
+    return _label_endings(first_dir, ordered)
+
+
 def ensemble_folders(
     input_dirs: Sequence[str | os.PathLike[str]],
     output_dir: str | Path,
@@ -383,20 +406,8 @@ def ensemble_folders(
         )
     out = Path(output_dir)
     check_output_folder(out, EvaluationError, dirs)
-    all_cases = set().union(*cases.values())
-    if not all_cases:
-        raise EvaluationError(f"{dirs[0]}: no <case>.npz probabilities; predict with --save-probabilities")
-    for folder, found in cases.items():
-        _refuse_missing_cases(folder, sorted(all_cases - found), cases)
-        _refuse_label_maps_without_probabilities(folder, found)
-    ordered = sorted(all_cases)
-    for case in ordered:
-        agreeing_sidecars(case, dirs)
-    if file_ending:
-        _refuse_geometry_lost(dirs[0], ordered, _check_file_ending(file_ending))
-        endings = dict.fromkeys(ordered, file_ending)
-    else:
-        endings = _label_endings(dirs[0], ordered)
+    ordered = _checked_cases(dirs, cases)
+    endings = _written_endings(dirs[0], ordered, file_ending)
     outputs = [out / f"{case}{endings[case]}" for case in ordered]
     description = inputs_description(dirs, ordered[0])
     if description is not None:
