@@ -11,7 +11,7 @@ import pytest
 
 from autoseg.dataset.description import parse_description
 from autoseg.dataset.imageio import Geometry, read_image, write_image
-from autoseg.errors import InferenceError
+from autoseg.errors import EvaluationError, InferenceError
 from autoseg.evaluation.statistics import SUMMARY_CSV, case_statistics, write_statistics
 from cli_helpers import autoseg, autoseg_fails
 from conftest import HIPPOCAMPUS
@@ -86,13 +86,19 @@ def test_files_give_one_json_per_case_and_a_summary_csv(tmp_path: Path) -> None:
     assert float(rows[3]["0:CT:mean"]) != 5.0 and rows[3]["voxels"] == "9"
 
 
-def test_cli_predict_statistics_measure_the_written_labels(tmp_path: Path) -> None:
+def _one_case_model(tmp_path: Path) -> tuple[Path, Path]:
+    """A tiny one-fold Hippocampus model and an input folder holding hippocampus_001."""
     from test_inference_predict import make_model
 
     model = make_model(tmp_path / "models", "3d_fullres", folds=("0",))
     inputs = tmp_path / "in"
     inputs.mkdir()
     (inputs / "hippocampus_001_0000.nii.gz").write_bytes((HIPPOCAMPUS / "imagesTr" / "hippocampus_001_0000.nii.gz").read_bytes())
+    return model, inputs
+
+
+def test_cli_predict_statistics_measure_the_written_labels(tmp_path: Path) -> None:
+    model, inputs = _one_case_model(tmp_path)
     out = autoseg("predict", "-i", inputs, "-o", tmp_path / "out", "-m", model, "--no-tta", "--statistics")
     assert f"statistics: {tmp_path / 'out' / SUMMARY_CSV}" in out
     labels, geometry = read_image(tmp_path / "out" / "hippocampus_001.nii.gz")
@@ -110,14 +116,10 @@ def test_cli_predict_statistics_notes_skipped_images_once(tmp_path: Path) -> Non
     """predict --statistics discovers the input three times (the name check, predict, the statistics): an image of a
     format autoseg does not read beside the case was noted three times."""
     from cli_helpers import runner
-    from test_inference_predict import make_model
 
     from autoseg.cli import app
 
-    model = make_model(tmp_path / "models", "3d_fullres", folds=("0",))
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    (inputs / "hippocampus_001_0000.nii.gz").write_bytes((HIPPOCAMPUS / "imagesTr" / "hippocampus_001_0000.nii.gz").read_bytes())
+    model, inputs = _one_case_model(tmp_path)
     (inputs / "snapshot.jpg").write_bytes(b"")
     result = runner.invoke(app, ["predict", "-i", str(inputs), "-o", str(tmp_path / "out"), "-m", str(model), "--no-tta",
                                  "--statistics"])
@@ -183,3 +185,19 @@ def test_a_foreign_file_under_a_statistics_name_is_named(tmp_path: Path) -> None
     (output / "b_statistics.json").write_text(json.dumps({"case_id": "b_statistics", "shape": [3, 4, 5, 6]}))
     with pytest.raises(InferenceError, match=r"b_statistics\.json: not a statistics file"):
         write_statistics(inputs, output, parse_description(CLASSES, Path("dataset.json")), ["a"])
+
+
+def test_the_predicted_line_is_kept_when_the_statistics_fail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Statistics that fail after every case was predicted (a full disk) came before the 'N case(s) predicted ... into
+    OUT' line, which was lost: the user saw only the statistics' error, not that the label maps were written."""
+    import autoseg.evaluation.statistics as statistics
+
+    def full_disk(*args: object, **kwargs: object) -> Path:
+        raise EvaluationError(f"{tmp_path / 'out'}: the disk is full (statistics.csv could not be written)")
+
+    monkeypatch.setattr(statistics, "write_statistics", full_disk)
+    model, inputs = _one_case_model(tmp_path)
+    output = autoseg_fails("predict", "-i", inputs, "-o", tmp_path / "out", "-m", model, "--no-tta", "--statistics")
+    assert f"1 case(s) predicted, 0 skipped, into {tmp_path / 'out'}" in output
+    assert output.index("1 case(s) predicted") < output.index("the disk is full (statistics.csv could not be written)")
+    assert (tmp_path / "out" / "hippocampus_001.nii.gz").is_file()
