@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import autoseg.postprocessing.determine as determine
-from autoseg.dataset.imageio import read_image
+from autoseg.dataset.imageio import label_map_shape, read_image
 from autoseg.postprocessing.determine import apply_postprocessing, apply_to_folder, determine_postprocessing
 from test_postprocessing import LABELS, PNG, _make_2d_cv_folders
 
@@ -89,5 +89,5 @@ def test_the_header_shape_is_read_images(tmp_path: Path, name: str) -> None:
         expected = read_image(path)[0].shape
     except Exception:  # noqa: BLE001 - refused as read: the check leaves it to its case
         expected = None
-    assert determine._label_map_shape(path) == expected
+    assert label_map_shape(path) == expected
     assert expected is not None or name in ("colour.png", "palette.png", "stack.tif", "colour.tif", "broken.png")

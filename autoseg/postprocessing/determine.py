@@ -28,9 +28,8 @@ import numpy as np
 from autoseg.utils.jsonio import read_json
 from autoseg.dataset.description import DatasetDescription
 from autoseg.dataset.imageio import (
-    SUPPORTED_ENDINGS, TIFF_ENDINGS, header_grid, image_ending, is_image_ending, is_tiff_volume, read_image, write_image,
+    SUPPORTED_ENDINGS, is_image_ending, label_map_shape, read_image, write_image,
 )
-from autoseg.dataset.imageio.tiff_volume import _TIFF_EXTRA_PAGE_BITS  # the thumbnails and masks the reader skips
 from autoseg.errors import EvaluationError
 from autoseg.evaluation.evaluate import (
     PREDICTION_FOLDER, DiskFullError, REFERENCE_FOLDER, check_declared, check_integer_labels, declared_values,
@@ -443,41 +442,6 @@ def _removal_unit(decision: Mapping[str, Any]) -> str | None:
     return unit
 
 
-def _label_map_shape(path: Path) -> tuple[int, ...] | None:
-    """The (z, y, x) shape ``read_image`` gives the label map ``path``, from its header alone, nothing decoded (a PNG
-    or TIFF was decoded whole for its shape, and again to postprocess it); None for one that cannot be read or is no
-    label map (colour, a stack without spacing), left to its case, which names why."""
-    if (grid := header_grid(path)) is not None:
-        return grid[0]
-    try:
-        return _tiff_shape(path) if image_ending(path) in TIFF_ENDINGS else _picture_shape(path)
-    except Exception:  # noqa: BLE001 - any decoder error: the case's read names it
-        return None
-
-
-def _tiff_shape(path: Path) -> tuple[int, ...] | None:
-    """A TIFF's (pages, y, x) as read: a volume (``is_tiff_volume``) of grey pages, else one grey page (1, y, x)."""
-    import tifffile
-
-    with tifffile.TiffFile(path) as tiff:
-        pages = [page for page in tiff.pages if not int(page.subfiletype) & _TIFF_EXTRA_PAGE_BITS]  # as read
-        first = pages[0]
-        grey = first.samplesperpixel == 1 and first.photometric != tifffile.PHOTOMETRIC.PALETTE
-        if not grey or (len(pages) > 1 and not is_tiff_volume(path)):
-            return None
-        return len(pages), first.imagelength, first.imagewidth
-
-
-def _picture_shape(path: Path) -> tuple[int, ...] | None:
-    """A 2D picture's (1, y, x), None for a colour or palette one (refused as a label map when read)."""
-    from PIL import Image
-
-    with Image.open(path) as image:
-        if len(image.getbands()) > 1 or image.mode in ("P", "PA"):
-            return None
-        return 1, image.height, image.width
-
-
 def size_unit_problem(input_dir: Path, files: Sequence[Path], decision: Mapping[str, Any]) -> str | None:
     """Why ``decision``'s removal sizes do not measure the components of the label maps ``files`` of ``input_dir``
     (None when they do): a decision determined on 2D label maps (sizes in mm^2) removed components of 3D ones by
@@ -488,7 +452,7 @@ def size_unit_problem(input_dir: Path, files: Sequence[Path], decision: Mapping[
     unit = _removal_unit(decision)
     if unit is None:
         return None
-    shapes = {path: shape for path in files if (shape := _label_map_shape(path)) is not None}
+    shapes = {path: shape for path in files if (shape := label_map_shape(path)) is not None}
     if not shapes:
         return None
     example, found = max(((path, size_unit(shape)) for path, shape in shapes.items()),

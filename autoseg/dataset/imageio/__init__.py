@@ -75,6 +75,7 @@ from autoseg.dataset.imageio.reading import (  # noqa: F401 - re-exported
     read_image,
     read_image_channels,
 )
+from autoseg.dataset.imageio.shapes import label_map_shape  # noqa: F401 - re-exported
 from autoseg.dataset.imageio.tiff_volume import (  # noqa: F401 - re-exported
     is_tiff_volume,
     missing_spacing_file_problem,
